@@ -1,0 +1,194 @@
+//! The layout of everything the eBPF program and userspace exchange: policy map keys and values,
+//! identities and verdicts. Defined once here; the policy compiler produces these values and the
+//! agent writes them into the kernel unchanged.
+#![no_std]
+
+/// Traffic direction as seen from the endpoint that owns the policy.
+pub const DIRECTION_INGRESS: u8 = 0;
+pub const DIRECTION_EGRESS: u8 = 1;
+
+pub const PROTO_ICMP: u8 = 1;
+pub const PROTO_TCP: u8 = 6;
+pub const PROTO_UDP: u8 = 17;
+pub const PROTO_ICMPV6: u8 = 58;
+pub const PROTO_SCTP: u8 = 132;
+
+/// Security identities. Numbers follow Cilium's so that operators can read them the same way.
+pub const IDENTITY_ANY: u32 = 0;
+pub const IDENTITY_HOST: u32 = 1;
+pub const IDENTITY_WORLD: u32 = 2;
+pub const IDENTITY_UNMANAGED: u32 = 3;
+pub const IDENTITY_HEALTH: u32 = 4;
+pub const IDENTITY_INIT: u32 = 5;
+pub const IDENTITY_REMOTE_NODE: u32 = 6;
+pub const IDENTITY_KUBE_APISERVER: u32 = 7;
+pub const IDENTITY_INGRESS: u32 = 8;
+/// First identity handed to a set of pod labels.
+pub const IDENTITY_FIRST_LOCAL: u32 = 256;
+/// Node-local CIDR identities are `IDENTITY_CIDR_BASE | n`.
+pub const IDENTITY_CIDR_BASE: u32 = 1 << 24;
+
+/// Bits of a [`PolicyKey`] that always match exactly: identity (32) and direction (8).
+pub const POLICY_STATIC_PREFIX_BITS: u32 = 40;
+/// The protocol byte and the 16 port bits that follow the static prefix.
+pub const POLICY_PROTO_BITS: u32 = 8;
+pub const POLICY_PORT_BITS: u32 = 16;
+
+/// Key of a policy LPM trie. The prefix covers identity and direction exactly, then optionally the
+/// protocol, then the high bits of the destination port, so one entry can stand for "any
+/// protocol", "any port of TCP" or an aligned port range.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct PolicyKey {
+    pub prefix_len: u32,
+    /// Remote identity, big-endian so that the trie compares it bit by bit like the rest.
+    pub identity_be: u32,
+    pub direction: u8,
+    pub protocol: u8,
+    /// Destination port (ICMP type for ICMP), big-endian so port ranges are bit prefixes.
+    pub dport_be: u16,
+}
+
+impl PolicyKey {
+    /// `protocol: None` means every protocol (and then every port). `port_bits` is how many high
+    /// bits of `port` are significant: 16 for one port, 0 for every port.
+    pub const fn new(identity: u32, direction: u8, protocol: Option<u8>, port: u16, port_bits: u8) -> Self {
+        match protocol {
+            None => PolicyKey {
+                prefix_len: POLICY_STATIC_PREFIX_BITS,
+                identity_be: identity.to_be(),
+                direction,
+                protocol: 0,
+                dport_be: 0,
+            },
+            Some(protocol) => {
+                let bits = if port_bits > 16 { 16 } else { port_bits };
+                let mask = if bits == 0 { 0 } else { u16::MAX << (16 - bits as u32) };
+                PolicyKey {
+                    prefix_len: POLICY_STATIC_PREFIX_BITS + POLICY_PROTO_BITS + bits as u32,
+                    identity_be: identity.to_be(),
+                    direction,
+                    protocol,
+                    dport_be: (port & mask).to_be(),
+                }
+            }
+        }
+    }
+
+    /// A fully specified key, as the datapath builds it from a packet.
+    pub const fn lookup(identity: u32, direction: u8, protocol: u8, port: u16) -> Self {
+        Self::new(identity, direction, Some(protocol), port, 16)
+    }
+
+    pub const fn identity(&self) -> u32 {
+        u32::from_be(self.identity_be)
+    }
+
+    pub const fn port(&self) -> u16 {
+        u16::from_be(self.dport_be)
+    }
+
+    /// `None` when the key covers every protocol.
+    pub const fn protocol(&self) -> Option<u8> {
+        if self.prefix_len >= POLICY_STATIC_PREFIX_BITS + POLICY_PROTO_BITS { Some(self.protocol) } else { None }
+    }
+
+    /// Significant port bits (0 = every port).
+    pub const fn port_bits(&self) -> u8 {
+        let extra = self.prefix_len.saturating_sub(POLICY_STATIC_PREFIX_BITS + POLICY_PROTO_BITS);
+        extra as u8
+    }
+
+    /// Protocol and port bits together (0..=24), the tie-breaker between entries of equal precedence.
+    pub const fn l4_prefix_len(&self) -> u8 {
+        self.prefix_len.saturating_sub(POLICY_STATIC_PREFIX_BITS) as u8
+    }
+
+    /// Inclusive port range the key covers.
+    pub const fn port_range(&self) -> (u16, u16) {
+        let bits = self.port_bits();
+        if bits == 0 {
+            return (0, u16::MAX);
+        }
+        let low = self.port();
+        let span = if bits >= 16 { 0 } else { u16::MAX >> bits as u32 };
+        (low, low | span)
+    }
+}
+
+pub const VERDICT_ALLOW: u8 = 1;
+pub const VERDICT_DENY: u8 = 2;
+/// Allowed at L4 and handed to the L7 proxy.
+pub const VERDICT_REDIRECT: u8 = 3;
+
+/// Precedence of an entry: higher wins. At one priority, deny beats redirect beats allow, so a
+/// broader deny still wins over a narrower allow found by the identity-specific lookup.
+pub const fn precedence_of(verdict: u8) -> u32 {
+    match verdict {
+        VERDICT_DENY => 0x80,
+        VERDICT_REDIRECT => 0x40,
+        _ => 0,
+    }
+}
+
+/// Rule cookies name the rule that produced an entry; the policy compiler keeps the table of
+/// what each number means for a revision. These values are reserved.
+pub const COOKIE_NONE: u32 = 0;
+/// The endpoint is not under policy in this direction: everything is allowed.
+pub const COOKIE_NOT_ENFORCED: u32 = u32::MAX;
+/// Every rule selecting the endpoint in this direction has `enableDefaultDeny: false`.
+pub const COOKIE_DEFAULT_ALLOW: u32 = u32::MAX - 1;
+/// Implicit allow from the local host to its pods (Cilium's allow-localhost).
+pub const COOKIE_LOCALHOST: u32 = u32::MAX - 2;
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct PolicyValue {
+    pub verdict: u8,
+    _pad: [u8; 3],
+    pub precedence: u32,
+    pub cookie: u32,
+}
+
+impl PolicyValue {
+    pub const fn new(verdict: u8, cookie: u32) -> Self {
+        PolicyValue { verdict, _pad: [0; 3], precedence: precedence_of(verdict), cookie }
+    }
+}
+
+/// One entry of an endpoint's policy map.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct PolicyEntry {
+    pub key: PolicyKey,
+    pub value: PolicyValue,
+}
+
+#[cfg(feature = "user")]
+mod user {
+    // SAFETY: plain `repr(C)` data without padding holes that could leak uninitialised bytes.
+    unsafe impl aya::Pod for super::PolicyKey {}
+    unsafe impl aya::Pod for super::PolicyValue {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn port_prefix_keys_cover_aligned_ranges() {
+        let key = PolicyKey::new(300, DIRECTION_INGRESS, Some(PROTO_TCP), 8080, 12);
+        assert_eq!(key.port_range(), (8080, 8095));
+        assert_eq!(key.prefix_len, 40 + 8 + 12);
+        assert_eq!(key.identity(), 300);
+        let any = PolicyKey::new(0, DIRECTION_EGRESS, None, 1234, 16);
+        assert_eq!((any.protocol(), any.port_range(), any.l4_prefix_len()), (None, (0, 65535), 0));
+        assert_eq!(PolicyKey::lookup(1, DIRECTION_INGRESS, PROTO_UDP, 53).port_range(), (53, 53));
+    }
+
+    #[test]
+    fn deny_outranks_redirect_outranks_allow() {
+        assert!(precedence_of(VERDICT_DENY) > precedence_of(VERDICT_REDIRECT));
+        assert!(precedence_of(VERDICT_REDIRECT) > precedence_of(VERDICT_ALLOW));
+    }
+}
