@@ -1,0 +1,227 @@
+//! The cluster a policy set is evaluated against: what `kubectl get
+//! namespaces,pods,nodes,services -A -o yaml` prints (a `List`), or the same objects as
+//! multi-document YAML. Only the fields policy depends on are read.
+use std::collections::BTreeMap;
+use std::net::Ipv4Addr;
+
+use serde::Deserialize;
+
+use crate::diag::{Diagnostic, Severity};
+use crate::model::Protocol;
+use crate::parse::SourceFile;
+use crate::yaml::{self, Limits};
+
+#[derive(Clone, Debug, Default)]
+pub struct Cluster {
+    pub namespaces: BTreeMap<String, Namespace>,
+    pub pods: Vec<Pod>,
+    pub nodes: Vec<Node>,
+    pub services: Vec<Service>,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Namespace {
+    pub name: String,
+    pub labels: BTreeMap<String, String>,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Pod {
+    pub namespace: String,
+    pub name: String,
+    pub labels: BTreeMap<String, String>,
+    pub service_account: String,
+    pub node_name: Option<String>,
+    pub ip: Option<Ipv4Addr>,
+    /// Host-network pods share the node's identity and are not endpoints.
+    pub host_network: bool,
+    pub ports: Vec<ContainerPort>,
+}
+
+impl Pod {
+    pub fn key(&self) -> String {
+        format!("{}/{}", self.namespace, self.name)
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct ContainerPort {
+    pub name: Option<String>,
+    pub port: u16,
+    pub protocol: Protocol,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Node {
+    pub name: String,
+    pub labels: BTreeMap<String, String>,
+    pub addresses: Vec<Ipv4Addr>,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Service {
+    pub namespace: String,
+    pub name: String,
+    pub labels: BTreeMap<String, String>,
+    /// `None` for a selectorless Service.
+    pub selector: Option<BTreeMap<String, String>>,
+}
+
+#[derive(Deserialize)]
+struct Object {
+    kind: String,
+    #[serde(default)]
+    metadata: Meta,
+    #[serde(default)]
+    spec: serde_json::Value,
+    #[serde(default)]
+    status: serde_json::Value,
+    #[serde(default)]
+    items: Vec<serde_json::Value>,
+}
+
+#[derive(Deserialize, Default)]
+struct Meta {
+    #[serde(default)]
+    name: String,
+    namespace: Option<String>,
+    #[serde(default)]
+    labels: BTreeMap<String, String>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(rename_all = "camelCase")]
+struct PodSpec {
+    service_account_name: Option<String>,
+    node_name: Option<String>,
+    #[serde(default)]
+    host_network: bool,
+    #[serde(default)]
+    containers: Vec<Container>,
+}
+
+#[derive(Deserialize)]
+struct Container {
+    #[serde(default)]
+    ports: Vec<RawPort>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct RawPort {
+    name: Option<String>,
+    container_port: u16,
+    protocol: Option<String>,
+}
+
+impl Cluster {
+    pub fn parse(files: &[SourceFile]) -> Result<Cluster, Vec<Diagnostic>> {
+        let mut cluster = Cluster::default();
+        let mut errors = Vec::new();
+        for file in files {
+            let fail = |line: u32, message: String| Diagnostic {
+                severity: Severity::Error,
+                file: file.name.to_string(),
+                line,
+                path: String::new(),
+                message,
+            };
+            match yaml::parse_documents(file.text, &Limits::default()) {
+                Ok(docs) => {
+                    for doc in &docs {
+                        if let Err(message) = cluster.add(doc.to_json()) {
+                            errors.push(fail(doc.line, message));
+                        }
+                    }
+                }
+                Err(e) => errors.push(fail(e.line, e.message)),
+            }
+        }
+        if !errors.is_empty() {
+            return Err(errors);
+        }
+        cluster.complete();
+        Ok(cluster)
+    }
+
+    fn add(&mut self, value: serde_json::Value) -> Result<(), String> {
+        let object: Object = serde_json::from_value(value).map_err(|e| format!("not a Kubernetes object: {e}"))?;
+        let Meta { name, namespace, labels } = object.metadata;
+        match object.kind.as_str() {
+            "List" => {
+                for item in object.items {
+                    self.add(item)?;
+                }
+            }
+            "Namespace" => {
+                self.namespaces.insert(name.clone(), Namespace { name, labels });
+            }
+            "Pod" => {
+                let spec: PodSpec = serde_json::from_value(object.spec).map_err(|e| format!("pod {name}: spec: {e}"))?;
+                let ip = match object.status.get("podIP").and_then(|v| v.as_str()) {
+                    Some(ip) => Some(ip.parse().map_err(|_| format!("pod {name}: status.podIP {ip:?} is not an IPv4 address"))?),
+                    None => None,
+                };
+                let mut ports = Vec::new();
+                for port in spec.containers.iter().flat_map(|c| &c.ports) {
+                    let protocol = match port.protocol.as_deref() {
+                        None | Some("TCP") => Protocol::TCP,
+                        Some("UDP") => Protocol::UDP,
+                        Some("SCTP") => Protocol::SCTP,
+                        Some(other) => return Err(format!("pod {name}: container port protocol {other:?}")),
+                    };
+                    ports.push(ContainerPort { name: port.name.clone(), port: port.container_port, protocol });
+                }
+                self.pods.push(Pod {
+                    namespace: namespace.unwrap_or_else(|| "default".into()),
+                    name,
+                    labels,
+                    service_account: spec.service_account_name.unwrap_or_else(|| "default".into()),
+                    node_name: spec.node_name,
+                    ip,
+                    host_network: spec.host_network,
+                    ports,
+                });
+            }
+            "Node" => {
+                let addresses = object.status["addresses"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|a| a["address"].as_str()?.parse().ok())
+                    .collect();
+                self.nodes.push(Node { name, labels, addresses });
+            }
+            "Service" => {
+                let selector = object.spec.get("selector").and_then(|s| serde_json::from_value(s.clone()).ok());
+                self.services.push(Service { namespace: namespace.unwrap_or_else(|| "default".into()), name, labels, selector });
+            }
+            // Anything else in a `kubectl get` dump says nothing about policy.
+            _ => {}
+        }
+        Ok(())
+    }
+
+    /// Namespaces referenced by pods exist even when not listed, and every namespace carries
+    /// `kubernetes.io/metadata.name` as the API server sets it.
+    fn complete(&mut self) {
+        for pod in &self.pods {
+            self.namespaces
+                .entry(pod.namespace.clone())
+                .or_insert_with(|| Namespace { name: pod.namespace.clone(), labels: BTreeMap::new() });
+        }
+        for ns in self.namespaces.values_mut() {
+            ns.labels.entry("kubernetes.io/metadata.name".into()).or_insert_with(|| ns.name.clone());
+        }
+        self.pods.sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
+    }
+
+    pub fn pod(&self, namespace: &str, name: &str) -> Option<&Pod> {
+        self.pods.iter().find(|p| p.namespace == namespace && p.name == name)
+    }
+
+    /// Pods that are Palisade endpoints (not host-network).
+    pub fn endpoints(&self) -> impl Iterator<Item = &Pod> {
+        self.pods.iter().filter(|p| !p.host_network)
+    }
+}

@@ -1,0 +1,771 @@
+//! Compiles policy into per-endpoint, per-direction datapath entries, and keeps them up to date
+//! incrementally as pods and policies change.
+//!
+//! Endpoints with the same identity and container ports share one compiled [`Group`]. Within a
+//! direction the entries for one remote identity depend only on the rules that select that
+//! identity, so a new identity is patched into every group without recompiling it, and a policy
+//! change recompiles only the groups its rules select.
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::net::Ipv4Addr;
+
+use palisade_common::{self as dp, PolicyEntry, PolicyKey, PolicyValue};
+
+use crate::cluster::{Cluster, ContainerPort, Pod};
+use crate::identity::{self, Identities, Identity};
+use crate::labels::{self, Source};
+use crate::model::*;
+use crate::selector::{Operator, Requirement, Selector};
+
+/// Cilium's `policyEnforcementMode`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum EnforcementMode {
+    #[default]
+    Default,
+    Always,
+    Never,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Enforcement {
+    /// No rule selects the endpoint in this direction: everything is allowed.
+    NotEnforced,
+    DefaultDeny,
+    /// Only rules with `enableDefaultDeny: false` select it: allowed unless denied.
+    DefaultAllow,
+}
+
+/// Shared by endpoints with the same identity and the same container ports (which named ports
+/// resolve against).
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct GroupKey {
+    pub identity: u32,
+    pub ports: Vec<ContainerPort>,
+}
+
+#[derive(Clone, Debug)]
+pub struct Group {
+    pub ingress: DirectionPolicy,
+    pub egress: DirectionPolicy,
+}
+
+impl Group {
+    pub fn direction(&self, direction: Direction) -> &DirectionPolicy {
+        match direction {
+            Direction::Ingress => &self.ingress,
+            Direction::Egress => &self.egress,
+        }
+    }
+
+    fn direction_mut(&mut self, direction: Direction) -> &mut DirectionPolicy {
+        match direction {
+            Direction::Ingress => &mut self.ingress,
+            Direction::Egress => &mut self.egress,
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct DirectionPolicy {
+    pub enforcement: Enforcement,
+    rules: Vec<CompiledRule>,
+    /// Remote identity (0 = any) → its entries.
+    by_identity: HashMap<u32, Vec<PolicyEntry>>,
+}
+
+/// A peer rule with its ports resolved for one group.
+#[derive(Clone, Debug)]
+struct CompiledRule {
+    cookie: u32,
+    peers: CompiledPeers,
+    keys: Vec<(Option<u8>, u16, u8)>,
+    verdict: u8,
+}
+
+#[derive(Clone, Debug)]
+enum CompiledPeers {
+    All,
+    Some(Vec<Peer>),
+    /// Synthesized entries for one reserved identity.
+    Identity(u32),
+}
+
+impl DirectionPolicy {
+    /// All entries, sorted, as they go into the endpoint's policy map.
+    pub fn entries(&self) -> Vec<PolicyEntry> {
+        let mut entries: Vec<PolicyEntry> = self.by_identity.values().flatten().copied().collect();
+        entries.sort_by_key(|e| (e.key.identity(), e.key.protocol(), e.key.port(), e.key.prefix_len));
+        entries
+    }
+
+    pub fn len(&self) -> usize {
+        self.by_identity.values().map(Vec::len).sum()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The entry the datapath would pick, with the same two lookups as the eBPF program: the
+    /// identity-specific and the wildcard longest-prefix matches, then higher precedence, then
+    /// the longer L4 prefix, then the identity-specific one.
+    pub fn lookup(&self, identity: u32, protocol: u8, port: u16) -> Option<PolicyEntry> {
+        let longest = |id: u32| {
+            self.by_identity
+                .get(&id)?
+                .iter()
+                .filter(|e| key_matches(&e.key, protocol, port))
+                .max_by_key(|e| e.key.prefix_len)
+                .copied()
+        };
+        let specific = if identity == dp::IDENTITY_ANY { None } else { longest(identity) };
+        match (specific, longest(dp::IDENTITY_ANY)) {
+            (Some(s), Some(w)) => {
+                let rank = |e: &PolicyEntry| (e.value.precedence, e.key.l4_prefix_len());
+                Some(if rank(&w) > rank(&s) { w } else { s })
+            }
+            (s, w) => s.or(w),
+        }
+    }
+}
+
+fn key_matches(key: &PolicyKey, protocol: u8, port: u16) -> bool {
+    match key.protocol() {
+        None => true,
+        Some(p) => {
+            let (lo, hi) = key.port_range();
+            p == protocol && (lo..=hi).contains(&port)
+        }
+    }
+}
+
+/// Aligned power-of-two blocks covering `lo..=hi`, as (first port, significant bits).
+pub fn port_prefixes(lo: u16, hi: u16) -> Vec<(u16, u8)> {
+    let (mut lo, hi) = (lo as u32, hi as u32);
+    let mut out = Vec::new();
+    while lo <= hi {
+        let mut size = if lo == 0 { 1 << 16 } else { 1 << lo.trailing_zeros().min(16) };
+        while lo + size - 1 > hi {
+            size >>= 1;
+        }
+        out.push((lo as u16, (16 - size.trailing_zeros()) as u8));
+        lo += size;
+    }
+    out
+}
+
+/// Whether deny `d` covers entry `e` of the same identity: an equal or broader protocol/port space.
+fn covers(d: &PolicyKey, e: &PolicyKey) -> bool {
+    match (d.protocol(), e.protocol()) {
+        (None, _) => true,
+        (Some(dp), Some(ep)) if dp == ep => {
+            let ((dlo, dhi), (elo, ehi)) = (d.port_range(), e.port_range());
+            dlo <= elo && ehi <= dhi
+        }
+        _ => false,
+    }
+}
+
+/// Merges the contributions for one remote identity: the strongest verdict per key, then every
+/// allow or redirect under a broader deny becomes that deny, because the trie returns only the
+/// longest match and a deny must win over the same or a narrower key.
+fn resolve(identity: u32, direction: u8, contributions: impl Iterator<Item = (Option<u8>, u16, u8, u8, u32)>) -> Vec<PolicyEntry> {
+    let mut map: BTreeMap<PolicyKey, PolicyValue> = BTreeMap::new();
+    for (protocol, port, bits, verdict, cookie) in contributions {
+        let key = PolicyKey::new(identity, direction, protocol, port, bits);
+        let value = PolicyValue::new(verdict, cookie);
+        map.entry(key)
+            .and_modify(|v| {
+                if (value.precedence, std::cmp::Reverse(value.cookie)) > (v.precedence, std::cmp::Reverse(v.cookie)) {
+                    *v = value;
+                }
+            })
+            .or_insert(value);
+    }
+    let denies: Vec<(PolicyKey, PolicyValue)> =
+        map.iter().filter(|(_, v)| v.verdict == dp::VERDICT_DENY).map(|(k, v)| (*k, *v)).collect();
+    map.into_iter()
+        .map(|(key, value)| {
+            let value = match denies.iter().find(|(d, _)| value.verdict != dp::VERDICT_DENY && covers(d, &key)) {
+                Some((_, deny)) => *deny,
+                None => value,
+            };
+            PolicyEntry { key, value }
+        })
+        .collect()
+}
+
+/// Where each rule lives, indexed so a namespace's identities only meet the rules that can
+/// select them.
+#[derive(Clone, Debug, Default)]
+struct RuleIndex {
+    by_namespace: HashMap<String, Vec<(usize, usize)>>,
+    cluster_wide: Vec<(usize, usize)>,
+}
+
+impl RuleIndex {
+    fn build(set: &PolicySet) -> RuleIndex {
+        let mut index = RuleIndex::default();
+        for (p, policy) in set.policies.iter().enumerate() {
+            for r in 0..policy.rules.len() {
+                match &policy.id.namespace {
+                    Some(ns) => index.by_namespace.entry(ns.clone()).or_default().push((p, r)),
+                    None => index.cluster_wide.push((p, r)),
+                }
+            }
+        }
+        index
+    }
+
+    fn candidates<'a>(&'a self, namespace: Option<&str>) -> impl Iterator<Item = (usize, usize)> + 'a {
+        namespace.and_then(|ns| self.by_namespace.get(ns)).into_iter().flatten().chain(&self.cluster_wide).copied()
+    }
+}
+
+/// The compiled state of a policy set over a cluster.
+#[derive(Clone, Debug)]
+pub struct Engine {
+    pub policies: PolicySet,
+    pub cluster: Cluster,
+    mode: EnforcementMode,
+    identities: Identities,
+    rules: RuleIndex,
+    /// Identities each distinct peer selects.
+    selections: HashMap<Peer, BTreeSet<u32>>,
+    pod_identity: HashMap<String, u32>,
+    /// NetworkPolicy ipBlocks. A pod inside one carries a label for it, so pods inside and
+    /// outside a block never share an identity and the block selects exactly its pods.
+    ip_blocks: BTreeSet<CidrBlock>,
+    /// Every port number each container port name has across the cluster (egress named ports).
+    named_ports: HashMap<String, BTreeSet<(Protocol, u16)>>,
+    groups: HashMap<GroupKey, Group>,
+}
+
+/// One endpoint's compiled policy.
+pub struct EndpointPolicy<'a> {
+    pub pod: &'a Pod,
+    pub identity: &'a Identity,
+    pub group: &'a Group,
+}
+
+impl Engine {
+    pub fn new(policies: PolicySet, cluster: Cluster, mode: EnforcementMode) -> Engine {
+        let mut engine = Engine {
+            rules: RuleIndex::build(&policies),
+            policies,
+            cluster: Cluster::default(),
+            mode,
+            identities: Identities::default(),
+            selections: HashMap::new(),
+            pod_identity: HashMap::new(),
+            ip_blocks: BTreeSet::new(),
+            named_ports: HashMap::new(),
+            groups: HashMap::new(),
+        };
+        engine.ip_blocks = ip_blocks(&engine.policies);
+        for prefix in cidr_prefixes(&engine.policies) {
+            engine.identities.acquire_cidr(prefix);
+        }
+        let pods = std::mem::take(&mut cluster.pods.clone());
+        engine.cluster = Cluster { pods: Vec::new(), ..cluster };
+        for pod in pods {
+            engine.add_pod_identity(pod);
+        }
+        let keys: BTreeSet<GroupKey> = engine.cluster.endpoints().map(|p| engine.group_key(p)).collect();
+        for key in keys {
+            let group = engine.compile_group(&key);
+            engine.groups.insert(key, group);
+        }
+        engine
+    }
+
+    pub fn identities(&self) -> &Identities {
+        &self.identities
+    }
+
+    pub fn identity_of_pod(&self, pod: &Pod) -> Option<u32> {
+        self.pod_identity.get(&pod.key()).copied()
+    }
+
+    pub fn endpoint(&self, namespace: &str, name: &str) -> Option<EndpointPolicy<'_>> {
+        let pod = self.cluster.pod(namespace, name).filter(|p| !p.host_network)?;
+        let key = self.group_key(pod);
+        Some(EndpointPolicy { pod, identity: self.identities.get(key.identity)?, group: self.groups.get(&key)? })
+    }
+
+    pub fn endpoints(&self) -> impl Iterator<Item = EndpointPolicy<'_>> {
+        self.cluster.endpoints().filter_map(|p| self.endpoint(&p.namespace, &p.name))
+    }
+
+    /// The ipcache: pods as /32, CIDR identities for referenced prefixes, node addresses.
+    pub fn ipcache(&self) -> Vec<(Prefix, u32)> {
+        let mut entries: Vec<(Prefix, u32)> = self.identities.cidr_identities().filter_map(|i| Some((i.prefix?, i.id))).collect();
+        for node in &self.cluster.nodes {
+            entries.extend(node.addresses.iter().map(|a| (Prefix::new(*a, 32), dp::IDENTITY_REMOTE_NODE)));
+        }
+        for pod in self.cluster.endpoints() {
+            if let (Some(ip), Some(id)) = (pod.ip, self.identity_of_pod(pod)) {
+                entries.push((Prefix::new(ip, 32), id));
+            }
+        }
+        entries.sort();
+        entries
+    }
+
+    /// The identity the datapath sees for an address (longest prefix; world when nothing matches).
+    pub fn identity_of_addr(&self, addr: Ipv4Addr) -> u32 {
+        self.ipcache()
+            .into_iter()
+            .filter(|(p, _)| p.contains_addr(addr))
+            .max_by_key(|(p, _)| p.len)
+            .map_or(dp::IDENTITY_WORLD, |(_, id)| id)
+    }
+
+    /// Adds or updates a pod (labels, ports, address); only what it affects is recomputed.
+    pub fn upsert_pod(&mut self, pod: Pod) {
+        let key = pod.key();
+        if let Some(index) = self.cluster.pods.iter().position(|p| p.key() == key) {
+            let old = self.cluster.pods.remove(index);
+            self.remove_pod_identity(&old);
+        }
+        self.add_pod_identity(pod);
+        let pod = self.cluster.pods.last().expect("just added");
+        if !pod.host_network {
+            let group_key = self.group_key(pod);
+            if !self.groups.contains_key(&group_key) {
+                let group = self.compile_group(&group_key);
+                self.groups.insert(group_key, group);
+            }
+        }
+    }
+
+    /// Adds or replaces a policy; recompiles only the groups its old or new rules select.
+    pub fn set_policy(&mut self, policy: Policy) {
+        if ip_blocks(&PolicySet { policies: vec![policy.clone()] }).iter().any(|b| !self.ip_blocks.contains(b)) {
+            // New ipBlocks change pod identities: start over.
+            let mut policies = self.policies.clone();
+            match policies.policies.iter().position(|p| p.id == policy.id) {
+                Some(i) => policies.policies[i] = policy,
+                None => policies.policies.push(policy),
+            }
+            policies.renumber();
+            *self = Engine::new(policies, std::mem::take(&mut self.cluster), self.mode);
+            return;
+        }
+        let index = match self.policies.policies.iter().position(|p| p.id == policy.id) {
+            Some(i) => {
+                let old = std::mem::replace(&mut self.policies.policies[i], policy);
+                self.retire_policy(&old);
+                i
+            }
+            None => {
+                self.policies.policies.push(policy);
+                self.policies.policies.len() - 1
+            }
+        };
+        self.policies.renumber();
+        self.rules = RuleIndex::build(&self.policies);
+        for prefix in cidr_prefixes_of(&self.policies.policies[index]) {
+            if let (id, true) = self.identities.acquire_cidr(prefix) {
+                self.identity_added(id);
+            }
+        }
+        let affected: Vec<GroupKey> = self
+            .groups
+            .keys()
+            .filter(|key| self.selects_group(&self.policies.policies[index], key))
+            .cloned()
+            .collect();
+        for key in affected {
+            let group = self.compile_group(&key);
+            self.groups.insert(key, group);
+        }
+    }
+
+    /// Forgets an outgoing policy version: its CIDR identities and the groups it selected.
+    fn retire_policy(&mut self, old: &Policy) {
+        let stale: Vec<GroupKey> = self.groups.keys().filter(|key| self.selects_group(old, key)).cloned().collect();
+        for key in stale {
+            self.groups.remove(&key);
+        }
+        for prefix in cidr_prefixes_of(old) {
+            let id = self.identities.cidr_identities().find(|i| i.prefix == Some(prefix)).map(|i| i.id);
+            if let Some(id) = id
+                && self.identities.release(id)
+            {
+                self.identity_removed(id);
+            }
+        }
+        // Groups removed above are recompiled by the caller when the new version selects them;
+        // the rest must exist again for their endpoints.
+        let missing: BTreeSet<GroupKey> =
+            self.cluster.endpoints().map(|p| self.group_key(p)).filter(|k| !self.groups.contains_key(k)).collect();
+        for key in missing {
+            let group = self.compile_group(&key);
+            self.groups.insert(key, group);
+        }
+    }
+
+    fn selects_group(&self, policy: &Policy, key: &GroupKey) -> bool {
+        self.identities.get(key.identity).is_some_and(|i| policy.rules.iter().any(|r| r.subject.matches(&i.labels)))
+    }
+
+    fn group_key(&self, pod: &Pod) -> GroupKey {
+        let mut ports = pod.ports.clone();
+        ports.sort();
+        GroupKey { identity: self.pod_identity[&pod.key()], ports }
+    }
+
+    fn add_pod_identity(&mut self, pod: Pod) {
+        let mut labels = identity::pod_labels(&pod, self.cluster.namespaces.get(&pod.namespace));
+        for block in self.ip_blocks.iter().filter(|b| pod.ip.is_some_and(|ip| b.selects_addr(ip))) {
+            labels.insert(Source::Cidr, ip_block_label(block), "");
+        }
+        let (id, new) = if pod.host_network {
+            (dp::IDENTITY_HOST, false)
+        } else {
+            self.identities.acquire(labels, Some(pod.namespace.clone()), None)
+        };
+        for port in &pod.ports {
+            if let Some(name) = &port.name {
+                self.named_ports.entry(name.clone()).or_default().insert((port.protocol, port.port));
+            }
+        }
+        self.pod_identity.insert(pod.key(), id);
+        self.cluster.pods.push(pod);
+        if new {
+            self.identity_added(id);
+        }
+    }
+
+    fn remove_pod_identity(&mut self, pod: &Pod) {
+        let Some(id) = self.pod_identity.remove(&pod.key()) else { return };
+        if id != dp::IDENTITY_HOST && self.identities.release(id) {
+            self.groups.retain(|key, _| key.identity != id);
+            self.identity_removed(id);
+        }
+    }
+
+    /// A new identity joins the selections that match it and is patched into every group.
+    fn identity_added(&mut self, id: u32) {
+        let Some(identity) = self.identities.get(id).cloned() else { return };
+        let changed: Vec<Peer> = self.selections.keys().filter(|p| self.peer_selects(p, &identity)).cloned().collect();
+        for peer in &changed {
+            self.selections.get_mut(peer).expect("present").insert(id);
+        }
+        self.repatch(id);
+    }
+
+    fn identity_removed(&mut self, id: u32) {
+        for selected in self.selections.values_mut() {
+            selected.remove(&id);
+        }
+        for group in self.groups.values_mut() {
+            group.ingress.by_identity.remove(&id);
+            group.egress.by_identity.remove(&id);
+        }
+    }
+
+    /// Recomputes the entries for remote identity `id` in every group.
+    fn repatch(&mut self, id: u32) {
+        let mut groups = std::mem::take(&mut self.groups);
+        for group in groups.values_mut() {
+            for direction in Direction::BOTH {
+                let policy = group.direction_mut(direction);
+                let touching: Vec<&CompiledRule> = policy.rules.iter().filter(|r| self.rule_selects(r, id)).collect();
+                let entries = resolve(id, direction.datapath(), contributions(&touching));
+                if entries.is_empty() {
+                    policy.by_identity.remove(&id);
+                } else {
+                    policy.by_identity.insert(id, entries);
+                }
+            }
+        }
+        self.groups = groups;
+    }
+
+    /// Cookies of the rules in `direction` of `group` that select remote identity `id`, the
+    /// wildcard rules included.
+    pub(crate) fn cookies_selecting(&self, policy: &DirectionPolicy, id: u32) -> Vec<u32> {
+        policy
+            .rules
+            .iter()
+            .filter(|r| r.verdict != dp::VERDICT_DENY && (self.rule_selects(r, id) || self.rule_selects(r, dp::IDENTITY_ANY)))
+            .map(|r| r.cookie)
+            .collect()
+    }
+
+    fn rule_selects(&self, rule: &CompiledRule, id: u32) -> bool {
+        match &rule.peers {
+            CompiledPeers::All => id == dp::IDENTITY_ANY,
+            CompiledPeers::Identity(only) => *only == id,
+            CompiledPeers::Some(peers) => peers.iter().any(|p| self.selections.get(p).is_some_and(|s| s.contains(&id))),
+        }
+    }
+
+    fn peer_selects(&self, peer: &Peer, identity: &Identity) -> bool {
+        match peer {
+            Peer::Labels(selector) => selector.matches(&identity.labels),
+            Peer::Cidr(block) => identity.prefix.is_some_and(|p| block.selects(&p)),
+            Peer::IpBlock(block) => {
+                identity.prefix.is_some_and(|p| block.selects(&p)) || identity.labels.get(Source::Cidr, &ip_block_label(block)).is_some()
+            }
+            Peer::Service(service) => self.service_selectors(service).iter().any(|s| s.matches(&identity.labels)),
+            // Addresses come from DNS answers at runtime; offline there are none.
+            Peer::Fqdn(_) => false,
+        }
+    }
+
+    /// A Service with a pod selector stands for the pods it selects.
+    fn service_selectors(&self, service: &ServiceRef) -> Vec<Selector> {
+        let to_selector = |s: &crate::cluster::Service| {
+            let pods = s.selector.as_ref()?;
+            let requirements = pods
+                .iter()
+                .map(|(k, v)| Requirement::equals(Source::K8s, k.clone(), v.clone()))
+                .chain([Requirement::equals(Source::K8s, labels::NAMESPACE_KEY, s.namespace.clone())]);
+            Some(Selector::new(requirements))
+        };
+        self.cluster
+            .services
+            .iter()
+            .filter(|s| match service {
+                ServiceRef::Name { namespace, name } => &s.namespace == namespace && &s.name == name,
+                ServiceRef::Selector { namespace, selector } => {
+                    namespace.as_ref().is_none_or(|ns| ns == &s.namespace) && selector.matches(&service_labels(s))
+                }
+            })
+            .filter_map(to_selector)
+            .collect()
+    }
+
+    /// Identities a peer selects, cached per distinct peer.
+    fn select(&mut self, peer: &Peer) -> &BTreeSet<u32> {
+        if !self.selections.contains_key(peer) {
+            let namespace = match peer {
+                Peer::Labels(selector) => single_namespace(selector),
+                _ => None,
+            };
+            let selected: BTreeSet<u32> = match namespace {
+                Some(ns) => self.identities.in_namespace(&ns).filter(|i| self.peer_selects(peer, i)).map(|i| i.id).collect(),
+                None => self.identities.all().filter(|i| self.peer_selects(peer, i)).map(|i| i.id).collect(),
+            };
+            self.selections.insert(peer.clone(), selected);
+        }
+        &self.selections[peer]
+    }
+
+    fn compile_group(&mut self, key: &GroupKey) -> Group {
+        let Some(identity) = self.identities.get(key.identity).cloned() else {
+            let empty = DirectionPolicy { enforcement: Enforcement::NotEnforced, rules: Vec::new(), by_identity: HashMap::new() };
+            return Group { ingress: empty.clone(), egress: empty };
+        };
+        let subject_rules: Vec<(usize, usize)> = self
+            .rules
+            .candidates(identity.namespace.as_deref())
+            .filter(|(p, r)| self.policies.policies[*p].rules[*r].subject.matches(&identity.labels))
+            .collect();
+        let ingress = self.compile_direction(Direction::Ingress, &subject_rules, &key.ports);
+        let egress = self.compile_direction(Direction::Egress, &subject_rules, &key.ports);
+        Group { ingress, egress }
+    }
+
+    fn compile_direction(&mut self, direction: Direction, subject_rules: &[(usize, usize)], own_ports: &[ContainerPort]) -> DirectionPolicy {
+        let sections: Vec<&Section> =
+            subject_rules.iter().map(|(p, r)| self.policies.policies[*p].rules[*r].section(direction)).collect();
+        let enabling: Vec<&&Section> = sections.iter().filter(|s| s.enables_policy).collect();
+        let enforcement = match self.mode {
+            EnforcementMode::Never => Enforcement::NotEnforced,
+            _ if enabling.iter().any(|s| s.default_deny) => Enforcement::DefaultDeny,
+            _ if !enabling.is_empty() => Enforcement::DefaultAllow,
+            EnforcementMode::Always => Enforcement::DefaultDeny,
+            EnforcementMode::Default => Enforcement::NotEnforced,
+        };
+        let mut rules = Vec::new();
+        let allow_all = |cookie| CompiledRule { cookie, peers: CompiledPeers::All, keys: vec![(None, 0, 0)], verdict: dp::VERDICT_ALLOW };
+        match enforcement {
+            Enforcement::NotEnforced => rules.push(allow_all(dp::COOKIE_NOT_ENFORCED)),
+            Enforcement::DefaultAllow => rules.push(allow_all(dp::COOKIE_DEFAULT_ALLOW)),
+            Enforcement::DefaultDeny => {}
+        }
+        if enforcement != Enforcement::NotEnforced {
+            if direction == Direction::Ingress {
+                rules.push(CompiledRule {
+                    cookie: dp::COOKIE_LOCALHOST,
+                    peers: CompiledPeers::Identity(dp::IDENTITY_HOST),
+                    keys: vec![(None, 0, 0)],
+                    verdict: dp::VERDICT_ALLOW,
+                });
+            }
+            for section in &sections {
+                for rule in &section.rules {
+                    rules.push(self.compile_rule(rule, direction, own_ports));
+                }
+            }
+        }
+        let mut by_remote: HashMap<u32, Vec<&CompiledRule>> = HashMap::new();
+        for rule in &rules {
+            match &rule.peers {
+                CompiledPeers::All => by_remote.entry(dp::IDENTITY_ANY).or_default().push(rule),
+                CompiledPeers::Identity(id) => by_remote.entry(*id).or_default().push(rule),
+                CompiledPeers::Some(peers) => {
+                    let mut ids = BTreeSet::new();
+                    for peer in peers {
+                        ids.extend(self.select(peer).iter().copied());
+                    }
+                    for id in ids {
+                        by_remote.entry(id).or_default().push(rule);
+                    }
+                }
+            }
+        }
+        let by_identity = by_remote
+            .into_iter()
+            .map(|(id, touching)| (id, resolve(id, direction.datapath(), contributions(&touching))))
+            .filter(|(_, entries)| !entries.is_empty())
+            .collect();
+        DirectionPolicy { enforcement, rules, by_identity }
+    }
+
+    fn compile_rule(&self, rule: &PeerRule, direction: Direction, own_ports: &[ContainerPort]) -> CompiledRule {
+        let peers = match &rule.peers {
+            Peers::All => CompiledPeers::All,
+            Peers::Some(peers) => CompiledPeers::Some(peers.clone()),
+        };
+        let mut keys = Vec::new();
+        let mut redirect = false;
+        if rule.ports.is_empty() {
+            keys.push((None, 0, 0));
+        }
+        for port in &rule.ports {
+            redirect |= port.l7.is_some();
+            let proto = port.protocol.number();
+            match &port.port {
+                PortSpec::Any => keys.push((Some(proto), 0, 0)),
+                PortSpec::Range(lo, hi) => keys.extend(port_prefixes(*lo, *hi).into_iter().map(|(p, b)| (Some(proto), p, b))),
+                PortSpec::Named(name) => {
+                    for number in self.resolve_named_port(name, port.protocol, direction, own_ports) {
+                        keys.push((Some(proto), number, 16));
+                    }
+                }
+            }
+        }
+        let verdict = match (rule.deny, redirect) {
+            (true, _) => dp::VERDICT_DENY,
+            (false, true) => dp::VERDICT_REDIRECT,
+            (false, false) => dp::VERDICT_ALLOW,
+        };
+        CompiledRule { cookie: rule.cookie, peers, keys, verdict }
+    }
+
+    /// Ingress names resolve against the endpoint's own ports; egress names against every pod's,
+    /// and a name that maps to different numbers across pods resolves to nothing (as in Cilium).
+    pub fn resolve_named_port(&self, name: &str, protocol: Protocol, direction: Direction, own_ports: &[ContainerPort]) -> Vec<u16> {
+        match direction {
+            Direction::Ingress => own_ports
+                .iter()
+                .filter(|p| p.name.as_deref() == Some(name) && p.protocol == protocol)
+                .map(|p| p.port)
+                .collect(),
+            Direction::Egress => match self.named_ports.get(name) {
+                Some(numbers) if numbers.len() == 1 => {
+                    numbers.iter().filter(|(p, _)| *p == protocol).map(|(_, n)| *n).collect()
+                }
+                _ => Vec::new(),
+            },
+        }
+    }
+
+    /// Names that map to more than one port number across the cluster.
+    pub fn ambiguous_port_names(&self) -> Vec<(&str, Vec<u16>)> {
+        self.named_ports
+            .iter()
+            .filter(|(_, n)| n.len() > 1)
+            .map(|(name, n)| (name.as_str(), n.iter().map(|(_, p)| *p).collect()))
+            .collect()
+    }
+}
+
+fn contributions<'a>(rules: &'a [&'a CompiledRule]) -> impl Iterator<Item = (Option<u8>, u16, u8, u8, u32)> + 'a {
+    rules.iter().flat_map(|r| r.keys.iter().map(move |(proto, port, bits)| (*proto, *port, *bits, r.verdict, r.cookie)))
+}
+
+/// The one namespace a selector is confined to, if it names exactly one.
+fn single_namespace(selector: &Selector) -> Option<String> {
+    selector
+        .requirements()
+        .find(|r| r.key == labels::NAMESPACE_KEY && r.operator == Operator::In && r.values.len() == 1)
+        .and_then(|r| r.values.iter().next().cloned())
+}
+
+fn service_labels(service: &crate::cluster::Service) -> crate::labels::LabelSet {
+    let mut set = crate::labels::LabelSet::default();
+    for (k, v) in &service.labels {
+        set.insert(Source::K8s, k.clone(), v.clone());
+    }
+    set.insert(Source::K8s, labels::NAMESPACE_KEY, service.namespace.clone());
+    set
+}
+
+fn cidr_prefixes_of(policy: &Policy) -> BTreeSet<Prefix> {
+    let mut prefixes = BTreeSet::new();
+    for peer_rule in policy.rules.iter().flat_map(|r| r.ingress.rules.iter().chain(&r.egress.rules)) {
+        if let Peers::Some(peers) = &peer_rule.peers {
+            for peer in peers {
+                if let Peer::Cidr(block) | Peer::IpBlock(block) = peer {
+                    prefixes.insert(block.cidr);
+                    prefixes.extend(block.except.iter().copied());
+                }
+            }
+        }
+    }
+    prefixes
+}
+
+fn ip_blocks(set: &PolicySet) -> BTreeSet<CidrBlock> {
+    let mut blocks = BTreeSet::new();
+    for peer_rule in set.policies.iter().flat_map(|p| &p.rules).flat_map(|r| r.ingress.rules.iter().chain(&r.egress.rules)) {
+        if let Peers::Some(peers) = &peer_rule.peers {
+            blocks.extend(peers.iter().filter_map(|p| match p {
+                Peer::IpBlock(block) => Some(block.clone()),
+                _ => None,
+            }));
+        }
+    }
+    blocks
+}
+
+fn ip_block_label(block: &CidrBlock) -> String {
+    let except: Vec<String> = block.except.iter().map(ToString::to_string).collect();
+    if except.is_empty() { format!("ipblock:{}", block.cidr) } else { format!("ipblock:{}-except-{}", block.cidr, except.join("+")) }
+}
+
+fn cidr_prefixes(set: &PolicySet) -> BTreeSet<Prefix> {
+    set.policies.iter().flat_map(cidr_prefixes_of).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn port_ranges_split_into_aligned_prefixes() {
+        assert_eq!(port_prefixes(80, 80), vec![(80, 16)]);
+        assert_eq!(port_prefixes(0, 65535), vec![(0, 0)]);
+        assert_eq!(port_prefixes(8080, 8095), vec![(8080, 12)]);
+        let blocks = port_prefixes(1000, 2000);
+        let covered: u32 = blocks.iter().map(|(_, bits)| 1u32 << (16 - bits)).sum();
+        assert_eq!(covered, 1001);
+        assert_eq!(port_prefixes(65535, 65535), vec![(65535, 16)]);
+    }
+
+    #[test]
+    fn broader_deny_overrides_narrower_allow_of_the_same_identity() {
+        let entries = resolve(
+            300,
+            dp::DIRECTION_INGRESS,
+            [(Some(dp::PROTO_TCP), 80, 16, dp::VERDICT_ALLOW, 7), (None, 0, 0, dp::VERDICT_DENY, 9)].into_iter(),
+        );
+        assert!(entries.iter().all(|e| e.value.verdict == dp::VERDICT_DENY && e.value.cookie == 9));
+    }
+}

@@ -1,0 +1,98 @@
+//! Semantic diff: which flows a change of policy newly denies, newly allows, or decides by a
+//! different rule, evaluated with the same lookup as `trace`.
+use serde::{Deserialize, Serialize};
+
+use crate::cluster::Cluster;
+use crate::compile::Engine;
+use crate::trace::{self, FlowEnd, FlowPort, Trace, Verdict};
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Flow {
+    pub from: FlowEnd,
+    pub to: FlowEnd,
+    pub port: FlowPort,
+}
+
+/// A flow as written in a flows file: `{"from": ..., "to": ..., "port": ...}`.
+#[derive(Clone, Debug, Deserialize)]
+pub struct FlowText {
+    pub from: String,
+    pub to: String,
+    pub port: String,
+}
+
+impl FlowText {
+    pub fn parse(&self) -> Result<Flow, String> {
+        Ok(Flow { from: FlowEnd::parse(&self.from)?, to: FlowEnd::parse(&self.to)?, port: FlowPort::parse(&self.port)? })
+    }
+}
+
+/// Every pair of distinct endpoints, on every port the destination declares.
+pub fn all_pod_flows(cluster: &Cluster) -> Vec<Flow> {
+    let mut flows = Vec::new();
+    for src in cluster.endpoints() {
+        for dst in cluster.endpoints().filter(|d| d.key() != src.key()) {
+            for port in &dst.ports {
+                flows.push(Flow {
+                    from: FlowEnd::Pod { namespace: src.namespace.clone(), name: src.name.clone() },
+                    to: FlowEnd::Pod { namespace: dst.namespace.clone(), name: dst.name.clone() },
+                    port: FlowPort { protocol: port.protocol, port: port.port },
+                });
+            }
+        }
+    }
+    flows
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Change {
+    NewlyDenied,
+    NewlyAllowed,
+    RuleChanged,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct Outcome {
+    pub verdict: Verdict,
+    pub egress_rule: String,
+    pub ingress_rule: String,
+}
+
+impl From<&Trace> for Outcome {
+    fn from(t: &Trace) -> Self {
+        let rule = |d: &trace::Decision| match &d.proxy {
+            Some(proxy) => format!("{} ({proxy})", d.rule),
+            None => d.rule.clone(),
+        };
+        Outcome { verdict: t.verdict, egress_rule: rule(&t.egress), ingress_rule: rule(&t.ingress) }
+    }
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct FlowChange {
+    pub from: String,
+    pub to: String,
+    pub port: String,
+    pub change: Change,
+    pub before: Outcome,
+    pub after: Outcome,
+}
+
+/// Flows whose outcome differs between `before` and `after`. A flow naming a pod missing from
+/// either cluster is an error.
+pub fn semantic_diff(before: &Engine, after: &Engine, flows: &[Flow]) -> Result<Vec<FlowChange>, String> {
+    let mut changes = Vec::new();
+    for flow in flows {
+        let old = Outcome::from(&trace::trace(before, &flow.from, &flow.to, flow.port, None)?);
+        let new = Outcome::from(&trace::trace(after, &flow.from, &flow.to, flow.port, None)?);
+        let change = match (old.verdict, new.verdict) {
+            (Verdict::Allowed, Verdict::Denied) => Change::NewlyDenied,
+            (Verdict::Denied, Verdict::Allowed) => Change::NewlyAllowed,
+            _ if old.egress_rule != new.egress_rule || old.ingress_rule != new.ingress_rule => Change::RuleChanged,
+            _ => continue,
+        };
+        changes.push(FlowChange { from: flow.from.to_string(), to: flow.to.to_string(), port: flow.port.to_string(), change, before: old, after: new });
+    }
+    Ok(changes)
+}

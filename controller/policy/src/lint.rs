@@ -1,0 +1,102 @@
+//! Warnings about valid policies that probably do not do what their author meant.
+use crate::compile::{Enforcement, Engine};
+use crate::diag::{Diagnostic, Severity};
+use crate::model::{Peer, Peers, Policy, PolicyKind, PolicySet, Rule};
+
+fn warning(policy: &Policy, line: u32, path: &str, message: String) -> Diagnostic {
+    Diagnostic { severity: Severity::Warning, file: policy.file.clone(), line, path: path.to_string(), message }
+}
+
+/// Lints that need no cluster.
+pub fn lint(set: &PolicySet) -> Vec<Diagnostic> {
+    let mut out = Vec::new();
+    for policy in &set.policies {
+        for rule in &policy.rules {
+            for peer_rule in rule.egress.rules.iter() {
+                if let Peers::Some(peers) = &peer_rule.peers
+                    && peers.iter().any(|p| matches!(p, Peer::Fqdn(_)))
+                {
+                    out.push(warning(
+                        policy,
+                        peer_rule.line,
+                        &format!("{}.toFQDNs", peer_rule.path),
+                        "toFQDNs selects addresses learned by a DNS proxy, which Palisade does not run yet: these names are denied".into(),
+                    ));
+                }
+            }
+        }
+    }
+    out
+}
+
+/// Lints against a cluster: selectors that match nothing, and rules that put pods into
+/// default deny as a side effect of allowing something.
+pub fn lint_with_cluster(engine: &Engine) -> Vec<Diagnostic> {
+    let mut out = lint(&engine.policies);
+    let identities: Vec<_> = engine.endpoints().map(|e| e.identity.clone()).collect();
+    for policy in &engine.policies.policies {
+        for rule in &policy.rules {
+            let selected: Vec<_> = identities.iter().filter(|i| rule.subject.matches(&i.labels)).collect();
+            if selected.is_empty() {
+                let field = if policy.id.kind == PolicyKind::NetworkPolicy { "podSelector" } else { "endpointSelector" };
+                out.push(warning(policy, rule.line, &format!("{}.{field}", rule.path), format!("selects no pod in the cluster ({})", rule.subject)));
+                continue;
+            }
+            if let Some(message) = denies_dns_by_accident(engine, rule) {
+                out.push(warning(policy, rule.line, &format!("{}.egress", rule.path), message));
+            }
+            for peer_rule in rule.ingress.rules.iter().chain(&rule.egress.rules) {
+                let Peers::Some(peers) = &peer_rule.peers else { continue };
+                for peer in peers {
+                    if let Peer::Labels(selector) = peer
+                        && !engine.identities().all().any(|i| selector.matches(&i.labels))
+                    {
+                        out.push(warning(policy, peer_rule.line, &peer_rule.path, format!("peer selector {selector} matches no pod or entity in the cluster")));
+                    }
+                }
+            }
+        }
+    }
+    for (name, numbers) in engine.ambiguous_port_names() {
+        out.push(Diagnostic {
+            severity: Severity::Warning,
+            file: String::new(),
+            line: 0,
+            path: String::new(),
+            message: format!("egress rules naming port {name:?} match nothing: pods disagree on its number {numbers:?}"),
+        });
+    }
+    out
+}
+
+/// The classic accident: a rule allowing some egress puts pods into egress default deny, and
+/// nothing allows them DNS, so every name lookup now fails. Rules that mean to deny everything
+/// (an empty rule `{}`) are not flagged.
+fn denies_dns_by_accident(engine: &Engine, rule: &Rule) -> Option<String> {
+    let section = &rule.egress;
+    if !section.enables_policy || section.rules.iter().any(|r| r.peers == Peers::Some(Vec::new()) && r.ports.is_empty()) {
+        return None;
+    }
+    let dns = engine
+        .cluster
+        .pods
+        .iter()
+        .find(|p| p.labels.get("k8s-app").is_some_and(|v| v == "kube-dns"))
+        .and_then(|p| engine.identity_of_pod(p))
+        .unwrap_or(palisade_common::IDENTITY_WORLD);
+    let broken: Vec<String> = engine
+        .endpoints()
+        .filter(|e| rule.subject.matches(&e.identity.labels) && e.group.egress.enforcement == Enforcement::DefaultDeny)
+        .filter(|e| {
+            e.group.egress.lookup(dns, palisade_common::PROTO_UDP, 53).is_none_or(|entry| entry.value.verdict == palisade_common::VERDICT_DENY)
+        })
+        .map(|e| e.pod.key())
+        .collect();
+    (!broken.is_empty()).then(|| {
+        format!(
+            "puts {} pod(s) into egress default deny with no rule allowing DNS (53/UDP), so their name lookups fail: {}",
+            broken.len(),
+            broken.iter().take(3).cloned().collect::<Vec<_>>().join(", ") + if broken.len() > 3 { ", ..." } else { "" },
+        )
+    })
+}

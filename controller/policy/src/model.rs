@@ -1,0 +1,352 @@
+//! The normalized policy model every resource kind is translated into: namespaces injected,
+//! entities expanded to selectors, `ANY` expanded to TCP+UDP+SCTP, each allow or deny rule
+//! numbered with a cookie the datapath reports back.
+use std::fmt;
+use std::net::Ipv4Addr;
+
+use regex::Regex;
+
+use crate::selector::Selector;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize)]
+pub enum PolicyKind {
+    CiliumNetworkPolicy,
+    CiliumClusterwideNetworkPolicy,
+    NetworkPolicy,
+}
+
+impl PolicyKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PolicyKind::CiliumNetworkPolicy => "CiliumNetworkPolicy",
+            PolicyKind::CiliumClusterwideNetworkPolicy => "CiliumClusterwideNetworkPolicy",
+            PolicyKind::NetworkPolicy => "NetworkPolicy",
+        }
+    }
+}
+
+/// Identifies a policy object: kind, namespace (none for cluster-wide) and name.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize)]
+pub struct PolicyId {
+    pub kind: PolicyKind,
+    pub namespace: Option<String>,
+    pub name: String,
+}
+
+impl fmt::Display for PolicyId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.namespace {
+            Some(ns) => write!(f, "{} {}/{}", self.kind.as_str(), ns, self.name),
+            None => write!(f, "{} {}", self.kind.as_str(), self.name),
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct Policy {
+    pub id: PolicyId,
+    pub file: String,
+    pub line: u32,
+    pub rules: Vec<Rule>,
+    /// The object as written (canonical JSON), for text diffs and content digests.
+    pub source: serde_json::Value,
+}
+
+/// One Cilium rule (`spec` or an element of `specs`; a NetworkPolicy is one rule).
+#[derive(Clone, Debug)]
+pub struct Rule {
+    pub path: String,
+    /// Line of the selector that picks the rule's endpoints.
+    pub line: u32,
+    /// Endpoints the rule applies to, namespace already injected for namespaced kinds.
+    pub subject: Selector,
+    pub description: Option<String>,
+    pub ingress: Section,
+    pub egress: Section,
+}
+
+impl Rule {
+    pub fn section(&self, direction: Direction) -> &Section {
+        match direction {
+            Direction::Ingress => &self.ingress,
+            Direction::Egress => &self.egress,
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Direction {
+    Ingress,
+    Egress,
+}
+
+impl Direction {
+    pub const BOTH: [Direction; 2] = [Direction::Ingress, Direction::Egress];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Direction::Ingress => "ingress",
+            Direction::Egress => "egress",
+        }
+    }
+
+    pub fn datapath(self) -> u8 {
+        match self {
+            Direction::Ingress => palisade_common::DIRECTION_INGRESS,
+            Direction::Egress => palisade_common::DIRECTION_EGRESS,
+        }
+    }
+}
+
+/// The allow and deny rules of one direction.
+#[derive(Clone, Debug, Default)]
+pub struct Section {
+    /// A non-empty allow or deny list puts selected endpoints into policy for this direction.
+    pub enables_policy: bool,
+    /// False when the rule says `enableDefaultDeny: false` for this direction.
+    pub default_deny: bool,
+    pub rules: Vec<PeerRule>,
+}
+
+/// One element of `ingress`, `ingressDeny`, `egress` or `egressDeny` (or a NetworkPolicy rule).
+#[derive(Clone, Debug)]
+pub struct PeerRule {
+    pub path: String,
+    pub line: u32,
+    pub cookie: u32,
+    pub deny: bool,
+    pub peers: Peers,
+    /// Empty: an L3-only rule, every protocol and port (ICMP included).
+    pub ports: Vec<PortRule>,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum Peers {
+    /// Every identity, world included (identity 0 in the map).
+    All,
+    /// Any of these; an empty list selects nothing.
+    Some(Vec<Peer>),
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Peer {
+    /// Identities whose labels match (pods, reserved identities, CIDR identities via `reserved:world`).
+    Labels(Selector),
+    /// CIDR identities inside the block; never pods (Cilium semantics).
+    Cidr(CidrBlock),
+    /// A NetworkPolicy ipBlock: like `Cidr`, and also the pods whose IPs are inside (Kubernetes semantics).
+    IpBlock(CidrBlock),
+    /// Backends of a Kubernetes Service, resolved against the cluster.
+    Service(ServiceRef),
+    /// Addresses learned from DNS answers at runtime.
+    Fqdn(FqdnMatch),
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum ServiceRef {
+    Name { namespace: String, name: String },
+    Selector { namespace: Option<String>, selector: Selector },
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Prefix {
+    pub addr: Ipv4Addr,
+    pub len: u8,
+}
+
+impl Prefix {
+    pub fn new(addr: Ipv4Addr, len: u8) -> Prefix {
+        let mask = Self::mask(len);
+        Prefix { addr: Ipv4Addr::from(u32::from(addr) & mask), len }
+    }
+
+    fn mask(len: u8) -> u32 {
+        if len == 0 { 0 } else { u32::MAX << (32 - len as u32) }
+    }
+
+    /// `10.0.0.0/8`, or a bare address meaning /32. IPv6 is refused by the caller.
+    pub fn parse(text: &str) -> Option<Prefix> {
+        let (addr, len) = match text.split_once('/') {
+            Some((a, l)) => (a, l.parse::<u8>().ok().filter(|l| *l <= 32)?),
+            None => (text, 32),
+        };
+        Some(Prefix::new(addr.parse().ok()?, len))
+    }
+
+    pub fn contains_addr(&self, addr: Ipv4Addr) -> bool {
+        u32::from(addr) & Self::mask(self.len) == u32::from(self.addr)
+    }
+
+    pub fn contains(&self, other: &Prefix) -> bool {
+        other.len >= self.len && self.contains_addr(other.addr)
+    }
+}
+
+impl fmt::Display for Prefix {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.addr, self.len)
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct CidrBlock {
+    pub cidr: Prefix,
+    pub except: Vec<Prefix>,
+}
+
+impl CidrBlock {
+    /// Whether a CIDR identity for `prefix` is selected: inside the block and in no except hole.
+    pub fn selects(&self, prefix: &Prefix) -> bool {
+        self.cidr.contains(prefix) && !self.except.iter().any(|e| e.contains(prefix))
+    }
+
+    pub fn selects_addr(&self, addr: Ipv4Addr) -> bool {
+        self.cidr.contains_addr(addr) && !self.except.iter().any(|e| e.contains_addr(addr))
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum FqdnMatch {
+    Name(String),
+    Pattern(String),
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize)]
+pub enum Protocol {
+    TCP,
+    UDP,
+    SCTP,
+    ICMP,
+    ICMPv6,
+    VRRP,
+    IGMP,
+}
+
+impl Protocol {
+    pub fn number(self) -> u8 {
+        match self {
+            Protocol::TCP => palisade_common::PROTO_TCP,
+            Protocol::UDP => palisade_common::PROTO_UDP,
+            Protocol::SCTP => palisade_common::PROTO_SCTP,
+            Protocol::ICMP => palisade_common::PROTO_ICMP,
+            Protocol::ICMPv6 => palisade_common::PROTO_ICMPV6,
+            Protocol::VRRP => 112,
+            Protocol::IGMP => 2,
+        }
+    }
+
+    pub fn from_number(number: u8) -> Option<Protocol> {
+        [Protocol::TCP, Protocol::UDP, Protocol::SCTP, Protocol::ICMP, Protocol::ICMPv6, Protocol::VRRP, Protocol::IGMP]
+            .into_iter()
+            .find(|p| p.number() == number)
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Protocol::TCP => "TCP",
+            Protocol::UDP => "UDP",
+            Protocol::SCTP => "SCTP",
+            Protocol::ICMP => "ICMP",
+            Protocol::ICMPv6 => "ICMPv6",
+            Protocol::VRRP => "VRRP",
+            Protocol::IGMP => "IGMP",
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum PortSpec {
+    Any,
+    /// Inclusive range; a single port is `Range(p, p)`. For ICMP the "port" is the ICMP type.
+    Range(u16, u16),
+    /// A container port name, resolved per endpoint.
+    Named(String),
+}
+
+#[derive(Clone, Debug)]
+pub struct PortRule {
+    pub protocol: Protocol,
+    pub port: PortSpec,
+    /// L7 rules turn the L4 entry into a proxy redirect.
+    pub l7: Option<L7Rules>,
+}
+
+#[derive(Clone, Debug)]
+pub enum L7Rules {
+    Http(Vec<HttpMatch>),
+    Kafka(Vec<KafkaMatch>),
+    Dns(Vec<FqdnMatch>),
+}
+
+impl L7Rules {
+    pub fn kind(&self) -> &'static str {
+        match self {
+            L7Rules::Http(_) => "http",
+            L7Rules::Kafka(_) => "kafka",
+            L7Rules::Dns(_) => "dns",
+        }
+    }
+}
+
+/// An HTTP rule: each present field must match the whole request field (Envoy regex semantics).
+#[derive(Clone, Debug)]
+pub struct HttpMatch {
+    pub method: Option<Regex>,
+    pub path: Option<Regex>,
+    pub host: Option<Regex>,
+    /// Required headers: a name, or a name and an exact value.
+    pub headers: Vec<(String, Option<String>)>,
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct KafkaMatch {
+    pub role: Option<String>,
+    pub api_key: Option<String>,
+    pub api_version: Option<String>,
+    pub client_id: Option<String>,
+    pub topic: Option<String>,
+}
+
+/// All policies of one revision, in a stable order. Cookies encode `(policy index + 1) << 12 |
+/// rule index`, so they stay put when another policy changes.
+#[derive(Clone, Debug, Default)]
+pub struct PolicySet {
+    pub policies: Vec<Policy>,
+}
+
+pub const MAX_RULES_PER_POLICY: usize = 1 << COOKIE_RULE_BITS;
+pub const MAX_POLICIES: usize = 1 << 19;
+const COOKIE_RULE_BITS: u32 = 12;
+
+pub fn cookie(policy_index: usize, rule_index: usize) -> u32 {
+    (((policy_index + 1) as u32) << COOKIE_RULE_BITS) | rule_index as u32
+}
+
+impl PolicySet {
+    /// The policy and rule a cookie names, if it names one.
+    pub fn rule_for_cookie(&self, cookie: u32) -> Option<(&Policy, &PeerRule)> {
+        let policy_index = (cookie >> COOKIE_RULE_BITS).checked_sub(1)? as usize;
+        let policy = self.policies.get(policy_index)?;
+        let rule = policy
+            .rules
+            .iter()
+            .flat_map(|r| r.ingress.rules.iter().chain(&r.egress.rules))
+            .find(|r| r.cookie == cookie)?;
+        Some((policy, rule))
+    }
+
+    /// Human-readable origin of a datapath entry's cookie.
+    pub fn describe_cookie(&self, cookie: u32) -> String {
+        match cookie {
+            palisade_common::COOKIE_NONE => "default deny (no rule allows it)".to_string(),
+            palisade_common::COOKIE_NOT_ENFORCED => "no policy selects the endpoint in this direction".to_string(),
+            palisade_common::COOKIE_DEFAULT_ALLOW => "enableDefaultDeny: false (default allow)".to_string(),
+            palisade_common::COOKIE_LOCALHOST => "the local host may always reach its pods".to_string(),
+            _ => match self.rule_for_cookie(cookie) {
+                Some((policy, rule)) => format!("{} {}", policy.id, rule.path),
+                None => format!("unknown rule cookie {cookie}"),
+            },
+        }
+    }
+}

@@ -1,0 +1,300 @@
+//! Explains the verdict for one flow: the source's egress decision and the destination's
+//! ingress decision, each from the entry the datapath would pick, and the L7 proxy's decision
+//! when the entry redirects and an HTTP request is given.
+use std::fmt;
+use std::net::Ipv4Addr;
+
+use palisade_common as dp;
+use serde::Serialize;
+
+use crate::compile::{DirectionPolicy, Enforcement, Engine};
+use crate::identity;
+use crate::model::{Direction, HttpMatch, L7Rules, PortSpec, Protocol};
+
+/// One side of a flow.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum FlowEnd {
+    Pod { namespace: String, name: String },
+    Address(Ipv4Addr),
+    Entity(String),
+}
+
+impl FlowEnd {
+    /// `NAMESPACE/POD`, `cidr:IP` or `entity:NAME`.
+    pub fn parse(text: &str) -> Result<FlowEnd, String> {
+        if let Some(ip) = text.strip_prefix("cidr:") {
+            return ip.parse().map(FlowEnd::Address).map_err(|_| format!("{ip:?} is not an IPv4 address"));
+        }
+        if let Some(name) = text.strip_prefix("entity:") {
+            return match identity::reserved_id(name) {
+                Some(_) => Ok(FlowEnd::Entity(name.to_string())),
+                None => Err(format!("unknown entity {name:?} (world, host, remote-node, kube-apiserver, health, init, unmanaged, ingress)")),
+            };
+        }
+        match text.split_once('/') {
+            Some((ns, name)) if !ns.is_empty() && !name.is_empty() && !name.contains('/') => {
+                Ok(FlowEnd::Pod { namespace: ns.to_string(), name: name.to_string() })
+            }
+            _ => Err(format!("{text:?} is not NAMESPACE/POD, cidr:IP or entity:NAME")),
+        }
+    }
+}
+
+impl fmt::Display for FlowEnd {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            FlowEnd::Pod { namespace, name } => write!(f, "{namespace}/{name}"),
+            FlowEnd::Address(ip) => write!(f, "cidr:{ip}"),
+            FlowEnd::Entity(name) => write!(f, "entity:{name}"),
+        }
+    }
+}
+
+/// Protocol and destination port (the ICMP type for ICMP).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct FlowPort {
+    pub protocol: Protocol,
+    pub port: u16,
+}
+
+impl FlowPort {
+    /// `N/TCP`, `N/UDP`, `N/SCTP` or `icmp/TYPE`.
+    pub fn parse(text: &str) -> Result<FlowPort, String> {
+        let bad = || format!("{text:?} is not N/TCP, N/UDP, N/SCTP or icmp/TYPE");
+        let (left, right) = text.split_once('/').ok_or_else(bad)?;
+        if left.eq_ignore_ascii_case("icmp") {
+            let t: u8 = right.parse().map_err(|_| bad())?;
+            return Ok(FlowPort { protocol: Protocol::ICMP, port: t as u16 });
+        }
+        let port: u16 = left.parse().map_err(|_| bad())?;
+        let protocol = match right.to_ascii_uppercase().as_str() {
+            "TCP" => Protocol::TCP,
+            "UDP" => Protocol::UDP,
+            "SCTP" => Protocol::SCTP,
+            _ => return Err(bad()),
+        };
+        Ok(FlowPort { protocol, port })
+    }
+}
+
+impl fmt::Display for FlowPort {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.protocol {
+            Protocol::ICMP => write!(f, "icmp/{}", self.port),
+            p => write!(f, "{}/{}", self.port, p.name()),
+        }
+    }
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct HttpRequest {
+    pub method: String,
+    pub path: String,
+    /// Lower-case names.
+    pub headers: Vec<(String, String)>,
+}
+
+impl HttpRequest {
+    /// `"GET /path"` plus `"Name: value"` headers.
+    pub fn parse(request: &str, headers: &[String]) -> Result<HttpRequest, String> {
+        let (method, path) = request
+            .split_once(' ')
+            .filter(|(m, p)| !m.is_empty() && p.starts_with('/'))
+            .ok_or_else(|| format!("{request:?} is not \"METHOD /path\""))?;
+        let headers = headers
+            .iter()
+            .map(|h| {
+                h.split_once(':')
+                    .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
+                    .ok_or_else(|| format!("{h:?} is not \"Name: value\""))
+            })
+            .collect::<Result<_, _>>()?;
+        Ok(HttpRequest { method: method.to_string(), path: path.to_string(), headers })
+    }
+
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
+    }
+
+    fn matches(&self, rule: &HttpMatch) -> bool {
+        let full = |re: &Option<regex::Regex>, s: &str| re.as_ref().is_none_or(|re| re.is_match(s));
+        full(&rule.method, &self.method)
+            && full(&rule.path, &self.path)
+            && rule.host.as_ref().is_none_or(|re| self.header("host").is_some_and(|h| re.is_match(h)))
+            && rule.headers.iter().all(|(name, value)| match (self.header(name), value) {
+                (Some(have), Some(want)) => have == want,
+                (have, None) => have.is_some(),
+                (None, _) => false,
+            })
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Verdict {
+    Allowed,
+    Denied,
+}
+
+/// The decision of one endpoint's policy in one direction.
+#[derive(Clone, Debug, Serialize)]
+pub struct Decision {
+    pub verdict: Verdict,
+    /// The endpoint whose policy decided; `None` when that side is not a Palisade endpoint.
+    pub endpoint: Option<String>,
+    pub enforcement: Option<Enforcement>,
+    /// The identity of the other side, as this endpoint's datapath sees it.
+    pub remote_identity: u32,
+    pub remote_labels: String,
+    /// The map entry that matched, e.g. `identity 312 TCP/5432`.
+    pub entry: Option<String>,
+    pub rule: String,
+    /// Set when the entry redirects to the L7 proxy.
+    pub proxy: Option<String>,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct Trace {
+    pub verdict: Verdict,
+    pub egress: Decision,
+    pub ingress: Decision,
+}
+
+pub fn trace(engine: &Engine, from: &FlowEnd, to: &FlowEnd, port: FlowPort, http: Option<&HttpRequest>) -> Result<Trace, String> {
+    let from_id = identity_of(engine, from)?;
+    let to_id = identity_of(engine, to)?;
+    let egress = decide(engine, from, to_id, Direction::Egress, port, http);
+    let ingress = decide(engine, to, from_id, Direction::Ingress, port, http);
+    let verdict = if egress.verdict == Verdict::Allowed && ingress.verdict == Verdict::Allowed { Verdict::Allowed } else { Verdict::Denied };
+    Ok(Trace { verdict, egress, ingress })
+}
+
+fn identity_of(engine: &Engine, end: &FlowEnd) -> Result<u32, String> {
+    match end {
+        FlowEnd::Pod { namespace, name } => {
+            let pod = engine.cluster.pod(namespace, name).ok_or_else(|| format!("no pod {namespace}/{name} in the cluster file"))?;
+            engine.identity_of_pod(pod).ok_or_else(|| format!("pod {namespace}/{name} has no identity"))
+        }
+        FlowEnd::Address(ip) => Ok(engine.identity_of_addr(*ip)),
+        FlowEnd::Entity(name) => identity::reserved_id(name).ok_or_else(|| format!("unknown entity {name}")),
+    }
+}
+
+fn decide(engine: &Engine, local: &FlowEnd, remote: u32, direction: Direction, port: FlowPort, http: Option<&HttpRequest>) -> Decision {
+    let remote_labels = engine.identities().get(remote).map(|i| i.labels.to_string()).unwrap_or_default();
+    let FlowEnd::Pod { namespace, name } = local else {
+        return Decision {
+            verdict: Verdict::Allowed,
+            endpoint: None,
+            enforcement: None,
+            remote_identity: remote,
+            remote_labels,
+            entry: None,
+            rule: format!("{local} is not a Palisade endpoint: no {} policy applies", direction.as_str()),
+            proxy: None,
+        };
+    };
+    let Some(endpoint) = engine.endpoint(namespace, name) else {
+        return Decision {
+            verdict: Verdict::Allowed,
+            endpoint: None,
+            enforcement: None,
+            remote_identity: remote,
+            remote_labels,
+            entry: None,
+            rule: format!("{local} uses the host network: it is not a Palisade endpoint"),
+            proxy: None,
+        };
+    };
+    let policy = endpoint.group.direction(direction);
+    let entry = policy.lookup(remote, port.protocol.number(), port.port);
+    let (mut verdict, rule) = match entry {
+        None => (Verdict::Denied, engine.policies.describe_cookie(dp::COOKIE_NONE)),
+        Some(e) if e.value.verdict == dp::VERDICT_DENY => (Verdict::Denied, engine.policies.describe_cookie(e.value.cookie)),
+        Some(e) => (Verdict::Allowed, engine.policies.describe_cookie(e.value.cookie)),
+    };
+    let mut proxy = None;
+    if entry.is_some_and(|e| e.value.verdict == dp::VERDICT_REDIRECT) {
+        let (allowed, why) = proxy_decision(engine, policy, &endpoint.pod.ports, remote, direction, port, http);
+        if !allowed {
+            verdict = Verdict::Denied;
+        }
+        proxy = Some(why);
+    }
+    Decision {
+        verdict,
+        endpoint: Some(format!("{namespace}/{name}")),
+        enforcement: Some(policy.enforcement),
+        remote_identity: remote,
+        remote_labels,
+        entry: entry.map(|e| describe_entry(&e.key)),
+        rule,
+        proxy,
+    }
+}
+
+pub fn describe_entry(key: &dp::PolicyKey) -> String {
+    let peer = match key.identity() {
+        dp::IDENTITY_ANY => "any identity".to_string(),
+        id => format!("identity {id}"),
+    };
+    let l4 = match key.protocol() {
+        None => "any protocol".to_string(),
+        Some(p) => {
+            let name = Protocol::from_number(p).map_or_else(|| p.to_string(), |p| p.name().to_string());
+            match key.port_range() {
+                (0, 65535) => format!("{name}/any"),
+                (lo, hi) if lo == hi => format!("{name}/{lo}"),
+                (lo, hi) => format!("{name}/{lo}-{hi}"),
+            }
+        }
+    };
+    format!("{peer} {l4}")
+}
+
+/// The L7 proxy allows a request when any allow rule selecting the peer on this port allows it;
+/// a rule without L7 rules allows everything (so an L4-only rule shadows L7 rules).
+fn proxy_decision(
+    engine: &Engine,
+    policy: &DirectionPolicy,
+    own_ports: &[crate::cluster::ContainerPort],
+    remote: u32,
+    direction: Direction,
+    port: FlowPort,
+    http: Option<&HttpRequest>,
+) -> (bool, String) {
+    let mut l7_rules: Vec<(&L7Rules, String)> = Vec::new();
+    for cookie in engine.cookies_selecting(policy, remote) {
+        let Some((policy_obj, rule)) = engine.policies.rule_for_cookie(cookie) else { continue };
+        let origin = format!("{} {}", policy_obj.id, rule.path);
+        if rule.ports.is_empty() {
+            return (true, format!("allowed: {origin} allows this peer without L7 rules"));
+        }
+        for port_rule in rule.ports.iter().filter(|p| p.protocol == port.protocol) {
+            let covers = match &port_rule.port {
+                PortSpec::Any => true,
+                PortSpec::Range(lo, hi) => (*lo..=*hi).contains(&port.port),
+                PortSpec::Named(name) => engine.resolve_named_port(name, port_rule.protocol, direction, own_ports).contains(&port.port),
+            };
+            if !covers {
+                continue;
+            }
+            match &port_rule.l7 {
+                None => return (true, format!("allowed: {origin} allows this peer on this port without L7 rules")),
+                Some(l7) => l7_rules.push((l7, origin.clone())),
+            }
+        }
+    }
+    let Some(request) = http else {
+        let kinds: Vec<&str> = l7_rules.iter().map(|(l7, _)| l7.kind()).collect();
+        return (true, format!("redirected to the L7 proxy ({}); pass --http to evaluate a request", kinds.join(", ")));
+    };
+    for (l7, origin) in &l7_rules {
+        if let L7Rules::Http(rules) = l7
+            && rules.iter().any(|r| request.matches(r))
+        {
+            return (true, format!("allowed: {} {} matches {origin}", request.method, request.path));
+        }
+    }
+    (false, format!("denied: {} {} matches no HTTP rule for this peer (HTTP 403)", request.method, request.path))
+}

@@ -1,0 +1,86 @@
+//! The `palisade` command line.
+use std::path::PathBuf;
+
+use anyhow::{Result, bail};
+use clap::{Parser, Subcommand, ValueEnum};
+use palisade_policy::{Cluster, EnforcementMode, Engine, Parsed};
+
+use crate::files;
+
+mod check;
+mod diff;
+mod plan;
+mod trace;
+
+/// Exit code for usage errors and failures to run at all.
+pub const EXIT_ERROR: u8 = 2;
+
+#[derive(Parser)]
+#[command(name = "palisade", version, about = "GitOps rollout of network policy: audit a candidate on live traffic, promote it atomically")]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Parse and validate policy files and directories; print problems and lint warnings.
+    Check(check::Args),
+    /// Explain the verdict for one flow: egress of the source, ingress of the destination.
+    Trace(trace::Args),
+    /// Show every endpoint's identity, enforcement and compiled map entries.
+    Plan(plan::Args),
+    /// Show which flows a policy change would deny, allow or decide by another rule.
+    Diff(diff::Args),
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum)]
+pub enum Output {
+    #[default]
+    Text,
+    Json,
+}
+
+#[derive(Clone, Copy, Debug, Default, ValueEnum)]
+pub enum Mode {
+    #[default]
+    Default,
+    Always,
+    Never,
+}
+
+impl From<Mode> for EnforcementMode {
+    fn from(mode: Mode) -> Self {
+        match mode {
+            Mode::Default => EnforcementMode::Default,
+            Mode::Always => EnforcementMode::Always,
+            Mode::Never => EnforcementMode::Never,
+        }
+    }
+}
+
+pub fn run(cli: Cli) -> Result<u8> {
+    match cli.command {
+        Command::Check(args) => check::run(args),
+        Command::Trace(args) => trace::run(args),
+        Command::Plan(args) => plan::run(args),
+        Command::Diff(args) => diff::run(args),
+    }
+}
+
+/// Policies that must be valid for a command to evaluate them: any error aborts with every
+/// problem listed.
+pub fn valid_policies(paths: &[PathBuf]) -> Result<Parsed> {
+    let parsed = files::load_policies(paths)?;
+    if parsed.has_errors() {
+        let errors: Vec<_> = parsed.errors().cloned().collect();
+        bail!("invalid policies:\n{}", files::join_diagnostics(&errors));
+    }
+    Ok(parsed)
+}
+
+pub fn engine(cluster: &PathBuf, policies: &[PathBuf], mode: Mode) -> Result<Engine> {
+    let cluster: Cluster = files::load_cluster(cluster)?;
+    let parsed = valid_policies(policies)?;
+    Ok(Engine::new(parsed.set, cluster, mode.into()))
+}

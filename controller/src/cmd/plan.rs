@@ -1,0 +1,84 @@
+use std::io::Write;
+use std::path::PathBuf;
+
+use anyhow::Result;
+use palisade_common as dp;
+use palisade_policy::Direction;
+use palisade_policy::compile::EndpointPolicy;
+use palisade_policy::trace::describe_entry;
+use serde_json::json;
+use tabwriter::TabWriter;
+
+use super::{Mode, Output};
+
+#[derive(clap::Args)]
+pub struct Args {
+    #[arg(long)]
+    cluster: PathBuf,
+    #[arg(long, required = true, num_args = 1..)]
+    policies: Vec<PathBuf>,
+    #[arg(long, value_enum, default_value_t)]
+    enforcement_mode: Mode,
+    #[arg(short, long, value_enum, default_value_t)]
+    output: Output,
+}
+
+pub fn run(args: Args) -> Result<u8> {
+    let engine = super::engine(&args.cluster, &args.policies, args.enforcement_mode)?;
+    let endpoints: Vec<EndpointPolicy> = engine.endpoints().collect();
+    let verdict = |v: u8| match v {
+        dp::VERDICT_DENY => "deny",
+        dp::VERDICT_REDIRECT => "redirect",
+        _ => "allow",
+    };
+    if args.output == Output::Json {
+        let list: Vec<_> = endpoints
+            .iter()
+            .map(|e| {
+                let direction = |d: Direction| {
+                    let policy = e.group.direction(d);
+                    json!({
+                        "enforcement": policy.enforcement,
+                        "entries": policy.entries().iter().map(|entry| json!({
+                            "identity": entry.key.identity(),
+                            "protocol": entry.key.protocol(),
+                            "ports": entry.key.protocol().map(|_| entry.key.port_range()),
+                            "verdict": verdict(entry.value.verdict),
+                            "cookie": entry.value.cookie,
+                            "rule": engine.policies.describe_cookie(entry.value.cookie),
+                        })).collect::<Vec<_>>(),
+                    })
+                };
+                json!({
+                    "endpoint": e.pod.key(),
+                    "identity": e.identity.id,
+                    "labels": e.identity.labels.to_string(),
+                    "ingress": direction(Direction::Ingress),
+                    "egress": direction(Direction::Egress),
+                })
+            })
+            .collect();
+        println!("{}", serde_json::to_string_pretty(&list)?);
+        return Ok(0);
+    }
+    let mut out = TabWriter::new(std::io::stdout()).padding(2);
+    for e in &endpoints {
+        writeln!(out, "Endpoint {} (identity {}: {})", e.pod.key(), e.identity.id, e.identity.labels)?;
+        for d in Direction::BOTH {
+            let policy = e.group.direction(d);
+            let enforcement = serde_json::to_value(policy.enforcement)?.as_str().unwrap_or_default().to_string();
+            writeln!(out, "  {} ({enforcement}, {} entries)", d.as_str(), policy.len())?;
+            writeln!(out, "    VERDICT\tENTRY\tPEER\tRULE")?;
+            for entry in policy.entries() {
+                let peer = match entry.key.identity() {
+                    dp::IDENTITY_ANY => "*".to_string(),
+                    id => engine.identities().get(id).map_or_else(|| id.to_string(), |i| i.short_name()),
+                };
+                writeln!(out, "    {}\t{}\t{}\t{}", verdict(entry.value.verdict), describe_entry(&entry.key), peer, engine.policies.describe_cookie(entry.value.cookie))?;
+            }
+        }
+        writeln!(out)?;
+    }
+    out.flush()?;
+    Ok(0)
+}

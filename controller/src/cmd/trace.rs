@@ -1,0 +1,80 @@
+use std::path::PathBuf;
+
+use anyhow::{Result, anyhow};
+use palisade_policy::trace::{self, Decision, FlowEnd, FlowPort, HttpRequest, Trace, Verdict};
+
+use super::{Mode, Output};
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// Cluster file: `kubectl get namespaces,pods,nodes,services -A -o yaml` output.
+    #[arg(long)]
+    cluster: PathBuf,
+    /// Policy files or directories.
+    #[arg(long, required = true, num_args = 1..)]
+    policies: Vec<PathBuf>,
+    /// Source: NAMESPACE/POD, cidr:IP or entity:NAME.
+    #[arg(long)]
+    from: String,
+    /// Destination: NAMESPACE/POD, cidr:IP or entity:NAME.
+    #[arg(long)]
+    to: String,
+    /// N/TCP, N/UDP, N/SCTP or icmp/TYPE.
+    #[arg(long)]
+    port: String,
+    /// An HTTP request to evaluate against L7 rules: "METHOD /path".
+    #[arg(long)]
+    http: Option<String>,
+    /// A request header, "Name: value" (repeatable).
+    #[arg(long = "header")]
+    headers: Vec<String>,
+    #[arg(long, value_enum, default_value_t)]
+    enforcement_mode: Mode,
+    #[arg(short, long, value_enum, default_value_t)]
+    output: Output,
+}
+
+pub fn run(args: Args) -> Result<u8> {
+    let from = FlowEnd::parse(&args.from).map_err(|e| anyhow!("--from: {e}"))?;
+    let to = FlowEnd::parse(&args.to).map_err(|e| anyhow!("--to: {e}"))?;
+    let port = FlowPort::parse(&args.port).map_err(|e| anyhow!("--port: {e}"))?;
+    let http = args.http.as_deref().map(|r| HttpRequest::parse(r, &args.headers)).transpose().map_err(|e| anyhow!("--http: {e}"))?;
+    let engine = super::engine(&args.cluster, &args.policies, args.enforcement_mode)?;
+    let result = trace::trace(&engine, &from, &to, port, http.as_ref()).map_err(|e| anyhow!(e))?;
+    match args.output {
+        Output::Json => println!("{}", serde_json::to_string_pretty(&result)?),
+        Output::Text => print_text(&from, &to, port, &result),
+    }
+    Ok(if result.verdict == Verdict::Allowed { 0 } else { 1 })
+}
+
+fn print_text(from: &FlowEnd, to: &FlowEnd, port: FlowPort, result: &Trace) {
+    let verdict = match result.verdict {
+        Verdict::Allowed => "ALLOWED",
+        Verdict::Denied => "DENIED",
+    };
+    println!("{from} -> {to} {port}: {verdict}");
+    print_decision("egress ", &result.egress);
+    print_decision("ingress", &result.ingress);
+}
+
+fn print_decision(direction: &str, d: &Decision) {
+    let verdict = match d.verdict {
+        Verdict::Allowed => "allowed",
+        Verdict::Denied => "denied",
+    };
+    match (&d.endpoint, d.enforcement) {
+        (Some(endpoint), Some(enforcement)) => {
+            let enforcement = serde_json::to_value(enforcement).ok().and_then(|v| v.as_str().map(str::to_owned)).unwrap_or_default();
+            println!("  {direction}  {verdict:7}  {endpoint} ({enforcement}): {}", d.rule);
+            if let Some(entry) = &d.entry {
+                println!("                    entry: {entry}");
+            }
+            println!("                    peer identity {}: {}", d.remote_identity, d.remote_labels);
+            if let Some(proxy) = &d.proxy {
+                println!("                    L7 proxy: {proxy}");
+            }
+        }
+        _ => println!("  {direction}  {verdict:7}  {}", d.rule),
+    }
+}

@@ -1,0 +1,88 @@
+//! Every scenario in `examples/` is enforced as its `flows.yaml` expects, through the same
+//! loading and trace path as `palisade trace`.
+use std::path::{Path, PathBuf};
+
+use palisade::files;
+use palisade_policy::trace::{self, FlowEnd, FlowPort, HttpRequest, Verdict};
+use palisade_policy::yaml::{Limits, parse_documents};
+use palisade_policy::{EnforcementMode, Engine};
+use serde::Deserialize;
+
+#[derive(Deserialize)]
+struct FlowsFile {
+    flows: Vec<ExpectedFlow>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ExpectedFlow {
+    from: String,
+    to: String,
+    port: String,
+    http: Option<String>,
+    #[serde(default)]
+    headers: Vec<String>,
+    verdict: Verdict,
+    why: String,
+}
+
+fn examples_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples")
+}
+
+fn check_scenario(name: &str) {
+    let dir = examples_dir().join(name);
+    let parsed = files::load_policies(&[dir.join("policies")]).unwrap();
+    assert!(!parsed.has_errors(), "{name}: invalid policies: {:#?}", parsed.diagnostics);
+    let cluster = files::load_cluster(&dir.join("cluster.yaml")).unwrap();
+    let engine = Engine::new(parsed.set, cluster, EnforcementMode::Default);
+    let text = std::fs::read_to_string(dir.join("flows.yaml")).unwrap();
+    let doc = parse_documents(&text, &Limits::default()).unwrap().remove(0);
+    let flows: FlowsFile = serde_json::from_value(doc.to_json()).unwrap();
+    assert!(flows.flows.len() >= 10, "{name}: a scenario needs real coverage");
+    let mut failures = Vec::new();
+    for flow in &flows.flows {
+        let from = FlowEnd::parse(&flow.from).unwrap();
+        let to = FlowEnd::parse(&flow.to).unwrap();
+        let port = FlowPort::parse(&flow.port).unwrap();
+        let http = flow.http.as_deref().map(|r| HttpRequest::parse(r, &flow.headers).unwrap());
+        let result = trace::trace(&engine, &from, &to, port, http.as_ref()).unwrap();
+        if result.verdict != flow.verdict {
+            failures.push(format!(
+                "{} -> {} {} {}: expected {:?}, got {:?} ({})\n  egress: {}{}\n  ingress: {}{}",
+                flow.from,
+                flow.to,
+                flow.port,
+                flow.http.as_deref().unwrap_or(""),
+                flow.verdict,
+                result.verdict,
+                flow.why,
+                result.egress.rule,
+                result.egress.proxy.as_deref().map(|p| format!(" [{p}]")).unwrap_or_default(),
+                result.ingress.rule,
+                result.ingress.proxy.as_deref().map(|p| format!(" [{p}]")).unwrap_or_default(),
+            ));
+        }
+    }
+    assert!(failures.is_empty(), "{name}: {} of {} flows differ:\n{}", failures.len(), flows.flows.len(), failures.join("\n"));
+}
+
+#[test]
+fn cloudnative_pg() {
+    check_scenario("cloudnative-pg");
+}
+
+#[test]
+fn frontend_backend() {
+    check_scenario("frontend-backend");
+}
+
+#[test]
+fn client_app_database() {
+    check_scenario("client-app-database");
+}
+
+#[test]
+fn deny_precedence() {
+    check_scenario("deny-precedence");
+}
