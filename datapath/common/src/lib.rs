@@ -164,11 +164,148 @@ pub struct PolicyEntry {
     pub value: PolicyValue,
 }
 
+impl PolicyValue {
+    /// Copy of the value carrying the proto/port prefix length (0..=24) of its key in the padding
+    /// byte, as Cilium's `lpm_prefix_length`: an LPM lookup returns only the value, and the
+    /// datapath needs the matched prefix to break precedence ties. The datapath writes it; the
+    /// compiler leaves it zero.
+    pub const fn with_l4_prefix_len(mut self, l4_prefix_len: u8) -> Self {
+        self._pad[0] = l4_prefix_len;
+        self
+    }
+
+    pub const fn l4_prefix_len(&self) -> u8 {
+        self._pad[0]
+    }
+}
+
+// ---- Datapath state shared with the eBPF program (maps other than the policy slots) ----
+
+/// Verdict recorded for "no candidate slot to compare with".
+pub const VERDICT_NONE: u8 = 0;
+
+/// Policy slots of an endpoint. `SLOT_NONE` marks "no candidate".
+pub const SLOT_A: u8 = 0;
+pub const SLOT_B: u8 = 1;
+pub const SLOT_NONE: u8 = 0xff;
+
+/// Enforce: the enforced slot decides. Audit: everything passes, would-be drops are recorded.
+/// Off: everything passes and nothing is evaluated.
+pub const MODE_ENFORCE: u8 = 0;
+pub const MODE_AUDIT: u8 = 1;
+pub const MODE_OFF: u8 = 2;
+
+/// Which slot decides and which one is shadow-evaluated.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct SlotSelection {
+    pub enforced: u8,
+    pub candidate: u8,
+}
+
+/// Value of the endpoint config map. `by_epoch[node_epoch & 1]` is in force: a node-wide flip
+/// stages the other half of every endpoint, then flips the node epoch with one update.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct EndpointConfig {
+    pub mode: u8,
+    pub _pad: [u8; 3],
+    pub by_epoch: [SlotSelection; 2],
+}
+
+/// Key of the outer policy map: one LPM trie per (endpoint, slot).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct SlotKey {
+    pub endpoint: u32,
+    pub slot: u32,
+}
+
+/// A connection as first seen by an endpoint's program (original direction). Ports are host
+/// order; for ICMP echo `sport` is the echo id.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct CtKey {
+    pub endpoint: u32,
+    pub saddr_be: u32,
+    pub daddr_be: u32,
+    pub sport: u16,
+    pub dport: u16,
+    pub protocol: u8,
+    pub _pad: [u8; 3],
+}
+
+/// A flow whose verdict is worth reporting: dropped, audited, or judged differently by the
+/// candidate. Counted in the kernel so events scale with new flows, not packets.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct FlowKey {
+    pub endpoint: u32,
+    pub identity: u32,
+    pub dport: u16,
+    pub protocol: u8,
+    pub direction: u8,
+    /// Verdict of the enforced slot (also in audit mode, where it does not decide).
+    pub enforced_verdict: u8,
+    /// Verdict of the candidate slot, `VERDICT_NONE` without a candidate.
+    pub candidate_verdict: u8,
+    pub mode: u8,
+    pub _pad: u8,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct FlowStats {
+    pub packets: u64,
+    pub first_seen_ns: u64,
+    pub enforced_cookie: u32,
+    pub candidate_cookie: u32,
+}
+
+/// Ring-buffer record for the first packet of a new reported flow.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct FlowEvent {
+    pub flow: FlowKey,
+    pub saddr_be: u32,
+    pub daddr_be: u32,
+    pub enforced_cookie: u32,
+    pub candidate_cookie: u32,
+    pub timestamp_ns: u64,
+}
+
+/// Per-endpoint packet counters (a per-CPU map; userspace sums the CPUs).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct EndpointCounters {
+    /// Packets decided by slot A and slot B (replies and mode-off packets are in neither).
+    pub slot_packets: [u64; 2],
+    pub allowed: u64,
+    pub redirected: u64,
+    pub denied: u64,
+    /// Audit mode: packets the enforced slot would have dropped, let through.
+    pub audited: u64,
+    /// Packets the candidate judged differently from the enforced slot.
+    pub shadow_diffs: u64,
+    /// Replies and related ICMP of tracked connections, passed without policy.
+    pub replies: u64,
+    /// Packets passed unevaluated in mode off.
+    pub unenforced: u64,
+    /// Events for new flows dropped by the rate limiter or a full ring buffer.
+    pub events_lost: u64,
+}
+
 #[cfg(feature = "user")]
 mod user {
     // SAFETY: plain `repr(C)` data without padding holes that could leak uninitialised bytes.
     unsafe impl aya::Pod for super::PolicyKey {}
     unsafe impl aya::Pod for super::PolicyValue {}
+    unsafe impl aya::Pod for super::EndpointConfig {}
+    unsafe impl aya::Pod for super::SlotKey {}
+    unsafe impl aya::Pod for super::CtKey {}
+    unsafe impl aya::Pod for super::FlowKey {}
+    unsafe impl aya::Pod for super::FlowStats {}
+    unsafe impl aya::Pod for super::EndpointCounters {}
 }
 
 #[cfg(test)]

@@ -1,0 +1,429 @@
+//! Palisade's tc program, attached to both hooks of every endpoint's host-side interface.
+//!
+//! Map layout, and why:
+//! - `POLICY_SLOTS` is a hash-of-maps keyed by (endpoint, slot) whose inner maps are LPM tries in
+//!   the `PolicyKey` layout. Userspace replaces an idle slot's inner map ahead of a promotion (that
+//!   replacement waits for an RCU grace period, 7-15 ms, so it stays off the promotion path).
+//! - `ENDPOINT_CONFIG` says which slot is enforced and which one is the candidate. A promotion is
+//!   one update of that 8-byte value, or, for every endpoint of the node at once, one update of
+//!   `NODE_EPOCH` after the other half of each config has been staged. A packet reads the epoch
+//!   and the config once, so it is judged by exactly one slot.
+#![no_std]
+#![no_main]
+
+use aya_ebpf::{
+    bindings::{BPF_F_NO_PREALLOC, BPF_NOEXIST, TC_ACT_OK, TC_ACT_SHOT},
+    btf_maps::{
+        Array, HashMap, HashOfMaps, LpmTrie, LruHashMap, LruPerCpuHashMap, PerCpuArray,
+        PerCpuHashMap, RingBuf,
+        lpm_trie::Key,
+    },
+    helpers::bpf_ktime_get_ns,
+    macros::{btf_map, classifier},
+    programs::TcContext,
+};
+use palisade_common::{
+    CtKey, DIRECTION_EGRESS, DIRECTION_INGRESS, EndpointConfig, EndpointCounters, FlowEvent,
+    FlowKey, FlowStats, IDENTITY_ANY, IDENTITY_WORLD, MODE_AUDIT, MODE_ENFORCE, MODE_OFF,
+    PROTO_ICMP, PROTO_SCTP, PROTO_TCP, PROTO_UDP, PolicyKey, PolicyValue, SLOT_A, SLOT_NONE, SlotKey,
+    VERDICT_DENY, VERDICT_NONE, VERDICT_REDIRECT, COOKIE_NONE,
+};
+
+/// `PolicyKey` without its leading prefix length, as aya's LPM `Key<K>` wants it.
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct PolicyMatch {
+    identity_be: u32,
+    direction: u8,
+    protocol: u8,
+    dport_be: u16,
+}
+const _: () = assert!(size_of::<Key<PolicyMatch>>() == size_of::<PolicyKey>());
+
+const POLICY_FULL_PREFIX: u32 = 64;
+const MAX_POLICY_ENTRIES: usize = 16384;
+/// Per-CPU token bucket for new-flow events.
+const EVENT_BURST: u64 = 4096;
+const EVENT_REFILL_NS: u64 = 50_000; // one token per 50 us: 20k events/s per CPU
+
+type PolicySlot = LpmTrie<PolicyMatch, PolicyValue, MAX_POLICY_ENTRIES>;
+
+#[btf_map]
+static IPCACHE: LpmTrie<u32, u32, 65536> = LpmTrie::new();
+#[btf_map]
+static INTERFACES: HashMap<u32, u32, 4096> = HashMap::new(); // ifindex -> endpoint
+// No prealloc: an update allocates a new element and frees the old one after RCU, so a reader
+// never sees a recycled value.
+#[btf_map]
+static ENDPOINT_CONFIG: HashMap<u32, EndpointConfig, 4096, { BPF_F_NO_PREALLOC as usize }> =
+    HashMap::new();
+#[btf_map]
+static NODE_EPOCH: Array<u32, 1> = Array::new();
+#[btf_map]
+static POLICY_SLOTS: HashOfMaps<SlotKey, PolicySlot, 8192> = HashOfMaps::new();
+#[btf_map]
+static CONNTRACK: LruHashMap<CtKey, u32, 262144> = LruHashMap::new();
+// Per-CPU values count without atomics (BPF has no fetch-add from Rust here); the key is shared,
+// so "new flow" (a successful BPF_NOEXIST insert) is still detected once for the whole node.
+#[btf_map]
+static FLOWS: LruPerCpuHashMap<FlowKey, FlowStats, 65536> = LruPerCpuHashMap::new();
+#[btf_map]
+static COUNTERS: PerCpuHashMap<u32, EndpointCounters, 4096> = PerCpuHashMap::new();
+#[btf_map]
+static EVENTS: RingBuf<FlowEvent, { 1 << 22 }> = RingBuf::new();
+#[btf_map]
+static EVENT_TOKENS: PerCpuArray<TokenBucket, 1> = PerCpuArray::new();
+
+#[repr(C)]
+struct TokenBucket {
+    tokens: u64,
+    last_ns: u64,
+}
+
+/// Host-side ingress: the packet leaves the pod, so the pod's egress policy applies.
+#[classifier]
+pub fn from_endpoint(ctx: TcContext) -> i32 {
+    decide(&ctx, DIRECTION_EGRESS)
+}
+
+/// Host-side egress: the packet enters the pod, so the pod's ingress policy applies.
+#[classifier]
+pub fn to_endpoint(ctx: TcContext) -> i32 {
+    decide(&ctx, DIRECTION_INGRESS)
+}
+
+/// Synthetic event source for the drain benchmark: one run emits a burst of 64 events.
+#[classifier]
+pub fn event_burst(_ctx: TcContext) -> i32 {
+    let mut emitted = 0;
+    for i in 0..64u32 {
+        let event = FlowEvent {
+            flow: FlowKey {
+                endpoint: i,
+                identity: 0,
+                dport: 0,
+                protocol: 0,
+                direction: 0,
+                enforced_verdict: 0,
+                candidate_verdict: 0,
+                mode: 0,
+                _pad: 0,
+            },
+            saddr_be: 0,
+            daddr_be: 0,
+            enforced_cookie: 0,
+            candidate_cookie: 0,
+            timestamp_ns: 0,
+        };
+        if EVENTS.output(&event, 0).is_ok() {
+            emitted += 1;
+        }
+    }
+    emitted
+}
+
+struct Packet {
+    saddr_be: u32,
+    daddr_be: u32,
+    protocol: u8,
+    sport: u16,
+    dport: u16,
+    /// The original connection an ICMP error refers to.
+    related: Option<CtKey>,
+}
+
+#[derive(Clone, Copy)]
+struct Verdict {
+    verdict: u8,
+    cookie: u32,
+}
+
+const ETH_HLEN: usize = 14;
+const ETH_P_IP: u16 = 0x0800;
+const ICMP_ECHO_REPLY: u8 = 0;
+const ICMP_DEST_UNREACH: u8 = 3;
+const ICMP_ECHO: u8 = 8;
+const ICMP_TIME_EXCEEDED: u8 = 11;
+const ICMP_PARAMETER_PROBLEM: u8 = 12;
+
+#[inline(always)]
+fn decide(ctx: &TcContext, direction: u8) -> i32 {
+    // SAFETY: the context pointer is valid for the whole program run.
+    let ifindex = unsafe { (*ctx.skb.skb).ifindex };
+    // SAFETY: plain u32 copied out at once.
+    let Some(endpoint) = (unsafe { INTERFACES.get(ifindex) }).copied() else {
+        return TC_ACT_OK;
+    };
+    // Non-IPv4 (ARP, and IPv6 for now) is not under policy.
+    let Some(packet) = parse(ctx) else { return TC_ACT_OK };
+    let Some(counters) = COUNTERS.get_ptr_mut(endpoint) else { return TC_ACT_OK };
+    // SAFETY: per-CPU value of this endpoint, only this CPU writes it.
+    let counters = unsafe { &mut *counters };
+    // SAFETY: 8-byte value copied out; the map does not recycle elements (no prealloc).
+    let Some(config) = (unsafe { ENDPOINT_CONFIG.get(endpoint) }).copied() else {
+        return TC_ACT_OK;
+    };
+    if config.mode == MODE_OFF {
+        counters.unenforced += 1;
+        return TC_ACT_OK;
+    }
+    if is_reply_or_related(endpoint, &packet) {
+        counters.replies += 1;
+        return TC_ACT_OK;
+    }
+
+    let remote_be = if direction == DIRECTION_EGRESS { packet.daddr_be } else { packet.saddr_be };
+    // LPM nodes are freed after an RCU grace period, so the identity is read safely.
+    let identity = IPCACHE.get(&Key::new(32, remote_be)).copied().unwrap_or(IDENTITY_WORLD);
+    let epoch = NODE_EPOCH.get(0).copied().unwrap_or(0);
+    // Branches, not indexing: the verifier rejects the pointer arithmetic LLVM makes of it.
+    let slots = if epoch & 1 == 0 { config.by_epoch[0] } else { config.by_epoch[1] };
+
+    let enforced = policy_verdict(endpoint, slots.enforced, identity, direction, &packet);
+    if slots.enforced == SLOT_A {
+        counters.slot_packets[0] += 1;
+    } else {
+        counters.slot_packets[1] += 1;
+    }
+    let candidate = if slots.candidate == SLOT_NONE {
+        Verdict { verdict: VERDICT_NONE, cookie: COOKIE_NONE }
+    } else {
+        policy_verdict(endpoint, slots.candidate, identity, direction, &packet)
+    };
+
+    let pass = config.mode != MODE_ENFORCE || enforced.verdict != VERDICT_DENY;
+    if pass {
+        track(endpoint, &packet);
+    }
+    match (config.mode, enforced.verdict) {
+        (MODE_AUDIT, VERDICT_DENY) => counters.audited += 1,
+        (MODE_AUDIT, _) => counters.allowed += 1,
+        (_, VERDICT_DENY) => counters.denied += 1,
+        (_, VERDICT_REDIRECT) => counters.redirected += 1,
+        _ => counters.allowed += 1,
+    }
+    let differs = candidate.verdict != VERDICT_NONE && candidate.verdict != enforced.verdict;
+    if differs {
+        counters.shadow_diffs += 1;
+    }
+    if differs || enforced.verdict == VERDICT_DENY {
+        let flow = FlowKey {
+            endpoint,
+            identity,
+            dport: packet.dport,
+            protocol: packet.protocol,
+            direction,
+            enforced_verdict: enforced.verdict,
+            candidate_verdict: candidate.verdict,
+            mode: config.mode,
+            _pad: 0,
+        };
+        if !record_flow(&flow, &packet, enforced.cookie, candidate.cookie) {
+            counters.events_lost += 1;
+        }
+    }
+    if pass { TC_ACT_OK } else { TC_ACT_SHOT }
+}
+
+#[inline(always)]
+fn parse(ctx: &TcContext) -> Option<Packet> {
+    if u16::from_be(ctx.load::<u16>(12).ok()?) != ETH_P_IP {
+        return None;
+    }
+    let version_ihl: u8 = ctx.load(ETH_HLEN).ok()?;
+    let frag_off = u16::from_be(ctx.load::<u16>(ETH_HLEN + 6).ok()?);
+    let protocol: u8 = ctx.load(ETH_HLEN + 9).ok()?;
+    let saddr_be: u32 = ctx.load(ETH_HLEN + 12).ok()?;
+    let daddr_be: u32 = ctx.load(ETH_HLEN + 16).ok()?;
+    let l4 = ETH_HLEN + ((version_ihl & 0x0f) as usize) * 4;
+    let mut packet = Packet { saddr_be, daddr_be, protocol, sport: 0, dport: 0, related: None };
+    // Later fragments carry no L4 header: like Cilium, they only match port-wildcard entries.
+    if frag_off & 0x1fff != 0 {
+        return Some(packet);
+    }
+    match protocol {
+        PROTO_TCP | PROTO_UDP | PROTO_SCTP => {
+            packet.sport = u16::from_be(ctx.load::<u16>(l4).ok()?);
+            packet.dport = u16::from_be(ctx.load::<u16>(l4 + 2).ok()?);
+        }
+        PROTO_ICMP => {
+            let icmp_type: u8 = ctx.load(l4).ok()?;
+            // The policy "port" of ICMP is its type; the echo id stands in for a port in the CT.
+            packet.dport = icmp_type as u16;
+            match icmp_type {
+                ICMP_ECHO | ICMP_ECHO_REPLY => {
+                    packet.sport = u16::from_be(ctx.load::<u16>(l4 + 4).ok()?)
+                }
+                ICMP_DEST_UNREACH | ICMP_TIME_EXCEEDED | ICMP_PARAMETER_PROBLEM => {
+                    packet.related = parse_icmp_error(ctx, l4 + 8)
+                }
+                _ => {}
+            }
+        }
+        _ => {}
+    }
+    Some(packet)
+}
+
+/// The quoted header of an ICMP error: the original packet, as its sender sent it.
+#[inline(always)]
+fn parse_icmp_error(ctx: &TcContext, inner: usize) -> Option<CtKey> {
+    let version_ihl: u8 = ctx.load(inner).ok()?;
+    let protocol: u8 = ctx.load(inner + 9).ok()?;
+    let saddr_be: u32 = ctx.load(inner + 12).ok()?;
+    let daddr_be: u32 = ctx.load(inner + 16).ok()?;
+    let l4 = inner + ((version_ihl & 0x0f) as usize) * 4;
+    let (sport, dport) = match protocol {
+        PROTO_TCP | PROTO_UDP | PROTO_SCTP => (
+            u16::from_be(ctx.load::<u16>(l4).ok()?),
+            u16::from_be(ctx.load::<u16>(l4 + 2).ok()?),
+        ),
+        PROTO_ICMP => (u16::from_be(ctx.load::<u16>(l4 + 4).ok()?), 0),
+        _ => (0, 0),
+    };
+    Some(CtKey { endpoint: 0, saddr_be, daddr_be, sport, dport, protocol, _pad: [0; 3] })
+}
+
+#[inline(always)]
+fn forward_key(endpoint: u32, packet: &Packet) -> CtKey {
+    let dport = if packet.protocol == PROTO_ICMP { 0 } else { packet.dport };
+    CtKey {
+        endpoint,
+        saddr_be: packet.saddr_be,
+        daddr_be: packet.daddr_be,
+        sport: packet.sport,
+        dport,
+        protocol: packet.protocol,
+        _pad: [0; 3],
+    }
+}
+
+#[inline(always)]
+fn is_reply_or_related(endpoint: u32, packet: &Packet) -> bool {
+    if let Some(mut original) = packet.related {
+        original.endpoint = endpoint;
+        return CONNTRACK.get_ptr(original).is_some();
+    }
+    let (sport, dport) = match packet.protocol {
+        // An echo reply answers the echo request with the same id.
+        PROTO_ICMP if packet.dport == ICMP_ECHO_REPLY as u16 => (packet.sport, 0),
+        PROTO_ICMP => return false,
+        _ => (packet.dport, packet.sport),
+    };
+    let reversed = CtKey {
+        endpoint,
+        saddr_be: packet.daddr_be,
+        daddr_be: packet.saddr_be,
+        sport,
+        dport,
+        protocol: packet.protocol,
+        _pad: [0; 3],
+    };
+    CONNTRACK.get_ptr(reversed).is_some()
+}
+
+#[inline(always)]
+fn track(endpoint: u32, packet: &Packet) {
+    let key = forward_key(endpoint, packet);
+    if CONNTRACK.get_ptr(key).is_none() {
+        let _ = CONNTRACK.insert(key, 1, BPF_NOEXIST as u64);
+    }
+}
+
+/// Cilium's `__policy_can_access`: the identity-specific and the any-identity entries compete;
+/// higher precedence wins, then the longer proto/port prefix, then the identity-specific one.
+#[inline(always)]
+fn policy_verdict(endpoint: u32, slot: u8, identity: u32, direction: u8, packet: &Packet) -> Verdict {
+    let denied = Verdict { verdict: VERDICT_DENY, cookie: COOKIE_NONE };
+    // SAFETY: the inner map reference is only used for lookups during this run.
+    let Some(policy) = (unsafe { POLICY_SLOTS.get(&SlotKey { endpoint, slot: slot as u32 }) }) else {
+        return denied;
+    };
+    let mut key = Key::new(
+        POLICY_FULL_PREFIX,
+        PolicyMatch {
+            identity_be: identity.to_be(),
+            direction,
+            protocol: packet.protocol,
+            dport_be: packet.dport.to_be(),
+        },
+    );
+    // LPM nodes are freed after an RCU grace period: copying out is safe.
+    let specific = policy.get(&key).copied();
+    key.data.identity_be = IDENTITY_ANY.to_be();
+    let wildcard = policy.get(&key).copied();
+    let chosen = match (specific, wildcard) {
+        (Some(s), Some(w)) => {
+            let wildcard_wins = w.precedence > s.precedence
+                || (w.precedence == s.precedence && w.l4_prefix_len() > s.l4_prefix_len());
+            if wildcard_wins { w } else { s }
+        }
+        (Some(s), None) => s,
+        (None, Some(w)) => w,
+        (None, None) => return denied,
+    };
+    Verdict { verdict: chosen.verdict, cookie: chosen.cookie }
+}
+
+/// Counts the flow; a new flow also gets an event. Returns false when that event was lost.
+#[inline(always)]
+fn record_flow(flow: &FlowKey, packet: &Packet, enforced_cookie: u32, candidate_cookie: u32) -> bool {
+    if count_packet(flow) {
+        return true;
+    }
+    // SAFETY: a helper call without arguments.
+    let now = unsafe { bpf_ktime_get_ns() };
+    let stats = FlowStats { packets: 1, first_seen_ns: now, enforced_cookie, candidate_cookie };
+    if FLOWS.insert(flow, stats, BPF_NOEXIST as u64).is_err() {
+        // Another CPU created it first.
+        count_packet(flow);
+        return true;
+    }
+    if !take_event_token(now) {
+        return false;
+    }
+    let event = FlowEvent {
+        flow: *flow,
+        saddr_be: packet.saddr_be,
+        daddr_be: packet.daddr_be,
+        enforced_cookie,
+        candidate_cookie,
+        timestamp_ns: now,
+    };
+    EVENTS.output(&event, 0).is_ok()
+}
+
+#[inline(always)]
+fn count_packet(flow: &FlowKey) -> bool {
+    let Some(stats) = FLOWS.get_ptr_mut(flow) else { return false };
+    // SAFETY: this CPU's copy of the value, written only by this CPU.
+    unsafe { (*stats).packets += 1 };
+    true
+}
+
+#[inline(always)]
+fn take_event_token(now: u64) -> bool {
+    let Some(bucket) = EVENT_TOKENS.get_ptr_mut(0) else { return false };
+    // SAFETY: per-CPU value, only this CPU touches it.
+    let bucket = unsafe { &mut *bucket };
+    let refill = (now.saturating_sub(bucket.last_ns)) / EVENT_REFILL_NS;
+    if refill > 0 {
+        bucket.tokens = core::cmp::min(EVENT_BURST, bucket.tokens + refill);
+        bucket.last_ns = now;
+    }
+    if bucket.tokens == 0 {
+        return false;
+    }
+    bucket.tokens -= 1;
+    true
+}
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    loop {}
+}
+
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 4] = *b"GPL\0";

@@ -1,0 +1,44 @@
+use std::{io, path::PathBuf};
+
+use aya::{
+    EbpfError,
+    maps::MapError,
+    pin::PinError,
+    programs::{ProgramError, links::LinkError},
+};
+
+use crate::EndpointId;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("map {map}{}: {source}", for_endpoint(*endpoint))]
+    Map { map: &'static str, endpoint: Option<EndpointId>, #[source] source: MapError },
+    #[error("program {program}{}: {source}", for_endpoint(*endpoint))]
+    Program { program: &'static str, endpoint: Option<EndpointId>, #[source] source: ProgramError },
+    #[error("tcx link of endpoint {endpoint}: {source}")]
+    Link { endpoint: EndpointId, #[source] source: LinkError },
+    #[error("loading the eBPF object: {0}")]
+    Load(#[from] EbpfError),
+    #[error("the eBPF object has no {0}; was it built with PALISADE_BPF_SKIP=1?")]
+    MissingInObject(&'static str),
+    #[error("pinning {}: {source}", path.display())]
+    Pin { path: PathBuf, #[source] source: PinError },
+    #[error("pin directory {}: {source}", path.display())]
+    PinDir { path: PathBuf, #[source] source: io::Error },
+    #[error("interface {ifname} of endpoint {endpoint}: {source}")]
+    Interface { ifname: String, endpoint: EndpointId, #[source] source: io::Error },
+    #[error("endpoint {endpoint} is already attached to another interface")]
+    AlreadyAttached { endpoint: EndpointId },
+    #[error("endpoint {0} is unknown (not attached)")]
+    UnknownEndpoint(EndpointId),
+    #[error("endpoint {0} has no candidate slot to promote")]
+    NoCandidate(EndpointId),
+    #[error("endpoint {endpoint}: {entries} policy entries exceed the slot capacity of {max}")]
+    TooManyEntries { endpoint: EndpointId, entries: usize, max: u32 },
+    #[error("counting CPUs: {0}")]
+    Cpus(#[source] io::Error),
+}
+
+fn for_endpoint(endpoint: Option<EndpointId>) -> String {
+    endpoint.map(|endpoint| format!(" (endpoint {endpoint})")).unwrap_or_default()
+}

@@ -1,0 +1,467 @@
+//! Palisade's datapath: loads the tc policy program, attaches it to endpoints, writes ipcache and
+//! policy slots, promotes candidates atomically and reads what the program observed.
+//!
+//! Everything the kernel holds is pinned under one bpffs directory, so a restarted process adopts
+//! the running state ([`Datapath::open`]) instead of reloading it: enforcement never stops.
+//!
+//! Typical agent flow: [`Datapath::load_slot`] the compiled policy into slot A, [`Datapath::attach`]
+//! the endpoint; later load the candidate into the idle slot, [`Datapath::set_candidate`] it, read
+//! the shadow differences ([`Datapath::flows`], [`Datapath::events`]) and [`Datapath::flip`] (or
+//! [`Datapath::flip_all`]) to promote.
+
+mod error;
+mod events;
+mod pins;
+
+use std::{
+    ffi::CString,
+    net::Ipv4Addr,
+    path::Path,
+};
+
+use aya::{
+    maps::{
+        Array, HashMap, HashOfMaps, LpmTrie, MapData, MapError, PerCpuHashMap,
+        lpm_trie::Key,
+    },
+    programs::{LinkOrder, SchedClassifier, TcAttachType, links::FdLink, tc::TcAttachOptions},
+};
+use palisade_common::{
+    EndpointConfig, EndpointCounters, FlowKey, FlowStats, MODE_AUDIT, MODE_ENFORCE, MODE_OFF,
+    PolicyEntry, PolicyKey, PolicyValue, SLOT_A, SLOT_B, SLOT_NONE, SlotKey, SlotSelection,
+};
+
+pub use error::Error;
+pub use events::{EventReader, EventThread};
+pub use palisade_common::FlowEvent;
+use pins::Pins;
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+pub type EndpointId = u32;
+
+/// Where the agent pins its state unless told otherwise.
+pub const DEFAULT_PIN_DIR: &str = "/sys/fs/bpf/palisade";
+/// Capacity of one policy slot (Cilium's default policy map size).
+pub const MAX_POLICY_ENTRIES: u32 = 16384;
+
+/// The kernel requires it for LPM tries; inner maps must match the program's template.
+const BPF_F_NO_PREALLOC: u32 = 1;
+
+/// The compiled eBPF object, built by build.rs.
+static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/palisade-ebpf"));
+
+/// One of the two policy slots of an endpoint.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Slot {
+    A,
+    B,
+}
+
+impl Slot {
+    const fn raw(self) -> u8 {
+        match self {
+            Slot::A => SLOT_A,
+            Slot::B => SLOT_B,
+        }
+    }
+
+    const fn from_raw(raw: u8) -> Option<Slot> {
+        match raw {
+            SLOT_A => Some(Slot::A),
+            SLOT_B => Some(Slot::B),
+            _ => None,
+        }
+    }
+
+    pub const fn other(self) -> Slot {
+        match self {
+            Slot::A => Slot::B,
+            Slot::B => Slot::A,
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Mode {
+    /// The enforced slot decides.
+    Enforce,
+    /// Everything passes; what the enforced slot would drop is counted and reported.
+    Audit,
+    /// Everything passes unevaluated.
+    Off,
+}
+
+impl Mode {
+    const fn raw(self) -> u8 {
+        match self {
+            Mode::Enforce => MODE_ENFORCE,
+            Mode::Audit => MODE_AUDIT,
+            Mode::Off => MODE_OFF,
+        }
+    }
+
+    const fn from_raw(raw: u8) -> Mode {
+        match raw {
+            MODE_ENFORCE => Mode::Enforce,
+            MODE_AUDIT => Mode::Audit,
+            _ => Mode::Off,
+        }
+    }
+}
+
+/// What an endpoint runs right now.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct EndpointState {
+    pub mode: Mode,
+    pub enforced: Slot,
+    pub candidate: Option<Slot>,
+}
+
+/// A reported flow (dropped, audited, or judged differently by the candidate), summed over CPUs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Flow {
+    pub key: FlowKey,
+    pub packets: u64,
+    pub first_seen_ns: u64,
+    pub enforced_cookie: u32,
+    pub candidate_cookie: u32,
+}
+
+/// The LPM key data of a policy entry: `PolicyKey` after its prefix length.
+type PolicyMatch = [u8; 8];
+type PolicySlot = LpmTrie<MapData, PolicyMatch, PolicyValue>;
+
+/// Handle on the pinned datapath of one node.
+pub struct Datapath {
+    pins: Pins,
+    ipcache: LpmTrie<MapData, u32, u32>,
+    interfaces: HashMap<MapData, u32, EndpointId>,
+    endpoint_config: HashMap<MapData, EndpointId, EndpointConfig>,
+    node_epoch: Array<MapData, u32>,
+    policy_slots: HashOfMaps<MapData, SlotKey, PolicySlot>,
+    flows: PerCpuHashMap<MapData, FlowKey, FlowStats>,
+    counters: PerCpuHashMap<MapData, EndpointId, EndpointCounters>,
+    from_endpoint: SchedClassifier,
+    to_endpoint: SchedClassifier,
+}
+
+impl Datapath {
+    /// Opens the datapath pinned under `pin_dir`, loading and pinning it first if there is none.
+    /// Adopting never resets maps or detaches programs.
+    pub fn open(pin_dir: impl AsRef<Path>) -> Result<Self> {
+        let pins = Pins::new(pin_dir.as_ref());
+        if !pins.complete() {
+            pins.load_and_pin(OBJECT)?;
+        }
+        Ok(Datapath {
+            ipcache: pins.map("IPCACHE")?,
+            interfaces: pins.map("INTERFACES")?,
+            endpoint_config: pins.map("ENDPOINT_CONFIG")?,
+            node_epoch: pins.map("NODE_EPOCH")?,
+            policy_slots: pins.map("POLICY_SLOTS")?,
+            flows: pins.map("FLOWS")?,
+            counters: pins.map("COUNTERS")?,
+            from_endpoint: pins.program("from_endpoint")?,
+            to_endpoint: pins.program("to_endpoint")?,
+            pins,
+        })
+    }
+
+    pub fn pin_dir(&self) -> &Path {
+        self.pins.dir()
+    }
+
+    /// Unpins everything: once the last process closes its handles, the programs detach and the
+    /// maps go away. For tests and uninstall.
+    pub fn destroy(self) -> Result<()> {
+        let pins = self.pins.clone();
+        drop(self);
+        pins.remove_all()
+    }
+
+    /// Attaches the program to both tc hooks (TCX) of `ifname`, the host side of the endpoint's
+    /// interface. A new endpoint enforces slot A (empty: deny all) until told otherwise, so load
+    /// its policy first. Attaching an attached endpoint to the same interface is a no-op.
+    pub fn attach(&mut self, endpoint: EndpointId, ifname: &str) -> Result<()> {
+        let ifindex = ifindex(ifname).map_err(|source| Error::Interface {
+            ifname: ifname.to_owned(),
+            endpoint,
+            source,
+        })?;
+        if self.pins.link_pinned(endpoint) {
+            return match self.interfaces.get(&ifindex, 0) {
+                Ok(attached) if attached == endpoint => Ok(()),
+                _ => Err(Error::AlreadyAttached { endpoint }),
+            };
+        }
+        // Maps first, so the first packet through the program finds its endpoint.
+        if self.endpoint_config.get(&endpoint, 0).is_err() {
+            let select = SlotSelection { enforced: SLOT_A, candidate: SLOT_NONE };
+            let config = EndpointConfig { mode: MODE_ENFORCE, _pad: [0; 3], by_epoch: [select; 2] };
+            self.endpoint_config
+                .insert(endpoint, config, 0)
+                .map_err(map_error("ENDPOINT_CONFIG", endpoint))?;
+        }
+        if self.counters.get(&endpoint, 0).is_err() {
+            let cpus = aya::util::nr_cpus().map_err(|(_, e)| Error::Cpus(e))?;
+            let zero = aya::maps::PerCpuValues::try_from(vec![EndpointCounters::default(); cpus])
+                .map_err(Error::Cpus)?;
+            self.counters.insert(endpoint, zero, 0).map_err(map_error("COUNTERS", endpoint))?;
+        }
+        self.interfaces.insert(ifindex, endpoint, 0).map_err(map_error("INTERFACES", endpoint))?;
+        for (program, name, hook) in [
+            (&mut self.from_endpoint, "from_endpoint", TcAttachType::Ingress),
+            (&mut self.to_endpoint, "to_endpoint", TcAttachType::Egress),
+        ] {
+            let program_error = |source| Error::Program { program: name, endpoint: Some(endpoint), source };
+            let link_id = program
+                .attach_with_options(ifname, hook, TcAttachOptions::TcxOrder(LinkOrder::default()))
+                .map_err(program_error)?;
+            let link = FdLink::try_from(program.take_link(link_id).map_err(program_error)?)
+                .map_err(|source| Error::Link { endpoint, source })?;
+            self.pins.pin_link(endpoint, name, link)?;
+        }
+        Ok(())
+    }
+
+    /// Detaches the endpoint and forgets its config, counters and policy slots.
+    pub fn detach(&mut self, endpoint: EndpointId) -> Result<()> {
+        self.pins.unpin_links(endpoint)?;
+        let ifindexes: Vec<u32> = self
+            .interfaces
+            .iter()
+            .filter_map(|entry| entry.ok())
+            .filter(|&(_, owner)| owner == endpoint)
+            .map(|(ifindex, _)| ifindex)
+            .collect();
+        for ifindex in ifindexes {
+            ignore_missing(self.interfaces.remove(&ifindex)).map_err(map_error("INTERFACES", endpoint))?;
+        }
+        ignore_missing(self.endpoint_config.remove(&endpoint)).map_err(map_error("ENDPOINT_CONFIG", endpoint))?;
+        ignore_missing(self.counters.remove(&endpoint)).map_err(map_error("COUNTERS", endpoint))?;
+        for slot in [SLOT_A, SLOT_B] {
+            ignore_missing(self.policy_slots.remove(&SlotKey { endpoint, slot: slot as u32 }))
+                .map_err(map_error("POLICY_SLOTS", endpoint))?;
+        }
+        Ok(())
+    }
+
+    /// Endpoints with a config, attached or not.
+    pub fn endpoints(&self) -> Result<Vec<EndpointId>> {
+        self.endpoint_config
+            .keys()
+            .collect::<Result<_, _>>()
+            .map_err(|source| Error::Map { map: "ENDPOINT_CONFIG", endpoint: None, source })
+    }
+
+    /// Maps `addr/prefix_len` to `identity`. Addresses without a matching prefix are "world".
+    pub fn set_ipcache(&mut self, addr: Ipv4Addr, prefix_len: u8, identity: u32) -> Result<()> {
+        self.ipcache
+            .insert(&ipcache_key(addr, prefix_len), identity, 0)
+            .map_err(|source| Error::Map { map: "IPCACHE", endpoint: None, source })
+    }
+
+    pub fn remove_ipcache(&mut self, addr: Ipv4Addr, prefix_len: u8) -> Result<()> {
+        ignore_missing(self.ipcache.remove(&ipcache_key(addr, prefix_len)))
+            .map_err(|source| Error::Map { map: "IPCACHE", endpoint: None, source })
+    }
+
+    /// Replaces the whole content of `slot` with `entries` in one step: a new policy map is
+    /// filled aside, then swapped in. The swap waits for an RCU grace period (milliseconds), which
+    /// is why promotions never do this: load the idle slot ahead of time, then [`Self::flip`].
+    pub fn load_slot(&mut self, endpoint: EndpointId, slot: Slot, entries: &[PolicyEntry]) -> Result<()> {
+        if entries.len() > MAX_POLICY_ENTRIES as usize {
+            return Err(Error::TooManyEntries { endpoint, entries: entries.len(), max: MAX_POLICY_ENTRIES });
+        }
+        let mut policy = PolicySlot::create(MAX_POLICY_ENTRIES, BPF_F_NO_PREALLOC)
+            .map_err(map_error("POLICY_SLOTS (inner)", endpoint))?;
+        for entry in entries {
+            let value = entry.value.with_l4_prefix_len(entry.key.l4_prefix_len());
+            policy.insert(&policy_key(&entry.key), value, 0).map_err(map_error("POLICY_SLOTS (inner)", endpoint))?;
+        }
+        self.policy_slots
+            .insert(SlotKey { endpoint, slot: slot.raw() as u32 }, &policy, 0)
+            .map_err(map_error("POLICY_SLOTS", endpoint))
+    }
+
+    /// Marks `slot` as the candidate evaluated beside the enforced slot, or stops shadowing.
+    pub fn set_candidate(&mut self, endpoint: EndpointId, candidate: Option<Slot>) -> Result<()> {
+        self.update_config(endpoint, |config, selection| {
+            let selection = SlotSelection { candidate: candidate.map_or(SLOT_NONE, Slot::raw), ..selection };
+            config.by_epoch = [selection; 2];
+            Ok(())
+        })
+    }
+
+    pub fn set_mode(&mut self, endpoint: EndpointId, mode: Mode) -> Result<()> {
+        self.update_config(endpoint, |config, _| {
+            config.mode = mode.raw();
+            Ok(())
+        })
+    }
+
+    /// Promotes the candidate: it becomes enforced and the previously enforced slot becomes the
+    /// candidate (still shadow-evaluated, for a rollback watch; clear it with
+    /// [`Self::set_candidate`]). One update of the endpoint's config value.
+    pub fn flip(&mut self, endpoint: EndpointId) -> Result<()> {
+        self.update_config(endpoint, |config, selection| {
+            config.by_epoch = [promoted(endpoint, selection)?; 2];
+            Ok(())
+        })
+    }
+
+    /// Promotes the candidates of `endpoints` all at once: the promoted selections are staged in
+    /// the inactive half of each config, then one update of the node epoch switches every packet
+    /// of every endpoint to them.
+    pub fn flip_all(&mut self, endpoints: &[EndpointId]) -> Result<()> {
+        let epoch = self.epoch()?;
+        let (active, staged) = ((epoch & 1) as usize, ((epoch + 1) & 1) as usize);
+        let mut configs = Vec::with_capacity(endpoints.len());
+        for &endpoint in endpoints {
+            let mut config = self.config(endpoint)?;
+            config.by_epoch[staged] = promoted(endpoint, config.by_epoch[active])?;
+            configs.push((endpoint, config));
+        }
+        for &(endpoint, config) in &configs {
+            self.endpoint_config.insert(endpoint, config, 0).map_err(map_error("ENDPOINT_CONFIG", endpoint))?;
+        }
+        self.node_epoch
+            .set(0, epoch.wrapping_add(1), 0)
+            .map_err(|source| Error::Map { map: "NODE_EPOCH", endpoint: None, source })?;
+        // Off the promotion path: make both halves agree again, so the next node-wide flip
+        // stages from a consistent state (the stale half is inactive now).
+        for (endpoint, mut config) in configs {
+            config.by_epoch[active] = config.by_epoch[staged];
+            self.endpoint_config.insert(endpoint, config, 0).map_err(map_error("ENDPOINT_CONFIG", endpoint))?;
+        }
+        Ok(())
+    }
+
+    pub fn state(&self, endpoint: EndpointId) -> Result<EndpointState> {
+        let config = self.config(endpoint)?;
+        let selection = config.by_epoch[(self.epoch()? & 1) as usize];
+        Ok(EndpointState {
+            mode: Mode::from_raw(config.mode),
+            enforced: Slot::from_raw(selection.enforced).unwrap_or(Slot::A),
+            candidate: Slot::from_raw(selection.candidate),
+        })
+    }
+
+    /// The endpoint's packet counters, summed over CPUs.
+    pub fn counters(&self, endpoint: EndpointId) -> Result<EndpointCounters> {
+        let per_cpu = self.counters.get(&endpoint, 0).map_err(map_error("COUNTERS", endpoint))?;
+        Ok(per_cpu.iter().fold(EndpointCounters::default(), |mut sum, cpu| {
+            for (total, n) in sum.slot_packets.iter_mut().zip(cpu.slot_packets) {
+                *total += n;
+            }
+            sum.allowed += cpu.allowed;
+            sum.redirected += cpu.redirected;
+            sum.denied += cpu.denied;
+            sum.audited += cpu.audited;
+            sum.shadow_diffs += cpu.shadow_diffs;
+            sum.replies += cpu.replies;
+            sum.unenforced += cpu.unenforced;
+            sum.events_lost += cpu.events_lost;
+            sum
+        }))
+    }
+
+    /// Every flow the program counted: drops, audit verdicts and shadow differences.
+    pub fn flows(&self) -> Result<Vec<Flow>> {
+        let mut flows = Vec::new();
+        for entry in self.flows.iter() {
+            let (key, per_cpu) = entry.map_err(|source| Error::Map { map: "FLOWS", endpoint: None, source })?;
+            // The CPU that created the flow holds its first-seen time and cookies.
+            let creator = per_cpu.iter().find(|stats| stats.first_seen_ns != 0).copied();
+            flows.push(Flow {
+                key,
+                packets: per_cpu.iter().map(|stats| stats.packets).sum(),
+                first_seen_ns: creator.map_or(0, |c| c.first_seen_ns),
+                enforced_cookie: creator.map_or(0, |c| c.enforced_cookie),
+                candidate_cookie: creator.map_or(0, |c| c.candidate_cookie),
+            });
+        }
+        Ok(flows)
+    }
+
+    /// Forgets the counted flows, e.g. when a new audit period starts; their next packet makes
+    /// them new flows again.
+    pub fn clear_flows(&mut self) -> Result<()> {
+        let keys: Vec<FlowKey> = self.flows.keys().filter_map(|key| key.ok()).collect();
+        for key in keys {
+            ignore_missing(self.flows.remove(&key))
+                .map_err(|source| Error::Map { map: "FLOWS", endpoint: Some(key.endpoint), source })?;
+        }
+        Ok(())
+    }
+
+    /// The consumer of new-flow events. There should be one per node.
+    pub fn events(&self) -> Result<EventReader> {
+        Ok(EventReader::new(self.pins.map("EVENTS")?))
+    }
+
+    fn epoch(&self) -> Result<u32> {
+        self.node_epoch.get(&0, 0).map_err(|source| Error::Map { map: "NODE_EPOCH", endpoint: None, source })
+    }
+
+    fn config(&self, endpoint: EndpointId) -> Result<EndpointConfig> {
+        self.endpoint_config.get(&endpoint, 0).map_err(|source| match source {
+            MapError::KeyNotFound => Error::UnknownEndpoint(endpoint),
+            source => Error::Map { map: "ENDPOINT_CONFIG", endpoint: Some(endpoint), source },
+        })
+    }
+
+    /// Rewrites an endpoint's config in one map update. `change` gets the selection in force.
+    fn update_config(
+        &mut self,
+        endpoint: EndpointId,
+        change: impl FnOnce(&mut EndpointConfig, SlotSelection) -> Result<()>,
+    ) -> Result<()> {
+        let mut config = self.config(endpoint)?;
+        let selection = config.by_epoch[(self.epoch()? & 1) as usize];
+        change(&mut config, selection)?;
+        self.endpoint_config.insert(endpoint, config, 0).map_err(map_error("ENDPOINT_CONFIG", endpoint))
+    }
+}
+
+fn promoted(endpoint: EndpointId, selection: SlotSelection) -> Result<SlotSelection> {
+    if selection.candidate == SLOT_NONE {
+        return Err(Error::NoCandidate(endpoint));
+    }
+    Ok(SlotSelection { enforced: selection.candidate, candidate: selection.enforced })
+}
+
+fn policy_key(key: &PolicyKey) -> Key<PolicyMatch> {
+    let mut data = [0; 8];
+    data[..4].copy_from_slice(&key.identity_be.to_ne_bytes());
+    data[4] = key.direction;
+    data[5] = key.protocol;
+    data[6..].copy_from_slice(&key.dport_be.to_ne_bytes());
+    Key::new(key.prefix_len, data)
+}
+
+fn ipcache_key(addr: Ipv4Addr, prefix_len: u8) -> Key<u32> {
+    Key::new(prefix_len.min(32) as u32, u32::from_ne_bytes(addr.octets()))
+}
+
+fn ifindex(ifname: &str) -> std::io::Result<u32> {
+    let name = CString::new(ifname).map_err(std::io::Error::other)?;
+    // SAFETY: a valid NUL-terminated string.
+    match unsafe { libc::if_nametoindex(name.as_ptr()) } {
+        0 => Err(std::io::Error::last_os_error()),
+        index => Ok(index),
+    }
+}
+
+fn map_error(map: &'static str, endpoint: EndpointId) -> impl Fn(MapError) -> Error {
+    move |source| Error::Map { map, endpoint: Some(endpoint), source }
+}
+
+/// Removing what is already gone is fine.
+fn ignore_missing(result: Result<(), MapError>) -> Result<(), MapError> {
+    match result {
+        Err(MapError::KeyNotFound) => Ok(()),
+        Err(MapError::SyscallError(ref e)) if e.io_error.raw_os_error() == Some(libc::ENOENT) => Ok(()),
+        other => other,
+    }
+}

@@ -1,0 +1,135 @@
+//! The bpffs layout: `<dir>/maps/<MAP>`, `<dir>/programs/<program>` and
+//! `<dir>/links/<endpoint>-<program>`. Pinned links keep the programs attached while no process
+//! runs; pinned maps keep their content.
+use std::{
+    fs, io,
+    path::{Path, PathBuf},
+};
+
+use aya::{
+    Ebpf,
+    maps::{Map, MapData, MapError},
+    programs::{SchedClassifier, links::FdLink},
+};
+
+use crate::{EndpointId, Error, Result};
+
+const MAPS: [&str; 10] = [
+    "IPCACHE",
+    "INTERFACES",
+    "ENDPOINT_CONFIG",
+    "NODE_EPOCH",
+    "POLICY_SLOTS",
+    "CONNTRACK",
+    "FLOWS",
+    "COUNTERS",
+    "EVENTS",
+    "EVENT_TOKENS",
+];
+/// Pinned in this order; the last one marks a complete pin directory.
+const PROGRAMS: [&str; 2] = ["from_endpoint", "to_endpoint"];
+
+#[derive(Clone, Debug)]
+pub(crate) struct Pins {
+    dir: PathBuf,
+}
+
+impl Pins {
+    pub(crate) fn new(dir: &Path) -> Self {
+        Pins { dir: dir.to_owned() }
+    }
+
+    pub(crate) fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    pub(crate) fn complete(&self) -> bool {
+        self.program_path(PROGRAMS[PROGRAMS.len() - 1]).exists()
+    }
+
+    /// Loads the object and pins its maps, then its programs. Leftovers of an interrupted
+    /// earlier attempt are replaced.
+    pub(crate) fn load_and_pin(&self, object: &[u8]) -> Result<()> {
+        for sub in ["maps", "programs"] {
+            let path = self.dir.join(sub);
+            match fs::remove_dir_all(&path) {
+                Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(Error::PinDir { path, source: e }),
+                _ => {}
+            }
+        }
+        for sub in ["maps", "programs", "links"] {
+            let path = self.dir.join(sub);
+            fs::create_dir_all(&path).map_err(|source| Error::PinDir { path, source })?;
+        }
+        let mut ebpf = Ebpf::load(object)?;
+        for name in MAPS {
+            let map = ebpf.map(name).ok_or(Error::MissingInObject(name))?;
+            let path = self.map_path(name);
+            map.pin(&path).map_err(|source| Error::Pin { path, source })?;
+        }
+        for name in PROGRAMS {
+            let program_error = |source| Error::Program { program: name, endpoint: None, source };
+            let program: &mut SchedClassifier = ebpf
+                .program_mut(name)
+                .ok_or(Error::MissingInObject(name))?
+                .try_into()
+                .map_err(program_error)?;
+            program.load().map_err(program_error)?;
+            let path = self.program_path(name);
+            program.pin(&path).map_err(|source| Error::Pin { path, source })?;
+        }
+        Ok(())
+    }
+
+    pub(crate) fn map<M: TryFrom<Map, Error = MapError>>(&self, name: &'static str) -> Result<M> {
+        let map_error = |source| Error::Map { map: name, endpoint: None, source };
+        let data = MapData::from_pin(self.map_path(name)).map_err(map_error)?;
+        M::try_from(Map::from_map_data(data).map_err(map_error)?).map_err(map_error)
+    }
+
+    pub(crate) fn program(&self, name: &'static str) -> Result<SchedClassifier> {
+        SchedClassifier::from_pin(self.program_path(name))
+            .map_err(|source| Error::Program { program: name, endpoint: None, source })
+    }
+
+    pub(crate) fn link_pinned(&self, endpoint: EndpointId) -> bool {
+        PROGRAMS.iter().all(|program| self.link_path(endpoint, program).exists())
+    }
+
+    pub(crate) fn pin_link(&self, endpoint: EndpointId, program: &str, link: FdLink) -> Result<()> {
+        let path = self.link_path(endpoint, program);
+        link.pin(&path).map_err(|source| Error::Pin { path, source })?;
+        Ok(())
+    }
+
+    /// The link goes away with its pin once no process holds it: the program detaches.
+    pub(crate) fn unpin_links(&self, endpoint: EndpointId) -> Result<()> {
+        for program in PROGRAMS {
+            let path = self.link_path(endpoint, program);
+            match fs::remove_file(&path) {
+                Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(Error::PinDir { path, source: e }),
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+
+    pub(crate) fn remove_all(&self) -> Result<()> {
+        match fs::remove_dir_all(&self.dir) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => Err(Error::PinDir { path: self.dir.clone(), source: e }),
+            _ => Ok(()),
+        }
+    }
+
+    fn map_path(&self, name: &str) -> PathBuf {
+        self.dir.join("maps").join(name)
+    }
+
+    fn program_path(&self, name: &str) -> PathBuf {
+        self.dir.join("programs").join(name)
+    }
+
+    fn link_path(&self, endpoint: EndpointId, program: &str) -> PathBuf {
+        self.dir.join("links").join(format!("{endpoint}-{program}"))
+    }
+}

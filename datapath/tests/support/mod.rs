@@ -1,0 +1,355 @@
+//! Test network: a "node" namespace holding the host side of every endpoint's veth, one
+//! namespace per endpoint, and optionally an external (non-endpoint) namespace. Addresses are in
+//! 10.200.0.0/16, only on these veths; nothing routes anywhere else. Everything is deleted when
+//! the `Topology` is dropped, also when the test panics.
+#![allow(dead_code)] // each test binary uses a different part
+
+use std::{
+    fs::File,
+    io::{ErrorKind, Read, Write},
+    mem::MaybeUninit,
+    net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpListener, TcpStream, UdpSocket},
+    os::fd::AsRawFd,
+    path::PathBuf,
+    process::Command,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, AtomicU64, Ordering},
+    },
+    thread,
+    time::{Duration, Instant},
+};
+
+use palisade_common::{PolicyEntry, PolicyKey, PolicyValue};
+use palisade_datapath::Datapath;
+use socket2::{Domain, Protocol, Socket, Type};
+
+pub const PROBE_TIMEOUT: Duration = Duration::from_millis(300);
+
+pub fn require_root() {
+    // SAFETY: no preconditions.
+    let uid = unsafe { libc::geteuid() };
+    assert_eq!(uid, 0, "datapath tests need root (network namespaces, tc, bpf): run them with sudo");
+}
+
+pub fn run(args: &[&str]) {
+    let output = Command::new(args[0]).args(&args[1..]).output().expect("run a command");
+    assert!(
+        output.status.success(),
+        "{} failed: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+pub struct Endpoint {
+    pub ns: String,
+    /// Host-side interface, in the node namespace.
+    pub host_if: String,
+    pub addr: Ipv4Addr,
+}
+
+pub struct Topology {
+    pub node: String,
+    pub endpoints: Vec<Endpoint>,
+    pub external: Option<Endpoint>,
+    pub pin_dir: PathBuf,
+    namespaces: Vec<String>,
+}
+
+impl Topology {
+    /// `prefix` must be unique per test (it names namespaces, interfaces and the pin directory);
+    /// `subnet` picks 10.200.<subnet + i>.0/24 per endpoint.
+    pub fn new(prefix: &str, endpoints: usize, external: bool, subnet: u8) -> Topology {
+        require_root();
+        let node = format!("{prefix}-node");
+        let pin_dir = PathBuf::from(format!("/sys/fs/bpf/palisade-test-{prefix}"));
+        let mut topology = Topology { node: node.clone(), endpoints: Vec::new(), external: None, pin_dir, namespaces: Vec::new() };
+        topology.cleanup();
+        topology.add_ns(&node);
+        run(&["ip", "-n", &node, "link", "set", "lo", "up"]);
+        run(&["ip", "netns", "exec", &node, "sysctl", "-qw", "net.ipv4.ip_forward=1"]);
+        for i in 0..endpoints {
+            let endpoint = topology.add_endpoint(prefix, &format!("e{i}"), subnet + i as u8);
+            topology.endpoints.push(endpoint);
+        }
+        if external {
+            topology.external = Some(topology.add_endpoint(prefix, "x", subnet + 100));
+        }
+        topology
+    }
+
+    fn add_ns(&mut self, ns: &str) {
+        run(&["ip", "netns", "add", ns]);
+        self.namespaces.push(ns.to_owned());
+    }
+
+    fn add_endpoint(&mut self, prefix: &str, name: &str, subnet: u8) -> Endpoint {
+        let ns = format!("{prefix}-{name}");
+        let host_if = format!("{prefix}h{name}");
+        let peer_if = format!("{prefix}p{name}");
+        assert!(host_if.len() <= 15, "interface name {host_if} is too long");
+        self.add_ns(&ns);
+        let node = self.node.clone();
+        run(&["ip", "-n", &node, "link", "add", &host_if, "type", "veth", "peer", "name", &peer_if, "netns", &ns]);
+        let gateway = format!("10.200.{subnet}.1");
+        let addr = Ipv4Addr::new(10, 200, subnet, 2);
+        run(&["ip", "-n", &node, "addr", "add", &format!("{gateway}/24"), "dev", &host_if]);
+        run(&["ip", "-n", &node, "link", "set", &host_if, "up"]);
+        run(&["ip", "-n", &ns, "addr", "add", &format!("{addr}/24"), "dev", &peer_if]);
+        run(&["ip", "-n", &ns, "link", "set", &peer_if, "up"]);
+        run(&["ip", "-n", &ns, "link", "set", "lo", "up"]);
+        run(&["ip", "-n", &ns, "route", "add", "10.200.0.0/16", "via", &gateway]);
+        Endpoint { ns, host_if, addr }
+    }
+
+    /// Opens (or adopts) this test's datapath. Call from a thread inside the node namespace.
+    pub fn datapath(&self) -> Datapath {
+        Datapath::open(&self.pin_dir).expect("open the datapath")
+    }
+
+    fn cleanup(&self) {
+        let _ = std::fs::remove_dir_all(&self.pin_dir);
+        if let Ok(output) = Command::new("ip").args(["netns", "list"]).output() {
+            let prefix = self.node.trim_end_matches("-node").to_owned() + "-";
+            for line in String::from_utf8_lossy(&output.stdout).lines() {
+                let name = line.split_whitespace().next().unwrap_or("");
+                if name.starts_with(&prefix) {
+                    let _ = Command::new("ip").args(["netns", "del", name]).status();
+                }
+            }
+        }
+    }
+}
+
+impl Drop for Topology {
+    fn drop(&mut self) {
+        for ns in self.namespaces.iter().rev() {
+            let _ = Command::new("ip").args(["netns", "del", ns]).status();
+        }
+        let _ = std::fs::remove_dir_all(&self.pin_dir);
+    }
+}
+
+/// Moves the calling thread into `ns` until dropped. tc attach resolves interface names in the
+/// caller's namespace, so the datapath is driven from inside the node namespace.
+pub struct InNetns {
+    original: File,
+}
+
+impl InNetns {
+    pub fn enter(ns: &str) -> InNetns {
+        let original = File::open("/proc/thread-self/ns/net").expect("open the current netns");
+        setns(&File::open(format!("/run/netns/{ns}")).expect("open the netns"));
+        InNetns { original }
+    }
+}
+
+impl Drop for InNetns {
+    fn drop(&mut self) {
+        setns(&self.original);
+    }
+}
+
+fn setns(file: &File) {
+    // SAFETY: a valid namespace file descriptor; affects only the calling thread.
+    let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
+    assert_eq!(rc, 0, "setns: {}", std::io::Error::last_os_error());
+}
+
+/// Runs `f` on a thread inside `ns`. Sockets created there stay in that namespace.
+pub fn in_netns<T: Send + 'static>(ns: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
+    let ns = ns.to_owned();
+    thread::spawn(move || {
+        let _inside = InNetns::enter(&ns);
+        f()
+    })
+    .join()
+    .expect("netns thread")
+}
+
+/// TCP echo server on every given port of `ns`; runs until the process exits.
+pub fn tcp_echo_servers(ns: &str, ports: &[u16]) {
+    for &port in ports {
+        let listener = in_netns(ns, move || TcpListener::bind(("0.0.0.0", port)).expect("bind tcp"));
+        thread::spawn(move || {
+            for stream in listener.incoming().flatten() {
+                thread::spawn(move || echo(stream));
+            }
+        });
+    }
+}
+
+fn echo(mut stream: TcpStream) {
+    let mut buf = [0; 1024];
+    while let Ok(n) = stream.read(&mut buf) {
+        if n == 0 || stream.write_all(&buf[..n]).is_err() {
+            break;
+        }
+    }
+}
+
+/// UDP echo server on every given port of `ns`; counts datagrams per port.
+pub fn udp_echo_servers(ns: &str, ports: &[u16]) -> Vec<Arc<AtomicU64>> {
+    ports
+        .iter()
+        .map(|&port| {
+            let socket = in_netns(ns, move || {
+                let socket = Socket::new(Domain::IPV4, Type::DGRAM, None).expect("udp socket");
+                socket.set_recv_buffer_size(8 << 20).expect("rcvbuf");
+                socket.bind(&SocketAddr::from(([0, 0, 0, 0], port)).into()).expect("bind udp");
+                UdpSocket::from(socket)
+            });
+            let received = Arc::new(AtomicU64::new(0));
+            let counter = received.clone();
+            thread::spawn(move || {
+                let mut buf = [0; 1500];
+                while let Ok((n, from)) = socket.recv_from(&mut buf) {
+                    counter.fetch_add(1, Ordering::Relaxed);
+                    let _ = socket.send_to(&buf[..n], from);
+                }
+            });
+            received
+        })
+        .collect()
+}
+
+pub fn tcp_connect(ns: &str, to: Ipv4Addr, port: u16) -> Option<TcpStream> {
+    in_netns(ns, move || {
+        let stream = TcpStream::connect_timeout(&SocketAddr::from((to, port)), PROBE_TIMEOUT).ok()?;
+        stream.set_read_timeout(Some(PROBE_TIMEOUT)).ok()?;
+        Some(stream)
+    })
+}
+
+/// Sends a message and expects it back.
+pub fn tcp_roundtrip(stream: &mut TcpStream) -> bool {
+    if stream.write_all(b"ping").is_err() {
+        return false;
+    }
+    let mut buf = [0; 4];
+    stream.read_exact(&mut buf).is_ok() && &buf == b"ping"
+}
+
+pub fn tcp_ok(ns: &str, to: Ipv4Addr, port: u16) -> bool {
+    tcp_connect(ns, to, port).is_some_and(|mut stream| tcp_roundtrip(&mut stream))
+}
+
+pub fn udp_socket(ns: &str, to: Ipv4Addr, port: u16) -> UdpSocket {
+    in_netns(ns, move || {
+        let socket = UdpSocket::bind("0.0.0.0:0").expect("bind udp client");
+        socket.connect((to, port)).expect("connect udp");
+        socket.set_read_timeout(Some(PROBE_TIMEOUT)).expect("timeout");
+        socket
+    })
+}
+
+#[derive(Debug, PartialEq, Eq)]
+pub enum UdpOutcome {
+    Echoed,
+    Refused,
+    Silent,
+}
+
+pub fn udp_probe(ns: &str, to: Ipv4Addr, port: u16) -> UdpOutcome {
+    let socket = udp_socket(ns, to, port);
+    socket.send(b"probe").expect("send udp");
+    let mut buf = [0; 16];
+    match socket.recv(&mut buf) {
+        Ok(_) => UdpOutcome::Echoed,
+        Err(e) if e.kind() == ErrorKind::ConnectionRefused => UdpOutcome::Refused,
+        Err(_) => UdpOutcome::Silent,
+    }
+}
+
+pub fn udp_ok(ns: &str, to: Ipv4Addr, port: u16) -> bool {
+    udp_probe(ns, to, port) == UdpOutcome::Echoed
+}
+
+/// ICMP echo with a raw socket (no `ping` process: fast and exact).
+pub struct Pinger {
+    socket: Socket,
+    to: Ipv4Addr,
+    id: u16,
+    seq: u16,
+}
+
+impl Pinger {
+    pub fn new(ns: &str, to: Ipv4Addr) -> Pinger {
+        static NEXT_ID: AtomicU64 = AtomicU64::new(0x5100);
+        let socket = in_netns(ns, || Socket::new(Domain::IPV4, Type::RAW, Some(Protocol::ICMPV4)).expect("raw icmp socket"));
+        let id = NEXT_ID.fetch_add(1, Ordering::Relaxed) as u16;
+        Pinger { socket, to, id, seq: 0 }
+    }
+
+    pub fn ping(&mut self, timeout: Duration) -> bool {
+        self.seq = self.seq.wrapping_add(1);
+        let mut packet = [8u8, 0, 0, 0, (self.id >> 8) as u8, self.id as u8, (self.seq >> 8) as u8, self.seq as u8];
+        let sum = checksum(&packet);
+        packet[2..4].copy_from_slice(&sum.to_be_bytes());
+        let to = SocketAddrV4::new(self.to, 0);
+        if self.socket.send_to(&packet, &to.into()).is_err() {
+            return false;
+        }
+        let deadline = Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return false;
+            }
+            self.socket.set_read_timeout(Some(left)).expect("timeout");
+            let mut buf = [MaybeUninit::<u8>::uninit(); 1500];
+            let Ok((n, _)) = self.socket.recv_from(&mut buf) else { return false };
+            // SAFETY: the kernel initialised the first n bytes.
+            let buf: Vec<u8> = buf[..n].iter().map(|b| unsafe { b.assume_init() }).collect();
+            let ihl = ((buf[0] & 0x0f) as usize) * 4;
+            let icmp = &buf[ihl..];
+            let from = Ipv4Addr::new(buf[12], buf[13], buf[14], buf[15]);
+            if from == self.to
+                && icmp.len() >= 8
+                && icmp[0] == 0
+                && u16::from_be_bytes([icmp[4], icmp[5]]) == self.id
+                && u16::from_be_bytes([icmp[6], icmp[7]]) == self.seq
+            {
+                return true;
+            }
+        }
+    }
+}
+
+fn checksum(data: &[u8]) -> u16 {
+    let mut sum: u32 = data.chunks(2).map(|c| u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)]) as u32).sum();
+    while sum >> 16 != 0 {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    !(sum as u16)
+}
+
+pub fn ping_ok(ns: &str, to: Ipv4Addr) -> bool {
+    Pinger::new(ns, to).ping(PROBE_TIMEOUT)
+}
+
+/// Polls `condition` until it holds or a second has passed.
+pub fn eventually(mut condition: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + Duration::from_secs(1);
+    while Instant::now() < deadline {
+        if condition() {
+            return true;
+        }
+        thread::sleep(Duration::from_millis(2));
+    }
+    condition()
+}
+
+pub fn entry(key: PolicyKey, value: PolicyValue) -> PolicyEntry {
+    PolicyEntry { key, value }
+}
+
+/// A flag that stops a background loop when dropped.
+pub struct StopOnDrop(pub Arc<AtomicBool>);
+
+impl Drop for StopOnDrop {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
+}
