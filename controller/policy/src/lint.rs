@@ -1,7 +1,7 @@
 //! Warnings about valid policies that probably do not do what their author meant.
 use crate::compile::{Enforcement, Engine};
 use crate::diag::{Diagnostic, Severity};
-use crate::model::{Peer, Peers, Policy, PolicyKind, PolicySet, Rule};
+use crate::model::{Peer, Peers, Policy, PolicyKind, PolicySet, PortSpec, Rule};
 
 fn warning(policy: &Policy, line: u32, path: &str, message: String) -> Diagnostic {
     Diagnostic { severity: Severity::Warning, file: policy.file.clone(), line, path: path.to_string(), message }
@@ -57,7 +57,19 @@ pub fn lint_with_cluster(engine: &Engine) -> Vec<Diagnostic> {
             }
         }
     }
-    for (name, numbers) in engine.ambiguous_port_names() {
+    let egress_port_names: std::collections::BTreeSet<&str> = engine
+        .policies
+        .policies
+        .iter()
+        .flat_map(|p| &p.rules)
+        .flat_map(|r| &r.egress.rules)
+        .flat_map(|r| &r.ports)
+        .filter_map(|p| match &p.port {
+            PortSpec::Named(name) => Some(name.as_str()),
+            _ => None,
+        })
+        .collect();
+    for (name, numbers) in engine.ambiguous_port_names().into_iter().filter(|(name, _)| egress_port_names.contains(name)) {
         out.push(Diagnostic {
             severity: Severity::Warning,
             file: String::new(),
