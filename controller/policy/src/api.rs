@@ -39,10 +39,19 @@ pub struct ObjectMeta {
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct LabelSelector {
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_as_default")]
     pub match_labels: BTreeMap<String, String>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_as_default")]
     pub match_expressions: Vec<LabelSelectorRequirement>,
+}
+
+/// `matchLabels:` with nothing after it (YAML null) is an empty map, as Kubernetes reads it.
+fn null_as_default<'de, D, T>(deserializer: D) -> Result<T, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Deserialize<'de> + Default,
+{
+    Ok(Option::<T>::deserialize(deserializer)?.unwrap_or_default())
 }
 
 #[derive(Debug, Clone, Deserialize)]
