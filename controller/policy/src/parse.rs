@@ -155,7 +155,18 @@ fn parse_object(r: &mut Reporter, root: &Node, prefix: &str, options: &ParseOpti
                 }
             }
         }
-        ("", _) | (_, "") => r.error(prefix, "not a Kubernetes object: apiVersion and kind are required"),
+        ("", _) | (_, "") => {
+            // Name the field that is missing, and the miscased key if that is why (`apiversion:`).
+            let keys: Vec<&str> = json.as_object().map(|o| o.keys().map(String::as_str).collect()).unwrap_or_default();
+            let missing = if api_version.is_empty() { "apiVersion" } else { "kind" };
+            match keys.iter().find(|k| k.eq_ignore_ascii_case(missing) && **k != missing) {
+                Some(found) => r.error(
+                    &join(prefix, found),
+                    format!("not a Kubernetes object: {missing} is required (field names are case-sensitive: {found:?} is not {missing:?})"),
+                ),
+                None => r.error(prefix, format!("not a Kubernetes object: {missing} is required")),
+            }
+        }
         (version, kind) if version.starts_with("cilium.io/") || version.starts_with("networking.k8s.io/") => {
             r.error(&join(prefix, "kind"), format!("unsupported: {version} {kind} is not a policy kind Palisade enforces"))
         }
