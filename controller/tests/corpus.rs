@@ -1,0 +1,182 @@
+//! Every policy in the shared Cilium corpora (`../shared/corpus/{cilium,cilium-connectivity}`)
+//! parses cleanly, or fails only with "unsupported: ..." errors naming the feature. The files
+//! that fail are pinned: a regression that makes a supported file fail, or an "unsupported"
+//! turning into another error, breaks this test. Files that are invalid upstream are pinned with
+//! their exact error.
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use palisade::files;
+use palisade_policy::{ParseOptions, Severity, SourceFile, parse_policies};
+
+/// Files that fail only with "unsupported" errors, and the feature each names.
+const UNSUPPORTED: &[(&str, &str)] = &[
+    ("cilium/_removed-upstream/host/lock-down-dev-vms-cidr-node.yaml", "host firewall policy (nodeSelector)"),
+    ("cilium/_removed-upstream/host/lock-down-dev-vms.yaml", "host firewall policy (nodeSelector)"),
+    ("cilium/host/allow-extended-protocols.yaml", "host firewall policy (nodeSelector)"),
+    ("cilium/host/demo-host-policy.yaml", "host firewall policy (nodeSelector)"),
+    ("cilium/host/lock-down-dev-vms-remote-node.yaml", "host firewall policy (nodeSelector)"),
+    ("cilium/host/lock-down-gke.yaml", "host firewall policy (nodeSelector)"),
+    ("cilium/host/lock-down-ingress.yaml", "host firewall policy (nodeSelector)"),
+    ("cilium/l3/entities/customnodes.yaml", "fromNodes (node selector labels)"),
+    ("cilium/l4/envoy_forward_proxy.yaml", "Envoy listener redirects"),
+    ("cilium/l4/envoy_listener_redirect.yaml", "Envoy listener redirects"),
+    ("cilium/l4/l4_sni.yaml", "TLS server names (SNI)"),
+    ("cilium/l4/wildcard_port_listener.yaml", "Envoy listener redirects"),
+    ("cilium-connectivity/echo-ingress-mutual-authentication-fail-port-range.yaml", "mutual authentication"),
+    ("cilium-connectivity/echo-ingress-mutual-authentication-fail.yaml", "mutual authentication"),
+    ("cilium-connectivity/echo-ingress-mutual-authentication-port-range.yaml", "mutual authentication"),
+    ("cilium-connectivity/echo-ingress-mutual-authentication.yaml", "mutual authentication"),
+    ("cilium-connectivity/host-firewall-egress.yaml", "host firewall policy (nodeSelector)"),
+    ("cilium-connectivity/host-firewall-ingress.yaml", "host firewall policy (nodeSelector)"),
+    ("cilium-connectivity/local-redirect-policy.yaml", "cilium.io/v2 CiliumLocalRedirectPolicy"),
+];
+
+/// Files that are not valid Cilium 1.19 policy as written upstream, with the exact error.
+const INVALID_UPSTREAM: &[(&str, &str)] = &[
+    // Upstream split this into two rules (l3/cidr/cidr.yaml): one L3 peer kind per rule.
+    (
+        "cilium/_removed-upstream/cidr.yaml",
+        "cilium/_removed-upstream/cidr.yaml:10: spec.egress[0]: combining toCIDR and toCIDRSet in one rule is not supported; write one rule per peer kind",
+    ),
+    // A top-level `description` is not a field of the CRD (it belongs in spec).
+    (
+        "cilium/_removed-upstream/l3/host/host-policy.yaml",
+        "cilium/_removed-upstream/l3/host/host-policy.yaml:3: description: unknown field `description`, expected one of `apiVersion`, `kind`, `metadata`, `spec`, `specs`, `status`",
+    ),
+    (
+        "cilium/_removed-upstream/l7/kafka/kafka-Role.yaml",
+        "cilium/_removed-upstream/l7/kafka/kafka-Role.yaml:3: description: unknown field `description`, expected one of `apiVersion`, `kind`, `metadata`, `spec`, `specs`, `status`",
+    ),
+    (
+        "cilium/_removed-upstream/l7.yaml",
+        "cilium/_removed-upstream/l7.yaml:3: description: unknown field `description`, expected one of `apiVersion`, `kind`, `metadata`, `spec`, `specs`, `status`",
+    ),
+    // `role: frontend` is indented as a sibling of `matchLabels`, not inside it.
+    (
+        "cilium/_removed-upstream/multi_rule.yaml",
+        "cilium/_removed-upstream/multi_rule.yaml:12: spec.ingress[0].fromEndpoints[0].role: unknown field `role`, expected `matchLabels` or `matchExpressions`",
+    ),
+    // `toServices: [{}]` names no service.
+    (
+        "cilium/_removed-upstream/service-empty.yaml",
+        "cilium/_removed-upstream/service-empty.yaml:12: spec.egress[1].toServices[0]: exactly one of k8sService or k8sServiceSelector is required",
+    ),
+    // `auth: {type: ...}` was renamed `authentication: {mode: ...}` before it shipped (1.14).
+    (
+        "cilium/auth/auth.yaml",
+        "cilium/auth/auth.yaml:14: spec.egress[0].auth: unknown field `auth`, expected one of `toEndpoints`, `toRequires`, `toCIDR`, `toCIDRSet`, `toEntities`, `toServices`, `toFQDNs`, `toPorts`, `icmps`, `toNodes`, `toGroups`, `authentication`",
+    ),
+    // `apiversion:` lower case: Kubernetes field names are case-sensitive.
+    (
+        "cilium/l3/entities/from_nodes.yaml",
+        "cilium/l3/entities/from_nodes.yaml:1: apiversion: not a Kubernetes object: apiVersion is required (field names are case-sensitive: \"apiversion\" is not \"apiVersion\")",
+    ),
+];
+
+fn corpus_root() -> PathBuf {
+    // The repository root is two levels above this crate; the corpus sits next to the repository.
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/corpus")
+}
+
+/// (path relative to the corpus root, text) of every YAML file; panics if a corpus is missing.
+fn corpus_files() -> Vec<(String, String)> {
+    let root = corpus_root();
+    let mut out = Vec::new();
+    for dir in ["cilium", "cilium-connectivity"] {
+        let path = root.join(dir);
+        assert!(path.is_dir(), "corpus directory {} is missing: this test needs it and does not skip", path.display());
+        let loaded = files::read_yaml_files(std::slice::from_ref(&path)).unwrap();
+        assert!(loaded.len() >= 10, "only {} YAML files under {}", loaded.len(), path.display());
+        for file in loaded {
+            let rel = Path::new(&file.name).strip_prefix(&root).unwrap().display().to_string();
+            out.push((rel, file.text));
+        }
+    }
+    out
+}
+
+#[derive(Debug, PartialEq)]
+enum Outcome {
+    Ok,
+    Unsupported(Vec<String>),
+    Invalid(Vec<String>),
+}
+
+fn outcome(name: &str, text: &str) -> Outcome {
+    let parsed = parse_policies(&[SourceFile { name, text }], &ParseOptions::default());
+    let errors: Vec<_> = parsed.diagnostics.iter().filter(|d| d.severity == Severity::Error).collect();
+    if errors.is_empty() {
+        // A file with no policy holds only other objects (Pods, Deployments), each reported as ignored.
+        assert!(
+            !parsed.set.policies.is_empty() || parsed.diagnostics.iter().any(|d| d.message.starts_with("ignored: ")),
+            "{name}: parsed to no policy and said nothing: {:?}",
+            parsed.diagnostics
+        );
+        return Outcome::Ok;
+    }
+    if errors.iter().all(|d| d.message.starts_with("unsupported: ")) {
+        Outcome::Unsupported(errors.iter().map(|d| d.message.clone()).collect())
+    } else {
+        Outcome::Invalid(errors.iter().map(|d| d.to_string()).collect())
+    }
+}
+
+#[test]
+fn corpus_parses_or_names_the_unsupported_feature() {
+    let files = corpus_files();
+    assert!(files.len() >= 100, "corpus shrank to {} files", files.len());
+    let unsupported: BTreeMap<&str, &str> = UNSUPPORTED.iter().copied().collect();
+    let invalid: BTreeMap<&str, &str> = INVALID_UPSTREAM.iter().copied().collect();
+    let mut problems = Vec::new();
+    let mut table = Vec::new();
+    let mut seen = Vec::new();
+    for (name, text) in &files {
+        let got = outcome(name, text);
+        match (&got, unsupported.get(name.as_str()), invalid.get(name.as_str())) {
+            (Outcome::Ok, None, None) => {}
+            (Outcome::Unsupported(messages), Some(feature), None) => {
+                seen.push(name.as_str());
+                table.push(format!("{name:<80} {feature}"));
+                if !messages.iter().all(|m| m.contains(feature)) {
+                    problems.push(format!("{name}: expected only \"unsupported: {feature}\", got {messages:?}"));
+                }
+            }
+            (Outcome::Invalid(messages), None, Some(expected)) => {
+                seen.push(name.as_str());
+                table.push(format!("{name:<80} INVALID UPSTREAM"));
+                if messages != &[expected.to_string()] {
+                    problems.push(format!("{name}: expected exactly\n    {expected}\n  got\n    {}", messages.join("\n    ")));
+                }
+            }
+            (got, _, _) => problems.push(format!("{name}: unexpected outcome {got:?} (pinned unsupported: {:?}, pinned invalid: {:?})", unsupported.get(name.as_str()), invalid.get(name.as_str()))),
+        }
+    }
+    for name in unsupported.keys().chain(invalid.keys()) {
+        if !files.iter().any(|(f, _)| f == name) {
+            problems.push(format!("{name}: pinned but not in the corpus"));
+        }
+    }
+    println!("{} corpus files: {} parse, {} unsupported, {} invalid upstream", files.len(), files.len() - seen.len(), UNSUPPORTED.len(), INVALID_UPSTREAM.len());
+    println!("{:<80} {}", "FILE", "FEATURE");
+    for row in &table {
+        println!("{row}");
+    }
+    assert!(problems.is_empty(), "{} corpus problem(s):\n{}", problems.len(), problems.join("\n"));
+}
+
+#[test]
+fn unsupported_errors_say_what_is_unsupported_and_where() {
+    // Each unsupported error names the field path and a real line, not just the file.
+    for (name, text) in corpus_files() {
+        if !UNSUPPORTED.iter().any(|(f, _)| *f == name) {
+            continue;
+        }
+        let parsed = parse_policies(&[SourceFile { name: &name, text: &text }], &ParseOptions::default());
+        for d in parsed.diagnostics.iter().filter(|d| d.severity == Severity::Error) {
+            assert!(d.line >= 1 && d.line as usize <= text.lines().count(), "{d}: line out of range");
+            assert!(!d.path.is_empty(), "{d}: no field path");
+            assert!(d.message.ends_with("is not implemented by Palisade yet") || d.message.contains("is not a policy kind Palisade enforces"), "{d}");
+        }
+    }
+}
