@@ -180,8 +180,8 @@ impl Datapath {
     }
 
     /// Attaches the program to both tc hooks (TCX) of `ifname`, the host side of the endpoint's
-    /// interface. A new endpoint enforces slot A (empty: deny all) until told otherwise, so load
-    /// its policy first. Attaching an attached endpoint to the same interface is a no-op.
+    /// interface. An endpoint exists from its first `load_slot` or `attach` and enforces slot A
+    /// (empty: deny all) until told otherwise, so load its policy first. Attaching an attached endpoint to the same interface is a no-op.
     pub fn attach(&mut self, endpoint: EndpointId, ifname: &str) -> Result<()> {
         let ifindex = ifindex(ifname).map_err(|source| Error::Interface {
             ifname: ifname.to_owned(),
@@ -195,19 +195,7 @@ impl Datapath {
             };
         }
         // Maps first, so the first packet through the program finds its endpoint.
-        if self.endpoint_config.get(&endpoint, 0).is_err() {
-            let select = SlotSelection { enforced: SLOT_A, candidate: SLOT_NONE };
-            let config = EndpointConfig { mode: MODE_ENFORCE, _pad: [0; 3], by_epoch: [select; 2] };
-            self.endpoint_config
-                .insert(endpoint, config, 0)
-                .map_err(map_error("ENDPOINT_CONFIG", endpoint))?;
-        }
-        if self.counters.get(&endpoint, 0).is_err() {
-            let cpus = aya::util::nr_cpus().map_err(|(_, e)| Error::Cpus(e))?;
-            let zero = aya::maps::PerCpuValues::try_from(vec![EndpointCounters::default(); cpus])
-                .map_err(Error::Cpus)?;
-            self.counters.insert(endpoint, zero, 0).map_err(map_error("COUNTERS", endpoint))?;
-        }
+        self.ensure_endpoint(endpoint)?;
         self.interfaces.insert(ifindex, endpoint, 0).map_err(map_error("INTERFACES", endpoint))?;
         for (program, name, hook) in [
             (&mut self.from_endpoint, "from_endpoint", TcAttachType::Ingress),
@@ -273,6 +261,7 @@ impl Datapath {
         if entries.len() > MAX_POLICY_ENTRIES as usize {
             return Err(Error::TooManyEntries { endpoint, entries: entries.len(), max: MAX_POLICY_ENTRIES });
         }
+        self.ensure_endpoint(endpoint)?;
         let mut policy = PolicySlot::create(MAX_POLICY_ENTRIES, BPF_F_NO_PREALLOC)
             .map_err(map_error("POLICY_SLOTS (inner)", endpoint))?;
         for entry in entries {
@@ -398,6 +387,24 @@ impl Datapath {
     /// The consumer of new-flow events. There should be one per node.
     pub fn events(&self) -> Result<EventReader> {
         Ok(EventReader::new(self.pins.map("EVENTS")?))
+    }
+
+    /// Creates the endpoint's config (enforce slot A, no candidate) and counters if missing.
+    fn ensure_endpoint(&mut self, endpoint: EndpointId) -> Result<()> {
+        if self.endpoint_config.get(&endpoint, 0).is_err() {
+            let select = SlotSelection { enforced: SLOT_A, candidate: SLOT_NONE };
+            let config = EndpointConfig { mode: MODE_ENFORCE, _pad: [0; 3], by_epoch: [select; 2] };
+            self.endpoint_config
+                .insert(endpoint, config, 0)
+                .map_err(map_error("ENDPOINT_CONFIG", endpoint))?;
+        }
+        if self.counters.get(&endpoint, 0).is_err() {
+            let cpus = aya::util::nr_cpus().map_err(|(_, e)| Error::Cpus(e))?;
+            let zero = aya::maps::PerCpuValues::try_from(vec![EndpointCounters::default(); cpus])
+                .map_err(Error::Cpus)?;
+            self.counters.insert(endpoint, zero, 0).map_err(map_error("COUNTERS", endpoint))?;
+        }
+        Ok(())
     }
 
     fn epoch(&self) -> Result<u32> {
