@@ -88,6 +88,7 @@ pub fn parse_documents(text: &str, limits: &Limits) -> Result<Vec<Node>, YamlErr
             limits.max_bytes
         )));
     }
+    check_printable(text)?;
     let mut parser = Parser::new_from_str(text);
     let mut builder = Builder::new(limits);
     let mut documents = Vec::new();
@@ -134,6 +135,23 @@ pub fn parse_documents(text: &str, limits: &Limits) -> Result<Vec<Node>, YamlErr
             Event::StreamStart | Event::Nothing => {}
         }
     }
+}
+
+/// YAML allows only printable characters (YAML 1.2, 5.1). yaml-rust2 takes a NUL for the end
+/// of the stream, which would silently drop everything after it, so control characters are
+/// refused here with their position.
+fn check_printable(text: &str) -> Result<(), YamlError> {
+    let printable = |c: char| {
+        matches!(c, '\t' | '\n' | '\r' | '\u{20}'..='\u{7e}' | '\u{85}' | '\u{a0}'..='\u{d7ff}' | '\u{e000}'..='\u{fffd}')
+            || c >= '\u{10000}'
+    };
+    let Some((offset, c)) = text.char_indices().find(|(_, c)| !printable(*c)) else { return Ok(()) };
+    let before = &text[..offset];
+    let line = before.matches('\n').count() + 1;
+    let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+    let saturate = |n: usize| u32::try_from(n).unwrap_or(u32::MAX);
+    Err(Pos { line: saturate(line), column: saturate(column) }
+        .error(format!("control character U+{:04X} is not allowed in YAML", c as u32)))
 }
 
 /// Parses a field path: keys separated by `.`, indexes as `[0]`, and keys that contain dots as
