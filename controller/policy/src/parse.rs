@@ -1041,9 +1041,11 @@ fn display_int_or_string(v: &api::IntOrString) -> String {
     }
 }
 
-/// IANA service names, as Kubernetes validates container port names.
+/// IANA service names, as Kubernetes validates container port names, and starting with a
+/// letter: Kubernetes would take `"80a"` as a name that matches no container port (a silent
+/// deny), but it is a mistyped number far more often than a real port name.
 fn is_port_name(s: &str) -> bool {
-    !s.is_empty()
+    s.starts_with(|c: char| c.is_ascii_lowercase())
         && s.len() <= 15
         && s.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
         && s.chars().any(|c| c.is_ascii_lowercase())
