@@ -7,6 +7,7 @@ use palisade_policy::{Cluster, EnforcementMode, Engine, Parsed};
 
 use crate::files;
 
+mod bench;
 mod check;
 mod diff;
 mod plan;
@@ -32,6 +33,9 @@ enum Command {
     Plan(plan::Args),
     /// Show which flows a policy change would deny, allow or decide by another rule.
     Diff(diff::Args),
+    /// Benchmarks (for `make bench-policy`).
+    #[command(hide = true)]
+    Bench(bench::Args),
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum)]
@@ -65,6 +69,7 @@ pub fn run(cli: Cli) -> Result<u8> {
         Command::Trace(args) => trace::run(args),
         Command::Plan(args) => plan::run(args),
         Command::Diff(args) => diff::run(args),
+        Command::Bench(args) => bench::run(args),
     }
 }
 
