@@ -25,3 +25,7 @@ clippy: deps
 
 fmt:
 	$(CARGO) fmt --all
+
+# Root: real eBPF, network namespaces and veths (cleaned up on exit).
+bench-datapath: deps
+	$(CARGO) run --release --quiet -p palisade-datapath --example bench

@@ -12,21 +12,48 @@ use crate::EndpointId;
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error("map {map}{}: {source}", for_endpoint(*endpoint))]
-    Map { map: &'static str, endpoint: Option<EndpointId>, #[source] source: MapError },
+    Map {
+        map: &'static str,
+        endpoint: Option<EndpointId>,
+        #[source]
+        source: MapError,
+    },
     #[error("program {program}{}: {source}", for_endpoint(*endpoint))]
-    Program { program: &'static str, endpoint: Option<EndpointId>, #[source] source: ProgramError },
+    Program {
+        program: &'static str,
+        endpoint: Option<EndpointId>,
+        #[source]
+        source: ProgramError,
+    },
     #[error("tcx link of endpoint {endpoint}: {source}")]
-    Link { endpoint: EndpointId, #[source] source: LinkError },
+    Link {
+        endpoint: EndpointId,
+        #[source]
+        source: LinkError,
+    },
     #[error("loading the eBPF object: {0}")]
     Load(#[from] EbpfError),
     #[error("the eBPF object has no {0}; was it built with PALISADE_BPF_SKIP=1?")]
     MissingInObject(&'static str),
     #[error("pinning {}: {source}", path.display())]
-    Pin { path: PathBuf, #[source] source: PinError },
+    Pin {
+        path: PathBuf,
+        #[source]
+        source: PinError,
+    },
     #[error("pin directory {}: {source}", path.display())]
-    PinDir { path: PathBuf, #[source] source: io::Error },
+    PinDir {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
     #[error("interface {ifname} of endpoint {endpoint}: {source}")]
-    Interface { ifname: String, endpoint: EndpointId, #[source] source: io::Error },
+    Interface {
+        ifname: String,
+        endpoint: EndpointId,
+        #[source]
+        source: io::Error,
+    },
     #[error("endpoint {endpoint} is already attached to another interface")]
     AlreadyAttached { endpoint: EndpointId },
     #[error("endpoint {0} is unknown (not attached)")]
@@ -34,11 +61,17 @@ pub enum Error {
     #[error("endpoint {0} has no candidate slot to promote")]
     NoCandidate(EndpointId),
     #[error("endpoint {endpoint}: {entries} policy entries exceed the slot capacity of {max}")]
-    TooManyEntries { endpoint: EndpointId, entries: usize, max: u32 },
+    TooManyEntries {
+        endpoint: EndpointId,
+        entries: usize,
+        max: u32,
+    },
     #[error("counting CPUs: {0}")]
     Cpus(#[source] io::Error),
 }
 
 fn for_endpoint(endpoint: Option<EndpointId>) -> String {
-    endpoint.map(|endpoint| format!(" (endpoint {endpoint})")).unwrap_or_default()
+    endpoint
+        .map(|endpoint| format!(" (endpoint {endpoint})"))
+        .unwrap_or_default()
 }

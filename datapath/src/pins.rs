@@ -27,7 +27,9 @@ const MAPS: [&str; 10] = [
     "EVENT_TOKENS",
 ];
 /// Pinned in this order; the last one marks a complete pin directory.
-const PROGRAMS: [&str; 2] = ["from_endpoint", "to_endpoint"];
+const PROGRAMS: [&str; 3] = ["event_burst", "from_endpoint", "to_endpoint"];
+/// Programs attached to endpoints (the others are only run with BPF_PROG_TEST_RUN).
+const ATTACHED: [&str; 2] = ["from_endpoint", "to_endpoint"];
 
 #[derive(Clone, Debug)]
 pub(crate) struct Pins {
@@ -36,7 +38,9 @@ pub(crate) struct Pins {
 
 impl Pins {
     pub(crate) fn new(dir: &Path) -> Self {
-        Pins { dir: dir.to_owned() }
+        Pins {
+            dir: dir.to_owned(),
+        }
     }
 
     pub(crate) fn dir(&self) -> &Path {
@@ -53,7 +57,9 @@ impl Pins {
         for sub in ["maps", "programs"] {
             let path = self.dir.join(sub);
             match fs::remove_dir_all(&path) {
-                Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(Error::PinDir { path, source: e }),
+                Err(e) if e.kind() != io::ErrorKind::NotFound => {
+                    return Err(Error::PinDir { path, source: e });
+                }
                 _ => {}
             }
         }
@@ -65,10 +71,15 @@ impl Pins {
         for name in MAPS {
             let map = ebpf.map(name).ok_or(Error::MissingInObject(name))?;
             let path = self.map_path(name);
-            map.pin(&path).map_err(|source| Error::Pin { path, source })?;
+            map.pin(&path)
+                .map_err(|source| Error::Pin { path, source })?;
         }
         for name in PROGRAMS {
-            let program_error = |source| Error::Program { program: name, endpoint: None, source };
+            let program_error = |source| Error::Program {
+                program: name,
+                endpoint: None,
+                source,
+            };
             let program: &mut SchedClassifier = ebpf
                 .program_mut(name)
                 .ok_or(Error::MissingInObject(name))?
@@ -76,38 +87,52 @@ impl Pins {
                 .map_err(program_error)?;
             program.load().map_err(program_error)?;
             let path = self.program_path(name);
-            program.pin(&path).map_err(|source| Error::Pin { path, source })?;
+            program
+                .pin(&path)
+                .map_err(|source| Error::Pin { path, source })?;
         }
         Ok(())
     }
 
     pub(crate) fn map<M: TryFrom<Map, Error = MapError>>(&self, name: &'static str) -> Result<M> {
-        let map_error = |source| Error::Map { map: name, endpoint: None, source };
+        let map_error = |source| Error::Map {
+            map: name,
+            endpoint: None,
+            source,
+        };
         let data = MapData::from_pin(self.map_path(name)).map_err(map_error)?;
         M::try_from(Map::from_map_data(data).map_err(map_error)?).map_err(map_error)
     }
 
     pub(crate) fn program(&self, name: &'static str) -> Result<SchedClassifier> {
-        SchedClassifier::from_pin(self.program_path(name))
-            .map_err(|source| Error::Program { program: name, endpoint: None, source })
+        SchedClassifier::from_pin(self.program_path(name)).map_err(|source| Error::Program {
+            program: name,
+            endpoint: None,
+            source,
+        })
     }
 
     pub(crate) fn link_pinned(&self, endpoint: EndpointId) -> bool {
-        PROGRAMS.iter().all(|program| self.link_path(endpoint, program).exists())
+        ATTACHED
+            .iter()
+            .all(|program| self.link_path(endpoint, program).exists())
     }
 
     pub(crate) fn pin_link(&self, endpoint: EndpointId, program: &str, link: FdLink) -> Result<()> {
         let path = self.link_path(endpoint, program);
-        link.pin(&path).map_err(|source| Error::Pin { path, source })?;
+        link.pin(&path)
+            .map_err(|source| Error::Pin { path, source })?;
         Ok(())
     }
 
     /// The link goes away with its pin once no process holds it: the program detaches.
     pub(crate) fn unpin_links(&self, endpoint: EndpointId) -> Result<()> {
-        for program in PROGRAMS {
+        for program in ATTACHED {
             let path = self.link_path(endpoint, program);
             match fs::remove_file(&path) {
-                Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(Error::PinDir { path, source: e }),
+                Err(e) if e.kind() != io::ErrorKind::NotFound => {
+                    return Err(Error::PinDir { path, source: e });
+                }
                 _ => {}
             }
         }
@@ -116,7 +141,10 @@ impl Pins {
 
     pub(crate) fn remove_all(&self) -> Result<()> {
         match fs::remove_dir_all(&self.dir) {
-            Err(e) if e.kind() != io::ErrorKind::NotFound => Err(Error::PinDir { path: self.dir.clone(), source: e }),
+            Err(e) if e.kind() != io::ErrorKind::NotFound => Err(Error::PinDir {
+                path: self.dir.clone(),
+                source: e,
+            }),
             _ => Ok(()),
         }
     }

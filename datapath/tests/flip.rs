@@ -22,14 +22,37 @@ fn hundred_flips_under_load() {
     let mut datapath = topology.datapath();
     let (sender, receiver) = (&topology.endpoints[0], &topology.endpoints[1]);
     let sender_identity = IDENTITY_FIRST_LOCAL;
-    datapath.set_ipcache(sender.addr, 32, sender_identity).unwrap();
-    datapath.set_ipcache(receiver.addr, 32, sender_identity + 1).unwrap();
-    let udp = |port| PolicyKey::new(sender_identity, DIRECTION_INGRESS, Some(PROTO_UDP), port, 16);
-    let egress_all = entry(PolicyKey::new(IDENTITY_ANY, DIRECTION_EGRESS, None, 0, 0), PolicyValue::new(VERDICT_ALLOW, 1));
+    datapath
+        .set_ipcache(sender.addr, 32, sender_identity)
+        .unwrap();
+    datapath
+        .set_ipcache(receiver.addr, 32, sender_identity + 1)
+        .unwrap();
+    let udp = |port| {
+        PolicyKey::new(
+            sender_identity,
+            DIRECTION_INGRESS,
+            Some(PROTO_UDP),
+            port,
+            16,
+        )
+    };
+    let egress_all = entry(
+        PolicyKey::new(IDENTITY_ANY, DIRECTION_EGRESS, None, 0, 0),
+        PolicyValue::new(VERDICT_ALLOW, 1),
+    );
     datapath.load_slot(0, Slot::A, &[egress_all]).unwrap();
     // Both slots allow the load on 9000; only slot A allows the marker port 9001.
-    let slot_a = [egress_all, entry(udp(9000), PolicyValue::new(VERDICT_ALLOW, 10)), entry(udp(9001), PolicyValue::new(VERDICT_ALLOW, 11))];
-    let slot_b = [egress_all, entry(udp(9000), PolicyValue::new(VERDICT_ALLOW, 20)), entry(udp(9001), PolicyValue::new(VERDICT_DENY, 21))];
+    let slot_a = [
+        egress_all,
+        entry(udp(9000), PolicyValue::new(VERDICT_ALLOW, 10)),
+        entry(udp(9001), PolicyValue::new(VERDICT_ALLOW, 11)),
+    ];
+    let slot_b = [
+        egress_all,
+        entry(udp(9000), PolicyValue::new(VERDICT_ALLOW, 20)),
+        entry(udp(9001), PolicyValue::new(VERDICT_DENY, 21)),
+    ];
     datapath.load_slot(1, Slot::A, &slot_a).unwrap();
     datapath.load_slot(1, Slot::B, &slot_b).unwrap();
     datapath.set_candidate(1, Some(Slot::B)).unwrap();
@@ -77,19 +100,30 @@ fn hundred_flips_under_load() {
             }),
             "marker {flip} vanished"
         );
-        assert_eq!((denied, delivered), (enforced == Slot::B, enforced == Slot::A), "marker after flip {flip} judged by the old slot");
+        assert_eq!(
+            (denied, delivered),
+            (enforced == Slot::B, enforced == Slot::A),
+            "marker after flip {flip} judged by the old slot"
+        );
     }
     drop(stop_guard);
     loader.join().unwrap();
     let sent = sent.load(Ordering::Relaxed);
     let delivered = received[0].load(Ordering::Relaxed);
-    assert!(eventually(|| received[0].load(Ordering::Relaxed) == sent), "load lost: sent {sent}, delivered {delivered}");
+    assert!(
+        eventually(|| received[0].load(Ordering::Relaxed) == sent),
+        "load lost: sent {sent}, delivered {delivered}"
+    );
 
     let counters = datapath.counters(1).unwrap();
     let [in_a, in_b] = counters.slot_packets;
     let markers = 100;
     assert!(in_a > 0 && in_b > 0, "both slots judged load: {counters:?}");
-    assert_eq!(in_a + in_b, sent + markers, "every packet counted against exactly one slot: {counters:?}");
+    assert_eq!(
+        in_a + in_b,
+        sent + markers,
+        "every packet counted against exactly one slot: {counters:?}"
+    );
     assert_eq!(counters.denied, markers / 2);
     println!("{sent} load packets during 100 flips: slot A {in_a}, slot B {in_b}");
     datapath.destroy().unwrap();

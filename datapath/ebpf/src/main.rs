@@ -15,18 +15,17 @@ use aya_ebpf::{
     bindings::{BPF_F_NO_PREALLOC, BPF_NOEXIST, TC_ACT_OK, TC_ACT_SHOT},
     btf_maps::{
         Array, HashMap, HashOfMaps, LpmTrie, LruHashMap, LruPerCpuHashMap, PerCpuArray,
-        PerCpuHashMap, RingBuf,
-        lpm_trie::Key,
+        PerCpuHashMap, RingBuf, lpm_trie::Key,
     },
     helpers::bpf_ktime_get_ns,
     macros::{btf_map, classifier},
     programs::TcContext,
 };
 use palisade_common::{
-    CtKey, DIRECTION_EGRESS, DIRECTION_INGRESS, EndpointConfig, EndpointCounters, FlowEvent,
-    FlowKey, FlowStats, IDENTITY_ANY, IDENTITY_WORLD, MODE_AUDIT, MODE_ENFORCE, MODE_OFF,
-    PROTO_ICMP, PROTO_SCTP, PROTO_TCP, PROTO_UDP, PolicyKey, PolicyValue, SLOT_A, SLOT_NONE, SlotKey,
-    VERDICT_DENY, VERDICT_NONE, VERDICT_REDIRECT, COOKIE_NONE,
+    COOKIE_NONE, CtKey, DIRECTION_EGRESS, DIRECTION_INGRESS, EndpointConfig, EndpointCounters,
+    FlowEvent, FlowKey, FlowStats, IDENTITY_ANY, IDENTITY_WORLD, MODE_AUDIT, MODE_ENFORCE,
+    MODE_OFF, PROTO_ICMP, PROTO_SCTP, PROTO_TCP, PROTO_UDP, PolicyKey, PolicyValue, SLOT_A,
+    SLOT_NONE, SlotKey, VERDICT_DENY, VERDICT_NONE, VERDICT_REDIRECT,
 };
 
 /// `PolicyKey` without its leading prefix length, as aya's LPM `Key<K>` wants it.
@@ -155,8 +154,12 @@ fn decide(ctx: &TcContext, direction: u8) -> i32 {
         return TC_ACT_OK;
     };
     // Non-IPv4 (ARP, and IPv6 for now) is not under policy.
-    let Some(packet) = parse(ctx) else { return TC_ACT_OK };
-    let Some(counters) = COUNTERS.get_ptr_mut(endpoint) else { return TC_ACT_OK };
+    let Some(packet) = parse(ctx) else {
+        return TC_ACT_OK;
+    };
+    let Some(counters) = COUNTERS.get_ptr_mut(endpoint) else {
+        return TC_ACT_OK;
+    };
     // SAFETY: per-CPU value of this endpoint, only this CPU writes it.
     let counters = unsafe { &mut *counters };
     // SAFETY: 8-byte value copied out; the map does not recycle elements (no prealloc).
@@ -172,12 +175,23 @@ fn decide(ctx: &TcContext, direction: u8) -> i32 {
         return TC_ACT_OK;
     }
 
-    let remote_be = if direction == DIRECTION_EGRESS { packet.daddr_be } else { packet.saddr_be };
+    let remote_be = if direction == DIRECTION_EGRESS {
+        packet.daddr_be
+    } else {
+        packet.saddr_be
+    };
     // LPM nodes are freed after an RCU grace period, so the identity is read safely.
-    let identity = IPCACHE.get(&Key::new(32, remote_be)).copied().unwrap_or(IDENTITY_WORLD);
+    let identity = IPCACHE
+        .get(&Key::new(32, remote_be))
+        .copied()
+        .unwrap_or(IDENTITY_WORLD);
     let epoch = NODE_EPOCH.get(0).copied().unwrap_or(0);
     // Branches, not indexing: the verifier rejects the pointer arithmetic LLVM makes of it.
-    let slots = if epoch & 1 == 0 { config.by_epoch[0] } else { config.by_epoch[1] };
+    let slots = if epoch & 1 == 0 {
+        config.by_epoch[0]
+    } else {
+        config.by_epoch[1]
+    };
 
     let enforced = policy_verdict(endpoint, slots.enforced, identity, direction, &packet);
     if slots.enforced == SLOT_A {
@@ -186,7 +200,10 @@ fn decide(ctx: &TcContext, direction: u8) -> i32 {
         counters.slot_packets[1] += 1;
     }
     let candidate = if slots.candidate == SLOT_NONE {
-        Verdict { verdict: VERDICT_NONE, cookie: COOKIE_NONE }
+        Verdict {
+            verdict: VERDICT_NONE,
+            cookie: COOKIE_NONE,
+        }
     } else {
         policy_verdict(endpoint, slots.candidate, identity, direction, &packet)
     };
@@ -236,7 +253,14 @@ fn parse(ctx: &TcContext) -> Option<Packet> {
     let saddr_be: u32 = ctx.load(ETH_HLEN + 12).ok()?;
     let daddr_be: u32 = ctx.load(ETH_HLEN + 16).ok()?;
     let l4 = ETH_HLEN + ((version_ihl & 0x0f) as usize) * 4;
-    let mut packet = Packet { saddr_be, daddr_be, protocol, sport: 0, dport: 0, related: None };
+    let mut packet = Packet {
+        saddr_be,
+        daddr_be,
+        protocol,
+        sport: 0,
+        dport: 0,
+        related: None,
+    };
     // Later fragments carry no L4 header: like Cilium, they only match port-wildcard entries.
     if frag_off & 0x1fff != 0 {
         return Some(packet);
@@ -281,12 +305,24 @@ fn parse_icmp_error(ctx: &TcContext, inner: usize) -> Option<CtKey> {
         PROTO_ICMP => (u16::from_be(ctx.load::<u16>(l4 + 4).ok()?), 0),
         _ => (0, 0),
     };
-    Some(CtKey { endpoint: 0, saddr_be, daddr_be, sport, dport, protocol, _pad: [0; 3] })
+    Some(CtKey {
+        endpoint: 0,
+        saddr_be,
+        daddr_be,
+        sport,
+        dport,
+        protocol,
+        _pad: [0; 3],
+    })
 }
 
 #[inline(always)]
 fn forward_key(endpoint: u32, packet: &Packet) -> CtKey {
-    let dport = if packet.protocol == PROTO_ICMP { 0 } else { packet.dport };
+    let dport = if packet.protocol == PROTO_ICMP {
+        0
+    } else {
+        packet.dport
+    };
     CtKey {
         endpoint,
         saddr_be: packet.saddr_be,
@@ -333,10 +369,24 @@ fn track(endpoint: u32, packet: &Packet) {
 /// Cilium's `__policy_can_access`: the identity-specific and the any-identity entries compete;
 /// higher precedence wins, then the longer proto/port prefix, then the identity-specific one.
 #[inline(always)]
-fn policy_verdict(endpoint: u32, slot: u8, identity: u32, direction: u8, packet: &Packet) -> Verdict {
-    let denied = Verdict { verdict: VERDICT_DENY, cookie: COOKIE_NONE };
+fn policy_verdict(
+    endpoint: u32,
+    slot: u8,
+    identity: u32,
+    direction: u8,
+    packet: &Packet,
+) -> Verdict {
+    let denied = Verdict {
+        verdict: VERDICT_DENY,
+        cookie: COOKIE_NONE,
+    };
     // SAFETY: the inner map reference is only used for lookups during this run.
-    let Some(policy) = (unsafe { POLICY_SLOTS.get(&SlotKey { endpoint, slot: slot as u32 }) }) else {
+    let Some(policy) = (unsafe {
+        POLICY_SLOTS.get(&SlotKey {
+            endpoint,
+            slot: slot as u32,
+        })
+    }) else {
         return denied;
     };
     let mut key = Key::new(
@@ -362,18 +412,31 @@ fn policy_verdict(endpoint: u32, slot: u8, identity: u32, direction: u8, packet:
         (None, Some(w)) => w,
         (None, None) => return denied,
     };
-    Verdict { verdict: chosen.verdict, cookie: chosen.cookie }
+    Verdict {
+        verdict: chosen.verdict,
+        cookie: chosen.cookie,
+    }
 }
 
 /// Counts the flow; a new flow also gets an event. Returns false when that event was lost.
 #[inline(always)]
-fn record_flow(flow: &FlowKey, packet: &Packet, enforced_cookie: u32, candidate_cookie: u32) -> bool {
+fn record_flow(
+    flow: &FlowKey,
+    packet: &Packet,
+    enforced_cookie: u32,
+    candidate_cookie: u32,
+) -> bool {
     if count_packet(flow) {
         return true;
     }
     // SAFETY: a helper call without arguments.
     let now = unsafe { bpf_ktime_get_ns() };
-    let stats = FlowStats { packets: 1, first_seen_ns: now, enforced_cookie, candidate_cookie };
+    let stats = FlowStats {
+        packets: 1,
+        first_seen_ns: now,
+        enforced_cookie,
+        candidate_cookie,
+    };
     if FLOWS.insert(flow, stats, BPF_NOEXIST as u64).is_err() {
         // Another CPU created it first.
         count_packet(flow);
@@ -395,7 +458,9 @@ fn record_flow(flow: &FlowKey, packet: &Packet, enforced_cookie: u32, candidate_
 
 #[inline(always)]
 fn count_packet(flow: &FlowKey) -> bool {
-    let Some(stats) = FLOWS.get_ptr_mut(flow) else { return false };
+    let Some(stats) = FLOWS.get_ptr_mut(flow) else {
+        return false;
+    };
     // SAFETY: this CPU's copy of the value, written only by this CPU.
     unsafe { (*stats).packets += 1 };
     true
@@ -403,7 +468,9 @@ fn count_packet(flow: &FlowKey) -> bool {
 
 #[inline(always)]
 fn take_event_token(now: u64) -> bool {
-    let Some(bucket) = EVENT_TOKENS.get_ptr_mut(0) else { return false };
+    let Some(bucket) = EVENT_TOKENS.get_ptr_mut(0) else {
+        return false;
+    };
     // SAFETY: per-CPU value, only this CPU touches it.
     let bucket = unsafe { &mut *bucket };
     let refill = (now.saturating_sub(bucket.last_ns)) / EVENT_REFILL_NS;
