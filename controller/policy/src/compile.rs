@@ -5,7 +5,7 @@
 //! direction the entries for one remote identity depend only on the rules that select that
 //! identity, so a new identity is patched into every group without recompiling it, and a policy
 //! change recompiles only the groups its rules select.
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::net::Ipv4Addr;
 
 use palisade_common::{self as dp, PolicyEntry, PolicyKey, PolicyValue};
@@ -217,6 +217,21 @@ impl RuleIndex {
         index
     }
 
+    /// Policy `p` now has `policy.rules`, where it had `old_rules` rules (0 when it is new).
+    fn replace(&mut self, p: usize, policy: &Policy, old_rules: usize) {
+        let list = match &policy.id.namespace {
+            Some(ns) => self.by_namespace.entry(ns.clone()).or_default(),
+            None => &mut self.cluster_wide,
+        };
+        let new_rules = policy.rules.len();
+        if new_rules < old_rules {
+            list.retain(|&(q, r)| q != p || r < new_rules);
+        } else if new_rules > old_rules {
+            list.extend((old_rules..new_rules).map(|r| (p, r)));
+            list.sort_unstable();
+        }
+    }
+
     fn candidates<'a>(&'a self, namespace: Option<&str>) -> impl Iterator<Item = (usize, usize)> + 'a {
         namespace.and_then(|ns| self.by_namespace.get(ns)).into_iter().flatten().chain(&self.cluster_wide).copied()
     }
@@ -232,6 +247,9 @@ pub struct Engine {
     rules: RuleIndex,
     /// Identities each distinct peer selects.
     selections: HashMap<Peer, BTreeSet<u32>>,
+    /// Groups compiled with a rule naming each peer (a superset: entries for groups since
+    /// recompiled or removed are skipped or harmless), so a changed identity only revisits them.
+    peer_groups: HashMap<Peer, HashSet<GroupKey>>,
     pod_identity: HashMap<String, u32>,
     /// NetworkPolicy ipBlocks. A pod inside one carries a label for it, so pods inside and
     /// outside a block never share an identity and the block selects exactly its pods.
@@ -257,14 +275,25 @@ impl Engine {
             mode,
             identities: Identities::default(),
             selections: HashMap::new(),
+            peer_groups: HashMap::new(),
             pod_identity: HashMap::new(),
             ip_blocks: BTreeSet::new(),
             named_ports: HashMap::new(),
             groups: HashMap::new(),
         };
         engine.ip_blocks = ip_blocks(&engine.policies);
-        for prefix in cidr_prefixes(&engine.policies) {
-            engine.identities.acquire_cidr(prefix);
+        // One user per policy that refers to a prefix, so that replacing one of them keeps the
+        // identity for the others; allocated in prefix order.
+        let mut users: BTreeMap<Prefix, usize> = BTreeMap::new();
+        for policy in &engine.policies.policies {
+            for prefix in cidr_prefixes_of(policy) {
+                *users.entry(prefix).or_default() += 1;
+            }
+        }
+        for (prefix, count) in users {
+            for _ in 0..count {
+                engine.identities.acquire_cidr(prefix);
+            }
         }
         let pods = std::mem::take(&mut cluster.pods.clone());
         engine.cluster = Cluster { pods: Vec::new(), ..cluster };
@@ -323,8 +352,7 @@ impl Engine {
 
     /// Adds or updates a pod (labels, ports, address); only what it affects is recomputed.
     pub fn upsert_pod(&mut self, pod: Pod) {
-        let key = pod.key();
-        if let Some(index) = self.cluster.pods.iter().position(|p| p.key() == key) {
+        if let Some(index) = self.cluster.pods.iter().position(|p| p.namespace == pod.namespace && p.name == pod.name) {
             let old = self.cluster.pods.remove(index);
             self.remove_pod_identity(&old);
         }
@@ -352,28 +380,38 @@ impl Engine {
             *self = Engine::new(policies, std::mem::take(&mut self.cluster), self.mode);
             return;
         }
-        let index = match self.policies.policies.iter().position(|p| p.id == policy.id) {
-            Some(i) => {
-                let old = std::mem::replace(&mut self.policies.policies[i], policy);
-                self.retire_policy(&old);
-                i
-            }
+        let (index, old) = match self.policies.policies.iter().position(|p| p.id == policy.id) {
+            Some(i) => (i, Some(std::mem::replace(&mut self.policies.policies[i], policy))),
             None => {
                 self.policies.policies.push(policy);
-                self.policies.policies.len() - 1
+                (self.policies.policies.len() - 1, None)
             }
         };
         self.policies.renumber();
-        self.rules = RuleIndex::build(&self.policies);
+        let old_rules = old.as_ref().map_or(0, |o| o.rules.len());
+        self.rules.replace(index, &self.policies.policies[index], old_rules);
+        // New CIDR identities before the old version's are released, so a prefix both versions
+        // (or other policies) use keeps its identity.
         for prefix in cidr_prefixes_of(&self.policies.policies[index]) {
             if let (id, true) = self.identities.acquire_cidr(prefix) {
                 self.identity_added(id);
             }
         }
+        if let Some(old) = &old {
+            for prefix in cidr_prefixes_of(old) {
+                if let Some(id) = self.identities.cidr_identity(prefix)
+                    && self.identities.release(id)
+                {
+                    self.identity_removed(id);
+                }
+            }
+        }
+        // Only the groups either version selects change; every other group's rules are the same.
+        let new = &self.policies.policies[index];
         let affected: Vec<GroupKey> = self
             .groups
             .keys()
-            .filter(|key| self.selects_group(&self.policies.policies[index], key))
+            .filter(|key| self.selects_group(new, key) || old.as_ref().is_some_and(|o| self.selects_group(o, key)))
             .cloned()
             .collect();
         for key in affected {
@@ -382,32 +420,15 @@ impl Engine {
         }
     }
 
-    /// Forgets an outgoing policy version: its CIDR identities and the groups it selected.
-    fn retire_policy(&mut self, old: &Policy) {
-        let stale: Vec<GroupKey> = self.groups.keys().filter(|key| self.selects_group(old, key)).cloned().collect();
-        for key in stale {
-            self.groups.remove(&key);
-        }
-        for prefix in cidr_prefixes_of(old) {
-            let id = self.identities.cidr_identities().find(|i| i.prefix == Some(prefix)).map(|i| i.id);
-            if let Some(id) = id
-                && self.identities.release(id)
-            {
-                self.identity_removed(id);
-            }
-        }
-        // Groups removed above are recompiled by the caller when the new version selects them;
-        // the rest must exist again for their endpoints.
-        let missing: BTreeSet<GroupKey> =
-            self.cluster.endpoints().map(|p| self.group_key(p)).filter(|k| !self.groups.contains_key(k)).collect();
-        for key in missing {
-            let group = self.compile_group(&key);
-            self.groups.insert(key, group);
-        }
-    }
-
     fn selects_group(&self, policy: &Policy, key: &GroupKey) -> bool {
-        self.identities.get(key.identity).is_some_and(|i| policy.rules.iter().any(|r| r.subject.matches(&i.labels)))
+        self.identities.get(key.identity).is_some_and(|i| {
+            // A namespaced policy's subjects are confined to its namespace: skip the others cheaply.
+            let elsewhere = |r: &Rule| {
+                policy.id.namespace.is_some()
+                    && single_namespace(&r.subject).is_some_and(|ns| i.namespace.as_deref() != Some(ns.as_str()))
+            };
+            policy.rules.iter().any(|r| !elsewhere(r) && r.subject.matches(&i.labels))
+        })
     }
 
     fn group_key(&self, pod: &Pod) -> GroupKey {
@@ -453,23 +474,40 @@ impl Engine {
         for peer in &changed {
             self.selections.get_mut(peer).expect("present").insert(id);
         }
-        self.repatch(id);
+        let keys = self.groups_using(&changed);
+        self.repatch(id, &keys);
+    }
+
+    /// Groups compiled with a rule naming one of `peers`. Only these can have entries for an
+    /// identity that joins or leaves those peers' selections.
+    fn groups_using(&self, peers: &[Peer]) -> Vec<GroupKey> {
+        let mut keys: HashSet<&GroupKey> = HashSet::new();
+        for peer in peers {
+            keys.extend(self.peer_groups.get(peer).into_iter().flatten().filter(|k| self.groups.contains_key(*k)));
+        }
+        keys.into_iter().cloned().collect()
     }
 
     fn identity_removed(&mut self, id: u32) {
-        for selected in self.selections.values_mut() {
-            selected.remove(&id);
+        let mut changed = Vec::new();
+        for (peer, selected) in self.selections.iter_mut() {
+            if selected.remove(&id) {
+                changed.push(peer.clone());
+            }
         }
-        for group in self.groups.values_mut() {
-            group.ingress.by_identity.remove(&id);
-            group.egress.by_identity.remove(&id);
+        for key in self.groups_using(&changed) {
+            if let Some(group) = self.groups.get_mut(&key) {
+                group.ingress.by_identity.remove(&id);
+                group.egress.by_identity.remove(&id);
+            }
         }
     }
 
-    /// Recomputes the entries for remote identity `id` in every group.
-    fn repatch(&mut self, id: u32) {
+    /// Recomputes the entries for remote identity `id` in the groups `keys`.
+    fn repatch(&mut self, id: u32, keys: &[GroupKey]) {
         let mut groups = std::mem::take(&mut self.groups);
-        for group in groups.values_mut() {
+        for key in keys {
+            let Some(group) = groups.get_mut(key) else { continue };
             for direction in Direction::BOTH {
                 let policy = group.direction_mut(direction);
                 let touching: Vec<&CompiledRule> = policy.rules.iter().filter(|r| self.rule_selects(r, id)).collect();
@@ -565,12 +603,13 @@ impl Engine {
             .candidates(identity.namespace.as_deref())
             .filter(|(p, r)| self.policies.policies[*p].rules[*r].subject.matches(&identity.labels))
             .collect();
-        let ingress = self.compile_direction(Direction::Ingress, &subject_rules, &key.ports);
-        let egress = self.compile_direction(Direction::Egress, &subject_rules, &key.ports);
+        let ingress = self.compile_direction(Direction::Ingress, &subject_rules, key);
+        let egress = self.compile_direction(Direction::Egress, &subject_rules, key);
         Group { ingress, egress }
     }
 
-    fn compile_direction(&mut self, direction: Direction, subject_rules: &[(usize, usize)], own_ports: &[ContainerPort]) -> DirectionPolicy {
+    fn compile_direction(&mut self, direction: Direction, subject_rules: &[(usize, usize)], key: &GroupKey) -> DirectionPolicy {
+        let own_ports = &key.ports[..];
         let sections: Vec<&Section> =
             subject_rules.iter().map(|(p, r)| self.policies.policies[*p].rules[*r].section(direction)).collect();
         let enabling: Vec<&&Section> = sections.iter().filter(|s| s.enables_policy).collect();
@@ -612,6 +651,10 @@ impl Engine {
                     let mut ids = BTreeSet::new();
                     for peer in peers {
                         ids.extend(self.select(peer).iter().copied());
+                        let users = self.peer_groups.entry(peer.clone()).or_default();
+                        if !users.contains(key) {
+                            users.insert(key.clone());
+                        }
                     }
                     for id in ids {
                         by_remote.entry(id).or_default().push(rule);
@@ -740,9 +783,6 @@ fn ip_block_label(block: &CidrBlock) -> String {
     if except.is_empty() { format!("ipblock:{}", block.cidr) } else { format!("ipblock:{}-except-{}", block.cidr, except.join("+")) }
 }
 
-fn cidr_prefixes(set: &PolicySet) -> BTreeSet<Prefix> {
-    set.policies.iter().flat_map(cidr_prefixes_of).collect()
-}
 
 #[cfg(test)]
 mod tests {
@@ -757,6 +797,42 @@ mod tests {
         let covered: u32 = blocks.iter().map(|(_, bits)| 1u32 << (16 - bits)).sum();
         assert_eq!(covered, 1001);
         assert_eq!(port_prefixes(65535, 65535), vec![(65535, 16)]);
+    }
+
+    fn parse_set(text: &str) -> PolicySet {
+        let parsed = crate::parse_policies(&[crate::SourceFile { name: "p.yaml", text }], &Default::default());
+        assert!(!parsed.has_errors(), "{:?}", parsed.diagnostics);
+        parsed.set
+    }
+
+    fn described(engine: &Engine, ns: &str, name: &str, d: Direction) -> Vec<(String, Option<u8>, u16, u8, u32)> {
+        let group = engine.endpoint(ns, name).expect("endpoint").group;
+        let name_of = |id: u32| engine.identities().get(id).map_or(id.to_string(), |i| i.labels.to_string());
+        group.direction(d).entries().iter().map(|e| (name_of(e.key.identity()), e.key.protocol(), e.key.port(), e.value.verdict, e.value.cookie)).collect()
+    }
+
+    #[test]
+    fn replacing_a_policy_keeps_shared_cidr_identities_and_handles_fewer_rules() {
+        let cluster = "kind: Pod\nmetadata:\n  name: a\n  namespace: ns\n  labels:\n    app: a\nspec:\n  containers: []\nstatus:\n  podIP: 10.0.0.1\n";
+        let cluster = Cluster::parse(&[crate::SourceFile { name: "c.yaml", text: cluster }]).expect("cluster");
+        let egress = |name: &str, extra: &str| {
+            format!("apiVersion: cilium.io/v2\nkind: CiliumNetworkPolicy\nmetadata:\n  name: {name}\n  namespace: ns\nspecs:\n  - endpointSelector: {{}}\n    egress:\n      - toCIDR: [192.0.2.0/24]\n{extra}")
+        };
+        let second = "  - endpointSelector: {}\n    egress:\n      - toEntities: [world]\n";
+        let set = parse_set(&format!("{}---\n{}", egress("one", second), egress("two", "")));
+        let mut engine = Engine::new(set.clone(), cluster.clone(), EnforcementMode::Default);
+        // Version 2 of "one": one rule instead of two, and no CIDR.
+        let changed = "apiVersion: cilium.io/v2\nkind: CiliumNetworkPolicy\nmetadata:\n  name: one\n  namespace: ns\nspec:\n  endpointSelector: {}\n  egress:\n    - toEntities: [kube-apiserver]\n";
+        let policy = parse_set(changed).policies.remove(0);
+        engine.set_policy(policy.clone());
+        let mut fresh_set = set;
+        fresh_set.policies[0] = policy;
+        fresh_set.renumber();
+        let fresh = Engine::new(fresh_set, cluster, EnforcementMode::Default);
+        for d in Direction::BOTH {
+            assert_eq!(described(&engine, "ns", "a", d), described(&fresh, "ns", "a", d));
+        }
+        assert!(described(&engine, "ns", "a", Direction::Egress).iter().any(|e| e.0.contains("192.0.2.0/24")));
     }
 
     #[test]

@@ -164,6 +164,17 @@ impl Identities {
         self.by_namespace.get(namespace).into_iter().flatten().filter_map(|id| self.by_id.get(id))
     }
 
+    /// The identity of a CIDR prefix, if allocated.
+    pub fn cidr_identity(&self, prefix: Prefix) -> Option<u32> {
+        if prefix.len == 0 {
+            return Some(dp::IDENTITY_WORLD);
+        }
+        let mut labels = LabelSet::default();
+        labels.insert(Source::Cidr, prefix.to_string(), "");
+        labels.insert(Source::Reserved, "world", "");
+        self.by_labels.get(&labels).copied()
+    }
+
     pub fn cidr_identities(&self) -> impl Iterator<Item = &Identity> {
         self.by_id.values().filter(|i| i.prefix.is_some())
     }
