@@ -167,8 +167,8 @@ fn covers(d: &PolicyKey, e: &PolicyKey) -> bool {
 }
 
 /// Merges the contributions for one remote identity: the strongest verdict per key, then every
-/// allow or redirect under a broader deny becomes that deny, because the trie returns only the
-/// longest match and a deny must win over the same or a narrower key.
+/// allow or redirect inside a broader deny is dropped. The trie returns only the longest match,
+/// so without this a narrower allow would beat the deny that must win over it.
 fn resolve(identity: u32, direction: u8, contributions: impl Iterator<Item = (Option<u8>, u16, u8, u8, u32)>) -> Vec<PolicyEntry> {
     let mut map: BTreeMap<PolicyKey, PolicyValue> = BTreeMap::new();
     for (protocol, port, bits, verdict, cookie) in contributions {
@@ -182,16 +182,10 @@ fn resolve(identity: u32, direction: u8, contributions: impl Iterator<Item = (Op
             })
             .or_insert(value);
     }
-    let denies: Vec<(PolicyKey, PolicyValue)> =
-        map.iter().filter(|(_, v)| v.verdict == dp::VERDICT_DENY).map(|(k, v)| (*k, *v)).collect();
+    let denies: Vec<PolicyKey> = map.iter().filter(|(_, v)| v.verdict == dp::VERDICT_DENY).map(|(k, _)| *k).collect();
     map.into_iter()
-        .map(|(key, value)| {
-            let value = match denies.iter().find(|(d, _)| value.verdict != dp::VERDICT_DENY && covers(d, &key)) {
-                Some((_, deny)) => *deny,
-                None => value,
-            };
-            PolicyEntry { key, value }
-        })
+        .filter(|(key, value)| value.verdict == dp::VERDICT_DENY || !denies.iter().any(|d| covers(d, key)))
+        .map(|(key, value)| PolicyEntry { key, value })
         .collect()
 }
 
@@ -268,10 +262,11 @@ pub struct EndpointPolicy<'a> {
 
 impl Engine {
     pub fn new(policies: PolicySet, cluster: Cluster, mode: EnforcementMode) -> Engine {
+        let Cluster { namespaces, pods, nodes, services } = cluster;
         let mut engine = Engine {
             rules: RuleIndex::build(&policies),
             policies,
-            cluster: Cluster::default(),
+            cluster: Cluster { namespaces, pods: Vec::new(), nodes, services },
             mode,
             identities: Identities::default(),
             selections: HashMap::new(),
@@ -295,8 +290,6 @@ impl Engine {
                 engine.identities.acquire_cidr(prefix);
             }
         }
-        let pods = std::mem::take(&mut cluster.pods.clone());
-        engine.cluster = Cluster { pods: Vec::new(), ..cluster };
         for pod in pods {
             engine.add_pod_identity(pod);
         }
@@ -840,8 +833,15 @@ mod tests {
         let entries = resolve(
             300,
             dp::DIRECTION_INGRESS,
-            [(Some(dp::PROTO_TCP), 80, 16, dp::VERDICT_ALLOW, 7), (None, 0, 0, dp::VERDICT_DENY, 9)].into_iter(),
+            [
+                (Some(dp::PROTO_TCP), 80, 16, dp::VERDICT_ALLOW, 7),
+                (Some(dp::PROTO_UDP), 53, 16, dp::VERDICT_REDIRECT, 8),
+                (None, 0, 0, dp::VERDICT_DENY, 9),
+                (Some(dp::PROTO_TCP), 0, 0, dp::VERDICT_DENY, 10),
+            ]
+            .into_iter(),
         );
-        assert!(entries.iter().all(|e| e.value.verdict == dp::VERDICT_DENY && e.value.cookie == 9));
+        assert!(entries.iter().all(|e| e.value.verdict == dp::VERDICT_DENY), "covered allows are dropped: {entries:?}");
+        assert_eq!(entries.len(), 2);
     }
 }
