@@ -196,34 +196,46 @@ fn request_response(client_ns: &str, server: Ipv4Addr, duration: Duration) -> Ro
     }
 }
 
-/// One TCP connection doing 64-byte request/response over the routed veth pairs, alternating
-/// rounds with the program attached to both endpoints and with it detached.
+/// One TCP connection doing 64-byte request/response over the routed veth pairs, in short
+/// alternating rounds with the program attached to both endpoints and detached. Ratios are
+/// taken per adjacent pair of rounds, then the median, so that load from other processes on
+/// this shared machine cancels out as far as possible.
 fn tcp_request_response(datapath: &mut Datapath, topology: &Topology) {
     let (client, server) = (&topology.endpoints[0], &topology.endpoints[1]);
     tcp_echo_servers(&server.ns, &[PORT]);
-    let round = Duration::from_millis(1500);
-    let (mut with, mut without) = (Vec::new(), Vec::new());
-    for _ in 0..3 {
-        with.push(request_response(&client.ns, server.addr, round));
+    let round = Duration::from_millis(400);
+    let mut pairs = Vec::new();
+    for _ in 0..12 {
+        let with = request_response(&client.ns, server.addr, round);
         datapath.detach(0).unwrap();
         datapath.detach(SERVER).unwrap();
-        without.push(request_response(&client.ns, server.addr, round));
+        let without = request_response(&client.ns, server.addr, round);
         datapath
             .load_slot(0, Slot::A, &[allow_all(DIRECTION_EGRESS)])
             .unwrap();
         load_server(datapath);
         datapath.attach(0, &client.host_if).unwrap();
         datapath.attach(SERVER, &server.host_if).unwrap();
+        pairs.push((with, without));
     }
-    let tps = |rounds: &[RoundTrips]| median(rounds.iter().map(|r| r.per_second).collect());
-    let p99 =
-        |rounds: &[RoundTrips]| median(rounds.iter().map(|r| r.p99.as_secs_f64() * 1e6).collect());
-    println!("tcp_rr_tps_with_program: {:.0} /s", tps(&with));
-    println!("tcp_rr_tps_without_program: {:.0} /s", tps(&without));
-    println!("tcp_rr_tps_ratio: {:.3}", tps(&with) / tps(&without));
-    println!("tcp_rr_p99_with_program_us: {:.1} us", p99(&with));
-    println!("tcp_rr_p99_without_program_us: {:.1} us", p99(&without));
-    println!("tcp_rr_p99_ratio: {:.3}", p99(&with) / p99(&without));
+    let us = |d: Duration| d.as_secs_f64() * 1e6;
+    let tps_with = median(pairs.iter().map(|(w, _)| w.per_second).collect());
+    let tps_without = median(pairs.iter().map(|(_, wo)| wo.per_second).collect());
+    let tps_ratio = median(
+        pairs
+            .iter()
+            .map(|(w, wo)| w.per_second / wo.per_second)
+            .collect(),
+    );
+    let p99_with = median(pairs.iter().map(|(w, _)| us(w.p99)).collect());
+    let p99_without = median(pairs.iter().map(|(_, wo)| us(wo.p99)).collect());
+    let p99_ratio = median(pairs.iter().map(|(w, wo)| us(w.p99) / us(wo.p99)).collect());
+    println!("tcp_rr_tps_with_program: {tps_with:.0} /s");
+    println!("tcp_rr_tps_without_program: {tps_without:.0} /s");
+    println!("tcp_rr_tps_ratio: {tps_ratio:.3}");
+    println!("tcp_rr_p99_with_program_us: {p99_with:.1} us");
+    println!("tcp_rr_p99_without_program_us: {p99_without:.1} us");
+    println!("tcp_rr_p99_ratio: {p99_ratio:.3}");
 }
 
 fn flips(datapath: &mut Datapath) {

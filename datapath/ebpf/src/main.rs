@@ -242,41 +242,75 @@ fn decide(ctx: &TcContext, direction: u8) -> i32 {
     if pass { TC_ACT_OK } else { TC_ACT_SHOT }
 }
 
+/// Ethernet, an IPv4 header with options, and the first 8 bytes of L4.
+const MAX_HEADERS: u32 = 14 + 60 + 8;
+
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct Ipv4Header {
+    version_ihl: u8,
+    tos: u8,
+    total_len: u16,
+    id: u16,
+    frag_off_be: u16,
+    ttl: u8,
+    protocol: u8,
+    checksum: u16,
+    saddr_be: u32,
+    daddr_be: u32,
+}
+
+/// Direct packet access: much cheaper than a `bpf_skb_load_bytes` call per field.
 #[inline(always)]
-fn parse(ctx: &TcContext) -> Option<Packet> {
-    if u16::from_be(ctx.load::<u16>(12).ok()?) != ETH_P_IP {
+fn header<T: Copy>(ctx: &TcContext, offset: usize) -> Option<T> {
+    let start = ctx.data() + offset;
+    if start + size_of::<T>() > ctx.data_end() {
         return None;
     }
-    let version_ihl: u8 = ctx.load(ETH_HLEN).ok()?;
-    let frag_off = u16::from_be(ctx.load::<u16>(ETH_HLEN + 6).ok()?);
-    let protocol: u8 = ctx.load(ETH_HLEN + 9).ok()?;
-    let saddr_be: u32 = ctx.load(ETH_HLEN + 12).ok()?;
-    let daddr_be: u32 = ctx.load(ETH_HLEN + 16).ok()?;
-    let l4 = ETH_HLEN + ((version_ihl & 0x0f) as usize) * 4;
+    // SAFETY: bounds checked against data_end just above.
+    Some(unsafe { core::ptr::read_unaligned(start as *const T) })
+}
+
+#[inline(always)]
+fn parse(ctx: &TcContext) -> Option<Packet> {
+    // Headers are normally in the linear area already; pull them there when they are not.
+    let wanted = core::cmp::min(ctx.len(), MAX_HEADERS);
+    if ctx.data() + wanted as usize > ctx.data_end() {
+        let _ = ctx.pull_data(wanted);
+    }
+    if u16::from_be(header::<u16>(ctx, 12)?) != ETH_P_IP {
+        return None;
+    }
+    let ip: Ipv4Header = header(ctx, ETH_HLEN)?;
+    let l4 = ETH_HLEN + ((ip.version_ihl & 0x0f) as usize) * 4;
     let mut packet = Packet {
-        saddr_be,
-        daddr_be,
-        protocol,
+        saddr_be: ip.saddr_be,
+        daddr_be: ip.daddr_be,
+        protocol: ip.protocol,
         sport: 0,
         dport: 0,
         related: None,
     };
-    // Later fragments carry no L4 header: like Cilium, they only match port-wildcard entries.
-    if frag_off & 0x1fff != 0 {
+    // Later fragments (and truncated L4 headers) have no ports: like Cilium, they only match
+    // port-wildcard entries.
+    if u16::from_be(ip.frag_off_be) & 0x1fff != 0 {
         return Some(packet);
     }
-    match protocol {
+    let Some(l4_start) = header::<[u8; 8]>(ctx, l4) else {
+        return Some(packet);
+    };
+    match ip.protocol {
         PROTO_TCP | PROTO_UDP | PROTO_SCTP => {
-            packet.sport = u16::from_be(ctx.load::<u16>(l4).ok()?);
-            packet.dport = u16::from_be(ctx.load::<u16>(l4 + 2).ok()?);
+            packet.sport = u16::from_be_bytes([l4_start[0], l4_start[1]]);
+            packet.dport = u16::from_be_bytes([l4_start[2], l4_start[3]]);
         }
         PROTO_ICMP => {
-            let icmp_type: u8 = ctx.load(l4).ok()?;
+            let icmp_type = l4_start[0];
             // The policy "port" of ICMP is its type; the echo id stands in for a port in the CT.
             packet.dport = icmp_type as u16;
             match icmp_type {
                 ICMP_ECHO | ICMP_ECHO_REPLY => {
-                    packet.sport = u16::from_be(ctx.load::<u16>(l4 + 4).ok()?)
+                    packet.sport = u16::from_be_bytes([l4_start[4], l4_start[5]])
                 }
                 ICMP_DEST_UNREACH | ICMP_TIME_EXCEEDED | ICMP_PARAMETER_PROBLEM => {
                     packet.related = parse_icmp_error(ctx, l4 + 8)
