@@ -249,7 +249,8 @@ pub struct Engine {
     /// outside a block never share an identity and the block selects exactly its pods.
     ip_blocks: BTreeSet<CidrBlock>,
     /// Every port number each container port name has across the cluster (egress named ports).
-    named_ports: HashMap<String, BTreeSet<(Protocol, u16)>>,
+    /// Counted per pod, so names are forgotten when their last pod goes.
+    named_ports: HashMap<String, BTreeMap<(Protocol, u16), usize>>,
     groups: HashMap<GroupKey, Group>,
 }
 
@@ -345,11 +346,19 @@ impl Engine {
 
     /// Adds or updates a pod (labels, ports, address); only what it affects is recomputed.
     pub fn upsert_pod(&mut self, pod: Pod) {
+        let mut names: BTreeSet<String> = pod.ports.iter().filter_map(|p| p.name.clone()).collect();
         if let Some(index) = self.cluster.pods.iter().position(|p| p.namespace == pod.namespace && p.name == pod.name) {
             let old = self.cluster.pods.remove(index);
+            names.extend(old.ports.iter().filter_map(|p| p.name.clone()));
             self.remove_pod_identity(&old);
         }
+        let before: Vec<_> = names.iter().map(|n| self.egress_port_numbers(n)).collect();
         self.add_pod_identity(pod);
+        let changed: BTreeSet<String> =
+            names.into_iter().zip(before).filter(|(n, b)| *b != self.egress_port_numbers(n)).map(|(n, _)| n).collect();
+        if !changed.is_empty() {
+            self.recompile_groups_naming(&changed);
+        }
         let pod = self.cluster.pods.last().expect("just added");
         if !pod.host_network {
             let group_key = self.group_key(pod);
@@ -442,7 +451,7 @@ impl Engine {
         };
         for port in &pod.ports {
             if let Some(name) = &port.name {
-                self.named_ports.entry(name.clone()).or_default().insert((port.protocol, port.port));
+                *self.named_ports.entry(name.clone()).or_default().entry((port.protocol, port.port)).or_default() += 1;
             }
         }
         self.pod_identity.insert(pod.key(), id);
@@ -454,6 +463,20 @@ impl Engine {
 
     fn remove_pod_identity(&mut self, pod: &Pod) {
         let Some(id) = self.pod_identity.remove(&pod.key()) else { return };
+        for port in &pod.ports {
+            let Some(name) = &port.name else { continue };
+            if let Some(numbers) = self.named_ports.get_mut(name) {
+                if let Some(count) = numbers.get_mut(&(port.protocol, port.port)) {
+                    *count -= 1;
+                    if *count == 0 {
+                        numbers.remove(&(port.protocol, port.port));
+                    }
+                }
+                if numbers.is_empty() {
+                    self.named_ports.remove(name);
+                }
+            }
+        }
         if id != dp::IDENTITY_HOST && self.identities.release(id) {
             self.groups.retain(|key, _| key.identity != id);
             self.identity_removed(id);
@@ -703,12 +726,34 @@ impl Engine {
                 .filter(|p| p.name.as_deref() == Some(name) && p.protocol == protocol)
                 .map(|p| p.port)
                 .collect(),
-            Direction::Egress => match self.named_ports.get(name) {
-                Some(numbers) if numbers.len() == 1 => {
-                    numbers.iter().filter(|(p, _)| *p == protocol).map(|(_, n)| *n).collect()
-                }
-                _ => Vec::new(),
-            },
+            Direction::Egress => self.egress_port_numbers(name).into_iter().filter(|(p, _)| *p == protocol).map(|(_, n)| n).collect(),
+        }
+    }
+
+    /// What an egress rule naming `name` resolves to: the one number every pod agrees on.
+    fn egress_port_numbers(&self, name: &str) -> Option<(Protocol, u16)> {
+        match self.named_ports.get(name) {
+            Some(numbers) if numbers.len() == 1 => numbers.keys().next().copied(),
+            _ => None,
+        }
+    }
+
+    /// Recompiles the groups selected by rules whose egress names one of `names`, after the
+    /// number those names resolve to changed.
+    fn recompile_groups_naming(&mut self, names: &BTreeSet<String>) {
+        let names_one = |rule: &Rule| {
+            rule.egress.rules.iter().flat_map(|r| &r.ports).any(|p| matches!(&p.port, PortSpec::Named(n) if names.contains(n)))
+        };
+        let rules: Vec<&Rule> = self.policies.policies.iter().flat_map(|p| &p.rules).filter(|r| names_one(r)).collect();
+        let keys: Vec<GroupKey> = self
+            .groups
+            .keys()
+            .filter(|key| self.identities.get(key.identity).is_some_and(|i| rules.iter().any(|r| r.subject.matches(&i.labels))))
+            .cloned()
+            .collect();
+        for key in keys {
+            let group = self.compile_group(&key);
+            self.groups.insert(key, group);
         }
     }
 
@@ -717,7 +762,7 @@ impl Engine {
         self.named_ports
             .iter()
             .filter(|(_, n)| n.len() > 1)
-            .map(|(name, n)| (name.as_str(), n.iter().map(|(_, p)| *p).collect()))
+            .map(|(name, n)| (name.as_str(), n.keys().map(|(_, p)| *p).collect()))
             .collect()
     }
 }
@@ -843,5 +888,30 @@ mod tests {
         );
         assert!(entries.iter().all(|e| e.value.verdict == dp::VERDICT_DENY), "covered allows are dropped: {entries:?}");
         assert_eq!(entries.len(), 2);
+    }
+
+    #[test]
+    fn egress_named_ports_follow_pods_coming_and_going() {
+        let pod = |name: &str, port: u16| crate::cluster::Pod {
+            namespace: "ns".into(),
+            name: name.into(),
+            labels: [("app".to_string(), name.to_string())].into(),
+            service_account: "default".into(),
+            node_name: None,
+            ip: None,
+            host_network: false,
+            ports: vec![ContainerPort { name: Some("web".into()), port, protocol: Protocol::TCP }],
+        };
+        let set = parse_set(
+            "apiVersion: cilium.io/v2\nkind: CiliumNetworkPolicy\nmetadata:\n  name: p\n  namespace: ns\nspec:\n  endpointSelector: {matchLabels: {app: client}}\n  egress:\n    - toPorts: [{ports: [{port: web, protocol: TCP}]}]\n",
+        );
+        let cluster = Cluster { pods: vec![pod("client", 1), pod("server", 8080)], ..Default::default() };
+        let mut engine = Engine::new(set, cluster, EnforcementMode::Default);
+        let allows_8080 = |e: &Engine| e.endpoint("ns", "client").unwrap().group.egress.lookup(0, dp::PROTO_TCP, 8080).is_some();
+        assert!(!allows_8080(&engine), "client and server disagree on the number of \"web\"");
+        engine.upsert_pod(pod("client", 8080));
+        assert!(allows_8080(&engine), "once every pod agrees, the name resolves to 8080");
+        engine.upsert_pod(pod("other", 9090));
+        assert!(!allows_8080(&engine), "a new pod with another number makes the name ambiguous again");
     }
 }
