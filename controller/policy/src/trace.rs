@@ -182,29 +182,22 @@ fn identity_of(engine: &Engine, end: &FlowEnd) -> Result<u32, String> {
 
 fn decide(engine: &Engine, local: &FlowEnd, remote: u32, direction: Direction, port: FlowPort, http: Option<&HttpRequest>) -> Decision {
     let remote_labels = engine.identities().get(remote).map(|i| i.labels.to_string()).unwrap_or_default();
+    // The other side alone decides when this side is not a Palisade endpoint.
+    let unpoliced = |rule: String| Decision {
+        verdict: Verdict::Allowed,
+        endpoint: None,
+        enforcement: None,
+        remote_identity: remote,
+        remote_labels: remote_labels.clone(),
+        entry: None,
+        rule,
+        proxy: None,
+    };
     let FlowEnd::Pod { namespace, name } = local else {
-        return Decision {
-            verdict: Verdict::Allowed,
-            endpoint: None,
-            enforcement: None,
-            remote_identity: remote,
-            remote_labels,
-            entry: None,
-            rule: format!("{local} is not a Palisade endpoint: no {} policy applies", direction.as_str()),
-            proxy: None,
-        };
+        return unpoliced(format!("{local} is not a Palisade endpoint: no {} policy applies", direction.as_str()));
     };
     let Some(endpoint) = engine.endpoint(namespace, name) else {
-        return Decision {
-            verdict: Verdict::Allowed,
-            endpoint: None,
-            enforcement: None,
-            remote_identity: remote,
-            remote_labels,
-            entry: None,
-            rule: format!("{local} uses the host network: it is not a Palisade endpoint"),
-            proxy: None,
-        };
+        return unpoliced(format!("{local} uses the host network: it is not a Palisade endpoint"));
     };
     let policy = endpoint.group.direction(direction);
     let entry = policy.lookup(remote, port.protocol.number(), port.port);

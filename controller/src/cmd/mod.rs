@@ -84,8 +84,23 @@ pub fn valid_policies(paths: &[PathBuf]) -> Result<Parsed> {
     Ok(parsed)
 }
 
-pub fn engine(cluster: &PathBuf, policies: &[PathBuf], mode: Mode) -> Result<Engine> {
-    let cluster: Cluster = files::load_cluster(cluster)?;
-    let parsed = valid_policies(policies)?;
-    Ok(Engine::new(parsed.set, cluster, mode.into()))
+/// What every command that evaluates one policy set against a cluster takes.
+#[derive(clap::Args)]
+pub struct EngineArgs {
+    /// Cluster file: `kubectl get namespaces,pods,nodes,services -A -o yaml` output.
+    #[arg(long)]
+    cluster: PathBuf,
+    /// Policy files or directories.
+    #[arg(long, required = true, num_args = 1..)]
+    policies: Vec<PathBuf>,
+    #[arg(long, value_enum, default_value_t)]
+    enforcement_mode: Mode,
+}
+
+impl EngineArgs {
+    pub fn engine(&self) -> Result<Engine> {
+        let cluster: Cluster = files::load_cluster(&self.cluster)?;
+        let parsed = valid_policies(&self.policies)?;
+        Ok(Engine::new(parsed.set, cluster, self.enforcement_mode.into()))
+    }
 }

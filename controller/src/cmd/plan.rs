@@ -1,5 +1,4 @@
 use std::io::Write;
-use std::path::PathBuf;
 
 use anyhow::Result;
 use palisade_common as dp;
@@ -9,22 +8,18 @@ use palisade_policy::trace::describe_entry;
 use serde_json::json;
 use tabwriter::TabWriter;
 
-use super::{Mode, Output};
+use super::{EngineArgs, Output};
 
 #[derive(clap::Args)]
 pub struct Args {
-    #[arg(long)]
-    cluster: PathBuf,
-    #[arg(long, required = true, num_args = 1..)]
-    policies: Vec<PathBuf>,
-    #[arg(long, value_enum, default_value_t)]
-    enforcement_mode: Mode,
+    #[command(flatten)]
+    engine: EngineArgs,
     #[arg(short, long, value_enum, default_value_t)]
     output: Output,
 }
 
 pub fn run(args: Args) -> Result<u8> {
-    let engine = super::engine(&args.cluster, &args.policies, args.enforcement_mode)?;
+    let engine = args.engine.engine()?;
     let endpoints: Vec<EndpointPolicy> = engine.endpoints().collect();
     let verdict = |v: u8| match v {
         dp::VERDICT_DENY => "deny",

@@ -1,18 +1,12 @@
-use std::path::PathBuf;
-
 use anyhow::{Result, anyhow};
 use palisade_policy::trace::{self, Decision, FlowEnd, FlowPort, HttpRequest, Trace, Verdict};
 
-use super::{Mode, Output};
+use super::{EngineArgs, Output};
 
 #[derive(clap::Args)]
 pub struct Args {
-    /// Cluster file: `kubectl get namespaces,pods,nodes,services -A -o yaml` output.
-    #[arg(long)]
-    cluster: PathBuf,
-    /// Policy files or directories.
-    #[arg(long, required = true, num_args = 1..)]
-    policies: Vec<PathBuf>,
+    #[command(flatten)]
+    engine: EngineArgs,
     /// Source: NAMESPACE/POD, cidr:IP or entity:NAME.
     #[arg(long)]
     from: String,
@@ -28,8 +22,6 @@ pub struct Args {
     /// A request header, "Name: value" (repeatable).
     #[arg(long = "header")]
     headers: Vec<String>,
-    #[arg(long, value_enum, default_value_t)]
-    enforcement_mode: Mode,
     #[arg(short, long, value_enum, default_value_t)]
     output: Output,
 }
@@ -39,7 +31,7 @@ pub fn run(args: Args) -> Result<u8> {
     let to = FlowEnd::parse(&args.to).map_err(|e| anyhow!("--to: {e}"))?;
     let port = FlowPort::parse(&args.port).map_err(|e| anyhow!("--port: {e}"))?;
     let http = args.http.as_deref().map(|r| HttpRequest::parse(r, &args.headers)).transpose().map_err(|e| anyhow!("--http: {e}"))?;
-    let engine = super::engine(&args.cluster, &args.policies, args.enforcement_mode)?;
+    let engine = args.engine.engine()?;
     let result = trace::trace(&engine, &from, &to, port, http.as_ref()).map_err(|e| anyhow!(e))?;
     match args.output {
         Output::Json => println!("{}", serde_json::to_string_pretty(&result)?),
