@@ -44,7 +44,14 @@ fn check_exit_codes() {
     std::fs::write(&bad, "apiVersion: cilium.io/v2\nkind: CiliumNetworkPolicy\nmetadata: {name: db}\nspec:\n  endpointSelector: {}\n  ingress:\n  - toPorts: [{ports: [{port: \"80a\"}]}]\n").unwrap();
     let out = palisade(&["check", s(&bad)]);
     assert_eq!(code(&out), 1);
-    assert!(stdout(&out).contains(&format!("{}:7: spec.ingress[0].toPorts[0].ports[0].port: \"80a\" is not a port or a port name", bad.display())), "{}", stdout(&out));
+    assert!(
+        stdout(&out).contains(&format!(
+            "{}:7: spec.ingress[0].toPorts[0].ports[0].port: \"80a\" is not a port or a port name",
+            bad.display()
+        )),
+        "{}",
+        stdout(&out)
+    );
 
     // Usage errors: no path, an unknown flag, a path that does not exist.
     assert_eq!(code(&palisade(&["check"])), 2);
@@ -57,7 +64,19 @@ fn trace_exit_codes_and_json_shape() {
     let dir = example("deny-precedence");
     let (cluster, policies) = (dir.join("cluster.yaml"), dir.join("policies"));
     let trace = |from: &str, to: &str, port: &str, json: bool| {
-        let mut args = vec!["trace", "--cluster", s(&cluster), "--policies", s(&policies), "--from", from, "--to", to, "--port", port];
+        let mut args = vec![
+            "trace",
+            "--cluster",
+            s(&cluster),
+            "--policies",
+            s(&policies),
+            "--from",
+            from,
+            "--to",
+            to,
+            "--port",
+            port,
+        ];
         if json {
             args.extend(["-o", "json"]);
         }
@@ -89,7 +108,22 @@ fn trace_exit_codes_and_json_shape() {
     // Errors: unknown pod, malformed port, missing cluster file.
     assert_eq!(code(&trace("prod/nope", DB, "5432/TCP", false)), 2);
     assert_eq!(code(&trace(API, DB, "5432/XYZ", false)), 2);
-    assert_eq!(code(&palisade(&["trace", "--cluster", "/nonexistent.yaml", "--policies", s(&policies), "--from", API, "--to", DB, "--port", "5432/TCP"])), 2);
+    assert_eq!(
+        code(&palisade(&[
+            "trace",
+            "--cluster",
+            "/nonexistent.yaml",
+            "--policies",
+            s(&policies),
+            "--from",
+            API,
+            "--to",
+            DB,
+            "--port",
+            "5432/TCP"
+        ])),
+        2
+    );
 }
 
 #[test]
@@ -98,7 +132,15 @@ fn plan_runs_on_an_example() {
     let out = palisade(&["plan", "--cluster", s(&dir.join("cluster.yaml")), "--policies", s(&dir.join("policies"))]);
     assert_eq!(code(&out), 0, "{}", String::from_utf8_lossy(&out.stderr));
     assert!(!stdout(&out).trim().is_empty());
-    let out = palisade(&["plan", "--cluster", s(&dir.join("cluster.yaml")), "--policies", s(&dir.join("policies")), "-o", "json"]);
+    let out = palisade(&[
+        "plan",
+        "--cluster",
+        s(&dir.join("cluster.yaml")),
+        "--policies",
+        s(&dir.join("policies")),
+        "-o",
+        "json",
+    ]);
     assert_eq!(code(&out), 0);
     let v: serde_json::Value = serde_json::from_str(&stdout(&out)).expect("plan -o json prints JSON");
     assert!(v.is_object() || v.is_array(), "{v}");
@@ -122,12 +164,14 @@ fn without_dev_deny(test: &str) -> PathBuf {
 fn diff_exit_codes_and_text_diff() {
     let dir = example("deny-precedence");
     let (cluster, policies) = (dir.join("cluster.yaml"), dir.join("policies"));
-    let same = palisade(&["diff", "--cluster", s(&cluster), "--from-policies", s(&policies), "--to-policies", s(&policies)]);
+    let same =
+        palisade(&["diff", "--cluster", s(&cluster), "--from-policies", s(&policies), "--to-policies", s(&policies)]);
     assert_eq!(code(&same), 0, "{}{}", stdout(&same), String::from_utf8_lossy(&same.stderr));
     assert!(stdout(&same).contains("0 newly denied, 0 newly allowed"), "{}", stdout(&same));
 
     let candidate = without_dev_deny("diff");
-    let changed = palisade(&["diff", "--cluster", s(&cluster), "--from-policies", s(&policies), "--to-policies", s(&candidate)]);
+    let changed =
+        palisade(&["diff", "--cluster", s(&cluster), "--from-policies", s(&policies), "--to-policies", s(&candidate)]);
     let text = stdout(&changed);
     assert_eq!(code(&changed), 1, "{text}");
     assert!(text.lines().any(|l| l.starts_with("+ dev/") && l.contains("denied -> ALLOWED")), "{text}");
@@ -138,8 +182,20 @@ fn diff_exit_codes_and_text_diff() {
 
     // A broken candidate is an error.
     let broken = scratch("diff-broken").join("bad.yaml");
-    std::fs::write(&broken, "apiVersion: cilium.io/v2\nkind: CiliumNetworkPolicy\nmetadata: {name: x}\nspec: {}\n").unwrap();
-    assert_eq!(code(&palisade(&["diff", "--cluster", s(&cluster), "--from-policies", s(&policies), "--to-policies", s(&broken)])), 2);
+    std::fs::write(&broken, "apiVersion: cilium.io/v2\nkind: CiliumNetworkPolicy\nmetadata: {name: x}\nspec: {}\n")
+        .unwrap();
+    assert_eq!(
+        code(&palisade(&[
+            "diff",
+            "--cluster",
+            s(&cluster),
+            "--from-policies",
+            s(&policies),
+            "--to-policies",
+            s(&broken)
+        ])),
+        2
+    );
 }
 
 #[test]
@@ -148,18 +204,53 @@ fn diff_over_a_flows_file() {
     let (cluster, policies) = (dir.join("cluster.yaml"), dir.join("policies"));
     let candidate = without_dev_deny("flows");
     // Find a dev pod from the full diff, then evaluate flows given as JSON lines.
-    let full = stdout(&palisade(&["diff", "--cluster", s(&cluster), "--from-policies", s(&policies), "--to-policies", s(&candidate)]));
-    let dev = full.lines().find_map(|l| l.strip_prefix("+ ")).and_then(|l| l.split(" -> ").next()).expect("a newly allowed flow").to_string();
+    let full = stdout(&palisade(&[
+        "diff",
+        "--cluster",
+        s(&cluster),
+        "--from-policies",
+        s(&policies),
+        "--to-policies",
+        s(&candidate),
+    ]));
+    let dev = full
+        .lines()
+        .find_map(|l| l.strip_prefix("+ "))
+        .and_then(|l| l.split(" -> ").next())
+        .expect("a newly allowed flow")
+        .to_string();
     let tmp = scratch("flows-file");
     let unaffected = tmp.join("unaffected.jsonl");
     std::fs::write(&unaffected, format!("{{\"from\": \"{API}\", \"to\": \"{DB}\", \"port\": \"5432/TCP\"}}\n\n{{\"from\": \"{API}\", \"to\": \"{DB}\", \"port\": \"8008/TCP\"}}\n")).unwrap();
-    let out = palisade(&["diff", "--cluster", s(&cluster), "--from-policies", s(&policies), "--to-policies", s(&candidate), "--flows", s(&unaffected)]);
+    let out = palisade(&[
+        "diff",
+        "--cluster",
+        s(&cluster),
+        "--from-policies",
+        s(&policies),
+        "--to-policies",
+        s(&candidate),
+        "--flows",
+        s(&unaffected),
+    ]);
     assert_eq!(code(&out), 0, "{}", stdout(&out));
     assert!(stdout(&out).starts_with("2 flows evaluated: 0 newly denied, 0 newly allowed"), "{}", stdout(&out));
 
     let affected = tmp.join("affected.jsonl");
     std::fs::write(&affected, format!("{{\"from\": \"{dev}\", \"to\": \"{DB}\", \"port\": \"5432/TCP\"}}\n")).unwrap();
-    let out = palisade(&["diff", "--cluster", s(&cluster), "--from-policies", s(&policies), "--to-policies", s(&candidate), "--flows", s(&affected), "-o", "json"]);
+    let out = palisade(&[
+        "diff",
+        "--cluster",
+        s(&cluster),
+        "--from-policies",
+        s(&policies),
+        "--to-policies",
+        s(&candidate),
+        "--flows",
+        s(&affected),
+        "-o",
+        "json",
+    ]);
     assert_eq!(code(&out), 1, "{}", stdout(&out));
     let v: serde_json::Value = serde_json::from_str(&stdout(&out)).expect("diff -o json prints JSON");
     assert_eq!(v["flows"].as_array().map(Vec::len), Some(1), "{v}");
@@ -167,5 +258,18 @@ fn diff_over_a_flows_file() {
 
     let bad = tmp.join("bad.jsonl");
     std::fs::write(&bad, "{\"from\": \"prod/x\", \"to\": 3}\n").unwrap();
-    assert_eq!(code(&palisade(&["diff", "--cluster", s(&cluster), "--from-policies", s(&policies), "--to-policies", s(&candidate), "--flows", s(&bad)])), 2);
+    assert_eq!(
+        code(&palisade(&[
+            "diff",
+            "--cluster",
+            s(&cluster),
+            "--from-policies",
+            s(&policies),
+            "--to-policies",
+            s(&candidate),
+            "--flows",
+            s(&bad)
+        ])),
+        2
+    );
 }

@@ -146,10 +146,17 @@ fn corpus_parses_or_names_the_unsupported_feature() {
                 seen.push(name.as_str());
                 table.push(format!("{name:<80} INVALID UPSTREAM"));
                 if messages != &[expected.to_string()] {
-                    problems.push(format!("{name}: expected exactly\n    {expected}\n  got\n    {}", messages.join("\n    ")));
+                    problems.push(format!(
+                        "{name}: expected exactly\n    {expected}\n  got\n    {}",
+                        messages.join("\n    ")
+                    ));
                 }
             }
-            (got, _, _) => problems.push(format!("{name}: unexpected outcome {got:?} (pinned unsupported: {:?}, pinned invalid: {:?})", unsupported.get(name.as_str()), invalid.get(name.as_str()))),
+            (got, _, _) => problems.push(format!(
+                "{name}: unexpected outcome {got:?} (pinned unsupported: {:?}, pinned invalid: {:?})",
+                unsupported.get(name.as_str()),
+                invalid.get(name.as_str())
+            )),
         }
     }
     for name in unsupported.keys().chain(invalid.keys()) {
@@ -157,8 +164,14 @@ fn corpus_parses_or_names_the_unsupported_feature() {
             problems.push(format!("{name}: pinned but not in the corpus"));
         }
     }
-    println!("{} corpus files: {} parse, {} unsupported, {} invalid upstream", files.len(), files.len() - seen.len(), UNSUPPORTED.len(), INVALID_UPSTREAM.len());
-    println!("{:<80} {}", "FILE", "FEATURE");
+    println!(
+        "{} corpus files: {} parse, {} unsupported, {} invalid upstream",
+        files.len(),
+        files.len() - seen.len(),
+        UNSUPPORTED.len(),
+        INVALID_UPSTREAM.len()
+    );
+    println!("{:<80} FEATURE", "FILE");
     for row in &table {
         println!("{row}");
     }
@@ -176,7 +189,11 @@ fn unsupported_errors_say_what_is_unsupported_and_where() {
         for d in parsed.diagnostics.iter().filter(|d| d.severity == Severity::Error) {
             assert!(d.line >= 1 && d.line as usize <= text.lines().count(), "{d}: line out of range");
             assert!(!d.path.is_empty(), "{d}: no field path");
-            assert!(d.message.ends_with("is not implemented by Palisade yet") || d.message.contains("is not a policy kind Palisade enforces"), "{d}");
+            assert!(
+                d.message.ends_with("is not implemented by Palisade yet")
+                    || d.message.contains("is not a policy kind Palisade enforces"),
+                "{d}"
+            );
         }
     }
 }

@@ -64,7 +64,13 @@ fn check_scenario(name: &str) {
             ));
         }
     }
-    assert!(failures.is_empty(), "{name}: {} of {} flows differ:\n{}", failures.len(), flows.flows.len(), failures.join("\n"));
+    assert!(
+        failures.is_empty(),
+        "{name}: {} of {} flows differ:\n{}",
+        failures.len(),
+        flows.flows.len(),
+        failures.join("\n")
+    );
 }
 
 #[test]

@@ -157,9 +157,12 @@ impl Cluster {
                 self.namespaces.insert(name.clone(), Namespace { name, labels });
             }
             "Pod" => {
-                let spec: PodSpec = serde_json::from_value(object.spec).map_err(|e| format!("pod {name}: spec: {e}"))?;
+                let spec: PodSpec =
+                    serde_json::from_value(object.spec).map_err(|e| format!("pod {name}: spec: {e}"))?;
                 let ip = match object.status.get("podIP").and_then(|v| v.as_str()) {
-                    Some(ip) => Some(ip.parse().map_err(|_| format!("pod {name}: status.podIP {ip:?} is not an IPv4 address"))?),
+                    Some(ip) => Some(
+                        ip.parse().map_err(|_| format!("pod {name}: status.podIP {ip:?} is not an IPv4 address"))?,
+                    ),
                     None => None,
                 };
                 let mut ports = Vec::new();
@@ -194,7 +197,12 @@ impl Cluster {
             }
             "Service" => {
                 let selector = object.spec.get("selector").and_then(|s| serde_json::from_value(s.clone()).ok());
-                self.services.push(Service { namespace: namespace.unwrap_or_else(|| "default".into()), name, labels, selector });
+                self.services.push(Service {
+                    namespace: namespace.unwrap_or_else(|| "default".into()),
+                    name,
+                    labels,
+                    selector,
+                });
             }
             // Anything else in a `kubectl get` dump says nothing about policy.
             _ => {}

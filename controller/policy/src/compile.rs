@@ -169,7 +169,11 @@ fn covers(d: &PolicyKey, e: &PolicyKey) -> bool {
 /// Merges the contributions for one remote identity: the strongest verdict per key, then every
 /// allow or redirect inside a broader deny is dropped. The trie returns only the longest match,
 /// so without this a narrower allow would beat the deny that must win over it.
-fn resolve(identity: u32, direction: u8, contributions: impl Iterator<Item = (Option<u8>, u16, u8, u8, u32)>) -> Vec<PolicyEntry> {
+fn resolve(
+    identity: u32,
+    direction: u8,
+    contributions: impl Iterator<Item = (Option<u8>, u16, u8, u8, u32)>,
+) -> Vec<PolicyEntry> {
     let mut map: BTreeMap<PolicyKey, PolicyValue> = BTreeMap::new();
     for (protocol, port, bits, verdict, cookie) in contributions {
         let key = PolicyKey::new(identity, direction, protocol, port, bits);
@@ -322,7 +326,8 @@ impl Engine {
 
     /// The ipcache: pods as /32, CIDR identities for referenced prefixes, node addresses.
     pub fn ipcache(&self) -> Vec<(Prefix, u32)> {
-        let mut entries: Vec<(Prefix, u32)> = self.identities.cidr_identities().filter_map(|i| Some((i.prefix?, i.id))).collect();
+        let mut entries: Vec<(Prefix, u32)> =
+            self.identities.cidr_identities().filter_map(|i| Some((i.prefix?, i.id))).collect();
         for node in &self.cluster.nodes {
             entries.extend(node.addresses.iter().map(|a| (Prefix::new(*a, 32), dp::IDENTITY_REMOTE_NODE)));
         }
@@ -544,7 +549,9 @@ impl Engine {
         policy
             .rules
             .iter()
-            .filter(|r| r.verdict != dp::VERDICT_DENY && (self.rule_selects(r, id) || self.rule_selects(r, dp::IDENTITY_ANY)))
+            .filter(|r| {
+                r.verdict != dp::VERDICT_DENY && (self.rule_selects(r, id) || self.rule_selects(r, dp::IDENTITY_ANY))
+            })
             .map(|r| r.cookie)
             .collect()
     }
@@ -562,7 +569,8 @@ impl Engine {
             Peer::Labels(selector) => selector.matches(&identity.labels),
             Peer::Cidr(block) => identity.prefix.is_some_and(|p| block.selects(&p)),
             Peer::IpBlock(block) => {
-                identity.prefix.is_some_and(|p| block.selects(&p)) || identity.labels.get(Source::Cidr, &ip_block_label(block)).is_some()
+                identity.prefix.is_some_and(|p| block.selects(&p))
+                    || identity.labels.get(Source::Cidr, &ip_block_label(block)).is_some()
             }
             Peer::Service(service) => self.service_selectors(service).iter().any(|s| s.matches(&identity.labels)),
             // Addresses come from DNS answers at runtime; offline there are none.
@@ -601,7 +609,9 @@ impl Engine {
                 _ => None,
             };
             let selected: BTreeSet<u32> = match namespace {
-                Some(ns) => self.identities.in_namespace(&ns).filter(|i| self.peer_selects(peer, i)).map(|i| i.id).collect(),
+                Some(ns) => {
+                    self.identities.in_namespace(&ns).filter(|i| self.peer_selects(peer, i)).map(|i| i.id).collect()
+                }
                 None => self.identities.all().filter(|i| self.peer_selects(peer, i)).map(|i| i.id).collect(),
             };
             self.selections.insert(peer.clone(), selected);
@@ -611,7 +621,11 @@ impl Engine {
 
     fn compile_group(&mut self, key: &GroupKey) -> Group {
         let Some(identity) = self.identities.get(key.identity).cloned() else {
-            let empty = DirectionPolicy { enforcement: Enforcement::NotEnforced, rules: Vec::new(), by_identity: HashMap::new() };
+            let empty = DirectionPolicy {
+                enforcement: Enforcement::NotEnforced,
+                rules: Vec::new(),
+                by_identity: HashMap::new(),
+            };
             return Group { ingress: empty.clone(), egress: empty };
         };
         let subject_rules: Vec<(usize, usize)> = self
@@ -624,7 +638,12 @@ impl Engine {
         Group { ingress, egress }
     }
 
-    fn compile_direction(&mut self, direction: Direction, subject_rules: &[(usize, usize)], key: &GroupKey) -> DirectionPolicy {
+    fn compile_direction(
+        &mut self,
+        direction: Direction,
+        subject_rules: &[(usize, usize)],
+        key: &GroupKey,
+    ) -> DirectionPolicy {
         let own_ports = &key.ports[..];
         let sections: Vec<&Section> =
             subject_rules.iter().map(|(p, r)| self.policies.policies[*p].rules[*r].section(direction)).collect();
@@ -637,7 +656,12 @@ impl Engine {
             EnforcementMode::Default => Enforcement::NotEnforced,
         };
         let mut rules = Vec::new();
-        let allow_all = |cookie| CompiledRule { cookie, peers: CompiledPeers::All, keys: vec![(None, 0, 0)], verdict: dp::VERDICT_ALLOW };
+        let allow_all = |cookie| CompiledRule {
+            cookie,
+            peers: CompiledPeers::All,
+            keys: vec![(None, 0, 0)],
+            verdict: dp::VERDICT_ALLOW,
+        };
         match enforcement {
             Enforcement::NotEnforced => rules.push(allow_all(dp::COOKIE_NOT_ENFORCED)),
             Enforcement::DefaultAllow => rules.push(allow_all(dp::COOKIE_DEFAULT_ALLOW)),
@@ -701,7 +725,9 @@ impl Engine {
             let proto = port.protocol.number();
             match &port.port {
                 PortSpec::Any => keys.push((Some(proto), 0, 0)),
-                PortSpec::Range(lo, hi) => keys.extend(port_prefixes(*lo, *hi).into_iter().map(|(p, b)| (Some(proto), p, b))),
+                PortSpec::Range(lo, hi) => {
+                    keys.extend(port_prefixes(*lo, *hi).into_iter().map(|(p, b)| (Some(proto), p, b)))
+                }
                 PortSpec::Named(name) => {
                     for number in self.resolve_named_port(name, port.protocol, direction, own_ports) {
                         keys.push((Some(proto), number, 16));
@@ -719,14 +745,22 @@ impl Engine {
 
     /// Ingress names resolve against the endpoint's own ports; egress names against every pod's,
     /// and a name that maps to different numbers across pods resolves to nothing (as in Cilium).
-    pub fn resolve_named_port(&self, name: &str, protocol: Protocol, direction: Direction, own_ports: &[ContainerPort]) -> Vec<u16> {
+    pub fn resolve_named_port(
+        &self,
+        name: &str,
+        protocol: Protocol,
+        direction: Direction,
+        own_ports: &[ContainerPort],
+    ) -> Vec<u16> {
         match direction {
             Direction::Ingress => own_ports
                 .iter()
                 .filter(|p| p.name.as_deref() == Some(name) && p.protocol == protocol)
                 .map(|p| p.port)
                 .collect(),
-            Direction::Egress => self.egress_port_numbers(name).into_iter().filter(|(p, _)| *p == protocol).map(|(_, n)| n).collect(),
+            Direction::Egress => {
+                self.egress_port_numbers(name).into_iter().filter(|(p, _)| *p == protocol).map(|(_, n)| n).collect()
+            }
         }
     }
 
@@ -742,13 +776,19 @@ impl Engine {
     /// number those names resolve to changed.
     fn recompile_groups_naming(&mut self, names: &BTreeSet<String>) {
         let names_one = |rule: &Rule| {
-            rule.egress.rules.iter().flat_map(|r| &r.ports).any(|p| matches!(&p.port, PortSpec::Named(n) if names.contains(n)))
+            rule.egress
+                .rules
+                .iter()
+                .flat_map(|r| &r.ports)
+                .any(|p| matches!(&p.port, PortSpec::Named(n) if names.contains(n)))
         };
         let rules: Vec<&Rule> = self.policies.policies.iter().flat_map(|p| &p.rules).filter(|r| names_one(r)).collect();
         let keys: Vec<GroupKey> = self
             .groups
             .keys()
-            .filter(|key| self.identities.get(key.identity).is_some_and(|i| rules.iter().any(|r| r.subject.matches(&i.labels))))
+            .filter(|key| {
+                self.identities.get(key.identity).is_some_and(|i| rules.iter().any(|r| r.subject.matches(&i.labels)))
+            })
             .cloned()
             .collect();
         for key in keys {
@@ -805,7 +845,9 @@ fn cidr_prefixes_of(policy: &Policy) -> BTreeSet<Prefix> {
 
 fn ip_blocks(set: &PolicySet) -> BTreeSet<CidrBlock> {
     let mut blocks = BTreeSet::new();
-    for peer_rule in set.policies.iter().flat_map(|p| &p.rules).flat_map(|r| r.ingress.rules.iter().chain(&r.egress.rules)) {
+    for peer_rule in
+        set.policies.iter().flat_map(|p| &p.rules).flat_map(|r| r.ingress.rules.iter().chain(&r.egress.rules))
+    {
         if let Peers::Some(peers) = &peer_rule.peers {
             blocks.extend(peers.iter().filter_map(|p| match p {
                 Peer::IpBlock(block) => Some(block.clone()),
@@ -818,9 +860,12 @@ fn ip_blocks(set: &PolicySet) -> BTreeSet<CidrBlock> {
 
 fn ip_block_label(block: &CidrBlock) -> String {
     let except: Vec<String> = block.except.iter().map(ToString::to_string).collect();
-    if except.is_empty() { format!("ipblock:{}", block.cidr) } else { format!("ipblock:{}-except-{}", block.cidr, except.join("+")) }
+    if except.is_empty() {
+        format!("ipblock:{}", block.cidr)
+    } else {
+        format!("ipblock:{}-except-{}", block.cidr, except.join("+"))
+    }
 }
-
 
 #[cfg(test)]
 mod tests {
@@ -846,7 +891,12 @@ mod tests {
     fn described(engine: &Engine, ns: &str, name: &str, d: Direction) -> Vec<(String, Option<u8>, u16, u8, u32)> {
         let group = engine.endpoint(ns, name).expect("endpoint").group;
         let name_of = |id: u32| engine.identities().get(id).map_or(id.to_string(), |i| i.labels.to_string());
-        group.direction(d).entries().iter().map(|e| (name_of(e.key.identity()), e.key.protocol(), e.key.port(), e.value.verdict, e.value.cookie)).collect()
+        group
+            .direction(d)
+            .entries()
+            .iter()
+            .map(|e| (name_of(e.key.identity()), e.key.protocol(), e.key.port(), e.value.verdict, e.value.cookie))
+            .collect()
     }
 
     #[test]
@@ -854,7 +904,9 @@ mod tests {
         let cluster = "kind: Pod\nmetadata:\n  name: a\n  namespace: ns\n  labels:\n    app: a\nspec:\n  containers: []\nstatus:\n  podIP: 10.0.0.1\n";
         let cluster = Cluster::parse(&[crate::SourceFile { name: "c.yaml", text: cluster }]).expect("cluster");
         let egress = |name: &str, extra: &str| {
-            format!("apiVersion: cilium.io/v2\nkind: CiliumNetworkPolicy\nmetadata:\n  name: {name}\n  namespace: ns\nspecs:\n  - endpointSelector: {{}}\n    egress:\n      - toCIDR: [192.0.2.0/24]\n{extra}")
+            format!(
+                "apiVersion: cilium.io/v2\nkind: CiliumNetworkPolicy\nmetadata:\n  name: {name}\n  namespace: ns\nspecs:\n  - endpointSelector: {{}}\n    egress:\n      - toCIDR: [192.0.2.0/24]\n{extra}"
+            )
         };
         let second = "  - endpointSelector: {}\n    egress:\n      - toEntities: [world]\n";
         let set = parse_set(&format!("{}---\n{}", egress("one", second), egress("two", "")));
@@ -907,7 +959,8 @@ mod tests {
         );
         let cluster = Cluster { pods: vec![pod("client", 1), pod("server", 8080)], ..Default::default() };
         let mut engine = Engine::new(set, cluster, EnforcementMode::Default);
-        let allows_8080 = |e: &Engine| e.endpoint("ns", "client").unwrap().group.egress.lookup(0, dp::PROTO_TCP, 8080).is_some();
+        let allows_8080 =
+            |e: &Engine| e.endpoint("ns", "client").unwrap().group.egress.lookup(0, dp::PROTO_TCP, 8080).is_some();
         assert!(!allows_8080(&engine), "client and server disagree on the number of \"web\"");
         engine.upsert_pod(pod("client", 8080));
         assert!(allows_8080(&engine), "once every pod agrees, the name resolves to 8080");

@@ -55,6 +55,12 @@ impl Reporter<'_> {
 
     fn push(&mut self, severity: Severity, path: &str, message: String) {
         let line = self.line_of(path);
-        self.diagnostics.push(Diagnostic { severity, file: self.file.to_string(), line, path: path.to_string(), message });
+        self.diagnostics.push(Diagnostic {
+            severity,
+            file: self.file.to_string(),
+            line,
+            path: path.to_string(),
+            message,
+        });
     }
 }

@@ -23,7 +23,11 @@ pub struct FlowText {
 
 impl FlowText {
     pub fn parse(&self) -> Result<Flow, String> {
-        Ok(Flow { from: FlowEnd::parse(&self.from)?, to: FlowEnd::parse(&self.to)?, port: FlowPort::parse(&self.port)? })
+        Ok(Flow {
+            from: FlowEnd::parse(&self.from)?,
+            to: FlowEnd::parse(&self.to)?,
+            port: FlowPort::parse(&self.port)?,
+        })
     }
 }
 
@@ -92,7 +96,14 @@ pub fn semantic_diff(before: &Engine, after: &Engine, flows: &[Flow]) -> Result<
             _ if old.egress_rule != new.egress_rule || old.ingress_rule != new.ingress_rule => Change::RuleChanged,
             _ => continue,
         };
-        changes.push(FlowChange { from: flow.from.to_string(), to: flow.to.to_string(), port: flow.port.to_string(), change, before: old, after: new });
+        changes.push(FlowChange {
+            from: flow.from.to_string(),
+            to: flow.to.to_string(),
+            port: flow.port.to_string(),
+            change,
+            before: old,
+            after: new,
+        });
     }
     Ok(changes)
 }

@@ -65,10 +65,7 @@ impl LabelSet {
 
     /// The value of `key` if its source is accepted by `source` (`Any` accepts every source).
     pub fn get(&self, source: Source, key: &str) -> Option<&str> {
-        self.0
-            .get(key)
-            .filter(|(s, _)| source == Source::Any || *s == source)
-            .map(|(_, v)| v.as_str())
+        self.0.get(key).filter(|(s, _)| source == Source::Any || *s == source).map(|(_, v)| v.as_str())
     }
 
     pub fn has_source(&self, source: Source) -> bool {

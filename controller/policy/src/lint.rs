@@ -38,8 +38,14 @@ pub fn lint_with_cluster(engine: &Engine) -> Vec<Diagnostic> {
         for rule in &policy.rules {
             let selected: Vec<_> = identities.iter().filter(|i| rule.subject.matches(&i.labels)).collect();
             if selected.is_empty() {
-                let field = if policy.id.kind == PolicyKind::NetworkPolicy { "podSelector" } else { "endpointSelector" };
-                out.push(warning(policy, rule.line, &format!("{}.{field}", rule.path), format!("selects no pod in the cluster ({})", rule.subject)));
+                let field =
+                    if policy.id.kind == PolicyKind::NetworkPolicy { "podSelector" } else { "endpointSelector" };
+                out.push(warning(
+                    policy,
+                    rule.line,
+                    &format!("{}.{field}", rule.path),
+                    format!("selects no pod in the cluster ({})", rule.subject),
+                ));
                 continue;
             }
             if let Some(message) = denies_dns_by_accident(engine, rule) {
@@ -51,7 +57,12 @@ pub fn lint_with_cluster(engine: &Engine) -> Vec<Diagnostic> {
                     if let Peer::Labels(selector) = peer
                         && !engine.identities().all().any(|i| selector.matches(&i.labels))
                     {
-                        out.push(warning(policy, peer_rule.line, &peer_rule.path, format!("peer selector {selector} matches no pod or entity in the cluster")));
+                        out.push(warning(
+                            policy,
+                            peer_rule.line,
+                            &peer_rule.path,
+                            format!("peer selector {selector} matches no pod or entity in the cluster"),
+                        ));
                     }
                 }
             }
@@ -69,13 +80,17 @@ pub fn lint_with_cluster(engine: &Engine) -> Vec<Diagnostic> {
             _ => None,
         })
         .collect();
-    for (name, numbers) in engine.ambiguous_port_names().into_iter().filter(|(name, _)| egress_port_names.contains(name)) {
+    for (name, numbers) in
+        engine.ambiguous_port_names().into_iter().filter(|(name, _)| egress_port_names.contains(name))
+    {
         out.push(Diagnostic {
             severity: Severity::Warning,
             file: String::new(),
             line: 0,
             path: String::new(),
-            message: format!("egress rules naming port {name:?} match nothing: pods disagree on its number {numbers:?}"),
+            message: format!(
+                "egress rules naming port {name:?} match nothing: pods disagree on its number {numbers:?}"
+            ),
         });
     }
     out
@@ -86,7 +101,8 @@ pub fn lint_with_cluster(engine: &Engine) -> Vec<Diagnostic> {
 /// (an empty rule `{}`) are not flagged.
 fn denies_dns_by_accident(engine: &Engine, rule: &Rule) -> Option<String> {
     let section = &rule.egress;
-    if !section.enables_policy || section.rules.iter().any(|r| r.peers == Peers::Some(Vec::new()) && r.ports.is_empty()) {
+    if !section.enables_policy || section.rules.iter().any(|r| r.peers == Peers::Some(Vec::new()) && r.ports.is_empty())
+    {
         return None;
     }
     let dns = engine
@@ -100,7 +116,10 @@ fn denies_dns_by_accident(engine: &Engine, rule: &Rule) -> Option<String> {
         .endpoints()
         .filter(|e| rule.subject.matches(&e.identity.labels) && e.group.egress.enforcement == Enforcement::DefaultDeny)
         .filter(|e| {
-            e.group.egress.lookup(dns, palisade_common::PROTO_UDP, 53).is_none_or(|entry| entry.value.verdict == palisade_common::VERDICT_DENY)
+            e.group
+                .egress
+                .lookup(dns, palisade_common::PROTO_UDP, 53)
+                .is_none_or(|entry| entry.value.verdict == palisade_common::VERDICT_DENY)
         })
         .map(|e| e.pod.key())
         .collect();

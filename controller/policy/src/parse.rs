@@ -167,10 +167,13 @@ fn parse_object(r: &mut Reporter, root: &Node, prefix: &str, options: &ParseOpti
                 None => r.error(prefix, format!("not a Kubernetes object: {missing} is required")),
             }
         }
-        (version, kind) if version.starts_with("cilium.io/") || version.starts_with("networking.k8s.io/") => {
-            r.error(&join(prefix, "kind"), format!("unsupported: {version} {kind} is not a policy kind Palisade enforces"))
+        (version, kind) if version.starts_with("cilium.io/") || version.starts_with("networking.k8s.io/") => r.error(
+            &join(prefix, "kind"),
+            format!("unsupported: {version} {kind} is not a policy kind Palisade enforces"),
+        ),
+        (version, kind) => {
+            r.warning(&join(prefix, "kind"), format!("ignored: {version} {kind} is not a network policy"))
         }
-        (version, kind) => r.warning(&join(prefix, "kind"), format!("ignored: {version} {kind} is not a network policy")),
     }
 }
 
@@ -232,10 +235,16 @@ impl<'r, 'a> Translator<'r, 'a> {
         if meta.name.is_empty() {
             self.error("metadata.name", "a name is required");
         } else if !is_dns_subdomain(&meta.name) {
-            self.error("metadata.name", format!("{:?} is not a valid name (lowercase letters, digits, '-' and '.')", meta.name));
+            self.error(
+                "metadata.name",
+                format!("{:?} is not a valid name (lowercase letters, digits, '-' and '.')", meta.name),
+            );
         }
         if self.kind == PolicyKind::CiliumClusterwideNetworkPolicy && meta.namespace.is_some() {
-            self.warning("metadata.namespace", "a CiliumClusterwideNetworkPolicy is cluster-wide; the namespace is ignored");
+            self.warning(
+                "metadata.namespace",
+                "a CiliumClusterwideNetworkPolicy is cluster-wide; the namespace is ignored",
+            );
         }
     }
 
@@ -243,7 +252,8 @@ impl<'r, 'a> Translator<'r, 'a> {
         if self.failed {
             return None;
         }
-        let node = if self.prefix.is_empty() { self.r.root } else { self.r.root.get(&yaml::parse_path(&self.prefix))? };
+        let node =
+            if self.prefix.is_empty() { self.r.root } else { self.r.root.get(&yaml::parse_path(&self.prefix))? };
         Some(Policy {
             id: PolicyId { kind: self.kind, namespace: self.namespace.clone(), name: meta.name.clone() },
             file: self.r.file.to_string(),
@@ -299,7 +309,10 @@ impl<'r, 'a> Translator<'r, 'a> {
         if let Some(labels) = &raw.labels {
             for (i, label) in labels.iter().enumerate() {
                 if !label.source.is_empty() && Source::parse(&label.source).is_none() {
-                    self.error(&format!("{path}.labels[{i}].source"), format!("unknown label source {:?}", label.source));
+                    self.error(
+                        &format!("{path}.labels[{i}].source"),
+                        format!("unknown label source {:?}", label.source),
+                    );
                 }
             }
         }
@@ -422,13 +435,22 @@ impl<'r, 'a> Translator<'r, 'a> {
     fn exclusive_peers(&mut self, path: &str, fields: &[(&str, bool)]) {
         let present: Vec<&str> = fields.iter().filter(|(_, set)| *set).map(|(name, _)| *name).collect();
         if present.len() > 1 {
-            self.error(path, format!("combining {} in one rule is not supported; write one rule per peer kind", present.join(" and ")));
+            self.error(
+                path,
+                format!(
+                    "combining {} in one rule is not supported; write one rule per peer kind",
+                    present.join(" and ")
+                ),
+            );
         }
     }
 
     fn requires(&mut self, raw: Option<&[api::LabelSelector]>, path: &str) -> Vec<Requirement> {
         let Some(raw) = raw else { return Vec::new() };
-        self.warning(path, "deprecated (removed in Cilium 1.19): the requirements are added to this rule's endpoint peers only");
+        self.warning(
+            path,
+            "deprecated (removed in Cilium 1.19): the requirements are added to this rule's endpoint peers only",
+        );
         let mut requirements = Vec::new();
         for (i, selector) in raw.iter().enumerate() {
             if let Some(selector) = self.selector(selector, &format!("{path}[{i}]")) {
@@ -490,7 +512,11 @@ impl<'r, 'a> Translator<'r, 'a> {
             let at = format!("{path}.toServices[{i}]");
             match (&service.k8s_service, &service.k8s_service_selector) {
                 (Some(name), None) => peers.push(Peer::Service(ServiceRef::Name {
-                    namespace: name.namespace.clone().or_else(|| self.namespace.clone()).unwrap_or_else(|| "default".into()),
+                    namespace: name
+                        .namespace
+                        .clone()
+                        .or_else(|| self.namespace.clone())
+                        .unwrap_or_else(|| "default".into()),
                     name: name.service_name.clone(),
                 })),
                 (None, Some(sel)) => {
@@ -544,7 +570,10 @@ impl<'r, 'a> Translator<'r, 'a> {
                 "Exists" => Operator::Exists,
                 "DoesNotExist" => Operator::DoesNotExist,
                 other => {
-                    self.error(&format!("{at}.operator"), format!("{other:?} is not In, NotIn, Exists or DoesNotExist"));
+                    self.error(
+                        &format!("{at}.operator"),
+                        format!("{other:?} is not In, NotIn, Exists or DoesNotExist"),
+                    );
                     continue;
                 }
             };
@@ -554,7 +583,12 @@ impl<'r, 'a> Translator<'r, 'a> {
             } else if !needs_values && !expr.values.is_empty() {
                 self.error(&format!("{at}.values"), format!("{} takes no values", expr.operator));
             }
-            requirements.push(Requirement { source, key: key.to_string(), operator, values: expr.values.iter().cloned().collect() });
+            requirements.push(Requirement {
+                source,
+                key: key.to_string(),
+                operator,
+                values: expr.values.iter().cloned().collect(),
+            });
         }
         (self.failed == failed_before).then(|| Selector::new(requirements))
     }
@@ -567,7 +601,10 @@ impl<'r, 'a> Translator<'r, 'a> {
                 None
             }
             None => {
-                self.error(path, format!("{raw:?} has an unknown label source (k8s, any, reserved, cidr, container, unspec)"));
+                self.error(
+                    path,
+                    format!("{raw:?} has an unknown label source (k8s, any, reserved, cidr, container, unspec)"),
+                );
                 None
             }
         }
@@ -578,7 +615,10 @@ impl<'r, 'a> Translator<'r, 'a> {
             return Some(prefix);
         }
         if is_ipv6_prefix(raw) {
-            self.warning(path, format!("{raw}: IPv6 is not enforced by Palisade's IPv4 datapath yet; this prefix selects nothing"));
+            self.warning(
+                path,
+                format!("{raw}: IPv6 is not enforced by Palisade's IPv4 datapath yet; this prefix selects nothing"),
+            );
         } else {
             self.error(path, format!("{raw:?} is not an IP address or CIDR prefix"));
         }
@@ -604,17 +644,23 @@ impl<'r, 'a> Translator<'r, 'a> {
         let valid_name = |s: &str, wildcard: bool| {
             !s.is_empty()
                 && s.len() <= 255
-                && s.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.' || c == '_' || (wildcard && c == '*'))
+                && s.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.' || c == '_' || (wildcard && c == '*'))
         };
         match (&raw.match_name, &raw.match_pattern) {
             (Some(name), None) if valid_name(name, false) => Some(FqdnMatch::Name(name.to_ascii_lowercase())),
-            (None, Some(pattern)) if valid_name(pattern, true) => Some(FqdnMatch::Pattern(pattern.to_ascii_lowercase())),
+            (None, Some(pattern)) if valid_name(pattern, true) => {
+                Some(FqdnMatch::Pattern(pattern.to_ascii_lowercase()))
+            }
             (Some(name), None) => {
                 self.error(&format!("{path}.matchName"), format!("{name:?} is not a DNS name"));
                 None
             }
             (None, Some(pattern)) => {
-                self.error(&format!("{path}.matchPattern"), format!("{pattern:?} is not a DNS name pattern (letters, digits, '-', '.', '*')"));
+                self.error(
+                    &format!("{path}.matchPattern"),
+                    format!("{pattern:?} is not a DNS name pattern (letters, digits, '-', '.', '*')"),
+                );
                 None
             }
             _ => {
@@ -624,10 +670,20 @@ impl<'r, 'a> Translator<'r, 'a> {
         }
     }
 
-    fn l4(&mut self, to_ports: Option<&[api::PortRule]>, icmps: Option<&[api::IcmpRule]>, path: &str, deny: bool, direction: Direction) -> Vec<PortRule> {
+    fn l4(
+        &mut self,
+        to_ports: Option<&[api::PortRule]>,
+        icmps: Option<&[api::IcmpRule]>,
+        path: &str,
+        deny: bool,
+        direction: Direction,
+    ) -> Vec<PortRule> {
         let mut rules = Vec::new();
         if to_ports.is_some() && icmps.is_some() {
-            self.error(&format!("{path}.icmps"), "icmps cannot be combined with toPorts in one rule; write a separate rule");
+            self.error(
+                &format!("{path}.icmps"),
+                "icmps cannot be combined with toPorts in one rule; write a separate rule",
+            );
         }
         for (i, port_rule) in to_ports.iter().copied().flatten().enumerate() {
             let at = format!("{path}.toPorts[{i}]");
@@ -674,7 +730,10 @@ impl<'r, 'a> Translator<'r, 'a> {
                 };
                 match icmp_type(&field.icmp_type, protocol) {
                     Some(t) => rules.push(PortRule { protocol, port: PortSpec::Range(t as u16, t as u16), l7: None }),
-                    None => self.error(&format!("{at}.type"), format!("{:?} is not an ICMP type number or name", display_int_or_string(&field.icmp_type))),
+                    None => self.error(
+                        &format!("{at}.type"),
+                        format!("{:?} is not an ICMP type number or name", display_int_or_string(&field.icmp_type)),
+                    ),
                 }
             }
         }
@@ -828,7 +887,10 @@ impl<'r, 'a> Translator<'r, 'a> {
         match RegexBuilder::new(&format!("^(?:{pattern})$")).size_limit(REGEX_SIZE_LIMIT).build() {
             Ok(regex) => Some(regex),
             Err(e) => {
-                self.error(path, format!("{pattern:?} is not a valid regular expression: {}", first_line(&e.to_string())));
+                self.error(
+                    path,
+                    format!("{pattern:?} is not a valid regular expression: {}", first_line(&e.to_string())),
+                );
                 None
             }
         }
@@ -869,7 +931,8 @@ impl<'r, 'a> Translator<'r, 'a> {
             let path = format!("spec.egress[{i}]");
             egress.extend(self.knp_rule(rule.to.as_deref(), rule.ports.as_deref(), &path, "to"));
         }
-        let section = |direction, rules| Section { enables_policy: types.contains(&direction), default_deny: true, rules };
+        let section =
+            |direction, rules| Section { enables_policy: types.contains(&direction), default_deny: true, rules };
         let rule = Rule {
             path: "spec".into(),
             line: self.r.line_of(&self.path("spec.podSelector")),
@@ -881,7 +944,13 @@ impl<'r, 'a> Translator<'r, 'a> {
         self.finish(&raw.metadata, line, vec![rule])
     }
 
-    fn knp_rule(&mut self, peers: Option<&[api::NetworkPolicyPeer]>, ports: Option<&[api::NetworkPolicyPort]>, path: &str, field: &str) -> Option<PeerRule> {
+    fn knp_rule(
+        &mut self,
+        peers: Option<&[api::NetworkPolicyPeer]>,
+        ports: Option<&[api::NetworkPolicyPort]>,
+        path: &str,
+        field: &str,
+    ) -> Option<PeerRule> {
         let failed_before = self.failed;
         let ns = self.namespace.clone().unwrap_or_default();
         // A missing or empty peer list allows every peer, world included.
@@ -892,16 +961,24 @@ impl<'r, 'a> Translator<'r, 'a> {
                 for (i, peer) in list.iter().enumerate() {
                     let at = format!("{path}.{field}[{i}]");
                     match (&peer.pod_selector, &peer.namespace_selector, &peer.ip_block) {
-                        (None, None, Some(block)) => out.extend(self.cidr_block(&block.cidr, &block.except, &format!("{at}.ipBlock")).map(Peer::IpBlock)),
-                        (_, _, Some(_)) => self.error(&at, "ipBlock cannot be combined with podSelector or namespaceSelector"),
-                        (None, None, None) => self.error(&at, "one of podSelector, namespaceSelector or ipBlock is required"),
+                        (None, None, Some(block)) => out.extend(
+                            self.cidr_block(&block.cidr, &block.except, &format!("{at}.ipBlock")).map(Peer::IpBlock),
+                        ),
+                        (_, _, Some(_)) => {
+                            self.error(&at, "ipBlock cannot be combined with podSelector or namespaceSelector")
+                        }
+                        (None, None, None) => {
+                            self.error(&at, "one of podSelector, namespaceSelector or ipBlock is required")
+                        }
                         (pods, namespaces, None) => {
                             let pods = match pods {
                                 Some(p) => self.selector(p, &format!("{at}.podSelector")),
                                 None => Some(Selector::default()),
                             };
                             let namespaces = match namespaces {
-                                Some(n) => self.selector(n, &format!("{at}.namespaceSelector")).map(namespace_label_selector),
+                                Some(n) => {
+                                    self.selector(n, &format!("{at}.namespaceSelector")).map(namespace_label_selector)
+                                }
                                 None => Some(vec![Requirement::equals(Source::K8s, labels::NAMESPACE_KEY, ns.clone())]),
                             };
                             if let (Some(pods), Some(namespaces)) = (pods, namespaces) {
@@ -961,11 +1038,11 @@ fn non_empty<T>(list: &Option<Vec<T>>) -> bool {
 /// Replaces any namespace requirement with the policy's own namespace.
 fn force_namespace(selector: Selector, namespace: &str) -> Selector {
     Selector::new(
-        selector
-            .requirements()
-            .filter(|r| r.key != labels::NAMESPACE_KEY)
-            .cloned()
-            .chain([Requirement::equals(Source::K8s, labels::NAMESPACE_KEY, namespace)]),
+        selector.requirements().filter(|r| r.key != labels::NAMESPACE_KEY).cloned().chain([Requirement::equals(
+            Source::K8s,
+            labels::NAMESPACE_KEY,
+            namespace,
+        )]),
     )
 }
 
@@ -973,7 +1050,11 @@ fn force_namespace(selector: Selector, namespace: &str) -> Selector {
 fn namespace_label_selector(selector: Selector) -> Vec<Requirement> {
     let mut requirements: Vec<Requirement> = selector
         .requirements()
-        .map(|r| Requirement { source: Source::K8s, key: format!("{}{}", labels::NAMESPACE_LABELS_PREFIX, r.key), ..r.clone() })
+        .map(|r| Requirement {
+            source: Source::K8s,
+            key: format!("{}{}", labels::NAMESPACE_LABELS_PREFIX, r.key),
+            ..r.clone()
+        })
         .collect();
     if requirements.is_empty() {
         requirements.push(Requirement::exists(Source::K8s, labels::NAMESPACE_KEY));
@@ -982,8 +1063,19 @@ fn namespace_label_selector(selector: Selector) -> Vec<Requirement> {
 }
 
 const ENTITIES: [&str; 13] = [
-    "all", "world", "world-ipv4", "world-ipv6", "cluster", "host", "remote-node", "kube-apiserver", "init", "health",
-    "unmanaged", "ingress", "none",
+    "all",
+    "world",
+    "world-ipv4",
+    "world-ipv6",
+    "cluster",
+    "host",
+    "remote-node",
+    "kube-apiserver",
+    "init",
+    "health",
+    "unmanaged",
+    "ingress",
+    "none",
 ];
 
 enum EntityPeers {
@@ -1003,26 +1095,61 @@ fn entity_selectors(entity: &str) -> Option<EntityPeers> {
             .map(reserved)
             .chain([Selector::new([Requirement::equals(Source::K8s, labels::CLUSTER_KEY, labels::CLUSTER_NAME)])])
             .collect(),
-        "host" | "remote-node" | "kube-apiserver" | "init" | "health" | "unmanaged" | "ingress" => vec![reserved(entity)],
+        "host" | "remote-node" | "kube-apiserver" | "init" | "health" | "unmanaged" | "ingress" => {
+            vec![reserved(entity)]
+        }
         _ => return None,
     }))
 }
 
 const KAFKA_API_KEYS: [&str; 21] = [
-    "produce", "fetch", "offsets", "metadata", "leaderandisr", "stopreplica", "updatemetadata", "controlledshutdown",
-    "offsetcommit", "offsetfetch", "findcoordinator", "joingroup", "heartbeat", "leavegroup", "syncgroup",
-    "describegroups", "listgroups", "saslhandshake", "apiversions", "createtopics", "deletetopics",
+    "produce",
+    "fetch",
+    "offsets",
+    "metadata",
+    "leaderandisr",
+    "stopreplica",
+    "updatemetadata",
+    "controlledshutdown",
+    "offsetcommit",
+    "offsetfetch",
+    "findcoordinator",
+    "joingroup",
+    "heartbeat",
+    "leavegroup",
+    "syncgroup",
+    "describegroups",
+    "listgroups",
+    "saslhandshake",
+    "apiversions",
+    "createtopics",
+    "deletetopics",
 ];
 
 fn icmp_type(raw: &api::IntOrString, protocol: Protocol) -> Option<u8> {
     const V4: [(&str, u8); 12] = [
-        ("EchoReply", 0), ("DestinationUnreachable", 3), ("Redirect", 5), ("Echo", 8), ("EchoRequest", 8),
-        ("RouterAdvertisement", 9), ("RouterSelection", 10), ("TimeExceeded", 11), ("ParameterProblem", 12),
-        ("Timestamp", 13), ("TimestampReply", 14), ("Photuris", 40),
+        ("EchoReply", 0),
+        ("DestinationUnreachable", 3),
+        ("Redirect", 5),
+        ("Echo", 8),
+        ("EchoRequest", 8),
+        ("RouterAdvertisement", 9),
+        ("RouterSelection", 10),
+        ("TimeExceeded", 11),
+        ("ParameterProblem", 12),
+        ("Timestamp", 13),
+        ("TimestampReply", 14),
+        ("Photuris", 40),
     ];
     const V6: [(&str, u8); 9] = [
-        ("DestinationUnreachable", 1), ("PacketTooBig", 2), ("TimeExceeded", 3), ("ParameterProblem", 4),
-        ("EchoRequest", 128), ("EchoReply", 129), ("RouterSolicitation", 133), ("RouterAdvertisement", 134),
+        ("DestinationUnreachable", 1),
+        ("PacketTooBig", 2),
+        ("TimeExceeded", 3),
+        ("ParameterProblem", 4),
+        ("EchoRequest", 128),
+        ("EchoReply", 129),
+        ("RouterSolicitation", 133),
+        ("RouterAdvertisement", 134),
         ("NeighborSolicitation", 135),
     ];
     match raw {

@@ -28,7 +28,9 @@ impl FlowEnd {
         if let Some(name) = text.strip_prefix("entity:") {
             return match identity::reserved_id(name) {
                 Some(_) => Ok(FlowEnd::Entity(name.to_string())),
-                None => Err(format!("unknown entity {name:?} (world, host, remote-node, kube-apiserver, health, init, unmanaged, ingress)")),
+                None => Err(format!(
+                    "unknown entity {name:?} (world, host, remote-node, kube-apiserver, health, init, unmanaged, ingress)"
+                )),
             };
         }
         match text.split_once('/') {
@@ -160,19 +162,32 @@ pub struct Trace {
     pub ingress: Decision,
 }
 
-pub fn trace(engine: &Engine, from: &FlowEnd, to: &FlowEnd, port: FlowPort, http: Option<&HttpRequest>) -> Result<Trace, String> {
+pub fn trace(
+    engine: &Engine,
+    from: &FlowEnd,
+    to: &FlowEnd,
+    port: FlowPort,
+    http: Option<&HttpRequest>,
+) -> Result<Trace, String> {
     let from_id = identity_of(engine, from)?;
     let to_id = identity_of(engine, to)?;
     let egress = decide(engine, from, to_id, Direction::Egress, port, http);
     let ingress = decide(engine, to, from_id, Direction::Ingress, port, http);
-    let verdict = if egress.verdict == Verdict::Allowed && ingress.verdict == Verdict::Allowed { Verdict::Allowed } else { Verdict::Denied };
+    let verdict = if egress.verdict == Verdict::Allowed && ingress.verdict == Verdict::Allowed {
+        Verdict::Allowed
+    } else {
+        Verdict::Denied
+    };
     Ok(Trace { verdict, egress, ingress })
 }
 
 fn identity_of(engine: &Engine, end: &FlowEnd) -> Result<u32, String> {
     match end {
         FlowEnd::Pod { namespace, name } => {
-            let pod = engine.cluster.pod(namespace, name).ok_or_else(|| format!("no pod {namespace}/{name} in the cluster file"))?;
+            let pod = engine
+                .cluster
+                .pod(namespace, name)
+                .ok_or_else(|| format!("no pod {namespace}/{name} in the cluster file"))?;
             engine.identity_of_pod(pod).ok_or_else(|| format!("pod {namespace}/{name} has no identity"))
         }
         FlowEnd::Address(ip) => Ok(engine.identity_of_addr(*ip)),
@@ -180,7 +195,14 @@ fn identity_of(engine: &Engine, end: &FlowEnd) -> Result<u32, String> {
     }
 }
 
-fn decide(engine: &Engine, local: &FlowEnd, remote: u32, direction: Direction, port: FlowPort, http: Option<&HttpRequest>) -> Decision {
+fn decide(
+    engine: &Engine,
+    local: &FlowEnd,
+    remote: u32,
+    direction: Direction,
+    port: FlowPort,
+    http: Option<&HttpRequest>,
+) -> Decision {
     let remote_labels = engine.identities().get(remote).map(|i| i.labels.to_string()).unwrap_or_default();
     // The other side alone decides when this side is not a Palisade endpoint.
     let unpoliced = |rule: String| Decision {
@@ -203,7 +225,9 @@ fn decide(engine: &Engine, local: &FlowEnd, remote: u32, direction: Direction, p
     let entry = policy.lookup(remote, port.protocol.number(), port.port);
     let (mut verdict, rule) = match entry {
         None => (Verdict::Denied, engine.policies.describe_cookie(dp::COOKIE_NONE)),
-        Some(e) if e.value.verdict == dp::VERDICT_DENY => (Verdict::Denied, engine.policies.describe_cookie(e.value.cookie)),
+        Some(e) if e.value.verdict == dp::VERDICT_DENY => {
+            (Verdict::Denied, engine.policies.describe_cookie(e.value.cookie))
+        }
         Some(e) => (Verdict::Allowed, engine.policies.describe_cookie(e.value.cookie)),
     };
     let mut proxy = None;
@@ -267,7 +291,9 @@ fn proxy_decision(
             let covers = match &port_rule.port {
                 PortSpec::Any => true,
                 PortSpec::Range(lo, hi) => (*lo..=*hi).contains(&port.port),
-                PortSpec::Named(name) => engine.resolve_named_port(name, port_rule.protocol, direction, own_ports).contains(&port.port),
+                PortSpec::Named(name) => {
+                    engine.resolve_named_port(name, port_rule.protocol, direction, own_ports).contains(&port.port)
+                }
             };
             if !covers {
                 continue;

@@ -35,12 +35,7 @@ pub struct Limits {
 
 impl Default for Limits {
     fn default() -> Self {
-        Self {
-            max_bytes: 4 << 20,
-            max_depth: 64,
-            max_nodes: 200_000,
-            max_documents: 10_000,
-        }
+        Self { max_bytes: 4 << 20, max_depth: 64, max_nodes: 200_000, max_documents: 10_000 }
     }
 }
 
@@ -94,9 +89,7 @@ pub fn parse_documents(text: &str, limits: &Limits) -> Result<Vec<Node>, YamlErr
     let mut documents = Vec::new();
     let mut started = 0;
     loop {
-        let (event, mark) = parser
-            .next_token()
-            .map_err(|e| Pos::of(e.marker()).error(e.info()))?;
+        let (event, mark) = parser.next_token().map_err(|e| Pos::of(e.marker()).error(e.info()))?;
         let pos = Pos::of(&mark);
         match event {
             Event::StreamEnd => return Ok(documents),
@@ -124,11 +117,7 @@ pub fn parse_documents(text: &str, limits: &Limits) -> Result<Vec<Node>, YamlErr
                 builder.open(Collection::Seq(Vec::new()), anchor, tag.as_ref(), pos)?;
             }
             Event::MappingStart(anchor, tag) => {
-                let map = Collection::Map {
-                    entries: Vec::new(),
-                    key_lines: HashMap::new(),
-                    key: None,
-                };
+                let map = Collection::Map { entries: Vec::new(), key_lines: HashMap::new(), key: None };
                 builder.open(map, anchor, tag.as_ref(), pos)?;
             }
             Event::SequenceEnd | Event::MappingEnd => builder.close()?,
@@ -209,18 +198,11 @@ impl Node {
             Value::Null => Json::Null,
             Value::Bool(b) => Json::Bool(*b),
             Value::Int(i) => Json::from(*i),
-            Value::Float(f) => serde_json::Number::from_f64(*f).map_or_else(
-                || Json::String(non_finite_text(*f).to_owned()),
-                Json::Number,
-            ),
+            Value::Float(f) => serde_json::Number::from_f64(*f)
+                .map_or_else(|| Json::String(non_finite_text(*f).to_owned()), Json::Number),
             Value::String(s) => Json::String(s.clone()),
             Value::Seq(items) => items.iter().map(Node::to_json).collect(),
-            Value::Map(entries) => Json::Object(
-                entries
-                    .iter()
-                    .map(|(k, v)| (k.clone(), v.to_json()))
-                    .collect(),
-            ),
+            Value::Map(entries) => Json::Object(entries.iter().map(|(k, v)| (k.clone(), v.to_json())).collect()),
         }
     }
 
@@ -274,33 +256,19 @@ impl Pos {
     fn of(mark: &Marker) -> Self {
         // yaml-rust2 counts lines from 1 but columns from 0, in characters.
         let saturate = |n: usize| u32::try_from(n).unwrap_or(u32::MAX);
-        Pos {
-            line: saturate(mark.line()),
-            column: saturate(mark.col().saturating_add(1)),
-        }
+        Pos { line: saturate(mark.line()), column: saturate(mark.col().saturating_add(1)) }
     }
 
     fn at(node: &Node) -> Self {
-        Pos {
-            line: node.line,
-            column: node.column,
-        }
+        Pos { line: node.line, column: node.column }
     }
 
     fn error(self, message: impl Into<String>) -> YamlError {
-        YamlError {
-            line: self.line,
-            column: self.column,
-            message: message.into(),
-        }
+        YamlError { line: self.line, column: self.column, message: message.into() }
     }
 
     fn node(self, value: Value) -> Node {
-        Node {
-            line: self.line,
-            column: self.column,
-            value,
-        }
+        Node { line: self.line, column: self.column, value }
     }
 }
 
@@ -352,49 +320,28 @@ struct Anchored {
 
 impl<'a> Builder<'a> {
     fn new(limits: &'a Limits) -> Self {
-        Builder {
-            limits,
-            nodes: 0,
-            stack: Vec::new(),
-            anchors: HashMap::new(),
-            root: None,
-        }
+        Builder { limits, nodes: 0, stack: Vec::new(), anchors: HashMap::new(), root: None }
     }
 
     /// Reserves `n` nodes, failing before they are allocated.
     fn reserve(&mut self, n: usize, pos: Pos) -> Result<(), YamlError> {
         self.nodes = self.nodes.saturating_add(n);
         if self.nodes > self.limits.max_nodes {
-            return Err(pos.error(format!(
-                "more than {} YAML nodes (every node an alias copies counts)",
-                self.limits.max_nodes
-            )));
+            return Err(pos
+                .error(format!("more than {} YAML nodes (every node an alias copies counts)", self.limits.max_nodes)));
         }
         Ok(())
     }
 
     fn pending_key(&self) -> Option<Pos> {
         match &self.stack.last()?.collection {
-            Collection::Map {
-                key: Some((_, pos)),
-                ..
-            } => Some(*pos),
+            Collection::Map { key: Some((_, pos)), .. } => Some(*pos),
             _ => None,
         }
     }
 
-    fn open(
-        &mut self,
-        collection: Collection,
-        anchor: usize,
-        tag: Option<&Tag>,
-        pos: Pos,
-    ) -> Result<(), YamlError> {
-        if let Some(Frame {
-            collection: Collection::Map { key: None, .. },
-            ..
-        }) = self.stack.last()
-        {
+    fn open(&mut self, collection: Collection, anchor: usize, tag: Option<&Tag>, pos: Pos) -> Result<(), YamlError> {
+        if let Some(Frame { collection: Collection::Map { key: None, .. }, .. }) = self.stack.last() {
             return Err(pos.error(COMPLEX_KEY));
         }
         if let Some(tag) = tag {
@@ -407,38 +354,20 @@ impl<'a> Builder<'a> {
             }
         }
         if self.stack.len() >= self.limits.max_depth {
-            return Err(pos.error(format!(
-                "nested deeper than {} levels",
-                self.limits.max_depth
-            )));
+            return Err(pos.error(format!("nested deeper than {} levels", self.limits.max_depth)));
         }
         self.reserve(1, pos)?;
-        self.stack.push(Frame {
-            pos,
-            anchor,
-            size: 1,
-            height: 0,
-            collection,
-        });
+        self.stack.push(Frame { pos, anchor, size: 1, height: 0, collection });
         Ok(())
     }
 
     fn close(&mut self) -> Result<(), YamlError> {
-        let frame = self
-            .stack
-            .pop()
-            .expect("yaml-rust2 balances start and end events");
+        let frame = self.stack.pop().expect("yaml-rust2 balances start and end events");
         let value = match frame.collection {
             Collection::Seq(items) => Value::Seq(items),
             Collection::Map { entries, .. } => Value::Map(entries),
         };
-        self.finish(
-            frame.pos.node(value),
-            frame.anchor,
-            frame.size,
-            frame.height + 1,
-            None,
-        )
+        self.finish(frame.pos.node(value), frame.anchor, frame.size, frame.height + 1, None)
     }
 
     fn scalar(
@@ -467,10 +396,7 @@ impl<'a> Builder<'a> {
             return Err(pos.error("alias to an anchor that is not complete in this document"));
         };
         if self.stack.len() + height > self.limits.max_depth {
-            return Err(pos.error(format!(
-                "alias expands deeper than {} levels",
-                self.limits.max_depth
-            )));
+            return Err(pos.error(format!("alias expands deeper than {} levels", self.limits.max_depth)));
         }
         self.reserve(size, pos)?;
         let anchored = &self.anchors[&id];
@@ -493,12 +419,7 @@ impl<'a> Builder<'a> {
             // The kept copy is memory too; without counting it, nested anchors would multiply
             // the tree by its depth.
             self.reserve(size, Pos::at(&node))?;
-            let anchored = Anchored {
-                node: node.clone(),
-                size,
-                height,
-                key: key.clone(),
-            };
+            let anchored = Anchored { node: node.clone(), size, height, key: key.clone() };
             self.anchors.insert(anchor, anchored);
         }
         self.attach(node, size, height, key)
@@ -506,13 +427,7 @@ impl<'a> Builder<'a> {
 
     /// Puts a complete node into the innermost open collection, or makes it the root. `key` is
     /// the node's source text if it is a scalar.
-    fn attach(
-        &mut self,
-        node: Node,
-        size: usize,
-        height: usize,
-        key: Option<String>,
-    ) -> Result<(), YamlError> {
+    fn attach(&mut self, node: Node, size: usize, height: usize, key: Option<String>) -> Result<(), YamlError> {
         let Some(frame) = self.stack.last_mut() else {
             self.root = Some(node);
             return Ok(());
@@ -522,19 +437,13 @@ impl<'a> Builder<'a> {
         let pos = Pos::at(&node);
         match &mut frame.collection {
             Collection::Seq(items) => items.push(node),
-            Collection::Map {
-                entries,
-                key_lines,
-                key: pending,
-            } => match pending.take() {
+            Collection::Map { entries, key_lines, key: pending } => match pending.take() {
                 Some((name, _)) => entries.push((name, node)),
                 None => {
                     let name = key.ok_or_else(|| pos.error(COMPLEX_KEY))?;
                     // A second value for a key would silently hide the first.
                     if let Some(first) = key_lines.insert(name.clone(), pos.line) {
-                        return Err(
-                            pos.error(format!("duplicate key {name:?} (first on line {first})"))
-                        );
+                        return Err(pos.error(format!("duplicate key {name:?} (first on line {first})")));
                     }
                     // A block mapping's start event is marked at its first key's `:`; a flow
                     // mapping's at its `{`, which comes before the key.
@@ -583,9 +492,7 @@ fn resolve(text: &str, style: TScalarStyle, tag: Option<&Tag>) -> Result<Value, 
         | (Some("int"), v @ Value::Int(_))
         | (Some("float"), v @ Value::Float(_)) => Ok(v),
         (Some("float"), Value::Int(i)) => Ok(Value::Float(i as f64)),
-        (Some(name @ ("null" | "bool" | "int" | "float")), _) => {
-            Err(format!("{text:?} is not a valid !!{name}"))
-        }
+        (Some(name @ ("null" | "bool" | "int" | "float")), _) => Err(format!("{text:?} is not a valid !!{name}")),
         _ => Err(format!("unsupported tag {}", tag_text(tag))),
     }
 }
@@ -605,9 +512,7 @@ fn resolve_number(text: &str) -> Option<Value> {
     // Out-of-range integers yield None here and so stay strings.
     let radix = |digits: &str, radix: u32| {
         let valid = !digits.is_empty() && digits.chars().all(|c| c.is_digit(radix));
-        valid
-            .then(|| i64::from_str_radix(digits, radix).ok().map(Value::Int))
-            .flatten()
+        valid.then(|| i64::from_str_radix(digits, radix).ok().map(Value::Int)).flatten()
     };
     if let Some(hex) = text.strip_prefix("0x") {
         return radix(hex, 16);
@@ -620,17 +525,11 @@ fn resolve_number(text: &str) -> Option<Value> {
         return text.parse().ok().map(Value::Int);
     }
     if matches!(unsigned, ".inf" | ".Inf" | ".INF") {
-        let inf = if text.starts_with('-') {
-            f64::NEG_INFINITY
-        } else {
-            f64::INFINITY
-        };
+        let inf = if text.starts_with('-') { f64::NEG_INFINITY } else { f64::INFINITY };
         return Some(Value::Float(inf));
     }
     // Rust's float syntax is wider (`inf`, `NaN`), so the core schema's is checked first.
-    is_core_float(unsigned)
-        .then(|| text.parse().ok().map(Value::Float))
-        .flatten()
+    is_core_float(unsigned).then(|| text.parse().ok().map(Value::Float)).flatten()
 }
 
 fn is_digits(s: &str) -> bool {
@@ -645,9 +544,7 @@ fn is_core_float(s: &str) -> bool {
     };
     let digits_or_empty = |s: &str| s.bytes().all(|b| b.is_ascii_digit());
     let mantissa_ok = match mantissa.split_once('.') {
-        Some((int, frac)) => {
-            digits_or_empty(int) && digits_or_empty(frac) && !(int.is_empty() && frac.is_empty())
-        }
+        Some((int, frac)) => digits_or_empty(int) && digits_or_empty(frac) && !(int.is_empty() && frac.is_empty()),
         None => is_digits(mantissa),
     };
     mantissa_ok && exponent.is_none_or(|e| is_digits(e.strip_prefix(['-', '+']).unwrap_or(e)))
@@ -669,8 +566,7 @@ mod tests {
     }
 
     fn at<'n>(node: &'n Node, path: &str) -> &'n Node {
-        node.get(&parse_path(path))
-            .unwrap_or_else(|| panic!("no {path}"))
+        node.get(&parse_path(path)).unwrap_or_else(|| panic!("no {path}"))
     }
 
     const POLICY: &str = "\
@@ -714,25 +610,13 @@ spec:
         assert_eq!(doc.line_of(&port), 17);
         assert_eq!(doc.get(&port).unwrap().column, 21);
         assert_eq!(doc.line_of(&parse_path("spec.ingress[0]")), 12);
-        assert_eq!(
-            doc.line_of(&parse_path("spec.ingress[0].toPorts[0].ports[0].protocol")),
-            18
-        );
-        assert_eq!(
-            doc.line_of(&parse_path("spec.endpointSelector.matchLabels.app")),
-            10
-        );
+        assert_eq!(doc.line_of(&parse_path("spec.ingress[0].toPorts[0].ports[0].protocol")), 18);
+        assert_eq!(doc.line_of(&parse_path("spec.endpointSelector.matchLabels.app")), 10);
         // Missing fields point at the deepest one that exists.
-        assert_eq!(
-            doc.line_of(&parse_path("spec.ingress[0].toPorts[3].ports")),
-            16
-        );
+        assert_eq!(doc.line_of(&parse_path("spec.ingress[0].toPorts[3].ports")), 16);
         assert_eq!(doc.line_of(&parse_path("spec.egress")), 9);
         assert_eq!(doc.line_of(&[]), 2);
-        assert_eq!(
-            at(&doc, r#"metadata.labels["app.kubernetes.io/name"]"#).line,
-            7
-        );
+        assert_eq!(at(&doc, r#"metadata.labels["app.kubernetes.io/name"]"#).line, 7);
     }
 
     #[test]
@@ -743,37 +627,15 @@ spec:
         assert_eq!(parse_path("specs[2]"), vec![key("specs"), Index(2)]);
         assert_eq!(
             parse_path("spec.ingress[0].toPorts[0].ports[0].port"),
-            vec![
-                key("spec"),
-                key("ingress"),
-                Index(0),
-                key("toPorts"),
-                Index(0),
-                key("ports"),
-                Index(0),
-                key("port"),
-            ]
+            vec![key("spec"), key("ingress"), Index(0), key("toPorts"), Index(0), key("ports"), Index(0), key("port"),]
         );
         assert_eq!(
             parse_path(r#"metadata.labels["app.kubernetes.io/name"]"#),
-            vec![
-                key("metadata"),
-                key("labels"),
-                key("app.kubernetes.io/name")
-            ]
+            vec![key("metadata"), key("labels"), key("app.kubernetes.io/name")]
         );
-        assert_eq!(
-            parse_path("a['k8s:io.ns'].b"),
-            vec![key("a"), key("k8s:io.ns"), key("b")]
-        );
-        assert_eq!(
-            parse_path(r#"a["say \"hi\"]"]"#),
-            vec![key("a"), key(r#"say "hi"]"#)]
-        );
-        assert_eq!(
-            parse_path("io.cilium/app-name"),
-            vec![key("io"), key("cilium/app-name")]
-        );
+        assert_eq!(parse_path("a['k8s:io.ns'].b"), vec![key("a"), key("k8s:io.ns"), key("b")]);
+        assert_eq!(parse_path(r#"a["say \"hi\"]"]"#), vec![key("a"), key(r#"say "hi"]"#)]);
+        assert_eq!(parse_path("io.cilium/app-name"), vec![key("io"), key("cilium/app-name")]);
         assert_eq!(parse_path("[0][1]"), vec![Index(0), Index(1)]);
         assert_eq!(parse_path("a[x]"), vec![key("a"), key("x")]);
     }
@@ -796,10 +658,7 @@ spec:
         assert_eq!(value("yes"), s("yes"));
         assert_eq!(value("on"), s("off"));
         assert_eq!(value("t"), Value::Bool(true));
-        assert_eq!(
-            [value("n1"), value("n2"), value("n3")],
-            [Value::Null, Value::Null, Value::Null]
-        );
+        assert_eq!([value("n1"), value("n2"), value("n3")], [Value::Null, Value::Null, Value::Null]);
         assert_eq!(value("hex"), Value::Int(31));
         assert_eq!(value("oct"), Value::Int(15));
         assert_eq!(value("leading0"), Value::Int(777));
@@ -825,32 +684,17 @@ spec:
         assert_eq!(value("verbatim"), s("5"));
 
         let err = parse("a: !!int abc\n").unwrap_err();
-        assert_eq!(
-            (err.line, err.message.as_str()),
-            (1, "\"abc\" is not a valid !!int")
-        );
-        assert_eq!(
-            parse("a: !foo x\n").unwrap_err().message,
-            "unsupported tag !foo"
-        );
-        assert_eq!(
-            parse("a: !!binary x\n").unwrap_err().message,
-            "unsupported tag !!binary"
-        );
-        assert_eq!(
-            parse("a: !!seq {}\n").unwrap_err().message,
-            "unsupported tag !!seq"
-        );
+        assert_eq!((err.line, err.message.as_str()), (1, "\"abc\" is not a valid !!int"));
+        assert_eq!(parse("a: !foo x\n").unwrap_err().message, "unsupported tag !foo");
+        assert_eq!(parse("a: !!binary x\n").unwrap_err().message, "unsupported tag !!binary");
+        assert_eq!(parse("a: !!seq {}\n").unwrap_err().message, "unsupported tag !!seq");
         assert!(parse("a: !!map {b: 1}\nc: !!seq [1]\n").is_ok());
     }
 
     #[test]
     fn empty_values_are_placed_at_their_key() {
         let doc = one("a:\nb: 1\nc:\n\n\n");
-        assert_eq!(
-            (at(&doc, "a").line, at(&doc, "a").value.clone()),
-            (1, Value::Null)
-        );
+        assert_eq!((at(&doc, "a").line, at(&doc, "a").value.clone()), (1, Value::Null));
         assert_eq!(at(&doc, "c").line, 3);
     }
 
@@ -858,36 +702,22 @@ spec:
     fn to_json_keeps_order_and_numbers() {
         let doc = one("z: 1\na: [1.5, .inf, .nan, \"x\", ~, true]\nm: {k: v}\n");
         let json = doc.to_json();
-        assert_eq!(
-            json.as_object().unwrap().keys().collect::<Vec<_>>(),
-            ["z", "a", "m"]
-        );
-        assert_eq!(
-            json,
-            serde_json::json!({"z": 1, "a": [1.5, ".inf", ".nan", "x", null, true], "m": {"k": "v"}})
-        );
+        assert_eq!(json.as_object().unwrap().keys().collect::<Vec<_>>(), ["z", "a", "m"]);
+        assert_eq!(json, serde_json::json!({"z": 1, "a": [1.5, ".inf", ".nan", "x", null, true], "m": {"k": "v"}}));
     }
 
     #[test]
     fn billion_laughs_is_refused_fast() {
-        let mut text = String::from(
-            "a: &a [\"lol\",\"lol\",\"lol\",\"lol\",\"lol\",\"lol\",\"lol\",\"lol\",\"lol\"]\n",
-        );
+        let mut text =
+            String::from("a: &a [\"lol\",\"lol\",\"lol\",\"lol\",\"lol\",\"lol\",\"lol\",\"lol\",\"lol\"]\n");
         for (prev, name) in ('a'..='h').zip('b'..='i') {
             let aliases = vec![format!("*{prev}"); 9].join(",");
             text.push_str(&format!("{name}: &{name} [{aliases}]\n"));
         }
         let start = Instant::now();
         let err = parse(&text).unwrap_err();
-        assert!(
-            start.elapsed() < Duration::from_millis(100),
-            "took {:?}",
-            start.elapsed()
-        );
-        assert!(
-            err.message.starts_with("more than 200000 YAML nodes"),
-            "{err}"
-        );
+        assert!(start.elapsed() < Duration::from_millis(100), "took {:?}", start.elapsed());
+        assert!(err.message.starts_with("more than 200000 YAML nodes"), "{err}");
         assert_eq!(err.line, 6);
     }
 
@@ -904,11 +734,7 @@ spec:
             let deep = open.repeat(100_000);
             assert!(parse(&deep).is_err(), "{open}");
         }
-        assert!(
-            start.elapsed() < Duration::from_secs(2),
-            "took {:?}",
-            start.elapsed()
-        );
+        assert!(start.elapsed() < Duration::from_secs(2), "took {:?}", start.elapsed());
         let ok = format!("{}1{}", "[".repeat(64), "]".repeat(64));
         assert!(parse(&ok).is_ok());
     }
@@ -916,10 +742,7 @@ spec:
     #[test]
     fn duplicate_keys_are_refused_with_their_line() {
         let err = parse("a: 1\nb:\n  c: 1\n  c: 2\n").unwrap_err();
-        assert_eq!(
-            err.to_string(),
-            "4:3: duplicate key \"c\" (first on line 3)"
-        );
+        assert_eq!(err.to_string(), "4:3: duplicate key \"c\" (first on line 3)");
         // Keys compare by their text: `80` and `"80"` are the same key.
         assert_eq!(parse("{80: a, \"80\": b}").unwrap_err().line, 1);
         // Merge keys are plain keys.
@@ -930,10 +753,7 @@ spec:
     fn complex_keys_are_refused() {
         assert_eq!(parse("? [a]\n: 1\n").unwrap_err().message, COMPLEX_KEY);
         assert_eq!(parse("{a: 1}: 1\n").unwrap_err().message, COMPLEX_KEY);
-        assert_eq!(
-            parse("x: &m {a: 1}\ny: {*m : 1}\n").unwrap_err().message,
-            COMPLEX_KEY
-        );
+        assert_eq!(parse("x: &m {a: 1}\ny: {*m : 1}\n").unwrap_err().message, COMPLEX_KEY);
         // An alias to a scalar is a scalar key.
         let doc = one("x: &k name\ny: {*k : 1}\n");
         assert_eq!(at(&doc, "y.name").value, Value::Int(1));
@@ -941,29 +761,17 @@ spec:
 
     #[test]
     fn input_over_max_bytes_is_refused() {
-        let limits = Limits {
-            max_bytes: 10,
-            ..Limits::default()
-        };
+        let limits = Limits { max_bytes: 10, ..Limits::default() };
         let err = parse_documents("a: 12345678\n", &limits).unwrap_err();
-        assert_eq!(
-            err.to_string(),
-            "1:1: input is 12 bytes, more than the limit of 10"
-        );
+        assert_eq!(err.to_string(), "1:1: input is 12 bytes, more than the limit of 10");
         assert!(parse_documents("a: 1234\n", &limits).is_ok());
     }
 
     #[test]
     fn too_many_documents_are_refused() {
-        let limits = Limits {
-            max_documents: 2,
-            ..Limits::default()
-        };
+        let limits = Limits { max_documents: 2, ..Limits::default() };
         let err = parse_documents("a: 1\n---\nb: 1\n---\nc: 1\n", &limits).unwrap_err();
-        assert_eq!(
-            (err.line, err.message.as_str()),
-            (4, "more than 2 documents")
-        );
+        assert_eq!((err.line, err.message.as_str()), (4, "more than 2 documents"));
     }
 
     #[test]
@@ -989,23 +797,14 @@ same: *n
 
         // Root 1, keys 4, a 1 + its anchor's copy 1, b 1, c 2 + its anchor's copy 2, d 2: 14.
         let text = "a: &x 1\nb: *x\nc: &y [2]\nd: *y\n";
-        let limits = |max_nodes| Limits {
-            max_nodes,
-            ..Limits::default()
-        };
+        let limits = |max_nodes| Limits { max_nodes, ..Limits::default() };
         assert!(parse_documents(text, &limits(14)).is_ok());
         let err = parse_documents(text, &limits(13)).unwrap_err();
         assert_eq!((err.line, err.column), (4, 4));
         // An alias that would land its copy too deep is refused too.
         let text = "a: &x [[1]]\nb: [[*x]]\n";
-        let limits = Limits {
-            max_depth: 4,
-            ..Limits::default()
-        };
-        assert_eq!(
-            parse_documents(text, &limits).unwrap_err().message,
-            "alias expands deeper than 4 levels"
-        );
+        let limits = Limits { max_depth: 4, ..Limits::default() };
+        assert_eq!(parse_documents(text, &limits).unwrap_err().message, "alias expands deeper than 4 levels");
     }
 
     #[test]
@@ -1023,9 +822,6 @@ same: *n
         assert_eq!((err.line, err.column), (3, 2), "{err}");
         let err = parse("a: 1\n  b: 2\n").unwrap_err();
         assert_eq!((err.line, err.column), (2, 4), "{err}");
-        assert!(
-            err.message.contains("mapping values are not allowed"),
-            "{err}"
-        );
+        assert!(err.message.contains("mapping values are not allowed"), "{err}");
     }
 }

@@ -19,15 +19,21 @@ fn errors(parsed: &Parsed) -> Vec<String> {
 
 /// A CiliumNetworkPolicy in `ns` selecting `subject` (flow-style YAML), with `body` under spec.
 fn cnp(ns: &str, name: &str, subject: &str, body: &str) -> String {
-    format!("apiVersion: cilium.io/v2\nkind: CiliumNetworkPolicy\nmetadata:\n  name: {name}\n  namespace: {ns}\nspec:\n  endpointSelector: {subject}\n{body}\n---\n")
+    format!(
+        "apiVersion: cilium.io/v2\nkind: CiliumNetworkPolicy\nmetadata:\n  name: {name}\n  namespace: {ns}\nspec:\n  endpointSelector: {subject}\n{body}\n---\n"
+    )
 }
 
 fn ccnp(name: &str, subject: &str, body: &str) -> String {
-    format!("apiVersion: cilium.io/v2\nkind: CiliumClusterwideNetworkPolicy\nmetadata:\n  name: {name}\nspec:\n  endpointSelector: {subject}\n{body}\n---\n")
+    format!(
+        "apiVersion: cilium.io/v2\nkind: CiliumClusterwideNetworkPolicy\nmetadata:\n  name: {name}\nspec:\n  endpointSelector: {subject}\n{body}\n---\n"
+    )
 }
 
 fn knp(ns: &str, name: &str, pod_selector: &str, body: &str) -> String {
-    format!("apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata:\n  name: {name}\n  namespace: {ns}\nspec:\n  podSelector: {pod_selector}\n{body}\n---\n")
+    format!(
+        "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata:\n  name: {name}\n  namespace: {ns}\nspec:\n  podSelector: {pod_selector}\n{body}\n---\n"
+    )
 }
 
 fn labels(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
@@ -63,14 +69,23 @@ impl World {
             host_network: false,
             ports: ports
                 .iter()
-                .map(|(n, p)| ContainerPort { name: (!n.is_empty()).then(|| n.to_string()), port: *p, protocol: Protocol::TCP })
+                .map(|(n, p)| ContainerPort {
+                    name: (!n.is_empty()).then(|| n.to_string()),
+                    port: *p,
+                    protocol: Protocol::TCP,
+                })
                 .collect(),
         });
         self
     }
 
     fn service(mut self, ns: &str, name: &str, selector: &[(&str, &str)]) -> World {
-        self.cluster.services.push(Service { namespace: ns.into(), name: name.into(), labels: BTreeMap::new(), selector: Some(labels(selector)) });
+        self.cluster.services.push(Service {
+            namespace: ns.into(),
+            name: name.into(),
+            labels: BTreeMap::new(),
+            selector: Some(labels(selector)),
+        });
         self
     }
 
@@ -91,8 +106,14 @@ fn verdict(engine: &Engine, from: &str, to: &str, port: &str) -> Verdict {
 
 fn verdict_http(engine: &Engine, from: &str, to: &str, port: &str, http: Option<&str>) -> Verdict {
     let request = http.map(|r| HttpRequest::parse(r, &[]).unwrap());
-    let t = trace::trace(&engine, &FlowEnd::parse(from).unwrap(), &FlowEnd::parse(to).unwrap(), FlowPort::parse(port).unwrap(), request.as_ref())
-        .unwrap();
+    let t = trace::trace(
+        engine,
+        &FlowEnd::parse(from).unwrap(),
+        &FlowEnd::parse(to).unwrap(),
+        FlowPort::parse(port).unwrap(),
+        request.as_ref(),
+    )
+    .unwrap();
     t.verdict
 }
 
@@ -128,7 +149,10 @@ spec:
 ";
     assert_eq!(text.lines().nth(13).unwrap().trim(), "port: \"80a\"");
     let parsed = parse("policies/db.yaml", text);
-    assert_eq!(errors(&parsed), ["policies/db.yaml:14: spec.ingress[0].toPorts[0].ports[0].port: \"80a\" is not a port or a port name"]);
+    assert_eq!(
+        errors(&parsed),
+        ["policies/db.yaml:14: spec.ingress[0].toPorts[0].ports[0].port: \"80a\" is not a port or a port name"]
+    );
     assert!(parsed.set.policies.is_empty(), "an invalid policy is left out");
 }
 
@@ -138,7 +162,11 @@ fn unknown_field_names_its_path_and_line() {
     let parsed = parse("p.yaml", &text);
     let errs = errors(&parsed);
     assert_eq!(errs.len(), 1, "{errs:?}");
-    assert!(errs[0].starts_with("p.yaml:10: spec.ingress[0].toPort: unknown field `toPort`, expected one of"), "{}", errs[0]);
+    assert!(
+        errs[0].starts_with("p.yaml:10: spec.ingress[0].toPort: unknown field `toPort`, expected one of"),
+        "{}",
+        errs[0]
+    );
     // In a NetworkPolicy too, and in a second document the line counts from the file start.
     let text = format!("{}{}", cnp("prod", "ok", "{}", "  ingress: []"), knp("prod", "k", "{}", "  ingres: []"));
     let errs = errors(&parse("k.yaml", &text));
@@ -148,17 +176,34 @@ fn unknown_field_names_its_path_and_line() {
 
 #[test]
 fn from_requires_is_accepted_with_a_deprecation_warning() {
-    let text = cnp("prod", "p", "{}", "  ingress:\n  - fromRequires: [{matchLabels: {env: prod}}]\n    fromEndpoints: [{matchLabels: {app: client}}]");
+    let text = cnp(
+        "prod",
+        "p",
+        "{}",
+        "  ingress:\n  - fromRequires: [{matchLabels: {env: prod}}]\n    fromEndpoints: [{matchLabels: {app: client}}]",
+    );
     let parsed = parse("r.yaml", &text);
     assert!(!parsed.has_errors(), "{:?}", errors(&parsed));
     let warnings: Vec<_> = parsed.diagnostics.iter().filter(|d| d.severity == Severity::Warning).collect();
     assert_eq!(warnings.len(), 1, "{warnings:?}");
     assert_eq!(warnings[0].line, 9);
     assert_eq!(warnings[0].path, "spec.ingress[0].fromRequires");
-    assert!(warnings[0].to_string().starts_with("r.yaml:9: warning: spec.ingress[0].fromRequires: deprecated"), "{}", warnings[0]);
+    assert!(
+        warnings[0].to_string().starts_with("r.yaml:9: warning: spec.ingress[0].fromRequires: deprecated"),
+        "{}",
+        warnings[0]
+    );
     // And the requirement narrows the peers: prod/client lacks env=prod.
-    let w = World::new(&["prod"]).pod("prod", "client", &[("app", "client")], &[]).pod("prod", "tagged", &[("app", "client"), ("env", "prod")], &[]).pod("prod", "server", &[("app", "server")], &[]);
-    let e = w.engine(&cnp("prod", "p", "{matchLabels: {app: server}}", "  ingress:\n  - fromRequires: [{matchLabels: {env: prod}}]\n    fromEndpoints: [{matchLabels: {app: client}}]"));
+    let w = World::new(&["prod"])
+        .pod("prod", "client", &[("app", "client")], &[])
+        .pod("prod", "tagged", &[("app", "client"), ("env", "prod")], &[])
+        .pod("prod", "server", &[("app", "server")], &[]);
+    let e = w.engine(&cnp(
+        "prod",
+        "p",
+        "{matchLabels: {app: server}}",
+        "  ingress:\n  - fromRequires: [{matchLabels: {env: prod}}]\n    fromEndpoints: [{matchLabels: {app: client}}]",
+    ));
     assert_eq!(verdict(&e, "prod/client", "prod/server", "80/TCP"), Denied);
     assert_eq!(verdict(&e, "prod/tagged", "prod/server", "80/TCP"), Allowed);
 }
@@ -183,7 +228,12 @@ fn empty_ingress_rule_denies_in_cnp_and_allows_in_knp() {
 #[test]
 fn any_protocol_is_tcp_udp_sctp_but_not_icmp() {
     let w = basic();
-    let e = w.engine(&cnp("prod", "p", "{matchLabels: {app: server}}", "  ingress:\n  - toPorts: [{ports: [{port: \"80\", protocol: ANY}]}]"));
+    let e = w.engine(&cnp(
+        "prod",
+        "p",
+        "{matchLabels: {app: server}}",
+        "  ingress:\n  - toPorts: [{ports: [{port: \"80\", protocol: ANY}]}]",
+    ));
     for port in ["80/TCP", "80/UDP", "80/SCTP"] {
         assert_eq!(verdict(&e, "prod/client", "prod/server", port), Allowed, "{port}");
     }
@@ -194,7 +244,12 @@ fn any_protocol_is_tcp_udp_sctp_but_not_icmp() {
 #[test]
 fn l3_only_rule_allows_every_protocol_including_icmp() {
     let w = basic();
-    let e = w.engine(&cnp("prod", "p", "{matchLabels: {app: server}}", "  ingress:\n  - fromEndpoints: [{matchLabels: {app: client}}]"));
+    let e = w.engine(&cnp(
+        "prod",
+        "p",
+        "{matchLabels: {app: server}}",
+        "  ingress:\n  - fromEndpoints: [{matchLabels: {app: client}}]",
+    ));
     for port in ["icmp/8", "icmp/0", "80/TCP", "53/UDP", "9/SCTP"] {
         assert_eq!(verdict(&e, "prod/client", "prod/server", port), Allowed, "{port}");
     }
@@ -207,7 +262,12 @@ fn l3_only_rule_allows_every_protocol_including_icmp() {
     ));
     assert_eq!(verdict(&e, "prod/client", "prod/server", "icmp/8"), Allowed);
     // ...but with only the L4 rule ICMP needs `icmps`.
-    let e = w.engine(&cnp("prod", "p", "{matchLabels: {app: server}}", "  ingress:\n  - fromEndpoints: [{matchLabels: {app: client}}]\n    toPorts: [{ports: [{port: \"80\"}]}]"));
+    let e = w.engine(&cnp(
+        "prod",
+        "p",
+        "{matchLabels: {app: server}}",
+        "  ingress:\n  - fromEndpoints: [{matchLabels: {app: client}}]\n    toPorts: [{ports: [{port: \"80\"}]}]",
+    ));
     assert_eq!(verdict(&e, "prod/client", "prod/server", "icmp/8"), Denied);
     let e = w.engine(&cnp("prod", "p", "{matchLabels: {app: server}}", "  ingress:\n  - fromEndpoints: [{matchLabels: {app: client}}]\n    icmps: [{fields: [{type: 8, family: IPv4}]}]"));
     assert_eq!(verdict(&e, "prod/client", "prod/server", "icmp/8"), Allowed);
@@ -218,7 +278,12 @@ fn l3_only_rule_allows_every_protocol_including_icmp() {
 #[test]
 fn cnp_peer_without_namespace_matches_only_the_policy_namespace() {
     let w = basic();
-    let e = w.engine(&cnp("prod", "p", "{matchLabels: {app: server}}", "  ingress:\n  - fromEndpoints: [{matchLabels: {app: client}}]"));
+    let e = w.engine(&cnp(
+        "prod",
+        "p",
+        "{matchLabels: {app: server}}",
+        "  ingress:\n  - fromEndpoints: [{matchLabels: {app: client}}]",
+    ));
     assert_eq!(verdict(&e, "prod/client", "prod/server", "80/TCP"), Allowed);
     assert_eq!(verdict(&e, "dev/client", "prod/server", "80/TCP"), Denied);
     // Naming the namespace reaches across.
@@ -248,7 +313,11 @@ fn ccnp_empty_endpoint_peer_matches_pods_in_every_namespace_but_not_world() {
     assert_eq!(verdict(&e, "dev/client", "prod/server", "80/TCP"), Allowed);
     assert_eq!(verdict(&e, "entity:world", "prod/server", "80/TCP"), Denied);
     assert_eq!(verdict(&e, "cidr:192.0.2.1", "prod/server", "80/TCP"), Denied);
-    assert_eq!(verdict(&e, "entity:host", "prod/server", "80/TCP"), Allowed, "the local host may always reach its pods");
+    assert_eq!(
+        verdict(&e, "entity:host", "prod/server", "80/TCP"),
+        Allowed,
+        "the local host may always reach its pods"
+    );
     assert_eq!(verdict(&e, "entity:remote-node", "prod/server", "80/TCP"), Denied);
 }
 
@@ -261,7 +330,12 @@ fn cidr_rule_never_matches_a_pod_ip() {
     assert_eq!(verdict(&e, "cidr:10.9.9.9", "prod/server", "80/TCP"), Allowed);
     assert_eq!(verdict(&e, "cidr:11.0.0.1", "prod/server", "80/TCP"), Denied);
     // Egress to a pod's address is denied the same way.
-    let e = w.engine(&cnp("prod", "p", "{matchLabels: {app: client}}", "  egress:\n  - toCIDRSet: [{cidr: 10.0.0.0/8, except: [10.1.0.0/16]}]"));
+    let e = w.engine(&cnp(
+        "prod",
+        "p",
+        "{matchLabels: {app: client}}",
+        "  egress:\n  - toCIDRSet: [{cidr: 10.0.0.0/8, except: [10.1.0.0/16]}]",
+    ));
     assert_eq!(verdict(&e, "prod/client", "prod/server", "8080/TCP"), Denied);
     assert_eq!(verdict(&e, "prod/client", "cidr:10.2.0.1", "443/TCP"), Allowed);
     assert_eq!(verdict(&e, "prod/client", "cidr:10.1.0.1", "443/TCP"), Denied);
@@ -283,7 +357,12 @@ fn deny_beats_allow_on_the_same_or_narrower_key_and_a_broader_deny_wins() {
     // A broader deny (every peer, every port) beats a specific allow, from another policy too.
     let e = w.engine(&format!(
         "{}{}",
-        cnp("prod", "allow", server, &format!("  ingress:\n  - {from_client}\n    toPorts: [{{ports: [{{port: \"80\", protocol: TCP}}]}}]")),
+        cnp(
+            "prod",
+            "allow",
+            server,
+            &format!("  ingress:\n  - {from_client}\n    toPorts: [{{ports: [{{port: \"80\", protocol: TCP}}]}}]")
+        ),
         ccnp("deny", server, "  ingressDeny:\n  - fromEntities: [all]")
     ));
     assert_eq!(verdict(&e, "prod/client", "prod/server", "80/TCP"), Denied);
@@ -303,14 +382,28 @@ fn enable_default_deny_false_allows_unselected_traffic_but_denies_still_deny() {
         "  enableDefaultDeny: {ingress: false}\n  ingress:\n  - fromEndpoints: [{matchLabels: {app: client}}]\n    toPorts: [{ports: [{port: \"8080\"}]}]\n  ingressDeny:\n  - fromEntities: [world]",
     ));
     assert_eq!(verdict(&e, "prod/client", "prod/server", "8080/TCP"), Allowed);
-    assert_eq!(verdict(&e, "prod/client", "prod/server", "9999/TCP"), Allowed, "not default deny: what no rule allows is still allowed");
+    assert_eq!(
+        verdict(&e, "prod/client", "prod/server", "9999/TCP"),
+        Allowed,
+        "not default deny: what no rule allows is still allowed"
+    );
     assert_eq!(verdict(&e, "dev/client", "prod/server", "8080/TCP"), Allowed);
     assert_eq!(verdict(&e, "cidr:192.0.2.1", "prod/server", "8080/TCP"), Denied, "the deny rule still applies");
     // Another policy that wants default deny wins.
     let e = w.engine(&format!(
         "{}{}",
-        cnp("prod", "p", "{matchLabels: {app: server}}", "  enableDefaultDeny: {ingress: false}\n  ingress:\n  - fromEndpoints: [{matchLabels: {app: client}}]"),
-        cnp("prod", "q", "{matchLabels: {app: server}}", "  ingress:\n  - fromEndpoints: [{matchLabels: {app: nobody}}]")
+        cnp(
+            "prod",
+            "p",
+            "{matchLabels: {app: server}}",
+            "  enableDefaultDeny: {ingress: false}\n  ingress:\n  - fromEndpoints: [{matchLabels: {app: client}}]"
+        ),
+        cnp(
+            "prod",
+            "q",
+            "{matchLabels: {app: server}}",
+            "  ingress:\n  - fromEndpoints: [{matchLabels: {app: nobody}}]"
+        )
     ));
     assert_eq!(verdict(&e, "dev/client", "prod/server", "8080/TCP"), Denied);
     assert_eq!(verdict(&e, "prod/client", "prod/server", "8080/TCP"), Allowed);
@@ -324,10 +417,18 @@ fn enforcement_modes_always_and_never() {
     assert_eq!(verdict(&e, "prod/client", "prod/server", "80/TCP"), Allowed);
     let e = w.engine_mode(none, EnforcementMode::Always);
     assert_eq!(verdict(&e, "prod/client", "prod/server", "80/TCP"), Denied);
-    let allow = cnp("prod", "p", "{matchLabels: {app: server}}", "  ingress:\n  - fromEndpoints: [{matchLabels: {app: client}}]");
+    let allow = cnp(
+        "prod",
+        "p",
+        "{matchLabels: {app: server}}",
+        "  ingress:\n  - fromEndpoints: [{matchLabels: {app: client}}]",
+    );
     let e = w.engine_mode(&allow, EnforcementMode::Always);
     assert_eq!(verdict(&e, "prod/client", "prod/server", "80/TCP"), Denied, "always: client egress has no allow");
-    let both = format!("{allow}{}", cnp("prod", "q", "{matchLabels: {app: client}}", "  egress:\n  - toEndpoints: [{matchLabels: {app: server}}]"));
+    let both = format!(
+        "{allow}{}",
+        cnp("prod", "q", "{matchLabels: {app: client}}", "  egress:\n  - toEndpoints: [{matchLabels: {app: server}}]")
+    );
     let e = w.engine_mode(&both, EnforcementMode::Always);
     assert_eq!(verdict(&e, "prod/client", "prod/server", "80/TCP"), Allowed);
     let deny_all = cnp("prod", "d", "{}", "  ingress: [{}]\n  ingressDeny:\n  - fromEntities: [all]");
@@ -344,13 +445,23 @@ fn named_ports_resolve_per_endpoint_on_ingress_and_cluster_wide_on_egress() {
         .pod("prod", "a", &[("app", "web")], &[("http", 8080)])
         .pod("prod", "b", &[("app", "web")], &[("http", 9090)]);
     // Ingress: each selected pod's own number.
-    let e = w.engine(&cnp("prod", "p", "{matchLabels: {app: web}}", "  ingress:\n  - toPorts: [{ports: [{port: http, protocol: TCP}]}]"));
+    let e = w.engine(&cnp(
+        "prod",
+        "p",
+        "{matchLabels: {app: web}}",
+        "  ingress:\n  - toPorts: [{ports: [{port: http, protocol: TCP}]}]",
+    ));
     assert_eq!(verdict(&e, "prod/client", "prod/a", "8080/TCP"), Allowed);
     assert_eq!(verdict(&e, "prod/client", "prod/a", "9090/TCP"), Denied);
     assert_eq!(verdict(&e, "prod/client", "prod/b", "9090/TCP"), Allowed);
     assert_eq!(verdict(&e, "prod/client", "prod/b", "8080/TCP"), Denied);
     // Egress: the name resolves against every pod; pods disagree on "http", so it matches nothing.
-    let egress = cnp("prod", "p", "{matchLabels: {app: client}}", "  egress:\n  - toPorts: [{ports: [{port: http, protocol: TCP}]}]");
+    let egress = cnp(
+        "prod",
+        "p",
+        "{matchLabels: {app: client}}",
+        "  egress:\n  - toPorts: [{ports: [{port: http, protocol: TCP}]}]",
+    );
     let e = w.engine(&egress);
     assert_eq!(verdict(&e, "prod/client", "prod/a", "8080/TCP"), Denied);
     assert_eq!(verdict(&e, "prod/client", "prod/b", "9090/TCP"), Denied);
@@ -371,14 +482,28 @@ fn l4_only_rule_for_the_same_peer_shadows_http_rules() {
     let http_rule = "  ingress:\n  - fromEndpoints: [{matchLabels: {app: client}}]\n    toPorts:\n    - ports: [{port: \"8080\", protocol: TCP}]\n      rules:\n        http: [{method: GET, path: /public}]";
     let e = w.engine(&cnp("prod", "p", "{matchLabels: {app: server}}", http_rule));
     assert_eq!(verdict_http(&e, "prod/client", "prod/server", "8080/TCP", Some("GET /public")), Allowed);
-    assert_eq!(verdict_http(&e, "prod/client", "prod/server", "8080/TCP", Some("GET /public/x")), Denied, "path is a full match");
+    assert_eq!(
+        verdict_http(&e, "prod/client", "prod/server", "8080/TCP", Some("GET /public/x")),
+        Denied,
+        "path is a full match"
+    );
     assert_eq!(verdict_http(&e, "prod/client", "prod/server", "8080/TCP", Some("POST /public")), Denied);
     // An L4-only rule for the same peer and port: L7 allow-all for that peer.
-    let l4 = cnp("prod", "l4", "{matchLabels: {app: server}}", "  ingress:\n  - fromEndpoints: [{matchLabels: {app: client}}]\n    toPorts: [{ports: [{port: \"8080\", protocol: TCP}]}]");
+    let l4 = cnp(
+        "prod",
+        "l4",
+        "{matchLabels: {app: server}}",
+        "  ingress:\n  - fromEndpoints: [{matchLabels: {app: client}}]\n    toPorts: [{ports: [{port: \"8080\", protocol: TCP}]}]",
+    );
     let e = w.engine(&format!("{}{l4}", cnp("prod", "p", "{matchLabels: {app: server}}", http_rule)));
     assert_eq!(verdict_http(&e, "prod/client", "prod/server", "8080/TCP", Some("POST /admin")), Allowed);
     // An L4-only rule for a different peer does not shadow the client's HTTP rules.
-    let other = cnp("prod", "l4", "{matchLabels: {app: server}}", "  ingress:\n  - fromEndpoints: [{matchLabels: {app: other}}]\n    toPorts: [{ports: [{port: \"8080\", protocol: TCP}]}]");
+    let other = cnp(
+        "prod",
+        "l4",
+        "{matchLabels: {app: server}}",
+        "  ingress:\n  - fromEndpoints: [{matchLabels: {app: other}}]\n    toPorts: [{ports: [{port: \"8080\", protocol: TCP}]}]",
+    );
     let e = w.engine(&format!("{}{other}", cnp("prod", "p", "{matchLabels: {app: server}}", http_rule)));
     assert_eq!(verdict_http(&e, "prod/client", "prod/server", "8080/TCP", Some("POST /admin")), Denied);
     assert_eq!(verdict_http(&e, "prod/other", "prod/server", "8080/TCP", Some("POST /admin")), Allowed);
@@ -391,10 +516,20 @@ fn to_services_resolves_the_service_selector() {
         .pod("data", "db-0", &[("app", "db")], &[])
         .pod("data", "cache", &[("app", "cache")], &[])
         .service("data", "db", &[("app", "db")]);
-    let e = w.engine(&cnp("prod", "p", "{matchLabels: {app: client}}", "  egress:\n  - toServices: [{k8sService: {serviceName: db, namespace: data}}]"));
+    let e = w.engine(&cnp(
+        "prod",
+        "p",
+        "{matchLabels: {app: client}}",
+        "  egress:\n  - toServices: [{k8sService: {serviceName: db, namespace: data}}]",
+    ));
     assert_eq!(verdict(&e, "prod/client", "data/db-0", "5432/TCP"), Allowed);
     assert_eq!(verdict(&e, "prod/client", "data/cache", "5432/TCP"), Denied);
     // A service that does not exist selects nothing.
-    let e = w.engine(&cnp("prod", "p", "{matchLabels: {app: client}}", "  egress:\n  - toServices: [{k8sService: {serviceName: nope, namespace: data}}]"));
+    let e = w.engine(&cnp(
+        "prod",
+        "p",
+        "{matchLabels: {app: client}}",
+        "  egress:\n  - toServices: [{k8sService: {serviceName: nope, namespace: data}}]",
+    ));
     assert_eq!(verdict(&e, "prod/client", "data/db-0", "5432/TCP"), Denied);
 }

@@ -27,7 +27,9 @@ fn only_error(parsed: &Parsed) -> &Diagnostic {
 }
 
 fn cnp(rules: &str) -> String {
-    format!("apiVersion: cilium.io/v2\nkind: CiliumNetworkPolicy\nmetadata:\n  name: p\n  namespace: ns\nspec:\n  endpointSelector: {{}}\n{rules}")
+    format!(
+        "apiVersion: cilium.io/v2\nkind: CiliumNetworkPolicy\nmetadata:\n  name: p\n  namespace: ns\nspec:\n  endpointSelector: {{}}\n{rules}"
+    )
 }
 
 #[test]
@@ -36,7 +38,7 @@ fn alias_bomb_is_refused() {
     let mut text = String::from("a0: &a0 [x, x, x, x, x, x, x, x, x, x]\n");
     for i in 1..10 {
         let prev = format!("*a{}", i - 1);
-        let list = vec![prev.as_str(); 10].join(", ");
+        let list = [prev.as_str(); 10].join(", ");
         text.push_str(&format!("a{i}: &a{i} [{list}]\n"));
     }
     let parsed = parse_timed(&text);
@@ -54,7 +56,8 @@ fn ten_thousand_deep_nesting_is_refused() {
         let e = only_error(&parsed);
         // Flow style trips yaml-rust2's own recursion guard first; either way a clear error at line 1.
         assert!(
-            e.to_string() == format!("{FILE}:1: nested deeper than 64 levels") || e.to_string() == format!("{FILE}:1: recursion limit exceeded"),
+            e.to_string() == format!("{FILE}:1: nested deeper than 64 levels")
+                || e.to_string() == format!("{FILE}:1: recursion limit exceeded"),
             "{open}: {e}"
         );
     }
@@ -127,7 +130,9 @@ fn policy_with_5000_rules_is_refused() {
 
 #[test]
 fn duplicate_keys_are_refused_with_both_lines() {
-    let text = cnp("  ingress:\n  - fromEndpoints: [{matchLabels: {app: a}}]\n  ingress:\n  - fromEndpoints: [{matchLabels: {app: b}}]\n");
+    let text = cnp(
+        "  ingress:\n  - fromEndpoints: [{matchLabels: {app: a}}]\n  ingress:\n  - fromEndpoints: [{matchLabels: {app: b}}]\n",
+    );
     let parsed = parse_timed(&text);
     let e = only_error(&parsed);
     assert_eq!(e.to_string(), format!("{FILE}:10: duplicate key \"ingress\" (first on line 8)"));
@@ -151,7 +156,9 @@ fn hostile_file_does_not_hide_the_good_ones() {
 
 #[test]
 fn binary_garbage_and_tabs_are_errors_not_panics() {
-    for text in ["\u{1}\u{2}", "a:\n\tb: 1\n", "- [\n", "{a: 1", "'unterminated", "a: *missing\n", "%YAML 9.9\n---\na: 1\n"] {
+    for text in
+        ["\u{1}\u{2}", "a:\n\tb: 1\n", "- [\n", "{a: 1", "'unterminated", "a: *missing\n", "%YAML 9.9\n---\na: 1\n"]
+    {
         let parsed = parse_timed(text);
         let e = only_error(&parsed);
         assert!(e.line >= 1, "{text:?}: {e}");

@@ -23,7 +23,10 @@ struct PodSpec {
 #[derive(Clone, Debug)]
 enum PeerSpec {
     /// `fromEndpoints`/`toEndpoints` by app; `any_ns` adds a namespace Exists expression.
-    Endpoints { app: Option<usize>, any_ns: bool },
+    Endpoints {
+        app: Option<usize>,
+        any_ns: bool,
+    },
     Entities(&'static str),
     /// No L3 peer (needs ports to select anything).
     None,
@@ -46,7 +49,8 @@ struct RuleSpec {
 }
 
 fn pod_spec(namespaces: usize) -> impl Strategy<Value = PodSpec> {
-    (0..namespaces, 0..APPS.len(), any::<bool>(), proptest::option::of(0..PORTS.len())).prop_map(|(ns, app, tier, port)| PodSpec { ns, app, tier, port })
+    (0..namespaces, 0..APPS.len(), any::<bool>(), proptest::option::of(0..PORTS.len()))
+        .prop_map(|(ns, app, tier, port)| PodSpec { ns, app, tier, port })
 }
 
 fn peer_rule() -> impl Strategy<Value = PeerRuleSpec> {
@@ -60,7 +64,13 @@ fn peer_rule() -> impl Strategy<Value = PeerRuleSpec> {
 }
 
 fn rule_spec(namespaces: usize) -> impl Strategy<Value = RuleSpec> {
-    (0..namespaces, proptest::option::of(0..APPS.len()), any::<bool>(), prop::bool::weighted(0.25), proptest::collection::vec(peer_rule(), 1..3))
+    (
+        0..namespaces,
+        proptest::option::of(0..APPS.len()),
+        any::<bool>(),
+        prop::bool::weighted(0.25),
+        proptest::collection::vec(peer_rule(), 1..3),
+    )
         .prop_map(|(ns, subject, egress, deny, rules)| RuleSpec { ns, subject, egress, deny, rules })
 }
 
@@ -101,7 +111,11 @@ fn cluster(s: &Scenario) -> Cluster {
             node_name: Some("node".into()),
             ip: Some(Ipv4Addr::new(10, 1, 0, i as u8 + 1)),
             host_network: false,
-            ports: p.port.map(|j| ContainerPort { name: Some("web".into()), port: PORTS[j], protocol: Protocol::TCP }).into_iter().collect(),
+            ports: p
+                .port
+                .map(|j| ContainerPort { name: Some("web".into()), port: PORTS[j], protocol: Protocol::TCP })
+                .into_iter()
+                .collect(),
         });
     }
     cluster
@@ -113,7 +127,11 @@ fn peer_rule_yaml(r: &PeerRuleSpec, egress: bool) -> String {
     match &r.peer {
         PeerSpec::Endpoints { app, any_ns } => {
             let labels = app.map(|a| format!("matchLabels: {{app: {}}}", APPS[a])).unwrap_or_default();
-            let ns = if *any_ns { "matchExpressions: [{key: k8s:io.kubernetes.pod.namespace, operator: Exists}]" } else { "" };
+            let ns = if *any_ns {
+                "matchExpressions: [{key: k8s:io.kubernetes.pod.namespace, operator: Exists}]"
+            } else {
+                ""
+            };
             let sep = if !labels.is_empty() && !ns.is_empty() { ", " } else { "" };
             out.push_str(&format!("{dir}Endpoints: [{{{labels}{sep}{ns}}}]\n    "));
         }
@@ -128,7 +146,8 @@ fn peer_rule_yaml(r: &PeerRuleSpec, egress: bool) -> String {
             out.push('\n');
         }
     } else {
-        let ports: Vec<String> = r.ports.iter().map(|(p, proto)| format!("{{port: \"{}\", protocol: {proto}}}", PORTS[*p])).collect();
+        let ports: Vec<String> =
+            r.ports.iter().map(|(p, proto)| format!("{{port: \"{}\", protocol: {proto}}}", PORTS[*p])).collect();
         out.push_str(&format!("toPorts: [{{ports: [{}]}}]\n", ports.join(", ")));
     }
     out
@@ -169,7 +188,14 @@ fn verdicts(s: &Scenario, engine: &Engine) -> Vec<((String, String, &'static str
                 continue;
             }
             for port in FLOW_PORTS {
-                let t = trace::trace(engine, &FlowEnd::parse(from).unwrap(), &FlowEnd::parse(to).unwrap(), FlowPort::parse(port).unwrap(), None).unwrap();
+                let t = trace::trace(
+                    engine,
+                    &FlowEnd::parse(from).unwrap(),
+                    &FlowEnd::parse(to).unwrap(),
+                    FlowPort::parse(port).unwrap(),
+                    None,
+                )
+                .unwrap();
                 out.push(((from.clone(), to.clone(), port), t.verdict));
             }
         }

@@ -5,7 +5,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Result, bail, ensure};
 use palisade_policy::cluster::Pod;
-use palisade_policy::{Cluster, Direction, EnforcementMode, Engine, ParseOptions, PolicySet, SourceFile, parse_policies};
+use palisade_policy::{
+    Cluster, Direction, EnforcementMode, Engine, ParseOptions, PolicySet, SourceFile, parse_policies,
+};
 
 use crate::bench_workload::{self as workload, NAMESPACES};
 
@@ -46,7 +48,8 @@ fn policy(args: PolicyArgs) -> Result<u8> {
     let work = workload::generate();
     let parse_start = Instant::now();
     let sources: Vec<SourceFile> = work.cluster_files.iter().map(|(n, t)| SourceFile { name: n, text: t }).collect();
-    let cluster = Cluster::parse(&sources).map_err(|e| anyhow::anyhow!("cluster: {}", crate::files::join_diagnostics(&e)))?;
+    let cluster =
+        Cluster::parse(&sources).map_err(|e| anyhow::anyhow!("cluster: {}", crate::files::join_diagnostics(&e)))?;
     let sources: Vec<SourceFile> = work.policy_files.iter().map(|(n, t)| SourceFile { name: n, text: t }).collect();
     let parsed = parse_policies(&sources, &ParseOptions::default());
     if parsed.has_errors() {
@@ -56,7 +59,11 @@ fn policy(args: PolicyArgs) -> Result<u8> {
     let parse = parse_start.elapsed();
     let policies = parsed.set;
     ensure!(cluster.pods.len() == 10_000, "expected 10,000 pods, generated {}", cluster.pods.len());
-    ensure!(cluster.namespaces.len() == NAMESPACES, "expected {NAMESPACES} namespaces, got {}", cluster.namespaces.len());
+    ensure!(
+        cluster.namespaces.len() == NAMESPACES,
+        "expected {NAMESPACES} namespaces, got {}",
+        cluster.namespaces.len()
+    );
     ensure!(policies.policies.len() == 1_000, "expected 1,000 policies, generated {}", policies.policies.len());
     let mode = EnforcementMode::Default;
 
@@ -79,11 +86,16 @@ fn policy(args: PolicyArgs) -> Result<u8> {
     let pod_identities = engine.identities().all().filter(|i| i.namespace.is_some()).count();
     ensure!(pod_identities == 5_000, "expected 5,000 pod identities, got {pod_identities}");
     let entries: usize = engine.endpoints().map(|e| e.group.ingress.len() + e.group.egress.len()).sum();
-    eprintln!("full compile: {:.3} s, {pod_identities} pod identities, {entries} entries over all endpoints", full.as_secs_f64());
+    eprintln!(
+        "full compile: {:.3} s, {pod_identities} pod identities, {entries} entries over all endpoints",
+        full.as_secs_f64()
+    );
 
     // Incremental pod: one pod's labels change to a set no other pod has (a new identity).
     let step = engine.cluster.pods.len() / args.changes.max(1);
-    let picked: Vec<Pod> = (0..args.changes).map(|i| engine.cluster.pods[(i * step + i * 7) % engine.cluster.pods.len()].clone()).collect();
+    let picked: Vec<Pod> = (0..args.changes)
+        .map(|i| engine.cluster.pods[(i * step + i * 7) % engine.cluster.pods.len()].clone())
+        .collect();
     let mut pod_times = Vec::new();
     for (i, pod) in picked.iter().enumerate() {
         let mut pod = pod.clone();
@@ -98,9 +110,23 @@ fn policy(args: PolicyArgs) -> Result<u8> {
     let mut check: Vec<(String, String)> = picked.iter().map(|p| (p.namespace.clone(), p.name.clone())).collect();
     // Endpoints whose policy peers the changed pods: the same namespaces' other pods, and Prometheus.
     check.extend(picked.iter().take(5).flat_map(|p| {
-        engine.cluster.pods.iter().filter(|q| q.namespace == p.namespace).step_by(7).map(|q| (q.namespace.clone(), q.name.clone()))
+        engine
+            .cluster
+            .pods
+            .iter()
+            .filter(|q| q.namespace == p.namespace)
+            .step_by(7)
+            .map(|q| (q.namespace.clone(), q.name.clone()))
     }));
-    check.extend(engine.cluster.pods.iter().filter(|q| q.namespace == "monitoring" || q.namespace == "kube-system").step_by(5).map(|q| (q.namespace.clone(), q.name.clone())));
+    check.extend(
+        engine
+            .cluster
+            .pods
+            .iter()
+            .filter(|q| q.namespace == "monitoring" || q.namespace == "kube-system")
+            .step_by(5)
+            .map(|q| (q.namespace.clone(), q.name.clone())),
+    );
     verify(&engine, &check, "pod update")?;
 
     // Incremental policy: one namespaced policy's rules change.
@@ -113,7 +139,11 @@ fn policy(args: PolicyArgs) -> Result<u8> {
         let parsed = parse_policies(&[SourceFile { name: "changed.yaml", text: &text }], &ParseOptions::default());
         ensure!(!parsed.has_errors(), "changed policy does not parse: {:?}", parsed.diagnostics);
         let policy = parsed.set.policies.into_iter().next().expect("one policy");
-        ensure!(engine.policies.policies.iter().any(|p| p.id == policy.id), "changed policy {} must replace one", policy.id);
+        ensure!(
+            engine.policies.policies.iter().any(|p| p.id == policy.id),
+            "changed policy {} must replace one",
+            policy.id
+        );
         let start = Instant::now();
         engine.set_policy(policy);
         policy_times.push(start.elapsed());
@@ -173,13 +203,19 @@ fn describe(engine: &Engine, namespace: &str, name: &str) -> Result<Vec<String>>
 
 /// The incremental engine must agree with a fresh full compile of the same inputs.
 fn verify(engine: &Engine, endpoints: &[(String, String)], what: &str) -> Result<()> {
-    let fresh = Engine::new(PolicySet { policies: engine.policies.policies.clone() }, engine.cluster.clone(), EnforcementMode::Default);
+    let fresh = Engine::new(
+        PolicySet { policies: engine.policies.policies.clone() },
+        engine.cluster.clone(),
+        EnforcementMode::Default,
+    );
     for (ns, name) in endpoints {
         let (got, want) = (describe(engine, ns, name)?, describe(&fresh, ns, name)?);
         if got != want {
             let missing: Vec<_> = want.iter().filter(|l| !got.contains(l)).take(5).collect();
             let extra: Vec<_> = got.iter().filter(|l| !want.contains(l)).take(5).collect();
-            bail!("INCREMENTAL COMPILE IS WRONG after {what}: endpoint {ns}/{name} differs from a full compile\n  missing: {missing:#?}\n  extra: {extra:#?}");
+            bail!(
+                "INCREMENTAL COMPILE IS WRONG after {what}: endpoint {ns}/{name} differs from a full compile\n  missing: {missing:#?}\n  extra: {extra:#?}"
+            );
         }
     }
     eprintln!("{what}: {} endpoints match a full compile", endpoints.len());

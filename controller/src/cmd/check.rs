@@ -28,7 +28,11 @@ pub fn run(args: Args) -> Result<u8> {
         match &args.cluster {
             Some(path) => {
                 let cluster = files::load_cluster(path)?;
-                diagnostics.extend(lint::lint_with_cluster(&Engine::new(parsed.set.clone(), cluster, args.enforcement_mode.into())));
+                diagnostics.extend(lint::lint_with_cluster(&Engine::new(
+                    parsed.set.clone(),
+                    cluster,
+                    args.enforcement_mode.into(),
+                )));
             }
             None => diagnostics.extend(lint::lint(&parsed.set)),
         }
@@ -49,7 +53,8 @@ pub fn run(args: Args) -> Result<u8> {
             for d in &diagnostics {
                 println!("{d}");
             }
-            let summary = format!("{} policies checked: {errors} error(s), {warnings} warning(s)", parsed.set.policies.len());
+            let summary =
+                format!("{} policies checked: {errors} error(s), {warnings} warning(s)", parsed.set.policies.len());
             if errors > 0 { eprintln!("{summary}") } else { println!("{summary}") }
         }
     }

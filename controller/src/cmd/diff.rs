@@ -46,7 +46,10 @@ pub fn run(args: Args) -> Result<u8> {
     let connectivity_changed = changes.iter().any(|c| c.change != Change::RuleChanged);
     match args.output {
         Output::Json => {
-            let policies: Vec<_> = text_diffs.iter().map(|(id, diff)| serde_json::json!({"policy": id.to_string(), "diff": diff})).collect();
+            let policies: Vec<_> = text_diffs
+                .iter()
+                .map(|(id, diff)| serde_json::json!({"policy": id.to_string(), "diff": diff}))
+                .collect();
             println!("{}", serde_json::to_string_pretty(&serde_json::json!({"flows": changes, "policies": policies}))?);
         }
         Output::Text => print_text(&changes, flows.len(), &text_diffs),
@@ -81,7 +84,10 @@ fn print_text(changes: &[FlowChange], evaluated: usize, text_diffs: &[(PolicyId,
             Change::RuleChanged => ("~", "same verdict, other rule"),
         };
         println!("{mark} {} -> {} {}: {what}", c.from, c.to, c.port);
-        for (side, before, after) in [("egress", &c.before.egress_rule, &c.after.egress_rule), ("ingress", &c.before.ingress_rule, &c.after.ingress_rule)] {
+        for (side, before, after) in [
+            ("egress", &c.before.egress_rule, &c.after.egress_rule),
+            ("ingress", &c.before.ingress_rule, &c.after.ingress_rule),
+        ] {
             if before != after {
                 println!("    {side}: {before}\n      now: {after}");
             }
@@ -103,7 +109,16 @@ fn policy_text_diffs(before: &PolicySet, after: &PolicySet) -> Vec<(PolicyId, St
     ids.into_iter()
         .filter_map(|id| {
             let (a, b) = (old.get(id).map_or("", String::as_str), new.get(id).map_or("", String::as_str));
-            (a != b).then(|| (id.clone(), TextDiff::from_lines(a, b).unified_diff().context_radius(3).header("enforced", "candidate").to_string()))
+            (a != b).then(|| {
+                (
+                    id.clone(),
+                    TextDiff::from_lines(a, b)
+                        .unified_diff()
+                        .context_radius(3)
+                        .header("enforced", "candidate")
+                        .to_string(),
+                )
+            })
         })
         .collect()
 }

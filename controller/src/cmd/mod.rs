@@ -17,7 +17,11 @@ mod trace;
 pub const EXIT_ERROR: u8 = 2;
 
 #[derive(Parser)]
-#[command(name = "palisade", version, about = "GitOps rollout of network policy: audit a candidate on live traffic, promote it atomically")]
+#[command(
+    name = "palisade",
+    version,
+    about = "GitOps rollout of network policy: audit a candidate on live traffic, promote it atomically"
+)]
 pub struct Cli {
     #[command(subcommand)]
     command: Command,

@@ -69,7 +69,14 @@ pub fn run(args: Args) -> Result<u8> {
                     dp::IDENTITY_ANY => "*".to_string(),
                     id => engine.identities().get(id).map_or_else(|| id.to_string(), |i| i.short_name()),
                 };
-                writeln!(out, "    {}\t{}\t{}\t{}", verdict(entry.value.verdict), describe_entry(&entry.key), peer, engine.policies.describe_cookie(entry.value.cookie))?;
+                writeln!(
+                    out,
+                    "    {}\t{}\t{}\t{}",
+                    verdict(entry.value.verdict),
+                    describe_entry(&entry.key),
+                    peer,
+                    engine.policies.describe_cookie(entry.value.cookie)
+                )?;
             }
         }
         writeln!(out)?;

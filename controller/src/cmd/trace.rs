@@ -30,7 +30,12 @@ pub fn run(args: Args) -> Result<u8> {
     let from = FlowEnd::parse(&args.from).map_err(|e| anyhow!("--from: {e}"))?;
     let to = FlowEnd::parse(&args.to).map_err(|e| anyhow!("--to: {e}"))?;
     let port = FlowPort::parse(&args.port).map_err(|e| anyhow!("--port: {e}"))?;
-    let http = args.http.as_deref().map(|r| HttpRequest::parse(r, &args.headers)).transpose().map_err(|e| anyhow!("--http: {e}"))?;
+    let http = args
+        .http
+        .as_deref()
+        .map(|r| HttpRequest::parse(r, &args.headers))
+        .transpose()
+        .map_err(|e| anyhow!("--http: {e}"))?;
     let engine = args.engine.engine()?;
     let result = trace::trace(&engine, &from, &to, port, http.as_ref()).map_err(|e| anyhow!(e))?;
     match args.output {
@@ -57,7 +62,8 @@ fn print_decision(direction: &str, d: &Decision) {
     };
     match (&d.endpoint, d.enforcement) {
         (Some(endpoint), Some(enforcement)) => {
-            let enforcement = serde_json::to_value(enforcement).ok().and_then(|v| v.as_str().map(str::to_owned)).unwrap_or_default();
+            let enforcement =
+                serde_json::to_value(enforcement).ok().and_then(|v| v.as_str().map(str::to_owned)).unwrap_or_default();
             println!("  {direction}  {verdict:7}  {endpoint} ({enforcement}): {}", d.rule);
             if let Some(entry) = &d.entry {
                 println!("                    entry: {entry}");

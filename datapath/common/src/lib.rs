@@ -221,19 +221,24 @@ pub struct SlotKey {
     pub slot: u32,
 }
 
-/// A connection as first seen by an endpoint's program (original direction). Ports are host
-/// order; for ICMP echo `sport` is the echo id.
+/// A connection as tracked by one endpoint's program. Its two ends are ordered (lower address,
+/// then port, first) so that both directions find the same entry with one lookup; the value is
+/// the side that opened it (`CT_OPENED_BY_*`). Ports are host order; for ICMP echo the id
+/// stands in for the requester's port.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct CtKey {
     pub endpoint: u32,
-    pub saddr_be: u32,
-    pub daddr_be: u32,
-    pub sport: u16,
-    pub dport: u16,
+    pub addr_lo_be: u32,
+    pub addr_hi_be: u32,
+    pub port_lo: u16,
+    pub port_hi: u16,
     pub protocol: u8,
     pub _pad: [u8; 3],
 }
+
+pub const CT_OPENED_BY_LO: u32 = 0;
+pub const CT_OPENED_BY_HI: u32 = 1;
 
 /// A flow whose verdict is worth reporting: dropped, audited, or judged differently by the
 /// candidate. Counted in the kernel so events scale with new flows, not packets.
