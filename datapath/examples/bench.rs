@@ -37,15 +37,22 @@ fn main() {
     datapath.attach(0, &client.host_if).unwrap();
     datapath.attach(SERVER, &server.host_if).unwrap();
 
-    verdict_cost(
-        &mut datapath,
-        server_ifindex(server),
-        client.addr,
-        server.addr,
-    );
-    tcp_request_response(&mut datapath, &topology);
-    flips(&mut datapath);
-    event_path(&datapath, server_ifindex(server), client.addr, server.addr);
+    // Optional arguments pick sections: verdict, tcp_rr, flip, events (default: all).
+    let sections: Vec<String> = std::env::args().skip(1).collect();
+    let run = |section: &str| sections.is_empty() || sections.iter().any(|s| s == section);
+    let ifindex = server_ifindex(server);
+    if run("verdict") {
+        verdict_cost(&mut datapath, ifindex, client.addr, server.addr);
+    }
+    if run("tcp_rr") {
+        tcp_request_response(&mut datapath, &topology);
+    }
+    if run("flip") {
+        flips(&mut datapath);
+    }
+    if run("events") {
+        event_path(&datapath, ifindex, client.addr, server.addr);
+    }
     datapath.destroy().unwrap();
 }
 
@@ -196,16 +203,16 @@ fn request_response(client_ns: &str, server: Ipv4Addr, duration: Duration) -> Ro
     }
 }
 
-/// One TCP connection doing 64-byte request/response over the routed veth pairs, in short
+/// One TCP connection doing 64-byte request/response over the routed veth pairs, in 20 short
 /// alternating rounds with the program attached to both endpoints and detached. Ratios are
 /// taken per adjacent pair of rounds, then the median, so that load from other processes on
 /// this shared machine cancels out as far as possible.
 fn tcp_request_response(datapath: &mut Datapath, topology: &Topology) {
     let (client, server) = (&topology.endpoints[0], &topology.endpoints[1]);
     tcp_echo_servers(&server.ns, &[PORT]);
-    let round = Duration::from_millis(400);
+    let round = Duration::from_millis(300);
     let mut pairs = Vec::new();
-    for _ in 0..12 {
+    for _ in 0..20 {
         let with = request_response(&client.ns, server.addr, round);
         datapath.detach(0).unwrap();
         datapath.detach(SERVER).unwrap();

@@ -22,10 +22,10 @@ use aya_ebpf::{
     programs::TcContext,
 };
 use palisade_common::{
-    COOKIE_NONE, CtKey, DIRECTION_EGRESS, DIRECTION_INGRESS, EndpointConfig, EndpointCounters,
-    FlowEvent, FlowKey, FlowStats, IDENTITY_ANY, IDENTITY_WORLD, MODE_AUDIT, MODE_ENFORCE,
-    MODE_OFF, PROTO_ICMP, PROTO_SCTP, PROTO_TCP, PROTO_UDP, PolicyKey, PolicyValue, SLOT_A,
-    SLOT_NONE, SlotKey, VERDICT_DENY, VERDICT_NONE, VERDICT_REDIRECT,
+    COOKIE_NONE, CT_OPENED_BY_HI, CT_OPENED_BY_LO, CtKey, DIRECTION_EGRESS, DIRECTION_INGRESS,
+    EndpointConfig, EndpointCounters, FlowEvent, FlowKey, FlowStats, IDENTITY_ANY, IDENTITY_WORLD,
+    MODE_AUDIT, MODE_ENFORCE, MODE_OFF, PROTO_ICMP, PROTO_SCTP, PROTO_TCP, PROTO_UDP, PolicyKey,
+    PolicyValue, SLOT_A, SLOT_NONE, SlotKey, VERDICT_DENY, VERDICT_NONE, VERDICT_REDIRECT,
 };
 
 /// `PolicyKey` without its leading prefix length, as aya's LPM `Key<K>` wants it.
@@ -170,7 +170,17 @@ fn decide(ctx: &TcContext, direction: u8) -> i32 {
         counters.unenforced += 1;
         return TC_ACT_OK;
     }
-    if is_reply_or_related(endpoint, &packet) {
+    if let Some(mut original) = packet.related {
+        original.endpoint = endpoint;
+        if CONNTRACK.get_ptr(original).is_some() {
+            counters.replies += 1;
+            return TC_ACT_OK;
+        }
+    }
+    let (connection, sender) = connection(endpoint, &packet);
+    // SAFETY: u32 copied out at once.
+    let opened_by = unsafe { CONNTRACK.get(connection) }.copied();
+    if opened_by.is_some_and(|opener| opener != sender) {
         counters.replies += 1;
         return TC_ACT_OK;
     }
@@ -209,8 +219,8 @@ fn decide(ctx: &TcContext, direction: u8) -> i32 {
     };
 
     let pass = config.mode != MODE_ENFORCE || enforced.verdict != VERDICT_DENY;
-    if pass {
-        track(endpoint, &packet);
+    if pass && opened_by.is_none() {
+        let _ = CONNTRACK.insert(connection, sender, BPF_NOEXIST as u64);
     }
     match (config.mode, enforced.verdict) {
         (MODE_AUDIT, VERDICT_DENY) => counters.audited += 1,
@@ -339,65 +349,51 @@ fn parse_icmp_error(ctx: &TcContext, inner: usize) -> Option<CtKey> {
         PROTO_ICMP => (u16::from_be(ctx.load::<u16>(l4 + 4).ok()?), 0),
         _ => (0, 0),
     };
-    Some(CtKey {
-        endpoint: 0,
-        saddr_be,
-        daddr_be,
-        sport,
-        dport,
+    let (key, _) = connection_key(0, protocol, (saddr_be, sport), (daddr_be, dport));
+    Some(key)
+}
+
+/// The connection of a packet and the side (`CT_OPENED_BY_*`) that sent it.
+#[inline(always)]
+fn connection(endpoint: u32, packet: &Packet) -> (CtKey, u32) {
+    let (sport, dport) = match packet.protocol {
+        // An echo reply answers the request with the same id, sent from the requester's "port".
+        PROTO_ICMP if packet.dport == ICMP_ECHO as u16 => (packet.sport, 0),
+        PROTO_ICMP if packet.dport == ICMP_ECHO_REPLY as u16 => (0, packet.sport),
+        PROTO_ICMP => (0, 0),
+        _ => (packet.sport, packet.dport),
+    };
+    connection_key(
+        endpoint,
+        packet.protocol,
+        (packet.saddr_be, sport),
+        (packet.daddr_be, dport),
+    )
+}
+
+#[inline(always)]
+fn connection_key(
+    endpoint: u32,
+    protocol: u8,
+    sender: (u32, u16),
+    receiver: (u32, u16),
+) -> (CtKey, u32) {
+    let sender_is_lo = (u32::from_be(sender.0), sender.1) <= (u32::from_be(receiver.0), receiver.1);
+    let (lo, hi, side) = if sender_is_lo {
+        (sender, receiver, CT_OPENED_BY_LO)
+    } else {
+        (receiver, sender, CT_OPENED_BY_HI)
+    };
+    let key = CtKey {
+        endpoint,
+        addr_lo_be: lo.0,
+        addr_hi_be: hi.0,
+        port_lo: lo.1,
+        port_hi: hi.1,
         protocol,
         _pad: [0; 3],
-    })
-}
-
-#[inline(always)]
-fn forward_key(endpoint: u32, packet: &Packet) -> CtKey {
-    let dport = if packet.protocol == PROTO_ICMP {
-        0
-    } else {
-        packet.dport
     };
-    CtKey {
-        endpoint,
-        saddr_be: packet.saddr_be,
-        daddr_be: packet.daddr_be,
-        sport: packet.sport,
-        dport,
-        protocol: packet.protocol,
-        _pad: [0; 3],
-    }
-}
-
-#[inline(always)]
-fn is_reply_or_related(endpoint: u32, packet: &Packet) -> bool {
-    if let Some(mut original) = packet.related {
-        original.endpoint = endpoint;
-        return CONNTRACK.get_ptr(original).is_some();
-    }
-    let (sport, dport) = match packet.protocol {
-        // An echo reply answers the echo request with the same id.
-        PROTO_ICMP if packet.dport == ICMP_ECHO_REPLY as u16 => (packet.sport, 0),
-        PROTO_ICMP => return false,
-        _ => (packet.dport, packet.sport),
-    };
-    let reversed = CtKey {
-        endpoint,
-        saddr_be: packet.daddr_be,
-        daddr_be: packet.saddr_be,
-        sport,
-        dport,
-        protocol: packet.protocol,
-        _pad: [0; 3],
-    };
-    CONNTRACK.get_ptr(reversed).is_some()
-}
-
-#[inline(always)]
-fn track(endpoint: u32, packet: &Packet) {
-    let key = forward_key(endpoint, packet);
-    if CONNTRACK.get_ptr(key).is_none() {
-        let _ = CONNTRACK.insert(key, 1, BPF_NOEXIST as u64);
-    }
+    (key, side)
 }
 
 /// Cilium's `__policy_can_access`: the identity-specific and the any-identity entries compete;
