@@ -17,25 +17,10 @@ fn main() {
     let manifest_dir = PathBuf::from(env::var_os("CARGO_MANIFEST_DIR").unwrap());
     let out_dir = PathBuf::from(env::var_os("OUT_DIR").unwrap());
     let ebpf_dir = manifest_dir.join("ebpf");
-    for path in [
-        "ebpf/src",
-        "ebpf/Cargo.toml",
-        "ebpf/Cargo.lock",
-        "ebpf/.cargo/config.toml",
-        "common/src",
-    ] {
-        println!(
-            "cargo:rerun-if-changed={}",
-            manifest_dir.join(path).display()
-        );
+    for path in ["ebpf/src", "ebpf/Cargo.toml", "ebpf/Cargo.lock", "ebpf/.cargo/config.toml", "common/src"] {
+        println!("cargo:rerun-if-changed={}", manifest_dir.join(path).display());
     }
-    for var in [
-        "PALISADE_BPF_SKIP",
-        "PALISADE_BPF_OBJ",
-        "BPF_RUSTC",
-        "BPF_CARGO",
-        "BPF_LINKER",
-    ] {
+    for var in ["PALISADE_BPF_SKIP", "PALISADE_BPF_OBJ", "BPF_RUSTC", "BPF_CARGO", "BPF_LINKER"] {
         println!("cargo:rerun-if-env-changed={var}");
     }
     let destination = out_dir.join(OBJECT);
@@ -54,30 +39,18 @@ fn main() {
 }
 
 fn build(ebpf_dir: &Path, target_dir: &Path) -> PathBuf {
-    let cargo = env::var_os("BPF_CARGO")
-        .or_else(|| env::var_os("CARGO"))
-        .unwrap_or_else(|| "cargo".into());
+    let cargo = env::var_os("BPF_CARGO").or_else(|| env::var_os("CARGO")).unwrap_or_else(|| "cargo".into());
     let rustc = env::var_os("BPF_RUSTC").unwrap_or_else(|| "/usr/bin/rustc".into());
     let mut command = Command::new(cargo);
     command
         .current_dir(ebpf_dir)
-        .args([
-            "build",
-            "--release",
-            "--locked",
-            "--target",
-            "bpfel-unknown-none",
-            "--target-dir",
-        ])
+        .args(["build", "--release", "--locked", "--target", "bpfel-unknown-none", "--target-dir"])
         .arg(target_dir)
         .env("RUSTC", rustc)
         // aya-ebpf needs #![feature(asm_experimental_arch)]; allow unstable features in it only.
         .env("RUSTC_BOOTSTRAP", "aya_ebpf")
         // Cargo hands build scripts an empty value that would override .cargo/config.toml.
-        .env(
-            "CARGO_ENCODED_RUSTFLAGS",
-            "-Cdebuginfo=2\x1f-Clink-arg=--btf",
-        )
+        .env("CARGO_ENCODED_RUSTFLAGS", "-Cdebuginfo=2\x1f-Clink-arg=--btf")
         // The outer build's rustup toolchain, flags and wrappers must not leak into this one.
         .env_remove("RUSTUP_TOOLCHAIN")
         .env_remove("RUSTFLAGS")

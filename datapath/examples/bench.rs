@@ -30,9 +30,7 @@ fn main() {
     let (client, server) = (&topology.endpoints[0], &topology.endpoints[1]);
     datapath.set_ipcache(client.addr, 32, CLIENT).unwrap();
     datapath.set_ipcache(server.addr, 32, CLIENT + 1).unwrap();
-    datapath
-        .load_slot(0, Slot::A, &[allow_all(DIRECTION_EGRESS)])
-        .unwrap();
+    datapath.load_slot(0, Slot::A, &[allow_all(DIRECTION_EGRESS)]).unwrap();
     load_server(&mut datapath);
     datapath.attach(0, &client.host_if).unwrap();
     datapath.attach(SERVER, &server.host_if).unwrap();
@@ -57,34 +55,20 @@ fn main() {
 }
 
 fn allow_all(direction: u8) -> PolicyEntry {
-    entry(
-        PolicyKey::new(IDENTITY_ANY, direction, None, 0, 0),
-        PolicyValue::new(VERDICT_ALLOW, 1),
-    )
+    entry(PolicyKey::new(IDENTITY_ANY, direction, None, 0, 0), PolicyValue::new(VERDICT_ALLOW, 1))
 }
 
 /// 16,384 entries: the client's port plus identity-specific ports and ranges for 2,000 peers.
 fn big_policy() -> Vec<PolicyEntry> {
     let mut entries = vec![
         allow_all(DIRECTION_EGRESS),
-        entry(
-            PolicyKey::new(CLIENT, DIRECTION_INGRESS, Some(PROTO_TCP), PORT, 16),
-            PolicyValue::new(VERDICT_ALLOW, 2),
-        ),
+        entry(PolicyKey::new(CLIENT, DIRECTION_INGRESS, Some(PROTO_TCP), PORT, 16), PolicyValue::new(VERDICT_ALLOW, 2)),
     ];
     let mut i = 0u32;
     while entries.len() < MAX_ENTRIES {
         let identity = CLIENT + 1 + i / 8;
-        let (port, bits) = if i % 8 == 7 {
-            (32768, 4)
-        } else {
-            (1000 + (i % 8) as u16 * 1111, 16)
-        };
-        let verdict = if i.is_multiple_of(5) {
-            VERDICT_DENY
-        } else {
-            VERDICT_ALLOW
-        };
+        let (port, bits) = if i % 8 == 7 { (32768, 4) } else { (1000 + (i % 8) as u16 * 1111, 16) };
+        let verdict = if i.is_multiple_of(5) { VERDICT_DENY } else { VERDICT_ALLOW };
         entries.push(entry(
             PolicyKey::new(identity, DIRECTION_INGRESS, Some(PROTO_TCP), port, bits),
             PolicyValue::new(verdict, 100 + i),
@@ -98,13 +82,7 @@ const MAX_ENTRIES: usize = palisade_datapath::MAX_POLICY_ENTRIES as usize;
 /// Slot A: the 16k policy (enforced); slot B: allow-all (candidate, swapped in by flips).
 fn load_server(datapath: &mut Datapath) {
     datapath.load_slot(SERVER, Slot::A, &big_policy()).unwrap();
-    datapath
-        .load_slot(
-            SERVER,
-            Slot::B,
-            &[allow_all(DIRECTION_EGRESS), allow_all(DIRECTION_INGRESS)],
-        )
-        .unwrap();
+    datapath.load_slot(SERVER, Slot::B, &[allow_all(DIRECTION_EGRESS), allow_all(DIRECTION_INGRESS)]).unwrap();
     datapath.set_candidate(SERVER, Some(Slot::B)).unwrap();
 }
 
@@ -148,18 +126,11 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
 fn verdict_cost(datapath: &mut Datapath, ifindex: u32, client: Ipv4Addr, server: Ipv4Addr) {
     let frame = tcp_syn(client, server, PORT);
     let run = |datapath: &Datapath, ifindex| {
-        let result = datapath
-            .run_frame(Hook::ToEndpoint, ifindex, &frame, 200_000)
-            .unwrap();
+        let result = datapath.run_frame(Hook::ToEndpoint, ifindex, &frame, 200_000).unwrap();
         result.per_run.as_nanos() as f64
     };
     let (mut big, mut allow_all, mut unmanaged) = (Vec::new(), Vec::new(), Vec::new());
-    assert!(
-        datapath
-            .run_frame(Hook::ToEndpoint, ifindex, &frame, 1)
-            .unwrap()
-            .passed
-    );
+    assert!(datapath.run_frame(Hook::ToEndpoint, ifindex, &frame, 1).unwrap().passed);
     for _ in 0..11 {
         big.push(run(datapath, ifindex));
         datapath.flip(SERVER).unwrap();
@@ -183,9 +154,7 @@ struct RoundTrips {
 fn request_response(client_ns: &str, server: Ipv4Addr, duration: Duration) -> RoundTrips {
     let mut stream = tcp_connect(client_ns, server, PORT).expect("connect to the echo server");
     stream.set_nodelay(true).unwrap();
-    stream
-        .set_read_timeout(Some(Duration::from_secs(2)))
-        .unwrap();
+    stream.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
     let (request, mut response) = ([7u8; 64], [0u8; 64]);
     let mut latencies = Vec::with_capacity(100_000);
     let start = Instant::now();
@@ -197,10 +166,7 @@ fn request_response(client_ns: &str, server: Ipv4Addr, duration: Duration) -> Ro
     }
     let elapsed = start.elapsed();
     latencies.sort();
-    RoundTrips {
-        per_second: latencies.len() as f64 / elapsed.as_secs_f64(),
-        p99: percentile(&latencies, 0.99),
-    }
+    RoundTrips { per_second: latencies.len() as f64 / elapsed.as_secs_f64(), p99: percentile(&latencies, 0.99) }
 }
 
 /// One TCP connection doing 64-byte request/response over the routed veth pairs, in 20 short
@@ -217,9 +183,7 @@ fn tcp_request_response(datapath: &mut Datapath, topology: &Topology) {
         datapath.detach(0).unwrap();
         datapath.detach(SERVER).unwrap();
         let without = request_response(&client.ns, server.addr, round);
-        datapath
-            .load_slot(0, Slot::A, &[allow_all(DIRECTION_EGRESS)])
-            .unwrap();
+        datapath.load_slot(0, Slot::A, &[allow_all(DIRECTION_EGRESS)]).unwrap();
         load_server(datapath);
         datapath.attach(0, &client.host_if).unwrap();
         datapath.attach(SERVER, &server.host_if).unwrap();
@@ -228,12 +192,7 @@ fn tcp_request_response(datapath: &mut Datapath, topology: &Topology) {
     let us = |d: Duration| d.as_secs_f64() * 1e6;
     let tps_with = median(pairs.iter().map(|(w, _)| w.per_second).collect());
     let tps_without = median(pairs.iter().map(|(_, wo)| wo.per_second).collect());
-    let tps_ratio = median(
-        pairs
-            .iter()
-            .map(|(w, wo)| w.per_second / wo.per_second)
-            .collect(),
-    );
+    let tps_ratio = median(pairs.iter().map(|(w, wo)| w.per_second / wo.per_second).collect());
     let p99_with = median(pairs.iter().map(|(w, _)| us(w.p99)).collect());
     let p99_without = median(pairs.iter().map(|(_, wo)| us(wo.p99)).collect());
     let p99_ratio = median(pairs.iter().map(|(w, wo)| us(w.p99) / us(wo.p99)).collect());
@@ -253,14 +212,8 @@ fn flips(datapath: &mut Datapath) {
         one.push(start.elapsed());
     }
     one.sort();
-    println!(
-        "flip_one_p50_us: {:.1} us",
-        percentile(&one, 0.5).as_secs_f64() * 1e6
-    );
-    println!(
-        "flip_one_p99_us: {:.1} us",
-        percentile(&one, 0.99).as_secs_f64() * 1e6
-    );
+    println!("flip_one_p50_us: {:.1} us", percentile(&one, 0.5).as_secs_f64() * 1e6);
+    println!("flip_one_p99_us: {:.1} us", percentile(&one, 0.99).as_secs_f64() * 1e6);
 
     let endpoints: Vec<u32> = (10_000..11_000).collect();
     for &endpoint in &endpoints {
@@ -278,14 +231,8 @@ fn flips(datapath: &mut Datapath) {
         datapath.load_slot(endpoint, Slot::B, &policy).unwrap();
     }
     let replace = start.elapsed();
-    println!(
-        "inner_map_replace_1000_ms: {:.1} ms",
-        replace.as_secs_f64() * 1e3
-    );
-    println!(
-        "inner_map_replace_vs_flip_ratio: {:.0}",
-        replace.as_secs_f64() / flip_all.as_secs_f64()
-    );
+    println!("inner_map_replace_1000_ms: {:.1} ms", replace.as_secs_f64() * 1e3);
+    println!("inner_map_replace_vs_flip_ratio: {:.0}", replace.as_secs_f64() / flip_all.as_secs_f64());
     for endpoint in endpoints {
         datapath.detach(endpoint).unwrap();
     }
@@ -297,12 +244,7 @@ fn event_path(datapath: &Datapath, ifindex: u32, client: Ipv4Addr, server: Ipv4A
 
     // Kernel-side aggregation: 100k packets of one denied flow make one event.
     let denied = tcp_syn(client, server, 9);
-    assert!(
-        !datapath
-            .run_frame(Hook::ToEndpoint, ifindex, &denied, 100_000)
-            .unwrap()
-            .passed
-    );
+    assert!(!datapath.run_frame(Hook::ToEndpoint, ifindex, &denied, 100_000).unwrap().passed);
     let mut events = 0;
     while reader.read(Duration::from_millis(50), |_| events += 1) > 0 {}
     println!("events_per_100k_denied_packets_one_flow: {events}");
@@ -331,10 +273,7 @@ fn event_path(datapath: &Datapath, ifindex: u32, client: Ipv4Addr, server: Ipv4A
     let elapsed = start.elapsed();
     drop(consumer);
     let received = received.load(Ordering::Relaxed);
-    println!(
-        "events_drained_per_s: {:.0} /s",
-        received as f64 / elapsed.as_secs_f64()
-    );
+    println!("events_drained_per_s: {:.0} /s", received as f64 / elapsed.as_secs_f64());
     println!("events_lost: {}", produced - received.min(produced));
     assert!(drained && incomplete_bursts == 0, "ring buffer overflowed");
 }

@@ -61,17 +61,11 @@ pub enum Error {
     #[error("endpoint {0} has no candidate slot to promote")]
     NoCandidate(EndpointId),
     #[error("endpoint {endpoint}: {entries} policy entries exceed the slot capacity of {max}")]
-    TooManyEntries {
-        endpoint: EndpointId,
-        entries: usize,
-        max: u32,
-    },
+    TooManyEntries { endpoint: EndpointId, entries: usize, max: u32 },
     #[error("counting CPUs: {0}")]
     Cpus(#[source] io::Error),
 }
 
 fn for_endpoint(endpoint: Option<EndpointId>) -> String {
-    endpoint
-        .map(|endpoint| format!(" (endpoint {endpoint})"))
-        .unwrap_or_default()
+    endpoint.map(|endpoint| format!(" (endpoint {endpoint})")).unwrap_or_default()
 }

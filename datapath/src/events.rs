@@ -27,11 +27,7 @@ impl EventReader {
     pub fn read(&mut self, timeout: Duration, mut on_event: impl FnMut(FlowEvent)) -> usize {
         let mut read = self.drain(&mut on_event);
         if read == 0 {
-            let mut poll = libc::pollfd {
-                fd: self.ring.as_raw_fd(),
-                events: libc::POLLIN,
-                revents: 0,
-            };
+            let mut poll = libc::pollfd { fd: self.ring.as_raw_fd(), events: libc::POLLIN, revents: 0 };
             let millis = timeout.as_millis().min(i32::MAX as u128) as i32;
             // SAFETY: one valid pollfd. A failed or interrupted poll just means "nothing yet".
             unsafe { libc::poll(&mut poll, 1, millis) };
@@ -52,10 +48,7 @@ impl EventReader {
                 }
             })
             .expect("spawn the event thread");
-        EventThread {
-            stop,
-            handle: Some(handle),
-        }
+        EventThread { stop, handle: Some(handle) }
     }
 
     fn drain(&mut self, on_event: &mut impl FnMut(FlowEvent)) -> usize {

@@ -17,14 +17,11 @@ use std::{ffi::CString, net::Ipv4Addr, path::Path, time::Duration};
 
 use aya::{
     maps::{Array, HashMap, HashOfMaps, LpmTrie, MapData, MapError, PerCpuHashMap, lpm_trie::Key},
-    programs::{
-        LinkOrder, SchedClassifier, TcAttachType, TestRun, TestRunOptions, links::FdLink,
-        tc::TcAttachOptions,
-    },
+    programs::{LinkOrder, SchedClassifier, TcAttachType, TestRun, TestRunOptions, links::FdLink, tc::TcAttachOptions},
 };
 use palisade_common::{
-    EndpointConfig, EndpointCounters, FlowKey, FlowStats, MODE_AUDIT, MODE_ENFORCE, MODE_OFF,
-    PolicyEntry, PolicyKey, PolicyValue, SLOT_A, SLOT_B, SLOT_NONE, SlotKey, SlotSelection,
+    EndpointConfig, EndpointCounters, FlowKey, FlowStats, MODE_AUDIT, MODE_ENFORCE, MODE_OFF, PolicyEntry, PolicyKey,
+    PolicyValue, SLOT_A, SLOT_B, SLOT_NONE, SlotKey, SlotSelection,
 };
 
 pub use error::Error;
@@ -66,13 +63,6 @@ impl Slot {
             SLOT_A => Some(Slot::A),
             SLOT_B => Some(Slot::B),
             _ => None,
-        }
-    }
-
-    pub const fn other(self) -> Slot {
-        match self {
-            Slot::A => Slot::B,
-            Slot::B => Slot::A,
         }
     }
 }
@@ -182,10 +172,6 @@ impl Datapath {
         })
     }
 
-    pub fn pin_dir(&self) -> &Path {
-        self.pins.dir()
-    }
-
     /// Unpins everything: once the last process closes its handles, the programs detach and the
     /// maps go away. For tests and uninstall.
     pub fn destroy(self) -> Result<()> {
@@ -198,11 +184,8 @@ impl Datapath {
     /// interface. An endpoint exists from its first `load_slot` or `attach` and enforces slot A
     /// (empty: deny all) until told otherwise, so load its policy first. Attaching an attached endpoint to the same interface is a no-op.
     pub fn attach(&mut self, endpoint: EndpointId, ifname: &str) -> Result<()> {
-        let ifindex = ifindex(ifname).map_err(|source| Error::Interface {
-            ifname: ifname.to_owned(),
-            endpoint,
-            source,
-        })?;
+        let ifindex =
+            ifindex(ifname).map_err(|source| Error::Interface { ifname: ifname.to_owned(), endpoint, source })?;
         if self.pins.link_pinned(endpoint) {
             return match self.interfaces.get(&ifindex, 0) {
                 Ok(attached) if attached == endpoint => Ok(()),
@@ -211,28 +194,14 @@ impl Datapath {
         }
         // Maps first, so the first packet through the program finds its endpoint.
         self.ensure_endpoint(endpoint)?;
-        self.interfaces
-            .insert(ifindex, endpoint, 0)
-            .map_err(map_error("INTERFACES", endpoint))?;
+        self.interfaces.insert(ifindex, endpoint, 0).map_err(map_error("INTERFACES", endpoint))?;
         for (program, name, hook) in [
-            (
-                &mut self.from_endpoint,
-                "from_endpoint",
-                TcAttachType::Ingress,
-            ),
+            (&mut self.from_endpoint, "from_endpoint", TcAttachType::Ingress),
             (&mut self.to_endpoint, "to_endpoint", TcAttachType::Egress),
         ] {
-            let program_error = |source| Error::Program {
-                program: name,
-                endpoint: Some(endpoint),
-                source,
-            };
+            let program_error = |source| Error::Program { program: name, endpoint: Some(endpoint), source };
             let link_id = program
-                .attach_with_options(
-                    ifname,
-                    hook,
-                    TcAttachOptions::TcxOrder(LinkOrder::default()),
-                )
+                .attach_with_options(ifname, hook, TcAttachOptions::TcxOrder(LinkOrder::default()))
                 .map_err(program_error)?;
             let link = FdLink::try_from(program.take_link(link_id).map_err(program_error)?)
                 .map_err(|source| Error::Link { endpoint, source })?;
@@ -252,99 +221,66 @@ impl Datapath {
             .map(|(ifindex, _)| ifindex)
             .collect();
         for ifindex in ifindexes {
-            ignore_missing(self.interfaces.remove(&ifindex))
-                .map_err(map_error("INTERFACES", endpoint))?;
+            ignore_missing(self.interfaces.remove(&ifindex)).map_err(map_error("INTERFACES", endpoint))?;
         }
-        ignore_missing(self.endpoint_config.remove(&endpoint))
-            .map_err(map_error("ENDPOINT_CONFIG", endpoint))?;
+        ignore_missing(self.endpoint_config.remove(&endpoint)).map_err(map_error("ENDPOINT_CONFIG", endpoint))?;
         ignore_missing(self.counters.remove(&endpoint)).map_err(map_error("COUNTERS", endpoint))?;
         for slot in [SLOT_A, SLOT_B] {
-            ignore_missing(self.policy_slots.remove(&SlotKey {
-                endpoint,
-                slot: slot as u32,
-            }))
-            .map_err(map_error("POLICY_SLOTS", endpoint))?;
+            ignore_missing(self.policy_slots.remove(&SlotKey { endpoint, slot: slot as u32 }))
+                .map_err(map_error("POLICY_SLOTS", endpoint))?;
         }
         Ok(())
     }
 
     /// Endpoints with a config, attached or not.
     pub fn endpoints(&self) -> Result<Vec<EndpointId>> {
-        self.endpoint_config
-            .keys()
-            .collect::<Result<_, _>>()
-            .map_err(|source| Error::Map {
-                map: "ENDPOINT_CONFIG",
-                endpoint: None,
-                source,
-            })
+        self.endpoint_config.keys().collect::<Result<_, _>>().map_err(|source| Error::Map {
+            map: "ENDPOINT_CONFIG",
+            endpoint: None,
+            source,
+        })
     }
 
     /// Maps `addr/prefix_len` to `identity`. Addresses without a matching prefix are "world".
     pub fn set_ipcache(&mut self, addr: Ipv4Addr, prefix_len: u8, identity: u32) -> Result<()> {
-        self.ipcache
-            .insert(&ipcache_key(addr, prefix_len), identity, 0)
-            .map_err(|source| Error::Map {
-                map: "IPCACHE",
-                endpoint: None,
-                source,
-            })
+        self.ipcache.insert(&ipcache_key(addr, prefix_len), identity, 0).map_err(|source| Error::Map {
+            map: "IPCACHE",
+            endpoint: None,
+            source,
+        })
     }
 
     pub fn remove_ipcache(&mut self, addr: Ipv4Addr, prefix_len: u8) -> Result<()> {
-        ignore_missing(self.ipcache.remove(&ipcache_key(addr, prefix_len))).map_err(|source| {
-            Error::Map {
-                map: "IPCACHE",
-                endpoint: None,
-                source,
-            }
+        ignore_missing(self.ipcache.remove(&ipcache_key(addr, prefix_len))).map_err(|source| Error::Map {
+            map: "IPCACHE",
+            endpoint: None,
+            source,
         })
     }
 
     /// Replaces the whole content of `slot` with `entries` in one step: a new policy map is
     /// filled aside, then swapped in. The swap waits for an RCU grace period (milliseconds), which
     /// is why promotions never do this: load the idle slot ahead of time, then [`Self::flip`].
-    pub fn load_slot(
-        &mut self,
-        endpoint: EndpointId,
-        slot: Slot,
-        entries: &[PolicyEntry],
-    ) -> Result<()> {
+    pub fn load_slot(&mut self, endpoint: EndpointId, slot: Slot, entries: &[PolicyEntry]) -> Result<()> {
         if entries.len() > MAX_POLICY_ENTRIES as usize {
-            return Err(Error::TooManyEntries {
-                endpoint,
-                entries: entries.len(),
-                max: MAX_POLICY_ENTRIES,
-            });
+            return Err(Error::TooManyEntries { endpoint, entries: entries.len(), max: MAX_POLICY_ENTRIES });
         }
         self.ensure_endpoint(endpoint)?;
         let mut policy = PolicySlot::create(MAX_POLICY_ENTRIES, BPF_F_NO_PREALLOC)
             .map_err(map_error("POLICY_SLOTS (inner)", endpoint))?;
         for entry in entries {
             let value = entry.value.with_l4_prefix_len(entry.key.l4_prefix_len());
-            policy
-                .insert(&policy_key(&entry.key), value, 0)
-                .map_err(map_error("POLICY_SLOTS (inner)", endpoint))?;
+            policy.insert(&policy_key(&entry.key), value, 0).map_err(map_error("POLICY_SLOTS (inner)", endpoint))?;
         }
         self.policy_slots
-            .insert(
-                SlotKey {
-                    endpoint,
-                    slot: slot.raw() as u32,
-                },
-                &policy,
-                0,
-            )
+            .insert(SlotKey { endpoint, slot: slot.raw() as u32 }, &policy, 0)
             .map_err(map_error("POLICY_SLOTS", endpoint))
     }
 
     /// Marks `slot` as the candidate evaluated beside the enforced slot, or stops shadowing.
     pub fn set_candidate(&mut self, endpoint: EndpointId, candidate: Option<Slot>) -> Result<()> {
         self.update_config(endpoint, |config, selection| {
-            let selection = SlotSelection {
-                candidate: candidate.map_or(SLOT_NONE, Slot::raw),
-                ..selection
-            };
+            let selection = SlotSelection { candidate: candidate.map_or(SLOT_NONE, Slot::raw), ..selection };
             config.by_epoch = [selection; 2];
             Ok(())
         })
@@ -380,24 +316,18 @@ impl Datapath {
             configs.push((endpoint, config));
         }
         for &(endpoint, config) in &configs {
-            self.endpoint_config
-                .insert(endpoint, config, 0)
-                .map_err(map_error("ENDPOINT_CONFIG", endpoint))?;
+            self.endpoint_config.insert(endpoint, config, 0).map_err(map_error("ENDPOINT_CONFIG", endpoint))?;
         }
-        self.node_epoch
-            .set(0, epoch.wrapping_add(1), 0)
-            .map_err(|source| Error::Map {
-                map: "NODE_EPOCH",
-                endpoint: None,
-                source,
-            })?;
+        self.node_epoch.set(0, epoch.wrapping_add(1), 0).map_err(|source| Error::Map {
+            map: "NODE_EPOCH",
+            endpoint: None,
+            source,
+        })?;
         // Off the promotion path: make both halves agree again, so the next node-wide flip
         // stages from a consistent state (the stale half is inactive now).
         for (endpoint, mut config) in configs {
             config.by_epoch[active] = config.by_epoch[staged];
-            self.endpoint_config
-                .insert(endpoint, config, 0)
-                .map_err(map_error("ENDPOINT_CONFIG", endpoint))?;
+            self.endpoint_config.insert(endpoint, config, 0).map_err(map_error("ENDPOINT_CONFIG", endpoint))?;
         }
         Ok(())
     }
@@ -414,42 +344,30 @@ impl Datapath {
 
     /// The endpoint's packet counters, summed over CPUs.
     pub fn counters(&self, endpoint: EndpointId) -> Result<EndpointCounters> {
-        let per_cpu = self
-            .counters
-            .get(&endpoint, 0)
-            .map_err(map_error("COUNTERS", endpoint))?;
-        Ok(per_cpu
-            .iter()
-            .fold(EndpointCounters::default(), |mut sum, cpu| {
-                for (total, n) in sum.slot_packets.iter_mut().zip(cpu.slot_packets) {
-                    *total += n;
-                }
-                sum.allowed += cpu.allowed;
-                sum.redirected += cpu.redirected;
-                sum.denied += cpu.denied;
-                sum.audited += cpu.audited;
-                sum.shadow_diffs += cpu.shadow_diffs;
-                sum.replies += cpu.replies;
-                sum.unenforced += cpu.unenforced;
-                sum.events_lost += cpu.events_lost;
-                sum
-            }))
+        let per_cpu = self.counters.get(&endpoint, 0).map_err(map_error("COUNTERS", endpoint))?;
+        Ok(per_cpu.iter().fold(EndpointCounters::default(), |mut sum, cpu| {
+            for (total, n) in sum.slot_packets.iter_mut().zip(cpu.slot_packets) {
+                *total += n;
+            }
+            sum.allowed += cpu.allowed;
+            sum.redirected += cpu.redirected;
+            sum.denied += cpu.denied;
+            sum.audited += cpu.audited;
+            sum.shadow_diffs += cpu.shadow_diffs;
+            sum.replies += cpu.replies;
+            sum.unenforced += cpu.unenforced;
+            sum.events_lost += cpu.events_lost;
+            sum
+        }))
     }
 
     /// Every flow the program counted: drops, audit verdicts and shadow differences.
     pub fn flows(&self) -> Result<Vec<Flow>> {
         let mut flows = Vec::new();
         for entry in self.flows.iter() {
-            let (key, per_cpu) = entry.map_err(|source| Error::Map {
-                map: "FLOWS",
-                endpoint: None,
-                source,
-            })?;
+            let (key, per_cpu) = entry.map_err(|source| Error::Map { map: "FLOWS", endpoint: None, source })?;
             // The CPU that created the flow holds its first-seen time and cookies.
-            let creator = per_cpu
-                .iter()
-                .find(|stats| stats.first_seen_ns != 0)
-                .copied();
+            let creator = per_cpu.iter().find(|stats| stats.first_seen_ns != 0).copied();
             flows.push(Flow {
                 key,
                 packets: per_cpu.iter().map(|stats| stats.packets).sum(),
@@ -483,26 +401,15 @@ impl Datapath {
     /// Creates the endpoint's config (enforce slot A, no candidate) and counters if missing.
     fn ensure_endpoint(&mut self, endpoint: EndpointId) -> Result<()> {
         if self.endpoint_config.get(&endpoint, 0).is_err() {
-            let select = SlotSelection {
-                enforced: SLOT_A,
-                candidate: SLOT_NONE,
-            };
-            let config = EndpointConfig {
-                mode: MODE_ENFORCE,
-                _pad: [0; 3],
-                by_epoch: [select; 2],
-            };
-            self.endpoint_config
-                .insert(endpoint, config, 0)
-                .map_err(map_error("ENDPOINT_CONFIG", endpoint))?;
+            let select = SlotSelection { enforced: SLOT_A, candidate: SLOT_NONE };
+            let config = EndpointConfig { mode: MODE_ENFORCE, _pad: [0; 3], by_epoch: [select; 2] };
+            self.endpoint_config.insert(endpoint, config, 0).map_err(map_error("ENDPOINT_CONFIG", endpoint))?;
         }
         if self.counters.get(&endpoint, 0).is_err() {
             let cpus = aya::util::nr_cpus().map_err(|(_, e)| Error::Cpus(e))?;
-            let zero = aya::maps::PerCpuValues::try_from(vec![EndpointCounters::default(); cpus])
-                .map_err(Error::Cpus)?;
-            self.counters
-                .insert(endpoint, zero, 0)
-                .map_err(map_error("COUNTERS", endpoint))?;
+            let zero =
+                aya::maps::PerCpuValues::try_from(vec![EndpointCounters::default(); cpus]).map_err(Error::Cpus)?;
+            self.counters.insert(endpoint, zero, 0).map_err(map_error("COUNTERS", endpoint))?;
         }
         Ok(())
     }
@@ -516,13 +423,7 @@ impl Datapath {
     /// Runs an Ethernet frame through the program `repeat` times (BPF_PROG_TEST_RUN) as if it
     /// crossed `hook` of interface `ifindex` (in the caller's network namespace). It counts and
     /// tracks like real traffic. For tracing a verdict and for benchmarks.
-    pub fn run_frame(
-        &self,
-        hook: Hook,
-        ifindex: u32,
-        frame: &[u8],
-        repeat: u32,
-    ) -> Result<FrameRun> {
+    pub fn run_frame(&self, hook: Hook, ifindex: u32, frame: &[u8], repeat: u32) -> Result<FrameRun> {
         let (program, name) = match hook {
             Hook::FromEndpoint => (&self.from_endpoint, "from_endpoint"),
             Hook::ToEndpoint => (&self.to_endpoint, "to_endpoint"),
@@ -532,21 +433,9 @@ impl Datapath {
         let mut context = [0u8; 44];
         context[40..].copy_from_slice(&ifindex.to_ne_bytes());
         let result = program
-            .test_run(TestRunOptions {
-                data_in: Some(frame),
-                ctx_in: Some(&context),
-                repeat,
-                ..TestRunOptions::new()
-            })
-            .map_err(|source| Error::Program {
-                program: name,
-                endpoint: None,
-                source,
-            })?;
-        Ok(FrameRun {
-            passed: result.return_value == 0,
-            per_run: result.duration,
-        })
+            .test_run(TestRunOptions { data_in: Some(frame), ctx_in: Some(&context), repeat, ..TestRunOptions::new() })
+            .map_err(|source| Error::Program { program: name, endpoint: None, source })?;
+        Ok(FrameRun { passed: result.return_value == 0, per_run: result.duration })
     }
 
     /// Writes `bursts` x 64 synthetic events into the ring buffer as fast as the kernel can, to
@@ -554,38 +443,20 @@ impl Datapath {
     pub fn emit_synthetic_events(&self, bursts: u32) -> Result<u32> {
         let result = self
             .event_burst
-            .test_run(TestRunOptions {
-                data_in: Some(&[0; 64]),
-                repeat: bursts,
-                ..TestRunOptions::new()
-            })
-            .map_err(|source| Error::Program {
-                program: "event_burst",
-                endpoint: None,
-                source,
-            })?;
+            .test_run(TestRunOptions { data_in: Some(&[0; 64]), repeat: bursts, ..TestRunOptions::new() })
+            .map_err(|source| Error::Program { program: "event_burst", endpoint: None, source })?;
         Ok(result.return_value)
     }
 
     fn epoch(&self) -> Result<u32> {
-        self.node_epoch.get(&0, 0).map_err(|source| Error::Map {
-            map: "NODE_EPOCH",
-            endpoint: None,
-            source,
-        })
+        self.node_epoch.get(&0, 0).map_err(|source| Error::Map { map: "NODE_EPOCH", endpoint: None, source })
     }
 
     fn config(&self, endpoint: EndpointId) -> Result<EndpointConfig> {
-        self.endpoint_config
-            .get(&endpoint, 0)
-            .map_err(|source| match source {
-                MapError::KeyNotFound => Error::UnknownEndpoint(endpoint),
-                source => Error::Map {
-                    map: "ENDPOINT_CONFIG",
-                    endpoint: Some(endpoint),
-                    source,
-                },
-            })
+        self.endpoint_config.get(&endpoint, 0).map_err(|source| match source {
+            MapError::KeyNotFound => Error::UnknownEndpoint(endpoint),
+            source => Error::Map { map: "ENDPOINT_CONFIG", endpoint: Some(endpoint), source },
+        })
     }
 
     /// Rewrites an endpoint's config in one map update. `change` gets the selection in force.
@@ -597,9 +468,7 @@ impl Datapath {
         let mut config = self.config(endpoint)?;
         let selection = config.by_epoch[(self.epoch()? & 1) as usize];
         change(&mut config, selection)?;
-        self.endpoint_config
-            .insert(endpoint, config, 0)
-            .map_err(map_error("ENDPOINT_CONFIG", endpoint))
+        self.endpoint_config.insert(endpoint, config, 0).map_err(map_error("ENDPOINT_CONFIG", endpoint))
     }
 }
 
@@ -607,10 +476,7 @@ fn promoted(endpoint: EndpointId, selection: SlotSelection) -> Result<SlotSelect
     if selection.candidate == SLOT_NONE {
         return Err(Error::NoCandidate(endpoint));
     }
-    Ok(SlotSelection {
-        enforced: selection.candidate,
-        candidate: selection.enforced,
-    })
+    Ok(SlotSelection { enforced: selection.candidate, candidate: selection.enforced })
 }
 
 fn policy_key(key: &PolicyKey) -> Key<PolicyMatch> {
@@ -636,20 +502,14 @@ fn ifindex(ifname: &str) -> std::io::Result<u32> {
 }
 
 fn map_error(map: &'static str, endpoint: EndpointId) -> impl Fn(MapError) -> Error {
-    move |source| Error::Map {
-        map,
-        endpoint: Some(endpoint),
-        source,
-    }
+    move |source| Error::Map { map, endpoint: Some(endpoint), source }
 }
 
 /// Removing what is already gone is fine.
 fn ignore_missing(result: Result<(), MapError>) -> Result<(), MapError> {
     match result {
         Err(MapError::KeyNotFound) => Ok(()),
-        Err(MapError::SyscallError(ref e)) if e.io_error.raw_os_error() == Some(libc::ENOENT) => {
-            Ok(())
-        }
+        Err(MapError::SyscallError(ref e)) if e.io_error.raw_os_error() == Some(libc::ENOENT) => Ok(()),
         other => other,
     }
 }

@@ -38,13 +38,7 @@ pub(crate) struct Pins {
 
 impl Pins {
     pub(crate) fn new(dir: &Path) -> Self {
-        Pins {
-            dir: dir.to_owned(),
-        }
-    }
-
-    pub(crate) fn dir(&self) -> &Path {
-        &self.dir
+        Pins { dir: dir.to_owned() }
     }
 
     pub(crate) fn complete(&self) -> bool {
@@ -71,35 +65,21 @@ impl Pins {
         for name in MAPS {
             let map = ebpf.map(name).ok_or(Error::MissingInObject(name))?;
             let path = self.map_path(name);
-            map.pin(&path)
-                .map_err(|source| Error::Pin { path, source })?;
+            map.pin(&path).map_err(|source| Error::Pin { path, source })?;
         }
         for name in PROGRAMS {
-            let program_error = |source| Error::Program {
-                program: name,
-                endpoint: None,
-                source,
-            };
-            let program: &mut SchedClassifier = ebpf
-                .program_mut(name)
-                .ok_or(Error::MissingInObject(name))?
-                .try_into()
-                .map_err(program_error)?;
+            let program_error = |source| Error::Program { program: name, endpoint: None, source };
+            let program: &mut SchedClassifier =
+                ebpf.program_mut(name).ok_or(Error::MissingInObject(name))?.try_into().map_err(program_error)?;
             program.load().map_err(program_error)?;
             let path = self.program_path(name);
-            program
-                .pin(&path)
-                .map_err(|source| Error::Pin { path, source })?;
+            program.pin(&path).map_err(|source| Error::Pin { path, source })?;
         }
         Ok(())
     }
 
     pub(crate) fn map<M: TryFrom<Map, Error = MapError>>(&self, name: &'static str) -> Result<M> {
-        let map_error = |source| Error::Map {
-            map: name,
-            endpoint: None,
-            source,
-        };
+        let map_error = |source| Error::Map { map: name, endpoint: None, source };
         let data = MapData::from_pin(self.map_path(name)).map_err(map_error)?;
         M::try_from(Map::from_map_data(data).map_err(map_error)?).map_err(map_error)
     }
@@ -113,15 +93,12 @@ impl Pins {
     }
 
     pub(crate) fn link_pinned(&self, endpoint: EndpointId) -> bool {
-        ATTACHED
-            .iter()
-            .all(|program| self.link_path(endpoint, program).exists())
+        ATTACHED.iter().all(|program| self.link_path(endpoint, program).exists())
     }
 
     pub(crate) fn pin_link(&self, endpoint: EndpointId, program: &str, link: FdLink) -> Result<()> {
         let path = self.link_path(endpoint, program);
-        link.pin(&path)
-            .map_err(|source| Error::Pin { path, source })?;
+        link.pin(&path).map_err(|source| Error::Pin { path, source })?;
         Ok(())
     }
 
@@ -141,10 +118,7 @@ impl Pins {
 
     pub(crate) fn remove_all(&self) -> Result<()> {
         match fs::remove_dir_all(&self.dir) {
-            Err(e) if e.kind() != io::ErrorKind::NotFound => Err(Error::PinDir {
-                path: self.dir.clone(),
-                source: e,
-            }),
+            Err(e) if e.kind() != io::ErrorKind::NotFound => Err(Error::PinDir { path: self.dir.clone(), source: e }),
             _ => Ok(()),
         }
     }

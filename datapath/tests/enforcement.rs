@@ -31,25 +31,13 @@ fn policies() -> [Vec<PolicyEntry>; 4] {
     use DIRECTION_EGRESS as EG;
     use DIRECTION_INGRESS as IN;
     [
-        vec![
-            allow_all(EG, 1),
-            allow(
-                PolicyKey::new(CIDR_IDENTITY, IN, Some(PROTO_TCP), 7000, 16),
-                2,
-            ),
-        ],
+        vec![allow_all(EG, 1), allow(PolicyKey::new(CIDR_IDENTITY, IN, Some(PROTO_TCP), 7000, 16), 2)],
         vec![
             allow_all(EG, 11),
             allow(PolicyKey::new(identity(0), IN, Some(PROTO_TCP), 80, 16), 12),
             // Any peer on TCP 8080-8095 (a port range as a 12-bit prefix).
-            allow(
-                PolicyKey::new(IDENTITY_ANY, IN, Some(PROTO_TCP), 8080, 12),
-                13,
-            ),
-            allow(
-                PolicyKey::new(IDENTITY_ANY, IN, Some(PROTO_TCP), 80, 16),
-                14,
-            ),
+            allow(PolicyKey::new(IDENTITY_ANY, IN, Some(PROTO_TCP), 8080, 12), 13),
+            allow(PolicyKey::new(IDENTITY_ANY, IN, Some(PROTO_TCP), 80, 16), 14),
             // The database may not reach the web tier at all: beats the any-peer port-80 allow.
             deny(PolicyKey::new(identity(2), IN, None, 0, 0), 15),
         ],
@@ -57,16 +45,10 @@ fn policies() -> [Vec<PolicyEntry>; 4] {
             allow_all(EG, 21),
             // L3-only: the web tier may use anything.
             allow(PolicyKey::new(identity(1), IN, None, 0, 0), 22),
-            allow(
-                PolicyKey::new(IDENTITY_ANY, IN, Some(PROTO_UDP), 53, 16),
-                23,
-            ),
+            allow(PolicyKey::new(IDENTITY_ANY, IN, Some(PROTO_UDP), 53, 16), 23),
         ],
         vec![
-            allow(
-                PolicyKey::new(CIDR_IDENTITY, EG, Some(PROTO_TCP), 9000, 16),
-                31,
-            ),
+            allow(PolicyKey::new(CIDR_IDENTITY, EG, Some(PROTO_TCP), 9000, 16), 31),
             allow(PolicyKey::new(identity(1), EG, None, 0, 0), 32),
             allow(PolicyKey::new(identity(0), IN, Some(PROTO_ICMP), 8, 16), 33),
         ],
@@ -75,20 +57,12 @@ fn policies() -> [Vec<PolicyEntry>; 4] {
 
 fn setup(topology: &Topology, datapath: &mut Datapath) {
     for (i, (endpoint, policy)) in topology.endpoints.iter().zip(policies()).enumerate() {
-        datapath
-            .set_ipcache(endpoint.addr, 32, identity(i))
-            .unwrap();
+        datapath.set_ipcache(endpoint.addr, 32, identity(i)).unwrap();
         datapath.load_slot(i as u32, Slot::A, &policy).unwrap();
         datapath.attach(i as u32, &endpoint.host_if).unwrap();
     }
     let external = topology.external.as_ref().unwrap().addr;
-    datapath
-        .set_ipcache(
-            Ipv4Addr::from(u32::from(external) & !0xff),
-            24,
-            CIDR_IDENTITY,
-        )
-        .unwrap();
+    datapath.set_ipcache(Ipv4Addr::from(u32::from(external) & !0xff), 24, CIDR_IDENTITY).unwrap();
 }
 
 type Probe<'a> = Box<dyn Fn() -> bool + Sync + Send + 'a>;
@@ -99,12 +73,7 @@ fn connectivity_matrix_over_tcp_udp_icmp() {
     let _inside = InNetns::enter(&topology.node);
     let mut datapath = topology.datapath();
     setup(&topology, &mut datapath);
-    let ep = |i: usize| {
-        (
-            topology.endpoints[i].ns.as_str(),
-            topology.endpoints[i].addr,
-        )
-    };
+    let ep = |i: usize| (topology.endpoints[i].ns.as_str(), topology.endpoints[i].addr);
     let ext = topology.external.as_ref().unwrap();
     for i in 0..4 {
         tcp_echo_servers(&topology.endpoints[i].ns, &[80, 5432, 8085, 8100]);
@@ -115,112 +84,30 @@ fn connectivity_matrix_over_tcp_udp_icmp() {
 
     let (e0, e1, e2, e3) = (ep(0), ep(1), ep(2), ep(3));
     let cases: Vec<(&str, bool, Probe)> = vec![
-        (
-            "e0->e1 tcp/80: identity allow (replies pass e0's ingress)",
-            true,
-            Box::new(move || tcp_ok(e0.0, e1.1, 80)),
-        ),
-        (
-            "e0->e1 tcp/8085: port range",
-            true,
-            Box::new(move || tcp_ok(e0.0, e1.1, 8085)),
-        ),
-        (
-            "e0->e1 tcp/8100: outside the range",
-            false,
-            Box::new(move || tcp_ok(e0.0, e1.1, 8100)),
-        ),
-        (
-            "e2->e1 tcp/80: deny beats the any-peer allow",
-            false,
-            Box::new(move || tcp_ok(e2.0, e1.1, 80)),
-        ),
-        (
-            "e3->e1 tcp/80: any-peer allow",
-            true,
-            Box::new(move || tcp_ok(e3.0, e1.1, 80)),
-        ),
-        (
-            "e1->e2 tcp/5432: L3-only",
-            true,
-            Box::new(move || tcp_ok(e1.0, e2.1, 5432)),
-        ),
-        (
-            "e1->e2 udp/5000: L3-only",
-            true,
-            Box::new(move || udp_ok(e1.0, e2.1, 5000)),
-        ),
-        (
-            "e1->e2 icmp: L3-only",
-            true,
-            Box::new(move || ping_ok(e1.0, e2.1)),
-        ),
-        (
-            "e0->e2 tcp/5432: no rule",
-            false,
-            Box::new(move || tcp_ok(e0.0, e2.1, 5432)),
-        ),
-        (
-            "e0->e2 udp/53: any-peer udp/53 (reply passes)",
-            true,
-            Box::new(move || udp_ok(e0.0, e2.1, 53)),
-        ),
-        (
-            "e0->e2 icmp: no rule",
-            false,
-            Box::new(move || ping_ok(e0.0, e2.1)),
-        ),
-        (
-            "e3->e2 udp/53: e3's egress denies",
-            false,
-            Box::new(move || udp_ok(e3.0, e2.1, 53)),
-        ),
-        (
-            "e0->e3 icmp echo: allowed, reply passes e0",
-            true,
-            Box::new(move || ping_ok(e0.0, e3.1)),
-        ),
-        (
-            "e1->e3 icmp: not from e0",
-            false,
-            Box::new(move || ping_ok(e1.0, e3.1)),
-        ),
-        (
-            "e3->e1 udp/5000: e1 ingress has no rule",
-            false,
-            Box::new(move || udp_ok(e3.0, e1.1, 5000)),
-        ),
-        (
-            "e3->x tcp/9000: CIDR egress rule",
-            true,
-            Box::new(move || tcp_ok(e3.0, ext.addr, 9000)),
-        ),
-        (
-            "e3->x tcp/9001: not in the CIDR rule",
-            false,
-            Box::new(move || tcp_ok(e3.0, ext.addr, 9001)),
-        ),
-        (
-            "e0->x tcp/9001: e0 may send anywhere",
-            true,
-            Box::new(move || tcp_ok(e0.0, ext.addr, 9001)),
-        ),
-        (
-            "x->e0 tcp/7000: CIDR ingress rule",
-            true,
-            Box::new(move || tcp_ok(&ext.ns, e0.1, 7000)),
-        ),
-        (
-            "x->e0 tcp/7001: not in the CIDR rule",
-            false,
-            Box::new(move || tcp_ok(&ext.ns, e0.1, 7001)),
-        ),
+        ("e0->e1 tcp/80: identity allow (replies pass e0's ingress)", true, Box::new(move || tcp_ok(e0.0, e1.1, 80))),
+        ("e0->e1 tcp/8085: port range", true, Box::new(move || tcp_ok(e0.0, e1.1, 8085))),
+        ("e0->e1 tcp/8100: outside the range", false, Box::new(move || tcp_ok(e0.0, e1.1, 8100))),
+        ("e2->e1 tcp/80: deny beats the any-peer allow", false, Box::new(move || tcp_ok(e2.0, e1.1, 80))),
+        ("e3->e1 tcp/80: any-peer allow", true, Box::new(move || tcp_ok(e3.0, e1.1, 80))),
+        ("e1->e2 tcp/5432: L3-only", true, Box::new(move || tcp_ok(e1.0, e2.1, 5432))),
+        ("e1->e2 udp/5000: L3-only", true, Box::new(move || udp_ok(e1.0, e2.1, 5000))),
+        ("e1->e2 icmp: L3-only", true, Box::new(move || ping_ok(e1.0, e2.1))),
+        ("e0->e2 tcp/5432: no rule", false, Box::new(move || tcp_ok(e0.0, e2.1, 5432))),
+        ("e0->e2 udp/53: any-peer udp/53 (reply passes)", true, Box::new(move || udp_ok(e0.0, e2.1, 53))),
+        ("e0->e2 icmp: no rule", false, Box::new(move || ping_ok(e0.0, e2.1))),
+        ("e3->e2 udp/53: e3's egress denies", false, Box::new(move || udp_ok(e3.0, e2.1, 53))),
+        ("e0->e3 icmp echo: allowed, reply passes e0", true, Box::new(move || ping_ok(e0.0, e3.1))),
+        ("e1->e3 icmp: not from e0", false, Box::new(move || ping_ok(e1.0, e3.1))),
+        ("e3->e1 udp/5000: e1 ingress has no rule", false, Box::new(move || udp_ok(e3.0, e1.1, 5000))),
+        ("e3->x tcp/9000: CIDR egress rule", true, Box::new(move || tcp_ok(e3.0, ext.addr, 9000))),
+        ("e3->x tcp/9001: not in the CIDR rule", false, Box::new(move || tcp_ok(e3.0, ext.addr, 9001))),
+        ("e0->x tcp/9001: e0 may send anywhere", true, Box::new(move || tcp_ok(e0.0, ext.addr, 9001))),
+        ("x->e0 tcp/7000: CIDR ingress rule", true, Box::new(move || tcp_ok(&ext.ns, e0.1, 7000))),
+        ("x->e0 tcp/7001: not in the CIDR rule", false, Box::new(move || tcp_ok(&ext.ns, e0.1, 7001))),
     ];
     let failures: Vec<String> = std::thread::scope(|scope| {
-        let handles: Vec<_> = cases
-            .iter()
-            .map(|(name, expected, probe)| scope.spawn(move || (name, *expected, probe())))
-            .collect();
+        let handles: Vec<_> =
+            cases.iter().map(|(name, expected, probe)| scope.spawn(move || (name, *expected, probe()))).collect();
         handles
             .into_iter()
             .map(|h| h.join().unwrap())
@@ -228,34 +115,24 @@ fn connectivity_matrix_over_tcp_udp_icmp() {
             .map(|(name, expected, got)| format!("{name}: expected {expected}, got {got}"))
             .collect()
     });
-    assert!(
-        failures.is_empty(),
-        "connectivity matrix:\n{}",
-        failures.join("\n")
-    );
+    assert!(failures.is_empty(), "connectivity matrix:\n{}", failures.join("\n"));
 
     // Related ICMP: e1 may send UDP to a closed port of e2 (L3 rule); the port-unreachable error
     // passes e1's ingress, where ICMP from e2 has no rule, because it belongs to that flow.
-    assert_eq!(
-        udp_probe(e1.0, e2.1, 6000),
-        UdpOutcome::Refused,
-        "related ICMP error must pass"
-    );
+    assert_eq!(udp_probe(e1.0, e2.1, 6000), UdpOutcome::Refused, "related ICMP error must pass");
 
     let web = datapath.counters(1).unwrap();
-    assert!(
-        web.denied >= 2 && web.allowed > 0 && web.replies > 0,
-        "web counters: {web:?}"
-    );
+    assert!(web.denied >= 2 && web.allowed > 0 && web.replies > 0, "web counters: {web:?}");
     let flows = datapath.flows().unwrap();
     let denied_db = flows
         .iter()
         .find(|f| f.key.endpoint == 1 && f.key.identity == identity(2) && f.key.dport == 80)
         .expect("the e2->e1 drop is a counted flow");
-    assert_eq!(
-        (denied_db.key.enforced_verdict, denied_db.enforced_cookie),
-        (VERDICT_DENY, 15)
-    );
+    assert_eq!((denied_db.key.enforced_verdict, denied_db.enforced_cookie), (VERDICT_DENY, 15));
+
+    // Without its CIDR identity the external address is "world", which e0 does not admit.
+    datapath.remove_ipcache(Ipv4Addr::from(u32::from(ext.addr) & !0xff), 24).unwrap();
+    assert!(!tcp_ok(&ext.ns, e0.1, 7000), "world is denied once the CIDR identity is gone");
     datapath.destroy().unwrap();
 }
 
@@ -266,26 +143,16 @@ fn tightened_policy_cuts_an_established_connection() {
     let mut datapath = topology.datapath();
     setup(&topology, &mut datapath);
     tcp_echo_servers(&topology.endpoints[1].ns, &[80]);
-    let mut stream =
-        tcp_connect(&topology.endpoints[0].ns, topology.endpoints[1].addr, 80).expect("connect");
+    let mut stream = tcp_connect(&topology.endpoints[0].ns, topology.endpoints[1].addr, 80).expect("connect");
     assert!(tcp_roundtrip(&mut stream), "allowed connection works");
 
     let mut tightened = policies()[1].clone();
     tightened.retain(|e| e.key.port() != 80);
     datapath.load_slot(1, Slot::B, &tightened).unwrap();
     datapath.set_candidate(1, Some(Slot::B)).unwrap();
-    assert!(
-        tcp_roundtrip(&mut stream),
-        "a candidate alone changes nothing"
-    );
+    assert!(tcp_roundtrip(&mut stream), "a candidate alone changes nothing");
     datapath.flip(1).unwrap();
-    assert!(
-        !tcp_roundtrip(&mut stream),
-        "the established connection is cut on its next packet"
-    );
-    assert!(
-        !tcp_ok(&topology.endpoints[0].ns, topology.endpoints[1].addr, 80),
-        "new connections are denied"
-    );
+    assert!(!tcp_roundtrip(&mut stream), "the established connection is cut on its next packet");
+    assert!(!tcp_ok(&topology.endpoints[0].ns, topology.endpoints[1].addr, 80), "new connections are denied");
     datapath.destroy().unwrap();
 }

@@ -22,25 +22,11 @@ fn hundred_flips_under_load() {
     let mut datapath = topology.datapath();
     let (sender, receiver) = (&topology.endpoints[0], &topology.endpoints[1]);
     let sender_identity = IDENTITY_FIRST_LOCAL;
-    datapath
-        .set_ipcache(sender.addr, 32, sender_identity)
-        .unwrap();
-    datapath
-        .set_ipcache(receiver.addr, 32, sender_identity + 1)
-        .unwrap();
-    let udp = |port| {
-        PolicyKey::new(
-            sender_identity,
-            DIRECTION_INGRESS,
-            Some(PROTO_UDP),
-            port,
-            16,
-        )
-    };
-    let egress_all = entry(
-        PolicyKey::new(IDENTITY_ANY, DIRECTION_EGRESS, None, 0, 0),
-        PolicyValue::new(VERDICT_ALLOW, 1),
-    );
+    datapath.set_ipcache(sender.addr, 32, sender_identity).unwrap();
+    datapath.set_ipcache(receiver.addr, 32, sender_identity + 1).unwrap();
+    let udp = |port| PolicyKey::new(sender_identity, DIRECTION_INGRESS, Some(PROTO_UDP), port, 16);
+    let egress_all =
+        entry(PolicyKey::new(IDENTITY_ANY, DIRECTION_EGRESS, None, 0, 0), PolicyValue::new(VERDICT_ALLOW, 1));
     datapath.load_slot(0, Slot::A, &[egress_all]).unwrap();
     // Both slots allow the load on 9000; only slot A allows the marker port 9001.
     let slot_a = [
@@ -119,11 +105,7 @@ fn hundred_flips_under_load() {
     let [in_a, in_b] = counters.slot_packets;
     let markers = 100;
     assert!(in_a > 0 && in_b > 0, "both slots judged load: {counters:?}");
-    assert_eq!(
-        in_a + in_b,
-        sent + markers,
-        "every packet counted against exactly one slot: {counters:?}"
-    );
+    assert_eq!(in_a + in_b, sent + markers, "every packet counted against exactly one slot: {counters:?}");
     assert_eq!(counters.denied, markers / 2);
     println!("{sent} load packets during 100 flips: slot A {in_a}, slot B {in_b}");
     datapath.destroy().unwrap();

@@ -38,10 +38,7 @@ fn first_agent_process() {
         .collect();
     let pinger = IDENTITY_FIRST_LOCAL;
     let policies = [
-        vec![entry(
-            PolicyKey::new(IDENTITY_ANY, DIRECTION_EGRESS, None, 0, 0),
-            PolicyValue::new(VERDICT_ALLOW, 1),
-        )],
+        vec![entry(PolicyKey::new(IDENTITY_ANY, DIRECTION_EGRESS, None, 0, 0), PolicyValue::new(VERDICT_ALLOW, 1))],
         vec![entry(
             PolicyKey::new(pinger, DIRECTION_INGRESS, Some(PROTO_ICMP), 8, 16),
             PolicyValue::new(VERDICT_ALLOW, 2),
@@ -61,33 +58,17 @@ fn first_agent_process() {
 #[test]
 fn enforcement_survives_an_agent_restart() {
     let topology = Topology::new("pdr", 3, false, 90);
-    let mut args = vec![
-        topology.node.clone(),
-        topology.pin_dir.display().to_string(),
-    ];
-    args.extend(
-        topology
-            .endpoints
-            .iter()
-            .map(|e| format!("{}={}", e.host_if, e.addr)),
-    );
+    let mut args = vec![topology.node.clone(), topology.pin_dir.display().to_string()];
+    args.extend(topology.endpoints.iter().map(|e| format!("{}={}", e.host_if, e.addr)));
     let mut first_agent = Command::new(std::env::current_exe().unwrap())
-        .args([
-            "--exact",
-            "first_agent_process",
-            "--nocapture",
-            "--test-threads=1",
-        ])
+        .args(["--exact", "first_agent_process", "--nocapture", "--test-threads=1"])
         .env(FIRST_AGENT_ENV, args.join(" "))
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .spawn()
         .expect("start the first agent");
     let mut stdout = BufReader::new(first_agent.stdout.take().unwrap()).lines();
-    assert!(
-        stdout.any(|line| line.is_ok_and(|l| l.contains("READY"))),
-        "the first agent did not come up"
-    );
+    assert!(stdout.any(|line| line.is_ok_and(|l| l.contains("READY"))), "the first agent did not come up");
 
     let stop = Arc::new(AtomicBool::new(false));
     let pinger_ns = topology.endpoints[0].ns.clone();
@@ -109,38 +90,21 @@ fn enforcement_survives_an_agent_restart() {
 
     thread::sleep(Duration::from_millis(300));
     drop(first_agent.stdin.take());
-    assert!(
-        first_agent.wait().unwrap().success(),
-        "the first agent failed"
-    );
+    assert!(first_agent.wait().unwrap().success(), "the first agent failed");
     thread::sleep(Duration::from_millis(300));
 
     let _inside = InNetns::enter(&topology.node);
     let mut second_agent = topology.datapath();
     let before = second_agent.counters(1).unwrap();
-    assert!(
-        before.allowed > 0,
-        "the adopted maps keep their counters: {before:?}"
-    );
+    assert!(before.allowed > 0, "the adopted maps keep their counters: {before:?}");
     assert_eq!(second_agent.endpoints().unwrap().len(), 3);
     thread::sleep(Duration::from_millis(300));
     // The adopted state is under control: allow the denied pair now.
-    assert!(
-        second_agent.counters(1).unwrap().allowed > before.allowed,
-        "still enforcing after adoption"
-    );
+    assert!(second_agent.counters(1).unwrap().allowed > before.allowed, "still enforcing after adoption");
     drop(stop_guard);
     let answers: Vec<Vec<bool>> = pingers.into_iter().map(|p| p.join().unwrap()).collect();
-    assert!(
-        answers[0].len() > 20 && answers[0].iter().all(|&ok| ok),
-        "allowed pair lost pings: {:?}",
-        answers[0]
-    );
-    assert!(
-        answers[1].len() > 8 && answers[1].iter().all(|&ok| !ok),
-        "denied pair got through: {:?}",
-        answers[1]
-    );
+    assert!(answers[0].len() > 20 && answers[0].iter().all(|&ok| ok), "allowed pair lost pings: {:?}", answers[0]);
+    assert!(answers[1].len() > 8 && answers[1].iter().all(|&ok| !ok), "denied pair got through: {:?}", answers[1]);
 
     second_agent
         .load_slot(
@@ -154,9 +118,6 @@ fn enforcement_survives_an_agent_restart() {
         .unwrap();
     second_agent.set_candidate(2, Some(Slot::B)).unwrap();
     second_agent.flip(2).unwrap();
-    assert!(
-        ping_ok(&topology.endpoints[0].ns, topology.endpoints[2].addr),
-        "the second agent controls the datapath"
-    );
+    assert!(ping_ok(&topology.endpoints[0].ns, topology.endpoints[2].addr), "the second agent controls the datapath");
     second_agent.destroy().unwrap();
 }

@@ -24,27 +24,15 @@ fn candidate_differences_are_counted_while_the_enforced_policy_decides() {
     let mut datapath = topology.datapath();
     let client = IDENTITY_FIRST_LOCAL;
     for (i, endpoint) in topology.endpoints.iter().enumerate() {
-        datapath
-            .set_ipcache(endpoint.addr, 32, IDENTITY_FIRST_LOCAL + i as u32)
-            .unwrap();
+        datapath.set_ipcache(endpoint.addr, 32, IDENTITY_FIRST_LOCAL + i as u32).unwrap();
     }
-    let egress_all = allow(
-        PolicyKey::new(IDENTITY_ANY, DIRECTION_EGRESS, None, 0, 0),
-        1,
-    );
+    let egress_all = allow(PolicyKey::new(IDENTITY_ANY, DIRECTION_EGRESS, None, 0, 0), 1);
     datapath.load_slot(0, Slot::A, &[egress_all]).unwrap();
     // Enforced: 8080, 8081 and 8082. Candidate: 8080 only; 8081 unlisted, 8082 explicitly denied.
-    let enforced = [
-        egress_all,
-        allow(udp(client, 8080), 10),
-        allow(udp(client, 8081), 11),
-        allow(udp(client, 8082), 12),
-    ];
-    let candidate = [
-        egress_all,
-        allow(udp(client, 8080), 20),
-        entry(udp(IDENTITY_ANY, 8082), PolicyValue::new(VERDICT_DENY, 22)),
-    ];
+    let enforced =
+        [egress_all, allow(udp(client, 8080), 10), allow(udp(client, 8081), 11), allow(udp(client, 8082), 12)];
+    let candidate =
+        [egress_all, allow(udp(client, 8080), 20), entry(udp(IDENTITY_ANY, 8082), PolicyValue::new(VERDICT_DENY, 22))];
     datapath.load_slot(1, Slot::A, &enforced).unwrap();
     datapath.load_slot(1, Slot::B, &candidate).unwrap();
     datapath.set_candidate(1, Some(Slot::B)).unwrap();
@@ -56,26 +44,16 @@ fn candidate_differences_are_counted_while_the_enforced_policy_decides() {
     datapath.set_mode(2, Mode::Audit).unwrap();
     let mut events = datapath.events().unwrap();
 
-    let (client_ns, server, audited) = (
-        &topology.endpoints[0].ns,
-        &topology.endpoints[1],
-        &topology.endpoints[2],
-    );
+    let (client_ns, server, audited) = (&topology.endpoints[0].ns, &topology.endpoints[1], &topology.endpoints[2]);
     udp_echo_servers(&server.ns, &[8080, 8081, 8082]);
     udp_echo_servers(&audited.ns, &[5000]);
     for (port, datagrams) in [(8080, 4), (8081, 7), (8082, 5)] {
         for _ in 0..datagrams {
-            assert!(
-                udp_ok(client_ns, server.addr, port),
-                "udp/{port} is allowed by the enforced slot"
-            );
+            assert!(udp_ok(client_ns, server.addr, port), "udp/{port} is allowed by the enforced slot");
         }
     }
     for _ in 0..3 {
-        assert!(
-            udp_ok(client_ns, audited.addr, 5000),
-            "audit mode lets traffic through"
-        );
+        assert!(udp_ok(client_ns, audited.addr, 5000), "audit mode lets traffic through");
     }
 
     let flows = datapath.flows().unwrap();
@@ -96,30 +74,15 @@ fn candidate_differences_are_counted_while_the_enforced_policy_decides() {
     differences.sort();
     assert_eq!(
         differences,
-        vec![
-            (8081, VERDICT_ALLOW, VERDICT_DENY, 7, 11, COOKIE_NONE),
-            (8082, VERDICT_ALLOW, VERDICT_DENY, 5, 12, 22)
-        ],
+        vec![(8081, VERDICT_ALLOW, VERDICT_DENY, 7, 11, COOKIE_NONE), (8082, VERDICT_ALLOW, VERDICT_DENY, 5, 12, 22)],
         "exactly the flows the candidate would deny, with their packet counts"
     );
     let server_counters = datapath.counters(1).unwrap();
-    assert_eq!(
-        (server_counters.shadow_diffs, server_counters.denied),
-        (12, 0),
-        "{server_counters:?}"
-    );
+    assert_eq!((server_counters.shadow_diffs, server_counters.denied), (12, 0), "{server_counters:?}");
 
-    let audit_flow = flows
-        .iter()
-        .find(|f| f.key.endpoint == 2)
-        .expect("the audited flow is recorded");
+    let audit_flow = flows.iter().find(|f| f.key.endpoint == 2).expect("the audited flow is recorded");
     assert_eq!(
-        (
-            audit_flow.key.mode,
-            audit_flow.key.enforced_verdict,
-            audit_flow.key.dport,
-            audit_flow.packets
-        ),
+        (audit_flow.key.mode, audit_flow.key.enforced_verdict, audit_flow.key.dport, audit_flow.packets),
         (MODE_AUDIT, VERDICT_DENY, 5000, 3)
     );
     assert_eq!(datapath.counters(2).unwrap().audited, 3);
@@ -127,22 +90,19 @@ fn candidate_differences_are_counted_while_the_enforced_policy_decides() {
     // One event per new flow, not per packet.
     let mut received = Vec::new();
     while events.read(Duration::from_millis(100), |event| received.push(event)) > 0 {}
-    let mut event_flows: Vec<_> = received
-        .iter()
-        .map(|e| (e.flow.endpoint, e.flow.dport))
-        .collect();
+    let mut event_flows: Vec<_> = received.iter().map(|e| (e.flow.endpoint, e.flow.dport)).collect();
     event_flows.sort();
     assert_eq!(event_flows, vec![(1, 8081), (1, 8082), (2, 5000)]);
     let event = received.iter().find(|e| e.flow.dport == 8082).unwrap();
     assert_eq!((event.enforced_cookie, event.candidate_cookie), (12, 22));
     assert_eq!(event.daddr_be, u32::from_ne_bytes(server.addr.octets()));
 
+    datapath.clear_flows().unwrap();
+    assert!(datapath.flows().unwrap().is_empty());
+
     // Promoting the candidate makes its verdict real.
     datapath.flip(1).unwrap();
     assert!(udp_ok(client_ns, server.addr, 8080));
-    assert!(
-        !udp_ok(client_ns, server.addr, 8081),
-        "denied once promoted"
-    );
+    assert!(!udp_ok(client_ns, server.addr, 8081), "denied once promoted");
     datapath.destroy().unwrap();
 }

@@ -14,18 +14,18 @@
 use aya_ebpf::{
     bindings::{BPF_F_NO_PREALLOC, BPF_NOEXIST, TC_ACT_OK, TC_ACT_SHOT},
     btf_maps::{
-        Array, HashMap, HashOfMaps, LpmTrie, LruHashMap, LruPerCpuHashMap, PerCpuArray,
-        PerCpuHashMap, RingBuf, lpm_trie::Key,
+        Array, HashMap, HashOfMaps, LpmTrie, LruHashMap, LruPerCpuHashMap, PerCpuArray, PerCpuHashMap, RingBuf,
+        lpm_trie::Key,
     },
     helpers::bpf_ktime_get_ns,
     macros::{btf_map, classifier},
     programs::TcContext,
 };
 use palisade_common::{
-    COOKIE_NONE, CT_OPENED_BY_HI, CT_OPENED_BY_LO, CtKey, DIRECTION_EGRESS, DIRECTION_INGRESS,
-    EndpointConfig, EndpointCounters, FlowEvent, FlowKey, FlowStats, IDENTITY_ANY, IDENTITY_WORLD,
-    MODE_AUDIT, MODE_ENFORCE, MODE_OFF, PROTO_ICMP, PROTO_SCTP, PROTO_TCP, PROTO_UDP, PolicyKey,
-    PolicyValue, SLOT_A, SLOT_NONE, SlotKey, VERDICT_DENY, VERDICT_NONE, VERDICT_REDIRECT,
+    COOKIE_NONE, CT_OPENED_BY_HI, CT_OPENED_BY_LO, CtKey, DIRECTION_EGRESS, DIRECTION_INGRESS, EndpointConfig,
+    EndpointCounters, FlowEvent, FlowKey, FlowStats, IDENTITY_ANY, IDENTITY_WORLD, MODE_AUDIT, MODE_ENFORCE, MODE_OFF,
+    PROTO_ICMP, PROTO_SCTP, PROTO_TCP, PROTO_UDP, PolicyKey, PolicyValue, SLOT_A, SLOT_NONE, SlotKey, VERDICT_DENY,
+    VERDICT_NONE, VERDICT_REDIRECT,
 };
 
 /// `PolicyKey` without its leading prefix length, as aya's LPM `Key<K>` wants it.
@@ -54,8 +54,7 @@ static INTERFACES: HashMap<u32, u32, 4096> = HashMap::new(); // ifindex -> endpo
 // No prealloc: an update allocates a new element and frees the old one after RCU, so a reader
 // never sees a recycled value.
 #[btf_map]
-static ENDPOINT_CONFIG: HashMap<u32, EndpointConfig, 4096, { BPF_F_NO_PREALLOC as usize }> =
-    HashMap::new();
+static ENDPOINT_CONFIG: HashMap<u32, EndpointConfig, 4096, { BPF_F_NO_PREALLOC as usize }> = HashMap::new();
 #[btf_map]
 static NODE_EPOCH: Array<u32, 1> = Array::new();
 #[btf_map]
@@ -185,23 +184,12 @@ fn decide(ctx: &TcContext, direction: u8) -> i32 {
         return TC_ACT_OK;
     }
 
-    let remote_be = if direction == DIRECTION_EGRESS {
-        packet.daddr_be
-    } else {
-        packet.saddr_be
-    };
+    let remote_be = if direction == DIRECTION_EGRESS { packet.daddr_be } else { packet.saddr_be };
     // LPM nodes are freed after an RCU grace period, so the identity is read safely.
-    let identity = IPCACHE
-        .get(&Key::new(32, remote_be))
-        .copied()
-        .unwrap_or(IDENTITY_WORLD);
+    let identity = IPCACHE.get(&Key::new(32, remote_be)).copied().unwrap_or(IDENTITY_WORLD);
     let epoch = NODE_EPOCH.get(0).copied().unwrap_or(0);
     // Branches, not indexing: the verifier rejects the pointer arithmetic LLVM makes of it.
-    let slots = if epoch & 1 == 0 {
-        config.by_epoch[0]
-    } else {
-        config.by_epoch[1]
-    };
+    let slots = if epoch & 1 == 0 { config.by_epoch[0] } else { config.by_epoch[1] };
 
     let enforced = policy_verdict(endpoint, slots.enforced, identity, direction, &packet);
     if slots.enforced == SLOT_A {
@@ -210,10 +198,7 @@ fn decide(ctx: &TcContext, direction: u8) -> i32 {
         counters.slot_packets[1] += 1;
     }
     let candidate = if slots.candidate == SLOT_NONE {
-        Verdict {
-            verdict: VERDICT_NONE,
-            cookie: COOKIE_NONE,
-        }
+        Verdict { verdict: VERDICT_NONE, cookie: COOKIE_NONE }
     } else {
         policy_verdict(endpoint, slots.candidate, identity, direction, &packet)
     };
@@ -319,9 +304,7 @@ fn parse(ctx: &TcContext) -> Option<Packet> {
             // The policy "port" of ICMP is its type; the echo id stands in for a port in the CT.
             packet.dport = icmp_type as u16;
             match icmp_type {
-                ICMP_ECHO | ICMP_ECHO_REPLY => {
-                    packet.sport = u16::from_be_bytes([l4_start[4], l4_start[5]])
-                }
+                ICMP_ECHO | ICMP_ECHO_REPLY => packet.sport = u16::from_be_bytes([l4_start[4], l4_start[5]]),
                 ICMP_DEST_UNREACH | ICMP_TIME_EXCEEDED | ICMP_PARAMETER_PROBLEM => {
                     packet.related = parse_icmp_error(ctx, l4 + 8)
                 }
@@ -342,10 +325,9 @@ fn parse_icmp_error(ctx: &TcContext, inner: usize) -> Option<CtKey> {
     let daddr_be: u32 = ctx.load(inner + 16).ok()?;
     let l4 = inner + ((version_ihl & 0x0f) as usize) * 4;
     let (sport, dport) = match protocol {
-        PROTO_TCP | PROTO_UDP | PROTO_SCTP => (
-            u16::from_be(ctx.load::<u16>(l4).ok()?),
-            u16::from_be(ctx.load::<u16>(l4 + 2).ok()?),
-        ),
+        PROTO_TCP | PROTO_UDP | PROTO_SCTP => {
+            (u16::from_be(ctx.load::<u16>(l4).ok()?), u16::from_be(ctx.load::<u16>(l4 + 2).ok()?))
+        }
         PROTO_ICMP => (u16::from_be(ctx.load::<u16>(l4 + 4).ok()?), 0),
         _ => (0, 0),
     };
@@ -363,60 +345,26 @@ fn connection(endpoint: u32, packet: &Packet) -> (CtKey, u32) {
         PROTO_ICMP => (0, 0),
         _ => (packet.sport, packet.dport),
     };
-    connection_key(
-        endpoint,
-        packet.protocol,
-        (packet.saddr_be, sport),
-        (packet.daddr_be, dport),
-    )
+    connection_key(endpoint, packet.protocol, (packet.saddr_be, sport), (packet.daddr_be, dport))
 }
 
 #[inline(always)]
-fn connection_key(
-    endpoint: u32,
-    protocol: u8,
-    sender: (u32, u16),
-    receiver: (u32, u16),
-) -> (CtKey, u32) {
+fn connection_key(endpoint: u32, protocol: u8, sender: (u32, u16), receiver: (u32, u16)) -> (CtKey, u32) {
     let sender_is_lo = (u32::from_be(sender.0), sender.1) <= (u32::from_be(receiver.0), receiver.1);
-    let (lo, hi, side) = if sender_is_lo {
-        (sender, receiver, CT_OPENED_BY_LO)
-    } else {
-        (receiver, sender, CT_OPENED_BY_HI)
-    };
-    let key = CtKey {
-        endpoint,
-        addr_lo_be: lo.0,
-        addr_hi_be: hi.0,
-        port_lo: lo.1,
-        port_hi: hi.1,
-        protocol,
-        _pad: [0; 3],
-    };
+    let (lo, hi, side) =
+        if sender_is_lo { (sender, receiver, CT_OPENED_BY_LO) } else { (receiver, sender, CT_OPENED_BY_HI) };
+    let key =
+        CtKey { endpoint, addr_lo_be: lo.0, addr_hi_be: hi.0, port_lo: lo.1, port_hi: hi.1, protocol, _pad: [0; 3] };
     (key, side)
 }
 
 /// Cilium's `__policy_can_access`: the identity-specific and the any-identity entries compete;
 /// higher precedence wins, then the longer proto/port prefix, then the identity-specific one.
 #[inline(always)]
-fn policy_verdict(
-    endpoint: u32,
-    slot: u8,
-    identity: u32,
-    direction: u8,
-    packet: &Packet,
-) -> Verdict {
-    let denied = Verdict {
-        verdict: VERDICT_DENY,
-        cookie: COOKIE_NONE,
-    };
+fn policy_verdict(endpoint: u32, slot: u8, identity: u32, direction: u8, packet: &Packet) -> Verdict {
+    let denied = Verdict { verdict: VERDICT_DENY, cookie: COOKIE_NONE };
     // SAFETY: the inner map reference is only used for lookups during this run.
-    let Some(policy) = (unsafe {
-        POLICY_SLOTS.get(&SlotKey {
-            endpoint,
-            slot: slot as u32,
-        })
-    }) else {
+    let Some(policy) = (unsafe { POLICY_SLOTS.get(&SlotKey { endpoint, slot: slot as u32 }) }) else {
         return denied;
     };
     let mut key = Key::new(
@@ -434,39 +382,26 @@ fn policy_verdict(
     let wildcard = policy.get(&key).copied();
     let chosen = match (specific, wildcard) {
         (Some(s), Some(w)) => {
-            let wildcard_wins = w.precedence > s.precedence
-                || (w.precedence == s.precedence && w.l4_prefix_len() > s.l4_prefix_len());
+            let wildcard_wins =
+                w.precedence > s.precedence || (w.precedence == s.precedence && w.l4_prefix_len() > s.l4_prefix_len());
             if wildcard_wins { w } else { s }
         }
         (Some(s), None) => s,
         (None, Some(w)) => w,
         (None, None) => return denied,
     };
-    Verdict {
-        verdict: chosen.verdict,
-        cookie: chosen.cookie,
-    }
+    Verdict { verdict: chosen.verdict, cookie: chosen.cookie }
 }
 
 /// Counts the flow; a new flow also gets an event. Returns false when that event was lost.
 #[inline(always)]
-fn record_flow(
-    flow: &FlowKey,
-    packet: &Packet,
-    enforced_cookie: u32,
-    candidate_cookie: u32,
-) -> bool {
+fn record_flow(flow: &FlowKey, packet: &Packet, enforced_cookie: u32, candidate_cookie: u32) -> bool {
     if count_packet(flow) {
         return true;
     }
     // SAFETY: a helper call without arguments.
     let now = unsafe { bpf_ktime_get_ns() };
-    let stats = FlowStats {
-        packets: 1,
-        first_seen_ns: now,
-        enforced_cookie,
-        candidate_cookie,
-    };
+    let stats = FlowStats { packets: 1, first_seen_ns: now, enforced_cookie, candidate_cookie };
     if FLOWS.insert(flow, stats, BPF_NOEXIST as u64).is_err() {
         // Another CPU created it first.
         count_packet(flow);

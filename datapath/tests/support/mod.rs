@@ -29,23 +29,12 @@ pub const PROBE_TIMEOUT: Duration = Duration::from_millis(300);
 pub fn require_root() {
     // SAFETY: no preconditions.
     let uid = unsafe { libc::geteuid() };
-    assert_eq!(
-        uid, 0,
-        "datapath tests need root (network namespaces, tc, bpf): run them with sudo"
-    );
+    assert_eq!(uid, 0, "datapath tests need root (network namespaces, tc, bpf): run them with sudo");
 }
 
 pub fn run(args: &[&str]) {
-    let output = Command::new(args[0])
-        .args(&args[1..])
-        .output()
-        .expect("run a command");
-    assert!(
-        output.status.success(),
-        "{} failed: {}",
-        args.join(" "),
-        String::from_utf8_lossy(&output.stderr)
-    );
+    let output = Command::new(args[0]).args(&args[1..]).output().expect("run a command");
+    assert!(output.status.success(), "{} failed: {}", args.join(" "), String::from_utf8_lossy(&output.stderr));
 }
 
 pub struct Endpoint {
@@ -70,25 +59,12 @@ impl Topology {
         require_root();
         let node = format!("{prefix}-node");
         let pin_dir = PathBuf::from(format!("/sys/fs/bpf/palisade-test-{prefix}"));
-        let mut topology = Topology {
-            node: node.clone(),
-            endpoints: Vec::new(),
-            external: None,
-            pin_dir,
-            namespaces: Vec::new(),
-        };
+        let mut topology =
+            Topology { node: node.clone(), endpoints: Vec::new(), external: None, pin_dir, namespaces: Vec::new() };
         topology.cleanup();
         topology.add_ns(&node);
         run(&["ip", "-n", &node, "link", "set", "lo", "up"]);
-        run(&[
-            "ip",
-            "netns",
-            "exec",
-            &node,
-            "sysctl",
-            "-qw",
-            "net.ipv4.ip_forward=1",
-        ]);
+        run(&["ip", "netns", "exec", &node, "sysctl", "-qw", "net.ipv4.ip_forward=1"]);
         for i in 0..endpoints {
             let endpoint = topology.add_endpoint(prefix, &format!("e{i}"), subnet + i as u8);
             topology.endpoints.push(endpoint);
@@ -111,45 +87,15 @@ impl Topology {
         assert!(host_if.len() <= 15, "interface name {host_if} is too long");
         self.add_ns(&ns);
         let node = self.node.clone();
-        run(&[
-            "ip", "-n", &node, "link", "add", &host_if, "type", "veth", "peer", "name", &peer_if,
-            "netns", &ns,
-        ]);
+        run(&["ip", "-n", &node, "link", "add", &host_if, "type", "veth", "peer", "name", &peer_if, "netns", &ns]);
         let gateway = format!("10.200.{subnet}.1");
         let addr = Ipv4Addr::new(10, 200, subnet, 2);
-        run(&[
-            "ip",
-            "-n",
-            &node,
-            "addr",
-            "add",
-            &format!("{gateway}/24"),
-            "dev",
-            &host_if,
-        ]);
+        run(&["ip", "-n", &node, "addr", "add", &format!("{gateway}/24"), "dev", &host_if]);
         run(&["ip", "-n", &node, "link", "set", &host_if, "up"]);
-        run(&[
-            "ip",
-            "-n",
-            &ns,
-            "addr",
-            "add",
-            &format!("{addr}/24"),
-            "dev",
-            &peer_if,
-        ]);
+        run(&["ip", "-n", &ns, "addr", "add", &format!("{addr}/24"), "dev", &peer_if]);
         run(&["ip", "-n", &ns, "link", "set", &peer_if, "up"]);
         run(&["ip", "-n", &ns, "link", "set", "lo", "up"]);
-        run(&[
-            "ip",
-            "-n",
-            &ns,
-            "route",
-            "add",
-            "10.200.0.0/16",
-            "via",
-            &gateway,
-        ]);
+        run(&["ip", "-n", &ns, "route", "add", "10.200.0.0/16", "via", &gateway]);
         Endpoint { ns, host_if, addr }
     }
 
@@ -221,9 +167,7 @@ pub fn in_netns<T: Send + 'static>(ns: &str, f: impl FnOnce() -> T + Send + 'sta
 /// TCP echo server on every given port of `ns`; runs until the process exits.
 pub fn tcp_echo_servers(ns: &str, ports: &[u16]) {
     for &port in ports {
-        let listener = in_netns(ns, move || {
-            TcpListener::bind(("0.0.0.0", port)).expect("bind tcp")
-        });
+        let listener = in_netns(ns, move || TcpListener::bind(("0.0.0.0", port)).expect("bind tcp"));
         thread::spawn(move || {
             for stream in listener.incoming().flatten() {
                 thread::spawn(move || echo(stream));
@@ -249,9 +193,7 @@ pub fn udp_echo_servers(ns: &str, ports: &[u16]) -> Vec<Arc<AtomicU64>> {
             let socket = in_netns(ns, move || {
                 let socket = Socket::new(Domain::IPV4, Type::DGRAM, None).expect("udp socket");
                 socket.set_recv_buffer_size(8 << 20).expect("rcvbuf");
-                socket
-                    .bind(&SocketAddr::from(([0, 0, 0, 0], port)).into())
-                    .expect("bind udp");
+                socket.bind(&SocketAddr::from(([0, 0, 0, 0], port)).into()).expect("bind udp");
                 UdpSocket::from(socket)
             });
             let received = Arc::new(AtomicU64::new(0));
@@ -270,8 +212,7 @@ pub fn udp_echo_servers(ns: &str, ports: &[u16]) -> Vec<Arc<AtomicU64>> {
 
 pub fn tcp_connect(ns: &str, to: Ipv4Addr, port: u16) -> Option<TcpStream> {
     in_netns(ns, move || {
-        let stream =
-            TcpStream::connect_timeout(&SocketAddr::from((to, port)), PROBE_TIMEOUT).ok()?;
+        let stream = TcpStream::connect_timeout(&SocketAddr::from((to, port)), PROBE_TIMEOUT).ok()?;
         stream.set_read_timeout(Some(PROBE_TIMEOUT)).ok()?;
         Some(stream)
     })
@@ -294,9 +235,7 @@ pub fn udp_socket(ns: &str, to: Ipv4Addr, port: u16) -> UdpSocket {
     in_netns(ns, move || {
         let socket = UdpSocket::bind("0.0.0.0:0").expect("bind udp client");
         socket.connect((to, port)).expect("connect udp");
-        socket
-            .set_read_timeout(Some(PROBE_TIMEOUT))
-            .expect("timeout");
+        socket.set_read_timeout(Some(PROBE_TIMEOUT)).expect("timeout");
         socket
     })
 }
@@ -334,30 +273,15 @@ pub struct Pinger {
 impl Pinger {
     pub fn new(ns: &str, to: Ipv4Addr) -> Pinger {
         static NEXT_ID: AtomicU64 = AtomicU64::new(0x5100);
-        let socket = in_netns(ns, || {
-            Socket::new(Domain::IPV4, Type::RAW, Some(Protocol::ICMPV4)).expect("raw icmp socket")
-        });
+        let socket =
+            in_netns(ns, || Socket::new(Domain::IPV4, Type::RAW, Some(Protocol::ICMPV4)).expect("raw icmp socket"));
         let id = NEXT_ID.fetch_add(1, Ordering::Relaxed) as u16;
-        Pinger {
-            socket,
-            to,
-            id,
-            seq: 0,
-        }
+        Pinger { socket, to, id, seq: 0 }
     }
 
     pub fn ping(&mut self, timeout: Duration) -> bool {
         self.seq = self.seq.wrapping_add(1);
-        let mut packet = [
-            8u8,
-            0,
-            0,
-            0,
-            (self.id >> 8) as u8,
-            self.id as u8,
-            (self.seq >> 8) as u8,
-            self.seq as u8,
-        ];
+        let mut packet = [8u8, 0, 0, 0, (self.id >> 8) as u8, self.id as u8, (self.seq >> 8) as u8, self.seq as u8];
         let sum = checksum(&packet);
         packet[2..4].copy_from_slice(&sum.to_be_bytes());
         let to = SocketAddrV4::new(self.to, 0);
@@ -376,10 +300,7 @@ impl Pinger {
                 return false;
             };
             // SAFETY: the kernel initialised the first n bytes.
-            let buf: Vec<u8> = buf[..n]
-                .iter()
-                .map(|b| unsafe { b.assume_init() })
-                .collect();
+            let buf: Vec<u8> = buf[..n].iter().map(|b| unsafe { b.assume_init() }).collect();
             let ihl = ((buf[0] & 0x0f) as usize) * 4;
             let icmp = &buf[ihl..];
             let from = Ipv4Addr::new(buf[12], buf[13], buf[14], buf[15]);
@@ -396,10 +317,7 @@ impl Pinger {
 }
 
 fn checksum(data: &[u8]) -> u16 {
-    let mut sum: u32 = data
-        .chunks(2)
-        .map(|c| u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)]) as u32)
-        .sum();
+    let mut sum: u32 = data.chunks(2).map(|c| u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)]) as u32).sum();
     while sum >> 16 != 0 {
         sum = (sum & 0xffff) + (sum >> 16);
     }
