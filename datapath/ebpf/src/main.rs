@@ -237,9 +237,6 @@ fn decide(ctx: &TcContext, direction: u8) -> i32 {
     if pass { TC_ACT_OK } else { TC_ACT_SHOT }
 }
 
-/// Ethernet, an IPv4 header with options, and the first 8 bytes of L4.
-const MAX_HEADERS: u32 = 14 + 60 + 8;
-
 #[repr(C)]
 #[derive(Clone, Copy)]
 struct Ipv4Header {
@@ -257,7 +254,7 @@ struct Ipv4Header {
 
 /// Direct packet access: much cheaper than a `bpf_skb_load_bytes` call per field.
 #[inline(always)]
-fn header<T: Copy>(ctx: &TcContext, offset: usize) -> Option<T> {
+fn linear<T: Copy>(ctx: &TcContext, offset: usize) -> Option<T> {
     let start = ctx.data() + offset;
     if start + size_of::<T>() > ctx.data_end() {
         return None;
@@ -266,13 +263,23 @@ fn header<T: Copy>(ctx: &TcContext, offset: usize) -> Option<T> {
     Some(unsafe { core::ptr::read_unaligned(start as *const T) })
 }
 
+/// Headers are nearly always in the linear area. Pull only when one is not: pulling a cloned
+/// skb (every TCP transmit) copies it.
+#[inline(always)]
+fn header<T: Copy>(ctx: &TcContext, offset: usize) -> Option<T> {
+    if let Some(value) = linear(ctx, offset) {
+        return Some(value);
+    }
+    let needed = offset + size_of::<T>();
+    if needed > ctx.len() as usize {
+        return None;
+    }
+    ctx.pull_data(needed as u32).ok()?;
+    linear(ctx, offset)
+}
+
 #[inline(always)]
 fn parse(ctx: &TcContext) -> Option<Packet> {
-    // Headers are normally in the linear area already; pull them there when they are not.
-    let wanted = core::cmp::min(ctx.len(), MAX_HEADERS);
-    if ctx.data() + wanted as usize > ctx.data_end() {
-        let _ = ctx.pull_data(wanted);
-    }
     if u16::from_be(header::<u16>(ctx, 12)?) != ETH_P_IP {
         return None;
     }
