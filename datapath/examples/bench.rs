@@ -38,7 +38,7 @@ fn main() {
     // Optional arguments pick sections: verdict, tcp_rr, flip, events (default: all).
     let sections: Vec<String> = std::env::args().skip(1).collect();
     let run = |section: &str| sections.is_empty() || sections.iter().any(|s| s == section);
-    let ifindex = server_ifindex(server);
+    let ifindex = if_index(&server.host_if);
     if run("verdict") {
         verdict_cost(&mut datapath, ifindex, client.addr, server.addr);
     }
@@ -84,14 +84,6 @@ fn load_server(datapath: &mut Datapath) {
     datapath.load_slot(SERVER, Slot::A, &big_policy()).unwrap();
     datapath.load_slot(SERVER, Slot::B, &[allow_all(DIRECTION_EGRESS), allow_all(DIRECTION_INGRESS)]).unwrap();
     datapath.set_candidate(SERVER, Some(Slot::B)).unwrap();
-}
-
-fn server_ifindex(server: &Endpoint) -> u32 {
-    let name = std::ffi::CString::new(server.host_if.as_str()).unwrap();
-    // SAFETY: a valid NUL-terminated name; resolved in the node namespace this thread is in.
-    let index = unsafe { libc::if_nametoindex(name.as_ptr()) };
-    assert_ne!(index, 0, "no ifindex for {}", server.host_if);
-    index
 }
 
 fn tcp_syn(from: Ipv4Addr, to: Ipv4Addr, dport: u16) -> Vec<u8> {

@@ -357,6 +357,7 @@ impl Datapath {
             sum.replies += cpu.replies;
             sum.unenforced += cpu.unenforced;
             sum.events_lost += cpu.events_lost;
+            sum.ipv6_dropped += cpu.ipv6_dropped;
             sum
         }))
     }

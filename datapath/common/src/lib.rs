@@ -298,6 +298,8 @@ pub struct EndpointCounters {
     pub unenforced: u64,
     /// Events for new flows dropped by the rate limiter or a full ring buffer.
     pub events_lost: u64,
+    /// IPv6 other than neighbor discovery, dropped in enforce mode (no IPv6 policy yet).
+    pub ipv6_dropped: u64,
 }
 
 #[cfg(feature = "user")]

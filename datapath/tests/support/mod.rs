@@ -340,6 +340,15 @@ pub fn eventually(mut condition: impl FnMut() -> bool) -> bool {
     condition()
 }
 
+/// Index of an interface in the calling thread's network namespace.
+pub fn if_index(ifname: &str) -> u32 {
+    let name = std::ffi::CString::new(ifname).unwrap();
+    // SAFETY: a valid NUL-terminated name.
+    let index = unsafe { libc::if_nametoindex(name.as_ptr()) };
+    assert_ne!(index, 0, "no interface {ifname}");
+    index
+}
+
 pub fn entry(key: PolicyKey, value: PolicyValue) -> PolicyEntry {
     PolicyEntry { key, value }
 }
