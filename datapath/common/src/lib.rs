@@ -223,7 +223,7 @@ pub struct SlotKey {
 
 /// A connection as tracked by one endpoint's program. Its two ends are ordered (lower address,
 /// then port, first) so that both directions find the same entry with one lookup; the value is
-/// the side that opened it (`CT_OPENED_BY_*`). Ports are host order; for ICMP echo the id
+/// a [`CtEntry`]. Ports are host order; for ICMP echo the id
 /// stands in for the requester's port.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -237,8 +237,21 @@ pub struct CtKey {
     pub _pad: [u8; 3],
 }
 
-pub const CT_OPENED_BY_LO: u32 = 0;
-pub const CT_OPENED_BY_HI: u32 = 1;
+pub const CT_OPENED_BY_LO: u8 = 0;
+pub const CT_OPENED_BY_HI: u8 = 1;
+
+/// Value of a conntrack entry.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct CtEntry {
+    /// `CT_OPENED_BY_LO` or `CT_OPENED_BY_HI`.
+    pub opened_by: u8,
+    /// A TCP FIN or RST was seen: the entry lives only a short while longer.
+    pub closing: u8,
+    pub _pad: u16,
+    /// Expiry on the coarse monotonic clock, in units of 2^30 ns (about a second).
+    pub expires: u32,
+}
 
 /// A flow whose verdict is worth reporting: dropped, audited, or judged differently by the
 /// candidate. Counted in the kernel so events scale with new flows, not packets.
@@ -310,6 +323,7 @@ mod user {
     unsafe impl aya::Pod for super::EndpointConfig {}
     unsafe impl aya::Pod for super::SlotKey {}
     unsafe impl aya::Pod for super::CtKey {}
+    unsafe impl aya::Pod for super::CtEntry {}
     unsafe impl aya::Pod for super::FlowKey {}
     unsafe impl aya::Pod for super::FlowStats {}
     unsafe impl aya::Pod for super::EndpointCounters {}

@@ -12,17 +12,17 @@
 #![no_main]
 
 use aya_ebpf::{
-    bindings::{BPF_F_NO_PREALLOC, BPF_NOEXIST, TC_ACT_OK, TC_ACT_SHOT},
+    bindings::{BPF_ANY, BPF_F_NO_PREALLOC, BPF_NOEXIST, TC_ACT_OK, TC_ACT_SHOT},
     btf_maps::{
         Array, HashMap, HashOfMaps, LpmTrie, LruHashMap, LruPerCpuHashMap, PerCpuArray, PerCpuHashMap, RingBuf,
         lpm_trie::Key,
     },
-    helpers::bpf_ktime_get_ns,
+    helpers::{bpf_ktime_get_coarse_ns, bpf_ktime_get_ns},
     macros::{btf_map, classifier},
     programs::TcContext,
 };
 use palisade_common::{
-    COOKIE_NONE, CT_OPENED_BY_HI, CT_OPENED_BY_LO, CtKey, DIRECTION_EGRESS, DIRECTION_INGRESS, EndpointConfig,
+    COOKIE_NONE, CT_OPENED_BY_HI, CT_OPENED_BY_LO, CtEntry, CtKey, DIRECTION_EGRESS, DIRECTION_INGRESS, EndpointConfig,
     EndpointCounters, FlowEvent, FlowKey, FlowStats, IDENTITY_ANY, IDENTITY_WORLD, MODE_AUDIT, MODE_ENFORCE, MODE_OFF,
     PROTO_ICMP, PROTO_ICMPV6, PROTO_SCTP, PROTO_TCP, PROTO_UDP, PolicyKey, PolicyValue, SLOT_A, SLOT_NONE, SlotKey,
     VERDICT_DENY, VERDICT_NONE, VERDICT_REDIRECT,
@@ -60,7 +60,7 @@ static NODE_EPOCH: Array<u32, 1> = Array::new();
 #[btf_map]
 static POLICY_SLOTS: HashOfMaps<SlotKey, PolicySlot, 8192> = HashOfMaps::new();
 #[btf_map]
-static CONNTRACK: LruHashMap<CtKey, u32, 262144> = LruHashMap::new();
+static CONNTRACK: LruHashMap<CtKey, CtEntry, 262144> = LruHashMap::new();
 // Per-CPU values count without atomics (BPF has no fetch-add from Rust here); the key is shared,
 // so "new flow" (a successful BPF_NOEXIST insert) is still detected once for the whole node.
 #[btf_map]
@@ -128,6 +128,7 @@ struct Packet {
     dport: u16,
     /// The original connection an ICMP error refers to.
     related: Option<CtKey>,
+    tcp_flags: u8,
 }
 
 #[derive(Clone, Copy)]
@@ -183,19 +184,26 @@ fn decide(ctx: &TcContext, direction: u8) -> i32 {
     let Some(packet) = parse(ctx) else {
         return TC_ACT_SHOT;
     };
+    // SAFETY: a helper call without arguments.
+    let now = (unsafe { bpf_ktime_get_coarse_ns() } >> CT_TICK_SHIFT) as u32;
     if let Some(mut original) = packet.related {
         original.endpoint = endpoint;
-        if CONNTRACK.get_ptr(original).is_some() {
+        // SAFETY: the LRU element stays valid during this run.
+        if CONNTRACK.get_ptr(original).is_some_and(|entry| unsafe { (*entry).expires } > now) {
             counters.replies += 1;
             return TC_ACT_OK;
         }
     }
     let (connection, sender) = connection(endpoint, &packet);
-    // SAFETY: u32 copied out at once.
-    let opened_by = unsafe { CONNTRACK.get(connection) }.copied();
-    if opened_by.is_some_and(|opener| opener != sender) {
-        counters.replies += 1;
-        return TC_ACT_OK;
+    let tracked = CONNTRACK.get_ptr_mut(connection);
+    // SAFETY: the LRU element stays valid during this run; copied out at once.
+    let live = tracked.map(|entry| unsafe { *entry }).filter(|entry| entry.expires > now);
+    if let (Some(entry), Some(ptr)) = (live, tracked) {
+        refresh(ptr, entry, &packet, now);
+        if entry.opened_by != sender {
+            counters.replies += 1;
+            return TC_ACT_OK;
+        }
     }
 
     let remote_be = if direction == DIRECTION_EGRESS { packet.daddr_be } else { packet.saddr_be };
@@ -218,8 +226,10 @@ fn decide(ctx: &TcContext, direction: u8) -> i32 {
     };
 
     let pass = config.mode != MODE_ENFORCE || enforced.verdict != VERDICT_DENY;
-    if pass && opened_by.is_none() {
-        let _ = CONNTRACK.insert(connection, sender, BPF_NOEXIST as u64);
+    if pass && live.is_none() {
+        let entry = CtEntry { opened_by: sender, closing: 0, _pad: 0, expires: 0 };
+        let entry = CtEntry { expires: now.wrapping_add(lifetime(&entry, &packet)), ..entry };
+        let _ = CONNTRACK.insert(connection, entry, BPF_ANY as u64);
     }
     match (config.mode, enforced.verdict) {
         (MODE_AUDIT, VERDICT_DENY) => counters.audited += 1,
@@ -319,6 +329,7 @@ fn parse(ctx: &TcContext) -> Option<Packet> {
         sport: 0,
         dport: 0,
         related: None,
+        tcp_flags: 0,
     };
     // Later fragments (and truncated L4 headers) have no ports: like Cilium, they only match
     // port-wildcard entries.
@@ -332,6 +343,11 @@ fn parse(ctx: &TcContext) -> Option<Packet> {
         PROTO_TCP | PROTO_UDP | PROTO_SCTP => {
             packet.sport = u16::from_be_bytes([l4_start[0], l4_start[1]]);
             packet.dport = u16::from_be_bytes([l4_start[2], l4_start[3]]);
+            if ip.protocol == PROTO_TCP {
+                // Data offset and flags as one 2-byte read: LLVM turns a 1-byte bounds check into
+                // `start >= end`, which the verifier cannot use.
+                packet.tcp_flags = header::<[u8; 2]>(ctx, l4 + 12).map_or(0, |word| word[1]);
+            }
         }
         PROTO_ICMP => {
             let icmp_type = l4_start[0];
@@ -369,9 +385,47 @@ fn parse_icmp_error(ctx: &TcContext, inner: usize) -> Option<CtKey> {
     Some(key)
 }
 
+/// Conntrack lifetimes after the last packet (Cilium's defaults), in ticks of 2^30 ns.
+const CT_TICK_SHIFT: u32 = 30;
+const CT_TCP_TICKS: u32 = (21600 * 1_000_000_000u64 >> CT_TICK_SHIFT) as u32;
+const CT_OTHER_TICKS: u32 = (60 * 1_000_000_000u64 >> CT_TICK_SHIFT) as u32;
+const CT_CLOSING_TICKS: u32 = (10 * 1_000_000_000u64 >> CT_TICK_SHIFT) as u32;
+/// Extend a live entry at most this often, to keep writes off most packets.
+const CT_REFRESH_TICKS: u32 = 4;
+const TCP_FIN: u8 = 0x01;
+const TCP_SYN: u8 = 0x02;
+const TCP_RST: u8 = 0x04;
+const TCP_ACK: u8 = 0x10;
+
+#[inline(always)]
+fn lifetime(entry: &CtEntry, packet: &Packet) -> u32 {
+    match packet.protocol {
+        PROTO_TCP if entry.closing != 0 || packet.tcp_flags & (TCP_FIN | TCP_RST) != 0 => CT_CLOSING_TICKS,
+        PROTO_TCP => CT_TCP_TICKS,
+        _ => CT_OTHER_TICKS,
+    }
+}
+
+/// Keeps a live entry alive; a FIN or RST shortens its life, a new SYN reopens it.
+#[inline(always)]
+fn refresh(ptr: *mut CtEntry, mut entry: CtEntry, packet: &Packet, now: u32) {
+    let reopened = packet.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN;
+    let closing = packet.tcp_flags & (TCP_FIN | TCP_RST) != 0;
+    if reopened {
+        entry.closing = 0;
+    } else if closing {
+        entry.closing = 1;
+    }
+    let expires = now.wrapping_add(lifetime(&entry, packet));
+    if reopened || (closing && expires < entry.expires) || expires > entry.expires.wrapping_add(CT_REFRESH_TICKS) {
+        // SAFETY: the element is valid for this run; a racing writer only moves the expiry.
+        unsafe { *ptr = CtEntry { expires, ..entry } };
+    }
+}
+
 /// The connection of a packet and the side (`CT_OPENED_BY_*`) that sent it.
 #[inline(always)]
-fn connection(endpoint: u32, packet: &Packet) -> (CtKey, u32) {
+fn connection(endpoint: u32, packet: &Packet) -> (CtKey, u8) {
     let (sport, dport) = match packet.protocol {
         // An echo reply answers the request with the same id, sent from the requester's "port".
         PROTO_ICMP if packet.dport == ICMP_ECHO as u16 => (packet.sport, 0),
@@ -383,7 +437,7 @@ fn connection(endpoint: u32, packet: &Packet) -> (CtKey, u32) {
 }
 
 #[inline(always)]
-fn connection_key(endpoint: u32, protocol: u8, sender: (u32, u16), receiver: (u32, u16)) -> (CtKey, u32) {
+fn connection_key(endpoint: u32, protocol: u8, sender: (u32, u16), receiver: (u32, u16)) -> (CtKey, u8) {
     let sender_is_lo = (u32::from_be(sender.0), sender.1) <= (u32::from_be(receiver.0), receiver.1);
     let (lo, hi, side) =
         if sender_is_lo { (sender, receiver, CT_OPENED_BY_LO) } else { (receiver, sender, CT_OPENED_BY_HI) };
