@@ -4,6 +4,9 @@
 //! - `POLICY_SLOTS` is a hash-of-maps keyed by (endpoint, slot) whose inner maps are LPM tries in
 //!   the `PolicyKey` layout. Userspace replaces an idle slot's inner map ahead of a promotion (that
 //!   replacement waits for an RCU grace period, 7-15 ms, so it stays off the promotion path).
+//!   A new inner map is filled aside and swapped in whole, so a slot is never seen half-loaded;
+//!   one big LPM keyed additionally by (endpoint, slot) would need key-by-key deletes and
+//!   inserts that the candidate evaluation would observe midway.
 //! - `ENDPOINT_CONFIG` says which slot is enforced and which one is the candidate. A promotion is
 //!   one update of that 8-byte value, or, for every endpoint of the node at once, one update of
 //!   `NODE_EPOCH` after the other half of each config has been staged. A packet reads the epoch
