@@ -161,25 +161,32 @@ fn request_response(client_ns: &str, server: Ipv4Addr, duration: Duration) -> Ro
     RoundTrips { per_second: latencies.len() as f64 / elapsed.as_secs_f64(), p99: percentile(&latencies, 0.99) }
 }
 
-/// One TCP connection doing 64-byte request/response over the routed veth pairs, in 20 short
-/// alternating rounds with the program attached to both endpoints and detached. Ratios are
+/// One TCP connection doing 64-byte request/response over the routed veth pairs, in 20 pairs of
+/// short rounds with the program attached to both endpoints and detached. Ratios are
 /// taken per adjacent pair of rounds, then the median, so that load from other processes on
 /// this shared machine cancels out as far as possible.
 fn tcp_request_response(datapath: &mut Datapath, topology: &Topology) {
     let (client, server) = (&topology.endpoints[0], &topology.endpoints[1]);
     tcp_echo_servers(&server.ns, &[PORT]);
     let round = Duration::from_millis(300);
+    let measure = || request_response(&client.ns, server.addr, round);
     let mut pairs = Vec::new();
-    for _ in 0..20 {
-        let with = request_response(&client.ns, server.addr, round);
-        datapath.detach(0).unwrap();
-        datapath.detach(SERVER).unwrap();
-        let without = request_response(&client.ns, server.addr, round);
-        datapath.load_slot(0, Slot::A, &[allow_all(DIRECTION_EGRESS)]).unwrap();
-        load_server(datapath);
-        datapath.attach(0, &client.host_if).unwrap();
-        datapath.attach(SERVER, &server.host_if).unwrap();
-        pairs.push((with, without));
+    // ABBA order (with, without, without, with, ...) so that drift and whatever the switch
+    // itself disturbs fall on both sides equally.
+    for pair in 0..20 {
+        if pair % 2 == 0 {
+            let with = measure();
+            datapath.detach(0).unwrap();
+            datapath.detach(SERVER).unwrap();
+            pairs.push((with, measure()));
+        } else {
+            let without = measure();
+            datapath.load_slot(0, Slot::A, &[allow_all(DIRECTION_EGRESS)]).unwrap();
+            load_server(datapath);
+            datapath.attach(0, &client.host_if).unwrap();
+            datapath.attach(SERVER, &server.host_if).unwrap();
+            pairs.push((measure(), without));
+        }
     }
     let us = |d: Duration| d.as_secs_f64() * 1e6;
     let tps_with = median(pairs.iter().map(|(w, _)| w.per_second).collect());

@@ -20,8 +20,8 @@ use aya::{
     programs::{LinkOrder, SchedClassifier, TcAttachType, TestRun, TestRunOptions, links::FdLink, tc::TcAttachOptions},
 };
 use palisade_common::{
-    EndpointConfig, EndpointCounters, FlowKey, FlowStats, MODE_AUDIT, MODE_ENFORCE, MODE_OFF, PolicyEntry, PolicyKey,
-    PolicyValue, SLOT_A, SLOT_B, SLOT_NONE, SlotKey, SlotSelection,
+    EndpointConfig, EndpointCounters, FlowKey, FlowStats, MODE_AUDIT, MODE_ENFORCE, MODE_OFF, NODE_STATE_EPOCH,
+    NODE_STATE_GENERATION, PolicyEntry, PolicyKey, PolicyValue, SLOT_A, SLOT_B, SLOT_NONE, SlotKey, SlotSelection,
 };
 
 pub use error::Error;
@@ -140,7 +140,7 @@ pub struct Datapath {
     ipcache: LpmTrie<MapData, u32, u32>,
     interfaces: HashMap<MapData, u32, EndpointId>,
     endpoint_config: HashMap<MapData, EndpointId, EndpointConfig>,
-    node_epoch: Array<MapData, u32>,
+    node_state: Array<MapData, u32>,
     policy_slots: HashOfMaps<MapData, SlotKey, PolicySlot>,
     flows: PerCpuHashMap<MapData, FlowKey, FlowStats>,
     counters: PerCpuHashMap<MapData, EndpointId, EndpointCounters>,
@@ -161,7 +161,7 @@ impl Datapath {
             ipcache: pins.map("IPCACHE")?,
             interfaces: pins.map("INTERFACES")?,
             endpoint_config: pins.map("ENDPOINT_CONFIG")?,
-            node_epoch: pins.map("NODE_EPOCH")?,
+            node_state: pins.map("NODE_STATE")?,
             policy_slots: pins.map("POLICY_SLOTS")?,
             flows: pins.map("FLOWS")?,
             counters: pins.map("COUNTERS")?,
@@ -274,7 +274,14 @@ impl Datapath {
         }
         self.policy_slots
             .insert(SlotKey { endpoint, slot: slot.raw() as u32 }, &policy, 0)
-            .map_err(map_error("POLICY_SLOTS", endpoint))
+            .map_err(map_error("POLICY_SLOTS", endpoint))?;
+        // Only now, with the new map in place, switch cached verdicts to a fresh version: packets
+        // between the two updates can only have cached under the version being retired.
+        let generation = self.next_slot_generation()?;
+        self.update_config(endpoint, |config, _| {
+            config.slot_generation[slot.raw() as usize] = generation;
+            Ok(())
+        })
     }
 
     /// Marks `slot` as the candidate evaluated beside the enforced slot, or stops shadowing.
@@ -318,8 +325,8 @@ impl Datapath {
         for &(endpoint, config) in &configs {
             self.endpoint_config.insert(endpoint, config, 0).map_err(map_error("ENDPOINT_CONFIG", endpoint))?;
         }
-        self.node_epoch.set(0, epoch.wrapping_add(1), 0).map_err(|source| Error::Map {
-            map: "NODE_EPOCH",
+        self.node_state.set(NODE_STATE_EPOCH, epoch.wrapping_add(1), 0).map_err(|source| Error::Map {
+            map: "NODE_STATE",
             endpoint: None,
             source,
         })?;
@@ -403,7 +410,8 @@ impl Datapath {
     fn ensure_endpoint(&mut self, endpoint: EndpointId) -> Result<()> {
         if self.endpoint_config.get(&endpoint, 0).is_err() {
             let select = SlotSelection { enforced: SLOT_A, candidate: SLOT_NONE };
-            let config = EndpointConfig { mode: MODE_ENFORCE, _pad: [0; 3], by_epoch: [select; 2] };
+            let config =
+                EndpointConfig { mode: MODE_ENFORCE, _pad: [0; 3], by_epoch: [select; 2], slot_generation: [0; 2] };
             self.endpoint_config.insert(endpoint, config, 0).map_err(map_error("ENDPOINT_CONFIG", endpoint))?;
         }
         if self.counters.get(&endpoint, 0).is_err() {
@@ -449,8 +457,21 @@ impl Datapath {
         Ok(result.return_value)
     }
 
+    /// Slot generations are unique node-wide and survive restarts, so no cached verdict of a
+    /// removed endpoint or an older load can ever match again.
+    fn next_slot_generation(&mut self) -> Result<u32> {
+        let map_error = |source| Error::Map { map: "NODE_STATE", endpoint: None, source };
+        let generation = self.node_state.get(&NODE_STATE_GENERATION, 0).map_err(map_error)?.wrapping_add(1).max(1);
+        self.node_state.set(NODE_STATE_GENERATION, generation, 0).map_err(map_error)?;
+        Ok(generation)
+    }
+
     fn epoch(&self) -> Result<u32> {
-        self.node_epoch.get(&0, 0).map_err(|source| Error::Map { map: "NODE_EPOCH", endpoint: None, source })
+        self.node_state.get(&NODE_STATE_EPOCH, 0).map_err(|source| Error::Map {
+            map: "NODE_STATE",
+            endpoint: None,
+            source,
+        })
     }
 
     fn config(&self, endpoint: EndpointId) -> Result<EndpointConfig> {

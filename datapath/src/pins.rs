@@ -14,11 +14,12 @@ use aya::{
 
 use crate::{EndpointId, Error, Result};
 
-const MAPS: [&str; 10] = [
+const MAPS: [&str; 11] = [
     "IPCACHE",
     "INTERFACES",
     "ENDPOINT_CONFIG",
-    "NODE_EPOCH",
+    "NODE_STATE",
+    "VERDICT_CACHE",
     "POLICY_SLOTS",
     "CONNTRACK",
     "FLOWS",

@@ -154,6 +154,9 @@ fn tightened_policy_cuts_an_established_connection() {
     datapath.flip(1).unwrap();
     assert!(!tcp_roundtrip(&mut stream), "the established connection is cut on its next packet");
     assert!(!tcp_ok(&topology.endpoints[0].ns, topology.endpoints[1].addr, 80), "new connections are denied");
+    // Reloading the enforced slot in place takes effect at once: no cached verdict survives it.
+    datapath.load_slot(1, Slot::B, &policies()[1]).unwrap();
+    assert!(tcp_ok(&topology.endpoints[0].ns, topology.endpoints[1].addr, 80), "allowed again after the reload");
     datapath.destroy().unwrap();
 }
 

@@ -211,6 +211,36 @@ pub struct EndpointConfig {
     pub mode: u8,
     pub _pad: [u8; 3],
     pub by_epoch: [SlotSelection; 2],
+    /// Content version of slot A and slot B, node-wide unique (0: never loaded). The program
+    /// caches verdicts per version, so a reloaded slot never serves an old verdict.
+    pub slot_generation: [u32; 2],
+}
+
+/// Indexes of the node state array: the epoch selecting each config's half, and the last slot
+/// generation handed out.
+pub const NODE_STATE_EPOCH: u32 = 0;
+pub const NODE_STATE_GENERATION: u32 = 1;
+
+/// Key of the verdict cache: one policy lookup result for one version of a slot. It spares the
+/// two LPM walks, which on a cold cache cost far more than one hash lookup.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct VerdictCacheKey {
+    pub endpoint: u32,
+    pub generation: u32,
+    pub identity: u32,
+    pub dport: u16,
+    pub protocol: u8,
+    pub direction: u8,
+}
+
+/// The decision of a policy slot for one packet: verdict (`VERDICT_*`) and the deciding rule.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Verdict {
+    pub verdict: u8,
+    pub _pad: [u8; 3],
+    pub cookie: u32,
 }
 
 /// Key of the outer policy map: one LPM trie per (endpoint, slot).

@@ -9,7 +9,7 @@
 //!   inserts that the candidate evaluation would observe midway.
 //! - `ENDPOINT_CONFIG` says which slot is enforced and which one is the candidate. A promotion is
 //!   one update of that 8-byte value, or, for every endpoint of the node at once, one update of
-//!   `NODE_EPOCH` after the other half of each config has been staged. A packet reads the epoch
+//!   the node epoch (`NODE_STATE`) after the other half of each config has been staged. A packet reads the epoch
 //!   and the config once, so it is judged by exactly one slot.
 #![no_std]
 #![no_main]
@@ -27,8 +27,8 @@ use aya_ebpf::{
 use palisade_common::{
     COOKIE_NONE, CT_OPENED_BY_HI, CT_OPENED_BY_LO, CtEntry, CtKey, DIRECTION_EGRESS, DIRECTION_INGRESS, EndpointConfig,
     EndpointCounters, FlowEvent, FlowKey, FlowStats, IDENTITY_ANY, IDENTITY_WORLD, MODE_AUDIT, MODE_ENFORCE, MODE_OFF,
-    PROTO_ICMP, PROTO_ICMPV6, PROTO_SCTP, PROTO_TCP, PROTO_UDP, PolicyKey, PolicyValue, SLOT_A, SLOT_NONE, SlotKey,
-    VERDICT_DENY, VERDICT_NONE, VERDICT_REDIRECT,
+    NODE_STATE_EPOCH, PROTO_ICMP, PROTO_ICMPV6, PROTO_SCTP, PROTO_TCP, PROTO_UDP, PolicyKey, PolicyValue, SLOT_A,
+    SLOT_NONE, SlotKey, VERDICT_DENY, VERDICT_NONE, VERDICT_REDIRECT, Verdict, VerdictCacheKey,
 };
 
 /// `PolicyKey` without its leading prefix length, as aya's LPM `Key<K>` wants it.
@@ -59,7 +59,9 @@ static INTERFACES: HashMap<u32, u32, 4096> = HashMap::new(); // ifindex -> endpo
 #[btf_map]
 static ENDPOINT_CONFIG: HashMap<u32, EndpointConfig, 4096, { BPF_F_NO_PREALLOC as usize }> = HashMap::new();
 #[btf_map]
-static NODE_EPOCH: Array<u32, 1> = Array::new();
+static NODE_STATE: Array<u32, 2> = Array::new();
+#[btf_map]
+static VERDICT_CACHE: LruHashMap<VerdictCacheKey, Verdict, 65536> = LruHashMap::new();
 #[btf_map]
 static POLICY_SLOTS: HashOfMaps<SlotKey, PolicySlot, 8192> = HashOfMaps::new();
 #[btf_map]
@@ -134,12 +136,6 @@ struct Packet {
     tcp_flags: u8,
 }
 
-#[derive(Clone, Copy)]
-struct Verdict {
-    verdict: u8,
-    cookie: u32,
-}
-
 const ETH_HLEN: usize = 14;
 const ETH_P_IP: u16 = 0x0800;
 const ETH_P_IPV6: u16 = 0x86dd;
@@ -212,20 +208,20 @@ fn decide(ctx: &TcContext, direction: u8) -> i32 {
     let remote_be = if direction == DIRECTION_EGRESS { packet.daddr_be } else { packet.saddr_be };
     // LPM nodes are freed after an RCU grace period, so the identity is read safely.
     let identity = IPCACHE.get(&Key::new(32, remote_be)).copied().unwrap_or(IDENTITY_WORLD);
-    let epoch = NODE_EPOCH.get(0).copied().unwrap_or(0);
+    let epoch = NODE_STATE.get(NODE_STATE_EPOCH).copied().unwrap_or(0);
     // Branches, not indexing: the verifier rejects the pointer arithmetic LLVM makes of it.
     let slots = if epoch & 1 == 0 { config.by_epoch[0] } else { config.by_epoch[1] };
 
-    let enforced = policy_verdict(endpoint, slots.enforced, identity, direction, &packet);
+    let enforced = policy_verdict(endpoint, &config, slots.enforced, identity, direction, &packet);
     if slots.enforced == SLOT_A {
         counters.slot_packets[0] += 1;
     } else {
         counters.slot_packets[1] += 1;
     }
     let candidate = if slots.candidate == SLOT_NONE {
-        Verdict { verdict: VERDICT_NONE, cookie: COOKIE_NONE }
+        Verdict { verdict: VERDICT_NONE, _pad: [0; 3], cookie: COOKIE_NONE }
     } else {
-        policy_verdict(endpoint, slots.candidate, identity, direction, &packet)
+        policy_verdict(endpoint, &config, slots.candidate, identity, direction, &packet)
     };
 
     let pass = config.mode != MODE_ENFORCE || enforced.verdict != VERDICT_DENY;
@@ -452,8 +448,30 @@ fn connection_key(endpoint: u32, protocol: u8, sender: (u32, u16), receiver: (u3
 /// Cilium's `__policy_can_access`: the identity-specific and the any-identity entries compete;
 /// higher precedence wins, then the longer proto/port prefix, then the identity-specific one.
 #[inline(always)]
-fn policy_verdict(endpoint: u32, slot: u8, identity: u32, direction: u8, packet: &Packet) -> Verdict {
-    let denied = Verdict { verdict: VERDICT_DENY, cookie: COOKIE_NONE };
+fn policy_verdict(
+    endpoint: u32,
+    config: &EndpointConfig,
+    slot: u8,
+    identity: u32,
+    direction: u8,
+    packet: &Packet,
+) -> Verdict {
+    // Branches, not indexing (see `decide`).
+    let generation = if slot == SLOT_A { config.slot_generation[0] } else { config.slot_generation[1] };
+    let cache_key =
+        VerdictCacheKey { endpoint, generation, identity, dport: packet.dport, protocol: packet.protocol, direction };
+    // SAFETY: 8-byte value copied out at once.
+    if let Some(cached) = unsafe { VERDICT_CACHE.get(cache_key) } {
+        return *cached;
+    }
+    let verdict = lookup_policy(endpoint, slot, identity, direction, packet);
+    let _ = VERDICT_CACHE.insert(cache_key, verdict, BPF_ANY as u64);
+    verdict
+}
+
+#[inline(always)]
+fn lookup_policy(endpoint: u32, slot: u8, identity: u32, direction: u8, packet: &Packet) -> Verdict {
+    let denied = Verdict { verdict: VERDICT_DENY, _pad: [0; 3], cookie: COOKIE_NONE };
     // SAFETY: the inner map reference is only used for lookups during this run.
     let Some(policy) = (unsafe { POLICY_SLOTS.get(&SlotKey { endpoint, slot: slot as u32 }) }) else {
         return denied;
@@ -481,7 +499,7 @@ fn policy_verdict(endpoint: u32, slot: u8, identity: u32, direction: u8, packet:
         (None, Some(w)) => w,
         (None, None) => return denied,
     };
-    Verdict { verdict: chosen.verdict, cookie: chosen.cookie }
+    Verdict { verdict: chosen.verdict, _pad: [0; 3], cookie: chosen.cookie }
 }
 
 /// Counts the flow; a new flow also gets an event. Returns false when that event was lost.
