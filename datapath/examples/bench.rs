@@ -58,11 +58,16 @@ fn allow_all(direction: u8) -> PolicyEntry {
     entry(PolicyKey::new(IDENTITY_ANY, direction, None, 0, 0), PolicyValue::new(VERDICT_ALLOW, 1))
 }
 
-/// 16,384 entries: the client's port plus identity-specific ports and ranges for 2,000 peers.
+/// 16,384 entries: the client's port and a range for it (16384-32767, for cache misses), plus
+/// identity-specific ports and ranges for 2,000 peers.
 fn big_policy() -> Vec<PolicyEntry> {
     let mut entries = vec![
         allow_all(DIRECTION_EGRESS),
         entry(PolicyKey::new(CLIENT, DIRECTION_INGRESS, Some(PROTO_TCP), PORT, 16), PolicyValue::new(VERDICT_ALLOW, 2)),
+        entry(
+            PolicyKey::new(CLIENT, DIRECTION_INGRESS, Some(PROTO_TCP), MISS_PORTS, 2),
+            PolicyValue::new(VERDICT_ALLOW, 3),
+        ),
     ];
     let mut i = 0u32;
     while entries.len() < MAX_ENTRIES {
@@ -78,6 +83,7 @@ fn big_policy() -> Vec<PolicyEntry> {
     entries
 }
 const MAX_ENTRIES: usize = palisade_datapath::MAX_POLICY_ENTRIES as usize;
+const MISS_PORTS: u16 = 16384;
 
 /// Slot A: the 16k policy (enforced); slot B: allow-all (candidate, swapped in by flips).
 fn load_server(datapath: &mut Datapath) {
@@ -114,7 +120,9 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
 }
 
 /// BPF_PROG_TEST_RUN with repeat, alternating the enforced slot between the 16k policy and
-/// allow-all, plus an interface the program does not manage (it returns after one lookup).
+/// allow-all, plus an interface the program does not manage (it returns after one lookup). The
+/// repeated packet hits the verdict cache; the `miss` figures run a new port each time (one run
+/// per call, so they include the kernel's timer reads), which walks the policy tries.
 fn verdict_cost(datapath: &mut Datapath, ifindex: u32, client: Ipv4Addr, server: Ipv4Addr) {
     let frame = tcp_syn(client, server, PORT);
     let run = |datapath: &Datapath, ifindex| {
@@ -136,6 +144,28 @@ fn verdict_cost(datapath: &mut Datapath, ifindex: u32, client: Ipv4Addr, server:
     println!("verdict_unmanaged_if_ns: {unmanaged:.1} ns");
     println!("verdict_added_ns: {:.1} ns", big - allow_all);
     println!("verdict_added_vs_unmanaged_ns: {:.1} ns", big - unmanaged);
+
+    let mut ports = MISS_PORTS..;
+    let mut misses = |datapath: &Datapath| -> f64 {
+        let runs = ports.by_ref().take(1000).map(|port| {
+            let frame = tcp_syn(client, server, port);
+            let result = datapath.run_frame(Hook::ToEndpoint, ifindex, &frame, 1).unwrap();
+            assert!(result.passed);
+            result.per_run.as_nanos() as f64
+        });
+        median(runs.collect())
+    };
+    let (mut big, mut allow_all) = (Vec::new(), Vec::new());
+    for _ in 0..5 {
+        big.push(misses(datapath));
+        datapath.flip(SERVER).unwrap();
+        allow_all.push(misses(datapath));
+        datapath.flip(SERVER).unwrap();
+    }
+    let (big, allow_all) = (median(big), median(allow_all));
+    println!("verdict_miss_16k_policy_ns: {big:.1} ns");
+    println!("verdict_miss_allow_all_ns: {allow_all:.1} ns");
+    println!("verdict_miss_added_ns: {:.1} ns", big - allow_all);
 }
 
 struct RoundTrips {
