@@ -1,0 +1,178 @@
+//! Revisions: a commit's validated, normalized policies, named by the digest of their content so
+//! that the same policies always get the same id, whatever commit carries them.
+use palisade_policy::model::PolicyId;
+use palisade_policy::{Diagnostic, PolicySet, Severity};
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+
+use crate::verify::SignatureStatus;
+
+/// One problem that keeps a commit from becoming a revision.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct Problem {
+    /// Path from the repository root; empty for problems with the commit as a whole.
+    pub file: String,
+    /// 1-based; 0 when the problem is not about one line.
+    pub line: u32,
+    pub message: String,
+}
+
+impl Problem {
+    pub fn file(file: &str, message: impl Into<String>) -> Self {
+        Problem { file: file.to_string(), line: 0, message: message.into() }
+    }
+
+    pub fn commit(message: impl Into<String>) -> Self {
+        Problem::file("", message)
+    }
+}
+
+impl From<&Diagnostic> for Problem {
+    fn from(d: &Diagnostic) -> Self {
+        let message = if d.path.is_empty() { d.message.clone() } else { format!("{}: {}", d.path, d.message) };
+        Problem { file: d.file.clone(), line: d.line, message }
+    }
+}
+
+impl std::fmt::Display for Problem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match (self.file.is_empty(), self.line) {
+            (true, _) => f.write_str(&self.message),
+            (false, 0) => write!(f, "{}: {}", self.file, self.message),
+            (false, line) => write!(f, "{}:{line}: {}", self.file, self.message),
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct CommitInfo {
+    pub id: String,
+    /// `Name <email>`.
+    pub author: String,
+    pub message: String,
+    /// Seconds since the epoch.
+    pub time: i64,
+}
+
+impl CommitInfo {
+    pub fn of(commit: &git2::Commit<'_>) -> Self {
+        let author = commit.author();
+        CommitInfo {
+            id: commit.id().to_string(),
+            author: format!("{} <{}>", author.name().unwrap_or_default(), author.email().unwrap_or_default()),
+            message: commit.message().unwrap_or_default().trim_end().to_string(),
+            time: commit.time().seconds(),
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct Revision {
+    /// `sha256:<hex>` over the normalized policies (see [`digest`]).
+    pub id: String,
+    /// The ref as resolved, e.g. `main@sha1:<sha>`.
+    pub reference: String,
+    pub commit: CommitInfo,
+    pub signature: SignatureStatus,
+    pub policies: PolicySet,
+    /// Lint warnings; they do not block a revision.
+    pub warnings: Vec<Diagnostic>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub enum FailureKind {
+    /// Verification was asked for and the commit or tag did not pass it.
+    Unverified,
+    /// A file could not be read safely or a policy is invalid.
+    Invalid,
+}
+
+/// A commit that did not become a revision, with every reason.
+#[derive(Clone, Debug)]
+pub struct FailedAttempt {
+    pub reference: String,
+    pub commit: CommitInfo,
+    pub kind: FailureKind,
+    pub problems: Vec<Problem>,
+}
+
+#[derive(Clone, Debug)]
+pub enum Outcome {
+    Revision(Revision),
+    Failed(FailedAttempt),
+}
+
+impl Revision {
+    pub(crate) fn new(reference: String, commit: CommitInfo, signature: SignatureStatus, mut policies: PolicySet, diagnostics: Vec<Diagnostic>) -> Self {
+        // Sorted by id so a revision reads the same whichever files the policies live in.
+        policies.policies.sort_by(|a, b| a.id.cmp(&b.id));
+        policies.renumber();
+        let warnings = diagnostics.into_iter().filter(|d| d.severity == Severity::Warning).collect();
+        Revision { id: digest(&policies), reference, commit, signature, policies, warnings }
+    }
+}
+
+/// sha256 over each policy's id and its object as written (keys sorted, so formatting and key
+/// order do not matter), in id order. File names are left out: moving a policy to another file
+/// changes nothing enforced.
+pub fn digest(set: &PolicySet) -> String {
+    let mut ids: Vec<(&PolicyId, &Value)> = set.policies.iter().map(|p| (&p.id, &p.source)).collect();
+    ids.sort_by(|a, b| a.0.cmp(b.0));
+    let mut hasher = Sha256::new();
+    let mut buffer = String::new();
+    for (id, source) in ids {
+        buffer.clear();
+        // PolicyId serializes as a plain struct, which cannot fail.
+        buffer.push_str(&serde_json::to_string(id).unwrap_or_default());
+        buffer.push('\n');
+        canonical_json(source, &mut buffer);
+        buffer.push('\n');
+        hasher.update(buffer.as_bytes());
+    }
+    format!("sha256:{}", hex::encode(hasher.finalize()))
+}
+
+/// JSON with object keys sorted and no whitespace. Depth is bounded by the YAML parser's limits.
+fn canonical_json(value: &Value, out: &mut String) {
+    match value {
+        Value::Object(map) => {
+            let mut entries: Vec<_> = map.iter().collect();
+            entries.sort_by(|a, b| a.0.cmp(b.0));
+            out.push('{');
+            for (i, (key, value)) in entries.into_iter().enumerate() {
+                if i > 0 {
+                    out.push(',');
+                }
+                out.push_str(&Value::String(key.clone()).to_string());
+                out.push(':');
+                canonical_json(value, out);
+            }
+            out.push('}');
+        }
+        Value::Array(items) => {
+            out.push('[');
+            for (i, item) in items.iter().enumerate() {
+                if i > 0 {
+                    out.push(',');
+                }
+                canonical_json(item, out);
+            }
+            out.push(']');
+        }
+        scalar => out.push_str(&scalar.to_string()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn canonical_json_sorts_keys_at_every_level() {
+        let a: Value = serde_json::from_str(r#"{"b": [{"y": 1, "x": "s"}], "a": null}"#).unwrap();
+        let mut out = String::new();
+        canonical_json(&a, &mut out);
+        assert_eq!(out, r#"{"a":null,"b":[{"x":"s","y":1}]}"#);
+    }
+}
