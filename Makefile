@@ -3,7 +3,7 @@ SHELL := /bin/bash
 CARGO ?= cargo
 export PATH := $(HOME)/.cargo/bin:$(PATH)
 
-.PHONY: deps build test demo bench-policy bench-datapath clippy fmt
+.PHONY: deps build test demo bench-policy bench-datapath clippy fmt crds
 
 deps:
 	@bash scripts/deps.sh
@@ -25,6 +25,10 @@ clippy: deps
 
 fmt:
 	$(CARGO) fmt --all
+
+# Regenerate crds/*.yaml from the Rust types (a test fails when they drift).
+crds: deps
+	UPDATE_CRDS=1 $(CARGO) test --quiet -p palisade-rollout --test crds
 
 # Root: real eBPF, network namespaces and veths (cleaned up on exit).
 bench-datapath: deps

@@ -1,0 +1,560 @@
+//! The custom resources of group `palisade.dev`, version `v1alpha1`.
+//!
+//! The OpenAPI schemas generated from these types are what the API server validates at admission,
+//! so constraints a person can get wrong (one ref kind, positive durations, URL schemes) are
+//! written as schema rules here rather than checked later by the controller.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use kube::core::Duration;
+use kube::{CustomResource, KubeSchema};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+pub const GROUP: &str = "palisade.dev";
+pub const VERSION: &str = "v1alpha1";
+
+/// A Git-sourced set of network policies, audited on live traffic and promoted atomically.
+#[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[kube(
+    group = "palisade.dev",
+    version = "v1alpha1",
+    kind = "PolicyRollout",
+    namespaced,
+    status = "PolicyRolloutStatus",
+    shortname = "pro",
+    category = "palisade",
+    doc = "Stages each new Git revision of network policies beside the enforced one, audits the drops it would cause, and promotes it atomically",
+    printcolumn(name = "Enforced", type_ = "string", json_path = ".status.enforcedRevision.display"),
+    printcolumn(name = "Candidate", type_ = "string", json_path = ".status.candidateRevision.display"),
+    printcolumn(name = "Phase", type_ = "string", json_path = ".status.phase"),
+    printcolumn(name = "New-Denies", type_ = "integer", json_path = ".status.newDenies"),
+    printcolumn(name = "Ready", type_ = "string", json_path = ".status.conditions[?(@.type==\"Ready\")].status"),
+    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
+)]
+#[serde(rename_all = "camelCase")]
+pub struct PolicyRolloutSpec {
+    pub source: GitSource,
+    #[serde(default)]
+    pub audit: AuditGates,
+    #[serde(default)]
+    pub promotion: Promotion,
+    #[serde(default)]
+    pub rollback: RollbackPolicy,
+    /// Stop acting on new commits and reports; what is enforced stays enforced.
+    #[serde(default)]
+    pub suspend: bool,
+    #[serde(default)]
+    pub scope: Scope,
+}
+
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct GitSource {
+    /// Repository URL: http(s)://, ssh:// or file://.
+    #[x_kube(validation = Rule::new("self.startsWith('https://') || self.startsWith('http://') || self.startsWith('ssh://') || self.startsWith('file://')").message("url must start with https://, http://, ssh:// or file:// (scp-like user@host:path is not supported)"))]
+    pub url: String,
+    #[serde(rename = "ref")]
+    pub git_ref: GitRef,
+    /// Directory in the repository holding the policies; the repository root when unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
+    /// .gitignore-style patterns of files to leave out.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ignore: Option<String>,
+    /// How often to poll the repository (Go duration, e.g. 1m).
+    #[serde(default = "default_interval")]
+    #[x_kube(validation = Rule::new("duration(self) >= duration('1s')").message("interval must be at least 1s"))]
+    pub interval: Duration,
+    /// Limit on one fetch.
+    #[serde(default = "default_timeout")]
+    #[x_kube(validation = Rule::new("duration(self) >= duration('1s')").message("timeout must be at least 1s"))]
+    pub timeout: Duration,
+    /// Secret with credentials: username/password, bearerToken, or SSH identity and known_hosts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret_ref: Option<LocalObjectReference>,
+    /// Require signed commits or tags; unverified revisions are never staged.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub verify: Option<Verify>,
+}
+
+fn default_interval() -> Duration {
+    std::time::Duration::from_secs(60).into()
+}
+
+fn default_timeout() -> Duration {
+    std::time::Duration::from_secs(60).into()
+}
+
+/// Exactly one of branch, tag, semver or commit.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[x_kube(validation = Rule::new("[has(self.branch), has(self.tag), has(self.semver), has(self.commit)].filter(x, x).size() == 1").message("set exactly one of branch, tag, semver or commit"))]
+#[serde(rename_all = "camelCase")]
+pub struct GitRef {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub branch: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tag: Option<String>,
+    /// A semver range over tags, e.g. ">=1.2.0 <2".
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub semver: Option<String>,
+    /// A full 40-character commit SHA.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new("self.matches('^[0-9a-f]{40}$')").message("commit must be a full 40-character lowercase hex SHA"))]
+    pub commit: Option<String>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+pub struct LocalObjectReference {
+    #[schemars(length(min = 1))]
+    pub name: String,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Verify {
+    #[serde(default)]
+    pub mode: VerifyMode,
+    pub provider: VerifyProvider,
+    /// Secret holding the trusted public keys.
+    pub keys_ref: LocalObjectReference,
+}
+
+/// Which signature must verify: the commit at HEAD, the tag, or both.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default, JsonSchema)]
+pub enum VerifyMode {
+    #[default]
+    #[serde(rename = "HEAD")]
+    Head,
+    Tag,
+    #[serde(rename = "TagAndHEAD")]
+    TagAndHead,
+}
+
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum VerifyProvider {
+    Ssh,
+    Openpgp,
+}
+
+/// What a candidate must show on live traffic before it may be promoted.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct AuditGates {
+    /// Shortest audit, so that periodic traffic has a chance to show up.
+    #[serde(default = "default_min_duration")]
+    #[x_kube(validation = Rule::new("duration(self) >= duration('0s')").message("minDuration must not be negative"))]
+    pub min_duration: Duration,
+    /// Flows each endpoint selected by the candidate must have seen; fewer makes the audit
+    /// Inconclusive instead of passing on silence. 0 turns the check off.
+    #[serde(default = "default_min_flows")]
+    pub min_flows_per_endpoint: u32,
+    /// Newly denied flows tolerated beyond those matched by expectedDenies.
+    #[serde(default)]
+    pub max_new_denies: u32,
+    /// Flows the change is meant to deny; they never block promotion.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub expected_denies: Vec<FlowSelector>,
+}
+
+fn default_min_duration() -> Duration {
+    std::time::Duration::from_secs(600).into()
+}
+
+fn default_min_flows() -> u32 {
+    1
+}
+
+impl Default for AuditGates {
+    fn default() -> Self {
+        Self {
+            min_duration: default_min_duration(),
+            min_flows_per_endpoint: default_min_flows(),
+            max_new_denies: 0,
+            expected_denies: Vec::new(),
+        }
+    }
+}
+
+/// Matches audited flows; every field that is set must match. `subject` is the local endpoint the
+/// policy selects, `peer` the other side.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default)]
+#[x_kube(validation = Rule::new("has(self.subjectLabels) || has(self.peerLabels) || has(self.namespace) || has(self.peerNamespace) || has(self.port) || has(self.protocol) || has(self.direction)").message("an expected-deny selector must set at least one field; an empty one would expect every deny"))]
+#[serde(rename_all = "camelCase")]
+pub struct FlowSelector {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subject_labels: Option<BTreeMap<String, String>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub peer_labels: Option<BTreeMap<String, String>>,
+    /// Namespace of the subject endpoint.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub peer_namespace: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 65535))]
+    pub port: Option<u16>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub protocol: Option<Protocol>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub direction: Option<Direction>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default, JsonSchema)]
+pub enum Promotion {
+    /// Promote as soon as every gate passes.
+    #[default]
+    Auto,
+    /// Additionally wait for `kubectl palisade promote`.
+    Manual,
+}
+
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct RollbackPolicy {
+    /// How long after a promotion drops are compared with the pre-promotion baseline.
+    #[serde(default = "default_window")]
+    #[x_kube(validation = Rule::new("duration(self) >= duration('0s')").message("postPromotionWindow must not be negative"))]
+    pub post_promotion_window: Duration,
+    /// Extra drops per minute, summed over all nodes, that trigger an automatic rollback.
+    #[serde(default = "default_max_drop_increase")]
+    pub max_drop_increase: u64,
+    /// Promote a revision that was enforced before (a `git revert`) without a new audit.
+    #[serde(default = "default_true")]
+    pub fast_track_reverts: bool,
+}
+
+fn default_window() -> Duration {
+    std::time::Duration::from_secs(600).into()
+}
+
+fn default_max_drop_increase() -> u64 {
+    100
+}
+
+fn default_true() -> bool {
+    true
+}
+
+impl Default for RollbackPolicy {
+    fn default() -> Self {
+        Self {
+            post_promotion_window: default_window(),
+            max_drop_increase: default_max_drop_increase(),
+            fast_track_reverts: true,
+        }
+    }
+}
+
+/// What the policies of a revision may cover. Only rollouts in the controller's namespace may use
+/// Cluster, which allows cluster-wide policies and policies for other namespaces.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default, JsonSchema)]
+pub enum Scope {
+    #[default]
+    Namespace,
+    Cluster,
+}
+
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash, JsonSchema)]
+pub enum Direction {
+    Ingress,
+    Egress,
+}
+
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash, JsonSchema)]
+#[serde(rename_all = "UPPERCASE")]
+pub enum Protocol {
+    Tcp,
+    Udp,
+    Sctp,
+    Icmp,
+    #[serde(rename = "ICMPv6")]
+    IcmpV6,
+}
+
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash, JsonSchema)]
+pub enum Verdict {
+    Allow,
+    Deny,
+}
+
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default, JsonSchema)]
+pub enum Phase {
+    #[default]
+    Pending,
+    Auditing,
+    Promoting,
+    Enforced,
+    Blocked,
+    Inconclusive,
+    Failed,
+    RolledBack,
+}
+
+/// A revision as the status names it: the PolicyRevision, the commit that brought it, and the
+/// short form shown by `kubectl get`.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RevisionRef {
+    /// Name of the PolicyRevision; content-addressed, so a revert names an earlier revision.
+    pub id: String,
+    pub commit: String,
+    /// e.g. `main@a1b2c3d`.
+    pub display: String,
+}
+
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct PolicyRolloutStatus {
+    #[serde(default)]
+    pub phase: Phase,
+    /// The revision every node is asked to enforce.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub enforced_revision: Option<RevisionRef>,
+    /// The revision under audit or being promoted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub candidate_revision: Option<RevisionRef>,
+    /// What was enforced before the last promotion: the target of an automatic rollback.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub previous_revision: Option<RevisionRef>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub audit_started_at: Option<Time>,
+    /// Newly denied flows seen by the audit, expected ones included.
+    #[serde(default)]
+    pub new_denies: u64,
+    /// Newly denied flows not matched by `audit.expectedDenies`: what the gate counts.
+    #[serde(default)]
+    pub unexpected_new_denies: u64,
+    #[serde(default)]
+    pub new_allows: u64,
+    #[serde(default)]
+    pub observed_flows: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_attempted_revision: Option<AttemptedRevision>,
+    /// Set by `kubectl palisade promote` for a Manual rollout.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub approval: Option<Approval>,
+    /// When nodes were asked to flip to the enforced revision (promotion or rollback).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub flip_requested_at: Option<Time>,
+    /// When every node confirmed the last promotion: the start of the rollback watch window.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub promoted_at: Option<Time>,
+    /// Drops per minute over all nodes just before the last promotion.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub baseline_drops_per_minute: Option<u64>,
+    /// Revisions rolled back, by commit: not promoted again until a new commit arrives.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub rolled_back_revisions: Vec<RevisionRef>,
+    /// The last outcomes, newest first.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub history: Vec<HistoryEntry>,
+    /// Keyed by type so that server-side apply merges conditions one by one.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[x_kube(merge_strategy = ListMerge::Map(vec!["type".into()]))]
+    pub conditions: Vec<Condition>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+}
+
+/// The newest commit the controller tried; `errors` is non-empty when it could not be staged.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct AttemptedRevision {
+    pub commit: String,
+    pub display: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub errors: Vec<String>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Approval {
+    /// The PolicyRevision approved; an approval never carries over to another revision.
+    pub revision: String,
+    pub approved_by: String,
+    pub approved_at: Time,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct HistoryEntry {
+    pub revision: String,
+    pub commit: String,
+    pub display: String,
+    pub outcome: Outcome,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub enforced_at: Option<Time>,
+    pub recorded_at: Time,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub approved_by: Option<String>,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub message: String,
+}
+
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+pub enum Outcome {
+    /// Audited and enforced on every node.
+    Promoted,
+    /// A revert to a known-good revision, enforced without a new audit.
+    FastTracked,
+    /// Enforced, then rolled back.
+    RolledBack,
+    /// Replaced by a newer commit before it was enforced.
+    Superseded,
+    /// Invalid, unverified or out of scope; never staged.
+    Failed,
+}
+
+/// One validated, normalized policy set. Immutable: a revert to known content reuses the
+/// revision, and the agents load exactly what was audited.
+#[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[kube(
+    group = "palisade.dev",
+    version = "v1alpha1",
+    kind = "PolicyRevision",
+    namespaced,
+    shortname = "prev",
+    category = "palisade",
+    doc = "An immutable, content-addressed policy set produced from one Git commit",
+    printcolumn(name = "Rollout", type_ = "string", json_path = ".spec.rollout"),
+    printcolumn(name = "Revision", type_ = "string", json_path = ".spec.display"),
+    printcolumn(name = "Policies", type_ = "integer", json_path = ".spec.policyCount"),
+    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
+)]
+#[x_kube(validation = Rule::new("self == oldSelf").message("a PolicyRevision is immutable; a new commit makes a new revision"))]
+#[serde(rename_all = "camelCase")]
+pub struct PolicyRevisionSpec {
+    pub rollout: String,
+    pub commit: String,
+    pub display: String,
+    /// `sha256:` digest of the normalized policies.
+    #[x_kube(validation = Rule::new("self.matches('^sha256:[0-9a-f]{64}$')").message("digest must be sha256:<64 hex digits>"))]
+    pub digest: String,
+    pub policy_count: u32,
+    pub policies: Vec<PolicyDocument>,
+}
+
+/// One normalized policy, kept as canonical JSON so that equality (and the digest) is exact.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PolicyDocument {
+    pub kind: String,
+    pub name: String,
+    /// Unset for cluster-wide policies.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
+    pub content: String,
+}
+
+/// What one node's agent observed for one rollout. The agent owns the whole object and rewrites
+/// it periodically, so the data lives in `spec` without a status subresource.
+#[derive(CustomResource, Serialize, Deserialize, Clone, Debug, PartialEq, Default, JsonSchema)]
+#[kube(
+    group = "palisade.dev",
+    version = "v1alpha1",
+    kind = "PolicyAuditReport",
+    namespaced,
+    shortname = "par",
+    category = "palisade",
+    doc = "One node's audit of a PolicyRollout's candidate: would-be drops, loaded revisions and flips",
+    printcolumn(name = "Rollout", type_ = "string", json_path = ".spec.rollout"),
+    printcolumn(name = "Node", type_ = "string", json_path = ".spec.node"),
+    printcolumn(name = "Candidate", type_ = "string", json_path = ".spec.candidateRevision"),
+    printcolumn(name = "New-Denies", type_ = "integer", json_path = ".spec.totals.newDenies"),
+    printcolumn(name = "Enforcing", type_ = "string", json_path = ".spec.enforcedRevision"),
+    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
+)]
+#[serde(rename_all = "camelCase")]
+pub struct PolicyAuditReportSpec {
+    pub rollout: String,
+    pub node: String,
+    /// The revision audited; totals and flows are for it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub candidate_revision: Option<String>,
+    /// When this node started auditing the candidate.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub audit_started_at: Option<Time>,
+    #[serde(default)]
+    pub totals: AuditTotals,
+    /// Endpoints on this node that the candidate selects, with their observed traffic.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub endpoints: Vec<EndpointTraffic>,
+    /// Flows whose verdict differs, most frequent first, capped; `totals` counts them all.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub flows: Vec<AuditFlow>,
+    /// PolicyRevisions loaded into a policy slot on this node: the promotion barrier.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub loaded_revisions: Vec<String>,
+    /// The PolicyRevision this node enforces (its endpoints have flipped to it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub enforced_revision: Option<String>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct AuditTotals {
+    /// Distinct flows evaluated by both revisions.
+    #[serde(default)]
+    pub observed_flows: u64,
+    /// Distinct flows the enforced revision allows and the candidate would deny.
+    #[serde(default)]
+    pub new_denies: u64,
+    /// Distinct flows the enforced revision denies and the candidate would allow.
+    #[serde(default)]
+    pub new_allows: u64,
+    /// Drops per minute under the enforced revision, over the last minute.
+    #[serde(default)]
+    pub drops_per_minute: u64,
+    /// Flows left out of `flows` by the cap.
+    #[serde(default)]
+    pub truncated_flows: u64,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct EndpointTraffic {
+    pub namespace: String,
+    pub pod: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workload: Option<String>,
+    pub flows: u64,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct AuditFlow {
+    pub direction: Direction,
+    pub subject: FlowEndpoint,
+    pub peer: FlowEndpoint,
+    /// Destination port; 0 for ICMP.
+    pub port: u16,
+    pub protocol: Protocol,
+    pub enforced_verdict: Verdict,
+    pub candidate_verdict: Verdict,
+    pub count: u64,
+    pub first_seen: Time,
+    pub last_seen: Time,
+    /// The candidate rule that decided, e.g. `CiliumNetworkPolicy shop/deny-legacy ingress[0]`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rule: Option<String>,
+}
+
+/// A side of a flow, named by labels: identities are node-local numbers and mean nothing here.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct FlowEndpoint {
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workload: Option<String>,
+    /// For peers outside the cluster.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cidr: Option<String>,
+}
