@@ -11,6 +11,7 @@ mod bench;
 mod check;
 mod diff;
 mod plan;
+mod source;
 mod trace;
 
 /// Exit code for usage errors and failures to run at all.
@@ -37,6 +38,8 @@ enum Command {
     Plan(plan::Args),
     /// Show which flows a policy change would deny, allow or decide by another rule.
     Diff(diff::Args),
+    /// Git sources: fetch, verify and read a repository the way the controller does.
+    Source(source::Args),
     /// Benchmarks (for `make bench-policy`).
     #[command(hide = true)]
     Bench(bench::Args),
@@ -73,6 +76,7 @@ pub fn run(cli: Cli) -> Result<u8> {
         Command::Trace(args) => trace::run(args),
         Command::Plan(args) => plan::run(args),
         Command::Diff(args) => diff::run(args),
+        Command::Source(args) => source::run(args),
         Command::Bench(args) => bench::run(args),
     }
 }
