@@ -1,0 +1,106 @@
+//! The webhook receiver over a real socket on 127.0.0.1: authenticated pushes trigger one sync
+//! each; bad signatures, replays, other events and oversized bodies trigger nothing.
+use hmac::{Hmac, Mac};
+use palisade_source::webhook::{Provider, Receiver, SyncRequest};
+use sha2::Sha256;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::mpsc;
+
+const PATH: &str = "/hook/5f2b1c";
+
+async fn serve(provider: Provider, max_body: usize) -> (String, mpsc::Receiver<SyncRequest>) {
+    let (tx, rx) = mpsc::channel(16);
+    let router = Receiver::new(provider, tx).with_max_body(max_body).router(PATH);
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap().to_string();
+    tokio::spawn(async move { axum::serve(listener, router).await.unwrap() });
+    (address, rx)
+}
+
+/// Sends one request; returns the status code.
+async fn post(address: &str, headers: &[(&str, String)], body: &[u8]) -> u16 {
+    let mut stream = TcpStream::connect(address).await.unwrap();
+    let mut request = format!("POST {PATH} HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\nContent-Length: {}\r\n", body.len());
+    for (name, value) in headers {
+        request.push_str(&format!("{name}: {value}\r\n"));
+    }
+    request.push_str("\r\n");
+    stream.write_all(request.as_bytes()).await.unwrap();
+    // The server may answer (413) before reading the whole body and close; that is fine.
+    let _ = stream.write_all(body).await;
+    let mut response = Vec::new();
+    let _ = stream.read_to_end(&mut response).await;
+    let response = String::from_utf8_lossy(&response);
+    response.split_whitespace().nth(1).and_then(|code| code.parse().ok()).unwrap_or_else(|| panic!("no status in {response:?}"))
+}
+
+fn sign(secret: &[u8], body: &[u8]) -> String {
+    let mut mac = Hmac::<Sha256>::new_from_slice(secret).unwrap();
+    mac.update(body);
+    format!("sha256={}", hex::encode(mac.finalize().into_bytes()))
+}
+
+fn push(commit: &str) -> Vec<u8> {
+    format!(r#"{{"ref":"refs/heads/main","after":"{commit}","repository":{{"full_name":"acme/policies"}}}}"#).into_bytes()
+}
+
+#[tokio::test]
+async fn github_signatures_events_replays_and_size() {
+    let secret = b"webhook-secret".to_vec();
+    let (address, mut syncs) = serve(Provider::GitHub { secret: secret.clone() }, 4096).await;
+    let github = |event: &str, delivery: &str, signature: String| {
+        vec![("X-GitHub-Event", event.to_string()), ("X-GitHub-Delivery", delivery.to_string()), ("X-Hub-Signature-256", signature)]
+    };
+    let body = push("1111111111111111111111111111111111111111");
+
+    assert_eq!(post(&address, &github("push", "d1", sign(&secret, &body)), &body).await, 202);
+    let request = syncs.try_recv().expect("one sync");
+    assert_eq!(request.commit.as_deref(), Some("1111111111111111111111111111111111111111"));
+    assert_eq!(request.reference.as_deref(), Some("refs/heads/main"));
+    assert_eq!(request.delivery.as_deref(), Some("d1"));
+
+    // Replays: the same delivery, or the same commit under another delivery id.
+    assert_eq!(post(&address, &github("push", "d1", sign(&secret, &body)), &body).await, 200);
+    assert_eq!(post(&address, &github("push", "d2", sign(&secret, &body)), &body).await, 200);
+
+    // Wrong secret, a signature of other content, no signature, a bare hex digest.
+    assert_eq!(post(&address, &github("push", "d3", sign(b"guess", &body)), &body).await, 401);
+    let other = push("2222222222222222222222222222222222222222");
+    assert_eq!(post(&address, &github("push", "d4", sign(&secret, &body)), &other).await, 401);
+    assert_eq!(post(&address, &[("X-GitHub-Event", "push".into())], &other).await, 401);
+    assert_eq!(post(&address, &github("push", "d5", sign(&secret, &other)[7..].to_string()), &other).await, 401);
+    // Unauthenticated requests are not remembered either: the real push still goes through.
+    assert_eq!(post(&address, &github("push", "d3", sign(&secret, &other)), &other).await, 202);
+    assert_eq!(syncs.try_recv().unwrap().commit.as_deref(), Some("2222222222222222222222222222222222222222"));
+
+    // Ping answers without a sync; other events are refused.
+    assert_eq!(post(&address, &github("ping", "d6", sign(&secret, b"{}")), b"{}").await, 200);
+    assert_eq!(post(&address, &github("issues", "d7", sign(&secret, b"{}")), b"{}").await, 400);
+
+    // Oversized, even when correctly signed.
+    let big = vec![b' '; 4097];
+    assert_eq!(post(&address, &github("push", "d8", sign(&secret, &big)), &big).await, 413);
+
+    assert!(syncs.try_recv().is_err(), "nothing else triggered a sync");
+}
+
+#[tokio::test]
+async fn gitlab_token_and_generic_hmac() {
+    let (address, mut syncs) = serve(Provider::GitLab { token: b"gl-token".to_vec() }, 4096).await;
+    let body = br#"{"object_kind":"push","ref":"refs/heads/main","checkout_sha":"3333333333333333333333333333333333333333"}"#;
+    let gitlab = |token: &str| vec![("X-Gitlab-Event", "Push Hook".to_string()), ("X-Gitlab-Token", token.to_string())];
+    assert_eq!(post(&address, &gitlab("wrong"), body).await, 401);
+    assert_eq!(post(&address, &gitlab("gl-token-and-more"), body).await, 401);
+    assert!(syncs.try_recv().is_err());
+    assert_eq!(post(&address, &gitlab("gl-token"), body).await, 202);
+    assert_eq!(syncs.try_recv().unwrap().commit.as_deref(), Some("3333333333333333333333333333333333333333"));
+
+    let secret = b"generic".to_vec();
+    let (address, mut syncs) = serve(Provider::Generic { secret: secret.clone() }, 4096).await;
+    let body = b"{}";
+    assert_eq!(post(&address, &[("X-Signature", sign(b"nope", body))], body).await, 401);
+    assert_eq!(post(&address, &[("X-Signature", sign(&secret, body)), ("X-Delivery-Id", "g1".into())], body).await, 202);
+    assert_eq!(post(&address, &[("X-Signature", sign(&secret, body)), ("X-Delivery-Id", "g1".into())], body).await, 200);
+    assert!(syncs.try_recv().is_ok() && syncs.try_recv().is_err());
+}
