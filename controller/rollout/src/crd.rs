@@ -367,6 +367,9 @@ pub struct AttemptedRevision {
     pub display: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub id: Option<String>,
+    /// Why it failed, e.g. ValidationFailed, VerificationFailed, ScopeViolation.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub errors: Vec<String>,
 }
