@@ -16,6 +16,8 @@ pub const GROUP: &str = "palisade.dev";
 pub const VERSION: &str = "v1alpha1";
 
 /// A Git-sourced set of network policies, audited on live traffic and promoted atomically.
+// kube-derive repeats `type_ = "string"` per column, which clippy misreads as a duplicate.
+#[allow(clippy::duplicated_attributes)]
 #[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[kube(
     group = "palisade.dev",
@@ -415,6 +417,8 @@ pub enum Outcome {
 
 /// One validated, normalized policy set. Immutable: a revert to known content reuses the
 /// revision, and the agents load exactly what was audited.
+// kube-derive repeats `type_ = "string"` per column, which clippy misreads as a duplicate.
+#[allow(clippy::duplicated_attributes)]
 #[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[kube(
     group = "palisade.dev",
@@ -456,6 +460,8 @@ pub struct PolicyDocument {
 
 /// What one node's agent observed for one rollout. The agent owns the whole object and rewrites
 /// it periodically, so the data lives in `spec` without a status subresource.
+// kube-derive repeats `type_ = "string"` per column, which clippy misreads as a duplicate.
+#[allow(clippy::duplicated_attributes)]
 #[derive(CustomResource, Serialize, Deserialize, Clone, Debug, PartialEq, Default, JsonSchema)]
 #[kube(
     group = "palisade.dev",

@@ -135,6 +135,11 @@ pub fn reconcile(
     if spec.suspend {
         engine.set(COND_RECONCILING, false, "Suspended", "spec.suspend is set; resume to act on new commits".into());
     } else {
+        if engine.flipping() {
+            // Settle a flip the nodes may have confirmed before watching drops and judging the
+            // source, so that a second reconcile with the same inputs finds nothing left to do.
+            engine.promote();
+        }
         engine.watch_drops();
         engine.observe(source);
         engine.advance();
@@ -482,7 +487,7 @@ impl<'a> Engine<'a> {
                     .map(|e| format!("{}/{} ({} flows)", e.namespace, e.pod, e.flows)),
             );
         }
-        s.unexpected_flows.sort_by(|a, b| b.count.cmp(&a.count));
+        s.unexpected_flows.sort_by_key(|f| std::cmp::Reverse(f.count));
         s
     }
 
@@ -500,7 +505,31 @@ impl<'a> Engine<'a> {
             self.st.previous_revision.as_ref().map_or("nothing", |p| p.display.as_str())
         );
         self.event(EventType::Normal, "Promoting", message);
-        self.actions.push(Action::Flip { to: candidate, fast_track });
+        self.actions.push(Action::Flip { to: candidate.clone(), fast_track });
+        // Confirmations are settled by the next reconcile, first thing.
+        self.flip_pending(&candidate);
+    }
+
+    /// Whether some node has yet to confirm the flip to `candidate`; says which in `waiting`.
+    fn flip_pending(&mut self, candidate: &RevisionRef) -> bool {
+        let pending: Vec<&str> = self
+            .reports
+            .iter()
+            .filter(|r| r.enforced_revision.as_deref() != Some(candidate.id.as_str()))
+            .map(|r| r.node.as_str())
+            .collect();
+        if !self.reports.is_empty() && pending.is_empty() {
+            return false;
+        }
+        let waiting = if self.reports.is_empty() { "every node".to_string() } else { list(&pending) };
+        let message = format!(
+            "{} of {} nodes enforce {} (waiting for {waiting})",
+            self.reports.len() - pending.len(),
+            self.reports.len(),
+            candidate.display
+        );
+        self.waiting = Some(("Flipping", message));
+        true
     }
 
     fn promote(&mut self) {
@@ -516,21 +545,7 @@ impl<'a> Engine<'a> {
             }
             return self.flip(candidate, true);
         }
-        let pending: Vec<&str> = self
-            .reports
-            .iter()
-            .filter(|r| r.enforced_revision.as_deref() != Some(candidate.id.as_str()))
-            .map(|r| r.node.as_str())
-            .collect();
-        if self.reports.is_empty() || !pending.is_empty() {
-            let message = format!(
-                "{} of {} nodes enforce {} (waiting for {})",
-                self.reports.len() - pending.len(),
-                self.reports.len(),
-                candidate.display,
-                list(&pending)
-            );
-            self.waiting = Some(("Flipping", message));
+        if self.flip_pending(&candidate) {
             return;
         }
         let fast_track = self.st.audit_started_at.is_none();

@@ -457,10 +457,11 @@ fn a_flip_in_progress_finishes_before_a_new_commit_is_staged() {
     assert_eq!((r.phase(), r.candidate()), (Phase::Promoting, Some("web-1")));
     assert!(actions.is_empty(), "{actions:?}");
     let done = [node("a").loaded(&["1"]).enforcing("1"), node("b").loaded(&["1"]).enforcing("1")];
-    r.step(&rev("2"), &done, 12);
-    assert_eq!(r.phase(), Phase::Enforced);
-    r.step(&rev("2"), &done, 13);
-    assert_eq!((r.phase(), r.candidate()), (Phase::Auditing, Some("web-2")));
+    // Once every node confirms, the promotion is recorded and the waiting commit staged.
+    let actions = r.step(&rev("2"), &done, 12);
+    assert_eq!(events(&actions), ["Promoted", "AuditStarted"]);
+    assert_eq!((r.enforced(), r.candidate()), (Some("web-1"), Some("web-2")));
+    assert_eq!(r.phase(), Phase::Auditing);
 }
 
 #[test]
