@@ -1,0 +1,332 @@
+//! The policy compiler and the eBPF program agree: every scenario in `examples/` is compiled with
+//! the `Engine`, its entries and ipcache are loaded unchanged into a real datapath, and every
+//! pod/CIDR flow of its `flows.yaml` (without `http:`) is run as a real packet (TCP SYN, UDP
+//! datagram, ICMP) through the source's egress hook and the destination's ingress hook with
+//! BPF_PROG_TEST_RUN. The kernel's verdicts must equal `trace`'s egress and ingress decisions,
+//! and together the verdict `flows.yaml` expects.
+//!
+//! Each endpoint gets a veth pair in a private network namespace (the program finds its
+//! endpoint by ifindex, and the test run needs that device to exist); nothing is sent anywhere.
+mod support;
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    net::Ipv4Addr,
+    path::{Path, PathBuf},
+    process::Command,
+};
+
+use palisade_common::{PROTO_ICMP, PROTO_SCTP, PROTO_TCP, PROTO_UDP, PolicyEntry};
+use palisade_datapath::{Datapath, Hook, Slot};
+use palisade_policy::{
+    Cluster, Direction, EnforcementMode, Engine, ParseOptions, SourceFile, parse_policies,
+    trace::{self, Decision, FlowEnd, FlowPort, Verdict},
+    yaml::{Limits, parse_documents},
+};
+use support::*;
+
+fn examples_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples")
+}
+
+/// `*.yaml`/`*.yml` under `dir`, recursively, in a stable order (as the CLI loads them).
+fn yaml_files(dir: &Path, found: &mut Vec<PathBuf>) {
+    let mut entries: Vec<PathBuf> = std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().path()).collect();
+    entries.sort();
+    for path in entries {
+        if path.is_dir() {
+            yaml_files(&path, found);
+        } else if path.extension().is_some_and(|e| e == "yaml" || e == "yml") {
+            found.push(path);
+        }
+    }
+}
+
+fn engine(dir: &Path) -> Engine {
+    let mut paths = Vec::new();
+    yaml_files(&dir.join("policies"), &mut paths);
+    let texts: Vec<(String, String)> =
+        paths.iter().map(|p| (p.display().to_string(), std::fs::read_to_string(p).unwrap())).collect();
+    let sources: Vec<SourceFile> = texts.iter().map(|(name, text)| SourceFile { name, text }).collect();
+    let parsed = parse_policies(&sources, &ParseOptions::default());
+    assert!(!parsed.has_errors(), "{}: invalid policies: {:#?}", dir.display(), parsed.diagnostics);
+    let cluster_name = dir.join("cluster.yaml").display().to_string();
+    let cluster_text = std::fs::read_to_string(dir.join("cluster.yaml")).unwrap();
+    let cluster = Cluster::parse(&[SourceFile { name: &cluster_name, text: &cluster_text }])
+        .unwrap_or_else(|e| panic!("{cluster_name}: {e:?}"));
+    Engine::new(parsed.set, cluster, EnforcementMode::Default)
+}
+
+struct Flow {
+    from: String,
+    to: String,
+    port: String,
+    http: bool,
+    verdict: Verdict,
+}
+
+fn flows(dir: &Path) -> Vec<Flow> {
+    let text = std::fs::read_to_string(dir.join("flows.yaml")).unwrap();
+    let doc = parse_documents(&text, &Limits::default()).unwrap().remove(0).to_json();
+    let field = |flow: &serde_json::Value, name: &str| flow[name].as_str().map(str::to_owned);
+    doc["flows"]
+        .as_array()
+        .expect("flows.yaml has a `flows` list")
+        .iter()
+        .map(|flow| Flow {
+            from: field(flow, "from").expect("from"),
+            to: field(flow, "to").expect("to"),
+            port: field(flow, "port").expect("port"),
+            http: !flow["http"].is_null(),
+            verdict: serde_json::from_value(flow["verdict"].clone()).expect("verdict"),
+        })
+        .collect()
+}
+
+/// The ends of the scenario's flows that are pods or addresses; `None` for entities.
+fn address(engine: &Engine, end: &FlowEnd) -> Option<Ipv4Addr> {
+    match end {
+        FlowEnd::Pod { namespace, name } => {
+            let pod = engine.cluster.pod(namespace, name).unwrap_or_else(|| panic!("no pod {end}"));
+            Some(pod.ip.unwrap_or_else(|| panic!("pod {end} has no IP in cluster.yaml")))
+        }
+        FlowEnd::Address(ip) => Some(*ip),
+        FlowEnd::Entity(_) => None,
+    }
+}
+
+/// An Ethernet/IPv4 frame: TCP SYN, UDP or SCTP with the given ports, or ICMP of type `dport`
+/// (an echo request carries `sport` as its id).
+fn frame(protocol: u8, from: Ipv4Addr, to: Ipv4Addr, sport: u16, dport: u16) -> Vec<u8> {
+    let l4_len = match protocol {
+        PROTO_TCP => 20,
+        PROTO_SCTP => 12,
+        _ => 8,
+    };
+    let mut frame = vec![0u8; 14 + 20 + l4_len + 4];
+    frame[0..6].copy_from_slice(&[0x02, 0, 0, 0, 0, 2]);
+    frame[6..12].copy_from_slice(&[0x02, 0, 0, 0, 0, 1]);
+    frame[12..14].copy_from_slice(&0x0800u16.to_be_bytes());
+    let total = (frame.len() - 14) as u16;
+    let ip = &mut frame[14..34];
+    ip[0] = 0x45;
+    ip[2..4].copy_from_slice(&total.to_be_bytes());
+    ip[8] = 64;
+    ip[9] = protocol;
+    ip[12..16].copy_from_slice(&from.octets());
+    ip[16..20].copy_from_slice(&to.octets());
+    let sum = checksum(ip);
+    ip[10..12].copy_from_slice(&sum.to_be_bytes());
+    let l4 = &mut frame[34..];
+    match protocol {
+        PROTO_ICMP => {
+            l4[0] = dport as u8;
+            l4[4..6].copy_from_slice(&sport.to_be_bytes());
+            l4[6..8].copy_from_slice(&1u16.to_be_bytes());
+            let sum = checksum(l4);
+            l4[2..4].copy_from_slice(&sum.to_be_bytes());
+        }
+        _ => {
+            l4[0..2].copy_from_slice(&sport.to_be_bytes());
+            l4[2..4].copy_from_slice(&dport.to_be_bytes());
+            match protocol {
+                PROTO_TCP => {
+                    l4[12] = 5 << 4;
+                    l4[13] = 0x02; // SYN
+                    l4[14..16].copy_from_slice(&64240u16.to_be_bytes());
+                }
+                PROTO_UDP => l4[4..6].copy_from_slice(&((l4_len + 4) as u16).to_be_bytes()),
+                _ => {}
+            }
+        }
+    }
+    frame
+}
+
+fn checksum(data: &[u8]) -> u16 {
+    let mut sum: u32 = data.chunks(2).map(|c| u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)]) as u32).sum();
+    while sum >> 16 != 0 {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    !(sum as u16)
+}
+
+/// A private namespace and pin directory, deleted when dropped (also on panic).
+struct Sandbox {
+    netns: String,
+    pin_dir: PathBuf,
+}
+
+impl Sandbox {
+    fn new(name: &str) -> Sandbox {
+        let sandbox = Sandbox {
+            netns: format!("{name}-node"),
+            pin_dir: PathBuf::from(format!("/sys/fs/bpf/palisade-test-{name}")),
+        };
+        sandbox.cleanup();
+        run(&["ip", "netns", "add", &sandbox.netns]);
+        sandbox
+    }
+
+    fn cleanup(&self) {
+        let _ = std::fs::remove_dir_all(&self.pin_dir);
+        let _ = Command::new("ip").args(["netns", "del", &self.netns]).output();
+    }
+}
+
+impl Drop for Sandbox {
+    fn drop(&mut self) {
+        self.cleanup();
+    }
+}
+
+fn describe(entries: &[PolicyEntry]) -> String {
+    entries
+        .iter()
+        .map(|e| {
+            let verdict = match e.value.verdict {
+                palisade_common::VERDICT_ALLOW => "allow",
+                palisade_common::VERDICT_DENY => "deny",
+                palisade_common::VERDICT_REDIRECT => "redirect",
+                _ => "?",
+            };
+            format!("\n      {} -> {verdict} (cookie {})", trace::describe_entry(&e.key), e.value.cookie)
+        })
+        .collect()
+}
+
+fn decision(d: &Decision) -> String {
+    format!("{:?} via {} ({})", d.verdict, d.entry.as_deref().unwrap_or("no entry"), d.rule)
+}
+
+struct Outcome {
+    checked: usize,
+    denied_in_kernel: usize,
+    skipped: usize,
+    failures: Vec<String>,
+}
+
+fn check_scenario(index: usize, name: &str) -> Outcome {
+    let dir = examples_dir().join(name);
+    let engine = engine(&dir);
+    let flows = flows(&dir);
+    assert!(!flows.is_empty(), "{name}: no flows");
+
+    let sandbox = Sandbox::new(&format!("pcp{index}"));
+    let _inside = InNetns::enter(&sandbox.netns);
+    let mut datapath = Datapath::open(&sandbox.pin_dir).expect("open the datapath");
+
+    for (prefix, identity) in engine.ipcache() {
+        datapath.set_ipcache(prefix.addr, prefix.len, identity).unwrap();
+    }
+    // Endpoint id, ifindex and both directions' entries of every Palisade endpoint, by pod.
+    let mut endpoints: BTreeMap<String, (u32, u32, [Vec<PolicyEntry>; 2])> = BTreeMap::new();
+    for (id, endpoint) in engine.endpoints().enumerate() {
+        let id = id as u32 + 1;
+        let ingress = endpoint.group.direction(Direction::Ingress).entries();
+        let egress = endpoint.group.direction(Direction::Egress).entries();
+        let mut entries = ingress.clone();
+        entries.extend_from_slice(&egress);
+        datapath.load_slot(id, Slot::A, &entries).unwrap();
+        let (ifname, peer) = (format!("pcp{index}h{id}"), format!("pcp{index}p{id}"));
+        run(&["ip", "-n", &sandbox.netns, "link", "add", &ifname, "type", "veth", "peer", "name", &peer]);
+        run(&["ip", "-n", &sandbox.netns, "link", "set", &ifname, "up"]);
+        datapath.attach(id, &ifname).unwrap();
+        endpoints.insert(endpoint.pod.key(), (id, if_index(&ifname), [ingress, egress]));
+    }
+
+    // Source ports never equal to a flow's destination port, so no packet can look like the reply
+    // of an earlier flow's connection to the conntrack.
+    let used: BTreeSet<u16> = flows.iter().filter_map(|f| FlowPort::parse(&f.port).ok()).map(|p| p.port).collect();
+    let mut sports = (40000u16..).filter(|p| !used.contains(p));
+
+    let (mut checked, mut denied_in_kernel, mut skipped, mut failures) = (0, 0, 0, Vec::new());
+    for flow in &flows {
+        let from = FlowEnd::parse(&flow.from).unwrap();
+        let to = FlowEnd::parse(&flow.to).unwrap();
+        let port = FlowPort::parse(&flow.port).unwrap();
+        let (Some(saddr), Some(daddr)) = (address(&engine, &from), address(&engine, &to)) else {
+            skipped += 1;
+            continue;
+        };
+        if flow.http {
+            skipped += 1;
+            continue;
+        }
+        let expected = trace::trace(&engine, &from, &to, port, None).unwrap();
+        let packet = frame(port.protocol.number(), saddr, daddr, sports.next().unwrap(), port.port);
+        let run_hook = |end: &FlowEnd, hook: Hook| {
+            let FlowEnd::Pod { .. } = end else { return None };
+            let (_, ifindex, entries) = endpoints.get(&end.to_string())?;
+            let run = datapath.run_frame(hook, *ifindex, &packet, 1).unwrap();
+            let direction = if hook == Hook::FromEndpoint { 1 } else { 0 };
+            Some((if run.passed { Verdict::Allowed } else { Verdict::Denied }, &entries[direction]))
+        };
+        let egress = run_hook(&from, Hook::FromEndpoint);
+        let ingress = run_hook(&to, Hook::ToEndpoint);
+        checked += 1;
+
+        let mut problems = Vec::new();
+        for (side, kernel, traced) in [("egress", &egress, &expected.egress), ("ingress", &ingress, &expected.ingress)]
+        {
+            match kernel {
+                Some((verdict, entries)) if *verdict != traced.verdict => problems.push(format!(
+                    "  {side}: kernel {verdict:?}, trace {}; entries of {}:{}",
+                    decision(traced),
+                    traced.endpoint.as_deref().unwrap_or("?"),
+                    describe(entries),
+                )),
+                // Not an endpoint: trace must not have judged it either.
+                None if traced.endpoint.is_some() => {
+                    problems.push(format!("  {side}: trace judged it ({}) but no endpoint ran", decision(traced)))
+                }
+                _ => {}
+            }
+        }
+        let side = |kernel: &Option<(Verdict, &Vec<PolicyEntry>)>| kernel.as_ref().map_or(Verdict::Allowed, |k| k.0);
+        let kernel = if side(&egress) == Verdict::Allowed && side(&ingress) == Verdict::Allowed {
+            Verdict::Allowed
+        } else {
+            Verdict::Denied
+        };
+        denied_in_kernel += (kernel == Verdict::Denied) as usize;
+        if kernel != flow.verdict || expected.verdict != flow.verdict {
+            problems.push(format!(
+                "  flows.yaml expects {:?}; kernel {kernel:?}, trace {:?}\n  egress trace: {}\n  ingress trace: {}",
+                flow.verdict,
+                expected.verdict,
+                decision(&expected.egress),
+                decision(&expected.ingress)
+            ));
+        }
+        if !problems.is_empty() {
+            failures.push(format!("{name}: {} -> {} {}\n{}", flow.from, flow.to, flow.port, problems.join("\n")));
+        }
+    }
+    datapath.destroy().unwrap();
+    Outcome { checked, denied_in_kernel, skipped, failures }
+}
+
+#[test]
+fn kernel_agrees_with_compiler_and_examples() {
+    require_root();
+    let mut scenarios: Vec<String> = std::fs::read_dir(examples_dir())
+        .unwrap()
+        .map(|e| e.unwrap())
+        .filter(|e| e.path().join("flows.yaml").is_file())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    scenarios.sort();
+    assert!(!scenarios.is_empty(), "no scenarios in {}", examples_dir().display());
+    let mut failures = Vec::new();
+    for (index, name) in scenarios.iter().enumerate() {
+        let mut outcome = check_scenario(index, name);
+        eprintln!(
+            "{name}: {} flows checked in the kernel ({} denied there), {} skipped (entity or http)",
+            outcome.checked, outcome.denied_in_kernel, outcome.skipped
+        );
+        assert!(outcome.checked > 0, "{name}: no flow could be checked");
+        failures.append(&mut outcome.failures);
+    }
+    assert!(failures.is_empty(), "{} flows disagree:\n{}", failures.len(), failures.join("\n"));
+}
