@@ -3,7 +3,7 @@ SHELL := /bin/bash
 CARGO ?= cargo
 export PATH := $(HOME)/.cargo/bin:$(PATH)
 
-.PHONY: deps build test demo bench-policy bench-datapath clippy fmt crds
+.PHONY: deps build test demo bench-policy bench-datapath bench-source clippy fmt crds
 
 deps:
 	@bash scripts/deps.sh
@@ -19,6 +19,10 @@ demo: build
 
 bench-policy: deps
 	$(CARGO) run --release --quiet -p palisade -- bench policy
+
+# A generated 1,000-file repository served by git daemon on 127.0.0.1.
+bench-source: deps
+	$(CARGO) run --release --quiet -p palisade-source --example bench
 
 clippy: deps
 	$(CARGO) clippy --workspace --all-targets -- -D warnings

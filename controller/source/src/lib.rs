@@ -2,10 +2,13 @@
 //! signatures verified, policy files read safely out of the commit's tree, and each commit turned
 //! into a content-addressed [`Revision`] or a [`FailedAttempt`] listing every problem. Also the
 //! push webhook receiver that triggers a sync.
+use std::collections::{BTreeSet, HashMap};
 use std::path::Path;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use palisade_policy::{ParseOptions, SourceFile, parse_policies};
+use palisade_policy::model::MAX_POLICIES;
+use palisade_policy::{Diagnostic, ParseOptions, Parsed, Severity, SourceFile, parse_policies};
 use tracing::{info, warn};
 
 pub mod credentials;
@@ -66,17 +69,22 @@ struct LastRevision {
     reference: String,
 }
 
+/// Each file parsed on its own, with the digest of each of its policies, by blob and name.
+type ParseCache = HashMap<(git2::Oid, String), Arc<(Parsed, Vec<[u8; 32]>)>>;
+
 pub struct Source {
     spec: SourceSpec,
     credentials: Credentials,
     mirror: fetch::Mirror,
+    /// The files of the last build, so an incremental sync parses only the files that changed.
+    parsed: Mutex<ParseCache>,
 }
 
 impl Source {
     /// Opens (or creates) the mirror of `spec.url` under `cache_dir`. Nothing is fetched yet.
     pub fn open(spec: SourceSpec, credentials: Credentials, cache_dir: &Path) -> Result<Self> {
         let mirror = fetch::Mirror::open(cache_dir, &spec.url)?;
-        Ok(Source { spec, credentials, mirror })
+        Ok(Source { spec, credentials, mirror, parsed: Mutex::default() })
     }
 
     pub fn spec(&self) -> &SourceSpec {
@@ -148,12 +156,14 @@ impl Source {
             Ok(files) => files,
             Err(problems) => return Ok(failed(FailureKind::Invalid, problems)),
         };
-        let sources: Vec<SourceFile> = files.iter().map(|f| SourceFile { name: &f.name, text: &f.text }).collect();
-        let parsed = parse_policies(&sources, &self.spec.parse);
+        let (parsed, digests) = {
+            let mut cache = self.parsed.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+            parse_files(&files, &self.spec.parse, &mut cache)
+        };
         if parsed.has_errors() {
             return Ok(failed(FailureKind::Invalid, parsed.errors().map(Problem::from).collect()));
         }
-        Ok(Outcome::Revision(Revision::new(resolved.name.clone(), info, signature, parsed.set, parsed.diagnostics)))
+        Ok(Outcome::Revision(Revision::new(resolved.name.clone(), info, signature, parsed.set, digests, parsed.diagnostics)))
     }
 
     fn remember(&self, resolved: &Resolved) -> Result<()> {
@@ -170,4 +180,52 @@ impl Source {
             .and_then(|()| std::fs::rename(&temporary, &path))
             .map_err(|source| Error::CacheIo { path, source })
     }
+}
+
+/// What `parse_policies` makes of all `files` at once, with each policy's digest, parsing only
+/// the files not in `cache`; leaves exactly this build's files in `cache`.
+fn parse_files(files: &[read::ReadFile], options: &ParseOptions, cache: &mut ParseCache) -> (Parsed, Vec<[u8; 32]>) {
+    let mut kept = ParseCache::with_capacity(files.len());
+    let mut merged = Parsed::default();
+    let mut digests = Vec::new();
+    let mut seen = BTreeSet::new();
+    for file in files {
+        let key = (file.id, file.name.clone());
+        let entry = cache.remove(&key).unwrap_or_else(|| {
+            let parsed = parse_policies(&[SourceFile { name: &file.name, text: &file.text }], options);
+            let digests = parsed.set.policies.iter().map(revision::policy_digest).collect();
+            Arc::new((parsed, digests))
+        });
+        let (parsed, file_digests) = &*entry;
+        merged.diagnostics.extend(parsed.diagnostics.iter().cloned());
+        for (policy, digest) in parsed.set.policies.iter().zip(file_digests) {
+            // Within one file the parser has already checked; across files it is checked here.
+            if !seen.insert(policy.id.clone()) {
+                merged.diagnostics.push(Diagnostic {
+                    severity: Severity::Error,
+                    file: file.name.clone(),
+                    line: policy.line,
+                    path: "metadata.name".into(),
+                    message: format!("{} is defined more than once", policy.id),
+                });
+                continue;
+            }
+            merged.set.policies.push(policy.clone());
+            digests.push(*digest);
+        }
+        kept.insert(key, entry);
+    }
+    if merged.set.policies.len() > MAX_POLICIES {
+        merged.diagnostics.push(Diagnostic {
+            severity: Severity::Error,
+            file: String::new(),
+            line: 0,
+            path: String::new(),
+            message: format!("{} policies exceed the limit of {MAX_POLICIES}", merged.set.policies.len()),
+        });
+        merged.set.policies.clear();
+        digests.clear();
+    }
+    *cache = kept;
+    (merged, digests)
 }

@@ -30,6 +30,8 @@ impl Default for ReadLimits {
 pub struct ReadFile {
     /// Path from the repository root.
     pub name: String,
+    /// The blob: same id, same text.
+    pub id: Oid,
     pub text: String,
 }
 
@@ -169,7 +171,7 @@ impl Reader<'_, '_> {
             Err(e) => return self.problems.push(Problem::file(name, e.message())),
         };
         match std::str::from_utf8(blob.content()) {
-            Ok(text) => self.files.push(ReadFile { name: name.to_string(), text: text.to_string() }),
+            Ok(text) => self.files.push(ReadFile { name: name.to_string(), id, text: text.to_string() }),
             Err(_) => self.problems.push(Problem::file(name, "not UTF-8 text")),
         }
     }

@@ -1,6 +1,6 @@
 //! Revisions: a commit's validated, normalized policies, named by the digest of their content so
 //! that the same policies always get the same id, whatever commit carries them.
-use palisade_policy::model::PolicyId;
+use palisade_policy::model::{Policy, PolicyId};
 use palisade_policy::{Diagnostic, PolicySet, Severity};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
@@ -104,33 +104,50 @@ pub enum Outcome {
 }
 
 impl Revision {
-    pub(crate) fn new(reference: String, commit: CommitInfo, signature: SignatureStatus, mut policies: PolicySet, diagnostics: Vec<Diagnostic>) -> Self {
+    /// `digests[i]` is [`policy_digest`] of `policies.policies[i]`.
+    pub(crate) fn new(
+        reference: String,
+        commit: CommitInfo,
+        signature: SignatureStatus,
+        policies: PolicySet,
+        digests: Vec<[u8; 32]>,
+        diagnostics: Vec<Diagnostic>,
+    ) -> Self {
         // Sorted by id so a revision reads the same whichever files the policies live in.
-        policies.policies.sort_by(|a, b| a.id.cmp(&b.id));
+        let mut pairs: Vec<_> = policies.policies.into_iter().zip(digests).collect();
+        pairs.sort_by(|a, b| a.0.id.cmp(&b.0.id));
+        let id = combine(pairs.iter().map(|(_, d)| d));
+        let mut policies = PolicySet { policies: pairs.into_iter().map(|(p, _)| p).collect() };
         policies.renumber();
         let warnings = diagnostics.into_iter().filter(|d| d.severity == Severity::Warning).collect();
-        Revision { id: digest(&policies), reference, commit, signature, policies, warnings }
+        Revision { id, reference, commit, signature, policies, warnings }
     }
 }
 
-/// sha256 over each policy's id and its object as written (keys sorted, so formatting and key
-/// order do not matter), in id order. File names are left out: moving a policy to another file
-/// changes nothing enforced.
+/// The revision id of a policy set: sha256 over the [`policy_digest`]s in id order. File names
+/// are left out: moving a policy to another file changes nothing enforced.
 pub fn digest(set: &PolicySet) -> String {
-    let mut ids: Vec<(&PolicyId, &Value)> = set.policies.iter().map(|p| (&p.id, &p.source)).collect();
-    ids.sort_by(|a, b| a.0.cmp(b.0));
+    let mut digests: Vec<(&PolicyId, [u8; 32])> = set.policies.iter().map(|p| (&p.id, policy_digest(p))).collect();
+    digests.sort_by(|a, b| a.0.cmp(b.0));
+    combine(digests.iter().map(|(_, d)| d))
+}
+
+fn combine<'a>(digests: impl Iterator<Item = &'a [u8; 32]>) -> String {
     let mut hasher = Sha256::new();
-    let mut buffer = String::new();
-    for (id, source) in ids {
-        buffer.clear();
-        // PolicyId serializes as a plain struct, which cannot fail.
-        buffer.push_str(&serde_json::to_string(id).unwrap_or_default());
-        buffer.push('\n');
-        canonical_json(source, &mut buffer);
-        buffer.push('\n');
-        hasher.update(buffer.as_bytes());
+    for digest in digests {
+        hasher.update(digest);
     }
     format!("sha256:{}", hex::encode(hasher.finalize()))
+}
+
+/// sha256 over a policy's id and its object as written, keys sorted so that formatting and key
+/// order do not matter.
+pub fn policy_digest(policy: &Policy) -> [u8; 32] {
+    // PolicyId serializes as a plain struct, which cannot fail.
+    let mut text = serde_json::to_string(&policy.id).unwrap_or_default();
+    text.push('\n');
+    canonical_json(&policy.source, &mut text);
+    Sha256::digest(text.as_bytes()).into()
 }
 
 /// JSON with object keys sorted and no whitespace. Depth is bounded by the YAML parser's limits.

@@ -300,3 +300,22 @@ fn openpgp_signatures() {
     let problems = failure(&verifying(&repo.url(), main, VerifyMode::Head, &armored, &cache), FailureKind::Unverified);
     assert!(problems.contains(&format!("commit {id}: the OpenPGP signature")), "{problems}");
 }
+
+#[test]
+fn a_policy_defined_in_two_files_is_refused_even_when_one_was_parsed_before() {
+    let tmp = tempfile::tempdir().unwrap();
+    let repo = Repo::new(tmp.path());
+    repo.write("a.yaml", &policy("web", 80));
+    repo.commit("one", &[]);
+    let cache = tmp.path().join("cache");
+    let source = source(&repo.url(), GitRef::Branch("main".into()), &cache);
+    let first = revision(&source);
+    assert_eq!(first.id, palisade_source::revision::digest(&first.policies));
+    repo.write("b.yaml", &policy("web", 443));
+    repo.commit("two", &[]);
+    let problems = failure(&source, FailureKind::Invalid);
+    assert_eq!(problems, "b.yaml:1: metadata.name: CiliumNetworkPolicy default/web is defined more than once");
+    repo.git(&["rm", "-q", "b.yaml"]);
+    repo.commit("three", &[]);
+    assert_eq!(revision(&source).id, first.id);
+}
