@@ -14,7 +14,8 @@ fn fetch(cache: &std::path::Path, args: &[&str]) -> (i32, Value, String) {
         .output()
         .expect("run palisade");
     let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
-    let json = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {}{stderr}", String::from_utf8_lossy(&out.stdout)));
+    let json = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("{e}: {}{stderr}", String::from_utf8_lossy(&out.stdout)));
     (out.status.code().unwrap(), json, stderr)
 }
 
@@ -33,7 +34,10 @@ fn revision_invalid_unverified_and_unreachable() {
     let mut daemon = GitDaemon::start(tmp.path());
     let url = daemon.url("repo");
 
-    let (code, out, stderr) = fetch(&cache, &["--url", &url, "--branch", "main", "--path", "policies", "--verify-keys", allowed.to_str().unwrap()]);
+    let (code, out, stderr) = fetch(
+        &cache,
+        &["--url", &url, "--branch", "main", "--path", "policies", "--verify-keys", allowed.to_str().unwrap()],
+    );
     assert_eq!(code, 0, "{out} {stderr}");
     assert_eq!(out["commit"], signed);
     assert!(out["revision"].as_str().unwrap().starts_with("sha256:"));

@@ -33,7 +33,7 @@ pub fn text_diff(old: &Revision, new: &Revision) -> Vec<PolicyChange> {
                 diff: TextDiff::from_lines(a, b)
                     .unified_diff()
                     .context_radius(3)
-                    .header(&short(&old.id), &short(&new.id))
+                    .header(short(&old.id), short(&new.id))
                     .to_string(),
             })
         })
@@ -41,7 +41,12 @@ pub fn text_diff(old: &Revision, new: &Revision) -> Vec<PolicyChange> {
 }
 
 /// Flows between the cluster's pods, on their declared ports, whose verdict differs.
-pub fn semantic_diff(old: &Revision, new: &Revision, cluster: &Cluster, mode: EnforcementMode) -> Result<Vec<FlowChange>, String> {
+pub fn semantic_diff(
+    old: &Revision,
+    new: &Revision,
+    cluster: &Cluster,
+    mode: EnforcementMode,
+) -> Result<Vec<FlowChange>, String> {
     let flows = diff::all_pod_flows(cluster);
     let before = Engine::new(old.policies.clone(), cluster.clone(), mode);
     let after = Engine::new(new.policies.clone(), cluster.clone(), mode);

@@ -152,7 +152,9 @@ impl Mirror {
         let not_found = || Error::RefNotFound { url: self.url.clone(), reference: reference.to_string() };
         let (name, target) = match reference {
             GitRef::Head => ("HEAD".to_string(), self.repo.refname_to_id(HEAD_REF).map_err(|_| not_found())?),
-            GitRef::Branch(b) => (b.clone(), self.repo.refname_to_id(&format!("refs/heads/{b}")).map_err(|_| not_found())?),
+            GitRef::Branch(b) => {
+                (b.clone(), self.repo.refname_to_id(&format!("refs/heads/{b}")).map_err(|_| not_found())?)
+            }
             GitRef::Tag(t) => (t.clone(), self.repo.refname_to_id(&format!("refs/tags/{t}")).map_err(|_| not_found())?),
             GitRef::Semver(range) => self.highest_tag(range)?,
             GitRef::Commit(c) => {
@@ -203,7 +205,11 @@ fn set_socket_timeouts(timeout: Duration) {
     }
 }
 
-fn credential(credentials: &Credentials, username: Option<&str>, allowed: git2::CredentialType) -> Result<Cred, git2::Error> {
+fn credential(
+    credentials: &Credentials,
+    username: Option<&str>,
+    allowed: git2::CredentialType,
+) -> Result<Cred, git2::Error> {
     if allowed.contains(git2::CredentialType::SSH_KEY)
         && let Some(identity) = &credentials.identity
     {

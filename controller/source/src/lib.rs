@@ -163,7 +163,14 @@ impl Source {
         if parsed.has_errors() {
             return Ok(failed(FailureKind::Invalid, parsed.errors().map(Problem::from).collect()));
         }
-        Ok(Outcome::Revision(Revision::new(resolved.name.clone(), info, signature, parsed.set, digests, parsed.diagnostics)))
+        Ok(Outcome::Revision(Revision::new(
+            resolved.name.clone(),
+            info,
+            signature,
+            parsed.set,
+            digests,
+            parsed.diagnostics,
+        )))
     }
 
     fn remember(&self, resolved: &Resolved) -> Result<()> {

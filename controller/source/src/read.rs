@@ -49,13 +49,17 @@ pub fn read_policy_files(
     let start = if root.is_empty() {
         tree.clone()
     } else {
-        let entry = tree.get_path(std::path::Path::new(&root)).map_err(|_| vec![Problem::file(&root, "no such directory")])?;
+        let entry =
+            tree.get_path(std::path::Path::new(&root)).map_err(|_| vec![Problem::file(&root, "no such directory")])?;
         match entry.kind() {
-            Some(ObjectType::Tree) => repo.find_tree(entry.id()).map_err(|e| vec![Problem::file(&root, e.message())])?,
+            Some(ObjectType::Tree) => {
+                repo.find_tree(entry.id()).map_err(|e| vec![Problem::file(&root, e.message())])?
+            }
             _ => return Err(vec![Problem::file(&root, "not a directory")]),
         }
     };
-    let mut reader = Reader { repo, tree, root: &root, ignore: &ignore, limits, files: Vec::new(), problems: Vec::new(), total: 0 };
+    let mut reader =
+        Reader { repo, tree, root: &root, ignore: &ignore, limits, files: Vec::new(), problems: Vec::new(), total: 0 };
     reader.walk(&start, &root);
     if reader.problems.is_empty() {
         reader.files.sort_by(|a, b| a.name.cmp(&b.name));
@@ -133,11 +137,15 @@ impl Reader<'_, '_> {
             let resolved = if target.starts_with('/') { None } else { normalize(&format!("{parent}/{target}")) };
             let inside = resolved.as_deref().filter(|r| within(r, self.root));
             let Some(resolved) = inside else {
-                return self.problems.push(Problem::file(link, format!("symlink to {target:?} leaves {:?}", self.root_name())));
+                return self
+                    .problems
+                    .push(Problem::file(link, format!("symlink to {target:?} leaves {:?}", self.root_name())));
             };
             let entry = match self.tree.get_path(std::path::Path::new(resolved)) {
                 Ok(entry) => entry,
-                Err(_) => return self.problems.push(Problem::file(link, format!("symlink to {target:?} points nowhere"))),
+                Err(_) => {
+                    return self.problems.push(Problem::file(link, format!("symlink to {target:?} points nowhere")));
+                }
             };
             match entry.filemode() {
                 0o100644 | 0o100755 => return self.read_blob(link, entry.id()),
@@ -145,7 +153,11 @@ impl Reader<'_, '_> {
                     at = resolved.to_string();
                     blob = entry.id();
                 }
-                _ => return self.problems.push(Problem::file(link, format!("symlink to {target:?} is not a regular file"))),
+                _ => {
+                    return self
+                        .problems
+                        .push(Problem::file(link, format!("symlink to {target:?} is not a regular file")));
+                }
             }
         }
         self.problems.push(Problem::file(link, "too many levels of symlinks"));
@@ -164,7 +176,9 @@ impl Reader<'_, '_> {
         self.total += size;
         if self.total > self.limits.max_total_bytes {
             let limit = self.limits.max_total_bytes;
-            return self.problems.push(Problem::file(name, format!("policy files exceed the total limit of {limit} bytes")));
+            return self
+                .problems
+                .push(Problem::file(name, format!("policy files exceed the total limit of {limit} bytes")));
         }
         let blob = match self.repo.find_blob(id) {
             Ok(blob) => blob,

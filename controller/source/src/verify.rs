@@ -44,7 +44,10 @@ pub struct AllowedSigner {
 pub enum SignatureStatus {
     /// Verification is off for this source.
     NotRequired,
-    Verified { provider: String, signer: String },
+    Verified {
+        provider: String,
+        signer: String,
+    },
 }
 
 /// The namespace git signs with (`ssh-keygen -Y sign -n git`).
@@ -94,14 +97,14 @@ impl Keys {
                     .iter()
                     .find(|s| s.key.key_data() == sig.public_key())
                     .ok_or_else(|| format!("signed by {fingerprint}, which is not an allowed signer"))?;
-                signer
-                    .key
-                    .verify(SSH_NAMESPACE, data, &sig)
-                    .map_err(|e| format!("the signature by {} ({fingerprint}) does not verify: {e}", signer.principals))?;
+                signer.key.verify(SSH_NAMESPACE, data, &sig).map_err(|e| {
+                    format!("the signature by {} ({fingerprint}) does not verify: {e}", signer.principals)
+                })?;
                 Ok(format!("{} {fingerprint}", signer.principals))
             }
             Keys::OpenPgp(keys) => {
-                let (sig, _) = StandaloneSignature::from_string(text).map_err(|e| format!("not an OpenPGP signature ({e})"))?;
+                let (sig, _) =
+                    StandaloneSignature::from_string(text).map_err(|e| format!("not an OpenPGP signature ({e})"))?;
                 for key in keys {
                     // The primary key or any signing subkey may have made it.
                     let by_subkey = key.public_subkeys.iter().any(|k| sig.verify(&k.key, data).is_ok());
@@ -109,7 +112,8 @@ impl Keys {
                         return Ok(format!("{} {}", pgp_user(key), pgp_fingerprint(key)));
                     }
                 }
-                let issuers: Vec<String> = sig.signature.issuer().iter().map(|id| hex::encode_upper(id.as_ref())).collect();
+                let issuers: Vec<String> =
+                    sig.signature.issuer().iter().map(|id| hex::encode_upper(id.as_ref())).collect();
                 Err(format!("the OpenPGP signature (issuer {}) does not verify with any given key", issuers.join(", ")))
             }
         }
@@ -121,15 +125,16 @@ impl Verify {
     pub fn check(&self, repo: &Repository, resolved: &Resolved) -> Result<SignatureStatus, String> {
         let mut signers = Vec::new();
         if matches!(self.mode, VerifyMode::Tag | VerifyMode::TagAndHEAD) {
-            let tag = resolved.tag.ok_or_else(|| format!("{}: not an annotated tag, so it carries no signature", resolved.name))?;
+            let tag = resolved
+                .tag
+                .ok_or_else(|| format!("{}: not an annotated tag, so it carries no signature", resolved.name))?;
             let (signature, data) = tag_signature(repo, tag)?;
             signers.push(self.keys.verify(&signature, &data).map_err(|e| format!("tag {tag}: {e}"))?);
         }
         if matches!(self.mode, VerifyMode::Head | VerifyMode::TagAndHEAD) {
             let commit = resolved.commit;
-            let (signature, data) = repo
-                .extract_signature(&commit, None)
-                .map_err(|_| format!("commit {commit} is not signed"))?;
+            let (signature, data) =
+                repo.extract_signature(&commit, None).map_err(|_| format!("commit {commit} is not signed"))?;
             signers.push(self.keys.verify(&signature, &data).map_err(|e| format!("commit {commit}: {e}"))?);
         }
         signers.dedup();
@@ -177,10 +182,10 @@ fn parse_allowed_signers(text: &str) -> Result<Vec<AllowedSigner>> {
         if options.iter().any(|o| o.starts_with("cert-authority") || o.starts_with("valid-")) {
             return Err(bad("cert-authority and valid-after/valid-before are not supported".into()));
         }
-        if let Some(namespaces) = options.iter().find_map(|o| o.strip_prefix("namespaces=")) {
-            if !namespaces.trim_matches('"').split(',').any(|n| n == SSH_NAMESPACE) {
-                continue;
-            }
+        if let Some(namespaces) = options.iter().find_map(|o| o.strip_prefix("namespaces="))
+            && !namespaces.trim_matches('"').split(',').any(|n| n == SSH_NAMESPACE)
+        {
+            continue;
         }
         let key = PublicKey::from_openssh(&format!("{} {}", fields[key_at], fields[key_at + 1]))
             .map_err(|e| bad(format!("public key: {e}")))?;
@@ -227,7 +232,9 @@ mod tests {
     #[test]
     fn allowed_signers_with_options_and_comments() {
         let key = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIKgyJN/LVpdyD4Cp3/diuELQelYrsakN6ZQn8LqMVoOF";
-        let text = format!("# team\nalice@example.com {key} laptop\nbob namespaces=\"git,file\" {key}\ncarol namespaces=\"file\" {key}\n");
+        let text = format!(
+            "# team\nalice@example.com {key} laptop\nbob namespaces=\"git,file\" {key}\ncarol namespaces=\"file\" {key}\n"
+        );
         let signers = parse_allowed_signers(&text).unwrap();
         let names: Vec<_> = signers.iter().map(|s| s.principals.as_str()).collect();
         assert_eq!(names, ["alice@example.com", "bob"]);

@@ -3,7 +3,9 @@ mod common;
 use std::path::Path;
 
 use common::*;
-use palisade_source::{Credentials, FailureKind, GitRef, Keys, Outcome, Revision, Source, SourceSpec, Verify, VerifyMode};
+use palisade_source::{
+    Credentials, FailureKind, GitRef, Keys, Outcome, Revision, Source, SourceSpec, Verify, VerifyMode,
+};
 
 fn source(url: &str, reference: GitRef, cache: &Path) -> Source {
     Source::open(SourceSpec::new(url, reference), Credentials::default(), cache).unwrap()
@@ -165,7 +167,10 @@ fn symlink_leaving_the_path_is_refused() {
     spec.path = "policies".into();
     let source = Source::open(spec, Credentials::default(), &cache).unwrap();
     let problems = failure(&source, FailureKind::Invalid);
-    assert!(problems.contains("policies/escape.yaml: symlink to \"../secrets/token.yaml\" leaves \"policies\""), "{problems}");
+    assert!(
+        problems.contains("policies/escape.yaml: symlink to \"../secrets/token.yaml\" leaves \"policies\""),
+        "{problems}"
+    );
     assert!(problems.contains("policies/absolute.yaml: symlink to \"/etc/passwd.yaml\" leaves"), "{problems}");
 }
 
@@ -175,7 +180,9 @@ fn yaml_bomb_and_oversized_files_are_refused_by_name() {
     let repo = Repo::new(tmp.path());
     let mut bomb = String::from("a: &a [\"lol\",\"lol\",\"lol\",\"lol\",\"lol\",\"lol\",\"lol\",\"lol\",\"lol\"]\n");
     for (i, prev) in ('b'..='j').zip('a'..='i') {
-        bomb.push_str(&format!("{i}: &{i} [*{prev},*{prev},*{prev},*{prev},*{prev},*{prev},*{prev},*{prev},*{prev}]\n"));
+        bomb.push_str(&format!(
+            "{i}: &{i} [*{prev},*{prev},*{prev},*{prev},*{prev},*{prev},*{prev},*{prev},*{prev}]\n"
+        ));
     }
     repo.write("bomb.yaml", &bomb);
     repo.write("deep.yaml", &format!("{}x{}", "[".repeat(500), "]".repeat(500)));
@@ -242,14 +249,20 @@ fn ssh_signatures_on_commits_and_tags() {
     let main = GitRef::Branch("main".into());
 
     let ok = revision(&verifying(&repo.url(), main.clone(), VerifyMode::Head, &alice, &cache));
-    let palisade_source::SignatureStatus::Verified { provider, signer } = &ok.signature else { panic!("{:?}", ok.signature) };
+    let palisade_source::SignatureStatus::Verified { provider, signer } = &ok.signature else {
+        panic!("{:?}", ok.signature)
+    };
     assert_eq!(provider, "ssh");
     assert!(signer.starts_with("alice@example.com SHA256:"), "{signer}");
     let tag = revision(&verifying(&repo.url(), GitRef::Tag("v1.0.0".into()), VerifyMode::TagAndHEAD, &alice, &cache));
     assert_eq!(tag.commit.id, ok.commit.id);
-    let problems = failure(&verifying(&repo.url(), GitRef::Tag("v1.1.0".into()), VerifyMode::Tag, &alice, &cache), FailureKind::Unverified);
+    let problems = failure(
+        &verifying(&repo.url(), GitRef::Tag("v1.1.0".into()), VerifyMode::Tag, &alice, &cache),
+        FailureKind::Unverified,
+    );
     assert!(problems.contains("is not signed"), "{problems}");
-    let problems = failure(&verifying(&repo.url(), main.clone(), VerifyMode::Tag, &alice, &cache), FailureKind::Unverified);
+    let problems =
+        failure(&verifying(&repo.url(), main.clone(), VerifyMode::Tag, &alice, &cache), FailureKind::Unverified);
     assert!(problems.contains("not an annotated tag"), "{problems}");
 
     // Signed, but by a key that is not allowed.
@@ -288,7 +301,10 @@ fn openpgp_signatures() {
     assert_eq!(provider, "openpgp");
     assert_eq!(signer, &format!("alice <alice@example.com> {fingerprint}"));
 
-    let problems = failure(&verifying(&repo.url(), main.clone(), VerifyMode::Head, &other_armored, &cache), FailureKind::Unverified);
+    let problems = failure(
+        &verifying(&repo.url(), main.clone(), VerifyMode::Head, &other_armored, &cache),
+        FailureKind::Unverified,
+    );
     assert!(problems.contains("does not verify with any given key"), "{problems}");
 
     // A signature over different content: the signed commit with its message changed.
@@ -318,4 +334,35 @@ fn a_policy_defined_in_two_files_is_refused_even_when_one_was_parsed_before() {
     repo.git(&["rm", "-q", "b.yaml"]);
     repo.commit("three", &[]);
     assert_eq!(revision(&source).id, first.id);
+}
+
+#[test]
+fn revision_diff_as_text_and_flows() {
+    let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/frontend-backend");
+    let tmp = tempfile::tempdir().unwrap();
+    let repo = Repo::new(tmp.path());
+    for name in ["backend.yaml", "web-policy.yaml"] {
+        repo.write(name, &std::fs::read_to_string(example.join("policies").join(name)).unwrap());
+    }
+    repo.commit("both", &[]);
+    let cache = tmp.path().join("cache");
+    let source = source(&repo.url(), GitRef::Branch("main".into()), &cache);
+    let before = revision(&source);
+    repo.git(&["rm", "-q", "backend.yaml"]);
+    repo.commit("drop backend policy", &[]);
+    let after = revision(&source);
+
+    let changes = palisade_source::diff::text_diff(&before, &after);
+    assert!(!changes.is_empty());
+    assert!(
+        changes.iter().all(|c| c.diff.lines().skip(3).all(|l| l.starts_with('-') || l.starts_with("@@"))),
+        "{changes:?}"
+    );
+    let text = std::fs::read_to_string(example.join("cluster.yaml")).unwrap();
+    let cluster =
+        palisade_policy::Cluster::parse(&[palisade_policy::SourceFile { name: "cluster.yaml", text: &text }]).unwrap();
+    let mode = palisade_policy::EnforcementMode::Default;
+    let flows = palisade_source::diff::semantic_diff(&before, &after, &cluster, mode).unwrap();
+    assert!(flows.iter().any(|f| f.change == palisade_policy::diff::Change::NewlyAllowed), "{flows:?}");
+    assert!(palisade_source::diff::semantic_diff(&before, &before, &cluster, mode).unwrap().is_empty());
 }

@@ -21,7 +21,8 @@ async fn serve(provider: Provider, max_body: usize) -> (String, mpsc::Receiver<S
 /// Sends one request; returns the status code.
 async fn post(address: &str, headers: &[(&str, String)], body: &[u8]) -> u16 {
     let mut stream = TcpStream::connect(address).await.unwrap();
-    let mut request = format!("POST {PATH} HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\nContent-Length: {}\r\n", body.len());
+    let mut request =
+        format!("POST {PATH} HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\nContent-Length: {}\r\n", body.len());
     for (name, value) in headers {
         request.push_str(&format!("{name}: {value}\r\n"));
     }
@@ -32,7 +33,11 @@ async fn post(address: &str, headers: &[(&str, String)], body: &[u8]) -> u16 {
     let mut response = Vec::new();
     let _ = stream.read_to_end(&mut response).await;
     let response = String::from_utf8_lossy(&response);
-    response.split_whitespace().nth(1).and_then(|code| code.parse().ok()).unwrap_or_else(|| panic!("no status in {response:?}"))
+    response
+        .split_whitespace()
+        .nth(1)
+        .and_then(|code| code.parse().ok())
+        .unwrap_or_else(|| panic!("no status in {response:?}"))
 }
 
 fn sign(secret: &[u8], body: &[u8]) -> String {
@@ -42,7 +47,8 @@ fn sign(secret: &[u8], body: &[u8]) -> String {
 }
 
 fn push(commit: &str) -> Vec<u8> {
-    format!(r#"{{"ref":"refs/heads/main","after":"{commit}","repository":{{"full_name":"acme/policies"}}}}"#).into_bytes()
+    format!(r#"{{"ref":"refs/heads/main","after":"{commit}","repository":{{"full_name":"acme/policies"}}}}"#)
+        .into_bytes()
 }
 
 #[tokio::test]
@@ -50,7 +56,11 @@ async fn github_signatures_events_replays_and_size() {
     let secret = b"webhook-secret".to_vec();
     let (address, mut syncs) = serve(Provider::GitHub { secret: secret.clone() }, 4096).await;
     let github = |event: &str, delivery: &str, signature: String| {
-        vec![("X-GitHub-Event", event.to_string()), ("X-GitHub-Delivery", delivery.to_string()), ("X-Hub-Signature-256", signature)]
+        vec![
+            ("X-GitHub-Event", event.to_string()),
+            ("X-GitHub-Delivery", delivery.to_string()),
+            ("X-Hub-Signature-256", signature),
+        ]
     };
     let body = push("1111111111111111111111111111111111111111");
 
@@ -88,7 +98,8 @@ async fn github_signatures_events_replays_and_size() {
 #[tokio::test]
 async fn gitlab_token_and_generic_hmac() {
     let (address, mut syncs) = serve(Provider::GitLab { token: b"gl-token".to_vec() }, 4096).await;
-    let body = br#"{"object_kind":"push","ref":"refs/heads/main","checkout_sha":"3333333333333333333333333333333333333333"}"#;
+    let body =
+        br#"{"object_kind":"push","ref":"refs/heads/main","checkout_sha":"3333333333333333333333333333333333333333"}"#;
     let gitlab = |token: &str| vec![("X-Gitlab-Event", "Push Hook".to_string()), ("X-Gitlab-Token", token.to_string())];
     assert_eq!(post(&address, &gitlab("wrong"), body).await, 401);
     assert_eq!(post(&address, &gitlab("gl-token-and-more"), body).await, 401);
@@ -100,7 +111,13 @@ async fn gitlab_token_and_generic_hmac() {
     let (address, mut syncs) = serve(Provider::Generic { secret: secret.clone() }, 4096).await;
     let body = b"{}";
     assert_eq!(post(&address, &[("X-Signature", sign(b"nope", body))], body).await, 401);
-    assert_eq!(post(&address, &[("X-Signature", sign(&secret, body)), ("X-Delivery-Id", "g1".into())], body).await, 202);
-    assert_eq!(post(&address, &[("X-Signature", sign(&secret, body)), ("X-Delivery-Id", "g1".into())], body).await, 200);
+    assert_eq!(
+        post(&address, &[("X-Signature", sign(&secret, body)), ("X-Delivery-Id", "g1".into())], body).await,
+        202
+    );
+    assert_eq!(
+        post(&address, &[("X-Signature", sign(&secret, body)), ("X-Delivery-Id", "g1".into())], body).await,
+        200
+    );
     assert!(syncs.try_recv().is_ok() && syncs.try_recv().is_err());
 }

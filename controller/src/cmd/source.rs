@@ -5,7 +5,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
-use palisade_source::{Credentials, GitRef, Keys, Outcome, Problem, SignatureStatus, Source, SourceSpec, Verify, VerifyMode};
+use palisade_source::{
+    Credentials, GitRef, Keys, Outcome, Problem, SignatureStatus, Source, SourceSpec, Verify, VerifyMode,
+};
 use serde_json::json;
 
 use super::Output;
@@ -133,7 +135,14 @@ fn fetch(args: FetchArgs) -> Result<u8> {
     })
 }
 
-fn print(output: Output, commit: Option<&str>, revision: Option<&str>, verified: bool, policies: &[serde_json::Value], errors: &[Problem]) {
+fn print(
+    output: Output,
+    commit: Option<&str>,
+    revision: Option<&str>,
+    verified: bool,
+    policies: &[serde_json::Value],
+    errors: &[Problem],
+) {
     match output {
         Output::Json => {
             let report = json!({
@@ -157,7 +166,11 @@ fn print(output: Output, commit: Option<&str>, revision: Option<&str>, verified:
                     Some(ns) => format!("{ns}/{}", p["name"].as_str().unwrap_or_default()),
                     None => p["name"].as_str().unwrap_or_default().to_string(),
                 };
-                println!("  {} {name}  ({})", p["kind"].as_str().unwrap_or_default(), p["file"].as_str().unwrap_or_default());
+                println!(
+                    "  {} {name}  ({})",
+                    p["kind"].as_str().unwrap_or_default(),
+                    p["file"].as_str().unwrap_or_default()
+                );
             }
             for e in errors {
                 println!("error: {e}");

@@ -11,7 +11,10 @@ pub fn require(tool: &str) {
     let found = Command::new(tool).arg("--version").stdout(Stdio::null()).stderr(Stdio::null()).status().is_ok();
     // ssh-keygen has no --version and exits non-zero, but it does start.
     let found = found || Command::new(tool).arg("-?").stdout(Stdio::null()).stderr(Stdio::null()).status().is_ok();
-    assert!(found, "`{tool}` is not installed: run `make deps` (scripts/deps.sh installs git, gnupg and openssh-client)");
+    assert!(
+        found,
+        "`{tool}` is not installed: run `make deps` (scripts/deps.sh installs git, gnupg and openssh-client)"
+    );
 }
 
 pub fn run(dir: &Path, program: &str, args: &[&str], env: &[(&str, &str)]) -> String {
@@ -142,7 +145,24 @@ pub fn gpg_key(dir: &Path, name: &str) -> (PathBuf, String, String) {
     std::fs::set_permissions(&home, std::os::unix::fs::PermissionsExt::from_mode(0o700)).unwrap();
     let env = [("GNUPGHOME", home.to_str().unwrap())];
     let uid = format!("{name} <{name}@example.com>");
-    run(dir, "gpg", &["--batch", "--quiet", "--pinentry-mode", "loopback", "--passphrase", "", "--quick-gen-key", &uid, "ed25519", "sign", "never"], &env);
+    run(
+        dir,
+        "gpg",
+        &[
+            "--batch",
+            "--quiet",
+            "--pinentry-mode",
+            "loopback",
+            "--passphrase",
+            "",
+            "--quick-gen-key",
+            &uid,
+            "ed25519",
+            "sign",
+            "never",
+        ],
+        &env,
+    );
     let listing = run(dir, "gpg", &["--batch", "--with-colons", "--list-keys"], &env);
     let fingerprint = listing.lines().find_map(|l| l.strip_prefix("fpr:")).unwrap().trim_matches(':').to_string();
     let armored = run(dir, "gpg", &["--batch", "--armor", "--export", &fingerprint], &env);
