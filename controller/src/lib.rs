@@ -2,4 +2,3 @@
 pub mod bench_workload;
 pub mod cmd;
 pub mod files;
-mod render;

@@ -550,6 +550,73 @@ fn is_core_float(s: &str) -> bool {
     mantissa_ok && exponent.is_none_or(|e| is_digits(e.strip_prefix(['-', '+']).unwrap_or(e)))
 }
 
+/// Renders a JSON value as block YAML that reads back as the same value, both here and in YAML
+/// 1.1 readers such as kubectl's. Strings are written plain only when nothing could misread
+/// them; otherwise double-quoted, which YAML shares with JSON.
+pub fn to_yaml(value: &serde_json::Value) -> String {
+    let mut out = String::new();
+    write_block(value, 0, &mut out);
+    out
+}
+
+fn write_block(value: &serde_json::Value, indent: usize, out: &mut String) {
+    use serde_json::Value as Json;
+    let pad = " ".repeat(indent);
+    match value {
+        Json::Object(map) if !map.is_empty() => {
+            for (key, v) in map {
+                out.push_str(&format!("{pad}{}:", scalar_text(key)));
+                match v {
+                    Json::Object(m) if !m.is_empty() => {
+                        out.push('\n');
+                        write_block(v, indent + 2, out);
+                    }
+                    // Sequences under a key stay at the key's indentation, as kubectl prints them.
+                    Json::Array(a) if !a.is_empty() => {
+                        out.push('\n');
+                        write_block(v, indent, out);
+                    }
+                    _ => out.push_str(&format!(" {}\n", inline(v))),
+                }
+            }
+        }
+        Json::Array(items) if !items.is_empty() => {
+            for item in items {
+                let mut nested = String::new();
+                write_block(item, indent + 2, &mut nested);
+                out.push_str(&format!("{pad}- {}", &nested[indent + 2..]));
+            }
+        }
+        other => out.push_str(&format!("{pad}{}\n", inline(other))),
+    }
+}
+
+fn inline(value: &serde_json::Value) -> String {
+    use serde_json::Value as Json;
+    match value {
+        Json::String(s) => scalar_text(s),
+        Json::Array(_) => "[]".into(),
+        Json::Object(_) => "{}".into(),
+        other => other.to_string(),
+    }
+}
+
+fn scalar_text(s: &str) -> String {
+    if plain_is_safe(s) { s.to_owned() } else { serde_json::Value::from(s).to_string() }
+}
+
+fn plain_is_safe(s: &str) -> bool {
+    const YAML_1_1_WORDS: [&str; 16] =
+        ["y", "Y", "yes", "Yes", "YES", "n", "N", "no", "No", "NO", "on", "On", "ON", "off", "Off", "OFF"];
+    s.starts_with(|c: char| c.is_ascii_alphabetic() || c == '/' || c == '_')
+        && !s.ends_with([' ', ':'])
+        && !s.contains(": ")
+        && !s.contains(" #")
+        && !s.chars().any(|c| c.is_control() || "\"'`{}[],&*!|>%@\\".contains(c))
+        && !YAML_1_1_WORDS.contains(&s)
+        && matches!(resolve_plain(s), Value::String(_))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -823,5 +890,31 @@ same: *n
         let err = parse("a: 1\n  b: 2\n").unwrap_err();
         assert_eq!((err.line, err.column), (2, 4), "{err}");
         assert!(err.message.contains("mapping values are not allowed"), "{err}");
+    }
+
+    #[test]
+    fn rendered_yaml_reads_back_as_the_same_value() {
+        let value = serde_json::json!({
+            "spec": {"ingress": [{"toPorts": [{"ports": [{"port": "80", "protocol": "TCP"}]}]}], "empty": {}, "none": []},
+            "tricky": ["yes", "on", "null", "~", "", " lead", "trail ", "a: b", "a #c", "end:", "k8s:app", "-x", "- x",
+                "0x1F", "1e3", ".inf", "1_000", "12:30", "it's", "say \"hi\"", "back\\slash", "tab\there", "line\nbreak",
+                "#comment", "&anchor", "*alias", "!tag", "%dir", "@at", "`tick", "[flow]", "{map}", "x,y", "ünïcödé"],
+            "nested": [[1, 2], [], [{"a": null, "b": true, "c": 1.5}]],
+            "self.branch != '' ? 1 : 2": -7,
+        });
+        let text = to_yaml(&value);
+        let docs = parse_documents(&text, &Limits::default()).unwrap_or_else(|e| panic!("{e}\n{text}"));
+        assert_eq!(docs[0].to_json(), value, "{text}");
+        assert!(text.starts_with("spec:\n  ingress:\n  - toPorts:\n    - ports:\n      - port: \"80\"\n        protocol: TCP\n"), "{text}");
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn any_string_survives_rendering(strings in proptest::collection::vec("[a-zA-Z0-9 :#'\"\\!&*%@`{}\\[\\],|>.~_/\t-]{0,12}", 1..6)) {
+            let value = serde_json::json!({"items": strings, "key": strings[0], "map": {(strings[0].clone()): 1}});
+            let text = to_yaml(&value);
+            let docs = parse_documents(&text, &Limits::default()).map_err(|e| proptest::test_runner::TestCaseError::fail(format!("{e}\n{text}")))?;
+            proptest::prop_assert_eq!(docs[0].to_json(), value);
+        }
     }
 }

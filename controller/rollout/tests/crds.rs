@@ -4,6 +4,7 @@
 use std::path::PathBuf;
 
 use kube::CustomResourceExt;
+use palisade_policy::yaml::to_yaml;
 use palisade_rollout::crd::{PolicyAuditReport, PolicyRevision, PolicyRollout};
 
 const HEADER: &str = "# Generated from controller/rollout/src/crd.rs by `make crds`. Do not edit.\n";
@@ -15,7 +16,7 @@ fn rendered() -> Vec<(&'static str, String)> {
         ("policyauditreports.yaml", PolicyAuditReport::crd()),
     ]
     .into_iter()
-    .map(|(file, crd)| (file, format!("{HEADER}{}", serde_yaml::to_string(&crd).expect("CRD serializes"))))
+    .map(|(file, crd)| (file, format!("{HEADER}{}", to_yaml(&serde_json::to_value(&crd).expect("CRD serializes")))))
     .collect()
 }
 

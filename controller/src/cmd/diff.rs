@@ -102,7 +102,7 @@ fn print_text(changes: &[FlowChange], evaluated: usize, text_diffs: &[(PolicyId,
 /// Unified diffs of the policy objects that changed, were added or were removed.
 fn policy_text_diffs(before: &PolicySet, after: &PolicySet) -> Vec<(PolicyId, String)> {
     let render = |set: &PolicySet| -> BTreeMap<PolicyId, String> {
-        set.policies.iter().map(|p| (p.id.clone(), crate::render::to_yaml(&p.source))).collect()
+        set.policies.iter().map(|p| (p.id.clone(), palisade_policy::yaml::to_yaml(&p.source))).collect()
     };
     let (old, new) = (render(before), render(after));
     let ids: std::collections::BTreeSet<&PolicyId> = old.keys().chain(new.keys()).collect();
