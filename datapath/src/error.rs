@@ -62,6 +62,8 @@ pub enum Error {
     NoCandidate(EndpointId),
     #[error("endpoint {endpoint}: {entries} policy entries exceed the slot capacity of {max}")]
     TooManyEntries { endpoint: EndpointId, entries: usize, max: u32 },
+    #[error("endpoint {endpoint}: the node already has the maximum of {max} endpoints")]
+    TooManyEndpoints { endpoint: EndpointId, max: u32 },
     #[error("counting CPUs: {0}")]
     Cpus(#[source] io::Error),
 }

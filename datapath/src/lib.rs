@@ -16,12 +16,12 @@ mod pins;
 use std::{ffi::CString, net::Ipv4Addr, path::Path, time::Duration};
 
 use aya::{
-    maps::{Array, HashMap, HashOfMaps, LpmTrie, MapData, MapError, PerCpuHashMap, lpm_trie::Key},
+    maps::{Array, HashMap, HashOfMaps, LpmTrie, MapData, MapError, PerCpuArray, PerCpuHashMap, lpm_trie::Key},
     programs::{LinkOrder, SchedClassifier, TcAttachType, TestRun, TestRunOptions, links::FdLink, tc::TcAttachOptions},
 };
 use palisade_common::{
-    EndpointConfig, EndpointCounters, FlowKey, FlowStats, MODE_AUDIT, MODE_ENFORCE, MODE_OFF, NODE_STATE_EPOCH,
-    NODE_STATE_GENERATION, PolicyEntry, PolicyKey, PolicyValue, SLOT_A, SLOT_B, SLOT_NONE, SlotKey, SlotSelection,
+    EndpointConfig, EndpointCounters, FlowKey, FlowStats, MAX_ENDPOINTS, MODE_AUDIT, MODE_ENFORCE, MODE_OFF,
+    NODE_STATE_EPOCH, NODE_STATE_GENERATION, NODE_STATE_IPCACHE_GENERATION, PolicyEntry, PolicyKey, PolicyValue, SLOT_A, SLOT_B, SLOT_NONE, SlotKey, SlotSelection,
 };
 
 pub use error::Error;
@@ -138,12 +138,16 @@ type PolicySlot = LpmTrie<MapData, PolicyMatch, PolicyValue>;
 pub struct Datapath {
     pins: Pins,
     ipcache: LpmTrie<MapData, u32, u32>,
-    interfaces: HashMap<MapData, u32, EndpointId>,
+    /// ifindex -> config of attached endpoints: what the program reads.
+    endpoints: HashMap<MapData, u32, EndpointConfig>,
+    /// Endpoint id -> config of every endpoint: the record.
     endpoint_config: HashMap<MapData, EndpointId, EndpointConfig>,
+    /// Counter indexes in use, from the record.
+    used_indexes: Vec<bool>,
     node_state: Array<MapData, u32>,
     policy_slots: HashOfMaps<MapData, SlotKey, PolicySlot>,
     flows: PerCpuHashMap<MapData, FlowKey, FlowStats>,
-    counters: PerCpuHashMap<MapData, EndpointId, EndpointCounters>,
+    counters: PerCpuArray<MapData, EndpointCounters>,
     from_endpoint: SchedClassifier,
     to_endpoint: SchedClassifier,
     event_burst: SchedClassifier,
@@ -157,10 +161,18 @@ impl Datapath {
         if !pins.complete() {
             pins.load_and_pin(OBJECT)?;
         }
+        let endpoint_config: HashMap<MapData, EndpointId, EndpointConfig> = pins.map("ENDPOINT_CONFIG")?;
+        let mut used_indexes = vec![false; MAX_ENDPOINTS as usize];
+        for entry in endpoint_config.iter() {
+            let (endpoint, config) = entry.map_err(map_error("ENDPOINT_CONFIG", 0))?;
+            *used_indexes.get_mut(config.index as usize).ok_or(Error::TooManyEndpoints { endpoint, max: MAX_ENDPOINTS })? =
+                true;
+        }
         Ok(Datapath {
             ipcache: pins.map("IPCACHE")?,
-            interfaces: pins.map("INTERFACES")?,
-            endpoint_config: pins.map("ENDPOINT_CONFIG")?,
+            endpoints: pins.map("ENDPOINTS")?,
+            endpoint_config,
+            used_indexes,
             node_state: pins.map("NODE_STATE")?,
             policy_slots: pins.map("POLICY_SLOTS")?,
             flows: pins.map("FLOWS")?,
@@ -187,14 +199,19 @@ impl Datapath {
         let ifindex =
             ifindex(ifname).map_err(|source| Error::Interface { ifname: ifname.to_owned(), endpoint, source })?;
         if self.pins.link_pinned(endpoint) {
-            return match self.interfaces.get(&ifindex, 0) {
-                Ok(attached) if attached == endpoint => Ok(()),
+            return match self.config(endpoint) {
+                Ok(config) if config.ifindex == ifindex => Ok(()),
                 _ => Err(Error::AlreadyAttached { endpoint }),
             };
         }
         // Maps first, so the first packet through the program finds its endpoint.
         self.ensure_endpoint(endpoint)?;
-        self.interfaces.insert(ifindex, endpoint, 0).map_err(map_error("INTERFACES", endpoint))?;
+        let mut config = self.config(endpoint)?;
+        if config.ifindex != 0 && config.ifindex != ifindex {
+            ignore_missing(self.endpoints.remove(&config.ifindex)).map_err(map_error("ENDPOINTS", endpoint))?;
+        }
+        config.ifindex = ifindex;
+        self.write_config(config)?;
         for (program, name, hook) in [
             (&mut self.from_endpoint, "from_endpoint", TcAttachType::Ingress),
             (&mut self.to_endpoint, "to_endpoint", TcAttachType::Egress),
@@ -213,18 +230,21 @@ impl Datapath {
     /// Detaches the endpoint and forgets its config, counters and policy slots.
     pub fn detach(&mut self, endpoint: EndpointId) -> Result<()> {
         self.pins.unpin_links(endpoint)?;
-        let ifindexes: Vec<u32> = self
-            .interfaces
-            .iter()
-            .filter_map(|entry| entry.ok())
-            .filter(|&(_, owner)| owner == endpoint)
-            .map(|(ifindex, _)| ifindex)
-            .collect();
-        for ifindex in ifindexes {
-            ignore_missing(self.interfaces.remove(&ifindex)).map_err(map_error("INTERFACES", endpoint))?;
+        match self.config(endpoint) {
+            Ok(config) => {
+                if config.ifindex != 0 {
+                    ignore_missing(self.endpoints.remove(&config.ifindex)).map_err(map_error("ENDPOINTS", endpoint))?;
+                }
+                ignore_missing(self.endpoint_config.remove(&endpoint))
+                    .map_err(map_error("ENDPOINT_CONFIG", endpoint))?;
+                // The counters are zeroed when the index is handed out again.
+                if let Some(used) = self.used_indexes.get_mut(config.index as usize) {
+                    *used = false;
+                }
+            }
+            Err(Error::UnknownEndpoint(_)) => {}
+            Err(e) => return Err(e),
         }
-        ignore_missing(self.endpoint_config.remove(&endpoint)).map_err(map_error("ENDPOINT_CONFIG", endpoint))?;
-        ignore_missing(self.counters.remove(&endpoint)).map_err(map_error("COUNTERS", endpoint))?;
         for slot in [SLOT_A, SLOT_B] {
             ignore_missing(self.policy_slots.remove(&SlotKey { endpoint, slot: slot as u32 }))
                 .map_err(map_error("POLICY_SLOTS", endpoint))?;
@@ -242,12 +262,15 @@ impl Datapath {
     }
 
     /// Maps `addr/prefix_len` to `identity`. Addresses without a matching prefix are "world".
+    /// Established connections are judged again on their next forward packet (the ipcache
+    /// generation they cached their decision under is bumped).
     pub fn set_ipcache(&mut self, addr: Ipv4Addr, prefix_len: u8, identity: u32) -> Result<()> {
         self.ipcache.insert(&ipcache_key(addr, prefix_len), identity, 0).map_err(|source| Error::Map {
             map: "IPCACHE",
             endpoint: None,
             source,
-        })
+        })?;
+        self.bump_ipcache_generation()
     }
 
     pub fn remove_ipcache(&mut self, addr: Ipv4Addr, prefix_len: u8) -> Result<()> {
@@ -255,7 +278,16 @@ impl Datapath {
             map: "IPCACHE",
             endpoint: None,
             source,
-        })
+        })?;
+        self.bump_ipcache_generation()
+    }
+
+    /// After the change, never before: a packet reads the generation before the ipcache, so one
+    /// that saw the old identity cached it under the old generation.
+    fn bump_ipcache_generation(&mut self) -> Result<()> {
+        let map_error = |source| Error::Map { map: "NODE_STATE", endpoint: None, source };
+        let generation = self.node_state.get(&NODE_STATE_IPCACHE_GENERATION, 0).map_err(map_error)?.wrapping_add(1);
+        self.node_state.set(NODE_STATE_IPCACHE_GENERATION, generation, 0).map_err(map_error)
     }
 
     /// Replaces the whole content of `slot` with `entries` in one step: a new policy map is
@@ -322,8 +354,8 @@ impl Datapath {
             config.by_epoch[staged] = promoted(endpoint, config.by_epoch[active])?;
             configs.push((endpoint, config));
         }
-        for &(endpoint, config) in &configs {
-            self.endpoint_config.insert(endpoint, config, 0).map_err(map_error("ENDPOINT_CONFIG", endpoint))?;
+        for &(_, config) in &configs {
+            self.write_config(config)?;
         }
         self.node_state.set(NODE_STATE_EPOCH, epoch.wrapping_add(1), 0).map_err(|source| Error::Map {
             map: "NODE_STATE",
@@ -332,9 +364,9 @@ impl Datapath {
         })?;
         // Off the promotion path: make both halves agree again, so the next node-wide flip
         // stages from a consistent state (the stale half is inactive now).
-        for (endpoint, mut config) in configs {
+        for (_, mut config) in configs {
             config.by_epoch[active] = config.by_epoch[staged];
-            self.endpoint_config.insert(endpoint, config, 0).map_err(map_error("ENDPOINT_CONFIG", endpoint))?;
+            self.write_config(config)?;
         }
         Ok(())
     }
@@ -351,7 +383,8 @@ impl Datapath {
 
     /// The endpoint's packet counters, summed over CPUs.
     pub fn counters(&self, endpoint: EndpointId) -> Result<EndpointCounters> {
-        let per_cpu = self.counters.get(&endpoint, 0).map_err(map_error("COUNTERS", endpoint))?;
+        let index = self.config(endpoint)?.index;
+        let per_cpu = self.counters.get(&index, 0).map_err(map_error("COUNTERS", endpoint))?;
         Ok(per_cpu.iter().fold(EndpointCounters::default(), |mut sum, cpu| {
             for (total, n) in sum.slot_packets.iter_mut().zip(cpu.slot_packets) {
                 *total += n;
@@ -408,18 +441,31 @@ impl Datapath {
 
     /// Creates the endpoint's config (enforce slot A, no candidate) and counters if missing.
     fn ensure_endpoint(&mut self, endpoint: EndpointId) -> Result<()> {
-        if self.endpoint_config.get(&endpoint, 0).is_err() {
-            let select = SlotSelection { enforced: SLOT_A, candidate: SLOT_NONE };
-            let config =
-                EndpointConfig { mode: MODE_ENFORCE, _pad: [0; 3], by_epoch: [select; 2], slot_generation: [0; 2] };
-            self.endpoint_config.insert(endpoint, config, 0).map_err(map_error("ENDPOINT_CONFIG", endpoint))?;
+        match self.config(endpoint) {
+            Ok(_) => return Ok(()),
+            Err(Error::UnknownEndpoint(_)) => {}
+            Err(e) => return Err(e),
         }
-        if self.counters.get(&endpoint, 0).is_err() {
-            let cpus = aya::util::nr_cpus().map_err(|(_, e)| Error::Cpus(e))?;
-            let zero =
-                aya::maps::PerCpuValues::try_from(vec![EndpointCounters::default(); cpus]).map_err(Error::Cpus)?;
-            self.counters.insert(endpoint, zero, 0).map_err(map_error("COUNTERS", endpoint))?;
-        }
+        let index = self
+            .used_indexes
+            .iter()
+            .position(|used| !used)
+            .ok_or(Error::TooManyEndpoints { endpoint, max: MAX_ENDPOINTS })? as u32;
+        let cpus = aya::util::nr_cpus().map_err(|(_, e)| Error::Cpus(e))?;
+        let zero = aya::maps::PerCpuValues::try_from(vec![EndpointCounters::default(); cpus]).map_err(Error::Cpus)?;
+        self.counters.set(index, zero, 0).map_err(map_error("COUNTERS", endpoint))?;
+        let select = SlotSelection { enforced: SLOT_A, candidate: SLOT_NONE };
+        let config = EndpointConfig {
+            endpoint,
+            index,
+            ifindex: 0,
+            mode: MODE_ENFORCE,
+            _pad: [0; 3],
+            by_epoch: [select; 2],
+            slot_generation: [0; 2],
+        };
+        self.write_config(config)?;
+        self.used_indexes[index as usize] = true;
         Ok(())
     }
 
@@ -490,6 +536,16 @@ impl Datapath {
         let mut config = self.config(endpoint)?;
         let selection = config.by_epoch[(self.epoch()? & 1) as usize];
         change(&mut config, selection)?;
+        self.write_config(config)
+    }
+
+    /// Writes an endpoint's config: for an attached endpoint the one update the program sees,
+    /// then the record.
+    fn write_config(&mut self, config: EndpointConfig) -> Result<()> {
+        let endpoint = config.endpoint;
+        if config.ifindex != 0 {
+            self.endpoints.insert(config.ifindex, config, 0).map_err(map_error("ENDPOINTS", endpoint))?;
+        }
         self.endpoint_config.insert(endpoint, config, 0).map_err(map_error("ENDPOINT_CONFIG", endpoint))
     }
 }

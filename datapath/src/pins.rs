@@ -16,7 +16,7 @@ use crate::{EndpointId, Error, Result};
 
 const MAPS: [&str; 11] = [
     "IPCACHE",
-    "INTERFACES",
+    "ENDPOINTS",
     "ENDPOINT_CONFIG",
     "NODE_STATE",
     "VERDICT_CACHE",

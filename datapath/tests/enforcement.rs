@@ -160,6 +160,35 @@ fn tightened_policy_cuts_an_established_connection() {
     datapath.destroy().unwrap();
 }
 
+#[test]
+fn ipcache_change_rejudges_an_established_connection() {
+    let topology = Topology::new("pdi", 4, true, 44);
+    let _inside = InNetns::enter(&topology.node);
+    let mut datapath = topology.datapath();
+    setup(&topology, &mut datapath);
+    tcp_echo_servers(&topology.endpoints[1].ns, &[80]);
+    let client = &topology.endpoints[0];
+    let mut stream = tcp_connect(&client.ns, topology.endpoints[1].addr, 80).expect("connect");
+    assert!(tcp_roundtrip(&mut stream), "allowed connection works");
+    assert!(tcp_roundtrip(&mut stream), "and keeps working on its cached decision");
+    let denied_before = datapath.counters(1).unwrap().denied;
+
+    // The client's address now belongs to the database identity, which the web tier denies.
+    datapath.set_ipcache(client.addr, 32, identity(2)).unwrap();
+    assert!(!tcp_roundtrip(&mut stream), "the established connection is judged by the new identity");
+    assert!(datapath.counters(1).unwrap().denied > denied_before, "denied by the web tier's policy");
+    let flows = datapath.flows().unwrap();
+    assert!(
+        flows.iter().any(|f| f.key.endpoint == 1 && f.key.identity == identity(2) && f.enforced_cookie == 15),
+        "the drop names the new identity and the deny rule: {flows:?}"
+    );
+
+    // And back to the client identity.
+    datapath.set_ipcache(client.addr, 32, identity(0)).unwrap();
+    assert!(tcp_ok(&client.ns, topology.endpoints[1].addr, 80), "allowed again under the old identity");
+    datapath.destroy().unwrap();
+}
+
 /// An Ethernet frame carrying IPv6 with `next_header` and 8 payload bytes starting with `first`.
 fn ipv6_frame(next_header: u8, first: u8) -> Vec<u8> {
     let mut frame = vec![0u8; 14 + 40 + 8];

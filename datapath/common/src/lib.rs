@@ -203,11 +203,20 @@ pub struct SlotSelection {
     pub candidate: u8,
 }
 
-/// Value of the endpoint config map. `by_epoch[node_epoch & 1]` is in force: a node-wide flip
-/// stages the other half of every endpoint, then flips the node epoch with one update.
+/// An endpoint's config: its identity in the maps and which slots it runs. Userspace keeps the
+/// record of every endpoint in `ENDPOINT_CONFIG` (keyed by endpoint id); the program reads the
+/// copy of an attached endpoint in `ENDPOINTS` (keyed by ifindex), so a packet finds its endpoint
+/// and config with one lookup, and a promotion is one update of that value.
+/// `by_epoch[node_epoch & 1]` is in force: a node-wide flip stages the other half of every
+/// endpoint, then flips the node epoch with one update.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct EndpointConfig {
+    pub endpoint: u32,
+    /// Dense index of the endpoint's counters (`COUNTERS` is an array).
+    pub index: u32,
+    /// Host-side interface the endpoint is attached to, 0 when not attached.
+    pub ifindex: u32,
     pub mode: u8,
     pub _pad: [u8; 3],
     pub by_epoch: [SlotSelection; 2],
@@ -216,10 +225,15 @@ pub struct EndpointConfig {
     pub slot_generation: [u32; 2],
 }
 
-/// Indexes of the node state array: the epoch selecting each config's half, and the last slot
-/// generation handed out.
+/// Capacity of the endpoint maps and of the counters array.
+pub const MAX_ENDPOINTS: u32 = 4096;
+
+/// Indexes of the node state array: the epoch selecting each config's half, the last slot
+/// generation handed out, and the ipcache generation (bumped after every ipcache change).
 pub const NODE_STATE_EPOCH: u32 = 0;
 pub const NODE_STATE_GENERATION: u32 = 1;
+pub const NODE_STATE_IPCACHE_GENERATION: u32 = 2;
+pub const NODE_STATE_ENTRIES: u32 = 3;
 
 /// Key of the verdict cache: one policy lookup result for one version of a slot. It spares the
 /// two LPM walks, which on a cold cache cost far more than one hash lookup.
@@ -270,7 +284,10 @@ pub struct CtKey {
 pub const CT_OPENED_BY_LO: u8 = 0;
 pub const CT_OPENED_BY_HI: u8 = 1;
 
-/// Value of a conntrack entry.
+/// Value of a conntrack entry. Besides the connection state it caches the decision of the last
+/// forward packet: the peer identity, both verdicts and the versions of everything they were
+/// computed from. A forward packet reuses it only while all those versions are current, so it
+/// is always judged by the policy in force.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct CtEntry {
@@ -281,6 +298,48 @@ pub struct CtEntry {
     pub _pad: u16,
     /// Expiry on the coarse monotonic clock, in units of 2^30 ns (about a second).
     pub expires: u32,
+    pub decision: CtDecision,
+}
+
+/// The cached decision of a connection's forward packets (see [`CtEntry`]).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct CtDecision {
+    /// Remote identity from the ipcache.
+    pub identity: u32,
+    pub enforced: Verdict,
+    /// `VERDICT_NONE` without a candidate.
+    pub candidate: Verdict,
+    /// Generation of the enforced slot's content.
+    pub enforced_generation: u32,
+    /// Generation of the candidate slot's content, `CT_NO_CANDIDATE` without one.
+    pub candidate_generation: u32,
+    pub epoch: u32,
+    pub ipcache_generation: u32,
+    /// Checksum over all fields above: the program writes entries in place, so a reader on
+    /// another CPU could see a half-written decision; it then fails this check and is recomputed.
+    pub check: u32,
+}
+
+pub const CT_NO_CANDIDATE: u32 = u32::MAX;
+
+impl CtDecision {
+    /// The checksum of the decision's fields (without `check`).
+    #[inline(always)]
+    pub const fn checksum(&self) -> u32 {
+        // FNV-style mixing, written out: no loops or array indexing for the verifier.
+        const P: u64 = 0x0100_0000_01b3;
+        let mut h: u64 = 0x9e37_79b9_7f4a_7c15;
+        h = (h ^ self.identity as u64).wrapping_mul(P);
+        h = (h ^ (self.enforced.verdict as u64 | (self.candidate.verdict as u64) << 8)).wrapping_mul(P);
+        h = (h ^ self.enforced.cookie as u64).wrapping_mul(P);
+        h = (h ^ self.candidate.cookie as u64).wrapping_mul(P);
+        h = (h ^ self.enforced_generation as u64).wrapping_mul(P);
+        h = (h ^ self.candidate_generation as u64).wrapping_mul(P);
+        h = (h ^ self.epoch as u64).wrapping_mul(P);
+        h = (h ^ self.ipcache_generation as u64).wrapping_mul(P);
+        (h ^ (h >> 32)) as u32
+    }
 }
 
 /// A flow whose verdict is worth reporting: dropped, audited, or judged differently by the
@@ -354,6 +413,7 @@ mod user {
     unsafe impl aya::Pod for super::SlotKey {}
     unsafe impl aya::Pod for super::CtKey {}
     unsafe impl aya::Pod for super::CtEntry {}
+    unsafe impl aya::Pod for super::CtDecision {}
     unsafe impl aya::Pod for super::FlowKey {}
     unsafe impl aya::Pod for super::FlowStats {}
     unsafe impl aya::Pod for super::EndpointCounters {}

@@ -7,17 +7,24 @@
 //!   A new inner map is filled aside and swapped in whole, so a slot is never seen half-loaded;
 //!   one big LPM keyed additionally by (endpoint, slot) would need key-by-key deletes and
 //!   inserts that the candidate evaluation would observe midway.
-//! - `ENDPOINT_CONFIG` says which slot is enforced and which one is the candidate. A promotion is
-//!   one update of that 8-byte value, or, for every endpoint of the node at once, one update of
-//!   the node epoch (`NODE_STATE`) after the other half of each config has been staged. A packet reads the epoch
-//!   and the config once, so it is judged by exactly one slot.
+//! - `ENDPOINTS` (ifindex -> endpoint id, counter index and config) says which slot is enforced and
+//!   which one is the candidate: a packet finds all of it with one lookup. A promotion is one
+//!   update of that value, or, for every endpoint of the node at once, one update of the node
+//!   epoch (`NODE_STATE`) after the other half of each config has been staged. A packet reads the
+//!   epoch and the config once, so it is judged by exactly one slot. `ENDPOINT_CONFIG` (endpoint
+//!   id -> the same value) is userspace's record of every endpoint, attached or not; the program
+//!   does not read it.
+//! - A conntrack entry caches the decision of its connection's forward packets together with the
+//!   versions it was computed from (slot generations, node epoch, ipcache generation). While they
+//!   are all current a forward packet reuses it and skips the ipcache and policy lookups; any
+//!   change (flip, slot reload, ipcache update) makes the very next packet recompute it.
 #![no_std]
 #![no_main]
 
 use aya_ebpf::{
     bindings::{BPF_ANY, BPF_F_NO_PREALLOC, BPF_NOEXIST, TC_ACT_OK, TC_ACT_SHOT},
     btf_maps::{
-        Array, HashMap, HashOfMaps, LpmTrie, LruHashMap, LruPerCpuHashMap, PerCpuArray, PerCpuHashMap, RingBuf,
+        Array, HashMap, HashOfMaps, LpmTrie, LruHashMap, LruPerCpuHashMap, PerCpuArray, RingBuf,
         lpm_trie::Key,
     },
     helpers::{bpf_ktime_get_coarse_ns, bpf_ktime_get_ns},
@@ -25,9 +32,10 @@ use aya_ebpf::{
     programs::TcContext,
 };
 use palisade_common::{
-    COOKIE_NONE, CT_OPENED_BY_HI, CT_OPENED_BY_LO, CtEntry, CtKey, DIRECTION_EGRESS, DIRECTION_INGRESS, EndpointConfig,
-    EndpointCounters, FlowEvent, FlowKey, FlowStats, IDENTITY_ANY, IDENTITY_WORLD, MODE_AUDIT, MODE_ENFORCE, MODE_OFF,
-    NODE_STATE_EPOCH, PROTO_ICMP, PROTO_ICMPV6, PROTO_SCTP, PROTO_TCP, PROTO_UDP, PolicyKey, PolicyValue, SLOT_A,
+    COOKIE_NONE, CT_NO_CANDIDATE, CT_OPENED_BY_HI, CT_OPENED_BY_LO, CtDecision, CtEntry, CtKey, DIRECTION_EGRESS,
+    DIRECTION_INGRESS, EndpointConfig, EndpointCounters, FlowEvent, FlowKey, FlowStats, IDENTITY_ANY, IDENTITY_WORLD,
+    MAX_ENDPOINTS, MODE_AUDIT, MODE_ENFORCE, MODE_OFF, NODE_STATE_ENTRIES, NODE_STATE_EPOCH,
+    NODE_STATE_IPCACHE_GENERATION, PROTO_ICMP, PROTO_ICMPV6, PROTO_SCTP, PROTO_TCP, PROTO_UDP, PolicyKey, PolicyValue, SLOT_A,
     SLOT_NONE, SlotKey, VERDICT_DENY, VERDICT_NONE, VERDICT_REDIRECT, Verdict, VerdictCacheKey,
 };
 
@@ -52,14 +60,17 @@ type PolicySlot = LpmTrie<PolicyMatch, PolicyValue, MAX_POLICY_ENTRIES>;
 
 #[btf_map]
 static IPCACHE: LpmTrie<u32, u32, 65536> = LpmTrie::new();
+// ifindex -> config. No prealloc: an update allocates a new element and frees the old one after
+// RCU, so a reader never sees a recycled value.
 #[btf_map]
-static INTERFACES: HashMap<u32, u32, 4096> = HashMap::new(); // ifindex -> endpoint
-// No prealloc: an update allocates a new element and frees the old one after RCU, so a reader
-// never sees a recycled value.
+static ENDPOINTS: HashMap<u32, EndpointConfig, { MAX_ENDPOINTS as usize }, { BPF_F_NO_PREALLOC as usize }> =
+    HashMap::new();
+// Endpoint id -> config: userspace's record, not read here.
 #[btf_map]
-static ENDPOINT_CONFIG: HashMap<u32, EndpointConfig, 4096, { BPF_F_NO_PREALLOC as usize }> = HashMap::new();
+static ENDPOINT_CONFIG: HashMap<u32, EndpointConfig, { MAX_ENDPOINTS as usize }, { BPF_F_NO_PREALLOC as usize }> =
+    HashMap::new();
 #[btf_map]
-static NODE_STATE: Array<u32, 2> = Array::new();
+static NODE_STATE: Array<u32, { NODE_STATE_ENTRIES as usize }> = Array::new();
 #[btf_map]
 static VERDICT_CACHE: LruHashMap<VerdictCacheKey, Verdict, 65536> = LruHashMap::new();
 #[btf_map]
@@ -70,8 +81,9 @@ static CONNTRACK: LruHashMap<CtKey, CtEntry, 262144> = LruHashMap::new();
 // so "new flow" (a successful BPF_NOEXIST insert) is still detected once for the whole node.
 #[btf_map]
 static FLOWS: LruPerCpuHashMap<FlowKey, FlowStats, 65536> = LruPerCpuHashMap::new();
+// Indexed by the endpoint's dense counter index: array lookups are inlined by the verifier.
 #[btf_map]
-static COUNTERS: PerCpuHashMap<u32, EndpointCounters, 4096> = PerCpuHashMap::new();
+static COUNTERS: PerCpuArray<EndpointCounters, { MAX_ENDPOINTS as usize }> = PerCpuArray::new();
 #[btf_map]
 static EVENTS: RingBuf<FlowEvent, { 1 << 22 }> = RingBuf::new();
 #[btf_map]
@@ -152,10 +164,11 @@ const ICMP_PARAMETER_PROBLEM: u8 = 12;
 fn decide(ctx: &TcContext, direction: u8) -> i32 {
     // SAFETY: the context pointer is valid for the whole program run.
     let ifindex = unsafe { (*ctx.skb.skb).ifindex };
-    // SAFETY: plain u32 copied out at once.
-    let Some(endpoint) = (unsafe { INTERFACES.get(ifindex) }).copied() else {
+    // SAFETY: copied out at once; the map does not recycle elements (no prealloc).
+    let Some(config) = (unsafe { ENDPOINTS.get(ifindex) }).copied() else {
         return TC_ACT_OK;
     };
+    let endpoint = config.endpoint;
     let Some(ethertype) = header::<u16>(ctx, 12).map(u16::from_be) else {
         return TC_ACT_OK;
     };
@@ -163,15 +176,11 @@ fn decide(ctx: &TcContext, direction: u8) -> i32 {
     if ethertype != ETH_P_IP && ethertype != ETH_P_IPV6 {
         return TC_ACT_OK;
     }
-    let Some(counters) = COUNTERS.get_ptr_mut(endpoint) else {
+    let Some(counters) = COUNTERS.get_ptr_mut(config.index) else {
         return TC_ACT_OK;
     };
     // SAFETY: per-CPU value of this endpoint, only this CPU writes it.
     let counters = unsafe { &mut *counters };
-    // SAFETY: 8-byte value copied out; the map does not recycle elements (no prealloc).
-    let Some(config) = (unsafe { ENDPOINT_CONFIG.get(endpoint) }).copied() else {
-        return TC_ACT_OK;
-    };
     if config.mode == MODE_OFF {
         counters.unenforced += 1;
         return TC_ACT_OK;
@@ -194,40 +203,77 @@ fn decide(ctx: &TcContext, direction: u8) -> i32 {
         }
     }
     let (connection, sender) = connection(endpoint, &packet);
-    let tracked = CONNTRACK.get_ptr_mut(connection);
-    // SAFETY: the LRU element stays valid during this run; copied out at once.
-    let live = tracked.map(|entry| unsafe { *entry }).filter(|entry| entry.expires > now);
-    if let (Some(entry), Some(ptr)) = (live, tracked) {
-        refresh(ptr, entry, &packet, now);
-        if entry.opened_by != sender {
+    // SAFETY: the LRU element stays valid during this run.
+    let live = CONNTRACK.get_ptr_mut(connection).filter(|&entry| unsafe { (*entry).expires } > now);
+    if let Some(entry) = live {
+        // SAFETY: as above; the fields are read once each.
+        let (opened_by, closing, expires) = unsafe { ((*entry).opened_by, (*entry).closing, (*entry).expires) };
+        refresh(entry, closing, expires, &packet, now);
+        if opened_by != sender {
             counters.replies += 1;
             return TC_ACT_OK;
         }
     }
 
-    let remote_be = if direction == DIRECTION_EGRESS { packet.daddr_be } else { packet.saddr_be };
-    // LPM nodes are freed after an RCU grace period, so the identity is read safely.
-    let identity = IPCACHE.get(&Key::new(32, remote_be)).copied().unwrap_or(IDENTITY_WORLD);
+    // Versions first, then what they version: a change that lands in between is caught by the
+    // next packet, never hidden.
     let epoch = NODE_STATE.get(NODE_STATE_EPOCH).copied().unwrap_or(0);
+    let ipcache_generation = NODE_STATE.get(NODE_STATE_IPCACHE_GENERATION).copied().unwrap_or(0);
     // Branches, not indexing: the verifier rejects the pointer arithmetic LLVM makes of it.
     let slots = if epoch & 1 == 0 { config.by_epoch[0] } else { config.by_epoch[1] };
-
-    let enforced = policy_verdict(endpoint, &config, slots.enforced, identity, direction, &packet);
+    let enforced_generation = slot_generation(&config, slots.enforced);
+    let candidate_generation =
+        if slots.candidate == SLOT_NONE { CT_NO_CANDIDATE } else { slot_generation(&config, slots.candidate) };
+    // SAFETY: the LRU element stays valid during this run; copied out, then checked whole.
+    let cached = live.map(|entry| unsafe { (*entry).decision }).filter(|decision| {
+        decision.enforced_generation == enforced_generation
+            && decision.candidate_generation == candidate_generation
+            && decision.epoch == epoch
+            && decision.ipcache_generation == ipcache_generation
+            && decision.check == decision.checksum()
+    });
+    let decision = match cached {
+        Some(decision) => decision,
+        None => {
+            let remote_be = if direction == DIRECTION_EGRESS { packet.daddr_be } else { packet.saddr_be };
+            // LPM nodes are freed after an RCU grace period, so the identity is read safely.
+            let identity = IPCACHE.get(&Key::new(32, remote_be)).copied().unwrap_or(IDENTITY_WORLD);
+            let enforced = policy_verdict(endpoint, enforced_generation, slots.enforced, identity, direction, &packet);
+            let candidate = if slots.candidate == SLOT_NONE {
+                Verdict { verdict: VERDICT_NONE, _pad: [0; 3], cookie: COOKIE_NONE }
+            } else {
+                policy_verdict(endpoint, candidate_generation, slots.candidate, identity, direction, &packet)
+            };
+            let mut decision = CtDecision {
+                identity,
+                enforced,
+                candidate,
+                enforced_generation,
+                candidate_generation,
+                epoch,
+                ipcache_generation,
+                check: 0,
+            };
+            decision.check = decision.checksum();
+            if let Some(entry) = live {
+                // SAFETY: the element is valid for this run; a racing reader that sees it half
+                // written fails the checksum and recomputes.
+                unsafe { (*entry).decision = decision };
+            }
+            decision
+        }
+    };
+    let (identity, enforced, candidate) = (decision.identity, decision.enforced, decision.candidate);
     if slots.enforced == SLOT_A {
         counters.slot_packets[0] += 1;
     } else {
         counters.slot_packets[1] += 1;
     }
-    let candidate = if slots.candidate == SLOT_NONE {
-        Verdict { verdict: VERDICT_NONE, _pad: [0; 3], cookie: COOKIE_NONE }
-    } else {
-        policy_verdict(endpoint, &config, slots.candidate, identity, direction, &packet)
-    };
 
     let pass = config.mode != MODE_ENFORCE || enforced.verdict != VERDICT_DENY;
     if pass && live.is_none() {
-        let entry = CtEntry { opened_by: sender, closing: 0, _pad: 0, expires: 0 };
-        let entry = CtEntry { expires: now.wrapping_add(lifetime(&entry, &packet)), ..entry };
+        let expires = now.wrapping_add(lifetime(0, &packet));
+        let entry = CtEntry { opened_by: sender, closing: 0, _pad: 0, expires, decision };
         let _ = CONNTRACK.insert(connection, entry, BPF_ANY as u64);
     }
     match (config.mode, enforced.verdict) {
@@ -258,6 +304,12 @@ fn decide(ctx: &TcContext, direction: u8) -> i32 {
         }
     }
     if pass { TC_ACT_OK } else { TC_ACT_SHOT }
+}
+
+/// Branches, not indexing (see `decide`).
+#[inline(always)]
+fn slot_generation(config: &EndpointConfig, slot: u8) -> u32 {
+    if slot == SLOT_A { config.slot_generation[0] } else { config.slot_generation[1] }
 }
 
 #[repr(C)]
@@ -397,28 +449,37 @@ const TCP_RST: u8 = 0x04;
 const TCP_ACK: u8 = 0x10;
 
 #[inline(always)]
-fn lifetime(entry: &CtEntry, packet: &Packet) -> u32 {
+fn lifetime(closing: u8, packet: &Packet) -> u32 {
     match packet.protocol {
-        PROTO_TCP if entry.closing != 0 || packet.tcp_flags & (TCP_FIN | TCP_RST) != 0 => CT_CLOSING_TICKS,
+        PROTO_TCP if closing != 0 || packet.tcp_flags & (TCP_FIN | TCP_RST) != 0 => CT_CLOSING_TICKS,
         PROTO_TCP => CT_TCP_TICKS,
         _ => CT_OTHER_TICKS,
     }
 }
 
-/// Keeps a live entry alive; a FIN or RST shortens its life, a new SYN reopens it.
+/// Keeps a live entry alive; a FIN or RST shortens its life, a new SYN reopens it. Writes only
+/// when something changes, so most packets leave the entry's cache line clean.
 #[inline(always)]
-fn refresh(ptr: *mut CtEntry, mut entry: CtEntry, packet: &Packet, now: u32) {
+fn refresh(ptr: *mut CtEntry, closing: u8, expires: u32, packet: &Packet, now: u32) {
     let reopened = packet.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN;
-    let closing = packet.tcp_flags & (TCP_FIN | TCP_RST) != 0;
-    if reopened {
-        entry.closing = 0;
-    } else if closing {
-        entry.closing = 1;
-    }
-    let expires = now.wrapping_add(lifetime(&entry, packet));
-    if reopened || (closing && expires < entry.expires) || expires > entry.expires.wrapping_add(CT_REFRESH_TICKS) {
+    let closes = packet.tcp_flags & (TCP_FIN | TCP_RST) != 0;
+    let next_closing = if reopened {
+        0
+    } else if closes {
+        1
+    } else {
+        closing
+    };
+    let next_expires = now.wrapping_add(lifetime(next_closing, packet));
+    if next_closing != closing
+        || (closes && next_expires < expires)
+        || next_expires > expires.wrapping_add(CT_REFRESH_TICKS)
+    {
         // SAFETY: the element is valid for this run; a racing writer only moves the expiry.
-        unsafe { *ptr = CtEntry { expires, ..entry } };
+        unsafe {
+            (*ptr).closing = next_closing;
+            (*ptr).expires = next_expires;
+        }
     }
 }
 
@@ -448,16 +509,7 @@ fn connection_key(endpoint: u32, protocol: u8, sender: (u32, u16), receiver: (u3
 /// Cilium's `__policy_can_access`: the identity-specific and the any-identity entries compete;
 /// higher precedence wins, then the longer proto/port prefix, then the identity-specific one.
 #[inline(always)]
-fn policy_verdict(
-    endpoint: u32,
-    config: &EndpointConfig,
-    slot: u8,
-    identity: u32,
-    direction: u8,
-    packet: &Packet,
-) -> Verdict {
-    // Branches, not indexing (see `decide`).
-    let generation = if slot == SLOT_A { config.slot_generation[0] } else { config.slot_generation[1] };
+fn policy_verdict(endpoint: u32, generation: u32, slot: u8, identity: u32, direction: u8, packet: &Packet) -> Verdict {
     let cache_key =
         VerdictCacheKey { endpoint, generation, identity, dport: packet.dport, protocol: packet.protocol, direction };
     // SAFETY: 8-byte value copied out at once.
