@@ -278,7 +278,9 @@ pub struct CtKey {
     pub port_lo: u16,
     pub port_hi: u16,
     pub protocol: u8,
-    pub _pad: [u8; 3],
+    // Two fields, not `[u8; 3]`: LLVM zeroes a 3-byte array with a call to memset.
+    pub _pad: u8,
+    pub _pad2: u16,
 }
 
 pub const CT_OPENED_BY_LO: u8 = 0;

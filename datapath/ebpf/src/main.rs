@@ -502,7 +502,7 @@ fn connection_key(endpoint: u32, protocol: u8, sender: (u32, u16), receiver: (u3
     let (lo, hi, side) =
         if sender_is_lo { (sender, receiver, CT_OPENED_BY_LO) } else { (receiver, sender, CT_OPENED_BY_HI) };
     let key =
-        CtKey { endpoint, addr_lo_be: lo.0, addr_hi_be: hi.0, port_lo: lo.1, port_hi: hi.1, protocol, _pad: [0; 3] };
+        CtKey { endpoint, addr_lo_be: lo.0, addr_hi_be: hi.0, port_lo: lo.1, port_hi: hi.1, protocol, _pad: 0, _pad2: 0 };
     (key, side)
 }
 
