@@ -507,7 +507,11 @@ impl Datapath {
     /// removed endpoint or an older load can ever match again.
     fn next_slot_generation(&mut self) -> Result<u32> {
         let map_error = |source| Error::Map { map: "NODE_STATE", endpoint: None, source };
-        let generation = self.node_state.get(&NODE_STATE_GENERATION, 0).map_err(map_error)?.wrapping_add(1).max(1);
+        // Never 0 (never loaded) nor u32::MAX (the conntrack entry's "no candidate").
+        let generation = match self.node_state.get(&NODE_STATE_GENERATION, 0).map_err(map_error)?.wrapping_add(1) {
+            0 | u32::MAX => 1,
+            generation => generation,
+        };
         self.node_state.set(NODE_STATE_GENERATION, generation, 0).map_err(map_error)?;
         Ok(generation)
     }
