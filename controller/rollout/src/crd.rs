@@ -338,6 +338,10 @@ pub struct PolicyRolloutStatus {
     /// Set by `kubectl palisade promote` for a Manual rollout.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub approval: Option<Approval>,
+    /// Set by `kubectl palisade abort`: the candidate it names is dropped and not staged again
+    /// until a new commit arrives.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub abort: Option<Abort>,
     /// When nodes were asked to flip to the enforced revision (promotion or rollback).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub flip_requested_at: Option<Time>,
@@ -383,6 +387,18 @@ pub struct Approval {
     pub revision: String,
     pub approved_by: String,
     pub approved_at: Time,
+}
+
+/// A request to abandon a candidate, recorded with who asked and when.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Abort {
+    /// The PolicyRevision abandoned.
+    pub revision: String,
+    /// The commit it came from; a later commit with the same content may be staged again.
+    pub commit: String,
+    pub aborted_by: String,
+    pub aborted_at: Time,
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
