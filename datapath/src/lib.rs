@@ -21,7 +21,8 @@ use aya::{
 };
 use palisade_common::{
     EndpointConfig, EndpointCounters, FlowKey, FlowStats, MAX_ENDPOINTS, MODE_AUDIT, MODE_ENFORCE, MODE_OFF,
-    NODE_STATE_EPOCH, NODE_STATE_GENERATION, NODE_STATE_IPCACHE_GENERATION, PolicyEntry, PolicyKey, PolicyValue, SLOT_A, SLOT_B, SLOT_NONE, SlotKey, SlotSelection,
+    NODE_STATE_EPOCH, NODE_STATE_GENERATION, NODE_STATE_IPCACHE_GENERATION, PolicyEntry, PolicyKey, PolicyValue,
+    SLOT_A, SLOT_B, SLOT_NONE, SlotKey, SlotSelection,
 };
 
 pub use error::Error;
@@ -164,9 +165,11 @@ impl Datapath {
         let endpoint_config: HashMap<MapData, EndpointId, EndpointConfig> = pins.map("ENDPOINT_CONFIG")?;
         let mut used_indexes = vec![false; MAX_ENDPOINTS as usize];
         for entry in endpoint_config.iter() {
-            let (endpoint, config) = entry.map_err(map_error("ENDPOINT_CONFIG", 0))?;
-            *used_indexes.get_mut(config.index as usize).ok_or(Error::TooManyEndpoints { endpoint, max: MAX_ENDPOINTS })? =
-                true;
+            let (endpoint, config) =
+                entry.map_err(|source| Error::Map { map: "ENDPOINT_CONFIG", endpoint: None, source })?;
+            *used_indexes
+                .get_mut(config.index as usize)
+                .ok_or(Error::TooManyEndpoints { endpoint, max: MAX_ENDPOINTS })? = true;
         }
         Ok(Datapath {
             ipcache: pins.map("IPCACHE")?,

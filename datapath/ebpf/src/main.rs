@@ -24,8 +24,7 @@
 use aya_ebpf::{
     bindings::{BPF_ANY, BPF_F_NO_PREALLOC, BPF_NOEXIST, TC_ACT_OK, TC_ACT_SHOT},
     btf_maps::{
-        Array, HashMap, HashOfMaps, LpmTrie, LruHashMap, LruPerCpuHashMap, PerCpuArray, RingBuf,
-        lpm_trie::Key,
+        Array, HashMap, HashOfMaps, LpmTrie, LruHashMap, LruPerCpuHashMap, PerCpuArray, RingBuf, lpm_trie::Key,
     },
     helpers::{bpf_ktime_get_coarse_ns, bpf_ktime_get_ns},
     macros::{btf_map, classifier},
@@ -35,8 +34,8 @@ use palisade_common::{
     COOKIE_NONE, CT_NO_CANDIDATE, CT_OPENED_BY_HI, CT_OPENED_BY_LO, CtDecision, CtEntry, CtKey, DIRECTION_EGRESS,
     DIRECTION_INGRESS, EndpointConfig, EndpointCounters, FlowEvent, FlowKey, FlowStats, IDENTITY_ANY, IDENTITY_WORLD,
     MAX_ENDPOINTS, MODE_AUDIT, MODE_ENFORCE, MODE_OFF, NODE_STATE_ENTRIES, NODE_STATE_EPOCH,
-    NODE_STATE_IPCACHE_GENERATION, PROTO_ICMP, PROTO_ICMPV6, PROTO_SCTP, PROTO_TCP, PROTO_UDP, PolicyKey, PolicyValue, SLOT_A,
-    SLOT_NONE, SlotKey, VERDICT_DENY, VERDICT_NONE, VERDICT_REDIRECT, Verdict, VerdictCacheKey,
+    NODE_STATE_IPCACHE_GENERATION, PROTO_ICMP, PROTO_ICMPV6, PROTO_SCTP, PROTO_TCP, PROTO_UDP, PolicyKey, PolicyValue,
+    SLOT_A, SLOT_NONE, SlotKey, VERDICT_DENY, VERDICT_NONE, VERDICT_REDIRECT, Verdict, VerdictCacheKey,
 };
 
 /// `PolicyKey` without its leading prefix length, as aya's LPM `Key<K>` wants it.
@@ -501,8 +500,16 @@ fn connection_key(endpoint: u32, protocol: u8, sender: (u32, u16), receiver: (u3
     let sender_is_lo = (u32::from_be(sender.0), sender.1) <= (u32::from_be(receiver.0), receiver.1);
     let (lo, hi, side) =
         if sender_is_lo { (sender, receiver, CT_OPENED_BY_LO) } else { (receiver, sender, CT_OPENED_BY_HI) };
-    let key =
-        CtKey { endpoint, addr_lo_be: lo.0, addr_hi_be: hi.0, port_lo: lo.1, port_hi: hi.1, protocol, _pad: 0, _pad2: 0 };
+    let key = CtKey {
+        endpoint,
+        addr_lo_be: lo.0,
+        addr_hi_be: hi.0,
+        port_lo: lo.1,
+        port_hi: hi.1,
+        protocol,
+        _pad: 0,
+        _pad2: 0,
+    };
     (key, side)
 }
 
