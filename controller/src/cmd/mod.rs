@@ -1,21 +1,37 @@
 //! The `palisade` command line.
 use std::path::PathBuf;
+use std::process::ExitCode;
 
 use anyhow::{Result, bail};
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand, ValueEnum};
 use palisade_policy::{Cluster, EnforcementMode, Engine, Parsed};
 
 use crate::files;
 
 mod bench;
 mod check;
+pub mod cluster;
 mod diff;
 mod plan;
+pub mod rollouts;
 mod source;
 mod trace;
 
 /// Exit code for usage errors and failures to run at all.
 pub const EXIT_ERROR: u8 = 2;
+
+/// The whole command line, as `palisade` or as the kubectl plugin `kubectl palisade`.
+pub fn main(bin_name: &'static str) -> ExitCode {
+    let matches = Cli::command().bin_name(bin_name).get_matches();
+    let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
+    match run(cli) {
+        Ok(code) => ExitCode::from(code),
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(EXIT_ERROR)
+        }
+    }
+}
 
 #[derive(Parser)]
 #[command(
@@ -40,6 +56,8 @@ enum Command {
     Diff(diff::Args),
     /// Git sources: fetch, verify and read a repository the way the controller does.
     Source(source::Args),
+    #[command(flatten)]
+    Rollouts(rollouts::Command),
     /// Benchmarks (for `make bench-policy`).
     #[command(hide = true)]
     Bench(bench::Args),
@@ -77,6 +95,7 @@ pub fn run(cli: Cli) -> Result<u8> {
         Command::Plan(args) => plan::run(args),
         Command::Diff(args) => diff::run(args),
         Command::Source(args) => source::run(args),
+        Command::Rollouts(command) => rollouts::run(command),
         Command::Bench(args) => bench::run(args),
     }
 }

@@ -1,0 +1,153 @@
+//! What the commands acting on a cluster share: the kubeconfig connection, the namespace, who is
+//! asking, and kubectl's ways of showing ages and missing objects.
+
+use anyhow::{Context as _, Result, anyhow};
+use k8s_openapi::jiff::{SignedDuration, Timestamp};
+use kube::config::{KubeConfigOptions, Kubeconfig};
+use kube::{Client, Config};
+
+/// Flags every cluster command takes, as kubectl spells them.
+#[derive(clap::Args, Clone, Debug, Default)]
+pub struct ClusterArgs {
+    /// Namespace of the rollout; the kubeconfig context's namespace when unset.
+    #[arg(short, long)]
+    pub namespace: Option<String>,
+    /// The kubeconfig context to use; the current context when unset.
+    #[arg(long)]
+    pub context: Option<String>,
+}
+
+/// A connection to the cluster and what the commands need to know about the caller.
+pub struct Session {
+    pub client: Client,
+    /// The namespace to act in: `--namespace`, or the context's default.
+    pub namespace: String,
+    /// The kubeconfig user of the context, recorded as who approved or aborted; None in-cluster.
+    pub user: Option<String>,
+    pub now: Timestamp,
+}
+
+impl Session {
+    /// Connects like kubectl: `$KUBECONFIG` or `~/.kube/config` (the `--context` one or the current
+    /// context), else the in-cluster service account.
+    pub async fn connect(args: &ClusterArgs) -> Result<Self> {
+        let options = KubeConfigOptions { context: args.context.clone(), ..KubeConfigOptions::default() };
+        let (config, user) = match Kubeconfig::read() {
+            Ok(kubeconfig) => {
+                let user = context_user(&kubeconfig, args.context.as_deref());
+                let config =
+                    Config::from_custom_kubeconfig(kubeconfig, &options).await.context("cannot use the kubeconfig")?;
+                (config, user)
+            }
+            Err(e) if args.context.is_some() => return Err(e).context("cannot read the kubeconfig for --context"),
+            Err(kubeconfig) => {
+                let config = Config::incluster().map_err(|in_cluster| {
+                    anyhow!("no kubeconfig ({kubeconfig}) and not running in a cluster ({in_cluster})")
+                })?;
+                (config, None)
+            }
+        };
+        let namespace = args.namespace.clone().unwrap_or_else(|| config.default_namespace.clone());
+        let client = Client::try_from(config).context("cannot build a Kubernetes client")?;
+        Ok(Self { client, namespace, user, now: Timestamp::now() })
+    }
+
+    /// Who is approving or aborting, for the record in the status.
+    pub fn user(&self) -> Result<&str> {
+        self.user.as_deref().ok_or_else(|| {
+            anyhow!("cannot tell who you are: the kubeconfig context names no user (an approval records who gave it)")
+        })
+    }
+}
+
+fn context_user(kubeconfig: &Kubeconfig, context: Option<&str>) -> Option<String> {
+    let name = context.or(kubeconfig.current_context.as_deref())?;
+    let context = kubeconfig.contexts.iter().find(|c| c.name == name)?.context.as_ref()?;
+    context.user.clone().filter(|u| !u.is_empty())
+}
+
+/// The API server's error for a missing object, in kubectl's words; anything else unchanged.
+pub fn not_found(e: kube::Error, resource: &str, name: &str, namespace: &str) -> anyhow::Error {
+    match e {
+        kube::Error::Api(status) if status.is_not_found() => {
+            anyhow!("{resource} \"{name}\" not found in namespace \"{namespace}\"")
+        }
+        e => e.into(),
+    }
+}
+
+/// kubectl's AGE: two significant units at most, coarser as the age grows
+/// (k8s.io/apimachinery/pkg/util/duration.HumanDuration).
+pub fn human_duration(d: SignedDuration) -> String {
+    let seconds = d.as_secs();
+    if seconds < -1 {
+        return "<invalid>".into();
+    }
+    if seconds < 0 {
+        return "0s".into();
+    }
+    if seconds < 60 * 2 {
+        return format!("{seconds}s");
+    }
+    let minutes = seconds / 60;
+    if minutes < 10 {
+        let s = seconds % 60;
+        return if s == 0 { format!("{minutes}m") } else { format!("{minutes}m{s}s") };
+    }
+    if minutes < 60 * 3 {
+        return format!("{minutes}m");
+    }
+    let hours = minutes / 60;
+    if hours < 8 {
+        let m = minutes % 60;
+        return if m == 0 { format!("{hours}h") } else { format!("{hours}h{m}m") };
+    }
+    if hours < 48 {
+        return format!("{hours}h");
+    }
+    if hours < 24 * 8 {
+        let h = hours % 24;
+        return if h == 0 { format!("{}d", hours / 24) } else { format!("{}d{h}h", hours / 24) };
+    }
+    if hours < 24 * 365 * 2 {
+        return format!("{}d", hours / 24);
+    }
+    if hours < 24 * 365 * 8 {
+        let d = (hours / 24) % 365;
+        return if d == 0 { format!("{}y", hours / 24 / 365) } else { format!("{}y{d}d", hours / 24 / 365) };
+    }
+    format!("{}y", hours / 24 / 365)
+}
+
+/// The age of something that happened at `then`.
+pub fn age(now: Timestamp, then: Timestamp) -> String {
+    human_duration(then.duration_until(now))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ages_read_like_kubectl() {
+        let cases = [
+            (0, "0s"),
+            (119, "119s"),
+            (120, "2m"),
+            (125, "2m5s"),
+            (600, "10m"),
+            (179 * 60 + 59, "179m"),
+            (3 * 3600 + 60, "3h1m"),
+            (8 * 3600, "8h"),
+            (47 * 3600, "47h"),
+            (48 * 3600 + 3600, "2d1h"),
+            (8 * 86400, "8d"),
+            (2 * 365 * 86400 + 3 * 86400, "2y3d"),
+            (9 * 365 * 86400, "9y"),
+        ];
+        for (seconds, want) in cases {
+            assert_eq!(human_duration(SignedDuration::from_secs(seconds)), want, "{seconds}s");
+        }
+        assert_eq!(human_duration(SignedDuration::from_secs(-5)), "<invalid>");
+    }
+}

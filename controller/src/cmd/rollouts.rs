@@ -1,0 +1,676 @@
+//! `palisade get|describe|promote|abort|suspend|resume|reconcile`: PolicyRollouts in a cluster,
+//! through the kubeconfig like kubectl (and as `kubectl palisade ...`).
+//!
+//! Promotion and abort write `status.approval` and `status.abort` with server-side apply to the
+//! `status` subresource, each under its own field manager, so that the right to promote is
+//! `patch` on `policyrollouts/status` (ClusterRole `palisade-approver`) and not edit rights on
+//! the rollout itself.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+
+use anyhow::{Context as _, Result, bail};
+use clap::{Subcommand, ValueEnum};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use k8s_openapi::jiff::Timestamp;
+use kube::api::{ListParams, Patch, PatchParams};
+use kube::{Api, CustomResourceExt, Resource, ResourceExt};
+use palisade_rollout::crd::{
+    AuditFlow, FlowEndpoint, Phase, PolicyAuditReport, PolicyRollout, PolicyRolloutStatus, Promotion, RevisionRef,
+    Verdict,
+};
+use palisade_rollout::engine::{COND_PROMOTION_BLOCKED, COND_READY, matches};
+use serde_json::{Value as Json, json};
+use tabwriter::TabWriter;
+
+use super::cluster::{ClusterArgs, Session, age, not_found};
+
+/// Field manager of `promote`: owns `status.approval`.
+pub const PROMOTE_MANAGER: &str = "palisade-promote";
+/// Field manager of `abort`: owns `status.abort`.
+pub const ABORT_MANAGER: &str = "palisade-abort";
+/// Field manager of `suspend`, `resume` and `reconcile`.
+pub const CLI_MANAGER: &str = "palisade";
+/// Set to request an immediate sync, like Flux's `reconcile.fluxcd.io/requestedAt`.
+pub const RECONCILE_ANNOTATION: &str = "reconcile.palisade.dev/requestedAt";
+
+const RESOURCE: &str = "policyrollouts.palisade.dev";
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// List PolicyRollouts: `get rollouts [NAME]`.
+    Get {
+        #[command(subcommand)]
+        what: GetKind,
+    },
+    /// Show a PolicyRollout in detail, with its audit across nodes: `describe rollout NAME`.
+    Describe {
+        #[command(subcommand)]
+        what: DescribeKind,
+    },
+    /// Approve the current candidate of a Manual rollout; it is promoted once its audit passes.
+    Promote(NameArgs),
+    /// Abandon the current candidate (records status.abort); the enforced revision stays.
+    Abort(NameArgs),
+    /// Stop acting on new commits and audit reports (sets spec.suspend).
+    Suspend(NameArgs),
+    /// Act on new commits again (clears spec.suspend).
+    Resume(NameArgs),
+    /// Ask the controller to sync the source now (annotates reconcile.palisade.dev/requestedAt).
+    Reconcile(NameArgs),
+}
+
+#[derive(Subcommand, Debug)]
+pub enum GetKind {
+    #[command(visible_aliases = ["rollout", "policyrollouts", "policyrollout", "pro"])]
+    Rollouts(GetArgs),
+}
+
+#[derive(Subcommand, Debug)]
+pub enum DescribeKind {
+    #[command(visible_aliases = ["rollouts", "policyrollout", "policyrollouts", "pro"])]
+    Rollout(NameArgs),
+}
+
+#[derive(clap::Args, Debug)]
+pub struct GetArgs {
+    /// One rollout; all of them when unset.
+    name: Option<String>,
+    #[command(flatten)]
+    cluster: ClusterArgs,
+    /// List rollouts in every namespace.
+    #[arg(short = 'A', long, conflicts_with = "name")]
+    all_namespaces: bool,
+    #[arg(short, long, value_enum)]
+    output: Option<Format>,
+}
+
+#[derive(clap::Args, Debug)]
+pub struct NameArgs {
+    /// The PolicyRollout.
+    name: String,
+    #[command(flatten)]
+    cluster: ClusterArgs,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Format {
+    Json,
+    Yaml,
+    /// The table with more columns.
+    Wide,
+}
+
+impl Command {
+    fn cluster(&self) -> &ClusterArgs {
+        match self {
+            Command::Get { what: GetKind::Rollouts(args) } => &args.cluster,
+            Command::Describe { what: DescribeKind::Rollout(args) }
+            | Command::Promote(args)
+            | Command::Abort(args)
+            | Command::Suspend(args)
+            | Command::Resume(args)
+            | Command::Reconcile(args) => &args.cluster,
+        }
+    }
+}
+
+pub fn run(command: Command) -> Result<u8> {
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    runtime.block_on(async {
+        let session = Session::connect(command.cluster()).await?;
+        execute(&session, command, &mut std::io::stdout().lock()).await
+    })
+}
+
+/// Runs one command against the session's cluster, printing to `out`.
+pub async fn execute(session: &Session, command: Command, out: &mut impl Write) -> Result<u8> {
+    match command {
+        Command::Get { what: GetKind::Rollouts(args) } => get(session, &args, out).await?,
+        Command::Describe { what: DescribeKind::Rollout(args) } => describe(session, &args.name, out).await?,
+        Command::Promote(args) => promote(session, &args.name, out).await?,
+        Command::Abort(args) => abort(session, &args.name, out).await?,
+        Command::Suspend(args) => set_suspend(session, &args.name, true, out).await?,
+        Command::Resume(args) => set_suspend(session, &args.name, false, out).await?,
+        Command::Reconcile(args) => reconcile(session, &args.name, out).await?,
+    }
+    Ok(0)
+}
+
+fn api(session: &Session) -> Api<PolicyRollout> {
+    Api::namespaced(session.client.clone(), &session.namespace)
+}
+
+async fn fetch(session: &Session, name: &str) -> Result<PolicyRollout> {
+    api(session).get(name).await.map_err(|e| not_found(e, RESOURCE, name, &session.namespace))
+}
+
+async fn get(session: &Session, args: &GetArgs, out: &mut impl Write) -> Result<()> {
+    let rollouts = match &args.name {
+        Some(name) => vec![fetch(session, name).await?],
+        None if args.all_namespaces => {
+            Api::<PolicyRollout>::all(session.client.clone()).list(&ListParams::default()).await?.items
+        }
+        None => api(session).list(&ListParams::default()).await?.items,
+    };
+    match args.output {
+        Some(Format::Json) => writeln!(out, "{}", serde_json::to_string_pretty(&printable(&rollouts, &args.name)?)?)?,
+        Some(Format::Yaml) => write!(out, "{}", palisade_policy::yaml::to_yaml(&printable(&rollouts, &args.name)?))?,
+        Some(Format::Wide) => table(&rollouts, args.all_namespaces, true, session.now, out)?,
+        None if rollouts.is_empty() => {
+            let scope =
+                if args.all_namespaces { String::new() } else { format!(" in {} namespace", session.namespace) };
+            writeln!(out, "No resources found{scope}.")?;
+        }
+        None => table(&rollouts, args.all_namespaces, false, session.now, out)?,
+    }
+    Ok(())
+}
+
+/// What `-o json|yaml` prints: the object for a name, else a `List`, without managedFields.
+fn printable(rollouts: &[PolicyRollout], name: &Option<String>) -> Result<Json> {
+    let mut items = Vec::with_capacity(rollouts.len());
+    for rollout in rollouts {
+        let mut value = serde_json::to_value(rollout)?;
+        if let Some(metadata) = value.get_mut("metadata").and_then(Json::as_object_mut) {
+            metadata.remove("managedFields");
+        }
+        items.push(value);
+    }
+    if name.is_some()
+        && let [item] = items.as_mut_slice()
+    {
+        return Ok(item.take());
+    }
+    Ok(json!({"apiVersion": "v1", "kind": "List", "metadata": {"resourceVersion": ""}, "items": items}))
+}
+
+/// kubectl's table: NAME, then the CRD's printer columns (so the two never disagree); `wide` adds
+/// the promotion mode, the source ref and the Ready message.
+fn table(rollouts: &[PolicyRollout], namespaces: bool, wide: bool, now: Timestamp, out: &mut impl Write) -> Result<()> {
+    let columns = printer_columns();
+    let mut w = TabWriter::new(out).padding(3);
+    let mut header: Vec<String> = Vec::new();
+    if namespaces {
+        header.push("NAMESPACE".into());
+    }
+    header.push("NAME".into());
+    header.extend(columns.iter().map(|c| c.name.to_uppercase()));
+    if wide {
+        header.extend(["PROMOTION", "REF", "MESSAGE"].map(String::from));
+    }
+    writeln!(w, "{}", header.join("\t"))?;
+    for rollout in rollouts {
+        let value = serde_json::to_value(rollout)?;
+        let mut row = Vec::new();
+        if namespaces {
+            row.push(rollout.namespace().unwrap_or_default());
+        }
+        row.push(rollout.name_any());
+        for column in &columns {
+            let cell = json_path(&value, &column.json_path);
+            row.push(match (column.type_.as_str(), cell) {
+                ("date", Some(Json::String(s))) => s.parse::<Timestamp>().map_or_else(|_| s.clone(), |t| age(now, t)),
+                (_, Some(Json::String(s))) => s.clone(),
+                (_, Some(Json::Null) | None) => String::new(),
+                (_, Some(other)) => other.to_string(),
+            });
+        }
+        if wide {
+            let status = rollout.status.clone().unwrap_or_default();
+            row.push(format!("{:?}", rollout.spec.promotion));
+            row.push(source_ref(rollout));
+            row.push(condition(&status, COND_READY).map(|c| c.message.clone()).unwrap_or_default());
+        }
+        writeln!(w, "{}", row.join("\t"))?;
+    }
+    w.flush()?;
+    Ok(())
+}
+
+/// The printer columns kubectl shows for PolicyRollouts (priority 0), from the CRD itself.
+pub fn printer_columns() -> Vec<PrinterColumn> {
+    let crd = PolicyRollout::crd();
+    let version = crd.spec.versions.iter().find(|v| v.served).expect("the CRD serves a version");
+    version
+        .additional_printer_columns
+        .iter()
+        .flatten()
+        .filter(|c| c.priority.unwrap_or(0) == 0)
+        .map(|c| PrinterColumn { name: c.name.clone(), type_: c.type_.clone(), json_path: c.json_path.clone() })
+        .collect()
+}
+
+pub struct PrinterColumn {
+    pub name: String,
+    pub type_: String,
+    pub json_path: String,
+}
+
+/// The JSONPath subset printer columns use: `.a.b` and `[?(@.key=="value")]` (first match).
+pub fn json_path<'a>(value: &'a Json, path: &str) -> Option<&'a Json> {
+    let mut current = value;
+    let mut rest = path;
+    while !rest.is_empty() {
+        if let Some(filter) = rest.strip_prefix("[?(@.") {
+            let (condition, after) = filter.split_once(")]")?;
+            let (key, want) = condition.split_once("==")?;
+            let want = want.trim_matches('"');
+            current = current.as_array()?.iter().find(|item| item.get(key).and_then(Json::as_str) == Some(want))?;
+            rest = after;
+        } else if let Some(field) = rest.strip_prefix('.') {
+            let end = field.find(['.', '[']).unwrap_or(field.len());
+            current = current.get(&field[..end])?;
+            rest = &field[end..];
+        } else {
+            return None;
+        }
+    }
+    Some(current)
+}
+
+fn condition<'a>(status: &'a PolicyRolloutStatus, type_: &str) -> Option<&'a Condition> {
+    status.conditions.iter().find(|c| c.type_ == type_)
+}
+
+fn source_ref(rollout: &PolicyRollout) -> String {
+    let r = &rollout.spec.source.git_ref;
+    let kinds = [("branch", &r.branch), ("tag", &r.tag), ("semver", &r.semver), ("commit", &r.commit)];
+    kinds.iter().find_map(|(kind, v)| v.as_ref().map(|v| format!("{kind} {v}"))).unwrap_or_default()
+}
+
+fn revision(r: &Option<RevisionRef>) -> String {
+    r.as_ref().map_or_else(|| "<none>".into(), |r| format!("{} ({}, {})", r.display, r.id, r.commit))
+}
+
+fn when(now: Timestamp, t: &Time) -> String {
+    format!("{} ({} ago)", t.0.strftime("%Y-%m-%dT%H:%M:%SZ"), age(now, t.0))
+}
+
+async fn describe(session: &Session, name: &str, out: &mut impl Write) -> Result<()> {
+    let rollout = fetch(session, name).await?;
+    let reports: Vec<PolicyAuditReport> =
+        Api::<PolicyAuditReport>::namespaced(session.client.clone(), &session.namespace)
+            .list(&ListParams::default())
+            .await
+            .context("listing PolicyAuditReports")?
+            .items
+            .into_iter()
+            .filter(|r| r.spec.rollout == name)
+            .collect();
+    let now = session.now;
+    let spec = &rollout.spec;
+    let status = rollout.status.clone().unwrap_or_default();
+    let mut w = TabWriter::new(out).padding(1);
+
+    writeln!(w, "Name:\t{name}")?;
+    writeln!(w, "Namespace:\t{}", session.namespace)?;
+    if let Some(created) = &rollout.metadata.creation_timestamp {
+        writeln!(w, "Created:\t{}", when(now, created))?;
+    }
+    let source = &spec.source;
+    let mut from = format!("{} ({}", source.url, source_ref(&rollout));
+    if let Some(path) = &source.path {
+        from.push_str(&format!(", path {path}"));
+    }
+    from.push_str(&format!(", every {})", source.interval));
+    writeln!(w, "Source:\t{from}")?;
+    if let Some(verify) = &source.verify {
+        writeln!(
+            w,
+            "Verify:\t{:?} signatures ({:?}), keys from secret {}",
+            verify.provider, verify.mode, verify.keys_ref.name
+        )?;
+    }
+    let gates = &spec.audit;
+    writeln!(
+        w,
+        "Audit gates:\tat least {}, {} flow(s) per endpoint, at most {} unexpected new denies, {} expected-deny selector(s)",
+        gates.min_duration,
+        gates.min_flows_per_endpoint,
+        gates.max_new_denies,
+        gates.expected_denies.len()
+    )?;
+    writeln!(w, "Promotion:\t{:?}", spec.promotion)?;
+    let rollback = &spec.rollback;
+    writeln!(
+        w,
+        "Rollback:\twatch {} after promotion, roll back above +{} drops/min, fast-track reverts: {}",
+        rollback.post_promotion_window, rollback.max_drop_increase, rollback.fast_track_reverts
+    )?;
+    writeln!(w, "Scope:\t{:?}", spec.scope)?;
+    writeln!(w, "Suspended:\t{}", spec.suspend)?;
+
+    writeln!(w, "Status:")?;
+    writeln!(w, "  Phase:\t{:?}", status.phase)?;
+    writeln!(w, "  Enforced:\t{}", revision(&status.enforced_revision))?;
+    writeln!(w, "  Candidate:\t{}", revision(&status.candidate_revision))?;
+    if let Some(started) = &status.audit_started_at {
+        writeln!(w, "  Audit started:\t{}", when(now, started))?;
+    }
+    writeln!(
+        w,
+        "  Audit:\t{} flows observed, {} new denies ({} unexpected), {} new allows",
+        status.observed_flows, status.new_denies, status.unexpected_new_denies, status.new_allows
+    )?;
+    if let Some(a) = &status.approval {
+        writeln!(w, "  Approval:\t{} by {} at {}", a.revision, a.approved_by, when(now, &a.approved_at))?;
+    }
+    if let Some(a) = &status.abort {
+        writeln!(w, "  Abort:\t{} by {} at {}", a.revision, a.aborted_by, when(now, &a.aborted_at))?;
+    }
+    if let Some(attempt) = &status.last_attempted_revision {
+        let result = attempt.reason.as_deref().map_or_else(|| "staged".to_string(), |r| format!("not staged: {r}"));
+        writeln!(w, "  Last attempt:\t{} ({result})", attempt.display)?;
+        for error in &attempt.errors {
+            writeln!(w, "    {error}")?;
+        }
+    }
+    if let Some(generation) = status.observed_generation {
+        writeln!(w, "  Observed generation:\t{generation}")?;
+    }
+
+    writeln!(w, "Conditions:")?;
+    if status.conditions.is_empty() {
+        writeln!(w, "  <none>")?;
+    } else {
+        writeln!(w, "  TYPE\tSTATUS\tREASON\tAGE\tMESSAGE")?;
+        for c in &status.conditions {
+            writeln!(
+                w,
+                "  {}\t{}\t{}\t{}\t{}",
+                c.type_,
+                c.status,
+                c.reason,
+                age(now, c.last_transition_time.0),
+                c.message
+            )?;
+        }
+    }
+
+    writeln!(w, "History:")?;
+    if status.history.is_empty() {
+        writeln!(w, "  <none>")?;
+    } else {
+        writeln!(w, "  REVISION\tOUTCOME\tAGE\tAPPROVED-BY\tMESSAGE")?;
+        for h in &status.history {
+            let by = h.approved_by.as_deref().unwrap_or("-");
+            writeln!(w, "  {}\t{:?}\t{}\t{by}\t{}", h.display, h.outcome, age(now, h.recorded_at.0), h.message)?;
+        }
+    }
+
+    match &status.candidate_revision {
+        None => writeln!(w, "Audit:\tno candidate")?,
+        Some(candidate) => describe_audit(&mut w, &rollout, candidate, &reports)?,
+    }
+    w.flush()?;
+    Ok(())
+}
+
+/// The candidate's audit over every node: the promotion barrier per node, then the newly denied
+/// flows summed across nodes with the rule that denies them.
+fn describe_audit(
+    w: &mut impl Write,
+    rollout: &PolicyRollout,
+    candidate: &RevisionRef,
+    reports: &[PolicyAuditReport],
+) -> Result<()> {
+    writeln!(w, "Audit of {} ({} node reports):", candidate.display, reports.len())?;
+    if reports.is_empty() {
+        writeln!(w, "  no node has reported yet")?;
+        return Ok(());
+    }
+    writeln!(w, "  NODE\tLOADED\tENFORCING\tOBSERVED\tNEW-DENIES\tNEW-ALLOWS")?;
+    for r in reports {
+        let s = &r.spec;
+        let audits = s.candidate_revision.as_deref() == Some(&candidate.id);
+        let loaded = if s.loaded_revisions.contains(&candidate.id) { "yes" } else { "no" };
+        let enforcing = s.enforced_revision.as_deref().unwrap_or("-");
+        let (observed, denies, allows) = if audits {
+            (s.totals.observed_flows.to_string(), s.totals.new_denies.to_string(), s.totals.new_allows.to_string())
+        } else {
+            ("-".into(), "-".into(), "-".into())
+        };
+        writeln!(w, "  {}\t{loaded}\t{enforcing}\t{observed}\t{denies}\t{allows}", s.node)?;
+    }
+
+    // Flows are named by labels, so the same flow seen on two nodes has the same key.
+    #[derive(PartialEq, Eq, PartialOrd, Ord)]
+    struct Key {
+        direction: String,
+        subject: String,
+        peer: String,
+        port: String,
+        rule: String,
+    }
+    let mut denied: BTreeMap<Key, (u64, Vec<&str>, bool)> = BTreeMap::new();
+    let mut truncated = 0;
+    let audited = || reports.iter().filter(|r| r.spec.candidate_revision.as_deref() == Some(&candidate.id));
+    for report in audited() {
+        truncated += report.spec.totals.truncated_flows;
+        for flow in report.spec.flows.iter().filter(|f| newly_denied(f)) {
+            let key = Key {
+                direction: format!("{:?}", flow.direction),
+                subject: endpoint(&flow.subject),
+                peer: endpoint(&flow.peer),
+                port: format!("{}/{}", flow.port, wire(&flow.protocol)),
+                rule: flow.rule.clone().unwrap_or_else(|| "-".into()),
+            };
+            let expected = rollout.spec.audit.expected_denies.iter().any(|s| matches(s, flow));
+            let entry = denied.entry(key).or_insert((0, Vec::new(), expected));
+            entry.0 += flow.count;
+            entry.1.push(&report.spec.node);
+        }
+    }
+    if denied.is_empty() {
+        writeln!(w, "  Newly denied flows:\t<none>")?;
+    } else {
+        let mut rows: Vec<_> = denied.into_iter().collect();
+        rows.sort_by(|a, b| b.1.0.cmp(&a.1.0).then_with(|| a.0.cmp(&b.0)));
+        writeln!(w, "  Newly denied flows:")?;
+        writeln!(w, "    DIRECTION\tSUBJECT\tPEER\tPORT\tCOUNT\tNODES\tEXPECTED\tRULE")?;
+        for (k, (count, nodes, expected)) in rows {
+            let expected = if expected { "yes" } else { "no" };
+            writeln!(
+                w,
+                "    {}\t{}\t{}\t{}\t{count}\t{}\t{expected}\t{}",
+                k.direction,
+                k.subject,
+                k.peer,
+                k.port,
+                nodes.join(","),
+                k.rule
+            )?;
+        }
+    }
+    if truncated > 0 {
+        writeln!(w, "  ({truncated} more flows with a changed verdict were not listed by the agents)")?;
+    }
+    Ok(())
+}
+
+/// An enum as the API spells it (`TCP`, `openpgp`, `TagAndHEAD`).
+fn wire(value: &impl serde::Serialize) -> String {
+    match serde_json::to_value(value) {
+        Ok(Json::String(s)) => s,
+        other => format!("{other:?}"),
+    }
+}
+
+fn newly_denied(flow: &AuditFlow) -> bool {
+    flow.enforced_verdict == Verdict::Allow && flow.candidate_verdict == Verdict::Deny
+}
+
+/// A side of a flow: `namespace/workload`, the CIDR outside the cluster, or its labels.
+fn endpoint(e: &FlowEndpoint) -> String {
+    let ns = e.namespace.as_deref().map(|ns| format!("{ns}/")).unwrap_or_default();
+    if let Some(workload) = &e.workload {
+        return format!("{ns}{workload}");
+    }
+    if let Some(cidr) = &e.cidr {
+        return cidr.clone();
+    }
+    let labels: Vec<_> = e.labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
+    format!("{ns}{{{}}}", labels.join(","))
+}
+
+/// Server-side apply of one status field under `manager`. Forced: the person asking owns the
+/// decision, even over a value the controller last wrote.
+async fn apply_status(session: &Session, name: &str, manager: &str, status: Json) -> Result<()> {
+    let body = json!({
+        "apiVersion": PolicyRollout::api_version(&()),
+        "kind": PolicyRollout::kind(&()),
+        "metadata": {"name": name},
+        "status": status,
+    });
+    api(session)
+        .patch_status(name, &PatchParams::apply(manager).force(), &Patch::Apply(&body))
+        .await
+        .map_err(|e| match e {
+            kube::Error::Api(s) if s.code == 403 => anyhow::anyhow!(
+                "{}\n(needs `patch` on policyrollouts/status in namespace {}: the palisade-approver ClusterRole grants it)",
+                s.message,
+                session.namespace
+            ),
+            e => not_found(e, RESOURCE, name, &session.namespace),
+        })?;
+    Ok(())
+}
+
+async fn promote(session: &Session, name: &str, out: &mut impl Write) -> Result<()> {
+    let user = session.user()?;
+    let rollout = fetch(session, name).await?;
+    let status = rollout.status.clone().unwrap_or_default();
+    let Some(candidate) = status.candidate_revision.clone() else {
+        bail!(
+            "policyrollout/{name} has no candidate to promote (phase {:?}, enforcing {})",
+            status.phase,
+            status.enforced_revision.as_ref().map_or("nothing", |r| r.display.as_str())
+        );
+    };
+    if rollout.spec.promotion == Promotion::Auto {
+        bail!(
+            "policyrollout/{name} promotes automatically (spec.promotion: Auto): {} is promoted as soon as its audit passes",
+            candidate.display
+        );
+    }
+    if let Some(a) = status.approval.as_ref().filter(|a| a.revision == candidate.id) {
+        writeln!(
+            out,
+            "policyrollout.palisade.dev/{name} unchanged: {} was already approved by {}",
+            candidate.display, a.approved_by
+        )?;
+        return Ok(());
+    }
+    match status.phase {
+        Phase::Auditing => {}
+        Phase::Promoting => bail!("policyrollout/{name} is already promoting {}", candidate.display),
+        phase => {
+            let why = condition(&status, COND_PROMOTION_BLOCKED)
+                .or_else(|| condition(&status, COND_READY))
+                .map(|c| format!(": {}", c.message))
+                .unwrap_or_default();
+            bail!(
+                "policyrollout/{name} cannot be promoted in phase {phase:?}{why}\n(an approval never overrides the audit gates; `palisade describe rollout {name}` shows the denied flows)"
+            );
+        }
+    }
+    let approval = json!({"revision": candidate.id, "approvedBy": user, "approvedAt": Time(session.now)});
+    apply_status(session, name, PROMOTE_MANAGER, json!({ "approval": approval })).await?;
+    writeln!(
+        out,
+        "policyrollout.palisade.dev/{name} approved: {} ({}) as {user}; it is promoted once its audit passes",
+        candidate.display, candidate.id
+    )?;
+    Ok(())
+}
+
+async fn abort(session: &Session, name: &str, out: &mut impl Write) -> Result<()> {
+    let user = session.user()?;
+    let rollout = fetch(session, name).await?;
+    let status = rollout.status.clone().unwrap_or_default();
+    let Some(candidate) = status.candidate_revision.clone() else {
+        bail!("policyrollout/{name} has no candidate to abort (phase {:?})", status.phase);
+    };
+    if status.phase == Phase::Promoting {
+        bail!(
+            "policyrollout/{name} is already promoting {}: nodes may have flipped; revert the commit instead",
+            candidate.display
+        );
+    }
+    if status.abort.as_ref().is_some_and(|a| a.revision == candidate.id && a.commit == candidate.commit) {
+        writeln!(out, "policyrollout.palisade.dev/{name} unchanged: {} was already aborted", candidate.display)?;
+        return Ok(());
+    }
+    let abort = json!({
+        "revision": candidate.id,
+        "commit": candidate.commit,
+        "abortedBy": user,
+        "abortedAt": Time(session.now),
+    });
+    apply_status(session, name, ABORT_MANAGER, json!({ "abort": abort })).await?;
+    let enforced = status.enforced_revision.as_ref().map_or("nothing", |r| r.display.as_str());
+    writeln!(
+        out,
+        "policyrollout.palisade.dev/{name} aborted: {} is dropped; {enforced} stays enforced",
+        candidate.display
+    )?;
+    Ok(())
+}
+
+async fn merge_patch(session: &Session, name: &str, patch: Json) -> Result<()> {
+    let params = PatchParams { field_manager: Some(CLI_MANAGER.into()), ..PatchParams::default() };
+    api(session)
+        .patch(name, &params, &Patch::Merge(&patch))
+        .await
+        .map_err(|e| not_found(e, RESOURCE, name, &session.namespace))?;
+    Ok(())
+}
+
+async fn set_suspend(session: &Session, name: &str, suspend: bool, out: &mut impl Write) -> Result<()> {
+    let rollout = fetch(session, name).await?;
+    let done = if suspend { "suspended" } else { "resumed" };
+    if rollout.spec.suspend == suspend {
+        let state = if suspend { "suspended" } else { "not suspended" };
+        writeln!(out, "policyrollout.palisade.dev/{name} unchanged: already {state}")?;
+        return Ok(());
+    }
+    merge_patch(session, name, json!({"spec": {"suspend": suspend}})).await?;
+    writeln!(out, "policyrollout.palisade.dev/{name} {done}")?;
+    Ok(())
+}
+
+async fn reconcile(session: &Session, name: &str, out: &mut impl Write) -> Result<()> {
+    let rollout = fetch(session, name).await?;
+    if rollout.spec.suspend {
+        bail!("policyrollout/{name} is suspended; `palisade resume {name}` first");
+    }
+    let at = session.now.to_string();
+    merge_patch(session, name, json!({"metadata": {"annotations": {RECONCILE_ANNOTATION: at}}})).await?;
+    writeln!(out, "policyrollout.palisade.dev/{name} annotated: reconcile requested at {at}")?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn json_path_reads_every_printer_column() {
+        let value = json!({
+            "metadata": {"creationTimestamp": "2025-01-01T00:00:00Z"},
+            "status": {
+                "phase": "Auditing",
+                "newDenies": 3,
+                "enforcedRevision": {"display": "main@a1b2c3d"},
+                "candidateRevision": {"display": "main@b2c3d4e"},
+                "conditions": [{"type": "Stalled", "status": "False"}, {"type": "Ready", "status": "True"}],
+            },
+        });
+        for column in printer_columns() {
+            assert!(json_path(&value, &column.json_path).is_some(), "{} ({}) resolves", column.name, column.json_path);
+        }
+        assert_eq!(json_path(&value, ".status.conditions[?(@.type==\"Ready\")].status"), Some(&json!("True")));
+        assert_eq!(json_path(&value, ".status.missing"), None);
+    }
+}
