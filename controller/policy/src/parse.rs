@@ -45,6 +45,40 @@ impl Parsed {
     pub fn has_errors(&self) -> bool {
         self.errors().next().is_some()
     }
+
+    /// Adds a policy unless one with its id is in already (`seen`); a second definition is an
+    /// error at its own file and line. Returns whether it was added.
+    pub fn push_unique(&mut self, policy: Policy, seen: &mut BTreeSet<PolicyId>) -> bool {
+        if !seen.insert(policy.id.clone()) {
+            self.diagnostics.push(Diagnostic {
+                severity: Severity::Error,
+                file: policy.file.clone(),
+                line: policy.line,
+                path: "metadata.name".into(),
+                message: format!("{} is defined more than once", policy.id),
+            });
+            return false;
+        }
+        self.set.policies.push(policy);
+        true
+    }
+
+    /// Refuses the whole set when it holds more policies than the limit. Returns whether it was
+    /// within the limit.
+    pub fn enforce_limit(&mut self) -> bool {
+        if self.set.policies.len() <= MAX_POLICIES {
+            return true;
+        }
+        self.diagnostics.push(Diagnostic {
+            severity: Severity::Error,
+            file: String::new(),
+            line: 0,
+            path: String::new(),
+            message: format!("{} policies exceed the limit of {MAX_POLICIES}", self.set.policies.len()),
+        });
+        self.set.policies.clear();
+        false
+    }
 }
 
 /// Upper bound on regex program size, so a hostile pattern cannot eat memory.
@@ -72,31 +106,11 @@ pub fn parse_policies(files: &[SourceFile], options: &ParseOptions) -> Parsed {
             let mut policies = Vec::new();
             parse_object(&mut reporter, root, "", options, &mut policies);
             for policy in policies {
-                if !seen.insert(policy.id.clone()) {
-                    let line = policy.line;
-                    parsed.diagnostics.push(Diagnostic {
-                        severity: Severity::Error,
-                        file: file.name.to_string(),
-                        line,
-                        path: "metadata.name".into(),
-                        message: format!("{} is defined more than once", policy.id),
-                    });
-                    continue;
-                }
-                parsed.set.policies.push(policy);
+                parsed.push_unique(policy, &mut seen);
             }
         }
     }
-    if parsed.set.policies.len() > MAX_POLICIES {
-        parsed.diagnostics.push(Diagnostic {
-            severity: Severity::Error,
-            file: String::new(),
-            line: 0,
-            path: String::new(),
-            message: format!("{} policies exceed the limit of {MAX_POLICIES}", parsed.set.policies.len()),
-        });
-        parsed.set.policies.clear();
-    }
+    parsed.enforce_limit();
     parsed.set.renumber();
     parsed
 }

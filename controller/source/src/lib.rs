@@ -7,8 +7,7 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use palisade_policy::model::MAX_POLICIES;
-use palisade_policy::{Diagnostic, ParseOptions, Parsed, Severity, SourceFile, parse_policies};
+use palisade_policy::{ParseOptions, Parsed, SourceFile, parse_policies};
 use tracing::{info, warn};
 
 pub mod credentials;
@@ -207,30 +206,13 @@ fn parse_files(files: &[read::ReadFile], options: &ParseOptions, cache: &mut Par
         merged.diagnostics.extend(parsed.diagnostics.iter().cloned());
         for (policy, digest) in parsed.set.policies.iter().zip(file_digests) {
             // Within one file the parser has already checked; across files it is checked here.
-            if !seen.insert(policy.id.clone()) {
-                merged.diagnostics.push(Diagnostic {
-                    severity: Severity::Error,
-                    file: file.name.clone(),
-                    line: policy.line,
-                    path: "metadata.name".into(),
-                    message: format!("{} is defined more than once", policy.id),
-                });
-                continue;
+            if merged.push_unique(policy.clone(), &mut seen) {
+                digests.push(*digest);
             }
-            merged.set.policies.push(policy.clone());
-            digests.push(*digest);
         }
         kept.insert(key, entry);
     }
-    if merged.set.policies.len() > MAX_POLICIES {
-        merged.diagnostics.push(Diagnostic {
-            severity: Severity::Error,
-            file: String::new(),
-            line: 0,
-            path: String::new(),
-            message: format!("{} policies exceed the limit of {MAX_POLICIES}", merged.set.policies.len()),
-        });
-        merged.set.policies.clear();
+    if !merged.enforce_limit() {
         digests.clear();
     }
     *cache = kept;
