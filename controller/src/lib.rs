@@ -1,4 +1,5 @@
 //! The Palisade controller and its `palisade` command line.
 pub mod bench_workload;
 pub mod cmd;
+pub mod controller;
 pub mod files;

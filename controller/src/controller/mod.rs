@@ -1,0 +1,86 @@
+//! The Kubernetes controller: a kube-runtime `Controller` for PolicyRollouts that drives the Git
+//! source and the pure rollout engine, writes PolicyRevisions and the status, and serves
+//! metrics, probes and the push webhook. The engine decides; this module only reads the cluster
+//! for it and carries out what it decides.
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+
+use k8s_openapi::jiff::Timestamp;
+use kube::Client;
+use kube::runtime::events::Reporter;
+
+mod metrics;
+mod reconcile;
+mod source;
+
+pub use metrics::{Metrics, Readiness, router as metrics_router};
+pub use reconcile::{error_policy, reconcile};
+pub use source::revision_name;
+
+/// The field manager of every write: server-side apply keeps apart what this controller owns
+/// from what others own, like an `approval` written by `palisade promote`.
+pub const FIELD_MANAGER: &str = "palisade-controller";
+pub const FINALIZER: &str = "palisade.dev/cleanup";
+/// On PolicyRevisions (set here) and PolicyAuditReports (set by the agent): the rollout's name.
+pub const ROLLOUT_LABEL: &str = "palisade.dev/rollout";
+/// Setting it to a new value asks for a sync now, like Flux's `reconcile.fluxcd.io/requestedAt`.
+pub const REQUESTED_AT: &str = "reconcile.palisade.dev/requestedAt";
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("Kubernetes API: {0}")]
+    Kube(#[from] kube::Error),
+    #[error("{0}")]
+    Finalizer(#[source] Box<kube::runtime::finalizer::Error<Error>>),
+    #[error("Git source cache: {0}")]
+    Source(#[from] palisade_source::Error),
+    #[error("source worker: {0}")]
+    Worker(#[from] tokio::task::JoinError),
+    #[error("PolicyRollout {0} has no namespace")]
+    NoNamespace(String),
+    #[error("the engine staged {0}, which the last fetch did not produce")]
+    UnknownRevision(String),
+}
+
+/// Where the controller runs and what it watches besides rollouts.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// The controller's own namespace: only rollouts there may use `scope: Cluster`, and the
+    /// agent Pods are looked up there.
+    pub namespace: String,
+    /// Label selector of the agent Pods; their nodes are the ones the promotion barrier waits for.
+    pub agent_selector: String,
+    /// Git mirrors, one per rollout.
+    pub cache_dir: PathBuf,
+}
+
+/// The time the engine is given: the wall clock, or a test's.
+pub type Clock = Arc<dyn Fn() -> Timestamp + Send + Sync>;
+
+pub struct Context {
+    pub client: Client,
+    pub config: Config,
+    pub metrics: Arc<Metrics>,
+    reporter: Reporter,
+    sources: source::Sources,
+    clock: Clock,
+    /// Consecutive failures per rollout, for the exponential backoff.
+    failures: Mutex<HashMap<String, u32>>,
+}
+
+impl Context {
+    pub fn new(client: Client, config: Config, metrics: Arc<Metrics>, clock: Clock) -> Self {
+        let instance = std::env::var("POD_NAME").ok().or_else(|| Reporter::from(FIELD_MANAGER).instance);
+        let reporter = Reporter { controller: FIELD_MANAGER.into(), instance };
+        Context {
+            reporter,
+            sources: source::Sources::new(config.cache_dir.clone()),
+            client,
+            config,
+            metrics,
+            clock,
+            failures: Mutex::default(),
+        }
+    }
+}

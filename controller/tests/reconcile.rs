@@ -1,0 +1,637 @@
+//! The reconciler against an in-memory API server (`fake_api`), with real Git repositories made by
+//! the git CLI as the source. Node agents are played by the tests: their Pods and
+//! PolicyAuditReports are objects in the fake store.
+mod fake_api;
+#[path = "../source/tests/common/mod.rs"]
+mod git;
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use fake_api::FakeApi;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use k8s_openapi::jiff::{SignedDuration, Timestamp};
+use kube::runtime::controller::Action;
+use palisade::controller::{Config, Context, Metrics, reconcile};
+use palisade_rollout::crd::*;
+use serde_json::{Value, json};
+
+const NS: &str = "shop";
+const CONTROLLER_NS: &str = "palisade-system";
+const ROLLOUTS: &str = "apis/palisade.dev/v1alpha1/policyrollouts";
+const REVISIONS: &str = "apis/palisade.dev/v1alpha1/policyrevisions";
+const REPORTS: &str = "apis/palisade.dev/v1alpha1/policyauditreports";
+const EVENTS: &str = "apis/events.k8s.io/v1/events";
+const NODES: [&str; 2] = ["node-a", "node-b"];
+
+fn policy(namespace: &str, port: u16) -> String {
+    format!(
+        "apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata:
+  name: web
+  namespace: {namespace}
+spec:
+  endpointSelector:
+    matchLabels:
+      app: web
+  ingress:
+  - fromEndpoints:
+    - matchLabels:
+        app: client
+    toPorts:
+    - ports:
+      - port: \"{port}\"
+        protocol: TCP
+"
+    )
+}
+
+struct Harness {
+    api: FakeApi,
+    ctx: Arc<Context>,
+    now: Arc<Mutex<Timestamp>>,
+    repo: git::Repo,
+    namespace: String,
+    dir: tempfile::TempDir,
+}
+
+impl Harness {
+    /// Rollout `web` in `namespace` on a repository whose first commit allows port 8080, with
+    /// agents on two nodes. `spec` is merged over the rollout's spec.
+    fn new(namespace: &str, spec: Value) -> Harness {
+        let dir = tempfile::tempdir().unwrap();
+        let repo = git::Repo::new(dir.path());
+        repo.write("policies/web.yaml", &policy(NS, 8080));
+        repo.commit("allow 8080", &[]);
+        let api = FakeApi::default();
+        for node in NODES {
+            api.insert(
+                "api/v1/pods",
+                json!({"apiVersion": "v1", "kind": "Pod",
+                    "metadata": {"name": format!("agent-{node}"), "namespace": CONTROLLER_NS,
+                                 "labels": {"app.kubernetes.io/name": "palisade-agent"}},
+                    "spec": {"nodeName": node, "containers": []}}),
+            );
+        }
+        let mut rollout = json!({"apiVersion": "palisade.dev/v1alpha1", "kind": "PolicyRollout",
+            "metadata": {"name": "web", "namespace": namespace},
+            "spec": {"source": {"url": repo.url(), "ref": {"branch": "main"}, "path": "policies", "interval": "1m"},
+                     "audit": {"minDuration": "10m", "minFlowsPerEndpoint": 1, "maxNewDenies": 0},
+                     "rollback": {"postPromotionWindow": "10m", "maxDropIncrease": 100}}});
+        json_patch::merge(&mut rollout["spec"], &spec);
+        api.insert(ROLLOUTS, rollout);
+        let now = Arc::new(Mutex::new(Timestamp::from_second(1_800_000_000).unwrap()));
+        let mut harness =
+            Harness { ctx: context_for(&api, &now, dir.path()), api, now, repo, namespace: namespace.into(), dir };
+        harness.restart();
+        harness
+    }
+
+    /// A new controller process: nothing in memory, a fresh Git cache.
+    fn restart(&mut self) {
+        let cache = tempfile::tempdir_in(self.dir.path()).unwrap().keep();
+        self.ctx = context_for(&self.api, &self.now, &cache);
+    }
+
+    /// One reconcile as the Controller would run it on the object in the store (twice the first
+    /// time: adding the finalizer is a reconcile of its own).
+    async fn reconcile(&self) -> Action {
+        loop {
+            let rollout = self.rollout();
+            let had_finalizer = rollout.metadata.finalizers.as_ref().is_some_and(|f| !f.is_empty());
+            let action = reconcile(Arc::new(rollout), self.ctx.clone()).await.expect("reconcile");
+            if had_finalizer {
+                return action;
+            }
+        }
+    }
+
+    fn rollout(&self) -> PolicyRollout {
+        serde_json::from_value(self.api.get(ROLLOUTS, &self.namespace, "web").expect("the rollout")).unwrap()
+    }
+
+    fn status(&self) -> PolicyRolloutStatus {
+        self.rollout().status.unwrap_or_default()
+    }
+
+    fn candidate(&self) -> String {
+        self.status().candidate_revision.expect("a candidate").id
+    }
+
+    fn enforced(&self) -> Option<String> {
+        self.status().enforced_revision.map(|r| r.id)
+    }
+
+    fn advance(&self, minutes: i64) {
+        let mut now = self.now.lock().unwrap();
+        *now += SignedDuration::from_mins(minutes);
+    }
+
+    fn commit(&self, port: u16, message: &str) -> String {
+        self.repo.write("policies/web.yaml", &policy(NS, port));
+        self.repo.commit(message, &[])
+    }
+
+    /// Every node writes its report; `change` fills it in.
+    fn report(&self, change: impl Fn(&mut PolicyAuditReportSpec)) {
+        for node in NODES {
+            let name = format!("web-{node}");
+            let mut spec = self
+                .api
+                .get(REPORTS, &self.namespace, &name)
+                .map(|r| serde_json::from_value::<PolicyAuditReport>(r).unwrap().spec)
+                .unwrap_or(PolicyAuditReportSpec { rollout: "web".into(), node: node.into(), ..Default::default() });
+            change(&mut spec);
+            let object = json!({"apiVersion": "palisade.dev/v1alpha1", "kind": "PolicyAuditReport",
+                "metadata": {"name": name, "namespace": self.namespace, "labels": {"palisade.dev/rollout": "web"}},
+                "spec": spec});
+            match self.api.get(REPORTS, &self.namespace, &name) {
+                Some(_) => self.api.update(REPORTS, &self.namespace, &name, |r| r["spec"] = object["spec"].clone()),
+                None => self.api.insert(REPORTS, object),
+            }
+        }
+    }
+
+    /// Every node loads `ids` and audits the candidate: 10 flows on one endpoint, `denies` new.
+    fn audit(&self, ids: &[String], denies: Vec<AuditFlow>) {
+        let candidate = self.candidate();
+        self.report(|r| {
+            r.loaded_revisions = ids.to_vec();
+            r.candidate_revision = Some(candidate.clone());
+            r.totals = AuditTotals { observed_flows: 10, new_denies: denies.len() as u64, ..Default::default() };
+            r.endpoints = vec![EndpointTraffic {
+                namespace: NS.into(),
+                pod: format!("web-{}", r.node),
+                workload: Some("web".into()),
+                flows: 10,
+            }];
+            r.flows = denies.clone();
+        });
+    }
+
+    fn enforce(&self, id: &str) {
+        self.report(|r| r.enforced_revision = Some(id.into()));
+    }
+
+    /// Audits the candidate cleanly, lets the audit run out and confirms the flip on every node.
+    async fn promote_candidate(&self) -> String {
+        let candidate = self.candidate();
+        let loaded: Vec<String> = self.enforced().into_iter().chain([candidate.clone()]).collect();
+        self.audit(&loaded, vec![]);
+        self.advance(11);
+        self.reconcile().await;
+        assert_eq!(self.status().phase, Phase::Promoting);
+        assert_eq!(self.enforced().as_deref(), Some(candidate.as_str()), "the flip was asked for");
+        self.enforce(&candidate);
+        self.reconcile().await;
+        assert_eq!(self.status().phase, Phase::Enforced);
+        candidate
+    }
+
+    fn revisions(&self) -> Vec<PolicyRevision> {
+        self.api.list(REVISIONS, &self.namespace).into_iter().map(|r| serde_json::from_value(r).unwrap()).collect()
+    }
+
+    /// Reasons of the Events recorded, oldest first.
+    fn events(&self) -> Vec<String> {
+        self.api.list(EVENTS, &self.namespace).iter().map(|e| e["reason"].as_str().unwrap().to_string()).collect()
+    }
+
+    fn condition(&self, type_: &str) -> Option<(String, String, String)> {
+        self.status().conditions.into_iter().find(|c| c.type_ == type_).map(|c| (c.status, c.reason, c.message))
+    }
+}
+
+fn context_for(api: &FakeApi, now: &Arc<Mutex<Timestamp>>, cache: &std::path::Path) -> Arc<Context> {
+    let config = Config {
+        namespace: CONTROLLER_NS.into(),
+        agent_selector: "app.kubernetes.io/name=palisade-agent".into(),
+        cache_dir: cache.into(),
+    };
+    let now = now.clone();
+    Arc::new(Context::new(api.client(), config, Arc::new(Metrics::default()), Arc::new(move || *now.lock().unwrap())))
+}
+
+fn deny(port: u16) -> AuditFlow {
+    let time = Time(Timestamp::from_second(1_800_000_000).unwrap());
+    AuditFlow {
+        direction: Direction::Ingress,
+        subject: FlowEndpoint {
+            labels: [("app".to_string(), "web".to_string())].into(),
+            namespace: Some(NS.into()),
+            ..Default::default()
+        },
+        peer: FlowEndpoint {
+            labels: [("app".to_string(), "legacy".to_string())].into(),
+            namespace: Some(NS.into()),
+            ..Default::default()
+        },
+        port,
+        protocol: Protocol::Tcp,
+        enforced_verdict: Verdict::Allow,
+        candidate_verdict: Verdict::Deny,
+        count: 7,
+        first_seen: time.clone(),
+        last_seen: time,
+        rule: Some("CiliumNetworkPolicy shop/web ingress[0]".into()),
+    }
+}
+
+#[tokio::test]
+async fn first_sync_stages_a_revision_and_starts_the_audit() {
+    let h = Harness::new(NS, json!({}));
+    let action = h.reconcile().await;
+
+    let rollout = h.rollout();
+    assert_eq!(rollout.metadata.finalizers, Some(vec!["palisade.dev/cleanup".to_string()]));
+    let status = h.status();
+    assert_eq!(status.phase, Phase::Auditing);
+    assert_eq!(status.observed_generation, Some(1));
+    assert!(status.enforced_revision.is_none());
+    let candidate = status.candidate_revision.unwrap();
+    assert!(candidate.display.starts_with("main@"), "{}", candidate.display);
+
+    let revisions = h.revisions();
+    assert_eq!(revisions.len(), 1);
+    let revision = &revisions[0];
+    assert_eq!(revision.metadata.name.as_deref(), Some(candidate.id.as_str()));
+    assert_eq!(revision.metadata.labels.as_ref().unwrap()["palisade.dev/rollout"], "web");
+    let owner = &revision.metadata.owner_references.as_ref().unwrap()[0];
+    assert_eq!(
+        (owner.kind.as_str(), owner.uid.as_str(), owner.controller),
+        ("PolicyRollout", rollout.metadata.uid.as_deref().unwrap(), Some(true))
+    );
+    assert_eq!(revision.spec.commit, h.repo.head());
+    assert!(revision.spec.digest.starts_with("sha256:"));
+    assert_eq!(revision.spec.policy_count, 1);
+    assert_eq!(revision.spec.policies[0].namespace.as_deref(), Some(NS));
+
+    assert_eq!(h.events(), ["AuditStarted"]);
+    // The status went through server-side apply under the controller's own field manager.
+    let apply = h.api.requests().into_iter().find(|r| r.path.ends_with("/status")).unwrap();
+    assert_eq!(apply.content_type, "application/apply-patch+yaml");
+    assert!(apply.query.contains("fieldManager=palisade-controller") && apply.query.contains("force=true"));
+    // No node has loaded it yet: waiting on them, and polling the source at its interval.
+    assert_eq!(h.condition("Ready").unwrap().1, "WaitingForNodes");
+    assert!(action == Action::requeue(Duration::from_secs(60)), "{action:?}");
+}
+
+#[tokio::test]
+async fn audit_pass_promotes_and_waits_for_every_node_to_flip() {
+    let h = Harness::new(NS, json!({}));
+    h.reconcile().await;
+    let candidate = h.candidate();
+    h.audit(std::slice::from_ref(&candidate), vec![]);
+    h.reconcile().await;
+    assert_eq!(h.status().phase, Phase::Auditing, "minDuration has not passed");
+    assert_eq!(h.condition("Auditing").unwrap().1, "AuditInProgress");
+
+    h.advance(11);
+    h.reconcile().await;
+    assert_eq!(h.status().phase, Phase::Promoting);
+    assert_eq!(h.enforced(), Some(candidate.clone()));
+    assert_eq!(h.condition("Ready").unwrap().0, "False", "not every node has flipped");
+
+    h.enforce(&candidate);
+    h.reconcile().await;
+    let status = h.status();
+    assert_eq!(status.phase, Phase::Enforced);
+    assert!(status.candidate_revision.is_none());
+    assert_eq!(status.history[0].outcome, Outcome::Promoted);
+    assert_eq!(h.condition("Ready").unwrap().0, "True");
+    assert_eq!(h.events(), ["AuditStarted", "Promoting", "Promoted"]);
+    let metrics = h.ctx.metrics.encode().unwrap();
+    assert!(metrics.contains("palisade_promotions_total{fast_track=\"false\"} 1"), "{metrics}");
+    assert!(metrics.contains("palisade_rollouts{phase=\"Enforced\"} 1"), "{metrics}");
+}
+
+#[tokio::test]
+async fn audit_with_unexpected_new_denies_blocks_and_keeps_enforcing() {
+    let h = Harness::new(NS, json!({}));
+    h.reconcile().await;
+    let first = h.promote_candidate().await;
+
+    h.commit(9090, "move to 9090");
+    h.advance(2);
+    h.reconcile().await;
+    let candidate = h.candidate();
+    assert_ne!(candidate, first);
+    h.audit(&[first.clone(), candidate], vec![deny(8080)]);
+    h.reconcile().await;
+
+    let status = h.status();
+    assert_eq!(status.phase, Phase::Blocked);
+    assert_eq!(status.unexpected_new_denies, 2, "one deny on each node");
+    assert_eq!(h.enforced(), Some(first));
+    let (state, reason, message) = h.condition("PromotionBlocked").unwrap();
+    assert_eq!((state.as_str(), reason.as_str()), ("True", "NewDeniesAboveLimit"));
+    assert!(message.contains("shop/app=legacy") && message.contains("TCP/8080"), "{message}");
+    assert!(h.events().contains(&"NewDeniesAboveLimit".to_string()));
+    assert!(
+        h.ctx.metrics.encode().unwrap().contains("palisade_audit_new_denies{namespace=\"shop\",rollout=\"web\"} 2")
+    );
+}
+
+#[tokio::test]
+async fn manual_promotion_waits_for_an_approval_the_controller_never_clobbers() {
+    let h = Harness::new(NS, json!({"promotion": "Manual"}));
+    h.reconcile().await;
+    let candidate = h.candidate();
+    h.audit(std::slice::from_ref(&candidate), vec![]);
+    h.advance(11);
+    h.reconcile().await;
+    assert_eq!(h.status().phase, Phase::Auditing);
+    assert_eq!(h.condition("PromotionBlocked").unwrap().1, "AwaitingApproval");
+
+    // `palisade promote` writes the approval into the status under its own field manager.
+    let approval =
+        json!({"revision": candidate, "approvedBy": "alice@example.com", "approvedAt": "2027-01-15T08:00:00Z"});
+    h.api.update(ROLLOUTS, NS, "web", |r| r["status"]["approval"] = approval.clone());
+    h.reconcile().await;
+    let status = h.status();
+    assert_eq!(status.phase, Phase::Promoting);
+    assert_eq!(h.enforced(), Some(candidate.clone()));
+
+    h.enforce(&candidate);
+    h.reconcile().await;
+    let status = h.status();
+    assert_eq!(status.phase, Phase::Enforced);
+    assert_eq!(status.history[0].approved_by.as_deref(), Some("alice@example.com"));
+    assert!(status.approval.is_none(), "a consumed approval is removed");
+    // Never applied by the controller: only removed by a test-and-remove naming its exact value.
+    let requests = h.api.requests();
+    assert!(
+        requests
+            .iter()
+            .filter(|r| r.content_type == "application/apply-patch+yaml")
+            .all(|r| r.body["status"].get("approval").is_none())
+    );
+    let removal = requests
+        .iter()
+        .find(|r| r.content_type == "application/json-patch+json" && r.path.ends_with("/status"))
+        .unwrap();
+    assert_eq!(removal.body[0], json!({"op": "test", "path": "/status/approval", "value": approval}));
+}
+
+#[tokio::test]
+async fn a_new_approval_written_during_a_reconcile_survives() {
+    let h = Harness::new(NS, json!({"promotion": "Manual"}));
+    h.reconcile().await;
+    let first = h.candidate();
+    // Approved, then superseded by a new commit before promotion: the engine drops the approval.
+    h.api.update(ROLLOUTS, NS, "web", |r| {
+        r["status"]["approval"] =
+            json!({"revision": first, "approvedBy": "alice", "approvedAt": "2027-01-15T08:00:00Z"})
+    });
+    let stale = h.rollout();
+    h.commit(9090, "move to 9090");
+    h.advance(2);
+    // Meanwhile someone approves again; the reconcile working from the older read must not remove it.
+    let newer = json!({"revision": "web-other", "approvedBy": "bob", "approvedAt": "2027-01-15T09:00:00Z"});
+    h.api.update(ROLLOUTS, NS, "web", |r| r["status"]["approval"] = newer.clone());
+    reconcile(Arc::new(stale), h.ctx.clone()).await.unwrap();
+    assert_eq!(h.status().approval.map(|a| a.approved_by).as_deref(), Some("bob"));
+}
+
+#[tokio::test]
+async fn an_abort_written_by_the_cli_is_left_to_its_owner() {
+    let h = Harness::new(NS, json!({}));
+    h.reconcile().await;
+    let abort = json!({"revision": h.candidate(), "commit": h.repo.head(), "abortedBy": "alice", "abortedAt": "2027-01-15T08:00:00Z"});
+    h.api.update(ROLLOUTS, NS, "web", |r| r["status"]["abort"] = abort.clone());
+    h.commit(9090, "move to 9090");
+    h.advance(2);
+    h.reconcile().await;
+    assert_eq!(serde_json::to_value(h.status().abort).unwrap(), abort);
+    let applies = h.api.requests().into_iter().filter(|r| r.content_type == "application/apply-patch+yaml");
+    assert!(applies.into_iter().all(|r| r.body["status"].get("abort").is_none()));
+}
+
+#[tokio::test]
+async fn a_new_commit_supersedes_the_candidate_and_restarts_the_audit() {
+    let h = Harness::new(NS, json!({}));
+    h.reconcile().await;
+    let first = h.candidate();
+    let started = h.status().audit_started_at;
+    h.advance(5);
+    h.commit(9090, "move to 9090");
+    h.reconcile().await;
+
+    let status = h.status();
+    let second = h.candidate();
+    assert_ne!(first, second);
+    assert_eq!(status.phase, Phase::Auditing);
+    assert!(status.audit_started_at > started, "the audit starts over");
+    assert_eq!((status.history[0].revision.as_str(), status.history[0].outcome), (first.as_str(), Outcome::Superseded));
+    assert_eq!(h.revisions().len(), 2);
+    assert_eq!(h.events(), ["AuditStarted", "Superseded", "AuditStarted"]);
+}
+
+#[tokio::test]
+async fn an_invalid_commit_changes_nothing_enforced_and_says_why() {
+    let h = Harness::new(NS, json!({}));
+    h.reconcile().await;
+    let enforced = h.promote_candidate().await;
+
+    h.repo.write("policies/web.yaml", "apiVersion: cilium.io/v2\nkind: CiliumNetworkPolicy\nmetadata:\n  name: web\n  namespace: shop\nspec:\n  endpointSelector: 7\n");
+    let bad = h.repo.commit("broken", &[]);
+    h.advance(2);
+    h.reconcile().await;
+
+    let status = h.status();
+    assert_eq!(h.enforced(), Some(enforced));
+    assert!(status.candidate_revision.is_none());
+    assert_eq!(status.phase, Phase::Failed);
+    let attempt = status.last_attempted_revision.unwrap();
+    assert_eq!((attempt.commit.as_str(), attempt.reason.as_deref()), (bad.as_str(), Some("ValidationFailed")));
+    assert!(attempt.errors.iter().any(|e| e.starts_with("policies/web.yaml:")), "{:?}", attempt.errors);
+    assert_eq!(h.revisions().len(), 1, "an invalid commit is never staged");
+    assert_eq!(h.condition("Stalled").unwrap().1, "ValidationFailed");
+    assert_eq!(h.events().last().map(String::as_str), Some("RevisionFailed"));
+}
+
+#[tokio::test]
+async fn git_unreachable_keeps_what_is_enforced() {
+    let h = Harness::new(NS, json!({}));
+    h.reconcile().await;
+    let enforced = h.promote_candidate().await;
+    std::fs::rename(&h.repo.dir, h.dir.path().join("moved")).unwrap();
+    h.advance(2);
+    h.reconcile().await;
+    assert_eq!(h.enforced(), Some(enforced));
+    let (state, reason, message) = h.condition("Ready").unwrap();
+    assert_eq!((state.as_str(), reason.as_str()), ("False", "GitOperationFailed"));
+    assert!(message.contains("still enforcing"), "{message}");
+}
+
+#[tokio::test]
+async fn a_revert_to_an_enforced_revision_is_fast_tracked() {
+    let h = Harness::new(NS, json!({}));
+    h.reconcile().await;
+    let first = h.promote_candidate().await;
+    h.commit(9090, "move to 9090");
+    h.advance(2);
+    h.reconcile().await;
+    let second = h.promote_candidate().await;
+
+    h.repo.git(&["revert", "--no-edit", "HEAD"]);
+    h.advance(2);
+    h.reconcile().await;
+    assert_eq!(h.candidate(), first, "same content, same revision");
+    assert_eq!(h.status().phase, Phase::Promoting);
+    assert!(h.status().audit_started_at.is_none(), "no new audit");
+    assert!(h.events().contains(&"FastTrack".to_string()));
+
+    h.report(|r| r.loaded_revisions = vec![second.clone(), first.clone()]);
+    h.reconcile().await;
+    assert_eq!(h.enforced(), Some(first.clone()), "flipped once every node had it loaded");
+    h.enforce(&first);
+    h.reconcile().await;
+    let status = h.status();
+    assert_eq!((status.phase, status.history[0].outcome), (Phase::Enforced, Outcome::FastTracked));
+    assert!(h.ctx.metrics.encode().unwrap().contains("palisade_promotions_total{fast_track=\"true\"} 1"));
+}
+
+#[tokio::test]
+async fn a_drop_spike_after_promotion_rolls_back_and_never_repromotes() {
+    let h = Harness::new(NS, json!({}));
+    h.reconcile().await;
+    let first = h.promote_candidate().await;
+    h.commit(9090, "move to 9090");
+    h.advance(2);
+    h.reconcile().await;
+    let second = h.promote_candidate().await;
+
+    h.report(|r| r.totals.drops_per_minute = 500);
+    h.advance(1);
+    h.reconcile().await;
+    let status = h.status();
+    assert_eq!(status.phase, Phase::RolledBack);
+    assert_eq!(h.enforced(), Some(first.clone()));
+    assert_eq!(status.rolled_back_revisions[0].id, second);
+    assert_eq!(h.condition("RolledBack").unwrap().0, "True");
+    assert!(h.events().contains(&"RolledBack".to_string()));
+    assert!(h.ctx.metrics.encode().unwrap().contains("palisade_rollbacks_total 1"));
+
+    // The source still points at the rolled-back commit: it stays rolled back.
+    h.enforce(&first);
+    h.advance(2);
+    h.reconcile().await;
+    assert_eq!((h.status().phase, h.enforced()), (Phase::RolledBack, Some(first)));
+}
+
+#[tokio::test]
+async fn suspend_stops_fetching_and_acting() {
+    let h = Harness::new(NS, json!({}));
+    h.reconcile().await;
+    let candidate = h.candidate();
+    h.api.update(ROLLOUTS, NS, "web", |r| r["spec"]["suspend"] = json!(true));
+    h.commit(9090, "move to 9090");
+    h.advance(20);
+    let action = h.reconcile().await;
+    let status = h.status();
+    assert_eq!(h.candidate(), candidate, "the new commit is not looked at");
+    assert_eq!(h.revisions().len(), 1);
+    assert_eq!(status.observed_generation, Some(2));
+    assert_eq!(h.condition("Reconciling").unwrap().1, "Suspended");
+    assert_eq!(action, Action::await_change());
+
+    h.api.update(ROLLOUTS, NS, "web", |r| r["spec"]["suspend"] = json!(false));
+    h.reconcile().await;
+    assert_ne!(h.candidate(), candidate, "resumed: the new commit supersedes");
+}
+
+#[tokio::test]
+async fn a_tenant_rollout_with_policies_for_another_namespace_fails_validation() {
+    let h = Harness::new("team-a", json!({}));
+    h.reconcile().await;
+    let status = h.status();
+    assert_eq!(status.phase, Phase::Failed);
+    assert!(status.enforced_revision.is_none() && status.candidate_revision.is_none());
+    let attempt = status.last_attempted_revision.unwrap();
+    assert_eq!(attempt.reason.as_deref(), Some("ScopeViolation"));
+    assert!(attempt.errors[0].contains("CiliumNetworkPolicy shop/web is for namespace shop"), "{:?}", attempt.errors);
+    assert!(h.revisions().is_empty());
+    assert_eq!(h.condition("Stalled").unwrap().1, "ScopeViolation");
+}
+
+#[tokio::test]
+async fn a_restarted_controller_resumes_the_audit_without_restarting_it() {
+    let mut h = Harness::new(NS, json!({}));
+    h.reconcile().await;
+    let candidate = h.candidate();
+    let started = h.status().audit_started_at;
+    h.audit(std::slice::from_ref(&candidate), vec![]);
+    h.advance(4);
+    h.reconcile().await;
+
+    h.restart();
+    h.advance(7);
+    h.reconcile().await;
+    let status = h.status();
+    assert_eq!(status.audit_started_at, started, "the audit is not restarted");
+    assert_eq!(status.phase, Phase::Promoting, "and its 10 minutes count from before the restart");
+    h.enforce(&candidate);
+    h.restart();
+    h.reconcile().await;
+    h.reconcile().await;
+    let status = h.status();
+    assert_eq!(status.phase, Phase::Enforced);
+    assert_eq!(status.history.iter().filter(|e| e.outcome == Outcome::Promoted).count(), 1, "promoted once");
+    assert_eq!(h.events(), ["AuditStarted", "Promoting", "Promoted"]);
+    assert_eq!(h.revisions().len(), 1);
+}
+
+#[tokio::test]
+async fn requested_at_fetches_before_the_interval() {
+    let h = Harness::new(NS, json!({"source": {"interval": "1h"}}));
+    h.reconcile().await;
+    let candidate = h.candidate();
+    h.commit(9090, "move to 9090");
+    h.reconcile().await;
+    assert_eq!(h.candidate(), candidate, "not fetched before the interval");
+    h.api.update(ROLLOUTS, NS, "web", |r| {
+        r["metadata"]["annotations"] = json!({"reconcile.palisade.dev/requestedAt": "2027-01-15T08:00:00Z"})
+    });
+    h.reconcile().await;
+    assert_ne!(h.candidate(), candidate);
+}
+
+#[tokio::test]
+async fn old_revisions_are_collected_but_the_enforced_one_is_kept() {
+    let h = Harness::new(NS, json!({}));
+    h.reconcile().await;
+    let enforced = h.promote_candidate().await;
+    for port in 9000..9012 {
+        h.commit(port, &format!("port {port}"));
+        h.advance(2);
+        h.reconcile().await;
+    }
+    let names: Vec<String> = h.revisions().iter().map(|r| r.metadata.name.clone().unwrap()).collect();
+    assert_eq!(names.len(), 11, "the newest 10 and the enforced one: {names:?}");
+    assert!(names.contains(&enforced));
+    assert!(names.contains(&h.candidate()));
+}
+
+#[tokio::test]
+async fn deleting_a_rollout_cleans_up_reports_and_revisions() {
+    let h = Harness::new(NS, json!({}));
+    h.reconcile().await;
+    h.audit(&[h.candidate()], vec![]);
+    h.api.insert(
+        REPORTS,
+        json!({"apiVersion": "palisade.dev/v1alpha1", "kind": "PolicyAuditReport",
+            "metadata": {"name": "other-node-a", "namespace": NS, "labels": {"palisade.dev/rollout": "other"}},
+            "spec": {"rollout": "other", "node": "node-a"}}),
+    );
+    let client = h.ctx.client.clone();
+    let api: kube::Api<PolicyRollout> = kube::Api::namespaced(client, NS);
+    api.delete("web", &Default::default()).await.unwrap();
+    h.reconcile().await;
+    assert!(h.api.get(ROLLOUTS, NS, "web").is_none(), "the finalizer was removed");
+    let reports: Vec<String> =
+        h.api.list(REPORTS, NS).iter().map(|r| r["metadata"]["name"].as_str().unwrap().to_string()).collect();
+    assert_eq!(reports, ["other-node-a"]);
+    assert!(h.revisions().is_empty(), "owned revisions are garbage-collected");
+}
