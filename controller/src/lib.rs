@@ -3,3 +3,4 @@ pub mod bench_workload;
 pub mod cmd;
 pub mod controller;
 pub mod files;
+pub mod rbac;

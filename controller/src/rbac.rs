@@ -1,0 +1,34 @@
+//! The Kubernetes permissions Palisade's components use, declared once. `manifests/` grants
+//! exactly these, no more and no less (`controller/tests/manifests.rs` checks), so an API call the
+//! code starts making is added here first.
+
+/// (API group, resource, verbs); `""` is the core group, `resource/subresource` a subresource.
+pub type Rule = (&'static str, &'static str, &'static [&'static str]);
+
+/// The controller, cluster-wide (ClusterRole `palisade-controller`): rollouts in every namespace,
+/// the revisions it writes for them, the agents' reports, Git credentials named by
+/// `spec.source.secretRef` and `verify.keysRef`, and Events for every transition.
+pub const CONTROLLER_RBAC: &[Rule] = &[
+    ("palisade.dev", "policyrollouts", &["get", "list", "watch", "patch"]),
+    ("palisade.dev", "policyrollouts/status", &["patch"]),
+    ("palisade.dev", "policyrollouts/finalizers", &["update"]),
+    ("palisade.dev", "policyrevisions", &["get", "list", "watch", "create", "delete"]),
+    ("palisade.dev", "policyauditreports", &["get", "list", "watch"]),
+    ("", "secrets", &["get"]),
+    ("events.k8s.io", "events", &["create", "patch"]),
+];
+
+/// The controller in its own namespace only (Role `palisade-controller-leader-election`).
+pub const CONTROLLER_NAMESPACE_RBAC: &[Rule] = &[("coordination.k8s.io", "leases", &["get", "create", "update"])];
+
+/// The node agent, cluster-wide (ClusterRole `palisade-agent`): what identities and endpoints are
+/// computed from, the revisions to load, and its own audit report per rollout.
+pub const AGENT_RBAC: &[Rule] = &[
+    ("", "pods", &["get", "list", "watch"]),
+    ("", "namespaces", &["get", "list", "watch"]),
+    ("", "nodes", &["get", "list", "watch"]),
+    ("", "services", &["get", "list", "watch"]),
+    ("palisade.dev", "policyrevisions", &["get", "list", "watch"]),
+    ("palisade.dev", "policyrollouts", &["get", "list", "watch"]),
+    ("palisade.dev", "policyauditreports", &["create", "update", "patch", "get", "list"]),
+];

@@ -1,0 +1,346 @@
+//! manifests/ as `kubectl apply -k manifests/` would install it: every file parses, every reference
+//! points at something that exists, the security requirements hold, and the RBAC grants exactly
+//! what controller/src/rbac.rs declares the code uses.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+
+use palisade::rbac::{AGENT_RBAC, CONTROLLER_NAMESPACE_RBAC, CONTROLLER_RBAC, Rule};
+use palisade_policy::yaml::{Limits, parse_documents};
+use serde_json::Value as Json;
+
+const NAMESPACE: &str = "palisade-system";
+
+fn dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../manifests")
+}
+
+fn load(path: &Path) -> Vec<Json> {
+    let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let documents = parse_documents(&text, &Limits::default()).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    documents.iter().map(|d| d.to_json()).collect()
+}
+
+fn str_list(v: &Json) -> Vec<&str> {
+    v.as_array().map(|a| a.iter().filter_map(Json::as_str).collect()).unwrap_or_default()
+}
+
+/// Every object in manifests/*.yaml except the kustomization, with the file it came from.
+struct Manifests {
+    objects: Vec<(String, Json)>,
+}
+
+impl Manifests {
+    fn load() -> Self {
+        let mut objects = Vec::new();
+        let mut files: Vec<_> = std::fs::read_dir(dir()).unwrap().map(|e| e.unwrap().path()).collect();
+        files.sort();
+        for path in files.iter().filter(|p| p.extension().is_some_and(|e| e == "yaml")) {
+            let file = path.file_name().unwrap().to_string_lossy().into_owned();
+            if file == "kustomization.yaml" {
+                continue;
+            }
+            for object in load(path) {
+                for field in ["apiVersion", "kind"] {
+                    assert!(object[field].is_string(), "{file}: an object without {field}");
+                }
+                assert!(object["metadata"]["name"].is_string(), "{file}: a {} without a name", object["kind"]);
+                objects.push((file.clone(), object));
+            }
+        }
+        Self { objects }
+    }
+
+    fn of_kind<'a>(&'a self, kind: &str) -> impl Iterator<Item = &'a Json> + 'a {
+        let kind = kind.to_string();
+        self.objects.iter().map(|(_, o)| o).filter(move |o| o["kind"] == kind.as_str())
+    }
+
+    fn find(&self, kind: &str, name: &str) -> Option<&Json> {
+        self.of_kind(kind).find(|o| o["metadata"]["name"] == name)
+    }
+
+    fn get(&self, kind: &str, name: &str) -> &Json {
+        self.find(kind, name).unwrap_or_else(|| panic!("manifests/ has no {kind} {name}"))
+    }
+}
+
+#[test]
+fn kustomization_lists_every_file_and_only_existing_ones() {
+    let kustomization = &load(&dir().join("kustomization.yaml"))[0];
+    assert_eq!(kustomization["kind"], "Kustomization");
+    assert_eq!(kustomization["namespace"], NAMESPACE);
+    let listed = str_list(&kustomization["resources"]);
+    for resource in &listed {
+        let path = dir().join(resource);
+        if path.is_dir() {
+            let inner = &load(&path.join("kustomization.yaml"))[0];
+            let files = str_list(&inner["resources"]);
+            for file in &files {
+                assert!(path.join(file).is_file(), "{resource}/kustomization.yaml lists {file}, which does not exist");
+            }
+            let mut present: Vec<String> = std::fs::read_dir(&path)
+                .unwrap()
+                .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                .filter(|f| f.ends_with(".yaml") && f != "kustomization.yaml")
+                .collect();
+            present.sort();
+            let mut files: Vec<String> = files.iter().map(|f| f.to_string()).collect();
+            files.sort();
+            assert_eq!(files, present, "{resource}/kustomization.yaml lists exactly the files there");
+        } else {
+            assert!(path.is_file(), "kustomization.yaml lists {resource}, which does not exist");
+        }
+    }
+    for entry in std::fs::read_dir(dir()).unwrap() {
+        let file = entry.unwrap().file_name().to_string_lossy().into_owned();
+        if file.ends_with(".yaml") && file != "kustomization.yaml" {
+            assert!(listed.contains(&file.as_str()), "manifests/{file} is not in kustomization.yaml");
+        }
+    }
+    // The CRDs it pulls in are the generated ones.
+    let crds: Vec<Json> = ["policyrollouts", "policyrevisions", "policyauditreports"]
+        .iter()
+        .flat_map(|f| load(&dir().join(format!("../crds/{f}.yaml"))))
+        .collect();
+    assert!(crds.iter().all(|c| c["kind"] == "CustomResourceDefinition" && c["spec"]["group"] == "palisade.dev"));
+}
+
+#[test]
+fn namespaces_match() {
+    let m = Manifests::load();
+    assert_eq!(m.of_kind("Namespace").count(), 1);
+    m.get("Namespace", NAMESPACE);
+    let cluster_scoped = ["Namespace", "ClusterRole", "ClusterRoleBinding", "CustomResourceDefinition"];
+    for (file, o) in &m.objects {
+        let kind = o["kind"].as_str().unwrap();
+        let namespace = &o["metadata"]["namespace"];
+        if cluster_scoped.contains(&kind) {
+            assert!(
+                namespace.is_null(),
+                "{file}: {kind} {} is cluster-scoped but names a namespace",
+                o["metadata"]["name"]
+            );
+        } else {
+            assert_eq!(namespace, NAMESPACE, "{file}: {kind} {}", o["metadata"]["name"]);
+        }
+    }
+}
+
+#[test]
+fn workloads_use_existing_service_accounts_and_volumes() {
+    let m = Manifests::load();
+    for kind in ["Deployment", "DaemonSet"] {
+        for workload in m.of_kind(kind) {
+            let name = workload["metadata"]["name"].as_str().unwrap();
+            let selector = &workload["spec"]["selector"]["matchLabels"];
+            let labels = &workload["spec"]["template"]["metadata"]["labels"];
+            for (k, v) in selector.as_object().expect("matchLabels") {
+                assert_eq!(&labels[k], v, "{kind} {name}: the selector matches its pods");
+            }
+            let pod = &workload["spec"]["template"]["spec"];
+            let account =
+                pod["serviceAccountName"].as_str().unwrap_or_else(|| panic!("{kind} {name}: serviceAccountName"));
+            m.get("ServiceAccount", account);
+            let volumes: Vec<&str> =
+                pod["volumes"].as_array().into_iter().flatten().filter_map(|v| v["name"].as_str()).collect();
+            for container in pod["containers"].as_array().unwrap() {
+                for mount in container["volumeMounts"].as_array().into_iter().flatten() {
+                    let volume = mount["name"].as_str().unwrap();
+                    assert!(volumes.contains(&volume), "{kind} {name}: mount of undeclared volume {volume}");
+                }
+                let resources = &container["resources"];
+                assert!(resources["requests"]["cpu"].is_string() && resources["requests"]["memory"].is_string());
+                assert!(resources["limits"]["memory"].is_string(), "{kind} {name}: a memory limit");
+            }
+        }
+    }
+}
+
+#[test]
+fn controller_deployment_is_locked_down() {
+    let m = Manifests::load();
+    let deployment = m.get("Deployment", "palisade-controller");
+    assert_eq!(deployment["spec"]["replicas"], 2);
+    let pod = &deployment["spec"]["template"]["spec"];
+    assert_eq!(pod["securityContext"]["runAsNonRoot"], true);
+    let containers = pod["containers"].as_array().unwrap();
+    assert_eq!(containers.len(), 1);
+    let c = &containers[0];
+    assert_eq!(str_list(&c["args"]), ["controller", "--leader-elect"]);
+    let sc = &c["securityContext"];
+    assert_eq!(sc["readOnlyRootFilesystem"], true);
+    assert_eq!(sc["allowPrivilegeEscalation"], false);
+    assert_eq!(str_list(&sc["capabilities"]["drop"]), ["ALL"]);
+    assert!(sc["capabilities"]["add"].is_null() && sc["privileged"] != true);
+    assert!(c["resources"]["limits"]["cpu"].is_string());
+
+    // Probes on ports the container declares.
+    let ports: BTreeMap<&str, i64> = c["ports"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| (p["name"].as_str().unwrap(), p["containerPort"].as_i64().unwrap()))
+        .collect();
+    for (probe, path) in [("livenessProbe", "/healthz"), ("readinessProbe", "/readyz")] {
+        let get = &c[probe]["httpGet"];
+        assert_eq!(get["path"], path, "{probe}");
+        let port = &get["port"];
+        let declared = match port {
+            Json::String(name) => ports.contains_key(name.as_str()),
+            port => ports.values().any(|p| Some(*p) == port.as_i64()),
+        };
+        assert!(declared, "{probe} points at port {port}, which the container does not declare");
+    }
+
+    // The Git cache is a writable emptyDir, since the root filesystem is read-only.
+    let volumes = pod["volumes"].as_array().unwrap();
+    let cache = volumes.iter().find(|v| v["name"] == "git-cache").expect("a git-cache volume");
+    assert!(cache["emptyDir"].is_object());
+    assert!(c["volumeMounts"].as_array().unwrap().iter().any(|v| v["name"] == "git-cache"));
+
+    // The webhook Service reaches these pods on a declared port.
+    let service = m.get("Service", "palisade-webhook");
+    let labels = &deployment["spec"]["template"]["metadata"]["labels"];
+    for (k, v) in service["spec"]["selector"].as_object().unwrap() {
+        assert_eq!(&labels[k], v, "the webhook Service selects the controller pods");
+    }
+    for port in service["spec"]["ports"].as_array().unwrap() {
+        let target = port["targetPort"].as_str().expect("a named targetPort");
+        assert!(ports.contains_key(target), "the webhook Service targets undeclared port {target}");
+    }
+}
+
+#[test]
+fn agent_daemonset_owns_the_node() {
+    let m = Manifests::load();
+    let pod = &m.get("DaemonSet", "palisade-agent")["spec"]["template"]["spec"];
+    assert_eq!(pod["hostNetwork"], true);
+    assert!(
+        pod["tolerations"].as_array().unwrap().iter().any(|t| t["operator"] == "Exists" && t["key"].is_null()),
+        "tolerates every taint, so that every node enforces"
+    );
+    let c = &pod["containers"][0];
+    assert_eq!(c["securityContext"]["privileged"], true);
+    let bpffs =
+        pod["volumes"].as_array().unwrap().iter().find(|v| v["hostPath"]["path"] == "/sys/fs/bpf").expect("bpffs");
+    let mount = c["volumeMounts"].as_array().unwrap().iter().find(|v| v["name"] == bpffs["name"]).expect("bpffs mount");
+    assert_eq!(mount["mountPath"], "/sys/fs/bpf");
+}
+
+#[test]
+fn bindings_reference_existing_roles_and_accounts() {
+    let m = Manifests::load();
+    for kind in ["RoleBinding", "ClusterRoleBinding"] {
+        for binding in m.of_kind(kind) {
+            let name = binding["metadata"]["name"].as_str().unwrap();
+            let role = &binding["roleRef"];
+            let role_kind = role["kind"].as_str().unwrap();
+            assert!(kind == "RoleBinding" || role_kind == "ClusterRole", "{kind} {name} binds a {role_kind}");
+            let target = m.get(role_kind, role["name"].as_str().unwrap());
+            if role_kind == "Role" {
+                assert_eq!(target["metadata"]["namespace"], binding["metadata"]["namespace"], "{kind} {name}");
+            }
+            for subject in binding["subjects"].as_array().unwrap() {
+                assert_eq!(subject["kind"], "ServiceAccount", "{kind} {name}: only service accounts are bound here");
+                let account = m.get("ServiceAccount", subject["name"].as_str().unwrap());
+                assert_eq!(subject["namespace"], account["metadata"]["namespace"], "{kind} {name}");
+            }
+        }
+    }
+}
+
+type Grant = (String, String, String);
+
+fn expand(rules: &[Rule]) -> BTreeSet<Grant> {
+    let mut grants = BTreeSet::new();
+    for (group, resource, verbs) in rules {
+        for verb in *verbs {
+            assert!(
+                grants.insert((group.to_string(), resource.to_string(), verb.to_string())),
+                "{resource} {verb} twice"
+            );
+        }
+    }
+    grants
+}
+
+fn grants_of(role: &Json) -> BTreeSet<Grant> {
+    let mut grants = BTreeSet::new();
+    for rule in role["rules"].as_array().unwrap() {
+        assert!(rule["resourceNames"].is_null() && rule["nonResourceURLs"].is_null(), "{rule}");
+        for group in str_list(&rule["apiGroups"]) {
+            for resource in str_list(&rule["resources"]) {
+                for verb in str_list(&rule["verbs"]) {
+                    assert!(![group, resource, verb].contains(&"*"), "no wildcards: {rule}");
+                    grants.insert((group.to_string(), resource.to_string(), verb.to_string()));
+                }
+            }
+        }
+    }
+    grants
+}
+
+/// Everything bound to a service account, cluster-wide and in each namespace.
+fn granted_to(m: &Manifests, account: &str) -> BTreeMap<Option<String>, BTreeSet<Grant>> {
+    let mut by_scope: BTreeMap<Option<String>, BTreeSet<Grant>> = BTreeMap::new();
+    for kind in ["RoleBinding", "ClusterRoleBinding"] {
+        for binding in m.of_kind(kind) {
+            if !binding["subjects"].as_array().unwrap().iter().any(|s| s["name"] == account) {
+                continue;
+            }
+            let role =
+                m.get(binding["roleRef"]["kind"].as_str().unwrap(), binding["roleRef"]["name"].as_str().unwrap());
+            let scope = binding["metadata"]["namespace"].as_str().map(String::from);
+            by_scope.entry(scope).or_default().extend(grants_of(role));
+        }
+    }
+    by_scope
+}
+
+/// Equal, or a failure naming what is granted beyond the code and what the code lacks.
+fn assert_grants(
+    granted: &BTreeMap<Option<String>, BTreeSet<Grant>>,
+    expected: &BTreeMap<Option<String>, BTreeSet<Grant>>,
+) {
+    let empty = BTreeSet::new();
+    for scope in granted.keys().chain(expected.keys()) {
+        let (g, e) = (granted.get(scope).unwrap_or(&empty), expected.get(scope).unwrap_or(&empty));
+        let scope = scope.as_deref().unwrap_or("cluster-wide");
+        let extra: Vec<_> = g.difference(e).collect();
+        let missing: Vec<_> = e.difference(g).collect();
+        assert!(extra.is_empty(), "{scope}: manifests/ grants more than controller/src/rbac.rs declares: {extra:?}");
+        assert!(missing.is_empty(), "{scope}: manifests/ lacks what controller/src/rbac.rs declares: {missing:?}");
+    }
+}
+
+#[test]
+fn controller_rbac_is_exactly_what_the_code_declares() {
+    let m = Manifests::load();
+    let granted = granted_to(&m, "palisade-controller");
+    let expected = BTreeMap::from([
+        (None, expand(CONTROLLER_RBAC)),
+        (Some(NAMESPACE.to_string()), expand(CONTROLLER_NAMESPACE_RBAC)),
+    ]);
+    assert_grants(&granted, &expected);
+}
+
+#[test]
+fn agent_rbac_is_exactly_what_the_code_declares() {
+    let m = Manifests::load();
+    assert_grants(&granted_to(&m, "palisade-agent"), &BTreeMap::from([(None, expand(AGENT_RBAC))]));
+}
+
+#[test]
+fn people_get_viewer_and_approver_roles() {
+    let m = Manifests::load();
+    let approver = grants_of(m.get("ClusterRole", "palisade-approver"));
+    let rules: &[Rule] = &[
+        ("palisade.dev", "policyrollouts", &["get", "list", "watch"]),
+        ("palisade.dev", "policyrollouts/status", &["patch"]),
+    ];
+    assert_eq!(approver, expand(rules), "promote and abort need the status subresource and nothing more");
+    let viewer = grants_of(m.get("ClusterRole", "palisade-viewer"));
+    assert!(!viewer.is_empty());
+    assert!(viewer.iter().all(|(_, _, verb)| ["get", "list", "watch"].contains(&verb.as_str())), "{viewer:?}");
+}
