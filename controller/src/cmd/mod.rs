@@ -11,6 +11,7 @@ use crate::files;
 mod bench;
 mod check;
 pub mod cluster;
+mod controller;
 mod diff;
 mod plan;
 pub mod rollouts;
@@ -58,6 +59,8 @@ enum Command {
     Source(source::Args),
     #[command(flatten)]
     Rollouts(rollouts::Command),
+    /// The Kubernetes controller: `palisade controller run`.
+    Controller(controller::Args),
     /// Benchmarks (for `make bench-policy`).
     #[command(hide = true)]
     Bench(bench::Args),
@@ -96,6 +99,7 @@ pub fn run(cli: Cli) -> Result<u8> {
         Command::Diff(args) => diff::run(args),
         Command::Source(args) => source::run(args),
         Command::Rollouts(command) => rollouts::run(command),
+        Command::Controller(args) => controller::run(args),
         Command::Bench(args) => bench::run(args),
     }
 }

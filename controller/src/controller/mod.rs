@@ -10,12 +10,16 @@ use k8s_openapi::jiff::Timestamp;
 use kube::Client;
 use kube::runtime::events::Reporter;
 
+mod leader;
 mod metrics;
 mod reconcile;
+mod run;
 mod source;
 
+pub use leader::LeaseLock;
 pub use metrics::{Metrics, Readiness, router as metrics_router};
 pub use reconcile::{error_policy, reconcile};
+pub use run::{Options, RunError, Webhook, run};
 pub use source::revision_name;
 
 /// The field manager of every write: server-side apply keeps apart what this controller owns

@@ -220,7 +220,7 @@ async fn write_status(rollout: &PolicyRollout, status: &PolicyRolloutStatus, ctx
         ("abort", old.abort.is_some() && status.abort.is_none(), json!(old.abort)),
     ];
     for (field, _, value) in consumed.into_iter().filter(|(_, gone, _)| *gone) {
-        let path = PointerBuf::parse(&format!("/status/{field}")).expect("a valid JSON pointer");
+        let path = PointerBuf::parse(format!("/status/{field}")).expect("a valid JSON pointer");
         let ops = JsonPatch(vec![
             PatchOperation::Test(TestOperation { path: path.clone(), value }),
             PatchOperation::Remove(RemoveOperation { path }),

@@ -3,6 +3,8 @@
 //! collection, merge / JSON / server-side-apply patches, the status subresource), answered from a
 //! map of JSON objects. Server-side apply tracks owners per top-level status field, enough to see
 //! a field written by another manager survive the controller's applies.
+#![allow(dead_code)] // each test binary uses part of it
+
 use std::collections::{BTreeMap, HashMap};
 use std::convert::Infallible;
 use std::sync::{Arc, Mutex};

@@ -1,0 +1,262 @@
+//! `palisade controller run`: probes and metrics from the start on every replica, the push webhook
+//! on every replica, and the reconciler on the one that holds the Lease.
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use k8s_openapi::jiff::Timestamp;
+use kube::api::{Patch, PatchParams};
+use kube::runtime::reflector::ObjectRef;
+use kube::runtime::{Controller, watcher};
+use kube::{Api, Client, ResourceExt};
+use palisade_rollout::crd::{GitRef, PolicyAuditReport, PolicyRevision, PolicyRollout};
+use palisade_source::webhook::{Provider, Receiver, SyncRequest};
+use serde_json::json;
+use tokio::sync::{mpsc, watch};
+use tracing::{error, info, warn};
+
+use super::leader::LeaseLock;
+use super::{
+    Config, Context, FIELD_MANAGER, Metrics, REQUESTED_AT, ROLLOUT_LABEL, Readiness, error_policy, metrics_router,
+    reconcile,
+};
+
+/// How long a Lease holds without renewal, and how often the holder renews it (client-go's
+/// defaults: 15 s and 2 s retry; renewal well inside the duration).
+const LEASE_DURATION: Duration = Duration::from_secs(15);
+const RENEW_EVERY: Duration = Duration::from_secs(5);
+
+pub struct Webhook {
+    pub addr: SocketAddr,
+    pub path: String,
+    pub provider: Provider,
+}
+
+pub struct Options {
+    pub config: Config,
+    pub metrics_addr: SocketAddr,
+    pub webhook: Option<Webhook>,
+    pub lease_name: String,
+    /// This replica's name in the Lease and in Events.
+    pub identity: String,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error(transparent)]
+    Kube(#[from] kube::Error),
+    #[error("{addr}: {source}")]
+    Listen { addr: SocketAddr, source: std::io::Error },
+    #[error("lost the leader lease {0}; exiting so that a replica can take over")]
+    LostLease(String),
+}
+
+pub async fn run(options: Options) -> Result<(), RunError> {
+    let client = Client::try_default().await?;
+    let metrics = Arc::new(Metrics::default());
+    let ready = Arc::new(Readiness::default());
+    let (stop_tx, stop) = watch::channel(false);
+    tokio::spawn(async move {
+        shutdown_signal().await;
+        info!("shutting down");
+        let _ = stop_tx.send(true);
+    });
+
+    serve(options.metrics_addr, metrics_router(metrics.clone(), ready.clone()), stop.clone()).await?;
+    if let Some(webhook) = options.webhook {
+        // Every replica takes pushes: they become requestedAt annotations, which the leader sees.
+        let (trigger, requests) = mpsc::channel(16);
+        let router = Receiver::new(webhook.provider, trigger).router(&webhook.path);
+        serve(webhook.addr, router, stop.clone()).await?;
+        tokio::spawn(request_syncs(client.clone(), requests));
+    }
+    client.apiserver_version().await?;
+    ready.set(true);
+
+    let lock = LeaseLock::new(
+        client.clone(),
+        &options.config.namespace,
+        &options.lease_name,
+        &options.identity,
+        LEASE_DURATION,
+    );
+    if !acquire(&lock, stop.clone()).await? {
+        return Ok(());
+    }
+    info!(lease = %options.lease_name, identity = %options.identity, "leading");
+    let (lost_tx, mut lost) = watch::channel(false);
+    let (done_tx, done) = watch::channel(false);
+    let renewer = tokio::spawn(renew(lock, done, lost_tx));
+
+    let ctx = Arc::new(Context::new(client.clone(), options.config, metrics, Arc::new(Timestamp::now)));
+    let mut stopping = stop.clone();
+    let halt = async move {
+        tokio::select! {
+            _ = stopping.wait_for(|s| *s) => {}
+            _ = lost.wait_for(|l| *l) => {}
+        }
+    };
+    Controller::new(Api::<PolicyRollout>::all(client.clone()), watcher::Config::default().any_semantic())
+        .owns(Api::<PolicyRevision>::all(client.clone()), watcher::Config::default().labels(ROLLOUT_LABEL))
+        .watches(
+            Api::<PolicyAuditReport>::all(client.clone()),
+            watcher::Config::default().labels(ROLLOUT_LABEL),
+            |report| {
+                let rollout = report.labels().get(ROLLOUT_LABEL)?;
+                Some(ObjectRef::new(rollout).within(&report.namespace()?))
+            },
+        )
+        .graceful_shutdown_on(halt)
+        .run(reconcile, error_policy, ctx)
+        .for_each(|result| async move {
+            if let Err(e) = result {
+                warn!(error = %e, "controller");
+            }
+        })
+        .await;
+    // Step down only once in-flight reconciles have finished, so two leaders never overlap.
+    let _ = done_tx.send(true);
+    match renewer.await {
+        Ok(Some(reason)) => Err(RunError::LostLease(reason)),
+        _ => Ok(()),
+    }
+}
+
+async fn serve(addr: SocketAddr, router: axum::Router, mut stop: watch::Receiver<bool>) -> Result<(), RunError> {
+    let listener = tokio::net::TcpListener::bind(addr).await.map_err(|source| RunError::Listen { addr, source })?;
+    info!(%addr, "listening");
+    tokio::spawn(async move {
+        let shutdown = async move {
+            let _ = stop.wait_for(|s| *s).await;
+        };
+        if let Err(e) = axum::serve(listener, router).with_graceful_shutdown(shutdown).await {
+            error!(%addr, error = %e, "server stopped");
+        }
+    });
+    Ok(())
+}
+
+/// Waits for the Lease; `Ok(false)` when asked to stop first.
+async fn acquire(lock: &LeaseLock, mut stop: watch::Receiver<bool>) -> Result<bool, RunError> {
+    loop {
+        match lock.try_acquire_or_renew().await {
+            Ok(true) => return Ok(true),
+            Ok(false) => {}
+            Err(e) => warn!(error = %e, "leader election"),
+        }
+        tokio::select! {
+            _ = stop.wait_for(|s| *s) => return Ok(false),
+            _ = tokio::time::sleep(Duration::from_secs(2)) => {}
+        }
+    }
+}
+
+/// Renews until the controller is done, then releases the Lease. Returns the reason when the
+/// Lease was lost instead: not renewed within its duration, or taken by another replica.
+async fn renew(lock: LeaseLock, mut done: watch::Receiver<bool>, lost: watch::Sender<bool>) -> Option<String> {
+    let mut last_renewal = tokio::time::Instant::now();
+    loop {
+        tokio::select! {
+            _ = done.wait_for(|d| *d) => break,
+            _ = tokio::time::sleep(RENEW_EVERY) => {}
+        }
+        let reason = match lock.try_acquire_or_renew().await {
+            Ok(true) => {
+                last_renewal = tokio::time::Instant::now();
+                continue;
+            }
+            Ok(false) => "another replica holds it".to_string(),
+            Err(e) if last_renewal.elapsed() < LEASE_DURATION - RENEW_EVERY => {
+                warn!(error = %e, "could not renew the lease; retrying");
+                continue;
+            }
+            Err(e) => e.to_string(),
+        };
+        let _ = lost.send(true);
+        return Some(reason);
+    }
+    if let Err(e) = lock.release().await {
+        warn!(error = %e, "could not release the lease; the other replica waits for it to expire");
+    }
+    None
+}
+
+/// Turns each push into a `requestedAt` annotation on the rollouts that follow the pushed ref.
+/// The payload names no repository URL the rollouts could be matched on, so a push to `main`
+/// syncs every rollout on a `main` branch; an extra fetch costs little.
+async fn request_syncs(client: Client, mut requests: mpsc::Receiver<SyncRequest>) {
+    let api: Api<PolicyRollout> = Api::all(client.clone());
+    while let Some(request) = requests.recv().await {
+        let rollouts = match api.list(&Default::default()).await {
+            Ok(list) => list.items,
+            Err(e) => {
+                warn!(error = %e, "webhook: could not list rollouts");
+                continue;
+            }
+        };
+        let now = Timestamp::now().to_string();
+        let patch = json!({"metadata": {"annotations": {REQUESTED_AT: now}}});
+        for rollout in rollouts.iter().filter(|r| follows(&r.spec.source.git_ref, request.reference.as_deref())) {
+            let api: Api<PolicyRollout> = Api::namespaced(client.clone(), &rollout.namespace().unwrap_or_default());
+            let params = PatchParams { field_manager: Some(FIELD_MANAGER.into()), ..Default::default() };
+            match api.patch(&rollout.name_any(), &params, &Patch::Merge(&patch)).await {
+                Ok(_) => info!(rollout = %rollout.name_any(), commit = ?request.commit, "webhook: sync requested"),
+                Err(e) => warn!(rollout = %rollout.name_any(), error = %e, "webhook: could not request a sync"),
+            }
+        }
+    }
+}
+
+/// Whether a push of `reference` (`refs/heads/main`, `refs/tags/v1.2.0`; None: unknown) may move
+/// what a rollout with `git_ref` fetches.
+fn follows(git_ref: &GitRef, reference: Option<&str>) -> bool {
+    let Some(reference) = reference else { return git_ref.commit.is_none() };
+    if let Some(branch) = reference.strip_prefix("refs/heads/") {
+        return git_ref.branch.as_deref() == Some(branch);
+    }
+    if let Some(tag) = reference.strip_prefix("refs/tags/") {
+        return git_ref.tag.as_deref() == Some(tag) || git_ref.semver.is_some();
+    }
+    false
+}
+
+async fn shutdown_signal() {
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(e) => {
+                warn!(error = %e, "cannot listen for SIGTERM");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    tokio::select! {
+        _ = terminate => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn git_ref(json: serde_json::Value) -> GitRef {
+        serde_json::from_value(json).unwrap()
+    }
+
+    #[test]
+    fn pushes_sync_the_rollouts_on_the_pushed_ref() {
+        let main = git_ref(json!({"branch": "main"}));
+        assert!(follows(&main, Some("refs/heads/main")));
+        assert!(!follows(&main, Some("refs/heads/dev")));
+        assert!(!follows(&main, Some("refs/tags/main")));
+        assert!(follows(&main, None));
+        assert!(follows(&git_ref(json!({"tag": "v1"})), Some("refs/tags/v1")));
+        assert!(follows(&git_ref(json!({"semver": ">=1"})), Some("refs/tags/v2.0.0")));
+        let pinned = git_ref(json!({"commit": "0".repeat(40)}));
+        assert!(!follows(&pinned, Some("refs/heads/main")) && !follows(&pinned, None));
+    }
+}
