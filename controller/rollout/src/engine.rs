@@ -141,6 +141,7 @@ pub fn reconcile(
             engine.promote();
         }
         engine.watch_drops();
+        engine.abort();
         engine.observe(source);
         engine.advance();
         engine.refresh_conditions(source);
@@ -334,6 +335,9 @@ impl<'a> Engine<'a> {
             reason: None,
             errors: vec![],
         });
+        if self.aborted(&new) {
+            return;
+        }
         if let Some(candidate) = self.st.candidate_revision.as_mut().filter(|c| c.id == new.id) {
             // Same content under a new commit: the audit's evidence still holds.
             *candidate = new;
@@ -369,6 +373,22 @@ impl<'a> Engine<'a> {
             self.event(EventType::Normal, "AuditStarted", message);
         }
         self.actions.push(Action::StageCandidate(new));
+    }
+
+    /// `palisade abort`: drops the candidate it names, unless the nodes are already flipping to it.
+    fn abort(&mut self) {
+        let Some(abort) = self.st.abort.clone() else { return };
+        let named = |c: &RevisionRef| c.id == abort.revision && c.commit == abort.commit;
+        if self.flipping() || !self.st.candidate_revision.as_ref().is_some_and(named) {
+            return;
+        }
+        self.supersede(&format!("aborted by {}", abort.aborted_by));
+        self.st.phase = if self.st.enforced_revision.is_some() { Phase::Enforced } else { Phase::Pending };
+    }
+
+    /// An aborted commit is not staged again; a new commit is, even with the same content.
+    fn aborted(&self, rev: &RevisionRef) -> bool {
+        self.st.abort.as_ref().is_some_and(|a| a.revision == rev.id && a.commit == rev.commit)
     }
 
     /// Drops the candidate (if any) with a Superseded outcome.

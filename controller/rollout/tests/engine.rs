@@ -220,6 +220,46 @@ fn an_approval_never_overrides_a_failed_gate() {
 }
 
 #[test]
+fn an_abort_drops_the_candidate_until_a_new_commit_arrives() {
+    let mut r = Rollout::new();
+    r.step(&rev("1"), &[], 0);
+    assert!(has_flip(&r.step(&rev("1"), &loaded_audit("1", 5, vec![]), 10)));
+    let done = [node("a").loaded(&["1"]).enforcing("1"), node("b").loaded(&["1"]).enforcing("1")];
+    r.step(&rev("1"), &done, 11);
+    assert_eq!(r.phase(), Phase::Enforced);
+    r.step(&rev("2"), &done, 11);
+    assert_eq!(r.candidate(), Some("web-2"));
+    let abort = |r: &mut Rollout, revision: &str, commit: &str| {
+        r.status.as_mut().unwrap().abort = Some(Abort {
+            revision: revision.into(),
+            commit: commit.repeat(40 / commit.len()),
+            aborted_by: "alice".into(),
+            aborted_at: Time(t(12)),
+        });
+    };
+    abort(&mut r, "web-2", "9");
+    r.step(&rev("2"), &done, 12);
+    assert_eq!(r.candidate(), Some("web-2"), "an abort names one commit");
+
+    abort(&mut r, "web-2", "2");
+    let actions = r.step(&rev("2"), &done, 13);
+    assert_eq!(r.candidate(), None);
+    assert_eq!(r.phase(), Phase::Enforced);
+    assert_eq!(r.st().enforced_revision.as_ref().unwrap().id, "web-1");
+    assert_eq!(events(&actions), ["Superseded"]);
+    assert_eq!(r.st().history[0].message, "aborted by alice");
+    let actions = r.step(&rev("2"), &done, 14);
+    assert!(actions.iter().all(|a| !matches!(a, Action::StageCandidate(_))), "the aborted commit stays out");
+    assert_eq!(r.candidate(), None);
+
+    // A new commit, even with the aborted content, is audited again.
+    let again = SourceObservation::Revision(rev_at("2", "e"));
+    r.step(&again, &done, 15);
+    assert_eq!(r.candidate(), Some("web-2"));
+    assert_eq!(r.phase(), Phase::Auditing);
+}
+
+#[test]
 fn a_new_commit_supersedes_the_candidate_and_restarts_the_audit() {
     let mut r = Rollout::new();
     r.step(&rev("1"), &[], 0);
