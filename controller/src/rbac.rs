@@ -13,13 +13,16 @@ pub const CONTROLLER_RBAC: &[Rule] = &[
     ("palisade.dev", "policyrollouts/status", &["patch"]),
     ("palisade.dev", "policyrollouts/finalizers", &["update"]),
     ("palisade.dev", "policyrevisions", &["get", "list", "watch", "create", "delete"]),
-    ("palisade.dev", "policyauditreports", &["get", "list", "watch"]),
+    // delete: a rollout's reports go with it (finalizer).
+    ("palisade.dev", "policyauditreports", &["get", "list", "watch", "delete"]),
     ("", "secrets", &["get"]),
     ("events.k8s.io", "events", &["create", "patch"]),
 ];
 
-/// The controller in its own namespace only (Role `palisade-controller-leader-election`).
-pub const CONTROLLER_NAMESPACE_RBAC: &[Rule] = &[("coordination.k8s.io", "leases", &["get", "create", "update"])];
+/// The controller in its own namespace only (Role `palisade-controller`): the leader-election
+/// Lease, and the agent Pods whose nodes the promotion barrier waits for.
+pub const CONTROLLER_NAMESPACE_RBAC: &[Rule] =
+    &[("coordination.k8s.io", "leases", &["get", "create", "update"]), ("", "pods", &["list"])];
 
 /// The node agent, cluster-wide (ClusterRole `palisade-agent`): what identities and endpoints are
 /// computed from, the revisions to load, and its own audit report per rollout.
