@@ -50,7 +50,7 @@ pub enum Command {
     },
     /// Approve the current candidate of a Manual rollout; it is promoted once its audit passes.
     Promote(NameArgs),
-    /// Abandon the current candidate (records status.abort); the enforced revision stays.
+    /// Abandon the current candidate; the enforced revision stays and that commit is not staged again.
     Abort(NameArgs),
     /// Stop acting on new commits and audit reports (sets spec.suspend).
     Suspend(NameArgs),
