@@ -167,7 +167,7 @@ fn controller_deployment_is_locked_down() {
     let containers = pod["containers"].as_array().unwrap();
     assert_eq!(containers.len(), 1);
     let c = &containers[0];
-    assert_eq!(str_list(&c["args"]), ["controller", "--leader-elect"]);
+    assert_eq!(str_list(&c["args"]), ["controller", "run"]);
     let sc = &c["securityContext"];
     assert_eq!(sc["readOnlyRootFilesystem"], true);
     assert_eq!(sc["allowPrivilegeEscalation"], false);
