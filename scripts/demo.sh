@@ -3,13 +3,14 @@
 # Local mode (real traffic, live audit and promotion) will replace this story.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-palisade=target/release/palisade
+palisade=${CARGO_TARGET_DIR:-target}/release/palisade
 example=examples/deny-precedence
 cluster=$example/cluster.yaml
 policies=$example/policies
 
 step() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
-run() { printf '$ %s\n' "palisade ${*}"; "$palisade" "$@" || true; }
+# Exit 1 is an answer (a denied flow, a changed diff); anything above is a failure.
+run() { printf '$ %s\n' "palisade ${*}"; "$palisade" "$@" || [ $? -eq 1 ]; }
 
 step "1. Validate the policies in Git, and lint them against the cluster"
 run check "$policies" --cluster "$cluster"
