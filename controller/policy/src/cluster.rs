@@ -157,8 +157,11 @@ impl Cluster {
                 self.namespaces.insert(name.clone(), Namespace { name, labels });
             }
             "Pod" => {
-                let spec: PodSpec =
-                    serde_json::from_value(object.spec).map_err(|e| format!("pod {name}: spec: {e}"))?;
+                // A pod without a spec (hand-written cluster files) has no ports and the defaults.
+                let spec: PodSpec = match object.spec {
+                    serde_json::Value::Null => PodSpec::default(),
+                    spec => serde_json::from_value(spec).map_err(|e| format!("pod {name}: spec: {e}"))?,
+                };
                 let ip = match object.status.get("podIP").and_then(|v| v.as_str()) {
                     Some(ip) => Some(
                         ip.parse().map_err(|_| format!("pod {name}: status.podIP {ip:?} is not an IPv4 address"))?,
