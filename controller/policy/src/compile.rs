@@ -324,20 +324,21 @@ impl Engine {
         self.cluster.endpoints().filter_map(|p| self.endpoint(&p.namespace, &p.name))
     }
 
-    /// The ipcache: pods as /32, CIDR identities for referenced prefixes, node addresses.
+    /// The ipcache: pods as /32, CIDR identities for referenced prefixes, node addresses; one
+    /// identity per prefix, sorted. A pod's address keeps the pod's identity even when a policy
+    /// names that exact /32, because CIDR rules never match pods.
     pub fn ipcache(&self) -> Vec<(Prefix, u32)> {
-        let mut entries: Vec<(Prefix, u32)> =
+        let mut entries: BTreeMap<Prefix, u32> =
             self.identities.cidr_identities().filter_map(|i| Some((i.prefix?, i.id))).collect();
         for node in &self.cluster.nodes {
             entries.extend(node.addresses.iter().map(|a| (Prefix::new(*a, 32), dp::IDENTITY_REMOTE_NODE)));
         }
         for pod in self.cluster.endpoints() {
             if let (Some(ip), Some(id)) = (pod.ip, self.identity_of_pod(pod)) {
-                entries.push((Prefix::new(ip, 32), id));
+                entries.insert(Prefix::new(ip, 32), id);
             }
         }
-        entries.sort();
-        entries
+        entries.into_iter().collect()
     }
 
     /// The identity the datapath sees for an address (longest prefix; world when nothing matches).
@@ -966,5 +967,21 @@ mod tests {
         assert!(allows_8080(&engine), "once every pod agrees, the name resolves to 8080");
         engine.upsert_pod(pod("other", 9090));
         assert!(!allows_8080(&engine), "a new pod with another number makes the name ambiguous again");
+    }
+
+    #[test]
+    fn a_cidr_rule_naming_a_pods_exact_address_does_not_match_the_pod() {
+        let pods = "kind: List\nitems:\n- kind: Pod\n  metadata: {name: a, namespace: ns, labels: {app: a}}\n  status: {podIP: 10.200.0.1}\n- kind: Pod\n  metadata: {name: b, namespace: ns, labels: {app: b}}\n  status: {podIP: 10.200.0.2}\n";
+        let cluster = Cluster::parse(&[crate::SourceFile { name: "c.yaml", text: pods }]).expect("cluster");
+        let set = parse_set(
+            "apiVersion: cilium.io/v2\nkind: CiliumNetworkPolicy\nmetadata: {name: p, namespace: ns}\nspec:\n  endpointSelector: {matchLabels: {app: a}}\n  egress:\n    - toCIDR: [10.200.0.2/32]\n",
+        );
+        let engine = Engine::new(set, cluster, EnforcementMode::Default);
+        let b = engine.identity_of_pod(engine.cluster.pod("ns", "b").unwrap()).unwrap();
+        let addr = "10.200.0.2".parse().unwrap();
+        assert_eq!(engine.identity_of_addr(addr), b, "the pod's address resolves to the pod, not the CIDR identity");
+        let entries = engine.ipcache();
+        assert_eq!(entries.iter().filter(|(p, _)| p.contains_addr(addr) && p.len == 32).count(), 1, "{entries:?}");
+        assert!(engine.endpoint("ns", "a").unwrap().group.egress.lookup(b, dp::PROTO_TCP, 80).is_none());
     }
 }
