@@ -905,7 +905,12 @@ same: *n
         let text = to_yaml(&value);
         let docs = parse_documents(&text, &Limits::default()).unwrap_or_else(|e| panic!("{e}\n{text}"));
         assert_eq!(docs[0].to_json(), value, "{text}");
-        assert!(text.starts_with("spec:\n  ingress:\n  - toPorts:\n    - ports:\n      - port: \"80\"\n        protocol: TCP\n"), "{text}");
+        assert!(
+            text.starts_with(
+                "spec:\n  ingress:\n  - toPorts:\n    - ports:\n      - port: \"80\"\n        protocol: TCP\n"
+            ),
+            "{text}"
+        );
     }
 
     proptest::proptest! {
