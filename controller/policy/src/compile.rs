@@ -10,7 +10,7 @@ use std::net::Ipv4Addr;
 
 use palisade_common::{self as dp, PolicyEntry, PolicyKey, PolicyValue};
 
-use crate::cluster::{Cluster, ContainerPort, Pod};
+use crate::cluster::{Cluster, ContainerPort, Namespace, Node, Pod, Service};
 use crate::identity::{self, Identities, Identity};
 use crate::labels::{self, Source};
 use crate::model::*;
@@ -23,6 +23,40 @@ pub enum EnforcementMode {
     Default,
     Always,
     Never,
+}
+
+/// How an engine is built, beyond its policies and cluster.
+#[derive(Clone, Debug, Default)]
+pub struct EngineOptions {
+    pub mode: EnforcementMode,
+    /// Compile only the endpoints on this node (an agent); every endpoint when unset. The
+    /// ipcache still covers every pod.
+    pub node: Option<String>,
+    /// Prefixes and ipBlocks of other policy sets that get identities too, so that engines built
+    /// with the same basis (an enforced and a candidate revision) number identities alike and
+    /// share one ipcache.
+    pub identity_basis: IdentityBasis,
+}
+
+/// The policy content identities depend on: CIDR prefixes and NetworkPolicy ipBlocks.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct IdentityBasis {
+    ip_blocks: BTreeSet<CidrBlock>,
+    /// Prefix → number of policies naming it.
+    prefixes: BTreeMap<Prefix, usize>,
+}
+
+impl IdentityBasis {
+    pub fn of<'a>(sets: impl IntoIterator<Item = &'a PolicySet>) -> IdentityBasis {
+        let mut basis = IdentityBasis::default();
+        for set in sets {
+            basis.ip_blocks.extend(ip_blocks(set));
+            for prefix in set.policies.iter().flat_map(cidr_prefixes_of) {
+                *basis.prefixes.entry(prefix).or_default() += 1;
+            }
+        }
+        basis
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
@@ -47,6 +81,9 @@ pub struct GroupKey {
 pub struct Group {
     pub ingress: DirectionPolicy,
     pub egress: DirectionPolicy,
+    /// Changes whenever the group's entries change (unique within an engine), so a consumer can
+    /// reprogram only the groups that changed.
+    pub revision: u64,
 }
 
 impl Group {
@@ -240,7 +277,9 @@ impl RuleIndex {
 pub struct Engine {
     pub policies: PolicySet,
     pub cluster: Cluster,
-    mode: EnforcementMode,
+    options: EngineOptions,
+    /// Last [`Group::revision`] handed out.
+    revisions: u64,
     identities: Identities,
     rules: RuleIndex,
     /// Identities each distinct peer selects.
@@ -267,12 +306,16 @@ pub struct EndpointPolicy<'a> {
 
 impl Engine {
     pub fn new(policies: PolicySet, cluster: Cluster, mode: EnforcementMode) -> Engine {
+        Engine::with_options(policies, cluster, EngineOptions { mode, ..EngineOptions::default() })
+    }
+
+    pub fn with_options(policies: PolicySet, cluster: Cluster, options: EngineOptions) -> Engine {
         let Cluster { namespaces, pods, nodes, services } = cluster;
         let mut engine = Engine {
             rules: RuleIndex::build(&policies),
             policies,
             cluster: Cluster { namespaces, pods: Vec::new(), nodes, services },
-            mode,
+            revisions: 0,
             identities: Identities::default(),
             selections: HashMap::new(),
             peer_groups: HashMap::new(),
@@ -280,16 +323,17 @@ impl Engine {
             ip_blocks: BTreeSet::new(),
             named_ports: HashMap::new(),
             groups: HashMap::new(),
+            options: EngineOptions::default(),
         };
-        engine.ip_blocks = ip_blocks(&engine.policies);
+        let basis = IdentityBasis::of([&engine.policies]);
+        engine.ip_blocks = basis.ip_blocks.union(&options.identity_basis.ip_blocks).cloned().collect();
         // One user per policy that refers to a prefix, so that replacing one of them keeps the
         // identity for the others; allocated in prefix order.
-        let mut users: BTreeMap<Prefix, usize> = BTreeMap::new();
-        for policy in &engine.policies.policies {
-            for prefix in cidr_prefixes_of(policy) {
-                *users.entry(prefix).or_default() += 1;
-            }
+        let mut users = basis.prefixes;
+        for (prefix, count) in &options.identity_basis.prefixes {
+            *users.entry(*prefix).or_default() += count;
         }
+        engine.options = options;
         for (prefix, count) in users {
             for _ in 0..count {
                 engine.identities.acquire_cidr(prefix);
@@ -298,7 +342,8 @@ impl Engine {
         for pod in pods {
             engine.add_pod_identity(pod);
         }
-        let keys: BTreeSet<GroupKey> = engine.cluster.endpoints().map(|p| engine.group_key(p)).collect();
+        let keys: BTreeSet<GroupKey> =
+            engine.cluster.pods.iter().filter(|p| engine.is_endpoint(p)).map(|p| engine.group_key(p)).collect();
         for key in keys {
             let group = engine.compile_group(&key);
             engine.groups.insert(key, group);
@@ -315,13 +360,24 @@ impl Engine {
     }
 
     pub fn endpoint(&self, namespace: &str, name: &str) -> Option<EndpointPolicy<'_>> {
-        let pod = self.cluster.pod(namespace, name).filter(|p| !p.host_network)?;
+        let pod = self.cluster.pod(namespace, name).filter(|p| self.is_endpoint(p))?;
         let key = self.group_key(pod);
         Some(EndpointPolicy { pod, identity: self.identities.get(key.identity)?, group: self.groups.get(&key)? })
     }
 
+    /// The endpoints compiled: every pod's, or with [`EngineOptions::node`] those on the node.
     pub fn endpoints(&self) -> impl Iterator<Item = EndpointPolicy<'_>> {
-        self.cluster.endpoints().filter_map(|p| self.endpoint(&p.namespace, &p.name))
+        self.cluster.pods.iter().filter(|p| self.is_endpoint(p)).filter_map(|p| self.endpoint(&p.namespace, &p.name))
+    }
+
+    fn is_endpoint(&self, pod: &Pod) -> bool {
+        !pod.host_network && self.options.node.as_ref().is_none_or(|node| pod.node_name.as_ref() == Some(node))
+    }
+
+    /// The compiled group of an endpoint, for comparing [`Group::revision`]s.
+    pub fn group_of(&self, namespace: &str, name: &str) -> Option<(&GroupKey, &Group)> {
+        let pod = self.cluster.pod(namespace, name).filter(|p| self.is_endpoint(p))?;
+        self.groups.get_key_value(&self.group_key(pod))
     }
 
     /// The ipcache: pods as /32, CIDR identities for referenced prefixes, node addresses; one
@@ -352,27 +408,72 @@ impl Engine {
 
     /// Adds or updates a pod (labels, ports, address); only what it affects is recomputed.
     pub fn upsert_pod(&mut self, pod: Pod) {
-        let mut names: BTreeSet<String> = pod.ports.iter().filter_map(|p| p.name.clone()).collect();
-        if let Some(index) = self.cluster.pods.iter().position(|p| p.namespace == pod.namespace && p.name == pod.name) {
+        let (namespace, name) = (pod.namespace.clone(), pod.name.clone());
+        self.replace_pod(&namespace, &name, Some(pod));
+    }
+
+    /// Removes a pod; returns it if it was there.
+    pub fn remove_pod(&mut self, namespace: &str, name: &str) -> Option<Pod> {
+        self.replace_pod(namespace, name, None)
+    }
+
+    fn replace_pod(&mut self, namespace: &str, name: &str, pod: Option<Pod>) -> Option<Pod> {
+        let mut names: BTreeSet<String> = pod.iter().flat_map(|p| &p.ports).filter_map(|p| p.name.clone()).collect();
+        let old = self.cluster.pods.iter().position(|p| p.namespace == namespace && p.name == name).map(|index| {
             let old = self.cluster.pods.remove(index);
             names.extend(old.ports.iter().filter_map(|p| p.name.clone()));
             self.remove_pod_identity(&old);
-        }
+            old
+        });
         let before: Vec<_> = names.iter().map(|n| self.egress_port_numbers(n)).collect();
-        self.add_pod_identity(pod);
+        let added = pod.is_some();
+        if let Some(pod) = pod {
+            self.add_pod_identity(pod);
+        }
         let changed: BTreeSet<String> =
             names.into_iter().zip(before).filter(|(n, b)| *b != self.egress_port_numbers(n)).map(|(n, _)| n).collect();
         if !changed.is_empty() {
             self.recompile_groups_naming(&changed);
         }
-        let pod = self.cluster.pods.last().expect("just added");
-        if !pod.host_network {
-            let group_key = self.group_key(pod);
-            if !self.groups.contains_key(&group_key) {
-                let group = self.compile_group(&group_key);
-                self.groups.insert(group_key, group);
+        if added {
+            let pod = self.cluster.pods.last().expect("just added");
+            if self.is_endpoint(pod) {
+                let group_key = self.group_key(pod);
+                if !self.groups.contains_key(&group_key) {
+                    let group = self.compile_group(&group_key);
+                    self.groups.insert(group_key, group);
+                }
             }
         }
+        old
+    }
+
+    /// Adds or relabels a namespace: its pods' identities follow its labels.
+    pub fn upsert_namespace(&mut self, namespace: Namespace) {
+        if self.cluster.namespaces.get(&namespace.name) == Some(&namespace) {
+            return;
+        }
+        let name = namespace.name.clone();
+        self.cluster.namespaces.insert(name.clone(), namespace);
+        let pods: Vec<Pod> = self.cluster.pods.iter().filter(|p| p.namespace == name).cloned().collect();
+        for pod in pods {
+            self.upsert_pod(pod);
+        }
+    }
+
+    /// Node addresses only feed the ipcache (as remote-node).
+    pub fn set_nodes(&mut self, nodes: Vec<Node>) {
+        self.cluster.nodes = nodes;
+    }
+
+    /// Services change what `toServices` selects: everything is recompiled (they change rarely).
+    pub fn set_services(&mut self, services: Vec<Service>) {
+        if self.cluster.services == services {
+            return;
+        }
+        self.cluster.services = services;
+        let cluster = std::mem::take(&mut self.cluster);
+        *self = Engine::with_options(std::mem::take(&mut self.policies), cluster, self.options.clone());
     }
 
     /// Adds or replaces a policy; recompiles only the groups its old or new rules select.
@@ -385,7 +486,7 @@ impl Engine {
                 None => policies.policies.push(policy),
             }
             policies.renumber();
-            *self = Engine::new(policies, std::mem::take(&mut self.cluster), self.mode);
+            *self = Engine::with_options(policies, std::mem::take(&mut self.cluster), self.options.clone());
             return;
         }
         let (index, old) = match self.policies.policies.iter().position(|p| p.id == policy.id) {
@@ -519,8 +620,12 @@ impl Engine {
         }
         for key in self.groups_using(&changed) {
             if let Some(group) = self.groups.get_mut(&key) {
-                group.ingress.by_identity.remove(&id);
-                group.egress.by_identity.remove(&id);
+                let ingress = group.ingress.by_identity.remove(&id);
+                let egress = group.egress.by_identity.remove(&id);
+                if ingress.is_some() || egress.is_some() {
+                    self.revisions += 1;
+                    group.revision = self.revisions;
+                }
             }
         }
     }
@@ -534,10 +639,14 @@ impl Engine {
                 let policy = group.direction_mut(direction);
                 let touching: Vec<&CompiledRule> = policy.rules.iter().filter(|r| self.rule_selects(r, id)).collect();
                 let entries = resolve(id, direction.datapath(), contributions(&touching));
-                if entries.is_empty() {
-                    policy.by_identity.remove(&id);
+                let old = if entries.is_empty() {
+                    policy.by_identity.remove(&id)
                 } else {
-                    policy.by_identity.insert(id, entries);
+                    policy.by_identity.insert(id, entries.clone())
+                };
+                if old.unwrap_or_default() != entries {
+                    self.revisions += 1;
+                    group.revision = self.revisions;
                 }
             }
         }
@@ -627,7 +736,7 @@ impl Engine {
                 rules: Vec::new(),
                 by_identity: HashMap::new(),
             };
-            return Group { ingress: empty.clone(), egress: empty };
+            return Group { ingress: empty.clone(), egress: empty, revision: self.next_revision() };
         };
         let subject_rules: Vec<(usize, usize)> = self
             .rules
@@ -636,7 +745,12 @@ impl Engine {
             .collect();
         let ingress = self.compile_direction(Direction::Ingress, &subject_rules, key);
         let egress = self.compile_direction(Direction::Egress, &subject_rules, key);
-        Group { ingress, egress }
+        Group { ingress, egress, revision: self.next_revision() }
+    }
+
+    fn next_revision(&mut self) -> u64 {
+        self.revisions += 1;
+        self.revisions
     }
 
     fn compile_direction(
@@ -649,7 +763,7 @@ impl Engine {
         let sections: Vec<&Section> =
             subject_rules.iter().map(|(p, r)| self.policies.policies[*p].rules[*r].section(direction)).collect();
         let enabling: Vec<&&Section> = sections.iter().filter(|s| s.enables_policy).collect();
-        let enforcement = match self.mode {
+        let enforcement = match self.options.mode {
             EnforcementMode::Never => Enforcement::NotEnforced,
             _ if enabling.iter().any(|s| s.default_deny) => Enforcement::DefaultDeny,
             _ if !enabling.is_empty() => Enforcement::DefaultAllow,
@@ -967,6 +1081,67 @@ mod tests {
         assert!(allows_8080(&engine), "once every pod agrees, the name resolves to 8080");
         engine.upsert_pod(pod("other", 9090));
         assert!(!allows_8080(&engine), "a new pod with another number makes the name ambiguous again");
+    }
+
+    const AGENT_CLUSTER: &str = "kind: List\nitems:\n- kind: Namespace\n  metadata: {name: ns, labels: {team: a}}\n- kind: Pod\n  metadata: {name: a, namespace: ns, labels: {app: a}}\n  spec: {nodeName: n1}\n  status: {podIP: 10.200.0.1}\n- kind: Pod\n  metadata: {name: b, namespace: ns, labels: {app: b}}\n  spec: {nodeName: n2}\n  status: {podIP: 10.200.0.2}\n";
+
+    #[test]
+    fn engines_sharing_an_identity_basis_number_identities_alike() {
+        let cluster = Cluster::parse(&[crate::SourceFile { name: "c.yaml", text: AGENT_CLUSTER }]).expect("cluster");
+        let enforced = parse_set(
+            "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: p, namespace: ns}\nspec:\n  podSelector: {matchLabels: {app: a}}\n  ingress:\n    - from: [{ipBlock: {cidr: 10.200.0.0/30}}]\n",
+        );
+        let candidate = parse_set(
+            "apiVersion: cilium.io/v2\nkind: CiliumNetworkPolicy\nmetadata: {name: p, namespace: ns}\nspec:\n  endpointSelector: {matchLabels: {app: a}}\n  egress:\n    - toCIDR: [192.0.2.0/24]\n",
+        );
+        let options = |node: &str| EngineOptions {
+            node: Some(node.into()),
+            identity_basis: IdentityBasis::of([&enforced, &candidate]),
+            ..EngineOptions::default()
+        };
+        let one = Engine::with_options(enforced.clone(), cluster.clone(), options("n1"));
+        let two = Engine::with_options(candidate.clone(), cluster.clone(), options("n1"));
+        assert_eq!(one.ipcache(), two.ipcache(), "one ipcache serves both revisions");
+        assert!(Engine::new(enforced, cluster.clone(), EnforcementMode::Default).ipcache() != one.ipcache());
+        let names: Vec<_> = one.endpoints().map(|e| e.pod.name.clone()).collect();
+        assert_eq!(names, ["a"], "only the node's endpoints are compiled");
+        assert!(one.endpoint("ns", "b").is_none());
+        assert!(one.ipcache().iter().any(|(p, _)| p.to_string() == "10.200.0.2/32"), "remote pods are in the ipcache");
+    }
+
+    #[test]
+    fn removed_pods_and_relabelled_namespaces_update_only_the_groups_they_affect() {
+        let cluster = Cluster::parse(&[crate::SourceFile { name: "c.yaml", text: AGENT_CLUSTER }]).expect("cluster");
+        let set = parse_set(
+            "apiVersion: cilium.io/v2\nkind: CiliumNetworkPolicy\nmetadata: {name: p, namespace: ns}\nspec:\n  endpointSelector: {matchLabels: {app: a}}\n  ingress:\n    - fromEndpoints: [{matchLabels: {app: b, k8s:io.cilium.k8s.namespace.labels.team: a}}]\n",
+        );
+        let mut engine = Engine::new(set.clone(), cluster.clone(), EnforcementMode::Default);
+        let revision = |e: &Engine| e.group_of("ns", "a").expect("group").1.revision;
+        let allows_b = |e: &Engine| {
+            let b = e.cluster.pod("ns", "b").and_then(|p| e.identity_of_pod(p));
+            b.is_some_and(|b| e.endpoint("ns", "a").unwrap().group.ingress.lookup(b, dp::PROTO_TCP, 80).is_some())
+        };
+        assert!(allows_b(&engine));
+        let before = revision(&engine);
+        let mut relabelled = engine.cluster.namespaces["ns"].clone();
+        relabelled.labels.insert("team".into(), "z".into());
+        engine.upsert_namespace(relabelled.clone());
+        assert!(!allows_b(&engine), "b no longer matches the namespace label");
+        assert!(revision(&engine) != before, "a's entries changed");
+        let fresh = Engine::new(
+            set,
+            Cluster { namespaces: [("ns".into(), relabelled)].into(), ..cluster },
+            EnforcementMode::Default,
+        );
+        for d in Direction::BOTH {
+            assert_eq!(described(&engine, "ns", "a", d), described(&fresh, "ns", "a", d));
+        }
+        let settled = revision(&engine);
+        engine.upsert_pod(engine.cluster.pod("ns", "b").unwrap().clone());
+        assert_eq!(revision(&engine), settled, "an unchanged pod changes nothing");
+        assert!(engine.remove_pod("ns", "b").is_some());
+        assert!(engine.cluster.pod("ns", "b").is_none() && engine.remove_pod("ns", "b").is_none());
+        assert!(!engine.ipcache().iter().any(|(p, _)| p.to_string() == "10.200.0.2/32"));
     }
 
     #[test]
