@@ -303,15 +303,41 @@ impl Datapath {
         self.ensure_endpoint(endpoint)?;
         let mut policy = PolicySlot::create(MAX_POLICY_ENTRIES, BPF_F_NO_PREALLOC)
             .map_err(map_error("POLICY_SLOTS (inner)", endpoint))?;
-        for entry in entries {
-            let value = entry.value.with_l4_prefix_len(entry.key.l4_prefix_len());
-            policy.insert(&policy_key(&entry.key), value, 0).map_err(map_error("POLICY_SLOTS (inner)", endpoint))?;
-        }
+        write_entries(&mut policy, entries, endpoint)?;
         self.policy_slots
             .insert(SlotKey { endpoint, slot: slot.raw() as u32 }, &policy, 0)
             .map_err(map_error("POLICY_SLOTS", endpoint))?;
         // Only now, with the new map in place, switch cached verdicts to a fresh version: packets
         // between the two updates can only have cached under the version being retired.
+        self.renew_slot_generation(endpoint, slot)
+    }
+
+    /// Changes `slot` in place, key by key: `upserts` are written, then `removals` deleted. For
+    /// changes within a revision (a peer identity or a named port coming or going), where each key
+    /// only concerns the peers it names; microseconds per key, no grace period. A new revision
+    /// goes into the idle slot with [`Self::load_slot`] and is flipped to instead.
+    pub fn update_slot(
+        &mut self,
+        endpoint: EndpointId,
+        slot: Slot,
+        upserts: &[PolicyEntry],
+        removals: &[PolicyKey],
+    ) -> Result<()> {
+        let key = SlotKey { endpoint, slot: slot.raw() as u32 };
+        let mut policy: PolicySlot = match self.policy_slots.get(&key, 0) {
+            Ok(policy) => policy,
+            Err(MapError::KeyNotFound) => return self.load_slot(endpoint, slot, upserts),
+            Err(source) => return Err(Error::Map { map: "POLICY_SLOTS", endpoint: Some(endpoint), source }),
+        };
+        write_entries(&mut policy, upserts, endpoint)?;
+        for removed in removals {
+            ignore_missing(policy.remove(&policy_key(removed))).map_err(map_error("POLICY_SLOTS (inner)", endpoint))?;
+        }
+        // Connections whose verdict was cached under the old content are judged again.
+        self.renew_slot_generation(endpoint, slot)
+    }
+
+    fn renew_slot_generation(&mut self, endpoint: EndpointId, slot: Slot) -> Result<()> {
         let generation = self.next_slot_generation()?;
         self.update_config(endpoint, |config, _| {
             config.slot_generation[slot.raw() as usize] = generation;
@@ -562,6 +588,14 @@ fn promoted(endpoint: EndpointId, selection: SlotSelection) -> Result<SlotSelect
         return Err(Error::NoCandidate(endpoint));
     }
     Ok(SlotSelection { enforced: selection.candidate, candidate: selection.enforced })
+}
+
+fn write_entries(policy: &mut PolicySlot, entries: &[PolicyEntry], endpoint: EndpointId) -> Result<()> {
+    for entry in entries {
+        let value = entry.value.with_l4_prefix_len(entry.key.l4_prefix_len());
+        policy.insert(&policy_key(&entry.key), value, 0).map_err(map_error("POLICY_SLOTS (inner)", endpoint))?;
+    }
+    Ok(())
 }
 
 fn policy_key(key: &PolicyKey) -> Key<PolicyMatch> {

@@ -157,6 +157,15 @@ fn tightened_policy_cuts_an_established_connection() {
     // Reloading the enforced slot in place takes effect at once: no cached verdict survives it.
     datapath.load_slot(1, Slot::B, &policies()[1]).unwrap();
     assert!(tcp_ok(&topology.endpoints[0].ns, topology.endpoints[1].addr, 80), "allowed again after the reload");
+    // So does a change in place, key by key (how an agent follows peers coming and going).
+    let mut stream = tcp_connect(&topology.endpoints[0].ns, topology.endpoints[1].addr, 80).expect("connect");
+    assert!(tcp_roundtrip(&mut stream));
+    let port_80: Vec<_> = policies()[1].iter().copied().filter(|e| e.key.port() == 80).collect();
+    let keys: Vec<_> = port_80.iter().map(|e| e.key).collect();
+    datapath.update_slot(1, Slot::B, &[], &keys).unwrap();
+    assert!(!tcp_roundtrip(&mut stream), "removing the allow in place cuts the connection");
+    datapath.update_slot(1, Slot::B, &port_80, &[]).unwrap();
+    assert!(tcp_ok(&topology.endpoints[0].ns, topology.endpoints[1].addr, 80), "adding it back allows again");
     datapath.destroy().unwrap();
 }
 
