@@ -52,6 +52,13 @@ pub enum Slot {
 }
 
 impl Slot {
+    pub const fn other(self) -> Slot {
+        match self {
+            Slot::A => Slot::B,
+            Slot::B => Slot::A,
+        }
+    }
+
     const fn raw(self) -> u8 {
         match self {
             Slot::A => SLOT_A,
@@ -102,6 +109,8 @@ pub struct EndpointState {
     pub mode: Mode,
     pub enforced: Slot,
     pub candidate: Option<Slot>,
+    /// Host-side interface it is attached to; 0 when detached.
+    pub ifindex: u32,
 }
 
 /// A tc hook of an endpoint's host-side interface.
@@ -345,6 +354,31 @@ impl Datapath {
         })
     }
 
+    /// What `slot` holds (empty when never loaded), sorted by key: how a restarted agent learns
+    /// what it programmed.
+    pub fn slot_entries(&self, endpoint: EndpointId, slot: Slot) -> Result<Vec<PolicyEntry>> {
+        let policy: PolicySlot = match self.policy_slots.get(&SlotKey { endpoint, slot: slot.raw() as u32 }, 0) {
+            Ok(policy) => policy,
+            Err(MapError::KeyNotFound) => return Ok(Vec::new()),
+            Err(source) => return Err(Error::Map { map: "POLICY_SLOTS", endpoint: Some(endpoint), source }),
+        };
+        let mut entries = Vec::new();
+        for item in policy.iter() {
+            let (key, value) = item.map_err(map_error("POLICY_SLOTS (inner)", endpoint))?;
+            let data = key.data();
+            let key = PolicyKey {
+                prefix_len: key.prefix_len(),
+                identity_be: u32::from_ne_bytes([data[0], data[1], data[2], data[3]]),
+                direction: data[4],
+                protocol: data[5],
+                dport_be: u16::from_ne_bytes([data[6], data[7]]),
+            };
+            entries.push(PolicyEntry { key, value: value.with_l4_prefix_len(0) });
+        }
+        entries.sort_by_key(|e| e.key);
+        Ok(entries)
+    }
+
     /// Marks `slot` as the candidate evaluated beside the enforced slot, or stops shadowing.
     pub fn set_candidate(&mut self, endpoint: EndpointId, candidate: Option<Slot>) -> Result<()> {
         self.update_config(endpoint, |config, selection| {
@@ -407,6 +441,7 @@ impl Datapath {
             mode: Mode::from_raw(config.mode),
             enforced: Slot::from_raw(selection.enforced).unwrap_or(Slot::A),
             candidate: Slot::from_raw(selection.candidate),
+            ifindex: config.ifindex,
         })
     }
 

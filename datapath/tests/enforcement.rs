@@ -165,6 +165,9 @@ fn tightened_policy_cuts_an_established_connection() {
     datapath.update_slot(1, Slot::B, &[], &keys).unwrap();
     assert!(!tcp_roundtrip(&mut stream), "removing the allow in place cuts the connection");
     datapath.update_slot(1, Slot::B, &port_80, &[]).unwrap();
+    let mut expected = policies()[1].clone();
+    expected.sort_by_key(|e| e.key);
+    assert_eq!(datapath.slot_entries(1, Slot::B).unwrap(), expected, "the slot reads back as written");
     assert!(tcp_ok(&topology.endpoints[0].ns, topology.endpoints[1].addr, 80), "adding it back allows again");
     datapath.destroy().unwrap();
 }
