@@ -1,0 +1,288 @@
+//! The local cluster's network: one network namespace per pod and one "node" namespace that holds
+//! the host side of every pod's veth and routes between them, like a Cilium node does.
+//!
+//! A pod has its IP as a /32 on `eth0` and a default route via 169.254.1.1, a gateway that exists
+//! only as a static neighbour entry pointing at the host side's MAC (no address is configured for
+//! it anywhere). The node namespace has no addresses at all: one /32 route and one static
+//! neighbour entry per pod, IPv4 forwarding on, and no route out, so traffic never leaves the
+//! namespaces. IPv6 is off everywhere, so the veths carry only the pod addresses.
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::io::{self, Write};
+use std::net::Ipv4Addr;
+use std::os::fd::AsFd;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::sync::mpsc;
+use std::thread::{self, JoinHandle};
+
+use anyhow::{Context, Result, bail};
+use palisade_policy::Cluster;
+use palisade_policy::cluster::ContainerPort;
+use rustix::thread::{LinkNameSpaceType, move_into_link_name_space};
+
+/// Where `ip netns` keeps named namespaces.
+const NETNS_DIR: &str = "/run/netns";
+/// The pod side of every veth.
+pub const POD_IF: &str = "eth0";
+/// The pods' default gateway: only a neighbour entry, never an address.
+const GATEWAY: Ipv4Addr = Ipv4Addr::new(169, 254, 1, 1);
+
+/// The namespaces and interfaces for a cluster, all named from `prefix`. [`LocalNetwork::plan`]
+/// only computes the names; [`LocalNetwork::create`] makes them.
+#[derive(Clone, Debug)]
+pub struct LocalNetwork {
+    prefix: String,
+    node_netns: String,
+    pods: BTreeMap<String, PodNet>,
+}
+
+/// One pod's place in the local network.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PodNet {
+    /// `namespace/name`.
+    pub key: String,
+    /// The pod's network namespace (`/run/netns/<netns>`).
+    pub netns: String,
+    pub ip: Ipv4Addr,
+    /// The host side of the pod's veth, in the node namespace: where the datapath attaches.
+    pub host_if: String,
+    /// The declared container ports, which the responders serve.
+    pub ports: Vec<ContainerPort>,
+    host_mac: [u8; 6],
+    pod_mac: [u8; 6],
+}
+
+impl LocalNetwork {
+    /// Names everything for the non-host-network pods of `cluster` that have a pod IP, whatever
+    /// node they are on. Every namespace name starts with `prefix`.
+    pub fn plan(cluster: &Cluster, prefix: &str) -> Result<LocalNetwork> {
+        if prefix.is_empty()
+            || prefix.len() > 32
+            || !prefix.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+        {
+            bail!("namespace prefix {prefix:?}: use 1 to 32 letters, digits, '-' or '_'");
+        }
+        let mut pods = BTreeMap::new();
+        let mut by_ip: BTreeMap<Ipv4Addr, String> = BTreeMap::new();
+        let mut by_if: BTreeMap<String, String> = BTreeMap::new();
+        for pod in cluster.endpoints() {
+            let Some(ip) = pod.ip else { continue };
+            let key = pod.key();
+            // Kubernetes names are DNS labels and subdomains; anything else could escape the
+            // namespace directory or an `ip` argument.
+            for part in [&pod.namespace, &pod.name] {
+                if part.is_empty() || !part.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.') {
+                    bail!("pod {key}: {part:?} is not a Kubernetes name");
+                }
+            }
+            // Namespace names have no dots, so the first dot separates them from the pod name.
+            let netns = format!("{prefix}{}.{}", pod.namespace, pod.name);
+            if netns.len() > 255 {
+                bail!("pod {key}: network namespace name {netns} is longer than 255 characters");
+            }
+            if let Some(other) = by_ip.insert(ip, key.clone()) {
+                bail!("pods {other} and {key} both have podIP {ip}");
+            }
+            let hash = fnv1a(key.as_bytes());
+            let host_if = format!("pl{:010x}", hash >> 24);
+            if let Some(other) = by_if.insert(host_if.clone(), key.clone()) {
+                bail!("pods {other} and {key} hash to the same interface name {host_if}");
+            }
+            let b = hash.to_be_bytes();
+            // Locally administered unicast addresses, different on the two sides.
+            let host_mac = [0x0e, b[0], b[1], b[2], b[3], b[4]];
+            let pod_mac = [0x0a, b[0], b[1], b[2], b[3], b[4]];
+            let pod = PodNet { key: key.clone(), netns, ip, host_if, ports: pod.ports.clone(), host_mac, pod_mac };
+            pods.insert(key, pod);
+        }
+        Ok(LocalNetwork { prefix: prefix.to_owned(), node_netns: format!("{prefix}node"), pods })
+    }
+
+    /// Creates the namespaces and links, after removing whatever a previous run with the same
+    /// prefix left behind. On failure, nothing with the prefix is left.
+    pub fn create(&self) -> Result<()> {
+        remove_netns_with_prefix(&self.prefix)?;
+        let created = self.create_fresh();
+        if created.is_err() {
+            let _ = remove_netns_with_prefix(&self.prefix);
+        }
+        created
+    }
+
+    fn create_fresh(&self) -> Result<()> {
+        let node = &self.node_netns;
+        add_netns(node)?;
+        let mut node_batch = vec!["link set lo up".to_owned()];
+        for pod in self.pods.values() {
+            add_netns(&pod.netns)?;
+            let (host_mac, pod_mac) = (mac(&pod.host_mac), mac(&pod.pod_mac));
+            let veth = format!(
+                "link add {} address {host_mac} type veth peer name {POD_IF} address {pod_mac} netns {}",
+                pod.host_if, pod.netns
+            );
+            ip_in(node, &[veth]).with_context(|| format!("pod {}: create its veth", pod.key))?;
+            ip_in(
+                &pod.netns,
+                &[
+                    "link set lo up".to_owned(),
+                    format!("addr add {}/32 dev {POD_IF}", pod.ip),
+                    format!("link set {POD_IF} up"),
+                    format!("route add {GATEWAY} dev {POD_IF} scope link"),
+                    format!("route add default via {GATEWAY} dev {POD_IF}"),
+                    format!("neigh add {GATEWAY} lladdr {host_mac} dev {POD_IF} nud permanent"),
+                ],
+            )
+            .with_context(|| format!("pod {}: configure {POD_IF}", pod.key))?;
+            node_batch.extend([
+                format!("link set {} up", pod.host_if),
+                format!("route add {}/32 dev {} scope link", pod.ip, pod.host_if),
+                format!("neigh add {} lladdr {pod_mac} dev {} nud permanent", pod.ip, pod.host_if),
+            ]);
+        }
+        ip_in(node, &node_batch).context("configure the node namespace's routes")?;
+        in_netns(node, || write_sysctl("net/ipv4/ip_forward", "1"))??;
+        Ok(())
+    }
+
+    /// Deletes every namespace with this network's prefix.
+    pub fn remove(&self) -> Result<()> {
+        remove_netns_with_prefix(&self.prefix)
+    }
+
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    /// The namespace holding the host side of every pod's veth.
+    pub fn node_netns(&self) -> &str {
+        &self.node_netns
+    }
+
+    /// A pod by `namespace/name`.
+    pub fn pod(&self, key: &str) -> Option<&PodNet> {
+        self.pods.get(key)
+    }
+
+    /// Every pod with a namespace, by `namespace/name`.
+    pub fn pods(&self) -> impl Iterator<Item = &PodNet> {
+        self.pods.values()
+    }
+}
+
+/// Deletes every named network namespace whose name starts with `prefix`.
+pub fn remove_netns_with_prefix(prefix: &str) -> Result<()> {
+    let names = netns_with_prefix(prefix)?;
+    if names.is_empty() {
+        return Ok(());
+    }
+    let lines: Vec<String> = names.iter().map(|name| format!("netns del {name}")).collect();
+    run_ip(&["-force", "-batch", "-"], Some(&lines.join("\n"))).context("delete network namespaces")?;
+    let left = netns_with_prefix(prefix)?;
+    if !left.is_empty() {
+        bail!("network namespaces {} are still there after deleting them", left.join(", "));
+    }
+    Ok(())
+}
+
+/// The named network namespaces whose name starts with `prefix`.
+pub fn netns_with_prefix(prefix: &str) -> Result<Vec<String>> {
+    let entries = match std::fs::read_dir(NETNS_DIR) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(e).with_context(|| format!("list {NETNS_DIR}")),
+    };
+    let mut names = Vec::new();
+    for entry in entries {
+        let name = entry.with_context(|| format!("list {NETNS_DIR}"))?.file_name();
+        if let Some(name) = name.to_str().filter(|n| n.starts_with(prefix)) {
+            names.push(name.to_owned());
+        }
+    }
+    names.sort();
+    Ok(names)
+}
+
+/// Runs `f` on a new thread inside the named network namespace and returns its result. Sockets
+/// created there stay in that namespace wherever they are used later.
+pub fn in_netns<T: Send + 'static>(netns: &str, f: impl FnOnce() -> T + Send + 'static) -> io::Result<T> {
+    spawn_in_netns(netns, f)?.join().map_err(|_| io::Error::other(format!("a thread in netns {netns} panicked")))
+}
+
+/// Starts a thread inside the named network namespace (for long-lived work such as the agent's
+/// datapath thread). Returns once the thread is inside, or the error if it could not get there.
+pub fn spawn_in_netns<T: Send + 'static>(
+    netns: &str,
+    f: impl FnOnce() -> T + Send + 'static,
+) -> io::Result<JoinHandle<T>> {
+    let path = Path::new(NETNS_DIR).join(netns);
+    let file = File::open(&path).map_err(|e| io::Error::new(e.kind(), format!("open {}: {e}", path.display())))?;
+    let (entered, inside) = mpsc::sync_channel(1);
+    let handle = thread::Builder::new().name(format!("netns {netns}")).spawn(move || {
+        // Only this thread moves; the namespace is fixed for everything it creates.
+        let moved = move_into_link_name_space(file.as_fd(), Some(LinkNameSpaceType::Network));
+        let failed = moved.is_err();
+        let _ = entered.send(moved);
+        if failed {
+            // The caller has the error and drops the handle; `f` must not run outside the
+            // namespace. resume_unwind ends the thread without the panic message.
+            std::panic::resume_unwind(Box::new(()));
+        }
+        f()
+    })?;
+    match inside.recv() {
+        Ok(Ok(())) => Ok(handle),
+        Ok(Err(e)) => Err(io::Error::other(format!("setns into {}: {e}", path.display()))),
+        Err(_) => Err(io::Error::other(format!("the thread entering {} died", path.display()))),
+    }
+}
+
+fn add_netns(name: &str) -> Result<()> {
+    ip(&["netns", "add", name])?;
+    // Before any link exists, so that no veth ever gets an IPv6 link-local address.
+    in_netns(name, || {
+        write_sysctl("net/ipv6/conf/all/disable_ipv6", "1")?;
+        write_sysctl("net/ipv6/conf/default/disable_ipv6", "1")
+    })??;
+    Ok(())
+}
+
+/// Writes a sysctl of the calling thread's network namespace.
+fn write_sysctl(name: &str, value: &str) -> Result<()> {
+    std::fs::write(Path::new("/proc/sys").join(name), value).with_context(|| format!("set {name} to {value}"))
+}
+
+fn ip(args: &[&str]) -> Result<()> {
+    run_ip(args, None)
+}
+
+/// Runs `ip -n netns -batch -` with one command per line: one process for many changes.
+fn ip_in(netns: &str, lines: &[String]) -> Result<()> {
+    run_ip(&["-n", netns, "-batch", "-"], Some(&lines.join("\n")))
+}
+
+fn run_ip(args: &[&str], stdin: Option<&str>) -> Result<()> {
+    let mut command = Command::new("ip");
+    command.args(args).stdin(Stdio::piped()).stdout(Stdio::null()).stderr(Stdio::piped());
+    let describe = || format!("ip {}", args.join(" "));
+    let mut child = command.spawn().with_context(|| format!("{}: cannot run (is iproute2 installed?)", describe()))?;
+    let mut input = child.stdin.take().expect("stdin is piped");
+    if let Some(text) = stdin {
+        input.write_all(text.as_bytes()).with_context(|| format!("{}: write its input", describe()))?;
+    }
+    drop(input);
+    let output = child.wait_with_output().with_context(describe)?;
+    if !output.status.success() {
+        bail!("{} failed ({}): {}", describe(), output.status, String::from_utf8_lossy(&output.stderr).trim());
+    }
+    Ok(())
+}
+
+fn mac(bytes: &[u8; 6]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":")
+}
+
+/// FNV-1a: a hash that stays the same across Rust releases, so names are stable.
+fn fnv1a(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |hash, &b| (hash ^ b as u64).wrapping_mul(0x0100_0000_01b3))
+}

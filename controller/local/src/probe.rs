@@ -1,0 +1,185 @@
+//! One real connection attempt from inside a pod's network namespace.
+use std::fmt;
+use std::io::{self, ErrorKind, Read, Write};
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpStream, UdpSocket};
+use std::str::FromStr;
+use std::sync::atomic::{AtomicU16, Ordering};
+use std::time::{Duration, Instant};
+
+use socket2::{Domain, Protocol, Socket, Type};
+
+use crate::net::{PodNet, in_netns};
+
+/// What the responders echo back.
+const PAYLOAD: &[u8] = b"palisade-probe";
+
+/// A destination port: `5432/TCP`, `53/UDP` or `ICMP` (echo). Parsed from `5432`, `5432/TCP`,
+/// `53/udp` or `icmp`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Port {
+    Tcp(u16),
+    Udp(u16),
+    Icmp,
+}
+
+impl FromStr for Port {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Port, String> {
+        if text.eq_ignore_ascii_case("icmp") {
+            return Ok(Port::Icmp);
+        }
+        let (number, protocol) = text.split_once('/').unwrap_or((text, "TCP"));
+        let port = match number.parse::<u16>() {
+            Ok(port) if port != 0 => port,
+            _ => return Err(format!("{number:?} is not a port number (1-65535)")),
+        };
+        match protocol.to_ascii_uppercase().as_str() {
+            "TCP" => Ok(Port::Tcp(port)),
+            "UDP" => Ok(Port::Udp(port)),
+            _ => Err(format!("protocol {protocol:?}: use TCP or UDP, or `icmp` without a port")),
+        }
+    }
+}
+
+impl fmt::Display for Port {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Port::Tcp(port) => write!(f, "{port}/TCP"),
+            Port::Udp(port) => write!(f, "{port}/UDP"),
+            Port::Icmp => f.write_str("ICMP"),
+        }
+    }
+}
+
+/// How an attempt ended. Everything but `Connected` is an answer from the network that the flow
+/// does not pass (a policy drop shows as `TimedOut`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// TCP connected, or the UDP datagram or ICMP echo came back; with the round-trip time.
+    Connected(Duration),
+    /// TCP reset, or ICMP port unreachable for UDP.
+    Refused,
+    TimedOut,
+    /// ICMP host or network unreachable.
+    Unreachable,
+}
+
+impl Outcome {
+    pub fn is_connected(&self) -> bool {
+        matches!(self, Outcome::Connected(_))
+    }
+}
+
+impl fmt::Display for Outcome {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Outcome::Connected(time) => write!(f, "connected ({:.1} ms)", time.as_secs_f64() * 1000.0),
+            Outcome::Refused => f.write_str("refused"),
+            Outcome::TimedOut => f.write_str("timed out"),
+            Outcome::Unreachable => f.write_str("unreachable"),
+        }
+    }
+}
+
+/// Connects from inside `from`'s namespace to `to` once: a TCP handshake, a UDP datagram that
+/// must be echoed, or an ICMP echo. Errors are failures to try at all (no such namespace).
+pub fn probe(from: &PodNet, to: Ipv4Addr, port: Port, timeout: Duration) -> io::Result<Outcome> {
+    in_netns(&from.netns, move || attempt(to, port, timeout, false))?
+}
+
+/// One attempt from the calling thread's namespace. With `exchange`, a TCP connection also sends
+/// a few bytes and waits for the echo, as real clients do.
+pub(crate) fn attempt(to: Ipv4Addr, port: Port, timeout: Duration, exchange: bool) -> io::Result<Outcome> {
+    let start = Instant::now();
+    let answered = match port {
+        Port::Tcp(port) => tcp(to, port, timeout, exchange),
+        Port::Udp(port) => udp(to, port, timeout),
+        Port::Icmp => icmp_echo(to, timeout),
+    };
+    match answered {
+        Ok(()) => Ok(Outcome::Connected(start.elapsed())),
+        Err(e) => match e.kind() {
+            ErrorKind::ConnectionRefused
+            | ErrorKind::ConnectionReset
+            | ErrorKind::BrokenPipe
+            | ErrorKind::UnexpectedEof => Ok(Outcome::Refused),
+            ErrorKind::TimedOut | ErrorKind::WouldBlock => Ok(Outcome::TimedOut),
+            ErrorKind::HostUnreachable | ErrorKind::NetworkUnreachable => Ok(Outcome::Unreachable),
+            _ => Err(e),
+        },
+    }
+}
+
+fn tcp(to: Ipv4Addr, port: u16, timeout: Duration, exchange: bool) -> io::Result<()> {
+    let mut stream = TcpStream::connect_timeout(&SocketAddr::from((to, port)), timeout)?;
+    if exchange {
+        stream.set_read_timeout(Some(timeout))?;
+        stream.write_all(PAYLOAD)?;
+        stream.read_exact(&mut [0; PAYLOAD.len()])?;
+    }
+    Ok(())
+}
+
+fn udp(to: Ipv4Addr, port: u16, timeout: Duration) -> io::Result<()> {
+    let socket = UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0))?;
+    // Connected, so that an ICMP port unreachable comes back as ECONNREFUSED.
+    socket.connect((to, port))?;
+    socket.set_read_timeout(Some(timeout))?;
+    socket.send(PAYLOAD)?;
+    socket.recv(&mut [0; 64])?;
+    Ok(())
+}
+
+/// ICMP echo over a raw socket; the kernel in the destination namespace answers.
+fn icmp_echo(to: Ipv4Addr, timeout: Duration) -> io::Result<()> {
+    // Tells this process's concurrent pings apart; raw sockets see every reply in the namespace.
+    static NEXT_ID: AtomicU16 = AtomicU16::new(0);
+    let id = (std::process::id() as u16) ^ NEXT_ID.fetch_add(1, Ordering::Relaxed).rotate_left(8);
+    let mut request = [8, 0, 0, 0, (id >> 8) as u8, id as u8, 0, 1];
+    let sum = checksum(&request);
+    request[2..4].copy_from_slice(&sum.to_be_bytes());
+    let socket = Socket::new(Domain::IPV4, Type::RAW, Some(Protocol::ICMPV4))?;
+    socket.send_to(&request, &SocketAddrV4::new(to, 0).into())?;
+    let deadline = Instant::now() + timeout;
+    let mut buf = [0; 1500];
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(ErrorKind::TimedOut.into());
+        }
+        socket.set_read_timeout(Some(left))?;
+        let n = (&socket).read(&mut buf)?;
+        // An IPv4 header, then the ICMP message.
+        let packet = &buf[..n];
+        let header = ((packet[0] & 0x0f) as usize) * 4;
+        let Some(icmp) = packet.get(header..header + 8) else { continue };
+        if packet[12..16] == to.octets() && icmp[0] == 0 && icmp[4..8] == request[4..8] {
+            return Ok(());
+        }
+    }
+}
+
+fn checksum(data: &[u8]) -> u16 {
+    let mut sum: u32 = data.chunks(2).map(|c| u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)]) as u32).sum();
+    while sum >> 16 != 0 {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    !(sum as u16)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ports_parse_and_print() {
+        assert_eq!("5432".parse(), Ok(Port::Tcp(5432)));
+        assert_eq!("53/udp".parse(), Ok(Port::Udp(53)));
+        assert_eq!("ICMP".parse(), Ok(Port::Icmp));
+        assert_eq!(Port::Tcp(8080).to_string(), "8080/TCP");
+        assert!("0/TCP".parse::<Port>().unwrap_err().contains("not a port number"));
+        assert!("80/SCTP".parse::<Port>().unwrap_err().contains("use TCP or UDP"));
+        assert_eq!(Outcome::Connected(Duration::from_micros(420)).to_string(), "connected (0.4 ms)");
+    }
+}

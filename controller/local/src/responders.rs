@@ -1,0 +1,152 @@
+//! Echo servers on every declared container port of every pod, bound inside the pod's namespace:
+//! TCP connections and UDP datagrams are echoed; ICMP echo is answered by the kernel. SCTP ports
+//! are not served.
+use std::io::{Read, Write};
+use std::net::{Ipv4Addr, Shutdown, SocketAddr, TcpStream, UdpSocket};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::thread::{self, JoinHandle};
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use palisade_policy::model::Protocol;
+use socket2::{Domain, Socket, Type};
+
+use crate::net::{LocalNetwork, in_netns};
+use crate::probe::Port;
+
+/// An idle TCP connection is closed after this, so that its thread ends.
+const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// The running responders; dropping them closes the listeners and joins their threads.
+pub struct Responders {
+    stopping: Arc<AtomicBool>,
+    /// Second handles on the sockets the threads block on, to wake them with a shutdown.
+    sockets: Vec<Socket>,
+    threads: Vec<JoinHandle<()>>,
+    served: Vec<(String, Port)>,
+}
+
+impl Responders {
+    /// Binds every declared TCP and UDP port in every pod's namespace, then serves them on
+    /// threads. Fails, with nothing left running, if any port cannot be bound.
+    pub fn start(network: &LocalNetwork) -> Result<Responders> {
+        let mut responders = Responders {
+            stopping: Arc::new(AtomicBool::new(false)),
+            sockets: Vec::new(),
+            threads: Vec::new(),
+            served: Vec::new(),
+        };
+        for pod in network.pods() {
+            let ports: Vec<Port> = pod
+                .ports
+                .iter()
+                .filter_map(|p| match p.protocol {
+                    Protocol::TCP => Some(Port::Tcp(p.port)),
+                    Protocol::UDP => Some(Port::Udp(p.port)),
+                    _ => None,
+                })
+                .collect();
+            let bound = in_netns(&pod.netns, move || ports.into_iter().map(bind).collect::<Result<Vec<_>>>())
+                .with_context(|| format!("pod {}: enter its network namespace", pod.key))?
+                .with_context(|| format!("pod {}", pod.key))?;
+            for (port, socket) in bound {
+                responders.sockets.push(socket.try_clone().context("duplicate a responder socket")?);
+                let stopping = responders.stopping.clone();
+                let name = format!("{} {port}", pod.key);
+                let thread = thread::Builder::new().name(name.clone()).spawn(move || match port {
+                    Port::Udp(_) => serve_udp(socket.into(), &stopping, &name),
+                    _ => serve_tcp(socket, &stopping, &name),
+                });
+                responders.threads.push(thread.context("start a responder thread")?);
+                responders.served.push((pod.key.clone(), port));
+            }
+        }
+        Ok(responders)
+    }
+
+    /// The `(pod, port)` pairs being served.
+    pub fn served(&self) -> &[(String, Port)] {
+        &self.served
+    }
+}
+
+impl Drop for Responders {
+    fn drop(&mut self) {
+        self.stopping.store(true, Ordering::Relaxed);
+        for socket in &self.sockets {
+            // Wakes a blocked accept (EINVAL) or recv (0 bytes); UDP also reports ENOTCONN.
+            let _ = socket.shutdown(Shutdown::Read);
+        }
+        for thread in self.threads.drain(..) {
+            let _ = thread.join();
+        }
+    }
+}
+
+fn bind(port: Port) -> Result<(Port, Socket)> {
+    let (kind, number) = match port {
+        Port::Tcp(number) => (Type::STREAM, number),
+        Port::Udp(number) => (Type::DGRAM, number),
+        Port::Icmp => unreachable!("ICMP is answered by the kernel"),
+    };
+    let socket = Socket::new(Domain::IPV4, kind, None).with_context(|| format!("{port}: socket"))?;
+    socket.set_reuse_address(true).with_context(|| format!("{port}: SO_REUSEADDR"))?;
+    socket.bind(&SocketAddr::from((Ipv4Addr::UNSPECIFIED, number)).into()).with_context(|| format!("bind {port}"))?;
+    if kind == Type::STREAM {
+        socket.listen(128).with_context(|| format!("listen on {port}"))?;
+    }
+    Ok((port, socket))
+}
+
+fn serve_tcp(listener: Socket, stopping: &AtomicBool, name: &str) {
+    loop {
+        match listener.accept() {
+            Ok((stream, _)) => {
+                let stream = TcpStream::from(stream);
+                // Detached: each ends when its client closes or goes idle.
+                let _ = thread::Builder::new().name(format!("{name} echo")).spawn(move || echo(stream));
+            }
+            Err(_) if stopping.load(Ordering::Relaxed) => return,
+            // A client that gave up before the accept, or a signal.
+            Err(e) if matches!(e.kind(), std::io::ErrorKind::ConnectionAborted | std::io::ErrorKind::Interrupted) => {}
+            Err(e) => {
+                eprintln!("responder {name}: accept: {e}");
+                return;
+            }
+        }
+    }
+}
+
+fn echo(mut stream: TcpStream) {
+    if stream.set_read_timeout(Some(IDLE_TIMEOUT)).is_err() {
+        return;
+    }
+    let mut buf = [0; 4096];
+    while let Ok(n) = stream.read(&mut buf) {
+        if n == 0 || stream.write_all(&buf[..n]).is_err() {
+            break;
+        }
+    }
+}
+
+fn serve_udp(socket: UdpSocket, stopping: &AtomicBool, name: &str) {
+    let mut buf = [0; 65536];
+    loop {
+        let received = socket.recv_from(&mut buf);
+        if stopping.load(Ordering::Relaxed) {
+            return;
+        }
+        match received {
+            Ok((n, from)) => {
+                let _ = socket.send_to(&buf[..n], from);
+            }
+            // ICMP errors for earlier replies surface here; the socket still works.
+            Err(e) if matches!(e.kind(), std::io::ErrorKind::ConnectionRefused | std::io::ErrorKind::Interrupted) => {}
+            Err(e) => {
+                eprintln!("responder {name}: receive: {e}");
+                return;
+            }
+        }
+    }
+}

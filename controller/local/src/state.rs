@@ -1,0 +1,218 @@
+//! The state directory of `palisade local up`: the cluster it was started with and the responder
+//! process, so that `down`, `probe` and `run` find what `up` made.
+//!
+//! Files: `local.json` (the cluster file's path and the namespace prefix), `cluster.yaml` (the
+//! cluster file's content when `up` ran), `responders.pid` (pid and start time, so a reused pid is
+//! never signalled) and `responders.log`.
+use std::fs;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{Context, Result, anyhow, bail};
+use palisade_policy::{Cluster, SourceFile};
+use serde::{Deserialize, Serialize};
+
+use crate::net::LocalNetwork;
+use crate::traffic::{Talk, read_talks};
+
+/// Where the CLI keeps its state: under /run, so a reboot (which also drops the namespaces)
+/// clears it.
+pub const DEFAULT_STATE_DIR: &str = "/run/palisade-local";
+/// The CLI's namespace prefix.
+pub const DEFAULT_PREFIX: &str = "pal-";
+
+const RECORD: &str = "local.json";
+const CLUSTER: &str = "cluster.yaml";
+const PID: &str = "responders.pid";
+const LOG: &str = "responders.log";
+
+/// A cluster file read and checked for local mode: the cluster, its network and its flows.
+#[derive(Clone, Debug)]
+pub struct Local {
+    /// The cluster file as given to `up`.
+    pub cluster_file: PathBuf,
+    pub cluster: Cluster,
+    pub network: LocalNetwork,
+    pub talks: Vec<Talk>,
+}
+
+impl Local {
+    pub fn read(cluster_file: &Path, prefix: &str) -> Result<Local> {
+        let text = fs::read_to_string(cluster_file).with_context(|| format!("read {}", cluster_file.display()))?;
+        Local::parse(cluster_file, &text, prefix)
+    }
+
+    /// `text` is the content of `cluster_file`; errors name that file.
+    pub fn parse(cluster_file: &Path, text: &str, prefix: &str) -> Result<Local> {
+        let name = cluster_file.display().to_string();
+        let cluster = Cluster::parse(&[SourceFile { name: &name, text }])
+            .map_err(|errors| anyhow!("{}", errors.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n")))?;
+        let network = LocalNetwork::plan(&cluster, prefix).with_context(|| name.clone())?;
+        let talks = read_talks(&name, text, &network)?;
+        Ok(Local { cluster_file: cluster_file.to_owned(), cluster, network, talks })
+    }
+}
+
+#[derive(Serialize, Deserialize)]
+struct Record {
+    cluster_file: PathBuf,
+    prefix: String,
+}
+
+/// A state directory; nothing is read or created until asked.
+#[derive(Clone, Debug)]
+pub struct StateDir {
+    dir: PathBuf,
+}
+
+impl StateDir {
+    pub fn new(dir: impl Into<PathBuf>) -> StateDir {
+        StateDir { dir: dir.into() }
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    pub fn log_file(&self) -> PathBuf {
+        self.dir.join(LOG)
+    }
+
+    /// The cluster `up` was started with, as it was then (a later edit of the file does not
+    /// change the running namespaces).
+    pub fn load(&self) -> Result<Local> {
+        let record = self.record()?.with_context(|| {
+            format!("{}: no local cluster is up here (run `palisade local up` first)", self.dir.display())
+        })?;
+        let copy = self.dir.join(CLUSTER);
+        let text = fs::read_to_string(&copy).with_context(|| format!("read {}", copy.display()))?;
+        Local::parse(&record.cluster_file, &text, &record.prefix)
+    }
+
+    /// The prefix of the namespaces `up` made, or the CLI's when nothing is recorded.
+    pub fn prefix(&self) -> Result<String> {
+        Ok(self.record()?.map_or_else(|| DEFAULT_PREFIX.to_owned(), |r| r.prefix))
+    }
+
+    fn record(&self) -> Result<Option<Record>> {
+        let path = self.dir.join(RECORD);
+        match fs::read(&path) {
+            Ok(bytes) => Ok(Some(serde_json::from_slice(&bytes).with_context(|| format!("read {}", path.display()))?)),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e).with_context(|| format!("read {}", path.display())),
+        }
+    }
+
+    pub(crate) fn save(&self, local: &Local, text: &str) -> Result<()> {
+        fs::create_dir_all(&self.dir).with_context(|| format!("create {}", self.dir.display()))?;
+        let cluster_file = fs::canonicalize(&local.cluster_file).unwrap_or_else(|_| local.cluster_file.clone());
+        let record = Record { cluster_file, prefix: local.network.prefix().to_owned() };
+        write_atomically(&self.dir.join(CLUSTER), text.as_bytes())?;
+        write_atomically(&self.dir.join(RECORD), &serde_json::to_vec_pretty(&record)?)
+    }
+
+    /// Removes the files this module writes, and the directory if that empties it.
+    pub(crate) fn clear(&self) -> Result<()> {
+        for name in [RECORD, CLUSTER, PID, LOG] {
+            let path = self.dir.join(name);
+            match fs::remove_file(&path) {
+                Err(e) if e.kind() != io::ErrorKind::NotFound => {
+                    return Err(e).with_context(|| format!("remove {}", path.display()));
+                }
+                _ => {}
+            }
+        }
+        let _ = fs::remove_dir(&self.dir);
+        Ok(())
+    }
+
+    /// Called by the responder process once it serves: the readiness signal `up` waits for.
+    pub(crate) fn write_pid(&self) -> Result<()> {
+        let pid = std::process::id();
+        let start = start_time(pid).context("read this process's start time")?;
+        write_atomically(&self.dir.join(PID), format!("{pid} {start}\n").as_bytes())
+    }
+
+    pub(crate) fn remove_pid(&self) -> Result<()> {
+        let path = self.dir.join(PID);
+        match fs::remove_file(&path) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => {
+                Err(e).with_context(|| format!("remove {}", path.display()))
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// The pid of the responder process if it is still the process that wrote the pid file.
+    pub fn responders_pid(&self) -> Result<Option<u32>> {
+        let path = self.dir.join(PID);
+        let text = match fs::read_to_string(&path) {
+            Ok(text) => text,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(e).with_context(|| format!("read {}", path.display())),
+        };
+        let parsed =
+            text.split_once(' ').and_then(|(pid, start)| Some((pid.parse().ok()?, start.trim().parse().ok()?)));
+        let Some((pid, start)) = parsed else { bail!("{}: not \"PID START_TIME\": {text:?}", path.display()) };
+        Ok((alive(pid) && start_time(pid) == Some(start)).then_some(pid))
+    }
+
+    /// Stops the responder process, if one is running: SIGTERM, then SIGKILL after two seconds.
+    pub(crate) fn stop_responders(&self) -> Result<()> {
+        if let Some(pid) = self.responders_pid()? {
+            let process = rustix::process::Pid::from_raw(pid as i32).context("pid 0 in the pid file")?;
+            for signal in [rustix::process::Signal::TERM, rustix::process::Signal::KILL] {
+                match rustix::process::kill_process(process, signal) {
+                    Err(rustix::io::Errno::SRCH) => break,
+                    Err(e) => return Err(e).with_context(|| format!("signal the responder process {pid}")),
+                    Ok(()) => {}
+                }
+                if wait_for(Duration::from_secs(2), || !alive(pid)) {
+                    break;
+                }
+            }
+            if alive(pid) {
+                bail!("the responder process {pid} is still running after SIGKILL");
+            }
+        }
+        self.remove_pid()
+    }
+}
+
+/// Writes through a temporary file and a rename, so readers never see half a file.
+fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
+    let temporary = path.with_extension("tmp");
+    fs::write(&temporary, bytes).with_context(|| format!("write {}", temporary.display()))?;
+    fs::rename(&temporary, path).with_context(|| format!("write {}", path.display()))
+}
+
+/// Whether a process exists and is not a zombie.
+fn alive(pid: u32) -> bool {
+    stat_fields(pid).is_some_and(|fields| fields.first() != Some(&"Z".to_owned()))
+}
+
+/// Start time in clock ticks since boot: with the pid, names one process for good.
+fn start_time(pid: u32) -> Option<u64> {
+    stat_fields(pid)?.get(19)?.parse().ok()
+}
+
+/// The fields of /proc/PID/stat after the command name (state first).
+fn stat_fields(pid: u32) -> Option<Vec<String>> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name is in parentheses and may contain anything, including ") ".
+    let (_, rest) = stat.rsplit_once(')')?;
+    Some(rest.split_whitespace().map(str::to_owned).collect())
+}
+
+/// Polls `done` every 10 ms until it holds or `limit` passes.
+pub(crate) fn wait_for(limit: Duration, mut done: impl FnMut() -> bool) -> bool {
+    let deadline = std::time::Instant::now() + limit;
+    while std::time::Instant::now() < deadline {
+        if done() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    done()
+}

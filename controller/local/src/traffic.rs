@@ -1,0 +1,279 @@
+//! Steady background traffic: the peers pods declare in their `palisade.dev/talks-to`
+//! annotation, connected to from inside each pod's namespace at an interval, with counters.
+use std::collections::BTreeMap;
+use std::net::Ipv4Addr;
+use std::sync::{Arc, Condvar, Mutex, PoisonError};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use anyhow::{Context, Result, anyhow};
+use palisade_policy::yaml::{self, Limits, Node, PathSegment, Value};
+use palisade_policy::{Diagnostic, Severity};
+use serde::Deserialize;
+
+use crate::net::{LocalNetwork, spawn_in_netns};
+use crate::probe::{Port, attempt};
+
+/// `"db/postgres:5432/TCP, shop/api:8080, ops/dns:53/UDP, ops/dns:icmp"`: comma-separated
+/// `NAMESPACE/POD:PORT[/PROTOCOL]`, TCP when no protocol is given.
+pub const TALKS_TO: &str = "palisade.dev/talks-to";
+
+/// One declared flow, and the key of its counters.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Talk {
+    /// `namespace/name` of the client pod.
+    pub from: String,
+    /// `namespace/name` of the server pod.
+    pub to: String,
+    pub port: Port,
+}
+
+/// Reads every pod's `palisade.dev/talks-to` annotation from a cluster file. Both ends must be
+/// pods of `network`. Errors name the file, line and field of every bad entry.
+pub fn read_talks(file: &str, text: &str, network: &LocalNetwork) -> Result<Vec<Talk>> {
+    let docs = yaml::parse_documents(text, &Limits::default()).map_err(|e| anyhow!("{file}:{e}"))?;
+    let mut reader = Reader { file, network, talks: Vec::new(), errors: Vec::new() };
+    for doc in &docs {
+        reader.object(doc, String::new());
+    }
+    if !reader.errors.is_empty() {
+        let errors: Vec<String> = reader.errors.iter().map(ToString::to_string).collect();
+        return Err(anyhow!("{}", errors.join("\n")));
+    }
+    Ok(reader.talks)
+}
+
+struct Reader<'a> {
+    file: &'a str,
+    network: &'a LocalNetwork,
+    talks: Vec<Talk>,
+    errors: Vec<Diagnostic>,
+}
+
+#[derive(Deserialize)]
+struct Object {
+    #[serde(default)]
+    kind: String,
+    #[serde(default)]
+    metadata: Meta,
+}
+
+#[derive(Deserialize, Default)]
+struct Meta {
+    #[serde(default)]
+    name: String,
+    namespace: Option<String>,
+    #[serde(default)]
+    annotations: BTreeMap<String, serde_json::Value>,
+}
+
+impl Reader<'_> {
+    /// `path` is the field path of `node` inside its document, with a trailing dot.
+    fn object(&mut self, node: &Node, path: String) {
+        // Malformed objects are the cluster parser's to report.
+        let Ok(object) = serde_json::from_value::<Object>(node.to_json()) else { return };
+        match object.kind.as_str() {
+            "List" => {
+                if let Some(Node { value: Value::Seq(items), .. }) = node.get(&[PathSegment::Key("items".into())]) {
+                    for (i, item) in items.iter().enumerate() {
+                        self.object(item, format!("{path}items[{i}]."));
+                    }
+                }
+            }
+            "Pod" => {
+                let Some(value) = object.metadata.annotations.get(TALKS_TO) else { return };
+                let from =
+                    format!("{}/{}", object.metadata.namespace.as_deref().unwrap_or("default"), object.metadata.name);
+                let field = [
+                    PathSegment::Key("metadata".into()),
+                    PathSegment::Key("annotations".into()),
+                    PathSegment::Key(TALKS_TO.into()),
+                ];
+                let fail = |message: String| Diagnostic {
+                    severity: Severity::Error,
+                    file: self.file.to_owned(),
+                    line: node.line_of(&field),
+                    path: format!("{path}metadata.annotations[\"{TALKS_TO}\"]"),
+                    message,
+                };
+                let Some(list) = value.as_str() else {
+                    self.errors.push(fail(format!("pod {from}: must be a string, not {value}")));
+                    return;
+                };
+                if self.network.pod(&from).is_none() {
+                    self.errors.push(fail(format!(
+                        "pod {from} has no network namespace (it needs a podIP and no hostNetwork)"
+                    )));
+                    return;
+                }
+                for entry in list.split(',').map(str::trim).filter(|e| !e.is_empty()) {
+                    match self.talk(&from, entry) {
+                        Ok(talk) => self.talks.push(talk),
+                        Err(message) => self.errors.push(fail(format!("{entry:?}: {message}"))),
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn talk(&self, from: &str, entry: &str) -> Result<Talk, String> {
+        let (to, port) = entry.rsplit_once(':').ok_or("expected NAMESPACE/POD:PORT[/PROTOCOL]")?;
+        if to.split('/').count() != 2 || to.split('/').any(str::is_empty) {
+            return Err(format!("{to:?} is not NAMESPACE/POD"));
+        }
+        if self.network.pod(to).is_none() {
+            return Err(format!("no pod {to} with a network namespace (it needs a podIP and no hostNetwork)"));
+        }
+        Ok(Talk { from: from.to_owned(), to: to.to_owned(), port: port.parse()? })
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TrafficOptions {
+    /// Pause after each attempt of one flow.
+    pub interval: Duration,
+    /// How long one attempt waits for a connection or an echo.
+    pub timeout: Duration,
+}
+
+impl Default for TrafficOptions {
+    fn default() -> Self {
+        TrafficOptions { interval: Duration::from_secs(1), timeout: Duration::from_millis(500) }
+    }
+}
+
+/// Attempts of one flow so far. A failure is anything but a connection with its echo: refused,
+/// timed out, unreachable, or an error.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Counts {
+    pub successes: u64,
+    pub failures: u64,
+}
+
+/// One thread per flow, inside the client pod's namespace. Stops when dropped or stopped.
+pub struct TrafficGenerator {
+    stop: Arc<(Mutex<bool>, Condvar)>,
+    counts: Arc<Mutex<BTreeMap<Talk, Counts>>>,
+    threads: Vec<JoinHandle<()>>,
+}
+
+impl TrafficGenerator {
+    /// Starts every flow; the first attempts begin at once.
+    pub fn start(network: &LocalNetwork, talks: &[Talk], options: TrafficOptions) -> Result<TrafficGenerator> {
+        let mut generator = TrafficGenerator {
+            stop: Arc::new((Mutex::new(false), Condvar::new())),
+            counts: Arc::new(Mutex::new(talks.iter().map(|t| (t.clone(), Counts::default())).collect())),
+            threads: Vec::new(),
+        };
+        for talk in talks {
+            let from = network.pod(&talk.from).with_context(|| format!("no pod {} in the local network", talk.from))?;
+            let to: Ipv4Addr =
+                network.pod(&talk.to).with_context(|| format!("no pod {} in the local network", talk.to))?.ip;
+            let (stop, counts, flow) = (generator.stop.clone(), generator.counts.clone(), talk.clone());
+            let thread = spawn_in_netns(&from.netns, move || run(&flow, to, options, &stop, &counts))
+                .with_context(|| format!("start traffic from {}", talk.from))?;
+            generator.threads.push(thread);
+        }
+        Ok(generator)
+    }
+
+    /// A snapshot of every flow's counters.
+    pub fn counts(&self) -> BTreeMap<Talk, Counts> {
+        self.counts.lock().unwrap_or_else(PoisonError::into_inner).clone()
+    }
+
+    /// Stops every flow and waits for attempts in progress (at most one timeout).
+    pub fn stop(self) {}
+}
+
+impl Drop for TrafficGenerator {
+    fn drop(&mut self) {
+        let (stopped, wake) = &*self.stop;
+        *stopped.lock().unwrap_or_else(PoisonError::into_inner) = true;
+        wake.notify_all();
+        for thread in self.threads.drain(..) {
+            let _ = thread.join();
+        }
+    }
+}
+
+fn run(
+    talk: &Talk,
+    to: Ipv4Addr,
+    options: TrafficOptions,
+    stop: &(Mutex<bool>, Condvar),
+    counts: &Mutex<BTreeMap<Talk, Counts>>,
+) {
+    let (stopped, wake) = stop;
+    loop {
+        let connected = attempt(to, talk.port, options.timeout, true).is_ok_and(|o| o.is_connected());
+        if let Some(count) = counts.lock().unwrap_or_else(PoisonError::into_inner).get_mut(talk) {
+            if connected {
+                count.successes += 1;
+            } else {
+                count.failures += 1;
+            }
+        }
+        let guard = stopped.lock().unwrap_or_else(PoisonError::into_inner);
+        let (guard, _) = wake
+            .wait_timeout_while(guard, options.interval, |stopped| !*stopped)
+            .unwrap_or_else(PoisonError::into_inner);
+        if *guard {
+            return;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use palisade_policy::{Cluster, SourceFile};
+
+    use super::*;
+
+    const CLUSTER: &str = "\
+apiVersion: v1
+kind: List
+items:
+- kind: Pod
+  metadata:
+    name: api
+    namespace: shop
+  status:
+    podIP: 10.200.1.1
+- kind: Pod
+  metadata:
+    name: app
+    namespace: shop
+    annotations:
+      palisade.dev/talks-to: \"shop/api:8080, shop/api:53/udp, shop/api:icmp, shop/api:80a, api:80, shop/gone:80, shop/api:80/SCTP\"
+  status:
+    podIP: 10.200.1.2
+";
+
+    fn talks(text: &str) -> Result<Vec<Talk>> {
+        let cluster = Cluster::parse(&[SourceFile { name: "cluster.yaml", text }]).unwrap();
+        read_talks("cluster.yaml", text, &LocalNetwork::plan(&cluster, "t-").unwrap())
+    }
+
+    #[test]
+    fn bad_entries_name_the_file_line_and_field() {
+        let field = "cluster.yaml:15: items[1].metadata.annotations[\"palisade.dev/talks-to\"]";
+        let expected = [
+            format!("{field}: \"shop/api:80a\": \"80a\" is not a port number (1-65535)"),
+            format!("{field}: \"api:80\": \"api\" is not NAMESPACE/POD"),
+            format!(
+                "{field}: \"shop/gone:80\": no pod shop/gone with a network namespace (it needs a podIP and no hostNetwork)"
+            ),
+            format!("{field}: \"shop/api:80/SCTP\": protocol \"SCTP\": use TCP or UDP, or `icmp` without a port"),
+        ];
+        assert_eq!(talks(CLUSTER).unwrap_err().to_string(), expected.join("\n"));
+    }
+
+    #[test]
+    fn entries_default_to_tcp() {
+        let good = CLUSTER.replace(", shop/api:80a, api:80, shop/gone:80, shop/api:80/SCTP", "");
+        let to = |port| Talk { from: "shop/app".into(), to: "shop/api".into(), port };
+        assert_eq!(talks(&good).unwrap(), [to(Port::Tcp(8080)), to(Port::Udp(53)), to(Port::Icmp)]);
+    }
+}
