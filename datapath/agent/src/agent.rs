@@ -1,0 +1,663 @@
+//! The agent's core: from what it is told (pods, namespaces, revisions, rollouts) to what every
+//! local endpoint's two policy slots hold.
+//!
+//! The policies of every rollout's enforced revision form the node's enforced set; the candidate
+//! set takes each auditing rollout's candidate instead. Both are compiled for the local endpoints
+//! with one identity numbering, so one ipcache serves both. A new enforced set reaches an
+//! endpoint through its idle slot and a flip (all endpoints of the node in one step), never key
+//! by key; peers and identities coming and going within a set change the slots in place.
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::net::Ipv4Addr;
+use std::sync::Arc;
+
+use palisade_common::{PolicyEntry, PolicyKey};
+use palisade_datapath::{EndpointId, Slot};
+use palisade_policy::cluster::{Cluster, Pod};
+use palisade_policy::model::{PolicySet, Prefix};
+use palisade_policy::{
+    EnforcementMode, Engine, EngineOptions, IdentityBasis, ParseOptions, SourceFile, parse_policies,
+};
+use palisade_rollout::crd::{PolicyRevision, PolicyRollout};
+use tracing::{debug, info, warn};
+
+use crate::dataplane::{Dataplane, Interface, InterfaceResolver};
+use crate::input::Change;
+use crate::report::{AuditState, DropSamples};
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("endpoint {pod}: {source}")]
+    Endpoint {
+        pod: String,
+        #[source]
+        source: Box<palisade_datapath::Error>,
+    },
+    #[error(transparent)]
+    Datapath(Box<palisade_datapath::Error>),
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct AgentConfig {
+    /// This node: pods scheduled on it are its endpoints. `None` makes every pod local (local
+    /// mode, where the whole cluster lives on this machine).
+    pub node: Option<String>,
+    pub mode: EnforcementMode,
+}
+
+/// Namespace and name.
+pub(crate) type ObjectKey = (String, String);
+
+pub(crate) struct Revision {
+    pub(crate) policies: Result<PolicySet, String>,
+}
+
+/// What a rollout's status asks nodes to enforce and to audit.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub(crate) struct Targets {
+    pub(crate) enforced: Option<String>,
+    pub(crate) candidate: Option<String>,
+}
+
+/// The node's enforced and candidate policy sets, compiled for its endpoints.
+pub(crate) struct Compiled {
+    generation: u64,
+    pub(crate) enforced: Engine,
+    /// `None` when no rollout audits a candidate.
+    pub(crate) candidate: Option<Engine>,
+    pub(crate) enforced_revisions: Arc<Vec<String>>,
+    pub(crate) candidate_revisions: Arc<Vec<String>>,
+    /// The rollout each policy (by index) of the enforced and of the candidate set comes from.
+    pub(crate) origins: [Vec<ObjectKey>; 2],
+}
+
+impl Compiled {
+    pub(crate) fn candidate_engine(&self) -> &Engine {
+        self.candidate.as_ref().unwrap_or(&self.enforced)
+    }
+}
+
+const ENFORCED_SET: usize = 0;
+const CANDIDATE_SET: usize = 1;
+
+/// What a slot holds and what it was computed from.
+#[derive(Clone, Default)]
+struct SlotContent {
+    /// Sorted by key.
+    entries: Arc<Vec<PolicyEntry>>,
+    /// Revisions of the set the entries belong to; empty when unknown (adopted after a restart).
+    revisions: Arc<Vec<String>>,
+    /// (compiled generation, set, group revision): equal sources mean equal entries.
+    source: Option<(u64, usize, u64)>,
+}
+
+pub(crate) struct Endpoint {
+    pub(crate) id: EndpointId,
+    ip: Ipv4Addr,
+    interface: Option<Interface>,
+    attached: bool,
+    enforced: Slot,
+    candidate: Option<Slot>,
+    slots: [SlotContent; 2],
+}
+
+impl Endpoint {
+    fn slot(&self, slot: Slot) -> &SlotContent {
+        &self.slots[slot_index(slot)]
+    }
+
+    /// Whether the slot in force holds the set made of `revisions`.
+    pub(crate) fn enforces(&self, revisions: &[String]) -> bool {
+        *self.slot(self.enforced).revisions == revisions
+    }
+
+    /// Whether the candidate slot holds the set made of `revisions`.
+    pub(crate) fn audits(&self, revisions: &[String]) -> bool {
+        self.candidate.is_some_and(|c| *self.slot(c).revisions == revisions)
+    }
+}
+
+/// A local endpoint as the agent programs it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EndpointInfo {
+    pub namespace: String,
+    pub name: String,
+    pub id: EndpointId,
+    pub ip: Ipv4Addr,
+    pub interface: Option<String>,
+    pub attached: bool,
+    pub enforced: Slot,
+    pub candidate: Option<Slot>,
+}
+
+pub struct Agent<D, R> {
+    pub(crate) config: AgentConfig,
+    cluster: Cluster,
+    revisions: BTreeMap<ObjectKey, Revision>,
+    pub(crate) rollouts: BTreeMap<ObjectKey, Targets>,
+    pub(crate) compiled: Option<Compiled>,
+    sets_changed: bool,
+    synced: bool,
+    /// Endpoints pinned by an earlier run, by interface index, until adopted.
+    adoptable: Option<HashMap<u32, EndpointId>>,
+    pub(crate) endpoints: BTreeMap<ObjectKey, Endpoint>,
+    ipcache: BTreeMap<Prefix, u32>,
+    generations: u64,
+    pub(crate) audits: BTreeMap<ObjectKey, AuditState>,
+    pub(crate) drops: DropSamples,
+    pub(crate) dataplane: D,
+    resolver: R,
+}
+
+impl<D: Dataplane, R: InterfaceResolver> Agent<D, R> {
+    pub fn new(config: AgentConfig, dataplane: D, resolver: R) -> Self {
+        Agent {
+            config,
+            cluster: Cluster::default(),
+            revisions: BTreeMap::new(),
+            rollouts: BTreeMap::new(),
+            compiled: None,
+            sets_changed: true,
+            synced: false,
+            adoptable: None,
+            endpoints: BTreeMap::new(),
+            ipcache: BTreeMap::new(),
+            generations: 0,
+            audits: BTreeMap::new(),
+            drops: DropSamples::default(),
+            dataplane,
+            resolver,
+        }
+    }
+
+    pub fn dataplane(&self) -> &D {
+        &self.dataplane
+    }
+
+    pub fn dataplane_mut(&mut self) -> &mut D {
+        &mut self.dataplane
+    }
+
+    /// The compiled enforced set, once there is one.
+    pub fn enforced_engine(&self) -> Option<&Engine> {
+        self.compiled.as_ref().map(|c| &c.enforced)
+    }
+
+    /// The compiled candidate set (the enforced one when nothing is audited).
+    pub fn candidate_engine(&self) -> Option<&Engine> {
+        self.compiled.as_ref().map(Compiled::candidate_engine)
+    }
+
+    pub fn endpoints(&self) -> Vec<EndpointInfo> {
+        self.endpoints
+            .iter()
+            .map(|((namespace, name), e)| EndpointInfo {
+                namespace: namespace.clone(),
+                name: name.clone(),
+                id: e.id,
+                ip: e.ip,
+                interface: e.interface.as_ref().map(|i| i.name.clone()),
+                attached: e.attached,
+                enforced: e.enforced,
+                candidate: e.candidate,
+            })
+            .collect()
+    }
+
+    /// Takes one change in; [`Self::converge`] programs the datapath.
+    pub fn apply(&mut self, change: Change) {
+        match change {
+            Change::Pod(pod) => self.upsert_pod(pod),
+            Change::PodDeleted { namespace, name } => {
+                self.cluster.pods.retain(|p| p.namespace != namespace || p.name != name);
+                self.each_engine(|e| {
+                    e.remove_pod(&namespace, &name);
+                });
+            }
+            Change::Namespace(namespace) => {
+                self.cluster.namespaces.insert(namespace.name.clone(), namespace.clone());
+                self.each_engine(|e| e.upsert_namespace(namespace.clone()));
+            }
+            Change::NamespaceDeleted(name) => {
+                // Its pods are deleted one by one; engines keep the last labels until then.
+                self.cluster.namespaces.remove(&name);
+            }
+            Change::Nodes(nodes) => {
+                self.cluster.nodes = nodes.clone();
+                self.each_engine(|e| e.set_nodes(nodes.clone()));
+            }
+            Change::Services(services) => {
+                self.cluster.services = services.clone();
+                self.each_engine(|e| e.set_services(services.clone()));
+            }
+            Change::Revision(revision) => self.upsert_revision(*revision),
+            Change::RevisionDeleted { namespace, name } => {
+                self.revisions.remove(&(namespace, name));
+            }
+            Change::Rollout(rollout) => self.upsert_rollout(*rollout),
+            Change::RolloutDeleted { namespace, name } => {
+                let key = (namespace, name);
+                self.audits.remove(&key);
+                self.sets_changed |= self.rollouts.remove(&key).is_some();
+            }
+            Change::Synced => self.synced = true,
+        }
+    }
+
+    fn each_engine(&mut self, mut change: impl FnMut(&mut Engine)) {
+        if let Some(compiled) = &mut self.compiled {
+            change(&mut compiled.enforced);
+            if let Some(candidate) = &mut compiled.candidate {
+                change(candidate);
+            }
+        }
+    }
+
+    fn upsert_pod(&mut self, pod: Pod) {
+        match self.cluster.pods.iter_mut().find(|p| p.namespace == pod.namespace && p.name == pod.name) {
+            Some(existing) if *existing == pod => return,
+            Some(existing) => *existing = pod.clone(),
+            None => self.cluster.pods.push(pod.clone()),
+        }
+        self.each_engine(|e| e.upsert_pod(pod.clone()));
+    }
+
+    fn upsert_revision(&mut self, revision: PolicyRevision) {
+        let namespace = revision.metadata.namespace.clone().unwrap_or_default();
+        let name = revision.metadata.name.clone().unwrap_or_default();
+        let options = ParseOptions { default_namespace: namespace.clone(), ..ParseOptions::default() };
+        let files: Vec<(String, &str)> = revision
+            .spec
+            .policies
+            .iter()
+            .map(|p| (format!("PolicyRevision {namespace}/{name}: {} {}", p.kind, p.name), p.content.as_str()))
+            .collect();
+        let sources: Vec<SourceFile> = files.iter().map(|(n, text)| SourceFile { name: n, text }).collect();
+        let parsed = parse_policies(&sources, &options);
+        let policies = if parsed.has_errors() {
+            let errors: Vec<String> = parsed.errors().map(ToString::to_string).collect();
+            warn!(revision = %name, "revision does not parse here; it will not be loaded: {}", errors.join("; "));
+            Err(errors.join("; "))
+        } else {
+            Ok(parsed.set)
+        };
+        let key = (namespace, name);
+        let referenced = self
+            .rollouts
+            .iter()
+            .any(|((ns, _), t)| *ns == key.0 && [&t.enforced, &t.candidate].contains(&&Some(key.1.clone())));
+        self.sets_changed |= referenced;
+        self.revisions.insert(key, Revision { policies });
+    }
+
+    fn upsert_rollout(&mut self, rollout: PolicyRollout) {
+        let key =
+            (rollout.metadata.namespace.clone().unwrap_or_default(), rollout.metadata.name.clone().unwrap_or_default());
+        let status = rollout.status.unwrap_or_default();
+        let enforced = status.enforced_revision.map(|r| r.id);
+        // While the nodes flip, the candidate is the enforced revision: nothing is left to audit.
+        let candidate = status.candidate_revision.map(|r| r.id).filter(|c| Some(c) != enforced.as_ref());
+        let targets = Targets { enforced, candidate };
+        if self.rollouts.get(&key) != Some(&targets) {
+            debug!(rollout = %key.1, ?targets, "rollout targets changed");
+            self.rollouts.insert(key, targets);
+            self.sets_changed = true;
+        }
+    }
+
+    /// Brings the datapath in line with what the agent knows: policy sets, endpoints, slots,
+    /// flips, ipcache. Does nothing before [`Change::Synced`].
+    pub fn converge(&mut self) -> Result<(), Error> {
+        if !self.synced {
+            return Ok(());
+        }
+        if self.sets_changed {
+            self.rebuild()?;
+        }
+        if self.compiled.is_none() {
+            return Ok(());
+        }
+        self.sync_endpoints()?;
+        self.program()?;
+        self.sync_ipcache()
+    }
+
+    /// Rebuilds the policy sets from the rollouts' targets. Keeps the current ones while an
+    /// enforced revision is not known yet: enforcing less than asked is never an option.
+    fn rebuild(&mut self) -> Result<(), Error> {
+        let mut enforced: Vec<(ObjectKey, &PolicySet, String)> = Vec::new();
+        let mut candidate: Vec<(ObjectKey, &PolicySet, String)> = Vec::new();
+        for (key, targets) in &self.rollouts {
+            let revision = |id: &String| match self.revisions.get(&(key.0.clone(), id.clone())) {
+                Some(Revision { policies: Ok(set) }) => Some(set),
+                _ => None,
+            };
+            let mut enforced_here = None;
+            if let Some(id) = &targets.enforced {
+                let Some(set) = revision(id) else {
+                    info!(rollout = %key.1, revision = %id, "waiting for the enforced revision before changing anything");
+                    return Ok(());
+                };
+                enforced.push((key.clone(), set, id.clone()));
+                enforced_here = Some((set, id.clone()));
+            }
+            let audited = targets.candidate.as_ref().and_then(|id| Some((revision(id)?, id.clone())));
+            if let Some((set, id)) = audited.or(enforced_here) {
+                candidate.push((key.clone(), set, id));
+            }
+        }
+        let (enforced_set, enforced_origins, enforced_revisions) = merge(&enforced);
+        let (candidate_set, candidate_origins, candidate_revisions) = merge(&candidate);
+        self.sets_changed = false;
+        if let Some(c) = &self.compiled
+            && *c.enforced_revisions == enforced_revisions
+            && *c.candidate_revisions == candidate_revisions
+        {
+            return Ok(());
+        }
+        let candidate_changed = self.compiled.as_ref().is_none_or(|c| *c.candidate_revisions != candidate_revisions);
+        let options = EngineOptions {
+            mode: self.config.mode,
+            node: self.config.node.clone(),
+            identity_basis: IdentityBasis::of([&enforced_set, &candidate_set]),
+        };
+        let auditing = candidate_revisions != enforced_revisions;
+        info!(enforced = ?enforced_revisions, candidate = ?candidate_revisions, "compiling the node's policy sets");
+        let candidate_engine =
+            auditing.then(|| Engine::with_options(candidate_set, self.cluster.clone(), options.clone()));
+        self.generations += 1;
+        self.compiled = Some(Compiled {
+            generation: self.generations,
+            enforced: Engine::with_options(enforced_set, self.cluster.clone(), options),
+            candidate: candidate_engine,
+            enforced_revisions: Arc::new(enforced_revisions),
+            candidate_revisions: Arc::new(candidate_revisions),
+            origins: [enforced_origins, candidate_origins],
+        });
+        if candidate_changed {
+            // Differences recorded against another candidate mean nothing for this one.
+            self.dataplane.clear_flows()?;
+            self.audits.clear();
+        }
+        Ok(())
+    }
+
+    fn is_local(&self, pod: &Pod) -> bool {
+        !pod.host_network
+            && pod.ip.is_some()
+            && self.config.node.as_ref().is_none_or(|node| pod.node_name.as_ref() == Some(node))
+    }
+
+    /// Creates (or adopts from an earlier run) the endpoints of local pods and removes the
+    /// endpoints of pods that are gone.
+    fn sync_endpoints(&mut self) -> Result<(), Error> {
+        if self.adoptable.is_none() {
+            let mut pinned = HashMap::new();
+            for id in self.dataplane.endpoints()? {
+                pinned.insert(self.dataplane.state(id)?.ifindex, id);
+            }
+            self.adoptable = Some(pinned);
+        }
+        let local: BTreeMap<ObjectKey, Ipv4Addr> = self
+            .cluster
+            .pods
+            .iter()
+            .filter(|p| self.is_local(p))
+            .filter_map(|p| Some(((p.namespace.clone(), p.name.clone()), p.ip?)))
+            .collect();
+        let gone: Vec<ObjectKey> =
+            self.endpoints.iter().filter(|(k, e)| local.get(*k) != Some(&e.ip)).map(|(k, _)| k.clone()).collect();
+        for key in gone {
+            let endpoint = self.endpoints.remove(&key).expect("listed");
+            info!(pod = %format!("{}/{}", key.0, key.1), endpoint = endpoint.id, "endpoint gone; detaching");
+            self.dataplane.detach(endpoint.id).map_err(|source| endpoint_error(&key, source))?;
+        }
+        for (key, ip) in local {
+            if let Some(endpoint) = self.endpoints.get_mut(&key) {
+                if endpoint.interface.is_none() {
+                    endpoint.interface = self.resolver.interface(ip);
+                }
+                continue;
+            }
+            let interface = self.resolver.interface(ip);
+            let adopted = interface.as_ref().and_then(|i| self.adoptable.as_mut().and_then(|a| a.remove(&i.index)));
+            let endpoint = match adopted {
+                Some(id) => self.adopt(&key, id, ip, interface)?,
+                None => {
+                    let id = self.free_id()?;
+                    debug!(pod = %format!("{}/{}", key.0, key.1), endpoint = id, "new endpoint");
+                    Endpoint {
+                        id,
+                        ip,
+                        interface,
+                        attached: false,
+                        enforced: Slot::A,
+                        candidate: None,
+                        slots: Default::default(),
+                    }
+                }
+            };
+            self.endpoints.insert(key, endpoint);
+        }
+        // Whatever an earlier run pinned for pods that no longer exist goes.
+        let stale: Vec<EndpointId> =
+            self.adoptable.as_mut().map(|a| a.drain().map(|(_, id)| id).collect()).unwrap_or_default();
+        for id in stale {
+            info!(endpoint = id, "pinned endpoint without a pod; detaching");
+            self.dataplane.detach(id)?;
+        }
+        Ok(())
+    }
+
+    /// Takes over an endpoint pinned by an earlier run as it is: its slots, as the kernel holds
+    /// them, are what the next diff starts from, so nothing flaps.
+    fn adopt(
+        &mut self,
+        key: &ObjectKey,
+        id: EndpointId,
+        ip: Ipv4Addr,
+        interface: Option<Interface>,
+    ) -> Result<Endpoint, Error> {
+        let error = |source| endpoint_error(key, source);
+        let state = self.dataplane.state(id).map_err(error)?;
+        let mut slots: [SlotContent; 2] = Default::default();
+        for slot in [Slot::A, Slot::B] {
+            let entries = self.dataplane.slot_entries(id, slot).map_err(error)?;
+            slots[slot_index(slot)].entries = Arc::new(entries);
+        }
+        info!(pod = %format!("{}/{}", key.0, key.1), endpoint = id, "adopted a pinned endpoint");
+        Ok(Endpoint { id, ip, interface, attached: true, enforced: state.enforced, candidate: state.candidate, slots })
+    }
+
+    fn free_id(&self) -> Result<EndpointId, Error> {
+        let used: BTreeSet<EndpointId> = self
+            .endpoints
+            .values()
+            .map(|e| e.id)
+            .chain(self.adoptable.iter().flat_map(|a| a.values().copied()))
+            .collect();
+        // `used` is sorted: the first gap, or one past the end.
+        Ok((0..).zip(used.iter()).find(|(i, id)| i != *id).map_or(used.len() as EndpointId, |(i, _)| i))
+    }
+
+    /// Writes the slots of every endpoint whose policy changed: in place within a set, through
+    /// the idle slot and one node-wide flip for a new enforced set, then the candidates.
+    fn program(&mut self) -> Result<(), Error> {
+        let compiled = self.compiled.as_ref().expect("compiled");
+        let mut computed: HashMap<(u64, usize, u64), Arc<Vec<PolicyEntry>>> = HashMap::new();
+        let mut desired = |key: &ObjectKey, set: usize| -> Option<SlotContent> {
+            let (engine, revisions) = match set {
+                ENFORCED_SET => (&compiled.enforced, &compiled.enforced_revisions),
+                _ => (compiled.candidate.as_ref()?, &compiled.candidate_revisions),
+            };
+            let (_, group) = engine.group_of(&key.0, &key.1)?;
+            let source = (compiled.generation, set, group.revision);
+            let entries = computed
+                .entry(source)
+                .or_insert_with(|| {
+                    let mut entries = group.ingress.entries();
+                    entries.extend(group.egress.entries());
+                    entries.sort_by_key(|e| e.key);
+                    Arc::new(entries)
+                })
+                .clone();
+            Some(SlotContent { entries, revisions: revisions.clone(), source: Some(source) })
+        };
+        let mut writes: Vec<(ObjectKey, Slot, SlotContent)> = Vec::new();
+        let mut flips: Vec<ObjectKey> = Vec::new();
+        let mut candidates: Vec<(ObjectKey, Option<SlotContent>)> = Vec::new();
+        for (key, endpoint) in &self.endpoints {
+            let Some(want) = desired(key, ENFORCED_SET) else { continue };
+            let (enforced, idle) = (endpoint.enforced, endpoint.enforced.other());
+            let current = endpoint.slot(enforced);
+            if current.source == want.source {
+            } else if current.entries == want.entries {
+                writes.push((key.clone(), enforced, want)); // only the record changes
+            } else if endpoint.attached && endpoint.slot(idle).entries == want.entries {
+                writes.push((key.clone(), idle, want));
+                flips.push(key.clone());
+            } else if !endpoint.attached || current.revisions == want.revisions {
+                writes.push((key.clone(), enforced, want));
+            } else {
+                writes.push((key.clone(), idle, want));
+                flips.push(key.clone());
+            }
+            candidates.push((key.clone(), desired(key, CANDIDATE_SET)));
+        }
+        for (key, slot, content) in writes {
+            self.write_slot(&key, slot, content)?;
+        }
+        self.flip(&flips)?;
+        for (key, want) in candidates {
+            let endpoint = &self.endpoints[&key];
+            let idle = endpoint.enforced.other();
+            let Some(want) = want else {
+                if endpoint.candidate.is_some() {
+                    self.set_candidate(&key, None)?;
+                }
+                continue;
+            };
+            if endpoint.slot(idle).source != want.source {
+                self.write_slot(&key, idle, want)?;
+            }
+            if self.endpoints[&key].candidate != Some(idle) {
+                self.set_candidate(&key, Some(idle))?;
+            }
+        }
+        let unattached: Vec<(ObjectKey, EndpointId, String)> = self
+            .endpoints
+            .iter()
+            .filter(|(_, e)| !e.attached && !e.slot(e.enforced).entries.is_empty())
+            .filter_map(|(k, e)| Some((k.clone(), e.id, e.interface.as_ref()?.name.clone())))
+            .collect();
+        for (key, id, ifname) in unattached {
+            info!(pod = %format!("{}/{}", key.0, key.1), endpoint = id, interface = %ifname, "attaching");
+            self.dataplane.attach(id, &ifname).map_err(|source| endpoint_error(&key, source))?;
+            self.endpoints.get_mut(&key).expect("listed").attached = true;
+        }
+        Ok(())
+    }
+
+    /// Makes `slot` hold `content`, changing only the keys that differ.
+    fn write_slot(&mut self, key: &ObjectKey, slot: Slot, content: SlotContent) -> Result<(), Error> {
+        let endpoint = self.endpoints.get_mut(key).expect("endpoint");
+        let current = &endpoint.slots[slot_index(slot)];
+        if current.entries != content.entries {
+            let (upserts, removals) = diff(&current.entries, &content.entries);
+            self.dataplane
+                .update_slot(endpoint.id, slot, &upserts, &removals)
+                .map_err(|source| endpoint_error(key, source))?;
+        }
+        endpoint.slots[slot_index(slot)] = content;
+        Ok(())
+    }
+
+    fn set_candidate(&mut self, key: &ObjectKey, candidate: Option<Slot>) -> Result<(), Error> {
+        let endpoint = self.endpoints.get_mut(key).expect("endpoint");
+        self.dataplane.set_candidate(endpoint.id, candidate).map_err(|source| endpoint_error(key, source))?;
+        endpoint.candidate = candidate;
+        Ok(())
+    }
+
+    /// Switches every endpoint in `keys` to its idle slot in one step.
+    fn flip(&mut self, keys: &[ObjectKey]) -> Result<(), Error> {
+        if keys.is_empty() {
+            return Ok(());
+        }
+        for key in keys {
+            let idle = self.endpoints[key].enforced.other();
+            if self.endpoints[key].candidate != Some(idle) {
+                self.set_candidate(key, Some(idle))?;
+            }
+        }
+        let ids: Vec<EndpointId> = keys.iter().map(|k| self.endpoints[k].id).collect();
+        self.dataplane.flip_all(&ids)?;
+        for key in keys {
+            let endpoint = self.endpoints.get_mut(key).expect("endpoint");
+            endpoint.candidate = Some(endpoint.enforced);
+            endpoint.enforced = endpoint.enforced.other();
+        }
+        info!(endpoints = keys.len(), "flipped to the new enforced set");
+        Ok(())
+    }
+
+    fn sync_ipcache(&mut self) -> Result<(), Error> {
+        let compiled = self.compiled.as_ref().expect("compiled");
+        let desired: BTreeMap<Prefix, u32> = compiled.enforced.ipcache().into_iter().collect();
+        for (prefix, identity) in &desired {
+            if self.ipcache.get(prefix) != Some(identity) {
+                self.dataplane.set_ipcache(prefix.addr, prefix.len, *identity)?;
+            }
+        }
+        for prefix in self.ipcache.keys().filter(|p| !desired.contains_key(p)) {
+            self.dataplane.remove_ipcache(prefix.addr, prefix.len)?;
+        }
+        self.ipcache = desired;
+        Ok(())
+    }
+}
+
+/// One policy set from the revisions of several rollouts, in rollout order. A policy another
+/// rollout already brought is left out (the first wins), so cookies stay unambiguous.
+fn merge(parts: &[(ObjectKey, &PolicySet, String)]) -> (PolicySet, Vec<ObjectKey>, Vec<String>) {
+    let mut set = PolicySet::default();
+    let mut origins = Vec::new();
+    let mut seen = BTreeSet::new();
+    for (rollout, policies, _) in parts {
+        for policy in &policies.policies {
+            if seen.insert(policy.id.clone()) {
+                set.policies.push(policy.clone());
+                origins.push(rollout.clone());
+            } else {
+                warn!(policy = %policy.id, rollout = %rollout.1, "policy already brought by another rollout; ignored");
+            }
+        }
+    }
+    set.renumber();
+    (set, origins, parts.iter().map(|(_, _, id)| id.clone()).collect())
+}
+
+/// Keys to write and keys to delete to turn `old` into `new` (both sorted by key).
+fn diff(old: &[PolicyEntry], new: &[PolicyEntry]) -> (Vec<PolicyEntry>, Vec<PolicyKey>) {
+    let old_by_key: HashMap<PolicyKey, &PolicyEntry> = old.iter().map(|e| (e.key, e)).collect();
+    let new_keys: BTreeSet<PolicyKey> = new.iter().map(|e| e.key).collect();
+    let upserts = new.iter().filter(|e| old_by_key.get(&e.key) != Some(e)).copied().collect();
+    let removals = old.iter().map(|e| e.key).filter(|k| !new_keys.contains(k)).collect();
+    (upserts, removals)
+}
+
+fn slot_index(slot: Slot) -> usize {
+    match slot {
+        Slot::A => 0,
+        Slot::B => 1,
+    }
+}
+
+fn endpoint_error(key: &ObjectKey, source: palisade_datapath::Error) -> Error {
+    Error::Endpoint { pod: format!("{}/{}", key.0, key.1), source: Box::new(source) }
+}
+
+impl From<palisade_datapath::Error> for Error {
+    fn from(source: palisade_datapath::Error) -> Self {
+        Error::Datapath(Box::new(source))
+    }
+}

@@ -1,0 +1,272 @@
+//! The datapath operations the agent needs, behind a trait: the real eBPF datapath on a node, a
+//! recording one in tests and benchmarks. Endpoint interfaces are found the same way.
+use std::collections::{BTreeMap, HashMap};
+use std::net::Ipv4Addr;
+use std::process::Command;
+
+use palisade_common::{EndpointCounters, PolicyEntry, PolicyKey};
+use palisade_datapath::{Datapath, EndpointId, EndpointState, Flow, Mode, Result, Slot};
+
+pub trait Dataplane {
+    fn endpoints(&self) -> Result<Vec<EndpointId>>;
+    fn state(&self, endpoint: EndpointId) -> Result<EndpointState>;
+    fn slot_entries(&self, endpoint: EndpointId, slot: Slot) -> Result<Vec<PolicyEntry>>;
+    fn attach(&mut self, endpoint: EndpointId, ifname: &str) -> Result<()>;
+    fn detach(&mut self, endpoint: EndpointId) -> Result<()>;
+    fn set_ipcache(&mut self, addr: Ipv4Addr, prefix_len: u8, identity: u32) -> Result<()>;
+    fn remove_ipcache(&mut self, addr: Ipv4Addr, prefix_len: u8) -> Result<()>;
+    fn update_slot(
+        &mut self,
+        endpoint: EndpointId,
+        slot: Slot,
+        upserts: &[PolicyEntry],
+        removals: &[PolicyKey],
+    ) -> Result<()>;
+    fn set_candidate(&mut self, endpoint: EndpointId, candidate: Option<Slot>) -> Result<()>;
+    fn flip_all(&mut self, endpoints: &[EndpointId]) -> Result<()>;
+    fn flows(&self) -> Result<Vec<Flow>>;
+    fn clear_flows(&mut self) -> Result<()>;
+    fn counters(&self, endpoint: EndpointId) -> Result<EndpointCounters>;
+}
+
+impl Dataplane for Datapath {
+    fn endpoints(&self) -> Result<Vec<EndpointId>> {
+        Datapath::endpoints(self)
+    }
+    fn state(&self, endpoint: EndpointId) -> Result<EndpointState> {
+        Datapath::state(self, endpoint)
+    }
+    fn slot_entries(&self, endpoint: EndpointId, slot: Slot) -> Result<Vec<PolicyEntry>> {
+        Datapath::slot_entries(self, endpoint, slot)
+    }
+    fn attach(&mut self, endpoint: EndpointId, ifname: &str) -> Result<()> {
+        Datapath::attach(self, endpoint, ifname)
+    }
+    fn detach(&mut self, endpoint: EndpointId) -> Result<()> {
+        Datapath::detach(self, endpoint)
+    }
+    fn set_ipcache(&mut self, addr: Ipv4Addr, prefix_len: u8, identity: u32) -> Result<()> {
+        Datapath::set_ipcache(self, addr, prefix_len, identity)
+    }
+    fn remove_ipcache(&mut self, addr: Ipv4Addr, prefix_len: u8) -> Result<()> {
+        Datapath::remove_ipcache(self, addr, prefix_len)
+    }
+    fn update_slot(
+        &mut self,
+        endpoint: EndpointId,
+        slot: Slot,
+        upserts: &[PolicyEntry],
+        removals: &[PolicyKey],
+    ) -> Result<()> {
+        Datapath::update_slot(self, endpoint, slot, upserts, removals)
+    }
+    fn set_candidate(&mut self, endpoint: EndpointId, candidate: Option<Slot>) -> Result<()> {
+        Datapath::set_candidate(self, endpoint, candidate)
+    }
+    fn flip_all(&mut self, endpoints: &[EndpointId]) -> Result<()> {
+        Datapath::flip_all(self, endpoints)
+    }
+    fn flows(&self) -> Result<Vec<Flow>> {
+        Datapath::flows(self)
+    }
+    fn clear_flows(&mut self) -> Result<()> {
+        Datapath::clear_flows(self)
+    }
+    fn counters(&self, endpoint: EndpointId) -> Result<EndpointCounters> {
+        Datapath::counters(self, endpoint)
+    }
+}
+
+/// One datapath operation, as [`RecordingDataplane`] logs it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SlotOp {
+    Attach(EndpointId, String),
+    Detach(EndpointId),
+    Update { endpoint: EndpointId, slot: Slot, upserts: usize, removals: usize },
+    SetCandidate(EndpointId, Option<Slot>),
+    FlipAll(Vec<EndpointId>),
+    Ipcache(Ipv4Addr, u8, Option<u32>),
+}
+
+/// An in-memory datapath that keeps what was programmed and logs every operation: the agent's
+/// logic is tested against it, and the agent benchmark measures the agent without the kernel.
+#[derive(Debug, Default)]
+pub struct RecordingDataplane {
+    pub endpoints: BTreeMap<EndpointId, RecordedEndpoint>,
+    pub ipcache: BTreeMap<(Ipv4Addr, u8), u32>,
+    pub log: Vec<SlotOp>,
+    /// Flows the tests pretend the kernel saw.
+    pub flows: Vec<Flow>,
+    pub counters: HashMap<EndpointId, EndpointCounters>,
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct RecordedEndpoint {
+    pub ifname: Option<String>,
+    pub ifindex: u32,
+    pub enforced: Option<Slot>,
+    pub candidate: Option<Slot>,
+    pub slots: [BTreeMap<PolicyKey, PolicyEntry>; 2],
+}
+
+impl RecordedEndpoint {
+    fn slot_mut(&mut self, slot: Slot) -> &mut BTreeMap<PolicyKey, PolicyEntry> {
+        &mut self.slots[slot_index(slot)]
+    }
+
+    /// The entries of `slot`, sorted by key.
+    pub fn entries(&self, slot: Slot) -> Vec<PolicyEntry> {
+        self.slots[slot_index(slot)].values().copied().collect()
+    }
+
+    pub fn enforced_entries(&self) -> Vec<PolicyEntry> {
+        self.entries(self.enforced.unwrap_or(Slot::A))
+    }
+}
+
+fn slot_index(slot: Slot) -> usize {
+    match slot {
+        Slot::A => 0,
+        Slot::B => 1,
+    }
+}
+
+impl RecordingDataplane {
+    /// The index an interface gets here: derived from its name, so a test's resolver agrees.
+    pub fn ifindex(ifname: &str) -> u32 {
+        ifname.bytes().fold(2166136261u32, |h, b| (h ^ b as u32).wrapping_mul(16777619)) | 1
+    }
+
+    fn endpoint(&mut self, endpoint: EndpointId) -> &mut RecordedEndpoint {
+        self.endpoints
+            .entry(endpoint)
+            .or_insert_with(|| RecordedEndpoint { enforced: Some(Slot::A), ..Default::default() })
+    }
+}
+
+impl Dataplane for RecordingDataplane {
+    fn endpoints(&self) -> Result<Vec<EndpointId>> {
+        Ok(self.endpoints.keys().copied().collect())
+    }
+    fn state(&self, endpoint: EndpointId) -> Result<EndpointState> {
+        let e = self.endpoints.get(&endpoint).ok_or(palisade_datapath::Error::UnknownEndpoint(endpoint))?;
+        Ok(EndpointState {
+            mode: Mode::Enforce,
+            enforced: e.enforced.unwrap_or(Slot::A),
+            candidate: e.candidate,
+            ifindex: e.ifindex,
+        })
+    }
+    fn slot_entries(&self, endpoint: EndpointId, slot: Slot) -> Result<Vec<PolicyEntry>> {
+        Ok(self.endpoints.get(&endpoint).map(|e| e.entries(slot)).unwrap_or_default())
+    }
+    fn attach(&mut self, endpoint: EndpointId, ifname: &str) -> Result<()> {
+        let e = self.endpoint(endpoint);
+        e.ifname = Some(ifname.to_owned());
+        e.ifindex = RecordingDataplane::ifindex(ifname);
+        self.log.push(SlotOp::Attach(endpoint, ifname.to_owned()));
+        Ok(())
+    }
+    fn detach(&mut self, endpoint: EndpointId) -> Result<()> {
+        self.endpoints.remove(&endpoint);
+        self.log.push(SlotOp::Detach(endpoint));
+        Ok(())
+    }
+    fn set_ipcache(&mut self, addr: Ipv4Addr, prefix_len: u8, identity: u32) -> Result<()> {
+        self.ipcache.insert((addr, prefix_len), identity);
+        self.log.push(SlotOp::Ipcache(addr, prefix_len, Some(identity)));
+        Ok(())
+    }
+    fn remove_ipcache(&mut self, addr: Ipv4Addr, prefix_len: u8) -> Result<()> {
+        self.ipcache.remove(&(addr, prefix_len));
+        self.log.push(SlotOp::Ipcache(addr, prefix_len, None));
+        Ok(())
+    }
+    fn update_slot(
+        &mut self,
+        endpoint: EndpointId,
+        slot: Slot,
+        upserts: &[PolicyEntry],
+        removals: &[PolicyKey],
+    ) -> Result<()> {
+        let entries = self.endpoint(endpoint).slot_mut(slot);
+        for entry in upserts {
+            entries.insert(entry.key, *entry);
+        }
+        for key in removals {
+            entries.remove(key);
+        }
+        self.log.push(SlotOp::Update { endpoint, slot, upserts: upserts.len(), removals: removals.len() });
+        Ok(())
+    }
+    fn set_candidate(&mut self, endpoint: EndpointId, candidate: Option<Slot>) -> Result<()> {
+        self.endpoint(endpoint).candidate = candidate;
+        self.log.push(SlotOp::SetCandidate(endpoint, candidate));
+        Ok(())
+    }
+    fn flip_all(&mut self, endpoints: &[EndpointId]) -> Result<()> {
+        for &endpoint in endpoints {
+            let e = self.endpoint(endpoint);
+            let candidate = e.candidate.ok_or(palisade_datapath::Error::NoCandidate(endpoint))?;
+            e.candidate = e.enforced;
+            e.enforced = Some(candidate);
+        }
+        self.log.push(SlotOp::FlipAll(endpoints.to_vec()));
+        Ok(())
+    }
+    fn flows(&self) -> Result<Vec<Flow>> {
+        Ok(self.flows.clone())
+    }
+    fn clear_flows(&mut self) -> Result<()> {
+        self.flows.clear();
+        Ok(())
+    }
+    fn counters(&self, endpoint: EndpointId) -> Result<EndpointCounters> {
+        Ok(self.counters.get(&endpoint).copied().unwrap_or_default())
+    }
+}
+
+/// A local pod's host-side interface.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Interface {
+    pub name: String,
+    pub index: u32,
+}
+
+/// Finds the host-side interface of a local pod from its address.
+pub trait InterfaceResolver {
+    fn interface(&self, pod_ip: Ipv4Addr) -> Option<Interface>;
+}
+
+/// The interface the node routes a pod's address through, as veth-based CNIs set it up (and as
+/// local mode does): `ip route get`. Pods whose route leaves through no such device (not yet
+/// wired, or another node's) have none.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct RouteResolver;
+
+impl InterfaceResolver for RouteResolver {
+    fn interface(&self, pod_ip: Ipv4Addr) -> Option<Interface> {
+        let output = Command::new("ip").args(["-o", "route", "get", &pod_ip.to_string()]).output().ok()?;
+        if !output.status.success() {
+            return None;
+        }
+        let text = String::from_utf8_lossy(&output.stdout);
+        let mut words = text.split_whitespace();
+        let name = words.by_ref().skip_while(|w| *w != "dev").nth(1)?.to_owned();
+        // The route to a local pod is a direct one: a gateway means it lives elsewhere.
+        if text.contains(" via ") || name == "lo" {
+            return None;
+        }
+        let index = interface_index(&name)?;
+        Some(Interface { name, index })
+    }
+}
+
+fn interface_index(name: &str) -> Option<u32> {
+    let name = std::ffi::CString::new(name).ok()?;
+    // SAFETY: a valid NUL-terminated string.
+    match unsafe { libc::if_nametoindex(name.as_ptr()) } {
+        0 => None,
+        index => Some(index),
+    }
+}

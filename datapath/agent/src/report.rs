@@ -1,0 +1,291 @@
+//! PolicyAuditReports: what this node's endpoints saw the candidate would change, the revisions
+//! the node has loaded (the promotion barrier) and the one it enforces.
+use std::collections::{BTreeMap, HashMap, VecDeque};
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
+use k8s_openapi::jiff::{SignedDuration, Timestamp};
+use palisade_common::{self as dp, FlowKey};
+use palisade_datapath::{EndpointId, Flow};
+use palisade_policy::Engine;
+use palisade_policy::compile::Enforcement;
+use palisade_rollout::crd::{
+    AuditFlow, AuditTotals, Direction, EndpointTraffic, FlowEndpoint, PolicyAuditReport, PolicyAuditReportSpec,
+    Protocol, Verdict,
+};
+
+use crate::agent::{Agent, Compiled, Error, ObjectKey};
+use crate::dataplane::{Dataplane, InterfaceResolver};
+
+/// Flows listed per report, most frequent first; the totals count them all.
+pub const AUDIT_FLOW_CAP: usize = 100;
+const DROP_WINDOW: SignedDuration = SignedDuration::from_secs(60);
+
+/// What the agent remembers of one rollout's audit between reports.
+pub(crate) struct AuditState {
+    started_at: Timestamp,
+    /// Packets each endpoint had been judged for when the audit started (counters only grow).
+    baseline: HashMap<EndpointId, u64>,
+    /// Per flow: packets at the last report and when that count last grew.
+    last_seen: HashMap<FlowKey, (u64, Timestamp)>,
+}
+
+/// Total drops on the node over time, for the drop rate a rollback watch compares.
+#[derive(Default)]
+pub(crate) struct DropSamples(VecDeque<(Timestamp, u64)>);
+
+impl DropSamples {
+    fn per_minute(&mut self, now: Timestamp, total: u64) -> u64 {
+        self.0.push_back((now, total));
+        while self.0.len() > 2 && self.0.get(1).is_some_and(|(t, _)| now.duration_since(*t) >= DROP_WINDOW) {
+            self.0.pop_front();
+        }
+        let (since, first) = self.0.front().copied().unwrap_or((now, total));
+        let seconds = now.duration_since(since).as_secs_f64();
+        if seconds < 1.0 { 0 } else { ((total.saturating_sub(first)) as f64 * 60.0 / seconds).round() as u64 }
+    }
+}
+
+impl<D: Dataplane, R: InterfaceResolver> Agent<D, R> {
+    /// One PolicyAuditReport per rollout, named `<rollout>-<node>`, in the rollout's namespace.
+    pub fn reports(&mut self, now: Timestamp) -> Result<Vec<PolicyAuditReport>, Error> {
+        let Some(compiled) = &self.compiled else { return Ok(Vec::new()) };
+        let node = self.config.node.clone().unwrap_or_else(|| "local".into());
+        let mut judged: HashMap<EndpointId, u64> = HashMap::new();
+        let mut denied = 0;
+        for endpoint in self.endpoints.values() {
+            let counters = self.dataplane.counters(endpoint.id)?;
+            judged.insert(endpoint.id, counters.slot_packets.iter().sum());
+            denied += counters.denied;
+        }
+        let drops_per_minute = self.drops.per_minute(now, denied);
+        let flows = self.dataplane.flows()?;
+        let by_id: HashMap<EndpointId, &ObjectKey> = self.endpoints.iter().map(|(k, e)| (e.id, k)).collect();
+        let auditing: Vec<ObjectKey> =
+            self.rollouts.iter().filter(|(_, t)| t.candidate.is_some()).map(|(k, _)| k.clone()).collect();
+        let mut reports = Vec::new();
+        for (key, targets) in &self.rollouts {
+            let enforced_everywhere = |id: &String| {
+                compiled.enforced_revisions.contains(id)
+                    && self.endpoints.values().all(|e| e.enforces(&compiled.enforced_revisions))
+            };
+            let audited_everywhere = |id: &String| {
+                compiled.candidate.is_some()
+                    && compiled.candidate_revisions.contains(id)
+                    && self.endpoints.values().all(|e| e.audits(&compiled.candidate_revisions))
+            };
+            let enforced_revision = targets.enforced.clone().filter(enforced_everywhere);
+            let candidate = targets.candidate.clone().filter(audited_everywhere);
+            let mut loaded_revisions: Vec<String> = enforced_revision.iter().chain(&candidate).cloned().collect();
+            loaded_revisions.dedup();
+            let mut spec = PolicyAuditReportSpec {
+                rollout: key.1.clone(),
+                node: node.clone(),
+                candidate_revision: candidate.clone(),
+                loaded_revisions,
+                enforced_revision,
+                totals: AuditTotals { drops_per_minute, ..AuditTotals::default() },
+                ..PolicyAuditReportSpec::default()
+            };
+            if candidate.is_some() {
+                let audit = self.audits.entry(key.clone()).or_insert_with(|| AuditState {
+                    started_at: now,
+                    baseline: judged.clone(),
+                    last_seen: HashMap::new(),
+                });
+                spec.audit_started_at = Some(Time(audit.started_at));
+                let mine = |flow: &Flow| attributed(compiled, flow, key, &auditing);
+                let mut listed: Vec<AuditFlow> = Vec::new();
+                for flow in flows.iter().filter(|f| differs(f) && mine(f)) {
+                    let Some(pod) = by_id.get(&flow.key.endpoint) else { continue };
+                    let last = audit.last_seen.entry(flow.key).or_insert((0, now));
+                    if flow.packets > last.0 {
+                        *last = (flow.packets, now);
+                    }
+                    let candidate_denies = flow.key.candidate_verdict == dp::VERDICT_DENY;
+                    if candidate_denies {
+                        spec.totals.new_denies += 1;
+                    } else {
+                        spec.totals.new_allows += 1;
+                    }
+                    let rule = if candidate_denies {
+                        compiled.candidate_engine().policies.describe_cookie(flow.candidate_cookie)
+                    } else {
+                        compiled.enforced.policies.describe_cookie(flow.enforced_cookie)
+                    };
+                    listed.push(AuditFlow {
+                        direction: if flow.key.direction == dp::DIRECTION_INGRESS {
+                            Direction::Ingress
+                        } else {
+                            Direction::Egress
+                        },
+                        subject: subject(compiled, pod),
+                        peer: peer(&compiled.enforced, flow.key.identity),
+                        port: flow.key.dport,
+                        protocol: protocol(flow.key.protocol),
+                        enforced_verdict: verdict(flow.key.enforced_verdict),
+                        candidate_verdict: verdict(flow.key.candidate_verdict),
+                        count: flow.packets,
+                        first_seen: Time(boot_time_to_wall(flow.first_seen_ns, now)),
+                        last_seen: Time(last.1),
+                        rule: Some(rule),
+                    });
+                }
+                listed.sort_by_key(|f| std::cmp::Reverse(f.count));
+                spec.totals.truncated_flows = listed.len().saturating_sub(AUDIT_FLOW_CAP) as u64;
+                listed.truncate(AUDIT_FLOW_CAP);
+                spec.flows = listed;
+                for (pod, endpoint) in &self.endpoints {
+                    if !audited_here(compiled, pod) {
+                        continue;
+                    }
+                    let seen =
+                        judged[&endpoint.id].saturating_sub(audit.baseline.get(&endpoint.id).copied().unwrap_or(0));
+                    spec.totals.observed_flows += seen;
+                    spec.endpoints.push(EndpointTraffic {
+                        namespace: pod.0.clone(),
+                        pod: pod.1.clone(),
+                        workload: Some(workload_of(&pod.1)),
+                        flows: seen,
+                    });
+                }
+            } else {
+                self.audits.remove(key);
+            }
+            let metadata = ObjectMeta {
+                name: Some(report_name(&key.1, &node)),
+                namespace: Some(key.0.clone()),
+                labels: Some(BTreeMap::from([
+                    ("palisade.dev/rollout".to_string(), key.1.clone()),
+                    ("palisade.dev/node".to_string(), node.clone()),
+                ])),
+                ..ObjectMeta::default()
+            };
+            reports.push(PolicyAuditReport { metadata, spec });
+        }
+        Ok(reports)
+    }
+}
+
+fn subject(compiled: &Compiled, pod: &ObjectKey) -> FlowEndpoint {
+    let labels = compiled.enforced.cluster.pod(&pod.0, &pod.1).map(|p| p.labels.clone()).unwrap_or_default();
+    FlowEndpoint { labels, namespace: Some(pod.0.clone()), workload: Some(workload_of(&pod.1)), cidr: None }
+}
+
+/// `<rollout>-<node>`, within the 253 characters of an object name.
+pub fn report_name(rollout: &str, node: &str) -> String {
+    let name = format!("{rollout}-{node}");
+    name.chars().take(253).collect()
+}
+
+fn differs(flow: &Flow) -> bool {
+    flow.key.candidate_verdict != dp::VERDICT_NONE
+        && verdict(flow.key.candidate_verdict) != verdict(flow.key.enforced_verdict)
+}
+
+/// Whether a differing flow belongs to `rollout`'s audit: the rollout of the rule that decided
+/// either way; a flow no rule decided (default deny, no policy) belongs to every audit.
+fn attributed(compiled: &Compiled, flow: &Flow, rollout: &ObjectKey, auditing: &[ObjectKey]) -> bool {
+    let origin = |set: usize, cookie: u32| {
+        let index = (cookie >> 12).checked_sub(1)? as usize;
+        compiled.origins[set].get(index).filter(|_| cookie < dp::COOKIE_LOCALHOST)
+    };
+    let origins = [origin(1, flow.candidate_cookie), origin(0, flow.enforced_cookie)];
+    if origins.iter().all(Option::is_none) {
+        return auditing.contains(rollout);
+    }
+    origins.contains(&Some(rollout))
+}
+
+/// Endpoints the candidate set applies policy to, or whose policy it changes.
+fn audited_here(compiled: &Compiled, pod: &ObjectKey) -> bool {
+    let Some(candidate) = compiled.candidate.as_ref().and_then(|c| c.group_of(&pod.0, &pod.1)) else { return false };
+    let selected =
+        [&candidate.1.ingress, &candidate.1.egress].iter().any(|d| d.enforcement != Enforcement::NotEnforced);
+    selected
+        || compiled.enforced.group_of(&pod.0, &pod.1).is_none_or(|enforced| {
+            enforced.1.ingress.entries() != candidate.1.ingress.entries()
+                || enforced.1.egress.entries() != candidate.1.egress.entries()
+        })
+}
+
+fn peer(engine: &Engine, identity: u32) -> FlowEndpoint {
+    let Some(found) = engine.identities().get(identity) else {
+        return FlowEndpoint {
+            labels: BTreeMap::from([("identity".into(), identity.to_string())]),
+            ..Default::default()
+        };
+    };
+    if let Some(namespace) = &found.namespace {
+        let labels = found.labels.user_labels().map(|(k, v)| (k.to_owned(), v.to_owned())).collect();
+        return FlowEndpoint { labels, namespace: Some(namespace.clone()), ..Default::default() };
+    }
+    let labels = found
+        .labels
+        .iter()
+        .map(|(source, key, value)| (format!("{}:{key}", source.as_str()), value.to_owned()))
+        .collect();
+    FlowEndpoint { labels, cidr: found.prefix.map(|p| p.to_string()), ..Default::default() }
+}
+
+fn verdict(raw: u8) -> Verdict {
+    if raw == dp::VERDICT_DENY { Verdict::Deny } else { Verdict::Allow }
+}
+
+fn protocol(number: u8) -> Protocol {
+    match number {
+        dp::PROTO_TCP => Protocol::Tcp,
+        dp::PROTO_UDP => Protocol::Udp,
+        dp::PROTO_SCTP => Protocol::Sctp,
+        dp::PROTO_ICMPV6 => Protocol::IcmpV6,
+        _ => Protocol::Icmp,
+    }
+}
+
+/// The kernel stamps flows with CLOCK_MONOTONIC nanoseconds (`bpf_ktime_get_ns`).
+fn boot_time_to_wall(stamp_ns: u64, now: Timestamp) -> Timestamp {
+    let mut monotonic = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: a valid out-pointer.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut monotonic) };
+    let monotonic_ns = monotonic.tv_sec as u64 * 1_000_000_000 + monotonic.tv_nsec as u64;
+    let ago = SignedDuration::from_nanos(monotonic_ns.saturating_sub(stamp_ns) as i64);
+    now.checked_sub(ago).unwrap_or(now)
+}
+
+/// The workload a pod belongs to, from the name its controller generated: `api-7d9f8b6c4-x2k9p`
+/// (Deployment), `agent-x2k9p` (DaemonSet, Job) and `db-0` (StatefulSet) name `api`, `agent`, `db`.
+pub fn workload_of(pod: &str) -> String {
+    let generated = |part: &str, lengths: std::ops::RangeInclusive<usize>| {
+        lengths.contains(&part.len()) && part.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
+    };
+    let parts: Vec<&str> = pod.split('-').collect();
+    let keep = match parts.as_slice() {
+        [.., hash, suffix] if parts.len() > 2 && generated(hash, 6..=10) && generated(suffix, 5..=5) => parts.len() - 2,
+        [.., suffix] if parts.len() > 1 && generated(suffix, 5..=5) => parts.len() - 1,
+        [.., ordinal] if parts.len() > 1 && ordinal.bytes().all(|b| b.is_ascii_digit()) => parts.len() - 1,
+        _ => parts.len(),
+    };
+    parts[..keep].join("-")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn workloads_come_from_generated_names() {
+        assert_eq!(workload_of("api-7d9f8b6c4-x2k9p"), "api");
+        assert_eq!(workload_of("node-agent-x2k9p"), "node-agent");
+        assert_eq!(workload_of("postgres-0"), "postgres");
+        assert_eq!(workload_of("client"), "client");
+        assert_eq!(workload_of("front-end"), "front-end");
+    }
+
+    #[test]
+    fn drop_rate_is_per_minute_over_the_last_minute() {
+        let mut samples = DropSamples::default();
+        let start = Timestamp::UNIX_EPOCH;
+        assert_eq!(samples.per_minute(start, 100), 0);
+        assert_eq!(samples.per_minute(start + SignedDuration::from_secs(30), 130), 60);
+        assert_eq!(samples.per_minute(start + SignedDuration::from_secs(200), 130), 0, "nothing in the last minute");
+    }
+}

@@ -1,0 +1,404 @@
+//! The agent's logic against in-memory inputs and a recording datapath: what it programs into
+//! each endpoint's slots and the ipcache as pods, namespaces, revisions and rollouts change.
+use std::collections::BTreeSet;
+use std::net::Ipv4Addr;
+use std::sync::{Arc, Mutex};
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use k8s_openapi::jiff::Timestamp;
+use palisade_agent::{Agent, AgentConfig, Change, Interface, InterfaceResolver, RecordingDataplane, SlotOp};
+use palisade_common::{self as dp, FlowKey, PolicyEntry};
+use palisade_datapath::{Flow, Slot};
+use palisade_policy::cluster::{Cluster, Pod};
+use palisade_policy::{Engine, EngineOptions, IdentityBasis, ParseOptions, SourceFile, parse_policies};
+use palisade_rollout::crd::{
+    PolicyDocument, PolicyRevision, PolicyRevisionSpec, PolicyRollout, PolicyRolloutStatus, RevisionRef, Verdict,
+};
+
+const CLUSTER: &str = "kind: List
+items:
+- kind: Namespace
+  metadata: {name: shop, labels: {team: shop}}
+- kind: Pod
+  metadata: {name: api-7d9f8b6c4-x2k9p, namespace: shop, labels: {app: api}}
+  spec: {nodeName: n1}
+  status: {podIP: 10.200.1.1}
+- kind: Pod
+  metadata: {name: db-0, namespace: shop, labels: {app: db}}
+  spec: {nodeName: n1, containers: [{ports: [{name: pg, containerPort: 5432}]}]}
+  status: {podIP: 10.200.1.2}
+- kind: Pod
+  metadata: {name: web, namespace: shop, labels: {app: web}}
+  spec: {nodeName: n2}
+  status: {podIP: 10.200.2.1}
+";
+
+/// R1: the database takes 5432 from the API. R2 moves it to 5433 (5432 would be denied).
+const R1: &str = "apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: db, namespace: shop}
+spec:
+  endpointSelector: {matchLabels: {app: db}}
+  ingress:
+    - fromEndpoints: [{matchLabels: {app: api}}]
+      toPorts: [{ports: [{port: '5432', protocol: TCP}]}]
+";
+const R2: &str = "apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: db, namespace: shop}
+spec:
+  endpointSelector: {matchLabels: {app: db}}
+  ingress:
+    - fromEndpoints: [{matchLabels: {app: api}}]
+      toPorts: [{ports: [{port: '5433', protocol: TCP}]}]
+";
+
+fn cluster() -> Cluster {
+    Cluster::parse(&[SourceFile { name: "cluster.yaml", text: CLUSTER }]).expect("cluster")
+}
+
+fn revision(name: &str, policy: &str) -> Change {
+    let document = PolicyDocument {
+        kind: "CiliumNetworkPolicy".into(),
+        name: "db".into(),
+        namespace: Some("shop".into()),
+        content: policy.into(),
+    };
+    let spec = PolicyRevisionSpec {
+        rollout: "db".into(),
+        commit: "0".repeat(40),
+        display: format!("main@{name}"),
+        digest: format!("sha256:{}", "0".repeat(64)),
+        policy_count: 1,
+        policies: vec![document],
+    };
+    let mut revision = PolicyRevision::new(name, spec);
+    revision.metadata.namespace = Some("shop".into());
+    Change::Revision(Box::new(revision))
+}
+
+fn rollout(enforced: Option<&str>, candidate: Option<&str>) -> Change {
+    let reference = |id: &str| RevisionRef { id: id.into(), commit: "0".repeat(40), display: format!("main@{id}") };
+    let spec =
+        serde_json::from_value(serde_json::json!({"source": {"url": "file:///repo", "ref": {"branch": "main"}}}))
+            .expect("spec");
+    let status = PolicyRolloutStatus {
+        enforced_revision: enforced.map(reference),
+        candidate_revision: candidate.map(reference),
+        ..PolicyRolloutStatus::default()
+    };
+    let metadata = ObjectMeta { name: Some("db".into()), namespace: Some("shop".into()), ..ObjectMeta::default() };
+    Change::Rollout(Box::new(PolicyRollout { metadata, spec, status: Some(status) }))
+}
+
+/// Pods' interfaces by address; an address missing here has no interface yet.
+#[derive(Clone, Default)]
+struct Wiring(Arc<Mutex<BTreeSet<Ipv4Addr>>>);
+
+impl Wiring {
+    fn all() -> Wiring {
+        let wiring = Wiring::default();
+        for ip in ["10.200.1.1", "10.200.1.2", "10.200.1.3", "10.200.2.1"] {
+            wiring.0.lock().unwrap().insert(ip.parse().unwrap());
+        }
+        wiring
+    }
+}
+
+impl InterfaceResolver for Wiring {
+    fn interface(&self, ip: Ipv4Addr) -> Option<Interface> {
+        let name = format!("lxc{}", ip.octets()[3]);
+        self.0.lock().unwrap().contains(&ip).then(|| Interface { index: RecordingDataplane::ifindex(&name), name })
+    }
+}
+
+type TestAgent = Agent<RecordingDataplane, Wiring>;
+
+fn agent() -> TestAgent {
+    let config = AgentConfig { node: Some("n1".into()), ..AgentConfig::default() };
+    let mut agent = Agent::new(config, RecordingDataplane::default(), Wiring::all());
+    for namespace in cluster().namespaces.into_values() {
+        agent.apply(Change::Namespace(namespace));
+    }
+    for pod in cluster().pods {
+        agent.apply(Change::Pod(pod));
+    }
+    agent.apply(revision("db-r1", R1));
+    agent.apply(revision("db-r2", R2));
+    agent
+}
+
+fn synced(mut agent: TestAgent, changes: Vec<Change>) -> TestAgent {
+    for change in changes {
+        agent.apply(change);
+    }
+    agent.apply(Change::Synced);
+    agent.converge().expect("converge");
+    agent
+}
+
+/// Entries named by their peers' labels, so engines with different numbering compare.
+fn described(engine: &Engine, entries: &[PolicyEntry]) -> BTreeSet<String> {
+    entries
+        .iter()
+        .map(|e| {
+            let peer = match e.key.identity() {
+                dp::IDENTITY_ANY => "any".to_string(),
+                id => engine.identities().get(id).map_or(id.to_string(), |i| i.labels.to_string()),
+            };
+            format!(
+                "{peer} dir={} proto={:?} port={}/{} verdict={}",
+                e.key.direction,
+                e.key.protocol(),
+                e.key.port(),
+                e.key.port_bits(),
+                e.value.verdict
+            )
+        })
+        .collect()
+}
+
+/// What a fresh compile of `policies` over `cluster` gives the pod, described.
+fn expected(policies: &str, cluster: Cluster, pod: &str) -> BTreeSet<String> {
+    let parsed = parse_policies(&[SourceFile { name: "p.yaml", text: policies }], &ParseOptions::default());
+    let options = EngineOptions { identity_basis: IdentityBasis::of([&parsed.set]), ..EngineOptions::default() };
+    let engine = Engine::with_options(parsed.set, cluster, options);
+    let group = engine.endpoint("shop", pod).expect("endpoint").group;
+    let mut entries = group.ingress.entries();
+    entries.extend(group.egress.entries());
+    described(&engine, &entries)
+}
+
+fn programmed(agent: &TestAgent, pod: &str, slot: Option<Slot>) -> BTreeSet<String> {
+    let info = agent.endpoints().into_iter().find(|e| e.name == pod).expect("endpoint");
+    let recorded = &agent.dataplane().endpoints[&info.id];
+    let entries = recorded.entries(slot.unwrap_or(recorded.enforced.expect("enforced")));
+    described(agent.enforced_engine().expect("compiled"), &entries)
+}
+
+fn enforced_slot(agent: &TestAgent, pod: &str) -> Slot {
+    let info = agent.endpoints().into_iter().find(|e| e.name == pod).expect("endpoint");
+    agent.dataplane().endpoints[&info.id].enforced.expect("enforced")
+}
+
+fn ops(agent: &mut TestAgent) -> Vec<SlotOp> {
+    std::mem::take(&mut agent.dataplane_mut().log)
+}
+
+#[test]
+fn nothing_is_programmed_before_the_initial_sync() {
+    let mut agent = agent();
+    agent.apply(rollout(Some("db-r1"), None));
+    agent.converge().unwrap();
+    assert!(agent.dataplane().log.is_empty());
+}
+
+#[test]
+fn the_enforced_revision_is_programmed_for_local_endpoints_only() {
+    let mut agent = synced(agent(), vec![rollout(Some("db-r1"), None)]);
+    let names: Vec<String> = agent.endpoints().into_iter().map(|e| e.name).collect();
+    assert_eq!(names, ["api-7d9f8b6c4-x2k9p", "db-0"], "web runs on another node");
+    assert!(agent.endpoints().iter().all(|e| e.attached && e.candidate.is_none()));
+    assert_eq!(programmed(&agent, "db-0", None), expected(R1, cluster(), "db-0"));
+    assert_eq!(programmed(&agent, "api-7d9f8b6c4-x2k9p", None), expected(R1, cluster(), "api-7d9f8b6c4-x2k9p"));
+    let ipcache: BTreeSet<String> = agent.dataplane().ipcache.keys().map(|(a, l)| format!("{a}/{l}")).collect();
+    for pod in ["10.200.1.1/32", "10.200.1.2/32", "10.200.2.1/32"] {
+        assert!(ipcache.contains(pod), "every pod of the cluster is in the ipcache: {ipcache:?}");
+    }
+    let log = ops(&mut agent);
+    let attaches = log.iter().filter(|op| matches!(op, SlotOp::Attach(..))).count();
+    assert_eq!(attaches, 2);
+    let first_attach = log.iter().position(|op| matches!(op, SlotOp::Attach(..))).unwrap();
+    assert!(log[..first_attach].iter().any(|op| matches!(op, SlotOp::Update { .. })), "policy before attach: {log:?}");
+    agent.converge().unwrap();
+    assert!(ops(&mut agent).is_empty(), "converging again changes nothing");
+}
+
+#[test]
+fn a_rollout_waiting_for_its_enforced_revision_changes_nothing() {
+    let mut agent = synced(agent(), vec![rollout(Some("db-r1"), None)]);
+    ops(&mut agent);
+    agent.apply(rollout(Some("db-r9"), None));
+    agent.converge().unwrap();
+    assert!(ops(&mut agent).is_empty(), "r9 is unknown: r1 stays as it is");
+    assert_eq!(programmed(&agent, "db-0", None), expected(R1, cluster(), "db-0"));
+}
+
+#[test]
+fn a_candidate_is_audited_beside_the_enforced_revision_then_flipped_to_and_back() {
+    let mut agent = synced(agent(), vec![rollout(Some("db-r1"), None)]);
+    ops(&mut agent);
+    agent.apply(rollout(Some("db-r1"), Some("db-r2")));
+    agent.converge().unwrap();
+    let before = enforced_slot(&agent, "db-0");
+    assert_eq!(programmed(&agent, "db-0", None), expected(R1, cluster(), "db-0"), "r1 still decides");
+    assert_eq!(programmed(&agent, "db-0", Some(before.other())), expected(R2, cluster(), "db-0"), "r2 is shadowed");
+    assert!(agent.endpoints().iter().all(|e| e.candidate == Some(e.enforced.other())));
+    assert!(!ops(&mut agent).iter().any(|op| matches!(op, SlotOp::FlipAll(_))));
+    let report = &agent.reports(Timestamp::now()).unwrap()[0];
+    assert_eq!(report.spec.loaded_revisions, ["db-r1", "db-r2"], "the barrier: both loaded");
+    assert_eq!(report.spec.candidate_revision.as_deref(), Some("db-r2"));
+    assert_eq!(report.spec.enforced_revision.as_deref(), Some("db-r1"));
+    assert_eq!(report.metadata.name.as_deref(), Some("db-n1"));
+
+    // The controller promotes: the candidate becomes the enforced revision.
+    agent.apply(rollout(Some("db-r2"), Some("db-r2")));
+    agent.converge().unwrap();
+    let log = ops(&mut agent);
+    let flips: Vec<&SlotOp> = log.iter().filter(|op| matches!(op, SlotOp::FlipAll(_))).collect();
+    assert_eq!(flips.len(), 1, "one node-wide flip: {log:?}");
+    let db = agent.endpoints().into_iter().find(|e| e.name == "db-0").unwrap().id;
+    assert_eq!(flips[0], &SlotOp::FlipAll(vec![db]), "db flips; api's policy is the same in both revisions");
+    let flip_at = log.iter().position(|op| matches!(op, SlotOp::FlipAll(_))).unwrap();
+    assert!(
+        !log[..flip_at].iter().any(|op| matches!(op, SlotOp::Update { .. })),
+        "the candidate slot already held r2: nothing is written before the flip: {log:?}"
+    );
+    assert_eq!(enforced_slot(&agent, "db-0"), before.other());
+    assert_eq!(programmed(&agent, "db-0", None), expected(R2, cluster(), "db-0"));
+    let report = &agent.reports(Timestamp::now()).unwrap()[0];
+    assert_eq!(report.spec.enforced_revision.as_deref(), Some("db-r2"), "the node confirms the flip");
+    assert!(agent.endpoints().iter().all(|e| e.candidate.is_none()), "nothing left to audit");
+
+    // Rollback: r1 is still in the idle slot, so going back is a flip too.
+    agent.apply(rollout(Some("db-r1"), None));
+    agent.converge().unwrap();
+    let log = ops(&mut agent);
+    assert!(log.iter().any(|op| matches!(op, SlotOp::FlipAll(_))), "{log:?}");
+    assert!(!log.iter().any(|op| matches!(op, SlotOp::Update { .. })), "no rewrite for a rollback: {log:?}");
+    assert_eq!(programmed(&agent, "db-0", None), expected(R1, cluster(), "db-0"));
+}
+
+#[test]
+fn pods_coming_going_and_relabelled_change_slots_in_place() {
+    let mut agent = synced(agent(), vec![rollout(Some("db-r1"), None)]);
+    ops(&mut agent);
+    // A second API pod: a new address for the same identity, no entry changes.
+    let mut api2: Pod = cluster().pods[0].clone();
+    api2.name = "api-7d9f8b6c4-abcde".into();
+    api2.ip = Some("10.200.1.3".parse().unwrap());
+    agent.apply(Change::Pod(api2.clone()));
+    agent.converge().unwrap();
+    let log = ops(&mut agent);
+    assert!(log.contains(&SlotOp::Ipcache(
+        "10.200.1.3".parse().unwrap(),
+        32,
+        Some(agent.enforced_engine().unwrap().identity_of_pod(&api2).unwrap())
+    )));
+    assert!(log.iter().any(|op| matches!(op, SlotOp::Attach(_, name) if name == "lxc3")), "{log:?}");
+    assert!(!log.iter().any(|op| matches!(op, SlotOp::FlipAll(_))));
+
+    // The web pod (another node) takes the api label: db's slot gains it, in place.
+    let mut web = cluster().pods[2].clone();
+    web.labels.insert("app".into(), "api".into());
+    agent.apply(Change::Pod(web.clone()));
+    agent.converge().unwrap();
+    let log = ops(&mut agent);
+    assert!(!log.iter().any(|op| matches!(op, SlotOp::FlipAll(_))), "not a new revision: no flip: {log:?}");
+    let mut now = cluster();
+    now.pods[2] = web;
+    now.pods.push(api2);
+    assert_eq!(programmed(&agent, "db-0", None), expected(R1, now.clone(), "db-0"));
+
+    // Relabelling the namespace changes nothing these selectors look at; deleting a pod detaches it.
+    let mut namespace = now.namespaces["shop"].clone();
+    namespace.labels.insert("tier".into(), "gold".into());
+    agent.apply(Change::Namespace(namespace.clone()));
+    agent.apply(Change::PodDeleted { namespace: "shop".into(), name: "api-7d9f8b6c4-abcde".into() });
+    agent.converge().unwrap();
+    let log = ops(&mut agent);
+    assert!(log.iter().any(|op| matches!(op, SlotOp::Detach(_))), "{log:?}");
+    assert!(log.contains(&SlotOp::Ipcache("10.200.1.3".parse().unwrap(), 32, None)));
+    now.namespaces.insert("shop".into(), namespace);
+    now.pods.pop();
+    assert_eq!(programmed(&agent, "db-0", None), expected(R1, now, "db-0"));
+}
+
+#[test]
+fn a_pod_is_attached_once_its_interface_exists() {
+    let wiring = Wiring::default();
+    let config = AgentConfig { node: Some("n1".into()), ..AgentConfig::default() };
+    let mut agent = Agent::new(config, RecordingDataplane::default(), wiring.clone());
+    for pod in cluster().pods {
+        agent.apply(Change::Pod(pod));
+    }
+    agent.apply(revision("db-r1", R1));
+    let mut agent = synced(agent, vec![rollout(Some("db-r1"), None)]);
+    assert!(agent.endpoints().iter().all(|e| !e.attached), "no interfaces yet");
+    assert!(!ops(&mut agent).iter().any(|op| matches!(op, SlotOp::Attach(..))));
+    wiring.0.lock().unwrap().insert("10.200.1.2".parse().unwrap());
+    agent.converge().unwrap();
+    assert_eq!(ops(&mut agent), [SlotOp::Attach(1, "lxc2".into())]);
+}
+
+#[test]
+fn a_restarted_agent_adopts_the_pinned_state_without_touching_it() {
+    let mut first = synced(agent(), vec![rollout(Some("db-r1"), Some("db-r2"))]);
+    ops(&mut first);
+    let dataplane = std::mem::take(first.dataplane_mut());
+    let config = AgentConfig { node: Some("n1".into()), ..AgentConfig::default() };
+    let mut second = Agent::new(config, dataplane, Wiring::all());
+    for pod in cluster().pods {
+        second.apply(Change::Pod(pod));
+    }
+    for namespace in cluster().namespaces.into_values() {
+        second.apply(Change::Namespace(namespace));
+    }
+    second.apply(revision("db-r2", R2));
+    second.apply(revision("db-r1", R1));
+    let mut second = synced(second, vec![rollout(Some("db-r1"), Some("db-r2"))]);
+    let log = ops(&mut second);
+    assert!(
+        log.iter().all(|op| matches!(op, SlotOp::Ipcache(..))),
+        "slots, candidates and attachments are adopted as they are: {log:?}"
+    );
+    assert_eq!(programmed(&second, "db-0", None), expected(R1, cluster(), "db-0"));
+    let report = &second.reports(Timestamp::now()).unwrap()[0];
+    assert_eq!(report.spec.loaded_revisions, ["db-r1", "db-r2"]);
+}
+
+#[test]
+fn the_audit_report_names_newly_denied_flows_by_labels_and_rule() {
+    let mut agent = synced(agent(), vec![rollout(Some("db-r1"), Some("db-r2"))]);
+    let engine = agent.enforced_engine().unwrap();
+    let api = engine.identity_of_pod(&cluster().pods[0]).unwrap();
+    let db = agent.endpoints().into_iter().find(|e| e.name == "db-0").unwrap().id;
+    let candidate_cookie = agent
+        .candidate_engine()
+        .unwrap()
+        .endpoint("shop", "db-0")
+        .unwrap()
+        .group
+        .ingress
+        .lookup(api, dp::PROTO_TCP, 5432)
+        .map_or(dp::COOKIE_NONE, |e| e.value.cookie);
+    let flow = |packets: u64, enforced: u8, candidate: u8| Flow {
+        key: FlowKey {
+            endpoint: db,
+            identity: api,
+            dport: 5432,
+            protocol: dp::PROTO_TCP,
+            direction: dp::DIRECTION_INGRESS,
+            enforced_verdict: enforced,
+            candidate_verdict: candidate,
+            mode: 0,
+            _pad: 0,
+        },
+        packets,
+        first_seen_ns: 0,
+        enforced_cookie: 4096,
+        candidate_cookie,
+    };
+    agent.dataplane_mut().flows = vec![flow(7, dp::VERDICT_ALLOW, dp::VERDICT_DENY)];
+    let report = &agent.reports(Timestamp::now()).unwrap()[0].spec;
+    assert_eq!(report.totals.new_denies, 1);
+    let listed = &report.flows[0];
+    assert_eq!((listed.enforced_verdict, listed.candidate_verdict, listed.count), (Verdict::Allow, Verdict::Deny, 7));
+    assert_eq!(listed.peer.labels.get("app").map(String::as_str), Some("api"));
+    assert_eq!(listed.peer.namespace.as_deref(), Some("shop"));
+    assert_eq!(listed.subject.workload.as_deref(), Some("db"));
+    assert_eq!(listed.port, 5432);
+    assert!(listed.rule.as_deref().is_some_and(|r| r.contains("default deny")), "{:?}", listed.rule);
+    assert!(report.endpoints.iter().any(|e| e.pod == "db-0"), "db is what the candidate selects");
+    assert!(!report.endpoints.iter().any(|e| e.pod.starts_with("api")), "api's policy does not change");
+}
