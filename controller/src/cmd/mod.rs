@@ -13,6 +13,7 @@ mod check;
 pub mod cluster;
 mod controller;
 mod diff;
+mod local;
 mod plan;
 pub mod rollouts;
 mod source;
@@ -61,6 +62,8 @@ enum Command {
     Rollouts(rollouts::Command),
     /// The Kubernetes controller: `palisade controller run`.
     Controller(controller::Args),
+    /// Local mode: a cluster file's pods as network namespaces on this machine (needs root).
+    Local(local::Args),
     /// Benchmarks (for `make bench-policy`).
     #[command(hide = true)]
     Bench(bench::Args),
@@ -100,6 +103,7 @@ pub fn run(cli: Cli) -> Result<u8> {
         Command::Source(args) => source::run(args),
         Command::Rollouts(command) => rollouts::run(command),
         Command::Controller(args) => controller::run(args),
+        Command::Local(args) => local::run(args),
         Command::Bench(args) => bench::run(args),
     }
 }

@@ -1,0 +1,154 @@
+//! `palisade local`: a cluster file's pods as network namespaces on this machine (local mode).
+//! State lives in `--state` (default /run/palisade-local): the cluster `up` was started with and
+//! its responder process, for `down`, `probe` and `run`.
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::Command as Process;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use palisade_local::{DEFAULT_PREFIX, DEFAULT_STATE_DIR, Local, Outcome, PodNet, Port, StateDir};
+use tabwriter::TabWriter;
+
+#[derive(clap::Args)]
+pub struct Args {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(clap::Subcommand)]
+enum Command {
+    /// Create a network namespace per pod of a cluster file, routed through one node namespace,
+    /// and start echo responders on the pods' declared ports. Replaces a previous `up`.
+    Up(UpArgs),
+    /// Stop the responders and delete the namespaces and state that `up` made.
+    Down(StateArgs),
+    /// Connect once from one pod to another. Exit 0 connected, 1 refused or timed out, 2 error.
+    Probe(ProbeArgs),
+    /// The responder process that `up` starts in the background.
+    #[command(hide = true)]
+    Responders(StateArgs),
+}
+
+#[derive(clap::Args)]
+pub struct StateArgs {
+    /// Where `up` records the cluster and its responder process.
+    #[arg(long, value_name = "DIR", default_value = DEFAULT_STATE_DIR)]
+    pub state: PathBuf,
+}
+
+impl StateArgs {
+    pub fn dir(&self) -> StateDir {
+        StateDir::new(&self.state)
+    }
+}
+
+#[derive(clap::Args)]
+struct UpArgs {
+    /// Cluster file: `kubectl get namespaces,pods,nodes,services -A -o yaml` output. Pods may
+    /// declare traffic in a `palisade.dev/talks-to: "NS/POD:PORT[/PROTO], ..."` annotation.
+    #[arg(long, value_name = "FILE")]
+    cluster: PathBuf,
+    #[command(flatten)]
+    state: StateArgs,
+    /// Start of every network namespace's name.
+    #[arg(long, default_value = DEFAULT_PREFIX)]
+    prefix: String,
+}
+
+#[derive(clap::Args)]
+struct ProbeArgs {
+    /// Client pod, NAMESPACE/POD.
+    #[arg(long)]
+    from: String,
+    /// Server pod, NAMESPACE/POD.
+    #[arg(long)]
+    to: String,
+    /// `PORT[/TCP|/UDP]` or `icmp`.
+    #[arg(long)]
+    port: Port,
+    /// How long to wait for the connection or the echo, e.g. `1s` or `300ms`.
+    #[arg(long, default_value = "1s", value_parser = parse_duration)]
+    timeout: Duration,
+    /// The cluster file, instead of the one `up` recorded in the state directory.
+    #[arg(long, value_name = "FILE")]
+    cluster: Option<PathBuf>,
+    #[command(flatten)]
+    state: StateArgs,
+}
+
+pub fn run(args: Args) -> Result<u8> {
+    palisade_local::require_root()?;
+    match args.command {
+        Command::Up(args) => up(args),
+        Command::Down(args) => {
+            palisade_local::down(&args.dir())?;
+            Ok(0)
+        }
+        Command::Probe(args) => probe(args),
+        Command::Responders(args) => {
+            let Err(e) = palisade_local::serve_responders(&args.dir());
+            Err(e)
+        }
+    }
+}
+
+fn up(args: UpArgs) -> Result<u8> {
+    let state = args.state.dir();
+    let exe = std::env::current_exe().context("find this program to start the responders")?;
+    let mut responders = Process::new(exe);
+    responders.args(["local", "responders", "--state"]).arg(state.dir());
+    let up = palisade_local::up(&state, &args.cluster, &args.prefix, responders)?;
+    let network = &up.local.network;
+    let mut out = TabWriter::new(std::io::stdout());
+    writeln!(out, "POD\tIP\tNETNS\tHOST IF\tPORTS")?;
+    for pod in network.pods() {
+        let ports: Vec<String> = pod.ports.iter().map(|p| format!("{}/{}", p.port, p.protocol.name())).collect();
+        writeln!(out, "{}\t{}\t{}\t{}\t{}", pod.key, pod.ip, pod.netns, pod.host_if, ports.join(","))?;
+    }
+    out.flush()?;
+    println!("node namespace {} routes between {} pods", network.node_netns(), network.pods().count());
+    println!("responders: pid {}, log {}", up.responders_pid, state.log_file().display());
+    if !up.local.talks.is_empty() {
+        println!("{} talks-to flows declared", up.local.talks.len());
+    }
+    Ok(0)
+}
+
+fn probe(args: ProbeArgs) -> Result<u8> {
+    let state = args.state.dir();
+    let local = match &args.cluster {
+        Some(file) => Local::read(file, &state.prefix()?)?,
+        None => state.load()?,
+    };
+    let from = pod(&local, &args.from)?;
+    let to = pod(&local, &args.to)?;
+    let outcome = palisade_local::probe(from, to.ip, args.port, args.timeout)
+        .with_context(|| format!("probe from {} (is the local cluster up?)", from.key))?;
+    let target = match args.port {
+        Port::Icmp => format!("{} ICMP", to.ip),
+        port => format!("{}:{port}", to.ip),
+    };
+    println!("{} -> {} {target}: {outcome}", from.key, to.key);
+    Ok(match outcome {
+        Outcome::Connected(_) => 0,
+        Outcome::Refused | Outcome::TimedOut | Outcome::Unreachable => 1,
+    })
+}
+
+fn pod<'a>(local: &'a Local, key: &str) -> Result<&'a PodNet> {
+    local.network.pod(key).with_context(|| {
+        format!(
+            "{}: no pod {key} with a network namespace (pods are NAMESPACE/POD, with a podIP and no hostNetwork)",
+            local.cluster_file.display()
+        )
+    })
+}
+
+fn parse_duration(text: &str) -> Result<Duration, String> {
+    let parsed = match text.strip_suffix("ms") {
+        Some(ms) => ms.parse().ok().map(Duration::from_millis),
+        None => text.strip_suffix('s').and_then(|s| s.parse().ok()).and_then(|s| Duration::try_from_secs_f64(s).ok()),
+    };
+    parsed.ok_or_else(|| format!("{text:?} is not a duration such as 1s, 0.5s or 300ms"))
+}
