@@ -55,7 +55,8 @@ pub struct PodNet {
 
 impl LocalNetwork {
     /// Names everything for the non-host-network pods of `cluster` that have a pod IP, whatever
-    /// node they are on. Every namespace name starts with `prefix`.
+    /// node they are on. Every namespace name starts with `prefix`, and everything starting with
+    /// it is this network's to delete: no prefix in use may start another.
     pub fn plan(cluster: &Cluster, prefix: &str) -> Result<LocalNetwork> {
         if prefix.is_empty()
             || prefix.len() > 32

@@ -38,12 +38,12 @@ impl Responders {
             served: Vec::new(),
         };
         for pod in network.pods() {
-            let ports: Vec<Port> = pod
+            let ports: Vec<(Port, Type, u16)> = pod
                 .ports
                 .iter()
                 .filter_map(|p| match p.protocol {
-                    Protocol::TCP => Some(Port::Tcp(p.port)),
-                    Protocol::UDP => Some(Port::Udp(p.port)),
+                    Protocol::TCP => Some((Port::Tcp(p.port), Type::STREAM, p.port)),
+                    Protocol::UDP => Some((Port::Udp(p.port), Type::DGRAM, p.port)),
                     _ => None,
                 })
                 .collect();
@@ -84,12 +84,7 @@ impl Drop for Responders {
     }
 }
 
-fn bind(port: Port) -> Result<(Port, Socket)> {
-    let (kind, number) = match port {
-        Port::Tcp(number) => (Type::STREAM, number),
-        Port::Udp(number) => (Type::DGRAM, number),
-        Port::Icmp => unreachable!("ICMP is answered by the kernel"),
-    };
+fn bind((port, kind, number): (Port, Type, u16)) -> Result<(Port, Socket)> {
     let socket = Socket::new(Domain::IPV4, kind, None).with_context(|| format!("{port}: socket"))?;
     socket.set_reuse_address(true).with_context(|| format!("{port}: SO_REUSEADDR"))?;
     socket.bind(&SocketAddr::from((Ipv4Addr::UNSPECIFIED, number)).into()).with_context(|| format!("bind {port}"))?;
