@@ -34,6 +34,8 @@ pub enum Error {
     },
     #[error(transparent)]
     Datapath(Box<palisade_datapath::Error>),
+    #[error("entering the node's network namespace: {0}")]
+    Netns(std::io::Error),
 }
 
 #[derive(Clone, Debug, Default)]

@@ -9,6 +9,7 @@ mod agent;
 mod dataplane;
 mod input;
 mod report;
+pub mod runtime;
 
 pub use agent::{Agent, AgentConfig, EndpointInfo, Error};
 pub use dataplane::{

@@ -402,3 +402,16 @@ fn the_audit_report_names_newly_denied_flows_by_labels_and_rule() {
     assert!(report.endpoints.iter().any(|e| e.pod == "db-0"), "db is what the candidate selects");
     assert!(!report.endpoints.iter().any(|e| e.pod.starts_with("api")), "api's policy does not change");
 }
+
+#[test]
+fn the_runtime_converges_on_changes_and_publishes_reports_when_revisions_load() {
+    use palisade_agent::runtime::{RuntimeOptions, spawn};
+    let options = RuntimeOptions { report_interval: std::time::Duration::from_secs(3600), ..RuntimeOptions::default() };
+    let mut handle = spawn(agent(), options).expect("spawn");
+    handle.changes.send(rollout(Some("db-r1"), Some("db-r2"))).unwrap();
+    handle.changes.send(Change::Synced).unwrap();
+    let reports = handle.reports.blocking_recv().expect("a report without waiting for the interval");
+    assert_eq!(reports[0].spec.loaded_revisions, ["db-r1", "db-r2"]);
+    drop(handle.changes);
+    handle.thread.join().unwrap().unwrap();
+}

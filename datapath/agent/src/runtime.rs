@@ -1,0 +1,140 @@
+//! Runs an agent on its own thread: changes in, PolicyAuditReports out. Kubernetes watches and
+//! local mode feed the same loop.
+//!
+//! A thread, not a task: converging is CPU work (a new revision compiles for a second on a big
+//! cluster) and, in local mode, the thread lives in the node's network namespace, where the
+//! endpoints' interfaces are.
+use std::fs::File;
+use std::os::fd::AsRawFd;
+use std::path::PathBuf;
+use std::sync::mpsc::{self, RecvTimeoutError};
+use std::thread::{self, JoinHandle};
+use std::time::{Duration, Instant};
+
+use k8s_openapi::jiff::Timestamp;
+use palisade_rollout::crd::PolicyAuditReport;
+use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender, unbounded_channel};
+use tracing::{info, warn};
+
+use crate::agent::{Agent, Error};
+use crate::dataplane::{Dataplane, InterfaceResolver};
+use crate::input::Change;
+
+#[derive(Clone, Debug)]
+pub struct RuntimeOptions {
+    /// Reports are published at least this often.
+    pub report_interval: Duration,
+    /// And at most this often, also when revisions load or flip (which the controller waits for).
+    pub min_report_gap: Duration,
+    /// Retry after a failed convergence.
+    pub retry: Duration,
+    /// Run in this network namespace (`/run/netns/NAME`): local mode's node namespace.
+    pub netns: Option<PathBuf>,
+}
+
+impl Default for RuntimeOptions {
+    fn default() -> Self {
+        RuntimeOptions {
+            report_interval: Duration::from_secs(10),
+            min_report_gap: Duration::from_millis(250),
+            retry: Duration::from_secs(1),
+            netns: None,
+        }
+    }
+}
+
+/// A running agent: send it changes; drop the sender to stop it.
+pub struct AgentHandle {
+    pub changes: mpsc::Sender<Change>,
+    pub reports: UnboundedReceiver<Vec<PolicyAuditReport>>,
+    pub thread: JoinHandle<Result<(), Error>>,
+}
+
+pub fn spawn<D, R>(agent: Agent<D, R>, options: RuntimeOptions) -> std::io::Result<AgentHandle>
+where
+    D: Dataplane + Send + 'static,
+    R: InterfaceResolver + Send + 'static,
+{
+    let (changes, inbox) = mpsc::channel();
+    let (outbox, reports) = unbounded_channel();
+    let netns = options.netns.as_ref().map(File::open).transpose()?;
+    let thread = thread::Builder::new().name("palisade-agent".into()).spawn(move || {
+        if let Some(netns) = netns {
+            enter_netns(&netns)?;
+        }
+        run(agent, inbox, outbox, &options);
+        Ok(())
+    })?;
+    Ok(AgentHandle { changes, reports, thread })
+}
+
+fn enter_netns(netns: &File) -> Result<(), Error> {
+    // SAFETY: a valid namespace file descriptor; only this thread moves.
+    if unsafe { libc::setns(netns.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+        return Err(Error::Netns(std::io::Error::last_os_error()));
+    }
+    Ok(())
+}
+
+fn run<D: Dataplane, R: InterfaceResolver>(
+    mut agent: Agent<D, R>,
+    inbox: mpsc::Receiver<Change>,
+    outbox: UnboundedSender<Vec<PolicyAuditReport>>,
+    options: &RuntimeOptions,
+) {
+    let mut next_report = Instant::now() + options.report_interval;
+    let mut last_report: Option<Instant> = None;
+    let mut failed = false;
+    // Set by changes the controller waits on (revisions loading, flips).
+    let mut barrier_moved = false;
+    loop {
+        let mut due = next_report;
+        if barrier_moved {
+            due = due.min(last_report.map_or(Instant::now(), |at| at + options.min_report_gap));
+        }
+        let wait = if failed { options.retry } else { due.saturating_duration_since(Instant::now()) };
+        let mut changed = match inbox.recv_timeout(wait) {
+            Ok(change) => {
+                barrier_moved |= moves_barrier(&change);
+                agent.apply(change);
+                true
+            }
+            Err(RecvTimeoutError::Timeout) => failed,
+            Err(RecvTimeoutError::Disconnected) => break,
+        };
+        while let Ok(change) = inbox.try_recv() {
+            barrier_moved |= moves_barrier(&change);
+            agent.apply(change);
+            changed = true;
+        }
+        if changed {
+            failed = match agent.converge() {
+                Ok(()) => false,
+                Err(e) => {
+                    warn!("could not bring the datapath in line; retrying: {e}");
+                    true
+                }
+            };
+        }
+        let now = Instant::now();
+        let gap_passed = last_report.is_none_or(|at| now.duration_since(at) >= options.min_report_gap);
+        if now >= next_report || (barrier_moved && gap_passed && !failed) {
+            match agent.reports(Timestamp::now()) {
+                Ok(reports) => {
+                    if outbox.send(reports).is_err() {
+                        break;
+                    }
+                }
+                Err(e) => warn!("could not read the datapath's observations: {e}"),
+            }
+            barrier_moved = false;
+            last_report = Some(now);
+            next_report = now + options.report_interval;
+        }
+    }
+    info!("agent stopped");
+}
+
+fn moves_barrier(change: &Change) -> bool {
+    matches!(change, Change::Revision(_) | Change::Rollout(_) | Change::Synced)
+}
