@@ -114,6 +114,106 @@ struct RawPort {
     protocol: Option<String>,
 }
 
+/// The parts of one object the conversions read; `kind` is not checked.
+fn parts(value: &serde_json::Value) -> Result<(Meta, serde_json::Value, serde_json::Value), String> {
+    let meta = match value.get("metadata") {
+        Some(meta) => Meta::deserialize(meta).map_err(|e| format!("metadata: {e}"))?,
+        None => Meta::default(),
+    };
+    let field = |name| value.get(name).cloned().unwrap_or_default();
+    Ok((meta, field("spec"), field("status")))
+}
+
+impl Namespace {
+    /// A Namespace as the API server serves it (JSON), e.g. from a watch.
+    pub fn from_json(value: &serde_json::Value) -> Result<Namespace, String> {
+        Ok(Namespace::from_parts(parts(value)?.0))
+    }
+
+    fn from_parts(meta: Meta) -> Namespace {
+        Namespace { name: meta.name, labels: meta.labels }
+    }
+}
+
+impl Pod {
+    /// A Pod as the API server serves it (JSON), e.g. from a watch.
+    pub fn from_json(value: &serde_json::Value) -> Result<Pod, String> {
+        let (meta, spec, status) = parts(value)?;
+        Pod::from_parts(meta, spec, &status)
+    }
+
+    fn from_parts(meta: Meta, spec: serde_json::Value, status: &serde_json::Value) -> Result<Pod, String> {
+        let Meta { name, namespace, labels } = meta;
+        // A pod without a spec (hand-written cluster files) has no ports and the defaults.
+        let spec: PodSpec = match spec {
+            serde_json::Value::Null => PodSpec::default(),
+            spec => serde_json::from_value(spec).map_err(|e| format!("pod {name}: spec: {e}"))?,
+        };
+        let ip = match status.get("podIP").and_then(|v| v.as_str()) {
+            Some(ip) => {
+                Some(ip.parse().map_err(|_| format!("pod {name}: status.podIP {ip:?} is not an IPv4 address"))?)
+            }
+            None => None,
+        };
+        let mut ports = Vec::new();
+        for port in spec.containers.iter().flat_map(|c| &c.ports) {
+            let protocol = match port.protocol.as_deref() {
+                None | Some("TCP") => Protocol::TCP,
+                Some("UDP") => Protocol::UDP,
+                Some("SCTP") => Protocol::SCTP,
+                Some(other) => return Err(format!("pod {name}: container port protocol {other:?}")),
+            };
+            ports.push(ContainerPort { name: port.name.clone(), port: port.container_port, protocol });
+        }
+        Ok(Pod {
+            namespace: namespace.unwrap_or_else(|| "default".into()),
+            name,
+            labels,
+            service_account: spec.service_account_name.unwrap_or_else(|| "default".into()),
+            node_name: spec.node_name,
+            ip,
+            host_network: spec.host_network,
+            ports,
+        })
+    }
+}
+
+impl Node {
+    /// A Node as the API server serves it (JSON), e.g. from a watch.
+    pub fn from_json(value: &serde_json::Value) -> Result<Node, String> {
+        let (meta, _, status) = parts(value)?;
+        Ok(Node::from_parts(meta, &status))
+    }
+
+    fn from_parts(meta: Meta, status: &serde_json::Value) -> Node {
+        let addresses = status["addresses"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|a| a["address"].as_str()?.parse().ok())
+            .collect();
+        Node { name: meta.name, labels: meta.labels, addresses }
+    }
+}
+
+impl Service {
+    /// A Service as the API server serves it (JSON), e.g. from a watch.
+    pub fn from_json(value: &serde_json::Value) -> Result<Service, String> {
+        let (meta, spec, _) = parts(value)?;
+        Ok(Service::from_parts(meta, &spec))
+    }
+
+    fn from_parts(meta: Meta, spec: &serde_json::Value) -> Service {
+        let selector = spec.get("selector").and_then(|s| serde_json::from_value(s.clone()).ok());
+        Service {
+            namespace: meta.namespace.unwrap_or_else(|| "default".into()),
+            name: meta.name,
+            labels: meta.labels,
+            selector,
+        }
+    }
+}
+
 impl Cluster {
     pub fn parse(files: &[SourceFile]) -> Result<Cluster, Vec<Diagnostic>> {
         let mut cluster = Cluster::default();
@@ -146,7 +246,6 @@ impl Cluster {
 
     fn add(&mut self, value: serde_json::Value) -> Result<(), String> {
         let object: Object = serde_json::from_value(value).map_err(|e| format!("not a Kubernetes object: {e}"))?;
-        let Meta { name, namespace, labels } = object.metadata;
         match object.kind.as_str() {
             "List" => {
                 for item in object.items {
@@ -154,59 +253,12 @@ impl Cluster {
                 }
             }
             "Namespace" => {
-                self.namespaces.insert(name.clone(), Namespace { name, labels });
+                let namespace = Namespace::from_parts(object.metadata);
+                self.namespaces.insert(namespace.name.clone(), namespace);
             }
-            "Pod" => {
-                // A pod without a spec (hand-written cluster files) has no ports and the defaults.
-                let spec: PodSpec = match object.spec {
-                    serde_json::Value::Null => PodSpec::default(),
-                    spec => serde_json::from_value(spec).map_err(|e| format!("pod {name}: spec: {e}"))?,
-                };
-                let ip = match object.status.get("podIP").and_then(|v| v.as_str()) {
-                    Some(ip) => Some(
-                        ip.parse().map_err(|_| format!("pod {name}: status.podIP {ip:?} is not an IPv4 address"))?,
-                    ),
-                    None => None,
-                };
-                let mut ports = Vec::new();
-                for port in spec.containers.iter().flat_map(|c| &c.ports) {
-                    let protocol = match port.protocol.as_deref() {
-                        None | Some("TCP") => Protocol::TCP,
-                        Some("UDP") => Protocol::UDP,
-                        Some("SCTP") => Protocol::SCTP,
-                        Some(other) => return Err(format!("pod {name}: container port protocol {other:?}")),
-                    };
-                    ports.push(ContainerPort { name: port.name.clone(), port: port.container_port, protocol });
-                }
-                self.pods.push(Pod {
-                    namespace: namespace.unwrap_or_else(|| "default".into()),
-                    name,
-                    labels,
-                    service_account: spec.service_account_name.unwrap_or_else(|| "default".into()),
-                    node_name: spec.node_name,
-                    ip,
-                    host_network: spec.host_network,
-                    ports,
-                });
-            }
-            "Node" => {
-                let addresses = object.status["addresses"]
-                    .as_array()
-                    .into_iter()
-                    .flatten()
-                    .filter_map(|a| a["address"].as_str()?.parse().ok())
-                    .collect();
-                self.nodes.push(Node { name, labels, addresses });
-            }
-            "Service" => {
-                let selector = object.spec.get("selector").and_then(|s| serde_json::from_value(s.clone()).ok());
-                self.services.push(Service {
-                    namespace: namespace.unwrap_or_else(|| "default".into()),
-                    name,
-                    labels,
-                    selector,
-                });
-            }
+            "Pod" => self.pods.push(Pod::from_parts(object.metadata, object.spec, &object.status)?),
+            "Node" => self.nodes.push(Node::from_parts(object.metadata, &object.status)),
+            "Service" => self.services.push(Service::from_parts(object.metadata, &object.spec)),
             // Anything else in a `kubectl get` dump says nothing about policy.
             _ => {}
         }
