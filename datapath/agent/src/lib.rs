@@ -8,6 +8,7 @@
 mod agent;
 mod dataplane;
 mod input;
+pub mod kube;
 mod report;
 pub mod runtime;
 

@@ -7,6 +7,7 @@
 use std::fs::File;
 use std::os::fd::AsRawFd;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::sync::mpsc::{self, RecvTimeoutError};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
@@ -30,6 +31,26 @@ pub struct RuntimeOptions {
     pub retry: Duration,
     /// Run in this network namespace (`/run/netns/NAME`): local mode's node namespace.
     pub netns: Option<PathBuf>,
+    /// Told about every convergence once synced (metrics, readiness).
+    pub on_converge: Option<ConvergeHook>,
+}
+
+/// One convergence after [`Change::Synced`].
+#[derive(Clone, Debug)]
+pub struct Convergence {
+    pub duration: Duration,
+    pub ok: bool,
+    /// Local endpoints after it.
+    pub endpoints: usize,
+}
+
+#[derive(Clone)]
+pub struct ConvergeHook(pub Arc<dyn Fn(&Convergence) + Send + Sync>);
+
+impl std::fmt::Debug for ConvergeHook {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ConvergeHook")
+    }
 }
 
 impl Default for RuntimeOptions {
@@ -39,6 +60,7 @@ impl Default for RuntimeOptions {
             min_report_gap: Duration::from_millis(250),
             retry: Duration::from_secs(1),
             netns: None,
+            on_converge: None,
         }
     }
 }
@@ -85,6 +107,7 @@ fn run<D: Dataplane, R: InterfaceResolver>(
     let mut next_report = Instant::now() + options.report_interval;
     let mut last_report: Option<Instant> = None;
     let mut failed = false;
+    let mut synced = false;
     // Set by changes the controller waits on (revisions loading, flips).
     let mut barrier_moved = false;
     loop {
@@ -96,6 +119,7 @@ fn run<D: Dataplane, R: InterfaceResolver>(
         let mut changed = match inbox.recv_timeout(wait) {
             Ok(change) => {
                 barrier_moved |= moves_barrier(&change);
+                synced |= matches!(change, Change::Synced);
                 agent.apply(change);
                 true
             }
@@ -104,11 +128,18 @@ fn run<D: Dataplane, R: InterfaceResolver>(
         };
         while let Ok(change) = inbox.try_recv() {
             barrier_moved |= moves_barrier(&change);
+            synced |= matches!(change, Change::Synced);
             agent.apply(change);
             changed = true;
         }
         if changed {
-            failed = match agent.converge() {
+            let started = Instant::now();
+            let result = agent.converge();
+            if let (true, Some(hook)) = (synced, &options.on_converge) {
+                let ok = result.is_ok();
+                (hook.0)(&Convergence { duration: started.elapsed(), ok, endpoints: agent.endpoints().len() });
+            }
+            failed = match result {
                 Ok(()) => false,
                 Err(e) => {
                     warn!("could not bring the datapath in line; retrying: {e}");

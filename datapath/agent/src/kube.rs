@@ -1,0 +1,396 @@
+//! The agent's Kubernetes side: watches that turn Pods, Namespaces, Nodes, Services,
+//! PolicyRevisions and PolicyRollouts into [`Change`]s, and the writer that server-side-applies
+//! the agent's PolicyAuditReports. Local mode feeds the same agent without any of this.
+//!
+//! Each watch remembers what it sent (resource versions, or the items of a whole-list kind), so a
+//! watch that restarts with a fresh listing (its resource version expired while it was away)
+//! deletes what vanished meanwhile and resends only what changed.
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::fmt::Debug;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, mpsc};
+
+use ::kube::api::{DeleteParams, Patch, PatchParams};
+use ::kube::runtime::WatchStreamExt;
+use ::kube::runtime::watcher::{self, Event};
+use ::kube::{Api, Client, Resource, ResourceExt};
+use futures::{StreamExt, TryFutureExt};
+use k8s_openapi::api::core::v1::{Namespace, Node, Pod, Service};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
+use palisade_policy::cluster;
+use palisade_rollout::crd::{PolicyAuditReport, PolicyRevision, PolicyRollout};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use tracing::{debug, info, warn};
+
+use crate::input::Change;
+
+/// The field manager of the agent's server-side applies.
+pub const FIELD_MANAGER: &str = "palisade-agent";
+
+/// The watches [`watch`] runs; [`Change::Synced`] follows the initial listing of all of them.
+const WATCHES: usize = 6;
+
+/// Namespace (empty for cluster-scoped objects) and name.
+type Key = (String, String);
+
+/// What the watches share with the rest of the agent process.
+#[derive(Debug, Default)]
+pub struct WatchState {
+    synced: AtomicBool,
+    /// Initial listings still outstanding.
+    pending: AtomicUsize,
+    /// Every PolicyRollout's uid, for the owner reference of its reports.
+    rollout_uids: Mutex<HashMap<Key, String>>,
+}
+
+impl WatchState {
+    /// Whether [`Change::Synced`] was sent.
+    pub fn synced(&self) -> bool {
+        self.synced.load(Ordering::SeqCst)
+    }
+
+    pub fn rollout_uid(&self, namespace: &str, name: &str) -> Option<String> {
+        self.uids().get(&(namespace.to_string(), name.to_string())).cloned()
+    }
+
+    fn uids(&self) -> std::sync::MutexGuard<'_, HashMap<Key, String>> {
+        self.rollout_uids.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+/// The agent stopped taking changes.
+#[derive(Debug, thiserror::Error)]
+#[error("the agent stopped taking changes")]
+pub struct AgentStopped;
+
+/// Watches everything the agent needs and sends it as changes, until the agent stops. Watch
+/// errors are logged and retried with the watcher's default backoff.
+pub async fn watch(client: Client, changes: mpsc::Sender<Change>, state: Arc<WatchState>) -> Result<(), AgentStopped> {
+    state.pending.store(WATCHES, Ordering::SeqCst);
+    let sink = Sink { changes, state };
+    let sink = &sink;
+    futures::try_join!(
+        each(Api::<Pod>::all(client.clone()), sink, pod_change, |(namespace, name)| Change::PodDeleted {
+            namespace,
+            name
+        }),
+        each(Api::<Namespace>::all(client.clone()), sink, namespace_change, |(_, name)| {
+            Change::NamespaceDeleted(name)
+        }),
+        each(
+            Api::<PolicyRevision>::all(client.clone()),
+            sink,
+            |r| Ok(Change::Revision(Box::new(r))),
+            |(namespace, name)| { Change::RevisionDeleted { namespace, name } }
+        ),
+        each(
+            Api::<PolicyRollout>::all(client.clone()),
+            sink,
+            |r| Ok(Change::Rollout(Box::new(r))),
+            |(namespace, name)| { Change::RolloutDeleted { namespace, name } }
+        ),
+        whole(Api::<Node>::all(client.clone()), sink, |n| cluster::Node::from_json(&to_json(n)?), Change::Nodes),
+        whole(Api::<Service>::all(client), sink, |s| cluster::Service::from_json(&to_json(s)?), Change::Services),
+    )
+    .map(|_| ())
+}
+
+fn to_json(object: &impl Serialize) -> Result<serde_json::Value, String> {
+    serde_json::to_value(object).map_err(|e| e.to_string())
+}
+
+fn pod_change(pod: Pod) -> Result<Change, String> {
+    cluster::Pod::from_json(&to_json(&pod)?).map(Change::Pod)
+}
+
+fn namespace_change(namespace: Namespace) -> Result<Change, String> {
+    cluster::Namespace::from_json(&to_json(&namespace)?).map(Change::Namespace)
+}
+
+struct Sink {
+    changes: mpsc::Sender<Change>,
+    state: Arc<WatchState>,
+}
+
+impl Sink {
+    fn send(&self, changes: Vec<Change>) -> Result<(), AgentStopped> {
+        for change in changes {
+            match &change {
+                Change::Rollout(rollout) => {
+                    if let Some(uid) = &rollout.metadata.uid {
+                        self.state.uids().insert(key_of(rollout.as_ref()), uid.clone());
+                    }
+                }
+                Change::RolloutDeleted { namespace, name } => {
+                    self.state.uids().remove(&(namespace.clone(), name.clone()));
+                }
+                _ => {}
+            }
+            self.changes.send(change).map_err(|_| AgentStopped)?;
+        }
+        Ok(())
+    }
+
+    /// One watch finished its first listing; the last one sends [`Change::Synced`].
+    fn listed(&self) -> Result<(), AgentStopped> {
+        if self.state.pending.fetch_sub(1, Ordering::SeqCst) == 1 {
+            info!("every watch has listed; the agent may program the datapath");
+            self.state.synced.store(true, Ordering::SeqCst);
+            self.changes.send(Change::Synced).map_err(|_| AgentStopped)?;
+        }
+        Ok(())
+    }
+}
+
+fn key_of<K: Resource>(object: &K) -> Key {
+    (object.meta().namespace.clone().unwrap_or_default(), object.meta().name.clone().unwrap_or_default())
+}
+
+/// Runs one watch, feeding its events to `handle` until the agent stops.
+async fn run<K>(api: Api<K>, sink: &Sink, mut handle: impl FnMut(Event<K>) -> Vec<Change>) -> Result<(), AgentStopped>
+where
+    K: Resource + Clone + DeserializeOwned + Debug + Send + 'static,
+{
+    let kind = std::any::type_name::<K>().rsplit("::").next().unwrap_or_default().to_string();
+    let mut events = watcher(api).boxed();
+    let mut listed = false;
+    while let Some(event) = events.next().await {
+        match event {
+            Ok(event) => {
+                let done = matches!(event, Event::InitDone);
+                sink.send(handle(event))?;
+                if done && !listed {
+                    listed = true;
+                    debug!(%kind, "initial listing done");
+                    sink.listed()?;
+                }
+            }
+            Err(e) => warn!(%kind, error = %e, "watch failed; retrying"),
+        }
+    }
+    Ok(())
+}
+
+fn watcher<K>(api: Api<K>) -> impl futures::Stream<Item = Result<Event<K>, watcher::Error>> + Send
+where
+    K: Resource + Clone + DeserializeOwned + Debug + Send + 'static,
+{
+    watcher::watcher(api, watcher::Config::default()).default_backoff()
+}
+
+/// A kind sent object by object: upserts as they come, deletions, and after a relisting the
+/// deletion of every object the listing no longer holds.
+async fn each<K>(
+    api: Api<K>,
+    sink: &Sink,
+    convert: impl Fn(K) -> Result<Change, String>,
+    deleted: impl Fn(Key) -> Change,
+) -> Result<(), AgentStopped>
+where
+    K: Resource + Clone + DeserializeOwned + Debug + Send + 'static,
+{
+    let mut tracker = EachTracker::default();
+    run(api, sink, |event| tracker.event(event, &convert, &deleted)).await
+}
+
+/// A kind sent as its whole list on every change (nodes and services only feed the ipcache and
+/// `toServices`; they are few).
+async fn whole<K, T>(
+    api: Api<K>,
+    sink: &Sink,
+    convert: impl Fn(&K) -> Result<T, String>,
+    list: impl Fn(Vec<T>) -> Change,
+) -> Result<(), AgentStopped>
+where
+    K: Resource + Clone + DeserializeOwned + Debug + Send + 'static,
+    T: Clone + PartialEq,
+{
+    let mut tracker = ListTracker::default();
+    run(api, sink, |event| tracker.event(event, &convert, &list)).await
+}
+
+/// What a watch of an object-by-object kind sent: each object's resource version.
+#[derive(Default)]
+struct EachTracker {
+    sent: BTreeMap<Key, String>,
+    /// Objects seen since the watch (re)started listing.
+    listing: Option<BTreeSet<Key>>,
+}
+
+impl EachTracker {
+    fn event<K: Resource>(
+        &mut self,
+        event: Event<K>,
+        convert: impl Fn(K) -> Result<Change, String>,
+        deleted: impl Fn(Key) -> Change,
+    ) -> Vec<Change> {
+        let mut out = Vec::new();
+        match event {
+            Event::Init => self.listing = Some(BTreeSet::new()),
+            Event::InitApply(object) | Event::Apply(object) => {
+                let key = key_of(&object);
+                let version = object.resource_version().unwrap_or_default();
+                if self.sent.get(&key).is_some_and(|v| *v == version && !version.is_empty()) {
+                    // Relisted unchanged.
+                    if let Some(listing) = &mut self.listing {
+                        listing.insert(key);
+                    }
+                    return out;
+                }
+                match convert(object) {
+                    Ok(change) => {
+                        out.push(change);
+                        if let Some(listing) = &mut self.listing {
+                            listing.insert(key.clone());
+                        }
+                        self.sent.insert(key, version);
+                    }
+                    Err(e) => {
+                        warn!(object = %format!("{}/{}", key.0, key.1), "ignored: {e}");
+                        if self.sent.remove(&key).is_some() {
+                            out.push(deleted(key));
+                        }
+                    }
+                }
+            }
+            Event::Delete(object) => {
+                let key = key_of(&object);
+                if self.sent.remove(&key).is_some() {
+                    out.push(deleted(key));
+                }
+            }
+            Event::InitDone => {
+                let listed = self.listing.take().unwrap_or_default();
+                let gone: Vec<Key> = self.sent.keys().filter(|k| !listed.contains(*k)).cloned().collect();
+                for key in gone {
+                    self.sent.remove(&key);
+                    out.push(deleted(key));
+                }
+            }
+        }
+        out
+    }
+}
+
+/// What a watch of a whole-list kind sent: the converted items.
+struct ListTracker<T> {
+    sent: BTreeMap<Key, T>,
+    listing: Option<BTreeMap<Key, T>>,
+    /// Whether the list was sent once (an empty list is news the first time).
+    announced: bool,
+}
+
+impl<T> Default for ListTracker<T> {
+    fn default() -> Self {
+        ListTracker { sent: BTreeMap::new(), listing: None, announced: false }
+    }
+}
+
+impl<T: Clone + PartialEq> ListTracker<T> {
+    fn event<K: Resource>(
+        &mut self,
+        event: Event<K>,
+        convert: impl Fn(&K) -> Result<T, String>,
+        list: impl Fn(Vec<T>) -> Change,
+    ) -> Vec<Change> {
+        let changed = match event {
+            Event::Init => {
+                self.listing = Some(BTreeMap::new());
+                false
+            }
+            Event::InitApply(object) => {
+                let key = key_of(&object);
+                match convert(&object) {
+                    Ok(item) => {
+                        self.listing.get_or_insert_default().insert(key, item);
+                    }
+                    Err(e) => warn!(object = %format!("{}/{}", key.0, key.1), "ignored: {e}"),
+                }
+                false
+            }
+            Event::InitDone => {
+                let listed = self.listing.take().unwrap_or_default();
+                let changed = listed != self.sent || !self.announced;
+                self.sent = listed;
+                changed
+            }
+            Event::Apply(object) => {
+                let key = key_of(&object);
+                match convert(&object) {
+                    Ok(item) => self.sent.insert(key, item.clone()).is_none_or(|old| old != item),
+                    Err(e) => {
+                        warn!(object = %format!("{}/{}", key.0, key.1), "ignored: {e}");
+                        self.sent.remove(&key).is_some()
+                    }
+                }
+            }
+            Event::Delete(object) => self.sent.remove(&key_of(&object)).is_some(),
+        };
+        if !changed {
+            return Vec::new();
+        }
+        self.announced = true;
+        vec![list(self.sent.values().cloned().collect())]
+    }
+}
+
+/// Server-side-applies the agent's PolicyAuditReports and deletes those of rollouts that are gone.
+pub struct ReportWriter {
+    client: Client,
+    state: Arc<WatchState>,
+    /// (namespace, name) of the reports the last batch held, or that could not be deleted yet.
+    written: BTreeSet<Key>,
+}
+
+impl ReportWriter {
+    pub fn new(client: Client, state: Arc<WatchState>) -> Self {
+        ReportWriter { client, state, written: BTreeSet::new() }
+    }
+
+    /// Writes one batch (one report per rollout the agent knows): each report is applied with
+    /// force, owned by its PolicyRollout when the rollout's uid is known, so that it goes with
+    /// it; the reports of the previous batch that this one lacks are deleted. Failures are logged;
+    /// the next batch tries again.
+    pub async fn write(&mut self, batch: &[PolicyAuditReport]) {
+        let mut written = BTreeSet::new();
+        for report in batch {
+            let key = key_of(report);
+            written.insert(key.clone());
+            let mut report = report.clone();
+            if let Some(uid) = self.state.rollout_uid(&key.0, &report.spec.rollout) {
+                report.metadata.owner_references = Some(vec![OwnerReference {
+                    api_version: "palisade.dev/v1alpha1".into(),
+                    kind: "PolicyRollout".into(),
+                    name: report.spec.rollout.clone(),
+                    uid,
+                    ..OwnerReference::default()
+                }]);
+            }
+            let api: Api<PolicyAuditReport> = Api::namespaced(self.client.clone(), &key.0);
+            let params = PatchParams::apply(FIELD_MANAGER).force();
+            if let Err(e) = api.patch(&key.1, &params, &Patch::Apply(&report)).await {
+                warn!(report = %format!("{}/{}", key.0, key.1), error = %e, "could not write the audit report");
+            }
+        }
+        let stale: Vec<Key> = self.written.difference(&written).cloned().collect();
+        for key in stale {
+            let api: Api<PolicyAuditReport> = Api::namespaced(self.client.clone(), &key.0);
+            match api.delete(&key.1, &DeleteParams::default()).map_ok(|_| ()).await {
+                Ok(()) => info!(report = %format!("{}/{}", key.0, key.1), "rollout gone; report deleted"),
+                Err(::kube::Error::Api(status)) if status.code == 404 => {}
+                Err(e) => {
+                    warn!(report = %format!("{}/{}", key.0, key.1), error = %e, "could not delete the audit report");
+                    written.insert(key);
+                }
+            }
+        }
+        self.written = written;
+    }
+}
+
+impl Debug for ReportWriter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ReportWriter").field("written", &self.written).finish_non_exhaustive()
+    }
+}
