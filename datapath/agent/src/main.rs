@@ -1,0 +1,362 @@
+//! `palisade-agent`: the node agent on a Kubernetes node (the DaemonSet in manifests/agent.yaml).
+//!
+//! Opens (or adopts) the pinned datapath, runs the agent on its thread, feeds it from the watches,
+//! writes its PolicyAuditReports, and serves `/metrics`, `/healthz` and `/readyz`. On SIGTERM it
+//! stops without touching the datapath: the pinned programs and maps keep enforcing until the next
+//! agent adopts them.
+use std::collections::BTreeSet;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use anyhow::Context;
+use axum::Router;
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::IntoResponse;
+use axum::routing::get;
+use clap::{Parser, ValueEnum};
+use palisade_agent::kube::{ReportWriter, WatchState, watch};
+use palisade_agent::runtime::{ConvergeHook, Convergence, RuntimeOptions, spawn};
+use palisade_agent::{Agent, AgentConfig, RouteResolver};
+use palisade_datapath::{DEFAULT_PIN_DIR, Datapath};
+use palisade_rollout::crd::PolicyAuditReport;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+use tokio::sync::mpsc::UnboundedReceiver;
+use tokio::sync::watch as signal;
+use tracing::{error, info, warn};
+use tracing_subscriber::EnvFilter;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "palisade-agent",
+    version,
+    about = "Palisade's node agent: policy for this node's pods on the eBPF datapath"
+)]
+struct Args {
+    /// This node: its pods are the endpoints the agent programs.
+    #[arg(long, env = "NODE_NAME")]
+    node_name: String,
+    /// Where the datapath's programs and maps are pinned (bpffs).
+    #[arg(long, default_value = DEFAULT_PIN_DIR)]
+    pin_dir: PathBuf,
+    /// `/metrics`, `/healthz`, `/readyz`.
+    #[arg(long, default_value = "0.0.0.0:9964")]
+    metrics_addr: SocketAddr,
+    /// PolicyAuditReports are written at least this often (`10s`, `500ms`, `1m`).
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    report_interval: Duration,
+    #[arg(long, value_enum, default_value_t = LogFormat::Json)]
+    log_format: LogFormat,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum LogFormat {
+    Json,
+    Text,
+}
+
+fn parse_duration(text: &str) -> Result<Duration, String> {
+    let split = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let number: u64 = number.parse().map_err(|_| format!("{text:?} is not a duration like 10s, 500ms or 1m"))?;
+    let duration = match unit {
+        "ms" => Duration::from_millis(number),
+        "s" => Duration::from_secs(number),
+        "m" => Duration::from_secs(number * 60),
+        _ => return Err(format!("{text:?} is not a duration like 10s, 500ms or 1m")),
+    };
+    if duration.is_zero() {
+        return Err("the interval must be positive".into());
+    }
+    Ok(duration)
+}
+
+fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let logs = tracing_subscriber::fmt().with_writer(std::io::stderr).with_env_filter(filter);
+    match args.log_format {
+        LogFormat::Json => logs.json().init(),
+        LogFormat::Text => logs.init(),
+    }
+    tokio::runtime::Builder::new_multi_thread().enable_all().build()?.block_on(run(args))
+}
+
+async fn run(args: Args) -> anyhow::Result<()> {
+    let metrics = Arc::new(Metrics::default());
+    let ready = Arc::new(AtomicBool::new(false));
+    let (stop_tx, stop) = signal::channel(false);
+    let listener = tokio::net::TcpListener::bind(args.metrics_addr)
+        .await
+        .with_context(|| format!("{}: cannot listen", args.metrics_addr))?;
+    info!(addr = %args.metrics_addr, "listening");
+    let server = tokio::spawn({
+        let mut stop = stop.clone();
+        let router = router(metrics.clone(), ready.clone());
+        async move {
+            let shutdown = async move {
+                let _ = stop.wait_for(|s| *s).await;
+            };
+            if let Err(e) = axum::serve(listener, router).with_graceful_shutdown(shutdown).await {
+                error!(error = %e, "metrics server stopped");
+            }
+        }
+    });
+
+    let datapath = Datapath::open(&args.pin_dir)
+        .with_context(|| format!("{}: cannot open or load the datapath", args.pin_dir.display()))?;
+    let client = kube::Client::try_default().await.context("no Kubernetes API to talk to")?;
+    let config = AgentConfig { node: Some(args.node_name.clone()), ..AgentConfig::default() };
+    let agent = Agent::new(config, datapath, RouteResolver);
+    let hook = {
+        let (metrics, ready) = (metrics.clone(), ready.clone());
+        ConvergeHook(Arc::new(move |c: &Convergence| {
+            metrics.converged(c);
+            if c.ok {
+                ready.store(true, Ordering::Relaxed);
+            }
+        }))
+    };
+    let options =
+        RuntimeOptions { report_interval: args.report_interval, on_converge: Some(hook), ..RuntimeOptions::default() };
+    let handle = spawn(agent, options).context("cannot start the agent's thread")?;
+    info!(node = %args.node_name, pin_dir = %args.pin_dir.display(), "agent started");
+
+    let state = Arc::new(WatchState::default());
+    let mut watches = tokio::spawn(watch(client.clone(), handle.changes, state.clone()));
+    let writer = tokio::spawn(write_reports(ReportWriter::new(client, state), handle.reports, metrics));
+    tokio::select! {
+        _ = shutdown_signal() => info!("shutting down; the pinned datapath keeps enforcing"),
+        _ = &mut watches => warn!("the agent stopped"),
+    }
+    // Dropping the watches drops the agent's inbox sender: its thread finishes what it is doing
+    // and stops, which ends the report stream and the writer.
+    watches.abort();
+    let _ = watches.await;
+    let result = tokio::task::spawn_blocking(move || handle.thread.join()).await?;
+    if tokio::time::timeout(Duration::from_secs(5), writer).await.is_err() {
+        warn!("the last reports were not written in time");
+    }
+    let _ = stop_tx.send(true);
+    let _ = server.await;
+    match result {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(e)) => Err(e).context("the agent failed"),
+        Err(_) => anyhow::bail!("the agent's thread panicked"),
+    }
+}
+
+/// Writes every batch of reports, only the newest when several queued up.
+async fn write_reports(
+    mut writer: ReportWriter,
+    mut reports: UnboundedReceiver<Vec<PolicyAuditReport>>,
+    metrics: Arc<Metrics>,
+) {
+    while let Some(mut batch) = reports.recv().await {
+        while let Ok(newer) = reports.try_recv() {
+            batch = newer;
+        }
+        metrics.reported(&batch);
+        writer.write(&batch).await;
+    }
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RolloutLabels {
+    namespace: String,
+    rollout: String,
+}
+
+struct Metrics {
+    registry: Registry,
+    endpoints: Gauge,
+    converge_seconds: Histogram,
+    converge_errors: Counter,
+    audit_new_denies: Family<RolloutLabels, Gauge>,
+    drops_per_minute: Gauge,
+    /// Rollouts of the last batch, so that gone ones lose their series.
+    rollouts: std::sync::Mutex<BTreeSet<(String, String)>>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        let mut registry = Registry::with_prefix("palisade_agent");
+        let metrics = Metrics {
+            endpoints: Gauge::default(),
+            converge_seconds: Histogram::new(exponential_buckets(0.0005, 2.0, 16)),
+            converge_errors: Counter::default(),
+            audit_new_denies: Family::default(),
+            drops_per_minute: Gauge::default(),
+            rollouts: Default::default(),
+            registry: Registry::default(),
+        };
+        registry.register(
+            "endpoints",
+            "Local endpoints (pods on this node) the agent programs",
+            metrics.endpoints.clone(),
+        );
+        registry.register(
+            "converge_seconds",
+            "Time to bring the datapath in line with a batch of changes",
+            metrics.converge_seconds.clone(),
+        );
+        registry.register(
+            "converge_errors",
+            "Convergences that failed and were retried",
+            metrics.converge_errors.clone(),
+        );
+        registry.register(
+            "audit_new_denies",
+            "Flows this node saw that the rollout's candidate would newly deny",
+            metrics.audit_new_denies.clone(),
+        );
+        registry.register(
+            "drops_per_minute",
+            "Packets this node dropped per minute under the enforced policy, over the last minute",
+            metrics.drops_per_minute.clone(),
+        );
+        Metrics { registry, ..metrics }
+    }
+}
+
+impl Metrics {
+    fn converged(&self, convergence: &Convergence) {
+        self.converge_seconds.observe(convergence.duration.as_secs_f64());
+        if !convergence.ok {
+            self.converge_errors.inc();
+        }
+        self.endpoints.set(i64::try_from(convergence.endpoints).unwrap_or(i64::MAX));
+    }
+
+    fn reported(&self, batch: &[PolicyAuditReport]) {
+        let mut rollouts = self.rollouts.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut now = BTreeSet::new();
+        for report in batch {
+            let labels = RolloutLabels {
+                namespace: report.metadata.namespace.clone().unwrap_or_default(),
+                rollout: report.spec.rollout.clone(),
+            };
+            let new_denies = i64::try_from(report.spec.totals.new_denies).unwrap_or(i64::MAX);
+            self.audit_new_denies.get_or_create(&labels).set(new_denies);
+            self.drops_per_minute.set(i64::try_from(report.spec.totals.drops_per_minute).unwrap_or(i64::MAX));
+            now.insert((labels.namespace, labels.rollout));
+        }
+        for (namespace, rollout) in rollouts.difference(&now) {
+            self.audit_new_denies.remove(&RolloutLabels { namespace: namespace.clone(), rollout: rollout.clone() });
+        }
+        *rollouts = now;
+    }
+
+    fn encode(&self) -> Result<String, std::fmt::Error> {
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, &self.registry)?;
+        Ok(out)
+    }
+}
+
+/// `/metrics`, `/healthz` and `/readyz` (ready once the watches have synced and the datapath
+/// was brought in line with them).
+fn router(metrics: Arc<Metrics>, ready: Arc<AtomicBool>) -> Router {
+    Router::new()
+        .route("/metrics", get(serve_metrics).with_state(metrics))
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(serve_ready).with_state(ready))
+}
+
+async fn serve_metrics(State(metrics): State<Arc<Metrics>>) -> impl IntoResponse {
+    match metrics.encode() {
+        Ok(text) => ([(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], text)
+            .into_response(),
+        Err(_) => StatusCode::INTERNAL_SERVER_ERROR.into_response(),
+    }
+}
+
+async fn serve_ready(State(ready): State<Arc<AtomicBool>>) -> (StatusCode, &'static str) {
+    if ready.load(Ordering::Relaxed) {
+        (StatusCode::OK, "ok\n")
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "not ready\n")
+    }
+}
+
+async fn shutdown_signal() {
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(e) => {
+                warn!(error = %e, "cannot listen for SIGTERM");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    tokio::select! {
+        _ = terminate => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use palisade_rollout::crd::{AuditTotals, PolicyAuditReportSpec};
+
+    use super::*;
+
+    #[test]
+    fn durations_parse() {
+        assert_eq!(parse_duration("10s"), Ok(Duration::from_secs(10)));
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+        assert!(parse_duration("10").is_err() && parse_duration("0s").is_err() && parse_duration("s").is_err());
+    }
+
+    #[test]
+    fn flags_have_defaults_but_the_node() {
+        assert!(Args::try_parse_from(["palisade-agent"]).is_err() || std::env::var("NODE_NAME").is_ok());
+        let args = Args::try_parse_from(["palisade-agent", "--node-name", "n1"]).unwrap();
+        assert_eq!(args.pin_dir, PathBuf::from(DEFAULT_PIN_DIR));
+        assert_eq!(args.metrics_addr, "0.0.0.0:9964".parse().unwrap());
+        assert_eq!(args.report_interval, Duration::from_secs(10));
+    }
+
+    fn report(rollout: &str, new_denies: u64, drops_per_minute: u64) -> PolicyAuditReport {
+        let spec = PolicyAuditReportSpec {
+            rollout: rollout.into(),
+            node: "n1".into(),
+            totals: AuditTotals { new_denies, drops_per_minute, ..AuditTotals::default() },
+            ..PolicyAuditReportSpec::default()
+        };
+        let mut report = PolicyAuditReport::new(&format!("{rollout}-n1"), spec);
+        report.metadata.namespace = Some("shop".into());
+        report
+    }
+
+    #[test]
+    fn metrics_follow_convergences_and_reports() {
+        let metrics = Metrics::default();
+        metrics.converged(&Convergence { duration: Duration::from_millis(3), ok: true, endpoints: 4 });
+        metrics.converged(&Convergence { duration: Duration::from_millis(1), ok: false, endpoints: 4 });
+        metrics.reported(&[report("web", 2, 30), report("db", 0, 30)]);
+        metrics.reported(&[report("web", 5, 12)]);
+        let text = metrics.encode().unwrap();
+        for line in [
+            "palisade_agent_endpoints 4",
+            "palisade_agent_converge_seconds_count 2",
+            "palisade_agent_converge_errors_total 1",
+            "palisade_agent_audit_new_denies{namespace=\"shop\",rollout=\"web\"} 5",
+            "palisade_agent_drops_per_minute 12",
+        ] {
+            assert!(text.lines().any(|l| l == line), "{line} missing in\n{text}");
+        }
+        assert!(!text.contains("rollout=\"db\""), "a gone rollout loses its series:\n{text}");
+    }
+}
