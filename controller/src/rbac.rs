@@ -24,14 +24,15 @@ pub const CONTROLLER_RBAC: &[Rule] = &[
 pub const CONTROLLER_NAMESPACE_RBAC: &[Rule] =
     &[("coordination.k8s.io", "leases", &["get", "create", "update"]), ("", "pods", &["list"])];
 
-/// The node agent, cluster-wide (ClusterRole `palisade-agent`): what identities and endpoints are
-/// computed from, the revisions to load, and its own audit report per rollout.
+/// The node agent, cluster-wide (ClusterRole `palisade-agent`): the watches identities and
+/// endpoints are computed from, the revisions to load (datapath/agent/src/kube.rs), and its own
+/// audit report per rollout, applied server-side and deleted when the rollout is gone.
 pub const AGENT_RBAC: &[Rule] = &[
-    ("", "pods", &["get", "list", "watch"]),
-    ("", "namespaces", &["get", "list", "watch"]),
-    ("", "nodes", &["get", "list", "watch"]),
-    ("", "services", &["get", "list", "watch"]),
-    ("palisade.dev", "policyrevisions", &["get", "list", "watch"]),
-    ("palisade.dev", "policyrollouts", &["get", "list", "watch"]),
-    ("palisade.dev", "policyauditreports", &["create", "update", "patch", "get", "list"]),
+    ("", "pods", &["list", "watch"]),
+    ("", "namespaces", &["list", "watch"]),
+    ("", "nodes", &["list", "watch"]),
+    ("", "services", &["list", "watch"]),
+    ("palisade.dev", "policyrevisions", &["list", "watch"]),
+    ("palisade.dev", "policyrollouts", &["list", "watch"]),
+    ("palisade.dev", "policyauditreports", &["get", "create", "patch", "delete"]),
 ];

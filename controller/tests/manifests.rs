@@ -226,6 +226,12 @@ fn agent_daemonset_owns_the_node() {
         pod["volumes"].as_array().unwrap().iter().find(|v| v["hostPath"]["path"] == "/sys/fs/bpf").expect("bpffs");
     let mount = c["volumeMounts"].as_array().unwrap().iter().find(|v| v["name"] == bpffs["name"]).expect("bpffs mount");
     assert_eq!(mount["mountPath"], "/sys/fs/bpf");
+    // The binary's default --metrics-addr port serves the probes.
+    let metrics = c["ports"].as_array().unwrap().iter().find(|p| p["containerPort"] == 9964).expect("port 9964");
+    for (probe, path) in [("livenessProbe", "/healthz"), ("readinessProbe", "/readyz")] {
+        assert_eq!(c[probe]["httpGet"]["path"], path, "{probe}");
+        assert_eq!(c[probe]["httpGet"]["port"], metrics["name"], "{probe}");
+    }
 }
 
 #[test]
