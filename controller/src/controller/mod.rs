@@ -20,7 +20,7 @@ pub use leader::LeaseLock;
 pub use metrics::{Metrics, Readiness, router as metrics_router};
 pub use reconcile::{error_policy, reconcile};
 pub use run::{Options, RunError, Webhook, run};
-pub use source::revision_name;
+pub use source::{Due, Fetched, SecretStore, Sources, revision_name};
 
 /// The field manager of every write: server-side apply keeps apart what this controller owns
 /// from what others own, like an `approval` written by `palisade promote`.

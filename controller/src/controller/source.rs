@@ -93,7 +93,7 @@ impl Sources {
         due: &Due<'_>,
         namespace: &str,
         rollout: &str,
-        secrets: &Api<Secret>,
+        secrets: &impl SecretStore,
         metrics: &Metrics,
     ) -> Result<Fetched, Error> {
         let spec = spec_fingerprint(due.source);
@@ -175,13 +175,13 @@ fn fingerprint(value: &impl Hash) -> u64 {
 /// for a problem the user must fix, said so that the status can show it.
 async fn read_settings(
     source: &GitSource,
-    secrets: &Api<Secret>,
+    secrets: &impl SecretStore,
 ) -> Result<Result<((SourceSpec, Credentials), u64), String>, Error> {
     let mut digest = DefaultHasher::new();
     let credentials = match &source.secret_ref {
         None => Credentials::default(),
         Some(secret) => {
-            let Some(data) = secret_data(secrets, &secret.name).await? else {
+            let Some(data) = secrets.data(&secret.name).await? else {
                 return Ok(Err(format!("spec.source.secretRef: Secret {} not found", secret.name)));
             };
             data.hash(&mut digest);
@@ -197,7 +197,7 @@ async fn read_settings(
     spec.timeout = source.timeout.into();
     if let Some(verify) = &source.verify {
         let name = &verify.keys_ref.name;
-        let Some(data) = secret_data(secrets, name).await? else {
+        let Some(data) = secrets.data(name).await? else {
             return Ok(Err(format!("spec.source.verify.keysRef: Secret {name} not found")));
         };
         data.hash(&mut digest);
@@ -209,13 +209,31 @@ async fn read_settings(
     Ok(Ok(((spec, credentials), digest.finish())))
 }
 
-async fn secret_data(secrets: &Api<Secret>, name: &str) -> Result<Option<BTreeMap<String, Vec<u8>>>, Error> {
-    let Some(secret) = secrets.get_opt(name).await? else { return Ok(None) };
+/// Where a rollout's Secrets come from: the API server, or local mode's files.
+pub trait SecretStore: Sync {
+    /// The data of the Secret `name` in the rollout's namespace, `None` when there is none.
+    fn data(&self, name: &str) -> impl Future<Output = Result<Option<BTreeMap<String, Vec<u8>>>, Error>> + Send;
+}
+
+impl SecretStore for Api<Secret> {
+    async fn data(&self, name: &str) -> Result<Option<BTreeMap<String, Vec<u8>>>, Error> {
+        Ok(self.get_opt(name).await?.map(|secret| secret_data(&secret)))
+    }
+}
+
+/// Local mode: Secrets given with the rollout, by name.
+impl SecretStore for BTreeMap<String, Secret> {
+    async fn data(&self, name: &str) -> Result<Option<BTreeMap<String, Vec<u8>>>, Error> {
+        Ok(self.get(name).map(secret_data))
+    }
+}
+
+fn secret_data(secret: &Secret) -> BTreeMap<String, Vec<u8>> {
     let mut data: BTreeMap<String, Vec<u8>> =
-        secret.data.unwrap_or_default().into_iter().map(|(k, v)| (k, v.0)).collect();
-    // stringData is write-only in a real cluster; honoured here for objects read back as written.
-    data.extend(secret.string_data.unwrap_or_default().into_iter().map(|(k, v)| (k, v.into_bytes())));
-    Ok(Some(data))
+        secret.data.clone().unwrap_or_default().into_iter().map(|(k, v)| (k, v.0)).collect();
+    // stringData is write-only in a real cluster; honoured for objects read as written.
+    data.extend(secret.string_data.clone().unwrap_or_default().into_iter().map(|(k, v)| (k, v.into_bytes())));
+    data
 }
 
 /// Every value of the keys Secret is a key file: armored OpenPGP keys or an allowed-signers file.

@@ -124,10 +124,10 @@ fn wait_for_report(
 ) {
     let deadline = Instant::now() + Duration::from_secs(10);
     while Instant::now() < deadline {
-        if let Ok(reports) = reports.try_recv() {
-            if reports.iter().any(|r| done(&r.spec)) {
-                return;
-            }
+        if let Ok(reports) = reports.try_recv()
+            && reports.iter().any(|r| done(&r.spec))
+        {
+            return;
         }
         std::thread::sleep(Duration::from_millis(5));
     }
