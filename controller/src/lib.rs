@@ -3,4 +3,5 @@ pub mod bench_workload;
 pub mod cmd;
 pub mod controller;
 pub mod files;
+pub mod local;
 pub mod rbac;

@@ -25,6 +25,10 @@ enum Command {
     Down(StateArgs),
     /// Connect once from one pod to another. Exit 0 connected, 1 refused or timed out, 2 error.
     Probe(ProbeArgs),
+    /// Run the controller and the agent against the local cluster (bringing it up first if it
+    /// is not): sync each PolicyRollout's Git source, audit candidates on the pods' traffic,
+    /// promote, roll back. Stop with Ctrl-C; what is enforced stays enforced.
+    Run(RunArgs),
     /// The responder process that `up` starts in the background.
     #[command(hide = true)]
     Responders(StateArgs),
@@ -57,6 +61,27 @@ struct UpArgs {
 }
 
 #[derive(clap::Args)]
+struct RunArgs {
+    /// Cluster file, as for `up`; defaults to the one the running local cluster was made from.
+    #[arg(long, value_name = "FILE")]
+    cluster: Option<PathBuf>,
+    /// PolicyRollout YAML (the same resource as in a cluster), with the Secrets it names. Repeatable.
+    #[arg(long, value_name = "FILE", required = true)]
+    rollout: Vec<PathBuf>,
+    #[command(flatten)]
+    state: StateArgs,
+    /// Where the datapath is pinned in bpffs.
+    #[arg(long, value_name = "DIR", default_value = "/sys/fs/bpf/palisade-local")]
+    pin_dir: PathBuf,
+    /// How often the agent reports what it observed.
+    #[arg(long, value_name = "DURATION", default_value = "2s", value_parser = parse_duration)]
+    report_interval: Duration,
+    /// How often pods make the connections their `palisade.dev/talks-to` annotation declares.
+    #[arg(long, value_name = "DURATION", default_value = "500ms", value_parser = parse_duration)]
+    traffic_interval: Duration,
+}
+
+#[derive(clap::Args)]
 struct ProbeArgs {
     /// Client pod, NAMESPACE/POD.
     #[arg(long)]
@@ -86,6 +111,7 @@ pub fn run(args: Args) -> Result<u8> {
             Ok(0)
         }
         Command::Probe(args) => probe(args),
+        Command::Run(args) => local_run(args),
         Command::Responders(args) => {
             let Err(e) = palisade_local::serve_responders(&args.dir());
             Err(e)
@@ -93,12 +119,17 @@ pub fn run(args: Args) -> Result<u8> {
     }
 }
 
-fn up(args: UpArgs) -> Result<u8> {
-    let state = args.state.dir();
+/// `up`, with the responders run by this program's hidden `local responders`.
+fn bring_up(state: &StateDir, cluster: &std::path::Path, prefix: &str) -> Result<palisade_local::Up> {
     let exe = std::env::current_exe().context("find this program to start the responders")?;
     let mut responders = Process::new(exe);
     responders.args(["local", "responders", "--state"]).arg(state.dir());
-    let up = palisade_local::up(&state, &args.cluster, &args.prefix, responders)?;
+    palisade_local::up(state, cluster, prefix, responders)
+}
+
+fn up(args: UpArgs) -> Result<u8> {
+    let state = args.state.dir();
+    let up = bring_up(&state, &args.cluster, &args.prefix)?;
     let network = &up.local.network;
     let mut out = TabWriter::new(std::io::stdout());
     writeln!(out, "POD\tIP\tNETNS\tHOST IF\tPORTS")?;
@@ -112,6 +143,42 @@ fn up(args: UpArgs) -> Result<u8> {
     if !up.local.talks.is_empty() {
         println!("{} talks-to flows declared", up.local.talks.len());
     }
+    Ok(0)
+}
+
+fn local_run(args: RunArgs) -> Result<u8> {
+    let state = args.state.dir();
+    let running = state.load().ok().filter(|l| args.cluster.as_ref().is_none_or(|c| *c == l.cluster_file));
+    let local = match (running, &args.cluster) {
+        (Some(local), _) => local,
+        (None, Some(cluster)) => bring_up(&state, cluster, DEFAULT_PREFIX)?.local,
+        (None, None) => anyhow::bail!("no local cluster is up: give --cluster FILE (or run `palisade local up` first)"),
+    };
+    let options = crate::local::run::RunOptions {
+        state_dir: args.state.state.clone(),
+        rollout_files: args.rollout,
+        pin_dir: args.pin_dir,
+        report_interval: args.report_interval,
+        traffic: palisade_local::TrafficOptions { interval: args.traffic_interval, ..Default::default() },
+    };
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "info,palisade_source=warn,palisade::controller::source=warn".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let runtime = tokio::runtime::Runtime::new().context("start the async runtime")?;
+    runtime.block_on(async {
+        let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+        let stop = async move {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = terminate.recv() => {}
+            }
+        };
+        crate::local::run::run(local, options, stop).await
+    })?;
     Ok(0)
 }
 

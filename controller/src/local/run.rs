@@ -1,0 +1,302 @@
+//! `palisade local run`: the controller and the agent in one process, against the local cluster
+//! (pods as network namespaces) and a state directory instead of the API server.
+//!
+//! The controller half is the Kubernetes reconciler's: the same Git source handling and the same
+//! pure engine, with the store in place of API calls. The agent half is the node agent itself on
+//! the real datapath, its thread inside the local node namespace.
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{Context as _, Result, bail};
+use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
+use k8s_openapi::jiff::Timestamp;
+use palisade_agent::runtime::{AgentHandle, RuntimeOptions, spawn};
+use palisade_agent::{Agent, AgentConfig, Change, RouteResolver};
+use palisade_datapath::Datapath;
+use palisade_local::{Local, TrafficGenerator, TrafficOptions};
+use palisade_policy::yaml::{self, Limits};
+use palisade_rollout::crd::{PolicyAuditReportSpec, PolicyRevision, PolicyRollout, PolicyRolloutStatus};
+use palisade_rollout::engine::{self, Action, EventType};
+use tracing::{info, warn};
+
+use super::store::{LocalEvent, Request, Store};
+use crate::controller::{Due, Metrics, REQUESTED_AT, ROLLOUT_LABEL, Sources};
+
+/// The namespace local mode's controller runs in: rollouts there may use `scope: Cluster`.
+pub const CONTROLLER_NAMESPACE: &str = "palisade-system";
+/// Local mode's one node, as reports name it.
+pub const NODE: &str = "local";
+
+pub struct RunOptions {
+    pub state_dir: PathBuf,
+    /// PolicyRollouts, with the Secrets they refer to, as multi-document YAML.
+    pub rollout_files: Vec<PathBuf>,
+    /// Where the datapath is pinned; it outlives the process, so a restart adopts it.
+    pub pin_dir: PathBuf,
+    pub report_interval: Duration,
+    /// Make the connections pods declare in `palisade.dev/talks-to`.
+    pub traffic: TrafficOptions,
+}
+
+/// The rollouts and Secrets of the rollout files.
+pub struct RolloutFiles {
+    pub rollouts: Vec<PolicyRollout>,
+    pub secrets: BTreeMap<(String, String), Secret>,
+}
+
+/// Reads PolicyRollouts and Secrets; anything else is an error naming the file and line.
+pub fn read_rollout_files(paths: &[PathBuf]) -> Result<RolloutFiles> {
+    let mut files = RolloutFiles { rollouts: Vec::new(), secrets: BTreeMap::new() };
+    for path in paths {
+        let text = std::fs::read_to_string(path).with_context(|| format!("read {}", path.display()))?;
+        let documents = yaml::parse_documents(&text, &Limits::default())
+            .map_err(|e| anyhow::anyhow!("{}:{}: {}", path.display(), e.line, e.message))?;
+        for document in documents {
+            let line = document.line;
+            let json = document.to_json();
+            let kind = json.get("kind").and_then(|k| k.as_str()).unwrap_or_default().to_owned();
+            let at = || format!("{}:{line}", path.display());
+            match kind.as_str() {
+                "PolicyRollout" => {
+                    let mut rollout: PolicyRollout =
+                        serde_json::from_value(json).with_context(|| format!("{}: PolicyRollout", at()))?;
+                    rollout.metadata.namespace.get_or_insert_with(|| "default".into());
+                    if rollout.metadata.name.is_none() {
+                        bail!("{}: metadata.name: a PolicyRollout needs a name", at());
+                    }
+                    files.rollouts.push(rollout);
+                }
+                "Secret" => {
+                    let secret: Secret = serde_json::from_value(json).with_context(|| format!("{}: Secret", at()))?;
+                    let namespace = secret.metadata.namespace.clone().unwrap_or_else(|| "default".into());
+                    let name = secret.metadata.name.clone().with_context(|| format!("{}: metadata.name", at()))?;
+                    files.secrets.insert((namespace, name), secret);
+                }
+                "" => bail!("{}: kind: missing (expected PolicyRollout or Secret)", at()),
+                other => bail!("{}: kind: {other}: local mode reads PolicyRollouts and Secrets only", at()),
+            }
+        }
+    }
+    if files.rollouts.is_empty() {
+        bail!("no PolicyRollout in {}", paths.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", "));
+    }
+    Ok(files)
+}
+
+/// Runs until `shutdown` resolves. Enforcement outlives it: the datapath stays pinned.
+pub async fn run(local: Local, options: RunOptions, shutdown: impl Future<Output = ()>) -> Result<()> {
+    let files = read_rollout_files(&options.rollout_files)?;
+    let store = Store::new(&options.state_dir);
+    let datapath = Datapath::open(&options.pin_dir)
+        .with_context(|| format!("load the datapath pinned under {}", options.pin_dir.display()))?;
+    let agent = Agent::new(AgentConfig::default(), datapath, RouteResolver);
+    let netns = Path::new("/run/netns").join(local.network.node_netns());
+    let runtime = RuntimeOptions { netns: Some(netns), report_interval: options.report_interval, ..Default::default() };
+    let AgentHandle { changes, mut reports, thread } = spawn(agent, runtime).context("start the agent")?;
+    let send = |change: Change| changes.send(change).map_err(|_| anyhow::anyhow!("the agent stopped"));
+
+    for namespace in local.cluster.namespaces.values() {
+        send(Change::Namespace(namespace.clone()))?;
+    }
+    for pod in &local.cluster.pods {
+        send(Change::Pod(pod.clone()))?;
+    }
+    send(Change::Nodes(local.cluster.nodes.clone()))?;
+    send(Change::Services(local.cluster.services.clone()))?;
+    // The spec comes from the files; status (and a suspend from the CLI) from the last run.
+    let mut rollouts = Vec::new();
+    for mut rollout in files.rollouts {
+        let (namespace, name) = (namespace_of(&rollout), name_of(&rollout));
+        if let Some(stored) = store.rollout(&namespace, &name)? {
+            rollout.status = stored.status;
+            rollout.spec.suspend |= stored.spec.suspend;
+            rollout.metadata.annotations = stored.metadata.annotations;
+        }
+        rollout.metadata.creation_timestamp.get_or_insert_with(|| Time(Timestamp::now()));
+        store.put_rollout(&rollout)?;
+        for revision in store.revisions(&namespace)? {
+            send(Change::Revision(Box::new(revision)))?;
+        }
+        send(Change::Rollout(Box::new(rollout.clone())))?;
+        rollouts.push((namespace, name));
+    }
+    send(Change::Synced)?;
+    let traffic = TrafficGenerator::start(&local.network, &local.talks, options.traffic)?;
+    info!(pods = local.network.pods().count(), rollouts = rollouts.len(), "local mode running");
+
+    let controller = Controller {
+        store: &store,
+        sources: Sources::new(options.state_dir.join("git")),
+        secrets: files.secrets,
+        metrics: Metrics::default(),
+        send: &send,
+    };
+    tokio::pin!(shutdown);
+    let mut next = Duration::ZERO;
+    loop {
+        tokio::select! {
+            () = &mut shutdown => break,
+            batch = reports.recv() => {
+                let Some(batch) = batch else { break };
+                for report in batch {
+                    store.put_report(&report)?;
+                }
+            }
+            () = tokio::time::sleep(next) => {}
+        }
+        next = Duration::from_secs(1);
+        for (namespace, name) in &rollouts {
+            match controller.reconcile(namespace, name).await {
+                Ok(after) => next = next.min(after),
+                Err(e) => warn!(rollout = %format!("{namespace}/{name}"), "reconcile failed: {e:#}"),
+            }
+        }
+    }
+    traffic.stop();
+    drop(changes);
+    thread.join().map_err(|_| anyhow::anyhow!("the agent thread panicked"))??;
+    info!("stopped; the datapath stays pinned and enforcing");
+    Ok(())
+}
+
+struct Controller<'a, F: Fn(Change) -> Result<()>> {
+    store: &'a Store,
+    sources: Sources,
+    secrets: BTreeMap<(String, String), Secret>,
+    metrics: Metrics,
+    send: &'a F,
+}
+
+impl<F: Fn(Change) -> Result<()>> Controller<'_, F> {
+    /// One reconcile of one rollout, as the Kubernetes reconciler does it; returns when to come
+    /// back at the latest.
+    async fn reconcile(&self, namespace: &str, name: &str) -> Result<Duration> {
+        let Some(mut rollout) = self.store.rollout(namespace, name)? else {
+            bail!("rollout {namespace}/{name} is gone")
+        };
+        let now = Timestamp::now();
+        self.take_requests(&mut rollout)?;
+        let key = format!("{namespace}/{name}");
+        let spec = rollout.spec.clone();
+        let fetched = if spec.suspend {
+            None
+        } else {
+            let requested_at =
+                rollout.metadata.annotations.as_ref().and_then(|a| a.get(REQUESTED_AT)).map(String::as_str);
+            let due = Due { key: &key, source: &spec.source, requested_at, now };
+            match self.sources.fresh(&due) {
+                Some(fetched) => Some(fetched),
+                None => {
+                    let secrets: BTreeMap<String, Secret> = self
+                        .secrets
+                        .iter()
+                        .filter(|((ns, _), _)| ns == namespace)
+                        .map(|((_, n), s)| (n.clone(), s.clone()))
+                        .collect();
+                    Some(self.sources.fetch(&due, namespace, name, &secrets, &self.metrics).await?)
+                }
+            }
+        };
+        let suspended = engine::SourceObservation::Unreachable { message: "suspended".into() };
+        let observation = fetched.as_ref().map_or(&suspended, |f| &f.observation);
+        let mut reports: Vec<PolicyAuditReportSpec> =
+            self.store.reports(namespace, name)?.into_iter().map(|r| r.spec).filter(|r| r.node == NODE).collect();
+        if reports.is_empty() {
+            // The node holds the promotion barrier until its agent reports.
+            reports.push(PolicyAuditReportSpec { rollout: name.into(), node: NODE.into(), ..Default::default() });
+        }
+        let ctx = engine::Context {
+            namespace,
+            controller_namespace: CONTROLLER_NAMESPACE,
+            generation: rollout.metadata.generation,
+            now,
+        };
+        let decision = engine::reconcile(&spec, rollout.status.as_ref(), observation, &reports, &ctx);
+        // Revisions first, so the status never names one the agent cannot read.
+        for action in &decision.actions {
+            if let Action::StageCandidate(staged) = action {
+                let Some((id, revision_spec)) =
+                    fetched.as_ref().and_then(|f| f.revision.as_ref()).filter(|(id, _)| *id == staged.id)
+                else {
+                    bail!("the engine staged {}, which the last fetch did not produce", staged.id);
+                };
+                let revision = PolicyRevision {
+                    metadata: ObjectMeta {
+                        name: Some(id.clone()),
+                        namespace: Some(namespace.into()),
+                        labels: Some([(ROLLOUT_LABEL.to_string(), name.to_string())].into()),
+                        creation_timestamp: Some(Time(now)),
+                        ..ObjectMeta::default()
+                    },
+                    spec: revision_spec.clone(),
+                };
+                self.store.put_revision(&revision)?;
+                (self.send)(Change::Revision(Box::new(revision)))?;
+                info!(rollout = %key, revision = %id, "staged a PolicyRevision");
+            }
+        }
+        if rollout.status.as_ref() != Some(&decision.status) {
+            let old = rollout.status.replace(decision.status.clone());
+            self.store.put_rollout(&rollout)?;
+            (self.send)(Change::Rollout(Box::new(rollout.clone())))?;
+            if old.as_ref().map(|s| s.phase) != Some(decision.status.phase) {
+                info!(rollout = %key, phase = ?decision.status.phase, "phase");
+            }
+        }
+        let mut requeue = self.sources.next_fetch(&key, &spec.source, now);
+        for action in decision.actions {
+            match action {
+                Action::Event { kind, reason, message } => {
+                    let type_ = match kind {
+                        EventType::Normal => "Normal",
+                        EventType::Warning => "Warning",
+                    };
+                    info!(rollout = %key, reason, "{message}");
+                    self.store.append_event(&LocalEvent {
+                        time: Time(now),
+                        type_: type_.into(),
+                        reason: reason.into(),
+                        namespace: namespace.into(),
+                        rollout: name.into(),
+                        message,
+                    })?;
+                }
+                Action::RequeueAfter(after) => requeue = requeue.min(after),
+                Action::Flip { .. } | Action::RollBack { .. } | Action::StageCandidate(_) => {}
+            }
+        }
+        Ok(requeue.max(Duration::from_millis(200)))
+    }
+
+    /// What the CLI asked for since the last reconcile, applied as its patches would be.
+    fn take_requests(&self, rollout: &mut PolicyRollout) -> Result<()> {
+        let (namespace, name) = (namespace_of(rollout), name_of(rollout));
+        let requests = self.store.take_requests(&namespace, &name)?;
+        if requests.is_empty() {
+            return Ok(());
+        }
+        for request in requests {
+            let status = rollout.status.get_or_insert_with(PolicyRolloutStatus::default);
+            match request {
+                Request::Approve(approval) => status.approval = Some(approval),
+                Request::Abort(abort) => status.abort = Some(abort),
+                Request::Suspend(suspend) => rollout.spec.suspend = suspend,
+                Request::Reconcile(at) => {
+                    let stamp = at.0.to_string();
+                    rollout.metadata.annotations.get_or_insert_with(BTreeMap::new).insert(REQUESTED_AT.into(), stamp);
+                }
+            }
+        }
+        self.store.put_rollout(rollout)
+    }
+}
+
+fn namespace_of(rollout: &PolicyRollout) -> String {
+    rollout.metadata.namespace.clone().unwrap_or_else(|| "default".into())
+}
+
+fn name_of(rollout: &PolicyRollout) -> String {
+    rollout.metadata.name.clone().unwrap_or_default()
+}
