@@ -1,5 +1,6 @@
 //! The Palisade controller and its `palisade` command line.
-pub mod bench_workload;
+/// The synthetic workload of `palisade bench policy`, shared with the agent's benchmark.
+pub use palisade_policy::bench as bench_workload;
 pub mod cmd;
 pub mod controller;
 pub mod files;

@@ -1,6 +1,7 @@
 //! The Palisade policy language. Pure: callers hand in file names and text, nothing here reads
 //! files, talks to Kubernetes or touches the kernel.
 pub mod api;
+pub mod bench;
 pub mod cluster;
 pub mod compile;
 pub mod diag;

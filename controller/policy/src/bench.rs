@@ -1,6 +1,7 @@
-//! A deterministic synthetic cluster and policy set for `palisade bench policy`: 200 namespaces,
-//! 10,000 pods sharing 5,000 identities (two pods per label set), and 1,000 policies of the kinds
-//! real clusters carry. Everything is YAML text, so it goes through the real parsers.
+//! A deterministic synthetic cluster and policy set for `palisade bench policy` and the agent's
+//! benchmark (`make bench-agent`): 200 namespaces, 10,000 pods sharing 5,000 identities (two pods
+//! per label set), and 1,000 policies of the kinds real clusters carry. Everything is YAML text,
+//! so it goes through the real parsers.
 use std::fmt::Write;
 
 pub const NAMESPACES: usize = 200;
