@@ -3,7 +3,7 @@ SHELL := /bin/bash
 CARGO ?= cargo
 export PATH := $(HOME)/.cargo/bin:$(PATH)
 
-.PHONY: deps build test demo bench-policy bench-datapath bench-source clippy fmt crds
+.PHONY: deps build test demo bench-policy bench-datapath bench-agent bench-source clippy fmt crds
 
 deps:
 	@bash scripts/deps.sh
@@ -37,3 +37,8 @@ crds: deps
 # Root: real eBPF, network namespaces and veths (cleaned up on exit).
 bench-datapath: deps
 	$(CARGO) run --release --quiet -p palisade-datapath --example bench
+
+# Root: the agent over the real eBPF datapath pinned in a temporary bpffs directory (removed on
+# exit): 10,000 pods, 100 local endpoints, 1,000 policies.
+bench-agent: deps
+	$(CARGO) run --release --quiet -p palisade-agent --example bench
