@@ -288,6 +288,13 @@ pub struct Engine {
     /// recompiled or removed are skipped or harmless), so a changed identity only revisits them.
     peer_groups: HashMap<Peer, HashSet<GroupKey>>,
     pod_identity: HashMap<String, u32>,
+    /// The group of every endpoint pod, by [`Pod::key`]: an agent asks for its endpoints' groups
+    /// on every change, and a scan of the cluster's pods for each is too slow.
+    endpoint_groups: HashMap<String, GroupKey>,
+    /// The pods at each address, by [`Pod::key`] with their identity, in the order they were
+    /// added (the last one is in the ipcache), host-network pods left out: the ipcache without
+    /// going through every pod.
+    pod_addrs: BTreeMap<Ipv4Addr, Vec<(String, u32)>>,
     /// NetworkPolicy ipBlocks. A pod inside one carries a label for it, so pods inside and
     /// outside a block never share an identity and the block selects exactly its pods.
     ip_blocks: BTreeSet<CidrBlock>,
@@ -320,6 +327,8 @@ impl Engine {
             selections: HashMap::new(),
             peer_groups: HashMap::new(),
             pod_identity: HashMap::new(),
+            endpoint_groups: HashMap::new(),
+            pod_addrs: BTreeMap::new(),
             ip_blocks: BTreeSet::new(),
             named_ports: HashMap::new(),
             groups: HashMap::new(),
@@ -376,25 +385,37 @@ impl Engine {
 
     /// The compiled group of an endpoint, for comparing [`Group::revision`]s.
     pub fn group_of(&self, namespace: &str, name: &str) -> Option<(&GroupKey, &Group)> {
-        let pod = self.cluster.pod(namespace, name).filter(|p| self.is_endpoint(p))?;
-        self.groups.get_key_value(&self.group_key(pod))
+        self.groups.get_key_value(self.endpoint_groups.get(&format!("{namespace}/{name}"))?)
     }
 
     /// The ipcache: pods as /32, CIDR identities for referenced prefixes, node addresses; one
     /// identity per prefix, sorted. A pod's address keeps the pod's identity even when a policy
     /// names that exact /32, because CIDR rules never match pods.
     pub fn ipcache(&self) -> Vec<(Prefix, u32)> {
-        let mut entries: BTreeMap<Prefix, u32> =
+        let mut others: BTreeMap<Prefix, u32> =
             self.identities.cidr_identities().filter_map(|i| Some((i.prefix?, i.id))).collect();
         for node in &self.cluster.nodes {
-            entries.extend(node.addresses.iter().map(|a| (Prefix::new(*a, 32), dp::IDENTITY_REMOTE_NODE)));
+            others.extend(node.addresses.iter().map(|a| (Prefix::new(*a, 32), dp::IDENTITY_REMOTE_NODE)));
         }
-        for pod in self.cluster.endpoints() {
-            if let (Some(ip), Some(id)) = (pod.ip, self.identity_of_pod(pod)) {
-                entries.insert(Prefix::new(ip, 32), id);
-            }
+        // Both sorted: merged in one walk, a pod's entry replacing another for the same /32.
+        let mut pods =
+            self.pod_addrs.iter().filter_map(|(addr, pods)| Some((Prefix::new(*addr, 32), pods.last()?.1))).peekable();
+        let mut others = others.into_iter().peekable();
+        let mut entries = Vec::with_capacity(self.pod_addrs.len() + 64);
+        loop {
+            let next = match (pods.peek(), others.peek()) {
+                (None, None) => break,
+                (Some(p), Some(o)) if p.0 == o.0 => {
+                    others.next();
+                    pods.next()
+                }
+                (Some(p), Some(o)) if o.0 < p.0 => others.next(),
+                (Some(_), _) => pods.next(),
+                (None, Some(_)) => others.next(),
+            };
+            entries.extend(next);
         }
-        entries.into_iter().collect()
+        entries
     }
 
     /// The identity the datapath sees for an address (longest prefix; world when nothing matches).
@@ -562,6 +583,13 @@ impl Engine {
             }
         }
         self.pod_identity.insert(pod.key(), id);
+        if let (Some(ip), false) = (pod.ip, pod.host_network) {
+            self.pod_addrs.entry(ip).or_default().push((pod.key(), id));
+        }
+        if self.is_endpoint(&pod) {
+            let key = self.group_key(&pod);
+            self.endpoint_groups.insert(pod.key(), key);
+        }
         self.cluster.pods.push(pod);
         if new {
             self.identity_added(id);
@@ -570,6 +598,15 @@ impl Engine {
 
     fn remove_pod_identity(&mut self, pod: &Pod) {
         let Some(id) = self.pod_identity.remove(&pod.key()) else { return };
+        self.endpoint_groups.remove(&pod.key());
+        if let Some(ip) = pod.ip
+            && let Some(pods) = self.pod_addrs.get_mut(&ip)
+        {
+            pods.retain(|(key, _)| *key != pod.key());
+            if pods.is_empty() {
+                self.pod_addrs.remove(&ip);
+            }
+        }
         for port in &pod.ports {
             let Some(name) = &port.name else { continue };
             if let Some(numbers) = self.named_ports.get_mut(name) {
@@ -1142,6 +1179,54 @@ mod tests {
         assert!(engine.remove_pod("ns", "b").is_some());
         assert!(engine.cluster.pod("ns", "b").is_none() && engine.remove_pod("ns", "b").is_none());
         assert!(!engine.ipcache().iter().any(|(p, _)| p.to_string() == "10.200.0.2/32"));
+    }
+
+    #[test]
+    fn the_ipcache_and_endpoint_groups_follow_pods_sharing_an_address() {
+        let cluster = Cluster::parse(&[crate::SourceFile { name: "c.yaml", text: AGENT_CLUSTER }]).expect("cluster");
+        let set = parse_set(
+            "apiVersion: cilium.io/v2\nkind: CiliumNetworkPolicy\nmetadata: {name: p, namespace: ns}\nspec:\n  endpointSelector: {matchLabels: {app: a}}\n  ingress:\n    - fromEndpoints: [{matchLabels: {app: b}}]\n",
+        );
+        let options = EngineOptions { node: Some("n1".into()), ..EngineOptions::default() };
+        let mut engine = Engine::with_options(set, cluster, options);
+        let at = |e: &Engine, addr: &str| {
+            let prefix = Prefix::new(addr.parse().unwrap(), 32);
+            e.ipcache().into_iter().filter(|(p, _)| *p == prefix).map(|(_, id)| id).collect::<Vec<_>>()
+        };
+        let identity = |e: &Engine, name: &str| e.identity_of_pod(e.cluster.pod("ns", name).unwrap()).unwrap();
+        let a = identity(&engine, "a");
+        assert_eq!(at(&engine, "10.200.0.1"), [a]);
+        // A node at b's address: the pod's identity wins, as it does in a fresh ipcache.
+        engine.set_nodes(vec![crate::cluster::Node {
+            name: "n2".into(),
+            labels: Default::default(),
+            addresses: vec!["10.200.0.2".parse().unwrap(), "10.201.0.2".parse().unwrap()],
+        }]);
+        assert_eq!(at(&engine, "10.200.0.2"), [identity(&engine, "b")]);
+        assert_eq!(at(&engine, "10.201.0.2"), [dp::IDENTITY_REMOTE_NODE]);
+        // A second pod at a's address (an address reused before the old pod is gone): the pod
+        // added last is in the ipcache, and a again once that one goes.
+        let mut c = engine.cluster.pod("ns", "a").unwrap().clone();
+        c.name = "c".into();
+        c.labels.insert("app".into(), "c".into());
+        engine.upsert_pod(c);
+        let c = identity(&engine, "c");
+        assert!(c != a);
+        assert_eq!(at(&engine, "10.200.0.1"), [c]);
+        let sorted = engine.ipcache().windows(2).all(|w| w[0].0 < w[1].0);
+        assert!(sorted, "sorted, one entry per prefix");
+        assert_eq!(engine.group_of("ns", "c").map(|(k, _)| k.identity), Some(c));
+        engine.remove_pod("ns", "c");
+        assert_eq!(at(&engine, "10.200.0.1"), [a]);
+        assert!(engine.group_of("ns", "c").is_none(), "gone with its pod");
+        assert!(engine.group_of("ns", "b").is_none(), "b runs on another node: not an endpoint here");
+        // Relabelled: a's group follows its new identity.
+        let mut relabelled = engine.cluster.pod("ns", "a").unwrap().clone();
+        relabelled.labels.insert("app".into(), "b".into());
+        engine.upsert_pod(relabelled);
+        let (key, group) = engine.group_of("ns", "a").expect("a's group");
+        assert_eq!(key.identity, identity(&engine, "a"));
+        assert_eq!(group.ingress.enforcement, Enforcement::NotEnforced, "the policy no longer selects it");
     }
 
     #[test]

@@ -134,6 +134,8 @@ pub struct EndpointInfo {
 pub struct Agent<D, R> {
     pub(crate) config: AgentConfig,
     cluster: Cluster,
+    /// Where each pod is in `cluster.pods`.
+    pod_index: HashMap<ObjectKey, usize>,
     revisions: BTreeMap<ObjectKey, Revision>,
     pub(crate) rollouts: BTreeMap<ObjectKey, Targets>,
     pub(crate) compiled: Option<Compiled>,
@@ -142,7 +144,8 @@ pub struct Agent<D, R> {
     /// Endpoints pinned by an earlier run, by interface index, until adopted.
     adoptable: Option<HashMap<u32, EndpointId>>,
     pub(crate) endpoints: BTreeMap<ObjectKey, Endpoint>,
-    ipcache: BTreeMap<Prefix, u32>,
+    /// What the datapath's ipcache holds, sorted by prefix.
+    ipcache: Vec<(Prefix, u32)>,
     generations: u64,
     pub(crate) audits: BTreeMap<ObjectKey, AuditState>,
     pub(crate) drops: DropSamples,
@@ -155,6 +158,7 @@ impl<D: Dataplane, R: InterfaceResolver> Agent<D, R> {
         Agent {
             config,
             cluster: Cluster::default(),
+            pod_index: HashMap::new(),
             revisions: BTreeMap::new(),
             rollouts: BTreeMap::new(),
             compiled: None,
@@ -162,7 +166,7 @@ impl<D: Dataplane, R: InterfaceResolver> Agent<D, R> {
             synced: false,
             adoptable: None,
             endpoints: BTreeMap::new(),
-            ipcache: BTreeMap::new(),
+            ipcache: Vec::new(),
             generations: 0,
             audits: BTreeMap::new(),
             drops: DropSamples::default(),
@@ -210,7 +214,12 @@ impl<D: Dataplane, R: InterfaceResolver> Agent<D, R> {
         match change {
             Change::Pod(pod) => self.upsert_pod(pod),
             Change::PodDeleted { namespace, name } => {
-                self.cluster.pods.retain(|p| p.namespace != namespace || p.name != name);
+                if let Some(index) = self.pod_index.remove(&(namespace.clone(), name.clone())) {
+                    self.cluster.pods.swap_remove(index);
+                    if let Some(moved) = self.cluster.pods.get(index) {
+                        self.pod_index.insert((moved.namespace.clone(), moved.name.clone()), index);
+                    }
+                }
                 self.each_engine(|e| {
                     e.remove_pod(&namespace, &name);
                 });
@@ -255,10 +264,14 @@ impl<D: Dataplane, R: InterfaceResolver> Agent<D, R> {
     }
 
     fn upsert_pod(&mut self, pod: Pod) {
-        match self.cluster.pods.iter_mut().find(|p| p.namespace == pod.namespace && p.name == pod.name) {
+        let key = (pod.namespace.clone(), pod.name.clone());
+        match self.pod_index.get(&key).map(|&i| &mut self.cluster.pods[i]) {
             Some(existing) if *existing == pod => return,
             Some(existing) => *existing = pod.clone(),
-            None => self.cluster.pods.push(pod.clone()),
+            None => {
+                self.pod_index.insert(key, self.cluster.pods.len());
+                self.cluster.pods.push(pod.clone());
+            }
         }
         self.each_engine(|e| e.upsert_pod(pod.clone()));
     }
@@ -486,13 +499,19 @@ impl<D: Dataplane, R: InterfaceResolver> Agent<D, R> {
     fn program(&mut self) -> Result<(), Error> {
         let compiled = self.compiled.as_ref().expect("compiled");
         let mut computed: HashMap<(u64, usize, u64), Arc<Vec<PolicyEntry>>> = HashMap::new();
-        let mut desired = |key: &ObjectKey, set: usize| -> Option<SlotContent> {
+        // `held`: what the endpoint's slots hold. Equal sources mean equal entries, so a slot
+        // computed from the same source is reused rather than every group's entries collected
+        // again on every converge.
+        let mut desired = |key: &ObjectKey, set: usize, held: &[SlotContent; 2]| -> Option<SlotContent> {
             let (engine, revisions) = match set {
                 ENFORCED_SET => (&compiled.enforced, &compiled.enforced_revisions),
                 _ => (compiled.candidate.as_ref()?, &compiled.candidate_revisions),
             };
             let (_, group) = engine.group_of(&key.0, &key.1)?;
             let source = (compiled.generation, set, group.revision);
+            if let Some(same) = held.iter().find(|slot| slot.source == Some(source)) {
+                return Some(same.clone());
+            }
             let entries = computed
                 .entry(source)
                 .or_insert_with(|| {
@@ -508,7 +527,7 @@ impl<D: Dataplane, R: InterfaceResolver> Agent<D, R> {
         let mut flips: Vec<ObjectKey> = Vec::new();
         let mut candidates: Vec<(ObjectKey, Option<SlotContent>)> = Vec::new();
         for (key, endpoint) in &self.endpoints {
-            let Some(want) = desired(key, ENFORCED_SET) else { continue };
+            let Some(want) = desired(key, ENFORCED_SET, &endpoint.slots) else { continue };
             let (enforced, idle) = (endpoint.enforced, endpoint.enforced.other());
             let current = endpoint.slot(enforced);
             if current.source == want.source {
@@ -523,7 +542,7 @@ impl<D: Dataplane, R: InterfaceResolver> Agent<D, R> {
                 writes.push((key.clone(), idle, want));
                 flips.push(key.clone());
             }
-            candidates.push((key.clone(), desired(key, CANDIDATE_SET)));
+            candidates.push((key.clone(), desired(key, CANDIDATE_SET, &endpoint.slots)));
         }
         for (key, slot, content) in writes {
             self.write_slot(&key, slot, content)?;
@@ -604,13 +623,30 @@ impl<D: Dataplane, R: InterfaceResolver> Agent<D, R> {
 
     fn sync_ipcache(&mut self) -> Result<(), Error> {
         let compiled = self.compiled.as_ref().expect("compiled");
-        let desired: BTreeMap<Prefix, u32> = compiled.enforced.ipcache().into_iter().collect();
-        for (prefix, identity) in &desired {
-            if self.ipcache.get(prefix) != Some(identity) {
-                self.dataplane.set_ipcache(prefix.addr, prefix.len, *identity)?;
+        let desired = compiled.enforced.ipcache();
+        // Both sorted by prefix, one entry each: one walk through both. New entries go in before
+        // old ones go, so no address falls back to a broader prefix in between.
+        let mut removals = Vec::new();
+        let (mut old, mut new) = (self.ipcache.iter().peekable(), desired.iter().peekable());
+        loop {
+            match (old.peek(), new.peek()) {
+                (None, None) => break,
+                (Some(o), Some(n)) if o.0 == n.0 => {
+                    if o.1 != n.1 {
+                        self.dataplane.set_ipcache(n.0.addr, n.0.len, n.1)?;
+                    }
+                    old.next();
+                    new.next();
+                }
+                (Some(o), Some(n)) if o.0 < n.0 => removals.extend(old.next().map(|o| o.0)),
+                (Some(_), None) => removals.extend(old.next().map(|o| o.0)),
+                (_, Some(n)) => {
+                    self.dataplane.set_ipcache(n.0.addr, n.0.len, n.1)?;
+                    new.next();
+                }
             }
         }
-        for prefix in self.ipcache.keys().filter(|p| !desired.contains_key(p)) {
+        for prefix in removals {
             self.dataplane.remove_ipcache(prefix.addr, prefix.len)?;
         }
         self.ipcache = desired;
@@ -638,12 +674,35 @@ fn merge(parts: &[(ObjectKey, &PolicySet, String)]) -> (PolicySet, Vec<ObjectKey
     (set, origins, parts.iter().map(|(_, _, id)| id.clone()).collect())
 }
 
-/// Keys to write and keys to delete to turn `old` into `new` (both sorted by key).
+/// Keys to write and keys to delete to turn `old` into `new` (both sorted by key): one walk
+/// through both, as slots can hold thousands of entries and only a few change.
 fn diff(old: &[PolicyEntry], new: &[PolicyEntry]) -> (Vec<PolicyEntry>, Vec<PolicyKey>) {
-    let old_by_key: HashMap<PolicyKey, &PolicyEntry> = old.iter().map(|e| (e.key, e)).collect();
-    let new_keys: BTreeSet<PolicyKey> = new.iter().map(|e| e.key).collect();
-    let upserts = new.iter().filter(|e| old_by_key.get(&e.key) != Some(e)).copied().collect();
-    let removals = old.iter().map(|e| e.key).filter(|k| !new_keys.contains(k)).collect();
+    let (mut upserts, mut removals) = (Vec::new(), Vec::new());
+    let (mut old, mut new) = (old.iter().peekable(), new.iter().peekable());
+    loop {
+        match (old.peek(), new.peek()) {
+            (None, None) => break,
+            (Some(o), Some(n)) if o.key == n.key => {
+                if o != n {
+                    upserts.push(**n);
+                }
+                old.next();
+                new.next();
+            }
+            (Some(o), Some(n)) if o.key < n.key => {
+                removals.push(o.key);
+                old.next();
+            }
+            (Some(o), None) => {
+                removals.push(o.key);
+                old.next();
+            }
+            (_, Some(n)) => {
+                upserts.push(**n);
+                new.next();
+            }
+        }
+    }
     (upserts, removals)
 }
 
@@ -661,5 +720,32 @@ fn endpoint_error(key: &ObjectKey, source: palisade_datapath::Error) -> Error {
 impl From<palisade_datapath::Error> for Error {
     fn from(source: palisade_datapath::Error) -> Self {
         Error::Datapath(Box::new(source))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use palisade_common::PolicyValue;
+
+    use super::*;
+
+    #[test]
+    fn diff_writes_changed_and_new_keys_and_deletes_the_rest() {
+        let entry = |identity: u32, port: u16, cookie: u32| PolicyEntry {
+            key: PolicyKey::new(identity, palisade_common::DIRECTION_INGRESS, Some(6), port, 16),
+            value: PolicyValue::new(palisade_common::VERDICT_ALLOW, cookie),
+        };
+        let mut old = vec![entry(300, 80, 1), entry(300, 443, 1), entry(301, 80, 1), entry(303, 80, 1)];
+        let mut new = vec![entry(300, 80, 1), entry(300, 443, 2), entry(302, 80, 1), entry(304, 80, 1)];
+        old.sort_by_key(|e| e.key);
+        new.sort_by_key(|e| e.key);
+        let (upserts, removals) = diff(&old, &new);
+        let keys = |entries: &[PolicyEntry]| entries.iter().map(|e| e.key).collect::<BTreeSet<_>>();
+        assert_eq!(keys(&upserts), keys(&[entry(300, 443, 2), entry(302, 80, 1), entry(304, 80, 1)]));
+        assert!(upserts.contains(&entry(300, 443, 2)), "the new value");
+        assert_eq!(removals.iter().copied().collect::<BTreeSet<_>>(), keys(&[entry(301, 80, 1), entry(303, 80, 1)]));
+        assert_eq!(diff(&new, &new), (vec![], vec![]));
+        assert_eq!(diff(&[], &new).0, new);
+        assert_eq!(diff(&new, &[]).1, new.iter().map(|e| e.key).collect::<Vec<_>>());
     }
 }
