@@ -1,15 +1,20 @@
 //! `palisade get|describe|promote|abort|suspend|resume|reconcile` against an in-memory API server
-//! (kube-rs's mock-service pattern): the exact requests sent and the exact output printed.
+//! (kube-rs's mock-service pattern): the exact requests sent and the exact output printed; and
+//! with `--local`, against local mode's store in a temporary directory filled with the same
+//! objects: the same output, and the request left for `palisade local run`.
 
 use std::sync::{Arc, Mutex};
 
 use clap::Parser;
 use http::{Request, Response, StatusCode};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
 use kube::Client;
 use kube::client::Body;
 use palisade::cmd::cluster::Session;
-use palisade::cmd::rollouts::{self, Command};
+use palisade::cmd::rollouts::{self, Backend, Command, LocalState};
+use palisade::local::store::{LocalEvent, Request as LocalRequest, Store};
+use palisade_rollout::crd::{Abort, Approval, PolicyAuditReport, PolicyRollout};
 use serde_json::{Value as Json, json};
 
 const BASE: &str = "/apis/palisade.dev/v1alpha1";
@@ -35,6 +40,16 @@ struct Fake {
 
 impl Fake {
     fn handle(&mut self, method: &str, path: &str, body: Option<&Json>) -> (StatusCode, Json) {
+        if let Some(namespace) = path.strip_prefix("/api/v1/namespaces/").and_then(|p| p.strip_suffix("/events")) {
+            // Every Event of the namespace: the CLI filters by the object too.
+            let items: Vec<Json> = self
+                .objects
+                .iter()
+                .filter(|o| o["kind"] == "Event" && o["metadata"]["namespace"] == namespace)
+                .cloned()
+                .collect();
+            return (StatusCode::OK, json!({"apiVersion": "v1", "kind": "EventList", "metadata": {}, "items": items}));
+        }
         let Some(rest) = path.strip_prefix(BASE) else { return not_found(path) };
         let parts: Vec<&str> = rest.trim_start_matches('/').split('/').collect();
         let (namespace, plural, name, sub) = match parts.as_slice() {
@@ -56,7 +71,9 @@ impl Fake {
         };
         match (method, name, sub) {
             ("GET", None, None) => {
-                let items: Vec<Json> = self.objects.iter().filter(|o| selected(o)).cloned().collect();
+                // In key order, as etcd lists them.
+                let mut items: Vec<Json> = self.objects.iter().filter(|o| selected(o)).cloned().collect();
+                items.sort_by_key(|o| (o["metadata"]["namespace"].to_string(), o["metadata"]["name"].to_string()));
                 let list = json!({"apiVersion": "palisade.dev/v1alpha1", "kind": format!("{kind}List"), "metadata": {}, "items": items});
                 (StatusCode::OK, list)
             }
@@ -166,7 +183,7 @@ async fn run(fake: Fake, args: &[&str]) -> Run {
     };
     let command = Cli::try_parse_from(std::iter::once("palisade").chain(args.iter().copied())).unwrap().command;
     let mut out = Vec::new();
-    let result = rollouts::execute(&session, command, &mut out).await;
+    let result = rollouts::execute(&Backend::Cluster(session), command, &mut out).await;
     let seen = seen.lock().unwrap().clone();
     Run { result, out: String::from_utf8(out).unwrap(), seen, fake }
 }
@@ -254,6 +271,34 @@ fn report(node: &str, rollout: &str, candidate: &str, flows: Vec<Json>, loaded: 
     })
 }
 
+/// An Event about a rollout as the Recorder writes it (events.k8s.io), seen through the core API.
+fn event(rollout: &str, n: u32, at: &str, type_: &str, reason: &str, message: &str) -> Json {
+    json!({
+        "apiVersion": "v1",
+        "kind": "Event",
+        "metadata": {"name": format!("{rollout}.{n}"), "namespace": "shop"},
+        "involvedObject": {"apiVersion": "palisade.dev/v1alpha1", "kind": "PolicyRollout", "name": rollout, "namespace": "shop"},
+        "eventTime": at,
+        "type": type_, "reason": reason, "message": message, "action": reason,
+        "reportingComponent": "palisade-controller", "reportingInstance": "palisade-controller-0",
+    })
+}
+
+fn events() -> Vec<Json> {
+    vec![
+        event("web", 2, "2025-06-01T11:50:00.000000Z", "Normal", "AuditPassed", "audit of main@b2c3d4e passed"),
+        event(
+            "web",
+            1,
+            "2025-06-01T11:30:00.000000Z",
+            "Normal",
+            "AuditStarted",
+            "auditing main@b2c3d4e beside main@a1b2c3d",
+        ),
+        event("api", 1, "2025-05-29T12:00:00.000000Z", "Normal", "Promoted", "v1.2.0@c3d4e5f enforced"),
+    ]
+}
+
 fn cluster() -> Fake {
     let frontend = json!({"namespace": "shop", "workload": "frontend"});
     let legacy = json!({"namespace": "shop", "labels": {"app": "legacy"}});
@@ -278,7 +323,7 @@ fn cluster() -> Fake {
         ),
         report("node-a", "api", "rev-zz", vec![flow("api", json!({"cidr": "0.0.0.0/0"}), 443, 99, "x")], &[]),
     ];
-    Fake { objects, forbid_status: false }
+    Fake { objects: objects.into_iter().chain(events()).collect(), forbid_status: false }
 }
 
 fn status_of(fake: &Mutex<Fake>, name: &str) -> Json {
@@ -296,8 +341,8 @@ async fn get_rollouts_prints_the_crd_columns() {
         run.out,
         "\
 NAME   ENFORCED         CANDIDATE      PHASE      NEW-DENIES   READY   AGE
-web    main@a1b2c3d     main@b2c3d4e   Auditing   3            False   120m
 api    v1.2.0@c3d4e5f                  Enforced   0            True    3d
+web    main@a1b2c3d     main@b2c3d4e   Auditing   3            False   120m
 "
     );
 }
@@ -324,9 +369,9 @@ async fn get_rollouts_all_namespaces_and_wide() {
             "MESSAGE"
         ]
     );
-    assert!(lines[1].starts_with("shop        web "), "{}", lines[1]);
-    assert!(lines[1].contains("   Manual      branch main   audit of main@b2c3d4e passed;"), "{}", lines[1]);
-    assert!(lines[2].contains("   Auto        tag v1.2.0    enforcing v1.2.0@c3d4e5f on every node"), "{}", lines[2]);
+    assert!(lines[2].starts_with("shop        web "), "{}", lines[2]);
+    assert!(lines[2].contains("   Manual      branch main   audit of main@b2c3d4e passed;"), "{}", lines[2]);
+    assert!(lines[1].contains("   Auto        tag v1.2.0    enforcing v1.2.0@c3d4e5f on every node"), "{}", lines[1]);
 }
 
 #[tokio::test]
@@ -360,7 +405,10 @@ async fn describe_aggregates_the_audit_across_nodes() {
         run.seen,
         vec![
             get(&format!("{BASE}/namespaces/shop/policyrollouts/web")),
-            get(&format!("{BASE}/namespaces/shop/policyauditreports?"))
+            get(&format!("{BASE}/namespaces/shop/policyauditreports?")),
+            get(
+                "/api/v1/namespaces/shop/events?&fieldSelector=involvedObject.kind%3DPolicyRollout%2CinvolvedObject.name%3Dweb"
+            ),
         ]
     );
     let expected = "\
@@ -394,6 +442,11 @@ Audit of main@b2c3d4e (2 node reports):
     DIRECTION SUBJECT      PEER              PORT     COUNT NODES         EXPECTED RULE
     Ingress   shop/backend shop/frontend     8080/TCP 12    node-a,node-b no       CiliumNetworkPolicy shop/backend ingress[0]
     Ingress   shop/db      shop/{app=legacy} 5432/TCP 2     node-b        yes      CiliumNetworkPolicy shop/deny-legacy ingress[0]
+Events:
+  Type   Reason       Age  From                Message
+  ----   ------       ---- ----                -------
+  Normal AuditStarted 30m  palisade-controller auditing main@b2c3d4e beside main@a1b2c3d
+  Normal AuditPassed  10m  palisade-controller audit of main@b2c3d4e passed
 ";
     assert_eq!(run.out, expected, "\n{}", run.out);
 }
@@ -548,4 +601,249 @@ async fn reconcile_annotates_like_flux() {
     let run = self::run(fake, &["reconcile", "web"]).await;
     assert_eq!(run.result.unwrap_err().to_string(), "policyrollout/web is suspended; `palisade resume web` first");
     assert_eq!(run.seen.len(), 1);
+}
+
+// Local mode: the same commands with --local, against a store in a temporary directory.
+
+/// Local mode's state directory with `objects` (rollouts, reports and Events, as the fake holds
+/// them) in its store, the way `palisade local run` writes them.
+fn state_with(objects: &[Json]) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::new(dir.path());
+    for object in objects {
+        match object["kind"].as_str().unwrap() {
+            "PolicyRollout" => {
+                store.put_rollout(&serde_json::from_value::<PolicyRollout>(object.clone()).unwrap()).unwrap();
+            }
+            "PolicyAuditReport" => {
+                store.put_report(&serde_json::from_value::<PolicyAuditReport>(object.clone()).unwrap()).unwrap();
+            }
+            "Event" => {
+                let text = |key: &str| object[key].as_str().unwrap().to_string();
+                let event = LocalEvent {
+                    time: serde_json::from_value(object["eventTime"].clone()).unwrap(),
+                    type_: text("type"),
+                    reason: text("reason"),
+                    namespace: object["metadata"]["namespace"].as_str().unwrap().into(),
+                    rollout: object["involvedObject"]["name"].as_str().unwrap().into(),
+                    message: text("message"),
+                };
+                store.append_event(&event).unwrap();
+            }
+            other => panic!("no {other} in local mode"),
+        }
+    }
+    dir
+}
+
+/// Runs `palisade ARGS` on local mode's state in `dir`, as alice at NOW; `namespace` is -n.
+async fn run_local(dir: &std::path::Path, namespace: Option<&str>, args: &[&str]) -> (anyhow::Result<u8>, String) {
+    let mut local = LocalState::new(dir, namespace.map(String::from));
+    local.user = "alice".into();
+    local.now = NOW.parse::<Timestamp>().unwrap();
+    let command = Cli::try_parse_from(std::iter::once("palisade").chain(args.iter().copied())).unwrap().command;
+    let mut out = Vec::new();
+    let result = rollouts::execute(&Backend::Local(local), command, &mut out).await;
+    (result, String::from_utf8(out).unwrap())
+}
+
+fn requests(dir: &std::path::Path, rollout: &str) -> Vec<LocalRequest> {
+    Store::new(dir).take_requests("shop", rollout).unwrap()
+}
+
+#[tokio::test]
+async fn local_reads_print_what_the_cluster_prints() {
+    let state = state_with(&cluster().objects);
+    let commands: [&[&str]; 8] = [
+        &["get", "rollouts"],
+        &["get", "pro", "-o", "wide"],
+        &["get", "rollouts", "-A"],
+        &["get", "rollouts", "web", "-o", "json"],
+        &["get", "rollouts", "-o", "json"],
+        &["get", "rollouts", "-o", "yaml"],
+        &["describe", "rollout", "web"],
+        &["describe", "rollout", "api"],
+    ];
+    for command in commands {
+        let cluster = run(cluster(), command).await;
+        assert_eq!(cluster.result.unwrap(), 0);
+        let local_command: Vec<&str> = command.iter().copied().chain(["--local"]).collect();
+        for namespace in [Some("shop"), None] {
+            let (result, out) = run_local(state.path(), namespace, &local_command).await;
+            assert_eq!(result.unwrap(), 0, "{command:?}");
+            assert_eq!(out, cluster.out, "{command:?} with --local, namespace {namespace:?}");
+        }
+    }
+    // The Events are the rollout's own, from the store, oldest first.
+    let (_, out) = run_local(state.path(), None, &["describe", "rollout", "api", "--local"]).await;
+    assert!(
+        out.ends_with("Audit: no candidate\nEvents:\n  Type   Reason   Age  From                Message\n  ----   ------   ---- ----                -------\n  Normal Promoted 3d   palisade-controller v1.2.0@c3d4e5f enforced\n"),
+        "{out}"
+    );
+}
+
+/// A rollout of `promotion` in `phase`, with what the table shows of it.
+fn in_phase(
+    name: &str,
+    phase: &str,
+    enforced: Option<&str>,
+    candidate: Option<&str>,
+    denies: u32,
+    ready: &str,
+) -> Json {
+    let mut rollout = api();
+    rollout["metadata"]["name"] = json!(name);
+    let status = &mut rollout["status"];
+    status["phase"] = json!(phase);
+    status["enforcedRevision"] = enforced.map_or(Json::Null, |e| revision(e, &format!("rev-{e}"), "c0ffee"));
+    status["candidateRevision"] = candidate.map_or(Json::Null, |c| revision(c, &format!("rev-{c}"), "facade"));
+    status["newDenies"] = json!(denies);
+    status["conditions"] = json!([condition("Ready", ready, phase, "")]);
+    let Json::Object(fields) = status else { unreachable!() };
+    fields.retain(|_, v| !v.is_null());
+    rollout
+}
+
+#[tokio::test]
+async fn local_get_shows_a_rollout_in_every_phase() {
+    let objects = [
+        in_phase("pending", "Pending", None, None, 0, "Unknown"),
+        in_phase("auditing", "Auditing", Some("main@1111111"), Some("main@2222222"), 0, "False"),
+        in_phase("promoting", "Promoting", Some("main@1111111"), Some("main@2222222"), 0, "False"),
+        in_phase("enforced", "Enforced", Some("main@2222222"), None, 0, "True"),
+        in_phase("blocked", "Blocked", Some("main@1111111"), Some("main@3333333"), 4, "False"),
+        in_phase("inconclusive", "Inconclusive", Some("main@1111111"), Some("main@3333333"), 0, "False"),
+        in_phase("failed", "Failed", None, None, 0, "False"),
+        in_phase("rolledback", "RolledBack", Some("main@1111111"), None, 0, "True"),
+    ];
+    let state = state_with(&objects);
+    let (result, out) = run_local(state.path(), None, &["get", "rollouts", "--local"]).await;
+    assert_eq!(result.unwrap(), 0);
+    assert_eq!(
+        out,
+        "\
+NAME           ENFORCED       CANDIDATE      PHASE          NEW-DENIES   READY     AGE
+auditing       main@1111111   main@2222222   Auditing       0            False     3d
+blocked        main@1111111   main@3333333   Blocked        4            False     3d
+enforced       main@2222222                  Enforced       0            True      3d
+failed                                       Failed         0            False     3d
+inconclusive   main@1111111   main@3333333   Inconclusive   0            False     3d
+pending                                      Pending        0            Unknown   3d
+promoting      main@1111111   main@2222222   Promoting      0            False     3d
+rolledback     main@1111111                  RolledBack     0            True      3d
+"
+    );
+    let cluster = run(Fake { objects: objects.to_vec(), forbid_status: false }, &["get", "rollouts"]).await;
+    assert_eq!(out, cluster.out, "the cluster prints the same table");
+
+    // JSON: the stored objects, status and all.
+    let (_, out) = run_local(state.path(), None, &["get", "rollouts", "blocked", "--local", "-o", "json"]).await;
+    let printed: Json = serde_json::from_str(&out).unwrap();
+    assert_eq!(printed["kind"], "PolicyRollout");
+    assert_eq!(printed["status"]["phase"], "Blocked");
+    assert_eq!(printed["status"]["newDenies"], 4);
+}
+
+#[tokio::test]
+async fn local_namespaces_and_missing_rollouts() {
+    let mut staging = web();
+    staging["metadata"]["namespace"] = json!("staging");
+    let state = state_with(&[web(), api(), staging]);
+
+    // Without --namespace, every namespace, and a NAMESPACE column once there are several.
+    let (_, out) = run_local(state.path(), None, &["get", "rollouts", "--local"]).await;
+    let lines: Vec<&str> = out.lines().collect();
+    assert!(lines[0].starts_with("NAMESPACE   NAME   ENFORCED"), "{out}");
+    assert!(lines[1].starts_with("shop        api ") && lines[3].starts_with("staging     web "), "{out}");
+    let (_, out) = run_local(state.path(), Some("staging"), &["get", "rollouts", "--local", "-n", "staging"]).await;
+    assert!(out.starts_with("NAME   ENFORCED") && out.lines().count() == 2, "{out}");
+    let (_, out) = run_local(state.path(), Some("prod"), &["get", "rollouts", "--local", "-n", "prod"]).await;
+    assert_eq!(out, "No resources found in prod namespace.\n");
+
+    let (result, _) = run_local(state.path(), None, &["describe", "rollout", "web", "--local"]).await;
+    assert_eq!(result.unwrap_err().to_string(), "rollout web exists in several namespaces: say which with --namespace");
+    let (result, out) = run_local(state.path(), Some("staging"), &["describe", "rollout", "web", "--local"]).await;
+    assert_eq!(result.unwrap(), 0);
+    assert!(out.starts_with("Name:        web\nNamespace:   staging\n"), "{out}");
+
+    // A missing rollout: the cluster's error, naming the state directory without a namespace.
+    let cluster = run(cluster(), &["promote", "nope"]).await;
+    let (result, _) = run_local(state.path(), Some("shop"), &["promote", "nope", "--local"]).await;
+    assert_eq!(result.unwrap_err().to_string(), cluster.result.unwrap_err().to_string());
+    let (result, _) = run_local(state.path(), None, &["get", "rollouts", "nope", "--local"]).await;
+    let error = result.unwrap_err().to_string();
+    assert_eq!(
+        error,
+        format!("policyrollouts.palisade.dev \"nope\" not found in local mode ({})", state.path().display())
+    );
+
+    // A state directory local mode never ran in.
+    let empty = tempfile::tempdir().unwrap();
+    let (result, _) = run_local(empty.path(), None, &["get", "rollouts", "--local"]).await;
+    let error = result.unwrap_err().to_string();
+    assert!(
+        error.starts_with(&format!("no local mode state in {}: start `palisade local run`", empty.path().display()))
+    );
+}
+
+#[tokio::test]
+async fn local_writes_leave_the_clusters_change_as_a_request() {
+    let at = || Time(NOW.parse::<Timestamp>().unwrap());
+    let approval = Approval { revision: "rev-b2".into(), approved_by: "alice".into(), approved_at: at() };
+    let abort =
+        Abort { revision: "rev-b2".into(), commit: "b2c3d4e5".into(), aborted_by: "alice".into(), aborted_at: at() };
+    let cases: [(&[&str], Vec<LocalRequest>); 5] = [
+        (&["promote", "web"], vec![LocalRequest::Approve(approval)]),
+        (&["abort", "web"], vec![LocalRequest::Abort(abort)]),
+        (&["suspend", "web"], vec![LocalRequest::Suspend(true)]),
+        (&["resume", "web"], vec![]),
+        (&["reconcile", "web"], vec![LocalRequest::Reconcile(at())]),
+    ];
+    for (command, expected) in cases {
+        let state = state_with(&cluster().objects);
+        let cluster = run(cluster(), command).await;
+        let local_command: Vec<&str> = command.iter().copied().chain(["--local"]).collect();
+        let (result, out) = run_local(state.path(), None, &local_command).await;
+        assert_eq!(result.unwrap(), cluster.result.unwrap());
+        assert_eq!(out, cluster.out, "{command:?}: the cluster's message");
+        assert_eq!(requests(state.path(), "web"), expected, "{command:?}");
+        assert!(requests(state.path(), "api").is_empty());
+    }
+
+    // Resume a suspended rollout; reconcile refuses one.
+    let mut suspended = web();
+    suspended["spec"]["suspend"] = json!(true);
+    let state = state_with(&[suspended]);
+    let (result, out) = run_local(state.path(), None, &["resume", "web", "--local"]).await;
+    assert_eq!(result.unwrap(), 0);
+    assert_eq!(out, "policyrollout.palisade.dev/web resumed\n");
+    assert_eq!(requests(state.path(), "web"), [LocalRequest::Suspend(false)]);
+    let (result, _) = run_local(state.path(), None, &["reconcile", "web", "--local"]).await;
+    assert_eq!(result.unwrap_err().to_string(), "policyrollout/web is suspended; `palisade resume web` first");
+    assert!(requests(state.path(), "web").is_empty());
+
+    // What the cluster refuses, local mode refuses too, and leaves nothing.
+    let state = state_with(&cluster().objects);
+    for command in [&["promote", "api", "--local"][..], &["abort", "api", "--local"]] {
+        let (result, _) = run_local(state.path(), None, command).await;
+        let cluster = run(cluster(), &command[..2]).await;
+        assert_eq!(result.unwrap_err().to_string(), cluster.result.unwrap_err().to_string());
+    }
+    let mut approved = web();
+    approved["status"]["approval"] = json!({"revision": "rev-b2", "approvedBy": "carol", "approvedAt": NOW});
+    let state = state_with(&[approved]);
+    let (_, out) = run_local(state.path(), None, &["promote", "web", "--local"]).await;
+    assert_eq!(out, "policyrollout.palisade.dev/web unchanged: main@b2c3d4e was already approved by carol\n");
+    assert!(requests(state.path(), "web").is_empty());
+    assert!(requests(state.path(), "api").is_empty());
+}
+
+#[test]
+fn local_flags() {
+    let parse = |args: &[&str]| Cli::try_parse_from(std::iter::once("palisade").chain(args.iter().copied()));
+    assert!(parse(&["get", "rollouts", "--local", "--state", "/tmp/x", "-n", "shop"]).is_ok());
+    assert!(parse(&["promote", "web", "--local"]).is_ok());
+    let error = parse(&["get", "rollouts", "--state", "/tmp/x"]).err().unwrap().to_string();
+    assert!(error.contains("--local"), "{error}");
+    assert!(parse(&["describe", "rollout", "web", "--local", "--context", "prod"]).is_err());
 }

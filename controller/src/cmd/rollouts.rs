@@ -1,29 +1,38 @@
 //! `palisade get|describe|promote|abort|suspend|resume|reconcile`: PolicyRollouts in a cluster,
-//! through the kubeconfig like kubectl (and as `kubectl palisade ...`).
+//! through the kubeconfig like kubectl (and as `kubectl palisade ...`), or with `--local` in local
+//! mode's state directory (`palisade local run`).
 //!
-//! Promotion and abort write `status.approval` and `status.abort` with server-side apply to the
-//! `status` subresource, each under its own field manager, so that the right to promote is
-//! `patch` on `policyrollouts/status` (ClusterRole `palisade-approver`) and not edit rights on
-//! the rollout itself.
+//! Both backends share everything but the reads and the writes: the same rendering, and the same
+//! decision of what a command changes, as a [`Request`]. In a cluster, promotion and abort write
+//! `status.approval` and `status.abort` with server-side apply to the `status` subresource, each
+//! under its own field manager, so that the right to promote is `patch` on
+//! `policyrollouts/status` (ClusterRole `palisade-approver`) and not edit rights on the rollout
+//! itself; suspend, resume and reconcile merge-patch the rollout. In local mode the request is left
+//! in the store, and the running `palisade local run` applies it the same way on its next reconcile.
 
 use std::collections::BTreeMap;
 use std::io::Write;
+use std::path::{Path, PathBuf};
 
-use anyhow::{Context as _, Result, bail};
+use anyhow::{Context as _, Result, anyhow, bail};
 use clap::{Subcommand, ValueEnum};
+use k8s_openapi::api::core::v1::Event as CoreEvent;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{ListParams, Patch, PatchParams};
 use kube::{Api, CustomResourceExt, Resource, ResourceExt};
+use palisade_local::DEFAULT_STATE_DIR;
 use palisade_rollout::crd::{
-    AuditFlow, FlowEndpoint, Phase, PolicyAuditReport, PolicyRollout, PolicyRolloutStatus, Promotion, RevisionRef,
-    Verdict,
+    Abort, Approval, AuditFlow, FlowEndpoint, Phase, PolicyAuditReport, PolicyRollout, PolicyRolloutStatus, Promotion,
+    RevisionRef, Verdict,
 };
 use palisade_rollout::engine::{COND_PROMOTION_BLOCKED, COND_READY, matches};
 use serde_json::{Value as Json, json};
 use tabwriter::TabWriter;
 
 use super::cluster::{ClusterArgs, Session, age, not_found};
+use crate::controller::FIELD_MANAGER;
+use crate::local::store::{LocalEvent, Request, Store};
 
 /// Field manager of `promote`: owns `status.approval`.
 pub const PROMOTE_MANAGER: &str = "palisade-promote";
@@ -35,6 +44,8 @@ pub const CLI_MANAGER: &str = "palisade";
 pub const RECONCILE_ANNOTATION: &str = "reconcile.palisade.dev/requestedAt";
 
 const RESOURCE: &str = "policyrollouts.palisade.dev";
+/// How kubectl names a changed rollout.
+const RESOURCE_PREFIX: &str = "policyrollout.palisade.dev/";
 
 #[derive(Subcommand, Debug)]
 pub enum Command {
@@ -43,7 +54,7 @@ pub enum Command {
         #[command(subcommand)]
         what: GetKind,
     },
-    /// Show a PolicyRollout in detail, with its audit across nodes: `describe rollout NAME`.
+    /// Show a PolicyRollout in detail, with its audit across nodes and its Events: `describe rollout NAME`.
     Describe {
         #[command(subcommand)]
         what: DescribeKind,
@@ -77,7 +88,7 @@ pub struct GetArgs {
     /// One rollout; all of them when unset.
     name: Option<String>,
     #[command(flatten)]
-    cluster: ClusterArgs,
+    target: Target,
     /// List rollouts in every namespace.
     #[arg(short = 'A', long, conflicts_with = "name")]
     all_namespaces: bool,
@@ -90,7 +101,21 @@ pub struct NameArgs {
     /// The PolicyRollout.
     name: String,
     #[command(flatten)]
-    cluster: ClusterArgs,
+    target: Target,
+}
+
+/// Where a command acts: a cluster (the kubeconfig's, as kubectl), or local mode's state directory.
+#[derive(clap::Args, Clone, Debug, Default)]
+pub struct Target {
+    #[command(flatten)]
+    pub cluster: ClusterArgs,
+    /// Act on local mode (`palisade local run`) instead of a cluster. Without --namespace, a
+    /// rollout is found in whichever namespace has it.
+    #[arg(long, conflicts_with = "context")]
+    pub local: bool,
+    /// With --local: local mode's state directory [default: /run/palisade-local].
+    #[arg(long, value_name = "DIR", requires = "local")]
+    pub state: Option<PathBuf>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -102,15 +127,15 @@ pub enum Format {
 }
 
 impl Command {
-    fn cluster(&self) -> &ClusterArgs {
+    fn target(&self) -> &Target {
         match self {
-            Command::Get { what: GetKind::Rollouts(args) } => &args.cluster,
+            Command::Get { what: GetKind::Rollouts(args) } => &args.target,
             Command::Describe { what: DescribeKind::Rollout(args) }
             | Command::Promote(args)
             | Command::Abort(args)
             | Command::Suspend(args)
             | Command::Resume(args)
-            | Command::Reconcile(args) => &args.cluster,
+            | Command::Reconcile(args) => &args.target,
         }
     }
 }
@@ -118,51 +143,224 @@ impl Command {
 pub fn run(command: Command) -> Result<u8> {
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     runtime.block_on(async {
-        let session = Session::connect(command.cluster()).await?;
-        execute(&session, command, &mut std::io::stdout().lock()).await
+        let backend = Backend::connect(command.target()).await?;
+        execute(&backend, command, &mut std::io::stdout().lock()).await
     })
 }
 
-/// Runs one command against the session's cluster, printing to `out`.
-pub async fn execute(session: &Session, command: Command, out: &mut impl Write) -> Result<u8> {
+/// Runs one command against `backend`, printing to `out`. The command's own target flags are
+/// not looked at: `backend` is where it acts.
+pub async fn execute(backend: &Backend, command: Command, out: &mut impl Write) -> Result<u8> {
     match command {
-        Command::Get { what: GetKind::Rollouts(args) } => get(session, &args, out).await?,
-        Command::Describe { what: DescribeKind::Rollout(args) } => describe(session, &args.name, out).await?,
-        Command::Promote(args) => promote(session, &args.name, out).await?,
-        Command::Abort(args) => abort(session, &args.name, out).await?,
-        Command::Suspend(args) => set_suspend(session, &args.name, true, out).await?,
-        Command::Resume(args) => set_suspend(session, &args.name, false, out).await?,
-        Command::Reconcile(args) => reconcile(session, &args.name, out).await?,
+        Command::Get { what: GetKind::Rollouts(args) } => get(backend, &args, out).await?,
+        Command::Describe { what: DescribeKind::Rollout(args) } => describe(backend, &args.name, out).await?,
+        Command::Promote(args) => act(backend, &args.name, |r, now| promotion(r, backend.user()?, now), out).await?,
+        Command::Abort(args) => act(backend, &args.name, |r, now| abortion(r, backend.user()?, now), out).await?,
+        Command::Suspend(args) => act(backend, &args.name, |r, _| suspension(r, true), out).await?,
+        Command::Resume(args) => act(backend, &args.name, |r, _| suspension(r, false), out).await?,
+        Command::Reconcile(args) => act(backend, &args.name, reconciliation, out).await?,
     }
     Ok(0)
+}
+
+/// Where rollouts are read and changes written.
+pub enum Backend {
+    /// The API server.
+    Cluster(Session),
+    /// Local mode's store, where the running `palisade local run` picks requests up.
+    Local(LocalState),
+}
+
+/// Local mode's store as the CLI sees it.
+pub struct LocalState {
+    pub state_dir: PathBuf,
+    pub store: Store,
+    /// `--namespace`; every namespace when unset.
+    pub namespace: Option<String>,
+    /// Who approves or aborts: `$SUDO_USER`, `$USER` or `local`.
+    pub user: String,
+    pub now: Timestamp,
+}
+
+impl LocalState {
+    pub fn new(state_dir: &Path, namespace: Option<String>) -> LocalState {
+        let user = ["SUDO_USER", "USER"]
+            .into_iter()
+            .find_map(|var| std::env::var(var).ok().filter(|u| !u.is_empty()))
+            .unwrap_or_else(|| "local".into());
+        LocalState {
+            state_dir: state_dir.to_owned(),
+            store: Store::new(state_dir),
+            namespace,
+            user,
+            now: Timestamp::now(),
+        }
+    }
+
+    /// The store, once it is known to exist: a command on a state directory that local mode
+    /// never ran in says so instead of showing an empty list.
+    fn store(&self) -> Result<&Store> {
+        if !self.store.dir().is_dir() {
+            bail!(
+                "no local mode state in {}: start `palisade local run` (or give the --state it uses)",
+                self.state_dir.display()
+            );
+        }
+        Ok(&self.store)
+    }
+}
+
+impl Backend {
+    pub async fn connect(target: &Target) -> Result<Backend> {
+        if target.local {
+            let state = target.state.clone().unwrap_or_else(|| DEFAULT_STATE_DIR.into());
+            return Ok(Backend::Local(LocalState::new(&state, target.cluster.namespace.clone())));
+        }
+        Ok(Backend::Cluster(Session::connect(&target.cluster).await?))
+    }
+
+    fn now(&self) -> Timestamp {
+        match self {
+            Backend::Cluster(session) => session.now,
+            Backend::Local(local) => local.now,
+        }
+    }
+
+    /// Who is approving or aborting, for the record in the status.
+    fn user(&self) -> Result<&str> {
+        match self {
+            Backend::Cluster(session) => session.user(),
+            Backend::Local(local) => Ok(&local.user),
+        }
+    }
+
+    /// The namespace commands act in; None for every namespace (local mode without --namespace).
+    fn namespace(&self) -> Option<&str> {
+        match self {
+            Backend::Cluster(session) => Some(&session.namespace),
+            Backend::Local(local) => local.namespace.as_deref(),
+        }
+    }
+
+    async fn list(&self, all_namespaces: bool) -> Result<Vec<PolicyRollout>> {
+        match self {
+            Backend::Cluster(session) if all_namespaces => {
+                Ok(Api::<PolicyRollout>::all(session.client.clone()).list(&ListParams::default()).await?.items)
+            }
+            Backend::Cluster(session) => Ok(api(session).list(&ListParams::default()).await?.items),
+            Backend::Local(local) => {
+                let mut rollouts = local.store()?.rollouts()?;
+                if let Some(namespace) = local.namespace.as_deref().filter(|_| !all_namespaces) {
+                    rollouts.retain(|r| r.metadata.namespace.as_deref() == Some(namespace));
+                }
+                Ok(rollouts)
+            }
+        }
+    }
+
+    async fn rollout(&self, name: &str) -> Result<PolicyRollout> {
+        match self {
+            Backend::Cluster(session) => {
+                api(session).get(name).await.map_err(|e| not_found(e, RESOURCE, name, &session.namespace))
+            }
+            Backend::Local(local) => {
+                local.store()?.find_rollout(local.namespace.as_deref(), name)?.ok_or_else(|| match &local.namespace {
+                    Some(namespace) => anyhow!("{RESOURCE} \"{name}\" not found in namespace \"{namespace}\""),
+                    None => anyhow!("{RESOURCE} \"{name}\" not found in local mode ({})", local.state_dir.display()),
+                })
+            }
+        }
+    }
+
+    async fn reports(&self, rollout: &PolicyRollout) -> Result<Vec<PolicyAuditReport>> {
+        let (namespace, name) = (rollout.namespace().unwrap_or_default(), rollout.name_any());
+        match self {
+            Backend::Cluster(session) => Ok(Api::<PolicyAuditReport>::namespaced(session.client.clone(), &namespace)
+                .list(&ListParams::default())
+                .await
+                .context("listing PolicyAuditReports")?
+                .items
+                .into_iter()
+                .filter(|r| r.spec.rollout == name)
+                .collect()),
+            Backend::Local(local) => local.store()?.reports(&namespace, &name),
+        }
+    }
+
+    /// The rollout's Events, oldest first; None when they cannot be listed (kubectl describe
+    /// leaves them out then too).
+    async fn events(&self, rollout: &PolicyRollout) -> Option<Vec<EventRow>> {
+        let (namespace, name) = (rollout.namespace().unwrap_or_default(), rollout.name_any());
+        let mut rows: Vec<EventRow> = match self {
+            Backend::Cluster(session) => {
+                let kind = PolicyRollout::kind(&());
+                let mut fields = format!("involvedObject.kind={kind},involvedObject.name={name}");
+                if let Some(uid) = &rollout.metadata.uid {
+                    fields.push_str(&format!(",involvedObject.uid={uid}"));
+                }
+                let events = Api::<CoreEvent>::namespaced(session.client.clone(), &namespace)
+                    .list(&ListParams::default().fields(&fields))
+                    .await
+                    .ok()?;
+                let about = |e: &CoreEvent| {
+                    e.involved_object.name.as_deref() == Some(&name) && e.involved_object.kind.as_deref() == Some(&kind)
+                };
+                events.items.iter().filter(|e| about(e)).filter_map(EventRow::from_core).collect()
+            }
+            Backend::Local(local) => {
+                local.store().ok()?.events(&namespace, &name).ok()?.iter().map(EventRow::from_local).collect()
+            }
+        };
+        rows.sort_by_key(|e| e.last);
+        Some(rows)
+    }
+
+    /// Makes the change `request` describes, as the controller expects it.
+    async fn write(&self, rollout: &PolicyRollout, request: Request) -> Result<()> {
+        let name = rollout.name_any();
+        let session = match self {
+            Backend::Local(local) => {
+                let namespace = rollout.namespace().unwrap_or_default();
+                return local.store()?.push_request(&namespace, &name, &request);
+            }
+            Backend::Cluster(session) => session,
+        };
+        match request {
+            Request::Approve(approval) => {
+                apply_status(session, &name, PROMOTE_MANAGER, json!({ "approval": approval })).await
+            }
+            Request::Abort(abort) => apply_status(session, &name, ABORT_MANAGER, json!({ "abort": abort })).await,
+            Request::Suspend(suspend) => merge_patch(session, &name, json!({"spec": {"suspend": suspend}})).await,
+            Request::Reconcile(at) => {
+                let at = at.0.to_string();
+                merge_patch(session, &name, json!({"metadata": {"annotations": {RECONCILE_ANNOTATION: at}}})).await
+            }
+        }
+    }
 }
 
 fn api(session: &Session) -> Api<PolicyRollout> {
     Api::namespaced(session.client.clone(), &session.namespace)
 }
 
-async fn fetch(session: &Session, name: &str) -> Result<PolicyRollout> {
-    api(session).get(name).await.map_err(|e| not_found(e, RESOURCE, name, &session.namespace))
-}
-
-async fn get(session: &Session, args: &GetArgs, out: &mut impl Write) -> Result<()> {
+async fn get(backend: &Backend, args: &GetArgs, out: &mut impl Write) -> Result<()> {
     let rollouts = match &args.name {
-        Some(name) => vec![fetch(session, name).await?],
-        None if args.all_namespaces => {
-            Api::<PolicyRollout>::all(session.client.clone()).list(&ListParams::default()).await?.items
-        }
-        None => api(session).list(&ListParams::default()).await?.items,
+        Some(name) => vec![backend.rollout(name).await?],
+        None => backend.list(args.all_namespaces).await?,
     };
+    // Local mode without --namespace lists every namespace, and says which once there are several.
+    let namespaces = args.all_namespaces
+        || backend.namespace().is_none() && rollouts.windows(2).any(|w| w[0].namespace() != w[1].namespace());
+    let now = backend.now();
     match args.output {
         Some(Format::Json) => writeln!(out, "{}", serde_json::to_string_pretty(&printable(&rollouts, &args.name)?)?)?,
         Some(Format::Yaml) => write!(out, "{}", palisade_policy::yaml::to_yaml(&printable(&rollouts, &args.name)?))?,
-        Some(Format::Wide) => table(&rollouts, args.all_namespaces, true, session.now, out)?,
-        None if rollouts.is_empty() => {
-            let scope =
-                if args.all_namespaces { String::new() } else { format!(" in {} namespace", session.namespace) };
-            writeln!(out, "No resources found{scope}.")?;
-        }
-        None => table(&rollouts, args.all_namespaces, false, session.now, out)?,
+        Some(Format::Wide) => table(&rollouts, namespaces, true, now, out)?,
+        None if rollouts.is_empty() => match backend.namespace().filter(|_| !args.all_namespaces) {
+            Some(namespace) => writeln!(out, "No resources found in {namespace} namespace.")?,
+            None => writeln!(out, "No resources found.")?,
+        },
+        None => table(&rollouts, namespaces, false, now, out)?,
     }
     Ok(())
 }
@@ -287,29 +485,33 @@ fn when(now: Timestamp, t: &Time) -> String {
     format!("{} ({} ago)", t.0.strftime("%Y-%m-%dT%H:%M:%SZ"), age(now, t.0))
 }
 
-async fn describe(session: &Session, name: &str, out: &mut impl Write) -> Result<()> {
-    let rollout = fetch(session, name).await?;
-    let reports: Vec<PolicyAuditReport> =
-        Api::<PolicyAuditReport>::namespaced(session.client.clone(), &session.namespace)
-            .list(&ListParams::default())
-            .await
-            .context("listing PolicyAuditReports")?
-            .items
-            .into_iter()
-            .filter(|r| r.spec.rollout == name)
-            .collect();
-    let now = session.now;
+async fn describe(backend: &Backend, name: &str, out: &mut impl Write) -> Result<()> {
+    let rollout = backend.rollout(name).await?;
+    let reports = backend.reports(&rollout).await?;
+    let events = backend.events(&rollout).await;
+    render_description(&rollout, &reports, events.as_deref(), backend.now(), out)
+}
+
+/// What `describe rollout` prints: the spec, the status, the audit of the candidate across the
+/// nodes' `reports`, and the Events (none listed when `events` is None).
+pub fn render_description(
+    rollout: &PolicyRollout,
+    reports: &[PolicyAuditReport],
+    events: Option<&[EventRow]>,
+    now: Timestamp,
+    out: &mut impl Write,
+) -> Result<()> {
     let spec = &rollout.spec;
     let status = rollout.status.clone().unwrap_or_default();
     let mut w = TabWriter::new(out).padding(1);
 
-    writeln!(w, "Name:\t{name}")?;
-    writeln!(w, "Namespace:\t{}", session.namespace)?;
+    writeln!(w, "Name:\t{}", rollout.name_any())?;
+    writeln!(w, "Namespace:\t{}", rollout.namespace().unwrap_or_default())?;
     if let Some(created) = &rollout.metadata.creation_timestamp {
         writeln!(w, "Created:\t{}", when(now, created))?;
     }
     let source = &spec.source;
-    let mut from = format!("{} ({}", source.url, source_ref(&rollout));
+    let mut from = format!("{} ({}", source.url, source_ref(rollout));
     if let Some(path) = &source.path {
         from.push_str(&format!(", path {path}"));
     }
@@ -401,9 +603,82 @@ async fn describe(session: &Session, name: &str, out: &mut impl Write) -> Result
 
     match &status.candidate_revision {
         None => writeln!(w, "Audit:\tno candidate")?,
-        Some(candidate) => describe_audit(&mut w, &rollout, candidate, &reports)?,
+        Some(candidate) => describe_audit(&mut w, rollout, candidate, reports)?,
+    }
+    if let Some(events) = events {
+        describe_events(&mut w, events, now)?;
     }
     w.flush()?;
+    Ok(())
+}
+
+/// One Event as `kubectl describe` lists it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct EventRow {
+    pub type_: String,
+    pub reason: String,
+    pub first: Timestamp,
+    pub last: Timestamp,
+    pub count: i32,
+    pub from: String,
+    pub message: String,
+}
+
+impl EventRow {
+    /// An Event of the API (events.k8s.io ones included, as the core API shows them).
+    pub fn from_core(e: &CoreEvent) -> Option<EventRow> {
+        let first = e.event_time.as_ref().map(|t| t.0).or(e.first_timestamp.as_ref().map(|t| t.0))?;
+        let (last, count) = match &e.series {
+            Some(series) => (series.last_observed_time.as_ref().map_or(first, |t| t.0), series.count.unwrap_or(1)),
+            None => (e.last_timestamp.as_ref().map_or(first, |t| t.0), e.count.unwrap_or(1)),
+        };
+        let from = [e.source.as_ref().and_then(|s| s.component.clone()), e.reporting_component.clone()]
+            .into_iter()
+            .flatten()
+            .find(|c| !c.is_empty())
+            .unwrap_or_default();
+        Some(EventRow {
+            type_: e.type_.clone().unwrap_or_default(),
+            reason: e.reason.clone().unwrap_or_default(),
+            first,
+            last,
+            count,
+            from,
+            message: e.message.clone().unwrap_or_default(),
+        })
+    }
+
+    /// An Event of local mode's controller.
+    pub fn from_local(e: &LocalEvent) -> EventRow {
+        EventRow {
+            type_: e.type_.clone(),
+            reason: e.reason.clone(),
+            first: e.time.0,
+            last: e.time.0,
+            count: 1,
+            from: FIELD_MANAGER.into(),
+            message: e.message.clone(),
+        }
+    }
+}
+
+/// kubectl's Events table: an event seen several times shows its last age and `(xN over AGE)`.
+fn describe_events(w: &mut impl Write, events: &[EventRow], now: Timestamp) -> Result<()> {
+    if events.is_empty() {
+        writeln!(w, "Events:\t<none>")?;
+        return Ok(());
+    }
+    writeln!(w, "Events:")?;
+    writeln!(w, "  Type\tReason\tAge\tFrom\tMessage")?;
+    writeln!(w, "  ----\t------\t----\t----\t-------")?;
+    for e in events {
+        let seen = if e.count > 1 {
+            format!("{} (x{} over {})", age(now, e.last), e.count, age(now, e.first))
+        } else {
+            age(now, e.first)
+        };
+        writeln!(w, "  {}\t{}\t{seen}\t{}\t{}", e.type_, e.reason, e.from, e.message.trim())?;
+    }
     Ok(())
 }
 
@@ -514,32 +789,37 @@ fn endpoint(e: &FlowEndpoint) -> String {
     format!("{ns}{{{}}}", labels.join(","))
 }
 
-/// Server-side apply of one status field under `manager`. Forced: the person asking owns the
-/// decision, even over a value the controller last wrote.
-async fn apply_status(session: &Session, name: &str, manager: &str, status: Json) -> Result<()> {
-    let body = json!({
-        "apiVersion": PolicyRollout::api_version(&()),
-        "kind": PolicyRollout::kind(&()),
-        "metadata": {"name": name},
-        "status": status,
-    });
-    api(session)
-        .patch_status(name, &PatchParams::apply(manager).force(), &Patch::Apply(&body))
-        .await
-        .map_err(|e| match e {
-            kube::Error::Api(s) if s.code == 403 => anyhow::anyhow!(
-                "{}\n(needs `patch` on policyrollouts/status in namespace {}: the palisade-approver ClusterRole grants it)",
-                s.message,
-                session.namespace
-            ),
-            e => not_found(e, RESOURCE, name, &session.namespace),
-        })?;
+/// What a command decided: nothing to change (with what to print), or a change to make and
+/// what to print once it is made.
+#[derive(Debug, PartialEq)]
+enum Plan {
+    Unchanged(String),
+    Change(Request, String),
+}
+
+/// Reads the rollout, decides with `plan` (given the rollout and the time), makes the change
+/// and prints what happened.
+async fn act(
+    backend: &Backend,
+    name: &str,
+    plan: impl FnOnce(&PolicyRollout, Timestamp) -> Result<Plan>,
+    out: &mut impl Write,
+) -> Result<()> {
+    let rollout = backend.rollout(name).await?;
+    let message = match plan(&rollout, backend.now())? {
+        Plan::Unchanged(message) => message,
+        Plan::Change(request, message) => {
+            backend.write(&rollout, request).await?;
+            message
+        }
+    };
+    writeln!(out, "{message}")?;
     Ok(())
 }
 
-async fn promote(session: &Session, name: &str, out: &mut impl Write) -> Result<()> {
-    let user = session.user()?;
-    let rollout = fetch(session, name).await?;
+/// `promote`: approve the candidate of a Manual rollout while it is auditing.
+fn promotion(rollout: &PolicyRollout, user: &str, now: Timestamp) -> Result<Plan> {
+    let name = rollout.name_any();
     let status = rollout.status.clone().unwrap_or_default();
     let Some(candidate) = status.candidate_revision.clone() else {
         bail!(
@@ -555,12 +835,10 @@ async fn promote(session: &Session, name: &str, out: &mut impl Write) -> Result<
         );
     }
     if let Some(a) = status.approval.as_ref().filter(|a| a.revision == candidate.id) {
-        writeln!(
-            out,
-            "policyrollout.palisade.dev/{name} unchanged: {} was already approved by {}",
+        return Ok(Plan::Unchanged(format!(
+            "{RESOURCE_PREFIX}{name} unchanged: {} was already approved by {}",
             candidate.display, a.approved_by
-        )?;
-        return Ok(());
+        )));
     }
     match status.phase {
         Phase::Auditing => {}
@@ -575,19 +853,17 @@ async fn promote(session: &Session, name: &str, out: &mut impl Write) -> Result<
             );
         }
     }
-    let approval = json!({"revision": candidate.id, "approvedBy": user, "approvedAt": Time(session.now)});
-    apply_status(session, name, PROMOTE_MANAGER, json!({ "approval": approval })).await?;
-    writeln!(
-        out,
-        "policyrollout.palisade.dev/{name} approved: {} ({}) as {user}; it is promoted once its audit passes",
+    let approval = Approval { revision: candidate.id.clone(), approved_by: user.into(), approved_at: Time(now) };
+    let message = format!(
+        "{RESOURCE_PREFIX}{name} approved: {} ({}) as {user}; it is promoted once its audit passes",
         candidate.display, candidate.id
-    )?;
-    Ok(())
+    );
+    Ok(Plan::Change(Request::Approve(approval), message))
 }
 
-async fn abort(session: &Session, name: &str, out: &mut impl Write) -> Result<()> {
-    let user = session.user()?;
-    let rollout = fetch(session, name).await?;
+/// `abort`: drop the candidate, unless nodes may already have flipped to it.
+fn abortion(rollout: &PolicyRollout, user: &str, now: Timestamp) -> Result<Plan> {
+    let name = rollout.name_any();
     let status = rollout.status.clone().unwrap_or_default();
     let Some(candidate) = status.candidate_revision.clone() else {
         bail!("policyrollout/{name} has no candidate to abort (phase {:?})", status.phase);
@@ -599,22 +875,64 @@ async fn abort(session: &Session, name: &str, out: &mut impl Write) -> Result<()
         );
     }
     if status.abort.as_ref().is_some_and(|a| a.revision == candidate.id && a.commit == candidate.commit) {
-        writeln!(out, "policyrollout.palisade.dev/{name} unchanged: {} was already aborted", candidate.display)?;
-        return Ok(());
+        return Ok(Plan::Unchanged(format!(
+            "{RESOURCE_PREFIX}{name} unchanged: {} was already aborted",
+            candidate.display
+        )));
     }
-    let abort = json!({
-        "revision": candidate.id,
-        "commit": candidate.commit,
-        "abortedBy": user,
-        "abortedAt": Time(session.now),
-    });
-    apply_status(session, name, ABORT_MANAGER, json!({ "abort": abort })).await?;
     let enforced = status.enforced_revision.as_ref().map_or("nothing", |r| r.display.as_str());
-    writeln!(
-        out,
-        "policyrollout.palisade.dev/{name} aborted: {} is dropped; {enforced} stays enforced",
-        candidate.display
-    )?;
+    let message =
+        format!("{RESOURCE_PREFIX}{name} aborted: {} is dropped; {enforced} stays enforced", candidate.display);
+    let abort = Abort {
+        revision: candidate.id.clone(),
+        commit: candidate.commit.clone(),
+        aborted_by: user.into(),
+        aborted_at: Time(now),
+    };
+    Ok(Plan::Change(Request::Abort(abort), message))
+}
+
+/// `suspend` and `resume`.
+fn suspension(rollout: &PolicyRollout, suspend: bool) -> Result<Plan> {
+    let name = rollout.name_any();
+    if rollout.spec.suspend == suspend {
+        let state = if suspend { "suspended" } else { "not suspended" };
+        return Ok(Plan::Unchanged(format!("{RESOURCE_PREFIX}{name} unchanged: already {state}")));
+    }
+    let done = if suspend { "suspended" } else { "resumed" };
+    Ok(Plan::Change(Request::Suspend(suspend), format!("{RESOURCE_PREFIX}{name} {done}")))
+}
+
+/// `reconcile`: ask for a sync now.
+fn reconciliation(rollout: &PolicyRollout, now: Timestamp) -> Result<Plan> {
+    let name = rollout.name_any();
+    if rollout.spec.suspend {
+        bail!("policyrollout/{name} is suspended; `palisade resume {name}` first");
+    }
+    let message = format!("{RESOURCE_PREFIX}{name} annotated: reconcile requested at {now}");
+    Ok(Plan::Change(Request::Reconcile(Time(now)), message))
+}
+
+/// Server-side apply of one status field under `manager`. Forced: the person asking owns the
+/// decision, even over a value the controller last wrote.
+async fn apply_status(session: &Session, name: &str, manager: &str, status: Json) -> Result<()> {
+    let body = json!({
+        "apiVersion": PolicyRollout::api_version(&()),
+        "kind": PolicyRollout::kind(&()),
+        "metadata": {"name": name},
+        "status": status,
+    });
+    api(session)
+        .patch_status(name, &PatchParams::apply(manager).force(), &Patch::Apply(&body))
+        .await
+        .map_err(|e| match e {
+            kube::Error::Api(s) if s.code == 403 => anyhow!(
+                "{}\n(needs `patch` on policyrollouts/status in namespace {}: the palisade-approver ClusterRole grants it)",
+                s.message,
+                session.namespace
+            ),
+            e => not_found(e, RESOURCE, name, &session.namespace),
+        })?;
     Ok(())
 }
 
@@ -624,30 +942,6 @@ async fn merge_patch(session: &Session, name: &str, patch: Json) -> Result<()> {
         .patch(name, &params, &Patch::Merge(&patch))
         .await
         .map_err(|e| not_found(e, RESOURCE, name, &session.namespace))?;
-    Ok(())
-}
-
-async fn set_suspend(session: &Session, name: &str, suspend: bool, out: &mut impl Write) -> Result<()> {
-    let rollout = fetch(session, name).await?;
-    let done = if suspend { "suspended" } else { "resumed" };
-    if rollout.spec.suspend == suspend {
-        let state = if suspend { "suspended" } else { "not suspended" };
-        writeln!(out, "policyrollout.palisade.dev/{name} unchanged: already {state}")?;
-        return Ok(());
-    }
-    merge_patch(session, name, json!({"spec": {"suspend": suspend}})).await?;
-    writeln!(out, "policyrollout.palisade.dev/{name} {done}")?;
-    Ok(())
-}
-
-async fn reconcile(session: &Session, name: &str, out: &mut impl Write) -> Result<()> {
-    let rollout = fetch(session, name).await?;
-    if rollout.spec.suspend {
-        bail!("policyrollout/{name} is suspended; `palisade resume {name}` first");
-    }
-    let at = session.now.to_string();
-    merge_patch(session, name, json!({"metadata": {"annotations": {RECONCILE_ANNOTATION: at}}})).await?;
-    writeln!(out, "policyrollout.palisade.dev/{name} annotated: reconcile requested at {at}")?;
     Ok(())
 }
 
@@ -672,5 +966,30 @@ mod tests {
         }
         assert_eq!(json_path(&value, ".status.conditions[?(@.type==\"Ready\")].status"), Some(&json!("True")));
         assert_eq!(json_path(&value, ".status.missing"), None);
+    }
+
+    #[test]
+    fn repeated_events_read_like_kubectl() {
+        let now: Timestamp = "2025-06-01T12:00:00Z".parse().unwrap();
+        let core: CoreEvent = serde_json::from_value(json!({
+            "metadata": {"name": "web.1"},
+            "involvedObject": {"kind": "PolicyRollout", "name": "web"},
+            "type": "Warning", "reason": "SourceUnreachable", "message": "fetch failed\n",
+            "firstTimestamp": "2025-06-01T11:40:00Z", "lastTimestamp": "2025-06-01T11:58:00Z", "count": 3,
+            "source": {"component": "palisade-controller"},
+        }))
+        .unwrap();
+        let row = EventRow::from_core(&core).unwrap();
+        assert_eq!((row.count, row.from.as_str()), (3, "palisade-controller"));
+        let mut out = Vec::new();
+        describe_events(&mut out, &[row], now).unwrap();
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "Events:\n  Type\tReason\tAge\tFrom\tMessage\n  ----\t------\t----\t----\t-------\n  \
+             Warning\tSourceUnreachable\t2m (x3 over 20m)\tpalisade-controller\tfetch failed\n"
+        );
+        let mut out = Vec::new();
+        describe_events(&mut out, &[], now).unwrap();
+        assert_eq!(String::from_utf8(out).unwrap(), "Events:\t<none>\n");
     }
 }
