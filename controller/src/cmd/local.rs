@@ -2,7 +2,7 @@
 //! State lives in `--state` (default /run/palisade-local): the cluster `up` was started with and
 //! its responder process, for `down`, `probe` and `run`.
 use std::io::Write;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Command as Process;
 use std::time::Duration;
 
@@ -19,10 +19,12 @@ pub struct Args {
 #[derive(clap::Subcommand)]
 enum Command {
     /// Create a network namespace per pod of a cluster file, routed through one node namespace,
-    /// and start echo responders on the pods' declared ports. Replaces a previous `up`.
+    /// and start echo responders on the pods' declared ports. Replaces a previous `up`, and
+    /// removes what a previous `run` left (as `down` does).
     Up(UpArgs),
-    /// Stop the responders and delete the namespaces and state that `up` made.
-    Down(StateArgs),
+    /// Stop the responders and delete the namespaces and state that `up` made, with what `run`
+    /// left: its controller state (rollouts, revisions, reports, Git mirrors) and the pinned datapath.
+    Down(DownArgs),
     /// Connect once from one pod to another. Exit 0 connected, 1 refused or timed out, 2 error.
     Probe(ProbeArgs),
     /// Run the controller and the agent against the local cluster (bringing it up first if it
@@ -47,6 +49,18 @@ impl StateArgs {
     }
 }
 
+/// Where `run` pins the datapath in bpffs.
+const DEFAULT_PIN_DIR: &str = "/sys/fs/bpf/palisade-local";
+
+#[derive(clap::Args)]
+struct DownArgs {
+    #[command(flatten)]
+    state: StateArgs,
+    /// Where the datapath is pinned in bpffs.
+    #[arg(long, value_name = "DIR", default_value = DEFAULT_PIN_DIR)]
+    pin_dir: PathBuf,
+}
+
 #[derive(clap::Args)]
 struct UpArgs {
     /// Cluster file: `kubectl get namespaces,pods,nodes,services -A -o yaml` output. Pods may
@@ -58,6 +72,9 @@ struct UpArgs {
     /// Start of every network namespace's name.
     #[arg(long, default_value = DEFAULT_PREFIX)]
     prefix: String,
+    /// Where `run` pins the datapath; a previous run's is removed.
+    #[arg(long, value_name = "DIR", default_value = DEFAULT_PIN_DIR)]
+    pin_dir: PathBuf,
 }
 
 #[derive(clap::Args)]
@@ -71,7 +88,7 @@ struct RunArgs {
     #[command(flatten)]
     state: StateArgs,
     /// Where the datapath is pinned in bpffs.
-    #[arg(long, value_name = "DIR", default_value = "/sys/fs/bpf/palisade-local")]
+    #[arg(long, value_name = "DIR", default_value = DEFAULT_PIN_DIR)]
     pin_dir: PathBuf,
     /// How often the agent reports what it observed.
     #[arg(long, value_name = "DURATION", default_value = "2s", value_parser = parse_duration)]
@@ -107,7 +124,8 @@ pub fn run(args: Args) -> Result<u8> {
     match args.command {
         Command::Up(args) => up(args),
         Command::Down(args) => {
-            palisade_local::down(&args.dir())?;
+            remove_run_state(&args.state.state, &args.pin_dir)?;
+            palisade_local::down(&args.state.dir())?;
             Ok(0)
         }
         Command::Probe(args) => probe(args),
@@ -127,7 +145,34 @@ fn bring_up(state: &StateDir, cluster: &std::path::Path, prefix: &str) -> Result
     palisade_local::up(state, cluster, prefix, responders)
 }
 
+/// Removes what `local run` keeps between runs, so that the next one starts from scratch: the
+/// pinned datapath (first, so nothing enforces on the interfaces about to go), the store and the
+/// Git mirrors. Safe to run twice.
+fn remove_run_state(state: &Path, pin_dir: &Path) -> Result<()> {
+    if pin_dir.exists() {
+        let destroyed = palisade_datapath::Datapath::open(pin_dir)
+            .map_err(anyhow::Error::from)
+            .and_then(|d| d.destroy().map_err(anyhow::Error::from));
+        if let Err(e) = destroyed {
+            eprintln!("warning: {}: {e:#}; removing the pins", pin_dir.display());
+            remove_dir(pin_dir)?;
+        }
+    }
+    crate::local::store::Store::new(state).clear()?;
+    remove_dir(&state.join("git"))
+}
+
+fn remove_dir(dir: &Path) -> Result<()> {
+    match std::fs::remove_dir_all(dir) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+            Err(e).with_context(|| format!("remove {}", dir.display()))
+        }
+        _ => Ok(()),
+    }
+}
+
 fn up(args: UpArgs) -> Result<u8> {
+    remove_run_state(&args.state.state, &args.pin_dir)?;
     let state = args.state.dir();
     let up = bring_up(&state, &args.cluster, &args.prefix)?;
     let network = &up.local.network;

@@ -51,6 +51,17 @@ impl Store {
         &self.dir
     }
 
+    /// Deletes every object and request, so that the next `local run` starts from scratch.
+    /// Nothing to delete is no error.
+    pub fn clear(&self) -> Result<()> {
+        match fs::remove_dir_all(&self.dir) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => {
+                Err(e).with_context(|| format!("remove {}", self.dir.display()))
+            }
+            _ => Ok(()),
+        }
+    }
+
     fn path(&self, kind: &str, namespace: &str, name: &str) -> PathBuf {
         self.dir.join(kind).join(namespace).join(format!("{name}.json"))
     }
@@ -249,5 +260,17 @@ mod tests {
         store.push_request("shop", "web", &Request::Suspend(false)).unwrap();
         assert_eq!(store.take_requests("shop", "web").unwrap(), [Request::Suspend(true), Request::Suspend(false)]);
         assert!(store.take_requests("shop", "web").unwrap().is_empty());
+    }
+
+    #[test]
+    fn clear_removes_everything_and_may_run_twice() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::new(dir.path());
+        store.push_request("shop", "web", &Request::Suspend(true)).unwrap();
+        assert!(store.dir().is_dir());
+        store.clear().unwrap();
+        assert!(!store.dir().exists());
+        store.clear().unwrap();
+        assert!(dir.path().is_dir(), "only the objects go");
     }
 }
