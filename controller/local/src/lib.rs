@@ -68,12 +68,14 @@ pub fn up(state: &StateDir, cluster_file: &Path, prefix: &str, responders: Comma
 }
 
 /// Stops the responder process and deletes the namespaces and state that `up` recorded in
-/// `state` (with no record, the namespaces with the default prefix). Safe to run twice.
+/// `state`. Without a record there is nothing of this state's to delete: namespaces with some
+/// prefix may belong to another local cluster. Safe to run twice.
 pub fn down(state: &StateDir) -> Result<()> {
     require_root()?;
-    let prefix = state.prefix()?;
     state.stop_responders()?;
-    net::remove_netns_with_prefix(&prefix)?;
+    if let Some(prefix) = state.recorded_prefix()? {
+        net::remove_netns_with_prefix(&prefix)?;
+    }
     state.clear()
 }
 

@@ -92,7 +92,12 @@ impl StateDir {
 
     /// The prefix of the namespaces `up` made, or the CLI's when nothing is recorded.
     pub fn prefix(&self) -> Result<String> {
-        Ok(self.record()?.map_or_else(|| DEFAULT_PREFIX.to_owned(), |r| r.prefix))
+        Ok(self.recorded_prefix()?.unwrap_or_else(|| DEFAULT_PREFIX.to_owned()))
+    }
+
+    /// The prefix `up` recorded, if it did.
+    pub fn recorded_prefix(&self) -> Result<Option<String>> {
+        Ok(self.record()?.map(|r| r.prefix))
     }
 
     fn record(&self) -> Result<Option<Record>> {

@@ -1,0 +1,233 @@
+//! Drives local mode the way a user does: `palisade local up`, `palisade local run` as a child
+//! process, commits to a real Git repository, `palisade local probe` for real connections. Each
+//! test has its own namespace prefix, state directory and bpffs pin directory, and removes them
+//! all when it ends, also when it fails. Needs root: it fails loudly without it.
+#![allow(dead_code)] // each test binary uses part of it
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use palisade::local::store::Store;
+use palisade_rollout::crd::{PolicyRollout, PolicyRolloutStatus};
+
+pub const PALISADE: &str = env!("CARGO_BIN_EXE_palisade");
+
+pub fn examples() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples")
+}
+
+pub fn require_root() {
+    palisade_local::require_root().expect("end-to-end tests need root (network namespaces, eBPF): run them as root");
+}
+
+fn palisade(args: &[&str]) -> std::process::Output {
+    Command::new(PALISADE).args(args).output().expect("run palisade")
+}
+
+/// A Git repository of policies, served to the rollout as a file:// URL.
+pub struct Repo {
+    pub dir: tempfile::TempDir,
+}
+
+impl Repo {
+    pub fn new() -> Repo {
+        let repo = Repo { dir: tempfile::tempdir().expect("tempdir") };
+        repo.git(&["init", "-q", "-b", "main"]);
+        repo
+    }
+
+    pub fn url(&self) -> String {
+        format!("file://{}", self.dir.path().display())
+    }
+
+    pub fn git(&self, args: &[&str]) -> String {
+        let output = Command::new("git")
+            .args(["-c", "user.name=e2e", "-c", "user.email=e2e@example.com", "-c", "commit.gpgsign=false"])
+            .args(args)
+            .current_dir(self.dir.path())
+            .output()
+            .expect("run git");
+        assert!(output.status.success(), "git {args:?}: {}", String::from_utf8_lossy(&output.stderr));
+        String::from_utf8_lossy(&output.stdout).into_owned()
+    }
+
+    /// Writes `files` (name, content) and commits them; returns the short commit id.
+    pub fn commit(&self, files: &[(&str, &str)], message: &str) -> String {
+        for (name, content) in files {
+            let path = self.dir.path().join(name);
+            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+            std::fs::write(path, content).unwrap();
+        }
+        self.git(&["add", "-A"]);
+        self.git(&["commit", "-q", "-m", message]);
+        self.head()
+    }
+
+    /// Copies every YAML file of `dir` into the repository and commits.
+    pub fn commit_dir(&self, dir: &Path, message: &str) -> String {
+        let mut files = Vec::new();
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.extension().is_some_and(|e| e == "yaml") {
+                let name = path.file_name().unwrap().to_string_lossy().into_owned();
+                files.push((name, std::fs::read_to_string(&path).unwrap()));
+            }
+        }
+        let files: Vec<(&str, &str)> = files.iter().map(|(n, c)| (n.as_str(), c.as_str())).collect();
+        self.commit(&files, message)
+    }
+
+    pub fn head(&self) -> String {
+        self.git(&["rev-parse", "--short=7", "HEAD"]).trim().to_owned()
+    }
+}
+
+/// A rollout of `repo` named `name` in `namespace`, promoted automatically after `min_duration`.
+pub fn rollout_yaml(namespace: &str, name: &str, repo: &Repo, min_duration: &str, extra: &str) -> String {
+    format!(
+        "apiVersion: palisade.dev/v1alpha1
+kind: PolicyRollout
+metadata:
+  name: {name}
+  namespace: {namespace}
+spec:
+  source:
+    url: {url}
+    ref:
+      branch: main
+    interval: 1s
+  audit:
+    minDuration: {min_duration}
+    minFlowsPerEndpoint: 0
+    maxNewDenies: 0
+  promotion: Auto
+  rollback:
+    fastTrackReverts: true
+{extra}",
+        url = repo.url()
+    )
+}
+
+/// One local cluster and, once started, its `palisade local run`.
+pub struct LocalCluster {
+    pub state: tempfile::TempDir,
+    pub prefix: String,
+    pub pin_dir: String,
+    run: Option<Child>,
+    rollout_file: PathBuf,
+}
+
+impl LocalCluster {
+    pub fn up(prefix: &str, cluster: &Path) -> LocalCluster {
+        require_root();
+        let state = tempfile::tempdir().expect("tempdir");
+        let pin_dir = format!("/sys/fs/bpf/palisade-e2e-{}", prefix.trim_end_matches('-'));
+        let rollout_file = state.path().join("rollout.yaml");
+        let local = LocalCluster { state, prefix: prefix.into(), pin_dir, run: None, rollout_file };
+        let output = palisade(&[
+            "local",
+            "up",
+            "--cluster",
+            cluster.to_str().unwrap(),
+            "--state",
+            local.state_dir(),
+            "--prefix",
+            prefix,
+        ]);
+        assert!(output.status.success(), "local up: {}", String::from_utf8_lossy(&output.stderr));
+        local
+    }
+
+    pub fn state_dir(&self) -> &str {
+        self.state.path().to_str().unwrap()
+    }
+
+    /// Starts `palisade local run` with this rollout; its log goes to `run.log` in the state.
+    pub fn run(&mut self, rollout: &str) {
+        std::fs::write(&self.rollout_file, rollout).unwrap();
+        let log = std::fs::File::create(self.state.path().join("run.log")).unwrap();
+        let child = Command::new(PALISADE)
+            .args(["local", "run", "--state", self.state_dir(), "--pin-dir", &self.pin_dir])
+            .args(["--report-interval", "500ms", "--traffic-interval", "200ms", "--rollout"])
+            .arg(&self.rollout_file)
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("start palisade local run");
+        self.run = Some(child);
+    }
+
+    /// Kills `local run` without warning, as a crash would.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.run.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.state.path().join("run.log")).unwrap_or_default()
+    }
+
+    pub fn rollout(&self, namespace: &str, name: &str) -> Option<PolicyRollout> {
+        Store::new(self.state.path()).rollout(namespace, name).expect("read the store")
+    }
+
+    /// Waits until the rollout's status satisfies `done`; fails with the log after `timeout`.
+    pub fn wait(
+        &self,
+        namespace: &str,
+        name: &str,
+        what: &str,
+        timeout: Duration,
+        done: impl Fn(&PolicyRolloutStatus) -> bool,
+    ) -> PolicyRolloutStatus {
+        let start = Instant::now();
+        loop {
+            let status = self.rollout(namespace, name).and_then(|r| r.status);
+            if let Some(status) = status.as_ref().filter(|s| done(s)) {
+                return status.clone();
+            }
+            if start.elapsed() > timeout {
+                panic!("waited {timeout:?} for {what}; status: {status:#?}\nlog:\n{}", self.log());
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// One real connection: `Some(true)` when it got through (connected, or refused by the
+    /// peer's stack, which it reached), `Some(false)` when it timed out (dropped).
+    pub fn reaches(&self, from: &str, to: &str, port: &str) -> bool {
+        let output = palisade(&[
+            "local",
+            "probe",
+            "--state",
+            self.state_dir(),
+            "--from",
+            from,
+            "--to",
+            to,
+            "--port",
+            port,
+            "--timeout",
+            "300ms",
+        ]);
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        match output.status.code() {
+            Some(0) => true,
+            Some(1) => !stdout.contains("timed out") && !stdout.contains("unreachable"),
+            _ => panic!("probe {from} -> {to} {port}: {}", String::from_utf8_lossy(&output.stderr)),
+        }
+    }
+}
+
+impl Drop for LocalCluster {
+    fn drop(&mut self) {
+        self.kill();
+        let _ = palisade(&["local", "down", "--state", self.state_dir()]);
+        if let Ok(datapath) = palisade_datapath::Datapath::open(&self.pin_dir) {
+            let _ = datapath.destroy();
+        }
+    }
+}
