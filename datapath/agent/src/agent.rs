@@ -51,6 +51,8 @@ pub(crate) type ObjectKey = (String, String);
 
 pub(crate) struct Revision {
     pub(crate) policies: Result<PolicySet, String>,
+    /// How people name it: `main@4b15b4e`.
+    pub(crate) display: String,
 }
 
 /// What a rollout's status asks nodes to enforce and to audit.
@@ -193,6 +195,12 @@ impl<D: Dataplane, R: InterfaceResolver> Agent<D, R> {
         self.compiled.as_ref().map(Compiled::candidate_engine)
     }
 
+    /// A revision's display name (`main@4b15b4e`), when the agent has it.
+    pub(crate) fn revision_display(&self, namespace: &str, id: &str) -> Option<String> {
+        let revision = self.revisions.get(&(namespace.to_owned(), id.to_owned()))?;
+        Some(revision.display.clone()).filter(|d| !d.is_empty())
+    }
+
     pub fn endpoints(&self) -> Vec<EndpointInfo> {
         self.endpoints
             .iter()
@@ -301,7 +309,7 @@ impl<D: Dataplane, R: InterfaceResolver> Agent<D, R> {
             .iter()
             .any(|((ns, _), t)| *ns == key.0 && [&t.enforced, &t.candidate].contains(&&Some(key.1.clone())));
         self.sets_changed |= referenced;
-        self.revisions.insert(key, Revision { policies });
+        self.revisions.insert(key, Revision { policies, display: revision.spec.display.clone() });
     }
 
     fn upsert_rollout(&mut self, rollout: PolicyRollout) {
@@ -343,7 +351,7 @@ impl<D: Dataplane, R: InterfaceResolver> Agent<D, R> {
         let mut candidate: Vec<(ObjectKey, &PolicySet, String)> = Vec::new();
         for (key, targets) in &self.rollouts {
             let revision = |id: &String| match self.revisions.get(&(key.0.clone(), id.clone())) {
-                Some(Revision { policies: Ok(set) }) => Some(set),
+                Some(Revision { policies: Ok(set), .. }) => Some(set),
                 _ => None,
             };
             let mut enforced_here = None;

@@ -1,11 +1,13 @@
 //! The datapath operations the agent needs, behind a trait: the real eBPF datapath on a node, a
 //! recording one in tests and benchmarks. Endpoint interfaces are found the same way.
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::net::Ipv4Addr;
 use std::process::Command;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
-use palisade_common::{EndpointCounters, PolicyEntry, PolicyKey};
-use palisade_datapath::{Datapath, EndpointId, EndpointState, Flow, Mode, Result, Slot};
+use palisade_common::{EndpointCounters, FlowEvent, PolicyEntry, PolicyKey};
+use palisade_datapath::{Datapath, EndpointId, EndpointState, EventReader, Flow, Mode, Result, Slot};
 
 pub trait Dataplane {
     fn endpoints(&self) -> Result<Vec<EndpointId>>;
@@ -27,6 +29,42 @@ pub trait Dataplane {
     fn flows(&self) -> Result<Vec<Flow>>;
     fn clear_flows(&mut self) -> Result<()>;
     fn counters(&self, endpoint: EndpointId) -> Result<EndpointCounters>;
+    /// The node's flow events (the kernel's ring buffer); none unless the dataplane has them.
+    fn events(&self) -> Result<Box<dyn FlowEvents>> {
+        Ok(Box::new(EventQueue::default()))
+    }
+}
+
+/// A consumer of flow events.
+pub trait FlowEvents {
+    /// Hands every available event to `on_event`, waiting up to `timeout` when there is none.
+    fn read(&mut self, timeout: Duration, on_event: &mut dyn FnMut(FlowEvent)) -> usize;
+}
+
+impl FlowEvents for EventReader {
+    fn read(&mut self, timeout: Duration, on_event: &mut dyn FnMut(FlowEvent)) -> usize {
+        EventReader::read(self, timeout, on_event)
+    }
+}
+
+/// Flow events in memory, shared by its clones: tests push what the kernel would have seen.
+#[derive(Clone, Debug, Default)]
+pub struct EventQueue(Arc<Mutex<VecDeque<FlowEvent>>>);
+
+impl EventQueue {
+    pub fn push(&self, event: FlowEvent) {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).push_back(event);
+    }
+}
+
+impl FlowEvents for EventQueue {
+    /// Never waits: what is queued is all there is.
+    fn read(&mut self, _timeout: Duration, on_event: &mut dyn FnMut(FlowEvent)) -> usize {
+        let events: Vec<FlowEvent> = self.0.lock().unwrap_or_else(|p| p.into_inner()).drain(..).collect();
+        let read = events.len();
+        events.into_iter().for_each(on_event);
+        read
+    }
 }
 
 impl Dataplane for Datapath {
@@ -75,6 +113,9 @@ impl Dataplane for Datapath {
     fn counters(&self, endpoint: EndpointId) -> Result<EndpointCounters> {
         Datapath::counters(self, endpoint)
     }
+    fn events(&self) -> Result<Box<dyn FlowEvents>> {
+        Ok(Box::new(Datapath::events(self)?))
+    }
 }
 
 /// One datapath operation, as [`RecordingDataplane`] logs it.
@@ -98,6 +139,8 @@ pub struct RecordingDataplane {
     /// Flows the tests pretend the kernel saw.
     pub flows: Vec<Flow>,
     pub counters: HashMap<EndpointId, EndpointCounters>,
+    /// Flow events the tests pretend the kernel sent; the agent's reader drains the same queue.
+    pub events: EventQueue,
 }
 
 #[derive(Clone, Debug, Default)]
@@ -223,6 +266,9 @@ impl Dataplane for RecordingDataplane {
     }
     fn counters(&self, endpoint: EndpointId) -> Result<EndpointCounters> {
         Ok(self.counters.get(&endpoint).copied().unwrap_or_default())
+    }
+    fn events(&self) -> Result<Box<dyn FlowEvents>> {
+        Ok(Box::new(self.events.clone()))
     }
 }
 

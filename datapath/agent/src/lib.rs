@@ -9,12 +9,14 @@ mod agent;
 mod dataplane;
 mod input;
 pub mod kube;
+pub mod observe;
 mod report;
 pub mod runtime;
 
 pub use agent::{Agent, AgentConfig, EndpointInfo, Error};
 pub use dataplane::{
-    Dataplane, Interface, InterfaceResolver, RecordedEndpoint, RecordingDataplane, RouteResolver, SlotOp,
+    Dataplane, EventQueue, FlowEvents, Interface, InterfaceResolver, RecordedEndpoint, RecordingDataplane,
+    RouteResolver, SlotOp,
 };
 pub use input::Change;
 pub use report::{AUDIT_FLOW_CAP, report_name, workload_of};

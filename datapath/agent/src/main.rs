@@ -1,7 +1,8 @@
 //! `palisade-agent`: the node agent on a Kubernetes node (the DaemonSet in manifests/agent.yaml).
 //!
 //! Opens (or adopts) the pinned datapath, runs the agent on its thread, feeds it from the watches,
-//! writes its PolicyAuditReports, and serves `/metrics`, `/healthz` and `/readyz`. On SIGTERM it
+//! writes its PolicyAuditReports, and serves `/metrics`, `/healthz`, `/readyz` and the observed
+//! flows as NDJSON on `/flows` (what `palisade observe --agent` reads). On SIGTERM it
 //! stops without touching the datapath: the pinned programs and maps keep enforcing until the next
 //! agent adopts them.
 use std::collections::BTreeSet;
@@ -19,7 +20,8 @@ use axum::response::IntoResponse;
 use axum::routing::get;
 use clap::{Parser, ValueEnum};
 use palisade_agent::kube::{ReportWriter, WatchState, watch};
-use palisade_agent::runtime::{ConvergeHook, Convergence, RuntimeOptions, spawn};
+use palisade_agent::observe::{FlowHub, FlowVerdict, ObservedFlow};
+use palisade_agent::runtime::{ConvergeHook, Convergence, FlowHook, RuntimeOptions, spawn};
 use palisade_agent::{Agent, AgentConfig, RouteResolver};
 use palisade_datapath::{DEFAULT_PIN_DIR, Datapath};
 use palisade_rollout::crd::PolicyAuditReport;
@@ -93,6 +95,7 @@ fn main() -> anyhow::Result<()> {
 async fn run(args: Args) -> anyhow::Result<()> {
     let metrics = Arc::new(Metrics::default());
     let ready = Arc::new(AtomicBool::new(false));
+    let flows = FlowHub::default();
     let (stop_tx, stop) = signal::channel(false);
     let listener = tokio::net::TcpListener::bind(args.metrics_addr)
         .await
@@ -100,7 +103,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     info!(addr = %args.metrics_addr, "listening");
     let server = tokio::spawn({
         let mut stop = stop.clone();
-        let router = router(metrics.clone(), ready.clone());
+        let router = router(metrics.clone(), ready.clone()).merge(palisade_agent::observe::router(flows.clone()));
         async move {
             let shutdown = async move {
                 let _ = stop.wait_for(|s| *s).await;
@@ -125,8 +128,17 @@ async fn run(args: Args) -> anyhow::Result<()> {
             }
         }))
     };
-    let options =
-        RuntimeOptions { report_interval: args.report_interval, on_converge: Some(hook), ..RuntimeOptions::default() };
+    let on_flow = {
+        let metrics = metrics.clone();
+        FlowHook(Arc::new(move |flow: &ObservedFlow| metrics.observed(flow)))
+    };
+    let options = RuntimeOptions {
+        report_interval: args.report_interval,
+        on_converge: Some(hook),
+        on_flow: Some(on_flow),
+        flows,
+        ..RuntimeOptions::default()
+    };
     let handle = spawn(agent, options).context("cannot start the agent's thread")?;
     info!(node = %args.node_name, pin_dir = %args.pin_dir.display(), "agent started");
 
@@ -175,8 +187,24 @@ struct RolloutLabels {
     rollout: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct FlowLabels {
+    namespace: String,
+    rollout: String,
+    verdict: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct DiffLabels {
+    namespace: String,
+    rollout: String,
+    candidate_verdict: String,
+}
+
 struct Metrics {
     registry: Registry,
+    flows_processed: Family<FlowLabels, Counter>,
+    policy_diffs: Family<DiffLabels, Counter>,
     endpoints: Gauge,
     converge_seconds: Histogram,
     converge_errors: Counter,
@@ -195,6 +223,8 @@ impl Default for Metrics {
             converge_errors: Counter::default(),
             audit_new_denies: Family::default(),
             drops_per_minute: Gauge::default(),
+            flows_processed: Family::default(),
+            policy_diffs: Family::default(),
             rollouts: Default::default(),
             registry: Registry::default(),
         };
@@ -223,6 +253,18 @@ impl Default for Metrics {
             "Packets this node dropped per minute under the enforced policy, over the last minute",
             metrics.drops_per_minute.clone(),
         );
+        registry.register(
+            "flows_processed",
+            "New flows the datapath reported (dropped, audited, or judged differently by a candidate), by the \
+             rollout whose rule decided and the enforced verdict (FORWARDED, DROPPED, AUDIT)",
+            metrics.flows_processed.clone(),
+        );
+        registry.register(
+            "policy_diffs",
+            "New flows the rollout's candidate judges differently from the enforced revision, by what the \
+             candidate would do",
+            metrics.policy_diffs.clone(),
+        );
         Metrics { registry, ..metrics }
     }
 }
@@ -234,6 +276,22 @@ impl Metrics {
             self.converge_errors.inc();
         }
         self.endpoints.set(i64::try_from(convergence.endpoints).unwrap_or(i64::MAX));
+    }
+
+    fn observed(&self, flow: &ObservedFlow) {
+        let (namespace, rollout) =
+            flow.rollout.as_ref().map(|r| (r.namespace.clone(), r.name.clone())).unwrap_or_default();
+        let labels = FlowLabels { namespace, rollout, verdict: flow.verdict.as_str().into() };
+        self.flows_processed.get_or_create(&labels).inc();
+        if let Some(candidate) = flow.candidate.as_ref().filter(|c| c.differs) {
+            let verdict = match candidate.verdict {
+                FlowVerdict::Dropped => "DROPPED",
+                _ => "FORWARDED",
+            };
+            let labels =
+                DiffLabels { namespace: labels.namespace, rollout: labels.rollout, candidate_verdict: verdict.into() };
+            self.policy_diffs.get_or_create(&labels).inc();
+        }
     }
 
     fn reported(&self, batch: &[PolicyAuditReport]) {
@@ -358,5 +416,53 @@ mod tests {
             assert!(text.lines().any(|l| l == line), "{line} missing in\n{text}");
         }
         assert!(!text.contains("rollout=\"db\""), "a gone rollout loses its series:\n{text}");
+    }
+}
+
+#[cfg(test)]
+mod flow_metrics {
+    use palisade_agent::observe::{CandidateVerdict, DecidedBy, FlowPeer, RolloutRef};
+
+    use super::*;
+
+    fn flow(verdict: FlowVerdict, candidate: Option<FlowVerdict>) -> ObservedFlow {
+        ObservedFlow {
+            time: "2025-11-21T13:38:33Z".into(),
+            node: "n1".into(),
+            verdict,
+            direction: "ingress".into(),
+            source: FlowPeer::default(),
+            destination: FlowPeer::default(),
+            port: 5432,
+            protocol: "TCP".into(),
+            decided_by: DecidedBy::default(),
+            candidate: candidate.map(|c| CandidateVerdict {
+                verdict: c,
+                differs: c != verdict,
+                decided_by: DecidedBy::default(),
+            }),
+            rollout: Some(RolloutRef { namespace: "shop".into(), name: "db".into() }),
+            enforced_revision: None,
+            candidate_revision: None,
+            endpoint: 1,
+        }
+    }
+
+    #[test]
+    fn flows_are_counted_per_rollout_and_verdict() {
+        let metrics = Metrics::default();
+        metrics.observed(&flow(FlowVerdict::Dropped, None));
+        metrics.observed(&flow(FlowVerdict::Dropped, Some(FlowVerdict::Dropped)));
+        metrics.observed(&flow(FlowVerdict::Forwarded, Some(FlowVerdict::Dropped)));
+        metrics.observed(&flow(FlowVerdict::Audit, None));
+        let text = metrics.encode().unwrap();
+        for line in [
+            "palisade_agent_flows_processed_total{namespace=\"shop\",rollout=\"db\",verdict=\"DROPPED\"} 2",
+            "palisade_agent_flows_processed_total{namespace=\"shop\",rollout=\"db\",verdict=\"FORWARDED\"} 1",
+            "palisade_agent_flows_processed_total{namespace=\"shop\",rollout=\"db\",verdict=\"AUDIT\"} 1",
+            "palisade_agent_policy_diffs_total{namespace=\"shop\",rollout=\"db\",candidate_verdict=\"DROPPED\"} 1",
+        ] {
+            assert!(text.lines().any(|l| l == line), "{line} missing in\n{text}");
+        }
     }
 }

@@ -242,7 +242,7 @@ fn protocol(number: u8) -> Protocol {
 }
 
 /// The kernel stamps flows with CLOCK_MONOTONIC nanoseconds (`bpf_ktime_get_ns`).
-fn boot_time_to_wall(stamp_ns: u64, now: Timestamp) -> Timestamp {
+pub(crate) fn boot_time_to_wall(stamp_ns: u64, now: Timestamp) -> Timestamp {
     let mut monotonic = libc::timespec { tv_sec: 0, tv_nsec: 0 };
     // SAFETY: a valid out-pointer.
     unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut monotonic) };

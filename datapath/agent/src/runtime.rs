@@ -18,8 +18,12 @@ use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender, unbounded_channel};
 use tracing::{info, warn};
 
 use crate::agent::{Agent, Error};
-use crate::dataplane::{Dataplane, InterfaceResolver};
+use crate::dataplane::{Dataplane, FlowEvents, InterfaceResolver};
 use crate::input::Change;
+use crate::observe::{FlowHub, ObservedFlow};
+
+/// Longest the agent's thread waits before draining the flow events again.
+const EVENT_WAIT: Duration = Duration::from_millis(100);
 
 #[derive(Clone, Debug)]
 pub struct RuntimeOptions {
@@ -33,6 +37,10 @@ pub struct RuntimeOptions {
     pub netns: Option<PathBuf>,
     /// Told about every convergence once synced (metrics, readiness).
     pub on_converge: Option<ConvergeHook>,
+    /// Told about every observed flow, on the agent's thread (metrics).
+    pub on_flow: Option<FlowHook>,
+    /// Where observed flows are published ([`AgentHandle::flows`]); closed when the agent stops.
+    pub flows: FlowHub,
 }
 
 /// One convergence after [`Change::Synced`].
@@ -46,6 +54,15 @@ pub struct Convergence {
 
 #[derive(Clone)]
 pub struct ConvergeHook(pub Arc<dyn Fn(&Convergence) + Send + Sync>);
+
+#[derive(Clone)]
+pub struct FlowHook(pub Arc<dyn Fn(&ObservedFlow) + Send + Sync>);
+
+impl std::fmt::Debug for FlowHook {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("FlowHook")
+    }
+}
 
 impl std::fmt::Debug for ConvergeHook {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -61,6 +78,8 @@ impl Default for RuntimeOptions {
             retry: Duration::from_secs(1),
             netns: None,
             on_converge: None,
+            on_flow: None,
+            flows: FlowHub::default(),
         }
     }
 }
@@ -70,6 +89,8 @@ pub struct AgentHandle {
     pub changes: mpsc::Sender<Change>,
     pub reports: UnboundedReceiver<Vec<PolicyAuditReport>>,
     pub thread: JoinHandle<Result<(), Error>>,
+    /// The flows the datapath reports, as observers see them; ends when the agent stops.
+    pub flows: FlowHub,
 }
 
 pub fn spawn<D, R>(agent: Agent<D, R>, options: RuntimeOptions) -> std::io::Result<AgentHandle>
@@ -80,14 +101,17 @@ where
     let (changes, inbox) = mpsc::channel();
     let (outbox, reports) = unbounded_channel();
     let netns = options.netns.as_ref().map(File::open).transpose()?;
+    let flows = options.flows.clone();
+    let hub = flows.clone();
     let thread = thread::Builder::new().name("palisade-agent".into()).spawn(move || {
-        if let Some(netns) = netns {
-            enter_netns(&netns)?;
+        let entered = netns.as_ref().map_or(Ok(()), enter_netns);
+        if entered.is_ok() {
+            run(agent, inbox, outbox, &hub, &options);
         }
-        run(agent, inbox, outbox, &options);
-        Ok(())
+        hub.close();
+        entered
     })?;
-    Ok(AgentHandle { changes, reports, thread })
+    Ok(AgentHandle { changes, reports, thread, flows })
 }
 
 fn enter_netns(netns: &File) -> Result<(), Error> {
@@ -102,11 +126,14 @@ fn run<D: Dataplane, R: InterfaceResolver>(
     mut agent: Agent<D, R>,
     inbox: mpsc::Receiver<Change>,
     outbox: UnboundedSender<Vec<PolicyAuditReport>>,
+    hub: &FlowHub,
     options: &RuntimeOptions,
 ) {
     let mut next_report = Instant::now() + options.report_interval;
     let mut last_report: Option<Instant> = None;
+    let mut events = agent.dataplane().events().map_err(|e| warn!("no flow events to observe: {e}")).ok();
     let mut failed = false;
+    let mut retry_at = Instant::now();
     let mut synced = false;
     // Set by changes the controller waits on (revisions loading, flips).
     let mut barrier_moved = false;
@@ -115,15 +142,21 @@ fn run<D: Dataplane, R: InterfaceResolver>(
         if barrier_moved {
             due = due.min(last_report.map_or(Instant::now(), |at| at + options.min_report_gap));
         }
-        let wait = if failed { options.retry } else { due.saturating_duration_since(Instant::now()) };
-        let mut changed = match inbox.recv_timeout(wait) {
+        let wait = if failed { retry_at } else { due }.saturating_duration_since(Instant::now());
+        let wait = if events.is_some() { wait.min(EVENT_WAIT) } else { wait };
+        let received = inbox.recv_timeout(wait);
+        // Before the changes: an event is read against the policy it was decided by.
+        if let Some(events) = &mut events {
+            observe(&agent, events.as_mut(), hub, options);
+        }
+        let mut changed = match received {
             Ok(change) => {
                 barrier_moved |= moves_barrier(&change);
                 synced |= matches!(change, Change::Synced);
                 agent.apply(change);
                 true
             }
-            Err(RecvTimeoutError::Timeout) => failed,
+            Err(RecvTimeoutError::Timeout) => failed && Instant::now() >= retry_at,
             Err(RecvTimeoutError::Disconnected) => break,
         };
         while let Ok(change) = inbox.try_recv() {
@@ -143,6 +176,7 @@ fn run<D: Dataplane, R: InterfaceResolver>(
                 Ok(()) => false,
                 Err(e) => {
                     warn!("could not bring the datapath in line; retrying: {e}");
+                    retry_at = Instant::now() + options.retry;
                     true
                 }
             };
@@ -164,6 +198,23 @@ fn run<D: Dataplane, R: InterfaceResolver>(
         }
     }
     info!("agent stopped");
+}
+
+/// Publishes what the datapath reported since the last time, without waiting.
+fn observe<D: Dataplane, R: InterfaceResolver>(
+    agent: &Agent<D, R>,
+    events: &mut dyn FlowEvents,
+    hub: &FlowHub,
+    options: &RuntimeOptions,
+) {
+    let now = Timestamp::now();
+    events.read(Duration::ZERO, &mut |event| {
+        let flow = agent.observe(&event, now);
+        if let Some(hook) = &options.on_flow {
+            (hook.0)(&flow);
+        }
+        hub.publish(flow);
+    });
 }
 
 fn moves_barrier(change: &Change) -> bool {

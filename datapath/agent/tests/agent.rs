@@ -6,6 +6,7 @@ use std::sync::{Arc, Mutex};
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use k8s_openapi::jiff::Timestamp;
+use palisade_agent::observe::{FlowFilter, FlowVerdict, ObservedFlow, RolloutRef, VerdictFilter};
 use palisade_agent::{Agent, AgentConfig, Change, Interface, InterfaceResolver, RecordingDataplane, SlotOp};
 use palisade_common::{self as dp, FlowKey, PolicyEntry};
 use palisade_datapath::{Flow, Slot};
@@ -414,4 +415,132 @@ fn the_runtime_converges_on_changes_and_publishes_reports_when_revisions_load() 
     assert_eq!(reports[0].spec.loaded_revisions, ["db-r1", "db-r2"]);
     drop(handle.changes);
     handle.thread.join().unwrap().unwrap();
+}
+
+/// What the kernel would send for the first packet of `from` -> `to`:`port`/TCP into `to`.
+fn ingress_event(agent: &TestAgent, from: &str, to: &str, port: u16, verdicts: [(u8, u32); 2]) -> dp::FlowEvent {
+    let ip = |name: &str| cluster().pods.iter().find(|p| p.name == name).and_then(|p| p.ip).expect("pod ip");
+    let endpoint = agent.endpoints().into_iter().find(|e| e.name == to).expect("endpoint").id;
+    let identity = agent.dataplane().ipcache[&(ip(from), 32)];
+    let [(enforced_verdict, enforced_cookie), (candidate_verdict, candidate_cookie)] = verdicts;
+    dp::FlowEvent {
+        flow: FlowKey {
+            endpoint,
+            identity,
+            dport: port,
+            protocol: dp::PROTO_TCP,
+            direction: dp::DIRECTION_INGRESS,
+            enforced_verdict,
+            candidate_verdict,
+            mode: dp::MODE_ENFORCE,
+            _pad: 0,
+        },
+        saddr_be: u32::from(ip(from)).to_be(),
+        daddr_be: u32::from(ip(to)).to_be(),
+        enforced_cookie,
+        candidate_cookie,
+        timestamp_ns: 0,
+    }
+}
+
+/// The cookie of the rule that lets `port` into db-0 in its enforced slot.
+fn allow_cookie(agent: &TestAgent, port: u16) -> u32 {
+    let db = agent.endpoints().into_iter().find(|e| e.name == "db-0").expect("db").id;
+    let entries = agent.dataplane().endpoints[&db].enforced_entries();
+    let entry = entries
+        .iter()
+        .find(|e| {
+            e.value.verdict == dp::VERDICT_ALLOW && e.key.protocol() == Some(dp::PROTO_TCP) && e.key.port() == port
+        })
+        .expect("an entry allowing the port");
+    entry.value.cookie
+}
+
+#[test]
+fn a_shadow_difference_is_observed_with_both_pods_rules_and_revisions() {
+    let agent = synced(agent(), vec![rollout(Some("db-r1"), Some("db-r2"))]);
+    let cookie = allow_cookie(&agent, 5432);
+    let event = ingress_event(
+        &agent,
+        "api-7d9f8b6c4-x2k9p",
+        "db-0",
+        5432,
+        [(dp::VERDICT_ALLOW, cookie), (dp::VERDICT_DENY, dp::COOKIE_NONE)],
+    );
+    let flow = agent.observe(&event, Timestamp::now());
+    assert_eq!(flow.verdict, FlowVerdict::Forwarded);
+    assert_eq!(flow.direction, "ingress");
+    assert_eq!(
+        (flow.source.namespace.as_deref(), flow.source.pod.as_deref(), flow.source.ip),
+        (Some("shop"), Some("api-7d9f8b6c4-x2k9p"), "10.200.1.1".parse().unwrap())
+    );
+    assert_eq!(flow.source.workload.as_deref(), Some("api"));
+    assert_eq!((flow.destination.pod.as_deref(), flow.destination.ip), (Some("db-0"), "10.200.1.2".parse().unwrap()));
+    assert_eq!(flow.destination.labels.get("app").map(String::as_str), Some("db"));
+    assert_eq!((flow.port, flow.protocol.as_str()), (5432, "TCP"));
+    assert_eq!(flow.decided_by.policy.as_deref(), Some("CiliumNetworkPolicy shop/db"));
+    assert_eq!(flow.decided_by.rule.as_deref(), Some("spec.ingress[0]"));
+    let candidate = flow.candidate.as_ref().expect("a candidate verdict");
+    assert!(candidate.differs && flow.differs());
+    assert_eq!(candidate.verdict, FlowVerdict::Dropped);
+    assert!(candidate.decided_by.description.contains("default deny"), "{:?}", candidate.decided_by);
+    assert_eq!(flow.rollout, Some(RolloutRef { namespace: "shop".into(), name: "db".into() }));
+    assert_eq!(flow.enforced_revision.as_deref(), Some("main@db-r1"));
+    assert_eq!(flow.candidate_revision.as_deref(), Some("main@db-r2"));
+    assert!(FlowFilter { verdict: Some(VerdictFilter::Diff), ..FlowFilter::default() }.matches(&flow));
+    assert!(!FlowFilter { verdict: Some(VerdictFilter::Dropped), ..FlowFilter::default() }.matches(&flow));
+    assert!(FlowFilter { pod: Some("shop/api".into()), ..FlowFilter::default() }.matches(&flow));
+    assert!(!FlowFilter { pod: Some("web".into()), ..FlowFilter::default() }.matches(&flow));
+    let json = serde_json::to_string(&flow).unwrap();
+    assert_eq!(serde_json::from_str::<ObservedFlow>(&json).unwrap(), flow, "{json}");
+}
+
+#[test]
+fn a_drop_from_a_remote_pod_is_observed_by_name_and_default_deny() {
+    let agent = synced(agent(), vec![rollout(Some("db-r1"), None)]);
+    let event =
+        ingress_event(&agent, "web", "db-0", 5432, [(dp::VERDICT_DENY, dp::COOKIE_NONE), (dp::VERDICT_NONE, 0)]);
+    let flow = agent.observe(&event, Timestamp::now());
+    assert_eq!(flow.verdict, FlowVerdict::Dropped);
+    assert_eq!(flow.source.name(), "shop/web", "a pod on another node is still named");
+    assert_eq!(flow.destination.name(), "shop/db-0");
+    assert_eq!(flow.decided_by.policy, None);
+    assert!(flow.decided_by.description.contains("default deny"), "{:?}", flow.decided_by);
+    assert_eq!(flow.candidate, None);
+    assert_eq!(flow.rollout.as_ref().map(|r| r.name.as_str()), Some("db"), "the only rollout");
+    assert_eq!((flow.enforced_revision.as_deref(), flow.candidate_revision.as_deref()), (Some("main@db-r1"), None));
+    assert!(FlowFilter { verdict: Some(VerdictFilter::Dropped), ..FlowFilter::default() }.matches(&flow));
+    assert!(!FlowFilter { namespace: Some("other".into()), ..FlowFilter::default() }.matches(&flow));
+    let mut audited = event;
+    audited.flow.mode = dp::MODE_AUDIT;
+    assert_eq!(agent.observe(&audited, Timestamp::now()).verdict, FlowVerdict::Audit);
+}
+
+#[test]
+fn the_runtime_publishes_the_datapaths_flow_events() {
+    use palisade_agent::runtime::{RuntimeOptions, spawn};
+    let agent = synced(agent(), vec![rollout(Some("db-r1"), None)]);
+    let event =
+        ingress_event(&agent, "web", "db-0", 5432, [(dp::VERDICT_DENY, dp::COOKIE_NONE), (dp::VERDICT_NONE, 0)]);
+    let queue = agent.dataplane().events.clone();
+    let handle = spawn(agent, RuntimeOptions::default()).expect("spawn");
+    let (history, mut flows) = handle.flows.subscribe().expect("running");
+    assert!(history.is_empty());
+    queue.push(event);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    let flow = loop {
+        match flows.try_recv() {
+            Ok(flow) => break flow,
+            Err(_) if std::time::Instant::now() < deadline => std::thread::sleep(std::time::Duration::from_millis(5)),
+            Err(e) => panic!("no flow published: {e}"),
+        }
+    };
+    assert_eq!(
+        (flow.verdict, flow.source.name(), flow.destination.name()),
+        (FlowVerdict::Dropped, "shop/web".to_string(), "shop/db-0".to_string())
+    );
+    assert_eq!(handle.flows.subscribe().expect("running").0.len(), 1, "remembered for --last");
+    drop(handle.changes);
+    handle.thread.join().unwrap().unwrap();
+    assert!(handle.flows.subscribe().is_none(), "observers' streams end with the agent");
 }

@@ -147,7 +147,7 @@ fn enforcement_follows_pods_labels_and_promotions_while_traffic_runs() {
     let agent = Agent::new(AgentConfig::default(), datapath, RouteResolver);
     let netns = Path::new("/run/netns").join(net.network.node_netns());
     let options = RuntimeOptions { netns: Some(netns), ..RuntimeOptions::default() };
-    let AgentHandle { changes, mut reports, thread } = spawn(agent, options).expect("start the agent");
+    let AgentHandle { changes, mut reports, thread, .. } = spawn(agent, options).expect("start the agent");
     let send = |change: Change| changes.send(change).expect("agent running");
 
     // Everything but "late", which the agent does not know about yet.

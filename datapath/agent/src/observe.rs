@@ -1,0 +1,702 @@
+//! Flow observation, like Hubble: every flow event of the datapath (a new dropped, audited or
+//! shadow-differing flow) as an [`ObservedFlow`] naming both ends, the rule that decided and the
+//! revisions, published on a bounded broadcast channel ([`FlowHub`]) and served as NDJSON on
+//! `GET /flows` ([`router`], [`UnixServer`]).
+use std::collections::{BTreeMap, VecDeque};
+use std::convert::Infallible;
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use axum::Router;
+use axum::body::{Body, Bytes};
+use axum::extract::{RawQuery, State};
+use axum::http::header;
+use axum::response::IntoResponse;
+use axum::routing::get;
+use k8s_openapi::jiff::Timestamp;
+use palisade_common::{self as dp, FlowEvent};
+use palisade_policy::Engine;
+use serde::{Deserialize, Serialize};
+use tokio::sync::broadcast::{self, error::RecvError};
+
+use crate::agent::{Agent, Compiled, ObjectKey};
+use crate::dataplane::{Dataplane, InterfaceResolver};
+use crate::report::{boot_time_to_wall, workload_of};
+
+/// What happened to a flow under the enforced policy.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "UPPERCASE")]
+pub enum FlowVerdict {
+    Forwarded,
+    Dropped,
+    /// Audit mode: the enforced policy would have dropped it; it was let through.
+    Audit,
+}
+
+impl FlowVerdict {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FlowVerdict::Forwarded => "FORWARDED",
+            FlowVerdict::Dropped => "DROPPED",
+            FlowVerdict::Audit => "AUDIT",
+        }
+    }
+}
+
+/// One end of a flow: a pod, or a peer known by its identity's labels or CIDR.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FlowPeer {
+    pub ip: Ipv4Addr,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workload: Option<String>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cidr: Option<String>,
+    /// The node-local security identity (0 when not known).
+    #[serde(default)]
+    pub identity: u32,
+}
+
+impl Default for FlowPeer {
+    fn default() -> Self {
+        FlowPeer {
+            ip: Ipv4Addr::UNSPECIFIED,
+            namespace: None,
+            pod: None,
+            workload: None,
+            labels: BTreeMap::new(),
+            cidr: None,
+            identity: 0,
+        }
+    }
+}
+
+impl FlowPeer {
+    /// `ns/pod`, else the CIDR, else the labels, else the identity.
+    pub fn name(&self) -> String {
+        match (&self.namespace, &self.pod) {
+            (Some(namespace), Some(pod)) => format!("{namespace}/{pod}"),
+            _ if self.cidr.is_some() => self.cidr.clone().unwrap_or_default(),
+            _ if !self.labels.is_empty() => {
+                let labels: Vec<String> = self.labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
+                let labels = labels.join(",");
+                match &self.namespace {
+                    Some(namespace) => format!("{namespace}/{{{labels}}}"),
+                    None => labels,
+                }
+            }
+            _ => format!("identity {}", self.identity),
+        }
+    }
+}
+
+/// The rule that decided a flow, as the policy compiler names its cookie.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DecidedBy {
+    /// `CiliumNetworkPolicy shop/db`; none for default deny, no policy, default allow, localhost.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub policy: Option<String>,
+    /// `spec.ingress[0]`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rule: Option<String>,
+    /// The whole description: `CiliumNetworkPolicy shop/db spec.ingress[0]`, `default deny (...)`.
+    pub description: String,
+}
+
+/// What the candidate revision would do with the flow.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CandidateVerdict {
+    /// `FORWARDED` or `DROPPED`.
+    pub verdict: FlowVerdict,
+    pub differs: bool,
+    pub decided_by: DecidedBy,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct RolloutRef {
+    pub namespace: String,
+    pub name: String,
+}
+
+/// A flow the datapath reported, as `palisade observe` shows it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ObservedFlow {
+    /// RFC 3339, when the kernel saw the flow's first packet.
+    pub time: String,
+    pub node: String,
+    pub verdict: FlowVerdict,
+    /// `ingress` or `egress`, seen from the endpoint whose policy decided.
+    pub direction: String,
+    pub source: FlowPeer,
+    pub destination: FlowPeer,
+    /// Destination port (ICMP type for ICMP).
+    pub port: u16,
+    /// `TCP`, `UDP`, `ICMP`, `SCTP`, `ICMPv6`.
+    pub protocol: String,
+    pub decided_by: DecidedBy,
+    /// Present while a candidate is audited beside the enforced policy.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub candidate: Option<CandidateVerdict>,
+    /// The rollout whose rule decided (or, for a flow no rule decided, the only one there is).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rollout: Option<RolloutRef>,
+    /// Revisions by their display names (`main@4b15b4e`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub enforced_revision: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub candidate_revision: Option<String>,
+    /// The datapath's endpoint id of the pod whose policy decided.
+    pub endpoint: u32,
+}
+
+impl ObservedFlow {
+    pub fn differs(&self) -> bool {
+        self.candidate.as_ref().is_some_and(|c| c.differs)
+    }
+}
+
+/// One line of the `/flows` stream: a flow, or how many flows this observer lost for being slow.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum ObserveLine {
+    Flow(Box<ObservedFlow>),
+    Lost { lost_events: u64 },
+}
+
+/// `--verdict`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum VerdictFilter {
+    Dropped,
+    Audit,
+    Diff,
+}
+
+impl std::str::FromStr for VerdictFilter {
+    type Err = String;
+    fn from_str(text: &str) -> Result<Self, String> {
+        match text.to_ascii_lowercase().as_str() {
+            "dropped" | "drop" => Ok(VerdictFilter::Dropped),
+            "audit" | "audited" => Ok(VerdictFilter::Audit),
+            "diff" => Ok(VerdictFilter::Diff),
+            _ => Err(format!("{text:?}: expected dropped, audit or diff")),
+        }
+    }
+}
+
+/// Which flows an observer wants; every field empty means all.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct FlowFilter {
+    /// Either end in this namespace.
+    pub namespace: Option<String>,
+    /// Either end a pod whose name starts with this (`api`, or `shop/api` with its namespace).
+    pub pod: Option<String>,
+    pub verdict: Option<VerdictFilter>,
+    /// Of the remembered flows, only those seen at or after this.
+    pub since: Option<Timestamp>,
+}
+
+impl FlowFilter {
+    pub fn matches(&self, flow: &ObservedFlow) -> bool {
+        let ends = [&flow.source, &flow.destination];
+        if let Some(namespace) = &self.namespace
+            && !ends.iter().any(|e| e.namespace.as_ref() == Some(namespace))
+        {
+            return false;
+        }
+        if let Some(wanted) = &self.pod {
+            let (namespace, prefix) = match wanted.split_once('/') {
+                Some((namespace, pod)) => (Some(namespace), pod),
+                None => (None, wanted.as_str()),
+            };
+            let matches = |e: &&FlowPeer| {
+                e.pod.as_ref().is_some_and(|p| p.starts_with(prefix))
+                    && namespace.is_none_or(|n| e.namespace.as_deref() == Some(n))
+            };
+            if !ends.iter().any(matches) {
+                return false;
+            }
+        }
+        let verdict = match self.verdict {
+            None => true,
+            Some(VerdictFilter::Dropped) => flow.verdict == FlowVerdict::Dropped,
+            Some(VerdictFilter::Audit) => flow.verdict == FlowVerdict::Audit,
+            Some(VerdictFilter::Diff) => flow.differs(),
+        };
+        verdict && self.since.is_none_or(|since| flow.time.parse::<Timestamp>().is_ok_and(|t| t >= since))
+    }
+
+    /// The query string of `GET /flows` for this filter (without `?`).
+    pub fn to_query(&self) -> String {
+        let mut pairs = Vec::new();
+        if let Some(namespace) = &self.namespace {
+            pairs.push(format!("namespace={}", encode(namespace)));
+        }
+        if let Some(pod) = &self.pod {
+            pairs.push(format!("pod={}", encode(pod)));
+        }
+        if let Some(verdict) = self.verdict {
+            let verdict = match verdict {
+                VerdictFilter::Dropped => "dropped",
+                VerdictFilter::Audit => "audit",
+                VerdictFilter::Diff => "diff",
+            };
+            pairs.push(format!("verdict={verdict}"));
+        }
+        if let Some(since) = self.since {
+            pairs.push(format!("since={}", encode(&since.to_string())));
+        }
+        pairs.join("&")
+    }
+}
+
+/// What `GET /flows` takes: a filter, how many remembered flows to replay, whether to follow.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FlowsQuery {
+    pub filter: FlowFilter,
+    /// Remembered flows to send first (after the filter); `since` alone replays all it matches.
+    pub last: Option<usize>,
+    /// Keep streaming new flows (the default); `follow=false` ends after the replay.
+    pub follow: bool,
+}
+
+impl FlowsQuery {
+    pub fn parse(query: &str) -> Result<FlowsQuery, String> {
+        let mut parsed = FlowsQuery { filter: FlowFilter::default(), last: None, follow: true };
+        for pair in query.split('&').filter(|p| !p.is_empty()) {
+            let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+            let value = decode(value);
+            match key {
+                "namespace" => parsed.filter.namespace = Some(value),
+                "pod" => parsed.filter.pod = Some(value),
+                "verdict" => parsed.filter.verdict = Some(value.parse()?),
+                "since" => {
+                    parsed.filter.since = Some(value.parse().map_err(|e| format!("since={value}: {e}"))?);
+                }
+                "last" => parsed.last = Some(value.parse().map_err(|_| format!("last={value}: not a number"))?),
+                "follow" => parsed.follow = !matches!(value.as_str(), "false" | "0" | "no"),
+                _ => return Err(format!("unknown parameter {key:?}")),
+            }
+        }
+        Ok(parsed)
+    }
+
+    pub fn to_query(&self) -> String {
+        let mut query = self.filter.to_query();
+        let mut push = |pair: String| {
+            if !query.is_empty() {
+                query.push('&');
+            }
+            query.push_str(&pair);
+        };
+        if let Some(last) = self.last {
+            push(format!("last={last}"));
+        }
+        if !self.follow {
+            push("follow=false".into());
+        }
+        query
+    }
+}
+
+fn encode(text: &str) -> String {
+    text.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' | b'/' | b':' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+fn decode(text: &str) -> String {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'+' => out.push(b' '),
+            b'%' if i + 2 < bytes.len() => {
+                let hex = std::str::from_utf8(&bytes[i + 1..i + 3]).ok();
+                match hex.and_then(|h| u8::from_str_radix(h, 16).ok()) {
+                    Some(b) => {
+                        out.push(b);
+                        i += 2;
+                    }
+                    None => out.push(b'%'),
+                }
+            }
+            b => out.push(b),
+        }
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+pub type FlowReceiver = broadcast::Receiver<Arc<ObservedFlow>>;
+
+/// Flows published by the agent's thread: a bounded broadcast channel (an observer that falls
+/// behind loses the oldest and is told how many) and the last few, for `--last` and `--since`.
+#[derive(Clone)]
+pub struct FlowHub {
+    inner: Arc<Mutex<Hub>>,
+}
+
+struct Hub {
+    sender: Option<broadcast::Sender<Arc<ObservedFlow>>>,
+    history: VecDeque<Arc<ObservedFlow>>,
+    history_cap: usize,
+}
+
+impl FlowHub {
+    /// `capacity`: flows an observer may lag behind before it loses some. `history`: flows kept.
+    pub fn new(capacity: usize, history: usize) -> FlowHub {
+        let (sender, _) = broadcast::channel(capacity.max(1));
+        let hub = Hub { sender: Some(sender), history: VecDeque::with_capacity(history), history_cap: history };
+        FlowHub { inner: Arc::new(Mutex::new(hub)) }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Hub> {
+        self.inner.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// The remembered flows and a receiver of every later one: nothing is missed or repeated
+    /// between the two. `None` once the agent stopped.
+    pub fn subscribe(&self) -> Option<(Vec<Arc<ObservedFlow>>, FlowReceiver)> {
+        let hub = self.lock();
+        let receiver = hub.sender.as_ref()?.subscribe();
+        Some((hub.history.iter().cloned().collect(), receiver))
+    }
+
+    pub fn publish(&self, flow: ObservedFlow) {
+        let flow = Arc::new(flow);
+        let mut hub = self.lock();
+        if hub.history_cap > 0 {
+            if hub.history.len() == hub.history_cap {
+                hub.history.pop_front();
+            }
+            hub.history.push_back(flow.clone());
+        }
+        if let Some(sender) = &hub.sender {
+            // No receiver is fine: nobody observes right now.
+            let _ = sender.send(flow);
+        }
+    }
+
+    /// Ends every observer's stream (the agent stopped).
+    pub fn close(&self) {
+        self.lock().sender = None;
+    }
+}
+
+impl std::fmt::Debug for FlowHub {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("FlowHub")
+    }
+}
+
+impl Default for FlowHub {
+    fn default() -> Self {
+        FlowHub::new(4096, 1024)
+    }
+}
+
+impl<D: Dataplane, R: InterfaceResolver> Agent<D, R> {
+    /// A datapath flow event as an observer sees it: both ends by pod (or identity), the rule
+    /// that decided by name, the rollout and its revisions.
+    pub fn observe(&self, event: &FlowEvent, now: Timestamp) -> ObservedFlow {
+        let key = &event.flow;
+        let ingress = key.direction == dp::DIRECTION_INGRESS;
+        let (saddr, daddr) =
+            (Ipv4Addr::from(u32::from_be(event.saddr_be)), Ipv4Addr::from(u32::from_be(event.daddr_be)));
+        let (local_ip, peer_ip) = if ingress { (daddr, saddr) } else { (saddr, daddr) };
+        let pod = self.endpoints.iter().find(|(_, e)| e.id == key.endpoint).map(|(k, _)| k.clone());
+        let compiled = self.compiled.as_ref();
+        let local = FlowPeer {
+            ip: local_ip,
+            namespace: pod.as_ref().map(|p| p.0.clone()),
+            workload: pod.as_ref().map(|p| workload_of(&p.1)),
+            pod: pod.as_ref().map(|p| p.1.clone()),
+            labels: pod
+                .as_ref()
+                .and_then(|p| compiled?.enforced.cluster.pod(&p.0, &p.1))
+                .map(|p| p.labels.clone())
+                .unwrap_or_default(),
+            ..FlowPeer::default()
+        };
+        let peer = match compiled {
+            Some(compiled) => peer(&compiled.enforced, peer_ip, key.identity),
+            None => FlowPeer { ip: peer_ip, identity: key.identity, ..FlowPeer::default() },
+        };
+        let (source, destination) = if ingress { (peer, local) } else { (local, peer) };
+        let denies = key.enforced_verdict == dp::VERDICT_DENY;
+        let verdict = match (denies, key.mode) {
+            (false, _) => FlowVerdict::Forwarded,
+            (true, dp::MODE_AUDIT) => FlowVerdict::Audit,
+            (true, _) => FlowVerdict::Dropped,
+        };
+        let decided_by = |set: usize, cookie: u32| match compiled {
+            Some(compiled) => {
+                decided_by(if set == 0 { &compiled.enforced } else { compiled.candidate_engine() }, cookie)
+            }
+            None => DecidedBy { description: format!("rule cookie {cookie}"), ..DecidedBy::default() },
+        };
+        let candidate = (key.candidate_verdict != dp::VERDICT_NONE).then(|| {
+            let candidate_denies = key.candidate_verdict == dp::VERDICT_DENY;
+            CandidateVerdict {
+                verdict: if candidate_denies { FlowVerdict::Dropped } else { FlowVerdict::Forwarded },
+                differs: candidate_denies != denies,
+                decided_by: decided_by(1, event.candidate_cookie),
+            }
+        });
+        let rollout = compiled.and_then(|c| self.rollout_of(c, event, candidate.as_ref().is_some_and(|c| c.differs)));
+        let targets = rollout.as_ref().and_then(|r| self.rollouts.get(r));
+        let display = |id: &String| {
+            let display = rollout.as_ref().and_then(|r| self.revision_display(&r.0, id));
+            display.unwrap_or_else(|| id.clone())
+        };
+        ObservedFlow {
+            time: boot_time_to_wall(event.timestamp_ns, now).to_string(),
+            node: self.config.node.clone().unwrap_or_else(|| "local".into()),
+            verdict,
+            direction: if ingress { "ingress" } else { "egress" }.into(),
+            source,
+            destination,
+            port: key.dport,
+            protocol: protocol_name(key.protocol),
+            decided_by: decided_by(0, event.enforced_cookie),
+            enforced_revision: targets.and_then(|t| t.enforced.as_ref()).map(display),
+            candidate_revision: targets.and_then(|t| t.candidate.as_ref()).filter(|_| candidate.is_some()).map(display),
+            candidate,
+            rollout: rollout.map(|(namespace, name)| RolloutRef { namespace, name }),
+            endpoint: key.endpoint,
+        }
+    }
+
+    /// The rollout a rule of which decided the flow (the candidate's first for a difference);
+    /// for a flow no rule decided, the only rollout (auditing one, for a difference) if there is
+    /// only one.
+    fn rollout_of(&self, compiled: &Compiled, event: &FlowEvent, differs: bool) -> Option<ObjectKey> {
+        let origin = |set: usize, cookie: u32| {
+            let index = (cookie >> 12).checked_sub(1)? as usize;
+            compiled.origins[set].get(index).filter(|_| cookie < dp::COOKIE_LOCALHOST).cloned()
+        };
+        let found = if differs {
+            origin(1, event.candidate_cookie).or_else(|| origin(0, event.enforced_cookie))
+        } else {
+            origin(0, event.enforced_cookie)
+        };
+        found.or_else(|| {
+            let mut rollouts = self.rollouts.iter().filter(|(_, t)| !differs || t.candidate.is_some());
+            match (rollouts.next(), rollouts.next()) {
+                (Some((key, _)), None) => Some(key.clone()),
+                _ => None,
+            }
+        })
+    }
+}
+
+fn decided_by(engine: &Engine, cookie: u32) -> DecidedBy {
+    let description = engine.policies.describe_cookie(cookie);
+    match engine.policies.rule_for_cookie(cookie).filter(|_| cookie < dp::COOKIE_LOCALHOST) {
+        Some((policy, rule)) => {
+            DecidedBy { policy: Some(policy.id.to_string()), rule: Some(rule.path.clone()), description }
+        }
+        None => DecidedBy { description, ..DecidedBy::default() },
+    }
+}
+
+/// A peer by its address when it is a known pod, else by its identity.
+fn peer(engine: &Engine, ip: Ipv4Addr, identity: u32) -> FlowPeer {
+    if let Some(pod) = engine.cluster.pods.iter().find(|p| p.ip == Some(ip) && !p.host_network) {
+        return FlowPeer {
+            ip,
+            namespace: Some(pod.namespace.clone()),
+            pod: Some(pod.name.clone()),
+            workload: Some(workload_of(&pod.name)),
+            labels: pod.labels.clone().into_iter().collect(),
+            identity,
+            cidr: None,
+        };
+    }
+    let Some(found) = engine.identities().get(identity) else {
+        return FlowPeer { ip, identity, ..FlowPeer::default() };
+    };
+    if let Some(namespace) = &found.namespace {
+        let labels = found.labels.user_labels().map(|(k, v)| (k.to_owned(), v.to_owned())).collect();
+        return FlowPeer { ip, namespace: Some(namespace.clone()), labels, identity, ..FlowPeer::default() };
+    }
+    let labels = found
+        .labels
+        .iter()
+        .map(|(source, key, value)| (format!("{}:{key}", source.as_str()), value.to_owned()))
+        .collect();
+    FlowPeer { ip, labels, cidr: found.prefix.map(|p| p.to_string()), identity, ..FlowPeer::default() }
+}
+
+fn protocol_name(number: u8) -> String {
+    match number {
+        dp::PROTO_TCP => "TCP".into(),
+        dp::PROTO_UDP => "UDP".into(),
+        dp::PROTO_ICMP => "ICMP".into(),
+        dp::PROTO_SCTP => "SCTP".into(),
+        dp::PROTO_ICMPV6 => "ICMPv6".into(),
+        other => format!("proto-{other}"),
+    }
+}
+
+/// `GET /flows?namespace=&pod=&verdict=dropped|audit|diff&last=N&since=RFC3339&follow=false`:
+/// NDJSON, one [`ObserveLine`] a line, until the client goes or the agent stops.
+pub fn router(hub: FlowHub) -> Router {
+    Router::new().route("/flows", get(serve_flows).with_state(hub))
+}
+
+async fn serve_flows(State(hub): State<FlowHub>, RawQuery(query): RawQuery) -> axum::response::Response {
+    let query = match FlowsQuery::parse(query.as_deref().unwrap_or_default()) {
+        Ok(query) => query,
+        Err(e) => return (axum::http::StatusCode::BAD_REQUEST, format!("{e}\n")).into_response(),
+    };
+    let headers = [(header::CONTENT_TYPE, "application/x-ndjson")];
+    (headers, Body::from_stream(stream(&hub, query))).into_response()
+}
+
+/// The lines of one observer's stream.
+pub fn stream(hub: &FlowHub, query: FlowsQuery) -> impl futures::Stream<Item = Result<Bytes, Infallible>> + use<> {
+    let subscribed = hub.subscribe();
+    let (history, receiver) = match subscribed {
+        Some((history, receiver)) => (history, Some(receiver)),
+        None => (Vec::new(), None),
+    };
+    let mut replay: VecDeque<Arc<ObservedFlow>> = history.into_iter().filter(|f| query.filter.matches(f)).collect();
+    let keep = match (query.last, query.filter.since) {
+        (Some(last), _) => last,
+        (None, Some(_)) => usize::MAX,
+        (None, None) => 0,
+    };
+    while replay.len() > keep {
+        replay.pop_front();
+    }
+    let receiver = receiver.filter(|_| query.follow);
+    let filter = query.filter;
+    futures::stream::unfold((replay, receiver), move |(mut replay, mut receiver)| {
+        let filter = filter.clone();
+        async move {
+            if let Some(flow) = replay.pop_front() {
+                return Some((Ok(line(&ObserveLine::Flow(Box::new((*flow).clone())))), (replay, receiver)));
+            }
+            loop {
+                let next = receiver.as_mut()?.recv().await;
+                match next {
+                    Ok(flow) if filter.matches(&flow) => {
+                        let text = line(&ObserveLine::Flow(Box::new((*flow).clone())));
+                        return Some((Ok(text), (replay, receiver)));
+                    }
+                    Ok(_) => continue,
+                    Err(RecvError::Lagged(lost)) => {
+                        return Some((Ok(line(&ObserveLine::Lost { lost_events: lost })), (replay, receiver)));
+                    }
+                    Err(RecvError::Closed) => return None,
+                }
+            }
+        }
+    })
+}
+
+fn line(line: &ObserveLine) -> Bytes {
+    let mut text = serde_json::to_vec(line).unwrap_or_default();
+    text.push(b'\n');
+    Bytes::from(text)
+}
+
+/// `GET /flows` on a Unix socket (local mode's `<state>/observe.sock`). Dropping it stops the
+/// server and removes the socket.
+pub struct UnixServer {
+    path: PathBuf,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl UnixServer {
+    /// Must be called within a Tokio runtime. A socket left by an earlier run is replaced.
+    pub fn start(hub: FlowHub, path: &Path) -> std::io::Result<UnixServer> {
+        match std::fs::remove_file(path) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+            _ => {}
+        }
+        let listener = tokio::net::UnixListener::bind(path)?;
+        let task = tokio::spawn(async move {
+            if let Err(e) = axum::serve(listener, router(hub)).await {
+                tracing::warn!(error = %e, "the observe socket stopped");
+            }
+        });
+        Ok(UnixServer { path: path.to_owned(), task })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+impl Drop for UnixServer {
+    fn drop(&mut self) {
+        self.task.abort();
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn queries_round_trip() {
+        let query = FlowsQuery {
+            filter: FlowFilter {
+                namespace: Some("shop".into()),
+                pod: Some("shop/api x".into()),
+                verdict: Some(VerdictFilter::Diff),
+                since: Some("2025-11-21T13:38:33.295Z".parse().unwrap()),
+            },
+            last: Some(20),
+            follow: false,
+        };
+        assert_eq!(FlowsQuery::parse(&query.to_query()), Ok(query));
+        assert!(FlowsQuery::parse("verdict=maybe").is_err());
+        assert!(FlowsQuery::parse("colour=red").is_err());
+        assert_eq!(decode("a%2Fb+c%"), "a/b c%");
+    }
+
+    #[test]
+    fn a_slow_observer_is_told_how_many_flows_it_lost() {
+        let hub = FlowHub::new(2, 0);
+        let (_, mut receiver) = hub.subscribe().unwrap();
+        let flow = ObservedFlow {
+            time: "2025-11-21T13:38:33Z".into(),
+            node: "n1".into(),
+            verdict: FlowVerdict::Dropped,
+            direction: "ingress".into(),
+            source: FlowPeer::default(),
+            destination: FlowPeer::default(),
+            port: 1,
+            protocol: "TCP".into(),
+            decided_by: DecidedBy::default(),
+            candidate: None,
+            rollout: None,
+            enforced_revision: None,
+            candidate_revision: None,
+            endpoint: 0,
+        };
+        for _ in 0..5 {
+            hub.publish(flow.clone());
+        }
+        assert!(matches!(receiver.try_recv(), Err(broadcast::error::TryRecvError::Lagged(3))));
+        assert!(receiver.try_recv().is_ok());
+        hub.close();
+        assert!(hub.subscribe().is_none());
+    }
+}

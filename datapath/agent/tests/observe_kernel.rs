@@ -1,0 +1,217 @@
+//! Flow observation on the real datapath, with pods as network namespaces (root only: fails
+//! without it): a denied connection is observed as DROPPED naming both pods and the rule, a
+//! connection the candidate would deny as a difference, and both are served on `/flows`.
+use std::io::{BufRead, BufReader, Write};
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use palisade_agent::observe::{FlowVerdict, ObserveLine, ObservedFlow, UnixServer};
+use palisade_agent::runtime::{AgentHandle, RuntimeOptions, spawn};
+use palisade_agent::{Agent, AgentConfig, Change, RouteResolver};
+use palisade_datapath::Datapath;
+use palisade_local::net::remove_netns_with_prefix;
+use palisade_local::{LocalNetwork, Port, Responders, probe, require_root};
+use palisade_policy::SourceFile;
+use palisade_policy::cluster::Cluster;
+use palisade_rollout::crd::{
+    PolicyAuditReport, PolicyAuditReportSpec, PolicyDocument, PolicyRevision, PolicyRevisionSpec, PolicyRollout,
+    PolicyRolloutStatus, RevisionRef,
+};
+use tokio::sync::broadcast;
+use tokio::sync::mpsc::UnboundedReceiver;
+
+const PREFIX: &str = "pob-";
+const PIN_DIR: &str = "/sys/fs/bpf/palisade-test-observe";
+
+const CLUSTER: &str = "kind: List
+items:
+- kind: Namespace
+  metadata: {name: shop, labels: {team: shop}}
+- kind: Pod
+  metadata: {name: api, namespace: shop, labels: {app: api}}
+  status: {podIP: 10.200.32.1}
+- kind: Pod
+  metadata: {name: db, namespace: shop, labels: {app: db}}
+  spec: {containers: [{ports: [{containerPort: 5432}, {containerPort: 5433}]}]}
+  status: {podIP: 10.200.32.2}
+- kind: Pod
+  metadata: {name: batch, namespace: shop, labels: {app: batch}}
+  status: {podIP: 10.200.32.3}
+";
+
+/// The database takes `port` from the API and refuses batch outright.
+fn revision(name: &str, port: u16) -> Change {
+    let content = format!(
+        "apiVersion: cilium.io/v2\nkind: CiliumNetworkPolicy\nmetadata: {{name: db, namespace: shop}}\nspec:\n  endpointSelector: {{matchLabels: {{app: db}}}}\n  ingress:\n    - fromEndpoints: [{{matchLabels: {{app: api}}}}]\n      toPorts: [{{ports: [{{port: '{port}', protocol: TCP}}]}}]\n  ingressDeny:\n    - fromEndpoints: [{{matchLabels: {{app: batch}}}}]\n"
+    );
+    let document = PolicyDocument {
+        kind: "CiliumNetworkPolicy".into(),
+        name: "db".into(),
+        namespace: Some("shop".into()),
+        content,
+    };
+    let spec = PolicyRevisionSpec {
+        rollout: "db".into(),
+        commit: "0".repeat(40),
+        display: format!("main@{name}"),
+        digest: format!("sha256:{}", "0".repeat(64)),
+        policy_count: 1,
+        policies: vec![document],
+    };
+    let mut revision = PolicyRevision::new(name, spec);
+    revision.metadata.namespace = Some("shop".into());
+    Change::Revision(Box::new(revision))
+}
+
+fn rollout(enforced: &str, candidate: Option<&str>) -> Change {
+    let reference = |id: &str| RevisionRef { id: id.into(), commit: "0".repeat(40), display: format!("main@{id}") };
+    let spec =
+        serde_json::from_value(serde_json::json!({"source": {"url": "file:///repo", "ref": {"branch": "main"}}}))
+            .expect("spec");
+    let status = PolicyRolloutStatus {
+        enforced_revision: Some(reference(enforced)),
+        candidate_revision: candidate.map(reference),
+        ..PolicyRolloutStatus::default()
+    };
+    let metadata = ObjectMeta { name: Some("db".into()), namespace: Some("shop".into()), ..ObjectMeta::default() };
+    Change::Rollout(Box::new(PolicyRollout { metadata, spec, status: Some(status) }))
+}
+
+struct Cleanup;
+
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        let _ = remove_netns_with_prefix(PREFIX);
+        if let Ok(datapath) = Datapath::open(PIN_DIR) {
+            let _ = datapath.destroy();
+        }
+    }
+}
+
+fn wait_for_report(
+    reports: &mut UnboundedReceiver<Vec<PolicyAuditReport>>,
+    done: impl Fn(&PolicyAuditReportSpec) -> bool,
+) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < deadline {
+        if let Ok(reports) = reports.try_recv()
+            && reports.iter().any(|r| done(&r.spec))
+        {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    panic!("the agent never reported the expected state");
+}
+
+/// Probes `from` -> `to`:`port` until a flow matching `wanted` is observed.
+fn observe_while_probing(
+    network: &LocalNetwork,
+    flows: &mut broadcast::Receiver<Arc<ObservedFlow>>,
+    (from, to, port): (&str, &str, u16),
+    wanted: impl Fn(&ObservedFlow) -> bool,
+) -> ObservedFlow {
+    let source = network.pod(from).expect("pod");
+    let destination = network.pod(to).expect("pod").ip;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let mut seen = Vec::new();
+    while Instant::now() < deadline {
+        let _ = probe(source, destination, Port::Tcp(port), Duration::from_millis(50)).expect("probe");
+        let until = Instant::now() + Duration::from_millis(300);
+        while Instant::now() < until {
+            match flows.try_recv() {
+                Ok(flow) if wanted(&flow) => return (*flow).clone(),
+                Ok(flow) => seen.push(flow),
+                Err(_) => std::thread::sleep(Duration::from_millis(5)),
+            }
+        }
+    }
+    panic!("{from} -> {to}:{port} was never observed as expected; saw {seen:#?}");
+}
+
+#[test]
+fn denied_connections_and_shadow_differences_are_observed() {
+    require_root().expect("this test attaches eBPF programs in network namespaces: run it as root");
+    let _cleanup = Cleanup;
+    let cluster = Cluster::parse(&[SourceFile { name: "cluster.yaml", text: CLUSTER }]).expect("cluster");
+    let network = LocalNetwork::plan(&cluster, PREFIX).expect("plan");
+    network.create().expect("create the namespaces");
+    let _responders = Responders::start(&network).expect("responders");
+    let datapath = Datapath::open(PIN_DIR).expect("load the datapath");
+    let agent = Agent::new(AgentConfig::default(), datapath, RouteResolver);
+    let netns = Path::new("/run/netns").join(network.node_netns());
+    let options = RuntimeOptions { netns: Some(netns), ..RuntimeOptions::default() };
+    let AgentHandle { changes, mut reports, thread, flows: hub } = spawn(agent, options).expect("start the agent");
+    let (_, mut flows) = hub.subscribe().expect("running");
+    let send = |change: Change| changes.send(change).expect("agent running");
+    for namespace in cluster.namespaces.values() {
+        send(Change::Namespace(namespace.clone()));
+    }
+    for pod in &cluster.pods {
+        send(Change::Pod(pod.clone()));
+    }
+    send(revision("db-r1", 5432));
+    send(revision("db-r2", 5433));
+    send(rollout("db-r1", None));
+    send(Change::Synced);
+    wait_for_report(&mut reports, |r| r.enforced_revision.as_deref() == Some("db-r1"));
+
+    // batch may not reach the database: a drop, by the deny rule, naming both pods.
+    let dropped = observe_while_probing(&network, &mut flows, ("shop/batch", "shop/db", 5432), |f| {
+        f.verdict == FlowVerdict::Dropped && f.source.pod.as_deref() == Some("batch")
+    });
+    assert_eq!(dropped.source.name(), "shop/batch");
+    assert_eq!(dropped.destination.name(), "shop/db");
+    assert_eq!(
+        (dropped.source.ip, dropped.destination.ip),
+        ("10.200.32.3".parse().unwrap(), "10.200.32.2".parse().unwrap())
+    );
+    assert_eq!((dropped.port, dropped.protocol.as_str(), dropped.direction.as_str()), (5432, "TCP", "ingress"));
+    assert_eq!(dropped.decided_by.policy.as_deref(), Some("CiliumNetworkPolicy shop/db"));
+    assert_eq!(dropped.decided_by.rule.as_deref(), Some("spec.ingressDeny[0]"));
+    assert_eq!(dropped.enforced_revision.as_deref(), Some("main@db-r1"));
+    assert_eq!(dropped.rollout.as_ref().map(|r| r.name.as_str()), Some("db"));
+    assert!(!dropped.differs());
+
+    // The candidate moves the database to 5433: api's connections to 5432 pass but differ.
+    send(rollout("db-r1", Some("db-r2")));
+    wait_for_report(&mut reports, |r| r.loaded_revisions.contains(&"db-r2".to_string()));
+    let diff = observe_while_probing(&network, &mut flows, ("shop/api", "shop/db", 5432), |f| f.differs());
+    assert_eq!(diff.verdict, FlowVerdict::Forwarded, "the candidate only watches");
+    assert_eq!((diff.source.name().as_str(), diff.destination.name().as_str()), ("shop/api", "shop/db"));
+    assert_eq!(diff.decided_by.rule.as_deref(), Some("spec.ingress[0]"));
+    let candidate = diff.candidate.as_ref().expect("candidate");
+    assert_eq!(candidate.verdict, FlowVerdict::Dropped);
+    assert!(candidate.decided_by.description.contains("default deny"), "{:?}", candidate.decided_by);
+    assert_eq!(
+        (diff.enforced_revision.as_deref(), diff.candidate_revision.as_deref()),
+        (Some("main@db-r1"), Some("main@db-r2"))
+    );
+
+    // Both are served on a socket as `palisade observe --local` reads them.
+    let socket = std::env::temp_dir().join(format!("palisade-observe-test-{}.sock", std::process::id()));
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    let server = runtime.block_on(async { UnixServer::start(hub.clone(), &socket) }).expect("serve");
+    let lines = {
+        let mut stream = std::os::unix::net::UnixStream::connect(&socket).expect("connect");
+        stream.write_all(b"GET /flows?namespace=shop&last=50&follow=false HTTP/1.0\r\nHost: x\r\n\r\n").unwrap();
+        let lines: Vec<String> = BufReader::new(stream).lines().map(Result::unwrap).collect();
+        lines
+    };
+    assert!(lines[0].contains(" 200 "), "{lines:?}");
+    let served: Vec<ObservedFlow> = lines
+        .iter()
+        .skip_while(|l| !l.is_empty())
+        .filter_map(|l| match serde_json::from_str::<ObserveLine>(l) {
+            Ok(ObserveLine::Flow(flow)) => Some(*flow),
+            _ => None,
+        })
+        .collect();
+    assert!(served.contains(&dropped) && served.contains(&diff), "{lines:#?}");
+    drop(server);
+    assert!(!socket.exists(), "the socket goes with the server");
+    drop(changes);
+    thread.join().expect("agent thread").expect("agent");
+}
