@@ -14,6 +14,7 @@ pub mod cluster;
 mod controller;
 mod diff;
 mod local;
+mod observe;
 mod plan;
 pub mod rollouts;
 mod source;
@@ -64,6 +65,8 @@ enum Command {
     Controller(controller::Args),
     /// Local mode: a cluster file's pods as network namespaces on this machine (needs root).
     Local(local::Args),
+    /// Stream the flows the datapath reports (drops, audits, candidate differences), Hubble-style.
+    Observe(observe::Args),
     /// Benchmarks (for `make bench-policy`).
     #[command(hide = true)]
     Bench(bench::Args),
@@ -104,6 +107,7 @@ pub fn run(cli: Cli) -> Result<u8> {
         Command::Rollouts(command) => rollouts::run(command),
         Command::Controller(args) => controller::run(args),
         Command::Local(args) => local::run(args),
+        Command::Observe(args) => observe::run(args),
         Command::Bench(args) => bench::run(args),
     }
 }

@@ -94,7 +94,10 @@ pub async fn run(local: Local, options: RunOptions, shutdown: impl Future<Output
     let agent = Agent::new(AgentConfig::default(), datapath, RouteResolver);
     let netns = Path::new("/run/netns").join(local.network.node_netns());
     let runtime = RuntimeOptions { netns: Some(netns), report_interval: options.report_interval, ..Default::default() };
-    let AgentHandle { changes, mut reports, thread } = spawn(agent, runtime).context("start the agent")?;
+    let AgentHandle { changes, mut reports, thread, flows } = spawn(agent, runtime).context("start the agent")?;
+    // `palisade observe --local`; the socket goes when this returns.
+    let _observe = palisade_agent::observe::UnixServer::start(flows, &options.state_dir.join("observe.sock"))
+        .context("serve flows on the observe socket")?;
     let send = |change: Change| changes.send(change).map_err(|_| anyhow::anyhow!("the agent stopped"));
 
     for namespace in local.cluster.namespaces.values() {

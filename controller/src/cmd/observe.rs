@@ -1,0 +1,255 @@
+//! `palisade observe`: the flows an agent's datapath reports (drops, audits, shadow
+//! differences), Hubble-style, from local mode's `<state>/observe.sock` or an agent's `/flows`.
+use std::io::{BufRead, BufReader, Read, Write};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use k8s_openapi::jiff::Timestamp;
+use k8s_openapi::jiff::tz::TimeZone;
+use palisade_agent::observe::{
+    DecidedBy, FlowFilter, FlowVerdict, FlowsQuery, ObserveLine, ObservedFlow, VerdictFilter,
+};
+use palisade_local::DEFAULT_STATE_DIR;
+
+use super::Output;
+
+#[derive(clap::Args)]
+#[command(group = clap::ArgGroup::new("from").required(true).args(["local", "agent"]))]
+pub struct Args {
+    /// Flows with either end in this namespace.
+    #[arg(long, short = 'n')]
+    namespace: Option<String>,
+    /// Flows with either end a pod whose name starts with this (`api` or `shop/api`).
+    #[arg(long)]
+    pod: Option<String>,
+    /// Only drops, audit-mode would-be drops, or flows the candidate judges differently.
+    #[arg(long, value_parser = clap::builder::PossibleValuesParser::new(["dropped", "audit", "diff"]))]
+    verdict: Option<String>,
+    #[arg(short, long, value_enum, default_value_t)]
+    output: Output,
+    /// Observe `palisade local run` (its socket in the state directory).
+    #[arg(long)]
+    local: bool,
+    #[arg(long, value_name = "DIR", default_value = DEFAULT_STATE_DIR, requires = "local")]
+    state: PathBuf,
+    /// Observe a node agent: its metrics address, `http://NODE:9964`.
+    #[arg(long, value_name = "URL")]
+    agent: Option<String>,
+    /// First show up to N of the flows the agent remembers.
+    #[arg(long, value_name = "N")]
+    last: Option<usize>,
+    /// First show the remembered flows since then: `5m`, `30s`, `1h` ago, or an RFC 3339 time.
+    #[arg(long, value_name = "TIME")]
+    since: Option<String>,
+}
+
+pub fn run(args: Args) -> Result<u8> {
+    let since = args.since.as_deref().map(parse_since).transpose()?;
+    let verdict = args.verdict.as_deref().map(str::parse::<VerdictFilter>).transpose().map_err(anyhow::Error::msg)?;
+    let query = FlowsQuery {
+        filter: FlowFilter { namespace: args.namespace.clone(), pod: args.pod.clone(), verdict, since },
+        last: args.last,
+        follow: true,
+    };
+    let request = |host: &str| {
+        format!("GET /flows?{} HTTP/1.0\r\nHost: {host}\r\nAccept: application/x-ndjson\r\n\r\n", query.to_query())
+    };
+    let stream: Box<dyn Read> = match &args.agent {
+        Some(url) => {
+            let authority = url.strip_prefix("http://").unwrap_or(url);
+            if url.starts_with("https://") {
+                bail!("--agent {url}: the agent serves plain HTTP");
+            }
+            let host = authority.split('/').next().unwrap_or_default();
+            let host = if host.contains(':') { host.to_owned() } else { format!("{host}:9964") };
+            let mut stream =
+                std::net::TcpStream::connect(&host).with_context(|| format!("connect to the agent at {host}"))?;
+            stream.write_all(request(&host).as_bytes())?;
+            Box::new(stream)
+        }
+        None => {
+            let path = args.state.join("observe.sock");
+            let mut stream = std::os::unix::net::UnixStream::connect(&path)
+                .with_context(|| format!("connect to {} (is `palisade local run` running?)", path.display()))?;
+            stream.write_all(request("localhost").as_bytes())?;
+            Box::new(stream)
+        }
+    };
+    let mut reader = BufReader::new(stream);
+    let mut status = String::new();
+    reader.read_line(&mut status).context("read the response")?;
+    let ok = status.split_whitespace().nth(1) == Some("200");
+    let mut header = String::new();
+    while reader.read_line(&mut header)? > 0 && !header.trim().is_empty() {
+        header.clear();
+    }
+    if !ok {
+        let mut body = String::new();
+        reader.read_to_string(&mut body)?;
+        bail!("{}: {}", status.trim(), body.trim());
+    }
+    let stdout = std::io::stdout();
+    let timezone = TimeZone::system();
+    for text in reader.lines() {
+        let text = text.context("read the flow stream")?;
+        if text.trim().is_empty() {
+            continue;
+        }
+        let mut out = stdout.lock();
+        let written = match args.output {
+            Output::Json => writeln!(out, "{text}"),
+            Output::Text => match serde_json::from_str::<ObserveLine>(&text) {
+                Ok(ObserveLine::Flow(flow)) => writeln!(out, "{}", render(&flow, &timezone)),
+                Ok(ObserveLine::Lost { lost_events }) => {
+                    eprintln!("warning: {lost_events} flows lost: this observer fell behind");
+                    Ok(())
+                }
+                Err(e) => {
+                    eprintln!("warning: unreadable line ({e}): {text}");
+                    Ok(())
+                }
+            },
+        };
+        if written.is_err() {
+            // The reader went away (`| head`).
+            return Ok(0);
+        }
+    }
+    eprintln!("the agent stopped");
+    Ok(0)
+}
+
+fn parse_since(text: &str) -> Result<Timestamp> {
+    if let Ok(at) = text.parse::<Timestamp>() {
+        return Ok(at);
+    }
+    let split = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let number: u64 = number.parse().with_context(|| format!("--since {text}: expected 5m, 30s, 1h or a time"))?;
+    let seconds = match unit {
+        "s" => number,
+        "m" => number * 60,
+        "h" => number * 3600,
+        _ => bail!("--since {text}: expected 5m, 30s, 1h or a time"),
+    };
+    Ok(Timestamp::now() - Duration::from_secs(seconds))
+}
+
+/// `Nov 21 13:38:33.295  shop/api (10.200.10.20) -> shop/db-0 (10.200.10.30) 5432/TCP  DROPPED  by
+/// CiliumNetworkPolicy shop/db spec.ingressDeny[0] (main@4b15b4e)`.
+fn render(flow: &ObservedFlow, timezone: &TimeZone) -> String {
+    let time = flow
+        .time
+        .parse::<Timestamp>()
+        .map(|t| t.to_zoned(timezone.clone()).strftime("%b %d %H:%M:%S%.3f").to_string())
+        .unwrap_or_else(|_| flow.time.clone());
+    let port = match flow.protocol.as_str() {
+        "ICMP" | "ICMPv6" => flow.protocol.clone(),
+        protocol => format!("{}/{protocol}", flow.port),
+    };
+    let revision = |r: &Option<String>| r.as_ref().map(|r| format!(" ({r})")).unwrap_or_default();
+    let mut line = format!(
+        "{time}  {} ({}) -> {} ({}) {port}  {}  ",
+        flow.source.name(),
+        flow.source.ip,
+        flow.destination.name(),
+        flow.destination.ip,
+        flow.verdict.as_str(),
+    );
+    match flow.verdict {
+        FlowVerdict::Audit => line.push_str("would be dropped by "),
+        _ => line.push_str("by "),
+    }
+    line.push_str(&short(&flow.decided_by));
+    line.push_str(&revision(&flow.enforced_revision));
+    if let Some(candidate) = flow.candidate.as_ref().filter(|c| c.differs) {
+        let what = match candidate.verdict {
+            FlowVerdict::Dropped => "DROP",
+            _ => "FORWARD",
+        };
+        let name = flow.candidate_revision.as_deref().unwrap_or("the candidate");
+        line.push_str(&format!(", candidate {name} would {what} ({})", short(&candidate.decided_by)));
+    }
+    line
+}
+
+/// `CiliumNetworkPolicy shop/db spec.ingress[0]`, `default deny`.
+fn short(decided: &DecidedBy) -> String {
+    match (&decided.policy, &decided.rule) {
+        (Some(policy), Some(rule)) => format!("{policy} {rule}"),
+        _ => decided.description.split(" (").next().unwrap_or_default().to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use palisade_agent::observe::{CandidateVerdict, FlowPeer};
+
+    use super::*;
+
+    fn pod(namespace: &str, name: &str, ip: &str) -> FlowPeer {
+        FlowPeer {
+            ip: ip.parse().unwrap(),
+            namespace: Some(namespace.into()),
+            pod: Some(name.into()),
+            ..FlowPeer::default()
+        }
+    }
+
+    fn flow() -> ObservedFlow {
+        ObservedFlow {
+            time: "2025-11-21T13:38:33.295123Z".into(),
+            node: "local".into(),
+            verdict: FlowVerdict::Dropped,
+            direction: "ingress".into(),
+            source: pod("shop", "api-5d8f", "10.200.10.20"),
+            destination: pod("shop", "postgres-0", "10.200.10.30"),
+            port: 5432,
+            protocol: "TCP".into(),
+            decided_by: DecidedBy {
+                policy: Some("CiliumNetworkPolicy shop/postgres".into()),
+                rule: Some("spec.ingressDeny[0]".into()),
+                description: "CiliumNetworkPolicy shop/postgres spec.ingressDeny[0]".into(),
+            },
+            candidate: None,
+            rollout: None,
+            enforced_revision: Some("main@4b15b4e".into()),
+            candidate_revision: None,
+            endpoint: 3,
+        }
+    }
+
+    #[test]
+    fn flows_render_as_one_line() {
+        assert_eq!(
+            render(&flow(), &TimeZone::UTC),
+            "Nov 21 13:38:33.295  shop/api-5d8f (10.200.10.20) -> shop/postgres-0 (10.200.10.30) 5432/TCP  \
+             DROPPED  by CiliumNetworkPolicy shop/postgres spec.ingressDeny[0] (main@4b15b4e)"
+        );
+        let mut diff = flow();
+        diff.verdict = FlowVerdict::Forwarded;
+        diff.decided_by.rule = Some("spec.ingress[0]".into());
+        diff.candidate_revision = Some("main@37afc32".into());
+        diff.candidate = Some(CandidateVerdict {
+            verdict: FlowVerdict::Dropped,
+            differs: true,
+            decided_by: DecidedBy { description: "default deny (no rule allows it)".into(), ..DecidedBy::default() },
+        });
+        assert!(
+            render(&diff, &TimeZone::UTC).ends_with(
+                "FORWARDED  by CiliumNetworkPolicy shop/postgres spec.ingress[0] (main@4b15b4e), candidate \
+                 main@37afc32 would DROP (default deny)"
+            ),
+            "{}",
+            render(&diff, &TimeZone::UTC)
+        );
+    }
+
+    #[test]
+    fn since_takes_durations_and_times() {
+        assert!(parse_since("5m").unwrap() < Timestamp::now());
+        assert_eq!(parse_since("2025-11-21T13:38:33Z").unwrap().to_string(), "2025-11-21T13:38:33Z");
+        assert!(parse_since("yesterday").is_err());
+    }
+}
