@@ -25,10 +25,6 @@ fn change(name: &str) -> String {
     std::fs::read_to_string(quickstart().join("changes").join(name)).unwrap()
 }
 
-fn enforced(local: &LocalCluster) -> Option<String> {
-    local.rollout(NS, NAME)?.status?.enforced_revision.map(|r| r.display)
-}
-
 #[test]
 fn audit_block_fix_promote_revert() {
     let repo = Repo::new();
