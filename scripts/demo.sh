@@ -81,6 +81,8 @@ table
 p describe rollout shop --local --state "$state"
 echo "(the first revision is still enforced: the API keeps its database)"
 probe "$api" "$postgres" 5432/TCP
+say "palisade observe --local --verdict diff --last 5"
+timeout 2 "$palisade" observe --local --state "$state" --verdict diff --last 5 || [ $? -eq 124 ]
 
 step "3. The fix supersedes it, passes the audit and is promoted: one atomic flip"
 cp "$example/changes/3-fix.yaml" "$repo/postgres.yaml"
