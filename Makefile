@@ -3,7 +3,7 @@ SHELL := /bin/bash
 CARGO ?= cargo
 export PATH := $(HOME)/.cargo/bin:$(PATH)
 
-.PHONY: deps build test demo bench-policy bench-datapath bench-agent bench-source clippy fmt crds
+.PHONY: deps build test e2e demo bench-policy bench-datapath bench-agent bench-source clippy fmt crds
 
 deps:
 	@bash scripts/deps.sh
@@ -13,6 +13,10 @@ build: deps
 
 test: deps
 	$(CARGO) test --release --workspace --no-fail-fast
+
+# Root: only the end-to-end tests (local mode, real eBPF, Git and traffic); `test` runs them too.
+e2e: deps
+	$(CARGO) test --release -p palisade --test e2e_examples --test e2e_story
 
 demo: build
 	@bash scripts/demo.sh
