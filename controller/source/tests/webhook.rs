@@ -95,6 +95,72 @@ async fn github_signatures_events_replays_and_size() {
     assert!(syncs.try_recv().is_err(), "nothing else triggered a sync");
 }
 
+/// A GitHub push payload (excerpt) of `commit` to `reference` of `owner/repo`.
+fn github_push(reference: &str, commit: &str, repository: &str) -> Vec<u8> {
+    serde_json::to_vec(&serde_json::json!({
+        "ref": reference,
+        "before": "6113728f27ae82c7b1a177c8d03f9e96e0adf246",
+        "after": commit,
+        "repository": {
+            "name": repository.rsplit('/').next(),
+            "full_name": repository,
+            "private": true,
+            "html_url": format!("https://github.com/{repository}"),
+            "url": format!("https://github.com/{repository}"),
+            "git_url": format!("git://github.com/{repository}.git"),
+            "ssh_url": format!("git@github.com:{repository}.git"),
+            "clone_url": format!("https://github.com/{repository}.git"),
+            "default_branch": "main"
+        },
+        "pusher": {"name": "octocat", "email": "octocat@github.com"},
+        "created": false,
+        "deleted": false,
+        "forced": false,
+        "head_commit": {"id": commit, "message": "Allow ingress from monitoring"}
+    }))
+    .unwrap()
+}
+
+#[tokio::test]
+async fn github_pushes_name_their_repository() {
+    let secret = b"webhook-secret".to_vec();
+    let (address, mut syncs) = serve(Provider::GitHub { secret: secret.clone() }, 1 << 16).await;
+    let send = |delivery: &str, body: &[u8]| {
+        let headers = vec![
+            ("X-GitHub-Event", "push".to_string()),
+            ("X-GitHub-Delivery", delivery.to_string()),
+            ("X-Hub-Signature-256", sign(&secret, body)),
+        ];
+        let address = address.clone();
+        let body = body.to_vec();
+        async move { post(&address, &headers, &body).await }
+    };
+    let commit = "4444444444444444444444444444444444444444";
+
+    assert_eq!(send("r1", &github_push("refs/heads/main", commit, "acme/policies")).await, 202);
+    let request = syncs.try_recv().unwrap();
+    assert_eq!(request.reference.as_deref(), Some("refs/heads/main"));
+    assert_eq!(
+        request.repositories,
+        [
+            "https://github.com/acme/policies.git",
+            "git@github.com:acme/policies.git",
+            "git://github.com/acme/policies.git",
+            "https://github.com/acme/policies",
+        ]
+    );
+    assert!(request.names_repository("ssh://git@github.com/acme/policies.git"));
+    assert!(!request.names_repository("https://github.com/acme/policies-staging.git"));
+
+    // The same push again is a duplicate; the same commit tagged, or pushed to a fork, is news.
+    assert_eq!(send("r2", &github_push("refs/heads/main", commit, "acme/policies")).await, 200);
+    assert_eq!(send("r3", &github_push("refs/tags/v1.4.0", commit, "acme/policies")).await, 202);
+    assert_eq!(syncs.try_recv().unwrap().reference.as_deref(), Some("refs/tags/v1.4.0"));
+    assert_eq!(send("r4", &github_push("refs/heads/main", commit, "fork/policies")).await, 202);
+    assert_eq!(syncs.try_recv().unwrap().repositories[0], "https://github.com/fork/policies.git");
+    assert!(syncs.try_recv().is_err());
+}
+
 #[tokio::test]
 async fn gitlab_token_and_generic_hmac() {
     let (address, mut syncs) = serve(Provider::GitLab { token: b"gl-token".to_vec() }, 4096).await;
@@ -105,7 +171,53 @@ async fn gitlab_token_and_generic_hmac() {
     assert_eq!(post(&address, &gitlab("gl-token-and-more"), body).await, 401);
     assert!(syncs.try_recv().is_err());
     assert_eq!(post(&address, &gitlab("gl-token"), body).await, 202);
-    assert_eq!(syncs.try_recv().unwrap().commit.as_deref(), Some("3333333333333333333333333333333333333333"));
+    let request = syncs.try_recv().unwrap();
+    assert_eq!(request.commit.as_deref(), Some("3333333333333333333333333333333333333333"));
+    // No repository named: unknown, so it may be a push to any.
+    assert!(request.repositories.is_empty() && request.names_repository("https://gitlab.example.com/any/thing"));
+
+    // A GitLab push payload (excerpt): the project's URLs.
+    let body = serde_json::to_vec(&serde_json::json!({
+        "object_kind": "push",
+        "event_name": "push",
+        "before": "95790bf891e76fee5e1747ab589903a6a1f80f22",
+        "after": "da1560886d4f094c3e6c9ef40349f7d38b5d27d7",
+        "ref": "refs/heads/main",
+        "checkout_sha": "da1560886d4f094c3e6c9ef40349f7d38b5d27d7",
+        "user_username": "jsmith",
+        "project_id": 15,
+        "project": {
+            "id": 15,
+            "name": "policies",
+            "web_url": "https://gitlab.example.com/platform/policies",
+            "git_ssh_url": "git@gitlab.example.com:platform/policies.git",
+            "git_http_url": "https://gitlab.example.com/platform/policies.git",
+            "path_with_namespace": "platform/policies",
+            "default_branch": "main"
+        },
+        "repository": {
+            "name": "policies",
+            "url": "git@gitlab.example.com:platform/policies.git",
+            "homepage": "https://gitlab.example.com/platform/policies",
+            "git_http_url": "https://gitlab.example.com/platform/policies.git",
+            "git_ssh_url": "git@gitlab.example.com:platform/policies.git"
+        },
+        "total_commits_count": 1
+    }))
+    .unwrap();
+    assert_eq!(post(&address, &gitlab("gl-token"), &body).await, 202);
+    let request = syncs.try_recv().unwrap();
+    assert_eq!(request.commit.as_deref(), Some("da1560886d4f094c3e6c9ef40349f7d38b5d27d7"));
+    assert_eq!(
+        request.repositories,
+        [
+            "git@gitlab.example.com:platform/policies.git",
+            "https://gitlab.example.com/platform/policies.git",
+            "https://gitlab.example.com/platform/policies",
+        ]
+    );
+    assert!(request.names_repository("ssh://git@gitlab.example.com:2222/platform/policies.git"));
+    assert!(!request.names_repository("https://gitlab.example.com/platform/other.git"));
 
     let secret = b"generic".to_vec();
     let (address, mut syncs) = serve(Provider::Generic { secret: secret.clone() }, 4096).await;
@@ -120,4 +232,11 @@ async fn gitlab_token_and_generic_hmac() {
         200
     );
     assert!(syncs.try_recv().is_ok() && syncs.try_recv().is_err());
+
+    // The generic payload may name its repository.
+    let body = br#"{"ref":"refs/heads/main","after":"5555555555555555555555555555555555555555","repository":"https://git.example.com/acme/policies"}"#;
+    assert_eq!(post(&address, &[("X-Signature", sign(&secret, body))], body).await, 202);
+    let request = syncs.try_recv().unwrap();
+    assert_eq!(request.repositories, ["https://git.example.com/acme/policies"]);
+    assert!(request.names_repository("ssh://git@git.example.com/acme/policies.git"));
 }

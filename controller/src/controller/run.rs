@@ -10,7 +10,7 @@ use kube::api::{Patch, PatchParams};
 use kube::runtime::reflector::ObjectRef;
 use kube::runtime::{Controller, watcher};
 use kube::{Api, Client, ResourceExt};
-use palisade_rollout::crd::{GitRef, PolicyAuditReport, PolicyRevision, PolicyRollout};
+use palisade_rollout::crd::{GitRef, GitSource, PolicyAuditReport, PolicyRevision, PolicyRollout};
 use palisade_source::webhook::{Provider, Receiver, SyncRequest};
 use serde_json::json;
 use tokio::sync::{mpsc, watch};
@@ -182,9 +182,8 @@ async fn renew(lock: LeaseLock, mut done: watch::Receiver<bool>, lost: watch::Se
     None
 }
 
-/// Turns each push into a `requestedAt` annotation on the rollouts that follow the pushed ref.
-/// The payload names no repository URL the rollouts could be matched on, so a push to `main`
-/// syncs every rollout on a `main` branch; an extra fetch costs little.
+/// Turns each push into a `requestedAt` annotation on the rollouts that fetch the pushed
+/// repository and follow the pushed ref (see [`wants_sync`]).
 async fn request_syncs(client: Client, mut requests: mpsc::Receiver<SyncRequest>) {
     let api: Api<PolicyRollout> = Api::all(client.clone());
     while let Some(request) = requests.recv().await {
@@ -197,7 +196,14 @@ async fn request_syncs(client: Client, mut requests: mpsc::Receiver<SyncRequest>
         };
         let now = Timestamp::now().to_string();
         let patch = json!({"metadata": {"annotations": {REQUESTED_AT: now}}});
-        for rollout in rollouts.iter().filter(|r| follows(&r.spec.source.git_ref, request.reference.as_deref())) {
+        let wanted: Vec<&PolicyRollout> = rollouts.iter().filter(|r| wants_sync(&r.spec.source, &request)).collect();
+        if wanted.is_empty() {
+            info!(
+                reference = ?request.reference, repositories = ?request.repositories,
+                "webhook: no rollout fetches the pushed repository and ref"
+            );
+        }
+        for rollout in wanted {
             let api: Api<PolicyRollout> = Api::namespaced(client.clone(), &rollout.namespace().unwrap_or_default());
             let params = PatchParams { field_manager: Some(FIELD_MANAGER.into()), ..Default::default() };
             match api.patch(&rollout.name_any(), &params, &Patch::Merge(&patch)).await {
@@ -206,6 +212,13 @@ async fn request_syncs(client: Client, mut requests: mpsc::Receiver<SyncRequest>
             }
         }
     }
+}
+
+/// Whether a push may move what a rollout with `source` fetches: its repository is one the payload
+/// names (any, when it names none; URLs compared normalized, so `git@host:org/repo` matches
+/// `https://host/org/repo.git`) and it [`follows`] the pushed ref.
+fn wants_sync(source: &GitSource, request: &SyncRequest) -> bool {
+    request.names_repository(&source.url) && follows(&source.git_ref, request.reference.as_deref())
 }
 
 /// Whether a push of `reference` (`refs/heads/main`, `refs/tags/v1.2.0`; None: unknown) may move
@@ -258,5 +271,39 @@ mod tests {
         assert!(follows(&git_ref(json!({"semver": ">=1"})), Some("refs/tags/v2.0.0")));
         let pinned = git_ref(json!({"commit": "0".repeat(40)}));
         assert!(!follows(&pinned, Some("refs/heads/main")) && !follows(&pinned, None));
+    }
+
+    #[test]
+    fn pushes_sync_only_the_rollouts_on_the_pushed_repository() {
+        let source = |url: &str, git_ref: serde_json::Value| -> GitSource {
+            serde_json::from_value(json!({"url": url, "ref": git_ref})).unwrap()
+        };
+        let policies = source("https://github.com/acme/policies.git", json!({"branch": "main"}));
+        let policies_ssh = source("ssh://git@github.com/acme/policies", json!({"branch": "main"}));
+        let policies_dev = source("https://github.com/acme/policies", json!({"branch": "dev"}));
+        let other = source("https://github.com/acme/other-policies.git", json!({"branch": "main"}));
+        let elsewhere = source("https://gitlab.example.com/acme/policies.git", json!({"branch": "main"}));
+        let push = |repositories: &[&str]| SyncRequest {
+            delivery: Some("d1".into()),
+            commit: Some("1".repeat(40)),
+            reference: Some("refs/heads/main".into()),
+            repositories: repositories.iter().map(|r| r.to_string()).collect(),
+        };
+        let synced = |request: &SyncRequest| {
+            [&policies, &policies_ssh, &policies_dev, &other, &elsewhere].map(|s| wants_sync(s, request))
+        };
+
+        // GitHub names the clone, SSH and web URLs of acme/policies.
+        let github = push(&[
+            "https://github.com/acme/policies.git",
+            "git@github.com:acme/policies.git",
+            "https://github.com/acme/policies",
+        ]);
+        assert_eq!(synced(&github), [true, true, false, false, false]);
+        // Only the scp-like URL is enough.
+        assert_eq!(synced(&push(&["git@github.com:acme/policies.git"])), [true, true, false, false, false]);
+        assert_eq!(synced(&push(&["https://gitlab.example.com/acme/policies"])), [false, false, false, false, true]);
+        // A payload naming no repository: every rollout on the pushed ref, as before.
+        assert_eq!(synced(&push(&[])), [true, true, false, true, true]);
     }
 }
