@@ -4,17 +4,17 @@ use std::collections::BTreeSet;
 use std::net::Ipv4Addr;
 use std::sync::{Arc, Mutex};
 
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use k8s_openapi::jiff::Timestamp;
 use palisade_agent::observe::{FlowFilter, FlowVerdict, ObservedFlow, RolloutRef, VerdictFilter};
+mod common;
+
+use common::{revision, rollout};
 use palisade_agent::{Agent, AgentConfig, Change, Interface, InterfaceResolver, RecordingDataplane, SlotOp};
 use palisade_common::{self as dp, FlowKey, PolicyEntry};
 use palisade_datapath::{Flow, Slot};
 use palisade_policy::cluster::{Cluster, Pod};
 use palisade_policy::{Engine, EngineOptions, IdentityBasis, ParseOptions, SourceFile, parse_policies};
-use palisade_rollout::crd::{
-    PolicyDocument, PolicyRevision, PolicyRevisionSpec, PolicyRollout, PolicyRolloutStatus, RevisionRef, Verdict,
-};
+use palisade_rollout::crd::Verdict;
 
 const CLUSTER: &str = "kind: List
 items:
@@ -56,40 +56,6 @@ spec:
 
 fn cluster() -> Cluster {
     Cluster::parse(&[SourceFile { name: "cluster.yaml", text: CLUSTER }]).expect("cluster")
-}
-
-fn revision(name: &str, policy: &str) -> Change {
-    let document = PolicyDocument {
-        kind: "CiliumNetworkPolicy".into(),
-        name: "db".into(),
-        namespace: Some("shop".into()),
-        content: policy.into(),
-    };
-    let spec = PolicyRevisionSpec {
-        rollout: "db".into(),
-        commit: "0".repeat(40),
-        display: format!("main@{name}"),
-        digest: format!("sha256:{}", "0".repeat(64)),
-        policy_count: 1,
-        policies: vec![document],
-    };
-    let mut revision = PolicyRevision::new(name, spec);
-    revision.metadata.namespace = Some("shop".into());
-    Change::Revision(Box::new(revision))
-}
-
-fn rollout(enforced: Option<&str>, candidate: Option<&str>) -> Change {
-    let reference = |id: &str| RevisionRef { id: id.into(), commit: "0".repeat(40), display: format!("main@{id}") };
-    let spec =
-        serde_json::from_value(serde_json::json!({"source": {"url": "file:///repo", "ref": {"branch": "main"}}}))
-            .expect("spec");
-    let status = PolicyRolloutStatus {
-        enforced_revision: enforced.map(reference),
-        candidate_revision: candidate.map(reference),
-        ..PolicyRolloutStatus::default()
-    };
-    let metadata = ObjectMeta { name: Some("db".into()), namespace: Some("shop".into()), ..ObjectMeta::default() };
-    Change::Rollout(Box::new(PolicyRollout { metadata, spec, status: Some(status) }))
 }
 
 /// Pods' interfaces by address; an address missing here has no interface yet.

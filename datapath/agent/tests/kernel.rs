@@ -4,19 +4,15 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+mod common;
+
+use common::{Cleanup, wait_for_report};
 use palisade_agent::runtime::{AgentHandle, RuntimeOptions, spawn};
 use palisade_agent::{Agent, AgentConfig, Change, RouteResolver};
 use palisade_datapath::Datapath;
-use palisade_local::net::remove_netns_with_prefix;
 use palisade_local::{LocalNetwork, Port, Responders, probe, require_root};
 use palisade_policy::SourceFile;
 use palisade_policy::cluster::Cluster;
-use palisade_rollout::crd::{
-    PolicyAuditReport, PolicyDocument, PolicyRevision, PolicyRevisionSpec, PolicyRollout, PolicyRolloutStatus,
-    RevisionRef,
-};
-use tokio::sync::mpsc::UnboundedReceiver;
 
 const PREFIX: &str = "pag-";
 const PIN_DIR: &str = "/sys/fs/bpf/palisade-test-agent";
@@ -49,48 +45,7 @@ fn policy(port: u16) -> String {
 }
 
 fn revision(name: &str, port: u16) -> Change {
-    let document = PolicyDocument {
-        kind: "CiliumNetworkPolicy".into(),
-        name: "db".into(),
-        namespace: Some("shop".into()),
-        content: policy(port),
-    };
-    let spec = PolicyRevisionSpec {
-        rollout: "db".into(),
-        commit: "0".repeat(40),
-        display: format!("main@{name}"),
-        digest: format!("sha256:{}", "0".repeat(64)),
-        policy_count: 1,
-        policies: vec![document],
-    };
-    let mut revision = PolicyRevision::new(name, spec);
-    revision.metadata.namespace = Some("shop".into());
-    Change::Revision(Box::new(revision))
-}
-
-fn rollout(enforced: &str, candidate: Option<&str>) -> Change {
-    let reference = |id: &str| RevisionRef { id: id.into(), commit: "0".repeat(40), display: format!("main@{id}") };
-    let spec =
-        serde_json::from_value(serde_json::json!({"source": {"url": "file:///repo", "ref": {"branch": "main"}}}))
-            .expect("spec");
-    let status = PolicyRolloutStatus {
-        enforced_revision: Some(reference(enforced)),
-        candidate_revision: candidate.map(reference),
-        ..PolicyRolloutStatus::default()
-    };
-    let metadata = ObjectMeta { name: Some("db".into()), namespace: Some("shop".into()), ..ObjectMeta::default() };
-    Change::Rollout(Box::new(PolicyRollout { metadata, spec, status: Some(status) }))
-}
-
-struct Cleanup;
-
-impl Drop for Cleanup {
-    fn drop(&mut self) {
-        let _ = remove_netns_with_prefix(PREFIX);
-        if let Ok(datapath) = Datapath::open(PIN_DIR) {
-            let _ = datapath.destroy();
-        }
-    }
+    common::revision(name, &policy(port))
 }
 
 struct Net {
@@ -118,26 +73,10 @@ impl Net {
     }
 }
 
-fn wait_for_report(
-    reports: &mut UnboundedReceiver<Vec<PolicyAuditReport>>,
-    done: impl Fn(&palisade_rollout::crd::PolicyAuditReportSpec) -> bool,
-) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while Instant::now() < deadline {
-        if let Ok(reports) = reports.try_recv()
-            && reports.iter().any(|r| done(&r.spec))
-        {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(5));
-    }
-    panic!("the agent never reported the expected state");
-}
-
 #[test]
 fn enforcement_follows_pods_labels_and_promotions_while_traffic_runs() {
     require_root().expect("this test attaches eBPF programs in network namespaces: run it as root");
-    let _cleanup = Cleanup;
+    let _cleanup = Cleanup { prefix: PREFIX, pin_dir: PIN_DIR };
     let cluster = Cluster::parse(&[SourceFile { name: "cluster.yaml", text: CLUSTER }]).expect("cluster");
     let network = LocalNetwork::plan(&cluster, PREFIX).expect("plan");
     network.create().expect("create the namespaces");
@@ -159,7 +98,7 @@ fn enforcement_follows_pods_labels_and_promotions_while_traffic_runs() {
     }
     send(revision("db-r1", 5432));
     send(revision("db-r2", 5433));
-    send(rollout("db-r1", None));
+    send(common::rollout(Some("db-r1"), None));
     send(Change::Synced);
     wait_for_report(&mut reports, |r| r.enforced_revision.as_deref() == Some("db-r1"));
     assert!(net.connects("shop/api", "shop/db", 5432), "api may reach the database");
@@ -186,11 +125,11 @@ fn enforcement_follows_pods_labels_and_promotions_while_traffic_runs() {
     }
 
     // A candidate moves the database to 5433: shadowed, then promoted with one flip.
-    send(rollout("db-r1", Some("db-r2")));
+    send(common::rollout(Some("db-r1"), Some("db-r2")));
     wait_for_report(&mut reports, |r| r.loaded_revisions.contains(&"db-r2".to_string()));
     assert!(net.connects("shop/late", "shop/db", 5432), "the candidate only watches");
     assert!(!net.connects("shop/late", "shop/db", 5433));
-    send(rollout("db-r2", Some("db-r2")));
+    send(common::rollout(Some("db-r2"), Some("db-r2")));
     wait_for_report(&mut reports, |r| r.enforced_revision.as_deref() == Some("db-r2"));
     assert!(net.connects("shop/late", "shop/db", 5433), "promoted");
     assert!(!net.connects("shop/late", "shop/db", 5432));

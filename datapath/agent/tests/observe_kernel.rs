@@ -6,21 +6,17 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+mod common;
+
+use common::{Cleanup, wait_for_report};
 use palisade_agent::observe::{FlowVerdict, ObserveLine, ObservedFlow, UnixServer};
 use palisade_agent::runtime::{AgentHandle, RuntimeOptions, spawn};
 use palisade_agent::{Agent, AgentConfig, Change, RouteResolver};
 use palisade_datapath::Datapath;
-use palisade_local::net::remove_netns_with_prefix;
 use palisade_local::{LocalNetwork, Port, Responders, probe, require_root};
 use palisade_policy::SourceFile;
 use palisade_policy::cluster::Cluster;
-use palisade_rollout::crd::{
-    PolicyAuditReport, PolicyAuditReportSpec, PolicyDocument, PolicyRevision, PolicyRevisionSpec, PolicyRollout,
-    PolicyRolloutStatus, RevisionRef,
-};
 use tokio::sync::broadcast;
-use tokio::sync::mpsc::UnboundedReceiver;
 
 const PREFIX: &str = "pob-";
 const PIN_DIR: &str = "/sys/fs/bpf/palisade-test-observe";
@@ -46,64 +42,7 @@ fn revision(name: &str, port: u16) -> Change {
     let content = format!(
         "apiVersion: cilium.io/v2\nkind: CiliumNetworkPolicy\nmetadata: {{name: db, namespace: shop}}\nspec:\n  endpointSelector: {{matchLabels: {{app: db}}}}\n  ingress:\n    - fromEndpoints: [{{matchLabels: {{app: api}}}}]\n      toPorts: [{{ports: [{{port: '{port}', protocol: TCP}}]}}]\n  ingressDeny:\n    - fromEndpoints: [{{matchLabels: {{app: batch}}}}]\n"
     );
-    let document = PolicyDocument {
-        kind: "CiliumNetworkPolicy".into(),
-        name: "db".into(),
-        namespace: Some("shop".into()),
-        content,
-    };
-    let spec = PolicyRevisionSpec {
-        rollout: "db".into(),
-        commit: "0".repeat(40),
-        display: format!("main@{name}"),
-        digest: format!("sha256:{}", "0".repeat(64)),
-        policy_count: 1,
-        policies: vec![document],
-    };
-    let mut revision = PolicyRevision::new(name, spec);
-    revision.metadata.namespace = Some("shop".into());
-    Change::Revision(Box::new(revision))
-}
-
-fn rollout(enforced: &str, candidate: Option<&str>) -> Change {
-    let reference = |id: &str| RevisionRef { id: id.into(), commit: "0".repeat(40), display: format!("main@{id}") };
-    let spec =
-        serde_json::from_value(serde_json::json!({"source": {"url": "file:///repo", "ref": {"branch": "main"}}}))
-            .expect("spec");
-    let status = PolicyRolloutStatus {
-        enforced_revision: Some(reference(enforced)),
-        candidate_revision: candidate.map(reference),
-        ..PolicyRolloutStatus::default()
-    };
-    let metadata = ObjectMeta { name: Some("db".into()), namespace: Some("shop".into()), ..ObjectMeta::default() };
-    Change::Rollout(Box::new(PolicyRollout { metadata, spec, status: Some(status) }))
-}
-
-struct Cleanup;
-
-impl Drop for Cleanup {
-    fn drop(&mut self) {
-        let _ = remove_netns_with_prefix(PREFIX);
-        if let Ok(datapath) = Datapath::open(PIN_DIR) {
-            let _ = datapath.destroy();
-        }
-    }
-}
-
-fn wait_for_report(
-    reports: &mut UnboundedReceiver<Vec<PolicyAuditReport>>,
-    done: impl Fn(&PolicyAuditReportSpec) -> bool,
-) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while Instant::now() < deadline {
-        if let Ok(reports) = reports.try_recv()
-            && reports.iter().any(|r| done(&r.spec))
-        {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(5));
-    }
-    panic!("the agent never reported the expected state");
+    common::revision(name, &content)
 }
 
 /// Probes `from` -> `to`:`port` until a flow matching `wanted` is observed.
@@ -134,7 +73,7 @@ fn observe_while_probing(
 #[test]
 fn denied_connections_and_shadow_differences_are_observed() {
     require_root().expect("this test attaches eBPF programs in network namespaces: run it as root");
-    let _cleanup = Cleanup;
+    let _cleanup = Cleanup { prefix: PREFIX, pin_dir: PIN_DIR };
     let cluster = Cluster::parse(&[SourceFile { name: "cluster.yaml", text: CLUSTER }]).expect("cluster");
     let network = LocalNetwork::plan(&cluster, PREFIX).expect("plan");
     network.create().expect("create the namespaces");
@@ -154,7 +93,7 @@ fn denied_connections_and_shadow_differences_are_observed() {
     }
     send(revision("db-r1", 5432));
     send(revision("db-r2", 5433));
-    send(rollout("db-r1", None));
+    send(common::rollout(Some("db-r1"), None));
     send(Change::Synced);
     wait_for_report(&mut reports, |r| r.enforced_revision.as_deref() == Some("db-r1"));
 
@@ -176,7 +115,7 @@ fn denied_connections_and_shadow_differences_are_observed() {
     assert!(!dropped.differs());
 
     // The candidate moves the database to 5433: api's connections to 5432 pass but differ.
-    send(rollout("db-r1", Some("db-r2")));
+    send(common::rollout(Some("db-r1"), Some("db-r2")));
     wait_for_report(&mut reports, |r| r.loaded_revisions.contains(&"db-r2".to_string()));
     let diff = observe_while_probing(&network, &mut flows, ("shop/api", "shop/db", 5432), |f| f.differs());
     assert_eq!(diff.verdict, FlowVerdict::Forwarded, "the candidate only watches");
