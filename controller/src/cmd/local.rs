@@ -214,16 +214,7 @@ fn local_run(args: RunArgs) -> Result<u8> {
         .with_writer(std::io::stderr)
         .init();
     let runtime = tokio::runtime::Runtime::new().context("start the async runtime")?;
-    runtime.block_on(async {
-        let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-        let stop = async move {
-            tokio::select! {
-                _ = tokio::signal::ctrl_c() => {}
-                _ = terminate.recv() => {}
-            }
-        };
-        crate::local::run::run(local, options, stop).await
-    })?;
+    runtime.block_on(crate::local::run::run(local, options, crate::controller::shutdown_signal()))?;
     Ok(0)
 }
 

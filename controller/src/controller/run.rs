@@ -234,7 +234,8 @@ fn follows(git_ref: &GitRef, reference: Option<&str>) -> bool {
     false
 }
 
-async fn shutdown_signal() {
+/// SIGTERM (as Kubernetes stops a Pod) or Ctrl-C.
+pub async fn shutdown_signal() {
     let terminate = async {
         match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
             Ok(mut signal) => {
