@@ -26,7 +26,7 @@ bench-policy: deps
 
 # A generated 1,000-file repository served by git daemon on 127.0.0.1.
 bench-source: deps
-	$(CARGO) run --release --quiet -p palisade-source --example bench
+	$(CARGO) run --release --quiet -p palisade-source --example bench-source
 
 clippy: deps
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
@@ -40,9 +40,9 @@ crds: deps
 
 # Root: real eBPF, network namespaces and veths (cleaned up on exit).
 bench-datapath: deps
-	$(CARGO) run --release --quiet -p palisade-datapath --example bench
+	$(CARGO) run --release --quiet -p palisade-datapath --example bench-datapath
 
 # Root: the agent over the real eBPF datapath pinned in a temporary bpffs directory (removed on
 # exit): 10,000 pods, 100 local endpoints, 1,000 policies.
 bench-agent: deps
-	$(CARGO) run --release --quiet -p palisade-agent --example bench
+	$(CARGO) run --release --quiet -p palisade-agent --example bench-agent
