@@ -323,11 +323,18 @@ pub fn cookie(policy_index: usize, rule_index: usize) -> u32 {
     (((policy_index + 1) as u32) << COOKIE_RULE_BITS) | rule_index as u32
 }
 
+/// The index of the policy a rule cookie names; `None` for the datapath's own cookies.
+pub fn policy_index(cookie: u32) -> Option<usize> {
+    if cookie >= palisade_common::COOKIE_LOCALHOST {
+        return None;
+    }
+    Some((cookie >> COOKIE_RULE_BITS).checked_sub(1)? as usize)
+}
+
 impl PolicySet {
     /// The policy and rule a cookie names, if it names one.
     pub fn rule_for_cookie(&self, cookie: u32) -> Option<(&Policy, &PeerRule)> {
-        let policy_index = (cookie >> COOKIE_RULE_BITS).checked_sub(1)? as usize;
-        let policy = self.policies.get(policy_index)?;
+        let policy = self.policies.get(policy_index(cookie)?)?;
         let rule = policy
             .rules
             .iter()

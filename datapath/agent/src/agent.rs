@@ -75,13 +75,18 @@ pub(crate) struct Compiled {
 }
 
 impl Compiled {
+    /// The rollout whose policy (in `set`, enforced or candidate) a rule cookie names.
+    pub(crate) fn origin(&self, set: usize, cookie: u32) -> Option<&ObjectKey> {
+        self.origins[set].get(palisade_policy::model::policy_index(cookie)?)
+    }
+
     pub(crate) fn candidate_engine(&self) -> &Engine {
         self.candidate.as_ref().unwrap_or(&self.enforced)
     }
 }
 
-const ENFORCED_SET: usize = 0;
-const CANDIDATE_SET: usize = 1;
+pub(crate) const ENFORCED_SET: usize = 0;
+pub(crate) const CANDIDATE_SET: usize = 1;
 
 /// What a slot holds and what it was computed from.
 #[derive(Clone, Default)]

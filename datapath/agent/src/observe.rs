@@ -20,7 +20,7 @@ use palisade_policy::Engine;
 use serde::{Deserialize, Serialize};
 use tokio::sync::broadcast::{self, error::RecvError};
 
-use crate::agent::{Agent, Compiled, ObjectKey};
+use crate::agent::{Agent, CANDIDATE_SET, Compiled, ENFORCED_SET, ObjectKey};
 use crate::dataplane::{Dataplane, InterfaceResolver};
 use crate::report::{boot_time_to_wall, workload_of};
 
@@ -483,15 +483,10 @@ impl<D: Dataplane, R: InterfaceResolver> Agent<D, R> {
     /// for a flow no rule decided, the only rollout (auditing one, for a difference) if there is
     /// only one.
     fn rollout_of(&self, compiled: &Compiled, event: &FlowEvent, differs: bool) -> Option<ObjectKey> {
-        let origin = |set: usize, cookie: u32| {
-            let index = (cookie >> 12).checked_sub(1)? as usize;
-            compiled.origins[set].get(index).filter(|_| cookie < dp::COOKIE_LOCALHOST).cloned()
-        };
-        let found = if differs {
-            origin(1, event.candidate_cookie).or_else(|| origin(0, event.enforced_cookie))
-        } else {
-            origin(0, event.enforced_cookie)
-        };
+        let enforced = || compiled.origin(ENFORCED_SET, event.enforced_cookie);
+        let found =
+            if differs { compiled.origin(CANDIDATE_SET, event.candidate_cookie).or_else(enforced) } else { enforced() }
+                .cloned();
         found.or_else(|| {
             let mut rollouts = self.rollouts.iter().filter(|(_, t)| !differs || t.candidate.is_some());
             match (rollouts.next(), rollouts.next()) {

@@ -13,7 +13,7 @@ use palisade_rollout::crd::{
     Protocol, Verdict,
 };
 
-use crate::agent::{Agent, Compiled, Error, ObjectKey};
+use crate::agent::{Agent, CANDIDATE_SET, Compiled, ENFORCED_SET, Error, ObjectKey};
 use crate::dataplane::{Dataplane, InterfaceResolver};
 
 /// Flows listed per report, most frequent first; the totals count them all.
@@ -185,11 +185,8 @@ fn differs(flow: &Flow) -> bool {
 /// Whether a differing flow belongs to `rollout`'s audit: the rollout of the rule that decided
 /// either way; a flow no rule decided (default deny, no policy) belongs to every audit.
 fn attributed(compiled: &Compiled, flow: &Flow, rollout: &ObjectKey, auditing: &[ObjectKey]) -> bool {
-    let origin = |set: usize, cookie: u32| {
-        let index = (cookie >> 12).checked_sub(1)? as usize;
-        compiled.origins[set].get(index).filter(|_| cookie < dp::COOKIE_LOCALHOST)
-    };
-    let origins = [origin(1, flow.candidate_cookie), origin(0, flow.enforced_cookie)];
+    let origins =
+        [compiled.origin(CANDIDATE_SET, flow.candidate_cookie), compiled.origin(ENFORCED_SET, flow.enforced_cookie)];
     if origins.iter().all(Option::is_none) {
         return auditing.contains(rollout);
     }
