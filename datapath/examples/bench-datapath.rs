@@ -96,6 +96,10 @@ fn load_server(datapath: &mut Datapath, server: u32) {
 }
 
 fn tcp_syn(from: Ipv4Addr, to: Ipv4Addr, dport: u16) -> Vec<u8> {
+    tcp_frame(from, to, dport, 0x02)
+}
+
+fn tcp_frame(from: Ipv4Addr, to: Ipv4Addr, dport: u16, flags: u8) -> Vec<u8> {
     let mut frame = vec![0u8; 14 + 20 + 20];
     frame[12..14].copy_from_slice(&0x0800u16.to_be_bytes());
     let ip = &mut frame[14..34];
@@ -109,7 +113,7 @@ fn tcp_syn(from: Ipv4Addr, to: Ipv4Addr, dport: u16) -> Vec<u8> {
     tcp[0..2].copy_from_slice(&40000u16.to_be_bytes());
     tcp[2..4].copy_from_slice(&dport.to_be_bytes());
     tcp[12] = 5 << 4;
-    tcp[13] = 0x02;
+    tcp[13] = flags;
     frame
 }
 
@@ -123,8 +127,9 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
 }
 
 /// BPF_PROG_TEST_RUN with repeat, alternating the enforced slot between the 16k policy and
-/// allow-all, plus an interface the program does not manage (it returns after one lookup). The
-/// repeated packet hits the verdict cache; the `miss` figures run a new port each time (one run
+/// allow-all, plus an interface the program does not manage. The repeated packet is a SYN, so it
+/// takes the conntrack path each time and hits the verdict cache; `established` is a later
+/// packet of the connection it opened (the fast path); the `miss` figures run a new port each time (one run
 /// per call, so they include the kernel's timer reads), which walks the policy tries.
 fn verdict_cost(datapath: &mut Datapath, ifindex: u32, client: Ipv4Addr, server: Ipv4Addr) {
     let frame = tcp_syn(client, server, PORT);
@@ -147,6 +152,13 @@ fn verdict_cost(datapath: &mut Datapath, ifindex: u32, client: Ipv4Addr, server:
     println!("verdict_unmanaged_if_ns: {unmanaged:.1} ns");
     println!("verdict_added_ns: {:.1} ns", big - allow_all);
     println!("verdict_added_vs_unmanaged_ns: {:.1} ns", big - unmanaged);
+
+    // The SYN opened a connection; its later packets take the fast path.
+    let ack = tcp_frame(client, server, PORT, 0x10);
+    let established: Vec<f64> = (0..11)
+        .map(|_| datapath.run_frame(Hook::ToEndpoint, ifindex, &ack, 200_000).unwrap().per_run.as_nanos() as f64)
+        .collect();
+    println!("verdict_established_ns: {:.1} ns", median(established));
 
     let mut ports = MISS_PORTS..;
     let mut misses = |datapath: &Datapath| -> f64 {

@@ -21,8 +21,8 @@ use aya::{
 };
 use palisade_common::{
     EndpointConfig, EndpointCounters, FlowKey, FlowStats, MAX_ENDPOINTS, MODE_AUDIT, MODE_ENFORCE, MODE_OFF,
-    NODE_STATE_EPOCH, NODE_STATE_GENERATION, NODE_STATE_IPCACHE_GENERATION, PolicyEntry, PolicyKey, PolicyValue,
-    SLOT_A, SLOT_B, SLOT_NONE, SlotKey, SlotSelection,
+    NODE_STATE_EPOCH, NODE_STATE_GENERATION, NODE_STATE_VERSION, PolicyEntry, PolicyKey, PolicyValue, SLOT_A, SLOT_B,
+    SLOT_NONE, SlotKey, SlotSelection,
 };
 
 pub use error::Error;
@@ -224,6 +224,7 @@ impl Datapath {
         }
         config.ifindex = ifindex;
         self.write_config(config)?;
+        self.bump_version()?;
         for (program, name, hook) in [
             (&mut self.from_endpoint, "from_endpoint", TcAttachType::Ingress),
             (&mut self.to_endpoint, "to_endpoint", TcAttachType::Egress),
@@ -246,6 +247,7 @@ impl Datapath {
             Ok(config) => {
                 if config.ifindex != 0 {
                     ignore_missing(self.endpoints.remove(&config.ifindex)).map_err(map_error("ENDPOINTS", endpoint))?;
+                    self.bump_version()?;
                 }
                 ignore_missing(self.endpoint_config.remove(&endpoint))
                     .map_err(map_error("ENDPOINT_CONFIG", endpoint))?;
@@ -274,15 +276,14 @@ impl Datapath {
     }
 
     /// Maps `addr/prefix_len` to `identity`. Addresses without a matching prefix are "world".
-    /// Established connections are judged again on their next forward packet (the ipcache
-    /// generation they cached their decision under is bumped).
+    /// Established connections are judged again on their next forward packet.
     pub fn set_ipcache(&mut self, addr: Ipv4Addr, prefix_len: u8, identity: u32) -> Result<()> {
         self.ipcache.insert(&ipcache_key(addr, prefix_len), identity, 0).map_err(|source| Error::Map {
             map: "IPCACHE",
             endpoint: None,
             source,
         })?;
-        self.bump_ipcache_generation()
+        self.bump_version()
     }
 
     pub fn remove_ipcache(&mut self, addr: Ipv4Addr, prefix_len: u8) -> Result<()> {
@@ -291,15 +292,16 @@ impl Datapath {
             endpoint: None,
             source,
         })?;
-        self.bump_ipcache_generation()
+        self.bump_version()
     }
 
-    /// After the change, never before: a packet reads the generation before the ipcache, so one
-    /// that saw the old identity cached it under the old generation.
-    fn bump_ipcache_generation(&mut self) -> Result<()> {
+    /// Retires every decision cached in conntrack: the next packet of each connection is judged
+    /// again. After the change, never before: a packet reads the version before what it
+    /// versions, so one that saw the old state cached its decision under the old version.
+    fn bump_version(&mut self) -> Result<()> {
         let map_error = |source| Error::Map { map: "NODE_STATE", endpoint: None, source };
-        let generation = self.node_state.get(&NODE_STATE_IPCACHE_GENERATION, 0).map_err(map_error)?.wrapping_add(1);
-        self.node_state.set(NODE_STATE_IPCACHE_GENERATION, generation, 0).map_err(map_error)
+        let version = self.node_state.get(&NODE_STATE_VERSION, 0).map_err(map_error)?.wrapping_add(1);
+        self.node_state.set(NODE_STATE_VERSION, version, 0).map_err(map_error)
     }
 
     /// Replaces the whole content of `slot` with `entries` in one step: a new policy map is
@@ -425,6 +427,7 @@ impl Datapath {
             endpoint: None,
             source,
         })?;
+        self.bump_version()?;
         // Off the promotion path: make both halves agree again, so the next node-wide flip
         // stages from a consistent state (the stale half is inactive now).
         for (_, mut config) in configs {
@@ -571,9 +574,9 @@ impl Datapath {
     /// removed endpoint or an older load can ever match again.
     fn next_slot_generation(&mut self) -> Result<u32> {
         let map_error = |source| Error::Map { map: "NODE_STATE", endpoint: None, source };
-        // Never 0 (never loaded) nor u32::MAX (the conntrack entry's "no candidate").
+        // Never 0 (never loaded).
         let generation = match self.node_state.get(&NODE_STATE_GENERATION, 0).map_err(map_error)?.wrapping_add(1) {
-            0 | u32::MAX => 1,
+            0 => 1,
             generation => generation,
         };
         self.node_state.set(NODE_STATE_GENERATION, generation, 0).map_err(map_error)?;
@@ -595,7 +598,8 @@ impl Datapath {
         })
     }
 
-    /// Rewrites an endpoint's config in one map update. `change` gets the selection in force.
+    /// Rewrites an endpoint's config in one map update, then retires the decisions cached under
+    /// the old one. `change` gets the selection in force.
     fn update_config(
         &mut self,
         endpoint: EndpointId,
@@ -604,11 +608,12 @@ impl Datapath {
         let mut config = self.config(endpoint)?;
         let selection = config.by_epoch[(self.epoch()? & 1) as usize];
         change(&mut config, selection)?;
-        self.write_config(config)
+        self.write_config(config)?;
+        self.bump_version()
     }
 
     /// Writes an endpoint's config: for an attached endpoint the one update the program sees,
-    /// then the record.
+    /// then the record. The caller bumps the version once the change is complete.
     fn write_config(&mut self, config: EndpointConfig) -> Result<()> {
         let endpoint = config.endpoint;
         if config.ifindex != 0 {

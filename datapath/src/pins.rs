@@ -14,7 +14,7 @@ use aya::{
 
 use crate::{EndpointId, Error, Result};
 
-const MAPS: [&str; 11] = [
+const MAPS: [&str; 12] = [
     "IPCACHE",
     "ENDPOINTS",
     "ENDPOINT_CONFIG",
@@ -22,6 +22,7 @@ const MAPS: [&str; 11] = [
     "VERDICT_CACHE",
     "POLICY_SLOTS",
     "CONNTRACK",
+    "FAST_FLOWS",
     "FLOWS",
     "COUNTERS",
     "EVENTS",

@@ -229,10 +229,12 @@ pub struct EndpointConfig {
 pub const MAX_ENDPOINTS: u32 = 4096;
 
 /// Indexes of the node state array: the epoch selecting each config's half, the last slot
-/// generation handed out, and the ipcache generation (bumped after every ipcache change).
+/// generation handed out, and the node's state version. Userspace bumps the version after every
+/// change the program could have cached a decision from (an endpoint's config, the epoch, the
+/// ipcache): a conntrack entry's cached decision is reused only while the version is unchanged.
 pub const NODE_STATE_EPOCH: u32 = 0;
 pub const NODE_STATE_GENERATION: u32 = 1;
-pub const NODE_STATE_IPCACHE_GENERATION: u32 = 2;
+pub const NODE_STATE_VERSION: u32 = 2;
 pub const NODE_STATE_ENTRIES: u32 = 3;
 
 /// Key of the verdict cache: one policy lookup result for one version of a slot. It spares the
@@ -265,14 +267,15 @@ pub struct SlotKey {
     pub slot: u32,
 }
 
-/// A connection as tracked by one endpoint's program. Its two ends are ordered (lower address,
-/// then port, first) so that both directions find the same entry with one lookup; the value is
-/// a [`CtEntry`]. Ports are host order; for ICMP echo the id
-/// stands in for the requester's port.
+/// A connection as tracked on one endpoint's interface (by ifindex: a packet finds its
+/// connection before its endpoint's config, see [`CtDecision`]). Its two ends are ordered (lower
+/// address, then port, first) so that both directions find the same entry with one lookup; the
+/// value is a [`CtEntry`]. Ports are host order; for ICMP echo the id stands in for the
+/// requester's port.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct CtKey {
-    pub endpoint: u32,
+    pub ifindex: u32,
     pub addr_lo_be: u32,
     pub addr_hi_be: u32,
     pub port_lo: u16,
@@ -286,10 +289,8 @@ pub struct CtKey {
 pub const CT_OPENED_BY_LO: u8 = 0;
 pub const CT_OPENED_BY_HI: u8 = 1;
 
-/// Value of a conntrack entry. Besides the connection state it caches the decision of the last
-/// forward packet: the peer identity, both verdicts and the versions of everything they were
-/// computed from. A forward packet reuses it only while all those versions are current, so it
-/// is always judged by the policy in force.
+/// Value of a conntrack entry: the connection state and the cached decision of its forward
+/// packets (see [`CtDecision`]).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct CtEntry {
@@ -303,7 +304,11 @@ pub struct CtEntry {
     pub decision: CtDecision,
 }
 
-/// The cached decision of a connection's forward packets (see [`CtEntry`]).
+/// The decision of a connection's forward packets and the endpoint config it was made under,
+/// valid while the node state version it was computed at is current. A packet of an
+/// established connection then needs one conntrack lookup and nothing else: no config, ipcache
+/// or policy lookup. Any change to what the decision depends on bumps the version, so the next
+/// packet recomputes it: a flip or a policy change is seen by the very next packet.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct CtDecision {
@@ -312,18 +317,19 @@ pub struct CtDecision {
     pub enforced: Verdict,
     /// `VERDICT_NONE` without a candidate.
     pub candidate: Verdict,
-    /// Generation of the enforced slot's content.
-    pub enforced_generation: u32,
-    /// Generation of the candidate slot's content, `CT_NO_CANDIDATE` without one.
-    pub candidate_generation: u32,
-    pub epoch: u32,
-    pub ipcache_generation: u32,
+    pub endpoint: u32,
+    /// The endpoint's counter index.
+    pub index: u32,
+    /// `NODE_STATE_VERSION` when the decision was made.
+    pub version: u32,
+    pub mode: u8,
+    /// The slot that decided (`SLOT_A` or `SLOT_B`).
+    pub enforced_slot: u8,
+    pub _pad: u16,
     /// Checksum over all fields above: the program writes entries in place, so a reader on
     /// another CPU could see a half-written decision; it then fails this check and is recomputed.
     pub check: u32,
 }
-
-pub const CT_NO_CANDIDATE: u32 = u32::MAX;
 
 impl CtDecision {
     /// The checksum of the decision's fields (without `check`).
@@ -332,13 +338,75 @@ impl CtDecision {
         // Multiply-xor mixing of the fields paired into four 64-bit words (a short dependency
         // chain), written out: no loops or array indexing for the verifier.
         const P: u64 = 0x9e37_79b9_7f4a_7c15;
-        let verdicts = self.enforced.verdict as u64 | (self.candidate.verdict as u64) << 8;
-        let mut h = (self.identity as u64 | verdicts << 32).wrapping_mul(P);
+        let small = self.enforced.verdict as u64
+            | (self.candidate.verdict as u64) << 8
+            | (self.mode as u64) << 16
+            | (self.enforced_slot as u64) << 24;
+        let mut h = (self.identity as u64 | small << 32).wrapping_mul(P);
         h = (h ^ (self.enforced.cookie as u64 | (self.candidate.cookie as u64) << 32)).wrapping_mul(P);
-        h = (h ^ (self.enforced_generation as u64 | (self.candidate_generation as u64) << 32)).wrapping_mul(P);
-        h = (h ^ (self.epoch as u64 | (self.ipcache_generation as u64) << 32)).wrapping_mul(P);
+        h = (h ^ (self.endpoint as u64 | (self.index as u64) << 32)).wrapping_mul(P);
+        h = (h ^ self.version as u64).wrapping_mul(P);
         (h ^ (h >> 32)) as u32
     }
+}
+
+/// Capacity of the fast-flow cache (a power of two: the index is a hash's low bits).
+pub const FAST_FLOW_ENTRIES: u32 = 1 << 16;
+
+/// A connection in the fast-flow cache, a direct-mapped array in front of the conntrack hash
+/// (array lookups are inlined by the verifier; a hash lookup is a chain of kernel calls, and on
+/// these hosts every call and return pays for speculation mitigations). It holds only
+/// connections whose forward packets pass and are not reported (no drop, no shadow difference),
+/// so a packet it serves is counted and passed, nothing else. Entries are written by the
+/// conntrack path, valid for a few hundred jiffies and only under the node state version they
+/// were written at; the conntrack entry stays the record and is refreshed when they lapse.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct FastFlow {
+    pub connection: CtKey,
+    /// The endpoint's counter index.
+    pub index: u32,
+    /// `NODE_STATE_VERSION` when written.
+    pub version: u32,
+    pub _pad: u32,
+    /// Last jiffy (`bpf_jiffies64`) the entry may serve.
+    pub valid_until: u64,
+    /// `CT_OPENED_BY_LO` or `CT_OPENED_BY_HI`.
+    pub opened_by: u8,
+    /// The slot that decides the forward packets.
+    pub enforced_slot: u8,
+    /// Forward packets count as redirected to the proxy rather than allowed.
+    pub redirected: u8,
+    pub _pad2: u8,
+    /// Checksum over all fields above: the array is written in place, so a reader on another
+    /// CPU could see a half-written entry; it then fails this check and takes the conntrack path.
+    pub check: u32,
+}
+
+impl FastFlow {
+    /// The checksum of the entry's fields (without `check`).
+    #[inline(always)]
+    pub const fn checksum(&self) -> u32 {
+        const P: u64 = 0x9e37_79b9_7f4a_7c15;
+        let c = &self.connection;
+        let ports = c.port_lo as u64 | (c.port_hi as u64) << 16 | (c.protocol as u64) << 32;
+        let small = self.opened_by as u64 | (self.enforced_slot as u64) << 8 | (self.redirected as u64) << 16;
+        let mut h = (c.ifindex as u64 | (c.addr_lo_be as u64) << 32).wrapping_mul(P);
+        h = (h ^ (c.addr_hi_be as u64 | ports << 32)).wrapping_mul(P);
+        h = (h ^ (self.index as u64 | (self.version as u64) << 32)).wrapping_mul(P);
+        h = (h ^ self.valid_until ^ small << 40).wrapping_mul(P);
+        (h ^ (h >> 32)) as u32
+    }
+}
+
+/// The fast-flow cache slot of a connection.
+#[inline(always)]
+pub const fn fast_flow_index(connection: &CtKey) -> u32 {
+    const P: u64 = 0x9e37_79b9_7f4a_7c15;
+    let ports = connection.port_lo as u64 | (connection.port_hi as u64) << 16 | (connection.protocol as u64) << 32;
+    let mut h = (connection.addr_lo_be as u64 | (connection.addr_hi_be as u64) << 32).wrapping_mul(P);
+    h = (h ^ ports ^ (connection.ifindex as u64) << 40).wrapping_mul(P);
+    (h >> 48) as u32 & (FAST_FLOW_ENTRIES - 1)
 }
 
 /// A flow whose verdict is worth reporting: dropped, audited, or judged differently by the
@@ -413,6 +481,7 @@ mod user {
     unsafe impl aya::Pod for super::CtKey {}
     unsafe impl aya::Pod for super::CtEntry {}
     unsafe impl aya::Pod for super::CtDecision {}
+    unsafe impl aya::Pod for super::FastFlow {}
     unsafe impl aya::Pod for super::FlowKey {}
     unsafe impl aya::Pod for super::FlowStats {}
     unsafe impl aya::Pod for super::EndpointCounters {}

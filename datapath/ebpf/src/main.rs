@@ -10,14 +10,23 @@
 //! - `ENDPOINTS` (ifindex -> endpoint id, counter index and config) says which slot is enforced and
 //!   which one is the candidate: a packet finds all of it with one lookup. A promotion is one
 //!   update of that value, or, for every endpoint of the node at once, one update of the node
-//!   epoch (`NODE_STATE`) after the other half of each config has been staged. A packet reads the
+//!   epoch (`NODE_STATE`) after the other half of each config has been staged; either is
+//!   followed by a bump of the node state version (below). A packet reads the
 //!   epoch and the config once, so it is judged by exactly one slot. `ENDPOINT_CONFIG` (endpoint
 //!   id -> the same value) is userspace's record of every endpoint, attached or not; the program
 //!   does not read it.
-//! - A conntrack entry caches the decision of its connection's forward packets together with the
-//!   versions it was computed from (slot generations, node epoch, ipcache generation). While they
-//!   are all current a forward packet reuses it and skips the ipcache and policy lookups; any
-//!   change (flip, slot reload, ipcache update) makes the very next packet recompute it.
+//! - A conntrack entry (keyed by interface) caches the decision of its connection's forward
+//!   packets together with the endpoint config it was made under and the node state version
+//!   (`NODE_STATE`) it was made at. Userspace bumps the version after every change to a config,
+//!   the epoch or the ipcache. While the version is current, a packet of an established
+//!   connection needs that one lookup: no config, ipcache or policy lookup. Any change makes the
+//!   very next packet recompute it.
+//! - `FAST_FLOWS` sits in front of conntrack for the common case, a connection whose packets are
+//!   only counted and passed: a direct-mapped array indexed by a hash of the connection, so the
+//!   lookup is inlined and the packet makes no kernel call but one jiffies read (every call and
+//!   return pays for speculation mitigations on these hosts; a hash lookup is a chain of them).
+//!   Entries are written by the conntrack path under the same version rule, and lapse after a
+//!   few hundred jiffies so that the conntrack path keeps refreshing its entry.
 #![no_std]
 #![no_main]
 
@@ -26,16 +35,16 @@ use aya_ebpf::{
     btf_maps::{
         Array, HashMap, HashOfMaps, LpmTrie, LruHashMap, LruPerCpuHashMap, PerCpuArray, RingBuf, lpm_trie::Key,
     },
-    helpers::{bpf_ktime_get_coarse_ns, bpf_ktime_get_ns},
+    helpers::{bpf_jiffies64, bpf_ktime_get_coarse_ns, bpf_ktime_get_ns},
     macros::{btf_map, classifier},
     programs::TcContext,
 };
 use palisade_common::{
-    COOKIE_NONE, CT_NO_CANDIDATE, CT_OPENED_BY_HI, CT_OPENED_BY_LO, CtDecision, CtEntry, CtKey, DIRECTION_EGRESS,
-    DIRECTION_INGRESS, EndpointConfig, EndpointCounters, FlowEvent, FlowKey, FlowStats, IDENTITY_ANY, IDENTITY_WORLD,
-    MAX_ENDPOINTS, MODE_AUDIT, MODE_ENFORCE, MODE_OFF, NODE_STATE_ENTRIES, NODE_STATE_EPOCH,
-    NODE_STATE_IPCACHE_GENERATION, PROTO_ICMP, PROTO_ICMPV6, PROTO_SCTP, PROTO_TCP, PROTO_UDP, PolicyKey, PolicyValue,
-    SLOT_A, SLOT_NONE, SlotKey, VERDICT_DENY, VERDICT_NONE, VERDICT_REDIRECT, Verdict, VerdictCacheKey,
+    COOKIE_NONE, CT_OPENED_BY_HI, CT_OPENED_BY_LO, CtDecision, CtEntry, CtKey, DIRECTION_EGRESS, DIRECTION_INGRESS,
+    EndpointConfig, EndpointCounters, FAST_FLOW_ENTRIES, FastFlow, FlowEvent, FlowKey, FlowStats, IDENTITY_ANY,
+    IDENTITY_WORLD, MAX_ENDPOINTS, MODE_AUDIT, MODE_ENFORCE, MODE_OFF, NODE_STATE_ENTRIES, NODE_STATE_EPOCH,
+    NODE_STATE_VERSION, PROTO_ICMP, PROTO_ICMPV6, PROTO_SCTP, PROTO_TCP, PROTO_UDP, PolicyKey, PolicyValue, SLOT_A,
+    SLOT_NONE, SlotKey, VERDICT_DENY, VERDICT_NONE, VERDICT_REDIRECT, Verdict, VerdictCacheKey, fast_flow_index,
 };
 
 /// `PolicyKey` without its leading prefix length, as aya's LPM `Key<K>` wants it.
@@ -76,6 +85,8 @@ static VERDICT_CACHE: LruHashMap<VerdictCacheKey, Verdict, 65536> = LruHashMap::
 static POLICY_SLOTS: HashOfMaps<SlotKey, PolicySlot, 8192> = HashOfMaps::new();
 #[btf_map]
 static CONNTRACK: LruHashMap<CtKey, CtEntry, 262144> = LruHashMap::new();
+#[btf_map]
+static FAST_FLOWS: Array<FastFlow, { FAST_FLOW_ENTRIES as usize }> = Array::new();
 // Per-CPU values count without atomics (BPF has no fetch-add from Rust here); the key is shared,
 // so "new flow" (a successful BPF_NOEXIST insert) is still detected once for the whole node.
 #[btf_map]
@@ -163,18 +174,44 @@ const ICMP_PARAMETER_PROBLEM: u8 = 12;
 fn decide(ctx: &TcContext, direction: u8) -> i32 {
     // SAFETY: the context pointer is valid for the whole program run.
     let ifindex = unsafe { (*ctx.skb.skb).ifindex };
+    let Some(ethertype) = header::<u16>(ctx, 12).map(u16::from_be) else {
+        return TC_ACT_OK;
+    };
+    if ethertype != ETH_P_IP {
+        // ARP and other non-IP traffic is not under policy.
+        return if ethertype == ETH_P_IPV6 { ipv6(ctx, ifindex) } else { TC_ACT_OK };
+    }
+    // The version first, then everything it versions: a change that lands in between is caught
+    // by the next packet, never hidden.
+    let version = NODE_STATE.get(NODE_STATE_VERSION).copied().unwrap_or(0);
+    let Some(packet) = parse(ctx) else {
+        // A truncated IPv4 header: the stack drops it anyway.
+        // SAFETY: read at once; the map does not recycle elements (no prealloc).
+        let enforced = unsafe { ENDPOINTS.get(ifindex) }.is_some_and(|config| config.mode != MODE_OFF);
+        return if enforced { TC_ACT_SHOT } else { TC_ACT_OK };
+    };
+    let (connection, sender) = connection(ifindex, &packet);
+    // Packets that open, close or relate to a connection change conntrack: never fast.
+    if packet.related.is_none()
+        && packet.tcp_flags & (TCP_SYN | TCP_FIN | TCP_RST) == 0
+        && let Some(verdict) = fast_path(&connection, sender, version)
+    {
+        return verdict;
+    }
+
+    // SAFETY: a helper call without arguments.
+    let now = (unsafe { bpf_ktime_get_coarse_ns() } >> CT_TICK_SHIFT) as u32;
+    if let Some(original) = packet.related
+        && let Some(verdict) = related(ifindex, original, now)
+    {
+        return verdict;
+    }
+    // SAFETY: the LRU element stays valid during this run.
+    let live = CONNTRACK.get_ptr_mut(connection).filter(|&entry| unsafe { (*entry).expires } > now);
     // SAFETY: copied out at once; the map does not recycle elements (no prealloc).
     let Some(config) = (unsafe { ENDPOINTS.get(ifindex) }).copied() else {
         return TC_ACT_OK;
     };
-    let endpoint = config.endpoint;
-    let Some(ethertype) = header::<u16>(ctx, 12).map(u16::from_be) else {
-        return TC_ACT_OK;
-    };
-    // ARP and other non-IP traffic is not under policy.
-    if ethertype != ETH_P_IP && ethertype != ETH_P_IPV6 {
-        return TC_ACT_OK;
-    }
     let Some(counters) = COUNTERS.get_ptr_mut(config.index) else {
         return TC_ACT_OK;
     };
@@ -184,98 +221,162 @@ fn decide(ctx: &TcContext, direction: u8) -> i32 {
         counters.unenforced += 1;
         return TC_ACT_OK;
     }
-    if ethertype == ETH_P_IPV6 {
-        return ipv6(ctx, config.mode, counters);
-    }
-    // A truncated IPv4 header: the stack drops it anyway.
-    let Some(packet) = parse(ctx) else {
-        return TC_ACT_SHOT;
-    };
-    // SAFETY: a helper call without arguments.
-    let now = (unsafe { bpf_ktime_get_coarse_ns() } >> CT_TICK_SHIFT) as u32;
-    if let Some(mut original) = packet.related {
-        original.endpoint = endpoint;
-        // SAFETY: the LRU element stays valid during this run.
-        if CONNTRACK.get_ptr(original).is_some_and(|entry| unsafe { (*entry).expires } > now) {
-            counters.replies += 1;
-            return TC_ACT_OK;
-        }
-    }
-    let (connection, sender) = connection(endpoint, &packet);
+    // An entry left by an endpoint that had this interface before is not this endpoint's.
     // SAFETY: the LRU element stays valid during this run.
-    let live = CONNTRACK.get_ptr_mut(connection).filter(|&entry| unsafe { (*entry).expires } > now);
-    if let Some(entry) = live {
+    let live = live.filter(|&entry| unsafe { (*entry).decision.endpoint } == config.endpoint);
+    let state = live.map(|entry| {
         // SAFETY: as above; the fields are read once each.
-        let (opened_by, closing, expires) = unsafe { ((*entry).opened_by, (*entry).closing, (*entry).expires) };
-        refresh(entry, closing, expires, &packet, now);
-        if opened_by != sender {
-            counters.replies += 1;
-            return TC_ACT_OK;
-        }
-    }
-
-    // Versions first, then what they version: a change that lands in between is caught by the
-    // next packet, never hidden.
-    let epoch = NODE_STATE.get(NODE_STATE_EPOCH).copied().unwrap_or(0);
-    let ipcache_generation = NODE_STATE.get(NODE_STATE_IPCACHE_GENERATION).copied().unwrap_or(0);
-    // Branches, not indexing: the verifier rejects the pointer arithmetic LLVM makes of it.
-    let slots = if epoch & 1 == 0 { config.by_epoch[0] } else { config.by_epoch[1] };
-    let enforced_generation = slot_generation(&config, slots.enforced);
-    let candidate_generation =
-        if slots.candidate == SLOT_NONE { CT_NO_CANDIDATE } else { slot_generation(&config, slots.candidate) };
-    // SAFETY: the LRU element stays valid during this run; copied out, then checked whole.
-    let cached = live.map(|entry| unsafe { (*entry).decision }).filter(|decision| {
-        decision.enforced_generation == enforced_generation
-            && decision.candidate_generation == candidate_generation
-            && decision.epoch == epoch
-            && decision.ipcache_generation == ipcache_generation
-            && decision.check == decision.checksum()
+        let (opened_by, closing, expires, cached) =
+            unsafe { ((*entry).opened_by, (*entry).closing, (*entry).expires, (*entry).decision) };
+        let (closing, expires) = refresh(entry, closing, expires, &packet, now);
+        (entry, opened_by, closing, expires, cached)
     });
+    if let Some((_, opened_by, closing, expires, cached)) = state
+        && opened_by != sender
+    {
+        counters.replies += 1;
+        if cached.version == version && cached.check == cached.checksum() {
+            admit_fast(&connection, opened_by, (closing, expires), now, &cached);
+        }
+        return TC_ACT_OK;
+    }
+    let cached = state
+        .map(|(_, _, _, _, cached)| cached)
+        .filter(|cached| cached.version == version && cached.check == cached.checksum());
     let decision = match cached {
         Some(decision) => decision,
-        None => {
-            let remote_be = if direction == DIRECTION_EGRESS { packet.daddr_be } else { packet.saddr_be };
-            // LPM nodes are freed after an RCU grace period, so the identity is read safely.
-            let identity = IPCACHE.get(&Key::new(32, remote_be)).copied().unwrap_or(IDENTITY_WORLD);
-            let enforced = policy_verdict(endpoint, enforced_generation, slots.enforced, identity, direction, &packet);
-            let candidate = if slots.candidate == SLOT_NONE {
-                Verdict { verdict: VERDICT_NONE, _pad: [0; 3], cookie: COOKIE_NONE }
-            } else {
-                policy_verdict(endpoint, candidate_generation, slots.candidate, identity, direction, &packet)
-            };
-            let mut decision = CtDecision {
-                identity,
-                enforced,
-                candidate,
-                enforced_generation,
-                candidate_generation,
-                epoch,
-                ipcache_generation,
-                check: 0,
-            };
-            decision.check = decision.checksum();
-            if let Some(entry) = live {
+        None => judge(&config, version, direction, &packet),
+    };
+    match state {
+        Some((entry, opened_by, closing, expires, _)) => {
+            if cached.is_none() {
                 // SAFETY: the element is valid for this run; a racing reader that sees it half
                 // written fails the checksum and recomputes.
                 unsafe { (*entry).decision = decision };
             }
-            decision
+            admit_fast(&connection, opened_by, (closing, expires), now, &decision);
         }
+        None if passes(&decision) => {
+            let expires = now.wrapping_add(lifetime(0, &packet));
+            let entry = CtEntry { opened_by: sender, closing: 0, _pad: 0, expires, decision };
+            if CONNTRACK.insert(connection, entry, BPF_ANY as u64).is_ok() {
+                admit_fast(&connection, sender, (0, expires), now, &decision);
+            }
+        }
+        None => {}
+    }
+    apply(&decision, counters, direction, &packet)
+}
+
+/// A packet of a connection in the fast-flow cache: counted and passed. `None` when the cache
+/// does not hold the connection under the current version (or the entry lapsed).
+#[inline(always)]
+fn fast_path(connection: &CtKey, sender: u8, version: u32) -> Option<i32> {
+    let flow = *FAST_FLOWS.get(fast_flow_index(connection))?;
+    if flow.connection != *connection || flow.version != version {
+        return None;
+    }
+    // SAFETY: a helper call without arguments.
+    if unsafe { bpf_jiffies64() } > flow.valid_until || flow.check != flow.checksum() {
+        return None;
+    }
+    // SAFETY: per-CPU value of this endpoint, only this CPU writes it.
+    let counters = unsafe { &mut *COUNTERS.get_ptr_mut(flow.index)? };
+    if flow.opened_by != sender {
+        counters.replies += 1;
+    } else {
+        if flow.enforced_slot == SLOT_A {
+            counters.slot_packets[0] += 1;
+        } else {
+            counters.slot_packets[1] += 1;
+        }
+        if flow.redirected != 0 {
+            counters.redirected += 1;
+        } else {
+            counters.allowed += 1;
+        }
+    }
+    Some(TC_ACT_OK)
+}
+
+/// Lets the fast path serve a connection whose forward packets would only be counted and
+/// passed, for at most `FAST_FLOW_JIFFIES` and never past its conntrack entry's expiry: an
+/// open, established entry with a current decision that neither drops nor reports.
+#[inline(always)]
+fn admit_fast(connection: &CtKey, opened_by: u8, (closing, expires): (u8, u32), now: u32, decision: &CtDecision) {
+    let differs = decision.candidate.verdict != VERDICT_NONE && decision.candidate.verdict != decision.enforced.verdict;
+    if decision.enforced.verdict == VERDICT_DENY || differs || closing != 0 || expires < now + CT_FAST_MARGIN_TICKS {
+        return;
+    }
+    let Some(slot) = FAST_FLOWS.get_ptr_mut(fast_flow_index(connection)) else {
+        return;
     };
-    let (identity, enforced, candidate) = (decision.identity, decision.enforced, decision.candidate);
-    if slots.enforced == SLOT_A {
+    let mut flow = FastFlow {
+        connection: *connection,
+        index: decision.index,
+        version: decision.version,
+        _pad: 0,
+        // SAFETY: a helper call without arguments.
+        valid_until: unsafe { bpf_jiffies64() } + FAST_FLOW_JIFFIES,
+        opened_by,
+        enforced_slot: decision.enforced_slot,
+        redirected: (decision.mode != MODE_AUDIT && decision.enforced.verdict == VERDICT_REDIRECT) as u8,
+        _pad2: 0,
+        check: 0,
+    };
+    flow.check = flow.checksum();
+    // SAFETY: the array element is valid for this run; a racing reader that sees it half
+    // written fails the checksum.
+    unsafe { *slot = flow };
+}
+
+/// The decision of a connection's forward packets under the endpoint's current config.
+#[inline(always)]
+fn judge(config: &EndpointConfig, version: u32, direction: u8, packet: &Packet) -> CtDecision {
+    let epoch = NODE_STATE.get(NODE_STATE_EPOCH).copied().unwrap_or(0);
+    // Branches, not indexing: the verifier rejects the pointer arithmetic LLVM makes of it.
+    let slots = if epoch & 1 == 0 { config.by_epoch[0] } else { config.by_epoch[1] };
+    let remote_be = if direction == DIRECTION_EGRESS { packet.daddr_be } else { packet.saddr_be };
+    // LPM nodes are freed after an RCU grace period, so the identity is read safely.
+    let identity = IPCACHE.get(&Key::new(32, remote_be)).copied().unwrap_or(IDENTITY_WORLD);
+    let enforced = policy_verdict(config, slots.enforced, identity, direction, packet);
+    let candidate = if slots.candidate == SLOT_NONE {
+        Verdict { verdict: VERDICT_NONE, _pad: [0; 3], cookie: COOKIE_NONE }
+    } else {
+        policy_verdict(config, slots.candidate, identity, direction, packet)
+    };
+    let mut decision = CtDecision {
+        identity,
+        enforced,
+        candidate,
+        endpoint: config.endpoint,
+        index: config.index,
+        version,
+        mode: config.mode,
+        enforced_slot: slots.enforced,
+        _pad: 0,
+        check: 0,
+    };
+    decision.check = decision.checksum();
+    decision
+}
+
+#[inline(always)]
+fn passes(decision: &CtDecision) -> bool {
+    decision.mode != MODE_ENFORCE || decision.enforced.verdict != VERDICT_DENY
+}
+
+/// Counts a forward packet under its decision, records the flow when it is dropped or judged
+/// differently by the candidate, and returns the verdict.
+#[inline(always)]
+fn apply(decision: &CtDecision, counters: &mut EndpointCounters, direction: u8, packet: &Packet) -> i32 {
+    let (enforced, candidate) = (decision.enforced, decision.candidate);
+    if decision.enforced_slot == SLOT_A {
         counters.slot_packets[0] += 1;
     } else {
         counters.slot_packets[1] += 1;
     }
-
-    let pass = config.mode != MODE_ENFORCE || enforced.verdict != VERDICT_DENY;
-    if pass && live.is_none() {
-        let expires = now.wrapping_add(lifetime(0, &packet));
-        let entry = CtEntry { opened_by: sender, closing: 0, _pad: 0, expires, decision };
-        let _ = CONNTRACK.insert(connection, entry, BPF_ANY as u64);
-    }
-    match (config.mode, enforced.verdict) {
+    match (decision.mode, enforced.verdict) {
         (MODE_AUDIT, VERDICT_DENY) => counters.audited += 1,
         (MODE_AUDIT, _) => counters.allowed += 1,
         (_, VERDICT_DENY) => counters.denied += 1,
@@ -288,27 +389,40 @@ fn decide(ctx: &TcContext, direction: u8) -> i32 {
     }
     if differs || enforced.verdict == VERDICT_DENY {
         let flow = FlowKey {
-            endpoint,
-            identity,
+            endpoint: decision.endpoint,
+            identity: decision.identity,
             dport: packet.dport,
             protocol: packet.protocol,
             direction,
             enforced_verdict: enforced.verdict,
             candidate_verdict: candidate.verdict,
-            mode: config.mode,
+            mode: decision.mode,
             _pad: 0,
         };
-        if !record_flow(&flow, &packet, enforced.cookie, candidate.cookie) {
+        if !record_flow(&flow, packet, enforced.cookie, candidate.cookie) {
             counters.events_lost += 1;
         }
     }
-    if pass { TC_ACT_OK } else { TC_ACT_SHOT }
+    if passes(decision) { TC_ACT_OK } else { TC_ACT_SHOT }
 }
 
-/// Branches, not indexing (see `decide`).
+/// An ICMP error about a tracked connection passes as its reply. `None`: not about one of this
+/// endpoint's connections, judged as ICMP by the policy.
 #[inline(always)]
-fn slot_generation(config: &EndpointConfig, slot: u8) -> u32 {
-    if slot == SLOT_A { config.slot_generation[0] } else { config.slot_generation[1] }
+fn related(ifindex: u32, mut original: CtKey, now: u32) -> Option<i32> {
+    original.ifindex = ifindex;
+    // SAFETY: the LRU element stays valid during this run.
+    let entry = CONNTRACK.get_ptr(original).filter(|&entry| unsafe { (*entry).expires } > now)?;
+    // SAFETY: copied out at once; the map does not recycle elements (no prealloc).
+    let config = (unsafe { ENDPOINTS.get(ifindex) }).copied()?;
+    // SAFETY: as above.
+    if unsafe { (*entry).decision.endpoint } != config.endpoint {
+        return None;
+    }
+    let counters = COUNTERS.get_ptr_mut(config.index)?;
+    // SAFETY: per-CPU value of this endpoint, only this CPU writes it.
+    unsafe { (*counters).replies += 1 };
+    Some(TC_ACT_OK)
 }
 
 #[repr(C)]
@@ -355,12 +469,25 @@ fn header<T: Copy>(ctx: &TcContext, offset: usize) -> Option<T> {
 /// IPv6 policy is not implemented yet: an enforcing endpoint gets neighbor discovery only, so
 /// IPv6 can never bypass its IPv4 policy. Audit mode records nothing for IPv6.
 #[inline(always)]
-fn ipv6(ctx: &TcContext, mode: u8, counters: &mut EndpointCounters) -> i32 {
+fn ipv6(ctx: &TcContext, ifindex: u32) -> i32 {
     const NEXT_HEADER: usize = ETH_HLEN + 6;
     const ICMPV6_TYPE: usize = ETH_HLEN + 40;
+    // SAFETY: copied out at once; the map does not recycle elements (no prealloc).
+    let Some(config) = (unsafe { ENDPOINTS.get(ifindex) }).copied() else {
+        return TC_ACT_OK;
+    };
+    let Some(counters) = COUNTERS.get_ptr_mut(config.index) else {
+        return TC_ACT_OK;
+    };
+    // SAFETY: per-CPU value of this endpoint, only this CPU writes it.
+    let counters = unsafe { &mut *counters };
+    if config.mode == MODE_OFF {
+        counters.unenforced += 1;
+        return TC_ACT_OK;
+    }
     let neighbor_discovery = header::<u8>(ctx, NEXT_HEADER) == Some(PROTO_ICMPV6)
         && header::<u8>(ctx, ICMPV6_TYPE).is_some_and(|t| (ND_ROUTER_SOLICIT..=ND_REDIRECT).contains(&t));
-    if neighbor_discovery || mode != MODE_ENFORCE {
+    if neighbor_discovery || config.mode != MODE_ENFORCE {
         TC_ACT_OK
     } else {
         counters.ipv6_dropped += 1;
@@ -442,6 +569,12 @@ const CT_OTHER_TICKS: u32 = (60 * 1_000_000_000u64 >> CT_TICK_SHIFT) as u32;
 const CT_CLOSING_TICKS: u32 = (10 * 1_000_000_000u64 >> CT_TICK_SHIFT) as u32;
 /// Extend a live entry at most this often, to keep writes off most packets.
 const CT_REFRESH_TICKS: u32 = 4;
+/// A fast-flow entry serves at most this many jiffies (0.25 s at HZ=1000, 2.5 s at HZ=100)
+/// before the conntrack path sees the connection again and refreshes it...
+const FAST_FLOW_JIFFIES: u64 = 256;
+/// ...and is only written while the conntrack entry has more than 3 s left, so the fast path
+/// never serves a connection past its expiry, whatever the kernel's HZ.
+const CT_FAST_MARGIN_TICKS: u32 = 3;
 const TCP_FIN: u8 = 0x01;
 const TCP_SYN: u8 = 0x02;
 const TCP_RST: u8 = 0x04;
@@ -457,9 +590,10 @@ fn lifetime(closing: u8, packet: &Packet) -> u32 {
 }
 
 /// Keeps a live entry alive; a FIN or RST shortens its life, a new SYN reopens it. Writes only
-/// when something changes, so most packets leave the entry's cache line clean.
+/// when something changes, so most packets leave the entry's cache line clean. Returns the
+/// entry's closing flag and expiry after the packet.
 #[inline(always)]
-fn refresh(ptr: *mut CtEntry, closing: u8, expires: u32, packet: &Packet, now: u32) {
+fn refresh(ptr: *mut CtEntry, closing: u8, expires: u32, packet: &Packet, now: u32) -> (u8, u32) {
     let reopened = packet.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN;
     let closes = packet.tcp_flags & (TCP_FIN | TCP_RST) != 0;
     let next_closing = if reopened {
@@ -479,12 +613,14 @@ fn refresh(ptr: *mut CtEntry, closing: u8, expires: u32, packet: &Packet, now: u
             (*ptr).closing = next_closing;
             (*ptr).expires = next_expires;
         }
+        return (next_closing, next_expires);
     }
+    (closing, expires)
 }
 
 /// The connection of a packet and the side (`CT_OPENED_BY_*`) that sent it.
 #[inline(always)]
-fn connection(endpoint: u32, packet: &Packet) -> (CtKey, u8) {
+fn connection(ifindex: u32, packet: &Packet) -> (CtKey, u8) {
     let (sport, dport) = match packet.protocol {
         // An echo reply answers the request with the same id, sent from the requester's "port".
         PROTO_ICMP if packet.dport == ICMP_ECHO as u16 => (packet.sport, 0),
@@ -492,16 +628,16 @@ fn connection(endpoint: u32, packet: &Packet) -> (CtKey, u8) {
         PROTO_ICMP => (0, 0),
         _ => (packet.sport, packet.dport),
     };
-    connection_key(endpoint, packet.protocol, (packet.saddr_be, sport), (packet.daddr_be, dport))
+    connection_key(ifindex, packet.protocol, (packet.saddr_be, sport), (packet.daddr_be, dport))
 }
 
 #[inline(always)]
-fn connection_key(endpoint: u32, protocol: u8, sender: (u32, u16), receiver: (u32, u16)) -> (CtKey, u8) {
+fn connection_key(ifindex: u32, protocol: u8, sender: (u32, u16), receiver: (u32, u16)) -> (CtKey, u8) {
     let sender_is_lo = (u32::from_be(sender.0), sender.1) <= (u32::from_be(receiver.0), receiver.1);
     let (lo, hi, side) =
         if sender_is_lo { (sender, receiver, CT_OPENED_BY_LO) } else { (receiver, sender, CT_OPENED_BY_HI) };
     let key = CtKey {
-        endpoint,
+        ifindex,
         addr_lo_be: lo.0,
         addr_hi_be: hi.0,
         port_lo: lo.1,
@@ -516,7 +652,10 @@ fn connection_key(endpoint: u32, protocol: u8, sender: (u32, u16), receiver: (u3
 /// Cilium's `__policy_can_access`: the identity-specific and the any-identity entries compete;
 /// higher precedence wins, then the longer proto/port prefix, then the identity-specific one.
 #[inline(always)]
-fn policy_verdict(endpoint: u32, generation: u32, slot: u8, identity: u32, direction: u8, packet: &Packet) -> Verdict {
+fn policy_verdict(config: &EndpointConfig, slot: u8, identity: u32, direction: u8, packet: &Packet) -> Verdict {
+    let endpoint = config.endpoint;
+    // Branches, not indexing: the verifier rejects the pointer arithmetic LLVM makes of it.
+    let generation = if slot == SLOT_A { config.slot_generation[0] } else { config.slot_generation[1] };
     let cache_key =
         VerdictCacheKey { endpoint, generation, identity, dport: packet.dport, protocol: packet.protocol, direction };
     // SAFETY: 8-byte value copied out at once.
