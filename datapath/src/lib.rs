@@ -399,7 +399,8 @@ impl Datapath {
 
     /// Promotes the candidate: it becomes enforced and the previously enforced slot becomes the
     /// candidate (still shadow-evaluated, for a rollback watch; clear it with
-    /// [`Self::set_candidate`]). One update of the endpoint's config value.
+    /// [`Self::set_candidate`]). One update of the endpoint's config value; the version bump
+    /// after it makes established connections see it on their next packet.
     pub fn flip(&mut self, endpoint: EndpointId) -> Result<()> {
         self.update_config(endpoint, |config, selection| {
             config.by_epoch = [promoted(endpoint, selection)?; 2];

@@ -186,9 +186,7 @@ fn decide(ctx: &TcContext, direction: u8) -> i32 {
     let version = NODE_STATE.get(NODE_STATE_VERSION).copied().unwrap_or(0);
     let Some(packet) = parse(ctx) else {
         // A truncated IPv4 header: the stack drops it anyway.
-        // SAFETY: read at once; the map does not recycle elements (no prealloc).
-        let enforced = unsafe { ENDPOINTS.get(ifindex) }.is_some_and(|config| config.mode != MODE_OFF);
-        return if enforced { TC_ACT_SHOT } else { TC_ACT_OK };
+        return if under_policy(ifindex).is_some() { TC_ACT_SHOT } else { TC_ACT_OK };
     };
     let (connection, sender) = connection(ifindex, &packet);
     // Packets that open, close or relate to a connection change conntrack: never fast.
@@ -208,19 +206,9 @@ fn decide(ctx: &TcContext, direction: u8) -> i32 {
     }
     // SAFETY: the LRU element stays valid during this run.
     let live = CONNTRACK.get_ptr_mut(connection).filter(|&entry| unsafe { (*entry).expires } > now);
-    // SAFETY: copied out at once; the map does not recycle elements (no prealloc).
-    let Some(config) = (unsafe { ENDPOINTS.get(ifindex) }).copied() else {
+    let Some((config, counters)) = under_policy(ifindex) else {
         return TC_ACT_OK;
     };
-    let Some(counters) = COUNTERS.get_ptr_mut(config.index) else {
-        return TC_ACT_OK;
-    };
-    // SAFETY: per-CPU value of this endpoint, only this CPU writes it.
-    let counters = unsafe { &mut *counters };
-    if config.mode == MODE_OFF {
-        counters.unenforced += 1;
-        return TC_ACT_OK;
-    }
     // An entry left by an endpoint that had this interface before is not this endpoint's.
     // SAFETY: the LRU element stays valid during this run.
     let live = live.filter(|&entry| unsafe { (*entry).decision.endpoint } == config.endpoint);
@@ -413,16 +401,31 @@ fn related(ifindex: u32, mut original: CtKey, now: u32) -> Option<i32> {
     original.ifindex = ifindex;
     // SAFETY: the LRU element stays valid during this run.
     let entry = CONNTRACK.get_ptr(original).filter(|&entry| unsafe { (*entry).expires } > now)?;
-    // SAFETY: copied out at once; the map does not recycle elements (no prealloc).
-    let config = (unsafe { ENDPOINTS.get(ifindex) }).copied()?;
+    let Some((config, counters)) = under_policy(ifindex) else {
+        return Some(TC_ACT_OK);
+    };
     // SAFETY: as above.
     if unsafe { (*entry).decision.endpoint } != config.endpoint {
         return None;
     }
-    let counters = COUNTERS.get_ptr_mut(config.index)?;
-    // SAFETY: per-CPU value of this endpoint, only this CPU writes it.
-    unsafe { (*counters).replies += 1 };
+    counters.replies += 1;
     Some(TC_ACT_OK)
+}
+
+/// The config and this CPU's counters of the endpoint on `ifindex`. `None` when the interface
+/// has no endpoint, or its policy is off (then the packet is counted as unenforced): either way
+/// the packet passes unevaluated.
+#[inline(always)]
+fn under_policy(ifindex: u32) -> Option<(EndpointConfig, &'static mut EndpointCounters)> {
+    // SAFETY: copied out at once; the map does not recycle elements (no prealloc).
+    let config = (unsafe { ENDPOINTS.get(ifindex) }).copied()?;
+    // SAFETY: per-CPU value of this endpoint, only this CPU writes it, during this run.
+    let counters = unsafe { &mut *COUNTERS.get_ptr_mut(config.index)? };
+    if config.mode == MODE_OFF {
+        counters.unenforced += 1;
+        return None;
+    }
+    Some((config, counters))
 }
 
 #[repr(C)]
@@ -472,19 +475,9 @@ fn header<T: Copy>(ctx: &TcContext, offset: usize) -> Option<T> {
 fn ipv6(ctx: &TcContext, ifindex: u32) -> i32 {
     const NEXT_HEADER: usize = ETH_HLEN + 6;
     const ICMPV6_TYPE: usize = ETH_HLEN + 40;
-    // SAFETY: copied out at once; the map does not recycle elements (no prealloc).
-    let Some(config) = (unsafe { ENDPOINTS.get(ifindex) }).copied() else {
+    let Some((config, counters)) = under_policy(ifindex) else {
         return TC_ACT_OK;
     };
-    let Some(counters) = COUNTERS.get_ptr_mut(config.index) else {
-        return TC_ACT_OK;
-    };
-    // SAFETY: per-CPU value of this endpoint, only this CPU writes it.
-    let counters = unsafe { &mut *counters };
-    if config.mode == MODE_OFF {
-        counters.unenforced += 1;
-        return TC_ACT_OK;
-    }
     let neighbor_discovery = header::<u8>(ctx, NEXT_HEADER) == Some(PROTO_ICMPV6)
         && header::<u8>(ctx, ICMPV6_TYPE).is_some_and(|t| (ND_ROUTER_SOLICIT..=ND_REDIRECT).contains(&t));
     if neighbor_discovery || config.mode != MODE_ENFORCE {
