@@ -364,6 +364,24 @@ impl Engine {
         &self.identities
     }
 
+    /// An entry in words, its peer named by labels rather than by number, so that engines which
+    /// number identities differently describe the same entry alike (the rule cookie is left out).
+    pub fn describe_entry(&self, entry: &PolicyEntry) -> String {
+        let key = &entry.key;
+        let peer = match key.identity() {
+            dp::IDENTITY_ANY => "any".to_string(),
+            id => self.identities.get(id).map_or(id.to_string(), |i| i.labels.to_string()),
+        };
+        format!(
+            "{peer} dir={} proto={:?} port={}/{} verdict={}",
+            key.direction,
+            key.protocol(),
+            key.port(),
+            key.port_bits(),
+            entry.value.verdict
+        )
+    }
+
     pub fn identity_of_pod(&self, pod: &Pod) -> Option<u32> {
         self.pod_identity.get(&pod.key()).copied()
     }

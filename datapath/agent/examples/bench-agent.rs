@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use palisade_agent::{Agent, AgentConfig, Change, Interface, InterfaceResolver};
-use palisade_common::{self as dp, PolicyEntry};
+use palisade_common::PolicyEntry;
 use palisade_datapath::Datapath;
 use palisade_policy::bench as workload;
 use palisade_policy::cluster::{Cluster, Pod};
@@ -318,26 +318,10 @@ fn verify(
     endpoints.len()
 }
 
-/// Entries named by their peers' labels, so engines with different numbering compare.
+/// Entries named by their peers' labels (and their rules), so engines with different numbering
+/// compare.
 fn described(engine: &Engine, entries: &[PolicyEntry]) -> BTreeSet<String> {
-    entries
-        .iter()
-        .map(|e| {
-            let peer = match e.key.identity() {
-                dp::IDENTITY_ANY => "any".to_string(),
-                id => engine.identities().get(id).map_or(id.to_string(), |i| i.labels.to_string()),
-            };
-            format!(
-                "{peer} dir={} proto={:?} port={}/{} verdict={} cookie={}",
-                e.key.direction,
-                e.key.protocol(),
-                e.key.port(),
-                e.key.port_bits(),
-                e.value.verdict,
-                e.value.cookie
-            )
-        })
-        .collect()
+    entries.iter().map(|e| format!("{} cookie={}", engine.describe_entry(e), e.value.cookie)).collect()
 }
 
 /// What a naive agent does on any change: a new agent (new engines) from scratch and a full

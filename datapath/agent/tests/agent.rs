@@ -106,23 +106,7 @@ fn synced(mut agent: TestAgent, changes: Vec<Change>) -> TestAgent {
 
 /// Entries named by their peers' labels, so engines with different numbering compare.
 fn described(engine: &Engine, entries: &[PolicyEntry]) -> BTreeSet<String> {
-    entries
-        .iter()
-        .map(|e| {
-            let peer = match e.key.identity() {
-                dp::IDENTITY_ANY => "any".to_string(),
-                id => engine.identities().get(id).map_or(id.to_string(), |i| i.labels.to_string()),
-            };
-            format!(
-                "{peer} dir={} proto={:?} port={}/{} verdict={}",
-                e.key.direction,
-                e.key.protocol(),
-                e.key.port(),
-                e.key.port_bits(),
-                e.value.verdict
-            )
-        })
-        .collect()
+    entries.iter().map(|e| engine.describe_entry(e)).collect()
 }
 
 /// What a fresh compile of `policies` over `cluster` gives the pod, described.
