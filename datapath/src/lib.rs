@@ -466,6 +466,7 @@ impl Datapath {
             sum.unenforced += cpu.unenforced;
             sum.events_lost += cpu.events_lost;
             sum.ipv6_dropped += cpu.ipv6_dropped;
+            sum.connections += cpu.connections;
             sum
         }))
     }

@@ -79,13 +79,15 @@ fn candidate_differences_are_counted_while_the_enforced_policy_decides() {
     );
     let server_counters = datapath.counters(1).unwrap();
     assert_eq!((server_counters.shadow_diffs, server_counters.denied), (12, 0), "{server_counters:?}");
+    assert_eq!(server_counters.connections, 16, "one per datagram's socket: {server_counters:?}");
 
     let audit_flow = flows.iter().find(|f| f.key.endpoint == 2).expect("the audited flow is recorded");
     assert_eq!(
         (audit_flow.key.mode, audit_flow.key.enforced_verdict, audit_flow.key.dport, audit_flow.packets),
         (MODE_AUDIT, VERDICT_DENY, 5000, 3)
     );
-    assert_eq!(datapath.counters(2).unwrap().audited, 3);
+    let audited_counters = datapath.counters(2).unwrap();
+    assert_eq!((audited_counters.audited, audited_counters.connections), (3, 3), "{audited_counters:?}");
 
     // One event per new flow, not per packet.
     let mut received = Vec::new();

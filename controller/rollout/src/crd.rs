@@ -523,7 +523,7 @@ pub struct PolicyAuditReportSpec {
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct AuditTotals {
-    /// Distinct flows evaluated by both revisions.
+    /// Connections evaluated by both revisions (each attempt, for dropped ones).
     #[serde(default)]
     pub observed_flows: u64,
     /// Distinct flows the enforced revision allows and the candidate would deny.
@@ -547,6 +547,7 @@ pub struct EndpointTraffic {
     pub pod: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub workload: Option<String>,
+    /// Connections the endpoint judged during the audit (each attempt, for dropped ones).
     pub flows: u64,
 }
 

@@ -155,6 +155,9 @@ pub struct Agent<D, R> {
     ipcache: Vec<(Prefix, u32)>,
     generations: u64,
     pub(crate) audits: BTreeMap<ObjectKey, AuditState>,
+    /// Connections each endpoint had judged when the candidate set last changed: an audit counts
+    /// the traffic its candidate saw from there.
+    pub(crate) audit_baseline: HashMap<EndpointId, u64>,
     pub(crate) drops: DropSamples,
     pub(crate) dataplane: D,
     resolver: R,
@@ -176,6 +179,7 @@ impl<D: Dataplane, R: InterfaceResolver> Agent<D, R> {
             ipcache: Vec::new(),
             generations: 0,
             audits: BTreeMap::new(),
+            audit_baseline: HashMap::new(),
             drops: DropSamples::default(),
             dataplane,
             resolver,
@@ -402,11 +406,19 @@ impl<D: Dataplane, R: InterfaceResolver> Agent<D, R> {
             origins: [enforced_origins, candidate_origins],
         });
         if candidate_changed {
-            // Differences recorded against another candidate mean nothing for this one.
+            // Differences recorded against another candidate mean nothing for this one, nor
+            // does the traffic judged before it.
             self.dataplane.clear_flows()?;
             self.audits.clear();
+            self.audit_baseline = self.connections_judged()?;
         }
         Ok(())
+    }
+
+    /// Connections each attached endpoint has judged so far (counters only grow).
+    pub(crate) fn connections_judged(&self) -> Result<HashMap<EndpointId, u64>, Error> {
+        let attached = self.endpoints.values().filter(|e| e.attached);
+        attached.map(|e| Ok((e.id, self.dataplane.counters(e.id)?.connections))).collect()
     }
 
     fn is_local(&self, pod: &Pod) -> bool {

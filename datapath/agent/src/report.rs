@@ -23,7 +23,7 @@ const DROP_WINDOW: SignedDuration = SignedDuration::from_secs(60);
 /// What the agent remembers of one rollout's audit between reports.
 pub(crate) struct AuditState {
     started_at: Timestamp,
-    /// Packets each endpoint had been judged for when the audit started (counters only grow).
+    /// Connections each endpoint had judged when its candidate set changed.
     baseline: HashMap<EndpointId, u64>,
     /// Per flow: packets at the last report and when that count last grew.
     last_seen: HashMap<FlowKey, (u64, Timestamp)>,
@@ -50,12 +50,10 @@ impl<D: Dataplane, R: InterfaceResolver> Agent<D, R> {
     pub fn reports(&mut self, now: Timestamp) -> Result<Vec<PolicyAuditReport>, Error> {
         let Some(compiled) = &self.compiled else { return Ok(Vec::new()) };
         let node = self.config.node.clone().unwrap_or_else(|| "local".into());
-        let mut judged: HashMap<EndpointId, u64> = HashMap::new();
+        let judged = self.connections_judged()?;
         let mut denied = 0;
         for endpoint in self.endpoints.values() {
-            let counters = self.dataplane.counters(endpoint.id)?;
-            judged.insert(endpoint.id, counters.slot_packets.iter().sum());
-            denied += counters.denied;
+            denied += self.dataplane.counters(endpoint.id)?.denied;
         }
         let drops_per_minute = self.drops.per_minute(now, denied);
         let flows = self.dataplane.flows()?;
@@ -89,7 +87,7 @@ impl<D: Dataplane, R: InterfaceResolver> Agent<D, R> {
             if candidate.is_some() {
                 let audit = self.audits.entry(key.clone()).or_insert_with(|| AuditState {
                     started_at: now,
-                    baseline: judged.clone(),
+                    baseline: self.audit_baseline.clone(),
                     last_seen: HashMap::new(),
                 });
                 spec.audit_started_at = Some(Time(audit.started_at));
@@ -138,8 +136,8 @@ impl<D: Dataplane, R: InterfaceResolver> Agent<D, R> {
                     if !audited_here(compiled, pod) {
                         continue;
                     }
-                    let seen =
-                        judged[&endpoint.id].saturating_sub(audit.baseline.get(&endpoint.id).copied().unwrap_or(0));
+                    let count = |judged: &HashMap<EndpointId, u64>| judged.get(&endpoint.id).copied().unwrap_or(0);
+                    let seen = count(&judged).saturating_sub(count(&audit.baseline));
                     spec.totals.observed_flows += seen;
                     spec.endpoints.push(EndpointTraffic {
                         namespace: pod.0.clone(),
@@ -202,11 +200,11 @@ fn audited_here(compiled: &Compiled, pod: &ObjectKey) -> bool {
     // entries): comparing a selected endpoint's entries costs up to a millisecond per report.
     selected
         || compiled.enforced.group_of(&pod.0, &pod.1).is_none_or(|enforced| {
-            [(&enforced.1.ingress, &candidate.1.ingress), (&enforced.1.egress, &candidate.1.egress)]
-                .iter()
-                .any(|(enforced, candidate)| {
+            [(&enforced.1.ingress, &candidate.1.ingress), (&enforced.1.egress, &candidate.1.egress)].iter().any(
+                |(enforced, candidate)| {
                     enforced.enforcement != candidate.enforcement || enforced.entries() != candidate.entries()
-                })
+                },
+            )
         })
 }
 

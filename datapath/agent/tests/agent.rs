@@ -355,6 +355,20 @@ fn the_audit_report_names_newly_denied_flows_by_labels_and_rule() {
 }
 
 #[test]
+fn the_audit_counts_the_connections_judged_since_its_candidate_arrived() {
+    let mut agent = synced(agent(), vec![rollout(Some("db-r1"), None)]);
+    let db = agent.endpoints().into_iter().find(|e| e.name == "db-0").unwrap().id;
+    let judged = |connections| dp::EndpointCounters { connections, ..Default::default() };
+    agent.dataplane_mut().counters.insert(db, judged(5));
+    agent.apply(rollout(Some("db-r1"), Some("db-r2")));
+    agent.converge().expect("converge");
+    agent.dataplane_mut().counters.insert(db, judged(12));
+    let report = &agent.reports(Timestamp::now()).unwrap()[0].spec;
+    let traffic = report.endpoints.iter().find(|e| e.pod == "db-0").expect("db is audited");
+    assert_eq!((traffic.flows, report.totals.observed_flows), (7, 7), "connections before the candidate are not its");
+}
+
+#[test]
 fn the_runtime_converges_on_changes_and_publishes_reports_when_revisions_load() {
     use palisade_agent::runtime::{RuntimeOptions, spawn};
     let options = RuntimeOptions { report_interval: std::time::Duration::from_secs(3600), ..RuntimeOptions::default() };

@@ -469,6 +469,9 @@ pub struct EndpointCounters {
     pub events_lost: u64,
     /// IPv6 other than neighbor discovery, dropped in enforce mode (no IPv6 policy yet).
     pub ipv6_dropped: u64,
+    /// Connections judged: one per conntrack entry opened, and one per packet of an attempt that
+    /// is dropped (it opens none).
+    pub connections: u64,
 }
 
 #[cfg(feature = "user")]

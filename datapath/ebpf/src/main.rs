@@ -235,6 +235,9 @@ fn decide(ctx: &TcContext, direction: u8) -> i32 {
         Some(decision) => decision,
         None => judge(&config, version, direction, &packet),
     };
+    if state.is_none() {
+        counters.connections += 1;
+    }
     match state {
         Some((entry, opened_by, closing, expires, _)) => {
             if cached.is_none() {
