@@ -151,6 +151,13 @@ fn tightened_policy_cuts_an_established_connection() {
     datapath.load_slot(1, Slot::B, &tightened).unwrap();
     datapath.set_candidate(1, Some(Slot::B)).unwrap();
     assert!(tcp_roundtrip(&mut stream), "a candidate alone changes nothing");
+    // The established connection's next packets are shadow-evaluated too: an audit sees
+    // long-lived connections, not only new ones.
+    let shadowed = datapath.flows().unwrap().into_iter().find(|f| f.key.endpoint == 1 && f.key.dport == 80);
+    assert!(
+        shadowed.is_some_and(|f| (f.key.enforced_verdict, f.key.candidate_verdict) == (VERDICT_ALLOW, VERDICT_DENY)),
+        "the candidate's verdict on the established connection is recorded: {shadowed:?}"
+    );
     datapath.flip(1).unwrap();
     assert!(!tcp_roundtrip(&mut stream), "the established connection is cut on its next packet");
     assert!(!tcp_ok(&topology.endpoints[0].ns, topology.endpoints[1].addr, 80), "new connections are denied");
