@@ -64,6 +64,13 @@ pub enum Error {
     TooManyEntries { endpoint: EndpointId, entries: usize, max: u32 },
     #[error("endpoint {endpoint}: the node already has the maximum of {max} endpoints")]
     TooManyEndpoints { endpoint: EndpointId, max: u32 },
+    #[error(
+        "{} holds a datapath pinned by another build of Palisade (its eBPF object {pinned}, this build's {expected}); \
+         its programs keep enforcing, but their maps may differ, so this build does not adopt them. Run the build that \
+         pinned them, or remove the directory (that detaches every endpoint) and start again",
+        dir.display()
+    )]
+    PinnedByAnotherBuild { dir: PathBuf, pinned: String, expected: String },
     #[error("counting CPUs: {0}")]
     Cpus(#[source] io::Error),
 }

@@ -168,7 +168,9 @@ impl Datapath {
     /// Adopting never resets maps or detaches programs.
     pub fn open(pin_dir: impl AsRef<Path>) -> Result<Self> {
         let pins = Pins::new(pin_dir.as_ref());
-        if !pins.complete() {
+        if pins.complete() {
+            pins.check_object(OBJECT)?;
+        } else {
             pins.load_and_pin(OBJECT)?;
         }
         let endpoint_config: HashMap<MapData, EndpointId, EndpointConfig> = pins.map("ENDPOINT_CONFIG")?;

@@ -1,10 +1,13 @@
-//! The bpffs layout: `<dir>/maps/<MAP>`, `<dir>/programs/<program>` and
-//! `<dir>/links/<endpoint>-<program>`. Pinned links keep the programs attached while no process
-//! runs; pinned maps keep their content.
+//! The bpffs layout: `<dir>/maps/<MAP>`, `<dir>/programs/<program>`,
+//! `<dir>/links/<endpoint>-<program>` and `<dir>/object/<sha256>` (the digest of the eBPF object
+//! they came from). Pinned links keep the programs attached while no process runs; pinned maps keep
+//! their content.
 use std::{
     fs, io,
     path::{Path, PathBuf},
 };
+
+use sha2::{Digest, Sha256};
 
 use aya::{
     Ebpf,
@@ -47,10 +50,24 @@ impl Pins {
         self.program_path(PROGRAMS[PROGRAMS.len() - 1]).exists()
     }
 
+    /// Adopting is only sound for the build that pinned: another one may lay out its maps
+    /// differently. Each pin directory records the digest of the object it was loaded from.
+    pub(crate) fn check_object(&self, object: &[u8]) -> Result<()> {
+        let expected = object_digest(object);
+        let pinned = fs::read_dir(self.dir.join("object"))
+            .ok()
+            .and_then(|mut entries| entries.next()?.ok())
+            .map_or_else(|| "unknown".into(), |entry| entry.file_name().to_string_lossy().into_owned());
+        if pinned != expected {
+            return Err(Error::PinnedByAnotherBuild { dir: self.dir.clone(), pinned, expected });
+        }
+        Ok(())
+    }
+
     /// Loads the object and pins its maps, then its programs. Leftovers of an interrupted
     /// earlier attempt are replaced.
     pub(crate) fn load_and_pin(&self, object: &[u8]) -> Result<()> {
-        for sub in ["maps", "programs"] {
+        for sub in ["object", "maps", "programs"] {
             let path = self.dir.join(sub);
             match fs::remove_dir_all(&path) {
                 Err(e) if e.kind() != io::ErrorKind::NotFound => {
@@ -63,6 +80,10 @@ impl Pins {
             let path = self.dir.join(sub);
             fs::create_dir_all(&path).map_err(|source| Error::PinDir { path, source })?;
         }
+        // Before the programs, whose last pin marks the directory complete. A directory, because
+        // bpffs holds no regular files.
+        let path = self.dir.join("object").join(object_digest(object));
+        fs::create_dir_all(&path).map_err(|source| Error::PinDir { path, source })?;
         let mut ebpf = Ebpf::load(object)?;
         for name in MAPS {
             let map = ebpf.map(name).ok_or(Error::MissingInObject(name))?;
@@ -136,4 +157,8 @@ impl Pins {
     fn link_path(&self, endpoint: EndpointId, program: &str) -> PathBuf {
         self.dir.join("links").join(format!("{endpoint}-{program}"))
     }
+}
+
+fn object_digest(object: &[u8]) -> String {
+    Sha256::digest(object).iter().map(|byte| format!("{byte:02x}")).collect()
 }

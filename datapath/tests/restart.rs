@@ -121,3 +121,24 @@ fn enforcement_survives_an_agent_restart() {
     assert!(ping_ok(&topology.endpoints[0].ns, topology.endpoints[2].addr), "the second agent controls the datapath");
     second_agent.destroy().unwrap();
 }
+
+/// Another build may lay out its maps differently: it refuses to adopt them, says so, and leaves
+/// them (and the enforcement they hold) alone.
+#[test]
+fn a_datapath_pinned_by_another_build_is_refused_and_left_running() {
+    let topology = Topology::new("pdo", 2, false, 94);
+    let _inside = InNetns::enter(&topology.node);
+    let mut datapath = topology.datapath();
+    datapath.load_slot(1, Slot::A, &[]).unwrap();
+    datapath.attach(1, &topology.endpoints[1].host_if).unwrap();
+    drop(datapath);
+    let object = topology.pin_dir.join("object");
+    std::fs::remove_dir_all(&object).unwrap();
+    std::fs::create_dir_all(object.join("0123abcd")).unwrap();
+
+    let error = Datapath::open(&topology.pin_dir).err().expect("refused");
+    assert!(matches!(error, palisade_datapath::Error::PinnedByAnotherBuild { ref pinned, .. } if pinned == "0123abcd"));
+    assert!(error.to_string().contains("another build"), "{error}");
+    assert!(!ping_ok(&topology.endpoints[0].ns, topology.endpoints[1].addr), "still enforced by the pinned build");
+    assert!(topology.pin_dir.join("maps/ENDPOINTS").exists(), "nothing was unpinned");
+}
