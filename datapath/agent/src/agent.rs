@@ -158,6 +158,8 @@ pub struct Agent<D, R> {
     /// Connections each endpoint had judged when the candidate set last changed: an audit counts
     /// the traffic its candidate saw from there.
     pub(crate) audit_baseline: HashMap<EndpointId, u64>,
+    /// The candidate set changed: its audit starts afresh once it is programmed.
+    audit_restart_pending: bool,
     pub(crate) drops: DropSamples,
     pub(crate) dataplane: D,
     resolver: R,
@@ -180,6 +182,7 @@ impl<D: Dataplane, R: InterfaceResolver> Agent<D, R> {
             generations: 0,
             audits: BTreeMap::new(),
             audit_baseline: HashMap::new(),
+            audit_restart_pending: false,
             drops: DropSamples::default(),
             dataplane,
             resolver,
@@ -350,7 +353,17 @@ impl<D: Dataplane, R: InterfaceResolver> Agent<D, R> {
         }
         self.sync_endpoints()?;
         self.program()?;
-        self.sync_ipcache()
+        self.sync_ipcache()?;
+        if self.audit_restart_pending {
+            // Only now is the new candidate whole in every slot: differences recorded before,
+            // against the previous candidate or one half rewritten in place, are not its own, nor
+            // is the traffic judged before it.
+            self.dataplane.clear_flows()?;
+            self.audits.clear();
+            self.audit_baseline = self.connections_judged()?;
+            self.audit_restart_pending = false;
+        }
+        Ok(())
     }
 
     /// Rebuilds the policy sets from the rollouts' targets. Keeps the current ones while an
@@ -405,13 +418,7 @@ impl<D: Dataplane, R: InterfaceResolver> Agent<D, R> {
             candidate_revisions: Arc::new(candidate_revisions),
             origins: [enforced_origins, candidate_origins],
         });
-        if candidate_changed {
-            // Differences recorded against another candidate mean nothing for this one, nor
-            // does the traffic judged before it.
-            self.dataplane.clear_flows()?;
-            self.audits.clear();
-            self.audit_baseline = self.connections_judged()?;
-        }
+        self.audit_restart_pending |= candidate_changed;
         Ok(())
     }
 

@@ -127,6 +127,7 @@ pub enum SlotOp {
     SetCandidate(EndpointId, Option<Slot>),
     FlipAll(Vec<EndpointId>),
     Ipcache(Ipv4Addr, u8, Option<u32>),
+    ClearFlows,
 }
 
 /// An in-memory datapath that keeps what was programmed and logs every operation: the agent's
@@ -262,6 +263,7 @@ impl Dataplane for RecordingDataplane {
     }
     fn clear_flows(&mut self) -> Result<()> {
         self.flows.clear();
+        self.log.push(SlotOp::ClearFlows);
         Ok(())
     }
     fn counters(&self, endpoint: EndpointId) -> Result<EndpointCounters> {

@@ -185,7 +185,14 @@ fn a_candidate_is_audited_beside_the_enforced_revision_then_flipped_to_and_back(
     assert_eq!(programmed(&agent, "db-0", None), expected(R1, cluster(), "db-0"), "r1 still decides");
     assert_eq!(programmed(&agent, "db-0", Some(before.other())), expected(R2, cluster(), "db-0"), "r2 is shadowed");
     assert!(agent.endpoints().iter().all(|e| e.candidate == Some(e.enforced.other())));
-    assert!(!ops(&mut agent).iter().any(|op| matches!(op, SlotOp::FlipAll(_))));
+    let log = ops(&mut agent);
+    assert!(!log.iter().any(|op| matches!(op, SlotOp::FlipAll(_))));
+    let cleared = log.iter().position(|op| *op == SlotOp::ClearFlows).expect("the audit starts afresh");
+    assert!(
+        log[..cleared].iter().any(|op| matches!(op, SlotOp::SetCandidate(_, Some(_))))
+            && !log[cleared..].iter().any(|op| matches!(op, SlotOp::Update { .. } | SlotOp::SetCandidate(..))),
+        "differences are forgotten once the candidate is whole, not while it is written: {log:?}"
+    );
     let report = &agent.reports(Timestamp::now()).unwrap()[0];
     assert_eq!(report.spec.loaded_revisions, ["db-r1", "db-r2"], "the barrier: both loaded");
     assert_eq!(report.spec.candidate_revision.as_deref(), Some("db-r2"));
@@ -300,7 +307,7 @@ fn a_restarted_agent_adopts_the_pinned_state_without_touching_it() {
     let mut second = synced(second, vec![rollout(Some("db-r1"), Some("db-r2"))]);
     let log = ops(&mut second);
     assert!(
-        log.iter().all(|op| matches!(op, SlotOp::Ipcache(..))),
+        log.iter().all(|op| matches!(op, SlotOp::Ipcache(..) | SlotOp::ClearFlows)),
         "slots, candidates and attachments are adopted as they are: {log:?}"
     );
     assert_eq!(programmed(&second, "db-0", None), expected(R1, cluster(), "db-0"));
