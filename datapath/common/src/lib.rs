@@ -332,6 +332,17 @@ pub struct CtDecision {
 }
 
 impl CtDecision {
+    /// The candidate judges the packet otherwise than the enforced slot.
+    pub const fn differs(&self) -> bool {
+        self.candidate.verdict != VERDICT_NONE && self.candidate.verdict != self.enforced.verdict
+    }
+
+    /// Packets under this decision are recorded as a flow: dropped (or would be, in audit mode)
+    /// or judged otherwise by the candidate.
+    pub const fn reported(&self) -> bool {
+        self.enforced.verdict == VERDICT_DENY || self.differs()
+    }
+
     /// The checksum of the decision's fields (without `check`).
     #[inline(always)]
     pub const fn checksum(&self) -> u32 {

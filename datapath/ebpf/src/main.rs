@@ -295,8 +295,7 @@ fn fast_path(connection: &CtKey, sender: u8, version: u32) -> Option<i32> {
 /// open, established entry with a current decision that neither drops nor reports.
 #[inline(always)]
 fn admit_fast(connection: &CtKey, opened_by: u8, (closing, expires): (u8, u32), now: u32, decision: &CtDecision) {
-    let differs = decision.candidate.verdict != VERDICT_NONE && decision.candidate.verdict != decision.enforced.verdict;
-    if decision.enforced.verdict == VERDICT_DENY || differs || closing != 0 || expires < now + CT_FAST_MARGIN_TICKS {
+    if decision.reported() || closing != 0 || expires < now + CT_FAST_MARGIN_TICKS {
         return;
     }
     let Some(slot) = FAST_FLOWS.get_ptr_mut(fast_flow_index(connection)) else {
@@ -374,11 +373,10 @@ fn apply(decision: &CtDecision, counters: &mut EndpointCounters, direction: u8, 
         (_, VERDICT_REDIRECT) => counters.redirected += 1,
         _ => counters.allowed += 1,
     }
-    let differs = candidate.verdict != VERDICT_NONE && candidate.verdict != enforced.verdict;
-    if differs {
+    if decision.differs() {
         counters.shadow_diffs += 1;
     }
-    if differs || enforced.verdict == VERDICT_DENY {
+    if decision.reported() {
         let flow = FlowKey {
             endpoint: decision.endpoint,
             identity: decision.identity,
