@@ -10,7 +10,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::Ipv4Addr;
 use std::sync::Arc;
 
-use palisade_common::{PolicyEntry, PolicyKey};
+use palisade_common::{EndpointCounters, PolicyEntry, PolicyKey};
 use palisade_datapath::{EndpointId, Slot};
 use palisade_policy::cluster::{Cluster, Pod};
 use palisade_policy::model::{PolicySet, Prefix};
@@ -22,7 +22,7 @@ use tracing::{debug, info, warn};
 
 use crate::dataplane::{Dataplane, Interface, InterfaceResolver};
 use crate::input::Change;
-use crate::report::{AuditState, DropSamples};
+use crate::report::{AuditState, DropSamples, connections_judged};
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -360,7 +360,7 @@ impl<D: Dataplane, R: InterfaceResolver> Agent<D, R> {
             // is the traffic judged before it.
             self.dataplane.clear_flows()?;
             self.audits.clear();
-            self.audit_baseline = self.connections_judged()?;
+            self.audit_baseline = connections_judged(&self.attached_counters()?);
             self.audit_restart_pending = false;
         }
         Ok(())
@@ -422,10 +422,10 @@ impl<D: Dataplane, R: InterfaceResolver> Agent<D, R> {
         Ok(())
     }
 
-    /// Connections each attached endpoint has judged so far (counters only grow).
-    pub(crate) fn connections_judged(&self) -> Result<HashMap<EndpointId, u64>, Error> {
+    /// The counters of every attached endpoint (the others have seen no traffic).
+    pub(crate) fn attached_counters(&self) -> Result<Vec<(EndpointId, EndpointCounters)>, Error> {
         let attached = self.endpoints.values().filter(|e| e.attached);
-        attached.map(|e| Ok((e.id, self.dataplane.counters(e.id)?.connections))).collect()
+        attached.map(|e| Ok((e.id, self.dataplane.counters(e.id)?))).collect()
     }
 
     fn is_local(&self, pod: &Pod) -> bool {

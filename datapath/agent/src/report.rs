@@ -4,7 +4,7 @@ use std::collections::{BTreeMap, HashMap, VecDeque};
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
 use k8s_openapi::jiff::{SignedDuration, Timestamp};
-use palisade_common::{self as dp, FlowKey};
+use palisade_common::{self as dp, EndpointCounters, FlowKey};
 use palisade_datapath::{EndpointId, Flow};
 use palisade_policy::Engine;
 use palisade_policy::compile::Enforcement;
@@ -19,6 +19,11 @@ use crate::dataplane::{Dataplane, InterfaceResolver};
 /// Flows listed per report, most frequent first; the totals count them all.
 pub const AUDIT_FLOW_CAP: usize = 100;
 const DROP_WINDOW: SignedDuration = SignedDuration::from_secs(60);
+
+/// Connections each endpoint has judged so far (counters only grow).
+pub(crate) fn connections_judged(counters: &[(EndpointId, EndpointCounters)]) -> HashMap<EndpointId, u64> {
+    counters.iter().map(|(id, c)| (*id, c.connections)).collect()
+}
 
 /// What the agent remembers of one rollout's audit between reports.
 pub(crate) struct AuditState {
@@ -50,11 +55,9 @@ impl<D: Dataplane, R: InterfaceResolver> Agent<D, R> {
     pub fn reports(&mut self, now: Timestamp) -> Result<Vec<PolicyAuditReport>, Error> {
         let Some(compiled) = &self.compiled else { return Ok(Vec::new()) };
         let node = self.config.node.clone().unwrap_or_else(|| "local".into());
-        let judged = self.connections_judged()?;
-        let mut denied = 0;
-        for endpoint in self.endpoints.values() {
-            denied += self.dataplane.counters(endpoint.id)?.denied;
-        }
+        let counters = self.attached_counters()?;
+        let judged = connections_judged(&counters);
+        let denied = counters.iter().map(|(_, c)| c.denied).sum();
         let drops_per_minute = self.drops.per_minute(now, denied);
         let flows = self.dataplane.flows()?;
         let by_id: HashMap<EndpointId, &ObjectKey> = self.endpoints.iter().map(|(k, e)| (e.id, k)).collect();
