@@ -160,6 +160,8 @@ pub struct Agent<D, R> {
     pub(crate) audit_baseline: HashMap<EndpointId, u64>,
     /// The candidate set changed: its audit starts afresh once it is programmed.
     audit_restart_pending: bool,
+    /// A converge changed what a candidate slot holds, or which slot is the candidate.
+    candidate_touched: bool,
     pub(crate) drops: DropSamples,
     pub(crate) dataplane: D,
     resolver: R,
@@ -183,6 +185,7 @@ impl<D: Dataplane, R: InterfaceResolver> Agent<D, R> {
             audits: BTreeMap::new(),
             audit_baseline: HashMap::new(),
             audit_restart_pending: false,
+            candidate_touched: false,
             drops: DropSamples::default(),
             dataplane,
             resolver,
@@ -351,14 +354,20 @@ impl<D: Dataplane, R: InterfaceResolver> Agent<D, R> {
         if self.compiled.is_none() {
             return Ok(());
         }
+        self.candidate_touched = false;
         self.sync_endpoints()?;
         self.program()?;
         self.sync_ipcache()?;
         if self.audit_restart_pending {
             // Only now is the new candidate whole in every slot: differences recorded before,
             // against the previous candidate or one half rewritten in place, are not its own, nor
-            // is the traffic judged before it.
-            self.dataplane.clear_flows()?;
+            // is the traffic judged before it. Except on a restart that adopted the candidate
+            // as the kernel held it: what the kernel recorded is this candidate's evidence (a
+            // deny seen before the restart must still block it).
+            let adopted = self.generations == 1 && !self.candidate_touched;
+            if !adopted {
+                self.dataplane.clear_flows()?;
+            }
             self.audits.clear();
             self.audit_baseline = connections_judged(&self.attached_counters()?);
             self.audit_restart_pending = false;
@@ -615,6 +624,7 @@ impl<D: Dataplane, R: InterfaceResolver> Agent<D, R> {
         let endpoint = self.endpoints.get_mut(key).expect("endpoint");
         let current = &endpoint.slots[slot_index(slot)];
         if current.entries != content.entries {
+            self.candidate_touched |= endpoint.candidate == Some(slot);
             let (upserts, removals) = diff(&current.entries, &content.entries);
             self.dataplane
                 .update_slot(endpoint.id, slot, &upserts, &removals)
@@ -627,6 +637,7 @@ impl<D: Dataplane, R: InterfaceResolver> Agent<D, R> {
     fn set_candidate(&mut self, key: &ObjectKey, candidate: Option<Slot>) -> Result<(), Error> {
         let endpoint = self.endpoints.get_mut(key).expect("endpoint");
         self.dataplane.set_candidate(endpoint.id, candidate).map_err(|source| endpoint_error(key, source))?;
+        self.candidate_touched |= endpoint.candidate != candidate;
         endpoint.candidate = candidate;
         Ok(())
     }

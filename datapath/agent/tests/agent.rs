@@ -304,12 +304,32 @@ fn a_restarted_agent_adopts_the_pinned_state_without_touching_it() {
     }
     second.apply(revision("db-r2", R2));
     second.apply(revision("db-r1", R1));
+    // A difference the kernel recorded before the restart (a deny of the candidate).
+    let recorded = Flow {
+        key: FlowKey {
+            endpoint: 1,
+            identity: 256,
+            dport: 5432,
+            protocol: dp::PROTO_TCP,
+            direction: dp::DIRECTION_INGRESS,
+            enforced_verdict: dp::VERDICT_ALLOW,
+            candidate_verdict: dp::VERDICT_DENY,
+            mode: dp::MODE_ENFORCE,
+            _pad: 0,
+        },
+        packets: 3,
+        first_seen_ns: 0,
+        enforced_cookie: 0,
+        candidate_cookie: 0,
+    };
+    second.dataplane_mut().flows = vec![recorded];
     let mut second = synced(second, vec![rollout(Some("db-r1"), Some("db-r2"))]);
     let log = ops(&mut second);
     assert!(
-        log.iter().all(|op| matches!(op, SlotOp::Ipcache(..) | SlotOp::ClearFlows)),
-        "slots, candidates and attachments are adopted as they are: {log:?}"
+        log.iter().all(|op| matches!(op, SlotOp::Ipcache(..))),
+        "slots, candidates and attachments are adopted as they are, and what the kernel recorded is kept: {log:?}"
     );
+    assert_eq!(second.dataplane().flows, [recorded], "the candidate's evidence survives the restart");
     assert_eq!(programmed(&second, "db-0", None), expected(R1, cluster(), "db-0"));
     let report = &second.reports(Timestamp::now()).unwrap()[0];
     assert_eq!(report.spec.loaded_revisions, ["db-r1", "db-r2"]);
