@@ -1,13 +1,8 @@
 //! Prometheus metrics, and the HTTP server for them and for the health probes.
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 
-use axum::Router;
-use axum::extract::State;
-use axum::http::{StatusCode, header};
-use axum::response::IntoResponse;
-use axum::routing::get;
+use palisade_ops::OpenMetrics;
 use palisade_rollout::crd::Phase;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -120,50 +115,15 @@ impl Metrics {
             }
         }
     }
+}
 
-    pub fn encode(&self) -> Result<String, std::fmt::Error> {
-        let mut out = String::new();
-        prometheus_client::encoding::text::encode(&mut out, &self.registry)?;
-        Ok(out)
+impl OpenMetrics for Metrics {
+    fn registry(&self) -> &Registry {
+        &self.registry
     }
 }
 
 fn phase_labels(phase: Phase) -> PhaseLabels {
     let name = serde_json::to_value(phase).ok().and_then(|v| v.as_str().map(String::from)).unwrap_or_default();
     PhaseLabels { phase: name }
-}
-
-/// Whether this replica may be sent traffic: it is serving and, when it leads, its watches have
-/// synced. Set by the controller.
-#[derive(Default)]
-pub struct Readiness(AtomicBool);
-
-impl Readiness {
-    pub fn set(&self, ready: bool) {
-        self.0.store(ready, Ordering::Relaxed);
-    }
-}
-
-/// `/metrics`, `/healthz` and `/readyz`.
-pub fn router(metrics: Arc<Metrics>, ready: Arc<Readiness>) -> Router {
-    Router::new()
-        .route("/metrics", get(serve_metrics).with_state(metrics))
-        .route("/healthz", get(|| async { "ok\n" }))
-        .route("/readyz", get(serve_ready).with_state(ready))
-}
-
-async fn serve_metrics(State(metrics): State<Arc<Metrics>>) -> impl IntoResponse {
-    match metrics.encode() {
-        Ok(text) => ([(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], text)
-            .into_response(),
-        Err(_) => StatusCode::INTERNAL_SERVER_ERROR.into_response(),
-    }
-}
-
-async fn serve_ready(State(ready): State<Arc<Readiness>>) -> (StatusCode, &'static str) {
-    if ready.0.load(Ordering::Relaxed) {
-        (StatusCode::OK, "ok\n")
-    } else {
-        (StatusCode::SERVICE_UNAVAILABLE, "not ready\n")
-    }
 }

@@ -17,9 +17,10 @@ mod run;
 mod source;
 
 pub use leader::LeaseLock;
-pub use metrics::{Metrics, Readiness, router as metrics_router};
+pub use metrics::Metrics;
+pub use palisade_ops::{OpenMetrics, Readiness, router as metrics_router, shutdown_signal};
 pub use reconcile::{error_policy, reconcile};
-pub use run::{Options, RunError, Webhook, run, shutdown_signal};
+pub use run::{Options, RunError, Webhook, run};
 pub use source::{Due, Fetched, SecretStore, Sources, revision_name};
 
 /// The field manager of every write: server-side apply keeps apart what this controller owns

@@ -19,7 +19,7 @@ use tracing::{error, info, warn};
 use super::leader::LeaseLock;
 use super::{
     Config, Context, FIELD_MANAGER, Metrics, REQUESTED_AT, ROLLOUT_LABEL, Readiness, error_policy, metrics_router,
-    reconcile,
+    reconcile, shutdown_signal,
 };
 
 /// How long a Lease holds without renewal, and how often the holder renews it (client-go's
@@ -232,25 +232,6 @@ fn follows(git_ref: &GitRef, reference: Option<&str>) -> bool {
         return git_ref.tag.as_deref() == Some(tag) || git_ref.semver.is_some();
     }
     false
-}
-
-/// SIGTERM (as Kubernetes stops a Pod) or Ctrl-C.
-pub async fn shutdown_signal() {
-    let terminate = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut signal) => {
-                signal.recv().await;
-            }
-            Err(e) => {
-                warn!(error = %e, "cannot listen for SIGTERM");
-                std::future::pending::<()>().await;
-            }
-        }
-    };
-    tokio::select! {
-        _ = terminate => {}
-        _ = tokio::signal::ctrl_c() => {}
-    }
 }
 
 #[cfg(test)]

@@ -9,21 +9,16 @@ use std::collections::BTreeSet;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use anyhow::Context;
-use axum::Router;
-use axum::extract::State;
-use axum::http::{StatusCode, header};
-use axum::response::IntoResponse;
-use axum::routing::get;
 use clap::{Parser, ValueEnum};
 use palisade_agent::kube::{ReportWriter, WatchState, watch};
 use palisade_agent::observe::{FlowHub, FlowVerdict, ObservedFlow};
 use palisade_agent::runtime::{ConvergeHook, Convergence, FlowHook, RuntimeOptions, spawn};
 use palisade_agent::{Agent, AgentConfig, RouteResolver};
 use palisade_datapath::{DEFAULT_PIN_DIR, Datapath};
+use palisade_ops::{OpenMetrics, Readiness, router, shutdown_signal};
 use palisade_rollout::crd::PolicyAuditReport;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -94,7 +89,8 @@ fn main() -> anyhow::Result<()> {
 
 async fn run(args: Args) -> anyhow::Result<()> {
     let metrics = Arc::new(Metrics::default());
-    let ready = Arc::new(AtomicBool::new(false));
+    // Ready once the watches have synced and the datapath was brought in line with them.
+    let ready = Arc::new(Readiness::default());
     let flows = FlowHub::default();
     let (stop_tx, stop) = signal::channel(false);
     let listener = tokio::net::TcpListener::bind(args.metrics_addr)
@@ -124,7 +120,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         ConvergeHook(Arc::new(move |c: &Convergence| {
             metrics.converged(c);
             if c.ok {
-                ready.store(true, Ordering::Relaxed);
+                ready.set(true);
             }
         }))
     };
@@ -312,54 +308,11 @@ impl Metrics {
         }
         *rollouts = now;
     }
-
-    fn encode(&self) -> Result<String, std::fmt::Error> {
-        let mut out = String::new();
-        prometheus_client::encoding::text::encode(&mut out, &self.registry)?;
-        Ok(out)
-    }
 }
 
-/// `/metrics`, `/healthz` and `/readyz` (ready once the watches have synced and the datapath
-/// was brought in line with them).
-fn router(metrics: Arc<Metrics>, ready: Arc<AtomicBool>) -> Router {
-    Router::new()
-        .route("/metrics", get(serve_metrics).with_state(metrics))
-        .route("/healthz", get(|| async { "ok\n" }))
-        .route("/readyz", get(serve_ready).with_state(ready))
-}
-
-async fn serve_metrics(State(metrics): State<Arc<Metrics>>) -> impl IntoResponse {
-    match metrics.encode() {
-        Ok(text) => ([(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], text)
-            .into_response(),
-        Err(_) => StatusCode::INTERNAL_SERVER_ERROR.into_response(),
-    }
-}
-
-async fn serve_ready(State(ready): State<Arc<AtomicBool>>) -> (StatusCode, &'static str) {
-    if ready.load(Ordering::Relaxed) {
-        (StatusCode::OK, "ok\n")
-    } else {
-        (StatusCode::SERVICE_UNAVAILABLE, "not ready\n")
-    }
-}
-
-async fn shutdown_signal() {
-    let terminate = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut signal) => {
-                signal.recv().await;
-            }
-            Err(e) => {
-                warn!(error = %e, "cannot listen for SIGTERM");
-                std::future::pending::<()>().await;
-            }
-        }
-    };
-    tokio::select! {
-        _ = terminate => {}
-        _ = tokio::signal::ctrl_c() => {}
+impl OpenMetrics for Metrics {
+    fn registry(&self) -> &Registry {
+        &self.registry
     }
 }
 
