@@ -1,5 +1,7 @@
 //! Every scenario in `examples/` is enforced as its `flows.yaml` expects, through the same
-//! loading and trace path as `palisade trace`.
+//! loading and trace path as `palisade trace`. A flow's `verdict` is the policy's intent, L7
+//! rules included; where an L7 redirect decides it, the datapath denies the flow meanwhile (drop
+//! reason `l7-unsupported`: no L7 proxy yet), and elsewhere the datapath does what policy says.
 use std::path::{Path, PathBuf};
 
 use palisade::files;
@@ -47,7 +49,20 @@ fn check_scenario(name: &str) {
         let port = FlowPort::parse(&flow.port).unwrap();
         let http = flow.http.as_deref().map(|r| HttpRequest::parse(r, &flow.headers).unwrap());
         let result = trace::trace(&engine, &from, &to, port, http.as_ref()).unwrap();
-        if result.verdict != flow.verdict {
+        let redirected = result.egress.proxy.is_some() || result.ingress.proxy.is_some();
+        let datapath = if redirected { (Verdict::Denied, Some("l7-unsupported")) } else { (result.intent, None) };
+        if (result.verdict, result.drop_reason()) != datapath {
+            failures.push(format!(
+                "{} -> {} {}: the datapath {:?} ({:?}), expected {:?}",
+                flow.from,
+                flow.to,
+                flow.port,
+                result.verdict,
+                result.drop_reason(),
+                datapath
+            ));
+        }
+        if result.intent != flow.verdict {
             failures.push(format!(
                 "{} -> {} {} {}: expected {:?}, got {:?} ({})\n  egress: {}{}\n  ingress: {}{}",
                 flow.from,

@@ -1,6 +1,6 @@
 //! The cluster a policy set is evaluated against: what `kubectl get
-//! namespaces,pods,nodes,services -A -o yaml` prints (a `List`), or the same objects as
-//! multi-document YAML. Only the fields policy depends on are read.
+//! namespaces,pods,nodes,services,endpointslices -A -o yaml` prints (a `List`), or the same objects
+//! as multi-document YAML. Only the fields policy depends on are read.
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
 
@@ -17,6 +17,9 @@ pub struct Cluster {
     pub pods: Vec<Pod>,
     pub nodes: Vec<Node>,
     pub services: Vec<Service>,
+    /// EndpointSlices; only those of the `default/kubernetes` Service mean anything to policy
+    /// (they are the API server's addresses, see [`Cluster::apiserver_addresses`]).
+    pub endpoint_slices: Vec<EndpointSlice>,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -67,6 +70,57 @@ pub struct Service {
     pub selector: Option<BTreeMap<String, String>>,
 }
 
+/// A `discovery.k8s.io/v1` EndpointSlice: the addresses of its ready endpoints.
+#[derive(Clone, Debug, PartialEq)]
+pub struct EndpointSlice {
+    pub namespace: String,
+    pub name: String,
+    pub labels: BTreeMap<String, String>,
+    /// Every IPv4 address of every endpoint not marked `conditions.ready: false` (Kubernetes: an
+    /// unset condition means ready).
+    pub addresses: Vec<Ipv4Addr>,
+}
+
+/// The label an EndpointSlice names its Service with.
+pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
+/// The namespace and Service whose endpoints are the API server.
+pub const APISERVER_SERVICE: (&str, &str) = ("default", "kubernetes");
+
+impl EndpointSlice {
+    /// An EndpointSlice as the API server serves it (JSON), e.g. from a watch.
+    pub fn from_json(value: &serde_json::Value) -> Result<EndpointSlice, String> {
+        let meta = match value.get("metadata") {
+            Some(meta) => Meta::deserialize(meta).map_err(|e| format!("metadata: {e}"))?,
+            None => Meta::default(),
+        };
+        Ok(EndpointSlice::from_parts(meta, &value["endpoints"]))
+    }
+
+    fn from_parts(meta: Meta, endpoints: &serde_json::Value) -> EndpointSlice {
+        let addresses = endpoints
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|e| e["conditions"]["ready"].as_bool() != Some(false))
+            .flat_map(|e| e["addresses"].as_array().into_iter().flatten())
+            // IPv6 and FQDN slices hold addresses that do not parse as IPv4: left out.
+            .filter_map(|a| a.as_str()?.parse().ok())
+            .collect();
+        EndpointSlice {
+            namespace: meta.namespace.unwrap_or_else(|| "default".into()),
+            name: meta.name,
+            labels: meta.labels,
+            addresses,
+        }
+    }
+
+    /// Whether this slice belongs to the `default/kubernetes` Service: the API server.
+    pub fn is_apiserver(&self) -> bool {
+        self.namespace == APISERVER_SERVICE.0
+            && self.labels.get(SERVICE_NAME_LABEL).is_some_and(|s| s == APISERVER_SERVICE.1)
+    }
+}
+
 #[derive(Deserialize)]
 struct Object {
     kind: String,
@@ -78,6 +132,9 @@ struct Object {
     status: serde_json::Value,
     #[serde(default)]
     items: Vec<serde_json::Value>,
+    /// An EndpointSlice's `endpoints` (top-level, not under spec).
+    #[serde(default)]
+    endpoints: serde_json::Value,
 }
 
 #[derive(Deserialize, Default)]
@@ -259,6 +316,7 @@ impl Cluster {
             "Pod" => self.pods.push(Pod::from_parts(object.metadata, object.spec, &object.status)?),
             "Node" => self.nodes.push(Node::from_parts(object.metadata, &object.status)),
             "Service" => self.services.push(Service::from_parts(object.metadata, &object.spec)),
+            "EndpointSlice" => self.endpoint_slices.push(EndpointSlice::from_parts(object.metadata, &object.endpoints)),
             // Anything else in a `kubectl get` dump says nothing about policy.
             _ => {}
         }
@@ -281,6 +339,15 @@ impl Cluster {
 
     pub fn pod(&self, namespace: &str, name: &str) -> Option<&Pod> {
         self.pods.iter().find(|p| p.namespace == namespace && p.name == name)
+    }
+
+    /// The API server's addresses: those of the `default/kubernetes` Service's EndpointSlices.
+    pub fn apiserver_addresses(&self) -> impl Iterator<Item = Ipv4Addr> + '_ {
+        self.endpoint_slices.iter().filter(|s| s.is_apiserver()).flat_map(|s| s.addresses.iter().copied())
+    }
+
+    pub fn node(&self, name: &str) -> Option<&Node> {
+        self.nodes.iter().find(|n| n.name == name)
     }
 
     /// Pods that are Palisade endpoints (not host-network).

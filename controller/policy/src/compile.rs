@@ -10,7 +10,7 @@ use std::net::Ipv4Addr;
 
 use palisade_common::{self as dp, PolicyEntry, PolicyKey, PolicyValue};
 
-use crate::cluster::{Cluster, ContainerPort, Namespace, Node, Pod, Service};
+use crate::cluster::{Cluster, ContainerPort, EndpointSlice, Namespace, Node, Pod, Service};
 use crate::identity::{self, Identities, Identity};
 use crate::labels::{self, Source};
 use crate::model::*;
@@ -25,13 +25,59 @@ pub enum EnforcementMode {
     Never,
 }
 
+/// Cilium's `allow-localhost`: whether the local host reaches its pods whatever their policy.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum AllowLocalhost {
+    /// Ingress from `host` is always allowed (kubelet probes), as Cilium does by default.
+    #[default]
+    Always,
+    /// Traffic from the local host is subject to policy like any other (`fromEntities: [host]`
+    /// allows it).
+    Policy,
+}
+
+impl AllowLocalhost {
+    pub const VALUES: [&str; 2] = ["always", "policy"];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AllowLocalhost::Always => "always",
+            AllowLocalhost::Policy => "policy",
+        }
+    }
+}
+
+impl std::str::FromStr for AllowLocalhost {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, String> {
+        match text {
+            "always" => Ok(AllowLocalhost::Always),
+            "policy" => Ok(AllowLocalhost::Policy),
+            _ => Err(format!("{text:?} is not always or policy")),
+        }
+    }
+}
+
+impl std::fmt::Display for AllowLocalhost {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// How an engine is built, beyond its policies and cluster.
 #[derive(Clone, Debug, Default)]
 pub struct EngineOptions {
     pub mode: EnforcementMode,
     /// Compile only the endpoints on this node (an agent); every endpoint when unset. The
-    /// ipcache still covers every pod.
+    /// ipcache still covers every pod. The node's own addresses are `host` in the ipcache.
     pub node: Option<String>,
+    /// The node whose datapath this engine describes when that is not [`Self::node`]: its
+    /// addresses are `host`, while every endpoint is compiled. Local mode sets it (every pod
+    /// runs on its one node), as does `palisade trace --node`. With neither set, every node's
+    /// addresses are `remote-node`.
+    pub host_node: Option<String>,
+    pub allow_localhost: AllowLocalhost,
     /// Prefixes and ipBlocks of other policy sets that get identities too, so that engines built
     /// with the same basis (an enforced and a candidate revision) number identities alike and
     /// share one ipcache.
@@ -317,11 +363,11 @@ impl Engine {
     }
 
     pub fn with_options(policies: PolicySet, cluster: Cluster, options: EngineOptions) -> Engine {
-        let Cluster { namespaces, pods, nodes, services } = cluster;
+        let Cluster { namespaces, pods, nodes, services, endpoint_slices } = cluster;
         let mut engine = Engine {
             rules: RuleIndex::build(&policies),
             policies,
-            cluster: Cluster { namespaces, pods: Vec::new(), nodes, services },
+            cluster: Cluster { namespaces, pods: Vec::new(), nodes, services, endpoint_slices },
             revisions: 0,
             identities: Identities::default(),
             selections: HashMap::new(),
@@ -362,6 +408,16 @@ impl Engine {
 
     pub fn identities(&self) -> &Identities {
         &self.identities
+    }
+
+    pub fn options(&self) -> &EngineOptions {
+        &self.options
+    }
+
+    /// The node whose addresses are `host`: [`EngineOptions::host_node`], else
+    /// [`EngineOptions::node`].
+    pub fn host_node(&self) -> Option<&str> {
+        self.options.host_node.as_deref().or(self.options.node.as_deref())
     }
 
     /// An entry in words, its peer named by labels rather than by number, so that engines which
@@ -406,15 +462,25 @@ impl Engine {
         self.groups.get_key_value(self.endpoint_groups.get(&format!("{namespace}/{name}"))?)
     }
 
-    /// The ipcache: pods as /32, CIDR identities for referenced prefixes, node addresses; one
-    /// identity per prefix, sorted. A pod's address keeps the pod's identity even when a policy
-    /// names that exact /32, because CIDR rules never match pods.
+    /// The ipcache: pods as /32, CIDR identities for referenced prefixes, the reserved
+    /// identities of node and API server addresses; one identity per prefix, sorted. A pod's
+    /// address keeps the pod's identity even when a policy names that exact /32, because CIDR
+    /// rules never match pods.
     pub fn ipcache(&self) -> Vec<(Prefix, u32)> {
         let mut others: BTreeMap<Prefix, u32> =
             self.identities.cidr_identities().filter_map(|i| Some((i.prefix?, i.id))).collect();
-        for node in &self.cluster.nodes {
-            others.extend(node.addresses.iter().map(|a| (Prefix::new(*a, 32), dp::IDENTITY_REMOTE_NODE)));
-        }
+        // An address that is several things gets one identity, later ones winning: other nodes
+        // are remote-node, the API server's addresses kube-apiserver (also on a remote node, as
+        // Cilium numbers it), and the local host's own addresses are always host, also when the
+        // API server runs there (Cilium keeps host for it and adds the kube-apiserver label,
+        // which one number cannot carry). Pods beat all three, below.
+        let host = self.host_node();
+        let (local, remote): (Vec<&Node>, Vec<&Node>) =
+            self.cluster.nodes.iter().partition(|n| host.is_some_and(|h| h == n.name));
+        let at = |addr: &Ipv4Addr, id: u32| (Prefix::new(*addr, 32), id);
+        others.extend(remote.iter().flat_map(|n| &n.addresses).map(|a| at(a, dp::IDENTITY_REMOTE_NODE)));
+        others.extend(self.cluster.apiserver_addresses().map(|a| at(&a, dp::IDENTITY_KUBE_APISERVER)));
+        others.extend(local.iter().flat_map(|n| &n.addresses).map(|a| at(a, dp::IDENTITY_HOST)));
         // Both sorted: merged in one walk, a pod's entry replacing another for the same /32.
         let mut pods =
             self.pod_addrs.iter().filter_map(|(addr, pods)| Some((Prefix::new(*addr, 32), pods.last()?.1))).peekable();
@@ -500,9 +566,14 @@ impl Engine {
         }
     }
 
-    /// Node addresses only feed the ipcache (as remote-node).
+    /// Node addresses only feed the ipcache (as host or remote-node).
     pub fn set_nodes(&mut self, nodes: Vec<Node>) {
         self.cluster.nodes = nodes;
+    }
+
+    /// EndpointSlices only feed the ipcache (the API server's addresses as kube-apiserver).
+    pub fn set_endpoint_slices(&mut self, slices: Vec<EndpointSlice>) {
+        self.cluster.endpoint_slices = slices;
     }
 
     /// Services change what `toServices` selects: everything is recompiled (they change rarely).
@@ -838,7 +909,7 @@ impl Engine {
             Enforcement::DefaultDeny => {}
         }
         if enforcement != Enforcement::NotEnforced {
-            if direction == Direction::Ingress {
+            if direction == Direction::Ingress && self.options.allow_localhost == AllowLocalhost::Always {
                 rules.push(CompiledRule {
                     cookie: dp::COOKIE_LOCALHOST,
                     peers: CompiledPeers::Identity(dp::IDENTITY_HOST),

@@ -65,9 +65,12 @@ pub struct Outcome {
 
 impl From<&Trace> for Outcome {
     fn from(t: &Trace) -> Self {
-        let rule = |d: &trace::Decision| match &d.proxy {
-            Some(proxy) => format!("{} ({proxy})", d.rule),
-            None => d.rule.clone(),
+        let rule = |d: &trace::Decision| match (&d.proxy, d.drop_reason) {
+            (Some(_), Some(reason)) => {
+                format!("{} (L7 rules: the datapath denies the port, drop reason {reason})", d.rule)
+            }
+            (Some(proxy), None) => format!("{} ({proxy})", d.rule),
+            (None, _) => d.rule.clone(),
         };
         Outcome { verdict: t.verdict, egress_rule: rule(&t.egress), ingress_rule: rule(&t.ingress) }
     }

@@ -12,6 +12,18 @@ pub fn lint(set: &PolicySet) -> Vec<Diagnostic> {
     let mut out = Vec::new();
     for policy in &set.policies {
         for rule in &policy.rules {
+            // Each `rules` field once, though it yields a port rule per port and protocol.
+            let mut l7_fields: Vec<&(String, u32)> = Vec::new();
+            for port_rule in rule.ingress.rules.iter().chain(&rule.egress.rules).flat_map(|r| &r.ports) {
+                if let Some(at) = &port_rule.l7_at
+                    && !l7_fields.contains(&at)
+                {
+                    l7_fields.push(at);
+                }
+            }
+            for (path, line) in l7_fields {
+                out.push(warning(policy, *line, path, l7_unsupported_message()));
+            }
             for peer_rule in rule.egress.rules.iter() {
                 if let Peers::Some(peers) = &peer_rule.peers
                     && peers.iter().any(|p| matches!(p, Peer::Fqdn(_)))
@@ -27,6 +39,15 @@ pub fn lint(set: &PolicySet) -> Vec<Diagnostic> {
         }
     }
     out
+}
+
+/// Until an L7 proxy exists, the datapath denies every connection to a port with L7 rules rather
+/// than let it through unchecked.
+pub fn l7_unsupported_message() -> String {
+    format!(
+        "L7 rules are not enforced yet: the datapath denies this port (drop reason {})",
+        crate::trace::DROP_L7_UNSUPPORTED
+    )
 }
 
 /// Lints against a cluster: selectors that match nothing, and rules that put pods into

@@ -270,6 +270,9 @@ pub struct PortRule {
     pub port: PortSpec,
     /// L7 rules turn the L4 entry into a proxy redirect.
     pub l7: Option<L7Rules>,
+    /// Where the L7 rules are written: field path (`spec.ingress[0].toPorts[0].rules.http`) and
+    /// line.
+    pub l7_at: Option<(String, u32)>,
 }
 
 #[derive(Clone, Debug)]

@@ -712,10 +712,15 @@ impl<'r, 'a> Translator<'r, 'a> {
                 }
             }
             let l7 = port_rule.rules.as_ref().and_then(|raw| self.l7(raw, &format!("{at}.rules"), deny, direction));
+            let l7_at = l7.as_ref().map(|l7| {
+                let field = format!("{at}.rules.{}", l7.kind());
+                let line = self.r.line_of(&self.path(&field));
+                (field, line)
+            });
             if port_rule.ports.is_empty() {
                 // `toPorts: [{rules: ...}]` without ports applies to every port (ANY protocol).
                 for protocol in [Protocol::TCP, Protocol::UDP, Protocol::SCTP] {
-                    rules.push(PortRule { protocol, port: PortSpec::Any, l7: l7.clone() });
+                    rules.push(PortRule { protocol, port: PortSpec::Any, l7: l7.clone(), l7_at: l7_at.clone() });
                 }
             }
             for (j, port) in port_rule.ports.iter().enumerate() {
@@ -727,7 +732,7 @@ impl<'r, 'a> Translator<'r, 'a> {
                     self.error(&format!("{at}.endPort"), "DNS rules do not support port ranges");
                 }
                 for protocol in protocols {
-                    rules.push(PortRule { protocol, port: spec.clone(), l7: l7.clone() });
+                    rules.push(PortRule { protocol, port: spec.clone(), l7: l7.clone(), l7_at: l7_at.clone() });
                 }
             }
         }
@@ -743,7 +748,12 @@ impl<'r, 'a> Translator<'r, 'a> {
                     }
                 };
                 match icmp_type(&field.icmp_type, protocol) {
-                    Some(t) => rules.push(PortRule { protocol, port: PortSpec::Range(t as u16, t as u16), l7: None }),
+                    Some(t) => rules.push(PortRule {
+                        protocol,
+                        port: PortSpec::Range(t as u16, t as u16),
+                        l7: None,
+                        l7_at: None,
+                    }),
                     None => self.error(
                         &format!("{at}.type"),
                         format!("{:?} is not an ICMP type number or name", display_int_or_string(&field.icmp_type)),
@@ -1017,7 +1027,7 @@ impl<'r, 'a> Translator<'r, 'a> {
                 }
             };
             if let Some(spec) = self.port_spec(port.port.as_ref(), port.end_port, &at) {
-                port_rules.push(PortRule { protocol, port: spec, l7: None });
+                port_rules.push(PortRule { protocol, port: spec, l7: None, l7_at: None });
             }
         }
         (self.failed == failed_before).then(|| self.peer_rule(path, false, peers, port_rules))

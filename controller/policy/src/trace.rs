@@ -1,6 +1,11 @@
 //! Explains the verdict for one flow: the source's egress decision and the destination's
 //! ingress decision, each from the entry the datapath would pick, and the L7 proxy's decision
 //! when the entry redirects and an HTTP request is given.
+//!
+//! Two verdicts come out: what the datapath does, and what the policy means (its intent). They
+//! differ only at an L7 redirect: there is no L7 proxy yet, so the datapath denies every
+//! connection to a redirected port (drop reason `l7-unsupported`, never failing open), while
+//! the intent is what the L7 rules would decide.
 use std::fmt;
 use std::net::Ipv4Addr;
 
@@ -11,17 +16,29 @@ use crate::compile::{DirectionPolicy, Enforcement, Engine};
 use crate::identity;
 use crate::model::{Direction, HttpMatch, L7Rules, PortSpec, Protocol};
 
+/// The drop reason of a connection to a port whose entry redirects to the L7 proxy, which the
+/// datapath does not have yet.
+pub const DROP_L7_UNSUPPORTED: &str = "l7-unsupported";
+
 /// One side of a flow.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum FlowEnd {
-    Pod { namespace: String, name: String },
+    Pod {
+        namespace: String,
+        name: String,
+    },
     Address(Ipv4Addr),
     Entity(String),
+    /// The local host: the node the pod at the other end runs on (identity `host`).
+    Node,
 }
 
 impl FlowEnd {
-    /// `NAMESPACE/POD`, `cidr:IP` or `entity:NAME`.
+    /// `NAMESPACE/POD`, `cidr:IP`, `entity:NAME` or `node`.
     pub fn parse(text: &str) -> Result<FlowEnd, String> {
+        if text == "node" {
+            return Ok(FlowEnd::Node);
+        }
         if let Some(ip) = text.strip_prefix("cidr:") {
             return ip.parse().map(FlowEnd::Address).map_err(|_| format!("{ip:?} is not an IPv4 address"));
         }
@@ -37,7 +54,7 @@ impl FlowEnd {
             Some((ns, name)) if !ns.is_empty() && !name.is_empty() && !name.contains('/') => {
                 Ok(FlowEnd::Pod { namespace: ns.to_string(), name: name.to_string() })
             }
-            _ => Err(format!("{text:?} is not NAMESPACE/POD, cidr:IP or entity:NAME")),
+            _ => Err(format!("{text:?} is not NAMESPACE/POD, cidr:IP, entity:NAME or node")),
         }
     }
 }
@@ -48,6 +65,7 @@ impl fmt::Display for FlowEnd {
             FlowEnd::Pod { namespace, name } => write!(f, "{namespace}/{name}"),
             FlowEnd::Address(ip) => write!(f, "cidr:{ip}"),
             FlowEnd::Entity(name) => write!(f, "entity:{name}"),
+            FlowEnd::Node => f.write_str("node"),
         }
     }
 }
@@ -141,7 +159,13 @@ pub enum Verdict {
 /// The decision of one endpoint's policy in one direction.
 #[derive(Clone, Debug, Serialize)]
 pub struct Decision {
+    /// What the datapath does.
     pub verdict: Verdict,
+    /// What the policy means, L7 rules included: differs from `verdict` only where the datapath
+    /// denies an L7 redirect it cannot enforce (`drop_reason`).
+    pub intent: Verdict,
+    /// Why the datapath drops it when the policy alone would not: `l7-unsupported`.
+    pub drop_reason: Option<&'static str>,
     /// The endpoint whose policy decided; `None` when that side is not a Palisade endpoint.
     pub endpoint: Option<String>,
     pub enforcement: Option<Enforcement>,
@@ -151,15 +175,29 @@ pub struct Decision {
     /// The map entry that matched, e.g. `identity 312 TCP/5432`.
     pub entry: Option<String>,
     pub rule: String,
-    /// Set when the entry redirects to the L7 proxy.
+    /// Set when the entry redirects to the L7 proxy: what the L7 rules would decide (the
+    /// policy's intent; the datapath denies the connection meanwhile).
     pub proxy: Option<String>,
 }
 
 #[derive(Clone, Debug, Serialize)]
 pub struct Trace {
+    /// What the datapath does: allowed only when both sides allow it.
     pub verdict: Verdict,
+    /// What the policies mean, L7 rules included (see [`Decision::intent`]).
+    pub intent: Verdict,
+    /// The addresses of both ends, when known (a pod's IP, a node's address).
+    pub from_address: Option<Ipv4Addr>,
+    pub to_address: Option<Ipv4Addr>,
     pub egress: Decision,
     pub ingress: Decision,
+}
+
+impl Trace {
+    /// The datapath's drop reason when the policy's intent alone would not drop the flow.
+    pub fn drop_reason(&self) -> Option<&'static str> {
+        self.egress.drop_reason.or(self.ingress.drop_reason)
+    }
 }
 
 pub fn trace(
@@ -173,12 +211,34 @@ pub fn trace(
     let to_id = identity_of(engine, to)?;
     let egress = decide(engine, from, to_id, Direction::Egress, port, http);
     let ingress = decide(engine, to, from_id, Direction::Ingress, port, http);
-    let verdict = if egress.verdict == Verdict::Allowed && ingress.verdict == Verdict::Allowed {
-        Verdict::Allowed
-    } else {
-        Verdict::Denied
+    let both = |a: Verdict, b: Verdict| {
+        if a == Verdict::Allowed && b == Verdict::Allowed { Verdict::Allowed } else { Verdict::Denied }
     };
-    Ok(Trace { verdict, egress, ingress })
+    Ok(Trace {
+        verdict: both(egress.verdict, ingress.verdict),
+        intent: both(egress.intent, ingress.intent),
+        from_address: address_of(engine, from, to),
+        to_address: address_of(engine, to, from),
+        egress,
+        ingress,
+    })
+}
+
+/// The address of one end: a pod's IP, a `cidr:` address, or for `node` the first address of
+/// the local host (the node the pod at the other end runs on, else the engine's host node).
+fn address_of(engine: &Engine, end: &FlowEnd, other: &FlowEnd) -> Option<Ipv4Addr> {
+    match end {
+        FlowEnd::Pod { namespace, name } => engine.cluster.pod(namespace, name)?.ip,
+        FlowEnd::Address(ip) => Some(*ip),
+        FlowEnd::Entity(_) => None,
+        FlowEnd::Node => {
+            let pod_node = match other {
+                FlowEnd::Pod { namespace, name } => engine.cluster.pod(namespace, name)?.node_name.as_deref(),
+                _ => None,
+            };
+            engine.cluster.node(pod_node.or(engine.host_node())?)?.addresses.first().copied()
+        }
+    }
 }
 
 fn identity_of(engine: &Engine, end: &FlowEnd) -> Result<u32, String> {
@@ -192,6 +252,8 @@ fn identity_of(engine: &Engine, end: &FlowEnd) -> Result<u32, String> {
         }
         FlowEnd::Address(ip) => Ok(engine.identity_of_addr(*ip)),
         FlowEnd::Entity(name) => identity::reserved_id(name).ok_or_else(|| format!("unknown entity {name}")),
+        // A pod's own node is `host` to it, whatever other nodes see.
+        FlowEnd::Node => Ok(dp::IDENTITY_HOST),
     }
 }
 
@@ -207,6 +269,8 @@ fn decide(
     // The other side alone decides when this side is not a Palisade endpoint.
     let unpoliced = |rule: String| Decision {
         verdict: Verdict::Allowed,
+        intent: Verdict::Allowed,
+        drop_reason: None,
         endpoint: None,
         enforcement: None,
         remote_identity: remote,
@@ -216,10 +280,17 @@ fn decide(
         proxy: None,
     };
     let FlowEnd::Pod { namespace, name } = local else {
-        return unpoliced(format!("{local} is not a Palisade endpoint: no {} policy applies", direction.as_str()));
+        let what = if *local == FlowEnd::Node { "node (the local host)".to_string() } else { local.to_string() };
+        return unpoliced(format!("{what} is not a Palisade endpoint: no {} policy applies", direction.as_str()));
     };
     let Some(endpoint) = engine.endpoint(namespace, name) else {
-        return unpoliced(format!("{local} uses the host network: it is not a Palisade endpoint"));
+        let why = match engine.cluster.pod(namespace, name) {
+            Some(pod) if !pod.host_network => {
+                format!("{local} runs on another node: this node's datapath does not enforce its policy")
+            }
+            _ => format!("{local} uses the host network: it is not a Palisade endpoint"),
+        };
+        return unpoliced(why);
     };
     let policy = endpoint.group.direction(direction);
     let entry = policy.lookup(remote, port.protocol.number(), port.port);
@@ -230,16 +301,21 @@ fn decide(
         }
         Some(e) => (Verdict::Allowed, engine.policies.describe_cookie(e.value.cookie)),
     };
-    let mut proxy = None;
+    let (mut intent, mut proxy, mut drop_reason) = (verdict, None, None);
     if entry.is_some_and(|e| e.value.verdict == dp::VERDICT_REDIRECT) {
         let (allowed, why) = proxy_decision(engine, policy, &endpoint.pod.ports, remote, direction, port, http);
         if !allowed {
-            verdict = Verdict::Denied;
+            intent = Verdict::Denied;
         }
         proxy = Some(why);
+        // No L7 proxy yet: the datapath denies the port rather than let it through unchecked.
+        verdict = Verdict::Denied;
+        drop_reason = Some(DROP_L7_UNSUPPORTED);
     }
     Decision {
         verdict,
+        intent,
+        drop_reason,
         endpoint: Some(format!("{namespace}/{name}")),
         enforcement: Some(policy.enforcement),
         remote_identity: remote,

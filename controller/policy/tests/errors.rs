@@ -104,17 +104,36 @@ fn verdict(engine: &Engine, from: &str, to: &str, port: &str) -> Verdict {
     verdict_http(engine, from, to, port, None)
 }
 
+/// What the datapath does with the flow.
 fn verdict_http(engine: &Engine, from: &str, to: &str, port: &str, http: Option<&str>) -> Verdict {
+    trace_of(engine, from, to, port, http).verdict
+}
+
+/// What the policy means, L7 rules included (the datapath denies L7 redirects meanwhile).
+fn intent_http(engine: &Engine, from: &str, to: &str, port: &str, http: Option<&str>) -> Verdict {
+    let t = trace_of(engine, from, to, port, http);
+    if t.egress.proxy.is_some() || t.ingress.proxy.is_some() {
+        assert_eq!(
+            (t.verdict, t.drop_reason()),
+            (Denied, Some("l7-unsupported")),
+            "{from} -> {to} {port}: an L7 redirect is denied by the datapath until a proxy exists"
+        );
+    } else {
+        assert_eq!(t.verdict, t.intent, "{from} -> {to} {port}: without L7 the datapath does what policy says");
+    }
+    t.intent
+}
+
+fn trace_of(engine: &Engine, from: &str, to: &str, port: &str, http: Option<&str>) -> trace::Trace {
     let request = http.map(|r| HttpRequest::parse(r, &[]).unwrap());
-    let t = trace::trace(
+    trace::trace(
         engine,
         &FlowEnd::parse(from).unwrap(),
         &FlowEnd::parse(to).unwrap(),
         FlowPort::parse(port).unwrap(),
         request.as_ref(),
     )
-    .unwrap();
-    t.verdict
+    .unwrap()
 }
 
 use Verdict::{Allowed, Denied};
@@ -481,13 +500,13 @@ fn l4_only_rule_for_the_same_peer_shadows_http_rules() {
     let w = basic().pod("prod", "other", &[("app", "other")], &[]);
     let http_rule = "  ingress:\n  - fromEndpoints: [{matchLabels: {app: client}}]\n    toPorts:\n    - ports: [{port: \"8080\", protocol: TCP}]\n      rules:\n        http: [{method: GET, path: /public}]";
     let e = w.engine(&cnp("prod", "p", "{matchLabels: {app: server}}", http_rule));
-    assert_eq!(verdict_http(&e, "prod/client", "prod/server", "8080/TCP", Some("GET /public")), Allowed);
+    assert_eq!(intent_http(&e, "prod/client", "prod/server", "8080/TCP", Some("GET /public")), Allowed);
     assert_eq!(
-        verdict_http(&e, "prod/client", "prod/server", "8080/TCP", Some("GET /public/x")),
+        intent_http(&e, "prod/client", "prod/server", "8080/TCP", Some("GET /public/x")),
         Denied,
         "path is a full match"
     );
-    assert_eq!(verdict_http(&e, "prod/client", "prod/server", "8080/TCP", Some("POST /public")), Denied);
+    assert_eq!(intent_http(&e, "prod/client", "prod/server", "8080/TCP", Some("POST /public")), Denied);
     // An L4-only rule for the same peer and port: L7 allow-all for that peer.
     let l4 = cnp(
         "prod",
@@ -496,7 +515,7 @@ fn l4_only_rule_for_the_same_peer_shadows_http_rules() {
         "  ingress:\n  - fromEndpoints: [{matchLabels: {app: client}}]\n    toPorts: [{ports: [{port: \"8080\", protocol: TCP}]}]",
     );
     let e = w.engine(&format!("{}{l4}", cnp("prod", "p", "{matchLabels: {app: server}}", http_rule)));
-    assert_eq!(verdict_http(&e, "prod/client", "prod/server", "8080/TCP", Some("POST /admin")), Allowed);
+    assert_eq!(intent_http(&e, "prod/client", "prod/server", "8080/TCP", Some("POST /admin")), Allowed);
     // An L4-only rule for a different peer does not shadow the client's HTTP rules.
     let other = cnp(
         "prod",
@@ -505,8 +524,8 @@ fn l4_only_rule_for_the_same_peer_shadows_http_rules() {
         "  ingress:\n  - fromEndpoints: [{matchLabels: {app: other}}]\n    toPorts: [{ports: [{port: \"8080\", protocol: TCP}]}]",
     );
     let e = w.engine(&format!("{}{other}", cnp("prod", "p", "{matchLabels: {app: server}}", http_rule)));
-    assert_eq!(verdict_http(&e, "prod/client", "prod/server", "8080/TCP", Some("POST /admin")), Denied);
-    assert_eq!(verdict_http(&e, "prod/other", "prod/server", "8080/TCP", Some("POST /admin")), Allowed);
+    assert_eq!(intent_http(&e, "prod/client", "prod/server", "8080/TCP", Some("POST /admin")), Denied);
+    assert_eq!(intent_http(&e, "prod/other", "prod/server", "8080/TCP", Some("POST /admin")), Allowed);
 }
 
 #[test]

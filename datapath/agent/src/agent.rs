@@ -15,7 +15,7 @@ use palisade_datapath::{EndpointId, Slot};
 use palisade_policy::cluster::{Cluster, Pod};
 use palisade_policy::model::{PolicySet, Prefix};
 use palisade_policy::{
-    EnforcementMode, Engine, EngineOptions, IdentityBasis, ParseOptions, SourceFile, parse_policies,
+    AllowLocalhost, EnforcementMode, Engine, EngineOptions, IdentityBasis, ParseOptions, SourceFile, parse_policies,
 };
 use palisade_rollout::crd::{PolicyRevision, PolicyRollout};
 use tracing::{debug, info, warn};
@@ -43,7 +43,12 @@ pub struct AgentConfig {
     /// This node: pods scheduled on it are its endpoints. `None` makes every pod local (local
     /// mode, where the whole cluster lives on this machine).
     pub node: Option<String>,
+    /// The node whose addresses are `host` when `node` is unset (local mode: every pod runs on
+    /// its one node); with `node` set, that node's are.
+    pub host_node: Option<String>,
     pub mode: EnforcementMode,
+    /// Whether the local host reaches local pods whatever their policy (Cilium's default).
+    pub allow_localhost: AllowLocalhost,
 }
 
 /// Namespace and name.
@@ -412,6 +417,8 @@ impl<D: Dataplane, R: InterfaceResolver> Agent<D, R> {
         let options = EngineOptions {
             mode: self.config.mode,
             node: self.config.node.clone(),
+            host_node: self.config.host_node.clone(),
+            allow_localhost: self.config.allow_localhost,
             identity_basis: IdentityBasis::of([&enforced_set, &candidate_set]),
         };
         let auditing = candidate_revisions != enforced_revisions;

@@ -1,0 +1,294 @@
+//! Reserved identities by address, as Cilium assigns them (the local host's addresses `host`,
+//! other nodes' `remote-node`, the API server's `kube-apiserver`), the entities that select
+//! them, `allow-localhost`, and L7 rules that the datapath denies until an L7 proxy exists.
+use palisade_common as dp;
+use palisade_policy::trace::{self, FlowEnd, FlowPort, HttpRequest, Verdict};
+use palisade_policy::{
+    AllowLocalhost, Cluster, Engine, EngineOptions, ParseOptions, Severity, SourceFile, lint, parse_policies,
+};
+
+/// Two nodes, a pod on each, and the API server: its EndpointSlices hold the load balancer
+/// (10.200.0.50), node-a (co-located) and node-c; a not-ready endpoint, another Service's slice
+/// and a slice in another namespace labelled like it are not the API server.
+const CLUSTER: &str = "kind: List
+items:
+- kind: Namespace
+  metadata: {name: prod}
+- kind: Node
+  metadata: {name: node-a}
+  status: {addresses: [{type: InternalIP, address: 10.200.0.11}, {type: Hostname, address: node-a}, {type: ExternalIP, address: 10.200.1.11}]}
+- kind: Node
+  metadata: {name: node-b}
+  status: {addresses: [{type: InternalIP, address: 10.200.0.12}]}
+- kind: Node
+  metadata: {name: node-c}
+  status: {addresses: [{type: InternalIP, address: 10.200.0.13}]}
+- kind: Pod
+  metadata: {name: client, namespace: prod, labels: {app: client}}
+  spec: {nodeName: node-b}
+  status: {podIP: 10.200.5.1}
+- kind: Pod
+  metadata: {name: server, namespace: prod, labels: {app: server}}
+  spec: {nodeName: node-a, containers: [{ports: [{containerPort: 8080}]}]}
+  status: {podIP: 10.200.5.2}
+- apiVersion: discovery.k8s.io/v1
+  kind: EndpointSlice
+  metadata: {name: kubernetes, namespace: default, labels: {kubernetes.io/service-name: kubernetes}}
+  addressType: IPv4
+  endpoints:
+  - addresses: [10.200.0.50]
+  - addresses: [10.200.0.11]
+    conditions: {ready: true}
+  - addresses: [10.200.0.13]
+  - addresses: [10.200.0.99]
+    conditions: {ready: false}
+- apiVersion: discovery.k8s.io/v1
+  kind: EndpointSlice
+  metadata: {name: web-x1, namespace: default, labels: {kubernetes.io/service-name: web}}
+  endpoints: [{addresses: [10.200.0.60]}]
+- apiVersion: discovery.k8s.io/v1
+  kind: EndpointSlice
+  metadata: {name: kubernetes, namespace: elsewhere, labels: {kubernetes.io/service-name: kubernetes}}
+  endpoints: [{addresses: [10.200.0.61]}]
+";
+
+fn cluster() -> Cluster {
+    Cluster::parse(&[SourceFile { name: "cluster.yaml", text: CLUSTER }]).expect("cluster")
+}
+
+fn engine(policies: &str, options: EngineOptions) -> Engine {
+    let parsed = parse_policies(&[SourceFile { name: "policies.yaml", text: policies }], &ParseOptions::default());
+    assert!(!parsed.has_errors(), "{:?}", parsed.diagnostics);
+    Engine::with_options(parsed.set, cluster(), options)
+}
+
+fn on(node: &str) -> EngineOptions {
+    EngineOptions { node: Some(node.into()), ..EngineOptions::default() }
+}
+
+fn ipcache_at(engine: &Engine, addr: &str) -> Option<u32> {
+    let addr: std::net::Ipv4Addr = addr.parse().unwrap();
+    engine.ipcache().into_iter().find(|(p, _)| p.len == 32 && p.addr == addr).map(|(_, id)| id)
+}
+
+fn trace(engine: &Engine, from: &str, to: &str, port: &str, http: Option<&str>) -> trace::Trace {
+    let http = http.map(|r| HttpRequest::parse(r, &[]).unwrap());
+    trace::trace(
+        engine,
+        &FlowEnd::parse(from).unwrap(),
+        &FlowEnd::parse(to).unwrap(),
+        FlowPort::parse(port).unwrap(),
+        http.as_ref(),
+    )
+    .unwrap()
+}
+
+/// The server admits only what `from` names, on 8080.
+fn server_ingress_from(from: &str) -> String {
+    format!(
+        "apiVersion: cilium.io/v2\nkind: CiliumNetworkPolicy\nmetadata: {{name: server, namespace: prod}}\nspec:\n  endpointSelector: {{matchLabels: {{app: server}}}}\n  ingress:\n  - {from}\n"
+    )
+}
+
+const DEFAULT_DENY: &str = "apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: server, namespace: prod}
+spec:
+  endpointSelector: {matchLabels: {app: server}}
+  ingress: [{}]
+";
+
+#[test]
+fn the_apiserver_is_the_ready_addresses_of_default_kubernetes_slices() {
+    let cluster = cluster();
+    assert_eq!(cluster.endpoint_slices.len(), 3);
+    let apiserver: Vec<String> = cluster.apiserver_addresses().map(|a| a.to_string()).collect();
+    assert_eq!(apiserver, ["10.200.0.50", "10.200.0.11", "10.200.0.13"]);
+    let node_a = cluster.node("node-a").unwrap();
+    let addresses: Vec<String> = node_a.addresses.iter().map(ToString::to_string).collect();
+    assert_eq!(addresses, ["10.200.0.11", "10.200.1.11"], "every IPv4 address of the node, not its hostname");
+}
+
+#[test]
+fn addresses_get_host_remote_node_and_kube_apiserver_as_cilium_assigns_them() {
+    // The agent of node-a.
+    let e = engine("", on("node-a"));
+    let expected = [
+        ("10.200.0.11", dp::IDENTITY_HOST, "the local host, where the API server also runs: host wins"),
+        ("10.200.1.11", dp::IDENTITY_HOST, "every address of the local node"),
+        ("10.200.0.12", dp::IDENTITY_REMOTE_NODE, "another node"),
+        ("10.200.0.13", dp::IDENTITY_KUBE_APISERVER, "the API server on another node: kube-apiserver wins"),
+        ("10.200.0.50", dp::IDENTITY_KUBE_APISERVER, "the API server's load balancer"),
+    ];
+    for (addr, id, why) in expected {
+        assert_eq!(ipcache_at(&e, addr), Some(id), "{addr}: {why}");
+        assert_eq!(e.identity_of_addr(addr.parse().unwrap()), id, "{addr}: identity_of_addr agrees with the ipcache");
+        let seen = trace(&e, &format!("cidr:{addr}"), "prod/server", "8080/TCP", None);
+        assert_eq!(seen.ingress.remote_identity, id, "{addr}: trace sees what the ipcache holds");
+    }
+    for addr in ["10.200.0.99", "10.200.0.60", "10.200.0.61"] {
+        assert_eq!(ipcache_at(&e, addr), None, "{addr}: not the API server");
+        assert_eq!(e.identity_of_addr(addr.parse().unwrap()), dp::IDENTITY_WORLD);
+    }
+    // The agent of node-b: node-a is remote, and the API server there is kube-apiserver.
+    let e = engine("", on("node-b"));
+    assert_eq!(ipcache_at(&e, "10.200.0.11"), Some(dp::IDENTITY_KUBE_APISERVER));
+    assert_eq!(ipcache_at(&e, "10.200.1.11"), Some(dp::IDENTITY_REMOTE_NODE));
+    assert_eq!(ipcache_at(&e, "10.200.0.12"), Some(dp::IDENTITY_HOST));
+    // Every endpoint compiled, one node's view (local mode, `trace --node`).
+    let e = engine("", EngineOptions { host_node: Some("node-b".into()), ..EngineOptions::default() });
+    assert_eq!(ipcache_at(&e, "10.200.0.12"), Some(dp::IDENTITY_HOST));
+    assert_eq!(e.endpoints().count(), 2, "host_node does not narrow the endpoints");
+    // No node given: every node address is remote-node, as before; the API server is still known.
+    let e = engine("", EngineOptions::default());
+    assert_eq!(ipcache_at(&e, "10.200.0.11"), Some(dp::IDENTITY_KUBE_APISERVER));
+    assert_eq!(ipcache_at(&e, "10.200.1.11"), Some(dp::IDENTITY_REMOTE_NODE));
+    assert_eq!(ipcache_at(&e, "10.200.0.12"), Some(dp::IDENTITY_REMOTE_NODE));
+    assert!(!e.ipcache().iter().any(|(_, id)| *id == dp::IDENTITY_HOST));
+}
+
+#[test]
+fn a_pod_address_beats_a_node_or_apiserver_address() {
+    let mut c = cluster();
+    c.pods[0].ip = Some("10.200.0.50".parse().unwrap());
+    c.pods[1].ip = Some("10.200.0.12".parse().unwrap());
+    let e = Engine::with_options(Default::default(), c, on("node-b"));
+    for pod in ["client", "server"] {
+        let p = e.cluster.pod("prod", pod).unwrap();
+        assert_eq!(ipcache_at(&e, &p.ip.unwrap().to_string()), e.identity_of_pod(p), "{pod}");
+    }
+}
+
+#[test]
+fn slices_and_nodes_follow_changes() {
+    let mut e = engine("", on("node-a"));
+    e.set_endpoint_slices(Vec::new());
+    assert_eq!(ipcache_at(&e, "10.200.0.13"), Some(dp::IDENTITY_REMOTE_NODE));
+    assert_eq!(ipcache_at(&e, "10.200.0.50"), None);
+    e.set_nodes(Vec::new());
+    assert_eq!(ipcache_at(&e, "10.200.0.11"), None);
+}
+
+#[test]
+fn entities_select_the_reserved_identities_of_those_addresses() {
+    let options = || EngineOptions { allow_localhost: AllowLocalhost::Policy, ..on("node-a") };
+    let cases = [
+        ("host", vec!["10.200.0.11"]),
+        ("remote-node", vec!["10.200.0.12"]),
+        ("kube-apiserver", vec!["10.200.0.13", "10.200.0.50"]),
+        ("cluster", vec!["10.200.0.11", "10.200.0.12", "10.200.0.13", "10.200.0.50", "10.200.5.1"]),
+    ];
+    let everyone = ["10.200.0.11", "10.200.0.12", "10.200.0.13", "10.200.0.50", "10.200.5.1", "192.0.2.1"];
+    for (entity, allowed) in cases {
+        let e = engine(&server_ingress_from(&format!("fromEntities: [{entity}]")), options());
+        for addr in everyone {
+            let from = if addr == "10.200.5.1" { "prod/client".to_string() } else { format!("cidr:{addr}") };
+            let verdict = trace(&e, &from, "prod/server", "8080/TCP", None).verdict;
+            let want = if allowed.contains(&addr) { Verdict::Allowed } else { Verdict::Denied };
+            assert_eq!(verdict, want, "fromEntities: [{entity}] from {addr}");
+        }
+    }
+}
+
+#[test]
+fn allow_localhost_always_admits_the_host_and_policy_subjects_it_to_policy() {
+    let always = engine(DEFAULT_DENY, on("node-a"));
+    let policy = engine(DEFAULT_DENY, EngineOptions { allow_localhost: AllowLocalhost::Policy, ..on("node-a") });
+    for from in ["node", "cidr:10.200.0.11", "entity:host"] {
+        let t = trace(&always, from, "prod/server", "8080/TCP", None);
+        assert_eq!(t.verdict, Verdict::Allowed, "{from} under always");
+        assert_eq!(t.ingress.rule, "the local host may always reach its pods");
+        let t = trace(&policy, from, "prod/server", "8080/TCP", None);
+        assert_eq!(t.verdict, Verdict::Denied, "{from} under policy: default deny");
+        assert_eq!(t.ingress.remote_identity, dp::IDENTITY_HOST);
+    }
+    let group = policy.endpoint("prod", "server").unwrap().group;
+    assert!(group.ingress.entries().iter().all(|e| e.value.cookie != dp::COOKIE_LOCALHOST), "no implicit entry");
+    let group = always.endpoint("prod", "server").unwrap().group;
+    let localhost = group.ingress.lookup(dp::IDENTITY_HOST, dp::PROTO_TCP, 8080).unwrap();
+    assert_eq!((localhost.value.cookie, localhost.value.verdict), (dp::COOKIE_LOCALHOST, dp::VERDICT_ALLOW));
+    // Another node is no local host either way.
+    assert_eq!(trace(&always, "cidr:10.200.0.12", "prod/server", "8080/TCP", None).verdict, Verdict::Denied);
+    // Under policy, a rule lets the host in.
+    let e = engine(
+        &server_ingress_from("fromEntities: [host]"),
+        EngineOptions { allow_localhost: AllowLocalhost::Policy, ..on("node-a") },
+    );
+    assert_eq!(trace(&e, "node", "prod/server", "8080/TCP", None).verdict, Verdict::Allowed);
+    assert_eq!(trace(&e, "prod/client", "prod/server", "8080/TCP", None).verdict, Verdict::Denied);
+}
+
+#[test]
+fn trace_from_node_is_the_destinations_own_host_with_its_address() {
+    let e = engine(DEFAULT_DENY, EngineOptions::default());
+    let t = trace(&e, "node", "prod/server", "8080/TCP", None);
+    assert_eq!(t.from_address, Some("10.200.0.11".parse().unwrap()), "server runs on node-a");
+    assert_eq!(t.ingress.remote_identity, dp::IDENTITY_HOST);
+    assert_eq!(t.egress.endpoint, None, "the host has no egress policy here");
+    let t = trace(&e, "node", "prod/client", "8080/TCP", None);
+    assert_eq!(t.from_address, Some("10.200.0.12".parse().unwrap()), "client runs on node-b");
+    // To the node: the pod's egress sees host.
+    let t = trace(&e, "prod/server", "node", "10250/TCP", None);
+    assert_eq!((t.to_address, t.egress.remote_identity), (Some("10.200.0.11".parse().unwrap()), dp::IDENTITY_HOST));
+    assert_eq!(FlowEnd::parse("node").unwrap().to_string(), "node");
+}
+
+const L7: &str = "apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: server, namespace: prod}
+spec:
+  endpointSelector: {matchLabels: {app: server}}
+  ingress:
+  - fromEndpoints: [{matchLabels: {app: client}}]
+    toPorts:
+    - ports: [{port: '8080', protocol: ANY}]
+      rules:
+        http:
+        - {method: GET, path: /public}
+  egress:
+  - toPorts:
+    - ports: [{port: '53'}]
+      rules:
+        dns: [{matchPattern: '*'}]
+";
+
+#[test]
+fn l7_redirects_are_denied_by_the_datapath_and_traced_with_the_policys_intent() {
+    let e = engine(L7, EngineOptions::default());
+    for (http, intent) in
+        [(Some("GET /public"), Verdict::Allowed), (Some("POST /public"), Verdict::Denied), (None, Verdict::Allowed)]
+    {
+        let t = trace(&e, "prod/client", "prod/server", "8080/TCP", http);
+        assert_eq!(t.verdict, Verdict::Denied, "{http:?}: the datapath never fails open");
+        assert_eq!(t.drop_reason(), Some("l7-unsupported"));
+        assert_eq!(t.intent, intent, "{http:?}: what the HTTP rules would decide");
+        assert_eq!((t.ingress.verdict, t.ingress.intent), (Verdict::Denied, intent));
+        assert!(t.ingress.proxy.is_some());
+        assert_eq!(t.egress.drop_reason, None);
+    }
+    // Not an L7 port: nothing changes.
+    let t = trace(&e, "prod/client", "prod/server", "9090/TCP", None);
+    assert_eq!((t.verdict, t.intent, t.drop_reason()), (Verdict::Denied, Verdict::Denied, None));
+    // Egress DNS rules redirect too.
+    let t = trace(&e, "prod/server", "prod/client", "53/UDP", None);
+    assert_eq!((t.verdict, t.egress.drop_reason), (Verdict::Denied, Some("l7-unsupported")));
+}
+
+#[test]
+fn every_l7_rules_field_is_a_warning_naming_file_line_and_field() {
+    let parsed = parse_policies(&[SourceFile { name: "policies/api.yaml", text: L7 }], &ParseOptions::default());
+    let warnings: Vec<String> = lint::lint(&parsed.set)
+        .iter()
+        .inspect(|d| assert_eq!(d.severity, Severity::Warning))
+        .map(ToString::to_string)
+        .collect();
+    let message = "L7 rules are not enforced yet: the datapath denies this port (drop reason l7-unsupported)";
+    assert_eq!(
+        warnings,
+        [
+            format!("policies/api.yaml:12: warning: spec.ingress[0].toPorts[0].rules.http: {message}"),
+            format!("policies/api.yaml:17: warning: spec.egress[0].toPorts[0].rules.dns: {message}"),
+        ],
+        "one per rules field, though ANY makes three port rules of it"
+    );
+}
