@@ -273,3 +273,148 @@ fn diff_over_a_flows_file() {
         2
     );
 }
+
+const CLIENT: &str = "shop/client-7d9f8c6b5-q2w4e";
+const CATALOG: &str = "shop/catalog-api-5f6d7c8b9-k3j2h";
+
+fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+#[test]
+fn check_and_plan_warn_that_l7_rules_are_enforced_as_a_deny() {
+    let dir = example("client-app-database");
+    let (cluster, policies) = (dir.join("cluster.yaml"), dir.join("policies"));
+    let file = policies.join("catalog-api.yaml");
+    let warning = |line: u32, rule: usize| {
+        format!(
+            "{}:{line}: warning: spec.ingress[{rule}].toPorts[0].rules.http: L7 rules are not enforced yet: the datapath denies this port (drop reason l7-unsupported)",
+            file.display()
+        )
+    };
+    // Valid policies with warnings: check still exits 0, with and without a cluster.
+    for args in [vec!["check", s(&policies)], vec!["check", s(&policies), "--cluster", s(&cluster)]] {
+        let out = palisade(&args);
+        assert_eq!(code(&out), 0, "{}{}", stdout(&out), stderr(&out));
+        for expected in [warning(26, 0), warning(39, 1)] {
+            assert!(stdout(&out).lines().any(|l| l == expected), "{expected}\nin\n{}", stdout(&out));
+        }
+    }
+    let out = palisade(&["check", s(&policies), "-o", "json"]);
+    let v: serde_json::Value = serde_json::from_str(&stdout(&out)).unwrap();
+    let l7: Vec<_> =
+        v["diagnostics"].as_array().unwrap().iter().filter(|d| d["message"].as_str().unwrap().contains("L7")).collect();
+    assert_eq!(l7.len(), 2, "{v}");
+    assert_eq!(l7[0]["severity"], "warning");
+    assert_eq!(l7[0]["path"], "spec.ingress[0].toPorts[0].rules.http");
+
+    // plan: the warnings on stderr, the plan unchanged on stdout; redirect entries say what the
+    // datapath does.
+    let plan = |json: bool| {
+        let mut args = vec!["plan", "--cluster", s(&cluster), "--policies", s(&policies)];
+        if json {
+            args.extend(["-o", "json"]);
+        }
+        palisade(&args)
+    };
+    let out = plan(false);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert!(stderr(&out).lines().any(|l| l == warning(26, 0)), "{}", stderr(&out));
+    assert!(stdout(&out).contains("redirect (denied: l7-unsupported)"), "{}", stdout(&out));
+    let out = plan(true);
+    assert!(stderr(&out).lines().any(|l| l == warning(39, 1)), "{}", stderr(&out));
+    let v: serde_json::Value = serde_json::from_str(&stdout(&out)).expect("plan -o json still prints JSON");
+    let catalog = v.as_array().unwrap().iter().find(|e| e["endpoint"] == CATALOG).unwrap();
+    let redirects: Vec<_> =
+        catalog["ingress"]["entries"].as_array().unwrap().iter().filter(|e| e["verdict"] == "redirect").collect();
+    assert!(!redirects.is_empty(), "{catalog}");
+    for entry in redirects {
+        assert_eq!((&entry["datapath"], &entry["drop_reason"]), (&"deny".into(), &"l7-unsupported".into()));
+    }
+}
+
+#[test]
+fn trace_follows_the_datapath_at_an_l7_redirect_and_shows_the_intent() {
+    let dir = example("client-app-database");
+    let (cluster, policies) = (dir.join("cluster.yaml"), dir.join("policies"));
+    let trace = |http: Option<&str>, json: bool| {
+        let mut args = vec![
+            "trace",
+            "--cluster",
+            s(&cluster),
+            "--policies",
+            s(&policies),
+            "--from",
+            CLIENT,
+            "--to",
+            CATALOG,
+            "--port",
+            "8080/TCP",
+        ];
+        if let Some(http) = http {
+            args.extend(["--http", http]);
+        }
+        if json {
+            args.extend(["-o", "json"]);
+        }
+        palisade(&args)
+    };
+    for (http, intent) in [(None, "allowed"), (Some("GET /api/v1/items"), "allowed"), (Some("POST /admin"), "denied")] {
+        let out = trace(http, false);
+        let text = stdout(&out);
+        assert_eq!(code(&out), 1, "{http:?}: denied by the datapath\n{text}");
+        let first = text.lines().next().unwrap();
+        assert!(first.contains(": DENIED (drop reason l7-unsupported"), "{first}");
+        assert!(first.ends_with(&format!("the policy's intent: {intent})")), "{first}");
+        assert!(text.contains("L7 rules (the policy's intent): "), "{text}");
+        assert!(text.contains("datapath: denied, drop reason l7-unsupported"), "{text}");
+
+        let out = trace(http, true);
+        assert_eq!(code(&out), 1);
+        let v: serde_json::Value = serde_json::from_str(&stdout(&out)).unwrap();
+        assert_eq!((&v["verdict"], &v["intent"]), (&"denied".into(), &intent.into()), "{v}");
+        assert_eq!(v["ingress"]["drop_reason"], "l7-unsupported", "{v}");
+        assert_eq!(
+            (&v["egress"]["verdict"], &v["egress"]["drop_reason"]),
+            (&"allowed".into(), &serde_json::Value::Null)
+        );
+    }
+}
+
+#[test]
+fn trace_from_the_node_under_each_allow_localhost_mode() {
+    let dir = example("deny-precedence");
+    let (cluster, policies) = (dir.join("cluster.yaml"), dir.join("policies"));
+    let trace = |extra: &[&str]| {
+        let mut args =
+            vec!["trace", "--cluster", s(&cluster), "--policies", s(&policies), "--to", DB, "--port", "8008/TCP"];
+        args.extend(extra);
+        palisade(&args)
+    };
+    // The database runs on node-b (10.200.0.12); nothing allows 8008 to it.
+    let out = trace(&["--from", "node"]);
+    assert_eq!(code(&out), 0, "always: the local host reaches its pods\n{}", stdout(&out));
+    assert!(stdout(&out).starts_with(&format!("node (10.200.0.12) -> {DB} 8008/TCP: ALLOWED")), "{}", stdout(&out));
+    assert!(stdout(&out).contains("the local host may always reach its pods"), "{}", stdout(&out));
+    let out = trace(&["--from", "node", "--allow-localhost", "policy"]);
+    assert_eq!(code(&out), 1, "policy: the host is subject to policy\n{}", stdout(&out));
+    assert!(stdout(&out).contains("peer identity 1: reserved:host"), "{}", stdout(&out));
+
+    // The node's address is host only to that node's datapath (--node); without it, remote-node.
+    let json = |extra: &[&str]| {
+        let mut args = vec!["--from", "cidr:10.200.0.12", "-o", "json"];
+        args.extend(extra);
+        serde_json::from_str::<serde_json::Value>(&stdout(&trace(&args))).unwrap()
+    };
+    assert_eq!(json(&[])["ingress"]["remote_identity"], 6);
+    let v = json(&["--node", "node-b"]);
+    assert_eq!((&v["ingress"]["remote_identity"], &v["verdict"]), (&1.into(), &"allowed".into()), "{v}");
+    let v = json(&["--node", "node-b", "--allow-localhost", "policy"]);
+    assert_eq!(v["verdict"], "denied", "{v}");
+
+    // Usage errors: an unknown mode or node.
+    assert_eq!(code(&trace(&["--from", "node", "--allow-localhost", "never"])), 2);
+    let out = trace(&["--from", "node", "--node", "node-z"]);
+    assert_eq!(code(&out), 2);
+    assert!(stderr(&out).contains("--node") && stderr(&out).contains("node-z"), "{}", stderr(&out));
+}

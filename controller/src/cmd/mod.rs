@@ -3,8 +3,9 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::{Result, bail};
+use clap::builder::TypedValueParser;
 use clap::{CommandFactory, FromArgMatches, Parser, Subcommand, ValueEnum};
-use palisade_policy::{Cluster, EnforcementMode, Engine, Parsed};
+use palisade_policy::{AllowLocalhost, Cluster, EnforcementMode, Engine, EngineOptions, Parsed};
 
 use crate::files;
 
@@ -126,7 +127,7 @@ pub fn valid_policies(paths: &[PathBuf]) -> Result<Parsed> {
 /// What every command that evaluates one policy set against a cluster takes.
 #[derive(clap::Args)]
 pub struct EngineArgs {
-    /// Cluster file: `kubectl get namespaces,pods,nodes,services -A -o yaml` output.
+    /// Cluster file: `kubectl get namespaces,pods,nodes,services,endpointslices -A -o yaml` output.
     #[arg(long)]
     cluster: PathBuf,
     /// Policy files or directories.
@@ -134,12 +135,37 @@ pub struct EngineArgs {
     policies: Vec<PathBuf>,
     #[arg(long, value_enum, default_value_t)]
     enforcement_mode: Mode,
+    /// `always`: the local host reaches its pods whatever their policy (Cilium's default);
+    /// `policy`: only as policy allows (`fromEntities: [host]`). As the agent is run with.
+    #[arg(long, value_name = "MODE", default_value = "always", value_parser = allow_localhost_parser())]
+    allow_localhost: AllowLocalhost,
+    /// Explain this node's datapath: the node's addresses are `host` in its ipcache (without
+    /// it, every node address is `remote-node`).
+    #[arg(long, value_name = "NODE")]
+    node: Option<String>,
 }
 
 impl EngineArgs {
     pub fn engine(&self) -> Result<Engine> {
         let cluster: Cluster = files::load_cluster(&self.cluster)?;
+        if let Some(node) = &self.node
+            && cluster.node(node).is_none()
+        {
+            bail!("--node: {}: no Node {node:?}", self.cluster.display());
+        }
         let parsed = valid_policies(&self.policies)?;
-        Ok(Engine::new(parsed.set, cluster, self.enforcement_mode.into()))
+        let options = EngineOptions {
+            mode: self.enforcement_mode.into(),
+            host_node: self.node.clone(),
+            allow_localhost: self.allow_localhost,
+            ..EngineOptions::default()
+        };
+        Ok(Engine::with_options(parsed.set, cluster, options))
     }
+}
+
+/// `--allow-localhost always|policy`, with the values listed in `--help`.
+pub fn allow_localhost_parser() -> impl TypedValueParser<Value = AllowLocalhost> {
+    clap::builder::PossibleValuesParser::new(AllowLocalhost::VALUES)
+        .map(|value| value.parse::<AllowLocalhost>().expect("one of the possible values"))
 }

@@ -2,9 +2,9 @@ use std::io::Write;
 
 use anyhow::Result;
 use palisade_common as dp;
-use palisade_policy::Direction;
 use palisade_policy::compile::EndpointPolicy;
-use palisade_policy::trace::describe_entry;
+use palisade_policy::trace::{DROP_L7_UNSUPPORTED, describe_entry};
+use palisade_policy::{Direction, lint};
 use serde_json::json;
 use tabwriter::TabWriter;
 
@@ -20,11 +20,21 @@ pub struct Args {
 
 pub fn run(args: Args) -> Result<u8> {
     let engine = args.engine.engine()?;
+    // What the datapath does differently from what the policies say (L7 rules, toFQDNs), on
+    // stderr so that the plan itself stays as it is.
+    for warning in lint::lint(&engine.policies) {
+        eprintln!("{warning}");
+    }
     let endpoints: Vec<EndpointPolicy> = engine.endpoints().collect();
     let verdict = |v: u8| match v {
         dp::VERDICT_DENY => "deny",
         dp::VERDICT_REDIRECT => "redirect",
         _ => "allow",
+    };
+    // Until an L7 proxy exists the datapath denies what a redirect entry matches.
+    let datapath = |v: u8| match v {
+        dp::VERDICT_REDIRECT => ("deny", Some(DROP_L7_UNSUPPORTED)),
+        v => (verdict(v), None),
     };
     if args.output == Output::Json {
         let list: Vec<_> = endpoints
@@ -39,6 +49,8 @@ pub fn run(args: Args) -> Result<u8> {
                             "protocol": entry.key.protocol(),
                             "ports": entry.key.protocol().map(|_| entry.key.port_range()),
                             "verdict": verdict(entry.value.verdict),
+                            "datapath": datapath(entry.value.verdict).0,
+                            "drop_reason": datapath(entry.value.verdict).1,
                             "cookie": entry.value.cookie,
                             "rule": engine.policies.describe_cookie(entry.value.cookie),
                         })).collect::<Vec<_>>(),
@@ -69,10 +81,14 @@ pub fn run(args: Args) -> Result<u8> {
                     dp::IDENTITY_ANY => "*".to_string(),
                     id => engine.identities().get(id).map_or_else(|| id.to_string(), |i| i.short_name()),
                 };
+                let shown = match datapath(entry.value.verdict) {
+                    (_, Some(reason)) => format!("{} (denied: {reason})", verdict(entry.value.verdict)),
+                    (v, None) => v.to_string(),
+                };
                 writeln!(
                     out,
                     "    {}\t{}\t{}\t{}",
-                    verdict(entry.value.verdict),
+                    shown,
                     describe_entry(&entry.key),
                     peer,
                     engine.policies.describe_cookie(entry.value.cookie)

@@ -7,16 +7,18 @@ use super::{EngineArgs, Output};
 pub struct Args {
     #[command(flatten)]
     engine: EngineArgs,
-    /// Source: NAMESPACE/POD, cidr:IP or entity:NAME.
+    /// Source: NAMESPACE/POD, cidr:IP, entity:NAME, or `node` (the local host of the
+    /// destination pod: identity host).
     #[arg(long)]
     from: String,
-    /// Destination: NAMESPACE/POD, cidr:IP or entity:NAME.
+    /// Destination: NAMESPACE/POD, cidr:IP, entity:NAME or `node`.
     #[arg(long)]
     to: String,
     /// N/TCP, N/UDP, N/SCTP or icmp/TYPE.
     #[arg(long)]
     port: String,
-    /// An HTTP request to evaluate against L7 rules: "METHOD /path".
+    /// An HTTP request to evaluate against L7 rules: "METHOD /path" (the policy's intent: the
+    /// datapath denies ports with L7 rules until an L7 proxy exists).
     #[arg(long)]
     http: Option<String>,
     /// A request header, "Name: value" (repeatable).
@@ -42,6 +44,7 @@ pub fn run(args: Args) -> Result<u8> {
         Output::Json => println!("{}", serde_json::to_string_pretty(&result)?),
         Output::Text => print_text(&from, &to, port, &result),
     }
+    // The exit code follows what the datapath does, not the L7 rules' intent.
     Ok(if result.verdict == Verdict::Allowed { 0 } else { 1 })
 }
 
@@ -50,7 +53,21 @@ fn print_text(from: &FlowEnd, to: &FlowEnd, port: FlowPort, result: &Trace) {
         Verdict::Allowed => "ALLOWED",
         Verdict::Denied => "DENIED",
     };
-    println!("{from} -> {to} {port}: {verdict}");
+    let end = |end: &FlowEnd, address: Option<std::net::Ipv4Addr>| match (end, address) {
+        (FlowEnd::Pod { .. } | FlowEnd::Address(_), _) | (_, None) => end.to_string(),
+        (_, Some(address)) => format!("{end} ({address})"),
+    };
+    let why = match result.drop_reason() {
+        Some(reason) => {
+            let intent = match result.intent {
+                Verdict::Allowed => "allowed",
+                Verdict::Denied => "denied",
+            };
+            format!(" (drop reason {reason}: L7 rules are not enforced yet; the policy's intent: {intent})")
+        }
+        None => String::new(),
+    };
+    println!("{} -> {} {port}: {verdict}{why}", end(from, result.from_address), end(to, result.to_address));
     print_decision("egress ", &result.egress);
     print_decision("ingress", &result.ingress);
 }
@@ -70,7 +87,12 @@ fn print_decision(direction: &str, d: &Decision) {
             }
             println!("                    peer identity {}: {}", d.remote_identity, d.remote_labels);
             if let Some(proxy) = &d.proxy {
-                println!("                    L7 proxy: {proxy}");
+                println!("                    L7 rules (the policy's intent): {proxy}");
+            }
+            if let Some(reason) = d.drop_reason {
+                println!(
+                    "                    datapath: denied, drop reason {reason} (no L7 proxy yet: never fails open)"
+                );
             }
         }
         _ => println!("  {direction}  {verdict:7}  {}", d.rule),
