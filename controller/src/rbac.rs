@@ -36,3 +36,10 @@ pub const AGENT_RBAC: &[Rule] = &[
     ("palisade.dev", "policyrollouts", &["list", "watch"]),
     ("palisade.dev", "policyauditreports", &["get", "create", "patch", "delete"]),
 ];
+
+/// The node agent in namespace `default` only (Role `palisade-agent-apiserver`): the
+/// EndpointSlices of Service `default/kubernetes`, the API server's addresses (identity
+/// kube-apiserver). The watch selects them by label; RBAC cannot narrow a list to a label, so the
+/// grant is the namespace's EndpointSlices and nothing elsewhere.
+pub const AGENT_APISERVER_NAMESPACE: &str = "default";
+pub const AGENT_APISERVER_RBAC: &[Rule] = &[("discovery.k8s.io", "endpointslices", &["list", "watch"])];

@@ -5,7 +5,9 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
-use palisade::rbac::{AGENT_RBAC, CONTROLLER_NAMESPACE_RBAC, CONTROLLER_RBAC, Rule};
+use palisade::rbac::{
+    AGENT_APISERVER_NAMESPACE, AGENT_APISERVER_RBAC, AGENT_RBAC, CONTROLLER_NAMESPACE_RBAC, CONTROLLER_RBAC, Rule,
+};
 use palisade_policy::yaml::{Limits, parse_documents};
 use serde_json::Value as Json;
 
@@ -69,7 +71,17 @@ impl Manifests {
 fn kustomization_lists_every_file_and_only_existing_ones() {
     let kustomization = &load(&dir().join("kustomization.yaml"))[0];
     assert_eq!(kustomization["kind"], "Kustomization");
-    assert_eq!(kustomization["namespace"], NAMESPACE);
+    // Everything goes into palisade-system unless it names its namespace: `namespace:` would
+    // move the agent's Role in default too, so it is a NamespaceTransformer with unsetOnly.
+    assert!(kustomization["namespace"].is_null(), "`namespace:` overrides every object's namespace");
+    let transformers = str_list(&kustomization["transformers"]);
+    assert_eq!(transformers.len(), 1, "{kustomization}");
+    let transformer = &parse_documents(transformers[0], &Limits::default()).unwrap()[0].to_json();
+    assert_eq!(transformer["apiVersion"], "builtin");
+    assert_eq!(transformer["kind"], "NamespaceTransformer");
+    assert_eq!(transformer["metadata"]["namespace"], NAMESPACE);
+    assert_eq!(transformer["unsetOnly"], true);
+    assert_eq!(transformer["setRoleBindingSubjects"], "none");
     let listed = str_list(&kustomization["resources"]);
     for resource in &listed {
         let path = dir().join(resource);
@@ -121,6 +133,8 @@ fn namespaces_match() {
                 "{file}: {kind} {} is cluster-scoped but names a namespace",
                 o["metadata"]["name"]
             );
+        } else if o["metadata"]["name"] == "palisade-agent-apiserver" {
+            assert_eq!(namespace, AGENT_APISERVER_NAMESPACE, "{file}: {kind} palisade-agent-apiserver");
         } else {
             assert_eq!(namespace, NAMESPACE, "{file}: {kind} {}", o["metadata"]["name"]);
         }
@@ -334,7 +348,11 @@ fn controller_rbac_is_exactly_what_the_code_declares() {
 #[test]
 fn agent_rbac_is_exactly_what_the_code_declares() {
     let m = Manifests::load();
-    assert_grants(&granted_to(&m, "palisade-agent"), &BTreeMap::from([(None, expand(AGENT_RBAC))]));
+    let expected = BTreeMap::from([
+        (None, expand(AGENT_RBAC)),
+        (Some(AGENT_APISERVER_NAMESPACE.to_string()), expand(AGENT_APISERVER_RBAC)),
+    ]);
+    assert_grants(&granted_to(&m, "palisade-agent"), &expected);
 }
 
 #[test]

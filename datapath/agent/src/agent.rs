@@ -264,6 +264,10 @@ impl<D: Dataplane, R: InterfaceResolver> Agent<D, R> {
                 self.cluster.nodes = nodes.clone();
                 self.each_engine(|e| e.set_nodes(nodes.clone()));
             }
+            Change::EndpointSlices(slices) => {
+                self.cluster.endpoint_slices = slices.clone();
+                self.each_engine(|e| e.set_endpoint_slices(slices.clone()));
+            }
             Change::Services(services) => {
                 self.cluster.services = services.clone();
                 self.each_engine(|e| e.set_services(services.clone()));

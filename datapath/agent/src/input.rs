@@ -1,5 +1,5 @@
 //! What the agent is told about the world. Kubernetes watches and local mode both produce these.
-use palisade_policy::cluster::{Namespace, Node, Pod, Service};
+use palisade_policy::cluster::{EndpointSlice, Namespace, Node, Pod, Service};
 use palisade_rollout::crd::{PolicyRevision, PolicyRollout};
 
 #[derive(Clone, Debug)]
@@ -15,6 +15,9 @@ pub enum Change {
     Nodes(Vec<Node>),
     /// Every Service, replacing the previous list.
     Services(Vec<Service>),
+    /// The `default/kubernetes` Service's EndpointSlices (the API server's addresses), replacing
+    /// the previous list.
+    EndpointSlices(Vec<EndpointSlice>),
     Revision(Box<PolicyRevision>),
     RevisionDeleted {
         namespace: String,

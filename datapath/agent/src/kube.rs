@@ -1,5 +1,5 @@
-//! The agent's Kubernetes side: watches that turn Pods, Namespaces, Nodes, Services,
-//! PolicyRevisions and PolicyRollouts into [`Change`]s, and the writer that server-side-applies
+//! The agent's Kubernetes side: watches that turn Pods, Namespaces, Nodes, Services, the API
+//! server's EndpointSlices, PolicyRevisions and PolicyRollouts into [`Change`]s, and the writer that server-side-applies
 //! the agent's PolicyAuditReports. Local mode feeds the same agent without any of this.
 //!
 //! Each watch remembers what it sent (resource versions, or the items of a whole-list kind), so a
@@ -16,6 +16,7 @@ use ::kube::runtime::watcher::{self, Event};
 use ::kube::{Api, Client, Resource, ResourceExt};
 use futures::{StreamExt, TryFutureExt};
 use k8s_openapi::api::core::v1::{Namespace, Node, Pod, Service};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use palisade_policy::cluster;
 use palisade_rollout::crd::{PolicyAuditReport, PolicyRevision, PolicyRollout};
@@ -29,7 +30,7 @@ use crate::input::Change;
 pub const FIELD_MANAGER: &str = "palisade-agent";
 
 /// The watches [`watch`] runs; [`Change::Synced`] follows the initial listing of all of them.
-const WATCHES: usize = 6;
+const WATCHES: usize = 7;
 
 /// Namespace (empty for cluster-scoped objects) and name.
 type Key = (String, String);
@@ -91,7 +92,24 @@ pub async fn watch(client: Client, changes: mpsc::Sender<Change>, state: Arc<Wat
             |(namespace, name)| { Change::RolloutDeleted { namespace, name } }
         ),
         whole(Api::<Node>::all(client.clone()), sink, |n| cluster::Node::from_json(&to_json(n)?), Change::Nodes),
-        whole(Api::<Service>::all(client), sink, |s| cluster::Service::from_json(&to_json(s)?), Change::Services),
+        whole(
+            Api::<Service>::all(client.clone()),
+            sink,
+            |s| cluster::Service::from_json(&to_json(s)?),
+            Change::Services
+        ),
+        // Only the API server's: the slices of Service default/kubernetes (RBAC grants no more).
+        whole_with(
+            Api::<EndpointSlice>::namespaced(client, cluster::APISERVER_SERVICE.0),
+            watcher::Config::default().labels(&format!(
+                "{}={}",
+                cluster::SERVICE_NAME_LABEL,
+                cluster::APISERVER_SERVICE.1
+            )),
+            sink,
+            |s| cluster::EndpointSlice::from_json(&to_json(s)?),
+            Change::EndpointSlices
+        ),
     )
     .map(|_| ())
 }
@@ -148,12 +166,17 @@ fn key_of<K: Resource>(object: &K) -> Key {
 }
 
 /// Runs one watch, feeding its events to `handle` until the agent stops.
-async fn run<K>(api: Api<K>, sink: &Sink, mut handle: impl FnMut(Event<K>) -> Vec<Change>) -> Result<(), AgentStopped>
+async fn run<K>(
+    api: Api<K>,
+    config: watcher::Config,
+    sink: &Sink,
+    mut handle: impl FnMut(Event<K>) -> Vec<Change>,
+) -> Result<(), AgentStopped>
 where
     K: Resource + Clone + DeserializeOwned + Debug + Send + 'static,
 {
     let kind = std::any::type_name::<K>().rsplit("::").next().unwrap_or_default().to_string();
-    let mut events = watcher(api).boxed();
+    let mut events = watcher(api, config).boxed();
     let mut listed = false;
     while let Some(event) = events.next().await {
         match event {
@@ -172,11 +195,14 @@ where
     Ok(())
 }
 
-fn watcher<K>(api: Api<K>) -> impl futures::Stream<Item = Result<Event<K>, watcher::Error>> + Send
+fn watcher<K>(
+    api: Api<K>,
+    config: watcher::Config,
+) -> impl futures::Stream<Item = Result<Event<K>, watcher::Error>> + Send
 where
     K: Resource + Clone + DeserializeOwned + Debug + Send + 'static,
 {
-    watcher::watcher(api, watcher::Config::default()).default_backoff()
+    watcher::watcher(api, config).default_backoff()
 }
 
 /// A kind sent object by object: upserts as they come, deletions, and after a relisting the
@@ -191,11 +217,11 @@ where
     K: Resource + Clone + DeserializeOwned + Debug + Send + 'static,
 {
     let mut tracker = EachTracker::default();
-    run(api, sink, |event| tracker.event(event, &convert, &deleted)).await
+    run(api, watcher::Config::default(), sink, |event| tracker.event(event, &convert, &deleted)).await
 }
 
-/// A kind sent as its whole list on every change (nodes and services only feed the ipcache and
-/// `toServices`; they are few).
+/// A kind sent as its whole list on every change (nodes, services and the API server's
+/// EndpointSlices only feed the ipcache and `toServices`; they are few).
 async fn whole<K, T>(
     api: Api<K>,
     sink: &Sink,
@@ -206,8 +232,23 @@ where
     K: Resource + Clone + DeserializeOwned + Debug + Send + 'static,
     T: Clone + PartialEq,
 {
+    whole_with(api, watcher::Config::default(), sink, convert, list).await
+}
+
+/// [`whole`], for the objects `config` selects.
+async fn whole_with<K, T>(
+    api: Api<K>,
+    config: watcher::Config,
+    sink: &Sink,
+    convert: impl Fn(&K) -> Result<T, String>,
+    list: impl Fn(Vec<T>) -> Change,
+) -> Result<(), AgentStopped>
+where
+    K: Resource + Clone + DeserializeOwned + Debug + Send + 'static,
+    T: Clone + PartialEq,
+{
     let mut tracker = ListTracker::default();
-    run(api, sink, |event| tracker.event(event, &convert, &list)).await
+    run(api, config, sink, |event| tracker.event(event, &convert, &list)).await
 }
 
 /// What a watch of an object-by-object kind sent: each object's resource version.

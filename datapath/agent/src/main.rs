@@ -12,6 +12,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
+use clap::builder::{PossibleValuesParser, TypedValueParser};
 use clap::{Parser, ValueEnum};
 use palisade_agent::kube::{ReportWriter, WatchState, watch};
 use palisade_agent::observe::{FlowHub, FlowVerdict, ObservedFlow};
@@ -19,6 +20,7 @@ use palisade_agent::runtime::{ConvergeHook, Convergence, FlowHook, RuntimeOption
 use palisade_agent::{Agent, AgentConfig, RouteResolver};
 use palisade_datapath::{DEFAULT_PIN_DIR, Datapath};
 use palisade_ops::{OpenMetrics, Readiness, router, shutdown_signal};
+use palisade_policy::AllowLocalhost;
 use palisade_rollout::crd::PolicyAuditReport;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -52,6 +54,15 @@ struct Args {
     report_interval: Duration,
     #[arg(long, value_enum, default_value_t = LogFormat::Json)]
     log_format: LogFormat,
+    /// `always`: the node itself reaches its pods whatever their policy (kubelet probes;
+    /// Cilium's default); `policy`: only as policy allows (`fromEntities: [host]`).
+    #[arg(long, value_name = "MODE", default_value = "always", value_parser = allow_localhost_parser())]
+    allow_localhost: AllowLocalhost,
+}
+
+fn allow_localhost_parser() -> impl TypedValueParser<Value = AllowLocalhost> {
+    PossibleValuesParser::new(AllowLocalhost::VALUES)
+        .map(|value| value.parse::<AllowLocalhost>().expect("one of the possible values"))
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -113,7 +124,11 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let datapath = Datapath::open(&args.pin_dir)
         .with_context(|| format!("{}: cannot open or load the datapath", args.pin_dir.display()))?;
     let client = kube::Client::try_default().await.context("no Kubernetes API to talk to")?;
-    let config = AgentConfig { node: Some(args.node_name.clone()), ..AgentConfig::default() };
+    let config = AgentConfig {
+        node: Some(args.node_name.clone()),
+        allow_localhost: args.allow_localhost,
+        ..AgentConfig::default()
+    };
     let agent = Agent::new(config, datapath, RouteResolver);
     let hook = {
         let (metrics, ready) = (metrics.clone(), ready.clone());
@@ -136,7 +151,12 @@ async fn run(args: Args) -> anyhow::Result<()> {
         ..RuntimeOptions::default()
     };
     let handle = spawn(agent, options).context("cannot start the agent's thread")?;
-    info!(node = %args.node_name, pin_dir = %args.pin_dir.display(), "agent started");
+    info!(
+        node = %args.node_name,
+        pin_dir = %args.pin_dir.display(),
+        allow_localhost = %args.allow_localhost,
+        "agent started"
+    );
 
     let state = Arc::new(WatchState::default());
     let mut watches = tokio::spawn(watch(client.clone(), handle.changes, state.clone()));
@@ -337,6 +357,12 @@ mod tests {
         assert_eq!(args.pin_dir, PathBuf::from(DEFAULT_PIN_DIR));
         assert_eq!(args.metrics_addr, "0.0.0.0:9964".parse().unwrap());
         assert_eq!(args.report_interval, Duration::from_secs(10));
+        assert_eq!(args.allow_localhost, AllowLocalhost::Always, "Cilium's default");
+        let args =
+            Args::try_parse_from(["palisade-agent", "--node-name", "n1", "--allow-localhost", "policy"]).unwrap();
+        assert_eq!(args.allow_localhost, AllowLocalhost::Policy);
+        let bogus = Args::try_parse_from(["palisade-agent", "--node-name", "n1", "--allow-localhost", "never"]);
+        assert!(bogus.unwrap_err().to_string().contains("[possible values: always, policy]"));
     }
 
     fn report(rollout: &str, new_denies: u64, drops_per_minute: u64) -> PolicyAuditReport {

@@ -45,8 +45,61 @@ mod fake {
         objects: BTreeMap<Key, Value>,
         version: u64,
         log: Vec<Logged>,
-        /// Open watches: collection and where their events go.
-        watches: Vec<(String, UnboundedSender<Bytes>)>,
+        /// Open watches: collection, which of its objects, and where their events go.
+        watches: Vec<(String, Filter, UnboundedSender<Bytes>)>,
+    }
+
+    /// What a list or watch asks for: a namespace (None: all) and `labelSelector` equalities.
+    #[derive(Clone, Debug, Default)]
+    struct Filter {
+        namespace: Option<String>,
+        labels: Vec<(String, String)>,
+    }
+
+    impl Filter {
+        fn new(namespace: Option<String>, query: &str) -> Filter {
+            let selector = query.split('&').find_map(|kv| kv.strip_prefix("labelSelector=")).map(decode);
+            let labels = selector
+                .iter()
+                .flat_map(|s| s.split(','))
+                .filter(|term| !term.is_empty())
+                .map(|term| {
+                    let (k, v) = term.split_once('=').expect("the fake understands only key=value selectors");
+                    (k.trim_end_matches('=').to_string(), v.to_string())
+                })
+                .collect();
+            Filter { namespace, labels }
+        }
+
+        fn matches(&self, object: &Value) -> bool {
+            let namespace = object["metadata"]["namespace"].as_str().unwrap_or_default();
+            self.namespace.as_ref().is_none_or(|n| n == namespace)
+                && self.labels.iter().all(|(k, v)| object["metadata"]["labels"][k].as_str() == Some(v.as_str()))
+        }
+    }
+
+    /// Percent-decoding of a query value.
+    fn decode(text: &str) -> String {
+        let bytes = text.as_bytes();
+        let mut out = Vec::new();
+        let mut i = 0;
+        while i < bytes.len() {
+            match bytes[i] {
+                b'%' if i + 2 < bytes.len() => {
+                    out.push(u8::from_str_radix(&text[i + 1..i + 3], 16).expect("percent-encoded byte"));
+                    i += 3;
+                }
+                b'+' => {
+                    out.push(b' ');
+                    i += 1;
+                }
+                b => {
+                    out.push(b);
+                    i += 1;
+                }
+            }
+        }
+        String::from_utf8(out).expect("UTF-8 query")
     }
 
     #[derive(Clone, Default)]
@@ -152,7 +205,7 @@ mod fake {
             let gone = json!({"type": "ERROR", "object": {"kind": "Status", "apiVersion": "v1", "metadata": {},
                 "status": "Failure", "message": "too old resource version", "reason": "Expired", "code": 410}});
             store.notify(collection, &gone);
-            store.watches.retain(|(c, _)| c != collection);
+            store.watches.retain(|(c, _, _)| c != collection);
         }
 
         pub fn get(&self, collection: &str, namespace: &str, name: &str) -> Option<Value> {
@@ -162,6 +215,11 @@ mod fake {
         /// Requests other than lists and watches, so far.
         pub fn writes(&self) -> Vec<Logged> {
             self.0.lock().unwrap().log.iter().filter(|l| l.method != "GET").cloned().collect()
+        }
+
+        /// Lists and watches, so far.
+        pub fn reads(&self) -> Vec<Logged> {
+            self.0.lock().unwrap().log.iter().filter(|l| l.method == "GET").cloned().collect()
         }
 
         async fn handle(&self, request: Request<Body>) -> Response<ResponseBody> {
@@ -186,7 +244,7 @@ mod fake {
             match (parts.method, name) {
                 (Method::GET, None) if query.split('&').any(|kv| kv == "watch=true" || kv == "watch=1") => {
                     let (events, mut rx) = unbounded_channel::<Bytes>();
-                    store.watches.push((collection, events));
+                    store.watches.push((collection, Filter::new(namespace, &query), events));
                     let stream = futures::stream::poll_fn(move |cx| rx.poll_recv(cx))
                         .map(|bytes| Ok::<_, Infallible>(Frame::data(bytes)));
                     Response::builder()
@@ -196,10 +254,11 @@ mod fake {
                         .unwrap()
                 }
                 (Method::GET, None) => {
+                    let filter = Filter::new(namespace, &query);
                     let items: Vec<Value> = store
                         .objects
                         .iter()
-                        .filter(|((c, ns, _), _)| *c == collection && namespace.as_ref().is_none_or(|n| n == ns))
+                        .filter(|((c, _, _), v)| *c == collection && filter.matches(v))
                         .map(|(_, v)| v.clone())
                         .collect();
                     let version = store.version.to_string();
@@ -226,9 +285,14 @@ mod fake {
     }
 
     impl Store {
+        /// Sends an event to the watches of `collection` whose filter its object passes (an
+        /// error event, without an object of the kind, to all of them).
         fn notify(&mut self, collection: &str, event: &Value) {
             let bytes = line(event);
-            self.watches.retain(|(c, tx)| c != collection || tx.send(bytes.clone()).is_ok());
+            let error = event["type"] == "ERROR";
+            self.watches.retain(|(c, filter, tx)| {
+                c != collection || !(error || filter.matches(&event["object"])) || tx.send(bytes.clone()).is_ok()
+            });
         }
     }
 }
@@ -242,6 +306,7 @@ const SERVICES: &str = "api/v1/services";
 const REVISIONS: &str = "apis/palisade.dev/v1alpha1/policyrevisions";
 const ROLLOUTS: &str = "apis/palisade.dev/v1alpha1/policyrollouts";
 const REPORTS: &str = "apis/palisade.dev/v1alpha1/policyauditreports";
+const SLICES: &str = "apis/discovery.k8s.io/v1/endpointslices";
 
 fn pod(name: &str, labels: Value, node: &str, ip: &str) -> Value {
     json!({"apiVersion": "v1", "kind": "Pod",
@@ -253,6 +318,21 @@ fn pod(name: &str, labels: Value, node: &str, ip: &str) -> Value {
 fn node(name: &str, ip: &str) -> Value {
     json!({"apiVersion": "v1", "kind": "Node", "metadata": {"name": name, "labels": {"zone": "a"}},
         "status": {"addresses": [{"type": "InternalIP", "address": ip}]}})
+}
+
+/// An EndpointSlice of Service `service` with one endpoint per address; `ready: false` on the
+/// ones listed in `not_ready`.
+fn slice(namespace: &str, name: &str, service: &str, addresses: &[&str], not_ready: &[&str]) -> Value {
+    let endpoints: Vec<Value> = addresses
+        .iter()
+        .map(|a| {
+            let ready = !not_ready.contains(a);
+            json!({"addresses": [a], "conditions": {"ready": ready}})
+        })
+        .collect();
+    json!({"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice", "addressType": "IPv4",
+        "metadata": {"name": name, "namespace": namespace, "labels": {"kubernetes.io/service-name": service}},
+        "endpoints": endpoints, "ports": [{"name": "https", "port": 6443, "protocol": "TCP"}]})
 }
 
 fn service(name: &str) -> Value {
@@ -297,6 +377,10 @@ fn describe(change: &Change) -> String {
             "Services {:?}",
             services.iter().map(|s| format!("{}/{} {:?}", s.namespace, s.name, s.selector)).collect::<Vec<_>>()
         ),
+        Change::EndpointSlices(slices) => format!(
+            "EndpointSlices {:?}",
+            slices.iter().map(|s| format!("{}/{} {:?}", s.namespace, s.name, s.addresses)).collect::<Vec<_>>()
+        ),
         Change::Revision(r) => format!("Revision {}", r.metadata.name.as_deref().unwrap_or_default()),
         Change::RevisionDeleted { namespace, name } => format!("RevisionDeleted {namespace}/{name}"),
         Change::Rollout(r) => format!(
@@ -336,6 +420,7 @@ fn seeded() -> FakeApi {
     api.put(PODS, pod("db-0", json!({"app": "db"}), "n1", "10.200.1.2"));
     api.put(NODES, node("n1", "192.168.0.1"));
     api.put(SERVICES, service("db"));
+    api.put(SLICES, slice("default", "kubernetes", "kubernetes", &["192.168.0.10"], &[]));
     // What the watches will deserialize.
     serde_json::from_value::<PolicyRevision>(revision("sha256-r1")).expect("a PolicyRevision");
     serde_json::from_value::<PolicyRollout>(rollout("web", "sha256-r1")).expect("a PolicyRollout");
@@ -356,14 +441,15 @@ async fn watches_become_changes_and_a_relisting_deletes_what_vanished() {
     let state = Arc::new(WatchState::default());
     let task = tokio::spawn(watch(api.client(), tx, state.clone()));
 
-    // The initial listings, then Synced once all six are in.
-    let mut initial = next(&changes, 8);
-    assert_eq!(initial.iter().position(|c| c == "Synced"), Some(7), "Synced comes last: {initial:?}");
+    // The initial listings, then Synced once all seven are in.
+    let mut initial = next(&changes, 9);
+    assert_eq!(initial.iter().position(|c| c == "Synced"), Some(8), "Synced comes last: {initial:?}");
     initial.retain(|c| c != "Synced");
     assert_eq!(
         initial,
         vec![
-            "Namespace shop labels={\"kubernetes.io/metadata.name\": \"shop\", \"team\": \"a\"}".to_string(),
+            "EndpointSlices [\"default/kubernetes [192.168.0.10]\"]".to_string(),
+            "Namespace shop labels={\"kubernetes.io/metadata.name\": \"shop\", \"team\": \"a\"}".into(),
             "Nodes [\"n1 [192.168.0.1]\"]".into(),
             API_POD.into(),
             DB_POD.into(),
@@ -429,7 +515,7 @@ async fn synced_waits_for_every_initial_listing() {
     let state = Arc::new(WatchState::default());
     tokio::spawn(watch(api.client(), tx, state.clone()));
     // Nothing in the cluster: each whole-list kind is still announced (empty), then Synced.
-    assert_eq!(next(&changes, 3), vec!["Nodes []", "Services []", "Synced"]);
+    assert_eq!(next(&changes, 4), vec!["EndpointSlices []", "Nodes []", "Services []", "Synced"]);
     assert!(state.synced());
     quiet(&changes);
 }
@@ -461,7 +547,7 @@ async fn reports_are_applied_and_those_of_gone_rollouts_deleted() {
     let (tx, changes) = mpsc::channel();
     let state = Arc::new(WatchState::default());
     tokio::spawn(watch(api.client(), tx, state.clone()));
-    assert!(next(&changes, 4).contains(&"Synced".to_string()));
+    assert!(next(&changes, 5).contains(&"Synced".to_string()));
 
     let mut writer = ReportWriter::new(api.client(), state.clone());
     writer.write(&[report("web", "n1", 2), report("db", "n1", 0)]).await;
@@ -510,4 +596,107 @@ async fn reports_are_applied_and_those_of_gone_rollouts_deleted() {
         ]
     );
     assert!(api.get(REPORTS, "shop", "db-n1").is_none());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_the_apiserver_endpoint_slices_are_watched() {
+    let api = FakeApi::default();
+    api.put(SLICES, slice("default", "kubernetes", "kubernetes", &["192.168.0.10", "192.168.0.11"], &["192.168.0.11"]));
+    // Another Service's slice in default, and one labelled like the API server's elsewhere.
+    api.put(SLICES, slice("default", "web-abcde", "web", &["10.200.9.9"], &[]));
+    api.put(SLICES, slice("kube-system", "kubernetes", "kubernetes", &["192.168.7.7"], &[]));
+    let (tx, changes) = mpsc::channel();
+    let state = Arc::new(WatchState::default());
+    tokio::spawn(watch(api.client(), tx, state.clone()));
+    let initial = next(&changes, 4);
+    assert_eq!(
+        initial[0], "EndpointSlices [\"default/kubernetes [192.168.0.10]\"]",
+        "the ready address of default/kubernetes only: {initial:?}"
+    );
+    // Listed and watched in namespace default, by label: no wider than RBAC grants.
+    let reads = api.reads();
+    let path = "/apis/discovery.k8s.io/v1/namespaces/default/endpointslices";
+    let selector = "labelSelector=kubernetes.io%2Fservice-name%3Dkubernetes";
+    let slice_reads: Vec<_> = reads.iter().filter(|r| r.path.contains("endpointslices")).collect();
+    assert!(!slice_reads.is_empty());
+    for read in &slice_reads {
+        assert_eq!(read.path, path, "{read:?}");
+        assert!(read.query.split('&').any(|kv| kv == selector), "{read:?}");
+    }
+    quiet(&changes);
+
+    // A second slice of the API server comes; other slices change nothing.
+    api.put(SLICES, slice("default", "kubernetes-2", "kubernetes", &["192.168.0.12"], &[]));
+    assert_eq!(
+        next(&changes, 1),
+        vec!["EndpointSlices [\"default/kubernetes [192.168.0.10]\", \"default/kubernetes-2 [192.168.0.12]\"]"]
+    );
+    api.put(SLICES, slice("default", "web-abcde", "web", &["10.200.9.8"], &[]));
+    api.put(SLICES, slice("kube-system", "kubernetes", "kubernetes", &["192.168.7.8"], &[]));
+    quiet(&changes);
+    api.remove(SLICES, "default", "kubernetes");
+    assert_eq!(next(&changes, 1), vec!["EndpointSlices [\"default/kubernetes-2 [192.168.0.12]\"]"]);
+}
+
+/// No pod has an interface: the agent programs the ipcache, not endpoints.
+struct NoInterfaces;
+
+impl palisade_agent::InterfaceResolver for NoInterfaces {
+    fn interface(&self, _: std::net::Ipv4Addr) -> Option<palisade_agent::Interface> {
+        None
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn node_and_apiserver_addresses_get_their_reserved_identities_in_the_agents_ipcache() {
+    use palisade_agent::{Agent, AgentConfig, RecordingDataplane};
+    use palisade_common as dp;
+
+    let api = seeded();
+    api.put(NODES, node("n2", "192.168.0.2"));
+    api.put(NODES, node("n3", "192.168.0.3"));
+    // The API server: behind a load balancer, on this node and on n3.
+    api.put(SLICES, slice("default", "kubernetes", "kubernetes", &["192.168.0.50", "192.168.0.1", "192.168.0.3"], &[]));
+    let (tx, changes) = mpsc::channel();
+    tokio::spawn(watch(api.client(), tx, Arc::new(WatchState::default())));
+    let config = AgentConfig { node: Some("n1".into()), ..AgentConfig::default() };
+    let mut agent = Agent::new(config, RecordingDataplane::default(), NoInterfaces);
+    let feed = |agent: &mut Agent<RecordingDataplane, NoInterfaces>, until: &dyn Fn(&Change) -> bool| loop {
+        let change = changes.recv_timeout(Duration::from_secs(10)).expect("a change");
+        let done = until(&change);
+        agent.apply(change);
+        if done {
+            agent.converge().expect("converge");
+            break;
+        }
+    };
+    feed(&mut agent, &|c| matches!(c, Change::Synced));
+    let identity = |agent: &Agent<RecordingDataplane, NoInterfaces>, addr: &str| {
+        agent.dataplane().ipcache.get(&(addr.parse().unwrap(), 32)).copied()
+    };
+    let engine_says = |agent: &Agent<RecordingDataplane, NoInterfaces>, addr: &str| {
+        agent.enforced_engine().expect("compiled").identity_of_addr(addr.parse().unwrap())
+    };
+    let expected = [
+        ("192.168.0.1", dp::IDENTITY_HOST, "this node: host, also where the API server runs"),
+        ("192.168.0.2", dp::IDENTITY_REMOTE_NODE, "another node"),
+        ("192.168.0.3", dp::IDENTITY_KUBE_APISERVER, "the API server on another node"),
+        ("192.168.0.50", dp::IDENTITY_KUBE_APISERVER, "the API server's load balancer"),
+    ];
+    for (addr, id, why) in expected {
+        assert_eq!(identity(&agent, addr), Some(id), "{addr}: {why}; ipcache {:?}", agent.dataplane().ipcache);
+        assert_eq!(engine_says(&agent, addr), id, "{addr}: trace and the ipcache agree");
+    }
+    let pod = agent.enforced_engine().unwrap().cluster.pod("shop", "api").cloned().unwrap();
+    let api_identity = agent.enforced_engine().unwrap().identity_of_pod(&pod).unwrap();
+    assert_eq!(identity(&agent, "10.200.1.1"), Some(api_identity), "pods keep their own identity");
+
+    // The API server's slice goes: n3 is just another node again, the load balancer unknown.
+    quiet(&changes); // the watches are open
+    api.remove(SLICES, "default", "kubernetes");
+    feed(&mut agent, &|c| matches!(c, Change::EndpointSlices(_)));
+    assert_eq!(identity(&agent, "192.168.0.3"), Some(dp::IDENTITY_REMOTE_NODE));
+    assert_eq!(identity(&agent, "192.168.0.50"), None);
+    assert_eq!(engine_says(&agent, "192.168.0.50"), dp::IDENTITY_WORLD);
+    assert_eq!(identity(&agent, "192.168.0.1"), Some(dp::IDENTITY_HOST));
 }
