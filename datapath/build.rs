@@ -11,7 +11,8 @@ use std::{
     process::Command,
 };
 
-const OBJECT: &str = "palisade-ebpf";
+/// The production object, and the bench-only one (`datapath/examples` load it; nodes never do).
+const OBJECTS: [&str; 2] = ["palisade-ebpf", "palisade-bench-ebpf"];
 
 fn main() {
     let manifest_dir = PathBuf::from(env::var_os("CARGO_MANIFEST_DIR").unwrap());
@@ -23,19 +24,22 @@ fn main() {
     for var in ["PALISADE_BPF_SKIP", "PALISADE_BPF_OBJ", "BPF_RUSTC", "BPF_CARGO", "BPF_LINKER"] {
         println!("cargo:rerun-if-env-changed={var}");
     }
-    let destination = out_dir.join(OBJECT);
-
     if env::var_os("PALISADE_BPF_SKIP").is_some_and(|v| v == "1") {
-        println!("cargo:warning=PALISADE_BPF_SKIP=1: embedding an empty eBPF object");
-        std::fs::write(&destination, []).expect("write the placeholder object");
+        println!("cargo:warning=PALISADE_BPF_SKIP=1: embedding empty eBPF objects");
+        for object in OBJECTS {
+            std::fs::write(out_dir.join(object), []).expect("write the placeholder object");
+        }
         return;
     }
     if let Some(prebuilt) = env::var_os("PALISADE_BPF_OBJ") {
-        std::fs::copy(&prebuilt, &destination).expect("copy PALISADE_BPF_OBJ");
+        std::fs::copy(&prebuilt, out_dir.join(OBJECTS[0])).expect("copy PALISADE_BPF_OBJ");
+        std::fs::write(out_dir.join(OBJECTS[1]), []).expect("write the placeholder bench object");
         return;
     }
     let built = build(&ebpf_dir, &out_dir.join("bpf-target"));
-    std::fs::copy(&built, &destination).expect("copy the eBPF object");
+    for object in OBJECTS {
+        std::fs::copy(built.join(object), out_dir.join(object)).expect("copy the eBPF object");
+    }
 }
 
 fn build(ebpf_dir: &Path, target_dir: &Path) -> PathBuf {
@@ -47,10 +51,13 @@ fn build(ebpf_dir: &Path, target_dir: &Path) -> PathBuf {
         .args(["build", "--release", "--locked", "--target", "bpfel-unknown-none", "--target-dir"])
         .arg(target_dir)
         .env("RUSTC", rustc)
-        // aya-ebpf needs #![feature(asm_experimental_arch)]; allow unstable features in it only.
-        .env("RUSTC_BOOTSTRAP", "aya_ebpf")
+        // aya-ebpf needs #![feature(asm_experimental_arch)], the program the atomic intrinsics
+        // (the BPF target has no compare-and-swap, so core's atomics lack fetch-add); allow
+        // unstable features in these two only.
+        .env("RUSTC_BOOTSTRAP", "aya_ebpf,palisade_ebpf")
         // Cargo hands build scripts an empty value that would override .cargo/config.toml.
-        .env("CARGO_ENCODED_RUSTFLAGS", "-Cdebuginfo=2\x1f-Clink-arg=--btf")
+        // cpu v3: atomic fetch-add.
+        .env("CARGO_ENCODED_RUSTFLAGS", "-Cdebuginfo=2\x1f-Clink-arg=--btf\x1f-Ctarget-cpu=v3")
         // The outer build's rustup toolchain, flags and wrappers must not leak into this one.
         .env_remove("RUSTUP_TOOLCHAIN")
         .env_remove("RUSTFLAGS")
@@ -73,5 +80,5 @@ fn build(ebpf_dir: &Path, target_dir: &Path) -> PathBuf {
         "building datapath/ebpf failed ({status}); run `make deps` (rustc-web, libstd-rust-web-dev-bpf, \
          bpf-linker), or set PALISADE_BPF_SKIP=1 for check-only builds"
     );
-    target_dir.join("bpfel-unknown-none/release").join(OBJECT)
+    target_dir.join("bpfel-unknown-none/release")
 }

@@ -14,9 +14,13 @@ use std::{
     time::{Duration, Instant},
 };
 
+use aya::programs::{SchedClassifier, TestRun, TestRunOptions};
 use palisade_common::*;
-use palisade_datapath::{Datapath, Hook, Slot};
+use palisade_datapath::{Datapath, EventReader, Hook, Slot};
 use support::*;
+
+/// Bench-only programs (datapath/ebpf/src/bench.rs), never part of what a node loads.
+static BENCH_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/palisade-bench-ebpf"));
 
 const CLIENT: u32 = IDENTITY_FIRST_LOCAL;
 const SERVER: u32 = 1;
@@ -35,8 +39,8 @@ fn main() {
     datapath.set_ipcache(topology.endpoints[3].addr, 32, CLIENT + 1).unwrap();
     datapath.load_slot(0, Slot::A, &[allow_all(DIRECTION_EGRESS)]).unwrap();
     load_server(&mut datapath, SERVER);
-    datapath.attach(0, &client.host_if).unwrap();
-    datapath.attach(SERVER, &server.host_if).unwrap();
+    datapath.attach(0, &client.host_if, client.addr).unwrap();
+    datapath.attach(SERVER, &server.host_if, server.addr).unwrap();
 
     // Optional arguments pick sections: verdict, tcp_rr, flip, events (default: all).
     let sections: Vec<String> = std::env::args().skip(1).collect();
@@ -211,8 +215,8 @@ type Path<'a> = (u32, &'a Endpoint, u32, &'a Endpoint);
 fn attach_path(datapath: &mut Datapath, (client_id, client, server_id, server): Path) {
     datapath.load_slot(client_id, Slot::A, &[allow_all(DIRECTION_EGRESS)]).unwrap();
     load_server(datapath, server_id);
-    datapath.attach(client_id, &client.host_if).unwrap();
-    datapath.attach(server_id, &server.host_if).unwrap();
+    datapath.attach(client_id, &client.host_if, client.addr).unwrap();
+    datapath.attach(server_id, &server.host_if, server.addr).unwrap();
 }
 
 fn detach_path(datapath: &mut Datapath, (client_id, _, server_id, _): Path) {
@@ -439,7 +443,18 @@ fn event_path(datapath: &Datapath, ifindex: u32, client: Ipv4Addr, server: Ipv4A
     println!("events_per_100k_denied_packets_one_flow: {events}");
 
     // Drain rate: the producer keeps at most half a ring ahead of the consumer, so nothing is
-    // lost and the rate is the consumer's.
+    // lost and the rate is the consumer's. The producer is a bench-only program in an object of
+    // its own, with a ring like the node's, drained by the same reader.
+    let mut producer = aya::Ebpf::load(BENCH_OBJECT).expect("load the bench object");
+    let ring = aya::maps::RingBuf::try_from(producer.take_map("EVENTS").expect("EVENTS")).unwrap();
+    let reader = EventReader::new(ring);
+    let event_burst: &mut SchedClassifier =
+        producer.program_mut("event_burst").expect("event_burst").try_into().unwrap();
+    event_burst.load().unwrap();
+    let emit = |bursts: u32| {
+        let options = TestRunOptions { data_in: Some(&[0; 64]), repeat: bursts, ..TestRunOptions::new() };
+        event_burst.test_run(options).unwrap().return_value
+    };
     let received = Arc::new(AtomicU64::new(0));
     let counter = received.clone();
     let consumer = reader.spawn(move |_| {
@@ -453,7 +468,7 @@ fn event_path(datapath: &Datapath, ifindex: u32, client: Ipv4Addr, server: Ipv4A
         while produced - received.load(Ordering::Relaxed) > 32_768 {
             thread::yield_now();
         }
-        if datapath.emit_synthetic_events(BURSTS).unwrap() != 64 {
+        if emit(BURSTS) != 64 {
             incomplete_bursts += 1;
         }
         produced += per_call;

@@ -18,7 +18,8 @@ pub struct EventReader {
 }
 
 impl EventReader {
-    pub(crate) fn new(ring: RingBuf<MapData>) -> Self {
+    /// A reader of any ring of `FlowEvent`s (the node's, or a benchmark's).
+    pub fn new(ring: RingBuf<MapData>) -> Self {
         EventReader { ring }
     }
 

@@ -17,24 +17,25 @@ use aya::{
 
 use crate::{EndpointId, Error, Result};
 
-const MAPS: [&str; 12] = [
+const MAPS: [&str; 14] = [
     "IPCACHE",
     "ENDPOINTS",
     "ENDPOINT_CONFIG",
     "NODE_STATE",
+    "SLOT_WRITES",
     "VERDICT_CACHE",
     "POLICY_SLOTS",
     "CONNTRACK",
     "FAST_FLOWS",
+    "FRAGMENTS",
     "FLOWS",
     "COUNTERS",
     "EVENTS",
     "EVENT_TOKENS",
 ];
-/// Pinned in this order; the last one marks a complete pin directory.
-const PROGRAMS: [&str; 3] = ["event_burst", "from_endpoint", "to_endpoint"];
-/// Programs attached to endpoints (the others are only run with BPF_PROG_TEST_RUN).
-const ATTACHED: [&str; 2] = ["from_endpoint", "to_endpoint"];
+/// The programs, all attached to every endpoint; pinned in this order, so the last one marks a
+/// complete pin directory.
+const PROGRAMS: [&str; 2] = ["from_endpoint", "to_endpoint"];
 
 #[derive(Clone, Debug)]
 pub(crate) struct Pins {
@@ -116,7 +117,7 @@ impl Pins {
     }
 
     pub(crate) fn link_pinned(&self, endpoint: EndpointId) -> bool {
-        ATTACHED.iter().all(|program| self.link_path(endpoint, program).exists())
+        PROGRAMS.iter().all(|program| self.link_path(endpoint, program).exists())
     }
 
     pub(crate) fn pin_link(&self, endpoint: EndpointId, program: &str, link: FdLink) -> Result<()> {
@@ -127,7 +128,7 @@ impl Pins {
 
     /// The link goes away with its pin once no process holds it: the program detaches.
     pub(crate) fn unpin_links(&self, endpoint: EndpointId) -> Result<()> {
-        for program in ATTACHED {
+        for program in PROGRAMS {
             let path = self.link_path(endpoint, program);
             match fs::remove_file(&path) {
                 Err(e) if e.kind() != io::ErrorKind::NotFound => {
