@@ -22,7 +22,7 @@ use aya::{
 use palisade_common::{
     EndpointConfig, EndpointCounters, FlowKey, FlowStats, MAX_ENDPOINTS, MODE_AUDIT, MODE_ENFORCE, MODE_OFF,
     NODE_STATE_EPOCH, NODE_STATE_GENERATION, NODE_STATE_VERSION, PolicyEntry, PolicyKey, PolicyValue, SLOT_A, SLOT_B,
-    SLOT_NONE, SlotKey, SlotSelection,
+    SLOT_NONE, SlotKey, SlotSelection, slot_writes_index,
 };
 
 pub use error::Error;
@@ -155,12 +155,13 @@ pub struct Datapath {
     /// Counter indexes in use, from the record.
     used_indexes: Vec<bool>,
     node_state: Array<MapData, u32>,
+    /// Per (counter index, slot): odd while a slot is rewritten in place.
+    slot_writes: Array<MapData, u32>,
     policy_slots: HashOfMaps<MapData, SlotKey, PolicySlot>,
     flows: PerCpuHashMap<MapData, FlowKey, FlowStats>,
     counters: PerCpuArray<MapData, EndpointCounters>,
     from_endpoint: SchedClassifier,
     to_endpoint: SchedClassifier,
-    event_burst: SchedClassifier,
 }
 
 impl Datapath {
@@ -188,12 +189,12 @@ impl Datapath {
             endpoint_config,
             used_indexes,
             node_state: pins.map("NODE_STATE")?,
+            slot_writes: pins.map("SLOT_WRITES")?,
             policy_slots: pins.map("POLICY_SLOTS")?,
             flows: pins.map("FLOWS")?,
             counters: pins.map("COUNTERS")?,
             from_endpoint: pins.program("from_endpoint")?,
             to_endpoint: pins.program("to_endpoint")?,
-            event_burst: pins.program("event_burst")?,
             pins,
         })
     }
@@ -207,14 +208,17 @@ impl Datapath {
     }
 
     /// Attaches the program to both tc hooks (TCX) of `ifname`, the host side of the endpoint's
-    /// interface. An endpoint exists from its first `load_slot` or `attach` and enforces slot A
-    /// (empty: deny all) until told otherwise, so load its policy first. Attaching an attached endpoint to the same interface is a no-op.
-    pub fn attach(&mut self, endpoint: EndpointId, ifname: &str) -> Result<()> {
+    /// interface; `addr` is the endpoint's address, the only source its IPv4 packets may carry.
+    /// An endpoint exists from its first `load_slot` or `attach` and enforces slot A (empty:
+    /// deny all) until told otherwise, so load its policy first. Attaching an attached endpoint
+    /// to the same interface is a no-op.
+    pub fn attach(&mut self, endpoint: EndpointId, ifname: &str, addr: Ipv4Addr) -> Result<()> {
         let ifindex =
             ifindex(ifname).map_err(|source| Error::Interface { ifname: ifname.to_owned(), endpoint, source })?;
+        let addr_be = u32::from_ne_bytes(addr.octets());
         if self.pins.link_pinned(endpoint) {
             return match self.config(endpoint) {
-                Ok(config) if config.ifindex == ifindex => Ok(()),
+                Ok(config) if config.ifindex == ifindex && config.addr_be == addr_be => Ok(()),
                 _ => Err(Error::AlreadyAttached { endpoint }),
             };
         }
@@ -225,6 +229,7 @@ impl Datapath {
             ignore_missing(self.endpoints.remove(&config.ifindex)).map_err(map_error("ENDPOINTS", endpoint))?;
         }
         config.ifindex = ifindex;
+        config.addr_be = addr_be;
         self.write_config(config)?;
         self.bump_version()?;
         for (program, name, hook) in [
@@ -325,29 +330,48 @@ impl Datapath {
         self.renew_slot_generation(endpoint, slot)
     }
 
-    /// Changes `slot` in place, key by key: `upserts` are written, then `removals` deleted. For
-    /// changes within a revision (a peer identity or a named port coming or going), where each key
-    /// only concerns the peers it names; microseconds per key, no grace period. A new revision
-    /// goes into the idle slot with [`Self::load_slot`] and is flipped to instead.
-    pub fn update_slot(
+    /// Makes `slot`, which holds `from`, hold `to` (both sorted by key), in place: only the keys
+    /// that differ are written, then the ones `to` lacks deleted. The slot's write sequence is
+    /// odd meanwhile, so the program never compares a half-written slot as a candidate nor
+    /// caches a verdict from it. A slot never loaded is loaded whole. On a failed write the
+    /// slot is put back to `from`; if even that fails it stays marked as being written (never
+    /// compared) until a later rewrite succeeds.
+    pub fn rewrite_slot(
         &mut self,
         endpoint: EndpointId,
         slot: Slot,
-        upserts: &[PolicyEntry],
-        removals: &[PolicyKey],
+        from: &[PolicyEntry],
+        to: &[PolicyEntry],
     ) -> Result<()> {
+        if to.len() > MAX_POLICY_ENTRIES as usize {
+            return Err(Error::TooManyEntries { endpoint, entries: to.len(), max: MAX_POLICY_ENTRIES });
+        }
         let key = SlotKey { endpoint, slot: slot.raw() as u32 };
         let mut policy: PolicySlot = match self.policy_slots.get(&key, 0) {
             Ok(policy) => policy,
-            Err(MapError::KeyNotFound) => return self.load_slot(endpoint, slot, upserts),
+            Err(MapError::KeyNotFound) => return self.load_slot(endpoint, slot, to),
             Err(source) => return Err(Error::Map { map: "POLICY_SLOTS", endpoint: Some(endpoint), source }),
         };
-        write_entries(&mut policy, upserts, endpoint)?;
-        for removed in removals {
-            ignore_missing(policy.remove(&policy_key(removed))).map_err(map_error("POLICY_SLOTS (inner)", endpoint))?;
+        let (upserts, removals) = slot_changes(from, to);
+        if upserts.is_empty() && removals.is_empty() {
+            return Ok(());
+        }
+        let sequence = slot_writes_index(self.config(endpoint)?.index, slot.raw());
+        let writes_error = map_error("SLOT_WRITES", endpoint);
+        // Odd while writing; a failed write may have left it odd already.
+        let writing = self.slot_writes.get(&sequence, 0).map_err(&writes_error)? | 1;
+        self.slot_writes.set(sequence, writing, 0).map_err(&writes_error)?;
+        if let Err(error) = change_entries(&mut policy, &upserts, &removals, endpoint) {
+            let (undo_upserts, undo_removals) = slot_changes(to, from);
+            if change_entries(&mut policy, &undo_upserts, &undo_removals, endpoint).is_ok() {
+                self.slot_writes.set(sequence, writing.wrapping_add(1), 0).map_err(&writes_error)?;
+            }
+            return Err(error);
         }
         // Connections whose verdict was cached under the old content are judged again.
-        self.renew_slot_generation(endpoint, slot)
+        self.renew_slot_generation(endpoint, slot)?;
+        self.slot_writes.set(sequence, writing.wrapping_add(1), 0).map_err(&writes_error)?;
+        self.bump_version()
     }
 
     fn renew_slot_generation(&mut self, endpoint: EndpointId, slot: Slot) -> Result<()> {
@@ -460,7 +484,6 @@ impl Datapath {
                 *total += n;
             }
             sum.allowed += cpu.allowed;
-            sum.redirected += cpu.redirected;
             sum.denied += cpu.denied;
             sum.audited += cpu.audited;
             sum.shadow_diffs += cpu.shadow_diffs;
@@ -468,6 +491,8 @@ impl Datapath {
             sum.unenforced += cpu.unenforced;
             sum.events_lost += cpu.events_lost;
             sum.ipv6_dropped += cpu.ipv6_dropped;
+            sum.invalid_source += cpu.invalid_source;
+            sum.unjudged += cpu.unjudged;
             sum.connections += cpu.connections;
             sum
         }))
@@ -530,6 +555,7 @@ impl Datapath {
             endpoint,
             index,
             ifindex: 0,
+            addr_be: 0,
             mode: MODE_ENFORCE,
             _pad: [0; 3],
             by_epoch: [select; 2],
@@ -562,16 +588,6 @@ impl Datapath {
             .test_run(TestRunOptions { data_in: Some(frame), ctx_in: Some(&context), repeat, ..TestRunOptions::new() })
             .map_err(|source| Error::Program { program: name, endpoint: None, source })?;
         Ok(FrameRun { passed: result.return_value == 0, per_run: result.duration })
-    }
-
-    /// Writes `bursts` x 64 synthetic events into the ring buffer as fast as the kernel can, to
-    /// load-test an event consumer. Returns how many the last burst could write.
-    pub fn emit_synthetic_events(&self, bursts: u32) -> Result<u32> {
-        let result = self
-            .event_burst
-            .test_run(TestRunOptions { data_in: Some(&[0; 64]), repeat: bursts, ..TestRunOptions::new() })
-            .map_err(|source| Error::Program { program: "event_burst", endpoint: None, source })?;
-        Ok(result.return_value)
     }
 
     /// Slot generations are unique node-wide and survive restarts, so no cached verdict of a
@@ -634,6 +650,52 @@ fn promoted(endpoint: EndpointId, selection: SlotSelection) -> Result<SlotSelect
     Ok(SlotSelection { enforced: selection.candidate, candidate: selection.enforced })
 }
 
+/// Keys to write and keys to delete to turn `from` into `to` (both sorted by key): one walk
+/// through both, as slots can hold thousands of entries and only a few change.
+pub fn slot_changes(from: &[PolicyEntry], to: &[PolicyEntry]) -> (Vec<PolicyEntry>, Vec<PolicyKey>) {
+    let (mut upserts, mut removals) = (Vec::new(), Vec::new());
+    let (mut old, mut new) = (from.iter().peekable(), to.iter().peekable());
+    loop {
+        match (old.peek(), new.peek()) {
+            (None, None) => break,
+            (Some(o), Some(n)) if o.key == n.key => {
+                if o != n {
+                    upserts.push(**n);
+                }
+                old.next();
+                new.next();
+            }
+            (Some(o), Some(n)) if o.key < n.key => {
+                removals.push(o.key);
+                old.next();
+            }
+            (Some(o), None) => {
+                removals.push(o.key);
+                old.next();
+            }
+            (_, Some(n)) => {
+                upserts.push(**n);
+                new.next();
+            }
+        }
+    }
+    (upserts, removals)
+}
+
+/// Writes `upserts`, then deletes `removals`: a key never disappears before its replacement.
+fn change_entries(
+    policy: &mut PolicySlot,
+    upserts: &[PolicyEntry],
+    removals: &[PolicyKey],
+    endpoint: EndpointId,
+) -> Result<()> {
+    write_entries(policy, upserts, endpoint)?;
+    for removed in removals {
+        ignore_missing(policy.remove(&policy_key(removed))).map_err(map_error("POLICY_SLOTS (inner)", endpoint))?;
+    }
+    Ok(())
+}
+
 fn write_entries(policy: &mut PolicySlot, entries: &[PolicyEntry], endpoint: EndpointId) -> Result<()> {
     for entry in entries {
         let value = entry.value.with_l4_prefix_len(entry.key.l4_prefix_len());
@@ -674,5 +736,33 @@ fn ignore_missing(result: Result<(), MapError>) -> Result<(), MapError> {
         Err(MapError::KeyNotFound) => Ok(()),
         Err(MapError::SyscallError(ref e)) if e.io_error.raw_os_error() == Some(libc::ENOENT) => Ok(()),
         other => other,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use palisade_common::{DIRECTION_INGRESS, VERDICT_ALLOW};
+
+    use super::*;
+
+    #[test]
+    fn slot_changes_write_changed_and_new_keys_and_delete_the_rest() {
+        use std::collections::BTreeSet;
+        let entry = |identity: u32, port: u16, cookie: u32| PolicyEntry {
+            key: PolicyKey::new(identity, DIRECTION_INGRESS, Some(6), port, 16),
+            value: PolicyValue::new(VERDICT_ALLOW, cookie),
+        };
+        let mut old = vec![entry(300, 80, 1), entry(300, 443, 1), entry(301, 80, 1), entry(303, 80, 1)];
+        let mut new = vec![entry(300, 80, 1), entry(300, 443, 2), entry(302, 80, 1), entry(304, 80, 1)];
+        old.sort_by_key(|e| e.key);
+        new.sort_by_key(|e| e.key);
+        let (upserts, removals) = slot_changes(&old, &new);
+        let keys = |entries: &[PolicyEntry]| entries.iter().map(|e| e.key).collect::<BTreeSet<_>>();
+        assert_eq!(keys(&upserts), keys(&[entry(300, 443, 2), entry(302, 80, 1), entry(304, 80, 1)]));
+        assert!(upserts.contains(&entry(300, 443, 2)), "the new value");
+        assert_eq!(removals.iter().copied().collect::<BTreeSet<_>>(), keys(&[entry(301, 80, 1), entry(303, 80, 1)]));
+        assert_eq!(slot_changes(&new, &new), (vec![], vec![]));
+        assert_eq!(slot_changes(&[], &new).0, new);
+        assert_eq!(slot_changes(&new, &[]).1, new.iter().map(|e| e.key).collect::<Vec<_>>());
     }
 }

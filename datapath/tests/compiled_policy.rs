@@ -91,7 +91,7 @@ fn address(engine: &Engine, end: &FlowEnd) -> Option<Ipv4Addr> {
             Some(pod.ip.unwrap_or_else(|| panic!("pod {end} has no IP in cluster.yaml")))
         }
         FlowEnd::Address(ip) => Some(*ip),
-        FlowEnd::Entity(_) => None,
+        FlowEnd::Entity(_) | FlowEnd::Node => None,
     }
 }
 
@@ -231,7 +231,8 @@ fn check_scenario(index: usize, name: &str) -> Outcome {
         let (ifname, peer) = (format!("pcp{index}h{id}"), format!("pcp{index}p{id}"));
         run(&["ip", "-n", &sandbox.netns, "link", "add", &ifname, "type", "veth", "peer", "name", &peer]);
         run(&["ip", "-n", &sandbox.netns, "link", "set", &ifname, "up"]);
-        datapath.attach(id, &ifname).unwrap();
+        let addr = endpoint.pod.ip.unwrap_or_else(|| panic!("pod {} has no IP", endpoint.pod.key()));
+        datapath.attach(id, &ifname, addr).unwrap();
         endpoints.insert(endpoint.pod.key(), (id, if_index(&ifname), [ingress, egress]));
     }
 

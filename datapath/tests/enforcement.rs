@@ -59,7 +59,7 @@ fn setup(topology: &Topology, datapath: &mut Datapath) {
     for (i, (endpoint, policy)) in topology.endpoints.iter().zip(policies()).enumerate() {
         datapath.set_ipcache(endpoint.addr, 32, identity(i)).unwrap();
         datapath.load_slot(i as u32, Slot::A, &policy).unwrap();
-        datapath.attach(i as u32, &endpoint.host_if).unwrap();
+        datapath.attach(i as u32, &endpoint.host_if, endpoint.addr).unwrap();
     }
     let external = topology.external.as_ref().unwrap().addr;
     datapath.set_ipcache(Ipv4Addr::from(u32::from(external) & !0xff), 24, CIDR_IDENTITY).unwrap();
@@ -167,13 +167,13 @@ fn tightened_policy_cuts_an_established_connection() {
     // So does a change in place, key by key (how an agent follows peers coming and going).
     let mut stream = tcp_connect(&topology.endpoints[0].ns, topology.endpoints[1].addr, 80).expect("connect");
     assert!(tcp_roundtrip(&mut stream));
-    let port_80: Vec<_> = policies()[1].iter().copied().filter(|e| e.key.port() == 80).collect();
-    let keys: Vec<_> = port_80.iter().map(|e| e.key).collect();
-    datapath.update_slot(1, Slot::B, &[], &keys).unwrap();
-    assert!(!tcp_roundtrip(&mut stream), "removing the allow in place cuts the connection");
-    datapath.update_slot(1, Slot::B, &port_80, &[]).unwrap();
     let mut expected = policies()[1].clone();
     expected.sort_by_key(|e| e.key);
+    let mut without_80 = expected.clone();
+    without_80.retain(|e| e.key.port() != 80);
+    datapath.rewrite_slot(1, Slot::B, &expected, &without_80).unwrap();
+    assert!(!tcp_roundtrip(&mut stream), "removing the allow in place cuts the connection");
+    datapath.rewrite_slot(1, Slot::B, &without_80, &expected).unwrap();
     assert_eq!(datapath.slot_entries(1, Slot::B).unwrap(), expected, "the slot reads back as written");
     assert!(tcp_ok(&topology.endpoints[0].ns, topology.endpoints[1].addr, 80), "adding it back allows again");
     datapath.destroy().unwrap();
@@ -226,7 +226,7 @@ fn ipv6_gets_neighbor_discovery_only_until_it_has_policy() {
     let _inside = InNetns::enter(&topology.node);
     let mut datapath = topology.datapath();
     datapath.load_slot(0, Slot::A, &[allow_all(DIRECTION_INGRESS, 1)]).unwrap();
-    datapath.attach(0, &topology.endpoints[0].host_if).unwrap();
+    datapath.attach(0, &topology.endpoints[0].host_if, topology.endpoints[0].addr).unwrap();
     let ifindex = if_index(&topology.endpoints[0].host_if);
     let run =
         |datapath: &Datapath, frame: &[u8]| datapath.run_frame(Hook::ToEndpoint, ifindex, frame, 1).unwrap().passed;

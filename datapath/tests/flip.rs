@@ -42,8 +42,8 @@ fn hundred_flips_under_load() {
     datapath.load_slot(1, Slot::A, &slot_a).unwrap();
     datapath.load_slot(1, Slot::B, &slot_b).unwrap();
     datapath.set_candidate(1, Some(Slot::B)).unwrap();
-    datapath.attach(0, &sender.host_if).unwrap();
-    datapath.attach(1, &receiver.host_if).unwrap();
+    datapath.attach(0, &sender.host_if, sender.addr).unwrap();
+    datapath.attach(1, &receiver.host_if, receiver.addr).unwrap();
     let received = udp_echo_servers(&receiver.ns, &[9000, 9001]);
 
     let stop = Arc::new(AtomicBool::new(false));

@@ -48,7 +48,7 @@ fn first_agent_process() {
     for (i, ((ifname, addr), policy)) in endpoints.iter().zip(policies).enumerate() {
         datapath.set_ipcache(*addr, 32, pinger + i as u32).unwrap();
         datapath.load_slot(i as u32, Slot::A, &policy).unwrap();
-        datapath.attach(i as u32, ifname).unwrap();
+        datapath.attach(i as u32, ifname, *addr).unwrap();
     }
     println!("READY");
     // Run until the parent closes stdin, then exit without cleaning up, like a killed agent.
@@ -130,7 +130,7 @@ fn a_datapath_pinned_by_another_build_is_refused_and_left_running() {
     let _inside = InNetns::enter(&topology.node);
     let mut datapath = topology.datapath();
     datapath.load_slot(1, Slot::A, &[]).unwrap();
-    datapath.attach(1, &topology.endpoints[1].host_if).unwrap();
+    datapath.attach(1, &topology.endpoints[1].host_if, topology.endpoints[1].addr).unwrap();
     drop(datapath);
     let object = topology.pin_dir.join("object");
     std::fs::remove_dir_all(&object).unwrap();

@@ -39,7 +39,7 @@ fn candidate_differences_are_counted_while_the_enforced_policy_decides() {
     // Endpoint 2 has no policy yet: audit mode lets everything through and records would-be drops.
     datapath.load_slot(2, Slot::A, &[]).unwrap();
     for (i, endpoint) in topology.endpoints.iter().enumerate() {
-        datapath.attach(i as u32, &endpoint.host_if).unwrap();
+        datapath.attach(i as u32, &endpoint.host_if, endpoint.addr).unwrap();
     }
     datapath.set_mode(2, Mode::Audit).unwrap();
     let mut events = datapath.events().unwrap();

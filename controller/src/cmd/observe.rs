@@ -149,8 +149,9 @@ fn render(flow: &ObservedFlow, timezone: &TimeZone) -> String {
         protocol => format!("{}/{protocol}", flow.port),
     };
     let revision = |r: &Option<String>| r.as_ref().map(|r| format!(" ({r})")).unwrap_or_default();
+    let reason = flow.drop_reason.as_ref().map(|r| format!(" ({r})")).unwrap_or_default();
     let mut line = format!(
-        "{time}  {} ({}) -> {} ({}) {port}  {}  ",
+        "{time}  {} ({}) -> {} ({}) {port}  {}{reason}  ",
         flow.source.name(),
         flow.source.ip,
         flow.destination.name(),
@@ -202,6 +203,7 @@ mod tests {
             time: "2025-11-21T13:38:33.295123Z".into(),
             node: "local".into(),
             verdict: FlowVerdict::Dropped,
+            drop_reason: Some("policy-denied".into()),
             direction: "ingress".into(),
             source: pod("shop", "api-5d8f", "10.200.10.20"),
             destination: pod("shop", "postgres-0", "10.200.10.30"),
@@ -225,14 +227,16 @@ mod tests {
         assert_eq!(
             render(&flow(), &TimeZone::UTC),
             "Nov 21 13:38:33.295  shop/api-5d8f (10.200.10.20) -> shop/postgres-0 (10.200.10.30) 5432/TCP  \
-             DROPPED  by CiliumNetworkPolicy shop/postgres spec.ingressDeny[0] (main@4b15b4e)"
+             DROPPED (policy-denied)  by CiliumNetworkPolicy shop/postgres spec.ingressDeny[0] (main@4b15b4e)"
         );
         let mut diff = flow();
         diff.verdict = FlowVerdict::Forwarded;
+        diff.drop_reason = None;
         diff.decided_by.rule = Some("spec.ingress[0]".into());
         diff.candidate_revision = Some("main@37afc32".into());
         diff.candidate = Some(CandidateVerdict {
             verdict: FlowVerdict::Dropped,
+            drop_reason: Some("policy-denied".into()),
             differs: true,
             decided_by: DecidedBy { description: "default deny (no rule allows it)".into(), ..DecidedBy::default() },
         });

@@ -10,7 +10,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::Ipv4Addr;
 use std::sync::Arc;
 
-use palisade_common::{EndpointCounters, PolicyEntry, PolicyKey};
+use palisade_common::{EndpointCounters, PolicyEntry};
 use palisade_datapath::{EndpointId, Slot};
 use palisade_policy::cluster::{Cluster, Pod};
 use palisade_policy::model::{PolicySet, Prefix};
@@ -616,15 +616,15 @@ impl<D: Dataplane, R: InterfaceResolver> Agent<D, R> {
                 self.set_candidate(&key, Some(idle))?;
             }
         }
-        let unattached: Vec<(ObjectKey, EndpointId, String)> = self
+        let unattached: Vec<(ObjectKey, EndpointId, String, Ipv4Addr)> = self
             .endpoints
             .iter()
             .filter(|(_, e)| !e.attached && !e.slot(e.enforced).entries.is_empty())
-            .filter_map(|(k, e)| Some((k.clone(), e.id, e.interface.as_ref()?.name.clone())))
+            .filter_map(|(k, e)| Some((k.clone(), e.id, e.interface.as_ref()?.name.clone(), e.ip)))
             .collect();
-        for (key, id, ifname) in unattached {
+        for (key, id, ifname, ip) in unattached {
             info!(pod = %format!("{}/{}", key.0, key.1), endpoint = id, interface = %ifname, "attaching");
-            self.dataplane.attach(id, &ifname).map_err(|source| endpoint_error(&key, source))?;
+            self.dataplane.attach(id, &ifname, ip).map_err(|source| endpoint_error(&key, source))?;
             self.endpoints.get_mut(&key).expect("listed").attached = true;
         }
         Ok(())
@@ -636,9 +636,8 @@ impl<D: Dataplane, R: InterfaceResolver> Agent<D, R> {
         let current = &endpoint.slots[slot_index(slot)];
         if current.entries != content.entries {
             self.candidate_touched |= endpoint.candidate == Some(slot);
-            let (upserts, removals) = diff(&current.entries, &content.entries);
             self.dataplane
-                .update_slot(endpoint.id, slot, &upserts, &removals)
+                .rewrite_slot(endpoint.id, slot, &current.entries, &content.entries)
                 .map_err(|source| endpoint_error(key, source))?;
         }
         endpoint.slots[slot_index(slot)] = content;
@@ -728,38 +727,6 @@ fn merge(parts: &[(ObjectKey, &PolicySet, String)]) -> (PolicySet, Vec<ObjectKey
     (set, origins, parts.iter().map(|(_, _, id)| id.clone()).collect())
 }
 
-/// Keys to write and keys to delete to turn `old` into `new` (both sorted by key): one walk
-/// through both, as slots can hold thousands of entries and only a few change.
-fn diff(old: &[PolicyEntry], new: &[PolicyEntry]) -> (Vec<PolicyEntry>, Vec<PolicyKey>) {
-    let (mut upserts, mut removals) = (Vec::new(), Vec::new());
-    let (mut old, mut new) = (old.iter().peekable(), new.iter().peekable());
-    loop {
-        match (old.peek(), new.peek()) {
-            (None, None) => break,
-            (Some(o), Some(n)) if o.key == n.key => {
-                if o != n {
-                    upserts.push(**n);
-                }
-                old.next();
-                new.next();
-            }
-            (Some(o), Some(n)) if o.key < n.key => {
-                removals.push(o.key);
-                old.next();
-            }
-            (Some(o), None) => {
-                removals.push(o.key);
-                old.next();
-            }
-            (_, Some(n)) => {
-                upserts.push(**n);
-                new.next();
-            }
-        }
-    }
-    (upserts, removals)
-}
-
 fn slot_index(slot: Slot) -> usize {
     match slot {
         Slot::A => 0,
@@ -774,32 +741,5 @@ fn endpoint_error(key: &ObjectKey, source: palisade_datapath::Error) -> Error {
 impl From<palisade_datapath::Error> for Error {
     fn from(source: palisade_datapath::Error) -> Self {
         Error::Datapath(Box::new(source))
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use palisade_common::PolicyValue;
-
-    use super::*;
-
-    #[test]
-    fn diff_writes_changed_and_new_keys_and_deletes_the_rest() {
-        let entry = |identity: u32, port: u16, cookie: u32| PolicyEntry {
-            key: PolicyKey::new(identity, palisade_common::DIRECTION_INGRESS, Some(6), port, 16),
-            value: PolicyValue::new(palisade_common::VERDICT_ALLOW, cookie),
-        };
-        let mut old = vec![entry(300, 80, 1), entry(300, 443, 1), entry(301, 80, 1), entry(303, 80, 1)];
-        let mut new = vec![entry(300, 80, 1), entry(300, 443, 2), entry(302, 80, 1), entry(304, 80, 1)];
-        old.sort_by_key(|e| e.key);
-        new.sort_by_key(|e| e.key);
-        let (upserts, removals) = diff(&old, &new);
-        let keys = |entries: &[PolicyEntry]| entries.iter().map(|e| e.key).collect::<BTreeSet<_>>();
-        assert_eq!(keys(&upserts), keys(&[entry(300, 443, 2), entry(302, 80, 1), entry(304, 80, 1)]));
-        assert!(upserts.contains(&entry(300, 443, 2)), "the new value");
-        assert_eq!(removals.iter().copied().collect::<BTreeSet<_>>(), keys(&[entry(301, 80, 1), entry(303, 80, 1)]));
-        assert_eq!(diff(&new, &new), (vec![], vec![]));
-        assert_eq!(diff(&[], &new).0, new);
-        assert_eq!(diff(&new, &[]).1, new.iter().map(|e| e.key).collect::<Vec<_>>());
     }
 }

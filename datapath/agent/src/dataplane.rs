@@ -13,16 +13,18 @@ pub trait Dataplane {
     fn endpoints(&self) -> Result<Vec<EndpointId>>;
     fn state(&self, endpoint: EndpointId) -> Result<EndpointState>;
     fn slot_entries(&self, endpoint: EndpointId, slot: Slot) -> Result<Vec<PolicyEntry>>;
-    fn attach(&mut self, endpoint: EndpointId, ifname: &str) -> Result<()>;
+    /// `addr`: the endpoint's address, the only source its packets may carry.
+    fn attach(&mut self, endpoint: EndpointId, ifname: &str, addr: Ipv4Addr) -> Result<()>;
     fn detach(&mut self, endpoint: EndpointId) -> Result<()>;
     fn set_ipcache(&mut self, addr: Ipv4Addr, prefix_len: u8, identity: u32) -> Result<()>;
     fn remove_ipcache(&mut self, addr: Ipv4Addr, prefix_len: u8) -> Result<()>;
-    fn update_slot(
+    /// Makes `slot`, which holds `from`, hold `to` (both sorted by key), changing only what differs.
+    fn rewrite_slot(
         &mut self,
         endpoint: EndpointId,
         slot: Slot,
-        upserts: &[PolicyEntry],
-        removals: &[PolicyKey],
+        from: &[PolicyEntry],
+        to: &[PolicyEntry],
     ) -> Result<()>;
     fn set_candidate(&mut self, endpoint: EndpointId, candidate: Option<Slot>) -> Result<()>;
     fn flip_all(&mut self, endpoints: &[EndpointId]) -> Result<()>;
@@ -77,8 +79,8 @@ impl Dataplane for Datapath {
     fn slot_entries(&self, endpoint: EndpointId, slot: Slot) -> Result<Vec<PolicyEntry>> {
         Datapath::slot_entries(self, endpoint, slot)
     }
-    fn attach(&mut self, endpoint: EndpointId, ifname: &str) -> Result<()> {
-        Datapath::attach(self, endpoint, ifname)
+    fn attach(&mut self, endpoint: EndpointId, ifname: &str, addr: Ipv4Addr) -> Result<()> {
+        Datapath::attach(self, endpoint, ifname, addr)
     }
     fn detach(&mut self, endpoint: EndpointId) -> Result<()> {
         Datapath::detach(self, endpoint)
@@ -89,14 +91,14 @@ impl Dataplane for Datapath {
     fn remove_ipcache(&mut self, addr: Ipv4Addr, prefix_len: u8) -> Result<()> {
         Datapath::remove_ipcache(self, addr, prefix_len)
     }
-    fn update_slot(
+    fn rewrite_slot(
         &mut self,
         endpoint: EndpointId,
         slot: Slot,
-        upserts: &[PolicyEntry],
-        removals: &[PolicyKey],
+        from: &[PolicyEntry],
+        to: &[PolicyEntry],
     ) -> Result<()> {
-        Datapath::update_slot(self, endpoint, slot, upserts, removals)
+        Datapath::rewrite_slot(self, endpoint, slot, from, to)
     }
     fn set_candidate(&mut self, endpoint: EndpointId, candidate: Option<Slot>) -> Result<()> {
         Datapath::set_candidate(self, endpoint, candidate)
@@ -147,6 +149,8 @@ pub struct RecordingDataplane {
 #[derive(Clone, Debug, Default)]
 pub struct RecordedEndpoint {
     pub ifname: Option<String>,
+    /// The address it was attached with.
+    pub addr: Option<Ipv4Addr>,
     pub ifindex: u32,
     pub enforced: Option<Slot>,
     pub candidate: Option<Slot>,
@@ -204,8 +208,9 @@ impl Dataplane for RecordingDataplane {
     fn slot_entries(&self, endpoint: EndpointId, slot: Slot) -> Result<Vec<PolicyEntry>> {
         Ok(self.endpoints.get(&endpoint).map(|e| e.entries(slot)).unwrap_or_default())
     }
-    fn attach(&mut self, endpoint: EndpointId, ifname: &str) -> Result<()> {
+    fn attach(&mut self, endpoint: EndpointId, ifname: &str, addr: Ipv4Addr) -> Result<()> {
         let e = self.endpoint(endpoint);
+        e.addr = Some(addr);
         e.ifname = Some(ifname.to_owned());
         e.ifindex = RecordingDataplane::ifindex(ifname);
         self.log.push(SlotOp::Attach(endpoint, ifname.to_owned()));
@@ -226,18 +231,19 @@ impl Dataplane for RecordingDataplane {
         self.log.push(SlotOp::Ipcache(addr, prefix_len, None));
         Ok(())
     }
-    fn update_slot(
+    fn rewrite_slot(
         &mut self,
         endpoint: EndpointId,
         slot: Slot,
-        upserts: &[PolicyEntry],
-        removals: &[PolicyKey],
+        from: &[PolicyEntry],
+        to: &[PolicyEntry],
     ) -> Result<()> {
+        let (upserts, removals) = palisade_datapath::slot_changes(from, to);
         let entries = self.endpoint(endpoint).slot_mut(slot);
-        for entry in upserts {
+        for entry in &upserts {
             entries.insert(entry.key, *entry);
         }
-        for key in removals {
+        for key in &removals {
             entries.remove(key);
         }
         self.log.push(SlotOp::Update { endpoint, slot, upserts: upserts.len(), removals: removals.len() });

@@ -409,6 +409,7 @@ mod flow_metrics {
             time: "2025-11-21T13:38:33Z".into(),
             node: "n1".into(),
             verdict,
+            drop_reason: None,
             direction: "ingress".into(),
             source: FlowPeer::default(),
             destination: FlowPeer::default(),
@@ -417,6 +418,7 @@ mod flow_metrics {
             decided_by: DecidedBy::default(),
             candidate: candidate.map(|c| CandidateVerdict {
                 verdict: c,
+                drop_reason: None,
                 differs: c != verdict,
                 decided_by: DecidedBy::default(),
             }),

@@ -114,6 +114,9 @@ pub struct DecidedBy {
 pub struct CandidateVerdict {
     /// `FORWARDED` or `DROPPED`.
     pub verdict: FlowVerdict,
+    /// Why the candidate would drop it (`policy-denied`, `l7-unsupported`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub drop_reason: Option<String>,
     pub differs: bool,
     pub decided_by: DecidedBy,
 }
@@ -131,6 +134,10 @@ pub struct ObservedFlow {
     pub time: String,
     pub node: String,
     pub verdict: FlowVerdict,
+    /// Why it was dropped (or, audited, would be), in kebab case: `policy-denied`,
+    /// `invalid-source`, `l7-unsupported`, ...
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub drop_reason: Option<String>,
     /// `ingress` or `egress`, seen from the endpoint whose policy decided.
     pub direction: String,
     pub source: FlowPeer,
@@ -435,7 +442,8 @@ impl<D: Dataplane, R: InterfaceResolver> Agent<D, R> {
             None => FlowPeer { ip: peer_ip, identity: key.identity, ..FlowPeer::default() },
         };
         let (source, destination) = if ingress { (peer, local) } else { (local, peer) };
-        let denies = key.enforced_verdict == dp::VERDICT_DENY;
+        let reason = key.drop_reason();
+        let denies = reason.is_some();
         let verdict = match (denies, key.mode) {
             (false, _) => FlowVerdict::Forwarded,
             (true, dp::MODE_AUDIT) => FlowVerdict::Audit,
@@ -448,9 +456,11 @@ impl<D: Dataplane, R: InterfaceResolver> Agent<D, R> {
             None => DecidedBy { description: format!("rule cookie {cookie}"), ..DecidedBy::default() },
         };
         let candidate = (key.candidate_verdict != dp::VERDICT_NONE).then(|| {
-            let candidate_denies = key.candidate_verdict == dp::VERDICT_DENY;
+            let candidate_reason = dp::DropReason::from_raw(dp::verdict_drop_reason(key.candidate_verdict));
+            let candidate_denies = candidate_reason.is_some();
             CandidateVerdict {
                 verdict: if candidate_denies { FlowVerdict::Dropped } else { FlowVerdict::Forwarded },
+                drop_reason: candidate_reason.map(|r| r.as_str().to_owned()),
                 differs: candidate_denies != denies,
                 decided_by: decided_by(1, event.candidate_cookie),
             }
@@ -465,12 +475,16 @@ impl<D: Dataplane, R: InterfaceResolver> Agent<D, R> {
             time: boot_time_to_wall(event.timestamp_ns, now).to_string(),
             node: self.config.node.clone().unwrap_or_else(|| "local".into()),
             verdict,
+            drop_reason: reason.map(|r| r.as_str().to_owned()),
             direction: if ingress { "ingress" } else { "egress" }.into(),
             source,
             destination,
             port: key.dport,
             protocol: protocol_name(key.protocol),
-            decided_by: decided_by(0, event.enforced_cookie),
+            decided_by: match reason.and_then(unjudged_by) {
+                Some(description) => DecidedBy { description: description.into(), ..DecidedBy::default() },
+                None => decided_by(0, event.enforced_cookie),
+            },
             enforced_revision: targets.and_then(|t| t.enforced.as_ref()).map(display),
             candidate_revision: targets.and_then(|t| t.candidate.as_ref()).filter(|_| candidate.is_some()).map(display),
             candidate,
@@ -494,6 +508,20 @@ impl<D: Dataplane, R: InterfaceResolver> Agent<D, R> {
                 _ => None,
             }
         })
+    }
+}
+
+/// What dropped a flow no policy rule judged; `None` for policy verdicts.
+fn unjudged_by(reason: dp::DropReason) -> Option<&'static str> {
+    use dp::DropReason::*;
+    match reason {
+        PolicyDenied | L7Unsupported => None,
+        InvalidSource => Some("source validation (not the endpoint's address)"),
+        UnknownL3 => Some("fail closed (not ARP, IPv4 or IPv6)"),
+        FragmentUnknown => Some("fail closed (a fragment whose first fragment was not seen)"),
+        IcmpUnrelated => Some("fail closed (an ICMP error about no tracked connection)"),
+        Ipv6Unsupported => Some("fail closed (no IPv6 policy yet)"),
+        Malformed => Some("fail closed (a malformed header)"),
     }
 }
 
@@ -674,6 +702,7 @@ mod tests {
             time: "2025-11-21T13:38:33Z".into(),
             node: "n1".into(),
             verdict: FlowVerdict::Dropped,
+            drop_reason: Some("policy-denied".into()),
             direction: "ingress".into(),
             source: FlowPeer::default(),
             destination: FlowPeer::default(),

@@ -102,7 +102,7 @@ impl<D: Dataplane, R: InterfaceResolver> Agent<D, R> {
                     if flow.packets > last.0 {
                         *last = (flow.packets, now);
                     }
-                    let candidate_denies = flow.key.candidate_verdict == dp::VERDICT_DENY;
+                    let candidate_denies = dp::verdict_drops(flow.key.candidate_verdict);
                     if candidate_denies {
                         spec.totals.new_denies += 1;
                     } else {
@@ -230,8 +230,9 @@ fn peer(engine: &Engine, identity: u32) -> FlowEndpoint {
     FlowEndpoint { labels, cidr: found.prefix.map(|p| p.to_string()), ..Default::default() }
 }
 
+/// A redirect is denied until an L7 proxy exists (drop reason `l7-unsupported`).
 fn verdict(raw: u8) -> Verdict {
-    if raw == dp::VERDICT_DENY { Verdict::Deny } else { Verdict::Allow }
+    if dp::verdict_drops(raw) { Verdict::Deny } else { Verdict::Allow }
 }
 
 fn protocol(number: u8) -> Protocol {

@@ -112,6 +112,7 @@ fn denied_connections_and_shadow_differences_are_observed() {
     assert_eq!(dropped.decided_by.rule.as_deref(), Some("spec.ingressDeny[0]"));
     assert_eq!(dropped.enforced_revision.as_deref(), Some("main@db-r1"));
     assert_eq!(dropped.rollout.as_ref().map(|r| r.name.as_str()), Some("db"));
+    assert_eq!(dropped.drop_reason.as_deref(), Some("policy-denied"));
     assert!(!dropped.differs());
 
     // The candidate moves the database to 5433: api's connections to 5432 pass but differ.
@@ -119,10 +120,12 @@ fn denied_connections_and_shadow_differences_are_observed() {
     wait_for_report(&mut reports, |r| r.loaded_revisions.contains(&"db-r2".to_string()));
     let diff = observe_while_probing(&network, &mut flows, ("shop/api", "shop/db", 5432), |f| f.differs());
     assert_eq!(diff.verdict, FlowVerdict::Forwarded, "the candidate only watches");
+    assert_eq!(diff.drop_reason, None);
     assert_eq!((diff.source.name().as_str(), diff.destination.name().as_str()), ("shop/api", "shop/db"));
     assert_eq!(diff.decided_by.rule.as_deref(), Some("spec.ingress[0]"));
     let candidate = diff.candidate.as_ref().expect("candidate");
     assert_eq!(candidate.verdict, FlowVerdict::Dropped);
+    assert_eq!(candidate.drop_reason.as_deref(), Some("policy-denied"));
     assert!(candidate.decided_by.description.contains("default deny"), "{:?}", candidate.decided_by);
     assert_eq!(
         (diff.enforced_revision.as_deref(), diff.candidate_revision.as_deref()),
@@ -149,6 +152,7 @@ fn denied_connections_and_shadow_differences_are_observed() {
         })
         .collect();
     assert!(served.contains(&dropped) && served.contains(&diff), "{lines:#?}");
+    assert!(lines.iter().any(|l| l.contains(r#""drop_reason":"policy-denied""#)), "{lines:#?}");
     drop(server);
     assert!(!socket.exists(), "the socket goes with the server");
     drop(changes);

@@ -131,6 +131,115 @@ pub const fn precedence_of(verdict: u8) -> u32 {
     }
 }
 
+/// Whether the datapath drops what a slot judged `verdict`. No L7 proxy exists yet, so a redirect
+/// fails closed: it is dropped with [`DropReason::L7Unsupported`], never passed unjudged.
+pub const fn verdict_drops(verdict: u8) -> bool {
+    matches!(verdict, VERDICT_DENY | VERDICT_REDIRECT)
+}
+
+/// Why a packet was dropped (or, in audit mode, would have been): the `reason` byte of a
+/// [`FlowKey`], 0 when nothing drops it. One spelling everywhere: [`DropReason::as_str`].
+pub const DROP_NONE: u8 = 0;
+pub const DROP_POLICY_DENIED: u8 = 1;
+pub const DROP_L7_UNSUPPORTED: u8 = 2;
+pub const DROP_INVALID_SOURCE: u8 = 3;
+pub const DROP_UNKNOWN_L3: u8 = 4;
+pub const DROP_FRAGMENT_UNKNOWN: u8 = 5;
+pub const DROP_ICMP_UNRELATED: u8 = 6;
+pub const DROP_IPV6_UNSUPPORTED: u8 = 7;
+pub const DROP_MALFORMED: u8 = 8;
+
+/// The drop reason of a policy verdict: [`DROP_NONE`] when the verdict passes.
+pub const fn verdict_drop_reason(verdict: u8) -> u8 {
+    match verdict {
+        VERDICT_DENY => DROP_POLICY_DENIED,
+        VERDICT_REDIRECT => DROP_L7_UNSUPPORTED,
+        _ => DROP_NONE,
+    }
+}
+
+/// A drop reason, as users read it (`observe`, reports, metrics).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum DropReason {
+    /// The enforced policy denies the flow.
+    PolicyDenied,
+    /// The port has L7 rules and no proxy judges them yet: denied rather than passed.
+    L7Unsupported,
+    /// The packet left an endpoint carrying an address that is not the endpoint's.
+    InvalidSource,
+    /// Neither ARP, IPv4 nor IPv6.
+    UnknownL3,
+    /// A non-first IP fragment whose first fragment was not seen: its ports are unknown.
+    FragmentUnknown,
+    /// An ICMP error that relates to no tracked connection.
+    IcmpUnrelated,
+    /// IPv6 other than neighbour discovery, which has no policy yet.
+    Ipv6Unsupported,
+    /// A header too short or inconsistent to judge.
+    Malformed,
+}
+
+impl DropReason {
+    pub const ALL: [DropReason; 8] = [
+        DropReason::PolicyDenied,
+        DropReason::L7Unsupported,
+        DropReason::InvalidSource,
+        DropReason::UnknownL3,
+        DropReason::FragmentUnknown,
+        DropReason::IcmpUnrelated,
+        DropReason::Ipv6Unsupported,
+        DropReason::Malformed,
+    ];
+
+    /// `None` for [`DROP_NONE`] and unknown values.
+    pub const fn from_raw(raw: u8) -> Option<DropReason> {
+        match raw {
+            DROP_POLICY_DENIED => Some(DropReason::PolicyDenied),
+            DROP_L7_UNSUPPORTED => Some(DropReason::L7Unsupported),
+            DROP_INVALID_SOURCE => Some(DropReason::InvalidSource),
+            DROP_UNKNOWN_L3 => Some(DropReason::UnknownL3),
+            DROP_FRAGMENT_UNKNOWN => Some(DropReason::FragmentUnknown),
+            DROP_ICMP_UNRELATED => Some(DropReason::IcmpUnrelated),
+            DROP_IPV6_UNSUPPORTED => Some(DropReason::Ipv6Unsupported),
+            DROP_MALFORMED => Some(DropReason::Malformed),
+            _ => None,
+        }
+    }
+
+    pub const fn raw(self) -> u8 {
+        match self {
+            DropReason::PolicyDenied => DROP_POLICY_DENIED,
+            DropReason::L7Unsupported => DROP_L7_UNSUPPORTED,
+            DropReason::InvalidSource => DROP_INVALID_SOURCE,
+            DropReason::UnknownL3 => DROP_UNKNOWN_L3,
+            DropReason::FragmentUnknown => DROP_FRAGMENT_UNKNOWN,
+            DropReason::IcmpUnrelated => DROP_ICMP_UNRELATED,
+            DropReason::Ipv6Unsupported => DROP_IPV6_UNSUPPORTED,
+            DropReason::Malformed => DROP_MALFORMED,
+        }
+    }
+
+    /// The kebab-case name `observe`, reports and metrics print.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            DropReason::PolicyDenied => "policy-denied",
+            DropReason::L7Unsupported => "l7-unsupported",
+            DropReason::InvalidSource => "invalid-source",
+            DropReason::UnknownL3 => "unknown-l3",
+            DropReason::FragmentUnknown => "fragment-unknown",
+            DropReason::IcmpUnrelated => "icmp-unrelated",
+            DropReason::Ipv6Unsupported => "ipv6-unsupported",
+            DropReason::Malformed => "malformed",
+        }
+    }
+}
+
+impl core::fmt::Display for DropReason {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// Rule cookies name the rule that produced an entry; the policy compiler keeps the table of
 /// what each number means for a revision. These values are reserved.
 pub const COOKIE_NONE: u32 = 0;
@@ -217,6 +326,9 @@ pub struct EndpointConfig {
     pub index: u32,
     /// Host-side interface the endpoint is attached to, 0 when not attached.
     pub ifindex: u32,
+    /// The endpoint's IPv4 address (big-endian; 0: none). Every IPv4 packet leaving the
+    /// endpoint must carry it as its source.
+    pub addr_be: u32,
     pub mode: u8,
     pub _pad: [u8; 3],
     pub by_epoch: [SlotSelection; 2],
@@ -236,6 +348,16 @@ pub const NODE_STATE_EPOCH: u32 = 0;
 pub const NODE_STATE_GENERATION: u32 = 1;
 pub const NODE_STATE_VERSION: u32 = 2;
 pub const NODE_STATE_ENTRIES: u32 = 3;
+
+/// Capacity of the slot write sequences (`SLOT_WRITES`): two per counter index.
+pub const SLOT_WRITES_ENTRIES: u32 = MAX_ENDPOINTS * 2;
+
+/// Index of a slot's write sequence: odd while userspace rewrites the slot in place. The
+/// program drops a candidate verdict whose lookups overlapped a write (seqlock), so no shadow
+/// difference is ever computed from a half-written slot.
+pub const fn slot_writes_index(counter_index: u32, slot: u8) -> u32 {
+    counter_index * 2 + if slot == SLOT_A { 0 } else { 1 }
+}
 
 /// Key of the verdict cache: one policy lookup result for one version of a slot. It spares the
 /// two LPM walks, which on a cold cache cost far more than one hash lookup.
@@ -298,7 +420,10 @@ pub struct CtEntry {
     pub opened_by: u8,
     /// A TCP FIN or RST was seen: the entry lives only a short while longer.
     pub closing: u8,
-    pub _pad: u16,
+    /// The enforced policy denied the connection's last forward packet: its other side's
+    /// packets are dropped, not passed as replies, and it lives only a short while longer.
+    pub denied: u8,
+    pub _pad: u8,
     /// Expiry on the coarse monotonic clock, in units of 2^30 ns (about a second).
     pub expires: u32,
     pub decision: CtDecision,
@@ -340,7 +465,12 @@ impl CtDecision {
     /// Packets under this decision are recorded as a flow: dropped (or would be, in audit mode)
     /// or judged otherwise by the candidate.
     pub const fn reported(&self) -> bool {
-        self.enforced.verdict == VERDICT_DENY || self.differs()
+        verdict_drops(self.enforced.verdict) || self.differs()
+    }
+
+    /// The packet passes: the enforced slot lets it through, or the endpoint only audits.
+    pub const fn passes(&self) -> bool {
+        self.mode != MODE_ENFORCE || !verdict_drops(self.enforced.verdict)
     }
 
     /// The checksum of the decision's fields (without `check`).
@@ -386,8 +516,9 @@ pub struct FastFlow {
     pub opened_by: u8,
     /// The slot that decides the forward packets.
     pub enforced_slot: u8,
-    /// Forward packets count as redirected to the proxy rather than allowed.
-    pub redirected: u8,
+    /// The side (`CT_OPENED_BY_*`) that is the endpoint's own address: a packet leaving the
+    /// endpoint must come from it, so a spoofed source never takes the fast path.
+    pub local_side: u8,
     pub _pad2: u8,
     /// Checksum over all fields above: the array is written in place, so a reader on another
     /// CPU could see a half-written entry; it then fails this check and takes the conntrack path.
@@ -401,7 +532,7 @@ impl FastFlow {
         const P: u64 = 0x9e37_79b9_7f4a_7c15;
         let c = &self.connection;
         let ports = c.port_lo as u64 | (c.port_hi as u64) << 16 | (c.protocol as u64) << 32;
-        let small = self.opened_by as u64 | (self.enforced_slot as u64) << 8 | (self.redirected as u64) << 16;
+        let small = self.opened_by as u64 | (self.enforced_slot as u64) << 8 | (self.local_side as u64) << 16;
         let mut h = (c.ifindex as u64 | (c.addr_lo_be as u64) << 32).wrapping_mul(P);
         h = (h ^ (c.addr_hi_be as u64 | ports << 32)).wrapping_mul(P);
         h = (h ^ (self.index as u64 | (self.version as u64) << 32)).wrapping_mul(P);
@@ -434,8 +565,23 @@ pub struct FlowKey {
     pub enforced_verdict: u8,
     /// Verdict of the candidate slot, `VERDICT_NONE` without a candidate.
     pub candidate_verdict: u8,
+    /// The endpoint's mode when the verdict applied; `MODE_ENFORCE` for drops that happen in
+    /// every mode (an invalid source).
     pub mode: u8,
-    pub _pad: u8,
+    /// Why the enforced side drops (`DROP_*`), `DROP_NONE` when it passes.
+    pub reason: u8,
+}
+
+impl FlowKey {
+    /// The enforced side drops the flow (or would, in audit mode).
+    pub const fn drop_reason(&self) -> Option<DropReason> {
+        DropReason::from_raw(self.reason)
+    }
+
+    /// The candidate judges the flow otherwise than the enforced side.
+    pub const fn differs(&self) -> bool {
+        self.candidate_verdict != VERDICT_NONE && self.candidate_verdict != self.enforced_verdict
+    }
 }
 
 #[repr(C)]
@@ -466,7 +612,7 @@ pub struct EndpointCounters {
     /// Packets decided by slot A and slot B (replies and mode-off packets are in neither).
     pub slot_packets: [u64; 2],
     pub allowed: u64,
-    pub redirected: u64,
+    /// Dropped by the enforced policy: denied, or redirected to an L7 proxy that does not exist.
     pub denied: u64,
     /// Audit mode: packets the enforced slot would have dropped, let through.
     pub audited: u64,
@@ -480,6 +626,11 @@ pub struct EndpointCounters {
     pub events_lost: u64,
     /// IPv6 other than neighbor discovery, dropped in enforce mode (no IPv6 policy yet).
     pub ipv6_dropped: u64,
+    /// Packets dropped (in every mode) for leaving with another address than the endpoint's.
+    pub invalid_source: u64,
+    /// Packets dropped (enforce) or let through (audit) that could not be judged: an unknown
+    /// ethertype, a malformed header, a later fragment without its first, an unrelated ICMP error.
+    pub unjudged: u64,
     /// Connections judged: one per conntrack entry opened, and one per packet of an attempt that
     /// is dropped (it opens none).
     pub connections: u64,
@@ -514,6 +665,17 @@ mod tests {
         let any = PolicyKey::new(0, DIRECTION_EGRESS, None, 1234, 16);
         assert_eq!((any.protocol(), any.port_range(), any.l4_prefix_len()), (None, (0, 65535), 0));
         assert_eq!(PolicyKey::lookup(1, DIRECTION_INGRESS, PROTO_UDP, 53).port_range(), (53, 53));
+    }
+
+    #[test]
+    fn drop_reasons_round_trip_and_have_one_spelling() {
+        for reason in DropReason::ALL {
+            assert_eq!(DropReason::from_raw(reason.raw()), Some(reason));
+            assert!(reason.as_str().bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-'));
+        }
+        assert_eq!(DropReason::from_raw(DROP_NONE), None);
+        assert_eq!(verdict_drop_reason(VERDICT_REDIRECT), DROP_L7_UNSUPPORTED);
+        assert!(verdict_drops(VERDICT_REDIRECT) && verdict_drops(VERDICT_DENY) && !verdict_drops(VERDICT_ALLOW));
     }
 
     #[test]

@@ -1,34 +1,54 @@
 //! Palisade's tc program, attached to both hooks of every endpoint's host-side interface.
 //!
+//! Safety invariants (each has a real-packet test in datapath/tests):
+//! - Fail closed: what cannot be judged (an L7 redirect without a proxy, an unknown ethertype,
+//!   a malformed header, a later fragment without its first, an ICMP error about no tracked
+//!   connection, IPv6 beyond neighbor discovery) is dropped at an enforcing endpoint with a drop
+//!   reason (`DROP_*`), and recorded.
+//! - Identity is earned: an IPv4 packet leaving an endpoint must carry the endpoint's address,
+//!   in every mode; the fast path serves only packets from the side its entry validated.
+//! - A deny ends the connection: a denied forward packet takes it off the fast path and turns
+//!   its conntrack entry into a short tombstone, so the other side's packets are dropped instead
+//!   of passing as replies (or opening a connection of their own).
+//! - Nothing half-written is judged: userspace rewrites a slot in place between two bumps of
+//!   the slot's write sequence (`SLOT_WRITES`, odd while writing); a verdict whose lookups
+//!   overlapped a write is not cached and its candidate is not compared (a seqlock).
+//!
 //! Map layout, and why:
 //! - `POLICY_SLOTS` is a hash-of-maps keyed by (endpoint, slot) whose inner maps are LPM tries in
-//!   the `PolicyKey` layout. Userspace replaces an idle slot's inner map ahead of a promotion (that
-//!   replacement waits for an RCU grace period, 7-15 ms, so it stays off the promotion path).
-//!   A new inner map is filled aside and swapped in whole, so a slot is never seen half-loaded;
-//!   one big LPM keyed additionally by (endpoint, slot) would need key-by-key deletes and
-//!   inserts that the candidate evaluation would observe midway.
-//! - `ENDPOINTS` (ifindex -> endpoint id, counter index and config) says which slot is enforced and
-//!   which one is the candidate: a packet finds all of it with one lookup. A promotion is one
-//!   update of that value, or, for every endpoint of the node at once, one update of the node
-//!   epoch (`NODE_STATE`) after the other half of each config has been staged; either is
-//!   followed by a bump of the node state version (below). A packet reads the
+//!   the `PolicyKey` layout. A slot is loaded whole (a new inner map swapped in, which waits for
+//!   an RCU grace period, 7-15 ms) or rewritten in place under its write sequence; neither is
+//!   ever on the promotion path.
+//! - `ENDPOINTS` (ifindex -> endpoint id, counter index, address and config) says which slot is
+//!   enforced and which one is the candidate: a packet finds all of it with one lookup. A
+//!   promotion is one update of that value, or, for every endpoint of the node at once, one
+//!   update of the node epoch (`NODE_STATE`) after the other half of each config has been
+//!   staged; either is followed by a bump of the node state version (below). A packet reads the
 //!   epoch and the config once, so it is judged by exactly one slot. `ENDPOINT_CONFIG` (endpoint
 //!   id -> the same value) is userspace's record of every endpoint, attached or not; the program
 //!   does not read it.
 //! - A conntrack entry (keyed by interface) caches the decision of its connection's forward
 //!   packets together with the endpoint config it was made under and the node state version
 //!   (`NODE_STATE`) it was made at. Userspace bumps the version after every change to a config,
-//!   the epoch or the ipcache. While the version is current, a packet of an established
-//!   connection needs that one lookup: no config, ipcache or policy lookup. Any change makes the
-//!   very next packet recompute it.
+//!   the epoch or the ipcache. The version is read first, with a fully ordered atomic. While it
+//!   is current, a packet of an established connection needs that one lookup: no config,
+//!   ipcache or policy lookup. Any change makes the very next packet recompute it.
 //! - `FAST_FLOWS` sits in front of conntrack for the common case, a connection whose packets are
 //!   only counted and passed: a direct-mapped array indexed by a hash of the connection, so the
 //!   lookup is inlined and the packet makes no kernel call but one jiffies read (every call and
 //!   return pays for speculation mitigations on these hosts; a hash lookup is a chain of them).
 //!   Entries are written by the conntrack path under the same version rule, and lapse after a
 //!   few hundred jiffies so that the conntrack path keeps refreshing its entry.
+//! - `FRAGMENTS` keeps the ports of fragmented datagrams from their first fragment, so later
+//!   fragments are judged like it (Cilium's IPV4_FRAG_DATAGRAMS_MAP).
 #![no_std]
 #![no_main]
+// The BPF target has no compare-and-swap, so `core::sync::atomic` offers no fetch-add; the
+// intrinsic compiles to BPF's own atomic fetch-add (cpu v3).
+#![allow(internal_features)]
+#![feature(core_intrinsics)]
+
+use core::intrinsics::{AtomicOrdering, atomic_xadd};
 
 use aya_ebpf::{
     bindings::{BPF_ANY, BPF_F_NO_PREALLOC, BPF_NOEXIST, TC_ACT_OK, TC_ACT_SHOT},
@@ -41,10 +61,12 @@ use aya_ebpf::{
 };
 use palisade_common::{
     COOKIE_NONE, CT_OPENED_BY_HI, CT_OPENED_BY_LO, CtDecision, CtEntry, CtKey, DIRECTION_EGRESS, DIRECTION_INGRESS,
-    EndpointConfig, EndpointCounters, FAST_FLOW_ENTRIES, FastFlow, FlowEvent, FlowKey, FlowStats, IDENTITY_ANY,
-    IDENTITY_WORLD, MAX_ENDPOINTS, MODE_AUDIT, MODE_ENFORCE, MODE_OFF, NODE_STATE_ENTRIES, NODE_STATE_EPOCH,
-    NODE_STATE_VERSION, PROTO_ICMP, PROTO_ICMPV6, PROTO_SCTP, PROTO_TCP, PROTO_UDP, PolicyKey, PolicyValue, SLOT_A,
-    SLOT_NONE, SlotKey, VERDICT_DENY, VERDICT_NONE, VERDICT_REDIRECT, Verdict, VerdictCacheKey, fast_flow_index,
+    DROP_FRAGMENT_UNKNOWN, DROP_ICMP_UNRELATED, DROP_INVALID_SOURCE, DROP_IPV6_UNSUPPORTED, DROP_MALFORMED, DROP_NONE,
+    DROP_UNKNOWN_L3, EndpointConfig, EndpointCounters, FAST_FLOW_ENTRIES, FastFlow, FlowEvent, FlowKey, FlowStats,
+    IDENTITY_ANY, IDENTITY_WORLD, MAX_ENDPOINTS, MODE_AUDIT, MODE_ENFORCE, MODE_OFF, NODE_STATE_ENTRIES,
+    NODE_STATE_EPOCH, NODE_STATE_VERSION, PROTO_ICMP, PROTO_ICMPV6, PROTO_SCTP, PROTO_TCP, PROTO_UDP, PolicyKey,
+    PolicyValue, SLOT_A, SLOT_NONE, SLOT_WRITES_ENTRIES, SlotKey, VERDICT_DENY, VERDICT_NONE, Verdict, VerdictCacheKey,
+    fast_flow_index, slot_writes_index, verdict_drop_reason, verdict_drops,
 };
 
 /// `PolicyKey` without its leading prefix length, as aya's LPM `Key<K>` wants it.
@@ -79,6 +101,9 @@ static ENDPOINT_CONFIG: HashMap<u32, EndpointConfig, { MAX_ENDPOINTS as usize },
     HashMap::new();
 #[btf_map]
 static NODE_STATE: Array<u32, { NODE_STATE_ENTRIES as usize }> = Array::new();
+// Per (counter index, slot): odd while userspace rewrites the slot in place.
+#[btf_map]
+static SLOT_WRITES: Array<u32, { SLOT_WRITES_ENTRIES as usize }> = Array::new();
 #[btf_map]
 static VERDICT_CACHE: LruHashMap<VerdictCacheKey, Verdict, 65536> = LruHashMap::new();
 #[btf_map]
@@ -87,8 +112,11 @@ static POLICY_SLOTS: HashOfMaps<SlotKey, PolicySlot, 8192> = HashOfMaps::new();
 static CONNTRACK: LruHashMap<CtKey, CtEntry, 262144> = LruHashMap::new();
 #[btf_map]
 static FAST_FLOWS: Array<FastFlow, { FAST_FLOW_ENTRIES as usize }> = Array::new();
-// Per-CPU values count without atomics (BPF has no fetch-add from Rust here); the key is shared,
-// so "new flow" (a successful BPF_NOEXIST insert) is still detected once for the whole node.
+// The ports of fragmented datagrams, from their first fragment (Cilium's IPV4_FRAG_DATAGRAMS_MAP).
+#[btf_map]
+static FRAGMENTS: LruHashMap<FragmentKey, Ports, 8192> = LruHashMap::new();
+// Per-CPU values count without atomics; the key is shared, so "new flow" (a successful
+// BPF_NOEXIST insert) is still detected once for the whole node.
 #[btf_map]
 static FLOWS: LruPerCpuHashMap<FlowKey, FlowStats, 65536> = LruPerCpuHashMap::new();
 // Indexed by the endpoint's dense counter index: array lookups are inlined by the verifier.
@@ -105,6 +133,24 @@ struct TokenBucket {
     last_ns: u64,
 }
 
+/// One fragmented datagram: what IPv4 reassembly keys on.
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct FragmentKey {
+    saddr_be: u32,
+    daddr_be: u32,
+    id: u16,
+    protocol: u8,
+    _pad: u8,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct Ports {
+    sport: u16,
+    dport: u16,
+}
+
 /// Host-side ingress: the packet leaves the pod, so the pod's egress policy applies.
 #[classifier]
 pub fn from_endpoint(ctx: TcContext) -> i32 {
@@ -117,36 +163,6 @@ pub fn to_endpoint(ctx: TcContext) -> i32 {
     decide(&ctx, DIRECTION_INGRESS)
 }
 
-/// Synthetic event source for the drain benchmark: one run emits a burst of 64 events.
-#[classifier]
-pub fn event_burst(_ctx: TcContext) -> i32 {
-    let mut emitted = 0;
-    for i in 0..64u32 {
-        let event = FlowEvent {
-            flow: FlowKey {
-                endpoint: i,
-                identity: 0,
-                dport: 0,
-                protocol: 0,
-                direction: 0,
-                enforced_verdict: 0,
-                candidate_verdict: 0,
-                mode: 0,
-                _pad: 0,
-            },
-            saddr_be: 0,
-            daddr_be: 0,
-            enforced_cookie: 0,
-            candidate_cookie: 0,
-            timestamp_ns: 0,
-        };
-        if EVENTS.output(&event, 0).is_ok() {
-            emitted += 1;
-        }
-    }
-    emitted
-}
-
 struct Packet {
     saddr_be: u32,
     daddr_be: u32,
@@ -156,14 +172,21 @@ struct Packet {
     /// The original connection an ICMP error refers to.
     related: Option<CtKey>,
     tcp_flags: u8,
+    /// Part of a connection. ICMP other than echo is not: it is judged per packet by its type.
+    tracked: bool,
+    /// Why the packet cannot be judged (`DROP_*`), `DROP_NONE` when it can.
+    unjudged: u8,
 }
 
 const ETH_HLEN: usize = 14;
 const ETH_P_IP: u16 = 0x0800;
+const ETH_P_ARP: u16 = 0x0806;
 const ETH_P_IPV6: u16 = 0x86dd;
-/// ICMPv6 router solicitation (133) up to redirect (137): neighbor discovery.
-const ND_ROUTER_SOLICIT: u8 = 133;
+/// ICMPv6 multicast listener query, report and done (130-132), neighbor discovery (router
+/// solicitation 133 up to redirect 137) and MLDv2 reports (143): the link's own signalling.
+const MLD_QUERY: u8 = 130;
 const ND_REDIRECT: u8 = 137;
+const MLD2_REPORT: u8 = 143;
 const ICMP_ECHO_REPLY: u8 = 0;
 const ICMP_DEST_UNREACH: u8 = 3;
 const ICMP_ECHO: u8 = 8;
@@ -175,96 +198,190 @@ fn decide(ctx: &TcContext, direction: u8) -> i32 {
     // SAFETY: the context pointer is valid for the whole program run.
     let ifindex = unsafe { (*ctx.skb.skb).ifindex };
     let Some(ethertype) = header::<u16>(ctx, 12).map(u16::from_be) else {
-        return TC_ACT_OK;
+        return unjudged(ifindex, direction, DROP_MALFORMED, None);
     };
-    if ethertype != ETH_P_IP {
-        // ARP and other non-IP traffic is not under policy.
-        return if ethertype == ETH_P_IPV6 { ipv6(ctx, ifindex) } else { TC_ACT_OK };
+    match ethertype {
+        ETH_P_IP => {}
+        ETH_P_ARP => return TC_ACT_OK,
+        ETH_P_IPV6 => return ipv6(ctx, ifindex, direction),
+        _ => return unjudged(ifindex, direction, DROP_UNKNOWN_L3, None),
     }
     // The version first, then everything it versions: a change that lands in between is caught
     // by the next packet, never hidden.
-    let version = NODE_STATE.get(NODE_STATE_VERSION).copied().unwrap_or(0);
+    let version = node_state_version();
     let Some(packet) = parse(ctx) else {
-        // A truncated IPv4 header: the stack drops it anyway.
-        return if under_policy(ifindex).is_some() { TC_ACT_SHOT } else { TC_ACT_OK };
+        return unjudged(ifindex, direction, DROP_MALFORMED, None);
     };
     let (connection, sender) = connection(ifindex, &packet);
     // Packets that open, close or relate to a connection change conntrack: never fast.
-    if packet.related.is_none()
+    if packet.tracked
+        && packet.unjudged == DROP_NONE
+        && packet.related.is_none()
         && packet.tcp_flags & (TCP_SYN | TCP_FIN | TCP_RST) == 0
-        && let Some(verdict) = fast_path(&connection, sender, version)
+        && let Some(verdict) = fast_path(&connection, sender, direction, version)
     {
         return verdict;
     }
+    let Some((config, counters)) = endpoint(ifindex) else {
+        return TC_ACT_OK;
+    };
+    // Identity is earned: a packet leaving an endpoint carries its address, in every mode.
+    if direction == DIRECTION_EGRESS && packet.saddr_be != config.addr_be {
+        counters.invalid_source += 1;
+        record_drop(&config, direction, &packet, DROP_INVALID_SOURCE, MODE_ENFORCE);
+        return TC_ACT_SHOT;
+    }
+    if packet.unjudged != DROP_NONE {
+        return refuse(&config, counters, direction, packet.unjudged, Some(&packet));
+    }
+    if config.mode == MODE_OFF {
+        counters.unenforced += 1;
+        return TC_ACT_OK;
+    }
+    // The side of the connection that is the endpoint, when the packet shows it: the sender of
+    // a validated packet leaving it, the receiver of one addressed to it.
+    let local_side = if direction == DIRECTION_EGRESS {
+        Some(sender)
+    } else if packet.daddr_be == config.addr_be {
+        Some(sender ^ 1)
+    } else {
+        None
+    };
 
     // SAFETY: a helper call without arguments.
     let now = (unsafe { bpf_ktime_get_coarse_ns() } >> CT_TICK_SHIFT) as u32;
-    if let Some(original) = packet.related
-        && let Some(verdict) = related(ifindex, original, now)
-    {
-        return verdict;
+    if let Some(original) = packet.related {
+        return related(&config, counters, ifindex, original, now, direction, &packet);
     }
-    // SAFETY: the LRU element stays valid during this run.
-    let live = CONNTRACK.get_ptr_mut(connection).filter(|&entry| unsafe { (*entry).expires } > now);
-    let Some((config, counters)) = under_policy(ifindex) else {
-        return TC_ACT_OK;
-    };
-    // An entry left by an endpoint that had this interface before is not this endpoint's.
-    // SAFETY: the LRU element stays valid during this run.
-    let live = live.filter(|&entry| unsafe { (*entry).decision.endpoint } == config.endpoint);
-    let state = live.map(|entry| {
-        // SAFETY: as above; the fields are read once each.
-        let (opened_by, closing, expires, cached) =
-            unsafe { ((*entry).opened_by, (*entry).closing, (*entry).expires, (*entry).decision) };
-        let (closing, expires) = refresh(entry, closing, expires, &packet, now);
-        (entry, opened_by, closing, expires, cached)
-    });
-    if let Some((_, opened_by, closing, expires, cached)) = state
-        && opened_by != sender
-    {
-        counters.replies += 1;
-        if cached.version == version && cached.check == cached.checksum() {
-            admit_fast(&connection, opened_by, (closing, expires), now, &cached);
-        }
-        return TC_ACT_OK;
-    }
-    let cached = state
-        .map(|(_, _, _, _, cached)| cached)
-        .filter(|cached| cached.version == version && cached.check == cached.checksum());
-    let decision = match cached {
-        Some(decision) => decision,
-        None => judge(&config, version, direction, &packet),
-    };
-    if state.is_none() {
+    if !packet.tracked {
         counters.connections += 1;
+        let (decision, _) = judge(&config, version, direction, &packet);
+        return apply(&decision, counters, direction, &packet);
     }
-    match state {
-        Some((entry, opened_by, closing, expires, _)) => {
-            if cached.is_none() {
-                // SAFETY: the element is valid for this run; a racing reader that sees it half
-                // written fails the checksum and recomputes.
-                unsafe { (*entry).decision = decision };
-            }
-            admit_fast(&connection, opened_by, (closing, expires), now, &decision);
-        }
-        None if passes(&decision) => {
-            let expires = now.wrapping_add(lifetime(0, &packet));
-            let entry = CtEntry { opened_by: sender, closing: 0, _pad: 0, expires, decision };
-            if CONNTRACK.insert(connection, entry, BPF_ANY as u64).is_ok() {
-                admit_fast(&connection, sender, (0, expires), now, &decision);
-            }
-        }
-        None => {}
+    // An entry left by an endpoint that had this interface before is not this endpoint's.
+    // SAFETY: the LRU element stays valid during this run; fields are read once.
+    let entry = CONNTRACK
+        .get_ptr_mut(connection)
+        .filter(|&entry| unsafe { (*entry).expires > now && (*entry).decision.endpoint == config.endpoint });
+    let seen = Seen { connection, sender, local_side, version, now, direction };
+    match entry {
+        Some(entry) => established(entry, &config, counters, &packet, &seen),
+        None => opening(&config, counters, &packet, &seen),
     }
-    apply(&decision, counters, direction, &packet)
+}
+
+/// What the program knows of a packet besides its headers.
+struct Seen {
+    connection: CtKey,
+    /// The side (`CT_OPENED_BY_*`) that sent it.
+    sender: u8,
+    /// The side that is the endpoint's own address, when known.
+    local_side: Option<u8>,
+    version: u32,
+    /// Coarse time in conntrack ticks.
+    now: u32,
+    direction: u8,
+}
+
+/// A packet of a tracked connection: a reply passes (unless the connection was denied), a
+/// forward packet is judged, from the cached decision while the node state version holds.
+#[inline(always)]
+fn established(
+    entry: *mut CtEntry,
+    config: &EndpointConfig,
+    counters: &mut EndpointCounters,
+    packet: &Packet,
+    seen: &Seen,
+) -> i32 {
+    // SAFETY: the LRU element stays valid during this run; the fields are read once each.
+    let (opened_by, closing, denied, expires, cached) =
+        unsafe { ((*entry).opened_by, (*entry).closing, (*entry).denied, (*entry).expires, (*entry).decision) };
+    // A denied connection is not kept alive by its packets.
+    let (closing, expires) =
+        if denied != 0 { (closing, expires) } else { refresh(entry, closing, expires, packet, seen.now) };
+    let current = cached.version == seen.version && cached.check == cached.checksum();
+    if opened_by != seen.sender {
+        if denied != 0 {
+            counters.denied += 1;
+            return TC_ACT_SHOT;
+        }
+        counters.replies += 1;
+        if current {
+            admit_fast(&seen.connection, opened_by, seen.local_side, (closing, expires), seen.now, &cached);
+        }
+        return TC_ACT_OK;
+    }
+    let decision = if current { cached } else { judge(config, seen.version, seen.direction, packet).0 };
+    if !decision.passes() {
+        // A deny ends the connection: it leaves the fast path, and its entry turns into a short
+        // tombstone under which the other side's packets are dropped rather than passed as
+        // replies (or, with the entry simply gone, let in as a connection of their own by an
+        // open egress policy). Every forward packet is judged again, so an allow revives it.
+        forget_fast(&seen.connection);
+        let tombstone_until = seen.now.wrapping_add(CT_CLOSING_TICKS);
+        // SAFETY: the element is valid for this run; a racing reader that sees it half written
+        // fails the checksum and recomputes.
+        unsafe {
+            (*entry).decision = decision;
+            (*entry).denied = 1;
+            if denied == 0 || expires.wrapping_add(CT_REFRESH_TICKS) < tombstone_until {
+                (*entry).expires = tombstone_until;
+            }
+        }
+    } else if denied != 0 {
+        // SAFETY: as above; the next packets refresh its expiry.
+        unsafe {
+            (*entry).decision = decision;
+            (*entry).denied = 0;
+        }
+    } else {
+        if !current {
+            // SAFETY: as above.
+            unsafe { (*entry).decision = decision };
+        }
+        admit_fast(&seen.connection, opened_by, seen.local_side, (closing, expires), seen.now, &decision);
+    }
+    apply(&decision, counters, seen.direction, packet)
+}
+
+/// The first packet of a connection: judged, and tracked when it passes.
+#[inline(always)]
+fn opening(config: &EndpointConfig, counters: &mut EndpointCounters, packet: &Packet, seen: &Seen) -> i32 {
+    counters.connections += 1;
+    let (decision, _) = judge(config, seen.version, seen.direction, packet);
+    if decision.passes() {
+        let expires = seen.now.wrapping_add(lifetime(0, packet));
+        let entry = CtEntry { opened_by: seen.sender, closing: 0, denied: 0, _pad: 0, expires, decision };
+        if CONNTRACK.insert(seen.connection, entry, BPF_ANY as u64).is_ok() {
+            admit_fast(&seen.connection, seen.sender, seen.local_side, (0, expires), seen.now, &decision);
+        }
+    }
+    apply(&decision, counters, seen.direction, packet)
+}
+
+/// The node state version, read with a fully ordered atomic (a fetch-add of 0): the reads that
+/// follow cannot be reordered before it, on arm64 as on x86. BPF load-acquire needs kernel 6.15.
+#[inline(always)]
+fn node_state_version() -> u32 {
+    NODE_STATE.get_ptr_mut(NODE_STATE_VERSION).map_or(0, |version| ordered_read(version))
+}
+
+#[inline(always)]
+fn ordered_read(value: *mut u32) -> u32 {
+    // SAFETY: a map value, valid and 4-byte aligned for the whole run.
+    unsafe { atomic_xadd::<u32, u32, { AtomicOrdering::SeqCst }>(value, 0) }
 }
 
 /// A packet of a connection in the fast-flow cache: counted and passed. `None` when the cache
-/// does not hold the connection under the current version (or the entry lapsed).
+/// does not hold the connection under the current version (or the entry lapsed), or when the
+/// packet does not come from the side its hook implies (a spoofed source never passes here).
 #[inline(always)]
-fn fast_path(connection: &CtKey, sender: u8, version: u32) -> Option<i32> {
+fn fast_path(connection: &CtKey, sender: u8, direction: u8, version: u32) -> Option<i32> {
     let flow = *FAST_FLOWS.get(fast_flow_index(connection))?;
     if flow.connection != *connection || flow.version != version {
+        return None;
+    }
+    if (sender == flow.local_side) != (direction == DIRECTION_EGRESS) {
         return None;
     }
     // SAFETY: a helper call without arguments.
@@ -281,20 +398,27 @@ fn fast_path(connection: &CtKey, sender: u8, version: u32) -> Option<i32> {
         } else {
             counters.slot_packets[1] += 1;
         }
-        if flow.redirected != 0 {
-            counters.redirected += 1;
-        } else {
-            counters.allowed += 1;
-        }
+        counters.allowed += 1;
     }
     Some(TC_ACT_OK)
 }
 
 /// Lets the fast path serve a connection whose forward packets would only be counted and
 /// passed, for at most `FAST_FLOW_JIFFIES` and never past its conntrack entry's expiry: an
-/// open, established entry with a current decision that neither drops nor reports.
+/// open, established entry with a current decision that neither drops nor reports, whose
+/// endpoint side is known.
 #[inline(always)]
-fn admit_fast(connection: &CtKey, opened_by: u8, (closing, expires): (u8, u32), now: u32, decision: &CtDecision) {
+fn admit_fast(
+    connection: &CtKey,
+    opened_by: u8,
+    local_side: Option<u8>,
+    (closing, expires): (u8, u32),
+    now: u32,
+    decision: &CtDecision,
+) {
+    let Some(local_side) = local_side else {
+        return;
+    };
     if decision.reported() || closing != 0 || expires < now + CT_FAST_MARGIN_TICKS {
         return;
     }
@@ -310,7 +434,7 @@ fn admit_fast(connection: &CtKey, opened_by: u8, (closing, expires): (u8, u32), 
         valid_until: unsafe { bpf_jiffies64() } + FAST_FLOW_JIFFIES,
         opened_by,
         enforced_slot: decision.enforced_slot,
-        redirected: (decision.mode != MODE_AUDIT && decision.enforced.verdict == VERDICT_REDIRECT) as u8,
+        local_side,
         _pad2: 0,
         check: 0,
     };
@@ -320,20 +444,38 @@ fn admit_fast(connection: &CtKey, opened_by: u8, (closing, expires): (u8, u32), 
     unsafe { *slot = flow };
 }
 
-/// The decision of a connection's forward packets under the endpoint's current config.
+/// Takes a connection out of the fast-flow cache.
 #[inline(always)]
-fn judge(config: &EndpointConfig, version: u32, direction: u8, packet: &Packet) -> CtDecision {
+fn forget_fast(connection: &CtKey) {
+    let Some(slot) = FAST_FLOWS.get_ptr_mut(fast_flow_index(connection)) else {
+        return;
+    };
+    // SAFETY: the array element is valid for this run; a wrong checksum retires the entry.
+    unsafe {
+        if (*slot).connection == *connection {
+            (*slot).check = !(*slot).check;
+        }
+    }
+}
+
+/// The decision of a connection's forward packets under the endpoint's current config, and
+/// whether it is settled. It is not when a slot was being rewritten during the lookups: then
+/// the candidate is not compared (no shadow difference comes from a half-written slot) and the
+/// decision is stored with a failing checksum, so the next packet judges afresh.
+#[inline(always)]
+fn judge(config: &EndpointConfig, version: u32, direction: u8, packet: &Packet) -> (CtDecision, bool) {
     let epoch = NODE_STATE.get(NODE_STATE_EPOCH).copied().unwrap_or(0);
     // Branches, not indexing: the verifier rejects the pointer arithmetic LLVM makes of it.
     let slots = if epoch & 1 == 0 { config.by_epoch[0] } else { config.by_epoch[1] };
-    let remote_be = if direction == DIRECTION_EGRESS { packet.daddr_be } else { packet.saddr_be };
-    // LPM nodes are freed after an RCU grace period, so the identity is read safely.
-    let identity = IPCACHE.get(&Key::new(32, remote_be)).copied().unwrap_or(IDENTITY_WORLD);
-    let enforced = policy_verdict(config, slots.enforced, identity, direction, packet);
-    let candidate = if slots.candidate == SLOT_NONE {
-        Verdict { verdict: VERDICT_NONE, _pad: [0; 3], cookie: COOKIE_NONE }
+    let identity = remote_identity(direction, packet);
+    let (enforced, enforced_settled) = slot_verdict(config, slots.enforced, identity, direction, packet);
+    let none = Verdict { verdict: VERDICT_NONE, _pad: [0; 3], cookie: COOKIE_NONE };
+    let (candidate, settled) = if slots.candidate == SLOT_NONE {
+        (none, enforced_settled)
     } else {
-        policy_verdict(config, slots.candidate, identity, direction, packet)
+        let (candidate, candidate_settled) = slot_verdict(config, slots.candidate, identity, direction, packet);
+        let settled = enforced_settled && candidate_settled;
+        (if settled { candidate } else { none }, settled)
     };
     let mut decision = CtDecision {
         identity,
@@ -347,13 +489,15 @@ fn judge(config: &EndpointConfig, version: u32, direction: u8, packet: &Packet) 
         _pad: 0,
         check: 0,
     };
-    decision.check = decision.checksum();
-    decision
+    decision.check = if settled { decision.checksum() } else { !decision.checksum() };
+    (decision, settled)
 }
 
 #[inline(always)]
-fn passes(decision: &CtDecision) -> bool {
-    decision.mode != MODE_ENFORCE || decision.enforced.verdict != VERDICT_DENY
+fn remote_identity(direction: u8, packet: &Packet) -> u32 {
+    let remote_be = if direction == DIRECTION_EGRESS { packet.daddr_be } else { packet.saddr_be };
+    // LPM nodes are freed after an RCU grace period, so the identity is read safely.
+    IPCACHE.get(&Key::new(32, remote_be)).copied().unwrap_or(IDENTITY_WORLD)
 }
 
 /// Counts a forward packet under its decision, records the flow when it is dropped or judged
@@ -366,12 +510,13 @@ fn apply(decision: &CtDecision, counters: &mut EndpointCounters, direction: u8, 
     } else {
         counters.slot_packets[1] += 1;
     }
-    match (decision.mode, enforced.verdict) {
-        (MODE_AUDIT, VERDICT_DENY) => counters.audited += 1,
-        (MODE_AUDIT, _) => counters.allowed += 1,
-        (_, VERDICT_DENY) => counters.denied += 1,
-        (_, VERDICT_REDIRECT) => counters.redirected += 1,
-        _ => counters.allowed += 1,
+    let drops = verdict_drops(enforced.verdict);
+    if drops && decision.mode == MODE_AUDIT {
+        counters.audited += 1;
+    } else if drops {
+        counters.denied += 1;
+    } else {
+        counters.allowed += 1;
     }
     if decision.differs() {
         counters.shadow_diffs += 1;
@@ -386,46 +531,110 @@ fn apply(decision: &CtDecision, counters: &mut EndpointCounters, direction: u8, 
             enforced_verdict: enforced.verdict,
             candidate_verdict: candidate.verdict,
             mode: decision.mode,
-            _pad: 0,
+            reason: verdict_drop_reason(enforced.verdict),
         };
         if !record_flow(&flow, packet, enforced.cookie, candidate.cookie) {
             counters.events_lost += 1;
         }
     }
-    if passes(decision) { TC_ACT_OK } else { TC_ACT_SHOT }
+    if decision.passes() { TC_ACT_OK } else { TC_ACT_SHOT }
 }
 
-/// An ICMP error about a tracked connection passes as its reply. `None`: not about one of this
-/// endpoint's connections, judged as ICMP by the policy.
+/// Records a drop that no policy decided (`mode`: the mode it applies in).
 #[inline(always)]
-fn related(ifindex: u32, mut original: CtKey, now: u32) -> Option<i32> {
-    original.ifindex = ifindex;
-    // SAFETY: the LRU element stays valid during this run.
-    let entry = CONNTRACK.get_ptr(original).filter(|&entry| unsafe { (*entry).expires } > now)?;
-    let Some((config, counters)) = under_policy(ifindex) else {
-        return Some(TC_ACT_OK);
+fn record_drop(config: &EndpointConfig, direction: u8, packet: &Packet, reason: u8, mode: u8) {
+    let flow = FlowKey {
+        endpoint: config.endpoint,
+        identity: remote_identity(direction, packet),
+        dport: packet.dport,
+        protocol: packet.protocol,
+        direction,
+        enforced_verdict: VERDICT_DENY,
+        candidate_verdict: VERDICT_NONE,
+        mode,
+        reason,
     };
-    // SAFETY: as above.
-    if unsafe { (*entry).decision.endpoint } != config.endpoint {
-        return None;
+    if !record_flow(&flow, packet, COOKIE_NONE, COOKIE_NONE)
+        && let Some(counters) = COUNTERS.get_ptr_mut(config.index)
+    {
+        // SAFETY: per-CPU value of this endpoint, only this CPU writes it.
+        unsafe { (*counters).events_lost += 1 };
     }
-    counters.replies += 1;
-    Some(TC_ACT_OK)
 }
 
-/// The config and this CPU's counters of the endpoint on `ifindex`. `None` when the interface
-/// has no endpoint, or its policy is off (then the packet is counted as unenforced): either way
-/// the packet passes unevaluated.
+/// Traffic the datapath cannot judge (`reason`): dropped at an enforcing endpoint, passed and
+/// recorded at an auditing one, passed where no policy applies. Fail closed.
 #[inline(always)]
-fn under_policy(ifindex: u32) -> Option<(EndpointConfig, &'static mut EndpointCounters)> {
+fn unjudged(ifindex: u32, direction: u8, reason: u8, packet: Option<&Packet>) -> i32 {
+    match endpoint(ifindex) {
+        Some((config, counters)) => refuse(&config, counters, direction, reason, packet),
+        None => TC_ACT_OK,
+    }
+}
+
+#[inline(always)]
+fn refuse(
+    config: &EndpointConfig,
+    counters: &mut EndpointCounters,
+    direction: u8,
+    reason: u8,
+    packet: Option<&Packet>,
+) -> i32 {
+    if config.mode == MODE_OFF {
+        counters.unenforced += 1;
+        return TC_ACT_OK;
+    }
+    if reason == DROP_IPV6_UNSUPPORTED {
+        counters.ipv6_dropped += 1;
+    } else {
+        counters.unjudged += 1;
+    }
+    let unknown = Packet {
+        saddr_be: 0,
+        daddr_be: 0,
+        protocol: 0,
+        sport: 0,
+        dport: 0,
+        related: None,
+        tcp_flags: 0,
+        tracked: false,
+        unjudged: reason,
+    };
+    record_drop(config, direction, packet.unwrap_or(&unknown), reason, config.mode);
+    if config.mode == MODE_ENFORCE { TC_ACT_SHOT } else { TC_ACT_OK }
+}
+
+/// An ICMP error about one of this endpoint's tracked connections passes as its reply; one that
+/// relates to none cannot be judged.
+#[inline(always)]
+fn related(
+    config: &EndpointConfig,
+    counters: &mut EndpointCounters,
+    ifindex: u32,
+    mut original: CtKey,
+    now: u32,
+    direction: u8,
+    packet: &Packet,
+) -> i32 {
+    original.ifindex = ifindex;
+    // SAFETY: the LRU element stays valid during this run; fields are read once.
+    let tracked = CONNTRACK.get_ptr(original).is_some_and(|entry| unsafe {
+        (*entry).expires > now && (*entry).denied == 0 && (*entry).decision.endpoint == config.endpoint
+    });
+    if tracked {
+        counters.replies += 1;
+        return TC_ACT_OK;
+    }
+    refuse(config, counters, direction, DROP_ICMP_UNRELATED, Some(packet))
+}
+
+/// The config and this CPU's counters of the endpoint attached to `ifindex`, in any mode.
+#[inline(always)]
+fn endpoint(ifindex: u32) -> Option<(EndpointConfig, &'static mut EndpointCounters)> {
     // SAFETY: copied out at once; the map does not recycle elements (no prealloc).
     let config = (unsafe { ENDPOINTS.get(ifindex) }).copied()?;
     // SAFETY: per-CPU value of this endpoint, only this CPU writes it, during this run.
     let counters = unsafe { &mut *COUNTERS.get_ptr_mut(config.index)? };
-    if config.mode == MODE_OFF {
-        counters.unenforced += 1;
-        return None;
-    }
     Some((config, counters))
 }
 
@@ -447,8 +656,12 @@ struct Ipv4Header {
 /// Direct packet access: much cheaper than a `bpf_skb_load_bytes` call per field.
 #[inline(always)]
 fn linear<T: Copy>(ctx: &TcContext, offset: usize) -> Option<T> {
+    // The packet end is loaded afresh for each read: reused across a branch, LLVM passes it on
+    // through a 32-bit move the verifier no longer sees as a packet pointer.
+    // SAFETY: the context pointer is valid for the whole program run.
+    let data_end = unsafe { core::ptr::read_volatile(&(*ctx.skb.skb).data_end) } as usize;
     let start = ctx.data() + offset;
-    if start + size_of::<T>() > ctx.data_end() {
+    if start + size_of::<T>() > data_end {
         return None;
     }
     // SAFETY: bounds checked against data_end just above.
@@ -470,29 +683,33 @@ fn header<T: Copy>(ctx: &TcContext, offset: usize) -> Option<T> {
     linear(ctx, offset)
 }
 
-/// IPv6 policy is not implemented yet: an enforcing endpoint gets neighbor discovery only, so
-/// IPv6 can never bypass its IPv4 policy. Audit mode records nothing for IPv6.
+/// IPv6 policy is not implemented yet: an enforcing endpoint gets neighbor discovery and MLD
+/// only, so IPv6 can never bypass its IPv4 policy. Audit mode records what enforcing would drop.
 #[inline(always)]
-fn ipv6(ctx: &TcContext, ifindex: u32) -> i32 {
-    const NEXT_HEADER: usize = ETH_HLEN + 6;
-    const ICMPV6_TYPE: usize = ETH_HLEN + 40;
-    let Some((config, counters)) = under_policy(ifindex) else {
+fn ipv6(ctx: &TcContext, ifindex: u32, direction: u8) -> i32 {
+    // The endpoint first: the lookup's call makes the read below load the packet bounds afresh.
+    let Some((config, counters)) = endpoint(ifindex) else {
         return TC_ACT_OK;
     };
-    let neighbor_discovery = header::<u8>(ctx, NEXT_HEADER) == Some(PROTO_ICMPV6)
-        && header::<u8>(ctx, ICMPV6_TYPE).is_some_and(|t| (ND_ROUTER_SOLICIT..=ND_REDIRECT).contains(&t));
-    if neighbor_discovery || config.mode != MODE_ENFORCE {
-        TC_ACT_OK
-    } else {
-        counters.ipv6_dropped += 1;
-        TC_ACT_SHOT
+    // The next header (offset 6 of the IPv6 header) through the ICMPv6 type (offset 40) in one
+    // read, so one bounds check covers both: LLVM reuses the packet end of a first check through
+    // a 32-bit move the verifier cannot follow.
+    const NEXT_HEADER: usize = ETH_HLEN + 6;
+    const ICMPV6_TYPE: usize = 40 - 6;
+    let link_signalling = header::<[u8; ICMPV6_TYPE + 2]>(ctx, NEXT_HEADER)
+        .is_some_and(|h| h[0] == PROTO_ICMPV6 && matches!(h[ICMPV6_TYPE], MLD_QUERY..=ND_REDIRECT | MLD2_REPORT));
+    if link_signalling {
+        return TC_ACT_OK;
     }
+    refuse(&config, counters, direction, DROP_IPV6_UNSUPPORTED, None)
 }
 
+/// The packet's addresses, protocol and ports; `None` without a readable IPv4 header. A packet
+/// that cannot be judged says why in `unjudged`.
 #[inline(always)]
 fn parse(ctx: &TcContext) -> Option<Packet> {
     let ip: Ipv4Header = header(ctx, ETH_HLEN)?;
-    let l4 = ETH_HLEN + ((ip.version_ihl & 0x0f) as usize) * 4;
+    let header_len = ((ip.version_ihl & 0x0f) as usize) * 4;
     let mut packet = Packet {
         saddr_be: ip.saddr_be,
         daddr_be: ip.daddr_be,
@@ -501,59 +718,89 @@ fn parse(ctx: &TcContext) -> Option<Packet> {
         dport: 0,
         related: None,
         tcp_flags: 0,
+        tracked: true,
+        unjudged: DROP_NONE,
     };
-    // Later fragments (and truncated L4 headers) have no ports: like Cilium, they only match
-    // port-wildcard entries.
-    if u16::from_be(ip.frag_off_be) & 0x1fff != 0 {
-        return Some(packet);
-    }
-    let Some(l4_start) = header::<[u8; 8]>(ctx, l4) else {
-        return Some(packet);
-    };
-    match ip.protocol {
-        PROTO_TCP | PROTO_UDP | PROTO_SCTP => {
-            packet.sport = u16::from_be_bytes([l4_start[0], l4_start[1]]);
-            packet.dport = u16::from_be_bytes([l4_start[2], l4_start[3]]);
-            if ip.protocol == PROTO_TCP {
-                // Data offset and flags as one 2-byte read: LLVM turns a 1-byte bounds check into
-                // `start >= end`, which the verifier cannot use.
-                packet.tcp_flags = header::<[u8; 2]>(ctx, l4 + 12).map_or(0, |word| word[1]);
-            }
-        }
-        PROTO_ICMP => {
-            let icmp_type = l4_start[0];
-            // The policy "port" of ICMP is its type; the echo id stands in for a port in the CT.
-            packet.dport = icmp_type as u16;
-            match icmp_type {
-                ICMP_ECHO | ICMP_ECHO_REPLY => packet.sport = u16::from_be_bytes([l4_start[4], l4_start[5]]),
-                ICMP_DEST_UNREACH | ICMP_TIME_EXCEEDED | ICMP_PARAMETER_PROBLEM => {
-                    packet.related = parse_icmp_error(ctx, l4 + 8)
-                }
-                _ => {}
-            }
-        }
-        _ => {}
+    if let Err(reason) = parse_l4(ctx, &ip, header_len, &mut packet) {
+        packet.unjudged = reason;
     }
     Some(packet)
 }
 
-/// The quoted header of an ICMP error: the original packet, as its sender sent it.
 #[inline(always)]
-fn parse_icmp_error(ctx: &TcContext, inner: usize) -> Option<CtKey> {
-    let version_ihl: u8 = ctx.load(inner).ok()?;
-    let protocol: u8 = ctx.load(inner + 9).ok()?;
-    let saddr_be: u32 = ctx.load(inner + 12).ok()?;
-    let daddr_be: u32 = ctx.load(inner + 16).ok()?;
-    let l4 = inner + ((version_ihl & 0x0f) as usize) * 4;
-    let (sport, dport) = match protocol {
-        PROTO_TCP | PROTO_UDP | PROTO_SCTP => {
-            (u16::from_be(ctx.load::<u16>(l4).ok()?), u16::from_be(ctx.load::<u16>(l4 + 2).ok()?))
+fn parse_l4(ctx: &TcContext, ip: &Ipv4Header, header_len: usize, packet: &mut Packet) -> Result<(), u8> {
+    if ip.version_ihl >> 4 != 4 || header_len < size_of::<Ipv4Header>() {
+        return Err(DROP_MALFORMED);
+    }
+    let l4 = ETH_HLEN + header_len;
+    let fragment = u16::from_be(ip.frag_off_be);
+    let fragment_key =
+        FragmentKey { saddr_be: ip.saddr_be, daddr_be: ip.daddr_be, id: ip.id, protocol: ip.protocol, _pad: 0 };
+    // A later fragment has no L4 header: it is judged with the ports its first fragment carried.
+    if fragment & IP_OFFSET != 0 {
+        // SAFETY: a 4-byte value copied out at once.
+        let ports = (unsafe { FRAGMENTS.get(fragment_key) }).copied().ok_or(DROP_FRAGMENT_UNKNOWN)?;
+        (packet.sport, packet.dport) = (ports.sport, ports.dport);
+        packet.tracked = ip.protocol != PROTO_ICMP || matches!(ports.dport as u8, ICMP_ECHO | ICMP_ECHO_REPLY);
+        return Ok(());
+    }
+    match ip.protocol {
+        // One read per header, so one bounds check covers every field: LLVM reuses the packet
+        // end of a first check through a 32-bit move the verifier cannot follow.
+        PROTO_TCP => {
+            let tcp: [u8; 14] = header(ctx, l4).ok_or(DROP_MALFORMED)?;
+            packet.sport = u16::from_be_bytes([tcp[0], tcp[1]]);
+            packet.dport = u16::from_be_bytes([tcp[2], tcp[3]]);
+            packet.tcp_flags = tcp[13];
         }
-        PROTO_ICMP => (u16::from_be(ctx.load::<u16>(l4 + 4).ok()?), 0),
+        PROTO_UDP | PROTO_SCTP => {
+            let ports: [u8; 4] = header(ctx, l4).ok_or(DROP_MALFORMED)?;
+            packet.sport = u16::from_be_bytes([ports[0], ports[1]]);
+            packet.dport = u16::from_be_bytes([ports[2], ports[3]]);
+        }
+        PROTO_ICMP => {
+            let icmp: [u8; 8] = header(ctx, l4).ok_or(DROP_MALFORMED)?;
+            // The policy "port" of ICMP is its type; the echo id stands in for a port in the CT.
+            packet.dport = icmp[0] as u16;
+            match icmp[0] {
+                ICMP_ECHO | ICMP_ECHO_REPLY => packet.sport = u16::from_be_bytes([icmp[4], icmp[5]]),
+                ICMP_DEST_UNREACH | ICMP_TIME_EXCEEDED | ICMP_PARAMETER_PROBLEM => {
+                    packet.related = Some(parse_icmp_error(ctx, l4 + 8)?);
+                }
+                _ => packet.tracked = false,
+            }
+        }
+        _ => {}
+    }
+    if fragment & IP_MORE_FRAGMENTS != 0 {
+        let ports = Ports { sport: packet.sport, dport: packet.dport };
+        let _ = FRAGMENTS.insert(fragment_key, ports, BPF_ANY as u64);
+    }
+    Ok(())
+}
+
+const IP_OFFSET: u16 = 0x1fff;
+const IP_MORE_FRAGMENTS: u16 = 0x2000;
+
+/// The connection an ICMP error quotes: the original packet, as its sender sent it.
+#[inline(always)]
+fn parse_icmp_error(ctx: &TcContext, inner: usize) -> Result<CtKey, u8> {
+    let malformed = |_| DROP_MALFORMED;
+    let version_ihl: u8 = ctx.load(inner).map_err(malformed)?;
+    let protocol: u8 = ctx.load(inner + 9).map_err(malformed)?;
+    let saddr_be: u32 = ctx.load(inner + 12).map_err(malformed)?;
+    let daddr_be: u32 = ctx.load(inner + 16).map_err(malformed)?;
+    let l4 = inner + ((version_ihl & 0x0f) as usize) * 4;
+    let port = |offset: usize| ctx.load::<u16>(offset).map(u16::from_be).map_err(malformed);
+    let (sport, dport) = match protocol {
+        PROTO_TCP | PROTO_UDP | PROTO_SCTP => (port(l4)?, port(l4 + 2)?),
+        // Of ICMP only echo is tracked: an error about an echo request relates to it by id.
+        PROTO_ICMP if ctx.load::<u8>(l4).map_err(malformed)? == ICMP_ECHO => (port(l4 + 4)?, 0),
+        PROTO_ICMP => return Err(DROP_ICMP_UNRELATED),
         _ => (0, 0),
     };
     let (key, _) = connection_key(0, protocol, (saddr_be, sport), (daddr_be, dport));
-    Some(key)
+    Ok(key)
 }
 
 /// Conntrack lifetimes after the last packet (Cilium's defaults), in ticks of 2^30 ns.
@@ -643,22 +890,31 @@ fn connection_key(ifindex: u32, protocol: u8, sender: (u32, u16), receiver: (u32
     (key, side)
 }
 
-/// Cilium's `__policy_can_access`: the identity-specific and the any-identity entries compete;
-/// higher precedence wins, then the longer proto/port prefix, then the identity-specific one.
+/// The verdict of `slot` for a packet, and whether it is settled: `false` when userspace was
+/// rewriting the slot in place during the lookups (a seqlock on `SLOT_WRITES`), and then the
+/// verdict may come from a half-written slot and is not cached.
 #[inline(always)]
-fn policy_verdict(config: &EndpointConfig, slot: u8, identity: u32, direction: u8, packet: &Packet) -> Verdict {
+fn slot_verdict(config: &EndpointConfig, slot: u8, identity: u32, direction: u8, packet: &Packet) -> (Verdict, bool) {
     let endpoint = config.endpoint;
+    let writes = SLOT_WRITES.get_ptr_mut(slot_writes_index(config.index, slot));
+    let before = writes.map_or(0, ordered_read);
     // Branches, not indexing: the verifier rejects the pointer arithmetic LLVM makes of it.
     let generation = if slot == SLOT_A { config.slot_generation[0] } else { config.slot_generation[1] };
     let cache_key =
         VerdictCacheKey { endpoint, generation, identity, dport: packet.dport, protocol: packet.protocol, direction };
     // SAFETY: 8-byte value copied out at once.
-    if let Some(cached) = unsafe { VERDICT_CACHE.get(cache_key) } {
-        return *cached;
+    if before & 1 == 0
+        && let Some(cached) = unsafe { VERDICT_CACHE.get(cache_key) }
+    {
+        return (*cached, true);
     }
     let verdict = lookup_policy(endpoint, slot, identity, direction, packet);
-    let _ = VERDICT_CACHE.insert(cache_key, verdict, BPF_ANY as u64);
-    verdict
+    // Fully ordered: the lookups above complete before the sequence is read again.
+    let settled = before & 1 == 0 && writes.map_or(0, ordered_read) == before;
+    if settled {
+        let _ = VERDICT_CACHE.insert(cache_key, verdict, BPF_ANY as u64);
+    }
+    (verdict, settled)
 }
 
 #[inline(always)]

@@ -199,7 +199,8 @@ pub fn udp_echo_servers(ns: &str, ports: &[u16]) -> Vec<Arc<AtomicU64>> {
             let received = Arc::new(AtomicU64::new(0));
             let counter = received.clone();
             thread::spawn(move || {
-                let mut buf = [0; 1500];
+                // Whole datagrams, up to the largest: fragmented ones are echoed fragmented.
+                let mut buf = vec![0; 65536];
                 while let Ok((n, from)) = socket.recv_from(&mut buf) {
                     counter.fetch_add(1, Ordering::Relaxed);
                     let _ = socket.send_to(&buf[..n], from);
@@ -314,6 +315,75 @@ impl Pinger {
             }
         }
     }
+}
+
+/// An Ethernet frame carrying `payload` as `ethertype`.
+pub fn ethernet_frame(ethertype: u16, payload: &[u8]) -> Vec<u8> {
+    let mut frame = vec![0x02, 0, 0, 0, 0, 2, 0x02, 0, 0, 0, 0, 1];
+    frame.extend_from_slice(&ethertype.to_be_bytes());
+    frame.extend_from_slice(payload);
+    frame
+}
+
+/// An IPv4 packet (header with a valid checksum, then `l4`), fragment `offset` (in 8-byte
+/// units) of datagram `id`, with more fragments to come when `more`.
+pub fn ipv4_packet(
+    protocol: u8,
+    from: Ipv4Addr,
+    to: Ipv4Addr,
+    (id, offset, more): (u16, u16, bool),
+    l4: &[u8],
+) -> Vec<u8> {
+    let mut ip = vec![0u8; 20];
+    ip[0] = 0x45;
+    ip[2..4].copy_from_slice(&((20 + l4.len()) as u16).to_be_bytes());
+    ip[4..6].copy_from_slice(&id.to_be_bytes());
+    ip[6..8].copy_from_slice(&(offset | if more { 0x2000 } else { 0 }).to_be_bytes());
+    ip[8] = 64;
+    ip[9] = protocol;
+    ip[12..16].copy_from_slice(&from.octets());
+    ip[16..20].copy_from_slice(&to.octets());
+    let sum = checksum(&ip);
+    ip[10..12].copy_from_slice(&sum.to_be_bytes());
+    ip.extend_from_slice(l4);
+    ip
+}
+
+/// A whole (unfragmented) IPv4 packet in an Ethernet frame.
+pub fn ipv4_frame(protocol: u8, from: Ipv4Addr, to: Ipv4Addr, l4: &[u8]) -> Vec<u8> {
+    ethernet_frame(0x0800, &ipv4_packet(protocol, from, to, (1, 0, false), l4))
+}
+
+/// An ICMP message of `icmp_type` with the checksum set: `rest` follows the type, code and
+/// checksum (an echo's id and sequence, an error's unused word and quoted packet).
+pub fn icmp_message(icmp_type: u8, rest: &[u8]) -> Vec<u8> {
+    let mut message = vec![icmp_type, 0, 0, 0];
+    message.extend_from_slice(rest);
+    let sum = checksum(&message);
+    message[2..4].copy_from_slice(&sum.to_be_bytes());
+    message
+}
+
+/// A UDP header and payload (checksum 0: none).
+pub fn udp_datagram(sport: u16, dport: u16, payload: &[u8]) -> Vec<u8> {
+    let mut udp = Vec::with_capacity(8 + payload.len());
+    udp.extend_from_slice(&sport.to_be_bytes());
+    udp.extend_from_slice(&dport.to_be_bytes());
+    udp.extend_from_slice(&((8 + payload.len()) as u16).to_be_bytes());
+    udp.extend_from_slice(&[0, 0]);
+    udp.extend_from_slice(payload);
+    udp
+}
+
+/// Sends a hand-made IPv4 packet (header included, any source address) from inside `ns`, as a
+/// pod with CAP_NET_RAW can.
+pub fn send_raw_ipv4(ns: &str, packet: Vec<u8>) {
+    let to = Ipv4Addr::new(packet[16], packet[17], packet[18], packet[19]);
+    in_netns(ns, move || {
+        // IPPROTO_RAW implies IP_HDRINCL: the kernel sends the header as given.
+        let socket = Socket::new(Domain::IPV4, Type::RAW, Some(Protocol::from(libc::IPPROTO_RAW))).expect("raw socket");
+        socket.send_to(&packet, &SocketAddrV4::new(to, 0).into()).expect("send a raw packet");
+    });
 }
 
 fn checksum(data: &[u8]) -> u16 {
