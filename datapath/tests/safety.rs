@@ -46,6 +46,13 @@ fn start(topology: &Topology, slots: Vec<Vec<PolicyEntry>>) -> Datapath {
     datapath
 }
 
+/// A client and a server, both with open egress; the server's ingress is `server_ingress`.
+fn client_server(topology: &Topology, server_ingress: &[PolicyEntry]) -> Datapath {
+    let mut server = vec![egress_all(2)];
+    server.extend_from_slice(server_ingress);
+    start(topology, vec![vec![egress_all(1)], server])
+}
+
 fn flows_of(datapath: &Datapath, endpoint: u32) -> Vec<Flow> {
     datapath.flows().unwrap().into_iter().filter(|f| f.key.endpoint == endpoint).collect()
 }
@@ -63,16 +70,12 @@ fn a_port_with_l7_rules_is_refused_until_a_proxy_judges_it() {
     let topology = Topology::new("pd7", 2, false, 160);
     let _inside = InNetns::enter(&topology.node);
     let (client, server) = (&topology.endpoints[0], &topology.endpoints[1]);
-    let mut datapath = start(
+    let mut datapath = client_server(
         &topology,
-        vec![
-            vec![egress_all(1)],
-            vec![
-                egress_all(2),
-                // `toPorts: [{ports: [8080/TCP], rules: {http: [{method: GET, path: /public}]}}]`
-                rule(identity(0), DIRECTION_INGRESS, Some(PROTO_TCP), 8080, VERDICT_REDIRECT, 3),
-                rule(identity(0), DIRECTION_INGRESS, Some(PROTO_TCP), 8081, VERDICT_ALLOW, 4),
-            ],
+        &[
+            // `toPorts: [{ports: [8080/TCP], rules: {http: [{method: GET, path: /public}]}}]`
+            rule(identity(0), DIRECTION_INGRESS, Some(PROTO_TCP), 8080, VERDICT_REDIRECT, 3),
+            rule(identity(0), DIRECTION_INGRESS, Some(PROTO_TCP), 8081, VERDICT_ALLOW, 4),
         ],
     );
     tcp_echo_servers(&server.ns, &[8080, 8081]);
@@ -148,8 +151,8 @@ fn a_denied_connection_stops_carrying_the_servers_packets() {
     let (client, server) = (&topology.endpoints[0], &topology.endpoints[1]);
     // The server's egress is open: with its conntrack entry simply gone, its next packet would
     // open a connection of its own and let the client's packets back in as its replies.
-    let allowed = vec![egress_all(2), rule(identity(0), DIRECTION_INGRESS, Some(PROTO_TCP), 80, VERDICT_ALLOW, 3)];
-    let mut datapath = start(&topology, vec![vec![egress_all(1)], allowed]);
+    let mut datapath =
+        client_server(&topology, &[rule(identity(0), DIRECTION_INGRESS, Some(PROTO_TCP), 80, VERDICT_ALLOW, 3)]);
     datapath.load_slot(1, Slot::B, &[egress_all(4)]).unwrap();
 
     let listener = in_netns(&server.ns, || TcpListener::bind(("0.0.0.0", 80)).unwrap());
@@ -184,15 +187,11 @@ fn fragmented_datagrams_are_judged_like_their_first_fragment() {
     let topology = Topology::new("pdg", 2, false, 172);
     let _inside = InNetns::enter(&topology.node);
     let (client, server) = (&topology.endpoints[0], &topology.endpoints[1]);
-    let datapath = start(
+    let datapath = client_server(
         &topology,
-        vec![
-            vec![egress_all(1)],
-            vec![
-                egress_all(2),
-                rule(identity(0), DIRECTION_INGRESS, Some(PROTO_UDP), 9000, VERDICT_ALLOW, 3),
-                rule(identity(0), DIRECTION_INGRESS, Some(PROTO_UDP), 9001, VERDICT_DENY, 4),
-            ],
+        &[
+            rule(identity(0), DIRECTION_INGRESS, Some(PROTO_UDP), 9000, VERDICT_ALLOW, 3),
+            rule(identity(0), DIRECTION_INGRESS, Some(PROTO_UDP), 9001, VERDICT_DENY, 4),
         ],
     );
     let received = udp_echo_servers(&server.ns, &[9000, 9001]);
@@ -223,15 +222,11 @@ fn icmp_errors_pass_only_for_tracked_connections_and_other_icmp_is_judged_per_pa
     let topology = Topology::new("pdp", 2, false, 176);
     let _inside = InNetns::enter(&topology.node);
     let (client, server) = (&topology.endpoints[0], &topology.endpoints[1]);
-    let datapath = start(
+    let datapath = client_server(
         &topology,
-        vec![
-            vec![egress_all(1)],
-            vec![
-                egress_all(2),
-                rule(identity(0), DIRECTION_INGRESS, Some(PROTO_ICMP), 8, VERDICT_ALLOW, 3),
-                rule(identity(0), DIRECTION_INGRESS, Some(PROTO_UDP), 7000, VERDICT_ALLOW, 4),
-            ],
+        &[
+            rule(identity(0), DIRECTION_INGRESS, Some(PROTO_ICMP), 8, VERDICT_ALLOW, 3),
+            rule(identity(0), DIRECTION_INGRESS, Some(PROTO_UDP), 7000, VERDICT_ALLOW, 4),
         ],
     );
     assert!(ping_ok(&client.ns, server.addr), "ping through an allowed pair works");
@@ -295,7 +290,7 @@ fn no_shadow_difference_is_recorded_from_a_half_written_candidate() {
     let _inside = InNetns::enter(&topology.node);
     let (client, server) = (&topology.endpoints[0], &topology.endpoints[1]);
     // Enforced: the server denies all ingress.
-    let mut datapath = start(&topology, vec![vec![egress_all(1)], vec![egress_all(2)]]);
+    let mut datapath = client_server(&topology, &[]);
     const PORTS: [u16; 4] = [9100, 9101, 9102, 9103];
     let content = |old: bool| {
         let mut entries = vec![egress_all(2)];
@@ -355,7 +350,7 @@ fn a_failed_rewrite_leaves_the_slot_as_it_was() {
     let topology = Topology::new("pdx", 2, false, 188);
     let _inside = InNetns::enter(&topology.node);
     let (client, server) = (&topology.endpoints[0], &topology.endpoints[1]);
-    let mut datapath = start(&topology, vec![vec![egress_all(1)], vec![egress_all(2)]]);
+    let mut datapath = client_server(&topology, &[]);
     let full: Vec<PolicyEntry> = {
         let mut entries: Vec<PolicyEntry> = (0..palisade_datapath::MAX_POLICY_ENTRIES - 1)
             .map(|i| rule(IDENTITY_CIDR_BASE | i, DIRECTION_INGRESS, Some(PROTO_UDP), 53, VERDICT_ALLOW, 5))
