@@ -21,7 +21,8 @@ use aya::{
 };
 use palisade_common::{
     EndpointConfig, EndpointCounters, FlowKey, FlowStats, MAX_ENDPOINTS, MODE_AUDIT, MODE_ENFORCE, MODE_OFF,
-    NODE_STATE_EPOCH, NODE_STATE_GENERATION, NODE_STATE_VERSION, PolicyEntry, PolicyKey, PolicyValue, SLOT_A, SLOT_B,
+    NODE_STATE_EPOCH, NODE_STATE_GENERATION, NODE_STATE_VERSION, PolicyEntry, PolicyKey, PolicyMatch, PolicyValue,
+    SLOT_A, SLOT_B,
     SLOT_NONE, SlotKey, SlotSelection, slot_writes_index,
 };
 
@@ -35,8 +36,7 @@ pub type EndpointId = u32;
 
 /// Where the agent pins its state unless told otherwise.
 pub const DEFAULT_PIN_DIR: &str = "/sys/fs/bpf/palisade";
-/// Capacity of one policy slot (Cilium's default policy map size).
-pub const MAX_POLICY_ENTRIES: u32 = 16384;
+pub use palisade_common::MAX_POLICY_ENTRIES;
 
 /// The kernel requires it for LPM tries; inner maps must match the program's template.
 const BPF_F_NO_PREALLOC: u32 = 1;
@@ -140,8 +140,6 @@ pub struct Flow {
     pub candidate_cookie: u32,
 }
 
-/// The LPM key data of a policy entry: `PolicyKey` after its prefix length.
-type PolicyMatch = [u8; 8];
 type PolicySlot = LpmTrie<MapData, PolicyMatch, PolicyValue>;
 
 /// Handle on the pinned datapath of one node.
@@ -393,14 +391,7 @@ impl Datapath {
         let mut entries = Vec::new();
         for item in policy.iter() {
             let (key, value) = item.map_err(map_error("POLICY_SLOTS (inner)", endpoint))?;
-            let data = key.data();
-            let key = PolicyKey {
-                prefix_len: key.prefix_len(),
-                identity_be: u32::from_ne_bytes([data[0], data[1], data[2], data[3]]),
-                direction: data[4],
-                protocol: data[5],
-                dport_be: u16::from_ne_bytes([data[6], data[7]]),
-            };
+            let key = PolicyKey::from_data(key.prefix_len(), key.data());
             entries.push(PolicyEntry { key, value: value.with_l4_prefix_len(0) });
         }
         entries.sort_by_key(|e| e.key);
@@ -705,12 +696,7 @@ fn write_entries(policy: &mut PolicySlot, entries: &[PolicyEntry], endpoint: End
 }
 
 fn policy_key(key: &PolicyKey) -> Key<PolicyMatch> {
-    let mut data = [0; 8];
-    data[..4].copy_from_slice(&key.identity_be.to_ne_bytes());
-    data[4] = key.direction;
-    data[5] = key.protocol;
-    data[6..].copy_from_slice(&key.dport_be.to_ne_bytes());
-    Key::new(key.prefix_len, data)
+    Key::new(key.prefix_len, key.data())
 }
 
 fn ipcache_key(addr: Ipv4Addr, prefix_len: u8) -> Key<u32> {

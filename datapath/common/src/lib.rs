@@ -49,7 +49,42 @@ pub struct PolicyKey {
     pub dport_be: u16,
 }
 
+/// The data of a [`PolicyKey`], after its prefix length: what the policy LPM tries key on, as
+/// the program builds it from a packet and the loader writes and reads it.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct PolicyMatch {
+    pub identity_be: u32,
+    pub direction: u8,
+    pub protocol: u8,
+    pub dport_be: u16,
+}
+
+/// Capacity of one policy slot (Cilium's default policy map size).
+pub const MAX_POLICY_ENTRIES: u32 = 16384;
+
 impl PolicyKey {
+    /// The key's data, without its prefix length.
+    pub const fn data(&self) -> PolicyMatch {
+        PolicyMatch {
+            identity_be: self.identity_be,
+            direction: self.direction,
+            protocol: self.protocol,
+            dport_be: self.dport_be,
+        }
+    }
+
+    /// The key of `data` with `prefix_len` significant bits.
+    pub const fn from_data(prefix_len: u32, data: PolicyMatch) -> Self {
+        PolicyKey {
+            prefix_len,
+            identity_be: data.identity_be,
+            direction: data.direction,
+            protocol: data.protocol,
+            dport_be: data.dport_be,
+        }
+    }
+
     /// `protocol: None` means every protocol (and then every port). `port_bits` is how many high
     /// bits of `port` are significant: 16 for one port, 0 for every port.
     pub const fn new(identity: u32, direction: u8, protocol: Option<u8>, port: u16, port_bits: u8) -> Self {
@@ -640,6 +675,7 @@ pub struct EndpointCounters {
 mod user {
     // SAFETY: plain `repr(C)` data without padding holes that could leak uninitialised bytes.
     unsafe impl aya::Pod for super::PolicyKey {}
+    unsafe impl aya::Pod for super::PolicyMatch {}
     unsafe impl aya::Pod for super::PolicyValue {}
     unsafe impl aya::Pod for super::EndpointConfig {}
     unsafe impl aya::Pod for super::SlotKey {}

@@ -1,0 +1,101 @@
+//! The program's maps (their layout is in `palisade-common`; userspace pins them by name) and
+//! the small kernel-only records some of them hold.
+use aya_ebpf::{
+    bindings::BPF_F_NO_PREALLOC,
+    btf_maps::{
+        Array, HashMap, HashOfMaps, LpmTrie, LruHashMap, LruPerCpuHashMap, PerCpuArray, RingBuf, lpm_trie::Key,
+    },
+    macros::btf_map,
+};
+use palisade_common::*;
+
+// aya's LPM key is the prefix length and the data: together, exactly a `PolicyKey`.
+const _: () = assert!(size_of::<Key<PolicyMatch>>() == size_of::<PolicyKey>());
+
+/// Every bit of a `PolicyKey`'s data: what a packet's lookup matches on.
+pub(crate) const POLICY_FULL_PREFIX: u32 = 64;
+
+/// Per-CPU token bucket for new-flow events.
+pub(crate) const EVENT_BURST: u64 = 4096;
+
+pub(crate) const EVENT_REFILL_NS: u64 = 50_000; // one token per 50 us: 20k events/s per CPU
+
+pub(crate) type PolicySlot = LpmTrie<PolicyMatch, PolicyValue, { MAX_POLICY_ENTRIES as usize }>;
+
+#[btf_map]
+pub(crate) static IPCACHE: LpmTrie<u32, u32, 65536> = LpmTrie::new();
+
+// ifindex -> config. No prealloc: an update allocates a new element and frees the old one after
+// RCU, so a reader never sees a recycled value.
+#[btf_map]
+pub(crate) static ENDPOINTS: HashMap<u32, EndpointConfig, { MAX_ENDPOINTS as usize }, { BPF_F_NO_PREALLOC as usize }> =
+    HashMap::new();
+// Endpoint id -> config: userspace's record, not read here.
+#[btf_map]
+pub(crate) static ENDPOINT_CONFIG: HashMap<
+    u32,
+    EndpointConfig,
+    { MAX_ENDPOINTS as usize },
+    { BPF_F_NO_PREALLOC as usize },
+> = HashMap::new();
+#[btf_map]
+pub(crate) static NODE_STATE: Array<u32, { NODE_STATE_ENTRIES as usize }> = Array::new();
+
+// Per (counter index, slot): odd while userspace rewrites the slot in place.
+#[btf_map]
+pub(crate) static SLOT_WRITES: Array<u32, { SLOT_WRITES_ENTRIES as usize }> = Array::new();
+
+#[btf_map]
+pub(crate) static VERDICT_CACHE: LruHashMap<VerdictCacheKey, Verdict, 65536> = LruHashMap::new();
+
+#[btf_map]
+pub(crate) static POLICY_SLOTS: HashOfMaps<SlotKey, PolicySlot, 8192> = HashOfMaps::new();
+
+#[btf_map]
+pub(crate) static CONNTRACK: LruHashMap<CtKey, CtEntry, 262144> = LruHashMap::new();
+
+#[btf_map]
+pub(crate) static FAST_FLOWS: Array<FastFlow, { FAST_FLOW_ENTRIES as usize }> = Array::new();
+
+// The ports of fragmented datagrams, from their first fragment (Cilium's IPV4_FRAG_DATAGRAMS_MAP).
+#[btf_map]
+pub(crate) static FRAGMENTS: LruHashMap<FragmentKey, Ports, 8192> = LruHashMap::new();
+
+// Per-CPU values count without atomics; the key is shared, so "new flow" (a successful
+// BPF_NOEXIST insert) is still detected once for the whole node.
+#[btf_map]
+pub(crate) static FLOWS: LruPerCpuHashMap<FlowKey, FlowStats, 65536> = LruPerCpuHashMap::new();
+
+// Indexed by the endpoint's dense counter index: array lookups are inlined by the verifier.
+#[btf_map]
+pub(crate) static COUNTERS: PerCpuArray<EndpointCounters, { MAX_ENDPOINTS as usize }> = PerCpuArray::new();
+
+#[btf_map]
+pub(crate) static EVENTS: RingBuf<FlowEvent, { 1 << 22 }> = RingBuf::new();
+
+#[btf_map]
+pub(crate) static EVENT_TOKENS: PerCpuArray<TokenBucket, 1> = PerCpuArray::new();
+
+#[repr(C)]
+pub(crate) struct TokenBucket {
+    pub(crate) tokens: u64,
+    pub(crate) last_ns: u64,
+}
+
+/// One fragmented datagram: what IPv4 reassembly keys on.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub(crate) struct FragmentKey {
+    pub(crate) saddr_be: u32,
+    pub(crate) daddr_be: u32,
+    pub(crate) id: u16,
+    pub(crate) protocol: u8,
+    pub(crate) _pad: u8,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub(crate) struct Ports {
+    pub(crate) sport: u16,
+    pub(crate) dport: u16,
+}

@@ -1,0 +1,174 @@
+//! What a verdict leaves behind: counters, flows (counted in the kernel, one event per new flow,
+//! rate-limited) and the drops of traffic that cannot be judged.
+use aya_ebpf::{
+    bindings::{BPF_NOEXIST, TC_ACT_OK, TC_ACT_SHOT},
+    helpers::bpf_ktime_get_ns,
+};
+use palisade_common::*;
+
+use crate::{
+    maps::*,
+    packet::Packet,
+    policy::{endpoint, remote_identity},
+};
+
+/// Counts a forward packet under its decision, records the flow when it is dropped or judged
+/// differently by the candidate, and returns the verdict.
+#[inline(always)]
+pub(crate) fn apply(decision: &CtDecision, counters: &mut EndpointCounters, direction: u8, packet: &Packet) -> i32 {
+    let (enforced, candidate) = (decision.enforced, decision.candidate);
+    if decision.enforced_slot == SLOT_A {
+        counters.slot_packets[0] += 1;
+    } else {
+        counters.slot_packets[1] += 1;
+    }
+    let drops = verdict_drops(enforced.verdict);
+    if drops && decision.mode == MODE_AUDIT {
+        counters.audited += 1;
+    } else if drops {
+        counters.denied += 1;
+    } else {
+        counters.allowed += 1;
+    }
+    if decision.differs() {
+        counters.shadow_diffs += 1;
+    }
+    if decision.reported() {
+        let flow = FlowKey {
+            endpoint: decision.endpoint,
+            identity: decision.identity,
+            dport: packet.dport,
+            protocol: packet.protocol,
+            direction,
+            enforced_verdict: enforced.verdict,
+            candidate_verdict: candidate.verdict,
+            mode: decision.mode,
+            reason: verdict_drop_reason(enforced.verdict),
+        };
+        if !record_flow(&flow, packet, enforced.cookie, candidate.cookie) {
+            counters.events_lost += 1;
+        }
+    }
+    if decision.passes() { TC_ACT_OK } else { TC_ACT_SHOT }
+}
+
+/// Records a drop that no policy decided (`mode`: the mode it applies in).
+#[inline(always)]
+pub(crate) fn record_drop(config: &EndpointConfig, direction: u8, packet: &Packet, reason: u8, mode: u8) {
+    let flow = FlowKey {
+        endpoint: config.endpoint,
+        identity: remote_identity(direction, packet),
+        dport: packet.dport,
+        protocol: packet.protocol,
+        direction,
+        enforced_verdict: VERDICT_DENY,
+        candidate_verdict: VERDICT_NONE,
+        mode,
+        reason,
+    };
+    if !record_flow(&flow, packet, COOKIE_NONE, COOKIE_NONE)
+        && let Some(counters) = COUNTERS.get_ptr_mut(config.index)
+    {
+        // SAFETY: per-CPU value of this endpoint, only this CPU writes it.
+        unsafe { (*counters).events_lost += 1 };
+    }
+}
+
+/// Traffic the datapath cannot judge (`reason`): dropped at an enforcing endpoint, passed and
+/// recorded at an auditing one, passed where no policy applies. Fail closed.
+#[inline(always)]
+pub(crate) fn unjudged(ifindex: u32, direction: u8, reason: u8, packet: Option<&Packet>) -> i32 {
+    match endpoint(ifindex) {
+        Some((config, counters)) => refuse(&config, counters, direction, reason, packet),
+        None => TC_ACT_OK,
+    }
+}
+
+#[inline(always)]
+pub(crate) fn refuse(
+    config: &EndpointConfig,
+    counters: &mut EndpointCounters,
+    direction: u8,
+    reason: u8,
+    packet: Option<&Packet>,
+) -> i32 {
+    if config.mode == MODE_OFF {
+        counters.unenforced += 1;
+        return TC_ACT_OK;
+    }
+    if reason == DROP_IPV6_UNSUPPORTED {
+        counters.ipv6_dropped += 1;
+    } else {
+        counters.unjudged += 1;
+    }
+    let unknown = Packet {
+        saddr_be: 0,
+        daddr_be: 0,
+        protocol: 0,
+        sport: 0,
+        dport: 0,
+        related: None,
+        tcp_flags: 0,
+        tracked: false,
+        unjudged: reason,
+    };
+    record_drop(config, direction, packet.unwrap_or(&unknown), reason, config.mode);
+    if config.mode == MODE_ENFORCE { TC_ACT_SHOT } else { TC_ACT_OK }
+}
+
+/// Counts the flow; a new flow also gets an event. Returns false when that event was lost.
+#[inline(always)]
+pub(crate) fn record_flow(flow: &FlowKey, packet: &Packet, enforced_cookie: u32, candidate_cookie: u32) -> bool {
+    if count_packet(flow) {
+        return true;
+    }
+    // SAFETY: a helper call without arguments.
+    let now = unsafe { bpf_ktime_get_ns() };
+    let stats = FlowStats { packets: 1, first_seen_ns: now, enforced_cookie, candidate_cookie };
+    if FLOWS.insert(flow, stats, BPF_NOEXIST as u64).is_err() {
+        // Another CPU created it first.
+        count_packet(flow);
+        return true;
+    }
+    if !take_event_token(now) {
+        return false;
+    }
+    let event = FlowEvent {
+        flow: *flow,
+        saddr_be: packet.saddr_be,
+        daddr_be: packet.daddr_be,
+        enforced_cookie,
+        candidate_cookie,
+        timestamp_ns: now,
+    };
+    EVENTS.output(&event, 0).is_ok()
+}
+
+#[inline(always)]
+pub(crate) fn count_packet(flow: &FlowKey) -> bool {
+    let Some(stats) = FLOWS.get_ptr_mut(flow) else {
+        return false;
+    };
+    // SAFETY: this CPU's copy of the value, written only by this CPU.
+    unsafe { (*stats).packets += 1 };
+    true
+}
+
+#[inline(always)]
+pub(crate) fn take_event_token(now: u64) -> bool {
+    let Some(bucket) = EVENT_TOKENS.get_ptr_mut(0) else {
+        return false;
+    };
+    // SAFETY: per-CPU value, only this CPU touches it.
+    let bucket = unsafe { &mut *bucket };
+    let refill = (now.saturating_sub(bucket.last_ns)) / EVENT_REFILL_NS;
+    if refill > 0 {
+        bucket.tokens = core::cmp::min(EVENT_BURST, bucket.tokens + refill);
+        bucket.last_ns = now;
+    }
+    if bucket.tokens == 0 {
+        return false;
+    }
+    bucket.tokens -= 1;
+    true
+}
