@@ -19,8 +19,8 @@ pub mod responders;
 pub mod state;
 pub mod traffic;
 
-pub use net::{LocalNetwork, PodNet, in_netns, spawn_in_netns};
-pub use probe::{Outcome, Port, probe};
+pub use net::{LocalNetwork, LocalNode, PodNet, in_netns, spawn_in_netns};
+pub use probe::{Outcome, Port, probe, probe_from_netns};
 pub use responders::Responders;
 pub use state::{DEFAULT_PREFIX, DEFAULT_STATE_DIR, Local, StateDir};
 pub use traffic::{Counts, Talk, TrafficGenerator, TrafficOptions};

@@ -3,9 +3,11 @@
 //!
 //! A pod has its IP as a /32 on `eth0` and a default route via 169.254.1.1, a gateway that exists
 //! only as a static neighbour entry pointing at the host side's MAC (no address is configured for
-//! it anywhere). The node namespace has no addresses at all: one /32 route and one static
-//! neighbour entry per pod, IPv4 forwarding on, and no route out, so traffic never leaves the
-//! namespaces. IPv6 is off everywhere, so the veths carry only the pod addresses.
+//! it anywhere). The node namespace has one address, the node's own ([`LocalNode`]), as a /32 on
+//! its loopback: the local host pods see as `host`. Pods reach it through their default route;
+//! the node reaches them through one /32 route (with the node's address as source) and one
+//! static neighbour entry per pod. IPv4 forwarding is on, and there is no route out, so traffic
+//! never leaves the namespaces. IPv6 is off everywhere, so the veths carry only these addresses.
 use std::collections::BTreeMap;
 use std::fs::File;
 use std::io::{self, Write};
@@ -18,7 +20,7 @@ use std::thread::{self, JoinHandle};
 
 use anyhow::{Context, Result, bail};
 use palisade_policy::Cluster;
-use palisade_policy::cluster::ContainerPort;
+use palisade_policy::cluster::{ContainerPort, Node};
 use rustix::thread::{LinkNameSpaceType, move_into_link_name_space};
 
 /// Where `ip netns` keeps named namespaces.
@@ -28,12 +30,92 @@ pub const POD_IF: &str = "eth0";
 /// The pods' default gateway: only a neighbour entry, never an address.
 const GATEWAY: Ipv4Addr = Ipv4Addr::new(169, 254, 1, 1);
 
+/// The node namespace's address when the cluster file has no InternalIP for the local node.
+pub const DEFAULT_NODE_ADDRESS: Ipv4Addr = Ipv4Addr::new(10, 200, 0, 1);
+/// The local node's name when no pod names one.
+pub const DEFAULT_NODE_NAME: &str = "local";
+/// Local mode puts addresses in this network only on interfaces (the node's and the pods').
+pub const ADDRESS_RANGE: (Ipv4Addr, u8) = (Ipv4Addr::new(10, 200, 0, 0), 16);
+
+/// The one node every local pod runs on, whatever node the cluster file puts them on: the node
+/// namespace. Its address is `host` to the pods' datapath.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LocalNode {
+    /// The node most pods name (`spec.nodeName`; ties to the first name), else `local`.
+    pub name: String,
+    /// The cluster file's InternalIP of that Node, else [`DEFAULT_NODE_ADDRESS`].
+    pub address: Ipv4Addr,
+    /// Whether the cluster file has that Node. When it does not, [`LocalNode::add_to`] puts it in
+    /// the cluster model the agent compiles, so that its address is `host` all the same.
+    pub declared: bool,
+}
+
+/// Why a cluster file's node address cannot be the node namespace's.
+#[derive(Debug, thiserror::Error)]
+pub enum NodeAddressError {
+    #[error(
+        "Node {node}: its InternalIP {address} is outside {}/{}: local mode puts addresses only from that range on interfaces",
+        ADDRESS_RANGE.0,
+        ADDRESS_RANGE.1
+    )]
+    OutsideRange { node: String, address: Ipv4Addr },
+}
+
+impl LocalNode {
+    /// The local node of `cluster`'s pods, with the address the node namespace gets.
+    pub fn choose(cluster: &Cluster) -> Result<LocalNode, NodeAddressError> {
+        let mut pods_on: BTreeMap<&str, usize> = BTreeMap::new();
+        for pod in cluster.endpoints().filter(|p| p.ip.is_some()) {
+            if let Some(node) = &pod.node_name {
+                *pods_on.entry(node).or_default() += 1;
+            }
+        }
+        // The most pods; on a tie the first name (BTreeMap order, and max_by_key keeps the last
+        // maximum, hence the reversed iteration).
+        let name = pods_on.iter().rev().max_by_key(|(_, n)| **n).map_or(DEFAULT_NODE_NAME, |(name, _)| name);
+        let node = cluster.node(name);
+        let address = match node.and_then(|n| n.internal_ip) {
+            Some(address) if !in_range(address) => {
+                return Err(NodeAddressError::OutsideRange { node: name.to_owned(), address });
+            }
+            Some(address) => address,
+            None => DEFAULT_NODE_ADDRESS,
+        };
+        Ok(LocalNode { name: name.to_owned(), address, declared: node.is_some() })
+    }
+
+    /// Adds the node to `cluster` when the file has none of that name; a declared Node without
+    /// an InternalIP gets the node namespace's address.
+    pub fn add_to(&self, cluster: &mut Cluster) {
+        match cluster.nodes.iter_mut().find(|n| n.name == self.name) {
+            Some(node) if node.internal_ip.is_some() => {}
+            Some(node) => {
+                node.addresses.push(self.address);
+                node.internal_ip = Some(self.address);
+            }
+            None => cluster.nodes.push(Node {
+                name: self.name.clone(),
+                labels: BTreeMap::new(),
+                addresses: vec![self.address],
+                internal_ip: Some(self.address),
+            }),
+        }
+    }
+}
+
+/// Whether local mode may put `address` on an interface.
+pub fn in_range(address: Ipv4Addr) -> bool {
+    let (network, len) = ADDRESS_RANGE;
+    u32::from(address) >> (32 - len) == u32::from(network) >> (32 - len)
+}
+
 /// The namespaces and interfaces for a cluster, all named from `prefix`. [`LocalNetwork::plan`]
 /// only computes the names; [`LocalNetwork::create`] makes them.
 #[derive(Clone, Debug)]
 pub struct LocalNetwork {
     prefix: String,
     node_netns: String,
+    node: LocalNode,
     pods: BTreeMap<String, PodNet>,
 }
 
@@ -58,6 +140,11 @@ impl LocalNetwork {
     /// node they are on. Every namespace name starts with `prefix`, and everything starting with
     /// it is this network's to delete: no prefix in use may start another.
     pub fn plan(cluster: &Cluster, prefix: &str) -> Result<LocalNetwork> {
+        LocalNetwork::plan_on(cluster, prefix, LocalNode::choose(cluster)?)
+    }
+
+    /// [`LocalNetwork::plan`] with the local node chosen already.
+    pub fn plan_on(cluster: &Cluster, prefix: &str, node: LocalNode) -> Result<LocalNetwork> {
         if prefix.is_empty()
             || prefix.len() > 32
             || !prefix.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
@@ -85,6 +172,21 @@ impl LocalNetwork {
             if let Some(other) = by_ip.insert(ip, key.clone()) {
                 bail!("pods {other} and {key} both have podIP {ip}");
             }
+            if ip == node.address {
+                bail!(
+                    "pod {key} has podIP {ip}, the address of the node namespace (node {}): give the Node another InternalIP in {}/{}",
+                    node.name,
+                    ADDRESS_RANGE.0,
+                    ADDRESS_RANGE.1
+                );
+            }
+            if !in_range(ip) {
+                bail!(
+                    "pod {key}: status.podIP {ip} is outside {}/{}: local mode puts addresses only from that range on interfaces",
+                    ADDRESS_RANGE.0,
+                    ADDRESS_RANGE.1
+                );
+            }
             let hash = fnv1a(key.as_bytes());
             let host_if = format!("pl{:010x}", hash >> 24);
             if let Some(other) = by_if.insert(host_if.clone(), key.clone()) {
@@ -97,7 +199,7 @@ impl LocalNetwork {
             let pod = PodNet { key: key.clone(), netns, ip, host_if, ports: pod.ports.clone(), host_mac, pod_mac };
             pods.insert(key, pod);
         }
-        Ok(LocalNetwork { prefix: prefix.to_owned(), node_netns: format!("{prefix}node"), pods })
+        Ok(LocalNetwork { prefix: prefix.to_owned(), node_netns: format!("{prefix}node"), node, pods })
     }
 
     /// Creates the namespaces and links, after removing whatever a previous run with the same
@@ -113,8 +215,9 @@ impl LocalNetwork {
 
     fn create_fresh(&self) -> Result<()> {
         let node = &self.node_netns;
+        let node_ip = self.node.address;
         add_netns(node)?;
-        let mut node_batch = vec!["link set lo up".to_owned()];
+        let mut node_batch = vec!["link set lo up".to_owned(), format!("addr add {node_ip}/32 dev lo")];
         for pod in self.pods.values() {
             add_netns(&pod.netns)?;
             let (host_mac, pod_mac) = (mac(&pod.host_mac), mac(&pod.pod_mac));
@@ -137,7 +240,7 @@ impl LocalNetwork {
             .with_context(|| format!("pod {}: configure {POD_IF}", pod.key))?;
             node_batch.extend([
                 format!("link set {} up", pod.host_if),
-                format!("route add {}/32 dev {} scope link", pod.ip, pod.host_if),
+                format!("route add {}/32 dev {} scope link src {node_ip}", pod.ip, pod.host_if),
                 format!("neigh add {} lladdr {pod_mac} dev {} nud permanent", pod.ip, pod.host_if),
             ]);
         }
@@ -158,6 +261,11 @@ impl LocalNetwork {
     /// The namespace holding the host side of every pod's veth.
     pub fn node_netns(&self) -> &str {
         &self.node_netns
+    }
+
+    /// The node the node namespace plays, and its address there.
+    pub fn node(&self) -> &LocalNode {
+        &self.node
     }
 
     /// A pod by `namespace/name`.

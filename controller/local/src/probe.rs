@@ -85,7 +85,13 @@ impl fmt::Display for Outcome {
 /// Connects from inside `from`'s namespace to `to` once: a TCP handshake, a UDP datagram that
 /// must be echoed, or an ICMP echo. Errors are failures to try at all (no such namespace).
 pub fn probe(from: &PodNet, to: Ipv4Addr, port: Port, timeout: Duration) -> io::Result<Outcome> {
-    in_netns(&from.netns, move || attempt(to, port, timeout, false))?
+    probe_from_netns(&from.netns, to, port, timeout)
+}
+
+/// [`probe`] from any network namespace of the local network, the node namespace included
+/// (whose connections come from the node's address: the local host).
+pub fn probe_from_netns(netns: &str, to: Ipv4Addr, port: Port, timeout: Duration) -> io::Result<Outcome> {
+    in_netns(netns, move || attempt(to, port, timeout, false))?
 }
 
 /// One attempt from the calling thread's namespace. With `exchange`, a TCP connection also sends

@@ -10,10 +10,10 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{Context, Result, anyhow, bail};
-use palisade_policy::{Cluster, SourceFile};
+use palisade_policy::{Cluster, SourceFile, yaml};
 use serde::{Deserialize, Serialize};
 
-use crate::net::LocalNetwork;
+use crate::net::{LocalNetwork, LocalNode, NodeAddressError};
 use crate::traffic::{Talk, read_talks};
 
 /// Where the CLI keeps its state: under /run, so a reboot (which also drops the namespaces)
@@ -48,10 +48,53 @@ impl Local {
         let name = cluster_file.display().to_string();
         let cluster = Cluster::parse(&[SourceFile { name: &name, text }])
             .map_err(|errors| anyhow!("{}", errors.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n")))?;
-        let network = LocalNetwork::plan(&cluster, prefix).with_context(|| name.clone())?;
+        let node = LocalNode::choose(&cluster).map_err(|e| locate(&name, text, e))?;
+        let network = LocalNetwork::plan_on(&cluster, prefix, node).with_context(|| name.clone())?;
         let talks = read_talks(&name, text, &network)?;
         Ok(Local { cluster_file: cluster_file.to_owned(), cluster, network, talks })
     }
+
+    /// The cluster model local mode compiles: the file's, with the local node in it (added when
+    /// the file has no Node for it), so that its address is `host`.
+    pub fn cluster_with_node(&self) -> Cluster {
+        let mut cluster = self.cluster.clone();
+        self.network.node().add_to(&mut cluster);
+        cluster
+    }
+}
+
+/// The error with the file, line and field it is about.
+fn locate(file: &str, text: &str, error: NodeAddressError) -> anyhow::Error {
+    let NodeAddressError::OutsideRange { node, .. } = &error;
+    match internal_ip_field(text, node) {
+        Some((line, field)) => anyhow!("{file}:{line}: {field}: {error}"),
+        None => anyhow!("{file}: {error}"),
+    }
+}
+
+/// The line and field path of the InternalIP of Node `name` in a cluster file.
+fn internal_ip_field(text: &str, name: &str) -> Option<(u32, String)> {
+    fn find(node: &yaml::Node, path: &str, name: &str) -> Option<(u32, String)> {
+        let object = node.to_json();
+        match object["kind"].as_str()? {
+            "List" => {
+                let items = object["items"].as_array()?;
+                (0..items.len()).find_map(|i| {
+                    let item = node.get(&yaml::parse_path(&format!("items[{i}]")))?;
+                    find(item, &format!("{path}items[{i}]."), name)
+                })
+            }
+            "Node" if object["metadata"]["name"] == name => {
+                let addresses = object["status"]["addresses"].as_array()?;
+                let i = addresses.iter().position(|a| a["type"] == "InternalIP")?;
+                let field = format!("status.addresses[{i}].address");
+                Some((node.line_of(&yaml::parse_path(&field)), format!("{path}{field}")))
+            }
+            _ => None,
+        }
+    }
+    let documents = yaml::parse_documents(text, &yaml::Limits::default()).ok()?;
+    documents.iter().find_map(|d| find(d, "", name))
 }
 
 #[derive(Serialize, Deserialize)]
@@ -220,4 +263,89 @@ pub(crate) fn wait_for(limit: Duration, mut done: impl FnMut() -> bool) -> bool 
         std::thread::sleep(Duration::from_millis(10));
     }
     done()
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::Ipv4Addr;
+
+    use super::*;
+    use crate::net::{DEFAULT_NODE_ADDRESS, LocalNode};
+
+    const PODS: &str = "apiVersion: v1
+kind: List
+items:
+- kind: Pod
+  metadata: {name: a, namespace: shop}
+  spec: {nodeName: node-b}
+  status: {podIP: 10.200.1.1}
+- kind: Pod
+  metadata: {name: b, namespace: shop}
+  spec: {nodeName: node-a}
+  status: {podIP: 10.200.1.2}
+- kind: Pod
+  metadata: {name: c, namespace: shop}
+  spec: {nodeName: node-b}
+  status: {podIP: 10.200.1.3}
+";
+
+    fn local(text: &str) -> Result<Local> {
+        Local::parse(Path::new("cluster.yaml"), text, "t-")
+    }
+
+    fn node(name: &str, address: &str) -> String {
+        format!(
+            "- kind: Node\n  metadata: {{name: {name}}}\n  status:\n    addresses:\n    - {{type: Hostname, address: {name}}}\n    - {{type: InternalIP, address: {address}}}\n"
+        )
+    }
+
+    #[test]
+    fn the_local_node_is_where_most_pods_are_with_its_internal_ip() {
+        // No Node in the file: the default address, and the node joins the cluster model.
+        let l = local(PODS).unwrap();
+        let expected = LocalNode { name: "node-b".into(), address: DEFAULT_NODE_ADDRESS, declared: false };
+        assert_eq!(*l.network.node(), expected);
+        let cluster = l.cluster_with_node();
+        let added = cluster.node("node-b").expect("added to the model");
+        assert_eq!(
+            (added.addresses.as_slice(), added.internal_ip),
+            ([DEFAULT_NODE_ADDRESS].as_slice(), Some(DEFAULT_NODE_ADDRESS))
+        );
+        assert!(l.cluster.node("node-b").is_none(), "the file's cluster stays as written");
+
+        // The file's Node: its InternalIP.
+        let l = local(&format!("{PODS}{}{}", node("node-a", "10.200.0.11"), node("node-b", "10.200.0.12"))).unwrap();
+        let expected = LocalNode { name: "node-b".into(), address: Ipv4Addr::new(10, 200, 0, 12), declared: true };
+        assert_eq!(*l.network.node(), expected);
+        assert_eq!(l.cluster_with_node().nodes, l.cluster.nodes, "nothing to add");
+
+        // No pod names a node: `local`. A tie: the first name.
+        let l = local("kind: Pod\nmetadata: {name: a, namespace: shop}\nstatus: {podIP: 10.200.1.1}\n").unwrap();
+        assert_eq!(l.network.node().name, "local");
+        let tie = PODS.replace(
+            "nodeName: node-b}\n  status: {podIP: 10.200.1.3}",
+            "nodeName: node-a}\n  status: {podIP: 10.200.1.3}",
+        );
+        assert_eq!(local(&tie).unwrap().network.node().name, "node-a");
+    }
+
+    #[test]
+    fn a_node_address_outside_the_test_range_is_refused_naming_file_line_and_field() {
+        let text = format!("{PODS}{}", node("node-b", "192.168.1.5"));
+        let error = format!("{:#}", local(&text).unwrap_err());
+        assert_eq!(
+            error,
+            "cluster.yaml:21: items[3].status.addresses[1].address: Node node-b: its InternalIP 192.168.1.5 is outside 10.200.0.0/16: local mode puts addresses only from that range on interfaces"
+        );
+        // A pod at the node's address.
+        let text = format!("{PODS}{}", node("node-b", "10.200.1.2"));
+        let error = format!("{:#}", local(&text).unwrap_err());
+        assert!(
+            error.contains("pod shop/b has podIP 10.200.1.2, the address of the node namespace (node node-b)"),
+            "{error}"
+        );
+        // A pod outside the range.
+        let error = format!("{:#}", local(&PODS.replace("10.200.1.3", "10.9.0.3")).unwrap_err());
+        assert!(error.contains("pod shop/c: status.podIP 10.9.0.3 is outside 10.200.0.0/16"), "{error}");
+    }
 }

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use palisade_local::net::{netns_with_prefix, remove_netns_with_prefix};
 use palisade_local::{
     Local, LocalNetwork, Outcome, Port, Responders, StateDir, Talk, TrafficGenerator, TrafficOptions, down, probe,
-    require_root, serve_responders, up,
+    probe_from_netns, require_root, serve_responders, up,
 };
 
 const TIMEOUT: Duration = Duration::from_millis(500);
@@ -75,6 +75,39 @@ fn pods_reach_declared_ports_over_the_node_namespace() {
     drop(responders);
     assert!(stopped.elapsed() < Duration::from_secs(1), "responders took {:?} to stop", stopped.elapsed());
     assert_eq!(attempt(network, "shop/app", "db/postgres", Port::Tcp(5432)), Outcome::Refused);
+}
+
+#[test]
+fn the_node_namespace_has_the_nodes_address_and_reaches_the_pods_both_ways() {
+    let (local, _cleanup) = create("plt4-");
+    let network = &local.network;
+    let node = network.node();
+    // The test cluster has no Node objects: most pods name node-a (a tie, the first name).
+    assert_eq!((node.name.as_str(), node.address, node.declared), ("node-a", Ipv4Addr::new(10, 200, 0, 1), false));
+    // Its one address, a /32 on the node namespace's loopback; nothing outside 10.200.0.0/16.
+    let output = Command::new("ip").args(["-n", "plt4-node", "-4", "-o", "addr", "show"]).output().unwrap();
+    let text = String::from_utf8_lossy(&output.stdout);
+    let mut addresses: Vec<(&str, &str)> = text
+        .lines()
+        .map(|line| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            let inet = fields.iter().position(|f| *f == "inet").unwrap();
+            (fields[1], fields[inet + 1])
+        })
+        .collect();
+    addresses.sort();
+    assert_eq!(addresses, [("lo", "10.200.0.1/32"), ("lo", "127.0.0.1/8")], "{text}");
+
+    let _responders = Responders::start(network).unwrap();
+    let app = network.pod("shop/app").unwrap();
+    // The node reaches the pods, from its address.
+    let from_node = |to: Ipv4Addr, port| probe_from_netns(network.node_netns(), to, port, TIMEOUT).unwrap();
+    assert!(from_node(app.ip, Port::Tcp(8080)).is_connected());
+    assert!(from_node(network.pod("ops/dns").unwrap().ip, Port::Udp(53)).is_connected());
+    assert!(from_node(app.ip, Port::Icmp).is_connected());
+    // The pods reach the node: it answers pings, and refuses ports nobody listens on.
+    assert!(probe(app, node.address, Port::Icmp, TIMEOUT).unwrap().is_connected());
+    assert_eq!(probe(app, node.address, Port::Tcp(10250), TIMEOUT).unwrap(), Outcome::Refused);
 }
 
 #[test]

@@ -58,7 +58,10 @@ pub struct ContainerPort {
 pub struct Node {
     pub name: String,
     pub labels: BTreeMap<String, String>,
+    /// Every IPv4 address in `status.addresses` (InternalIP, ExternalIP, ...).
     pub addresses: Vec<Ipv4Addr>,
+    /// The first IPv4 `InternalIP`: the address the node's own traffic comes from.
+    pub internal_ip: Option<Ipv4Addr>,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -243,13 +246,11 @@ impl Node {
     }
 
     fn from_parts(meta: Meta, status: &serde_json::Value) -> Node {
-        let addresses = status["addresses"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter_map(|a| a["address"].as_str()?.parse().ok())
-            .collect();
-        Node { name: meta.name, labels: meta.labels, addresses }
+        let listed = || status["addresses"].as_array().into_iter().flatten();
+        let parse = |a: &serde_json::Value| a["address"].as_str()?.parse().ok();
+        let addresses = listed().filter_map(parse).collect();
+        let internal_ip = listed().filter(|a| a["type"] == "InternalIP").find_map(parse);
+        Node { name: meta.name, labels: meta.labels, addresses, internal_ip }
     }
 }
 

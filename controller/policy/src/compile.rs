@@ -1290,6 +1290,7 @@ mod tests {
             name: "n2".into(),
             labels: Default::default(),
             addresses: vec!["10.200.0.2".parse().unwrap(), "10.201.0.2".parse().unwrap()],
+            internal_ip: Some("10.200.0.2".parse().unwrap()),
         }]);
         assert_eq!(at(&engine, "10.200.0.2"), [identity(&engine, "b")]);
         assert_eq!(at(&engine, "10.201.0.2"), [dp::IDENTITY_REMOTE_NODE]);

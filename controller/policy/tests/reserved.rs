@@ -107,6 +107,7 @@ fn the_apiserver_is_the_ready_addresses_of_default_kubernetes_slices() {
     let node_a = cluster.node("node-a").unwrap();
     let addresses: Vec<String> = node_a.addresses.iter().map(ToString::to_string).collect();
     assert_eq!(addresses, ["10.200.0.11", "10.200.1.11"], "every IPv4 address of the node, not its hostname");
+    assert_eq!(node_a.internal_ip, Some("10.200.0.11".parse().unwrap()));
 }
 
 #[test]

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use palisade_local::{DEFAULT_PREFIX, DEFAULT_STATE_DIR, Local, Outcome, PodNet, Port, StateDir};
+use palisade_policy::AllowLocalhost;
 use tabwriter::TabWriter;
 
 #[derive(clap::Args)]
@@ -25,7 +26,8 @@ enum Command {
     /// Stop the responders and delete the namespaces and state that `up` made, with what `run`
     /// left: its controller state (rollouts, revisions, reports, Git mirrors) and the pinned datapath.
     Down(DownArgs),
-    /// Connect once from one pod to another. Exit 0 connected, 1 refused or timed out, 2 error.
+    /// Connect once from one pod (or the node) to another. Exit 0 connected, 1 refused or timed
+    /// out, 2 error.
     Probe(ProbeArgs),
     /// Run the controller and the agent against the local cluster (bringing it up first if it
     /// is not): sync each PolicyRollout's Git source, audit candidates on the pods' traffic,
@@ -96,14 +98,19 @@ struct RunArgs {
     /// How often pods make the connections their `palisade.dev/talks-to` annotation declares.
     #[arg(long, value_name = "DURATION", default_value = "500ms", value_parser = parse_duration)]
     traffic_interval: Duration,
+    /// `always`: the node namespace (the local host) reaches pods whatever their policy
+    /// (Cilium's default); `policy`: only as policy allows (`fromEntities: [host]`).
+    #[arg(long, value_name = "MODE", default_value = "always", value_parser = super::allow_localhost_parser())]
+    allow_localhost: AllowLocalhost,
 }
 
 #[derive(clap::Args)]
 struct ProbeArgs {
-    /// Client pod, NAMESPACE/POD.
+    /// Client: NAMESPACE/POD, or `node` (the node namespace, from the node's address: the
+    /// local host).
     #[arg(long)]
     from: String,
-    /// Server pod, NAMESPACE/POD.
+    /// Server: NAMESPACE/POD, or `node`.
     #[arg(long)]
     to: String,
     /// `PORT[/TCP|/UDP]` or `icmp`.
@@ -183,7 +190,15 @@ fn up(args: UpArgs) -> Result<u8> {
         writeln!(out, "{}\t{}\t{}\t{}\t{}", pod.key, pod.ip, pod.netns, pod.host_if, ports.join(","))?;
     }
     out.flush()?;
-    println!("node namespace {} routes between {} pods", network.node_netns(), network.pods().count());
+    let node = network.node();
+    let declared = if node.declared { "" } else { ", not in the cluster file" };
+    println!(
+        "node namespace {} (node {}{declared}, {}) routes between {} pods",
+        network.node_netns(),
+        node.name,
+        node.address,
+        network.pods().count()
+    );
     println!("responders: pid {}, log {}", up.responders_pid, state.log_file().display());
     if !up.local.talks.is_empty() {
         println!("{} talks-to flows declared", up.local.talks.len());
@@ -205,6 +220,7 @@ fn local_run(args: RunArgs) -> Result<u8> {
         pin_dir: args.pin_dir,
         report_interval: args.report_interval,
         traffic: palisade_local::TrafficOptions { interval: args.traffic_interval, ..Default::default() },
+        allow_localhost: args.allow_localhost,
     };
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -224,25 +240,45 @@ fn probe(args: ProbeArgs) -> Result<u8> {
         Some(file) => Local::read(file, &state.prefix()?)?,
         None => state.load()?,
     };
-    let from = pod(&local, &args.from)?;
-    let to = pod(&local, &args.to)?;
-    let outcome = palisade_local::probe(from, to.ip, args.port, args.timeout)
-        .with_context(|| format!("probe from {} (is the local cluster up?)", from.key))?;
+    let from = end(&local, &args.from)?;
+    let to = end(&local, &args.to)?;
+    let outcome = palisade_local::probe_from_netns(&from.netns, to.ip, args.port, args.timeout)
+        .with_context(|| format!("probe from {} (is the local cluster up?)", from.name))?;
     let target = match args.port {
         Port::Icmp => format!("{} ICMP", to.ip),
         port => format!("{}:{port}", to.ip),
     };
-    println!("{} -> {} {target}: {outcome}", from.key, to.key);
+    println!("{} -> {} {target}: {outcome}", from.name, to.name);
     Ok(match outcome {
         Outcome::Connected(_) => 0,
         Outcome::Refused | Outcome::TimedOut | Outcome::Unreachable => 1,
     })
 }
 
+/// One end of a probe: a pod's namespace, or the node namespace.
+struct End {
+    name: String,
+    netns: String,
+    ip: std::net::Ipv4Addr,
+}
+
+fn end(local: &Local, text: &str) -> Result<End> {
+    if text == "node" {
+        let node = local.network.node();
+        return Ok(End {
+            name: format!("node {}", node.name),
+            netns: local.network.node_netns().to_owned(),
+            ip: node.address,
+        });
+    }
+    let pod = pod(local, text)?;
+    Ok(End { name: pod.key.clone(), netns: pod.netns.clone(), ip: pod.ip })
+}
+
 fn pod<'a>(local: &'a Local, key: &str) -> Result<&'a PodNet> {
     local.network.pod(key).with_context(|| {
         format!(
-            "{}: no pod {key} with a network namespace (pods are NAMESPACE/POD, with a podIP and no hostNetwork)",
+            "{}: no pod {key} with a network namespace (pods are NAMESPACE/POD, with a podIP and no hostNetwork; `node` is the node namespace)",
             local.cluster_file.display()
         )
     })

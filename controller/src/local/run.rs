@@ -16,6 +16,7 @@ use palisade_agent::runtime::{AgentHandle, RuntimeOptions, spawn};
 use palisade_agent::{Agent, AgentConfig, Change, RouteResolver};
 use palisade_datapath::Datapath;
 use palisade_local::{Local, TrafficGenerator, TrafficOptions};
+use palisade_policy::AllowLocalhost;
 use palisade_policy::yaml::{self, Limits};
 use palisade_rollout::crd::{PolicyAuditReportSpec, PolicyRevision, PolicyRollout, PolicyRolloutStatus};
 use palisade_rollout::engine::{self, Action, EventType};
@@ -38,6 +39,8 @@ pub struct RunOptions {
     pub report_interval: Duration,
     /// Make the connections pods declare in `palisade.dev/talks-to`.
     pub traffic: TrafficOptions,
+    /// Whether the node namespace (the local host) reaches pods whatever their policy.
+    pub allow_localhost: AllowLocalhost,
 }
 
 /// The rollouts and Secrets of the rollout files.
@@ -91,7 +94,14 @@ pub async fn run(local: Local, options: RunOptions, shutdown: impl Future<Output
     let store = Store::new(&options.state_dir);
     let datapath = Datapath::open(&options.pin_dir)
         .with_context(|| format!("load the datapath pinned under {}", options.pin_dir.display()))?;
-    let agent = Agent::new(AgentConfig::default(), datapath, RouteResolver);
+    // Every pod is local (no `node`), and the node namespace is the local node: its address is
+    // `host`.
+    let config = AgentConfig {
+        host_node: Some(local.network.node().name.clone()),
+        allow_localhost: options.allow_localhost,
+        ..AgentConfig::default()
+    };
+    let agent = Agent::new(config, datapath, RouteResolver);
     let netns = Path::new("/run/netns").join(local.network.node_netns());
     let runtime = RuntimeOptions { netns: Some(netns), report_interval: options.report_interval, ..Default::default() };
     let AgentHandle { changes, mut reports, thread, flows } = spawn(agent, runtime).context("start the agent")?;
@@ -106,8 +116,9 @@ pub async fn run(local: Local, options: RunOptions, shutdown: impl Future<Output
     for pod in &local.cluster.pods {
         send(Change::Pod(pod.clone()))?;
     }
-    send(Change::Nodes(local.cluster.nodes.clone()))?;
+    send(Change::Nodes(local.cluster_with_node().nodes))?;
     send(Change::Services(local.cluster.services.clone()))?;
+    send(Change::EndpointSlices(local.cluster.endpoint_slices.clone()))?;
     // The spec comes from the files; status (and a suspend from the CLI) from the last run.
     let mut rollouts = Vec::new();
     for mut rollout in files.rollouts {
@@ -127,7 +138,15 @@ pub async fn run(local: Local, options: RunOptions, shutdown: impl Future<Output
     }
     send(Change::Synced)?;
     let traffic = TrafficGenerator::start(&local.network, &local.talks, options.traffic)?;
-    info!(pods = local.network.pods().count(), rollouts = rollouts.len(), "local mode running");
+    let node = local.network.node();
+    info!(
+        pods = local.network.pods().count(),
+        rollouts = rollouts.len(),
+        node = %node.name,
+        node_address = %node.address,
+        allow_localhost = %options.allow_localhost,
+        "local mode running"
+    );
 
     let controller = Controller {
         store: &store,
