@@ -145,11 +145,19 @@ impl LocalCluster {
 
     /// Starts `palisade local run` with this rollout; its log goes to `run.log` in the state.
     pub fn run(&mut self, rollout: &str) {
+        self.run_with(rollout, &[]);
+    }
+
+    /// [`Self::run`] with more flags (`--allow-localhost policy`). A log from an earlier run is
+    /// replaced.
+    pub fn run_with(&mut self, rollout: &str, flags: &[&str]) {
         std::fs::write(&self.rollout_file, rollout).unwrap();
         let log = std::fs::File::create(self.state.path().join("run.log")).unwrap();
         let child = Command::new(PALISADE)
             .args(["local", "run", "--state", self.state_dir(), "--pin-dir", &self.pin_dir])
-            .args(["--report-interval", "500ms", "--traffic-interval", "200ms", "--rollout"])
+            .args(["--report-interval", "500ms", "--traffic-interval", "200ms"])
+            .args(flags)
+            .arg("--rollout")
             .arg(&self.rollout_file)
             .stdout(Stdio::null())
             .stderr(log)
@@ -196,8 +204,24 @@ impl LocalCluster {
         }
     }
 
-    /// One real connection: `Some(true)` when it got through (connected, or refused by the
-    /// peer's stack, which it reached), `Some(false)` when it timed out (dropped).
+    /// Whether `reaches` comes to say `expected` within `timeout` (a change of what `local run`
+    /// enforces takes effect when its agent has converged).
+    pub fn eventually_reaches(&self, from: &str, to: &str, port: &str, expected: bool, timeout: Duration) -> bool {
+        let start = Instant::now();
+        loop {
+            if self.reaches(from, to, port) == expected {
+                return true;
+            }
+            if start.elapsed() > timeout {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    /// One real connection (`from` may be `node`, the node namespace): true when it got through
+    /// (connected, or refused by the peer's stack, which it reached), false when it timed out
+    /// (dropped).
     pub fn reaches(&self, from: &str, to: &str, port: &str) -> bool {
         let output = palisade(&[
             "local",
