@@ -1,10 +1,16 @@
 //! `palisade observe`: the flows an agent's datapath reports (drops, audits, shadow
 //! differences), Hubble-style, from local mode's `<state>/observe.sock` or an agent's `/flows`.
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::Write;
 use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
+use http_body_util::{BodyExt, Empty};
+use hyper::body::{Bytes, Incoming};
+use hyper::header;
+use hyper::{Request, Response};
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioIo};
 use k8s_openapi::jiff::Timestamp;
 use k8s_openapi::jiff::tz::TimeZone;
 use palisade_agent::observe::{
@@ -52,72 +58,116 @@ pub fn run(args: Args) -> Result<u8> {
         last: args.last,
         follow: true,
     };
-    let request = |host: &str| {
-        format!("GET /flows?{} HTTP/1.0\r\nHost: {host}\r\nAccept: application/x-ndjson\r\n\r\n", query.to_query())
-    };
-    let stream: Box<dyn Read> = match &args.agent {
-        Some(url) => {
-            let authority = url.strip_prefix("http://").unwrap_or(url);
-            if url.starts_with("https://") {
-                bail!("--agent {url}: the agent serves plain HTTP");
+    let timezone = TimeZone::system();
+    let path_and_query = format!("/flows?{}", query.to_query());
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    runtime.block_on(async {
+        let mut body = match &args.agent {
+            Some(url) => {
+                let authority = url.strip_prefix("http://").unwrap_or(url);
+                if url.starts_with("https://") {
+                    bail!("--agent {url}: the agent serves plain HTTP");
+                }
+                let host = authority.split('/').next().unwrap_or_default();
+                let host = if host.contains(':') { host.to_owned() } else { format!("{host}:9964") };
+                let uri = format!("http://{host}{path_and_query}");
+                let client = Client::builder(TokioExecutor::new()).build_http();
+                let response = client.request(request(&uri)?).await.map_err(|e| {
+                    if e.is_connect() {
+                        anyhow::Error::new(io_error(&e)).context(format!("connect to the agent at {host}"))
+                    } else {
+                        anyhow::Error::new(e).context("read the response")
+                    }
+                })?;
+                body_of(response).await?
             }
-            let host = authority.split('/').next().unwrap_or_default();
-            let host = if host.contains(':') { host.to_owned() } else { format!("{host}:9964") };
-            let mut stream =
-                std::net::TcpStream::connect(&host).with_context(|| format!("connect to the agent at {host}"))?;
-            stream.write_all(request(&host).as_bytes())?;
-            Box::new(stream)
+            None => {
+                let path = args.state.join("observe.sock");
+                let stream = tokio::net::UnixStream::connect(&path)
+                    .await
+                    .with_context(|| format!("connect to {} (is `palisade local run` running?)", path.display()))?;
+                let (mut sender, connection) =
+                    hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.context("read the response")?;
+                tokio::spawn(connection);
+                let mut request = request(&path_and_query)?;
+                request.headers_mut().insert(header::HOST, header::HeaderValue::from_static("localhost"));
+                body_of(sender.send_request(request).await.context("read the response")?).await?
+            }
+        };
+        let mut pending = Vec::new();
+        loop {
+            let frame = body.frame().await.transpose().context("read the flow stream")?;
+            let Some(data) = frame.map(|f| f.into_data()) else { break };
+            let Ok(data) = data else { continue };
+            pending.extend_from_slice(&data);
+            while let Some(end) = pending.iter().position(|&b| b == b'\n') {
+                let line: Vec<u8> = pending.drain(..=end).collect();
+                let text = std::str::from_utf8(&line[..end]).context("read the flow stream")?;
+                if !show(text.strip_suffix('\r').unwrap_or(text), args.output, &timezone) {
+                    // The reader went away (`| head`).
+                    return Ok(0);
+                }
+            }
         }
-        None => {
-            let path = args.state.join("observe.sock");
-            let mut stream = std::os::unix::net::UnixStream::connect(&path)
-                .with_context(|| format!("connect to {} (is `palisade local run` running?)", path.display()))?;
-            stream.write_all(request("localhost").as_bytes())?;
-            Box::new(stream)
+        if !pending.is_empty() {
+            let text = std::str::from_utf8(&pending).context("read the flow stream")?;
+            if !show(text, args.output, &timezone) {
+                return Ok(0);
+            }
         }
-    };
-    let mut reader = BufReader::new(stream);
-    let mut status = String::new();
-    reader.read_line(&mut status).context("read the response")?;
-    let ok = status.split_whitespace().nth(1) == Some("200");
-    let mut header = String::new();
-    while reader.read_line(&mut header)? > 0 && !header.trim().is_empty() {
-        header.clear();
+        eprintln!("the agent stopped");
+        Ok(0)
+    })
+}
+
+fn request(uri: &str) -> Result<Request<Empty<Bytes>>> {
+    Ok(Request::get(uri).header(header::ACCEPT, "application/x-ndjson").body(Empty::new())?)
+}
+
+/// The body of a 200, or the status and body as the error.
+async fn body_of(response: Response<Incoming>) -> Result<Incoming> {
+    let status = format!("{:?} {}", response.version(), response.status());
+    if !response.status().is_success() {
+        let body = response.into_body().collect().await.context("read the response")?.to_bytes();
+        bail!("{status}: {}", String::from_utf8_lossy(&body).trim());
     }
-    if !ok {
-        let mut body = String::new();
-        reader.read_to_string(&mut body)?;
-        bail!("{}: {}", status.trim(), body.trim());
+    Ok(response.into_body())
+}
+
+/// The operating system's reason a connection failed, under the client's wrapping.
+fn io_error(error: &hyper_util::client::legacy::Error) -> std::io::Error {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(error);
+    while let Some(e) = source {
+        if let Some(io) = e.downcast_ref::<std::io::Error>() {
+            return std::io::Error::new(io.kind(), io.to_string());
+        }
+        source = e.source();
+    }
+    std::io::Error::other(error.to_string())
+}
+
+/// Prints one line of the stream; false once stdout is gone.
+fn show(text: &str, output: Output, timezone: &TimeZone) -> bool {
+    if text.trim().is_empty() {
+        return true;
     }
     let stdout = std::io::stdout();
-    let timezone = TimeZone::system();
-    for text in reader.lines() {
-        let text = text.context("read the flow stream")?;
-        if text.trim().is_empty() {
-            continue;
-        }
-        let mut out = stdout.lock();
-        let written = match args.output {
-            Output::Json => writeln!(out, "{text}"),
-            Output::Text => match serde_json::from_str::<ObserveLine>(&text) {
-                Ok(ObserveLine::Flow(flow)) => writeln!(out, "{}", render(&flow, &timezone)),
-                Ok(ObserveLine::Lost { lost_events }) => {
-                    eprintln!("warning: {lost_events} flows lost: this observer fell behind");
-                    Ok(())
-                }
-                Err(e) => {
-                    eprintln!("warning: unreadable line ({e}): {text}");
-                    Ok(())
-                }
-            },
-        };
-        if written.is_err() {
-            // The reader went away (`| head`).
-            return Ok(0);
-        }
-    }
-    eprintln!("the agent stopped");
-    Ok(0)
+    let mut out = stdout.lock();
+    let written = match output {
+        Output::Json => writeln!(out, "{text}"),
+        Output::Text => match serde_json::from_str::<ObserveLine>(text) {
+            Ok(ObserveLine::Flow(flow)) => writeln!(out, "{}", render(&flow, timezone)),
+            Ok(ObserveLine::Lost { lost_events }) => {
+                eprintln!("warning: {lost_events} flows lost: this observer fell behind");
+                Ok(())
+            }
+            Err(e) => {
+                eprintln!("warning: unreadable line ({e}): {text}");
+                Ok(())
+            }
+        },
+    };
+    written.is_ok()
 }
 
 fn parse_since(text: &str) -> Result<Timestamp> {
