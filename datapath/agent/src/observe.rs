@@ -240,12 +240,17 @@ impl FlowFilter {
 
     /// The query string of `GET /flows` for this filter (without `?`).
     pub fn to_query(&self) -> String {
-        let mut pairs = Vec::new();
+        let mut query = form_urlencoded::Serializer::new(String::new());
+        self.append_pairs(&mut query);
+        query.finish()
+    }
+
+    fn append_pairs(&self, query: &mut form_urlencoded::Serializer<'_, String>) {
         if let Some(namespace) = &self.namespace {
-            pairs.push(format!("namespace={}", encode(namespace)));
+            query.append_pair("namespace", namespace);
         }
         if let Some(pod) = &self.pod {
-            pairs.push(format!("pod={}", encode(pod)));
+            query.append_pair("pod", pod);
         }
         if let Some(verdict) = self.verdict {
             let verdict = match verdict {
@@ -253,12 +258,11 @@ impl FlowFilter {
                 VerdictFilter::Audit => "audit",
                 VerdictFilter::Diff => "diff",
             };
-            pairs.push(format!("verdict={verdict}"));
+            query.append_pair("verdict", verdict);
         }
         if let Some(since) = self.since {
-            pairs.push(format!("since={}", encode(&since.to_string())));
+            query.append_pair("since", &since.to_string());
         }
-        pairs.join("&")
     }
 }
 
@@ -273,12 +277,11 @@ pub struct FlowsQuery {
 }
 
 impl FlowsQuery {
+    /// A query string (without `?`), percent-decoded as a form.
     pub fn parse(query: &str) -> Result<FlowsQuery, String> {
         let mut parsed = FlowsQuery { filter: FlowFilter::default(), last: None, follow: true };
-        for pair in query.split('&').filter(|p| !p.is_empty()) {
-            let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
-            let value = decode(value);
-            match key {
+        for (key, value) in form_urlencoded::parse(query.as_bytes()).into_owned() {
+            match key.as_str() {
                 "namespace" => parsed.filter.namespace = Some(value),
                 "pod" => parsed.filter.pod = Some(value),
                 "verdict" => parsed.filter.verdict = Some(value.parse()?),
@@ -294,56 +297,16 @@ impl FlowsQuery {
     }
 
     pub fn to_query(&self) -> String {
-        let mut query = self.filter.to_query();
-        let mut push = |pair: String| {
-            if !query.is_empty() {
-                query.push('&');
-            }
-            query.push_str(&pair);
-        };
+        let mut query = form_urlencoded::Serializer::new(String::new());
+        self.filter.append_pairs(&mut query);
         if let Some(last) = self.last {
-            push(format!("last={last}"));
+            query.append_pair("last", &last.to_string());
         }
         if !self.follow {
-            push("follow=false".into());
+            query.append_pair("follow", "false");
         }
-        query
+        query.finish()
     }
-}
-
-fn encode(text: &str) -> String {
-    text.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' | b'/' | b':' => {
-                (b as char).to_string()
-            }
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
-}
-
-fn decode(text: &str) -> String {
-    let bytes = text.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        match bytes[i] {
-            b'+' => out.push(b' '),
-            b'%' if i + 2 < bytes.len() => {
-                let hex = std::str::from_utf8(&bytes[i + 1..i + 3]).ok();
-                match hex.and_then(|h| u8::from_str_radix(h, 16).ok()) {
-                    Some(b) => {
-                        out.push(b);
-                        i += 2;
-                    }
-                    None => out.push(b'%'),
-                }
-            }
-            b => out.push(b),
-        }
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
 }
 
 pub type FlowReceiver = broadcast::Receiver<Arc<ObservedFlow>>;
@@ -691,7 +654,7 @@ mod tests {
         assert_eq!(FlowsQuery::parse(&query.to_query()), Ok(query));
         assert!(FlowsQuery::parse("verdict=maybe").is_err());
         assert!(FlowsQuery::parse("colour=red").is_err());
-        assert_eq!(decode("a%2Fb+c%"), "a/b c%");
+        assert_eq!(FlowsQuery::parse("pod=a%2Fb+c%").unwrap().filter.pod.as_deref(), Some("a/b c%"));
     }
 
     #[test]
