@@ -17,12 +17,13 @@ use aya::{
 
 use crate::{EndpointId, Error, Result};
 
-const MAPS: [&str; 14] = [
+const MAPS: [&str; 15] = [
     "IPCACHE",
     "ENDPOINTS",
     "ENDPOINT_CONFIG",
     "NODE_STATE",
     "SLOT_WRITES",
+    "FENCE",
     "VERDICT_CACHE",
     "POLICY_SLOTS",
     "CONNTRACK",

@@ -45,6 +45,10 @@ pub(crate) static NODE_STATE: Array<u32, { NODE_STATE_ENTRIES as usize }> = Arra
 #[btf_map]
 pub(crate) static SLOT_WRITES: Array<u32, { SLOT_WRITES_ENTRIES as usize }> = Array::new();
 
+// A word per CPU for the fully ordered atomic that fences the node state version's read.
+#[btf_map]
+pub(crate) static FENCE: PerCpuArray<u32, 1> = PerCpuArray::new();
+
 #[btf_map]
 pub(crate) static VERDICT_CACHE: LruHashMap<VerdictCacheKey, Verdict, 65536> = LruHashMap::new();
 

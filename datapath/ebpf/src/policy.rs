@@ -8,15 +8,30 @@ use palisade_common::*;
 
 use crate::{maps::*, packet::Packet};
 
-/// The node state version, read with a fully ordered atomic (a fetch-add of 0): the reads that
-/// follow cannot be reordered before it, on arm64 as on x86. BPF load-acquire needs kernel 6.15.
+/// The node state version, read before everything it versions: a fully ordered atomic (a
+/// fetch-add of 0, loadable from kernel 6.6, where BPF load-acquire needs 6.15) after the read
+/// keeps the reads that follow from moving before it, on arm64 as on x86. The atomic is on a
+/// per-CPU word: on the version itself every packet on every CPU would write one cache line.
 #[inline(always)]
 pub(crate) fn node_state_version() -> u32 {
-    NODE_STATE.get_ptr_mut(NODE_STATE_VERSION).map_or(0, |version| ordered_read(version))
+    // SAFETY: a map value, valid and aligned for the whole run.
+    let version = NODE_STATE.get_ptr(NODE_STATE_VERSION).map_or(0, |v| unsafe { core::ptr::read_volatile(v) });
+    full_fence();
+    version
 }
 
+/// A full memory barrier: a fully ordered atomic on this CPU's own word.
 #[inline(always)]
-pub(crate) fn ordered_read(value: *mut u32) -> u32 {
+fn full_fence() {
+    if let Some(word) = FENCE.get_ptr_mut(0) {
+        // SAFETY: a per-CPU map value, valid and aligned for the whole run.
+        unsafe { atomic_xadd::<u32, u32, { AtomicOrdering::SeqCst }>(word, 0) };
+    }
+}
+
+/// A fully ordered read: a fetch-add of 0 on the value itself.
+#[inline(always)]
+fn ordered_read(value: *mut u32) -> u32 {
     // SAFETY: a map value, valid and 4-byte aligned for the whole run.
     unsafe { atomic_xadd::<u32, u32, { AtomicOrdering::SeqCst }>(value, 0) }
 }
