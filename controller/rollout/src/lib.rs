@@ -1,2 +1,5 @@
 pub mod crd;
+mod duration;
 pub mod engine;
+
+pub use duration::parse_duration;

@@ -2,7 +2,6 @@
 //! differences), Hubble-style, from local mode's `<state>/observe.sock` or an agent's `/flows`.
 use std::io::Write;
 use std::path::PathBuf;
-use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use http_body_util::{BodyExt, Empty};
@@ -174,16 +173,9 @@ fn parse_since(text: &str) -> Result<Timestamp> {
     if let Ok(at) = text.parse::<Timestamp>() {
         return Ok(at);
     }
-    let split = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
-    let (number, unit) = text.split_at(split);
-    let number: u64 = number.parse().with_context(|| format!("--since {text}: expected 5m, 30s, 1h or a time"))?;
-    let seconds = match unit {
-        "s" => number,
-        "m" => number * 60,
-        "h" => number * 3600,
-        _ => bail!("--since {text}: expected 5m, 30s, 1h or a time"),
-    };
-    Ok(Timestamp::now() - Duration::from_secs(seconds))
+    let ago = palisade_rollout::parse_duration(text)
+        .map_err(|e| anyhow::anyhow!("--since {text}: expected 5m, 30s, 1h or a time ({e})"))?;
+    Ok(Timestamp::now() - ago)
 }
 
 /// `Nov 21 13:38:33.295  shop/api (10.200.10.20) -> shop/db-0 (10.200.10.30) 5432/TCP  DROPPED  by

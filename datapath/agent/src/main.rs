@@ -50,7 +50,7 @@ struct Args {
     #[arg(long, default_value = "0.0.0.0:9964")]
     metrics_addr: SocketAddr,
     /// PolicyAuditReports are written at least this often (`10s`, `500ms`, `1m`).
-    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    #[arg(long, default_value = "10s", value_parser = parse_interval)]
     report_interval: Duration,
     #[arg(long, value_enum, default_value_t = LogFormat::Json)]
     log_format: LogFormat,
@@ -71,16 +71,9 @@ enum LogFormat {
     Text,
 }
 
-fn parse_duration(text: &str) -> Result<Duration, String> {
-    let split = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
-    let (number, unit) = text.split_at(split);
-    let number: u64 = number.parse().map_err(|_| format!("{text:?} is not a duration like 10s, 500ms or 1m"))?;
-    let duration = match unit {
-        "ms" => Duration::from_millis(number),
-        "s" => Duration::from_secs(number),
-        "m" => Duration::from_secs(number * 60),
-        _ => return Err(format!("{text:?} is not a duration like 10s, 500ms or 1m")),
-    };
+/// `--report-interval`: a positive duration in the CRDs' grammar.
+fn parse_interval(text: &str) -> Result<Duration, String> {
+    let duration = palisade_rollout::parse_duration(text)?;
     if duration.is_zero() {
         return Err("the interval must be positive".into());
     }
@@ -344,10 +337,10 @@ mod tests {
 
     #[test]
     fn durations_parse() {
-        assert_eq!(parse_duration("10s"), Ok(Duration::from_secs(10)));
-        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
-        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
-        assert!(parse_duration("10").is_err() && parse_duration("0s").is_err() && parse_duration("s").is_err());
+        assert_eq!(parse_interval("10s"), Ok(Duration::from_secs(10)));
+        assert_eq!(parse_interval("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_interval("2m"), Ok(Duration::from_secs(120)));
+        assert!(parse_interval("10").is_err() && parse_interval("0s").is_err() && parse_interval("s").is_err());
     }
 
     #[test]
