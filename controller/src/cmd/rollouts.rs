@@ -16,6 +16,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context as _, Result, anyhow, bail};
 use clap::{Subcommand, ValueEnum};
+use jsonpath_rust::JsonPath;
 use k8s_openapi::api::core::v1::Event as CoreEvent;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use k8s_openapi::jiff::Timestamp;
@@ -445,26 +446,11 @@ pub struct PrinterColumn {
     pub json_path: String,
 }
 
-/// The JSONPath subset printer columns use: `.a.b` and `[?(@.key=="value")]` (first match).
+/// A printer column's JSONPath, as kubectl reads it (`.a.b`, `[?(@.key=="value")]`, with `$`
+/// implied): the first value it selects, or None when it selects nothing or does not parse.
 pub fn json_path<'a>(value: &'a Json, path: &str) -> Option<&'a Json> {
-    let mut current = value;
-    let mut rest = path;
-    while !rest.is_empty() {
-        if let Some(filter) = rest.strip_prefix("[?(@.") {
-            let (condition, after) = filter.split_once(")]")?;
-            let (key, want) = condition.split_once("==")?;
-            let want = want.trim_matches('"');
-            current = current.as_array()?.iter().find(|item| item.get(key).and_then(Json::as_str) == Some(want))?;
-            rest = after;
-        } else if let Some(field) = rest.strip_prefix('.') {
-            let end = field.find(['.', '[']).unwrap_or(field.len());
-            current = current.get(&field[..end])?;
-            rest = &field[end..];
-        } else {
-            return None;
-        }
-    }
-    Some(current)
+    let path = if path.starts_with('$') { path.to_owned() } else { format!("${path}") };
+    value.query(&path).ok()?.into_iter().next()
 }
 
 fn condition<'a>(status: &'a PolicyRolloutStatus, type_: &str) -> Option<&'a Condition> {
