@@ -60,6 +60,23 @@ fn check_exit_codes() {
 }
 
 #[test]
+fn check_leaves_out_what_palisadeignore_ignores() {
+    let tmp = scratch("ignore");
+    let bad = "apiVersion: cilium.io/v2\nkind: CiliumNetworkPolicy\nmetadata: {name: db}\nspec:\n  endpointSelector: {}\n  ingress:\n  - toPorts: [{ports: [{port: \"80a\"}]}]\n";
+    std::fs::create_dir_all(tmp.join("drafts")).unwrap();
+    std::fs::write(tmp.join("drafts/db.yaml"), bad).unwrap();
+    std::fs::write(tmp.join("scratch.yaml"), bad).unwrap();
+    let out = palisade(&["check", s(&tmp)]);
+    assert_eq!(code(&out), 1, "without .palisadeignore the broken files are checked");
+
+    // The Git source's rules: .gitignore syntax, relative to the top of the tree.
+    std::fs::write(tmp.join(".palisadeignore"), "# work in progress\ndrafts/\n/scratch.yaml\n").unwrap();
+    let out = palisade(&["check", s(&tmp)]);
+    assert_eq!(code(&out), 0, "{}{}", stdout(&out), String::from_utf8_lossy(&out.stderr));
+    assert!(!stdout(&out).contains("80a"), "{}", stdout(&out));
+}
+
+#[test]
 fn trace_exit_codes_and_json_shape() {
     let dir = example("deny-precedence");
     let (cluster, policies) = (dir.join("cluster.yaml"), dir.join("policies"));

@@ -69,28 +69,53 @@ pub fn read_policy_files(
     }
 }
 
-fn ignore_rules(repo: &Repository, tree: &Tree<'_>, extra: &str) -> Result<Gitignore, Problem> {
-    let mut builder = GitignoreBuilder::new("");
-    let mut add = |origin: &str, text: &str| -> Result<(), Problem> {
-        for line in text.lines() {
-            builder.add_line(None, line).map_err(|e| Problem::file(origin, format!("ignore pattern {line:?}: {e}")))?;
+fn ignore_rules(repo: &Repository, tree: &Tree<'_>, extra: &str) -> Result<IgnoreRules, Problem> {
+    let file = match tree.get_name(IGNORE_FILE) {
+        Some(entry) => {
+            let blob = entry.to_object(repo).ok().and_then(|o| o.into_blob().ok());
+            let text = blob.as_ref().and_then(|b| std::str::from_utf8(b.content()).ok().map(str::to_owned));
+            Some(text.ok_or_else(|| Problem::file(IGNORE_FILE, "not a UTF-8 file"))?)
         }
-        Ok(())
+        None => None,
     };
-    if let Some(entry) = tree.get_name(IGNORE_FILE) {
-        let blob = entry.to_object(repo).ok().and_then(|o| o.into_blob().ok());
-        let text = blob.as_ref().and_then(|b| std::str::from_utf8(b.content()).ok());
-        add(IGNORE_FILE, text.ok_or_else(|| Problem::file(IGNORE_FILE, "not a UTF-8 file"))?)?;
+    IgnoreRules::new(file.as_deref(), extra)
+}
+
+/// What a tree of policy files leaves out: its root's `.palisadeignore` and, for a source, the
+/// spec's `ignore` patterns, both in .gitignore syntax relative to the root. The Git source and
+/// the CLI's directory walk both use it.
+pub struct IgnoreRules(Gitignore);
+
+impl IgnoreRules {
+    /// `file`: the text of the root's `.palisadeignore`, if there is one; `extra`: more patterns.
+    pub fn new(file: Option<&str>, extra: &str) -> Result<IgnoreRules, Problem> {
+        let mut builder = GitignoreBuilder::new("");
+        let mut add = |origin: &str, text: &str| -> Result<(), Problem> {
+            for line in text.lines() {
+                builder
+                    .add_line(None, line)
+                    .map_err(|e| Problem::file(origin, format!("ignore pattern {line:?}: {e}")))?;
+            }
+            Ok(())
+        };
+        if let Some(text) = file {
+            add(IGNORE_FILE, text)?;
+        }
+        add("spec.ignore", extra)?;
+        builder.build().map(IgnoreRules).map_err(|e| Problem::file(IGNORE_FILE, e.to_string()))
     }
-    add("spec.ignore", extra)?;
-    builder.build().map_err(|e| Problem::file(IGNORE_FILE, e.to_string()))
+
+    /// Whether `path` (relative to the root, `/`-separated) or a directory above it is ignored.
+    pub fn ignores(&self, path: &str, is_dir: bool) -> bool {
+        self.0.matched_path_or_any_parents(path, is_dir).is_ignore()
+    }
 }
 
 struct Reader<'a, 'r> {
     repo: &'r Repository,
     tree: &'a Tree<'r>,
     root: &'a str,
-    ignore: &'a Gitignore,
+    ignore: &'a IgnoreRules,
     limits: &'a ReadLimits,
     files: Vec<ReadFile>,
     problems: Vec<Problem>,
@@ -106,7 +131,7 @@ impl Reader<'_, '_> {
             };
             let path = if dir.is_empty() { name.to_string() } else { format!("{dir}/{name}") };
             let is_dir = entry.kind() == Some(ObjectType::Tree);
-            if self.ignore.matched_path_or_any_parents(&path, is_dir).is_ignore() {
+            if self.ignore.ignores(&path, is_dir) {
                 continue;
             }
             match entry.filemode() {
