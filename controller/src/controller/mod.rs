@@ -15,6 +15,7 @@ mod metrics;
 mod reconcile;
 mod run;
 mod source;
+pub mod step;
 
 pub use leader::LeaseLock;
 pub use metrics::Metrics;
@@ -46,6 +47,9 @@ pub enum Error {
     NoNamespace(String),
     #[error("the engine staged {0}, which the last fetch did not produce")]
     UnknownRevision(String),
+    /// Local mode's state directory, or its agent.
+    #[error(transparent)]
+    Local(#[from] anyhow::Error),
 }
 
 /// Where the controller runs and what it watches besides rollouts.

@@ -1,16 +1,17 @@
 //! `palisade local run`: the controller and the agent in one process, against the local cluster
 //! (pods as network namespaces) and a state directory instead of the API server.
 //!
-//! The controller half is the Kubernetes reconciler's: the same Git source handling and the same
-//! pure engine, with the store in place of API calls. The agent half is the node agent itself on
+//! The controller half is the Kubernetes reconciler's step ([`step::reconcile`]) over the state
+//! directory ([`LocalStore`]) instead of the API server. The agent half is the node agent itself on
 //! the real datapath, its thread inside the local node namespace.
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::sync::mpsc::Sender;
 use std::time::Duration;
 
 use anyhow::{Context as _, Result, bail};
 use k8s_openapi::api::core::v1::Secret;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
 use palisade_agent::runtime::{AgentHandle, RuntimeOptions, spawn};
 use palisade_agent::{Agent, AgentConfig, Change, RouteResolver};
@@ -19,11 +20,12 @@ use palisade_local::{Local, TrafficGenerator, TrafficOptions};
 use palisade_policy::AllowLocalhost;
 use palisade_policy::yaml::{self, Limits};
 use palisade_rollout::crd::{PolicyAuditReportSpec, PolicyRevision, PolicyRollout, PolicyRolloutStatus};
-use palisade_rollout::engine::{self, Action, EventType};
+use palisade_rollout::engine::EventType;
 use tracing::{info, warn};
 
 use super::store::{LocalEvent, Request, Store};
-use crate::controller::{Due, Metrics, REQUESTED_AT, ROLLOUT_LABEL, Sources};
+use crate::controller::step::{self, RolloutStore};
+use crate::controller::{Error, Metrics, REQUESTED_AT, Sources};
 
 /// The namespace local mode's controller runs in: rollouts there may use `scope: Cluster`.
 pub const CONTROLLER_NAMESPACE: &str = "palisade-system";
@@ -150,10 +152,10 @@ pub async fn run(local: Local, options: RunOptions, shutdown: impl Future<Output
 
     let controller = Controller {
         store: &store,
-        sources: Sources::new(options.state_dir.join("git")),
+        changes: &changes,
         secrets: files.secrets,
+        sources: Sources::new(options.state_dir.join("git")),
         metrics: Metrics::default(),
-        send: &send,
     };
     tokio::pin!(shutdown);
     let mut next = Duration::ZERO;
@@ -183,113 +185,27 @@ pub async fn run(local: Local, options: RunOptions, shutdown: impl Future<Output
     Ok(())
 }
 
-struct Controller<'a, F: Fn(Change) -> Result<()>> {
+struct Controller<'a> {
     store: &'a Store,
-    sources: Sources,
+    changes: &'a Sender<Change>,
+    /// The Secrets of the rollout files, by namespace and name.
     secrets: BTreeMap<(String, String), Secret>,
+    sources: Sources,
     metrics: Metrics,
-    send: &'a F,
 }
 
-impl<F: Fn(Change) -> Result<()>> Controller<'_, F> {
-    /// One reconcile of one rollout, as the Kubernetes reconciler does it; returns when to come
-    /// back at the latest.
+impl Controller<'_> {
+    /// One reconcile of one rollout: the Kubernetes reconciler's step, on the state directory;
+    /// returns when to come back at the latest.
     async fn reconcile(&self, namespace: &str, name: &str) -> Result<Duration> {
         let Some(mut rollout) = self.store.rollout(namespace, name)? else {
             bail!("rollout {namespace}/{name} is gone")
         };
         let now = Timestamp::now();
         self.take_requests(&mut rollout)?;
-        let key = format!("{namespace}/{name}");
-        let spec = rollout.spec.clone();
-        let fetched = if spec.suspend {
-            None
-        } else {
-            let requested_at =
-                rollout.metadata.annotations.as_ref().and_then(|a| a.get(REQUESTED_AT)).map(String::as_str);
-            let due = Due { key: &key, source: &spec.source, requested_at, now };
-            match self.sources.fresh(&due) {
-                Some(fetched) => Some(fetched),
-                None => {
-                    let secrets: BTreeMap<String, Secret> = self
-                        .secrets
-                        .iter()
-                        .filter(|((ns, _), _)| ns == namespace)
-                        .map(|((_, n), s)| (n.clone(), s.clone()))
-                        .collect();
-                    Some(self.sources.fetch(&due, namespace, name, &secrets, &self.metrics).await?)
-                }
-            }
-        };
-        let suspended = engine::SourceObservation::Unreachable { message: "suspended".into() };
-        let observation = fetched.as_ref().map_or(&suspended, |f| &f.observation);
-        let mut reports: Vec<PolicyAuditReportSpec> =
-            self.store.reports(namespace, name)?.into_iter().map(|r| r.spec).filter(|r| r.node == NODE).collect();
-        if reports.is_empty() {
-            // The node holds the promotion barrier until its agent reports.
-            reports.push(PolicyAuditReportSpec { rollout: name.into(), node: NODE.into(), ..Default::default() });
-        }
-        let ctx = engine::Context {
-            namespace,
-            controller_namespace: CONTROLLER_NAMESPACE,
-            generation: rollout.metadata.generation,
-            now,
-        };
-        let decision = engine::reconcile(&spec, rollout.status.as_ref(), observation, &reports, &ctx);
-        // Revisions first, so the status never names one the agent cannot read.
-        for action in &decision.actions {
-            if let Action::StageCandidate(staged) = action {
-                let Some((id, revision_spec)) =
-                    fetched.as_ref().and_then(|f| f.revision.as_ref()).filter(|(id, _)| *id == staged.id)
-                else {
-                    bail!("the engine staged {}, which the last fetch did not produce", staged.id);
-                };
-                let revision = PolicyRevision {
-                    metadata: ObjectMeta {
-                        name: Some(id.clone()),
-                        namespace: Some(namespace.into()),
-                        labels: Some([(ROLLOUT_LABEL.to_string(), name.to_string())].into()),
-                        creation_timestamp: Some(Time(now)),
-                        ..ObjectMeta::default()
-                    },
-                    spec: revision_spec.clone(),
-                };
-                self.store.put_revision(&revision)?;
-                (self.send)(Change::Revision(Box::new(revision)))?;
-                info!(rollout = %key, revision = %id, "staged a PolicyRevision");
-            }
-        }
-        if rollout.status.as_ref() != Some(&decision.status) {
-            let old = rollout.status.replace(decision.status.clone());
-            self.store.put_rollout(&rollout)?;
-            (self.send)(Change::Rollout(Box::new(rollout.clone())))?;
-            if old.as_ref().map(|s| s.phase) != Some(decision.status.phase) {
-                info!(rollout = %key, phase = ?decision.status.phase, "phase");
-            }
-        }
-        let mut requeue = self.sources.next_fetch(&key, &spec.source, now);
-        for action in decision.actions {
-            match action {
-                Action::Event { kind, reason, message } => {
-                    let type_ = match kind {
-                        EventType::Normal => "Normal",
-                        EventType::Warning => "Warning",
-                    };
-                    info!(rollout = %key, reason, "{message}");
-                    self.store.append_event(&LocalEvent {
-                        time: Time(now),
-                        type_: type_.into(),
-                        reason: reason.into(),
-                        namespace: namespace.into(),
-                        rollout: name.into(),
-                        message,
-                    })?;
-                }
-                Action::RequeueAfter(after) => requeue = requeue.min(after),
-                Action::Flip { .. } | Action::RollBack { .. } | Action::StageCandidate(_) => {}
-            }
-        }
-        Ok(requeue.max(Duration::from_millis(200)))
+        let store = LocalStore { store: self.store, changes: self.changes, secrets: &self.secrets, now };
+        let reconciled = step::reconcile(&store, &rollout, &self.sources, &self.metrics, now).await?;
+        Ok(reconciled.requeue.max(Duration::from_millis(200)))
     }
 
     /// What the CLI asked for since the last reconcile, applied as its patches would be.
@@ -312,6 +228,94 @@ impl<F: Fn(Change) -> Result<()>> Controller<'_, F> {
             }
         }
         self.store.put_rollout(rollout)
+    }
+}
+
+/// The state directory as the reconcile step's store; what it writes goes to the agent too,
+/// as a watch would bring it from the API server.
+struct LocalStore<'a> {
+    store: &'a Store,
+    changes: &'a Sender<Change>,
+    secrets: &'a BTreeMap<(String, String), Secret>,
+    /// The time of this reconcile, for what the API server would stamp.
+    now: Timestamp,
+}
+
+impl LocalStore<'_> {
+    fn send(&self, change: Change) -> Result<(), Error> {
+        self.changes.send(change).map_err(|_| Error::Local(anyhow::anyhow!("the agent stopped")))
+    }
+}
+
+impl RolloutStore for LocalStore<'_> {
+    type Secrets = BTreeMap<String, Secret>;
+
+    fn controller_namespace(&self) -> &str {
+        CONTROLLER_NAMESPACE
+    }
+
+    fn secrets(&self, namespace: &str) -> BTreeMap<String, Secret> {
+        self.secrets.iter().filter(|((ns, _), _)| ns == namespace).map(|((_, n), s)| (n.clone(), s.clone())).collect()
+    }
+
+    /// The one node's report; an empty one until its agent reports.
+    async fn reports(&self, rollout: &PolicyRollout) -> Result<Vec<PolicyAuditReportSpec>, Error> {
+        let (namespace, name) = (namespace_of(rollout), name_of(rollout));
+        let mut reports: Vec<PolicyAuditReportSpec> =
+            self.store.reports(&namespace, &name)?.into_iter().map(|r| r.spec).filter(|r| r.node == NODE).collect();
+        if reports.is_empty() {
+            reports.push(PolicyAuditReportSpec { rollout: name, node: NODE.into(), ..Default::default() });
+        }
+        Ok(reports)
+    }
+
+    async fn create_revision(&self, mut revision: PolicyRevision) -> Result<(), Error> {
+        revision.metadata.creation_timestamp = Some(Time(self.now));
+        self.store.put_revision(&revision)?;
+        let key = format!("{}/{}", revision.metadata.namespace.as_deref().unwrap_or_default(), revision.spec.rollout);
+        let id = revision.metadata.name.clone().unwrap_or_default();
+        self.send(Change::Revision(Box::new(revision)))?;
+        info!(rollout = %key, revision = %id, "staged a PolicyRevision");
+        Ok(())
+    }
+
+    async fn write_status(&self, rollout: &PolicyRollout, status: &PolicyRolloutStatus) -> Result<(), Error> {
+        if rollout.status.as_ref() == Some(status) {
+            return Ok(());
+        }
+        let mut rollout = rollout.clone();
+        let old = rollout.status.replace(status.clone());
+        self.store.put_rollout(&rollout)?;
+        let key = format!("{}/{}", namespace_of(&rollout), name_of(&rollout));
+        self.send(Change::Rollout(Box::new(rollout)))?;
+        if old.as_ref().map(|s| s.phase) != Some(status.phase) {
+            info!(rollout = %key, phase = ?status.phase, "phase");
+        }
+        Ok(())
+    }
+
+    async fn record_event(
+        &self,
+        rollout: &PolicyRollout,
+        kind: EventType,
+        reason: &str,
+        message: &str,
+    ) -> Result<(), Error> {
+        let (namespace, name) = (namespace_of(rollout), name_of(rollout));
+        let type_ = match kind {
+            EventType::Normal => "Normal",
+            EventType::Warning => "Warning",
+        };
+        info!(rollout = %format!("{namespace}/{name}"), reason, "{message}");
+        self.store.append_event(&LocalEvent {
+            time: Time(self.now),
+            type_: type_.into(),
+            reason: reason.into(),
+            namespace,
+            rollout: name,
+            message: message.into(),
+        })?;
+        Ok(())
     }
 }
 

@@ -1,0 +1,144 @@
+//! One reconcile of one PolicyRollout, whichever store holds it: observe (the Git source and the
+//! agents' reports), decide (the pure engine), act (PolicyRevisions first, then the status and
+//! the Events). The Kubernetes reconciler and local mode run this same step and differ only in
+//! their [`RolloutStore`]: the API server, or local mode's state directory.
+use std::time::Duration;
+
+use k8s_openapi::jiff::Timestamp;
+use kube::api::ObjectMeta;
+use kube::{Resource, ResourceExt};
+use palisade_rollout::crd::{PolicyAuditReportSpec, PolicyRevision, PolicyRollout, PolicyRolloutStatus};
+use palisade_rollout::engine::{self, Action, EventType, SourceObservation};
+use tracing::{info, warn};
+
+use super::source::{Due, SecretStore, Sources};
+use super::{Error, Metrics, REQUESTED_AT, ROLLOUT_LABEL};
+
+/// Where rollouts, their revisions, reports and Events live, as the reconcile step reads and
+/// writes them.
+pub trait RolloutStore: Sync {
+    type Secrets: SecretStore;
+
+    /// The controller's namespace: only rollouts there may use `scope: Cluster`.
+    fn controller_namespace(&self) -> &str;
+
+    /// The Secrets of `namespace`, for the source of a rollout there.
+    fn secrets(&self, namespace: &str) -> Self::Secrets;
+
+    /// One report per node the promotion barrier waits for; a node whose agent has not reported
+    /// holds it with an empty report.
+    fn reports(
+        &self,
+        rollout: &PolicyRollout,
+    ) -> impl Future<Output = Result<Vec<PolicyAuditReportSpec>, Error>> + Send;
+
+    /// Revisions are immutable and content-addressed, so one that exists already is the same one.
+    fn create_revision(&self, revision: PolicyRevision) -> impl Future<Output = Result<(), Error>> + Send;
+
+    /// Writes the status the engine left, if it differs from the rollout's.
+    fn write_status(
+        &self,
+        rollout: &PolicyRollout,
+        status: &PolicyRolloutStatus,
+    ) -> impl Future<Output = Result<(), Error>> + Send;
+
+    fn record_event(
+        &self,
+        rollout: &PolicyRollout,
+        kind: EventType,
+        reason: &str,
+        message: &str,
+    ) -> impl Future<Output = Result<(), Error>> + Send;
+}
+
+/// What a reconcile left.
+pub struct Reconciled {
+    pub status: PolicyRolloutStatus,
+    /// When to come back at the latest: the next fetch, or sooner if the engine waits for a time.
+    pub requeue: Duration,
+}
+
+pub async fn reconcile(
+    store: &impl RolloutStore,
+    rollout: &PolicyRollout,
+    sources: &Sources,
+    metrics: &Metrics,
+    now: Timestamp,
+) -> Result<Reconciled, Error> {
+    let name = rollout.name_any();
+    let namespace = rollout.namespace().unwrap_or_default();
+    let key = format!("{namespace}/{name}");
+    let spec = &rollout.spec;
+
+    let fetched = if spec.suspend {
+        None
+    } else {
+        let requested_at = rollout.annotations().get(REQUESTED_AT).map(String::as_str);
+        let due = Due { key: &key, source: &spec.source, requested_at, now };
+        match sources.fresh(&due) {
+            Some(fetched) => Some(fetched),
+            None => Some(sources.fetch(&due, &namespace, &name, &store.secrets(&namespace), metrics).await?),
+        }
+    };
+    // A suspended rollout is not fetched and the engine does not read the source then.
+    let suspended = SourceObservation::Unreachable { message: "suspended".into() };
+    let observation = fetched.as_ref().map_or(&suspended, |f| &f.observation);
+    let reports = store.reports(rollout).await?;
+
+    let engine_ctx = engine::Context {
+        namespace: &namespace,
+        controller_namespace: store.controller_namespace(),
+        generation: rollout.metadata.generation,
+        now,
+    };
+    let decision = engine::reconcile(spec, rollout.status.as_ref(), observation, &reports, &engine_ctx);
+
+    // Revisions first, so the status never names one the agents cannot read.
+    for action in &decision.actions {
+        if let Action::StageCandidate(staged) = action {
+            let Some((id, revision_spec)) =
+                fetched.as_ref().and_then(|f| f.revision.as_ref()).filter(|(id, _)| *id == staged.id)
+            else {
+                return Err(Error::UnknownRevision(staged.id.clone()));
+            };
+            let revision = PolicyRevision {
+                metadata: ObjectMeta {
+                    name: Some(id.clone()),
+                    namespace: Some(namespace.clone()),
+                    labels: Some([(ROLLOUT_LABEL.to_string(), name.clone())].into()),
+                    owner_references: rollout.controller_owner_ref(&()).map(|o| vec![o]),
+                    ..Default::default()
+                },
+                spec: revision_spec.clone(),
+            };
+            store.create_revision(revision).await?;
+        }
+    }
+    store.write_status(rollout, &decision.status).await?;
+    for action in &decision.actions {
+        match action {
+            Action::Event { kind, reason, message } => store.record_event(rollout, *kind, reason, message).await?,
+            Action::Flip { to, fast_track } => {
+                info!(rollout = %key, revision = %to.id, fast_track, "promoting");
+                let labels = super::metrics::PromotionLabels { fast_track: fast_track.to_string() };
+                metrics.promotions.get_or_create(&labels).inc();
+            }
+            Action::RollBack { from, to, reason } => {
+                warn!(rollout = %key, from = %from.id, to = %to.id, %reason, "rolling back");
+                metrics.rollbacks.inc();
+            }
+            Action::StageCandidate(_) | Action::RequeueAfter(_) => {}
+        }
+    }
+    metrics.observe(&namespace, &name, Some(decision.status.phase), decision.status.new_denies);
+
+    let requeue = decision
+        .actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::RequeueAfter(after) => Some(*after),
+            _ => None,
+        })
+        .fold(sources.next_fetch(&key, &spec.source, now), Duration::min);
+    Ok(Reconciled { status: decision.status, requeue })
+}
