@@ -11,7 +11,6 @@ use palisade_policy::{ParseOptions, Parsed, SourceFile, parse_policies};
 use tracing::{info, warn};
 
 pub mod credentials;
-pub mod diff;
 mod error;
 pub mod fetch;
 pub mod read;

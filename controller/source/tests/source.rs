@@ -335,34 +335,3 @@ fn a_policy_defined_in_two_files_is_refused_even_when_one_was_parsed_before() {
     repo.commit("three", &[]);
     assert_eq!(revision(&source).id, first.id);
 }
-
-#[test]
-fn revision_diff_as_text_and_flows() {
-    let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/frontend-backend");
-    let tmp = tempfile::tempdir().unwrap();
-    let repo = Repo::new(tmp.path());
-    for name in ["backend.yaml", "web-policy.yaml"] {
-        repo.write(name, &std::fs::read_to_string(example.join("policies").join(name)).unwrap());
-    }
-    repo.commit("both", &[]);
-    let cache = tmp.path().join("cache");
-    let source = source(&repo.url(), GitRef::Branch("main".into()), &cache);
-    let before = revision(&source);
-    repo.git(&["rm", "-q", "backend.yaml"]);
-    repo.commit("drop backend policy", &[]);
-    let after = revision(&source);
-
-    let changes = palisade_source::diff::text_diff(&before, &after);
-    assert!(!changes.is_empty());
-    assert!(
-        changes.iter().all(|c| c.diff.lines().skip(3).all(|l| l.starts_with('-') || l.starts_with("@@"))),
-        "{changes:?}"
-    );
-    let text = std::fs::read_to_string(example.join("cluster.yaml")).unwrap();
-    let cluster =
-        palisade_policy::Cluster::parse(&[palisade_policy::SourceFile { name: "cluster.yaml", text: &text }]).unwrap();
-    let mode = palisade_policy::EnforcementMode::Default;
-    let flows = palisade_source::diff::semantic_diff(&before, &after, &cluster, mode).unwrap();
-    assert!(flows.iter().any(|f| f.change == palisade_policy::diff::Change::NewlyAllowed), "{flows:?}");
-    assert!(palisade_source::diff::semantic_diff(&before, &before, &cluster, mode).unwrap().is_empty());
-}
