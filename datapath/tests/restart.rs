@@ -19,10 +19,12 @@ use support::*;
 
 const FIRST_AGENT_ENV: &str = "PALISADE_TEST_FIRST_AGENT";
 
-/// The first agent, run as a child process by `enforcement_survives_an_agent_restart`; does
-/// nothing when run on its own. Argument: node namespace, pin dir, then `ifname=addr` per
-/// endpoint. (Not `ip netns exec`: it remounts /sys, hiding bpffs.)
+/// The first agent, run as a child process by `enforcement_survives_an_agent_restart` (with
+/// `--ignored --exact`); ignored otherwise, so that it never passes without doing anything.
+/// Argument: node namespace, pin dir, then `ifname=addr` per endpoint. (Not `ip netns exec`: it
+/// remounts /sys, hiding bpffs.)
 #[test]
+#[ignore = "a helper process: enforcement_survives_an_agent_restart runs it"]
 fn first_agent_process() {
     let Ok(args) = std::env::var(FIRST_AGENT_ENV) else {
         return;
@@ -61,7 +63,7 @@ fn enforcement_survives_an_agent_restart() {
     let mut args = vec![topology.node.clone(), topology.pin_dir.display().to_string()];
     args.extend(topology.endpoints.iter().map(|e| format!("{}={}", e.host_if, e.addr)));
     let mut first_agent = Command::new(std::env::current_exe().unwrap())
-        .args(["--exact", "first_agent_process", "--nocapture", "--test-threads=1"])
+        .args(["--ignored", "--exact", "first_agent_process", "--nocapture", "--test-threads=1"])
         .env(FIRST_AGENT_ENV, args.join(" "))
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
