@@ -274,9 +274,16 @@ fn only_arp_ipv4_and_ipv6_reach_an_enforcing_endpoint() {
         );
     }
     assert!(flows_of(&datapath, 0).iter().any(|f| f.key.drop_reason() == Some(DropReason::UnknownL3)));
+    // An IPv4 header claiming to be shorter than an IPv4 header cannot be judged either.
+    let endpoint = topology.endpoints[0].addr;
+    let mut malformed = ipv4_packet(PROTO_UDP, Ipv4Addr::new(10, 200, 180, 1), endpoint, (3, 0, false), &[0; 8]);
+    malformed[0] = 0x44;
+    let malformed = ethernet_frame(0x0800, &malformed);
+    assert!(!datapath.run_frame(Hook::ToEndpoint, ifindex, &malformed, 1).unwrap().passed, "a malformed header");
+    assert!(flows_of(&datapath, 0).iter().any(|f| f.key.drop_reason() == Some(DropReason::Malformed)));
     datapath.set_mode(0, Mode::Audit).unwrap();
     assert!(datapath.run_frame(Hook::ToEndpoint, ifindex, &lldp, 1).unwrap().passed, "audit mode only records it");
-    assert_eq!(datapath.counters(0).unwrap().unjudged, 3);
+    assert_eq!(datapath.counters(0).unwrap().unjudged, 4);
     datapath.destroy().unwrap();
 }
 

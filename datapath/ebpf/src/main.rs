@@ -117,7 +117,7 @@ fn decide(ctx: &TcContext, direction: u8) -> i32 {
     // Identity is earned: a packet leaving an endpoint carries its address, in every mode.
     if direction == DIRECTION_EGRESS && packet.saddr_be != config.addr_be {
         counters.invalid_source += 1;
-        record_drop(&config, direction, &packet, DROP_INVALID_SOURCE, MODE_ENFORCE);
+        record_drop(&config, counters, direction, &packet, DROP_INVALID_SOURCE, MODE_ENFORCE);
         return TC_ACT_SHOT;
     }
     if packet.unjudged != DROP_NONE {

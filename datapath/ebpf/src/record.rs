@@ -54,7 +54,14 @@ pub(crate) fn apply(decision: &CtDecision, counters: &mut EndpointCounters, dire
 
 /// Records a drop that no policy decided (`mode`: the mode it applies in).
 #[inline(always)]
-pub(crate) fn record_drop(config: &EndpointConfig, direction: u8, packet: &Packet, reason: u8, mode: u8) {
+pub(crate) fn record_drop(
+    config: &EndpointConfig,
+    counters: &mut EndpointCounters,
+    direction: u8,
+    packet: &Packet,
+    reason: u8,
+    mode: u8,
+) {
     let flow = FlowKey {
         endpoint: config.endpoint,
         identity: remote_identity(direction, packet),
@@ -66,11 +73,8 @@ pub(crate) fn record_drop(config: &EndpointConfig, direction: u8, packet: &Packe
         mode,
         reason,
     };
-    if !record_flow(&flow, packet, COOKIE_NONE, COOKIE_NONE)
-        && let Some(counters) = COUNTERS.get_ptr_mut(config.index)
-    {
-        // SAFETY: per-CPU value of this endpoint, only this CPU writes it.
-        unsafe { (*counters).events_lost += 1 };
+    if !record_flow(&flow, packet, COOKIE_NONE, COOKIE_NONE) {
+        counters.events_lost += 1;
     }
 }
 
@@ -112,7 +116,7 @@ pub(crate) fn refuse(
         tracked: false,
         unjudged: reason,
     };
-    record_drop(config, direction, packet.unwrap_or(&unknown), reason, config.mode);
+    record_drop(config, counters, direction, packet.unwrap_or(&unknown), reason, config.mode);
     if config.mode == MODE_ENFORCE { TC_ACT_SHOT } else { TC_ACT_OK }
 }
 
