@@ -12,7 +12,7 @@ use fake_api::FakeApi;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::{SignedDuration, Timestamp};
 use kube::runtime::controller::Action;
-use palisade::controller::{Config, Context, Metrics, OpenMetrics, reconcile};
+use palisade::reconciler::{Config, Context, Metrics, OpenMetrics, reconcile};
 use palisade_rollout::crd::*;
 use serde_json::{Value, json};
 

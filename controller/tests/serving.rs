@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use fake_api::FakeApi;
-use palisade::controller::{LeaseLock, Metrics, Readiness, metrics_router};
+use palisade::reconciler::{LeaseLock, Metrics, Readiness, metrics_router};
 
 const LEASES: &str = "apis/coordination.k8s.io/v1/leases";
 

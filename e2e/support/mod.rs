@@ -18,7 +18,7 @@ pub fn examples() -> PathBuf {
 }
 
 pub fn require_root() {
-    palisade_local::require_root().expect("end-to-end tests need root (network namespaces, eBPF): run them as root");
+    palisade_netsim::require_root().expect("end-to-end tests need root (network namespaces, eBPF): run them as root");
 }
 
 fn palisade(args: &[&str]) -> std::process::Output {

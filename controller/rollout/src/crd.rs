@@ -12,9 +12,6 @@ use kube::{CustomResource, KubeSchema};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-pub const GROUP: &str = "palisade.dev";
-pub const VERSION: &str = "v1alpha1";
-
 /// A Git-sourced set of network policies, audited on live traffic and promoted atomically.
 // kube-derive repeats `type_ = "string"` per column, which clippy misreads as a duplicate.
 #[allow(clippy::duplicated_attributes)]

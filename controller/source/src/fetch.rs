@@ -22,6 +22,21 @@ pub enum GitRef {
     Commit(String),
 }
 
+impl GitRef {
+    /// The first of a branch, a tag, a semver range and a commit that is given (a rollout's
+    /// `spec.source.ref` and `palisade source fetch` take one at most); the remote's HEAD when
+    /// none is.
+    pub fn first_of(branch: Option<&str>, tag: Option<&str>, semver: Option<&str>, commit: Option<&str>) -> GitRef {
+        match (branch, tag, semver, commit) {
+            (Some(b), ..) => GitRef::Branch(b.into()),
+            (_, Some(t), ..) => GitRef::Tag(t.into()),
+            (_, _, Some(s), _) => GitRef::Semver(s.into()),
+            (.., Some(c)) => GitRef::Commit(c.into()),
+            _ => GitRef::Head,
+        }
+    }
+}
+
 impl std::fmt::Display for GitRef {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {

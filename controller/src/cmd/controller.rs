@@ -7,7 +7,7 @@ use clap::ValueEnum;
 use palisade_source::webhook::Provider;
 use tracing_subscriber::EnvFilter;
 
-use crate::controller::{self, Config, Options, Webhook};
+use crate::reconciler::{self, Config, Options, Webhook};
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -99,6 +99,6 @@ fn serve(args: RunArgs) -> Result<u8> {
         identity,
     };
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
-    runtime.block_on(controller::run(options))?;
+    runtime.block_on(reconciler::run(options))?;
     Ok(0)
 }

@@ -7,7 +7,7 @@ use std::process::Command as Process;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use palisade_local::{DEFAULT_PREFIX, DEFAULT_STATE_DIR, Local, Outcome, PodNet, Port, StateDir};
+use palisade_netsim::{DEFAULT_PREFIX, DEFAULT_STATE_DIR, Local, Outcome, PodNet, Port, StateDir};
 use palisade_policy::AllowLocalhost;
 use tabwriter::TabWriter;
 
@@ -93,10 +93,10 @@ struct RunArgs {
     #[arg(long, value_name = "DIR", default_value = DEFAULT_PIN_DIR)]
     pin_dir: PathBuf,
     /// How often the agent reports what it observed.
-    #[arg(long, value_name = "DURATION", default_value = "2s", value_parser = parse_duration)]
+    #[arg(long, value_name = "DURATION", default_value = "2s", value_parser = palisade_rollout::parse_duration)]
     report_interval: Duration,
     /// How often pods make the connections their `palisade.dev/talks-to` annotation declares.
-    #[arg(long, value_name = "DURATION", default_value = "500ms", value_parser = parse_duration)]
+    #[arg(long, value_name = "DURATION", default_value = "500ms", value_parser = palisade_rollout::parse_duration)]
     traffic_interval: Duration,
     /// `always`: the node namespace (the local host) reaches pods whatever their policy
     /// (Cilium's default); `policy`: only as policy allows (`fromEntities: [host]`).
@@ -117,7 +117,7 @@ struct ProbeArgs {
     #[arg(long)]
     port: Port,
     /// How long to wait for the connection or the echo, e.g. `1s` or `300ms`.
-    #[arg(long, default_value = "1s", value_parser = parse_duration)]
+    #[arg(long, default_value = "1s", value_parser = palisade_rollout::parse_duration)]
     timeout: Duration,
     /// The cluster file, instead of the one `up` recorded in the state directory.
     #[arg(long, value_name = "FILE")]
@@ -127,29 +127,29 @@ struct ProbeArgs {
 }
 
 pub fn run(args: Args) -> Result<u8> {
-    palisade_local::require_root()?;
+    palisade_netsim::require_root()?;
     match args.command {
         Command::Up(args) => up(args),
         Command::Down(args) => {
             remove_run_state(&args.state.state, &args.pin_dir)?;
-            palisade_local::down(&args.state.dir())?;
+            palisade_netsim::down(&args.state.dir())?;
             Ok(0)
         }
         Command::Probe(args) => probe(args),
         Command::Run(args) => local_run(args),
         Command::Responders(args) => {
-            let Err(e) = palisade_local::serve_responders(&args.dir());
-            Err(e)
+            let Err(e) = palisade_netsim::serve_responders(&args.dir());
+            Err(e.into())
         }
     }
 }
 
 /// `up`, with the responders run by this program's hidden `local responders`.
-fn bring_up(state: &StateDir, cluster: &std::path::Path, prefix: &str) -> Result<palisade_local::Up> {
+fn bring_up(state: &StateDir, cluster: &std::path::Path, prefix: &str) -> Result<palisade_netsim::Up> {
     let exe = std::env::current_exe().context("find this program to start the responders")?;
     let mut responders = Process::new(exe);
     responders.args(["local", "responders", "--state"]).arg(state.dir());
-    palisade_local::up(state, cluster, prefix, responders)
+    Ok(palisade_netsim::up(state, cluster, prefix, responders)?)
 }
 
 /// Removes what `local run` keeps between runs, so that the next one starts from scratch: the
@@ -219,18 +219,18 @@ fn local_run(args: RunArgs) -> Result<u8> {
         rollout_files: args.rollout,
         pin_dir: args.pin_dir,
         report_interval: args.report_interval,
-        traffic: palisade_local::TrafficOptions { interval: args.traffic_interval, ..Default::default() },
+        traffic: palisade_netsim::TrafficOptions { interval: args.traffic_interval, ..Default::default() },
         allow_localhost: args.allow_localhost,
     };
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "info,palisade_source=warn,palisade::controller::source=warn".into()),
+                .unwrap_or_else(|_| "info,palisade_source=warn,palisade::reconciler::fetch=warn".into()),
         )
         .with_writer(std::io::stderr)
         .init();
     let runtime = tokio::runtime::Runtime::new().context("start the async runtime")?;
-    runtime.block_on(crate::local::run::run(local, options, crate::controller::shutdown_signal()))?;
+    runtime.block_on(crate::local::run::run(local, options, crate::reconciler::shutdown_signal()))?;
     Ok(0)
 }
 
@@ -242,7 +242,7 @@ fn probe(args: ProbeArgs) -> Result<u8> {
     };
     let from = end(&local, &args.from)?;
     let to = end(&local, &args.to)?;
-    let outcome = palisade_local::probe_from_netns(&from.netns, to.ip, args.port, args.timeout)
+    let outcome = palisade_netsim::probe_from_netns(&from.netns, to.ip, args.port, args.timeout)
         .with_context(|| format!("probe from {} (is the local cluster up?)", from.name))?;
     let target = match args.port {
         Port::Icmp => format!("{} ICMP", to.ip),
@@ -282,12 +282,4 @@ fn pod<'a>(local: &'a Local, key: &str) -> Result<&'a PodNet> {
             local.cluster_file.display()
         )
     })
-}
-
-fn parse_duration(text: &str) -> Result<Duration, String> {
-    let parsed = match text.strip_suffix("ms") {
-        Some(ms) => ms.parse().ok().map(Duration::from_millis),
-        None => text.strip_suffix('s').and_then(|s| s.parse().ok()).and_then(|s| Duration::try_from_secs_f64(s).ok()),
-    };
-    parsed.ok_or_else(|| format!("{text:?} is not a duration such as 1s, 0.5s or 300ms"))
 }

@@ -15,7 +15,7 @@ use k8s_openapi::jiff::tz::TimeZone;
 use palisade_agent::observe::{
     DecidedBy, FlowFilter, FlowVerdict, FlowsQuery, ObserveLine, ObservedFlow, VerdictFilter,
 };
-use palisade_local::DEFAULT_STATE_DIR;
+use palisade_netsim::DEFAULT_STATE_DIR;
 
 use super::Output;
 

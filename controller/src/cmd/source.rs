@@ -71,13 +71,12 @@ pub fn run(args: Args) -> Result<u8> {
 }
 
 fn fetch(args: FetchArgs) -> Result<u8> {
-    let reference = match (&args.branch, &args.tag, &args.semver, &args.commit) {
-        (Some(b), ..) => GitRef::Branch(b.clone()),
-        (_, Some(t), ..) => GitRef::Tag(t.clone()),
-        (_, _, Some(r), _) => GitRef::Semver(r.clone()),
-        (.., Some(c)) => GitRef::Commit(c.clone()),
-        _ => GitRef::Head,
-    };
+    let reference = GitRef::first_of(
+        args.branch.as_deref(),
+        args.tag.as_deref(),
+        args.semver.as_deref(),
+        args.commit.as_deref(),
+    );
     let mut spec = SourceSpec::new(&args.url, reference);
     spec.path = args.path.clone();
     spec.timeout = Duration::from_secs(args.timeout);

@@ -16,16 +16,17 @@ use k8s_openapi::jiff::Timestamp;
 use palisade_agent::runtime::{AgentHandle, RuntimeOptions, spawn};
 use palisade_agent::{Agent, AgentConfig, Change, RouteResolver};
 use palisade_datapath::Datapath;
-use palisade_local::{Local, TrafficGenerator, TrafficOptions};
+use palisade_netsim::{Local, TrafficGenerator, TrafficOptions};
 use palisade_policy::AllowLocalhost;
 use palisade_policy::yaml::{self, Limits};
 use palisade_rollout::crd::{PolicyAuditReportSpec, PolicyRevision, PolicyRollout, PolicyRolloutStatus};
 use palisade_rollout::engine::EventType;
+use palisade_rollout::wire::RECONCILE_ANNOTATION;
 use tracing::{info, warn};
 
 use super::store::{LocalEvent, Request, Store};
-use crate::controller::step::{self, RolloutStore};
-use crate::controller::{Error, Metrics, REQUESTED_AT, Sources};
+use crate::reconciler::step::{self, RolloutStore};
+use crate::reconciler::{Error, Metrics, Sources};
 
 /// The namespace local mode's controller runs in: rollouts there may use `scope: Cluster`.
 pub const CONTROLLER_NAMESPACE: &str = "palisade-system";
@@ -223,7 +224,7 @@ impl Controller<'_> {
                 Request::Suspend(suspend) => rollout.spec.suspend = suspend,
                 Request::Reconcile(at) => {
                     let stamp = at.0.to_string();
-                    rollout.metadata.annotations.get_or_insert_with(BTreeMap::new).insert(REQUESTED_AT.into(), stamp);
+                    rollout.metadata.annotations.get_or_insert_with(BTreeMap::new).insert(RECONCILE_ANNOTATION.into(), stamp);
                 }
             }
         }

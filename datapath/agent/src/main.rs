@@ -19,7 +19,7 @@ use palisade_agent::observe::{FlowHub, FlowVerdict, ObservedFlow};
 use palisade_agent::runtime::{ConvergeHook, Convergence, FlowHook, RuntimeOptions, spawn};
 use palisade_agent::{Agent, AgentConfig, RouteResolver};
 use palisade_datapath::{DEFAULT_PIN_DIR, Datapath};
-use palisade_ops::{OpenMetrics, Readiness, router, shutdown_signal};
+use palisade_process::{OpenMetrics, Readiness, router, shutdown_signal};
 use palisade_policy::AllowLocalhost;
 use palisade_rollout::crd::PolicyAuditReport;
 use prometheus_client::encoding::EncodeLabelSet;

@@ -10,7 +10,7 @@ use common::{Cleanup, wait_for_report};
 use palisade_agent::runtime::{AgentHandle, RuntimeOptions, spawn};
 use palisade_agent::{Agent, AgentConfig, Change, RouteResolver};
 use palisade_datapath::Datapath;
-use palisade_local::{LocalNetwork, Port, Responders, probe, require_root};
+use palisade_netsim::{LocalNetwork, Port, Responders, probe, require_root};
 use palisade_policy::SourceFile;
 use palisade_policy::cluster::Cluster;
 

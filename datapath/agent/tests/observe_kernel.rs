@@ -13,7 +13,7 @@ use palisade_agent::observe::{FlowVerdict, ObserveLine, ObservedFlow, UnixServer
 use palisade_agent::runtime::{AgentHandle, RuntimeOptions, spawn};
 use palisade_agent::{Agent, AgentConfig, Change, RouteResolver};
 use palisade_datapath::Datapath;
-use palisade_local::{LocalNetwork, Port, Responders, probe, require_root};
+use palisade_netsim::{LocalNetwork, Port, Responders, probe, require_root};
 use palisade_policy::SourceFile;
 use palisade_policy::cluster::Cluster;
 use tokio::sync::broadcast;

@@ -57,7 +57,7 @@ pub struct Cleanup {
 
 impl Drop for Cleanup {
     fn drop(&mut self) {
-        let _ = palisade_local::net::remove_netns_with_prefix(self.prefix);
+        let _ = palisade_netsim::net::remove_netns_with_prefix(self.prefix);
         if let Ok(datapath) = Datapath::open(self.pin_dir) {
             let _ = datapath.destroy();
         }

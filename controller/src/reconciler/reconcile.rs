@@ -16,11 +16,12 @@ use palisade_rollout::crd::{
     PolicyAuditReport, PolicyAuditReportSpec, PolicyRevision, PolicyRollout, PolicyRolloutStatus,
 };
 use palisade_rollout::engine::{EventType, HISTORY_LIMIT};
+use palisade_rollout::wire::{CONTROLLER_FIELD_MANAGER, FINALIZER, ROLLOUT_LABEL};
 use serde_json::json;
 use tracing::{debug, info, warn};
 
 use super::step::{self, RolloutStore};
-use super::{Config, Context, Error, FIELD_MANAGER, FINALIZER, ROLLOUT_LABEL};
+use super::{Config, Context, Error};
 
 /// First retry after an error; doubled per consecutive failure up to [`MAX_BACKOFF`].
 const MIN_BACKOFF: Duration = Duration::from_secs(5);
@@ -127,7 +128,7 @@ impl RolloutStore for KubeStore<'_> {
 
     async fn create_revision(&self, revision: PolicyRevision) -> Result<(), Error> {
         let api: Api<PolicyRevision> = Api::namespaced(self.client.clone(), &revision.namespace().unwrap_or_default());
-        let params = PostParams { field_manager: Some(FIELD_MANAGER.into()), ..Default::default() };
+        let params = PostParams { field_manager: Some(CONTROLLER_FIELD_MANAGER.into()), ..Default::default() };
         match api.create(&params, &revision).await {
             Ok(_) => {
                 info!(revision = %revision.name_any(), commit = %revision.spec.commit, "created PolicyRevision");
@@ -155,7 +156,7 @@ impl RolloutStore for KubeStore<'_> {
             "kind": PolicyRollout::kind(&()),
             "status": applied,
         });
-        api.patch_status(&name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&patch)).await?;
+        api.patch_status(&name, &PatchParams::apply(CONTROLLER_FIELD_MANAGER).force(), &Patch::Apply(&patch)).await?;
 
         let consumed = [
             ("approval", old.approval.is_some() && status.approval.is_none(), json!(old.approval)),
@@ -167,7 +168,7 @@ impl RolloutStore for KubeStore<'_> {
                 PatchOperation::Test(TestOperation { path: path.clone(), value }),
                 PatchOperation::Remove(RemoveOperation { path }),
             ]);
-            let params = PatchParams { field_manager: Some(FIELD_MANAGER.into()), ..Default::default() };
+            let params = PatchParams { field_manager: Some(CONTROLLER_FIELD_MANAGER.into()), ..Default::default() };
             match api.patch_status(&name, &params, &Patch::<()>::Json(ops)).await {
                 Ok(_) => {}
                 // Replaced meanwhile: the new one is about another revision and stays.

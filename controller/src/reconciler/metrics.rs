@@ -2,7 +2,7 @@
 use std::collections::HashMap;
 use std::sync::Mutex;
 
-use palisade_ops::OpenMetrics;
+use palisade_process::OpenMetrics;
 use palisade_rollout::crd::Phase;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;

@@ -9,10 +9,12 @@ use kube::api::ObjectMeta;
 use kube::{Resource, ResourceExt};
 use palisade_rollout::crd::{PolicyAuditReportSpec, PolicyRevision, PolicyRollout, PolicyRolloutStatus};
 use palisade_rollout::engine::{self, Action, EventType, SourceObservation};
+use palisade_rollout::wire::{RECONCILE_ANNOTATION, ROLLOUT_LABEL};
 use tracing::{info, warn};
 
-use super::source::{Due, SecretStore, Sources};
-use super::{Error, Metrics, REQUESTED_AT, ROLLOUT_LABEL};
+use super::fetch::{Due, Sources};
+use super::source_settings::SecretStore;
+use super::{Error, Metrics};
 
 /// Where rollouts, their revisions, reports and Events live, as the reconcile step reads and
 /// writes them.
@@ -73,7 +75,7 @@ pub async fn reconcile(
     let fetched = if spec.suspend {
         None
     } else {
-        let requested_at = rollout.annotations().get(REQUESTED_AT).map(String::as_str);
+        let requested_at = rollout.annotations().get(RECONCILE_ANNOTATION).map(String::as_str);
         let due = Due { key: &key, source: &spec.source, requested_at, now };
         match sources.fresh(&due) {
             Some(fetched) => Some(fetched),

@@ -9,29 +9,26 @@ use std::sync::{Arc, Mutex};
 use k8s_openapi::jiff::Timestamp;
 use kube::Client;
 use kube::runtime::events::Reporter;
+use palisade_rollout::wire::CONTROLLER_FIELD_MANAGER;
 
+mod fetch;
 mod leader;
 mod metrics;
 mod reconcile;
+mod revision;
 mod run;
-mod source;
+mod source_settings;
 pub mod step;
 
 pub use leader::LeaseLock;
 pub use metrics::Metrics;
-pub use palisade_ops::{OpenMetrics, Readiness, router as metrics_router, shutdown_signal};
+pub use palisade_process::{OpenMetrics, Readiness, router as metrics_router, shutdown_signal};
 pub use reconcile::{error_policy, reconcile};
 pub use run::{Options, RunError, Webhook, run};
-pub use source::{Due, Fetched, SecretStore, Sources, revision_name};
+pub use fetch::{Due, Sources};
+pub use revision::{Fetched, revision_name};
+pub use source_settings::SecretStore;
 
-/// The field manager of every write: server-side apply keeps apart what this controller owns
-/// from what others own, like an `approval` written by `palisade promote`.
-pub const FIELD_MANAGER: &str = "palisade-controller";
-pub const FINALIZER: &str = "palisade.dev/cleanup";
-/// On PolicyRevisions (set here) and PolicyAuditReports (set by the agent): the rollout's name.
-pub const ROLLOUT_LABEL: &str = "palisade.dev/rollout";
-/// Setting it to a new value asks for a sync now, like Flux's `reconcile.fluxcd.io/requestedAt`.
-pub const REQUESTED_AT: &str = "reconcile.palisade.dev/requestedAt";
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -72,7 +69,7 @@ pub struct Context {
     pub config: Config,
     pub metrics: Arc<Metrics>,
     reporter: Reporter,
-    sources: source::Sources,
+    sources: Sources,
     clock: Clock,
     /// Consecutive failures per rollout, for the exponential backoff.
     failures: Mutex<HashMap<String, u32>>,
@@ -80,11 +77,11 @@ pub struct Context {
 
 impl Context {
     pub fn new(client: Client, config: Config, metrics: Arc<Metrics>, clock: Clock) -> Self {
-        let instance = std::env::var("POD_NAME").ok().or_else(|| Reporter::from(FIELD_MANAGER).instance);
-        let reporter = Reporter { controller: FIELD_MANAGER.into(), instance };
+        let instance = std::env::var("POD_NAME").ok().or_else(|| Reporter::from(CONTROLLER_FIELD_MANAGER).instance);
+        let reporter = Reporter { controller: CONTROLLER_FIELD_MANAGER.into(), instance };
         Context {
             reporter,
-            sources: source::Sources::new(config.cache_dir.clone()),
+            sources: Sources::new(config.cache_dir.clone()),
             client,
             config,
             metrics,

@@ -6,11 +6,11 @@ use std::sync::{Arc, Condvar, Mutex, PoisonError};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use anyhow::{Context, Result, anyhow};
 use palisade_policy::yaml::{self, Limits, Node, PathSegment, Value};
 use palisade_policy::{Diagnostic, Severity};
 use serde::Deserialize;
 
+use crate::error::{Error, Result};
 use crate::net::{LocalNetwork, spawn_in_netns};
 use crate::probe::{Port, attempt};
 
@@ -31,14 +31,14 @@ pub struct Talk {
 /// Reads every pod's `palisade.dev/talks-to` annotation from a cluster file. Both ends must be
 /// pods of `network`. Errors name the file, line and field of every bad entry.
 pub fn read_talks(file: &str, text: &str, network: &LocalNetwork) -> Result<Vec<Talk>> {
-    let docs = yaml::parse_documents(text, &Limits::default()).map_err(|e| anyhow!("{file}:{e}"))?;
+    let docs = yaml::parse_documents(text, &Limits::default()).map_err(|e| Error::Cluster(format!("{file}:{e}")))?;
     let mut reader = Reader { file, network, talks: Vec::new(), errors: Vec::new() };
     for doc in &docs {
         reader.object(doc, String::new());
     }
     if !reader.errors.is_empty() {
         let errors: Vec<String> = reader.errors.iter().map(ToString::to_string).collect();
-        return Err(anyhow!("{}", errors.join("\n")));
+        return Err(Error::Cluster(errors.join("\n")));
     }
     Ok(reader.talks)
 }
@@ -167,12 +167,13 @@ impl TrafficGenerator {
             threads: Vec::new(),
         };
         for talk in talks {
-            let from = network.pod(&talk.from).with_context(|| format!("no pod {} in the local network", talk.from))?;
-            let to: Ipv4Addr =
-                network.pod(&talk.to).with_context(|| format!("no pod {} in the local network", talk.to))?.ip;
+            let pod = |key: &str| {
+                network.pod(key).ok_or_else(|| Error::Cluster(format!("no pod {key} in the local network")))
+            };
+            let (from, to): (_, Ipv4Addr) = (pod(&talk.from)?, pod(&talk.to)?.ip);
             let (stop, counts, flow) = (generator.stop.clone(), generator.counts.clone(), talk.clone());
             let thread = spawn_in_netns(&from.netns, move || run(&flow, to, options, &stop, &counts))
-                .with_context(|| format!("start traffic from {}", talk.from))?;
+                .map_err(|e| Error::io(format!("start traffic from {}", talk.from), e))?;
             generator.threads.push(thread);
         }
         Ok(generator)

@@ -18,10 +18,11 @@ use std::process::{Command, Stdio};
 use std::sync::mpsc;
 use std::thread::{self, JoinHandle};
 
-use anyhow::{Context, Result, bail};
 use palisade_policy::Cluster;
 use palisade_policy::cluster::{ContainerPort, Node};
 use rustix::thread::{LinkNameSpaceType, move_into_link_name_space};
+
+use crate::error::{Error, Result};
 
 /// Where `ip netns` keeps named namespaces.
 const NETNS_DIR: &str = "/run/netns";
@@ -149,7 +150,7 @@ impl LocalNetwork {
             || prefix.len() > 32
             || !prefix.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
         {
-            bail!("namespace prefix {prefix:?}: use 1 to 32 letters, digits, '-' or '_'");
+            return Err(Error::Cluster(format!("namespace prefix {prefix:?}: use 1 to 32 letters, digits, '-' or '_'")));
         }
         let mut pods = BTreeMap::new();
         let mut by_ip: BTreeMap<Ipv4Addr, String> = BTreeMap::new();
@@ -161,36 +162,36 @@ impl LocalNetwork {
             // namespace directory or an `ip` argument.
             for part in [&pod.namespace, &pod.name] {
                 if part.is_empty() || !part.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.') {
-                    bail!("pod {key}: {part:?} is not a Kubernetes name");
+                    return Err(Error::Cluster(format!("pod {key}: {part:?} is not a Kubernetes name")));
                 }
             }
             // Namespace names have no dots, so the first dot separates them from the pod name.
             let netns = format!("{prefix}{}.{}", pod.namespace, pod.name);
             if netns.len() > 255 {
-                bail!("pod {key}: network namespace name {netns} is longer than 255 characters");
+                return Err(Error::Cluster(format!("pod {key}: network namespace name {netns} is longer than 255 characters")));
             }
             if let Some(other) = by_ip.insert(ip, key.clone()) {
-                bail!("pods {other} and {key} both have podIP {ip}");
+                return Err(Error::Cluster(format!("pods {other} and {key} both have podIP {ip}")));
             }
             if ip == node.address {
-                bail!(
+                return Err(Error::Cluster(format!(
                     "pod {key} has podIP {ip}, the address of the node namespace (node {}): give the Node another InternalIP in {}/{}",
                     node.name,
                     ADDRESS_RANGE.0,
                     ADDRESS_RANGE.1
-                );
+                )));
             }
             if !in_range(ip) {
-                bail!(
+                return Err(Error::Cluster(format!(
                     "pod {key}: status.podIP {ip} is outside {}/{}: local mode puts addresses only from that range on interfaces",
                     ADDRESS_RANGE.0,
                     ADDRESS_RANGE.1
-                );
+                )));
             }
             let hash = fnv1a(key.as_bytes());
             let host_if = format!("pl{:010x}", hash >> 24);
             if let Some(other) = by_if.insert(host_if.clone(), key.clone()) {
-                bail!("pods {other} and {key} hash to the same interface name {host_if}");
+                return Err(Error::Cluster(format!("pods {other} and {key} hash to the same interface name {host_if}")));
             }
             let b = hash.to_be_bytes();
             // Locally administered unicast addresses, different on the two sides.
@@ -225,7 +226,7 @@ impl LocalNetwork {
                 "link add {} address {host_mac} type veth peer name {POD_IF} address {pod_mac} netns {}",
                 pod.host_if, pod.netns
             );
-            ip_in(node, &[veth]).with_context(|| format!("pod {}: create its veth", pod.key))?;
+            ip_in(node, &[veth], || format!("pod {}: create its veth", pod.key))?;
             ip_in(
                 &pod.netns,
                 &[
@@ -236,16 +237,17 @@ impl LocalNetwork {
                     format!("route add default via {GATEWAY} dev {POD_IF}"),
                     format!("neigh add {GATEWAY} lladdr {host_mac} dev {POD_IF} nud permanent"),
                 ],
-            )
-            .with_context(|| format!("pod {}: configure {POD_IF}", pod.key))?;
+                || format!("pod {}: configure {POD_IF}", pod.key),
+            )?;
             node_batch.extend([
                 format!("link set {} up", pod.host_if),
                 format!("route add {}/32 dev {} scope link src {node_ip}", pod.ip, pod.host_if),
                 format!("neigh add {} lladdr {pod_mac} dev {} nud permanent", pod.ip, pod.host_if),
             ]);
         }
-        ip_in(node, &node_batch).context("configure the node namespace's routes")?;
-        in_netns(node, || write_sysctl("net/ipv4/ip_forward", "1"))??;
+        ip_in(node, &node_batch, || "configure the node namespace's routes".into())?;
+        in_netns(node, || write_sysctl("net/ipv4/ip_forward", "1"))
+            .map_err(|e| Error::io(format!("enter {node}"), e))??;
         Ok(())
     }
 
@@ -286,10 +288,10 @@ pub fn remove_netns_with_prefix(prefix: &str) -> Result<()> {
         return Ok(());
     }
     let lines: Vec<String> = names.iter().map(|name| format!("netns del {name}")).collect();
-    run_ip(&["-force", "-batch", "-"], Some(&lines.join("\n"))).context("delete network namespaces")?;
+    run_ip(&["-force", "-batch", "-"], Some(&lines.join("\n")), || "delete network namespaces".into())?;
     let left = netns_with_prefix(prefix)?;
     if !left.is_empty() {
-        bail!("network namespaces {} are still there after deleting them", left.join(", "));
+        return Err(Error::NamespacesLeft(left));
     }
     Ok(())
 }
@@ -299,11 +301,11 @@ pub fn netns_with_prefix(prefix: &str) -> Result<Vec<String>> {
     let entries = match std::fs::read_dir(NETNS_DIR) {
         Ok(entries) => entries,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
-        Err(e) => return Err(e).with_context(|| format!("list {NETNS_DIR}")),
+        Err(e) => return Err(Error::io(format!("list {NETNS_DIR}"), e)),
     };
     let mut names = Vec::new();
     for entry in entries {
-        let name = entry.with_context(|| format!("list {NETNS_DIR}"))?.file_name();
+        let name = entry.map_err(|e| Error::io(format!("list {NETNS_DIR}"), e))?.file_name();
         if let Some(name) = name.to_str().filter(|n| n.starts_with(prefix)) {
             names.push(name.to_owned());
         }
@@ -347,42 +349,41 @@ pub fn spawn_in_netns<T: Send + 'static>(
 }
 
 fn add_netns(name: &str) -> Result<()> {
-    ip(&["netns", "add", name])?;
+    run_ip(&["netns", "add", name], None, || format!("create network namespace {name}"))?;
     // Before any link exists, so that no veth ever gets an IPv6 link-local address.
     in_netns(name, || {
         write_sysctl("net/ipv6/conf/all/disable_ipv6", "1")?;
         write_sysctl("net/ipv6/conf/default/disable_ipv6", "1")
-    })??;
-    Ok(())
+    })
+    .map_err(|e| Error::io(format!("enter {name}"), e))?
 }
 
 /// Writes a sysctl of the calling thread's network namespace.
 fn write_sysctl(name: &str, value: &str) -> Result<()> {
-    std::fs::write(Path::new("/proc/sys").join(name), value).with_context(|| format!("set {name} to {value}"))
-}
-
-fn ip(args: &[&str]) -> Result<()> {
-    run_ip(args, None)
+    std::fs::write(Path::new("/proc/sys").join(name), value).map_err(|e| Error::io(format!("set {name} to {value}"), e))
 }
 
 /// Runs `ip -n netns -batch -` with one command per line: one process for many changes.
-fn ip_in(netns: &str, lines: &[String]) -> Result<()> {
-    run_ip(&["-n", netns, "-batch", "-"], Some(&lines.join("\n")))
+fn ip_in(netns: &str, lines: &[String], action: impl Fn() -> String) -> Result<()> {
+    run_ip(&["-n", netns, "-batch", "-"], Some(&lines.join("\n")), action)
 }
 
-fn run_ip(args: &[&str], stdin: Option<&str>) -> Result<()> {
+/// Runs `ip` with `args` (and `stdin`); `action` says what for, in the error.
+fn run_ip(args: &[&str], stdin: Option<&str>, action: impl Fn() -> String) -> Result<()> {
     let mut command = Command::new("ip");
     command.args(args).stdin(Stdio::piped()).stdout(Stdio::null()).stderr(Stdio::piped());
     let describe = || format!("ip {}", args.join(" "));
-    let mut child = command.spawn().with_context(|| format!("{}: cannot run (is iproute2 installed?)", describe()))?;
+    let failed = |what: &str, e| Error::io(format!("{}: {} {what}", action(), describe()), e);
+    let mut child = command.spawn().map_err(|e| failed("cannot run (is iproute2 installed?)", e))?;
     let mut input = child.stdin.take().expect("stdin is piped");
     if let Some(text) = stdin {
-        input.write_all(text.as_bytes()).with_context(|| format!("{}: write its input", describe()))?;
+        input.write_all(text.as_bytes()).map_err(|e| failed("cannot take its input", e))?;
     }
     drop(input);
-    let output = child.wait_with_output().with_context(describe)?;
+    let output = child.wait_with_output().map_err(|e| failed("did not finish", e))?;
     if !output.status.success() {
-        bail!("{} failed ({}): {}", describe(), output.status, String::from_utf8_lossy(&output.stderr).trim());
+        let stderr = String::from_utf8_lossy(&output.stderr).trim().to_owned();
+        return Err(Error::Ip { action: action(), command: describe(), status: output.status, stderr });
     }
     Ok(())
 }

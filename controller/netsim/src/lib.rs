@@ -11,14 +11,14 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use anyhow::{Context, Result, bail};
-
+mod error;
 pub mod net;
 pub mod probe;
 pub mod responders;
 pub mod state;
 pub mod traffic;
 
+pub use error::{Error, Result};
 pub use net::{LocalNetwork, LocalNode, PodNet, in_netns, spawn_in_netns};
 pub use probe::{Outcome, Port, probe, probe_from_netns};
 pub use responders::Responders;
@@ -31,7 +31,7 @@ const RESPONDERS_READY: Duration = Duration::from_secs(10);
 /// Fails unless running as root, which namespaces and eBPF need.
 pub fn require_root() -> Result<()> {
     if !rustix::process::geteuid().is_root() {
-        bail!("local mode needs root: network namespaces and eBPF");
+        return Err(Error::NotRoot);
     }
     Ok(())
 }
@@ -49,7 +49,8 @@ pub struct Up {
 /// On failure nothing is left behind.
 pub fn up(state: &StateDir, cluster_file: &Path, prefix: &str, responders: Command) -> Result<Up> {
     require_root()?;
-    let text = std::fs::read_to_string(cluster_file).with_context(|| format!("read {}", cluster_file.display()))?;
+    let text =
+        std::fs::read_to_string(cluster_file).map_err(|e| Error::io(format!("read {}", cluster_file.display()), e))?;
     let local = Local::parse(cluster_file, &text, prefix)?;
     down(state)?;
     let started = state
@@ -94,10 +95,12 @@ pub fn serve_responders(state: &StateDir) -> Result<Infallible> {
 
 fn start_responders(state: &StateDir, mut command: Command) -> Result<u32> {
     let log_path = state.log_file();
-    let log = std::fs::File::create(&log_path).with_context(|| format!("create {}", log_path.display()))?;
+    let log = std::fs::File::create(&log_path).map_err(|e| Error::io(format!("create {}", log_path.display()), e))?;
     // Its own process group: a Ctrl-C in the terminal that ran `up` does not reach it.
-    command.stdin(Stdio::null()).stdout(log.try_clone()?).stderr(log).process_group(0);
-    let mut child = command.spawn().with_context(|| format!("start the responder process {command:?}"))?;
+    let log_copy = log.try_clone().map_err(|e| Error::io(format!("open {} again", log_path.display()), e))?;
+    command.stdin(Stdio::null()).stdout(log_copy).stderr(log).process_group(0);
+    let mut child =
+        command.spawn().map_err(|e| Error::io(format!("start the responder process {command:?}"), e))?;
     let pid = child.id();
     let mut exited = None;
     let ready = state::wait_for(RESPONDERS_READY, || {
@@ -110,7 +113,8 @@ fn start_responders(state: &StateDir, mut command: Command) -> Result<u32> {
         let log = std::fs::read_to_string(&log_path).unwrap_or_default();
         let how =
             exited.map_or_else(|| format!("was not ready after {RESPONDERS_READY:?}"), |s| format!("exited ({s})"));
-        bail!("the responder process {how}; its log {}:\n{}", log_path.display(), log.trim_end());
+        let log = log.trim_end();
+        return Err(Error::Responders(format!("the responder process {how}; its log {}:\n{log}", log_path.display())));
     }
     // Reaps it when it ends while this process lives on (tests, `local run`); a CLI `up` exits
     // first and init adopts it.

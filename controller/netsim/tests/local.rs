@@ -6,8 +6,8 @@ use std::process::Command;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use palisade_local::net::{netns_with_prefix, remove_netns_with_prefix};
-use palisade_local::{
+use palisade_netsim::net::{netns_with_prefix, remove_netns_with_prefix};
+use palisade_netsim::{
     Local, LocalNetwork, Outcome, Port, Responders, StateDir, Talk, TrafficGenerator, TrafficOptions, down, probe,
     probe_from_netns, require_root, serve_responders, up,
 };

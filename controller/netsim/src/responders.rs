@@ -1,17 +1,17 @@
 //! Echo servers on every declared container port of every pod, bound inside the pod's namespace:
 //! TCP connections and UDP datagrams are echoed; ICMP echo is answered by the kernel. SCTP ports
 //! are not served.
-use std::io::{Read, Write};
+use std::io::{self, Read, Write};
 use std::net::{Ipv4Addr, Shutdown, SocketAddr, TcpStream, UdpSocket};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::{self, JoinHandle};
 use std::time::Duration;
 
-use anyhow::{Context, Result};
 use palisade_policy::model::Protocol;
 use socket2::{Domain, Socket, Type};
 
+use crate::error::{Error, Result};
 use crate::net::{LocalNetwork, in_netns};
 use crate::probe::Port;
 
@@ -47,18 +47,18 @@ impl Responders {
                     _ => None,
                 })
                 .collect();
-            let bound = in_netns(&pod.netns, move || ports.into_iter().map(bind).collect::<Result<Vec<_>>>())
-                .with_context(|| format!("pod {}: enter its network namespace", pod.key))?
-                .with_context(|| format!("pod {}", pod.key))?;
+            let bound = in_netns(&pod.netns, move || ports.into_iter().map(bind).collect::<io::Result<Vec<_>>>())
+                .map_err(|e| Error::io(format!("pod {}: enter its network namespace", pod.key), e))?
+                .map_err(|e| Error::io(format!("pod {}", pod.key), e))?;
             for (port, socket) in bound {
-                responders.sockets.push(socket.try_clone().context("duplicate a responder socket")?);
+                responders.sockets.push(socket.try_clone().map_err(|e| Error::io("duplicate a responder socket", e))?);
                 let stopping = responders.stopping.clone();
                 let name = format!("{} {port}", pod.key);
                 let thread = thread::Builder::new().name(name.clone()).spawn(move || match port {
                     Port::Udp(_) => serve_udp(socket.into(), &stopping, &name),
                     _ => serve_tcp(socket, &stopping, &name),
                 });
-                responders.threads.push(thread.context("start a responder thread")?);
+                responders.threads.push(thread.map_err(|e| Error::io("start a responder thread", e))?);
                 responders.served.push((pod.key.clone(), port));
             }
         }
@@ -84,12 +84,14 @@ impl Drop for Responders {
     }
 }
 
-fn bind((port, kind, number): (Port, Type, u16)) -> Result<(Port, Socket)> {
-    let socket = Socket::new(Domain::IPV4, kind, None).with_context(|| format!("{port}: socket"))?;
-    socket.set_reuse_address(true).with_context(|| format!("{port}: SO_REUSEADDR"))?;
-    socket.bind(&SocketAddr::from((Ipv4Addr::UNSPECIFIED, number)).into()).with_context(|| format!("bind {port}"))?;
+/// Binds one port; the error says which and what failed.
+fn bind((port, kind, number): (Port, Type, u16)) -> io::Result<(Port, Socket)> {
+    let step = |what: String| move |e: io::Error| io::Error::new(e.kind(), format!("{what}: {e}"));
+    let socket = Socket::new(Domain::IPV4, kind, None).map_err(step(format!("{port}: socket")))?;
+    socket.set_reuse_address(true).map_err(step(format!("{port}: SO_REUSEADDR")))?;
+    socket.bind(&SocketAddr::from((Ipv4Addr::UNSPECIFIED, number)).into()).map_err(step(format!("bind {port}")))?;
     if kind == Type::STREAM {
-        socket.listen(128).with_context(|| format!("listen on {port}"))?;
+        socket.listen(128).map_err(step(format!("listen on {port}")))?;
     }
     Ok((port, socket))
 }

@@ -11,6 +11,7 @@ use kube::runtime::reflector::ObjectRef;
 use kube::runtime::{Controller, watcher};
 use kube::{Api, Client, ResourceExt};
 use palisade_rollout::crd::{GitRef, GitSource, PolicyAuditReport, PolicyRevision, PolicyRollout};
+use palisade_rollout::wire::{CONTROLLER_FIELD_MANAGER, RECONCILE_ANNOTATION, ROLLOUT_LABEL};
 use palisade_source::webhook::{Provider, Receiver, SyncRequest};
 use serde_json::json;
 use tokio::sync::{mpsc, watch};
@@ -18,7 +19,7 @@ use tracing::{error, info, warn};
 
 use super::leader::LeaseLock;
 use super::{
-    Config, Context, FIELD_MANAGER, Metrics, REQUESTED_AT, ROLLOUT_LABEL, Readiness, error_policy, metrics_router,
+    Config, Context, Metrics, Readiness, error_policy, metrics_router,
     reconcile, shutdown_signal,
 };
 
@@ -195,7 +196,7 @@ async fn request_syncs(client: Client, mut requests: mpsc::Receiver<SyncRequest>
             }
         };
         let now = Timestamp::now().to_string();
-        let patch = json!({"metadata": {"annotations": {REQUESTED_AT: now}}});
+        let patch = json!({"metadata": {"annotations": {RECONCILE_ANNOTATION: now}}});
         let wanted: Vec<&PolicyRollout> = rollouts.iter().filter(|r| wants_sync(&r.spec.source, &request)).collect();
         if wanted.is_empty() {
             info!(
@@ -205,7 +206,7 @@ async fn request_syncs(client: Client, mut requests: mpsc::Receiver<SyncRequest>
         }
         for rollout in wanted {
             let api: Api<PolicyRollout> = Api::namespaced(client.clone(), &rollout.namespace().unwrap_or_default());
-            let params = PatchParams { field_manager: Some(FIELD_MANAGER.into()), ..Default::default() };
+            let params = PatchParams { field_manager: Some(CONTROLLER_FIELD_MANAGER.into()), ..Default::default() };
             match api.patch(&rollout.name_any(), &params, &Patch::Merge(&patch)).await {
                 Ok(_) => info!(rollout = %rollout.name_any(), commit = ?request.commit, "webhook: sync requested"),
                 Err(e) => warn!(rollout = %rollout.name_any(), error = %e, "webhook: could not request a sync"),

@@ -9,10 +9,10 @@ use std::io;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use anyhow::{Context, Result, anyhow, bail};
 use palisade_policy::{Cluster, SourceFile, yaml};
 use serde::{Deserialize, Serialize};
 
+use crate::error::{Error, Result};
 use crate::net::{LocalNetwork, LocalNode, NodeAddressError};
 use crate::traffic::{Talk, read_talks};
 
@@ -39,7 +39,7 @@ pub struct Local {
 
 impl Local {
     pub fn read(cluster_file: &Path, prefix: &str) -> Result<Local> {
-        let text = fs::read_to_string(cluster_file).with_context(|| format!("read {}", cluster_file.display()))?;
+        let text = read(cluster_file)?;
         Local::parse(cluster_file, &text, prefix)
     }
 
@@ -47,9 +47,9 @@ impl Local {
     pub fn parse(cluster_file: &Path, text: &str, prefix: &str) -> Result<Local> {
         let name = cluster_file.display().to_string();
         let cluster = Cluster::parse(&[SourceFile { name: &name, text }])
-            .map_err(|errors| anyhow!("{}", errors.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n")))?;
+            .map_err(|errors| Error::Cluster(errors.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n")))?;
         let node = LocalNode::choose(&cluster).map_err(|e| locate(&name, text, e))?;
-        let network = LocalNetwork::plan_on(&cluster, prefix, node).with_context(|| name.clone())?;
+        let network = LocalNetwork::plan_on(&cluster, prefix, node).map_err(|e| Error::Cluster(format!("{name}: {e}")))?;
         let talks = read_talks(&name, text, &network)?;
         Ok(Local { cluster_file: cluster_file.to_owned(), cluster, network, talks })
     }
@@ -64,11 +64,11 @@ impl Local {
 }
 
 /// The error with the file, line and field it is about.
-fn locate(file: &str, text: &str, error: NodeAddressError) -> anyhow::Error {
+fn locate(file: &str, text: &str, error: NodeAddressError) -> Error {
     let NodeAddressError::OutsideRange { node, .. } = &error;
     match internal_ip_field(text, node) {
-        Some((line, field)) => anyhow!("{file}:{line}: {field}: {error}"),
-        None => anyhow!("{file}: {error}"),
+        Some((line, field)) => Error::Cluster(format!("{file}:{line}: {field}: {error}")),
+        None => Error::Cluster(format!("{file}: {error}")),
     }
 }
 
@@ -125,11 +125,8 @@ impl StateDir {
     /// The cluster `up` was started with, as it was then (a later edit of the file does not
     /// change the running namespaces).
     pub fn load(&self) -> Result<Local> {
-        let record = self.record()?.with_context(|| {
-            format!("{}: no local cluster is up here (run `palisade local up` first)", self.dir.display())
-        })?;
-        let copy = self.dir.join(CLUSTER);
-        let text = fs::read_to_string(&copy).with_context(|| format!("read {}", copy.display()))?;
+        let record = self.record()?.ok_or_else(|| Error::NotUp(self.dir.clone()))?;
+        let text = read(&self.dir.join(CLUSTER))?;
         Local::parse(&record.cluster_file, &text, &record.prefix)
     }
 
@@ -146,30 +143,27 @@ impl StateDir {
     fn record(&self) -> Result<Option<Record>> {
         let path = self.dir.join(RECORD);
         match fs::read(&path) {
-            Ok(bytes) => Ok(Some(serde_json::from_slice(&bytes).with_context(|| format!("read {}", path.display()))?)),
+            Ok(bytes) => serde_json::from_slice(&bytes)
+                .map(Some)
+                .map_err(|e| Error::State { path: path.clone(), problem: e.to_string() }),
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(e).with_context(|| format!("read {}", path.display())),
+            Err(e) => Err(Error::io(format!("read {}", path.display()), e)),
         }
     }
 
     pub(crate) fn save(&self, local: &Local, text: &str) -> Result<()> {
-        fs::create_dir_all(&self.dir).with_context(|| format!("create {}", self.dir.display()))?;
+        fs::create_dir_all(&self.dir).map_err(|e| Error::io(format!("create {}", self.dir.display()), e))?;
         let cluster_file = fs::canonicalize(&local.cluster_file).unwrap_or_else(|_| local.cluster_file.clone());
         let record = Record { cluster_file, prefix: local.network.prefix().to_owned() };
         write_atomically(&self.dir.join(CLUSTER), text.as_bytes())?;
-        write_atomically(&self.dir.join(RECORD), &serde_json::to_vec_pretty(&record)?)
+        let record = serde_json::to_vec_pretty(&record).expect("a path and a string serialize");
+        write_atomically(&self.dir.join(RECORD), &record)
     }
 
     /// Removes the files this module writes, and the directory if that empties it.
     pub(crate) fn clear(&self) -> Result<()> {
         for name in [RECORD, CLUSTER, PID, LOG] {
-            let path = self.dir.join(name);
-            match fs::remove_file(&path) {
-                Err(e) if e.kind() != io::ErrorKind::NotFound => {
-                    return Err(e).with_context(|| format!("remove {}", path.display()));
-                }
-                _ => {}
-            }
+            remove(&self.dir.join(name))?;
         }
         let _ = fs::remove_dir(&self.dir);
         Ok(())
@@ -178,18 +172,15 @@ impl StateDir {
     /// Called by the responder process once it serves: the readiness signal `up` waits for.
     pub(crate) fn write_pid(&self) -> Result<()> {
         let pid = std::process::id();
-        let start = start_time(pid).context("read this process's start time")?;
+        let start = start_time(pid).ok_or_else(|| Error::State {
+            path: format!("/proc/{pid}/stat").into(),
+            problem: "no start time for this process".into(),
+        })?;
         write_atomically(&self.dir.join(PID), format!("{pid} {start}\n").as_bytes())
     }
 
     pub(crate) fn remove_pid(&self) -> Result<()> {
-        let path = self.dir.join(PID);
-        match fs::remove_file(&path) {
-            Err(e) if e.kind() != io::ErrorKind::NotFound => {
-                Err(e).with_context(|| format!("remove {}", path.display()))
-            }
-            _ => Ok(()),
-        }
+        remove(&self.dir.join(PID))
     }
 
     /// The pid of the responder process if it is still the process that wrote the pid file.
@@ -198,22 +189,27 @@ impl StateDir {
         let text = match fs::read_to_string(&path) {
             Ok(text) => text,
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
-            Err(e) => return Err(e).with_context(|| format!("read {}", path.display())),
+            Err(e) => return Err(Error::io(format!("read {}", path.display()), e)),
         };
         let parsed =
             text.split_once(' ').and_then(|(pid, start)| Some((pid.parse().ok()?, start.trim().parse().ok()?)));
-        let Some((pid, start)) = parsed else { bail!("{}: not \"PID START_TIME\": {text:?}", path.display()) };
+        let Some((pid, start)) = parsed else {
+            return Err(Error::State { path, problem: format!("not \"PID START_TIME\": {text:?}") });
+        };
         Ok((alive(pid) && start_time(pid) == Some(start)).then_some(pid))
     }
 
     /// Stops the responder process, if one is running: SIGTERM, then SIGKILL after two seconds.
     pub(crate) fn stop_responders(&self) -> Result<()> {
         if let Some(pid) = self.responders_pid()? {
-            let process = rustix::process::Pid::from_raw(pid as i32).context("pid 0 in the pid file")?;
+            let process = rustix::process::Pid::from_raw(pid as i32).ok_or_else(|| Error::State {
+                path: self.dir.join(PID),
+                problem: "pid 0".into(),
+            })?;
             for signal in [rustix::process::Signal::TERM, rustix::process::Signal::KILL] {
                 match rustix::process::kill_process(process, signal) {
                     Err(rustix::io::Errno::SRCH) => break,
-                    Err(e) => return Err(e).with_context(|| format!("signal the responder process {pid}")),
+                    Err(e) => return Err(Error::io(format!("signal the responder process {pid}"), e.into())),
                     Ok(()) => {}
                 }
                 if wait_for(Duration::from_secs(2), || !alive(pid)) {
@@ -221,7 +217,7 @@ impl StateDir {
                 }
             }
             if alive(pid) {
-                bail!("the responder process {pid} is still running after SIGKILL");
+                return Err(Error::Responders(format!("the responder process {pid} is still running after SIGKILL")));
             }
         }
         self.remove_pid()
@@ -231,8 +227,20 @@ impl StateDir {
 /// Writes through a temporary file and a rename, so readers never see half a file.
 fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
     let temporary = path.with_extension("tmp");
-    fs::write(&temporary, bytes).with_context(|| format!("write {}", temporary.display()))?;
-    fs::rename(&temporary, path).with_context(|| format!("write {}", path.display()))
+    fs::write(&temporary, bytes).map_err(|e| Error::io(format!("write {}", temporary.display()), e))?;
+    fs::rename(&temporary, path).map_err(|e| Error::io(format!("write {}", path.display()), e))
+}
+
+fn read(path: &Path) -> Result<String> {
+    fs::read_to_string(path).map_err(|e| Error::io(format!("read {}", path.display()), e))
+}
+
+/// Removes a file; one that is not there is no error.
+fn remove(path: &Path) -> Result<()> {
+    match fs::remove_file(path) {
+        Err(e) if e.kind() != io::ErrorKind::NotFound => Err(Error::io(format!("remove {}", path.display()), e)),
+        _ => Ok(()),
+    }
 }
 
 /// Whether a process exists and is not a zombie.

@@ -1,0 +1,167 @@
+//! `palisade get|describe|promote|abort|suspend|resume|reconcile`: PolicyRollouts in a cluster,
+//! through the kubeconfig like kubectl (and as `kubectl palisade ...`), or with `--local` in local
+//! mode's state directory (`palisade local run`).
+//!
+//! Both backends share everything but the reads and the writes: the same rendering, and the same
+//! decision of what a command changes, as a [`Request`]. In a cluster, promotion and abort write
+//! `status.approval` and `status.abort` with server-side apply to the `status` subresource, each
+//! under its own field manager, so that the right to promote is `patch` on
+//! `policyrollouts/status` (ClusterRole `palisade-approver`) and not edit rights on the rollout
+//! itself; suspend, resume and reconcile merge-patch the rollout. In local mode the request is left
+//! in the store, and the running `palisade local run` applies it the same way on its next reconcile.
+use std::io::Write;
+use std::path::PathBuf;
+
+use anyhow::Result;
+use clap::{Subcommand, ValueEnum};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+use palisade_rollout::crd::{PolicyRollout, PolicyRolloutStatus};
+
+use super::cluster::ClusterArgs;
+
+mod backend;
+mod change;
+mod columns;
+mod describe;
+mod get;
+
+pub use backend::{Backend, LocalState};
+pub use columns::{PrinterColumn, json_path, printer_columns};
+pub use describe::{EventRow, render_description};
+
+/// The resource as kubectl names it.
+const RESOURCE: &str = "policyrollouts.palisade.dev";
+/// How kubectl names a changed rollout.
+const RESOURCE_PREFIX: &str = "policyrollout.palisade.dev/";
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// List PolicyRollouts: `get rollouts [NAME]`.
+    Get {
+        #[command(subcommand)]
+        what: GetKind,
+    },
+    /// Show a PolicyRollout in detail, with its audit across nodes and its Events: `describe rollout NAME`.
+    Describe {
+        #[command(subcommand)]
+        what: DescribeKind,
+    },
+    /// Approve the current candidate of a Manual rollout; it is promoted once its audit passes.
+    Promote(NameArgs),
+    /// Abandon the current candidate; the enforced revision stays and that commit is not staged again.
+    Abort(NameArgs),
+    /// Stop acting on new commits and audit reports (sets spec.suspend).
+    Suspend(NameArgs),
+    /// Act on new commits again (clears spec.suspend).
+    Resume(NameArgs),
+    /// Ask the controller to sync the source now (annotates reconcile.palisade.dev/requestedAt).
+    Reconcile(NameArgs),
+}
+
+#[derive(Subcommand, Debug)]
+pub enum GetKind {
+    #[command(visible_aliases = ["rollout", "policyrollouts", "policyrollout", "pro"])]
+    Rollouts(GetArgs),
+}
+
+#[derive(Subcommand, Debug)]
+pub enum DescribeKind {
+    #[command(visible_aliases = ["rollouts", "policyrollout", "policyrollouts", "pro"])]
+    Rollout(NameArgs),
+}
+
+#[derive(clap::Args, Debug)]
+pub struct GetArgs {
+    /// One rollout; all of them when unset.
+    name: Option<String>,
+    #[command(flatten)]
+    target: Target,
+    /// List rollouts in every namespace.
+    #[arg(short = 'A', long, conflicts_with = "name")]
+    all_namespaces: bool,
+    #[arg(short, long, value_enum)]
+    output: Option<Format>,
+}
+
+#[derive(clap::Args, Debug)]
+pub struct NameArgs {
+    /// The PolicyRollout.
+    name: String,
+    #[command(flatten)]
+    target: Target,
+}
+
+/// Where a command acts: a cluster (the kubeconfig's, as kubectl), or local mode's state directory.
+#[derive(clap::Args, Clone, Debug, Default)]
+pub struct Target {
+    #[command(flatten)]
+    pub cluster: ClusterArgs,
+    /// Act on local mode (`palisade local run`) instead of a cluster. Without --namespace, a
+    /// rollout is found in whichever namespace has it.
+    #[arg(long, conflicts_with = "context")]
+    pub local: bool,
+    /// With --local: local mode's state directory [default: /run/palisade-local].
+    #[arg(long, value_name = "DIR", requires = "local")]
+    pub state: Option<PathBuf>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Format {
+    Json,
+    Yaml,
+    /// The table with more columns.
+    Wide,
+}
+
+impl Command {
+    fn target(&self) -> &Target {
+        match self {
+            Command::Get { what: GetKind::Rollouts(args) } => &args.target,
+            Command::Describe { what: DescribeKind::Rollout(args) }
+            | Command::Promote(args)
+            | Command::Abort(args)
+            | Command::Suspend(args)
+            | Command::Resume(args)
+            | Command::Reconcile(args) => &args.target,
+        }
+    }
+}
+
+pub fn run(command: Command) -> Result<u8> {
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    runtime.block_on(async {
+        let backend = Backend::connect(command.target()).await?;
+        execute(&backend, command, &mut std::io::stdout().lock()).await
+    })
+}
+
+/// Runs one command against `backend`, printing to `out`. The command's own target flags are
+/// not looked at: `backend` is where it acts.
+pub async fn execute(backend: &Backend, command: Command, out: &mut impl Write) -> Result<u8> {
+    match command {
+        Command::Get { what: GetKind::Rollouts(args) } => get::get(backend, &args, out).await?,
+        Command::Describe { what: DescribeKind::Rollout(args) } => {
+            describe::describe(backend, &args.name, out).await?
+        }
+        Command::Promote(args) => {
+            change::act(backend, &args.name, |r, now| change::promotion(r, backend.user()?, now), out).await?
+        }
+        Command::Abort(args) => {
+            change::act(backend, &args.name, |r, now| change::abortion(r, backend.user()?, now), out).await?
+        }
+        Command::Suspend(args) => change::act(backend, &args.name, |r, _| change::suspension(r, true), out).await?,
+        Command::Resume(args) => change::act(backend, &args.name, |r, _| change::suspension(r, false), out).await?,
+        Command::Reconcile(args) => change::act(backend, &args.name, change::reconciliation, out).await?,
+    }
+    Ok(0)
+}
+
+pub(super) fn condition<'a>(status: &'a PolicyRolloutStatus, type_: &str) -> Option<&'a Condition> {
+    status.conditions.iter().find(|c| c.type_ == type_)
+}
+
+pub(super) fn source_ref(rollout: &PolicyRollout) -> String {
+    let r = &rollout.spec.source.git_ref;
+    let kinds = [("branch", &r.branch), ("tag", &r.tag), ("semver", &r.semver), ("commit", &r.commit)];
+    kinds.iter().find_map(|(kind, v)| v.as_ref().map(|v| format!("{kind} {v}"))).unwrap_or_default()
+}

@@ -1,0 +1,105 @@
+//! What a fetch of a rollout's Git source means: the observation the engine decides on, and the
+//! PolicyRevision (the CRD) the engine may stage from a [`palisade_source::Revision`].
+use palisade_rollout::crd::{PolicyDocument, PolicyRevisionSpec};
+use palisade_rollout::engine::{ObservedRevision, PolicyRef, SourceObservation};
+use palisade_source::{FailureKind, Outcome, SignatureStatus};
+
+/// The result of the last fetch of one rollout's source.
+#[derive(Clone, Debug)]
+pub struct Fetched {
+    pub observation: SourceObservation,
+    /// What to write as the PolicyRevision when the engine stages the observed revision.
+    pub revision: Option<(String, PolicyRevisionSpec)>,
+}
+
+impl Fetched {
+    /// The source could not be read; what is enforced stays enforced.
+    pub fn unreachable(message: String) -> Fetched {
+        Fetched { observation: SourceObservation::Unreachable { message }, revision: None }
+    }
+
+    /// A fetch's outcome for `rollout`: a revision to observe and stage, or why there is none.
+    pub fn from_outcome(outcome: Outcome, rollout: &str) -> Fetched {
+        match outcome {
+            Outcome::Revision(revision) => {
+                let name = revision_name(rollout, &revision.id);
+                let display = display(&revision.reference, &revision.commit.id);
+                let policies: Vec<PolicyDocument> = revision
+                    .policies
+                    .policies
+                    .iter()
+                    .map(|p| PolicyDocument {
+                        kind: p.id.kind.as_str().into(),
+                        name: p.id.name.clone(),
+                        namespace: p.id.namespace.clone(),
+                        content: serde_json::to_string(&p.source).unwrap_or_default(),
+                    })
+                    .collect();
+                    let observed = ObservedRevision {
+                    id: name.clone(),
+                    commit: revision.commit.id.clone(),
+                    display: display.clone(),
+                    verified: matches!(revision.signature, SignatureStatus::Verified { .. }),
+                    policies: policies
+                        .iter()
+                        .map(|p| PolicyRef { kind: p.kind.clone(), name: p.name.clone(), namespace: p.namespace.clone() })
+                        .collect(),
+                };
+                let spec = PolicyRevisionSpec {
+                    rollout: rollout.into(),
+                    commit: revision.commit.id,
+                    display,
+                    digest: revision.id,
+                    policy_count: policies.len() as u32,
+                    policies,
+                };
+                Fetched { observation: SourceObservation::Revision(observed), revision: Some((name, spec)) }
+            }
+            Outcome::Failed(failed) => {
+                let display = display(&failed.reference, &failed.commit.id);
+                let errors: Vec<String> = failed.problems.iter().map(ToString::to_string).collect();
+                let commit = failed.commit.id;
+                let observation = match failed.kind {
+                    FailureKind::Invalid => SourceObservation::Invalid { commit, display, errors },
+                    FailureKind::Unverified => {
+                        SourceObservation::Unverified { commit, display, reason: errors.join("; ") }
+                    }
+                };
+                Fetched { observation, revision: None }
+            }
+        }
+    }
+}
+
+/// `main@sha1:<sha>` → `main@a1b2c3d`, as `kubectl get` shows it.
+fn display(reference: &str, commit: &str) -> String {
+    let name = reference.split_once('@').map_or(reference, |(name, _)| name);
+    format!("{name}@{}", &commit[..commit.len().min(7)])
+}
+
+/// The PolicyRevision name for revision `digest` of `rollout`: content-addressed, so a revert to
+/// known content names the same object.
+pub fn revision_name(rollout: &str, digest: &str) -> String {
+    let hex = digest.strip_prefix("sha256:").unwrap_or(digest);
+    // Object names are at most 253 characters; the suffix keeps them apart.
+    let prefix: String = rollout.chars().take(253 - 13).collect();
+    format!("{prefix}-{}", &hex[..hex.len().min(12)])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn display_is_the_ref_and_a_short_commit() {
+        assert_eq!(display("main@sha1:0123456789abcdef", "0123456789abcdef"), "main@0123456");
+        assert_eq!(display("v1.2.0@sha1:abc", "abc"), "v1.2.0@abc");
+    }
+
+    #[test]
+    fn revision_names_are_content_addressed_and_short() {
+        let digest = format!("sha256:{}", "ab".repeat(32));
+        assert_eq!(revision_name("web", &digest), "web-abababababab");
+        assert_eq!(revision_name(&"x".repeat(300), &digest).len(), 253);
+    }
+}
