@@ -2,7 +2,7 @@
 /// The synthetic workload of `palisade bench policy`, shared with the agent's benchmark.
 pub use palisade_policy::bench as bench_workload;
 pub mod cmd;
-pub mod reconciler;
 pub mod files;
 pub mod local;
 pub mod rbac;
+pub mod reconciler;

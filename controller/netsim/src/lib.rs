@@ -99,8 +99,7 @@ fn start_responders(state: &StateDir, mut command: Command) -> Result<u32> {
     // Its own process group: a Ctrl-C in the terminal that ran `up` does not reach it.
     let log_copy = log.try_clone().map_err(|e| Error::io(format!("open {} again", log_path.display()), e))?;
     command.stdin(Stdio::null()).stdout(log_copy).stderr(log).process_group(0);
-    let mut child =
-        command.spawn().map_err(|e| Error::io(format!("start the responder process {command:?}"), e))?;
+    let mut child = command.spawn().map_err(|e| Error::io(format!("start the responder process {command:?}"), e))?;
     let pid = child.id();
     let mut exited = None;
     let ready = state::wait_for(RESPONDERS_READY, || {

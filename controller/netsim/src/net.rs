@@ -150,7 +150,9 @@ impl LocalNetwork {
             || prefix.len() > 32
             || !prefix.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
         {
-            return Err(Error::Cluster(format!("namespace prefix {prefix:?}: use 1 to 32 letters, digits, '-' or '_'")));
+            return Err(Error::Cluster(format!(
+                "namespace prefix {prefix:?}: use 1 to 32 letters, digits, '-' or '_'"
+            )));
         }
         let mut pods = BTreeMap::new();
         let mut by_ip: BTreeMap<Ipv4Addr, String> = BTreeMap::new();
@@ -168,7 +170,9 @@ impl LocalNetwork {
             // Namespace names have no dots, so the first dot separates them from the pod name.
             let netns = format!("{prefix}{}.{}", pod.namespace, pod.name);
             if netns.len() > 255 {
-                return Err(Error::Cluster(format!("pod {key}: network namespace name {netns} is longer than 255 characters")));
+                return Err(Error::Cluster(format!(
+                    "pod {key}: network namespace name {netns} is longer than 255 characters"
+                )));
             }
             if let Some(other) = by_ip.insert(ip, key.clone()) {
                 return Err(Error::Cluster(format!("pods {other} and {key} both have podIP {ip}")));
@@ -176,22 +180,21 @@ impl LocalNetwork {
             if ip == node.address {
                 return Err(Error::Cluster(format!(
                     "pod {key} has podIP {ip}, the address of the node namespace (node {}): give the Node another InternalIP in {}/{}",
-                    node.name,
-                    ADDRESS_RANGE.0,
-                    ADDRESS_RANGE.1
+                    node.name, ADDRESS_RANGE.0, ADDRESS_RANGE.1
                 )));
             }
             if !in_range(ip) {
                 return Err(Error::Cluster(format!(
                     "pod {key}: status.podIP {ip} is outside {}/{}: local mode puts addresses only from that range on interfaces",
-                    ADDRESS_RANGE.0,
-                    ADDRESS_RANGE.1
+                    ADDRESS_RANGE.0, ADDRESS_RANGE.1
                 )));
             }
             let hash = fnv1a(key.as_bytes());
             let host_if = format!("pl{:010x}", hash >> 24);
             if let Some(other) = by_if.insert(host_if.clone(), key.clone()) {
-                return Err(Error::Cluster(format!("pods {other} and {key} hash to the same interface name {host_if}")));
+                return Err(Error::Cluster(format!(
+                    "pods {other} and {key} hash to the same interface name {host_if}"
+                )));
             }
             let b = hash.to_be_bytes();
             // Locally administered unicast addresses, different on the two sides.

@@ -49,7 +49,8 @@ impl Local {
         let cluster = Cluster::parse(&[SourceFile { name: &name, text }])
             .map_err(|errors| Error::Cluster(errors.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n")))?;
         let node = LocalNode::choose(&cluster).map_err(|e| locate(&name, text, e))?;
-        let network = LocalNetwork::plan_on(&cluster, prefix, node).map_err(|e| Error::Cluster(format!("{name}: {e}")))?;
+        let network =
+            LocalNetwork::plan_on(&cluster, prefix, node).map_err(|e| Error::Cluster(format!("{name}: {e}")))?;
         let talks = read_talks(&name, text, &network)?;
         Ok(Local { cluster_file: cluster_file.to_owned(), cluster, network, talks })
     }
@@ -202,10 +203,8 @@ impl StateDir {
     /// Stops the responder process, if one is running: SIGTERM, then SIGKILL after two seconds.
     pub(crate) fn stop_responders(&self) -> Result<()> {
         if let Some(pid) = self.responders_pid()? {
-            let process = rustix::process::Pid::from_raw(pid as i32).ok_or_else(|| Error::State {
-                path: self.dir.join(PID),
-                problem: "pid 0".into(),
-            })?;
+            let process = rustix::process::Pid::from_raw(pid as i32)
+                .ok_or_else(|| Error::State { path: self.dir.join(PID), problem: "pid 0".into() })?;
             for signal in [rustix::process::Signal::TERM, rustix::process::Signal::KILL] {
                 match rustix::process::kill_process(process, signal) {
                     Err(rustix::io::Errno::SRCH) => break,

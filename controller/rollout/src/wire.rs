@@ -26,3 +26,18 @@ pub const PROMOTE_FIELD_MANAGER: &str = "palisade-promote";
 pub const ABORT_FIELD_MANAGER: &str = "palisade-abort";
 /// The field manager of `palisade suspend`, `resume` and `reconcile`.
 pub const CLI_FIELD_MANAGER: &str = "palisade";
+
+#[cfg(test)]
+mod tests {
+    use kube::Resource;
+
+    use super::*;
+    use crate::crd::{PolicyAuditReport, PolicyRevision, PolicyRollout};
+
+    #[test]
+    fn the_api_version_is_the_crds() {
+        assert_eq!(API_VERSION, PolicyRollout::api_version(&()));
+        assert_eq!(API_VERSION, PolicyRevision::api_version(&()));
+        assert_eq!(API_VERSION, PolicyAuditReport::api_version(&()));
+    }
+}

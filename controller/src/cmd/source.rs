@@ -71,12 +71,8 @@ pub fn run(args: Args) -> Result<u8> {
 }
 
 fn fetch(args: FetchArgs) -> Result<u8> {
-    let reference = GitRef::first_of(
-        args.branch.as_deref(),
-        args.tag.as_deref(),
-        args.semver.as_deref(),
-        args.commit.as_deref(),
-    );
+    let reference =
+        GitRef::first_of(args.branch.as_deref(), args.tag.as_deref(), args.semver.as_deref(), args.commit.as_deref());
     let mut spec = SourceSpec::new(&args.url, reference);
     spec.path = args.path.clone();
     spec.timeout = Duration::from_secs(args.timeout);

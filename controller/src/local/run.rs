@@ -224,7 +224,11 @@ impl Controller<'_> {
                 Request::Suspend(suspend) => rollout.spec.suspend = suspend,
                 Request::Reconcile(at) => {
                     let stamp = at.0.to_string();
-                    rollout.metadata.annotations.get_or_insert_with(BTreeMap::new).insert(RECONCILE_ANNOTATION.into(), stamp);
+                    rollout
+                        .metadata
+                        .annotations
+                        .get_or_insert_with(BTreeMap::new)
+                        .insert(RECONCILE_ANNOTATION.into(), stamp);
                 }
             }
         }

@@ -20,15 +20,14 @@ mod run;
 mod source_settings;
 pub mod step;
 
+pub use fetch::{Due, Sources};
 pub use leader::LeaseLock;
 pub use metrics::Metrics;
 pub use palisade_process::{OpenMetrics, Readiness, router as metrics_router, shutdown_signal};
 pub use reconcile::{error_policy, reconcile};
-pub use run::{Options, RunError, Webhook, run};
-pub use fetch::{Due, Sources};
 pub use revision::{Fetched, revision_name};
+pub use run::{Options, RunError, Webhook, run};
 pub use source_settings::SecretStore;
-
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {

@@ -35,14 +35,18 @@ impl Fetched {
                         content: serde_json::to_string(&p.source).unwrap_or_default(),
                     })
                     .collect();
-                    let observed = ObservedRevision {
+                let observed = ObservedRevision {
                     id: name.clone(),
                     commit: revision.commit.id.clone(),
                     display: display.clone(),
                     verified: matches!(revision.signature, SignatureStatus::Verified { .. }),
                     policies: policies
                         .iter()
-                        .map(|p| PolicyRef { kind: p.kind.clone(), name: p.name.clone(), namespace: p.namespace.clone() })
+                        .map(|p| PolicyRef {
+                            kind: p.kind.clone(),
+                            name: p.name.clone(),
+                            namespace: p.namespace.clone(),
+                        })
                         .collect(),
                 };
                 let spec = PolicyRevisionSpec {

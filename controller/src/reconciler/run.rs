@@ -18,10 +18,7 @@ use tokio::sync::{mpsc, watch};
 use tracing::{error, info, warn};
 
 use super::leader::LeaseLock;
-use super::{
-    Config, Context, Metrics, Readiness, error_policy, metrics_router,
-    reconcile, shutdown_signal,
-};
+use super::{Config, Context, Metrics, Readiness, error_policy, metrics_router, reconcile, shutdown_signal};
 
 /// How long a Lease holds without renewal, and how often the holder renews it (client-go's
 /// defaults: 15 s and 2 s retry; renewal well inside the duration).

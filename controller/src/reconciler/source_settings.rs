@@ -31,12 +31,15 @@ pub(super) async fn read_settings(
             }
         }
     };
-    let mut spec = SourceSpec::new(&source.url, GitRef::first_of(
-        source.git_ref.branch.as_deref(),
-        source.git_ref.tag.as_deref(),
-        source.git_ref.semver.as_deref(),
-        source.git_ref.commit.as_deref(),
-    ));
+    let mut spec = SourceSpec::new(
+        &source.url,
+        GitRef::first_of(
+            source.git_ref.branch.as_deref(),
+            source.git_ref.tag.as_deref(),
+            source.git_ref.semver.as_deref(),
+            source.git_ref.commit.as_deref(),
+        ),
+    );
     spec.path = source.path.clone().unwrap_or_default();
     spec.ignore = source.ignore.clone().unwrap_or_default();
     spec.timeout = source.timeout.into();

@@ -27,7 +27,7 @@ use tracing::{debug, info, warn};
 use crate::input::Change;
 
 /// The field manager of the agent's server-side applies.
-pub const FIELD_MANAGER: &str = "palisade-agent";
+pub const FIELD_MANAGER: &str = palisade_rollout::wire::AGENT_FIELD_MANAGER;
 
 /// The watches [`watch`] runs; [`Change::Synced`] follows the initial listing of all of them.
 const WATCHES: usize = 7;
@@ -401,7 +401,7 @@ impl ReportWriter {
             let mut report = report.clone();
             if let Some(uid) = self.state.rollout_uid(&key.0, &report.spec.rollout) {
                 report.metadata.owner_references = Some(vec![OwnerReference {
-                    api_version: "palisade.dev/v1alpha1".into(),
+                    api_version: palisade_rollout::wire::API_VERSION.into(),
                     kind: "PolicyRollout".into(),
                     name: report.spec.rollout.clone(),
                     uid,

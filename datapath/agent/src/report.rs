@@ -156,8 +156,8 @@ impl<D: Dataplane, R: InterfaceResolver> Agent<D, R> {
                 name: Some(report_name(&key.1, &node)),
                 namespace: Some(key.0.clone()),
                 labels: Some(BTreeMap::from([
-                    ("palisade.dev/rollout".to_string(), key.1.clone()),
-                    ("palisade.dev/node".to_string(), node.clone()),
+                    (palisade_rollout::wire::ROLLOUT_LABEL.to_string(), key.1.clone()),
+                    (palisade_rollout::wire::NODE_LABEL.to_string(), node.clone()),
                 ])),
                 ..ObjectMeta::default()
             };

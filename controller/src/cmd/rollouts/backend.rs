@@ -9,9 +9,7 @@ use kube::api::{ListParams, Patch, PatchParams};
 use kube::{Api, Resource, ResourceExt};
 use palisade_netsim::DEFAULT_STATE_DIR;
 use palisade_rollout::crd::{PolicyAuditReport, PolicyRollout};
-use palisade_rollout::wire::{
-    ABORT_FIELD_MANAGER, CLI_FIELD_MANAGER, PROMOTE_FIELD_MANAGER, RECONCILE_ANNOTATION,
-};
+use palisade_rollout::wire::{ABORT_FIELD_MANAGER, CLI_FIELD_MANAGER, PROMOTE_FIELD_MANAGER, RECONCILE_ANNOTATION};
 use serde_json::{Value as Json, json};
 
 use super::describe::EventRow;

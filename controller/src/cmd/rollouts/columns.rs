@@ -1,8 +1,8 @@
 //! The CRD's printer columns and the JSONPath that reads them, as kubectl does.
+use jsonpath_rust::JsonPath;
 use kube::CustomResourceExt;
 use palisade_rollout::crd::PolicyRollout;
 use serde_json::Value as Json;
-use jsonpath_rust::JsonPath;
 
 /// The printer columns kubectl shows for PolicyRollouts (priority 0), from the CRD itself.
 pub fn printer_columns() -> Vec<PrinterColumn> {

@@ -140,9 +140,7 @@ pub fn run(command: Command) -> Result<u8> {
 pub async fn execute(backend: &Backend, command: Command, out: &mut impl Write) -> Result<u8> {
     match command {
         Command::Get { what: GetKind::Rollouts(args) } => get::get(backend, &args, out).await?,
-        Command::Describe { what: DescribeKind::Rollout(args) } => {
-            describe::describe(backend, &args.name, out).await?
-        }
+        Command::Describe { what: DescribeKind::Rollout(args) } => describe::describe(backend, &args.name, out).await?,
         Command::Promote(args) => {
             change::act(backend, &args.name, |r, now| change::promotion(r, backend.user()?, now), out).await?
         }

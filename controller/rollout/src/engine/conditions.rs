@@ -1,0 +1,151 @@
+//! The status conditions (kstatus Ready, Reconciling, Stalled, and the steps of the rollout).
+use super::*;
+
+impl<'a> Engine<'a> {
+    pub(super) fn set(&mut self, type_: &str, status: bool, reason: &str, message: String) {
+        let status = if status { "True" } else { "False" };
+        let condition = Condition {
+            type_: type_.into(),
+            status: status.into(),
+            reason: reason.into(),
+            message,
+            observed_generation: self.ctx.generation,
+            last_transition_time: self.now(),
+        };
+        match self.st.conditions.iter_mut().find(|c| c.type_ == type_) {
+            Some(existing) if existing.status == condition.status => {
+                Condition { last_transition_time: existing.last_transition_time.clone(), ..condition }
+                    .clone_into(existing)
+            }
+            Some(existing) => *existing = condition,
+            None => self.st.conditions.push(condition),
+        }
+    }
+
+    fn clear(&mut self, type_: &str) {
+        self.st.conditions.retain(|c| c.type_ != type_);
+    }
+
+    /// kstatus: Ready says whether the newest commit is enforced everywhere; Reconciling and
+    /// Stalled are present only while true; the rest tell which step the rollout is at.
+    pub(super) fn refresh_conditions(&mut self, source: &SourceObservation) {
+        let enforced = self.st.enforced_revision.clone();
+        let enforcing = enforced.as_ref().map_or(0, |e| {
+            self.reports.iter().filter(|r| r.enforced_revision.as_deref() == Some(e.id.as_str())).count()
+        });
+        let everywhere = !self.reports.is_empty() && enforcing == self.reports.len();
+        let still = format!("still enforcing {}", self.enforced_display());
+        let waiting = self.waiting.clone();
+        let (ready, reason, message): (bool, String, String) = match self.st.phase {
+            Phase::Pending => {
+                (false, "Pending".into(), format!("waiting for the first revision from {}", self.spec.source.url))
+            }
+            Phase::Auditing | Phase::Inconclusive | Phase::Promoting => {
+                let (reason, message) = waiting.clone().unwrap_or(("Progressing", String::new()));
+                (false, reason.into(), message)
+            }
+            Phase::Blocked => {
+                let (reason, message) = waiting.clone().unwrap_or(("NewDeniesAboveLimit", String::new()));
+                (false, reason.into(), format!("{message}; {still}"))
+            }
+            Phase::Enforced if everywhere => {
+                (true, "Enforced".into(), format!("{} is enforced on all {} nodes", self.enforced_display(), enforcing))
+            }
+            Phase::Enforced => (
+                false,
+                "WaitingForNodes".into(),
+                format!("{} of {} nodes enforce {}", enforcing, self.reports.len(), self.enforced_display()),
+            ),
+            Phase::Failed => {
+                let attempt = self.st.last_attempted_revision.as_ref();
+                let reason = attempt.and_then(|a| a.reason.as_deref()).unwrap_or("Failed").to_string();
+                let errors = attempt.map(|a| format!("{}: {}", a.display, a.errors.join("; "))).unwrap_or_default();
+                (false, reason, format!("{errors}; fix it and push a new commit; {still}"))
+            }
+            Phase::RolledBack => {
+                let last = self.st.rolled_back_revisions.first().map_or(String::new(), |r| r.display.clone());
+                (
+                    false,
+                    "RolledBack".into(),
+                    format!("{last} was rolled back and will not be promoted again; push a new commit; {still}"),
+                )
+            }
+        };
+        let (ready, reason, message) = match source {
+            SourceObservation::Unreachable { message: error }
+                if matches!(self.st.phase, Phase::Enforced | Phase::Pending) =>
+            {
+                (false, "GitOperationFailed".into(), format!("{error}; {still}"))
+            }
+            _ => (ready, reason, message),
+        };
+        let was = self.st.conditions.iter().find(|c| c.type_ == COND_READY).map(|c| c.reason.clone());
+        if reason == "GitOperationFailed" && was.as_deref() != Some(reason.as_str()) {
+            self.event(EventType::Warning, "GitOperationFailed", message.clone());
+        }
+        self.set(COND_READY, ready, &reason, message.clone());
+
+        let stalled = matches!(self.st.phase, Phase::Blocked | Phase::Failed | Phase::RolledBack);
+        if stalled {
+            self.set(COND_STALLED, true, &reason, message.clone());
+            self.clear(COND_RECONCILING);
+        } else if !ready {
+            self.set(COND_RECONCILING, true, &reason, message.clone());
+            self.clear(COND_STALLED);
+        } else {
+            self.clear(COND_RECONCILING);
+            self.clear(COND_STALLED);
+        }
+
+        if self.spec.source.verify.is_none() {
+            self.clear(COND_SOURCE_VERIFIED);
+        } else {
+            match source {
+                SourceObservation::Revision(rev) if rev.verified => {
+                    self.set(COND_SOURCE_VERIFIED, true, "Succeeded", format!("verified signature of {}", rev.display))
+                }
+                SourceObservation::Revision(rev) => self.set(
+                    COND_SOURCE_VERIFIED,
+                    false,
+                    "VerificationFailed",
+                    format!("{} is not signed by a trusted key", rev.display),
+                ),
+                SourceObservation::Unverified { display, reason, .. } => {
+                    self.set(COND_SOURCE_VERIFIED, false, "VerificationFailed", format!("{display}: {reason}"))
+                }
+                SourceObservation::Invalid { .. } | SourceObservation::Unreachable { .. } => {}
+            }
+        }
+
+        if matches!(self.st.phase, Phase::Auditing | Phase::Inconclusive | Phase::Blocked) {
+            let (reason, message) = waiting.clone().unwrap_or(("AuditInProgress", String::new()));
+            self.set(COND_AUDITING, true, reason, message);
+        } else {
+            self.clear(COND_AUDITING);
+        }
+        match waiting {
+            Some((reason @ ("NewDeniesAboveLimit" | "InsufficientTraffic" | "AwaitingApproval"), message)) => {
+                self.set(COND_PROMOTION_BLOCKED, true, reason, message)
+            }
+            _ => self.clear(COND_PROMOTION_BLOCKED),
+        }
+
+        match (self.st.phase, &enforced) {
+            (Phase::Promoting, _) if self.flipping() => {
+                self.set(COND_PROMOTED, false, "Flipping", format!("nodes are flipping to {}", self.enforced_display()))
+            }
+            (Phase::RolledBack, _) => self.set(COND_PROMOTED, false, "RolledBack", message.clone()),
+            (_, Some(e)) => {
+                let message = format!("{} is the promoted revision", e.display);
+                self.set(COND_PROMOTED, true, "Promoted", message)
+            }
+            (_, None) => self.clear(COND_PROMOTED),
+        }
+        if self.st.phase == Phase::RolledBack {
+            let why = self.st.history.iter().find(|h| h.outcome == Outcome::RolledBack).map(|h| h.message.clone());
+            self.set(COND_ROLLED_BACK, true, "DropSpike", why.unwrap_or(message));
+        } else {
+            self.clear(COND_ROLLED_BACK);
+        }
+    }
+}

@@ -1,0 +1,168 @@
+//! The audit gates: the candidate's reports summed across nodes, the minimum duration and
+//! traffic, the new denies beyond `expectedDenies`, and the approval of a Manual rollout.
+use super::*;
+
+/// The audit gates' view of the reports for one candidate.
+#[derive(Default)]
+struct AuditSummary<'r> {
+    observed: u64,
+    new_denies: u64,
+    new_allows: u64,
+    unexpected: u64,
+    unexpected_flows: Vec<&'r AuditFlow>,
+    starved: Vec<String>,
+}
+
+impl<'a> Engine<'a> {
+    pub(super) fn advance(&mut self) {
+        match self.st.phase {
+            Phase::Auditing | Phase::Inconclusive | Phase::Blocked => self.audit(),
+            Phase::Promoting => self.promote(),
+            Phase::Pending | Phase::Enforced | Phase::Failed | Phase::RolledBack => {}
+        }
+    }
+
+    pub(super) fn nodes_without(&self, id: &str) -> Vec<&'a str> {
+        self.reports.iter().filter(|r| !r.loaded_revisions.iter().any(|l| l == id)).map(|r| r.node.as_str()).collect()
+    }
+
+    fn audit(&mut self) {
+        let Some(candidate) = self.st.candidate_revision.clone() else { return };
+        let summary = self.summarize(&candidate.id);
+        self.st.observed_flows = summary.observed;
+        self.st.new_denies = summary.new_denies;
+        self.st.new_allows = summary.new_allows;
+        self.st.unexpected_new_denies = summary.unexpected;
+
+        let gates = &self.spec.audit;
+        let missing = self.nodes_without(&candidate.id);
+        let started = self.st.audit_started_at.as_ref().map_or(self.ctx.now, |t| t.0);
+        let remaining = signed(gates.min_duration.into()) - started.duration_until(self.ctx.now);
+
+        let (phase, reason, message) = if summary.unexpected > u64::from(gates.max_new_denies) {
+            (Phase::Blocked, "NewDeniesAboveLimit", blocked_message(&summary, gates.max_new_denies))
+        } else if self.reports.is_empty() {
+            (Phase::Auditing, "WaitingForNodes", "no node agent has reported yet".to_string())
+        } else if !missing.is_empty() {
+            let message = format!(
+                "{} of {} nodes have loaded {} (waiting for {})",
+                self.reports.len() - missing.len(),
+                self.reports.len(),
+                candidate.display,
+                list(&missing)
+            );
+            (Phase::Auditing, "WaitingForNodes", message)
+        } else if remaining.is_positive() {
+            self.actions.push(Action::RequeueAfter(remaining.unsigned_abs()));
+            let message =
+                format!("auditing {}: {} left of spec.audit.minDuration", candidate.display, human(remaining));
+            (Phase::Auditing, "AuditInProgress", message)
+        } else if !summary.starved.is_empty() {
+            let message = format!(
+                "too little traffic to judge {}: {} saw fewer than spec.audit.minFlowsPerEndpoint ({}) flows; wait for traffic or lower the gate",
+                candidate.display,
+                list(&summary.starved),
+                gates.min_flows_per_endpoint
+            );
+            (Phase::Inconclusive, "InsufficientTraffic", message)
+        } else if self.spec.promotion == Promotion::Manual && !self.approved(&candidate.id) {
+            let message =
+                format!("audit of {} passed; waiting for approval: kubectl palisade promote <name>", candidate.display);
+            (Phase::Auditing, "AwaitingApproval", message)
+        } else {
+            return self.flip(candidate, false);
+        };
+        if phase != self.st.phase {
+            let kind = if phase == Phase::Auditing { EventType::Normal } else { EventType::Warning };
+            self.event(kind, reason, message.clone());
+        }
+        self.st.phase = phase;
+        self.waiting = Some((reason, message));
+    }
+
+    fn approved(&self, id: &str) -> bool {
+        self.st.approval.as_ref().is_some_and(|Approval { revision, .. }| revision == id)
+    }
+
+    fn summarize(&self, id: &str) -> AuditSummary<'a> {
+        let min_flows = u64::from(self.spec.audit.min_flows_per_endpoint);
+        let mut s = AuditSummary::default();
+        for report in self.reports.iter().filter(|r| r.candidate_revision.as_deref() == Some(id)) {
+            s.observed += report.totals.observed_flows;
+            s.new_denies += report.totals.new_denies;
+            s.new_allows += report.totals.new_allows;
+            let listed: Vec<&AuditFlow> = report
+                .flows
+                .iter()
+                .filter(|f| f.enforced_verdict == Verdict::Allow && f.candidate_verdict == Verdict::Deny)
+                .collect();
+            let (expected, unexpected): (Vec<_>, Vec<_>) =
+                listed.into_iter().partition(|f| self.spec.audit.expected_denies.iter().any(|sel| matches(sel, f)));
+            // Denies beyond the report's cap cannot be matched, so they count as unexpected.
+            s.unexpected += report.totals.new_denies.saturating_sub(expected.len() as u64);
+            s.unexpected_flows.extend(unexpected);
+            s.starved.extend(
+                report
+                    .endpoints
+                    .iter()
+                    .filter(|e| e.flows < min_flows)
+                    .map(|e| format!("{}/{} ({} flows)", e.namespace, e.pod, e.flows)),
+            );
+        }
+        s.unexpected_flows.sort_by_key(|f| std::cmp::Reverse(f.count));
+        s
+    }
+}
+
+/// Whether an expected-deny selector covers a flow: every field set must match; labels match as
+/// a subset.
+pub fn matches(selector: &FlowSelector, flow: &AuditFlow) -> bool {
+    fn labels(want: &Option<BTreeMap<String, String>>, have: &BTreeMap<String, String>) -> bool {
+        want.as_ref().is_none_or(|want| want.iter().all(|(k, v)| have.get(k) == Some(v)))
+    }
+    fn eq<T: PartialEq>(want: &Option<T>, have: Option<&T>) -> bool {
+        want.as_ref().is_none_or(|w| have == Some(w))
+    }
+    labels(&selector.subject_labels, &flow.subject.labels)
+        && labels(&selector.peer_labels, &flow.peer.labels)
+        && eq(&selector.namespace, flow.subject.namespace.as_ref())
+        && eq(&selector.peer_namespace, flow.peer.namespace.as_ref())
+        && eq(&selector.port, Some(&flow.port))
+        && eq(&selector.protocol, Some(&flow.protocol))
+        && eq(&selector.direction, Some(&flow.direction))
+}
+
+fn blocked_message(summary: &AuditSummary, limit: u32) -> String {
+    let mut message = format!(
+        "{} new denies not covered by spec.audit.expectedDenies, above spec.audit.maxNewDenies ({limit})",
+        summary.unexpected
+    );
+    let shown: Vec<String> = summary.unexpected_flows.iter().take(3).map(|f| describe(f)).collect();
+    if !shown.is_empty() {
+        let _ = write!(message, ": {}", shown.join("; "));
+    }
+    message.push_str("; list intended ones in expectedDenies or fix the policy and push a new commit");
+    message
+}
+
+fn side(e: &crate::crd::FlowEndpoint) -> String {
+    let name = e
+        .workload
+        .clone()
+        .or_else(|| e.cidr.clone())
+        .unwrap_or_else(|| e.labels.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(","));
+    match &e.namespace {
+        Some(ns) => format!("{ns}/{name}"),
+        None => name,
+    }
+}
+
+fn describe(f: &AuditFlow) -> String {
+    let (arrow, dir) = match f.direction {
+        Direction::Ingress => ("<-", "ingress"),
+        Direction::Egress => ("->", "egress"),
+    };
+    let rule = f.rule.as_deref().map(|r| format!(", by {r}")).unwrap_or_default();
+    let protocol = serde_json::to_value(f.protocol).ok().and_then(|v| v.as_str().map(String::from)).unwrap_or_default();
+    format!("{} {arrow} {} {protocol}/{} {dir} ({}x{rule})", side(&f.subject), side(&f.peer), f.port, f.count)
+}

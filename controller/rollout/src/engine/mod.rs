@@ -1,0 +1,249 @@
+//! The rollout engine: a pure state machine from (spec, status, source, node reports, now) to
+//! (status, actions). No I/O and no clock: everything it knows is an argument, so a restarted
+//! controller that reads the status back resumes exactly where the last one stopped.
+//!
+//! The status is the agents' instruction too: `enforcedRevision` is what every node must enforce
+//! and `candidateRevision` what it must load beside it. A promotion is therefore the one place
+//! that moves `enforcedRevision` forward, and a rollback the one place that moves it back.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use k8s_openapi::jiff::{SignedDuration, Timestamp};
+
+mod candidate;
+mod conditions;
+mod gates;
+mod promotion;
+
+pub use candidate::scope_violations;
+pub use gates::matches;
+
+use crate::crd::{
+    Approval, AttemptedRevision, AuditFlow, Direction, FlowSelector, HistoryEntry, Outcome, Phase,
+    PolicyAuditReportSpec, PolicyRolloutSpec, PolicyRolloutStatus, Promotion, RevisionRef, Scope, Verdict,
+};
+
+/// Outcomes kept in `status.history`, and rolled-back revisions remembered.
+pub const HISTORY_LIMIT: usize = 10;
+
+/// Where and when this reconcile happens.
+#[derive(Clone, Debug)]
+pub struct Context<'a> {
+    /// The rollout's namespace.
+    pub namespace: &'a str,
+    /// The namespace the controller runs in: only rollouts there may use `scope: Cluster`.
+    pub controller_namespace: &'a str,
+    /// `metadata.generation` of the rollout, echoed as `observedGeneration`.
+    pub generation: Option<i64>,
+    pub now: Timestamp,
+}
+
+/// A policy carried by a revision, for the scope rule.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PolicyRef {
+    pub kind: String,
+    pub name: String,
+    /// None for cluster-wide policies.
+    pub namespace: Option<String>,
+}
+
+/// A commit that fetched, parsed and validated.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ObservedRevision {
+    /// The PolicyRevision name (content-addressed).
+    pub id: String,
+    pub commit: String,
+    /// e.g. `main@a1b2c3d`.
+    pub display: String,
+    /// The signature check passed (meaningful only when `spec.source.verify` is set).
+    pub verified: bool,
+    pub policies: Vec<PolicyRef>,
+}
+
+impl ObservedRevision {
+    fn to_ref(&self) -> RevisionRef {
+        RevisionRef { id: self.id.clone(), commit: self.commit.clone(), display: self.display.clone() }
+    }
+}
+
+/// The latest result of the Git source for the rollout's ref.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SourceObservation {
+    Revision(ObservedRevision),
+    /// The commit's policies do not parse or validate; `errors` name file, line and field.
+    Invalid {
+        commit: String,
+        display: String,
+        errors: Vec<String>,
+    },
+    /// The signature check failed.
+    Unverified {
+        commit: String,
+        display: String,
+        reason: String,
+    },
+    /// Fetching failed; nothing is known about the newest commit.
+    Unreachable {
+        message: String,
+    },
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EventType {
+    Normal,
+    Warning,
+}
+
+/// What the reconciler must do besides writing the status.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Action {
+    /// Make sure the PolicyRevision exists; the agents load it into their idle slot.
+    StageCandidate(RevisionRef),
+    /// Every node was asked to flip to `to` (the status already says so).
+    Flip {
+        to: RevisionRef,
+        fast_track: bool,
+    },
+    /// Every node was asked to flip back from `from` to `to`.
+    RollBack {
+        from: RevisionRef,
+        to: RevisionRef,
+        reason: String,
+    },
+    Event {
+        kind: EventType,
+        reason: &'static str,
+        message: String,
+    },
+    /// Reconcile again after this long even if nothing changes (a gate or window ends).
+    RequeueAfter(std::time::Duration),
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Decision {
+    pub status: PolicyRolloutStatus,
+    pub actions: Vec<Action>,
+}
+
+/// One step of the state machine. `reports` holds one entry per node running the agent; a node
+/// that has not reported yet is passed as a report with only `node` set, so that it holds the
+/// promotion barrier.
+pub fn reconcile(
+    spec: &PolicyRolloutSpec,
+    status: Option<&PolicyRolloutStatus>,
+    source: &SourceObservation,
+    reports: &[PolicyAuditReportSpec],
+    ctx: &Context,
+) -> Decision {
+    let mut engine =
+        Engine { spec, ctx, reports, st: status.cloned().unwrap_or_default(), actions: Vec::new(), waiting: None };
+    engine.st.observed_generation = ctx.generation;
+    if spec.suspend {
+        engine.set(COND_RECONCILING, false, "Suspended", "spec.suspend is set; resume to act on new commits".into());
+    } else {
+        if engine.flipping() {
+            // Settle a flip the nodes may have confirmed before watching drops and judging the
+            // source, so that a second reconcile with the same inputs finds nothing left to do.
+            engine.promote();
+        }
+        engine.watch_drops();
+        engine.abort();
+        engine.observe(source);
+        engine.advance();
+        engine.refresh_conditions(source);
+    }
+    Decision { status: engine.st, actions: engine.actions }
+}
+
+pub const COND_READY: &str = "Ready";
+pub const COND_RECONCILING: &str = "Reconciling";
+pub const COND_STALLED: &str = "Stalled";
+pub const COND_SOURCE_VERIFIED: &str = "SourceVerified";
+pub const COND_AUDITING: &str = "Auditing";
+pub const COND_PROMOTION_BLOCKED: &str = "PromotionBlocked";
+pub const COND_PROMOTED: &str = "Promoted";
+pub const COND_ROLLED_BACK: &str = "RolledBack";
+
+struct Engine<'a> {
+    spec: &'a PolicyRolloutSpec,
+    ctx: &'a Context<'a>,
+    reports: &'a [PolicyAuditReportSpec],
+    st: PolicyRolloutStatus,
+    actions: Vec<Action>,
+    /// Why an audit or promotion is waiting: (reason, message), for the conditions.
+    waiting: Option<(&'static str, String)>,
+}
+
+impl<'a> Engine<'a> {
+    fn now(&self) -> Time {
+        Time(self.ctx.now)
+    }
+
+    fn event(&mut self, kind: EventType, reason: &'static str, message: String) {
+        self.actions.push(Action::Event { kind, reason, message });
+    }
+
+    fn record(&mut self, rev: &RevisionRef, outcome: Outcome, message: String) {
+        let enforced = matches!(outcome, Outcome::Promoted | Outcome::FastTracked);
+        let approved_by = self.st.approval.as_ref().filter(|a| a.revision == rev.id).map(|a| a.approved_by.clone());
+        self.st.history.insert(
+            0,
+            HistoryEntry {
+                revision: rev.id.clone(),
+                commit: rev.commit.clone(),
+                display: rev.display.clone(),
+                outcome,
+                enforced_at: enforced.then(|| self.now()),
+                recorded_at: self.now(),
+                approved_by: approved_by.filter(|_| enforced),
+                message,
+            },
+        );
+        self.st.history.truncate(HISTORY_LIMIT);
+    }
+
+    fn enforced_display(&self) -> String {
+        self.st.enforced_revision.as_ref().map_or_else(|| "nothing".into(), |r| r.display.clone())
+    }
+
+    /// A candidate is flipping when every node was asked to enforce it: nothing may replace it
+    /// until the nodes confirm.
+    fn flipping(&self) -> bool {
+        self.st.phase == Phase::Promoting
+            && matches!((&self.st.candidate_revision, &self.st.enforced_revision), (Some(c), Some(e)) if c.id == e.id)
+    }
+
+    fn reset_audit(&mut self) {
+        self.st.audit_started_at = None;
+        self.st.new_denies = 0;
+        self.st.unexpected_new_denies = 0;
+        self.st.new_allows = 0;
+        self.st.observed_flows = 0;
+    }
+}
+
+fn list(items: &[impl AsRef<str>]) -> String {
+    const SHOWN: usize = 5;
+    let mut out = items.iter().take(SHOWN).map(AsRef::as_ref).collect::<Vec<_>>().join(", ");
+    if items.len() > SHOWN {
+        let _ = write!(out, " and {} more", items.len() - SHOWN);
+    }
+    out
+}
+
+fn signed(d: std::time::Duration) -> SignedDuration {
+    SignedDuration::try_from(d).unwrap_or(SignedDuration::MAX)
+}
+
+/// Go-style short durations for messages: 9m30s, 2h0m0s, 45s.
+fn human(d: SignedDuration) -> String {
+    let secs = d.as_secs().max(0) + i64::from(d.subsec_nanos() > 0);
+    let (h, m, s) = (secs / 3600, secs / 60 % 60, secs % 60);
+    match (h, m) {
+        (0, 0) => format!("{s}s"),
+        (0, _) => format!("{m}m{s}s"),
+        _ => format!("{h}h{m}m{s}s"),
+    }
+}
