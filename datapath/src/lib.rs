@@ -22,7 +22,8 @@ use aya::{
 use palisade_common::{
     EndpointConfig, EndpointCounters, FlowKey, FlowStats, MAX_ENDPOINTS, MODE_AUDIT, MODE_ENFORCE, MODE_OFF,
     NODE_STATE_EPOCH, NODE_STATE_GENERATION, NODE_STATE_VERSION, PolicyEntry, PolicyKey, PolicyMatch, PolicyValue,
-    SLOT_A, SLOT_B, SLOT_NONE, SlotKey, SlotSelection, slot_writes_index,
+    SLOT_A, SLOT_B,
+    SLOT_NONE, SlotKey, SlotSelection, slot_writes_index,
 };
 
 pub use error::Error;
