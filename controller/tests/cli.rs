@@ -22,6 +22,20 @@ fn s(p: &Path) -> &str {
     p.to_str().unwrap()
 }
 
+/// `palisade COMMAND --cluster CLUSTER --policies POLICIES ARGS...` (trace and plan).
+fn on_policies(command: &str, cluster: &Path, policies: &Path, args: &[&str]) -> Output {
+    let mut all = vec![command, "--cluster", s(cluster), "--policies", s(policies)];
+    all.extend(args);
+    palisade(&all)
+}
+
+/// `palisade diff --cluster CLUSTER --from-policies FROM --to-policies TO ARGS...`.
+fn diff(cluster: &Path, from: &Path, to: &Path, args: &[&str]) -> Output {
+    let mut all = vec!["diff", "--cluster", s(cluster), "--from-policies", s(from), "--to-policies", s(to)];
+    all.extend(args);
+    palisade(&all)
+}
+
 /// A fresh scratch directory for one test.
 fn scratch(test: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!("palisade-cli-{}-{test}", std::process::id()));
@@ -81,23 +95,8 @@ fn trace_exit_codes_and_json_shape() {
     let dir = example("deny-precedence");
     let (cluster, policies) = (dir.join("cluster.yaml"), dir.join("policies"));
     let trace = |from: &str, to: &str, port: &str, json: bool| {
-        let mut args = vec![
-            "trace",
-            "--cluster",
-            s(&cluster),
-            "--policies",
-            s(&policies),
-            "--from",
-            from,
-            "--to",
-            to,
-            "--port",
-            port,
-        ];
-        if json {
-            args.extend(["-o", "json"]);
-        }
-        palisade(&args)
+        let output: &[&str] = if json { &["-o", "json"] } else { &[] };
+        on_policies("trace", &cluster, &policies, &[&["--from", from, "--to", to, "--port", port], output].concat())
     };
     let allowed = trace(API, DB, "5432/TCP", false);
     assert_eq!(code(&allowed), 0, "{}", stdout(&allowed));
@@ -125,39 +124,18 @@ fn trace_exit_codes_and_json_shape() {
     // Errors: unknown pod, malformed port, missing cluster file.
     assert_eq!(code(&trace("prod/nope", DB, "5432/TCP", false)), 2);
     assert_eq!(code(&trace(API, DB, "5432/XYZ", false)), 2);
-    assert_eq!(
-        code(&palisade(&[
-            "trace",
-            "--cluster",
-            "/nonexistent.yaml",
-            "--policies",
-            s(&policies),
-            "--from",
-            API,
-            "--to",
-            DB,
-            "--port",
-            "5432/TCP"
-        ])),
-        2
-    );
+    let args = ["--from", API, "--to", DB, "--port", "5432/TCP"];
+    assert_eq!(code(&on_policies("trace", Path::new("/nonexistent.yaml"), &policies, &args)), 2);
 }
 
 #[test]
 fn plan_runs_on_an_example() {
     let dir = example("client-app-database");
-    let out = palisade(&["plan", "--cluster", s(&dir.join("cluster.yaml")), "--policies", s(&dir.join("policies"))]);
+    let (cluster, policies) = (dir.join("cluster.yaml"), dir.join("policies"));
+    let out = on_policies("plan", &cluster, &policies, &[]);
     assert_eq!(code(&out), 0, "{}", String::from_utf8_lossy(&out.stderr));
     assert!(!stdout(&out).trim().is_empty());
-    let out = palisade(&[
-        "plan",
-        "--cluster",
-        s(&dir.join("cluster.yaml")),
-        "--policies",
-        s(&dir.join("policies")),
-        "-o",
-        "json",
-    ]);
+    let out = on_policies("plan", &cluster, &policies, &["-o", "json"]);
     assert_eq!(code(&out), 0);
     let v: serde_json::Value = serde_json::from_str(&stdout(&out)).expect("plan -o json prints JSON");
     assert!(v.is_object() || v.is_array(), "{v}");
@@ -181,14 +159,12 @@ fn without_dev_deny(test: &str) -> PathBuf {
 fn diff_exit_codes_and_text_diff() {
     let dir = example("deny-precedence");
     let (cluster, policies) = (dir.join("cluster.yaml"), dir.join("policies"));
-    let same =
-        palisade(&["diff", "--cluster", s(&cluster), "--from-policies", s(&policies), "--to-policies", s(&policies)]);
+    let same = diff(&cluster, &policies, &policies, &[]);
     assert_eq!(code(&same), 0, "{}{}", stdout(&same), String::from_utf8_lossy(&same.stderr));
     assert!(stdout(&same).contains("0 newly denied, 0 newly allowed"), "{}", stdout(&same));
 
     let candidate = without_dev_deny("diff");
-    let changed =
-        palisade(&["diff", "--cluster", s(&cluster), "--from-policies", s(&policies), "--to-policies", s(&candidate)]);
+    let changed = diff(&cluster, &policies, &candidate, &[]);
     let text = stdout(&changed);
     assert_eq!(code(&changed), 1, "{text}");
     assert!(text.lines().any(|l| l.starts_with("+ dev/") && l.contains("denied -> ALLOWED")), "{text}");
@@ -201,18 +177,7 @@ fn diff_exit_codes_and_text_diff() {
     let broken = scratch("diff-broken").join("bad.yaml");
     std::fs::write(&broken, "apiVersion: cilium.io/v2\nkind: CiliumNetworkPolicy\nmetadata: {name: x}\nspec: {}\n")
         .unwrap();
-    assert_eq!(
-        code(&palisade(&[
-            "diff",
-            "--cluster",
-            s(&cluster),
-            "--from-policies",
-            s(&policies),
-            "--to-policies",
-            s(&broken)
-        ])),
-        2
-    );
+    assert_eq!(code(&diff(&cluster, &policies, &broken, &[])), 2);
 }
 
 #[test]
@@ -221,15 +186,7 @@ fn diff_over_a_flows_file() {
     let (cluster, policies) = (dir.join("cluster.yaml"), dir.join("policies"));
     let candidate = without_dev_deny("flows");
     // Find a dev pod from the full diff, then evaluate flows given as JSON lines.
-    let full = stdout(&palisade(&[
-        "diff",
-        "--cluster",
-        s(&cluster),
-        "--from-policies",
-        s(&policies),
-        "--to-policies",
-        s(&candidate),
-    ]));
+    let full = stdout(&diff(&cluster, &policies, &candidate, &[]));
     let dev = full
         .lines()
         .find_map(|l| l.strip_prefix("+ "))
@@ -239,35 +196,13 @@ fn diff_over_a_flows_file() {
     let tmp = scratch("flows-file");
     let unaffected = tmp.join("unaffected.jsonl");
     std::fs::write(&unaffected, format!("{{\"from\": \"{API}\", \"to\": \"{DB}\", \"port\": \"5432/TCP\"}}\n\n{{\"from\": \"{API}\", \"to\": \"{DB}\", \"port\": \"8008/TCP\"}}\n")).unwrap();
-    let out = palisade(&[
-        "diff",
-        "--cluster",
-        s(&cluster),
-        "--from-policies",
-        s(&policies),
-        "--to-policies",
-        s(&candidate),
-        "--flows",
-        s(&unaffected),
-    ]);
+    let out = diff(&cluster, &policies, &candidate, &["--flows", s(&unaffected)]);
     assert_eq!(code(&out), 0, "{}", stdout(&out));
     assert!(stdout(&out).starts_with("2 flows evaluated: 0 newly denied, 0 newly allowed"), "{}", stdout(&out));
 
     let affected = tmp.join("affected.jsonl");
     std::fs::write(&affected, format!("{{\"from\": \"{dev}\", \"to\": \"{DB}\", \"port\": \"5432/TCP\"}}\n")).unwrap();
-    let out = palisade(&[
-        "diff",
-        "--cluster",
-        s(&cluster),
-        "--from-policies",
-        s(&policies),
-        "--to-policies",
-        s(&candidate),
-        "--flows",
-        s(&affected),
-        "-o",
-        "json",
-    ]);
+    let out = diff(&cluster, &policies, &candidate, &["--flows", s(&affected), "-o", "json"]);
     assert_eq!(code(&out), 1, "{}", stdout(&out));
     let v: serde_json::Value = serde_json::from_str(&stdout(&out)).expect("diff -o json prints JSON");
     assert_eq!(v["flows"].as_array().map(Vec::len), Some(1), "{v}");
@@ -275,20 +210,7 @@ fn diff_over_a_flows_file() {
 
     let bad = tmp.join("bad.jsonl");
     std::fs::write(&bad, "{\"from\": \"prod/x\", \"to\": 3}\n").unwrap();
-    assert_eq!(
-        code(&palisade(&[
-            "diff",
-            "--cluster",
-            s(&cluster),
-            "--from-policies",
-            s(&policies),
-            "--to-policies",
-            s(&candidate),
-            "--flows",
-            s(&bad)
-        ])),
-        2
-    );
+    assert_eq!(code(&diff(&cluster, &policies, &candidate, &["--flows", s(&bad)])), 2);
 }
 
 const CLIENT: &str = "shop/client-7d9f8c6b5-q2w4e";
@@ -327,13 +249,7 @@ fn check_and_plan_warn_that_l7_rules_are_enforced_as_a_deny() {
 
     // plan: the warnings on stderr, the plan unchanged on stdout; redirect entries say what the
     // datapath does.
-    let plan = |json: bool| {
-        let mut args = vec!["plan", "--cluster", s(&cluster), "--policies", s(&policies)];
-        if json {
-            args.extend(["-o", "json"]);
-        }
-        palisade(&args)
-    };
+    let plan = |json: bool| on_policies("plan", &cluster, &policies, if json { &["-o", "json"] } else { &[] });
     let out = plan(false);
     assert_eq!(code(&out), 0, "{}", stderr(&out));
     assert!(stderr(&out).lines().any(|l| l == warning(26, 0)), "{}", stderr(&out));
@@ -355,26 +271,14 @@ fn trace_follows_the_datapath_at_an_l7_redirect_and_shows_the_intent() {
     let dir = example("client-app-database");
     let (cluster, policies) = (dir.join("cluster.yaml"), dir.join("policies"));
     let trace = |http: Option<&str>, json: bool| {
-        let mut args = vec![
-            "trace",
-            "--cluster",
-            s(&cluster),
-            "--policies",
-            s(&policies),
-            "--from",
-            CLIENT,
-            "--to",
-            CATALOG,
-            "--port",
-            "8080/TCP",
-        ];
+        let mut args = vec!["--from", CLIENT, "--to", CATALOG, "--port", "8080/TCP"];
         if let Some(http) = http {
             args.extend(["--http", http]);
         }
         if json {
             args.extend(["-o", "json"]);
         }
-        palisade(&args)
+        on_policies("trace", &cluster, &policies, &args)
     };
     for (http, intent) in [(None, "allowed"), (Some("GET /api/v1/items"), "allowed"), (Some("POST /admin"), "denied")] {
         let out = trace(http, false);
@@ -403,10 +307,7 @@ fn trace_from_the_node_under_each_allow_localhost_mode() {
     let dir = example("deny-precedence");
     let (cluster, policies) = (dir.join("cluster.yaml"), dir.join("policies"));
     let trace = |extra: &[&str]| {
-        let mut args =
-            vec!["trace", "--cluster", s(&cluster), "--policies", s(&policies), "--to", DB, "--port", "8008/TCP"];
-        args.extend(extra);
-        palisade(&args)
+        on_policies("trace", &cluster, &policies, &[&["--to", DB, "--port", "8008/TCP"], extra].concat())
     };
     // The database runs on node-b (10.200.0.12); nothing allows 8008 to it.
     let out = trace(&["--from", "node"]);

@@ -53,6 +53,13 @@ impl Manifests {
         Self { objects }
     }
 
+    /// Every object of one of `kinds`, with its kind and name.
+    fn of_kinds<'a>(&'a self, kinds: &'a [&'a str]) -> impl Iterator<Item = (&'a str, &'a str, &'a Json)> + 'a {
+        kinds.iter().flat_map(move |kind| {
+            self.of_kind(kind).map(move |o| (*kind, o["metadata"]["name"].as_str().unwrap_or_default(), o))
+        })
+    }
+
     fn of_kind<'a>(&'a self, kind: &str) -> impl Iterator<Item = &'a Json> + 'a {
         let kind = kind.to_string();
         self.objects.iter().map(|(_, o)| o).filter(move |o| o["kind"] == kind.as_str())
@@ -144,29 +151,25 @@ fn namespaces_match() {
 #[test]
 fn workloads_use_existing_service_accounts_and_volumes() {
     let m = Manifests::load();
-    for kind in ["Deployment", "DaemonSet"] {
-        for workload in m.of_kind(kind) {
-            let name = workload["metadata"]["name"].as_str().unwrap();
-            let selector = &workload["spec"]["selector"]["matchLabels"];
-            let labels = &workload["spec"]["template"]["metadata"]["labels"];
-            for (k, v) in selector.as_object().expect("matchLabels") {
-                assert_eq!(&labels[k], v, "{kind} {name}: the selector matches its pods");
+    for (kind, name, workload) in m.of_kinds(&["Deployment", "DaemonSet"]) {
+        let selector = &workload["spec"]["selector"]["matchLabels"];
+        let labels = &workload["spec"]["template"]["metadata"]["labels"];
+        for (k, v) in selector.as_object().expect("matchLabels") {
+            assert_eq!(&labels[k], v, "{kind} {name}: the selector matches its pods");
+        }
+        let pod = &workload["spec"]["template"]["spec"];
+        let account = pod["serviceAccountName"].as_str().unwrap_or_else(|| panic!("{kind} {name}: serviceAccountName"));
+        m.get("ServiceAccount", account);
+        let volumes: Vec<&str> =
+            pod["volumes"].as_array().into_iter().flatten().filter_map(|v| v["name"].as_str()).collect();
+        for container in pod["containers"].as_array().unwrap() {
+            for mount in container["volumeMounts"].as_array().into_iter().flatten() {
+                let volume = mount["name"].as_str().unwrap();
+                assert!(volumes.contains(&volume), "{kind} {name}: mount of undeclared volume {volume}");
             }
-            let pod = &workload["spec"]["template"]["spec"];
-            let account =
-                pod["serviceAccountName"].as_str().unwrap_or_else(|| panic!("{kind} {name}: serviceAccountName"));
-            m.get("ServiceAccount", account);
-            let volumes: Vec<&str> =
-                pod["volumes"].as_array().into_iter().flatten().filter_map(|v| v["name"].as_str()).collect();
-            for container in pod["containers"].as_array().unwrap() {
-                for mount in container["volumeMounts"].as_array().into_iter().flatten() {
-                    let volume = mount["name"].as_str().unwrap();
-                    assert!(volumes.contains(&volume), "{kind} {name}: mount of undeclared volume {volume}");
-                }
-                let resources = &container["resources"];
-                assert!(resources["requests"]["cpu"].is_string() && resources["requests"]["memory"].is_string());
-                assert!(resources["limits"]["memory"].is_string(), "{kind} {name}: a memory limit");
-            }
+            let resources = &container["resources"];
+            assert!(resources["requests"]["cpu"].is_string() && resources["requests"]["memory"].is_string());
+            assert!(resources["limits"]["memory"].is_string(), "{kind} {name}: a memory limit");
         }
     }
 }
@@ -251,21 +254,18 @@ fn agent_daemonset_owns_the_node() {
 #[test]
 fn bindings_reference_existing_roles_and_accounts() {
     let m = Manifests::load();
-    for kind in ["RoleBinding", "ClusterRoleBinding"] {
-        for binding in m.of_kind(kind) {
-            let name = binding["metadata"]["name"].as_str().unwrap();
-            let role = &binding["roleRef"];
-            let role_kind = role["kind"].as_str().unwrap();
-            assert!(kind == "RoleBinding" || role_kind == "ClusterRole", "{kind} {name} binds a {role_kind}");
-            let target = m.get(role_kind, role["name"].as_str().unwrap());
-            if role_kind == "Role" {
-                assert_eq!(target["metadata"]["namespace"], binding["metadata"]["namespace"], "{kind} {name}");
-            }
-            for subject in binding["subjects"].as_array().unwrap() {
-                assert_eq!(subject["kind"], "ServiceAccount", "{kind} {name}: only service accounts are bound here");
-                let account = m.get("ServiceAccount", subject["name"].as_str().unwrap());
-                assert_eq!(subject["namespace"], account["metadata"]["namespace"], "{kind} {name}");
-            }
+    for (kind, name, binding) in m.of_kinds(&["RoleBinding", "ClusterRoleBinding"]) {
+        let role = &binding["roleRef"];
+        let role_kind = role["kind"].as_str().unwrap();
+        assert!(kind == "RoleBinding" || role_kind == "ClusterRole", "{kind} {name} binds a {role_kind}");
+        let target = m.get(role_kind, role["name"].as_str().unwrap());
+        if role_kind == "Role" {
+            assert_eq!(target["metadata"]["namespace"], binding["metadata"]["namespace"], "{kind} {name}");
+        }
+        for subject in binding["subjects"].as_array().unwrap() {
+            assert_eq!(subject["kind"], "ServiceAccount", "{kind} {name}: only service accounts are bound here");
+            let account = m.get("ServiceAccount", subject["name"].as_str().unwrap());
+            assert_eq!(subject["namespace"], account["metadata"]["namespace"], "{kind} {name}");
         }
     }
 }
@@ -304,16 +304,13 @@ fn grants_of(role: &Json) -> BTreeSet<Grant> {
 /// Everything bound to a service account, cluster-wide and in each namespace.
 fn granted_to(m: &Manifests, account: &str) -> BTreeMap<Option<String>, BTreeSet<Grant>> {
     let mut by_scope: BTreeMap<Option<String>, BTreeSet<Grant>> = BTreeMap::new();
-    for kind in ["RoleBinding", "ClusterRoleBinding"] {
-        for binding in m.of_kind(kind) {
-            if !binding["subjects"].as_array().unwrap().iter().any(|s| s["name"] == account) {
-                continue;
-            }
-            let role =
-                m.get(binding["roleRef"]["kind"].as_str().unwrap(), binding["roleRef"]["name"].as_str().unwrap());
-            let scope = binding["metadata"]["namespace"].as_str().map(String::from);
-            by_scope.entry(scope).or_default().extend(grants_of(role));
+    for (_, _, binding) in m.of_kinds(&["RoleBinding", "ClusterRoleBinding"]) {
+        if !binding["subjects"].as_array().unwrap().iter().any(|s| s["name"] == account) {
+            continue;
         }
+        let role = m.get(binding["roleRef"]["kind"].as_str().unwrap(), binding["roleRef"]["name"].as_str().unwrap());
+        let scope = binding["metadata"]["namespace"].as_str().map(String::from);
+        by_scope.entry(scope).or_default().extend(grants_of(role));
     }
     by_scope
 }

@@ -24,29 +24,6 @@ const REPORTS: &str = "apis/palisade.dev/v1alpha1/policyauditreports";
 const EVENTS: &str = "apis/events.k8s.io/v1/events";
 const NODES: [&str; 2] = ["node-a", "node-b"];
 
-fn policy(namespace: &str, port: u16) -> String {
-    format!(
-        "apiVersion: cilium.io/v2
-kind: CiliumNetworkPolicy
-metadata:
-  name: web
-  namespace: {namespace}
-spec:
-  endpointSelector:
-    matchLabels:
-      app: web
-  ingress:
-  - fromEndpoints:
-    - matchLabels:
-        app: client
-    toPorts:
-    - ports:
-      - port: \"{port}\"
-        protocol: TCP
-"
-    )
-}
-
 struct Harness {
     api: FakeApi,
     ctx: Arc<Context>,
@@ -62,7 +39,7 @@ impl Harness {
     fn new(namespace: &str, spec: Value) -> Harness {
         let dir = tempfile::tempdir().unwrap();
         let repo = git::Repo::new(dir.path());
-        repo.write("policies/web.yaml", &policy(NS, 8080));
+        repo.write("policies/web.yaml", &git::namespaced_policy(NS, "web", 8080));
         repo.commit("allow 8080", &[]);
         let api = FakeApi::default();
         for node in NODES {
@@ -128,8 +105,23 @@ impl Harness {
         *now += SignedDuration::from_mins(minutes);
     }
 
+    /// A rollout with its first commit promoted and enforced everywhere, and that revision.
+    async fn enforcing() -> (Harness, String) {
+        let h = Harness::new(NS, json!({}));
+        h.reconcile().await;
+        let enforced = h.promote_candidate().await;
+        (h, enforced)
+    }
+
+    /// A new commit allowing `port`, fetched two minutes later.
+    async fn push(&self, port: u16) {
+        self.commit(port, &format!("move to {port}"));
+        self.advance(2);
+        self.reconcile().await;
+    }
+
     fn commit(&self, port: u16, message: &str) -> String {
-        self.repo.write("policies/web.yaml", &policy(NS, port));
+        self.repo.write("policies/web.yaml", &git::namespaced_policy(NS, "web", port));
         self.repo.commit(message, &[])
     }
 
@@ -308,13 +300,9 @@ async fn audit_pass_promotes_and_waits_for_every_node_to_flip() {
 
 #[tokio::test]
 async fn audit_with_unexpected_new_denies_blocks_and_keeps_enforcing() {
-    let h = Harness::new(NS, json!({}));
-    h.reconcile().await;
-    let first = h.promote_candidate().await;
+    let (h, first) = Harness::enforcing().await;
 
-    h.commit(9090, "move to 9090");
-    h.advance(2);
-    h.reconcile().await;
+    h.push(9090).await;
     let candidate = h.candidate();
     assert_ne!(candidate, first);
     h.audit(&[first.clone(), candidate], vec![deny(8080)]);
@@ -400,9 +388,7 @@ async fn an_abort_written_by_the_cli_is_left_to_its_owner() {
     h.reconcile().await;
     let abort = json!({"revision": h.candidate(), "commit": h.repo.head(), "abortedBy": "alice", "abortedAt": "2027-01-15T08:00:00Z"});
     h.api.update(ROLLOUTS, NS, "web", |r| r["status"]["abort"] = abort.clone());
-    h.commit(9090, "move to 9090");
-    h.advance(2);
-    h.reconcile().await;
+    h.push(9090).await;
     assert_eq!(serde_json::to_value(h.status().abort).unwrap(), abort);
     let applies = h.api.requests().into_iter().filter(|r| r.content_type == "application/apply-patch+yaml");
     assert!(applies.into_iter().all(|r| r.body["status"].get("abort").is_none()));
@@ -430,9 +416,7 @@ async fn a_new_commit_supersedes_the_candidate_and_restarts_the_audit() {
 
 #[tokio::test]
 async fn an_invalid_commit_changes_nothing_enforced_and_says_why() {
-    let h = Harness::new(NS, json!({}));
-    h.reconcile().await;
-    let enforced = h.promote_candidate().await;
+    let (h, enforced) = Harness::enforcing().await;
 
     h.repo.write("policies/web.yaml", "apiVersion: cilium.io/v2\nkind: CiliumNetworkPolicy\nmetadata:\n  name: web\n  namespace: shop\nspec:\n  endpointSelector: 7\n");
     let bad = h.repo.commit("broken", &[]);
@@ -453,9 +437,7 @@ async fn an_invalid_commit_changes_nothing_enforced_and_says_why() {
 
 #[tokio::test]
 async fn git_unreachable_keeps_what_is_enforced() {
-    let h = Harness::new(NS, json!({}));
-    h.reconcile().await;
-    let enforced = h.promote_candidate().await;
+    let (h, enforced) = Harness::enforcing().await;
     std::fs::rename(&h.repo.dir, h.dir.path().join("moved")).unwrap();
     h.advance(2);
     h.reconcile().await;
@@ -467,12 +449,8 @@ async fn git_unreachable_keeps_what_is_enforced() {
 
 #[tokio::test]
 async fn a_revert_to_an_enforced_revision_is_fast_tracked() {
-    let h = Harness::new(NS, json!({}));
-    h.reconcile().await;
-    let first = h.promote_candidate().await;
-    h.commit(9090, "move to 9090");
-    h.advance(2);
-    h.reconcile().await;
+    let (h, first) = Harness::enforcing().await;
+    h.push(9090).await;
     let second = h.promote_candidate().await;
 
     h.repo.git(&["revert", "--no-edit", "HEAD"]);
@@ -495,12 +473,8 @@ async fn a_revert_to_an_enforced_revision_is_fast_tracked() {
 
 #[tokio::test]
 async fn a_drop_spike_after_promotion_rolls_back_and_never_repromotes() {
-    let h = Harness::new(NS, json!({}));
-    h.reconcile().await;
-    let first = h.promote_candidate().await;
-    h.commit(9090, "move to 9090");
-    h.advance(2);
-    h.reconcile().await;
+    let (h, first) = Harness::enforcing().await;
+    h.push(9090).await;
     let second = h.promote_candidate().await;
 
     h.report(|r| r.totals.drops_per_minute = 500);
@@ -600,13 +574,9 @@ async fn requested_at_fetches_before_the_interval() {
 
 #[tokio::test]
 async fn old_revisions_are_collected_but_the_enforced_one_is_kept() {
-    let h = Harness::new(NS, json!({}));
-    h.reconcile().await;
-    let enforced = h.promote_candidate().await;
+    let (h, enforced) = Harness::enforcing().await;
     for port in 9000..9012 {
-        h.commit(port, &format!("port {port}"));
-        h.advance(2);
-        h.reconcile().await;
+        h.push(port).await;
     }
     let names: Vec<String> = h.revisions().iter().map(|r| r.metadata.name.clone().unwrap()).collect();
     assert_eq!(names.len(), 11, "the newest 10 and the enforced one: {names:?}");

@@ -172,6 +172,14 @@ struct Run {
     fake: Arc<Mutex<Fake>>,
 }
 
+/// `palisade ARGS` on [`cluster`]: it succeeds and prints `out`.
+async fn succeeds(args: &[&str], out: &str) -> Run {
+    let run = run(cluster(), args).await;
+    assert_eq!(*run.result.as_ref().expect("the command succeeds"), 0);
+    assert_eq!(run.out, out);
+    run
+}
+
 /// Runs `palisade ARGS` as user alice in namespace shop, at NOW.
 async fn run(fake: Fake, args: &[&str]) -> Run {
     let (client, seen, fake) = serve(fake);
@@ -453,12 +461,7 @@ Events:
 
 #[tokio::test]
 async fn promote_applies_the_approval_to_the_status_subresource() {
-    let run = run(cluster(), &["promote", "web"]).await;
-    assert_eq!(run.result.unwrap(), 0);
-    assert_eq!(
-        run.out,
-        "policyrollout.palisade.dev/web approved: main@b2c3d4e (rev-b2) as alice; it is promoted once its audit passes\n"
-    );
+    let run = succeeds(&["promote", "web"], "policyrollout.palisade.dev/web approved: main@b2c3d4e (rev-b2) as alice; it is promoted once its audit passes\n").await;
     let approval = json!({"revision": "rev-b2", "approvedBy": "alice", "approvedAt": NOW});
     assert_eq!(
         run.seen,
@@ -530,12 +533,11 @@ async fn promote_without_the_status_permission_says_which_role_grants_it() {
 
 #[tokio::test]
 async fn abort_applies_the_abort_under_its_own_manager() {
-    let run = run(cluster(), &["abort", "web"]).await;
-    assert_eq!(run.result.unwrap(), 0);
-    assert_eq!(
-        run.out,
-        "policyrollout.palisade.dev/web aborted: main@b2c3d4e is dropped; main@a1b2c3d stays enforced\n"
-    );
+    let run = succeeds(
+        &["abort", "web"],
+        "policyrollout.palisade.dev/web aborted: main@b2c3d4e is dropped; main@a1b2c3d stays enforced\n",
+    )
+    .await;
     let abort = json!({"revision": "rev-b2", "commit": "b2c3d4e5", "abortedBy": "alice", "abortedAt": NOW});
     let patch = &run.seen[1];
     assert_eq!(patch.method, "PATCH");
@@ -562,9 +564,7 @@ async fn abort_applies_the_abort_under_its_own_manager() {
 
 #[tokio::test]
 async fn suspend_and_resume_patch_the_spec() {
-    let run = run(cluster(), &["suspend", "web"]).await;
-    assert_eq!(run.result.unwrap(), 0);
-    assert_eq!(run.out, "policyrollout.palisade.dev/web suspended\n");
+    let run = succeeds(&["suspend", "web"], "policyrollout.palisade.dev/web suspended\n").await;
     assert_eq!(
         run.seen[1],
         Seen {
@@ -588,9 +588,11 @@ async fn suspend_and_resume_patch_the_spec() {
 
 #[tokio::test]
 async fn reconcile_annotates_like_flux() {
-    let run = run(cluster(), &["reconcile", "web"]).await;
-    assert_eq!(run.result.unwrap(), 0);
-    assert_eq!(run.out, format!("policyrollout.palisade.dev/web annotated: reconcile requested at {NOW}\n"));
+    let run = succeeds(
+        &["reconcile", "web"],
+        &format!("policyrollout.palisade.dev/web annotated: reconcile requested at {NOW}\n"),
+    )
+    .await;
     assert_eq!(
         run.seen[1].body,
         Some(json!({"metadata": {"annotations": {"reconcile.palisade.dev/requestedAt": NOW}}}))

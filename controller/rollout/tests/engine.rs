@@ -33,9 +33,7 @@ fn nothing_happens_before_the_first_fetch() {
     let actions = r.step(&SourceObservation::Unreachable { message: "connection refused".into() }, &[], 0);
     assert_eq!(r.phase(), Phase::Pending);
     assert!(!actions.iter().any(|a| matches!(a, Action::StageCandidate(_) | Action::Flip { .. })));
-    let (_, reason, message) = r.condition("Ready").unwrap();
-    assert_eq!(reason, "GitOperationFailed");
-    assert!(message.contains("connection refused"), "{message}");
+    r.assert_condition("Ready", "GitOperationFailed", "connection refused");
 }
 
 #[test]
@@ -46,9 +44,7 @@ fn every_node_must_load_the_candidate_before_the_audit_can_pass() {
     let actions = r.step(&rev("1"), &reports, 30);
     assert_eq!(r.phase(), Phase::Auditing);
     assert!(!has_flip(&actions));
-    let (_, reason, message) = r.condition("Reconciling").unwrap();
-    assert_eq!(reason, "WaitingForNodes");
-    assert!(message.contains("1 of 2 nodes have loaded main@1 (waiting for b)"), "{message}");
+    r.assert_condition("Reconciling", "WaitingForNodes", "1 of 2 nodes have loaded main@1 (waiting for b)");
 }
 
 #[test]
@@ -170,9 +166,7 @@ fn too_little_traffic_is_inconclusive_never_a_pass() {
     let actions = r.step(&rev("1"), &loaded_audit("1", 2, vec![]), 10);
     assert_eq!(r.phase(), Phase::Inconclusive);
     assert!(!has_flip(&actions));
-    let (_, reason, message) = r.condition("PromotionBlocked").unwrap();
-    assert_eq!(reason, "InsufficientTraffic");
-    assert!(message.contains("shop/web-a (2 flows), shop/web-b (2 flows)"), "{message}");
+    r.assert_condition("PromotionBlocked", "InsufficientTraffic", "shop/web-a (2 flows), shop/web-b (2 flows)");
     assert_eq!(r.condition("Reconciling").unwrap().1, "InsufficientTraffic", "it waits for traffic, it is not stuck");
     // Traffic arrives: the same audit passes.
     let actions = r.step(&rev("1"), &loaded_audit("1", 3, vec![]), 20);

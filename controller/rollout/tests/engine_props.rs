@@ -141,7 +141,7 @@ fn unexpected_denies(spec: &PolicyRolloutSpec, reports: &[PolicyAuditReportSpec]
 }
 
 fn changes_something(a: &Action) -> bool {
-    matches!(a, Action::StageCandidate(_) | Action::Flip { .. } | Action::RollBack { .. } | Action::Event { .. })
+    matches!(a, Action::StageCandidate(_) | Action::Flip { .. } | Action::RollBack { .. } | Action::Event(_))
 }
 
 proptest! {

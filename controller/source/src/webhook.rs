@@ -288,6 +288,30 @@ impl Seen {
 mod tests {
     use super::*;
 
+    /// What a push payload must say: its ref and commit, the repository URLs it names, URLs
+    /// that name the same repository and URLs that do not.
+    struct Push {
+        reference: &'static str,
+        commit: &'static str,
+        repositories: &'static [&'static str],
+        names: &'static [&'static str],
+        others: &'static [&'static str],
+    }
+
+    impl Push {
+        fn check(&self, request: &SyncRequest) {
+            assert_eq!(request.reference.as_deref(), Some(self.reference));
+            assert_eq!(request.commit.as_deref(), Some(self.commit));
+            assert_eq!(request.repositories, self.repositories);
+            for url in self.names {
+                assert!(request.names_repository(url), "{url} names the repository");
+            }
+            for url in self.others {
+                assert!(!request.names_repository(url), "{url} is another repository");
+            }
+        }
+    }
+
     #[test]
     fn hmac_needs_the_prefix_and_the_right_secret() {
         let mut mac = Hmac::<Sha256>::new_from_slice(b"s3cret").unwrap();
@@ -390,21 +414,19 @@ mod tests {
             "deleted": true,
             "forced": false
         }));
-        assert_eq!(request.reference.as_deref(), Some("refs/heads/main"));
-        assert_eq!(request.commit.as_deref(), Some("0000000000000000000000000000000000000000"));
-        assert_eq!(
-            request.repositories,
-            [
+        let expected = Push {
+            reference: "refs/heads/main",
+            commit: "0000000000000000000000000000000000000000",
+            repositories: &[
                 "https://github.com/Codertocat/Hello-World.git",
                 "git@github.com:Codertocat/Hello-World.git",
                 "git://github.com/Codertocat/Hello-World.git",
                 "https://github.com/Codertocat/Hello-World",
-            ]
-        );
-        assert!(request.names_repository("https://github.com/Codertocat/Hello-World"));
-        assert!(request.names_repository("ssh://git@github.com/Codertocat/Hello-World.git"));
-        assert!(!request.names_repository("https://github.com/Codertocat/Spoon-Knife"));
-        assert!(!request.names_repository("https://github.example.com/Codertocat/Hello-World"));
+            ],
+            names: &["https://github.com/Codertocat/Hello-World", "ssh://git@github.com/Codertocat/Hello-World.git"],
+            others: &["https://github.com/Codertocat/Spoon-Knife", "https://github.example.com/Codertocat/Hello-World"],
+        };
+        expected.check(&request);
     }
 
     #[test]
@@ -444,19 +466,18 @@ mod tests {
             },
             "total_commits_count": 4
         }));
-        assert_eq!(request.reference.as_deref(), Some("refs/heads/master"));
-        assert_eq!(request.commit.as_deref(), Some("da1560886d4f094c3e6c9ef40349f7d38b5d27d7"));
-        assert_eq!(
-            request.repositories,
-            [
+        let expected = Push {
+            reference: "refs/heads/master",
+            commit: "da1560886d4f094c3e6c9ef40349f7d38b5d27d7",
+            repositories: &[
                 "git@example.com:mike/diaspora.git",
                 "http://example.com/mike/diaspora.git",
                 "http://example.com/mike/diaspora",
-            ]
-        );
-        assert!(request.names_repository("https://example.com/mike/diaspora.git"));
-        assert!(request.names_repository("ssh://git@example.com/mike/diaspora"));
-        assert!(!request.names_repository("https://example.com/mike/diaspora-fork.git"));
+            ],
+            names: &["https://example.com/mike/diaspora.git", "ssh://git@example.com/mike/diaspora"],
+            others: &["https://example.com/mike/diaspora-fork.git"],
+        };
+        expected.check(&request);
     }
 
     #[test]

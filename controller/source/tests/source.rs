@@ -8,7 +8,14 @@ use palisade_source::{
 };
 
 fn source(url: &str, reference: GitRef, cache: &Path) -> Source {
-    Source::open(SourceSpec::new(url, reference), Credentials::default(), cache).unwrap()
+    open(url, reference, cache, |_| {})
+}
+
+/// A source for `reference` of `url`, with `settings` applied to its spec.
+fn open(url: &str, reference: GitRef, cache: &Path, settings: impl FnOnce(&mut SourceSpec)) -> Source {
+    let mut spec = SourceSpec::new(url, reference);
+    settings(&mut spec);
+    Source::open(spec, Credentials::default(), cache).unwrap()
 }
 
 fn sync(source: &Source) -> Outcome {
@@ -143,11 +150,10 @@ fn path_ignore_and_symlinks_inside_the_path() {
     repo.symlink("lib/db.policy", "policies/db-link.yaml");
     repo.write(".palisadeignore", "drafts/\n");
     repo.commit("layout", &[]);
-    let cache = tmp.path().join("cache");
-    let mut spec = SourceSpec::new(repo.url(), GitRef::Branch("main".into()));
-    spec.path = "policies".into();
-    spec.ignore = "skip-*.yaml\n".into();
-    let source = Source::open(spec, Credentials::default(), &cache).unwrap();
+    let source = open(&repo.url(), GitRef::Branch("main".into()), &tmp.path().join("cache"), |spec| {
+        spec.path = "policies".into();
+        spec.ignore = "skip-*.yaml\n".into();
+    });
     let revision = revision(&source);
     let files: Vec<&str> = revision.policies.policies.iter().map(|p| p.file.as_str()).collect();
     assert_eq!(files, ["policies/db-link.yaml", "policies/web.yaml"]);
@@ -162,10 +168,9 @@ fn symlink_leaving_the_path_is_refused() {
     repo.symlink("../secrets/token.yaml", "policies/escape.yaml");
     repo.symlink("/etc/passwd.yaml", "policies/absolute.yaml");
     repo.commit("escape", &[]);
-    let cache = tmp.path().join("cache");
-    let mut spec = SourceSpec::new(repo.url(), GitRef::Branch("main".into()));
-    spec.path = "policies".into();
-    let source = Source::open(spec, Credentials::default(), &cache).unwrap();
+    let source = open(&repo.url(), GitRef::Branch("main".into()), &tmp.path().join("cache"), |spec| {
+        spec.path = "policies".into()
+    });
     let problems = failure(&source, FailureKind::Invalid);
     assert!(
         problems.contains("policies/escape.yaml: symlink to \"../secrets/token.yaml\" leaves \"policies\""),
@@ -228,9 +233,7 @@ fn git_daemon_unreachable_keeps_the_last_revision() {
 }
 
 fn verifying(url: &str, reference: GitRef, mode: VerifyMode, keys: &str, cache: &Path) -> Source {
-    let mut spec = SourceSpec::new(url, reference);
-    spec.verify = Some(Verify { mode, keys: Keys::parse(keys).unwrap() });
-    Source::open(spec, Credentials::default(), cache).unwrap()
+    open(url, reference, cache, |spec| spec.verify = Some(Verify { mode, keys: Keys::parse(keys).unwrap() }))
 }
 
 #[test]

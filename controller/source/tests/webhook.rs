@@ -121,6 +121,13 @@ fn github_push(reference: &str, commit: &str, repository: &str) -> Vec<u8> {
     .unwrap()
 }
 
+/// The request lists `repositories`, names the repository at `same` and not the one at `other`.
+fn assert_names(request: &SyncRequest, repositories: &[&str], same: &str, other: &str) {
+    assert_eq!(request.repositories, repositories);
+    assert!(request.names_repository(same), "{same}");
+    assert!(!request.names_repository(other), "{other}");
+}
+
 #[tokio::test]
 async fn github_pushes_name_their_repository() {
     let secret = b"webhook-secret".to_vec();
@@ -140,17 +147,18 @@ async fn github_pushes_name_their_repository() {
     assert_eq!(send("r1", &github_push("refs/heads/main", commit, "acme/policies")).await, 202);
     let request = syncs.try_recv().unwrap();
     assert_eq!(request.reference.as_deref(), Some("refs/heads/main"));
-    assert_eq!(
-        request.repositories,
-        [
-            "https://github.com/acme/policies.git",
-            "git@github.com:acme/policies.git",
-            "git://github.com/acme/policies.git",
-            "https://github.com/acme/policies",
-        ]
+    let repositories = [
+        "https://github.com/acme/policies.git",
+        "git@github.com:acme/policies.git",
+        "git://github.com/acme/policies.git",
+        "https://github.com/acme/policies",
+    ];
+    assert_names(
+        &request,
+        &repositories,
+        "ssh://git@github.com/acme/policies.git",
+        "https://github.com/acme/policies-staging.git",
     );
-    assert!(request.names_repository("ssh://git@github.com/acme/policies.git"));
-    assert!(!request.names_repository("https://github.com/acme/policies-staging.git"));
 
     // The same push again is a duplicate; the same commit tagged, or pushed to a fork, is news.
     assert_eq!(send("r2", &github_push("refs/heads/main", commit, "acme/policies")).await, 200);
@@ -208,16 +216,14 @@ async fn gitlab_token_and_generic_hmac() {
     assert_eq!(post(&address, &gitlab("gl-token"), &body).await, 202);
     let request = syncs.try_recv().unwrap();
     assert_eq!(request.commit.as_deref(), Some("da1560886d4f094c3e6c9ef40349f7d38b5d27d7"));
-    assert_eq!(
-        request.repositories,
-        [
-            "git@gitlab.example.com:platform/policies.git",
-            "https://gitlab.example.com/platform/policies.git",
-            "https://gitlab.example.com/platform/policies",
-        ]
-    );
-    assert!(request.names_repository("ssh://git@gitlab.example.com:2222/platform/policies.git"));
-    assert!(!request.names_repository("https://gitlab.example.com/platform/other.git"));
+    let repositories = [
+        "git@gitlab.example.com:platform/policies.git",
+        "https://gitlab.example.com/platform/policies.git",
+        "https://gitlab.example.com/platform/policies",
+    ];
+    let (same, other) =
+        ("ssh://git@gitlab.example.com:2222/platform/policies.git", "https://gitlab.example.com/platform/other.git");
+    assert_names(&request, &repositories, same, other);
 
     let secret = b"generic".to_vec();
     let (address, mut syncs) = serve(Provider::Generic { secret: secret.clone() }, 4096).await;

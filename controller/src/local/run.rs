@@ -20,7 +20,7 @@ use palisade_netsim::{Local, TrafficGenerator, TrafficOptions};
 use palisade_policy::AllowLocalhost;
 use palisade_policy::yaml::{self, Limits};
 use palisade_rollout::crd::{PolicyAuditReportSpec, PolicyRevision, PolicyRollout, PolicyRolloutStatus};
-use palisade_rollout::engine::EventType;
+use palisade_rollout::engine::Event;
 use palisade_rollout::wire::RECONCILE_ANNOTATION;
 use tracing::{info, warn};
 
@@ -285,9 +285,6 @@ impl RolloutStore for LocalStore<'_> {
     }
 
     async fn write_status(&self, rollout: &PolicyRollout, status: &PolicyRolloutStatus) -> Result<(), Error> {
-        if rollout.status.as_ref() == Some(status) {
-            return Ok(());
-        }
         let mut rollout = rollout.clone();
         let old = rollout.status.replace(status.clone());
         self.store.put_rollout(&rollout)?;
@@ -299,26 +296,16 @@ impl RolloutStore for LocalStore<'_> {
         Ok(())
     }
 
-    async fn record_event(
-        &self,
-        rollout: &PolicyRollout,
-        kind: EventType,
-        reason: &str,
-        message: &str,
-    ) -> Result<(), Error> {
+    async fn record_event(&self, rollout: &PolicyRollout, event: &Event) -> Result<(), Error> {
         let (namespace, name) = (namespace_of(rollout), name_of(rollout));
-        let type_ = match kind {
-            EventType::Normal => "Normal",
-            EventType::Warning => "Warning",
-        };
-        info!(rollout = %format!("{namespace}/{name}"), reason, "{message}");
+        info!(rollout = %format!("{namespace}/{name}"), reason = event.reason, "{}", event.message);
         self.store.append_event(&LocalEvent {
             time: Time(self.now),
-            type_: type_.into(),
-            reason: reason.into(),
+            type_: event.kind.as_str().into(),
+            reason: event.reason.into(),
             namespace,
             rollout: name,
-            message: message.into(),
+            message: event.message.clone(),
         })?;
         Ok(())
     }

@@ -101,10 +101,6 @@ impl Store {
         write(&self.path("revisions", namespace, name), revision)
     }
 
-    pub fn delete_revision(&self, namespace: &str, name: &str) -> Result<()> {
-        remove(&self.path("revisions", namespace, name))
-    }
-
     /// The reports of one rollout, one per node.
     pub fn reports(&self, namespace: &str, rollout: &str) -> Result<Vec<PolicyAuditReport>> {
         let all: Vec<PolicyAuditReport> = self.list("reports", Some(namespace))?;
@@ -151,10 +147,8 @@ impl Store {
     /// The pending requests of a rollout, oldest first, removed from the store.
     pub fn take_requests(&self, namespace: &str, rollout: &str) -> Result<Vec<Request>> {
         let dir = self.dir.join("requests").join(namespace).join(rollout);
-        let mut paths = json_files(&dir)?;
-        paths.sort();
         let mut requests = Vec::new();
-        for path in paths {
+        for path in json_files(&dir)? {
             if let Some(request) = read(&path)? {
                 requests.push(request);
             }
@@ -171,9 +165,7 @@ impl Store {
         };
         let mut objects = Vec::new();
         for dir in namespaces {
-            let mut paths = json_files(&dir)?;
-            paths.sort();
-            for path in paths {
+            for path in json_files(&dir)? {
                 objects.extend(read(&path)?);
             }
         }
@@ -189,36 +181,29 @@ fn names<'a>(namespace: &'a Option<String>, name: &'a Option<String>) -> Result<
 }
 
 fn subdirectories(dir: &Path) -> Result<Vec<PathBuf>> {
-    let entries = match fs::read_dir(dir) {
-        Ok(entries) => entries,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
-        Err(e) => return Err(e).with_context(|| format!("read {}", dir.display())),
-    };
-    let mut dirs = Vec::new();
-    for entry in entries {
-        let entry = entry.with_context(|| format!("read {}", dir.display()))?;
-        if entry.file_type().is_ok_and(|t| t.is_dir()) {
-            dirs.push(entry.path());
-        }
-    }
-    dirs.sort();
-    Ok(dirs)
+    entries(dir, |entry| entry.file_type().is_ok_and(|t| t.is_dir()))
 }
 
 fn json_files(dir: &Path) -> Result<Vec<PathBuf>> {
+    entries(dir, |entry| entry.path().extension().is_some_and(|e| e == "json"))
+}
+
+/// The paths in `dir` of the entries `keep` keeps, sorted; none when `dir` does not exist.
+fn entries(dir: &Path, keep: impl Fn(&fs::DirEntry) -> bool) -> Result<Vec<PathBuf>> {
     let entries = match fs::read_dir(dir) {
         Ok(entries) => entries,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
         Err(e) => return Err(e).with_context(|| format!("read {}", dir.display())),
     };
-    let mut files = Vec::new();
+    let mut paths = Vec::new();
     for entry in entries {
-        let path = entry.with_context(|| format!("read {}", dir.display()))?.path();
-        if path.extension().is_some_and(|e| e == "json") {
-            files.push(path);
+        let entry = entry.with_context(|| format!("read {}", dir.display()))?;
+        if keep(&entry) {
+            paths.push(entry.path());
         }
     }
-    Ok(files)
+    paths.sort();
+    Ok(paths)
 }
 
 fn read<T: DeserializeOwned>(path: &Path) -> Result<Option<T>> {

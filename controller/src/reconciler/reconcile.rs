@@ -15,7 +15,7 @@ use kube::{Api, Client, Resource, ResourceExt};
 use palisade_rollout::crd::{
     PolicyAuditReport, PolicyAuditReportSpec, PolicyRevision, PolicyRollout, PolicyRolloutStatus,
 };
-use palisade_rollout::engine::{EventType, HISTORY_LIMIT};
+use palisade_rollout::engine::{Event, EventType, HISTORY_LIMIT};
 use palisade_rollout::wire::{CONTROLLER_FIELD_MANAGER, FINALIZER, ROLLOUT_LABEL};
 use serde_json::json;
 use tracing::{debug, info, warn};
@@ -145,9 +145,6 @@ impl RolloutStore for KubeStore<'_> {
     /// written meanwhile survives.
     async fn write_status(&self, rollout: &PolicyRollout, status: &PolicyRolloutStatus) -> Result<(), Error> {
         let old = rollout.status.clone().unwrap_or_default();
-        if *status == old {
-            return Ok(());
-        }
         let name = rollout.name_any();
         let api: Api<PolicyRollout> = Api::namespaced(self.client.clone(), &rollout.namespace().unwrap_or_default());
         let applied = PolicyRolloutStatus { approval: None, abort: None, ..status.clone() };
@@ -180,21 +177,16 @@ impl RolloutStore for KubeStore<'_> {
     }
 
     /// Best effort: a lost Event must not fail or repeat the transition it reports.
-    async fn record_event(
-        &self,
-        rollout: &PolicyRollout,
-        kind: EventType,
-        reason: &str,
-        message: &str,
-    ) -> Result<(), Error> {
+    async fn record_event(&self, rollout: &PolicyRollout, event: &Event) -> Result<(), Error> {
+        let Event { kind, reason, message } = event;
         let event = KubeEvent {
             type_: match kind {
                 EventType::Normal => KubeEventType::Normal,
                 EventType::Warning => KubeEventType::Warning,
             },
-            reason: reason.into(),
-            note: Some(message.into()),
-            action: reason.into(),
+            reason: reason.to_string(),
+            note: Some(message.clone()),
+            action: reason.to_string(),
             secondary: None,
         };
         // A Recorder per Event: the engine reports transitions, each with its own message, and a

@@ -8,7 +8,7 @@ use k8s_openapi::jiff::Timestamp;
 use kube::api::ObjectMeta;
 use kube::{Resource, ResourceExt};
 use palisade_rollout::crd::{PolicyAuditReportSpec, PolicyRevision, PolicyRollout, PolicyRolloutStatus};
-use palisade_rollout::engine::{self, Action, EventType, SourceObservation};
+use palisade_rollout::engine::{self, Action, Event, SourceObservation};
 use palisade_rollout::wire::{RECONCILE_ANNOTATION, ROLLOUT_LABEL};
 use tracing::{info, warn};
 
@@ -37,20 +37,14 @@ pub trait RolloutStore: Sync {
     /// Revisions are immutable and content-addressed, so one that exists already is the same one.
     fn create_revision(&self, revision: PolicyRevision) -> impl Future<Output = Result<(), Error>> + Send;
 
-    /// Writes the status the engine left, if it differs from the rollout's.
+    /// Writes the status the engine left; called only when it differs from the rollout's.
     fn write_status(
         &self,
         rollout: &PolicyRollout,
         status: &PolicyRolloutStatus,
     ) -> impl Future<Output = Result<(), Error>> + Send;
 
-    fn record_event(
-        &self,
-        rollout: &PolicyRollout,
-        kind: EventType,
-        reason: &str,
-        message: &str,
-    ) -> impl Future<Output = Result<(), Error>> + Send;
+    fn record_event(&self, rollout: &PolicyRollout, event: &Event) -> impl Future<Output = Result<(), Error>> + Send;
 }
 
 /// What a reconcile left.
@@ -116,10 +110,12 @@ pub async fn reconcile(
             store.create_revision(revision).await?;
         }
     }
-    store.write_status(rollout, &decision.status).await?;
+    if rollout.status.clone().unwrap_or_default() != decision.status {
+        store.write_status(rollout, &decision.status).await?;
+    }
     for action in &decision.actions {
         match action {
-            Action::Event { kind, reason, message } => store.record_event(rollout, *kind, reason, message).await?,
+            Action::Event(event) => store.record_event(rollout, event).await?,
             Action::Flip { to, fast_track } => {
                 info!(rollout = %key, revision = %to.id, fast_track, "promoting");
                 let labels = super::metrics::PromotionLabels { fast_track: fast_track.to_string() };

@@ -96,6 +96,24 @@ pub enum EventType {
     Warning,
 }
 
+impl EventType {
+    /// As Kubernetes Events spell it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EventType::Normal => "Normal",
+            EventType::Warning => "Warning",
+        }
+    }
+}
+
+/// A transition worth telling people about, as a Kubernetes Event.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Event {
+    pub kind: EventType,
+    pub reason: &'static str,
+    pub message: String,
+}
+
 /// What the reconciler must do besides writing the status.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Action {
@@ -112,11 +130,7 @@ pub enum Action {
         to: RevisionRef,
         reason: String,
     },
-    Event {
-        kind: EventType,
-        reason: &'static str,
-        message: String,
-    },
+    Event(Event),
     /// Reconcile again after this long even if nothing changes (a gate or window ends).
     RequeueAfter(std::time::Duration),
 }
@@ -182,7 +196,7 @@ impl<'a> Engine<'a> {
     }
 
     fn event(&mut self, kind: EventType, reason: &'static str, message: String) {
-        self.actions.push(Action::Event { kind, reason, message });
+        self.actions.push(Action::Event(Event { kind, reason, message }));
     }
 
     fn record(&mut self, rev: &RevisionRef, outcome: Outcome, message: String) {

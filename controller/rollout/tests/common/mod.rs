@@ -6,7 +6,9 @@ use std::collections::BTreeMap;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::{SignedDuration, Timestamp};
 use palisade_rollout::crd::*;
-use palisade_rollout::engine::{self, Action, Context, Decision, ObservedRevision, PolicyRef, SourceObservation};
+use palisade_rollout::engine::{
+    self, Action, Context, Decision, Event, ObservedRevision, PolicyRef, SourceObservation,
+};
 
 pub const NS: &str = "shop";
 pub const CONTROLLER_NS: &str = "palisade-system";
@@ -167,6 +169,13 @@ impl Rollout {
             .map(|c| (c.status.clone(), c.reason.clone(), c.message.clone()))
     }
 
+    /// Condition `type_` is there with `reason`, and its message says `part`.
+    pub fn assert_condition(&self, type_: &str, reason: &str, part: &str) {
+        let (_, actual, message) = self.condition(type_).unwrap_or_else(|| panic!("no condition {type_}"));
+        assert_eq!(actual, reason, "{type_}: {message}");
+        assert!(message.contains(part), "{type_}: {message}");
+    }
+
     /// Drives revision `n` from first sight to enforced on nodes a and b, at minute `start`.
     pub fn promote(&mut self, n: &str, start: i64) {
         let before = self.enforced().map(|s| s.trim_start_matches("web-").to_string());
@@ -199,7 +208,7 @@ pub fn events(actions: &[Action]) -> Vec<&'static str> {
     actions
         .iter()
         .filter_map(|a| match a {
-            Action::Event { reason, .. } => Some(*reason),
+            Action::Event(Event { reason, .. }) => Some(*reason),
             _ => None,
         })
         .collect()

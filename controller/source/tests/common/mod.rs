@@ -103,13 +103,19 @@ impl Repo {
     }
 }
 
+/// A CiliumNetworkPolicy `name` in namespace `default` letting `app: client` reach `app: {name}`
+/// on `port`.
 pub fn policy(name: &str, port: u16) -> String {
+    namespaced_policy("default", name, port)
+}
+
+pub fn namespaced_policy(namespace: &str, name: &str, port: u16) -> String {
     format!(
         "apiVersion: cilium.io/v2
 kind: CiliumNetworkPolicy
 metadata:
   name: {name}
-  namespace: default
+  namespace: {namespace}
 spec:
   endpointSelector:
     matchLabels:

@@ -106,34 +106,16 @@ pub fn render_description(
         writeln!(w, "  Observed generation:\t{generation}")?;
     }
 
-    writeln!(w, "Conditions:")?;
-    if status.conditions.is_empty() {
-        writeln!(w, "  <none>")?;
-    } else {
-        writeln!(w, "  TYPE\tSTATUS\tREASON\tAGE\tMESSAGE")?;
-        for c in &status.conditions {
-            writeln!(
-                w,
-                "  {}\t{}\t{}\t{}\t{}",
-                c.type_,
-                c.status,
-                c.reason,
-                age(now, c.last_transition_time.0),
-                c.message
-            )?;
-        }
-    }
-
-    writeln!(w, "History:")?;
-    if status.history.is_empty() {
-        writeln!(w, "  <none>")?;
-    } else {
-        writeln!(w, "  REVISION\tOUTCOME\tAGE\tAPPROVED-BY\tMESSAGE")?;
-        for h in &status.history {
-            let by = h.approved_by.as_deref().unwrap_or("-");
-            writeln!(w, "  {}\t{:?}\t{}\t{by}\t{}", h.display, h.outcome, age(now, h.recorded_at.0), h.message)?;
-        }
-    }
+    let conditions = status.conditions.iter().map(|c| {
+        let age = age(now, c.last_transition_time.0);
+        format!("{}\t{}\t{}\t{age}\t{}", c.type_, c.status, c.reason, c.message)
+    });
+    section(&mut w, "Conditions", "TYPE\tSTATUS\tREASON\tAGE\tMESSAGE", conditions)?;
+    let history = status.history.iter().map(|h| {
+        let by = h.approved_by.as_deref().unwrap_or("-");
+        format!("{}\t{:?}\t{}\t{by}\t{}", h.display, h.outcome, age(now, h.recorded_at.0), h.message)
+    });
+    section(&mut w, "History", "REVISION\tOUTCOME\tAGE\tAPPROVED-BY\tMESSAGE", history)?;
 
     match &status.candidate_revision {
         None => writeln!(w, "Audit:\tno candidate")?,
@@ -143,6 +125,21 @@ pub fn render_description(
         describe_events(&mut w, events, now)?;
     }
     w.flush()?;
+    Ok(())
+}
+
+/// A titled table of `rows` under `header` (tab-separated), or `<none>`.
+fn section(w: &mut impl Write, title: &str, header: &str, rows: impl Iterator<Item = String>) -> Result<()> {
+    writeln!(w, "{title}:")?;
+    let mut rows = rows.peekable();
+    if rows.peek().is_none() {
+        writeln!(w, "  <none>")?;
+        return Ok(());
+    }
+    writeln!(w, "  {header}")?;
+    for row in rows {
+        writeln!(w, "  {row}")?;
+    }
     Ok(())
 }
 
