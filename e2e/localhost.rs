@@ -18,30 +18,33 @@ const WAIT: Duration = Duration::from_secs(60);
 /// How long a restarted `local run` may take to bring the datapath in line with its flags.
 const CONVERGE: Duration = Duration::from_secs(20);
 
-const CLUSTER: &str = "apiVersion: v1
-kind: List
-items:
-- apiVersion: v1
+/// The cluster file: node-a (10.200.0.5) with two pods on it, the server and its client.
+fn cluster_file() -> String {
+    let node = "- apiVersion: v1
   kind: Node
   metadata: {name: node-a}
   status:
     addresses:
     - {type: InternalIP, address: 10.200.0.5}
-- apiVersion: v1
-  kind: Pod
-  metadata: {name: server, namespace: shop, labels: {app: server}}
-  spec:
-    nodeName: node-a
-    containers: [{name: server, ports: [{containerPort: 8080}]}]
-  status: {podIP: 10.200.30.10}
-- apiVersion: v1
-  kind: Pod
-  metadata: {name: client, namespace: shop, labels: {app: client}}
-  spec:
-    nodeName: node-a
-    containers: [{name: client, ports: [{containerPort: 9090}]}]
-  status: {podIP: 10.200.30.20}
 ";
+    let pod = |name: &str, port: u16, ip: &str| {
+        format!(
+            "- apiVersion: v1
+  kind: Pod
+  metadata: {{name: {name}, namespace: shop, labels: {{app: {name}}}}}
+  spec:
+    nodeName: node-a
+    containers: [{{name: {name}, ports: [{{containerPort: {port}}}]}}]
+  status: {{podIP: {ip}}}
+"
+        )
+    };
+    format!(
+        "apiVersion: v1\nkind: List\nitems:\n{node}{}{}",
+        pod("server", 8080, "10.200.30.10"),
+        pod("client", 9090, "10.200.30.20")
+    )
+}
 
 /// The server's ingress denies everything (`ingress: [{}]`).
 const DENY_ALL: &str = "apiVersion: cilium.io/v2
@@ -67,7 +70,7 @@ spec:
 fn the_node_reaches_pods_under_always_and_as_policy_allows_under_policy() {
     let dir = tempfile::tempdir().unwrap();
     let cluster = dir.path().join("cluster.yaml");
-    std::fs::write(&cluster, CLUSTER).unwrap();
+    std::fs::write(&cluster, cluster_file()).unwrap();
     let repo = Repo::new();
     repo.commit(&[("server.yaml", DENY_ALL)], "server: deny all ingress");
     let mut local = LocalCluster::up("e2h-", &cluster);
