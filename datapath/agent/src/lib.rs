@@ -9,6 +9,7 @@ mod agent;
 mod dataplane;
 mod input;
 pub mod kube;
+mod node_state;
 pub mod observe;
 mod report;
 pub mod runtime;
