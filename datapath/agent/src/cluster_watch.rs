@@ -87,18 +87,12 @@ pub async fn watch(client: Client, changes: mpsc::Sender<Change>, state: Arc<Wat
             |r| Ok(Change::Rollout(Box::new(r))),
             |(namespace, name)| { Change::RolloutDeleted { namespace, name } }
         ),
-        whole(
-            Api::<Node>::all(client.clone()),
-            watcher::Config::default(),
-            sink,
-            |n| cluster::Node::from_json(&to_json(n)?),
-            Change::Nodes
-        ),
+        whole(Api::<Node>::all(client.clone()), everything(), sink, via_json(cluster::Node::from_json), Change::Nodes),
         whole(
             Api::<Service>::all(client.clone()),
-            watcher::Config::default(),
+            everything(),
             sink,
-            |s| cluster::Service::from_json(&to_json(s)?),
+            via_json(cluster::Service::from_json),
             Change::Services
         ),
         // Only the API server's: the slices of Service default/kubernetes (RBAC grants no more).
@@ -110,7 +104,7 @@ pub async fn watch(client: Client, changes: mpsc::Sender<Change>, state: Arc<Wat
                 cluster::APISERVER_SERVICE.1
             )),
             sink,
-            |s| cluster::EndpointSlice::from_json(&to_json(s)?),
+            via_json(cluster::EndpointSlice::from_json),
             Change::EndpointSlices
         ),
     )
@@ -119,6 +113,18 @@ pub async fn watch(client: Client, changes: mpsc::Sender<Change>, state: Arc<Wat
 
 fn to_json(object: &impl Serialize) -> Result<serde_json::Value, String> {
     serde_json::to_value(object).map_err(|e| e.to_string())
+}
+
+/// A conversion to the policy model's type through the object's JSON.
+fn via_json<K: Serialize, T>(
+    from_json: fn(&serde_json::Value) -> Result<T, String>,
+) -> impl Fn(&K) -> Result<T, String> {
+    move |object| from_json(&to_json(object)?)
+}
+
+/// Every object of the kind.
+fn everything() -> watcher::Config {
+    watcher::Config::default()
 }
 
 fn pod_change(pod: Pod) -> Result<Change, String> {

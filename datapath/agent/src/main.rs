@@ -28,7 +28,7 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
-use prometheus_client::registry::Registry;
+use prometheus_client::registry::{Metric, Registry};
 use tokio::sync::mpsc::UnboundedReceiver;
 use tokio::sync::watch as signal;
 use tracing::{error, info, warn};
@@ -227,56 +227,53 @@ struct Metrics {
 impl Default for Metrics {
     fn default() -> Self {
         let mut registry = Registry::with_prefix("palisade_agent");
-        let metrics = Metrics {
-            endpoints: Gauge::default(),
-            converge_seconds: Histogram::new(exponential_buckets(0.0005, 2.0, 16)),
-            converge_errors: Counter::default(),
-            audit_new_denies: Family::default(),
-            drops_per_minute: Gauge::default(),
-            flows_processed: Family::default(),
-            policy_diffs: Family::default(),
+        let reg = &mut registry;
+        Metrics {
+            endpoints: registered(reg, "endpoints", "Local endpoints (pods on this node) the agent programs"),
+            converge_seconds: registered_as(
+                reg,
+                "converge_seconds",
+                "Time to bring the datapath in line with a batch of changes",
+                Histogram::new(exponential_buckets(0.0005, 2.0, 16)),
+            ),
+            converge_errors: registered(reg, "converge_errors", "Convergences that failed and were retried"),
+            audit_new_denies: registered(
+                reg,
+                "audit_new_denies",
+                "Flows this node saw that the rollout's candidate would newly deny",
+            ),
+            drops_per_minute: registered(
+                reg,
+                "drops_per_minute",
+                "Packets this node dropped per minute under the enforced policy, over the last minute",
+            ),
+            flows_processed: registered(
+                reg,
+                "flows_processed",
+                "New flows the datapath reported (dropped, audited, or judged differently by a candidate), by the \
+                 rollout whose rule decided and the enforced verdict (FORWARDED, DROPPED, AUDIT)",
+            ),
+            policy_diffs: registered(
+                reg,
+                "policy_diffs",
+                "New flows the rollout's candidate judges differently from the enforced revision, by what the \
+                 candidate would do",
+            ),
             rollouts: Default::default(),
-            registry: Registry::default(),
-        };
-        registry.register(
-            "endpoints",
-            "Local endpoints (pods on this node) the agent programs",
-            metrics.endpoints.clone(),
-        );
-        registry.register(
-            "converge_seconds",
-            "Time to bring the datapath in line with a batch of changes",
-            metrics.converge_seconds.clone(),
-        );
-        registry.register(
-            "converge_errors",
-            "Convergences that failed and were retried",
-            metrics.converge_errors.clone(),
-        );
-        registry.register(
-            "audit_new_denies",
-            "Flows this node saw that the rollout's candidate would newly deny",
-            metrics.audit_new_denies.clone(),
-        );
-        registry.register(
-            "drops_per_minute",
-            "Packets this node dropped per minute under the enforced policy, over the last minute",
-            metrics.drops_per_minute.clone(),
-        );
-        registry.register(
-            "flows_processed",
-            "New flows the datapath reported (dropped, audited, or judged differently by a candidate), by the \
-             rollout whose rule decided and the enforced verdict (FORWARDED, DROPPED, AUDIT)",
-            metrics.flows_processed.clone(),
-        );
-        registry.register(
-            "policy_diffs",
-            "New flows the rollout's candidate judges differently from the enforced revision, by what the \
-             candidate would do",
-            metrics.policy_diffs.clone(),
-        );
-        Metrics { registry, ..metrics }
+            registry,
+        }
     }
+}
+
+/// A new metric, registered under `name`.
+fn registered<M: Metric + Clone + Default>(registry: &mut Registry, name: &str, help: &str) -> M {
+    registered_as(registry, name, help, M::default())
+}
+
+/// `metric`, registered under `name`.
+fn registered_as<M: Metric + Clone>(registry: &mut Registry, name: &str, help: &str, metric: M) -> M {
+    registry.register(name, help, metric.clone());
+    metric
 }
 
 impl Metrics {
@@ -337,11 +334,10 @@ mod tests {
     use super::*;
 
     #[test]
-    fn durations_parse() {
-        assert_eq!(parse_interval("10s"), Ok(Duration::from_secs(10)));
-        assert_eq!(parse_interval("500ms"), Ok(Duration::from_millis(500)));
-        assert_eq!(parse_interval("2m"), Ok(Duration::from_secs(120)));
-        assert!(parse_interval("10").is_err() && parse_interval("0s").is_err() && parse_interval("s").is_err());
+    fn the_report_interval_is_a_positive_duration_in_the_crds_grammar() {
+        assert_eq!(parse_interval("1m30s"), palisade_rollout::parse_duration("1m30s"));
+        assert!(parse_interval("0s").is_err(), "positive");
+        assert!(parse_interval("10").is_err(), "with a unit, as in a CRD");
     }
 
     #[test]
