@@ -18,14 +18,8 @@ const PIN_DIR: &str = "/sys/fs/bpf/palisade-test-agent";
 /// The figure for a pod or label change to take effect.
 const TARGET: Duration = Duration::from_millis(100);
 
-fn policy(port: u16) -> String {
-    format!(
-        "apiVersion: cilium.io/v2\nkind: CiliumNetworkPolicy\nmetadata: {{name: db, namespace: shop}}\nspec:\n  endpointSelector: {{matchLabels: {{app: db}}}}\n  ingress:\n    - fromEndpoints: [{{matchLabels: {{app: api}}}}]\n      toPorts: [{{ports: [{{port: '{port}', protocol: TCP}}]}}]\n"
-    )
-}
-
 fn revision(name: &str, port: u16) -> Change {
-    common::revision(name, &policy(port))
+    common::revision(name, &common::db_policy(port))
 }
 
 struct Net {

@@ -20,6 +20,13 @@ use palisade_rollout::crd::{
 };
 use tokio::sync::mpsc::UnboundedReceiver;
 
+/// The database (`app: db` in `shop`) takes `port` from the API (`app: api`), and nothing else.
+pub fn db_policy(port: u16) -> String {
+    format!(
+        "apiVersion: cilium.io/v2\nkind: CiliumNetworkPolicy\nmetadata: {{name: db, namespace: shop}}\nspec:\n  endpointSelector: {{matchLabels: {{app: db}}}}\n  ingress:\n    - fromEndpoints: [{{matchLabels: {{app: api}}}}]\n      toPorts: [{{ports: [{{port: '{port}', protocol: TCP}}]}}]\n"
+    )
+}
+
 /// Revision `name` of rollout `shop/db`: one CiliumNetworkPolicy `shop/db` written as `policy`.
 pub fn revision(name: &str, policy: &str) -> Change {
     let document = PolicyDocument {
