@@ -74,13 +74,7 @@ fn main() {
     let datapath = Datapath::open(PIN_DIR).expect("open the datapath");
     let config = AgentConfig { node: Some(NODE.into()), ..AgentConfig::default() };
     let mut agent = Agent::new(config, datapath, Unwired);
-    let start = Instant::now();
-    for change in changes {
-        agent.apply(change);
-    }
-    agent.apply(Change::Synced);
-    agent.converge().expect("initial converge");
-    let initial = start.elapsed();
+    let initial = sync(&mut agent, changes);
     let peak = rss_kb("VmHWM");
     assert_eq!(agent.endpoints().len(), LOCAL_ENDPOINTS, "the node's endpoints");
 
@@ -336,16 +330,21 @@ fn full_rebuild(cluster: &Cluster, revision: &PolicyRevision) -> Duration {
     let mut changes: Vec<Change> = cluster.namespaces.values().cloned().map(Change::Namespace).collect();
     changes.push(Change::Nodes(cluster.nodes.clone()));
     changes.extend(cluster.pods.iter().cloned().map(Change::Pod));
+    let elapsed = sync(&mut agent, changes);
+    drop(agent);
+    Datapath::open(FULL_PIN_DIR).and_then(Datapath::destroy).expect("destroy the full datapath");
+    elapsed
+}
+
+/// How long the agent takes to take `changes` in, then everything programmed from nothing.
+fn sync(agent: &mut Agent<Datapath, Unwired>, changes: Vec<Change>) -> Duration {
     let start = Instant::now();
     for change in changes {
         agent.apply(change);
     }
     agent.apply(Change::Synced);
-    agent.converge().expect("full converge");
-    let elapsed = start.elapsed();
-    drop(agent);
-    Datapath::open(FULL_PIN_DIR).and_then(Datapath::destroy).expect("destroy the full datapath");
-    elapsed
+    agent.converge().expect("converge");
+    start.elapsed()
 }
 
 fn percentile(values: &mut [Duration], p: f64) -> Duration {
