@@ -355,6 +355,15 @@ mod tests {
         assert!(bogus.unwrap_err().to_string().contains("[possible values: always, policy]"));
     }
 
+    /// The metrics' text, which must hold every one of `lines`.
+    pub(super) fn assert_lines(metrics: &Metrics, lines: &[&str]) -> String {
+        let text = metrics.encode().unwrap();
+        for line in lines {
+            assert!(text.lines().any(|l| l == *line), "{line} missing in\n{text}");
+        }
+        text
+    }
+
     fn report(rollout: &str, new_denies: u64, drops_per_minute: u64) -> PolicyAuditReport {
         let spec = PolicyAuditReportSpec {
             rollout: rollout.into(),
@@ -374,16 +383,16 @@ mod tests {
         metrics.converged(&Convergence { duration: Duration::from_millis(1), ok: false, endpoints: 4 });
         metrics.reported(&[report("web", 2, 30), report("db", 0, 30)]);
         metrics.reported(&[report("web", 5, 12)]);
-        let text = metrics.encode().unwrap();
-        for line in [
-            "palisade_agent_endpoints 4",
-            "palisade_agent_converge_seconds_count 2",
-            "palisade_agent_converge_errors_total 1",
-            "palisade_agent_audit_new_denies{namespace=\"shop\",rollout=\"web\"} 5",
-            "palisade_agent_drops_per_minute 12",
-        ] {
-            assert!(text.lines().any(|l| l == line), "{line} missing in\n{text}");
-        }
+        let text = assert_lines(
+            &metrics,
+            &[
+                "palisade_agent_endpoints 4",
+                "palisade_agent_converge_seconds_count 2",
+                "palisade_agent_converge_errors_total 1",
+                "palisade_agent_audit_new_denies{namespace=\"shop\",rollout=\"web\"} 5",
+                "palisade_agent_drops_per_minute 12",
+            ],
+        );
         assert!(!text.contains("rollout=\"db\""), "a gone rollout loses its series:\n{text}");
     }
 }
@@ -392,6 +401,7 @@ mod tests {
 mod flow_metrics {
     use palisade_agent::observe::{CandidateVerdict, DecidedBy, FlowPeer, RolloutRef};
 
+    use super::tests::assert_lines;
     use super::*;
 
     fn flow(verdict: FlowVerdict, candidate: Option<FlowVerdict>) -> ObservedFlow {
@@ -426,14 +436,14 @@ mod flow_metrics {
         metrics.observed(&flow(FlowVerdict::Dropped, Some(FlowVerdict::Dropped)));
         metrics.observed(&flow(FlowVerdict::Forwarded, Some(FlowVerdict::Dropped)));
         metrics.observed(&flow(FlowVerdict::Audit, None));
-        let text = metrics.encode().unwrap();
-        for line in [
-            "palisade_agent_flows_processed_total{namespace=\"shop\",rollout=\"db\",verdict=\"DROPPED\"} 2",
-            "palisade_agent_flows_processed_total{namespace=\"shop\",rollout=\"db\",verdict=\"FORWARDED\"} 1",
-            "palisade_agent_flows_processed_total{namespace=\"shop\",rollout=\"db\",verdict=\"AUDIT\"} 1",
-            "palisade_agent_policy_diffs_total{namespace=\"shop\",rollout=\"db\",candidate_verdict=\"DROPPED\"} 1",
-        ] {
-            assert!(text.lines().any(|l| l == line), "{line} missing in\n{text}");
-        }
+        assert_lines(
+            &metrics,
+            &[
+                "palisade_agent_flows_processed_total{namespace=\"shop\",rollout=\"db\",verdict=\"DROPPED\"} 2",
+                "palisade_agent_flows_processed_total{namespace=\"shop\",rollout=\"db\",verdict=\"FORWARDED\"} 1",
+                "palisade_agent_flows_processed_total{namespace=\"shop\",rollout=\"db\",verdict=\"AUDIT\"} 1",
+                "palisade_agent_policy_diffs_total{namespace=\"shop\",rollout=\"db\",candidate_verdict=\"DROPPED\"} 1",
+            ],
+        );
     }
 }
