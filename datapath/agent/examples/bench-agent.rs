@@ -11,20 +11,20 @@
 //!
 //! `--profile` leaves out the reference compiles and the full rebuilds (for profiling the
 //! incremental path alone); `--verify-all` checks every step.
+#[path = "../tests/common/mod.rs"]
+mod common;
+
 use std::collections::BTreeSet;
 use std::net::Ipv4Addr;
 use std::time::{Duration, Instant};
 
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use palisade_agent::{Agent, AgentConfig, Change, Interface, InterfaceResolver};
 use palisade_common::PolicyEntry;
 use palisade_datapath::Datapath;
 use palisade_policy::bench as workload;
 use palisade_policy::cluster::{Cluster, Pod};
 use palisade_policy::{Engine, EngineOptions, IdentityBasis, ParseOptions, PolicySet, SourceFile, parse_policies};
-use palisade_rollout::crd::{
-    PolicyDocument, PolicyRevision, PolicyRevisionSpec, PolicyRollout, PolicyRolloutStatus, RevisionRef,
-};
+use palisade_rollout::crd::{PolicyDocument, PolicyRevision, PolicyRollout};
 
 const PIN_DIR: &str = "/sys/fs/bpf/palisade-bench-agent";
 /// Where the naive agent of the side-by-side programs its fresh datapath.
@@ -155,16 +155,7 @@ fn inputs() -> (Cluster, PolicyRevision, PolicySet) {
             });
         }
     }
-    let spec = PolicyRevisionSpec {
-        rollout: "bench".into(),
-        commit: "0".repeat(40),
-        display: format!("main@{REVISION}"),
-        digest: format!("sha256:{}", "0".repeat(64)),
-        policy_count: documents.len() as u32,
-        policies: documents,
-    };
-    let mut revision = PolicyRevision::new(REVISION, spec);
-    revision.metadata.namespace = Some(NAMESPACE.into());
+    let revision = common::revision_of(NAMESPACE, "bench", REVISION, documents);
     let policies = parse_revision(&revision);
     (cluster, revision, policies)
 }
@@ -181,14 +172,7 @@ fn parse_revision(revision: &PolicyRevision) -> PolicySet {
 }
 
 fn rollout() -> PolicyRollout {
-    let reference = RevisionRef { id: REVISION.into(), commit: "0".repeat(40), display: format!("main@{REVISION}") };
-    let spec =
-        serde_json::from_value(serde_json::json!({"source": {"url": "file:///repo", "ref": {"branch": "main"}}}))
-            .expect("spec");
-    let status = PolicyRolloutStatus { enforced_revision: Some(reference), ..PolicyRolloutStatus::default() };
-    let metadata =
-        ObjectMeta { name: Some("bench".into()), namespace: Some(NAMESPACE.into()), ..ObjectMeta::default() };
-    PolicyRollout { metadata, spec, status: Some(status) }
+    common::rollout_of(NAMESPACE, "bench", Some(REVISION), None)
 }
 
 /// Every 100th pod, offset so the node runs a mix of apps from 100 namespaces.

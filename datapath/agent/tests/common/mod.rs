@@ -35,21 +35,31 @@ pub fn revision(name: &str, policy: &str) -> Change {
         namespace: Some("shop".into()),
         content: policy.into(),
     };
+    Change::Revision(Box::new(revision_of("shop", "db", name, vec![document])))
+}
+
+/// Revision `name` of rollout `namespace/rollout`, of `documents`, at a commit of zeros.
+pub fn revision_of(namespace: &str, rollout: &str, name: &str, documents: Vec<PolicyDocument>) -> PolicyRevision {
     let spec = PolicyRevisionSpec {
-        rollout: "db".into(),
+        rollout: rollout.into(),
         commit: "0".repeat(40),
         display: format!("main@{name}"),
         digest: format!("sha256:{}", "0".repeat(64)),
-        policy_count: 1,
-        policies: vec![document],
+        policy_count: documents.len() as u32,
+        policies: documents,
     };
     let mut revision = PolicyRevision::new(name, spec);
-    revision.metadata.namespace = Some("shop".into());
-    Change::Revision(Box::new(revision))
+    revision.metadata.namespace = Some(namespace.into());
+    revision
 }
 
 /// Rollout `shop/db` with the status naming what nodes enforce and audit.
 pub fn rollout(enforced: Option<&str>, candidate: Option<&str>) -> Change {
+    Change::Rollout(Box::new(rollout_of("shop", "db", enforced, candidate)))
+}
+
+/// Rollout `namespace/name` of a Git branch, with the status naming what nodes enforce and audit.
+pub fn rollout_of(namespace: &str, name: &str, enforced: Option<&str>, candidate: Option<&str>) -> PolicyRollout {
     let reference = |id: &str| RevisionRef { id: id.into(), commit: "0".repeat(40), display: format!("main@{id}") };
     let spec =
         serde_json::from_value(serde_json::json!({"source": {"url": "file:///repo", "ref": {"branch": "main"}}}))
@@ -59,8 +69,8 @@ pub fn rollout(enforced: Option<&str>, candidate: Option<&str>) -> Change {
         candidate_revision: candidate.map(reference),
         ..PolicyRolloutStatus::default()
     };
-    let metadata = ObjectMeta { name: Some("db".into()), namespace: Some("shop".into()), ..ObjectMeta::default() };
-    Change::Rollout(Box::new(PolicyRollout { metadata, spec, status: Some(status) }))
+    let metadata = ObjectMeta { name: Some(name.into()), namespace: Some(namespace.into()), ..ObjectMeta::default() };
+    PolicyRollout { metadata, spec, status: Some(status) }
 }
 
 /// Deletes a root test's namespaces and pinned datapath, also when it panics.
