@@ -1,6 +1,6 @@
 //! Watches of the cluster that turn Pods, Namespaces, Nodes, Services, the API server's
 //! EndpointSlices, PolicyRevisions and PolicyRollouts into [`Change`]s for the agent (the
-//! reports go back through [`crate::report_writer`]). Local mode feeds the same agent without
+//! reports go back through `report_writer`). Local mode feeds the same agent without
 //! any of this.
 //!
 //! Each watch remembers what it sent (resource versions, or the items of a whole-list kind), so a
