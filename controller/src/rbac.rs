@@ -25,7 +25,7 @@ pub const CONTROLLER_NAMESPACE_RBAC: &[Rule] =
     &[("coordination.k8s.io", "leases", &["get", "create", "update"]), ("", "pods", &["list"])];
 
 /// The node agent, cluster-wide (ClusterRole `palisade-agent`): the watches identities and
-/// endpoints are computed from, the revisions to load (datapath/agent/src/kube.rs), and its own
+/// endpoints are computed from, the revisions to load (datapath/agent/src/cluster_watch.rs), and its own
 /// audit report per rollout, applied server-side and deleted when the rollout is gone.
 pub const AGENT_RBAC: &[Rule] = &[
     ("", "pods", &["list", "watch"]),

@@ -2,7 +2,7 @@
 //! replies and related ICMP, and a tightened policy cutting an established connection.
 mod support;
 
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, TcpStream};
 
 use palisade_common::*;
 use palisade_datapath::{Datapath, Hook, Mode, Slot};
@@ -136,15 +136,22 @@ fn connectivity_matrix_over_tcp_udp_icmp() {
     datapath.destroy().unwrap();
 }
 
-#[test]
-fn tightened_policy_cuts_an_established_connection() {
-    let topology = Topology::new("pdc", 4, true, 40);
-    let _inside = InNetns::enter(&topology.node);
+/// The four endpoints under the policies of [`setup`], entered, and a connection from e0 to
+/// e1's echo server on port 80, which they allow, that works.
+fn established(prefix: &str, subnet: u8) -> (Topology, InNetns, Datapath, TcpStream) {
+    let topology = Topology::new(prefix, 4, true, subnet);
+    let inside = InNetns::enter(&topology.node);
     let mut datapath = topology.datapath();
     setup(&topology, &mut datapath);
     tcp_echo_servers(&topology.endpoints[1].ns, &[80]);
     let mut stream = tcp_connect(&topology.endpoints[0].ns, topology.endpoints[1].addr, 80).expect("connect");
     assert!(tcp_roundtrip(&mut stream), "allowed connection works");
+    (topology, inside, datapath, stream)
+}
+
+#[test]
+fn tightened_policy_cuts_an_established_connection() {
+    let (topology, _inside, mut datapath, mut stream) = established("pdc", 40);
 
     let mut tightened = policies()[1].clone();
     tightened.retain(|e| e.key.port() != 80);
@@ -181,14 +188,8 @@ fn tightened_policy_cuts_an_established_connection() {
 
 #[test]
 fn ipcache_change_rejudges_an_established_connection() {
-    let topology = Topology::new("pdi", 4, true, 44);
-    let _inside = InNetns::enter(&topology.node);
-    let mut datapath = topology.datapath();
-    setup(&topology, &mut datapath);
-    tcp_echo_servers(&topology.endpoints[1].ns, &[80]);
+    let (topology, _inside, mut datapath, mut stream) = established("pdi", 44);
     let client = &topology.endpoints[0];
-    let mut stream = tcp_connect(&client.ns, topology.endpoints[1].addr, 80).expect("connect");
-    assert!(tcp_roundtrip(&mut stream), "allowed connection works");
     assert!(tcp_roundtrip(&mut stream), "and keeps working on its cached decision");
     let denied_before = datapath.counters(1).unwrap().denied;
 

@@ -57,6 +57,16 @@ fn flows_of(datapath: &Datapath, endpoint: u32) -> Vec<Flow> {
     datapath.flows().unwrap().into_iter().filter(|f| f.key.endpoint == endpoint).collect()
 }
 
+/// Whether `frame`, run through `hook` of interface `ifindex`, passes.
+fn passes(datapath: &Datapath, hook: Hook, ifindex: u32, frame: &[u8]) -> bool {
+    datapath.run_frame(hook, ifindex, frame, 1).unwrap().passed
+}
+
+/// Whether `endpoint` recorded a flow dropped for `reason`.
+fn recorded(datapath: &Datapath, endpoint: u32, reason: DropReason) -> bool {
+    flows_of(datapath, endpoint).iter().any(|f| f.key.drop_reason() == Some(reason))
+}
+
 /// An HTTP request over a new connection; true when it comes back from the echo server.
 fn http_get(ns: &str, to: Ipv4Addr, port: u16) -> bool {
     let Some(mut stream) = tcp_connect(ns, to, port) else { return false };
@@ -209,11 +219,8 @@ fn fragmented_datagrams_are_judged_like_their_first_fragment() {
     // A later fragment whose first fragment was never seen has no ports to judge: dropped.
     let ifindex = if_index(&server.host_if);
     let orphan = ipv4_packet(PROTO_UDP, client.addr, server.addr, (4242, 185, false), &[0; 64]);
-    assert!(!datapath.run_frame(Hook::ToEndpoint, ifindex, &ethernet_frame(0x0800, &orphan), 1).unwrap().passed);
-    assert!(
-        flows_of(&datapath, 1).iter().any(|f| f.key.drop_reason() == Some(DropReason::FragmentUnknown)),
-        "recorded as fragment-unknown"
-    );
+    assert!(!passes(&datapath, Hook::ToEndpoint, ifindex, &ethernet_frame(0x0800, &orphan)));
+    assert!(recorded(&datapath, 1, DropReason::FragmentUnknown), "recorded as fragment-unknown");
     datapath.destroy().unwrap();
 }
 
@@ -240,16 +247,16 @@ fn icmp_errors_pass_only_for_tracked_connections_and_other_icmp_is_judged_per_pa
     let mut rest = vec![0; 4];
     rest.extend_from_slice(&quoted);
     let unrelated = ipv4_frame(PROTO_ICMP, server.addr, client.addr, &icmp_message(3, &rest));
-    assert!(!datapath.run_frame(Hook::ToEndpoint, client_if, &unrelated, 1).unwrap().passed, "an unrelated error");
-    assert!(flows_of(&datapath, 0).iter().any(|f| f.key.drop_reason() == Some(DropReason::IcmpUnrelated)));
+    assert!(!passes(&datapath, Hook::ToEndpoint, client_if, &unrelated), "an unrelated error");
+    assert!(recorded(&datapath, 0, DropReason::IcmpUnrelated));
 
     // ICMP other than echo opens nothing: the client's timestamp request does not make the
     // server's later ICMP a reply that bypasses the client's ingress policy (none allows it).
     let timestamp = icmp_message(13, &[0; 16]);
     let out = ipv4_frame(PROTO_ICMP, client.addr, server.addr, &timestamp);
-    assert!(datapath.run_frame(Hook::FromEndpoint, client_if, &out, 1).unwrap().passed, "egress is open");
+    assert!(passes(&datapath, Hook::FromEndpoint, client_if, &out), "egress is open");
     let back = ipv4_frame(PROTO_ICMP, server.addr, client.addr, &timestamp);
-    assert!(!datapath.run_frame(Hook::ToEndpoint, client_if, &back, 1).unwrap().passed, "judged by its type");
+    assert!(!passes(&datapath, Hook::ToEndpoint, client_if, &back), "judged by its type");
     datapath.destroy().unwrap();
 }
 
@@ -265,24 +272,20 @@ fn only_arp_ipv4_and_ipv6_reach_an_enforcing_endpoint() {
     );
     let lldp = ethernet_frame(0x88cc, &[0; 46]);
     let vlan = ethernet_frame(0x8100, &[0, 5, 8, 0, 0x45, 0, 0, 20]);
-    assert!(datapath.run_frame(Hook::ToEndpoint, ifindex, &arp, 1).unwrap().passed, "ARP passes");
+    assert!(passes(&datapath, Hook::ToEndpoint, ifindex, &arp), "ARP passes");
     for frame in [&lldp, &vlan] {
-        assert!(
-            !datapath.run_frame(Hook::ToEndpoint, ifindex, frame, 1).unwrap().passed,
-            "dropped: {:x?}",
-            &frame[12..14]
-        );
+        assert!(!passes(&datapath, Hook::ToEndpoint, ifindex, frame), "dropped: {:x?}", &frame[12..14]);
     }
-    assert!(flows_of(&datapath, 0).iter().any(|f| f.key.drop_reason() == Some(DropReason::UnknownL3)));
+    assert!(recorded(&datapath, 0, DropReason::UnknownL3));
     // An IPv4 header claiming to be shorter than an IPv4 header cannot be judged either.
     let endpoint = topology.endpoints[0].addr;
     let mut malformed = ipv4_packet(PROTO_UDP, Ipv4Addr::new(10, 200, 180, 1), endpoint, (3, 0, false), &[0; 8]);
     malformed[0] = 0x44;
     let malformed = ethernet_frame(0x0800, &malformed);
-    assert!(!datapath.run_frame(Hook::ToEndpoint, ifindex, &malformed, 1).unwrap().passed, "a malformed header");
-    assert!(flows_of(&datapath, 0).iter().any(|f| f.key.drop_reason() == Some(DropReason::Malformed)));
+    assert!(!passes(&datapath, Hook::ToEndpoint, ifindex, &malformed), "a malformed header");
+    assert!(recorded(&datapath, 0, DropReason::Malformed));
     datapath.set_mode(0, Mode::Audit).unwrap();
-    assert!(datapath.run_frame(Hook::ToEndpoint, ifindex, &lldp, 1).unwrap().passed, "audit mode only records it");
+    assert!(passes(&datapath, Hook::ToEndpoint, ifindex, &lldp), "audit mode only records it");
     assert_eq!(datapath.counters(0).unwrap().unjudged, 4);
     datapath.destroy().unwrap();
 }

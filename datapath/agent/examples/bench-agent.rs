@@ -11,20 +11,20 @@
 //!
 //! `--profile` leaves out the reference compiles and the full rebuilds (for profiling the
 //! incremental path alone); `--verify-all` checks every step.
+#[path = "../tests/common/mod.rs"]
+mod common;
+
 use std::collections::BTreeSet;
 use std::net::Ipv4Addr;
 use std::time::{Duration, Instant};
 
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use palisade_agent::{Agent, AgentConfig, Change, Interface, InterfaceResolver};
 use palisade_common::PolicyEntry;
 use palisade_datapath::Datapath;
 use palisade_policy::bench as workload;
 use palisade_policy::cluster::{Cluster, Pod};
 use palisade_policy::{Engine, EngineOptions, IdentityBasis, ParseOptions, PolicySet, SourceFile, parse_policies};
-use palisade_rollout::crd::{
-    PolicyDocument, PolicyRevision, PolicyRevisionSpec, PolicyRollout, PolicyRolloutStatus, RevisionRef,
-};
+use palisade_rollout::crd::{PolicyDocument, PolicyRevision, PolicyRollout};
 
 const PIN_DIR: &str = "/sys/fs/bpf/palisade-bench-agent";
 /// Where the naive agent of the side-by-side programs its fresh datapath.
@@ -74,13 +74,7 @@ fn main() {
     let datapath = Datapath::open(PIN_DIR).expect("open the datapath");
     let config = AgentConfig { node: Some(NODE.into()), ..AgentConfig::default() };
     let mut agent = Agent::new(config, datapath, Unwired);
-    let start = Instant::now();
-    for change in changes {
-        agent.apply(change);
-    }
-    agent.apply(Change::Synced);
-    agent.converge().expect("initial converge");
-    let initial = start.elapsed();
+    let initial = sync(&mut agent, changes);
     let peak = rss_kb("VmHWM");
     assert_eq!(agent.endpoints().len(), LOCAL_ENDPOINTS, "the node's endpoints");
 
@@ -161,16 +155,7 @@ fn inputs() -> (Cluster, PolicyRevision, PolicySet) {
             });
         }
     }
-    let spec = PolicyRevisionSpec {
-        rollout: "bench".into(),
-        commit: "0".repeat(40),
-        display: format!("main@{REVISION}"),
-        digest: format!("sha256:{}", "0".repeat(64)),
-        policy_count: documents.len() as u32,
-        policies: documents,
-    };
-    let mut revision = PolicyRevision::new(REVISION, spec);
-    revision.metadata.namespace = Some(NAMESPACE.into());
+    let revision = common::revision_of(NAMESPACE, "bench", REVISION, documents);
     let policies = parse_revision(&revision);
     (cluster, revision, policies)
 }
@@ -187,14 +172,7 @@ fn parse_revision(revision: &PolicyRevision) -> PolicySet {
 }
 
 fn rollout() -> PolicyRollout {
-    let reference = RevisionRef { id: REVISION.into(), commit: "0".repeat(40), display: format!("main@{REVISION}") };
-    let spec =
-        serde_json::from_value(serde_json::json!({"source": {"url": "file:///repo", "ref": {"branch": "main"}}}))
-            .expect("spec");
-    let status = PolicyRolloutStatus { enforced_revision: Some(reference), ..PolicyRolloutStatus::default() };
-    let metadata =
-        ObjectMeta { name: Some("bench".into()), namespace: Some(NAMESPACE.into()), ..ObjectMeta::default() };
-    PolicyRollout { metadata, spec, status: Some(status) }
+    common::rollout_of(NAMESPACE, "bench", Some(REVISION), None)
 }
 
 /// Every 100th pod, offset so the node runs a mix of apps from 100 namespaces.
@@ -336,16 +314,21 @@ fn full_rebuild(cluster: &Cluster, revision: &PolicyRevision) -> Duration {
     let mut changes: Vec<Change> = cluster.namespaces.values().cloned().map(Change::Namespace).collect();
     changes.push(Change::Nodes(cluster.nodes.clone()));
     changes.extend(cluster.pods.iter().cloned().map(Change::Pod));
+    let elapsed = sync(&mut agent, changes);
+    drop(agent);
+    Datapath::open(FULL_PIN_DIR).and_then(Datapath::destroy).expect("destroy the full datapath");
+    elapsed
+}
+
+/// How long the agent takes to take `changes` in, then everything programmed from nothing.
+fn sync(agent: &mut Agent<Datapath, Unwired>, changes: Vec<Change>) -> Duration {
     let start = Instant::now();
     for change in changes {
         agent.apply(change);
     }
     agent.apply(Change::Synced);
-    agent.converge().expect("full converge");
-    let elapsed = start.elapsed();
-    drop(agent);
-    Datapath::open(FULL_PIN_DIR).and_then(Datapath::destroy).expect("destroy the full datapath");
-    elapsed
+    agent.converge().expect("converge");
+    start.elapsed()
 }
 
 fn percentile(values: &mut [Duration], p: f64) -> Duration {

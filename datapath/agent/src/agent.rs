@@ -10,19 +10,22 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::Ipv4Addr;
 use std::sync::Arc;
 
-use palisade_common::{EndpointCounters, PolicyEntry};
+use k8s_openapi::jiff::Timestamp;
+use palisade_common::{EndpointCounters, FlowEvent, PolicyEntry};
 use palisade_datapath::{EndpointId, Slot};
 use palisade_policy::cluster::{Cluster, Pod};
 use palisade_policy::model::{PolicySet, Prefix};
 use palisade_policy::{
     AllowLocalhost, EnforcementMode, Engine, EngineOptions, IdentityBasis, ParseOptions, SourceFile, parse_policies,
 };
-use palisade_rollout::crd::{PolicyRevision, PolicyRollout};
+use palisade_rollout::crd::{PolicyAuditReport, PolicyRevision, PolicyRollout};
 use tracing::{debug, info, warn};
 
 use crate::dataplane::{Dataplane, Interface, InterfaceResolver};
 use crate::input::Change;
-use crate::report::{AuditState, DropSamples, connections_judged};
+use crate::node_state::{CANDIDATE_SET, Compiled, ENFORCED_SET, NodeView, ObjectKey, Revision, Targets, merge};
+use crate::observe::{self, ObservedFlow};
+use crate::report::{LoadedSets, Reporter};
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -51,48 +54,6 @@ pub struct AgentConfig {
     pub allow_localhost: AllowLocalhost,
 }
 
-/// Namespace and name.
-pub(crate) type ObjectKey = (String, String);
-
-pub(crate) struct Revision {
-    pub(crate) policies: Result<PolicySet, String>,
-    /// How people name it: `main@4b15b4e`.
-    pub(crate) display: String,
-}
-
-/// What a rollout's status asks nodes to enforce and to audit.
-#[derive(Clone, Debug, Default, PartialEq)]
-pub(crate) struct Targets {
-    pub(crate) enforced: Option<String>,
-    pub(crate) candidate: Option<String>,
-}
-
-/// The node's enforced and candidate policy sets, compiled for its endpoints.
-pub(crate) struct Compiled {
-    generation: u64,
-    pub(crate) enforced: Engine,
-    /// `None` when no rollout audits a candidate.
-    pub(crate) candidate: Option<Engine>,
-    pub(crate) enforced_revisions: Arc<Vec<String>>,
-    pub(crate) candidate_revisions: Arc<Vec<String>>,
-    /// The rollout each policy (by index) of the enforced and of the candidate set comes from.
-    pub(crate) origins: [Vec<ObjectKey>; 2],
-}
-
-impl Compiled {
-    /// The rollout whose policy (in `set`, enforced or candidate) a rule cookie names.
-    pub(crate) fn origin(&self, set: usize, cookie: u32) -> Option<&ObjectKey> {
-        self.origins[set].get(palisade_policy::model::policy_index(cookie)?)
-    }
-
-    pub(crate) fn candidate_engine(&self) -> &Engine {
-        self.candidate.as_ref().unwrap_or(&self.enforced)
-    }
-}
-
-pub(crate) const ENFORCED_SET: usize = 0;
-pub(crate) const CANDIDATE_SET: usize = 1;
-
 /// What a slot holds and what it was computed from.
 #[derive(Clone, Default)]
 struct SlotContent {
@@ -104,8 +65,8 @@ struct SlotContent {
     source: Option<(u64, usize, u64)>,
 }
 
-pub(crate) struct Endpoint {
-    pub(crate) id: EndpointId,
+struct Endpoint {
+    id: EndpointId,
     ip: Ipv4Addr,
     interface: Option<Interface>,
     attached: bool,
@@ -120,12 +81,12 @@ impl Endpoint {
     }
 
     /// Whether the slot in force holds the set made of `revisions`.
-    pub(crate) fn enforces(&self, revisions: &[String]) -> bool {
+    fn enforces(&self, revisions: &[String]) -> bool {
         *self.slot(self.enforced).revisions == revisions
     }
 
     /// Whether the candidate slot holds the set made of `revisions`.
-    pub(crate) fn audits(&self, revisions: &[String]) -> bool {
+    fn audits(&self, revisions: &[String]) -> bool {
         self.candidate.is_some_and(|c| *self.slot(c).revisions == revisions)
     }
 }
@@ -144,31 +105,28 @@ pub struct EndpointInfo {
 }
 
 pub struct Agent<D, R> {
-    pub(crate) config: AgentConfig,
+    config: AgentConfig,
     cluster: Cluster,
     /// Where each pod is in `cluster.pods`.
     pod_index: HashMap<ObjectKey, usize>,
     revisions: BTreeMap<ObjectKey, Revision>,
-    pub(crate) rollouts: BTreeMap<ObjectKey, Targets>,
-    pub(crate) compiled: Option<Compiled>,
+    rollouts: BTreeMap<ObjectKey, Targets>,
+    compiled: Option<Compiled>,
     sets_changed: bool,
     synced: bool,
     /// Endpoints pinned by an earlier run, by interface index, until adopted.
     adoptable: Option<HashMap<u32, EndpointId>>,
-    pub(crate) endpoints: BTreeMap<ObjectKey, Endpoint>,
+    endpoints: BTreeMap<ObjectKey, Endpoint>,
     /// What the datapath's ipcache holds, sorted by prefix.
     ipcache: Vec<(Prefix, u32)>,
     generations: u64,
-    pub(crate) audits: BTreeMap<ObjectKey, AuditState>,
-    /// Connections each endpoint had judged when the candidate set last changed: an audit counts
-    /// the traffic its candidate saw from there.
-    pub(crate) audit_baseline: HashMap<EndpointId, u64>,
+    /// What the audits saw so far, for the PolicyAuditReports.
+    reporter: Reporter,
     /// The candidate set changed: its audit starts afresh once it is programmed.
     audit_restart_pending: bool,
     /// A converge changed what a candidate slot holds, or which slot is the candidate.
     candidate_touched: bool,
-    pub(crate) drops: DropSamples,
-    pub(crate) dataplane: D,
+    dataplane: D,
     resolver: R,
 }
 
@@ -187,11 +145,9 @@ impl<D: Dataplane, R: InterfaceResolver> Agent<D, R> {
             endpoints: BTreeMap::new(),
             ipcache: Vec::new(),
             generations: 0,
-            audits: BTreeMap::new(),
-            audit_baseline: HashMap::new(),
+            reporter: Reporter::default(),
             audit_restart_pending: false,
             candidate_touched: false,
-            drops: DropSamples::default(),
             dataplane,
             resolver,
         }
@@ -215,10 +171,25 @@ impl<D: Dataplane, R: InterfaceResolver> Agent<D, R> {
         self.compiled.as_ref().map(Compiled::candidate_engine)
     }
 
-    /// A revision's display name (`main@4b15b4e`), when the agent has it.
-    pub(crate) fn revision_display(&self, namespace: &str, id: &str) -> Option<String> {
-        let revision = self.revisions.get(&(namespace.to_owned(), id.to_owned()))?;
-        Some(revision.display.clone()).filter(|d| !d.is_empty())
+    /// One PolicyAuditReport per rollout, named `<rollout>-<node>`, in the rollout's namespace.
+    pub fn reports(&mut self, now: Timestamp) -> Result<Vec<PolicyAuditReport>, Error> {
+        let Some(compiled) = &self.compiled else { return Ok(Vec::new()) };
+        let counters = self.attached_counters()?;
+        let flows = self.dataplane.flows()?;
+        let loaded = LoadedSets {
+            enforced: self.endpoints.values().all(|e| e.enforces(&compiled.enforced_revisions)),
+            candidate: compiled.candidate.is_some()
+                && self.endpoints.values().all(|e| e.audits(&compiled.candidate_revisions)),
+        };
+        let view = node_view(&self.config, &self.compiled, &self.rollouts, &self.revisions, &self.endpoints);
+        Ok(self.reporter.reports(&view, loaded, &counters, &flows, now))
+    }
+
+    /// A datapath flow event as an observer sees it: both ends by pod (or identity), the rule
+    /// that decided by name, the rollout and its revisions.
+    pub fn observe(&self, event: &FlowEvent, now: Timestamp) -> ObservedFlow {
+        let view = node_view(&self.config, &self.compiled, &self.rollouts, &self.revisions, &self.endpoints);
+        observe::describe(&view, event, now)
     }
 
     pub fn endpoints(&self) -> Vec<EndpointInfo> {
@@ -279,7 +250,7 @@ impl<D: Dataplane, R: InterfaceResolver> Agent<D, R> {
             Change::Rollout(rollout) => self.upsert_rollout(*rollout),
             Change::RolloutDeleted { namespace, name } => {
                 let key = (namespace, name);
-                self.audits.remove(&key);
+                self.reporter.forget(&key);
                 self.sets_changed |= self.rollouts.remove(&key).is_some();
             }
             Change::Synced => self.synced = true,
@@ -377,8 +348,7 @@ impl<D: Dataplane, R: InterfaceResolver> Agent<D, R> {
             if !adopted {
                 self.dataplane.clear_flows()?;
             }
-            self.audits.clear();
-            self.audit_baseline = connections_judged(&self.attached_counters()?);
+            self.reporter.restart_audits(&self.attached_counters()?);
             self.audit_restart_pending = false;
         }
         Ok(())
@@ -443,7 +413,7 @@ impl<D: Dataplane, R: InterfaceResolver> Agent<D, R> {
     }
 
     /// The counters of every attached endpoint (the others have seen no traffic).
-    pub(crate) fn attached_counters(&self) -> Result<Vec<(EndpointId, EndpointCounters)>, Error> {
+    fn attached_counters(&self) -> Result<Vec<(EndpointId, EndpointCounters)>, Error> {
         let attached = self.endpoints.values().filter(|e| e.attached);
         attached.map(|e| Ok((e.id, self.dataplane.counters(e.id)?))).collect()
     }
@@ -707,24 +677,22 @@ impl<D: Dataplane, R: InterfaceResolver> Agent<D, R> {
     }
 }
 
-/// One policy set from the revisions of several rollouts, in rollout order. A policy another
-/// rollout already brought is left out (the first wins), so cookies stay unambiguous.
-fn merge(parts: &[(ObjectKey, &PolicySet, String)]) -> (PolicySet, Vec<ObjectKey>, Vec<String>) {
-    let mut set = PolicySet::default();
-    let mut origins = Vec::new();
-    let mut seen = BTreeSet::new();
-    for (rollout, policies, _) in parts {
-        for policy in &policies.policies {
-            if seen.insert(policy.id.clone()) {
-                set.policies.push(policy.clone());
-                origins.push(rollout.clone());
-            } else {
-                warn!(policy = %policy.id, rollout = %rollout.1, "policy already brought by another rollout; ignored");
-            }
-        }
+/// What reports and observations read of the agent: the fields, so that the reporter can be
+/// borrowed beside them.
+fn node_view<'a>(
+    config: &AgentConfig,
+    compiled: &'a Option<Compiled>,
+    rollouts: &'a BTreeMap<ObjectKey, Targets>,
+    revisions: &'a BTreeMap<ObjectKey, Revision>,
+    endpoints: &'a BTreeMap<ObjectKey, Endpoint>,
+) -> NodeView<'a> {
+    NodeView {
+        node: config.node.clone().unwrap_or_else(|| "local".into()),
+        compiled: compiled.as_ref(),
+        rollouts,
+        revisions,
+        endpoints: endpoints.iter().map(|(pod, e)| (pod, e.id)).collect(),
     }
-    set.renumber();
-    (set, origins, parts.iter().map(|(_, _, id)| id.clone()).collect())
 }
 
 fn slot_index(slot: Slot) -> usize {

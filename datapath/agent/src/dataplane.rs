@@ -2,12 +2,17 @@
 //! recording one in tests and benchmarks. Endpoint interfaces are found the same way.
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::net::Ipv4Addr;
-use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use netlink_packet_core::{NLM_F_REQUEST, NetlinkHeader, NetlinkMessage, NetlinkPayload};
+use netlink_packet_route::route::{RouteAddress, RouteAttribute, RouteMessage};
+use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
+use netlink_sys::protocols::NETLINK_ROUTE;
+use netlink_sys::{Socket, SocketAddr};
 use palisade_common::{EndpointCounters, FlowEvent, PolicyEntry, PolicyKey};
 use palisade_datapath::{Datapath, EndpointId, EndpointState, EventReader, Flow, Mode, Result, Slot};
+use tracing::debug;
 
 pub trait Dataplane {
     fn endpoints(&self) -> Result<Vec<EndpointId>>;
@@ -293,34 +298,67 @@ pub trait InterfaceResolver {
 }
 
 /// The interface the node routes a pod's address through, as veth-based CNIs set it up (and as
-/// local mode does): `ip route get`. Pods whose route leaves through no such device (not yet
-/// wired, or another node's) have none.
+/// local mode does): the kernel's answer to `ip route get`, asked over rtnetlink in the calling
+/// thread's network namespace. Pods whose route leaves through no such device (not yet wired,
+/// or another node's) have none.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct RouteResolver;
 
 impl InterfaceResolver for RouteResolver {
     fn interface(&self, pod_ip: Ipv4Addr) -> Option<Interface> {
-        let output = Command::new("ip").args(["-o", "route", "get", &pod_ip.to_string()]).output().ok()?;
-        if !output.status.success() {
-            return None;
-        }
-        let text = String::from_utf8_lossy(&output.stdout);
-        let mut words = text.split_whitespace();
-        let name = words.by_ref().skip_while(|w| *w != "dev").nth(1)?.to_owned();
+        let route = match route_to(pod_ip) {
+            Ok(route) => route,
+            Err(e) => {
+                debug!(%pod_ip, error = %e, "no route to the pod");
+                return None;
+            }
+        };
         // The route to a local pod is a direct one: a gateway means it lives elsewhere.
-        if text.contains(" via ") || name == "lo" {
+        if route.attributes.iter().any(|a| matches!(a, RouteAttribute::Gateway(_) | RouteAttribute::Via(_))) {
             return None;
         }
-        let index = interface_index(&name)?;
-        Some(Interface { name, index })
+        let index = route.attributes.iter().find_map(|a| match a {
+            RouteAttribute::Oif(index) => Some(*index),
+            _ => None,
+        })?;
+        let name = interface_name(index)?;
+        (name != "lo").then_some(Interface { name, index })
     }
 }
 
-fn interface_index(name: &str) -> Option<u32> {
-    let name = std::ffi::CString::new(name).ok()?;
-    // SAFETY: a valid NUL-terminated string.
-    match unsafe { libc::if_nametoindex(name.as_ptr()) } {
-        0 => None,
-        index => Some(index),
+/// The kernel's route to `destination` (`RTM_GETROUTE` for one address, as `ip route get` asks).
+fn route_to(destination: Ipv4Addr) -> std::io::Result<RouteMessage> {
+    let mut socket = Socket::new(NETLINK_ROUTE)?;
+    socket.bind_auto()?;
+    socket.connect(&SocketAddr::new(0, 0))?;
+    let mut request = RouteMessage::default();
+    request.header.address_family = AddressFamily::Inet;
+    request.header.destination_prefix_length = 32;
+    request.attributes.push(RouteAttribute::Destination(RouteAddress::Inet(destination)));
+    let mut header = NetlinkHeader::default();
+    header.flags = NLM_F_REQUEST;
+    let mut message = NetlinkMessage::new(header, NetlinkPayload::from(RouteNetlinkMessage::GetRoute(request)));
+    message.finalize();
+    let mut buffer = vec![0; message.buffer_len()];
+    message.serialize(&mut buffer);
+    socket.send(&buffer, 0)?;
+    let (reply, _) = socket.recv_from_full()?;
+    let reply = NetlinkMessage::<RouteNetlinkMessage>::deserialize(&reply).map_err(std::io::Error::other)?;
+    match reply.payload {
+        NetlinkPayload::InnerMessage(RouteNetlinkMessage::NewRoute(route)) => Ok(route),
+        NetlinkPayload::Error(error) => Err(error.to_io()),
+        other => Err(std::io::Error::other(format!("unexpected answer to a route request: {other:?}"))),
     }
+}
+
+fn interface_name(index: u32) -> Option<String> {
+    let mut name = [0 as libc::c_char; libc::IF_NAMESIZE];
+    // SAFETY: the buffer holds IF_NAMESIZE bytes, as if_indextoname requires.
+    let found = unsafe { libc::if_indextoname(index, name.as_mut_ptr()) };
+    if found.is_null() {
+        return None;
+    }
+    // SAFETY: if_indextoname wrote a NUL-terminated name into the buffer.
+    let name = unsafe { std::ffi::CStr::from_ptr(name.as_ptr()) };
+    Some(name.to_string_lossy().into_owned())
 }

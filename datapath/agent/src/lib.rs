@@ -6,11 +6,13 @@
 //! policy slots, flips them when a rollout promotes, and reports what the candidate would change
 //! ([`Agent::reports`]).
 mod agent;
+pub mod cluster_watch;
 mod dataplane;
 mod input;
-pub mod kube;
+mod node_state;
 pub mod observe;
 mod report;
+pub mod report_writer;
 pub mod runtime;
 
 pub use agent::{Agent, AgentConfig, EndpointInfo, Error};

@@ -14,8 +14,9 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::builder::{PossibleValuesParser, TypedValueParser};
 use clap::{Parser, ValueEnum};
-use palisade_agent::kube::{ReportWriter, WatchState, watch};
+use palisade_agent::cluster_watch::{WatchState, watch};
 use palisade_agent::observe::{FlowHub, FlowVerdict, ObservedFlow};
+use palisade_agent::report_writer::ReportWriter;
 use palisade_agent::runtime::{ConvergeHook, Convergence, FlowHook, RuntimeOptions, spawn};
 use palisade_agent::{Agent, AgentConfig, RouteResolver};
 use palisade_datapath::{DEFAULT_PIN_DIR, Datapath};
@@ -27,7 +28,7 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
-use prometheus_client::registry::Registry;
+use prometheus_client::registry::{Metric, Registry};
 use tokio::sync::mpsc::UnboundedReceiver;
 use tokio::sync::watch as signal;
 use tracing::{error, info, warn};
@@ -226,56 +227,53 @@ struct Metrics {
 impl Default for Metrics {
     fn default() -> Self {
         let mut registry = Registry::with_prefix("palisade_agent");
-        let metrics = Metrics {
-            endpoints: Gauge::default(),
-            converge_seconds: Histogram::new(exponential_buckets(0.0005, 2.0, 16)),
-            converge_errors: Counter::default(),
-            audit_new_denies: Family::default(),
-            drops_per_minute: Gauge::default(),
-            flows_processed: Family::default(),
-            policy_diffs: Family::default(),
+        let reg = &mut registry;
+        Metrics {
+            endpoints: registered(reg, "endpoints", "Local endpoints (pods on this node) the agent programs"),
+            converge_seconds: registered_as(
+                reg,
+                "converge_seconds",
+                "Time to bring the datapath in line with a batch of changes",
+                Histogram::new(exponential_buckets(0.0005, 2.0, 16)),
+            ),
+            converge_errors: registered(reg, "converge_errors", "Convergences that failed and were retried"),
+            audit_new_denies: registered(
+                reg,
+                "audit_new_denies",
+                "Flows this node saw that the rollout's candidate would newly deny",
+            ),
+            drops_per_minute: registered(
+                reg,
+                "drops_per_minute",
+                "Packets this node dropped per minute under the enforced policy, over the last minute",
+            ),
+            flows_processed: registered(
+                reg,
+                "flows_processed",
+                "New flows the datapath reported (dropped, audited, or judged differently by a candidate), by the \
+                 rollout whose rule decided and the enforced verdict (FORWARDED, DROPPED, AUDIT)",
+            ),
+            policy_diffs: registered(
+                reg,
+                "policy_diffs",
+                "New flows the rollout's candidate judges differently from the enforced revision, by what the \
+                 candidate would do",
+            ),
             rollouts: Default::default(),
-            registry: Registry::default(),
-        };
-        registry.register(
-            "endpoints",
-            "Local endpoints (pods on this node) the agent programs",
-            metrics.endpoints.clone(),
-        );
-        registry.register(
-            "converge_seconds",
-            "Time to bring the datapath in line with a batch of changes",
-            metrics.converge_seconds.clone(),
-        );
-        registry.register(
-            "converge_errors",
-            "Convergences that failed and were retried",
-            metrics.converge_errors.clone(),
-        );
-        registry.register(
-            "audit_new_denies",
-            "Flows this node saw that the rollout's candidate would newly deny",
-            metrics.audit_new_denies.clone(),
-        );
-        registry.register(
-            "drops_per_minute",
-            "Packets this node dropped per minute under the enforced policy, over the last minute",
-            metrics.drops_per_minute.clone(),
-        );
-        registry.register(
-            "flows_processed",
-            "New flows the datapath reported (dropped, audited, or judged differently by a candidate), by the \
-             rollout whose rule decided and the enforced verdict (FORWARDED, DROPPED, AUDIT)",
-            metrics.flows_processed.clone(),
-        );
-        registry.register(
-            "policy_diffs",
-            "New flows the rollout's candidate judges differently from the enforced revision, by what the \
-             candidate would do",
-            metrics.policy_diffs.clone(),
-        );
-        Metrics { registry, ..metrics }
+            registry,
+        }
     }
+}
+
+/// A new metric, registered under `name`.
+fn registered<M: Metric + Clone + Default>(registry: &mut Registry, name: &str, help: &str) -> M {
+    registered_as(registry, name, help, M::default())
+}
+
+/// `metric`, registered under `name`.
+fn registered_as<M: Metric + Clone>(registry: &mut Registry, name: &str, help: &str, metric: M) -> M {
+    registry.register(name, help, metric.clone());
+    metric
 }
 
 impl Metrics {
@@ -336,11 +334,10 @@ mod tests {
     use super::*;
 
     #[test]
-    fn durations_parse() {
-        assert_eq!(parse_interval("10s"), Ok(Duration::from_secs(10)));
-        assert_eq!(parse_interval("500ms"), Ok(Duration::from_millis(500)));
-        assert_eq!(parse_interval("2m"), Ok(Duration::from_secs(120)));
-        assert!(parse_interval("10").is_err() && parse_interval("0s").is_err() && parse_interval("s").is_err());
+    fn the_report_interval_is_a_positive_duration_in_the_crds_grammar() {
+        assert_eq!(parse_interval("1m30s"), palisade_rollout::parse_duration("1m30s"));
+        assert!(parse_interval("0s").is_err(), "positive");
+        assert!(parse_interval("10").is_err(), "with a unit, as in a CRD");
     }
 
     #[test]
@@ -356,6 +353,15 @@ mod tests {
         assert_eq!(args.allow_localhost, AllowLocalhost::Policy);
         let bogus = Args::try_parse_from(["palisade-agent", "--node-name", "n1", "--allow-localhost", "never"]);
         assert!(bogus.unwrap_err().to_string().contains("[possible values: always, policy]"));
+    }
+
+    /// The metrics' text, which must hold every one of `lines`.
+    pub(super) fn assert_lines(metrics: &Metrics, lines: &[&str]) -> String {
+        let text = metrics.encode().unwrap();
+        for line in lines {
+            assert!(text.lines().any(|l| l == *line), "{line} missing in\n{text}");
+        }
+        text
     }
 
     fn report(rollout: &str, new_denies: u64, drops_per_minute: u64) -> PolicyAuditReport {
@@ -377,16 +383,16 @@ mod tests {
         metrics.converged(&Convergence { duration: Duration::from_millis(1), ok: false, endpoints: 4 });
         metrics.reported(&[report("web", 2, 30), report("db", 0, 30)]);
         metrics.reported(&[report("web", 5, 12)]);
-        let text = metrics.encode().unwrap();
-        for line in [
-            "palisade_agent_endpoints 4",
-            "palisade_agent_converge_seconds_count 2",
-            "palisade_agent_converge_errors_total 1",
-            "palisade_agent_audit_new_denies{namespace=\"shop\",rollout=\"web\"} 5",
-            "palisade_agent_drops_per_minute 12",
-        ] {
-            assert!(text.lines().any(|l| l == line), "{line} missing in\n{text}");
-        }
+        let text = assert_lines(
+            &metrics,
+            &[
+                "palisade_agent_endpoints 4",
+                "palisade_agent_converge_seconds_count 2",
+                "palisade_agent_converge_errors_total 1",
+                "palisade_agent_audit_new_denies{namespace=\"shop\",rollout=\"web\"} 5",
+                "palisade_agent_drops_per_minute 12",
+            ],
+        );
         assert!(!text.contains("rollout=\"db\""), "a gone rollout loses its series:\n{text}");
     }
 }
@@ -395,6 +401,7 @@ mod tests {
 mod flow_metrics {
     use palisade_agent::observe::{CandidateVerdict, DecidedBy, FlowPeer, RolloutRef};
 
+    use super::tests::assert_lines;
     use super::*;
 
     fn flow(verdict: FlowVerdict, candidate: Option<FlowVerdict>) -> ObservedFlow {
@@ -429,14 +436,14 @@ mod flow_metrics {
         metrics.observed(&flow(FlowVerdict::Dropped, Some(FlowVerdict::Dropped)));
         metrics.observed(&flow(FlowVerdict::Forwarded, Some(FlowVerdict::Dropped)));
         metrics.observed(&flow(FlowVerdict::Audit, None));
-        let text = metrics.encode().unwrap();
-        for line in [
-            "palisade_agent_flows_processed_total{namespace=\"shop\",rollout=\"db\",verdict=\"DROPPED\"} 2",
-            "palisade_agent_flows_processed_total{namespace=\"shop\",rollout=\"db\",verdict=\"FORWARDED\"} 1",
-            "palisade_agent_flows_processed_total{namespace=\"shop\",rollout=\"db\",verdict=\"AUDIT\"} 1",
-            "palisade_agent_policy_diffs_total{namespace=\"shop\",rollout=\"db\",candidate_verdict=\"DROPPED\"} 1",
-        ] {
-            assert!(text.lines().any(|l| l == line), "{line} missing in\n{text}");
-        }
+        assert_lines(
+            &metrics,
+            &[
+                "palisade_agent_flows_processed_total{namespace=\"shop\",rollout=\"db\",verdict=\"DROPPED\"} 2",
+                "palisade_agent_flows_processed_total{namespace=\"shop\",rollout=\"db\",verdict=\"FORWARDED\"} 1",
+                "palisade_agent_flows_processed_total{namespace=\"shop\",rollout=\"db\",verdict=\"AUDIT\"} 1",
+                "palisade_agent_policy_diffs_total{namespace=\"shop\",rollout=\"db\",candidate_verdict=\"DROPPED\"} 1",
+            ],
+        );
     }
 }

@@ -20,8 +20,7 @@ use palisade_policy::Engine;
 use serde::{Deserialize, Serialize};
 use tokio::sync::broadcast::{self, error::RecvError};
 
-use crate::agent::{Agent, CANDIDATE_SET, Compiled, ENFORCED_SET, ObjectKey};
-use crate::dataplane::{Dataplane, InterfaceResolver};
+use crate::node_state::{CANDIDATE_SET, Compiled, ENFORCED_SET, NodeView, ObjectKey};
 use crate::report::{boot_time_to_wall, workload_of};
 
 /// What happened to a flow under the enforced policy.
@@ -377,101 +376,95 @@ impl Default for FlowHub {
     }
 }
 
-impl<D: Dataplane, R: InterfaceResolver> Agent<D, R> {
-    /// A datapath flow event as an observer sees it: both ends by pod (or identity), the rule
-    /// that decided by name, the rollout and its revisions.
-    pub fn observe(&self, event: &FlowEvent, now: Timestamp) -> ObservedFlow {
-        let key = &event.flow;
-        let ingress = key.direction == dp::DIRECTION_INGRESS;
-        let (saddr, daddr) =
-            (Ipv4Addr::from(u32::from_be(event.saddr_be)), Ipv4Addr::from(u32::from_be(event.daddr_be)));
-        let (local_ip, peer_ip) = if ingress { (daddr, saddr) } else { (saddr, daddr) };
-        let pod = self.endpoints.iter().find(|(_, e)| e.id == key.endpoint).map(|(k, _)| k.clone());
-        let compiled = self.compiled.as_ref();
-        let local = FlowPeer {
-            ip: local_ip,
-            namespace: pod.as_ref().map(|p| p.0.clone()),
-            workload: pod.as_ref().map(|p| workload_of(&p.1)),
-            pod: pod.as_ref().map(|p| p.1.clone()),
-            labels: pod
-                .as_ref()
-                .and_then(|p| compiled?.enforced.cluster.pod(&p.0, &p.1))
-                .map(|p| p.labels.clone())
-                .unwrap_or_default(),
-            ..FlowPeer::default()
-        };
-        let peer = match compiled {
-            Some(compiled) => peer(&compiled.enforced, peer_ip, key.identity),
-            None => FlowPeer { ip: peer_ip, identity: key.identity, ..FlowPeer::default() },
-        };
-        let (source, destination) = if ingress { (peer, local) } else { (local, peer) };
-        let reason = key.drop_reason();
-        let denies = reason.is_some();
-        let verdict = match (denies, key.mode) {
-            (false, _) => FlowVerdict::Forwarded,
-            (true, dp::MODE_AUDIT) => FlowVerdict::Audit,
-            (true, _) => FlowVerdict::Dropped,
-        };
-        let decided_by = |set: usize, cookie: u32| match compiled {
-            Some(compiled) => {
-                decided_by(if set == 0 { &compiled.enforced } else { compiled.candidate_engine() }, cookie)
-            }
-            None => DecidedBy { description: format!("rule cookie {cookie}"), ..DecidedBy::default() },
-        };
-        let candidate = (key.candidate_verdict != dp::VERDICT_NONE).then(|| {
-            let candidate_reason = dp::DropReason::from_raw(dp::verdict_drop_reason(key.candidate_verdict));
-            let candidate_denies = candidate_reason.is_some();
-            CandidateVerdict {
-                verdict: if candidate_denies { FlowVerdict::Dropped } else { FlowVerdict::Forwarded },
-                drop_reason: candidate_reason.map(|r| r.as_str().to_owned()),
-                differs: candidate_denies != denies,
-                decided_by: decided_by(1, event.candidate_cookie),
-            }
-        });
-        let rollout = compiled.and_then(|c| self.rollout_of(c, event, candidate.as_ref().is_some_and(|c| c.differs)));
-        let targets = rollout.as_ref().and_then(|r| self.rollouts.get(r));
-        let display = |id: &String| {
-            let display = rollout.as_ref().and_then(|r| self.revision_display(&r.0, id));
-            display.unwrap_or_else(|| id.clone())
-        };
-        ObservedFlow {
-            time: boot_time_to_wall(event.timestamp_ns, now).to_string(),
-            node: self.config.node.clone().unwrap_or_else(|| "local".into()),
-            verdict,
-            drop_reason: reason.map(|r| r.as_str().to_owned()),
-            direction: if ingress { "ingress" } else { "egress" }.into(),
-            source,
-            destination,
-            port: key.dport,
-            protocol: protocol_name(key.protocol),
-            decided_by: match reason.and_then(unjudged_by) {
-                Some(description) => DecidedBy { description: description.into(), ..DecidedBy::default() },
-                None => decided_by(0, event.enforced_cookie),
-            },
-            enforced_revision: targets.and_then(|t| t.enforced.as_ref()).map(display),
-            candidate_revision: targets.and_then(|t| t.candidate.as_ref()).filter(|_| candidate.is_some()).map(display),
-            candidate,
-            rollout: rollout.map(|(namespace, name)| RolloutRef { namespace, name }),
-            endpoint: key.endpoint,
+/// A datapath flow event as an observer sees it: both ends by pod (or identity), the rule that
+/// decided by name, the rollout and its revisions.
+pub(crate) fn describe(view: &NodeView, event: &FlowEvent, now: Timestamp) -> ObservedFlow {
+    let key = &event.flow;
+    let ingress = key.direction == dp::DIRECTION_INGRESS;
+    let (saddr, daddr) = (Ipv4Addr::from(u32::from_be(event.saddr_be)), Ipv4Addr::from(u32::from_be(event.daddr_be)));
+    let (local_ip, peer_ip) = if ingress { (daddr, saddr) } else { (saddr, daddr) };
+    let pod = view.pod(key.endpoint).cloned();
+    let compiled = view.compiled;
+    let local = FlowPeer {
+        ip: local_ip,
+        namespace: pod.as_ref().map(|p| p.0.clone()),
+        workload: pod.as_ref().map(|p| workload_of(&p.1)),
+        pod: pod.as_ref().map(|p| p.1.clone()),
+        labels: pod
+            .as_ref()
+            .and_then(|p| compiled?.enforced.cluster.pod(&p.0, &p.1))
+            .map(|p| p.labels.clone())
+            .unwrap_or_default(),
+        ..FlowPeer::default()
+    };
+    let peer = match compiled {
+        Some(compiled) => peer(&compiled.enforced, peer_ip, key.identity),
+        None => FlowPeer { ip: peer_ip, identity: key.identity, ..FlowPeer::default() },
+    };
+    let (source, destination) = if ingress { (peer, local) } else { (local, peer) };
+    let reason = key.drop_reason();
+    let denies = reason.is_some();
+    let verdict = match (denies, key.mode) {
+        (false, _) => FlowVerdict::Forwarded,
+        (true, dp::MODE_AUDIT) => FlowVerdict::Audit,
+        (true, _) => FlowVerdict::Dropped,
+    };
+    let decided_by = |set: usize, cookie: u32| match compiled {
+        Some(compiled) => decided_by(if set == 0 { &compiled.enforced } else { compiled.candidate_engine() }, cookie),
+        None => DecidedBy { description: format!("rule cookie {cookie}"), ..DecidedBy::default() },
+    };
+    let candidate = (key.candidate_verdict != dp::VERDICT_NONE).then(|| {
+        let candidate_reason = dp::DropReason::from_raw(dp::verdict_drop_reason(key.candidate_verdict));
+        let candidate_denies = candidate_reason.is_some();
+        CandidateVerdict {
+            verdict: if candidate_denies { FlowVerdict::Dropped } else { FlowVerdict::Forwarded },
+            drop_reason: candidate_reason.map(|r| r.as_str().to_owned()),
+            differs: candidate_denies != denies,
+            decided_by: decided_by(1, event.candidate_cookie),
         }
+    });
+    let rollout = compiled.and_then(|c| rollout_of(view, c, event, candidate.as_ref().is_some_and(|c| c.differs)));
+    let targets = rollout.as_ref().and_then(|r| view.rollouts.get(r));
+    let display = |id: &String| {
+        let display = rollout.as_ref().and_then(|r| view.revision_display(&r.0, id));
+        display.unwrap_or_else(|| id.clone())
+    };
+    ObservedFlow {
+        time: boot_time_to_wall(event.timestamp_ns, now).to_string(),
+        node: view.node.clone(),
+        verdict,
+        drop_reason: reason.map(|r| r.as_str().to_owned()),
+        direction: if ingress { "ingress" } else { "egress" }.into(),
+        source,
+        destination,
+        port: key.dport,
+        protocol: protocol_name(key.protocol),
+        decided_by: match reason.and_then(unjudged_by) {
+            Some(description) => DecidedBy { description: description.into(), ..DecidedBy::default() },
+            None => decided_by(0, event.enforced_cookie),
+        },
+        enforced_revision: targets.and_then(|t| t.enforced.as_ref()).map(display),
+        candidate_revision: targets.and_then(|t| t.candidate.as_ref()).filter(|_| candidate.is_some()).map(display),
+        candidate,
+        rollout: rollout.map(|(namespace, name)| RolloutRef { namespace, name }),
+        endpoint: key.endpoint,
     }
+}
 
-    /// The rollout a rule of which decided the flow (the candidate's first for a difference);
-    /// for a flow no rule decided, the only rollout (auditing one, for a difference) if there is
-    /// only one.
-    fn rollout_of(&self, compiled: &Compiled, event: &FlowEvent, differs: bool) -> Option<ObjectKey> {
-        let enforced = || compiled.origin(ENFORCED_SET, event.enforced_cookie);
-        let found =
-            if differs { compiled.origin(CANDIDATE_SET, event.candidate_cookie).or_else(enforced) } else { enforced() }
-                .cloned();
-        found.or_else(|| {
-            let mut rollouts = self.rollouts.iter().filter(|(_, t)| !differs || t.candidate.is_some());
-            match (rollouts.next(), rollouts.next()) {
-                (Some((key, _)), None) => Some(key.clone()),
-                _ => None,
-            }
-        })
-    }
+/// The rollout a rule of which decided the flow (the candidate's first for a difference); for a
+/// flow no rule decided, the only rollout (auditing one, for a difference) if there is only one.
+fn rollout_of(view: &NodeView, compiled: &Compiled, event: &FlowEvent, differs: bool) -> Option<ObjectKey> {
+    let enforced = || compiled.origin(ENFORCED_SET, event.enforced_cookie);
+    let found =
+        if differs { compiled.origin(CANDIDATE_SET, event.candidate_cookie).or_else(enforced) } else { enforced() }
+            .cloned();
+    found.or_else(|| {
+        let mut rollouts = view.rollouts.iter().filter(|(_, t)| !differs || t.candidate.is_some());
+        match (rollouts.next(), rollouts.next()) {
+            (Some((key, _)), None) => Some(key.clone()),
+            _ => None,
+        }
+    })
 }
 
 /// What dropped a flow no policy rule judged; `None` for policy verdicts.

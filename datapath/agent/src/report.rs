@@ -13,20 +13,19 @@ use palisade_rollout::crd::{
     Protocol, Verdict,
 };
 
-use crate::agent::{Agent, CANDIDATE_SET, Compiled, ENFORCED_SET, Error, ObjectKey};
-use crate::dataplane::{Dataplane, InterfaceResolver};
+use crate::node_state::{CANDIDATE_SET, Compiled, ENFORCED_SET, NodeView, ObjectKey};
 
 /// Flows listed per report, most frequent first; the totals count them all.
 pub const AUDIT_FLOW_CAP: usize = 100;
 const DROP_WINDOW: SignedDuration = SignedDuration::from_secs(60);
 
 /// Connections each endpoint has judged so far (counters only grow).
-pub(crate) fn connections_judged(counters: &[(EndpointId, EndpointCounters)]) -> HashMap<EndpointId, u64> {
+fn connections_judged(counters: &[(EndpointId, EndpointCounters)]) -> HashMap<EndpointId, u64> {
     counters.iter().map(|(id, c)| (*id, c.connections)).collect()
 }
 
 /// What the agent remembers of one rollout's audit between reports.
-pub(crate) struct AuditState {
+struct AuditState {
     started_at: Timestamp,
     /// Connections each endpoint had judged when its candidate set changed.
     baseline: HashMap<EndpointId, u64>,
@@ -36,7 +35,7 @@ pub(crate) struct AuditState {
 
 /// Total drops on the node over time, for the drop rate a rollback watch compares.
 #[derive(Default)]
-pub(crate) struct DropSamples(VecDeque<(Timestamp, u64)>);
+struct DropSamples(VecDeque<(Timestamp, u64)>);
 
 impl DropSamples {
     fn per_minute(&mut self, now: Timestamp, total: u64) -> u64 {
@@ -50,30 +49,60 @@ impl DropSamples {
     }
 }
 
-impl<D: Dataplane, R: InterfaceResolver> Agent<D, R> {
-    /// One PolicyAuditReport per rollout, named `<rollout>-<node>`, in the rollout's namespace.
-    pub fn reports(&mut self, now: Timestamp) -> Result<Vec<PolicyAuditReport>, Error> {
-        let Some(compiled) = &self.compiled else { return Ok(Vec::new()) };
-        let node = self.config.node.clone().unwrap_or_else(|| "local".into());
-        let counters = self.attached_counters()?;
-        let judged = connections_judged(&counters);
+/// Whether every local endpoint holds the node's compiled sets: the enforced one in force, the
+/// candidate (if any) beside it. Only then are their revisions loaded on this node.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct LoadedSets {
+    pub(crate) enforced: bool,
+    pub(crate) candidate: bool,
+}
+
+/// Builds the PolicyAuditReports from what the datapath recorded, remembering each rollout's
+/// audit (since when, from which counters) and the node's drops between reports.
+#[derive(Default)]
+pub(crate) struct Reporter {
+    audits: BTreeMap<ObjectKey, AuditState>,
+    /// Connections each endpoint had judged when the candidate set last changed: an audit counts
+    /// the traffic its candidate saw from there.
+    baseline: HashMap<EndpointId, u64>,
+    drops: DropSamples,
+}
+
+impl Reporter {
+    /// The candidate set changed and is now whole in every slot: every audit starts afresh, from
+    /// the endpoints' `counters` as they are.
+    pub(crate) fn restart_audits(&mut self, counters: &[(EndpointId, EndpointCounters)]) {
+        self.audits.clear();
+        self.baseline = connections_judged(counters);
+    }
+
+    /// A rollout is gone, and so is its audit.
+    pub(crate) fn forget(&mut self, rollout: &ObjectKey) {
+        self.audits.remove(rollout);
+    }
+
+    /// One PolicyAuditReport per rollout, from the attached endpoints' `counters` and the `flows`
+    /// the datapath recorded.
+    pub(crate) fn reports(
+        &mut self,
+        view: &NodeView,
+        loaded: LoadedSets,
+        counters: &[(EndpointId, EndpointCounters)],
+        flows: &[Flow],
+        now: Timestamp,
+    ) -> Vec<PolicyAuditReport> {
+        let Some(compiled) = view.compiled else { return Vec::new() };
+        let node = &view.node;
+        let judged = connections_judged(counters);
         let denied = counters.iter().map(|(_, c)| c.denied).sum();
         let drops_per_minute = self.drops.per_minute(now, denied);
-        let flows = self.dataplane.flows()?;
-        let by_id: HashMap<EndpointId, &ObjectKey> = self.endpoints.iter().map(|(k, e)| (e.id, k)).collect();
+        let by_id: HashMap<EndpointId, &ObjectKey> = view.endpoints.iter().map(|&(pod, id)| (id, pod)).collect();
         let auditing: Vec<ObjectKey> =
-            self.rollouts.iter().filter(|(_, t)| t.candidate.is_some()).map(|(k, _)| k.clone()).collect();
+            view.rollouts.iter().filter(|(_, t)| t.candidate.is_some()).map(|(k, _)| k.clone()).collect();
         let mut reports = Vec::new();
-        for (key, targets) in &self.rollouts {
-            let enforced_everywhere = |id: &String| {
-                compiled.enforced_revisions.contains(id)
-                    && self.endpoints.values().all(|e| e.enforces(&compiled.enforced_revisions))
-            };
-            let audited_everywhere = |id: &String| {
-                compiled.candidate.is_some()
-                    && compiled.candidate_revisions.contains(id)
-                    && self.endpoints.values().all(|e| e.audits(&compiled.candidate_revisions))
-            };
+        for (key, targets) in view.rollouts {
+            let enforced_everywhere = |id: &String| loaded.enforced && compiled.enforced_revisions.contains(id);
+            let audited_everywhere = |id: &String| loaded.candidate && compiled.candidate_revisions.contains(id);
             let enforced_revision = targets.enforced.clone().filter(enforced_everywhere);
             let candidate = targets.candidate.clone().filter(audited_everywhere);
             let mut loaded_revisions: Vec<String> = enforced_revision.iter().chain(&candidate).cloned().collect();
@@ -90,7 +119,7 @@ impl<D: Dataplane, R: InterfaceResolver> Agent<D, R> {
             if candidate.is_some() {
                 let audit = self.audits.entry(key.clone()).or_insert_with(|| AuditState {
                     started_at: now,
-                    baseline: self.audit_baseline.clone(),
+                    baseline: self.baseline.clone(),
                     last_seen: HashMap::new(),
                 });
                 spec.audit_started_at = Some(Time(audit.started_at));
@@ -135,11 +164,11 @@ impl<D: Dataplane, R: InterfaceResolver> Agent<D, R> {
                 spec.totals.truncated_flows = listed.len().saturating_sub(AUDIT_FLOW_CAP) as u64;
                 listed.truncate(AUDIT_FLOW_CAP);
                 spec.flows = listed;
-                for (pod, endpoint) in &self.endpoints {
+                for &(pod, endpoint) in &view.endpoints {
                     if !audited_here(compiled, pod) {
                         continue;
                     }
-                    let count = |judged: &HashMap<EndpointId, u64>| judged.get(&endpoint.id).copied().unwrap_or(0);
+                    let count = |judged: &HashMap<EndpointId, u64>| judged.get(&endpoint).copied().unwrap_or(0);
                     let seen = count(&judged).saturating_sub(count(&audit.baseline));
                     spec.totals.observed_flows += seen;
                     spec.endpoints.push(EndpointTraffic {
@@ -153,7 +182,7 @@ impl<D: Dataplane, R: InterfaceResolver> Agent<D, R> {
                 self.audits.remove(key);
             }
             let metadata = ObjectMeta {
-                name: Some(report_name(&key.1, &node)),
+                name: Some(report_name(&key.1, node)),
                 namespace: Some(key.0.clone()),
                 labels: Some(BTreeMap::from([
                     (palisade_rollout::wire::ROLLOUT_LABEL.to_string(), key.1.clone()),
@@ -163,7 +192,7 @@ impl<D: Dataplane, R: InterfaceResolver> Agent<D, R> {
             };
             reports.push(PolicyAuditReport { metadata, spec });
         }
-        Ok(reports)
+        reports
     }
 }
 

@@ -8,7 +8,7 @@ use k8s_openapi::jiff::Timestamp;
 use palisade_agent::observe::{FlowFilter, FlowVerdict, ObservedFlow, RolloutRef, VerdictFilter};
 mod common;
 
-use common::{revision, rollout};
+use common::{db_policy, revision, rollout};
 use palisade_agent::{Agent, AgentConfig, Change, Interface, InterfaceResolver, RecordingDataplane, SlotOp};
 use palisade_common::{self as dp, FlowKey, PolicyEntry};
 use palisade_datapath::{Flow, Slot};
@@ -32,26 +32,6 @@ items:
   metadata: {name: web, namespace: shop, labels: {app: web}}
   spec: {nodeName: n2}
   status: {podIP: 10.200.2.1}
-";
-
-/// R1: the database takes 5432 from the API. R2 moves it to 5433 (5432 would be denied).
-const R1: &str = "apiVersion: cilium.io/v2
-kind: CiliumNetworkPolicy
-metadata: {name: db, namespace: shop}
-spec:
-  endpointSelector: {matchLabels: {app: db}}
-  ingress:
-    - fromEndpoints: [{matchLabels: {app: api}}]
-      toPorts: [{ports: [{port: '5432', protocol: TCP}]}]
-";
-const R2: &str = "apiVersion: cilium.io/v2
-kind: CiliumNetworkPolicy
-metadata: {name: db, namespace: shop}
-spec:
-  endpointSelector: {matchLabels: {app: db}}
-  ingress:
-    - fromEndpoints: [{matchLabels: {app: api}}]
-      toPorts: [{ports: [{port: '5433', protocol: TCP}]}]
 ";
 
 fn cluster() -> Cluster {
@@ -90,8 +70,8 @@ fn agent() -> TestAgent {
     for pod in cluster().pods {
         agent.apply(Change::Pod(pod));
     }
-    agent.apply(revision("db-r1", R1));
-    agent.apply(revision("db-r2", R2));
+    agent.apply(revision("db-r1", &db_policy(5432)));
+    agent.apply(revision("db-r2", &db_policy(5433)));
     agent
 }
 
@@ -150,8 +130,11 @@ fn the_enforced_revision_is_programmed_for_local_endpoints_only() {
     let names: Vec<String> = agent.endpoints().into_iter().map(|e| e.name).collect();
     assert_eq!(names, ["api-7d9f8b6c4-x2k9p", "db-0"], "web runs on another node");
     assert!(agent.endpoints().iter().all(|e| e.attached && e.candidate.is_none()));
-    assert_eq!(programmed(&agent, "db-0", None), expected(R1, cluster(), "db-0"));
-    assert_eq!(programmed(&agent, "api-7d9f8b6c4-x2k9p", None), expected(R1, cluster(), "api-7d9f8b6c4-x2k9p"));
+    assert_eq!(programmed(&agent, "db-0", None), expected(&db_policy(5432), cluster(), "db-0"));
+    assert_eq!(
+        programmed(&agent, "api-7d9f8b6c4-x2k9p", None),
+        expected(&db_policy(5432), cluster(), "api-7d9f8b6c4-x2k9p")
+    );
     let ipcache: BTreeSet<String> = agent.dataplane().ipcache.keys().map(|(a, l)| format!("{a}/{l}")).collect();
     for pod in ["10.200.1.1/32", "10.200.1.2/32", "10.200.2.1/32"] {
         assert!(ipcache.contains(pod), "every pod of the cluster is in the ipcache: {ipcache:?}");
@@ -172,7 +155,7 @@ fn a_rollout_waiting_for_its_enforced_revision_changes_nothing() {
     agent.apply(rollout(Some("db-r9"), None));
     agent.converge().unwrap();
     assert!(ops(&mut agent).is_empty(), "r9 is unknown: r1 stays as it is");
-    assert_eq!(programmed(&agent, "db-0", None), expected(R1, cluster(), "db-0"));
+    assert_eq!(programmed(&agent, "db-0", None), expected(&db_policy(5432), cluster(), "db-0"));
 }
 
 #[test]
@@ -182,8 +165,12 @@ fn a_candidate_is_audited_beside_the_enforced_revision_then_flipped_to_and_back(
     agent.apply(rollout(Some("db-r1"), Some("db-r2")));
     agent.converge().unwrap();
     let before = enforced_slot(&agent, "db-0");
-    assert_eq!(programmed(&agent, "db-0", None), expected(R1, cluster(), "db-0"), "r1 still decides");
-    assert_eq!(programmed(&agent, "db-0", Some(before.other())), expected(R2, cluster(), "db-0"), "r2 is shadowed");
+    assert_eq!(programmed(&agent, "db-0", None), expected(&db_policy(5432), cluster(), "db-0"), "r1 still decides");
+    assert_eq!(
+        programmed(&agent, "db-0", Some(before.other())),
+        expected(&db_policy(5433), cluster(), "db-0"),
+        "r2 is shadowed"
+    );
     assert!(agent.endpoints().iter().all(|e| e.candidate == Some(e.enforced.other())));
     let log = ops(&mut agent);
     assert!(!log.iter().any(|op| matches!(op, SlotOp::FlipAll(_))));
@@ -213,7 +200,7 @@ fn a_candidate_is_audited_beside_the_enforced_revision_then_flipped_to_and_back(
         "the candidate slot already held r2: nothing is written before the flip: {log:?}"
     );
     assert_eq!(enforced_slot(&agent, "db-0"), before.other());
-    assert_eq!(programmed(&agent, "db-0", None), expected(R2, cluster(), "db-0"));
+    assert_eq!(programmed(&agent, "db-0", None), expected(&db_policy(5433), cluster(), "db-0"));
     let report = &agent.reports(Timestamp::now()).unwrap()[0];
     assert_eq!(report.spec.enforced_revision.as_deref(), Some("db-r2"), "the node confirms the flip");
     assert!(agent.endpoints().iter().all(|e| e.candidate.is_none()), "nothing left to audit");
@@ -224,7 +211,7 @@ fn a_candidate_is_audited_beside_the_enforced_revision_then_flipped_to_and_back(
     let log = ops(&mut agent);
     assert!(log.iter().any(|op| matches!(op, SlotOp::FlipAll(_))), "{log:?}");
     assert!(!log.iter().any(|op| matches!(op, SlotOp::Update { .. })), "no rewrite for a rollback: {log:?}");
-    assert_eq!(programmed(&agent, "db-0", None), expected(R1, cluster(), "db-0"));
+    assert_eq!(programmed(&agent, "db-0", None), expected(&db_policy(5432), cluster(), "db-0"));
 }
 
 #[test]
@@ -256,7 +243,7 @@ fn pods_coming_going_and_relabelled_change_slots_in_place() {
     let mut now = cluster();
     now.pods[2] = web;
     now.pods.push(api2);
-    assert_eq!(programmed(&agent, "db-0", None), expected(R1, now.clone(), "db-0"));
+    assert_eq!(programmed(&agent, "db-0", None), expected(&db_policy(5432), now.clone(), "db-0"));
 
     // Relabelling the namespace changes nothing these selectors look at; deleting a pod detaches it.
     let mut namespace = now.namespaces["shop"].clone();
@@ -269,7 +256,7 @@ fn pods_coming_going_and_relabelled_change_slots_in_place() {
     assert!(log.contains(&SlotOp::Ipcache("10.200.1.3".parse().unwrap(), 32, None)));
     now.namespaces.insert("shop".into(), namespace);
     now.pods.pop();
-    assert_eq!(programmed(&agent, "db-0", None), expected(R1, now, "db-0"));
+    assert_eq!(programmed(&agent, "db-0", None), expected(&db_policy(5432), now, "db-0"));
 }
 
 #[test]
@@ -280,7 +267,7 @@ fn a_pod_is_attached_once_its_interface_exists() {
     for pod in cluster().pods {
         agent.apply(Change::Pod(pod));
     }
-    agent.apply(revision("db-r1", R1));
+    agent.apply(revision("db-r1", &db_policy(5432)));
     let mut agent = synced(agent, vec![rollout(Some("db-r1"), None)]);
     assert!(agent.endpoints().iter().all(|e| !e.attached), "no interfaces yet");
     assert!(!ops(&mut agent).iter().any(|op| matches!(op, SlotOp::Attach(..))));
@@ -302,8 +289,8 @@ fn a_restarted_agent_adopts_the_pinned_state_without_touching_it() {
     for namespace in cluster().namespaces.into_values() {
         second.apply(Change::Namespace(namespace));
     }
-    second.apply(revision("db-r2", R2));
-    second.apply(revision("db-r1", R1));
+    second.apply(revision("db-r2", &db_policy(5433)));
+    second.apply(revision("db-r1", &db_policy(5432)));
     // A difference the kernel recorded before the restart (a deny of the candidate).
     let recorded = Flow {
         key: FlowKey {
@@ -330,7 +317,7 @@ fn a_restarted_agent_adopts_the_pinned_state_without_touching_it() {
         "slots, candidates and attachments are adopted as they are, and what the kernel recorded is kept: {log:?}"
     );
     assert_eq!(second.dataplane().flows, [recorded], "the candidate's evidence survives the restart");
-    assert_eq!(programmed(&second, "db-0", None), expected(R1, cluster(), "db-0"));
+    assert_eq!(programmed(&second, "db-0", None), expected(&db_policy(5432), cluster(), "db-0"));
     let report = &second.reports(Timestamp::now()).unwrap()[0];
     assert_eq!(report.spec.loaded_revisions, ["db-r1", "db-r2"]);
 }

@@ -1,51 +1,25 @@
 //! The agent on the real datapath, with pods as network namespaces (root only: fails without it).
 //! Pods come, change labels and go while traffic runs; enforcement follows within the 100 ms the
-//! issue sets, and a promotion flips every endpoint.
-use std::path::Path;
+//! issue sets, and a promotion flips every endpoint. The route resolver finds the pods' veths.
+use std::net::Ipv4Addr;
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 mod common;
 
 use common::{Cleanup, wait_for_report};
-use palisade_agent::runtime::{AgentHandle, RuntimeOptions, spawn};
-use palisade_agent::{Agent, AgentConfig, Change, RouteResolver};
-use palisade_datapath::Datapath;
-use palisade_netsim::{LocalNetwork, Port, Responders, probe, require_root};
-use palisade_policy::SourceFile;
-use palisade_policy::cluster::Cluster;
+use palisade_agent::runtime::AgentHandle;
+use palisade_agent::{Change, Interface, InterfaceResolver, RouteResolver};
+use palisade_netsim::net::in_netns;
+use palisade_netsim::{LocalNetwork, Port, probe, require_root};
 
 const PREFIX: &str = "pag-";
 const PIN_DIR: &str = "/sys/fs/bpf/palisade-test-agent";
 /// The issue's figure for a pod or label change to take effect.
 const TARGET: Duration = Duration::from_millis(100);
 
-const CLUSTER: &str = "kind: List
-items:
-- kind: Namespace
-  metadata: {name: shop, labels: {team: shop}}
-- kind: Pod
-  metadata: {name: api, namespace: shop, labels: {app: api}}
-  status: {podIP: 10.200.31.1}
-- kind: Pod
-  metadata: {name: db, namespace: shop, labels: {app: db}}
-  spec: {containers: [{ports: [{containerPort: 5432}, {containerPort: 5433}]}]}
-  status: {podIP: 10.200.31.2}
-- kind: Pod
-  metadata: {name: batch, namespace: shop, labels: {app: batch}}
-  status: {podIP: 10.200.31.3}
-- kind: Pod
-  metadata: {name: late, namespace: shop, labels: {app: api}}
-  status: {podIP: 10.200.31.4}
-";
-
-fn policy(port: u16) -> String {
-    format!(
-        "apiVersion: cilium.io/v2\nkind: CiliumNetworkPolicy\nmetadata: {{name: db, namespace: shop}}\nspec:\n  endpointSelector: {{matchLabels: {{app: db}}}}\n  ingress:\n    - fromEndpoints: [{{matchLabels: {{app: api}}}}]\n      toPorts: [{{ports: [{{port: '{port}', protocol: TCP}}]}}]\n"
-    )
-}
-
 fn revision(name: &str, port: u16) -> Change {
-    common::revision(name, &policy(port))
+    common::revision(name, &common::db_policy(port))
 }
 
 struct Net {
@@ -75,32 +49,13 @@ impl Net {
 
 #[test]
 fn enforcement_follows_pods_labels_and_promotions_while_traffic_runs() {
-    require_root().expect("this test attaches eBPF programs in network namespaces: run it as root");
-    let _cleanup = Cleanup { prefix: PREFIX, pin_dir: PIN_DIR };
-    let cluster = Cluster::parse(&[SourceFile { name: "cluster.yaml", text: CLUSTER }]).expect("cluster");
-    let network = LocalNetwork::plan(&cluster, PREFIX).expect("plan");
-    network.create().expect("create the namespaces");
-    let _responders = Responders::start(&network).expect("responders");
+    let cluster = common::shop(31);
+    let (_cleanup, network, _responders, AgentHandle { changes, mut reports, thread, .. }) =
+        common::start_agent(PREFIX, PIN_DIR, &cluster);
     let net = Net { network };
-    let datapath = Datapath::open(PIN_DIR).expect("load the datapath");
-    let agent = Agent::new(AgentConfig::default(), datapath, RouteResolver);
-    let netns = Path::new("/run/netns").join(net.network.node_netns());
-    let options = RuntimeOptions { netns: Some(netns), ..RuntimeOptions::default() };
-    let AgentHandle { changes, mut reports, thread, .. } = spawn(agent, options).expect("start the agent");
     let send = |change: Change| changes.send(change).expect("agent running");
-
     // Everything but "late", which the agent does not know about yet.
-    for namespace in cluster.namespaces.values() {
-        send(Change::Namespace(namespace.clone()));
-    }
-    for pod in cluster.pods.iter().filter(|p| p.name != "late") {
-        send(Change::Pod(pod.clone()));
-    }
-    send(revision("db-r1", 5432));
-    send(revision("db-r2", 5433));
-    send(common::rollout(Some("db-r1"), None));
-    send(Change::Synced);
-    wait_for_report(&mut reports, |r| r.enforced_revision.as_deref() == Some("db-r1"));
+    common::sync_shop(&changes, &mut reports, &cluster, |p| p.name != "late", revision);
     assert!(net.connects("shop/api", "shop/db", 5432), "api may reach the database");
     assert!(!net.connects("shop/batch", "shop/db", 5432), "batch may not");
     assert!(!net.connects("shop/late", "shop/db", 5432), "an unknown address is world, which is denied");
@@ -135,4 +90,46 @@ fn enforcement_follows_pods_labels_and_promotions_while_traffic_runs() {
     assert!(!net.connects("shop/late", "shop/db", 5432));
     drop(changes);
     thread.join().expect("agent thread").expect("agent");
+}
+
+#[test]
+fn the_route_resolver_finds_each_pods_host_side_veth_and_nothing_else() {
+    require_root().expect("this test creates network namespaces: run it as root");
+    const PREFIX: &str = "prt-";
+    let _cleanup = Cleanup { prefix: PREFIX, pin_dir: "/sys/fs/bpf/palisade-test-route" };
+    let cluster = common::shop(33);
+    let network = LocalNetwork::plan(&cluster, PREFIX).expect("plan");
+    network.create().expect("create the namespaces");
+    // Another node's pods, behind a gateway (here the api pod), are not local.
+    let api = network.pod("shop/api").expect("pod");
+    let remote = Command::new("ip")
+        .args(["-n", network.node_netns(), "route", "add", "10.200.34.0/24", "via"])
+        .arg(api.ip.to_string())
+        .status()
+        .expect("ip");
+    assert!(remote.success(), "add a route through a gateway");
+    let pods: Vec<(Ipv4Addr, String)> = network.pods().map(|p| (p.ip, p.host_if.clone())).collect();
+    let node = network.node().address;
+    let resolved = in_netns(network.node_netns(), move || {
+        let index = |name: &str| {
+            let name = std::ffi::CString::new(name).expect("name");
+            // SAFETY: a valid NUL-terminated string.
+            unsafe { libc::if_nametoindex(name.as_ptr()) }
+        };
+        let pods: Vec<(Option<Interface>, Interface)> = pods
+            .into_iter()
+            .map(|(ip, name)| (RouteResolver.interface(ip), Interface { index: index(&name), name }))
+            .collect();
+        let elsewhere = ["10.200.34.7", "10.200.35.1"].map(|ip| RouteResolver.interface(ip.parse().unwrap()));
+        (pods, RouteResolver.interface(node), elsewhere)
+    })
+    .expect("enter the node namespace");
+    let (pods, node, elsewhere) = resolved;
+    assert_eq!(pods.len(), 4);
+    for (found, veth) in pods {
+        assert!(veth.index > 0, "{veth:?}");
+        assert_eq!(found, Some(veth));
+    }
+    assert_eq!(node, None, "the node's own address is routed through lo");
+    assert_eq!(elsewhere, [None, None], "behind a gateway, or no route at all");
 }

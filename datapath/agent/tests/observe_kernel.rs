@@ -2,40 +2,20 @@
 //! without it): a denied connection is observed as DROPPED naming both pods and the rule, a
 //! connection the candidate would deny as a difference, and both are served on `/flows`.
 use std::io::{BufRead, BufReader, Write};
-use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 mod common;
 
-use common::{Cleanup, wait_for_report};
+use common::wait_for_report;
+use palisade_agent::Change;
 use palisade_agent::observe::{FlowVerdict, ObserveLine, ObservedFlow, UnixServer};
-use palisade_agent::runtime::{AgentHandle, RuntimeOptions, spawn};
-use palisade_agent::{Agent, AgentConfig, Change, RouteResolver};
-use palisade_datapath::Datapath;
-use palisade_netsim::{LocalNetwork, Port, Responders, probe, require_root};
-use palisade_policy::SourceFile;
-use palisade_policy::cluster::Cluster;
+use palisade_agent::runtime::AgentHandle;
+use palisade_netsim::{LocalNetwork, Port, probe};
 use tokio::sync::broadcast;
 
 const PREFIX: &str = "pob-";
 const PIN_DIR: &str = "/sys/fs/bpf/palisade-test-observe";
-
-const CLUSTER: &str = "kind: List
-items:
-- kind: Namespace
-  metadata: {name: shop, labels: {team: shop}}
-- kind: Pod
-  metadata: {name: api, namespace: shop, labels: {app: api}}
-  status: {podIP: 10.200.32.1}
-- kind: Pod
-  metadata: {name: db, namespace: shop, labels: {app: db}}
-  spec: {containers: [{ports: [{containerPort: 5432}, {containerPort: 5433}]}]}
-  status: {podIP: 10.200.32.2}
-- kind: Pod
-  metadata: {name: batch, namespace: shop, labels: {app: batch}}
-  status: {podIP: 10.200.32.3}
-";
 
 /// The database takes `port` from the API and refuses batch outright.
 fn revision(name: &str, port: u16) -> Change {
@@ -72,30 +52,12 @@ fn observe_while_probing(
 
 #[test]
 fn denied_connections_and_shadow_differences_are_observed() {
-    require_root().expect("this test attaches eBPF programs in network namespaces: run it as root");
-    let _cleanup = Cleanup { prefix: PREFIX, pin_dir: PIN_DIR };
-    let cluster = Cluster::parse(&[SourceFile { name: "cluster.yaml", text: CLUSTER }]).expect("cluster");
-    let network = LocalNetwork::plan(&cluster, PREFIX).expect("plan");
-    network.create().expect("create the namespaces");
-    let _responders = Responders::start(&network).expect("responders");
-    let datapath = Datapath::open(PIN_DIR).expect("load the datapath");
-    let agent = Agent::new(AgentConfig::default(), datapath, RouteResolver);
-    let netns = Path::new("/run/netns").join(network.node_netns());
-    let options = RuntimeOptions { netns: Some(netns), ..RuntimeOptions::default() };
-    let AgentHandle { changes, mut reports, thread, flows: hub } = spawn(agent, options).expect("start the agent");
+    let cluster = common::shop(32);
+    let (_cleanup, network, _responders, AgentHandle { changes, mut reports, thread, flows: hub }) =
+        common::start_agent(PREFIX, PIN_DIR, &cluster);
     let (_, mut flows) = hub.subscribe().expect("running");
     let send = |change: Change| changes.send(change).expect("agent running");
-    for namespace in cluster.namespaces.values() {
-        send(Change::Namespace(namespace.clone()));
-    }
-    for pod in &cluster.pods {
-        send(Change::Pod(pod.clone()));
-    }
-    send(revision("db-r1", 5432));
-    send(revision("db-r2", 5433));
-    send(common::rollout(Some("db-r1"), None));
-    send(Change::Synced);
-    wait_for_report(&mut reports, |r| r.enforced_revision.as_deref() == Some("db-r1"));
+    common::sync_shop(&changes, &mut reports, &cluster, |_| true, revision);
 
     // batch may not reach the database: a drop, by the deny rule, naming both pods.
     let dropped = observe_while_probing(&network, &mut flows, ("shop/batch", "shop/db", 5432), |f| {

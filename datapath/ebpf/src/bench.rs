@@ -3,6 +3,8 @@
 #![no_std]
 #![no_main]
 
+mod object;
+
 use aya_ebpf::{
     btf_maps::RingBuf,
     macros::{btf_map, classifier},
@@ -43,13 +45,3 @@ pub fn event_burst(_ctx: TcContext) -> i32 {
     }
     emitted
 }
-
-#[cfg(not(test))]
-#[panic_handler]
-fn panic(_info: &core::panic::PanicInfo) -> ! {
-    loop {}
-}
-
-#[unsafe(link_section = "license")]
-#[unsafe(no_mangle)]
-static LICENSE: [u8; 4] = *b"GPL\0";

@@ -291,21 +291,3 @@ pub(crate) fn connection(ifindex: u32, packet: &Packet) -> (CtKey, u8) {
     };
     connection_key(ifindex, packet.protocol, (packet.saddr_be, sport), (packet.daddr_be, dport))
 }
-
-#[inline(always)]
-pub(crate) fn connection_key(ifindex: u32, protocol: u8, sender: (u32, u16), receiver: (u32, u16)) -> (CtKey, u8) {
-    let sender_is_lo = (u32::from_be(sender.0), sender.1) <= (u32::from_be(receiver.0), receiver.1);
-    let (lo, hi, side) =
-        if sender_is_lo { (sender, receiver, CT_OPENED_BY_LO) } else { (receiver, sender, CT_OPENED_BY_HI) };
-    let key = CtKey {
-        ifindex,
-        addr_lo_be: lo.0,
-        addr_hi_be: hi.0,
-        port_lo: lo.1,
-        port_hi: hi.1,
-        protocol,
-        _pad: 0,
-        _pad2: 0,
-    };
-    (key, side)
-}

@@ -50,6 +50,7 @@
 
 mod conntrack;
 mod maps;
+mod object;
 mod packet;
 mod policy;
 mod record;
@@ -191,13 +192,3 @@ fn link_signalling(ctx: &TcContext) -> bool {
         _ => false,
     }
 }
-
-#[cfg(not(test))]
-#[panic_handler]
-fn panic(_info: &core::panic::PanicInfo) -> ! {
-    loop {}
-}
-
-#[unsafe(link_section = "license")]
-#[unsafe(no_mangle)]
-static LICENSE: [u8; 4] = *b"GPL\0";

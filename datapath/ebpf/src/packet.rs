@@ -3,7 +3,7 @@
 use aya_ebpf::{bindings::BPF_ANY, programs::TcContext};
 use palisade_common::*;
 
-use crate::{conntrack::connection_key, maps::*};
+use crate::maps::*;
 
 pub(crate) struct Packet {
     pub(crate) saddr_be: u32,
@@ -189,4 +189,24 @@ pub(crate) fn parse_icmp_error(ctx: &TcContext, inner: usize) -> Result<CtKey, u
     };
     let (key, _) = connection_key(0, protocol, (saddr_be, sport), (daddr_be, dport));
     Ok(key)
+}
+
+/// The connection between `sender` and `receiver` (address, port) on `ifindex`, keyed the same
+/// from both sides, and the side (`CT_OPENED_BY_*`) that sent.
+#[inline(always)]
+pub(crate) fn connection_key(ifindex: u32, protocol: u8, sender: (u32, u16), receiver: (u32, u16)) -> (CtKey, u8) {
+    let sender_is_lo = (u32::from_be(sender.0), sender.1) <= (u32::from_be(receiver.0), receiver.1);
+    let (lo, hi, side) =
+        if sender_is_lo { (sender, receiver, CT_OPENED_BY_LO) } else { (receiver, sender, CT_OPENED_BY_HI) };
+    let key = CtKey {
+        ifindex,
+        addr_lo_be: lo.0,
+        addr_hi_be: hi.0,
+        port_lo: lo.1,
+        port_hi: hi.1,
+        protocol,
+        _pad: 0,
+        _pad2: 0,
+    };
+    (key, side)
 }

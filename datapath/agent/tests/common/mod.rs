@@ -1,17 +1,31 @@
 //! What the agent's tests share: revisions and rollouts of the `db` rollout in namespace `shop`,
-//! and, for the root tests, cleanup and waiting for reports.
+//! and, for the root tests, the shop's pods as network namespaces with the agent on the real
+//! datapath, cleanup and waiting for reports.
 #![allow(dead_code)] // each test binary uses part of it
 
+use std::path::Path;
+use std::sync::mpsc::Sender;
 use std::time::{Duration, Instant};
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
-use palisade_agent::Change;
+use palisade_agent::runtime::{AgentHandle, RuntimeOptions, spawn};
+use palisade_agent::{Agent, AgentConfig, Change, RouteResolver};
 use palisade_datapath::Datapath;
+use palisade_local::{LocalNetwork, Responders, require_root};
+use palisade_policy::SourceFile;
+use palisade_policy::cluster::{Cluster, Pod};
 use palisade_rollout::crd::{
     PolicyAuditReport, PolicyAuditReportSpec, PolicyDocument, PolicyRevision, PolicyRevisionSpec, PolicyRollout,
     PolicyRolloutStatus, RevisionRef,
 };
 use tokio::sync::mpsc::UnboundedReceiver;
+
+/// The database (`app: db` in `shop`) takes `port` from the API (`app: api`), and nothing else.
+pub fn db_policy(port: u16) -> String {
+    format!(
+        "apiVersion: cilium.io/v2\nkind: CiliumNetworkPolicy\nmetadata: {{name: db, namespace: shop}}\nspec:\n  endpointSelector: {{matchLabels: {{app: db}}}}\n  ingress:\n    - fromEndpoints: [{{matchLabels: {{app: api}}}}]\n      toPorts: [{{ports: [{{port: '{port}', protocol: TCP}}]}}]\n"
+    )
+}
 
 /// Revision `name` of rollout `shop/db`: one CiliumNetworkPolicy `shop/db` written as `policy`.
 pub fn revision(name: &str, policy: &str) -> Change {
@@ -21,21 +35,31 @@ pub fn revision(name: &str, policy: &str) -> Change {
         namespace: Some("shop".into()),
         content: policy.into(),
     };
+    Change::Revision(Box::new(revision_of("shop", "db", name, vec![document])))
+}
+
+/// Revision `name` of rollout `namespace/rollout`, of `documents`, at a commit of zeros.
+pub fn revision_of(namespace: &str, rollout: &str, name: &str, documents: Vec<PolicyDocument>) -> PolicyRevision {
     let spec = PolicyRevisionSpec {
-        rollout: "db".into(),
+        rollout: rollout.into(),
         commit: "0".repeat(40),
         display: format!("main@{name}"),
         digest: format!("sha256:{}", "0".repeat(64)),
-        policy_count: 1,
-        policies: vec![document],
+        policy_count: documents.len() as u32,
+        policies: documents,
     };
     let mut revision = PolicyRevision::new(name, spec);
-    revision.metadata.namespace = Some("shop".into());
-    Change::Revision(Box::new(revision))
+    revision.metadata.namespace = Some(namespace.into());
+    revision
 }
 
 /// Rollout `shop/db` with the status naming what nodes enforce and audit.
 pub fn rollout(enforced: Option<&str>, candidate: Option<&str>) -> Change {
+    Change::Rollout(Box::new(rollout_of("shop", "db", enforced, candidate)))
+}
+
+/// Rollout `namespace/name` of a Git branch, with the status naming what nodes enforce and audit.
+pub fn rollout_of(namespace: &str, name: &str, enforced: Option<&str>, candidate: Option<&str>) -> PolicyRollout {
     let reference = |id: &str| RevisionRef { id: id.into(), commit: "0".repeat(40), display: format!("main@{id}") };
     let spec =
         serde_json::from_value(serde_json::json!({"source": {"url": "file:///repo", "ref": {"branch": "main"}}}))
@@ -45,8 +69,8 @@ pub fn rollout(enforced: Option<&str>, candidate: Option<&str>) -> Change {
         candidate_revision: candidate.map(reference),
         ..PolicyRolloutStatus::default()
     };
-    let metadata = ObjectMeta { name: Some("db".into()), namespace: Some("shop".into()), ..ObjectMeta::default() };
-    Change::Rollout(Box::new(PolicyRollout { metadata, spec, status: Some(status) }))
+    let metadata = ObjectMeta { name: Some(name.into()), namespace: Some(namespace.into()), ..ObjectMeta::default() };
+    PolicyRollout { metadata, spec, status: Some(status) }
 }
 
 /// Deletes a root test's namespaces and pinned datapath, also when it panics.
@@ -79,4 +103,69 @@ pub fn wait_for_report(
         std::thread::sleep(Duration::from_millis(5));
     }
     panic!("the agent never reported the expected state");
+}
+
+/// Namespace `shop` and its pods api, db (ports 5432 and 5433), batch and late (an API client
+/// too), at 10.200.`subnet`.1 to .4.
+pub fn shop(subnet: u8) -> Cluster {
+    let pod = |name: &str, app: &str, host: u8, spec: &str| {
+        format!(
+            "- kind: Pod\n  metadata: {{name: {name}, namespace: shop, labels: {{app: {app}}}}}\n{spec}  status: {{podIP: 10.200.{subnet}.{host}}}\n"
+        )
+    };
+    let ports = "  spec: {containers: [{ports: [{containerPort: 5432}, {containerPort: 5433}]}]}\n";
+    let text = [
+        "kind: List\nitems:\n- kind: Namespace\n  metadata: {name: shop, labels: {team: shop}}\n".to_owned(),
+        pod("api", "api", 1, ""),
+        pod("db", "db", 2, ports),
+        pod("batch", "batch", 3, ""),
+        pod("late", "api", 4, ""),
+    ]
+    .concat();
+    Cluster::parse(&[SourceFile { name: "cluster.yaml", text: &text }]).expect("cluster")
+}
+
+/// A root test's world: the cluster's pods as network namespaces answering on their ports, and
+/// the agent on the real datapath (pinned at `pin_dir`) in the node's namespace. Everything
+/// named with `prefix` goes when the [`Cleanup`] is dropped, last.
+pub fn start_agent(
+    prefix: &'static str,
+    pin_dir: &'static str,
+    cluster: &Cluster,
+) -> (Cleanup, LocalNetwork, Responders, AgentHandle) {
+    require_root().expect("this test attaches eBPF programs in network namespaces: run it as root");
+    let cleanup = Cleanup { prefix, pin_dir };
+    let network = LocalNetwork::plan(cluster, prefix).expect("plan");
+    network.create().expect("create the namespaces");
+    let responders = Responders::start(&network).expect("responders");
+    let datapath = Datapath::open(pin_dir).expect("load the datapath");
+    let agent = Agent::new(AgentConfig::default(), datapath, RouteResolver);
+    let netns = Path::new("/run/netns").join(network.node_netns());
+    let options = RuntimeOptions { netns: Some(netns), ..RuntimeOptions::default() };
+    let handle = spawn(agent, options).expect("start the agent");
+    (cleanup, network, responders, handle)
+}
+
+/// Tells the agent the cluster's namespaces and the pods `known` admits, revisions `db-r1` and
+/// `db-r2` (as `revision` writes them), the rollout enforcing `db-r1`, and that it has all; waits
+/// until it reports `db-r1` enforced.
+pub fn sync_shop(
+    changes: &Sender<Change>,
+    reports: &mut UnboundedReceiver<Vec<PolicyAuditReport>>,
+    cluster: &Cluster,
+    known: impl Fn(&Pod) -> bool,
+    revision: impl Fn(&str, u16) -> Change,
+) {
+    let send = |change: Change| changes.send(change).expect("agent running");
+    for namespace in cluster.namespaces.values() {
+        send(Change::Namespace(namespace.clone()));
+    }
+    for pod in cluster.pods.iter().filter(|p| known(p)) {
+        send(Change::Pod(pod.clone()));
+    }
+    send(revision("db-r1", 5432));
+    send(revision("db-r2", 5433));
+    send(rollout(Some("db-r1"), None));
+    send(Change::Synced);
+    wait_for_report(reports, |r| r.enforced_revision.as_deref() == Some("db-r1"));
 }

@@ -1,6 +1,7 @@
-//! The agent's Kubernetes side: watches that turn Pods, Namespaces, Nodes, Services, the API
-//! server's EndpointSlices, PolicyRevisions and PolicyRollouts into [`Change`]s, and the writer that server-side-applies
-//! the agent's PolicyAuditReports. Local mode feeds the same agent without any of this.
+//! Watches of the cluster that turn Pods, Namespaces, Nodes, Services, the API server's
+//! EndpointSlices, PolicyRevisions and PolicyRollouts into [`Change`]s for the agent (the
+//! reports go back through `report_writer`). Local mode feeds the same agent without
+//! any of this.
 //!
 //! Each watch remembers what it sent (resource versions, or the items of a whole-list kind), so a
 //! watch that restarts with a fresh listing (its resource version expired while it was away)
@@ -10,24 +11,19 @@ use std::fmt::Debug;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, mpsc};
 
-use ::kube::api::{DeleteParams, Patch, PatchParams};
-use ::kube::runtime::WatchStreamExt;
-use ::kube::runtime::watcher::{self, Event};
-use ::kube::{Api, Client, Resource, ResourceExt};
-use futures::{StreamExt, TryFutureExt};
+use futures::StreamExt;
 use k8s_openapi::api::core::v1::{Namespace, Node, Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
+use kube::runtime::WatchStreamExt;
+use kube::runtime::watcher::{self, Event};
+use kube::{Api, Client, Resource, ResourceExt};
 use palisade_policy::cluster;
-use palisade_rollout::crd::{PolicyAuditReport, PolicyRevision, PolicyRollout};
+use palisade_rollout::crd::{PolicyRevision, PolicyRollout};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tracing::{debug, info, warn};
 
 use crate::input::Change;
-
-/// The field manager of the agent's server-side applies.
-pub const FIELD_MANAGER: &str = palisade_rollout::wire::AGENT_FIELD_MANAGER;
 
 /// The watches [`watch`] runs; [`Change::Synced`] follows the initial listing of all of them.
 const WATCHES: usize = 7;
@@ -91,15 +87,16 @@ pub async fn watch(client: Client, changes: mpsc::Sender<Change>, state: Arc<Wat
             |r| Ok(Change::Rollout(Box::new(r))),
             |(namespace, name)| { Change::RolloutDeleted { namespace, name } }
         ),
-        whole(Api::<Node>::all(client.clone()), sink, |n| cluster::Node::from_json(&to_json(n)?), Change::Nodes),
+        whole(Api::<Node>::all(client.clone()), everything(), sink, via_json(cluster::Node::from_json), Change::Nodes),
         whole(
             Api::<Service>::all(client.clone()),
+            everything(),
             sink,
-            |s| cluster::Service::from_json(&to_json(s)?),
+            via_json(cluster::Service::from_json),
             Change::Services
         ),
         // Only the API server's: the slices of Service default/kubernetes (RBAC grants no more).
-        whole_with(
+        whole(
             Api::<EndpointSlice>::namespaced(client, cluster::APISERVER_SERVICE.0),
             watcher::Config::default().labels(&format!(
                 "{}={}",
@@ -107,7 +104,7 @@ pub async fn watch(client: Client, changes: mpsc::Sender<Change>, state: Arc<Wat
                 cluster::APISERVER_SERVICE.1
             )),
             sink,
-            |s| cluster::EndpointSlice::from_json(&to_json(s)?),
+            via_json(cluster::EndpointSlice::from_json),
             Change::EndpointSlices
         ),
     )
@@ -116,6 +113,18 @@ pub async fn watch(client: Client, changes: mpsc::Sender<Change>, state: Arc<Wat
 
 fn to_json(object: &impl Serialize) -> Result<serde_json::Value, String> {
     serde_json::to_value(object).map_err(|e| e.to_string())
+}
+
+/// A conversion to the policy model's type through the object's JSON.
+fn via_json<K: Serialize, T>(
+    from_json: fn(&serde_json::Value) -> Result<T, String>,
+) -> impl Fn(&K) -> Result<T, String> {
+    move |object| from_json(&to_json(object)?)
+}
+
+/// Every object of the kind.
+fn everything() -> watcher::Config {
+    watcher::Config::default()
 }
 
 fn pod_change(pod: Pod) -> Result<Change, String> {
@@ -221,22 +230,9 @@ where
 }
 
 /// A kind sent as its whole list on every change (nodes, services and the API server's
-/// EndpointSlices only feed the ipcache and `toServices`; they are few).
+/// EndpointSlices only feed the ipcache and `toServices`; they are few), of the objects `config`
+/// selects.
 async fn whole<K, T>(
-    api: Api<K>,
-    sink: &Sink,
-    convert: impl Fn(&K) -> Result<T, String>,
-    list: impl Fn(Vec<T>) -> Change,
-) -> Result<(), AgentStopped>
-where
-    K: Resource + Clone + DeserializeOwned + Debug + Send + 'static,
-    T: Clone + PartialEq,
-{
-    whole_with(api, watcher::Config::default(), sink, convert, list).await
-}
-
-/// [`whole`], for the objects `config` selects.
-async fn whole_with<K, T>(
     api: Api<K>,
     config: watcher::Config,
     sink: &Sink,
@@ -373,65 +369,5 @@ impl<T: Clone + PartialEq> ListTracker<T> {
         }
         self.announced = true;
         vec![list(self.sent.values().cloned().collect())]
-    }
-}
-
-/// Server-side-applies the agent's PolicyAuditReports and deletes those of rollouts that are gone.
-pub struct ReportWriter {
-    client: Client,
-    state: Arc<WatchState>,
-    /// (namespace, name) of the reports the last batch held, or that could not be deleted yet.
-    written: BTreeSet<Key>,
-}
-
-impl ReportWriter {
-    pub fn new(client: Client, state: Arc<WatchState>) -> Self {
-        ReportWriter { client, state, written: BTreeSet::new() }
-    }
-
-    /// Writes one batch (one report per rollout the agent knows): each report is applied with
-    /// force, owned by its PolicyRollout when the rollout's uid is known, so that it goes with
-    /// it; the reports of the previous batch that this one lacks are deleted. Failures are logged;
-    /// the next batch tries again.
-    pub async fn write(&mut self, batch: &[PolicyAuditReport]) {
-        let mut written = BTreeSet::new();
-        for report in batch {
-            let key = key_of(report);
-            written.insert(key.clone());
-            let mut report = report.clone();
-            if let Some(uid) = self.state.rollout_uid(&key.0, &report.spec.rollout) {
-                report.metadata.owner_references = Some(vec![OwnerReference {
-                    api_version: palisade_rollout::wire::API_VERSION.into(),
-                    kind: "PolicyRollout".into(),
-                    name: report.spec.rollout.clone(),
-                    uid,
-                    ..OwnerReference::default()
-                }]);
-            }
-            let api: Api<PolicyAuditReport> = Api::namespaced(self.client.clone(), &key.0);
-            let params = PatchParams::apply(FIELD_MANAGER).force();
-            if let Err(e) = api.patch(&key.1, &params, &Patch::Apply(&report)).await {
-                warn!(report = %format!("{}/{}", key.0, key.1), error = %e, "could not write the audit report");
-            }
-        }
-        let stale: Vec<Key> = self.written.difference(&written).cloned().collect();
-        for key in stale {
-            let api: Api<PolicyAuditReport> = Api::namespaced(self.client.clone(), &key.0);
-            match api.delete(&key.1, &DeleteParams::default()).map_ok(|_| ()).await {
-                Ok(()) => info!(report = %format!("{}/{}", key.0, key.1), "rollout gone; report deleted"),
-                Err(::kube::Error::Api(status)) if status.code == 404 => {}
-                Err(e) => {
-                    warn!(report = %format!("{}/{}", key.0, key.1), error = %e, "could not delete the audit report");
-                    written.insert(key);
-                }
-            }
-        }
-        self.written = written;
-    }
-}
-
-impl Debug for ReportWriter {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ReportWriter").field("written", &self.written).finish_non_exhaustive()
     }
 }

@@ -7,7 +7,8 @@ use std::sync::mpsc::{self, RecvTimeoutError};
 use std::time::Duration;
 
 use palisade_agent::Change;
-use palisade_agent::kube::{ReportWriter, WatchState, watch};
+use palisade_agent::cluster_watch::{WatchState, watch};
+use palisade_agent::report_writer::ReportWriter;
 use palisade_rollout::crd::{AuditTotals, PolicyAuditReport, PolicyAuditReportSpec, PolicyRevision, PolicyRollout};
 use serde_json::{Value, json};
 
