@@ -1,5 +1,5 @@
 //! Warnings about valid policies that probably do not do what their author meant.
-use crate::compile::{Enforcement, Engine};
+use crate::compile::{Enforcement, CompiledPolicy};
 use crate::diag::{Diagnostic, Severity};
 use crate::model::{Peer, Peers, Policy, PolicyKind, PolicySet, PortSpec, Rule};
 
@@ -52,10 +52,10 @@ pub fn l7_unsupported_message() -> String {
 
 /// Lints against a cluster: selectors that match nothing, and rules that put pods into
 /// default deny as a side effect of allowing something.
-pub fn lint_with_cluster(engine: &Engine) -> Vec<Diagnostic> {
-    let mut out = lint(&engine.policies);
+pub fn lint_with_cluster(engine: &CompiledPolicy) -> Vec<Diagnostic> {
+    let mut out = lint(engine.policies());
     let identities: Vec<_> = engine.endpoints().map(|e| e.identity.clone()).collect();
-    for policy in &engine.policies.policies {
+    for policy in &engine.policies().policies {
         for rule in &policy.rules {
             let selected: Vec<_> = identities.iter().filter(|i| rule.subject.matches(&i.labels)).collect();
             if selected.is_empty() {
@@ -90,7 +90,7 @@ pub fn lint_with_cluster(engine: &Engine) -> Vec<Diagnostic> {
         }
     }
     let egress_port_names: std::collections::BTreeSet<&str> = engine
-        .policies
+        .policies()
         .policies
         .iter()
         .flat_map(|p| &p.rules)
@@ -120,7 +120,7 @@ pub fn lint_with_cluster(engine: &Engine) -> Vec<Diagnostic> {
 /// The classic accident: a rule allowing some egress puts pods into egress default deny, and
 /// nothing allows them DNS, so every name lookup now fails. Rules that mean to deny everything
 /// (an empty rule `{}`) are not flagged.
-fn denies_dns_by_accident(engine: &Engine, rule: &Rule) -> Option<String> {
+fn denies_dns_by_accident(engine: &CompiledPolicy, rule: &Rule) -> Option<String> {
     let section = &rule.egress;
     if !section.enables_policy || section.rules.iter().any(|r| r.peers == Peers::Some(Vec::new()) && r.ports.is_empty())
     {
@@ -139,8 +139,8 @@ fn denies_dns_by_accident(engine: &Engine, rule: &Rule) -> Option<String> {
         .filter(|e| {
             e.group
                 .egress
-                .lookup(dns, palisade_common::PROTO_UDP, 53)
-                .is_none_or(|entry| entry.value.verdict == palisade_common::VERDICT_DENY)
+                .lookup(dns, palisade_common::Protocol::UDP, 53)
+                .is_none_or(|entry| entry.value.verdict() == palisade_common::Verdict::Deny)
         })
         .map(|e| e.pod.key())
         .collect();

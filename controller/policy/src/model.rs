@@ -1,9 +1,11 @@
 //! The normalized policy model every resource kind is translated into: namespaces injected,
 //! entities expanded to selectors, `ANY` expanded to TCP+UDP+SCTP, each allow or deny rule
 //! numbered with a cookie the datapath reports back.
+use std::collections::BTreeSet;
 use std::fmt;
 use std::net::Ipv4Addr;
 
+pub use palisade_common::{Direction, Protocol};
 use regex::Regex;
 
 use crate::selector::Selector;
@@ -52,6 +54,28 @@ pub struct Policy {
     pub source: serde_json::Value,
 }
 
+impl Policy {
+    /// Every peer its rules name, both directions.
+    pub fn peers(&self) -> impl Iterator<Item = &Peer> {
+        self.rules.iter().flat_map(|r| r.ingress.rules.iter().chain(&r.egress.rules)).flat_map(|rule| match &rule.peers {
+            Peers::Some(peers) => peers.as_slice(),
+            Peers::All => &[],
+        })
+    }
+
+    /// The prefixes its CIDR rules and ipBlocks name, excepts included: they get CIDR identities.
+    pub fn cidr_prefixes(&self) -> BTreeSet<Prefix> {
+        let mut prefixes = BTreeSet::new();
+        for peer in self.peers() {
+            if let Peer::Cidr(block) | Peer::IpBlock(block) = peer {
+                prefixes.insert(block.cidr);
+                prefixes.extend(block.except.iter().copied());
+            }
+        }
+        prefixes
+    }
+}
+
 /// One Cilium rule (`spec` or an element of `specs`; a NetworkPolicy is one rule).
 #[derive(Clone, Debug)]
 pub struct Rule {
@@ -70,31 +94,6 @@ impl Rule {
         match direction {
             Direction::Ingress => &self.ingress,
             Direction::Egress => &self.egress,
-        }
-    }
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Direction {
-    Ingress,
-    Egress,
-}
-
-impl Direction {
-    pub const BOTH: [Direction; 2] = [Direction::Ingress, Direction::Egress];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Direction::Ingress => "ingress",
-            Direction::Egress => "egress",
-        }
-    }
-
-    pub fn datapath(self) -> u8 {
-        match self {
-            Direction::Ingress => palisade_common::DIRECTION_INGRESS,
-            Direction::Egress => palisade_common::DIRECTION_EGRESS,
         }
     }
 }
@@ -212,49 +211,6 @@ pub enum FqdnMatch {
     Pattern(String),
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize)]
-pub enum Protocol {
-    TCP,
-    UDP,
-    SCTP,
-    ICMP,
-    ICMPv6,
-    VRRP,
-    IGMP,
-}
-
-impl Protocol {
-    pub fn number(self) -> u8 {
-        match self {
-            Protocol::TCP => palisade_common::PROTO_TCP,
-            Protocol::UDP => palisade_common::PROTO_UDP,
-            Protocol::SCTP => palisade_common::PROTO_SCTP,
-            Protocol::ICMP => palisade_common::PROTO_ICMP,
-            Protocol::ICMPv6 => palisade_common::PROTO_ICMPV6,
-            Protocol::VRRP => 112,
-            Protocol::IGMP => 2,
-        }
-    }
-
-    pub fn from_number(number: u8) -> Option<Protocol> {
-        [Protocol::TCP, Protocol::UDP, Protocol::SCTP, Protocol::ICMP, Protocol::ICMPv6, Protocol::VRRP, Protocol::IGMP]
-            .into_iter()
-            .find(|p| p.number() == number)
-    }
-
-    pub fn name(self) -> &'static str {
-        match self {
-            Protocol::TCP => "TCP",
-            Protocol::UDP => "UDP",
-            Protocol::SCTP => "SCTP",
-            Protocol::ICMP => "ICMP",
-            Protocol::ICMPv6 => "ICMPv6",
-            Protocol::VRRP => "VRRP",
-            Protocol::IGMP => "IGMP",
-        }
-    }
-}
-
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum PortSpec {
     Any,
@@ -335,6 +291,15 @@ pub fn policy_index(cookie: u32) -> Option<usize> {
 }
 
 impl PolicySet {
+    /// The NetworkPolicy ipBlocks of every policy.
+    pub fn ip_blocks(&self) -> BTreeSet<CidrBlock> {
+        let blocks = self.policies.iter().flat_map(Policy::peers).filter_map(|peer| match peer {
+            Peer::IpBlock(block) => Some(block.clone()),
+            _ => None,
+        });
+        blocks.collect()
+    }
+
     /// The policy and rule a cookie names, if it names one.
     pub fn rule_for_cookie(&self, cookie: u32) -> Option<(&Policy, &PeerRule)> {
         let policy = self.policies.get(policy_index(cookie)?)?;

@@ -12,7 +12,7 @@ use std::net::Ipv4Addr;
 use palisade_common as dp;
 use serde::Serialize;
 
-use crate::compile::{DirectionPolicy, Enforcement, Engine};
+use crate::compile::{CompiledPolicy, Enforcement, MapState};
 use crate::identity;
 use crate::model::{Direction, HttpMatch, L7Rules, PortSpec, Protocol};
 
@@ -201,7 +201,7 @@ impl Trace {
 }
 
 pub fn trace(
-    engine: &Engine,
+    engine: &CompiledPolicy,
     from: &FlowEnd,
     to: &FlowEnd,
     port: FlowPort,
@@ -226,7 +226,7 @@ pub fn trace(
 
 /// The address of one end: a pod's IP, a `cidr:` address, or for `node` the first address of
 /// the local host (the node the pod at the other end runs on, else the engine's host node).
-fn address_of(engine: &Engine, end: &FlowEnd, other: &FlowEnd) -> Option<Ipv4Addr> {
+fn address_of(engine: &CompiledPolicy, end: &FlowEnd, other: &FlowEnd) -> Option<Ipv4Addr> {
     match end {
         FlowEnd::Pod { namespace, name } => engine.cluster.pod(namespace, name)?.ip,
         FlowEnd::Address(ip) => Some(*ip),
@@ -241,7 +241,7 @@ fn address_of(engine: &Engine, end: &FlowEnd, other: &FlowEnd) -> Option<Ipv4Add
     }
 }
 
-fn identity_of(engine: &Engine, end: &FlowEnd) -> Result<u32, String> {
+fn identity_of(engine: &CompiledPolicy, end: &FlowEnd) -> Result<u32, String> {
     match end {
         FlowEnd::Pod { namespace, name } => {
             let pod = engine
@@ -258,7 +258,7 @@ fn identity_of(engine: &Engine, end: &FlowEnd) -> Result<u32, String> {
 }
 
 fn decide(
-    engine: &Engine,
+    engine: &CompiledPolicy,
     local: &FlowEnd,
     remote: u32,
     direction: Direction,
@@ -293,16 +293,16 @@ fn decide(
         return unpoliced(why);
     };
     let policy = endpoint.group.direction(direction);
-    let entry = policy.lookup(remote, port.protocol.number(), port.port);
+    let entry = policy.lookup(remote, port.protocol, port.port);
     let (mut verdict, rule) = match entry {
-        None => (Verdict::Denied, engine.policies.describe_cookie(dp::COOKIE_NONE)),
-        Some(e) if e.value.verdict == dp::VERDICT_DENY => {
-            (Verdict::Denied, engine.policies.describe_cookie(e.value.cookie))
+        None => (Verdict::Denied, engine.policies().describe_cookie(dp::COOKIE_NONE)),
+        Some(e) if e.value.verdict() == dp::Verdict::Deny => {
+            (Verdict::Denied, engine.policies().describe_cookie(e.value.cookie))
         }
-        Some(e) => (Verdict::Allowed, engine.policies.describe_cookie(e.value.cookie)),
+        Some(e) => (Verdict::Allowed, engine.policies().describe_cookie(e.value.cookie)),
     };
     let (mut intent, mut proxy, mut drop_reason) = (verdict, None, None);
-    if entry.is_some_and(|e| e.value.verdict == dp::VERDICT_REDIRECT) {
+    if entry.is_some_and(|e| e.value.verdict() == dp::Verdict::Redirect) {
         let (allowed, why) = proxy_decision(engine, policy, &endpoint.pod.ports, remote, direction, port, http);
         if !allowed {
             intent = Verdict::Denied;
@@ -334,7 +334,7 @@ pub fn describe_entry(key: &dp::PolicyKey) -> String {
     let l4 = match key.protocol() {
         None => "any protocol".to_string(),
         Some(p) => {
-            let name = Protocol::from_number(p).map_or_else(|| p.to_string(), |p| p.name().to_string());
+            let name = p.name();
             match key.port_range() {
                 (0, 65535) => format!("{name}/any"),
                 (lo, hi) if lo == hi => format!("{name}/{lo}"),
@@ -348,8 +348,8 @@ pub fn describe_entry(key: &dp::PolicyKey) -> String {
 /// The L7 proxy allows a request when any allow rule selecting the peer on this port allows it;
 /// a rule without L7 rules allows everything (so an L4-only rule shadows L7 rules).
 fn proxy_decision(
-    engine: &Engine,
-    policy: &DirectionPolicy,
+    engine: &CompiledPolicy,
+    policy: &MapState,
     own_ports: &[crate::cluster::ContainerPort],
     remote: u32,
     direction: Direction,
@@ -358,7 +358,7 @@ fn proxy_decision(
 ) -> (bool, String) {
     let mut l7_rules: Vec<(&L7Rules, String)> = Vec::new();
     for cookie in engine.cookies_selecting(policy, remote) {
-        let Some((policy_obj, rule)) = engine.policies.rule_for_cookie(cookie) else { continue };
+        let Some((policy_obj, rule)) = engine.policies().rule_for_cookie(cookie) else { continue };
         let origin = format!("{} {}", policy_obj.id, rule.path);
         if rule.ports.is_empty() {
             return (true, format!("allowed: {origin} allows this peer without L7 rules"));

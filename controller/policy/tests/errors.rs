@@ -1,11 +1,11 @@
 //! Error messages users read, and the semantics users notice, each through the public API:
-//! `parse_policies` for diagnostics, `Engine` + `trace` for verdicts.
+//! `parse_policies` for diagnostics, `CompiledPolicy` + `trace` for verdicts.
 use std::collections::BTreeMap;
 
 use palisade_policy::cluster::{ContainerPort, Namespace, Pod, Service};
 use palisade_policy::model::Protocol;
 use palisade_policy::trace::{self, FlowEnd, FlowPort, HttpRequest, Verdict};
-use palisade_policy::{Cluster, EnforcementMode, Engine, ParseOptions, Parsed, Severity, SourceFile, parse_policies};
+use palisade_policy::{Cluster, EnforcementMode, CompiledPolicy, ParseOptions, Parsed, Severity, SourceFile, parse_policies};
 
 // ---------------------------------------------------------------- helpers
 
@@ -89,28 +89,28 @@ impl World {
         self
     }
 
-    fn engine(&self, policies: &str) -> Engine {
+    fn engine(&self, policies: &str) -> CompiledPolicy {
         self.engine_mode(policies, EnforcementMode::Default)
     }
 
-    fn engine_mode(&self, policies: &str, mode: EnforcementMode) -> Engine {
+    fn engine_mode(&self, policies: &str, mode: EnforcementMode) -> CompiledPolicy {
         let parsed = parse("policies.yaml", policies);
         assert!(!parsed.has_errors(), "{:#?}", errors(&parsed));
-        Engine::new(parsed.set, self.cluster.clone(), mode)
+        CompiledPolicy::new(parsed.set, self.cluster.clone(), mode)
     }
 }
 
-fn verdict(engine: &Engine, from: &str, to: &str, port: &str) -> Verdict {
+fn verdict(engine: &CompiledPolicy, from: &str, to: &str, port: &str) -> Verdict {
     verdict_http(engine, from, to, port, None)
 }
 
 /// What the datapath does with the flow.
-fn verdict_http(engine: &Engine, from: &str, to: &str, port: &str, http: Option<&str>) -> Verdict {
+fn verdict_http(engine: &CompiledPolicy, from: &str, to: &str, port: &str, http: Option<&str>) -> Verdict {
     trace_of(engine, from, to, port, http).verdict
 }
 
 /// What the policy means, L7 rules included (the datapath denies L7 redirects meanwhile).
-fn intent_http(engine: &Engine, from: &str, to: &str, port: &str, http: Option<&str>) -> Verdict {
+fn intent_http(engine: &CompiledPolicy, from: &str, to: &str, port: &str, http: Option<&str>) -> Verdict {
     let t = trace_of(engine, from, to, port, http);
     if t.egress.proxy.is_some() || t.ingress.proxy.is_some() {
         assert_eq!(
@@ -124,7 +124,7 @@ fn intent_http(engine: &Engine, from: &str, to: &str, port: &str, http: Option<&
     t.intent
 }
 
-fn trace_of(engine: &Engine, from: &str, to: &str, port: &str, http: Option<&str>) -> trace::Trace {
+fn trace_of(engine: &CompiledPolicy, from: &str, to: &str, port: &str, http: Option<&str>) -> trace::Trace {
     let request = http.map(|r| HttpRequest::parse(r, &[]).unwrap());
     trace::trace(
         engine,
