@@ -21,7 +21,7 @@ use aya::{
 };
 use palisade_common::{
     EndpointConfig, EndpointCounters, FlowKey, FlowStats, MAX_ENDPOINTS, NODE_STATE_EPOCH, NODE_STATE_GENERATION,
-    NODE_STATE_VERSION, PolicyEntry, PolicyKey, PolicyMatch, SlotKey, SlotSelection,
+    NODE_STATE_VERSION, PolicyEntry, PolicyKey, PolicyMatch, PolicyValue, SlotKey, SlotSelection,
 };
 
 pub use error::Error;
@@ -653,7 +653,7 @@ fn ignore_missing(result: Result<(), MapError>) -> Result<(), MapError> {
 
 #[cfg(test)]
 mod tests {
-    use palisade_common::{Direction, PolicyValue, Protocol, Verdict};
+    use palisade_common::{Direction, Protocol, Verdict};
 
     use super::*;
 

@@ -15,7 +15,7 @@ use palisade_datapath::{EndpointId, Slot};
 use palisade_policy::cluster::{Cluster, Pod};
 use palisade_policy::model::{PolicySet, Prefix};
 use palisade_policy::{
-    AllowLocalhost, EnforcementMode, Engine, EngineOptions, IdentityBasis, ParseOptions, SourceFile, parse_policies,
+    AllowLocalhost, EnforcementMode, CompiledPolicy, CompileOptions, IdentityBasis, ParseOptions, SourceFile, parse_policies,
 };
 use palisade_rollout::crd::{PolicyRevision, PolicyRollout};
 use tracing::{debug, info, warn};
@@ -70,9 +70,9 @@ pub(crate) struct Targets {
 /// The node's enforced and candidate policy sets, compiled for its endpoints.
 pub(crate) struct Compiled {
     generation: u64,
-    pub(crate) enforced: Engine,
+    pub(crate) enforced: CompiledPolicy,
     /// `None` when no rollout audits a candidate.
-    pub(crate) candidate: Option<Engine>,
+    pub(crate) candidate: Option<CompiledPolicy>,
     pub(crate) enforced_revisions: Arc<Vec<String>>,
     pub(crate) candidate_revisions: Arc<Vec<String>>,
     /// The rollout each policy (by index) of the enforced and of the candidate set comes from.
@@ -85,7 +85,7 @@ impl Compiled {
         self.origins[set].get(palisade_policy::model::policy_index(cookie)?)
     }
 
-    pub(crate) fn candidate_engine(&self) -> &Engine {
+    pub(crate) fn candidate_engine(&self) -> &CompiledPolicy {
         self.candidate.as_ref().unwrap_or(&self.enforced)
     }
 }
@@ -206,12 +206,12 @@ impl<D: Dataplane, R: InterfaceResolver> Agent<D, R> {
     }
 
     /// The compiled enforced set, once there is one.
-    pub fn enforced_engine(&self) -> Option<&Engine> {
+    pub fn enforced_engine(&self) -> Option<&CompiledPolicy> {
         self.compiled.as_ref().map(|c| &c.enforced)
     }
 
     /// The compiled candidate set (the enforced one when nothing is audited).
-    pub fn candidate_engine(&self) -> Option<&Engine> {
+    pub fn candidate_engine(&self) -> Option<&CompiledPolicy> {
         self.compiled.as_ref().map(Compiled::candidate_engine)
     }
 
@@ -286,7 +286,7 @@ impl<D: Dataplane, R: InterfaceResolver> Agent<D, R> {
         }
     }
 
-    fn each_engine(&mut self, mut change: impl FnMut(&mut Engine)) {
+    fn each_engine(&mut self, mut change: impl FnMut(&mut CompiledPolicy)) {
         if let Some(compiled) = &mut self.compiled {
             change(&mut compiled.enforced);
             if let Some(candidate) = &mut compiled.candidate {
@@ -418,7 +418,7 @@ impl<D: Dataplane, R: InterfaceResolver> Agent<D, R> {
             return Ok(());
         }
         let candidate_changed = self.compiled.as_ref().is_none_or(|c| *c.candidate_revisions != candidate_revisions);
-        let options = EngineOptions {
+        let options = CompileOptions {
             mode: self.config.mode,
             node: self.config.node.clone(),
             host_node: self.config.host_node.clone(),
@@ -428,11 +428,11 @@ impl<D: Dataplane, R: InterfaceResolver> Agent<D, R> {
         let auditing = candidate_revisions != enforced_revisions;
         info!(enforced = ?enforced_revisions, candidate = ?candidate_revisions, "compiling the node's policy sets");
         let candidate_engine =
-            auditing.then(|| Engine::with_options(candidate_set, self.cluster.clone(), options.clone()));
+            auditing.then(|| CompiledPolicy::with_options(candidate_set, self.cluster.clone(), options.clone()));
         self.generations += 1;
         self.compiled = Some(Compiled {
             generation: self.generations,
-            enforced: Engine::with_options(enforced_set, self.cluster.clone(), options),
+            enforced: CompiledPolicy::with_options(enforced_set, self.cluster.clone(), options),
             candidate: candidate_engine,
             enforced_revisions: Arc::new(enforced_revisions),
             candidate_revisions: Arc::new(candidate_revisions),

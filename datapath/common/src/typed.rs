@@ -2,8 +2,8 @@
 //! Userspace works with these; this module is the only place they become (or come from) the
 //! `u8`s of the `#[repr(C)]` map structs. The eBPF program keeps using the raw constants.
 use crate::{
-    DROP_L7_UNSUPPORTED, DROP_POLICY_DENIED, DropReason, MODE_AUDIT, MODE_ENFORCE, MODE_OFF, SLOT_A, SLOT_B, SLOT_NONE,
-    SlotSelection, VERDICT_ALLOW, VERDICT_DENY, VERDICT_REDIRECT,
+    DROP_L7_UNSUPPORTED, DROP_POLICY_DENIED, DropReason, EndpointConfig, MODE_AUDIT, MODE_ENFORCE, MODE_OFF, SLOT_A,
+    SLOT_B, SLOT_NONE, SlotKey, SlotSelection, VERDICT_ALLOW, VERDICT_DENY, VERDICT_REDIRECT,
 };
 
 /// What a policy entry does with the traffic it matches.
@@ -208,6 +208,22 @@ impl Slot {
             _ => None,
         }
     }
+
+    /// The slot's index in per-slot arrays (`slot_generation`, `slot_packets`).
+    pub const fn index(self) -> usize {
+        self.raw() as usize
+    }
+
+    /// Index of the slot's write sequence for the endpoint with `counter_index`.
+    pub const fn writes_index(self, counter_index: u32) -> u32 {
+        crate::slot_writes_index(counter_index, self.raw())
+    }
+}
+
+impl SlotKey {
+    pub const fn new(endpoint: u32, slot: Slot) -> Self {
+        SlotKey { endpoint, slot: slot.raw() as u32 }
+    }
 }
 
 /// How an endpoint's enforced slot applies.
@@ -237,6 +253,31 @@ impl Mode {
             MODE_AUDIT => Mode::Audit,
             _ => Mode::Off,
         }
+    }
+}
+
+impl EndpointConfig {
+    /// A new endpoint's config: enforcing slot A with no candidate, not attached.
+    pub const fn new(endpoint: u32, index: u32) -> Self {
+        let select = SlotSelection::new(Slot::A, None);
+        EndpointConfig {
+            endpoint,
+            index,
+            ifindex: 0,
+            addr_be: 0,
+            mode: MODE_ENFORCE,
+            _pad: [0; 3],
+            by_epoch: [select; 2],
+            slot_generation: [0; 2],
+        }
+    }
+
+    pub const fn mode(&self) -> Mode {
+        Mode::from_raw(self.mode)
+    }
+
+    pub const fn set_mode(&mut self, mode: Mode) {
+        self.mode = mode.raw();
     }
 }
 

@@ -96,12 +96,12 @@ impl CompiledPolicy {
             id => self.identities().get(id).map_or(id.to_string(), |i| i.labels.to_string()),
         };
         format!(
-            "{peer} dir={} proto={:?} port={}/{} verdict={}",
-            key.direction().raw(),
-            key.protocol().map(|p| p.raw()),
+            "{peer} dir={} proto={} port={}/{} verdict={}",
+            key.direction().as_str(),
+            key.protocol().map_or("any", Protocol::name),
             key.port(),
             key.port_bits(),
-            entry.value.verdict().raw()
+            entry.value.verdict()
         )
     }
 
