@@ -5,6 +5,7 @@ use std::collections::BTreeSet;
 use std::fmt;
 use std::net::Ipv4Addr;
 
+use ipnet::Ipv4Net;
 pub use palisade_common::{Direction, Protocol};
 use regex::Regex;
 
@@ -155,30 +156,36 @@ pub struct Prefix {
 }
 
 impl Prefix {
+    /// `addr/len` with the host bits cleared; `len` is at most 32.
     pub fn new(addr: Ipv4Addr, len: u8) -> Prefix {
-        let mask = Self::mask(len);
-        Prefix { addr: Ipv4Addr::from(u32::from(addr) & mask), len }
-    }
-
-    fn mask(len: u8) -> u32 {
-        if len == 0 { 0 } else { u32::MAX << (32 - len as u32) }
+        Prefix::from(Ipv4Net::new(addr, len).expect("an IPv4 prefix length is at most 32").trunc())
     }
 
     /// `10.0.0.0/8`, or a bare address meaning /32. IPv6 is refused by the caller.
     pub fn parse(text: &str) -> Option<Prefix> {
         let (addr, len) = match text.split_once('/') {
-            Some((a, l)) => (a, l.parse::<u8>().ok().filter(|l| *l <= 32)?),
+            Some((a, l)) => (a, l.parse::<u8>().ok()?),
             None => (text, 32),
         };
-        Some(Prefix::new(addr.parse().ok()?, len))
+        Some(Prefix::from(Ipv4Net::new(addr.parse().ok()?, len).ok()?.trunc()))
+    }
+
+    pub fn net(&self) -> Ipv4Net {
+        Ipv4Net::new(self.addr, self.len).expect("a Prefix holds a valid length")
     }
 
     pub fn contains_addr(&self, addr: Ipv4Addr) -> bool {
-        u32::from(addr) & Self::mask(self.len) == u32::from(self.addr)
+        self.net().contains(&addr)
     }
 
     pub fn contains(&self, other: &Prefix) -> bool {
-        other.len >= self.len && self.contains_addr(other.addr)
+        self.net().contains(&other.net())
+    }
+}
+
+impl From<Ipv4Net> for Prefix {
+    fn from(net: Ipv4Net) -> Prefix {
+        Prefix { addr: net.addr(), len: net.prefix_len() }
     }
 }
 
