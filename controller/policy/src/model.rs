@@ -92,10 +92,7 @@ pub struct Rule {
 
 impl Rule {
     pub fn section(&self, direction: Direction) -> &Section {
-        match direction {
-            Direction::Ingress => &self.ingress,
-            Direction::Egress => &self.egress,
-        }
+        direction.pick(&self.ingress, &self.egress)
     }
 }
 

@@ -88,6 +88,14 @@ pub enum Direction {
 impl Direction {
     pub const BOTH: [Direction; 2] = [Direction::Ingress, Direction::Egress];
 
+    /// `ingress` or `egress`, whichever this direction is.
+    pub fn pick<T>(self, ingress: T, egress: T) -> T {
+        match self {
+            Direction::Ingress => ingress,
+            Direction::Egress => egress,
+        }
+    }
+
     pub const fn as_str(self) -> &'static str {
         match self {
             Direction::Ingress => "ingress",

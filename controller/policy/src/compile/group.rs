@@ -33,17 +33,11 @@ pub struct Group {
 
 impl Group {
     pub fn direction(&self, direction: Direction) -> &MapState {
-        match direction {
-            Direction::Ingress => &self.ingress,
-            Direction::Egress => &self.egress,
-        }
+        direction.pick(&self.ingress, &self.egress)
     }
 
     pub(crate) fn direction_mut(&mut self, direction: Direction) -> &mut MapState {
-        match direction {
-            Direction::Ingress => &mut self.ingress,
-            Direction::Egress => &mut self.egress,
-        }
+        direction.pick(&mut self.ingress, &mut self.egress)
     }
 }
 

@@ -101,15 +101,8 @@ impl Translator<'_, '_> {
 
     pub(super) fn ingress_rule(&mut self, raw: &api::IngressRule, path: &str, deny: bool) -> Option<PeerRule> {
         let failed_before = self.failed;
-        if raw.from_nodes.is_some() {
-            self.unsupported(&format!("{path}.fromNodes"), "fromNodes (node selector labels)");
-        }
-        if raw.from_groups.is_some() {
-            self.unsupported(&format!("{path}.fromGroups"), "fromGroups (cloud provider groups)");
-        }
-        if raw.authentication.is_some() {
-            self.unsupported(&format!("{path}.authentication"), "mutual authentication");
-        }
+        let present = [raw.from_nodes.is_some(), raw.from_groups.is_some(), raw.authentication.is_some()];
+        self.unsupported_fields(path, Direction::Ingress, present);
         self.exclusive_peers(
             path,
             &[
@@ -133,17 +126,29 @@ impl Translator<'_, '_> {
         (self.failed == failed_before).then(|| self.peer_rule(path, deny, peers, ports))
     }
 
+    /// Reports the peer fields no datapath here supports: nodes, groups (`fromNodes`,
+    /// `fromGroups` or `toNodes`, `toGroups`) and authentication, each when `present`.
+    fn unsupported_fields(&mut self, path: &str, direction: Direction, present: [bool; 3]) {
+        let side = match direction {
+            Direction::Ingress => "from",
+            Direction::Egress => "to",
+        };
+        let fields = [
+            (format!("{side}Nodes"), format!("{side}Nodes (node selector labels)")),
+            (format!("{side}Groups"), format!("{side}Groups (cloud provider groups)")),
+            ("authentication".to_string(), "mutual authentication".to_string()),
+        ];
+        for ((field, feature), present) in fields.iter().zip(present) {
+            if present {
+                self.unsupported(&format!("{path}.{field}"), feature);
+            }
+        }
+    }
+
     pub(super) fn egress_rule(&mut self, raw: &api::EgressRule, path: &str, deny: bool) -> Option<PeerRule> {
         let failed_before = self.failed;
-        if raw.to_nodes.is_some() {
-            self.unsupported(&format!("{path}.toNodes"), "toNodes (node selector labels)");
-        }
-        if raw.to_groups.is_some() {
-            self.unsupported(&format!("{path}.toGroups"), "toGroups (cloud provider groups)");
-        }
-        if raw.authentication.is_some() {
-            self.unsupported(&format!("{path}.authentication"), "mutual authentication");
-        }
+        let present = [raw.to_nodes.is_some(), raw.to_groups.is_some(), raw.authentication.is_some()];
+        self.unsupported_fields(path, Direction::Egress, present);
         if deny && raw.to_fqdns.is_some() {
             self.error(&format!("{path}.toFQDNs"), "toFQDNs is not allowed in egressDeny");
         }
