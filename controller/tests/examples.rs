@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use palisade::files;
 use palisade_policy::trace::{self, FlowEnd, FlowPort, HttpRequest, Verdict};
 use palisade_policy::yaml::{Limits, parse_documents};
-use palisade_policy::{EnforcementMode, CompiledPolicy};
+use palisade_policy::{CompiledPolicy, EnforcementMode};
 use serde::Deserialize;
 
 #[derive(Deserialize)]

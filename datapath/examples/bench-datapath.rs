@@ -70,7 +70,10 @@ fn allow_all(direction: Direction) -> PolicyEntry {
 fn big_policy() -> Vec<PolicyEntry> {
     let mut entries = vec![
         allow_all(Direction::Egress),
-        entry(PolicyKey::new(CLIENT, Direction::Ingress, Some(Protocol::TCP), PORT, 16), PolicyValue::new(Verdict::Allow, 2)),
+        entry(
+            PolicyKey::new(CLIENT, Direction::Ingress, Some(Protocol::TCP), PORT, 16),
+            PolicyValue::new(Verdict::Allow, 2),
+        ),
         entry(
             PolicyKey::new(CLIENT, Direction::Ingress, Some(Protocol::TCP), MISS_PORTS, 2),
             PolicyValue::new(Verdict::Allow, 3),

@@ -19,7 +19,7 @@ use std::{
 use palisade_common::{PolicyEntry, Protocol};
 use palisade_datapath::{Datapath, Hook, Slot};
 use palisade_policy::{
-    Cluster, Direction, EnforcementMode, CompiledPolicy, ParseOptions, SourceFile, parse_policies,
+    Cluster, CompiledPolicy, Direction, EnforcementMode, ParseOptions, SourceFile, parse_policies,
     trace::{self, Decision, FlowEnd, FlowPort, Verdict},
     yaml::{Limits, parse_documents},
 };
@@ -183,7 +183,9 @@ impl Drop for Sandbox {
 fn describe(entries: &[PolicyEntry]) -> String {
     entries
         .iter()
-        .map(|e| format!("\n      {} -> {} (cookie {})", trace::describe_entry(&e.key), e.value.verdict(), e.value.cookie))
+        .map(|e| {
+            format!("\n      {} -> {} (cookie {})", trace::describe_entry(&e.key), e.value.verdict(), e.value.cookie)
+        })
         .collect()
 }
 

@@ -155,7 +155,9 @@ fn tightened_policy_cuts_an_established_connection() {
     // long-lived connections, not only new ones.
     let shadowed = datapath.flows().unwrap().into_iter().find(|f| f.key.endpoint == 1 && f.key.dport == 80);
     assert!(
-        shadowed.is_some_and(|f| (f.key.enforced_verdict(), f.key.candidate_verdict()) == (Verdict::Allow, Some(Verdict::Deny))),
+        shadowed.is_some_and(
+            |f| (f.key.enforced_verdict(), f.key.candidate_verdict()) == (Verdict::Allow, Some(Verdict::Deny))
+        ),
         "the candidate's verdict on the established connection is recorded: {shadowed:?}"
     );
     datapath.flip(1).unwrap();

@@ -1,5 +1,5 @@
 //! Warnings about valid policies that probably do not do what their author meant.
-use crate::compile::{Enforcement, CompiledPolicy};
+use crate::compile::{CompiledPolicy, Enforcement};
 use crate::diag::{Diagnostic, Severity};
 use crate::model::{Peer, Peers, Policy, PolicyKind, PolicySet, PortSpec, Rule};
 

@@ -58,9 +58,11 @@ pub struct Policy {
 impl Policy {
     /// Every peer its rules name, both directions.
     pub fn peers(&self) -> impl Iterator<Item = &Peer> {
-        self.rules.iter().flat_map(|r| r.ingress.rules.iter().chain(&r.egress.rules)).flat_map(|rule| match &rule.peers {
-            Peers::Some(peers) => peers.as_slice(),
-            Peers::All => &[],
+        self.rules.iter().flat_map(|r| r.ingress.rules.iter().chain(&r.egress.rules)).flat_map(|rule| {
+            match &rule.peers {
+                Peers::Some(peers) => peers.as_slice(),
+                Peers::All => &[],
+            }
         })
     }
 

@@ -6,7 +6,7 @@ use std::net::Ipv4Addr;
 use palisade_policy::cluster::{ContainerPort, Namespace, Pod};
 use palisade_policy::model::{Direction, Protocol};
 use palisade_policy::trace::{self, FlowEnd, FlowPort, Verdict};
-use palisade_policy::{Cluster, EnforcementMode, CompiledPolicy, ParseOptions, SourceFile, parse_policies};
+use palisade_policy::{Cluster, CompiledPolicy, EnforcementMode, ParseOptions, SourceFile, parse_policies};
 use proptest::prelude::*;
 
 const APPS: [&str; 3] = ["a", "b", "c"];

@@ -4,7 +4,7 @@
 use palisade_common as dp;
 use palisade_policy::trace::{self, FlowEnd, FlowPort, HttpRequest, Verdict};
 use palisade_policy::{
-    AllowLocalhost, Cluster, CompiledPolicy, CompileOptions, ParseOptions, Severity, SourceFile, lint, parse_policies,
+    AllowLocalhost, Cluster, CompileOptions, CompiledPolicy, ParseOptions, Severity, SourceFile, lint, parse_policies,
 };
 
 /// Two nodes, a pod on each, and the API server: its EndpointSlices hold the load balancer

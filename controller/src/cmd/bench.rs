@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Result, bail, ensure};
 use palisade_policy::cluster::Pod;
 use palisade_policy::{
-    Cluster, Direction, EnforcementMode, CompiledPolicy, ParseOptions, PolicySet, SourceFile, parse_policies,
+    Cluster, CompiledPolicy, Direction, EnforcementMode, ParseOptions, PolicySet, SourceFile, parse_policies,
 };
 
 use crate::bench_workload::{self as workload, NAMESPACES};

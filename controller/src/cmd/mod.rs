@@ -5,7 +5,7 @@ use std::process::ExitCode;
 use anyhow::{Result, bail};
 use clap::builder::TypedValueParser;
 use clap::{CommandFactory, FromArgMatches, Parser, Subcommand, ValueEnum};
-use palisade_policy::{AllowLocalhost, Cluster, EnforcementMode, CompiledPolicy, CompileOptions, Parsed};
+use palisade_policy::{AllowLocalhost, Cluster, CompileOptions, CompiledPolicy, EnforcementMode, Parsed};
 
 use crate::files;
 

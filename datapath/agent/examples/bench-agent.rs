@@ -21,7 +21,9 @@ use palisade_common::PolicyEntry;
 use palisade_datapath::Datapath;
 use palisade_policy::bench as workload;
 use palisade_policy::cluster::{Cluster, Pod};
-use palisade_policy::{CompiledPolicy, CompileOptions, IdentityBasis, ParseOptions, PolicySet, SourceFile, parse_policies};
+use palisade_policy::{
+    CompileOptions, CompiledPolicy, IdentityBasis, ParseOptions, PolicySet, SourceFile, parse_policies,
+};
 use palisade_rollout::crd::{
     PolicyDocument, PolicyRevision, PolicyRevisionSpec, PolicyRollout, PolicyRolloutStatus, RevisionRef,
 };

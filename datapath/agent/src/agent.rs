@@ -15,7 +15,8 @@ use palisade_datapath::{EndpointId, Slot};
 use palisade_policy::cluster::{Cluster, Pod};
 use palisade_policy::model::{PolicySet, Prefix};
 use palisade_policy::{
-    AllowLocalhost, EnforcementMode, CompiledPolicy, CompileOptions, IdentityBasis, ParseOptions, SourceFile, parse_policies,
+    AllowLocalhost, CompileOptions, CompiledPolicy, EnforcementMode, IdentityBasis, ParseOptions, SourceFile,
+    parse_policies,
 };
 use palisade_rollout::crd::{PolicyRevision, PolicyRollout};
 use tracing::{debug, info, warn};

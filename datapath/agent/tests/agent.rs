@@ -13,7 +13,7 @@ use palisade_agent::{Agent, AgentConfig, Change, Interface, InterfaceResolver, R
 use palisade_common::{self as dp, FlowKey, PolicyEntry};
 use palisade_datapath::{Flow, Slot};
 use palisade_policy::cluster::{Cluster, Pod};
-use palisade_policy::{CompiledPolicy, CompileOptions, IdentityBasis, ParseOptions, SourceFile, parse_policies};
+use palisade_policy::{CompileOptions, CompiledPolicy, IdentityBasis, ParseOptions, SourceFile, parse_policies};
 use palisade_rollout::crd::Verdict;
 
 const CLUSTER: &str = "kind: List
@@ -441,7 +441,9 @@ fn allow_cookie(agent: &TestAgent, port: u16) -> u32 {
     let entry = entries
         .iter()
         .find(|e| {
-            e.value.verdict() == dp::Verdict::Allow && e.key.protocol() == Some(dp::Protocol::TCP) && e.key.port() == port
+            e.value.verdict() == dp::Verdict::Allow
+                && e.key.protocol() == Some(dp::Protocol::TCP)
+                && e.key.port() == port
         })
         .expect("an entry allowing the port");
     entry.value.cookie

@@ -765,7 +765,10 @@ mod tests {
         let any = PolicyKey::new(0, Direction::Egress, None, 1234, 16);
         assert_eq!((any.protocol(), any.port_range(), any.l4_prefix_len()), (None, (0, 65535), 0));
         let lookup = PolicyKey::lookup(1, Direction::Ingress, Protocol::UDP, 53);
-        assert_eq!((lookup.port_range(), lookup.direction(), lookup.protocol()), ((53, 53), Direction::Ingress, Some(Protocol::UDP)));
+        assert_eq!(
+            (lookup.port_range(), lookup.direction(), lookup.protocol()),
+            ((53, 53), Direction::Ingress, Some(Protocol::UDP))
+        );
         assert_eq!(lookup.data(), PolicyMatch::packet(1, DIRECTION_INGRESS, PROTO_UDP, 53));
     }
 

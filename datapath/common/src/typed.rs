@@ -134,8 +134,15 @@ pub enum Protocol {
 }
 
 impl Protocol {
-    pub const ALL: [Protocol; 7] =
-        [Protocol::TCP, Protocol::UDP, Protocol::SCTP, Protocol::ICMP, Protocol::ICMPv6, Protocol::VRRP, Protocol::IGMP];
+    pub const ALL: [Protocol; 7] = [
+        Protocol::TCP,
+        Protocol::UDP,
+        Protocol::SCTP,
+        Protocol::ICMP,
+        Protocol::ICMPv6,
+        Protocol::VRRP,
+        Protocol::IGMP,
+    ];
 
     /// The IP protocol number.
     pub const fn raw(self) -> u8 {

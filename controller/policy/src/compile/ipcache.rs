@@ -76,10 +76,8 @@ impl IpCache {
     /// others; allocated in prefix order.
     pub fn new(set: &PolicySet, basis: &IdentityBasis) -> IpCache {
         let own = IdentityBasis::of([set]);
-        let mut cache = IpCache {
-            ip_blocks: own.ip_blocks.union(&basis.ip_blocks).cloned().collect(),
-            ..IpCache::default()
-        };
+        let mut cache =
+            IpCache { ip_blocks: own.ip_blocks.union(&basis.ip_blocks).cloned().collect(), ..IpCache::default() };
         let mut users = own.prefixes;
         for (prefix, count) in &basis.prefixes {
             *users.entry(*prefix).or_default() += count;

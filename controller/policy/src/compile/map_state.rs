@@ -233,8 +233,7 @@ pub(crate) fn resolve(
             })
             .or_insert(value);
     }
-    let denies: Vec<PolicyKey> =
-        map.iter().filter(|(_, v)| v.verdict() == Verdict::Deny).map(|(k, _)| *k).collect();
+    let denies: Vec<PolicyKey> = map.iter().filter(|(_, v)| v.verdict() == Verdict::Deny).map(|(k, _)| *k).collect();
     map.into_iter()
         .filter(|(key, value)| value.verdict() == Verdict::Deny || !denies.iter().any(|d| covers(d, key)))
         .map(|(key, value)| PolicyEntry { key, value })

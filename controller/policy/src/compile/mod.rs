@@ -112,7 +112,11 @@ impl CompiledPolicy {
     pub fn endpoint(&self, namespace: &str, name: &str) -> Option<EndpointPolicy<'_>> {
         let pod = self.cluster.pod(namespace, name).filter(|p| self.is_endpoint(p))?;
         let key = self.group_key(pod);
-        Some(EndpointPolicy { pod, identity: self.identities().get(key.identity)?, group: self.groups.by_key.get(&key)? })
+        Some(EndpointPolicy {
+            pod,
+            identity: self.identities().get(key.identity)?,
+            group: self.groups.by_key.get(&key)?,
+        })
     }
 
     /// The endpoints compiled: every pod's, or with [`CompileOptions::node`] those on the node.
@@ -384,7 +388,9 @@ impl CompiledPolicy {
             .groups
             .by_key
             .keys()
-            .filter(|key| identities.get(key.identity).is_some_and(|i| rules.iter().any(|r| r.subject.matches(&i.labels))))
+            .filter(|key| {
+                identities.get(key.identity).is_some_and(|i| rules.iter().any(|r| r.subject.matches(&i.labels)))
+            })
             .cloned()
             .collect();
         self.recompile(keys);

@@ -68,4 +68,3 @@ pub struct CompileOptions {
     /// share one ipcache.
     pub identity_basis: IdentityBasis,
 }
-

@@ -214,4 +214,3 @@ fn a_cidr_rule_naming_a_pods_exact_address_does_not_match_the_pod() {
     assert_eq!(entries.iter().filter(|(p, _)| p.contains_addr(addr) && p.len == 32).count(), 1, "{entries:?}");
     assert!(engine.endpoint("ns", "a").unwrap().group.egress.lookup(b, Protocol::TCP, 80).is_none());
 }
-

@@ -1,6 +1,5 @@
 //! CiliumNetworkPolicy and CiliumClusterwideNetworkPolicy: rules, ingress and egress peers, entities.
 
-
 use super::*;
 use crate::api;
 use crate::labels::{self, Source};

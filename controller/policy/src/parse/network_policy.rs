@@ -1,7 +1,6 @@
 //! Kubernetes NetworkPolicy.
 use std::collections::BTreeSet;
 
-
 use super::*;
 use crate::api;
 use crate::labels::{self, Source};

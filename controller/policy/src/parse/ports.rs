@@ -108,7 +108,12 @@ impl Translator<'_, '_> {
     }
 
     /// Shared by CNP `toPorts` and NetworkPolicy `ports`.
-    pub(super) fn port_spec(&mut self, port: Option<&api::IntOrString>, end_port: Option<i64>, path: &str) -> Option<PortSpec> {
+    pub(super) fn port_spec(
+        &mut self,
+        port: Option<&api::IntOrString>,
+        end_port: Option<i64>,
+        path: &str,
+    ) -> Option<PortSpec> {
         let number = |n: i64| u16::try_from(n).ok();
         let spec = match port {
             None => PortSpec::Any,

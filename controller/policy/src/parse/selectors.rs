@@ -1,7 +1,6 @@
 //! The rule translation every kind shares for peers: label selectors, label keys, CIDR prefixes and
 //! blocks, FQDN selectors.
 
-
 use super::*;
 use crate::api;
 use crate::labels::{self, Source};
