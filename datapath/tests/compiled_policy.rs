@@ -184,7 +184,12 @@ fn describe(entries: &[PolicyEntry]) -> String {
     entries
         .iter()
         .map(|e| {
-            format!("\n      {} -> {} (cookie {})", trace::describe_entry(&e.key), e.value.verdict(), e.value.cookie)
+            format!(
+                "\n      {} -> {} (cookie {})",
+                trace::describe_entry(&e.key),
+                e.value.verdict().as_str(),
+                e.value.cookie
+            )
         })
         .collect()
 }

@@ -190,7 +190,7 @@ fn describe(engine: &CompiledPolicy, namespace: &str, name: &str) -> Result<Vec<
                     e.key.protocol(),
                     e.key.port_range(),
                     e.key.prefix_len,
-                    e.value.verdict(),
+                    e.value.verdict().as_str(),
                     e.value.cookie
                 )
             })

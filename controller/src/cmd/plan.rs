@@ -78,7 +78,7 @@ pub fn run(args: Args) -> Result<u8> {
                     id => engine.identities().get(id).map_or_else(|| id.to_string(), |i| i.short_name()),
                 };
                 let shown = match datapath(entry.value.verdict()) {
-                    (_, Some(reason)) => format!("{} (denied: {reason})", entry.value.verdict()),
+                    (_, Some(reason)) => format!("{} (denied: {reason})", entry.value.verdict().as_str()),
                     (v, None) => v.to_string(),
                 };
                 writeln!(

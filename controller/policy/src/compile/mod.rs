@@ -101,7 +101,7 @@ impl CompiledPolicy {
             key.protocol().map_or("any", Protocol::name),
             key.port(),
             key.port_bits(),
-            entry.value.verdict()
+            entry.value.verdict().as_str()
         )
     }
 
