@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use palisade::files;
 use palisade_policy::trace::{self, FlowEnd, FlowPort, HttpRequest, Verdict};
 use palisade_policy::yaml::{Limits, parse_documents};
-use palisade_policy::{EnforcementMode, Engine};
+use palisade_policy::{CompiledPolicy, EnforcementMode};
 use serde::Deserialize;
 
 #[derive(Deserialize)]
@@ -37,7 +37,7 @@ fn check_scenario(name: &str) {
     let parsed = files::load_policies(&[dir.join("policies")]).unwrap();
     assert!(!parsed.has_errors(), "{name}: invalid policies: {:#?}", parsed.diagnostics);
     let cluster = files::load_cluster(&dir.join("cluster.yaml")).unwrap();
-    let engine = Engine::new(parsed.set, cluster, EnforcementMode::Default);
+    let engine = CompiledPolicy::new(parsed.set, cluster, EnforcementMode::Default);
     let text = std::fs::read_to_string(dir.join("flows.yaml")).unwrap();
     let doc = parse_documents(&text, &Limits::default()).unwrap().remove(0);
     let flows: FlowsFile = serde_json::from_value(doc.to_json()).unwrap();

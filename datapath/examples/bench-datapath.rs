@@ -37,7 +37,7 @@ fn main() {
     // The second client -> server path of the TCP_RR figures, with the same identities.
     datapath.set_ipcache(topology.endpoints[2].addr, 32, CLIENT).unwrap();
     datapath.set_ipcache(topology.endpoints[3].addr, 32, CLIENT + 1).unwrap();
-    datapath.load_slot(0, Slot::A, &[allow_all(DIRECTION_EGRESS)]).unwrap();
+    datapath.load_slot(0, Slot::A, &[allow_all(Direction::Egress)]).unwrap();
     load_server(&mut datapath, SERVER);
     datapath.attach(0, &client.host_if, client.addr).unwrap();
     datapath.attach(SERVER, &server.host_if, server.addr).unwrap();
@@ -61,28 +61,31 @@ fn main() {
     datapath.destroy().unwrap();
 }
 
-fn allow_all(direction: u8) -> PolicyEntry {
-    entry(PolicyKey::new(IDENTITY_ANY, direction, None, 0, 0), PolicyValue::new(VERDICT_ALLOW, 1))
+fn allow_all(direction: Direction) -> PolicyEntry {
+    entry(PolicyKey::new(IDENTITY_ANY, direction, None, 0, 0), PolicyValue::new(Verdict::Allow, 1))
 }
 
 /// 16,384 entries: the client's port and a range for it (16384-32767, for cache misses), plus
 /// identity-specific ports and ranges for 2,000 peers.
 fn big_policy() -> Vec<PolicyEntry> {
     let mut entries = vec![
-        allow_all(DIRECTION_EGRESS),
-        entry(PolicyKey::new(CLIENT, DIRECTION_INGRESS, Some(PROTO_TCP), PORT, 16), PolicyValue::new(VERDICT_ALLOW, 2)),
+        allow_all(Direction::Egress),
         entry(
-            PolicyKey::new(CLIENT, DIRECTION_INGRESS, Some(PROTO_TCP), MISS_PORTS, 2),
-            PolicyValue::new(VERDICT_ALLOW, 3),
+            PolicyKey::new(CLIENT, Direction::Ingress, Some(Protocol::TCP), PORT, 16),
+            PolicyValue::new(Verdict::Allow, 2),
+        ),
+        entry(
+            PolicyKey::new(CLIENT, Direction::Ingress, Some(Protocol::TCP), MISS_PORTS, 2),
+            PolicyValue::new(Verdict::Allow, 3),
         ),
     ];
     let mut i = 0u32;
     while entries.len() < MAX_ENTRIES {
         let identity = CLIENT + 1 + i / 8;
         let (port, bits) = if i % 8 == 7 { (32768, 4) } else { (1000 + (i % 8) as u16 * 1111, 16) };
-        let verdict = if i.is_multiple_of(5) { VERDICT_DENY } else { VERDICT_ALLOW };
+        let verdict = if i.is_multiple_of(5) { Verdict::Deny } else { Verdict::Allow };
         entries.push(entry(
-            PolicyKey::new(identity, DIRECTION_INGRESS, Some(PROTO_TCP), port, bits),
+            PolicyKey::new(identity, Direction::Ingress, Some(Protocol::TCP), port, bits),
             PolicyValue::new(verdict, 100 + i),
         ));
         i += 1;
@@ -95,7 +98,7 @@ const MISS_PORTS: u16 = 16384;
 /// Slot A: the 16k policy (enforced); slot B: allow-all (candidate, swapped in by flips).
 fn load_server(datapath: &mut Datapath, server: u32) {
     datapath.load_slot(server, Slot::A, &big_policy()).unwrap();
-    datapath.load_slot(server, Slot::B, &[allow_all(DIRECTION_EGRESS), allow_all(DIRECTION_INGRESS)]).unwrap();
+    datapath.load_slot(server, Slot::B, &[allow_all(Direction::Egress), allow_all(Direction::Ingress)]).unwrap();
     datapath.set_candidate(server, Some(Slot::B)).unwrap();
 }
 
@@ -213,7 +216,7 @@ fn lockstep_echo(first: &TcpListener, second: &TcpListener) -> thread::JoinHandl
 type Path<'a> = (u32, &'a Endpoint, u32, &'a Endpoint);
 
 fn attach_path(datapath: &mut Datapath, (client_id, client, server_id, server): Path) {
-    datapath.load_slot(client_id, Slot::A, &[allow_all(DIRECTION_EGRESS)]).unwrap();
+    datapath.load_slot(client_id, Slot::A, &[allow_all(Direction::Egress)]).unwrap();
     load_server(datapath, server_id);
     datapath.attach(client_id, &client.host_if, client.addr).unwrap();
     datapath.attach(server_id, &server.host_if, server.addr).unwrap();
@@ -418,7 +421,7 @@ fn flips(datapath: &mut Datapath) {
     let flip_all = start.elapsed();
     println!("flip_1000_ms: {:.2} ms", flip_all.as_secs_f64() * 1e3);
 
-    let policy = [allow_all(DIRECTION_INGRESS)];
+    let policy = [allow_all(Direction::Ingress)];
     let start = Instant::now();
     for &endpoint in &endpoints {
         datapath.load_slot(endpoint, Slot::B, &policy).unwrap();

@@ -20,15 +20,13 @@ use aya::{
     programs::{LinkOrder, SchedClassifier, TcAttachType, TestRun, TestRunOptions, links::FdLink, tc::TcAttachOptions},
 };
 use palisade_common::{
-    EndpointConfig, EndpointCounters, FlowKey, FlowStats, MAX_ENDPOINTS, MODE_AUDIT, MODE_ENFORCE, MODE_OFF,
-    NODE_STATE_EPOCH, NODE_STATE_GENERATION, NODE_STATE_VERSION, PolicyEntry, PolicyKey, PolicyMatch, PolicyValue,
-    SLOT_A, SLOT_B,
-    SLOT_NONE, SlotKey, SlotSelection, slot_writes_index,
+    EndpointConfig, EndpointCounters, FlowKey, FlowStats, MAX_ENDPOINTS, NODE_STATE_EPOCH, NODE_STATE_GENERATION,
+    NODE_STATE_VERSION, PolicyEntry, PolicyKey, PolicyMatch, PolicyValue, SlotKey, SlotSelection,
 };
 
 pub use error::Error;
 pub use events::{EventReader, EventThread};
-pub use palisade_common::FlowEvent;
+pub use palisade_common::{FlowEvent, Mode, Slot};
 use pins::Pins;
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -43,65 +41,6 @@ const BPF_F_NO_PREALLOC: u32 = 1;
 
 /// The compiled eBPF object, built by build.rs.
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/palisade-ebpf"));
-
-/// One of the two policy slots of an endpoint.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum Slot {
-    A,
-    B,
-}
-
-impl Slot {
-    pub const fn other(self) -> Slot {
-        match self {
-            Slot::A => Slot::B,
-            Slot::B => Slot::A,
-        }
-    }
-
-    const fn raw(self) -> u8 {
-        match self {
-            Slot::A => SLOT_A,
-            Slot::B => SLOT_B,
-        }
-    }
-
-    const fn from_raw(raw: u8) -> Option<Slot> {
-        match raw {
-            SLOT_A => Some(Slot::A),
-            SLOT_B => Some(Slot::B),
-            _ => None,
-        }
-    }
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum Mode {
-    /// The enforced slot decides.
-    Enforce,
-    /// Everything passes; what the enforced slot would drop is counted and reported.
-    Audit,
-    /// Everything passes unevaluated.
-    Off,
-}
-
-impl Mode {
-    const fn raw(self) -> u8 {
-        match self {
-            Mode::Enforce => MODE_ENFORCE,
-            Mode::Audit => MODE_AUDIT,
-            Mode::Off => MODE_OFF,
-        }
-    }
-
-    const fn from_raw(raw: u8) -> Mode {
-        match raw {
-            MODE_ENFORCE => Mode::Enforce,
-            MODE_AUDIT => Mode::Audit,
-            _ => Mode::Off,
-        }
-    }
-}
 
 /// What an endpoint runs right now.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -264,8 +203,8 @@ impl Datapath {
             Err(Error::UnknownEndpoint(_)) => {}
             Err(e) => return Err(e),
         }
-        for slot in [SLOT_A, SLOT_B] {
-            ignore_missing(self.policy_slots.remove(&SlotKey { endpoint, slot: slot as u32 }))
+        for slot in [Slot::A, Slot::B] {
+            ignore_missing(self.policy_slots.remove(&SlotKey::new(endpoint, slot)))
                 .map_err(map_error("POLICY_SLOTS", endpoint))?;
         }
         Ok(())
@@ -321,7 +260,7 @@ impl Datapath {
             .map_err(map_error("POLICY_SLOTS (inner)", endpoint))?;
         write_entries(&mut policy, entries, endpoint)?;
         self.policy_slots
-            .insert(SlotKey { endpoint, slot: slot.raw() as u32 }, &policy, 0)
+            .insert(SlotKey::new(endpoint, slot), &policy, 0)
             .map_err(map_error("POLICY_SLOTS", endpoint))?;
         // Only now, with the new map in place, switch cached verdicts to a fresh version: packets
         // between the two updates can only have cached under the version being retired.
@@ -344,7 +283,7 @@ impl Datapath {
         if to.len() > MAX_POLICY_ENTRIES as usize {
             return Err(Error::TooManyEntries { endpoint, entries: to.len(), max: MAX_POLICY_ENTRIES });
         }
-        let key = SlotKey { endpoint, slot: slot.raw() as u32 };
+        let key = SlotKey::new(endpoint, slot);
         let mut policy: PolicySlot = match self.policy_slots.get(&key, 0) {
             Ok(policy) => policy,
             Err(MapError::KeyNotFound) => return self.load_slot(endpoint, slot, to),
@@ -354,7 +293,7 @@ impl Datapath {
         if upserts.is_empty() && removals.is_empty() {
             return Ok(());
         }
-        let sequence = slot_writes_index(self.config(endpoint)?.index, slot.raw());
+        let sequence = slot.writes_index(self.config(endpoint)?.index);
         let writes_error = map_error("SLOT_WRITES", endpoint);
         // Odd while writing; a failed write may have left it odd already.
         let writing = self.slot_writes.get(&sequence, 0).map_err(&writes_error)? | 1;
@@ -375,7 +314,7 @@ impl Datapath {
     fn renew_slot_generation(&mut self, endpoint: EndpointId, slot: Slot) -> Result<()> {
         let generation = self.next_slot_generation()?;
         self.update_config(endpoint, |config, _| {
-            config.slot_generation[slot.raw() as usize] = generation;
+            config.slot_generation[slot.index()] = generation;
             Ok(())
         })
     }
@@ -383,7 +322,7 @@ impl Datapath {
     /// What `slot` holds (empty when never loaded), sorted by key: how a restarted agent learns
     /// what it programmed.
     pub fn slot_entries(&self, endpoint: EndpointId, slot: Slot) -> Result<Vec<PolicyEntry>> {
-        let policy: PolicySlot = match self.policy_slots.get(&SlotKey { endpoint, slot: slot.raw() as u32 }, 0) {
+        let policy: PolicySlot = match self.policy_slots.get(&SlotKey::new(endpoint, slot), 0) {
             Ok(policy) => policy,
             Err(MapError::KeyNotFound) => return Ok(Vec::new()),
             Err(source) => return Err(Error::Map { map: "POLICY_SLOTS", endpoint: Some(endpoint), source }),
@@ -401,7 +340,7 @@ impl Datapath {
     /// Marks `slot` as the candidate evaluated beside the enforced slot, or stops shadowing.
     pub fn set_candidate(&mut self, endpoint: EndpointId, candidate: Option<Slot>) -> Result<()> {
         self.update_config(endpoint, |config, selection| {
-            let selection = SlotSelection { candidate: candidate.map_or(SLOT_NONE, Slot::raw), ..selection };
+            let selection = SlotSelection::new(selection.enforced(), candidate);
             config.by_epoch = [selection; 2];
             Ok(())
         })
@@ -409,7 +348,7 @@ impl Datapath {
 
     pub fn set_mode(&mut self, endpoint: EndpointId, mode: Mode) -> Result<()> {
         self.update_config(endpoint, |config, _| {
-            config.mode = mode.raw();
+            config.set_mode(mode);
             Ok(())
         })
     }
@@ -459,9 +398,9 @@ impl Datapath {
         let config = self.config(endpoint)?;
         let selection = config.by_epoch[(self.epoch()? & 1) as usize];
         Ok(EndpointState {
-            mode: Mode::from_raw(config.mode),
-            enforced: Slot::from_raw(selection.enforced).unwrap_or(Slot::A),
-            candidate: Slot::from_raw(selection.candidate),
+            mode: config.mode(),
+            enforced: selection.enforced(),
+            candidate: selection.candidate(),
             ifindex: config.ifindex,
         })
     }
@@ -541,18 +480,7 @@ impl Datapath {
         let cpus = aya::util::nr_cpus().map_err(|(_, e)| Error::Cpus(e))?;
         let zero = aya::maps::PerCpuValues::try_from(vec![EndpointCounters::default(); cpus]).map_err(Error::Cpus)?;
         self.counters.set(index, zero, 0).map_err(map_error("COUNTERS", endpoint))?;
-        let select = SlotSelection { enforced: SLOT_A, candidate: SLOT_NONE };
-        let config = EndpointConfig {
-            endpoint,
-            index,
-            ifindex: 0,
-            addr_be: 0,
-            mode: MODE_ENFORCE,
-            _pad: [0; 3],
-            by_epoch: [select; 2],
-            slot_generation: [0; 2],
-        };
-        self.write_config(config)?;
+        self.write_config(EndpointConfig::new(endpoint, index))?;
         self.used_indexes[index as usize] = true;
         Ok(())
     }
@@ -635,10 +563,8 @@ impl Datapath {
 }
 
 fn promoted(endpoint: EndpointId, selection: SlotSelection) -> Result<SlotSelection> {
-    if selection.candidate == SLOT_NONE {
-        return Err(Error::NoCandidate(endpoint));
-    }
-    Ok(SlotSelection { enforced: selection.candidate, candidate: selection.enforced })
+    let candidate = selection.candidate().ok_or(Error::NoCandidate(endpoint))?;
+    Ok(SlotSelection::new(candidate, Some(selection.enforced())))
 }
 
 /// Keys to write and keys to delete to turn `from` into `to` (both sorted by key): one walk
@@ -727,7 +653,7 @@ fn ignore_missing(result: Result<(), MapError>) -> Result<(), MapError> {
 
 #[cfg(test)]
 mod tests {
-    use palisade_common::{DIRECTION_INGRESS, VERDICT_ALLOW};
+    use palisade_common::{Direction, Protocol, Verdict};
 
     use super::*;
 
@@ -735,8 +661,8 @@ mod tests {
     fn slot_changes_write_changed_and_new_keys_and_delete_the_rest() {
         use std::collections::BTreeSet;
         let entry = |identity: u32, port: u16, cookie: u32| PolicyEntry {
-            key: PolicyKey::new(identity, DIRECTION_INGRESS, Some(6), port, 16),
-            value: PolicyValue::new(VERDICT_ALLOW, cookie),
+            key: PolicyKey::new(identity, Direction::Ingress, Some(Protocol::TCP), port, 16),
+            value: PolicyValue::new(Verdict::Allow, cookie),
         };
         let mut old = vec![entry(300, 80, 1), entry(300, 443, 1), entry(301, 80, 1), entry(303, 80, 1)];
         let mut new = vec![entry(300, 80, 1), entry(300, 443, 2), entry(302, 80, 1), entry(304, 80, 1)];

@@ -1,5 +1,5 @@
 //! The policy compiler and the eBPF program agree: every scenario in `examples/` is compiled with
-//! the `Engine`, its entries and ipcache are loaded unchanged into a real datapath, and every
+//! the `CompiledPolicy`, its entries and ipcache are loaded unchanged into a real datapath, and every
 //! pod/CIDR flow of its `flows.yaml` (without `http:`) is run as a real packet (TCP SYN, UDP
 //! datagram, ICMP) through the source's egress hook and the destination's ingress hook with
 //! BPF_PROG_TEST_RUN. The kernel's verdicts must equal `trace`'s egress and ingress decisions,
@@ -16,10 +16,10 @@ use std::{
     process::Command,
 };
 
-use palisade_common::{PROTO_ICMP, PROTO_SCTP, PROTO_TCP, PROTO_UDP, PolicyEntry};
+use palisade_common::{PolicyEntry, Protocol};
 use palisade_datapath::{Datapath, Hook, Slot};
 use palisade_policy::{
-    Cluster, Direction, EnforcementMode, Engine, ParseOptions, SourceFile, parse_policies,
+    Cluster, CompiledPolicy, Direction, EnforcementMode, ParseOptions, SourceFile, parse_policies,
     trace::{self, Decision, FlowEnd, FlowPort, Verdict},
     yaml::{Limits, parse_documents},
 };
@@ -42,7 +42,7 @@ fn yaml_files(dir: &Path, found: &mut Vec<PathBuf>) {
     }
 }
 
-fn engine(dir: &Path) -> Engine {
+fn engine(dir: &Path) -> CompiledPolicy {
     let mut paths = Vec::new();
     yaml_files(&dir.join("policies"), &mut paths);
     let texts: Vec<(String, String)> =
@@ -54,7 +54,7 @@ fn engine(dir: &Path) -> Engine {
     let cluster_text = std::fs::read_to_string(dir.join("cluster.yaml")).unwrap();
     let cluster = Cluster::parse(&[SourceFile { name: &cluster_name, text: &cluster_text }])
         .unwrap_or_else(|e| panic!("{cluster_name}: {e:?}"));
-    Engine::new(parsed.set, cluster, EnforcementMode::Default)
+    CompiledPolicy::new(parsed.set, cluster, EnforcementMode::Default)
 }
 
 struct Flow {
@@ -84,7 +84,7 @@ fn flows(dir: &Path) -> Vec<Flow> {
 }
 
 /// The ends of the scenario's flows that are pods or addresses; `None` for entities.
-fn address(engine: &Engine, end: &FlowEnd) -> Option<Ipv4Addr> {
+fn address(engine: &CompiledPolicy, end: &FlowEnd) -> Option<Ipv4Addr> {
     match end {
         FlowEnd::Pod { namespace, name } => {
             let pod = engine.cluster.pod(namespace, name).unwrap_or_else(|| panic!("no pod {end}"));
@@ -97,10 +97,10 @@ fn address(engine: &Engine, end: &FlowEnd) -> Option<Ipv4Addr> {
 
 /// An Ethernet/IPv4 frame: TCP SYN, UDP or SCTP with the given ports, or ICMP of type `dport`
 /// (an echo request carries `sport` as its id).
-fn frame(protocol: u8, from: Ipv4Addr, to: Ipv4Addr, sport: u16, dport: u16) -> Vec<u8> {
+fn frame(protocol: Protocol, from: Ipv4Addr, to: Ipv4Addr, sport: u16, dport: u16) -> Vec<u8> {
     let l4_len = match protocol {
-        PROTO_TCP => 20,
-        PROTO_SCTP => 12,
+        Protocol::TCP => 20,
+        Protocol::SCTP => 12,
         _ => 8,
     };
     let mut frame = vec![0u8; 14 + 20 + l4_len + 4];
@@ -112,14 +112,14 @@ fn frame(protocol: u8, from: Ipv4Addr, to: Ipv4Addr, sport: u16, dport: u16) -> 
     ip[0] = 0x45;
     ip[2..4].copy_from_slice(&total.to_be_bytes());
     ip[8] = 64;
-    ip[9] = protocol;
+    ip[9] = protocol.raw();
     ip[12..16].copy_from_slice(&from.octets());
     ip[16..20].copy_from_slice(&to.octets());
     let sum = checksum(ip);
     ip[10..12].copy_from_slice(&sum.to_be_bytes());
     let l4 = &mut frame[34..];
     match protocol {
-        PROTO_ICMP => {
+        Protocol::ICMP => {
             l4[0] = dport as u8;
             l4[4..6].copy_from_slice(&sport.to_be_bytes());
             l4[6..8].copy_from_slice(&1u16.to_be_bytes());
@@ -130,12 +130,12 @@ fn frame(protocol: u8, from: Ipv4Addr, to: Ipv4Addr, sport: u16, dport: u16) -> 
             l4[0..2].copy_from_slice(&sport.to_be_bytes());
             l4[2..4].copy_from_slice(&dport.to_be_bytes());
             match protocol {
-                PROTO_TCP => {
+                Protocol::TCP => {
                     l4[12] = 5 << 4;
                     l4[13] = 0x02; // SYN
                     l4[14..16].copy_from_slice(&64240u16.to_be_bytes());
                 }
-                PROTO_UDP => l4[4..6].copy_from_slice(&((l4_len + 4) as u16).to_be_bytes()),
+                Protocol::UDP => l4[4..6].copy_from_slice(&((l4_len + 4) as u16).to_be_bytes()),
                 _ => {}
             }
         }
@@ -184,13 +184,12 @@ fn describe(entries: &[PolicyEntry]) -> String {
     entries
         .iter()
         .map(|e| {
-            let verdict = match e.value.verdict {
-                palisade_common::VERDICT_ALLOW => "allow",
-                palisade_common::VERDICT_DENY => "deny",
-                palisade_common::VERDICT_REDIRECT => "redirect",
-                _ => "?",
-            };
-            format!("\n      {} -> {verdict} (cookie {})", trace::describe_entry(&e.key), e.value.cookie)
+            format!(
+                "\n      {} -> {} (cookie {})",
+                trace::describe_entry(&e.key),
+                e.value.verdict().as_str(),
+                e.value.cookie
+            )
         })
         .collect()
 }
@@ -255,7 +254,7 @@ fn check_scenario(index: usize, name: &str) -> Outcome {
             continue;
         }
         let expected = trace::trace(&engine, &from, &to, port, None).unwrap();
-        let packet = frame(port.protocol.number(), saddr, daddr, sports.next().unwrap(), port.port);
+        let packet = frame(port.protocol, saddr, daddr, sports.next().unwrap(), port.port);
         let run_hook = |end: &FlowEnd, hook: Hook| {
             let FlowEnd::Pod { .. } = end else { return None };
             let (_, ifindex, entries) = endpoints.get(&end.to_string())?;

@@ -15,29 +15,29 @@ fn identity(endpoint: usize) -> u32 {
 }
 
 fn allow(key: PolicyKey, cookie: u32) -> PolicyEntry {
-    entry(key, PolicyValue::new(VERDICT_ALLOW, cookie))
+    entry(key, PolicyValue::new(Verdict::Allow, cookie))
 }
 
 fn deny(key: PolicyKey, cookie: u32) -> PolicyEntry {
-    entry(key, PolicyValue::new(VERDICT_DENY, cookie))
+    entry(key, PolicyValue::new(Verdict::Deny, cookie))
 }
 
-fn allow_all(direction: u8, cookie: u32) -> PolicyEntry {
+fn allow_all(direction: Direction, cookie: u32) -> PolicyEntry {
     allow(PolicyKey::new(IDENTITY_ANY, direction, None, 0, 0), cookie)
 }
 
 /// e0 client, e1 web, e2 database, e3 restricted; x is outside the endpoint set.
 fn policies() -> [Vec<PolicyEntry>; 4] {
-    use DIRECTION_EGRESS as EG;
-    use DIRECTION_INGRESS as IN;
+    use Direction::Egress as EG;
+    use Direction::Ingress as IN;
     [
-        vec![allow_all(EG, 1), allow(PolicyKey::new(CIDR_IDENTITY, IN, Some(PROTO_TCP), 7000, 16), 2)],
+        vec![allow_all(EG, 1), allow(PolicyKey::new(CIDR_IDENTITY, IN, Some(Protocol::TCP), 7000, 16), 2)],
         vec![
             allow_all(EG, 11),
-            allow(PolicyKey::new(identity(0), IN, Some(PROTO_TCP), 80, 16), 12),
+            allow(PolicyKey::new(identity(0), IN, Some(Protocol::TCP), 80, 16), 12),
             // Any peer on TCP 8080-8095 (a port range as a 12-bit prefix).
-            allow(PolicyKey::new(IDENTITY_ANY, IN, Some(PROTO_TCP), 8080, 12), 13),
-            allow(PolicyKey::new(IDENTITY_ANY, IN, Some(PROTO_TCP), 80, 16), 14),
+            allow(PolicyKey::new(IDENTITY_ANY, IN, Some(Protocol::TCP), 8080, 12), 13),
+            allow(PolicyKey::new(IDENTITY_ANY, IN, Some(Protocol::TCP), 80, 16), 14),
             // The database may not reach the web tier at all: beats the any-peer port-80 allow.
             deny(PolicyKey::new(identity(2), IN, None, 0, 0), 15),
         ],
@@ -45,12 +45,12 @@ fn policies() -> [Vec<PolicyEntry>; 4] {
             allow_all(EG, 21),
             // L3-only: the web tier may use anything.
             allow(PolicyKey::new(identity(1), IN, None, 0, 0), 22),
-            allow(PolicyKey::new(IDENTITY_ANY, IN, Some(PROTO_UDP), 53, 16), 23),
+            allow(PolicyKey::new(IDENTITY_ANY, IN, Some(Protocol::UDP), 53, 16), 23),
         ],
         vec![
-            allow(PolicyKey::new(CIDR_IDENTITY, EG, Some(PROTO_TCP), 9000, 16), 31),
+            allow(PolicyKey::new(CIDR_IDENTITY, EG, Some(Protocol::TCP), 9000, 16), 31),
             allow(PolicyKey::new(identity(1), EG, None, 0, 0), 32),
-            allow(PolicyKey::new(identity(0), IN, Some(PROTO_ICMP), 8, 16), 33),
+            allow(PolicyKey::new(identity(0), IN, Some(Protocol::ICMP), 8, 16), 33),
         ],
     ]
 }
@@ -128,7 +128,7 @@ fn connectivity_matrix_over_tcp_udp_icmp() {
         .iter()
         .find(|f| f.key.endpoint == 1 && f.key.identity == identity(2) && f.key.dport == 80)
         .expect("the e2->e1 drop is a counted flow");
-    assert_eq!((denied_db.key.enforced_verdict, denied_db.enforced_cookie), (VERDICT_DENY, 15));
+    assert_eq!((denied_db.key.enforced_verdict(), denied_db.enforced_cookie), (Verdict::Deny, 15));
 
     // Without its CIDR identity the external address is "world", which e0 does not admit.
     datapath.remove_ipcache(Ipv4Addr::from(u32::from(ext.addr) & !0xff), 24).unwrap();
@@ -162,7 +162,9 @@ fn tightened_policy_cuts_an_established_connection() {
     // long-lived connections, not only new ones.
     let shadowed = datapath.flows().unwrap().into_iter().find(|f| f.key.endpoint == 1 && f.key.dport == 80);
     assert!(
-        shadowed.is_some_and(|f| (f.key.enforced_verdict, f.key.candidate_verdict) == (VERDICT_ALLOW, VERDICT_DENY)),
+        shadowed.is_some_and(
+            |f| (f.key.enforced_verdict(), f.key.candidate_verdict()) == (Verdict::Allow, Some(Verdict::Deny))
+        ),
         "the candidate's verdict on the established connection is recorded: {shadowed:?}"
     );
     datapath.flip(1).unwrap();
@@ -226,7 +228,7 @@ fn ipv6_gets_neighbor_discovery_only_until_it_has_policy() {
     let topology = Topology::new("pd6", 1, false, 60);
     let _inside = InNetns::enter(&topology.node);
     let mut datapath = topology.datapath();
-    datapath.load_slot(0, Slot::A, &[allow_all(DIRECTION_INGRESS, 1)]).unwrap();
+    datapath.load_slot(0, Slot::A, &[allow_all(Direction::Ingress, 1)]).unwrap();
     datapath.attach(0, &topology.endpoints[0].host_if, topology.endpoints[0].addr).unwrap();
     let ifindex = if_index(&topology.endpoints[0].host_if);
     let run =

@@ -24,20 +24,20 @@ fn hundred_flips_under_load() {
     let sender_identity = IDENTITY_FIRST_LOCAL;
     datapath.set_ipcache(sender.addr, 32, sender_identity).unwrap();
     datapath.set_ipcache(receiver.addr, 32, sender_identity + 1).unwrap();
-    let udp = |port| PolicyKey::new(sender_identity, DIRECTION_INGRESS, Some(PROTO_UDP), port, 16);
+    let udp = |port| PolicyKey::new(sender_identity, Direction::Ingress, Some(Protocol::UDP), port, 16);
     let egress_all =
-        entry(PolicyKey::new(IDENTITY_ANY, DIRECTION_EGRESS, None, 0, 0), PolicyValue::new(VERDICT_ALLOW, 1));
+        entry(PolicyKey::new(IDENTITY_ANY, Direction::Egress, None, 0, 0), PolicyValue::new(Verdict::Allow, 1));
     datapath.load_slot(0, Slot::A, &[egress_all]).unwrap();
     // Both slots allow the load on 9000; only slot A allows the marker port 9001.
     let slot_a = [
         egress_all,
-        entry(udp(9000), PolicyValue::new(VERDICT_ALLOW, 10)),
-        entry(udp(9001), PolicyValue::new(VERDICT_ALLOW, 11)),
+        entry(udp(9000), PolicyValue::new(Verdict::Allow, 10)),
+        entry(udp(9001), PolicyValue::new(Verdict::Allow, 11)),
     ];
     let slot_b = [
         egress_all,
-        entry(udp(9000), PolicyValue::new(VERDICT_ALLOW, 20)),
-        entry(udp(9001), PolicyValue::new(VERDICT_DENY, 21)),
+        entry(udp(9000), PolicyValue::new(Verdict::Allow, 20)),
+        entry(udp(9001), PolicyValue::new(Verdict::Deny, 21)),
     ];
     datapath.load_slot(1, Slot::A, &slot_a).unwrap();
     datapath.load_slot(1, Slot::B, &slot_b).unwrap();

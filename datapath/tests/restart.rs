@@ -40,10 +40,10 @@ fn first_agent_process() {
         .collect();
     let pinger = IDENTITY_FIRST_LOCAL;
     let policies = [
-        vec![entry(PolicyKey::new(IDENTITY_ANY, DIRECTION_EGRESS, None, 0, 0), PolicyValue::new(VERDICT_ALLOW, 1))],
+        vec![entry(PolicyKey::new(IDENTITY_ANY, Direction::Egress, None, 0, 0), PolicyValue::new(Verdict::Allow, 1))],
         vec![entry(
-            PolicyKey::new(pinger, DIRECTION_INGRESS, Some(PROTO_ICMP), 8, 16),
-            PolicyValue::new(VERDICT_ALLOW, 2),
+            PolicyKey::new(pinger, Direction::Ingress, Some(Protocol::ICMP), 8, 16),
+            PolicyValue::new(Verdict::Allow, 2),
         )],
         vec![],
     ];
@@ -113,8 +113,8 @@ fn enforcement_survives_an_agent_restart() {
             2,
             Slot::B,
             &[entry(
-                PolicyKey::new(IDENTITY_ANY, DIRECTION_INGRESS, Some(PROTO_ICMP), 8, 16),
-                PolicyValue::new(VERDICT_ALLOW, 3),
+                PolicyKey::new(IDENTITY_ANY, Direction::Ingress, Some(Protocol::ICMP), 8, 16),
+                PolicyValue::new(Verdict::Allow, 3),
             )],
         )
         .unwrap();

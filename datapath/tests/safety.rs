@@ -24,13 +24,20 @@ fn identity(endpoint: usize) -> u32 {
     IDENTITY_FIRST_LOCAL + endpoint as u32
 }
 
-fn rule(identity: u32, direction: u8, protocol: Option<u8>, port: u16, verdict: u8, cookie: u32) -> PolicyEntry {
+fn rule(
+    identity: u32,
+    direction: Direction,
+    protocol: Option<Protocol>,
+    port: u16,
+    verdict: Verdict,
+    cookie: u32,
+) -> PolicyEntry {
     let port_bits = if protocol.is_some() && port != 0 { 16 } else { 0 };
     entry(PolicyKey::new(identity, direction, protocol, port, port_bits), PolicyValue::new(verdict, cookie))
 }
 
 fn egress_all(cookie: u32) -> PolicyEntry {
-    rule(IDENTITY_ANY, DIRECTION_EGRESS, None, 0, VERDICT_ALLOW, cookie)
+    rule(IDENTITY_ANY, Direction::Egress, None, 0, Verdict::Allow, cookie)
 }
 
 /// Every endpoint's address in the ipcache and its slot A loaded, then all attached.
@@ -84,8 +91,8 @@ fn a_port_with_l7_rules_is_refused_until_a_proxy_judges_it() {
         &topology,
         &[
             // `toPorts: [{ports: [8080/TCP], rules: {http: [{method: GET, path: /public}]}}]`
-            rule(identity(0), DIRECTION_INGRESS, Some(PROTO_TCP), 8080, VERDICT_REDIRECT, 3),
-            rule(identity(0), DIRECTION_INGRESS, Some(PROTO_TCP), 8081, VERDICT_ALLOW, 4),
+            rule(identity(0), Direction::Ingress, Some(Protocol::TCP), 8080, Verdict::Redirect, 3),
+            rule(identity(0), Direction::Ingress, Some(Protocol::TCP), 8081, Verdict::Allow, 4),
         ],
     );
     tcp_echo_servers(&server.ns, &[8080, 8081]);
@@ -97,7 +104,7 @@ fn a_port_with_l7_rules_is_refused_until_a_proxy_judges_it() {
     );
     let refused = flows_of(&datapath, 1).into_iter().find(|f| f.key.dport == 8080).expect("the refusal is recorded");
     assert_eq!(refused.key.drop_reason(), Some(DropReason::L7Unsupported), "{refused:?}");
-    assert_eq!((refused.key.enforced_verdict, refused.enforced_cookie), (VERDICT_REDIRECT, 3));
+    assert_eq!((refused.key.enforced_verdict(), refused.enforced_cookie), (Verdict::Redirect, 3));
     assert!(datapath.counters(1).unwrap().denied > 0);
 
     // Audit mode lets it through and records that enforcing would refuse it.
@@ -105,7 +112,7 @@ fn a_port_with_l7_rules_is_refused_until_a_proxy_judges_it() {
     datapath.set_mode(1, Mode::Audit).unwrap();
     assert!(http_get(&client.ns, server.addr, 8080), "audit mode does not drop");
     let audited = flows_of(&datapath, 1).into_iter().find(|f| f.key.dport == 8080).expect("recorded in audit mode");
-    assert_eq!((audited.key.mode, audited.key.drop_reason()), (MODE_AUDIT, Some(DropReason::L7Unsupported)));
+    assert_eq!((audited.key.mode(), audited.key.drop_reason()), (Mode::Audit, Some(DropReason::L7Unsupported)));
     assert!(datapath.counters(1).unwrap().audited > 0);
     datapath.destroy().unwrap();
 }
@@ -121,7 +128,7 @@ fn a_packet_with_another_pods_source_address_is_dropped_in_every_mode() {
         vec![
             vec![egress_all(1)],
             vec![egress_all(2)],
-            vec![egress_all(3), rule(identity(1), DIRECTION_INGRESS, Some(PROTO_UDP), 9000, VERDICT_ALLOW, 4)],
+            vec![egress_all(3), rule(identity(1), Direction::Ingress, Some(Protocol::UDP), 9000, Verdict::Allow, 4)],
         ],
     );
     let received = udp_echo_servers(&server.ns, &[9000]).remove(0);
@@ -162,7 +169,7 @@ fn a_denied_connection_stops_carrying_the_servers_packets() {
     // The server's egress is open: with its conntrack entry simply gone, its next packet would
     // open a connection of its own and let the client's packets back in as its replies.
     let mut datapath =
-        client_server(&topology, &[rule(identity(0), DIRECTION_INGRESS, Some(PROTO_TCP), 80, VERDICT_ALLOW, 3)]);
+        client_server(&topology, &[rule(identity(0), Direction::Ingress, Some(Protocol::TCP), 80, Verdict::Allow, 3)]);
     datapath.load_slot(1, Slot::B, &[egress_all(4)]).unwrap();
 
     let listener = in_netns(&server.ns, || TcpListener::bind(("0.0.0.0", 80)).unwrap());
@@ -200,8 +207,8 @@ fn fragmented_datagrams_are_judged_like_their_first_fragment() {
     let datapath = client_server(
         &topology,
         &[
-            rule(identity(0), DIRECTION_INGRESS, Some(PROTO_UDP), 9000, VERDICT_ALLOW, 3),
-            rule(identity(0), DIRECTION_INGRESS, Some(PROTO_UDP), 9001, VERDICT_DENY, 4),
+            rule(identity(0), Direction::Ingress, Some(Protocol::UDP), 9000, Verdict::Allow, 3),
+            rule(identity(0), Direction::Ingress, Some(Protocol::UDP), 9001, Verdict::Deny, 4),
         ],
     );
     let received = udp_echo_servers(&server.ns, &[9000, 9001]);
@@ -232,8 +239,8 @@ fn icmp_errors_pass_only_for_tracked_connections_and_other_icmp_is_judged_per_pa
     let datapath = client_server(
         &topology,
         &[
-            rule(identity(0), DIRECTION_INGRESS, Some(PROTO_ICMP), 8, VERDICT_ALLOW, 3),
-            rule(identity(0), DIRECTION_INGRESS, Some(PROTO_UDP), 7000, VERDICT_ALLOW, 4),
+            rule(identity(0), Direction::Ingress, Some(Protocol::ICMP), 8, Verdict::Allow, 3),
+            rule(identity(0), Direction::Ingress, Some(Protocol::UDP), 7000, Verdict::Allow, 4),
         ],
     );
     assert!(ping_ok(&client.ns, server.addr), "ping through an allowed pair works");
@@ -309,10 +316,10 @@ fn no_shadow_difference_is_recorded_from_a_half_written_candidate() {
             // wins over an allow of everyone. Both deny. With the any-peer key rewritten before
             // the client's (keys are written in order), the half-written slot allows.
             let (client_verdict, any_verdict) =
-                if old { (VERDICT_ALLOW, VERDICT_DENY) } else { (VERDICT_DENY, VERDICT_ALLOW) };
+                if old { (Verdict::Allow, Verdict::Deny) } else { (Verdict::Deny, Verdict::Allow) };
             let cookie = if old { 10 } else { 20 };
-            entries.push(rule(identity(0), DIRECTION_INGRESS, Some(PROTO_UDP), port, client_verdict, cookie));
-            entries.push(rule(IDENTITY_ANY, DIRECTION_INGRESS, Some(PROTO_UDP), port, any_verdict, cookie + 1));
+            entries.push(rule(identity(0), Direction::Ingress, Some(Protocol::UDP), port, client_verdict, cookie));
+            entries.push(rule(IDENTITY_ANY, Direction::Ingress, Some(Protocol::UDP), port, any_verdict, cookie + 1));
         }
         entries.sort_by_key(|e| e.key);
         entries
@@ -363,9 +370,9 @@ fn a_failed_rewrite_leaves_the_slot_as_it_was() {
     let mut datapath = client_server(&topology, &[]);
     let full: Vec<PolicyEntry> = {
         let mut entries: Vec<PolicyEntry> = (0..palisade_datapath::MAX_POLICY_ENTRIES - 1)
-            .map(|i| rule(IDENTITY_CIDR_BASE | i, DIRECTION_INGRESS, Some(PROTO_UDP), 53, VERDICT_ALLOW, 5))
+            .map(|i| rule(IDENTITY_CIDR_BASE | i, Direction::Ingress, Some(Protocol::UDP), 53, Verdict::Allow, 5))
             .collect();
-        entries.push(rule(identity(0), DIRECTION_INGRESS, Some(PROTO_UDP), 9000, VERDICT_ALLOW, 6));
+        entries.push(rule(identity(0), Direction::Ingress, Some(Protocol::UDP), 9000, Verdict::Allow, 6));
         entries.sort_by_key(|e| e.key);
         entries
     };
@@ -373,7 +380,7 @@ fn a_failed_rewrite_leaves_the_slot_as_it_was() {
     datapath.set_candidate(1, Some(Slot::B)).unwrap();
     let mut swapped = full.clone();
     swapped.retain(|e| e.key.identity() != (IDENTITY_CIDR_BASE | 7));
-    swapped.push(rule(identity(0), DIRECTION_INGRESS, Some(PROTO_UDP), 9001, VERDICT_ALLOW, 7));
+    swapped.push(rule(identity(0), Direction::Ingress, Some(Protocol::UDP), 9001, Verdict::Allow, 7));
     swapped.sort_by_key(|e| e.key);
 
     let error = datapath.rewrite_slot(1, Slot::B, &full, &swapped).expect_err("the full slot refuses a new key");

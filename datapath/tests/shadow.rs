@@ -10,11 +10,11 @@ use palisade_datapath::{Mode, Slot};
 use support::*;
 
 fn allow(key: PolicyKey, cookie: u32) -> PolicyEntry {
-    entry(key, PolicyValue::new(VERDICT_ALLOW, cookie))
+    entry(key, PolicyValue::new(Verdict::Allow, cookie))
 }
 
 fn udp(identity: u32, port: u16) -> PolicyKey {
-    PolicyKey::new(identity, DIRECTION_INGRESS, Some(PROTO_UDP), port, 16)
+    PolicyKey::new(identity, Direction::Ingress, Some(Protocol::UDP), port, 16)
 }
 
 #[test]
@@ -26,13 +26,13 @@ fn candidate_differences_are_counted_while_the_enforced_policy_decides() {
     for (i, endpoint) in topology.endpoints.iter().enumerate() {
         datapath.set_ipcache(endpoint.addr, 32, IDENTITY_FIRST_LOCAL + i as u32).unwrap();
     }
-    let egress_all = allow(PolicyKey::new(IDENTITY_ANY, DIRECTION_EGRESS, None, 0, 0), 1);
+    let egress_all = allow(PolicyKey::new(IDENTITY_ANY, Direction::Egress, None, 0, 0), 1);
     datapath.load_slot(0, Slot::A, &[egress_all]).unwrap();
     // Enforced: 8080, 8081 and 8082. Candidate: 8080 only; 8081 unlisted, 8082 explicitly denied.
     let enforced =
         [egress_all, allow(udp(client, 8080), 10), allow(udp(client, 8081), 11), allow(udp(client, 8082), 12)];
     let candidate =
-        [egress_all, allow(udp(client, 8080), 20), entry(udp(IDENTITY_ANY, 8082), PolicyValue::new(VERDICT_DENY, 22))];
+        [egress_all, allow(udp(client, 8080), 20), entry(udp(IDENTITY_ANY, 8082), PolicyValue::new(Verdict::Deny, 22))];
     datapath.load_slot(1, Slot::A, &enforced).unwrap();
     datapath.load_slot(1, Slot::B, &candidate).unwrap();
     datapath.set_candidate(1, Some(Slot::B)).unwrap();
@@ -63,8 +63,8 @@ fn candidate_differences_are_counted_while_the_enforced_policy_decides() {
         .map(|f| {
             (
                 f.key.dport,
-                f.key.enforced_verdict,
-                f.key.candidate_verdict,
+                f.key.enforced_verdict(),
+                f.key.candidate_verdict(),
                 f.packets,
                 f.enforced_cookie,
                 f.candidate_cookie,
@@ -74,7 +74,10 @@ fn candidate_differences_are_counted_while_the_enforced_policy_decides() {
     differences.sort();
     assert_eq!(
         differences,
-        vec![(8081, VERDICT_ALLOW, VERDICT_DENY, 7, 11, COOKIE_NONE), (8082, VERDICT_ALLOW, VERDICT_DENY, 5, 12, 22)],
+        vec![
+            (8081, Verdict::Allow, Some(Verdict::Deny), 7, 11, COOKIE_NONE),
+            (8082, Verdict::Allow, Some(Verdict::Deny), 5, 12, 22)
+        ],
         "exactly the flows the candidate would deny, with their packet counts"
     );
     let server_counters = datapath.counters(1).unwrap();
@@ -83,8 +86,8 @@ fn candidate_differences_are_counted_while_the_enforced_policy_decides() {
 
     let audit_flow = flows.iter().find(|f| f.key.endpoint == 2).expect("the audited flow is recorded");
     assert_eq!(
-        (audit_flow.key.mode, audit_flow.key.enforced_verdict, audit_flow.key.dport, audit_flow.packets),
-        (MODE_AUDIT, VERDICT_DENY, 5000, 3)
+        (audit_flow.key.mode(), audit_flow.key.enforced_verdict(), audit_flow.key.dport, audit_flow.packets),
+        (Mode::Audit, Verdict::Deny, 5000, 3)
     );
     let audited_counters = datapath.counters(2).unwrap();
     assert_eq!((audited_counters.audited, audited_counters.connections), (3, 3), "{audited_counters:?}");

@@ -3,7 +3,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::cluster::Cluster;
-use crate::compile::Engine;
+use crate::compile::CompiledPolicy;
 use crate::trace::{self, FlowEnd, FlowPort, Trace, Verdict};
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -88,7 +88,11 @@ pub struct FlowChange {
 
 /// Flows whose outcome differs between `before` and `after`. A flow naming a pod missing from
 /// either cluster is an error.
-pub fn semantic_diff(before: &Engine, after: &Engine, flows: &[Flow]) -> Result<Vec<FlowChange>, String> {
+pub fn semantic_diff(
+    before: &CompiledPolicy,
+    after: &CompiledPolicy,
+    flows: &[Flow],
+) -> Result<Vec<FlowChange>, String> {
     let mut changes = Vec::new();
     for flow in flows {
         let old = Outcome::from(&trace::trace(before, &flow.from, &flow.to, flow.port, None)?);

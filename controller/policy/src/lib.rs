@@ -16,7 +16,7 @@ pub mod trace;
 pub mod yaml;
 
 pub use cluster::Cluster;
-pub use compile::{AllowLocalhost, EnforcementMode, Engine, EngineOptions, IdentityBasis};
+pub use compile::{AllowLocalhost, CompileOptions, CompiledPolicy, EnforcementMode, IdentityBasis};
 pub use diag::{Diagnostic, Severity};
 pub use model::{Direction, PolicySet};
 pub use parse::{ParseOptions, Parsed, SourceFile, parse_policies};

@@ -1,5 +1,5 @@
 //! Warnings about valid policies that probably do not do what their author meant.
-use crate::compile::{Enforcement, Engine};
+use crate::compile::{CompiledPolicy, Enforcement};
 use crate::diag::{Diagnostic, Severity};
 use crate::model::{Peer, Peers, Policy, PolicyKind, PolicySet, PortSpec, Rule};
 
@@ -52,10 +52,10 @@ pub fn l7_unsupported_message() -> String {
 
 /// Lints against a cluster: selectors that match nothing, and rules that put pods into
 /// default deny as a side effect of allowing something.
-pub fn lint_with_cluster(engine: &Engine) -> Vec<Diagnostic> {
-    let mut out = lint(&engine.policies);
-    let identities: Vec<_> = engine.endpoints().map(|e| e.identity.clone()).collect();
-    for policy in &engine.policies.policies {
+pub fn lint_with_cluster(compiled: &CompiledPolicy) -> Vec<Diagnostic> {
+    let mut out = lint(compiled.policies());
+    let identities: Vec<_> = compiled.endpoints().map(|e| e.identity.clone()).collect();
+    for policy in &compiled.policies().policies {
         for rule in &policy.rules {
             let selected: Vec<_> = identities.iter().filter(|i| rule.subject.matches(&i.labels)).collect();
             if selected.is_empty() {
@@ -69,14 +69,14 @@ pub fn lint_with_cluster(engine: &Engine) -> Vec<Diagnostic> {
                 ));
                 continue;
             }
-            if let Some(message) = denies_dns_by_accident(engine, rule) {
+            if let Some(message) = denies_dns_by_accident(compiled, rule) {
                 out.push(warning(policy, rule.line, &format!("{}.egress", rule.path), message));
             }
             for peer_rule in rule.ingress.rules.iter().chain(&rule.egress.rules) {
                 let Peers::Some(peers) = &peer_rule.peers else { continue };
                 for peer in peers {
                     if let Peer::Labels(selector) = peer
-                        && !engine.identities().all().any(|i| selector.matches(&i.labels))
+                        && !compiled.identities().all().any(|i| selector.matches(&i.labels))
                     {
                         out.push(warning(
                             policy,
@@ -89,8 +89,8 @@ pub fn lint_with_cluster(engine: &Engine) -> Vec<Diagnostic> {
             }
         }
     }
-    let egress_port_names: std::collections::BTreeSet<&str> = engine
-        .policies
+    let egress_port_names: std::collections::BTreeSet<&str> = compiled
+        .policies()
         .policies
         .iter()
         .flat_map(|p| &p.rules)
@@ -102,7 +102,7 @@ pub fn lint_with_cluster(engine: &Engine) -> Vec<Diagnostic> {
         })
         .collect();
     for (name, numbers) in
-        engine.ambiguous_port_names().into_iter().filter(|(name, _)| egress_port_names.contains(name))
+        compiled.ambiguous_port_names().into_iter().filter(|(name, _)| egress_port_names.contains(name))
     {
         out.push(Diagnostic {
             severity: Severity::Warning,
@@ -120,27 +120,27 @@ pub fn lint_with_cluster(engine: &Engine) -> Vec<Diagnostic> {
 /// The classic accident: a rule allowing some egress puts pods into egress default deny, and
 /// nothing allows them DNS, so every name lookup now fails. Rules that mean to deny everything
 /// (an empty rule `{}`) are not flagged.
-fn denies_dns_by_accident(engine: &Engine, rule: &Rule) -> Option<String> {
+fn denies_dns_by_accident(compiled: &CompiledPolicy, rule: &Rule) -> Option<String> {
     let section = &rule.egress;
     if !section.enables_policy || section.rules.iter().any(|r| r.peers == Peers::Some(Vec::new()) && r.ports.is_empty())
     {
         return None;
     }
-    let dns = engine
+    let dns = compiled
         .cluster
         .pods
         .iter()
         .find(|p| p.labels.get("k8s-app").is_some_and(|v| v == "kube-dns"))
-        .and_then(|p| engine.identity_of_pod(p))
+        .and_then(|p| compiled.identity_of_pod(p))
         .unwrap_or(palisade_common::IDENTITY_WORLD);
-    let broken: Vec<String> = engine
+    let broken: Vec<String> = compiled
         .endpoints()
         .filter(|e| rule.subject.matches(&e.identity.labels) && e.group.egress.enforcement == Enforcement::DefaultDeny)
         .filter(|e| {
             e.group
                 .egress
-                .lookup(dns, palisade_common::PROTO_UDP, 53)
-                .is_none_or(|entry| entry.value.verdict == palisade_common::VERDICT_DENY)
+                .lookup(dns, palisade_common::Protocol::UDP, 53)
+                .is_none_or(|entry| entry.value.verdict() == palisade_common::Verdict::Deny)
         })
         .map(|e| e.pod.key())
         .collect();

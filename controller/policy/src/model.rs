@@ -1,9 +1,12 @@
 //! The normalized policy model every resource kind is translated into: namespaces injected,
 //! entities expanded to selectors, `ANY` expanded to TCP+UDP+SCTP, each allow or deny rule
 //! numbered with a cookie the datapath reports back.
+use std::collections::BTreeSet;
 use std::fmt;
 use std::net::Ipv4Addr;
 
+use ipnet::Ipv4Net;
+pub use palisade_common::{Direction, Protocol};
 use regex::Regex;
 
 use crate::selector::Selector;
@@ -52,6 +55,30 @@ pub struct Policy {
     pub source: serde_json::Value,
 }
 
+impl Policy {
+    /// Every peer its rules name, both directions.
+    pub fn peers(&self) -> impl Iterator<Item = &Peer> {
+        self.rules.iter().flat_map(|r| r.ingress.rules.iter().chain(&r.egress.rules)).flat_map(|rule| {
+            match &rule.peers {
+                Peers::Some(peers) => peers.as_slice(),
+                Peers::All => &[],
+            }
+        })
+    }
+
+    /// The prefixes its CIDR rules and ipBlocks name, excepts included: they get CIDR identities.
+    pub fn cidr_prefixes(&self) -> BTreeSet<Prefix> {
+        let mut prefixes = BTreeSet::new();
+        for peer in self.peers() {
+            if let Peer::Cidr(block) | Peer::IpBlock(block) = peer {
+                prefixes.insert(block.cidr);
+                prefixes.extend(block.except.iter().copied());
+            }
+        }
+        prefixes
+    }
+}
+
 /// One Cilium rule (`spec` or an element of `specs`; a NetworkPolicy is one rule).
 #[derive(Clone, Debug)]
 pub struct Rule {
@@ -67,35 +94,7 @@ pub struct Rule {
 
 impl Rule {
     pub fn section(&self, direction: Direction) -> &Section {
-        match direction {
-            Direction::Ingress => &self.ingress,
-            Direction::Egress => &self.egress,
-        }
-    }
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Direction {
-    Ingress,
-    Egress,
-}
-
-impl Direction {
-    pub const BOTH: [Direction; 2] = [Direction::Ingress, Direction::Egress];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Direction::Ingress => "ingress",
-            Direction::Egress => "egress",
-        }
-    }
-
-    pub fn datapath(self) -> u8 {
-        match self {
-            Direction::Ingress => palisade_common::DIRECTION_INGRESS,
-            Direction::Egress => palisade_common::DIRECTION_EGRESS,
-        }
+        direction.pick(&self.ingress, &self.egress)
     }
 }
 
@@ -156,30 +155,36 @@ pub struct Prefix {
 }
 
 impl Prefix {
+    /// `addr/len` with the host bits cleared; `len` is at most 32.
     pub fn new(addr: Ipv4Addr, len: u8) -> Prefix {
-        let mask = Self::mask(len);
-        Prefix { addr: Ipv4Addr::from(u32::from(addr) & mask), len }
-    }
-
-    fn mask(len: u8) -> u32 {
-        if len == 0 { 0 } else { u32::MAX << (32 - len as u32) }
+        Prefix::from(Ipv4Net::new(addr, len).expect("an IPv4 prefix length is at most 32").trunc())
     }
 
     /// `10.0.0.0/8`, or a bare address meaning /32. IPv6 is refused by the caller.
     pub fn parse(text: &str) -> Option<Prefix> {
         let (addr, len) = match text.split_once('/') {
-            Some((a, l)) => (a, l.parse::<u8>().ok().filter(|l| *l <= 32)?),
+            Some((a, l)) => (a, l.parse::<u8>().ok()?),
             None => (text, 32),
         };
-        Some(Prefix::new(addr.parse().ok()?, len))
+        Some(Prefix::from(Ipv4Net::new(addr.parse().ok()?, len).ok()?.trunc()))
+    }
+
+    pub fn net(&self) -> Ipv4Net {
+        Ipv4Net::new(self.addr, self.len).expect("a Prefix holds a valid length")
     }
 
     pub fn contains_addr(&self, addr: Ipv4Addr) -> bool {
-        u32::from(addr) & Self::mask(self.len) == u32::from(self.addr)
+        self.net().contains(&addr)
     }
 
     pub fn contains(&self, other: &Prefix) -> bool {
-        other.len >= self.len && self.contains_addr(other.addr)
+        self.net().contains(&other.net())
+    }
+}
+
+impl From<Ipv4Net> for Prefix {
+    fn from(net: Ipv4Net) -> Prefix {
+        Prefix { addr: net.addr(), len: net.prefix_len() }
     }
 }
 
@@ -210,49 +215,6 @@ impl CidrBlock {
 pub enum FqdnMatch {
     Name(String),
     Pattern(String),
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize)]
-pub enum Protocol {
-    TCP,
-    UDP,
-    SCTP,
-    ICMP,
-    ICMPv6,
-    VRRP,
-    IGMP,
-}
-
-impl Protocol {
-    pub fn number(self) -> u8 {
-        match self {
-            Protocol::TCP => palisade_common::PROTO_TCP,
-            Protocol::UDP => palisade_common::PROTO_UDP,
-            Protocol::SCTP => palisade_common::PROTO_SCTP,
-            Protocol::ICMP => palisade_common::PROTO_ICMP,
-            Protocol::ICMPv6 => palisade_common::PROTO_ICMPV6,
-            Protocol::VRRP => 112,
-            Protocol::IGMP => 2,
-        }
-    }
-
-    pub fn from_number(number: u8) -> Option<Protocol> {
-        [Protocol::TCP, Protocol::UDP, Protocol::SCTP, Protocol::ICMP, Protocol::ICMPv6, Protocol::VRRP, Protocol::IGMP]
-            .into_iter()
-            .find(|p| p.number() == number)
-    }
-
-    pub fn name(self) -> &'static str {
-        match self {
-            Protocol::TCP => "TCP",
-            Protocol::UDP => "UDP",
-            Protocol::SCTP => "SCTP",
-            Protocol::ICMP => "ICMP",
-            Protocol::ICMPv6 => "ICMPv6",
-            Protocol::VRRP => "VRRP",
-            Protocol::IGMP => "IGMP",
-        }
-    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -335,6 +297,15 @@ pub fn policy_index(cookie: u32) -> Option<usize> {
 }
 
 impl PolicySet {
+    /// The NetworkPolicy ipBlocks of every policy.
+    pub fn ip_blocks(&self) -> BTreeSet<CidrBlock> {
+        let blocks = self.policies.iter().flat_map(Policy::peers).filter_map(|peer| match peer {
+            Peer::IpBlock(block) => Some(block.clone()),
+            _ => None,
+        });
+        blocks.collect()
+    }
+
     /// The policy and rule a cookie names, if it names one.
     pub fn rule_for_cookie(&self, cookie: u32) -> Option<(&Policy, &PeerRule)> {
         let policy = self.policies.get(policy_index(cookie)?)?;

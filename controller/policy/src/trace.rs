@@ -12,7 +12,7 @@ use std::net::Ipv4Addr;
 use palisade_common as dp;
 use serde::Serialize;
 
-use crate::compile::{DirectionPolicy, Enforcement, Engine};
+use crate::compile::{CompiledPolicy, Enforcement, MapState};
 use crate::identity;
 use crate::model::{Direction, HttpMatch, L7Rules, PortSpec, Protocol};
 
@@ -201,56 +201,56 @@ impl Trace {
 }
 
 pub fn trace(
-    engine: &Engine,
+    compiled: &CompiledPolicy,
     from: &FlowEnd,
     to: &FlowEnd,
     port: FlowPort,
     http: Option<&HttpRequest>,
 ) -> Result<Trace, String> {
-    let from_id = identity_of(engine, from)?;
-    let to_id = identity_of(engine, to)?;
-    let egress = decide(engine, from, to_id, Direction::Egress, port, http);
-    let ingress = decide(engine, to, from_id, Direction::Ingress, port, http);
+    let from_id = identity_of(compiled, from)?;
+    let to_id = identity_of(compiled, to)?;
+    let egress = decide(compiled, from, to_id, Direction::Egress, port, http);
+    let ingress = decide(compiled, to, from_id, Direction::Ingress, port, http);
     let both = |a: Verdict, b: Verdict| {
         if a == Verdict::Allowed && b == Verdict::Allowed { Verdict::Allowed } else { Verdict::Denied }
     };
     Ok(Trace {
         verdict: both(egress.verdict, ingress.verdict),
         intent: both(egress.intent, ingress.intent),
-        from_address: address_of(engine, from, to),
-        to_address: address_of(engine, to, from),
+        from_address: address_of(compiled, from, to),
+        to_address: address_of(compiled, to, from),
         egress,
         ingress,
     })
 }
 
 /// The address of one end: a pod's IP, a `cidr:` address, or for `node` the first address of
-/// the local host (the node the pod at the other end runs on, else the engine's host node).
-fn address_of(engine: &Engine, end: &FlowEnd, other: &FlowEnd) -> Option<Ipv4Addr> {
+/// the local host (the node the pod at the other end runs on, else the compilation's host node).
+fn address_of(compiled: &CompiledPolicy, end: &FlowEnd, other: &FlowEnd) -> Option<Ipv4Addr> {
     match end {
-        FlowEnd::Pod { namespace, name } => engine.cluster.pod(namespace, name)?.ip,
+        FlowEnd::Pod { namespace, name } => compiled.cluster.pod(namespace, name)?.ip,
         FlowEnd::Address(ip) => Some(*ip),
         FlowEnd::Entity(_) => None,
         FlowEnd::Node => {
             let pod_node = match other {
-                FlowEnd::Pod { namespace, name } => engine.cluster.pod(namespace, name)?.node_name.as_deref(),
+                FlowEnd::Pod { namespace, name } => compiled.cluster.pod(namespace, name)?.node_name.as_deref(),
                 _ => None,
             };
-            engine.cluster.node(pod_node.or(engine.host_node())?)?.addresses.first().copied()
+            compiled.cluster.node(pod_node.or(compiled.host_node())?)?.addresses.first().copied()
         }
     }
 }
 
-fn identity_of(engine: &Engine, end: &FlowEnd) -> Result<u32, String> {
+fn identity_of(compiled: &CompiledPolicy, end: &FlowEnd) -> Result<u32, String> {
     match end {
         FlowEnd::Pod { namespace, name } => {
-            let pod = engine
+            let pod = compiled
                 .cluster
                 .pod(namespace, name)
                 .ok_or_else(|| format!("no pod {namespace}/{name} in the cluster file"))?;
-            engine.identity_of_pod(pod).ok_or_else(|| format!("pod {namespace}/{name} has no identity"))
+            compiled.identity_of_pod(pod).ok_or_else(|| format!("pod {namespace}/{name} has no identity"))
         }
-        FlowEnd::Address(ip) => Ok(engine.identity_of_addr(*ip)),
+        FlowEnd::Address(ip) => Ok(compiled.identity_of_addr(*ip)),
         FlowEnd::Entity(name) => identity::reserved_id(name).ok_or_else(|| format!("unknown entity {name}")),
         // A pod's own node is `host` to it, whatever other nodes see.
         FlowEnd::Node => Ok(dp::IDENTITY_HOST),
@@ -258,14 +258,14 @@ fn identity_of(engine: &Engine, end: &FlowEnd) -> Result<u32, String> {
 }
 
 fn decide(
-    engine: &Engine,
+    compiled: &CompiledPolicy,
     local: &FlowEnd,
     remote: u32,
     direction: Direction,
     port: FlowPort,
     http: Option<&HttpRequest>,
 ) -> Decision {
-    let remote_labels = engine.identities().get(remote).map(|i| i.labels.to_string()).unwrap_or_default();
+    let remote_labels = compiled.identities().get(remote).map(|i| i.labels.to_string()).unwrap_or_default();
     // The other side alone decides when this side is not a Palisade endpoint.
     let unpoliced = |rule: String| Decision {
         verdict: Verdict::Allowed,
@@ -283,8 +283,8 @@ fn decide(
         let what = if *local == FlowEnd::Node { "node (the local host)".to_string() } else { local.to_string() };
         return unpoliced(format!("{what} is not a Palisade endpoint: no {} policy applies", direction.as_str()));
     };
-    let Some(endpoint) = engine.endpoint(namespace, name) else {
-        let why = match engine.cluster.pod(namespace, name) {
+    let Some(endpoint) = compiled.endpoint(namespace, name) else {
+        let why = match compiled.cluster.pod(namespace, name) {
             Some(pod) if !pod.host_network => {
                 format!("{local} runs on another node: this node's datapath does not enforce its policy")
             }
@@ -293,17 +293,17 @@ fn decide(
         return unpoliced(why);
     };
     let policy = endpoint.group.direction(direction);
-    let entry = policy.lookup(remote, port.protocol.number(), port.port);
+    let entry = policy.lookup(remote, port.protocol, port.port);
     let (mut verdict, rule) = match entry {
-        None => (Verdict::Denied, engine.policies.describe_cookie(dp::COOKIE_NONE)),
-        Some(e) if e.value.verdict == dp::VERDICT_DENY => {
-            (Verdict::Denied, engine.policies.describe_cookie(e.value.cookie))
+        None => (Verdict::Denied, compiled.policies().describe_cookie(dp::COOKIE_NONE)),
+        Some(e) if e.value.verdict() == dp::Verdict::Deny => {
+            (Verdict::Denied, compiled.policies().describe_cookie(e.value.cookie))
         }
-        Some(e) => (Verdict::Allowed, engine.policies.describe_cookie(e.value.cookie)),
+        Some(e) => (Verdict::Allowed, compiled.policies().describe_cookie(e.value.cookie)),
     };
     let (mut intent, mut proxy, mut drop_reason) = (verdict, None, None);
-    if entry.is_some_and(|e| e.value.verdict == dp::VERDICT_REDIRECT) {
-        let (allowed, why) = proxy_decision(engine, policy, &endpoint.pod.ports, remote, direction, port, http);
+    if entry.is_some_and(|e| e.value.verdict() == dp::Verdict::Redirect) {
+        let (allowed, why) = proxy_decision(compiled, policy, &endpoint.pod.ports, remote, direction, port, http);
         if !allowed {
             intent = Verdict::Denied;
         }
@@ -334,7 +334,7 @@ pub fn describe_entry(key: &dp::PolicyKey) -> String {
     let l4 = match key.protocol() {
         None => "any protocol".to_string(),
         Some(p) => {
-            let name = Protocol::from_number(p).map_or_else(|| p.to_string(), |p| p.name().to_string());
+            let name = p.name();
             match key.port_range() {
                 (0, 65535) => format!("{name}/any"),
                 (lo, hi) if lo == hi => format!("{name}/{lo}"),
@@ -348,8 +348,8 @@ pub fn describe_entry(key: &dp::PolicyKey) -> String {
 /// The L7 proxy allows a request when any allow rule selecting the peer on this port allows it;
 /// a rule without L7 rules allows everything (so an L4-only rule shadows L7 rules).
 fn proxy_decision(
-    engine: &Engine,
-    policy: &DirectionPolicy,
+    compiled: &CompiledPolicy,
+    policy: &MapState,
     own_ports: &[crate::cluster::ContainerPort],
     remote: u32,
     direction: Direction,
@@ -357,8 +357,8 @@ fn proxy_decision(
     http: Option<&HttpRequest>,
 ) -> (bool, String) {
     let mut l7_rules: Vec<(&L7Rules, String)> = Vec::new();
-    for cookie in engine.cookies_selecting(policy, remote) {
-        let Some((policy_obj, rule)) = engine.policies.rule_for_cookie(cookie) else { continue };
+    for cookie in compiled.cookies_selecting(policy, remote) {
+        let Some((policy_obj, rule)) = compiled.policies().rule_for_cookie(cookie) else { continue };
         let origin = format!("{} {}", policy_obj.id, rule.path);
         if rule.ports.is_empty() {
             return (true, format!("allowed: {origin} allows this peer without L7 rules"));
@@ -368,7 +368,7 @@ fn proxy_decision(
                 PortSpec::Any => true,
                 PortSpec::Range(lo, hi) => (*lo..=*hi).contains(&port.port),
                 PortSpec::Named(name) => {
-                    engine.resolve_named_port(name, port_rule.protocol, direction, own_ports).contains(&port.port)
+                    compiled.resolve_named_port(name, port_rule.protocol, direction, own_ports).contains(&port.port)
                 }
             };
             if !covers {

@@ -1,11 +1,13 @@
 //! Error messages users read, and the semantics users notice, each through the public API:
-//! `parse_policies` for diagnostics, `Engine` + `trace` for verdicts.
+//! `parse_policies` for diagnostics, `CompiledPolicy` + `trace` for verdicts.
 use std::collections::BTreeMap;
 
 use palisade_policy::cluster::{ContainerPort, Namespace, Pod, Service};
 use palisade_policy::model::Protocol;
 use palisade_policy::trace::{self, FlowEnd, FlowPort, HttpRequest, Verdict};
-use palisade_policy::{Cluster, EnforcementMode, Engine, ParseOptions, Parsed, Severity, SourceFile, parse_policies};
+use palisade_policy::{
+    Cluster, CompiledPolicy, EnforcementMode, ParseOptions, Parsed, Severity, SourceFile, parse_policies,
+};
 
 // ---------------------------------------------------------------- helpers
 
@@ -89,28 +91,40 @@ impl World {
         self
     }
 
-    fn engine(&self, policies: &str) -> Engine {
+    fn engine(&self, policies: &str) -> CompiledPolicy {
         self.engine_mode(policies, EnforcementMode::Default)
     }
 
-    fn engine_mode(&self, policies: &str, mode: EnforcementMode) -> Engine {
+    fn engine_mode(&self, policies: &str, mode: EnforcementMode) -> CompiledPolicy {
         let parsed = parse("policies.yaml", policies);
         assert!(!parsed.has_errors(), "{:#?}", errors(&parsed));
-        Engine::new(parsed.set, self.cluster.clone(), mode)
+        CompiledPolicy::new(parsed.set, self.cluster.clone(), mode)
     }
 }
 
-fn verdict(engine: &Engine, from: &str, to: &str, port: &str) -> Verdict {
+/// A CiliumNetworkPolicy `p` in prod selecting the server, with `body` under spec.
+fn server_cnp(body: &str) -> String {
+    cnp("prod", "p", "{matchLabels: {app: server}}", body)
+}
+
+/// Each flow `(from, to, port)` gets its verdict.
+fn expect(engine: &CompiledPolicy, flows: &[(&str, &str, &str, Verdict)]) {
+    for &(from, to, port, want) in flows {
+        assert_eq!(verdict(engine, from, to, port), want, "{from} -> {to} {port}");
+    }
+}
+
+fn verdict(engine: &CompiledPolicy, from: &str, to: &str, port: &str) -> Verdict {
     verdict_http(engine, from, to, port, None)
 }
 
 /// What the datapath does with the flow.
-fn verdict_http(engine: &Engine, from: &str, to: &str, port: &str, http: Option<&str>) -> Verdict {
+fn verdict_http(engine: &CompiledPolicy, from: &str, to: &str, port: &str, http: Option<&str>) -> Verdict {
     trace_of(engine, from, to, port, http).verdict
 }
 
 /// What the policy means, L7 rules included (the datapath denies L7 redirects meanwhile).
-fn intent_http(engine: &Engine, from: &str, to: &str, port: &str, http: Option<&str>) -> Verdict {
+fn intent_http(engine: &CompiledPolicy, from: &str, to: &str, port: &str, http: Option<&str>) -> Verdict {
     let t = trace_of(engine, from, to, port, http);
     if t.egress.proxy.is_some() || t.ingress.proxy.is_some() {
         assert_eq!(
@@ -124,7 +138,7 @@ fn intent_http(engine: &Engine, from: &str, to: &str, port: &str, http: Option<&
     t.intent
 }
 
-fn trace_of(engine: &Engine, from: &str, to: &str, port: &str, http: Option<&str>) -> trace::Trace {
+fn trace_of(engine: &CompiledPolicy, from: &str, to: &str, port: &str, http: Option<&str>) -> trace::Trace {
     let request = http.map(|r| HttpRequest::parse(r, &[]).unwrap());
     trace::trace(
         engine,
@@ -217,14 +231,10 @@ fn from_requires_is_accepted_with_a_deprecation_warning() {
         .pod("prod", "client", &[("app", "client")], &[])
         .pod("prod", "tagged", &[("app", "client"), ("env", "prod")], &[])
         .pod("prod", "server", &[("app", "server")], &[]);
-    let e = w.engine(&cnp(
-        "prod",
-        "p",
-        "{matchLabels: {app: server}}",
+    let e = w.engine(&server_cnp(
         "  ingress:\n  - fromRequires: [{matchLabels: {env: prod}}]\n    fromEndpoints: [{matchLabels: {app: client}}]",
     ));
-    assert_eq!(verdict(&e, "prod/client", "prod/server", "80/TCP"), Denied);
-    assert_eq!(verdict(&e, "prod/tagged", "prod/server", "80/TCP"), Allowed);
+    expect(&e, &[("prod/client", "prod/server", "80/TCP", Denied), ("prod/tagged", "prod/server", "80/TCP", Allowed)]);
 }
 
 // ---------------------------------------------------------------- semantics
@@ -232,13 +242,20 @@ fn from_requires_is_accepted_with_a_deprecation_warning() {
 #[test]
 fn empty_ingress_rule_denies_in_cnp_and_allows_in_knp() {
     let w = basic();
-    let e = w.engine(&cnp("prod", "p", "{matchLabels: {app: server}}", "  ingress: [{}]"));
-    assert_eq!(verdict(&e, "prod/client", "prod/server", "8080/TCP"), Denied);
-    assert_eq!(verdict(&e, "entity:world", "prod/server", "8080/TCP"), Denied);
+    let e = w.engine(&server_cnp("  ingress: [{}]"));
+    expect(
+        &e,
+        &[("prod/client", "prod/server", "8080/TCP", Denied), ("entity:world", "prod/server", "8080/TCP", Denied)],
+    );
     let e = w.engine(&knp("prod", "k", "{matchLabels: {app: server}}", "  ingress: [{}]"));
-    assert_eq!(verdict(&e, "prod/client", "prod/server", "8080/TCP"), Allowed);
-    assert_eq!(verdict(&e, "dev/client", "prod/server", "8080/TCP"), Allowed);
-    assert_eq!(verdict(&e, "cidr:192.0.2.1", "prod/server", "8080/TCP"), Allowed);
+    expect(
+        &e,
+        &[
+            ("prod/client", "prod/server", "8080/TCP", Allowed),
+            ("dev/client", "prod/server", "8080/TCP", Allowed),
+            ("cidr:192.0.2.1", "prod/server", "8080/TCP", Allowed),
+        ],
+    );
     // Empty list: a KNP with policyTypes [Ingress] and no rules denies.
     let e = w.engine(&knp("prod", "k", "{matchLabels: {app: server}}", "  policyTypes: [Ingress]"));
     assert_eq!(verdict(&e, "prod/client", "prod/server", "8080/TCP"), Denied);
@@ -247,91 +264,71 @@ fn empty_ingress_rule_denies_in_cnp_and_allows_in_knp() {
 #[test]
 fn any_protocol_is_tcp_udp_sctp_but_not_icmp() {
     let w = basic();
-    let e = w.engine(&cnp(
-        "prod",
-        "p",
-        "{matchLabels: {app: server}}",
-        "  ingress:\n  - toPorts: [{ports: [{port: \"80\", protocol: ANY}]}]",
-    ));
+    let e = w.engine(&server_cnp("  ingress:\n  - toPorts: [{ports: [{port: \"80\", protocol: ANY}]}]"));
     for port in ["80/TCP", "80/UDP", "80/SCTP"] {
         assert_eq!(verdict(&e, "prod/client", "prod/server", port), Allowed, "{port}");
     }
-    assert_eq!(verdict(&e, "prod/client", "prod/server", "81/TCP"), Denied);
-    assert_eq!(verdict(&e, "prod/client", "prod/server", "icmp/8"), Denied);
+    expect(&e, &[("prod/client", "prod/server", "81/TCP", Denied), ("prod/client", "prod/server", "icmp/8", Denied)]);
 }
 
 #[test]
 fn l3_only_rule_allows_every_protocol_including_icmp() {
     let w = basic();
-    let e = w.engine(&cnp(
-        "prod",
-        "p",
-        "{matchLabels: {app: server}}",
-        "  ingress:\n  - fromEndpoints: [{matchLabels: {app: client}}]",
-    ));
+    let e = w.engine(&server_cnp("  ingress:\n  - fromEndpoints: [{matchLabels: {app: client}}]"));
     for port in ["icmp/8", "icmp/0", "80/TCP", "53/UDP", "9/SCTP"] {
         assert_eq!(verdict(&e, "prod/client", "prod/server", port), Allowed, "{port}");
     }
     // Adding an L4 rule for the same peer does not take ICMP away from the L3-only rule...
-    let e = w.engine(&cnp(
-        "prod",
-        "p",
-        "{matchLabels: {app: server}}",
-        "  ingress:\n  - fromEndpoints: [{matchLabels: {app: client}}]\n  - fromEndpoints: [{matchLabels: {app: client}}]\n    toPorts: [{ports: [{port: \"80\"}]}]",
-    ));
+    let e = w.engine(&server_cnp("  ingress:\n  - fromEndpoints: [{matchLabels: {app: client}}]\n  - fromEndpoints: [{matchLabels: {app: client}}]\n    toPorts: [{ports: [{port: \"80\"}]}]"));
     assert_eq!(verdict(&e, "prod/client", "prod/server", "icmp/8"), Allowed);
     // ...but with only the L4 rule ICMP needs `icmps`.
-    let e = w.engine(&cnp(
-        "prod",
-        "p",
-        "{matchLabels: {app: server}}",
+    let e = w.engine(&server_cnp(
         "  ingress:\n  - fromEndpoints: [{matchLabels: {app: client}}]\n    toPorts: [{ports: [{port: \"80\"}]}]",
     ));
     assert_eq!(verdict(&e, "prod/client", "prod/server", "icmp/8"), Denied);
-    let e = w.engine(&cnp("prod", "p", "{matchLabels: {app: server}}", "  ingress:\n  - fromEndpoints: [{matchLabels: {app: client}}]\n    icmps: [{fields: [{type: 8, family: IPv4}]}]"));
-    assert_eq!(verdict(&e, "prod/client", "prod/server", "icmp/8"), Allowed);
-    assert_eq!(verdict(&e, "prod/client", "prod/server", "icmp/13"), Denied);
-    assert_eq!(verdict(&e, "prod/client", "prod/server", "80/TCP"), Denied);
+    let e = w.engine(&server_cnp("  ingress:\n  - fromEndpoints: [{matchLabels: {app: client}}]\n    icmps: [{fields: [{type: 8, family: IPv4}]}]"));
+    expect(
+        &e,
+        &[
+            ("prod/client", "prod/server", "icmp/8", Allowed),
+            ("prod/client", "prod/server", "icmp/13", Denied),
+            ("prod/client", "prod/server", "80/TCP", Denied),
+        ],
+    );
 }
 
 #[test]
 fn cnp_peer_without_namespace_matches_only_the_policy_namespace() {
     let w = basic();
-    let e = w.engine(&cnp(
-        "prod",
-        "p",
-        "{matchLabels: {app: server}}",
-        "  ingress:\n  - fromEndpoints: [{matchLabels: {app: client}}]",
-    ));
-    assert_eq!(verdict(&e, "prod/client", "prod/server", "80/TCP"), Allowed);
-    assert_eq!(verdict(&e, "dev/client", "prod/server", "80/TCP"), Denied);
+    let e = w.engine(&server_cnp("  ingress:\n  - fromEndpoints: [{matchLabels: {app: client}}]"));
+    expect(&e, &[("prod/client", "prod/server", "80/TCP", Allowed), ("dev/client", "prod/server", "80/TCP", Denied)]);
     // Naming the namespace reaches across.
-    let e = w.engine(&cnp(
-        "prod",
-        "p",
-        "{matchLabels: {app: server}}",
+    let e = w.engine(&server_cnp(
         "  ingress:\n  - fromEndpoints: [{matchLabels: {app: client, k8s:io.kubernetes.pod.namespace: dev}}]",
     ));
-    assert_eq!(verdict(&e, "prod/client", "prod/server", "80/TCP"), Denied);
-    assert_eq!(verdict(&e, "dev/client", "prod/server", "80/TCP"), Allowed);
+    expect(&e, &[("prod/client", "prod/server", "80/TCP", Denied), ("dev/client", "prod/server", "80/TCP", Allowed)]);
 }
 
 #[test]
 fn cnp_subject_only_selects_its_own_namespace() {
     let w = basic().pod("dev", "server", &[("app", "server")], &[]);
-    let e = w.engine(&cnp("prod", "p", "{matchLabels: {app: server}}", "  ingress: [{}]"));
-    assert_eq!(verdict(&e, "prod/client", "prod/server", "80/TCP"), Denied);
-    assert_eq!(verdict(&e, "prod/client", "dev/server", "80/TCP"), Allowed);
+    let e = w.engine(&server_cnp("  ingress: [{}]"));
+    expect(&e, &[("prod/client", "prod/server", "80/TCP", Denied), ("prod/client", "dev/server", "80/TCP", Allowed)]);
 }
 
 #[test]
 fn ccnp_empty_endpoint_peer_matches_pods_in_every_namespace_but_not_world() {
     let w = basic();
     let e = w.engine(&ccnp("c", "{matchLabels: {app: server}}", "  ingress:\n  - fromEndpoints: [{}]"));
-    assert_eq!(verdict(&e, "prod/client", "prod/server", "80/TCP"), Allowed);
-    assert_eq!(verdict(&e, "dev/client", "prod/server", "80/TCP"), Allowed);
-    assert_eq!(verdict(&e, "entity:world", "prod/server", "80/TCP"), Denied);
-    assert_eq!(verdict(&e, "cidr:192.0.2.1", "prod/server", "80/TCP"), Denied);
+    expect(
+        &e,
+        &[
+            ("prod/client", "prod/server", "80/TCP", Allowed),
+            ("dev/client", "prod/server", "80/TCP", Allowed),
+            ("entity:world", "prod/server", "80/TCP", Denied),
+            ("cidr:192.0.2.1", "prod/server", "80/TCP", Denied),
+        ],
+    );
     assert_eq!(
         verdict(&e, "entity:host", "prod/server", "80/TCP"),
         Allowed,
@@ -343,11 +340,16 @@ fn ccnp_empty_endpoint_peer_matches_pods_in_every_namespace_but_not_world() {
 #[test]
 fn cidr_rule_never_matches_a_pod_ip() {
     let w = basic();
-    let e = w.engine(&cnp("prod", "p", "{matchLabels: {app: server}}", "  ingress:\n  - fromCIDR: [10.0.0.0/8]"));
+    let e = w.engine(&server_cnp("  ingress:\n  - fromCIDR: [10.0.0.0/8]"));
     // prod/client is 10.0.0.11, inside 10.0.0.0/8, but a pod is not a CIDR identity.
-    assert_eq!(verdict(&e, "prod/client", "prod/server", "80/TCP"), Denied);
-    assert_eq!(verdict(&e, "cidr:10.9.9.9", "prod/server", "80/TCP"), Allowed);
-    assert_eq!(verdict(&e, "cidr:11.0.0.1", "prod/server", "80/TCP"), Denied);
+    expect(
+        &e,
+        &[
+            ("prod/client", "prod/server", "80/TCP", Denied),
+            ("cidr:10.9.9.9", "prod/server", "80/TCP", Allowed),
+            ("cidr:11.0.0.1", "prod/server", "80/TCP", Denied),
+        ],
+    );
     // Egress to a pod's address is denied the same way.
     let e = w.engine(&cnp(
         "prod",
@@ -355,9 +357,14 @@ fn cidr_rule_never_matches_a_pod_ip() {
         "{matchLabels: {app: client}}",
         "  egress:\n  - toCIDRSet: [{cidr: 10.0.0.0/8, except: [10.1.0.0/16]}]",
     ));
-    assert_eq!(verdict(&e, "prod/client", "prod/server", "8080/TCP"), Denied);
-    assert_eq!(verdict(&e, "prod/client", "cidr:10.2.0.1", "443/TCP"), Allowed);
-    assert_eq!(verdict(&e, "prod/client", "cidr:10.1.0.1", "443/TCP"), Denied);
+    expect(
+        &e,
+        &[
+            ("prod/client", "prod/server", "8080/TCP", Denied),
+            ("prod/client", "cidr:10.2.0.1", "443/TCP", Allowed),
+            ("prod/client", "cidr:10.1.0.1", "443/TCP", Denied),
+        ],
+    );
 }
 
 #[test]
@@ -370,9 +377,14 @@ fn deny_beats_allow_on_the_same_or_narrower_key_and_a_broader_deny_wins() {
     assert_eq!(verdict(&e, "prod/client", "prod/server", "80/TCP"), Denied);
     // A narrower deny inside a broader allow: only the denied port goes.
     let e = w.engine(&cnp("prod", "p", server, &format!("  ingress:\n  - {from_client}\n  ingressDeny:\n  - {from_client}\n    toPorts: [{{ports: [{{port: \"80\", protocol: TCP}}]}}]")));
-    assert_eq!(verdict(&e, "prod/client", "prod/server", "80/TCP"), Denied);
-    assert_eq!(verdict(&e, "prod/client", "prod/server", "443/TCP"), Allowed);
-    assert_eq!(verdict(&e, "prod/client", "prod/server", "80/UDP"), Allowed);
+    expect(
+        &e,
+        &[
+            ("prod/client", "prod/server", "80/TCP", Denied),
+            ("prod/client", "prod/server", "443/TCP", Allowed),
+            ("prod/client", "prod/server", "80/UDP", Allowed),
+        ],
+    );
     // A broader deny (every peer, every port) beats a specific allow, from another policy too.
     let e = w.engine(&format!(
         "{}{}",
@@ -387,19 +399,16 @@ fn deny_beats_allow_on_the_same_or_narrower_key_and_a_broader_deny_wins() {
     assert_eq!(verdict(&e, "prod/client", "prod/server", "80/TCP"), Denied);
     // A broader port deny (8000-9000) against a single-port allow.
     let e = w.engine(&cnp("prod", "p", server, &format!("  ingress:\n  - {from_client}\n    toPorts: [{{ports: [{{port: \"8080\"}}]}}]\n  ingressDeny:\n  - toPorts: [{{ports: [{{port: \"8000\", endPort: 9000, protocol: TCP}}]}}]")));
-    assert_eq!(verdict(&e, "prod/client", "prod/server", "8080/TCP"), Denied);
-    assert_eq!(verdict(&e, "prod/client", "prod/server", "8080/UDP"), Allowed);
+    expect(
+        &e,
+        &[("prod/client", "prod/server", "8080/TCP", Denied), ("prod/client", "prod/server", "8080/UDP", Allowed)],
+    );
 }
 
 #[test]
 fn enable_default_deny_false_allows_unselected_traffic_but_denies_still_deny() {
     let w = basic();
-    let e = w.engine(&cnp(
-        "prod",
-        "p",
-        "{matchLabels: {app: server}}",
-        "  enableDefaultDeny: {ingress: false}\n  ingress:\n  - fromEndpoints: [{matchLabels: {app: client}}]\n    toPorts: [{ports: [{port: \"8080\"}]}]\n  ingressDeny:\n  - fromEntities: [world]",
-    ));
+    let e = w.engine(&server_cnp("  enableDefaultDeny: {ingress: false}\n  ingress:\n  - fromEndpoints: [{matchLabels: {app: client}}]\n    toPorts: [{ports: [{port: \"8080\"}]}]\n  ingressDeny:\n  - fromEntities: [world]"));
     assert_eq!(verdict(&e, "prod/client", "prod/server", "8080/TCP"), Allowed);
     assert_eq!(
         verdict(&e, "prod/client", "prod/server", "9999/TCP"),
@@ -411,10 +420,7 @@ fn enable_default_deny_false_allows_unselected_traffic_but_denies_still_deny() {
     // Another policy that wants default deny wins.
     let e = w.engine(&format!(
         "{}{}",
-        cnp(
-            "prod",
-            "p",
-            "{matchLabels: {app: server}}",
+        server_cnp(
             "  enableDefaultDeny: {ingress: false}\n  ingress:\n  - fromEndpoints: [{matchLabels: {app: client}}]"
         ),
         cnp(
@@ -424,8 +430,10 @@ fn enable_default_deny_false_allows_unselected_traffic_but_denies_still_deny() {
             "  ingress:\n  - fromEndpoints: [{matchLabels: {app: nobody}}]"
         )
     ));
-    assert_eq!(verdict(&e, "dev/client", "prod/server", "8080/TCP"), Denied);
-    assert_eq!(verdict(&e, "prod/client", "prod/server", "8080/TCP"), Allowed);
+    expect(
+        &e,
+        &[("dev/client", "prod/server", "8080/TCP", Denied), ("prod/client", "prod/server", "8080/TCP", Allowed)],
+    );
 }
 
 #[test]
@@ -470,10 +478,15 @@ fn named_ports_resolve_per_endpoint_on_ingress_and_cluster_wide_on_egress() {
         "{matchLabels: {app: web}}",
         "  ingress:\n  - toPorts: [{ports: [{port: http, protocol: TCP}]}]",
     ));
-    assert_eq!(verdict(&e, "prod/client", "prod/a", "8080/TCP"), Allowed);
-    assert_eq!(verdict(&e, "prod/client", "prod/a", "9090/TCP"), Denied);
-    assert_eq!(verdict(&e, "prod/client", "prod/b", "9090/TCP"), Allowed);
-    assert_eq!(verdict(&e, "prod/client", "prod/b", "8080/TCP"), Denied);
+    expect(
+        &e,
+        &[
+            ("prod/client", "prod/a", "8080/TCP", Allowed),
+            ("prod/client", "prod/a", "9090/TCP", Denied),
+            ("prod/client", "prod/b", "9090/TCP", Allowed),
+            ("prod/client", "prod/b", "8080/TCP", Denied),
+        ],
+    );
     // Egress: the name resolves against every pod; pods disagree on "http", so it matches nothing.
     let egress = cnp(
         "prod",
@@ -482,24 +495,28 @@ fn named_ports_resolve_per_endpoint_on_ingress_and_cluster_wide_on_egress() {
         "  egress:\n  - toPorts: [{ports: [{port: http, protocol: TCP}]}]",
     );
     let e = w.engine(&egress);
-    assert_eq!(verdict(&e, "prod/client", "prod/a", "8080/TCP"), Denied);
-    assert_eq!(verdict(&e, "prod/client", "prod/b", "9090/TCP"), Denied);
+    expect(&e, &[("prod/client", "prod/a", "8080/TCP", Denied), ("prod/client", "prod/b", "9090/TCP", Denied)]);
     // When all pods agree, egress resolves it, for any destination.
     let w = World::new(&["prod"])
         .pod("prod", "client", &[("app", "client")], &[])
         .pod("prod", "a", &[("app", "web")], &[("http", 8080)])
         .pod("prod", "c", &[("app", "other")], &[]);
     let e = w.engine(&egress);
-    assert_eq!(verdict(&e, "prod/client", "prod/a", "8080/TCP"), Allowed);
-    assert_eq!(verdict(&e, "prod/client", "prod/c", "8080/TCP"), Allowed);
-    assert_eq!(verdict(&e, "prod/client", "prod/a", "80/TCP"), Denied);
+    expect(
+        &e,
+        &[
+            ("prod/client", "prod/a", "8080/TCP", Allowed),
+            ("prod/client", "prod/c", "8080/TCP", Allowed),
+            ("prod/client", "prod/a", "80/TCP", Denied),
+        ],
+    );
 }
 
 #[test]
 fn l4_only_rule_for_the_same_peer_shadows_http_rules() {
     let w = basic().pod("prod", "other", &[("app", "other")], &[]);
     let http_rule = "  ingress:\n  - fromEndpoints: [{matchLabels: {app: client}}]\n    toPorts:\n    - ports: [{port: \"8080\", protocol: TCP}]\n      rules:\n        http: [{method: GET, path: /public}]";
-    let e = w.engine(&cnp("prod", "p", "{matchLabels: {app: server}}", http_rule));
+    let e = w.engine(&server_cnp(http_rule));
     assert_eq!(intent_http(&e, "prod/client", "prod/server", "8080/TCP", Some("GET /public")), Allowed);
     assert_eq!(
         intent_http(&e, "prod/client", "prod/server", "8080/TCP", Some("GET /public/x")),
@@ -514,7 +531,7 @@ fn l4_only_rule_for_the_same_peer_shadows_http_rules() {
         "{matchLabels: {app: server}}",
         "  ingress:\n  - fromEndpoints: [{matchLabels: {app: client}}]\n    toPorts: [{ports: [{port: \"8080\", protocol: TCP}]}]",
     );
-    let e = w.engine(&format!("{}{l4}", cnp("prod", "p", "{matchLabels: {app: server}}", http_rule)));
+    let e = w.engine(&format!("{}{l4}", server_cnp(http_rule)));
     assert_eq!(intent_http(&e, "prod/client", "prod/server", "8080/TCP", Some("POST /admin")), Allowed);
     // An L4-only rule for a different peer does not shadow the client's HTTP rules.
     let other = cnp(
@@ -523,7 +540,7 @@ fn l4_only_rule_for_the_same_peer_shadows_http_rules() {
         "{matchLabels: {app: server}}",
         "  ingress:\n  - fromEndpoints: [{matchLabels: {app: other}}]\n    toPorts: [{ports: [{port: \"8080\", protocol: TCP}]}]",
     );
-    let e = w.engine(&format!("{}{other}", cnp("prod", "p", "{matchLabels: {app: server}}", http_rule)));
+    let e = w.engine(&format!("{}{other}", server_cnp(http_rule)));
     assert_eq!(intent_http(&e, "prod/client", "prod/server", "8080/TCP", Some("POST /admin")), Denied);
     assert_eq!(intent_http(&e, "prod/other", "prod/server", "8080/TCP", Some("POST /admin")), Allowed);
 }
@@ -541,8 +558,7 @@ fn to_services_resolves_the_service_selector() {
         "{matchLabels: {app: client}}",
         "  egress:\n  - toServices: [{k8sService: {serviceName: db, namespace: data}}]",
     ));
-    assert_eq!(verdict(&e, "prod/client", "data/db-0", "5432/TCP"), Allowed);
-    assert_eq!(verdict(&e, "prod/client", "data/cache", "5432/TCP"), Denied);
+    expect(&e, &[("prod/client", "data/db-0", "5432/TCP", Allowed), ("prod/client", "data/cache", "5432/TCP", Denied)]);
     // A service that does not exist selects nothing.
     let e = w.engine(&cnp(
         "prod",

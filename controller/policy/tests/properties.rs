@@ -6,7 +6,7 @@ use std::net::Ipv4Addr;
 use palisade_policy::cluster::{ContainerPort, Namespace, Pod};
 use palisade_policy::model::{Direction, Protocol};
 use palisade_policy::trace::{self, FlowEnd, FlowPort, Verdict};
-use palisade_policy::{Cluster, EnforcementMode, Engine, ParseOptions, SourceFile, parse_policies};
+use palisade_policy::{Cluster, CompiledPolicy, EnforcementMode, ParseOptions, SourceFile, parse_policies};
 use proptest::prelude::*;
 
 const APPS: [&str; 3] = ["a", "b", "c"];
@@ -168,17 +168,17 @@ fn rule_yaml(i: usize, r: &RuleSpec) -> String {
     )
 }
 
-fn engine(s: &Scenario, rules: &[RuleSpec]) -> Engine {
+fn engine(s: &Scenario, rules: &[RuleSpec]) -> CompiledPolicy {
     let text: String = rules.iter().enumerate().map(|(i, r)| rule_yaml(i, r)).collect();
     let parsed = parse_policies(&[SourceFile { name: "gen.yaml", text: &text }], &ParseOptions::default());
     assert!(!parsed.has_errors(), "{text}\n{:#?}", parsed.diagnostics);
-    Engine::new(parsed.set, cluster(s), EnforcementMode::Default)
+    CompiledPolicy::new(parsed.set, cluster(s), EnforcementMode::Default)
 }
 
 const FLOW_PORTS: [&str; 5] = ["80/TCP", "443/TCP", "8080/UDP", "8080/TCP", "icmp/8"];
 
 /// Every pod pair (and world to and from every pod) on a few ports, with the verdict.
-fn verdicts(s: &Scenario, engine: &Engine) -> Vec<((String, String, &'static str), Verdict)> {
+fn verdicts(s: &Scenario, engine: &CompiledPolicy) -> Vec<((String, String, &'static str), Verdict)> {
     let mut ends: Vec<String> = (0..s.pods.len()).map(|i| format!("{}/pod{i}", ns_name(s.pods[i].ns))).collect();
     ends.push("cidr:192.0.2.1".into());
     let mut out = Vec::new();
@@ -253,8 +253,8 @@ proptest! {
                     let allows = |pod: &Pod, remote: &Pod, direction: Direction| {
                         let ep = e.endpoint(&pod.namespace, &pod.name).unwrap();
                         let remote_id = e.identity_of_pod(remote).unwrap();
-                        ep.group.direction(direction).lookup(remote_id, fp.protocol.number(), fp.port)
-                            .is_some_and(|entry| entry.value.verdict != palisade_common::VERDICT_DENY)
+                        ep.group.direction(direction).lookup(remote_id, fp.protocol, fp.port)
+                            .is_some_and(|entry| entry.value.verdict() != palisade_common::Verdict::Deny)
                     };
                     let expected = allows(src, dst, Direction::Egress) && allows(dst, src, Direction::Ingress);
                     let t = trace::trace(&e, &FlowEnd::parse(&src.key()).unwrap(), &FlowEnd::parse(&dst.key()).unwrap(), fp, None).unwrap();

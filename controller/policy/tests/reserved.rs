@@ -4,7 +4,7 @@
 use palisade_common as dp;
 use palisade_policy::trace::{self, FlowEnd, FlowPort, HttpRequest, Verdict};
 use palisade_policy::{
-    AllowLocalhost, Cluster, Engine, EngineOptions, ParseOptions, Severity, SourceFile, lint, parse_policies,
+    AllowLocalhost, Cluster, CompileOptions, CompiledPolicy, ParseOptions, Severity, SourceFile, lint, parse_policies,
 };
 
 /// Two nodes, a pod on each, and the API server: its EndpointSlices hold the load balancer
@@ -56,22 +56,22 @@ fn cluster() -> Cluster {
     Cluster::parse(&[SourceFile { name: "cluster.yaml", text: CLUSTER }]).expect("cluster")
 }
 
-fn engine(policies: &str, options: EngineOptions) -> Engine {
+fn engine(policies: &str, options: CompileOptions) -> CompiledPolicy {
     let parsed = parse_policies(&[SourceFile { name: "policies.yaml", text: policies }], &ParseOptions::default());
     assert!(!parsed.has_errors(), "{:?}", parsed.diagnostics);
-    Engine::with_options(parsed.set, cluster(), options)
+    CompiledPolicy::with_options(parsed.set, cluster(), options)
 }
 
-fn on(node: &str) -> EngineOptions {
-    EngineOptions { node: Some(node.into()), ..EngineOptions::default() }
+fn on(node: &str) -> CompileOptions {
+    CompileOptions { node: Some(node.into()), ..CompileOptions::default() }
 }
 
-fn ipcache_at(engine: &Engine, addr: &str) -> Option<u32> {
+fn ipcache_at(engine: &CompiledPolicy, addr: &str) -> Option<u32> {
     let addr: std::net::Ipv4Addr = addr.parse().unwrap();
     engine.ipcache().into_iter().find(|(p, _)| p.len == 32 && p.addr == addr).map(|(_, id)| id)
 }
 
-fn trace(engine: &Engine, from: &str, to: &str, port: &str, http: Option<&str>) -> trace::Trace {
+fn trace(engine: &CompiledPolicy, from: &str, to: &str, port: &str, http: Option<&str>) -> trace::Trace {
     let http = http.map(|r| HttpRequest::parse(r, &[]).unwrap());
     trace::trace(
         engine,
@@ -137,11 +137,11 @@ fn addresses_get_host_remote_node_and_kube_apiserver_as_cilium_assigns_them() {
     assert_eq!(ipcache_at(&e, "10.200.1.11"), Some(dp::IDENTITY_REMOTE_NODE));
     assert_eq!(ipcache_at(&e, "10.200.0.12"), Some(dp::IDENTITY_HOST));
     // Every endpoint compiled, one node's view (local mode, `trace --node`).
-    let e = engine("", EngineOptions { host_node: Some("node-b".into()), ..EngineOptions::default() });
+    let e = engine("", CompileOptions { host_node: Some("node-b".into()), ..CompileOptions::default() });
     assert_eq!(ipcache_at(&e, "10.200.0.12"), Some(dp::IDENTITY_HOST));
     assert_eq!(e.endpoints().count(), 2, "host_node does not narrow the endpoints");
     // No node given: every node address is remote-node, as before; the API server is still known.
-    let e = engine("", EngineOptions::default());
+    let e = engine("", CompileOptions::default());
     assert_eq!(ipcache_at(&e, "10.200.0.11"), Some(dp::IDENTITY_KUBE_APISERVER));
     assert_eq!(ipcache_at(&e, "10.200.1.11"), Some(dp::IDENTITY_REMOTE_NODE));
     assert_eq!(ipcache_at(&e, "10.200.0.12"), Some(dp::IDENTITY_REMOTE_NODE));
@@ -153,7 +153,7 @@ fn a_pod_address_beats_a_node_or_apiserver_address() {
     let mut c = cluster();
     c.pods[0].ip = Some("10.200.0.50".parse().unwrap());
     c.pods[1].ip = Some("10.200.0.12".parse().unwrap());
-    let e = Engine::with_options(Default::default(), c, on("node-b"));
+    let e = CompiledPolicy::with_options(Default::default(), c, on("node-b"));
     for pod in ["client", "server"] {
         let p = e.cluster.pod("prod", pod).unwrap();
         assert_eq!(ipcache_at(&e, &p.ip.unwrap().to_string()), e.identity_of_pod(p), "{pod}");
@@ -172,7 +172,7 @@ fn slices_and_nodes_follow_changes() {
 
 #[test]
 fn entities_select_the_reserved_identities_of_those_addresses() {
-    let options = || EngineOptions { allow_localhost: AllowLocalhost::Policy, ..on("node-a") };
+    let options = || CompileOptions { allow_localhost: AllowLocalhost::Policy, ..on("node-a") };
     let cases = [
         ("host", vec!["10.200.0.11"]),
         ("remote-node", vec!["10.200.0.12"]),
@@ -194,7 +194,7 @@ fn entities_select_the_reserved_identities_of_those_addresses() {
 #[test]
 fn allow_localhost_always_admits_the_host_and_policy_subjects_it_to_policy() {
     let always = engine(DEFAULT_DENY, on("node-a"));
-    let policy = engine(DEFAULT_DENY, EngineOptions { allow_localhost: AllowLocalhost::Policy, ..on("node-a") });
+    let policy = engine(DEFAULT_DENY, CompileOptions { allow_localhost: AllowLocalhost::Policy, ..on("node-a") });
     for from in ["node", "cidr:10.200.0.11", "entity:host"] {
         let t = trace(&always, from, "prod/server", "8080/TCP", None);
         assert_eq!(t.verdict, Verdict::Allowed, "{from} under always");
@@ -206,14 +206,14 @@ fn allow_localhost_always_admits_the_host_and_policy_subjects_it_to_policy() {
     let group = policy.endpoint("prod", "server").unwrap().group;
     assert!(group.ingress.entries().iter().all(|e| e.value.cookie != dp::COOKIE_LOCALHOST), "no implicit entry");
     let group = always.endpoint("prod", "server").unwrap().group;
-    let localhost = group.ingress.lookup(dp::IDENTITY_HOST, dp::PROTO_TCP, 8080).unwrap();
-    assert_eq!((localhost.value.cookie, localhost.value.verdict), (dp::COOKIE_LOCALHOST, dp::VERDICT_ALLOW));
+    let localhost = group.ingress.lookup(dp::IDENTITY_HOST, dp::Protocol::TCP, 8080).unwrap();
+    assert_eq!((localhost.value.cookie, localhost.value.verdict()), (dp::COOKIE_LOCALHOST, dp::Verdict::Allow));
     // Another node is no local host either way.
     assert_eq!(trace(&always, "cidr:10.200.0.12", "prod/server", "8080/TCP", None).verdict, Verdict::Denied);
     // Under policy, a rule lets the host in.
     let e = engine(
         &server_ingress_from("fromEntities: [host]"),
-        EngineOptions { allow_localhost: AllowLocalhost::Policy, ..on("node-a") },
+        CompileOptions { allow_localhost: AllowLocalhost::Policy, ..on("node-a") },
     );
     assert_eq!(trace(&e, "node", "prod/server", "8080/TCP", None).verdict, Verdict::Allowed);
     assert_eq!(trace(&e, "prod/client", "prod/server", "8080/TCP", None).verdict, Verdict::Denied);
@@ -221,7 +221,7 @@ fn allow_localhost_always_admits_the_host_and_policy_subjects_it_to_policy() {
 
 #[test]
 fn trace_from_node_is_the_destinations_own_host_with_its_address() {
-    let e = engine(DEFAULT_DENY, EngineOptions::default());
+    let e = engine(DEFAULT_DENY, CompileOptions::default());
     let t = trace(&e, "node", "prod/server", "8080/TCP", None);
     assert_eq!(t.from_address, Some("10.200.0.11".parse().unwrap()), "server runs on node-a");
     assert_eq!(t.ingress.remote_identity, dp::IDENTITY_HOST);
@@ -255,7 +255,7 @@ spec:
 
 #[test]
 fn l7_redirects_are_denied_by_the_datapath_and_traced_with_the_policys_intent() {
-    let e = engine(L7, EngineOptions::default());
+    let e = engine(L7, CompileOptions::default());
     for (http, intent) in
         [(Some("GET /public"), Verdict::Allowed), (Some("POST /public"), Verdict::Denied), (None, Verdict::Allowed)]
     {

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Result, bail, ensure};
 use palisade_policy::cluster::Pod;
 use palisade_policy::{
-    Cluster, Direction, EnforcementMode, Engine, ParseOptions, PolicySet, SourceFile, parse_policies,
+    Cluster, CompiledPolicy, Direction, EnforcementMode, ParseOptions, PolicySet, SourceFile, parse_policies,
 };
 
 use crate::bench_workload::{self as workload, NAMESPACES};
@@ -77,7 +77,7 @@ fn policy(args: PolicyArgs) -> Result<u8> {
         }
         let (p, c) = (policies.clone(), cluster.clone());
         let start = Instant::now();
-        let e = Engine::new(p, c, mode);
+        let e = CompiledPolicy::new(p, c, mode);
         full_times.push(start.elapsed());
         engine = Some(e);
     }
@@ -140,7 +140,7 @@ fn policy(args: PolicyArgs) -> Result<u8> {
         ensure!(!parsed.has_errors(), "changed policy does not parse: {:?}", parsed.diagnostics);
         let policy = parsed.set.policies.into_iter().next().expect("one policy");
         ensure!(
-            engine.policies.policies.iter().any(|p| p.id == policy.id),
+            engine.policies().policies.iter().any(|p| p.id == policy.id),
             "changed policy {} must replace one",
             policy.id
         );
@@ -172,7 +172,7 @@ fn policy(args: PolicyArgs) -> Result<u8> {
 
 /// Entries as comparable values, remote identities named by their labels (numbers differ
 /// between engines that allocated them in another order).
-fn describe(engine: &Engine, namespace: &str, name: &str) -> Result<Vec<String>> {
+fn describe(engine: &CompiledPolicy, namespace: &str, name: &str) -> Result<Vec<String>> {
     let Some(endpoint) = engine.endpoint(namespace, name) else { bail!("endpoint {namespace}/{name} missing") };
     let mut out = vec![format!("identity {}", endpoint.identity.labels)];
     for d in Direction::BOTH {
@@ -190,7 +190,7 @@ fn describe(engine: &Engine, namespace: &str, name: &str) -> Result<Vec<String>>
                     e.key.protocol(),
                     e.key.port_range(),
                     e.key.prefix_len,
-                    e.value.verdict,
+                    e.value.verdict().as_str(),
                     e.value.cookie
                 )
             })
@@ -202,9 +202,9 @@ fn describe(engine: &Engine, namespace: &str, name: &str) -> Result<Vec<String>>
 }
 
 /// The incremental engine must agree with a fresh full compile of the same inputs.
-fn verify(engine: &Engine, endpoints: &[(String, String)], what: &str) -> Result<()> {
-    let fresh = Engine::new(
-        PolicySet { policies: engine.policies.policies.clone() },
+fn verify(engine: &CompiledPolicy, endpoints: &[(String, String)], what: &str) -> Result<()> {
+    let fresh = CompiledPolicy::new(
+        PolicySet { policies: engine.policies().policies.clone() },
         engine.cluster.clone(),
         EnforcementMode::Default,
     );

@@ -1,7 +1,7 @@
 use std::path::PathBuf;
 
 use anyhow::Result;
-use palisade_policy::{Engine, Severity, lint};
+use palisade_policy::{CompiledPolicy, Severity, lint};
 
 use super::{Mode, Output};
 use crate::files;
@@ -28,7 +28,7 @@ pub fn run(args: Args) -> Result<u8> {
         match &args.cluster {
             Some(path) => {
                 let cluster = files::load_cluster(path)?;
-                diagnostics.extend(lint::lint_with_cluster(&Engine::new(
+                diagnostics.extend(lint::lint_with_cluster(&CompiledPolicy::new(
                     parsed.set.clone(),
                     cluster,
                     args.enforcement_mode.into(),

@@ -4,7 +4,7 @@ use std::path::PathBuf;
 use anyhow::{Context, Result, anyhow};
 use palisade_policy::diff::{self, Change, Flow, FlowChange, FlowText};
 use palisade_policy::model::PolicyId;
-use palisade_policy::{Engine, PolicySet};
+use palisade_policy::{CompiledPolicy, PolicySet};
 use similar::TextDiff;
 
 use super::{Mode, Output};
@@ -40,8 +40,8 @@ pub fn run(args: Args) -> Result<u8> {
         None => diff::all_pod_flows(&cluster),
     };
     let text_diffs = policy_text_diffs(&before, &after);
-    let old = Engine::new(before, cluster.clone(), args.enforcement_mode.into());
-    let new = Engine::new(after, cluster, args.enforcement_mode.into());
+    let old = CompiledPolicy::new(before, cluster.clone(), args.enforcement_mode.into());
+    let new = CompiledPolicy::new(after, cluster, args.enforcement_mode.into());
     let changes = diff::semantic_diff(&old, &new, &flows).map_err(|e| anyhow!(e))?;
     let connectivity_changed = changes.iter().any(|c| c.change != Change::RuleChanged);
     match args.output {

@@ -5,7 +5,7 @@ use std::process::ExitCode;
 use anyhow::{Result, bail};
 use clap::builder::TypedValueParser;
 use clap::{CommandFactory, FromArgMatches, Parser, Subcommand, ValueEnum};
-use palisade_policy::{AllowLocalhost, Cluster, EnforcementMode, Engine, EngineOptions, Parsed};
+use palisade_policy::{AllowLocalhost, Cluster, CompileOptions, CompiledPolicy, EnforcementMode, Parsed};
 
 use crate::files;
 
@@ -146,7 +146,7 @@ pub struct EngineArgs {
 }
 
 impl EngineArgs {
-    pub fn engine(&self) -> Result<Engine> {
+    pub fn engine(&self) -> Result<CompiledPolicy> {
         let cluster: Cluster = files::load_cluster(&self.cluster)?;
         if let Some(node) = &self.node
             && cluster.node(node).is_none()
@@ -154,13 +154,13 @@ impl EngineArgs {
             bail!("--node: {}: no Node {node:?}", self.cluster.display());
         }
         let parsed = valid_policies(&self.policies)?;
-        let options = EngineOptions {
+        let options = CompileOptions {
             mode: self.enforcement_mode.into(),
             host_node: self.node.clone(),
             allow_localhost: self.allow_localhost,
-            ..EngineOptions::default()
+            ..CompileOptions::default()
         };
-        Ok(Engine::with_options(parsed.set, cluster, options))
+        Ok(CompiledPolicy::with_options(parsed.set, cluster, options))
     }
 }
 

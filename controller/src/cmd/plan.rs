@@ -1,7 +1,7 @@
 use std::io::Write;
 
 use anyhow::Result;
-use palisade_common as dp;
+use palisade_common::{self as dp, Verdict};
 use palisade_policy::compile::EndpointPolicy;
 use palisade_policy::trace::{DROP_L7_UNSUPPORTED, describe_entry};
 use palisade_policy::{Direction, lint};
@@ -22,19 +22,14 @@ pub fn run(args: Args) -> Result<u8> {
     let engine = args.engine.engine()?;
     // What the datapath does differently from what the policies say (L7 rules, toFQDNs), on
     // stderr so that the plan itself stays as it is.
-    for warning in lint::lint(&engine.policies) {
+    for warning in lint::lint(engine.policies()) {
         eprintln!("{warning}");
     }
     let endpoints: Vec<EndpointPolicy> = engine.endpoints().collect();
-    let verdict = |v: u8| match v {
-        dp::VERDICT_DENY => "deny",
-        dp::VERDICT_REDIRECT => "redirect",
-        _ => "allow",
-    };
     // Until an L7 proxy exists the datapath denies what a redirect entry matches.
-    let datapath = |v: u8| match v {
-        dp::VERDICT_REDIRECT => ("deny", Some(DROP_L7_UNSUPPORTED)),
-        v => (verdict(v), None),
+    let datapath = |v: Verdict| match v {
+        Verdict::Redirect => ("deny", Some(DROP_L7_UNSUPPORTED)),
+        v => (v.as_str(), None),
     };
     if args.output == Output::Json {
         let list: Vec<_> = endpoints
@@ -46,13 +41,14 @@ pub fn run(args: Args) -> Result<u8> {
                         "enforcement": policy.enforcement,
                         "entries": policy.entries().iter().map(|entry| json!({
                             "identity": entry.key.identity(),
-                            "protocol": entry.key.protocol(),
+                            // The IP protocol number, as plans have always shown it.
+                            "protocol": entry.key.protocol().map(dp::Protocol::raw),
                             "ports": entry.key.protocol().map(|_| entry.key.port_range()),
-                            "verdict": verdict(entry.value.verdict),
-                            "datapath": datapath(entry.value.verdict).0,
-                            "drop_reason": datapath(entry.value.verdict).1,
+                            "verdict": entry.value.verdict().as_str(),
+                            "datapath": datapath(entry.value.verdict()).0,
+                            "drop_reason": datapath(entry.value.verdict()).1,
                             "cookie": entry.value.cookie,
-                            "rule": engine.policies.describe_cookie(entry.value.cookie),
+                            "rule": engine.policies().describe_cookie(entry.value.cookie),
                         })).collect::<Vec<_>>(),
                     })
                 };
@@ -81,8 +77,8 @@ pub fn run(args: Args) -> Result<u8> {
                     dp::IDENTITY_ANY => "*".to_string(),
                     id => engine.identities().get(id).map_or_else(|| id.to_string(), |i| i.short_name()),
                 };
-                let shown = match datapath(entry.value.verdict) {
-                    (_, Some(reason)) => format!("{} (denied: {reason})", verdict(entry.value.verdict)),
+                let shown = match datapath(entry.value.verdict()) {
+                    (_, Some(reason)) => format!("{} (denied: {reason})", entry.value.verdict().as_str()),
                     (v, None) => v.to_string(),
                 };
                 writeln!(
@@ -91,7 +87,7 @@ pub fn run(args: Args) -> Result<u8> {
                     shown,
                     describe_entry(&entry.key),
                     peer,
-                    engine.policies.describe_cookie(entry.value.cookie)
+                    engine.policies().describe_cookie(entry.value.cookie)
                 )?;
             }
         }

@@ -23,7 +23,9 @@ use palisade_common::PolicyEntry;
 use palisade_datapath::Datapath;
 use palisade_policy::bench as workload;
 use palisade_policy::cluster::{Cluster, Pod};
-use palisade_policy::{Engine, EngineOptions, IdentityBasis, ParseOptions, PolicySet, SourceFile, parse_policies};
+use palisade_policy::{
+    CompileOptions, CompiledPolicy, IdentityBasis, ParseOptions, PolicySet, SourceFile, parse_policies,
+};
 use palisade_rollout::crd::{PolicyDocument, PolicyRevision, PolicyRollout};
 
 const PIN_DIR: &str = "/sys/fs/bpf/palisade-bench-agent";
@@ -269,12 +271,12 @@ fn verify(
     policies: &PolicySet,
     endpoints: &[(String, String)],
 ) -> usize {
-    let options = EngineOptions {
+    let options = CompileOptions {
         node: Some(NODE.into()),
         identity_basis: IdentityBasis::of([policies]),
-        ..EngineOptions::default()
+        ..CompileOptions::default()
     };
-    let fresh = Engine::with_options(policies.clone(), cluster.clone(), options);
+    let fresh = CompiledPolicy::with_options(policies.clone(), cluster.clone(), options);
     let programmed = agent.endpoints();
     let engine = agent.enforced_engine().expect("compiled");
     for (namespace, name) in endpoints {
@@ -298,7 +300,7 @@ fn verify(
 
 /// Entries named by their peers' labels (and their rules), so engines with different numbering
 /// compare.
-fn described(engine: &Engine, entries: &[PolicyEntry]) -> BTreeSet<String> {
+fn described(engine: &CompiledPolicy, entries: &[PolicyEntry]) -> BTreeSet<String> {
     entries.iter().map(|e| format!("{} cookie={}", engine.describe_entry(e), e.value.cookie)).collect()
 }
 

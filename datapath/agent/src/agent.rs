@@ -16,7 +16,8 @@ use palisade_datapath::{EndpointId, Slot};
 use palisade_policy::cluster::{Cluster, Pod};
 use palisade_policy::model::{PolicySet, Prefix};
 use palisade_policy::{
-    AllowLocalhost, EnforcementMode, Engine, EngineOptions, IdentityBasis, ParseOptions, SourceFile, parse_policies,
+    AllowLocalhost, CompileOptions, CompiledPolicy, EnforcementMode, IdentityBasis, ParseOptions, SourceFile,
+    parse_policies,
 };
 use palisade_rollout::crd::{PolicyAuditReport, PolicyRevision, PolicyRollout};
 use tracing::{debug, info, warn};
@@ -162,12 +163,12 @@ impl<D: Dataplane, R: InterfaceResolver> Agent<D, R> {
     }
 
     /// The compiled enforced set, once there is one.
-    pub fn enforced_engine(&self) -> Option<&Engine> {
+    pub fn enforced_engine(&self) -> Option<&CompiledPolicy> {
         self.compiled.as_ref().map(|c| &c.enforced)
     }
 
     /// The compiled candidate set (the enforced one when nothing is audited).
-    pub fn candidate_engine(&self) -> Option<&Engine> {
+    pub fn candidate_engine(&self) -> Option<&CompiledPolicy> {
         self.compiled.as_ref().map(Compiled::candidate_engine)
     }
 
@@ -257,7 +258,7 @@ impl<D: Dataplane, R: InterfaceResolver> Agent<D, R> {
         }
     }
 
-    fn each_engine(&mut self, mut change: impl FnMut(&mut Engine)) {
+    fn each_engine(&mut self, mut change: impl FnMut(&mut CompiledPolicy)) {
         if let Some(compiled) = &mut self.compiled {
             change(&mut compiled.enforced);
             if let Some(candidate) = &mut compiled.candidate {
@@ -388,7 +389,7 @@ impl<D: Dataplane, R: InterfaceResolver> Agent<D, R> {
             return Ok(());
         }
         let candidate_changed = self.compiled.as_ref().is_none_or(|c| *c.candidate_revisions != candidate_revisions);
-        let options = EngineOptions {
+        let options = CompileOptions {
             mode: self.config.mode,
             node: self.config.node.clone(),
             host_node: self.config.host_node.clone(),
@@ -398,11 +399,11 @@ impl<D: Dataplane, R: InterfaceResolver> Agent<D, R> {
         let auditing = candidate_revisions != enforced_revisions;
         info!(enforced = ?enforced_revisions, candidate = ?candidate_revisions, "compiling the node's policy sets");
         let candidate_engine =
-            auditing.then(|| Engine::with_options(candidate_set, self.cluster.clone(), options.clone()));
+            auditing.then(|| CompiledPolicy::with_options(candidate_set, self.cluster.clone(), options.clone()));
         self.generations += 1;
         self.compiled = Some(Compiled {
             generation: self.generations,
-            enforced: Engine::with_options(enforced_set, self.cluster.clone(), options),
+            enforced: CompiledPolicy::with_options(enforced_set, self.cluster.clone(), options),
             candidate: candidate_engine,
             enforced_revisions: Arc::new(enforced_revisions),
             candidate_revisions: Arc::new(candidate_revisions),

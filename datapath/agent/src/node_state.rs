@@ -5,7 +5,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use palisade_datapath::EndpointId;
-use palisade_policy::Engine;
+use palisade_policy::CompiledPolicy;
 use palisade_policy::model::PolicySet;
 use tracing::warn;
 
@@ -28,9 +28,9 @@ pub(crate) struct Targets {
 /// The node's enforced and candidate policy sets, compiled for its endpoints.
 pub(crate) struct Compiled {
     pub(crate) generation: u64,
-    pub(crate) enforced: Engine,
+    pub(crate) enforced: CompiledPolicy,
     /// `None` when no rollout audits a candidate.
-    pub(crate) candidate: Option<Engine>,
+    pub(crate) candidate: Option<CompiledPolicy>,
     pub(crate) enforced_revisions: Arc<Vec<String>>,
     pub(crate) candidate_revisions: Arc<Vec<String>>,
     /// The rollout each policy (by index) of the enforced and of the candidate set comes from.
@@ -43,7 +43,7 @@ impl Compiled {
         self.origins[set].get(palisade_policy::model::policy_index(cookie)?)
     }
 
-    pub(crate) fn candidate_engine(&self) -> &Engine {
+    pub(crate) fn candidate_engine(&self) -> &CompiledPolicy {
         self.candidate.as_ref().unwrap_or(&self.enforced)
     }
 }

@@ -15,8 +15,8 @@ use axum::http::header;
 use axum::response::IntoResponse;
 use axum::routing::get;
 use k8s_openapi::jiff::Timestamp;
-use palisade_common::{self as dp, FlowEvent};
-use palisade_policy::Engine;
+use palisade_common::{self as dp, Direction, FlowEvent, Mode};
+use palisade_policy::CompiledPolicy;
 use serde::{Deserialize, Serialize};
 use tokio::sync::broadcast::{self, error::RecvError};
 
@@ -380,7 +380,7 @@ impl Default for FlowHub {
 /// decided by name, the rollout and its revisions.
 pub(crate) fn describe(view: &NodeView, event: &FlowEvent, now: Timestamp) -> ObservedFlow {
     let key = &event.flow;
-    let ingress = key.direction == dp::DIRECTION_INGRESS;
+    let ingress = key.direction() == Direction::Ingress;
     let (saddr, daddr) = (Ipv4Addr::from(u32::from_be(event.saddr_be)), Ipv4Addr::from(u32::from_be(event.daddr_be)));
     let (local_ip, peer_ip) = if ingress { (daddr, saddr) } else { (saddr, daddr) };
     let pod = view.pod(key.endpoint).cloned();
@@ -404,17 +404,17 @@ pub(crate) fn describe(view: &NodeView, event: &FlowEvent, now: Timestamp) -> Ob
     let (source, destination) = if ingress { (peer, local) } else { (local, peer) };
     let reason = key.drop_reason();
     let denies = reason.is_some();
-    let verdict = match (denies, key.mode) {
+    let verdict = match (denies, key.mode()) {
         (false, _) => FlowVerdict::Forwarded,
-        (true, dp::MODE_AUDIT) => FlowVerdict::Audit,
+        (true, Mode::Audit) => FlowVerdict::Audit,
         (true, _) => FlowVerdict::Dropped,
     };
     let decided_by = |set: usize, cookie: u32| match compiled {
         Some(compiled) => decided_by(if set == 0 { &compiled.enforced } else { compiled.candidate_engine() }, cookie),
         None => DecidedBy { description: format!("rule cookie {cookie}"), ..DecidedBy::default() },
     };
-    let candidate = (key.candidate_verdict != dp::VERDICT_NONE).then(|| {
-        let candidate_reason = dp::DropReason::from_raw(dp::verdict_drop_reason(key.candidate_verdict));
+    let candidate = key.candidate_verdict().map(|candidate| {
+        let candidate_reason = candidate.drop_reason();
         let candidate_denies = candidate_reason.is_some();
         CandidateVerdict {
             verdict: if candidate_denies { FlowVerdict::Dropped } else { FlowVerdict::Forwarded },
@@ -438,7 +438,10 @@ pub(crate) fn describe(view: &NodeView, event: &FlowEvent, now: Timestamp) -> Ob
         source,
         destination,
         port: key.dport,
-        protocol: protocol_name(key.protocol),
+        protocol: match key.protocol() {
+            Ok(protocol) => protocol.name().into(),
+            Err(unknown) => unknown.to_string(),
+        },
         decided_by: match reason.and_then(unjudged_by) {
             Some(description) => DecidedBy { description: description.into(), ..DecidedBy::default() },
             None => decided_by(0, event.enforced_cookie),
@@ -481,9 +484,9 @@ fn unjudged_by(reason: dp::DropReason) -> Option<&'static str> {
     }
 }
 
-fn decided_by(engine: &Engine, cookie: u32) -> DecidedBy {
-    let description = engine.policies.describe_cookie(cookie);
-    match engine.policies.rule_for_cookie(cookie).filter(|_| cookie < dp::COOKIE_LOCALHOST) {
+fn decided_by(engine: &CompiledPolicy, cookie: u32) -> DecidedBy {
+    let description = engine.policies().describe_cookie(cookie);
+    match engine.policies().rule_for_cookie(cookie).filter(|_| cookie < dp::COOKIE_LOCALHOST) {
         Some((policy, rule)) => {
             DecidedBy { policy: Some(policy.id.to_string()), rule: Some(rule.path.clone()), description }
         }
@@ -492,7 +495,7 @@ fn decided_by(engine: &Engine, cookie: u32) -> DecidedBy {
 }
 
 /// A peer by its address when it is a known pod, else by its identity.
-fn peer(engine: &Engine, ip: Ipv4Addr, identity: u32) -> FlowPeer {
+fn peer(engine: &CompiledPolicy, ip: Ipv4Addr, identity: u32) -> FlowPeer {
     if let Some(pod) = engine.cluster.pods.iter().find(|p| p.ip == Some(ip) && !p.host_network) {
         return FlowPeer {
             ip,
@@ -517,17 +520,6 @@ fn peer(engine: &Engine, ip: Ipv4Addr, identity: u32) -> FlowPeer {
         .map(|(source, key, value)| (format!("{}:{key}", source.as_str()), value.to_owned()))
         .collect();
     FlowPeer { ip, labels, cidr: found.prefix.map(|p| p.to_string()), identity, ..FlowPeer::default() }
-}
-
-fn protocol_name(number: u8) -> String {
-    match number {
-        dp::PROTO_TCP => "TCP".into(),
-        dp::PROTO_UDP => "UDP".into(),
-        dp::PROTO_ICMP => "ICMP".into(),
-        dp::PROTO_SCTP => "SCTP".into(),
-        dp::PROTO_ICMPV6 => "ICMPv6".into(),
-        other => format!("proto-{other}"),
-    }
 }
 
 /// `GET /flows?namespace=&pod=&verdict=dropped|audit|diff&last=N&since=RFC3339&follow=false`:

@@ -6,7 +6,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
 use k8s_openapi::jiff::{SignedDuration, Timestamp};
 use palisade_common::{self as dp, EndpointCounters, FlowKey};
 use palisade_datapath::{EndpointId, Flow};
-use palisade_policy::Engine;
+use palisade_policy::CompiledPolicy;
 use palisade_policy::compile::Enforcement;
 use palisade_rollout::crd::{
     AuditFlow, AuditTotals, Direction, EndpointTraffic, FlowEndpoint, PolicyAuditReport, PolicyAuditReportSpec,
@@ -131,29 +131,28 @@ impl Reporter {
                     if flow.packets > last.0 {
                         *last = (flow.packets, now);
                     }
-                    let candidate_denies = dp::verdict_drops(flow.key.candidate_verdict);
+                    let candidate_denies = flow.key.candidate_verdict().is_some_and(dp::Verdict::drops);
                     if candidate_denies {
                         spec.totals.new_denies += 1;
                     } else {
                         spec.totals.new_allows += 1;
                     }
                     let rule = if candidate_denies {
-                        compiled.candidate_engine().policies.describe_cookie(flow.candidate_cookie)
+                        compiled.candidate_engine().policies().describe_cookie(flow.candidate_cookie)
                     } else {
-                        compiled.enforced.policies.describe_cookie(flow.enforced_cookie)
+                        compiled.enforced.policies().describe_cookie(flow.enforced_cookie)
                     };
                     listed.push(AuditFlow {
-                        direction: if flow.key.direction == dp::DIRECTION_INGRESS {
-                            Direction::Ingress
-                        } else {
-                            Direction::Egress
+                        direction: match flow.key.direction() {
+                            dp::Direction::Ingress => Direction::Ingress,
+                            dp::Direction::Egress => Direction::Egress,
                         },
                         subject: subject(compiled, pod),
                         peer: peer(&compiled.enforced, flow.key.identity),
                         port: flow.key.dport,
-                        protocol: protocol(flow.key.protocol),
-                        enforced_verdict: verdict(flow.key.enforced_verdict),
-                        candidate_verdict: verdict(flow.key.candidate_verdict),
+                        protocol: protocol(flow.key.protocol()),
+                        enforced_verdict: verdict(Some(flow.key.enforced_verdict())),
+                        candidate_verdict: verdict(flow.key.candidate_verdict()),
                         count: flow.packets,
                         first_seen: Time(boot_time_to_wall(flow.first_seen_ns, now)),
                         last_seen: Time(last.1),
@@ -208,8 +207,7 @@ pub fn report_name(rollout: &str, node: &str) -> String {
 }
 
 fn differs(flow: &Flow) -> bool {
-    flow.key.candidate_verdict != dp::VERDICT_NONE
-        && verdict(flow.key.candidate_verdict) != verdict(flow.key.enforced_verdict)
+    flow.key.candidate_verdict().is_some_and(|candidate| candidate.drops() != flow.key.enforced_verdict().drops())
 }
 
 /// Whether a differing flow belongs to `rollout`'s audit: the rollout of the rule that decided
@@ -240,7 +238,7 @@ fn audited_here(compiled: &Compiled, pod: &ObjectKey) -> bool {
         })
 }
 
-fn peer(engine: &Engine, identity: u32) -> FlowEndpoint {
+fn peer(engine: &CompiledPolicy, identity: u32) -> FlowEndpoint {
     let Some(found) = engine.identities().get(identity) else {
         return FlowEndpoint {
             labels: BTreeMap::from([("identity".into(), identity.to_string())]),
@@ -260,16 +258,16 @@ fn peer(engine: &Engine, identity: u32) -> FlowEndpoint {
 }
 
 /// A redirect is denied until an L7 proxy exists (drop reason `l7-unsupported`).
-fn verdict(raw: u8) -> Verdict {
-    if dp::verdict_drops(raw) { Verdict::Deny } else { Verdict::Allow }
+fn verdict(verdict: Option<dp::Verdict>) -> Verdict {
+    if verdict.is_some_and(dp::Verdict::drops) { Verdict::Deny } else { Verdict::Allow }
 }
 
-fn protocol(number: u8) -> Protocol {
-    match number {
-        dp::PROTO_TCP => Protocol::Tcp,
-        dp::PROTO_UDP => Protocol::Udp,
-        dp::PROTO_SCTP => Protocol::Sctp,
-        dp::PROTO_ICMPV6 => Protocol::IcmpV6,
+fn protocol(protocol: Result<dp::Protocol, dp::UnknownProtocol>) -> Protocol {
+    match protocol {
+        Ok(dp::Protocol::TCP) => Protocol::Tcp,
+        Ok(dp::Protocol::UDP) => Protocol::Udp,
+        Ok(dp::Protocol::SCTP) => Protocol::Sctp,
+        Ok(dp::Protocol::ICMPv6) => Protocol::IcmpV6,
         _ => Protocol::Icmp,
     }
 }

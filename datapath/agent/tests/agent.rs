@@ -13,7 +13,7 @@ use palisade_agent::{Agent, AgentConfig, Change, Interface, InterfaceResolver, R
 use palisade_common::{self as dp, FlowKey, PolicyEntry};
 use palisade_datapath::{Flow, Slot};
 use palisade_policy::cluster::{Cluster, Pod};
-use palisade_policy::{Engine, EngineOptions, IdentityBasis, ParseOptions, SourceFile, parse_policies};
+use palisade_policy::{CompileOptions, CompiledPolicy, IdentityBasis, ParseOptions, SourceFile, parse_policies};
 use palisade_rollout::crd::Verdict;
 
 const CLUSTER: &str = "kind: List
@@ -85,15 +85,15 @@ fn synced(mut agent: TestAgent, changes: Vec<Change>) -> TestAgent {
 }
 
 /// Entries named by their peers' labels, so engines with different numbering compare.
-fn described(engine: &Engine, entries: &[PolicyEntry]) -> BTreeSet<String> {
+fn described(engine: &CompiledPolicy, entries: &[PolicyEntry]) -> BTreeSet<String> {
     entries.iter().map(|e| engine.describe_entry(e)).collect()
 }
 
 /// What a fresh compile of `policies` over `cluster` gives the pod, described.
 fn expected(policies: &str, cluster: Cluster, pod: &str) -> BTreeSet<String> {
     let parsed = parse_policies(&[SourceFile { name: "p.yaml", text: policies }], &ParseOptions::default());
-    let options = EngineOptions { identity_basis: IdentityBasis::of([&parsed.set]), ..EngineOptions::default() };
-    let engine = Engine::with_options(parsed.set, cluster, options);
+    let options = CompileOptions { identity_basis: IdentityBasis::of([&parsed.set]), ..CompileOptions::default() };
+    let engine = CompiledPolicy::with_options(parsed.set, cluster, options);
     let group = engine.endpoint("shop", pod).expect("endpoint").group;
     let mut entries = group.ingress.entries();
     entries.extend(group.egress.entries());
@@ -335,7 +335,7 @@ fn the_audit_report_names_newly_denied_flows_by_labels_and_rule() {
         .unwrap()
         .group
         .ingress
-        .lookup(api, dp::PROTO_TCP, 5432)
+        .lookup(api, dp::Protocol::TCP, 5432)
         .map_or(dp::COOKIE_NONE, |e| e.value.cookie);
     let flow = |packets: u64, enforced: u8, candidate: u8| Flow {
         key: FlowKey {
@@ -428,7 +428,9 @@ fn allow_cookie(agent: &TestAgent, port: u16) -> u32 {
     let entry = entries
         .iter()
         .find(|e| {
-            e.value.verdict == dp::VERDICT_ALLOW && e.key.protocol() == Some(dp::PROTO_TCP) && e.key.port() == port
+            e.value.verdict() == dp::Verdict::Allow
+                && e.key.protocol() == Some(dp::Protocol::TCP)
+                && e.key.port() == port
         })
         .expect("an entry allowing the port");
     entry.value.cookie

@@ -3,14 +3,22 @@
 //! agent writes them into the kernel unchanged.
 #![no_std]
 
-/// Traffic direction as seen from the endpoint that owns the policy.
+mod typed;
+
+pub use typed::{Direction, Mode, Protocol, Slot, UnknownProtocol, Verdict};
+
+/// Traffic direction as seen from the endpoint that owns the policy ([`Direction`] above the
+/// kernel boundary).
 pub const DIRECTION_INGRESS: u8 = 0;
 pub const DIRECTION_EGRESS: u8 = 1;
 
+/// IP protocol numbers ([`Protocol`] above the kernel boundary).
 pub const PROTO_ICMP: u8 = 1;
+pub const PROTO_IGMP: u8 = 2;
 pub const PROTO_TCP: u8 = 6;
 pub const PROTO_UDP: u8 = 17;
 pub const PROTO_ICMPV6: u8 = 58;
+pub const PROTO_VRRP: u8 = 112;
 pub const PROTO_SCTP: u8 = 132;
 
 /// Security identities. Numbers follow Cilium's so that operators can read them the same way.
@@ -33,6 +41,8 @@ pub const POLICY_STATIC_PREFIX_BITS: u32 = 40;
 /// The protocol byte and the 16 port bits that follow the static prefix.
 pub const POLICY_PROTO_BITS: u32 = 8;
 pub const POLICY_PORT_BITS: u32 = 16;
+/// Every bit of a [`PolicyKey`]'s data: the prefix length of a packet's lookup.
+pub const POLICY_FULL_PREFIX: u32 = POLICY_STATIC_PREFIX_BITS + POLICY_PROTO_BITS + POLICY_PORT_BITS;
 
 /// Key of a policy LPM trie. The prefix covers identity and direction exactly, then optionally the
 /// protocol, then the high bits of the destination port, so one entry can stand for "any
@@ -63,6 +73,15 @@ pub struct PolicyMatch {
 /// Capacity of one policy slot (Cilium's default policy map size).
 pub const MAX_POLICY_ENTRIES: u32 = 16384;
 
+impl PolicyMatch {
+    /// What a packet looks up: every field exact (prefix [`POLICY_FULL_PREFIX`]). Raw bytes, as
+    /// the program reads them from the packet.
+    #[inline(always)]
+    pub const fn packet(identity: u32, direction: u8, protocol: u8, port: u16) -> Self {
+        PolicyMatch { identity_be: identity.to_be(), direction, protocol, dport_be: port.to_be() }
+    }
+}
+
 impl PolicyKey {
     /// The key's data, without its prefix length.
     pub const fn data(&self) -> PolicyMatch {
@@ -87,12 +106,18 @@ impl PolicyKey {
 
     /// `protocol: None` means every protocol (and then every port). `port_bits` is how many high
     /// bits of `port` are significant: 16 for one port, 0 for every port.
-    pub const fn new(identity: u32, direction: u8, protocol: Option<u8>, port: u16, port_bits: u8) -> Self {
+    pub const fn new(
+        identity: u32,
+        direction: Direction,
+        protocol: Option<Protocol>,
+        port: u16,
+        port_bits: u8,
+    ) -> Self {
         match protocol {
             None => PolicyKey {
                 prefix_len: POLICY_STATIC_PREFIX_BITS,
                 identity_be: identity.to_be(),
-                direction,
+                direction: direction.raw(),
                 protocol: 0,
                 dport_be: 0,
             },
@@ -102,8 +127,8 @@ impl PolicyKey {
                 PolicyKey {
                     prefix_len: POLICY_STATIC_PREFIX_BITS + POLICY_PROTO_BITS + bits as u32,
                     identity_be: identity.to_be(),
-                    direction,
-                    protocol,
+                    direction: direction.raw(),
+                    protocol: protocol.raw(),
                     dport_be: (port & mask).to_be(),
                 }
             }
@@ -111,7 +136,7 @@ impl PolicyKey {
     }
 
     /// A fully specified key, as the datapath builds it from a packet.
-    pub const fn lookup(identity: u32, direction: u8, protocol: u8, port: u16) -> Self {
+    pub const fn lookup(identity: u32, direction: Direction, protocol: Protocol, port: u16) -> Self {
         Self::new(identity, direction, Some(protocol), port, 16)
     }
 
@@ -119,13 +144,21 @@ impl PolicyKey {
         u32::from_be(self.identity_be)
     }
 
+    pub const fn direction(&self) -> Direction {
+        Direction::from_raw(self.direction)
+    }
+
     pub const fn port(&self) -> u16 {
         u16::from_be(self.dport_be)
     }
 
-    /// `None` when the key covers every protocol.
-    pub const fn protocol(&self) -> Option<u8> {
-        if self.prefix_len >= POLICY_STATIC_PREFIX_BITS + POLICY_PROTO_BITS { Some(self.protocol) } else { None }
+    /// `None` when the key covers every protocol (keys are only built from a [`Protocol`]).
+    pub const fn protocol(&self) -> Option<Protocol> {
+        if self.prefix_len >= POLICY_STATIC_PREFIX_BITS + POLICY_PROTO_BITS {
+            Protocol::from_raw(self.protocol)
+        } else {
+            None
+        }
     }
 
     /// Significant port bits (0 = every port).
@@ -295,8 +328,13 @@ pub struct PolicyValue {
 }
 
 impl PolicyValue {
-    pub const fn new(verdict: u8, cookie: u32) -> Self {
-        PolicyValue { verdict, _pad: [0; 3], precedence: precedence_of(verdict), cookie }
+    pub const fn new(verdict: Verdict, cookie: u32) -> Self {
+        PolicyValue { verdict: verdict.raw(), _pad: [0; 3], precedence: verdict.precedence(), cookie }
+    }
+
+    /// Values are only built from a [`Verdict`]; an unknown byte reads as deny.
+    pub const fn verdict(&self) -> Verdict {
+        Verdict::from_raw_or_deny(self.verdict)
     }
 }
 
@@ -410,7 +448,7 @@ pub struct VerdictCacheKey {
 /// The decision of a policy slot for one packet: verdict (`VERDICT_*`) and the deciding rule.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub struct Verdict {
+pub struct SlotVerdict {
     pub verdict: u8,
     pub _pad: [u8; 3],
     pub cookie: u32,
@@ -474,9 +512,9 @@ pub struct CtEntry {
 pub struct CtDecision {
     /// Remote identity from the ipcache.
     pub identity: u32,
-    pub enforced: Verdict,
+    pub enforced: SlotVerdict,
     /// `VERDICT_NONE` without a candidate.
-    pub candidate: Verdict,
+    pub candidate: SlotVerdict,
     pub endpoint: u32,
     /// The endpoint's counter index.
     pub index: u32,
@@ -613,6 +651,32 @@ impl FlowKey {
         DropReason::from_raw(self.reason)
     }
 
+    pub const fn direction(&self) -> Direction {
+        Direction::from_raw(self.direction)
+    }
+
+    /// The packet's IP protocol; any number can reach the program.
+    pub const fn protocol(&self) -> Result<Protocol, UnknownProtocol> {
+        match Protocol::from_raw(self.protocol) {
+            Some(protocol) => Ok(protocol),
+            None => Err(UnknownProtocol(self.protocol)),
+        }
+    }
+
+    /// The enforced slot's verdict (a missing slot or entry denies).
+    pub const fn enforced_verdict(&self) -> Verdict {
+        Verdict::from_raw_or_deny(self.enforced_verdict)
+    }
+
+    /// The candidate's verdict; `None` without a candidate.
+    pub const fn candidate_verdict(&self) -> Option<Verdict> {
+        Verdict::from_raw(self.candidate_verdict)
+    }
+
+    pub const fn mode(&self) -> Mode {
+        Mode::from_raw(self.mode)
+    }
+
     /// The candidate judges the flow otherwise than the enforced side.
     pub const fn differs(&self) -> bool {
         self.candidate_verdict != VERDICT_NONE && self.candidate_verdict != self.enforced_verdict
@@ -694,13 +758,18 @@ mod tests {
 
     #[test]
     fn port_prefix_keys_cover_aligned_ranges() {
-        let key = PolicyKey::new(300, DIRECTION_INGRESS, Some(PROTO_TCP), 8080, 12);
+        let key = PolicyKey::new(300, Direction::Ingress, Some(Protocol::TCP), 8080, 12);
         assert_eq!(key.port_range(), (8080, 8095));
         assert_eq!(key.prefix_len, 40 + 8 + 12);
         assert_eq!(key.identity(), 300);
-        let any = PolicyKey::new(0, DIRECTION_EGRESS, None, 1234, 16);
+        let any = PolicyKey::new(0, Direction::Egress, None, 1234, 16);
         assert_eq!((any.protocol(), any.port_range(), any.l4_prefix_len()), (None, (0, 65535), 0));
-        assert_eq!(PolicyKey::lookup(1, DIRECTION_INGRESS, PROTO_UDP, 53).port_range(), (53, 53));
+        let lookup = PolicyKey::lookup(1, Direction::Ingress, Protocol::UDP, 53);
+        assert_eq!(
+            (lookup.port_range(), lookup.direction(), lookup.protocol()),
+            ((53, 53), Direction::Ingress, Some(Protocol::UDP))
+        );
+        assert_eq!(lookup.data(), PolicyMatch::packet(1, DIRECTION_INGRESS, PROTO_UDP, 53));
     }
 
     #[test]

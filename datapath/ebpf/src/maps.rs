@@ -12,9 +12,6 @@ use palisade_common::*;
 // aya's LPM key is the prefix length and the data: together, exactly a `PolicyKey`.
 const _: () = assert!(size_of::<Key<PolicyMatch>>() == size_of::<PolicyKey>());
 
-/// Every bit of a `PolicyKey`'s data: what a packet's lookup matches on.
-pub(crate) const POLICY_FULL_PREFIX: u32 = 64;
-
 /// Per-CPU token bucket for new-flow events.
 pub(crate) const EVENT_BURST: u64 = 4096;
 
@@ -50,7 +47,7 @@ pub(crate) static SLOT_WRITES: Array<u32, { SLOT_WRITES_ENTRIES as usize }> = Ar
 pub(crate) static FENCE: PerCpuArray<u32, 1> = PerCpuArray::new();
 
 #[btf_map]
-pub(crate) static VERDICT_CACHE: LruHashMap<VerdictCacheKey, Verdict, 65536> = LruHashMap::new();
+pub(crate) static VERDICT_CACHE: LruHashMap<VerdictCacheKey, SlotVerdict, 65536> = LruHashMap::new();
 
 #[btf_map]
 pub(crate) static POLICY_SLOTS: HashOfMaps<SlotKey, PolicySlot, 8192> = HashOfMaps::new();

@@ -47,7 +47,7 @@ pub(crate) fn judge(config: &EndpointConfig, version: u32, direction: u8, packet
     let slots = if epoch & 1 == 0 { config.by_epoch[0] } else { config.by_epoch[1] };
     let identity = remote_identity(direction, packet);
     let (enforced, enforced_settled) = slot_verdict(config, slots.enforced, identity, direction, packet);
-    let none = Verdict { verdict: VERDICT_NONE, _pad: [0; 3], cookie: COOKIE_NONE };
+    let none = SlotVerdict { verdict: VERDICT_NONE, _pad: [0; 3], cookie: COOKIE_NONE };
     let (candidate, settled) = if slots.candidate == SLOT_NONE {
         (none, enforced_settled)
     } else {
@@ -98,7 +98,7 @@ pub(crate) fn slot_verdict(
     identity: u32,
     direction: u8,
     packet: &Packet,
-) -> (Verdict, bool) {
+) -> (SlotVerdict, bool) {
     let endpoint = config.endpoint;
     let writes = SLOT_WRITES.get_ptr_mut(slot_writes_index(config.index, slot));
     let before = writes.map_or(0, ordered_read);
@@ -122,21 +122,13 @@ pub(crate) fn slot_verdict(
 }
 
 #[inline(always)]
-pub(crate) fn lookup_policy(endpoint: u32, slot: u8, identity: u32, direction: u8, packet: &Packet) -> Verdict {
-    let denied = Verdict { verdict: VERDICT_DENY, _pad: [0; 3], cookie: COOKIE_NONE };
+pub(crate) fn lookup_policy(endpoint: u32, slot: u8, identity: u32, direction: u8, packet: &Packet) -> SlotVerdict {
+    let denied = SlotVerdict { verdict: VERDICT_DENY, _pad: [0; 3], cookie: COOKIE_NONE };
     // SAFETY: the inner map reference is only used for lookups during this run.
     let Some(policy) = (unsafe { POLICY_SLOTS.get(&SlotKey { endpoint, slot: slot as u32 }) }) else {
         return denied;
     };
-    let mut key = Key::new(
-        POLICY_FULL_PREFIX,
-        PolicyMatch {
-            identity_be: identity.to_be(),
-            direction,
-            protocol: packet.protocol,
-            dport_be: packet.dport.to_be(),
-        },
-    );
+    let mut key = Key::new(POLICY_FULL_PREFIX, PolicyMatch::packet(identity, direction, packet.protocol, packet.dport));
     // LPM nodes are freed after an RCU grace period: copying out is safe.
     let specific = policy.get(&key).copied();
     key.data.identity_be = IDENTITY_ANY.to_be();
@@ -151,5 +143,5 @@ pub(crate) fn lookup_policy(endpoint: u32, slot: u8, identity: u32, direction: u
         (None, Some(w)) => w,
         (None, None) => return denied,
     };
-    Verdict { verdict: chosen.verdict, _pad: [0; 3], cookie: chosen.cookie }
+    SlotVerdict { verdict: chosen.verdict, _pad: [0; 3], cookie: chosen.cookie }
 }

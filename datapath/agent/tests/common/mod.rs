@@ -11,7 +11,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use palisade_agent::runtime::{AgentHandle, RuntimeOptions, spawn};
 use palisade_agent::{Agent, AgentConfig, Change, RouteResolver};
 use palisade_datapath::Datapath;
-use palisade_local::{LocalNetwork, Responders, require_root};
+use palisade_netsim::{LocalNetwork, Responders, require_root};
 use palisade_policy::SourceFile;
 use palisade_policy::cluster::{Cluster, Pod};
 use palisade_rollout::crd::{

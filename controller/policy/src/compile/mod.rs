@@ -1,0 +1,406 @@
+//! Compiles policy into per-endpoint, per-direction datapath entries, and keeps them up to date
+//! incrementally as pods and policies change. Shaped like Cilium's `pkg/policy`: a
+//! [`repository`] of policies, a [`selector_cache`] of the identities each peer selects, the
+//! [`ipcache`] allocating identities, per-group [`map_state`], and [`CompiledPolicy`] wiring them.
+//!
+//! Endpoints with the same identity and container ports share one compiled [`Group`]. Within a
+//! direction the entries for one remote identity depend only on the rules that select that
+//! identity, so a new identity is patched into every group without recompiling it, and a policy
+//! change recompiles only the groups its rules select.
+mod group;
+mod ipcache;
+mod map_state;
+mod options;
+mod repository;
+mod selector_cache;
+
+use std::collections::BTreeSet;
+use std::net::Ipv4Addr;
+
+use palisade_common::{self as dp, Direction, PolicyEntry};
+
+pub use group::{EndpointPolicy, Group, GroupKey};
+pub use ipcache::IdentityBasis;
+pub use map_state::{Enforcement, MapState, PortBlock, port_prefixes};
+pub use options::{AllowLocalhost, CompileOptions, EnforcementMode};
+
+use group::{GroupCompiler, Groups};
+use ipcache::IpCache;
+use repository::Repository;
+use selector_cache::SelectorCache;
+
+use crate::cluster::{Cluster, ContainerPort, EndpointSlice, Namespace, Node, Pod, Service};
+use crate::identity::Identities;
+use crate::model::{Policy, PolicySet, Prefix, Protocol};
+
+/// The compiled state of a policy set over a cluster: what callers hold and update.
+#[derive(Clone, Debug)]
+pub struct CompiledPolicy {
+    pub cluster: Cluster,
+    options: CompileOptions,
+    repository: Repository,
+    selectors: SelectorCache,
+    ipcache: IpCache,
+    groups: Groups,
+}
+
+impl CompiledPolicy {
+    pub fn new(policies: PolicySet, cluster: Cluster, mode: EnforcementMode) -> CompiledPolicy {
+        CompiledPolicy::with_options(policies, cluster, CompileOptions { mode, ..CompileOptions::default() })
+    }
+
+    pub fn with_options(policies: PolicySet, cluster: Cluster, options: CompileOptions) -> CompiledPolicy {
+        let Cluster { namespaces, pods, nodes, services, endpoint_slices } = cluster;
+        let mut compiled = CompiledPolicy {
+            ipcache: IpCache::new(&policies, &options.identity_basis),
+            repository: Repository::new(policies),
+            cluster: Cluster { namespaces, pods: Vec::new(), nodes, services, endpoint_slices },
+            selectors: SelectorCache::default(),
+            groups: Groups::default(),
+            options,
+        };
+        for pod in pods {
+            compiled.add_pod(pod);
+        }
+        let keys: BTreeSet<GroupKey> =
+            compiled.cluster.pods.iter().filter(|p| compiled.is_endpoint(p)).map(|p| compiled.group_key(p)).collect();
+        compiled.recompile(keys);
+        compiled
+    }
+
+    pub fn policies(&self) -> &PolicySet {
+        self.repository.policies()
+    }
+
+    pub fn identities(&self) -> &Identities {
+        self.ipcache.identities()
+    }
+
+    pub fn options(&self) -> &CompileOptions {
+        &self.options
+    }
+
+    /// The node whose addresses are `host`: [`CompileOptions::host_node`], else
+    /// [`CompileOptions::node`].
+    pub fn host_node(&self) -> Option<&str> {
+        self.options.host_node.as_deref().or(self.options.node.as_deref())
+    }
+
+    /// An entry in words, its peer named by labels rather than by number, so that compilations
+    /// which number identities differently describe the same entry alike (the rule cookie is
+    /// left out).
+    pub fn describe_entry(&self, entry: &PolicyEntry) -> String {
+        let key = &entry.key;
+        let peer = match key.identity() {
+            dp::IDENTITY_ANY => "any".to_string(),
+            id => self.identities().get(id).map_or(id.to_string(), |i| i.labels.to_string()),
+        };
+        format!(
+            "{peer} dir={} proto={} port={}/{} verdict={}",
+            key.direction().as_str(),
+            key.protocol().map_or("any", Protocol::name),
+            key.port(),
+            key.port_bits(),
+            entry.value.verdict().as_str()
+        )
+    }
+
+    pub fn identity_of_pod(&self, pod: &Pod) -> Option<u32> {
+        self.ipcache.identity_of_pod(pod)
+    }
+
+    pub fn endpoint(&self, namespace: &str, name: &str) -> Option<EndpointPolicy<'_>> {
+        let pod = self.cluster.pod(namespace, name).filter(|p| self.is_endpoint(p))?;
+        let key = self.group_key(pod);
+        Some(EndpointPolicy {
+            pod,
+            identity: self.identities().get(key.identity)?,
+            group: self.groups.by_key.get(&key)?,
+        })
+    }
+
+    /// The endpoints compiled: every pod's, or with [`CompileOptions::node`] those on the node.
+    pub fn endpoints(&self) -> impl Iterator<Item = EndpointPolicy<'_>> {
+        self.cluster.pods.iter().filter(|p| self.is_endpoint(p)).filter_map(|p| self.endpoint(&p.namespace, &p.name))
+    }
+
+    fn is_endpoint(&self, pod: &Pod) -> bool {
+        !pod.host_network && self.options.node.as_ref().is_none_or(|node| pod.node_name.as_ref() == Some(node))
+    }
+
+    /// The compiled group of an endpoint, for comparing [`Group::revision`]s.
+    pub fn group_of(&self, namespace: &str, name: &str) -> Option<(&GroupKey, &Group)> {
+        self.groups.by_key.get_key_value(self.groups.of_endpoint.get(&format!("{namespace}/{name}"))?)
+    }
+
+    /// The ipcache: pods as /32, CIDR identities for referenced prefixes, the reserved
+    /// identities of node and API server addresses; one identity per prefix, sorted.
+    pub fn ipcache(&self) -> Vec<(Prefix, u32)> {
+        self.ipcache.entries(&self.cluster.nodes, self.host_node(), self.cluster.apiserver_addresses())
+    }
+
+    /// The identity the datapath sees for an address (longest prefix; world when nothing matches).
+    pub fn identity_of_addr(&self, addr: Ipv4Addr) -> u32 {
+        self.ipcache()
+            .into_iter()
+            .filter(|(p, _)| p.contains_addr(addr))
+            .max_by_key(|(p, _)| p.len)
+            .map_or(dp::IDENTITY_WORLD, |(_, id)| id)
+    }
+
+    /// Adds or updates a pod (labels, ports, address); only what it affects is recomputed.
+    pub fn upsert_pod(&mut self, pod: Pod) {
+        let (namespace, name) = (pod.namespace.clone(), pod.name.clone());
+        self.replace_pod(&namespace, &name, Some(pod));
+    }
+
+    /// Removes a pod; returns it if it was there.
+    pub fn remove_pod(&mut self, namespace: &str, name: &str) -> Option<Pod> {
+        self.replace_pod(namespace, name, None)
+    }
+
+    fn replace_pod(&mut self, namespace: &str, name: &str, pod: Option<Pod>) -> Option<Pod> {
+        let mut names: BTreeSet<String> = pod.iter().flat_map(|p| &p.ports).filter_map(|p| p.name.clone()).collect();
+        let old = self.cluster.pods.iter().position(|p| p.namespace == namespace && p.name == name).map(|index| {
+            let old = self.cluster.pods.remove(index);
+            names.extend(old.ports.iter().filter_map(|p| p.name.clone()));
+            self.forget_pod(&old);
+            old
+        });
+        let before: Vec<_> = names.iter().map(|n| self.ipcache.egress_port_number(n)).collect();
+        let added = pod.is_some();
+        if let Some(pod) = pod {
+            self.add_pod(pod);
+        }
+        let changed: BTreeSet<String> = names
+            .into_iter()
+            .zip(before)
+            .filter(|(n, b)| *b != self.ipcache.egress_port_number(n))
+            .map(|(n, _)| n)
+            .collect();
+        if !changed.is_empty() {
+            self.recompile_groups_naming(&changed);
+        }
+        if added {
+            let pod = self.cluster.pods.last().expect("just added");
+            if self.is_endpoint(pod) {
+                let key = self.group_key(pod);
+                if !self.groups.by_key.contains_key(&key) {
+                    self.recompile([key]);
+                }
+            }
+        }
+        old
+    }
+
+    /// Adds or relabels a namespace: its pods' identities follow its labels.
+    pub fn upsert_namespace(&mut self, namespace: Namespace) {
+        if self.cluster.namespaces.get(&namespace.name) == Some(&namespace) {
+            return;
+        }
+        let name = namespace.name.clone();
+        self.cluster.namespaces.insert(name.clone(), namespace);
+        let pods: Vec<Pod> = self.cluster.pods.iter().filter(|p| p.namespace == name).cloned().collect();
+        for pod in pods {
+            self.upsert_pod(pod);
+        }
+    }
+
+    /// Node addresses only feed the ipcache (as host or remote-node).
+    pub fn set_nodes(&mut self, nodes: Vec<Node>) {
+        self.cluster.nodes = nodes;
+    }
+
+    /// EndpointSlices only feed the ipcache (the API server's addresses as kube-apiserver).
+    pub fn set_endpoint_slices(&mut self, slices: Vec<EndpointSlice>) {
+        self.cluster.endpoint_slices = slices;
+    }
+
+    /// Services change what `toServices` selects: everything is recompiled (they change rarely).
+    pub fn set_services(&mut self, services: Vec<Service>) {
+        if self.cluster.services == services {
+            return;
+        }
+        self.cluster.services = services;
+        self.rebuild(|_| {});
+    }
+
+    /// Starts over from the current cluster and the policies after `change`.
+    fn rebuild(&mut self, change: impl FnOnce(&mut PolicySet)) {
+        let mut policies = std::mem::take(&mut self.repository).into_policies();
+        change(&mut policies);
+        let cluster = std::mem::take(&mut self.cluster);
+        *self = CompiledPolicy::with_options(policies, cluster, self.options.clone());
+    }
+
+    /// Adds or replaces a policy; recompiles only the groups its old or new rules select.
+    pub fn set_policy(&mut self, policy: Policy) {
+        if !self.ipcache.knows_ip_blocks(&PolicySet { policies: vec![policy.clone()] }.ip_blocks()) {
+            // New ipBlocks change pod identities: start over.
+            self.rebuild(|policies| {
+                match policies.policies.iter().position(|p| p.id == policy.id) {
+                    Some(i) => policies.policies[i] = policy,
+                    None => policies.policies.push(policy),
+                }
+                policies.renumber();
+            });
+            return;
+        }
+        let upserted = self.repository.upsert(policy);
+        let new = &self.repository.policies().policies[upserted.index];
+        // New CIDR identities before the old version's are released, so a prefix both versions
+        // (or other policies) use keeps its identity.
+        let added: Vec<u32> = new.cidr_prefixes().into_iter().filter_map(|p| self.ipcache.acquire_cidr(p)).collect();
+        for id in added {
+            self.identity_added(id);
+        }
+        if let Some(old) = &upserted.old {
+            for prefix in old.cidr_prefixes() {
+                if let Some(id) = self.ipcache.release_cidr(prefix) {
+                    self.identity_removed(id);
+                }
+            }
+        }
+        // Only the groups either version selects change; every other group's rules are the same.
+        let new = &self.repository.policies().policies[upserted.index];
+        let identities = self.ipcache.identities();
+        let selects = |policy: &Policy, key: &GroupKey| {
+            identities.get(key.identity).is_some_and(|i| Repository::policy_selects(policy, i))
+        };
+        let affected: Vec<GroupKey> = self
+            .groups
+            .by_key
+            .keys()
+            .filter(|key| selects(new, key) || upserted.old.as_ref().is_some_and(|o| selects(o, key)))
+            .cloned()
+            .collect();
+        self.recompile(affected);
+    }
+
+    fn group_key(&self, pod: &Pod) -> GroupKey {
+        let mut ports = pod.ports.clone();
+        ports.sort();
+        GroupKey { identity: self.ipcache.identity_of_pod(pod).expect("every pod has an identity"), ports }
+    }
+
+    fn add_pod(&mut self, pod: Pod) {
+        let identity = self.ipcache.add_pod(&pod, self.cluster.namespaces.get(&pod.namespace));
+        if self.is_endpoint(&pod) {
+            let key = self.group_key(&pod);
+            self.groups.of_endpoint.insert(pod.key(), key);
+        }
+        self.cluster.pods.push(pod);
+        if identity.new {
+            self.identity_added(identity.id);
+        }
+    }
+
+    fn forget_pod(&mut self, pod: &Pod) {
+        self.groups.of_endpoint.remove(&pod.key());
+        if let Some(id) = self.ipcache.remove_pod(pod) {
+            self.groups.by_key.retain(|key, _| key.identity != id);
+            self.identity_removed(id);
+        }
+    }
+
+    /// (Re)compiles the groups `keys`.
+    fn recompile(&mut self, keys: impl IntoIterator<Item = GroupKey>) {
+        for key in keys {
+            let revision = self.groups.revisions.next();
+            let group = self.compiler().compile(&key, revision);
+            self.groups.by_key.insert(key, group);
+        }
+    }
+
+    fn compiler(&mut self) -> GroupCompiler<'_> {
+        GroupCompiler {
+            repository: &self.repository,
+            selectors: &mut self.selectors,
+            ipcache: &self.ipcache,
+            services: &self.cluster.services,
+            options: &self.options,
+        }
+    }
+
+    /// A new identity joins the selections that match it and is patched into every group
+    /// compiled with a rule naming one of those peers.
+    fn identity_added(&mut self, id: u32) {
+        let Some(identity) = self.ipcache.identities().get(id) else { return };
+        let changed = self.selectors.identity_added(identity, &self.cluster.services);
+        let keys: Vec<GroupKey> = self.selectors.users_of(&changed).cloned().collect();
+        for key in keys {
+            let Some(group) = self.groups.by_key.get_mut(&key) else { continue };
+            let mut patched = false;
+            for direction in Direction::BOTH {
+                patched |= group.direction_mut(direction).patch(id, direction, |r| self.selectors.rule_selects(r, id));
+            }
+            if patched {
+                group.revision = self.groups.revisions.next();
+            }
+        }
+    }
+
+    fn identity_removed(&mut self, id: u32) {
+        let changed = self.selectors.identity_removed(id);
+        for key in self.selectors.users_of(&changed) {
+            if let Some(group) = self.groups.by_key.get_mut(key) {
+                let ingress = group.ingress.remove_identity(id);
+                let egress = group.egress.remove_identity(id);
+                if ingress || egress {
+                    group.revision = self.groups.revisions.next();
+                }
+            }
+        }
+    }
+
+    /// Cookies of the rules in `policy` that select remote identity `id`, the wildcard rules
+    /// included, denies left out.
+    pub(crate) fn cookies_selecting(&self, policy: &MapState, id: u32) -> Vec<u32> {
+        policy
+            .rules
+            .iter()
+            .filter(|r| {
+                r.verdict != dp::Verdict::Deny
+                    && (self.selectors.rule_selects(r, id) || self.selectors.rule_selects(r, dp::IDENTITY_ANY))
+            })
+            .map(|r| r.cookie)
+            .collect()
+    }
+
+    /// Ingress names resolve against the endpoint's own ports; egress names against every pod's,
+    /// and a name that maps to different numbers across pods resolves to nothing (as in Cilium).
+    pub fn resolve_named_port(
+        &self,
+        name: &str,
+        protocol: Protocol,
+        direction: Direction,
+        own_ports: &[ContainerPort],
+    ) -> Vec<u16> {
+        group::resolve_named_port(&self.ipcache, name, protocol, direction, own_ports)
+    }
+
+    /// Recompiles the groups selected by rules whose egress names one of `names`, after the
+    /// number those names resolve to changed.
+    fn recompile_groups_naming(&mut self, names: &BTreeSet<String>) {
+        let rules = self.repository.rules_naming(names);
+        let identities = self.ipcache.identities();
+        let keys: Vec<GroupKey> = self
+            .groups
+            .by_key
+            .keys()
+            .filter(|key| {
+                identities.get(key.identity).is_some_and(|i| rules.iter().any(|r| r.subject.matches(&i.labels)))
+            })
+            .cloned()
+            .collect();
+        self.recompile(keys);
+    }
+
+    /// Names that map to more than one port number across the cluster.
+    pub fn ambiguous_port_names(&self) -> Vec<(&str, Vec<u16>)> {
+        self.ipcache.ambiguous_port_names()
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,328 @@
+//! The rule translation every kind shares for ports: L4 ports and ranges, ICMP types, L7 rules.
+
+use regex::{Regex, RegexBuilder};
+
+use super::*;
+use crate::api;
+
+impl Translator<'_, '_> {
+    pub(super) fn l4(
+        &mut self,
+        to_ports: Option<&[api::PortRule]>,
+        icmps: Option<&[api::IcmpRule]>,
+        path: &str,
+        deny: bool,
+        direction: Direction,
+    ) -> Vec<PortRule> {
+        let mut rules = Vec::new();
+        if to_ports.is_some() && icmps.is_some() {
+            self.error(
+                &format!("{path}.icmps"),
+                "icmps cannot be combined with toPorts in one rule; write a separate rule",
+            );
+        }
+        for (i, port_rule) in to_ports.iter().copied().flatten().enumerate() {
+            let at = format!("{path}.toPorts[{i}]");
+            for (field, value, feature) in [
+                ("listener", &port_rule.listener, "Envoy listener redirects"),
+                ("serverNames", &port_rule.server_names, "TLS server names (SNI)"),
+                ("originatingTLS", &port_rule.originating_tls, "TLS origination"),
+                ("terminatingTLS", &port_rule.terminating_tls, "TLS termination"),
+            ] {
+                if value.is_some() {
+                    self.unsupported(&format!("{at}.{field}"), feature);
+                }
+            }
+            let l7 = port_rule.rules.as_ref().and_then(|raw| self.l7(raw, &format!("{at}.rules"), deny, direction));
+            let l7_at = l7.as_ref().map(|l7| {
+                let field = format!("{at}.rules.{}", l7.kind());
+                let line = self.r.line_of(&self.path(&field));
+                (field, line)
+            });
+            if port_rule.ports.is_empty() {
+                // `toPorts: [{rules: ...}]` without ports applies to every port (ANY protocol).
+                for protocol in [Protocol::TCP, Protocol::UDP, Protocol::SCTP] {
+                    rules.push(PortRule { protocol, port: PortSpec::Any, l7: l7.clone(), l7_at: l7_at.clone() });
+                }
+            }
+            for (j, port) in port_rule.ports.iter().enumerate() {
+                let at = format!("{at}.ports[{j}]");
+                let Some((protocols, spec)) = self.port(port, &at) else { continue };
+                if let (Some(L7Rules::Dns(_)), PortSpec::Range(lo, hi)) = (&l7, &spec)
+                    && lo != hi
+                {
+                    self.error(&format!("{at}.endPort"), "DNS rules do not support port ranges");
+                }
+                for protocol in protocols {
+                    rules.push(PortRule { protocol, port: spec.clone(), l7: l7.clone(), l7_at: l7_at.clone() });
+                }
+            }
+        }
+        for (i, icmp) in icmps.iter().copied().flatten().enumerate() {
+            for (j, field) in icmp.fields.iter().enumerate() {
+                let at = format!("{path}.icmps[{i}].fields[{j}]");
+                let protocol = match field.family.as_deref() {
+                    None | Some("IPv4") => Protocol::ICMP,
+                    Some("IPv6") => Protocol::ICMPv6,
+                    Some(other) => {
+                        self.error(&format!("{at}.family"), format!("{other:?} is not IPv4 or IPv6"));
+                        continue;
+                    }
+                };
+                match icmp_type(&field.icmp_type, protocol) {
+                    Some(t) => rules.push(PortRule {
+                        protocol,
+                        port: PortSpec::Range(t as u16, t as u16),
+                        l7: None,
+                        l7_at: None,
+                    }),
+                    None => self.error(
+                        &format!("{at}.type"),
+                        format!("{:?} is not an ICMP type number or name", display_int_or_string(&field.icmp_type)),
+                    ),
+                }
+            }
+        }
+        rules
+    }
+
+    pub(super) fn port(&mut self, raw: &api::PortProtocol, path: &str) -> Option<(Vec<Protocol>, PortSpec)> {
+        let protocols = match raw.protocol.as_deref() {
+            None | Some("ANY") => vec![Protocol::TCP, Protocol::UDP, Protocol::SCTP],
+            Some("TCP") => vec![Protocol::TCP],
+            Some("UDP") => vec![Protocol::UDP],
+            Some("SCTP") => vec![Protocol::SCTP],
+            Some("VRRP") => vec![Protocol::VRRP],
+            Some("IGMP") => vec![Protocol::IGMP],
+            Some(other) => {
+                self.error(&format!("{path}.protocol"), format!("{other:?} is not TCP, UDP, SCTP, ANY, VRRP or IGMP"));
+                return None;
+            }
+        };
+        let spec = self.port_spec(raw.port.as_ref(), raw.end_port, path)?;
+        if matches!(protocols[0], Protocol::VRRP | Protocol::IGMP) && spec != PortSpec::Any {
+            self.error(&format!("{path}.port"), "VRRP and IGMP have no ports");
+            return None;
+        }
+        Some((protocols, spec))
+    }
+
+    /// Shared by CNP `toPorts` and NetworkPolicy `ports`.
+    pub(super) fn port_spec(
+        &mut self,
+        port: Option<&api::IntOrString>,
+        end_port: Option<i64>,
+        path: &str,
+    ) -> Option<PortSpec> {
+        let number = |n: i64| u16::try_from(n).ok();
+        let spec = match port {
+            None => PortSpec::Any,
+            Some(api::IntOrString::Int(n)) => match number(*n) {
+                Some(0) => PortSpec::Any,
+                Some(p) => PortSpec::Range(p, p),
+                None => {
+                    self.error(&format!("{path}.port"), format!("{n} is not a port (0-65535)"));
+                    return None;
+                }
+            },
+            Some(api::IntOrString::String(s)) => match s.parse::<i64>() {
+                Ok(n) => return self.port_spec(Some(&api::IntOrString::Int(n)), end_port, path),
+                Err(_) if is_port_name(s) => PortSpec::Named(s.clone()),
+                Err(_) => {
+                    self.error(&format!("{path}.port"), format!("{s:?} is not a port or a port name"));
+                    return None;
+                }
+            },
+        };
+        match (end_port, &spec) {
+            (None, _) => Some(spec),
+            (Some(end), PortSpec::Range(start, _)) => match number(end) {
+                Some(end) if end >= *start => Some(PortSpec::Range(*start, end)),
+                _ => {
+                    self.error(&format!("{path}.endPort"), format!("{end} is not a port at or above port {start}"));
+                    None
+                }
+            },
+            (Some(_), PortSpec::Named(_)) => {
+                self.warning(&format!("{path}.endPort"), "endPort is ignored with a named port");
+                Some(spec)
+            }
+            (Some(_), PortSpec::Any) => {
+                self.error(&format!("{path}.endPort"), "endPort needs a port");
+                None
+            }
+        }
+    }
+
+    pub(super) fn l7(&mut self, raw: &api::L7Rules, path: &str, deny: bool, direction: Direction) -> Option<L7Rules> {
+        if deny {
+            self.error(path, "L7 rules are not allowed in deny rules");
+            return None;
+        }
+        if raw.l7proto.is_some() || raw.l7.is_some() {
+            self.unsupported(path, "generic L7 parsers (l7proto)");
+            return None;
+        }
+        let kinds = [raw.http.is_some(), raw.kafka.is_some(), raw.dns.is_some()].iter().filter(|k| **k).count();
+        if kinds != 1 {
+            self.error(path, "exactly one of http, kafka or dns is required");
+            return None;
+        }
+        if let Some(http) = &raw.http {
+            let mut rules = Vec::new();
+            for (i, rule) in http.iter().enumerate() {
+                let at = format!("{path}.http[{i}]");
+                if rule.header_matches.is_some() {
+                    self.unsupported(&format!("{at}.headerMatches"), "HTTP headerMatches");
+                }
+                let headers = rule
+                    .headers
+                    .iter()
+                    .map(|h| match h.split_once(':') {
+                        Some((name, value)) => (name.trim().to_ascii_lowercase(), Some(value.trim().to_string())),
+                        None => (h.trim().to_ascii_lowercase(), None),
+                    })
+                    .collect();
+                rules.push(HttpMatch {
+                    method: self.regex(rule.method.as_deref(), &format!("{at}.method")),
+                    path: self.regex(rule.path.as_deref(), &format!("{at}.path")),
+                    host: self.regex(rule.host.as_deref(), &format!("{at}.host")),
+                    headers,
+                });
+            }
+            return Some(L7Rules::Http(rules));
+        }
+        if let Some(kafka) = &raw.kafka {
+            let mut rules = Vec::new();
+            for (i, rule) in kafka.iter().enumerate() {
+                let at = format!("{path}.kafka[{i}]");
+                if let Some(role) = &rule.role
+                    && role != "produce"
+                    && role != "consume"
+                {
+                    self.error(&format!("{at}.role"), format!("{role:?} is not produce or consume"));
+                }
+                if rule.role.is_some() && rule.api_key.is_some() {
+                    self.error(&at, "role and apiKey are mutually exclusive");
+                }
+                if let Some(key) = &rule.api_key
+                    && !KAFKA_API_KEYS.contains(&key.as_str())
+                    && key.parse::<u16>().is_err()
+                {
+                    self.error(&format!("{at}.apiKey"), format!("{key:?} is not a Kafka API key"));
+                }
+                rules.push(KafkaMatch {
+                    role: rule.role.clone(),
+                    api_key: rule.api_key.clone(),
+                    api_version: rule.api_version.clone(),
+                    client_id: rule.client_id.clone(),
+                    topic: rule.topic.clone(),
+                });
+            }
+            return Some(L7Rules::Kafka(rules));
+        }
+        if direction == Direction::Ingress {
+            self.error(&format!("{path}.dns"), "DNS rules apply to egress only");
+            return None;
+        }
+        let mut matches = Vec::new();
+        for (i, fqdn) in raw.dns.iter().flatten().enumerate() {
+            matches.extend(self.fqdn(fqdn, &format!("{path}.dns[{i}]")));
+        }
+        Some(L7Rules::Dns(matches))
+    }
+
+    /// A full-match regex with a bounded program size; `None` when absent or invalid.
+    pub(super) fn regex(&mut self, pattern: Option<&str>, path: &str) -> Option<Regex> {
+        let pattern = pattern?;
+        match RegexBuilder::new(&format!("^(?:{pattern})$")).size_limit(REGEX_SIZE_LIMIT).build() {
+            Ok(regex) => Some(regex),
+            Err(e) => {
+                self.error(
+                    path,
+                    format!("{pattern:?} is not a valid regular expression: {}", first_line(&e.to_string())),
+                );
+                None
+            }
+        }
+    }
+}
+
+pub(super) const KAFKA_API_KEYS: [&str; 21] = [
+    "produce",
+    "fetch",
+    "offsets",
+    "metadata",
+    "leaderandisr",
+    "stopreplica",
+    "updatemetadata",
+    "controlledshutdown",
+    "offsetcommit",
+    "offsetfetch",
+    "findcoordinator",
+    "joingroup",
+    "heartbeat",
+    "leavegroup",
+    "syncgroup",
+    "describegroups",
+    "listgroups",
+    "saslhandshake",
+    "apiversions",
+    "createtopics",
+    "deletetopics",
+];
+
+pub(super) fn icmp_type(raw: &api::IntOrString, protocol: Protocol) -> Option<u8> {
+    const V4: [(&str, u8); 12] = [
+        ("EchoReply", 0),
+        ("DestinationUnreachable", 3),
+        ("Redirect", 5),
+        ("Echo", 8),
+        ("EchoRequest", 8),
+        ("RouterAdvertisement", 9),
+        ("RouterSelection", 10),
+        ("TimeExceeded", 11),
+        ("ParameterProblem", 12),
+        ("Timestamp", 13),
+        ("TimestampReply", 14),
+        ("Photuris", 40),
+    ];
+    const V6: [(&str, u8); 9] = [
+        ("DestinationUnreachable", 1),
+        ("PacketTooBig", 2),
+        ("TimeExceeded", 3),
+        ("ParameterProblem", 4),
+        ("EchoRequest", 128),
+        ("EchoReply", 129),
+        ("RouterSolicitation", 133),
+        ("RouterAdvertisement", 134),
+        ("NeighborSolicitation", 135),
+    ];
+    match raw {
+        api::IntOrString::Int(n) => u8::try_from(*n).ok(),
+        api::IntOrString::String(s) => s.parse::<u8>().ok().or_else(|| {
+            let table: &[(&str, u8)] = if protocol == Protocol::ICMP { &V4 } else { &V6 };
+            table.iter().find(|(name, _)| name == s).map(|(_, t)| *t)
+        }),
+    }
+}
+
+pub(super) fn display_int_or_string(v: &api::IntOrString) -> String {
+    match v {
+        api::IntOrString::Int(n) => n.to_string(),
+        api::IntOrString::String(s) => s.clone(),
+    }
+}
+
+/// IANA service names, as Kubernetes validates container port names, and starting with a
+/// letter: Kubernetes would take `"80a"` as a name that matches no container port (a silent
+/// deny), but it is a mistyped number far more often than a real port name.
+pub(super) fn is_port_name(s: &str) -> bool {
+    s.starts_with(|c: char| c.is_ascii_lowercase())
+        && s.len() <= 15
+        && s.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+        && s.chars().any(|c| c.is_ascii_lowercase())
+        && !s.starts_with('-')
+        && !s.ends_with('-')
+        && !s.contains("--")
+}
