@@ -9,8 +9,7 @@ use std::time::Duration;
 use palisade_agent::Change;
 use palisade_agent::kube::{ReportWriter, WatchState, watch};
 use palisade_fake_apiserver::collections::{
-    ENDPOINT_SLICES,
-    NAMESPACES, NODES, PODS, REPORTS, REVISIONS, ROLLOUTS, SERVICES,
+    ENDPOINT_SLICES, NAMESPACES, NODES, PODS, REPORTS, REVISIONS, ROLLOUTS, SERVICES,
 };
 use palisade_fake_apiserver::{FakeApi, Logged};
 use palisade_rollout::crd::{AuditTotals, PolicyAuditReport, PolicyAuditReportSpec, PolicyRevision, PolicyRollout};
@@ -311,7 +310,10 @@ async fn reports_are_applied_and_those_of_gone_rollouts_deleted() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn only_the_apiserver_endpoint_slices_are_watched() {
     let api = FakeApi::default();
-    api.put(ENDPOINT_SLICES, slice("default", "kubernetes", "kubernetes", &["192.168.0.10", "192.168.0.11"], &["192.168.0.11"]));
+    api.put(
+        ENDPOINT_SLICES,
+        slice("default", "kubernetes", "kubernetes", &["192.168.0.10", "192.168.0.11"], &["192.168.0.11"]),
+    );
     // Another Service's slice in default, and one labelled like the API server's elsewhere.
     api.put(ENDPOINT_SLICES, slice("default", "web-abcde", "web", &["10.200.9.9"], &[]));
     api.put(ENDPOINT_SLICES, slice("kube-system", "kubernetes", "kubernetes", &["192.168.7.7"], &[]));
@@ -366,7 +368,10 @@ async fn node_and_apiserver_addresses_get_their_reserved_identities_in_the_agent
     api.put(NODES, node("n2", "192.168.0.2"));
     api.put(NODES, node("n3", "192.168.0.3"));
     // The API server: behind a load balancer, on this node and on n3.
-    api.put(ENDPOINT_SLICES, slice("default", "kubernetes", "kubernetes", &["192.168.0.50", "192.168.0.1", "192.168.0.3"], &[]));
+    api.put(
+        ENDPOINT_SLICES,
+        slice("default", "kubernetes", "kubernetes", &["192.168.0.50", "192.168.0.1", "192.168.0.3"], &[]),
+    );
     let (tx, changes) = mpsc::channel();
     tokio::spawn(watch(api.client(), tx, Arc::new(WatchState::default())));
     let config = AgentConfig { node: Some("n1".into()), ..AgentConfig::default() };
