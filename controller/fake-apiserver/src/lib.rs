@@ -13,7 +13,6 @@
 //! - the status subresource (status writes leave the rest alone, and other writes the status);
 //!   delete with finalizers (a deletionTimestamp until they are gone) and owner-reference
 //!   garbage collection;
-//! - RBAC refusals set up with [`FakeApi::forbid`];
 //! - a log of every request for assertions.
 //!
 //! Tests change the cluster as other clients would with [`FakeApi::put`], [`FakeApi::update`]
@@ -42,8 +41,6 @@ pub mod collections {
     pub const LEASES: &str = "apis/coordination.k8s.io/v1/leases";
     /// Events as kube-runtime's Recorder writes them.
     pub const EVENTS: &str = "apis/events.k8s.io/v1/events";
-    /// Events as the core API (and `kubectl describe`) reads them.
-    pub const CORE_EVENTS: &str = "api/v1/events";
     pub const ROLLOUTS: &str = "apis/palisade.dev/v1alpha1/policyrollouts";
     pub const REVISIONS: &str = "apis/palisade.dev/v1alpha1/policyrevisions";
     pub const REPORTS: &str = "apis/palisade.dev/v1alpha1/policyauditreports";
@@ -69,29 +66,12 @@ impl Logged {
     pub fn query(&self) -> &str {
         self.query.as_deref().unwrap_or_default()
     }
-
-    /// Path and query, as sent.
-    pub fn uri(&self) -> String {
-        match &self.query {
-            Some(query) => format!("{}?{query}", self.path),
-            None => self.path.clone(),
-        }
-    }
-}
-
-/// A request refused as RBAC would refuse it.
-struct Forbidden {
-    user: String,
-    verb: String,
-    /// `plural` or `plural/subresource`.
-    resource: String,
 }
 
 #[derive(Default)]
 struct State {
     store: Store,
     log: Vec<Logged>,
-    forbidden: Vec<Forbidden>,
 }
 
 /// The server; clones share it.
@@ -160,12 +140,6 @@ impl FakeApi {
         store.version += 1;
         let version = store.version;
         store.watches.expire(collection, version);
-    }
-
-    /// Makes `user` the client's user and refuses it `verb` (get, list, watch, create, update,
-    /// patch, delete) on `resource` (`plural` or `plural/subresource`) with 403 Forbidden.
-    pub fn forbid(&self, user: &str, verb: &str, resource: &str) {
-        self.state().forbidden.push(Forbidden { user: user.into(), verb: verb.into(), resource: resource.into() });
     }
 
     pub fn get(&self, collection: &str, namespace: &str, name: &str) -> Option<Value> {

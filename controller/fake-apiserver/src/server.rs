@@ -78,7 +78,7 @@ fn refuse(refusal: Refusal) -> Response<ResponseBody> {
     respond(refusal.code, &status)
 }
 
-/// The request's verb as RBAC names it.
+/// The request's verb, as RBAC names it.
 fn verb(method: &Method, route: &Route, params: &HashMap<String, String>) -> &'static str {
     match *method {
         Method::GET if route.name.is_some() => "get",
@@ -113,24 +113,6 @@ impl FakeApi {
             return refuse(Refusal::new(404, "NotFound", format!("the server could not find {}", parts.uri.path())));
         };
         let verb = verb(&parts.method, &route, &params);
-        let plural = route.collection.rsplit('/').next().unwrap_or_default();
-        let resource_name = match &route.subresource {
-            Some(sub) => format!("{plural}/{sub}"),
-            None => plural.to_string(),
-        };
-        if let Some(rule) = state.forbidden.iter().find(|f| f.verb == verb && f.resource == resource_name) {
-            let group = route.collection.split('/').nth(1).filter(|_| route.collection.starts_with("apis/"));
-            let message = format!(
-                "{} \"{}\" is forbidden: User \"{}\" cannot {verb} resource \"{resource_name}\" in API group \"{}\" in \
-                 the namespace \"{}\"",
-                resource(&route.collection),
-                route.name.as_deref().unwrap_or_default(),
-                rule.user,
-                group.unwrap_or_default(),
-                route.namespace.as_deref().unwrap_or_default(),
-            );
-            return refuse(Refusal::new(403, "Forbidden", message));
-        }
         let store = &mut state.store;
         let manager = params.get("fieldManager").map_or("unknown", String::as_str);
         let result = match (verb, &route.name) {
