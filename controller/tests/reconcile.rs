@@ -1,27 +1,23 @@
-//! The reconciler against an in-memory API server (`fake_api`), with real Git repositories made by
+//! The reconciler against an in-memory API server (`palisade_fake_apiserver`), with real Git repositories made by
 //! the git CLI as the source. Node agents are played by the tests: their Pods and
 //! PolicyAuditReports are objects in the fake store.
-mod fake_api;
 #[path = "../source/tests/common/mod.rs"]
 mod git;
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use fake_api::FakeApi;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::{SignedDuration, Timestamp};
 use kube::runtime::controller::Action;
 use palisade::reconciler::{Config, Context, Metrics, OpenMetrics, reconcile};
+use palisade_fake_apiserver::FakeApi;
+use palisade_fake_apiserver::collections::{EVENTS, PODS, REPORTS, REVISIONS, ROLLOUTS};
 use palisade_rollout::crd::*;
 use serde_json::{Value, json};
 
 const NS: &str = "shop";
 const CONTROLLER_NS: &str = "palisade-system";
-const ROLLOUTS: &str = "apis/palisade.dev/v1alpha1/policyrollouts";
-const REVISIONS: &str = "apis/palisade.dev/v1alpha1/policyrevisions";
-const REPORTS: &str = "apis/palisade.dev/v1alpha1/policyauditreports";
-const EVENTS: &str = "apis/events.k8s.io/v1/events";
 const NODES: [&str; 2] = ["node-a", "node-b"];
 
 struct Harness {
@@ -43,8 +39,8 @@ impl Harness {
         repo.commit("allow 8080", &[]);
         let api = FakeApi::default();
         for node in NODES {
-            api.insert(
-                "api/v1/pods",
+            api.put(
+                PODS,
                 json!({"apiVersion": "v1", "kind": "Pod",
                     "metadata": {"name": format!("agent-{node}"), "namespace": CONTROLLER_NS,
                                  "labels": {"app.kubernetes.io/name": "palisade-agent"}},
@@ -57,7 +53,7 @@ impl Harness {
                      "audit": {"minDuration": "10m", "minFlowsPerEndpoint": 1, "maxNewDenies": 0},
                      "rollback": {"postPromotionWindow": "10m", "maxDropIncrease": 100}}});
         json_patch::merge(&mut rollout["spec"], &spec);
-        api.insert(ROLLOUTS, rollout);
+        api.put(ROLLOUTS, rollout);
         let now = Arc::new(Mutex::new(Timestamp::from_second(1_800_000_000).unwrap()));
         let mut harness =
             Harness { ctx: context_for(&api, &now, dir.path()), api, now, repo, namespace: namespace.into(), dir };
@@ -140,7 +136,7 @@ impl Harness {
                 "spec": spec});
             match self.api.get(REPORTS, &self.namespace, &name) {
                 Some(_) => self.api.update(REPORTS, &self.namespace, &name, |r| r["spec"] = object["spec"].clone()),
-                None => self.api.insert(REPORTS, object),
+                None => self.api.put(REPORTS, object),
             }
         }
     }
@@ -263,7 +259,7 @@ async fn first_sync_stages_a_revision_and_starts_the_audit() {
     // The status went through server-side apply under the controller's own field manager.
     let apply = h.api.requests().into_iter().find(|r| r.path.ends_with("/status")).unwrap();
     assert_eq!(apply.content_type, "application/apply-patch+yaml");
-    assert!(apply.query.contains("fieldManager=palisade-controller") && apply.query.contains("force=true"));
+    assert!(apply.query().contains("fieldManager=palisade-controller") && apply.query().contains("force=true"));
     // No node has loaded it yet: waiting on them, and polling the source at its interval.
     assert_eq!(h.condition("Ready").unwrap().1, "WaitingForNodes");
     assert!(action == Action::requeue(Duration::from_secs(60)), "{action:?}");
@@ -589,7 +585,7 @@ async fn deleting_a_rollout_cleans_up_reports_and_revisions() {
     let h = Harness::new(NS, json!({}));
     h.reconcile().await;
     h.audit(&[h.candidate()], vec![]);
-    h.api.insert(
+    h.api.put(
         REPORTS,
         json!({"apiVersion": "palisade.dev/v1alpha1", "kind": "PolicyAuditReport",
             "metadata": {"name": "other-node-a", "namespace": NS, "labels": {"palisade.dev/rollout": "other"}},

@@ -1,14 +1,11 @@
 //! Leader election against the in-memory API server, and the metrics and probe endpoints over a
 //! real socket.
-mod fake_api;
-
 use std::sync::Arc;
 use std::time::Duration;
 
-use fake_api::FakeApi;
 use palisade::reconciler::{LeaseLock, Metrics, Readiness, metrics_router};
-
-const LEASES: &str = "apis/coordination.k8s.io/v1/leases";
+use palisade_fake_apiserver::FakeApi;
+use palisade_fake_apiserver::collections::LEASES;
 
 #[tokio::test]
 async fn one_replica_leads_until_it_steps_down_or_its_lease_expires() {

@@ -1,5 +1,5 @@
-//! The agent's Kubernetes side against an in-memory API server behind `kube::Client` (the
-//! controller's fake, controller/tests/fake_api, plus watches): watch events become exactly the
+//! The agent's Kubernetes side against an in-memory API server behind `kube::Client`
+//! (palisade-fake-apiserver): watch events become exactly the
 //! expected changes, a restarted watch deletes what vanished meanwhile, `Synced` follows every
 //! initial listing, and reports become exactly the expected server-side applies.
 use std::sync::Arc;
@@ -9,305 +9,12 @@ use std::time::Duration;
 use palisade_agent::Change;
 use palisade_agent::cluster_watch::{WatchState, watch};
 use palisade_agent::report_writer::ReportWriter;
+use palisade_fake_apiserver::collections::{
+    ENDPOINT_SLICES, NAMESPACES, NODES, PODS, REPORTS, REVISIONS, ROLLOUTS, SERVICES,
+};
+use palisade_fake_apiserver::{FakeApi, Logged};
 use palisade_rollout::crd::{AuditTotals, PolicyAuditReport, PolicyAuditReportSpec, PolicyRevision, PolicyRollout};
 use serde_json::{Value, json};
-
-mod fake {
-    //! Lists, watches (newline-delimited events on a streaming body), server-side-apply patches
-    //! and deletes, answered from a map of JSON objects; every request logged.
-    use std::collections::BTreeMap;
-    use std::convert::Infallible;
-    use std::sync::{Arc, Mutex};
-
-    use bytes::Bytes;
-    use futures::StreamExt;
-    use http::{Method, Request, Response, StatusCode};
-    use http_body::Frame;
-    use http_body_util::combinators::BoxBody;
-    use http_body_util::{BodyExt, Full, StreamBody};
-    use kube::client::Body;
-    use serde_json::{Value, json};
-    use tokio::sync::mpsc::{UnboundedSender, unbounded_channel};
-
-    /// (collection, namespace, name); collection is e.g. `api/v1/pods`.
-    type Key = (String, String, String);
-
-    #[derive(Clone, Debug, PartialEq)]
-    pub struct Logged {
-        pub method: String,
-        pub path: String,
-        pub query: String,
-        pub content_type: String,
-        pub body: Value,
-    }
-
-    #[derive(Default)]
-    struct Store {
-        objects: BTreeMap<Key, Value>,
-        version: u64,
-        log: Vec<Logged>,
-        /// Open watches: collection, which of its objects, and where their events go.
-        watches: Vec<(String, Filter, UnboundedSender<Bytes>)>,
-    }
-
-    /// What a list or watch asks for: a namespace (None: all) and `labelSelector` equalities.
-    #[derive(Clone, Debug, Default)]
-    struct Filter {
-        namespace: Option<String>,
-        labels: Vec<(String, String)>,
-    }
-
-    impl Filter {
-        fn new(namespace: Option<String>, query: &str) -> Filter {
-            let selector = query.split('&').find_map(|kv| kv.strip_prefix("labelSelector=")).map(decode);
-            let labels = selector
-                .iter()
-                .flat_map(|s| s.split(','))
-                .filter(|term| !term.is_empty())
-                .map(|term| {
-                    let (k, v) = term.split_once('=').expect("the fake understands only key=value selectors");
-                    (k.trim_end_matches('=').to_string(), v.to_string())
-                })
-                .collect();
-            Filter { namespace, labels }
-        }
-
-        fn matches(&self, object: &Value) -> bool {
-            let namespace = object["metadata"]["namespace"].as_str().unwrap_or_default();
-            self.namespace.as_ref().is_none_or(|n| n == namespace)
-                && self.labels.iter().all(|(k, v)| object["metadata"]["labels"][k].as_str() == Some(v.as_str()))
-        }
-    }
-
-    /// Percent-decoding of a query value.
-    fn decode(text: &str) -> String {
-        let bytes = text.as_bytes();
-        let mut out = Vec::new();
-        let mut i = 0;
-        while i < bytes.len() {
-            match bytes[i] {
-                b'%' if i + 2 < bytes.len() => {
-                    out.push(u8::from_str_radix(&text[i + 1..i + 3], 16).expect("percent-encoded byte"));
-                    i += 3;
-                }
-                b'+' => {
-                    out.push(b' ');
-                    i += 1;
-                }
-                b => {
-                    out.push(b);
-                    i += 1;
-                }
-            }
-        }
-        String::from_utf8(out).expect("UTF-8 query")
-    }
-
-    #[derive(Clone, Default)]
-    pub struct FakeApi(Arc<Mutex<Store>>);
-
-    type ResponseBody = BoxBody<Bytes, Infallible>;
-
-    /// Collection, namespace (None: all) and name of a request path.
-    fn route(path: &str) -> Option<(String, Option<String>, Option<String>)> {
-        let parts: Vec<&str> = path.trim_start_matches('/').split('/').collect();
-        let (prefix, rest) = match parts.as_slice() {
-            ["api", v, rest @ ..] => (format!("api/{v}"), rest),
-            ["apis", g, v, rest @ ..] => (format!("apis/{g}/{v}"), rest),
-            _ => return None,
-        };
-        match rest {
-            ["namespaces", ns, resource, tail @ ..] => {
-                Some((format!("{prefix}/{resource}"), Some(ns.to_string()), tail.first().map(|s| s.to_string())))
-            }
-            [resource] => Some((format!("{prefix}/{resource}"), None, None)),
-            [resource, name] => Some((format!("{prefix}/{resource}"), Some(String::new()), Some(name.to_string()))),
-            _ => None,
-        }
-    }
-
-    fn respond(code: StatusCode, body: &Value) -> Response<ResponseBody> {
-        Response::builder()
-            .status(code)
-            .header("content-type", "application/json")
-            .body(Full::new(Bytes::from(serde_json::to_vec(body).unwrap())).boxed())
-            .unwrap()
-    }
-
-    fn not_found(name: &str) -> Response<ResponseBody> {
-        let status = json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
-            "message": format!("{name} not found"), "reason": "NotFound", "code": 404});
-        respond(StatusCode::NOT_FOUND, &status)
-    }
-
-    fn line(value: &Value) -> Bytes {
-        let mut bytes = serde_json::to_vec(value).unwrap();
-        bytes.push(b'\n');
-        Bytes::from(bytes)
-    }
-
-    impl FakeApi {
-        pub fn client(&self) -> kube::Client {
-            let api = self.clone();
-            let service = tower::service_fn(move |request: Request<Body>| {
-                let api = api.clone();
-                async move { Ok::<_, Infallible>(api.handle(request).await) }
-            });
-            kube::Client::new(service, "default")
-        }
-
-        /// Creates or changes an object as another client would; open watches see it.
-        pub fn put(&self, collection: &str, object: Value) {
-            self.store(collection, object, true);
-        }
-
-        /// Changes an object while no watch sees it (the event is lost).
-        pub fn put_unseen(&self, collection: &str, object: Value) {
-            self.store(collection, object, false);
-        }
-
-        fn store(&self, collection: &str, mut object: Value, notify: bool) {
-            let mut store = self.0.lock().unwrap();
-            let ns = object["metadata"]["namespace"].as_str().unwrap_or_default().to_string();
-            let name = object["metadata"]["name"].as_str().unwrap().to_string();
-            store.version += 1;
-            object["metadata"]["resourceVersion"] = json!(store.version.to_string());
-            object["metadata"]["uid"] = json!(format!("uid-{name}"));
-            let old = store.objects.insert((collection.into(), ns, name), object.clone());
-            if notify {
-                let kind = if old.is_some() { "MODIFIED" } else { "ADDED" };
-                store.notify(collection, &json!({"type": kind, "object": object}));
-            }
-        }
-
-        pub fn remove(&self, collection: &str, namespace: &str, name: &str) {
-            self.take(collection, namespace, name, true);
-        }
-
-        pub fn remove_unseen(&self, collection: &str, namespace: &str, name: &str) {
-            self.take(collection, namespace, name, false);
-        }
-
-        fn take(&self, collection: &str, namespace: &str, name: &str, notify: bool) {
-            let mut store = self.0.lock().unwrap();
-            let mut object =
-                store.objects.remove(&(collection.into(), namespace.into(), name.into())).expect("object to remove");
-            store.version += 1;
-            object["metadata"]["resourceVersion"] = json!(store.version.to_string());
-            if notify {
-                store.notify(collection, &json!({"type": "DELETED", "object": object}));
-            }
-        }
-
-        /// Ends the watches of `collection` with 410 Gone: their resource version expired, so
-        /// they list again.
-        pub fn expire(&self, collection: &str) {
-            let mut store = self.0.lock().unwrap();
-            let gone = json!({"type": "ERROR", "object": {"kind": "Status", "apiVersion": "v1", "metadata": {},
-                "status": "Failure", "message": "too old resource version", "reason": "Expired", "code": 410}});
-            store.notify(collection, &gone);
-            store.watches.retain(|(c, _, _)| c != collection);
-        }
-
-        pub fn get(&self, collection: &str, namespace: &str, name: &str) -> Option<Value> {
-            self.0.lock().unwrap().objects.get(&(collection.into(), namespace.into(), name.into())).cloned()
-        }
-
-        /// Requests other than lists and watches, so far.
-        pub fn writes(&self) -> Vec<Logged> {
-            self.0.lock().unwrap().log.iter().filter(|l| l.method != "GET").cloned().collect()
-        }
-
-        /// Lists and watches, so far.
-        pub fn reads(&self) -> Vec<Logged> {
-            self.0.lock().unwrap().log.iter().filter(|l| l.method == "GET").cloned().collect()
-        }
-
-        async fn handle(&self, request: Request<Body>) -> Response<ResponseBody> {
-            let (parts, body) = request.into_parts();
-            let bytes = body.collect().await.map(|b| b.to_bytes()).unwrap_or_default();
-            let body: Value = if bytes.is_empty() { Value::Null } else { serde_json::from_slice(&bytes).unwrap() };
-            let query = parts.uri.query().unwrap_or_default().to_string();
-            let content_type =
-                parts.headers.get("content-type").and_then(|v| v.to_str().ok()).unwrap_or_default().to_string();
-            let mut store = self.0.lock().unwrap();
-            store.log.push(Logged {
-                method: parts.method.to_string(),
-                path: parts.uri.path().into(),
-                query: query.clone(),
-                content_type,
-                body: body.clone(),
-            });
-            let Some((collection, namespace, name)) = route(parts.uri.path()) else {
-                return not_found(parts.uri.path());
-            };
-            let key = |name: &str| (collection.clone(), namespace.clone().unwrap_or_default(), name.to_string());
-            match (parts.method, name) {
-                (Method::GET, None) if query.split('&').any(|kv| kv == "watch=true" || kv == "watch=1") => {
-                    let (events, mut rx) = unbounded_channel::<Bytes>();
-                    store.watches.push((collection, Filter::new(namespace, &query), events));
-                    let stream = futures::stream::poll_fn(move |cx| rx.poll_recv(cx))
-                        .map(|bytes| Ok::<_, Infallible>(Frame::data(bytes)));
-                    Response::builder()
-                        .status(StatusCode::OK)
-                        .header("content-type", "application/json")
-                        .body(BodyExt::boxed(StreamBody::new(stream)))
-                        .unwrap()
-                }
-                (Method::GET, None) => {
-                    let filter = Filter::new(namespace, &query);
-                    let items: Vec<Value> = store
-                        .objects
-                        .iter()
-                        .filter(|((c, _, _), v)| *c == collection && filter.matches(v))
-                        .map(|(_, v)| v.clone())
-                        .collect();
-                    let version = store.version.to_string();
-                    respond(StatusCode::OK, &json!({"metadata": {"resourceVersion": version}, "items": items}))
-                }
-                (Method::PATCH, Some(name)) => {
-                    let mut object = body;
-                    store.version += 1;
-                    object["metadata"]["resourceVersion"] = json!(store.version.to_string());
-                    store.objects.insert(key(&name), object.clone());
-                    respond(StatusCode::OK, &object)
-                }
-                (Method::DELETE, Some(name)) => match store.objects.remove(&key(&name)) {
-                    Some(object) => respond(StatusCode::OK, &object),
-                    None => not_found(&name),
-                },
-                (_, Some(name)) => match store.objects.get(&key(&name)) {
-                    Some(object) => respond(StatusCode::OK, object),
-                    None => not_found(&name),
-                },
-                (method, None) => respond(StatusCode::METHOD_NOT_ALLOWED, &json!({"message": method.to_string()})),
-            }
-        }
-    }
-
-    impl Store {
-        /// Sends an event to the watches of `collection` whose filter its object passes (an
-        /// error event, without an object of the kind, to all of them).
-        fn notify(&mut self, collection: &str, event: &Value) {
-            let bytes = line(event);
-            let error = event["type"] == "ERROR";
-            self.watches.retain(|(c, filter, tx)| {
-                c != collection || !(error || filter.matches(&event["object"])) || tx.send(bytes.clone()).is_ok()
-            });
-        }
-    }
-}
-
-use fake::FakeApi;
-
-const PODS: &str = "api/v1/pods";
-const NAMESPACES: &str = "api/v1/namespaces";
-const NODES: &str = "api/v1/nodes";
-const SERVICES: &str = "api/v1/services";
-const REVISIONS: &str = "apis/palisade.dev/v1alpha1/policyrevisions";
-const ROLLOUTS: &str = "apis/palisade.dev/v1alpha1/policyrollouts";
-const REPORTS: &str = "apis/palisade.dev/v1alpha1/policyauditreports";
-const SLICES: &str = "apis/discovery.k8s.io/v1/endpointslices";
 
 fn pod(name: &str, labels: Value, node: &str, ip: &str) -> Value {
     json!({"apiVersion": "v1", "kind": "Pod",
@@ -421,7 +128,7 @@ fn seeded() -> FakeApi {
     api.put(PODS, pod("db-0", json!({"app": "db"}), "n1", "10.200.1.2"));
     api.put(NODES, node("n1", "192.168.0.1"));
     api.put(SERVICES, service("db"));
-    api.put(SLICES, slice("default", "kubernetes", "kubernetes", &["192.168.0.10"], &[]));
+    api.put(ENDPOINT_SLICES, slice("default", "kubernetes", "kubernetes", &["192.168.0.10"], &[]));
     // What the watches will deserialize.
     serde_json::from_value::<PolicyRevision>(revision("sha256-r1")).expect("a PolicyRevision");
     serde_json::from_value::<PolicyRollout>(rollout("web", "sha256-r1")).expect("a PolicyRollout");
@@ -460,7 +167,8 @@ async fn watches_become_changes_and_a_relisting_deletes_what_vanished() {
         ]
     );
     assert!(state.synced());
-    assert_eq!(state.rollout_uid("shop", "web").as_deref(), Some("uid-web"));
+    let web_uid = api.get(ROLLOUTS, "shop", "web").unwrap()["metadata"]["uid"].clone();
+    assert_eq!(state.rollout_uid("shop", "web").as_deref(), web_uid.as_str());
     quiet(&changes);
 
     // Watch events, one change each; nodes and services as whole lists.
@@ -564,12 +272,13 @@ async fn reports_are_applied_and_those_of_gone_rollouts_deleted() {
                 "totals": {"observedFlows": 10, "newDenies": new_denies, "newAllows": 0, "dropsPerMinute": 0,
                     "truncatedFlows": 0}}})
     };
+    let web_uid = api.get(ROLLOUTS, "shop", "web").unwrap()["metadata"]["uid"].clone();
     let web_owner = json!({"apiVersion": "palisade.dev/v1alpha1", "kind": "PolicyRollout", "name": "web",
-        "uid": "uid-web"});
-    let apply = |rollout: &str, body: Value| fake::Logged {
+        "uid": web_uid});
+    let apply = |rollout: &str, body: Value| Logged {
         method: "PATCH".into(),
         path: format!("/apis/palisade.dev/v1alpha1/namespaces/shop/policyauditreports/{rollout}-n1"),
-        query: "&force=true&fieldManager=palisade-agent".into(),
+        query: Some("&force=true&fieldManager=palisade-agent".into()),
         content_type: "application/apply-patch+yaml".into(),
         body,
     };
@@ -581,10 +290,10 @@ async fn reports_are_applied_and_those_of_gone_rollouts_deleted() {
     writer.write(&[report("web", "n1", 3)]).await;
     writer.write(&[report("web", "n1", 3)]).await;
     let writes = api.writes()[2..].to_vec();
-    let delete = fake::Logged {
+    let delete = Logged {
         method: "DELETE".into(),
         path: "/apis/palisade.dev/v1alpha1/namespaces/shop/policyauditreports/db-n1".into(),
-        query: String::new(),
+        query: Some(String::new()),
         content_type: "application/json".into(),
         body: json!({}),
     };
@@ -602,10 +311,13 @@ async fn reports_are_applied_and_those_of_gone_rollouts_deleted() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn only_the_apiserver_endpoint_slices_are_watched() {
     let api = FakeApi::default();
-    api.put(SLICES, slice("default", "kubernetes", "kubernetes", &["192.168.0.10", "192.168.0.11"], &["192.168.0.11"]));
+    api.put(
+        ENDPOINT_SLICES,
+        slice("default", "kubernetes", "kubernetes", &["192.168.0.10", "192.168.0.11"], &["192.168.0.11"]),
+    );
     // Another Service's slice in default, and one labelled like the API server's elsewhere.
-    api.put(SLICES, slice("default", "web-abcde", "web", &["10.200.9.9"], &[]));
-    api.put(SLICES, slice("kube-system", "kubernetes", "kubernetes", &["192.168.7.7"], &[]));
+    api.put(ENDPOINT_SLICES, slice("default", "web-abcde", "web", &["10.200.9.9"], &[]));
+    api.put(ENDPOINT_SLICES, slice("kube-system", "kubernetes", "kubernetes", &["192.168.7.7"], &[]));
     let (tx, changes) = mpsc::channel();
     let state = Arc::new(WatchState::default());
     tokio::spawn(watch(api.client(), tx, state.clone()));
@@ -622,20 +334,20 @@ async fn only_the_apiserver_endpoint_slices_are_watched() {
     assert!(!slice_reads.is_empty());
     for read in &slice_reads {
         assert_eq!(read.path, path, "{read:?}");
-        assert!(read.query.split('&').any(|kv| kv == selector), "{read:?}");
+        assert!(read.query().split('&').any(|kv| kv == selector), "{read:?}");
     }
     quiet(&changes);
 
     // A second slice of the API server comes; other slices change nothing.
-    api.put(SLICES, slice("default", "kubernetes-2", "kubernetes", &["192.168.0.12"], &[]));
+    api.put(ENDPOINT_SLICES, slice("default", "kubernetes-2", "kubernetes", &["192.168.0.12"], &[]));
     assert_eq!(
         next(&changes, 1),
         vec!["EndpointSlices [\"default/kubernetes [192.168.0.10]\", \"default/kubernetes-2 [192.168.0.12]\"]"]
     );
-    api.put(SLICES, slice("default", "web-abcde", "web", &["10.200.9.8"], &[]));
-    api.put(SLICES, slice("kube-system", "kubernetes", "kubernetes", &["192.168.7.8"], &[]));
+    api.put(ENDPOINT_SLICES, slice("default", "web-abcde", "web", &["10.200.9.8"], &[]));
+    api.put(ENDPOINT_SLICES, slice("kube-system", "kubernetes", "kubernetes", &["192.168.7.8"], &[]));
     quiet(&changes);
-    api.remove(SLICES, "default", "kubernetes");
+    api.remove(ENDPOINT_SLICES, "default", "kubernetes");
     assert_eq!(next(&changes, 1), vec!["EndpointSlices [\"default/kubernetes-2 [192.168.0.12]\"]"]);
 }
 
@@ -657,7 +369,10 @@ async fn node_and_apiserver_addresses_get_their_reserved_identities_in_the_agent
     api.put(NODES, node("n2", "192.168.0.2"));
     api.put(NODES, node("n3", "192.168.0.3"));
     // The API server: behind a load balancer, on this node and on n3.
-    api.put(SLICES, slice("default", "kubernetes", "kubernetes", &["192.168.0.50", "192.168.0.1", "192.168.0.3"], &[]));
+    api.put(
+        ENDPOINT_SLICES,
+        slice("default", "kubernetes", "kubernetes", &["192.168.0.50", "192.168.0.1", "192.168.0.3"], &[]),
+    );
     let (tx, changes) = mpsc::channel();
     tokio::spawn(watch(api.client(), tx, Arc::new(WatchState::default())));
     let config = AgentConfig { node: Some("n1".into()), ..AgentConfig::default() };
@@ -694,7 +409,7 @@ async fn node_and_apiserver_addresses_get_their_reserved_identities_in_the_agent
 
     // The API server's slice goes: n3 is just another node again, the load balancer unknown.
     quiet(&changes); // the watches are open
-    api.remove(SLICES, "default", "kubernetes");
+    api.remove(ENDPOINT_SLICES, "default", "kubernetes");
     feed(&mut agent, &|c| matches!(c, Change::EndpointSlices(_)));
     assert_eq!(identity(&agent, "192.168.0.3"), Some(dp::IDENTITY_REMOTE_NODE));
     assert_eq!(identity(&agent, "192.168.0.50"), None);
