@@ -6,6 +6,7 @@ use std::sync::{Arc, Condvar, Mutex, PoisonError};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
+use palisade_policy::cluster::ObjectMeta;
 use palisade_policy::yaml::{self, Limits, Node, PathSegment, Value};
 use palisade_policy::{Diagnostic, Severity};
 use serde::Deserialize;
@@ -55,16 +56,7 @@ struct Object {
     #[serde(default)]
     kind: String,
     #[serde(default)]
-    metadata: Meta,
-}
-
-#[derive(Deserialize, Default)]
-struct Meta {
-    #[serde(default)]
-    name: String,
-    namespace: Option<String>,
-    #[serde(default)]
-    annotations: BTreeMap<String, serde_json::Value>,
+    metadata: ObjectMeta,
 }
 
 impl Reader<'_> {

@@ -93,13 +93,13 @@ impl EndpointSlice {
     /// An EndpointSlice as the API server serves it (JSON), e.g. from a watch.
     pub fn from_json(value: &serde_json::Value) -> Result<EndpointSlice, String> {
         let meta = match value.get("metadata") {
-            Some(meta) => Meta::deserialize(meta).map_err(|e| format!("metadata: {e}"))?,
-            None => Meta::default(),
+            Some(meta) => ObjectMeta::deserialize(meta).map_err(|e| format!("metadata: {e}"))?,
+            None => ObjectMeta::default(),
         };
         Ok(EndpointSlice::from_parts(meta, &value["endpoints"]))
     }
 
-    fn from_parts(meta: Meta, endpoints: &serde_json::Value) -> EndpointSlice {
+    fn from_parts(meta: ObjectMeta, endpoints: &serde_json::Value) -> EndpointSlice {
         let addresses = endpoints
             .as_array()
             .into_iter()
@@ -128,7 +128,7 @@ impl EndpointSlice {
 struct Object {
     kind: String,
     #[serde(default)]
-    metadata: Meta,
+    metadata: ObjectMeta,
     #[serde(default)]
     spec: serde_json::Value,
     #[serde(default)]
@@ -140,13 +140,16 @@ struct Object {
     endpoints: serde_json::Value,
 }
 
+/// The part of an object's `metadata` that Palisade reads from cluster files.
 #[derive(Deserialize, Default)]
-struct Meta {
+pub struct ObjectMeta {
     #[serde(default)]
-    name: String,
-    namespace: Option<String>,
+    pub name: String,
+    pub namespace: Option<String>,
     #[serde(default)]
-    labels: BTreeMap<String, String>,
+    pub labels: BTreeMap<String, String>,
+    #[serde(default)]
+    pub annotations: BTreeMap<String, serde_json::Value>,
 }
 
 #[derive(Deserialize, Default)]
@@ -175,10 +178,10 @@ struct RawPort {
 }
 
 /// The parts of one object the conversions read; `kind` is not checked.
-fn parts(value: &serde_json::Value) -> Result<(Meta, serde_json::Value, serde_json::Value), String> {
+fn parts(value: &serde_json::Value) -> Result<(ObjectMeta, serde_json::Value, serde_json::Value), String> {
     let meta = match value.get("metadata") {
-        Some(meta) => Meta::deserialize(meta).map_err(|e| format!("metadata: {e}"))?,
-        None => Meta::default(),
+        Some(meta) => ObjectMeta::deserialize(meta).map_err(|e| format!("metadata: {e}"))?,
+        None => ObjectMeta::default(),
     };
     let field = |name| value.get(name).cloned().unwrap_or_default();
     Ok((meta, field("spec"), field("status")))
@@ -190,7 +193,7 @@ impl Namespace {
         Ok(Namespace::from_parts(parts(value)?.0))
     }
 
-    fn from_parts(meta: Meta) -> Namespace {
+    fn from_parts(meta: ObjectMeta) -> Namespace {
         Namespace { name: meta.name, labels: meta.labels }
     }
 }
@@ -202,8 +205,8 @@ impl Pod {
         Pod::from_parts(meta, spec, &status)
     }
 
-    fn from_parts(meta: Meta, spec: serde_json::Value, status: &serde_json::Value) -> Result<Pod, String> {
-        let Meta { name, namespace, labels } = meta;
+    fn from_parts(meta: ObjectMeta, spec: serde_json::Value, status: &serde_json::Value) -> Result<Pod, String> {
+        let ObjectMeta { name, namespace, labels, .. } = meta;
         // A pod without a spec (hand-written cluster files) has no ports and the defaults.
         let spec: PodSpec = match spec {
             serde_json::Value::Null => PodSpec::default(),
@@ -245,7 +248,7 @@ impl Node {
         Ok(Node::from_parts(meta, &status))
     }
 
-    fn from_parts(meta: Meta, status: &serde_json::Value) -> Node {
+    fn from_parts(meta: ObjectMeta, status: &serde_json::Value) -> Node {
         let listed = || status["addresses"].as_array().into_iter().flatten();
         let parse = |a: &serde_json::Value| a["address"].as_str()?.parse().ok();
         let addresses = listed().filter_map(parse).collect();
@@ -261,7 +264,7 @@ impl Service {
         Ok(Service::from_parts(meta, &spec))
     }
 
-    fn from_parts(meta: Meta, spec: &serde_json::Value) -> Service {
+    fn from_parts(meta: ObjectMeta, spec: &serde_json::Value) -> Service {
         let selector = spec.get("selector").and_then(|s| serde_json::from_value(s.clone()).ok());
         Service {
             namespace: meta.namespace.unwrap_or_else(|| "default".into()),

@@ -1,10 +1,13 @@
 //! Error messages users read, and the semantics users notice, each through the public API:
 //! `parse_policies` for diagnostics, `CompiledPolicy` + `trace` for verdicts.
+mod common;
+
 use std::collections::BTreeMap;
 
+use common::trace_of;
 use palisade_policy::cluster::{ContainerPort, Namespace, Pod, Service};
 use palisade_policy::model::Protocol;
-use palisade_policy::trace::{self, FlowEnd, FlowPort, HttpRequest, Verdict};
+use palisade_policy::trace::Verdict;
 use palisade_policy::{
     Cluster, CompiledPolicy, EnforcementMode, ParseOptions, Parsed, Severity, SourceFile, parse_policies,
 };
@@ -136,18 +139,6 @@ fn intent_http(engine: &CompiledPolicy, from: &str, to: &str, port: &str, http: 
         assert_eq!(t.verdict, t.intent, "{from} -> {to} {port}: without L7 the datapath does what policy says");
     }
     t.intent
-}
-
-fn trace_of(engine: &CompiledPolicy, from: &str, to: &str, port: &str, http: Option<&str>) -> trace::Trace {
-    let request = http.map(|r| HttpRequest::parse(r, &[]).unwrap());
-    trace::trace(
-        engine,
-        &FlowEnd::parse(from).unwrap(),
-        &FlowEnd::parse(to).unwrap(),
-        FlowPort::parse(port).unwrap(),
-        request.as_ref(),
-    )
-    .unwrap()
 }
 
 use Verdict::{Allowed, Denied};

@@ -1,8 +1,11 @@
 //! Reserved identities by address, as Cilium assigns them (the local host's addresses `host`,
 //! other nodes' `remote-node`, the API server's `kube-apiserver`), the entities that select
 //! them, `allow-localhost`, and L7 rules that the datapath denies until an L7 proxy exists.
+mod common;
+
+use common::trace_of;
 use palisade_common as dp;
-use palisade_policy::trace::{self, FlowEnd, FlowPort, HttpRequest, Verdict};
+use palisade_policy::trace::{FlowEnd, Verdict};
 use palisade_policy::{
     AllowLocalhost, Cluster, CompileOptions, CompiledPolicy, ParseOptions, Severity, SourceFile, lint, parse_policies,
 };
@@ -71,18 +74,6 @@ fn ipcache_at(engine: &CompiledPolicy, addr: &str) -> Option<u32> {
     engine.ipcache().into_iter().find(|(p, _)| p.len == 32 && p.addr == addr).map(|(_, id)| id)
 }
 
-fn trace(engine: &CompiledPolicy, from: &str, to: &str, port: &str, http: Option<&str>) -> trace::Trace {
-    let http = http.map(|r| HttpRequest::parse(r, &[]).unwrap());
-    trace::trace(
-        engine,
-        &FlowEnd::parse(from).unwrap(),
-        &FlowEnd::parse(to).unwrap(),
-        FlowPort::parse(port).unwrap(),
-        http.as_ref(),
-    )
-    .unwrap()
-}
-
 /// The server admits only what `from` names, on 8080.
 fn server_ingress_from(from: &str) -> String {
     format!(
@@ -124,7 +115,7 @@ fn addresses_get_host_remote_node_and_kube_apiserver_as_cilium_assigns_them() {
     for (addr, id, why) in expected {
         assert_eq!(ipcache_at(&e, addr), Some(id), "{addr}: {why}");
         assert_eq!(e.identity_of_addr(addr.parse().unwrap()), id, "{addr}: identity_of_addr agrees with the ipcache");
-        let seen = trace(&e, &format!("cidr:{addr}"), "prod/server", "8080/TCP", None);
+        let seen = trace_of(&e, &format!("cidr:{addr}"), "prod/server", "8080/TCP", None);
         assert_eq!(seen.ingress.remote_identity, id, "{addr}: trace sees what the ipcache holds");
     }
     for addr in ["10.200.0.99", "10.200.0.60", "10.200.0.61"] {
@@ -184,7 +175,7 @@ fn entities_select_the_reserved_identities_of_those_addresses() {
         let e = engine(&server_ingress_from(&format!("fromEntities: [{entity}]")), options());
         for addr in everyone {
             let from = if addr == "10.200.5.1" { "prod/client".to_string() } else { format!("cidr:{addr}") };
-            let verdict = trace(&e, &from, "prod/server", "8080/TCP", None).verdict;
+            let verdict = trace_of(&e, &from, "prod/server", "8080/TCP", None).verdict;
             let want = if allowed.contains(&addr) { Verdict::Allowed } else { Verdict::Denied };
             assert_eq!(verdict, want, "fromEntities: [{entity}] from {addr}");
         }
@@ -196,10 +187,10 @@ fn allow_localhost_always_admits_the_host_and_policy_subjects_it_to_policy() {
     let always = engine(DEFAULT_DENY, on("node-a"));
     let policy = engine(DEFAULT_DENY, CompileOptions { allow_localhost: AllowLocalhost::Policy, ..on("node-a") });
     for from in ["node", "cidr:10.200.0.11", "entity:host"] {
-        let t = trace(&always, from, "prod/server", "8080/TCP", None);
+        let t = trace_of(&always, from, "prod/server", "8080/TCP", None);
         assert_eq!(t.verdict, Verdict::Allowed, "{from} under always");
         assert_eq!(t.ingress.rule, "the local host may always reach its pods");
-        let t = trace(&policy, from, "prod/server", "8080/TCP", None);
+        let t = trace_of(&policy, from, "prod/server", "8080/TCP", None);
         assert_eq!(t.verdict, Verdict::Denied, "{from} under policy: default deny");
         assert_eq!(t.ingress.remote_identity, dp::IDENTITY_HOST);
     }
@@ -209,27 +200,27 @@ fn allow_localhost_always_admits_the_host_and_policy_subjects_it_to_policy() {
     let localhost = group.ingress.lookup(dp::IDENTITY_HOST, dp::Protocol::TCP, 8080).unwrap();
     assert_eq!((localhost.value.cookie, localhost.value.verdict()), (dp::COOKIE_LOCALHOST, dp::Verdict::Allow));
     // Another node is no local host either way.
-    assert_eq!(trace(&always, "cidr:10.200.0.12", "prod/server", "8080/TCP", None).verdict, Verdict::Denied);
+    assert_eq!(trace_of(&always, "cidr:10.200.0.12", "prod/server", "8080/TCP", None).verdict, Verdict::Denied);
     // Under policy, a rule lets the host in.
     let e = engine(
         &server_ingress_from("fromEntities: [host]"),
         CompileOptions { allow_localhost: AllowLocalhost::Policy, ..on("node-a") },
     );
-    assert_eq!(trace(&e, "node", "prod/server", "8080/TCP", None).verdict, Verdict::Allowed);
-    assert_eq!(trace(&e, "prod/client", "prod/server", "8080/TCP", None).verdict, Verdict::Denied);
+    assert_eq!(trace_of(&e, "node", "prod/server", "8080/TCP", None).verdict, Verdict::Allowed);
+    assert_eq!(trace_of(&e, "prod/client", "prod/server", "8080/TCP", None).verdict, Verdict::Denied);
 }
 
 #[test]
 fn trace_from_node_is_the_destinations_own_host_with_its_address() {
     let e = engine(DEFAULT_DENY, CompileOptions::default());
-    let t = trace(&e, "node", "prod/server", "8080/TCP", None);
+    let t = trace_of(&e, "node", "prod/server", "8080/TCP", None);
     assert_eq!(t.from_address, Some("10.200.0.11".parse().unwrap()), "server runs on node-a");
     assert_eq!(t.ingress.remote_identity, dp::IDENTITY_HOST);
     assert_eq!(t.egress.endpoint, None, "the host has no egress policy here");
-    let t = trace(&e, "node", "prod/client", "8080/TCP", None);
+    let t = trace_of(&e, "node", "prod/client", "8080/TCP", None);
     assert_eq!(t.from_address, Some("10.200.0.12".parse().unwrap()), "client runs on node-b");
     // To the node: the pod's egress sees host.
-    let t = trace(&e, "prod/server", "node", "10250/TCP", None);
+    let t = trace_of(&e, "prod/server", "node", "10250/TCP", None);
     assert_eq!((t.to_address, t.egress.remote_identity), (Some("10.200.0.11".parse().unwrap()), dp::IDENTITY_HOST));
     assert_eq!(FlowEnd::parse("node").unwrap().to_string(), "node");
 }
@@ -259,7 +250,7 @@ fn l7_redirects_are_denied_by_the_datapath_and_traced_with_the_policys_intent() 
     for (http, intent) in
         [(Some("GET /public"), Verdict::Allowed), (Some("POST /public"), Verdict::Denied), (None, Verdict::Allowed)]
     {
-        let t = trace(&e, "prod/client", "prod/server", "8080/TCP", http);
+        let t = trace_of(&e, "prod/client", "prod/server", "8080/TCP", http);
         assert_eq!(t.verdict, Verdict::Denied, "{http:?}: the datapath never fails open");
         assert_eq!(t.drop_reason(), Some("l7-unsupported"));
         assert_eq!(t.intent, intent, "{http:?}: what the HTTP rules would decide");
@@ -268,10 +259,10 @@ fn l7_redirects_are_denied_by_the_datapath_and_traced_with_the_policys_intent() 
         assert_eq!(t.egress.drop_reason, None);
     }
     // Not an L7 port: nothing changes.
-    let t = trace(&e, "prod/client", "prod/server", "9090/TCP", None);
+    let t = trace_of(&e, "prod/client", "prod/server", "9090/TCP", None);
     assert_eq!((t.verdict, t.intent, t.drop_reason()), (Verdict::Denied, Verdict::Denied, None));
     // Egress DNS rules redirect too.
-    let t = trace(&e, "prod/server", "prod/client", "53/UDP", None);
+    let t = trace_of(&e, "prod/server", "prod/client", "53/UDP", None);
     assert_eq!((t.verdict, t.egress.drop_reason), (Verdict::Denied, Some("l7-unsupported")));
 }
 

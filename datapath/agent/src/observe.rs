@@ -44,18 +44,15 @@ impl FlowVerdict {
 }
 
 /// One end of a flow: a pod, or a peer known by its identity's labels or CIDR.
+#[serde_with::skip_serializing_none]
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FlowPeer {
     pub ip: Ipv4Addr,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub namespace: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pod: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub workload: Option<String>,
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub labels: BTreeMap<String, String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cidr: Option<String>,
     /// The node-local security identity (0 when not known).
     #[serde(default)]
@@ -96,25 +93,24 @@ impl FlowPeer {
 }
 
 /// The rule that decided a flow, as the policy compiler names its cookie.
+#[serde_with::skip_serializing_none]
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DecidedBy {
     /// `CiliumNetworkPolicy shop/db`; none for default deny, no policy, default allow, localhost.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub policy: Option<String>,
     /// `spec.ingress[0]`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rule: Option<String>,
     /// The whole description: `CiliumNetworkPolicy shop/db spec.ingress[0]`, `default deny (...)`.
     pub description: String,
 }
 
 /// What the candidate revision would do with the flow.
+#[serde_with::skip_serializing_none]
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CandidateVerdict {
     /// `FORWARDED` or `DROPPED`.
     pub verdict: FlowVerdict,
     /// Why the candidate would drop it (`policy-denied`, `l7-unsupported`).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub drop_reason: Option<String>,
     pub differs: bool,
     pub decided_by: DecidedBy,
@@ -127,6 +123,7 @@ pub struct RolloutRef {
 }
 
 /// A flow the datapath reported, as `palisade observe` shows it.
+#[serde_with::skip_serializing_none]
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ObservedFlow {
     /// RFC 3339, when the kernel saw the flow's first packet.
@@ -135,7 +132,6 @@ pub struct ObservedFlow {
     pub verdict: FlowVerdict,
     /// Why it was dropped (or, audited, would be), in kebab case: `policy-denied`,
     /// `invalid-source`, `l7-unsupported`, ...
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub drop_reason: Option<String>,
     /// `ingress` or `egress`, seen from the endpoint whose policy decided.
     pub direction: String,
@@ -147,15 +143,11 @@ pub struct ObservedFlow {
     pub protocol: String,
     pub decided_by: DecidedBy,
     /// Present while a candidate is audited beside the enforced policy.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub candidate: Option<CandidateVerdict>,
     /// The rollout whose rule decided (or, for a flow no rule decided, the only one there is).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rollout: Option<RolloutRef>,
     /// Revisions by their display names (`main@4b15b4e`).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub enforced_revision: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub candidate_revision: Option<String>,
     /// The datapath's endpoint id of the pod whose policy decided.
     pub endpoint: u32,
