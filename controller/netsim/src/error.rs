@@ -1,9 +1,10 @@
 //! What can go wrong building, running or tearing down the local network.
 use std::io;
+use std::net::Ipv4Addr;
 use std::path::PathBuf;
 use std::process::ExitStatus;
 
-use crate::net::NodeAddressError;
+use crate::ADDRESS_RANGE;
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
@@ -45,4 +46,15 @@ impl Error {
     pub(crate) fn io(action: impl Into<String>, source: io::Error) -> Error {
         Error::Io { action: action.into(), source }
     }
+}
+
+/// Why a cluster file's node address cannot be the node namespace's.
+#[derive(Debug, thiserror::Error)]
+pub enum NodeAddressError {
+    #[error(
+        "Node {node}: its InternalIP {address} is outside {}/{}: local mode puts addresses only from that range on interfaces",
+        ADDRESS_RANGE.0,
+        ADDRESS_RANGE.1
+    )]
+    OutsideRange { node: String, address: Ipv4Addr },
 }

@@ -6,6 +6,7 @@
 //! removes both. Every namespace name starts with a prefix, so a rerun after a crash removes the
 //! leftovers first and tests can run beside each other.
 use std::convert::Infallible;
+use std::net::Ipv4Addr;
 use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -18,12 +19,15 @@ pub mod responders;
 pub mod state;
 pub mod traffic;
 
-pub use error::{Error, Result};
+pub use error::{Error, NodeAddressError, Result};
 pub use net::{LocalNetwork, LocalNode, PodNet, in_netns, spawn_in_netns};
 pub use probe::{Outcome, Port, probe, probe_from_netns};
 pub use responders::Responders;
 pub use state::{DEFAULT_PREFIX, DEFAULT_STATE_DIR, Local, StateDir};
 pub use traffic::{Counts, Talk, TrafficGenerator, TrafficOptions};
+
+/// Local mode puts addresses in this network only on interfaces (the node's and the pods').
+pub const ADDRESS_RANGE: (Ipv4Addr, u8) = (Ipv4Addr::new(10, 200, 0, 0), 16);
 
 /// How long `up` waits for the responder process to bind its ports.
 const RESPONDERS_READY: Duration = Duration::from_secs(10);

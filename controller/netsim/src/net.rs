@@ -22,7 +22,8 @@ use palisade_policy::Cluster;
 use palisade_policy::cluster::{ContainerPort, Node};
 use rustix::thread::{LinkNameSpaceType, move_into_link_name_space};
 
-use crate::error::{Error, Result};
+use crate::ADDRESS_RANGE;
+use crate::error::{Error, NodeAddressError, Result};
 
 /// Where `ip netns` keeps named namespaces.
 const NETNS_DIR: &str = "/run/netns";
@@ -35,8 +36,6 @@ const GATEWAY: Ipv4Addr = Ipv4Addr::new(169, 254, 1, 1);
 pub const DEFAULT_NODE_ADDRESS: Ipv4Addr = Ipv4Addr::new(10, 200, 0, 1);
 /// The local node's name when no pod names one.
 pub const DEFAULT_NODE_NAME: &str = "local";
-/// Local mode puts addresses in this network only on interfaces (the node's and the pods').
-pub const ADDRESS_RANGE: (Ipv4Addr, u8) = (Ipv4Addr::new(10, 200, 0, 0), 16);
 
 /// The one node every local pod runs on, whatever node the cluster file puts them on: the node
 /// namespace. Its address is `host` to the pods' datapath.
@@ -49,17 +48,6 @@ pub struct LocalNode {
     /// Whether the cluster file has that Node. When it does not, [`LocalNode::add_to`] puts it in
     /// the cluster model the agent compiles, so that its address is `host` all the same.
     pub declared: bool,
-}
-
-/// Why a cluster file's node address cannot be the node namespace's.
-#[derive(Debug, thiserror::Error)]
-pub enum NodeAddressError {
-    #[error(
-        "Node {node}: its InternalIP {address} is outside {}/{}: local mode puts addresses only from that range on interfaces",
-        ADDRESS_RANGE.0,
-        ADDRESS_RANGE.1
-    )]
-    OutsideRange { node: String, address: Ipv4Addr },
 }
 
 impl LocalNode {

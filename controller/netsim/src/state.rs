@@ -12,8 +12,8 @@ use std::time::Duration;
 use palisade_policy::{Cluster, SourceFile, yaml};
 use serde::{Deserialize, Serialize};
 
-use crate::error::{Error, Result};
-use crate::net::{LocalNetwork, LocalNode, NodeAddressError};
+use crate::error::{Error, NodeAddressError, Result};
+use crate::net::{LocalNetwork, LocalNode};
 use crate::traffic::{Talk, read_talks};
 
 /// Where the CLI keeps its state: under /run, so a reboot (which also drops the namespaces)
