@@ -44,6 +44,7 @@ pub mod collections {
     pub const ROLLOUTS: &str = "apis/palisade.dev/v1alpha1/policyrollouts";
     pub const REVISIONS: &str = "apis/palisade.dev/v1alpha1/policyrevisions";
     pub const REPORTS: &str = "apis/palisade.dev/v1alpha1/policyauditreports";
+    pub const DECISIONS: &str = "apis/palisade.dev/v1alpha1/policydecisions";
 }
 
 /// The field manager of the changes tests make through [`FakeApi::put`] and friends.

@@ -320,6 +320,19 @@ pub struct PolicyRolloutStatus {
     pub previous_revision: Option<RevisionRef>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub audit_started_at: Option<Time>,
+    /// Counts the restarts of the candidate's audit (a `reaudit`, a changed gate, the same
+    /// content under a new commit). Agents echo it in their reports and restart their evidence
+    /// when it moves, so evidence from before a restart is never counted.
+    #[serde(default)]
+    pub audit_generation: u64,
+    /// The gates and promotion mode the running audit judges by; changing them in the spec
+    /// restarts the audit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub audit_terms: Option<AuditTerms>,
+    /// Set when the candidate's evidence blocked it: it stays Blocked, whatever later evidence
+    /// shows, until a new commit, `palisade abort` or `palisade reaudit`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub blocked: Option<BlockedVerdict>,
     /// Newly denied flows seen by the audit, expected ones included.
     #[serde(default)]
     pub new_denies: u64,
@@ -332,11 +345,11 @@ pub struct PolicyRolloutStatus {
     pub observed_flows: u64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_attempted_revision: Option<AttemptedRevision>,
-    /// Set by `kubectl palisade promote` for a Manual rollout.
+    /// The last Promote decision for the candidate, by the user the API server authenticated.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub approval: Option<Approval>,
-    /// Set by `kubectl palisade abort`: the candidate it names is dropped and not staged again
-    /// until a new commit arrives.
+    /// The last Abort decision: the candidate it names is dropped and not staged again until a
+    /// new commit arrives.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub abort: Option<Abort>,
     /// When nodes were asked to flip to the enforced revision (promotion or rollback).
@@ -348,9 +361,10 @@ pub struct PolicyRolloutStatus {
     /// Drops per minute over all nodes just before the last promotion.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub baseline_drops_per_minute: Option<u64>,
-    /// Revisions rolled back, by commit: not promoted again until a new commit arrives.
+    /// Every revision rolled back, by content and commit: not promoted again until a new commit
+    /// arrives. One short entry per distinct revision, never cut.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub rolled_back_revisions: Vec<RevisionRef>,
+    pub rolled_back_revisions: Vec<RolledBackRevision>,
     /// The last outcomes, newest first.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub history: Vec<HistoryEntry>,
@@ -360,6 +374,35 @@ pub struct PolicyRolloutStatus {
     pub conditions: Vec<Condition>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
+}
+
+/// What an audit judges by, as the spec said when it started.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct AuditTerms {
+    pub audit: AuditGates,
+    pub promotion: Promotion,
+}
+
+/// Why a candidate is Blocked, fixed when its evidence blocked it.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct BlockedVerdict {
+    /// The PolicyRevision blocked.
+    pub revision: String,
+    /// The commit it came from: a new commit audits again.
+    pub commit: String,
+    pub reason: String,
+    pub message: String,
+    pub blocked_at: Time,
+}
+
+/// A revision rolled back: its content (the PolicyRevision) and the commit that brought it.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RolledBackRevision {
+    pub id: String,
+    pub commit: String,
 }
 
 /// The newest commit the controller tried; `errors` is non-empty when it could not be staged.
@@ -426,6 +469,9 @@ pub enum Outcome {
     Superseded,
     /// Invalid, unverified or out of scope; never staged.
     Failed,
+    /// The audit started again from no evidence: a `reaudit`, a changed gate or a new commit
+    /// of the same content.
+    AuditRestarted,
 }
 
 /// One validated, normalized policy set. Immutable: a revert to known content reuses the
@@ -498,9 +544,13 @@ pub struct PolicyAuditReportSpec {
     /// The revision audited; totals and flows are for it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub candidate_revision: Option<String>,
-    /// When this node started auditing the candidate.
+    /// When this node's continuous evidence for the candidate started: a new candidate on the
+    /// node, an agent restart or a restarted audit moves it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub audit_started_at: Option<Time>,
+    /// The rollout's `status.auditGeneration` this evidence was gathered for.
+    #[serde(default)]
+    pub audit_generation: u64,
     #[serde(default)]
     pub totals: AuditTotals,
     /// Endpoints on this node that the candidate selects, with their observed traffic.
@@ -580,4 +630,45 @@ pub struct FlowEndpoint {
     /// For peers outside the cluster.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cidr: Option<String>,
+}
+
+/// A person's decision about a rollout's candidate. The API server checks (admission policy
+/// `palisade-decision-user`) that `spec.user` is the user who created it, so the controller
+/// records a verified name; the controller consumes it and deletes it.
+// kube-derive repeats `type_ = "string"` per column, which clippy misreads as a duplicate.
+#[allow(clippy::duplicated_attributes)]
+#[derive(CustomResource, Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[kube(
+    group = "palisade.dev",
+    version = "v1alpha1",
+    kind = "PolicyDecision",
+    namespaced,
+    shortname = "pdec",
+    category = "palisade",
+    doc = "A verified person's Promote, Abort or Reaudit decision about a PolicyRollout's candidate",
+    printcolumn(name = "Rollout", type_ = "string", json_path = ".spec.rollout"),
+    printcolumn(name = "Action", type_ = "string", json_path = ".spec.action"),
+    printcolumn(name = "Revision", type_ = "string", json_path = ".spec.revision"),
+    printcolumn(name = "User", type_ = "string", json_path = ".spec.user"),
+    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
+)]
+#[serde(rename_all = "camelCase")]
+pub struct PolicyDecisionSpec {
+    /// The PolicyRollout, in the decision's namespace.
+    pub rollout: String,
+    /// The PolicyRevision decided about: a decision never carries over to another candidate.
+    pub revision: String,
+    pub action: DecisionAction,
+    /// Who decided: must be the authenticated user creating the decision.
+    pub user: String,
+}
+
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+pub enum DecisionAction {
+    /// Approve the candidate of a Manual rollout; it is promoted once its audit passes.
+    Promote,
+    /// Drop the candidate; it is not staged again until a new commit.
+    Abort,
+    /// Discard the candidate's evidence and audit it again from now.
+    Reaudit,
 }

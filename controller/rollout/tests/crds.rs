@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use kube::CustomResourceExt;
 use palisade_policy::yaml::to_yaml;
-use palisade_rollout::crd::{PolicyAuditReport, PolicyRevision, PolicyRollout};
+use palisade_rollout::crd::{PolicyAuditReport, PolicyDecision, PolicyRevision, PolicyRollout};
 
 const HEADER: &str = "# Generated from controller/rollout/src/crd.rs by `make crds`. Do not edit.\n";
 
@@ -14,6 +14,7 @@ fn rendered() -> Vec<(&'static str, String)> {
         ("policyrollouts.yaml", PolicyRollout::crd()),
         ("policyrevisions.yaml", PolicyRevision::crd()),
         ("policyauditreports.yaml", PolicyAuditReport::crd()),
+        ("policydecisions.yaml", PolicyDecision::crd()),
     ]
     .into_iter()
     .map(|(file, crd)| (file, format!("{HEADER}{}", to_yaml(&serde_json::to_value(&crd).expect("CRD serializes")))))

@@ -63,7 +63,12 @@ impl<'a> Engine<'a> {
                 (false, reason, format!("{errors}; fix it and push a new commit; {still}"))
             }
             Phase::RolledBack => {
-                let last = self.st.rolled_back_revisions.first().map_or(String::new(), |r| r.display.clone());
+                let last = self
+                    .st
+                    .history
+                    .iter()
+                    .find(|h| h.outcome == Outcome::RolledBack)
+                    .map_or(String::new(), |h| h.display.clone());
                 (
                     false,
                     "RolledBack".into(),

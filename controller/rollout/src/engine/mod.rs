@@ -22,10 +22,11 @@ pub use gates::matches;
 
 use crate::crd::{
     Approval, AttemptedRevision, AuditFlow, Direction, FlowSelector, HistoryEntry, Outcome, Phase,
-    PolicyAuditReportSpec, PolicyRolloutSpec, PolicyRolloutStatus, Promotion, RevisionRef, Scope, Verdict,
+    PolicyAuditReportSpec, PolicyRolloutSpec, PolicyRolloutStatus, Promotion, RevisionRef, RolledBackRevision, Scope,
+    Verdict,
 };
 
-/// Outcomes kept in `status.history`, and rolled-back revisions remembered.
+/// Outcomes kept in `status.history`.
 pub const HISTORY_LIMIT: usize = 10;
 
 /// Where and when this reconcile happens.

@@ -36,8 +36,10 @@ impl<'a> Engine<'a> {
             self.record(&candidate, Outcome::Superseded, format!("cancelled: {} was rolled back", from.display));
         }
         self.record(&from, Outcome::RolledBack, reason.clone());
-        self.st.rolled_back_revisions.insert(0, from.clone());
-        self.st.rolled_back_revisions.truncate(HISTORY_LIMIT);
+        let rolled_back = RolledBackRevision { id: from.id.clone(), commit: from.commit.clone() };
+        if !self.st.rolled_back_revisions.contains(&rolled_back) {
+            self.st.rolled_back_revisions.push(rolled_back);
+        }
         self.st.previous_revision = None;
         self.st.promoted_at = None;
         self.st.baseline_drops_per_minute = None;
