@@ -453,6 +453,9 @@ pub struct HistoryEntry {
     pub recorded_at: Time,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub approved_by: Option<String>,
+    /// The verified user whose PolicyDecision this entry records.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub decided_by: Option<String>,
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub message: String,
 }
@@ -469,6 +472,10 @@ pub enum Outcome {
     Superseded,
     /// Invalid, unverified or out of scope; never staged.
     Failed,
+    /// A Promote decision approved the candidate (it is promoted once its audit passes).
+    Approved,
+    /// An Abort decision dropped the candidate.
+    Aborted,
     /// The audit started again from no evidence: a `reaudit`, a changed gate or a new commit
     /// of the same content.
     AuditRestarted,

@@ -20,10 +20,6 @@ pub const FINALIZER: &str = "palisade.dev/cleanup";
 pub const CONTROLLER_FIELD_MANAGER: &str = "palisade-controller";
 /// The field manager of the agent's PolicyAuditReports.
 pub const AGENT_FIELD_MANAGER: &str = "palisade-agent";
-/// The field manager of `palisade promote`: owns `status.approval`.
-pub const PROMOTE_FIELD_MANAGER: &str = "palisade-promote";
-/// The field manager of `palisade abort`: owns `status.abort`.
-pub const ABORT_FIELD_MANAGER: &str = "palisade-abort";
 /// The field manager of `palisade suspend`, `resume` and `reconcile`.
 pub const CLI_FIELD_MANAGER: &str = "palisade";
 

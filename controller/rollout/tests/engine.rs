@@ -5,7 +5,7 @@ mod common;
 use common::*;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use palisade_rollout::crd::*;
-use palisade_rollout::engine::{Action, HISTORY_LIMIT, PolicyRef, SourceObservation};
+use palisade_rollout::engine::{Action, Claim, HISTORY_LIMIT, PolicyRef, SourceObservation};
 
 fn loaded_audit(n: &str, flows: u64, denies: Vec<AuditFlow>) -> Vec<PolicyAuditReportSpec> {
     vec![node("a").loaded(&[n]).audit(n, flows, denies.clone()), node("b").loaded(&[n]).audit(n, flows, vec![])]
@@ -174,7 +174,7 @@ fn too_little_traffic_is_inconclusive_never_a_pass() {
 }
 
 #[test]
-fn manual_promotion_waits_for_an_approval_of_this_revision() {
+fn manual_promotion_waits_for_a_decision_about_this_revision() {
     let mut r = Rollout::new();
     r.spec.promotion = Promotion::Manual;
     r.step(&rev("1"), &[], 0);
@@ -183,17 +183,17 @@ fn manual_promotion_waits_for_an_approval_of_this_revision() {
     assert_eq!(r.phase(), Phase::Auditing);
     assert_eq!(r.condition("PromotionBlocked").unwrap().1, "AwaitingApproval");
 
-    let approve = |r: &mut Rollout, revision: &str| {
-        r.status.as_mut().unwrap().approval = Some(Approval {
-            revision: revision.into(),
-            approved_by: "alice@example.com".into(),
-            approved_at: Time(t(15)),
-        });
-    };
-    approve(&mut r, "web-0");
-    assert!(!has_flip(&r.step(&rev("1"), &reports, 16)), "an approval is for one revision only");
-    approve(&mut r, "web-1");
+    r.decide_as("alice@example.com", DecisionAction::Promote, "0");
+    let actions = r.step(&rev("1"), &reports, 16);
+    assert!(!has_flip(&actions), "a decision is for one revision only");
+    assert!(actions.contains(&Action::ConsumeDecision("web-promote-0".into())), "an ignored decision is consumed too");
+    r.assert_condition("Decided", "Ignored", "it names revision web-0, but the candidate is main@1 (web-1)");
+    assert!(r.decisions.is_empty());
+
+    r.decide_as("alice@example.com", DecisionAction::Promote, "1");
     assert!(has_flip(&r.step(&rev("1"), &reports, 17)));
+    assert_eq!(r.st().history[0].outcome, Outcome::Approved);
+    assert_eq!(r.st().history[0].decided_by.as_deref(), Some("alice@example.com"));
     let done = [node("a").loaded(&["1"]).enforcing("1"), node("b").loaded(&["1"]).enforcing("1")];
     r.step(&rev("1"), &done, 18);
     assert_eq!(r.phase(), Phase::Enforced);
@@ -206,8 +206,9 @@ fn an_approval_never_overrides_a_failed_gate() {
     let mut r = Rollout::new();
     r.spec.promotion = Promotion::Manual;
     r.step(&rev("1"), &[], 0);
-    r.status.as_mut().unwrap().approval =
-        Some(Approval { revision: "web-1".into(), approved_by: "bob".into(), approved_at: Time(t(1)) });
+    r.decide_as("bob", DecisionAction::Promote, "1");
+    r.step(&rev("1"), &[], 1);
+    assert_eq!(r.st().approval.as_ref().map(|a| a.approved_by.as_str()), Some("bob"));
     let actions = r.step(&rev("1"), &loaded_audit("1", 5, vec![denied("legacy", 8080)]), 20);
     assert_eq!(r.phase(), Phase::Blocked);
     assert!(!has_flip(&actions));
@@ -223,25 +224,15 @@ fn an_abort_drops_the_candidate_until_a_new_commit_arrives() {
     assert_eq!(r.phase(), Phase::Enforced);
     r.step(&rev("2"), &done, 11);
     assert_eq!(r.candidate(), Some("web-2"));
-    let abort = |r: &mut Rollout, revision: &str, commit: &str| {
-        r.status.as_mut().unwrap().abort = Some(Abort {
-            revision: revision.into(),
-            commit: commit.repeat(40 / commit.len()),
-            aborted_by: "alice".into(),
-            aborted_at: Time(t(12)),
-        });
-    };
-    abort(&mut r, "web-2", "9");
-    r.step(&rev("2"), &done, 12);
-    assert_eq!(r.candidate(), Some("web-2"), "an abort names one commit");
 
-    abort(&mut r, "web-2", "2");
+    r.decide_as("alice", DecisionAction::Abort, "2");
     let actions = r.step(&rev("2"), &done, 13);
     assert_eq!(r.candidate(), None);
     assert_eq!(r.phase(), Phase::Enforced);
     assert_eq!(r.st().enforced_revision.as_ref().unwrap().id, "web-1");
-    assert_eq!(events(&actions), ["Superseded"]);
-    assert_eq!(r.st().history[0].message, "aborted by alice");
+    assert_eq!(events(&actions), ["Aborted"]);
+    let h = &r.st().history[0];
+    assert_eq!((h.outcome, h.decided_by.as_deref()), (Outcome::Aborted, Some("alice")));
     let actions = r.step(&rev("2"), &done, 14);
     assert!(actions.iter().all(|a| !matches!(a, Action::StageCandidate(_))), "the aborted commit stays out");
     assert_eq!(r.candidate(), None);
@@ -251,6 +242,121 @@ fn an_abort_drops_the_candidate_until_a_new_commit_arrives() {
     r.step(&again, &done, 15);
     assert_eq!(r.candidate(), Some("web-2"));
     assert_eq!(r.phase(), Phase::Auditing);
+}
+
+#[test]
+fn a_blocked_candidate_stays_blocked_when_its_evidence_is_wiped() {
+    let mut r = Rollout::new();
+    r.step(&rev("1"), &[], 0);
+    r.step(&rev("1"), &loaded_audit("1", 5, vec![denied("legacy", 8080)]), 2);
+    assert_eq!(r.phase(), Phase::Blocked);
+    // Another rollout's candidate reset the node's flows, an agent restarted, the LRU evicted
+    // the flow: the reports now show clean traffic, long after minDuration.
+    let wiped = loaded_audit("1", 50, vec![]);
+    for minute in [20, 40, 60] {
+        let actions = r.step(&rev("1"), &wiped, minute);
+        assert_eq!(r.phase(), Phase::Blocked, "minute {minute}");
+        assert!(!has_flip(&actions));
+    }
+    r.assert_condition("PromotionBlocked", "NewDeniesAboveLimit", "shop/web <- shop/legacy TCP/8080");
+
+    // A reaudit discards the evidence: the nodes restart theirs, and clean evidence then passes.
+    r.decide_as("alice", DecisionAction::Reaudit, "1");
+    r.step(&rev("1"), &wiped, 61);
+    assert_eq!(r.phase(), Phase::Auditing);
+    assert_eq!(r.st().audit_generation, 1);
+    assert_eq!(r.st().history[0].outcome, Outcome::AuditRestarted);
+    r.assert_condition("Auditing", "WaitingForNodes", "waiting for a, b to restart their evidence");
+    let fresh: Vec<_> = wiped.into_iter().map(|x| x.generation(1).started(62)).collect();
+    assert!(!has_flip(&r.step(&rev("1"), &fresh, 65)), "the new audit lasts minDuration from the restart");
+    assert!(has_flip(&r.step(&rev("1"), &fresh, 72)));
+}
+
+#[test]
+fn a_new_commit_of_blocked_content_audits_it_again() {
+    let mut r = Rollout::new();
+    r.step(&rev("1"), &[], 0);
+    r.step(&rev("1"), &loaded_audit("1", 5, vec![denied("legacy", 8080)]), 2);
+    assert_eq!(r.phase(), Phase::Blocked);
+    r.step(&SourceObservation::Revision(rev_at("1", "f")), &loaded_audit("1", 5, vec![]), 3);
+    assert_eq!(r.phase(), Phase::Auditing);
+    assert_eq!((r.st().audit_generation, r.st().blocked.clone()), (1, None));
+}
+
+#[test]
+fn each_nodes_clock_restarts_with_its_evidence() {
+    let mut r = Rollout::new();
+    r.step(&rev("1"), &[], 0);
+    // Node b's agent restarted at minute 8: its evidence covers 4 minutes at minute 12.
+    let reports = [
+        node("a").loaded(&["1"]).audit("1", 5, vec![]).started(0),
+        node("b").loaded(&["1"]).audit("1", 5, vec![]).started(8),
+    ];
+    let actions = r.step(&rev("1"), &reports, 12);
+    assert!(!has_flip(&actions));
+    assert!(r.condition("Auditing").unwrap().2.contains("6m0s left of spec.audit.minDuration"), "{:?}", r.st());
+    assert!(has_flip(&r.step(&rev("1"), &reports, 18)));
+}
+
+#[test]
+fn changing_a_gate_during_the_audit_restarts_it() {
+    let mut r = Rollout::new();
+    r.spec.promotion = Promotion::Manual;
+    r.step(&rev("1"), &[], 0);
+    r.step(&rev("1"), &loaded_audit("1", 5, vec![denied("legacy", 8080)]), 2);
+    assert_eq!(r.phase(), Phase::Blocked);
+    r.spec.audit.max_new_denies = 5;
+    r.spec.promotion = Promotion::Auto;
+    r.step(&rev("1"), &loaded_audit("1", 5, vec![denied("legacy", 8080)]), 3);
+    assert_eq!(r.phase(), Phase::Auditing);
+    let h = &r.st().history[0];
+    assert_eq!(h.outcome, Outcome::AuditRestarted);
+    assert!(h.message.contains("spec.audit.maxNewDenies, spec.promotion changed during the audit"), "{}", h.message);
+    // Evidence from before the change does not count; the new audit's does, from its start.
+    let fresh: Vec<_> =
+        loaded_audit("1", 5, vec![denied("legacy", 8080)]).into_iter().map(|x| x.generation(1).started(3)).collect();
+    assert!(!has_flip(&r.step(&rev("1"), &fresh, 10)));
+    assert!(has_flip(&r.step(&rev("1"), &fresh, 13)));
+}
+
+#[test]
+fn a_policy_another_rollout_holds_is_a_conflict() {
+    let mut r = Rollout::new();
+    r.claims = vec![Claim {
+        policy: PolicyRef { kind: "CiliumNetworkPolicy".into(), name: "web".into(), namespace: Some(NS.into()) },
+        rollout: "shop/other".into(),
+        revision: "main@abc1234".into(),
+    }];
+    let actions = r.step(&rev("1"), &[], 0);
+    assert!(!actions.iter().any(|a| matches!(a, Action::StageCandidate(_))));
+    assert_eq!(r.phase(), Phase::Failed);
+    let attempt = r.st().last_attempted_revision.clone().unwrap();
+    assert_eq!(attempt.reason.as_deref(), Some("Conflict"));
+    assert!(
+        attempt.errors[0]
+            .contains("CiliumNetworkPolicy shop/web is already carried by PolicyRollout shop/other (main@abc1234)")
+    );
+    r.assert_condition("Ready", "Conflict", "shop/other");
+}
+
+#[test]
+fn every_rolled_back_revision_stays_out_however_many() {
+    let mut r = Rollout::new();
+    r.promote("0", 0);
+    let spike = |n: &str| [node("a").loaded(&[n]).enforcing(n).drops(500), node("b").loaded(&[n]).enforcing(n)];
+    for i in 1..=11 {
+        let n = i.to_string();
+        r.promote(&n, i * 100);
+        r.step(&rev(&n), &spike(&n), i * 100 + 12);
+        assert_eq!(r.phase(), Phase::RolledBack, "revision {n}");
+        // Back to a good state before the next one: the previous revision is enforced again.
+        r.status.as_mut().unwrap().phase = Phase::Enforced;
+    }
+    assert_eq!(r.st().rolled_back_revisions.len(), 11);
+    // The first one rolled back, ten rollbacks ago, is still refused without a new commit.
+    let actions = r.step(&rev("1"), &[], 2000);
+    assert!(!actions.iter().any(|a| matches!(a, Action::StageCandidate(_))), "{actions:?}");
+    assert_eq!(r.phase(), Phase::RolledBack);
 }
 
 #[test]

@@ -7,7 +7,7 @@ mod common;
 use common::*;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use palisade_rollout::crd::*;
-use palisade_rollout::engine::{self, Action, Context, Decision, PolicyRef, SourceObservation};
+use palisade_rollout::engine::{self, Action, Context, Decision, Observed, PolicyRef, SourceObservation};
 use proptest::prelude::*;
 
 #[derive(Clone, Debug)]
@@ -125,7 +125,8 @@ fn reconcile(
     minute: i64,
 ) -> Decision {
     let ctx = Context { namespace: NS, controller_namespace: CONTROLLER_NS, generation: Some(3), now: t(minute) };
-    engine::reconcile(spec, status, src, reports, &ctx)
+    let observed = Observed { source: src, reports, decisions: &[], claims: &[] };
+    engine::reconcile(spec, status, &observed, &ctx)
 }
 
 fn unexpected_denies(spec: &PolicyRolloutSpec, reports: &[PolicyAuditReportSpec], id: &str) -> u64 {

@@ -2,9 +2,11 @@
 //! asking, and kubectl's ways of showing ages and missing objects.
 
 use anyhow::{Context as _, Result, anyhow};
+use k8s_openapi::api::authentication::v1::SelfSubjectReview;
 use k8s_openapi::jiff::{SignedDuration, Timestamp};
+use kube::api::PostParams;
 use kube::config::{KubeConfigOptions, Kubeconfig};
-use kube::{Client, Config};
+use kube::{Api, Client, Config};
 
 /// Flags every cluster command takes, as kubectl spells them.
 #[derive(clap::Args, Clone, Debug, Default)]
@@ -22,7 +24,8 @@ pub struct Session {
     pub client: Client,
     /// The namespace to act in: `--namespace`, or the context's default.
     pub namespace: String,
-    /// The kubeconfig user of the context, recorded as who approved or aborted; None in-cluster.
+    /// The kubeconfig user of the context, for API servers without SelfSubjectReview; None
+    /// in-cluster.
     pub user: Option<String>,
     pub now: Timestamp,
 }
@@ -52,11 +55,23 @@ impl Session {
         Ok(Self { client, namespace, user, now: Timestamp::now() })
     }
 
-    /// Who is approving or aborting, for the record in the status.
-    pub fn user(&self) -> Result<&str> {
-        self.user.as_deref().ok_or_else(|| {
-            anyhow!("cannot tell who you are: the kubeconfig context names no user (an approval records who gave it)")
-        })
+    /// Who the API server says is asking (a SelfSubjectReview, like `kubectl auth whoami`). An
+    /// API server without it (before Kubernetes 1.28) leaves the kubeconfig context's user name,
+    /// which the admission policy still checks against the authenticated one.
+    pub async fn whoami(&self) -> Result<String> {
+        let api: Api<SelfSubjectReview> = Api::all(self.client.clone());
+        match api.create(&PostParams::default(), &SelfSubjectReview::default()).await {
+            Ok(review) => review
+                .status
+                .and_then(|s| s.user_info)
+                .and_then(|u| u.username)
+                .filter(|u| !u.is_empty())
+                .ok_or_else(|| anyhow!("the API server's SelfSubjectReview names no user")),
+            Err(kube::Error::Api(e)) if e.is_not_found() => self.user.clone().ok_or_else(|| {
+                anyhow!("cannot tell who you are: the API server has no SelfSubjectReview and the kubeconfig context names no user")
+            }),
+            Err(e) => Err(e).context("asking the API server who you are (SelfSubjectReview)"),
+        }
     }
 }
 

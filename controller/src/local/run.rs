@@ -20,7 +20,7 @@ use palisade_netsim::{Local, TrafficGenerator, TrafficOptions};
 use palisade_policy::AllowLocalhost;
 use palisade_policy::yaml::{self, Limits};
 use palisade_rollout::crd::{PolicyAuditReportSpec, PolicyRevision, PolicyRollout, PolicyRolloutStatus};
-use palisade_rollout::engine::Event;
+use palisade_rollout::engine::{Claim, DecisionRequest, Event};
 use palisade_rollout::wire::RECONCILE_ANNOTATION;
 use tracing::{info, warn};
 
@@ -217,10 +217,7 @@ impl Controller<'_> {
             return Ok(());
         }
         for request in requests {
-            let status = rollout.status.get_or_insert_with(PolicyRolloutStatus::default);
             match request {
-                Request::Approve(approval) => status.approval = Some(approval),
-                Request::Abort(abort) => status.abort = Some(abort),
                 Request::Suspend(suspend) => rollout.spec.suspend = suspend,
                 Request::Reconcile(at) => {
                     let stamp = at.0.to_string();
@@ -272,6 +269,29 @@ impl RolloutStore for LocalStore<'_> {
             reports.push(PolicyAuditReportSpec { rollout: name, node: NODE.into(), ..Default::default() });
         }
         Ok(reports)
+    }
+
+    async fn decisions(&self, rollout: &PolicyRollout) -> Result<Vec<DecisionRequest>, Error> {
+        let decisions = self.store.decisions(&namespace_of(rollout), &name_of(rollout))?;
+        Ok(decisions.iter().map(step::decision_request).collect())
+    }
+
+    async fn consume_decision(&self, rollout: &PolicyRollout, name: &str) -> Result<(), Error> {
+        Ok(self.store.remove_decision(&namespace_of(rollout), name)?)
+    }
+
+    async fn claims(&self, rollout: &PolicyRollout) -> Result<Vec<Claim>, Error> {
+        let mut claims = Vec::new();
+        for other in self.store.rollouts()?.iter().filter(|o| o.metadata != rollout.metadata) {
+            let revisions = self.store.revisions(&namespace_of(other))?;
+            for held in step::held_revisions(other) {
+                if let Some(revision) = revisions.iter().find(|r| r.metadata.name.as_deref() == Some(held.id.as_str()))
+                {
+                    claims.extend(step::claims_of(other, held, &revision.spec));
+                }
+            }
+        }
+        Ok(claims)
     }
 
     async fn create_revision(&self, mut revision: PolicyRevision) -> Result<(), Error> {

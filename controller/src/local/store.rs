@@ -1,14 +1,15 @@
 //! Local mode's stand-in for the API server: the same objects (PolicyRollout with its status,
-//! PolicyRevisions, PolicyAuditReports, Events) as JSON files under the state directory, written
-//! atomically. The running `palisade local run` owns them; the CLI reads them and leaves requests
-//! (promote, abort, suspend, resume, reconcile) for it to carry out, as it would patch a cluster.
+//! PolicyRevisions, PolicyAuditReports, PolicyDecisions, Events) as JSON files under the state
+//! directory, written atomically. The running `palisade local run` owns them; the CLI reads them,
+//! creates PolicyDecisions (promote, abort, reaudit) and leaves requests (suspend, resume,
+//! reconcile) for it to carry out, as it would patch a cluster.
 use std::fs;
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context as _, Result};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
-use palisade_rollout::crd::{Abort, Approval, PolicyAuditReport, PolicyRevision, PolicyRollout};
+use palisade_rollout::crd::{PolicyAuditReport, PolicyDecision, PolicyRevision, PolicyRollout};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
@@ -16,8 +17,6 @@ use serde::{Deserialize, Serialize};
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub enum Request {
-    Approve(Approval),
-    Abort(Abort),
     Suspend(bool),
     Reconcile(Time),
 }
@@ -110,6 +109,26 @@ impl Store {
     pub fn put_report(&self, report: &PolicyAuditReport) -> Result<()> {
         let (namespace, name) = names(&report.metadata.namespace, &report.metadata.name)?;
         write(&self.path("reports", namespace, name), report)
+    }
+
+    /// The decisions about one rollout, oldest first.
+    pub fn decisions(&self, namespace: &str, rollout: &str) -> Result<Vec<PolicyDecision>> {
+        let mut all: Vec<PolicyDecision> = self.list("decisions", Some(namespace))?;
+        all.retain(|d| d.spec.rollout == rollout);
+        all.sort_by(|a, b| {
+            (&a.metadata.creation_timestamp, &a.metadata.name).cmp(&(&b.metadata.creation_timestamp, &b.metadata.name))
+        });
+        Ok(all)
+    }
+
+    pub fn put_decision(&self, decision: &PolicyDecision) -> Result<()> {
+        let (namespace, name) = names(&decision.metadata.namespace, &decision.metadata.name)?;
+        write(&self.path("decisions", namespace, name), decision)
+    }
+
+    /// Deletes a decision; one already gone is fine.
+    pub fn remove_decision(&self, namespace: &str, name: &str) -> Result<()> {
+        remove(&self.path("decisions", namespace, name))
     }
 
     pub fn events(&self, namespace: &str, rollout: &str) -> Result<Vec<LocalEvent>> {

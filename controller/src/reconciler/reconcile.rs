@@ -4,8 +4,6 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use json_patch::jsonptr::PointerBuf;
-use json_patch::{Patch as JsonPatch, PatchOperation, RemoveOperation, TestOperation};
 use k8s_openapi::api::core::v1::{Pod, Secret};
 use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::runtime::controller::Action;
@@ -13,14 +11,14 @@ use kube::runtime::events::{Event as KubeEvent, EventType as KubeEventType, Reco
 use kube::runtime::finalizer::{Event as Finalizer, finalizer};
 use kube::{Api, Client, Resource, ResourceExt};
 use palisade_rollout::crd::{
-    PolicyAuditReport, PolicyAuditReportSpec, PolicyRevision, PolicyRollout, PolicyRolloutStatus,
+    PolicyAuditReport, PolicyAuditReportSpec, PolicyDecision, PolicyRevision, PolicyRollout, PolicyRolloutStatus,
 };
-use palisade_rollout::engine::{Event, EventType, HISTORY_LIMIT};
+use palisade_rollout::engine::{Claim, DecisionRequest, Event, EventType, HISTORY_LIMIT};
 use palisade_rollout::wire::{CONTROLLER_FIELD_MANAGER, FINALIZER, ROLLOUT_LABEL};
 use serde_json::json;
 use tracing::{debug, info, warn};
 
-use super::step::{self, RolloutStore};
+use super::step::{self, RolloutStore, decision_request, held_revisions};
 use super::{Config, Context, Error};
 
 /// First retry after an error; doubled per consecutive failure up to [`MAX_BACKOFF`].
@@ -139,41 +137,51 @@ impl RolloutStore for KubeStore<'_> {
         }
     }
 
-    /// Server-side apply of the status as the engine left it, without the fields people write
-    /// through the CLI (`approval`, `abort`): applying them would take them over from whoever
-    /// wrote them. One the engine consumed is removed by a test-and-remove, so a newer one
-    /// written meanwhile survives.
+    /// Server-side apply of the whole status as the engine left it: only the controller writes
+    /// it (people's decisions arrive as PolicyDecisions).
     async fn write_status(&self, rollout: &PolicyRollout, status: &PolicyRolloutStatus) -> Result<(), Error> {
-        let old = rollout.status.clone().unwrap_or_default();
-        let name = rollout.name_any();
         let api: Api<PolicyRollout> = Api::namespaced(self.client.clone(), &rollout.namespace().unwrap_or_default());
-        let applied = PolicyRolloutStatus { approval: None, abort: None, ..status.clone() };
         let patch = json!({
             "apiVersion": PolicyRollout::api_version(&()),
             "kind": PolicyRollout::kind(&()),
-            "status": applied,
+            "status": status,
         });
-        api.patch_status(&name, &PatchParams::apply(CONTROLLER_FIELD_MANAGER).force(), &Patch::Apply(&patch)).await?;
+        let params = PatchParams::apply(CONTROLLER_FIELD_MANAGER).force();
+        api.patch_status(&rollout.name_any(), &params, &Patch::Apply(&patch)).await?;
+        Ok(())
+    }
 
-        let consumed = [
-            ("approval", old.approval.is_some() && status.approval.is_none(), json!(old.approval)),
-            ("abort", old.abort.is_some() && status.abort.is_none(), json!(old.abort)),
-        ];
-        for (field, _, value) in consumed.into_iter().filter(|(_, gone, _)| *gone) {
-            let path = PointerBuf::parse(format!("/status/{field}")).expect("a valid JSON pointer");
-            let ops = JsonPatch(vec![
-                PatchOperation::Test(TestOperation { path: path.clone(), value }),
-                PatchOperation::Remove(RemoveOperation { path }),
-            ]);
-            let params = PatchParams { field_manager: Some(CONTROLLER_FIELD_MANAGER.into()), ..Default::default() };
-            match api.patch_status(&name, &params, &Patch::<()>::Json(ops)).await {
-                Ok(_) => {}
-                // Replaced meanwhile: the new one is about another revision and stays.
-                Err(kube::Error::Api(e)) if e.code == 422 || e.code == 409 => {}
-                Err(e) => return Err(e.into()),
+    async fn decisions(&self, rollout: &PolicyRollout) -> Result<Vec<DecisionRequest>, Error> {
+        let name = rollout.name_any();
+        let api: Api<PolicyDecision> = Api::namespaced(self.client.clone(), &rollout.namespace().unwrap_or_default());
+        let mut decisions: Vec<PolicyDecision> =
+            api.list(&ListParams::default()).await?.items.into_iter().filter(|d| d.spec.rollout == name).collect();
+        decisions.sort_by_key(|d| (d.creation_timestamp(), d.name_any()));
+        Ok(decisions.iter().map(decision_request).collect())
+    }
+
+    async fn consume_decision(&self, rollout: &PolicyRollout, name: &str) -> Result<(), Error> {
+        let api: Api<PolicyDecision> = Api::namespaced(self.client.clone(), &rollout.namespace().unwrap_or_default());
+        match api.delete(name, &DeleteParams::default()).await {
+            Ok(_) => Ok(()),
+            Err(kube::Error::Api(e)) if e.is_not_found() => Ok(()),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    async fn claims(&self, rollout: &PolicyRollout) -> Result<Vec<Claim>, Error> {
+        let others = Api::<PolicyRollout>::all(self.client.clone()).list(&ListParams::default()).await?.items;
+        let mut claims = Vec::new();
+        for other in others.iter().filter(|o| o.uid() != rollout.uid()) {
+            let namespace = other.namespace().unwrap_or_default();
+            let api: Api<PolicyRevision> = Api::namespaced(self.client.clone(), &namespace);
+            for held in held_revisions(other) {
+                if let Some(revision) = api.get_opt(&held.id).await? {
+                    claims.extend(step::claims_of(other, held, &revision.spec));
+                }
             }
         }
-        Ok(())
+        Ok(claims)
     }
 
     /// Best effort: a lost Event must not fail or repeat the transition it reports.

@@ -7,8 +7,11 @@ use std::time::Duration;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::ObjectMeta;
 use kube::{Resource, ResourceExt};
-use palisade_rollout::crd::{PolicyAuditReportSpec, PolicyRevision, PolicyRollout, PolicyRolloutStatus};
-use palisade_rollout::engine::{self, Action, Event, SourceObservation};
+use palisade_rollout::crd::{
+    PolicyAuditReportSpec, PolicyDecision, PolicyRevision, PolicyRevisionSpec, PolicyRollout, PolicyRolloutStatus,
+    RevisionRef,
+};
+use palisade_rollout::engine::{self, Action, Claim, DecisionRequest, Event, Observed, PolicyRef, SourceObservation};
 use palisade_rollout::wire::{RECONCILE_ANNOTATION, ROLLOUT_LABEL};
 use tracing::{info, warn};
 
@@ -33,6 +36,15 @@ pub trait RolloutStore: Sync {
         &self,
         rollout: &PolicyRollout,
     ) -> impl Future<Output = Result<Vec<PolicyAuditReportSpec>, Error>> + Send;
+
+    /// The rollout's PolicyDecisions, oldest first.
+    fn decisions(&self, rollout: &PolicyRollout) -> impl Future<Output = Result<Vec<DecisionRequest>, Error>> + Send;
+
+    /// Deletes a decision the engine has read; one already gone is fine.
+    fn consume_decision(&self, rollout: &PolicyRollout, name: &str) -> impl Future<Output = Result<(), Error>> + Send;
+
+    /// The policies that rollouts other than `rollout` stage or enforce.
+    fn claims(&self, rollout: &PolicyRollout) -> impl Future<Output = Result<Vec<Claim>, Error>> + Send;
 
     /// Revisions are immutable and content-addressed, so one that exists already is the same one.
     fn create_revision(&self, revision: PolicyRevision) -> impl Future<Output = Result<(), Error>> + Send;
@@ -80,6 +92,13 @@ pub async fn reconcile(
     let suspended = SourceObservation::Unreachable { message: "suspended".into() };
     let observation = fetched.as_ref().map_or(&suspended, |f| &f.observation);
     let reports = store.reports(rollout).await?;
+    let decisions = store.decisions(rollout).await?;
+    let claims = match observation {
+        SourceObservation::Revision(rev) if offers_new(rollout.status.as_ref(), &rev.id) => {
+            store.claims(rollout).await?
+        }
+        _ => Vec::new(),
+    };
 
     let engine_ctx = engine::Context {
         namespace: &namespace,
@@ -87,7 +106,8 @@ pub async fn reconcile(
         generation: rollout.metadata.generation,
         now,
     };
-    let decision = engine::reconcile(spec, rollout.status.as_ref(), observation, &reports, &engine_ctx);
+    let observed = Observed { source: observation, reports: &reports, decisions: &decisions, claims: &claims };
+    let decision = engine::reconcile(spec, rollout.status.as_ref(), &observed, &engine_ctx);
 
     // Revisions first, so the status never names one the agents cannot read.
     for action in &decision.actions {
@@ -125,6 +145,7 @@ pub async fn reconcile(
                 warn!(rollout = %key, from = %from.id, to = %to.id, %reason, "rolling back");
                 metrics.rollbacks.inc();
             }
+            Action::ConsumeDecision(decision) => store.consume_decision(rollout, decision).await?,
             Action::StageCandidate(_) | Action::RequeueAfter(_) => {}
         }
     }
@@ -139,4 +160,41 @@ pub async fn reconcile(
         })
         .fold(sources.next_fetch(&key, &spec.source, now), Duration::min);
     Ok(Reconciled { status: decision.status, requeue })
+}
+
+/// Whether revision `id` would be new to the rollout: neither its candidate nor what it
+/// enforces. Only then may it conflict with another rollout's policies.
+fn offers_new(status: Option<&PolicyRolloutStatus>, id: &str) -> bool {
+    let status = status.cloned().unwrap_or_default();
+    ![&status.candidate_revision, &status.enforced_revision].into_iter().flatten().any(|r| r.id == id)
+}
+
+/// The revisions a rollout holds policies with: its candidate and what it enforces.
+pub fn held_revisions(rollout: &PolicyRollout) -> impl Iterator<Item = &RevisionRef> {
+    let status = rollout.status.as_ref();
+    status.into_iter().flat_map(|s| [&s.candidate_revision, &s.enforced_revision]).flatten()
+}
+
+/// The claims `rollout` holds through `revision` (one of [`held_revisions`]).
+pub fn claims_of(rollout: &PolicyRollout, held: &RevisionRef, revision: &PolicyRevisionSpec) -> Vec<Claim> {
+    let owner = format!("{}/{}", rollout.namespace().unwrap_or_default(), rollout.name_any());
+    revision
+        .policies
+        .iter()
+        .map(|p| Claim {
+            policy: PolicyRef { kind: p.kind.clone(), name: p.name.clone(), namespace: p.namespace.clone() },
+            rollout: owner.clone(),
+            revision: held.display.clone(),
+        })
+        .collect()
+}
+
+/// A PolicyDecision as the engine reads it.
+pub fn decision_request(decision: &PolicyDecision) -> DecisionRequest {
+    DecisionRequest {
+        name: decision.name_any(),
+        revision: decision.spec.revision.clone(),
+        action: decision.spec.action,
+        user: decision.spec.user.clone(),
+    }
 }

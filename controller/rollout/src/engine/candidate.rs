@@ -69,8 +69,13 @@ impl<'a> Engine<'a> {
             return;
         }
         if let Some(candidate) = self.st.candidate_revision.as_mut().filter(|c| c.id == new.id) {
-            // Same content under a new commit: the audit's evidence still holds.
-            *candidate = new;
+            // Same content under a new commit: the audit's evidence still holds, unless it
+            // blocked the candidate: a new commit is one of the ways out of Blocked.
+            let fresh_commit = candidate.commit != new.commit;
+            *candidate = new.clone();
+            if fresh_commit && self.st.blocked.is_some() {
+                self.restart_audit(format!("new commit {} of the blocked content", new.display), None);
+            }
             return;
         }
         if self.st.rolled_back_revisions.iter().any(|r| r.id == new.id && r.commit == new.commit) {
@@ -87,6 +92,10 @@ impl<'a> Engine<'a> {
             }
             return;
         }
+        let conflicts = self.conflicts(rev);
+        if !conflicts.is_empty() {
+            return self.fail(&rev.commit, &rev.display, Some(&rev.id), "Conflict", conflicts);
+        }
         self.supersede(&format!("superseded by {}", new.display));
         let fast_track = self.spec.rollback.fast_track_reverts && self.known_good(&new.id);
         self.st.candidate_revision = Some(new.clone());
@@ -98,6 +107,7 @@ impl<'a> Engine<'a> {
             self.event(EventType::Normal, "FastTrack", message);
         } else {
             self.st.audit_started_at = Some(self.now());
+            self.st.audit_terms = Some(self.terms());
             self.st.phase = Phase::Auditing;
             let message = format!("auditing {} beside {}", new.display, self.enforced_display());
             self.event(EventType::Normal, "AuditStarted", message);
@@ -105,15 +115,22 @@ impl<'a> Engine<'a> {
         self.actions.push(Action::StageCandidate(new));
     }
 
-    /// `palisade abort`: drops the candidate it names, unless the nodes are already flipping to it.
-    pub(super) fn abort(&mut self) {
-        let Some(abort) = self.st.abort.clone() else { return };
-        let named = |c: &RevisionRef| c.id == abort.revision && c.commit == abort.commit;
-        if self.flipping() || !self.st.candidate_revision.as_ref().is_some_and(named) {
-            return;
-        }
-        self.supersede(&format!("aborted by {}", abort.aborted_by));
-        self.st.phase = if self.st.enforced_revision.is_some() { Phase::Enforced } else { Phase::Pending };
+    /// The policies of `rev` that another rollout already stages or enforces, as errors.
+    fn conflicts(&self, rev: &ObservedRevision) -> Vec<String> {
+        rev.policies
+            .iter()
+            .flat_map(|policy| self.claims.iter().filter(move |c| &c.policy == policy))
+            .map(|c| {
+                let name = match &c.policy.namespace {
+                    Some(ns) => format!("{ns}/{}", c.policy.name),
+                    None => c.policy.name.clone(),
+                };
+                format!(
+                    "{} {name} is already carried by PolicyRollout {} ({}); one policy belongs to one rollout: remove it from one of them",
+                    c.policy.kind, c.rollout, c.revision
+                )
+            })
+            .collect()
     }
 
     /// An aborted commit is not staged again; a new commit is, even with the same content.
@@ -121,13 +138,19 @@ impl<'a> Engine<'a> {
         self.st.abort.as_ref().is_some_and(|a| a.revision == rev.id && a.commit == rev.commit)
     }
 
-    /// Drops the candidate (if any) with a Superseded outcome.
-    fn supersede(&mut self, why: &str) {
-        let Some(candidate) = self.st.candidate_revision.take() else { return };
+    /// Drops the candidate (if any) and its audit and approval.
+    pub(super) fn drop_candidate(&mut self) -> Option<RevisionRef> {
+        let candidate = self.st.candidate_revision.take()?;
         self.reset_audit();
         if self.st.approval.as_ref().is_some_and(|a| a.revision == candidate.id) {
             self.st.approval = None;
         }
+        Some(candidate)
+    }
+
+    /// Drops the candidate (if any) with a Superseded outcome.
+    fn supersede(&mut self, why: &str) {
+        let Some(candidate) = self.drop_candidate() else { return };
         self.record(&candidate, Outcome::Superseded, why.into());
         self.event(EventType::Normal, "Superseded", format!("stopped auditing {}: {why}", candidate.display));
     }

@@ -1,5 +1,9 @@
 //! The audit gates: the candidate's reports summed across nodes, the minimum duration and
 //! traffic, the new denies beyond `expectedDenies`, and the approval of a Manual rollout.
+//!
+//! Evidence counts only while it is continuous: a report counts when it is for the candidate
+//! and the audit generation the status names, and each node's clock starts when its evidence
+//! did. A verdict of Blocked is sticky: wiped evidence never turns it into a pass.
 use super::*;
 
 /// The audit gates' view of the reports for one candidate.
@@ -26,8 +30,24 @@ impl<'a> Engine<'a> {
         self.reports.iter().filter(|r| !r.loaded_revisions.iter().any(|l| l == id)).map(|r| r.node.as_str()).collect()
     }
 
+    /// The gates or the promotion mode changed under a running audit: it starts again, so that
+    /// no evidence is judged by terms other than those it was gathered under.
+    fn check_terms(&mut self) {
+        let terms = self.terms();
+        match &self.st.audit_terms {
+            Some(old) if *old == terms => {}
+            Some(old) => {
+                let why = format!("{} changed during the audit", changed_terms(old, &terms));
+                self.restart_audit(why, None);
+            }
+            // Audits started before terms were recorded adopt the current ones.
+            None => self.st.audit_terms = Some(terms),
+        }
+    }
+
     fn audit(&mut self) {
         let Some(candidate) = self.st.candidate_revision.clone() else { return };
+        self.check_terms();
         let summary = self.summarize(&candidate.id);
         self.st.observed_flows = summary.observed;
         self.st.new_denies = summary.new_denies;
@@ -36,11 +56,23 @@ impl<'a> Engine<'a> {
 
         let gates = &self.spec.audit;
         let missing = self.nodes_without(&candidate.id);
-        let started = self.st.audit_started_at.as_ref().map_or(self.ctx.now, |t| t.0);
-        let remaining = signed(gates.min_duration.into()) - started.duration_until(self.ctx.now);
+        let restarting = self.nodes_restarting(&candidate.id);
+        let remaining = self.remaining_audit(&candidate.id);
+        let blocked = self.st.blocked.clone().filter(|b| b.revision == candidate.id && b.commit == candidate.commit);
 
-        let (phase, reason, message) = if summary.unexpected > u64::from(gates.max_new_denies) {
-            (Phase::Blocked, "NewDeniesAboveLimit", blocked_message(&summary, gates.max_new_denies))
+        let (phase, reason, message) = if let Some(blocked) = blocked {
+            // Sticky: only a new commit, an abort or a reaudit clears it.
+            (Phase::Blocked, "NewDeniesAboveLimit", blocked.message)
+        } else if summary.unexpected > u64::from(gates.max_new_denies) {
+            let message = blocked_message(&summary, gates.max_new_denies);
+            self.st.blocked = Some(BlockedVerdict {
+                revision: candidate.id.clone(),
+                commit: candidate.commit.clone(),
+                reason: "NewDeniesAboveLimit".into(),
+                message: message.clone(),
+                blocked_at: self.now(),
+            });
+            (Phase::Blocked, "NewDeniesAboveLimit", message)
         } else if self.reports.is_empty() {
             (Phase::Auditing, "WaitingForNodes", "no node agent has reported yet".to_string())
         } else if !missing.is_empty() {
@@ -50,6 +82,14 @@ impl<'a> Engine<'a> {
                 self.reports.len(),
                 candidate.display,
                 list(&missing)
+            );
+            (Phase::Auditing, "WaitingForNodes", message)
+        } else if !restarting.is_empty() {
+            let message = format!(
+                "waiting for {} to restart their evidence for audit generation {} of {}",
+                list(&restarting),
+                self.st.audit_generation,
+                candidate.display
             );
             (Phase::Auditing, "WaitingForNodes", message)
         } else if remaining.is_positive() {
@@ -80,6 +120,33 @@ impl<'a> Engine<'a> {
         self.waiting = Some((reason, message));
     }
 
+    /// The reports that are evidence for candidate `id` under the current audit generation.
+    fn evidence(&self, id: &str) -> impl Iterator<Item = &'a PolicyAuditReportSpec> + use<'a> {
+        let generation = self.st.audit_generation;
+        let id = id.to_owned();
+        self.reports
+            .iter()
+            .filter(move |r| r.candidate_revision.as_deref() == Some(id.as_str()) && r.audit_generation == generation)
+    }
+
+    /// Nodes that hold the candidate but still report evidence from before a restart.
+    fn nodes_restarting(&self, id: &str) -> Vec<&'a str> {
+        let counted: Vec<&str> = self.evidence(id).map(|r| r.node.as_str()).collect();
+        self.reports.iter().map(|r| r.node.as_str()).filter(|n| !counted.contains(n)).collect()
+    }
+
+    /// How much of `minDuration` is left: the audit's own clock and every node's, whichever
+    /// started last (a node whose evidence was reset starts over).
+    fn remaining_audit(&self, id: &str) -> SignedDuration {
+        let audit_start = self.st.audit_started_at.as_ref().map_or(self.ctx.now, |t| t.0);
+        let started = self
+            .evidence(id)
+            .filter_map(|r| r.audit_started_at.as_ref())
+            .map(|t| t.0)
+            .fold(audit_start, Timestamp::max);
+        signed(self.spec.audit.min_duration.into()) - started.duration_until(self.ctx.now)
+    }
+
     fn approved(&self, id: &str) -> bool {
         self.st.approval.as_ref().is_some_and(|Approval { revision, .. }| revision == id)
     }
@@ -87,7 +154,7 @@ impl<'a> Engine<'a> {
     fn summarize(&self, id: &str) -> AuditSummary<'a> {
         let min_flows = u64::from(self.spec.audit.min_flows_per_endpoint);
         let mut s = AuditSummary::default();
-        for report in self.reports.iter().filter(|r| r.candidate_revision.as_deref() == Some(id)) {
+        for report in self.evidence(id) {
             s.observed += report.totals.observed_flows;
             s.new_denies += report.totals.new_denies;
             s.new_allows += report.totals.new_allows;
@@ -130,6 +197,22 @@ pub fn matches(selector: &FlowSelector, flow: &AuditFlow) -> bool {
         && eq(&selector.port, Some(&flow.port))
         && eq(&selector.protocol, Some(&flow.protocol))
         && eq(&selector.direction, Some(&flow.direction))
+}
+
+/// The fields that differ between two audit terms, named as in the spec.
+fn changed_terms(old: &AuditTerms, new: &AuditTerms) -> String {
+    let (a, b) = (&old.audit, &new.audit);
+    let changed: Vec<&str> = [
+        (a.min_duration != b.min_duration, "spec.audit.minDuration"),
+        (a.min_flows_per_endpoint != b.min_flows_per_endpoint, "spec.audit.minFlowsPerEndpoint"),
+        (a.max_new_denies != b.max_new_denies, "spec.audit.maxNewDenies"),
+        (a.expected_denies != b.expected_denies, "spec.audit.expectedDenies"),
+        (old.promotion != new.promotion, "spec.promotion"),
+    ]
+    .into_iter()
+    .filter_map(|(changed, name)| changed.then_some(name))
+    .collect();
+    changed.join(", ")
 }
 
 fn blocked_message(summary: &AuditSummary, limit: u32) -> String {

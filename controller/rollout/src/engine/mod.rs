@@ -14,6 +14,7 @@ use k8s_openapi::jiff::{SignedDuration, Timestamp};
 
 mod candidate;
 mod conditions;
+mod decisions;
 mod gates;
 mod promotion;
 
@@ -21,9 +22,9 @@ pub use candidate::scope_violations;
 pub use gates::matches;
 
 use crate::crd::{
-    Approval, AttemptedRevision, AuditFlow, Direction, FlowSelector, HistoryEntry, Outcome, Phase,
-    PolicyAuditReportSpec, PolicyRolloutSpec, PolicyRolloutStatus, Promotion, RevisionRef, RolledBackRevision, Scope,
-    Verdict,
+    Abort, Approval, AttemptedRevision, AuditFlow, AuditTerms, BlockedVerdict, DecisionAction, Direction, FlowSelector,
+    HistoryEntry, Outcome, Phase, PolicyAuditReportSpec, PolicyRolloutSpec, PolicyRolloutStatus, Promotion,
+    RevisionRef, RolledBackRevision, Scope, Verdict,
 };
 
 /// Outcomes kept in `status.history`.
@@ -115,6 +116,41 @@ pub struct Event {
     pub message: String,
 }
 
+/// A PolicyDecision for this rollout, as the reconciler read it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DecisionRequest {
+    /// The PolicyDecision's name: consumed (deleted) once read.
+    pub name: String,
+    pub revision: String,
+    pub action: DecisionAction,
+    /// Verified by the API server's admission policy (the user who created it).
+    pub user: String,
+}
+
+/// A policy another rollout already stages or enforces: no other rollout may stage it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Claim {
+    pub policy: PolicyRef,
+    /// `namespace/name` of the rollout holding it.
+    pub rollout: String,
+    /// The revision that carries it there, e.g. `main@a1b2c3d`.
+    pub revision: String,
+}
+
+/// What the reconciler observed for one reconcile.
+#[derive(Clone, Copy, Debug)]
+pub struct Observed<'a> {
+    pub source: &'a SourceObservation,
+    /// One entry per node running a ready agent; a node that has not reported yet is passed as
+    /// a report with only `node` set, so that it holds the promotion barrier.
+    pub reports: &'a [PolicyAuditReportSpec],
+    /// The rollout's PolicyDecisions, oldest first.
+    pub decisions: &'a [DecisionRequest],
+    /// The policies other rollouts stage or enforce. Needed only when the source offers a
+    /// revision that is neither the candidate nor the enforced one.
+    pub claims: &'a [Claim],
+}
+
 /// What the reconciler must do besides writing the status.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Action {
@@ -132,6 +168,9 @@ pub enum Action {
         reason: String,
     },
     Event(Event),
+    /// The PolicyDecision of this name was read (applied or ignored, as the status says): delete
+    /// it.
+    ConsumeDecision(String),
     /// Reconcile again after this long even if nothing changes (a gate or window ends).
     RequeueAfter(std::time::Duration),
 }
@@ -142,18 +181,23 @@ pub struct Decision {
     pub actions: Vec<Action>,
 }
 
-/// One step of the state machine. `reports` holds one entry per node running the agent; a node
-/// that has not reported yet is passed as a report with only `node` set, so that it holds the
-/// promotion barrier.
+/// One step of the state machine.
 pub fn reconcile(
     spec: &PolicyRolloutSpec,
     status: Option<&PolicyRolloutStatus>,
-    source: &SourceObservation,
-    reports: &[PolicyAuditReportSpec],
+    observed: &Observed,
     ctx: &Context,
 ) -> Decision {
-    let mut engine =
-        Engine { spec, ctx, reports, st: status.cloned().unwrap_or_default(), actions: Vec::new(), waiting: None };
+    let Observed { source, reports, decisions, claims } = *observed;
+    let mut engine = Engine {
+        spec,
+        ctx,
+        reports,
+        claims,
+        st: status.cloned().unwrap_or_default(),
+        actions: Vec::new(),
+        waiting: None,
+    };
     engine.st.observed_generation = ctx.generation;
     if spec.suspend {
         engine.set(COND_RECONCILING, false, "Suspended", "spec.suspend is set; resume to act on new commits".into());
@@ -164,7 +208,7 @@ pub fn reconcile(
             engine.promote();
         }
         engine.watch_drops();
-        engine.abort();
+        engine.decide(decisions);
         engine.observe(source);
         engine.advance();
         engine.refresh_conditions(source);
@@ -180,11 +224,14 @@ pub const COND_AUDITING: &str = "Auditing";
 pub const COND_PROMOTION_BLOCKED: &str = "PromotionBlocked";
 pub const COND_PROMOTED: &str = "Promoted";
 pub const COND_ROLLED_BACK: &str = "RolledBack";
+/// The last PolicyDecision read: applied (True) or ignored (False), and why.
+pub const COND_DECIDED: &str = "Decided";
 
 struct Engine<'a> {
     spec: &'a PolicyRolloutSpec,
     ctx: &'a Context<'a>,
     reports: &'a [PolicyAuditReportSpec],
+    claims: &'a [Claim],
     st: PolicyRolloutStatus,
     actions: Vec<Action>,
     /// Why an audit or promotion is waiting: (reason, message), for the conditions.
@@ -201,6 +248,11 @@ impl<'a> Engine<'a> {
     }
 
     fn record(&mut self, rev: &RevisionRef, outcome: Outcome, message: String) {
+        self.record_by(rev, outcome, message, None);
+    }
+
+    /// Records an outcome that a person's verified decision brought about.
+    fn record_by(&mut self, rev: &RevisionRef, outcome: Outcome, message: String, decided_by: Option<&str>) {
         let enforced = matches!(outcome, Outcome::Promoted | Outcome::FastTracked);
         let approved_by = self.st.approval.as_ref().filter(|a| a.revision == rev.id).map(|a| a.approved_by.clone());
         self.st.history.insert(
@@ -213,6 +265,7 @@ impl<'a> Engine<'a> {
                 enforced_at: enforced.then(|| self.now()),
                 recorded_at: self.now(),
                 approved_by: approved_by.filter(|_| enforced),
+                decided_by: decided_by.map(Into::into),
                 message,
             },
         );
@@ -230,7 +283,27 @@ impl<'a> Engine<'a> {
             && matches!((&self.st.candidate_revision, &self.st.enforced_revision), (Some(c), Some(e)) if c.id == e.id)
     }
 
+    /// The gates and promotion mode the spec sets now.
+    fn terms(&self) -> AuditTerms {
+        AuditTerms { audit: self.spec.audit.clone(), promotion: self.spec.promotion }
+    }
+
+    /// Discards the candidate's evidence and audits it again from now. Agents see the new
+    /// `auditGeneration` and restart their evidence; reports of the old one no longer count.
+    fn restart_audit(&mut self, why: String, decided_by: Option<&str>) {
+        let Some(candidate) = self.st.candidate_revision.clone() else { return };
+        self.reset_audit();
+        self.st.audit_generation += 1;
+        self.st.audit_started_at = Some(self.now());
+        self.st.audit_terms = Some(self.terms());
+        self.st.phase = Phase::Auditing;
+        self.record_by(&candidate, Outcome::AuditRestarted, why.clone(), decided_by);
+        self.event(EventType::Normal, "AuditRestarted", format!("auditing {} again: {why}", candidate.display));
+    }
+
     fn reset_audit(&mut self) {
+        self.st.blocked = None;
+        self.st.audit_terms = None;
         self.st.audit_started_at = None;
         self.st.new_denies = 0;
         self.st.unexpected_new_denies = 0;

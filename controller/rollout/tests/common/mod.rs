@@ -7,7 +7,8 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::{SignedDuration, Timestamp};
 use palisade_rollout::crd::*;
 use palisade_rollout::engine::{
-    self, Action, Context, Decision, Event, ObservedRevision, PolicyRef, SourceObservation,
+    self, Action, Claim, Context, Decision, DecisionRequest, Event, Observed, ObservedRevision, PolicyRef,
+    SourceObservation,
 };
 
 pub const NS: &str = "shop";
@@ -60,6 +61,10 @@ pub trait ReportExt {
     /// Auditing candidate `id` with `flows` flows on one endpoint and the given new-deny flows.
     fn audit(self, id: &str, flows: u64, new_denies: Vec<AuditFlow>) -> Self;
     fn drops(self, per_minute: u64) -> Self;
+    /// Evidence gathered for audit generation `g`.
+    fn generation(self, g: u64) -> Self;
+    /// Evidence that started at minute `m`.
+    fn started(self, m: i64) -> Self;
 }
 
 impl ReportExt for PolicyAuditReportSpec {
@@ -86,6 +91,14 @@ impl ReportExt for PolicyAuditReportSpec {
     }
     fn drops(mut self, per_minute: u64) -> Self {
         self.totals.drops_per_minute = per_minute;
+        self
+    }
+    fn generation(mut self, g: u64) -> Self {
+        self.audit_generation = g;
+        self
+    }
+    fn started(mut self, m: i64) -> Self {
+        self.audit_started_at = Some(Time(t(m)));
         self
     }
 }
@@ -121,11 +134,21 @@ pub struct Rollout {
     pub spec: PolicyRolloutSpec,
     pub status: Option<PolicyRolloutStatus>,
     pub namespace: String,
+    /// PolicyDecisions waiting for the next step, which consumes them.
+    pub decisions: Vec<DecisionRequest>,
+    /// Policies other rollouts hold.
+    pub claims: Vec<Claim>,
 }
 
 impl Rollout {
     pub fn new() -> Self {
-        Self { spec: spec(), status: None, namespace: NS.into() }
+        Self { spec: spec(), status: None, namespace: NS.into(), decisions: Vec::new(), claims: Vec::new() }
+    }
+
+    /// `user` creates a PolicyDecision about revision `n`; the next step reads it.
+    pub fn decide_as(&mut self, user: &str, action: DecisionAction, n: &str) {
+        let name = format!("web-{}-{}", format!("{action:?}").to_lowercase(), self.decisions.len());
+        self.decisions.push(DecisionRequest { name, revision: id(n), action, user: user.into() });
     }
 
     pub fn decide(&self, source: &SourceObservation, reports: &[PolicyAuditReportSpec], minutes: i64) -> Decision {
@@ -135,13 +158,20 @@ impl Rollout {
             generation: Some(1),
             now: t(minutes),
         };
-        engine::reconcile(&self.spec, self.status.as_ref(), source, reports, &ctx)
+        let observed = Observed { source, reports, decisions: &self.decisions, claims: &self.claims };
+        engine::reconcile(&self.spec, self.status.as_ref(), &observed, &ctx)
     }
 
     /// Reconciles and keeps the new status.
     pub fn step(&mut self, source: &SourceObservation, reports: &[PolicyAuditReportSpec], minutes: i64) -> Vec<Action> {
         let decision = self.decide(source, reports, minutes);
         self.status = Some(decision.status);
+        let consumed: Vec<&String> = decision
+            .actions
+            .iter()
+            .filter_map(|a| if let Action::ConsumeDecision(n) = a { Some(n) } else { None })
+            .collect();
+        self.decisions.retain(|d| !consumed.contains(&&d.name));
         decision.actions
     }
 

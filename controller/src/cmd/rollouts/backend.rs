@@ -4,12 +4,14 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context as _, Result, anyhow, bail};
 use k8s_openapi::api::core::v1::Event as CoreEvent;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{ListParams, Patch, PatchParams};
+use kube::api::{ObjectMeta, PostParams};
 use kube::{Api, Resource, ResourceExt};
 use palisade_netsim::DEFAULT_STATE_DIR;
-use palisade_rollout::crd::{PolicyAuditReport, PolicyRollout};
-use palisade_rollout::wire::{ABORT_FIELD_MANAGER, CLI_FIELD_MANAGER, PROMOTE_FIELD_MANAGER, RECONCILE_ANNOTATION};
+use palisade_rollout::crd::{DecisionAction, PolicyAuditReport, PolicyDecision, PolicyDecisionSpec, PolicyRollout};
+use palisade_rollout::wire::{CLI_FIELD_MANAGER, RECONCILE_ANNOTATION, ROLLOUT_LABEL};
 use serde_json::{Value as Json, json};
 
 use super::describe::EventRow;
@@ -80,11 +82,54 @@ impl Backend {
         }
     }
 
-    /// Who is approving or aborting, for the record in the status.
-    pub(super) fn user(&self) -> Result<&str> {
+    /// Who is deciding: the user the API server authenticates (what the admission policy
+    /// compares a PolicyDecision's `spec.user` with), or local mode's user.
+    pub(super) async fn user(&self) -> Result<String> {
         match self {
-            Backend::Cluster(session) => session.user(),
-            Backend::Local(local) => Ok(&local.user),
+            Backend::Cluster(session) => session.whoami().await,
+            Backend::Local(local) => Ok(local.user.clone()),
+        }
+    }
+
+    /// Creates a PolicyDecision about `revision` of `rollout`; returns its name.
+    pub(super) async fn decide(
+        &self,
+        rollout: &PolicyRollout,
+        action: DecisionAction,
+        revision: &str,
+        user: &str,
+    ) -> Result<String> {
+        let (namespace, name) = (rollout.namespace().unwrap_or_default(), rollout.name_any());
+        let prefix = format!("{name}-{}-", format!("{action:?}").to_lowercase());
+        let mut decision = PolicyDecision {
+            metadata: ObjectMeta {
+                namespace: Some(namespace.clone()),
+                labels: Some([(ROLLOUT_LABEL.to_string(), name.clone())].into()),
+                owner_references: rollout.owner_ref(&()).map(|o| vec![o]),
+                ..ObjectMeta::default()
+            },
+            spec: PolicyDecisionSpec { rollout: name, revision: revision.into(), action, user: user.into() },
+        };
+        match self {
+            Backend::Local(local) => {
+                let stamp = local.now.as_nanosecond();
+                decision.metadata.name = Some(format!("{prefix}{stamp}"));
+                decision.metadata.creation_timestamp = Some(Time(local.now));
+                local.store()?.put_decision(&decision)?;
+                Ok(decision.name_any())
+            }
+            Backend::Cluster(session) => {
+                decision.metadata.generate_name = Some(prefix);
+                let api = Api::<PolicyDecision>::namespaced(session.client.clone(), &namespace);
+                let created = api.create(&PostParams::default(), &decision).await.map_err(|e| match e {
+                    kube::Error::Api(s) if s.code == 403 => anyhow!(
+                        "{}\n(needs `create` on policydecisions in namespace {namespace}: the palisade-approver ClusterRole grants it)",
+                        s.message
+                    ),
+                    e => e.into(),
+                })?;
+                Ok(created.name_any())
+            }
         }
     }
 
@@ -180,10 +225,6 @@ impl Backend {
             Backend::Cluster(session) => session,
         };
         match request {
-            Request::Approve(approval) => {
-                apply_status(session, &name, PROMOTE_FIELD_MANAGER, json!({ "approval": approval })).await
-            }
-            Request::Abort(abort) => apply_status(session, &name, ABORT_FIELD_MANAGER, json!({ "abort": abort })).await,
             Request::Suspend(suspend) => merge_patch(session, &name, json!({"spec": {"suspend": suspend}})).await,
             Request::Reconcile(at) => {
                 let at = at.0.to_string();
@@ -195,29 +236,6 @@ impl Backend {
 
 fn api(session: &Session) -> Api<PolicyRollout> {
     Api::namespaced(session.client.clone(), &session.namespace)
-}
-
-/// Server-side apply of one status field under `manager`. Forced: the person asking owns the
-/// decision, even over a value the controller last wrote.
-async fn apply_status(session: &Session, name: &str, manager: &str, status: Json) -> Result<()> {
-    let body = json!({
-        "apiVersion": PolicyRollout::api_version(&()),
-        "kind": PolicyRollout::kind(&()),
-        "metadata": {"name": name},
-        "status": status,
-    });
-    api(session)
-        .patch_status(name, &PatchParams::apply(manager).force(), &Patch::Apply(&body))
-        .await
-        .map_err(|e| match e {
-            kube::Error::Api(s) if s.code == 403 => anyhow!(
-                "{}\n(needs `patch` on policyrollouts/status in namespace {}: the palisade-approver ClusterRole grants it)",
-                s.message,
-                session.namespace
-            ),
-            e => not_found(e, RESOURCE, name, &session.namespace),
-        })?;
-    Ok(())
 }
 
 async fn merge_patch(session: &Session, name: &str, patch: Json) -> Result<()> {

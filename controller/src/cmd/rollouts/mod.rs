@@ -1,14 +1,14 @@
-//! `palisade get|describe|promote|abort|suspend|resume|reconcile`: PolicyRollouts in a cluster,
-//! through the kubeconfig like kubectl (and as `kubectl palisade ...`), or with `--local` in local
-//! mode's state directory (`palisade local run`).
+//! `palisade get|describe|promote|abort|reaudit|suspend|resume|reconcile`: PolicyRollouts in a
+//! cluster, through the kubeconfig like kubectl (and as `kubectl palisade ...`), or with `--local`
+//! in local mode's state directory (`palisade local run`).
 //!
 //! Both backends share everything but the reads and the writes: the same rendering, and the same
-//! decision of what a command changes, as a [`Request`]. In a cluster, promotion and abort write
-//! `status.approval` and `status.abort` with server-side apply to the `status` subresource, each
-//! under its own field manager, so that the right to promote is `patch` on
-//! `policyrollouts/status` (ClusterRole `palisade-approver`) and not edit rights on the rollout
-//! itself; suspend, resume and reconcile merge-patch the rollout. In local mode the request is left
-//! in the store, and the running `palisade local run` applies it the same way on its next reconcile.
+//! decision of what a command changes. Promote, abort and reaudit create a PolicyDecision naming
+//! the candidate and the user the API server says is asking (SelfSubjectReview); an admission
+//! policy checks that name, and the right to decide is `create` on `policydecisions` (ClusterRole
+//! `palisade-approver`), never a write to the rollout or its status. Suspend, resume and
+//! reconcile merge-patch the rollout. In local mode both are left in the store, and the running
+//! `palisade local run` picks them up on its next reconcile.
 use std::io::Write;
 use std::path::PathBuf;
 
@@ -50,6 +50,8 @@ pub enum Command {
     Promote(NameArgs),
     /// Abandon the current candidate; the enforced revision stays and that commit is not staged again.
     Abort(NameArgs),
+    /// Discard the current candidate's evidence and audit it again from now (clears Blocked).
+    Reaudit(NameArgs),
     /// Stop acting on new commits and audit reports (sets spec.suspend).
     Suspend(NameArgs),
     /// Act on new commits again (clears spec.suspend).
@@ -120,6 +122,7 @@ impl Command {
             Command::Describe { what: DescribeKind::Rollout(args) }
             | Command::Promote(args)
             | Command::Abort(args)
+            | Command::Reaudit(args)
             | Command::Suspend(args)
             | Command::Resume(args)
             | Command::Reconcile(args) => &args.target,
@@ -141,12 +144,9 @@ pub async fn execute(backend: &Backend, command: Command, out: &mut impl Write) 
     match command {
         Command::Get { what: GetKind::Rollouts(args) } => get::get(backend, &args, out).await?,
         Command::Describe { what: DescribeKind::Rollout(args) } => describe::describe(backend, &args.name, out).await?,
-        Command::Promote(args) => {
-            change::act(backend, &args.name, |r, now| change::promotion(r, backend.user()?, now), out).await?
-        }
-        Command::Abort(args) => {
-            change::act(backend, &args.name, |r, now| change::abortion(r, backend.user()?, now), out).await?
-        }
+        Command::Promote(args) => change::act(backend, &args.name, change::promotion, out).await?,
+        Command::Abort(args) => change::act(backend, &args.name, change::abortion, out).await?,
+        Command::Reaudit(args) => change::act(backend, &args.name, change::reaudit, out).await?,
         Command::Suspend(args) => change::act(backend, &args.name, |r, _| change::suspension(r, true), out).await?,
         Command::Resume(args) => change::act(backend, &args.name, |r, _| change::suspension(r, false), out).await?,
         Command::Reconcile(args) => change::act(backend, &args.name, change::reconciliation, out).await?,
