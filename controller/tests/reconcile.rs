@@ -12,7 +12,7 @@ use k8s_openapi::jiff::{SignedDuration, Timestamp};
 use kube::runtime::controller::Action;
 use palisade::reconciler::{Config, Context, Metrics, OpenMetrics, reconcile};
 use palisade_fake_apiserver::FakeApi;
-use palisade_fake_apiserver::collections::{EVENTS, PODS, REPORTS, REVISIONS, ROLLOUTS};
+use palisade_fake_apiserver::collections::{DECISIONS, EVENTS, PODS, REPORTS, REVISIONS, ROLLOUTS};
 use palisade_rollout::crd::*;
 use serde_json::{Value, json};
 
@@ -144,7 +144,9 @@ impl Harness {
     /// Every node loads `ids` and audits the candidate: 10 flows on one endpoint, `denies` new.
     fn audit(&self, ids: &[String], denies: Vec<AuditFlow>) {
         let candidate = self.candidate();
+        let generation = self.status().audit_generation;
         self.report(|r| {
+            r.audit_generation = generation;
             r.loaded_revisions = ids.to_vec();
             r.candidate_revision = Some(candidate.clone());
             r.totals = AuditTotals { observed_flows: 10, new_denies: denies.len() as u64, ..Default::default() };
@@ -317,8 +319,18 @@ async fn audit_with_unexpected_new_denies_blocks_and_keeps_enforcing() {
     );
 }
 
+/// A PolicyDecision by `user`, as `palisade promote|abort|reaudit` creates it.
+fn decide(h: &Harness, name: &str, action: &str, revision: &str, user: &str) {
+    h.api.put(
+        DECISIONS,
+        json!({"apiVersion": "palisade.dev/v1alpha1", "kind": "PolicyDecision",
+            "metadata": {"name": name, "namespace": NS},
+            "spec": {"rollout": "web", "revision": revision, "action": action, "user": user}}),
+    );
+}
+
 #[tokio::test]
-async fn manual_promotion_waits_for_an_approval_the_controller_never_clobbers() {
+async fn manual_promotion_waits_for_a_decision_the_controller_consumes() {
     let h = Harness::new(NS, json!({"promotion": "Manual"}));
     h.reconcile().await;
     let candidate = h.candidate();
@@ -328,66 +340,92 @@ async fn manual_promotion_waits_for_an_approval_the_controller_never_clobbers() 
     assert_eq!(h.status().phase, Phase::Auditing);
     assert_eq!(h.condition("PromotionBlocked").unwrap().1, "AwaitingApproval");
 
-    // `palisade promote` writes the approval into the status under its own field manager.
-    let approval =
-        json!({"revision": candidate, "approvedBy": "alice@example.com", "approvedAt": "2027-01-15T08:00:00Z"});
-    h.api.update(ROLLOUTS, NS, "web", |r| r["status"]["approval"] = approval.clone());
+    decide(&h, "web-promote-1", "Promote", &candidate, "alice@example.com");
     h.reconcile().await;
     let status = h.status();
     assert_eq!(status.phase, Phase::Promoting);
     assert_eq!(h.enforced(), Some(candidate.clone()));
+    assert!(h.api.get(DECISIONS, NS, "web-promote-1").is_none(), "a read decision is consumed");
+    assert_eq!(status.history[0].outcome, Outcome::Approved);
+    assert_eq!(status.history[0].decided_by.as_deref(), Some("alice@example.com"));
 
     h.enforce(&candidate);
     h.reconcile().await;
     let status = h.status();
     assert_eq!(status.phase, Phase::Enforced);
     assert_eq!(status.history[0].approved_by.as_deref(), Some("alice@example.com"));
-    assert!(status.approval.is_none(), "a consumed approval is removed");
-    // Never applied by the controller: only removed by a test-and-remove naming its exact value.
-    let requests = h.api.requests();
-    assert!(
-        requests
-            .iter()
-            .filter(|r| r.content_type == "application/apply-patch+yaml")
-            .all(|r| r.body["status"].get("approval").is_none())
-    );
-    let removal = requests
-        .iter()
-        .find(|r| r.content_type == "application/json-patch+json" && r.path.ends_with("/status"))
-        .unwrap();
-    assert_eq!(removal.body[0], json!({"op": "test", "path": "/status/approval", "value": approval}));
+    assert!(status.approval.is_none());
 }
 
 #[tokio::test]
-async fn a_new_approval_written_during_a_reconcile_survives() {
+async fn a_decision_about_another_revision_is_ignored_and_says_why() {
     let h = Harness::new(NS, json!({"promotion": "Manual"}));
     h.reconcile().await;
-    let first = h.candidate();
-    // Approved, then superseded by a new commit before promotion: the engine drops the approval.
-    h.api.update(ROLLOUTS, NS, "web", |r| {
-        r["status"]["approval"] =
-            json!({"revision": first, "approvedBy": "alice", "approvedAt": "2027-01-15T08:00:00Z"})
-    });
-    let stale = h.rollout();
-    h.commit(9090, "move to 9090");
-    h.advance(2);
-    // Meanwhile someone approves again; the reconcile working from the older read must not remove it.
-    let newer = json!({"revision": "web-other", "approvedBy": "bob", "approvedAt": "2027-01-15T09:00:00Z"});
-    h.api.update(ROLLOUTS, NS, "web", |r| r["status"]["approval"] = newer.clone());
-    reconcile(Arc::new(stale), h.ctx.clone()).await.unwrap();
-    assert_eq!(h.status().approval.map(|a| a.approved_by).as_deref(), Some("bob"));
+    let candidate = h.candidate();
+    decide(&h, "web-promote-old", "Promote", "web-0123456789", "alice");
+    h.audit(std::slice::from_ref(&candidate), vec![]);
+    h.advance(11);
+    h.reconcile().await;
+    assert_eq!(h.status().phase, Phase::Auditing, "not approved");
+    assert!(h.status().approval.is_none());
+    let (state, reason, message) = h.condition("Decided").unwrap();
+    assert_eq!((state.as_str(), reason.as_str()), ("False", "Ignored"));
+    assert!(message.contains("it names revision web-0123456789, but the candidate is"), "{message}");
+    assert!(h.events().contains(&"DecisionIgnored".to_string()));
+    assert!(h.api.get(DECISIONS, NS, "web-promote-old").is_none());
 }
 
 #[tokio::test]
-async fn an_abort_written_by_the_cli_is_left_to_its_owner() {
-    let h = Harness::new(NS, json!({}));
-    h.reconcile().await;
-    let abort = json!({"revision": h.candidate(), "commit": h.repo.head(), "abortedBy": "alice", "abortedAt": "2027-01-15T08:00:00Z"});
-    h.api.update(ROLLOUTS, NS, "web", |r| r["status"]["abort"] = abort.clone());
+async fn a_blocked_candidate_whose_evidence_is_wiped_stays_blocked() {
+    let (h, first) = Harness::enforcing().await;
     h.push(9090).await;
-    assert_eq!(serde_json::to_value(h.status().abort).unwrap(), abort);
-    let applies = h.api.requests().into_iter().filter(|r| r.content_type == "application/apply-patch+yaml");
-    assert!(applies.into_iter().all(|r| r.body["status"].get("abort").is_none()));
+    let candidate = h.candidate();
+    h.audit(&[first.clone(), candidate.clone()], vec![deny(8080)]);
+    h.reconcile().await;
+    assert_eq!(h.status().phase, Phase::Blocked);
+
+    // Another rollout's candidate reset the nodes' flows: clean reports, long past minDuration.
+    h.audit(&[first.clone(), candidate.clone()], vec![]);
+    h.advance(30);
+    h.reconcile().await;
+    assert_eq!(h.status().phase, Phase::Blocked);
+    assert_eq!(h.enforced(), Some(first.clone()), "never auto-promoted");
+
+    // `palisade reaudit`: the audit restarts; agents restart their evidence for the new generation.
+    decide(&h, "web-reaudit-1", "Reaudit", &candidate, "alice");
+    h.reconcile().await;
+    let status = h.status();
+    assert_eq!((status.phase, status.audit_generation), (Phase::Auditing, 1));
+    assert_eq!(status.history[0].outcome, Outcome::AuditRestarted);
+    h.audit(&[first.clone(), candidate.clone()], vec![]);
+    h.advance(11);
+    h.reconcile().await;
+    assert_eq!(h.status().phase, Phase::Promoting);
+}
+
+#[tokio::test]
+async fn a_policy_another_rollout_holds_fails_with_conflict() {
+    let (h, _) = Harness::enforcing().await;
+    let mut other = h.api.get(ROLLOUTS, NS, "web").unwrap();
+    other["metadata"] = json!({"name": "web-copy", "namespace": NS});
+    other.as_object_mut().unwrap().remove("status");
+    h.api.put(ROLLOUTS, other);
+    let rollout: PolicyRollout = serde_json::from_value(h.api.get(ROLLOUTS, NS, "web-copy").unwrap()).unwrap();
+    reconcile(Arc::new(rollout), h.ctx.clone()).await.unwrap();
+    let rollout: PolicyRollout = serde_json::from_value(h.api.get(ROLLOUTS, NS, "web-copy").unwrap()).unwrap();
+    reconcile(Arc::new(rollout), h.ctx.clone()).await.unwrap();
+
+    let rollout: PolicyRollout = serde_json::from_value(h.api.get(ROLLOUTS, NS, "web-copy").unwrap()).unwrap();
+    let status = rollout.status.unwrap();
+    assert_eq!(status.phase, Phase::Failed);
+    assert!(status.candidate_revision.is_none(), "nothing staged");
+    let attempt = status.last_attempted_revision.unwrap();
+    assert_eq!(attempt.reason.as_deref(), Some("Conflict"));
+    assert!(
+        attempt.errors[0].contains("CiliumNetworkPolicy shop/web is already carried by PolicyRollout shop/web"),
+        "{:?}",
+        attempt.errors
+    );
 }
 
 #[tokio::test]

@@ -1,4 +1,4 @@
-//! `palisade get|describe|promote|abort|suspend|resume|reconcile` against an in-memory API server
+//! `palisade get|describe|promote|abort|reaudit|suspend|resume|reconcile` against an in-memory API server
 //! (kube-rs's mock-service pattern): the exact requests sent and the exact output printed; and
 //! with `--local`, against local mode's store in a temporary directory filled with the same
 //! objects: the same output, and the request left for `palisade local run`.
@@ -14,7 +14,7 @@ use kube::client::Body;
 use palisade::cmd::cluster::Session;
 use palisade::cmd::rollouts::{self, Backend, Command, LocalState};
 use palisade::local::store::{LocalEvent, Request as LocalRequest, Store};
-use palisade_rollout::crd::{Abort, Approval, PolicyAuditReport, PolicyRollout};
+use palisade_rollout::crd::{DecisionAction, PolicyAuditReport, PolicyDecisionSpec, PolicyRollout};
 use serde_json::{Value as Json, json};
 
 const BASE: &str = "/apis/palisade.dev/v1alpha1";
@@ -34,12 +34,22 @@ struct Seen {
 /// both merged as JSON merge patches, which is what they amount to for the fields used here).
 struct Fake {
     objects: Vec<Json>,
-    /// Answer status patches with 403, as for a user without palisade-approver.
-    forbid_status: bool,
+    /// Answer creates of PolicyDecisions with 403, as for a user without palisade-approver.
+    forbid_decisions: bool,
 }
+
+/// Who the fake's SelfSubjectReview says the caller is (the kubeconfig says `kubeconfig-alice`).
+const AUTHENTICATED: &str = "alice";
+/// The suffix the fake appends to a `generateName`.
+const GENERATED: &str = "x7k2p";
 
 impl Fake {
     fn handle(&mut self, method: &str, path: &str, body: Option<&Json>) -> (StatusCode, Json) {
+        if path == "/apis/authentication.k8s.io/v1/selfsubjectreviews" && method == "POST" {
+            let review = json!({"apiVersion": "authentication.k8s.io/v1", "kind": "SelfSubjectReview",
+                "metadata": {}, "status": {"userInfo": {"username": AUTHENTICATED, "groups": ["system:authenticated"]}}});
+            return (StatusCode::CREATED, review);
+        }
         if let Some(namespace) = path.strip_prefix("/api/v1/namespaces/").and_then(|p| p.strip_suffix("/events")) {
             // Every Event of the namespace: the CLI filters by the object too.
             let items: Vec<Json> = self
@@ -62,6 +72,7 @@ impl Fake {
         let kind = match plural {
             "policyrollouts" => "PolicyRollout",
             "policyauditreports" => "PolicyAuditReport",
+            "policydecisions" => "PolicyDecision",
             _ => return not_found(path),
         };
         let selected = |o: &Json| {
@@ -81,13 +92,18 @@ impl Fake {
                 Some(o) => (StatusCode::OK, o.clone()),
                 None => not_found(name),
             },
-            ("PATCH", Some(name), sub) => {
-                if sub == Some("status") && self.forbid_status {
-                    let message = format!(
-                        "policyrollouts.palisade.dev \"{name}\" is forbidden: User \"bob\" cannot patch resource \"policyrollouts/status\" in API group \"palisade.dev\" in the namespace \"shop\""
-                    );
-                    return (StatusCode::FORBIDDEN, status(403, "Forbidden", &message));
+            ("POST", None, None) => {
+                if self.forbid_decisions {
+                    let message = "policydecisions.palisade.dev is forbidden: User \"bob\" cannot create resource \"policydecisions\" in API group \"palisade.dev\" in the namespace \"shop\"";
+                    return (StatusCode::FORBIDDEN, status(403, "Forbidden", message));
                 }
+                let mut object = body.cloned().unwrap_or_default();
+                let name = format!("{}{GENERATED}", object["metadata"]["generateName"].as_str().unwrap_or_default());
+                object["metadata"]["name"] = json!(name);
+                self.objects.push(object.clone());
+                (StatusCode::CREATED, object)
+            }
+            ("PATCH", Some(name), sub) => {
                 let Some(object) = self.objects.iter_mut().find(|o| selected(o)) else { return not_found(name) };
                 let mut patch = body.cloned().unwrap_or_default();
                 if sub == Some("status") {
@@ -186,7 +202,7 @@ async fn run(fake: Fake, args: &[&str]) -> Run {
     let session = Session {
         client,
         namespace: "shop".into(),
-        user: Some("alice".into()),
+        user: Some("kubeconfig-alice".into()),
         now: NOW.parse::<Timestamp>().unwrap(),
     };
     let command = Cli::try_parse_from(std::iter::once("palisade").chain(args.iter().copied())).unwrap().command;
@@ -273,6 +289,7 @@ fn report(node: &str, rollout: &str, candidate: &str, flows: Vec<Json>, loaded: 
         "metadata": {"name": format!("{rollout}-{node}"), "namespace": "shop"},
         "spec": {
             "rollout": rollout, "node": node, "candidateRevision": candidate,
+            "auditStartedAt": if node == "node-b" { "2025-06-01T11:50:00Z" } else { "2025-06-01T11:30:00Z" },
             "totals": {"observedFlows": 20, "newDenies": denies, "newAllows": 1},
             "flows": flows, "loadedRevisions": loaded, "enforcedRevision": "rev-a1",
         },
@@ -331,13 +348,7 @@ fn cluster() -> Fake {
         ),
         report("node-a", "api", "rev-zz", vec![flow("api", json!({"cidr": "0.0.0.0/0"}), 443, 99, "x")], &[]),
     ];
-    Fake { objects: objects.into_iter().chain(events()).collect(), forbid_status: false }
-}
-
-fn status_of(fake: &Mutex<Fake>, name: &str) -> Json {
-    let fake = fake.lock().unwrap();
-    fake.objects.iter().find(|o| o["kind"] == "PolicyRollout" && o["metadata"]["name"] == name).unwrap()["status"]
-        .clone()
+    Fake { objects: objects.into_iter().chain(events()).collect(), forbid_decisions: false }
 }
 
 #[tokio::test]
@@ -398,7 +409,7 @@ async fn get_one_rollout_as_json_and_yaml() {
 
 #[tokio::test]
 async fn get_nothing_and_missing() {
-    let run = run(Fake { objects: vec![], forbid_status: false }, &["get", "rollouts"]).await;
+    let run = run(Fake { objects: vec![], forbid_decisions: false }, &["get", "rollouts"]).await;
     assert_eq!(run.out, "No resources found in shop namespace.\n");
     let run = self::run(cluster(), &["get", "rollouts", "nope"]).await;
     let error = run.result.unwrap_err().to_string();
@@ -443,9 +454,9 @@ History:
   REVISION     OUTCOME  AGE APPROVED-BY MESSAGE
   main@a1b2c3d Promoted 24h carol       promoted on 2 nodes
 Audit of main@b2c3d4e (2 node reports):
-  NODE   LOADED ENFORCING OBSERVED NEW-DENIES NEW-ALLOWS
-  node-a yes    rev-a1    20       1          1
-  node-b yes    rev-a1    20       2          1
+  NODE   LOADED ENFORCING EVIDENCE OBSERVED NEW-DENIES NEW-ALLOWS
+  node-a yes    rev-a1    30m      20       1          1
+  node-b yes    rev-a1    10m      20       2          1
   Newly denied flows:
     DIRECTION SUBJECT      PEER              PORT     COUNT NODES         EXPECTED RULE
     Ingress   shop/backend shop/frontend     8080/TCP 12    node-a,node-b no       CiliumNetworkPolicy shop/backend ingress[0]
@@ -459,30 +470,32 @@ Events:
     assert_eq!(run.out, expected, "\n{}", run.out);
 }
 
+/// The PolicyDecision a command created in the fake.
+fn decision(fake: &Mutex<Fake>) -> Json {
+    let fake = fake.lock().unwrap();
+    fake.objects.iter().find(|o| o["kind"] == "PolicyDecision").cloned().expect("a PolicyDecision was created")
+}
+
 #[tokio::test]
-async fn promote_applies_the_approval_to_the_status_subresource() {
-    let run = succeeds(&["promote", "web"], "policyrollout.palisade.dev/web approved: main@b2c3d4e (rev-b2) as alice; it is promoted once its audit passes\n").await;
-    let approval = json!({"revision": "rev-b2", "approvedBy": "alice", "approvedAt": NOW});
+async fn promote_creates_a_decision_as_the_authenticated_user() {
+    let run = succeeds(&["promote", "web"], "policyrollout.palisade.dev/web approved: main@b2c3d4e (rev-b2) as alice (policydecision/web-promote-x7k2p); it is promoted once its audit passes\n").await;
+    let seen: Vec<(&str, &str)> = run.seen.iter().map(|s| (s.method.as_str(), s.uri.as_str())).collect();
     assert_eq!(
-        run.seen,
-        vec![
-            get(&format!("{BASE}/namespaces/shop/policyrollouts/web")),
-            Seen {
-                method: "PATCH".into(),
-                uri: format!(
-                    "{BASE}/namespaces/shop/policyrollouts/web/status?&force=true&fieldManager=palisade-promote"
-                ),
-                content_type: Some("application/apply-patch+yaml".into()),
-                body: Some(json!({
-                    "apiVersion": "palisade.dev/v1alpha1",
-                    "kind": "PolicyRollout",
-                    "metadata": {"name": "web"},
-                    "status": {"approval": approval},
-                })),
-            },
+        seen,
+        [
+            ("GET", format!("{BASE}/namespaces/shop/policyrollouts/web").as_str()),
+            ("POST", "/apis/authentication.k8s.io/v1/selfsubjectreviews?"),
+            ("POST", format!("{BASE}/namespaces/shop/policydecisions?").as_str()),
         ]
     );
-    assert_eq!(status_of(&run.fake, "web")["approval"], approval);
+    let created = decision(&run.fake);
+    assert_eq!(
+        created["spec"],
+        json!({"rollout": "web", "revision": "rev-b2", "action": "Promote", "user": "alice"}),
+        "the user the API server authenticated, not the kubeconfig's name"
+    );
+    assert_eq!(created["metadata"]["labels"]["palisade.dev/rollout"], "web");
+    assert!(run.seen.iter().all(|s| !s.uri.contains("/status")), "nothing writes the rollout's status");
 }
 
 #[tokio::test]
@@ -522,32 +535,36 @@ async fn promote_refuses_what_it_cannot_approve() {
 }
 
 #[tokio::test]
-async fn promote_without_the_status_permission_says_which_role_grants_it() {
+async fn promote_without_the_decision_permission_says_which_role_grants_it() {
     let mut fake = cluster();
-    fake.forbid_status = true;
+    fake.forbid_decisions = true;
     let run = run(fake, &["promote", "web"]).await;
     let error = run.result.unwrap_err().to_string();
-    assert!(error.contains("cannot patch resource \"policyrollouts/status\""), "{error}");
+    assert!(error.contains("cannot create resource \"policydecisions\""), "{error}");
     assert!(error.contains("palisade-approver ClusterRole grants it"), "{error}");
 }
 
 #[tokio::test]
-async fn abort_applies_the_abort_under_its_own_manager() {
+async fn abort_and_reaudit_create_decisions_about_the_candidate() {
     let run = succeeds(
         &["abort", "web"],
-        "policyrollout.palisade.dev/web aborted: main@b2c3d4e is dropped; main@a1b2c3d stays enforced\n",
+        "policyrollout.palisade.dev/web aborted: main@b2c3d4e (rev-b2) as alice (policydecision/web-abort-x7k2p); main@a1b2c3d stays enforced and this commit is not staged again\n",
     )
     .await;
-    let abort = json!({"revision": "rev-b2", "commit": "b2c3d4e5", "abortedBy": "alice", "abortedAt": NOW});
-    let patch = &run.seen[1];
-    assert_eq!(patch.method, "PATCH");
     assert_eq!(
-        patch.uri,
-        format!("{BASE}/namespaces/shop/policyrollouts/web/status?&force=true&fieldManager=palisade-abort")
+        decision(&run.fake)["spec"],
+        json!({"rollout": "web", "revision": "rev-b2", "action": "Abort", "user": "alice"})
     );
-    assert_eq!(patch.content_type.as_deref(), Some("application/apply-patch+yaml"));
-    assert_eq!(patch.body.as_ref().unwrap()["status"], json!({"abort": abort}));
-    assert_eq!(status_of(&run.fake, "web")["abort"], abort);
+
+    let mut fake = cluster();
+    fake.objects[0]["status"]["phase"] = json!("Blocked");
+    let run = self::run(fake, &["reaudit", "web"]).await;
+    assert_eq!(run.result.unwrap(), 0);
+    assert_eq!(
+        run.out,
+        "policyrollout.palisade.dev/web re-audited: main@b2c3d4e (rev-b2) as alice (policydecision/web-reaudit-x7k2p); its evidence is discarded and the audit starts again\n"
+    );
+    assert_eq!(decision(&run.fake)["spec"]["action"], "Reaudit");
 
     let mut fake = cluster();
     fake.objects[0]["status"]["phase"] = json!("Promoting");
@@ -559,7 +576,12 @@ async fn abort_applies_the_abort_under_its_own_manager() {
     );
 
     let run = self::run(cluster(), &["abort", "api"]).await;
-    assert_eq!(run.result.unwrap_err().to_string(), "policyrollout/api has no candidate to abort (phase Enforced)");
+    assert_eq!(
+        run.result.unwrap_err().to_string(),
+        "policyrollout/api has no candidate to abort (phase Enforced, enforcing v1.2.0@c3d4e5f)"
+    );
+    let run = self::run(cluster(), &["reaudit", "api"]).await;
+    assert!(run.result.unwrap_err().to_string().starts_with("policyrollout/api has no candidate to re-audit"));
 }
 
 #[tokio::test]
@@ -735,7 +757,7 @@ promoting      main@1111111   main@2222222   Promoting      0            False  
 rolledback     main@1111111                  RolledBack     0            True      3d
 "
     );
-    let cluster = run(Fake { objects: objects.to_vec(), forbid_status: false }, &["get", "rollouts"]).await;
+    let cluster = run(Fake { objects: objects.to_vec(), forbid_decisions: false }, &["get", "rollouts"]).await;
     assert_eq!(out, cluster.out, "the cluster prints the same table");
 
     // JSON: the stored objects, status and all.
@@ -788,26 +810,40 @@ async fn local_namespaces_and_missing_rollouts() {
     );
 }
 
+/// The decisions local mode's store holds for rollout `web`.
+fn local_decisions(dir: &std::path::Path) -> Vec<PolicyDecisionSpec> {
+    Store::new(dir).decisions("shop", "web").unwrap().into_iter().map(|d| d.spec).collect()
+}
+
+/// A command's message without the decision's generated name.
+fn unnamed(message: &str) -> String {
+    match (message.find("(policydecision/"), message.find("); ")) {
+        (Some(start), Some(end)) if start < end => format!("{}{}", &message[..start], &message[end + 1..]),
+        _ => message.to_string(),
+    }
+}
+
 #[tokio::test]
-async fn local_writes_leave_the_clusters_change_as_a_request() {
+async fn local_writes_leave_the_clusters_change_as_a_request_or_decision() {
     let at = || Time(NOW.parse::<Timestamp>().unwrap());
-    let approval = Approval { revision: "rev-b2".into(), approved_by: "alice".into(), approved_at: at() };
-    let abort =
-        Abort { revision: "rev-b2".into(), commit: "b2c3d4e5".into(), aborted_by: "alice".into(), aborted_at: at() };
-    let cases: [(&[&str], Vec<LocalRequest>); 5] = [
-        (&["promote", "web"], vec![LocalRequest::Approve(approval)]),
-        (&["abort", "web"], vec![LocalRequest::Abort(abort)]),
-        (&["suspend", "web"], vec![LocalRequest::Suspend(true)]),
-        (&["resume", "web"], vec![]),
-        (&["reconcile", "web"], vec![LocalRequest::Reconcile(at())]),
+    let decided =
+        |action| PolicyDecisionSpec { rollout: "web".into(), revision: "rev-b2".into(), action, user: "alice".into() };
+    let cases: [(&[&str], Vec<LocalRequest>, Vec<PolicyDecisionSpec>); 6] = [
+        (&["promote", "web"], vec![], vec![decided(DecisionAction::Promote)]),
+        (&["abort", "web"], vec![], vec![decided(DecisionAction::Abort)]),
+        (&["reaudit", "web"], vec![], vec![decided(DecisionAction::Reaudit)]),
+        (&["suspend", "web"], vec![LocalRequest::Suspend(true)], vec![]),
+        (&["resume", "web"], vec![], vec![]),
+        (&["reconcile", "web"], vec![LocalRequest::Reconcile(at())], vec![]),
     ];
-    for (command, expected) in cases {
+    for (command, expected, decisions) in cases {
         let state = state_with(&cluster().objects);
         let cluster = run(cluster(), command).await;
         let local_command: Vec<&str> = command.iter().copied().chain(["--local"]).collect();
         let (result, out) = run_local(state.path(), None, &local_command).await;
         assert_eq!(result.unwrap(), cluster.result.unwrap());
-        assert_eq!(out, cluster.out, "{command:?}: the cluster's message");
+        assert_eq!(unnamed(&out), unnamed(&cluster.out), "{command:?}: the cluster's message");
+        assert_eq!(local_decisions(state.path()), decisions, "{command:?}");
         assert_eq!(requests(state.path(), "web"), expected, "{command:?}");
         assert!(requests(state.path(), "api").is_empty());
     }
@@ -826,7 +862,7 @@ async fn local_writes_leave_the_clusters_change_as_a_request() {
 
     // What the cluster refuses, local mode refuses too, and leaves nothing.
     let state = state_with(&cluster().objects);
-    for command in [&["promote", "api", "--local"][..], &["abort", "api", "--local"]] {
+    for command in [&["promote", "api", "--local"][..], &["abort", "api", "--local"], &["reaudit", "api", "--local"]] {
         let (result, _) = run_local(state.path(), None, command).await;
         let cluster = run(cluster(), &command[..2]).await;
         assert_eq!(result.unwrap_err().to_string(), cluster.result.unwrap_err().to_string());
@@ -836,7 +872,7 @@ async fn local_writes_leave_the_clusters_change_as_a_request() {
     let state = state_with(&[approved]);
     let (_, out) = run_local(state.path(), None, &["promote", "web", "--local"]).await;
     assert_eq!(out, "policyrollout.palisade.dev/web unchanged: main@b2c3d4e was already approved by carol\n");
-    assert!(requests(state.path(), "web").is_empty());
+    assert!(local_decisions(state.path()).is_empty());
     assert!(requests(state.path(), "api").is_empty());
 }
 

@@ -119,7 +119,7 @@ pub fn render_description(
 
     match &status.candidate_revision {
         None => writeln!(w, "Audit:\tno candidate")?,
-        Some(candidate) => describe_audit(&mut w, rollout, candidate, reports)?,
+        Some(candidate) => describe_audit(&mut w, rollout, candidate, reports, now)?,
     }
     if let Some(events) = events {
         describe_events(&mut w, events, now)?;
@@ -220,16 +220,24 @@ fn describe_audit(
     rollout: &PolicyRollout,
     candidate: &RevisionRef,
     reports: &[PolicyAuditReport],
+    now: Timestamp,
 ) -> Result<()> {
     writeln!(w, "Audit of {} ({} node reports):", candidate.display, reports.len())?;
     if reports.is_empty() {
         writeln!(w, "  no node has reported yet")?;
         return Ok(());
     }
-    writeln!(w, "  NODE\tLOADED\tENFORCING\tOBSERVED\tNEW-DENIES\tNEW-ALLOWS")?;
+    let generation = rollout.status.as_ref().map_or(0, |s| s.audit_generation);
+    writeln!(w, "  NODE\tLOADED\tENFORCING\tEVIDENCE\tOBSERVED\tNEW-DENIES\tNEW-ALLOWS")?;
     for r in reports {
         let s = &r.spec;
-        let audits = s.candidate_revision.as_deref() == Some(&candidate.id);
+        let audits = s.candidate_revision.as_deref() == Some(&candidate.id) && s.audit_generation == generation;
+        // How long this node's evidence has run without a reset: the clock minDuration counts.
+        let evidence = match (&s.candidate_revision, &s.audit_started_at) {
+            (Some(id), _) if *id == candidate.id && s.audit_generation != generation => "restarting".to_string(),
+            (Some(id), Some(started)) if *id == candidate.id => age(now, started.0),
+            _ => "-".into(),
+        };
         let loaded = if s.loaded_revisions.contains(&candidate.id) { "yes" } else { "no" };
         let enforcing = s.enforced_revision.as_deref().unwrap_or("-");
         let (observed, denies, allows) = if audits {
@@ -237,7 +245,7 @@ fn describe_audit(
         } else {
             ("-".into(), "-".into(), "-".into())
         };
-        writeln!(w, "  {}\t{loaded}\t{enforcing}\t{observed}\t{denies}\t{allows}", s.node)?;
+        writeln!(w, "  {}\t{loaded}\t{enforcing}\t{evidence}\t{observed}\t{denies}\t{allows}", s.node)?;
     }
 
     // Flows are named by labels, so the same flow seen on two nodes has the same key.
