@@ -1,4 +1,5 @@
-//! The quickstart story on real traffic (what `make demo` shows), and what must never change
+//! The quickstart story on real traffic (what `make demo` shows, with Manual promotion through
+//! `palisade promote` and a `palisade reaudit` of the blocked commit), and what must never change
 //! enforcement: a commit that breaks traffic, an invalid commit, an unsigned commit when
 //! signatures are required, and the process dying mid-audit.
 mod support;
@@ -7,7 +8,7 @@ use std::path::PathBuf;
 use std::process::Command;
 use std::time::Duration;
 
-use palisade_rollout::crd::{Outcome, Phase};
+use palisade_rollout::crd::{Outcome, Phase, PolicyRolloutStatus};
 use support::*;
 
 const NS: &str = "shop";
@@ -25,13 +26,28 @@ fn change(name: &str) -> String {
     std::fs::read_to_string(quickstart().join("changes").join(name)).unwrap()
 }
 
+/// `palisade promote`: a PolicyDecision, applied once the audit passes.
+fn promote(local: &LocalCluster, display: &str) -> PolicyRolloutStatus {
+    local.wait(NS, NAME, "the audit to await approval", WAIT, |s| {
+        s.phase == Phase::Auditing
+            && s.conditions.iter().any(|c| c.type_ == "PromotionBlocked" && c.reason == "AwaitingApproval")
+    });
+    let (ok, out) = local.cli(&["promote", NAME]);
+    assert!(ok && out.contains("approved") && out.contains("(policydecision/shop-promote-"), "{out}");
+    local.wait(NS, NAME, "the approved revision enforced", WAIT, |s| {
+        s.phase == Phase::Enforced && s.enforced_revision.as_ref().is_some_and(|r| r.display == display)
+    })
+}
+
 #[test]
 fn audit_block_fix_promote_revert() {
     let repo = Repo::new();
     let first = repo.commit_dir(&quickstart().join("policies"), "shop: initial policies");
     let mut local = LocalCluster::up("e2s-", &quickstart().join("cluster.yaml"));
-    local.run(&rollout_yaml(NS, NAME, &repo, "3s", ""));
-    let status = local.wait(NS, NAME, "the first revision enforced", WAIT, |s| s.phase == Phase::Enforced);
+    local.run(&rollout_yaml(NS, NAME, &repo, "3s", "").replace("promotion: Auto", "promotion: Manual"));
+    let status = promote(&local, &format!("main@{first}"));
+    let approved = status.history.iter().find(|h| h.outcome == Outcome::Approved).expect("the approval is history");
+    assert!(approved.decided_by.is_some(), "{approved:?}");
     let initial = status.enforced_revision.clone().unwrap();
     assert_eq!(initial.display, format!("main@{first}"));
     assert!(local.reaches(API, POSTGRES, "5432/TCP"), "the API uses the database");
@@ -44,6 +60,15 @@ fn audit_block_fix_promote_revert() {
     assert!(status.new_denies >= 1, "the api -> postgres flow is a new deny: {status:#?}");
     assert_eq!(status.enforced_revision.as_ref(), Some(&initial), "enforcement unchanged");
     assert!(local.reaches(API, POSTGRES, "5432/TCP"), "traffic keeps flowing while the candidate is blocked");
+    let (ok, out) = local.cli(&["promote", NAME]);
+    assert!(!ok && out.contains("cannot be promoted in phase Blocked"), "an approval never overrides the audit: {out}");
+    // A reaudit discards the evidence; the nodes gather it again and the same deny blocks again.
+    let (ok, out) = local.cli(&["reaudit", NAME]);
+    assert!(ok, "{out}");
+    let status = local
+        .wait(NS, NAME, "the re-audit blocked again", WAIT, |s| s.audit_generation == 1 && s.phase == Phase::Blocked);
+    assert!(status.history.iter().any(|h| h.outcome == Outcome::AuditRestarted), "{:#?}", status.history);
+    assert_eq!(status.enforced_revision.as_ref(), Some(&initial));
 
     // An invalid commit: a failed attempt with the file, line and field; nothing else changes.
     repo.commit(&[("broken.yaml", "apiVersion: cilium.io/v2\nkind: CiliumNetworkPolicy\nmetadata: {name: x, namespace: shop}\nspec:\n  endpointSelector: {}\n  ingress:\n    - toPorts: [{ports: [{port: \"80a\"}]}]\n")], "broken");
@@ -59,9 +84,7 @@ fn audit_block_fix_promote_revert() {
 
     // The fix supersedes the blocked candidate and is promoted with a flip.
     let fix = repo.commit(&[("postgres.yaml", &change("3-fix.yaml"))], "postgres: the API and migrations");
-    let status = local.wait(NS, NAME, "the fix promoted", WAIT, |s| {
-        s.phase == Phase::Enforced && s.enforced_revision.as_ref().is_some_and(|r| r.display == format!("main@{fix}"))
-    });
+    let status = promote(&local, &format!("main@{fix}"));
     assert!(status.history.iter().any(|h| h.outcome == Outcome::Promoted));
     assert!(local.reaches(API, POSTGRES, "5432/TCP"));
     assert!(!local.reaches(FRONTEND, POSTGRES, "5432/TCP"), "and the frontend is now denied explicitly");

@@ -174,6 +174,13 @@ impl LocalCluster {
         }
     }
 
+    /// `palisade ARGS --local --state DIR`, as a person at the terminal: (success, stdout+stderr).
+    pub fn cli(&self, args: &[&str]) -> (bool, String) {
+        let output = palisade(&[args, &["--local", "--state", self.state_dir()]].concat());
+        let text = format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
+        (output.status.success(), text)
+    }
+
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.state.path().join("run.log")).unwrap_or_default()
     }

@@ -1,13 +1,14 @@
 //! Invariants of the rollout engine over random runs: random commits (valid, invalid, unsigned,
 //! out of scope, unreachable), random node agents that load and flip late, random traffic, drops
-//! and approvals.
+//! and people's decisions (promote, reaudit, abort).
 
 mod common;
 
 use common::*;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use palisade_rollout::crd::*;
-use palisade_rollout::engine::{self, Action, Context, Decision, Observed, PolicyRef, SourceObservation};
+use palisade_rollout::engine::{
+    self, Action, Context, Decision, DecisionRequest, Observed, PolicyRef, SourceObservation,
+};
 use proptest::prelude::*;
 
 #[derive(Clone, Debug)]
@@ -20,12 +21,13 @@ struct Step {
     new_denies: [u8; 2],
     flows: [u8; 2],
     drops: [u16; 2],
-    approve: bool,
+    /// A PolicyDecision about the candidate this step: 0 Promote, 1 Reaudit, 2 Abort, else none.
+    decide: u8,
 }
 
 fn step() -> impl Strategy<Value = Step> {
-    (0u8..8, 0u8..2, 0i64..8, any::<[bool; 2]>(), any::<[u8; 2]>(), any::<[u8; 2]>(), any::<[u16; 2]>(), any::<bool>())
-        .prop_map(|(source, commit, minutes, sync, new_denies, flows, drops, approve)| Step {
+    (0u8..8, 0u8..2, 0i64..8, any::<[bool; 2]>(), any::<[u8; 2]>(), any::<[u8; 2]>(), any::<[u16; 2]>(), 0u8..12)
+        .prop_map(|(source, commit, minutes, sync, new_denies, flows, drops, decide)| Step {
             source,
             commit,
             minutes,
@@ -33,7 +35,7 @@ fn step() -> impl Strategy<Value = Step> {
             new_denies: new_denies.map(|d| d % 3),
             flows: flows.map(|f| f % 4),
             drops: drops.map(|d| d % 300),
-            approve,
+            decide,
         })
 }
 
@@ -90,11 +92,12 @@ fn source(s: &Step) -> SourceObservation {
 }
 
 /// What each node reports, given what its agent last synced from the status.
-fn reports(agents: &[(Vec<String>, Option<String>, Option<String>); 2], s: &Step) -> Vec<PolicyAuditReportSpec> {
+fn reports(agents: &[Agent; 2], s: &Step) -> Vec<PolicyAuditReportSpec> {
     (0..2)
         .map(|i| {
-            let (loaded, enforcing, candidate) = &agents[i];
+            let (loaded, enforcing, candidate, generation) = &agents[i];
             let mut r = node(["a", "b"][i]);
+            r.audit_generation = *generation;
             r.loaded_revisions = loaded.clone();
             r.enforced_revision = enforcing.clone();
             r.candidate_revision = candidate.clone();
@@ -117,15 +120,20 @@ fn reports(agents: &[(Vec<String>, Option<String>, Option<String>); 2], s: &Step
         .collect()
 }
 
+/// What a node's agent last synced from the status: loaded revisions, the enforced one, the
+/// candidate, and the audit generation its evidence is for.
+type Agent = (Vec<String>, Option<String>, Option<String>, u64);
+
 fn reconcile(
     spec: &PolicyRolloutSpec,
     status: Option<&PolicyRolloutStatus>,
     src: &SourceObservation,
     reports: &[PolicyAuditReportSpec],
+    decisions: &[DecisionRequest],
     minute: i64,
 ) -> Decision {
     let ctx = Context { namespace: NS, controller_namespace: CONTROLLER_NS, generation: Some(3), now: t(minute) };
-    let observed = Observed { source: src, reports, decisions: &[], claims: &[] };
+    let observed = Observed { source: src, reports, decisions, claims: &[] };
     engine::reconcile(spec, status, &observed, &ctx)
 }
 
@@ -151,19 +159,19 @@ proptest! {
     #[test]
     fn invariants_hold_over_random_runs(spec in spec_variant(), steps in prop::collection::vec(step(), 1..40)) {
         let mut status: Option<PolicyRolloutStatus> = None;
-        let mut agents: [(Vec<String>, Option<String>, Option<String>); 2] = Default::default();
+        let mut agents: [Agent; 2] = Default::default();
         let mut minute = 0;
         for s in &steps {
             minute += s.minutes;
             let src = source(s);
             let reports = reports(&agents, s);
-            if let (Some(st), true, Promotion::Manual) = (status.as_mut(), s.approve, spec.promotion) {
-                st.approval = st.candidate_revision.as_ref().map(|c| Approval {
-                    revision: c.id.clone(), approved_by: "alice".into(), approved_at: Time(t(minute)),
-                });
-            }
+            let action = [DecisionAction::Promote, DecisionAction::Reaudit, DecisionAction::Abort].get(usize::from(s.decide)).copied();
+            let candidate = status.as_ref().and_then(|st| st.candidate_revision.as_ref());
+            let decisions: Vec<DecisionRequest> = action.zip(candidate).map(|(action, c)| DecisionRequest {
+                name: format!("d{minute}"), revision: c.id.clone(), action, user: "alice".into(),
+            }).into_iter().collect();
             let before = status.as_ref().and_then(|st| st.enforced_revision.clone()).map(|r| r.id);
-            let d = reconcile(&spec, status.as_ref(), &src, &reports, minute);
+            let d = reconcile(&spec, status.as_ref(), &src, &reports, &decisions, minute);
             let after = d.status.enforced_revision.as_ref().map(|r| r.id.clone());
 
             // Never enforce an unverified or out-of-scope revision (invalid ones have no id at all).
@@ -190,21 +198,26 @@ proptest! {
                     if !fast_track {
                         prop_assert!(unexpected_denies(&spec, &reports, &to.id) <= u64::from(spec.audit.max_new_denies));
                         if spec.promotion == Promotion::Manual {
-                            let approval = status.as_ref().and_then(|s| s.approval.as_ref());
-                            prop_assert_eq!(approval.map(|a| a.revision.as_str()), Some(to.id.as_str()));
+                            let approved = status.as_ref().and_then(|s| s.approval.as_ref()).is_some_and(|a| a.revision == to.id)
+                                || decisions.iter().any(|d| d.action == DecisionAction::Promote && d.revision == to.id);
+                            prop_assert!(approved, "promoted without an approval");
                         }
+                        // Blocked is sticky: only a new commit or a reaudit reopens the audit,
+                        // and evidence from before a restart never counts.
+                        let blocked = status.as_ref().and_then(|s| s.blocked.as_ref()).is_some_and(|b| b.revision == to.id);
+                        prop_assert!(!blocked, "a Blocked candidate was promoted: {:?}", d.status.history);
                     }
                 }
             }
 
             // Reconciling again with the same inputs changes nothing and asks for nothing.
-            let again = reconcile(&spec, Some(&d.status), &src, &reports, minute);
+            let again = reconcile(&spec, Some(&d.status), &src, &reports, &[], minute);
             prop_assert_eq!(&again.status, &d.status);
             prop_assert!(!again.actions.iter().any(changes_something), "{:?}", again.actions);
 
             // A restarted controller reads the status back from JSON and decides the same.
             let stored = status.as_ref().map(|st| serde_json::from_str::<PolicyRolloutStatus>(&serde_json::to_string(st).unwrap()).unwrap());
-            let restarted = reconcile(&spec, stored.as_ref(), &src, &reports, minute);
+            let restarted = reconcile(&spec, stored.as_ref(), &src, &reports, &decisions, minute);
             prop_assert_eq!(&restarted, &d);
 
             // Agents that catch up load the candidate and enforce what the status says.
@@ -214,6 +227,7 @@ proptest! {
                     agent.1 = after.clone();
                     agent.0 = after.iter().chain(cand.iter()).cloned().chain(d.status.previous_revision.as_ref().map(|r| r.id.clone())).collect();
                     agent.2 = cand;
+                    agent.3 = d.status.audit_generation;
                 }
             }
             status = Some(d.status);
