@@ -10,7 +10,7 @@ use kube::api::{Patch, PatchParams};
 use kube::runtime::reflector::ObjectRef;
 use kube::runtime::{Controller, watcher};
 use kube::{Api, Client, ResourceExt};
-use palisade_rollout::crd::{GitRef, GitSource, PolicyAuditReport, PolicyRevision, PolicyRollout};
+use palisade_rollout::crd::{GitRef, GitSource, PolicyAuditReport, PolicyDecision, PolicyRevision, PolicyRollout};
 use palisade_rollout::wire::{CONTROLLER_FIELD_MANAGER, RECONCILE_ANNOTATION, ROLLOUT_LABEL};
 use palisade_source::webhook::{Provider, Receiver, SyncRequest};
 use serde_json::json;
@@ -105,6 +105,10 @@ pub async fn run(options: Options) -> Result<(), RunError> {
                 Some(ObjectRef::new(rollout).within(&report.namespace()?))
             },
         )
+        // A person's decision is acted on at once, not at the next requeue.
+        .watches(Api::<PolicyDecision>::all(client.clone()), watcher::Config::default(), |decision| {
+            Some(ObjectRef::new(&decision.spec.rollout).within(&decision.namespace()?))
+        })
         .graceful_shutdown_on(halt)
         .run(reconcile, error_policy, ctx)
         .for_each(|result| async move {
