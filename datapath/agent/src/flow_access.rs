@@ -47,13 +47,17 @@ impl IntoResponse for Refusal {
     }
 }
 
+/// A bearer token and the namespace asked for (`None`: every flow).
 type CacheKey = (String, Option<String>);
+
+/// A review's answer and when it was given.
+type Remembered = (Instant, Result<(), Refusal>);
 
 /// Reviews `/flows` requests with the API server, remembering answers for [`REVIEW_TTL`].
 pub struct FlowAccess {
     client: Client,
     ttl: Duration,
-    answers: Mutex<HashMap<CacheKey, (Instant, Result<(), Refusal>)>>,
+    answers: Mutex<HashMap<CacheKey, Remembered>>,
 }
 
 impl FlowAccess {
