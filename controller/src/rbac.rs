@@ -25,8 +25,10 @@ pub const CONTROLLER_NAMESPACE_RBAC: &[Rule] =
     &[("coordination.k8s.io", "leases", &["get", "create", "update"]), ("", "pods", &["list"])];
 
 /// The node agent, cluster-wide (ClusterRole `palisade-agent`): the watches identities and
-/// endpoints are computed from, the revisions to load (datapath/agent/src/cluster_watch.rs), and its own
-/// audit report per rollout, applied server-side and deleted when the rollout is gone.
+/// endpoints are computed from, the revisions to load (datapath/agent/src/cluster_watch.rs), its
+/// own audit report per rollout, applied server-side (patch; create when new) and deleted when the
+/// rollout is gone (datapath/agent/src/report_writer.rs), and the reviews of the bearer tokens
+/// that ask for `/flows` (datapath/agent/src/flow_access.rs).
 pub const AGENT_RBAC: &[Rule] = &[
     ("", "pods", &["list", "watch"]),
     ("", "namespaces", &["list", "watch"]),
@@ -34,7 +36,9 @@ pub const AGENT_RBAC: &[Rule] = &[
     ("", "services", &["list", "watch"]),
     ("palisade.dev", "policyrevisions", &["list", "watch"]),
     ("palisade.dev", "policyrollouts", &["list", "watch"]),
-    ("palisade.dev", "policyauditreports", &["get", "create", "patch", "delete"]),
+    ("palisade.dev", "policyauditreports", &["create", "patch", "delete"]),
+    ("authentication.k8s.io", "tokenreviews", &["create"]),
+    ("authorization.k8s.io", "subjectaccessreviews", &["create"]),
 ];
 
 /// The node agent in namespace `default` only (Role `palisade-agent-apiserver`): the

@@ -13,12 +13,16 @@
 //! - the status subresource (status writes leave the rest alone, and other writes the status);
 //!   delete with finalizers (a deletionTimestamp until they are gone) and owner-reference
 //!   garbage collection;
+//! - TokenReview, SubjectAccessReview and SelfSubjectReview (see [`review`]), from the tokens
+//!   ([`FakeApi::add_token`]) and the authorizer ([`FakeApi::authorize`]) a test configures;
+//!   [`FakeApi::client_with_token`] sends a bearer token as kube does for a kubeconfig user;
 //! - a log of every request for assertions.
 //!
 //! Tests change the cluster as other clients would with [`FakeApi::put`], [`FakeApi::update`]
 //! and [`FakeApi::remove`], and read it with [`FakeApi::get`] and [`FakeApi::list`].
 
 mod fields;
+pub mod review;
 mod selector;
 mod server;
 mod store;
@@ -29,6 +33,8 @@ use std::sync::{Arc, Mutex};
 
 use serde_json::Value;
 
+use crate::review::Reviews;
+pub use crate::review::{Access, User};
 use crate::store::{Key, Store};
 
 /// Collections (the path of a resource below the API root), as the fake's methods take them.
@@ -45,6 +51,9 @@ pub mod collections {
     pub const REVISIONS: &str = "apis/palisade.dev/v1alpha1/policyrevisions";
     pub const REPORTS: &str = "apis/palisade.dev/v1alpha1/policyauditreports";
     pub const DECISIONS: &str = "apis/palisade.dev/v1alpha1/policydecisions";
+    pub const TOKEN_REVIEWS: &str = "apis/authentication.k8s.io/v1/tokenreviews";
+    pub const SELF_SUBJECT_REVIEWS: &str = "apis/authentication.k8s.io/v1/selfsubjectreviews";
+    pub const SUBJECT_ACCESS_REVIEWS: &str = "apis/authorization.k8s.io/v1/subjectaccessreviews";
 }
 
 /// The field manager of the changes tests make through [`FakeApi::put`] and friends.
@@ -73,6 +82,7 @@ impl Logged {
 struct State {
     store: Store,
     log: Vec<Logged>,
+    reviews: Reviews,
 }
 
 /// The server; clones share it.
@@ -92,6 +102,32 @@ impl FakeApi {
             async move { Ok::<_, Infallible>(api.handle(request).await) }
         });
         kube::Client::new(service, "default")
+    }
+
+    /// A client that sends `Authorization: Bearer <token>` with every request, as kube does for
+    /// a kubeconfig user with a token: SelfSubjectReview answers with the token's user.
+    pub fn client_with_token(&self, token: &str) -> kube::Client {
+        let api = self.clone();
+        let bearer = http::HeaderValue::from_str(&format!("Bearer {token}")).expect("a token fit for a header");
+        let service = tower::service_fn(move |mut request: http::Request<kube::client::Body>| {
+            let api = api.clone();
+            request.headers_mut().insert(http::header::AUTHORIZATION, bearer.clone());
+            async move { Ok::<_, Infallible>(api.handle(request).await) }
+        });
+        kube::Client::new(service, "default")
+    }
+
+    /// Makes `token` authenticate as `user`: TokenReviews of it and SelfSubjectReviews sent with
+    /// it (see [`FakeApi::client_with_token`]) answer with `user`; unknown tokens do not
+    /// authenticate.
+    pub fn add_token(&self, token: &str, user: User) {
+        self.state().reviews.tokens.insert(token.into(), user);
+    }
+
+    /// Decides every SubjectAccessReview from now on (until the next call); without one, every
+    /// review is denied. `decide` runs under the server's lock: it must not call the server.
+    pub fn authorize(&self, decide: impl Fn(&Access) -> bool + Send + Sync + 'static) {
+        self.state().reviews.authorizer = Some(Arc::new(decide));
     }
 
     fn state(&self) -> std::sync::MutexGuard<'_, State> {

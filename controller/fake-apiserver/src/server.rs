@@ -113,6 +113,13 @@ impl FakeApi {
             return refuse(Refusal::new(404, "NotFound", format!("the server could not find {}", parts.uri.path())));
         };
         let verb = verb(&parts.method, &route, &params);
+        if verb == "create" {
+            let token = parts.headers.get(http::header::AUTHORIZATION).and_then(|v| v.to_str().ok());
+            let token = token.and_then(|v| v.strip_prefix("Bearer "));
+            if let Some(answer) = state.reviews.answer(&route.collection, &body, token) {
+                return answer.map_or_else(refuse, |review| respond(201, &review));
+            }
+        }
         let store = &mut state.store;
         let manager = params.get("fieldManager").map_or("unknown", String::as_str);
         let result = match (verb, &route.name) {

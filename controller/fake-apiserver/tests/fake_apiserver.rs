@@ -1,10 +1,12 @@
 //! The fake behaves like the API server where its callers depend on it, seen through kube-rs.
 use futures::{StreamExt, TryStreamExt};
+use k8s_openapi::api::authentication::v1::{SelfSubjectReview, TokenReview, TokenReviewSpec};
+use k8s_openapi::api::authorization::v1::{ResourceAttributes, SubjectAccessReview, SubjectAccessReviewSpec};
 use k8s_openapi::api::core::v1::{ConfigMap, Pod};
 use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams, WatchEvent, WatchParams};
 use kube::{Api, Error};
-use palisade_fake_apiserver::FakeApi;
-use palisade_fake_apiserver::collections::PODS;
+use palisade_fake_apiserver::collections::{PODS, TOKEN_REVIEWS};
+use palisade_fake_apiserver::{FakeApi, User};
 use serde_json::{Value, json};
 
 fn config_map(name: &str, data: Value) -> ConfigMap {
@@ -122,4 +124,56 @@ async fn a_watch_sees_the_changes_after_its_resource_version_then_410_once_expir
     assert_eq!(next().await, "ERROR 410");
     let mut again = maps.watch(&WatchParams::default(), &version).await.unwrap().boxed();
     assert!(matches!(again.try_next().await.unwrap(), Some(WatchEvent::Error(e)) if e.code == 410));
+}
+
+#[tokio::test]
+async fn reviews_answer_from_the_tests_tokens_and_authorizer() {
+    let api = FakeApi::default();
+    let alice = User { username: "alice".into(), groups: vec!["devs".into()], ..User::default() };
+    api.add_token("alice-token", alice);
+    api.authorize(|access| {
+        access.user.groups.contains(&"devs".to_string())
+            && (access.verb.as_str(), access.group.as_str(), access.resource.as_str())
+                == ("get", "palisade.dev", "policyauditreports")
+            && access.namespace.as_deref() == Some("shop")
+    });
+    let tokens: Api<TokenReview> = Api::all(api.client());
+    let review = |token: &str| TokenReview {
+        spec: TokenReviewSpec { token: token.into(), ..TokenReviewSpec::default() },
+        ..TokenReview::default()
+    };
+    let known = tokens.create(&PostParams::default(), &review("alice-token")).await.unwrap().status.unwrap();
+    let user = known.user.unwrap();
+    assert_eq!((known.authenticated, user.username.as_deref()), (Some(true), Some("alice")));
+    assert_eq!(user.groups, Some(vec!["devs".to_string()]));
+    let unknown = tokens.create(&PostParams::default(), &review("forged")).await.unwrap().status.unwrap();
+    assert_eq!(unknown.authenticated, Some(false));
+
+    let access: Api<SubjectAccessReview> = Api::all(api.client());
+    let may_get_reports = |namespace: Option<&str>| SubjectAccessReview {
+        spec: SubjectAccessReviewSpec {
+            user: Some("alice".into()),
+            groups: Some(vec!["devs".into()]),
+            resource_attributes: Some(ResourceAttributes {
+                verb: Some("get".into()),
+                group: Some("palisade.dev".into()),
+                resource: Some("policyauditreports".into()),
+                namespace: namespace.map(String::from),
+                ..ResourceAttributes::default()
+            }),
+            ..SubjectAccessReviewSpec::default()
+        },
+        ..SubjectAccessReview::default()
+    };
+    let allowed = |review: SubjectAccessReview| review.status.unwrap().allowed;
+    assert!(allowed(access.create(&PostParams::default(), &may_get_reports(Some("shop"))).await.unwrap()));
+    assert!(!allowed(access.create(&PostParams::default(), &may_get_reports(None)).await.unwrap()), "cluster-wide");
+
+    let whoami = SelfSubjectReview::default();
+    let mine = Api::<SelfSubjectReview>::all(api.client_with_token("alice-token"));
+    let info = mine.create(&PostParams::default(), &whoami).await.unwrap().status.unwrap().user_info.unwrap();
+    assert_eq!(info.username.as_deref(), Some("alice"));
+    let anonymous = Api::<SelfSubjectReview>::all(api.client());
+    assert_eq!(code(anonymous.create(&PostParams::default(), &whoami).await), 401, "no token, no user");
+    assert!(api.list(TOKEN_REVIEWS, "").is_empty(), "reviews are answered, not stored");
 }

@@ -586,7 +586,8 @@ pub struct AuditTotals {
     /// Distinct flows the enforced revision denies and the candidate would allow.
     #[serde(default)]
     pub new_allows: u64,
-    /// Drops per minute under the enforced revision, over the last minute.
+    /// Packets dropped per minute because of the rollout's enforced revision, over the last
+    /// minute: drops by its rules, and default-deny drops of the endpoints it selects.
     #[serde(default)]
     pub drops_per_minute: u64,
     /// Flows left out of `flows` by the cap.

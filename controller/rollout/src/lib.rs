@@ -1,4 +1,5 @@
 pub mod crd;
+pub mod digest;
 mod duration;
 pub mod engine;
 pub mod wire;

@@ -2,8 +2,7 @@
 //! that the same policies always get the same id, whatever commit carries them.
 use palisade_policy::model::{Policy, PolicyId};
 use palisade_policy::{Diagnostic, PolicySet, Severity};
-use serde_json::Value;
-use sha2::{Digest, Sha256};
+use palisade_rollout::digest::combine;
 
 use crate::verify::SignatureStatus;
 
@@ -132,64 +131,9 @@ pub fn digest(set: &PolicySet) -> String {
     combine(digests.iter().map(|(_, d)| d))
 }
 
-fn combine<'a>(digests: impl Iterator<Item = &'a [u8; 32]>) -> String {
-    let mut hasher = Sha256::new();
-    for digest in digests {
-        hasher.update(digest);
-    }
-    format!("sha256:{}", hex::encode(hasher.finalize()))
-}
-
-/// sha256 over a policy's id and its object as written, keys sorted so that formatting and key
-/// order do not matter.
+/// A policy's digest as the agent recomputes it from the PolicyRevision
+/// ([`palisade_rollout::digest::policy_digest`]).
 pub fn policy_digest(policy: &Policy) -> [u8; 32] {
-    // PolicyId serializes as a plain struct, which cannot fail.
-    let mut text = serde_json::to_string(&policy.id).unwrap_or_default();
-    text.push('\n');
-    canonical_json(&policy.source, &mut text);
-    Sha256::digest(text.as_bytes()).into()
-}
-
-/// JSON with object keys sorted and no whitespace. Depth is bounded by the YAML parser's limits.
-fn canonical_json(value: &Value, out: &mut String) {
-    match value {
-        Value::Object(map) => {
-            let mut entries: Vec<_> = map.iter().collect();
-            entries.sort_by(|a, b| a.0.cmp(b.0));
-            out.push('{');
-            for (i, (key, value)) in entries.into_iter().enumerate() {
-                if i > 0 {
-                    out.push(',');
-                }
-                out.push_str(&Value::String(key.clone()).to_string());
-                out.push(':');
-                canonical_json(value, out);
-            }
-            out.push('}');
-        }
-        Value::Array(items) => {
-            out.push('[');
-            for (i, item) in items.iter().enumerate() {
-                if i > 0 {
-                    out.push(',');
-                }
-                canonical_json(item, out);
-            }
-            out.push(']');
-        }
-        scalar => out.push_str(&scalar.to_string()),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn canonical_json_sorts_keys_at_every_level() {
-        let a: Value = serde_json::from_str(r#"{"b": [{"y": 1, "x": "s"}], "a": null}"#).unwrap();
-        let mut out = String::new();
-        canonical_json(&a, &mut out);
-        assert_eq!(out, r#"{"a":null,"b":[{"x":"s","y":1}]}"#);
-    }
+    let id = &policy.id;
+    palisade_rollout::digest::policy_digest(id.kind.as_str(), id.namespace.as_deref(), &id.name, &policy.source)
 }

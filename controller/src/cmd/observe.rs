@@ -1,21 +1,25 @@
 //! `palisade observe`: the flows an agent's datapath reports (drops, audits, shadow
 //! differences), Hubble-style, from local mode's `<state>/observe.sock` or an agent's `/flows`.
+//! An agent serves them to a bearer token it reviews with the API server: the kubeconfig user's,
+//! sent to the agent directly (the API server's pod proxy would not pass it on).
 use std::io::Write;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
 use http_body_util::{BodyExt, Empty};
 use hyper::body::{Bytes, Incoming};
 use hyper::header;
-use hyper::{Request, Response};
+use hyper::{Request, Response, StatusCode};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use k8s_openapi::jiff::Timestamp;
 use k8s_openapi::jiff::tz::TimeZone;
+use kube::config::Kubeconfig;
 use palisade_agent::observe::{
     DecidedBy, FlowFilter, FlowVerdict, FlowsQuery, ObserveLine, ObservedFlow, VerdictFilter,
 };
 use palisade_netsim::DEFAULT_STATE_DIR;
+use secrecy::ExposeSecret;
 
 use super::Output;
 
@@ -38,9 +42,15 @@ pub struct Args {
     local: bool,
     #[arg(long, value_name = "DIR", default_value = DEFAULT_STATE_DIR, requires = "local")]
     state: PathBuf,
-    /// Observe a node agent: its metrics address, `http://NODE:9964`.
+    /// Observe a node agent: its metrics address, `http://NODE:9964`. It serves the flows to the
+    /// kubeconfig's current user when that user may get PolicyAuditReports in the namespace
+    /// (`-n`), or cluster-wide for every flow.
     #[arg(long, value_name = "URL")]
     agent: Option<String>,
+    /// The bearer token to send to the agent, from this file, instead of the kubeconfig user's
+    /// (for users who authenticate with a client certificate or an exec plugin).
+    #[arg(long, value_name = "PATH", requires = "agent")]
+    token_file: Option<PathBuf>,
     /// First show up to N of the flows the agent remembers.
     #[arg(long, value_name = "N")]
     last: Option<usize>,
@@ -70,8 +80,13 @@ pub fn run(args: Args) -> Result<u8> {
                 let host = authority.split('/').next().unwrap_or_default();
                 let host = if host.contains(':') { host.to_owned() } else { format!("{host}:9964") };
                 let uri = format!("http://{host}{path_and_query}");
+                let token = agent_token(args.token_file.as_deref())?;
+                let mut request = request(&uri)?;
+                let bearer = header::HeaderValue::from_str(&format!("Bearer {token}"))
+                    .context("the token is not fit for an HTTP header")?;
+                request.headers_mut().insert(header::AUTHORIZATION, bearer);
                 let client = Client::builder(TokioExecutor::new()).build_http();
-                let response = client.request(request(&uri)?).await.map_err(|e| {
+                let response = client.request(request).await.map_err(|e| {
                     if e.is_connect() {
                         anyhow::Error::new(io_error(&e)).context(format!("connect to the agent at {host}"))
                     } else {
@@ -125,12 +140,81 @@ fn request(uri: &str) -> Result<Request<Empty<Bytes>>> {
 
 /// The body of a 200, or the status and body as the error.
 async fn body_of(response: Response<Incoming>) -> Result<Incoming> {
-    let status = format!("{:?} {}", response.version(), response.status());
-    if !response.status().is_success() {
+    let code = response.status();
+    let status = format!("{:?} {code}", response.version());
+    if !code.is_success() {
         let body = response.into_body().collect().await.context("read the response")?.to_bytes();
-        bail!("{status}: {}", String::from_utf8_lossy(&body).trim());
+        let body = String::from_utf8_lossy(&body).trim().to_owned();
+        match code {
+            StatusCode::UNAUTHORIZED => bail!(
+                "the agent did not accept the token ({status}): {body}\nPass a token it can review with --token-file \
+                 PATH (e.g. from `kubectl create token`)."
+            ),
+            StatusCode::FORBIDDEN => bail!("the agent refused the flows asked for ({status}): {body}"),
+            _ => bail!("{status}: {body}"),
+        }
     }
     Ok(response.into_body())
+}
+
+/// The bearer token the agent reviews: `--token-file`'s, else the kubeconfig's current user's.
+fn agent_token(token_file: Option<&Path>) -> Result<String> {
+    if let Some(path) = token_file {
+        return read_token(path, "--token-file");
+    }
+    let config = Kubeconfig::read()
+        .context("read the kubeconfig for a token to send to the agent (or pass one with --token-file PATH)")?;
+    kubeconfig_token(&config)
+}
+
+/// The current context's user's `token`, or the content of its `tokenFile`.
+fn kubeconfig_token(config: &Kubeconfig) -> Result<String> {
+    let context = config
+        .current_context
+        .as_deref()
+        .context("the kubeconfig has no current context to take a token from; pass one with --token-file PATH")?;
+    let user = config
+        .contexts
+        .iter()
+        .find(|c| c.name == context)
+        .and_then(|c| c.context.as_ref()?.user.clone())
+        .with_context(|| {
+            format!("the kubeconfig's context {context:?} names no user; pass a token with --token-file PATH")
+        })?;
+    let auth = config.auth_infos.iter().find(|a| a.name == user).and_then(|a| a.auth_info.as_ref());
+    let Some(auth) = auth else {
+        bail!("the kubeconfig has no user {user:?} (of context {context:?}); pass a token with --token-file PATH");
+    };
+    if let Some(token) = &auth.token {
+        return Ok(token.expose_secret().trim().to_owned());
+    }
+    if let Some(path) = &auth.token_file {
+        return read_token(Path::new(path), &format!("the tokenFile of kubeconfig user {user:?}"));
+    }
+    let how = if auth.client_certificate.is_some() || auth.client_certificate_data.is_some() {
+        "a client certificate"
+    } else if auth.exec.is_some() {
+        "an exec plugin"
+    } else if auth.auth_provider.is_some() {
+        "an auth provider"
+    } else if auth.username.is_some() {
+        "a username and password"
+    } else {
+        "no credentials"
+    };
+    bail!(
+        "the kubeconfig's user {user:?} authenticates with {how}, not with a bearer token the agent can check; \
+         pass one with --token-file PATH (e.g. `kubectl create token NAME > PATH`)"
+    )
+}
+
+fn read_token(path: &Path, what: &str) -> Result<String> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("{what}: read {}", path.display()))?;
+    let token = text.trim();
+    if token.is_empty() {
+        bail!("{what}: {} holds no token", path.display());
+    }
+    Ok(token.to_owned())
 }
 
 /// The operating system's reason a connection failed, under the client's wrapping.
@@ -290,6 +374,29 @@ mod tests {
             "{}",
             render(&diff, &TimeZone::UTC)
         );
+    }
+
+    fn kubeconfig(user: &str) -> Kubeconfig {
+        let text = format!(
+            "apiVersion: v1\nkind: Config\ncurrent-context: shop\ncontexts:\n- name: shop\n  context: {{cluster: c, user: alice}}\nusers:\n- name: alice\n  user: {user}\n"
+        );
+        Kubeconfig::from_yaml(&text).unwrap()
+    }
+
+    #[test]
+    fn the_agent_gets_the_current_users_bearer_token() {
+        assert_eq!(kubeconfig("{token: abc}").current_context.as_deref(), Some("shop"));
+        assert_eq!(kubeconfig_token(&kubeconfig("{token: abc}")).unwrap(), "abc");
+        let file = tempfile::NamedTempFile::new().unwrap();
+        std::fs::write(file.path(), "from-file\n").unwrap();
+        let with_file = kubeconfig(&format!("{{tokenFile: {}}}", file.path().display()));
+        assert_eq!(kubeconfig_token(&with_file).unwrap(), "from-file");
+        let certificate = kubeconfig_token(&kubeconfig("{client-certificate-data: Zm9v, client-key-data: Zm9v}"));
+        let message = certificate.unwrap_err().to_string();
+        assert!(message.contains(r#"user "alice" authenticates with a client certificate"#), "{message}");
+        assert!(message.contains("--token-file PATH"), "{message}");
+        let exec = kubeconfig_token(&kubeconfig("{exec: {apiVersion: client.authentication.k8s.io/v1, command: aws}}"));
+        assert!(exec.unwrap_err().to_string().contains("an exec plugin"));
     }
 
     #[test]

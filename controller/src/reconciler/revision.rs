@@ -106,4 +106,31 @@ mod tests {
         assert_eq!(revision_name("web", &digest), "web-abababababab");
         assert_eq!(revision_name(&"x".repeat(300), &digest).len(), 253);
     }
+
+    #[test]
+    fn a_staged_revision_verifies_against_its_digest_as_the_agent_checks_it() {
+        let text = "apiVersion: cilium.io/v2\nkind: CiliumNetworkPolicy\nmetadata: {name: db, namespace: shop}\nspec:\n  endpointSelector: {matchLabels: {app: db}}\n  ingress: [{fromEndpoints: [{matchLabels: {app: api}}]}]\n---\napiVersion: cilium.io/v2\nkind: CiliumClusterwideNetworkPolicy\nmetadata: {name: all}\nspec: {endpointSelector: {}, egress: [{toEntities: [world]}]}\n";
+        let parsed = palisade_policy::parse_policies(
+            &[palisade_policy::SourceFile { name: "policies.yaml", text }],
+            &palisade_policy::ParseOptions::default(),
+        );
+        assert!(!parsed.has_errors(), "{:?}", parsed.errors().map(ToString::to_string).collect::<Vec<_>>());
+        let mut policies = parsed.set;
+        policies.policies.sort_by(|a, b| a.id.cmp(&b.id));
+        let revision = palisade_source::Revision {
+            id: palisade_source::revision::digest(&policies),
+            reference: "main@sha1:0123456789".into(),
+            commit: palisade_source::CommitInfo {
+                id: "0123456789".into(),
+                author: String::new(),
+                message: String::new(),
+                time: 0,
+            },
+            signature: palisade_source::SignatureStatus::NotRequired,
+            policies,
+            warnings: Vec::new(),
+        };
+        let (_, spec) = Fetched::from_outcome(Outcome::Revision(revision), "db").revision.expect("a revision");
+        assert_eq!(spec.verify_digest(), Ok(()));
+    }
 }

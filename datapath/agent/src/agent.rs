@@ -20,7 +20,7 @@ use palisade_policy::{
     parse_policies,
 };
 use palisade_rollout::crd::{PolicyAuditReport, PolicyRevision, PolicyRollout};
-use tracing::{debug, info, warn};
+use tracing::{debug, error, info, warn};
 
 use crate::dataplane::{Dataplane, Interface, InterfaceResolver};
 use crate::input::Change;
@@ -283,6 +283,11 @@ impl<D: Dataplane, R: InterfaceResolver> Agent<D, R> {
     fn upsert_revision(&mut self, revision: PolicyRevision) {
         let namespace = revision.metadata.namespace.clone().unwrap_or_default();
         let name = revision.metadata.name.clone().unwrap_or_default();
+        if let Err(e) = revision.spec.verify_digest() {
+            // Whatever was loaded under this name stays: a revision is immutable in effect.
+            error!(revision = %format!("{namespace}/{name}"), "PolicyRevision refused, its policies are not what its digest names: {e}");
+            return;
+        }
         let options = ParseOptions { default_namespace: namespace.clone(), ..ParseOptions::default() };
         let files: Vec<(String, &str)> = revision
             .spec
@@ -315,11 +320,11 @@ impl<D: Dataplane, R: InterfaceResolver> Agent<D, R> {
         let enforced = status.enforced_revision.map(|r| r.id);
         // While the nodes flip, the candidate is the enforced revision: nothing is left to audit.
         let candidate = status.candidate_revision.map(|r| r.id).filter(|c| Some(c) != enforced.as_ref());
-        let targets = Targets { enforced, candidate };
+        let targets = Targets { enforced, candidate, audit_generation: status.audit_generation };
         if self.rollouts.get(&key) != Some(&targets) {
             debug!(rollout = %key.1, ?targets, "rollout targets changed");
+            self.sets_changed |= self.rollouts.get(&key).is_none_or(|old| old.revisions_differ(&targets));
             self.rollouts.insert(key, targets);
-            self.sets_changed = true;
         }
     }
 

@@ -8,6 +8,8 @@
 mod agent;
 pub mod cluster_watch;
 mod dataplane;
+mod drops;
+pub mod flow_access;
 mod input;
 mod node_state;
 pub mod observe;

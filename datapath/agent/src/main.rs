@@ -2,7 +2,8 @@
 //!
 //! Opens (or adopts) the pinned datapath, runs the agent on its thread, feeds it from the watches,
 //! writes its PolicyAuditReports, and serves `/metrics`, `/healthz`, `/readyz` and the observed
-//! flows as NDJSON on `/flows` (what `palisade observe --agent` reads). On SIGTERM it
+//! flows as NDJSON on `/flows` (what `palisade observe --agent` reads), the flows only to a bearer
+//! token whose user may read PolicyAuditReports (`palisade_agent::flow_access`). On SIGTERM it
 //! stops without touching the datapath: the pinned programs and maps keep enforcing until the next
 //! agent adopts them.
 use std::collections::BTreeSet;
@@ -15,7 +16,8 @@ use anyhow::Context;
 use clap::builder::{PossibleValuesParser, TypedValueParser};
 use clap::{Parser, ValueEnum};
 use palisade_agent::cluster_watch::{WatchState, watch};
-use palisade_agent::observe::{FlowHub, FlowVerdict, ObservedFlow};
+use palisade_agent::flow_access::FlowAccess;
+use palisade_agent::observe::{FlowHub, FlowVerdict, ObservedFlow, authorized_router};
 use palisade_agent::report_writer::ReportWriter;
 use palisade_agent::runtime::{ConvergeHook, Convergence, FlowHook, RuntimeOptions, spawn};
 use palisade_agent::{Agent, AgentConfig, RouteResolver};
@@ -47,7 +49,7 @@ struct Args {
     /// Where the datapath's programs and maps are pinned (bpffs).
     #[arg(long, default_value = DEFAULT_PIN_DIR)]
     pin_dir: PathBuf,
-    /// `/metrics`, `/healthz`, `/readyz`.
+    /// `/metrics`, `/healthz`, `/readyz` (open) and `/flows` (to authorized bearer tokens).
     #[arg(long, default_value = "0.0.0.0:9964")]
     metrics_addr: SocketAddr,
     /// PolicyAuditReports are written at least this often (`10s`, `500ms`, `1m`).
@@ -102,9 +104,11 @@ async fn run(args: Args) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("{}: cannot listen", args.metrics_addr))?;
     info!(addr = %args.metrics_addr, "listening");
+    let client = kube::Client::try_default().await.context("no Kubernetes API to talk to")?;
     let server = tokio::spawn({
         let mut stop = stop.clone();
-        let router = router(metrics.clone(), ready.clone()).merge(palisade_agent::observe::router(flows.clone()));
+        let access = Arc::new(FlowAccess::new(client.clone()));
+        let router = router(metrics.clone(), ready.clone()).merge(authorized_router(flows.clone(), access));
         async move {
             let shutdown = async move {
                 let _ = stop.wait_for(|s| *s).await;
@@ -117,7 +121,6 @@ async fn run(args: Args) -> anyhow::Result<()> {
 
     let datapath = Datapath::open(&args.pin_dir)
         .with_context(|| format!("{}: cannot open or load the datapath", args.pin_dir.display()))?;
-    let client = kube::Client::try_default().await.context("no Kubernetes API to talk to")?;
     let config = AgentConfig {
         node: Some(args.node_name.clone()),
         allow_localhost: args.allow_localhost,
@@ -219,7 +222,7 @@ struct Metrics {
     converge_seconds: Histogram,
     converge_errors: Counter,
     audit_new_denies: Family<RolloutLabels, Gauge>,
-    drops_per_minute: Gauge,
+    drops_per_minute: Family<RolloutLabels, Gauge>,
     /// Rollouts of the last batch, so that gone ones lose their series.
     rollouts: std::sync::Mutex<BTreeSet<(String, String)>>,
 }
@@ -245,7 +248,8 @@ impl Default for Metrics {
             drops_per_minute: registered(
                 reg,
                 "drops_per_minute",
-                "Packets this node dropped per minute under the enforced policy, over the last minute",
+                "Packets this node dropped per minute because of the rollout's enforced revision (its rules, or \
+                 default deny of the endpoints it selects), over the last minute",
             ),
             flows_processed: registered(
                 reg,
@@ -311,11 +315,14 @@ impl Metrics {
             };
             let new_denies = i64::try_from(report.spec.totals.new_denies).unwrap_or(i64::MAX);
             self.audit_new_denies.get_or_create(&labels).set(new_denies);
-            self.drops_per_minute.set(i64::try_from(report.spec.totals.drops_per_minute).unwrap_or(i64::MAX));
+            let drops_per_minute = i64::try_from(report.spec.totals.drops_per_minute).unwrap_or(i64::MAX);
+            self.drops_per_minute.get_or_create(&labels).set(drops_per_minute);
             now.insert((labels.namespace, labels.rollout));
         }
         for (namespace, rollout) in rollouts.difference(&now) {
-            self.audit_new_denies.remove(&RolloutLabels { namespace: namespace.clone(), rollout: rollout.clone() });
+            let labels = RolloutLabels { namespace: namespace.clone(), rollout: rollout.clone() };
+            self.audit_new_denies.remove(&labels);
+            self.drops_per_minute.remove(&labels);
         }
         *rollouts = now;
     }
@@ -390,7 +397,7 @@ mod tests {
                 "palisade_agent_converge_seconds_count 2",
                 "palisade_agent_converge_errors_total 1",
                 "palisade_agent_audit_new_denies{namespace=\"shop\",rollout=\"web\"} 5",
-                "palisade_agent_drops_per_minute 12",
+                "palisade_agent_drops_per_minute{namespace=\"shop\",rollout=\"web\"} 12",
             ],
         );
         assert!(!text.contains("rollout=\"db\""), "a gone rollout loses its series:\n{text}");

@@ -23,6 +23,15 @@ pub(crate) struct Revision {
 pub(crate) struct Targets {
     pub(crate) enforced: Option<String>,
     pub(crate) candidate: Option<String>,
+    /// `status.auditGeneration`: when it moves, the rollout's audit starts again.
+    pub(crate) audit_generation: u64,
+}
+
+impl Targets {
+    /// Whether `other` names other revisions (the node's policy sets follow them).
+    pub(crate) fn revisions_differ(&self, other: &Targets) -> bool {
+        (&self.enforced, &self.candidate) != (&other.enforced, &other.candidate)
+    }
 }
 
 /// The node's enforced and candidate policy sets, compiled for its endpoints.

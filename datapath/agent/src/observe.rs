@@ -10,9 +10,10 @@ use std::sync::{Arc, Mutex};
 
 use axum::Router;
 use axum::body::{Body, Bytes};
-use axum::extract::{RawQuery, State};
+use axum::extract::{RawQuery, Request, State};
 use axum::http::header;
-use axum::response::IntoResponse;
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use k8s_openapi::jiff::Timestamp;
 use palisade_common::{self as dp, Direction, FlowEvent, Mode};
@@ -20,6 +21,7 @@ use palisade_policy::CompiledPolicy;
 use serde::{Deserialize, Serialize};
 use tokio::sync::broadcast::{self, error::RecvError};
 
+use crate::flow_access::FlowAccess;
 use crate::node_state::{CANDIDATE_SET, Compiled, ENFORCED_SET, NodeView, ObjectKey};
 use crate::report::{boot_time_to_wall, workload_of};
 
@@ -515,12 +517,31 @@ fn peer(engine: &CompiledPolicy, ip: Ipv4Addr, identity: u32) -> FlowPeer {
 }
 
 /// `GET /flows?namespace=&pod=&verdict=dropped|audit|diff&last=N&since=RFC3339&follow=false`:
-/// NDJSON, one [`ObserveLine`] a line, until the client goes or the agent stops.
+/// NDJSON, one [`ObserveLine`] a line, until the client goes or the agent stops. To anyone who
+/// reaches it: local mode's socket, guarded by its file permissions.
 pub fn router(hub: FlowHub) -> Router {
     Router::new().route("/flows", get(serve_flows).with_state(hub))
 }
 
-async fn serve_flows(State(hub): State<FlowHub>, RawQuery(query): RawQuery) -> axum::response::Response {
+/// [`router`] for the network: only to requests whose bearer token and user `access` admits for
+/// the namespace filtered on (`?namespace=`), or cluster-wide for every flow.
+pub fn authorized_router(hub: FlowHub, access: Arc<FlowAccess>) -> Router {
+    router(hub).route_layer(middleware::from_fn_with_state(access, require_access))
+}
+
+async fn require_access(State(access): State<Arc<FlowAccess>>, request: Request, next: Next) -> Response {
+    // A query that does not parse reveals nothing: the handler refuses it.
+    let Ok(query) = FlowsQuery::parse(request.uri().query().unwrap_or_default()) else {
+        return next.run(request).await;
+    };
+    let authorization = request.headers().get(header::AUTHORIZATION).and_then(|v| v.to_str().ok());
+    match access.check(authorization, query.filter.namespace.as_deref()).await {
+        Ok(()) => next.run(request).await,
+        Err(refusal) => refusal.into_response(),
+    }
+}
+
+async fn serve_flows(State(hub): State<FlowHub>, RawQuery(query): RawQuery) -> Response {
     let query = match FlowsQuery::parse(query.as_deref().unwrap_or_default()) {
         Ok(query) => query,
         Err(e) => return (axum::http::StatusCode::BAD_REQUEST, format!("{e}\n")).into_response(),

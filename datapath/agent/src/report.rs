@@ -1,6 +1,6 @@
 //! PolicyAuditReports: what this node's endpoints saw the candidate would change, the revisions
 //! the node has loaded (the promotion barrier) and the one it enforces.
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap};
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
 use k8s_openapi::jiff::{SignedDuration, Timestamp};
@@ -13,11 +13,11 @@ use palisade_rollout::crd::{
     Protocol, Verdict,
 };
 
+use crate::drops::RolloutDrops;
 use crate::node_state::{CANDIDATE_SET, Compiled, ENFORCED_SET, NodeView, ObjectKey};
 
 /// Flows listed per report, most frequent first; the totals count them all.
 pub const AUDIT_FLOW_CAP: usize = 100;
-const DROP_WINDOW: SignedDuration = SignedDuration::from_secs(60);
 
 /// Connections each endpoint has judged so far (counters only grow).
 fn connections_judged(counters: &[(EndpointId, EndpointCounters)]) -> HashMap<EndpointId, u64> {
@@ -26,26 +26,40 @@ fn connections_judged(counters: &[(EndpointId, EndpointCounters)]) -> HashMap<En
 
 /// What the agent remembers of one rollout's audit between reports.
 struct AuditState {
+    /// When this node's continuous evidence for the candidate started.
     started_at: Timestamp,
-    /// Connections each endpoint had judged when its candidate set changed.
+    /// The rollout's `status.auditGeneration` the evidence is gathered for.
+    generation: u64,
+    /// Connections each endpoint had judged when the audit started.
     baseline: HashMap<EndpointId, u64>,
+    /// Packets each flow had when the audit restarted on its own (the flows were not cleared):
+    /// only what comes after is this audit's.
+    flow_baseline: HashMap<FlowKey, u64>,
     /// Per flow: packets at the last report and when that count last grew.
     last_seen: HashMap<FlowKey, (u64, Timestamp)>,
 }
 
-/// Total drops on the node over time, for the drop rate a rollback watch compares.
-#[derive(Default)]
-struct DropSamples(VecDeque<(Timestamp, u64)>);
-
-impl DropSamples {
-    fn per_minute(&mut self, now: Timestamp, total: u64) -> u64 {
-        self.0.push_back((now, total));
-        while self.0.len() > 2 && self.0.get(1).is_some_and(|(t, _)| now.duration_since(*t) >= DROP_WINDOW) {
-            self.0.pop_front();
+impl AuditState {
+    /// The audit of one rollout starts again now, from the node's counters and flows as they
+    /// are, leaving the other rollouts' audits alone.
+    fn restarted(generation: u64, judged: &HashMap<EndpointId, u64>, flows: &[Flow], now: Timestamp) -> AuditState {
+        AuditState {
+            started_at: now,
+            generation,
+            baseline: judged.clone(),
+            flow_baseline: flows.iter().map(|f| (f.key, f.packets)).collect(),
+            last_seen: flows.iter().map(|f| (f.key, (f.packets, now))).collect(),
         }
-        let (since, first) = self.0.front().copied().unwrap_or((now, total));
-        let seconds = now.duration_since(since).as_secs_f64();
-        if seconds < 1.0 { 0 } else { ((total.saturating_sub(first)) as f64 * 60.0 / seconds).round() as u64 }
+    }
+
+    /// Packets of `flow` since the audit started; forgets the baseline of a flow the kernel
+    /// forgot and counts afresh.
+    fn packets_since_start(&mut self, flow: &Flow) -> u64 {
+        let last = self.last_seen.get(&flow.key).map_or(0, |l| l.0);
+        if flow.packets < last {
+            self.flow_baseline.remove(&flow.key);
+        }
+        flow.packets.saturating_sub(self.flow_baseline.get(&flow.key).copied().unwrap_or(0))
     }
 }
 
@@ -65,7 +79,7 @@ pub(crate) struct Reporter {
     /// Connections each endpoint had judged when the candidate set last changed: an audit counts
     /// the traffic its candidate saw from there.
     baseline: HashMap<EndpointId, u64>,
-    drops: DropSamples,
+    drops: RolloutDrops,
 }
 
 impl Reporter {
@@ -79,6 +93,7 @@ impl Reporter {
     /// A rollout is gone, and so is its audit.
     pub(crate) fn forget(&mut self, rollout: &ObjectKey) {
         self.audits.remove(rollout);
+        self.drops.forget(rollout);
     }
 
     /// One PolicyAuditReport per rollout, from the attached endpoints' `counters` and the `flows`
@@ -94,8 +109,7 @@ impl Reporter {
         let Some(compiled) = view.compiled else { return Vec::new() };
         let node = &view.node;
         let judged = connections_judged(counters);
-        let denied = counters.iter().map(|(_, c)| c.denied).sum();
-        let drops_per_minute = self.drops.per_minute(now, denied);
+        let drops = self.drops.per_minute(view, compiled, flows, now);
         let by_id: HashMap<EndpointId, &ObjectKey> = view.endpoints.iter().map(|&(pod, id)| (id, pod)).collect();
         let auditing: Vec<ObjectKey> =
             view.rollouts.iter().filter(|(_, t)| t.candidate.is_some()).map(|(k, _)| k.clone()).collect();
@@ -107,29 +121,46 @@ impl Reporter {
             let candidate = targets.candidate.clone().filter(audited_everywhere);
             let mut loaded_revisions: Vec<String> = enforced_revision.iter().chain(&candidate).cloned().collect();
             loaded_revisions.dedup();
+            let drops_per_minute = drops.get(key).copied().unwrap_or(0);
             let mut spec = PolicyAuditReportSpec {
                 rollout: key.1.clone(),
                 node: node.clone(),
                 candidate_revision: candidate.clone(),
                 loaded_revisions,
                 enforced_revision,
+                audit_generation: targets.audit_generation,
                 totals: AuditTotals { drops_per_minute, ..AuditTotals::default() },
                 ..PolicyAuditReportSpec::default()
             };
             if candidate.is_some() {
                 let audit = self.audits.entry(key.clone()).or_insert_with(|| AuditState {
                     started_at: now,
+                    generation: targets.audit_generation,
                     baseline: self.baseline.clone(),
+                    flow_baseline: HashMap::new(),
                     last_seen: HashMap::new(),
                 });
+                if audit.generation != targets.audit_generation {
+                    *audit = AuditState::restarted(targets.audit_generation, &judged, flows, now);
+                }
                 spec.audit_started_at = Some(Time(audit.started_at));
                 let mine = |flow: &Flow| attributed(compiled, flow, key, &auditing);
                 let mut listed: Vec<AuditFlow> = Vec::new();
                 for flow in flows.iter().filter(|f| differs(f) && mine(f)) {
                     let Some(pod) = by_id.get(&flow.key.endpoint) else { continue };
+                    let count = audit.packets_since_start(flow);
+                    let older_than_audit = audit.flow_baseline.contains_key(&flow.key);
                     let last = audit.last_seen.entry(flow.key).or_insert((0, now));
-                    if flow.packets > last.0 {
+                    if flow.packets != last.0 {
                         *last = (flow.packets, now);
+                    }
+                    if count == 0 {
+                        continue;
+                    }
+                    let mut first_seen = boot_time_to_wall(flow.first_seen_ns, now);
+                    if older_than_audit {
+                        // A flow older than a restarted audit is its evidence from the restart on.
+                        first_seen = first_seen.max(audit.started_at);
                     }
                     let candidate_denies = flow.key.candidate_verdict().is_some_and(dp::Verdict::drops);
                     if candidate_denies {
@@ -153,8 +184,8 @@ impl Reporter {
                         protocol: protocol(flow.key.protocol()),
                         enforced_verdict: verdict(Some(flow.key.enforced_verdict())),
                         candidate_verdict: verdict(flow.key.candidate_verdict()),
-                        count: flow.packets,
-                        first_seen: Time(boot_time_to_wall(flow.first_seen_ns, now)),
+                        count,
+                        first_seen: Time(first_seen),
                         last_seen: Time(last.1),
                         rule: Some(rule),
                     });
@@ -309,14 +340,5 @@ mod tests {
         assert_eq!(workload_of("postgres-0"), "postgres");
         assert_eq!(workload_of("client"), "client");
         assert_eq!(workload_of("front-end"), "front-end");
-    }
-
-    #[test]
-    fn drop_rate_is_per_minute_over_the_last_minute() {
-        let mut samples = DropSamples::default();
-        let start = Timestamp::UNIX_EPOCH;
-        assert_eq!(samples.per_minute(start, 100), 0);
-        assert_eq!(samples.per_minute(start + SignedDuration::from_secs(30), 130), 60);
-        assert_eq!(samples.per_minute(start + SignedDuration::from_secs(200), 130), 0, "nothing in the last minute");
     }
 }

@@ -14,7 +14,7 @@ use palisade_common::{self as dp, FlowKey, PolicyEntry};
 use palisade_datapath::{Flow, Slot};
 use palisade_policy::cluster::{Cluster, Pod};
 use palisade_policy::{CompileOptions, CompiledPolicy, IdentityBasis, ParseOptions, SourceFile, parse_policies};
-use palisade_rollout::crd::Verdict;
+use palisade_rollout::crd::{PolicyDocument, Verdict};
 
 const CLUSTER: &str = "kind: List
 items:
@@ -523,4 +523,163 @@ fn the_runtime_publishes_the_datapaths_flow_events() {
     drop(handle.changes);
     handle.thread.join().unwrap().unwrap();
     assert!(handle.flows.subscribe().is_none(), "observers' streams end with the agent");
+}
+
+/// Rollout `shop/db` enforcing `db-r1`, auditing `db-r2`, at audit generation `generation`.
+fn auditing_at(generation: u64) -> Change {
+    let mut rollout = common::rollout_of("shop", "db", Some("db-r1"), Some("db-r2"));
+    rollout.status.as_mut().expect("status").audit_generation = generation;
+    Change::Rollout(Box::new(rollout))
+}
+
+/// A flow into db-0 from api on 5432 that r1 allows and r2 would deny, seen `packets` times.
+fn newly_denied(agent: &TestAgent, packets: u64) -> Flow {
+    let api = agent.enforced_engine().unwrap().identity_of_pod(&cluster().pods[0]).unwrap();
+    let db = agent.endpoints().into_iter().find(|e| e.name == "db-0").unwrap().id;
+    Flow {
+        key: FlowKey {
+            endpoint: db,
+            identity: api,
+            dport: 5432,
+            protocol: dp::PROTO_TCP,
+            direction: dp::DIRECTION_INGRESS,
+            enforced_verdict: dp::VERDICT_ALLOW,
+            candidate_verdict: dp::VERDICT_DENY,
+            mode: dp::MODE_ENFORCE,
+            reason: dp::verdict_drop_reason(dp::VERDICT_ALLOW),
+        },
+        packets,
+        first_seen_ns: 0,
+        enforced_cookie: allow_cookie(agent, 5432),
+        candidate_cookie: dp::COOKIE_NONE,
+    }
+}
+
+#[test]
+fn a_moved_audit_generation_restarts_the_audit_without_its_earlier_evidence() {
+    let mut agent = synced(agent(), vec![auditing_at(1)]);
+    let db = agent.endpoints().into_iter().find(|e| e.name == "db-0").unwrap().id;
+    let judged = |connections| dp::EndpointCounters { connections, ..Default::default() };
+    let start = Timestamp::now();
+    agent.dataplane_mut().counters.insert(db, judged(5));
+    agent.dataplane_mut().flows = vec![newly_denied(&agent, 7)];
+    let report = agent.reports(start).unwrap().remove(0).spec;
+    assert_eq!((report.audit_generation, report.audit_started_at.as_ref().map(|t| t.0)), (1, Some(start)));
+    assert_eq!((report.totals.new_denies, report.flows[0].count, report.totals.observed_flows), (1, 7, 5));
+
+    // The controller restarts the audit (a reaudit, a changed gate).
+    ops(&mut agent);
+    agent.apply(auditing_at(2));
+    agent.converge().unwrap();
+    assert!(!ops(&mut agent).contains(&SlotOp::ClearFlows), "other rollouts' evidence stays in the kernel");
+    let restart = start + std::time::Duration::from_secs(30);
+    let report = agent.reports(restart).unwrap().remove(0).spec;
+    assert_eq!((report.audit_generation, report.audit_started_at.map(|t| t.0)), (2, Some(restart)));
+    assert_eq!((report.totals.new_denies, report.totals.new_allows, report.totals.observed_flows), (0, 0, 0));
+    assert!(report.flows.is_empty(), "nothing seen before the restart counts: {:?}", report.flows);
+
+    // Only what grows after the restart is the restarted audit's evidence.
+    agent.dataplane_mut().counters.insert(db, judged(9));
+    agent.dataplane_mut().flows = vec![newly_denied(&agent, 10)];
+    let later = restart + std::time::Duration::from_secs(10);
+    let report = agent.reports(later).unwrap().remove(0).spec;
+    assert_eq!(report.audit_started_at.map(|t| t.0), Some(restart), "the evidence is continuous from the restart");
+    assert_eq!((report.totals.new_denies, report.flows[0].count, report.totals.observed_flows), (1, 3, 4));
+    assert!(report.flows[0].first_seen.0 >= restart, "{:?}", report.flows[0].first_seen);
+}
+
+/// Rollout `shop/guard` enforcing one policy: nothing from `app: web` into the API pods.
+fn guard() -> [Change; 2] {
+    let policy = "apiVersion: cilium.io/v2\nkind: CiliumNetworkPolicy\nmetadata: {name: api-guard, namespace: shop}\nspec:\n  endpointSelector: {matchLabels: {app: api}}\n  ingressDeny: [{fromEndpoints: [{matchLabels: {app: web}}]}]\n";
+    let document = PolicyDocument {
+        kind: "CiliumNetworkPolicy".into(),
+        name: "api-guard".into(),
+        namespace: Some("shop".into()),
+        content: policy.into(),
+    };
+    [
+        Change::Revision(Box::new(common::revision_of("shop", "guard", "guard-r1", vec![document]))),
+        Change::Rollout(Box::new(common::rollout_of("shop", "guard", Some("guard-r1"), None))),
+    ]
+}
+
+#[test]
+fn drops_count_for_the_rollout_whose_revision_caused_them() {
+    let [revision, guard_rollout] = guard();
+    let mut agent = synced(agent(), vec![rollout(Some("db-r1"), None), revision, guard_rollout]);
+    let id = |name: &str| agent.endpoints().into_iter().find(|e| e.name == name).unwrap().id;
+    let (api, db) = (id("api-7d9f8b6c4-x2k9p"), id("db-0"));
+    let web = agent.dataplane().ipcache[&("10.200.2.1".parse().unwrap(), 32)];
+    let guard_cookie = agent.dataplane().endpoints[&api]
+        .enforced_entries()
+        .iter()
+        .find(|e| e.value.verdict() == dp::Verdict::Deny)
+        .expect("the guard's deny entry")
+        .value
+        .cookie;
+    let dropped = |endpoint, cookie, mode, packets| Flow {
+        key: FlowKey {
+            endpoint,
+            identity: web,
+            dport: 5432,
+            protocol: dp::PROTO_TCP,
+            direction: dp::DIRECTION_INGRESS,
+            enforced_verdict: dp::VERDICT_DENY,
+            candidate_verdict: dp::VERDICT_NONE,
+            mode,
+            reason: dp::verdict_drop_reason(dp::VERDICT_DENY),
+        },
+        packets,
+        first_seen_ns: 0,
+        enforced_cookie: cookie,
+        candidate_cookie: dp::COOKIE_NONE,
+    };
+    let flows = |guarded, default_denied, audited| {
+        vec![
+            // web -> api: the guard's deny rule.
+            dropped(api, guard_cookie, dp::MODE_ENFORCE, guarded),
+            // web -> db: no rule of db-r1 allows it (default deny of the db it selects).
+            dropped(db, dp::COOKIE_NONE, dp::MODE_ENFORCE, default_denied),
+            // Audit mode drops nothing.
+            dropped(db, dp::COOKIE_NONE, dp::MODE_AUDIT, audited),
+        ]
+    };
+    let start = Timestamp::now();
+    agent.dataplane_mut().flows = flows(10, 10, 0);
+    agent.reports(start).unwrap();
+    agent.dataplane_mut().flows = flows(40, 70, 500);
+    let reports = agent.reports(start + std::time::Duration::from_secs(30)).unwrap();
+    let drops = |rollout: &str| {
+        reports.iter().find(|r| r.spec.rollout == rollout).expect("a report").spec.totals.drops_per_minute
+    };
+    assert_eq!(drops("db"), 120, "db-r1's default deny only, per minute");
+    assert_eq!(drops("guard"), 60, "the guard's rule only, per minute");
+}
+
+#[test]
+fn a_revision_whose_policies_do_not_hash_to_its_digest_is_refused() {
+    let mut agent = synced(agent(), vec![rollout(Some("db-r1"), None)]);
+    ops(&mut agent);
+    // db-r1 rewritten in place: the policies of r2 under r1's name and digest.
+    let (Change::Revision(mut tampered), Change::Revision(r2)) =
+        (revision("db-r1", &db_policy(5432)), revision("db-r2", &db_policy(5433)))
+    else {
+        unreachable!()
+    };
+    tampered.spec.policies = r2.spec.policies.clone();
+    agent.apply(Change::Revision(tampered));
+    // A new revision naming r1's digest for r2's policies.
+    let mut forged = r2;
+    forged.metadata.name = Some("db-r3".into());
+    forged.spec.digest = agent_digest_of_r1();
+    agent.apply(Change::Revision(forged));
+    agent.apply(rollout(Some("db-r3"), None));
+    agent.converge().unwrap();
+    assert!(ops(&mut agent).is_empty(), "neither is loaded, nothing half-applied");
+    assert_eq!(programmed(&agent, "db-0", None), expected(&db_policy(5432), cluster(), "db-0"), "r1 as it was");
+}
+
+fn agent_digest_of_r1() -> String {
+    let Change::Revision(r1) = revision("db-r1", &db_policy(5432)) else { unreachable!() };
+    r1.spec.digest
 }

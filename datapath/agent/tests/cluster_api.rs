@@ -55,11 +55,12 @@ fn rollout(name: &str, enforced: &str) -> Value {
         "status": {"enforcedRevision": {"id": enforced, "commit": "0".repeat(40), "display": "main@0000000"}}})
 }
 
+/// A revision without policies, under the digest of none.
 fn revision(name: &str) -> Value {
     json!({"apiVersion": "palisade.dev/v1alpha1", "kind": "PolicyRevision",
         "metadata": {"name": name, "namespace": "shop"},
         "spec": {"rollout": "web", "commit": "0".repeat(40), "display": "main@0000000",
-            "digest": format!("sha256:{}", "0".repeat(64)), "policyCount": 0, "policies": []}})
+            "digest": palisade_rollout::digest::combine(&[]), "policyCount": 0, "policies": []}})
 }
 
 /// A change as one line, for exact comparisons (`Change` holds CRD objects that carry
@@ -268,7 +269,7 @@ async fn reports_are_applied_and_those_of_gone_rollouts_deleted() {
         }
         json!({"apiVersion": "palisade.dev/v1alpha1", "kind": "PolicyAuditReport", "metadata": metadata,
             "spec": {"rollout": rollout, "node": "n1", "candidateRevision": "sha256-r2",
-                "loadedRevisions": ["sha256-r1", "sha256-r2"], "enforcedRevision": "sha256-r1",
+                "loadedRevisions": ["sha256-r1", "sha256-r2"], "enforcedRevision": "sha256-r1", "auditGeneration": 0,
                 "totals": {"observedFlows": 10, "newDenies": new_denies, "newAllows": 0, "dropsPerMinute": 0,
                     "truncatedFlows": 0}}})
     };

@@ -38,19 +38,30 @@ pub fn revision(name: &str, policy: &str) -> Change {
     Change::Revision(Box::new(revision_of("shop", "db", name, vec![document])))
 }
 
-/// Revision `name` of rollout `namespace/rollout`, of `documents`, at a commit of zeros.
+/// Revision `name` of rollout `namespace/rollout`, of `documents` (each one policy, in YAML or
+/// JSON), at a commit of zeros: normalized to JSON and digested as the controller writes them.
 pub fn revision_of(namespace: &str, rollout: &str, name: &str, documents: Vec<PolicyDocument>) -> PolicyRevision {
-    let spec = PolicyRevisionSpec {
+    let policies: Vec<PolicyDocument> = documents.into_iter().map(normalized).collect();
+    let mut spec = PolicyRevisionSpec {
         rollout: rollout.into(),
         commit: "0".repeat(40),
         display: format!("main@{name}"),
-        digest: format!("sha256:{}", "0".repeat(64)),
-        policy_count: documents.len() as u32,
-        policies: documents,
+        digest: String::new(),
+        policy_count: policies.len() as u32,
+        policies,
     };
+    spec.digest = spec.content_digest().expect("JSON policies");
     let mut revision = PolicyRevision::new(name, spec);
     revision.metadata.namespace = Some(namespace.into());
     revision
+}
+
+/// The document with its policy as the controller writes it: the object as canonical JSON.
+fn normalized(document: PolicyDocument) -> PolicyDocument {
+    let source = [SourceFile { name: "policy.yaml", text: &document.content }];
+    let parsed = palisade_policy::parse_policies(&source, &palisade_policy::ParseOptions::default());
+    let policy = parsed.set.policies.first().expect("one policy");
+    PolicyDocument { content: policy.source.to_string(), ..document }
 }
 
 /// Rollout `shop/db` with the status naming what nodes enforce and audit.
