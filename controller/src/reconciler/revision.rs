@@ -6,7 +6,7 @@ use palisade_source::{FailureKind, Outcome, SignatureStatus};
 
 /// The largest PolicyRevision staged, serialized: the API server refuses objects not far above
 /// (etcd stores at most 1.5 MiB), and the agents load every revision into memory.
-pub const REVISION_MAX_BYTES: usize = 1024 * 1024;
+const REVISION_MAX_BYTES: usize = 1024 * 1024;
 
 /// The errors of one failed commit kept in the status, each cut to [`ERROR_MAX_CHARS`], so that
 /// the status stays within its schema's bounds however broken the commit is.
@@ -153,6 +153,19 @@ mod tests {
     fn display_is_the_ref_and_a_short_commit() {
         assert_eq!(display("main@sha1:0123456789abcdef", "0123456789abcdef"), "main@0123456");
         assert_eq!(display("v1.2.0@sha1:abc", "abc"), "v1.2.0@abc");
+    }
+
+    #[test]
+    fn a_broken_commit_keeps_few_short_errors_in_the_status() {
+        let errors =
+            bounded((0..50).map(|i| format!("policy-{i}.yaml: {}", "x".repeat(5000))).collect::<Vec<_>>().into_iter());
+        assert_eq!(errors.len(), ERRORS_KEPT + 1);
+        assert!(
+            errors[..ERRORS_KEPT].iter().all(|e| e.chars().count() == ERROR_MAX_CHARS + 1),
+            "cut, with an ellipsis"
+        );
+        assert_eq!(errors[ERRORS_KEPT], "and 30 more errors");
+        assert_eq!(bounded(vec!["one".to_string()].into_iter()), ["one"]);
     }
 
     #[test]

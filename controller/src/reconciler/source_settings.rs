@@ -133,3 +133,20 @@ fn verify_mode(mode: SpecMode) -> VerifyMode {
         SpecMode::TagAndHead => VerifyMode::TagAndHEAD,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::AllowedSources;
+
+    #[test]
+    fn a_cluster_fetches_only_authenticated_transports_unless_allowed() {
+        for url in ["https://git.example/policies.git", "ssh://git@git.example/policies"] {
+            assert_eq!(AllowedSources::Secure.check(url), Ok(()), "{url}");
+        }
+        for url in ["http://git.example/policies.git", "file:///srv/policies"] {
+            let refused = AllowedSources::Secure.check(url).expect_err(url);
+            assert!(refused.contains(url) && refused.contains("--allow-insecure-sources"), "{refused}");
+            assert_eq!(AllowedSources::Any.check(url), Ok(()), "{url}");
+        }
+    }
+}
