@@ -5,14 +5,17 @@
 /// (API group, resource, verbs); `""` is the core group, `resource/subresource` a subresource.
 pub type Rule = (&'static str, &'static str, &'static [&'static str]);
 
-/// The controller, cluster-wide (ClusterRole `palisade-controller`): rollouts in every namespace,
-/// the revisions it writes for them, the agents' reports, Git credentials named by
+/// The controller, cluster-wide (ClusterRole `palisade-controller`): rollouts in every namespace
+/// (the only writer of their status), the revisions it writes for them, people's decisions, the
+/// agents' reports, Git credentials named by
 /// `spec.source.secretRef` and `verify.keysRef`, and Events for every transition.
 pub const CONTROLLER_RBAC: &[Rule] = &[
     ("palisade.dev", "policyrollouts", &["get", "list", "watch", "patch"]),
     ("palisade.dev", "policyrollouts/status", &["patch"]),
     ("palisade.dev", "policyrollouts/finalizers", &["update"]),
     ("palisade.dev", "policyrevisions", &["get", "list", "watch", "create", "delete"]),
+    // People's decisions: consumed, then deleted.
+    ("palisade.dev", "policydecisions", &["get", "list", "watch", "delete"]),
     // delete: a rollout's reports go with it (finalizer).
     ("palisade.dev", "policyauditreports", &["get", "list", "watch", "delete"]),
     ("", "secrets", &["get"]),

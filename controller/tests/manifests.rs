@@ -1,6 +1,12 @@
 //! manifests/ as `kubectl apply -k manifests/` would install it: every file parses, every reference
 //! points at something that exists, the security requirements hold, and the RBAC grants exactly
-//! what controller/src/rbac.rs declares the code uses.
+//! what controller/src/rbac.rs declares the code uses. RBAC and the admission policies are also
+//! evaluated as the API server would, against the bypasses they close.
+
+#[path = "manifests/admission.rs"]
+mod admission;
+#[path = "manifests/rbac.rs"]
+mod rbac;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -9,7 +15,10 @@ use palisade::rbac::{
     AGENT_APISERVER_NAMESPACE, AGENT_APISERVER_RBAC, AGENT_RBAC, CONTROLLER_NAMESPACE_RBAC, CONTROLLER_RBAC, Rule,
 };
 use palisade_policy::yaml::{Limits, parse_documents};
-use serde_json::Value as Json;
+use serde_json::{Value as Json, json};
+
+use admission::{Admission, Policy, request};
+use rbac::{Rbac, Request, Subject};
 
 const NAMESPACE: &str = "palisade-system";
 
@@ -118,7 +127,7 @@ fn kustomization_lists_every_file_and_only_existing_ones() {
         }
     }
     // The CRDs it pulls in are the generated ones.
-    let crds: Vec<Json> = ["policyrollouts", "policyrevisions", "policyauditreports"]
+    let crds: Vec<Json> = ["policyrollouts", "policyrevisions", "policyauditreports", "policydecisions"]
         .iter()
         .flat_map(|f| load(&dir().join(format!("../crds/{f}.yaml"))))
         .collect();
@@ -130,7 +139,14 @@ fn namespaces_match() {
     let m = Manifests::load();
     assert_eq!(m.of_kind("Namespace").count(), 1);
     m.get("Namespace", NAMESPACE);
-    let cluster_scoped = ["Namespace", "ClusterRole", "ClusterRoleBinding", "CustomResourceDefinition"];
+    let cluster_scoped = [
+        "Namespace",
+        "ClusterRole",
+        "ClusterRoleBinding",
+        "CustomResourceDefinition",
+        "ValidatingAdmissionPolicy",
+        "ValidatingAdmissionPolicyBinding",
+    ];
     for (file, o) in &m.objects {
         let kind = o["kind"].as_str().unwrap();
         let namespace = &o["metadata"]["namespace"];
@@ -358,10 +374,182 @@ fn people_get_viewer_and_approver_roles() {
     let approver = grants_of(m.get("ClusterRole", "palisade-approver"));
     let rules: &[Rule] = &[
         ("palisade.dev", "policyrollouts", &["get", "list", "watch"]),
-        ("palisade.dev", "policyrollouts/status", &["patch"]),
+        ("palisade.dev", "policydecisions", &["create"]),
     ];
-    assert_eq!(approver, expand(rules), "promote and abort need the status subresource and nothing more");
+    assert_eq!(approver, expand(rules), "promote, abort and reaudit create decisions and read the candidate");
     let viewer = grants_of(m.get("ClusterRole", "palisade-viewer"));
     assert!(!viewer.is_empty());
     assert!(viewer.iter().all(|(_, _, verb)| ["get", "list", "watch"].contains(&verb.as_str())), "{viewer:?}");
+}
+
+#[test]
+fn viewers_read_decisions() {
+    let m = Manifests::load();
+    let viewer = grants_of(m.get("ClusterRole", "palisade-viewer"));
+    for verb in ["get", "list", "watch"] {
+        assert!(viewer.contains(&("palisade.dev".into(), "policydecisions".into(), verb.into())), "{viewer:?}");
+    }
+}
+
+const ROLLOUT_NS: &str = "shop";
+
+fn rbac(m: &Manifests) -> Rbac {
+    Rbac::from_objects(m.objects.iter().map(|(_, o)| o)).with_builtin_aggregated_roles()
+}
+
+fn in_shop<'a>(verb: &'a str, resource: &'a str) -> Request<'a> {
+    Request { verb, group: "palisade.dev", resource, namespace: Some(ROLLOUT_NS) }
+}
+
+/// The manifests' own subjects, and people bound in the rollout's namespace as the README says:
+/// an approver, a viewer, and users of the built-in edit and admin roles.
+fn everyone(m: &Manifests) -> (Rbac, Vec<Subject>) {
+    let mut rbac = rbac(m);
+    let mut subjects = rbac.subjects();
+    for (user, role) in
+        [("alice", "palisade-approver"), ("victor", "palisade-viewer"), ("eddie", "edit"), ("ada", "admin")]
+    {
+        let subject = Subject::user(user);
+        rbac.bind(Some(ROLLOUT_NS), role, &subject);
+        subjects.push(subject);
+    }
+    (rbac, subjects)
+}
+
+#[test]
+fn an_approver_creates_decisions_and_cannot_write_the_outcome() {
+    let m = Manifests::load();
+    let mut rbac = rbac(&m);
+    let alice = Subject::user("alice");
+    rbac.bind(Some(ROLLOUT_NS), "palisade-approver", &alice);
+    assert!(rbac.can(&alice, &in_shop("create", "policydecisions")));
+    assert!(rbac.can(&alice, &in_shop("get", "policyrollouts")), "the CLI reads the candidate");
+    for verb in ["patch", "update"] {
+        assert!(!rbac.can(&alice, &in_shop(verb, "policyrollouts/status")), "{verb} status");
+        assert!(!rbac.can(&alice, &in_shop(verb, "policyrollouts")), "{verb} the spec (promotion, gates)");
+    }
+    let elsewhere = Request { namespace: Some("payments"), ..in_shop("create", "policydecisions") };
+    assert!(!rbac.can(&alice, &elsewhere), "a RoleBinding grants in its namespace only");
+}
+
+#[test]
+fn the_built_in_edit_and_admin_roles_do_not_grant_status_or_decisions() {
+    let m = Manifests::load();
+    let mut rbac = rbac(&m);
+    for (user, role) in [("eddie", "edit"), ("ada", "admin")] {
+        let subject = Subject::user(user);
+        rbac.bind(Some(ROLLOUT_NS), role, &subject);
+        // palisade-viewer is aggregated into view, and so into edit and admin.
+        assert!(rbac.can(&subject, &in_shop("list", "policyrollouts")), "{role} reads rollouts");
+        assert!(rbac.can(&subject, &in_shop("get", "policydecisions")), "{role} reads decisions");
+        assert!(!rbac.can(&subject, &in_shop("patch", "policyrollouts/status")), "{role} patches status");
+        assert!(!rbac.can(&subject, &in_shop("create", "policydecisions")), "{role} approves");
+    }
+}
+
+#[test]
+fn only_the_controller_writes_rollout_status() {
+    let m = Manifests::load();
+    let (rbac, subjects) = everyone(&m);
+    let controller = Subject::service_account(NAMESPACE, "palisade-controller");
+    assert!(subjects.contains(&controller) && subjects.len() > 5, "{subjects:?}");
+    for subject in &subjects {
+        for namespace in [Some(ROLLOUT_NS), Some(NAMESPACE), None] {
+            let patch = Request { namespace, ..in_shop("patch", "policyrollouts/status") };
+            assert_eq!(rbac.can(subject, &patch), *subject == controller, "{subject:?} patch status in {namespace:?}");
+            let update = Request { namespace, ..in_shop("update", "policyrollouts/status") };
+            assert!(!rbac.can(subject, &update), "{subject:?} update status in {namespace:?}");
+        }
+    }
+}
+
+#[test]
+fn nobody_changes_a_policy_revision() {
+    let m = Manifests::load();
+    let (rbac, subjects) = everyone(&m);
+    let controller = Subject::service_account(NAMESPACE, "palisade-controller");
+    assert!(rbac.can(&controller, &in_shop("create", "policyrevisions")), "the controller writes them");
+    for subject in &subjects {
+        for verb in ["update", "patch"] {
+            for namespace in [Some(ROLLOUT_NS), None] {
+                let request = Request { namespace, ..in_shop(verb, "policyrevisions") };
+                assert!(!rbac.can(subject, &request), "{subject:?} may {verb} policyrevisions in {namespace:?}");
+            }
+        }
+    }
+}
+
+fn admission_policy(name: &str) -> Policy {
+    let m = Manifests::load();
+    Policy::from_objects(m.objects.iter().map(|(_, o)| o), name)
+}
+
+fn decision(user: &str) -> Json {
+    json!({"apiVersion": "palisade.dev/v1alpha1", "kind": "PolicyDecision",
+        "metadata": {"name": "web-promote", "namespace": ROLLOUT_NS},
+        "spec": {"rollout": "web", "revision": "web-0123456789ab", "action": "Promote", "user": user}})
+}
+
+#[test]
+fn a_decision_must_name_the_user_who_creates_it() {
+    let policy = admission_policy("palisade-decision-user");
+    let create = request("CREATE", "alice", None);
+    assert_eq!(policy.admit(&decision("alice"), &Json::Null, &create), Admission::Admitted);
+    let Admission::Refused(message) = policy.admit(&decision("bob"), &Json::Null, &create) else {
+        panic!("alice created a decision in bob's name");
+    };
+    assert!(message.contains("spec.user"), "{message}");
+}
+
+#[test]
+fn a_decision_never_changes() {
+    let policy = admission_policy("palisade-decision-user");
+    let update = request("UPDATE", "alice", None);
+    let mut relabelled = decision("alice");
+    relabelled["metadata"]["labels"] = json!({"team": "web"});
+    assert_eq!(policy.admit(&relabelled, &decision("alice"), &update), Admission::Admitted, "metadata may change");
+    let mut other_revision = decision("alice");
+    other_revision["spec"]["revision"] = "web-ba9876543210".into();
+    assert!(
+        matches!(policy.admit(&other_revision, &decision("alice"), &update), Admission::Refused(m) if m.contains("immutable"))
+    );
+    // Nor can the author be swapped after the fact, by anyone.
+    let by_bob = request("UPDATE", "bob", None);
+    assert!(matches!(policy.admit(&decision("bob"), &decision("alice"), &by_bob), Admission::Refused(_)));
+}
+
+fn report(node: &str) -> Json {
+    json!({"apiVersion": "palisade.dev/v1alpha1", "kind": "PolicyAuditReport",
+        "metadata": {"name": format!("web-{node}"), "namespace": ROLLOUT_NS},
+        "spec": {"rollout": "web", "node": node}})
+}
+
+/// The agent's node-bound token, as the API server authenticates it.
+fn agent_on(node: &str) -> Option<Json> {
+    Some(json!({
+        "authentication.kubernetes.io/node-name": [node],
+        "authentication.kubernetes.io/pod-name": [format!("palisade-agent-{node}")],
+    }))
+}
+
+#[test]
+fn a_report_comes_from_the_agent_of_its_node() {
+    let policy = admission_policy("palisade-report-node");
+    let agent = "system:serviceaccount:palisade-system:palisade-agent";
+    for operation in ["CREATE", "UPDATE"] {
+        let from_a = request(operation, agent, agent_on("node-a"));
+        let old = if operation == "UPDATE" { report("node-a") } else { Json::Null };
+        assert_eq!(policy.admit(&report("node-a"), &old, &from_a), Admission::Admitted, "{operation}");
+        assert!(
+            matches!(policy.admit(&report("node-b"), &old, &from_a), Admission::Refused(m) if m.contains("spec.node")),
+            "{operation}: node-a's agent wrote node-b's report"
+        );
+        // A person (no node-bound token), with or without other extra: refused, not an error.
+        let person = request(operation, "mallory", None);
+        assert!(matches!(policy.admit(&report("node-a"), &old, &person), Admission::Refused(_)), "{operation}");
+        let with_scopes = request(operation, "mallory", Some(json!({"scopes": ["openid"]})));
+        assert!(matches!(policy.admit(&report("node-a"), &old, &with_scopes), Admission::Refused(_)), "{operation}");
+        let empty = request(operation, agent, Some(json!({"authentication.kubernetes.io/node-name": []})));
+        assert!(matches!(policy.admit(&report("node-a"), &old, &empty), Admission::Refused(_)), "{operation}");
+    }
 }

@@ -10,7 +10,7 @@ use std::time::Duration;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::{SignedDuration, Timestamp};
 use kube::runtime::controller::Action;
-use palisade::reconciler::{Config, Context, Metrics, OpenMetrics, reconcile};
+use palisade::reconciler::{AllowedSources, Config, Context, Metrics, OpenMetrics, reconcile};
 use palisade_fake_apiserver::FakeApi;
 use palisade_fake_apiserver::collections::{DECISIONS, EVENTS, PODS, REPORTS, REVISIONS, ROLLOUTS};
 use palisade_rollout::crd::*;
@@ -27,6 +27,10 @@ struct Harness {
     repo: git::Repo,
     namespace: String,
     dir: tempfile::TempDir,
+    /// The controller's `--allow-insecure-sources`: on, since the test repositories are file://.
+    allowed_sources: AllowedSources,
+    /// The running controller's Git cache.
+    cache: std::path::PathBuf,
 }
 
 impl Harness {
@@ -44,7 +48,8 @@ impl Harness {
                 json!({"apiVersion": "v1", "kind": "Pod",
                     "metadata": {"name": format!("agent-{node}"), "namespace": CONTROLLER_NS,
                                  "labels": {"app.kubernetes.io/name": "palisade-agent"}},
-                    "spec": {"nodeName": node, "containers": []}}),
+                    "spec": {"nodeName": node, "containers": []},
+                    "status": {"conditions": [{"type": "Ready", "status": "True"}]}}),
             );
         }
         let mut rollout = json!({"apiVersion": "palisade.dev/v1alpha1", "kind": "PolicyRollout",
@@ -55,16 +60,39 @@ impl Harness {
         json_patch::merge(&mut rollout["spec"], &spec);
         api.put(ROLLOUTS, rollout);
         let now = Arc::new(Mutex::new(Timestamp::from_second(1_800_000_000).unwrap()));
-        let mut harness =
-            Harness { ctx: context_for(&api, &now, dir.path()), api, now, repo, namespace: namespace.into(), dir };
+        let allowed_sources = AllowedSources::Any;
+        let mut harness = Harness {
+            ctx: context_for(&api, &now, dir.path(), allowed_sources),
+            api,
+            now,
+            repo,
+            namespace: namespace.into(),
+            cache: dir.path().into(),
+            dir,
+            allowed_sources,
+        };
         harness.restart();
         harness
     }
 
     /// A new controller process: nothing in memory, a fresh Git cache.
     fn restart(&mut self) {
-        let cache = tempfile::tempdir_in(self.dir.path()).unwrap().keep();
-        self.ctx = context_for(&self.api, &self.now, &cache);
+        self.cache = tempfile::tempdir_in(self.dir.path()).unwrap().keep();
+        self.ctx = context_for(&self.api, &self.now, &self.cache, self.allowed_sources);
+    }
+
+    /// Restarts the controller with `--allow-insecure-sources` on (`Any`) or off (`Secure`).
+    fn restart_allowing(&mut self, allowed: AllowedSources) {
+        self.allowed_sources = allowed;
+        self.restart();
+    }
+
+    /// The agent Pod of `node` passes or fails its readiness probe.
+    fn set_agent_ready(&self, node: &str, ready: bool) {
+        let status = if ready { "True" } else { "False" };
+        self.api.update(PODS, CONTROLLER_NS, &format!("agent-{node}"), |pod| {
+            pod["status"]["conditions"] = json!([{"type": "Ready", "status": status}]);
+        });
     }
 
     /// One reconcile as the Controller would run it on the object in the store (twice the first
@@ -193,11 +221,17 @@ impl Harness {
     }
 }
 
-fn context_for(api: &FakeApi, now: &Arc<Mutex<Timestamp>>, cache: &std::path::Path) -> Arc<Context> {
+fn context_for(
+    api: &FakeApi,
+    now: &Arc<Mutex<Timestamp>>,
+    cache: &std::path::Path,
+    allowed_sources: AllowedSources,
+) -> Arc<Context> {
     let config = Config {
         namespace: CONTROLLER_NS.into(),
         agent_selector: "app.kubernetes.io/name=palisade-agent".into(),
         cache_dir: cache.into(),
+        allowed_sources,
     };
     let now = now.clone();
     Arc::new(Context::new(api.client(), config, Arc::new(Metrics::default()), Arc::new(move || *now.lock().unwrap())))
@@ -638,4 +672,128 @@ async fn deleting_a_rollout_cleans_up_reports_and_revisions() {
         h.api.list(REPORTS, NS).iter().map(|r| r["metadata"]["name"].as_str().unwrap().to_string()).collect();
     assert_eq!(reports, ["other-node-a"]);
     assert!(h.revisions().is_empty(), "owned revisions are garbage-collected");
+}
+
+#[tokio::test]
+async fn a_report_from_a_node_without_a_ready_agent_does_not_count() {
+    let (h, first) = Harness::enforcing().await;
+    h.push(9090).await;
+    let candidate = h.candidate();
+    // node-b's agent is not ready (crashing, or never started): a report written for node-b
+    // with new denies and without the candidate loaded is not evidence.
+    h.set_agent_ready("node-b", false);
+    h.report(|r| {
+        let on_a = r.node == "node-a";
+        r.candidate_revision = Some(candidate.clone());
+        r.loaded_revisions = if on_a { vec![first.clone(), candidate.clone()] } else { vec![first.clone()] };
+        r.totals = AuditTotals { observed_flows: 10, new_denies: u64::from(!on_a), ..Default::default() };
+        r.endpoints =
+            vec![EndpointTraffic { namespace: NS.into(), pod: format!("web-{}", r.node), workload: None, flows: 10 }];
+        r.flows = if on_a { vec![] } else { vec![deny(8080)] };
+    });
+    h.advance(11);
+    h.reconcile().await;
+    let status = h.status();
+    assert_eq!(status.unexpected_new_denies, 0, "node-b's denies do not count");
+    assert_eq!(status.phase, Phase::Promoting, "node-b neither blocks nor holds the barrier");
+    assert_eq!(h.enforced(), Some(candidate.clone()));
+    h.report(|r| {
+        if r.node == "node-a" {
+            r.enforced_revision = Some(candidate.clone());
+        }
+    });
+    h.reconcile().await;
+    assert_eq!(h.status().phase, Phase::Enforced, "enforced on every node with a ready agent");
+
+    // Once node-b's agent is ready, its node holds the barrier again.
+    h.set_agent_ready("node-b", true);
+    h.reconcile().await;
+    let (ready, reason, _) = h.condition("Ready").unwrap();
+    assert_eq!((ready.as_str(), reason.as_str()), ("False", "WaitingForNodes"));
+}
+
+#[tokio::test]
+async fn an_insecure_source_is_refused_in_a_cluster_unless_allowed() {
+    let (mut h, first) = Harness::enforcing().await;
+    h.restart_allowing(AllowedSources::Secure);
+    h.commit(9090, "move to 9090");
+    h.advance(2);
+    h.reconcile().await;
+    h.advance(2);
+    h.reconcile().await;
+
+    let status = h.status();
+    assert_eq!(h.enforced(), Some(first.clone()), "what is enforced stays");
+    assert!(status.candidate_revision.is_none());
+    assert_eq!(h.revisions().len(), 1, "nothing staged");
+    assert!(!h.cache.join(NS).join("web").exists(), "nothing fetched: no mirror");
+    for type_ in ["Ready", "Stalled"] {
+        let (state, reason, message) = h.condition(type_).unwrap();
+        assert_eq!(
+            (state.as_str(), reason.as_str()),
+            (if type_ == "Ready" { "False" } else { "True" }, "InsecureSource")
+        );
+        assert!(message.contains(&h.repo.url()) && message.contains("--allow-insecure-sources"), "{message}");
+    }
+    let refusals = h.events().iter().filter(|e| *e == "InsecureSource").count();
+    assert_eq!(refusals, 1, "one Event, not one per reconcile: {:?}", h.events());
+
+    // With --allow-insecure-sources the same repository is fetched and its new commit staged.
+    h.restart_allowing(AllowedSources::Any);
+    h.reconcile().await;
+    assert_ne!(h.candidate(), first);
+    assert_eq!(h.status().phase, Phase::Auditing);
+    assert!(h.condition("Stalled").is_none());
+}
+
+/// A policy of `rules` ingress rules, each from its own client with a long label value: about
+/// 150 bytes of the PolicyRevision per rule.
+fn large_policy(name: &str, rules: usize) -> String {
+    let mut text = format!(
+        "apiVersion: cilium.io/v2\nkind: CiliumNetworkPolicy\nmetadata:\n  name: {name}\n  namespace: {NS}\n\
+         spec:\n  endpointSelector:\n    matchLabels:\n      app: web\n  ingress:\n"
+    );
+    for i in 0..rules {
+        text += &format!(
+            "  - fromEndpoints:\n    - matchLabels:\n        app: client-{i:0>56}\n    toPorts:\n    - ports:\n      \
+             - port: \"{}\"\n        protocol: TCP\n",
+            1024 + i % 60000
+        );
+    }
+    text
+}
+
+#[tokio::test]
+async fn a_revision_over_one_mebibyte_fails_cleanly_and_a_smaller_commit_proceeds() {
+    let (h, first) = Harness::enforcing().await;
+    for i in 0..8 {
+        h.repo.write(&format!("policies/big-{i}.yaml"), &large_policy(&format!("big-{i}"), 2000));
+    }
+    let large = h.repo.commit("a 2 MiB policy set", &[]);
+    h.advance(2);
+    h.reconcile().await;
+
+    let status = h.status();
+    let attempt = status.last_attempted_revision.clone().expect("an attempt");
+    assert_eq!((attempt.commit.as_str(), attempt.reason.as_deref()), (large.as_str(), Some("RevisionTooLarge")));
+    let error = attempt.errors.join("; ");
+    let size: usize = error.split_whitespace().find_map(|w| w.parse().ok()).expect("the size in bytes");
+    assert!(size > 2 << 20, "{error}");
+    assert!(error.contains("1048576"), "the limit: {error}");
+    assert_eq!(status.phase, Phase::Failed);
+    assert_eq!(h.enforced(), Some(first.clone()), "what is enforced stays");
+    assert_eq!(h.revisions().len(), 1, "no PolicyRevision was written");
+    assert_eq!(h.condition("Ready").unwrap().1, "RevisionTooLarge");
+    assert!(h.events().contains(&"RevisionFailed".to_string()), "{:?}", h.events());
+    let warning = h.api.list(EVENTS, NS).into_iter().find(|e| e["reason"] == "RevisionFailed").unwrap();
+    assert_eq!(warning["type"], "Warning");
+    assert!(warning["note"].as_str().unwrap().contains("1048576"), "{warning}");
+
+    // Not stuck: the next, smaller commit is staged and audited.
+    h.repo.git(&["rm", "-q", "policies/big-*.yaml"]);
+    h.push(9090).await;
+    let status = h.status();
+    assert_eq!(status.phase, Phase::Auditing);
+    assert_ne!(h.candidate(), first);
+    assert!(status.last_attempted_revision.unwrap().reason.is_none());
 }

@@ -12,6 +12,56 @@ use kube::{CustomResource, KubeSchema};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
+// Bounds on every string, list and map: the API server estimates the cost of CEL rules from them
+// (an unbounded field makes a rule over it too expensive to admit), and they keep objects well
+// inside what etcd stores.
+/// Object names (DNS subdomains).
+const NAME_MAX: u32 = 253;
+/// Namespaces (DNS labels).
+const NAMESPACE_MAX: u32 = 63;
+/// Label values; a map holds at most [`LABELS_MAX`] of them.
+const LABEL_VALUE_MAX: u32 = 63;
+const LABELS_MAX: u32 = 64;
+const URL_MAX: u32 = 2048;
+const PATH_MAX: u32 = 1024;
+const IGNORE_MAX: u32 = 16 * 1024;
+const GIT_REF_MAX: u32 = 255;
+/// A SHA-1 or SHA-256 commit id in hex.
+const COMMIT_MAX: u32 = 64;
+/// `sha256:` and 64 hex digits.
+const DIGEST_MAX: u32 = 71;
+/// `ref@short-commit`.
+const DISPLAY_MAX: u32 = GIT_REF_MAX + 1 + COMMIT_MAX;
+const DURATION_MAX: u32 = 64;
+/// RFC 3339 timestamps.
+const TIME_MAX: u32 = 64;
+/// User names as the API server authenticated them.
+const USER_MAX: u32 = 512;
+/// Condition reasons (metav1.Condition's bound).
+const REASON_MAX: u32 = 1024;
+/// Messages (metav1.Condition's bound).
+const MESSAGE_MAX: u32 = 32 * 1024;
+/// The errors of one failed attempt, each at most [`ERROR_MAX`] long.
+const ERRORS_MAX: u32 = 64;
+const ERROR_MAX: u32 = 4096;
+const EXPECTED_DENIES_MAX: u32 = 256;
+const ROLLED_BACK_MAX: u32 = 4096;
+const CONDITIONS_MAX: u32 = 16;
+const KIND_MAX: u32 = 63;
+/// One normalized policy; a whole revision is refused above 1 MiB serialized anyway.
+const POLICY_CONTENT_MAX: u32 = 1024 * 1024;
+const POLICIES_MAX: u32 = 4096;
+/// Endpoints one node reports: pods per node are far fewer.
+const ENDPOINTS_MAX: u32 = 4096;
+/// The agent lists at most this many flows (AUDIT_FLOW_CAP in datapath/agent).
+const FLOWS_MAX: u32 = 100;
+/// Revisions loaded into one node's policy slots for a rollout.
+const LOADED_REVISIONS_MAX: u32 = 16;
+/// `Kind namespace/name ingress[N]`.
+const RULE_MAX: u32 = 512;
+/// An IPv6 CIDR is at most 43 characters.
+const CIDR_MAX: u32 = 64;
+
 /// A Git-sourced set of network policies, audited on live traffic and promoted atomically.
 // kube-derive repeats `type_ = "string"` per column, which clippy misreads as a duplicate.
 #[allow(clippy::duplicated_attributes)]
@@ -51,24 +101,31 @@ pub struct PolicyRolloutSpec {
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct GitSource {
-    /// Repository URL: http(s)://, ssh:// or file://.
+    /// Repository URL: https:// or ssh://. http:// and file:// pass admission (it cannot know the
+    /// controller's flags) but a controller in a cluster fetches them only when run with
+    /// `--allow-insecure-sources`; local mode reads file:// too.
     #[x_kube(validation = Rule::new("self.startsWith('https://') || self.startsWith('http://') || self.startsWith('ssh://') || self.startsWith('file://')").message("url must start with https://, http://, ssh:// or file:// (scp-like user@host:path is not supported)"))]
+    #[schemars(length(max = URL_MAX))]
     pub url: String,
     #[serde(rename = "ref")]
     pub git_ref: GitRef,
     /// Directory in the repository holding the policies; the repository root when unset.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = PATH_MAX))]
     pub path: Option<String>,
     /// .gitignore-style patterns of files to leave out.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = IGNORE_MAX))]
     pub ignore: Option<String>,
     /// How often to poll the repository (Go duration, e.g. 1m).
     #[serde(default = "default_interval")]
     #[x_kube(validation = Rule::new("duration(self) >= duration('1s')").message("interval must be at least 1s"))]
+    #[schemars(length(max = DURATION_MAX))]
     pub interval: Duration,
     /// Limit on one fetch.
     #[serde(default = "default_timeout")]
     #[x_kube(validation = Rule::new("duration(self) >= duration('1s')").message("timeout must be at least 1s"))]
+    #[schemars(length(max = DURATION_MAX))]
     pub timeout: Duration,
     /// Secret with credentials: username/password, bearerToken, or SSH identity and known_hosts.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -92,21 +149,25 @@ fn default_timeout() -> Duration {
 #[serde(rename_all = "camelCase")]
 pub struct GitRef {
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = GIT_REF_MAX))]
     pub branch: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = GIT_REF_MAX))]
     pub tag: Option<String>,
     /// A semver range over tags, e.g. ">=1.2.0 <2".
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = GIT_REF_MAX))]
     pub semver: Option<String>,
     /// A full 40-character commit SHA.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[x_kube(validation = Rule::new("self.matches('^[0-9a-f]{40}$')").message("commit must be a full 40-character lowercase hex SHA"))]
+    #[schemars(length(max = COMMIT_MAX))]
     pub commit: Option<String>,
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
 pub struct LocalObjectReference {
-    #[schemars(length(min = 1))]
+    #[schemars(length(min = 1, max = NAME_MAX))]
     pub name: String,
 }
 
@@ -145,6 +206,7 @@ pub struct AuditGates {
     /// Shortest audit, so that periodic traffic has a chance to show up.
     #[serde(default = "default_min_duration")]
     #[x_kube(validation = Rule::new("duration(self) >= duration('0s')").message("minDuration must not be negative"))]
+    #[schemars(length(max = DURATION_MAX))]
     pub min_duration: Duration,
     /// Flows each endpoint selected by the candidate must have seen; fewer makes the audit
     /// Inconclusive instead of passing on silence. 0 turns the check off.
@@ -155,6 +217,7 @@ pub struct AuditGates {
     pub max_new_denies: u32,
     /// Flows the change is meant to deny; they never block promotion.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = EXPECTED_DENIES_MAX))]
     pub expected_denies: Vec<FlowSelector>,
 }
 
@@ -184,13 +247,17 @@ impl Default for AuditGates {
 #[serde(rename_all = "camelCase")]
 pub struct FlowSelector {
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "label_map")]
     pub subject_labels: Option<BTreeMap<String, String>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "label_map")]
     pub peer_labels: Option<BTreeMap<String, String>>,
     /// Namespace of the subject endpoint.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = NAMESPACE_MAX))]
     pub namespace: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = NAMESPACE_MAX))]
     pub peer_namespace: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1, max = 65535))]
@@ -216,6 +283,7 @@ pub struct RollbackPolicy {
     /// How long after a promotion drops are compared with the pre-promotion baseline.
     #[serde(default = "default_window")]
     #[x_kube(validation = Rule::new("duration(self) >= duration('0s')").message("postPromotionWindow must not be negative"))]
+    #[schemars(length(max = DURATION_MAX))]
     pub post_promotion_window: Duration,
     /// Extra drops per minute, summed over all nodes, that trigger an automatic rollback.
     #[serde(default = "default_max_drop_increase")]
@@ -298,9 +366,12 @@ pub enum Phase {
 #[serde(rename_all = "camelCase")]
 pub struct RevisionRef {
     /// Name of the PolicyRevision; content-addressed, so a revert names an earlier revision.
+    #[schemars(length(max = NAME_MAX))]
     pub id: String,
+    #[schemars(length(max = COMMIT_MAX))]
     pub commit: String,
     /// e.g. `main@a1b2c3d`.
+    #[schemars(length(max = DISPLAY_MAX))]
     pub display: String,
 }
 
@@ -319,6 +390,7 @@ pub struct PolicyRolloutStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub previous_revision: Option<RevisionRef>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = TIME_MAX))]
     pub audit_started_at: Option<Time>,
     /// Counts the restarts of the candidate's audit (a `reaudit`, a changed gate, the same
     /// content under a new commit). Agents echo it in their reports and restart their evidence
@@ -354,9 +426,11 @@ pub struct PolicyRolloutStatus {
     pub abort: Option<Abort>,
     /// When nodes were asked to flip to the enforced revision (promotion or rollback).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = TIME_MAX))]
     pub flip_requested_at: Option<Time>,
     /// When every node confirmed the last promotion: the start of the rollback watch window.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = TIME_MAX))]
     pub promoted_at: Option<Time>,
     /// Drops per minute over all nodes just before the last promotion.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -364,13 +438,16 @@ pub struct PolicyRolloutStatus {
     /// Every revision rolled back, by content and commit: not promoted again until a new commit
     /// arrives. One short entry per distinct revision, never cut.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = ROLLED_BACK_MAX))]
     pub rolled_back_revisions: Vec<RolledBackRevision>,
     /// The last outcomes, newest first.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = crate::engine::HISTORY_LIMIT))]
     pub history: Vec<HistoryEntry>,
     /// Keyed by type so that server-side apply merges conditions one by one.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[x_kube(merge_strategy = ListMerge::Map(vec!["type".into()]))]
+    #[schemars(schema_with = "conditions")]
     pub conditions: Vec<Condition>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
@@ -389,11 +466,16 @@ pub struct AuditTerms {
 #[serde(rename_all = "camelCase")]
 pub struct BlockedVerdict {
     /// The PolicyRevision blocked.
+    #[schemars(length(max = NAME_MAX))]
     pub revision: String,
     /// The commit it came from: a new commit audits again.
+    #[schemars(length(max = COMMIT_MAX))]
     pub commit: String,
+    #[schemars(length(max = REASON_MAX))]
     pub reason: String,
+    #[schemars(length(max = MESSAGE_MAX))]
     pub message: String,
+    #[schemars(length(max = TIME_MAX))]
     pub blocked_at: Time,
 }
 
@@ -401,7 +483,9 @@ pub struct BlockedVerdict {
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct RolledBackRevision {
+    #[schemars(length(max = NAME_MAX))]
     pub id: String,
+    #[schemars(length(max = COMMIT_MAX))]
     pub commit: String,
 }
 
@@ -409,14 +493,19 @@ pub struct RolledBackRevision {
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct AttemptedRevision {
+    #[schemars(length(max = COMMIT_MAX))]
     pub commit: String,
+    #[schemars(length(max = DISPLAY_MAX))]
     pub display: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = NAME_MAX))]
     pub id: Option<String>,
     /// Why it failed, e.g. ValidationFailed, VerificationFailed, ScopeViolation.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = REASON_MAX))]
     pub reason: Option<String>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = ERRORS_MAX), inner(length(max = ERROR_MAX)))]
     pub errors: Vec<String>,
 }
 
@@ -424,8 +513,11 @@ pub struct AttemptedRevision {
 #[serde(rename_all = "camelCase")]
 pub struct Approval {
     /// The PolicyRevision approved; an approval never carries over to another revision.
+    #[schemars(length(max = NAME_MAX))]
     pub revision: String,
+    #[schemars(length(max = USER_MAX))]
     pub approved_by: String,
+    #[schemars(length(max = TIME_MAX))]
     pub approved_at: Time,
 }
 
@@ -434,29 +526,40 @@ pub struct Approval {
 #[serde(rename_all = "camelCase")]
 pub struct Abort {
     /// The PolicyRevision abandoned.
+    #[schemars(length(max = NAME_MAX))]
     pub revision: String,
     /// The commit it came from; a later commit with the same content may be staged again.
+    #[schemars(length(max = COMMIT_MAX))]
     pub commit: String,
+    #[schemars(length(max = USER_MAX))]
     pub aborted_by: String,
+    #[schemars(length(max = TIME_MAX))]
     pub aborted_at: Time,
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct HistoryEntry {
+    #[schemars(length(max = NAME_MAX))]
     pub revision: String,
+    #[schemars(length(max = COMMIT_MAX))]
     pub commit: String,
+    #[schemars(length(max = DISPLAY_MAX))]
     pub display: String,
     pub outcome: Outcome,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = TIME_MAX))]
     pub enforced_at: Option<Time>,
+    #[schemars(length(max = TIME_MAX))]
     pub recorded_at: Time,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = USER_MAX))]
     pub approved_by: Option<String>,
     /// The verified user whose PolicyDecision this entry records.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub decided_by: Option<String>,
     #[serde(default, skip_serializing_if = "String::is_empty")]
+    #[schemars(length(max = MESSAGE_MAX))]
     pub message: String,
 }
 
@@ -499,16 +602,23 @@ pub enum Outcome {
     printcolumn(name = "Policies", type_ = "integer", json_path = ".spec.policyCount"),
     printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
 )]
-#[x_kube(validation = Rule::new("self == oldSelf").message("a PolicyRevision is immutable; a new commit makes a new revision"))]
 #[serde(rename_all = "camelCase")]
 pub struct PolicyRevisionSpec {
+    #[x_kube(validation = Rule::new("self == oldSelf").message("immutable: a new commit makes a new revision"))]
+    #[schemars(length(max = NAME_MAX))]
     pub rollout: String,
+    #[x_kube(validation = Rule::new("self == oldSelf").message("immutable: a new commit makes a new revision"))]
+    #[schemars(length(max = COMMIT_MAX))]
     pub commit: String,
+    #[schemars(length(max = DISPLAY_MAX))]
     pub display: String,
     /// `sha256:` digest of the normalized policies.
     #[x_kube(validation = Rule::new("self.matches('^sha256:[0-9a-f]{64}$')").message("digest must be sha256:<64 hex digits>"))]
+    #[x_kube(validation = Rule::new("self == oldSelf").message("immutable: a new commit makes a new revision"))]
+    #[schemars(length(max = DIGEST_MAX))]
     pub digest: String,
     pub policy_count: u32,
+    #[schemars(length(max = POLICIES_MAX))]
     pub policies: Vec<PolicyDocument>,
 }
 
@@ -516,11 +626,15 @@ pub struct PolicyRevisionSpec {
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct PolicyDocument {
+    #[schemars(length(max = KIND_MAX))]
     pub kind: String,
+    #[schemars(length(max = NAME_MAX))]
     pub name: String,
     /// Unset for cluster-wide policies.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = NAMESPACE_MAX))]
     pub namespace: Option<String>,
+    #[schemars(length(max = POLICY_CONTENT_MAX))]
     pub content: String,
 }
 
@@ -546,14 +660,18 @@ pub struct PolicyDocument {
 )]
 #[serde(rename_all = "camelCase")]
 pub struct PolicyAuditReportSpec {
+    #[schemars(length(max = NAME_MAX))]
     pub rollout: String,
+    #[schemars(length(max = NAME_MAX))]
     pub node: String,
     /// The revision audited; totals and flows are for it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = NAME_MAX))]
     pub candidate_revision: Option<String>,
     /// When this node's continuous evidence for the candidate started: a new candidate on the
     /// node, an agent restart or a restarted audit moves it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = TIME_MAX))]
     pub audit_started_at: Option<Time>,
     /// The rollout's `status.auditGeneration` this evidence was gathered for.
     #[serde(default)]
@@ -562,15 +680,19 @@ pub struct PolicyAuditReportSpec {
     pub totals: AuditTotals,
     /// Endpoints on this node that the candidate selects, with their observed traffic.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = ENDPOINTS_MAX))]
     pub endpoints: Vec<EndpointTraffic>,
     /// Flows whose verdict differs, most frequent first, capped; `totals` counts them all.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = FLOWS_MAX))]
     pub flows: Vec<AuditFlow>,
     /// PolicyRevisions loaded into a policy slot on this node: the promotion barrier.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = LOADED_REVISIONS_MAX), inner(length(max = NAME_MAX)))]
     pub loaded_revisions: Vec<String>,
     /// The PolicyRevision this node enforces (its endpoints have flipped to it).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = NAME_MAX))]
     pub enforced_revision: Option<String>,
 }
 
@@ -598,9 +720,12 @@ pub struct AuditTotals {
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct EndpointTraffic {
+    #[schemars(length(max = NAMESPACE_MAX))]
     pub namespace: String,
+    #[schemars(length(max = NAME_MAX))]
     pub pod: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = NAME_MAX))]
     pub workload: Option<String>,
     /// Connections the endpoint judged during the audit (each attempt, for dropped ones).
     pub flows: u64,
@@ -618,10 +743,13 @@ pub struct AuditFlow {
     pub enforced_verdict: Verdict,
     pub candidate_verdict: Verdict,
     pub count: u64,
+    #[schemars(length(max = TIME_MAX))]
     pub first_seen: Time,
+    #[schemars(length(max = TIME_MAX))]
     pub last_seen: Time,
     /// The candidate rule that decided, e.g. `CiliumNetworkPolicy shop/deny-legacy ingress[0]`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = RULE_MAX))]
     pub rule: Option<String>,
 }
 
@@ -630,13 +758,17 @@ pub struct AuditFlow {
 #[serde(rename_all = "camelCase")]
 pub struct FlowEndpoint {
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[schemars(schema_with = "label_map")]
     pub labels: BTreeMap<String, String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = NAMESPACE_MAX))]
     pub namespace: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = NAME_MAX))]
     pub workload: Option<String>,
     /// For peers outside the cluster.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = CIDR_MAX))]
     pub cidr: Option<String>,
 }
 
@@ -663,11 +795,14 @@ pub struct FlowEndpoint {
 #[serde(rename_all = "camelCase")]
 pub struct PolicyDecisionSpec {
     /// The PolicyRollout, in the decision's namespace.
+    #[schemars(length(max = NAME_MAX))]
     pub rollout: String,
     /// The PolicyRevision decided about: a decision never carries over to another candidate.
+    #[schemars(length(max = NAME_MAX))]
     pub revision: String,
     pub action: DecisionAction,
     /// Who decided: must be the authenticated user creating the decision.
+    #[schemars(length(max = USER_MAX))]
     pub user: String,
 }
 
@@ -679,4 +814,33 @@ pub enum DecisionAction {
     Abort,
     /// Discard the candidate's evidence and audit it again from now.
     Reaudit,
+}
+
+/// Labels as a bounded map: at most [`LABELS_MAX`] entries, values as long as Kubernetes allows.
+fn label_map(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    schemars::json_schema!({
+        "type": "object",
+        "maxProperties": LABELS_MAX,
+        "additionalProperties": {"type": "string", "maxLength": LABEL_VALUE_MAX},
+    })
+}
+
+/// metav1.Condition with the bounds its Go type declares (k8s-openapi's schema has none).
+fn conditions(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    schemars::json_schema!({
+        "type": "array",
+        "maxItems": CONDITIONS_MAX,
+        "items": {
+            "type": "object",
+            "required": ["type", "status", "reason", "message", "lastTransitionTime"],
+            "properties": {
+                "type": {"type": "string", "maxLength": 316},
+                "status": {"type": "string", "enum": ["True", "False", "Unknown"]},
+                "reason": {"type": "string", "maxLength": REASON_MAX},
+                "message": {"type": "string", "maxLength": MESSAGE_MAX},
+                "lastTransitionTime": {"type": "string", "format": "date-time", "maxLength": TIME_MAX},
+                "observedGeneration": {"type": "integer", "format": "int64", "minimum": 0},
+            },
+        },
+    })
 }

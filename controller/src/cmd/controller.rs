@@ -7,7 +7,7 @@ use clap::ValueEnum;
 use palisade_source::webhook::Provider;
 use tracing_subscriber::EnvFilter;
 
-use crate::reconciler::{self, Config, Options, Webhook};
+use crate::reconciler::{self, AllowedSources, Config, Options, Webhook};
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -47,6 +47,10 @@ struct RunArgs {
     /// Label selector of the agent Pods in --namespace; their nodes hold the promotion barrier.
     #[arg(long, default_value = "app.kubernetes.io/name=palisade-agent")]
     agent_selector: String,
+    /// Also fetch http:// and file:// sources, which neither authenticate the server nor protect
+    /// the policies in transit; without it only https:// and ssh:// are fetched.
+    #[arg(long)]
+    allow_insecure_sources: bool,
     /// Name of the leader-election Lease in --namespace.
     #[arg(long, default_value = "palisade-controller")]
     lease_name: String,
@@ -91,8 +95,9 @@ fn serve(args: RunArgs) -> Result<u8> {
         .ok()
         .or_else(|| kube::runtime::events::Reporter::from("palisade").instance)
         .unwrap_or_else(|| format!("palisade-{}", std::process::id()));
+    let allowed_sources = if args.allow_insecure_sources { AllowedSources::Any } else { AllowedSources::Secure };
     let options = Options {
-        config: Config { namespace, agent_selector: args.agent_selector, cache_dir: args.cache_dir },
+        config: Config { namespace, agent_selector: args.agent_selector, cache_dir: args.cache_dir, allowed_sources },
         metrics_addr: args.metrics_addr,
         webhook,
         lease_name: args.lease_name,

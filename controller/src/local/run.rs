@@ -26,7 +26,7 @@ use tracing::{info, warn};
 
 use super::store::{LocalEvent, Request, Store};
 use crate::reconciler::step::{self, RolloutStore};
-use crate::reconciler::{Error, Metrics, Sources};
+use crate::reconciler::{AllowedSources, Error, Metrics, Sources};
 
 /// The namespace local mode's controller runs in: rollouts there may use `scope: Cluster`.
 pub const CONTROLLER_NAMESPACE: &str = "palisade-system";
@@ -155,7 +155,7 @@ pub async fn run(local: Local, options: RunOptions, shutdown: impl Future<Output
         store: &store,
         changes: &changes,
         secrets: files.secrets,
-        sources: Sources::new(options.state_dir.join("git")),
+        sources: Sources::new(options.state_dir.join("git"), AllowedSources::Any),
         metrics: Metrics::default(),
     };
     tokio::pin!(shutdown);

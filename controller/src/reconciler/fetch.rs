@@ -14,7 +14,7 @@ use palisade_source::Source;
 use tracing::{info, warn};
 
 use super::revision::Fetched;
-use super::source_settings::{SecretStore, read_settings};
+use super::source_settings::{AllowedSources, SecretStore, read_settings};
 use super::{Error, Metrics};
 
 /// Per rollout: the open mirror and the last fetch. Kept in memory only; a restarted controller
@@ -33,6 +33,7 @@ struct Tracked {
 
 pub struct Sources {
     cache_dir: PathBuf,
+    allowed: AllowedSources,
     tracked: Mutex<HashMap<String, Tracked>>,
 }
 
@@ -46,8 +47,8 @@ pub struct Due<'a> {
 }
 
 impl Sources {
-    pub fn new(cache_dir: PathBuf) -> Self {
-        Sources { cache_dir, tracked: Mutex::default() }
+    pub fn new(cache_dir: PathBuf, allowed: AllowedSources) -> Self {
+        Sources { cache_dir, allowed, tracked: Mutex::default() }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Tracked>> {
@@ -86,6 +87,12 @@ impl Sources {
         metrics: &Metrics,
     ) -> Result<Fetched, Error> {
         let spec = spec_fingerprint(due.source);
+        if let Err(message) = self.allowed.check(&due.source.url) {
+            warn!(rollout = %due.key, url = %due.source.url, "refusing an insecure source; nothing fetched");
+            let last = Fetched::refused("InsecureSource", message);
+            self.remember(due, spec, 0, None, last.clone());
+            return Ok(last);
+        }
         let (settings, digest) = match read_settings(due.source, secrets).await? {
             Ok(found) => found,
             Err(message) => {

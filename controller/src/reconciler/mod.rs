@@ -27,7 +27,7 @@ pub use palisade_process::{OpenMetrics, Readiness, router as metrics_router, shu
 pub use reconcile::{error_policy, reconcile};
 pub use revision::{Fetched, revision_name};
 pub use run::{Options, RunError, Webhook, run};
-pub use source_settings::SecretStore;
+pub use source_settings::{AllowedSources, SecretStore};
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -58,6 +58,8 @@ pub struct Config {
     pub agent_selector: String,
     /// Git mirrors, one per rollout.
     pub cache_dir: PathBuf,
+    /// Which source URLs may be fetched (`--allow-insecure-sources`).
+    pub allowed_sources: AllowedSources,
 }
 
 /// The time the engine is given: the wall clock, or a test's.
@@ -80,7 +82,7 @@ impl Context {
         let reporter = Reporter { controller: CONTROLLER_FIELD_MANAGER.into(), instance };
         Context {
             reporter,
-            sources: Sources::new(config.cache_dir.clone()),
+            sources: Sources::new(config.cache_dir.clone(), config.allowed_sources),
             client,
             config,
             metrics,

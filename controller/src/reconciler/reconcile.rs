@@ -95,13 +95,16 @@ impl RolloutStore for KubeStore<'_> {
         Api::namespaced(self.client.clone(), namespace)
     }
 
-    /// One report per node running the agent. Reports from nodes without an agent are ignored,
-    /// so a removed node does not hold the barrier forever.
+    /// One report per node running a ready agent. Reports from other nodes are ignored: a removed
+    /// node does not hold the barrier forever, and a report written for a node whose agent is not
+    /// running and ready (its readiness probe passes once its datapath matches the cluster) is
+    /// not evidence.
     async fn reports(&self, rollout: &PolicyRollout) -> Result<Vec<PolicyAuditReportSpec>, Error> {
         let name = rollout.name_any();
         let pods: Api<Pod> = Api::namespaced(self.client.clone(), &self.config.namespace);
         let agents = pods.list(&ListParams::default().labels(&self.config.agent_selector)).await?;
-        let nodes: BTreeSet<String> = agents.items.into_iter().filter_map(|p| p.spec?.node_name).collect();
+        let nodes: BTreeSet<String> =
+            agents.items.into_iter().filter(is_ready).filter_map(|p| p.spec?.node_name).collect();
         let api: Api<PolicyAuditReport> =
             Api::namespaced(self.client.clone(), &rollout.namespace().unwrap_or_default());
         let mut by_node: BTreeMap<String, PolicyAuditReportSpec> = api
@@ -206,6 +209,11 @@ impl RolloutStore for KubeStore<'_> {
         }
         Ok(())
     }
+}
+
+fn is_ready(pod: &Pod) -> bool {
+    let conditions = pod.status.as_ref().and_then(|s| s.conditions.as_ref());
+    conditions.is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
 }
 
 /// Deletes this rollout's PolicyRevisions beyond the newest [`HISTORY_LIMIT`], never one the

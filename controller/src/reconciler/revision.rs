@@ -1,8 +1,17 @@
 //! What a fetch of a rollout's Git source means: the observation the engine decides on, and the
 //! PolicyRevision (the CRD) the engine may stage from a [`palisade_source::Revision`].
-use palisade_rollout::crd::{PolicyDocument, PolicyRevisionSpec};
+use palisade_rollout::crd::{PolicyDocument, PolicyRevision, PolicyRevisionSpec};
 use palisade_rollout::engine::{ObservedRevision, PolicyRef, SourceObservation};
 use palisade_source::{FailureKind, Outcome, SignatureStatus};
+
+/// The largest PolicyRevision staged, serialized: the API server refuses objects not far above
+/// (etcd stores at most 1.5 MiB), and the agents load every revision into memory.
+const REVISION_MAX_BYTES: usize = 1024 * 1024;
+
+/// The errors of one failed commit kept in the status, each cut to [`ERROR_MAX_CHARS`], so that
+/// the status stays within its schema's bounds however broken the commit is.
+const ERRORS_KEPT: usize = 20;
+const ERROR_MAX_CHARS: usize = 1000;
 
 /// The result of the last fetch of one rollout's source.
 #[derive(Clone, Debug)]
@@ -16,6 +25,11 @@ impl Fetched {
     /// The source could not be read; what is enforced stays enforced.
     pub fn unreachable(message: String) -> Fetched {
         Fetched { observation: SourceObservation::Unreachable { message }, revision: None }
+    }
+
+    /// The source may not be read at all; nothing was fetched and what is enforced stays.
+    pub fn refused(reason: &'static str, message: String) -> Fetched {
+        Fetched { observation: SourceObservation::Refused { reason, message }, revision: None }
     }
 
     /// A fetch's outcome for `rollout`: a revision to observe and stage, or why there is none.
@@ -57,11 +71,26 @@ impl Fetched {
                     policy_count: policies.len() as u32,
                     policies,
                 };
+                let size = serialized_size(&name, &spec);
+                if size > REVISION_MAX_BYTES {
+                    let error = format!(
+                        "the PolicyRevision would be {size} bytes serialized, over the limit of {REVISION_MAX_BYTES} \
+                         bytes (1 MiB); split the policies over several rollouts"
+                    );
+                    let observation = SourceObservation::Rejected {
+                        commit: spec.commit,
+                        display: spec.display,
+                        id: name,
+                        reason: "RevisionTooLarge",
+                        errors: vec![error],
+                    };
+                    return Fetched { observation, revision: None };
+                }
                 Fetched { observation: SourceObservation::Revision(observed), revision: Some((name, spec)) }
             }
             Outcome::Failed(failed) => {
                 let display = display(&failed.reference, &failed.commit.id);
-                let errors: Vec<String> = failed.problems.iter().map(ToString::to_string).collect();
+                let errors = bounded(failed.problems.iter().map(ToString::to_string));
                 let commit = failed.commit.id;
                 let observation = match failed.kind {
                     FailureKind::Invalid => SourceObservation::Invalid { commit, display, errors },
@@ -73,6 +102,32 @@ impl Fetched {
             }
         }
     }
+}
+
+/// The size of the PolicyRevision object as the API server would store it (metadata aside from
+/// the name is a few hundred bytes).
+fn serialized_size(name: &str, spec: &PolicyRevisionSpec) -> usize {
+    let object = PolicyRevision::new(name, spec.clone());
+    serde_json::to_vec(&object).expect("a PolicyRevision serializes to JSON").len()
+}
+
+/// The first [`ERRORS_KEPT`] errors, each cut to [`ERROR_MAX_CHARS`], and how many more there were.
+fn bounded(errors: impl ExactSizeIterator<Item = String>) -> Vec<String> {
+    let more = errors.len().saturating_sub(ERRORS_KEPT);
+    let mut kept: Vec<String> = errors
+        .take(ERRORS_KEPT)
+        .map(|e| {
+            if e.chars().count() > ERROR_MAX_CHARS {
+                e.chars().take(ERROR_MAX_CHARS).chain(['…']).collect()
+            } else {
+                e
+            }
+        })
+        .collect();
+    if more > 0 {
+        kept.push(format!("and {more} more errors"));
+    }
+    kept
 }
 
 /// `main@sha1:<sha>` → `main@a1b2c3d`, as `kubectl get` shows it.
@@ -98,6 +153,19 @@ mod tests {
     fn display_is_the_ref_and_a_short_commit() {
         assert_eq!(display("main@sha1:0123456789abcdef", "0123456789abcdef"), "main@0123456");
         assert_eq!(display("v1.2.0@sha1:abc", "abc"), "v1.2.0@abc");
+    }
+
+    #[test]
+    fn a_broken_commit_keeps_few_short_errors_in_the_status() {
+        let errors =
+            bounded((0..50).map(|i| format!("policy-{i}.yaml: {}", "x".repeat(5000))).collect::<Vec<_>>().into_iter());
+        assert_eq!(errors.len(), ERRORS_KEPT + 1);
+        assert!(
+            errors[..ERRORS_KEPT].iter().all(|e| e.chars().count() == ERROR_MAX_CHARS + 1),
+            "cut, with an ellipsis"
+        );
+        assert_eq!(errors[ERRORS_KEPT], "and 30 more errors");
+        assert_eq!(bounded(vec!["one".to_string()].into_iter()), ["one"]);
     }
 
     #[test]

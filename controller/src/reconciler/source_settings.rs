@@ -57,6 +57,29 @@ pub(super) async fn read_settings(
     Ok(Ok(((spec, credentials), digest.finish())))
 }
 
+/// Which source URLs are fetched. In a cluster, only transports that authenticate the server
+/// (https://, ssh://) unless the controller runs with `--allow-insecure-sources`; local mode reads
+/// the developer's own repositories, file:// included. The CRD admits all four schemes, since
+/// admission cannot know the flag.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AllowedSources {
+    Secure,
+    Any,
+}
+
+impl AllowedSources {
+    /// The status message when `url` may not be fetched.
+    pub(super) fn check(self, url: &str) -> Result<(), String> {
+        if self == AllowedSources::Any || ["https://", "ssh://"].iter().any(|scheme| url.starts_with(scheme)) {
+            return Ok(());
+        }
+        Err(format!(
+            "spec.source.url {url} is not fetched: a controller in a cluster fetches only https:// and \
+             ssh:// sources unless it runs with --allow-insecure-sources (which also allows http:// and file://)"
+        ))
+    }
+}
+
 /// Where a rollout's Secrets come from: the API server, or local mode's files.
 pub trait SecretStore: Sync {
     /// The data of the Secret `name` in the rollout's namespace, `None` when there is none.
@@ -108,5 +131,22 @@ fn verify_mode(mode: SpecMode) -> VerifyMode {
         SpecMode::Head => VerifyMode::Head,
         SpecMode::Tag => VerifyMode::Tag,
         SpecMode::TagAndHead => VerifyMode::TagAndHEAD,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::AllowedSources;
+
+    #[test]
+    fn a_cluster_fetches_only_authenticated_transports_unless_allowed() {
+        for url in ["https://git.example/policies.git", "ssh://git@git.example/policies"] {
+            assert_eq!(AllowedSources::Secure.check(url), Ok(()), "{url}");
+        }
+        for url in ["http://git.example/policies.git", "file:///srv/policies"] {
+            let refused = AllowedSources::Secure.check(url).expect_err(url);
+            assert!(refused.contains(url) && refused.contains("--allow-insecure-sources"), "{refused}");
+            assert_eq!(AllowedSources::Any.check(url), Ok(()), "{url}");
+        }
     }
 }

@@ -5,7 +5,10 @@ use super::*;
 impl<'a> Engine<'a> {
     pub(super) fn observe(&mut self, source: &SourceObservation) {
         match source {
-            SourceObservation::Unreachable { .. } => {}
+            SourceObservation::Unreachable { .. } | SourceObservation::Refused { .. } => {}
+            SourceObservation::Rejected { commit, display, id, reason, errors } => {
+                self.fail(commit, display, Some(id), reason, errors.clone())
+            }
             SourceObservation::Invalid { commit, display, errors } => {
                 self.fail(commit, display, None, "ValidationFailed", errors.clone())
             }

@@ -82,15 +82,23 @@ impl<'a> Engine<'a> {
             {
                 (false, "GitOperationFailed".into(), format!("{error}; {still}"))
             }
+            SourceObservation::Refused { reason, message: error } => {
+                (false, (*reason).into(), format!("{error}; {still}"))
+            }
             _ => (ready, reason, message),
         };
         let was = self.st.conditions.iter().find(|c| c.type_ == COND_READY).map(|c| c.reason.clone());
-        if reason == "GitOperationFailed" && was.as_deref() != Some(reason.as_str()) {
-            self.event(EventType::Warning, "GitOperationFailed", message.clone());
+        let source_failure = match source {
+            SourceObservation::Refused { reason, .. } => Some(*reason),
+            _ => Some("GitOperationFailed").filter(|failed| reason == *failed),
+        };
+        if let Some(failure) = source_failure.filter(|failure| was.as_deref() != Some(*failure)) {
+            self.event(EventType::Warning, failure, message.clone());
         }
         self.set(COND_READY, ready, &reason, message.clone());
 
-        let stalled = matches!(self.st.phase, Phase::Blocked | Phase::Failed | Phase::RolledBack);
+        let stalled = matches!(self.st.phase, Phase::Blocked | Phase::Failed | Phase::RolledBack)
+            || matches!(source, SourceObservation::Refused { .. });
         if stalled {
             self.set(COND_STALLED, true, &reason, message.clone());
             self.clear(COND_RECONCILING);
@@ -118,7 +126,10 @@ impl<'a> Engine<'a> {
                 SourceObservation::Unverified { display, reason, .. } => {
                     self.set(COND_SOURCE_VERIFIED, false, "VerificationFailed", format!("{display}: {reason}"))
                 }
-                SourceObservation::Invalid { .. } | SourceObservation::Unreachable { .. } => {}
+                SourceObservation::Invalid { .. }
+                | SourceObservation::Unreachable { .. }
+                | SourceObservation::Refused { .. }
+                | SourceObservation::Rejected { .. } => {}
             }
         }
 

@@ -90,6 +90,19 @@ pub enum SourceObservation {
     Unreachable {
         message: String,
     },
+    /// The controller would not read the source at all (e.g. an insecure URL in a cluster).
+    Refused {
+        reason: &'static str,
+        message: String,
+    },
+    /// A commit that cannot be staged for a reason outside its policies (e.g. too large).
+    Rejected {
+        commit: String,
+        display: String,
+        id: String,
+        reason: &'static str,
+        errors: Vec<String>,
+    },
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
