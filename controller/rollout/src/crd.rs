@@ -557,6 +557,7 @@ pub struct HistoryEntry {
     pub approved_by: Option<String>,
     /// The verified user whose PolicyDecision this entry records.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = USER_MAX))]
     pub decided_by: Option<String>,
     #[serde(default, skip_serializing_if = "String::is_empty")]
     #[schemars(length(max = MESSAGE_MAX))]
