@@ -7,31 +7,12 @@ use std::process::{Command, Output, Stdio};
 use std::sync::Arc;
 
 use palisade_agent::flow_access::FlowAccess;
-use palisade_agent::observe::{DecidedBy, FlowHub, FlowPeer, FlowVerdict, ObservedFlow, authorized_router};
+use palisade_agent::observe::{FlowHub, ObservedFlow, authorized_router};
 use palisade_fake_apiserver::{FakeApi, User};
 
-/// A drop into `namespace/db`.
-fn flow(namespace: &str) -> ObservedFlow {
-    let pod =
-        |name: &str| FlowPeer { namespace: Some(namespace.into()), pod: Some(name.into()), ..FlowPeer::default() };
-    ObservedFlow {
-        time: "2025-11-21T13:38:33Z".into(),
-        node: "n1".into(),
-        verdict: FlowVerdict::Dropped,
-        drop_reason: Some("policy-denied".into()),
-        direction: "ingress".into(),
-        source: pod("api"),
-        destination: pod("db"),
-        port: 5432,
-        protocol: "TCP".into(),
-        decided_by: DecidedBy::default(),
-        candidate: None,
-        rollout: None,
-        enforced_revision: None,
-        candidate_revision: None,
-        endpoint: 1,
-    }
-}
+#[path = "../../datapath/agent/tests/common/flows.rs"]
+mod flows;
+use flows::flow;
 
 /// An agent's `/flows` on a local port, remembering a flow of shop and one of bank; token
 /// `alice-token` is alice, who may get PolicyAuditReports in shop only.

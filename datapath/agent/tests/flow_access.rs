@@ -5,35 +5,14 @@ use std::sync::Arc;
 use axum::body::{Body, to_bytes};
 use axum::http::{Request, StatusCode, header};
 use palisade_agent::flow_access::FlowAccess;
-use palisade_agent::observe::{
-    DecidedBy, FlowHub, FlowPeer, FlowVerdict, ObserveLine, ObservedFlow, authorized_router,
-};
+use palisade_agent::observe::{FlowHub, ObserveLine, authorized_router};
 use palisade_fake_apiserver::collections::{SUBJECT_ACCESS_REVIEWS, TOKEN_REVIEWS};
 use palisade_fake_apiserver::{FakeApi, User};
-use tower::ServiceExt;
 
-/// A drop into `namespace/db` from a pod of the same namespace.
-fn flow(namespace: &str) -> ObservedFlow {
-    let pod =
-        |name: &str| FlowPeer { namespace: Some(namespace.into()), pod: Some(name.into()), ..FlowPeer::default() };
-    ObservedFlow {
-        time: "2025-11-21T13:38:33Z".into(),
-        node: "n1".into(),
-        verdict: FlowVerdict::Dropped,
-        drop_reason: Some("policy-denied".into()),
-        direction: "ingress".into(),
-        source: pod("api"),
-        destination: pod("db"),
-        port: 5432,
-        protocol: "TCP".into(),
-        decided_by: DecidedBy::default(),
-        candidate: None,
-        rollout: None,
-        enforced_revision: None,
-        candidate_revision: None,
-        endpoint: 1,
-    }
-}
+#[path = "common/flows.rs"]
+mod flows;
+use flows::flow;
+use tower::ServiceExt;
 
 /// The fake API: `alice-token` is alice, who may get reports in shop; `admin-token` is a
 /// cluster-wide reader.
