@@ -165,8 +165,7 @@ pub async fn reconcile(
 /// Whether revision `id` would be new to the rollout: neither its candidate nor what it
 /// enforces. Only then may it conflict with another rollout's policies.
 fn offers_new(status: Option<&PolicyRolloutStatus>, id: &str) -> bool {
-    let status = status.cloned().unwrap_or_default();
-    ![&status.candidate_revision, &status.enforced_revision].into_iter().flatten().any(|r| r.id == id)
+    status.is_none_or(|s| ![&s.candidate_revision, &s.enforced_revision].into_iter().flatten().any(|r| r.id == id))
 }
 
 /// The revisions a rollout holds policies with: its candidate and what it enforces.
