@@ -64,17 +64,47 @@ pub struct Node {
     pub internal_ip: Option<Ipv4Addr>,
 }
 
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, Default)]
 pub struct Service {
     pub namespace: String,
     pub name: String,
     pub labels: BTreeMap<String, String>,
     /// `None` for a selectorless Service.
     pub selector: Option<BTreeMap<String, String>>,
+    /// The IPv4 ClusterIPs (`spec.clusterIPs`, else `spec.clusterIP`); empty for a headless or
+    /// ExternalName Service, which has no address of its own to translate.
+    pub cluster_ips: Vec<Ipv4Addr>,
+    pub ports: Vec<ServicePort>,
+}
+
+/// One of `spec.ports`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ServicePort {
+    pub name: Option<String>,
+    pub port: u16,
+    pub protocol: Protocol,
+    /// Where on a backend the port goes: `targetPort`, by default the same number.
+    pub target_port: TargetPort,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum TargetPort {
+    Number(u16),
+    /// A container port's name, resolved on each backend pod.
+    Name(String),
+}
+
+/// One backend of a Service port: an address and the port traffic to it is translated to.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Backend {
+    pub ip: Ipv4Addr,
+    pub port: u16,
+    /// `namespace/name` of the pod at that address, when it is one.
+    pub pod: Option<String>,
 }
 
 /// A `discovery.k8s.io/v1` EndpointSlice: the addresses of its ready endpoints.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, Default)]
 pub struct EndpointSlice {
     pub namespace: String,
     pub name: String,
@@ -82,6 +112,8 @@ pub struct EndpointSlice {
     /// Every IPv4 address of every endpoint not marked `conditions.ready: false` (Kubernetes: an
     /// unset condition means ready).
     pub addresses: Vec<Ipv4Addr>,
+    /// The slice's `ports`: each Service port's number on these endpoints, by port name.
+    pub ports: Vec<ContainerPort>,
 }
 
 /// The label an EndpointSlice names its Service with.
@@ -96,10 +128,14 @@ impl EndpointSlice {
             Some(meta) => ObjectMeta::deserialize(meta).map_err(|e| format!("metadata: {e}"))?,
             None => ObjectMeta::default(),
         };
-        Ok(EndpointSlice::from_parts(meta, &value["endpoints"]))
+        EndpointSlice::from_parts(meta, &value["endpoints"], &value["ports"])
     }
 
-    fn from_parts(meta: ObjectMeta, endpoints: &serde_json::Value) -> EndpointSlice {
+    fn from_parts(
+        meta: ObjectMeta,
+        endpoints: &serde_json::Value,
+        ports: &serde_json::Value,
+    ) -> Result<EndpointSlice, String> {
         let addresses = endpoints
             .as_array()
             .into_iter()
@@ -109,12 +145,27 @@ impl EndpointSlice {
             // IPv6 and FQDN slices hold addresses that do not parse as IPv4: left out.
             .filter_map(|a| a.as_str()?.parse().ok())
             .collect();
-        EndpointSlice {
+        let mut slice_ports = Vec::new();
+        for (i, port) in ports.as_array().into_iter().flatten().enumerate() {
+            let at = || format!("endpointslice {}: ports[{i}]", meta.name);
+            let number = port["port"].as_u64().and_then(|p| u16::try_from(p).ok()).filter(|&p| p > 0);
+            // A port without a number means "all ports" (a slice for an ExternalName-like use).
+            let Some(number) = number else { continue };
+            let protocol = protocol(port["protocol"].as_str()).map_err(|e| format!("{}: {e}", at()))?;
+            slice_ports.push(ContainerPort { name: port["name"].as_str().map(str::to_owned), port: number, protocol });
+        }
+        Ok(EndpointSlice {
             namespace: meta.namespace.unwrap_or_else(|| "default".into()),
             name: meta.name,
             labels: meta.labels,
             addresses,
-        }
+            ports: slice_ports,
+        })
+    }
+
+    /// The name of the Service this slice belongs to.
+    pub fn service_name(&self) -> Option<&str> {
+        self.labels.get(SERVICE_NAME_LABEL).map(String::as_str)
     }
 
     /// Whether this slice belongs to the `default/kubernetes` Service: the API server.
@@ -135,9 +186,11 @@ struct Object {
     status: serde_json::Value,
     #[serde(default)]
     items: Vec<serde_json::Value>,
-    /// An EndpointSlice's `endpoints` (top-level, not under spec).
+    /// An EndpointSlice's `endpoints` and `ports` (top-level, not under spec).
     #[serde(default)]
     endpoints: serde_json::Value,
+    #[serde(default)]
+    ports: serde_json::Value,
 }
 
 /// The part of an object's `metadata` that Palisade reads from cluster files.
@@ -220,12 +273,8 @@ impl Pod {
         };
         let mut ports = Vec::new();
         for port in spec.containers.iter().flat_map(|c| &c.ports) {
-            let protocol = match port.protocol.as_deref() {
-                None | Some("TCP") => Protocol::TCP,
-                Some("UDP") => Protocol::UDP,
-                Some("SCTP") => Protocol::SCTP,
-                Some(other) => return Err(format!("pod {name}: container port protocol {other:?}")),
-            };
+            let protocol =
+                protocol(port.protocol.as_deref()).map_err(|e| format!("pod {name}: container port {e}"))?;
             ports.push(ContainerPort { name: port.name.clone(), port: port.container_port, protocol });
         }
         Ok(Pod {
@@ -257,20 +306,127 @@ impl Node {
     }
 }
 
+/// A Kubernetes protocol name (TCP when unset).
+fn protocol(name: Option<&str>) -> Result<Protocol, String> {
+    match name {
+        None | Some("TCP") => Ok(Protocol::TCP),
+        Some("UDP") => Ok(Protocol::UDP),
+        Some("SCTP") => Ok(Protocol::SCTP),
+        Some(other) => Err(format!("protocol {other:?} (one of TCP, UDP, SCTP)")),
+    }
+}
+
+#[derive(Deserialize, Default)]
+#[serde(rename_all = "camelCase")]
+struct ServiceSpec {
+    selector: Option<BTreeMap<String, String>>,
+    #[serde(rename = "clusterIP")]
+    cluster_ip: Option<String>,
+    #[serde(rename = "clusterIPs", default)]
+    cluster_ips: Vec<String>,
+    #[serde(default)]
+    ports: Vec<RawServicePort>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct RawServicePort {
+    name: Option<String>,
+    port: u16,
+    protocol: Option<String>,
+    target_port: Option<serde_json::Value>,
+}
+
 impl Service {
     /// A Service as the API server serves it (JSON), e.g. from a watch.
     pub fn from_json(value: &serde_json::Value) -> Result<Service, String> {
         let (meta, spec, _) = parts(value)?;
-        Ok(Service::from_parts(meta, &spec))
+        Service::from_parts(meta, spec)
     }
 
-    fn from_parts(meta: ObjectMeta, spec: &serde_json::Value) -> Service {
-        let selector = spec.get("selector").and_then(|s| serde_json::from_value(s.clone()).ok());
-        Service {
+    fn from_parts(meta: ObjectMeta, spec: serde_json::Value) -> Result<Service, String> {
+        let name = meta.name;
+        let spec: ServiceSpec = match spec {
+            serde_json::Value::Null => ServiceSpec::default(),
+            spec => serde_json::from_value(spec).map_err(|e| format!("service {name}: spec: {e}"))?,
+        };
+        // An empty selector selects nothing on a Service (the API treats it as no selector).
+        let selector = spec.selector.filter(|s| !s.is_empty());
+        let listed = if spec.cluster_ips.is_empty() { spec.cluster_ip.into_iter().collect() } else { spec.cluster_ips };
+        let mut cluster_ips = Vec::new();
+        for ip in listed.iter().filter(|ip| !ip.is_empty() && *ip != "None") {
+            match ip.parse::<std::net::IpAddr>() {
+                Ok(std::net::IpAddr::V4(ip)) => cluster_ips.push(ip),
+                // IPv6 ClusterIPs wait for IPv6 support; the IPv4 ones still work.
+                Ok(std::net::IpAddr::V6(_)) => {}
+                Err(_) => return Err(format!("service {name}: spec.clusterIP {ip:?} is not an IP address")),
+            }
+        }
+        let mut ports = Vec::new();
+        for (i, raw) in spec.ports.iter().enumerate() {
+            let at = || format!("service {name}: spec.ports[{i}]");
+            let protocol = protocol(raw.protocol.as_deref()).map_err(|e| format!("{}: {e}", at()))?;
+            let target_port = match &raw.target_port {
+                None => TargetPort::Number(raw.port),
+                Some(serde_json::Value::Number(n)) => TargetPort::Number(
+                    n.as_u64().and_then(|n| u16::try_from(n).ok()).filter(|&n| n > 0).ok_or_else(|| {
+                        format!("{}: targetPort {n} is not a port number (1-65535)", at())
+                    })?,
+                ),
+                // A string of digits is a number too (the API server accepts "8080").
+                Some(serde_json::Value::String(s)) => match s.parse::<u16>() {
+                    Ok(n) if n > 0 => TargetPort::Number(n),
+                    _ if !s.is_empty() => TargetPort::Name(s.clone()),
+                    _ => return Err(format!("{}: targetPort is empty", at())),
+                },
+                Some(other) => return Err(format!("{}: targetPort {other} is neither a number nor a name", at())),
+            };
+            if raw.port == 0 {
+                return Err(format!("{}: port 0 is not a port", at()));
+            }
+            ports.push(ServicePort { name: raw.name.clone(), port: raw.port, protocol, target_port });
+        }
+        Ok(Service {
             namespace: meta.namespace.unwrap_or_else(|| "default".into()),
-            name: meta.name,
+            name,
             labels: meta.labels,
             selector,
+            cluster_ips,
+            ports,
+        })
+    }
+
+    /// `namespace/name`.
+    pub fn key(&self) -> String {
+        format!("{}/{}", self.namespace, self.name)
+    }
+
+    /// The port the Service exposes as `port`/`protocol`.
+    pub fn port(&self, port: u16, protocol: Protocol) -> Option<&ServicePort> {
+        self.ports.iter().find(|p| p.port == port && p.protocol == protocol)
+    }
+
+    /// Whether the Service's selector selects `pod` (host-network pods too: they are backends
+    /// at their node's address).
+    pub fn selects(&self, pod: &Pod) -> bool {
+        self.selector.as_ref().is_some_and(|selector| {
+            pod.namespace == self.namespace && selector.iter().all(|(k, v)| pod.labels.get(k) == Some(v))
+        })
+    }
+}
+
+impl ServicePort {
+    /// The port number this Service port reaches on `pod`: the target number, or the number of
+    /// the pod's container port of the target name (none when the pod has no such port, as the
+    /// EndpointSlice controller leaves such a pod out).
+    pub fn target_on(&self, pod: &Pod) -> Option<u16> {
+        match &self.target_port {
+            TargetPort::Number(n) => Some(*n),
+            TargetPort::Name(name) => pod
+                .ports
+                .iter()
+                .find(|p| p.name.as_deref() == Some(name.as_str()) && p.protocol == self.protocol)
+                .map(|p| p.port),
         }
     }
 }
@@ -319,8 +475,12 @@ impl Cluster {
             }
             "Pod" => self.pods.push(Pod::from_parts(object.metadata, object.spec, &object.status)?),
             "Node" => self.nodes.push(Node::from_parts(object.metadata, &object.status)),
-            "Service" => self.services.push(Service::from_parts(object.metadata, &object.spec)),
-            "EndpointSlice" => self.endpoint_slices.push(EndpointSlice::from_parts(object.metadata, &object.endpoints)),
+            "Service" => self.services.push(Service::from_parts(object.metadata, object.spec)?),
+            "EndpointSlice" => self.endpoint_slices.push(EndpointSlice::from_parts(
+                object.metadata,
+                &object.endpoints,
+                &object.ports,
+            )?),
             // Anything else in a `kubectl get` dump says nothing about policy.
             _ => {}
         }
@@ -348,6 +508,39 @@ impl Cluster {
     /// The API server's addresses: those of the `default/kubernetes` Service's EndpointSlices.
     pub fn apiserver_addresses(&self) -> impl Iterator<Item = Ipv4Addr> + '_ {
         self.endpoint_slices.iter().filter(|s| s.is_apiserver()).flat_map(|s| s.addresses.iter().copied())
+    }
+
+    pub fn service(&self, namespace: &str, name: &str) -> Option<&Service> {
+        self.services.iter().find(|s| s.namespace == namespace && s.name == name)
+    }
+
+    /// The backends of one port of `service`, as kube-proxy would program them: for a Service
+    /// with a selector, the selected pods that have an IP and the target port (what the
+    /// EndpointSlice controller publishes); for one without, the addresses of its EndpointSlices
+    /// with the slice port of the same name (Services pointing outside the cluster).
+    pub fn backends(&self, service: &Service, port: &ServicePort) -> Vec<Backend> {
+        let pod_at = |ip: Ipv4Addr| self.pods.iter().find(|p| p.ip == Some(ip)).map(Pod::key);
+        let mut backends: Vec<Backend> = if service.selector.is_some() {
+            self.pods
+                .iter()
+                .filter(|pod| service.selects(pod))
+                .filter_map(|pod| Some(Backend { ip: pod.ip?, port: port.target_on(pod)?, pod: Some(pod.key()) }))
+                .collect()
+        } else {
+            self.endpoint_slices
+                .iter()
+                .filter(|s| s.namespace == service.namespace && s.service_name() == Some(service.name.as_str()))
+                .filter_map(|slice| {
+                    let number = slice.ports.iter().find(|p| p.name == port.name && p.protocol == port.protocol)?.port;
+                    Some(slice.addresses.iter().map(move |&ip| (ip, number)))
+                })
+                .flatten()
+                .map(|(ip, number)| Backend { ip, port: number, pod: pod_at(ip) })
+                .collect()
+        };
+        backends.sort();
+        backends.dedup();
+        backends
     }
 
     pub fn node(&self, name: &str) -> Option<&Node> {

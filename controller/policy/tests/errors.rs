@@ -90,6 +90,7 @@ impl World {
             name: name.into(),
             labels: BTreeMap::new(),
             selector: Some(labels(selector)),
+            ..Service::default()
         });
         self
     }
