@@ -31,6 +31,16 @@ pub const IDENTITY_INIT: u32 = 5;
 pub const IDENTITY_REMOTE_NODE: u32 = 6;
 pub const IDENTITY_KUBE_APISERVER: u32 = 7;
 pub const IDENTITY_INGRESS: u32 = 8;
+/// A Service's ClusterIP. Not a peer policy can name: the source's egress to it is judged after
+/// kube-proxy has translated it to a backend, at the hook the translated packet reaches (the
+/// backend's host-side veth, or the interface it leaves the node by), which finds the source by
+/// [`SERVICE_MARK`].
+pub const IDENTITY_SERVICE: u32 = 15;
+/// The skb mark bit the source's hook sets on a packet to a ClusterIP, whose egress decision it
+/// defers. Marks survive kube-proxy's DNAT and forwarding within the node's namespace and are
+/// cleared when a packet crosses into a pod's namespace, so a pod cannot forge it. kube-proxy
+/// uses 0x4000 and 0x8000, Calico 0xffff0000.
+pub const SERVICE_MARK: u32 = 0x2000;
 /// First identity handed to a set of pod labels.
 pub const IDENTITY_FIRST_LOCAL: u32 = 256;
 /// Node-local CIDR identities are `IDENTITY_CIDR_BASE | n`.

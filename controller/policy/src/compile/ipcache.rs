@@ -172,15 +172,16 @@ impl IpCache {
     }
 
     /// The ipcache: pods as /32, CIDR identities for referenced prefixes, the reserved
-    /// identities of node and API server addresses; one identity per prefix, sorted. A pod's
-    /// address keeps the pod's identity even when a policy names that exact /32, because CIDR
-    /// rules never match pods.
+    /// identities of node and API server addresses, Services' ClusterIPs; one identity per
+    /// prefix, sorted. A pod's address keeps the pod's identity even when a policy names that
+    /// exact /32, because CIDR rules never match pods.
     /// `host` is the node whose addresses are `host`; the other nodes' are `remote-node`.
     pub fn entries(
         &self,
         nodes: &[Node],
         host: Option<&str>,
         apiserver: impl Iterator<Item = Ipv4Addr>,
+        cluster_ips: impl Iterator<Item = Ipv4Addr>,
     ) -> Vec<(Prefix, u32)> {
         let mut others: BTreeMap<Prefix, u32> =
             self.identities.cidr_identities().filter_map(|i| Some((i.prefix?, i.id))).collect();
@@ -191,6 +192,8 @@ impl IpCache {
         // which one number cannot carry). Pods beat all three, below.
         let (local, remote): (Vec<&Node>, Vec<&Node>) = nodes.iter().partition(|n| host.is_some_and(|h| h == n.name));
         let at = |addr: &Ipv4Addr, id: u32| (Prefix::new(*addr, 32), id);
+        // A ClusterIP is never a peer: egress to it is judged after translation.
+        others.extend(cluster_ips.map(|a| at(&a, dp::IDENTITY_SERVICE)));
         others.extend(remote.iter().flat_map(|n| &n.addresses).map(|a| at(a, dp::IDENTITY_REMOTE_NODE)));
         others.extend(apiserver.map(|a| at(&a, dp::IDENTITY_KUBE_APISERVER)));
         others.extend(local.iter().flat_map(|n| &n.addresses).map(|a| at(a, dp::IDENTITY_HOST)));

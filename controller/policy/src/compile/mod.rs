@@ -136,7 +136,12 @@ impl CompiledPolicy {
     /// The ipcache: pods as /32, CIDR identities for referenced prefixes, the reserved
     /// identities of node and API server addresses; one identity per prefix, sorted.
     pub fn ipcache(&self) -> Vec<(Prefix, u32)> {
-        self.ipcache.entries(&self.cluster.nodes, self.host_node(), self.cluster.apiserver_addresses())
+        self.ipcache.entries(
+            &self.cluster.nodes,
+            self.host_node(),
+            self.cluster.apiserver_addresses(),
+            self.cluster.services.iter().flat_map(|s| s.cluster_ips.iter().copied()),
+        )
     }
 
     /// The identity the datapath sees for an address (longest prefix; world when nothing matches).
