@@ -118,6 +118,10 @@ pub struct EndpointSlice {
 
 /// The label an EndpointSlice names its Service with.
 pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
+/// The label naming who manages an EndpointSlice, and the value of the controller that derives
+/// slices from Services' selectors (the ones an agent does not need: it has the pods).
+pub const MANAGED_BY_LABEL: &str = "endpointslice.kubernetes.io/managed-by";
+pub const MANAGED_BY_SELECTOR: &str = "endpointslice-controller.k8s.io";
 /// The namespace and Service whose endpoints are the API server.
 pub const APISERVER_SERVICE: (&str, &str) = ("default", "kubernetes");
 
