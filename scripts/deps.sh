@@ -4,7 +4,7 @@
 # and linked by bpf-linker built against that same libLLVM (see shared/notes/ebpf-toolchain.md).
 set -euo pipefail
 
-APT_PACKAGES=(rustc-web libstd-rust-web-dev-bpf iproute2 git gnupg openssh-client libssl-dev pkg-config)
+APT_PACKAGES=(rustc-web libstd-rust-web-dev-bpf iproute2 nftables git gnupg openssh-client libssl-dev pkg-config)
 BPF_LINKER_VERSION=0.13.0
 
 missing=()

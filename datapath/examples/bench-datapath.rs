@@ -42,12 +42,15 @@ fn main() {
     datapath.attach(0, &client.host_if, client.addr).unwrap();
     datapath.attach(SERVER, &server.host_if, server.addr).unwrap();
 
-    // Optional arguments pick sections: verdict, tcp_rr, flip, events (default: all).
+    // Optional arguments pick sections: verdict, service, tcp_rr, flip, events (default: all).
     let sections: Vec<String> = std::env::args().skip(1).collect();
     let run = |section: &str| sections.is_empty() || sections.iter().any(|s| s == section);
     let ifindex = if_index(&server.host_if);
     if run("verdict") {
         verdict_cost(&mut datapath, ifindex, client.addr, server.addr);
+    }
+    if run("service") {
+        service_cost(&mut datapath, if_index(&client.host_if), ifindex, client.addr, server.addr);
     }
     if run("tcp_rr") {
         tcp_request_response(&mut datapath, &topology);
@@ -107,6 +110,10 @@ fn tcp_syn(from: Ipv4Addr, to: Ipv4Addr, dport: u16) -> Vec<u8> {
 }
 
 fn tcp_frame(from: Ipv4Addr, to: Ipv4Addr, dport: u16, flags: u8) -> Vec<u8> {
+    tcp_frame_from(40000, from, to, dport, flags)
+}
+
+fn tcp_frame_from(sport: u16, from: Ipv4Addr, to: Ipv4Addr, dport: u16, flags: u8) -> Vec<u8> {
     let mut frame = vec![0u8; 14 + 20 + 20];
     frame[12..14].copy_from_slice(&0x0800u16.to_be_bytes());
     let ip = &mut frame[14..34];
@@ -117,7 +124,7 @@ fn tcp_frame(from: Ipv4Addr, to: Ipv4Addr, dport: u16, flags: u8) -> Vec<u8> {
     ip[12..16].copy_from_slice(&from.octets());
     ip[16..20].copy_from_slice(&to.octets());
     let tcp = &mut frame[34..];
-    tcp[0..2].copy_from_slice(&40000u16.to_be_bytes());
+    tcp[0..2].copy_from_slice(&sport.to_be_bytes());
     tcp[2..4].copy_from_slice(&dport.to_be_bytes());
     tcp[12] = 5 << 4;
     tcp[13] = flags;
@@ -188,6 +195,50 @@ fn verdict_cost(datapath: &mut Datapath, ifindex: u32, client: Ipv4Addr, server:
     println!("verdict_miss_16k_policy_ns: {big:.1} ns");
     println!("verdict_miss_allow_all_ns: {allow_all:.1} ns");
     println!("verdict_miss_added_ns: {:.1} ns", big - allow_all);
+}
+
+/// The first packet of a new connection through a Service against the same connection made to
+/// the backend directly, summed over every hook it crosses on the node: the client's
+/// `from_endpoint` (which defers the Service connection), then the backend veth's
+/// `deferred_egress` (which judges the client's egress after translation, and returns at once for
+/// an unmarked packet) and `to_endpoint`. Each packet has a new source port, so nothing is
+/// cached in conntrack; the verdict cache is warm in both arms.
+fn service_cost(datapath: &mut Datapath, client_if: u32, server_if: u32, client: Ipv4Addr, server: Ipv4Addr) {
+    const SERVICE_IP: Ipv4Addr = Ipv4Addr::new(10, 200, 250, 10);
+    datapath.set_ipcache(SERVICE_IP, 32, IDENTITY_SERVICE).unwrap();
+    let service_mark = datapath.service_mark(0).unwrap();
+    let mut sports = 20000u16..;
+    let mut first_packets = |datapath: &Datapath, via_service: bool| -> f64 {
+        let runs = sports.by_ref().take(1000).map(|sport| {
+            let translated = tcp_frame_from(sport, client, server, PORT, 0x02);
+            let (sent, mark) = match via_service {
+                true => (tcp_frame_from(sport, client, SERVICE_IP, 80, 0x02), service_mark),
+                false => (translated.clone(), 0),
+            };
+            let hooks = [
+                (Hook::FromEndpoint, client_if, &sent, 0),
+                (Hook::DeferredEgress, server_if, &translated, mark),
+                (Hook::ToEndpoint, server_if, &translated, mark),
+            ];
+            let mut total = Duration::ZERO;
+            for (hook, ifindex, frame, mark) in hooks {
+                let result = datapath.run_marked_frame(hook, ifindex, mark, frame, 1).unwrap();
+                assert!(result.passed, "{hook:?}");
+                total += result.per_run;
+            }
+            total.as_nanos() as f64
+        });
+        median(runs.collect())
+    };
+    let (mut direct, mut service) = (Vec::new(), Vec::new());
+    for _ in 0..5 {
+        direct.push(first_packets(datapath, false));
+        service.push(first_packets(datapath, true));
+    }
+    let (direct, service) = (median(direct), median(service));
+    println!("first_packet_pod_to_pod_ns: {direct:.1} ns");
+    println!("first_packet_via_service_ns: {service:.1} ns");
+    println!("first_packet_service_added_ns: {:.1} ns", service - direct);
 }
 
 /// Round-trip times of one round, per side.

@@ -31,6 +31,12 @@ pub enum Error {
         #[source]
         source: LinkError,
     },
+    #[error("tcx link on node interface {ifname}: {source}")]
+    NetworkLink {
+        ifname: String,
+        #[source]
+        source: LinkError,
+    },
     #[error("loading the eBPF object: {0}")]
     Load(#[from] EbpfError),
     #[error("the eBPF object has no {0}; was it built with PALISADE_BPF_SKIP=1?")]

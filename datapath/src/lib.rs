@@ -13,7 +13,12 @@ mod error;
 mod events;
 mod pins;
 
-use std::{ffi::CString, net::Ipv4Addr, path::Path, time::Duration};
+use std::{
+    ffi::{CStr, CString},
+    net::Ipv4Addr,
+    path::Path,
+    time::Duration,
+};
 
 use aya::{
     maps::{Array, HashMap, HashOfMaps, LpmTrie, MapData, MapError, PerCpuArray, PerCpuHashMap, lpm_trie::Key},
@@ -59,6 +64,10 @@ pub enum Hook {
     FromEndpoint,
     /// Egress of the host side: traffic entering the pod, judged by its ingress policy.
     ToEndpoint,
+    /// Egress of the host side (before `ToEndpoint`) or of a node interface: a Service
+    /// connection after translation, judged by its source's egress policy when the packet
+    /// carries the source's [`Datapath::service_mark`].
+    DeferredEgress,
 }
 
 /// Outcome of [`Datapath::run_frame`].
@@ -97,8 +106,11 @@ pub struct Datapath {
     policy_slots: HashOfMaps<MapData, SlotKey, PolicySlot>,
     flows: PerCpuHashMap<MapData, FlowKey, FlowStats>,
     counters: PerCpuArray<MapData, EndpointCounters>,
+    /// Counter index -> ifindex of attached endpoints: how a hook finds a Service connection's source.
+    endpoint_ifindex: Array<MapData, u32>,
     from_endpoint: SchedClassifier,
     to_endpoint: SchedClassifier,
+    deferred_egress: SchedClassifier,
 }
 
 impl Datapath {
@@ -130,8 +142,10 @@ impl Datapath {
             policy_slots: pins.map("POLICY_SLOTS")?,
             flows: pins.map("FLOWS")?,
             counters: pins.map("COUNTERS")?,
+            endpoint_ifindex: pins.map("ENDPOINT_IFINDEX")?,
             from_endpoint: pins.program("from_endpoint")?,
             to_endpoint: pins.program("to_endpoint")?,
+            deferred_egress: pins.program("deferred_egress")?,
             pins,
         })
     }
@@ -169,14 +183,23 @@ impl Datapath {
         config.addr_be = addr_be;
         self.write_config(config)?;
         self.bump_version()?;
-        for (program, name, hook) in [
-            (&mut self.from_endpoint, "from_endpoint", TcAttachType::Ingress),
-            (&mut self.to_endpoint, "to_endpoint", TcAttachType::Egress),
-        ] {
+        // An interface that was a node interface already runs `deferred_egress` first on egress;
+        // otherwise it goes first: it judges a Service connection's source before `to_endpoint`
+        // judges the backend.
+        let adopted = self.pins.adopt_network_link(ifname, endpoint)?;
+        let deferred = (!adopted).then_some((
+            &mut self.deferred_egress,
+            pins::DEFERRED_EGRESS,
+            TcAttachType::Egress,
+            LinkOrder::first(),
+        ));
+        for (program, name, hook, order) in deferred.into_iter().chain([
+            (&mut self.from_endpoint, "from_endpoint", TcAttachType::Ingress, LinkOrder::default()),
+            (&mut self.to_endpoint, "to_endpoint", TcAttachType::Egress, LinkOrder::default()),
+        ]) {
             let program_error = |source| Error::Program { program: name, endpoint: Some(endpoint), source };
-            let link_id = program
-                .attach_with_options(ifname, hook, TcAttachOptions::TcxOrder(LinkOrder::default()))
-                .map_err(program_error)?;
+            let link_id =
+                program.attach_with_options(ifname, hook, TcAttachOptions::TcxOrder(order)).map_err(program_error)?;
             let link = FdLink::try_from(program.take_link(link_id).map_err(program_error)?)
                 .map_err(|source| Error::Link { endpoint, source })?;
             self.pins.pin_link(endpoint, name, link)?;
@@ -186,8 +209,12 @@ impl Datapath {
 
     /// Detaches the endpoint and forgets its config, counters and policy slots.
     pub fn detach(&mut self, endpoint: EndpointId) -> Result<()> {
+        let config = self.config(endpoint);
+        if let Some(ifname) = config.as_ref().ok().and_then(|c| ifname(c.ifindex)) {
+            self.pins.release_to_network(endpoint, &ifname)?;
+        }
         self.pins.unpin_links(endpoint)?;
-        match self.config(endpoint) {
+        match config {
             Ok(config) => {
                 if config.ifindex != 0 {
                     ignore_missing(self.endpoints.remove(&config.ifindex)).map_err(map_error("ENDPOINTS", endpoint))?;
@@ -208,6 +235,42 @@ impl Datapath {
                 .map_err(map_error("POLICY_SLOTS", endpoint))?;
         }
         Ok(())
+    }
+
+    /// Attaches `deferred_egress` to the egress of `ifname`, an interface of the node that is no
+    /// endpoint's (an uplink, a tunnel): a Service connection whose backend is off the node leaves
+    /// through one, and its source's egress is judged there. Idempotent; the link is pinned, so
+    /// it stays attached while no agent runs.
+    pub fn attach_network(&mut self, ifname: &str) -> Result<()> {
+        let path = self.pins.network_link_path(ifname);
+        if path.exists() {
+            return Ok(());
+        }
+        let program_error = |source| Error::Program { program: "deferred_egress", endpoint: None, source };
+        let link_id = self
+            .deferred_egress
+            .attach_with_options(ifname, TcAttachType::Egress, TcAttachOptions::TcxOrder(LinkOrder::first()))
+            .map_err(program_error)?;
+        let link = FdLink::try_from(self.deferred_egress.take_link(link_id).map_err(program_error)?)
+            .map_err(|source| Error::NetworkLink { ifname: ifname.to_owned(), source })?;
+        link.pin(&path).map_err(|source| Error::Pin { path, source })?;
+        Ok(())
+    }
+
+    /// Detaches `deferred_egress` from `ifname` (gone or no longer a node interface).
+    pub fn detach_network(&mut self, ifname: &str) -> Result<()> {
+        pins::remove_pin(self.pins.network_link_path(ifname))
+    }
+
+    /// The mark a packet to a Service leaves `endpoint`'s hook with: what tells the hook after
+    /// translation whose egress to judge.
+    pub fn service_mark(&self, endpoint: EndpointId) -> Result<u32> {
+        Ok((self.config(endpoint)?.index + 1) << palisade_common::SERVICE_MARK_SHIFT)
+    }
+
+    /// The node interfaces `deferred_egress` is attached to.
+    pub fn network_interfaces(&self) -> Result<Vec<String>> {
+        self.pins.network_links()
     }
 
     /// Endpoints with a config, attached or not.
@@ -495,18 +558,28 @@ impl Datapath {
     /// crossed `hook` of interface `ifindex` (in the caller's network namespace). It counts and
     /// tracks like real traffic. For tracing a verdict and for benchmarks.
     pub fn run_frame(&self, hook: Hook, ifindex: u32, frame: &[u8], repeat: u32) -> Result<FrameRun> {
+        self.run_marked_frame(hook, ifindex, 0, frame, repeat)
+    }
+
+    /// [`Datapath::run_frame`] for a packet carrying `mark`, as a Service connection's packets
+    /// do after their source's hook ([`Datapath::service_mark`]).
+    pub fn run_marked_frame(&self, hook: Hook, ifindex: u32, mark: u32, frame: &[u8], repeat: u32) -> Result<FrameRun> {
         let (program, name) = match hook {
             Hook::FromEndpoint => (&self.from_endpoint, "from_endpoint"),
             Hook::ToEndpoint => (&self.to_endpoint, "to_endpoint"),
+            Hook::DeferredEgress => (&self.deferred_egress, "deferred_egress"),
         };
         // A `struct __sk_buff` prefix up to `ifindex` (offset 40), the field the kernel uses to
-        // pick the device.
+        // pick the device; the mark is at offset 8.
         let mut context = [0u8; 44];
+        context[8..12].copy_from_slice(&mark.to_ne_bytes());
         context[40..].copy_from_slice(&ifindex.to_ne_bytes());
         let result = program
             .test_run(TestRunOptions { data_in: Some(frame), ctx_in: Some(&context), repeat, ..TestRunOptions::new() })
             .map_err(|source| Error::Program { program: name, endpoint: None, source })?;
-        Ok(FrameRun { passed: result.return_value == 0, per_run: result.duration })
+        // `deferred_egress` hands what it passes to the next program ("next", -1).
+        let passed = result.return_value == 0 || (hook == Hook::DeferredEgress && result.return_value == u32::MAX);
+        Ok(FrameRun { passed, per_run: result.duration })
     }
 
     /// Slot generations are unique node-wide and survive restarts, so no cached verdict of a
@@ -557,6 +630,9 @@ impl Datapath {
         let endpoint = config.endpoint;
         if config.ifindex != 0 {
             self.endpoints.insert(config.ifindex, config, 0).map_err(map_error("ENDPOINTS", endpoint))?;
+            self.endpoint_ifindex
+                .set(config.index, config.ifindex, 0)
+                .map_err(map_error("ENDPOINT_IFINDEX", endpoint))?;
         }
         self.endpoint_config.insert(endpoint, config, 0).map_err(map_error("ENDPOINT_CONFIG", endpoint))
     }
@@ -636,6 +712,15 @@ fn ifindex(ifname: &str) -> std::io::Result<u32> {
         0 => Err(std::io::Error::last_os_error()),
         index => Ok(index),
     }
+}
+
+/// The name of interface `ifindex`, while it exists.
+fn ifname(ifindex: u32) -> Option<String> {
+    let mut name = [0 as libc::c_char; libc::IF_NAMESIZE];
+    // SAFETY: the buffer holds IF_NAMESIZE bytes, as if_indextoname requires.
+    let found = unsafe { libc::if_indextoname(ifindex, name.as_mut_ptr()) };
+    // SAFETY: on success the buffer holds a NUL-terminated name.
+    (ifindex != 0 && !found.is_null()).then(|| unsafe { CStr::from_ptr(name.as_ptr()) }.to_string_lossy().into_owned())
 }
 
 fn map_error(map: &'static str, endpoint: EndpointId) -> impl Fn(MapError) -> Error {

@@ -1,5 +1,5 @@
 //! The bpffs layout: `<dir>/maps/<MAP>`, `<dir>/programs/<program>`,
-//! `<dir>/links/<endpoint>-<program>` and `<dir>/object/<sha256>` (the digest of the eBPF object
+//! `<dir>/links/<endpoint>-<program>`, `<dir>/links/net-<interface>` and `<dir>/object/<sha256>` (the digest of the eBPF object
 //! they came from). Pinned links keep the programs attached while no process runs; pinned maps keep
 //! their content.
 use std::{
@@ -17,10 +17,12 @@ use aya::{
 
 use crate::{EndpointId, Error, Result};
 
-const MAPS: [&str; 15] = [
+const MAPS: [&str; 17] = [
     "IPCACHE",
     "ENDPOINTS",
     "ENDPOINT_CONFIG",
+    "ENDPOINT_IFINDEX",
+    "SERVICE_ORIGINS",
     "NODE_STATE",
     "SLOT_WRITES",
     "FENCE",
@@ -34,9 +36,10 @@ const MAPS: [&str; 15] = [
     "EVENTS",
     "EVENT_TOKENS",
 ];
-/// The programs, all attached to every endpoint; pinned in this order, so the last one marks a
-/// complete pin directory.
-const PROGRAMS: [&str; 2] = ["from_endpoint", "to_endpoint"];
+/// The programs, all attached to every endpoint (`deferred_egress` also to node interfaces);
+/// pinned in this order, so the last one marks a complete pin directory.
+const PROGRAMS: [&str; 3] = ["from_endpoint", "to_endpoint", DEFERRED_EGRESS];
+pub(crate) const DEFERRED_EGRESS: &str = "deferred_egress";
 
 #[derive(Clone, Debug)]
 pub(crate) struct Pins {
@@ -129,16 +132,48 @@ impl Pins {
 
     /// The link goes away with its pin once no process holds it: the program detaches.
     pub(crate) fn unpin_links(&self, endpoint: EndpointId) -> Result<()> {
-        for program in PROGRAMS {
-            let path = self.link_path(endpoint, program);
-            match fs::remove_file(&path) {
-                Err(e) if e.kind() != io::ErrorKind::NotFound => {
-                    return Err(Error::PinDir { path, source: e });
-                }
-                _ => {}
+        PROGRAMS.iter().try_for_each(|program| remove_pin(self.link_path(endpoint, program)))
+    }
+
+    /// Makes the `deferred_egress` link of node interface `ifname`, if it has one, `endpoint`'s
+    /// own: renamed, not replaced, because tcx attaches a program once per hook and an unpinned
+    /// link detaches only later, from a kernel work queue.
+    pub(crate) fn adopt_network_link(&self, ifname: &str, endpoint: EndpointId) -> Result<bool> {
+        let from = self.network_link_path(ifname);
+        match fs::rename(&from, self.link_path(endpoint, DEFERRED_EGRESS)) {
+            Ok(()) => Ok(true),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
+            Err(source) => Err(Error::PinDir { path: from, source }),
+        }
+    }
+
+    /// The reverse of [`Pins::adopt_network_link`]: the interface of a detached endpoint that is
+    /// still there stays judged as a node interface, without a gap.
+    pub(crate) fn release_to_network(&self, endpoint: EndpointId, ifname: &str) -> Result<()> {
+        let from = self.link_path(endpoint, DEFERRED_EGRESS);
+        match fs::rename(&from, self.network_link_path(ifname)) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => Err(Error::PinDir { path: from, source: e }),
+            _ => Ok(()),
+        }
+    }
+
+    pub(crate) fn network_link_path(&self, ifname: &str) -> PathBuf {
+        self.dir.join("links").join(format!("{NETWORK_LINK_PREFIX}{ifname}"))
+    }
+
+    /// The node interfaces `deferred_egress` is attached to.
+    pub(crate) fn network_links(&self) -> Result<Vec<String>> {
+        let path = self.dir.join("links");
+        let entries = fs::read_dir(&path).map_err(|source| Error::PinDir { path: path.clone(), source })?;
+        let mut names = Vec::new();
+        for entry in entries {
+            let entry = entry.map_err(|source| Error::PinDir { path: path.clone(), source })?;
+            if let Some(ifname) = entry.file_name().to_str().and_then(|n| n.strip_prefix(NETWORK_LINK_PREFIX)) {
+                names.push(ifname.to_owned());
             }
         }
-        Ok(())
+        names.sort();
+        Ok(names)
     }
 
     pub(crate) fn remove_all(&self) -> Result<()> {
@@ -158,6 +193,17 @@ impl Pins {
 
     fn link_path(&self, endpoint: EndpointId, program: &str) -> PathBuf {
         self.dir.join("links").join(format!("{endpoint}-{program}"))
+    }
+}
+
+/// Names the pin of a node interface's link (endpoint links start with a number).
+const NETWORK_LINK_PREFIX: &str = "net-";
+
+/// Removes a pin; one that is not there is fine.
+pub(crate) fn remove_pin(path: PathBuf) -> Result<()> {
+    match fs::remove_file(&path) {
+        Err(e) if e.kind() != io::ErrorKind::NotFound => Err(Error::PinDir { path, source: e }),
+        _ => Ok(()),
     }
 }
 

@@ -33,14 +33,19 @@ pub const IDENTITY_KUBE_APISERVER: u32 = 7;
 pub const IDENTITY_INGRESS: u32 = 8;
 /// A Service's ClusterIP. Not a peer policy can name: the source's egress to it is judged after
 /// kube-proxy has translated it to a backend, at the hook the translated packet reaches (the
-/// backend's host-side veth, or the interface it leaves the node by), which finds the source by
-/// [`SERVICE_MARK`].
+/// backend's host-side veth, or the interface it leaves the node by). The source's hook defers
+/// by writing its counter index plus one into the packet's mark ([`SERVICE_MARK_MASK`]).
 pub const IDENTITY_SERVICE: u32 = 15;
-/// The skb mark bit the source's hook sets on a packet to a ClusterIP, whose egress decision it
-/// defers. Marks survive kube-proxy's DNAT and forwarding within the node's namespace and are
-/// cleared when a packet crosses into a pod's namespace, so a pod cannot forge it. kube-proxy
-/// uses 0x4000 and 0x8000, Calico 0xffff0000.
-pub const SERVICE_MARK: u32 = 0x2000;
+/// The bits of the skb mark that carry a Service connection's source endpoint (counter index
+/// plus one) from its hook to the hook after translation. The mark is the one field that
+/// survives DNAT, SNAT and forwarding (the priority is rewritten by forwarding, `tc_index` does
+/// not exist without CONFIG_NET_SCHED), and it is cleared when a packet crosses into or out of
+/// a pod's namespace, so a pod cannot forge it. These bits stay clear of kube-proxy's (0x4000,
+/// 0x8000) and of the low byte other CNIs use (AWS VPC CNI's 0x80); Calico's default mask
+/// (0xffff0000) overlaps them, so Calico must not also run policy on a Palisade node.
+pub const SERVICE_MARK_MASK: u32 = 0x1fff_0000;
+pub const SERVICE_MARK_SHIFT: u32 = 16;
+const _: () = assert!(MAX_ENDPOINTS < SERVICE_MARK_MASK >> SERVICE_MARK_SHIFT);
 /// First identity handed to a set of pod labels.
 pub const IDENTITY_FIRST_LOCAL: u32 = 256;
 /// Node-local CIDR identities are `IDENTITY_CIDR_BASE | n`.
@@ -226,6 +231,7 @@ pub const DROP_FRAGMENT_UNKNOWN: u8 = 5;
 pub const DROP_ICMP_UNRELATED: u8 = 6;
 pub const DROP_IPV6_UNSUPPORTED: u8 = 7;
 pub const DROP_MALFORMED: u8 = 8;
+pub const DROP_SERVICE_UNTRANSLATED: u8 = 9;
 
 /// The drop reason of a policy verdict: [`DROP_NONE`] when the verdict passes.
 pub const fn verdict_drop_reason(verdict: u8) -> u8 {
@@ -255,10 +261,13 @@ pub enum DropReason {
     Ipv6Unsupported,
     /// A header too short or inconsistent to judge.
     Malformed,
+    /// A packet to a Service's ClusterIP left the node untranslated (no kube-proxy rule for
+    /// its port): there is no backend to judge it by.
+    ServiceUntranslated,
 }
 
 impl DropReason {
-    pub const ALL: [DropReason; 8] = [
+    pub const ALL: [DropReason; 9] = [
         DropReason::PolicyDenied,
         DropReason::L7Unsupported,
         DropReason::InvalidSource,
@@ -267,6 +276,7 @@ impl DropReason {
         DropReason::IcmpUnrelated,
         DropReason::Ipv6Unsupported,
         DropReason::Malformed,
+        DropReason::ServiceUntranslated,
     ];
 
     /// `None` for [`DROP_NONE`] and unknown values.
@@ -280,6 +290,7 @@ impl DropReason {
             DROP_ICMP_UNRELATED => Some(DropReason::IcmpUnrelated),
             DROP_IPV6_UNSUPPORTED => Some(DropReason::Ipv6Unsupported),
             DROP_MALFORMED => Some(DropReason::Malformed),
+            DROP_SERVICE_UNTRANSLATED => Some(DropReason::ServiceUntranslated),
             _ => None,
         }
     }
@@ -294,6 +305,7 @@ impl DropReason {
             DropReason::IcmpUnrelated => DROP_ICMP_UNRELATED,
             DropReason::Ipv6Unsupported => DROP_IPV6_UNSUPPORTED,
             DropReason::Malformed => DROP_MALFORMED,
+            DropReason::ServiceUntranslated => DROP_SERVICE_UNTRANSLATED,
         }
     }
 
@@ -308,6 +320,7 @@ impl DropReason {
             DropReason::IcmpUnrelated => "icmp-unrelated",
             DropReason::Ipv6Unsupported => "ipv6-unsupported",
             DropReason::Malformed => "malformed",
+            DropReason::ServiceUntranslated => "service-untranslated",
         }
     }
 }
@@ -325,6 +338,9 @@ pub const COOKIE_NONE: u32 = 0;
 pub const COOKIE_NOT_ENFORCED: u32 = u32::MAX;
 /// Every rule selecting the endpoint in this direction has `enableDefaultDeny: false`.
 pub const COOKIE_DEFAULT_ALLOW: u32 = u32::MAX - 1;
+/// The verdict of a connection to a Service's ClusterIP at its source: passed, its egress judged
+/// after translation (see [`IDENTITY_SERVICE`]). Never reported.
+pub const COOKIE_DEFERRED: u32 = u32::MAX - 2;
 /// Implicit allow from the local host to its pods (Cilium's allow-localhost).
 pub const COOKIE_LOCALHOST: u32 = u32::MAX - 2;
 
@@ -711,7 +727,32 @@ pub struct FlowEvent {
     pub daddr_be: u32,
     pub enforced_cookie: u32,
     pub candidate_cookie: u32,
+    /// The Service ClusterIP and port the source connected to, when kube-proxy translated the
+    /// connection to `daddr_be` (0 otherwise).
+    pub service_addr_be: u32,
+    pub service_port: u16,
+    pub _pad: u16,
     pub timestamp_ns: u64,
+}
+
+/// The connection a source endpoint opened to a Service, as its hook saw it before translation:
+/// what the hook judging it after translation names it by (the source port survives DNAT).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct ServiceOriginKey {
+    /// The source endpoint's counter index.
+    pub index: u32,
+    pub sport: u16,
+    pub protocol: u8,
+    pub _pad: u8,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct ServiceOrigin {
+    pub addr_be: u32,
+    pub port: u16,
+    pub _pad: u16,
 }
 
 /// Per-endpoint packet counters (a per-CPU map; userspace sums the CPUs).

@@ -37,6 +37,9 @@ pub fn event_burst(_ctx: TcContext) -> i32 {
             daddr_be: 0,
             enforced_cookie: 0,
             candidate_cookie: 0,
+            service_addr_be: 0,
+            service_port: 0,
+            _pad: 0,
             timestamp_ns: 0,
         };
         if EVENTS.output(&event, 0).is_ok() {

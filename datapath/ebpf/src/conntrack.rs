@@ -4,6 +4,7 @@
 use aya_ebpf::{
     bindings::{BPF_ANY, TC_ACT_OK, TC_ACT_SHOT},
     helpers::bpf_jiffies64,
+    programs::TcContext,
 };
 use palisade_common::*;
 
@@ -31,6 +32,7 @@ pub(crate) struct Seen {
 /// forward packet is judged, from the cached decision while the node state version holds.
 #[inline(always)]
 pub(crate) fn established(
+    ctx: &TcContext,
     entry: *mut CtEntry,
     config: &EndpointConfig,
     counters: &mut EndpointCounters,
@@ -85,12 +87,18 @@ pub(crate) fn established(
         }
         admit_fast(&seen.connection, opened_by, seen.local_side, (closing, expires), seen.now, &decision);
     }
-    apply(&decision, counters, seen.direction, packet)
+    apply(ctx, &decision, counters, seen.direction, packet, false)
 }
 
 /// The first packet of a connection: judged, and tracked when it passes.
 #[inline(always)]
-pub(crate) fn opening(config: &EndpointConfig, counters: &mut EndpointCounters, packet: &Packet, seen: &Seen) -> i32 {
+pub(crate) fn opening(
+    ctx: &TcContext,
+    config: &EndpointConfig,
+    counters: &mut EndpointCounters,
+    packet: &Packet,
+    seen: &Seen,
+) -> i32 {
     counters.connections += 1;
     let (decision, _) = judge(config, seen.version, seen.direction, packet);
     if decision.passes() {
@@ -100,7 +108,7 @@ pub(crate) fn opening(config: &EndpointConfig, counters: &mut EndpointCounters, 
             admit_fast(&seen.connection, seen.sender, seen.local_side, (0, expires), seen.now, &decision);
         }
     }
-    apply(&decision, counters, seen.direction, packet)
+    apply(ctx, &decision, counters, seen.direction, packet, true)
 }
 
 /// A packet of a connection in the fast-flow cache: counted and passed. `None` when the cache
@@ -150,7 +158,9 @@ pub(crate) fn admit_fast(
     let Some(local_side) = local_side else {
         return;
     };
-    if decision.reported() || closing != 0 || expires < now + CT_FAST_MARGIN_TICKS {
+    // A connection to a Service defers every packet's egress decision, which the fast path
+    // would not.
+    if decision.identity == IDENTITY_SERVICE || decision.reported() || closing != 0 || expires < now + CT_FAST_MARGIN_TICKS {
         return;
     }
     let Some(slot) = FAST_FLOWS.get_ptr_mut(fast_flow_index(connection)) else {

@@ -54,9 +54,10 @@ mod object;
 mod packet;
 mod policy;
 mod record;
+mod service;
 
 use aya_ebpf::{
-    bindings::{TC_ACT_OK, TC_ACT_SHOT},
+    bindings::{TC_ACT_OK, TC_ACT_SHOT, TC_ACT_UNSPEC},
     helpers::bpf_ktime_get_coarse_ns,
     macros::classifier,
     programs::TcContext,
@@ -69,7 +70,33 @@ use crate::{
     packet::*,
     policy::{endpoint, judge, node_state_version},
     record::{apply, record_drop, refuse, unjudged},
+    service::{deferred_source, judge_deferred},
 };
+
+/// Egress of every endpoint's host side, before `to_endpoint`, and of every node interface (an
+/// uplink, a tunnel): where a packet to a Service reaches after kube-proxy translated it, so
+/// its source's deferred egress is judged here, by the backend. A program of its own: with the
+/// backend's own verdict inlined beside it, `to_endpoint` would not fit the 512-byte stack.
+/// Returns "next" (`TC_ACT_UNSPEC`, TCX_NEXT) for what it passes, so the following program (the
+/// backend's `to_endpoint`) still judges it.
+#[classifier]
+pub fn deferred_egress(ctx: TcContext) -> i32 {
+    let source = deferred_source(&ctx);
+    if source == 0 {
+        return TC_ACT_UNSPEC;
+    }
+    if header::<u16>(&ctx, 12).map(u16::from_be) != Some(ETH_P_IP) {
+        return TC_ACT_SHOT;
+    }
+    let version = node_state_version();
+    let Some(packet) = parse(&ctx, source) else {
+        return TC_ACT_SHOT;
+    };
+    match judge_deferred(&ctx, source, &packet, version) {
+        TC_ACT_SHOT => TC_ACT_SHOT,
+        _ => TC_ACT_UNSPEC,
+    }
+}
 
 /// Host-side ingress: the packet leaves the pod, so the pod's egress policy applies.
 #[classifier]
@@ -99,14 +126,17 @@ fn decide(ctx: &TcContext, direction: u8) -> i32 {
     // The version first, then everything it versions: a change that lands in between is caught
     // by the next packet, never hidden.
     let version = node_state_version();
-    let Some(packet) = parse(ctx) else {
+    let deferred_from = if direction == DIRECTION_EGRESS { 0 } else { deferred_source(ctx) };
+    let Some(packet) = parse(ctx, deferred_from) else {
         return unjudged(ifindex, direction, DROP_MALFORMED, None);
     };
     let (connection, sender) = connection(ifindex, &packet);
-    // Packets that open, close or relate to a connection change conntrack: never fast.
+    // Packets that open, close or relate to a connection change conntrack: never fast. Nor do
+    // packets whose source's egress is judged here.
     if packet.tracked
         && packet.unjudged == DROP_NONE
         && packet.related.is_none()
+        && packet.deferred_from == 0
         && packet.tcp_flags & (TCP_SYN | TCP_FIN | TCP_RST) == 0
         && let Some(verdict) = fast_path(&connection, sender, direction, version)
     {
@@ -121,13 +151,6 @@ fn decide(ctx: &TcContext, direction: u8) -> i32 {
         record_drop(&config, counters, direction, &packet, DROP_INVALID_SOURCE, MODE_ENFORCE);
         return TC_ACT_SHOT;
     }
-    if packet.unjudged != DROP_NONE {
-        return refuse(&config, counters, direction, packet.unjudged, Some(&packet));
-    }
-    if config.mode == MODE_OFF {
-        counters.unenforced += 1;
-        return TC_ACT_OK;
-    }
     // The side of the connection that is the endpoint, when the packet shows it: the sender of
     // a validated packet leaving it, the receiver of one addressed to it.
     let local_side = if direction == DIRECTION_EGRESS {
@@ -137,16 +160,39 @@ fn decide(ctx: &TcContext, direction: u8) -> i32 {
     } else {
         None
     };
+    verdict(ctx, &config, counters, ifindex, &packet, (connection, sender, local_side), version, direction)
+}
 
+/// The verdict of endpoint `config` (attached to `ifindex`) in `direction` for a packet of
+/// `connection`, sent by `sender`, whose endpoint side is `local_side` when known.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn verdict(
+    ctx: &TcContext,
+    config: &EndpointConfig,
+    counters: &mut EndpointCounters,
+    ifindex: u32,
+    packet: &Packet,
+    (connection, sender, local_side): (CtKey, u8, Option<u8>),
+    version: u32,
+    direction: u8,
+) -> i32 {
+    if packet.unjudged != DROP_NONE {
+        return refuse(config, counters, direction, packet.unjudged, Some(packet));
+    }
+    if config.mode == MODE_OFF {
+        counters.unenforced += 1;
+        return TC_ACT_OK;
+    }
     // SAFETY: a helper call without arguments.
     let now = (unsafe { bpf_ktime_get_coarse_ns() } >> CT_TICK_SHIFT) as u32;
     if let Some(original) = packet.related {
-        return related(&config, counters, ifindex, original, now, direction, &packet);
+        return related(config, counters, ifindex, original, now, direction, packet);
     }
     if !packet.tracked {
         counters.connections += 1;
-        let (decision, _) = judge(&config, version, direction, &packet);
-        return apply(&decision, counters, direction, &packet);
+        let (decision, _) = judge(config, version, direction, packet);
+        return apply(ctx, &decision, counters, direction, packet, true);
     }
     // An entry left by an endpoint that had this interface before is not this endpoint's.
     // SAFETY: the LRU element stays valid during this run; fields are read once.
@@ -155,8 +201,8 @@ fn decide(ctx: &TcContext, direction: u8) -> i32 {
         .filter(|&entry| unsafe { (*entry).expires > now && (*entry).decision.endpoint == config.endpoint });
     let seen = Seen { connection, sender, local_side, version, now, direction };
     match entry {
-        Some(entry) => established(entry, &config, counters, &packet, &seen),
-        None => opening(&config, counters, &packet, &seen),
+        Some(entry) => established(ctx, entry, config, counters, packet, &seen),
+        None => opening(ctx, config, counters, packet, &seen),
     }
 }
 

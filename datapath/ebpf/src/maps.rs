@@ -35,6 +35,14 @@ pub(crate) static ENDPOINT_CONFIG: HashMap<
     { MAX_ENDPOINTS as usize },
     { BPF_F_NO_PREALLOC as usize },
 > = HashMap::new();
+// Counter index -> ifindex of the attached endpoint: how the hook judging a Service connection
+// after translation finds the source endpoint its `tc_index` names.
+#[btf_map]
+pub(crate) static ENDPOINT_IFINDEX: Array<u32, { MAX_ENDPOINTS as usize }> = Array::new();
+// The ClusterIP and port of each connection to a Service, for the flow events of the hook that
+// judges it after translation (observe shows both).
+#[btf_map]
+pub(crate) static SERVICE_ORIGINS: LruHashMap<ServiceOriginKey, ServiceOrigin, 65536> = LruHashMap::new();
 #[btf_map]
 pub(crate) static NODE_STATE: Array<u32, { NODE_STATE_ENTRIES as usize }> = Array::new();
 

@@ -18,6 +18,9 @@ pub(crate) struct Packet {
     pub(crate) tracked: bool,
     /// Why the packet cannot be judged (`DROP_*`), `DROP_NONE` when it can.
     pub(crate) unjudged: u8,
+    /// The endpoint (counter index + 1) whose egress to a Service was deferred to this hook; 0
+    /// when none was (see `service`).
+    pub(crate) deferred_from: u16,
 }
 
 pub(crate) const ETH_HLEN: usize = 14;
@@ -94,7 +97,7 @@ pub(crate) fn header<T: Copy>(ctx: &TcContext, offset: usize) -> Option<T> {
 /// The packet's addresses, protocol and ports; `None` without a readable IPv4 header. A packet
 /// that cannot be judged says why in `unjudged`.
 #[inline(always)]
-pub(crate) fn parse(ctx: &TcContext) -> Option<Packet> {
+pub(crate) fn parse(ctx: &TcContext, deferred_from: u16) -> Option<Packet> {
     let ip: Ipv4Header = header(ctx, ETH_HLEN)?;
     let header_len = ((ip.version_ihl & 0x0f) as usize) * 4;
     let mut packet = Packet {
@@ -107,6 +110,7 @@ pub(crate) fn parse(ctx: &TcContext) -> Option<Packet> {
         tcp_flags: 0,
         tracked: true,
         unjudged: DROP_NONE,
+        deferred_from,
     };
     if let Err(reason) = parse_l4(ctx, &ip, header_len, &mut packet) {
         packet.unjudged = reason;

@@ -46,9 +46,15 @@ pub(crate) fn judge(config: &EndpointConfig, version: u32, direction: u8, packet
     // Branches, not indexing: the verifier rejects the pointer arithmetic LLVM makes of it.
     let slots = if epoch & 1 == 0 { config.by_epoch[0] } else { config.by_epoch[1] };
     let identity = remote_identity(direction, packet);
-    let (enforced, enforced_settled) = slot_verdict(config, slots.enforced, identity, direction, packet);
     let none = SlotVerdict { verdict: VERDICT_NONE, _pad: [0; 3], cookie: COOKIE_NONE };
-    let (candidate, settled) = if slots.candidate == SLOT_NONE {
+    // To a Service: judged after translation, by the backend (see `service`).
+    let deferred = direction == DIRECTION_EGRESS && identity == IDENTITY_SERVICE;
+    let (enforced, enforced_settled) = if deferred {
+        (SlotVerdict { verdict: VERDICT_ALLOW, _pad: [0; 3], cookie: COOKIE_DEFERRED }, true)
+    } else {
+        slot_verdict(config, slots.enforced, identity, direction, packet)
+    };
+    let (candidate, settled) = if slots.candidate == SLOT_NONE || deferred {
         (none, enforced_settled)
     } else {
         let (candidate, candidate_settled) = slot_verdict(config, slots.candidate, identity, direction, packet);

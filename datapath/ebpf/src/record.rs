@@ -3,6 +3,7 @@
 use aya_ebpf::{
     bindings::{BPF_NOEXIST, TC_ACT_OK, TC_ACT_SHOT},
     helpers::bpf_ktime_get_ns,
+    programs::TcContext,
 };
 use palisade_common::*;
 
@@ -10,13 +11,26 @@ use crate::{
     maps::*,
     packet::Packet,
     policy::{endpoint, remote_identity},
+    service::{defer, origin},
 };
 
 /// Counts a forward packet under its decision, records the flow when it is dropped or judged
-/// differently by the candidate, and returns the verdict.
+/// differently by the candidate, and returns the verdict. A packet to a Service passes with its
+/// decision deferred (`opening`: the first packet of its connection).
 #[inline(always)]
-pub(crate) fn apply(decision: &CtDecision, counters: &mut EndpointCounters, direction: u8, packet: &Packet) -> i32 {
+pub(crate) fn apply(
+    ctx: &TcContext,
+    decision: &CtDecision,
+    counters: &mut EndpointCounters,
+    direction: u8,
+    packet: &Packet,
+    opening: bool,
+) -> i32 {
     let (enforced, candidate) = (decision.enforced, decision.candidate);
+    if enforced.cookie == COOKIE_DEFERRED {
+        defer(ctx, decision.index, packet, opening);
+        return TC_ACT_OK;
+    }
     if decision.enforced_slot == SLOT_A {
         counters.slot_packets[0] += 1;
     } else {
@@ -115,6 +129,7 @@ pub(crate) fn refuse(
         tcp_flags: 0,
         tracked: false,
         unjudged: reason,
+        deferred_from: 0,
     };
     record_drop(config, counters, direction, packet.unwrap_or(&unknown), reason, config.mode);
     if config.mode == MODE_ENFORCE { TC_ACT_SHOT } else { TC_ACT_OK }
@@ -137,12 +152,19 @@ pub(crate) fn record_flow(flow: &FlowKey, packet: &Packet, enforced_cookie: u32,
     if !take_event_token(now) {
         return false;
     }
+    let service = match packet.deferred_from {
+        0 => None,
+        source => origin(source as u32 - 1, packet),
+    };
     let event = FlowEvent {
         flow: *flow,
         saddr_be: packet.saddr_be,
         daddr_be: packet.daddr_be,
         enforced_cookie,
         candidate_cookie,
+        service_addr_be: service.map_or(0, |s| s.addr_be),
+        service_port: service.map_or(0, |s| s.port),
+        _pad: 0,
         timestamp_ns: now,
     };
     EVENTS.output(&event, 0).is_ok()
