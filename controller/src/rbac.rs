@@ -42,11 +42,8 @@ pub const AGENT_RBAC: &[Rule] = &[
     ("palisade.dev", "policyauditreports", &["create", "patch", "delete"]),
     ("authentication.k8s.io", "tokenreviews", &["create"]),
     ("authorization.k8s.io", "subjectaccessreviews", &["create"]),
+    // The EndpointSlices no controller derives from a selector: the API server's (identity
+    // kube-apiserver) and those of selector-less Services (`toServices`). The watch selects them
+    // by label; RBAC cannot narrow a list to a label.
+    ("discovery.k8s.io", "endpointslices", &["list", "watch"]),
 ];
-
-/// The node agent in namespace `default` only (Role `palisade-agent-apiserver`): the
-/// EndpointSlices of Service `default/kubernetes`, the API server's addresses (identity
-/// kube-apiserver). The watch selects them by label; RBAC cannot narrow a list to a label, so the
-/// grant is the namespace's EndpointSlices and nothing elsewhere.
-pub const AGENT_APISERVER_NAMESPACE: &str = "default";
-pub const AGENT_APISERVER_RBAC: &[Rule] = &[("discovery.k8s.io", "endpointslices", &["list", "watch"])];

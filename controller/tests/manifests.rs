@@ -11,9 +11,7 @@ mod rbac;
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
-use palisade::rbac::{
-    AGENT_APISERVER_NAMESPACE, AGENT_APISERVER_RBAC, AGENT_RBAC, CONTROLLER_NAMESPACE_RBAC, CONTROLLER_RBAC, Rule,
-};
+use palisade::rbac::{AGENT_RBAC, CONTROLLER_NAMESPACE_RBAC, CONTROLLER_RBAC, Rule};
 use palisade_policy::yaml::{Limits, parse_documents};
 use serde_json::{Value as Json, json};
 
@@ -156,8 +154,6 @@ fn namespaces_match() {
                 "{file}: {kind} {} is cluster-scoped but names a namespace",
                 o["metadata"]["name"]
             );
-        } else if o["metadata"]["name"] == "palisade-agent-apiserver" {
-            assert_eq!(namespace, AGENT_APISERVER_NAMESPACE, "{file}: {kind} palisade-agent-apiserver");
         } else {
             assert_eq!(namespace, NAMESPACE, "{file}: {kind} {}", o["metadata"]["name"]);
         }
@@ -361,10 +357,7 @@ fn controller_rbac_is_exactly_what_the_code_declares() {
 #[test]
 fn agent_rbac_is_exactly_what_the_code_declares() {
     let m = Manifests::load();
-    let expected = BTreeMap::from([
-        (None, expand(AGENT_RBAC)),
-        (Some(AGENT_APISERVER_NAMESPACE.to_string()), expand(AGENT_APISERVER_RBAC)),
-    ]);
+    let expected = BTreeMap::from([(None, expand(AGENT_RBAC))]);
     assert_grants(&granted_to(&m, "palisade-agent"), &expected);
 }
 

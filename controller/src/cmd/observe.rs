@@ -263,7 +263,8 @@ fn parse_since(text: &str) -> Result<Timestamp> {
 }
 
 /// `Nov 21 13:38:33.295  shop/api (10.200.10.20) -> shop/db-0 (10.200.10.30) 5432/TCP  DROPPED  by
-/// CiliumNetworkPolicy shop/db spec.ingressDeny[0] (main@4b15b4e)`.
+/// CiliumNetworkPolicy shop/db spec.ingressDeny[0] (main@4b15b4e)`; a flow through a Service
+/// shows it before the backend: `-> shop/db:5432 -> shop/db-0 (10.200.10.30) 5432/TCP`.
 fn render(flow: &ObservedFlow, timezone: &TimeZone) -> String {
     let time = flow
         .time
@@ -276,8 +277,9 @@ fn render(flow: &ObservedFlow, timezone: &TimeZone) -> String {
     };
     let revision = |r: &Option<String>| r.as_ref().map(|r| format!(" ({r})")).unwrap_or_default();
     let reason = flow.drop_reason.as_ref().map(|r| format!(" ({r})")).unwrap_or_default();
+    let service = flow.service.as_ref().map(|s| format!("{} -> ", s.name())).unwrap_or_default();
     let mut line = format!(
-        "{time}  {} ({}) -> {} ({}) {port}  {}{reason}  ",
+        "{time}  {} ({}) -> {service}{} ({}) {port}  {}{reason}  ",
         flow.source.name(),
         flow.source.ip,
         flow.destination.name(),
@@ -333,6 +335,7 @@ mod tests {
             direction: "ingress".into(),
             source: pod("shop", "api-5d8f", "10.200.10.20"),
             destination: pod("shop", "postgres-0", "10.200.10.30"),
+            service: None,
             port: 5432,
             protocol: "TCP".into(),
             decided_by: DecidedBy {

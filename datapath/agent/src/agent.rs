@@ -343,6 +343,7 @@ impl<D: Dataplane, R: InterfaceResolver> Agent<D, R> {
         self.candidate_touched = false;
         self.sync_endpoints()?;
         self.program()?;
+        self.sync_node_interfaces()?;
         self.sync_ipcache()?;
         if self.audit_restart_pending {
             // Only now is the new candidate whole in every slot: differences recorded before,
@@ -647,6 +648,32 @@ impl<D: Dataplane, R: InterfaceResolver> Agent<D, R> {
             endpoint.enforced = endpoint.enforced.other();
         }
         info!(endpoints = keys.len(), "flipped to the new enforced set");
+        Ok(())
+    }
+
+    /// Every interface of the node that is no attached endpoint's (uplinks, tunnels, the veths
+    /// of pods without policy) gets `deferred_egress`: a connection to a Service whose backend
+    /// lies behind one is judged there by its source's egress policy, so no translated packet
+    /// leaves unjudged. An interface that vanishes mid-way is left for the next pass.
+    fn sync_node_interfaces(&mut self) -> Result<(), Error> {
+        let endpoints: BTreeSet<&str> = self
+            .endpoints
+            .values()
+            .filter(|e| e.attached)
+            .filter_map(|e| Some(e.interface.as_ref()?.name.as_str()))
+            .collect();
+        let desired: BTreeSet<String> =
+            self.resolver.interfaces().into_iter().filter(|name| !endpoints.contains(name.as_str())).collect();
+        let current: BTreeSet<String> = self.dataplane.network_interfaces()?.into_iter().collect();
+        for ifname in current.difference(&desired) {
+            self.dataplane.detach_network(ifname)?;
+        }
+        for ifname in desired.difference(&current) {
+            match self.dataplane.attach_network(ifname) {
+                Ok(()) => debug!(interface = %ifname, "judging Service connections leaving here"),
+                Err(e) => warn!(interface = %ifname, error = %e, "cannot attach to a node interface"),
+            }
+        }
         Ok(())
     }
 

@@ -95,13 +95,14 @@ pub async fn watch(client: Client, changes: mpsc::Sender<Change>, state: Arc<Wat
             via_json(cluster::Service::from_json),
             Change::Services
         ),
-        // Only the API server's: the slices of Service default/kubernetes (RBAC grants no more).
+        // Only the slices no controller derives from a Service's selector (that would be every
+        // pod again, on every node): the API server's and those of selector-less Services.
         whole(
-            Api::<EndpointSlice>::namespaced(client, cluster::APISERVER_SERVICE.0),
+            Api::<EndpointSlice>::all(client),
             watcher::Config::default().labels(&format!(
-                "{}={}",
-                cluster::SERVICE_NAME_LABEL,
-                cluster::APISERVER_SERVICE.1
+                "{}!={}",
+                cluster::MANAGED_BY_LABEL,
+                cluster::MANAGED_BY_SELECTOR
             )),
             sink,
             via_json(cluster::EndpointSlice::from_json),

@@ -21,6 +21,11 @@ pub trait Dataplane {
     /// `addr`: the endpoint's address, the only source its packets may carry.
     fn attach(&mut self, endpoint: EndpointId, ifname: &str, addr: Ipv4Addr) -> Result<()>;
     fn detach(&mut self, endpoint: EndpointId) -> Result<()>;
+    /// Node interfaces (no endpoint's): where a Service connection's source is judged after
+    /// translation when its backend is not a local endpoint (see `Datapath::attach_network`).
+    fn attach_network(&mut self, ifname: &str) -> Result<()>;
+    fn detach_network(&mut self, ifname: &str) -> Result<()>;
+    fn network_interfaces(&self) -> Result<Vec<String>>;
     fn set_ipcache(&mut self, addr: Ipv4Addr, prefix_len: u8, identity: u32) -> Result<()>;
     fn remove_ipcache(&mut self, addr: Ipv4Addr, prefix_len: u8) -> Result<()>;
     /// Makes `slot`, which holds `from`, hold `to` (both sorted by key), changing only what differs.
@@ -90,6 +95,15 @@ impl Dataplane for Datapath {
     fn detach(&mut self, endpoint: EndpointId) -> Result<()> {
         Datapath::detach(self, endpoint)
     }
+    fn attach_network(&mut self, ifname: &str) -> Result<()> {
+        Datapath::attach_network(self, ifname)
+    }
+    fn detach_network(&mut self, ifname: &str) -> Result<()> {
+        Datapath::detach_network(self, ifname)
+    }
+    fn network_interfaces(&self) -> Result<Vec<String>> {
+        Datapath::network_interfaces(self)
+    }
     fn set_ipcache(&mut self, addr: Ipv4Addr, prefix_len: u8, identity: u32) -> Result<()> {
         Datapath::set_ipcache(self, addr, prefix_len, identity)
     }
@@ -135,6 +149,8 @@ pub enum SlotOp {
     FlipAll(Vec<EndpointId>),
     Ipcache(Ipv4Addr, u8, Option<u32>),
     ClearFlows,
+    AttachNetwork(String),
+    DetachNetwork(String),
 }
 
 /// An in-memory datapath that keeps what was programmed and logs every operation: the agent's
@@ -143,6 +159,8 @@ pub enum SlotOp {
 pub struct RecordingDataplane {
     pub endpoints: BTreeMap<EndpointId, RecordedEndpoint>,
     pub ipcache: BTreeMap<(Ipv4Addr, u8), u32>,
+    /// Node interfaces with `deferred_egress`.
+    pub network: std::collections::BTreeSet<String>,
     pub log: Vec<SlotOp>,
     /// Flows the tests pretend the kernel saw.
     pub flows: Vec<Flow>,
@@ -226,6 +244,19 @@ impl Dataplane for RecordingDataplane {
         self.log.push(SlotOp::Detach(endpoint));
         Ok(())
     }
+    fn attach_network(&mut self, ifname: &str) -> Result<()> {
+        self.network.insert(ifname.to_owned());
+        self.log.push(SlotOp::AttachNetwork(ifname.to_owned()));
+        Ok(())
+    }
+    fn detach_network(&mut self, ifname: &str) -> Result<()> {
+        self.network.remove(ifname);
+        self.log.push(SlotOp::DetachNetwork(ifname.to_owned()));
+        Ok(())
+    }
+    fn network_interfaces(&self) -> Result<Vec<String>> {
+        Ok(self.network.iter().cloned().collect())
+    }
     fn set_ipcache(&mut self, addr: Ipv4Addr, prefix_len: u8, identity: u32) -> Result<()> {
         self.ipcache.insert((addr, prefix_len), identity);
         self.log.push(SlotOp::Ipcache(addr, prefix_len, Some(identity)));
@@ -292,9 +323,13 @@ pub struct Interface {
     pub index: u32,
 }
 
-/// Finds the host-side interface of a local pod from its address.
+/// Finds the host-side interface of a local pod from its address, and the node's interfaces.
 pub trait InterfaceResolver {
     fn interface(&self, pod_ip: Ipv4Addr) -> Option<Interface>;
+    /// Every interface of the node's network namespace but the loopback.
+    fn interfaces(&self) -> Vec<String> {
+        Vec::new()
+    }
 }
 
 /// The interface the node routes a pod's address through, as veth-based CNIs set it up (and as
@@ -323,6 +358,27 @@ impl InterfaceResolver for RouteResolver {
         })?;
         let name = interface_name(index)?;
         (name != "lo").then_some(Interface { name, index })
+    }
+
+    fn interfaces(&self) -> Vec<String> {
+        // SAFETY: if_nameindex returns an array ended by a zero entry, or null; freed below.
+        unsafe {
+            let list = libc::if_nameindex();
+            if list.is_null() {
+                return Vec::new();
+            }
+            let mut names = Vec::new();
+            let mut entry = list;
+            while (*entry).if_index != 0 {
+                let name = std::ffi::CStr::from_ptr((*entry).if_name).to_string_lossy().into_owned();
+                if name != "lo" {
+                    names.push(name);
+                }
+                entry = entry.add(1);
+            }
+            libc::if_freenameindex(list);
+            names
+        }
     }
 }
 

@@ -420,6 +420,7 @@ mod flow_metrics {
             direction: "ingress".into(),
             source: FlowPeer::default(),
             destination: FlowPeer::default(),
+            service: None,
             port: 5432,
             protocol: "TCP".into(),
             decided_by: DecidedBy::default(),

@@ -94,6 +94,28 @@ impl FlowPeer {
     }
 }
 
+/// The Service a flow was addressed to, when kube-proxy translated it to its destination.
+#[serde_with::skip_serializing_none]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FlowService {
+    /// The ClusterIP and port the source connected to.
+    pub ip: Ipv4Addr,
+    pub port: u16,
+    /// The Service that has the ClusterIP, when the agent knows it.
+    pub namespace: Option<String>,
+    pub name: Option<String>,
+}
+
+impl FlowService {
+    /// `shop/api:8080`, else `10.96.0.10:8080`.
+    pub fn name(&self) -> String {
+        match (&self.namespace, &self.name) {
+            (Some(namespace), Some(name)) => format!("{namespace}/{name}:{}", self.port),
+            _ => format!("{}:{}", self.ip, self.port),
+        }
+    }
+}
+
 /// The rule that decided a flow, as the policy compiler names its cookie.
 #[serde_with::skip_serializing_none]
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -139,6 +161,8 @@ pub struct ObservedFlow {
     pub direction: String,
     pub source: FlowPeer,
     pub destination: FlowPeer,
+    /// The Service the source addressed, translated to `destination` (the backend).
+    pub service: Option<FlowService>,
     /// Destination port (ICMP type for ICMP).
     pub port: u16,
     /// `TCP`, `UDP`, `ICMP`, `SCTP`, `ICMPv6`.
@@ -396,6 +420,16 @@ pub(crate) fn describe(view: &NodeView, event: &FlowEvent, now: Timestamp) -> Ob
         None => FlowPeer { ip: peer_ip, identity: key.identity, ..FlowPeer::default() },
     };
     let (source, destination) = if ingress { (peer, local) } else { (local, peer) };
+    let service = (event.service_addr_be != 0).then(|| {
+        let ip = Ipv4Addr::from(u32::from_be(event.service_addr_be));
+        let known = compiled.and_then(|c| c.enforced.cluster.services.iter().find(|s| s.cluster_ips.contains(&ip)));
+        FlowService {
+            ip,
+            port: event.service_port,
+            namespace: known.map(|s| s.namespace.clone()),
+            name: known.map(|s| s.name.clone()),
+        }
+    });
     let reason = key.drop_reason();
     let denies = reason.is_some();
     let verdict = match (denies, key.mode()) {
@@ -431,6 +465,7 @@ pub(crate) fn describe(view: &NodeView, event: &FlowEvent, now: Timestamp) -> Ob
         direction: if ingress { "ingress" } else { "egress" }.into(),
         source,
         destination,
+        service,
         port: key.dport,
         protocol: match key.protocol() {
             Ok(protocol) => protocol.name().into(),
@@ -475,6 +510,7 @@ fn unjudged_by(reason: dp::DropReason) -> Option<&'static str> {
         IcmpUnrelated => Some("fail closed (an ICMP error about no tracked connection)"),
         Ipv6Unsupported => Some("fail closed (no IPv6 policy yet)"),
         Malformed => Some("fail closed (a malformed header)"),
+        ServiceUntranslated => Some("fail closed (a Service port kube-proxy did not translate)"),
     }
 }
 
@@ -667,6 +703,7 @@ mod tests {
             direction: "ingress".into(),
             source: FlowPeer::default(),
             destination: FlowPeer::default(),
+            service: None,
             port: 1,
             protocol: "TCP".into(),
             decided_by: DecidedBy::default(),

@@ -417,6 +417,9 @@ fn ingress_event(agent: &TestAgent, from: &str, to: &str, port: u16, verdicts: [
         daddr_be: u32::from(ip(to)).to_be(),
         enforced_cookie,
         candidate_cookie,
+        service_addr_be: 0,
+        service_port: 0,
+        _pad: 0,
         timestamp_ns: 0,
     }
 }

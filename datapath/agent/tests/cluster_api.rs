@@ -29,7 +29,7 @@ fn node(name: &str, ip: &str) -> Value {
 }
 
 /// An EndpointSlice of Service `service` with one endpoint per address; `ready: false` on the
-/// ones listed in `not_ready`.
+/// ones listed in `not_ready`. Nobody's, as the API server's and hand-made ones are.
 fn slice(namespace: &str, name: &str, service: &str, addresses: &[&str], not_ready: &[&str]) -> Value {
     let endpoints: Vec<Value> = addresses
         .iter()
@@ -309,28 +309,35 @@ async fn reports_are_applied_and_those_of_gone_rollouts_deleted() {
     assert!(api.get(REPORTS, "shop", "db-n1").is_none());
 }
 
+/// A slice the EndpointSlice controller derived from a Service's selector.
+fn derived_slice(namespace: &str, name: &str, service: &str, addresses: &[&str]) -> Value {
+    let mut slice = slice(namespace, name, service, addresses, &[]);
+    slice["metadata"]["labels"]["endpointslice.kubernetes.io/managed-by"] = json!("endpointslice-controller.k8s.io");
+    slice
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn only_the_apiserver_endpoint_slices_are_watched() {
+async fn only_endpoint_slices_no_selector_derives_are_watched() {
     let api = FakeApi::default();
     api.put(
         ENDPOINT_SLICES,
         slice("default", "kubernetes", "kubernetes", &["192.168.0.10", "192.168.0.11"], &["192.168.0.11"]),
     );
-    // Another Service's slice in default, and one labelled like the API server's elsewhere.
-    api.put(ENDPOINT_SLICES, slice("default", "web-abcde", "web", &["10.200.9.9"], &[]));
-    api.put(ENDPOINT_SLICES, slice("kube-system", "kubernetes", "kubernetes", &["192.168.7.7"], &[]));
+    // A selector Service's slice (the agent has its pods already) and a selector-less Service's.
+    api.put(ENDPOINT_SLICES, derived_slice("shop", "web-abcde", "web", &["10.200.9.9"]));
+    api.put(ENDPOINT_SLICES, slice("shop", "payments", "payments", &["203.0.113.7"], &[]));
     let (tx, changes) = mpsc::channel();
     let state = Arc::new(WatchState::default());
     tokio::spawn(watch(api.client(), tx, state.clone()));
     let initial = next(&changes, 4);
     assert_eq!(
-        initial[0], "EndpointSlices [\"default/kubernetes [192.168.0.10]\"]",
-        "the ready address of default/kubernetes only: {initial:?}"
+        initial[0], "EndpointSlices [\"default/kubernetes [192.168.0.10]\", \"shop/payments [203.0.113.7]\"]",
+        "the API server's ready address and the selector-less Service's: {initial:?}"
     );
-    // Listed and watched in namespace default, by label: no wider than RBAC grants.
+    // Listed and watched cluster-wide, by label: the derived slices never reach the agent.
     let reads = api.reads();
-    let path = "/apis/discovery.k8s.io/v1/namespaces/default/endpointslices";
-    let selector = "labelSelector=kubernetes.io%2Fservice-name%3Dkubernetes";
+    let path = "/apis/discovery.k8s.io/v1/endpointslices";
+    let selector = "labelSelector=endpointslice.kubernetes.io%2Fmanaged-by%21%3Dendpointslice-controller.k8s.io";
     let slice_reads: Vec<_> = reads.iter().filter(|r| r.path.contains("endpointslices")).collect();
     assert!(!slice_reads.is_empty());
     for read in &slice_reads {
@@ -339,17 +346,21 @@ async fn only_the_apiserver_endpoint_slices_are_watched() {
     }
     quiet(&changes);
 
-    // A second slice of the API server comes; other slices change nothing.
+    // A second slice of the API server comes; derived slices change nothing.
     api.put(ENDPOINT_SLICES, slice("default", "kubernetes-2", "kubernetes", &["192.168.0.12"], &[]));
     assert_eq!(
         next(&changes, 1),
-        vec!["EndpointSlices [\"default/kubernetes [192.168.0.10]\", \"default/kubernetes-2 [192.168.0.12]\"]"]
+        vec![
+            "EndpointSlices [\"default/kubernetes [192.168.0.10]\", \"default/kubernetes-2 [192.168.0.12]\", \"shop/payments [203.0.113.7]\"]"
+        ]
     );
-    api.put(ENDPOINT_SLICES, slice("default", "web-abcde", "web", &["10.200.9.8"], &[]));
-    api.put(ENDPOINT_SLICES, slice("kube-system", "kubernetes", "kubernetes", &["192.168.7.8"], &[]));
+    api.put(ENDPOINT_SLICES, derived_slice("shop", "web-abcde", "web", &["10.200.9.8"]));
     quiet(&changes);
     api.remove(ENDPOINT_SLICES, "default", "kubernetes");
-    assert_eq!(next(&changes, 1), vec!["EndpointSlices [\"default/kubernetes-2 [192.168.0.12]\"]"]);
+    assert_eq!(
+        next(&changes, 1),
+        vec!["EndpointSlices [\"default/kubernetes-2 [192.168.0.12]\", \"shop/payments [203.0.113.7]\"]"]
+    );
 }
 
 /// No pod has an interface: the agent programs the ipcache, not endpoints.

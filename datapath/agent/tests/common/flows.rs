@@ -14,6 +14,7 @@ pub fn flow(namespace: &str) -> ObservedFlow {
         direction: "ingress".into(),
         source: pod("api"),
         destination: pod("db"),
+        service: None,
         port: 5432,
         protocol: "TCP".into(),
         decided_by: DecidedBy::default(),
