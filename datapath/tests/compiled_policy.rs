@@ -326,7 +326,7 @@ fn kernel_agrees_with_compiler_and_examples() {
     for (index, name) in scenarios.iter().enumerate() {
         let mut outcome = check_scenario(index, name);
         eprintln!(
-            "{name}: {} flows checked in the kernel ({} denied there), {} skipped (entity or http)",
+            "{name}: {} flows checked in the kernel ({} denied there), {} skipped (entity, Service or http)",
             outcome.checked, outcome.denied_in_kernel, outcome.skipped
         );
         assert!(outcome.checked > 0, "{name}: no flow could be checked");
