@@ -275,7 +275,7 @@ fn identity_of(compiled: &CompiledPolicy, end: &FlowEnd) -> Result<u32, String> 
         // A pod's own node is `host` to it, whatever other nodes see.
         FlowEnd::Node => Ok(dp::IDENTITY_HOST),
         FlowEnd::Service { .. } => {
-            Err(format!("{end} is a Service: it is no peer of its own, its backends are (trace_service)"))
+            Err(format!("{end} is a Service: traffic to it is judged at each backend (trace_service)"))
         }
     }
 }
