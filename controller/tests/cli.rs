@@ -336,3 +336,131 @@ fn trace_from_the_node_under_each_allow_localhost_mode() {
     assert_eq!(code(&out), 2);
     assert!(stderr(&out).contains("--node") && stderr(&out).contains("node-z"), "{}", stderr(&out));
 }
+
+const FRONTEND: &str = "shop/frontend-7c9d8b6f5-x2m4q";
+const LOADGEN: &str = "shop/loadgen-6b8f7d9c4-r5t7w";
+
+#[test]
+fn trace_to_a_service_reports_each_backend() {
+    let dir = example("services");
+    let (cluster, policies) = (dir.join("cluster.yaml"), dir.join("policies"));
+    let trace = |cluster: &Path, from: &str, to: &str, port: &str, extra: &[&str]| {
+        on_policies("trace", cluster, &policies, &[&["--from", from, "--to", to, "--port", port], extra].concat())
+    };
+    // The load generator may reach the stable backend, not the canary: the Service is denied.
+    let out = trace(&cluster, LOADGEN, "svc/shop/api", "8080/TCP", &[]);
+    let text = stdout(&out);
+    assert_eq!(code(&out), 1, "{text}{}", stderr(&out));
+    assert!(
+        text.starts_with(&format!("{LOADGEN} -> svc/shop/api 8080/TCP: DENIED (1 of 2 backends denied)")),
+        "{text}"
+    );
+    assert!(text.contains("svc shop/api:8080/TCP -> shop/api-0:8080 ALLOWED"), "{text}");
+    assert!(text.contains("svc shop/api:8080/TCP -> shop/api-1:8081 DENIED"), "{text}");
+    let out = trace(&cluster, FRONTEND, "svc/shop/api", "8080/TCP", &[]);
+    assert_eq!(code(&out), 0, "{}", stdout(&out));
+
+    let out = trace(&cluster, LOADGEN, "svc/shop/api", "8080/TCP", &["-o", "json"]);
+    assert_eq!(code(&out), 1);
+    let v: serde_json::Value = serde_json::from_str(&stdout(&out)).expect("trace -o json prints JSON");
+    assert_eq!(
+        (v["service"].as_str(), v["port"].as_str(), v["verdict"].as_str()),
+        (Some("shop/api"), Some("8080/TCP"), Some("denied")),
+        "{v}"
+    );
+    let backends = v["backends"].as_array().expect("a backends array");
+    let summary: Vec<(&str, u64, &str)> = backends
+        .iter()
+        .map(|b| (b["backend"].as_str().unwrap(), b["port"].as_u64().unwrap(), b["verdict"].as_str().unwrap()))
+        .collect();
+    assert_eq!(summary, [("shop/api-0", 8080, "allowed"), ("shop/api-1", 8081, "denied")], "{v}");
+    for b in backends {
+        assert!(
+            b.get("drop_reason").is_some() && b["ingress"]["rule"].is_string() && b["egress"]["rule"].is_string(),
+            "{b}"
+        );
+    }
+    assert_eq!(backends[0]["ingress"]["rule"], "CiliumNetworkPolicy shop/api-stable-loadtest spec.ingress[0]");
+
+    // A Service outside the cluster: its EndpointSlice's address is the backend.
+    let out = trace(&cluster, FRONTEND, "svc/shop/payments-gw", "443/TCP", &[]);
+    assert_eq!(code(&out), 0, "{}", stdout(&out));
+    assert!(stdout(&out).contains("svc shop/payments-gw:443/TCP -> 10.200.9.50:8443 ALLOWED"), "{}", stdout(&out));
+
+    // Bad input names what is wrong and exits 2.
+    for (to, port, error) in [
+        ("svc/shop/nope", "8080/TCP", "no Service shop/nope in the cluster file"),
+        ("svc/shop/api", "80/TCP", "Service shop/api has no port 80/TCP (its ports: 8080/TCP, 9090/TCP)"),
+        ("svc/shop", "80/TCP", "--to: \"svc/shop\" is not svc/NAMESPACE/NAME"),
+    ] {
+        let out = trace(&cluster, FRONTEND, to, port, &[]);
+        assert_eq!(code(&out), 2, "{to} {port}");
+        assert!(stderr(&out).contains(error), "{to} {port}: {}", stderr(&out));
+    }
+    let out = trace(&cluster, "svc/shop/api", "shop/db-0", "5432/TCP", &[]);
+    assert_eq!(code(&out), 2);
+    assert!(stderr(&out).contains("svc/shop/api is a Service: a Service is only a destination"), "{}", stderr(&out));
+
+    // A Service without ready backends: kube-proxy rejects the connection, so it is denied.
+    let idle = scratch("svc-idle").join("cluster.yaml");
+    let mut text = std::fs::read_to_string(&cluster).unwrap();
+    text.push_str("- apiVersion: v1\n  kind: Service\n  metadata: {name: idle, namespace: shop}\n  spec: {selector: {app: nothing}, clusterIP: 10.200.250.50, ports: [{port: 80}]}\n");
+    std::fs::write(&idle, text).unwrap();
+    let out = trace(&idle, FRONTEND, "svc/shop/idle", "80/TCP", &[]);
+    assert_eq!(code(&out), 1, "{}{}", stdout(&out), stderr(&out));
+    assert!(
+        stdout(&out)
+            .contains("DENIED (Service shop/idle has no ready backends for 80/TCP: kube-proxy rejects traffic to it)"),
+        "{}",
+        stdout(&out)
+    );
+}
+
+#[test]
+fn diff_of_a_service_flow_shows_the_backend_that_changes() {
+    let dir = example("services");
+    let (cluster, policies) = (dir.join("cluster.yaml"), dir.join("policies"));
+    // The candidate drops the canary's port from the frontend's egress.
+    let tmp = scratch("svc-diff");
+    let candidate = tmp.join("policies");
+    std::fs::create_dir_all(&candidate).unwrap();
+    for entry in std::fs::read_dir(&policies).unwrap() {
+        let path = entry.unwrap().path();
+        let text = std::fs::read_to_string(&path)
+            .unwrap()
+            .replace("            - port: \"8081\"\n              protocol: TCP\n", "");
+        std::fs::write(candidate.join(path.file_name().unwrap()), text).unwrap();
+    }
+    let flows = tmp.join("flows.jsonl");
+    std::fs::write(&flows, format!("{{\"from\": \"{FRONTEND}\", \"to\": \"svc/shop/api\", \"port\": \"8080/TCP\"}}\n"))
+        .unwrap();
+    let out = diff(&cluster, &policies, &candidate, &["--flows", s(&flows)]);
+    let text = stdout(&out);
+    assert_eq!(code(&out), 1, "{text}{}", stderr(&out));
+    assert!(text.starts_with("1 flows evaluated: 1 newly denied, 0 newly allowed"), "{text}");
+    assert!(
+        text.contains(&format!("- {FRONTEND} -> svc/shop/api 8080/TCP via shop/api-1:8081: allowed -> DENIED")),
+        "{text}"
+    );
+    assert!(!text.contains("via shop/api-0"), "{text}");
+
+    let out = diff(&cluster, &policies, &candidate, &["--flows", s(&flows), "-o", "json"]);
+    let v: serde_json::Value = serde_json::from_str(&stdout(&out)).expect("diff -o json prints JSON");
+    let flow = &v["flows"][0];
+    assert_eq!(
+        (flow["to"].as_str(), flow["backend"].as_str(), flow["backend_port"].as_u64()),
+        (Some("svc/shop/api"), Some("shop/api-1"), Some(8081)),
+        "{v}"
+    );
+    assert_eq!(flow["change"], "newly-denied");
+
+    let unknown = tmp.join("unknown.jsonl");
+    std::fs::write(
+        &unknown,
+        format!("{{\"from\": \"{FRONTEND}\", \"to\": \"svc/shop/nope\", \"port\": \"8080/TCP\"}}\n"),
+    )
+    .unwrap();
+    let out = diff(&cluster, &policies, &candidate, &["--flows", s(&unknown)]);
+    assert_eq!(code(&out), 2);
+    assert!(stderr(&out).contains("no Service shop/nope in the cluster file"), "{}", stderr(&out));
+}

@@ -2,10 +2,12 @@
 //! loading and trace path as `palisade trace`. A flow's `verdict` is the policy's intent, L7
 //! rules included; where an L7 redirect decides it, the datapath denies the flow meanwhile (drop
 //! reason `l7-unsupported`: no L7 proxy yet), and elsewhere the datapath does what policy says.
+//! A flow to a Service is checked at each of its backends.
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
 use palisade::files;
-use palisade_policy::trace::{self, FlowEnd, FlowPort, HttpRequest, Verdict};
+use palisade_policy::trace::{self, FlowEnd, FlowPort, HttpRequest, Trace, Verdict};
 use palisade_policy::yaml::{Limits, parse_documents};
 use palisade_policy::{CompiledPolicy, EnforcementMode};
 use serde::Deserialize;
@@ -25,11 +27,39 @@ struct ExpectedFlow {
     #[serde(default)]
     headers: Vec<String>,
     verdict: Verdict,
+    /// For a flow to a Service: the verdict at each backend (pod, else address).
+    backends: Option<BTreeMap<String, Verdict>>,
     why: String,
 }
 
 fn examples_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples")
+}
+
+/// The datapath follows the policy's intent except at an L7 redirect, which it denies.
+fn check_datapath(flow: &str, result: &Trace, failures: &mut Vec<String>) {
+    let redirected = result.egress.proxy.is_some() || result.ingress.proxy.is_some();
+    let datapath = if redirected { (Verdict::Denied, Some("l7-unsupported")) } else { (result.intent, None) };
+    if (result.verdict, result.drop_reason()) != datapath {
+        failures.push(format!(
+            "{flow}: the datapath {:?} ({:?}), expected {datapath:?}",
+            result.verdict,
+            result.drop_reason()
+        ));
+    }
+}
+
+fn check_intent(flow: &str, expected: Verdict, why: &str, result: &Trace, failures: &mut Vec<String>) {
+    if result.intent != expected {
+        failures.push(format!(
+            "{flow}: expected {expected:?}, got {:?} ({why})\n  egress: {}{}\n  ingress: {}{}",
+            result.intent,
+            result.egress.rule,
+            result.egress.proxy.as_deref().map(|p| format!(" [{p}]")).unwrap_or_default(),
+            result.ingress.rule,
+            result.ingress.proxy.as_deref().map(|p| format!(" [{p}]")).unwrap_or_default(),
+        ));
+    }
 }
 
 fn check_scenario(name: &str) {
@@ -48,35 +78,29 @@ fn check_scenario(name: &str) {
         let to = FlowEnd::parse(&flow.to).unwrap();
         let port = FlowPort::parse(&flow.port).unwrap();
         let http = flow.http.as_deref().map(|r| HttpRequest::parse(r, &flow.headers).unwrap());
-        let result = trace::trace(&engine, &from, &to, port, http.as_ref()).unwrap();
-        let redirected = result.egress.proxy.is_some() || result.ingress.proxy.is_some();
-        let datapath = if redirected { (Verdict::Denied, Some("l7-unsupported")) } else { (result.intent, None) };
-        if (result.verdict, result.drop_reason()) != datapath {
+        let label = format!("{} -> {} {} {}", flow.from, flow.to, flow.port, flow.http.as_deref().unwrap_or(""));
+        if !matches!(to, FlowEnd::Service { .. }) {
+            assert!(flow.backends.is_none(), "{label}: backends: is for flows to a Service");
+            let result = trace::trace(&engine, &from, &to, port, http.as_ref()).unwrap();
+            check_datapath(&label, &result, &mut failures);
+            check_intent(&label, flow.verdict, &flow.why, &result, &mut failures);
+            continue;
+        }
+        let expected =
+            flow.backends.as_ref().unwrap_or_else(|| panic!("{label}: a flow to a Service lists its backends"));
+        let service = trace::trace_service(&engine, &from, &to, port, http.as_ref()).unwrap();
+        let traced: BTreeSet<&str> = service.backends.iter().map(|b| b.backend.as_str()).collect();
+        assert_eq!(traced, expected.keys().map(String::as_str).collect(), "{label}: backends");
+        if service.intent != flow.verdict {
             failures.push(format!(
-                "{} -> {} {}: the datapath {:?} ({:?}), expected {:?}",
-                flow.from,
-                flow.to,
-                flow.port,
-                result.verdict,
-                result.drop_reason(),
-                datapath
+                "{label}: the Service is {:?}, expected {:?} ({})",
+                service.intent, flow.verdict, flow.why
             ));
         }
-        if result.intent != flow.verdict {
-            failures.push(format!(
-                "{} -> {} {} {}: expected {:?}, got {:?} ({})\n  egress: {}{}\n  ingress: {}{}",
-                flow.from,
-                flow.to,
-                flow.port,
-                flow.http.as_deref().unwrap_or(""),
-                flow.verdict,
-                result.verdict,
-                flow.why,
-                result.egress.rule,
-                result.egress.proxy.as_deref().map(|p| format!(" [{p}]")).unwrap_or_default(),
-                result.ingress.rule,
-                result.ingress.proxy.as_deref().map(|p| format!(" [{p}]")).unwrap_or_default(),
-            ));
+        for backend in &service.backends {
+            let label = format!("{label} via {}:{}", backend.backend, backend.port);
+            check_datapath(&label, &backend.trace, &mut failures);
+            check_intent(&label, expected[&backend.backend], &flow.why, &backend.trace, &mut failures);
         }
     }
     assert!(
@@ -106,4 +130,9 @@ fn client_app_database() {
 #[test]
 fn deny_precedence() {
     check_scenario("deny-precedence");
+}
+
+#[test]
+fn services() {
+    check_scenario("services");
 }

@@ -1,13 +1,14 @@
 //! The cluster a policy set is evaluated against: what `kubectl get
 //! namespaces,pods,nodes,services,endpointslices -A -o yaml` prints (a `List`), or the same objects
 //! as multi-document YAML. Only the fields policy depends on are read.
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
 
 use serde::Deserialize;
 
 use crate::diag::{Diagnostic, Severity};
-use crate::model::Protocol;
+use crate::labels::{LabelSet, Source};
+use crate::model::{Protocol, ServiceRef};
 use crate::parse::SourceFile;
 use crate::yaml::{self, Limits};
 
@@ -17,8 +18,9 @@ pub struct Cluster {
     pub pods: Vec<Pod>,
     pub nodes: Vec<Node>,
     pub services: Vec<Service>,
-    /// EndpointSlices; only those of the `default/kubernetes` Service mean anything to policy
-    /// (they are the API server's addresses, see [`Cluster::apiserver_addresses`]).
+    /// EndpointSlices: those of the `default/kubernetes` Service are the API server's addresses
+    /// (see [`Cluster::apiserver_addresses`]); those of other Services without a selector are
+    /// their backends (`toServices`, see [`Cluster::selectorless_service_addresses`]).
     pub endpoint_slices: Vec<EndpointSlice>,
 }
 
@@ -410,6 +412,21 @@ impl Service {
         self.ports.iter().find(|p| p.port == port && p.protocol == protocol)
     }
 
+    /// Whether `toServices` entry `by` names this Service: by name, or by a selector on its labels.
+    pub fn named_by(&self, by: &ServiceRef) -> bool {
+        match by {
+            ServiceRef::Name { namespace, name } => &self.namespace == namespace && &self.name == name,
+            ServiceRef::Selector { namespace, selector } => {
+                let mut labels = LabelSet::default();
+                for (k, v) in &self.labels {
+                    labels.insert(Source::K8s, k.clone(), v.clone());
+                }
+                labels.insert(Source::K8s, crate::labels::NAMESPACE_KEY, self.namespace.clone());
+                namespace.as_ref().is_none_or(|ns| ns == &self.namespace) && selector.matches(&labels)
+            }
+        }
+    }
+
     /// Whether the Service's selector selects `pod` (host-network pods too: they are backends
     /// at their node's address).
     pub fn selects(&self, pod: &Pod) -> bool {
@@ -529,9 +546,7 @@ impl Cluster {
                 .filter_map(|pod| Some(Backend { ip: pod.ip?, port: port.target_on(pod)?, pod: Some(pod.key()) }))
                 .collect()
         } else {
-            self.endpoint_slices
-                .iter()
-                .filter(|s| s.namespace == service.namespace && s.service_name() == Some(service.name.as_str()))
+            self.slices_of(service)
                 .filter_map(|slice| {
                     let number = slice.ports.iter().find(|p| p.name == port.name && p.protocol == port.protocol)?.port;
                     Some(slice.addresses.iter().map(move |&ip| (ip, number)))
@@ -543,6 +558,25 @@ impl Cluster {
         backends.sort();
         backends.dedup();
         backends
+    }
+
+    /// The EndpointSlices of `service`.
+    pub fn slices_of<'a>(&'a self, service: &'a Service) -> impl Iterator<Item = &'a EndpointSlice> + 'a {
+        self.endpoint_slices
+            .iter()
+            .filter(|s| s.namespace == service.namespace && s.service_name() == Some(service.name.as_str()))
+    }
+
+    /// The ready endpoint addresses of every Service without a selector, `default/kubernetes`
+    /// left out (its addresses are the API server's): the addresses `toServices` can name
+    /// outside the pods.
+    pub fn selectorless_service_addresses(&self) -> BTreeSet<Ipv4Addr> {
+        self.services
+            .iter()
+            .filter(|s| s.selector.is_none() && (s.namespace.as_str(), s.name.as_str()) != APISERVER_SERVICE)
+            .flat_map(|s| self.slices_of(s))
+            .flat_map(|slice| slice.addresses.iter().copied())
+            .collect()
     }
 
     pub fn node(&self, name: &str) -> Option<&Node> {

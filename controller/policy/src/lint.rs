@@ -1,7 +1,7 @@
 //! Warnings about valid policies that probably do not do what their author meant.
 use crate::compile::{CompiledPolicy, Enforcement};
 use crate::diag::{Diagnostic, Severity};
-use crate::model::{Peer, Peers, Policy, PolicyKind, PolicySet, PortSpec, Rule};
+use crate::model::{Peer, Peers, Policy, PolicyKind, PolicySet, PortSpec, Rule, ServiceRef};
 
 fn warning(policy: &Policy, line: u32, path: &str, message: String) -> Diagnostic {
     Diagnostic { severity: Severity::Warning, file: policy.file.clone(), line, path: path.to_string(), message }
@@ -84,6 +84,21 @@ pub fn lint_with_cluster(compiled: &CompiledPolicy) -> Vec<Diagnostic> {
                             &peer_rule.path,
                             format!("peer selector {selector} matches no pod or entity in the cluster"),
                         ));
+                    }
+                    if let Peer::Service(service) = peer
+                        && !compiled.cluster.services.iter().any(|s| s.named_by(service))
+                    {
+                        let message = match service {
+                            ServiceRef::Name { namespace, name } => {
+                                format!(
+                                    "Service {namespace}/{name} is not in the cluster: toServices selects no backend for it"
+                                )
+                            }
+                            ServiceRef::Selector { selector, .. } => {
+                                format!("no Service in the cluster matches {selector}: toServices selects no backend")
+                            }
+                        };
+                        out.push(warning(policy, peer_rule.line, &format!("{}.toServices", peer_rule.path), message));
                     }
                 }
             }

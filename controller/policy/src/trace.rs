@@ -31,13 +31,26 @@ pub enum FlowEnd {
     Entity(String),
     /// The local host: the node the pod at the other end runs on (identity `host`).
     Node,
+    /// A Service, as a destination only: traffic to it is judged at each backend it reaches.
+    Service {
+        namespace: String,
+        name: String,
+    },
 }
 
 impl FlowEnd {
-    /// `NAMESPACE/POD`, `cidr:IP`, `entity:NAME` or `node`.
+    /// `NAMESPACE/POD`, `svc/NAMESPACE/NAME`, `cidr:IP`, `entity:NAME` or `node`.
     pub fn parse(text: &str) -> Result<FlowEnd, String> {
         if text == "node" {
             return Ok(FlowEnd::Node);
+        }
+        if let Some(service) = text.strip_prefix("svc/") {
+            return match service.split_once('/') {
+                Some((ns, name)) if !ns.is_empty() && !name.is_empty() && !name.contains('/') => {
+                    Ok(FlowEnd::Service { namespace: ns.to_string(), name: name.to_string() })
+                }
+                _ => Err(format!("{text:?} is not svc/NAMESPACE/NAME")),
+            };
         }
         if let Some(ip) = text.strip_prefix("cidr:") {
             return ip.parse().map(FlowEnd::Address).map_err(|_| format!("{ip:?} is not an IPv4 address"));
@@ -54,7 +67,7 @@ impl FlowEnd {
             Some((ns, name)) if !ns.is_empty() && !name.is_empty() && !name.contains('/') => {
                 Ok(FlowEnd::Pod { namespace: ns.to_string(), name: name.to_string() })
             }
-            _ => Err(format!("{text:?} is not NAMESPACE/POD, cidr:IP, entity:NAME or node")),
+            _ => Err(format!("{text:?} is not NAMESPACE/POD, svc/NAMESPACE/NAME, cidr:IP, entity:NAME or node")),
         }
     }
 }
@@ -66,6 +79,7 @@ impl fmt::Display for FlowEnd {
             FlowEnd::Address(ip) => write!(f, "cidr:{ip}"),
             FlowEnd::Entity(name) => write!(f, "entity:{name}"),
             FlowEnd::Node => f.write_str("node"),
+            FlowEnd::Service { namespace, name } => write!(f, "svc/{namespace}/{name}"),
         }
     }
 }
@@ -94,6 +108,12 @@ impl FlowPort {
             _ => return Err(bad()),
         };
         Ok(FlowPort { protocol, port })
+    }
+}
+
+impl Serialize for FlowPort {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(self)
     }
 }
 
@@ -230,7 +250,7 @@ fn address_of(compiled: &CompiledPolicy, end: &FlowEnd, other: &FlowEnd) -> Opti
     match end {
         FlowEnd::Pod { namespace, name } => compiled.cluster.pod(namespace, name)?.ip,
         FlowEnd::Address(ip) => Some(*ip),
-        FlowEnd::Entity(_) => None,
+        FlowEnd::Entity(_) | FlowEnd::Service { .. } => None,
         FlowEnd::Node => {
             let pod_node = match other {
                 FlowEnd::Pod { namespace, name } => compiled.cluster.pod(namespace, name)?.node_name.as_deref(),
@@ -254,6 +274,9 @@ fn identity_of(compiled: &CompiledPolicy, end: &FlowEnd) -> Result<u32, String> 
         FlowEnd::Entity(name) => identity::reserved_id(name).ok_or_else(|| format!("unknown entity {name}")),
         // A pod's own node is `host` to it, whatever other nodes see.
         FlowEnd::Node => Ok(dp::IDENTITY_HOST),
+        FlowEnd::Service { .. } => {
+            Err(format!("{end} is a Service: traffic to it is judged at each backend (trace_service)"))
+        }
     }
 }
 
@@ -324,6 +347,100 @@ fn decide(
         rule,
         proxy,
     }
+}
+
+/// Why a flow to a Service cannot be traced.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum ServiceFlowError {
+    #[error("no Service {0} in the cluster file")]
+    UnknownService(String),
+    #[error("Service {service} has no port {port} (its ports: {ports})")]
+    NoSuchPort { service: String, port: FlowPort, ports: String },
+    #[error("Service {service} has no ready backends for {port}: kube-proxy rejects traffic to it")]
+    NoBackends { service: String, port: FlowPort },
+    #[error("{0} is a Service: a Service is only a destination, traffic comes from its clients")]
+    ServiceSource(String),
+    /// The flow from the source to a backend cannot be traced (an unknown source pod, ...).
+    #[error("{0}")]
+    Flow(String),
+}
+
+/// A flow to a Service, judged at each backend as the datapath judges the translated packet:
+/// the source's egress and the backend's ingress, on the backend's port.
+#[derive(Clone, Debug, Serialize)]
+pub struct ServiceTrace {
+    /// `namespace/name`.
+    pub service: String,
+    /// The Service port the flow is to.
+    pub port: FlowPort,
+    /// Allowed only when every backend is: kube-proxy may pick any of them.
+    pub verdict: Verdict,
+    pub intent: Verdict,
+    pub backends: Vec<BackendTrace>,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct BackendTrace {
+    /// The backend pod (`namespace/name`), else its address.
+    pub backend: String,
+    pub address: Ipv4Addr,
+    /// The port traffic to the Service port is translated to on this backend.
+    pub port: u16,
+    pub drop_reason: Option<&'static str>,
+    #[serde(flatten)]
+    pub trace: Trace,
+}
+
+/// Traces a flow from `from` to each backend of the Service `to` on Service port `port`.
+pub fn trace_service(
+    compiled: &CompiledPolicy,
+    from: &FlowEnd,
+    to: &FlowEnd,
+    port: FlowPort,
+    http: Option<&HttpRequest>,
+) -> Result<ServiceTrace, ServiceFlowError> {
+    if let FlowEnd::Service { .. } = from {
+        return Err(ServiceFlowError::ServiceSource(from.to_string()));
+    }
+    let FlowEnd::Service { namespace, name } = to else {
+        return Err(ServiceFlowError::Flow(format!("{to} is not a Service (svc/NAMESPACE/NAME)")));
+    };
+    let key = format!("{namespace}/{name}");
+    let cluster = &compiled.cluster;
+    let service = cluster.service(namespace, name).ok_or_else(|| ServiceFlowError::UnknownService(key.clone()))?;
+    let service_port = service.port(port.port, port.protocol).ok_or_else(|| {
+        let ports: Vec<String> =
+            service.ports.iter().map(|p| FlowPort { protocol: p.protocol, port: p.port }.to_string()).collect();
+        let ports = if ports.is_empty() { "none".to_string() } else { ports.join(", ") };
+        ServiceFlowError::NoSuchPort { service: key.clone(), port, ports }
+    })?;
+    let backends = cluster.backends(service, service_port);
+    if backends.is_empty() {
+        return Err(ServiceFlowError::NoBackends { service: key, port });
+    }
+    let mut traced = Vec::with_capacity(backends.len());
+    for backend in backends {
+        let end = match &backend.pod {
+            Some(pod) => {
+                let (namespace, name) = pod.split_once('/').expect("a pod key is namespace/name");
+                FlowEnd::Pod { namespace: namespace.to_string(), name: name.to_string() }
+            }
+            None => FlowEnd::Address(backend.ip),
+        };
+        let on = FlowPort { protocol: port.protocol, port: backend.port };
+        let trace = trace(compiled, from, &end, on, http).map_err(ServiceFlowError::Flow)?;
+        traced.push(BackendTrace {
+            backend: backend.pod.clone().unwrap_or_else(|| backend.ip.to_string()),
+            address: backend.ip,
+            port: backend.port,
+            drop_reason: trace.drop_reason(),
+            trace,
+        });
+    }
+    let all = |verdict: fn(&Trace) -> Verdict| {
+        if traced.iter().all(|b| verdict(&b.trace) == Verdict::Allowed) { Verdict::Allowed } else { Verdict::Denied }
+    };
+    Ok(ServiceTrace { service: key, port, verdict: all(|t| t.verdict), intent: all(|t| t.intent), backends: traced })
 }
 
 pub fn describe_entry(key: &dp::PolicyKey) -> String {

@@ -11,7 +11,8 @@ pub struct Args {
     /// Policy files or directories (searched recursively for *.yaml and *.yml).
     #[arg(required = true)]
     paths: Vec<PathBuf>,
-    /// Also lint against this cluster: selectors matching no pod, pods cut off from DNS.
+    /// Also lint against this cluster: selectors matching no pod, pods cut off from DNS,
+    /// toServices naming no Service.
     #[arg(long)]
     cluster: Option<PathBuf>,
     #[arg(long, value_enum, default_value_t)]

@@ -21,7 +21,7 @@ pub struct Args {
     #[arg(long, required = true, num_args = 1..)]
     to_policies: Vec<PathBuf>,
     /// Evaluate these flows (JSON lines: {"from": ..., "to": ..., "port": ...}) instead of every
-    /// pod pair on every declared port.
+    /// pod pair on every declared port. A flow to svc/NAMESPACE/NAME is one flow per backend.
     #[arg(long)]
     flows: Option<PathBuf>,
     #[arg(long, value_enum, default_value_t)]
@@ -83,7 +83,11 @@ fn print_text(changes: &[FlowChange], evaluated: usize, text_diffs: &[(PolicyId,
             Change::NewlyAllowed => ("+", "denied -> ALLOWED"),
             Change::RuleChanged => ("~", "same verdict, other rule"),
         };
-        println!("{mark} {} -> {} {}: {what}", c.from, c.to, c.port);
+        let via = match (&c.backend, c.backend_port) {
+            (Some(backend), Some(port)) => format!(" via {backend}:{port}"),
+            _ => String::new(),
+        };
+        println!("{mark} {} -> {} {}{via}: {what}", c.from, c.to, c.port);
         for (side, before, after) in [
             ("egress", &c.before.egress_rule, &c.after.egress_rule),
             ("ingress", &c.before.ingress_rule, &c.after.ingress_rule),

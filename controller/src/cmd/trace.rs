@@ -1,5 +1,6 @@
 use anyhow::{Result, anyhow};
-use palisade_policy::trace::{self, Decision, FlowEnd, FlowPort, HttpRequest, Trace, Verdict};
+use palisade_policy::CompiledPolicy;
+use palisade_policy::trace::{self, Decision, FlowEnd, FlowPort, HttpRequest, ServiceFlowError, Trace, Verdict};
 
 use super::{EngineArgs, Output};
 
@@ -11,7 +12,8 @@ pub struct Args {
     /// destination pod: identity host).
     #[arg(long)]
     from: String,
-    /// Destination: NAMESPACE/POD, cidr:IP, entity:NAME or `node`.
+    /// Destination: NAMESPACE/POD, svc/NAMESPACE/NAME (judged at each backend, on the port the
+    /// Service port is translated to there), cidr:IP, entity:NAME or `node`.
     #[arg(long)]
     to: String,
     /// N/TCP, N/UDP, N/SCTP or icmp/TYPE.
@@ -39,25 +41,100 @@ pub fn run(args: Args) -> Result<u8> {
         .transpose()
         .map_err(|e| anyhow!("--http: {e}"))?;
     let engine = args.engine.engine()?;
+    if matches!(from, FlowEnd::Service { .. }) || matches!(to, FlowEnd::Service { .. }) {
+        return run_service(&engine, &from, &to, port, http.as_ref(), args.output);
+    }
     let result = trace::trace(&engine, &from, &to, port, http.as_ref()).map_err(|e| anyhow!(e))?;
     match args.output {
         Output::Json => println!("{}", serde_json::to_string_pretty(&result)?),
         Output::Text => print_text(&from, &to, port, &result),
     }
-    // The exit code follows what the datapath does, not the L7 rules' intent.
-    Ok(if result.verdict == Verdict::Allowed { 0 } else { 1 })
+    Ok(exit_code(result.verdict))
 }
 
-fn print_text(from: &FlowEnd, to: &FlowEnd, port: FlowPort, result: &Trace) {
-    let verdict = match result.verdict {
+/// The exit code follows what the datapath does, not the L7 rules' intent.
+fn exit_code(verdict: Verdict) -> u8 {
+    if verdict == Verdict::Allowed { 0 } else { 1 }
+}
+
+/// A flow to a Service: the decision at each backend; allowed only when every backend allows it
+/// (kube-proxy may pick any). A Service without ready backends is denied (kube-proxy rejects the
+/// connection); an unknown Service or port is bad input.
+fn run_service(
+    engine: &CompiledPolicy,
+    from: &FlowEnd,
+    to: &FlowEnd,
+    port: FlowPort,
+    http: Option<&HttpRequest>,
+    output: Output,
+) -> Result<u8> {
+    let result = match trace::trace_service(engine, from, to, port, http) {
+        Ok(result) => result,
+        Err(ref e @ ServiceFlowError::NoBackends { ref service, .. }) => {
+            match output {
+                Output::Json => {
+                    let v = serde_json::json!({
+                        "service": service,
+                        "port": port,
+                        "verdict": Verdict::Denied,
+                        "intent": Verdict::Denied,
+                        "reason": e.to_string(),
+                        "backends": [],
+                    });
+                    println!("{}", serde_json::to_string_pretty(&v)?);
+                }
+                Output::Text => println!("{from} -> {to} {port}: DENIED ({e})"),
+            }
+            return Ok(exit_code(Verdict::Denied));
+        }
+        // Each message names the Service, port or pod it is about.
+        Err(e) => return Err(anyhow!(e)),
+    };
+    match output {
+        Output::Json => println!("{}", serde_json::to_string_pretty(&result)?),
+        Output::Text => {
+            let denied = result.backends.iter().filter(|b| b.trace.verdict == Verdict::Denied).count();
+            println!(
+                "{} -> {to} {port}: {} ({denied} of {} backends denied)",
+                end(from, result.backends[0].trace.from_address),
+                verdict_word(result.verdict),
+                result.backends.len()
+            );
+            for backend in &result.backends {
+                let trace = &backend.trace;
+                let service = format!("svc {}:{port}", result.service);
+                println!(
+                    "{service} -> {}:{} {}{}",
+                    backend.backend,
+                    backend.port,
+                    verdict_word(trace.verdict),
+                    why(trace)
+                );
+                print_decisions(trace);
+            }
+        }
+    }
+    Ok(exit_code(result.verdict))
+}
+
+fn verdict_word(verdict: Verdict) -> &'static str {
+    match verdict {
         Verdict::Allowed => "ALLOWED",
         Verdict::Denied => "DENIED",
-    };
-    let end = |end: &FlowEnd, address: Option<std::net::Ipv4Addr>| match (end, address) {
+    }
+}
+
+/// One end of a flow, with the address of a node or entity when it is known.
+fn end(end: &FlowEnd, address: Option<std::net::Ipv4Addr>) -> String {
+    match (end, address) {
         (FlowEnd::Pod { .. } | FlowEnd::Address(_), _) | (_, None) => end.to_string(),
         (_, Some(address)) => format!("{end} ({address})"),
-    };
-    let why = match result.drop_reason() {
+    }
+}
+
+/// Why the datapath drops a flow the policy alone would not.
+fn why(result: &Trace) -> String {
+    match result.drop_reason() {
         Some(reason) => {
             let intent = match result.intent {
                 Verdict::Allowed => "allowed",
@@ -66,8 +143,21 @@ fn print_text(from: &FlowEnd, to: &FlowEnd, port: FlowPort, result: &Trace) {
             format!(" (drop reason {reason}: L7 rules are not enforced yet; the policy's intent: {intent})")
         }
         None => String::new(),
-    };
-    println!("{} -> {} {port}: {verdict}{why}", end(from, result.from_address), end(to, result.to_address));
+    }
+}
+
+fn print_text(from: &FlowEnd, to: &FlowEnd, port: FlowPort, result: &Trace) {
+    println!(
+        "{} -> {} {port}: {}{}",
+        end(from, result.from_address),
+        end(to, result.to_address),
+        verdict_word(result.verdict),
+        why(result)
+    );
+    print_decisions(result);
+}
+
+fn print_decisions(result: &Trace) {
     print_decision("egress ", &result.egress);
     print_decision("ingress", &result.ingress);
 }

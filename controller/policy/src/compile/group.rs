@@ -10,7 +10,7 @@ use super::map_state::{CompiledRule, Enforcement, MapState, PortBlock, PortMatch
 use super::repository::{Repository, RuleRef};
 use super::selector_cache::SelectorCache;
 use super::{AllowLocalhost, CompileOptions, EnforcementMode};
-use crate::cluster::{ContainerPort, Pod, Service};
+use crate::cluster::{Cluster, ContainerPort, Pod};
 use crate::identity::Identity;
 use crate::model::{PeerRule, Peers, PortSpec, Protocol, Section};
 
@@ -76,7 +76,8 @@ pub(crate) struct GroupCompiler<'a> {
     pub repository: &'a Repository,
     pub selectors: &'a mut SelectorCache,
     pub ipcache: &'a IpCache,
-    pub services: &'a [Service],
+    /// Services and EndpointSlices, which `toServices` selects by.
+    pub cluster: &'a Cluster,
     pub options: &'a CompileOptions,
 }
 
@@ -119,14 +120,14 @@ impl GroupCompiler<'_> {
                 }
             }
         }
-        let (selectors, identities, services) = (&mut *self.selectors, self.ipcache.identities(), self.services);
+        let (selectors, identities, cluster) = (&mut *self.selectors, self.ipcache.identities(), self.cluster);
         MapState::new(enforcement, rules, direction, |rule| match &rule.peers {
             RulePeers::All => vec![dp::IDENTITY_ANY],
             RulePeers::Identity(id) => vec![*id],
             RulePeers::Some(peers) => {
                 let mut ids = BTreeSet::new();
                 for peer in peers {
-                    ids.extend(selectors.select(peer, key, identities, services).iter().copied());
+                    ids.extend(selectors.select(peer, key, identities, cluster).iter().copied());
                 }
                 ids.into_iter().collect()
             }

@@ -62,6 +62,9 @@ impl CompiledPolicy {
         for pod in pods {
             compiled.add_pod(pod);
         }
+        // Nothing is compiled yet: no selection to update with these identities.
+        let addresses = compiled.cluster.selectorless_service_addresses();
+        compiled.ipcache.set_service_addresses(addresses);
         let keys: BTreeSet<GroupKey> =
             compiled.cluster.pods.iter().filter(|p| compiled.is_endpoint(p)).map(|p| compiled.group_key(p)).collect();
         compiled.recompile(keys);
@@ -133,8 +136,9 @@ impl CompiledPolicy {
         self.groups.by_key.get_key_value(self.groups.of_endpoint.get(&format!("{namespace}/{name}"))?)
     }
 
-    /// The ipcache: pods as /32, CIDR identities for referenced prefixes, the reserved
-    /// identities of node and API server addresses; one identity per prefix, sorted.
+    /// The ipcache: pods as /32, CIDR identities for referenced prefixes and for the endpoint
+    /// addresses of Services without a selector, the reserved identities of node and API server
+    /// addresses and ClusterIPs; one identity per prefix, sorted.
     pub fn ipcache(&self) -> Vec<(Prefix, u32)> {
         self.ipcache.entries(
             &self.cluster.nodes,
@@ -216,18 +220,41 @@ impl CompiledPolicy {
         self.cluster.nodes = nodes;
     }
 
-    /// EndpointSlices only feed the ipcache (the API server's addresses as kube-apiserver).
+    /// EndpointSlices feed the ipcache (the API server's addresses as kube-apiserver, the
+    /// backends of Services without a selector as /32 CIDR identities) and `toServices`.
     pub fn set_endpoint_slices(&mut self, slices: Vec<EndpointSlice>) {
+        if self.cluster.endpoint_slices == slices {
+            return;
+        }
         self.cluster.endpoint_slices = slices;
+        self.services_changed();
     }
 
-    /// Services change what `toServices` selects: everything is recompiled (they change rarely).
+    /// Services change what `toServices` selects and which addresses are Service backends.
     pub fn set_services(&mut self, services: Vec<Service>) {
         if self.cluster.services == services {
             return;
         }
         self.cluster.services = services;
-        self.rebuild(|_| {});
+        self.services_changed();
+    }
+
+    /// Only what the change touches is recomputed: backend addresses that appear or go are
+    /// patched in and out like any identity, and the groups whose `toServices` peers now select
+    /// other identities are recompiled.
+    fn services_changed(&mut self) {
+        let (added, removed) = self.ipcache.set_service_addresses(self.cluster.selectorless_service_addresses());
+        for id in added {
+            self.identity_added(id);
+        }
+        for id in removed {
+            self.identity_removed(id);
+        }
+        let changed = self.selectors.services_changed(self.ipcache.identities(), &self.cluster);
+        // Users are a superset: groups since removed stay removed.
+        let keys: Vec<GroupKey> =
+            self.selectors.users_of(&changed).filter(|k| self.groups.by_key.contains_key(*k)).cloned().collect();
+        self.recompile(keys);
     }
 
     /// Starts over from the current cluster and the policies after `change`.
@@ -322,7 +349,7 @@ impl CompiledPolicy {
             repository: &self.repository,
             selectors: &mut self.selectors,
             ipcache: &self.ipcache,
-            services: &self.cluster.services,
+            cluster: &self.cluster,
             options: &self.options,
         }
     }
@@ -331,7 +358,7 @@ impl CompiledPolicy {
     /// compiled with a rule naming one of those peers.
     fn identity_added(&mut self, id: u32) {
         let Some(identity) = self.ipcache.identities().get(id) else { return };
-        let changed = self.selectors.identity_added(identity, &self.cluster.services);
+        let changed = self.selectors.identity_added(identity, &self.cluster);
         let keys: Vec<GroupKey> = self.selectors.users_of(&changed).cloned().collect();
         for key in keys {
             let Some(group) = self.groups.by_key.get_mut(&key) else { continue };

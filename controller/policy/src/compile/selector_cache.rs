@@ -8,11 +8,11 @@ use palisade_common as dp;
 use super::group::GroupKey;
 use super::ipcache::ip_block_label;
 use super::map_state::{CompiledRule, RulePeers};
-use crate::cluster::Service;
+use crate::cluster::{Cluster, Service};
 use crate::identity::{Identities, Identity};
-use crate::labels::{self, LabelSet, Source};
-use crate::model::{Peer, ServiceRef};
-use crate::selector::{Operator, Requirement, Selector};
+use crate::labels::{self, Source};
+use crate::model::Peer;
+use crate::selector::{Operator, Selector};
 
 #[derive(Clone, Debug, Default)]
 pub(crate) struct SelectorCache {
@@ -30,7 +30,7 @@ impl SelectorCache {
         peer: &Peer,
         group: &GroupKey,
         identities: &Identities,
-        services: &[Service],
+        cluster: &Cluster,
     ) -> &BTreeSet<u32> {
         let users = self.users.entry(peer.clone()).or_default();
         if !users.contains(group) {
@@ -43,9 +43,9 @@ impl SelectorCache {
             };
             let selected: BTreeSet<u32> = match namespace {
                 Some(ns) => {
-                    identities.in_namespace(&ns).filter(|i| peer_selects(peer, i, services)).map(|i| i.id).collect()
+                    identities.in_namespace(&ns).filter(|i| peer_selects(peer, i, cluster)).map(|i| i.id).collect()
                 }
-                None => identities.all().filter(|i| peer_selects(peer, i, services)).map(|i| i.id).collect(),
+                None => selection(peer, identities, cluster),
             };
             self.selections.insert(peer.clone(), selected);
         }
@@ -62,11 +62,25 @@ impl SelectorCache {
     }
 
     /// A new identity joins the selections that match it; returns the peers that changed.
-    pub fn identity_added(&mut self, identity: &Identity, services: &[Service]) -> Vec<Peer> {
+    pub fn identity_added(&mut self, identity: &Identity, cluster: &Cluster) -> Vec<Peer> {
         let mut changed = Vec::new();
         for (peer, selected) in self.selections.iter_mut() {
-            if peer_selects(peer, identity, services) {
+            if peer_selects(peer, identity, cluster) {
                 selected.insert(identity.id);
+                changed.push(peer.clone());
+            }
+        }
+        changed
+    }
+
+    /// Services or their EndpointSlices changed: `toServices` peers select anew; returns the
+    /// peers whose selection changed.
+    pub fn services_changed(&mut self, identities: &Identities, cluster: &Cluster) -> Vec<Peer> {
+        let mut changed = Vec::new();
+        for (peer, selected) in self.selections.iter_mut().filter(|(p, _)| matches!(p, Peer::Service(_))) {
+            let now = selection(peer, identities, cluster);
+            if now != *selected {
+                *selected = now;
                 changed.push(peer.clone());
             }
         }
@@ -92,7 +106,11 @@ impl SelectorCache {
     }
 }
 
-fn peer_selects(peer: &Peer, identity: &Identity, services: &[Service]) -> bool {
+fn selection(peer: &Peer, identities: &Identities, cluster: &Cluster) -> BTreeSet<u32> {
+    identities.all().filter(|i| peer_selects(peer, i, cluster)).map(|i| i.id).collect()
+}
+
+fn peer_selects(peer: &Peer, identity: &Identity, cluster: &Cluster) -> bool {
     match peer {
         Peer::Labels(selector) => selector.matches(&identity.labels),
         Peer::Cidr(block) => identity.prefix.is_some_and(|p| block.selects(&p)),
@@ -100,41 +118,28 @@ fn peer_selects(peer: &Peer, identity: &Identity, services: &[Service]) -> bool 
             identity.prefix.is_some_and(|p| block.selects(&p))
                 || identity.labels.get(Source::Cidr, &ip_block_label(block)).is_some()
         }
-        Peer::Service(service) => service_selectors(services, service).iter().any(|s| s.matches(&identity.labels)),
+        Peer::Service(service) => {
+            cluster.services.iter().filter(|s| s.named_by(service)).any(|s| backend_identity(cluster, s, identity))
+        }
         // Addresses come from DNS answers at runtime; offline there are none.
         Peer::Fqdn(_) => false,
     }
 }
 
-/// A Service with a pod selector stands for the pods it selects.
-fn service_selectors(services: &[Service], service: &ServiceRef) -> Vec<Selector> {
-    let to_selector = |s: &Service| {
-        let pods = s.selector.as_ref()?;
-        let requirements = pods
-            .iter()
-            .map(|(k, v)| Requirement::equals(Source::K8s, k.clone(), v.clone()))
-            .chain([Requirement::equals(Source::K8s, labels::NAMESPACE_KEY, s.namespace.clone())]);
-        Some(Selector::new(requirements))
-    };
-    services
-        .iter()
-        .filter(|s| match service {
-            ServiceRef::Name { namespace, name } => &s.namespace == namespace && &s.name == name,
-            ServiceRef::Selector { namespace, selector } => {
-                namespace.as_ref().is_none_or(|ns| ns == &s.namespace) && selector.matches(&service_labels(s))
-            }
-        })
-        .filter_map(to_selector)
-        .collect()
-}
-
-fn service_labels(service: &Service) -> LabelSet {
-    let mut set = LabelSet::default();
-    for (k, v) in &service.labels {
-        set.insert(Source::K8s, k.clone(), v.clone());
+/// Whether `identity` is a backend of `service`, as Cilium's `toServices` selects them: a
+/// Service with a selector stands for the pods it selects; one without for the addresses of its
+/// EndpointSlices, whose /32 CIDR identities the ipcache holds for every such Service (see
+/// [`super::CompiledPolicy::ipcache`]).
+fn backend_identity(cluster: &Cluster, service: &Service, identity: &Identity) -> bool {
+    match &service.selector {
+        Some(pods) => {
+            identity.namespace.as_deref() == Some(service.namespace.as_str())
+                && pods.iter().all(|(k, v)| identity.labels.get(Source::K8s, k) == Some(v.as_str()))
+        }
+        None => identity
+            .prefix
+            .is_some_and(|p| p.len == 32 && cluster.slices_of(service).any(|slice| slice.addresses.contains(&p.addr))),
     }
-    set.insert(Source::K8s, labels::NAMESPACE_KEY, service.namespace.clone());
-    set
 }
 
 /// The one namespace a selector is confined to, if it names exactly one.
