@@ -230,6 +230,11 @@ impl LocalCluster {
     /// (connected, or refused by the peer's stack, which it reached), false when it timed out
     /// (dropped).
     pub fn reaches(&self, from: &str, to: &str, port: &str) -> bool {
+        self.probe(from, to, port).reached()
+    }
+
+    /// `palisade local probe` once; `to` may be `svc/NAMESPACE/NAME`. Panics on an error (exit 2).
+    pub fn probe(&self, from: &str, to: &str, port: &str) -> Probe {
         let output = palisade(&[
             "local",
             "probe",
@@ -244,12 +249,42 @@ impl LocalCluster {
             "--timeout",
             "300ms",
         ]);
-        let stdout = String::from_utf8_lossy(&output.stdout);
+        let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
         match output.status.code() {
-            Some(0) => true,
-            Some(1) => !stdout.contains("timed out") && !stdout.contains("unreachable"),
+            Some(code @ (0 | 1)) => Probe { connected: code == 0, stdout },
             _ => panic!("probe {from} -> {to} {port}: {}", String::from_utf8_lossy(&output.stderr)),
         }
+    }
+}
+
+/// What one `palisade local probe` printed.
+#[derive(Debug)]
+pub struct Probe {
+    /// Exit 0.
+    pub connected: bool,
+    /// Its one line: `FROM -> TO ADDRESS:PORT[ -> BACKEND ADDRESS:PORT]: OUTCOME`.
+    pub stdout: String,
+}
+
+impl Probe {
+    /// Whether it got through: connected, or refused by the peer's stack (which it reached); not
+    /// when it timed out (dropped) or was unreachable.
+    pub fn reached(&self) -> bool {
+        self.connected || !(self.stdout.contains("timed out") || self.stdout.contains("unreachable"))
+    }
+
+    pub fn refused(&self) -> bool {
+        self.stdout.trim_end().ends_with(": refused")
+    }
+
+    pub fn timed_out(&self) -> bool {
+        self.stdout.trim_end().ends_with(": timed out")
+    }
+
+    /// The pod that answered a probe of a Service (`NAMESPACE/POD`).
+    pub fn answered_by(&self) -> Option<&str> {
+        let backend = self.stdout.split(" -> ").nth(2).filter(|_| self.connected)?;
+        backend.split([' ', ':']).next()
     }
 }
 

@@ -13,7 +13,7 @@ use serde::Deserialize;
 
 use crate::error::{Error, Result};
 use crate::net::{LocalNetwork, spawn_in_netns};
-use crate::probe::{Port, attempt};
+use crate::probe::{Exchange, Port, attempt};
 
 /// `"db/postgres:5432/TCP, shop/api:8080, ops/dns:53/UDP, ops/dns:icmp"`: comma-separated
 /// `NAMESPACE/POD:PORT[/PROTOCOL]`, TCP when no protocol is given.
@@ -200,7 +200,7 @@ fn run(
 ) {
     let (stopped, wake) = stop;
     loop {
-        let connected = attempt(to, talk.port, options.timeout, true).is_ok_and(|o| o.is_connected());
+        let connected = attempt(to, talk.port, options.timeout, Exchange::Echo).is_ok_and(|(o, _)| o.is_connected());
         if let Some(count) = counts.lock().unwrap_or_else(PoisonError::into_inner).get_mut(talk) {
             if connected {
                 count.successes += 1;

@@ -277,8 +277,7 @@ impl Pod {
         };
         let mut ports = Vec::new();
         for port in spec.containers.iter().flat_map(|c| &c.ports) {
-            let protocol =
-                protocol(port.protocol.as_deref()).map_err(|e| format!("pod {name}: container port {e}"))?;
+            let protocol = protocol(port.protocol.as_deref()).map_err(|e| format!("pod {name}: container port {e}"))?;
             ports.push(ContainerPort { name: port.name.clone(), port: port.container_port, protocol });
         }
         Ok(Pod {
@@ -373,9 +372,10 @@ impl Service {
             let target_port = match &raw.target_port {
                 None => TargetPort::Number(raw.port),
                 Some(serde_json::Value::Number(n)) => TargetPort::Number(
-                    n.as_u64().and_then(|n| u16::try_from(n).ok()).filter(|&n| n > 0).ok_or_else(|| {
-                        format!("{}: targetPort {n} is not a port number (1-65535)", at())
-                    })?,
+                    n.as_u64()
+                        .and_then(|n| u16::try_from(n).ok())
+                        .filter(|&n| n > 0)
+                        .ok_or_else(|| format!("{}: targetPort {n} is not a port number (1-65535)", at()))?,
                 ),
                 // A string of digits is a number too (the API server accepts "8080").
                 Some(serde_json::Value::String(s)) => match s.parse::<u16>() {
@@ -480,11 +480,9 @@ impl Cluster {
             "Pod" => self.pods.push(Pod::from_parts(object.metadata, object.spec, &object.status)?),
             "Node" => self.nodes.push(Node::from_parts(object.metadata, &object.status)),
             "Service" => self.services.push(Service::from_parts(object.metadata, object.spec)?),
-            "EndpointSlice" => self.endpoint_slices.push(EndpointSlice::from_parts(
-                object.metadata,
-                &object.endpoints,
-                &object.ports,
-            )?),
+            "EndpointSlice" => {
+                self.endpoint_slices.push(EndpointSlice::from_parts(object.metadata, &object.endpoints, &object.ports)?)
+            }
             // Anything else in a `kubectl get` dump says nothing about policy.
             _ => {}
         }
