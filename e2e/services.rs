@@ -137,23 +137,22 @@ fn enforced(prefix: &str, policy: &str) -> (LocalCluster, Repo, tempfile::TempDi
     (local, repo, dir)
 }
 
-/// The backends that answered probes of `service` until `expected` all did (or 60 tries).
+/// The backends that answered probes of `service` until `expected` of them did; fails with the
+/// last probe and the log when they do not within [`CONVERGE`] (a probe may fail until the agent
+/// has attached and enforces).
 fn backends_answering(local: &LocalCluster, service: &str, port: &str, expected: usize) -> BTreeSet<String> {
     let mut answered = BTreeSet::new();
     let start = Instant::now();
-    for _ in 0..60 {
+    loop {
         let probe = local.probe(CLIENT, service, port);
-        match probe.answered_by() {
-            Some(pod) => answered.insert(pod.to_owned()),
-            // Until the agent has attached and enforces, a probe may fail.
-            None if start.elapsed() < CONVERGE => continue,
-            None => panic!("{service} {port}: {}\n{}", probe.stdout, local.log()),
-        };
-        if answered.len() == expected {
-            break;
+        answered.extend(probe.answered_by().map(str::to_owned));
+        if answered.len() >= expected {
+            return answered;
+        }
+        if start.elapsed() > CONVERGE {
+            panic!("{service} {port}: answered by {answered:?} only; last probe: {}\n{}", probe.stdout, local.log());
         }
     }
-    answered
 }
 
 #[test]

@@ -3,7 +3,10 @@
 use std::net::Ipv4Addr;
 
 use palisade_policy::Cluster;
-use palisade_policy::cluster::Service;
+use palisade_policy::cluster::{Service, ServicePort};
+use palisade_policy::model::Protocol;
+
+use crate::probe::Port;
 
 /// Local mode's Service range: every ClusterIP must be in it (like a cluster's
 /// `--service-cluster-ip-range`), inside the test network so no packet to one leaves the machine.
@@ -55,6 +58,31 @@ fn outside(service: &Service) -> impl Iterator<Item = Ipv4Addr> + '_ {
     service.cluster_ips.iter().copied().filter(|ip| !in_service_range(*ip))
 }
 
+/// A Service as a destination: `NAMESPACE/NAME`, reached on `port` of its first ClusterIP. The
+/// error says what is wrong with the Service or the port (no file: the caller knows it).
+pub fn resolve<'a>(
+    cluster: &'a Cluster,
+    key: &str,
+    port: Port,
+) -> Result<(Ipv4Addr, &'a Service, &'a ServicePort), String> {
+    let service = key
+        .split_once('/')
+        .and_then(|(namespace, name)| cluster.service(namespace, name))
+        .ok_or_else(|| format!("no Service {key} (Services are svc/NAMESPACE/NAME)"))?;
+    let ip = *service.cluster_ips.first().ok_or_else(|| format!("Service {key} is headless: it has no ClusterIP"))?;
+    let ports =
+        || service.ports.iter().map(|p| format!("{}/{}", p.port, p.protocol.name())).collect::<Vec<_>>().join(", ");
+    let (number, protocol) = match port {
+        Port::Tcp(n) => (n, Protocol::TCP),
+        Port::Udp(n) => (n, Protocol::UDP),
+        Port::Icmp => return Err(format!("Service {key} is reached on one of its ports ({}), not with ICMP", ports())),
+    };
+    let service_port = service
+        .port(number, protocol)
+        .ok_or_else(|| format!("Service {key} has no port {port} (it has {})", ports()))?;
+    Ok((ip, service, service_port))
+}
+
 #[cfg(test)]
 mod tests {
     use palisade_policy::SourceFile;
@@ -82,6 +110,17 @@ items:
             outside,
             [OutsideServiceRange { service: "shop/db".into(), cluster_ip: Ipv4Addr::new(10, 96, 0, 10) }]
         );
+        let at = |port| resolve(&cluster, "shop/api", port).map(|(ip, _, p)| (ip, p.port));
+        assert_eq!(at(Port::Tcp(80)), Ok((Ipv4Addr::new(10, 200, 250, 10), 80)));
+        assert_eq!(at(Port::Udp(80)), Err("Service shop/api has no port 80/UDP (it has 80/TCP)".into()));
+        assert_eq!(
+            at(Port::Icmp),
+            Err("Service shop/api is reached on one of its ports (80/TCP), not with ICMP".into())
+        );
+        let unknown = resolve(&cluster, "shop/nope", Port::Tcp(80)).map(|_| ());
+        assert_eq!(unknown, Err("no Service shop/nope (Services are svc/NAMESPACE/NAME)".into()));
+        let headless = resolve(&cluster, "shop/headless", Port::Tcp(80)).map(|_| ());
+        assert_eq!(headless, Err("Service shop/headless is headless: it has no ClusterIP".into()));
         assert_eq!(
             outside[0].to_string(),
             "Service shop/db: its ClusterIP 10.96.0.10 is outside 10.200.250.0/24: local mode translates ClusterIPs only from that range"

@@ -53,7 +53,7 @@ impl Local {
         let network =
             LocalNetwork::plan_on(&cluster, prefix, node).map_err(|e| Error::Cluster(format!("{name}: {e}")))?;
         check_services(&name, text, &cluster)?;
-        let talks = read_talks(&name, text, &network)?;
+        let talks = read_talks(&name, text, &cluster, &network)?;
         Ok(Local { cluster_file: cluster_file.to_owned(), cluster, network, talks })
     }
 

@@ -10,7 +10,6 @@ use anyhow::{Context, Result};
 use palisade_netsim::{DEFAULT_PREFIX, DEFAULT_STATE_DIR, Local, Outcome, PodNet, Port, StateDir};
 use palisade_policy::AllowLocalhost;
 use palisade_policy::cluster::Backend;
-use palisade_policy::model::Protocol;
 use tabwriter::TabWriter;
 
 #[derive(clap::Args)]
@@ -69,7 +68,8 @@ struct DownArgs {
 #[derive(clap::Args)]
 struct UpArgs {
     /// Cluster file: `kubectl get namespaces,pods,nodes,services -A -o yaml` output. Pods may
-    /// declare traffic in a `palisade.dev/talks-to: "NS/POD:PORT[/PROTO], ..."` annotation.
+    /// declare traffic in a `palisade.dev/talks-to: "NS/POD:PORT[/PROTO], ..."` annotation
+    /// (`svc/NS/NAME:PORT[/PROTO]` for a Service).
     #[arg(long, value_name = "FILE")]
     cluster: PathBuf,
     #[command(flatten)]
@@ -295,27 +295,8 @@ struct ServiceEnd {
 
 /// `NAMESPACE/NAME` of a Service of the cluster with `port` among its ports.
 fn service_end(local: &Local, key: &str, port: Port) -> Result<ServiceEnd> {
-    let file = local.cluster_file.display();
-    let service = key
-        .split_once('/')
-        .and_then(|(namespace, name)| local.cluster.service(namespace, name))
-        .with_context(|| format!("{file}: no Service {key} (Services are svc/NAMESPACE/NAME)"))?;
-    let ip = *service
-        .cluster_ips
-        .first()
-        .with_context(|| format!("{file}: Service {key} is headless: it has no ClusterIP to probe"))?;
-    let ports =
-        || service.ports.iter().map(|p| format!("{}/{}", p.port, p.protocol.name())).collect::<Vec<_>>().join(", ");
-    let (number, protocol) = match port {
-        Port::Tcp(n) => (n, Protocol::TCP),
-        Port::Udp(n) => (n, Protocol::UDP),
-        Port::Icmp => {
-            anyhow::bail!("Service {key}: a ClusterIP is probed on one of its ports ({}), not with ICMP", ports())
-        }
-    };
-    let service_port = service
-        .port(number, protocol)
-        .with_context(|| format!("Service {key} has no port {port} (it has {})", ports()))?;
+    let (ip, service, service_port) = palisade_netsim::services::resolve(&local.cluster, key, port)
+        .map_err(|e| anyhow::anyhow!("{}: {e}", local.cluster_file.display()))?;
     Ok(ServiceEnd { ip, backends: local.cluster.backends(service, service_port) })
 }
 

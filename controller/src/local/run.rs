@@ -140,7 +140,7 @@ pub async fn run(local: Local, options: RunOptions, shutdown: impl Future<Output
         rollouts.push((namespace, name));
     }
     send(Change::Synced)?;
-    let traffic = TrafficGenerator::start(&local.network, &local.talks, options.traffic)?;
+    let traffic = TrafficGenerator::start(&local, options.traffic)?;
     let node = local.network.node();
     info!(
         pods = local.network.pods().count(),
