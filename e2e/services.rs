@@ -167,6 +167,11 @@ fn a_pod_reaches_a_services_backends_through_its_cluster_ip_and_one_without_back
     assert!(!empty.connected && empty.refused(), "no backends: refused, as kube-proxy rejects: {empty:?}");
     // From the node too (kube-proxy's output chain).
     assert!(local.probe("node", "svc/shop/db", "5432/TCP").connected);
+    // Bad input: exit 2, naming what is wrong.
+    let error = local.probe_error(CLIENT, "svc/shop/nope", "80/TCP");
+    assert!(error.contains("no Service shop/nope (Services are svc/NAMESPACE/NAME)"), "{error}");
+    let error = local.probe_error(CLIENT, "svc/shop/api", "8080/TCP");
+    assert!(error.contains("Service shop/api has no port 8080/TCP (it has 80/TCP)"), "{error}");
 }
 
 #[test]

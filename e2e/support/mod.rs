@@ -235,7 +235,24 @@ impl LocalCluster {
 
     /// `palisade local probe` once; `to` may be `svc/NAMESPACE/NAME`. Panics on an error (exit 2).
     pub fn probe(&self, from: &str, to: &str, port: &str) -> Probe {
-        let output = palisade(&[
+        let output = self.run_probe(from, to, port);
+        let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+        match output.status.code() {
+            Some(code @ (0 | 1)) => Probe { connected: code == 0, stdout },
+            _ => panic!("probe {from} -> {to} {port}: {}", String::from_utf8_lossy(&output.stderr)),
+        }
+    }
+
+    /// The error of a probe that must be refused as bad input (exit 2).
+    pub fn probe_error(&self, from: &str, to: &str, port: &str) -> String {
+        let output = self.run_probe(from, to, port);
+        let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+        assert_eq!(output.status.code(), Some(2), "probe {from} -> {to} {port}: {stderr}");
+        stderr
+    }
+
+    fn run_probe(&self, from: &str, to: &str, port: &str) -> std::process::Output {
+        palisade(&[
             "local",
             "probe",
             "--state",
@@ -248,12 +265,7 @@ impl LocalCluster {
             port,
             "--timeout",
             "300ms",
-        ]);
-        let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
-        match output.status.code() {
-            Some(code @ (0 | 1)) => Probe { connected: code == 0, stdout },
-            _ => panic!("probe {from} -> {to} {port}: {}", String::from_utf8_lossy(&output.stderr)),
-        }
+        ])
     }
 }
 
