@@ -24,8 +24,7 @@ pub mod traffic;
 pub use error::{Error, NodeAddressError, Result};
 pub use net::{LocalNetwork, LocalNode, PodNet, in_netns, spawn_in_netns};
 pub use probe::{Outcome, Port, ask_who, probe, probe_from_netns};
-pub use responders::{Responders, WHO};
-pub use services::SERVICE_RANGE;
+pub use responders::Responders;
 pub use state::{DEFAULT_PREFIX, DEFAULT_STATE_DIR, Local, StateDir};
 pub use traffic::{Counts, Talk, TrafficGenerator, TrafficOptions};
 
