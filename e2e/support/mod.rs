@@ -230,7 +230,29 @@ impl LocalCluster {
     /// (connected, or refused by the peer's stack, which it reached), false when it timed out
     /// (dropped).
     pub fn reaches(&self, from: &str, to: &str, port: &str) -> bool {
-        let output = palisade(&[
+        self.probe(from, to, port).reached()
+    }
+
+    /// `palisade local probe` once; `to` may be `svc/NAMESPACE/NAME`. Panics on an error (exit 2).
+    pub fn probe(&self, from: &str, to: &str, port: &str) -> Probe {
+        let output = self.run_probe(from, to, port);
+        let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+        match output.status.code() {
+            Some(code @ (0 | 1)) => Probe { connected: code == 0, stdout },
+            _ => panic!("probe {from} -> {to} {port}: {}", String::from_utf8_lossy(&output.stderr)),
+        }
+    }
+
+    /// The error of a probe that must be refused as bad input (exit 2).
+    pub fn probe_error(&self, from: &str, to: &str, port: &str) -> String {
+        let output = self.run_probe(from, to, port);
+        let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+        assert_eq!(output.status.code(), Some(2), "probe {from} -> {to} {port}: {stderr}");
+        stderr
+    }
+
+    fn run_probe(&self, from: &str, to: &str, port: &str) -> std::process::Output {
+        palisade(&[
             "local",
             "probe",
             "--state",
@@ -243,13 +265,38 @@ impl LocalCluster {
             port,
             "--timeout",
             "300ms",
-        ]);
-        let stdout = String::from_utf8_lossy(&output.stdout);
-        match output.status.code() {
-            Some(0) => true,
-            Some(1) => !stdout.contains("timed out") && !stdout.contains("unreachable"),
-            _ => panic!("probe {from} -> {to} {port}: {}", String::from_utf8_lossy(&output.stderr)),
-        }
+        ])
+    }
+}
+
+/// What one `palisade local probe` printed.
+#[derive(Debug)]
+pub struct Probe {
+    /// Exit 0.
+    pub connected: bool,
+    /// Its one line: `FROM -> TO ADDRESS:PORT[ -> BACKEND ADDRESS:PORT]: OUTCOME`.
+    pub stdout: String,
+}
+
+impl Probe {
+    /// Whether it got through: connected, or refused by the peer's stack (which it reached); not
+    /// when it timed out (dropped) or was unreachable.
+    pub fn reached(&self) -> bool {
+        self.connected || !(self.stdout.contains("timed out") || self.stdout.contains("unreachable"))
+    }
+
+    pub fn refused(&self) -> bool {
+        self.stdout.trim_end().ends_with(": refused")
+    }
+
+    pub fn timed_out(&self) -> bool {
+        self.stdout.trim_end().ends_with(": timed out")
+    }
+
+    /// The pod that answered a probe of a Service (`NAMESPACE/POD`).
+    pub fn answered_by(&self) -> Option<&str> {
+        let backend = self.stdout.split(" -> ").nth(2).filter(|_| self.connected)?;
+        backend.split([' ', ':']).next()
     }
 }
 

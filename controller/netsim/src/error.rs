@@ -34,6 +34,9 @@ pub enum Error {
     /// An `ip` command failed.
     #[error("{action}: {command} failed ({status}): {stderr}")]
     Ip { action: String, command: String, status: ExitStatus, stderr: String },
+    /// An `nft` script failed.
+    #[error("{action}: {command} failed ({status}): {stderr}")]
+    Nft { action: String, command: String, status: ExitStatus, stderr: String },
     #[error("network namespaces {} are still there after deleting them", .0.join(", "))]
     NamespacesLeft(Vec<String>),
     /// The responder process did not come up, or does not go away.

@@ -13,15 +13,17 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 mod error;
+pub mod kube_proxy;
 pub mod net;
 pub mod probe;
 pub mod responders;
+pub mod services;
 pub mod state;
 pub mod traffic;
 
 pub use error::{Error, NodeAddressError, Result};
 pub use net::{LocalNetwork, LocalNode, PodNet, in_netns, spawn_in_netns};
-pub use probe::{Outcome, Port, probe, probe_from_netns};
+pub use probe::{Outcome, Port, ask_who, probe, probe_from_netns};
 pub use responders::Responders;
 pub use state::{DEFAULT_PREFIX, DEFAULT_STATE_DIR, Local, StateDir};
 pub use traffic::{Counts, Talk, TrafficGenerator, TrafficOptions};
@@ -60,6 +62,7 @@ pub fn up(state: &StateDir, cluster_file: &Path, prefix: &str, responders: Comma
     let started = state
         .save(&local, &text)
         .and_then(|()| local.network.create())
+        .and_then(|()| kube_proxy::apply(local.network.node_netns(), &local.cluster))
         .and_then(|()| start_responders(state, responders));
     match started {
         Ok(responders_pid) => Ok(Up { local, responders_pid }),
@@ -79,6 +82,10 @@ pub fn down(state: &StateDir) -> Result<()> {
     require_root()?;
     state.stop_responders()?;
     if let Some(prefix) = state.recorded_prefix()? {
+        let node = net::node_netns(&prefix);
+        if net::netns_with_prefix(&prefix)?.contains(&node) {
+            kube_proxy::remove(&node)?;
+        }
         net::remove_netns_with_prefix(&prefix)?;
     }
     state.clear()

@@ -24,11 +24,14 @@ use rustix::thread::{LinkNameSpaceType, move_into_link_name_space};
 
 use crate::ADDRESS_RANGE;
 use crate::error::{Error, NodeAddressError, Result};
+use crate::services::{in_service_range, service_range};
 
 /// Where `ip netns` keeps named namespaces.
 const NETNS_DIR: &str = "/run/netns";
 /// The pod side of every veth.
 pub const POD_IF: &str = "eth0";
+/// The node namespace's interface the Service range is routed to.
+pub const SERVICES_IF: &str = "kube-services";
 /// The pods' default gateway: only a neighbour entry, never an address.
 const GATEWAY: Ipv4Addr = Ipv4Addr::new(169, 254, 1, 1);
 
@@ -171,6 +174,12 @@ impl LocalNetwork {
                     node.name, ADDRESS_RANGE.0, ADDRESS_RANGE.1
                 )));
             }
+            if in_service_range(ip) {
+                return Err(Error::Cluster(format!(
+                    "pod {key}: status.podIP {ip} is in the Service range {}: local mode routes it to kube-proxy's table",
+                    service_range()
+                )));
+            }
             if !in_range(ip) {
                 return Err(Error::Cluster(format!(
                     "pod {key}: status.podIP {ip} is outside {}/{}: local mode puts addresses only from that range on interfaces",
@@ -191,7 +200,7 @@ impl LocalNetwork {
             let pod = PodNet { key: key.clone(), netns, ip, host_if, ports: pod.ports.clone(), host_mac, pod_mac };
             pods.insert(key, pod);
         }
-        Ok(LocalNetwork { prefix: prefix.to_owned(), node_netns: format!("{prefix}node"), node, pods })
+        Ok(LocalNetwork { prefix: prefix.to_owned(), node_netns: node_netns(prefix), node, pods })
     }
 
     /// Creates the namespaces and links, after removing whatever a previous run with the same
@@ -209,7 +218,17 @@ impl LocalNetwork {
         let node = &self.node_netns;
         let node_ip = self.node.address;
         add_netns(node)?;
-        let mut node_batch = vec!["link set lo up".to_owned(), format!("addr add {node_ip}/32 dev lo")];
+        // The Service range is routed, as a real node's default route covers it, into an
+        // interface that drops whatever kube-proxy's table lets through untranslated (an ifb
+        // device drops what is sent to it; this kernel has no dummy): without a route, the node's
+        // own connections to a ClusterIP would fail before nat-output.
+        let mut node_batch = vec![
+            "link set lo up".to_owned(),
+            format!("addr add {node_ip}/32 dev lo"),
+            format!("link add {SERVICES_IF} type ifb"),
+            format!("link set {SERVICES_IF} up"),
+            format!("route add {} dev {SERVICES_IF}", service_range()),
+        ];
         for pod in self.pods.values() {
             add_netns(&pod.netns)?;
             let (host_mac, pod_mac) = (mac(&pod.host_mac), mac(&pod.pod_mac));
@@ -270,6 +289,11 @@ impl LocalNetwork {
     pub fn pods(&self) -> impl Iterator<Item = &PodNet> {
         self.pods.values()
     }
+}
+
+/// The node namespace of the network with `prefix`.
+pub fn node_netns(prefix: &str) -> String {
+    format!("{prefix}node")
 }
 
 /// Deletes every named network namespace whose name starts with `prefix`.

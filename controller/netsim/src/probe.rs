@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use socket2::{Domain, Protocol, Socket, Type};
 
 use crate::net::{PodNet, in_netns};
+use crate::responders::{WHO, read_who};
 
 /// What the responders echo back.
 const PAYLOAD: &[u8] = b"palisade-probe";
@@ -91,50 +92,87 @@ pub fn probe(from: &PodNet, to: Ipv4Addr, port: Port, timeout: Duration) -> io::
 /// [`probe`] from any network namespace of the local network, the node namespace included
 /// (whose connections come from the node's address: the local host).
 pub fn probe_from_netns(netns: &str, to: Ipv4Addr, port: Port, timeout: Duration) -> io::Result<Outcome> {
-    in_netns(netns, move || attempt(to, port, timeout, false))?
+    in_netns(netns, move || attempt(to, port, timeout, Exchange::Connect).map(|(outcome, _)| outcome))?
 }
 
-/// One attempt from the calling thread's namespace. With `exchange`, a TCP connection also sends
-/// a few bytes and waits for the echo, as real clients do.
-pub(crate) fn attempt(to: Ipv4Addr, port: Port, timeout: Duration, exchange: bool) -> io::Result<Outcome> {
+/// Connects from `netns` to `to` on a TCP or UDP `port` and asks the responder there [`WHO`] it
+/// is: the outcome, and the pod that answered when connected (`None` if the answer names none).
+/// Through a ClusterIP, that is the backend the translation chose.
+pub fn ask_who(netns: &str, to: Ipv4Addr, port: Port, timeout: Duration) -> io::Result<(Outcome, Option<String>)> {
+    in_netns(netns, move || attempt(to, port, timeout, Exchange::Who))?
+}
+
+/// What an attempt sends once connected.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Exchange {
+    /// TCP: the handshake only; UDP: a datagram that must be echoed.
+    Connect,
+    /// A few bytes that must be echoed, on TCP too, as real clients send data.
+    Echo,
+    /// [`WHO`], whose answer names the pod.
+    Who,
+}
+
+/// One attempt from the calling thread's namespace, with the pod named by the answer to [`WHO`].
+pub(crate) fn attempt(
+    to: Ipv4Addr,
+    port: Port,
+    timeout: Duration,
+    exchange: Exchange,
+) -> io::Result<(Outcome, Option<String>)> {
     let start = Instant::now();
+    let sent = if exchange == Exchange::Who { WHO } else { PAYLOAD };
     let answered = match port {
-        Port::Tcp(port) => tcp(to, port, timeout, exchange),
-        Port::Udp(port) => udp(to, port, timeout),
-        Port::Icmp => icmp_echo(to, timeout),
+        Port::Tcp(port) => tcp(to, port, timeout, (exchange != Exchange::Connect).then_some(sent)),
+        Port::Udp(port) => udp(to, port, timeout, sent),
+        Port::Icmp => icmp_echo(to, timeout).map(|()| Vec::new()),
     };
     match answered {
-        Ok(()) => Ok(Outcome::Connected(start.elapsed())),
+        Ok(reply) => {
+            let who = if exchange == Exchange::Who { read_who(&reply) } else { None };
+            Ok((Outcome::Connected(start.elapsed()), who))
+        }
         Err(e) => match e.kind() {
             ErrorKind::ConnectionRefused
             | ErrorKind::ConnectionReset
             | ErrorKind::BrokenPipe
-            | ErrorKind::UnexpectedEof => Ok(Outcome::Refused),
-            ErrorKind::TimedOut | ErrorKind::WouldBlock => Ok(Outcome::TimedOut),
-            ErrorKind::HostUnreachable | ErrorKind::NetworkUnreachable => Ok(Outcome::Unreachable),
+            | ErrorKind::UnexpectedEof => Ok((Outcome::Refused, None)),
+            ErrorKind::TimedOut | ErrorKind::WouldBlock => Ok((Outcome::TimedOut, None)),
+            ErrorKind::HostUnreachable | ErrorKind::NetworkUnreachable => Ok((Outcome::Unreachable, None)),
             _ => Err(e),
         },
     }
 }
 
-fn tcp(to: Ipv4Addr, port: u16, timeout: Duration, exchange: bool) -> io::Result<()> {
+/// Connects, and with `send` writes it and reads the reply: as many bytes, or one line.
+fn tcp(to: Ipv4Addr, port: u16, timeout: Duration, send: Option<&[u8]>) -> io::Result<Vec<u8>> {
     let mut stream = TcpStream::connect_timeout(&SocketAddr::from((to, port)), timeout)?;
-    if exchange {
-        stream.set_read_timeout(Some(timeout))?;
-        stream.write_all(PAYLOAD)?;
-        stream.read_exact(&mut [0; PAYLOAD.len()])?;
+    let Some(send) = send else { return Ok(Vec::new()) };
+    stream.set_read_timeout(Some(timeout))?;
+    stream.write_all(send)?;
+    let mut reply = Vec::new();
+    let mut buf = [0; 256];
+    // A line is answered with a line (WHO); anything else is echoed.
+    let line = send.ends_with(b"\n");
+    while if line { !reply.ends_with(b"\n") } else { reply.len() < send.len() } {
+        let n = stream.read(&mut buf)?;
+        if n == 0 {
+            return Err(ErrorKind::UnexpectedEof.into());
+        }
+        reply.extend_from_slice(&buf[..n]);
     }
-    Ok(())
+    Ok(reply)
 }
 
-fn udp(to: Ipv4Addr, port: u16, timeout: Duration) -> io::Result<()> {
+fn udp(to: Ipv4Addr, port: u16, timeout: Duration, send: &[u8]) -> io::Result<Vec<u8>> {
     let socket = UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0))?;
     // Connected, so that an ICMP port unreachable comes back as ECONNREFUSED.
     socket.connect((to, port))?;
     socket.set_read_timeout(Some(timeout))?;
-    socket.send(PAYLOAD)?;
-    socket.recv(&mut [0; 64])?;
-    Ok(())
+    socket.send(send)?;
+    let mut buf = [0; 512];
+    let n = socket.recv(&mut buf)?;
+    Ok(buf[..n].to_vec())
 }
 
 /// ICMP echo over a raw socket; the kernel in the destination namespace answers.

@@ -1,6 +1,7 @@
 //! Echo servers on every declared container port of every pod, bound inside the pod's namespace:
-//! TCP connections and UDP datagrams are echoed; ICMP echo is answered by the kernel. SCTP ports
-//! are not served.
+//! TCP connections and UDP datagrams are echoed, except [`WHO`], which is answered with
+//! `palisade-who NAMESPACE/POD\n` so that a client of a Service learns which backend it reached;
+//! ICMP echo is answered by the kernel. SCTP ports are not served.
 use std::io::{self, Read, Write};
 use std::net::{Ipv4Addr, Shutdown, SocketAddr, TcpStream, UdpSocket};
 use std::sync::Arc;
@@ -14,6 +15,9 @@ use socket2::{Domain, Socket, Type};
 use crate::error::{Error, Result};
 use crate::net::{LocalNetwork, in_netns};
 use crate::probe::Port;
+
+/// The question a probe asks a responder: who are you? See [`answer`].
+pub const WHO: &[u8] = b"palisade-who\n";
 
 /// An idle TCP connection is closed after this, so that its thread ends.
 const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
@@ -53,10 +57,10 @@ impl Responders {
             for (port, socket) in bound {
                 responders.sockets.push(socket.try_clone().map_err(|e| Error::io("duplicate a responder socket", e))?);
                 let stopping = responders.stopping.clone();
-                let name = format!("{} {port}", pod.key);
+                let (name, key) = (format!("{} {port}", pod.key), pod.key.clone());
                 let thread = thread::Builder::new().name(name.clone()).spawn(move || match port {
-                    Port::Udp(_) => serve_udp(socket.into(), &stopping, &name),
-                    _ => serve_tcp(socket, &stopping, &name),
+                    Port::Udp(_) => serve_udp(socket.into(), &stopping, &name, &key),
+                    _ => serve_tcp(socket, &stopping, &name, key),
                 });
                 responders.threads.push(thread.map_err(|e| Error::io("start a responder thread", e))?);
                 responders.served.push((pod.key.clone(), port));
@@ -96,13 +100,25 @@ fn bind((port, kind, number): (Port, Type, u16)) -> io::Result<(Port, Socket)> {
     Ok((port, socket))
 }
 
-fn serve_tcp(listener: Socket, stopping: &AtomicBool, name: &str) {
+/// The reply to `input` from pod `key`: who it is to [`WHO`], else the input itself.
+fn answer<'a>(input: &'a [u8], key: &str) -> std::borrow::Cow<'a, [u8]> {
+    if input == WHO { format!("palisade-who {key}\n").into_bytes().into() } else { input.into() }
+}
+
+/// Reads the pod a responder names in its answer to [`WHO`].
+pub fn read_who(reply: &[u8]) -> Option<String> {
+    let line = std::str::from_utf8(reply).ok()?.strip_prefix("palisade-who ")?.strip_suffix('\n')?;
+    Some(line.to_owned())
+}
+
+fn serve_tcp(listener: Socket, stopping: &AtomicBool, name: &str, key: String) {
     loop {
         match listener.accept() {
             Ok((stream, _)) => {
                 let stream = TcpStream::from(stream);
                 // Detached: each ends when its client closes or goes idle.
-                let _ = thread::Builder::new().name(format!("{name} echo")).spawn(move || echo(stream));
+                let key = key.clone();
+                let _ = thread::Builder::new().name(format!("{name} echo")).spawn(move || echo(stream, &key));
             }
             Err(_) if stopping.load(Ordering::Relaxed) => return,
             // A client that gave up before the accept, or a signal.
@@ -115,19 +131,19 @@ fn serve_tcp(listener: Socket, stopping: &AtomicBool, name: &str) {
     }
 }
 
-fn echo(mut stream: TcpStream) {
+fn echo(mut stream: TcpStream, key: &str) {
     if stream.set_read_timeout(Some(IDLE_TIMEOUT)).is_err() {
         return;
     }
     let mut buf = [0; 4096];
     while let Ok(n) = stream.read(&mut buf) {
-        if n == 0 || stream.write_all(&buf[..n]).is_err() {
+        if n == 0 || stream.write_all(&answer(&buf[..n], key)).is_err() {
             break;
         }
     }
 }
 
-fn serve_udp(socket: UdpSocket, stopping: &AtomicBool, name: &str) {
+fn serve_udp(socket: UdpSocket, stopping: &AtomicBool, name: &str, key: &str) {
     let mut buf = [0; 65536];
     loop {
         let received = socket.recv_from(&mut buf);
@@ -136,7 +152,7 @@ fn serve_udp(socket: UdpSocket, stopping: &AtomicBool, name: &str) {
         }
         match received {
             Ok((n, from)) => {
-                let _ = socket.send_to(&buf[..n], from);
+                let _ = socket.send_to(&answer(&buf[..n], key), from);
             }
             // ICMP errors for earlier replies surface here; the socket still works.
             Err(e) if matches!(e.kind(), std::io::ErrorKind::ConnectionRefused | std::io::ErrorKind::Interrupted) => {}
@@ -145,5 +161,18 @@ fn serve_udp(socket: UdpSocket, stopping: &AtomicBool, name: &str) {
                 return;
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn who_is_answered_with_the_pod_and_anything_else_echoed() {
+        assert_eq!(&*answer(WHO, "shop/api-0"), b"palisade-who shop/api-0\n");
+        assert_eq!(read_who(&answer(WHO, "shop/api-0")), Some("shop/api-0".to_owned()));
+        assert_eq!(&*answer(b"palisade-probe", "shop/api-0"), b"palisade-probe");
+        assert_eq!(read_who(b"palisade-probe"), None);
     }
 }

@@ -14,6 +14,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, NodeAddressError, Result};
 use crate::net::{LocalNetwork, LocalNode};
+use crate::services;
 use crate::traffic::{Talk, read_talks};
 
 /// Where the CLI keeps its state: under /run, so a reboot (which also drops the namespaces)
@@ -51,7 +52,8 @@ impl Local {
         let node = LocalNode::choose(&cluster).map_err(|e| locate(&name, text, e))?;
         let network =
             LocalNetwork::plan_on(&cluster, prefix, node).map_err(|e| Error::Cluster(format!("{name}: {e}")))?;
-        let talks = read_talks(&name, text, &network)?;
+        check_services(&name, text, &cluster)?;
+        let talks = read_talks(&name, text, &cluster, &network)?;
         Ok(Local { cluster_file: cluster_file.to_owned(), cluster, network, talks })
     }
 
@@ -67,35 +69,73 @@ impl Local {
 /// The error with the file, line and field it is about.
 fn locate(file: &str, text: &str, error: NodeAddressError) -> Error {
     let NodeAddressError::OutsideRange { node, .. } = &error;
-    match internal_ip_field(text, node) {
+    let field = find_field(text, |object| {
+        if object["kind"] != "Node" || object["metadata"]["name"] != node.as_str() {
+            return None;
+        }
+        let i = object["status"]["addresses"].as_array()?.iter().position(|a| a["type"] == "InternalIP")?;
+        Some(format!("status.addresses[{i}].address"))
+    });
+    at_field(file, field, &error)
+}
+
+/// Refuses a cluster whose Services have ClusterIPs outside [`SERVICE_RANGE`](crate::services::SERVICE_RANGE),
+/// naming the file, line and field of each.
+fn check_services(file: &str, text: &str, cluster: &Cluster) -> Result<()> {
+    let errors: Vec<String> = services::check(cluster)
+        .iter()
+        .map(|outside| {
+            let field = find_field(text, |object| {
+                let meta = &object["metadata"];
+                let namespace = meta["namespace"].as_str().unwrap_or("default");
+                if object["kind"] != "Service" || format!("{namespace}/{}", meta["name"].as_str()?) != outside.service {
+                    return None;
+                }
+                // `spec.clusterIPs` wins over `spec.clusterIP` when both are there, as in the parser.
+                let listed = object["spec"]["clusterIPs"].as_array().filter(|ips| !ips.is_empty());
+                Some(match listed {
+                    Some(ips) => {
+                        let i = ips.iter().position(|ip| ip.as_str() == Some(&outside.cluster_ip.to_string()))?;
+                        format!("spec.clusterIPs[{i}]")
+                    }
+                    None => "spec.clusterIP".to_owned(),
+                })
+            });
+            at_field(file, field, outside).to_string()
+        })
+        .collect();
+    if errors.is_empty() { Ok(()) } else { Err(Error::Cluster(errors.join("\n"))) }
+}
+
+/// `error` prefixed with the file, and the line and field path when known.
+fn at_field(file: &str, field: Option<(u32, String)>, error: &dyn std::fmt::Display) -> Error {
+    match field {
         Some((line, field)) => Error::Cluster(format!("{file}:{line}: {field}: {error}")),
         None => Error::Cluster(format!("{file}: {error}")),
     }
 }
 
-/// The line and field path of the InternalIP of Node `name` in a cluster file.
-fn internal_ip_field(text: &str, name: &str) -> Option<(u32, String)> {
-    fn find(node: &yaml::Node, path: &str, name: &str) -> Option<(u32, String)> {
+/// The line and full field path of the first object (also inside a `List`) for which `field`
+/// names a field, given the object as JSON.
+fn find_field(text: &str, field: impl Fn(&serde_json::Value) -> Option<String>) -> Option<(u32, String)> {
+    fn find(
+        node: &yaml::Node,
+        path: &str,
+        field: &dyn Fn(&serde_json::Value) -> Option<String>,
+    ) -> Option<(u32, String)> {
         let object = node.to_json();
-        match object["kind"].as_str()? {
-            "List" => {
-                let items = object["items"].as_array()?;
-                (0..items.len()).find_map(|i| {
-                    let item = node.get(&yaml::parse_path(&format!("items[{i}]")))?;
-                    find(item, &format!("{path}items[{i}]."), name)
-                })
-            }
-            "Node" if object["metadata"]["name"] == name => {
-                let addresses = object["status"]["addresses"].as_array()?;
-                let i = addresses.iter().position(|a| a["type"] == "InternalIP")?;
-                let field = format!("status.addresses[{i}].address");
-                Some((node.line_of(&yaml::parse_path(&field)), format!("{path}{field}")))
-            }
-            _ => None,
+        if object["kind"] == "List" {
+            let items = object["items"].as_array()?;
+            return (0..items.len()).find_map(|i| {
+                let item = node.get(&yaml::parse_path(&format!("items[{i}]")))?;
+                find(item, &format!("{path}items[{i}]."), field)
+            });
         }
+        let name = field(&object)?;
+        Some((node.line_of(&yaml::parse_path(&name)), format!("{path}{name}")))
     }
     let documents = yaml::parse_documents(text, &yaml::Limits::default()).ok()?;
-    documents.iter().find_map(|d| find(d, "", name))
+    documents.iter().find_map(|d| find(d, "", &field))
 }
 
 #[derive(Serialize, Deserialize)]
@@ -354,5 +394,35 @@ items:
         // A pod outside the range.
         let error = format!("{:#}", local(&PODS.replace("10.200.1.3", "10.9.0.3")).unwrap_err());
         assert!(error.contains("pod shop/c: status.podIP 10.9.0.3 is outside 10.200.0.0/16"), "{error}");
+    }
+
+    #[test]
+    fn a_cluster_ip_outside_the_service_range_is_refused_naming_file_line_and_field() {
+        let service = "- kind: Service
+  metadata: {name: api, namespace: shop}
+  spec:
+    clusterIP: 10.96.0.10
+    ports: [{port: 80}]
+- kind: Service
+  metadata: {name: dns}
+  spec:
+    clusterIPs: [10.200.250.53, 10.96.0.53]
+    ports: [{port: 53}]
+- kind: Service
+  metadata: {name: headless, namespace: shop}
+  spec: {clusterIP: None, ports: [{port: 80}]}
+";
+        let error = format!("{:#}", local(&format!("{PODS}{service}")).unwrap_err());
+        assert_eq!(
+            error,
+            "cluster.yaml:19: items[3].spec.clusterIP: Service shop/api: its ClusterIP 10.96.0.10 is outside 10.200.250.0/24: local mode translates ClusterIPs only from that range
+cluster.yaml:24: items[4].spec.clusterIPs[1]: Service default/dns: its ClusterIP 10.96.0.53 is outside 10.200.250.0/24: local mode translates ClusterIPs only from that range"
+        );
+        // A pod in the Service range.
+        let error = format!("{:#}", local(&PODS.replace("10.200.1.3", "10.200.250.3")).unwrap_err());
+        assert!(
+            error.contains("pod shop/c: status.podIP 10.200.250.3 is in the Service range 10.200.250.0/24"),
+            "{error}"
+        );
     }
 }

@@ -6,6 +6,7 @@ use std::sync::{Arc, Condvar, Mutex, PoisonError};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
+use palisade_policy::Cluster;
 use palisade_policy::cluster::ObjectMeta;
 use palisade_policy::yaml::{self, Limits, Node, PathSegment, Value};
 use palisade_policy::{Diagnostic, Severity};
@@ -13,10 +14,13 @@ use serde::Deserialize;
 
 use crate::error::{Error, Result};
 use crate::net::{LocalNetwork, spawn_in_netns};
-use crate::probe::{Port, attempt};
+use crate::probe::{Exchange, Port, attempt};
+use crate::services;
+use crate::state::Local;
 
-/// `"db/postgres:5432/TCP, shop/api:8080, ops/dns:53/UDP, ops/dns:icmp"`: comma-separated
-/// `NAMESPACE/POD:PORT[/PROTOCOL]`, TCP when no protocol is given.
+/// `"db/postgres:5432/TCP, shop/api:8080, ops/dns:53/UDP, ops/dns:icmp, svc/shop/api:80"`:
+/// comma-separated `NAMESPACE/POD:PORT[/PROTOCOL]` or `svc/NAMESPACE/NAME:PORT[/PROTOCOL]` (a
+/// Service through its ClusterIP), TCP when no protocol is given.
 pub const TALKS_TO: &str = "palisade.dev/talks-to";
 
 /// One declared flow, and the key of its counters.
@@ -24,16 +28,17 @@ pub const TALKS_TO: &str = "palisade.dev/talks-to";
 pub struct Talk {
     /// `namespace/name` of the client pod.
     pub from: String,
-    /// `namespace/name` of the server pod.
+    /// `namespace/name` of the server pod, or `svc/namespace/name` of a Service.
     pub to: String,
     pub port: Port,
 }
 
 /// Reads every pod's `palisade.dev/talks-to` annotation from a cluster file. Both ends must be
-/// pods of `network`. Errors name the file, line and field of every bad entry.
-pub fn read_talks(file: &str, text: &str, network: &LocalNetwork) -> Result<Vec<Talk>> {
+/// pods of `network`, or the server a port of a Service of `cluster` with a ClusterIP. Errors
+/// name the file, line and field of every bad entry.
+pub fn read_talks(file: &str, text: &str, cluster: &Cluster, network: &LocalNetwork) -> Result<Vec<Talk>> {
     let docs = yaml::parse_documents(text, &Limits::default()).map_err(|e| Error::Cluster(format!("{file}:{e}")))?;
-    let mut reader = Reader { file, network, talks: Vec::new(), errors: Vec::new() };
+    let mut reader = Reader { file, cluster, network, talks: Vec::new(), errors: Vec::new() };
     for doc in &docs {
         reader.object(doc, String::new());
     }
@@ -46,6 +51,7 @@ pub fn read_talks(file: &str, text: &str, network: &LocalNetwork) -> Result<Vec<
 
 struct Reader<'a> {
     file: &'a str,
+    cluster: &'a Cluster,
     network: &'a LocalNetwork,
     talks: Vec<Talk>,
     errors: Vec<Diagnostic>,
@@ -111,13 +117,15 @@ impl Reader<'_> {
 
     fn talk(&self, from: &str, entry: &str) -> Result<Talk, String> {
         let (to, port) = entry.rsplit_once(':').ok_or("expected NAMESPACE/POD:PORT[/PROTOCOL]")?;
-        if to.split('/').count() != 2 || to.split('/').any(str::is_empty) {
-            return Err(format!("{to:?} is not NAMESPACE/POD"));
-        }
-        if self.network.pod(to).is_none() {
+        let port = port.parse()?;
+        if let Some(service) = to.strip_prefix("svc/") {
+            services::resolve(self.cluster, service, port)?;
+        } else if to.split('/').count() != 2 || to.split('/').any(str::is_empty) {
+            return Err(format!("{to:?} is not NAMESPACE/POD or svc/NAMESPACE/NAME"));
+        } else if self.network.pod(to).is_none() {
             return Err(format!("no pod {to} with a network namespace (it needs a podIP and no hostNetwork)"));
         }
-        Ok(Talk { from: from.to_owned(), to: to.to_owned(), port: port.parse()? })
+        Ok(Talk { from: from.to_owned(), to: to.to_owned(), port })
     }
 }
 
@@ -151,8 +159,9 @@ pub struct TrafficGenerator {
 }
 
 impl TrafficGenerator {
-    /// Starts every flow; the first attempts begin at once.
-    pub fn start(network: &LocalNetwork, talks: &[Talk], options: TrafficOptions) -> Result<TrafficGenerator> {
+    /// Starts every flow of `local`; the first attempts begin at once.
+    pub fn start(local: &Local, options: TrafficOptions) -> Result<TrafficGenerator> {
+        let (network, talks) = (&local.network, &local.talks);
         let mut generator = TrafficGenerator {
             stop: Arc::new((Mutex::new(false), Condvar::new())),
             counts: Arc::new(Mutex::new(talks.iter().map(|t| (t.clone(), Counts::default())).collect())),
@@ -162,7 +171,11 @@ impl TrafficGenerator {
             let pod = |key: &str| {
                 network.pod(key).ok_or_else(|| Error::Cluster(format!("no pod {key} in the local network")))
             };
-            let (from, to): (_, Ipv4Addr) = (pod(&talk.from)?, pod(&talk.to)?.ip);
+            let to: Ipv4Addr = match talk.to.strip_prefix("svc/") {
+                Some(service) => services::resolve(&local.cluster, service, talk.port).map_err(Error::Cluster)?.0,
+                None => pod(&talk.to)?.ip,
+            };
+            let from = pod(&talk.from)?;
             let (stop, counts, flow) = (generator.stop.clone(), generator.counts.clone(), talk.clone());
             let thread = spawn_in_netns(&from.netns, move || run(&flow, to, options, &stop, &counts))
                 .map_err(|e| Error::io(format!("start traffic from {}", talk.from), e))?;
@@ -200,7 +213,7 @@ fn run(
 ) {
     let (stopped, wake) = stop;
     loop {
-        let connected = attempt(to, talk.port, options.timeout, true).is_ok_and(|o| o.is_connected());
+        let connected = attempt(to, talk.port, options.timeout, Exchange::Echo).is_ok_and(|(o, _)| o.is_connected());
         if let Some(count) = counts.lock().unwrap_or_else(PoisonError::into_inner).get_mut(talk) {
             if connected {
                 count.successes += 1;
@@ -220,7 +233,7 @@ fn run(
 
 #[cfg(test)]
 mod tests {
-    use palisade_policy::{Cluster, SourceFile};
+    use palisade_policy::SourceFile;
 
     use super::*;
 
@@ -239,14 +252,21 @@ items:
     name: app
     namespace: shop
     annotations:
-      palisade.dev/talks-to: \"shop/api:8080, shop/api:53/udp, shop/api:icmp, shop/api:80a, api:80, shop/gone:80, shop/api:80/SCTP\"
+      palisade.dev/talks-to: \"shop/api:8080, shop/api:53/udp, shop/api:icmp, shop/api:80a, api:80, shop/gone:80, shop/api:80/SCTP, svc/shop/api:80, svc/shop/api:81\"
   status:
     podIP: 10.200.1.2
+- kind: Service
+  metadata:
+    name: api
+    namespace: shop
+  spec:
+    clusterIP: 10.200.250.10
+    ports: [{port: 80}]
 ";
 
     fn talks(text: &str) -> Result<Vec<Talk>> {
         let cluster = Cluster::parse(&[SourceFile { name: "cluster.yaml", text }]).unwrap();
-        read_talks("cluster.yaml", text, &LocalNetwork::plan(&cluster, "t-").unwrap())
+        read_talks("cluster.yaml", text, &cluster, &LocalNetwork::plan(&cluster, "t-").unwrap())
     }
 
     #[test]
@@ -254,19 +274,30 @@ items:
         let field = "cluster.yaml:15: items[1].metadata.annotations[\"palisade.dev/talks-to\"]";
         let expected = [
             format!("{field}: \"shop/api:80a\": \"80a\" is not a port number (1-65535)"),
-            format!("{field}: \"api:80\": \"api\" is not NAMESPACE/POD"),
+            format!("{field}: \"api:80\": \"api\" is not NAMESPACE/POD or svc/NAMESPACE/NAME"),
             format!(
                 "{field}: \"shop/gone:80\": no pod shop/gone with a network namespace (it needs a podIP and no hostNetwork)"
             ),
             format!("{field}: \"shop/api:80/SCTP\": protocol \"SCTP\": use TCP or UDP, or `icmp` without a port"),
+            format!("{field}: \"svc/shop/api:81\": Service shop/api has no port 81/TCP (it has 80/TCP)"),
         ];
         assert_eq!(talks(CLUSTER).unwrap_err().to_string(), expected.join("\n"));
     }
 
     #[test]
     fn entries_default_to_tcp() {
-        let good = CLUSTER.replace(", shop/api:80a, api:80, shop/gone:80, shop/api:80/SCTP", "");
-        let to = |port| Talk { from: "shop/app".into(), to: "shop/api".into(), port };
-        assert_eq!(talks(&good).unwrap(), [to(Port::Tcp(8080)), to(Port::Udp(53)), to(Port::Icmp)]);
+        let good = CLUSTER
+            .replace(", shop/api:80a, api:80, shop/gone:80, shop/api:80/SCTP", "")
+            .replace(", svc/shop/api:81", "");
+        let to = |to: &str, port| Talk { from: "shop/app".into(), to: to.into(), port };
+        assert_eq!(
+            talks(&good).unwrap(),
+            [
+                to("shop/api", Port::Tcp(8080)),
+                to("shop/api", Port::Udp(53)),
+                to("shop/api", Port::Icmp),
+                to("svc/shop/api", Port::Tcp(80))
+            ]
+        );
     }
 }

@@ -8,8 +8,8 @@ use std::time::{Duration, Instant};
 
 use palisade_netsim::net::{netns_with_prefix, remove_netns_with_prefix};
 use palisade_netsim::{
-    Local, LocalNetwork, Outcome, Port, Responders, StateDir, Talk, TrafficGenerator, TrafficOptions, down, probe,
-    probe_from_netns, require_root, serve_responders, up,
+    Local, LocalNetwork, Outcome, Port, Responders, StateDir, Talk, TrafficGenerator, TrafficOptions, down, kube_proxy,
+    probe, probe_from_netns, require_root, serve_responders, up,
 };
 
 const TIMEOUT: Duration = Duration::from_millis(500);
@@ -37,6 +37,7 @@ fn create(prefix: &'static str) -> (Local, Cleanup) {
     require_root().expect("these tests create network namespaces: run them as root");
     let local = Local::read(&test_cluster(), prefix).unwrap();
     local.network.create().unwrap();
+    kube_proxy::apply(local.network.node_netns(), &local.cluster).unwrap();
     (local, Cleanup(prefix))
 }
 
@@ -121,11 +122,12 @@ fn traffic_generator_counts_declared_flows() {
             talk("db/postgres", Port::Tcp(5432)),
             talk("ops/dns", Port::Udp(53)),
             talk("db/postgres", Port::Tcp(5433)),
-            talk("ops/dns", Port::Icmp)
+            talk("ops/dns", Port::Icmp),
+            talk("svc/ops/dns", Port::Udp(53))
         ]
     );
     let options = TrafficOptions { interval: Duration::from_millis(20), timeout: TIMEOUT };
-    let generator = TrafficGenerator::start(&local.network, &local.talks, options).unwrap();
+    let generator = TrafficGenerator::start(&local, options).unwrap();
     let deadline = Instant::now() + Duration::from_secs(5);
     while generator.counts().values().any(|c| c.successes + c.failures < 3) && Instant::now() < deadline {
         thread::sleep(Duration::from_millis(10));

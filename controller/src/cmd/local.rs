@@ -9,6 +9,7 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use palisade_netsim::{DEFAULT_PREFIX, DEFAULT_STATE_DIR, Local, Outcome, PodNet, Port, StateDir};
 use palisade_policy::AllowLocalhost;
+use palisade_policy::cluster::Backend;
 use tabwriter::TabWriter;
 
 #[derive(clap::Args)]
@@ -20,14 +21,15 @@ pub struct Args {
 #[derive(clap::Subcommand)]
 enum Command {
     /// Create a network namespace per pod of a cluster file, routed through one node namespace,
-    /// and start echo responders on the pods' declared ports. Replaces a previous `up`, and
-    /// removes what a previous `run` left (as `down` does).
+    /// and start echo responders on the pods' declared ports; Services (ClusterIPs in
+    /// 10.200.250.0/24) are translated by a kube-proxy nftables table in the node namespace.
+    /// Replaces a previous `up`, and removes what a previous `run` left (as `down` does).
     Up(UpArgs),
     /// Stop the responders and delete the namespaces and state that `up` made, with what `run`
     /// left: its controller state (rollouts, revisions, reports, Git mirrors) and the pinned datapath.
     Down(DownArgs),
-    /// Connect once from one pod (or the node) to another. Exit 0 connected, 1 refused or timed
-    /// out, 2 error.
+    /// Connect once from one pod (or the node) to another pod, the node or a Service. Exit 0
+    /// connected, 1 refused or timed out, 2 error.
     Probe(ProbeArgs),
     /// Run the controller and the agent against the local cluster (bringing it up first if it
     /// is not): sync each PolicyRollout's Git source, audit candidates on the pods' traffic,
@@ -66,7 +68,8 @@ struct DownArgs {
 #[derive(clap::Args)]
 struct UpArgs {
     /// Cluster file: `kubectl get namespaces,pods,nodes,services -A -o yaml` output. Pods may
-    /// declare traffic in a `palisade.dev/talks-to: "NS/POD:PORT[/PROTO], ..."` annotation.
+    /// declare traffic in a `palisade.dev/talks-to: "NS/POD:PORT[/PROTO], ..."` annotation
+    /// (`svc/NS/NAME:PORT[/PROTO]` for a Service).
     #[arg(long, value_name = "FILE")]
     cluster: PathBuf,
     #[command(flatten)]
@@ -110,7 +113,8 @@ struct ProbeArgs {
     /// local host).
     #[arg(long)]
     from: String,
-    /// Server: NAMESPACE/POD, or `node`.
+    /// Server: NAMESPACE/POD, `node`, or `svc/NAMESPACE/NAME`: a Service through its ClusterIP,
+    /// translated by the node's kube-proxy table; the backend that answered is printed.
     #[arg(long)]
     to: String,
     /// `PORT[/TCP|/UDP]` or `icmp`.
@@ -199,6 +203,13 @@ fn up(args: UpArgs) -> Result<u8> {
         node.address,
         network.pods().count()
     );
+    let services = up.local.cluster.services.iter().filter(|s| !s.cluster_ips.is_empty()).count();
+    if services > 0 {
+        println!(
+            "{services} Services translated by table ip {} in the node namespace",
+            palisade_netsim::kube_proxy::TABLE
+        );
+    }
     println!("responders: pid {}, log {}", up.responders_pid, state.log_file().display());
     if !up.local.talks.is_empty() {
         println!("{} talks-to flows declared", up.local.talks.len());
@@ -241,18 +252,52 @@ fn probe(args: ProbeArgs) -> Result<u8> {
         None => state.load()?,
     };
     let from = end(&local, &args.from)?;
-    let to = end(&local, &args.to)?;
-    let outcome = palisade_netsim::probe_from_netns(&from.netns, to.ip, args.port, args.timeout)
-        .with_context(|| format!("probe from {} (is the local cluster up?)", from.name))?;
-    let target = match args.port {
-        Port::Icmp => format!("{} ICMP", to.ip),
-        port => format!("{}:{port}", to.ip),
+    let tried = || format!("probe from {} (is the local cluster up?)", from.name);
+    let outcome = match args.to.strip_prefix("svc/") {
+        Some(service) => {
+            let to = service_end(&local, service, args.port)?;
+            let (outcome, answered_by) =
+                palisade_netsim::ask_who(&from.netns, to.ip, args.port, args.timeout).with_context(tried)?;
+            let backend = match (&outcome, answered_by) {
+                (Outcome::Connected(_), Some(pod)) => {
+                    let at = to.backends.iter().find(|b| b.pod.as_deref() == Some(pod.as_str()));
+                    at.map_or(format!(" -> {pod}"), |b| format!(" -> {pod} {}:{}", b.ip, b.port))
+                }
+                (Outcome::Connected(_), None) => " -> (an answer that names no pod)".to_owned(),
+                _ => String::new(),
+            };
+            println!("{} -> {} {}:{}{backend}: {outcome}", from.name, args.to, to.ip, args.port);
+            outcome
+        }
+        None => {
+            let to = end(&local, &args.to)?;
+            let outcome =
+                palisade_netsim::probe_from_netns(&from.netns, to.ip, args.port, args.timeout).with_context(tried)?;
+            let target = match args.port {
+                Port::Icmp => format!("{} ICMP", to.ip),
+                port => format!("{}:{port}", to.ip),
+            };
+            println!("{} -> {} {target}: {outcome}", from.name, to.name);
+            outcome
+        }
     };
-    println!("{} -> {} {target}: {outcome}", from.name, to.name);
     Ok(match outcome {
         Outcome::Connected(_) => 0,
         Outcome::Refused | Outcome::TimedOut | Outcome::Unreachable => 1,
     })
+}
+
+/// A Service a probe goes to: its (first) ClusterIP, and the backends of the probed port.
+struct ServiceEnd {
+    ip: std::net::Ipv4Addr,
+    backends: Vec<Backend>,
+}
+
+/// `NAMESPACE/NAME` of a Service of the cluster with `port` among its ports.
+fn service_end(local: &Local, key: &str, port: Port) -> Result<ServiceEnd> {
+    let (ip, service, service_port) = palisade_netsim::services::resolve(&local.cluster, key, port)
+        .map_err(|e| anyhow::anyhow!("{}: {e}", local.cluster_file.display()))?;
+    Ok(ServiceEnd { ip, backends: local.cluster.backends(service, service_port) })
 }
 
 /// One end of a probe: a pod's namespace, or the node namespace.

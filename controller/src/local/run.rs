@@ -121,6 +121,9 @@ pub async fn run(local: Local, options: RunOptions, shutdown: impl Future<Output
     }
     send(Change::Nodes(local.cluster_with_node().nodes))?;
     send(Change::Services(local.cluster.services.clone()))?;
+    // The node's kube-proxy translates the same Services the agent is given (`up` made the
+    // table; this rewrites it in one transaction, so it matches the cluster this run uses).
+    palisade_netsim::kube_proxy::apply(local.network.node_netns(), &local.cluster)?;
     send(Change::EndpointSlices(local.cluster.endpoint_slices.clone()))?;
     // The spec comes from the files; status (and a suspend from the CLI) from the last run.
     let mut rollouts = Vec::new();
@@ -140,7 +143,7 @@ pub async fn run(local: Local, options: RunOptions, shutdown: impl Future<Output
         rollouts.push((namespace, name));
     }
     send(Change::Synced)?;
-    let traffic = TrafficGenerator::start(&local.network, &local.talks, options.traffic)?;
+    let traffic = TrafficGenerator::start(&local, options.traffic)?;
     let node = local.network.node();
     info!(
         pods = local.network.pods().count(),
