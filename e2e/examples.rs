@@ -1,11 +1,14 @@
 //! Every scenario in `examples/` on real traffic: its policies are committed to a Git
 //! repository, `palisade local run` syncs and enforces them, and every flow of its `flows.yaml`
-//! between two pods is made as a real connection whose fate must be the expected verdict. Flows
+//! between two pods is made as a real connection whose fate must be the expected verdict; a flow
+//! to a Service goes through local mode's kube-proxy, repeatedly, until every backend has shown
+//! its own verdict (kube-proxy picks one at random). Flows
 //! with an `http:` request (decided by an L7 proxy, which the datapath does not have yet), flows
 //! to or from addresses and entities outside the pods, and ICMP types other than echo are left
 //! to the policy engine's and the datapath's own scenario tests.
 mod support;
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 use std::time::Duration;
 
@@ -18,6 +21,8 @@ struct Flow {
     to: String,
     port: String,
     allowed: bool,
+    /// For a flow to a Service: each backend pod's expected verdict.
+    backends: BTreeMap<String, bool>,
 }
 
 /// The flows a real connection between two pods can check.
@@ -38,11 +43,17 @@ fn flows(dir: &Path) -> Vec<Flow> {
                 port => port.to_owned(),
             },
             allowed: field(flow, "verdict") == "allowed",
+            backends: flow["backends"]
+                .as_object()
+                .into_iter()
+                .flatten()
+                .map(|(backend, verdict)| (backend.clone(), verdict == "allowed"))
+                .collect(),
         })
         .filter(|f| !f.from.contains(':') && !f.to.contains(':'))
-        // Flows to Services need local mode's kube-proxy; until then the engine checks them per
-        // backend (controller/tests/examples.rs).
-        .filter(|f| !f.to.starts_with("svc/"))
+        // A Service backend outside the pods (a selector-less Service's address) has nothing
+        // listening in local mode.
+        .filter(|f| f.backends.keys().all(|backend| backend.contains('/')))
         .filter(|f| f.port == "icmp" || f.port.ends_with("/TCP") || f.port.ends_with("/UDP"))
         .collect()
 }
@@ -60,6 +71,10 @@ fn scenario(name: &str, prefix: &str) {
     assert!(flows.len() >= 5, "{name}: only {} flows can be checked with real traffic", flows.len());
     let mut wrong = Vec::new();
     for flow in &flows {
+        if flow.to.starts_with("svc/") {
+            wrong.extend(through_service(&local, flow));
+            continue;
+        }
         let reached = local.reaches(&flow.from, &flow.to, &flow.port);
         if reached != flow.allowed {
             wrong.push(format!(
@@ -83,6 +98,33 @@ fn scenario(name: &str, prefix: &str) {
     eprintln!("{name}: {} flows checked on real traffic", flows.len());
 }
 
+/// Probes a Service until each backend has shown its verdict: every allowed backend answered,
+/// and a denied backend showed as a probe that got nowhere (no backend answers a dropped one).
+fn through_service(local: &LocalCluster, flow: &Flow) -> Option<String> {
+    const ATTEMPTS: usize = 16;
+    let (mut answered, mut dropped) = (BTreeSet::new(), 0);
+    for _ in 0..ATTEMPTS {
+        let probe = local.probe(&flow.from, &flow.to, &flow.port);
+        match probe.answered_by() {
+            Some(backend) => {
+                answered.insert(backend.to_owned());
+            }
+            None => dropped += 1,
+        }
+    }
+    let allowed: BTreeSet<String> = flow.backends.iter().filter(|(_, a)| **a).map(|(b, _)| b.clone()).collect();
+    let expect_drops = flow.backends.values().any(|&a| !a);
+    (answered != allowed || (dropped > 0) != expect_drops).then(|| {
+        format!(
+            "{} -> {} {}: expected answers from {allowed:?}{}, got answers from {answered:?} and {dropped} of {ATTEMPTS} probes dropped",
+            flow.from,
+            flow.to,
+            flow.port,
+            if expect_drops { " and some probes dropped" } else { "" }
+        )
+    })
+}
+
 fn verdict(allowed: bool) -> &'static str {
     if allowed { "allowed" } else { "denied" }
 }
@@ -100,6 +142,11 @@ fn frontend_backend() {
 #[test]
 fn client_app_database() {
     scenario("client-app-database", "e2c-");
+}
+
+#[test]
+fn services() {
+    scenario("services", "e2s-");
 }
 
 #[test]
