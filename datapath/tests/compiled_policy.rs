@@ -84,7 +84,7 @@ fn flows(dir: &Path) -> Vec<Flow> {
 }
 
 /// The ends of the scenario's flows that are pods or addresses; `None` for entities and
-/// Services.
+/// Services (whose backends have addresses).
 fn address(engine: &CompiledPolicy, end: &FlowEnd) -> Option<Ipv4Addr> {
     match end {
         FlowEnd::Pod { namespace, name } => {
@@ -92,10 +92,7 @@ fn address(engine: &CompiledPolicy, end: &FlowEnd) -> Option<Ipv4Addr> {
             Some(pod.ip.unwrap_or_else(|| panic!("pod {end} has no IP in cluster.yaml")))
         }
         FlowEnd::Address(ip) => Some(*ip),
-        FlowEnd::Entity(_) | FlowEnd::Node => None,
-        // Judged after translation, which BPF_PROG_TEST_RUN has no kube-proxy for: the engine
-        // checks svc flows per backend (controller/tests/examples.rs).
-        FlowEnd::Service { .. } => None,
+        FlowEnd::Entity(_) | FlowEnd::Node | FlowEnd::Service { .. } => None,
     }
 }
 
@@ -209,6 +206,17 @@ struct Outcome {
     failures: Vec<String>,
 }
 
+/// One connection of a flow as the kernel sees it: to the destination, or to one backend of a
+/// Service after translation.
+struct Leg {
+    to: String,
+    daddr: Ipv4Addr,
+    dport: u16,
+    /// The ClusterIP the source addressed, for a Service's backend.
+    cluster_ip: Option<Ipv4Addr>,
+    trace: trace::Trace,
+}
+
 fn check_scenario(index: usize, name: &str) -> Outcome {
     let dir = examples_dir().join(name);
     let engine = engine(&dir);
@@ -249,7 +257,7 @@ fn check_scenario(index: usize, name: &str) -> Outcome {
         let from = FlowEnd::parse(&flow.from).unwrap();
         let to = FlowEnd::parse(&flow.to).unwrap();
         let port = FlowPort::parse(&flow.port).unwrap();
-        let (Some(saddr), Some(daddr)) = (address(&engine, &from), address(&engine, &to)) else {
+        let Some(saddr) = address(&engine, &from) else {
             skipped += 1;
             continue;
         };
@@ -257,50 +265,111 @@ fn check_scenario(index: usize, name: &str) -> Outcome {
             skipped += 1;
             continue;
         }
-        let expected = trace::trace(&engine, &from, &to, port, None).unwrap();
-        let packet = frame(port.protocol, saddr, daddr, sports.next().unwrap(), port.port);
-        let run_hook = |end: &FlowEnd, hook: Hook| {
-            let FlowEnd::Pod { .. } = end else { return None };
-            let (_, ifindex, entries) = endpoints.get(&end.to_string())?;
-            let run = datapath.run_frame(hook, *ifindex, &packet, 1).unwrap();
-            let direction = if hook == Hook::FromEndpoint { 1 } else { 0 };
-            Some((if run.passed { Verdict::Allowed } else { Verdict::Denied }, &entries[direction]))
+        // One leg per connection the kernel sees: the flow itself, or one per Service backend.
+        let (traced_verdict, legs) = match &to {
+            FlowEnd::Service { namespace, name } => {
+                let traced = trace::trace_service(&engine, &from, &to, port, None).unwrap();
+                let service = engine.cluster.service(namespace, name).unwrap();
+                let cluster_ip = service.cluster_ips[0];
+                let legs = traced
+                    .backends
+                    .into_iter()
+                    .map(|b| Leg {
+                        to: b.backend,
+                        daddr: b.address,
+                        dport: b.port,
+                        cluster_ip: Some(cluster_ip),
+                        trace: b.trace,
+                    })
+                    .collect();
+                (traced.verdict, legs)
+            }
+            _ => {
+                let Some(daddr) = address(&engine, &to) else {
+                    skipped += 1;
+                    continue;
+                };
+                let traced = trace::trace(&engine, &from, &to, port, None).unwrap();
+                (
+                    traced.verdict,
+                    vec![Leg { to: to.to_string(), daddr, dport: port.port, cluster_ip: None, trace: traced }],
+                )
+            }
         };
-        let egress = run_hook(&from, Hook::FromEndpoint);
-        let ingress = run_hook(&to, Hook::ToEndpoint);
         checked += 1;
-
+        let source = endpoints.get(&from.to_string());
         let mut problems = Vec::new();
-        for (side, kernel, traced) in [("egress", &egress, &expected.egress), ("ingress", &ingress, &expected.ingress)]
-        {
-            match kernel {
-                Some((verdict, entries)) if *verdict != traced.verdict => problems.push(format!(
-                    "  {side}: kernel {verdict:?}, trace {}; entries of {}:{}",
-                    decision(traced),
-                    traced.endpoint.as_deref().unwrap_or("?"),
-                    describe(entries),
-                )),
-                // Not an endpoint: trace must not have judged it either.
-                None if traced.endpoint.is_some() => {
-                    problems.push(format!("  {side}: trace judged it ({}) but no endpoint ran", decision(traced)))
+        // Allowed only when every leg passes both hooks, as for the Service's trace.
+        let mut verdict = Verdict::Allowed;
+        for leg in &legs {
+            let sport = sports.next().unwrap();
+            let packet = frame(port.protocol, saddr, leg.daddr, sport, leg.dport);
+            let passed = |run: palisade_datapath::FrameRun| if run.passed { Verdict::Allowed } else { Verdict::Denied };
+            let target = endpoints.get(&leg.to);
+            let (egress, mark) = match (source, leg.cluster_ip) {
+                (None, _) => (None, 0),
+                (Some((_, ifindex, entries)), None) => (
+                    Some((passed(datapath.run_frame(Hook::FromEndpoint, *ifindex, &packet, 1).unwrap()), &entries[1])),
+                    0,
+                ),
+                // To a ClusterIP: the source's hook defers; its egress is judged after
+                // translation, on the backend's interface (any interface for one off the node).
+                (Some((id, ifindex, entries)), Some(cluster_ip)) => {
+                    let opening = frame(port.protocol, saddr, cluster_ip, sport, port.port);
+                    let deferred = datapath.run_frame(Hook::FromEndpoint, *ifindex, &opening, 1).unwrap();
+                    if !deferred.passed {
+                        problems.push(format!("  the source's hook dropped the packet to ClusterIP {cluster_ip}"));
+                    }
+                    let mark = datapath.service_mark(*id).unwrap();
+                    let at = target.map_or(*ifindex, |t| t.1);
+                    let run = datapath.run_marked_frame(Hook::DeferredEgress, at, mark, &packet, 1).unwrap();
+                    (Some((passed(run), &entries[1])), mark)
                 }
-                _ => {}
+            };
+            let ingress = target.map(|(_, ifindex, entries)| {
+                (passed(datapath.run_marked_frame(Hook::ToEndpoint, *ifindex, mark, &packet, 1).unwrap()), &entries[0])
+            });
+            for (side, kernel, traced) in
+                [("egress", &egress, &leg.trace.egress), ("ingress", &ingress, &leg.trace.ingress)]
+            {
+                match kernel {
+                    Some((verdict, entries)) if *verdict != traced.verdict => problems.push(format!(
+                        "  {} {side}: kernel {verdict:?}, trace {}; entries of {}:{}",
+                        leg.to,
+                        decision(traced),
+                        traced.endpoint.as_deref().unwrap_or("?"),
+                        describe(entries),
+                    )),
+                    // Not an endpoint: trace must not have judged it either.
+                    None if traced.endpoint.is_some() => problems.push(format!(
+                        "  {} {side}: trace judged it ({}) but no endpoint ran",
+                        leg.to,
+                        decision(traced)
+                    )),
+                    _ => {}
+                }
+                if kernel.as_ref().is_some_and(|k| k.0 == Verdict::Denied) {
+                    verdict = Verdict::Denied;
+                }
             }
         }
-        let side = |kernel: &Option<(Verdict, &Vec<PolicyEntry>)>| kernel.as_ref().map_or(Verdict::Allowed, |k| k.0);
-        let kernel = if side(&egress) == Verdict::Allowed && side(&ingress) == Verdict::Allowed {
-            Verdict::Allowed
-        } else {
-            Verdict::Denied
-        };
+        let kernel = verdict;
         denied_in_kernel += (kernel == Verdict::Denied) as usize;
-        if kernel != flow.verdict || expected.verdict != flow.verdict {
+        if kernel != flow.verdict || traced_verdict != flow.verdict {
+            let traces: String = legs
+                .iter()
+                .map(|l| {
+                    format!(
+                        "\n  {}: egress {}; ingress {}",
+                        l.to,
+                        decision(&l.trace.egress),
+                        decision(&l.trace.ingress)
+                    )
+                })
+                .collect();
             problems.push(format!(
-                "  flows.yaml expects {:?}; kernel {kernel:?}, trace {:?}\n  egress trace: {}\n  ingress trace: {}",
-                flow.verdict,
-                expected.verdict,
-                decision(&expected.egress),
-                decision(&expected.ingress)
+                "  flows.yaml expects {:?}; kernel {kernel:?}, trace {traced_verdict:?}{traces}",
+                flow.verdict
             ));
         }
         if !problems.is_empty() {
@@ -326,7 +395,7 @@ fn kernel_agrees_with_compiler_and_examples() {
     for (index, name) in scenarios.iter().enumerate() {
         let mut outcome = check_scenario(index, name);
         eprintln!(
-            "{name}: {} flows checked in the kernel ({} denied there), {} skipped (entity, Service or http)",
+            "{name}: {} flows checked in the kernel ({} denied there), {} skipped (entity or http)",
             outcome.checked, outcome.denied_in_kernel, outcome.skipped
         );
         assert!(outcome.checked > 0, "{name}: no flow could be checked");
