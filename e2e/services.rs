@@ -4,7 +4,8 @@
 //! backends refuses. Under an egress policy the datapath judges a Service connection by the
 //! backend it reaches, as Cilium does: DNS through `kube-system/kube-dns` works under the usual
 //! `k8s-app: kube-dns` allow, a Service whose backends the policy does not allow is dropped, and
-//! the backend's ingress policy still applies.
+//! the backend's ingress policy still applies; `toServices` selects a Service's backends by name
+//! and by selector.
 mod support;
 
 use std::collections::BTreeSet;
@@ -45,7 +46,7 @@ fn pod(namespace: &str, name: &str, labels: &str, ip: &str, ports: &[&str]) -> S
 }
 
 /// A Service: `ports` as `PORT/PROTO>TARGET`, the target a number or a container port's name.
-fn service(namespace: &str, name: &str, cluster_ip: &str, selector: &str, ports: &[&str]) -> String {
+fn service(namespace: &str, name: &str, labels: &str, cluster_ip: &str, selector: &str, ports: &[&str]) -> String {
     let ports: Vec<String> = ports
         .iter()
         .map(|p| {
@@ -57,7 +58,7 @@ fn service(namespace: &str, name: &str, cluster_ip: &str, selector: &str, ports:
     format!(
         "- apiVersion: v1
   kind: Service
-  metadata: {{name: {name}, namespace: {namespace}}}
+  metadata: {{name: {name}, namespace: {namespace}, labels: {{{labels}}}}}
   spec:
     clusterIP: {cluster_ip}
     selector: {{{selector}}}
@@ -77,11 +78,11 @@ fn cluster_file(dir: &std::path::Path) -> std::path::PathBuf {
         pod(NS, "db", "app: db", "10.200.42.20", &["5432"]),
         pod(NS, "admin", "app: admin", "10.200.42.30", &["9000"]),
         pod("kube-system", "coredns", "k8s-app: kube-dns", "10.200.42.53", &["53/UDP", "53/TCP"]),
-        service(NS, "api", "10.200.250.10", "app: api", &["80/TCP>tcp8080"]),
-        service(NS, "db", "10.200.250.20", "app: db", &["5432/TCP>5432"]),
-        service(NS, "admin", "10.200.250.30", "app: admin", &["9000/TCP>9000"]),
-        service(NS, "empty", "10.200.250.99", "app: nothing", &["80/TCP>80"]),
-        service("kube-system", "kube-dns", "10.200.250.53", "k8s-app: kube-dns", &["53/UDP>53", "53/TCP>53"]),
+        service(NS, "api", "", "10.200.250.10", "app: api", &["80/TCP>tcp8080"]),
+        service(NS, "db", "", "10.200.250.20", "app: db", &["5432/TCP>5432"]),
+        service(NS, "admin", "exposure: internal", "10.200.250.30", "app: admin", &["9000/TCP>9000"]),
+        service(NS, "empty", "", "10.200.250.99", "app: nothing", &["80/TCP>80"]),
+        service("kube-system", "kube-dns", "", "10.200.250.53", "k8s-app: kube-dns", &["53/UDP>53", "53/TCP>53"]),
     ];
     let path = dir.join("cluster.yaml");
     std::fs::write(&path, format!("apiVersion: v1\nkind: List\nitems:\n{}", items.concat())).unwrap();
@@ -123,6 +124,19 @@ spec:
   endpointSelector: {matchLabels: {app: admin}}
   ingress:
   - fromEndpoints: [{matchLabels: {app: api}}]
+";
+
+/// The client may reach Service db by name and the Services labelled `exposure: internal` (admin)
+/// by selector, through `toServices`; nothing else.
+const TO_SERVICES: &str = "apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: client, namespace: shop}
+spec:
+  endpointSelector: {matchLabels: {app: client}}
+  egress:
+  - toServices:
+    - k8sService: {serviceName: db, namespace: shop}
+    - k8sServiceSelector: {selector: {matchLabels: {exposure: internal}}, namespace: shop}
 ";
 
 /// Brings the cluster up, enforces `policy` and waits until the agent enforces it.
@@ -202,4 +216,18 @@ fn egress_policy_is_judged_by_the_backend_the_service_reaches() {
     let admin = local.probe(CLIENT, "svc/shop/admin", "9000/TCP");
     assert!(admin.timed_out(), "the client's egress allows admin, admin's ingress does not: dropped\n{admin:?}");
     assert!(local.probe("shop/api-0", "svc/shop/admin", "9000/TCP").connected, "the api pods may reach admin");
+}
+
+#[test]
+fn to_services_selects_a_services_backends_by_name_and_by_selector() {
+    let (local, _repo, _dir) = enforced("e2s4-", TO_SERVICES);
+    assert!(
+        local.eventually_reaches(CLIENT, "svc/shop/api", "80/TCP", false, CONVERGE),
+        "the client's egress policy is enforced: api is not among its Services\n{}",
+        local.log()
+    );
+    let db = BTreeSet::from(["shop/db".to_owned()]);
+    assert_eq!(backends_answering(&local, "svc/shop/db", "5432/TCP", 1), db, "by name\n{}", local.log());
+    let admin = BTreeSet::from(["shop/admin".to_owned()]);
+    assert_eq!(backends_answering(&local, "svc/shop/admin", "9000/TCP", 1), admin, "by selector");
 }
