@@ -74,7 +74,7 @@ fn cluster_file(dir: &std::path::Path) -> std::path::PathBuf {
     let items = [
         pod(NS, "client", "app: client", "10.200.42.2", &["7000"]),
         pod(NS, "api-0", "app: api", "10.200.42.10", &["8080"]),
-        pod(NS, "api-1", "app: api", "10.200.42.11", &["8080"]),
+        pod(NS, "api-1", "app: api, track: canary", "10.200.42.11", &["8080"]),
         pod(NS, "db", "app: db", "10.200.42.20", &["5432"]),
         pod(NS, "admin", "app: admin", "10.200.42.30", &["9000"]),
         pod("kube-system", "coredns", "k8s-app: kube-dns", "10.200.42.53", &["53/UDP", "53/TCP"]),
@@ -139,14 +139,31 @@ spec:
     - k8sServiceSelector: {selector: {matchLabels: {exposure: internal}}, namespace: shop}
 ";
 
+/// A candidate that admits only the admin pod to the canary api backend: through the api
+/// Service, the client's connections to one of its two backends become new denies.
+const CANARY_INGRESS: &str = "---
+apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: canary, namespace: shop}
+spec:
+  endpointSelector: {matchLabels: {track: canary}}
+  ingress:
+  - fromEndpoints: [{matchLabels: {app: admin}}]
+";
+
 /// Brings the cluster up, enforces `policy` and waits until the agent enforces it.
 fn enforced(prefix: &str, policy: &str) -> (LocalCluster, Repo, tempfile::TempDir) {
+    audited(prefix, policy, "0s")
+}
+
+/// [`enforced`], with every commit audited for at least `min_duration`.
+fn audited(prefix: &str, policy: &str, min_duration: &str) -> (LocalCluster, Repo, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
     let cluster = cluster_file(dir.path());
     let repo = Repo::new();
     repo.commit(&[("policy.yaml", policy)], "policy");
     let mut local = LocalCluster::up(prefix, &cluster);
-    local.run(&rollout_yaml(NS, NAME, &repo, "0s", ""));
+    local.run(&rollout_yaml(NS, NAME, &repo, min_duration, ""));
     local.wait(NS, NAME, "the policy enforced", WAIT, |s| s.phase == Phase::Enforced);
     (local, repo, dir)
 }
@@ -230,4 +247,26 @@ fn to_services_selects_a_services_backends_by_name_and_by_selector() {
     assert_eq!(backends_answering(&local, "svc/shop/db", "5432/TCP", 1), db, "by name\n{}", local.log());
     let admin = BTreeSet::from(["shop/admin".to_owned()]);
     assert_eq!(backends_answering(&local, "svc/shop/admin", "9000/TCP", 1), admin, "by selector");
+}
+
+#[test]
+fn a_candidate_denying_one_backend_of_a_service_is_blocked_by_the_audit() {
+    let (local, repo, _dir) = audited("e2s5-", CLIENT_EGRESS, "4s");
+    let both = BTreeSet::from(["shop/api-0".to_owned(), "shop/api-1".to_owned()]);
+    assert_eq!(backends_answering(&local, "svc/shop/api", "80/TCP", 2), both, "enforced: both\n{}", local.log());
+    repo.commit(&[("canary.yaml", CANARY_INGRESS)], "api: the canary admits only admin");
+    // Traffic through the Service while the candidate is audited: kube-proxy picks both backends.
+    let start = Instant::now();
+    let status = loop {
+        let status = local.rollout(NS, NAME).and_then(|r| r.status).unwrap_or_default();
+        if status.phase == Phase::Blocked {
+            break status;
+        }
+        assert!(start.elapsed() < WAIT, "never blocked: {status:#?}\n{}", local.log());
+        assert!(local.probe(CLIENT, "svc/shop/api", "80/TCP").connected, "the enforced revision still allows both");
+    };
+    assert_eq!(status.new_denies, 1, "one flow, to the canary backend only: {status:#?}");
+    let message = status.blocked.as_ref().map(|b| b.message.as_str()).unwrap_or_default();
+    assert!(message.contains("8080"), "the denied flow is to the backend's port, not the Service's: {message}");
+    assert_eq!(backends_answering(&local, "svc/shop/api", "80/TCP", 2), both, "enforcement unchanged");
 }
