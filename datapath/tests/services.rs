@@ -12,7 +12,7 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use palisade_common::*;
-use palisade_datapath::{Datapath, Slot};
+use palisade_datapath::{Datapath, Hook, Slot};
 use support::*;
 
 const CLUSTER_IP: Ipv4Addr = Ipv4Addr::new(10, 200, 250, 10);
@@ -188,5 +188,44 @@ fn a_candidate_is_compared_on_the_backend_and_events_name_the_service() {
     assert_eq!(Ipv4Addr::from(u32::from_be(event.service_addr_be)), CLUSTER_IP, "{event:?}");
     assert_eq!(event.service_port, 80, "{event:?}");
     assert_eq!(Ipv4Addr::from(u32::from_be(event.daddr_be)), e3.addr, "the backend: {event:?}");
+    datapath.destroy().unwrap();
+}
+
+#[test]
+fn only_a_service_connection_is_deferred_and_a_deferral_from_a_gone_source_is_dropped() {
+    let topology = Topology::new("psd", 4, true, 80);
+    let _inside = InNetns::enter(&topology.node);
+    let mut datapath = topology.datapath();
+    setup(&topology, &mut datapath);
+    let (client, e2) = (&topology.endpoints[0], &topology.endpoints[2]);
+    let e2_if = if_index(&e2.host_if);
+
+    // The local host reaches e2 through the implicit allow-localhost entry; a candidate without
+    // it denies the host. That verdict is an ordinary one: counted and compared, not deferred.
+    let host = Ipv4Addr::new(10, 200, 80, 254);
+    datapath.set_ipcache(host, 32, IDENTITY_HOST).unwrap();
+    let localhost = rule(Verdict::Allow, IDENTITY_HOST, Direction::Ingress, None, COOKIE_LOCALHOST);
+    datapath.load_slot(2, Slot::A, &[localhost]).unwrap();
+    datapath.load_slot(2, Slot::B, &[]).unwrap();
+    datapath.set_candidate(2, Some(Slot::B)).unwrap();
+    let from_host = ipv4_frame(PROTO_UDP, host, e2.addr, &udp_datagram(40001, 7000, b"x"));
+    assert!(datapath.run_frame(Hook::ToEndpoint, e2_if, &from_host, 1).unwrap().passed, "the host may reach e2");
+    let flows = datapath.flows().unwrap();
+    let compared = flows.iter().find(|f| f.key.endpoint == 2 && f.key.identity == IDENTITY_HOST);
+    assert!(compared.is_some_and(|f| f.key.differs()), "the candidate's difference is recorded: {flows:?}");
+
+    // A packet marked by a source endpoint that is not (or no longer) attached has no egress
+    // policy to be judged by: dropped, whatever the backend admits.
+    let mut syn = [0u8; 20];
+    syn[0..2].copy_from_slice(&40002u16.to_be_bytes());
+    syn[2..4].copy_from_slice(&8080u16.to_be_bytes());
+    (syn[12], syn[13]) = (5 << 4, 0x02);
+    let to_e2 = ipv4_frame(PROTO_TCP, client.addr, e2.addr, &syn);
+    // Counter index MAX_ENDPOINTS - 1 (the mark holds index + 1): never handed out here.
+    let gone = MAX_ENDPOINTS << SERVICE_MARK_SHIFT;
+    let run = datapath.run_marked_frame(Hook::DeferredEgress, e2_if, gone, &to_e2, 1).unwrap();
+    assert!(!run.passed, "a deferral from a source that is gone fails closed");
+    let unmarked = datapath.run_marked_frame(Hook::DeferredEgress, e2_if, 0, &to_e2, 1).unwrap();
+    assert!(unmarked.passed, "a packet without a deferral is left to the programs after it");
     datapath.destroy().unwrap();
 }

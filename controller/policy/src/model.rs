@@ -290,7 +290,7 @@ pub fn cookie(policy_index: usize, rule_index: usize) -> u32 {
 
 /// The index of the policy a rule cookie names; `None` for the datapath's own cookies.
 pub fn policy_index(cookie: u32) -> Option<usize> {
-    if cookie >= palisade_common::COOKIE_LOCALHOST {
+    if cookie >= palisade_common::COOKIE_RESERVED_FIRST {
         return None;
     }
     Some((cookie >> COOKIE_RULE_BITS).checked_sub(1)? as usize)

@@ -516,7 +516,7 @@ fn unjudged_by(reason: dp::DropReason) -> Option<&'static str> {
 
 fn decided_by(engine: &CompiledPolicy, cookie: u32) -> DecidedBy {
     let description = engine.policies().describe_cookie(cookie);
-    match engine.policies().rule_for_cookie(cookie).filter(|_| cookie < dp::COOKIE_LOCALHOST) {
+    match engine.policies().rule_for_cookie(cookie).filter(|_| cookie < dp::COOKIE_RESERVED_FIRST) {
         Some((policy, rule)) => {
             DecidedBy { policy: Some(policy.id.to_string()), rule: Some(rule.path.clone()), description }
         }

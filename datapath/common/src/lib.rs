@@ -338,11 +338,19 @@ pub const COOKIE_NONE: u32 = 0;
 pub const COOKIE_NOT_ENFORCED: u32 = u32::MAX;
 /// Every rule selecting the endpoint in this direction has `enableDefaultDeny: false`.
 pub const COOKIE_DEFAULT_ALLOW: u32 = u32::MAX - 1;
-/// The verdict of a connection to a Service's ClusterIP at its source: passed, its egress judged
-/// after translation (see [`IDENTITY_SERVICE`]). Never reported.
-pub const COOKIE_DEFERRED: u32 = u32::MAX - 2;
 /// Implicit allow from the local host to its pods (Cilium's allow-localhost).
 pub const COOKIE_LOCALHOST: u32 = u32::MAX - 2;
+/// The verdict of a connection to a Service's ClusterIP at its source: passed, its egress judged
+/// after translation (see [`IDENTITY_SERVICE`]). Never reported.
+pub const COOKIE_DEFERRED: u32 = u32::MAX - 3;
+/// The lowest of the datapath's own cookies above the rule cookies: no rule is numbered from here.
+pub const COOKIE_RESERVED_FIRST: u32 = COOKIE_DEFERRED;
+// Each reserved cookie means one thing: the datapath tells them apart by value.
+const _: () = assert!(
+    COOKIE_DEFERRED < COOKIE_LOCALHOST
+        && COOKIE_LOCALHOST < COOKIE_DEFAULT_ALLOW
+        && COOKIE_DEFAULT_ALLOW < COOKIE_NOT_ENFORCED
+);
 
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]

@@ -36,7 +36,7 @@ pub(crate) static ENDPOINT_CONFIG: HashMap<
     { BPF_F_NO_PREALLOC as usize },
 > = HashMap::new();
 // Counter index -> ifindex of the attached endpoint: how the hook judging a Service connection
-// after translation finds the source endpoint its `tc_index` names.
+// after translation finds the source endpoint the packet's mark names.
 #[btf_map]
 pub(crate) static ENDPOINT_IFINDEX: Array<u32, { MAX_ENDPOINTS as usize }> = Array::new();
 // The ClusterIP and port of each connection to a Service, for the flow events of the hook that
