@@ -210,7 +210,7 @@ impl Datapath {
     /// Detaches the endpoint and forgets its config, counters and policy slots.
     pub fn detach(&mut self, endpoint: EndpointId) -> Result<()> {
         let config = self.config(endpoint);
-        if let Some(ifname) = config.as_ref().ok().and_then(|c| ifname(c.ifindex)) {
+        if let Some(ifname) = config.as_ref().ok().and_then(|c| interface_name(c.ifindex)) {
             self.pins.release_to_network(endpoint, &ifname)?;
         }
         self.pins.unpin_links(endpoint)?;
@@ -714,13 +714,16 @@ fn ifindex(ifname: &str) -> std::io::Result<u32> {
     }
 }
 
-/// The name of interface `ifindex`, while it exists.
-fn ifname(ifindex: u32) -> Option<String> {
+/// The name of interface `ifindex` in the caller's network namespace, while it exists.
+pub fn interface_name(ifindex: u32) -> Option<String> {
     let mut name = [0 as libc::c_char; libc::IF_NAMESIZE];
     // SAFETY: the buffer holds IF_NAMESIZE bytes, as if_indextoname requires.
     let found = unsafe { libc::if_indextoname(ifindex, name.as_mut_ptr()) };
-    // SAFETY: on success the buffer holds a NUL-terminated name.
-    (ifindex != 0 && !found.is_null()).then(|| unsafe { CStr::from_ptr(name.as_ptr()) }.to_string_lossy().into_owned())
+    if found.is_null() {
+        return None;
+    }
+    // SAFETY: if_indextoname wrote a NUL-terminated name into the buffer.
+    Some(unsafe { CStr::from_ptr(name.as_ptr()) }.to_string_lossy().into_owned())
 }
 
 fn map_error(map: &'static str, endpoint: EndpointId) -> impl Fn(MapError) -> Error {

@@ -11,7 +11,7 @@ use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
 use netlink_sys::protocols::NETLINK_ROUTE;
 use netlink_sys::{Socket, SocketAddr};
 use palisade_common::{EndpointCounters, FlowEvent, PolicyEntry, PolicyKey};
-use palisade_datapath::{Datapath, EndpointId, EndpointState, EventReader, Flow, Mode, Result, Slot};
+use palisade_datapath::{Datapath, EndpointId, EndpointState, EventReader, Flow, Mode, Result, Slot, interface_name};
 use tracing::debug;
 
 pub trait Dataplane {
@@ -405,16 +405,4 @@ fn route_to(destination: Ipv4Addr) -> std::io::Result<RouteMessage> {
         NetlinkPayload::Error(error) => Err(error.to_io()),
         other => Err(std::io::Error::other(format!("unexpected answer to a route request: {other:?}"))),
     }
-}
-
-fn interface_name(index: u32) -> Option<String> {
-    let mut name = [0 as libc::c_char; libc::IF_NAMESIZE];
-    // SAFETY: the buffer holds IF_NAMESIZE bytes, as if_indextoname requires.
-    let found = unsafe { libc::if_indextoname(index, name.as_mut_ptr()) };
-    if found.is_null() {
-        return None;
-    }
-    // SAFETY: if_indextoname wrote a NUL-terminated name into the buffer.
-    let name = unsafe { std::ffi::CStr::from_ptr(name.as_ptr()) };
-    Some(name.to_string_lossy().into_owned())
 }
