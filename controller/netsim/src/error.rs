@@ -31,12 +31,9 @@ pub enum Error {
     /// A state file that is not what `up` writes.
     #[error("{}: {problem}", path.display())]
     State { path: PathBuf, problem: String },
-    /// An `ip` command failed.
+    /// An `ip` command failed (`ip netns exec` included: an nft script in a namespace).
     #[error("{action}: {command} failed ({status}): {stderr}")]
     Ip { action: String, command: String, status: ExitStatus, stderr: String },
-    /// An `nft` script failed.
-    #[error("{action}: {command} failed ({status}): {stderr}")]
-    Nft { action: String, command: String, status: ExitStatus, stderr: String },
     #[error("network namespaces {} are still there after deleting them", .0.join(", "))]
     NamespacesLeft(Vec<String>),
     /// The responder process did not come up, or does not go away.

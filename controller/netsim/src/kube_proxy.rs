@@ -17,14 +17,13 @@
 //! The whole table is one script, applied with `nft -f -` in one transaction that deletes and
 //! recreates it, so a rebuild never shows a half-written table.
 use std::fmt::Write as _;
-use std::io::Write as _;
-use std::process::{Command, Stdio};
 
 use palisade_policy::Cluster;
 use palisade_policy::cluster::{Backend, Service, ServicePort};
 use palisade_policy::model::Protocol;
 
-use crate::error::{Error, Result};
+use crate::error::Result;
+use crate::net::run_ip;
 use crate::services::service_range;
 
 // Hook priorities are numbers: nft 1.0.6 takes `dstnat` in prerouting only. -100 is dstnat, 100
@@ -179,21 +178,7 @@ fn endpoint_chain(service_chain: &str, backend: &Backend) -> String {
 
 /// Runs `nft -f -` with `script` inside the named network namespace.
 fn nft(netns: &str, script: &str, action: &str) -> Result<()> {
-    let mut command = Command::new("ip");
-    command.args(["netns", "exec", netns, "nft", "-f", "-"]);
-    command.stdin(Stdio::piped()).stdout(Stdio::null()).stderr(Stdio::piped());
-    let describe = format!("ip netns exec {netns} nft -f -");
-    let failed = |what: &str, e| Error::io(format!("{action}: {describe} {what}"), e);
-    let mut child = command.spawn().map_err(|e| failed("cannot run (are iproute2 and nftables installed?)", e))?;
-    let mut input = child.stdin.take().expect("stdin is piped");
-    input.write_all(script.as_bytes()).map_err(|e| failed("cannot take its input", e))?;
-    drop(input);
-    let output = child.wait_with_output().map_err(|e| failed("did not finish", e))?;
-    if !output.status.success() {
-        let stderr = String::from_utf8_lossy(&output.stderr).trim().to_owned();
-        return Err(Error::Nft { action: action.to_owned(), command: describe, status: output.status, stderr });
-    }
-    Ok(())
+    run_ip(&["netns", "exec", netns, "nft", "-f", "-"], Some(script), || action.to_owned())
 }
 
 #[cfg(test)]

@@ -384,7 +384,7 @@ fn ip_in(netns: &str, lines: &[String], action: impl Fn() -> String) -> Result<(
 }
 
 /// Runs `ip` with `args` (and `stdin`); `action` says what for, in the error.
-fn run_ip(args: &[&str], stdin: Option<&str>, action: impl Fn() -> String) -> Result<()> {
+pub(crate) fn run_ip(args: &[&str], stdin: Option<&str>, action: impl Fn() -> String) -> Result<()> {
     let mut command = Command::new("ip");
     command.args(args).stdin(Stdio::piped()).stdout(Stdio::null()).stderr(Stdio::piped());
     let describe = || format!("ip {}", args.join(" "));
