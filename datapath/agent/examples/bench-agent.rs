@@ -13,6 +13,8 @@
 //! incremental path alone); `--verify-all` checks every step.
 #[path = "../tests/common/mod.rs"]
 mod common;
+#[path = "../../examples/bench-datapath/machine.rs"]
+mod machine;
 
 use std::collections::BTreeSet;
 use std::net::Ipv4Addr;
@@ -57,6 +59,7 @@ fn main() {
         eprintln!("bench-agent needs root (eBPF maps in {PIN_DIR})");
         std::process::exit(1);
     }
+    machine::describe();
     let verify_all = std::env::args().any(|a| a == "--verify-all");
     // For profiling the incremental path alone: no reference compiles, no full rebuilds.
     let profile = std::env::args().any(|a| a == "--profile");

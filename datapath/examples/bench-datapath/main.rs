@@ -1,0 +1,149 @@
+//! `make bench-datapath` (root): datapath figures, each measured side by side in one run and
+//! printed as `name: value unit`.
+#[path = "../../tests/support/mod.rs"]
+mod support;
+
+mod events;
+mod flip;
+mod machine;
+mod service;
+mod tcp_rr;
+mod verdict;
+
+use std::{
+    io::{Read, Write},
+    net::{Ipv4Addr, TcpListener},
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
+    thread,
+    time::{Duration, Instant},
+};
+
+use aya::programs::{SchedClassifier, TestRun, TestRunOptions};
+use palisade_common::*;
+use palisade_datapath::{Datapath, EventReader, Hook, Slot};
+use support::*;
+
+/// Bench-only programs (datapath/ebpf/src/bench.rs), never part of what a node loads.
+static BENCH_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/palisade-bench-ebpf"));
+
+const CLIENT: u32 = IDENTITY_FIRST_LOCAL;
+const SERVER: u32 = 1;
+const PORT: u16 = 8080;
+
+fn main() {
+    require_root();
+    machine::describe();
+    let topology = Topology::new("pdb", 4, false, 120);
+    let _inside = InNetns::enter(&topology.node);
+    let mut datapath = topology.datapath();
+    let (client, server) = (&topology.endpoints[0], &topology.endpoints[1]);
+    datapath.set_ipcache(client.addr, 32, CLIENT).unwrap();
+    datapath.set_ipcache(server.addr, 32, CLIENT + 1).unwrap();
+    // The second client -> server path of the TCP_RR figures, with the same identities.
+    datapath.set_ipcache(topology.endpoints[2].addr, 32, CLIENT).unwrap();
+    datapath.set_ipcache(topology.endpoints[3].addr, 32, CLIENT + 1).unwrap();
+    datapath.load_slot(0, Slot::A, &[allow_all(Direction::Egress)]).unwrap();
+    load_server(&mut datapath, SERVER);
+    datapath.attach(0, &client.host_if, client.addr).unwrap();
+    datapath.attach(SERVER, &server.host_if, server.addr).unwrap();
+
+    // Optional arguments pick sections: verdict, service, tcp_rr, flip, events (default: all).
+    let sections: Vec<String> = std::env::args().skip(1).collect();
+    let run = |section: &str| sections.is_empty() || sections.iter().any(|s| s == section);
+    let ifindex = if_index(&server.host_if);
+    if run("verdict") {
+        verdict::verdict_cost(&mut datapath, ifindex, client.addr, server.addr);
+    }
+    if run("service") {
+        service::service_cost(&mut datapath, if_index(&client.host_if), ifindex, client.addr, server.addr);
+    }
+    if run("tcp_rr") {
+        tcp_rr::tcp_request_response(&mut datapath, &topology);
+    }
+    if run("flip") {
+        flip::flips(&mut datapath);
+    }
+    if run("events") {
+        events::event_path(&datapath, ifindex, client.addr, server.addr);
+    }
+    datapath.destroy().unwrap();
+}
+
+fn allow_all(direction: Direction) -> PolicyEntry {
+    entry(PolicyKey::new(IDENTITY_ANY, direction, None, 0, 0), PolicyValue::new(Verdict::Allow, 1))
+}
+
+/// 16,384 entries: the client's port and a range for it (16384-32767, for cache misses), plus
+/// identity-specific ports and ranges for 2,000 peers.
+fn big_policy() -> Vec<PolicyEntry> {
+    let mut entries = vec![
+        allow_all(Direction::Egress),
+        entry(
+            PolicyKey::new(CLIENT, Direction::Ingress, Some(Protocol::TCP), PORT, 16),
+            PolicyValue::new(Verdict::Allow, 2),
+        ),
+        entry(
+            PolicyKey::new(CLIENT, Direction::Ingress, Some(Protocol::TCP), MISS_PORTS, 2),
+            PolicyValue::new(Verdict::Allow, 3),
+        ),
+    ];
+    let mut i = 0u32;
+    while entries.len() < MAX_ENTRIES {
+        let identity = CLIENT + 1 + i / 8;
+        let (port, bits) = if i % 8 == 7 { (32768, 4) } else { (1000 + (i % 8) as u16 * 1111, 16) };
+        let verdict = if i.is_multiple_of(5) { Verdict::Deny } else { Verdict::Allow };
+        entries.push(entry(
+            PolicyKey::new(identity, Direction::Ingress, Some(Protocol::TCP), port, bits),
+            PolicyValue::new(verdict, 100 + i),
+        ));
+        i += 1;
+    }
+    entries
+}
+const MAX_ENTRIES: usize = palisade_datapath::MAX_POLICY_ENTRIES as usize;
+const MISS_PORTS: u16 = 16384;
+
+/// Slot A: the 16k policy (enforced); slot B: allow-all (candidate, swapped in by flips).
+fn load_server(datapath: &mut Datapath, server: u32) {
+    datapath.load_slot(server, Slot::A, &big_policy()).unwrap();
+    datapath.load_slot(server, Slot::B, &[allow_all(Direction::Egress), allow_all(Direction::Ingress)]).unwrap();
+    datapath.set_candidate(server, Some(Slot::B)).unwrap();
+}
+
+fn tcp_syn(from: Ipv4Addr, to: Ipv4Addr, dport: u16) -> Vec<u8> {
+    tcp_frame(from, to, dport, 0x02)
+}
+
+fn tcp_frame(from: Ipv4Addr, to: Ipv4Addr, dport: u16, flags: u8) -> Vec<u8> {
+    tcp_frame_from(40000, from, to, dport, flags)
+}
+
+fn tcp_frame_from(sport: u16, from: Ipv4Addr, to: Ipv4Addr, dport: u16, flags: u8) -> Vec<u8> {
+    let mut frame = vec![0u8; 14 + 20 + 20];
+    frame[12..14].copy_from_slice(&0x0800u16.to_be_bytes());
+    let ip = &mut frame[14..34];
+    ip[0] = 0x45;
+    ip[2..4].copy_from_slice(&40u16.to_be_bytes());
+    ip[8] = 64;
+    ip[9] = PROTO_TCP;
+    ip[12..16].copy_from_slice(&from.octets());
+    ip[16..20].copy_from_slice(&to.octets());
+    let tcp = &mut frame[34..];
+    tcp[0..2].copy_from_slice(&sport.to_be_bytes());
+    tcp[2..4].copy_from_slice(&dport.to_be_bytes());
+    tcp[12] = 5 << 4;
+    tcp[13] = flags;
+    frame
+}
+
+fn median(mut values: Vec<f64>) -> f64 {
+    values.sort_by(f64::total_cmp);
+    values[values.len() / 2]
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    sorted[((sorted.len() as f64 * p) as usize).min(sorted.len() - 1)]
+}
