@@ -466,17 +466,72 @@ pub const fn slot_writes_index(counter_index: u32, slot: u8) -> u32 {
     counter_index * 2 + if slot == SLOT_A { 0 } else { 1 }
 }
 
-/// Key of the verdict cache: one policy lookup result for one version of a slot. It spares the
-/// two LPM walks, which on a cold cache cost far more than one hash lookup.
+/// Capacity of the verdict cache (a power of two).
+pub const VERDICT_CACHE_ENTRIES: u32 = 1 << 16;
+
+/// What the verdict cache is keyed by: one peer identity and port under one version of the
+/// enforced slot and one of the candidate (generation 0: none).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct VerdictCacheKey {
     pub endpoint: u32,
-    pub generation: u32,
+    pub enforced_generation: u32,
+    pub candidate_generation: u32,
     pub identity: u32,
     pub dport: u16,
     pub protocol: u8,
     pub direction: u8,
+}
+
+impl VerdictCacheKey {
+    const fn words(&self) -> [u64; 3] {
+        [
+            self.endpoint as u64 | (self.enforced_generation as u64) << 32,
+            self.candidate_generation as u64 | (self.identity as u64) << 32,
+            self.dport as u64 | (self.protocol as u64) << 16 | (self.direction as u64) << 24,
+        ]
+    }
+
+    /// The cache slot of the key.
+    #[inline(always)]
+    pub const fn index(&self) -> u32 {
+        const P: u64 = 0x9e37_79b9_7f4a_7c15;
+        let [a, b, c] = self.words();
+        let h = (((a.wrapping_mul(P) ^ b).wrapping_mul(P)) ^ c).wrapping_mul(P);
+        (h >> 48) as u32 & (VERDICT_CACHE_ENTRIES - 1)
+    }
+}
+
+/// An entry of the verdict cache: both slots' policy lookups for one key. It spares the LPM
+/// walks of a connection to a peer and port seen before. Direct-mapped (an array indexed by a
+/// hash of the key): the lookup is inlined and a miss costs one read and one write, where an
+/// LRU hash map's miss (a lookup, then an insert that evicts under a lock) cost more than the
+/// walks it spares.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct CachedVerdicts {
+    pub key: VerdictCacheKey,
+    pub enforced: SlotVerdict,
+    pub candidate: SlotVerdict,
+    /// Checksum over all fields above: the array is written in place, so a reader on another
+    /// CPU could see a half-written entry; it then fails this check and counts as a miss.
+    pub check: u32,
+}
+
+impl CachedVerdicts {
+    /// The checksum of the entry's fields (without `check`).
+    #[inline(always)]
+    pub const fn checksum(&self) -> u32 {
+        const P: u64 = 0x9e37_79b9_7f4a_7c15;
+        let [a, b, c] = self.key.words();
+        let verdicts = (self.enforced.verdict as u64) << 32 | (self.candidate.verdict as u64) << 40;
+        let cookies = self.enforced.cookie as u64 | (self.candidate.cookie as u64) << 32;
+        let mut h = a.wrapping_mul(P);
+        h = (h ^ b).wrapping_mul(P);
+        h = (h ^ c ^ verdicts).wrapping_mul(P);
+        h = (h ^ cookies).wrapping_mul(P);
+        (h ^ (h >> 32)) as u32
+    }
 }
 
 /// The decision of a policy slot for one packet: verdict (`VERDICT_*`) and the deciding rule.

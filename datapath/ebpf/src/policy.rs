@@ -3,7 +3,7 @@
 //! slots' write sequences so that nothing half-written is compared.
 use core::intrinsics::{AtomicOrdering, atomic_xadd};
 
-use aya_ebpf::{bindings::BPF_ANY, btf_maps::lpm_trie::Key};
+use aya_ebpf::btf_maps::lpm_trie::Key;
 use palisade_common::*;
 
 use crate::{maps::*, packet::Packet};
@@ -48,23 +48,15 @@ pub(crate) fn judge(config: &EndpointConfig, version: u32, direction: u8, packet
     let identity = remote_identity(direction, packet);
     let none = SlotVerdict { verdict: VERDICT_NONE, _pad: [0; 3], cookie: COOKIE_NONE };
     // To a Service: judged after translation, by the backend (see `service`).
-    let deferred = direction == DIRECTION_EGRESS && identity == IDENTITY_SERVICE;
-    let (enforced, enforced_settled) = if deferred {
-        (SlotVerdict { verdict: VERDICT_ALLOW, _pad: [0; 3], cookie: COOKIE_DEFERRED }, true)
+    let (enforced, candidate, settled) = if direction == DIRECTION_EGRESS && identity == IDENTITY_SERVICE {
+        (SlotVerdict { verdict: VERDICT_ALLOW, _pad: [0; 3], cookie: COOKIE_DEFERRED }, none, true)
     } else {
-        slot_verdict(config, slots.enforced, identity, direction, packet)
-    };
-    let (candidate, settled) = if slots.candidate == SLOT_NONE || deferred {
-        (none, enforced_settled)
-    } else {
-        let (candidate, candidate_settled) = slot_verdict(config, slots.candidate, identity, direction, packet);
-        let settled = enforced_settled && candidate_settled;
-        (if settled { candidate } else { none }, settled)
+        slot_verdicts(config, slots, identity, direction, packet)
     };
     let mut decision = CtDecision {
         identity,
         enforced,
-        candidate,
+        candidate: if settled { candidate } else { none },
         endpoint: config.endpoint,
         index: config.index,
         version,
@@ -94,37 +86,65 @@ pub(crate) fn endpoint(ifindex: u32) -> Option<(EndpointConfig, &'static mut End
     Some((config, counters))
 }
 
-/// The verdict of `slot` for a packet, and whether it is settled: `false` when userspace was
-/// rewriting the slot in place during the lookups (a seqlock on `SLOT_WRITES`), and then the
-/// verdict may come from a half-written slot and is not cached.
+/// The enforced and candidate slots' verdicts for a packet (the candidate's is `VERDICT_NONE`
+/// without one), and whether they are settled: `false` when userspace was rewriting either
+/// slot in place during the lookups (a seqlock on `SLOT_WRITES`), and then a verdict may come
+/// from a half-written slot and is not cached.
 #[inline(always)]
-pub(crate) fn slot_verdict(
+pub(crate) fn slot_verdicts(
     config: &EndpointConfig,
-    slot: u8,
+    slots: SlotSelection,
     identity: u32,
     direction: u8,
     packet: &Packet,
-) -> (SlotVerdict, bool) {
+) -> (SlotVerdict, SlotVerdict, bool) {
     let endpoint = config.endpoint;
-    let writes = SLOT_WRITES.get_ptr_mut(slot_writes_index(config.index, slot));
-    let before = writes.map_or(0, ordered_read);
+    let shadowed = slots.candidate != SLOT_NONE;
+    let enforced_writes = SLOT_WRITES.get_ptr_mut(slot_writes_index(config.index, slots.enforced));
+    let candidate_writes =
+        if shadowed { SLOT_WRITES.get_ptr_mut(slot_writes_index(config.index, slots.candidate)) } else { None };
+    let before = (enforced_writes.map_or(0, ordered_read), candidate_writes.map_or(0, ordered_read));
+    let key = VerdictCacheKey {
+        endpoint,
+        enforced_generation: generation(config, slots.enforced),
+        candidate_generation: if shadowed { generation(config, slots.candidate) } else { 0 },
+        identity,
+        dport: packet.dport,
+        protocol: packet.protocol,
+        direction,
+    };
+    let cache = VERDICT_CACHE.get_ptr_mut(key.index());
+    let unwritten = (before.0 | before.1) & 1 == 0;
+    if unwritten && let Some(entry) = cache {
+        // SAFETY: an array value, valid for the whole run; copied out at once.
+        let cached = unsafe { *entry };
+        if cached.key == key && cached.check == cached.checksum() {
+            return (cached.enforced, cached.candidate, true);
+        }
+    }
+    let enforced = lookup_policy(endpoint, slots.enforced, identity, direction, packet);
+    let candidate = if shadowed {
+        lookup_policy(endpoint, slots.candidate, identity, direction, packet)
+    } else {
+        SlotVerdict { verdict: VERDICT_NONE, _pad: [0; 3], cookie: COOKIE_NONE }
+    };
+    // Fully ordered: the lookups above complete before the sequences are read again.
+    let after = (enforced_writes.map_or(0, ordered_read), candidate_writes.map_or(0, ordered_read));
+    let settled = unwritten && after == before;
+    if settled && let Some(entry) = cache {
+        let mut cached = CachedVerdicts { key, enforced, candidate, check: 0 };
+        cached.check = cached.checksum();
+        // SAFETY: an array value, valid for the whole run; a reader that sees it half-written
+        // fails its checksum.
+        unsafe { *entry = cached };
+    }
+    (enforced, candidate, settled)
+}
+
+#[inline(always)]
+fn generation(config: &EndpointConfig, slot: u8) -> u32 {
     // Branches, not indexing: the verifier rejects the pointer arithmetic LLVM makes of it.
-    let generation = if slot == SLOT_A { config.slot_generation[0] } else { config.slot_generation[1] };
-    let cache_key =
-        VerdictCacheKey { endpoint, generation, identity, dport: packet.dport, protocol: packet.protocol, direction };
-    // SAFETY: 8-byte value copied out at once.
-    if before & 1 == 0
-        && let Some(cached) = unsafe { VERDICT_CACHE.get(cache_key) }
-    {
-        return (*cached, true);
-    }
-    let verdict = lookup_policy(endpoint, slot, identity, direction, packet);
-    // Fully ordered: the lookups above complete before the sequence is read again.
-    let settled = before & 1 == 0 && writes.map_or(0, ordered_read) == before;
-    if settled {
-        let _ = VERDICT_CACHE.insert(cache_key, verdict, BPF_ANY as u64);
-    }
-    (verdict, settled)
+    if slot == SLOT_A { config.slot_generation[0] } else { config.slot_generation[1] }
 }
 
 #[inline(always)]

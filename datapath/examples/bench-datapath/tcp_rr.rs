@@ -58,14 +58,69 @@ fn detach_path(datapath: &mut Datapath, (client_id, _, server_id, _): Path) {
 /// printed as a second estimator, and a bootstrap interval (rounds resampled) says how far the
 /// pooled p99 ratio moves with the rounds drawn: the tail here comes mostly from other processes
 /// preempting the client or server, so it is wide when the machine is busy.
+///
+/// Twice: on a quiet node (`tcp_rr_*`), then while the ipcache changes 100 times a second
+/// (`tcp_rr_churn_*`), as it does when pods come and go anywhere in the cluster.
 pub(super) fn tcp_request_response(datapath: &mut Datapath, topology: &Topology) {
-    const ROUNDS: usize = 60;
-    const ROUND: Duration = Duration::from_millis(400);
     let e = &topology.endpoints;
     let paths: [Path; 2] = [(0, &e[0], SERVER, &e[1]), (2, &e[2], 3, &e[3])];
     let listeners = [&e[1], &e[3]].map(|server| {
         in_netns(&server.ns, move || TcpListener::bind(("0.0.0.0", PORT)).expect("bind the echo server"))
     });
+    let quiet = rounds(datapath, &paths, &listeners);
+    report("tcp_rr", &quiet);
+    let churn = Churn::start(&topology.pin_dir);
+    let churned = rounds(datapath, &paths, &listeners);
+    let changes_per_s = churn.stop();
+    report("tcp_rr_churn", &churned);
+    println!("tcp_rr_churn_ipcache_changes_per_s: {changes_per_s:.0} /s");
+}
+
+/// Pods coming and going elsewhere in the cluster: an ipcache entry added or removed 100 times
+/// a second, each change bumping the node state version, so every connection's next packet
+/// leaves the fast path and is judged again.
+struct Churn {
+    stop: Arc<AtomicBool>,
+    thread: thread::JoinHandle<f64>,
+}
+
+impl Churn {
+    const PER_S: u32 = 100;
+
+    fn start(pin_dir: &std::path::Path) -> Churn {
+        let mut datapath = Datapath::open(pin_dir).expect("open the datapath");
+        let stop = Arc::new(AtomicBool::new(false));
+        let stopped = stop.clone();
+        let thread = thread::spawn(move || {
+            let start = Instant::now();
+            let mut changes = 0u32;
+            while !stopped.load(Ordering::Relaxed) {
+                let pod = Ipv4Addr::new(10, 200, 242, 1 + (changes / 2 % 250) as u8);
+                if changes.is_multiple_of(2) {
+                    datapath.set_ipcache(pod, 32, IDENTITY_FIRST_LOCAL + 3000 + changes / 2 % 250).unwrap();
+                } else {
+                    datapath.remove_ipcache(pod, 32).unwrap();
+                }
+                changes += 1;
+                let next = start + Duration::from_secs(1) * changes / Self::PER_S;
+                thread::sleep(next.saturating_duration_since(Instant::now()));
+            }
+            changes as f64 / start.elapsed().as_secs_f64()
+        });
+        Churn { stop, thread }
+    }
+
+    /// Stops the churn; returns the changes per second it made.
+    fn stop(self) -> f64 {
+        self.stop.store(true, Ordering::Relaxed);
+        self.thread.join().expect("the churn thread")
+    }
+}
+
+/// `ROUNDS` rounds of lockstep transactions, the program on one path and not the other.
+fn rounds(datapath: &mut Datapath, paths: &[Path; 2], listeners: &[TcpListener; 2]) -> Vec<Round> {
+    const ROUNDS: usize = 60;
+    const ROUND: Duration = Duration::from_millis(400);
     let verbose = std::env::var_os("PALISADE_BENCH_VERBOSE").is_some();
     let connect = |(_, client, _, server): Path| {
         let stream = tcp_connect(&client.ns, server.addr, PORT).expect("connect to the echo server");
@@ -121,7 +176,11 @@ pub(super) fn tcp_request_response(datapath: &mut Datapath, topology: &Topology)
         detach_path(datapath, paths[attached]);
         attach_path(datapath, paths[0]);
     }
+    rounds
+}
 
+/// Prints the figures of `rounds` as `<prefix>_*`.
+fn report(prefix: &str, rounds: &[Round]) {
     let pooled = |side: fn(&Round) -> &Vec<Duration>| {
         let all: Vec<Duration> = rounds.iter().flat_map(|round| side(round).iter().copied()).collect();
         let tps = all.len() as f64 / all.iter().sum::<Duration>().as_secs_f64();
@@ -130,27 +189,27 @@ pub(super) fn tcp_request_response(datapath: &mut Datapath, topology: &Topology)
     };
     let (samples, tps_with, p50_with, p99_with) = pooled(|round| &round.with_program);
     let (_, tps_without, p50_without, p99_without) = pooled(|round| &round.without_program);
-    let (low, high) = bootstrap_p99_ratio(&rounds);
+    let (low, high) = bootstrap_p99_ratio(rounds);
     let round_ratios = rounds
         .iter()
         .map(|round| {
             us(percentile(&sorted(&round.with_program), 0.99)) / us(percentile(&sorted(&round.without_program), 0.99))
         })
         .collect();
-    println!("tcp_rr_rounds: {ROUNDS}");
-    println!("tcp_rr_samples_per_side: {samples}");
-    println!("tcp_rr_tps_with_program: {tps_with:.0} /s");
-    println!("tcp_rr_tps_without_program: {tps_without:.0} /s");
-    println!("tcp_rr_tps_ratio: {:.3}", tps_with / tps_without);
-    println!("tcp_rr_p50_with_program_us: {p50_with:.1} us");
-    println!("tcp_rr_p50_without_program_us: {p50_without:.1} us");
-    println!("tcp_rr_p50_ratio: {:.3}", p50_with / p50_without);
-    println!("tcp_rr_p99_with_program_us: {p99_with:.1} us");
-    println!("tcp_rr_p99_without_program_us: {p99_without:.1} us");
-    println!("tcp_rr_p99_ratio: {:.3}", p99_with / p99_without);
-    println!("tcp_rr_p99_ratio_round_median: {:.3}", median(round_ratios));
-    println!("tcp_rr_p99_ratio_ci90_low: {low:.3}");
-    println!("tcp_rr_p99_ratio_ci90_high: {high:.3}");
+    println!("{prefix}_rounds: {}", rounds.len());
+    println!("{prefix}_samples_per_side: {samples}");
+    println!("{prefix}_tps_with_program: {tps_with:.0} /s");
+    println!("{prefix}_tps_without_program: {tps_without:.0} /s");
+    println!("{prefix}_tps_ratio: {:.3}", tps_with / tps_without);
+    println!("{prefix}_p50_with_program_us: {p50_with:.1} us");
+    println!("{prefix}_p50_without_program_us: {p50_without:.1} us");
+    println!("{prefix}_p50_ratio: {:.3}", p50_with / p50_without);
+    println!("{prefix}_p99_with_program_us: {p99_with:.1} us");
+    println!("{prefix}_p99_without_program_us: {p99_without:.1} us");
+    println!("{prefix}_p99_ratio: {:.3}", p99_with / p99_without);
+    println!("{prefix}_p99_ratio_round_median: {:.3}", median(round_ratios));
+    println!("{prefix}_p99_ratio_ci90_low: {low:.3}");
+    println!("{prefix}_p99_ratio_ci90_high: {high:.3}");
 }
 
 /// A 90% interval for the pooled p99 ratio: the rounds resampled with replacement (1,000

@@ -1,59 +1,131 @@
-//! The program's cost per packet.
+//! The program's cost per packet, each arm run by the bench-only `drive` (driver.rs) with
+//! BPF_PROG_TEST_RUN, so every arm pays the same harness:
+//!
+//! - a new connection: every run is the first packet (a SYN) of a connection from one of 16
+//!   peers (each its own identity) to one of 60,000 ports, so neither conntrack nor the verdict
+//!   cache (65,536 entries, keyed by peer and port) holds it and the policy tries are walked.
+//!   Three endpoints enforce, each on an interface of its own: the 16k-entry policy (1,024 port
+//!   ranges for each peer), the same with a 16k-entry candidate shadow-evaluated, and a
+//!   one-entry allow-all. Every packet is allowed by all of them. `verdict_new_flow_ns` is the
+//!   first minus the third: what a big policy adds to a new connection.
+//! - an established connection: a later packet of one the 16k endpoint allowed, every run
+//!   (the fast path), against `drive` handing the same packet to a program that passes it:
+//!   the node's program absent (`verdict_baseline_ns`, the harness alone).
+//!
+//! Arms alternate within each of 11 rounds; the figures are medians over rounds. Conntrack is
+//! filled first, so every arm evicts as a busy node does.
 use super::*;
+use crate::driver::{Driver, FlowSpace};
 
-/// BPF_PROG_TEST_RUN with repeat, alternating the enforced slot between the 16k policy and
-/// allow-all, plus an interface the program does not manage. The repeated packet is a SYN, so it
-/// takes the conntrack path each time and hits the verdict cache; `established` is a later
-/// packet of the connection it opened (the fast path); the `miss` figures run a new port each time (one run
-/// per call, so they include the kernel's timer reads), which walks the policy tries.
-pub(super) fn verdict_cost(datapath: &mut Datapath, ifindex: u32, client: Ipv4Addr, server: Ipv4Addr) {
-    let frame = tcp_syn(client, server, PORT);
-    let run = |datapath: &Datapath, ifindex| {
-        let result = datapath.run_frame(Hook::ToEndpoint, ifindex, &frame, 200_000).unwrap();
-        result.per_run.as_nanos() as f64
-    };
-    let (mut big, mut allow_all, mut unmanaged) = (Vec::new(), Vec::new(), Vec::new());
-    assert!(datapath.run_frame(Hook::ToEndpoint, ifindex, &frame, 1).unwrap().passed);
-    for _ in 0..11 {
-        big.push(run(datapath, ifindex));
-        datapath.flip(SERVER).unwrap();
-        allow_all.push(run(datapath, ifindex));
-        datapath.flip(SERVER).unwrap();
-        unmanaged.push(run(datapath, 1));
+const PEERS: u32 = 16;
+const PORTS: u32 = 60_000;
+const FIRST_PORT: u16 = 1024;
+const FIRST_PEER: Ipv4Addr = Ipv4Addr::new(10, 200, 240, 1);
+const FIRST_PEER_IDENTITY: u32 = IDENTITY_FIRST_LOCAL + 1000;
+const ROUNDS: usize = 11;
+const REPEAT: u32 = 20_000;
+
+/// One enforcing endpoint per arm, on an interface of its own.
+struct Arm {
+    ifindex: u32,
+    addr: Ipv4Addr,
+}
+
+pub(super) fn verdict_cost(datapath: &mut Datapath, topology: &Topology) {
+    for peer in 0..PEERS {
+        datapath.set_ipcache(peer_addr(peer), 32, FIRST_PEER_IDENTITY + peer).unwrap();
     }
-    let (big, allow_all, unmanaged) = (median(big), median(allow_all), median(unmanaged));
-    println!("verdict_16k_policy_ns: {big:.1} ns");
-    println!("verdict_allow_all_ns: {allow_all:.1} ns");
-    println!("verdict_unmanaged_if_ns: {unmanaged:.1} ns");
-    println!("verdict_added_ns: {:.1} ns", big - allow_all);
-    println!("verdict_added_vs_unmanaged_ns: {:.1} ns", big - unmanaged);
+    let big = flow_policy(1);
+    let arms = [
+        arm(datapath, topology, 0, &big, None),
+        arm(datapath, topology, 1, &big, Some(&flow_policy(2))),
+        arm(datapath, topology, 2, &[allow_all(Direction::Ingress)], None),
+    ];
+    let mut driver = Driver::load();
+    let to_endpoint = topology.pin_dir.join("programs/to_endpoint");
+    let new_flows = FlowSpace::new(FIRST_PEER, PEERS, FIRST_PORT, PORTS);
+    let syn = |arm: &Arm| tcp_syn(FIRST_PEER, arm.addr, FIRST_PORT);
 
-    // The SYN opened a connection; its later packets take the fast path.
-    let ack = tcp_frame(client, server, PORT, 0x10);
-    let established: Vec<f64> = (0..11)
-        .map(|_| datapath.run_frame(Hook::ToEndpoint, ifindex, &ack, 200_000).unwrap().per_run.as_nanos() as f64)
+    driver.drive_into(Some(&to_endpoint));
+    // Fill conntrack (262,144 entries), so that every arm's new connections evict.
+    for _ in 0..15 {
+        driver.run(new_flows, arms[2].ifindex, &syn(&arms[2]), REPEAT);
+    }
+    // The established connection: its SYN, then its ACKs run again and again.
+    assert!(datapath.run_frame(Hook::ToEndpoint, arms[0].ifindex, &syn(&arms[0]), 1).unwrap().passed);
+    let ack = tcp_frame(FIRST_PEER, arms[0].addr, FIRST_PORT, 0x10);
+
+    let mut runs: [Vec<f64>; 5] = Default::default();
+    for _ in 0..ROUNDS {
+        driver.drive_into(Some(&to_endpoint));
+        for (arm, runs) in arms.iter().zip(&mut runs) {
+            runs.push(ns(driver.run(new_flows, arm.ifindex, &syn(arm), REPEAT)));
+        }
+        runs[3].push(ns(driver.run(FlowSpace::SAME, arms[0].ifindex, &ack, REPEAT)));
+        driver.drive_into(None);
+        runs[4].push(ns(driver.run(FlowSpace::SAME, arms[0].ifindex, &ack, REPEAT)));
+    }
+    let [big, big_with_candidate, allow_all, established, absent] = runs.map(median);
+    for n in 0..arms.len() as u32 {
+        let counters = datapath.counters(ENDPOINT_ARMS + n).unwrap();
+        assert_eq!(counters.denied, 0, "every arm allows every connection of the bench");
+    }
+    println!("verdict_new_flow_ns: {:.1} ns", big - allow_all);
+    println!("verdict_new_flow_candidate_ns: {:.1} ns", big_with_candidate - allow_all);
+    println!("verdict_new_flow_16k_policy_ns: {:.1} ns", big - absent);
+    println!("verdict_new_flow_allow_all_ns: {:.1} ns", allow_all - absent);
+    println!("verdict_established_ns: {:.1} ns", established - absent);
+    println!("verdict_baseline_ns: {absent:.1} ns");
+}
+
+/// Endpoint ids of the arms: the first one's, then one each.
+const ENDPOINT_ARMS: u32 = 100;
+
+fn arm(
+    datapath: &mut Datapath,
+    topology: &Topology,
+    n: u32,
+    enforced: &[PolicyEntry],
+    candidate: Option<&[PolicyEntry]>,
+) -> Arm {
+    let ifname = format!("pdbv{n}");
+    add_interface(topology, &ifname);
+    let endpoint = ENDPOINT_ARMS + n;
+    let addr = Ipv4Addr::new(10, 200, 230, 1 + n as u8);
+    datapath.load_slot(endpoint, Slot::A, enforced).unwrap();
+    if let Some(candidate) = candidate {
+        datapath.load_slot(endpoint, Slot::B, candidate).unwrap();
+        datapath.set_candidate(endpoint, Some(Slot::B)).unwrap();
+    }
+    datapath.attach(endpoint, &ifname, addr).unwrap();
+    Arm { ifindex: if_index(&ifname), addr }
+}
+
+fn peer_addr(peer: u32) -> Ipv4Addr {
+    Ipv4Addr::from_bits(FIRST_PEER.to_bits() + peer)
+}
+
+/// 16,384 entries: for each of the 16 peers, TCP ports in 1,024 ranges of 64, each its own
+/// rule (`cookie_base` tells two such policies apart).
+fn flow_policy(cookie_base: u32) -> Vec<PolicyEntry> {
+    let entries: Vec<PolicyEntry> = (0..PEERS)
+        .flat_map(|peer| {
+            (0..1024u32).map(move |range| {
+                let key = PolicyKey::new(
+                    FIRST_PEER_IDENTITY + peer,
+                    Direction::Ingress,
+                    Some(Protocol::TCP),
+                    (range * 64) as u16,
+                    10,
+                );
+                entry(key, PolicyValue::new(Verdict::Allow, cookie_base * 100_000 + peer * 1024 + range))
+            })
+        })
         .collect();
-    println!("verdict_established_ns: {:.1} ns", median(established));
+    assert_eq!(entries.len(), MAX_ENTRIES);
+    entries
+}
 
-    let mut ports = MISS_PORTS..;
-    let mut misses = |datapath: &Datapath| -> f64 {
-        let runs = ports.by_ref().take(1000).map(|port| {
-            let frame = tcp_syn(client, server, port);
-            let result = datapath.run_frame(Hook::ToEndpoint, ifindex, &frame, 1).unwrap();
-            assert!(result.passed);
-            result.per_run.as_nanos() as f64
-        });
-        median(runs.collect())
-    };
-    let (mut big, mut allow_all) = (Vec::new(), Vec::new());
-    for _ in 0..5 {
-        big.push(misses(datapath));
-        datapath.flip(SERVER).unwrap();
-        allow_all.push(misses(datapath));
-        datapath.flip(SERVER).unwrap();
-    }
-    let (big, allow_all) = (median(big), median(allow_all));
-    println!("verdict_miss_16k_policy_ns: {big:.1} ns");
-    println!("verdict_miss_allow_all_ns: {allow_all:.1} ns");
-    println!("verdict_miss_added_ns: {:.1} ns", big - allow_all);
+fn ns(duration: Duration) -> f64 {
+    duration.as_nanos() as f64
 }

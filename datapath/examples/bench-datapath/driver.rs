@@ -1,0 +1,84 @@
+//! The bench-only object (datapath/ebpf/src/bench.rs): `drive`, which runs a node program on a
+//! new connection per run, and the synthetic event producer.
+use std::{net::Ipv4Addr, path::Path, time::Duration};
+
+use aya::{
+    Ebpf,
+    maps::{Array, ProgramArray},
+    programs::{SchedClassifier, TestRun, TestRunOptions},
+};
+
+/// Bench-only programs, never part of what a node loads.
+static BENCH_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/palisade-bench-ebpf"));
+
+/// The connections `drive` cycles through (bench.rs `FlowSpace`): `peers` source addresses
+/// from the frame's, `ports` destination ports from the frame's.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct FlowSpace {
+    first_saddr: u32,
+    peers: u32,
+    first_dport: u32,
+    ports: u32,
+}
+
+// SAFETY: plain old data, as the kernel side reads it.
+unsafe impl aya::Pod for FlowSpace {}
+
+impl FlowSpace {
+    /// Every run the same packet.
+    pub const SAME: FlowSpace = FlowSpace { first_saddr: 0, peers: 0, first_dport: 0, ports: 0 };
+
+    pub fn new(first_peer: Ipv4Addr, peers: u32, first_port: u16, ports: u32) -> FlowSpace {
+        FlowSpace { first_saddr: first_peer.to_bits(), peers, first_dport: first_port as u32, ports }
+    }
+}
+
+pub struct Driver {
+    object: Ebpf,
+}
+
+impl Driver {
+    pub fn load() -> Driver {
+        let mut object = Ebpf::load(BENCH_OBJECT).expect("load the bench object");
+        for name in ["drive", "pass"] {
+            let program: &mut SchedClassifier = object.program_mut(name).expect(name).try_into().unwrap();
+            program.load().unwrap_or_else(|e| panic!("load {name}: {e}"));
+        }
+        Driver { object }
+    }
+
+    /// Hands `drive`'s packets to the node's program pinned at `pin` (`programs/<name>` of a
+    /// datapath's pin directory), or to `pass` when `None`: the program absent.
+    pub fn drive_into(&mut self, pin: Option<&Path>) {
+        let pinned = pin.map(|pin| SchedClassifier::from_pin(pin).expect("open the pinned program"));
+        let target = match &pinned {
+            Some(program) => program.fd().unwrap(),
+            None => {
+                let pass: &SchedClassifier = self.object.program("pass").unwrap().try_into().unwrap();
+                pass.fd().unwrap()
+            }
+        }
+        .try_clone()
+        .unwrap();
+        let mut driven = ProgramArray::try_from(self.object.map_mut("DRIVEN").unwrap()).unwrap();
+        driven.set(0, &target, 0).unwrap();
+    }
+
+    /// Runs `frame` `repeat` times through `drive` as if it crossed interface `ifindex` (in the
+    /// caller's network namespace); returns the time per run.
+    pub fn run(&mut self, space: FlowSpace, ifindex: u32, frame: &[u8], repeat: u32) -> Duration {
+        let mut spaces = Array::try_from(self.object.map_mut("FLOW_SPACE").unwrap()).unwrap();
+        spaces.set(0, space, 0).unwrap();
+        // A `struct __sk_buff` prefix up to `ifindex` (offset 40), which picks the device.
+        let mut context = [0u8; 44];
+        context[40..].copy_from_slice(&ifindex.to_ne_bytes());
+        let drive: &SchedClassifier = self.object.program("drive").unwrap().try_into().unwrap();
+        let options = TestRunOptions { data_in: Some(frame), ctx_in: Some(&context), repeat, ..TestRunOptions::new() };
+        drive.test_run(options).expect("run drive").duration
+    }
+
+    pub fn object(&mut self) -> &mut Ebpf {
+        &mut self.object
+    }
+}
