@@ -182,6 +182,7 @@ impl Datapath {
         config.ifindex = ifindex;
         config.addr_be = addr_be;
         self.write_config(config)?;
+        self.endpoint_ifindex.set(config.index, ifindex, 0).map_err(map_error("ENDPOINT_IFINDEX", endpoint))?;
         self.bump_version()?;
         // An interface that was a node interface already runs `deferred_egress` first on egress;
         // otherwise it goes first: it judges a Service connection's source before `to_endpoint`
@@ -625,14 +626,13 @@ impl Datapath {
     }
 
     /// Writes an endpoint's config: for an attached endpoint the one update the program sees,
-    /// then the record. The caller bumps the version once the change is complete.
+    /// then the record. The caller bumps the version once the change is complete. (Only
+    /// `attach` changes the interface, so it alone writes `ENDPOINT_IFINDEX`: a flip of 1,000
+    /// endpoints makes 2,000 fewer syscalls.)
     fn write_config(&mut self, config: EndpointConfig) -> Result<()> {
         let endpoint = config.endpoint;
         if config.ifindex != 0 {
             self.endpoints.insert(config.ifindex, config, 0).map_err(map_error("ENDPOINTS", endpoint))?;
-            self.endpoint_ifindex
-                .set(config.index, config.ifindex, 0)
-                .map_err(map_error("ENDPOINT_IFINDEX", endpoint))?;
         }
         self.endpoint_config.insert(endpoint, config, 0).map_err(map_error("ENDPOINT_CONFIG", endpoint))
     }

@@ -62,7 +62,7 @@ fn main() {
         tcp_rr::tcp_request_response(&mut datapath, &topology);
     }
     if run("flip") {
-        flip::flips(&mut datapath);
+        flip::flips(&mut datapath, &topology);
     }
     if run("events") {
         events::event_path(&mut datapath, &topology, ifindex, client.addr, server.addr);
