@@ -18,6 +18,12 @@ pub enum Error {
         #[source]
         source: MapError,
     },
+    #[error("batch update of map {map}: {source}")]
+    Batch {
+        map: &'static str,
+        #[source]
+        source: io::Error,
+    },
     #[error("program {program}{}: {source}", for_endpoint(*endpoint))]
     Program {
         program: &'static str,

@@ -9,6 +9,7 @@
 //! the shadow differences ([`Datapath::flows`], [`Datapath::events`]) and [`Datapath::flip`] (or
 //! [`Datapath::flip_all`]) to promote.
 
+mod batch;
 mod error;
 mod events;
 mod pins;
@@ -16,6 +17,7 @@ mod pins;
 use std::{
     ffi::{CStr, CString},
     net::Ipv4Addr,
+    os::fd::AsFd,
     path::Path,
     time::Duration,
 };
@@ -29,6 +31,7 @@ use palisade_common::{
     NODE_STATE_VERSION, PolicyEntry, PolicyKey, PolicyMatch, PolicyValue, SlotKey, SlotSelection,
 };
 
+pub use batch::update_batch;
 pub use error::Error;
 pub use events::{EventReader, EventThread};
 pub use palisade_common::{FlowEvent, Mode, Slot};
@@ -96,6 +99,8 @@ pub struct Datapath {
     ipcache: LpmTrie<MapData, u32, u32>,
     /// ifindex -> config of attached endpoints: what the program reads.
     endpoints: HashMap<MapData, u32, EndpointConfig>,
+    /// The same maps untyped, for batch updates.
+    batch_maps: BatchMaps,
     /// Endpoint id -> config of every endpoint: the record.
     endpoint_config: HashMap<MapData, EndpointId, EndpointConfig>,
     /// Counter indexes in use, from the record.
@@ -135,6 +140,10 @@ impl Datapath {
         Ok(Datapath {
             ipcache: pins.map("IPCACHE")?,
             endpoints: pins.map("ENDPOINTS")?,
+            batch_maps: BatchMaps {
+                endpoints: pins.map_data("ENDPOINTS")?,
+                endpoint_config: pins.map_data("ENDPOINT_CONFIG")?,
+            },
             endpoint_config,
             used_indexes,
             node_state: pins.map("NODE_STATE")?,
@@ -438,24 +447,21 @@ impl Datapath {
         for &endpoint in endpoints {
             let mut config = self.config(endpoint)?;
             config.by_epoch[staged] = promoted(endpoint, config.by_epoch[active])?;
-            configs.push((endpoint, config));
+            configs.push(config);
         }
-        for &(_, config) in &configs {
-            self.write_config(config)?;
-        }
+        self.write_configs(&configs)?;
         self.node_state.set(NODE_STATE_EPOCH, epoch.wrapping_add(1), 0).map_err(|source| Error::Map {
             map: "NODE_STATE",
             endpoint: None,
             source,
         })?;
         self.bump_version()?;
-        // Off the promotion path: make both halves agree again, so the next node-wide flip
-        // stages from a consistent state (the stale half is inactive now).
-        for (_, mut config) in configs {
+        // Off the promotion path: make both halves agree again, so that a later node-wide flip
+        // without these endpoints leaves them as they are (the stale half is inactive now).
+        for config in &mut configs {
             config.by_epoch[active] = config.by_epoch[staged];
-            self.write_config(config)?;
         }
-        Ok(())
+        self.write_configs(&configs)
     }
 
     pub fn state(&self, endpoint: EndpointId) -> Result<EndpointState> {
@@ -629,6 +635,18 @@ impl Datapath {
     /// then the record. The caller bumps the version once the change is complete. (Only
     /// `attach` changes the interface, so it alone writes `ENDPOINT_IFINDEX`: a flip of 1,000
     /// endpoints makes 2,000 fewer syscalls.)
+    /// [`Self::write_config`] for many endpoints: one batch update per map.
+    fn write_configs(&mut self, configs: &[EndpointConfig]) -> Result<()> {
+        let (ifindexes, attached): (Vec<u32>, Vec<EndpointConfig>) =
+            configs.iter().filter(|config| config.ifindex != 0).map(|config| (config.ifindex, *config)).unzip();
+        let endpoints: Vec<EndpointId> = configs.iter().map(|config| config.endpoint).collect();
+        let batch_error = |map| move |source| Error::Batch { map, source };
+        update_batch(self.batch_maps.endpoints.fd().as_fd(), &ifindexes, &attached)
+            .map_err(batch_error("ENDPOINTS"))?;
+        update_batch(self.batch_maps.endpoint_config.fd().as_fd(), &endpoints, configs)
+            .map_err(batch_error("ENDPOINT_CONFIG"))
+    }
+
     fn write_config(&mut self, config: EndpointConfig) -> Result<()> {
         let endpoint = config.endpoint;
         if config.ifindex != 0 {
@@ -636,6 +654,12 @@ impl Datapath {
         }
         self.endpoint_config.insert(endpoint, config, 0).map_err(map_error("ENDPOINT_CONFIG", endpoint))
     }
+}
+
+/// ENDPOINTS and ENDPOINT_CONFIG, untyped: aya's typed maps have no batch update.
+struct BatchMaps {
+    endpoints: MapData,
+    endpoint_config: MapData,
 }
 
 fn promoted(endpoint: EndpointId, selection: SlotSelection) -> Result<SlotSelection> {

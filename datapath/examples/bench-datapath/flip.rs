@@ -9,6 +9,7 @@ use std::{
 };
 
 use aya::maps::{LpmTrie, Map, MapData, lpm_trie::Key};
+use palisade_datapath::update_batch;
 
 use super::*;
 
@@ -268,33 +269,10 @@ fn policy_map(entries: &[PolicyEntry]) -> MapData {
 /// Puts `maps` into POLICY_SLOTS (an fd) under `keys`.
 type Swap = fn(BorrowedFd, &[SlotKey], &[MapData]);
 
-/// One BPF_MAP_UPDATE_BATCH of POLICY_SLOTS (aya has no batch call).
+/// One BPF_MAP_UPDATE_BATCH of POLICY_SLOTS.
 fn swap_batch(outer: BorrowedFd, keys: &[SlotKey], maps: &[MapData]) {
-    #[repr(C)]
-    struct Batch {
-        in_batch: u64,
-        out_batch: u64,
-        keys: u64,
-        values: u64,
-        count: u32,
-        map_fd: u32,
-        elem_flags: u64,
-        flags: u64,
-    }
-    const BPF_MAP_UPDATE_BATCH: libc::c_long = 26;
     let fds: Vec<u32> = maps.iter().map(|map| map.fd().as_fd().as_raw_fd() as u32).collect();
-    let mut batch = Batch {
-        in_batch: 0,
-        out_batch: 0,
-        keys: keys.as_ptr() as u64,
-        values: fds.as_ptr() as u64,
-        count: keys.len() as u32,
-        map_fd: outer.as_raw_fd() as u32,
-        elem_flags: 0,
-        flags: 0,
-    };
-    bpf(BPF_MAP_UPDATE_BATCH, &mut batch).expect("BPF_MAP_UPDATE_BATCH of POLICY_SLOTS");
-    assert_eq!(batch.count as usize, keys.len(), "every inner map swapped");
+    update_batch(outer, keys, &fds).expect("BPF_MAP_UPDATE_BATCH of POLICY_SLOTS");
 }
 
 /// Single BPF_MAP_UPDATE_ELEMs of POLICY_SLOTS, spread over `ALTERNATIVE_THREADS` threads.
