@@ -2,7 +2,7 @@
 //! `make bench` saves them) in one table against their goals: DIR/results.json for scripts and
 //! DIR/results.md for people.
 use std::collections::HashMap;
-use std::fmt::Write as _;
+use std::fmt::{self, Write as _};
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
@@ -30,8 +30,19 @@ enum Value {
     Text(String),
 }
 
+impl fmt::Display for Value {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Value::Number(n) => n.fmt(f),
+            Value::Text(t) => t.fmt(f),
+        }
+    }
+}
+
 #[derive(Debug, PartialEq)]
 struct Line {
+    /// 1-based, for errors.
+    number: usize,
     name: String,
     value: Value,
     unit: String,
@@ -106,7 +117,8 @@ fn read_outputs(dir: &Path) -> Result<(Vec<Output>, String)> {
 fn parse(path: &Path, text: &str) -> Result<Vec<Line>> {
     let mut lines = Vec::new();
     for (i, raw) in text.lines().enumerate() {
-        let at = || format!("{}:{}", path.display(), i + 1);
+        let number = i + 1;
+        let at = || format!("{}:{number}", path.display());
         if raw.trim().is_empty() {
             continue;
         }
@@ -124,13 +136,13 @@ fn parse(path: &Path, text: &str) -> Result<Vec<Line>> {
             if rest.is_empty() {
                 bail!("{}: {name} has no value", at());
             }
-            Line { name: name.into(), value: Value::Text(rest.into()), unit: String::new() }
+            Line { number, name: name.into(), value: Value::Text(rest.into()), unit: String::new() }
         } else {
             let (value, unit) = rest.split_once(' ').unwrap_or((rest, ""));
-            let Ok(number) = value.parse::<Number>() else {
+            let Ok(value) = value.parse::<Number>() else {
                 bail!("{}: {name}: {value:?} is not a number", at());
             };
-            Line { name: name.into(), value: Value::Number(number), unit: unit.trim().into() }
+            Line { number, name: name.into(), value: Value::Number(value), unit: unit.trim().into() }
         };
         lines.push(line);
     }
@@ -139,32 +151,27 @@ fn parse(path: &Path, text: &str) -> Result<Vec<Line>> {
 
 impl<'a> Report<'a> {
     fn new(outputs: &'a [Output], date: String) -> Result<Self> {
-        let mut seen: HashMap<&str, (&Path, &Value)> = HashMap::new();
+        let mut seen: HashMap<&str, (String, &Value)> = HashMap::new();
         let mut machine = Vec::new();
         let mut benchmarks = Vec::new();
         for output in outputs {
             let mut figures = Vec::new();
             for line in &output.lines {
-                if let Some((first, value)) = seen.insert(&line.name, (&output.path, &line.value)) {
+                let at = format!("{}:{}", output.path.display(), line.number);
+                if let Some((first, value)) = seen.get(line.name.as_str()) {
                     if !MACHINE.contains(&line.name.as_str()) {
-                        bail!(
-                            "{} is printed by both {} and {}: figure names must be unique",
-                            line.name,
-                            first.display(),
-                            output.path.display()
-                        );
+                        bail!("{} is printed by both {first} and {at}: figure names must be unique", line.name);
                     }
-                    if *value != line.value {
+                    if **value != line.value {
                         bail!(
-                            "{} differs between {} ({value:?}) and {} ({:?}): were they run on one machine?",
+                            "{} differs between {first} ({value}) and {at} ({}): were they run on one machine?",
                             line.name,
-                            first.display(),
-                            output.path.display(),
                             line.value
                         );
                     }
                     continue;
                 }
+                seen.insert(&line.name, (at.clone(), &line.value));
                 let value = match &line.value {
                     Value::Text(text) => {
                         machine.push((line.name.as_str(), text.as_str()));
@@ -174,13 +181,7 @@ impl<'a> Report<'a> {
                 };
                 let goal = goals::find(&line.name);
                 if let Some(goal) = goal.filter(|g| !g.unit.is_empty() && g.unit != line.unit) {
-                    bail!(
-                        "{}: {} is in {:?}, but its goal ({goal}) is in {:?}",
-                        output.path.display(),
-                        line.name,
-                        line.unit,
-                        goal.unit
-                    );
+                    bail!("{at}: {} is in {:?}, but its goal ({goal}) is in {:?}", line.name, line.unit, goal.unit);
                 }
                 figures.push(Figure { name: &line.name, value, unit: &line.unit, goal });
             }
@@ -267,9 +268,19 @@ mod tests {
         assert_eq!(
             lines,
             [
-                Line { name: "kernel".into(), value: Value::Text("6.12.0 #1 SMP".into()), unit: "".into() },
-                Line { name: "flip_1000_ms".into(), value: Value::Number("1.25".parse().unwrap()), unit: "ms".into() },
-                Line { name: "ratio".into(), value: Value::Number("0.98".parse().unwrap()), unit: "".into() },
+                Line { number: 1, name: "kernel".into(), value: Value::Text("6.12.0 #1 SMP".into()), unit: "".into() },
+                Line {
+                    number: 3,
+                    name: "flip_1000_ms".into(),
+                    value: Value::Number("1.25".parse().unwrap()),
+                    unit: "ms".into()
+                },
+                Line {
+                    number: 4,
+                    name: "ratio".into(),
+                    value: Value::Number("0.98".parse().unwrap()),
+                    unit: "".into()
+                },
             ]
         );
     }
@@ -295,10 +306,16 @@ mod tests {
 
     #[test]
     fn a_figure_printed_by_two_benchmarks_is_an_error_naming_both_files() {
-        let outputs = [output("agent", "incremental_ratio: 200 x\n"), output("policy", "incremental_ratio: 0.002\n")];
+        let outputs =
+            [output("agent", "a: 1\nincremental_ratio: 200 x\n"), output("policy", "incremental_ratio: 0.002\n")];
         assert_eq!(
             error(Report::new(&outputs, "now".into())),
-            "incremental_ratio is printed by both bench/agent.txt and bench/policy.txt: figure names must be unique"
+            "incremental_ratio is printed by both bench/agent.txt:2 and bench/policy.txt:1: figure names must be unique"
+        );
+        let outputs = [output("datapath", "flip_1000_ms: 1 ms\nflip_1000_ms: 2 ms\n")];
+        assert_eq!(
+            error(Report::new(&outputs, "now".into())),
+            "flip_1000_ms is printed by both bench/datapath.txt:1 and bench/datapath.txt:2: figure names must be unique"
         );
     }
 
@@ -308,7 +325,10 @@ mod tests {
         let report = Report::new(&outputs, "now".into()).unwrap();
         assert_eq!(report.machine, [("kernel", "6.12.0-1-amd64"), ("cpu", "AMD EPYC 7B13 (2 CPUs)")]);
         let outputs = [output("agent", MACHINE_LINES), output("datapath", "kernel: 6.1.0\n")];
-        assert!(error(Report::new(&outputs, "now".into())).starts_with("kernel differs between bench/agent.txt"));
+        assert_eq!(
+            error(Report::new(&outputs, "now".into())),
+            "kernel differs between bench/agent.txt:1 (6.12.0-1-amd64) and bench/datapath.txt:1 (6.1.0): were they run on one machine?"
+        );
         let outputs = [output("policy", "parse_s: 0.5 s\n")];
         assert_eq!(
             error(Report::new(&outputs, "now".into())),
@@ -321,7 +341,7 @@ mod tests {
         let outputs = [output("datapath", &format!("{MACHINE_LINES}flip_1000_ms: 0.002 s\n"))];
         assert_eq!(
             error(Report::new(&outputs, "now".into())),
-            r#"bench/datapath.txt: flip_1000_ms is in "s", but its goal (≤ 10 ms) is in "ms""#
+            r#"bench/datapath.txt:3: flip_1000_ms is in "s", but its goal (≤ 10 ms) is in "ms""#
         );
     }
 
