@@ -3,7 +3,7 @@ SHELL := /bin/bash
 CARGO ?= cargo
 export PATH := $(HOME)/.cargo/bin:$(PATH)
 
-.PHONY: deps build test e2e demo bench-policy bench-datapath bench-agent bench-source clippy fmt crds
+.PHONY: deps build test e2e demo bench bench-policy bench-datapath bench-agent bench-source clippy fmt crds
 
 deps:
 	@bash scripts/deps.sh
@@ -21,12 +21,31 @@ e2e: deps
 demo: build
 	@bash scripts/demo.sh
 
+# Each benchmark prints `name: value unit` lines on stdout (progress goes to stderr).
+BENCHMARKS := policy datapath agent source
+BENCH_policy = $(CARGO) run --release --quiet -p palisade -- bench policy
+BENCH_datapath = $(CARGO) run --release --quiet -p palisade-datapath --example bench-datapath
+BENCH_agent = $(CARGO) run --release --quiet -p palisade-agent --example bench-agent
+BENCH_source = $(CARGO) run --release --quiet -p palisade-source --example bench-source
+BENCH_DIR := target/bench
+
+# Root (bench-datapath and bench-agent need it): every benchmark in turn, each one's output kept in
+# $(BENCH_DIR)/NAME.txt, then results.json and results.md there with each figure against its goal.
+bench:
+	@[ "$$(id -u)" = 0 ] || { echo "make bench needs root: bench-datapath and bench-agent load eBPF programs (sudo make bench)" >&2; exit 1; }
+	@$(MAKE) --no-print-directory deps
+	rm -rf $(BENCH_DIR) && mkdir -p $(BENCH_DIR)
+	@set -o pipefail; failed=; \
+	$(foreach b,$(BENCHMARKS),echo "== bench-$(b)" >&2; $(BENCH_$(b)) | tee $(BENCH_DIR)/$(b).txt || failed="$$failed bench-$(b)";) \
+	if [ -n "$$failed" ]; then echo "make bench: failed:$$failed (no report written)" >&2; exit 1; fi
+	$(CARGO) run --release --quiet -p palisade -- bench report $(BENCH_DIR)
+
 bench-policy: deps
-	$(CARGO) run --release --quiet -p palisade -- bench policy
+	$(BENCH_policy)
 
 # A generated 1,000-file repository served by git daemon on 127.0.0.1.
 bench-source: deps
-	$(CARGO) run --release --quiet -p palisade-source --example bench-source
+	$(BENCH_source)
 
 clippy: deps
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
@@ -40,9 +59,9 @@ crds: deps
 
 # Root: real eBPF, network namespaces and veths (cleaned up on exit).
 bench-datapath: deps
-	$(CARGO) run --release --quiet -p palisade-datapath --example bench-datapath
+	$(BENCH_datapath)
 
 # Root: the agent over the real eBPF datapath pinned in a temporary bpffs directory (removed on
 # exit): 10,000 pods, 100 local endpoints, 1,000 policies.
 bench-agent: deps
-	$(CARGO) run --release --quiet -p palisade-agent --example bench-agent
+	$(BENCH_agent)

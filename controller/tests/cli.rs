@@ -464,3 +464,25 @@ fn diff_of_a_service_flow_shows_the_backend_that_changes() {
     assert_eq!(code(&out), 2);
     assert!(stderr(&out).contains("no Service shop/nope in the cluster file"), "{}", stderr(&out));
 }
+
+#[test]
+fn bench_report_writes_json_and_markdown_and_exits_2_on_a_bad_line() {
+    let dir = scratch("bench-report");
+    std::fs::write(dir.join("datapath.txt"), "kernel: 6.12.0\ncpu: Test CPU (2 CPUs)\nflip_1000_ms: 10 ms\n").unwrap();
+    std::fs::write(dir.join("source.txt"), "sync_first_s: 2.5 s\nfetch_vs_git_ratio: 0.8\n").unwrap();
+    let out = palisade(&["bench", "report", s(&dir)]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    let json: serde_json::Value = serde_json::from_slice(&std::fs::read(dir.join("results.json")).unwrap()).unwrap();
+    assert_eq!(json["flip_1000_ms"], serde_json::json!({"value": 10, "unit": "ms", "goal": "≤ 10 ms", "met": true}));
+    assert_eq!(json["sync_first_s"]["met"], false);
+    assert_eq!(json["cpu"]["value"], "Test CPU (2 CPUs)");
+    assert!(json["date"]["value"].is_string());
+    let markdown = std::fs::read_to_string(dir.join("results.md")).unwrap();
+    assert_eq!(stdout(&out), markdown);
+    assert!(markdown.contains("| sync_first_s | 2.5 s | ≤ 2 s | **no** |"), "{markdown}");
+
+    std::fs::write(dir.join("source.txt"), "sync_first_s: 2.5 s\nfetch took 3 s\n").unwrap();
+    let out = palisade(&["bench", "report", s(&dir)]);
+    assert_eq!(code(&out), 2);
+    assert!(stderr(&out).contains("source.txt:2: expected `name: value unit`"), "{}", stderr(&out));
+}

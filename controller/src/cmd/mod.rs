@@ -68,7 +68,7 @@ enum Command {
     Local(local::Args),
     /// Stream the flows the datapath reports (drops, audits, candidate differences), Hubble-style.
     Observe(observe::Args),
-    /// Benchmarks (for `make bench-policy`).
+    /// Benchmarks (for `make bench-policy` and `make bench`).
     #[command(hide = true)]
     Bench(bench::Args),
 }

@@ -13,18 +13,6 @@ use crate::bench_workload::{self as workload, NAMESPACES};
 
 #[derive(clap::Args)]
 pub struct Args {
-    #[command(subcommand)]
-    what: What,
-}
-
-#[derive(clap::Subcommand)]
-enum What {
-    /// Full and incremental policy compile on a synthetic cluster.
-    Policy(PolicyArgs),
-}
-
-#[derive(clap::Args)]
-pub struct PolicyArgs {
     /// Full compiles to take the median of.
     #[arg(long, default_value_t = 3)]
     full_runs: usize,
@@ -33,18 +21,12 @@ pub struct PolicyArgs {
     changes: usize,
 }
 
-pub fn run(args: Args) -> Result<u8> {
-    match args.what {
-        What::Policy(args) => policy(args),
-    }
-}
-
 fn median(mut times: Vec<Duration>) -> Duration {
     times.sort();
     times[times.len() / 2]
 }
 
-fn policy(args: PolicyArgs) -> Result<u8> {
+pub fn run(args: Args) -> Result<u8> {
     let work = workload::generate();
     let parse_start = Instant::now();
     let sources: Vec<SourceFile> = work.cluster_files.iter().map(|(n, t)| SourceFile { name: n, text: t }).collect();
