@@ -26,9 +26,6 @@ pub struct FlowSpace {
 unsafe impl aya::Pod for FlowSpace {}
 
 impl FlowSpace {
-    /// Every run the same packet.
-    pub const SAME: FlowSpace = FlowSpace { first_saddr: 0, peers: 0, first_dport: 0, ports: 0 };
-
     pub fn new(first_peer: Ipv4Addr, peers: u32, first_port: u16, ports: u32) -> FlowSpace {
         FlowSpace { first_saddr: first_peer.to_bits(), peers, first_dport: first_port as u32, ports }
     }
@@ -70,12 +67,21 @@ impl Driver {
     pub fn run(&mut self, space: FlowSpace, ifindex: u32, frame: &[u8], repeat: u32) -> Duration {
         let mut spaces = Array::try_from(self.object.map_mut("FLOW_SPACE").unwrap()).unwrap();
         spaces.set(0, space, 0).unwrap();
+        self.test_run("drive", ifindex, frame, repeat)
+    }
+
+    /// [`Driver::run`] straight into `pass`: the harness with no program of the node's.
+    pub fn run_absent(&self, ifindex: u32, frame: &[u8], repeat: u32) -> Duration {
+        self.test_run("pass", ifindex, frame, repeat)
+    }
+
+    fn test_run(&self, program: &str, ifindex: u32, frame: &[u8], repeat: u32) -> Duration {
         // A `struct __sk_buff` prefix up to `ifindex` (offset 40), which picks the device.
         let mut context = [0u8; 44];
         context[40..].copy_from_slice(&ifindex.to_ne_bytes());
-        let drive: &SchedClassifier = self.object.program("drive").unwrap().try_into().unwrap();
+        let program: &SchedClassifier = self.object.program(program).unwrap().try_into().unwrap();
         let options = TestRunOptions { data_in: Some(frame), ctx_in: Some(&context), repeat, ..TestRunOptions::new() };
-        drive.test_run(options).expect("run drive").duration
+        program.test_run(options).expect("run a bench program").duration
     }
 
     pub fn object(&mut self) -> &mut Ebpf {
