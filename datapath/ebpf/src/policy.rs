@@ -29,11 +29,18 @@ fn full_fence() {
     }
 }
 
-/// A fully ordered read: a fetch-add of 0 on the value itself.
+/// The write sequences of `slots` of the endpoint with counter index `index` (the
+/// candidate's 0 without one). The caller fences once after the first reading and once before
+/// the second: no atomic on the shared words themselves, which every new connection on every
+/// CPU would write.
 #[inline(always)]
-fn ordered_read(value: *mut u32) -> u32 {
-    // SAFETY: a map value, valid and 4-byte aligned for the whole run.
-    unsafe { atomic_xadd::<u32, u32, { AtomicOrdering::SeqCst }>(value, 0) }
+fn slot_sequences(index: u32, slots: SlotSelection) -> (u32, u32) {
+    let read = |slot: u8| {
+        // SAFETY: a map value, valid and aligned for the whole run.
+        SLOT_WRITES.get_ptr(slot_writes_index(index, slot)).map_or(0, |v| unsafe { core::ptr::read_volatile(v) })
+    };
+    let candidate = if slots.candidate != SLOT_NONE { read(slots.candidate) } else { 0 };
+    (read(slots.enforced), candidate)
 }
 
 /// The decision of a connection's forward packets under the endpoint's current config, and
@@ -100,10 +107,9 @@ pub(crate) fn slot_verdicts(
 ) -> (SlotVerdict, SlotVerdict, bool) {
     let endpoint = config.endpoint;
     let shadowed = slots.candidate != SLOT_NONE;
-    let enforced_writes = SLOT_WRITES.get_ptr_mut(slot_writes_index(config.index, slots.enforced));
-    let candidate_writes =
-        if shadowed { SLOT_WRITES.get_ptr_mut(slot_writes_index(config.index, slots.candidate)) } else { None };
-    let before = (enforced_writes.map_or(0, ordered_read), candidate_writes.map_or(0, ordered_read));
+    let before = slot_sequences(config.index, slots);
+    // The cache and policy lookups below cannot move before the reading of the sequences.
+    full_fence();
     let key = VerdictCacheKey {
         endpoint,
         enforced_generation: generation(config, slots.enforced),
@@ -128,8 +134,9 @@ pub(crate) fn slot_verdicts(
     } else {
         SlotVerdict { verdict: VERDICT_NONE, _pad: [0; 3], cookie: COOKIE_NONE }
     };
-    // Fully ordered: the lookups above complete before the sequences are read again.
-    let after = (enforced_writes.map_or(0, ordered_read), candidate_writes.map_or(0, ordered_read));
+    // The lookups above complete before the sequences are read again.
+    full_fence();
+    let after = slot_sequences(config.index, slots);
     let settled = unwritten && after == before;
     if settled && let Some(entry) = cache {
         let mut cached = CachedVerdicts { key, enforced, candidate, check: 0 };
