@@ -303,6 +303,16 @@ impl Datapath {
         self.bump_version()
     }
 
+    /// The identity the program finds for `addr/prefix_len`: the longest ipcache prefix that
+    /// covers it, as a packet's lookup finds it; `None` for "world" (no prefix covers it).
+    pub fn ipcache_identity(&self, addr: Ipv4Addr, prefix_len: u8) -> Result<Option<u32>> {
+        match self.ipcache.get(&ipcache_key(addr, prefix_len), 0) {
+            Ok(identity) => Ok(Some(identity)),
+            Err(MapError::KeyNotFound) => Ok(None),
+            Err(source) => Err(Error::Map { map: "IPCACHE", endpoint: None, source }),
+        }
+    }
+
     pub fn remove_ipcache(&mut self, addr: Ipv4Addr, prefix_len: u8) -> Result<()> {
         ignore_missing(self.ipcache.remove(&ipcache_key(addr, prefix_len))).map_err(|source| Error::Map {
             map: "IPCACHE",

@@ -191,6 +191,11 @@ where
     while let Some(event) = events.next().await {
         match event {
             Ok(event) => {
+                if let Event::Apply(object) | Event::Delete(object) = &event {
+                    // When a change reached the agent (the agent benchmark times from here).
+                    let (namespace, name) = key_of(object);
+                    debug!(%kind, %namespace, %name, "watch event received");
+                }
                 let done = matches!(event, Event::InitDone);
                 sink.send(handle(event))?;
                 if done && !listed {
