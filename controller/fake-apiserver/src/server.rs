@@ -152,10 +152,28 @@ fn filter(route: &Route, params: &HashMap<String, String>) -> Filter {
     Filter::new(route.namespace.clone(), param("labelSelector"), param("fieldSelector"))
 }
 
+/// The objects `params` select, in pages of `limit` when asked (as kube-runtime's watcher lists):
+/// the `continue` token names the last object of the page before. Pages are cut from the current
+/// objects, not from a snapshot taken at the first page as etcd's are.
 fn list(store: &Store, route: &Route, params: &HashMap<String, String>) -> Value {
     let filter = filter(route, params);
-    let items: Vec<&Value> = store.objects(&route.collection).filter(|o| filter.matches(o)).collect();
-    json!({"apiVersion": "v1", "kind": "List", "metadata": {"resourceVersion": store.version.to_string()}, "items": items})
+    let position = |o: &Value| {
+        let field = |name: &str| o["metadata"][name].as_str().unwrap_or_default().to_string();
+        (field("namespace"), field("name"))
+    };
+    let after = params.get("continue").and_then(|token| token.split_once('/'));
+    let limit = params.get("limit").and_then(|l| l.parse().ok()).filter(|l| *l > 0).unwrap_or(usize::MAX);
+    let mut items = store
+        .objects(&route.collection)
+        .filter(|o| filter.matches(o))
+        .filter(|o| after.is_none_or(|(namespace, name)| position(o) > (namespace.to_string(), name.to_string())));
+    let page: Vec<&Value> = items.by_ref().take(limit).collect();
+    let mut metadata = json!({"resourceVersion": store.version.to_string()});
+    if let Some(last) = page.last().filter(|_| items.next().is_some()) {
+        let (namespace, name) = position(last);
+        metadata["continue"] = json!(format!("{namespace}/{name}"));
+    }
+    json!({"apiVersion": "v1", "kind": "List", "metadata": metadata, "items": page})
 }
 
 fn watch(store: &mut Store, route: Route, params: &HashMap<String, String>) -> Response<ResponseBody> {
@@ -165,9 +183,7 @@ fn watch(store: &mut Store, route: Route, params: &HashMap<String, String>) -> R
         bookmarks: params.get("allowWatchBookmarks").is_some_and(|b| b == "true"),
         collection: route.collection,
     };
-    let version = store.version;
-    let current: Vec<Value> = store.objects(&request.collection).cloned().collect();
-    let mut events = store.watches.open(request, current.iter(), version);
+    let mut events = store.watch(request);
     let stream = futures::stream::poll_fn(move |cx| events.poll_recv(cx)).map(|bytes| Ok(Frame::data(bytes)));
     Response::builder()
         .status(200)

@@ -4,10 +4,12 @@
 
 use std::collections::{BTreeMap, HashMap};
 
+use bytes::Bytes;
 use serde_json::{Value, json};
+use tokio::sync::mpsc::UnboundedReceiver;
 
 use crate::fields::{self, Owners};
-use crate::watch::Watches;
+use crate::watch::{WatchRequest, Watches};
 
 /// (collection, namespace, name); collection is e.g. `apis/palisade.dev/v1alpha1/policyrollouts`,
 /// namespace empty for cluster-scoped objects.
@@ -67,6 +69,14 @@ impl Store {
     /// Objects of `collection` in key order (namespace, name), as etcd lists them.
     pub(crate) fn objects<'a>(&'a self, collection: &'a str) -> impl Iterator<Item = &'a Value> + 'a {
         self.objects.iter().filter(move |((c, _, _), _)| c == collection).map(|(_, v)| v)
+    }
+
+    /// Opens a watch at the current version; one without a version starts with the current
+    /// objects, read in place.
+    pub(crate) fn watch(&mut self, request: WatchRequest) -> UnboundedReceiver<Bytes> {
+        let collection = request.collection.clone();
+        let current = self.objects.iter().filter(move |((c, _, _), _)| *c == collection).map(|(_, v)| v);
+        self.watches.open(request, current, self.version)
     }
 
     /// Stores `object` under `key` as a write by `manager` (`owners` given: an apply that already

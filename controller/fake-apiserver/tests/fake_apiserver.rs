@@ -93,6 +93,25 @@ async fn finalizers_hold_a_deletion_and_owned_objects_go_with_their_owner() {
 }
 
 #[tokio::test]
+async fn a_list_with_a_limit_comes_in_pages_in_name_order() {
+    let api = FakeApi::default();
+    let maps: Api<ConfigMap> = Api::default_namespaced(api.client());
+    for name in ["c", "a", "b"] {
+        maps.create(&PostParams::default(), &config_map(name, json!({}))).await.unwrap();
+    }
+    let names = |list: &kube::core::ObjectList<ConfigMap>| -> Vec<String> {
+        list.items.iter().map(|m| m.metadata.name.clone().unwrap()).collect()
+    };
+    let first = maps.list(&ListParams::default().limit(2)).await.unwrap();
+    assert_eq!(names(&first), ["a", "b"]);
+    let token = first.metadata.continue_.clone().expect("a continue token");
+    let rest = maps.list(&ListParams::default().limit(2).continue_token(&token)).await.unwrap();
+    assert_eq!(names(&rest), ["c"]);
+    assert!(rest.metadata.continue_.is_none(), "the last page");
+    assert_eq!(names(&maps.list(&ListParams::default()).await.unwrap()), ["a", "b", "c"]);
+}
+
+#[tokio::test]
 async fn a_watch_sees_the_changes_after_its_resource_version_then_410_once_expired() {
     let api = FakeApi::default();
     let maps: Api<ConfigMap> = Api::default_namespaced(api.client());
