@@ -19,8 +19,8 @@
 //!   the kernel (the last write of a convergence, after the slots and attachments);
 //!   `implementation_delay_from_write_p99_ms` from the write instead. New pods get their veth
 //!   and route before they are written, as a CNI wires a pod before its address is published.
-//!   On a sample (every step with `--verify-all`), the slots of the affected endpoints and the
-//!   whole ipcache are read back and checked against a fresh compile;
+//!   On a sample (every step with `--verify-all`), the slots of the affected endpoints and every
+//!   ipcache prefix of a fresh compile are read back and checked against that compile;
 //! - `full_recompute_p50_ms`: the same change as a naive agent implements it (a new agent from
 //!   scratch and a full converge into an empty datapath, called directly, endpoints not
 //!   attached: only its compile and programming), and `incremental_ratio` against the p50 delay.
