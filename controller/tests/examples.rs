@@ -7,7 +7,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
 use palisade::files;
-use palisade_policy::trace::{self, FlowEnd, FlowPort, HttpRequest, Trace, Verdict};
+use palisade_policy::trace::{self, FlowEnd, FlowPort, HttpRequest, L7Request, Trace, Verdict};
 use palisade_policy::yaml::{Limits, parse_documents};
 use palisade_policy::{CompiledPolicy, EnforcementMode};
 use serde::Deserialize;
@@ -77,7 +77,7 @@ fn check_scenario(name: &str) {
         let from = FlowEnd::parse(&flow.from).unwrap();
         let to = FlowEnd::parse(&flow.to).unwrap();
         let port = FlowPort::parse(&flow.port).unwrap();
-        let http = flow.http.as_deref().map(|r| HttpRequest::parse(r, &flow.headers).unwrap());
+        let http = flow.http.as_deref().map(|r| L7Request::Http(HttpRequest::parse(r, &flow.headers).unwrap()));
         let label = format!("{} -> {} {} {}", flow.from, flow.to, flow.port, flow.http.as_deref().unwrap_or(""));
         if !matches!(to, FlowEnd::Service { .. }) {
             assert!(flow.backends.is_none(), "{label}: backends: is for flows to a Service");

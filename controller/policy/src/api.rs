@@ -235,7 +235,18 @@ pub struct HttpRule {
     pub host: Option<String>,
     #[serde(default)]
     pub headers: Vec<String>,
-    pub header_matches: Option<Value>,
+    #[serde(default)]
+    pub header_matches: Vec<HeaderMatch>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct HeaderMatch {
+    pub name: String,
+    pub value: Option<String>,
+    // Recognised, not implemented: values kept in Kubernetes Secrets.
+    pub secret: Option<Value>,
+    pub mismatch: Option<String>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]

@@ -7,6 +7,7 @@ pub mod compile;
 pub mod diag;
 pub mod diff;
 pub mod identity;
+pub mod l7;
 pub mod labels;
 pub mod lint;
 pub mod model;

@@ -262,6 +262,26 @@ pub struct HttpMatch {
     pub host: Option<Regex>,
     /// Required headers: a name, or a name and an exact value.
     pub headers: Vec<(String, Option<String>)>,
+    pub header_matches: Vec<HeaderMatch>,
+}
+
+/// A `headerMatches` entry: a header (lower-case name) present, or with an exact value, and
+/// what to do when it is not (`None`: the rule does not match).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HeaderMatch {
+    pub name: String,
+    pub value: Option<String>,
+    pub mismatch: Option<Mismatch>,
+}
+
+/// Cilium's `mismatch` actions: the rule still matches, and the mismatch is logged or the
+/// header added, deleted or replaced on the way upstream.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mismatch {
+    Log,
+    Add,
+    Delete,
+    Replace,
 }
 
 #[derive(Clone, Debug, Default)]

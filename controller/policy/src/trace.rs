@@ -14,7 +14,8 @@ use serde::Serialize;
 
 use crate::compile::{CompiledPolicy, Enforcement, MapState};
 use crate::identity;
-use crate::model::{Direction, HttpMatch, L7Rules, PortSpec, Protocol};
+pub use crate::l7::{HttpRequest, L7Request};
+use crate::model::{Direction, L7Rules, PortSpec, Protocol};
 
 /// The drop reason of a connection to a port whose entry redirects to the L7 proxy, which the
 /// datapath does not have yet.
@@ -126,49 +127,6 @@ impl fmt::Display for FlowPort {
     }
 }
 
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct HttpRequest {
-    pub method: String,
-    pub path: String,
-    /// Lower-case names.
-    pub headers: Vec<(String, String)>,
-}
-
-impl HttpRequest {
-    /// `"GET /path"` plus `"Name: value"` headers.
-    pub fn parse(request: &str, headers: &[String]) -> Result<HttpRequest, String> {
-        let (method, path) = request
-            .split_once(' ')
-            .filter(|(m, p)| !m.is_empty() && p.starts_with('/'))
-            .ok_or_else(|| format!("{request:?} is not \"METHOD /path\""))?;
-        let headers = headers
-            .iter()
-            .map(|h| {
-                h.split_once(':')
-                    .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
-                    .ok_or_else(|| format!("{h:?} is not \"Name: value\""))
-            })
-            .collect::<Result<_, _>>()?;
-        Ok(HttpRequest { method: method.to_string(), path: path.to_string(), headers })
-    }
-
-    fn header(&self, name: &str) -> Option<&str> {
-        self.headers.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
-    }
-
-    fn matches(&self, rule: &HttpMatch) -> bool {
-        let full = |re: &Option<regex::Regex>, s: &str| re.as_ref().is_none_or(|re| re.is_match(s));
-        full(&rule.method, &self.method)
-            && full(&rule.path, &self.path)
-            && rule.host.as_ref().is_none_or(|re| self.header("host").is_some_and(|h| re.is_match(h)))
-            && rule.headers.iter().all(|(name, value)| match (self.header(name), value) {
-                (Some(have), Some(want)) => have == want,
-                (have, None) => have.is_some(),
-                (None, _) => false,
-            })
-    }
-}
-
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Verdict {
@@ -225,12 +183,12 @@ pub fn trace(
     from: &FlowEnd,
     to: &FlowEnd,
     port: FlowPort,
-    http: Option<&HttpRequest>,
+    l7: Option<&L7Request>,
 ) -> Result<Trace, String> {
     let from_id = identity_of(compiled, from)?;
     let to_id = identity_of(compiled, to)?;
-    let egress = decide(compiled, from, to_id, Direction::Egress, port, http);
-    let ingress = decide(compiled, to, from_id, Direction::Ingress, port, http);
+    let egress = decide(compiled, from, to_id, Direction::Egress, port, l7);
+    let ingress = decide(compiled, to, from_id, Direction::Ingress, port, l7);
     let both = |a: Verdict, b: Verdict| {
         if a == Verdict::Allowed && b == Verdict::Allowed { Verdict::Allowed } else { Verdict::Denied }
     };
@@ -286,7 +244,7 @@ fn decide(
     remote: u32,
     direction: Direction,
     port: FlowPort,
-    http: Option<&HttpRequest>,
+    l7: Option<&L7Request>,
 ) -> Decision {
     let remote_labels = compiled.identities().get(remote).map(|i| i.labels.to_string()).unwrap_or_default();
     // The other side alone decides when this side is not a Palisade endpoint.
@@ -326,7 +284,7 @@ fn decide(
     };
     let (mut intent, mut proxy, mut drop_reason) = (verdict, None, None);
     if entry.is_some_and(|e| e.value.verdict() == dp::Verdict::Redirect) {
-        let (allowed, why) = proxy_decision(compiled, policy, &endpoint.pod.ports, remote, direction, port, http);
+        let (allowed, why) = proxy_decision(compiled, policy, &endpoint.pod.ports, remote, direction, port, l7);
         if !allowed {
             intent = Verdict::Denied;
         }
@@ -397,7 +355,7 @@ pub fn trace_service(
     from: &FlowEnd,
     to: &FlowEnd,
     port: FlowPort,
-    http: Option<&HttpRequest>,
+    l7: Option<&L7Request>,
 ) -> Result<ServiceTrace, ServiceFlowError> {
     if let FlowEnd::Service { .. } = from {
         return Err(ServiceFlowError::ServiceSource(from.to_string()));
@@ -428,7 +386,7 @@ pub fn trace_service(
             None => FlowEnd::Address(backend.ip),
         };
         let on = FlowPort { protocol: port.protocol, port: backend.port };
-        let trace = trace(compiled, from, &end, on, http).map_err(ServiceFlowError::Flow)?;
+        let trace = trace(compiled, from, &end, on, l7).map_err(ServiceFlowError::Flow)?;
         traced.push(BackendTrace {
             backend: backend.pod.clone().unwrap_or_else(|| backend.ip.to_string()),
             address: backend.ip,
@@ -464,6 +422,16 @@ pub fn describe_entry(key: &dp::PolicyKey) -> String {
 
 /// The L7 proxy allows a request when any allow rule selecting the peer on this port allows it;
 /// a rule without L7 rules allows everything (so an L4-only rule shadows L7 rules).
+/// What a matching rule's `headerMatches` do to the request, for the proxy line of a trace.
+fn rewritten(rewrite: &crate::l7::HttpRewrite) -> String {
+    let mut done: Vec<String> = Vec::new();
+    done.extend(rewrite.add.iter().map(|(name, value)| format!("adds {name}: {value}")));
+    done.extend(rewrite.replace.iter().map(|(name, value)| format!("sets {name}: {value}")));
+    done.extend(rewrite.delete.iter().map(|name| format!("deletes {name}")));
+    done.extend(rewrite.logged.iter().map(|mismatch| format!("logs {mismatch}")));
+    if done.is_empty() { String::new() } else { format!(" ({})", done.join(", ")) }
+}
+
 fn proxy_decision(
     compiled: &CompiledPolicy,
     policy: &MapState,
@@ -471,7 +439,7 @@ fn proxy_decision(
     remote: u32,
     direction: Direction,
     port: FlowPort,
-    http: Option<&HttpRequest>,
+    request: Option<&L7Request>,
 ) -> (bool, String) {
     let mut l7_rules: Vec<(&L7Rules, String)> = Vec::new();
     for cookie in compiled.cookies_selecting(policy, remote) {
@@ -497,16 +465,37 @@ fn proxy_decision(
             }
         }
     }
-    let Some(request) = http else {
+    let Some(request) = request else {
         let kinds: Vec<&str> = l7_rules.iter().map(|(l7, _)| l7.kind()).collect();
-        return (true, format!("redirected to the L7 proxy ({}); pass --http to evaluate a request", kinds.join(", ")));
+        return (
+            true,
+            format!("redirected to the L7 proxy ({}); pass --http or --dns to evaluate a request", kinds.join(", ")),
+        );
     };
-    for (l7, origin) in &l7_rules {
-        if let L7Rules::Http(rules) = l7
-            && rules.iter().any(|r| request.matches(r))
-        {
-            return (true, format!("allowed: {} {} matches {origin}", request.method, request.path));
+    match request {
+        L7Request::Http(request) => {
+            for (l7, origin) in &l7_rules {
+                if let L7Rules::Http(rules) = l7
+                    && let Some(rewrite) = rules.iter().find_map(|r| request.judge(r))
+                {
+                    let (method, path) = (&request.method, &request.path);
+                    return (true, format!("allowed: {method} {path} matches {origin}{}", rewritten(&rewrite)));
+                }
+            }
+            (
+                false,
+                format!("denied: {} {} matches no HTTP rule for this peer (HTTP 403)", request.method, request.path),
+            )
+        }
+        L7Request::Dns(name) => {
+            for (l7, origin) in &l7_rules {
+                if let L7Rules::Dns(matches) = l7
+                    && matches.iter().any(|m| m.matches(name))
+                {
+                    return (true, format!("allowed: query {name} matches {origin}"));
+                }
+            }
+            (false, format!("denied: query {name} matches no DNS rule for this peer (REFUSED)"))
         }
     }
-    (false, format!("denied: {} {} matches no HTTP rule for this peer (HTTP 403)", request.method, request.path))
 }

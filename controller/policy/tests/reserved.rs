@@ -1,6 +1,7 @@
 //! Reserved identities by address, as Cilium assigns them (the local host's addresses `host`,
 //! other nodes' `remote-node`, the API server's `kube-apiserver`), the entities that select
-//! them, `allow-localhost`, and L7 rules that the datapath denies until an L7 proxy exists.
+//! them, `allow-localhost`, and L7 rules that the datapath denies until an L7 proxy exists
+//! (and what they would decide: HTTP `headerMatches`).
 mod common;
 
 use common::trace_of;
@@ -283,4 +284,107 @@ fn every_l7_rules_field_is_a_warning_naming_file_line_and_field() {
         ],
         "one per rules field, though ANY makes three port rules of it"
     );
+}
+
+const HEADER_MATCHES: &str = "apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: server, namespace: prod}
+spec:
+  endpointSelector: {matchLabels: {app: server}}
+  ingress:
+  - fromEndpoints: [{matchLabels: {app: client}}]
+    toPorts:
+    - ports: [{port: '8080', protocol: TCP}]
+      rules:
+        http:
+        - path: /strict
+          headerMatches: [{name: X-Tenant, value: blue}]
+        - path: /lenient
+          headerMatches:
+          - {name: X-Tenant, value: blue, mismatch: REPLACE}
+          - {name: X-Trace, mismatch: LOG}
+          - {name: X-Debug, value: 'off', mismatch: ADD}
+";
+
+fn proxy_line(engine: &CompiledPolicy, request: &str, headers: &[&str]) -> (Verdict, String) {
+    let headers: Vec<String> = headers.iter().map(|h| h.to_string()).collect();
+    let request = palisade_policy::trace::HttpRequest::parse(request, &headers).unwrap();
+    let t = palisade_policy::trace::trace(
+        engine,
+        &FlowEnd::parse("prod/client").unwrap(),
+        &FlowEnd::parse("prod/server").unwrap(),
+        palisade_policy::trace::FlowPort::parse("8080/TCP").unwrap(),
+        Some(&palisade_policy::trace::L7Request::Http(request)),
+    )
+    .unwrap();
+    (t.intent, t.ingress.proxy.unwrap())
+}
+
+#[test]
+fn header_matches_without_a_mismatch_action_deny_and_with_one_rewrite_the_request() {
+    let e = engine(HEADER_MATCHES, CompileOptions::default());
+    assert_eq!(proxy_line(&e, "GET /strict", &["X-Tenant: blue"]).0, Verdict::Allowed);
+    assert_eq!(proxy_line(&e, "GET /strict", &["x-tenant: red"]).0, Verdict::Denied);
+    assert_eq!(proxy_line(&e, "GET /strict", &[]).0, Verdict::Denied);
+    // Every mismatch has an action: the rule matches and the request is rewritten.
+    let (intent, proxy) = proxy_line(&e, "GET /lenient", &["X-Tenant: red"]);
+    assert_eq!(intent, Verdict::Allowed);
+    assert!(proxy.contains("sets x-tenant: blue"), "{proxy}");
+    assert!(proxy.contains("logs x-trace: <absent>"), "{proxy}");
+    assert!(proxy.contains("adds x-debug: off"), "{proxy}");
+    let (_, proxy) = proxy_line(&e, "GET /lenient", &["X-Tenant: blue", "X-Trace: 1", "X-Debug: off"]);
+    assert!(!proxy.contains('('), "nothing to rewrite: {proxy}");
+}
+
+#[test]
+fn header_matches_from_secrets_and_unknown_mismatch_actions_are_errors_at_their_field() {
+    let text = HEADER_MATCHES
+        .replace("mismatch: ADD", "mismatch: KEEP")
+        .replace("[{name: X-Tenant, value: blue}]", "[{name: X-Tenant, secret: {namespace: prod, name: tenant}}]");
+    let parsed = parse_policies(&[SourceFile { name: "policies/api.yaml", text: &text }], &ParseOptions::default());
+    let errors: Vec<String> = parsed.diagnostics.iter().map(ToString::to_string).collect();
+    assert!(
+        errors.iter().any(|e| e.starts_with(
+            "policies/api.yaml:13: spec.ingress[0].toPorts[0].rules.http[0].headerMatches[0].secret: unsupported"
+        )),
+        "{errors:?}"
+    );
+    assert!(
+        errors.iter().any(|e| e.starts_with("policies/api.yaml:18: spec.ingress[0].toPorts[0].rules.http[1].headerMatches[2].mismatch: \"KEEP\" is not LOG, ADD, DELETE or REPLACE")),
+        "{errors:?}"
+    );
+}
+
+#[test]
+fn dns_queries_are_judged_by_match_name_and_match_pattern() {
+    let policy = "apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: client, namespace: prod}
+spec:
+  endpointSelector: {matchLabels: {app: client}}
+  egress:
+  - toEndpoints: [{matchLabels: {app: server}}]
+    toPorts:
+    - ports: [{port: '53', protocol: UDP}]
+      rules:
+        dns: [{matchName: api.example.com}, {matchPattern: '*.corp.example.com'}]
+";
+    let e = engine(policy, CompileOptions::default());
+    let query = |name: &str| {
+        let t = palisade_policy::trace::trace(
+            &e,
+            &FlowEnd::parse("prod/client").unwrap(),
+            &FlowEnd::parse("prod/server").unwrap(),
+            palisade_policy::trace::FlowPort::parse("53/UDP").unwrap(),
+            Some(&palisade_policy::trace::L7Request::Dns(name.into())),
+        )
+        .unwrap();
+        (t.egress.intent, t.egress.proxy.unwrap())
+    };
+    assert_eq!(query("API.example.com.").0, Verdict::Allowed);
+    assert_eq!(query("build.corp.example.com").0, Verdict::Allowed);
+    let (intent, proxy) = query("a.build.corp.example.com");
+    assert_eq!(intent, Verdict::Denied, "* stays within one label");
+    assert!(proxy.ends_with("(REFUSED)"), "{proxy}");
+    assert_eq!(query("example.org").0, Verdict::Denied);
 }

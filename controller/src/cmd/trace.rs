@@ -1,6 +1,8 @@
 use anyhow::{Result, anyhow};
 use palisade_policy::CompiledPolicy;
-use palisade_policy::trace::{self, Decision, FlowEnd, FlowPort, HttpRequest, ServiceFlowError, Trace, Verdict};
+use palisade_policy::trace::{
+    self, Decision, FlowEnd, FlowPort, HttpRequest, L7Request, ServiceFlowError, Trace, Verdict,
+};
 
 use super::{EngineArgs, Output};
 
@@ -24,8 +26,11 @@ pub struct Args {
     #[arg(long)]
     http: Option<String>,
     /// A request header, "Name: value" (repeatable).
-    #[arg(long = "header")]
+    #[arg(long = "header", requires = "http")]
     headers: Vec<String>,
+    /// A DNS query for NAME to evaluate against DNS rules (`rules.dns`), e.g. on 53/UDP.
+    #[arg(long, value_name = "NAME", conflicts_with = "http")]
+    dns: Option<String>,
     #[arg(short, long, value_enum, default_value_t)]
     output: Output,
 }
@@ -37,14 +42,15 @@ pub fn run(args: Args) -> Result<u8> {
     let http = args
         .http
         .as_deref()
-        .map(|r| HttpRequest::parse(r, &args.headers))
+        .map(|r| HttpRequest::parse(r, &args.headers).map(L7Request::Http))
         .transpose()
         .map_err(|e| anyhow!("--http: {e}"))?;
+    let l7 = http.or(args.dns.map(L7Request::Dns));
     let engine = args.engine.engine()?;
     if matches!(from, FlowEnd::Service { .. }) || matches!(to, FlowEnd::Service { .. }) {
-        return run_service(&engine, &from, &to, port, http.as_ref(), args.output);
+        return run_service(&engine, &from, &to, port, l7.as_ref(), args.output);
     }
-    let result = trace::trace(&engine, &from, &to, port, http.as_ref()).map_err(|e| anyhow!(e))?;
+    let result = trace::trace(&engine, &from, &to, port, l7.as_ref()).map_err(|e| anyhow!(e))?;
     match args.output {
         Output::Json => println!("{}", serde_json::to_string_pretty(&result)?),
         Output::Text => print_text(&from, &to, port, &result),
@@ -65,10 +71,10 @@ fn run_service(
     from: &FlowEnd,
     to: &FlowEnd,
     port: FlowPort,
-    http: Option<&HttpRequest>,
+    l7: Option<&L7Request>,
     output: Output,
 ) -> Result<u8> {
-    let result = match trace::trace_service(engine, from, to, port, http) {
+    let result = match trace::trace_service(engine, from, to, port, l7) {
         Ok(result) => result,
         Err(ref e @ ServiceFlowError::NoBackends { ref service, .. }) => {
             match output {

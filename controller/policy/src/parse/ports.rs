@@ -172,9 +172,12 @@ impl Translator<'_, '_> {
             let mut rules = Vec::new();
             for (i, rule) in http.iter().enumerate() {
                 let at = format!("{path}.http[{i}]");
-                if rule.header_matches.is_some() {
-                    self.unsupported(&format!("{at}.headerMatches"), "HTTP headerMatches");
-                }
+                let header_matches = rule
+                    .header_matches
+                    .iter()
+                    .enumerate()
+                    .filter_map(|(j, header)| self.header_match(header, &format!("{at}.headerMatches[{j}]")))
+                    .collect();
                 let headers = rule
                     .headers
                     .iter()
@@ -188,6 +191,7 @@ impl Translator<'_, '_> {
                     path: self.regex(rule.path.as_deref(), &format!("{at}.path")),
                     host: self.regex(rule.host.as_deref(), &format!("{at}.host")),
                     headers,
+                    header_matches,
                 });
             }
             return Some(L7Rules::Http(rules));
@@ -230,6 +234,29 @@ impl Translator<'_, '_> {
             matches.extend(self.fqdn(fqdn, &format!("{path}.dns[{i}]")));
         }
         Some(L7Rules::Dns(matches))
+    }
+
+    fn header_match(&mut self, raw: &api::HeaderMatch, path: &str) -> Option<HeaderMatch> {
+        if raw.secret.is_some() {
+            self.unsupported(&format!("{path}.secret"), "header values from Secrets");
+            return None;
+        }
+        if raw.name.trim().is_empty() {
+            self.error(&format!("{path}.name"), "a header name is required");
+            return None;
+        }
+        let mismatch = match raw.mismatch.as_deref() {
+            None => None,
+            Some("LOG") => Some(Mismatch::Log),
+            Some("ADD") => Some(Mismatch::Add),
+            Some("DELETE") => Some(Mismatch::Delete),
+            Some("REPLACE") => Some(Mismatch::Replace),
+            Some(other) => {
+                self.error(&format!("{path}.mismatch"), format!("{other:?} is not LOG, ADD, DELETE or REPLACE"));
+                return None;
+            }
+        };
+        Some(HeaderMatch { name: raw.name.trim().to_ascii_lowercase(), value: raw.value.clone(), mismatch })
     }
 
     /// A full-match regex with a bounded program size; `None` when absent or invalid.

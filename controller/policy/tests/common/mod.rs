@@ -1,10 +1,10 @@
 //! What the policy test files share.
 use palisade_policy::CompiledPolicy;
-use palisade_policy::trace::{self, FlowEnd, FlowPort, HttpRequest};
+use palisade_policy::trace::{self, FlowEnd, FlowPort, HttpRequest, L7Request};
 
 /// `palisade trace` from `from` to `to` on `port` (`8080/TCP`), with an optional HTTP request.
 pub fn trace_of(engine: &CompiledPolicy, from: &str, to: &str, port: &str, http: Option<&str>) -> trace::Trace {
-    let request = http.map(|r| HttpRequest::parse(r, &[]).unwrap());
+    let request = http.map(|r| L7Request::Http(HttpRequest::parse(r, &[]).unwrap()));
     trace::trace(
         engine,
         &FlowEnd::parse(from).unwrap(),
