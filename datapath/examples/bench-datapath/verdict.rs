@@ -18,8 +18,8 @@
 //!   into the program, not the program, is most of what a direct run adds.)
 //!
 //! Arms alternate within each of 31 rounds; each figure is the median over rounds of the
-//! difference within a round. Conntrack is
-//! filled first, so every arm evicts as a busy node does.
+//! difference within a round. Conntrack is filled first, so every arm evicts as a busy node
+//! does.
 use super::*;
 use crate::driver::{Driver, FlowSpace};
 
