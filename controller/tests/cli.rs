@@ -302,7 +302,12 @@ fn trace_follows_the_datapath_at_an_l7_redirect_and_shows_the_intent() {
     }
     // One request at a time; headers belong to an HTTP request.
     let base = ["--from", CLIENT, "--to", CATALOG, "--port", "8080/TCP"];
-    for extra in [&["--http", "GET /", "--dns", "api.example.com"][..], &["--header", "X-A: 1"][..]] {
+    for extra in [
+        &["--http", "GET /", "--dns", "api.example.com"][..],
+        &["--header", "X-A: 1"][..],
+        &["--dns-answer", "api.example.com"][..],
+        &["--dns-answer", "api.example.com=10.200.99.300"][..],
+    ] {
         let out = on_policies("trace", &cluster, &policies, &[&base[..], extra].concat());
         assert_eq!(code(&out), 2, "{extra:?}: {}", stderr(&out));
     }

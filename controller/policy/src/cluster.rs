@@ -22,6 +22,9 @@ pub struct Cluster {
     /// (see [`Cluster::apiserver_addresses`]); those of other Services without a selector are
     /// their backends (`toServices`, see [`Cluster::selectorless_service_addresses`]).
     pub endpoint_slices: Vec<EndpointSlice>,
+    /// DNS answers seen: each name (lower case, no root dot) and the addresses it resolved
+    /// to. `toFQDNs` selects the /32 CIDR identities of the addresses of the names it matches.
+    pub dns_answers: BTreeMap<String, BTreeSet<Ipv4Addr>>,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -570,6 +573,14 @@ impl Cluster {
     /// The ready endpoint addresses of every Service without a selector, `default/kubernetes`
     /// left out (its addresses are the API server's): the addresses `toServices` can name
     /// outside the pods.
+    /// The addresses whose /32 CIDR identities are held whether a policy names them or not:
+    /// the backends of Services without a selector and the addresses of DNS answers.
+    pub fn held_addresses(&self) -> BTreeSet<Ipv4Addr> {
+        let mut addresses = self.selectorless_service_addresses();
+        addresses.extend(self.dns_answers.values().flatten());
+        addresses
+    }
+
     pub fn selectorless_service_addresses(&self) -> BTreeSet<Ipv4Addr> {
         self.services
             .iter()

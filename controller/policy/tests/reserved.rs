@@ -388,3 +388,36 @@ spec:
     assert!(proxy.ends_with("(REFUSED)"), "{proxy}");
     assert_eq!(query("example.org").0, Verdict::Denied);
 }
+
+#[test]
+fn to_fqdns_selects_the_addresses_of_the_dns_answers_for_the_names_it_matches() {
+    let policy = "apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: client, namespace: prod}
+spec:
+  endpointSelector: {matchLabels: {app: client}}
+  egress:
+  - toFQDNs: [{matchPattern: '*.example.com'}]
+    toPorts: [{ports: [{port: '443', protocol: TCP}]}]
+";
+    let mut e = engine(policy, CompileOptions::default());
+    let to =
+        |e: &CompiledPolicy, addr: &str| trace_of(e, "prod/client", &format!("cidr:{addr}"), "443/TCP", None).verdict;
+    // Offline, no answer yet: nothing is selected.
+    assert_eq!(to(&e, "10.200.99.10"), Verdict::Denied);
+    let answer = |pairs: &[(&str, &str)]| {
+        let mut answers = std::collections::BTreeMap::<String, std::collections::BTreeSet<std::net::Ipv4Addr>>::new();
+        for (name, addr) in pairs {
+            answers.entry(name.to_string()).or_default().insert(addr.parse().unwrap());
+        }
+        answers
+    };
+    e.set_dns_answers(answer(&[("api.example.com", "10.200.99.10"), ("example.org", "10.200.99.20")]));
+    assert_eq!(to(&e, "10.200.99.10"), Verdict::Allowed, "api.example.com matches *.example.com");
+    assert_eq!(to(&e, "10.200.99.20"), Verdict::Denied, "example.org does not");
+    assert!(ipcache_at(&e, "10.200.99.10").is_some(), "the answer's address has an identity in the ipcache");
+    // The answer expires: the address is no longer selected, and its identity goes.
+    e.set_dns_answers(answer(&[("example.org", "10.200.99.20")]));
+    assert_eq!(to(&e, "10.200.99.10"), Verdict::Denied);
+    assert!(ipcache_at(&e, "10.200.99.10").is_none());
+}

@@ -1,3 +1,6 @@
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::Ipv4Addr;
+
 use anyhow::{Result, anyhow};
 use palisade_policy::CompiledPolicy;
 use palisade_policy::trace::{
@@ -31,6 +34,10 @@ pub struct Args {
     /// A DNS query for NAME to evaluate against DNS rules (`rules.dns`), e.g. on 53/UDP.
     #[arg(long, value_name = "NAME", conflicts_with = "http")]
     dns: Option<String>,
+    /// A DNS answer the node's proxy has seen, "NAME=IP[,IP...]" (repeatable): `toFQDNs`
+    /// selects those addresses, e.g. `--to cidr:IP`.
+    #[arg(long = "dns-answer", value_name = "NAME=IP,...", value_parser = parse_dns_answer)]
+    dns_answers: Vec<(String, Vec<Ipv4Addr>)>,
     #[arg(short, long, value_enum, default_value_t)]
     output: Output,
 }
@@ -46,7 +53,12 @@ pub fn run(args: Args) -> Result<u8> {
         .transpose()
         .map_err(|e| anyhow!("--http: {e}"))?;
     let l7 = http.or(args.dns.map(L7Request::Dns));
-    let engine = args.engine.engine()?;
+    let mut engine = args.engine.engine()?;
+    let mut answers: BTreeMap<String, BTreeSet<Ipv4Addr>> = BTreeMap::new();
+    for (name, addrs) in args.dns_answers {
+        answers.entry(name).or_default().extend(addrs);
+    }
+    engine.set_dns_answers(answers);
     if matches!(from, FlowEnd::Service { .. }) || matches!(to, FlowEnd::Service { .. }) {
         return run_service(&engine, &from, &to, port, l7.as_ref(), args.output);
     }
@@ -56,6 +68,20 @@ pub fn run(args: Args) -> Result<u8> {
         Output::Text => print_text(&from, &to, port, &result),
     }
     Ok(exit_code(result.verdict))
+}
+
+/// "NAME=IP[,IP...]": the name in lower case without the root dot.
+fn parse_dns_answer(text: &str) -> Result<(String, Vec<Ipv4Addr>), String> {
+    let (name, addrs) = text.split_once('=').ok_or_else(|| format!("{text:?} is not NAME=IP[,IP...]"))?;
+    let name = name.trim().trim_end_matches('.').to_ascii_lowercase();
+    if name.is_empty() {
+        return Err(format!("{text:?}: the name is empty"));
+    }
+    let addrs = addrs
+        .split(',')
+        .map(|a| a.trim().parse::<Ipv4Addr>().map_err(|_| format!("{a:?} is not an IPv4 address")))
+        .collect::<Result<_, _>>()?;
+    Ok((name, addrs))
 }
 
 /// The exit code follows what the datapath does, not the L7 rules' intent.

@@ -68,9 +68,9 @@ pub(crate) struct IpCache {
     /// Every port number each container port name has across the cluster (egress named ports).
     /// Counted per pod, so names are forgotten when their last pod goes.
     named_ports: HashMap<String, BTreeMap<NamedPort, usize>>,
-    /// The endpoint addresses of Services without a selector, each holding its /32 CIDR
-    /// identity (see [`IpCache::set_service_addresses`]).
-    service_addrs: BTreeSet<Ipv4Addr>,
+    /// The endpoint addresses of Services without a selector and the addresses of DNS
+    /// answers, each holding its /32 CIDR identity (see [`IpCache::set_held_addresses`]).
+    held_addrs: BTreeSet<Ipv4Addr>,
 }
 
 impl IpCache {
@@ -177,13 +177,14 @@ impl IpCache {
     /// Holds a /32 CIDR identity for each endpoint address of a Service without a selector (what
     /// `toServices` selects for such a Service, as in Cilium), for every such Service whether a
     /// policy names it or not: a policy that comes to name another Service then needs no new
-    /// identity, so the datapath's ipcache does not change under a policy change. Returns the
-    /// identities that appeared and those that went.
-    pub fn set_service_addresses(&mut self, addrs: BTreeSet<Ipv4Addr>) -> (Vec<u32>, Vec<u32>) {
+    /// identity, so the datapath's ipcache does not change under a policy change. The same for
+    /// each address of a DNS answer (what `toFQDNs` selects). Returns the identities that
+    /// appeared and those that went.
+    pub fn set_held_addresses(&mut self, addrs: BTreeSet<Ipv4Addr>) -> (Vec<u32>, Vec<u32>) {
         let host = |a: &Ipv4Addr| Prefix::new(*a, 32);
-        let new: Vec<Prefix> = addrs.difference(&self.service_addrs).map(host).collect();
-        let gone: Vec<Prefix> = self.service_addrs.difference(&addrs).map(host).collect();
-        self.service_addrs = addrs;
+        let new: Vec<Prefix> = addrs.difference(&self.held_addrs).map(host).collect();
+        let gone: Vec<Prefix> = self.held_addrs.difference(&addrs).map(host).collect();
+        self.held_addrs = addrs;
         let added = new.into_iter().filter_map(|p| self.acquire_cidr(p)).collect();
         let removed = gone.into_iter().filter_map(|p| self.release_cidr(p)).collect();
         (added, removed)

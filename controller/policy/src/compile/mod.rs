@@ -14,7 +14,7 @@ mod options;
 mod repository;
 mod selector_cache;
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
 
 use palisade_common::{self as dp, Direction, PolicyEntry};
@@ -50,11 +50,11 @@ impl CompiledPolicy {
     }
 
     pub fn with_options(policies: PolicySet, cluster: Cluster, options: CompileOptions) -> CompiledPolicy {
-        let Cluster { namespaces, pods, nodes, services, endpoint_slices } = cluster;
+        let Cluster { namespaces, pods, nodes, services, endpoint_slices, dns_answers } = cluster;
         let mut compiled = CompiledPolicy {
             ipcache: IpCache::new(&policies, &options.identity_basis),
             repository: Repository::new(policies),
-            cluster: Cluster { namespaces, pods: Vec::new(), nodes, services, endpoint_slices },
+            cluster: Cluster { namespaces, pods: Vec::new(), nodes, services, endpoint_slices, dns_answers },
             selectors: SelectorCache::default(),
             groups: Groups::default(),
             options,
@@ -63,8 +63,8 @@ impl CompiledPolicy {
             compiled.add_pod(pod);
         }
         // Nothing is compiled yet: no selection to update with these identities.
-        let addresses = compiled.cluster.selectorless_service_addresses();
-        compiled.ipcache.set_service_addresses(addresses);
+        let addresses = compiled.cluster.held_addresses();
+        compiled.ipcache.set_held_addresses(addresses);
         let keys: BTreeSet<GroupKey> =
             compiled.cluster.pods.iter().filter(|p| compiled.is_endpoint(p)).map(|p| compiled.group_key(p)).collect();
         compiled.recompile(keys);
@@ -227,7 +227,7 @@ impl CompiledPolicy {
             return;
         }
         self.cluster.endpoint_slices = slices;
-        self.services_changed();
+        self.held_addresses_changed();
     }
 
     /// Services change what `toServices` selects and which addresses are Service backends.
@@ -236,21 +236,30 @@ impl CompiledPolicy {
             return;
         }
         self.cluster.services = services;
-        self.services_changed();
+        self.held_addresses_changed();
     }
 
-    /// Only what the change touches is recomputed: backend addresses that appear or go are
-    /// patched in and out like any identity, and the groups whose `toServices` peers now select
-    /// other identities are recompiled.
-    fn services_changed(&mut self) {
-        let (added, removed) = self.ipcache.set_service_addresses(self.cluster.selectorless_service_addresses());
+    /// DNS answers change what `toFQDNs` selects: the addresses of the names they match.
+    pub fn set_dns_answers(&mut self, answers: BTreeMap<String, BTreeSet<Ipv4Addr>>) {
+        if self.cluster.dns_answers == answers {
+            return;
+        }
+        self.cluster.dns_answers = answers;
+        self.held_addresses_changed();
+    }
+
+    /// Only what the change touches is recomputed: held addresses that appear or go are patched
+    /// in and out like any identity, and the groups whose `toServices` or `toFQDNs` peers now
+    /// select other identities are recompiled.
+    fn held_addresses_changed(&mut self) {
+        let (added, removed) = self.ipcache.set_held_addresses(self.cluster.held_addresses());
         for id in added {
             self.identity_added(id);
         }
         for id in removed {
             self.identity_removed(id);
         }
-        let changed = self.selectors.services_changed(self.ipcache.identities(), &self.cluster);
+        let changed = self.selectors.address_peers_changed(self.ipcache.identities(), &self.cluster);
         // Users are a superset: groups since removed stay removed.
         let keys: Vec<GroupKey> =
             self.selectors.users_of(&changed).filter(|k| self.groups.by_key.contains_key(*k)).cloned().collect();

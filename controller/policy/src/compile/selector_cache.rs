@@ -73,11 +73,13 @@ impl SelectorCache {
         changed
     }
 
-    /// Services or their EndpointSlices changed: `toServices` peers select anew; returns the
-    /// peers whose selection changed.
-    pub fn services_changed(&mut self, identities: &Identities, cluster: &Cluster) -> Vec<Peer> {
+    /// Services, their EndpointSlices or the DNS answers changed: `toServices` and `toFQDNs`
+    /// peers select anew; returns the peers whose selection changed.
+    pub fn address_peers_changed(&mut self, identities: &Identities, cluster: &Cluster) -> Vec<Peer> {
         let mut changed = Vec::new();
-        for (peer, selected) in self.selections.iter_mut().filter(|(p, _)| matches!(p, Peer::Service(_))) {
+        for (peer, selected) in
+            self.selections.iter_mut().filter(|(p, _)| matches!(p, Peer::Service(_) | Peer::Fqdn(_)))
+        {
             let now = selection(peer, identities, cluster);
             if now != *selected {
                 *selected = now;
@@ -121,8 +123,10 @@ fn peer_selects(peer: &Peer, identity: &Identity, cluster: &Cluster) -> bool {
         Peer::Service(service) => {
             cluster.services.iter().filter(|s| s.named_by(service)).any(|s| backend_identity(cluster, s, identity))
         }
-        // Addresses come from DNS answers at runtime; offline there are none.
-        Peer::Fqdn(_) => false,
+        // The addresses of the DNS answers for the names it matches.
+        Peer::Fqdn(fqdn) => identity.prefix.is_some_and(|p| {
+            p.len == 32 && cluster.dns_answers.iter().any(|(name, addrs)| fqdn.matches(name) && addrs.contains(&p.addr))
+        }),
     }
 }
 
