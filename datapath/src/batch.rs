@@ -4,14 +4,14 @@
 //! an inner-map swap waits for).
 use std::{
     io,
-    os::fd::{AsRawFd, BorrowedFd},
+    os::fd::{AsFd, AsRawFd},
 };
 
-use aya::Pod;
+use aya::{Pod, maps::MapData};
 
 /// Updates (inserts or replaces) `keys[i]` with `values[i]` in the map `map`, in one syscall.
 /// On an error, the elements before the failing one may have been written.
-pub fn update_batch<K: Pod, V: Pod>(map: BorrowedFd, keys: &[K], values: &[V]) -> io::Result<()> {
+pub fn update_batch<K: Pod, V: Pod>(map: &MapData, keys: &[K], values: &[V]) -> io::Result<()> {
     assert_eq!(keys.len(), values.len(), "one value per key");
     if keys.is_empty() {
         return Ok(());
@@ -35,7 +35,7 @@ pub fn update_batch<K: Pod, V: Pod>(map: BorrowedFd, keys: &[K], values: &[V]) -
         keys: keys.as_ptr() as u64,
         values: values.as_ptr() as u64,
         count: keys.len() as u32,
-        map_fd: map.as_raw_fd() as u32,
+        map_fd: map.fd().as_fd().as_raw_fd() as u32,
         elem_flags: 0,
         flags: 0,
     };

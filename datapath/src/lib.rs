@@ -17,13 +17,14 @@ mod pins;
 use std::{
     ffi::{CStr, CString},
     net::Ipv4Addr,
-    os::fd::AsFd,
     path::Path,
     time::Duration,
 };
 
 use aya::{
-    maps::{Array, HashMap, HashOfMaps, LpmTrie, MapData, MapError, PerCpuArray, PerCpuHashMap, lpm_trie::Key},
+    maps::{
+        Array, HashMap, HashOfMaps, IterableMap, LpmTrie, MapData, MapError, PerCpuArray, PerCpuHashMap, lpm_trie::Key,
+    },
     programs::{LinkOrder, SchedClassifier, TcAttachType, TestRun, TestRunOptions, links::FdLink, tc::TcAttachOptions},
 };
 use palisade_common::{
@@ -99,8 +100,6 @@ pub struct Datapath {
     ipcache: LpmTrie<MapData, u32, u32>,
     /// ifindex -> config of attached endpoints: what the program reads.
     endpoints: HashMap<MapData, u32, EndpointConfig>,
-    /// The same maps untyped, for batch updates.
-    batch_maps: BatchMaps,
     /// Endpoint id -> config of every endpoint: the record.
     endpoint_config: HashMap<MapData, EndpointId, EndpointConfig>,
     /// Counter indexes in use, from the record.
@@ -140,10 +139,6 @@ impl Datapath {
         Ok(Datapath {
             ipcache: pins.map("IPCACHE")?,
             endpoints: pins.map("ENDPOINTS")?,
-            batch_maps: BatchMaps {
-                endpoints: pins.map_data("ENDPOINTS")?,
-                endpoint_config: pins.map_data("ENDPOINT_CONFIG")?,
-            },
             endpoint_config,
             used_indexes,
             node_state: pins.map("NODE_STATE")?,
@@ -651,10 +646,8 @@ impl Datapath {
             configs.iter().filter(|config| config.ifindex != 0).map(|config| (config.ifindex, *config)).unzip();
         let endpoints: Vec<EndpointId> = configs.iter().map(|config| config.endpoint).collect();
         let batch_error = |map| move |source| Error::Batch { map, source };
-        update_batch(self.batch_maps.endpoints.fd().as_fd(), &ifindexes, &attached)
-            .map_err(batch_error("ENDPOINTS"))?;
-        update_batch(self.batch_maps.endpoint_config.fd().as_fd(), &endpoints, configs)
-            .map_err(batch_error("ENDPOINT_CONFIG"))
+        update_batch(self.endpoints.map(), &ifindexes, &attached).map_err(batch_error("ENDPOINTS"))?;
+        update_batch(self.endpoint_config.map(), &endpoints, configs).map_err(batch_error("ENDPOINT_CONFIG"))
     }
 
     fn write_config(&mut self, config: EndpointConfig) -> Result<()> {
@@ -664,12 +657,6 @@ impl Datapath {
         }
         self.endpoint_config.insert(endpoint, config, 0).map_err(map_error("ENDPOINT_CONFIG", endpoint))
     }
-}
-
-/// ENDPOINTS and ENDPOINT_CONFIG, untyped: aya's typed maps have no batch update.
-struct BatchMaps {
-    endpoints: MapData,
-    endpoint_config: MapData,
 }
 
 fn promoted(endpoint: EndpointId, selection: SlotSelection) -> Result<SlotSelection> {

@@ -108,12 +108,8 @@ impl Pins {
 
     pub(crate) fn map<M: TryFrom<Map, Error = MapError>>(&self, name: &'static str) -> Result<M> {
         let map_error = |source| Error::Map { map: name, endpoint: None, source };
-        M::try_from(Map::from_map_data(self.map_data(name)?).map_err(map_error)?).map_err(map_error)
-    }
-
-    /// A pinned map untyped, for what aya's typed maps do not offer (batch updates).
-    pub(crate) fn map_data(&self, name: &'static str) -> Result<MapData> {
-        MapData::from_pin(self.map_path(name)).map_err(|source| Error::Map { map: name, endpoint: None, source })
+        let data = MapData::from_pin(self.map_path(name)).map_err(map_error)?;
+        M::try_from(Map::from_map_data(data).map_err(map_error)?).map_err(map_error)
     }
 
     pub(crate) fn program(&self, name: &'static str) -> Result<SchedClassifier> {

@@ -3,7 +3,7 @@
 //! judged by a mixed policy while 1,000 endpoints flip under load.
 use std::{
     io::Write,
-    os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd},
+    os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd},
     process::{Command, Stdio},
     sync::atomic::AtomicBool,
 };
@@ -208,7 +208,6 @@ fn drive(topology: &Topology, endpoints: &[Attached], thread: usize, state: &Ato
 /// swap of the faster way, both in ms; prints each way's median.
 fn inner_map_alternative(datapath: &Datapath, topology: &Topology, ids: &[u32]) -> (f64, f64) {
     let outer = MapData::from_pin(topology.pin_dir.join("maps/POLICY_SLOTS")).unwrap();
-    let outer = outer.fd().as_fd();
     let keys: Vec<SlotKey> = ids.iter().map(|&id| SlotKey::new(id, Slot::B)).collect();
     let (mut prepare, mut batch, mut parallel) = (Vec::new(), Vec::new(), Vec::new());
     let mut ways: [(Swap, _); 2] = [(swap_batch, &mut batch), (swap_parallel, &mut parallel)];
@@ -219,7 +218,7 @@ fn inner_map_alternative(datapath: &Datapath, topology: &Topology, ids: &[u32]) 
         let maps: Vec<MapData> = ids.iter().map(|_| policy_map(&policy(slot))).collect();
         prepare.push(start.elapsed().as_secs_f64() * 1e3);
         let start = Instant::now();
-        way(outer, &keys, &maps);
+        way(&outer, &keys, &maps);
         times.push(start.elapsed().as_secs_f64() * 1e3);
         for id in [ids[0], ids[ids.len() - 1]] {
             assert_eq!(datapath.slot_entries(id, Slot::B).unwrap(), policy(slot), "the swap took effect");
@@ -266,17 +265,17 @@ fn policy_map(entries: &[PolicyEntry]) -> MapData {
     }
 }
 
-/// Puts `maps` into POLICY_SLOTS (an fd) under `keys`.
-type Swap = fn(BorrowedFd, &[SlotKey], &[MapData]);
+/// Puts `maps` into POLICY_SLOTS (`outer`) under `keys`.
+type Swap = fn(&MapData, &[SlotKey], &[MapData]);
 
 /// One BPF_MAP_UPDATE_BATCH of POLICY_SLOTS.
-fn swap_batch(outer: BorrowedFd, keys: &[SlotKey], maps: &[MapData]) {
+fn swap_batch(outer: &MapData, keys: &[SlotKey], maps: &[MapData]) {
     let fds: Vec<u32> = maps.iter().map(|map| map.fd().as_fd().as_raw_fd() as u32).collect();
     update_batch(outer, keys, &fds).expect("BPF_MAP_UPDATE_BATCH of POLICY_SLOTS");
 }
 
 /// Single BPF_MAP_UPDATE_ELEMs of POLICY_SLOTS, spread over `ALTERNATIVE_THREADS` threads.
-fn swap_parallel(outer: BorrowedFd, keys: &[SlotKey], maps: &[MapData]) {
+fn swap_parallel(outer: &MapData, keys: &[SlotKey], maps: &[MapData]) {
     #[repr(C)]
     struct Update {
         map_fd: u32,
@@ -293,7 +292,7 @@ fn swap_parallel(outer: BorrowedFd, keys: &[SlotKey], maps: &[MapData]) {
                 for (key, map) in keys.iter().zip(maps) {
                     let fd = map.fd().as_fd().as_raw_fd() as u32;
                     let mut update = Update {
-                        map_fd: outer.as_raw_fd() as u32,
+                        map_fd: outer.fd().as_fd().as_raw_fd() as u32,
                         _pad: 0,
                         key: key as *const SlotKey as u64,
                         value: &fd as *const u32 as u64,
