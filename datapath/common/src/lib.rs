@@ -543,6 +543,15 @@ pub struct SlotVerdict {
     pub cookie: u32,
 }
 
+impl SlotVerdict {
+    /// No verdict: there is no candidate, or its verdict is not settled.
+    pub const NONE: SlotVerdict = SlotVerdict::new(VERDICT_NONE, COOKIE_NONE);
+
+    pub const fn new(verdict: u8, cookie: u32) -> SlotVerdict {
+        SlotVerdict { verdict, _pad: [0; 3], cookie }
+    }
+}
+
 /// Key of the outer policy map: one LPM trie per (endpoint, slot).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]

@@ -53,17 +53,16 @@ pub(crate) fn judge(config: &EndpointConfig, version: u32, direction: u8, packet
     // Branches, not indexing: the verifier rejects the pointer arithmetic LLVM makes of it.
     let slots = if epoch & 1 == 0 { config.by_epoch[0] } else { config.by_epoch[1] };
     let identity = remote_identity(direction, packet);
-    let none = SlotVerdict { verdict: VERDICT_NONE, _pad: [0; 3], cookie: COOKIE_NONE };
     // To a Service: judged after translation, by the backend (see `service`).
     let (enforced, candidate, settled) = if direction == DIRECTION_EGRESS && identity == IDENTITY_SERVICE {
-        (SlotVerdict { verdict: VERDICT_ALLOW, _pad: [0; 3], cookie: COOKIE_DEFERRED }, none, true)
+        (SlotVerdict::new(VERDICT_ALLOW, COOKIE_DEFERRED), SlotVerdict::NONE, true)
     } else {
         slot_verdicts(config, slots, identity, direction, packet)
     };
     let mut decision = CtDecision {
         identity,
         enforced,
-        candidate: if settled { candidate } else { none },
+        candidate: if settled { candidate } else { SlotVerdict::NONE },
         endpoint: config.endpoint,
         index: config.index,
         version,
@@ -132,7 +131,7 @@ pub(crate) fn slot_verdicts(
     let candidate = if shadowed {
         lookup_policy(endpoint, slots.candidate, identity, direction, packet)
     } else {
-        SlotVerdict { verdict: VERDICT_NONE, _pad: [0; 3], cookie: COOKIE_NONE }
+        SlotVerdict::NONE
     };
     // The lookups above complete before the sequences are read again.
     full_fence();
@@ -156,7 +155,7 @@ fn generation(config: &EndpointConfig, slot: u8) -> u32 {
 
 #[inline(always)]
 pub(crate) fn lookup_policy(endpoint: u32, slot: u8, identity: u32, direction: u8, packet: &Packet) -> SlotVerdict {
-    let denied = SlotVerdict { verdict: VERDICT_DENY, _pad: [0; 3], cookie: COOKIE_NONE };
+    let denied = SlotVerdict::new(VERDICT_DENY, COOKIE_NONE);
     // SAFETY: the inner map reference is only used for lookups during this run.
     let Some(policy) = (unsafe { POLICY_SLOTS.get(&SlotKey { endpoint, slot: slot as u32 }) }) else {
         return denied;
@@ -176,5 +175,5 @@ pub(crate) fn lookup_policy(endpoint: u32, slot: u8, identity: u32, direction: u
         (None, Some(w)) => w,
         (None, None) => return denied,
     };
-    SlotVerdict { verdict: chosen.verdict, _pad: [0; 3], cookie: chosen.cookie }
+    SlotVerdict::new(chosen.verdict, chosen.cookie)
 }
