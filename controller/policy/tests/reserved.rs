@@ -4,9 +4,9 @@
 //! (and what they would decide: HTTP `headerMatches`).
 mod common;
 
-use common::trace_of;
+use common::{trace_l7, trace_of};
 use palisade_common as dp;
-use palisade_policy::trace::{FlowEnd, Verdict};
+use palisade_policy::trace::{FlowEnd, HttpRequest, L7Request, Verdict};
 use palisade_policy::{
     AllowLocalhost, Cluster, CompileOptions, CompiledPolicy, ParseOptions, Severity, SourceFile, lint, parse_policies,
 };
@@ -308,15 +308,8 @@ spec:
 
 fn proxy_line(engine: &CompiledPolicy, request: &str, headers: &[&str]) -> (Verdict, String) {
     let headers: Vec<String> = headers.iter().map(|h| h.to_string()).collect();
-    let request = palisade_policy::trace::HttpRequest::parse(request, &headers).unwrap();
-    let t = palisade_policy::trace::trace(
-        engine,
-        &FlowEnd::parse("prod/client").unwrap(),
-        &FlowEnd::parse("prod/server").unwrap(),
-        palisade_policy::trace::FlowPort::parse("8080/TCP").unwrap(),
-        Some(&palisade_policy::trace::L7Request::Http(request)),
-    )
-    .unwrap();
+    let request = L7Request::Http(HttpRequest::parse(request, &headers).unwrap());
+    let t = trace_l7(engine, "prod/client", "prod/server", "8080/TCP", Some(&request));
     (t.intent, t.ingress.proxy.unwrap())
 }
 
@@ -371,14 +364,7 @@ spec:
 ";
     let e = engine(policy, CompileOptions::default());
     let query = |name: &str| {
-        let t = palisade_policy::trace::trace(
-            &e,
-            &FlowEnd::parse("prod/client").unwrap(),
-            &FlowEnd::parse("prod/server").unwrap(),
-            palisade_policy::trace::FlowPort::parse("53/UDP").unwrap(),
-            Some(&palisade_policy::trace::L7Request::Dns(name.into())),
-        )
-        .unwrap();
+        let t = trace_l7(&e, "prod/client", "prod/server", "53/UDP", Some(&L7Request::Dns(name.into())));
         (t.egress.intent, t.egress.proxy.unwrap())
     };
     assert_eq!(query("API.example.com.").0, Verdict::Allowed);
