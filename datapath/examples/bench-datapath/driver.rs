@@ -5,7 +5,7 @@ use std::{net::Ipv4Addr, path::Path, time::Duration};
 use aya::{
     Ebpf,
     maps::{Array, ProgramArray},
-    programs::{SchedClassifier, TestRun, TestRunOptions},
+    programs::{ProgramFd, SchedClassifier, TestRun, TestRunOptions},
 };
 
 /// Bench-only programs, never part of what a node loads.
@@ -33,33 +33,41 @@ impl FlowSpace {
 
 pub struct Driver {
     object: Ebpf,
+    /// The node program `drive` hands packets to.
+    node_program: ProgramFd,
+    /// `pass`: the node program absent.
+    absent: ProgramFd,
+}
+
+/// What `drive` hands its packets to.
+pub enum Target {
+    NodeProgram,
+    Absent,
 }
 
 impl Driver {
-    pub fn load() -> Driver {
+    /// Loads the bench object; `drive` will hand packets to the node's program pinned at
+    /// `node_program` (`programs/<name>` of a datapath's pin directory).
+    pub fn load(node_program: &Path) -> Driver {
         let mut object = Ebpf::load(BENCH_OBJECT).expect("load the bench object");
         for name in ["drive", "pass"] {
             let program: &mut SchedClassifier = object.program_mut(name).expect(name).try_into().unwrap();
             program.load().unwrap_or_else(|e| panic!("load {name}: {e}"));
         }
-        Driver { object }
+        let pinned = SchedClassifier::from_pin(node_program).expect("open the pinned program");
+        let node_program = pinned.fd().unwrap().try_clone().unwrap();
+        let pass: &SchedClassifier = object.program("pass").unwrap().try_into().unwrap();
+        let absent = pass.fd().unwrap().try_clone().unwrap();
+        Driver { object, node_program, absent }
     }
 
-    /// Hands `drive`'s packets to the node's program pinned at `pin` (`programs/<name>` of a
-    /// datapath's pin directory), or to `pass` when `None`: the program absent.
-    pub fn drive_into(&mut self, pin: Option<&Path>) {
-        let pinned = pin.map(|pin| SchedClassifier::from_pin(pin).expect("open the pinned program"));
-        let target = match &pinned {
-            Some(program) => program.fd().unwrap(),
-            None => {
-                let pass: &SchedClassifier = self.object.program("pass").unwrap().try_into().unwrap();
-                pass.fd().unwrap()
-            }
-        }
-        .try_clone()
-        .unwrap();
+    pub fn drive_into(&mut self, target: Target) {
+        let fd = match target {
+            Target::NodeProgram => &self.node_program,
+            Target::Absent => &self.absent,
+        };
         let mut driven = ProgramArray::try_from(self.object.map_mut("DRIVEN").unwrap()).unwrap();
-        driven.set(0, &target, 0).unwrap();
+        driven.set(0, fd, 0).unwrap();
     }
 
     /// Runs `frame` `repeat` times through `drive` as if it crossed interface `ifindex` (in the

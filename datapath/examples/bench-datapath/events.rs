@@ -11,7 +11,7 @@
 //! - the consumer's capacity alone: a synthetic producer (bench.rs `event_burst`) fills a ring
 //!   like the node's as fast as the consumer drains it, never more than half a ring ahead.
 use super::*;
-use crate::driver::{Driver, FlowSpace};
+use crate::driver::{Driver, FlowSpace, Target};
 
 const OFFERED_PER_S: f64 = 200_000.0;
 const ENDPOINT_STAGED: u32 = 110;
@@ -35,7 +35,7 @@ pub(super) fn event_path(
     while reader.read(Duration::from_millis(50), |_| events += 1) > 0 {}
     println!("events_per_100k_denied_packets_one_flow: {events}");
 
-    let mut driver = Driver::load();
+    let mut driver = Driver::load(&topology.pin_dir.join("programs/to_endpoint"));
     policy_path(datapath, topology, &mut driver, reader);
     consumer_capacity(&mut driver);
 }
@@ -56,7 +56,7 @@ fn policy_path(datapath: &mut Datapath, topology: &Topology, driver: &mut Driver
     let ifindex = if_index(ifname);
     let syn = tcp_syn(FIRST_PEER, addr, 1024);
     let space = FlowSpace::new(FIRST_PEER, PEERS, 1024, 60_000);
-    driver.drive_into(Some(&topology.pin_dir.join("programs/to_endpoint")));
+    driver.drive_into(Target::NodeProgram);
 
     let received = Arc::new(AtomicU64::new(0));
     let counter = received.clone();

@@ -21,7 +21,7 @@
 //! difference within a round. Conntrack is filled first, so every arm evicts as a busy node
 //! does.
 use super::*;
-use crate::driver::{Driver, FlowSpace};
+use crate::driver::{Driver, FlowSpace, Target};
 
 const PEERS: u32 = 16;
 const PORTS: u32 = 60_000;
@@ -47,12 +47,11 @@ pub(super) fn verdict_cost(datapath: &mut Datapath, topology: &Topology) {
         arm(datapath, topology, 1, &big, Some(&flow_policy(2))),
         arm(datapath, topology, 2, &[allow_all(Direction::Ingress)], None),
     ];
-    let mut driver = Driver::load();
-    let to_endpoint = topology.pin_dir.join("programs/to_endpoint");
+    let mut driver = Driver::load(&topology.pin_dir.join("programs/to_endpoint"));
     let new_flows = FlowSpace::new(FIRST_PEER, PEERS, FIRST_PORT, PORTS);
     let syn = |arm: &Arm| tcp_syn(FIRST_PEER, arm.addr, FIRST_PORT);
 
-    driver.drive_into(Some(&to_endpoint));
+    driver.drive_into(Target::NodeProgram);
     // Fill conntrack (262,144 entries), so that every arm's new connections evict.
     for _ in 0..30 {
         driver.run(new_flows, arms[2].ifindex, &syn(&arms[2]), REPEAT);
@@ -63,11 +62,11 @@ pub(super) fn verdict_cost(datapath: &mut Datapath, topology: &Topology) {
 
     let mut runs: [Vec<f64>; 6] = Default::default();
     for _ in 0..ROUNDS {
-        driver.drive_into(Some(&to_endpoint));
+        driver.drive_into(Target::NodeProgram);
         for (arm, runs) in arms.iter().zip(&mut runs) {
             runs.push(ns(driver.run(new_flows, arm.ifindex, &syn(arm), REPEAT)));
         }
-        driver.drive_into(None);
+        driver.drive_into(Target::Absent);
         runs[3].push(ns(driver.run(new_flows, arms[2].ifindex, &syn(&arms[2]), REPEAT)));
         // As tcx runs it: the program itself, not tail-called (which here costs less).
         runs[4].push(ns(datapath.run_frame(Hook::ToEndpoint, arms[0].ifindex, &ack, REPEAT).unwrap().per_run));
