@@ -161,12 +161,13 @@ fn list(store: &Store, route: &Route, params: &HashMap<String, String>) -> Value
         let field = |name: &str| o["metadata"][name].as_str().unwrap_or_default().to_string();
         (field("namespace"), field("name"))
     };
-    let after = params.get("continue").and_then(|token| token.split_once('/'));
+    let after =
+        params.get("continue").and_then(|token| token.split_once('/')).map(|(ns, name)| (ns.into(), name.into()));
     let limit = params.get("limit").and_then(|l| l.parse().ok()).filter(|l| *l > 0).unwrap_or(usize::MAX);
     let mut items = store
         .objects(&route.collection)
         .filter(|o| filter.matches(o))
-        .filter(|o| after.is_none_or(|(namespace, name)| position(o) > (namespace.to_string(), name.to_string())));
+        .filter(|o| after.as_ref().is_none_or(|after: &(String, String)| position(o) > *after));
     let page: Vec<&Value> = items.by_ref().take(limit).collect();
     let mut metadata = json!({"resourceVersion": store.version.to_string()});
     if let Some(last) = page.last().filter(|_| items.next().is_some()) {
