@@ -21,7 +21,7 @@ use palisade_policy::cluster;
 use palisade_rollout::crd::{PolicyRevision, PolicyRollout};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
-use tracing::{debug, info, warn};
+use tracing::{Level, debug, info, warn};
 
 use crate::input::Change;
 
@@ -191,9 +191,14 @@ where
     while let Some(event) = events.next().await {
         match event {
             Ok(event) => {
-                if let Event::Apply(object) | Event::Delete(object) = &event {
-                    // When a change reached the agent (the agent benchmark times from here).
-                    let (namespace, name) = key_of(object);
+                // When a change reached the agent (the agent benchmark times from here); the
+                // key is only copied out when the line is wanted.
+                if let Event::Apply(object) | Event::Delete(object) = &event
+                    && tracing::event_enabled!(Level::DEBUG)
+                {
+                    let meta = object.meta();
+                    let (namespace, name) =
+                        (meta.namespace.as_deref().unwrap_or_default(), meta.name.as_deref().unwrap_or_default());
                     debug!(%kind, %namespace, %name, "watch event received");
                 }
                 let done = matches!(event, Event::InitDone);
