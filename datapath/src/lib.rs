@@ -29,7 +29,7 @@ use aya::{
 };
 use palisade_common::{
     EndpointConfig, EndpointCounters, FlowKey, FlowStats, MAX_ENDPOINTS, NODE_STATE_EPOCH, NODE_STATE_GENERATION,
-    NODE_STATE_VERSION, PolicyEntry, PolicyKey, PolicyMatch, PolicyValue, SlotKey, SlotSelection,
+    NODE_STATE_PROXY_PORT, NODE_STATE_VERSION, PolicyEntry, PolicyKey, PolicyMatch, PolicyValue, SlotKey, SlotSelection,
 };
 
 pub use batch::update_batch;
@@ -311,6 +311,19 @@ impl Datapath {
     pub fn remove_ipcache(&mut self, addr: Ipv4Addr, prefix_len: u8) -> Result<()> {
         ignore_missing(self.ipcache.remove(&ipcache_key(addr, prefix_len))).map_err(|source| Error::Map {
             map: "IPCACHE",
+            endpoint: None,
+            source,
+        })?;
+        self.bump_version()
+    }
+
+    /// Tells the program where the node's L7 proxy listens (on 127.0.0.1), or that none does
+    /// (`None`): redirected connections then fail closed (`l7-unsupported`). Connections
+    /// judged before are judged again.
+    pub fn set_proxy_port(&mut self, port: Option<u16>) -> Result<()> {
+        let value = u32::from(port.unwrap_or(0));
+        self.node_state.set(NODE_STATE_PROXY_PORT, value, 0).map_err(|source| Error::Map {
+            map: "NODE_STATE",
             endpoint: None,
             source,
         })?;

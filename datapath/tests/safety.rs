@@ -83,7 +83,7 @@ fn http_get(ns: &str, to: Ipv4Addr, port: u16) -> bool {
 }
 
 #[test]
-fn a_port_with_l7_rules_is_refused_until_a_proxy_judges_it() {
+fn a_port_with_l7_rules_is_refused_when_no_proxy_judges_it() {
     let topology = Topology::new("pd7", 2, false, 160);
     let _inside = InNetns::enter(&topology.node);
     let (client, server) = (&topology.endpoints[0], &topology.endpoints[1]);
@@ -104,7 +104,8 @@ fn a_port_with_l7_rules_is_refused_until_a_proxy_judges_it() {
     );
     let refused = flows_of(&datapath, 1).into_iter().find(|f| f.key.dport == 8080).expect("the refusal is recorded");
     assert_eq!(refused.key.drop_reason(), Some(DropReason::L7Unsupported), "{refused:?}");
-    assert_eq!((refused.key.enforced_verdict(), refused.enforced_cookie), (Verdict::Redirect, 3));
+    // The redirect, judged unsteerable: no proxy runs on this node.
+    assert_eq!((refused.key.enforced_verdict, refused.enforced_cookie), (VERDICT_L7_UNSUPPORTED, 3));
     assert!(datapath.counters(1).unwrap().denied > 0);
 
     // Audit mode lets it through and records that enforcing would refuse it.

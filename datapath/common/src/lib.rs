@@ -46,6 +46,18 @@ pub const IDENTITY_SERVICE: u32 = 15;
 pub const SERVICE_MARK_MASK: u32 = 0x1fff_0000;
 pub const SERVICE_MARK_SHIFT: u32 = 16;
 const _: () = assert!(MAX_ENDPOINTS < SERVICE_MARK_MASK >> SERVICE_MARK_SHIFT);
+/// The bits of the skb mark the L7 proxy's steering uses (Cilium's `MARK_MAGIC_*` bits 8-11),
+/// clear of the Service bits and of kube-proxy's.
+pub const PROXY_MARK_MASK: u32 = 0x0f00;
+/// A packet for the node's L7 proxy. Policy routing delivers it locally whatever its
+/// destination (`ip rule fwmark 0x200/0xf00 lookup` a table routing everything to `lo`), where
+/// the proxy's transparent sockets take it. Set by the datapath on the packets of a redirected
+/// connection and on the replies to the proxy's own upstream connections.
+pub const MARK_TO_PROXY: u32 = 0x0200;
+/// The proxy's upstream connections carry it (`SO_MARK`): their requests were judged at L7
+/// already, so a redirect passes them, and their replies are steered back to the proxy.
+pub const MARK_FROM_PROXY: u32 = 0x0a00;
+const _: () = assert!(PROXY_MARK_MASK & SERVICE_MARK_MASK == 0 && PROXY_MARK_MASK & 0xc000 == 0);
 /// First identity handed to a set of pod labels.
 pub const IDENTITY_FIRST_LOCAL: u32 = 256;
 /// Node-local CIDR identities are `IDENTITY_CIDR_BASE | n`.
@@ -201,8 +213,12 @@ impl PolicyKey {
 
 pub const VERDICT_ALLOW: u8 = 1;
 pub const VERDICT_DENY: u8 = 2;
-/// Allowed at L4 and handed to the L7 proxy.
+/// Allowed at L4 and handed to the node's L7 proxy, which judges each request (TCP); dropped
+/// as `l7-unsupported` where no proxy judges it (no proxy running, UDP).
 pub const VERDICT_REDIRECT: u8 = 3;
+/// A redirect no proxy takes (not TCP, or no proxy runs): dropped as `l7-unsupported`. Never
+/// in a policy map: the program judges a redirect so when it cannot steer the packet.
+pub const VERDICT_L7_UNSUPPORTED: u8 = 4;
 
 /// Precedence of an entry: higher wins. At one priority, deny beats redirect beats allow, so a
 /// broader deny still wins over a narrower allow found by the identity-specific lookup.
@@ -214,10 +230,11 @@ pub const fn precedence_of(verdict: u8) -> u32 {
     }
 }
 
-/// Whether the datapath drops what a slot judged `verdict`. No L7 proxy exists yet, so a redirect
-/// fails closed: it is dropped with [`DropReason::L7Unsupported`], never passed unjudged.
+/// Whether the datapath drops what a slot judged `verdict` at L4: a deny. A redirect passes to
+/// the L7 proxy, which judges each request; where none can, the datapath drops it with
+/// [`DropReason::L7Unsupported`], never passing it unjudged.
 pub const fn verdict_drops(verdict: u8) -> bool {
-    matches!(verdict, VERDICT_DENY | VERDICT_REDIRECT)
+    matches!(verdict, VERDICT_DENY | VERDICT_L7_UNSUPPORTED)
 }
 
 /// Why a packet was dropped (or, in audit mode, would have been): the `reason` byte of a
@@ -237,7 +254,7 @@ pub const DROP_SERVICE_UNTRANSLATED: u8 = 9;
 pub const fn verdict_drop_reason(verdict: u8) -> u8 {
     match verdict {
         VERDICT_DENY => DROP_POLICY_DENIED,
-        VERDICT_REDIRECT => DROP_L7_UNSUPPORTED,
+        VERDICT_L7_UNSUPPORTED => DROP_L7_UNSUPPORTED,
         _ => DROP_NONE,
     }
 }
@@ -247,7 +264,8 @@ pub const fn verdict_drop_reason(verdict: u8) -> u8 {
 pub enum DropReason {
     /// The enforced policy denies the flow.
     PolicyDenied,
-    /// The port has L7 rules and no proxy judges them yet: denied rather than passed.
+    /// The port has L7 rules that no proxy judges (no proxy runs, or an L7 protocol it does
+    /// not speak): denied rather than passed.
     L7Unsupported,
     /// The packet left an endpoint carrying an address that is not the endpoint's.
     InvalidSource,
@@ -451,10 +469,13 @@ pub const MAX_ENDPOINTS: u32 = 4096;
 /// generation handed out, and the node's state version. Userspace bumps the version after every
 /// change the program could have cached a decision from (an endpoint's config, the epoch, the
 /// ipcache): a conntrack entry's cached decision is reused only while the version is unchanged.
+/// The last entry is the port of the L7 proxy's listener on 127.0.0.1 (0: no proxy runs, and
+/// redirected connections are dropped as `l7-unsupported`).
 pub const NODE_STATE_EPOCH: u32 = 0;
 pub const NODE_STATE_GENERATION: u32 = 1;
 pub const NODE_STATE_VERSION: u32 = 2;
-pub const NODE_STATE_ENTRIES: u32 = 3;
+pub const NODE_STATE_PROXY_PORT: u32 = 3;
+pub const NODE_STATE_ENTRIES: u32 = 4;
 
 /// Capacity of the slot write sequences (`SLOT_WRITES`): two per counter index.
 pub const SLOT_WRITES_ENTRIES: u32 = MAX_ENDPOINTS * 2;
@@ -594,7 +615,9 @@ pub struct CtEntry {
     /// The enforced policy denied the connection's last forward packet: its other side's
     /// packets are dropped, not passed as replies, and it lives only a short while longer.
     pub denied: u8,
-    pub _pad: u8,
+    /// Opened by the node's L7 proxy (its packets carried [`MARK_FROM_PROXY`]): the replies are
+    /// steered back to the proxy's socket.
+    pub from_proxy: u8,
     /// Expiry on the coarse monotonic clock, in units of 2^30 ns (about a second).
     pub expires: u32,
     pub decision: CtDecision,
@@ -637,6 +660,12 @@ impl CtDecision {
     /// or judged otherwise by the candidate.
     pub const fn reported(&self) -> bool {
         verdict_drops(self.enforced.verdict) || self.differs()
+    }
+
+    /// The connection goes through the L7 proxy: either slot redirects it, so the proxy judges
+    /// its requests under both (the enforced slot decides, the candidate is compared).
+    pub const fn steers(&self) -> bool {
+        self.enforced.verdict == VERDICT_REDIRECT || self.candidate.verdict == VERDICT_REDIRECT
     }
 
     /// The packet passes: the enforced slot lets it through, or the endpoint only audits.
@@ -902,8 +931,9 @@ mod tests {
             assert!(reason.as_str().bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-'));
         }
         assert_eq!(DropReason::from_raw(DROP_NONE), None);
-        assert_eq!(verdict_drop_reason(VERDICT_REDIRECT), DROP_L7_UNSUPPORTED);
-        assert!(verdict_drops(VERDICT_REDIRECT) && verdict_drops(VERDICT_DENY) && !verdict_drops(VERDICT_ALLOW));
+        assert_eq!(verdict_drop_reason(VERDICT_REDIRECT), DROP_NONE, "the proxy judges a redirect");
+        assert_eq!(verdict_drop_reason(VERDICT_L7_UNSUPPORTED), DROP_L7_UNSUPPORTED);
+        assert!(verdict_drops(VERDICT_DENY) && !verdict_drops(VERDICT_REDIRECT) && !verdict_drops(VERDICT_ALLOW));
     }
 
     #[test]

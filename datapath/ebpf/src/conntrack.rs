@@ -12,6 +12,7 @@ use crate::{
     maps::*,
     packet::*,
     policy::judge,
+    proxy::{from_proxy, mark_to_proxy},
     record::{apply, refuse},
 };
 
@@ -42,6 +43,8 @@ pub(crate) fn established(
     // SAFETY: the LRU element stays valid during this run; the fields are read once each.
     let (opened_by, closing, denied, expires, cached) =
         unsafe { ((*entry).opened_by, (*entry).closing, (*entry).denied, (*entry).expires, (*entry).decision) };
+    // SAFETY: as above.
+    let proxied = unsafe { (*entry).from_proxy } != 0;
     // A denied connection is not kept alive by its packets.
     let (closing, expires) =
         if denied != 0 { (closing, expires) } else { refresh(entry, closing, expires, packet, seen.now) };
@@ -52,7 +55,10 @@ pub(crate) fn established(
             return TC_ACT_SHOT;
         }
         counters.replies += 1;
-        if current {
+        if proxied {
+            // A reply to the proxy's upstream connection goes to the proxy's socket.
+            mark_to_proxy(ctx);
+        } else if current {
             admit_fast(&seen.connection, opened_by, seen.local_side, (closing, expires), seen.now, &cached);
         }
         return TC_ACT_OK;
@@ -85,7 +91,9 @@ pub(crate) fn established(
             // SAFETY: as above.
             unsafe { (*entry).decision = decision };
         }
-        admit_fast(&seen.connection, opened_by, seen.local_side, (closing, expires), seen.now, &decision);
+        if !proxied {
+            admit_fast(&seen.connection, opened_by, seen.local_side, (closing, expires), seen.now, &decision);
+        }
     }
     apply(ctx, &decision, counters, seen.direction, packet, false)
 }
@@ -103,8 +111,9 @@ pub(crate) fn opening(
     let (decision, _) = judge(config, seen.version, seen.direction, packet);
     if decision.passes() {
         let expires = seen.now.wrapping_add(lifetime(0, packet));
-        let entry = CtEntry { opened_by: seen.sender, closing: 0, denied: 0, _pad: 0, expires, decision };
-        if CONNTRACK.insert(seen.connection, entry, BPF_ANY as u64).is_ok() {
+        let from_proxy = from_proxy(ctx) as u8;
+        let entry = CtEntry { opened_by: seen.sender, closing: 0, denied: 0, from_proxy, expires, decision };
+        if CONNTRACK.insert(seen.connection, entry, BPF_ANY as u64).is_ok() && from_proxy == 0 {
             admit_fast(&seen.connection, seen.sender, seen.local_side, (0, expires), seen.now, &decision);
         }
     }
@@ -160,7 +169,13 @@ pub(crate) fn admit_fast(
     };
     // A connection to a Service defers every packet's egress decision, which the fast path
     // would not.
-    if decision.identity == IDENTITY_SERVICE || decision.reported() || closing != 0 || expires < now + CT_FAST_MARGIN_TICKS {
+    // Nor does a connection through the L7 proxy, whose every packet is steered.
+    if decision.identity == IDENTITY_SERVICE
+        || decision.reported()
+        || decision.steers()
+        || closing != 0
+        || expires < now + CT_FAST_MARGIN_TICKS
+    {
         return;
     }
     let Some(slot) = FAST_FLOWS.get_ptr_mut(fast_flow_index(connection)) else {

@@ -53,11 +53,12 @@ mod maps;
 mod object;
 mod packet;
 mod policy;
+mod proxy;
 mod record;
 mod service;
 
 use aya_ebpf::{
-    bindings::{TC_ACT_OK, TC_ACT_SHOT, TC_ACT_UNSPEC},
+    bindings::{TC_ACT_OK, TC_ACT_REDIRECT, TC_ACT_SHOT, TC_ACT_UNSPEC},
     helpers::bpf_ktime_get_coarse_ns,
     macros::classifier,
     programs::TcContext,
@@ -69,6 +70,7 @@ use crate::{
     maps::CONNTRACK,
     packet::*,
     policy::{endpoint, judge, node_state_version},
+    proxy::{assign_to_proxy, mark},
     record::{apply, record_drop, refuse, unjudged},
     service::{deferred_source, judge_deferred},
 };
@@ -94,6 +96,8 @@ pub fn deferred_egress(ctx: TcContext) -> i32 {
     };
     match judge_deferred(&ctx, source, &packet, version) {
         TC_ACT_SHOT => TC_ACT_SHOT,
+        // Steered to the proxy, through this interface's ingress.
+        TC_ACT_REDIRECT => TC_ACT_REDIRECT,
         _ => TC_ACT_UNSPEC,
     }
 }
@@ -114,6 +118,9 @@ pub fn to_endpoint(ctx: TcContext) -> i32 {
 fn decide(ctx: &TcContext, direction: u8) -> i32 {
     // SAFETY: the context pointer is valid for the whole program run.
     let ifindex = unsafe { (*ctx.skb.skb).ifindex };
+    if direction == DIRECTION_EGRESS && mark(ctx) & PROXY_MARK_MASK == MARK_TO_PROXY {
+        return assign_to_proxy(ctx);
+    }
     let Some(ethertype) = header::<u16>(ctx, 12).map(u16::from_be) else {
         return unjudged(ifindex, direction, DROP_MALFORMED, None);
     };

@@ -6,7 +6,7 @@ use core::intrinsics::{AtomicOrdering, atomic_xadd};
 use aya_ebpf::btf_maps::lpm_trie::Key;
 use palisade_common::*;
 
-use crate::{maps::*, packet::Packet};
+use crate::{maps::*, packet::Packet, proxy::proxy_port};
 
 /// The node state version, read before everything it versions: a fully ordered atomic (a
 /// fetch-add of 0, loadable from kernel 6.6, where BPF load-acquire needs 6.15) after the read
@@ -59,6 +59,9 @@ pub(crate) fn judge(config: &EndpointConfig, version: u32, direction: u8, packet
     } else {
         slot_verdicts(config, slots, identity, direction, packet)
     };
+    // Only TCP reaches the proxy, and only while one runs: otherwise a redirect fails closed.
+    let proxied = packet.protocol == PROTO_TCP && proxy_port() != 0;
+    let (enforced, candidate) = if proxied { (enforced, candidate) } else { (unproxied(enforced), unproxied(candidate)) };
     let mut decision = CtDecision {
         identity,
         enforced,
@@ -73,6 +76,11 @@ pub(crate) fn judge(config: &EndpointConfig, version: u32, direction: u8, packet
     };
     decision.check = if settled { decision.checksum() } else { !decision.checksum() };
     (decision, settled)
+}
+
+#[inline(always)]
+fn unproxied(verdict: SlotVerdict) -> SlotVerdict {
+    if verdict.verdict == VERDICT_REDIRECT { SlotVerdict::new(VERDICT_L7_UNSUPPORTED, verdict.cookie) } else { verdict }
 }
 
 #[inline(always)]

@@ -11,12 +11,14 @@ use crate::{
     maps::*,
     packet::Packet,
     policy::{endpoint, remote_identity},
+    proxy::{from_proxy, steer},
     service::{defer, origin},
 };
 
 /// Counts a forward packet under its decision, records the flow when it is dropped or judged
-/// differently by the candidate, and returns the verdict. A packet to a Service passes with its
-/// decision deferred (`opening`: the first packet of its connection).
+/// differently by the candidate, and returns the verdict (a redirect for a packet steered to
+/// the L7 proxy). A packet to a Service passes with its decision deferred (`opening`: the first packet
+/// of its connection).
 #[inline(always)]
 pub(crate) fn apply(
     ctx: &TcContext,
@@ -63,7 +65,14 @@ pub(crate) fn apply(
             counters.events_lost += 1;
         }
     }
-    if decision.passes() { TC_ACT_OK } else { TC_ACT_SHOT }
+    if !decision.passes() {
+        TC_ACT_SHOT
+    } else if decision.steers() && !from_proxy(ctx) {
+        // Only the hook of a pod's own egress is a tc ingress hook.
+        steer(ctx, direction == DIRECTION_EGRESS && packet.deferred_from == 0)
+    } else {
+        TC_ACT_OK
+    }
 }
 
 /// Records a drop that no policy decided (`mode`: the mode it applies in).

@@ -1,0 +1,130 @@
+//! Steering redirected connections to the node's L7 proxy, as Cilium's BPF TPROXY does: the
+//! packet keeps its addresses, gets [`MARK_TO_PROXY`] (policy routing delivers it locally), and
+//! a SYN is assigned to the proxy's transparent listener (`bpf_sk_assign`); the kernel finds
+//! the connection's socket for every later packet by its addresses.
+//!
+//! `bpf_sk_assign` works only at tc ingress. So:
+//! - egress (a pod's connection out, judged at its host-side veth's ingress, `from_endpoint`)
+//!   is assigned there;
+//! - ingress (a connection to a pod from anywhere, judged at the host-side veth's egress,
+//!   `to_endpoint`) is handed back to that veth's ingress, addressed to the host, where
+//!   `from_endpoint` finds the mark and assigns it.
+//!
+//! The proxy's upstream connections carry [`MARK_FROM_PROXY`]: a redirect passes them (their
+//! requests were judged), and their conntrack entries steer the replies back to the proxy.
+use aya_ebpf::{
+    bindings::{BPF_F_CURRENT_NETNS, BPF_F_INGRESS, TC_ACT_OK, TC_ACT_SHOT, bpf_sock_tuple},
+    helpers::{bpf_redirect, bpf_sk_assign, bpf_sk_lookup_tcp, bpf_sk_release},
+    programs::TcContext,
+};
+use palisade_common::*;
+
+use crate::{
+    conntrack::{TCP_ACK, TCP_SYN},
+    maps::NODE_STATE,
+    packet::{ETH_HLEN, header},
+};
+
+/// The proxy listener's port on 127.0.0.1; 0 when no proxy runs.
+#[inline(always)]
+pub(crate) fn proxy_port() -> u16 {
+    NODE_STATE.get(NODE_STATE_PROXY_PORT).map_or(0, |&port| port as u16)
+}
+
+#[inline(always)]
+pub(crate) fn mark(ctx: &TcContext) -> u32 {
+    // SAFETY: the context pointer is valid for the whole program run.
+    unsafe { (*ctx.skb.skb).mark }
+}
+
+/// Marks the packet for the proxy: policy routing delivers it locally.
+#[inline(always)]
+pub(crate) fn mark_to_proxy(ctx: &TcContext) {
+    // SAFETY: as above; tc programs may write the mark.
+    unsafe {
+        let skb = ctx.skb.skb;
+        (*skb).mark = ((*skb).mark & !PROXY_MARK_MASK) | MARK_TO_PROXY;
+    }
+}
+
+/// Whether the packet comes from one of the proxy's upstream connections.
+#[inline(always)]
+pub(crate) fn from_proxy(ctx: &TcContext) -> bool {
+    mark(ctx) & PROXY_MARK_MASK == MARK_FROM_PROXY
+}
+
+/// Steers a packet of a redirected TCP connection to the proxy: at tc ingress (`at_ingress`)
+/// directly, at tc egress through the interface's ingress.
+#[inline(always)]
+pub(crate) fn steer(ctx: &TcContext, at_ingress: bool) -> i32 {
+    mark_to_proxy(ctx);
+    if at_ingress {
+        return assign_to_proxy(ctx);
+    }
+    // The host side's own address is the source of what it sends: made the destination too,
+    // the stack takes the packet on ingress as addressed to the host, and routes it by its mark.
+    let Some(host_side) = header::<[u8; 6]>(ctx, 6) else {
+        return TC_ACT_SHOT;
+    };
+    if ctx.store(0, &host_side, 0).is_err() {
+        return TC_ACT_SHOT;
+    }
+    // SAFETY: the context pointer is valid for the whole program run; a helper call with plain
+    // arguments.
+    unsafe { bpf_redirect((*ctx.skb.skb).ifindex, BPF_F_INGRESS as u64) as i32 }
+}
+
+/// Assigns a packet for the proxy at tc ingress: one the hook steers itself, or one an egress
+/// hook handed back (it carries [`MARK_TO_PROXY`]; a pod's own packets never do: crossing into
+/// the node's namespace clears the mark). Its TCP flags are read afresh: kept from the
+/// judgement, LLVM spills an undefined value the verifier rejects.
+#[inline(always)]
+pub(crate) fn assign_to_proxy(ctx: &TcContext) -> i32 {
+    let Some(version_ihl) = header::<u8>(ctx, ETH_HLEN) else {
+        return TC_ACT_SHOT;
+    };
+    let l4 = ETH_HLEN + ((version_ihl & 0x0f) as usize) * 4;
+    // Bounded for the verifier: an IPv4 header is at most 60 bytes.
+    if l4 > ETH_HLEN + 60 {
+        return TC_ACT_SHOT;
+    }
+    match header::<[u8; 14]>(ctx, l4) {
+        Some(tcp) => assign(ctx, tcp[13]),
+        None => TC_ACT_SHOT,
+    }
+}
+
+/// Assigns a connection's first SYN to the proxy's listener; later packets pass to the
+/// socket their addresses name. Without a listener, the packet is dropped: fail closed.
+#[inline(always)]
+fn assign(ctx: &TcContext, tcp_flags: u8) -> i32 {
+    if tcp_flags & (TCP_SYN | TCP_ACK) != TCP_SYN {
+        return TC_ACT_OK;
+    }
+    let port = proxy_port();
+    if port == 0 {
+        return TC_ACT_SHOT;
+    }
+    // SAFETY: a zeroed plain C struct.
+    let mut tuple: bpf_sock_tuple = unsafe { core::mem::zeroed() };
+    // SAFETY: the IPv4 member of the union; the lookup reads only its 12 bytes.
+    unsafe {
+        tuple.__bindgen_anon_1.ipv4.daddr = u32::from_be_bytes([127, 0, 0, 1]).to_be();
+        tuple.__bindgen_anon_1.ipv4.dport = port.to_be();
+    }
+    let size = 12;
+    // SAFETY: the context and a tuple of `size` bytes; the socket is released below.
+    let socket = unsafe {
+        bpf_sk_lookup_tcp(ctx.skb.skb as *mut _, &mut tuple, size, BPF_F_CURRENT_NETNS as u64, 0)
+    };
+    if socket.is_null() {
+        return TC_ACT_SHOT;
+    }
+    // SAFETY: a socket the lookup returned, released once after its assignment.
+    let assigned = unsafe {
+        let assigned = bpf_sk_assign(ctx.skb.skb as *mut _, socket as *mut _, 0);
+        bpf_sk_release(socket as *mut _);
+        assigned
+    };
+    if assigned == 0 { TC_ACT_OK } else { TC_ACT_SHOT }
+}
