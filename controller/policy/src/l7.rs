@@ -2,7 +2,15 @@
 //! and the node's proxy. HTTP follows Cilium's `rules.http` as Envoy applies it (method, path
 //! and host are full-match regular expressions, `headers` and `headerMatches` compare
 //! case-insensitive names and exact values); DNS follows `matchName` and `matchPattern`.
-use crate::model::{FqdnMatch, HeaderMatch, HttpMatch, Mismatch};
+//!
+//! The proxy speaks HTTP on TCP only: DNS and Kafka rules, and L7 rules on UDP or SCTP, stay
+//! fail-closed (denied, `l7-unsupported`).
+use palisade_common::{self as dp, Direction};
+
+use crate::cluster::ContainerPort;
+use crate::compile::{CompiledPolicy, MapState};
+use crate::model::{FqdnMatch, HeaderMatch, HttpMatch, L7Rules, Mismatch, PortSpec, Protocol};
+use crate::trace::{DROP_L7_UNSUPPORTED, FlowPort};
 
 /// A request the L7 rules judge: an HTTP request, or a DNS query for a name.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -31,6 +39,218 @@ pub struct HttpRewrite {
     pub delete: Vec<String>,
     /// Mismatches to log (`LOG`): "name: have (want value)".
     pub logged: Vec<String>,
+}
+
+/// How one endpoint's L7 rules in one direction judge one request.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RequestVerdict {
+    pub allowed: bool,
+    /// Why: the policy and rule that allowed it ("<policy id> <rule path>", as trace prints), or
+    /// why it is denied.
+    pub reason: String,
+    /// The cookie of the rule that allowed it, `COOKIE_NONE` (palisade_common) when denied.
+    pub cookie: u32,
+    /// Header changes to make on the way upstream (headerMatches mismatch actions) when allowed.
+    pub rewrite: HttpRewrite,
+}
+
+impl RequestVerdict {
+    fn denied(reason: String) -> RequestVerdict {
+        RequestVerdict { allowed: false, reason, cookie: dp::COOKIE_NONE, rewrite: HttpRewrite::default() }
+    }
+}
+
+/// The L7 rules that apply to a redirected flow: those of the allow rules selecting the peer on
+/// the flow's port.
+#[derive(Debug)]
+pub(crate) enum Selected<'a> {
+    /// An allow rule without L7 rules for this peer and port (its cookie): every request passes,
+    /// whatever other rules say (an L4-only rule shadows L7 rules, as in Cilium).
+    Unfiltered(u32),
+    /// The L7 rules, each with the cookie of its rule.
+    Rules(Vec<(&'a L7Rules, u32)>),
+}
+
+impl Selected<'_> {
+    /// The kinds of the L7 rules ("dns", "http", "kafka"), sorted, once each.
+    pub fn kinds(&self) -> Vec<&'static str> {
+        let mut kinds: Vec<&'static str> = match self {
+            Selected::Unfiltered(_) => Vec::new(),
+            Selected::Rules(rules) => rules.iter().map(|(l7, _)| l7.kind()).collect(),
+        };
+        kinds.sort_unstable();
+        kinds.dedup();
+        kinds
+    }
+}
+
+/// Selects the L7 rules of a flow whose entry in `policy` redirects: `own_ports` are the
+/// endpoint's container ports, which ingress named ports resolve against.
+pub(crate) fn select<'a>(
+    compiled: &'a CompiledPolicy,
+    policy: &MapState,
+    own_ports: &[ContainerPort],
+    remote: u32,
+    direction: Direction,
+    port: FlowPort,
+) -> Selected<'a> {
+    let mut l7_rules = Vec::new();
+    for cookie in compiled.cookies_selecting(policy, remote) {
+        let Some((_, rule)) = compiled.policies().rule_for_cookie(cookie) else { continue };
+        if rule.ports.is_empty() {
+            return Selected::Unfiltered(cookie);
+        }
+        for port_rule in rule.ports.iter().filter(|p| p.protocol == port.protocol) {
+            let covers = match &port_rule.port {
+                PortSpec::Any => true,
+                PortSpec::Range(lo, hi) => (*lo..=*hi).contains(&port.port),
+                PortSpec::Named(name) => {
+                    compiled.resolve_named_port(name, port_rule.protocol, direction, own_ports).contains(&port.port)
+                }
+            };
+            if !covers {
+                continue;
+            }
+            match &port_rule.l7 {
+                None => return Selected::Unfiltered(cookie),
+                Some(l7) => l7_rules.push((l7, cookie)),
+            }
+        }
+    }
+    Selected::Rules(l7_rules)
+}
+
+/// Why no proxy judges a redirected flow on `protocol` with L7 rules of `kinds` (see
+/// [`CompiledPolicy::l7_kinds`]) and `request`, when one is given, so that it is denied
+/// (`l7-unsupported`); `None` when the proxy judges it. The proxy refuses a connection up front
+/// when this says why.
+pub fn unproxied(protocol: Protocol, kinds: &[&str], request: Option<&L7Request>) -> Option<&'static str> {
+    if kinds.contains(&"dns") || matches!(request, Some(L7Request::Dns(_))) {
+        Some("DNS proxy not implemented yet")
+    } else if kinds.contains(&"kafka") {
+        Some("Kafka is not proxied")
+    } else if protocol != Protocol::TCP {
+        Some("the L7 proxy takes TCP only")
+    } else {
+        None
+    }
+}
+
+/// What the selected rules mean for `request`, proxied or not: allowed when a rule matches it.
+pub(crate) fn judge(compiled: &CompiledPolicy, selected: &Selected, request: &L7Request) -> RequestVerdict {
+    let origin = |cookie| compiled.policies().describe_cookie(cookie);
+    let allowed = |cookie, rewrite| RequestVerdict { allowed: true, reason: origin(cookie), cookie, rewrite };
+    let rules = match selected {
+        Selected::Unfiltered(cookie) => return allowed(*cookie, HttpRewrite::default()),
+        Selected::Rules(rules) => rules,
+    };
+    match request {
+        L7Request::Http(request) => {
+            for (l7, cookie) in rules {
+                if let L7Rules::Http(http) = l7
+                    && let Some(rewrite) = http.iter().find_map(|r| request.judge(r))
+                {
+                    return allowed(*cookie, rewrite);
+                }
+            }
+            RequestVerdict::denied(format!(
+                "{} {} matches no HTTP rule for this peer (HTTP 403)",
+                request.method, request.path
+            ))
+        }
+        L7Request::Dns(name) => {
+            for (l7, cookie) in rules {
+                if let L7Rules::Dns(matches) = l7
+                    && matches.iter().any(|m| m.matches(name))
+                {
+                    return allowed(*cookie, HttpRewrite::default());
+                }
+            }
+            RequestVerdict::denied(format!("query {name} matches no DNS rule for this peer (REFUSED)"))
+        }
+    }
+}
+
+/// What the node's L7 proxy asks of a compilation.
+impl CompiledPolicy {
+    /// What the L7 rules of local endpoint `namespace/name` decide for `request` to (egress) or
+    /// from (ingress) a peer with identity `remote` on `port`. `None` when the endpoint is not a
+    /// local endpoint of this compilation or when its entry for this flow does not redirect (L4
+    /// decides alone: see [`CompiledPolicy::l4_allows`]).
+    /// A DNS request, DNS or Kafka rules, and any request on UDP or SCTP are denied with a
+    /// reason saying why no proxy judges them (`l7-unsupported: ...`).
+    pub fn judge_request(
+        &self,
+        namespace: &str,
+        name: &str,
+        direction: Direction,
+        remote: u32,
+        port: FlowPort,
+        request: &L7Request,
+    ) -> Option<RequestVerdict> {
+        let selected = self.redirected(namespace, name, direction, remote, port)?;
+        Some(match unproxied(port.protocol, &selected.kinds(), Some(request)) {
+            Some(why) => RequestVerdict::denied(format!("{DROP_L7_UNSUPPORTED}: {why}")),
+            None => judge(self, &selected, request),
+        })
+    }
+
+    /// Whether the L4 entry of local endpoint `namespace/name` lets this flow through (a redirect
+    /// does, to the proxy); `None` when the endpoint is not a local endpoint of this compilation.
+    pub fn l4_allows(
+        &self,
+        namespace: &str,
+        name: &str,
+        direction: Direction,
+        remote: u32,
+        port: FlowPort,
+    ) -> Option<bool> {
+        let (_, group) = self.group_of(namespace, name)?;
+        let entry = group.direction(direction).lookup(remote, port.protocol, port.port);
+        Some(entry.is_some_and(|e| e.value.verdict() != dp::Verdict::Deny))
+    }
+
+    /// The kinds of the L7 rules the proxy would apply to this flow ("dns", "http", "kafka"),
+    /// sorted: the proxy refuses a connection up front unless they are all "http". Empty when the
+    /// flow is not redirected, or when a rule without L7 rules allows it (every request passes).
+    pub fn l7_kinds(
+        &self,
+        namespace: &str,
+        name: &str,
+        direction: Direction,
+        remote: u32,
+        port: FlowPort,
+    ) -> Vec<&'static str> {
+        self.redirected(namespace, name, direction, remote, port).map(|s| s.kinds()).unwrap_or_default()
+    }
+
+    /// Whether any policy of this compilation has L7 rules (the agent shares the compilation
+    /// with its proxy only then).
+    pub fn has_l7_rules(&self) -> bool {
+        self.policies()
+            .policies
+            .iter()
+            .flat_map(|p| &p.rules)
+            .flat_map(|r| r.ingress.rules.iter().chain(&r.egress.rules))
+            .any(|r| r.ports.iter().any(|p| p.l7.is_some()))
+    }
+
+    /// The L7 rules of a flow whose entry redirects; `None` when the endpoint is not local or
+    /// the entry does not redirect.
+    fn redirected(
+        &self,
+        namespace: &str,
+        name: &str,
+        direction: Direction,
+        remote: u32,
+        port: FlowPort,
+    ) -> Option<Selected<'_>> {
+        let (key, group) = self.group_of(namespace, name)?;
+        let policy = group.direction(direction);
+        let entry = policy.lookup(remote, port.protocol, port.port)?;
+        (entry.value.verdict() == dp::Verdict::Redirect)
+            .then(|| select(self, policy, &key.ports, remote, direction, port))
+    }
 }
 
 impl HttpRequest {

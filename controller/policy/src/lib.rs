@@ -19,5 +19,7 @@ pub mod yaml;
 pub use cluster::Cluster;
 pub use compile::{AllowLocalhost, CompileOptions, CompiledPolicy, EnforcementMode, IdentityBasis};
 pub use diag::{Diagnostic, Severity};
+pub use l7::{HttpRequest, HttpRewrite, L7Request, RequestVerdict};
 pub use model::{Direction, PolicySet};
 pub use parse::{ParseOptions, Parsed, SourceFile, parse_policies};
+pub use trace::FlowPort;

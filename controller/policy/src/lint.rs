@@ -1,7 +1,7 @@
 //! Warnings about valid policies that probably do not do what their author meant.
 use crate::compile::{CompiledPolicy, Enforcement};
 use crate::diag::{Diagnostic, Severity};
-use crate::model::{Peer, Peers, Policy, PolicyKind, PolicySet, PortSpec, Rule, ServiceRef};
+use crate::model::{L7Rules, Peer, Peers, Policy, PolicyKind, PolicySet, PortSpec, Rule, ServiceRef};
 
 fn warning(policy: &Policy, line: u32, path: &str, message: String) -> Diagnostic {
     Diagnostic { severity: Severity::Warning, file: policy.file.clone(), line, path: path.to_string(), message }
@@ -12,17 +12,23 @@ pub fn lint(set: &PolicySet) -> Vec<Diagnostic> {
     let mut out = Vec::new();
     for policy in &set.policies {
         for rule in &policy.rules {
-            // Each `rules` field once, though it yields a port rule per port and protocol.
-            let mut l7_fields: Vec<&(String, u32)> = Vec::new();
+            // Each `rules` field once, though it yields a port rule per port and protocol. The
+            // node's proxy judges HTTP; DNS and Kafka rules fail closed.
+            let mut l7_fields: Vec<(&(String, u32), &str)> = Vec::new();
             for port_rule in rule.ingress.rules.iter().chain(&rule.egress.rules).flat_map(|r| &r.ports) {
+                let kind = match &port_rule.l7 {
+                    Some(L7Rules::Dns(_)) => "DNS",
+                    Some(L7Rules::Kafka(_)) => "Kafka",
+                    Some(L7Rules::Http(_)) | None => continue,
+                };
                 if let Some(at) = &port_rule.l7_at
-                    && !l7_fields.contains(&at)
+                    && !l7_fields.iter().any(|(seen, _)| *seen == at)
                 {
-                    l7_fields.push(at);
+                    l7_fields.push((at, kind));
                 }
             }
-            for (path, line) in l7_fields {
-                out.push(warning(policy, *line, path, l7_unsupported_message()));
+            for ((path, line), kind) in l7_fields {
+                out.push(warning(policy, *line, path, l7_unsupported_message(kind)));
             }
             for peer_rule in rule.egress.rules.iter() {
                 if let Peers::Some(peers) = &peer_rule.peers
@@ -41,11 +47,11 @@ pub fn lint(set: &PolicySet) -> Vec<Diagnostic> {
     out
 }
 
-/// Until an L7 proxy exists, the datapath denies every connection to a port with L7 rules rather
-/// than let it through unchecked.
-pub fn l7_unsupported_message() -> String {
+/// The node's proxy speaks only HTTP: the datapath denies every connection to a port with DNS or
+/// Kafka rules rather than let it through unchecked.
+fn l7_unsupported_message(kind: &str) -> String {
     format!(
-        "L7 rules are not enforced yet: the datapath denies this port (drop reason {})",
+        "{kind} rules are not enforced yet: the datapath denies this port (drop reason {})",
         crate::trace::DROP_L7_UNSUPPORTED
     )
 }

@@ -1,24 +1,25 @@
 //! Explains the verdict for one flow: the source's egress decision and the destination's
 //! ingress decision, each from the entry the datapath would pick, and the L7 proxy's decision
-//! when the entry redirects and an HTTP request is given.
+//! when the entry redirects and a request is given.
 //!
 //! Two verdicts come out: what the datapath does, and what the policy means (its intent). They
-//! differ only at an L7 redirect: there is no L7 proxy yet, so the datapath denies every
-//! connection to a redirected port (drop reason `l7-unsupported`, never failing open), while
-//! the intent is what the L7 rules would decide.
+//! differ only at an L7 redirect no proxy judges (DNS or Kafka rules, UDP or SCTP): the datapath
+//! denies it (drop reason `l7-unsupported`, never failing open), while the intent is what the L7
+//! rules would decide. HTTP on TCP goes to the node's proxy, which enforces the intent.
 use std::fmt;
 use std::net::Ipv4Addr;
 
 use palisade_common as dp;
 use serde::Serialize;
 
-use crate::compile::{CompiledPolicy, Enforcement, MapState};
+use crate::compile::{CompiledPolicy, Enforcement};
 use crate::identity;
-pub use crate::l7::{HttpRequest, L7Request};
-use crate::model::{Direction, L7Rules, PortSpec, Protocol};
+use crate::l7::{self, Selected};
+pub use crate::l7::{HttpRequest, HttpRewrite, L7Request, RequestVerdict};
+use crate::model::{Direction, Protocol};
 
-/// The drop reason of a connection to a port whose entry redirects to the L7 proxy, which the
-/// datapath does not have yet.
+/// The drop reason of a connection whose entry redirects to an L7 proxy that does not judge it
+/// (DNS, Kafka, not TCP).
 pub const DROP_L7_UNSUPPORTED: &str = "l7-unsupported";
 
 /// One side of a flow.
@@ -140,10 +141,12 @@ pub struct Decision {
     /// What the datapath does.
     pub verdict: Verdict,
     /// What the policy means, L7 rules included: differs from `verdict` only where the datapath
-    /// denies an L7 redirect it cannot enforce (`drop_reason`).
+    /// denies an L7 redirect no proxy judges (`drop_reason`).
     pub intent: Verdict,
     /// Why the datapath drops it when the policy alone would not: `l7-unsupported`.
     pub drop_reason: Option<&'static str>,
+    /// Why no proxy judges it, with `l7-unsupported`: "DNS proxy not implemented yet", ...
+    pub drop_detail: Option<&'static str>,
     /// The endpoint whose policy decided; `None` when that side is not a Palisade endpoint.
     pub endpoint: Option<String>,
     pub enforcement: Option<Enforcement>,
@@ -153,8 +156,8 @@ pub struct Decision {
     /// The map entry that matched, e.g. `identity 312 TCP/5432`.
     pub entry: Option<String>,
     pub rule: String,
-    /// Set when the entry redirects to the L7 proxy: what the L7 rules would decide (the
-    /// policy's intent; the datapath denies the connection meanwhile).
+    /// Set when the entry redirects to the L7 proxy: what the L7 rules decide (what the proxy
+    /// enforces, or only the policy's intent with `drop_reason`).
     pub proxy: Option<String>,
 }
 
@@ -175,6 +178,11 @@ impl Trace {
     /// The datapath's drop reason when the policy's intent alone would not drop the flow.
     pub fn drop_reason(&self) -> Option<&'static str> {
         self.egress.drop_reason.or(self.ingress.drop_reason)
+    }
+
+    /// What [`Trace::drop_reason`] is about: why no proxy judges the flow.
+    pub fn drop_detail(&self) -> Option<&'static str> {
+        if self.egress.drop_reason.is_some() { self.egress.drop_detail } else { self.ingress.drop_detail }
     }
 }
 
@@ -252,6 +260,7 @@ fn decide(
         verdict: Verdict::Allowed,
         intent: Verdict::Allowed,
         drop_reason: None,
+        drop_detail: None,
         endpoint: None,
         enforcement: None,
         remote_identity: remote,
@@ -282,21 +291,30 @@ fn decide(
         }
         Some(e) => (Verdict::Allowed, compiled.policies().describe_cookie(e.value.cookie)),
     };
-    let (mut intent, mut proxy, mut drop_reason) = (verdict, None, None);
+    let (mut intent, mut proxy, mut drop_reason, mut drop_detail) = (verdict, None, None, None);
     if entry.is_some_and(|e| e.value.verdict() == dp::Verdict::Redirect) {
-        let (allowed, why) = proxy_decision(compiled, policy, &endpoint.pod.ports, remote, direction, port, l7);
-        if !allowed {
+        let selected = l7::select(compiled, policy, &endpoint.pod.ports, remote, direction, port);
+        let kinds = selected.kinds();
+        let judged = l7.map(|request| l7::judge(compiled, &selected, request));
+        if judged.as_ref().is_some_and(|j| !j.allowed) {
             intent = Verdict::Denied;
         }
-        proxy = Some(why);
-        // No L7 proxy yet: the datapath denies the port rather than let it through unchecked.
-        verdict = Verdict::Denied;
-        drop_reason = Some(DROP_L7_UNSUPPORTED);
+        let unproxied = l7::unproxied(port.protocol, &kinds, l7);
+        proxy = Some(proxy_text(compiled, &selected, &kinds, l7.zip(judged.as_ref()), unproxied.is_none()));
+        match unproxied {
+            // The datapath denies what no proxy judges rather than let it through unchecked.
+            Some(why) => {
+                verdict = Verdict::Denied;
+                (drop_reason, drop_detail) = (Some(DROP_L7_UNSUPPORTED), Some(why));
+            }
+            None => verdict = intent,
+        }
     }
     Decision {
         verdict,
         intent,
         drop_reason,
+        drop_detail,
         endpoint: Some(format!("{namespace}/{name}")),
         enforcement: Some(policy.enforcement),
         remote_identity: remote,
@@ -420,10 +438,8 @@ pub fn describe_entry(key: &dp::PolicyKey) -> String {
     format!("{peer} {l4}")
 }
 
-/// The L7 proxy allows a request when any allow rule selecting the peer on this port allows it;
-/// a rule without L7 rules allows everything (so an L4-only rule shadows L7 rules).
 /// What a matching rule's `headerMatches` do to the request, for the proxy line of a trace.
-fn rewritten(rewrite: &crate::l7::HttpRewrite) -> String {
+fn rewritten(rewrite: &HttpRewrite) -> String {
     let mut done: Vec<String> = Vec::new();
     done.extend(rewrite.add.iter().map(|(name, value)| format!("adds {name}: {value}")));
     done.extend(rewrite.replace.iter().map(|(name, value)| format!("sets {name}: {value}")));
@@ -432,70 +448,34 @@ fn rewritten(rewrite: &crate::l7::HttpRewrite) -> String {
     if done.is_empty() { String::new() } else { format!(" ({})", done.join(", ")) }
 }
 
-fn proxy_decision(
+/// The proxy line of a trace: what the L7 rules decide for the request given, if any. The proxy
+/// allows a request when any allow rule selecting the peer on this port allows it; a rule
+/// without L7 rules allows everything (so an L4-only rule shadows L7 rules).
+fn proxy_text(
     compiled: &CompiledPolicy,
-    policy: &MapState,
-    own_ports: &[crate::cluster::ContainerPort],
-    remote: u32,
-    direction: Direction,
-    port: FlowPort,
-    request: Option<&L7Request>,
-) -> (bool, String) {
-    let mut l7_rules: Vec<(&L7Rules, String)> = Vec::new();
-    for cookie in compiled.cookies_selecting(policy, remote) {
-        let Some((policy_obj, rule)) = compiled.policies().rule_for_cookie(cookie) else { continue };
-        let origin = format!("{} {}", policy_obj.id, rule.path);
-        if rule.ports.is_empty() {
-            return (true, format!("allowed: {origin} allows this peer without L7 rules"));
-        }
-        for port_rule in rule.ports.iter().filter(|p| p.protocol == port.protocol) {
-            let covers = match &port_rule.port {
-                PortSpec::Any => true,
-                PortSpec::Range(lo, hi) => (*lo..=*hi).contains(&port.port),
-                PortSpec::Named(name) => {
-                    compiled.resolve_named_port(name, port_rule.protocol, direction, own_ports).contains(&port.port)
-                }
-            };
-            if !covers {
-                continue;
-            }
-            match &port_rule.l7 {
-                None => return (true, format!("allowed: {origin} allows this peer on this port without L7 rules")),
-                Some(l7) => l7_rules.push((l7, origin.clone())),
-            }
-        }
+    selected: &Selected,
+    kinds: &[&str],
+    judged: Option<(&L7Request, &RequestVerdict)>,
+    proxied: bool,
+) -> String {
+    if let Selected::Unfiltered(cookie) = selected {
+        let origin = compiled.policies().describe_cookie(*cookie);
+        return format!("allowed: {origin} allows this peer on this port without L7 rules");
     }
-    let Some(request) = request else {
-        let kinds: Vec<&str> = l7_rules.iter().map(|(l7, _)| l7.kind()).collect();
-        return (
-            true,
-            format!("redirected to the L7 proxy ({}); pass --http or --dns to evaluate a request", kinds.join(", ")),
-        );
-    };
-    match request {
-        L7Request::Http(request) => {
-            for (l7, origin) in &l7_rules {
-                if let L7Rules::Http(rules) = l7
-                    && let Some(rewrite) = rules.iter().find_map(|r| request.judge(r))
-                {
-                    let (method, path) = (&request.method, &request.path);
-                    return (true, format!("allowed: {method} {path} matches {origin}{}", rewritten(&rewrite)));
-                }
-            }
-            (
-                false,
-                format!("denied: {} {} matches no HTTP rule for this peer (HTTP 403)", request.method, request.path),
-            )
-        }
-        L7Request::Dns(name) => {
-            for (l7, origin) in &l7_rules {
-                if let L7Rules::Dns(matches) = l7
-                    && matches.iter().any(|m| m.matches(name))
-                {
-                    return (true, format!("allowed: query {name} matches {origin}"));
-                }
-            }
-            (false, format!("denied: query {name} matches no DNS rule for this peer (REFUSED)"))
-        }
+    match judged {
+        None if proxied => format!(
+            "redirected to the L7 proxy ({}), which judges each request; pass --http to evaluate one",
+            kinds.join(", ")
+        ),
+        None => format!("L7 rules ({}); pass --http or --dns to evaluate a request", kinds.join(", ")),
+        Some((_, verdict)) if !verdict.allowed => format!("denied: {}", verdict.reason),
+        Some((L7Request::Http(request), verdict)) => format!(
+            "allowed: {} {} matches {}{}",
+            request.method,
+            request.path,
+            verdict.reason,
+            rewritten(&verdict.rewrite)
+        ),
+        Some((L7Request::Dns(name), verdict)) => format!("allowed: query {name} matches {}", verdict.reason),
     }
 }

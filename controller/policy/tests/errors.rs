@@ -127,18 +127,15 @@ fn verdict_http(engine: &CompiledPolicy, from: &str, to: &str, port: &str, http:
     trace_of(engine, from, to, port, http).verdict
 }
 
-/// What the policy means, L7 rules included (the datapath denies L7 redirects meanwhile).
+/// What the policy means, L7 rules included; the node's proxy judges HTTP on TCP, so the
+/// datapath does the same.
 fn intent_http(engine: &CompiledPolicy, from: &str, to: &str, port: &str, http: Option<&str>) -> Verdict {
     let t = trace_of(engine, from, to, port, http);
-    if t.egress.proxy.is_some() || t.ingress.proxy.is_some() {
-        assert_eq!(
-            (t.verdict, t.drop_reason()),
-            (Denied, Some("l7-unsupported")),
-            "{from} -> {to} {port}: an L7 redirect is denied by the datapath until a proxy exists"
-        );
-    } else {
-        assert_eq!(t.verdict, t.intent, "{from} -> {to} {port}: without L7 the datapath does what policy says");
-    }
+    assert_eq!(
+        (t.verdict, t.drop_reason()),
+        (t.intent, None),
+        "{from} -> {to} {port}: the datapath (and the proxy) does what policy says"
+    );
     t.intent
 }
 

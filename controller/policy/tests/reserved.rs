@@ -1,7 +1,7 @@
 //! Reserved identities by address, as Cilium assigns them (the local host's addresses `host`,
 //! other nodes' `remote-node`, the API server's `kube-apiserver`), the entities that select
-//! them, `allow-localhost`, and L7 rules that the datapath denies until an L7 proxy exists
-//! (and what they would decide: HTTP `headerMatches`).
+//! them, `allow-localhost`, and L7 rules: HTTP on TCP judged by the node's proxy (`headerMatches`
+//! included), the rest denied by the datapath (`l7-unsupported`) with what they would decide.
 mod common;
 
 use common::{trace_l7, trace_of};
@@ -246,41 +246,77 @@ spec:
 ";
 
 #[test]
-fn l7_redirects_are_denied_by_the_datapath_and_traced_with_the_policys_intent() {
+fn http_on_tcp_is_judged_by_the_proxy_and_other_l7_redirects_are_denied_with_the_policys_intent() {
     let e = engine(L7, CompileOptions::default());
     for (http, intent) in
         [(Some("GET /public"), Verdict::Allowed), (Some("POST /public"), Verdict::Denied), (None, Verdict::Allowed)]
     {
         let t = trace_of(&e, "prod/client", "prod/server", "8080/TCP", http);
-        assert_eq!(t.verdict, Verdict::Denied, "{http:?}: the datapath never fails open");
-        assert_eq!(t.drop_reason(), Some("l7-unsupported"));
-        assert_eq!(t.intent, intent, "{http:?}: what the HTTP rules would decide");
-        assert_eq!((t.ingress.verdict, t.ingress.intent), (Verdict::Denied, intent));
+        assert_eq!((t.verdict, t.intent, t.drop_reason()), (intent, intent, None), "{http:?}: the proxy enforces it");
+        assert_eq!((t.ingress.verdict, t.ingress.intent), (intent, intent));
         assert!(t.ingress.proxy.is_some());
-        assert_eq!(t.egress.drop_reason, None);
     }
+    let proxy = trace_of(&e, "prod/client", "prod/server", "8080/TCP", None).ingress.proxy.unwrap();
+    assert!(proxy.contains("which judges each request"), "{proxy}");
+    // The same HTTP rule on UDP (protocol ANY): no proxy takes it.
+    let t = trace_of(&e, "prod/client", "prod/server", "8080/UDP", Some("GET /public"));
+    assert_eq!((t.verdict, t.intent), (Verdict::Denied, Verdict::Allowed), "the datapath never fails open");
+    assert_eq!((t.drop_reason(), t.drop_detail()), (Some("l7-unsupported"), Some("the L7 proxy takes TCP only")));
     // Not an L7 port: nothing changes.
     let t = trace_of(&e, "prod/client", "prod/server", "9090/TCP", None);
     assert_eq!((t.verdict, t.intent, t.drop_reason()), (Verdict::Denied, Verdict::Denied, None));
-    // Egress DNS rules redirect too.
-    let t = trace_of(&e, "prod/server", "prod/client", "53/UDP", None);
-    assert_eq!((t.verdict, t.egress.drop_reason), (Verdict::Denied, Some("l7-unsupported")));
+    // Egress DNS rules redirect too, on UDP and TCP alike, and no proxy judges them yet.
+    for port in ["53/UDP", "53/TCP"] {
+        let query = L7Request::Dns("example.com".into());
+        let t = trace_l7(&e, "prod/server", "prod/client", port, Some(&query));
+        assert_eq!((t.verdict, t.intent), (Verdict::Denied, Verdict::Allowed), "{port}");
+        assert_eq!(
+            (t.egress.drop_reason, t.egress.drop_detail),
+            (Some("l7-unsupported"), Some("DNS proxy not implemented yet")),
+            "{port}"
+        );
+    }
 }
 
 #[test]
-fn every_l7_rules_field_is_a_warning_naming_file_line_and_field() {
+fn kafka_rules_are_denied_by_the_datapath_and_warned_about() {
+    let policy = "apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: broker, namespace: prod}
+spec:
+  endpointSelector: {matchLabels: {app: server}}
+  ingress:
+  - fromEndpoints: [{matchLabels: {app: client}}]
+    toPorts:
+    - ports: [{port: '8080', protocol: TCP}]
+      rules:
+        kafka: [{role: produce, topic: orders}]
+";
+    let e = engine(policy, CompileOptions::default());
+    let t = trace_of(&e, "prod/client", "prod/server", "8080/TCP", Some("GET /"));
+    assert_eq!(t.verdict, Verdict::Denied);
+    assert_eq!((t.drop_reason(), t.drop_detail()), (Some("l7-unsupported"), Some("Kafka is not proxied")));
+    let warnings: Vec<String> = lint::lint(e.policies()).iter().map(ToString::to_string).collect();
+    assert_eq!(
+        warnings,
+        [
+            "policies.yaml:11: warning: spec.ingress[0].toPorts[0].rules.kafka: Kafka rules are not enforced yet: the datapath denies this port (drop reason l7-unsupported)"
+        ]
+    );
+}
+
+#[test]
+fn dns_rules_fields_are_warnings_naming_file_line_and_field_and_http_rules_are_not() {
     let parsed = parse_policies(&[SourceFile { name: "policies/api.yaml", text: L7 }], &ParseOptions::default());
     let warnings: Vec<String> = lint::lint(&parsed.set)
         .iter()
         .inspect(|d| assert_eq!(d.severity, Severity::Warning))
         .map(ToString::to_string)
         .collect();
-    let message = "L7 rules are not enforced yet: the datapath denies this port (drop reason l7-unsupported)";
     assert_eq!(
         warnings,
         [
-            format!("policies/api.yaml:12: warning: spec.ingress[0].toPorts[0].rules.http: {message}"),
-            format!("policies/api.yaml:17: warning: spec.egress[0].toPorts[0].rules.dns: {message}"),
+            "policies/api.yaml:17: warning: spec.egress[0].toPorts[0].rules.dns: DNS rules are not enforced yet: the datapath denies this port (drop reason l7-unsupported)"
         ],
         "one per rules field, though ANY makes three port rules of it"
     );

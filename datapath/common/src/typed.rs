@@ -2,8 +2,8 @@
 //! Userspace works with these; this module is the only place they become (or come from) the
 //! `u8`s of the `#[repr(C)]` map structs. The eBPF program keeps using the raw constants.
 use crate::{
-    DROP_L7_UNSUPPORTED, DROP_POLICY_DENIED, DropReason, EndpointConfig, MODE_AUDIT, MODE_ENFORCE, MODE_OFF, SLOT_A,
-    SLOT_B, SLOT_NONE, SlotKey, SlotSelection, VERDICT_ALLOW, VERDICT_DENY, VERDICT_REDIRECT,
+    DROP_POLICY_DENIED, DropReason, EndpointConfig, MODE_AUDIT, MODE_ENFORCE, MODE_OFF, SLOT_A, SLOT_B, SLOT_NONE,
+    SlotKey, SlotSelection, VERDICT_ALLOW, VERDICT_DENY, VERDICT_REDIRECT,
 };
 
 /// What a policy entry does with the traffic it matches.
@@ -57,7 +57,8 @@ impl Verdict {
         match self {
             Verdict::Allow => None,
             Verdict::Deny => DropReason::from_raw(DROP_POLICY_DENIED),
-            Verdict::Redirect => DropReason::from_raw(DROP_L7_UNSUPPORTED),
+            // The L7 proxy judges it; the program itself drops a redirect no proxy can take.
+            Verdict::Redirect => None,
         }
     }
 
@@ -338,7 +339,7 @@ mod tests {
             let selection = SlotSelection::new(Slot::B, candidate);
             assert_eq!((selection.enforced(), selection.candidate()), (Slot::B, candidate));
         }
-        assert_eq!(Verdict::Redirect.drop_reason(), Some(DropReason::L7Unsupported));
+        assert_eq!(Verdict::Redirect.drop_reason(), None, "the L7 proxy judges a redirect");
         assert_eq!(Verdict::Allow.drop_reason(), None);
     }
 }

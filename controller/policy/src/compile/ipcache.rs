@@ -106,6 +106,12 @@ impl IpCache {
         self.pod_identity.get(&pod.key()).copied()
     }
 
+    /// The pod the ipcache maps `ip` to (the last added of those sharing it), as its key and
+    /// identity: its /32 is the longest prefix and replaces any other entry for the address.
+    pub fn pod_at(&self, ip: Ipv4Addr) -> Option<(&str, u32)> {
+        self.pod_addrs.get(&ip)?.last().map(|at| (at.pod.as_str(), at.identity))
+    }
+
     /// Allocates (or shares) the pod's identity from its labels and records its address and
     /// named ports.
     pub fn add_pod(&mut self, pod: &Pod, namespace: Option<&Namespace>) -> PodIdentity {

@@ -149,12 +149,27 @@ impl CompiledPolicy {
     }
 
     /// The identity the datapath sees for an address (longest prefix; world when nothing matches).
+    /// A pod's address is looked up directly: the proxy asks for one per connection.
     pub fn identity_of_addr(&self, addr: Ipv4Addr) -> u32 {
+        if let Some((_, identity)) = self.ipcache.pod_at(addr) {
+            return identity;
+        }
         self.ipcache()
             .into_iter()
             .filter(|(p, _)| p.contains_addr(addr))
             .max_by_key(|(p, _)| p.len)
             .map_or(dp::IDENTITY_WORLD, |(_, id)| id)
+    }
+
+    /// The local endpoint with this address, as (namespace, name): the pod the ipcache maps it to,
+    /// when that is an endpoint of this compilation. What the L7 proxy knows of a connection is
+    /// its two addresses.
+    pub fn endpoint_at(&self, ip: Ipv4Addr) -> Option<(&str, &str)> {
+        let (key, _) = self.ipcache.pod_at(ip)?;
+        if !self.groups.of_endpoint.contains_key(key) {
+            return None;
+        }
+        key.split_once('/')
     }
 
     /// Adds or updates a pod (labels, ports, address); only what it affects is recomputed.
