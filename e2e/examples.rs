@@ -3,7 +3,7 @@
 //! between two pods is made as a real connection whose fate must be the expected verdict; a flow
 //! to a Service goes through local mode's kube-proxy, repeatedly, until every backend has shown
 //! its own verdict (kube-proxy picks one at random). Flows
-//! with an `http:` request (decided by an L7 proxy, which the datapath does not have yet), flows
+//! with an `http:` request (judged by the node's L7 proxy, tested on its own), flows
 //! to or from addresses and entities outside the pods, and ICMP types other than echo are left
 //! to the policy engine's and the datapath's own scenario tests.
 mod support;

@@ -220,54 +220,70 @@ fn stderr(out: &Output) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
 }
 
-#[test]
-fn check_and_plan_warn_that_l7_rules_are_enforced_as_a_deny() {
+/// The client-app-database example's policies plus DNS rules for the client's queries, which no
+/// proxy judges yet; returns (cluster, policies, the DNS rules' file).
+fn with_dns_rules(test: &str) -> (PathBuf, PathBuf, PathBuf) {
     let dir = example("client-app-database");
-    let (cluster, policies) = (dir.join("cluster.yaml"), dir.join("policies"));
-    let file = policies.join("catalog-api.yaml");
-    let warning = |line: u32, rule: usize| {
-        format!(
-            "{}:{line}: warning: spec.ingress[{rule}].toPorts[0].rules.http: L7 rules are not enforced yet: the datapath denies this port (drop reason l7-unsupported)",
-            file.display()
-        )
-    };
+    let policies = scratch(test);
+    for file in std::fs::read_dir(dir.join("policies")).unwrap() {
+        let path = file.unwrap().path();
+        std::fs::copy(&path, policies.join(path.file_name().unwrap())).unwrap();
+    }
+    let dns = policies.join("client-dns.yaml");
+    std::fs::write(&dns, "apiVersion: cilium.io/v2\nkind: CiliumNetworkPolicy\nmetadata: {name: client-dns, namespace: shop}\nspec:\n  endpointSelector: {matchLabels: {app: client}}\n  egress:\n  - toPorts:\n    - ports: [{port: '53', protocol: UDP}]\n      rules:\n        dns: [{matchPattern: '*'}]\n").unwrap();
+    (dir.join("cluster.yaml"), policies, dns)
+}
+
+#[test]
+fn check_and_plan_warn_only_about_l7_rules_no_proxy_judges() {
+    let dir = example("client-app-database");
+    // HTTP rules are judged by the node's proxy: nothing to warn about.
+    let out = palisade(&["check", s(&dir.join("policies")), "-o", "json"]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    let v: serde_json::Value = serde_json::from_str(&stdout(&out)).unwrap();
+    assert!(!v["diagnostics"].as_array().unwrap().iter().any(|d| d["path"].as_str().unwrap().contains("rules")), "{v}");
+
+    let (cluster, policies, dns) = with_dns_rules("l7-warnings");
+    let warning = format!(
+        "{}:10: warning: spec.egress[0].toPorts[0].rules.dns: DNS rules are not enforced yet: the datapath denies this port (drop reason l7-unsupported)",
+        dns.display()
+    );
     // Valid policies with warnings: check still exits 0, with and without a cluster.
     for args in [vec!["check", s(&policies)], vec!["check", s(&policies), "--cluster", s(&cluster)]] {
         let out = palisade(&args);
         assert_eq!(code(&out), 0, "{}{}", stdout(&out), stderr(&out));
-        for expected in [warning(26, 0), warning(39, 1)] {
-            assert!(stdout(&out).lines().any(|l| l == expected), "{expected}\nin\n{}", stdout(&out));
-        }
+        let text = stdout(&out);
+        let warnings: Vec<&str> = text.lines().filter(|l| l.contains("not enforced yet")).collect();
+        assert_eq!(warnings, [warning.as_str()], "{text}");
     }
-    let out = palisade(&["check", s(&policies), "-o", "json"]);
-    let v: serde_json::Value = serde_json::from_str(&stdout(&out)).unwrap();
-    let l7: Vec<_> =
-        v["diagnostics"].as_array().unwrap().iter().filter(|d| d["message"].as_str().unwrap().contains("L7")).collect();
-    assert_eq!(l7.len(), 2, "{v}");
-    assert_eq!(l7[0]["severity"], "warning");
-    assert_eq!(l7[0]["path"], "spec.ingress[0].toPorts[0].rules.http");
 
-    // plan: the warnings on stderr, the plan unchanged on stdout; redirect entries say what the
-    // datapath does.
+    // plan: the warnings on stderr, the plan on stdout; redirect entries say what the datapath
+    // does: HTTP on TCP goes to the proxy, DNS on UDP is denied.
     let plan = |json: bool| on_policies("plan", &cluster, &policies, if json { &["-o", "json"] } else { &[] });
     let out = plan(false);
     assert_eq!(code(&out), 0, "{}", stderr(&out));
-    assert!(stderr(&out).lines().any(|l| l == warning(26, 0)), "{}", stderr(&out));
-    assert!(stdout(&out).contains("redirect (denied: l7-unsupported)"), "{}", stdout(&out));
+    assert!(stderr(&out).lines().any(|l| l == warning), "{}", stderr(&out));
+    let text = stdout(&out);
+    assert!(text.lines().any(|l| l.contains("redirect (denied: l7-unsupported)") && l.contains("UDP/53")), "{text}");
+    assert!(text.lines().any(|l| l.trim_start().starts_with("redirect ") && l.contains("TCP/8080")), "{text}");
     let out = plan(true);
-    assert!(stderr(&out).lines().any(|l| l == warning(39, 1)), "{}", stderr(&out));
     let v: serde_json::Value = serde_json::from_str(&stdout(&out)).expect("plan -o json still prints JSON");
-    let catalog = v.as_array().unwrap().iter().find(|e| e["endpoint"] == CATALOG).unwrap();
-    let redirects: Vec<_> =
-        catalog["ingress"]["entries"].as_array().unwrap().iter().filter(|e| e["verdict"] == "redirect").collect();
-    assert!(!redirects.is_empty(), "{catalog}");
-    for entry in redirects {
-        assert_eq!((&entry["datapath"], &entry["drop_reason"]), (&"deny".into(), &"l7-unsupported".into()));
+    let redirects = |endpoint: &str, direction: &str| -> Vec<serde_json::Value> {
+        let e = v.as_array().unwrap().iter().find(|e| e["endpoint"] == endpoint).unwrap();
+        e[direction]["entries"].as_array().unwrap().iter().filter(|e| e["verdict"] == "redirect").cloned().collect()
+    };
+    let http = redirects(CATALOG, "ingress");
+    assert!(!http.is_empty(), "{v}");
+    for entry in http {
+        assert_eq!((&entry["datapath"], &entry["drop_reason"]), (&"proxy".into(), &serde_json::Value::Null));
     }
+    let dns = redirects(CLIENT, "egress");
+    assert_eq!(dns.len(), 1, "{v}");
+    assert_eq!((&dns[0]["datapath"], &dns[0]["drop_reason"]), (&"deny".into(), &"l7-unsupported".into()));
 }
 
 #[test]
-fn trace_follows_the_datapath_at_an_l7_redirect_and_shows_the_intent() {
+fn trace_shows_the_proxys_decision_at_an_http_redirect() {
     let dir = example("client-app-database");
     let (cluster, policies) = (dir.join("cluster.yaml"), dir.join("policies"));
     let trace = |http: Option<&str>, json: bool| {
@@ -280,26 +296,25 @@ fn trace_follows_the_datapath_at_an_l7_redirect_and_shows_the_intent() {
         }
         on_policies("trace", &cluster, &policies, &args)
     };
-    for (http, intent) in [(None, "allowed"), (Some("GET /api/v1/items"), "allowed"), (Some("POST /admin"), "denied")] {
+    for (http, verdict) in [(None, "allowed"), (Some("GET /api/v1/items"), "allowed"), (Some("POST /admin"), "denied")]
+    {
         let out = trace(http, false);
         let text = stdout(&out);
-        assert_eq!(code(&out), 1, "{http:?}: denied by the datapath\n{text}");
+        assert_eq!(code(&out), if verdict == "allowed" { 0 } else { 1 }, "{http:?}: the proxy decides\n{text}");
         let first = text.lines().next().unwrap();
-        assert!(first.contains(": DENIED (drop reason l7-unsupported"), "{first}");
-        assert!(first.ends_with(&format!("the policy's intent: {intent})")), "{first}");
-        assert!(text.contains("L7 rules (the policy's intent): "), "{text}");
-        assert!(text.contains("datapath: denied, drop reason l7-unsupported"), "{text}");
+        assert!(first.ends_with(&format!(": {}", verdict.to_uppercase())), "{first}");
+        assert!(text.contains("L7 proxy: "), "{text}");
+        assert!(!text.contains("drop reason"), "{text}");
 
         let out = trace(http, true);
-        assert_eq!(code(&out), 1);
         let v: serde_json::Value = serde_json::from_str(&stdout(&out)).unwrap();
-        assert_eq!((&v["verdict"], &v["intent"]), (&"denied".into(), &intent.into()), "{v}");
-        assert_eq!(v["ingress"]["drop_reason"], "l7-unsupported", "{v}");
-        assert_eq!(
-            (&v["egress"]["verdict"], &v["egress"]["drop_reason"]),
-            (&"allowed".into(), &serde_json::Value::Null)
-        );
+        assert_eq!((&v["verdict"], &v["intent"]), (&verdict.into(), &verdict.into()), "{v}");
+        assert_eq!(v["ingress"]["drop_reason"], serde_json::Value::Null, "{v}");
     }
+    let text = stdout(&trace(None, false));
+    assert!(text.contains("L7 proxy: judges each request (http rules); pass --http to evaluate one"), "{text}");
+    let text = stdout(&trace(Some("POST /admin"), false));
+    assert!(text.contains("L7 proxy: denied: POST /admin matches no HTTP rule for this peer (HTTP 403)"), "{text}");
     // One request at a time; headers belong to an HTTP request.
     let base = ["--from", CLIENT, "--to", CATALOG, "--port", "8080/TCP"];
     for extra in [
@@ -311,6 +326,41 @@ fn trace_follows_the_datapath_at_an_l7_redirect_and_shows_the_intent() {
         let out = on_policies("trace", &cluster, &policies, &[&base[..], extra].concat());
         assert_eq!(code(&out), 2, "{extra:?}: {}", stderr(&out));
     }
+}
+
+#[test]
+fn trace_follows_the_datapath_where_no_proxy_judges_and_shows_the_intent() {
+    let (cluster, policies, _) = with_dns_rules("l7-dns");
+    let trace = |json: bool| {
+        let mut args = vec!["--from", CLIENT, "--to", "cidr:10.200.99.53", "--port", "53/UDP", "--dns", "example.com"];
+        if json {
+            args.push("-o");
+            args.push("json");
+        }
+        on_policies("trace", &cluster, &policies, &args)
+    };
+    let out = trace(false);
+    let text = stdout(&out);
+    assert_eq!(code(&out), 1, "denied by the datapath\n{text}");
+    let first = text.lines().next().unwrap();
+    assert!(
+        first.ends_with(
+            ": DENIED (drop reason l7-unsupported: DNS proxy not implemented yet; the policy's intent: allowed)"
+        ),
+        "{first}"
+    );
+    assert!(text.contains("L7 rules (the policy's intent): allowed: query example.com matches"), "{text}");
+    assert!(
+        text.contains("datapath: denied, drop reason l7-unsupported (DNS proxy not implemented yet: never fails open)"),
+        "{text}"
+    );
+    let v: serde_json::Value = serde_json::from_str(&stdout(&trace(true))).unwrap();
+    assert_eq!((&v["verdict"], &v["intent"]), (&"denied".into(), &"allowed".into()), "{v}");
+    assert_eq!(
+        (&v["egress"]["drop_reason"], &v["egress"]["drop_detail"]),
+        (&"l7-unsupported".into(), &"DNS proxy not implemented yet".into()),
+        "{v}"
+    );
 }
 
 #[test]

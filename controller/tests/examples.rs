@@ -1,8 +1,8 @@
 //! Every scenario in `examples/` is enforced as its `flows.yaml` expects, through the same
 //! loading and trace path as `palisade trace`. A flow's `verdict` is the policy's intent, L7
-//! rules included; where an L7 redirect decides it, the datapath denies the flow meanwhile (drop
-//! reason `l7-unsupported`: no L7 proxy yet), and elsewhere the datapath does what policy says.
-//! A flow to a Service is checked at each of its backends.
+//! rules included; the examples' L7 rules are HTTP on TCP, which the node's proxy judges, so the
+//! datapath does what policy says everywhere. A flow to a Service is checked at each of its
+//! backends.
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
@@ -36,10 +36,10 @@ fn examples_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples")
 }
 
-/// The datapath follows the policy's intent except at an L7 redirect, which it denies.
+/// The datapath (with the proxy at an HTTP redirect) follows the policy's intent: nothing in the
+/// examples is `l7-unsupported`.
 fn check_datapath(flow: &str, result: &Trace, failures: &mut Vec<String>) {
-    let redirected = result.egress.proxy.is_some() || result.ingress.proxy.is_some();
-    let datapath = if redirected { (Verdict::Denied, Some("l7-unsupported")) } else { (result.intent, None) };
+    let datapath = (result.intent, None);
     if (result.verdict, result.drop_reason()) != datapath {
         failures.push(format!(
             "{flow}: the datapath {:?} ({:?}), expected {datapath:?}",

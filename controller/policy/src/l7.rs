@@ -211,8 +211,9 @@ impl CompiledPolicy {
     }
 
     /// The kinds of the L7 rules the proxy would apply to this flow ("dns", "http", "kafka"),
-    /// sorted: the proxy refuses a connection up front unless they are all "http". Empty when the
-    /// flow is not redirected, or when a rule without L7 rules allows it (every request passes).
+    /// sorted: the proxy refuses a connection up front when [`unproxied`] says why with them.
+    /// Empty when the flow is not redirected, or when a rule without L7 rules allows it (every
+    /// request passes).
     pub fn l7_kinds(
         &self,
         namespace: &str,

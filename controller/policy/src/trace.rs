@@ -463,10 +463,9 @@ fn proxy_text(
         return format!("allowed: {origin} allows this peer on this port without L7 rules");
     }
     match judged {
-        None if proxied => format!(
-            "redirected to the L7 proxy ({}), which judges each request; pass --http to evaluate one",
-            kinds.join(", ")
-        ),
+        None if proxied => {
+            format!("judges each request ({} rules); pass --http to evaluate one", kinds.join(", "))
+        }
         None => format!("L7 rules ({}); pass --http or --dns to evaluate a request", kinds.join(", ")),
         Some((_, verdict)) if !verdict.allowed => format!("denied: {}", verdict.reason),
         Some((L7Request::Http(request), verdict)) => format!(

@@ -247,3 +247,30 @@ fn has_l7_rules_only_with_an_l7_rules_field() {
     assert!(!engine(L4_ONLY, None).has_l7_rules());
     assert!(!engine("", None).has_l7_rules());
 }
+
+#[test]
+fn only_the_ports_with_l7_rules_go_to_the_proxy() {
+    let policy = "apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: server, namespace: prod}
+spec:
+  endpointSelector: {matchLabels: {app: server}}
+  ingress:
+  - fromEndpoints: [{matchLabels: {app: client}}]
+    toPorts:
+    - ports: [{port: '8080', protocol: TCP}]
+      rules:
+        http: [{method: GET}]
+    - ports: [{port: '5432', protocol: TCP}]
+";
+    let e = engine(policy, None);
+    let client = identity(&e, "10.200.5.1");
+    let entry = |on| e.endpoint("prod", "server").unwrap().group.ingress.lookup(client, dp::Protocol::TCP, on);
+    assert_eq!(entry(8080).unwrap().value.verdict(), dp::Verdict::Redirect);
+    assert_eq!(entry(5432).unwrap().value.verdict(), dp::Verdict::Allow, "a database connection is not HTTP");
+    let request = http("GET /", &[]);
+    assert_eq!(e.judge_request("prod", "server", Direction::Ingress, client, port("5432/TCP"), &request), None);
+    assert_eq!(e.l4_allows("prod", "server", Direction::Ingress, client, port("5432/TCP")), Some(true));
+    let t = trace_of(&e, "prod/client", "prod/server", "5432/TCP", None);
+    assert_eq!((t.ingress.verdict, t.ingress.proxy), (Verdict::Allowed, None));
+}

@@ -1,10 +1,10 @@
 use std::io::Write;
 
 use anyhow::Result;
-use palisade_common::{self as dp, Verdict};
+use palisade_common::{self as dp, PolicyEntry, Verdict};
 use palisade_policy::compile::EndpointPolicy;
 use palisade_policy::trace::{DROP_L7_UNSUPPORTED, describe_entry};
-use palisade_policy::{Direction, lint};
+use palisade_policy::{Direction, FlowPort, l7, lint};
 use serde_json::json;
 use tabwriter::TabWriter;
 
@@ -26,11 +26,20 @@ pub fn run(args: Args) -> Result<u8> {
         eprintln!("{warning}");
     }
     let endpoints: Vec<EndpointPolicy> = engine.endpoints().collect();
-    // Until an L7 proxy exists the datapath denies what a redirect entry matches.
-    let datapath = |v: Verdict| match v {
-        Verdict::Redirect => ("deny", Some(DROP_L7_UNSUPPORTED)),
-        v => (v.as_str(), None),
-    };
+    // A redirect goes to the node's proxy, which judges HTTP on TCP; the datapath denies one no
+    // proxy judges (DNS or Kafka rules, UDP, SCTP).
+    let datapath =
+        |e: &EndpointPolicy, d: Direction, entry: &PolicyEntry| match (entry.value.verdict(), entry.key.protocol()) {
+            (Verdict::Redirect, Some(protocol)) => {
+                let port = FlowPort { protocol, port: entry.key.port() };
+                let kinds = engine.l7_kinds(&e.pod.namespace, &e.pod.name, d, entry.key.identity(), port);
+                match l7::unproxied(protocol, &kinds, None) {
+                    Some(_) => ("deny", Some(DROP_L7_UNSUPPORTED)),
+                    None => ("proxy", None),
+                }
+            }
+            (v, _) => (v.as_str(), None),
+        };
     if args.output == Output::Json {
         let list: Vec<_> = endpoints
             .iter()
@@ -45,8 +54,8 @@ pub fn run(args: Args) -> Result<u8> {
                             "protocol": entry.key.protocol().map(dp::Protocol::raw),
                             "ports": entry.key.protocol().map(|_| entry.key.port_range()),
                             "verdict": entry.value.verdict().as_str(),
-                            "datapath": datapath(entry.value.verdict()).0,
-                            "drop_reason": datapath(entry.value.verdict()).1,
+                            "datapath": datapath(e, d, entry).0,
+                            "drop_reason": datapath(e, d, entry).1,
                             "cookie": entry.value.cookie,
                             "rule": engine.policies().describe_cookie(entry.value.cookie),
                         })).collect::<Vec<_>>(),
@@ -77,9 +86,9 @@ pub fn run(args: Args) -> Result<u8> {
                     dp::IDENTITY_ANY => "*".to_string(),
                     id => engine.identities().get(id).map_or_else(|| id.to_string(), |i| i.short_name()),
                 };
-                let shown = match datapath(entry.value.verdict()) {
+                let shown = match datapath(e, d, &entry) {
                     (_, Some(reason)) => format!("{} (denied: {reason})", entry.value.verdict().as_str()),
-                    (v, None) => v.to_string(),
+                    (_, None) => entry.value.verdict().as_str().to_string(),
                 };
                 writeln!(
                     out,

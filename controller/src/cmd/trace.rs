@@ -24,14 +24,15 @@ pub struct Args {
     /// N/TCP, N/UDP, N/SCTP or icmp/TYPE.
     #[arg(long)]
     port: String,
-    /// An HTTP request to evaluate against L7 rules: "METHOD /path" (the policy's intent: the
-    /// datapath denies ports with L7 rules until an L7 proxy exists).
+    /// An HTTP request to evaluate against L7 rules: "METHOD /path" (the node's L7 proxy judges
+    /// it on TCP; the datapath denies ports with DNS or Kafka rules).
     #[arg(long)]
     http: Option<String>,
     /// A request header, "Name: value" (repeatable).
     #[arg(long = "header", requires = "http")]
     headers: Vec<String>,
-    /// A DNS query for NAME to evaluate against DNS rules (`rules.dns`), e.g. on 53/UDP.
+    /// A DNS query for NAME to evaluate against DNS rules (`rules.dns`), e.g. on 53/UDP (the
+    /// policy's intent: no DNS proxy judges it yet).
     #[arg(long, value_name = "NAME", conflicts_with = "http")]
     dns: Option<String>,
     /// A DNS answer the node's proxy has seen, "NAME=IP[,IP...]" (repeatable): `toFQDNs`
@@ -166,15 +167,15 @@ fn end(end: &FlowEnd, address: Option<std::net::Ipv4Addr>) -> String {
 
 /// Why the datapath drops a flow the policy alone would not.
 fn why(result: &Trace) -> String {
-    match result.drop_reason() {
-        Some(reason) => {
+    match (result.drop_reason(), result.drop_detail()) {
+        (Some(reason), Some(detail)) => {
             let intent = match result.intent {
                 Verdict::Allowed => "allowed",
                 Verdict::Denied => "denied",
             };
-            format!(" (drop reason {reason}: L7 rules are not enforced yet; the policy's intent: {intent})")
+            format!(" (drop reason {reason}: {detail}; the policy's intent: {intent})")
         }
-        None => String::new(),
+        _ => String::new(),
     }
 }
 
@@ -208,13 +209,13 @@ fn print_decision(direction: &str, d: &Decision) {
                 println!("                    entry: {entry}");
             }
             println!("                    peer identity {}: {}", d.remote_identity, d.remote_labels);
-            if let Some(proxy) = &d.proxy {
-                println!("                    L7 rules (the policy's intent): {proxy}");
+            match (&d.proxy, d.drop_reason) {
+                (Some(proxy), None) => println!("                    L7 proxy: {proxy}"),
+                (Some(proxy), Some(_)) => println!("                    L7 rules (the policy's intent): {proxy}"),
+                (None, _) => {}
             }
-            if let Some(reason) = d.drop_reason {
-                println!(
-                    "                    datapath: denied, drop reason {reason} (no L7 proxy yet: never fails open)"
-                );
+            if let (Some(reason), Some(detail)) = (d.drop_reason, d.drop_detail) {
+                println!("                    datapath: denied, drop reason {reason} ({detail}: never fails open)");
             }
         }
         _ => println!("  {direction}  {verdict:7}  {}", d.rule),

@@ -141,31 +141,25 @@ fn compile_rule(ipcache: &IpCache, rule: &PeerRule, direction: Direction, own_po
         Peers::Some(peers) => RulePeers::Some(peers.clone()),
     };
     let mut ports = Vec::new();
-    let mut redirect = false;
+    let verdict = if rule.deny { Verdict::Deny } else { Verdict::Allow };
     if rule.ports.is_empty() {
-        ports.push(PortMatch::ANY);
+        ports.push((PortMatch::ANY, verdict));
     }
     for port in &rule.ports {
-        redirect |= port.l7.is_some();
+        // Only a port with L7 rules goes to the proxy: the rule's other ports stay plain L4.
+        let verdict = if port.l7.is_some() && !rule.deny { Verdict::Redirect } else { verdict };
         let protocol = Some(port.protocol);
-        match &port.port {
-            PortSpec::Any => ports.push(PortMatch { protocol, ports: PortBlock::ALL }),
-            PortSpec::Range(lo, hi) => {
-                ports.extend(port_prefixes(*lo, *hi).into_iter().map(|block| PortMatch { protocol, ports: block }))
-            }
-            PortSpec::Named(name) => {
-                for number in resolve_named_port(ipcache, name, port.protocol, direction, own_ports) {
-                    ports.push(PortMatch { protocol, ports: PortBlock::single(number) });
-                }
-            }
-        }
+        let blocks = match &port.port {
+            PortSpec::Any => vec![PortBlock::ALL],
+            PortSpec::Range(lo, hi) => port_prefixes(*lo, *hi),
+            PortSpec::Named(name) => resolve_named_port(ipcache, name, port.protocol, direction, own_ports)
+                .into_iter()
+                .map(PortBlock::single)
+                .collect(),
+        };
+        ports.extend(blocks.into_iter().map(|block| (PortMatch { protocol, ports: block }, verdict)));
     }
-    let verdict = match (rule.deny, redirect) {
-        (true, _) => Verdict::Deny,
-        (false, true) => Verdict::Redirect,
-        (false, false) => Verdict::Allow,
-    };
-    CompiledRule { cookie: rule.cookie, peers, ports, verdict }
+    CompiledRule { cookie: rule.cookie, peers, ports, deny: rule.deny }
 }
 
 /// Ingress names resolve against the endpoint's own ports; egress names against every pod's,

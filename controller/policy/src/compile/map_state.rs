@@ -26,13 +26,14 @@ pub struct MapState {
     by_identity: HashMap<u32, Vec<PolicyEntry>>,
 }
 
-/// A peer rule with its ports resolved for one group.
+/// A peer rule with its ports resolved for one group, each with its verdict: a deny rule denies
+/// every port; an allow rule redirects the ports that have L7 rules and allows the others.
 #[derive(Clone, Debug)]
 pub(crate) struct CompiledRule {
     pub cookie: u32,
     pub peers: RulePeers,
-    pub ports: Vec<PortMatch>,
-    pub verdict: Verdict,
+    pub ports: Vec<(PortMatch, Verdict)>,
+    pub deny: bool,
 }
 
 #[derive(Clone, Debug)]
@@ -80,11 +81,11 @@ pub(crate) struct Contribution {
 impl CompiledRule {
     /// A rule that allows every peer (or one identity) on every port.
     pub fn allow_all(cookie: u32, peers: RulePeers) -> CompiledRule {
-        CompiledRule { cookie, peers, ports: vec![PortMatch::ANY], verdict: Verdict::Allow }
+        CompiledRule { cookie, peers, ports: vec![(PortMatch::ANY, Verdict::Allow)], deny: false }
     }
 
     fn contributions(&self) -> impl Iterator<Item = Contribution> + '_ {
-        self.ports.iter().map(|&port| Contribution { port, verdict: self.verdict, cookie: self.cookie })
+        self.ports.iter().map(|&(port, verdict)| Contribution { port, verdict, cookie: self.cookie })
     }
 }
 

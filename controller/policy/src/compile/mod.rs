@@ -416,8 +416,7 @@ impl CompiledPolicy {
             .rules
             .iter()
             .filter(|r| {
-                r.verdict != dp::Verdict::Deny
-                    && (self.selectors.rule_selects(r, id) || self.selectors.rule_selects(r, dp::IDENTITY_ANY))
+                !r.deny && (self.selectors.rule_selects(r, id) || self.selectors.rule_selects(r, dp::IDENTITY_ANY))
             })
             .map(|r| r.cookie)
             .collect()
