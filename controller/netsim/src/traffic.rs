@@ -7,11 +7,8 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use palisade_policy::Cluster;
-use palisade_policy::cluster::ObjectMeta;
-use palisade_policy::yaml::{self, Limits, Node, PathSegment, Value};
-use palisade_policy::{Diagnostic, Severity};
-use serde::Deserialize;
 
+use crate::annotations::{for_each_pod, report};
 use crate::error::{Error, Result};
 use crate::net::{LocalNetwork, spawn_in_netns};
 use crate::probe::{Exchange, Port, attempt};
@@ -37,84 +34,37 @@ pub struct Talk {
 /// pods of `network`, or the server a port of a Service of `cluster` with a ClusterIP. Errors
 /// name the file, line and field of every bad entry.
 pub fn read_talks(file: &str, text: &str, cluster: &Cluster, network: &LocalNetwork) -> Result<Vec<Talk>> {
-    let docs = yaml::parse_documents(text, &Limits::default()).map_err(|e| Error::Cluster(format!("{file}:{e}")))?;
-    let mut reader = Reader { file, cluster, network, talks: Vec::new(), errors: Vec::new() };
-    for doc in &docs {
-        reader.object(doc, String::new());
-    }
-    if !reader.errors.is_empty() {
-        let errors: Vec<String> = reader.errors.iter().map(ToString::to_string).collect();
-        return Err(Error::Cluster(errors.join("\n")));
-    }
-    Ok(reader.talks)
+    let reader = Reader { cluster, network };
+    let mut talks = Vec::new();
+    let errors = for_each_pod(file, text, |pod| {
+        let list = match pod.string(TALKS_TO) {
+            Ok(Some(list)) => list,
+            Ok(None) => return Vec::new(),
+            Err(error) => return vec![error],
+        };
+        if network.pod(&pod.key).is_none() {
+            let message = format!("pod {} has no network namespace (it needs a podIP and no hostNetwork)", pod.key);
+            return vec![pod.error(TALKS_TO, message)];
+        }
+        let mut errors = Vec::new();
+        for entry in list.split(',').map(str::trim).filter(|e| !e.is_empty()) {
+            match reader.talk(&pod.key, entry) {
+                Ok(talk) => talks.push(talk),
+                Err(message) => errors.push(pod.error(TALKS_TO, format!("{entry:?}: {message}"))),
+            }
+        }
+        errors
+    })?;
+    report(errors)?;
+    Ok(talks)
 }
 
 struct Reader<'a> {
-    file: &'a str,
     cluster: &'a Cluster,
     network: &'a LocalNetwork,
-    talks: Vec<Talk>,
-    errors: Vec<Diagnostic>,
-}
-
-#[derive(Deserialize)]
-struct Object {
-    #[serde(default)]
-    kind: String,
-    #[serde(default)]
-    metadata: ObjectMeta,
 }
 
 impl Reader<'_> {
-    /// `path` is the field path of `node` inside its document, with a trailing dot.
-    fn object(&mut self, node: &Node, path: String) {
-        // Malformed objects are the cluster parser's to report.
-        let Ok(object) = serde_json::from_value::<Object>(node.to_json()) else { return };
-        match object.kind.as_str() {
-            "List" => {
-                if let Some(Node { value: Value::Seq(items), .. }) = node.get(&[PathSegment::Key("items".into())]) {
-                    for (i, item) in items.iter().enumerate() {
-                        self.object(item, format!("{path}items[{i}]."));
-                    }
-                }
-            }
-            "Pod" => {
-                let Some(value) = object.metadata.annotations.get(TALKS_TO) else { return };
-                let from =
-                    format!("{}/{}", object.metadata.namespace.as_deref().unwrap_or("default"), object.metadata.name);
-                let field = [
-                    PathSegment::Key("metadata".into()),
-                    PathSegment::Key("annotations".into()),
-                    PathSegment::Key(TALKS_TO.into()),
-                ];
-                let fail = |message: String| Diagnostic {
-                    severity: Severity::Error,
-                    file: self.file.to_owned(),
-                    line: node.line_of(&field),
-                    path: format!("{path}metadata.annotations[\"{TALKS_TO}\"]"),
-                    message,
-                };
-                let Some(list) = value.as_str() else {
-                    self.errors.push(fail(format!("pod {from}: must be a string, not {value}")));
-                    return;
-                };
-                if self.network.pod(&from).is_none() {
-                    self.errors.push(fail(format!(
-                        "pod {from} has no network namespace (it needs a podIP and no hostNetwork)"
-                    )));
-                    return;
-                }
-                for entry in list.split(',').map(str::trim).filter(|e| !e.is_empty()) {
-                    match self.talk(&from, entry) {
-                        Ok(talk) => self.talks.push(talk),
-                        Err(message) => self.errors.push(fail(format!("{entry:?}: {message}"))),
-                    }
-                }
-            }
-            _ => {}
-        }
-    }
-
     fn talk(&self, from: &str, entry: &str) -> Result<Talk, String> {
         let (to, port) = entry.rsplit_once(':').ok_or("expected NAMESPACE/POD:PORT[/PROTOCOL]")?;
         let port = port.parse()?;

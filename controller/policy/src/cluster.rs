@@ -25,7 +25,14 @@ pub struct Cluster {
     /// DNS answers seen: each name (lower case, no root dot) and the addresses it resolved
     /// to. `toFQDNs` selects the /32 CIDR identities of the addresses of the names it matches.
     pub dns_answers: BTreeMap<String, BTreeSet<Ipv4Addr>>,
+    /// Pods of a cluster file annotated [`OUTSIDE_CLUSTER`]: hosts outside the cluster that local
+    /// mode runs as namespaces. Their addresses are `world` (or a CIDR identity) to policy, so
+    /// they are kept out of `pods`: no selector selects them and no endpoint is made for them.
+    pub outside_hosts: Vec<Pod>,
 }
+
+/// `palisade.dev/outside-cluster: "true"` on a Pod of a cluster file: a host outside the cluster.
+pub const OUTSIDE_CLUSTER: &str = "palisade.dev/outside-cluster";
 
 #[derive(Clone, Debug, PartialEq)]
 pub struct Namespace {
@@ -455,6 +462,21 @@ impl ServicePort {
     }
 }
 
+/// Whether a Pod's metadata marks it [`OUTSIDE_CLUSTER`].
+fn outside_cluster(meta: &ObjectMeta) -> Result<bool, String> {
+    match meta.annotations.get(OUTSIDE_CLUSTER) {
+        None => Ok(false),
+        Some(value) => match value.as_str() {
+            Some("true") => Ok(true),
+            Some("false") => Ok(false),
+            _ => Err(format!(
+                "pod {}: metadata.annotations[\"{OUTSIDE_CLUSTER}\"]: {value} is not \"true\" or \"false\"",
+                meta.name
+            )),
+        },
+    }
+}
+
 impl Cluster {
     pub fn parse(files: &[SourceFile]) -> Result<Cluster, Vec<Diagnostic>> {
         let mut cluster = Cluster::default();
@@ -497,7 +519,11 @@ impl Cluster {
                 let namespace = Namespace::from_parts(object.metadata);
                 self.namespaces.insert(namespace.name.clone(), namespace);
             }
-            "Pod" => self.pods.push(Pod::from_parts(object.metadata, object.spec, &object.status)?),
+            "Pod" => {
+                let outside = outside_cluster(&object.metadata)?;
+                let pod = Pod::from_parts(object.metadata, object.spec, &object.status)?;
+                if outside { self.outside_hosts.push(pod) } else { self.pods.push(pod) }
+            }
             "Node" => self.nodes.push(Node::from_parts(object.metadata, &object.status)),
             "Service" => self.services.push(Service::from_parts(object.metadata, object.spec)?),
             "EndpointSlice" => {
@@ -520,7 +546,9 @@ impl Cluster {
         for ns in self.namespaces.values_mut() {
             ns.labels.entry("kubernetes.io/metadata.name".into()).or_insert_with(|| ns.name.clone());
         }
-        self.pods.sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
+        for pods in [&mut self.pods, &mut self.outside_hosts] {
+            pods.sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
+        }
     }
 
     pub fn pod(&self, namespace: &str, name: &str) -> Option<&Pod> {
