@@ -492,9 +492,7 @@ impl Cluster {
             match yaml::parse_documents(file.text, &Limits::default()) {
                 Ok(docs) => {
                     for doc in &docs {
-                        if let Err(message) = cluster.add(doc.to_json()) {
-                            errors.push(fail(doc.line, message));
-                        }
+                        cluster.add_node(doc, &mut |line, message| errors.push(fail(line, message)));
                     }
                 }
                 Err(e) => errors.push(fail(e.line, e.message)),
@@ -505,6 +503,27 @@ impl Cluster {
         }
         cluster.complete();
         Ok(cluster)
+    }
+
+    /// Adds one document, or each item of a `List` document, so that an error names the line of
+    /// the object it is about.
+    fn add_node(&mut self, node: &yaml::Node, fail: &mut dyn FnMut(u32, String)) {
+        if node
+            .get(&[yaml::PathSegment::Key("kind".into())])
+            .is_some_and(|k| matches!(&k.value, yaml::Value::String(kind) if kind == "List"))
+        {
+            if let Some(yaml::Node { value: yaml::Value::Seq(items), .. }) =
+                node.get(&[yaml::PathSegment::Key("items".into())])
+            {
+                for item in items {
+                    self.add_node(item, fail);
+                }
+                return;
+            }
+        }
+        if let Err(message) = self.add(node.to_json()) {
+            fail(node.line, message);
+        }
     }
 
     fn add(&mut self, value: serde_json::Value) -> Result<(), String> {

@@ -5,7 +5,7 @@ mod common;
 
 use common::trace_of;
 use palisade_common as dp;
-use palisade_policy::trace::Verdict;
+use palisade_policy::trace::{FlowEnd, FlowPort, Verdict, trace};
 use palisade_policy::{Cluster, CompiledPolicy, EnforcementMode, ParseOptions, SourceFile, parse_policies};
 
 const CLUSTER: &str = "kind: List
@@ -65,6 +65,18 @@ fn cidr_rules_match_an_outside_host_and_endpoint_selectors_do_not() {
     let selector = "toEndpoints: [{matchLabels: {k8s:io.kubernetes.pod.namespace: partner, app: partner-api}}]";
     let selected = to_outside(&client_egress_to(selector));
     assert_eq!(selected.verdict, Verdict::Denied, "{selected:?}");
+    // By name it is no pod: the error says how to trace it.
+    let by_name = trace(
+        &engine(""),
+        &FlowEnd::parse("shop/client").unwrap(),
+        &FlowEnd::parse("partner/api").unwrap(),
+        FlowPort::parse("8080/TCP").unwrap(),
+        None,
+    );
+    assert_eq!(
+        by_name.unwrap_err(),
+        "partner/api is a host outside the cluster (palisade.dev/outside-cluster): trace it as cidr:10.200.99.10"
+    );
 }
 
 #[test]
@@ -72,7 +84,7 @@ fn a_bad_outside_cluster_value_names_the_file_and_annotation() {
     let text = CLUSTER.replace("\"true\"", "\"yes\"");
     let errors = Cluster::parse(&[SourceFile { name: "cluster.yaml", text: &text }]).unwrap_err();
     let error = errors[0].to_string();
-    assert!(error.starts_with("cluster.yaml:1:"), "{error}");
+    assert!(error.starts_with("cluster.yaml:6:"), "the line of the pod: {error}");
     assert!(
         error.contains(
             "pod api: metadata.annotations[\"palisade.dev/outside-cluster\"]: \"yes\" is not \"true\" or \"false\""
