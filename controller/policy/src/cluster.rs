@@ -508,18 +508,14 @@ impl Cluster {
     /// Adds one document, or each item of a `List` document, so that an error names the line of
     /// the object it is about.
     fn add_node(&mut self, node: &yaml::Node, fail: &mut dyn FnMut(u32, String)) {
-        if node
-            .get(&[yaml::PathSegment::Key("kind".into())])
-            .is_some_and(|k| matches!(&k.value, yaml::Value::String(kind) if kind == "List"))
+        let key = |name: &str| node.get(&[yaml::PathSegment::Key(name.into())]).map(|n| &n.value);
+        if let (Some(yaml::Value::String(kind)), Some(yaml::Value::Seq(items))) = (key("kind"), key("items"))
+            && kind == "List"
         {
-            if let Some(yaml::Node { value: yaml::Value::Seq(items), .. }) =
-                node.get(&[yaml::PathSegment::Key("items".into())])
-            {
-                for item in items {
-                    self.add_node(item, fail);
-                }
-                return;
+            for item in items {
+                self.add_node(item, fail);
             }
+            return;
         }
         if let Err(message) = self.add(node.to_json()) {
             fail(node.line, message);

@@ -73,7 +73,10 @@ struct DownArgs {
 struct UpArgs {
     /// Cluster file: `kubectl get namespaces,pods,nodes,services -A -o yaml` output. Pods may
     /// declare traffic in a `palisade.dev/talks-to: "NS/POD:PORT[/PROTO], ..."` annotation
-    /// (`svc/NS/NAME:PORT[/PROTO]` for a Service).
+    /// (`svc/NS/NAME:PORT[/PROTO]` for a Service), answer HTTP on `palisade.dev/http-ports:
+    /// "8080,9090"`, serve DNS with `palisade.dev/dns-records: "NAME=IP, ..."` (used by pods
+    /// through `palisade.dev/resolver: NS/POD`), and stand for a host outside the cluster with
+    /// `palisade.dev/outside-cluster: "true"`.
     #[arg(long, value_name = "FILE")]
     cluster: PathBuf,
     #[command(flatten)]
