@@ -3,6 +3,7 @@
 //! --http` and `--dns` as a person runs them.
 mod support;
 
+use std::io::{Read, Write};
 use std::path::PathBuf;
 use std::process::Output;
 
@@ -59,6 +60,25 @@ fn probe_sends_http_and_resolves_names_through_the_pods_resolver() {
     assert!(
         stdout.contains("\nx-echo-host: api.partner.example\n")
             && stdout.ends_with("palisade-http partner/api POST /orders\n"),
+        "{stdout}"
+    );
+
+    // A 403, as an L7 proxy denies a request: exit 1 (a server of the test's own in the pod).
+    let listener =
+        palisade_netsim::in_netns("ple1-shop.web", || std::net::TcpListener::bind("0.0.0.0:8403")).unwrap().unwrap();
+    let server = std::thread::spawn(move || {
+        let (mut stream, _) = listener.accept().unwrap();
+        let mut request = [0; 4096];
+        let _ = stream.read(&mut request).unwrap();
+        let denied = "HTTP/1.1 403 Forbidden\r\ncontent-length: 14\r\nconnection: close\r\n\r\nAccess denied\n";
+        stream.write_all(denied.as_bytes()).unwrap();
+    });
+    let (code, stdout, _) =
+        probe(&["--from", "ops/dns", "--to", "shop/web", "--port", "8403", "--http", "DELETE /admin"]);
+    server.join().unwrap();
+    assert_eq!(code, Some(1), "{stdout}");
+    assert!(
+        stdout.starts_with("ops/dns -> shop/web 10.200.1.10:8403/TCP DELETE /admin: HTTP 403 Forbidden\n"),
         "{stdout}"
     );
 

@@ -13,6 +13,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::annotations::dns_record;
 use crate::net::in_netns;
+use crate::probe::Outcome;
 
 /// The port DNS pods serve and probes ask.
 pub const DNS_PORT: u16 = 53;
@@ -122,12 +123,19 @@ pub enum Resolved {
     Addresses(Vec<Ipv4Addr>),
     /// Any other response code.
     Failed(ResponseCode),
-    TimedOut,
+    /// No DNS answer: timed out, or refused (ICMP port unreachable) or unreachable.
+    NoAnswer(Outcome),
 }
 
 /// Asks the DNS server at `server` for the A records of `name` over UDP, from inside `netns`.
 /// Errors are failures to ask at all (a bad name, no such namespace).
 pub fn resolve(netns: &str, server: Ipv4Addr, name: &str, timeout: Duration) -> io::Result<Resolved> {
+    let name = name.to_owned();
+    in_netns(netns, move || resolve_here(server, &name, timeout))?
+}
+
+/// [`resolve`] from the calling thread's namespace.
+pub(crate) fn resolve_here(server: Ipv4Addr, name: &str, timeout: Duration) -> io::Result<Resolved> {
     let name = Name::from_ascii(name)
         .map_err(|e| io::Error::new(ErrorKind::InvalidInput, format!("{name:?} is not a DNS name: {e}")))?;
     let mut query = Message::query();
@@ -135,43 +143,44 @@ pub fn resolve(netns: &str, server: Ipv4Addr, name: &str, timeout: Duration) -> 
     query.add_query(Query::query(name, RecordType::A));
     let bytes = query.to_vec().map_err(io::Error::other)?;
     let id = query.metadata.id;
-    in_netns(netns, move || {
-        let socket = UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0))?;
-        socket.connect((server, DNS_PORT))?;
-        socket.set_read_timeout(Some(timeout))?;
-        socket.send(&bytes)?;
-        let mut buf = [0; 65536];
-        loop {
-            let n = match socket.recv(&mut buf) {
-                Ok(n) => n,
-                Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
-                    return Ok(Resolved::TimedOut);
-                }
-                // Nothing listens on 53/UDP there.
-                Err(e) if e.kind() == ErrorKind::ConnectionRefused => {
-                    return Ok(Resolved::Failed(ResponseCode::Refused));
-                }
-                Err(e) => return Err(e),
-            };
-            // Another answer (a late one to an earlier query) is not ours.
-            let Ok(response) = Message::from_vec(&buf[..n]) else { continue };
-            if response.metadata.id != id || response.metadata.message_type != MessageType::Response {
-                continue;
+    let socket = UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0))?;
+    socket.connect((server, DNS_PORT))?;
+    socket.set_read_timeout(Some(timeout))?;
+    socket.send(&bytes)?;
+    let mut buf = [0; 65536];
+    loop {
+        let n = match socket.recv(&mut buf) {
+            Ok(n) => n,
+            Err(e) => {
+                return match e.kind() {
+                    ErrorKind::WouldBlock | ErrorKind::TimedOut => Ok(Resolved::NoAnswer(Outcome::TimedOut)),
+                    // Nothing listens on 53/UDP there.
+                    ErrorKind::ConnectionRefused => Ok(Resolved::NoAnswer(Outcome::Refused)),
+                    ErrorKind::HostUnreachable | ErrorKind::NetworkUnreachable => {
+                        Ok(Resolved::NoAnswer(Outcome::Unreachable))
+                    }
+                    _ => Err(e),
+                };
             }
-            if response.metadata.response_code != ResponseCode::NoError {
-                return Ok(Resolved::Failed(response.metadata.response_code));
-            }
-            let addresses = response
-                .answers
-                .iter()
-                .filter_map(|r| match &r.data {
-                    RData::A(a) => Some(a.0),
-                    _ => None,
-                })
-                .collect();
-            return Ok(Resolved::Addresses(addresses));
+        };
+        // Another answer (a late one to an earlier query) is not ours.
+        let Ok(response) = Message::from_vec(&buf[..n]) else { continue };
+        if response.metadata.id != id || response.metadata.message_type != MessageType::Response {
+            continue;
         }
-    })?
+        if response.metadata.response_code != ResponseCode::NoError {
+            return Ok(Resolved::Failed(response.metadata.response_code));
+        }
+        let addresses = response
+            .answers
+            .iter()
+            .filter_map(|r| match &r.data {
+                RData::A(a) => Some(a.0),
+                _ => None,
+            })
+            .collect();
+        return Ok(Resolved::Addresses(addresses));
+    }
 }
 
 #[cfg(test)]

@@ -62,10 +62,28 @@ pub enum HttpOutcome {
     Failed(Outcome),
 }
 
+impl HttpOutcome {
+    /// A response other than 403 Forbidden (what an L7 proxy answers a denied request with).
+    pub fn passed(&self) -> bool {
+        matches!(self, HttpOutcome::Response { status, .. } if *status != StatusCode::FORBIDDEN)
+    }
+}
+
 /// Sends `request` to `to:port` from inside `netns` on one connection (`Connection: close`), with
 /// `Host: to:port` unless the request has its own. Errors are failures to try at all.
 pub fn request(
     netns: &str,
+    to: Ipv4Addr,
+    port: u16,
+    request: &HttpRequest,
+    timeout: Duration,
+) -> io::Result<HttpOutcome> {
+    let request = request.clone();
+    in_netns(netns, move || request_here(to, port, &request, timeout))?
+}
+
+/// [`request`] from the calling thread's namespace.
+pub(crate) fn request_here(
     to: Ipv4Addr,
     port: u16,
     request: &HttpRequest,
@@ -82,35 +100,32 @@ pub fn request(
         .header(CONNECTION, HeaderValue::from_static("close"))
         .body(Empty::<Bytes>::new())
         .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, format!("not an HTTP request: {e}")))?;
-    in_netns(netns, move || {
-        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-        let start = Instant::now();
-        let exchange = async {
-            let stream = tokio::net::TcpStream::connect(SocketAddr::from((to, port))).await?;
-            let (mut sender, connection) =
-                hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.map_err(io::Error::other)?;
-            tokio::spawn(connection);
-            let response = sender.send_request(http).await.map_err(io::Error::other)?;
-            let (parts, body) = response.into_parts();
-            let body = body.collect().await.map_err(io::Error::other)?.to_bytes();
-            let headers = parts
-                .headers
-                .iter()
-                .map(|(name, value)| (name.to_string(), String::from_utf8_lossy(value.as_bytes()).into_owned()))
-                .collect();
-            Ok::<_, io::Error>((parts.status, headers, String::from_utf8_lossy(&body).into_owned()))
-        };
-        let outcome = match runtime.block_on(async { tokio::time::timeout(timeout, exchange).await }) {
-            Err(_) => HttpOutcome::Failed(Outcome::TimedOut),
-            Ok(Ok((status, headers, body))) => HttpOutcome::Response { status, headers, body, time: start.elapsed() },
-            Ok(Err(e)) => HttpOutcome::Failed(match e.kind() {
-                io::ErrorKind::ConnectionRefused => Outcome::Refused,
-                io::ErrorKind::HostUnreachable | io::ErrorKind::NetworkUnreachable => Outcome::Unreachable,
-                io::ErrorKind::TimedOut => Outcome::TimedOut,
-                // Reset, or closed before a response: hyper's errors say so only in words.
-                _ => Outcome::Refused,
-            }),
-        };
-        Ok(outcome)
-    })?
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let start = Instant::now();
+    let exchange = async {
+        let stream = tokio::net::TcpStream::connect(SocketAddr::from((to, port))).await?;
+        let (mut sender, connection) =
+            hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.map_err(io::Error::other)?;
+        tokio::spawn(connection);
+        let response = sender.send_request(http).await.map_err(io::Error::other)?;
+        let (parts, body) = response.into_parts();
+        let body = body.collect().await.map_err(io::Error::other)?.to_bytes();
+        let headers = parts
+            .headers
+            .iter()
+            .map(|(name, value)| (name.to_string(), String::from_utf8_lossy(value.as_bytes()).into_owned()))
+            .collect();
+        Ok::<_, io::Error>((parts.status, headers, String::from_utf8_lossy(&body).into_owned()))
+    };
+    Ok(match runtime.block_on(async { tokio::time::timeout(timeout, exchange).await }) {
+        Err(_) => HttpOutcome::Failed(Outcome::TimedOut),
+        Ok(Ok((status, headers, body))) => HttpOutcome::Response { status, headers, body, time: start.elapsed() },
+        Ok(Err(e)) => HttpOutcome::Failed(match e.kind() {
+            io::ErrorKind::ConnectionRefused => Outcome::Refused,
+            io::ErrorKind::HostUnreachable | io::ErrorKind::NetworkUnreachable => Outcome::Unreachable,
+            io::ErrorKind::TimedOut => Outcome::TimedOut,
+            // Reset, or closed before a response: hyper's errors say so only in words.
+            _ => Outcome::Refused,
+        }),
+    })
 }

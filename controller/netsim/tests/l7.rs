@@ -8,7 +8,7 @@ use hickory_proto::op::ResponseCode;
 use palisade_netsim::dns::{Resolved, resolve};
 use palisade_netsim::http::{HttpOutcome, request};
 use palisade_netsim::net::remove_netns_with_prefix;
-use palisade_netsim::{Local, Outcome, Port, Responders, probe, require_root};
+use palisade_netsim::{Local, Outcome, Port, Responders, TrafficGenerator, TrafficOptions, probe, require_root};
 use palisade_policy::l7::HttpRequest;
 
 const TIMEOUT: Duration = Duration::from_secs(2);
@@ -96,12 +96,9 @@ fn dns_pods_answer_their_names_over_udp_and_tcp() {
     assert_eq!(ask("nope.partner.example"), Resolved::Failed(ResponseCode::NXDomain));
     // 53/TCP answers too (its declared port 53/UDP and the undeclared TCP one).
     assert!(probe(web, server, Port::Tcp(53), TIMEOUT).unwrap().is_connected());
-    // A pod that runs no DNS server refuses.
+    // A pod that runs no DNS server: no answer (ICMP port unreachable).
     let api = local.network.pod("partner/api").unwrap().ip;
-    assert_eq!(
-        resolve(&web.netns, api, "api.partner.example", TIMEOUT).unwrap(),
-        Resolved::Failed(ResponseCode::Refused)
-    );
+    assert_eq!(resolve(&web.netns, api, "api.partner.example", TIMEOUT).unwrap(), Resolved::NoAnswer(Outcome::Refused));
 }
 
 #[test]
@@ -116,4 +113,22 @@ fn a_host_outside_the_cluster_gets_a_namespace_but_is_no_pod() {
     // link's first packet is lost; one ping would not).
     let (_, body) = ok_response(http(&local, "shop/web", "partner/api", 443, "GET /", &[]));
     assert_eq!(body, "palisade-http partner/api GET /\n");
+}
+
+#[test]
+fn declared_flows_to_http_and_dns_ports_ask_as_real_clients() {
+    let (local, _cleanup) = create("pll4-");
+    let _responders = Responders::start(&local.network).unwrap();
+    let talks: Vec<String> = local.talks.iter().map(|t| format!("{} {}", t.to, t.port)).collect();
+    assert_eq!(talks, ["ops/dns 53/UDP", "ops/dns 53/TCP", "partner/api 443/TCP", "shop/web 5432/TCP"]);
+    let options = TrafficOptions { interval: Duration::from_millis(20), timeout: TIMEOUT };
+    let generator = TrafficGenerator::start(&local, options).unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while generator.counts().values().any(|c| c.successes < 3) && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    // An echo would get no answer from an HTTP or DNS server: every flow asks what its port serves.
+    for (talk, count) in generator.counts() {
+        assert!(count.successes >= 3 && count.failures == 0, "{talk:?}: {count:?}");
+    }
 }

@@ -295,7 +295,8 @@ fn probe(args: ProbeArgs) -> Result<u8> {
         };
         let outcome = http::request(&from.netns, ip, number, &request, args.timeout).with_context(tried)?;
         let target = format!("{} -> {name} {ip}:{port} {} {}", from.name, request.method, request.path);
-        return Ok(match outcome {
+        let passed = outcome.passed();
+        match outcome {
             HttpOutcome::Response { status, headers, body, .. } => {
                 println!("{target}: HTTP {} {}", status.as_u16(), status.canonical_reason().unwrap_or_default());
                 for (name, value) in headers {
@@ -303,13 +304,10 @@ fn probe(args: ProbeArgs) -> Result<u8> {
                 }
                 println!();
                 print!("{body}");
-                u8::from(status.as_u16() == 403)
             }
-            HttpOutcome::Failed(outcome) => {
-                println!("{target}: {outcome}");
-                1
-            }
-        });
+            HttpOutcome::Failed(outcome) => println!("{target}: {outcome}"),
+        }
+        return Ok(u8::from(!passed));
     }
     let outcome = match to.strip_prefix("svc/") {
         Some(service) => {
@@ -375,7 +373,7 @@ fn resolve(local: &Local, from: &str, name: &str, timeout: Duration) -> Result<u
         }
         // NXDOMAIN, REFUSED, SERVFAIL as dig prints them.
         Resolved::Failed(code) => failed(format!("{code:?}").to_ascii_uppercase()),
-        Resolved::TimedOut => failed("timed out".to_owned()),
+        Resolved::NoAnswer(outcome) => failed(outcome.to_string()),
     }
 }
 
