@@ -38,7 +38,6 @@ pub struct Responders {
 }
 
 /// What a port answers.
-#[derive(Clone)]
 enum Serve {
     Echo,
     Http,

@@ -129,7 +129,7 @@ struct ProbeArgs {
     port: Option<Port>,
     /// Send one HTTP request, `"METHOD /path"`, to a TCP port and print the response (status,
     /// headers, body). Exit 0 on any status but 403; 1 on 403 or no response.
-    #[arg(long, value_name = "REQUEST")]
+    #[arg(long, value_name = "REQUEST", conflicts_with = "dns")]
     http: Option<String>,
     /// A header of the `--http` request, `"Name: value"` (repeatable). Host defaults to the
     /// server's ADDRESS:PORT.
