@@ -252,20 +252,12 @@ impl LocalCluster {
     }
 
     fn run_probe(&self, from: &str, to: &str, port: &str) -> std::process::Output {
-        palisade(&[
-            "local",
-            "probe",
-            "--state",
-            self.state_dir(),
-            "--from",
-            from,
-            "--to",
-            to,
-            "--port",
-            port,
-            "--timeout",
-            "300ms",
-        ])
+        self.local_probe(&["--from", from, "--to", to, "--port", port, "--timeout", "300ms"])
+    }
+
+    /// `palisade local probe ARGS` on this cluster, any flags (`--http`, `--dns`).
+    pub fn local_probe(&self, args: &[&str]) -> std::process::Output {
+        palisade(&[&["local", "probe", "--state", self.state_dir()], args].concat())
     }
 }
 

@@ -1,6 +1,7 @@
 //! Local mode's network (issue #6): the pods of a cluster file as network namespaces behind one
 //! "node" namespace, echo responders on their declared ports, background traffic from the
-//! `palisade.dev/talks-to` annotation, and one-shot probes.
+//! `palisade.dev/talks-to` annotation, and one-shot probes. Pods may answer HTTP and DNS
+//! ([`annotations`]), and stand for hosts outside the cluster.
 //!
 //! [`up`] builds the network and starts a detached responder process that outlives it; [`down`]
 //! removes both. Every namespace name starts with a prefix, so a rerun after a crash removes the
@@ -12,7 +13,10 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
+pub mod annotations;
+pub mod dns;
 mod error;
+pub mod http;
 pub mod kube_proxy;
 pub mod net;
 pub mod probe;

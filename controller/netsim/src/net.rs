@@ -23,6 +23,7 @@ use palisade_policy::cluster::{ContainerPort, Node};
 use rustix::thread::{LinkNameSpaceType, move_into_link_name_space};
 
 use crate::ADDRESS_RANGE;
+use crate::dns::DnsZone;
 use crate::error::{Error, NodeAddressError, Result};
 use crate::services::{in_service_range, service_range};
 
@@ -123,13 +124,21 @@ pub struct PodNet {
     pub host_if: String,
     /// The declared container ports, which the responders serve.
     pub ports: Vec<ContainerPort>,
+    /// Ports answered with HTTP instead of an echo (`palisade.dev/http-ports`).
+    pub http_ports: Vec<u16>,
+    /// The DNS server it runs on port 53 (`palisade.dev/dns-records`).
+    pub dns: Option<DnsZone>,
+    /// The DNS pod it resolves through, `namespace/name` (`palisade.dev/resolver`).
+    pub resolver: Option<String>,
+    /// A host outside the cluster (`palisade.dev/outside-cluster`): its address is `world`.
+    pub outside: bool,
     host_mac: [u8; 6],
     pod_mac: [u8; 6],
 }
 
 impl LocalNetwork {
     /// Names everything for the non-host-network pods of `cluster` that have a pod IP, whatever
-    /// node they are on. Every namespace name starts with `prefix`, and everything starting with
+    /// node they are on, and for its hosts outside the cluster. Every namespace name starts with `prefix`, and everything starting with
     /// it is this network's to delete: no prefix in use may start another.
     pub fn plan(cluster: &Cluster, prefix: &str) -> Result<LocalNetwork> {
         LocalNetwork::plan_on(cluster, prefix, LocalNode::choose(cluster)?)
@@ -148,7 +157,8 @@ impl LocalNetwork {
         let mut pods = BTreeMap::new();
         let mut by_ip: BTreeMap<Ipv4Addr, String> = BTreeMap::new();
         let mut by_if: BTreeMap<String, String> = BTreeMap::new();
-        for pod in cluster.endpoints() {
+        let outside = cluster.outside_hosts.iter().map(|p| (p, true));
+        for (pod, outside) in cluster.endpoints().map(|p| (p, false)).chain(outside) {
             let Some(ip) = pod.ip else { continue };
             let key = pod.key();
             // Kubernetes names are DNS labels and subdomains; anything else could escape the
@@ -197,7 +207,19 @@ impl LocalNetwork {
             // Locally administered unicast addresses, different on the two sides.
             let host_mac = [0x0e, b[0], b[1], b[2], b[3], b[4]];
             let pod_mac = [0x0a, b[0], b[1], b[2], b[3], b[4]];
-            let pod = PodNet { key: key.clone(), netns, ip, host_if, ports: pod.ports.clone(), host_mac, pod_mac };
+            let pod = PodNet {
+                key: key.clone(),
+                netns,
+                ip,
+                host_if,
+                ports: pod.ports.clone(),
+                http_ports: Vec::new(),
+                dns: None,
+                resolver: None,
+                outside,
+                host_mac,
+                pod_mac,
+            };
             pods.insert(key, pod);
         }
         Ok(LocalNetwork { prefix: prefix.to_owned(), node_netns: node_netns(prefix), node, pods })
@@ -283,6 +305,10 @@ impl LocalNetwork {
     /// A pod by `namespace/name`.
     pub fn pod(&self, key: &str) -> Option<&PodNet> {
         self.pods.get(key)
+    }
+
+    pub(crate) fn pod_mut(&mut self, key: &str) -> Option<&mut PodNet> {
+        self.pods.get_mut(key)
     }
 
     /// Every pod with a namespace, by `namespace/name`.

@@ -23,6 +23,16 @@ pub enum Port {
     Icmp,
 }
 
+impl Port {
+    /// The port number; none for ICMP.
+    pub fn number(self) -> Option<u16> {
+        match self {
+            Port::Tcp(number) | Port::Udp(number) => Some(number),
+            Port::Icmp => None,
+        }
+    }
+}
+
 impl FromStr for Port {
     type Err = String;
 

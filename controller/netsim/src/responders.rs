@@ -1,7 +1,9 @@
 //! Echo servers on every declared container port of every pod, bound inside the pod's namespace:
 //! TCP connections and UDP datagrams are echoed, except [`WHO`], which is answered with
 //! `palisade-who NAMESPACE/POD\n` so that a client of a Service learns which backend it reached;
-//! ICMP echo is answered by the kernel. SCTP ports are not served.
+//! ICMP echo is answered by the kernel. SCTP ports are not served. A pod's HTTP ports
+//! ([`crate::http`]) and a DNS pod's port 53 ([`crate::dns`]) are served on a small tokio runtime
+//! instead, declared as container ports or not.
 use std::io::{self, Read, Write};
 use std::net::{Ipv4Addr, Shutdown, SocketAddr, TcpStream, UdpSocket};
 use std::sync::Arc;
@@ -12,15 +14,17 @@ use std::time::Duration;
 use palisade_policy::model::Protocol;
 use socket2::{Domain, Socket, Type};
 
+use crate::dns::{self, DNS_PORT, DnsZone};
 use crate::error::{Error, Result};
-use crate::net::{LocalNetwork, in_netns};
+use crate::http;
+use crate::net::{LocalNetwork, PodNet, in_netns};
 use crate::probe::Port;
 
 /// The question a probe asks a responder: who are you? See [`answer`].
 pub const WHO: &[u8] = b"palisade-who\n";
 
 /// An idle TCP connection is closed after this, so that its thread ends.
-const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+pub(crate) const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// The running responders; dropping them closes the listeners and joins their threads.
 pub struct Responders {
@@ -28,45 +32,90 @@ pub struct Responders {
     /// Second handles on the sockets the threads block on, to wake them with a shutdown.
     sockets: Vec<Socket>,
     threads: Vec<JoinHandle<()>>,
+    /// Runs the HTTP and DNS servers; dropping it stops them and closes their sockets.
+    runtime: Option<tokio::runtime::Runtime>,
     served: Vec<(String, Port)>,
 }
 
+/// What a port answers.
+enum Serve {
+    Echo,
+    Http,
+    Dns(Arc<DnsZone>),
+}
+
 impl Responders {
-    /// Binds every declared TCP and UDP port in every pod's namespace, then serves them on
-    /// threads. Fails, with nothing left running, if any port cannot be bound.
+    /// Binds every declared TCP and UDP port, HTTP port and DNS port in every pod's namespace,
+    /// then serves them. Fails, with nothing left running, if any port cannot be bound.
     pub fn start(network: &LocalNetwork) -> Result<Responders> {
         let mut responders = Responders {
             stopping: Arc::new(AtomicBool::new(false)),
             sockets: Vec::new(),
             threads: Vec::new(),
+            runtime: None,
             served: Vec::new(),
         };
         for pod in network.pods() {
-            let ports: Vec<(Port, Type, u16)> = pod
-                .ports
-                .iter()
-                .filter_map(|p| match p.protocol {
-                    Protocol::TCP => Some((Port::Tcp(p.port), Type::STREAM, p.port)),
-                    Protocol::UDP => Some((Port::Udp(p.port), Type::DGRAM, p.port)),
-                    _ => None,
-                })
-                .collect();
-            let bound = in_netns(&pod.netns, move || ports.into_iter().map(bind).collect::<io::Result<Vec<_>>>())
+            let ports = ports_of(pod);
+            let bind_all = move || {
+                ports.into_iter().map(|(port, serve)| Ok((port, bind(port)?, serve))).collect::<io::Result<_>>()
+            };
+            let bound: Vec<(Port, Socket, Serve)> = in_netns(&pod.netns, bind_all)
                 .map_err(|e| Error::io(format!("pod {}: enter its network namespace", pod.key), e))?
                 .map_err(|e| Error::io(format!("pod {}", pod.key), e))?;
-            for (port, socket) in bound {
-                responders.sockets.push(socket.try_clone().map_err(|e| Error::io("duplicate a responder socket", e))?);
-                let stopping = responders.stopping.clone();
-                let (name, key) = (format!("{} {port}", pod.key), pod.key.clone());
-                let thread = thread::Builder::new().name(name.clone()).spawn(move || match port {
-                    Port::Udp(_) => serve_udp(socket.into(), &stopping, &name, &key),
-                    _ => serve_tcp(socket, &stopping, &name, key),
-                });
-                responders.threads.push(thread.map_err(|e| Error::io("start a responder thread", e))?);
+            for (port, socket, serve) in bound {
+                let name = format!("{} {port}", pod.key);
+                match serve {
+                    Serve::Echo => responders.echo(port, socket, name, pod.key.clone())?,
+                    serve => responders.spawn(port, socket, serve, name, &pod.key)?,
+                }
                 responders.served.push((pod.key.clone(), port));
             }
         }
         Ok(responders)
+    }
+
+    /// Serves an echo port on its own thread.
+    fn echo(&mut self, port: Port, socket: Socket, name: String, key: String) -> Result<()> {
+        self.sockets.push(socket.try_clone().map_err(|e| Error::io("duplicate a responder socket", e))?);
+        let stopping = self.stopping.clone();
+        let thread = thread::Builder::new().name(name.clone()).spawn(move || match port {
+            Port::Udp(_) => serve_udp(socket.into(), &stopping, &name, &key),
+            _ => serve_tcp(socket, &stopping, &name, key),
+        });
+        self.threads.push(thread.map_err(|e| Error::io("start a responder thread", e))?);
+        Ok(())
+    }
+
+    /// Serves an HTTP or DNS port on the runtime, started with the first.
+    fn spawn(&mut self, port: Port, socket: Socket, serve: Serve, name: String, key: &str) -> Result<()> {
+        if self.runtime.is_none() {
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(1)
+                .thread_name("responders")
+                .enable_all()
+                .build()
+                .map_err(|e| Error::io("start the responders' runtime", e))?;
+            self.runtime = Some(runtime);
+        }
+        let runtime = self.runtime.as_ref().expect("just started");
+        let _entered = runtime.enter();
+        let registered = |e| Error::io(format!("responder {name}: register its socket"), e);
+        socket.set_nonblocking(true).map_err(registered)?;
+        match (port, serve) {
+            (Port::Udp(_), Serve::Dns(zone)) => {
+                let socket = tokio::net::UdpSocket::from_std(socket.into()).map_err(registered)?;
+                runtime.spawn(dns::serve_udp(socket, zone, name));
+            }
+            (_, serve) => {
+                let listener = tokio::net::TcpListener::from_std(socket.into()).map_err(registered)?;
+                match serve {
+                    Serve::Dns(zone) => runtime.spawn(dns::serve_tcp(listener, zone)),
+                    _ => runtime.spawn(http::serve(listener, key.into())),
+                };
+            }
+        }
+        Ok(())
     }
 
     /// The `(pod, port)` pairs being served.
@@ -77,6 +126,8 @@ impl Responders {
 
 impl Drop for Responders {
     fn drop(&mut self) {
+        // Waits for its worker, which drops every task and with them their sockets.
+        drop(self.runtime.take());
         self.stopping.store(true, Ordering::Relaxed);
         for socket in &self.sockets {
             // Wakes a blocked accept (EINVAL) or recv (0 bytes); UDP also reports ENOTCONN.
@@ -88,8 +139,34 @@ impl Drop for Responders {
     }
 }
 
+/// What each port of `pod` answers: its HTTP ports, port 53 of a DNS pod, and an echo on every
+/// other declared TCP and UDP port.
+fn ports_of(pod: &PodNet) -> Vec<(Port, Serve)> {
+    let mut ports: Vec<(Port, Serve)> = pod.http_ports.iter().map(|&p| (Port::Tcp(p), Serve::Http)).collect();
+    if let Some(zone) = &pod.dns {
+        let zone = Arc::new(zone.clone());
+        ports.extend([Port::Udp(DNS_PORT), Port::Tcp(DNS_PORT)].map(|p| (p, Serve::Dns(zone.clone()))));
+    }
+    for declared in &pod.ports {
+        let port = match declared.protocol {
+            Protocol::TCP => Port::Tcp(declared.port),
+            Protocol::UDP => Port::Udp(declared.port),
+            _ => continue,
+        };
+        if !ports.iter().any(|(p, _)| *p == port) {
+            ports.push((port, Serve::Echo));
+        }
+    }
+    ports
+}
+
 /// Binds one port; the error says which and what failed.
-fn bind((port, kind, number): (Port, Type, u16)) -> io::Result<(Port, Socket)> {
+fn bind(port: Port) -> io::Result<Socket> {
+    let (kind, number) = match port {
+        Port::Tcp(number) => (Type::STREAM, number),
+        Port::Udp(number) => (Type::DGRAM, number),
+        Port::Icmp => unreachable!("ICMP echo is the kernel's"),
+    };
     let step = |what: String| move |e: io::Error| io::Error::new(e.kind(), format!("{what}: {e}"));
     let socket = Socket::new(Domain::IPV4, kind, None).map_err(step(format!("{port}: socket")))?;
     socket.set_reuse_address(true).map_err(step(format!("{port}: SO_REUSEADDR")))?;
@@ -97,7 +174,7 @@ fn bind((port, kind, number): (Port, Type, u16)) -> io::Result<(Port, Socket)> {
     if kind == Type::STREAM {
         socket.listen(128).map_err(step(format!("listen on {port}")))?;
     }
-    Ok((port, socket))
+    Ok(socket)
 }
 
 /// The reply to `input` from pod `key`: who it is to [`WHO`], else the input itself.

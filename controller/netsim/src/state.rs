@@ -12,6 +12,7 @@ use std::time::Duration;
 use palisade_policy::{Cluster, SourceFile, yaml};
 use serde::{Deserialize, Serialize};
 
+use crate::annotations;
 use crate::error::{Error, NodeAddressError, Result};
 use crate::net::{LocalNetwork, LocalNode};
 use crate::services;
@@ -50,9 +51,10 @@ impl Local {
         let cluster = Cluster::parse(&[SourceFile { name: &name, text }])
             .map_err(|errors| Error::Cluster(errors.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n")))?;
         let node = LocalNode::choose(&cluster).map_err(|e| locate(&name, text, e))?;
-        let network =
+        let mut network =
             LocalNetwork::plan_on(&cluster, prefix, node).map_err(|e| Error::Cluster(format!("{name}: {e}")))?;
         check_services(&name, text, &cluster)?;
+        annotations::read_serving(&name, text, &mut network)?;
         let talks = read_talks(&name, text, &cluster, &network)?;
         Ok(Local { cluster_file: cluster_file.to_owned(), cluster, network, talks })
     }

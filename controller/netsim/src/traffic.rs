@@ -2,18 +2,18 @@
 //! annotation, connected to from inside each pod's namespace at an interval, with counters.
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
-use std::sync::{Arc, Condvar, Mutex, PoisonError};
+use std::sync::{Arc, Condvar, LazyLock, Mutex, PoisonError};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
 use palisade_policy::Cluster;
-use palisade_policy::cluster::ObjectMeta;
-use palisade_policy::yaml::{self, Limits, Node, PathSegment, Value};
-use palisade_policy::{Diagnostic, Severity};
-use serde::Deserialize;
+use palisade_policy::l7::HttpRequest;
 
+use crate::annotations::{for_each_pod, report};
+use crate::dns::{self, DNS_PORT, Resolved};
 use crate::error::{Error, Result};
-use crate::net::{LocalNetwork, spawn_in_netns};
+use crate::http;
+use crate::net::{LocalNetwork, PodNet, spawn_in_netns};
 use crate::probe::{Exchange, Port, attempt};
 use crate::services;
 use crate::state::Local;
@@ -37,84 +37,37 @@ pub struct Talk {
 /// pods of `network`, or the server a port of a Service of `cluster` with a ClusterIP. Errors
 /// name the file, line and field of every bad entry.
 pub fn read_talks(file: &str, text: &str, cluster: &Cluster, network: &LocalNetwork) -> Result<Vec<Talk>> {
-    let docs = yaml::parse_documents(text, &Limits::default()).map_err(|e| Error::Cluster(format!("{file}:{e}")))?;
-    let mut reader = Reader { file, cluster, network, talks: Vec::new(), errors: Vec::new() };
-    for doc in &docs {
-        reader.object(doc, String::new());
-    }
-    if !reader.errors.is_empty() {
-        let errors: Vec<String> = reader.errors.iter().map(ToString::to_string).collect();
-        return Err(Error::Cluster(errors.join("\n")));
-    }
-    Ok(reader.talks)
+    let reader = Reader { cluster, network };
+    let mut talks = Vec::new();
+    let errors = for_each_pod(file, text, |pod| {
+        let list = match pod.string(TALKS_TO) {
+            Ok(Some(list)) => list,
+            Ok(None) => return Vec::new(),
+            Err(error) => return vec![error],
+        };
+        if network.pod(&pod.key).is_none() {
+            let message = format!("pod {} has no network namespace (it needs a podIP and no hostNetwork)", pod.key);
+            return vec![pod.error(TALKS_TO, message)];
+        }
+        let mut errors = Vec::new();
+        for entry in list.split(',').map(str::trim).filter(|e| !e.is_empty()) {
+            match reader.talk(&pod.key, entry) {
+                Ok(talk) => talks.push(talk),
+                Err(message) => errors.push(pod.error(TALKS_TO, format!("{entry:?}: {message}"))),
+            }
+        }
+        errors
+    })?;
+    report(errors)?;
+    Ok(talks)
 }
 
 struct Reader<'a> {
-    file: &'a str,
     cluster: &'a Cluster,
     network: &'a LocalNetwork,
-    talks: Vec<Talk>,
-    errors: Vec<Diagnostic>,
-}
-
-#[derive(Deserialize)]
-struct Object {
-    #[serde(default)]
-    kind: String,
-    #[serde(default)]
-    metadata: ObjectMeta,
 }
 
 impl Reader<'_> {
-    /// `path` is the field path of `node` inside its document, with a trailing dot.
-    fn object(&mut self, node: &Node, path: String) {
-        // Malformed objects are the cluster parser's to report.
-        let Ok(object) = serde_json::from_value::<Object>(node.to_json()) else { return };
-        match object.kind.as_str() {
-            "List" => {
-                if let Some(Node { value: Value::Seq(items), .. }) = node.get(&[PathSegment::Key("items".into())]) {
-                    for (i, item) in items.iter().enumerate() {
-                        self.object(item, format!("{path}items[{i}]."));
-                    }
-                }
-            }
-            "Pod" => {
-                let Some(value) = object.metadata.annotations.get(TALKS_TO) else { return };
-                let from =
-                    format!("{}/{}", object.metadata.namespace.as_deref().unwrap_or("default"), object.metadata.name);
-                let field = [
-                    PathSegment::Key("metadata".into()),
-                    PathSegment::Key("annotations".into()),
-                    PathSegment::Key(TALKS_TO.into()),
-                ];
-                let fail = |message: String| Diagnostic {
-                    severity: Severity::Error,
-                    file: self.file.to_owned(),
-                    line: node.line_of(&field),
-                    path: format!("{path}metadata.annotations[\"{TALKS_TO}\"]"),
-                    message,
-                };
-                let Some(list) = value.as_str() else {
-                    self.errors.push(fail(format!("pod {from}: must be a string, not {value}")));
-                    return;
-                };
-                if self.network.pod(&from).is_none() {
-                    self.errors.push(fail(format!(
-                        "pod {from} has no network namespace (it needs a podIP and no hostNetwork)"
-                    )));
-                    return;
-                }
-                for entry in list.split(',').map(str::trim).filter(|e| !e.is_empty()) {
-                    match self.talk(&from, entry) {
-                        Ok(talk) => self.talks.push(talk),
-                        Err(message) => self.errors.push(fail(format!("{entry:?}: {message}"))),
-                    }
-                }
-            }
-            _ => {}
-        }
-    }
-
     fn talk(&self, from: &str, entry: &str) -> Result<Talk, String> {
         let (to, port) = entry.rsplit_once(':').ok_or("expected NAMESPACE/POD:PORT[/PROTOCOL]")?;
         let port = port.parse()?;
@@ -171,13 +124,24 @@ impl TrafficGenerator {
             let pod = |key: &str| {
                 network.pod(key).ok_or_else(|| Error::Cluster(format!("no pod {key} in the local network")))
             };
-            let to: Ipv4Addr = match talk.to.strip_prefix("svc/") {
-                Some(service) => services::resolve(&local.cluster, service, talk.port).map_err(Error::Cluster)?.0,
-                None => pod(&talk.to)?.ip,
+            // A Service's backends are alike: the first says what its port serves.
+            let (to, server) = match talk.to.strip_prefix("svc/") {
+                Some(service) => {
+                    let (ip, service, port) =
+                        services::resolve(&local.cluster, service, talk.port).map_err(Error::Cluster)?;
+                    let backend = local.cluster.backends(service, port).into_iter().next();
+                    let server = backend.and_then(|b| Some((network.pod(b.pod.as_deref()?)?, b.port)));
+                    (ip, server)
+                }
+                None => {
+                    let server = pod(&talk.to)?;
+                    (server.ip, talk.port.number().map(|n| (server, n)))
+                }
             };
+            let ask = server.map_or(Ask::Echo, |(pod, number)| Ask::of(pod, talk.port, number));
             let from = pod(&talk.from)?;
             let (stop, counts, flow) = (generator.stop.clone(), generator.counts.clone(), talk.clone());
-            let thread = spawn_in_netns(&from.netns, move || run(&flow, to, options, &stop, &counts))
+            let thread = spawn_in_netns(&from.netns, move || run(&flow, to, &ask, options, &stop, &counts))
                 .map_err(|e| Error::io(format!("start traffic from {}", talk.from), e))?;
             generator.threads.push(thread);
         }
@@ -204,16 +168,61 @@ impl Drop for TrafficGenerator {
     }
 }
 
+/// What a flow asks its server, as a real client of what serves the port would.
+enum Ask {
+    /// Bytes that must be echoed.
+    Echo,
+    /// `GET /`, which must get a response other than 403.
+    Http,
+    /// An A query for a name of the DNS pod, which must get NOERROR.
+    Dns(String),
+    /// A DNS pod's 53/TCP: the handshake.
+    Connect,
+}
+
+impl Ask {
+    /// For `port` of `server`, whose own port number it is (a Service's target port).
+    fn of(server: &PodNet, port: Port, number: u16) -> Ask {
+        match (port, &server.dns) {
+            (Port::Tcp(_), _) if server.http_ports.contains(&number) => Ask::Http,
+            (Port::Udp(DNS_PORT), Some(zone)) if number == DNS_PORT => {
+                Ask::Dns(zone.records.keys().next().cloned().unwrap_or_default())
+            }
+            (Port::Tcp(DNS_PORT), Some(_)) if number == DNS_PORT => Ask::Connect,
+            _ => Ask::Echo,
+        }
+    }
+
+    /// One attempt from the calling thread's namespace: whether it got its answer.
+    fn answered(&self, to: Ipv4Addr, port: Port, timeout: Duration) -> bool {
+        let exchange = match (self, port) {
+            (Ask::Http, Port::Tcp(number)) => {
+                return http::request_here(to, number, &GET, timeout).is_ok_and(|o| o.passed());
+            }
+            (Ask::Dns(name), _) => {
+                return dns::resolve_here(to, name, timeout).is_ok_and(|r| matches!(r, Resolved::Addresses(_)));
+            }
+            (Ask::Connect, _) => Exchange::Connect,
+            _ => Exchange::Echo,
+        };
+        attempt(to, port, timeout, exchange).is_ok_and(|(o, _)| o.is_connected())
+    }
+}
+
+/// The request of flows to HTTP ports.
+static GET: LazyLock<HttpRequest> = LazyLock::new(|| HttpRequest::parse("GET /", &[]).expect("a valid request"));
+
 fn run(
     talk: &Talk,
     to: Ipv4Addr,
+    ask: &Ask,
     options: TrafficOptions,
     stop: &(Mutex<bool>, Condvar),
     counts: &Mutex<BTreeMap<Talk, Counts>>,
 ) {
     let (stopped, wake) = stop;
     loop {
-        let connected = attempt(to, talk.port, options.timeout, Exchange::Echo).is_ok_and(|(o, _)| o.is_connected());
+        let connected = ask.answered(to, talk.port, options.timeout);
         if let Some(count) = counts.lock().unwrap_or_else(PoisonError::into_inner).get_mut(talk) {
             if connected {
                 count.successes += 1;

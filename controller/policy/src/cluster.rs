@@ -25,7 +25,14 @@ pub struct Cluster {
     /// DNS answers seen: each name (lower case, no root dot) and the addresses it resolved
     /// to. `toFQDNs` selects the /32 CIDR identities of the addresses of the names it matches.
     pub dns_answers: BTreeMap<String, BTreeSet<Ipv4Addr>>,
+    /// Pods of a cluster file annotated [`OUTSIDE_CLUSTER`]: hosts outside the cluster that local
+    /// mode runs as namespaces. Their addresses are `world` (or a CIDR identity) to policy, so
+    /// they are kept out of `pods`: no selector selects them and no endpoint is made for them.
+    pub outside_hosts: Vec<Pod>,
 }
+
+/// `palisade.dev/outside-cluster: "true"` on a Pod of a cluster file: a host outside the cluster.
+pub const OUTSIDE_CLUSTER: &str = "palisade.dev/outside-cluster";
 
 #[derive(Clone, Debug, PartialEq)]
 pub struct Namespace {
@@ -455,6 +462,21 @@ impl ServicePort {
     }
 }
 
+/// Whether a Pod's metadata marks it [`OUTSIDE_CLUSTER`].
+fn outside_cluster(meta: &ObjectMeta) -> Result<bool, String> {
+    match meta.annotations.get(OUTSIDE_CLUSTER) {
+        None => Ok(false),
+        Some(value) => match value.as_str() {
+            Some("true") => Ok(true),
+            Some("false") => Ok(false),
+            _ => Err(format!(
+                "pod {}: metadata.annotations[\"{OUTSIDE_CLUSTER}\"]: {value} is not \"true\" or \"false\"",
+                meta.name
+            )),
+        },
+    }
+}
+
 impl Cluster {
     pub fn parse(files: &[SourceFile]) -> Result<Cluster, Vec<Diagnostic>> {
         let mut cluster = Cluster::default();
@@ -470,9 +492,7 @@ impl Cluster {
             match yaml::parse_documents(file.text, &Limits::default()) {
                 Ok(docs) => {
                     for doc in &docs {
-                        if let Err(message) = cluster.add(doc.to_json()) {
-                            errors.push(fail(doc.line, message));
-                        }
+                        cluster.add_node(doc, &mut |line, message| errors.push(fail(line, message)));
                     }
                 }
                 Err(e) => errors.push(fail(e.line, e.message)),
@@ -483,6 +503,23 @@ impl Cluster {
         }
         cluster.complete();
         Ok(cluster)
+    }
+
+    /// Adds one document, or each item of a `List` document, so that an error names the line of
+    /// the object it is about.
+    fn add_node(&mut self, node: &yaml::Node, fail: &mut dyn FnMut(u32, String)) {
+        let key = |name: &str| node.get(&[yaml::PathSegment::Key(name.into())]).map(|n| &n.value);
+        if let (Some(yaml::Value::String(kind)), Some(yaml::Value::Seq(items))) = (key("kind"), key("items"))
+            && kind == "List"
+        {
+            for item in items {
+                self.add_node(item, fail);
+            }
+            return;
+        }
+        if let Err(message) = self.add(node.to_json()) {
+            fail(node.line, message);
+        }
     }
 
     fn add(&mut self, value: serde_json::Value) -> Result<(), String> {
@@ -497,7 +534,11 @@ impl Cluster {
                 let namespace = Namespace::from_parts(object.metadata);
                 self.namespaces.insert(namespace.name.clone(), namespace);
             }
-            "Pod" => self.pods.push(Pod::from_parts(object.metadata, object.spec, &object.status)?),
+            "Pod" => {
+                let outside = outside_cluster(&object.metadata)?;
+                let pod = Pod::from_parts(object.metadata, object.spec, &object.status)?;
+                if outside { self.outside_hosts.push(pod) } else { self.pods.push(pod) }
+            }
             "Node" => self.nodes.push(Node::from_parts(object.metadata, &object.status)),
             "Service" => self.services.push(Service::from_parts(object.metadata, object.spec)?),
             "EndpointSlice" => {
@@ -520,7 +561,9 @@ impl Cluster {
         for ns in self.namespaces.values_mut() {
             ns.labels.entry("kubernetes.io/metadata.name".into()).or_insert_with(|| ns.name.clone());
         }
-        self.pods.sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
+        for pods in [&mut self.pods, &mut self.outside_hosts] {
+            pods.sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
+        }
     }
 
     pub fn pod(&self, namespace: &str, name: &str) -> Option<&Pod> {

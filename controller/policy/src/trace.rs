@@ -230,10 +230,17 @@ fn address_of(compiled: &CompiledPolicy, end: &FlowEnd, other: &FlowEnd) -> Opti
 fn identity_of(compiled: &CompiledPolicy, end: &FlowEnd) -> Result<u32, String> {
     match end {
         FlowEnd::Pod { namespace, name } => {
-            let pod = compiled
-                .cluster
-                .pod(namespace, name)
-                .ok_or_else(|| format!("no pod {namespace}/{name} in the cluster file"))?;
+            let pod = compiled.cluster.pod(namespace, name).ok_or_else(|| {
+                let outside =
+                    compiled.cluster.outside_hosts.iter().find(|h| h.namespace == *namespace && h.name == *name);
+                match outside.and_then(|host| host.ip) {
+                    Some(ip) => format!(
+                        "{namespace}/{name} is a host outside the cluster ({}): trace it as cidr:{ip}",
+                        crate::cluster::OUTSIDE_CLUSTER
+                    ),
+                    None => format!("no pod {namespace}/{name} in the cluster file"),
+                }
+            })?;
             compiled.identity_of_pod(pod).ok_or_else(|| format!("pod {namespace}/{name} has no identity"))
         }
         FlowEnd::Address(ip) => Ok(compiled.identity_of_addr(*ip)),

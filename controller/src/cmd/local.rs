@@ -6,10 +6,13 @@ use std::path::{Path, PathBuf};
 use std::process::Command as Process;
 use std::time::Duration;
 
-use anyhow::{Context, Result};
+use anyhow::{Context, Result, anyhow, bail};
+use palisade_netsim::dns::{self, Resolved};
+use palisade_netsim::http::{self, HttpOutcome};
 use palisade_netsim::{DEFAULT_PREFIX, DEFAULT_STATE_DIR, Local, Outcome, PodNet, Port, StateDir};
 use palisade_policy::AllowLocalhost;
 use palisade_policy::cluster::Backend;
+use palisade_policy::l7::HttpRequest;
 use tabwriter::TabWriter;
 
 #[derive(clap::Args)]
@@ -28,8 +31,9 @@ enum Command {
     /// Stop the responders and delete the namespaces and state that `up` made, with what `run`
     /// left: its controller state (rollouts, revisions, reports, Git mirrors) and the pinned datapath.
     Down(DownArgs),
-    /// Connect once from one pod (or the node) to another pod, the node or a Service. Exit 0
-    /// connected, 1 refused or timed out, 2 error.
+    /// Connect once from one pod (or the node) to another pod, the node or a Service, or send
+    /// one HTTP request (`--http`), or resolve a name through a pod's DNS pod (`--dns`). Exit 0
+    /// connected, 1 refused or timed out (or HTTP 403, or a DNS error code), 2 error.
     Probe(ProbeArgs),
     /// Run the controller and the agent against the local cluster (bringing it up first if it
     /// is not): sync each PolicyRollout's Git source, audit candidates on the pods' traffic,
@@ -69,7 +73,10 @@ struct DownArgs {
 struct UpArgs {
     /// Cluster file: `kubectl get namespaces,pods,nodes,services -A -o yaml` output. Pods may
     /// declare traffic in a `palisade.dev/talks-to: "NS/POD:PORT[/PROTO], ..."` annotation
-    /// (`svc/NS/NAME:PORT[/PROTO]` for a Service).
+    /// (`svc/NS/NAME:PORT[/PROTO]` for a Service), answer HTTP on `palisade.dev/http-ports:
+    /// "8080,9090"`, serve DNS with `palisade.dev/dns-records: "NAME=IP, ..."` (used by pods
+    /// through `palisade.dev/resolver: NS/POD`), and stand for a host outside the cluster with
+    /// `palisade.dev/outside-cluster: "true"`.
     #[arg(long, value_name = "FILE")]
     cluster: PathBuf,
     #[command(flatten)]
@@ -115,11 +122,24 @@ struct ProbeArgs {
     from: String,
     /// Server: NAMESPACE/POD, `node`, or `svc/NAMESPACE/NAME`: a Service through its ClusterIP,
     /// translated by the node's kube-proxy table; the backend that answered is printed.
-    #[arg(long)]
-    to: String,
+    #[arg(long, required_unless_present = "dns", conflicts_with = "dns")]
+    to: Option<String>,
     /// `PORT[/TCP|/UDP]` or `icmp`.
-    #[arg(long)]
-    port: Port,
+    #[arg(long, required_unless_present = "dns", conflicts_with = "dns")]
+    port: Option<Port>,
+    /// Send one HTTP request, `"METHOD /path"`, to a TCP port and print the response (status,
+    /// headers, body). Exit 0 on any status but 403; 1 on 403 or no response.
+    #[arg(long, value_name = "REQUEST", conflicts_with = "dns")]
+    http: Option<String>,
+    /// A header of the `--http` request, `"Name: value"` (repeatable). Host defaults to the
+    /// server's ADDRESS:PORT.
+    #[arg(long = "header", value_name = "HEADER", requires = "http")]
+    headers: Vec<String>,
+    /// Resolve NAME (A records) through the DNS pod that `--from`'s `palisade.dev/resolver`
+    /// annotation names, over UDP; prints the addresses. Exit 0 answered, 1 on an error code
+    /// (NXDOMAIN, REFUSED) or no answer.
+    #[arg(long, value_name = "NAME")]
+    dns: Option<String>,
     /// How long to wait for the connection or the echo, e.g. `1s` or `300ms`.
     #[arg(long, default_value = "1s", value_parser = palisade_rollout::parse_duration)]
     timeout: Duration,
@@ -190,8 +210,17 @@ fn up(args: UpArgs) -> Result<u8> {
     let mut out = TabWriter::new(std::io::stdout());
     writeln!(out, "POD\tIP\tNETNS\tHOST IF\tPORTS")?;
     for pod in network.pods() {
-        let ports: Vec<String> = pod.ports.iter().map(|p| format!("{}/{}", p.port, p.protocol.name())).collect();
-        writeln!(out, "{}\t{}\t{}\t{}\t{}", pod.key, pod.ip, pod.netns, pod.host_if, ports.join(","))?;
+        let mut ports =
+            vec![pod.ports.iter().map(|p| format!("{}/{}", p.port, p.protocol.name())).collect::<Vec<_>>().join(",")];
+        if !pod.http_ports.is_empty() {
+            ports.push(format!("http:{}", pod.http_ports.iter().map(u16::to_string).collect::<Vec<_>>().join(",")));
+        }
+        if pod.dns.is_some() {
+            ports.push("dns:53".to_owned());
+        }
+        let outside = if pod.outside { " (outside the cluster)" } else { "" };
+        let ports = ports.join(" ");
+        writeln!(out, "{}{outside}\t{}\t{}\t{}\t{}", pod.key, pod.ip, pod.netns, pod.host_if, ports.trim())?;
     }
     out.flush()?;
     let node = network.node();
@@ -251,29 +280,56 @@ fn probe(args: ProbeArgs) -> Result<u8> {
         Some(file) => Local::read(file, &state.prefix()?)?,
         None => state.load()?,
     };
+    if let Some(name) = &args.dns {
+        return resolve(&local, &args.from, name, args.timeout);
+    }
+    let (to, port) = args.to.as_deref().zip(args.port).expect("clap requires --to and --port without --dns");
     let from = end(&local, &args.from)?;
     let tried = || format!("probe from {} (is the local cluster up?)", from.name);
-    let outcome = match args.to.strip_prefix("svc/") {
+    if let Some(request) = &args.http {
+        let request = HttpRequest::parse(request, &args.headers).map_err(|e| anyhow!("--http: {e}"))?;
+        let Port::Tcp(number) = port else { bail!("--http needs a TCP port, not {port}") };
+        let (ip, name) = match to.strip_prefix("svc/") {
+            Some(service) => (service_end(&local, service, port)?.ip, to.to_owned()),
+            None => end(&local, to).map(|end| (end.ip, end.name))?,
+        };
+        let outcome = http::request(&from.netns, ip, number, &request, args.timeout).with_context(tried)?;
+        let target = format!("{} -> {name} {ip}:{port} {} {}", from.name, request.method, request.path);
+        let passed = outcome.passed();
+        match outcome {
+            HttpOutcome::Response { status, headers, body, .. } => {
+                println!("{target}: HTTP {} {}", status.as_u16(), status.canonical_reason().unwrap_or_default());
+                for (name, value) in headers {
+                    println!("{name}: {value}");
+                }
+                println!();
+                print!("{body}");
+            }
+            HttpOutcome::Failed(outcome) => println!("{target}: {outcome}"),
+        }
+        return Ok(u8::from(!passed));
+    }
+    let outcome = match to.strip_prefix("svc/") {
         Some(service) => {
-            let to = service_end(&local, service, args.port)?;
+            let service_end = service_end(&local, service, port)?;
             let (outcome, answered_by) =
-                palisade_netsim::ask_who(&from.netns, to.ip, args.port, args.timeout).with_context(tried)?;
+                palisade_netsim::ask_who(&from.netns, service_end.ip, port, args.timeout).with_context(tried)?;
             let backend = match (&outcome, answered_by) {
                 (Outcome::Connected(_), Some(pod)) => {
-                    let at = to.backends.iter().find(|b| b.pod.as_deref() == Some(pod.as_str()));
+                    let at = service_end.backends.iter().find(|b| b.pod.as_deref() == Some(pod.as_str()));
                     at.map_or(format!(" -> {pod}"), |b| format!(" -> {pod} {}:{}", b.ip, b.port))
                 }
                 (Outcome::Connected(_), None) => " -> (an answer that names no pod)".to_owned(),
                 _ => String::new(),
             };
-            println!("{} -> {} {}:{}{backend}: {outcome}", from.name, args.to, to.ip, args.port);
+            println!("{} -> {to} {}:{port}{backend}: {outcome}", from.name, service_end.ip);
             outcome
         }
         None => {
-            let to = end(&local, &args.to)?;
+            let to = end(&local, to)?;
             let outcome =
-                palisade_netsim::probe_from_netns(&from.netns, to.ip, args.port, args.timeout).with_context(tried)?;
-            let target = match args.port {
+                palisade_netsim::probe_from_netns(&from.netns, to.ip, port, args.timeout).with_context(tried)?;
+            let target = match port {
                 Port::Icmp => format!("{} ICMP", to.ip),
                 port => format!("{}:{port}", to.ip),
             };
@@ -285,6 +341,40 @@ fn probe(args: ProbeArgs) -> Result<u8> {
         Outcome::Connected(_) => 0,
         Outcome::Refused | Outcome::TimedOut | Outcome::Unreachable => 1,
     })
+}
+
+/// `probe --dns NAME`: an A query from pod `from` to the DNS pod its resolver annotation names.
+fn resolve(local: &Local, from: &str, name: &str, timeout: Duration) -> Result<u8> {
+    let from = pod(local, from)?;
+    let Some(resolver) = &from.resolver else {
+        bail!(
+            "{}: pod {} has no {} annotation naming its DNS pod",
+            local.cluster_file.display(),
+            from.key,
+            palisade_netsim::annotations::RESOLVER
+        );
+    };
+    let server = pod(local, resolver)?.ip;
+    let resolved = dns::resolve(&from.netns, server, name, timeout)
+        .with_context(|| format!("resolve {name} from {} (is the local cluster up?)", from.key))?;
+    let failed = |what: String| {
+        println!("{} -> {resolver} {server}:53/UDP {name}: {what}", from.key);
+        Ok(1)
+    };
+    match resolved {
+        Resolved::Addresses(addresses) => {
+            if addresses.is_empty() {
+                eprintln!("{name}: no A records");
+            }
+            for address in addresses {
+                println!("{address}");
+            }
+            Ok(0)
+        }
+        // NXDOMAIN, REFUSED, SERVFAIL as dig prints them.
+        Resolved::Failed(code) => failed(format!("{code:?}").to_ascii_uppercase()),
+        Resolved::NoAnswer(outcome) => failed(outcome.to_string()),
+    }
 }
 
 /// A Service a probe goes to: its (first) ClusterIP, and the backends of the probed port.

@@ -50,11 +50,19 @@ impl CompiledPolicy {
     }
 
     pub fn with_options(policies: PolicySet, cluster: Cluster, options: CompileOptions) -> CompiledPolicy {
-        let Cluster { namespaces, pods, nodes, services, endpoint_slices, dns_answers } = cluster;
+        let Cluster { namespaces, pods, nodes, services, endpoint_slices, dns_answers, outside_hosts } = cluster;
         let mut compiled = CompiledPolicy {
             ipcache: IpCache::new(&policies, &options.identity_basis),
             repository: Repository::new(policies),
-            cluster: Cluster { namespaces, pods: Vec::new(), nodes, services, endpoint_slices, dns_answers },
+            cluster: Cluster {
+                namespaces,
+                pods: Vec::new(),
+                nodes,
+                services,
+                endpoint_slices,
+                dns_answers,
+                outside_hosts,
+            },
             selectors: SelectorCache::default(),
             groups: Groups::default(),
             options,
