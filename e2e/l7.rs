@@ -109,3 +109,147 @@ fn probe_sends_http_and_resolves_names_through_the_pods_resolver() {
         assert_eq!(code, Some(2), "{stderr}");
     }
 }
+
+/// The web pod's ingress: the client may GET `/public` on 8080 (HTTP rules), and use 9090.
+const HTTP_RULES: &str = "apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: web, namespace: shop}
+spec:
+  endpointSelector: {matchLabels: {app: web}}
+  ingress:
+  - fromEndpoints: [{matchLabels: {app: client}}]
+    toPorts:
+    - ports: [{port: '8080', protocol: TCP}]
+      rules:
+        http:
+        - {method: GET, path: '/public(/.*)?'}
+        - {method: GET, path: /admin, headers: ['X-Admin: yes']}
+  - fromEndpoints: [{matchLabels: {app: client}}]
+    toPorts: [{ports: [{port: '9090', protocol: TCP}]}]
+";
+
+/// The client's egress: HTTP to the web pod's 9090 on GETs only (an egress L7 rule).
+const EGRESS_RULES: &str = "apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: client, namespace: shop}
+spec:
+  endpointSelector: {matchLabels: {app: client}}
+  egress:
+  - toEndpoints: [{matchLabels: {app: web}}]
+    toPorts:
+    - ports: [{port: '9090', protocol: TCP}]
+      rules:
+        http: [{method: GET}]
+  - toEndpoints: [{matchLabels: {app: web}}]
+    toPorts: [{ports: [{port: '8080', protocol: TCP}]}]
+";
+
+const POLICY_CLUSTER: &str = "apiVersion: v1
+kind: List
+items:
+- kind: Pod
+  metadata:
+    name: web
+    namespace: shop
+    labels: {app: web}
+    annotations: {palisade.dev/http-ports: \"8080,9090\"}
+  spec: {containers: [{ports: [{containerPort: 8080}, {containerPort: 9090}]}]}
+  status: {podIP: 10.200.41.10}
+- kind: Pod
+  metadata: {name: client, namespace: shop, labels: {app: client}}
+  spec: {containers: [{ports: [{containerPort: 7000}]}]}
+  status: {podIP: 10.200.41.20}
+";
+
+/// Sends `requests` (`(method path, extra header line)`) on one keep-alive connection from the
+/// client pod; the status of each reply, `None` once the connection fails.
+fn statuses_on_one_connection(netns: &str, to: &str, requests: &[(&str, &str)]) -> Vec<Option<u16>> {
+    let (to, requests) = (to.to_string(), requests.iter().map(|(r, h)| (r.to_string(), h.to_string())).collect());
+    palisade_netsim::in_netns(netns, move || keep_alive(&to, requests)).unwrap()
+}
+
+fn keep_alive(to: &str, requests: Vec<(String, String)>) -> Vec<Option<u16>> {
+    use std::io::BufRead;
+    let Ok(stream) = std::net::TcpStream::connect(to) else { return vec![None; requests.len()] };
+    stream.set_read_timeout(Some(std::time::Duration::from_secs(3))).unwrap();
+    let mut reader = std::io::BufReader::new(stream.try_clone().unwrap());
+    let mut writer = stream;
+    let mut statuses = Vec::new();
+    for (request, header) in requests {
+        let sent = write!(writer, "{request} HTTP/1.1\r\nHost: web\r\n{header}\r\n");
+        let mut status_line = String::new();
+        if sent.is_err() || reader.read_line(&mut status_line).unwrap_or(0) == 0 {
+            statuses.push(None);
+            continue;
+        }
+        // Skip the headers, then the body by its length.
+        let mut length = 0;
+        loop {
+            let mut line = String::new();
+            reader.read_line(&mut line).unwrap();
+            if line == "\r\n" || line.is_empty() {
+                break;
+            }
+            if let Some(value) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+                length = value.trim().parse().unwrap();
+            }
+        }
+        let mut body = vec![0; length];
+        reader.read_exact(&mut body).unwrap();
+        statuses.push(status_line.split_whitespace().nth(1).and_then(|s| s.parse().ok()));
+    }
+    statuses
+}
+
+#[test]
+fn http_rules_are_enforced_request_by_request_by_the_proxy() {
+    use palisade_rollout::crd::Phase;
+    let dir = tempfile::tempdir().unwrap();
+    let cluster = dir.path().join("cluster.yaml");
+    std::fs::write(&cluster, POLICY_CLUSTER).unwrap();
+    let repo = support::Repo::new();
+    repo.commit(&[("web.yaml", HTTP_RULES), ("client.yaml", EGRESS_RULES)], "web: HTTP rules");
+    let mut local = LocalCluster::up("ple2-", &cluster);
+    local.run(&support::rollout_yaml("shop", "shop", &repo, "0s", ""));
+    local.wait("shop", "shop", "the HTTP rules enforced", std::time::Duration::from_secs(60), |s| {
+        s.phase == Phase::Enforced
+    });
+    let probe = |port: &str, request: &str, header: &[&str]| {
+        let mut args = vec!["--from", "shop/client", "--to", "shop/web", "--port", port, "--http", request];
+        for h in header {
+            args.extend(["--header", h]);
+        }
+        printed(&local.local_probe(&args))
+    };
+    // Ingress HTTP rules: an allowed path is answered by the pod, through the proxy.
+    // Enforced once the agent has converged and its proxy has the policy.
+    let start = std::time::Instant::now();
+    while probe("8080", "GET /public/x", &[]).0 != Some(0) && start.elapsed() < std::time::Duration::from_secs(20) {
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    let (code, stdout, stderr) = probe("8080", "GET /public/x", &[]);
+    assert_eq!(code, Some(0), "{stdout}{stderr}\n{}", local.log());
+    assert!(stdout.contains("HTTP 200 OK") && stdout.ends_with("palisade-http shop/web GET /public/x\n"), "{stdout}");
+    let (code, stdout, _) = probe("8080", "GET /private", &[]);
+    assert_eq!(code, Some(1), "{stdout}");
+    assert!(stdout.contains("HTTP 403 Forbidden") && stdout.ends_with("Access denied\r\n"), "{stdout}");
+    let (code, stdout, _) = probe("8080", "POST /public", &[]);
+    assert_eq!(code, Some(1), "the method is part of the rule: {stdout}");
+    // A header rule: /admin only with `X-Admin: yes`.
+    assert_eq!(probe("8080", "GET /admin", &[]).0, Some(1));
+    assert_eq!(probe("8080", "GET /admin", &["X-Admin: yes"]).0, Some(0));
+
+    // Requests are judged one by one on one keep-alive connection.
+    let requests =
+        [("GET /public", ""), ("GET /private", ""), ("GET /public/again", ""), ("GET /admin", "X-Admin: yes\r\n")];
+    assert_eq!(
+        statuses_on_one_connection("ple2-shop.client", "10.200.41.10:8080", &requests),
+        vec![Some(200), Some(403), Some(200), Some(200)],
+    );
+
+    // Egress HTTP rules, on the client's side: GET passes, DELETE is refused.
+    assert_eq!(probe("9090", "GET /anything", &[]).0, Some(0), "{}", local.log());
+    let (code, stdout, _) = probe("9090", "DELETE /anything", &[]);
+    assert_eq!(code, Some(1), "{stdout}");
+    assert!(stdout.contains("HTTP 403"), "{stdout}");
+}

@@ -29,7 +29,8 @@ use aya::{
 };
 use palisade_common::{
     EndpointConfig, EndpointCounters, FlowKey, FlowStats, MAX_ENDPOINTS, NODE_STATE_EPOCH, NODE_STATE_GENERATION,
-    NODE_STATE_PROXY_PORT, NODE_STATE_VERSION, PolicyEntry, PolicyKey, PolicyMatch, PolicyValue, SlotKey, SlotSelection,
+    NODE_STATE_PROXY_PORT, NODE_STATE_VERSION, PolicyEntry, PolicyKey, PolicyMatch, PolicyValue, SlotKey,
+    SlotSelection,
 };
 
 pub use batch::update_batch;

@@ -90,8 +90,7 @@ fn test_proxy(node: &str) -> mpsc::Receiver<Accepted> {
     let node = node.to_owned();
     thread::spawn(move || {
         for client in listener.incoming().flatten() {
-            let accepted =
-                Accepted { client: client.peer_addr().unwrap(), destination: client.local_addr().unwrap() };
+            let accepted = Accepted { client: client.peer_addr().unwrap(), destination: client.local_addr().unwrap() };
             let (from, to) = (accepted.client, accepted.destination);
             let _ = tx.send(accepted);
             let upstream = in_netns(&node, move || upstream(from, to));

@@ -26,6 +26,7 @@ use crate::dataplane::{Dataplane, Interface, InterfaceResolver};
 use crate::input::Change;
 use crate::node_state::{CANDIDATE_SET, Compiled, ENFORCED_SET, NodeView, ObjectKey, Revision, Targets, merge};
 use crate::observe::{self, ObservedFlow};
+use crate::proxy::ProxyPolicy;
 use crate::report::{LoadedSets, Reporter};
 
 #[derive(Debug, thiserror::Error)]
@@ -121,6 +122,9 @@ pub struct Agent<D, R> {
     /// What the datapath's ipcache holds, sorted by prefix.
     ipcache: Vec<(Prefix, u32)>,
     generations: u64,
+    /// Bumped whenever either compiled set changes; the proxy's copy is from `proxy_policy_seen`.
+    policy_changes: u64,
+    proxy_policy_seen: u64,
     /// What the audits saw so far, for the PolicyAuditReports.
     reporter: Reporter,
     /// The candidate set changed: its audit starts afresh once it is programmed.
@@ -146,6 +150,8 @@ impl<D: Dataplane, R: InterfaceResolver> Agent<D, R> {
             endpoints: BTreeMap::new(),
             ipcache: Vec::new(),
             generations: 0,
+            policy_changes: 0,
+            proxy_policy_seen: 0,
             reporter: Reporter::default(),
             audit_restart_pending: false,
             candidate_touched: false,
@@ -260,6 +266,7 @@ impl<D: Dataplane, R: InterfaceResolver> Agent<D, R> {
 
     fn each_engine(&mut self, mut change: impl FnMut(&mut CompiledPolicy)) {
         if let Some(compiled) = &mut self.compiled {
+            self.policy_changes += 1;
             change(&mut compiled.enforced);
             if let Some(candidate) = &mut compiled.candidate {
                 change(candidate);
@@ -407,6 +414,7 @@ impl<D: Dataplane, R: InterfaceResolver> Agent<D, R> {
         let candidate_engine =
             auditing.then(|| CompiledPolicy::with_options(candidate_set, self.cluster.clone(), options.clone()));
         self.generations += 1;
+        self.policy_changes += 1;
         self.compiled = Some(Compiled {
             generation: self.generations,
             enforced: CompiledPolicy::with_options(enforced_set, self.cluster.clone(), options),
@@ -417,6 +425,18 @@ impl<D: Dataplane, R: InterfaceResolver> Agent<D, R> {
         });
         self.audit_restart_pending |= candidate_changed;
         Ok(())
+    }
+
+    /// The compiled sets for the L7 proxy, when they changed since the last call: `Some(None)`
+    /// when no policy has L7 rules (nothing is steered to the proxy then).
+    pub fn proxy_policy_update(&mut self) -> Option<Option<ProxyPolicy>> {
+        let compiled = self.compiled.as_ref().filter(|_| self.policy_changes != self.proxy_policy_seen)?;
+        self.proxy_policy_seen = self.policy_changes;
+        let l7 = compiled.enforced.has_l7_rules() || compiled.candidate.as_ref().is_some_and(|c| c.has_l7_rules());
+        Some(l7.then(|| ProxyPolicy {
+            enforced: Arc::new(compiled.enforced.clone()),
+            candidate: compiled.candidate.clone().map(Arc::new),
+        }))
     }
 
     /// The counters of every attached endpoint (the others have seen no traffic).

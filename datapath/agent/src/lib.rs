@@ -13,6 +13,7 @@ pub mod flow_access;
 mod input;
 mod node_state;
 pub mod observe;
+pub mod proxy;
 mod report;
 pub mod report_writer;
 pub mod runtime;

@@ -288,7 +288,7 @@ fn peer(engine: &CompiledPolicy, identity: u32) -> FlowEndpoint {
     FlowEndpoint { labels, cidr: found.prefix.map(|p| p.to_string()), ..Default::default() }
 }
 
-/// A redirect is denied until an L7 proxy exists (drop reason `l7-unsupported`).
+/// A redirect is judged by the L7 proxy; where no proxy can judge it, the datapath drops it as `l7-unsupported`.
 fn verdict(verdict: Option<dp::Verdict>) -> Verdict {
     if verdict.is_some_and(dp::Verdict::drops) { Verdict::Deny } else { Verdict::Allow }
 }

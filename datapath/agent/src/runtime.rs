@@ -21,6 +21,7 @@ use crate::agent::{Agent, Error};
 use crate::dataplane::{Dataplane, FlowEvents, InterfaceResolver};
 use crate::input::Change;
 use crate::observe::{FlowHub, ObservedFlow};
+use crate::proxy::{L7Diffs, Proxy, SharedPolicy, install_routing};
 
 /// Longest the agent's thread waits before draining the flow events again.
 const EVENT_WAIT: Duration = Duration::from_millis(100);
@@ -41,6 +42,11 @@ pub struct RuntimeOptions {
     pub on_flow: Option<FlowHook>,
     /// Where observed flows are published ([`AgentHandle::flows`]); closed when the agent stops.
     pub flows: FlowHub,
+    /// Run the L7 proxy on this port of 127.0.0.1 (0: any free one). `None`: no proxy, and
+    /// connections whose policy has L7 rules are dropped (`l7-unsupported`).
+    pub proxy_port: Option<u16>,
+    /// What the proxy finds the candidate would judge otherwise.
+    pub l7_diffs: L7Diffs,
 }
 
 /// One convergence after [`Change::Synced`].
@@ -80,6 +86,8 @@ impl Default for RuntimeOptions {
             on_converge: None,
             on_flow: None,
             flows: FlowHub::default(),
+            proxy_port: Some(0),
+            l7_diffs: L7Diffs::default(),
         }
     }
 }
@@ -132,6 +140,10 @@ fn run<D: Dataplane, R: InterfaceResolver>(
     let mut next_report = Instant::now() + options.report_interval;
     let mut last_report: Option<Instant> = None;
     let mut events = agent.dataplane().events().map_err(|e| warn!("no flow events to observe: {e}")).ok();
+    let policy = SharedPolicy::default();
+    // Started here: in local mode this thread is in the node's namespace, where the proxy's
+    // sockets and routes must be.
+    let _proxy = options.proxy_port.and_then(|port| start_proxy(&mut agent, port, &policy, options));
     let mut failed = false;
     let mut retry_at = Instant::now();
     let mut synced = false;
@@ -172,6 +184,9 @@ fn run<D: Dataplane, R: InterfaceResolver>(
                 let ok = result.is_ok();
                 (hook.0)(&Convergence { duration: started.elapsed(), ok, endpoints: agent.endpoints().len() });
             }
+            if let Some(update) = agent.proxy_policy_update() {
+                policy.publish(update);
+            }
             failed = match result {
                 Ok(()) => false,
                 Err(e) => {
@@ -198,6 +213,29 @@ fn run<D: Dataplane, R: InterfaceResolver>(
         }
     }
     info!("agent stopped");
+}
+
+/// Starts the L7 proxy and tells the datapath where it listens; without it, redirects stay
+/// closed.
+fn start_proxy<D: Dataplane, R: InterfaceResolver>(
+    agent: &mut Agent<D, R>,
+    port: u16,
+    policy: &SharedPolicy,
+    options: &RuntimeOptions,
+) -> Option<Proxy> {
+    let started = install_routing().and_then(|()| Proxy::start(port, policy.clone(), options.l7_diffs.clone()));
+    let proxy = match started {
+        Ok(proxy) => proxy,
+        Err(e) => {
+            warn!("no L7 proxy: connections with L7 rules are dropped (l7-unsupported): {e}");
+            return None;
+        }
+    };
+    if let Err(e) = agent.dataplane_mut().set_proxy_port(Some(proxy.port())) {
+        warn!("no L7 proxy: the datapath cannot be told where it listens: {e}");
+        return None;
+    }
+    Some(proxy)
 }
 
 /// Publishes what the datapath reported since the last time, without waiting.
