@@ -16,7 +16,7 @@ test: deps
 
 # Root: only the end-to-end tests (local mode, real eBPF, Git and traffic); `test` runs them too.
 e2e: deps
-	$(CARGO) test --release -p palisade --test e2e_examples --test e2e_story --test e2e_localhost --test e2e_services
+	$(CARGO) test --release -p palisade --test e2e_examples --test e2e_story --test e2e_localhost --test e2e_services --test e2e_l7
 
 demo: build
 	@bash scripts/demo.sh

@@ -3,7 +3,7 @@
 //! `u8`s of the `#[repr(C)]` map structs. The eBPF program keeps using the raw constants.
 use crate::{
     DROP_POLICY_DENIED, DropReason, EndpointConfig, MODE_AUDIT, MODE_ENFORCE, MODE_OFF, SLOT_A, SLOT_B, SLOT_NONE,
-    SlotKey, SlotSelection, VERDICT_ALLOW, VERDICT_DENY, VERDICT_REDIRECT,
+    SlotKey, SlotSelection, VERDICT_ALLOW, VERDICT_DENY, VERDICT_L7_UNSUPPORTED, VERDICT_REDIRECT,
 };
 
 /// What a policy entry does with the traffic it matches.
@@ -13,6 +13,9 @@ pub enum Verdict {
     Deny,
     /// Allowed at L4 and handed to the L7 proxy.
     Redirect,
+    /// A redirect no proxy could take (no proxy runs, or not TCP): dropped as `l7-unsupported`.
+    /// Only in what the datapath reports, never in a policy map.
+    Unproxied,
 }
 
 impl Verdict {
@@ -21,6 +24,7 @@ impl Verdict {
             Verdict::Allow => VERDICT_ALLOW,
             Verdict::Deny => VERDICT_DENY,
             Verdict::Redirect => VERDICT_REDIRECT,
+            Verdict::Unproxied => VERDICT_L7_UNSUPPORTED,
         }
     }
 
@@ -30,6 +34,7 @@ impl Verdict {
             VERDICT_ALLOW => Some(Verdict::Allow),
             VERDICT_DENY => Some(Verdict::Deny),
             VERDICT_REDIRECT => Some(Verdict::Redirect),
+            VERDICT_L7_UNSUPPORTED => Some(Verdict::Unproxied),
             _ => None,
         }
     }
@@ -59,15 +64,17 @@ impl Verdict {
             Verdict::Deny => DropReason::from_raw(DROP_POLICY_DENIED),
             // The L7 proxy judges it; the program itself drops a redirect no proxy can take.
             Verdict::Redirect => None,
+            Verdict::Unproxied => DropReason::from_raw(crate::DROP_L7_UNSUPPORTED),
         }
     }
 
-    /// `allow`, `deny` or `redirect`.
+    /// `allow`, `deny`, `redirect` or `unproxied`.
     pub const fn as_str(self) -> &'static str {
         match self {
             Verdict::Allow => "allow",
             Verdict::Deny => "deny",
             Verdict::Redirect => "redirect",
+            Verdict::Unproxied => "unproxied",
         }
     }
 }
@@ -321,7 +328,7 @@ mod tests {
 
     #[test]
     fn typed_values_round_trip_through_their_bytes() {
-        for verdict in [Verdict::Allow, Verdict::Deny, Verdict::Redirect] {
+        for verdict in [Verdict::Allow, Verdict::Deny, Verdict::Redirect, Verdict::Unproxied] {
             assert_eq!(Verdict::from_raw(verdict.raw()), Some(verdict));
         }
         assert_eq!(Verdict::from_raw(crate::VERDICT_NONE), None);
