@@ -253,3 +253,54 @@ fn http_rules_are_enforced_request_by_request_by_the_proxy() {
     assert_eq!(code, Some(1), "{stdout}");
     assert!(stdout.contains("HTTP 403"), "{stdout}");
 }
+
+#[test]
+fn a_candidate_that_would_403_a_live_request_blocks_with_that_request_shown() {
+    use palisade_rollout::crd::Phase;
+    use std::time::{Duration, Instant};
+    let dir = tempfile::tempdir().unwrap();
+    let cluster = dir.path().join("cluster.yaml");
+    std::fs::write(&cluster, POLICY_CLUSTER).unwrap();
+    let repo = support::Repo::new();
+    repo.commit(&[("web.yaml", HTTP_RULES)], "web: HTTP rules");
+    let mut local = LocalCluster::up("ple3-", &cluster);
+    local.run(&support::rollout_yaml("shop", "shop", &repo, "6s", ""));
+    local.wait("shop", "shop", "the HTTP rules enforced", Duration::from_secs(60), |s| s.phase == Phase::Enforced);
+
+    // The candidate drops the /public rule: live GET /public requests would get 403s.
+    let stricter = HTTP_RULES.replace("        - {method: GET, path: '/public(/.*)?'}\n", "");
+    let commit = repo.commit(&[("web.yaml", &stricter)], "web: only /admin");
+    let probe = || {
+        printed(&local.local_probe(&[
+            "--from",
+            "shop/client",
+            "--to",
+            "shop/web",
+            "--port",
+            "8080",
+            "--http",
+            "GET /public",
+        ]))
+    };
+    let start = Instant::now();
+    let blocked = loop {
+        // Still enforced meanwhile: the live request keeps its 200.
+        assert_eq!(probe().0, Some(0), "the enforced revision allows GET /public\n{}", local.log());
+        let status = local.rollout("shop", "shop").and_then(|r| r.status);
+        if let Some(status) = status.filter(|s| s.phase == Phase::Blocked) {
+            break status;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "not blocked: {:#?}\n{}",
+            local.rollout("shop", "shop"),
+            local.log()
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    };
+    assert!(blocked.candidate_revision.is_some_and(|c| c.display.ends_with(&commit)), "the stricter commit is blocked");
+    let (ok, out) = local.cli(&["describe", "rollout", "shop", "-n", "shop"]);
+    assert!(ok, "{out}");
+    assert!(out.contains("8080/TCP GET /public"), "describe shows the request the candidate would deny:\n{out}");
+    assert_eq!(probe().0, Some(0), "a blocked candidate changes nothing");
+}

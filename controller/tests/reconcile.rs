@@ -259,6 +259,7 @@ fn deny(port: u16) -> AuditFlow {
         first_seen: time.clone(),
         last_seen: time,
         rule: Some("CiliumNetworkPolicy shop/web ingress[0]".into()),
+        http: None,
     }
 }
 

@@ -752,6 +752,20 @@ pub struct AuditFlow {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(max = RULE_MAX))]
     pub rule: Option<String>,
+    /// Set for requests the node's L7 proxy judged (HTTP rules): which requests differ. `count`
+    /// then counts requests, not packets.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub http: Option<HttpRequestKind>,
+}
+
+/// Requests of one method to one path, as the L7 proxy saw them.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct HttpRequestKind {
+    #[schemars(length(max = 32))]
+    pub method: String,
+    #[schemars(length(max = PATH_MAX))]
+    pub path: String,
 }
 
 /// A side of a flow, named by labels: identities are node-local numbers and mean nothing here.

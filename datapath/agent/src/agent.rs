@@ -26,7 +26,7 @@ use crate::dataplane::{Dataplane, Interface, InterfaceResolver};
 use crate::input::Change;
 use crate::node_state::{CANDIDATE_SET, Compiled, ENFORCED_SET, NodeView, ObjectKey, Revision, Targets, merge};
 use crate::observe::{self, ObservedFlow};
-use crate::proxy::ProxyPolicy;
+use crate::proxy::{L7Diffs, ProxyPolicy};
 use crate::report::{LoadedSets, Reporter};
 
 #[derive(Debug, thiserror::Error)]
@@ -125,6 +125,8 @@ pub struct Agent<D, R> {
     /// Bumped whenever either compiled set changes; the proxy's copy is from `proxy_policy_seen`.
     policy_changes: u64,
     proxy_policy_seen: u64,
+    /// What the L7 proxy found the candidate would judge otherwise.
+    l7_diffs: L7Diffs,
     /// What the audits saw so far, for the PolicyAuditReports.
     reporter: Reporter,
     /// The candidate set changed: its audit starts afresh once it is programmed.
@@ -152,6 +154,7 @@ impl<D: Dataplane, R: InterfaceResolver> Agent<D, R> {
             generations: 0,
             policy_changes: 0,
             proxy_policy_seen: 0,
+            l7_diffs: L7Diffs::default(),
             reporter: Reporter::default(),
             audit_restart_pending: false,
             candidate_touched: false,
@@ -189,7 +192,13 @@ impl<D: Dataplane, R: InterfaceResolver> Agent<D, R> {
                 && self.endpoints.values().all(|e| e.audits(&compiled.candidate_revisions)),
         };
         let view = node_view(&self.config, &self.compiled, &self.rollouts, &self.revisions, &self.endpoints);
-        Ok(self.reporter.reports(&view, loaded, &counters, &flows, now))
+        let l7 = self.l7_diffs.snapshot();
+        Ok(self.reporter.reports(&view, loaded, &counters, (&flows, &l7), now))
+    }
+
+    /// Where the L7 proxy counts the requests the candidate would judge otherwise.
+    pub fn l7_diffs(&self) -> &L7Diffs {
+        &self.l7_diffs
     }
 
     /// A datapath flow event as an observer sees it: both ends by pod (or identity), the rule
@@ -363,6 +372,7 @@ impl<D: Dataplane, R: InterfaceResolver> Agent<D, R> {
                 self.dataplane.clear_flows()?;
             }
             self.reporter.restart_audits(&self.attached_counters()?);
+            self.l7_diffs.clear();
             self.audit_restart_pending = false;
         }
         Ok(())

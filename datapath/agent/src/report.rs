@@ -9,12 +9,13 @@ use palisade_datapath::{EndpointId, Flow};
 use palisade_policy::CompiledPolicy;
 use palisade_policy::compile::Enforcement;
 use palisade_rollout::crd::{
-    AuditFlow, AuditTotals, Direction, EndpointTraffic, FlowEndpoint, PolicyAuditReport, PolicyAuditReportSpec,
-    Protocol, Verdict,
+    AuditFlow, AuditTotals, Direction, EndpointTraffic, FlowEndpoint, HttpRequestKind, PolicyAuditReport,
+    PolicyAuditReportSpec, Protocol, Verdict,
 };
 
 use crate::drops::RolloutDrops;
 use crate::node_state::{CANDIDATE_SET, Compiled, ENFORCED_SET, NodeView, ObjectKey};
+use crate::proxy::{L7Diff, L7Seen};
 
 /// Flows listed per report, most frequent first; the totals count them all.
 pub const AUDIT_FLOW_CAP: usize = 100;
@@ -37,18 +38,26 @@ struct AuditState {
     flow_baseline: HashMap<FlowKey, u64>,
     /// Per flow: packets at the last report and when that count last grew.
     last_seen: HashMap<FlowKey, (u64, Timestamp)>,
+    /// Requests the L7 proxy had counted per kind when the audit restarted on its own.
+    l7_baseline: HashMap<L7Diff, u64>,
 }
 
 impl AuditState {
     /// The audit of one rollout starts again now, from the node's counters and flows as they
     /// are, leaving the other rollouts' audits alone.
-    fn restarted(generation: u64, judged: &HashMap<EndpointId, u64>, flows: &[Flow], now: Timestamp) -> AuditState {
+    fn restarted(
+        generation: u64,
+        judged: &HashMap<EndpointId, u64>,
+        (flows, l7): (&[Flow], &[(L7Diff, L7Seen)]),
+        now: Timestamp,
+    ) -> AuditState {
         AuditState {
             started_at: now,
             generation,
             baseline: judged.clone(),
             flow_baseline: flows.iter().map(|f| (f.key, f.packets)).collect(),
             last_seen: flows.iter().map(|f| (f.key, (f.packets, now))).collect(),
+            l7_baseline: l7.iter().map(|(diff, seen)| (diff.clone(), seen.requests)).collect(),
         }
     }
 
@@ -96,14 +105,14 @@ impl Reporter {
         self.drops.forget(rollout);
     }
 
-    /// One PolicyAuditReport per rollout, from the attached endpoints' `counters` and the `flows`
-    /// the datapath recorded.
+    /// One PolicyAuditReport per rollout, from the attached endpoints' `counters`, the `flows`
+    /// the datapath recorded and the requests the L7 proxy found judged otherwise (`l7`).
     pub(crate) fn reports(
         &mut self,
         view: &NodeView,
         loaded: LoadedSets,
         counters: &[(EndpointId, EndpointCounters)],
-        flows: &[Flow],
+        (flows, l7): (&[Flow], &[(L7Diff, L7Seen)]),
         now: Timestamp,
     ) -> Vec<PolicyAuditReport> {
         let Some(compiled) = view.compiled else { return Vec::new() };
@@ -139,12 +148,14 @@ impl Reporter {
                     baseline: self.baseline.clone(),
                     flow_baseline: HashMap::new(),
                     last_seen: HashMap::new(),
+                    l7_baseline: HashMap::new(),
                 });
                 if audit.generation != targets.audit_generation {
-                    *audit = AuditState::restarted(targets.audit_generation, &judged, flows, now);
+                    *audit = AuditState::restarted(targets.audit_generation, &judged, (flows, l7), now);
                 }
                 spec.audit_started_at = Some(Time(audit.started_at));
-                let mine = |flow: &Flow| attributed(compiled, flow, key, &auditing);
+                let mine =
+                    |flow: &Flow| attributed(compiled, (flow.candidate_cookie, flow.enforced_cookie), key, &auditing);
                 let mut listed: Vec<AuditFlow> = Vec::new();
                 for flow in flows.iter().filter(|f| differs(f) && mine(f)) {
                     let Some(pod) = by_id.get(&flow.key.endpoint) else { continue };
@@ -188,7 +199,24 @@ impl Reporter {
                         first_seen: Time(first_seen),
                         last_seen: Time(last.1),
                         rule: Some(rule),
+                        http: None,
                     });
+                }
+                for (diff, seen) in l7 {
+                    if !attributed(compiled, (diff.candidate_cookie, diff.enforced_cookie), key, &auditing) {
+                        continue;
+                    }
+                    let count = seen.requests.saturating_sub(audit.l7_baseline.get(diff).copied().unwrap_or(0));
+                    if count == 0 {
+                        continue;
+                    }
+                    let (flow, candidate_denies) = l7_flow(compiled, diff, seen, count, audit.started_at);
+                    if candidate_denies {
+                        spec.totals.new_denies += 1;
+                    } else {
+                        spec.totals.new_allows += 1;
+                    }
+                    listed.push(flow);
                 }
                 listed.sort_by_key(|f| std::cmp::Reverse(f.count));
                 spec.totals.truncated_flows = listed.len().saturating_sub(AUDIT_FLOW_CAP) as u64;
@@ -241,11 +269,46 @@ fn differs(flow: &Flow) -> bool {
     flow.key.candidate_verdict().is_some_and(|candidate| candidate.drops() != flow.key.enforced_verdict().drops())
 }
 
-/// Whether a differing flow belongs to `rollout`'s audit: the rollout of the rule that decided
-/// either way; a flow no rule decided (default deny, no policy) belongs to every audit.
-fn attributed(compiled: &Compiled, flow: &Flow, rollout: &ObjectKey, auditing: &[ObjectKey]) -> bool {
-    let origins =
-        [compiled.origin(CANDIDATE_SET, flow.candidate_cookie), compiled.origin(ENFORCED_SET, flow.enforced_cookie)];
+/// Requests of one kind the L7 proxy saw the candidate judge otherwise, as a report lists them;
+/// and whether the candidate denies them.
+fn l7_flow(compiled: &Compiled, diff: &L7Diff, seen: &L7Seen, count: u64, audit_start: Timestamp) -> (AuditFlow, bool) {
+    let candidate_denies = !diff.candidate_allows;
+    let rule = if candidate_denies {
+        compiled.candidate_engine().policies().describe_cookie(diff.candidate_cookie)
+    } else {
+        compiled.enforced.policies().describe_cookie(diff.enforced_cookie)
+    };
+    let verdict = |allows: bool| if allows { Verdict::Allow } else { Verdict::Deny };
+    let flow = AuditFlow {
+        direction: match diff.direction {
+            dp::Direction::Ingress => Direction::Ingress,
+            dp::Direction::Egress => Direction::Egress,
+        },
+        subject: subject(compiled, &(diff.namespace.clone(), diff.pod.clone())),
+        peer: peer(&compiled.enforced, diff.peer_identity),
+        port: diff.port,
+        protocol: Protocol::Tcp,
+        enforced_verdict: verdict(diff.enforced_allows),
+        candidate_verdict: verdict(diff.candidate_allows),
+        count,
+        first_seen: Time(seen.first_seen.max(audit_start)),
+        last_seen: Time(seen.last_seen),
+        rule: Some(rule),
+        http: Some(HttpRequestKind { method: diff.method.clone(), path: diff.path.clone() }),
+    };
+    (flow, candidate_denies)
+}
+
+/// Whether a differing flow (the candidate's and the enforced rule's cookies) belongs to
+/// `rollout`'s audit: the rollout of the rule that decided either way; a flow no rule decided
+/// (default deny, no policy) belongs to every audit.
+fn attributed(
+    compiled: &Compiled,
+    (candidate, enforced): (u32, u32),
+    rollout: &ObjectKey,
+    auditing: &[ObjectKey],
+) -> bool {
+    let origins = [compiled.origin(CANDIDATE_SET, candidate), compiled.origin(ENFORCED_SET, enforced)];
     if origins.iter().all(Option::is_none) {
         return auditing.contains(rollout);
     }

@@ -21,7 +21,7 @@ use crate::agent::{Agent, Error};
 use crate::dataplane::{Dataplane, FlowEvents, InterfaceResolver};
 use crate::input::Change;
 use crate::observe::{FlowHub, ObservedFlow};
-use crate::proxy::{L7Diffs, Proxy, SharedPolicy, install_routing};
+use crate::proxy::{Proxy, SharedPolicy, install_routing};
 
 /// Longest the agent's thread waits before draining the flow events again.
 const EVENT_WAIT: Duration = Duration::from_millis(100);
@@ -45,8 +45,6 @@ pub struct RuntimeOptions {
     /// Run the L7 proxy on this port of 127.0.0.1 (0: any free one). `None`: no proxy, and
     /// connections whose policy has L7 rules are dropped (`l7-unsupported`).
     pub proxy_port: Option<u16>,
-    /// What the proxy finds the candidate would judge otherwise.
-    pub l7_diffs: L7Diffs,
 }
 
 /// One convergence after [`Change::Synced`].
@@ -87,7 +85,6 @@ impl Default for RuntimeOptions {
             on_flow: None,
             flows: FlowHub::default(),
             proxy_port: Some(0),
-            l7_diffs: L7Diffs::default(),
         }
     }
 }
@@ -143,7 +140,7 @@ fn run<D: Dataplane, R: InterfaceResolver>(
     let policy = SharedPolicy::default();
     // Started here: in local mode this thread is in the node's namespace, where the proxy's
     // sockets and routes must be.
-    let _proxy = options.proxy_port.and_then(|port| start_proxy(&mut agent, port, &policy, options));
+    let _proxy = options.proxy_port.and_then(|port| start_proxy(&mut agent, port, &policy));
     let mut failed = false;
     let mut retry_at = Instant::now();
     let mut synced = false;
@@ -221,9 +218,8 @@ fn start_proxy<D: Dataplane, R: InterfaceResolver>(
     agent: &mut Agent<D, R>,
     port: u16,
     policy: &SharedPolicy,
-    options: &RuntimeOptions,
 ) -> Option<Proxy> {
-    let started = install_routing().and_then(|()| Proxy::start(port, policy.clone(), options.l7_diffs.clone()));
+    let started = install_routing().and_then(|()| Proxy::start(port, policy.clone(), agent.l7_diffs().clone()));
     let proxy = match started {
         Ok(proxy) => proxy,
         Err(e) => {

@@ -127,6 +127,7 @@ pub fn denied(peer: &str, port: u16) -> AuditFlow {
         first_seen: Time(t(0)),
         last_seen: Time(t(1)),
         rule: Some("CiliumNetworkPolicy shop/web ingress[0]".into()),
+        http: None,
     }
 }
 

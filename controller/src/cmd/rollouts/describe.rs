@@ -267,7 +267,11 @@ fn describe_audit(
                 direction: format!("{:?}", flow.direction),
                 subject: endpoint(&flow.subject),
                 peer: endpoint(&flow.peer),
-                port: format!("{}/{}", flow.port, wire(&flow.protocol)),
+                // A request the L7 proxy judged shows as the request: `8080/TCP GET /admin`.
+                port: match &flow.http {
+                    Some(http) => format!("{}/{} {} {}", flow.port, wire(&flow.protocol), http.method, http.path),
+                    None => format!("{}/{}", flow.port, wire(&flow.protocol)),
+                },
                 rule: flow.rule.clone().unwrap_or_else(|| "-".into()),
             };
             let expected = rollout.spec.audit.expected_denies.iter().any(|s| matches(s, flow));

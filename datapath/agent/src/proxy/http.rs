@@ -12,10 +12,11 @@ use hyper::header::{HeaderName, HeaderValue};
 use hyper::service::service_fn;
 use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
-use palisade_common::MARK_FROM_PROXY;
+use palisade_common::Direction;
+use palisade_common::{COOKIE_NONE, MARK_FROM_PROXY};
 use palisade_policy::CompiledPolicy;
 use palisade_policy::l7::{HttpRequest, HttpRewrite, L7Request};
-use palisade_policy::model::{Direction, Protocol};
+use palisade_policy::model::Protocol;
 use palisade_policy::trace::FlowPort;
 use socket2::{Domain, Socket, Type};
 use tokio::net::{TcpSocket, TcpStream};
@@ -74,15 +75,18 @@ async fn handle(
             if judged.allowed != enforced.allowed {
                 let L7Request::Http(http) = &seen else { continue };
                 diffs.record(L7Diff {
-                    endpoint: side.endpoint.clone(),
-                    direction: side.direction.as_str(),
+                    namespace: side.namespace.clone(),
+                    pod: side.name.clone(),
+                    direction: side.direction,
                     peer: side.peer,
+                    peer_identity: side.remote,
                     port: port.port,
                     method: http.method.clone(),
                     path: http.path.clone(),
                     enforced_allows: enforced.allowed,
                     candidate_allows: judged.allowed,
-                    candidate_reason: judged.reason,
+                    enforced_cookie: enforced.cookie,
+                    candidate_cookie: judged.cookie,
                 });
             }
         }
@@ -118,7 +122,6 @@ fn as_judged(request: &Request<Incoming>) -> L7Request {
 
 /// One end of the connection that is a local endpoint, whose policy judges the request.
 struct Side {
-    endpoint: String,
     namespace: String,
     name: String,
     direction: Direction,
@@ -130,6 +133,7 @@ struct Side {
 struct SideVerdict {
     allowed: bool,
     reason: String,
+    cookie: u32,
     rewrite: HttpRewrite,
 }
 
@@ -142,7 +146,6 @@ fn sides(policy: &CompiledPolicy, ends: Ends) -> Vec<Side> {
     {
         if let Some((namespace, name)) = policy.endpoint_at(local) {
             sides.push(Side {
-                endpoint: format!("{namespace}/{name}"),
                 namespace: namespace.to_string(),
                 name: name.to_string(),
                 direction,
@@ -160,11 +163,16 @@ impl Side {
         if let Some(verdict) =
             policy.judge_request(&self.namespace, &self.name, self.direction, self.remote, port, request)
         {
-            return SideVerdict { allowed: verdict.allowed, reason: verdict.reason, rewrite: verdict.rewrite };
+            return SideVerdict {
+                allowed: verdict.allowed,
+                reason: verdict.reason,
+                cookie: verdict.cookie,
+                rewrite: verdict.rewrite,
+            };
         }
         let allowed = policy.l4_allows(&self.namespace, &self.name, self.direction, self.remote, port).unwrap_or(true);
         let reason = if allowed { "allowed at L4" } else { "denied at L4" };
-        SideVerdict { allowed, reason: reason.to_string(), rewrite: HttpRewrite::default() }
+        SideVerdict { allowed, reason: reason.to_string(), cookie: COOKIE_NONE, rewrite: HttpRewrite::default() }
     }
 }
 

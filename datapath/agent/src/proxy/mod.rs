@@ -15,6 +15,8 @@ use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::sync::{Arc, Mutex, RwLock};
 use std::thread::{self, JoinHandle};
 
+use k8s_openapi::jiff::Timestamp;
+use palisade_common::Direction;
 use palisade_policy::CompiledPolicy;
 use socket2::{Domain, Socket, Type};
 use tokio::sync::watch;
@@ -46,34 +48,55 @@ impl SharedPolicy {
     }
 }
 
-/// One kind of request the candidate judges otherwise than the enforced policy.
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+/// One kind of request the candidate judges otherwise than the enforced policy, at one
+/// endpoint in one direction.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct L7Diff {
-    /// The endpoint whose policy differs (`namespace/name`) and in which direction.
-    pub endpoint: String,
-    pub direction: &'static str,
-    /// The peer's address.
+    /// The endpoint whose policy judged it.
+    pub namespace: String,
+    pub pod: String,
+    pub direction: Direction,
+    /// The other end: its address and identity.
     pub peer: Ipv4Addr,
+    pub peer_identity: u32,
     pub port: u16,
     pub method: String,
     pub path: String,
     pub enforced_allows: bool,
     pub candidate_allows: bool,
-    /// Why the candidate decides as it does (its rule, or why it denies).
-    pub candidate_reason: String,
+    /// The rules that decided (`COOKIE_NONE` where none did).
+    pub enforced_cookie: u32,
+    pub candidate_cookie: u32,
 }
 
-/// Requests per [`L7Diff`], shared with the agent's reports.
+/// How many requests of an [`L7Diff`] the proxy saw, and when.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct L7Seen {
+    pub requests: u64,
+    pub first_seen: Timestamp,
+    pub last_seen: Timestamp,
+}
+
+/// Requests per [`L7Diff`], shared by the proxy (which counts) and the agent's reports.
 #[derive(Clone, Debug, Default)]
-pub struct L7Diffs(Arc<Mutex<BTreeMap<L7Diff, u64>>>);
+pub struct L7Diffs(Arc<Mutex<BTreeMap<L7Diff, L7Seen>>>);
 
 impl L7Diffs {
     pub fn record(&self, diff: L7Diff) {
-        *self.0.lock().unwrap_or_else(|p| p.into_inner()).entry(diff).or_default() += 1;
+        let now = Timestamp::now();
+        let mut diffs = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let seen = diffs.entry(diff).or_insert(L7Seen { requests: 0, first_seen: now, last_seen: now });
+        seen.requests += 1;
+        seen.last_seen = now;
     }
 
-    pub fn snapshot(&self) -> Vec<(L7Diff, u64)> {
-        self.0.lock().unwrap_or_else(|p| p.into_inner()).iter().map(|(d, n)| (d.clone(), *n)).collect()
+    pub fn snapshot(&self) -> Vec<(L7Diff, L7Seen)> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).iter().map(|(d, s)| (d.clone(), *s)).collect()
+    }
+
+    /// A new candidate: what the old one would have changed is no evidence about it.
+    pub fn clear(&self) {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).clear();
     }
 }
 
