@@ -52,6 +52,10 @@ struct Args {
     /// `/metrics`, `/healthz`, `/readyz` (open) and `/flows` (to authorized bearer tokens).
     #[arg(long, default_value = "0.0.0.0:9964")]
     metrics_addr: SocketAddr,
+    /// The node's L7 proxy listens on this port of 127.0.0.1 (0: any free port); the datapath
+    /// steers connections whose policy has HTTP rules to it.
+    #[arg(long, default_value_t = 0)]
+    l7_proxy_port: u16,
     /// PolicyAuditReports are written at least this often (`10s`, `500ms`, `1m`).
     #[arg(long, default_value = "10s", value_parser = parse_interval)]
     report_interval: Duration,
@@ -145,6 +149,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         on_converge: Some(hook),
         on_flow: Some(on_flow),
         flows,
+        proxy_port: Some(args.l7_proxy_port),
         ..RuntimeOptions::default()
     };
     let handle = spawn(agent, options).context("cannot start the agent's thread")?;
