@@ -106,7 +106,13 @@ pub async fn run(local: Local, options: RunOptions, shutdown: impl Future<Output
     };
     let agent = Agent::new(config, datapath, RouteResolver);
     let netns = Path::new("/run/netns").join(local.network.node_netns());
-    let runtime = RuntimeOptions { netns: Some(netns), report_interval: options.report_interval, ..Default::default() };
+    let runtime = RuntimeOptions {
+        netns: Some(netns),
+        report_interval: options.report_interval,
+        // The node namespace is local mode's own: its proxy and routes go with it.
+        proxy_port: Some(0),
+        ..Default::default()
+    };
     let AgentHandle { changes, mut reports, thread, flows } = spawn(agent, runtime).context("start the agent")?;
     // `palisade observe --local`; the socket goes when this returns.
     let _observe = palisade_agent::observe::UnixServer::start(flows, &options.state_dir.join("observe.sock"))

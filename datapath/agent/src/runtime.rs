@@ -42,8 +42,10 @@ pub struct RuntimeOptions {
     pub on_flow: Option<FlowHook>,
     /// Where observed flows are published ([`AgentHandle::flows`]); closed when the agent stops.
     pub flows: FlowHub,
-    /// Run the L7 proxy on this port of 127.0.0.1 (0: any free one). `None`: no proxy, and
-    /// connections whose policy has L7 rules are dropped (`l7-unsupported`).
+    /// Run the L7 proxy on this port of 127.0.0.1 (0: any free one), with its policy routing
+    /// in the agent's namespace. `None` (the default, so that nothing touches the routing of a
+    /// namespace nobody asked for): no proxy, and connections whose policy has L7 rules are
+    /// dropped (`l7-unsupported`).
     pub proxy_port: Option<u16>,
 }
 
@@ -84,7 +86,7 @@ impl Default for RuntimeOptions {
             on_converge: None,
             on_flow: None,
             flows: FlowHub::default(),
-            proxy_port: Some(0),
+            proxy_port: None,
         }
     }
 }
