@@ -174,21 +174,9 @@ impl Reporter {
                         first_seen = first_seen.max(audit.started_at);
                     }
                     let candidate_denies = flow.key.candidate_verdict().is_some_and(dp::Verdict::drops);
-                    if candidate_denies {
-                        spec.totals.new_denies += 1;
-                    } else {
-                        spec.totals.new_allows += 1;
-                    }
-                    let rule = if candidate_denies {
-                        compiled.candidate_engine().policies().describe_cookie(flow.candidate_cookie)
-                    } else {
-                        compiled.enforced.policies().describe_cookie(flow.enforced_cookie)
-                    };
+                    let cookies = (flow.candidate_cookie, flow.enforced_cookie);
                     listed.push(AuditFlow {
-                        direction: match flow.key.direction() {
-                            dp::Direction::Ingress => Direction::Ingress,
-                            dp::Direction::Egress => Direction::Egress,
-                        },
+                        direction: direction(flow.key.direction()),
                         subject: subject(compiled, pod),
                         peer: peer(&compiled.enforced, flow.key.identity),
                         port: flow.key.dport,
@@ -198,7 +186,7 @@ impl Reporter {
                         count,
                         first_seen: Time(first_seen),
                         last_seen: Time(last.1),
-                        rule: Some(rule),
+                        rule: Some(deciding_rule(compiled, candidate_denies, cookies)),
                         http: None,
                     });
                 }
@@ -210,14 +198,11 @@ impl Reporter {
                     if count == 0 {
                         continue;
                     }
-                    let (flow, candidate_denies) = l7_flow(compiled, diff, seen, count, audit.started_at);
-                    if candidate_denies {
-                        spec.totals.new_denies += 1;
-                    } else {
-                        spec.totals.new_allows += 1;
-                    }
-                    listed.push(flow);
+                    listed.push(l7_flow(compiled, diff, seen, count, audit.started_at));
                 }
+                let new_denies = listed.iter().filter(|f| f.candidate_verdict == Verdict::Deny).count() as u64;
+                spec.totals.new_denies = new_denies;
+                spec.totals.new_allows = listed.len() as u64 - new_denies;
                 listed.sort_by_key(|f| std::cmp::Reverse(f.count));
                 spec.totals.truncated_flows = listed.len().saturating_sub(AUDIT_FLOW_CAP) as u64;
                 listed.truncate(AUDIT_FLOW_CAP);
@@ -269,21 +254,12 @@ fn differs(flow: &Flow) -> bool {
     flow.key.candidate_verdict().is_some_and(|candidate| candidate.drops() != flow.key.enforced_verdict().drops())
 }
 
-/// Requests of one kind the L7 proxy saw the candidate judge otherwise, as a report lists them;
-/// and whether the candidate denies them.
-fn l7_flow(compiled: &Compiled, diff: &L7Diff, seen: &L7Seen, count: u64, audit_start: Timestamp) -> (AuditFlow, bool) {
-    let candidate_denies = !diff.candidate_allows;
-    let rule = if candidate_denies {
-        compiled.candidate_engine().policies().describe_cookie(diff.candidate_cookie)
-    } else {
-        compiled.enforced.policies().describe_cookie(diff.enforced_cookie)
-    };
+/// Requests of one kind the L7 proxy saw the candidate judge otherwise, as a report lists them.
+fn l7_flow(compiled: &Compiled, diff: &L7Diff, seen: &L7Seen, count: u64, audit_start: Timestamp) -> AuditFlow {
     let verdict = |allows: bool| if allows { Verdict::Allow } else { Verdict::Deny };
-    let flow = AuditFlow {
-        direction: match diff.direction {
-            dp::Direction::Ingress => Direction::Ingress,
-            dp::Direction::Egress => Direction::Egress,
-        },
+    let cookies = (diff.candidate_cookie, diff.enforced_cookie);
+    AuditFlow {
+        direction: direction(diff.direction),
         subject: subject(compiled, &(diff.namespace.clone(), diff.pod.clone())),
         peer: peer(&compiled.enforced, diff.peer_identity),
         port: diff.port,
@@ -293,10 +269,26 @@ fn l7_flow(compiled: &Compiled, diff: &L7Diff, seen: &L7Seen, count: u64, audit_
         count,
         first_seen: Time(seen.first_seen.max(audit_start)),
         last_seen: Time(seen.last_seen),
-        rule: Some(rule),
+        rule: Some(deciding_rule(compiled, !diff.candidate_allows, cookies)),
         http: Some(HttpRequestKind { method: diff.method.clone(), path: diff.path.clone() }),
-    };
-    (flow, candidate_denies)
+    }
+}
+
+/// The rule a report names for a differing flow: the candidate's when it denies, else the
+/// enforced one's (`cookies`: the candidate's and the enforced rule's).
+fn deciding_rule(compiled: &Compiled, candidate_denies: bool, (candidate, enforced): (u32, u32)) -> String {
+    if candidate_denies {
+        compiled.candidate_engine().policies().describe_cookie(candidate)
+    } else {
+        compiled.enforced.policies().describe_cookie(enforced)
+    }
+}
+
+fn direction(direction: dp::Direction) -> Direction {
+    match direction {
+        dp::Direction::Ingress => Direction::Ingress,
+        dp::Direction::Egress => Direction::Egress,
+    }
 }
 
 /// Whether a differing flow (the candidate's and the enforced rule's cookies) belongs to

@@ -15,6 +15,7 @@ use hyper_util::rt::TokioIo;
 use palisade_common::Direction;
 use palisade_common::{COOKIE_NONE, MARK_FROM_PROXY};
 use palisade_policy::CompiledPolicy;
+use palisade_policy::RequestVerdict;
 use palisade_policy::l7::{HttpRequest, HttpRewrite, L7Request};
 use palisade_policy::model::Protocol;
 use palisade_policy::trace::FlowPort;
@@ -37,15 +38,42 @@ struct Ends {
     destination: SocketAddrV4,
 }
 
+/// One steered connection: its ends, its upstream (opened on first use) and its policed ends
+/// under the policy snapshot they were found in. Its requests come one after the other.
+struct Connection {
+    ends: Ends,
+    upstream: Mutex<Option<SendRequest<Incoming>>>,
+    /// Finding an end's endpoint and identity is a lookup in the compiled policy; it is done
+    /// again only when the agent publishes a new one.
+    sides: std::sync::Mutex<Option<FoundSides>>,
+}
+
+/// An end's sides and the policy snapshot they were found in.
+type FoundSides = (Arc<CompiledPolicy>, Arc<[Side]>);
+
+impl Connection {
+    fn sides(&self, policy: &Arc<CompiledPolicy>) -> Arc<[Side]> {
+        let mut cached = self.sides.lock().unwrap_or_else(|p| p.into_inner());
+        match &*cached {
+            Some((found_in, sides)) if Arc::ptr_eq(found_in, policy) => sides.clone(),
+            _ => {
+                let sides: Arc<[Side]> = sides(policy, self.ends).into();
+                *cached = Some((policy.clone(), sides.clone()));
+                sides
+            }
+        }
+    }
+}
+
 pub(super) async fn serve(client: TcpStream, policy: SharedPolicy, diffs: L7Diffs) {
     let (Ok(SocketAddr::V4(peer)), Ok(SocketAddr::V4(destination))) = (client.peer_addr(), client.local_addr()) else {
         return;
     };
     let ends = Ends { client: *peer.ip(), destination };
-    let upstream: Arc<Mutex<Option<SendRequest<Incoming>>>> = Arc::default();
+    let connection = Arc::new(Connection { ends, upstream: Mutex::default(), sides: std::sync::Mutex::default() });
     let service = service_fn(move |request| {
-        let (policy, diffs, upstream) = (policy.clone(), diffs.clone(), upstream.clone());
-        async move { Ok::<_, hyper::Error>(handle(request, ends, policy.current(), &diffs, &upstream).await) }
+        let (policy, diffs, connection) = (policy.clone(), diffs.clone(), connection.clone());
+        async move { Ok::<_, hyper::Error>(handle(request, &connection, policy.current(), &diffs).await) }
     });
     let served =
         hyper::server::conn::http1::Builder::new().keep_alive(true).serve_connection(TokioIo::new(client), service);
@@ -56,19 +84,19 @@ pub(super) async fn serve(client: TcpStream, policy: SharedPolicy, diffs: L7Diff
 
 async fn handle(
     request: Request<Incoming>,
-    ends: Ends,
+    connection: &Connection,
     policy: Option<ProxyPolicy>,
     diffs: &L7Diffs,
-    upstream: &Mutex<Option<SendRequest<Incoming>>>,
 ) -> Response<Body> {
     // Without a policy (the agent has not converged yet) nothing can be judged: fail closed.
     let Some(policy) = policy else {
         return plain(StatusCode::FORBIDDEN, ACCESS_DENIED);
     };
+    let ends = connection.ends;
     let seen = as_judged(&request);
     let port = FlowPort { protocol: Protocol::TCP, port: ends.destination.port() };
-    let sides = sides(&policy.enforced, ends);
-    let enforced: Vec<SideVerdict> = sides.iter().map(|s| s.judge(&policy.enforced, port, &seen)).collect();
+    let sides = connection.sides(&policy.enforced);
+    let enforced: Vec<RequestVerdict> = sides.iter().map(|s| s.judge(&policy.enforced, port, &seen)).collect();
     if let Some(candidate) = &policy.candidate {
         for (side, enforced) in sides.iter().zip(&enforced) {
             let judged = side.judge(candidate, port, &seen);
@@ -99,7 +127,7 @@ async fn handle(
     for verdict in &enforced {
         rewrite(&mut request, &verdict.rewrite);
     }
-    match forward(request, ends, upstream).await {
+    match forward(request, ends, &connection.upstream).await {
         Ok(response) => response.map(BodyExt::boxed),
         Err(e) => {
             debug!(client = %ends.client, destination = %ends.destination, "L7 proxy upstream: {e}");
@@ -130,13 +158,6 @@ struct Side {
     remote: u32,
 }
 
-struct SideVerdict {
-    allowed: bool,
-    reason: String,
-    cookie: u32,
-    rewrite: HttpRewrite,
-}
-
 /// The client's egress and the destination's ingress, where they are local endpoints.
 fn sides(policy: &CompiledPolicy, ends: Ends) -> Vec<Side> {
     let destination = *ends.destination.ip();
@@ -159,20 +180,15 @@ fn sides(policy: &CompiledPolicy, ends: Ends) -> Vec<Side> {
 
 impl Side {
     /// The L7 rules decide where the entry redirects; elsewhere the L4 entry alone does.
-    fn judge(&self, policy: &CompiledPolicy, port: FlowPort, request: &L7Request) -> SideVerdict {
+    fn judge(&self, policy: &CompiledPolicy, port: FlowPort, request: &L7Request) -> RequestVerdict {
         if let Some(verdict) =
             policy.judge_request(&self.namespace, &self.name, self.direction, self.remote, port, request)
         {
-            return SideVerdict {
-                allowed: verdict.allowed,
-                reason: verdict.reason,
-                cookie: verdict.cookie,
-                rewrite: verdict.rewrite,
-            };
+            return verdict;
         }
         let allowed = policy.l4_allows(&self.namespace, &self.name, self.direction, self.remote, port).unwrap_or(true);
         let reason = if allowed { "allowed at L4" } else { "denied at L4" };
-        SideVerdict { allowed, reason: reason.to_string(), cookie: COOKIE_NONE, rewrite: HttpRewrite::default() }
+        RequestVerdict { allowed, reason: reason.to_string(), cookie: COOKIE_NONE, rewrite: HttpRewrite::default() }
     }
 }
 
