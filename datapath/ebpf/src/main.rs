@@ -70,7 +70,7 @@ use crate::{
     maps::CONNTRACK,
     packet::*,
     policy::{endpoint, judge, node_state_version},
-    proxy::{assign_to_proxy, mark},
+    proxy::assign_to_proxy,
     record::{apply, record_drop, refuse, unjudged},
     service::{deferred_source, judge_deferred},
 };

@@ -79,6 +79,13 @@ pub(crate) fn linear<T: Copy>(ctx: &TcContext, offset: usize) -> Option<T> {
     Some(unsafe { core::ptr::read_unaligned(start as *const T) })
 }
 
+/// The packet's mark: where the Service deferral and the proxy's steering travel.
+#[inline(always)]
+pub(crate) fn mark(ctx: &TcContext) -> u32 {
+    // SAFETY: the context pointer is valid for the whole program run.
+    unsafe { (*ctx.skb.skb).mark }
+}
+
 /// Headers are nearly always in the linear area. Pull only when one is not: pulling a cloned
 /// skb (every TCP transmit) copies it.
 #[inline(always)]

@@ -22,7 +22,7 @@ use palisade_common::*;
 use crate::{
     conntrack::{TCP_ACK, TCP_SYN},
     maps::NODE_STATE,
-    packet::{ETH_HLEN, header},
+    packet::{ETH_HLEN, header, mark},
 };
 
 /// The proxy listener's port on 127.0.0.1; 0 when no proxy runs.
@@ -31,16 +31,11 @@ pub(crate) fn proxy_port() -> u16 {
     NODE_STATE.get(NODE_STATE_PROXY_PORT).map_or(0, |&port| port as u16)
 }
 
-#[inline(always)]
-pub(crate) fn mark(ctx: &TcContext) -> u32 {
-    // SAFETY: the context pointer is valid for the whole program run.
-    unsafe { (*ctx.skb.skb).mark }
-}
-
 /// Marks the packet for the proxy: policy routing delivers it locally.
 #[inline(always)]
 pub(crate) fn mark_to_proxy(ctx: &TcContext) {
-    // SAFETY: as above; tc programs may write the mark.
+    // SAFETY: the context pointer is valid for the whole program run; tc programs may write
+    // the mark.
     unsafe {
         let skb = ctx.skb.skb;
         (*skb).mark = ((*skb).mark & !PROXY_MARK_MASK) | MARK_TO_PROXY;

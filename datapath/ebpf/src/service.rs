@@ -16,7 +16,7 @@ use palisade_common::*;
 use crate::{
     conntrack::connection,
     maps::{ENDPOINT_IFINDEX, SERVICE_ORIGINS},
-    packet::Packet,
+    packet::{Packet, mark},
     policy::{endpoint, remote_identity},
     record::refuse,
     verdict,
@@ -25,8 +25,7 @@ use crate::{
 /// The source endpoint (counter index + 1) whose egress this packet's hook must judge; 0 for none.
 #[inline(always)]
 pub(crate) fn deferred_source(ctx: &TcContext) -> u16 {
-    // SAFETY: the context pointer is valid for the whole program run.
-    ((unsafe { (*ctx.skb.skb).mark } & SERVICE_MARK_MASK) >> SERVICE_MARK_SHIFT) as u16
+    ((mark(ctx) & SERVICE_MARK_MASK) >> SERVICE_MARK_SHIFT) as u16
 }
 
 /// Hands the packet's egress decision to the hook after translation, and remembers which
