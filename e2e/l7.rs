@@ -7,6 +7,8 @@ use std::io::{Read, Write};
 use std::path::PathBuf;
 use std::process::Output;
 
+use palisade_netsim::http::HttpOutcome;
+use palisade_policy::l7::HttpRequest;
 use support::LocalCluster;
 
 fn cluster() -> PathBuf {
@@ -161,44 +163,30 @@ items:
   status: {podIP: 10.200.41.20}
 ";
 
-/// Sends `requests` (`(method path, extra header line)`) on one keep-alive connection from the
-/// client pod; the status of each reply, `None` once the connection fails.
-fn statuses_on_one_connection(netns: &str, to: &str, requests: &[(&str, &str)]) -> Vec<Option<u16>> {
-    let (to, requests) = (to.to_string(), requests.iter().map(|(r, h)| (r.to_string(), h.to_string())).collect());
-    palisade_netsim::in_netns(netns, move || keep_alive(&to, requests)).unwrap()
-}
-
-fn keep_alive(to: &str, requests: Vec<(String, String)>) -> Vec<Option<u16>> {
-    use std::io::BufRead;
-    let Ok(stream) = std::net::TcpStream::connect(to) else { return vec![None; requests.len()] };
-    stream.set_read_timeout(Some(std::time::Duration::from_secs(3))).unwrap();
-    let mut reader = std::io::BufReader::new(stream.try_clone().unwrap());
-    let mut writer = stream;
-    let mut statuses = Vec::new();
-    for (request, header) in requests {
-        let sent = write!(writer, "{request} HTTP/1.1\r\nHost: web\r\n{header}\r\n");
-        let mut status_line = String::new();
-        if sent.is_err() || reader.read_line(&mut status_line).unwrap_or(0) == 0 {
-            statuses.push(None);
-            continue;
-        }
-        // Skip the headers, then the body by its length.
-        let mut length = 0;
-        loop {
-            let mut line = String::new();
-            reader.read_line(&mut line).unwrap();
-            if line == "\r\n" || line.is_empty() {
-                break;
-            }
-            if let Some(value) = line.to_ascii_lowercase().strip_prefix("content-length:") {
-                length = value.trim().parse().unwrap();
-            }
-        }
-        let mut body = vec![0; length];
-        reader.read_exact(&mut body).unwrap();
-        statuses.push(status_line.split_whitespace().nth(1).and_then(|s| s.parse().ok()));
-    }
-    statuses
+/// Sends `requests` (`(method path, header)`) on one keep-alive connection from the client pod
+/// to the web pod's 8080; the status of each reply, `None` for no reply.
+fn statuses_on_one_connection(netns: &str, requests: &[(&str, &[&str])]) -> Vec<Option<u16>> {
+    let requests: Vec<HttpRequest> = requests
+        .iter()
+        .map(|(request, headers)| {
+            HttpRequest::parse(request, &headers.iter().map(ToString::to_string).collect::<Vec<_>>()).unwrap()
+        })
+        .collect();
+    let outcomes = palisade_netsim::http::requests(
+        netns,
+        std::net::Ipv4Addr::new(10, 200, 41, 10),
+        8080,
+        &requests,
+        std::time::Duration::from_secs(3),
+    )
+    .unwrap();
+    outcomes
+        .iter()
+        .map(|outcome| match outcome {
+            HttpOutcome::Response { status, .. } => Some(status.as_u16()),
+            HttpOutcome::Failed(_) => None,
+        })
+        .collect()
 }
 
 #[test]
@@ -240,10 +228,10 @@ fn http_rules_are_enforced_request_by_request_by_the_proxy() {
     assert_eq!(probe("8080", "GET /admin", &["X-Admin: yes"]).0, Some(0));
 
     // Requests are judged one by one on one keep-alive connection.
-    let requests =
-        [("GET /public", ""), ("GET /private", ""), ("GET /public/again", ""), ("GET /admin", "X-Admin: yes\r\n")];
+    let requests: [(&str, &[&str]); 4] =
+        [("GET /public", &[]), ("GET /private", &[]), ("GET /public/again", &[]), ("GET /admin", &["X-Admin: yes"])];
     assert_eq!(
-        statuses_on_one_connection("ple2-shop.client", "10.200.41.10:8080", &requests),
+        statuses_on_one_connection("ple2-shop.client", &requests),
         vec![Some(200), Some(403), Some(200), Some(200)],
     );
 

@@ -82,6 +82,20 @@ pub fn request(
     in_netns(netns, move || request_here(to, port, &request, timeout))?
 }
 
+/// Sends `requests` one after the other on one keep-alive connection from inside `netns` (the
+/// last with `Connection: close`): what each got, each within `timeout`. Once the connection
+/// fails, the requests left fail the same way.
+pub fn requests(
+    netns: &str,
+    to: Ipv4Addr,
+    port: u16,
+    requests: &[HttpRequest],
+    timeout: Duration,
+) -> io::Result<Vec<HttpOutcome>> {
+    let requests = requests.to_vec();
+    in_netns(netns, move || exchange(to, port, &requests, timeout))?
+}
+
 /// [`request`] from the calling thread's namespace.
 pub(crate) fn request_here(
     to: Ipv4Addr,
@@ -89,43 +103,80 @@ pub(crate) fn request_here(
     request: &HttpRequest,
     timeout: Duration,
 ) -> io::Result<HttpOutcome> {
-    let mut builder = Request::builder().method(request.method.as_str()).uri(request.path.as_str());
-    for (name, value) in &request.headers {
-        builder = builder.header(name.as_str(), value.as_str());
-    }
-    if request.header("host").is_none() {
-        builder = builder.header(HOST, format!("{to}:{port}"));
-    }
-    let http = builder
-        .header(CONNECTION, HeaderValue::from_static("close"))
-        .body(Empty::<Bytes>::new())
-        .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, format!("not an HTTP request: {e}")))?;
+    let mut outcomes = exchange(to, port, std::slice::from_ref(request), timeout)?;
+    Ok(outcomes.remove(0))
+}
+
+/// [`requests`] from the calling thread's namespace.
+fn exchange(to: Ipv4Addr, port: u16, requests: &[HttpRequest], timeout: Duration) -> io::Result<Vec<HttpOutcome>> {
+    let last = requests.len().saturating_sub(1);
+    let built = requests
+        .iter()
+        .enumerate()
+        .map(|(i, request)| {
+            let mut builder = Request::builder().method(request.method.as_str()).uri(request.path.as_str());
+            for (name, value) in &request.headers {
+                builder = builder.header(name.as_str(), value.as_str());
+            }
+            if request.header("host").is_none() {
+                builder = builder.header(HOST, format!("{to}:{port}"));
+            }
+            if i == last {
+                builder = builder.header(CONNECTION, HeaderValue::from_static("close"));
+            }
+            builder
+                .body(Empty::<Bytes>::new())
+                .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, format!("not an HTTP request: {e}")))
+        })
+        .collect::<io::Result<Vec<_>>>()?;
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-    let start = Instant::now();
-    let exchange = async {
-        let stream = tokio::net::TcpStream::connect(SocketAddr::from((to, port))).await?;
-        let (mut sender, connection) =
-            hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.map_err(io::Error::other)?;
-        tokio::spawn(connection);
-        let response = sender.send_request(http).await.map_err(io::Error::other)?;
-        let (parts, body) = response.into_parts();
-        let body = body.collect().await.map_err(io::Error::other)?.to_bytes();
-        let headers = parts
-            .headers
-            .iter()
-            .map(|(name, value)| (name.to_string(), String::from_utf8_lossy(value.as_bytes()).into_owned()))
-            .collect();
-        Ok::<_, io::Error>((parts.status, headers, String::from_utf8_lossy(&body).into_owned()))
-    };
-    Ok(match runtime.block_on(async { tokio::time::timeout(timeout, exchange).await }) {
-        Err(_) => HttpOutcome::Failed(Outcome::TimedOut),
-        Ok(Ok((status, headers, body))) => HttpOutcome::Response { status, headers, body, time: start.elapsed() },
-        Ok(Err(e)) => HttpOutcome::Failed(match e.kind() {
-            io::ErrorKind::ConnectionRefused => Outcome::Refused,
-            io::ErrorKind::HostUnreachable | io::ErrorKind::NetworkUnreachable => Outcome::Unreachable,
-            io::ErrorKind::TimedOut => Outcome::TimedOut,
-            // Reset, or closed before a response: hyper's errors say so only in words.
-            _ => Outcome::Refused,
-        }),
+    runtime.block_on(async {
+        let mut outcomes = Vec::with_capacity(built.len());
+        let mut sender = None;
+        for http in built {
+            let start = Instant::now();
+            let exchange = async {
+                if sender.is_none() {
+                    let stream = tokio::net::TcpStream::connect(SocketAddr::from((to, port))).await?;
+                    let (opened, connection) =
+                        hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.map_err(io::Error::other)?;
+                    tokio::spawn(connection);
+                    sender = Some(opened);
+                }
+                let sender = sender.as_mut().expect("opened above");
+                let response = sender.send_request(http).await.map_err(io::Error::other)?;
+                let (parts, body) = response.into_parts();
+                let body = body.collect().await.map_err(io::Error::other)?.to_bytes();
+                let headers = parts
+                    .headers
+                    .iter()
+                    .map(|(name, value)| (name.to_string(), String::from_utf8_lossy(value.as_bytes()).into_owned()))
+                    .collect();
+                Ok::<_, io::Error>((parts.status, headers, String::from_utf8_lossy(&body).into_owned()))
+            };
+            let outcome = match tokio::time::timeout(timeout, exchange).await {
+                Err(_) => HttpOutcome::Failed(Outcome::TimedOut),
+                Ok(Ok((status, headers, body))) => {
+                    HttpOutcome::Response { status, headers, body, time: start.elapsed() }
+                }
+                Ok(Err(e)) => HttpOutcome::Failed(match e.kind() {
+                    io::ErrorKind::ConnectionRefused => Outcome::Refused,
+                    io::ErrorKind::HostUnreachable | io::ErrorKind::NetworkUnreachable => Outcome::Unreachable,
+                    io::ErrorKind::TimedOut => Outcome::TimedOut,
+                    // Reset, or closed before a response: hyper's errors say so only in words.
+                    _ => Outcome::Refused,
+                }),
+            };
+            let failed = match &outcome {
+                HttpOutcome::Failed(failure) => Some(*failure),
+                HttpOutcome::Response { .. } => None,
+            };
+            outcomes.push(outcome);
+            if let Some(failure) = failed {
+                outcomes.resize(requests.len(), HttpOutcome::Failed(failure));
+                break;
+            }
+        }
+        Ok(outcomes)
     })
 }
