@@ -292,3 +292,107 @@ fn a_candidate_that_would_403_a_live_request_blocks_with_that_request_shown() {
     assert!(out.contains("8080/TCP GET /public"), "describe shows the request the candidate would deny:\n{out}");
     assert_eq!(probe().0, Some(0), "a blocked candidate changes nothing");
 }
+
+/// The client may ask the DNS pod for names under `partner.example` (DNS rules), and connect
+/// to the addresses of `api.partner.example` on 443 (`toFQDNs`): the addresses its proxy
+/// learned from the answers it let through.
+const FQDN_RULES: &str = "apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: client, namespace: shop}
+spec:
+  endpointSelector: {matchLabels: {app: client}}
+  egress:
+  - toEndpoints: [{matchLabels: {app: dns}}]
+    toPorts:
+    - ports: [{port: '53', protocol: ANY}]
+      rules:
+        dns: [{matchPattern: '*.partner.example'}]
+  - toFQDNs: [{matchName: api.partner.example}]
+    toPorts: [{ports: [{port: '443', protocol: TCP}]}]
+";
+
+const FQDN_CLUSTER: &str = "apiVersion: v1
+kind: List
+items:
+- kind: Pod
+  metadata:
+    name: client
+    namespace: shop
+    labels: {app: client}
+    annotations: {palisade.dev/resolver: shop/dns}
+  status: {podIP: 10.200.42.20}
+- kind: Pod
+  metadata:
+    name: dns
+    namespace: shop
+    labels: {app: dns}
+    annotations:
+      palisade.dev/dns-records: \"api.partner.example=10.200.99.10, www.partner.example=10.200.99.20\"
+      palisade.dev/dns-ttl: \"1\"
+  spec: {containers: [{ports: [{containerPort: 53, protocol: UDP}, {containerPort: 53, protocol: TCP}]}]}
+  status: {podIP: 10.200.42.53}
+- kind: Pod
+  metadata:
+    name: api
+    namespace: partner
+    annotations: {palisade.dev/outside-cluster: \"true\", palisade.dev/http-ports: \"443\"}
+  status: {podIP: 10.200.99.10}
+- kind: Pod
+  metadata:
+    name: www
+    namespace: partner
+    annotations: {palisade.dev/outside-cluster: \"true\", palisade.dev/http-ports: \"443\"}
+  status: {podIP: 10.200.99.20}
+";
+
+#[test]
+fn dns_rules_refuse_names_and_to_fqdns_opens_the_addresses_of_allowed_answers() {
+    use palisade_rollout::crd::Phase;
+    use std::time::{Duration, Instant};
+    let dir = tempfile::tempdir().unwrap();
+    let cluster = dir.path().join("cluster.yaml");
+    std::fs::write(&cluster, FQDN_CLUSTER).unwrap();
+    let repo = support::Repo::new();
+    repo.commit(&[("client.yaml", FQDN_RULES)], "client: DNS rules and toFQDNs");
+    let mut local = LocalCluster::up("ple4-", &cluster);
+    local.run(&support::rollout_yaml("shop", "shop", &repo, "0s", ""));
+    local.wait("shop", "shop", "the DNS rules enforced", Duration::from_secs(60), |s| s.phase == Phase::Enforced);
+    let resolve = |name: &str| printed(&local.local_probe(&["--from", "shop/client", "--dns", name]));
+    let https = |to: &str| {
+        let args = ["--from", "shop/client", "--to", to, "--port", "443", "--http", "GET /", "--timeout", "1s"];
+        printed(&local.local_probe(&args)).0
+    };
+    // Before any lookup, toFQDNs selects nothing: the API is closed.
+    assert_eq!(https("partner/api"), Some(1), "{}", local.log());
+
+    // A name the DNS rules do not match is refused by the proxy, never asked upstream.
+    let start = Instant::now();
+    let refused = loop {
+        let (code, stdout, stderr) = resolve("evil.example.org");
+        if code == Some(1) || start.elapsed() > Duration::from_secs(20) {
+            break (code, stdout, stderr);
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert_eq!(
+        (refused.0, refused.1.as_str()),
+        (Some(1), "shop/client -> shop/dns 10.200.42.53:53/UDP evil.example.org: REFUSED\n"),
+        "{}\n{}",
+        refused.2,
+        local.log()
+    );
+
+    // An allowed name is answered by the DNS pod, through the proxy; the very next connection
+    // to its address passes: the answer reached the client only once the address was known.
+    let (code, stdout, stderr) = resolve("api.partner.example");
+    assert_eq!((code, stdout.as_str()), (Some(0), "10.200.99.10\n"), "{stderr}\n{}", local.log());
+    assert_eq!(https("partner/api"), Some(0), "the first connection after the lookup\n{}", local.log());
+    // The record's TTL is 1 s, but learned addresses live for the minimum TTL (an hour).
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_eq!(https("partner/api"), Some(0), "kept past the record's TTL");
+
+    // An allowed lookup of a name toFQDNs does not select opens nothing.
+    let (code, stdout, _) = resolve("www.partner.example");
+    assert_eq!((code, stdout.as_str()), (Some(0), "10.200.99.20\n"));
+    assert_eq!(https("partner/www"), Some(1), "toFQDNs does not select www.partner.example");
+}

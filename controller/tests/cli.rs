@@ -222,31 +222,41 @@ fn stderr(out: &Output) -> String {
 
 /// The client-app-database example's policies plus DNS rules for the client's queries, which no
 /// proxy judges yet; returns (cluster, policies, the DNS rules' file).
-fn with_dns_rules(test: &str) -> (PathBuf, PathBuf, PathBuf) {
+/// The client-app-database example with one more egress policy for the client: `to_ports` is
+/// its `toPorts` list.
+fn with_client_egress(test: &str, name: &str, to_ports: &str) -> (PathBuf, PathBuf, PathBuf) {
     let dir = example("client-app-database");
     let policies = scratch(test);
     for file in std::fs::read_dir(dir.join("policies")).unwrap() {
         let path = file.unwrap().path();
         std::fs::copy(&path, policies.join(path.file_name().unwrap())).unwrap();
     }
-    let dns = policies.join("client-dns.yaml");
-    std::fs::write(&dns, "apiVersion: cilium.io/v2\nkind: CiliumNetworkPolicy\nmetadata: {name: client-dns, namespace: shop}\nspec:\n  endpointSelector: {matchLabels: {app: client}}\n  egress:\n  - toPorts:\n    - ports: [{port: '53', protocol: UDP}]\n      rules:\n        dns: [{matchPattern: '*'}]\n").unwrap();
-    (dir.join("cluster.yaml"), policies, dns)
+    let added = policies.join(format!("{name}.yaml"));
+    std::fs::write(&added, format!("apiVersion: cilium.io/v2\nkind: CiliumNetworkPolicy\nmetadata: {{name: {name}, namespace: shop}}\nspec:\n  endpointSelector: {{matchLabels: {{app: client}}}}\n  egress:\n  - toPorts:\n{to_ports}")).unwrap();
+    (dir.join("cluster.yaml"), policies, added)
 }
+
+const DNS_RULES: &str =
+    "    - ports: [{port: '53', protocol: UDP}]\n      rules:\n        dns: [{matchPattern: '*.example.com'}]\n";
+const KAFKA_RULES: &str =
+    "    - ports: [{port: '9092', protocol: TCP}]\n      rules:\n        kafka: [{topic: orders}]\n";
 
 #[test]
 fn check_and_plan_warn_only_about_l7_rules_no_proxy_judges() {
     let dir = example("client-app-database");
-    // HTTP rules are judged by the node's proxy: nothing to warn about.
+    // HTTP rules are judged by the node's proxy: nothing to warn about; DNS rules neither.
     let out = palisade(&["check", s(&dir.join("policies")), "-o", "json"]);
     assert_eq!(code(&out), 0, "{}", stderr(&out));
     let v: serde_json::Value = serde_json::from_str(&stdout(&out)).unwrap();
     assert!(!v["diagnostics"].as_array().unwrap().iter().any(|d| d["path"].as_str().unwrap().contains("rules")), "{v}");
+    let (_, policies, _) = with_client_egress("l7-dns-check", "client-dns", DNS_RULES);
+    let out = palisade(&["check", s(&policies)]);
+    assert_eq!((code(&out), stdout(&out).contains(" 0 warning(s)")), (0, true), "{}", stdout(&out));
 
-    let (cluster, policies, dns) = with_dns_rules("l7-warnings");
+    let (cluster, policies, kafka) = with_client_egress("l7-warnings", "client-kafka", KAFKA_RULES);
     let warning = format!(
-        "{}:10: warning: spec.egress[0].toPorts[0].rules.dns: DNS rules are not enforced yet: the datapath denies this port (drop reason l7-unsupported)",
-        dns.display()
+        "{}:10: warning: spec.egress[0].toPorts[0].rules.kafka: Kafka rules are not enforced yet: the datapath denies this port (drop reason l7-unsupported)",
+        kafka.display()
     );
     // Valid policies with warnings: check still exits 0, with and without a cluster.
     for args in [vec!["check", s(&policies)], vec!["check", s(&policies), "--cluster", s(&cluster)]] {
@@ -258,13 +268,13 @@ fn check_and_plan_warn_only_about_l7_rules_no_proxy_judges() {
     }
 
     // plan: the warnings on stderr, the plan on stdout; redirect entries say what the datapath
-    // does: HTTP on TCP goes to the proxy, DNS on UDP is denied.
+    // does: HTTP on TCP goes to the proxy, Kafka is denied.
     let plan = |json: bool| on_policies("plan", &cluster, &policies, if json { &["-o", "json"] } else { &[] });
     let out = plan(false);
     assert_eq!(code(&out), 0, "{}", stderr(&out));
     assert!(stderr(&out).lines().any(|l| l == warning), "{}", stderr(&out));
     let text = stdout(&out);
-    assert!(text.lines().any(|l| l.contains("redirect (denied: l7-unsupported)") && l.contains("UDP/53")), "{text}");
+    assert!(text.lines().any(|l| l.contains("redirect (denied: l7-unsupported)") && l.contains("TCP/9092")), "{text}");
     assert!(text.lines().any(|l| l.trim_start().starts_with("redirect ") && l.contains("TCP/8080")), "{text}");
     let out = plan(true);
     let v: serde_json::Value = serde_json::from_str(&stdout(&out)).expect("plan -o json still prints JSON");
@@ -277,9 +287,9 @@ fn check_and_plan_warn_only_about_l7_rules_no_proxy_judges() {
     for entry in http {
         assert_eq!((&entry["datapath"], &entry["drop_reason"]), (&"proxy".into(), &serde_json::Value::Null));
     }
-    let dns = redirects(CLIENT, "egress");
-    assert_eq!(dns.len(), 1, "{v}");
-    assert_eq!((&dns[0]["datapath"], &dns[0]["drop_reason"]), (&"deny".into(), &"l7-unsupported".into()));
+    let kafka = redirects(CLIENT, "egress");
+    assert_eq!(kafka.len(), 1, "{v}");
+    assert_eq!((&kafka[0]["datapath"], &kafka[0]["drop_reason"]), (&"deny".into(), &"l7-unsupported".into()));
 }
 
 #[test]
@@ -312,7 +322,10 @@ fn trace_shows_the_proxys_decision_at_an_http_redirect() {
         assert_eq!(v["ingress"]["drop_reason"], serde_json::Value::Null, "{v}");
     }
     let text = stdout(&trace(None, false));
-    assert!(text.contains("L7 proxy: judges each request (http rules); pass --http to evaluate one"), "{text}");
+    assert!(
+        text.contains("L7 proxy: judges each request (http rules); pass --http or --dns to evaluate one"),
+        "{text}"
+    );
     let text = stdout(&trace(Some("POST /admin"), false));
     assert!(text.contains("L7 proxy: denied: POST /admin matches no HTTP rule for this peer (HTTP 403)"), "{text}");
     // One request at a time; headers belong to an HTTP request.
@@ -329,38 +342,32 @@ fn trace_shows_the_proxys_decision_at_an_http_redirect() {
 }
 
 #[test]
-fn trace_follows_the_datapath_where_no_proxy_judges_and_shows_the_intent() {
-    let (cluster, policies, _) = with_dns_rules("l7-dns");
-    let trace = |json: bool| {
-        let mut args = vec!["--from", CLIENT, "--to", "cidr:10.200.99.53", "--port", "53/UDP", "--dns", "example.com"];
+fn trace_shows_the_dns_proxys_decision_for_a_query() {
+    let (cluster, policies, _) = with_client_egress("l7-dns", "client-dns", DNS_RULES);
+    let trace = |name: &str, json: bool| {
+        let mut args = vec!["--from", CLIENT, "--to", "cidr:10.200.99.53", "--port", "53/UDP", "--dns", name];
         if json {
-            args.push("-o");
-            args.push("json");
+            args.extend(["-o", "json"]);
         }
         on_policies("trace", &cluster, &policies, &args)
     };
-    let out = trace(false);
+    let out = trace("api.example.com", false);
     let text = stdout(&out);
-    assert_eq!(code(&out), 1, "denied by the datapath\n{text}");
-    let first = text.lines().next().unwrap();
+    assert_eq!(code(&out), 0, "the DNS proxy allows it\n{text}");
+    assert!(text.lines().next().unwrap().ends_with(": ALLOWED"), "{text}");
     assert!(
-        first.ends_with(
-            ": DENIED (drop reason l7-unsupported: DNS proxy not implemented yet; the policy's intent: allowed)"
-        ),
-        "{first}"
-    );
-    assert!(text.contains("L7 rules (the policy's intent): allowed: query example.com matches"), "{text}");
-    assert!(
-        text.contains("datapath: denied, drop reason l7-unsupported (DNS proxy not implemented yet: never fails open)"),
+        text.contains("L7 proxy: allowed: query api.example.com matches CiliumNetworkPolicy shop/client-dns"),
         "{text}"
     );
-    let v: serde_json::Value = serde_json::from_str(&stdout(&trace(true))).unwrap();
-    assert_eq!((&v["verdict"], &v["intent"]), (&"denied".into(), &"allowed".into()), "{v}");
-    assert_eq!(
-        (&v["egress"]["drop_reason"], &v["egress"]["drop_detail"]),
-        (&"l7-unsupported".into(), &"DNS proxy not implemented yet".into()),
-        "{v}"
-    );
+    // `*.example.com` does not match the bare domain: REFUSED by the proxy.
+    let out = trace("example.com", false);
+    let text = stdout(&out);
+    assert_eq!(code(&out), 1, "{text}");
+    assert!(text.contains("L7 proxy: denied: query example.com matches no DNS rule for this peer (REFUSED)"), "{text}");
+    assert!(!text.contains("drop reason"), "the proxy decides, not the datapath: {text}");
+    let v: serde_json::Value = serde_json::from_str(&stdout(&trace("example.com", true))).unwrap();
+    assert_eq!((&v["verdict"], &v["intent"]), (&"denied".into(), &"denied".into()), "{v}");
+    assert_eq!(v["egress"]["drop_reason"], serde_json::Value::Null, "{v}");
 }
 
 #[test]

@@ -260,6 +260,7 @@ fn deny(port: u16) -> AuditFlow {
         last_seen: time,
         rule: Some("CiliumNetworkPolicy shop/web ingress[0]".into()),
         http: None,
+        dns: None,
     }
 }
 

@@ -1,7 +1,7 @@
 //! Steering to the L7 proxy on real packets: a redirected connection reaches a transparent
 //! listener in the node namespace with its original addresses, in both directions; the
 //! proxy's upstream connection keeps the client's address and its replies come back to it;
-//! without a proxy, or for UDP, a redirect fails closed.
+//! without a proxy (or with nothing listening on its port), a redirect fails closed.
 mod support;
 
 use std::io::{BufRead, BufReader, Write};
@@ -171,7 +171,7 @@ fn ingress_redirect_reaches_the_proxy_through_the_interface_ingress() {
 }
 
 #[test]
-fn a_redirect_without_a_proxy_or_over_udp_fails_closed() {
+fn a_redirect_without_a_proxy_fails_closed_over_tcp_and_udp() {
     let client = vec![
         rule(identity(1), Direction::Egress, Protocol::TCP, WEB_PORT, Verdict::Redirect, 1),
         rule(identity(1), Direction::Egress, Protocol::UDP, 53, Verdict::Redirect, 3),
@@ -182,11 +182,12 @@ fn a_redirect_without_a_proxy_or_over_udp_fails_closed() {
     udp_echo_servers(&topology.endpoints[1].ns, &[53]);
     let (client, web) = (&topology.endpoints[0], &topology.endpoints[1]);
     assert_eq!(exchange(&client.ns, web.addr, &["GET /"]), None, "no proxy runs: the connection is dropped");
-    // A proxy port with nothing listening on it fails closed as well.
-    datapath.set_proxy_port(Some(PROXY_PORT)).unwrap();
-    assert_eq!(exchange(&client.ns, web.addr, &["GET /"]), None, "nothing listens on the proxy port");
-    assert!(!udp_ok(&client.ns, web.addr, 53), "UDP is not proxied: dropped");
+    assert!(!udp_ok(&client.ns, web.addr, 53), "no proxy runs: the DNS query is dropped");
     let reasons: Vec<(u8, u16)> = datapath.flows().unwrap().iter().map(|f| (f.key.reason, f.key.dport)).collect();
     assert!(reasons.contains(&(DROP_L7_UNSUPPORTED, WEB_PORT)), "{reasons:?}");
     assert!(reasons.contains(&(DROP_L7_UNSUPPORTED, 53)), "{reasons:?}");
+    // A proxy port with nothing listening on it fails closed as well: steered, then dropped.
+    datapath.set_proxy_port(Some(PROXY_PORT)).unwrap();
+    assert_eq!(exchange(&client.ns, web.addr, &["GET /"]), None, "nothing listens on the proxy port");
+    assert!(!udp_ok(&client.ns, web.addr, 53), "no UDP socket on the proxy port");
 }

@@ -3,8 +3,8 @@
 //! and host are full-match regular expressions, `headers` and `headerMatches` compare
 //! case-insensitive names and exact values); DNS follows `matchName` and `matchPattern`.
 //!
-//! The proxy speaks HTTP on TCP only: DNS and Kafka rules, and L7 rules on UDP or SCTP, stay
-//! fail-closed (denied, `l7-unsupported`).
+//! The proxy speaks HTTP on TCP and DNS on UDP and TCP: Kafka rules, and HTTP rules on UDP or
+//! SCTP, stay fail-closed (denied, `l7-unsupported`).
 use palisade_common::{self as dp, Direction};
 
 use crate::cluster::ContainerPort;
@@ -125,12 +125,13 @@ pub(crate) fn select<'a>(
 /// (`l7-unsupported`); `None` when the proxy judges it. The proxy refuses a connection up front
 /// when this says why.
 pub fn unproxied(protocol: Protocol, kinds: &[&str], request: Option<&L7Request>) -> Option<&'static str> {
-    if kinds.contains(&"dns") || matches!(request, Some(L7Request::Dns(_))) {
-        Some("DNS proxy not implemented yet")
-    } else if kinds.contains(&"kafka") {
+    let dns = kinds.contains(&"dns") || matches!(request, Some(L7Request::Dns(_)));
+    if kinds.contains(&"kafka") {
         Some("Kafka is not proxied")
-    } else if protocol != Protocol::TCP {
-        Some("the L7 proxy takes TCP only")
+    } else if dns && protocol != Protocol::TCP && protocol != Protocol::UDP {
+        Some("the DNS proxy takes UDP and TCP only")
+    } else if !dns && protocol != Protocol::TCP {
+        Some("the HTTP proxy takes TCP only")
     } else {
         None
     }

@@ -13,13 +13,12 @@ pub fn lint(set: &PolicySet) -> Vec<Diagnostic> {
     for policy in &set.policies {
         for rule in &policy.rules {
             // Each `rules` field once, though it yields a port rule per port and protocol. The
-            // node's proxy judges HTTP; DNS and Kafka rules fail closed.
+            // node's proxy judges HTTP and DNS; Kafka rules fail closed.
             let mut l7_fields: Vec<(&(String, u32), &str)> = Vec::new();
             for port_rule in rule.ingress.rules.iter().chain(&rule.egress.rules).flat_map(|r| &r.ports) {
                 let kind = match &port_rule.l7 {
-                    Some(L7Rules::Dns(_)) => "DNS",
                     Some(L7Rules::Kafka(_)) => "Kafka",
-                    Some(L7Rules::Http(_)) | None => continue,
+                    Some(L7Rules::Http(_) | L7Rules::Dns(_)) | None => continue,
                 };
                 if let Some(at) = &port_rule.l7_at
                     && !l7_fields.iter().any(|(seen, _)| *seen == at)
@@ -30,24 +29,12 @@ pub fn lint(set: &PolicySet) -> Vec<Diagnostic> {
             for ((path, line), kind) in l7_fields {
                 out.push(warning(policy, *line, path, l7_unsupported_message(kind)));
             }
-            for peer_rule in rule.egress.rules.iter() {
-                if let Peers::Some(peers) = &peer_rule.peers
-                    && peers.iter().any(|p| matches!(p, Peer::Fqdn(_)))
-                {
-                    out.push(warning(
-                        policy,
-                        peer_rule.line,
-                        &format!("{}.toFQDNs", peer_rule.path),
-                        "toFQDNs selects addresses learned by a DNS proxy, which Palisade does not run yet: these names are denied".into(),
-                    ));
-                }
-            }
         }
     }
     out
 }
 
-/// The node's proxy speaks only HTTP: the datapath denies every connection to a port with DNS or
+/// The node's proxy speaks HTTP and DNS only: the datapath denies every connection to a port with
 /// Kafka rules rather than let it through unchecked.
 fn l7_unsupported_message(kind: &str) -> String {
     format!(

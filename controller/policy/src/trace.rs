@@ -145,7 +145,7 @@ pub struct Decision {
     pub intent: Verdict,
     /// Why the datapath drops it when the policy alone would not: `l7-unsupported`.
     pub drop_reason: Option<&'static str>,
-    /// Why no proxy judges it, with `l7-unsupported`: "DNS proxy not implemented yet", ...
+    /// Why no proxy judges it, with `l7-unsupported`: "Kafka is not proxied", ...
     pub drop_detail: Option<&'static str>,
     /// The endpoint whose policy decided; `None` when that side is not a Palisade endpoint.
     pub endpoint: Option<String>,
@@ -471,7 +471,7 @@ fn proxy_text(
     }
     match judged {
         None if proxied => {
-            format!("judges each request ({} rules); pass --http to evaluate one", kinds.join(", "))
+            format!("judges each request ({} rules); pass --http or --dns to evaluate one", kinds.join(", "))
         }
         None => format!("L7 rules ({}); pass --http or --dns to evaluate a request", kinds.join(", ")),
         Some((_, verdict)) if !verdict.allowed => format!("denied: {}", verdict.reason),

@@ -8,7 +8,7 @@ use common::{trace_l7, trace_of};
 use palisade_common as dp;
 use palisade_policy::trace::{FlowEnd, HttpRequest, L7Request, Verdict};
 use palisade_policy::{
-    AllowLocalhost, Cluster, CompileOptions, CompiledPolicy, ParseOptions, Severity, SourceFile, lint, parse_policies,
+    AllowLocalhost, Cluster, CompileOptions, CompiledPolicy, ParseOptions, SourceFile, lint, parse_policies,
 };
 
 /// Two nodes, a pod on each, and the API server: its EndpointSlices hold the load balancer
@@ -261,21 +261,24 @@ fn http_on_tcp_is_judged_by_the_proxy_and_other_l7_redirects_are_denied_with_the
     // The same HTTP rule on UDP (protocol ANY): no proxy takes it.
     let t = trace_of(&e, "prod/client", "prod/server", "8080/UDP", Some("GET /public"));
     assert_eq!((t.verdict, t.intent), (Verdict::Denied, Verdict::Allowed), "the datapath never fails open");
-    assert_eq!((t.drop_reason(), t.drop_detail()), (Some("l7-unsupported"), Some("the L7 proxy takes TCP only")));
+    assert_eq!((t.drop_reason(), t.drop_detail()), (Some("l7-unsupported"), Some("the HTTP proxy takes TCP only")));
     // Not an L7 port: nothing changes.
     let t = trace_of(&e, "prod/client", "prod/server", "9090/TCP", None);
     assert_eq!((t.verdict, t.intent, t.drop_reason()), (Verdict::Denied, Verdict::Denied, None));
-    // Egress DNS rules redirect too, on UDP and TCP alike, and no proxy judges them yet.
+    // Egress DNS rules redirect too: the DNS proxy judges queries on UDP and TCP alike (port
+    // '53' is ANY); on SCTP no proxy does.
+    let query = L7Request::Dns("example.com".into());
     for port in ["53/UDP", "53/TCP"] {
-        let query = L7Request::Dns("example.com".into());
         let t = trace_l7(&e, "prod/server", "prod/client", port, Some(&query));
-        assert_eq!((t.verdict, t.intent), (Verdict::Denied, Verdict::Allowed), "{port}");
-        assert_eq!(
-            (t.egress.drop_reason, t.egress.drop_detail),
-            (Some("l7-unsupported"), Some("DNS proxy not implemented yet")),
-            "{port}"
-        );
+        assert_eq!((t.verdict, t.intent, t.egress.drop_reason), (Verdict::Allowed, Verdict::Allowed, None), "{port}");
+        assert!(t.egress.proxy.as_deref().is_some_and(|p| p.starts_with("allowed: query example.com")), "{port}");
     }
+    let t = trace_l7(&e, "prod/server", "prod/client", "53/SCTP", Some(&query));
+    assert_eq!((t.verdict, t.intent), (Verdict::Denied, Verdict::Allowed), "the datapath never fails open");
+    assert_eq!(
+        (t.egress.drop_reason, t.egress.drop_detail),
+        (Some("l7-unsupported"), Some("the DNS proxy takes UDP and TCP only"))
+    );
 }
 
 #[test]
@@ -306,20 +309,10 @@ spec:
 }
 
 #[test]
-fn dns_rules_fields_are_warnings_naming_file_line_and_field_and_http_rules_are_not() {
+fn http_and_dns_rules_are_not_warned_about_the_proxy_judges_them() {
     let parsed = parse_policies(&[SourceFile { name: "policies/api.yaml", text: L7 }], &ParseOptions::default());
-    let warnings: Vec<String> = lint::lint(&parsed.set)
-        .iter()
-        .inspect(|d| assert_eq!(d.severity, Severity::Warning))
-        .map(ToString::to_string)
-        .collect();
-    assert_eq!(
-        warnings,
-        [
-            "policies/api.yaml:17: warning: spec.egress[0].toPorts[0].rules.dns: DNS rules are not enforced yet: the datapath denies this port (drop reason l7-unsupported)"
-        ],
-        "one per rules field, though ANY makes three port rules of it"
-    );
+    let warnings: Vec<String> = lint::lint(&parsed.set).iter().map(ToString::to_string).collect();
+    assert!(warnings.is_empty(), "{warnings:?}");
 }
 
 const HEADER_MATCHES: &str = "apiVersion: cilium.io/v2

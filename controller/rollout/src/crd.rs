@@ -756,6 +756,10 @@ pub struct AuditFlow {
     /// then counts requests, not packets.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub http: Option<HttpRequestKind>,
+    /// Set for DNS queries the node's DNS proxy judged (DNS rules): which names differ.
+    /// `count` then counts queries.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dns: Option<DnsQueryKind>,
 }
 
 /// Requests of one method to one path, as the L7 proxy saw them.
@@ -766,6 +770,15 @@ pub struct HttpRequestKind {
     pub method: String,
     #[schemars(length(max = PATH_MAX))]
     pub path: String,
+}
+
+/// Queries for one name, as the DNS proxy saw them.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct DnsQueryKind {
+    /// Lower case, without the root dot.
+    #[schemars(length(max = 253))]
+    pub query: String,
 }
 
 /// A side of a flow, named by labels: identities are node-local numbers and mean nothing here.

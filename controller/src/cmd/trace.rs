@@ -25,14 +25,14 @@ pub struct Args {
     #[arg(long)]
     port: String,
     /// An HTTP request to evaluate against L7 rules: "METHOD /path" (the node's L7 proxy judges
-    /// it on TCP; the datapath denies ports with DNS or Kafka rules).
+    /// it on TCP; the datapath denies ports with Kafka rules).
     #[arg(long)]
     http: Option<String>,
     /// A request header, "Name: value" (repeatable).
     #[arg(long = "header", requires = "http")]
     headers: Vec<String>,
     /// A DNS query for NAME to evaluate against DNS rules (`rules.dns`), e.g. on 53/UDP (the
-    /// policy's intent: no DNS proxy judges it yet).
+    /// node's DNS proxy judges it on UDP and TCP).
     #[arg(long, value_name = "NAME", conflicts_with = "http")]
     dns: Option<String>,
     /// A DNS answer the node's proxy has seen, "NAME=IP[,IP...]" (repeatable): `toFQDNs`

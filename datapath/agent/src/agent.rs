@@ -273,6 +273,15 @@ impl<D: Dataplane, R: InterfaceResolver> Agent<D, R> {
         }
     }
 
+    /// The names and addresses `toFQDNs` selects from (what the DNS proxy learned), replacing
+    /// the previous ones; [`Self::converge`] writes them to the datapath.
+    pub fn set_dns_answers(&mut self, answers: BTreeMap<String, BTreeSet<Ipv4Addr>>) {
+        if self.cluster.dns_answers != answers {
+            self.cluster.dns_answers = answers.clone();
+            self.each_engine(|e| e.set_dns_answers(answers.clone()));
+        }
+    }
+
     fn each_engine(&mut self, mut change: impl FnMut(&mut CompiledPolicy)) {
         if let Some(compiled) = &mut self.compiled {
             self.policy_changes += 1;

@@ -10,6 +10,7 @@ pub mod cluster_watch;
 mod dataplane;
 mod drops;
 pub mod flow_access;
+pub mod fqdn;
 mod input;
 mod node_state;
 pub mod observe;

@@ -52,10 +52,14 @@ struct Args {
     /// `/metrics`, `/healthz`, `/readyz` (open) and `/flows` (to authorized bearer tokens).
     #[arg(long, default_value = "0.0.0.0:9964")]
     metrics_addr: SocketAddr,
-    /// The node's L7 proxy listens on this port of 127.0.0.1 (0: any free port); the datapath
-    /// steers connections whose policy has HTTP rules to it.
+    /// The node's L7 proxy listens on this port of 127.0.0.1, TCP and UDP (0: any free port);
+    /// the datapath steers connections and DNS queries whose policy has L7 rules to it.
     #[arg(long, default_value_t = 0)]
     l7_proxy_port: u16,
+    /// Addresses learned from DNS answers for `toFQDNs` are kept at least this long, whatever
+    /// the answer's TTL (Cilium's `tofqdns-min-ttl`).
+    #[arg(long, default_value = "1h", value_parser = palisade_rollout::parse_duration)]
+    fqdn_min_ttl: Duration,
     /// PolicyAuditReports are written at least this often (`10s`, `500ms`, `1m`).
     #[arg(long, default_value = "10s", value_parser = parse_interval)]
     report_interval: Duration,
@@ -150,6 +154,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         on_flow: Some(on_flow),
         flows,
         proxy_port: Some(args.l7_proxy_port),
+        fqdn_min_ttl: args.fqdn_min_ttl,
         ..RuntimeOptions::default()
     };
     let handle = spawn(agent, options).context("cannot start the agent's thread")?;
@@ -359,6 +364,7 @@ mod tests {
         assert_eq!(args.pin_dir, PathBuf::from(DEFAULT_PIN_DIR));
         assert_eq!(args.metrics_addr, "0.0.0.0:9964".parse().unwrap());
         assert_eq!(args.report_interval, Duration::from_secs(10));
+        assert_eq!(args.fqdn_min_ttl, Duration::from_secs(3600));
         assert_eq!(args.allow_localhost, AllowLocalhost::Always, "Cilium's default");
         let args =
             Args::try_parse_from(["palisade-agent", "--node-name", "n1", "--allow-localhost", "policy"]).unwrap();

@@ -9,13 +9,13 @@ use palisade_datapath::{EndpointId, Flow};
 use palisade_policy::CompiledPolicy;
 use palisade_policy::compile::Enforcement;
 use palisade_rollout::crd::{
-    AuditFlow, AuditTotals, Direction, EndpointTraffic, FlowEndpoint, HttpRequestKind, PolicyAuditReport,
+    AuditFlow, AuditTotals, Direction, DnsQueryKind, EndpointTraffic, FlowEndpoint, HttpRequestKind, PolicyAuditReport,
     PolicyAuditReportSpec, Protocol, Verdict,
 };
 
 use crate::drops::RolloutDrops;
 use crate::node_state::{CANDIDATE_SET, Compiled, ENFORCED_SET, NodeView, ObjectKey};
-use crate::proxy::{L7Diff, L7Seen};
+use crate::proxy::{L7Diff, L7Seen, RequestKind};
 
 /// Flows listed per report, most frequent first; the totals count them all.
 pub const AUDIT_FLOW_CAP: usize = 100;
@@ -188,6 +188,7 @@ impl Reporter {
                         last_seen: Time(last.1),
                         rule: Some(deciding_rule(compiled, candidate_denies, cookies)),
                         http: None,
+                        dns: None,
                     });
                 }
                 for (diff, seen) in l7 {
@@ -263,14 +264,21 @@ fn l7_flow(compiled: &Compiled, diff: &L7Diff, seen: &L7Seen, count: u64, audit_
         subject: subject(compiled, &(diff.namespace.clone(), diff.pod.clone())),
         peer: peer(&compiled.enforced, diff.peer_identity),
         port: diff.port,
-        protocol: Protocol::Tcp,
+        protocol: protocol(Ok(diff.protocol)),
         enforced_verdict: verdict(diff.enforced_allows),
         candidate_verdict: verdict(diff.candidate_allows),
         count,
         first_seen: Time(seen.first_seen.max(audit_start)),
         last_seen: Time(seen.last_seen),
         rule: Some(deciding_rule(compiled, !diff.candidate_allows, cookies)),
-        http: Some(HttpRequestKind { method: diff.method.clone(), path: diff.path.clone() }),
+        http: match &diff.request {
+            RequestKind::Http { method, path } => Some(HttpRequestKind { method: method.clone(), path: path.clone() }),
+            RequestKind::Dns { .. } => None,
+        },
+        dns: match &diff.request {
+            RequestKind::Dns { query } => Some(DnsQueryKind { query: query.clone() }),
+            RequestKind::Http { .. } => None,
+        },
     }
 }
 

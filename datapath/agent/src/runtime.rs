@@ -7,21 +7,23 @@
 use std::fs::File;
 use std::os::fd::AsRawFd;
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::sync::mpsc::{self, RecvTimeoutError};
+use std::sync::{Arc, Mutex};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
 use k8s_openapi::jiff::Timestamp;
 use palisade_rollout::crd::PolicyAuditReport;
+use tokio::sync::Notify;
 use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender, unbounded_channel};
 use tracing::{info, warn};
 
 use crate::agent::{Agent, Error};
 use crate::dataplane::{Dataplane, FlowEvents, InterfaceResolver};
+use crate::fqdn::FqdnCache;
 use crate::input::Change;
 use crate::observe::{FlowHub, ObservedFlow};
-use crate::proxy::{Proxy, SharedPolicy, install_routing};
+use crate::proxy::{Learner, Proxy, SharedPolicy, install_routing};
 
 /// Longest the agent's thread waits before draining the flow events again.
 const EVENT_WAIT: Duration = Duration::from_millis(100);
@@ -47,6 +49,20 @@ pub struct RuntimeOptions {
     /// namespace nobody asked for): no proxy, and connections whose policy has L7 rules are
     /// dropped (`l7-unsupported`).
     pub proxy_port: Option<u16>,
+    /// Addresses the DNS proxy learns are kept at least this long (Cilium's `tofqdns-min-ttl`).
+    pub fqdn_min_ttl: Duration,
+}
+
+/// Cilium's default `tofqdns-min-ttl`: an hour.
+pub const DEFAULT_FQDN_MIN_TTL: Duration = Duration::from_secs(3600);
+
+/// What the agent's thread takes in.
+enum Input {
+    Change(Change),
+    /// The DNS proxy learned addresses: notified once the datapath has them.
+    Learned(Arc<Notify>),
+    /// Every sender of changes is gone: the agent stops.
+    Stopped,
 }
 
 /// One convergence after [`Change::Synced`].
@@ -87,6 +103,7 @@ impl Default for RuntimeOptions {
             on_flow: None,
             flows: FlowHub::default(),
             proxy_port: None,
+            fqdn_min_ttl: DEFAULT_FQDN_MIN_TTL,
         }
     }
 }
@@ -105,7 +122,18 @@ where
     D: Dataplane + Send + 'static,
     R: InterfaceResolver + Send + 'static,
 {
-    let (changes, inbox) = mpsc::channel();
+    let (changes, received) = mpsc::channel();
+    // The DNS proxy feeds the thread too, so the senders' end is passed on as `Stopped`.
+    let (input, inbox) = mpsc::channel();
+    let forwarded = input.clone();
+    thread::Builder::new().name("palisade-changes".into()).spawn(move || {
+        for change in received {
+            if forwarded.send(Input::Change(change)).is_err() {
+                return;
+            }
+        }
+        let _ = forwarded.send(Input::Stopped);
+    })?;
     let (outbox, reports) = unbounded_channel();
     let netns = options.netns.as_ref().map(File::open).transpose()?;
     let flows = options.flows.clone();
@@ -113,7 +141,7 @@ where
     let thread = thread::Builder::new().name("palisade-agent".into()).spawn(move || {
         let entered = netns.as_ref().map_or(Ok(()), enter_netns);
         if entered.is_ok() {
-            run(agent, inbox, outbox, &hub, &options);
+            run(agent, (inbox, input), outbox, &hub, &options);
         }
         hub.close();
         entered
@@ -131,7 +159,7 @@ fn enter_netns(netns: &File) -> Result<(), Error> {
 
 fn run<D: Dataplane, R: InterfaceResolver>(
     mut agent: Agent<D, R>,
-    inbox: mpsc::Receiver<Change>,
+    (inbox, input): (mpsc::Receiver<Input>, mpsc::Sender<Input>),
     outbox: UnboundedSender<Vec<PolicyAuditReport>>,
     hub: &FlowHub,
     options: &RuntimeOptions,
@@ -140,9 +168,13 @@ fn run<D: Dataplane, R: InterfaceResolver>(
     let mut last_report: Option<Instant> = None;
     let mut events = agent.dataplane().events().map_err(|e| warn!("no flow events to observe: {e}")).ok();
     let policy = SharedPolicy::default();
+    let fqdns = Arc::new(Mutex::new(FqdnCache::new(options.fqdn_min_ttl)));
     // Started here: in local mode this thread is in the node's namespace, where the proxy's
     // sockets and routes must be.
-    let _proxy = options.proxy_port.and_then(|port| start_proxy(&mut agent, port, &policy));
+    let _proxy =
+        options.proxy_port.and_then(|port| start_proxy(&mut agent, port, &policy, learner(fqdns.clone(), input)));
+    // Answers waiting for their addresses to reach the datapath.
+    let mut learned: Vec<Arc<Notify>> = Vec::new();
     let mut failed = false;
     let mut retry_at = Instant::now();
     let mut synced = false;
@@ -153,6 +185,8 @@ fn run<D: Dataplane, R: InterfaceResolver>(
         if barrier_moved {
             due = due.min(last_report.map_or(Instant::now(), |at| at + options.min_report_gap));
         }
+        let expiry = lock(&fqdns).next_expiry();
+        let due = expiry.map_or(due, |expiry| due.min(expiry));
         let wait = if failed { retry_at } else { due }.saturating_duration_since(Instant::now());
         let wait = if events.is_some() { wait.min(EVENT_WAIT) } else { wait };
         let received = inbox.recv_timeout(wait);
@@ -161,20 +195,27 @@ fn run<D: Dataplane, R: InterfaceResolver>(
             observe(&agent, events.as_mut(), hub, options);
         }
         let mut changed = match received {
-            Ok(change) => {
-                barrier_moved |= moves_barrier(&change);
-                synced |= matches!(change, Change::Synced);
-                agent.apply(change);
+            Ok(Input::Stopped) | Err(RecvTimeoutError::Disconnected) => break,
+            Ok(input) => {
+                take(&mut agent, input, (&mut barrier_moved, &mut synced), &mut learned);
                 true
             }
             Err(RecvTimeoutError::Timeout) => failed && Instant::now() >= retry_at,
-            Err(RecvTimeoutError::Disconnected) => break,
         };
-        while let Ok(change) = inbox.try_recv() {
-            barrier_moved |= moves_barrier(&change);
-            synced |= matches!(change, Change::Synced);
-            agent.apply(change);
+        let mut stopped = false;
+        while let Ok(input) = inbox.try_recv() {
+            stopped |= matches!(input, Input::Stopped);
+            take(&mut agent, input, (&mut barrier_moved, &mut synced), &mut learned);
             changed = true;
+        }
+        if stopped {
+            break;
+        }
+        if expiry.is_some_and(|at| at <= Instant::now()) && lock(&fqdns).expire(Instant::now()) {
+            changed = true;
+        }
+        if changed {
+            agent.set_dns_answers(lock(&fqdns).answers());
         }
         if changed {
             let started = Instant::now();
@@ -185,6 +226,11 @@ fn run<D: Dataplane, R: InterfaceResolver>(
             }
             if let Some(update) = agent.proxy_policy_update() {
                 policy.publish(update);
+            }
+            // Written or not, the answers go: a failed write leaves their addresses unknown,
+            // and a connection to an unknown address is dropped, never passed.
+            for written in learned.drain(..) {
+                written.notify_one();
             }
             failed = match result {
                 Ok(()) => false,
@@ -214,14 +260,52 @@ fn run<D: Dataplane, R: InterfaceResolver>(
     info!("agent stopped");
 }
 
+/// Takes one input in (not [`Input::Stopped`], which ends the loop).
+fn take<D: Dataplane, R: InterfaceResolver>(
+    agent: &mut Agent<D, R>,
+    input: Input,
+    (barrier_moved, synced): (&mut bool, &mut bool),
+    learned: &mut Vec<Arc<Notify>>,
+) {
+    match input {
+        Input::Change(change) => {
+            *barrier_moved |= moves_barrier(&change);
+            *synced |= matches!(change, Change::Synced);
+            agent.apply(change);
+        }
+        Input::Learned(written) => learned.push(written),
+        Input::Stopped => {}
+    }
+}
+
+/// What the DNS proxy calls with each answer it lets through: new addresses go in the cache
+/// and wake the agent's thread, which writes them to the datapath and then notifies.
+fn learner(fqdns: Arc<Mutex<FqdnCache>>, input: mpsc::Sender<Input>) -> Learner {
+    let input = Mutex::new(input);
+    Arc::new(move |answer| {
+        if !lock(&fqdns).learn(&answer, Instant::now()) {
+            return None;
+        }
+        let written = Arc::new(Notify::new());
+        lock(&input).send(Input::Learned(written.clone())).ok()?;
+        Some(written)
+    })
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|p| p.into_inner())
+}
+
 /// Starts the L7 proxy and tells the datapath where it listens; without it, redirects stay
 /// closed.
 fn start_proxy<D: Dataplane, R: InterfaceResolver>(
     agent: &mut Agent<D, R>,
     port: u16,
     policy: &SharedPolicy,
+    learner: Learner,
 ) -> Option<Proxy> {
-    let started = install_routing().and_then(|()| Proxy::start(port, policy.clone(), agent.l7_diffs().clone()));
+    let started =
+        install_routing().and_then(|()| Proxy::start(port, policy.clone(), agent.l7_diffs().clone(), learner));
     let proxy = match started {
         Ok(proxy) => proxy,
         Err(e) => {

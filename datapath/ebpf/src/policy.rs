@@ -59,8 +59,9 @@ pub(crate) fn judge(config: &EndpointConfig, version: u32, direction: u8, packet
     } else {
         slot_verdicts(config, slots, identity, direction, packet)
     };
-    // Only TCP reaches the proxy, and only while one runs: otherwise a redirect fails closed.
-    let proxied = packet.protocol == PROTO_TCP && proxy_port() != 0;
+    // TCP and UDP reach the proxy (HTTP, DNS), and only while one runs: otherwise a redirect
+    // fails closed. The proxy refuses what it cannot judge (HTTP over UDP, Kafka).
+    let proxied = (packet.protocol == PROTO_TCP || packet.protocol == PROTO_UDP) && proxy_port() != 0;
     let (enforced, candidate) = if proxied { (enforced, candidate) } else { (unproxied(enforced), unproxied(candidate)) };
     let mut decision = CtDecision {
         identity,

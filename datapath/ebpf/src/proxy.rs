@@ -1,7 +1,8 @@
 //! Steering redirected connections to the node's L7 proxy, as Cilium's BPF TPROXY does: the
 //! packet keeps its addresses, gets [`MARK_TO_PROXY`] (policy routing delivers it locally), and
 //! a SYN is assigned to the proxy's transparent listener (`bpf_sk_assign`); the kernel finds
-//! the connection's socket for every later packet by its addresses.
+//! the connection's socket for every later packet by its addresses. Every UDP datagram (a DNS
+//! query) is assigned to the proxy's UDP socket, which reads where it was sent.
 //!
 //! `bpf_sk_assign` works only at tc ingress. So:
 //! - egress (a pod's connection out, judged at its host-side veth's ingress, `from_endpoint`)
@@ -14,7 +15,7 @@
 //! requests were judged), and their conntrack entries steer the replies back to the proxy.
 use aya_ebpf::{
     bindings::{BPF_F_CURRENT_NETNS, BPF_F_INGRESS, TC_ACT_OK, TC_ACT_SHOT, bpf_sock_tuple},
-    helpers::{bpf_redirect, bpf_sk_assign, bpf_sk_lookup_tcp, bpf_sk_release},
+    helpers::{bpf_redirect, bpf_sk_assign, bpf_sk_lookup_tcp, bpf_sk_lookup_udp, bpf_sk_release},
     programs::TcContext,
 };
 use palisade_common::*;
@@ -71,31 +72,35 @@ pub(crate) fn steer(ctx: &TcContext, at_ingress: bool) -> i32 {
 
 /// Assigns a packet for the proxy at tc ingress: one the hook steers itself, or one an egress
 /// hook handed back (it carries [`MARK_TO_PROXY`]; a pod's own packets never do: crossing into
-/// the node's namespace clears the mark). Its TCP flags are read afresh: kept from the
-/// judgement, LLVM spills an undefined value the verifier rejects.
-#[inline(always)]
+/// the node's namespace clears the mark). Its protocol and TCP flags are read afresh: kept
+/// from the judgement, LLVM spills an undefined value the verifier rejects. A function of its
+/// own (a BPF subprogram): inlined into `decide`, LLVM spills another undefined value there.
+#[inline(never)]
 pub(crate) fn assign_to_proxy(ctx: &TcContext) -> i32 {
-    let Some(version_ihl) = header::<u8>(ctx, ETH_HLEN) else {
+    let Some(ip) = header::<[u8; 10]>(ctx, ETH_HLEN) else {
         return TC_ACT_SHOT;
     };
-    let l4 = ETH_HLEN + ((version_ihl & 0x0f) as usize) * 4;
+    if ip[9] == PROTO_UDP {
+        return assign(ctx, PROTO_UDP);
+    }
+    let l4 = ETH_HLEN + ((ip[0] & 0x0f) as usize) * 4;
     // Bounded for the verifier: an IPv4 header is at most 60 bytes.
     if l4 > ETH_HLEN + 60 {
         return TC_ACT_SHOT;
     }
     match header::<[u8; 14]>(ctx, l4) {
-        Some(tcp) => assign(ctx, tcp[13]),
+        // A connection's first SYN goes to the listener; later packets pass to the socket
+        // their addresses name.
+        Some(tcp) if tcp[13] & (TCP_SYN | TCP_ACK) == TCP_SYN => assign(ctx, PROTO_TCP),
+        Some(_) => TC_ACT_OK,
         None => TC_ACT_SHOT,
     }
 }
 
-/// Assigns a connection's first SYN to the proxy's listener; later packets pass to the
-/// socket their addresses name. Without a listener, the packet is dropped: fail closed.
+/// Assigns the packet to the proxy's socket for `protocol`. Without one, the packet is
+/// dropped: fail closed.
 #[inline(always)]
-fn assign(ctx: &TcContext, tcp_flags: u8) -> i32 {
-    if tcp_flags & (TCP_SYN | TCP_ACK) != TCP_SYN {
-        return TC_ACT_OK;
-    }
+fn assign(ctx: &TcContext, protocol: u8) -> i32 {
     let port = proxy_port();
     if port == 0 {
         return TC_ACT_SHOT;
@@ -110,7 +115,11 @@ fn assign(ctx: &TcContext, tcp_flags: u8) -> i32 {
     let size = 12;
     // SAFETY: the context and a tuple of `size` bytes; the socket is released below.
     let socket = unsafe {
-        bpf_sk_lookup_tcp(ctx.skb.skb as *mut _, &mut tuple, size, BPF_F_CURRENT_NETNS as u64, 0)
+        if protocol == PROTO_UDP {
+            bpf_sk_lookup_udp(ctx.skb.skb as *mut _, &mut tuple, size, BPF_F_CURRENT_NETNS as u64, 0)
+        } else {
+            bpf_sk_lookup_tcp(ctx.skb.skb as *mut _, &mut tuple, size, BPF_F_CURRENT_NETNS as u64, 0)
+        }
     };
     if socket.is_null() {
         return TC_ACT_SHOT;

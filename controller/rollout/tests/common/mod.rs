@@ -128,6 +128,7 @@ pub fn denied(peer: &str, port: u16) -> AuditFlow {
         last_seen: Time(t(1)),
         rule: Some("CiliumNetworkPolicy shop/web ingress[0]".into()),
         http: None,
+        dns: None,
     }
 }
 

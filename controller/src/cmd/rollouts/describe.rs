@@ -267,10 +267,12 @@ fn describe_audit(
                 direction: format!("{:?}", flow.direction),
                 subject: endpoint(&flow.subject),
                 peer: endpoint(&flow.peer),
-                // A request the L7 proxy judged shows as the request: `8080/TCP GET /admin`.
-                port: match &flow.http {
-                    Some(http) => format!("{}/{} {} {}", flow.port, wire(&flow.protocol), http.method, http.path),
-                    None => format!("{}/{}", flow.port, wire(&flow.protocol)),
+                // A request the L7 proxy judged shows as the request: `8080/TCP GET /admin`,
+                // `53/UDP DNS api.example.com`.
+                port: match (&flow.http, &flow.dns) {
+                    (Some(http), _) => format!("{}/{} {} {}", flow.port, wire(&flow.protocol), http.method, http.path),
+                    (None, Some(dns)) => format!("{}/{} DNS {}", flow.port, wire(&flow.protocol), dns.query),
+                    (None, None) => format!("{}/{}", flow.port, wire(&flow.protocol)),
                 },
                 rule: flow.rule.clone().unwrap_or_else(|| "-".into()),
             };

@@ -1,6 +1,5 @@
 //! One steered connection: HTTP/1.1 requests judged one by one (keep-alive), each forwarded
 //! over one upstream connection from the client's own address, or answered with a 403.
-use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -12,65 +11,30 @@ use hyper::header::{HeaderName, HeaderValue};
 use hyper::service::service_fn;
 use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
-use palisade_common::Direction;
-use palisade_common::{COOKIE_NONE, MARK_FROM_PROXY};
-use palisade_policy::CompiledPolicy;
-use palisade_policy::RequestVerdict;
 use palisade_policy::l7::{HttpRequest, HttpRewrite, L7Request};
-use palisade_policy::model::Protocol;
-use palisade_policy::trace::FlowPort;
-use socket2::{Domain, Socket, Type};
+use socket2::Type;
 use tokio::net::{TcpSocket, TcpStream};
 use tokio::sync::Mutex;
 use tracing::{debug, info};
 
-use super::{L7Diff, L7Diffs, ProxyPolicy, SharedPolicy};
+use super::judge::{Ends, Sides, judge};
+use super::{L7Diffs, ProxyPolicy, SharedPolicy, upstream_socket};
 
 type Body = BoxBody<Bytes, hyper::Error>;
 
 /// What Cilium's proxy (Envoy) answers a denied request with.
 const ACCESS_DENIED: &str = "Access denied\r\n";
 
-/// The connection's two ends.
-#[derive(Clone, Copy)]
-struct Ends {
-    client: Ipv4Addr,
-    destination: SocketAddrV4,
-}
-
-/// One steered connection: its ends, its upstream (opened on first use) and its policed ends
-/// under the policy snapshot they were found in. Its requests come one after the other.
+/// One steered connection: its ends, its upstream (opened on first use) and its policed ends.
+/// Its requests come one after the other.
 struct Connection {
     ends: Ends,
     upstream: Mutex<Option<SendRequest<Incoming>>>,
-    /// Finding an end's endpoint and identity is a lookup in the compiled policy; it is done
-    /// again only when the agent publishes a new one.
-    sides: std::sync::Mutex<Option<FoundSides>>,
+    sides: Sides,
 }
 
-/// An end's sides and the policy snapshot they were found in.
-type FoundSides = (Arc<CompiledPolicy>, Arc<[Side]>);
-
-impl Connection {
-    fn sides(&self, policy: &Arc<CompiledPolicy>) -> Arc<[Side]> {
-        let mut cached = self.sides.lock().unwrap_or_else(|p| p.into_inner());
-        match &*cached {
-            Some((found_in, sides)) if Arc::ptr_eq(found_in, policy) => sides.clone(),
-            _ => {
-                let sides: Arc<[Side]> = sides(policy, self.ends).into();
-                *cached = Some((policy.clone(), sides.clone()));
-                sides
-            }
-        }
-    }
-}
-
-pub(super) async fn serve(client: TcpStream, policy: SharedPolicy, diffs: L7Diffs) {
-    let (Ok(SocketAddr::V4(peer)), Ok(SocketAddr::V4(destination))) = (client.peer_addr(), client.local_addr()) else {
-        return;
-    };
-    let ends = Ends { client: *peer.ip(), destination };
-    let connection = Arc::new(Connection { ends, upstream: Mutex::default(), sides: std::sync::Mutex::default() });
+pub(super) async fn serve(client: TcpStream, ends: Ends, sides: Sides, policy: SharedPolicy, diffs: L7Diffs) {
+    let connection = Arc::new(Connection { ends, upstream: Mutex::default(), sides });
     let service = service_fn(move |request| {
         let (policy, diffs, connection) = (policy.clone(), diffs.clone(), connection.clone());
         async move { Ok::<_, hyper::Error>(handle(request, &connection, policy.current(), &diffs).await) }
@@ -94,35 +58,14 @@ async fn handle(
     };
     let ends = connection.ends;
     let seen = as_judged(&request);
-    let port = FlowPort { protocol: Protocol::TCP, port: ends.destination.port() };
-    let sides = connection.sides(&policy.enforced);
-    let enforced: Vec<RequestVerdict> = sides.iter().map(|s| s.judge(&policy.enforced, port, &seen)).collect();
-    if let Some(candidate) = &policy.candidate {
-        for (side, enforced) in sides.iter().zip(&enforced) {
-            let judged = side.judge(candidate, port, &seen);
-            if judged.allowed != enforced.allowed {
-                let L7Request::Http(http) = &seen else { continue };
-                diffs.record(L7Diff {
-                    namespace: side.namespace.clone(),
-                    pod: side.name.clone(),
-                    direction: side.direction,
-                    peer: side.peer,
-                    peer_identity: side.remote,
-                    port: port.port,
-                    method: http.method.clone(),
-                    path: http.path.clone(),
-                    enforced_allows: enforced.allowed,
-                    candidate_allows: judged.allowed,
-                    enforced_cookie: enforced.cookie,
-                    candidate_cookie: judged.cookie,
-                });
-            }
+    let sides = connection.sides.of(&policy.enforced, ends);
+    let enforced = match judge(&policy, &sides, ends, &seen, diffs) {
+        Ok(verdicts) => verdicts,
+        Err(denied) => {
+            info!(client = %ends.client, destination = %ends.destination, reason = %denied.reason, "L7 request denied");
+            return plain(StatusCode::FORBIDDEN, ACCESS_DENIED);
         }
-    }
-    if let Some(denied) = enforced.iter().find(|v| !v.allowed) {
-        info!(client = %ends.client, destination = %ends.destination, reason = %denied.reason, "L7 request denied");
-        return plain(StatusCode::FORBIDDEN, ACCESS_DENIED);
-    }
+    };
     let mut request = request;
     for verdict in &enforced {
         rewrite(&mut request, &verdict.rewrite);
@@ -146,50 +89,6 @@ fn as_judged(request: &Request<Incoming>) -> L7Request {
         .map(|(name, value)| (name.as_str().to_string(), String::from_utf8_lossy(value.as_bytes()).into_owned()))
         .collect();
     L7Request::Http(HttpRequest { method: request.method().as_str().to_string(), path, headers })
-}
-
-/// One end of the connection that is a local endpoint, whose policy judges the request.
-struct Side {
-    namespace: String,
-    name: String,
-    direction: Direction,
-    /// The other end's address and identity.
-    peer: Ipv4Addr,
-    remote: u32,
-}
-
-/// The client's egress and the destination's ingress, where they are local endpoints.
-fn sides(policy: &CompiledPolicy, ends: Ends) -> Vec<Side> {
-    let destination = *ends.destination.ip();
-    let mut sides = Vec::with_capacity(2);
-    for (local, peer, direction) in
-        [(ends.client, destination, Direction::Egress), (destination, ends.client, Direction::Ingress)]
-    {
-        if let Some((namespace, name)) = policy.endpoint_at(local) {
-            sides.push(Side {
-                namespace: namespace.to_string(),
-                name: name.to_string(),
-                direction,
-                peer,
-                remote: policy.identity_of_addr(peer),
-            });
-        }
-    }
-    sides
-}
-
-impl Side {
-    /// The L7 rules decide where the entry redirects; elsewhere the L4 entry alone does.
-    fn judge(&self, policy: &CompiledPolicy, port: FlowPort, request: &L7Request) -> RequestVerdict {
-        if let Some(verdict) =
-            policy.judge_request(&self.namespace, &self.name, self.direction, self.remote, port, request)
-        {
-            return verdict;
-        }
-        let allowed = policy.l4_allows(&self.namespace, &self.name, self.direction, self.remote, port).unwrap_or(true);
-        let reason = if allowed { "allowed at L4" } else { "denied at L4" };
-        RequestVerdict { allowed, reason: reason.to_string(), cookie: COOKIE_NONE, rewrite: HttpRewrite::default() }
-    }
 }
 
 /// Applies the `headerMatches` mismatch actions of the rule that allowed the request.
@@ -229,15 +128,10 @@ async fn forward(
     Ok(sender.send_request(request).await?)
 }
 
-/// An upstream connection from the client's address, marked so the datapath passes it (its
-/// requests are judged) and steers its replies back here.
+/// An upstream connection from the client's address.
 async fn connect(ends: Ends) -> std::io::Result<SendRequest<Incoming>> {
-    let socket = Socket::new(Domain::IPV4, Type::STREAM, None)?;
-    socket.set_ip_transparent_v4(true)?;
-    socket.set_mark(MARK_FROM_PROXY)?;
-    socket.set_nonblocking(true)?;
-    socket.bind(&SocketAddr::from((ends.client, 0)).into())?;
-    let stream = TcpSocket::from_std_stream(socket.into()).connect(ends.destination.into()).await?;
+    let socket = TcpSocket::from_std_stream(upstream_socket(ends, Type::STREAM)?.into());
+    let stream = socket.connect(ends.destination.into()).await?;
     stream.set_nodelay(true)?;
     let (sender, connection) =
         hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.map_err(std::io::Error::other)?;

@@ -1,13 +1,16 @@
-//! The node's transparent L7 proxy. The datapath steers every TCP connection whose policy entry
-//! redirects, in the enforced or the candidate slot, to its listener (see the eBPF `proxy`
-//! module); the proxy judges each HTTP request on it under both revisions with the policy
-//! crate's matcher (the one `palisade trace --http` uses), answers a denied one with
-//! `403 Forbidden` and forwards an allowed one over an upstream connection that keeps the
-//! client's address (`IP_TRANSPARENT`), so the destination's policy and logs see the real peer.
+//! The node's transparent L7 proxy. The datapath steers every TCP connection and UDP datagram
+//! whose policy entry redirects, in the enforced or the candidate slot, to its sockets (see the
+//! eBPF `proxy` module); the proxy judges each HTTP request and each DNS query under both
+//! revisions with the policy crate's matcher (the one `palisade trace` uses), answers a denied
+//! one itself (`403 Forbidden`, DNS `REFUSED`) and forwards an allowed one from the client's
+//! own address (`IP_TRANSPARENT`), so the destination's policy and logs see the real peer.
+//! The addresses of the DNS answers it lets through are learned for `toFQDNs`.
 //!
 //! Requests the candidate would judge otherwise are counted ([`L7Diffs`]); L7 protocols the
-//! proxy does not speak (Kafka, DNS over TCP) are refused, never passed unjudged.
+//! proxy does not speak (Kafka) are refused, never passed unjudged.
+mod dns;
 mod http;
+mod judge;
 mod routing;
 
 use std::collections::BTreeMap;
@@ -16,13 +19,24 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::thread::{self, JoinHandle};
 
 use k8s_openapi::jiff::Timestamp;
-use palisade_common::Direction;
+use palisade_common::{Direction, MARK_FROM_PROXY};
 use palisade_policy::CompiledPolicy;
+use palisade_policy::l7::L7Request;
+use palisade_policy::model::Protocol;
 use socket2::{Domain, Socket, Type};
-use tokio::sync::watch;
+use tokio::net::TcpStream;
+use tokio::sync::{Notify, watch};
 use tracing::{info, warn};
 
+use crate::fqdn::DnsAnswer;
+use dns::DnsProxy;
+use judge::{Ends, Sides, speaks_dns};
 pub use routing::install_routing;
+
+/// Where the DNS proxy sends the addresses of each answer it lets through. When they teach
+/// something new, it returns what is notified once the datapath knows them: only then does
+/// the answer go to the client.
+pub type Learner = Arc<dyn Fn(DnsAnswer) -> Option<Arc<Notify>> + Send + Sync>;
 
 /// What the proxy judges by: the node's compiled enforced and candidate sets.
 #[derive(Clone)]
@@ -59,14 +73,30 @@ pub struct L7Diff {
     /// The other end: its address and identity.
     pub peer: Ipv4Addr,
     pub peer_identity: u32,
+    pub protocol: Protocol,
     pub port: u16,
-    pub method: String,
-    pub path: String,
+    pub request: RequestKind,
     pub enforced_allows: bool,
     pub candidate_allows: bool,
     /// The rules that decided (`COOKIE_NONE` where none did).
     pub enforced_cookie: u32,
     pub candidate_cookie: u32,
+}
+
+/// What a proxied request asked for, as reports group them.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum RequestKind {
+    Http { method: String, path: String },
+    Dns { query: String },
+}
+
+impl RequestKind {
+    fn of(request: &L7Request) -> RequestKind {
+        match request {
+            L7Request::Http(http) => RequestKind::Http { method: http.method.clone(), path: http.path.clone() },
+            L7Request::Dns(name) => RequestKind::Dns { query: name.clone() },
+        }
+    }
 }
 
 /// How many requests of an [`L7Diff`] the proxy saw, and when.
@@ -100,7 +130,7 @@ impl L7Diffs {
     }
 }
 
-/// The running proxy: its listener's port, and the thread serving it (stopped on drop).
+/// The running proxy: its sockets' port, and the thread serving them (stopped on drop).
 pub struct Proxy {
     port: u16,
     stop: Option<watch::Sender<bool>>,
@@ -108,12 +138,15 @@ pub struct Proxy {
 }
 
 impl Proxy {
-    /// Listens on 127.0.0.1:`port` (0: any free port) in the calling thread's network
-    /// namespace, as a transparent socket the datapath assigns steered connections to, and
-    /// serves it on a thread of its own. Upstream connections are made in the same namespace.
-    pub fn start(port: u16, policy: SharedPolicy, diffs: L7Diffs) -> std::io::Result<Proxy> {
+    /// Listens on 127.0.0.1:`port` (0: any free port), TCP and UDP, in the calling thread's
+    /// network namespace, as transparent sockets the datapath assigns steered connections and
+    /// datagrams to, and serves them on a thread of its own. Upstream connections are made in
+    /// the same namespace. What DNS answers teach goes to `learner`.
+    pub fn start(port: u16, policy: SharedPolicy, diffs: L7Diffs, learner: Learner) -> std::io::Result<Proxy> {
         let listener = transparent_listener(port)?;
         let port = listener.local_addr()?.port();
+        let datagrams = dns::steered_udp_socket(port)?;
+        let dns = Arc::new(DnsProxy::new(policy.clone(), diffs.clone(), learner));
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .thread_name("palisade-proxy")
@@ -122,16 +155,18 @@ impl Proxy {
         let (stop, mut stopped) = watch::channel(false);
         let thread = thread::Builder::new().name("palisade-proxy".into()).spawn(move || {
             runtime.block_on(async move {
-                let listener = match tokio::net::TcpListener::from_std(listener) {
-                    Ok(listener) => listener,
-                    Err(e) => return warn!("L7 proxy: cannot serve its listener: {e}"),
+                let sockets = tokio::net::TcpListener::from_std(listener)
+                    .and_then(|l| Ok((l, tokio::net::UdpSocket::from_std(datagrams)?)));
+                let (listener, datagrams) = match sockets {
+                    Ok(sockets) => sockets,
+                    Err(e) => return warn!("L7 proxy: cannot serve its sockets: {e}"),
                 };
+                tokio::spawn(dns::serve_udp(datagrams, dns.clone()));
                 loop {
                     tokio::select! {
                         accepted = listener.accept() => match accepted {
                             Ok((client, _)) => {
-                                let (policy, diffs) = (policy.clone(), diffs.clone());
-                                tokio::spawn(http::serve(client, policy, diffs));
+                                tokio::spawn(serve_connection(client, policy.clone(), diffs.clone(), dns.clone()));
                             }
                             Err(e) => warn!("L7 proxy: accept: {e}"),
                         },
@@ -156,6 +191,34 @@ impl Drop for Proxy {
             let _ = thread.join();
         }
     }
+}
+
+/// Serves a steered TCP connection in the protocol its rules speak: DNS where DNS rules apply
+/// to it, HTTP otherwise.
+async fn serve_connection(client: TcpStream, policy: SharedPolicy, diffs: L7Diffs, dns: Arc<DnsProxy>) {
+    let (Ok(SocketAddr::V4(peer)), Ok(SocketAddr::V4(destination))) = (client.peer_addr(), client.local_addr()) else {
+        return;
+    };
+    let ends = Ends { client: *peer.ip(), destination, protocol: Protocol::TCP };
+    let sides = Sides::default();
+    let dns_rules = policy.current().is_some_and(|p| speaks_dns(&p, &sides.of(&p.enforced, ends), ends));
+    if dns_rules {
+        dns::serve_tcp(client, ends, sides, dns).await;
+    } else {
+        http::serve(client, ends, sides, policy, diffs).await;
+    }
+}
+
+/// A socket for the proxy's upstream side, from the client's own address (`IP_TRANSPARENT`)
+/// and marked so that the datapath passes it (its requests are judged) and steers its replies
+/// back to it.
+fn upstream_socket(ends: Ends, kind: Type) -> std::io::Result<Socket> {
+    let socket = Socket::new(Domain::IPV4, kind, None)?;
+    socket.set_ip_transparent_v4(true)?;
+    socket.set_mark(MARK_FROM_PROXY)?;
+    socket.set_nonblocking(true)?;
+    socket.bind(&SocketAddr::from((ends.client, 0)).into())?;
+    Ok(socket)
 }
 
 fn transparent_listener(port: u16) -> std::io::Result<std::net::TcpListener> {

@@ -1,0 +1,119 @@
+//! What `toFQDNs` selects on this node: the addresses of the DNS answers the node's DNS proxy
+//! let through, each kept for its record's TTL raised to a minimum (`--fqdn-min-ttl`, as
+//! Cilium's `tofqdns-min-ttl`) and forgotten after.
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::Ipv4Addr;
+use std::time::{Duration, Instant};
+
+/// The addresses one DNS answer gave, under every name it gave them for (the query's name and
+/// the CNAMEs on the way): a `toFQDNs` selector matching any of them selects the addresses.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct DnsAnswer {
+    /// Lower case, without the root dot.
+    pub names: Vec<String>,
+    /// Each address with its record's TTL in seconds.
+    pub addresses: Vec<(Ipv4Addr, u32)>,
+}
+
+/// Learned names and addresses, with when each pair expires.
+#[derive(Clone, Debug)]
+pub struct FqdnCache {
+    min_ttl: Duration,
+    learned: BTreeMap<String, BTreeMap<Ipv4Addr, Instant>>,
+}
+
+impl FqdnCache {
+    pub fn new(min_ttl: Duration) -> FqdnCache {
+        FqdnCache { min_ttl, learned: BTreeMap::new() }
+    }
+
+    /// Takes an answer in at `now`; whether a name gained an address (what `toFQDNs` selects
+    /// changed). A known pair only has its expiry pushed out.
+    pub fn learn(&mut self, answer: &DnsAnswer, now: Instant) -> bool {
+        let mut changed = false;
+        for name in &answer.names {
+            let addresses = self.learned.entry(name.clone()).or_default();
+            for &(address, ttl) in &answer.addresses {
+                let expires = now + Duration::from_secs(ttl.into()).max(self.min_ttl);
+                match addresses.get_mut(&address) {
+                    Some(at) => *at = (*at).max(expires),
+                    None => {
+                        addresses.insert(address, expires);
+                        changed = true;
+                    }
+                }
+            }
+        }
+        self.learned.retain(|_, addresses| !addresses.is_empty());
+        changed
+    }
+
+    /// Forgets what expired by `now`; whether anything did.
+    pub fn expire(&mut self, now: Instant) -> bool {
+        let before = self.learned.values().map(BTreeMap::len).sum::<usize>();
+        for addresses in self.learned.values_mut() {
+            addresses.retain(|_, expires| *expires > now);
+        }
+        self.learned.retain(|_, addresses| !addresses.is_empty());
+        before != self.learned.values().map(BTreeMap::len).sum::<usize>()
+    }
+
+    /// When the next pair expires.
+    pub fn next_expiry(&self) -> Option<Instant> {
+        self.learned.values().flat_map(BTreeMap::values).min().copied()
+    }
+
+    /// Every learned name with its addresses, as the policy compiler takes them.
+    pub fn answers(&self) -> BTreeMap<String, BTreeSet<Ipv4Addr>> {
+        self.learned.iter().map(|(name, addresses)| (name.clone(), addresses.keys().copied().collect())).collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn answer(names: &[&str], addresses: &[(&str, u32)]) -> DnsAnswer {
+        DnsAnswer {
+            names: names.iter().map(|n| n.to_string()).collect(),
+            addresses: addresses.iter().map(|(a, ttl)| (a.parse().unwrap(), *ttl)).collect(),
+        }
+    }
+
+    fn learned(cache: &FqdnCache) -> Vec<(String, Vec<String>)> {
+        let answers = cache.answers();
+        answers.into_iter().map(|(n, a)| (n, a.iter().map(ToString::to_string).collect())).collect()
+    }
+
+    #[test]
+    fn addresses_are_kept_for_their_ttl_raised_to_the_minimum_then_forgotten() {
+        let start = Instant::now();
+        let mut cache = FqdnCache::new(Duration::from_secs(60));
+        let cname = answer(&["www.example.com", "edge.example.net"], &[("10.200.99.10", 5), ("10.200.99.11", 600)]);
+        assert!(cache.learn(&cname, start));
+        assert_eq!(
+            learned(&cache),
+            [
+                ("edge.example.net".to_string(), vec!["10.200.99.10".to_string(), "10.200.99.11".to_string()]),
+                ("www.example.com".to_string(), vec!["10.200.99.10".to_string(), "10.200.99.11".to_string()]),
+            ]
+        );
+        // The same answer again changes nothing the policy sees.
+        assert!(!cache.learn(&cname, start + Duration::from_secs(1)));
+        // A 5 s record lives for the 60 s minimum, a 600 s one for 600 s, from its last answer.
+        assert_eq!(cache.next_expiry(), Some(start + Duration::from_secs(61)));
+        assert!(!cache.expire(start + Duration::from_secs(60)));
+        assert!(cache.expire(start + Duration::from_secs(61)));
+        assert_eq!(learned(&cache)[0].1, ["10.200.99.11"]);
+        assert!(!cache.expire(start + Duration::from_secs(600)));
+        assert!(cache.expire(start + Duration::from_secs(601)));
+        assert!(cache.answers().is_empty() && cache.next_expiry().is_none());
+    }
+
+    #[test]
+    fn an_answer_without_addresses_learns_nothing() {
+        let mut cache = FqdnCache::new(Duration::from_secs(3600));
+        assert!(!cache.learn(&answer(&["nothing.example.com"], &[]), Instant::now()));
+        assert!(cache.answers().is_empty());
+    }
+}
