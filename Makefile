@@ -3,7 +3,7 @@ SHELL := /bin/bash
 CARGO ?= cargo
 export PATH := $(HOME)/.cargo/bin:$(PATH)
 
-.PHONY: deps build test e2e demo bench bench-policy bench-datapath bench-agent bench-source clippy fmt crds
+.PHONY: deps build test e2e demo bench bench-policy bench-datapath bench-agent bench-l7 bench-source clippy fmt crds
 
 deps:
 	@bash scripts/deps.sh
@@ -22,17 +22,19 @@ demo: build
 	@bash scripts/demo.sh
 
 # Each benchmark prints `name: value unit` lines on stdout (progress goes to stderr).
-BENCHMARKS := policy datapath agent source
+BENCHMARKS := policy datapath agent l7 source
 BENCH_policy = $(CARGO) run --release --quiet -p palisade -- bench policy
 BENCH_datapath = $(CARGO) run --release --quiet -p palisade-datapath --example bench-datapath
 BENCH_agent = $(CARGO) run --release --quiet -p palisade-agent --example bench-agent
+BENCH_l7 = $(CARGO) run --release --quiet -p palisade-agent --example bench-l7
 BENCH_source = $(CARGO) run --release --quiet -p palisade-source --example bench-source
 BENCH_DIR := target/bench
 
-# Root (bench-datapath and bench-agent need it): every benchmark in turn, each one's output kept in
-# $(BENCH_DIR)/NAME.txt, then results.json and results.md there with each figure against its goal.
+# Root (bench-datapath, bench-agent and bench-l7 need it): every benchmark in turn, each one's
+# output kept in $(BENCH_DIR)/NAME.txt, then results.json and results.md there with each figure
+# against its goal.
 bench:
-	@[ "$$(id -u)" = 0 ] || { echo "make bench needs root: bench-datapath and bench-agent load eBPF programs (sudo make bench)" >&2; exit 1; }
+	@[ "$$(id -u)" = 0 ] || { echo "make bench needs root: bench-datapath, bench-agent and bench-l7 load eBPF programs (sudo make bench)" >&2; exit 1; }
 	@$(MAKE) --no-print-directory deps
 	rm -rf $(BENCH_DIR) && mkdir -p $(BENCH_DIR)
 	@set -o pipefail; failed=; \
@@ -65,3 +67,9 @@ bench-datapath: deps
 # exit): 10,000 pods, 100 local endpoints, 1,000 policies.
 bench-agent: deps
 	$(BENCH_agent)
+
+# Root: the agent's L7 proxy on real packets between two pods' network namespaces, over the real
+# eBPF datapath pinned in a temporary bpffs directory (removed on exit): HTTP/1.1 keep-alive
+# latency and throughput through the proxy against the same path with an L4-only allow.
+bench-l7: deps
+	$(BENCH_l7)

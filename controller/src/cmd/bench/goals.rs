@@ -55,6 +55,10 @@ pub const GOALS: &[Goal] = &[
     // bench-agent, #5 (measured as #14 says).
     goal("implementation_delay_p99_ms", AtMost, 100.0, "ms"),
     goal("agent_rss_mb", AtMost, 200.0, "MB"),
+    // bench-l7: what the node's L7 proxy adds to an HTTP request/response over the same path with
+    // an L4-only allow, and the requests it serves per core of CPU it uses.
+    goal("l7_http_rr_p99_added_us", AtMost, 200.0, "us"),
+    goal("l7_http_rps_per_core", AtLeast, 20_000.0, "/s"),
 ];
 
 pub fn find(figure: &str) -> Option<&'static Goal> {
