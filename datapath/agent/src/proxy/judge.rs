@@ -107,7 +107,7 @@ pub(super) fn judge(
     ends: Ends,
     request: &L7Request,
     diffs: &L7Diffs,
-) -> Result<Vec<RequestVerdict>, RequestVerdict> {
+) -> Result<Vec<RequestVerdict>, Box<RequestVerdict>> {
     let port = ends.port();
     let mut enforced: Vec<RequestVerdict> = sides.iter().map(|s| s.judge(&policy.enforced, port, request)).collect();
     if let Some(candidate) = &policy.candidate {
@@ -132,7 +132,7 @@ pub(super) fn judge(
         }
     }
     match enforced.iter().position(|v| !v.allowed) {
-        Some(denied) => Err(enforced.swap_remove(denied)),
+        Some(denied) => Err(Box::new(enforced.swap_remove(denied))),
         None => Ok(enforced),
     }
 }
