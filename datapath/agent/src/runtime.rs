@@ -211,11 +211,12 @@ fn run<D: Dataplane, R: InterfaceResolver>(
         if stopped {
             break;
         }
-        if expiry.is_some_and(|at| at <= Instant::now()) && lock(&fqdns).expire(Instant::now()) {
-            changed = true;
-        }
-        if changed {
+        let expired = expiry.is_some_and(|at| at <= Instant::now()) && lock(&fqdns).expire(Instant::now());
+        // Only learning and expiry change the answers: copied out for the agent then, not on
+        // every other change.
+        if expired || !learned.is_empty() {
             agent.set_dns_answers(lock(&fqdns).answers());
+            changed = true;
         }
         if changed {
             let started = Instant::now();

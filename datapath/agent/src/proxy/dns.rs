@@ -182,13 +182,14 @@ pub(super) async fn serve_tcp(mut client: TcpStream, ends: Ends, sides: Sides, p
                     write_message(server, &query).await?;
                     read_message(server).await
                 };
-                match timeout(UPSTREAM_TIMEOUT, exchanged).await {
+                let response = match timeout(UPSTREAM_TIMEOUT, exchanged).await {
                     Ok(Ok(response)) => response,
                     _ => return debug!(client = %ends.client, server = %ends.destination, "DNS proxy upstream failed"),
-                }
+                };
+                proxy.learn(&response).await;
+                response
             }
         };
-        proxy.learn(&response).await;
         if write_message(&mut client, &response).await.is_err() {
             return;
         }
