@@ -189,19 +189,31 @@ fn statuses_on_one_connection(netns: &str, requests: &[(&str, &[&str])]) -> Vec<
         .collect()
 }
 
+/// A local cluster (`cluster`, its namespaces prefixed with `prefix`) running rollout shop/shop
+/// of a repository with `files` committed, once it enforces them.
+fn enforced(
+    prefix: &str,
+    cluster: &str,
+    files: &[(&str, &str)],
+    min_duration: &str,
+) -> (tempfile::TempDir, support::Repo, LocalCluster) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("cluster.yaml");
+    std::fs::write(&path, cluster).unwrap();
+    let repo = support::Repo::new();
+    repo.commit(files, "the policies");
+    let mut local = LocalCluster::up(prefix, &path);
+    local.run(&support::rollout_yaml("shop", "shop", &repo, min_duration, ""));
+    local.wait("shop", "shop", "the policies enforced", std::time::Duration::from_secs(60), |s| {
+        s.phase == palisade_rollout::crd::Phase::Enforced
+    });
+    (dir, repo, local)
+}
+
 #[test]
 fn http_rules_are_enforced_request_by_request_by_the_proxy() {
-    use palisade_rollout::crd::Phase;
-    let dir = tempfile::tempdir().unwrap();
-    let cluster = dir.path().join("cluster.yaml");
-    std::fs::write(&cluster, POLICY_CLUSTER).unwrap();
-    let repo = support::Repo::new();
-    repo.commit(&[("web.yaml", HTTP_RULES), ("client.yaml", EGRESS_RULES)], "web: HTTP rules");
-    let mut local = LocalCluster::up("ple2-", &cluster);
-    local.run(&support::rollout_yaml("shop", "shop", &repo, "0s", ""));
-    local.wait("shop", "shop", "the HTTP rules enforced", std::time::Duration::from_secs(60), |s| {
-        s.phase == Phase::Enforced
-    });
+    let files = [("web.yaml", HTTP_RULES), ("client.yaml", EGRESS_RULES)];
+    let (_dir, _repo, local) = enforced("ple2-", POLICY_CLUSTER, &files, "0s");
     let probe = |port: &str, request: &str, header: &[&str]| {
         let mut args = vec!["--from", "shop/client", "--to", "shop/web", "--port", port, "--http", request];
         for h in header {
@@ -246,14 +258,7 @@ fn http_rules_are_enforced_request_by_request_by_the_proxy() {
 fn a_candidate_that_would_403_a_live_request_blocks_with_that_request_shown() {
     use palisade_rollout::crd::Phase;
     use std::time::{Duration, Instant};
-    let dir = tempfile::tempdir().unwrap();
-    let cluster = dir.path().join("cluster.yaml");
-    std::fs::write(&cluster, POLICY_CLUSTER).unwrap();
-    let repo = support::Repo::new();
-    repo.commit(&[("web.yaml", HTTP_RULES)], "web: HTTP rules");
-    let mut local = LocalCluster::up("ple3-", &cluster);
-    local.run(&support::rollout_yaml("shop", "shop", &repo, "6s", ""));
-    local.wait("shop", "shop", "the HTTP rules enforced", Duration::from_secs(60), |s| s.phase == Phase::Enforced);
+    let (_dir, repo, local) = enforced("ple3-", POLICY_CLUSTER, &[("web.yaml", HTTP_RULES)], "6s");
 
     // The candidate drops the /public rule: live GET /public requests would get 403s.
     let stricter = HTTP_RULES.replace("        - {method: GET, path: '/public(/.*)?'}\n", "");
@@ -347,16 +352,8 @@ items:
 
 #[test]
 fn dns_rules_refuse_names_and_to_fqdns_opens_the_addresses_of_allowed_answers() {
-    use palisade_rollout::crd::Phase;
     use std::time::{Duration, Instant};
-    let dir = tempfile::tempdir().unwrap();
-    let cluster = dir.path().join("cluster.yaml");
-    std::fs::write(&cluster, FQDN_CLUSTER).unwrap();
-    let repo = support::Repo::new();
-    repo.commit(&[("client.yaml", FQDN_RULES)], "client: DNS rules and toFQDNs");
-    let mut local = LocalCluster::up("ple4-", &cluster);
-    local.run(&support::rollout_yaml("shop", "shop", &repo, "0s", ""));
-    local.wait("shop", "shop", "the DNS rules enforced", Duration::from_secs(60), |s| s.phase == Phase::Enforced);
+    let (_dir, _repo, local) = enforced("ple4-", FQDN_CLUSTER, &[("client.yaml", FQDN_RULES)], "0s");
     let resolve = |name: &str| printed(&local.local_probe(&["--from", "shop/client", "--dns", name]));
     let https = |to: &str| {
         let args = ["--from", "shop/client", "--to", to, "--port", "443", "--http", "GET /", "--timeout", "1s"];
