@@ -7,6 +7,7 @@ use std::io::{Read, Write};
 use std::path::PathBuf;
 use std::process::Output;
 
+use palisade_agent::observe::{FlowVerdict, ObservedFlow};
 use palisade_netsim::http::HttpOutcome;
 use palisade_policy::l7::HttpRequest;
 use support::LocalCluster;
@@ -247,6 +248,26 @@ fn http_rules_are_enforced_request_by_request_by_the_proxy() {
         vec![Some(200), Some(403), Some(200), Some(200)],
     );
 
+    // Observers see each request the proxy judged, as Hubble shows L7 flows.
+    let http = |flow: &ObservedFlow, method: &str, url: &str, status: u16| {
+        flow.l7.as_ref().and_then(|l7| l7.http.as_ref()).is_some_and(|h| {
+            (h.method.as_str(), h.url.as_str(), h.status, h.protocol.as_str()) == (method, url, status, "HTTP/1.1")
+        })
+    };
+    let denied = |f: &ObservedFlow| http(f, "GET", "/private", 403) && f.verdict == FlowVerdict::Dropped;
+    let allowed = |f: &ObservedFlow| http(f, "GET", "/public/again", 200) && f.verdict == FlowVerdict::Forwarded;
+    let flows = local.observed(&["--type", "l7"], std::time::Duration::from_secs(10), |flows| {
+        flows.iter().any(denied) && flows.iter().any(allowed)
+    });
+    let shown = format!("{flows:#?}");
+    let private = flows.iter().find(|f| denied(f)).unwrap_or_else(|| panic!("no 403 for GET /private: {shown}"));
+    assert_eq!((private.source.name(), private.destination.name()), ("shop/client".into(), "shop/web".into()));
+    assert_eq!((private.port, private.protocol.as_str(), private.direction.as_str()), (8080, "TCP", "ingress"));
+    assert_eq!(private.drop_reason.as_deref(), Some("policy-denied"));
+    assert!(private.l7.as_ref().is_some_and(|l7| l7.latency_ns > 0), "{private:?}");
+    assert!(flows.iter().any(allowed), "{shown}");
+    assert!(flows.iter().all(|f| f.l7.is_some()), "--type l7 shows only L7 flows: {shown}");
+
     // Egress HTTP rules, on the client's side: GET passes, DELETE is refused.
     assert_eq!(probe("9090", "GET /anything", &[]).0, Some(0), "{}", local.log());
     let (code, stdout, _) = probe("9090", "DELETE /anything", &[]);
@@ -392,4 +413,21 @@ fn dns_rules_refuse_names_and_to_fqdns_opens_the_addresses_of_allowed_answers() 
     let (code, stdout, _) = resolve("www.partner.example");
     assert_eq!((code, stdout.as_str()), (Some(0), "10.200.99.20\n"));
     assert_eq!(https("partner/www"), Some(1), "toFQDNs does not select www.partner.example");
+
+    // Observers see the queries, their answers and the proxy's verdicts.
+    let dns = |flow: &ObservedFlow| flow.l7.as_ref().and_then(|l7| l7.dns.clone());
+    let answered = |flows: &[ObservedFlow], query: &str, rcode: &str| {
+        flows.iter().find(|f| dns(f).is_some_and(|d| d.query == query && d.rcode == rcode)).cloned()
+    };
+    let flows = local.observed(&["--type", "l7", "--pod", "shop/client"], Duration::from_secs(10), |flows| {
+        answered(flows, "evil.example.org", "REFUSED").is_some()
+            && answered(flows, "api.partner.example", "NOERROR").is_some()
+    });
+    let shown = format!("{flows:#?}");
+    let refused = answered(&flows, "evil.example.org", "REFUSED").unwrap_or_else(|| panic!("{shown}"));
+    assert_eq!((refused.verdict, refused.port, refused.protocol.as_str()), (FlowVerdict::Dropped, 53, "UDP"));
+    assert_eq!((refused.direction.as_str(), refused.destination.name()), ("egress", "shop/dns".to_string()));
+    let api = answered(&flows, "api.partner.example", "NOERROR").unwrap_or_else(|| panic!("{shown}"));
+    assert_eq!(api.verdict, FlowVerdict::Forwarded);
+    assert_eq!(dns(&api).unwrap().answers, vec![std::net::Ipv4Addr::new(10, 200, 99, 10)]);
 }

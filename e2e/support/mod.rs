@@ -4,11 +4,13 @@
 //! all when it ends, also when it fails. Needs root: it fails loudly without it.
 #![allow(dead_code)] // each test binary uses part of it
 
+use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use palisade::local::store::Store;
+use palisade_agent::observe::ObservedFlow;
 use palisade_rollout::crd::{PolicyRollout, PolicyRolloutStatus};
 
 pub const PALISADE: &str = env!("CARGO_BIN_EXE_palisade");
@@ -179,6 +181,41 @@ impl LocalCluster {
         let output = palisade(&[args, &["--local", "--state", self.state_dir()]].concat());
         let text = format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
         (output.status.success(), text)
+    }
+
+    /// The flows `palisade observe --local ARGS -o json` shows (the run's remembered ones, then
+    /// new ones) once `enough` holds of them, or all it showed within `timeout`.
+    pub fn observed(
+        &self,
+        args: &[&str],
+        timeout: Duration,
+        enough: impl Fn(&[ObservedFlow]) -> bool,
+    ) -> Vec<ObservedFlow> {
+        let mut child = Command::new(PALISADE)
+            .args(["observe", "--local", "--state", self.state_dir(), "--last", "10000", "-o", "json"])
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start palisade observe");
+        let stdout = child.stdout.take().unwrap();
+        let (lines, received) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if lines.send(line).is_err() {
+                    return;
+                }
+            }
+        });
+        let deadline = Instant::now() + timeout;
+        let mut flows = Vec::new();
+        while !enough(&flows) {
+            let Ok(line) = received.recv_timeout(deadline.saturating_duration_since(Instant::now())) else { break };
+            flows.push(serde_json::from_str(&line).unwrap_or_else(|e| panic!("observe -o json: {e}: {line}")));
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+        flows
     }
 
     pub fn log(&self) -> String {

@@ -16,7 +16,7 @@ use k8s_openapi::jiff::Timestamp;
 use k8s_openapi::jiff::tz::TimeZone;
 use kube::config::Kubeconfig;
 use palisade_agent::observe::{
-    DecidedBy, FlowFilter, FlowVerdict, FlowsQuery, ObserveLine, ObservedFlow, VerdictFilter,
+    DecidedBy, FlowFilter, FlowType, FlowVerdict, FlowsQuery, L7Flow, ObserveLine, ObservedFlow, VerdictFilter,
 };
 use palisade_netsim::DEFAULT_STATE_DIR;
 use secrecy::ExposeSecret;
@@ -35,6 +35,10 @@ pub struct Args {
     /// Only drops, audit-mode would-be drops, or flows the candidate judges differently.
     #[arg(long, value_parser = clap::builder::PossibleValuesParser::new(["dropped", "audit", "diff"]))]
     verdict: Option<String>,
+    /// Only requests the node's L7 proxy judged (`l7`: HTTP requests, DNS queries), or only the
+    /// flows the datapath reported (`l4`).
+    #[arg(long = "type", value_name = "TYPE", value_parser = clap::builder::PossibleValuesParser::new(["l7", "l4"]))]
+    flow_type: Option<String>,
     #[arg(short, long, value_enum, default_value_t)]
     output: Output,
     /// Observe `palisade local run` (its socket in the state directory).
@@ -62,8 +66,9 @@ pub struct Args {
 pub fn run(args: Args) -> Result<u8> {
     let since = args.since.as_deref().map(parse_since).transpose()?;
     let verdict = args.verdict.as_deref().map(str::parse::<VerdictFilter>).transpose().map_err(anyhow::Error::msg)?;
+    let flow_type = args.flow_type.as_deref().map(str::parse::<FlowType>).transpose().map_err(anyhow::Error::msg)?;
     let query = FlowsQuery {
-        filter: FlowFilter { namespace: args.namespace.clone(), pod: args.pod.clone(), verdict, since },
+        filter: FlowFilter { namespace: args.namespace.clone(), pod: args.pod.clone(), verdict, flow_type, since },
         last: args.last,
         follow: true,
     };
@@ -275,6 +280,10 @@ fn render(flow: &ObservedFlow, timezone: &TimeZone) -> String {
         "ICMP" | "ICMPv6" => flow.protocol.clone(),
         protocol => format!("{}/{protocol}", flow.port),
     };
+    let port = match &flow.l7 {
+        Some(l7) => format!("{port} {}", l7_request(l7)),
+        None => port,
+    };
     let revision = |r: &Option<String>| r.as_ref().map(|r| format!(" ({r})")).unwrap_or_default();
     let reason = flow.drop_reason.as_ref().map(|r| format!(" ({r})")).unwrap_or_default();
     let service = flow.service.as_ref().map(|s| format!("{} -> ", s.name())).unwrap_or_default();
@@ -301,6 +310,20 @@ fn render(flow: &ObservedFlow, timezone: &TimeZone) -> String {
         line.push_str(&format!(", candidate {name} would {what} ({})", short(&candidate.decided_by)));
     }
     line
+}
+
+/// What the L7 proxy saw, as Hubble prints it: `HTTP/1.1 GET /admin -> 403`,
+/// `DNS api.example.com -> NOERROR 10.200.99.10`.
+fn l7_request(l7: &L7Flow) -> String {
+    match (&l7.http, &l7.dns) {
+        (Some(http), _) => format!("{} {} {} -> {}", http.protocol, http.method, http.url, http.status),
+        (None, Some(dns)) => {
+            let answers: Vec<String> = dns.answers.iter().map(ToString::to_string).collect();
+            let answers = if answers.is_empty() { String::new() } else { format!(" {}", answers.join(",")) };
+            format!("DNS {} -> {}{answers}", dns.query, dns.rcode)
+        }
+        (None, None) => "L7".into(),
+    }
 }
 
 /// `CiliumNetworkPolicy shop/db spec.ingress[0]`, `default deny`.
@@ -348,6 +371,7 @@ mod tests {
             enforced_revision: Some("main@4b15b4e".into()),
             candidate_revision: None,
             endpoint: 3,
+            l7: None,
         }
     }
 
@@ -377,6 +401,41 @@ mod tests {
             "{}",
             render(&diff, &TimeZone::UTC)
         );
+    }
+
+    #[test]
+    fn l7_flows_render_the_request_and_its_answer() {
+        use palisade_agent::observe::{DnsFlow, HttpFlow};
+        let mut denied = flow();
+        denied.port = 8080;
+        denied.enforced_revision = None;
+        denied.decided_by = DecidedBy {
+            description: "GET /admin matches no HTTP rule for this peer (HTTP 403)".into(),
+            ..DecidedBy::default()
+        };
+        let http = HttpFlow { method: "GET".into(), url: "/admin".into(), protocol: "HTTP/1.1".into(), status: 403 };
+        denied.l7 = Some(L7Flow { latency_ns: 1200, http: Some(http), dns: None });
+        assert!(
+            render(&denied, &TimeZone::UTC).ends_with(
+                "8080/TCP HTTP/1.1 GET /admin -> 403  DROPPED (policy-denied)  by GET /admin matches no HTTP rule for \
+                 this peer"
+            ),
+            "{}",
+            render(&denied, &TimeZone::UTC)
+        );
+        let mut query = flow();
+        query.port = 53;
+        query.protocol = "UDP".into();
+        query.verdict = FlowVerdict::Forwarded;
+        query.drop_reason = None;
+        let answers = vec!["10.200.99.10".parse().unwrap()];
+        let dns = DnsFlow { query: "api.example.com".into(), rcode: "NOERROR".into(), answers };
+        query.l7 = Some(L7Flow { latency_ns: 900, http: None, dns: Some(dns) });
+        let line = render(&query, &TimeZone::UTC);
+        assert!(line.contains(" 53/UDP DNS api.example.com -> NOERROR 10.200.99.10  FORWARDED  by "), "{line}");
+        let json = serde_json::to_value(&query).unwrap();
+        assert_eq!(json["l7"]["dns"]["answers"][0], "10.200.99.10", "{json}");
+        assert_eq!(json["l7"]["latency_ns"], 900, "{json}");
     }
 
     fn kubeconfig(user: &str) -> Kubeconfig {

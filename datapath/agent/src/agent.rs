@@ -196,6 +196,11 @@ impl<D: Dataplane, R: InterfaceResolver> Agent<D, R> {
         Ok(self.reporter.reports(&view, loaded, &counters, (&flows, &l7), now))
     }
 
+    /// The node's name, as flows and reports name it ("local" in local mode).
+    pub fn node_name(&self) -> String {
+        node_name(&self.config)
+    }
+
     /// Where the L7 proxy counts the requests the candidate would judge otherwise.
     pub fn l7_diffs(&self) -> &L7Diffs {
         &self.l7_diffs
@@ -749,6 +754,10 @@ impl<D: Dataplane, R: InterfaceResolver> Agent<D, R> {
     }
 }
 
+fn node_name(config: &AgentConfig) -> String {
+    config.node.clone().unwrap_or_else(|| "local".into())
+}
+
 /// What reports and observations read of the agent: the fields, so that the reporter can be
 /// borrowed beside them.
 fn node_view<'a>(
@@ -759,7 +768,7 @@ fn node_view<'a>(
     endpoints: &'a BTreeMap<ObjectKey, Endpoint>,
 ) -> NodeView<'a> {
     NodeView {
-        node: config.node.clone().unwrap_or_else(|| "local".into()),
+        node: node_name(config),
         compiled: compiled.as_ref(),
         rollouts,
         revisions,

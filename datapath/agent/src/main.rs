@@ -445,6 +445,7 @@ mod flow_metrics {
             enforced_revision: None,
             candidate_revision: None,
             endpoint: 1,
+            l7: None,
         }
     }
 

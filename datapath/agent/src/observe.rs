@@ -177,6 +177,39 @@ pub struct ObservedFlow {
     pub candidate_revision: Option<String>,
     /// The datapath's endpoint id of the pod whose policy decided.
     pub endpoint: u32,
+    /// Set for a request the node's L7 proxy judged (an HTTP request, a DNS query).
+    pub l7: Option<L7Flow>,
+}
+
+/// What the L7 proxy saw of one request, as Hubble shows L7 flows.
+#[serde_with::skip_serializing_none]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct L7Flow {
+    /// From the request to its answer reaching the client.
+    pub latency_ns: u64,
+    pub http: Option<HttpFlow>,
+    pub dns: Option<DnsFlow>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HttpFlow {
+    pub method: String,
+    /// The path with its query.
+    pub url: String,
+    /// `HTTP/1.1`.
+    pub protocol: String,
+    /// The status the client got: the upstream's, or the proxy's own 403.
+    pub status: u16,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DnsFlow {
+    /// Lower case, without the root dot.
+    pub query: String,
+    /// `NOERROR`, `NXDOMAIN`, `REFUSED` (the proxy's own, for a denied query), ...
+    pub rcode: String,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub answers: Vec<Ipv4Addr>,
 }
 
 impl ObservedFlow {
@@ -213,6 +246,24 @@ impl std::str::FromStr for VerdictFilter {
     }
 }
 
+/// `--type`: flows the L7 proxy judged (requests), or those the datapath reported.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FlowType {
+    L7,
+    L4,
+}
+
+impl std::str::FromStr for FlowType {
+    type Err = String;
+    fn from_str(text: &str) -> Result<Self, String> {
+        match text.to_ascii_lowercase().as_str() {
+            "l7" => Ok(FlowType::L7),
+            "l4" | "l3-l4" => Ok(FlowType::L4),
+            _ => Err(format!("{text:?}: expected l7 or l4")),
+        }
+    }
+}
+
 /// Which flows an observer wants; every field empty means all.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct FlowFilter {
@@ -221,6 +272,7 @@ pub struct FlowFilter {
     /// Either end a pod whose name starts with this (`api`, or `shop/api` with its namespace).
     pub pod: Option<String>,
     pub verdict: Option<VerdictFilter>,
+    pub flow_type: Option<FlowType>,
     /// Of the remembered flows, only those seen at or after this.
     pub since: Option<Timestamp>,
 }
@@ -252,7 +304,12 @@ impl FlowFilter {
             Some(VerdictFilter::Audit) => flow.verdict == FlowVerdict::Audit,
             Some(VerdictFilter::Diff) => flow.differs(),
         };
-        verdict && self.since.is_none_or(|since| flow.time.parse::<Timestamp>().is_ok_and(|t| t >= since))
+        let flow_type = match self.flow_type {
+            None => true,
+            Some(FlowType::L7) => flow.l7.is_some(),
+            Some(FlowType::L4) => flow.l7.is_none(),
+        };
+        verdict && flow_type && self.since.is_none_or(|since| flow.time.parse::<Timestamp>().is_ok_and(|t| t >= since))
     }
 
     /// The query string of `GET /flows` for this filter (without `?`).
@@ -276,6 +333,9 @@ impl FlowFilter {
                 VerdictFilter::Diff => "diff",
             };
             query.append_pair("verdict", verdict);
+        }
+        if let Some(flow_type) = self.flow_type {
+            query.append_pair("type", if flow_type == FlowType::L7 { "l7" } else { "l4" });
         }
         if let Some(since) = self.since {
             query.append_pair("since", &since.to_string());
@@ -302,6 +362,7 @@ impl FlowsQuery {
                 "namespace" => parsed.filter.namespace = Some(value),
                 "pod" => parsed.filter.pod = Some(value),
                 "verdict" => parsed.filter.verdict = Some(value.parse()?),
+                "type" => parsed.filter.flow_type = Some(value.parse()?),
                 "since" => {
                     parsed.filter.since = Some(value.parse().map_err(|e| format!("since={value}: {e}"))?);
                 }
@@ -480,6 +541,7 @@ pub(crate) fn describe(view: &NodeView, event: &FlowEvent, now: Timestamp) -> Ob
         candidate,
         rollout: rollout.map(|(namespace, name)| RolloutRef { namespace, name }),
         endpoint: key.endpoint,
+        l7: None,
     }
 }
 
@@ -514,7 +576,7 @@ fn unjudged_by(reason: dp::DropReason) -> Option<&'static str> {
     }
 }
 
-fn decided_by(engine: &CompiledPolicy, cookie: u32) -> DecidedBy {
+pub(crate) fn decided_by(engine: &CompiledPolicy, cookie: u32) -> DecidedBy {
     let description = engine.policies().describe_cookie(cookie);
     match engine.policies().rule_for_cookie(cookie).filter(|_| cookie < dp::COOKIE_RESERVED_FIRST) {
         Some((policy, rule)) => {
@@ -525,7 +587,7 @@ fn decided_by(engine: &CompiledPolicy, cookie: u32) -> DecidedBy {
 }
 
 /// A peer by its address when it is a known pod, else by its identity.
-fn peer(engine: &CompiledPolicy, ip: Ipv4Addr, identity: u32) -> FlowPeer {
+pub(crate) fn peer(engine: &CompiledPolicy, ip: Ipv4Addr, identity: u32) -> FlowPeer {
     if let Some(pod) = engine.cluster.pods.iter().find(|p| p.ip == Some(ip) && !p.host_network) {
         return FlowPeer {
             ip,
@@ -680,6 +742,7 @@ mod tests {
                 namespace: Some("shop".into()),
                 pod: Some("shop/api x".into()),
                 verdict: Some(VerdictFilter::Diff),
+                flow_type: Some(FlowType::L7),
                 since: Some("2025-11-21T13:38:33.295Z".parse().unwrap()),
             },
             last: Some(20),
@@ -712,6 +775,7 @@ mod tests {
             enforced_revision: None,
             candidate_revision: None,
             endpoint: 0,
+            l7: None,
         };
         for _ in 0..5 {
             hub.publish(flow.clone());

@@ -23,7 +23,7 @@ use crate::dataplane::{Dataplane, FlowEvents, InterfaceResolver};
 use crate::fqdn::FqdnCache;
 use crate::input::Change;
 use crate::observe::{FlowHub, ObservedFlow};
-use crate::proxy::{Learner, Proxy, SharedPolicy, install_routing};
+use crate::proxy::{FlowSink, Learner, Proxy, ProxyContext, SharedPolicy, install_routing};
 
 /// Longest the agent's thread waits before draining the flow events again.
 const EVENT_WAIT: Duration = Duration::from_millis(100);
@@ -171,8 +171,15 @@ fn run<D: Dataplane, R: InterfaceResolver>(
     let fqdns = Arc::new(Mutex::new(FqdnCache::new(options.fqdn_min_ttl)));
     // Started here: in local mode this thread is in the node's namespace, where the proxy's
     // sockets and routes must be.
-    let _proxy =
-        options.proxy_port.and_then(|port| start_proxy(&mut agent, port, &policy, learner(fqdns.clone(), input)));
+    let _proxy = options.proxy_port.and_then(|port| {
+        let context = ProxyContext {
+            policy: policy.clone(),
+            diffs: agent.l7_diffs().clone(),
+            learner: learner(fqdns.clone(), input),
+            flows: FlowSink { hub: hub.clone(), node: agent.node_name() },
+        };
+        start_proxy(&mut agent, port, context)
+    });
     // Answers waiting for their addresses to reach the datapath.
     let mut learned: Vec<Arc<Notify>> = Vec::new();
     let mut failed = false;
@@ -302,11 +309,9 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 fn start_proxy<D: Dataplane, R: InterfaceResolver>(
     agent: &mut Agent<D, R>,
     port: u16,
-    policy: &SharedPolicy,
-    learner: Learner,
+    context: ProxyContext,
 ) -> Option<Proxy> {
-    let started =
-        install_routing().and_then(|()| Proxy::start(port, policy.clone(), agent.l7_diffs().clone(), learner));
+    let started = install_routing().and_then(|()| Proxy::start(port, context));
     let proxy = match started {
         Ok(proxy) => proxy,
         Err(e) => {

@@ -9,7 +9,7 @@ use std::mem::{size_of, size_of_val};
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::os::fd::{AsRawFd, RawFd};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use hickory_proto::op::{Message, MessageType, ResponseCode};
 use hickory_proto::rr::RData;
@@ -21,9 +21,11 @@ use tokio::net::{TcpSocket, TcpStream, UdpSocket};
 use tokio::time::timeout;
 use tracing::{debug, info, warn};
 
-use super::judge::{Ends, Sides, judge};
-use super::{L7Diffs, Learner, SharedPolicy, upstream_socket};
+use super::judge::{Ends, Found, Judged, Sides, judge};
+use super::observed::Answered;
+use super::{ProxyContext, ProxyPolicy, upstream_socket};
 use crate::fqdn::DnsAnswer;
+use crate::observe::{DnsFlow, L7Flow};
 
 /// How long the proxy waits for the server it forwards a query to.
 const UPSTREAM_TIMEOUT: Duration = Duration::from_secs(5);
@@ -35,11 +37,18 @@ const UDP_CLIENTS: usize = 4096;
 
 /// What the DNS proxy needs, shared by its UDP socket and its TCP connections.
 pub(super) struct DnsProxy {
-    pub policy: SharedPolicy,
-    pub diffs: L7Diffs,
-    pub learner: Learner,
+    context: Arc<ProxyContext>,
     /// The policed ends of recent UDP clients (TCP connections keep their own).
     udp_sides: Mutex<HashMap<Ends, Arc<Sides>>>,
+}
+
+/// A judged query, for observers once it is answered.
+struct Seen {
+    policy: ProxyPolicy,
+    found: Arc<Found>,
+    judged: Judged,
+    query: String,
+    started: Instant,
 }
 
 /// What becomes of a query.
@@ -50,39 +59,61 @@ enum Decision {
 }
 
 impl DnsProxy {
-    pub fn new(policy: SharedPolicy, diffs: L7Diffs, learner: Learner) -> DnsProxy {
-        DnsProxy { policy, diffs, learner, udp_sides: Mutex::default() }
+    pub fn new(context: Arc<ProxyContext>) -> DnsProxy {
+        DnsProxy { context, udp_sides: Mutex::default() }
     }
 
-    /// Judges a query between `ends`; `None` for what is not a DNS query (dropped).
-    fn decide(&self, query: &[u8], ends: Ends, sides: &Sides) -> Option<Decision> {
+    /// Judges a query between `ends`; `None` for what is not a DNS query (dropped). What is
+    /// judged is seen by observers once answered ([`Self::answered`]).
+    fn decide(&self, query: &[u8], ends: Ends, sides: &Sides) -> Option<(Decision, Option<Seen>)> {
+        let started = Instant::now();
         let message = Message::from_vec(query).ok()?;
         if message.metadata.message_type != MessageType::Query {
             return None;
         }
         // Without a policy (the agent has not converged yet) nothing can be judged: refused.
-        let Some(policy) = self.policy.current() else {
-            return Some(Decision::Answer(refused(&message)?));
+        let Some(policy) = self.context.policy.current() else {
+            return Some((Decision::Answer(refused(&message)?), None));
         };
         // One question per query, as every resolver sends: anything else is not judged.
         let [question] = message.queries.as_slice() else {
-            return Some(Decision::Answer(refused(&message)?));
+            return Some((Decision::Answer(refused(&message)?), None));
         };
-        let name = question.name().to_ascii().trim_end_matches('.').to_ascii_lowercase();
-        let request = L7Request::Dns(name);
-        match judge(&policy, &sides.of(&policy.enforced, ends), ends, &request, &self.diffs) {
-            Ok(_) => Some(Decision::Forward),
-            Err(denied) => {
+        let query = question.name().to_ascii().trim_end_matches('.').to_ascii_lowercase();
+        let request = L7Request::Dns(query.clone());
+        let found = sides.of(&policy.enforced, ends);
+        let judged = judge(&policy, &found, ends, &request, &self.context.diffs);
+        let decision = match judged.denial() {
+            None => Decision::Forward,
+            Some(denied) => {
                 info!(client = %ends.client, server = %ends.destination, reason = %denied.reason, "DNS query refused");
-                Some(Decision::Answer(refused(&message)?))
+                Decision::Answer(refused(&message)?)
             }
-        }
+        };
+        Some((decision, Some(Seen { policy, found, judged, query, started })))
+    }
+
+    /// Tells observers how a judged query was answered.
+    fn answered(&self, ends: Ends, seen: Option<Seen>, response: &[u8]) {
+        let Some(Seen { policy, found, judged, query, started }) = seen else { return };
+        let message = Message::from_vec(response).ok();
+        let rcode = message
+            .as_ref()
+            .map_or("SERVFAIL".into(), |m| format!("{:?}", m.metadata.response_code).to_ascii_uppercase());
+        let answers = message
+            .iter()
+            .flat_map(|m| &m.answers)
+            .filter_map(|r| if let RData::A(a) = &r.data { Some(a.0) } else { None })
+            .collect();
+        let answered = Answered { policy: &policy, found: &found, ends, judged: &judged, started };
+        let dns = DnsFlow { query, rcode, answers };
+        self.context.flows.publish(answered, L7Flow { latency_ns: 0, http: None, dns: Some(dns) });
     }
 
     /// Learns the addresses of an allowed answer, returning once the datapath knows them (or
     /// [`LEARN_TIMEOUT`] passed).
     async fn learn(&self, response: &[u8]) {
-        let Some(written) = addresses_of(response).and_then(|answer| (self.learner)(answer)) else { return };
+        let Some(written) = addresses_of(response).and_then(|answer| (self.context.learner)(answer)) else { return };
         if timeout(LEARN_TIMEOUT, written.notified()).await.is_err() {
             warn!("DNS proxy: the agent did not write the learned addresses in time; answering anyway");
         }
@@ -143,10 +174,10 @@ pub(super) async fn serve_udp(socket: UdpSocket, proxy: Arc<DnsProxy>) {
         let proxy = proxy.clone();
         tokio::spawn(async move {
             let ends = Ends { client: *client.ip(), destination, protocol: Protocol::UDP };
-            let response = match proxy.decide(&query, ends, &proxy.udp_sides(ends)) {
-                None => return,
-                Some(Decision::Answer(response)) => response,
-                Some(Decision::Forward) => match forward_udp(&query, ends).await {
+            let Some((decision, seen)) = proxy.decide(&query, ends, &proxy.udp_sides(ends)) else { return };
+            let response = match decision {
+                Decision::Answer(response) => response,
+                Decision::Forward => match forward_udp(&query, ends).await {
                     Ok(response) => {
                         proxy.learn(&response).await;
                         response
@@ -157,6 +188,7 @@ pub(super) async fn serve_udp(socket: UdpSocket, proxy: Arc<DnsProxy>) {
             if let Err(e) = reply_from(destination, client, &response) {
                 debug!(client = %client, server = %destination, "DNS proxy: answer: {e}");
             }
+            proxy.answered(ends, seen, &response);
         });
     }
 }
@@ -167,10 +199,10 @@ pub(super) async fn serve_tcp(mut client: TcpStream, ends: Ends, sides: Sides, p
     let mut upstream: Option<TcpStream> = None;
     loop {
         let Ok(query) = read_message(&mut client).await else { return };
-        let response = match proxy.decide(&query, ends, &sides) {
-            None => return,
-            Some(Decision::Answer(response)) => response,
-            Some(Decision::Forward) => {
+        let Some((decision, seen)) = proxy.decide(&query, ends, &sides) else { return };
+        let response = match decision {
+            Decision::Answer(response) => response,
+            Decision::Forward => {
                 let exchanged = async {
                     let server = match &mut upstream {
                         Some(server) => server,
@@ -193,6 +225,7 @@ pub(super) async fn serve_tcp(mut client: TcpStream, ends: Ends, sides: Sides, p
         if write_message(&mut client, &response).await.is_err() {
             return;
         }
+        proxy.answered(ends, seen, &response);
     }
 }
 

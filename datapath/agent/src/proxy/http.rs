@@ -1,6 +1,7 @@
 //! One steered connection: HTTP/1.1 requests judged one by one (keep-alive), each forwarded
 //! over one upstream connection from the client's own address, or answered with a 403.
 use std::sync::Arc;
+use std::time::Instant;
 
 use bytes::Bytes;
 use http_body_util::combinators::BoxBody;
@@ -18,7 +19,9 @@ use tokio::sync::Mutex;
 use tracing::{debug, info};
 
 use super::judge::{Ends, Sides, judge};
-use super::{L7Diffs, ProxyPolicy, SharedPolicy, upstream_socket};
+use super::observed::Answered;
+use super::{ProxyContext, upstream_socket};
+use crate::observe::{HttpFlow, L7Flow};
 
 type Body = BoxBody<Bytes, hyper::Error>;
 
@@ -33,11 +36,11 @@ struct Connection {
     sides: Sides,
 }
 
-pub(super) async fn serve(client: TcpStream, ends: Ends, sides: Sides, policy: SharedPolicy, diffs: L7Diffs) {
+pub(super) async fn serve(client: TcpStream, ends: Ends, sides: Sides, context: Arc<ProxyContext>) {
     let connection = Arc::new(Connection { ends, upstream: Mutex::default(), sides });
     let service = service_fn(move |request| {
-        let (policy, diffs, connection) = (policy.clone(), diffs.clone(), connection.clone());
-        async move { Ok::<_, hyper::Error>(handle(request, &connection, policy.current(), &diffs).await) }
+        let (context, connection) = (context.clone(), connection.clone());
+        async move { Ok::<_, hyper::Error>(handle(request, &connection, &context).await) }
     });
     let served =
         hyper::server::conn::http1::Builder::new().keep_alive(true).serve_connection(TokioIo::new(client), service);
@@ -46,37 +49,43 @@ pub(super) async fn serve(client: TcpStream, ends: Ends, sides: Sides, policy: S
     }
 }
 
-async fn handle(
-    request: Request<Incoming>,
-    connection: &Connection,
-    policy: Option<ProxyPolicy>,
-    diffs: &L7Diffs,
-) -> Response<Body> {
+async fn handle(request: Request<Incoming>, connection: &Connection, context: &ProxyContext) -> Response<Body> {
     // Without a policy (the agent has not converged yet) nothing can be judged: fail closed.
-    let Some(policy) = policy else {
+    let Some(policy) = context.policy.current() else {
         return plain(StatusCode::FORBIDDEN, ACCESS_DENIED);
     };
+    let started = Instant::now();
     let ends = connection.ends;
     let seen = as_judged(&request);
-    let sides = connection.sides.of(&policy.enforced, ends);
-    let enforced = match judge(&policy, &sides, ends, &seen, diffs) {
-        Ok(verdicts) => verdicts,
-        Err(denied) => {
+    let version = format!("{:?}", request.version());
+    let found = connection.sides.of(&policy.enforced, ends);
+    let judged = judge(&policy, &found, ends, &seen, &context.diffs);
+    let response = match judged.denial() {
+        Some(denied) => {
             info!(client = %ends.client, destination = %ends.destination, reason = %denied.reason, "L7 request denied");
-            return plain(StatusCode::FORBIDDEN, ACCESS_DENIED);
+            plain(StatusCode::FORBIDDEN, ACCESS_DENIED)
+        }
+        None => {
+            let mut request = request;
+            for (verdict, _) in &judged.verdicts {
+                rewrite(&mut request, &verdict.rewrite);
+            }
+            match forward(request, ends, &connection.upstream).await {
+                Ok(response) => response.map(BodyExt::boxed),
+                Err(e) => {
+                    debug!(client = %ends.client, destination = %ends.destination, "L7 proxy upstream: {e}");
+                    plain(StatusCode::BAD_GATEWAY, "upstream connect error\r\n")
+                }
+            }
         }
     };
-    let mut request = request;
-    for verdict in &enforced {
-        rewrite(&mut request, &verdict.rewrite);
+    if let L7Request::Http(http) = seen {
+        let status = response.status().as_u16();
+        let http = HttpFlow { method: http.method, url: http.path, protocol: version, status };
+        let answered = Answered { policy: &policy, found: &found, ends, judged: &judged, started };
+        context.flows.publish(answered, L7Flow { latency_ns: 0, http: Some(http), dns: None });
     }
-    match forward(request, ends, &connection.upstream).await {
-        Ok(response) => response.map(BodyExt::boxed),
-        Err(e) => {
-            debug!(client = %ends.client, destination = %ends.destination, "L7 proxy upstream: {e}");
-            plain(StatusCode::BAD_GATEWAY, "upstream connect error\r\n")
-        }
-    }
+    response
 }
 
 /// The request as the L7 rules see it: method, path (with its query, as Envoy's `:path`) and

@@ -11,6 +11,7 @@ use palisade_policy::model::Protocol;
 use palisade_policy::trace::FlowPort;
 
 use super::{L7Diff, L7Diffs, ProxyPolicy, RequestKind};
+use crate::observe::{FlowPeer, peer};
 
 /// The two ends of a proxied connection or DNS exchange: the client, and the destination it
 /// addressed (which the proxy's upstream reaches from the client's own address).
@@ -22,7 +23,7 @@ pub(super) struct Ends {
 }
 
 impl Ends {
-    fn port(&self) -> FlowPort {
+    pub fn port(&self) -> FlowPort {
         FlowPort { protocol: self.protocol, port: self.destination.port() }
     }
 }
@@ -31,33 +32,13 @@ impl Ends {
 pub(super) struct Side {
     namespace: String,
     name: String,
-    direction: Direction,
+    pub direction: Direction,
     /// The other end's address and identity.
     peer: Ipv4Addr,
     remote: u32,
 }
 
 impl Side {
-    /// The client's egress and the destination's ingress, where they are local endpoints.
-    fn of(policy: &CompiledPolicy, ends: Ends) -> Vec<Side> {
-        let destination = *ends.destination.ip();
-        let mut sides = Vec::with_capacity(2);
-        for (local, peer, direction) in
-            [(ends.client, destination, Direction::Egress), (destination, ends.client, Direction::Ingress)]
-        {
-            if let Some((namespace, name)) = policy.endpoint_at(local) {
-                sides.push(Side {
-                    namespace: namespace.to_string(),
-                    name: name.to_string(),
-                    direction,
-                    peer,
-                    remote: policy.identity_of_addr(peer),
-                });
-            }
-        }
-        sides
-    }
-
     /// The L7 rules decide where the entry redirects; elsewhere the L4 entry alone does.
     fn judge(&self, policy: &CompiledPolicy, port: FlowPort, request: &L7Request) -> RequestVerdict {
         if let Some(verdict) =
@@ -76,71 +57,107 @@ impl Side {
     }
 }
 
-/// The sides of one pair of ends, found again only when the agent publishes a new policy:
-/// finding an end's endpoint and identity is a lookup in the compiled policy.
-#[derive(Default)]
-pub(super) struct Sides(Mutex<Option<FoundSides>>);
+/// What a policy snapshot says about a pair of ends: the sides that judge (the client's egress
+/// and the destination's ingress, where they are local endpoints) and both ends as observers
+/// see them.
+pub(super) struct Found {
+    pub sides: Vec<Side>,
+    pub source: FlowPeer,
+    pub destination: FlowPeer,
+}
 
-/// Sides, and the policy snapshot they were found in.
-type FoundSides = (Arc<CompiledPolicy>, Arc<[Side]>);
+impl Found {
+    fn of(policy: &CompiledPolicy, ends: Ends) -> Found {
+        let destination = *ends.destination.ip();
+        let identities = [policy.identity_of_addr(ends.client), policy.identity_of_addr(destination)];
+        let mut sides = Vec::with_capacity(2);
+        for (local, (peer, remote), direction) in [
+            (ends.client, (destination, identities[1]), Direction::Egress),
+            (destination, (ends.client, identities[0]), Direction::Ingress),
+        ] {
+            if let Some((namespace, name)) = policy.endpoint_at(local) {
+                sides.push(Side { namespace: namespace.to_string(), name: name.to_string(), direction, peer, remote });
+            }
+        }
+        Found {
+            sides,
+            source: peer(policy, ends.client, identities[0]),
+            destination: peer(policy, destination, identities[1]),
+        }
+    }
+}
+
+/// What the current policy snapshot says about one pair of ends, found again only when the
+/// agent publishes a new one: finding an end's endpoint and identity is a lookup in the
+/// compiled policy.
+#[derive(Default)]
+pub(super) struct Sides(Mutex<Option<(Arc<CompiledPolicy>, Arc<Found>)>>);
 
 impl Sides {
-    pub fn of(&self, policy: &Arc<CompiledPolicy>, ends: Ends) -> Arc<[Side]> {
+    pub fn of(&self, policy: &Arc<CompiledPolicy>, ends: Ends) -> Arc<Found> {
         let mut cached = self.0.lock().unwrap_or_else(|p| p.into_inner());
         match &*cached {
-            Some((found_in, sides)) if Arc::ptr_eq(found_in, policy) => sides.clone(),
+            Some((found_in, found)) if Arc::ptr_eq(found_in, policy) => found.clone(),
             _ => {
-                let sides: Arc<[Side]> = Side::of(policy, ends).into();
-                *cached = Some((policy.clone(), sides.clone()));
-                sides
+                let found = Arc::new(Found::of(policy, ends));
+                *cached = Some((policy.clone(), found.clone()));
+                found
             }
         }
     }
 }
 
-/// Judges `request` between `ends` under the enforced policy of every side, and counts it in
-/// `diffs` where the candidate judges it otherwise. `Ok` with every side's verdict (each
-/// allowed) when it goes upstream, `Err` with the denial otherwise.
-pub(super) fn judge(
-    policy: &ProxyPolicy,
-    sides: &[Side],
-    ends: Ends,
-    request: &L7Request,
-    diffs: &L7Diffs,
-) -> Result<Vec<RequestVerdict>, Box<RequestVerdict>> {
+/// How every side judged one request: under the enforced policy, and under the candidate when
+/// one is audited.
+pub(super) struct Judged {
+    pub verdicts: Vec<(RequestVerdict, Option<RequestVerdict>)>,
+}
+
+impl Judged {
+    /// The enforced denial, if a side denies the request.
+    pub fn denial(&self) -> Option<&RequestVerdict> {
+        self.verdicts.iter().map(|(enforced, _)| enforced).find(|v| !v.allowed)
+    }
+
+    /// The side observers are shown as deciding: the one that denies, else the first.
+    pub fn deciding(&self) -> Option<usize> {
+        self.verdicts.iter().position(|(enforced, _)| !enforced.allowed).or((!self.verdicts.is_empty()).then_some(0))
+    }
+}
+
+/// Judges `request` between `ends` under every side's enforced policy (it goes upstream only
+/// when none denies it), and counts it in `diffs` where the candidate judges it otherwise.
+pub(super) fn judge(policy: &ProxyPolicy, found: &Found, ends: Ends, request: &L7Request, diffs: &L7Diffs) -> Judged {
     let port = ends.port();
-    let mut enforced: Vec<RequestVerdict> = sides.iter().map(|s| s.judge(&policy.enforced, port, request)).collect();
-    if let Some(candidate) = &policy.candidate {
-        for (side, enforced) in sides.iter().zip(&enforced) {
-            let judged = side.judge(candidate, port, request);
-            if judged.allowed != enforced.allowed {
-                diffs.record(L7Diff {
-                    namespace: side.namespace.clone(),
-                    pod: side.name.clone(),
-                    direction: side.direction,
-                    peer: side.peer,
-                    peer_identity: side.remote,
-                    protocol: ends.protocol,
-                    port: port.port,
-                    request: RequestKind::of(request),
-                    enforced_allows: enforced.allowed,
-                    candidate_allows: judged.allowed,
-                    enforced_cookie: enforced.cookie,
-                    candidate_cookie: judged.cookie,
-                });
-            }
+    let mut verdicts = Vec::with_capacity(found.sides.len());
+    for side in &found.sides {
+        let enforced = side.judge(&policy.enforced, port, request);
+        let candidate = policy.candidate.as_ref().map(|c| side.judge(c, port, request));
+        if let Some(judged) = candidate.as_ref().filter(|c| c.allowed != enforced.allowed) {
+            diffs.record(L7Diff {
+                namespace: side.namespace.clone(),
+                pod: side.name.clone(),
+                direction: side.direction,
+                peer: side.peer,
+                peer_identity: side.remote,
+                protocol: ends.protocol,
+                port: port.port,
+                request: RequestKind::of(request),
+                enforced_allows: enforced.allowed,
+                candidate_allows: judged.allowed,
+                enforced_cookie: enforced.cookie,
+                candidate_cookie: judged.cookie,
+            });
         }
+        verdicts.push((enforced, candidate));
     }
-    match enforced.iter().position(|v| !v.allowed) {
-        Some(denied) => Err(Box::new(enforced.swap_remove(denied))),
-        None => Ok(enforced),
-    }
+    Judged { verdicts }
 }
 
 /// Whether DNS rules apply to the flow between `ends` under either revision: the proxy then
 /// speaks DNS on it.
-pub(super) fn speaks_dns(policy: &ProxyPolicy, sides: &[Side], ends: Ends) -> bool {
+pub(super) fn speaks_dns(policy: &ProxyPolicy, found: &Found, ends: Ends) -> bool {
     let port = ends.port();
     let compilations = std::iter::once(&policy.enforced).chain(&policy.candidate);
-    compilations.flat_map(|c| sides.iter().map(move |s| s.l7_kinds(c, port))).any(|kinds| kinds.contains(&"dns"))
+    compilations.flat_map(|c| found.sides.iter().map(move |s| s.l7_kinds(c, port))).any(|kinds| kinds.contains(&"dns"))
 }

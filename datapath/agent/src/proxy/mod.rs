@@ -11,6 +11,7 @@
 mod dns;
 mod http;
 mod judge;
+mod observed;
 mod routing;
 
 use std::collections::BTreeMap;
@@ -31,6 +32,7 @@ use tracing::{info, warn};
 use crate::fqdn::DnsAnswer;
 use dns::DnsProxy;
 use judge::{Ends, Sides, speaks_dns};
+pub use observed::FlowSink;
 pub use routing::install_routing;
 
 /// Where the DNS proxy sends the addresses of each answer it lets through. When they teach
@@ -60,6 +62,16 @@ impl SharedPolicy {
     pub fn current(&self) -> Option<ProxyPolicy> {
         self.0.read().unwrap_or_else(|p| p.into_inner()).clone()
     }
+}
+
+/// What the proxy's connections and queries share.
+pub struct ProxyContext {
+    pub policy: SharedPolicy,
+    /// Where requests the candidate judges otherwise are counted.
+    pub diffs: L7Diffs,
+    pub learner: Learner,
+    /// Where every judged request is published for observers.
+    pub flows: FlowSink,
 }
 
 /// One kind of request the candidate judges otherwise than the enforced policy, at one
@@ -141,12 +153,13 @@ impl Proxy {
     /// Listens on 127.0.0.1:`port` (0: any free port), TCP and UDP, in the calling thread's
     /// network namespace, as transparent sockets the datapath assigns steered connections and
     /// datagrams to, and serves them on a thread of its own. Upstream connections are made in
-    /// the same namespace. What DNS answers teach goes to `learner`.
-    pub fn start(port: u16, policy: SharedPolicy, diffs: L7Diffs, learner: Learner) -> std::io::Result<Proxy> {
+    /// the same namespace.
+    pub fn start(port: u16, context: ProxyContext) -> std::io::Result<Proxy> {
         let listener = transparent_listener(port)?;
         let port = listener.local_addr()?.port();
         let datagrams = dns::steered_udp_socket(port)?;
-        let dns = Arc::new(DnsProxy::new(policy.clone(), diffs.clone(), learner));
+        let context = Arc::new(context);
+        let dns = Arc::new(DnsProxy::new(context.clone()));
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .thread_name("palisade-proxy")
@@ -166,7 +179,7 @@ impl Proxy {
                     tokio::select! {
                         accepted = listener.accept() => match accepted {
                             Ok((client, _)) => {
-                                tokio::spawn(serve_connection(client, policy.clone(), diffs.clone(), dns.clone()));
+                                tokio::spawn(serve_connection(client, context.clone(), dns.clone()));
                             }
                             Err(e) => warn!("L7 proxy: accept: {e}"),
                         },
@@ -195,17 +208,17 @@ impl Drop for Proxy {
 
 /// Serves a steered TCP connection in the protocol its rules speak: DNS where DNS rules apply
 /// to it, HTTP otherwise.
-async fn serve_connection(client: TcpStream, policy: SharedPolicy, diffs: L7Diffs, dns: Arc<DnsProxy>) {
+async fn serve_connection(client: TcpStream, context: Arc<ProxyContext>, dns: Arc<DnsProxy>) {
     let (Ok(SocketAddr::V4(peer)), Ok(SocketAddr::V4(destination))) = (client.peer_addr(), client.local_addr()) else {
         return;
     };
     let ends = Ends { client: *peer.ip(), destination, protocol: Protocol::TCP };
     let sides = Sides::default();
-    let dns_rules = policy.current().is_some_and(|p| speaks_dns(&p, &sides.of(&p.enforced, ends), ends));
+    let dns_rules = context.policy.current().is_some_and(|p| speaks_dns(&p, &sides.of(&p.enforced, ends), ends));
     if dns_rules {
         dns::serve_tcp(client, ends, sides, dns).await;
     } else {
-        http::serve(client, ends, sides, policy, diffs).await;
+        http::serve(client, ends, sides, context).await;
     }
 }
 

@@ -23,5 +23,6 @@ pub fn flow(namespace: &str) -> ObservedFlow {
         enforced_revision: None,
         candidate_revision: None,
         endpoint: 1,
+        l7: None,
     }
 }
