@@ -1,7 +1,8 @@
 //! Steering to the L7 proxy on real packets: a redirected connection reaches a transparent
 //! listener in the node namespace with its original addresses, in both directions; the
 //! proxy's upstream connection keeps the client's address and its replies come back to it;
-//! without a proxy (or with nothing listening on its port), a redirect fails closed.
+//! without a proxy (or with nothing listening on its port), a redirect fails closed; a TCP
+//! connection keeps to the proxy as it opened, across flips.
 mod support;
 
 use std::io::{BufRead, BufReader, Write};
@@ -190,4 +191,64 @@ fn a_redirect_without_a_proxy_fails_closed_over_tcp_and_udp() {
     datapath.set_proxy_port(Some(PROXY_PORT)).unwrap();
     assert_eq!(exchange(&client.ns, web.addr, &["GET /"]), None, "nothing listens on the proxy port");
     assert!(!udp_ok(&client.ns, web.addr, 53), "no UDP socket on the proxy port");
+}
+
+/// Sends a line on `stream` and reads the reply line, or how the connection failed.
+fn ask(stream: &mut TcpStream, line: &str) -> Result<String, std::io::ErrorKind> {
+    writeln!(stream, "{line}").map_err(|e| e.kind())?;
+    let mut reply = String::new();
+    match BufReader::new(stream.try_clone().unwrap()).read_line(&mut reply) {
+        Ok(0) => Err(std::io::ErrorKind::UnexpectedEof),
+        Ok(_) => Ok(reply.trim_end().to_string()),
+        Err(e) => Err(e.kind()),
+    }
+}
+
+#[test]
+fn a_connection_keeps_to_the_proxy_as_it_opened_across_flips() {
+    let redirect = vec![rule(identity(0), Direction::Ingress, Protocol::TCP, WEB_PORT, Verdict::Redirect, 2)];
+    let allow = vec![rule(identity(0), Direction::Ingress, Protocol::TCP, WEB_PORT, Verdict::Allow, 3)];
+    let (topology, mut datapath) = setup("ppk", vec![open(Direction::Egress, 1)], redirect.clone());
+    web_server(&topology.endpoints[1].ns);
+    let _accepted = test_proxy(&topology.node);
+    datapath.set_proxy_port(Some(PROXY_PORT)).unwrap();
+    let (client, web) = (&topology.endpoints[0], &topology.endpoints[1]);
+    let connect = || {
+        let stream = tcp_connect(&client.ns, web.addr, WEB_PORT).expect("a connection");
+        stream.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+        stream
+    };
+    let proxied = |path: &str| Ok(format!("{} via-proxy GET {path}", client.addr));
+    let direct = |path: &str| Ok(format!("{} GET {path}", client.addr));
+    let promote = |datapath: &mut Datapath, slot: Slot, entries: &[PolicyEntry]| {
+        datapath.load_slot(1, slot, entries).unwrap();
+        datapath.set_candidate(1, Some(slot)).unwrap();
+        datapath.flip(1).unwrap();
+        datapath.set_candidate(1, None).unwrap();
+    };
+    let mut through_proxy = connect();
+    assert_eq!(ask(&mut through_proxy, "GET /a"), proxied("/a"));
+
+    // A revision without the redirect is promoted: the connection the proxy holds stays with it
+    // (sent straight to the pod, its packets would belong to no connection the pod knows).
+    promote(&mut datapath, Slot::B, &allow);
+    assert_eq!(ask(&mut through_proxy, "GET /b"), proxied("/b"));
+    let mut past_proxy = connect();
+    assert_eq!(ask(&mut past_proxy, "GET /c"), direct("/c"), "a new connection is not redirected");
+
+    // A candidate that redirects is only staged: traffic does not change.
+    datapath.load_slot(1, Slot::A, &redirect).unwrap();
+    datapath.set_candidate(1, Some(Slot::A)).unwrap();
+    assert_eq!(ask(&mut past_proxy, "GET /d"), direct("/d"), "staging a candidate changes no connection");
+    assert_eq!(ask(&mut through_proxy, "GET /e"), proxied("/e"));
+
+    // Promoted, the redirect cannot judge a connection opened past the proxy: it is reset at
+    // once (never left unjudged), and the client's next connection goes through the proxy.
+    datapath.flip(1).unwrap();
+    datapath.set_candidate(1, None).unwrap();
+    let started = std::time::Instant::now();
+    assert_eq!(ask(&mut past_proxy, "GET /f"), Err(std::io::ErrorKind::ConnectionReset));
+    assert!(started.elapsed() < Duration::from_secs(1), "reset, not left to time out: {:?}", started.elapsed());
+    assert_eq!(ask(&mut connect(), "GET /g"), proxied("/g"));
+    assert_eq!(ask(&mut through_proxy, "GET /h"), proxied("/h"));
 }

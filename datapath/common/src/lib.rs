@@ -57,7 +57,13 @@ pub const MARK_TO_PROXY: u32 = 0x0200;
 /// The proxy's upstream connections carry it (`SO_MARK`): their requests were judged at L7
 /// already, so a redirect passes them, and their replies are steered back to the proxy.
 pub const MARK_FROM_PROXY: u32 = 0x0a00;
+/// Beside [`MARK_TO_PROXY`], on a packet of a TCP connection the proxy does not hold (it opened
+/// past the proxy, and the enforced policy redirects it now): assigned to the proxy's listener,
+/// which resets the connection from the destination's address. Outside [`PROXY_MARK_MASK`], so
+/// policy routing delivers it like any packet for the proxy.
+pub const MARK_PROXY_RESET: u32 = 0x1000;
 const _: () = assert!(PROXY_MARK_MASK & SERVICE_MARK_MASK == 0 && PROXY_MARK_MASK & 0xc000 == 0);
+const _: () = assert!(MARK_PROXY_RESET & (PROXY_MARK_MASK | SERVICE_MARK_MASK | 0xc0ff) == 0);
 /// First identity handed to a set of pod labels.
 pub const IDENTITY_FIRST_LOCAL: u32 = 256;
 /// Node-local CIDR identities are `IDENTITY_CIDR_BASE | n`.
@@ -603,6 +609,17 @@ pub struct CtKey {
 pub const CT_OPENED_BY_LO: u8 = 0;
 pub const CT_OPENED_BY_HI: u8 = 1;
 
+/// Not through the proxy.
+pub const CT_PROXY_NONE: u8 = 0;
+/// Opened by the node's L7 proxy (its packets carried [`MARK_FROM_PROXY`]): the replies are
+/// steered back to the proxy's socket.
+pub const CT_PROXY_UPSTREAM: u8 = 1;
+/// Steered to the proxy when it opened: every forward packet goes there for as long as it
+/// lives, whatever later policy says of redirects (Cilium's `proxy_redirect`); a TCP
+/// connection the proxy did not accept has no socket there, and one it accepted has no
+/// counterpart at the destination.
+pub const CT_PROXY_STEERED: u8 = 2;
+
 /// Value of a conntrack entry: the connection state and the cached decision of its forward
 /// packets (see [`CtDecision`]).
 #[repr(C)]
@@ -615,9 +632,9 @@ pub struct CtEntry {
     /// The enforced policy denied the connection's last forward packet: its other side's
     /// packets are dropped, not passed as replies, and it lives only a short while longer.
     pub denied: u8,
-    /// Opened by the node's L7 proxy (its packets carried [`MARK_FROM_PROXY`]): the replies are
-    /// steered back to the proxy's socket.
-    pub from_proxy: u8,
+    /// The connection's part in the L7 proxy, fixed when it opens (`CT_PROXY_*`): a TCP
+    /// connection cannot move to or from the proxy mid-stream.
+    pub proxy: u8,
     /// Expiry on the coarse monotonic clock, in units of 2^30 ns (about a second).
     pub expires: u32,
     pub decision: CtDecision,

@@ -12,7 +12,7 @@ use crate::{
     maps::*,
     packet::*,
     policy::judge,
-    proxy::{from_proxy, mark_to_proxy},
+    proxy::{Steer, from_proxy, mark_to_proxy},
     record::{apply, refuse},
 };
 
@@ -44,7 +44,7 @@ pub(crate) fn established(
     let (opened_by, closing, denied, expires, cached) =
         unsafe { ((*entry).opened_by, (*entry).closing, (*entry).denied, (*entry).expires, (*entry).decision) };
     // SAFETY: as above.
-    let proxied = unsafe { (*entry).from_proxy } != 0;
+    let proxy = unsafe { (*entry).proxy };
     // A denied connection is not kept alive by its packets.
     let (closing, expires) =
         if denied != 0 { (closing, expires) } else { refresh(entry, closing, expires, packet, seen.now) };
@@ -55,10 +55,10 @@ pub(crate) fn established(
             return TC_ACT_SHOT;
         }
         counters.replies += 1;
-        if proxied {
+        if proxy == CT_PROXY_UPSTREAM {
             // A reply to the proxy's upstream connection goes to the proxy's socket.
-            mark_to_proxy(ctx);
-        } else if current {
+            mark_to_proxy(ctx, Steer::Proxy);
+        } else if current && proxy == CT_PROXY_NONE {
             admit_fast(&seen.connection, opened_by, seen.local_side, (closing, expires), seen.now, &cached);
         }
         return TC_ACT_OK;
@@ -91,11 +91,27 @@ pub(crate) fn established(
             // SAFETY: as above.
             unsafe { (*entry).decision = decision };
         }
-        if !proxied {
+        if proxy == CT_PROXY_NONE {
             admit_fast(&seen.connection, opened_by, seen.local_side, (closing, expires), seen.now, &decision);
         }
     }
-    apply(ctx, &decision, counters, seen.direction, packet, false)
+    apply(ctx, &decision, counters, seen.direction, packet, false, steering(&decision, proxy, packet))
+}
+
+/// Where a packet of a tracked connection goes if it passes. Each UDP datagram is a query of
+/// its own: as its decision says. A TCP connection keeps to how it opened (see
+/// [`CT_PROXY_STEERED`]): one steered then stays with the proxy that holds it; one opened past
+/// the proxy stays past it while only a candidate redirects (staging a candidate changes no
+/// traffic), and once the enforced policy redirects it, it is reset (fail closed, at once) and
+/// the client reconnects through the proxy.
+#[inline(always)]
+fn steering(decision: &CtDecision, proxy: u8, packet: &Packet) -> Steer {
+    match (packet.protocol, proxy) {
+        (PROTO_TCP, CT_PROXY_STEERED) => Steer::Proxy,
+        (PROTO_TCP, CT_PROXY_NONE) if decision.enforced.verdict == VERDICT_REDIRECT => Steer::Reset,
+        (PROTO_TCP, _) => Steer::No,
+        _ => Steer::by(decision),
+    }
 }
 
 /// The first packet of a connection: judged, and tracked when it passes.
@@ -109,15 +125,21 @@ pub(crate) fn opening(
 ) -> i32 {
     counters.connections += 1;
     let (decision, _) = judge(config, seen.version, seen.direction, packet);
+    let proxy = if from_proxy(ctx) {
+        CT_PROXY_UPSTREAM
+    } else if decision.steers() {
+        CT_PROXY_STEERED
+    } else {
+        CT_PROXY_NONE
+    };
     if decision.passes() {
         let expires = seen.now.wrapping_add(lifetime(0, packet));
-        let from_proxy = from_proxy(ctx) as u8;
-        let entry = CtEntry { opened_by: seen.sender, closing: 0, denied: 0, from_proxy, expires, decision };
-        if CONNTRACK.insert(seen.connection, entry, BPF_ANY as u64).is_ok() && from_proxy == 0 {
+        let entry = CtEntry { opened_by: seen.sender, closing: 0, denied: 0, proxy, expires, decision };
+        if CONNTRACK.insert(seen.connection, entry, BPF_ANY as u64).is_ok() && proxy == CT_PROXY_NONE {
             admit_fast(&seen.connection, seen.sender, seen.local_side, (0, expires), seen.now, &decision);
         }
     }
-    apply(ctx, &decision, counters, seen.direction, packet, true)
+    apply(ctx, &decision, counters, seen.direction, packet, true, Steer::by(&decision))
 }
 
 /// A packet of a connection in the fast-flow cache: counted and passed. `None` when the cache

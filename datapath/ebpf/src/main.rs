@@ -70,7 +70,7 @@ use crate::{
     maps::CONNTRACK,
     packet::*,
     policy::{endpoint, judge, node_state_version},
-    proxy::assign_to_proxy,
+    proxy::{Steer, assign_to_proxy},
     record::{apply, record_drop, refuse, unjudged},
     service::{deferred_source, judge_deferred},
 };
@@ -199,7 +199,7 @@ pub(crate) fn verdict(
     if !packet.tracked {
         counters.connections += 1;
         let (decision, _) = judge(config, version, direction, packet);
-        return apply(ctx, &decision, counters, direction, packet, true);
+        return apply(ctx, &decision, counters, direction, packet, true, Steer::by(&decision));
     }
     // An entry left by an endpoint that had this interface before is not this endpoint's.
     // SAFETY: the LRU element stays valid during this run; fields are read once.

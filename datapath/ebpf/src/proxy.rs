@@ -1,7 +1,8 @@
 //! Steering redirected connections to the node's L7 proxy, as Cilium's BPF TPROXY does: the
 //! packet keeps its addresses, gets [`MARK_TO_PROXY`] (policy routing delivers it locally), and
 //! a SYN is assigned to the proxy's transparent listener (`bpf_sk_assign`); the kernel finds
-//! the connection's socket for every later packet by its addresses. Every UDP datagram (a DNS
+//! the connection's socket for every later packet by its addresses. A packet of a connection
+//! the proxy does not hold goes to the listener too ([`Steer::Reset`]), which resets it. Every UDP datagram (a DNS
 //! query) is assigned to the proxy's UDP socket, which reads where it was sent.
 //!
 //! `bpf_sk_assign` works only at tc ingress. So:
@@ -32,14 +33,36 @@ pub(crate) fn proxy_port() -> u16 {
     NODE_STATE.get(NODE_STATE_PROXY_PORT).map_or(0, |&port| port as u16)
 }
 
+/// Where a packet that passes goes.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Steer {
+    /// Where it is addressed.
+    No,
+    /// To the proxy's socket for its connection (or the listener, for a SYN).
+    Proxy,
+    /// To the proxy's listener, which resets the connection: one the proxy does not hold,
+    /// whose requests the enforced policy wants judged. Without a socket the node's stack
+    /// could not answer from the destination's address, and the connection would hang.
+    Reset,
+}
+
+impl Steer {
+    /// As the decision of a connection's packet says, on its own.
+    #[inline(always)]
+    pub(crate) fn by(decision: &CtDecision) -> Steer {
+        if decision.steers() { Steer::Proxy } else { Steer::No }
+    }
+}
+
 /// Marks the packet for the proxy: policy routing delivers it locally.
 #[inline(always)]
-pub(crate) fn mark_to_proxy(ctx: &TcContext) {
+pub(crate) fn mark_to_proxy(ctx: &TcContext, steer: Steer) {
+    let reset = if steer == Steer::Reset { MARK_PROXY_RESET } else { 0 };
     // SAFETY: the context pointer is valid for the whole program run; tc programs may write
     // the mark.
     unsafe {
         let skb = ctx.skb.skb;
-        (*skb).mark = ((*skb).mark & !PROXY_MARK_MASK) | MARK_TO_PROXY;
+        (*skb).mark = ((*skb).mark & !(PROXY_MARK_MASK | MARK_PROXY_RESET)) | MARK_TO_PROXY | reset;
     }
 }
 
@@ -49,11 +72,11 @@ pub(crate) fn from_proxy(ctx: &TcContext) -> bool {
     mark(ctx) & PROXY_MARK_MASK == MARK_FROM_PROXY
 }
 
-/// Steers a packet of a redirected TCP connection to the proxy: at tc ingress (`at_ingress`)
-/// directly, at tc egress through the interface's ingress.
+/// Steers a packet of a redirected connection to the proxy (`steer` says how): at tc ingress
+/// (`at_ingress`) directly, at tc egress through the interface's ingress.
 #[inline(always)]
-pub(crate) fn steer(ctx: &TcContext, at_ingress: bool) -> i32 {
-    mark_to_proxy(ctx);
+pub(crate) fn steer(ctx: &TcContext, steer: Steer, at_ingress: bool) -> i32 {
+    mark_to_proxy(ctx, steer);
     if at_ingress {
         return assign_to_proxy(ctx);
     }
@@ -89,9 +112,10 @@ pub(crate) fn assign_to_proxy(ctx: &TcContext) -> i32 {
         return TC_ACT_SHOT;
     }
     match header::<[u8; 14]>(ctx, l4) {
-        // A connection's first SYN goes to the listener; later packets pass to the socket
-        // their addresses name.
+        // A connection's first SYN goes to the listener, and so does a packet to reset; later
+        // packets pass to the socket their addresses name.
         Some(tcp) if tcp[13] & (TCP_SYN | TCP_ACK) == TCP_SYN => assign(ctx, PROTO_TCP),
+        Some(_) if mark(ctx) & MARK_PROXY_RESET != 0 => assign(ctx, PROTO_TCP),
         Some(_) => TC_ACT_OK,
         None => TC_ACT_SHOT,
     }
@@ -107,11 +131,9 @@ fn assign(ctx: &TcContext, protocol: u8) -> i32 {
     }
     // SAFETY: a zeroed plain C struct.
     let mut tuple: bpf_sock_tuple = unsafe { core::mem::zeroed() };
-    // SAFETY: the IPv4 member of the union; the lookup reads only its 12 bytes.
-    unsafe {
-        tuple.__bindgen_anon_1.ipv4.daddr = u32::from_be_bytes([127, 0, 0, 1]).to_be();
-        tuple.__bindgen_anon_1.ipv4.dport = port.to_be();
-    }
+    // The IPv4 member of the union: the lookup reads only its 12 bytes.
+    tuple.__bindgen_anon_1.ipv4.daddr = u32::from_be_bytes([127, 0, 0, 1]).to_be();
+    tuple.__bindgen_anon_1.ipv4.dport = port.to_be();
     let size = 12;
     // SAFETY: the context and a tuple of `size` bytes; the socket is released below.
     let socket = unsafe {

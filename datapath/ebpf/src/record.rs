@@ -11,14 +11,14 @@ use crate::{
     maps::*,
     packet::Packet,
     policy::{endpoint, remote_identity},
-    proxy::{from_proxy, steer},
+    proxy::{Steer, from_proxy, steer},
     service::{defer, origin},
 };
 
 /// Counts a forward packet under its decision, records the flow when it is dropped or judged
-/// differently by the candidate, and returns the verdict (a redirect for a packet steered to
-/// the L7 proxy). A packet to a Service passes with its decision deferred (`opening`: the first packet
-/// of its connection).
+/// differently by the candidate, and returns the verdict (a redirect for a packet that passes
+/// and is steered to the L7 proxy, as `steering` says). A packet to a Service passes with its decision deferred
+/// (`opening`: the first packet of its connection).
 #[inline(always)]
 pub(crate) fn apply(
     ctx: &TcContext,
@@ -27,6 +27,7 @@ pub(crate) fn apply(
     direction: u8,
     packet: &Packet,
     opening: bool,
+    steering: Steer,
 ) -> i32 {
     let (enforced, candidate) = (decision.enforced, decision.candidate);
     if enforced.cookie == COOKIE_DEFERRED {
@@ -67,9 +68,9 @@ pub(crate) fn apply(
     }
     if !decision.passes() {
         TC_ACT_SHOT
-    } else if decision.steers() && !from_proxy(ctx) {
+    } else if steering != Steer::No && !from_proxy(ctx) {
         // Only the hook of a pod's own egress is a tc ingress hook.
-        steer(ctx, direction == DIRECTION_EGRESS && packet.deferred_from == 0)
+        steer(ctx, steering, direction == DIRECTION_EGRESS && packet.deferred_from == 0)
     } else {
         TC_ACT_OK
     }
