@@ -17,7 +17,7 @@ mod pins;
 use std::{
     ffi::{CStr, CString},
     net::Ipv4Addr,
-    path::Path,
+    path::{Path, PathBuf},
     time::Duration,
 };
 
@@ -116,6 +116,7 @@ pub struct Datapath {
     from_endpoint: SchedClassifier,
     to_endpoint: SchedClassifier,
     deferred_egress: SchedClassifier,
+    from_network: SchedClassifier,
 }
 
 impl Datapath {
@@ -150,7 +151,8 @@ impl Datapath {
             endpoint_ifindex: pins.map("ENDPOINT_IFINDEX")?,
             from_endpoint: pins.program("from_endpoint")?,
             to_endpoint: pins.program("to_endpoint")?,
-            deferred_egress: pins.program("deferred_egress")?,
+            deferred_egress: pins.program(pins::DEFERRED_EGRESS)?,
+            from_network: pins.program(pins::FROM_NETWORK)?,
             pins,
         })
     }
@@ -216,10 +218,14 @@ impl Datapath {
     /// Detaches the endpoint and forgets its config, counters and policy slots.
     pub fn detach(&mut self, endpoint: EndpointId) -> Result<()> {
         let config = self.config(endpoint);
-        if let Some(ifname) = config.as_ref().ok().and_then(|c| interface_name(c.ifindex)) {
-            self.pins.release_to_network(endpoint, &ifname)?;
+        let ifname = config.as_ref().ok().and_then(|c| interface_name(c.ifindex));
+        if let Some(ifname) = &ifname {
+            self.pins.release_to_network(endpoint, ifname)?;
         }
         self.pins.unpin_links(endpoint)?;
+        if let Some(ifname) = &ifname {
+            self.attach_network_ingress(ifname)?;
+        }
         match config {
             Ok(config) => {
                 if config.ifindex != 0 {
@@ -245,26 +251,23 @@ impl Datapath {
 
     /// Attaches `deferred_egress` to the egress of `ifname`, an interface of the node that is no
     /// endpoint's (an uplink, a tunnel): a Service connection whose backend is off the node leaves
-    /// through one, and its source's egress is judged there. Idempotent; the link is pinned, so
-    /// it stays attached while no agent runs.
+    /// through one, and its source's egress is judged there; and `from_network` to its ingress,
+    /// where the replies to the L7 proxy's upstream connections come back. Idempotent; the links
+    /// are pinned, so they stay attached while no agent runs.
     pub fn attach_network(&mut self, ifname: &str) -> Result<()> {
-        let path = self.pins.network_link_path(ifname);
-        if path.exists() {
-            return Ok(());
-        }
-        let program_error = |source| Error::Program { program: "deferred_egress", endpoint: None, source };
-        let link_id = self
-            .deferred_egress
-            .attach_with_options(ifname, TcAttachType::Egress, TcAttachOptions::TcxOrder(LinkOrder::first()))
-            .map_err(program_error)?;
-        let link = FdLink::try_from(self.deferred_egress.take_link(link_id).map_err(program_error)?)
-            .map_err(|source| Error::NetworkLink { ifname: ifname.to_owned(), source })?;
-        link.pin(&path).map_err(|source| Error::Pin { path, source })?;
-        Ok(())
+        let egress = (&mut self.deferred_egress, pins::DEFERRED_EGRESS, TcAttachType::Egress, LinkOrder::first());
+        attach_network_link(egress, ifname, self.pins.network_link_path(ifname))?;
+        self.attach_network_ingress(ifname)
     }
 
-    /// Detaches `deferred_egress` from `ifname` (gone or no longer a node interface).
+    fn attach_network_ingress(&mut self, ifname: &str) -> Result<()> {
+        let ingress = (&mut self.from_network, pins::FROM_NETWORK, TcAttachType::Ingress, LinkOrder::default());
+        attach_network_link(ingress, ifname, self.pins.network_ingress_link_path(ifname))
+    }
+
+    /// Detaches the programs from `ifname` (gone or no longer a node interface).
     pub fn detach_network(&mut self, ifname: &str) -> Result<()> {
+        pins::remove_pin(self.pins.network_ingress_link_path(ifname))?;
         pins::remove_pin(self.pins.network_link_path(ifname))
     }
 
@@ -671,6 +674,24 @@ impl Datapath {
         }
         self.endpoint_config.insert(endpoint, config, 0).map_err(map_error("ENDPOINT_CONFIG", endpoint))
     }
+}
+
+/// Attaches `program` (named `name`) to `hook` of node interface `ifname` at `order`, pinned at
+/// `path`, unless it is pinned there already.
+fn attach_network_link(
+    (program, name, hook, order): (&mut SchedClassifier, &'static str, TcAttachType, LinkOrder),
+    ifname: &str,
+    path: PathBuf,
+) -> Result<()> {
+    if path.exists() {
+        return Ok(());
+    }
+    let program_error = |source| Error::Program { program: name, endpoint: None, source };
+    let link_id = program.attach_with_options(ifname, hook, TcAttachOptions::TcxOrder(order)).map_err(program_error)?;
+    let link = FdLink::try_from(program.take_link(link_id).map_err(program_error)?)
+        .map_err(|source| Error::NetworkLink { ifname: ifname.to_owned(), source })?;
+    link.pin(&path).map_err(|source| Error::Pin { path, source })?;
+    Ok(())
 }
 
 fn promoted(endpoint: EndpointId, selection: SlotSelection) -> Result<SlotSelection> {

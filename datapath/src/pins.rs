@@ -36,10 +36,13 @@ const MAPS: [&str; 17] = [
     "EVENTS",
     "EVENT_TOKENS",
 ];
-/// The programs, all attached to every endpoint (`deferred_egress` also to node interfaces);
-/// pinned in this order, so the last one marks a complete pin directory.
-const PROGRAMS: [&str; 3] = ["from_endpoint", "to_endpoint", DEFERRED_EGRESS];
+/// The programs attached to every endpoint (`deferred_egress` also to node interfaces' egress).
+const ENDPOINT_PROGRAMS: [&str; 3] = ["from_endpoint", "to_endpoint", DEFERRED_EGRESS];
+/// Every program (`from_network` goes to node interfaces' ingress), pinned in this order, so
+/// the last one marks a complete pin directory.
+const PROGRAMS: [&str; 4] = [FROM_NETWORK, "from_endpoint", "to_endpoint", DEFERRED_EGRESS];
 pub(crate) const DEFERRED_EGRESS: &str = "deferred_egress";
+pub(crate) const FROM_NETWORK: &str = "from_network";
 
 #[derive(Clone, Debug)]
 pub(crate) struct Pins {
@@ -121,7 +124,7 @@ impl Pins {
     }
 
     pub(crate) fn link_pinned(&self, endpoint: EndpointId) -> bool {
-        PROGRAMS.iter().all(|program| self.link_path(endpoint, program).exists())
+        ENDPOINT_PROGRAMS.iter().all(|program| self.link_path(endpoint, program).exists())
     }
 
     pub(crate) fn pin_link(&self, endpoint: EndpointId, program: &str, link: FdLink) -> Result<()> {
@@ -132,13 +135,15 @@ impl Pins {
 
     /// The link goes away with its pin once no process holds it: the program detaches.
     pub(crate) fn unpin_links(&self, endpoint: EndpointId) -> Result<()> {
-        PROGRAMS.iter().try_for_each(|program| remove_pin(self.link_path(endpoint, program)))
+        ENDPOINT_PROGRAMS.iter().try_for_each(|program| remove_pin(self.link_path(endpoint, program)))
     }
 
     /// Makes the `deferred_egress` link of node interface `ifname`, if it has one, `endpoint`'s
     /// own: renamed, not replaced, because tcx attaches a program once per hook and an unpinned
-    /// link detaches only later, from a kernel work queue.
+    /// link detaches only later, from a kernel work queue. Its `from_network` link goes: an
+    /// endpoint's ingress is `from_endpoint`'s.
     pub(crate) fn adopt_network_link(&self, ifname: &str, endpoint: EndpointId) -> Result<bool> {
+        remove_pin(self.network_ingress_link_path(ifname))?;
         let from = self.network_link_path(ifname);
         match fs::rename(&from, self.link_path(endpoint, DEFERRED_EGRESS)) {
             Ok(()) => Ok(true),
@@ -157,8 +162,14 @@ impl Pins {
         }
     }
 
+    /// Node interface `ifname`'s `deferred_egress` link.
     pub(crate) fn network_link_path(&self, ifname: &str) -> PathBuf {
         self.dir.join("links").join(format!("{NETWORK_LINK_PREFIX}{ifname}"))
+    }
+
+    /// Node interface `ifname`'s `from_network` link.
+    pub(crate) fn network_ingress_link_path(&self, ifname: &str) -> PathBuf {
+        self.dir.join("links").join(format!("{NETWORK_INGRESS_LINK_PREFIX}{ifname}"))
     }
 
     /// The node interfaces `deferred_egress` is attached to.
@@ -196,8 +207,9 @@ impl Pins {
     }
 }
 
-/// Names the pin of a node interface's link (endpoint links start with a number).
+/// Names the pin of a node interface's links (endpoint links start with a number).
 const NETWORK_LINK_PREFIX: &str = "net-";
+const NETWORK_INGRESS_LINK_PREFIX: &str = "netin-";
 
 /// Removes a pin; one that is not there is fine.
 pub(crate) fn remove_pin(path: PathBuf) -> Result<()> {

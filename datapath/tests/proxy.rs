@@ -34,6 +34,18 @@ fn open(direction: Direction, cookie: u32) -> PolicyEntry {
 /// e0 (client) and e1 (web), with policy routing for the proxy's mark as the agent installs it.
 fn setup(prefix: &str, client: Vec<PolicyEntry>, web: Vec<PolicyEntry>) -> (Topology, Datapath) {
     let topology = Topology::new(prefix, 2, false, 60);
+    let mut datapath = with_proxy_routing(&topology);
+    let _inside = InNetns::enter(&topology.node);
+    for (i, (endpoint, policy)) in topology.endpoints.iter().zip([client, web]).enumerate() {
+        datapath.set_ipcache(endpoint.addr, 32, identity(i)).unwrap();
+        datapath.load_slot(i as u32, Slot::A, &policy).unwrap();
+        datapath.attach(i as u32, &endpoint.host_if, endpoint.addr).unwrap();
+    }
+    (topology, datapath)
+}
+
+/// The topology's datapath, with policy routing for the proxy's mark as the agent installs it.
+fn with_proxy_routing(topology: &Topology) -> Datapath {
     let node = topology.node.clone();
     let mark = format!("{MARK_TO_PROXY:#x}/{PROXY_MARK_MASK:#x}");
     run(&["ip", "-n", &node, "rule", "add", "fwmark", &mark, "lookup", "2005", "pref", "9"]);
@@ -42,13 +54,7 @@ fn setup(prefix: &str, client: Vec<PolicyEntry>, web: Vec<PolicyEntry>) -> (Topo
     // the pod whose ingress steers it), and forwarding drops a packet with a socket.
     run(&["ip", "netns", "exec", &node, "sysctl", "-qw", "net.ipv4.tcp_early_demux=0"]);
     let _inside = InNetns::enter(&node);
-    let mut datapath = topology.datapath();
-    for (i, (endpoint, policy)) in topology.endpoints.iter().zip([client, web]).enumerate() {
-        datapath.set_ipcache(endpoint.addr, 32, identity(i)).unwrap();
-        datapath.load_slot(i as u32, Slot::A, &policy).unwrap();
-        datapath.attach(i as u32, &endpoint.host_if, endpoint.addr).unwrap();
-    }
-    (topology, datapath)
+    topology.datapath()
 }
 
 /// Answers each line with `<peer address> <line>`: who it saw, and what arrived.
@@ -169,6 +175,33 @@ fn ingress_redirect_reaches_the_proxy_through_the_interface_ingress() {
     let accepted = test_proxy(&topology.node);
     datapath.set_proxy_port(Some(PROXY_PORT)).unwrap();
     expect_proxied(&topology, &accepted);
+}
+
+#[test]
+fn an_egress_redirect_to_a_host_off_the_node_gets_its_replies_through_a_node_interface() {
+    // e0 is the client; x, behind a node interface (an uplink), is a host off the node.
+    let topology = Topology::new("ppx", 1, true, 70);
+    let mut datapath = with_proxy_routing(&topology);
+    let (client, host) = (&topology.endpoints[0], topology.external.as_ref().unwrap());
+    {
+        let _inside = InNetns::enter(&topology.node);
+        let policy = [rule(IDENTITY_WORLD, Direction::Egress, Protocol::TCP, WEB_PORT, Verdict::Redirect, 1)];
+        datapath.set_ipcache(client.addr, 32, identity(0)).unwrap();
+        datapath.load_slot(0, Slot::A, &policy).unwrap();
+        datapath.attach(0, &client.host_if, client.addr).unwrap();
+        datapath.attach_network(&host.host_if).unwrap();
+    }
+    web_server(&host.ns);
+    let accepted = test_proxy(&topology.node);
+    datapath.set_proxy_port(Some(PROXY_PORT)).unwrap();
+    // The upstream connection leaves from the client's address; the host's replies, addressed
+    // to the client, reach the proxy's upstream socket, not the client (which has no such
+    // connection).
+    let replies = exchange(&client.ns, host.addr, &["GET /a", "GET /b"]).expect("a connection");
+    let want: Vec<String> = ["/a", "/b"].iter().map(|p| format!("{} via-proxy GET {p}", client.addr)).collect();
+    assert_eq!(replies, want);
+    let seen = accepted.recv_timeout(Duration::from_secs(1)).expect("the proxy accepted the connection");
+    assert_eq!(seen.destination, SocketAddr::V4(SocketAddrV4::new(host.addr, WEB_PORT)));
 }
 
 #[test]

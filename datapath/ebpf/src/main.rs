@@ -70,7 +70,7 @@ use crate::{
     maps::CONNTRACK,
     packet::*,
     policy::{endpoint, judge, node_state_version},
-    proxy::{Steer, assign_to_proxy},
+    proxy::{Steer, assign_to_proxy, from_proxy, steer_upstream_reply, track_upstream},
     record::{apply, record_drop, refuse, unjudged},
     service::{deferred_source, judge_deferred},
 };
@@ -83,6 +83,12 @@ use crate::{
 /// backend's `to_endpoint`) still judges it.
 #[classifier]
 pub fn deferred_egress(ctx: TcContext) -> i32 {
+    // The proxy's upstream connections leaving the node: their replies come back through a
+    // node interface (see `from_network`).
+    if from_proxy(&ctx) {
+        track_upstream(&ctx);
+        return TC_ACT_UNSPEC;
+    }
     let source = deferred_source(&ctx);
     if source == 0 {
         return TC_ACT_UNSPEC;
@@ -100,6 +106,16 @@ pub fn deferred_egress(ctx: TcContext) -> i32 {
         TC_ACT_REDIRECT => TC_ACT_REDIRECT,
         _ => TC_ACT_UNSPEC,
     }
+}
+
+/// Ingress of every node interface: a reply to one of the L7 proxy's upstream connections to
+/// an address off the node is addressed to the client pod (the proxy connected from its
+/// address); it is steered to the proxy's socket instead. Every other packet goes on to the
+/// pod's own hooks, which judge it.
+#[classifier]
+pub fn from_network(ctx: TcContext) -> i32 {
+    steer_upstream_reply(&ctx);
+    TC_ACT_UNSPEC
 }
 
 /// Host-side ingress: the packet leaves the pod, so the pod's egress policy applies.

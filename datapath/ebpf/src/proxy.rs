@@ -16,15 +16,17 @@
 //! requests were judged), and their conntrack entries steer the replies back to the proxy.
 use aya_ebpf::{
     bindings::{BPF_F_CURRENT_NETNS, BPF_F_INGRESS, TC_ACT_OK, TC_ACT_SHOT, bpf_sock_tuple},
-    helpers::{bpf_redirect, bpf_sk_assign, bpf_sk_lookup_tcp, bpf_sk_lookup_udp, bpf_sk_release},
+    helpers::{
+        bpf_ktime_get_coarse_ns, bpf_redirect, bpf_sk_assign, bpf_sk_lookup_tcp, bpf_sk_lookup_udp, bpf_sk_release,
+    },
     programs::TcContext,
 };
 use palisade_common::*;
 
 use crate::{
-    conntrack::{TCP_ACK, TCP_SYN},
-    maps::NODE_STATE,
-    packet::{ETH_HLEN, header, mark},
+    conntrack::{CT_TICK_SHIFT, TCP_ACK, TCP_SYN, connection, lifetime, refresh},
+    maps::{CONNTRACK, NODE_STATE},
+    packet::{ETH_HLEN, ETH_P_IP, Packet, header, mark, parse},
 };
 
 /// The proxy listener's port on 127.0.0.1; 0 when no proxy runs.
@@ -153,4 +155,72 @@ fn assign(ctx: &TcContext, protocol: u8) -> i32 {
         assigned
     };
     if assigned == 0 { TC_ACT_OK } else { TC_ACT_SHOT }
+}
+
+/// A TCP or UDP packet of the node interface the program runs on, and its connection there.
+#[inline(always)]
+fn on_network(ctx: &TcContext) -> Option<(Packet, CtKey, u8, u32)> {
+    if header::<u16>(ctx, 12).map(u16::from_be) != Some(ETH_P_IP) {
+        return None;
+    }
+    let packet = parse(ctx, 0)?;
+    if packet.protocol != PROTO_TCP && packet.protocol != PROTO_UDP {
+        return None;
+    }
+    // SAFETY: the context pointer is valid for the whole program run.
+    let ifindex = unsafe { (*ctx.skb.skb).ifindex };
+    let (connection, sender) = connection(ifindex, &packet);
+    // SAFETY: a helper call without arguments.
+    let now = (unsafe { bpf_ktime_get_coarse_ns() } >> CT_TICK_SHIFT) as u32;
+    Some((packet, connection, sender, now))
+}
+
+/// Tracks a packet of one of the proxy's upstream connections leaving the node through a node
+/// interface, under that interface: an entry no endpoint's hook looks up.
+#[inline(always)]
+pub(crate) fn track_upstream(ctx: &TcContext) {
+    let Some((packet, connection, sender, now)) = on_network(ctx) else {
+        return;
+    };
+    if let Some(entry) = CONNTRACK.get_ptr_mut(&connection) {
+        // SAFETY: the LRU element stays valid during this run; fields are read once each.
+        let (proxy, closing, expires) = unsafe { ((*entry).proxy, (*entry).closing, (*entry).expires) };
+        if proxy == CT_PROXY_UPSTREAM && expires > now {
+            refresh(entry, closing, expires, &packet, now);
+            return;
+        }
+    }
+    let entry = CtEntry {
+        opened_by: sender,
+        closing: 0,
+        denied: 0,
+        proxy: CT_PROXY_UPSTREAM,
+        expires: now.wrapping_add(lifetime(0, &packet)),
+        // SAFETY: a plain C struct; no decision is cached for a connection no policy judges here.
+        decision: unsafe { core::mem::zeroed() },
+    };
+    // A full table evicts its oldest entry (LRU): nothing to do when the insert fails.
+    let _ = CONNTRACK.insert(&connection, &entry, 0);
+}
+
+/// Marks a reply to a tracked upstream connection for the proxy: policy routing delivers it
+/// to the node's stack, where the kernel finds the upstream socket by its addresses.
+#[inline(always)]
+pub(crate) fn steer_upstream_reply(ctx: &TcContext) {
+    if proxy_port() == 0 {
+        return;
+    }
+    let Some((packet, connection, sender, now)) = on_network(ctx) else {
+        return;
+    };
+    let Some(entry) = CONNTRACK.get_ptr_mut(&connection) else {
+        return;
+    };
+    // SAFETY: the LRU element stays valid during this run; fields are read once each.
+    let (proxy, opened_by, closing, expires) =
+        unsafe { ((*entry).proxy, (*entry).opened_by, (*entry).closing, (*entry).expires) };
+    if proxy == CT_PROXY_UPSTREAM && opened_by != sender && expires > now {
+        refresh(entry, closing, expires, &packet, now);
+        mark_to_proxy(ctx, Steer::Proxy);
+    }
 }
