@@ -2,10 +2,11 @@
 //! repository, `palisade local run` syncs and enforces them, and every flow of its `flows.yaml`
 //! between two pods is made as a real connection whose fate must be the expected verdict; a flow
 //! to a Service goes through local mode's kube-proxy, repeatedly, until every backend has shown
-//! its own verdict (kube-proxy picks one at random). Flows
-//! with an `http:` request (judged by the node's L7 proxy, tested on its own), flows
-//! to or from addresses and entities outside the pods, and ICMP types other than echo are left
-//! to the policy engine's and the datapath's own scenario tests.
+//! its own verdict (kube-proxy picks one at random). A flow with an `http:` request sends it
+//! (`palisade local probe --http`) to a pod that answers HTTP, through the node's L7 proxy where
+//! a rule redirects: allowed is any answer but a 403. Flows to or from addresses and entities
+//! outside the pods, and ICMP types other than echo, are left to the policy engine's and the
+//! datapath's own scenario tests.
 mod support;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -21,6 +22,8 @@ struct Flow {
     to: String,
     port: String,
     allowed: bool,
+    /// `GET /path`, sent as one HTTP request.
+    http: Option<String>,
     /// For a flow to a Service: each backend pod's expected verdict.
     backends: BTreeMap<String, bool>,
 }
@@ -34,7 +37,6 @@ fn flows(dir: &Path) -> Vec<Flow> {
         .as_array()
         .expect("flows.yaml has a `flows` list")
         .iter()
-        .filter(|flow| flow["http"].is_null())
         .map(|flow| Flow {
             from: field(flow, "from"),
             to: field(flow, "to"),
@@ -43,6 +45,7 @@ fn flows(dir: &Path) -> Vec<Flow> {
                 port => port.to_owned(),
             },
             allowed: field(flow, "verdict") == "allowed",
+            http: flow["http"].as_str().map(str::to_owned),
             backends: flow["backends"]
                 .as_object()
                 .into_iter()
@@ -75,13 +78,17 @@ fn scenario(name: &str, prefix: &str) {
             wrong.extend(through_service(&local, flow));
             continue;
         }
-        let reached = local.reaches(&flow.from, &flow.to, &flow.port);
+        let reached = match &flow.http {
+            Some(request) => answered(&local, flow, request),
+            None => local.reaches(&flow.from, &flow.to, &flow.port),
+        };
         if reached != flow.allowed {
             wrong.push(format!(
-                "{} -> {} {}: expected {}, got {}",
+                "{} -> {} {}{}: expected {}, got {}",
                 flow.from,
                 flow.to,
                 flow.port,
+                flow.http.as_ref().map(|r| format!(" {r}")).unwrap_or_default(),
                 verdict(flow.allowed),
                 verdict(reached)
             ));
@@ -96,6 +103,12 @@ fn scenario(name: &str, prefix: &str) {
         local.log()
     );
     eprintln!("{name}: {} flows checked on real traffic", flows.len());
+}
+
+/// Whether `request` gets an answer other than 403.
+fn answered(local: &LocalCluster, flow: &Flow, request: &str) -> bool {
+    let args = ["--from", &flow.from, "--to", &flow.to, "--port", &flow.port, "--http", request, "--timeout", "2s"];
+    local.local_probe(&args).status.code() == Some(0)
 }
 
 /// Probes a Service until each backend has shown its verdict: every allowed backend answered,
