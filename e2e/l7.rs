@@ -214,31 +214,36 @@ fn enforced(
 #[test]
 fn http_rules_are_enforced_request_by_request_by_the_proxy() {
     let files = [("web.yaml", HTTP_RULES), ("client.yaml", EGRESS_RULES)];
-    let (_dir, _repo, local) = enforced("ple2-", POLICY_CLUSTER, &files, "0s");
-    let probe = |port: &str, request: &str, header: &[&str]| {
+    let (_dir, repo, mut local) = enforced("ple2-", POLICY_CLUSTER, &files, "0s");
+    let probe = |local: &LocalCluster, port: &str, request: &str, header: &[&str]| {
         let mut args = vec!["--from", "shop/client", "--to", "shop/web", "--port", port, "--http", request];
         for h in header {
             args.extend(["--header", h]);
         }
         printed(&local.local_probe(&args))
     };
-    // Ingress HTTP rules: an allowed path is answered by the pod, through the proxy.
     // Enforced once the agent has converged and its proxy has the policy.
-    let start = std::time::Instant::now();
-    while probe("8080", "GET /public/x", &[]).0 != Some(0) && start.elapsed() < std::time::Duration::from_secs(20) {
-        std::thread::sleep(std::time::Duration::from_millis(200));
-    }
-    let (code, stdout, stderr) = probe("8080", "GET /public/x", &[]);
+    let serving = |local: &LocalCluster| {
+        let start = std::time::Instant::now();
+        while probe(local, "8080", "GET /public/x", &[]).0 != Some(0)
+            && start.elapsed() < std::time::Duration::from_secs(30)
+        {
+            std::thread::sleep(std::time::Duration::from_millis(200));
+        }
+    };
+    // Ingress HTTP rules: an allowed path is answered by the pod, through the proxy.
+    serving(&local);
+    let (code, stdout, stderr) = probe(&local, "8080", "GET /public/x", &[]);
     assert_eq!(code, Some(0), "{stdout}{stderr}\n{}", local.log());
     assert!(stdout.contains("HTTP 200 OK") && stdout.ends_with("palisade-http shop/web GET /public/x\n"), "{stdout}");
-    let (code, stdout, _) = probe("8080", "GET /private", &[]);
+    let (code, stdout, _) = probe(&local, "8080", "GET /private", &[]);
     assert_eq!(code, Some(1), "{stdout}");
     assert!(stdout.contains("HTTP 403 Forbidden") && stdout.ends_with("Access denied\r\n"), "{stdout}");
-    let (code, stdout, _) = probe("8080", "POST /public", &[]);
+    let (code, stdout, _) = probe(&local, "8080", "POST /public", &[]);
     assert_eq!(code, Some(1), "the method is part of the rule: {stdout}");
     // A header rule: /admin only with `X-Admin: yes`.
-    assert_eq!(probe("8080", "GET /admin", &[]).0, Some(1));
-    assert_eq!(probe("8080", "GET /admin", &["X-Admin: yes"]).0, Some(0));
+    assert_eq!(probe(&local, "8080", "GET /admin", &[]).0, Some(1));
+    assert_eq!(probe(&local, "8080", "GET /admin", &["X-Admin: yes"]).0, Some(0));
 
     // Requests are judged one by one on one keep-alive connection.
     let requests: [(&str, &[&str]); 4] =
@@ -268,9 +273,20 @@ fn http_rules_are_enforced_request_by_request_by_the_proxy() {
     assert!(flows.iter().any(allowed), "{shown}");
     assert!(flows.iter().all(|f| f.l7.is_some()), "--type l7 shows only L7 flows: {shown}");
 
+    // The agent restarts. While it is down the kernel keeps enforcing L4, and the redirected
+    // port fails closed (no proxy judges it); back, its proxy serves again.
+    local.kill();
+    let undeclared = local.probe("shop/client", "shop/web", "7000/TCP");
+    assert!(undeclared.timed_out(), "L4 default deny holds while the agent is down: {undeclared:?}");
+    assert_eq!(probe(&local, "8080", "GET /public/x", &[]).0, Some(1), "no proxy: the redirect fails closed");
+    local.run(&support::rollout_yaml("shop", "shop", &repo, "0s", ""));
+    serving(&local);
+    assert_eq!(probe(&local, "8080", "GET /public/x", &[]).0, Some(0), "the proxy resumed\n{}", local.log());
+    assert_eq!(probe(&local, "8080", "GET /private", &[]).0, Some(1), "and judges again");
+
     // Egress HTTP rules, on the client's side: GET passes, DELETE is refused.
-    assert_eq!(probe("9090", "GET /anything", &[]).0, Some(0), "{}", local.log());
-    let (code, stdout, _) = probe("9090", "DELETE /anything", &[]);
+    assert_eq!(probe(&local, "9090", "GET /anything", &[]).0, Some(0), "{}", local.log());
+    let (code, stdout, _) = probe(&local, "9090", "DELETE /anything", &[]);
     assert_eq!(code, Some(1), "{stdout}");
     assert!(stdout.contains("HTTP 403"), "{stdout}");
 }
@@ -374,19 +390,20 @@ items:
 #[test]
 fn dns_rules_refuse_names_and_to_fqdns_opens_the_addresses_of_allowed_answers() {
     use std::time::{Duration, Instant};
-    let (_dir, _repo, local) = enforced("ple4-", FQDN_CLUSTER, &[("client.yaml", FQDN_RULES)], "0s");
-    let resolve = |name: &str| printed(&local.local_probe(&["--from", "shop/client", "--dns", name]));
-    let https = |to: &str| {
+    let (_dir, repo, mut local) = enforced("ple4-", FQDN_CLUSTER, &[("client.yaml", FQDN_RULES)], "0s");
+    let resolve =
+        |local: &LocalCluster, name: &str| printed(&local.local_probe(&["--from", "shop/client", "--dns", name]));
+    let https = |local: &LocalCluster, to: &str| {
         let args = ["--from", "shop/client", "--to", to, "--port", "443", "--http", "GET /", "--timeout", "1s"];
         printed(&local.local_probe(&args)).0
     };
     // Before any lookup, toFQDNs selects nothing: the API is closed.
-    assert_eq!(https("partner/api"), Some(1), "{}", local.log());
+    assert_eq!(https(&local, "partner/api"), Some(1), "{}", local.log());
 
     // A name the DNS rules do not match is refused by the proxy, never asked upstream.
     let start = Instant::now();
     let refused = loop {
-        let (code, stdout, stderr) = resolve("evil.example.org");
+        let (code, stdout, stderr) = resolve(&local, "evil.example.org");
         if code == Some(1) || start.elapsed() > Duration::from_secs(20) {
             break (code, stdout, stderr);
         }
@@ -402,17 +419,17 @@ fn dns_rules_refuse_names_and_to_fqdns_opens_the_addresses_of_allowed_answers() 
 
     // An allowed name is answered by the DNS pod, through the proxy; the very next connection
     // to its address passes: the answer reached the client only once the address was known.
-    let (code, stdout, stderr) = resolve("api.partner.example");
+    let (code, stdout, stderr) = resolve(&local, "api.partner.example");
     assert_eq!((code, stdout.as_str()), (Some(0), "10.200.99.10\n"), "{stderr}\n{}", local.log());
-    assert_eq!(https("partner/api"), Some(0), "the first connection after the lookup\n{}", local.log());
+    assert_eq!(https(&local, "partner/api"), Some(0), "the first connection after the lookup\n{}", local.log());
     // The record's TTL is 1 s, but learned addresses live for the minimum TTL (an hour).
     std::thread::sleep(Duration::from_millis(1500));
-    assert_eq!(https("partner/api"), Some(0), "kept past the record's TTL");
+    assert_eq!(https(&local, "partner/api"), Some(0), "kept past the record's TTL");
 
     // An allowed lookup of a name toFQDNs does not select opens nothing.
-    let (code, stdout, _) = resolve("www.partner.example");
+    let (code, stdout, _) = resolve(&local, "www.partner.example");
     assert_eq!((code, stdout.as_str()), (Some(0), "10.200.99.20\n"));
-    assert_eq!(https("partner/www"), Some(1), "toFQDNs does not select www.partner.example");
+    assert_eq!(https(&local, "partner/www"), Some(1), "toFQDNs does not select www.partner.example");
 
     // Observers see the queries, their answers and the proxy's verdicts.
     let dns = |flow: &ObservedFlow| flow.l7.as_ref().and_then(|l7| l7.dns.clone());
@@ -430,4 +447,15 @@ fn dns_rules_refuse_names_and_to_fqdns_opens_the_addresses_of_allowed_answers() 
     let api = answered(&flows, "api.partner.example", "NOERROR").unwrap_or_else(|| panic!("{shown}"));
     assert_eq!(api.verdict, FlowVerdict::Forwarded);
     assert_eq!(dns(&api).unwrap().answers, vec![std::net::Ipv4Addr::new(10, 200, 99, 10)]);
+
+    // The agent restarts: what it learned is restored, so the address stays open without a
+    // new lookup (pods cache their answers).
+    local.kill();
+    local.run(&support::rollout_yaml("shop", "shop", &repo, "0s", ""));
+    // Converged once its DNS proxy has the policy again (it refuses every name before).
+    let start = Instant::now();
+    while resolve(&local, "www.partner.example").0 != Some(0) && start.elapsed() < Duration::from_secs(30) {
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert_eq!(https(&local, "partner/api"), Some(0), "restored after a restart\n{}", local.log());
 }

@@ -111,6 +111,7 @@ pub async fn run(local: Local, options: RunOptions, shutdown: impl Future<Output
         report_interval: options.report_interval,
         // The node namespace is local mode's own: its proxy and routes go with it.
         proxy_port: Some(0),
+        fqdn_state: Some(options.state_dir.join("fqdn.json")),
         ..Default::default()
     };
     let AgentHandle { changes, mut reports, thread, flows } = spawn(agent, runtime).context("start the agent")?;

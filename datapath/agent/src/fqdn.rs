@@ -1,9 +1,15 @@
 //! What `toFQDNs` selects on this node: the addresses of the DNS answers the node's DNS proxy
 //! let through, each kept for its record's TTL raised to a minimum (`--fqdn-min-ttl`, as
-//! Cilium's `tofqdns-min-ttl`) and forgotten after.
+//! Cilium's `tofqdns-min-ttl`) and forgotten after. Saved to a file after each change and
+//! restored when the agent starts again, as Cilium keeps its DNS history: a restart must not
+//! close the connections pods opened to the addresses they looked up.
 use std::collections::{BTreeMap, BTreeSet};
+use std::io;
 use std::net::Ipv4Addr;
-use std::time::{Duration, Instant};
+use std::path::Path;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use serde::{Deserialize, Serialize};
 
 /// The addresses one DNS answer gave, under every name it gave them for (the query's name and
 /// the CNAMEs on the way): a `toFQDNs` selector matching any of them selects the addresses.
@@ -63,10 +69,66 @@ impl FqdnCache {
         self.learned.values().flat_map(BTreeMap::values).min().copied()
     }
 
+    /// The cache saved at `path` by an earlier run, less what expired since (empty when there
+    /// is no file).
+    pub fn restore(min_ttl: Duration, path: &Path, now: Instant) -> io::Result<FqdnCache> {
+        let mut cache = FqdnCache::new(min_ttl);
+        let text = match std::fs::read(path) {
+            Ok(text) => text,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(cache),
+            Err(e) => return Err(e),
+        };
+        let saved: Saved = serde_json::from_slice(&text).map_err(io::Error::other)?;
+        let wall = unix_seconds(SystemTime::now());
+        for (name, addresses) in saved.names {
+            let kept = addresses
+                .into_iter()
+                .filter(|&(_, expires)| expires > wall)
+                .map(|(address, expires)| (address, now + Duration::from_secs(expires - wall)));
+            cache.learned.entry(name).or_default().extend(kept);
+        }
+        cache.learned.retain(|_, addresses| !addresses.is_empty());
+        Ok(cache)
+    }
+
+    /// Writes the cache to `path` whole (a new file renamed over the old one), each expiry as
+    /// wall-clock time, so that another run can restore it.
+    pub fn save(&self, path: &Path, now: Instant) -> io::Result<()> {
+        let wall = SystemTime::now();
+        let names = self
+            .learned
+            .iter()
+            .map(|(name, addresses)| {
+                let addresses =
+                    addresses.iter().map(|(&address, &at)| (address, unix_seconds(wall + (at - now)))).collect();
+                (name.clone(), addresses)
+            })
+            .collect();
+        let text = serde_json::to_vec(&Saved { names }).map_err(io::Error::other)?;
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir)?;
+        }
+        let partial = path.with_extension("partial");
+        std::fs::write(&partial, text)?;
+        std::fs::rename(&partial, path)
+    }
+
     /// Every learned name with its addresses, as the policy compiler takes them.
     pub fn answers(&self) -> BTreeMap<String, BTreeSet<Ipv4Addr>> {
         self.learned.iter().map(|(name, addresses)| (name.clone(), addresses.keys().copied().collect())).collect()
     }
+}
+
+/// The cache as saved: every name's addresses with when each expires (seconds since 1970).
+#[derive(Serialize, Deserialize)]
+struct Saved {
+    names: BTreeMap<String, BTreeMap<Ipv4Addr, u64>>,
+}
+
+/// Rounded up: a restored pair lives at least as long as it would have.
+fn unix_seconds(time: SystemTime) -> u64 {
+    let since = time.duration_since(UNIX_EPOCH).unwrap_or_default();
+    since.as_secs() + u64::from(since.subsec_nanos() > 0)
 }
 
 #[cfg(test)]
@@ -108,6 +170,34 @@ mod tests {
         assert!(!cache.expire(start + Duration::from_secs(600)));
         assert!(cache.expire(start + Duration::from_secs(601)));
         assert!(cache.answers().is_empty() && cache.next_expiry().is_none());
+    }
+
+    #[test]
+    fn a_saved_cache_is_restored_without_what_expired_meanwhile() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("fqdn.json");
+        let now = Instant::now();
+        assert!(FqdnCache::restore(Duration::from_secs(60), &path, now).unwrap().answers().is_empty(), "no file");
+        let mut cache = FqdnCache::new(Duration::from_secs(2));
+        cache.learn(&answer(&["api.example.com"], &[("10.200.99.10", 3600)]), now);
+        cache.save(&path, now).unwrap();
+        let restored = FqdnCache::restore(Duration::from_secs(2), &path, Instant::now()).unwrap();
+        assert_eq!(restored.answers(), cache.answers());
+        let expiry = restored.next_expiry().unwrap();
+        let hour = Duration::from_secs(3600);
+        assert!(expiry >= now + hour && expiry <= now + hour + Duration::from_secs(2), "{expiry:?}");
+        // What expired while no agent ran is not restored.
+        let wall = unix_seconds(SystemTime::now());
+        let saved = format!(
+            r#"{{"names":{{"api.example.com":{{"10.200.99.10":{}}},"old.example.com":{{"10.200.99.20":{}}}}}}}"#,
+            wall + 100,
+            wall - 1
+        );
+        std::fs::write(&path, saved).unwrap();
+        let later = FqdnCache::restore(Duration::from_secs(2), &path, Instant::now()).unwrap();
+        assert_eq!(learned(&later), [("api.example.com".to_string(), vec!["10.200.99.10".to_string()])]);
+        std::fs::write(&path, "{not json").unwrap();
+        assert!(FqdnCache::restore(Duration::from_secs(2), &path, Instant::now()).is_err());
     }
 
     #[test]

@@ -60,6 +60,10 @@ struct Args {
     /// the answer's TTL (Cilium's `tofqdns-min-ttl`).
     #[arg(long, default_value = "1h", value_parser = palisade_rollout::parse_duration)]
     fqdn_min_ttl: Duration,
+    /// Those addresses are saved here and restored when the agent starts again, so that a
+    /// restart does not close pods' connections to them (a host directory).
+    #[arg(long, value_name = "FILE", default_value = "/var/run/palisade/fqdn.json")]
+    fqdn_state: PathBuf,
     /// PolicyAuditReports are written at least this often (`10s`, `500ms`, `1m`).
     #[arg(long, default_value = "10s", value_parser = parse_interval)]
     report_interval: Duration,
@@ -155,6 +159,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         flows,
         proxy_port: Some(args.l7_proxy_port),
         fqdn_min_ttl: args.fqdn_min_ttl,
+        fqdn_state: Some(args.fqdn_state.clone()),
         ..RuntimeOptions::default()
     };
     let handle = spawn(agent, options).context("cannot start the agent's thread")?;

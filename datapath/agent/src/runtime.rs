@@ -51,6 +51,9 @@ pub struct RuntimeOptions {
     pub proxy_port: Option<u16>,
     /// Addresses the DNS proxy learns are kept at least this long (Cilium's `tofqdns-min-ttl`).
     pub fqdn_min_ttl: Duration,
+    /// Where they are saved after each change and restored from at start, so that a restart
+    /// does not close connections to them. `None`: kept in memory only.
+    pub fqdn_state: Option<PathBuf>,
 }
 
 /// Cilium's default `tofqdns-min-ttl`: an hour.
@@ -104,6 +107,7 @@ impl Default for RuntimeOptions {
             flows: FlowHub::default(),
             proxy_port: None,
             fqdn_min_ttl: DEFAULT_FQDN_MIN_TTL,
+            fqdn_state: None,
         }
     }
 }
@@ -168,7 +172,8 @@ fn run<D: Dataplane, R: InterfaceResolver>(
     let mut last_report: Option<Instant> = None;
     let mut events = agent.dataplane().events().map_err(|e| warn!("no flow events to observe: {e}")).ok();
     let policy = SharedPolicy::default();
-    let fqdns = Arc::new(Mutex::new(FqdnCache::new(options.fqdn_min_ttl)));
+    let fqdns = Arc::new(Mutex::new(restored_fqdns(options)));
+    agent.set_dns_answers(lock(&fqdns).answers());
     // Started here: in local mode this thread is in the node's namespace, where the proxy's
     // sockets and routes must be.
     let _proxy = options.proxy_port.and_then(|port| {
@@ -237,8 +242,14 @@ fn run<D: Dataplane, R: InterfaceResolver>(
             }
             // Written or not, the answers go: a failed write leaves their addresses unknown,
             // and a connection to an unknown address is dropped, never passed.
+            let answered = !learned.is_empty();
             for written in learned.drain(..) {
                 written.notify_one();
+            }
+            if let Some(path) = options.fqdn_state.as_deref().filter(|_| answered || expired)
+                && let Err(e) = lock(&fqdns).save(path, Instant::now())
+            {
+                warn!(path = %path.display(), "could not save the addresses learned for toFQDNs: {e}");
             }
             failed = match result {
                 Ok(()) => false,
@@ -284,6 +295,15 @@ fn take<D: Dataplane, R: InterfaceResolver>(
         Input::Learned(written) => learned.push(written),
         Input::Stopped => {}
     }
+}
+
+/// What earlier runs learned for `toFQDNs` and that has not expired.
+fn restored_fqdns(options: &RuntimeOptions) -> FqdnCache {
+    let Some(path) = &options.fqdn_state else { return FqdnCache::new(options.fqdn_min_ttl) };
+    FqdnCache::restore(options.fqdn_min_ttl, path, Instant::now()).unwrap_or_else(|e| {
+        warn!(path = %path.display(), "the addresses learned for toFQDNs before cannot be restored: {e}");
+        FqdnCache::new(options.fqdn_min_ttl)
+    })
 }
 
 /// What the DNS proxy calls with each answer it lets through: new addresses go in the cache
