@@ -198,13 +198,24 @@ fn enforced(
     files: &[(&str, &str)],
     min_duration: &str,
 ) -> (tempfile::TempDir, support::Repo, LocalCluster) {
+    enforced_with(prefix, cluster, files, min_duration, &[])
+}
+
+/// [`enforced`], with more flags for `palisade local run`.
+fn enforced_with(
+    prefix: &str,
+    cluster: &str,
+    files: &[(&str, &str)],
+    min_duration: &str,
+    flags: &[&str],
+) -> (tempfile::TempDir, support::Repo, LocalCluster) {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("cluster.yaml");
     std::fs::write(&path, cluster).unwrap();
     let repo = support::Repo::new();
     repo.commit(files, "the policies");
     let mut local = LocalCluster::up(prefix, &path);
-    local.run(&support::rollout_yaml("shop", "shop", &repo, min_duration, ""));
+    local.run_with(&support::rollout_yaml("shop", "shop", &repo, min_duration, ""), flags);
     local.wait("shop", "shop", "the policies enforced", std::time::Duration::from_secs(60), |s| {
         s.phase == palisade_rollout::crd::Phase::Enforced
     });
@@ -458,4 +469,28 @@ fn dns_rules_refuse_names_and_to_fqdns_opens_the_addresses_of_allowed_answers() 
         std::thread::sleep(Duration::from_millis(200));
     }
     assert_eq!(https(&local, "partner/api"), Some(0), "restored after a restart\n{}", local.log());
+}
+
+#[test]
+fn to_fqdns_closes_a_learned_address_once_its_answer_expires() {
+    use std::time::{Duration, Instant};
+    let files = [("client.yaml", FQDN_RULES)];
+    let (_dir, _repo, local) = enforced_with("ple5-", FQDN_CLUSTER, &files, "0s", &["--fqdn-min-ttl", "1s"]);
+    let resolve = || printed(&local.local_probe(&["--from", "shop/client", "--dns", "api.partner.example"])).0;
+    let https = || {
+        let args =
+            ["--from", "shop/client", "--to", "partner/api", "--port", "443", "--http", "GET /", "--timeout", "1s"];
+        printed(&local.local_probe(&args)).0
+    };
+    // Answered once the proxy has the policy (it refuses every name before).
+    let start = Instant::now();
+    while resolve() != Some(0) && start.elapsed() < Duration::from_secs(20) {
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert_eq!(https(), Some(0), "open right after the lookup\n{}", local.log());
+    // The record's TTL and the minimum are 1 s: past them the address is forgotten, and closed.
+    std::thread::sleep(Duration::from_millis(2500));
+    assert_eq!(https(), Some(1), "closed once the answer expired\n{}", local.log());
+    assert_eq!(resolve(), Some(0));
+    assert_eq!(https(), Some(0), "open again after a new lookup");
 }

@@ -112,6 +112,10 @@ struct RunArgs {
     /// (Cilium's default); `policy`: only as policy allows (`fromEntities: [host]`).
     #[arg(long, value_name = "MODE", default_value = "always", value_parser = super::allow_localhost_parser())]
     allow_localhost: AllowLocalhost,
+    /// Addresses learned from DNS answers for `toFQDNs` are kept at least this long, whatever
+    /// the answer's TTL (the agent's `--fqdn-min-ttl`, Cilium's `tofqdns-min-ttl`).
+    #[arg(long, value_name = "DURATION", default_value = "1h", value_parser = palisade_rollout::parse_duration)]
+    fqdn_min_ttl: Duration,
 }
 
 #[derive(clap::Args)]
@@ -261,6 +265,7 @@ fn local_run(args: RunArgs) -> Result<u8> {
         report_interval: args.report_interval,
         traffic: palisade_netsim::TrafficOptions { interval: args.traffic_interval, ..Default::default() },
         allow_localhost: args.allow_localhost,
+        fqdn_min_ttl: args.fqdn_min_ttl,
     };
     tracing_subscriber::fmt()
         .with_env_filter(

@@ -44,6 +44,8 @@ pub struct RunOptions {
     pub traffic: TrafficOptions,
     /// Whether the node namespace (the local host) reaches pods whatever their policy.
     pub allow_localhost: AllowLocalhost,
+    /// Addresses learned for `toFQDNs` are kept at least this long.
+    pub fqdn_min_ttl: Duration,
 }
 
 /// The rollouts and Secrets of the rollout files.
@@ -111,6 +113,7 @@ pub async fn run(local: Local, options: RunOptions, shutdown: impl Future<Output
         report_interval: options.report_interval,
         // The node namespace is local mode's own: its proxy and routes go with it.
         proxy_port: Some(0),
+        fqdn_min_ttl: options.fqdn_min_ttl,
         fqdn_state: Some(options.state_dir.join("fqdn.json")),
         ..Default::default()
     };
