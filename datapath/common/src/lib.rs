@@ -615,8 +615,9 @@ pub struct CtEntry {
     /// The enforced policy denied the connection's last forward packet: its other side's
     /// packets are dropped, not passed as replies, and it lives only a short while longer.
     pub denied: u8,
-    /// Opened by the node's L7 proxy (its packets carried [`MARK_FROM_PROXY`]): the replies are
-    /// steered back to the proxy's socket.
+    /// Sent by the node's L7 proxy: its last forward packet carried [`MARK_FROM_PROXY`] (a pod's
+    /// packets steered to the proxy leave it set). The replies are steered back to the proxy's
+    /// socket.
     pub from_proxy: u8,
     /// Expiry on the coarse monotonic clock, in units of 2^30 ns (about a second).
     pub expires: u32,

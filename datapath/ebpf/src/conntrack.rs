@@ -64,6 +64,19 @@ pub(crate) fn established(
         return TC_ACT_OK;
     }
     let decision = if current { cached } else { judge(config, seen.version, seen.direction, packet).0 };
+    // The addresses may be another socket's by now: the proxy picks its upstream sockets' ports
+    // in the node's namespace, which knows nothing of the pods' ports, so an upstream socket may
+    // take a pod's earlier flow, and a pod an earlier upstream socket's, while the entry lives.
+    // The replies go back to whoever sends the forward packets: the proxy, or the pod (unless
+    // the pod's are steered to the proxy: then only the proxy's upstream socket is answered).
+    let proxied_now = from_proxy(ctx) || (proxied && decision.steers());
+    if proxied_now != proxied {
+        // SAFETY: as above.
+        unsafe { (*entry).from_proxy = proxied_now as u8 };
+        // Its replies must reach conntrack to be steered.
+        forget_fast(&seen.connection);
+    }
+    let proxied = proxied_now;
     if !decision.passes() {
         // A deny ends the connection: it leaves the fast path, and its entry turns into a short
         // tombstone under which the other side's packets are dropped rather than passed as

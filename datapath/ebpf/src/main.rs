@@ -70,7 +70,7 @@ use crate::{
     maps::CONNTRACK,
     packet::*,
     policy::{endpoint, judge, node_state_version},
-    proxy::assign_to_proxy,
+    proxy::{assign_to_proxy, from_proxy},
     record::{apply, record_drop, refuse, unjudged},
     service::{deferred_source, judge_deferred},
 };
@@ -139,12 +139,14 @@ fn decide(ctx: &TcContext, direction: u8) -> i32 {
     };
     let (connection, sender) = connection(ifindex, &packet);
     // Packets that open, close or relate to a connection change conntrack: never fast. Nor do
-    // packets whose source's egress is judged here.
+    // packets whose source's egress is judged here, nor the proxy's (its upstream socket may
+    // have taken the addresses of a pod's earlier flow: conntrack sends the replies to it).
     if packet.tracked
         && packet.unjudged == DROP_NONE
         && packet.related.is_none()
         && packet.deferred_from == 0
         && packet.tcp_flags & (TCP_SYN | TCP_FIN | TCP_RST) == 0
+        && !from_proxy(ctx)
         && let Some(verdict) = fast_path(&connection, sender, direction, version)
     {
         return verdict;
