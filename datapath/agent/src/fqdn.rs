@@ -30,9 +30,17 @@ impl FqdnCache {
     /// Takes an answer in at `now`; whether a name gained an address (what `toFQDNs` selects
     /// changed). A known pair only has its expiry pushed out.
     pub fn learn(&mut self, answer: &DnsAnswer, now: Instant) -> bool {
+        if answer.addresses.is_empty() {
+            return false;
+        }
         let mut changed = false;
         for name in &answer.names {
-            let addresses = self.learned.entry(name.clone()).or_default();
+            // Every answer through the proxy comes here, mostly for names known already: looked
+            // up without a copy of the name, and nothing else of the cache is visited.
+            if !self.learned.contains_key(name) {
+                self.learned.insert(name.clone(), BTreeMap::new());
+            }
+            let addresses = self.learned.get_mut(name).expect("just inserted");
             for &(address, ttl) in &answer.addresses {
                 let expires = now + Duration::from_secs(ttl.into()).max(self.min_ttl);
                 match addresses.get_mut(&address) {
@@ -44,7 +52,6 @@ impl FqdnCache {
                 }
             }
         }
-        self.learned.retain(|_, addresses| !addresses.is_empty());
         changed
     }
 

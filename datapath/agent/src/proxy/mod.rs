@@ -213,10 +213,10 @@ async fn serve_connection(client: TcpStream, policy: SharedPolicy, diffs: L7Diff
 /// and marked so that the datapath passes it (its requests are judged) and steers its replies
 /// back to it.
 fn upstream_socket(ends: Ends, kind: Type) -> std::io::Result<Socket> {
-    let socket = Socket::new(Domain::IPV4, kind, None)?;
+    // Non-blocking from the start: two system calls fewer than setting it after.
+    let socket = Socket::new(Domain::IPV4, kind.nonblocking(), None)?;
     socket.set_ip_transparent_v4(true)?;
     socket.set_mark(MARK_FROM_PROXY)?;
-    socket.set_nonblocking(true)?;
     socket.bind(&SocketAddr::from((ends.client, 0)).into())?;
     Ok(socket)
 }
