@@ -88,7 +88,7 @@ impl DnsProxy {
     /// [`LEARN_TIMEOUT`] passed).
     async fn learn(&self, response: &[u8]) {
         let Some(written) = addresses_of(response).and_then(|answer| (self.learner)(answer)) else { return };
-        if timeout(LEARN_TIMEOUT, written.notified()).await.is_err() {
+        if timeout(LEARN_TIMEOUT, written.wait()).await.is_err() {
             warn!("DNS proxy: the agent did not write the learned addresses in time; answering anyway");
         }
     }

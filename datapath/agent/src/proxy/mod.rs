@@ -25,7 +25,7 @@ use palisade_policy::l7::L7Request;
 use palisade_policy::model::Protocol;
 use socket2::{Domain, Socket, Type};
 use tokio::net::TcpStream;
-use tokio::sync::{Notify, watch};
+use tokio::sync::watch;
 use tracing::{info, warn};
 
 use crate::fqdn::DnsAnswer;
@@ -33,10 +33,30 @@ use dns::DnsProxy;
 use judge::{Ends, Sides, speaks_dns};
 pub use routing::install_routing;
 
-/// Where the DNS proxy sends the addresses of each answer it lets through. When they teach
-/// something new, it returns what is notified once the datapath knows them: only then does
-/// the answer go to the client.
-pub type Learner = Arc<dyn Fn(DnsAnswer) -> Option<Arc<Notify>> + Send + Sync>;
+/// Where the DNS proxy sends the addresses of each answer it lets through. When the datapath
+/// does not know them all yet (this answer taught them, or an earlier one whose learning is
+/// still being written), it returns what to wait for: only then does the answer go to the
+/// client.
+pub type Learner = Arc<dyn Fn(DnsAnswer) -> Option<Written> + Send + Sync>;
+
+/// Waits until the datapath has the answers up to a generation of the FQDN cache written.
+pub struct Written {
+    written: watch::Receiver<u64>,
+    generation: u64,
+}
+
+impl Written {
+    /// `written` carries the newest generation written (or given up on).
+    pub fn new(written: watch::Receiver<u64>, generation: u64) -> Written {
+        Written { written, generation }
+    }
+
+    pub async fn wait(mut self) {
+        let generation = self.generation;
+        // Closed: the agent stopped, nothing will be written.
+        let _ = self.written.wait_for(|&written| written >= generation).await;
+    }
+}
 
 /// What the proxy judges by: the node's compiled enforced and candidate sets.
 #[derive(Clone)]
