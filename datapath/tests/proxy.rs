@@ -1,8 +1,10 @@
 //! Steering to the L7 proxy on real packets: a redirected connection reaches a transparent
 //! listener in the node namespace with its original addresses, in both directions; the
-//! proxy's upstream connection keeps the client's address and its replies come back to it;
-//! without a proxy (or with nothing listening on its port), a redirect fails closed; a TCP
-//! connection keeps to the proxy as it opened, across flips.
+//! proxy's upstream connection keeps the client's address and its replies come back to it,
+//! also when it reuses the addresses of a pod's earlier flow (and a pod's, when it reuses
+//! those of an earlier upstream socket), and from a host off the node; without a proxy (or
+//! with nothing listening on its port), a redirect fails closed; a TCP connection keeps to the
+//! proxy as it opened, across flips.
 mod support;
 
 use std::io::{BufRead, BufReader, Write};
@@ -284,4 +286,47 @@ fn a_connection_keeps_to_the_proxy_as_it_opened_across_flips() {
     assert!(started.elapsed() < Duration::from_secs(1), "reset, not left to time out: {:?}", started.elapsed());
     assert_eq!(ask(&mut connect(), "GET /g"), proxied("/g"));
     assert_eq!(ask(&mut through_proxy, "GET /h"), proxied("/h"));
+}
+
+/// A UDP socket in `ns` bound to `from` and connected to `to`:53; as the proxy's upstream
+/// sockets are when `proxy`: transparent (bound to a pod's address) and marked.
+fn dns_socket(ns: &str, from: SocketAddrV4, to: Ipv4Addr, proxy: bool) -> std::net::UdpSocket {
+    in_netns(ns, move || {
+        let socket = Socket::new(Domain::IPV4, Type::DGRAM, None).unwrap();
+        if proxy {
+            socket.set_ip_transparent_v4(true).unwrap();
+            socket.set_mark(MARK_FROM_PROXY).unwrap();
+        }
+        socket.bind(&SocketAddr::V4(from).into()).unwrap();
+        socket.connect(&SocketAddr::from((to, 53)).into()).unwrap();
+        socket.set_read_timeout(Some(Duration::from_secs(1))).unwrap();
+        socket.into()
+    })
+}
+
+fn echoed(socket: &std::net::UdpSocket) -> bool {
+    socket.send(b"query").unwrap();
+    let mut buf = [0; 16];
+    socket.recv(&mut buf).is_ok_and(|n| &buf[..n] == b"query")
+}
+
+/// The proxy picks its upstream sockets' ports in the node's namespace, which knows nothing of
+/// the pods' ports: an upstream socket may take the addresses of a pod's earlier flow, and a
+/// pod those of an earlier upstream socket, while conntrack still holds the earlier flow. The
+/// replies go to whoever sent the flow's last forward packet: the proxy's are not forwarded to the pod
+/// (where the node's early demux drops them), the pod's are not steered to the proxy's closed
+/// socket.
+#[test]
+fn a_udp_flow_taken_over_by_the_proxy_or_back_by_the_pod_gets_its_replies() {
+    let client = vec![open(Direction::Egress, 1)];
+    let web = vec![rule(identity(0), Direction::Ingress, Protocol::UDP, 53, Verdict::Allow, 2)];
+    let (topology, _datapath) = setup("ppu", client, web);
+    let (client, web) = (&topology.endpoints[0], &topology.endpoints[1]);
+    udp_echo_servers(&web.ns, &[53]);
+    let from = SocketAddrV4::new(client.addr, 40053);
+    for (turn, proxy) in [false, true, false, true, false].into_iter().enumerate() {
+        let (ns, who) = if proxy { (&topology.node, "the proxy") } else { (&client.ns, "the pod") };
+        let socket = dns_socket(ns, from, web.addr, proxy);
+        assert!(echoed(&socket) && echoed(&socket), "turn {turn}: {who} asks from {from} and gets no answer");
+    }
 }

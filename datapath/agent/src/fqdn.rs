@@ -21,44 +21,83 @@ pub struct DnsAnswer {
     pub addresses: Vec<(Ipv4Addr, u32)>,
 }
 
-/// Learned names and addresses, with when each pair expires.
+/// Learned names and addresses, with when each pair expires and the generation that learned it.
 #[derive(Clone, Debug)]
 pub struct FqdnCache {
     min_ttl: Duration,
-    learned: BTreeMap<String, BTreeMap<Ipv4Addr, Instant>>,
+    learned: BTreeMap<String, BTreeMap<Ipv4Addr, Pair>>,
+    /// Counts the answers that taught a pair: what [`Self::answers`] holds is everything learned
+    /// up to the current generation.
+    generation: u64,
+}
+
+#[derive(Clone, Copy, Debug)]
+struct Pair {
+    expires: Instant,
+    generation: u64,
+}
+
+/// What an answer taught ([`FqdnCache::learn`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Learning {
+    /// A name gained an address: what `toFQDNs` selects changed.
+    pub changed: bool,
+    /// The generation whose answers hold every pair of this answer: until the datapath has that
+    /// generation written, a connection to one of its addresses may be dropped, whether this
+    /// answer or an earlier one taught the pair.
+    pub generation: u64,
 }
 
 impl FqdnCache {
     pub fn new(min_ttl: Duration) -> FqdnCache {
-        FqdnCache { min_ttl, learned: BTreeMap::new() }
+        FqdnCache { min_ttl, learned: BTreeMap::new(), generation: 0 }
     }
 
-    /// Takes an answer in at `now`; whether a name gained an address (what `toFQDNs` selects
-    /// changed). A known pair only has its expiry pushed out.
-    pub fn learn(&mut self, answer: &DnsAnswer, now: Instant) -> bool {
-        let mut changed = false;
+    /// The generation [`Self::answers`] reflects.
+    pub fn generation(&self) -> u64 {
+        self.generation
+    }
+
+    /// Takes an answer in at `now`. A known pair only has its expiry pushed out.
+    pub fn learn(&mut self, answer: &DnsAnswer, now: Instant) -> Learning {
+        let mut learning = Learning { changed: false, generation: 0 };
+        if answer.addresses.is_empty() {
+            return learning;
+        }
+        let next = self.generation + 1;
         for name in &answer.names {
-            let addresses = self.learned.entry(name.clone()).or_default();
+            // Every answer through the proxy comes here, mostly for names known already: looked
+            // up without a copy of the name, and nothing else of the cache is visited.
+            if !self.learned.contains_key(name) {
+                self.learned.insert(name.clone(), BTreeMap::new());
+            }
+            let addresses = self.learned.get_mut(name).expect("just inserted");
             for &(address, ttl) in &answer.addresses {
                 let expires = now + Duration::from_secs(ttl.into()).max(self.min_ttl);
                 match addresses.get_mut(&address) {
-                    Some(at) => *at = (*at).max(expires),
+                    Some(pair) => {
+                        pair.expires = pair.expires.max(expires);
+                        learning.generation = learning.generation.max(pair.generation);
+                    }
                     None => {
-                        addresses.insert(address, expires);
-                        changed = true;
+                        addresses.insert(address, Pair { expires, generation: next });
+                        learning.changed = true;
                     }
                 }
             }
         }
-        self.learned.retain(|_, addresses| !addresses.is_empty());
-        changed
+        if learning.changed {
+            self.generation = next;
+            learning.generation = next;
+        }
+        learning
     }
 
     /// Forgets what expired by `now`; whether anything did.
     pub fn expire(&mut self, now: Instant) -> bool {
         let before = self.learned.values().map(BTreeMap::len).sum::<usize>();
         for addresses in self.learned.values_mut() {
-            addresses.retain(|_, expires| *expires > now);
+            addresses.retain(|_, pair| pair.expires > now);
         }
         self.learned.retain(|_, addresses| !addresses.is_empty());
         before != self.learned.values().map(BTreeMap::len).sum::<usize>()
@@ -66,7 +105,7 @@ impl FqdnCache {
 
     /// When the next pair expires.
     pub fn next_expiry(&self) -> Option<Instant> {
-        self.learned.values().flat_map(BTreeMap::values).min().copied()
+        self.learned.values().flat_map(BTreeMap::values).map(|pair| pair.expires).min()
     }
 
     /// The cache saved at `path` by an earlier run, less what expired since (empty when there
@@ -81,10 +120,10 @@ impl FqdnCache {
         let saved: Saved = serde_json::from_slice(&text).map_err(io::Error::other)?;
         let wall = unix_seconds(SystemTime::now());
         for (name, addresses) in saved.names {
-            let kept = addresses
-                .into_iter()
-                .filter(|&(_, expires)| expires > wall)
-                .map(|(address, expires)| (address, now + Duration::from_secs(expires - wall)));
+            let kept = addresses.into_iter().filter(|&(_, expires)| expires > wall).map(|(address, expires)| {
+                // Generation 0: written with the agent's first convergence, before any answer.
+                (address, Pair { expires: now + Duration::from_secs(expires - wall), generation: 0 })
+            });
             cache.learned.entry(name).or_default().extend(kept);
         }
         cache.learned.retain(|_, addresses| !addresses.is_empty());
@@ -99,8 +138,10 @@ impl FqdnCache {
             .learned
             .iter()
             .map(|(name, addresses)| {
-                let addresses =
-                    addresses.iter().map(|(&address, &at)| (address, unix_seconds(wall + (at - now)))).collect();
+                let addresses = addresses
+                    .iter()
+                    .map(|(&address, pair)| (address, unix_seconds(wall + (pair.expires - now))))
+                    .collect();
                 (name.clone(), addresses)
             })
             .collect();
@@ -152,7 +193,7 @@ mod tests {
         let start = Instant::now();
         let mut cache = FqdnCache::new(Duration::from_secs(60));
         let cname = answer(&["www.example.com", "edge.example.net"], &[("10.200.99.10", 5), ("10.200.99.11", 600)]);
-        assert!(cache.learn(&cname, start));
+        assert_eq!(cache.learn(&cname, start), Learning { changed: true, generation: 1 });
         assert_eq!(
             learned(&cache),
             [
@@ -161,7 +202,7 @@ mod tests {
             ]
         );
         // The same answer again changes nothing the policy sees.
-        assert!(!cache.learn(&cname, start + Duration::from_secs(1)));
+        assert_eq!(cache.learn(&cname, start + Duration::from_secs(1)), Learning { changed: false, generation: 1 });
         // A 5 s record lives for the 60 s minimum, a 600 s one for 600 s, from its last answer.
         assert_eq!(cache.next_expiry(), Some(start + Duration::from_secs(61)));
         assert!(!cache.expire(start + Duration::from_secs(60)));
@@ -203,7 +244,28 @@ mod tests {
     #[test]
     fn an_answer_without_addresses_learns_nothing() {
         let mut cache = FqdnCache::new(Duration::from_secs(3600));
-        assert!(!cache.learn(&answer(&["nothing.example.com"], &[]), Instant::now()));
+        let learned = cache.learn(&answer(&["nothing.example.com"], &[]), Instant::now());
+        assert_eq!(learned, Learning { changed: false, generation: 0 });
         assert!(cache.answers().is_empty());
+    }
+
+    #[test]
+    fn an_answer_needs_the_generation_of_its_newest_pair_whoever_taught_it() {
+        let now = Instant::now();
+        let mut cache = FqdnCache::new(Duration::from_secs(60));
+        let api = answer(&["api.example.com"], &[("10.200.99.10", 30)]);
+        let db = answer(&["db.example.com"], &[("10.200.99.20", 30)]);
+        assert_eq!(cache.learn(&api, now), Learning { changed: true, generation: 1 });
+        assert_eq!(cache.learn(&db, now), Learning { changed: true, generation: 2 });
+        // Asked again (by another client, maybe before the datapath has generation 1): its pair
+        // is known, and still needs generation 1 written.
+        assert_eq!(cache.learn(&api, now), Learning { changed: false, generation: 1 });
+        // A new address for a known name is a new generation.
+        let api2 = answer(&["api.example.com"], &[("10.200.99.10", 30), ("10.200.99.11", 30)]);
+        assert_eq!(cache.learn(&api2, now), Learning { changed: true, generation: 3 });
+        assert_eq!(cache.generation(), 3);
+        // Forgotten, then learned again: a new generation.
+        assert!(cache.expire(now + Duration::from_secs(61)));
+        assert_eq!(cache.learn(&db, now + Duration::from_secs(62)), Learning { changed: true, generation: 4 });
     }
 }

@@ -14,8 +14,8 @@ use std::time::{Duration, Instant};
 
 use k8s_openapi::jiff::Timestamp;
 use palisade_rollout::crd::PolicyAuditReport;
-use tokio::sync::Notify;
 use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender, unbounded_channel};
+use tokio::sync::watch;
 use tracing::{info, warn};
 
 use crate::agent::{Agent, Error};
@@ -23,7 +23,7 @@ use crate::dataplane::{Dataplane, FlowEvents, InterfaceResolver};
 use crate::fqdn::FqdnCache;
 use crate::input::Change;
 use crate::observe::{FlowHub, ObservedFlow};
-use crate::proxy::{FlowSink, Learner, Proxy, ProxyContext, SharedPolicy, install_routing};
+use crate::proxy::{FlowSink, Learner, Proxy, ProxyContext, SharedPolicy, Written, install_routing};
 
 /// Longest the agent's thread waits before draining the flow events again.
 const EVENT_WAIT: Duration = Duration::from_millis(100);
@@ -62,8 +62,8 @@ pub const DEFAULT_FQDN_MIN_TTL: Duration = Duration::from_secs(3600);
 /// What the agent's thread takes in.
 enum Input {
     Change(Change),
-    /// The DNS proxy learned addresses: notified once the datapath has them.
-    Learned(Arc<Notify>),
+    /// The DNS proxy learned addresses: the FQDN cache has a new generation to write.
+    Learned,
     /// Every sender of changes is gone: the agent stops.
     Stopped,
 }
@@ -174,19 +174,21 @@ fn run<D: Dataplane, R: InterfaceResolver>(
     let policy = SharedPolicy::default();
     let fqdns = Arc::new(Mutex::new(restored_fqdns(options)));
     agent.set_dns_answers(lock(&fqdns).answers());
+    // The newest generation of the FQDN cache written to the datapath: answers wait for theirs.
+    let (written, written_watch) = watch::channel(0);
     // Started here: in local mode this thread is in the node's namespace, where the proxy's
     // sockets and routes must be.
     let _proxy = options.proxy_port.and_then(|port| {
         let context = ProxyContext {
             policy: policy.clone(),
             diffs: agent.l7_diffs().clone(),
-            learner: learner(fqdns.clone(), input),
+            learner: learner(fqdns.clone(), input, written_watch),
             flows: FlowSink { hub: hub.clone(), node: agent.node_name() },
         };
         start_proxy(&mut agent, port, context)
     });
-    // Answers waiting for their addresses to reach the datapath.
-    let mut learned: Vec<Arc<Notify>> = Vec::new();
+    // Set when the proxy learned something since the last convergence.
+    let mut learned = false;
     let mut failed = false;
     let mut retry_at = Instant::now();
     let mut synced = false;
@@ -226,8 +228,15 @@ fn run<D: Dataplane, R: InterfaceResolver>(
         let expired = expiry.is_some_and(|at| at <= Instant::now()) && lock(&fqdns).expire(Instant::now());
         // Only learning and expiry change the answers: copied out for the agent then, not on
         // every other change.
-        if expired || !learned.is_empty() {
-            agent.set_dns_answers(lock(&fqdns).answers());
+        let mut writing = None;
+        if expired || learned {
+            let (answers, generation) = {
+                let fqdns = lock(&fqdns);
+                (fqdns.answers(), fqdns.generation())
+            };
+            agent.set_dns_answers(answers);
+            writing = Some(generation);
+            learned = false;
             changed = true;
         }
         if changed {
@@ -242,11 +251,10 @@ fn run<D: Dataplane, R: InterfaceResolver>(
             }
             // Written or not, the answers go: a failed write leaves their addresses unknown,
             // and a connection to an unknown address is dropped, never passed.
-            let answered = !learned.is_empty();
-            for written in learned.drain(..) {
-                written.notify_one();
+            if let Some(generation) = writing {
+                written.send_replace(generation);
             }
-            if let Some(path) = options.fqdn_state.as_deref().filter(|_| answered || expired)
+            if let Some(path) = options.fqdn_state.as_deref().filter(|_| writing.is_some())
                 && let Err(e) = lock(&fqdns).save(path, Instant::now())
             {
                 warn!(path = %path.display(), "could not save the addresses learned for toFQDNs: {e}");
@@ -284,7 +292,7 @@ fn take<D: Dataplane, R: InterfaceResolver>(
     agent: &mut Agent<D, R>,
     input: Input,
     (barrier_moved, synced): (&mut bool, &mut bool),
-    learned: &mut Vec<Arc<Notify>>,
+    learned: &mut bool,
 ) {
     match input {
         Input::Change(change) => {
@@ -292,7 +300,7 @@ fn take<D: Dataplane, R: InterfaceResolver>(
             *synced |= matches!(change, Change::Synced);
             agent.apply(change);
         }
-        Input::Learned(written) => learned.push(written),
+        Input::Learned => *learned = true,
         Input::Stopped => {}
     }
 }
@@ -307,16 +315,18 @@ fn restored_fqdns(options: &RuntimeOptions) -> FqdnCache {
 }
 
 /// What the DNS proxy calls with each answer it lets through: new addresses go in the cache
-/// and wake the agent's thread, which writes them to the datapath and then notifies.
-fn learner(fqdns: Arc<Mutex<FqdnCache>>, input: mpsc::Sender<Input>) -> Learner {
+/// and wake the agent's thread, which writes them to the datapath and then publishes their
+/// generation on `written`. The answer waits for the generation of its newest pair, also when
+/// an earlier answer taught it (two clients asking for one name at once: the second answer must
+/// not overtake the first's learning).
+fn learner(fqdns: Arc<Mutex<FqdnCache>>, input: mpsc::Sender<Input>, written: watch::Receiver<u64>) -> Learner {
     let input = Mutex::new(input);
     Arc::new(move |answer| {
-        if !lock(&fqdns).learn(&answer, Instant::now()) {
-            return None;
+        let learning = lock(&fqdns).learn(&answer, Instant::now());
+        if learning.changed {
+            lock(&input).send(Input::Learned).ok()?;
         }
-        let written = Arc::new(Notify::new());
-        lock(&input).send(Input::Learned(written.clone())).ok()?;
-        Some(written)
+        (*written.borrow() < learning.generation).then(|| Written::new(written.clone(), learning.generation))
     })
 }
 
@@ -365,4 +375,35 @@ fn observe<D: Dataplane, R: InterfaceResolver>(
 
 fn moves_barrier(change: &Change) -> bool {
     matches!(change, Change::Revision(_) | Change::Rollout(_) | Change::Synced)
+}
+
+#[cfg(test)]
+mod tests {
+    use futures::FutureExt;
+
+    use super::*;
+    use crate::fqdn::DnsAnswer;
+
+    #[tokio::test]
+    async fn an_answer_repeating_a_pair_not_yet_written_waits_for_it_too() {
+        let fqdns = Arc::new(Mutex::new(FqdnCache::new(Duration::from_secs(60))));
+        let (input, inbox) = mpsc::channel();
+        let (written, watch) = watch::channel(0);
+        let learn = learner(fqdns, input, watch);
+        let answer = || DnsAnswer {
+            names: vec!["api.example.com".into()],
+            addresses: vec![("10.200.99.10".parse().unwrap(), 30)],
+        };
+        let first = learn(answer()).expect("a new pair waits");
+        assert!(matches!(inbox.try_recv(), Ok(Input::Learned)), "the agent is told");
+        // Two clients asked for the name at once: the second answer comes while the agent writes.
+        let second = learn(answer()).expect("a pair not written yet waits too");
+        assert!(inbox.try_recv().is_err(), "nothing new for the agent");
+        let (mut first, mut second) = (Box::pin(first.wait()), Box::pin(second.wait()));
+        assert!((&mut first).now_or_never().is_none() && (&mut second).now_or_never().is_none());
+        written.send_replace(1);
+        first.await;
+        second.await;
+        assert!(learn(answer()).is_none(), "written: answered at once");
+    }
 }

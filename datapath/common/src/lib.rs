@@ -632,8 +632,9 @@ pub struct CtEntry {
     /// The enforced policy denied the connection's last forward packet: its other side's
     /// packets are dropped, not passed as replies, and it lives only a short while longer.
     pub denied: u8,
-    /// The connection's part in the L7 proxy, fixed when it opens (`CT_PROXY_*`): a TCP
-    /// connection cannot move to or from the proxy mid-stream.
+    /// The connection's part in the L7 proxy (`CT_PROXY_*`): fixed when a TCP connection opens
+    /// (it cannot move to or from the proxy mid-stream), and taken by the proxy's upstream
+    /// socket when one sends on the same addresses (its replies then go to the proxy).
     pub proxy: u8,
     /// Expiry on the coarse monotonic clock, in units of 2^30 ns (about a second).
     pub expires: u32,

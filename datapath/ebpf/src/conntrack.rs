@@ -64,6 +64,29 @@ pub(crate) fn established(
         return TC_ACT_OK;
     }
     let decision = if current { cached } else { judge(config, seen.version, seen.direction, packet).0 };
+    // The addresses may be another socket's by now: the proxy picks its upstream sockets' ports
+    // in the node's namespace, which knows nothing of the pods' ports, so an upstream socket may
+    // take a pod's earlier flow, and a pod an earlier upstream socket's, while the entry lives.
+    // The replies go back to whoever sends the forward packets: the proxy, or the pod (unless
+    // the pod's are steered to the proxy: then only the proxy's upstream socket is answered).
+    // A TCP connection opened anew on the addresses takes its part in the proxy anew.
+    let reopened = packet.protocol == PROTO_TCP && packet.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN;
+    let proxy_now = if from_proxy(ctx) {
+        CT_PROXY_UPSTREAM
+    } else if reopened {
+        if decision.steers() { CT_PROXY_STEERED } else { CT_PROXY_NONE }
+    } else if proxy == CT_PROXY_UPSTREAM && !decision.steers() {
+        CT_PROXY_NONE
+    } else {
+        proxy
+    };
+    if proxy_now != proxy {
+        // SAFETY: as above.
+        unsafe { (*entry).proxy = proxy_now };
+        // Its replies must reach conntrack to be steered.
+        forget_fast(&seen.connection);
+    }
+    let proxy = proxy_now;
     if !decision.passes() {
         // A deny ends the connection: it leaves the fast path, and its entry turns into a short
         // tombstone under which the other side's packets are dropped rather than passed as
@@ -108,6 +131,8 @@ pub(crate) fn established(
 fn steering(decision: &CtDecision, proxy: u8, packet: &Packet) -> Steer {
     match (packet.protocol, proxy) {
         (PROTO_TCP, CT_PROXY_STEERED) => Steer::Proxy,
+        // A pod's packet on addresses an upstream socket holds: as its decision says.
+        (PROTO_TCP, CT_PROXY_UPSTREAM) => Steer::by(decision),
         (PROTO_TCP, CT_PROXY_NONE) if decision.enforced.verdict == VERDICT_REDIRECT => Steer::Reset,
         (PROTO_TCP, _) => Steer::No,
         _ => Steer::by(decision),
@@ -135,8 +160,13 @@ pub(crate) fn opening(
     if decision.passes() {
         let expires = seen.now.wrapping_add(lifetime(0, packet));
         let entry = CtEntry { opened_by: seen.sender, closing: 0, denied: 0, proxy, expires, decision };
-        if CONNTRACK.insert(seen.connection, entry, BPF_ANY as u64).is_ok() && proxy == CT_PROXY_NONE {
+        let inserted = CONNTRACK.insert(seen.connection, entry, BPF_ANY as u64).is_ok();
+        if inserted && proxy == CT_PROXY_NONE {
             admit_fast(&seen.connection, seen.sender, seen.local_side, (0, expires), seen.now, &decision);
+        } else if proxy != CT_PROXY_NONE {
+            // An earlier flow on these addresses may hold the fast path: replies must reach
+            // conntrack to be steered.
+            forget_fast(&seen.connection);
         }
     }
     apply(ctx, &decision, counters, seen.direction, packet, true, Steer::by(&decision))

@@ -84,9 +84,12 @@ use crate::{
 #[classifier]
 pub fn deferred_egress(ctx: TcContext) -> i32 {
     // The proxy's upstream connections leaving the node: their replies come back through a
-    // node interface (see `from_network`).
+    // node interface (see `from_network`). To a local pod, its own hooks track them.
     if from_proxy(&ctx) {
-        track_upstream(&ctx);
+        // SAFETY: the context pointer is valid for the whole program run.
+        if endpoint(unsafe { (*ctx.skb.skb).ifindex }).is_none() {
+            track_upstream(&ctx);
+        }
         return TC_ACT_UNSPEC;
     }
     let source = deferred_source(&ctx);
@@ -155,12 +158,14 @@ fn decide(ctx: &TcContext, direction: u8) -> i32 {
     };
     let (connection, sender) = connection(ifindex, &packet);
     // Packets that open, close or relate to a connection change conntrack: never fast. Nor do
-    // packets whose source's egress is judged here.
+    // packets whose source's egress is judged here, nor the proxy's (its upstream socket may
+    // have taken the addresses of a pod's earlier flow: conntrack sends the replies to it).
     if packet.tracked
         && packet.unjudged == DROP_NONE
         && packet.related.is_none()
         && packet.deferred_from == 0
         && packet.tcp_flags & (TCP_SYN | TCP_FIN | TCP_RST) == 0
+        && !from_proxy(ctx)
         && let Some(verdict) = fast_path(&connection, sender, direction, version)
     {
         return verdict;

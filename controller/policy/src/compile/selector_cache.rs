@@ -2,6 +2,7 @@
 //! kept up to date as identities come and go, and the endpoint groups compiled with a rule naming
 //! each peer, so a changed identity only revisits those.
 use std::collections::{BTreeSet, HashMap, HashSet};
+use std::net::Ipv4Addr;
 
 use palisade_common as dp;
 
@@ -109,6 +110,19 @@ impl SelectorCache {
 }
 
 fn selection(peer: &Peer, identities: &Identities, cluster: &Cluster) -> BTreeSet<u32> {
+    if let Peer::Fqdn(fqdn) = peer {
+        // The addresses of the names it matches first, in one pass over the answers: asked of
+        // each identity, every DNS answer was visited once per identity, on every convergence
+        // that learned an answer (tens of milliseconds with a few hundred names learned).
+        let addresses: HashSet<Ipv4Addr> = cluster
+            .dns_answers
+            .iter()
+            .filter(|(name, _)| fqdn.matches(name))
+            .flat_map(|(_, addresses)| addresses.iter().copied())
+            .collect();
+        let selected = |i: &&Identity| i.prefix.is_some_and(|p| p.len == 32 && addresses.contains(&p.addr));
+        return identities.all().filter(selected).map(|i| i.id).collect();
+    }
     identities.all().filter(|i| peer_selects(peer, i, cluster)).map(|i| i.id).collect()
 }
 

@@ -34,12 +34,17 @@ const UPSTREAM_TIMEOUT: Duration = Duration::from_secs(5);
 const LEARN_TIMEOUT: Duration = Duration::from_secs(2);
 /// UDP clients whose policed ends are kept; past it the cache starts over.
 const UDP_CLIENTS: usize = 4096;
+/// Servers whose answering sockets are kept; past it the cache starts over.
+const ANSWERING_SOCKETS: usize = 1024;
 
 /// What the DNS proxy needs, shared by its UDP socket and its TCP connections.
 pub(super) struct DnsProxy {
     context: Arc<ProxyContext>,
     /// The policed ends of recent UDP clients (TCP connections keep their own).
     udp_sides: Mutex<HashMap<Ends, Arc<Sides>>>,
+    /// A socket bound to each recent server's address, which the answers to its UDP clients are
+    /// sent from (one opened for each answer cost about a third of the proxy's time).
+    answering: Mutex<HashMap<SocketAddrV4, Arc<std::net::UdpSocket>>>,
 }
 
 /// A judged query, for observers once it is answered.
@@ -60,7 +65,7 @@ enum Decision {
 
 impl DnsProxy {
     pub fn new(context: Arc<ProxyContext>) -> DnsProxy {
-        DnsProxy { context, udp_sides: Mutex::default() }
+        DnsProxy { context, udp_sides: Mutex::default(), answering: Mutex::default() }
     }
 
     /// Judges a query between `ends`; `None` for what is not a DNS query (dropped). What is
@@ -114,9 +119,36 @@ impl DnsProxy {
     /// [`LEARN_TIMEOUT`] passed).
     async fn learn(&self, response: &[u8]) {
         let Some(written) = addresses_of(response).and_then(|answer| (self.context.learner)(answer)) else { return };
-        if timeout(LEARN_TIMEOUT, written.notified()).await.is_err() {
+        if timeout(LEARN_TIMEOUT, written.wait()).await.is_err() {
             warn!("DNS proxy: the agent did not write the learned addresses in time; answering anyway");
         }
+    }
+
+    /// Sends an answer to a UDP client from the address and port it asked: resolvers take
+    /// answers only from where they asked.
+    fn answer_udp(&self, server: SocketAddrV4, client: SocketAddrV4, response: &[u8]) -> io::Result<()> {
+        let cached = self.answering.lock().unwrap_or_else(|p| p.into_inner()).get(&server).cloned();
+        let socket = match cached {
+            Some(socket) => socket,
+            None => match answering_socket(server)? {
+                Answering::Kept(socket) => {
+                    let socket = Arc::new(socket);
+                    let mut sockets = self.answering.lock().unwrap_or_else(|p| p.into_inner());
+                    if sockets.len() >= ANSWERING_SOCKETS {
+                        sockets.clear();
+                    }
+                    sockets.insert(server, socket.clone());
+                    socket
+                }
+                Answering::Once(socket) => return socket.send_to(response, client).map(drop),
+            },
+        };
+        let sent = socket.send_to(response, client);
+        if sent.is_err() {
+            // Opened afresh for the next answer.
+            self.answering.lock().unwrap_or_else(|p| p.into_inner()).remove(&server);
+        }
+        sent.map(drop)
     }
 
     fn udp_sides(&self, ends: Ends) -> Arc<Sides> {
@@ -185,7 +217,7 @@ pub(super) async fn serve_udp(socket: UdpSocket, proxy: Arc<DnsProxy>) {
                     Err(e) => return debug!(client = %client, server = %destination, "DNS proxy upstream: {e}"),
                 },
             };
-            if let Err(e) = reply_from(destination, client, &response) {
+            if let Err(e) = proxy.answer_udp(destination, client, &response) {
                 debug!(client = %client, server = %destination, "DNS proxy: answer: {e}");
             }
             proxy.answered(ends, seen, &response);
@@ -249,21 +281,35 @@ async fn forward_udp(query: &[u8], ends: Ends) -> io::Result<Vec<u8>> {
     let socket = UdpSocket::from_std(upstream_socket(ends, Type::DGRAM)?.into())?;
     socket.connect(ends.destination).await?;
     socket.send(query).await?;
-    let mut response = vec![0; 65535];
-    let len = timeout(UPSTREAM_TIMEOUT, socket.recv(&mut response)).await.map_err(io::Error::other)??;
-    response.truncate(len);
+    // Filled without being zeroed first (a DNS message over UDP may be up to 64 KiB long).
+    let mut response = Vec::with_capacity(65535);
+    timeout(UPSTREAM_TIMEOUT, socket.recv_buf(&mut response)).await.map_err(io::Error::other)??;
     Ok(response)
 }
 
-/// Sends an answer to the client from the address and port it asked (a transparent socket
-/// bound there for the one datagram): resolvers take answers only from where they asked.
-fn reply_from(server: SocketAddrV4, client: SocketAddrV4, response: &[u8]) -> io::Result<()> {
+/// A socket that sends from a server's address and port.
+enum Answering {
+    /// Bound to an address elsewhere (a pod's, a remote host's), which no socket of the node's
+    /// can have but a transparent one: kept for the next answers. It receives nothing: the
+    /// datagrams the datapath steers to the proxy are assigned to the proxy's own socket.
+    Kept(std::net::UdpSocket),
+    /// Bound to an address of the node's own (a host-network server's), beside the server's
+    /// socket: kept, it could take the server's queries. For one answer only.
+    Once(std::net::UdpSocket),
+}
+
+fn answering_socket(server: SocketAddrV4) -> io::Result<Answering> {
     let socket = Socket::new(Domain::IPV4, Type::DGRAM, None)?;
-    socket.set_ip_transparent_v4(true)?;
     socket.set_reuse_address(true)?;
+    // Without IP_TRANSPARENT only the node's own addresses can be bound.
+    match socket.bind(&SocketAddr::V4(server).into()) {
+        Ok(()) => return Ok(Answering::Once(socket.into())),
+        Err(e) if e.raw_os_error() == Some(libc::EADDRNOTAVAIL) => {}
+        Err(e) => return Err(e),
+    }
+    socket.set_ip_transparent_v4(true)?;
     socket.bind(&SocketAddr::V4(server).into())?;
-    socket.send_to(response, &SocketAddr::V4(client).into())?;
-    Ok(())
+    Ok(Answering::Kept(socket.into()))
 }
 
 /// Receives one datagram the datapath assigned to the proxy's socket: its length, its sender

@@ -26,7 +26,7 @@ use palisade_policy::l7::L7Request;
 use palisade_policy::model::Protocol;
 use socket2::{Domain, Socket, Type};
 use tokio::net::TcpStream;
-use tokio::sync::{Notify, watch};
+use tokio::sync::watch;
 use tracing::{info, warn};
 
 use crate::fqdn::DnsAnswer;
@@ -35,10 +35,30 @@ use judge::{Ends, Sides, speaks_dns};
 pub use observed::FlowSink;
 pub use routing::install_routing;
 
-/// Where the DNS proxy sends the addresses of each answer it lets through. When they teach
-/// something new, it returns what is notified once the datapath knows them: only then does
-/// the answer go to the client.
-pub type Learner = Arc<dyn Fn(DnsAnswer) -> Option<Arc<Notify>> + Send + Sync>;
+/// Where the DNS proxy sends the addresses of each answer it lets through. When the datapath
+/// does not know them all yet (this answer taught them, or an earlier one whose learning is
+/// still being written), it returns what to wait for: only then does the answer go to the
+/// client.
+pub type Learner = Arc<dyn Fn(DnsAnswer) -> Option<Written> + Send + Sync>;
+
+/// Waits until the datapath has the answers up to a generation of the FQDN cache written.
+pub struct Written {
+    written: watch::Receiver<u64>,
+    generation: u64,
+}
+
+impl Written {
+    /// `written` carries the newest generation written (or given up on).
+    pub fn new(written: watch::Receiver<u64>, generation: u64) -> Written {
+        Written { written, generation }
+    }
+
+    pub async fn wait(mut self) {
+        let generation = self.generation;
+        // Closed: the agent stopped, nothing will be written.
+        let _ = self.written.wait_for(|&written| written >= generation).await;
+    }
+}
 
 /// What the proxy judges by: the node's compiled enforced and candidate sets.
 #[derive(Clone)]
@@ -226,10 +246,10 @@ async fn serve_connection(client: TcpStream, context: Arc<ProxyContext>, dns: Ar
 /// and marked so that the datapath passes it (its requests are judged) and steers its replies
 /// back to it.
 fn upstream_socket(ends: Ends, kind: Type) -> std::io::Result<Socket> {
-    let socket = Socket::new(Domain::IPV4, kind, None)?;
+    // Non-blocking from the start: two system calls fewer than setting it after.
+    let socket = Socket::new(Domain::IPV4, kind.nonblocking(), None)?;
     socket.set_ip_transparent_v4(true)?;
     socket.set_mark(MARK_FROM_PROXY)?;
-    socket.set_nonblocking(true)?;
     socket.bind(&SocketAddr::from((ends.client, 0)).into())?;
     Ok(socket)
 }
