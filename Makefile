@@ -68,8 +68,9 @@ bench-datapath: deps
 bench-agent: deps
 	$(BENCH_agent)
 
-# Root: the agent's L7 proxy on real packets between two pods' network namespaces, over the real
+# Root: the agent's L7 proxy on real packets between pods' network namespaces, over the real
 # eBPF datapath pinned in a temporary bpffs directory (removed on exit): HTTP/1.1 keep-alive
-# latency and throughput through the proxy against the same path with an L4-only allow.
+# latency and throughput, and DNS queries, through the proxy against the same paths with L4-only
+# allows; connections right after lookups through the proxy, allowed by toFQDNs.
 bench-l7: deps
 	$(BENCH_l7)

@@ -59,6 +59,11 @@ pub const GOALS: &[Goal] = &[
     // an L4-only allow, and the requests it serves per core of CPU it uses.
     goal("l7_http_rr_p99_added_us", AtMost, 200.0, "us"),
     goal("l7_http_rps_per_core", AtLeast, 20_000.0, "/s"),
+    // bench-l7: DNS queries answered through the node's DNS proxy, and connections dropped right
+    // after a lookup through it (the answer must reach the client only once the datapath allows
+    // its addresses for toFQDNs).
+    goal("dns_proxy_qps", AtLeast, 20_000.0, "/s"),
+    goal("fqdn_first_connection_drops", AtMost, 0.0, ""),
 ];
 
 pub fn find(figure: &str) -> Option<&'static Goal> {
