@@ -10,8 +10,8 @@
 #      ca-certificates for https Git sources;
 #   3. assembled by buildah (vfs storage, chroot isolation, a private storage root under
 #      target/image) and exported as the OCI archive target/image/palisade-<version>.tar with
-#      ref name palisade:<version>, which `kind load image-archive`, `ctr import`, `podman load`
-#      and `docker load` accept;
+#      ref name palisade:<version>, which `kind load image-archive`, `ctr import` and
+#      `podman load` accept;
 #   4. checked: the archive is imported back and `palisade --version` and `palisade-agent --help`
 #      run inside it (`buildah run --isolation chroot`), its ref name is the image every container
 #      in manifests/ names, and its size is printed as `name: value unit` lines.
@@ -147,7 +147,7 @@ buildah "${store[@]}" config \
 buildah "${store[@]}" commit --quiet --format oci --timestamp "$epoch" --rm "$ctr" "localhost/$ref" >/dev/null
 rm -f "$archive"
 buildah "${store[@]}" push --quiet "localhost/$ref" "oci:$work/layout:$ref"
-# containerd (kind, ctr import, docker load) names an OCI image by io.containerd.image.name and
+# containerd (kind load, ctr import) names an OCI image by io.containerd.image.name and
 # would otherwise keep the bare ref name, which is not the name a Pod's `image: palisade:<version>`
 # resolves to (docker.io/library/palisade:<version>). podman and buildah read the ref name.
 jq --arg name "docker.io/library/$ref" \
