@@ -3,10 +3,19 @@ SHELL := /bin/bash
 CARGO ?= cargo
 export PATH := $(HOME)/.cargo/bin:$(PATH)
 
-.PHONY: deps build test e2e demo bench bench-policy bench-datapath bench-agent bench-l7 bench-source clippy fmt crds
+.PHONY: deps image-deps image build test e2e demo bench bench-policy bench-datapath bench-agent bench-l7 bench-source clippy fmt crds
 
 deps:
 	@bash scripts/deps.sh
+
+image-deps:
+	@bash scripts/deps.sh image
+
+# Root: the OCI image palisade:<version> as target/image/palisade-<version>.tar, from the release
+# binaries (rebuilt only if stale) and Debian 12 packages; no base image, no registry. Prints its
+# size as `name: value unit` lines and runs both binaries inside it (scripts/image.sh).
+image: deps image-deps
+	@bash scripts/image.sh
 
 build: deps
 	$(CARGO) build --release --workspace

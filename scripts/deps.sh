@@ -6,6 +6,11 @@ set -euo pipefail
 
 APT_PACKAGES=(rustc-web libstd-rust-web-dev-bpf iproute2 nftables git gnupg openssh-client libssl-dev pkg-config)
 BPF_LINKER_VERSION=0.13.0
+# `deps.sh image` (make image-deps): only what `make image` adds, the root filesystem's and the
+# image's builders and the archive's JSON reader.
+if [ "${1:-}" = image ]; then
+    APT_PACKAGES=(mmdebstrap buildah jq binutils)
+fi
 
 missing=()
 for pkg in "${APT_PACKAGES[@]}"; do
@@ -20,6 +25,10 @@ if ((${#missing[@]})); then
     export DEBIAN_FRONTEND=noninteractive
     apt-get update -qq
     apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+if [ "${1:-}" = image ]; then
+    echo "deps: image tools ok ($(mmdebstrap --version), $(buildah --version))"
+    exit 0
 fi
 
 llvm_major=$(/usr/bin/rustc -vV | sed -n 's/^LLVM version: \([0-9]*\).*/\1/p')

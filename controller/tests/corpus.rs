@@ -3,6 +3,11 @@
 //! that fail are pinned: a regression that makes a supported file fail, or an "unsupported"
 //! turning into another error, breaks this test. Files that are invalid upstream are pinned with
 //! their exact error.
+//!
+//! The corpora live outside the repository (`../shared/corpus` beside the checkout, or wherever
+//! `PALISADE_CORPUS` points): without them these tests print one line saying what they skipped
+//! and pass, so a fresh clone passes its tests; `PALISADE_REQUIRE_CORPUS=1` (CI) makes a missing
+//! corpus a failure instead.
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
@@ -75,17 +80,39 @@ const INVALID_UPSTREAM: &[(&str, &str)] = &[
 ];
 
 fn corpus_root() -> PathBuf {
-    // The repository root is two levels above this crate; the corpus sits next to the repository.
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/corpus")
+    match std::env::var_os("PALISADE_CORPUS") {
+        Some(dir) => PathBuf::from(dir),
+        // The repository root is one level above this crate; the corpus sits next to the repository.
+        None => Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/corpus"),
+    }
 }
 
-/// (path relative to the corpus root, text) of every YAML file; panics if a corpus is missing.
-fn corpus_files() -> Vec<(String, String)> {
+/// (path relative to the corpus root, text) of every YAML file; None, after one line on stderr
+/// saying so, when there is no corpus (a fresh clone); panics if a corpus is incomplete.
+fn corpus_files() -> Option<Vec<(String, String)>> {
     let root = corpus_root();
+    if !root.is_dir() {
+        assert!(
+            std::env::var_os("PALISADE_REQUIRE_CORPUS").is_none_or(|v| v.is_empty() || v == "0"),
+            "PALISADE_REQUIRE_CORPUS is set and the corpus is not at {}",
+            root.display()
+        );
+        static SKIPPED: std::sync::Once = std::sync::Once::new();
+        SKIPPED.call_once(|| {
+            // Straight to stderr: libtest would hide eprintln! output of a passing test.
+            use std::io::Write;
+            let _ = writeln!(
+                std::io::stderr(),
+                "corpus: skipped the Cilium corpus tests: no corpus at {} (it lives outside the repository; set PALISADE_CORPUS to a copy)",
+                root.display()
+            );
+        });
+        return None;
+    }
     let mut out = Vec::new();
     for dir in ["cilium", "cilium-connectivity"] {
         let path = root.join(dir);
-        assert!(path.is_dir(), "corpus directory {} is missing: this test needs it and does not skip", path.display());
+        assert!(path.is_dir(), "{dir} is missing from the corpus at {}", root.display());
         let loaded = files::read_yaml_files(std::slice::from_ref(&path)).unwrap();
         assert!(loaded.len() >= 10, "only {} YAML files under {}", loaded.len(), path.display());
         for file in loaded {
@@ -93,7 +120,7 @@ fn corpus_files() -> Vec<(String, String)> {
             out.push((rel, file.text));
         }
     }
-    out
+    Some(out)
 }
 
 #[derive(Debug, PartialEq)]
@@ -124,7 +151,7 @@ fn outcome(name: &str, text: &str) -> Outcome {
 
 #[test]
 fn corpus_parses_or_names_the_unsupported_feature() {
-    let files = corpus_files();
+    let Some(files) = corpus_files() else { return };
     assert!(files.len() >= 100, "corpus shrank to {} files", files.len());
     let unsupported: BTreeMap<&str, &str> = UNSUPPORTED.iter().copied().collect();
     let invalid: BTreeMap<&str, &str> = INVALID_UPSTREAM.iter().copied().collect();
@@ -181,7 +208,8 @@ fn corpus_parses_or_names_the_unsupported_feature() {
 #[test]
 fn unsupported_errors_say_what_is_unsupported_and_where() {
     // Each unsupported error names the field path and a real line, not just the file.
-    for (name, text) in corpus_files() {
+    let Some(files) = corpus_files() else { return };
+    for (name, text) in files {
         if !UNSUPPORTED.iter().any(|(f, _)| *f == name) {
             continue;
         }

@@ -240,6 +240,36 @@ fn controller_deployment_is_locked_down() {
     }
 }
 
+/// `make image` builds `palisade:<version of this crate>` (scripts/image.sh) and `kind load` or
+/// `ctr import` puts it on the nodes without a registry: every container runs exactly that image,
+/// and never pulls it when the node has it. The kustomization leaves the name alone (users change
+/// it with `kustomize edit set image`).
+#[test]
+fn every_container_runs_the_image_make_image_builds() {
+    let m = Manifests::load();
+    let expected = format!("palisade:{}", env!("CARGO_PKG_VERSION"));
+    let mut containers = 0;
+    for (kind, name, workload) in m.of_kinds(&["Deployment", "DaemonSet", "StatefulSet", "Job", "CronJob"]) {
+        let pod = &workload["spec"]["template"]["spec"];
+        for list in ["initContainers", "containers"] {
+            for c in pod[list].as_array().into_iter().flatten() {
+                let what = format!("{kind} {name}: {list} {}", c["name"]);
+                assert_eq!(c["image"], expected.as_str(), "{what}");
+                assert_eq!(c["imagePullPolicy"], "IfNotPresent", "{what}");
+                containers += 1;
+            }
+        }
+    }
+    assert!(containers >= 2, "the controller and the agent");
+    let kustomization = &load(&dir().join("kustomization.yaml"))[0];
+    assert!(kustomization["images"].is_null(), "kustomization.yaml renames the image: {}", kustomization["images"]);
+    // scripts/image.sh names the archive and its ref from the same crate version.
+    let script = std::fs::read_to_string(dir().join("../scripts/image.sh")).unwrap();
+    assert!(
+        script.contains(r#"select(.name == "palisade") | .version"#) && script.contains(r#"ref="palisade:$version""#)
+    );
+}
+
 #[test]
 fn agent_daemonset_owns_the_node() {
     let m = Manifests::load();
