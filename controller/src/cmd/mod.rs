@@ -44,6 +44,10 @@ pub fn main(bin_name: &'static str) -> ExitCode {
     about = "GitOps rollout of network policy: audit a candidate on live traffic, promote it atomically"
 )]
 pub struct Cli {
+    /// The kubeconfig file for commands that talk to the API server, instead of $KUBECONFIG or
+    /// ~/.kube/config.
+    #[arg(long, global = true, value_name = "PATH", value_hint = clap::ValueHint::FilePath)]
+    kubeconfig: Option<PathBuf>,
     #[command(subcommand)]
     command: Command,
 }
@@ -105,10 +109,10 @@ pub fn run(cli: Cli) -> Result<u8> {
         Command::Plan(args) => plan::run(args),
         Command::Diff(args) => diff::run(args),
         Command::Source(args) => source::run(args),
-        Command::Rollouts(command) => rollouts::run(command),
-        Command::Controller(args) => controller::run(args),
+        Command::Rollouts(command) => rollouts::run(command, cli.kubeconfig),
+        Command::Controller(args) => controller::run(args, cli.kubeconfig),
         Command::Local(args) => local::run(args),
-        Command::Observe(args) => observe::run(args),
+        Command::Observe(args) => observe::run(args, cli.kubeconfig.as_deref()),
         Command::Bench(args) => bench::run(args),
     }
 }

@@ -130,10 +130,13 @@ impl Command {
     }
 }
 
-pub fn run(command: Command) -> Result<u8> {
+/// Runs `command` where its target says, with the global `--kubeconfig`.
+pub fn run(command: Command, kubeconfig: Option<PathBuf>) -> Result<u8> {
+    let mut target = command.target().clone();
+    target.cluster.kubeconfig = kubeconfig;
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     runtime.block_on(async {
-        let backend = Backend::connect(command.target()).await?;
+        let backend = Backend::connect(&target).await?;
         execute(&backend, command, &mut std::io::stdout().lock()).await
     })
 }
