@@ -91,7 +91,7 @@ pub async fn client_config(kubeconfig: Option<&Path>, context: Option<&str>) -> 
         Err(e) if context.is_some() => Err(e).context("cannot read the kubeconfig for --context"),
         Err(kubeconfig) => {
             let config = Config::incluster().map_err(|in_cluster| {
-                anyhow!("no kubeconfig ({kubeconfig:#}) and not running in a cluster ({in_cluster})")
+                anyhow!("no kubeconfig ({kubeconfig}) and not running in a cluster ({in_cluster})")
             })?;
             Ok((config, None))
         }
