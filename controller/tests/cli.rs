@@ -626,3 +626,13 @@ fn kubectl_completes_the_plugin_through_its_complete_script() {
     assert_eq!(ask(&["reconcile", "web", "--ti"]), "--timeout\tWith --wait: how long to wait, e.g. 90s, 5m, 1h\n:4\n");
     assert_eq!(ask(&["--kubeconfig", ""]), ":0\n", "a path: the shell completes files");
 }
+
+#[test]
+fn controller_run_reads_the_kubeconfig_flag() {
+    let tmp = scratch("controller-kubeconfig");
+    let missing = tmp.join("missing");
+    let out = palisade(&["controller", "run", "--kubeconfig", s(&missing), "--metrics-addr", "127.0.0.1:0"]);
+    assert_eq!(code(&out), 2);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("--kubeconfig: ") && err.contains(s(&missing)), "{err}");
+}

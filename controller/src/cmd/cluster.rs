@@ -69,7 +69,8 @@ impl Session {
 /// of `$KUBECONFIG` merged, else `~/.kube/config`.
 pub fn read_kubeconfig(path: Option<&Path>) -> Result<Kubeconfig> {
     match path {
-        Some(path) => Kubeconfig::read_from(path).with_context(|| format!("--kubeconfig {}", path.display())),
+        // kube's message already holds its cause.
+        Some(path) => Kubeconfig::read_from(path).map_err(|e| anyhow!("--kubeconfig {}: {e}", path.display())),
         None => Ok(Kubeconfig::read()?),
     }
 }

@@ -47,8 +47,9 @@ pub struct Options {
 pub enum RunError {
     #[error(transparent)]
     Kube(#[from] kube::Error),
+    /// kube's message already holds its cause.
     #[error("--kubeconfig: {0}")]
-    Kubeconfig(#[from] kube::config::KubeconfigError),
+    Kubeconfig(String),
     #[error("{addr}: {source}")]
     Listen { addr: SocketAddr, source: std::io::Error },
     #[error("lost the leader lease {0}; exiting so that a replica can take over")]
@@ -58,8 +59,10 @@ pub enum RunError {
 pub async fn run(options: Options) -> Result<(), RunError> {
     let client = match &options.kubeconfig {
         Some(path) => {
-            let kubeconfig = kube::config::Kubeconfig::read_from(path)?;
-            let config = kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default()).await?;
+            let unusable = |e: kube::config::KubeconfigError| RunError::Kubeconfig(e.to_string());
+            let kubeconfig = kube::config::Kubeconfig::read_from(path).map_err(unusable)?;
+            let config =
+                kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default()).await.map_err(unusable)?;
             Client::try_from(config)?
         }
         None => Client::try_default().await?,
