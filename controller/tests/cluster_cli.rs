@@ -7,7 +7,7 @@ use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use palisade_fake_apiserver::FakeApi;
-use palisade_fake_apiserver::collections::{REPORTS, ROLLOUTS};
+use palisade_fake_apiserver::collections::{REPORTS, REVISIONS, ROLLOUTS};
 use serde_json::{Value as Json, json};
 
 #[path = "common/api.rs"]
@@ -134,6 +134,15 @@ impl Running {
         }
     }
 
+    /// Ends it; its stderr.
+    fn stop(mut self) -> String {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+        let mut err = String::new();
+        self.child.stderr.take().unwrap().read_to_string(&mut err).unwrap();
+        err
+    }
+
     /// How it exited, and its stderr.
     fn finish(mut self) -> (i32, String) {
         let status = self.child.wait().unwrap();
@@ -216,6 +225,21 @@ fn watch_prints_a_line_for_each_change_made_in_the_api() {
     watch.quiet();
     fake.update(ROLLOUTS, "shop", "web", |r| r["status"]["newDenies"] = json!(3));
     assert!(watch.line().starts_with("web    main@a1b2c3d   main@b2c3d4e   Auditing   3 "));
+
+    // Nothing to list yet: the table's header comes with the first object.
+    let watch = Running::start(palisade(Some(&kubeconfig), &["get", "revisions", "-w"]));
+    watched(&fake, "policyrevisions");
+    watch.quiet();
+    let revision = json!({
+        "apiVersion": "palisade.dev/v1alpha1", "kind": "PolicyRevision",
+        "metadata": {"name": "rev-b2", "namespace": "shop", "labels": {"palisade.dev/rollout": "web"}},
+        "spec": {"rollout": "web", "commit": "b2c3d4e5", "display": "main@b2c3d4e",
+                 "digest": format!("sha256:{}", "ab".repeat(32)), "policyCount": 3, "policies": []},
+    });
+    fake.put(REVISIONS, revision);
+    assert_eq!(watch.line(), "NAME     ROLLOUT   REVISION       POLICIES   AGE");
+    assert!(watch.line().starts_with("rev-b2   web       main@b2c3d4e   3          "));
+    assert_eq!(watch.stop(), "No resources found in shop namespace.\n");
 }
 
 #[test]

@@ -180,7 +180,12 @@ async fn watch<K: Listed>(backend: &Backend, args: &GetArgs, out: &mut impl Writ
             }
             printer.widths = Some(widths);
         }
-        _ => {
+        Some(Format::Wide) | None => match backend.namespace().filter(|_| !args.all_namespaces) {
+            // As kubectl says it when watching: on stderr, the table follows with the first object.
+            Some(namespace) => eprintln!("No resources found in {namespace} namespace."),
+            None => eprintln!("No resources found."),
+        },
+        Some(Format::Json | Format::Yaml) => {
             for object in &objects {
                 let (text, printed) = printer.text(object, now())?;
                 write!(out, "{printed}")?;

@@ -1,6 +1,7 @@
-//! `palisade get|describe|promote|abort|reaudit|suspend|resume|reconcile`: PolicyRollouts in a
-//! cluster, through the kubeconfig like kubectl (and as `kubectl palisade ...`), or with `--local`
-//! in local mode's state directory (`palisade local run`).
+//! `palisade get|describe|promote|abort|reaudit|suspend|resume|reconcile`: PolicyRollouts (and
+//! with `get` their PolicyRevisions and PolicyAuditReports) in a cluster, through the kubeconfig
+//! like kubectl (and as `kubectl palisade ...`), or with `--local` in local mode's state directory
+//! (`palisade local run`).
 //!
 //! Both backends share everything but the reads and the writes: the same rendering, and the same
 //! decision of what a command changes. Promote, abort and reaudit create a PolicyDecision naming
