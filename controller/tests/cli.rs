@@ -554,3 +554,85 @@ fn bench_report_writes_json_and_markdown_and_exits_2_on_a_bad_line() {
     assert_eq!(code(&out), 2);
     assert!(stderr(&out).contains("source.txt:2: expected `name: value unit`"), "{}", stderr(&out));
 }
+
+/// What bash offers for `palisade WORDS... <TAB>` with the script of `palisade completion bash`.
+fn bash_completes(words: &[&str]) -> Vec<String> {
+    let script = stdout(&palisade(&["completion", "bash"]));
+    let dir = scratch(&format!("bash-{}", words.len()));
+    let path = dir.join("palisade.bash");
+    std::fs::write(&path, script).unwrap();
+    let mut all = vec!["palisade"];
+    all.extend(words);
+    all.push("");
+    let quoted: Vec<String> = all.iter().map(|w| format!("'{w}'")).collect();
+    let test = format!(
+        "source '{}'; COMP_WORDS=({}); COMP_CWORD={}; _palisade palisade '' '{}'; printf '%s\\n' \"${{COMPREPLY[@]}}\"",
+        path.display(),
+        quoted.join(" "),
+        all.len() - 1,
+        all[all.len() - 2],
+    );
+    let out = Command::new("bash").args(["-c", &test]).output().expect("run bash");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    stdout(&out).lines().map(String::from).collect()
+}
+
+#[test]
+fn completion_scripts_offer_the_subcommands() {
+    let top = bash_completes(&[]);
+    for name in ["get", "describe", "promote", "reconcile", "version", "completion", "--kubeconfig"] {
+        assert!(top.contains(&name.to_string()), "{name} in {top:?}");
+    }
+    let get = bash_completes(&["get"]);
+    for name in ["rollouts", "revisions", "reports"] {
+        assert!(get.contains(&name.to_string()), "{name} in {get:?}");
+    }
+    let flags = bash_completes(&["get", "reports"]);
+    for flag in ["--selector", "--watch", "--output", "--kubeconfig"] {
+        assert!(flags.contains(&flag.to_string()), "{flag} in {flags:?}");
+    }
+
+    let zsh = palisade(&["completion", "zsh"]);
+    assert_eq!(code(&zsh), 0);
+    assert!(stdout(&zsh).starts_with("#compdef palisade\n"), "{}", stdout(&zsh));
+    assert!(stdout(&zsh).contains("'revisions:PolicyRevisions"), "zsh names the kinds");
+    let fish = stdout(&palisade(&["completion", "fish"]));
+    assert!(fish.contains("complete -c palisade -n \"__fish_palisade_needs_command\" -f -a \"reconcile\""), "{fish}");
+    assert_eq!(code(&palisade(&["completion", "tcsh"])), 2);
+}
+
+#[test]
+fn kubectl_completes_the_plugin_through_its_complete_script() {
+    let plugin = Path::new(env!("CARGO_BIN_EXE_kubectl-palisade"));
+    let script = Command::new(plugin).args(["completion", "bash"]).output().unwrap();
+    assert_eq!(code(&script), 0);
+    let text = stdout(&script);
+    assert!(text.starts_with("#!/bin/sh\n") && text.ends_with("exec kubectl-palisade __complete \"$@\"\n"), "{text}");
+
+    // Installed as kubectl looks for it, beside the plugin, and called as kubectl calls it.
+    let dir = scratch("kubectl-complete");
+    let complete = dir.join("kubectl_complete-palisade");
+    std::fs::write(&complete, &text).unwrap();
+    std::fs::set_permissions(&complete, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let path = format!("{}:{}", plugin.parent().unwrap().display(), std::env::var("PATH").unwrap_or_default());
+    let ask = |words: &[&str]| stdout(&Command::new(&complete).args(words).env("PATH", &path).output().unwrap());
+    let get = ask(&["get", ""]);
+    let lines: Vec<&str> = get.lines().collect();
+    assert_eq!(lines.last(), Some(&":4"), "no file completion: {get}");
+    let names: Vec<&str> = lines.iter().map(|l| l.split('\t').next().unwrap()).collect();
+    assert_eq!(names, ["rollouts", "revisions", "reports", "help", ":4"]);
+    assert!(lines[1].starts_with("revisions\tPolicyRevisions"), "{get}");
+    assert_eq!(ask(&["get", "reports", "-o", "y"]), "yaml\n:4\n");
+    assert_eq!(ask(&["reconcile", "web", "--ti"]), "--timeout\tWith --wait: how long to wait, e.g. 90s, 5m, 1h\n:4\n");
+    assert_eq!(ask(&["--kubeconfig", ""]), ":0\n", "a path: the shell completes files");
+}
+
+#[test]
+fn controller_run_reads_the_kubeconfig_flag() {
+    let tmp = scratch("controller-kubeconfig");
+    let missing = tmp.join("missing");
+    let out = palisade(&["controller", "run", "--kubeconfig", s(&missing), "--metrics-addr", "127.0.0.1:0"]);
+    assert_eq!(code(&out), 2);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("--kubeconfig: ") && err.contains(s(&missing)), "{err}");
+}

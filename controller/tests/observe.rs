@@ -92,4 +92,8 @@ fn observe_sends_the_kubeconfig_users_token_and_reports_refusals() {
     let message = refused(observe(&certificate, &["--agent", &url, "-n", "shop"]));
     assert!(message.contains(r#"user "alice" authenticates with a client certificate"#), "{message}");
     assert!(message.contains("--token-file PATH"), "{message}");
+    // --kubeconfig is the one read, whatever $KUBECONFIG says.
+    let flag = ["--agent", &url, "-n", "shop", "--kubeconfig", certificate.to_str().unwrap()];
+    let message = refused(observe(&alice, &flag));
+    assert!(message.contains(r#"user "alice" authenticates with a client certificate"#), "{message}");
 }

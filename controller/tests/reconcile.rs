@@ -638,8 +638,11 @@ async fn requested_at_fetches_before_the_interval() {
     h.api.update(ROLLOUTS, NS, "web", |r| {
         r["metadata"]["annotations"] = json!({"reconcile.palisade.dev/requestedAt": "2027-01-15T08:00:00Z"})
     });
+    assert_eq!(h.status().last_handled_reconcile_at, None);
     h.reconcile().await;
     assert_ne!(h.candidate(), candidate);
+    // Recorded as handled, for `palisade reconcile --wait`.
+    assert_eq!(h.status().last_handled_reconcile_at.as_deref(), Some("2027-01-15T08:00:00Z"));
 }
 
 #[tokio::test]

@@ -14,7 +14,7 @@ use kube::client::Body;
 use palisade::cmd::cluster::Session;
 use palisade::cmd::rollouts::{self, Backend, Command, LocalState};
 use palisade::local::store::{LocalEvent, Request as LocalRequest, Store};
-use palisade_rollout::crd::{DecisionAction, PolicyAuditReport, PolicyDecisionSpec, PolicyRollout};
+use palisade_rollout::crd::{DecisionAction, PolicyAuditReport, PolicyDecisionSpec, PolicyRevision, PolicyRollout};
 use serde_json::{Value as Json, json};
 
 const BASE: &str = "/apis/palisade.dev/v1alpha1";
@@ -72,6 +72,7 @@ impl Fake {
         let kind = match plural {
             "policyrollouts" => "PolicyRollout",
             "policyauditreports" => "PolicyAuditReport",
+            "policyrevisions" => "PolicyRevision",
             "policydecisions" => "PolicyDecision",
             _ => return not_found(path),
         };
@@ -286,13 +287,27 @@ fn report(node: &str, rollout: &str, candidate: &str, flows: Vec<Json>, loaded: 
     json!({
         "apiVersion": "palisade.dev/v1alpha1",
         "kind": "PolicyAuditReport",
-        "metadata": {"name": format!("{rollout}-{node}"), "namespace": "shop"},
+        "metadata": {"name": format!("{rollout}-{node}"), "namespace": "shop", "creationTimestamp": "2025-06-01T11:30:00Z",
+                     "labels": {"palisade.dev/rollout": rollout, "palisade.dev/node": node}},
         "spec": {
             "rollout": rollout, "node": node, "candidateRevision": candidate,
             "auditStartedAt": if node == "node-b" { "2025-06-01T11:50:00Z" } else { "2025-06-01T11:30:00Z" },
             "totals": {"observedFlows": 20, "newDenies": denies, "newAllows": 1},
             "flows": flows, "loadedRevisions": loaded, "enforcedRevision": "rev-a1",
         },
+    })
+}
+
+/// A PolicyRevision of `rollout` as the controller stages it.
+fn policy_revision(rollout: &str, id: &str, display: &str, created: &str, policies: u32) -> Json {
+    let commit = format!("{}{}", &display[display.find('@').unwrap() + 1..], "0".repeat(33));
+    json!({
+        "apiVersion": "palisade.dev/v1alpha1",
+        "kind": "PolicyRevision",
+        "metadata": {"name": id, "namespace": "shop", "creationTimestamp": created,
+                     "labels": {"palisade.dev/rollout": rollout}},
+        "spec": {"rollout": rollout, "commit": commit, "display": display,
+                 "digest": format!("sha256:{}", "ab".repeat(32)), "policyCount": policies, "policies": []},
     })
 }
 
@@ -347,6 +362,9 @@ fn cluster() -> Fake {
             &["rev-a1", "rev-b2"],
         ),
         report("node-a", "api", "rev-zz", vec![flow("api", json!({"cidr": "0.0.0.0/0"}), 443, 99, "x")], &[]),
+        policy_revision("web", "rev-a1", "main@a1b2c3d", "2025-05-31T12:00:00Z", 2),
+        policy_revision("web", "rev-b2", "main@b2c3d4e", "2025-06-01T11:30:00Z", 3),
+        policy_revision("api", "rev-c3", "v1.2.0@c3d4e5f", "2025-05-29T12:00:00Z", 1),
     ];
     Fake { objects: objects.into_iter().chain(events()).collect(), forbid_decisions: false }
 }
@@ -627,6 +645,84 @@ async fn reconcile_annotates_like_flux() {
     assert_eq!(run.seen.len(), 1);
 }
 
+#[tokio::test]
+async fn get_revisions_and_reports_print_their_crd_columns() {
+    let run = succeeds(
+        &["get", "revisions"],
+        "\
+NAME     ROLLOUT   REVISION         POLICIES   AGE
+rev-a1   web       main@a1b2c3d     2          24h
+rev-b2   web       main@b2c3d4e     3          30m
+rev-c3   api       v1.2.0@c3d4e5f   1          3d
+",
+    )
+    .await;
+    assert_eq!(run.seen, vec![get(&format!("{BASE}/namespaces/shop/policyrevisions?"))]);
+    succeeds(
+        &["get", "prev", "-o", "wide"],
+        &format!(
+            "\
+NAME     ROLLOUT   REVISION         POLICIES   AGE   COMMIT                                     DIGEST
+rev-a1   web       main@a1b2c3d     2          24h   a1b2c3d000000000000000000000000000000000   sha256:{ab}
+rev-b2   web       main@b2c3d4e     3          30m   b2c3d4e000000000000000000000000000000000   sha256:{ab}
+rev-c3   api       v1.2.0@c3d4e5f   1          3d    c3d4e5f000000000000000000000000000000000   sha256:{ab}
+",
+            ab = "ab".repeat(32)
+        ),
+    )
+    .await;
+    succeeds(
+        &["get", "reports"],
+        "\
+NAME         ROLLOUT   NODE     CANDIDATE   NEW-DENIES   ENFORCING   AGE
+api-node-a   api       node-a   rev-zz      1            rev-a1      30m
+web-node-a   web       node-a   rev-b2      1            rev-a1      30m
+web-node-b   web       node-b   rev-b2      2            rev-a1      30m
+",
+    )
+    .await;
+    succeeds(&["get", "par", "-o", "wide"], "\
+NAME         ROLLOUT   NODE     CANDIDATE   NEW-DENIES   ENFORCING   AGE   OBSERVED   NEW-ALLOWS   DROPS/MIN   EVIDENCE   LOADED
+api-node-a   api       node-a   rev-zz      1            rev-a1      30m   20         1            0           30m        
+web-node-a   web       node-a   rev-b2      1            rev-a1      30m   20         1            0           30m        rev-a1,rev-b2
+web-node-b   web       node-b   rev-b2      2            rev-a1      30m   20         1            0           10m        rev-a1,rev-b2
+").await;
+
+    // One object as JSON, a List as YAML.
+    let run = succeeds_json(&["get", "report", "web-node-b", "-o", "json"]).await;
+    assert_eq!(run.seen, vec![get(&format!("{BASE}/namespaces/shop/policyauditreports/web-node-b"))]);
+    let printed: Json = serde_json::from_str(&run.out).unwrap();
+    assert_eq!(
+        (printed["kind"].as_str(), printed["spec"]["totals"]["newDenies"].as_u64()),
+        (Some("PolicyAuditReport"), Some(2))
+    );
+    let run = succeeds_json(&["get", "revisions", "-o", "yaml"]).await;
+    assert!(run.out.starts_with("apiVersion: v1\nkind: List\n"), "{}", run.out);
+    assert!(
+        run.out.contains("  kind: PolicyRevision\n") && run.out.contains("    display: \"v1.2.0@c3d4e5f\"\n"),
+        "{}",
+        run.out
+    );
+
+    // A selector goes to the API server as labelSelector; a name that is not there, as kubectl says.
+    let run = self::run(cluster(), &["get", "reports", "-l", "palisade.dev/rollout=web", "-A"]).await;
+    assert_eq!(run.seen, vec![get(&format!("{BASE}/policyauditreports?&labelSelector=palisade.dev%2Frollout%3Dweb"))]);
+    let run = self::run(cluster(), &["get", "revisions", "rev-zz"]).await;
+    assert_eq!(
+        run.result.unwrap_err().to_string(),
+        "policyrevisions.palisade.dev \"rev-zz\" not found in namespace \"shop\""
+    );
+    let run = self::run(Fake { objects: vec![], forbid_decisions: false }, &["get", "reports"]).await;
+    assert_eq!(run.out, "No resources found in shop namespace.\n");
+}
+
+/// `palisade ARGS` on [`cluster`]: it succeeds, whatever it prints.
+async fn succeeds_json(args: &[&str]) -> Run {
+    let run = run(cluster(), args).await;
+    assert_eq!(*run.result.as_ref().expect("the command succeeds"), 0);
+    run
+}
+
 // Local mode: the same commands with --local, against a store in a temporary directory.
 
 /// Local mode's state directory with `objects` (rollouts, reports and Events, as the fake holds
@@ -641,6 +737,9 @@ fn state_with(objects: &[Json]) -> tempfile::TempDir {
             }
             "PolicyAuditReport" => {
                 store.put_report(&serde_json::from_value::<PolicyAuditReport>(object.clone()).unwrap()).unwrap();
+            }
+            "PolicyRevision" => {
+                store.put_revision(&serde_json::from_value::<PolicyRevision>(object.clone()).unwrap()).unwrap();
             }
             "Event" => {
                 let text = |key: &str| object[key].as_str().unwrap().to_string();
@@ -678,8 +777,16 @@ fn requests(dir: &std::path::Path, rollout: &str) -> Vec<LocalRequest> {
 #[tokio::test]
 async fn local_reads_print_what_the_cluster_prints() {
     let state = state_with(&cluster().objects);
-    let commands: [&[&str]; 8] = [
+    let commands: [&[&str]; 16] = [
         &["get", "rollouts"],
+        &["get", "revisions"],
+        &["get", "revisions", "-o", "wide"],
+        &["get", "revisions", "rev-b2", "-o", "json"],
+        &["get", "reports"],
+        &["get", "reports", "-o", "wide"],
+        &["get", "reports", "-o", "yaml"],
+        &["get", "reports", "web-node-a", "-o", "yaml"],
+        &["get", "reports", "-A"],
         &["get", "pro", "-o", "wide"],
         &["get", "rollouts", "-A"],
         &["get", "rollouts", "web", "-o", "json"],
@@ -884,4 +991,156 @@ fn local_flags() {
     let error = parse(&["get", "rollouts", "--state", "/tmp/x"]).err().unwrap().to_string();
     assert!(error.contains("--local"), "{error}");
     assert!(parse(&["describe", "rollout", "web", "--local", "--context", "prod"]).is_err());
+}
+
+#[tokio::test]
+async fn local_selectors_select_as_the_api_server_would() {
+    let state = state_with(&cluster().objects);
+    let names = |out: &str| out.lines().map(|l| l.split_whitespace().next().unwrap().to_string()).collect::<Vec<_>>();
+    let cases: [(&[&str], &[&str]); 4] = [
+        (&["get", "reports", "-l", "palisade.dev/node=node-b"], &["NAME", "web-node-b"]),
+        (
+            &["get", "reports", "-l", "palisade.dev/rollout in (api,db),palisade.dev/node!=node-b"],
+            &["NAME", "api-node-a"],
+        ),
+        (&["get", "revisions", "--selector", "palisade.dev/rollout=web"], &["NAME", "rev-a1", "rev-b2"]),
+        (&["get", "rollouts", "-l", "!palisade.dev/rollout"], &["NAME", "api", "web"]),
+    ];
+    for (command, expected) in cases {
+        let local_command: Vec<&str> = command.iter().copied().chain(["--local"]).collect();
+        let (result, out) = run_local(state.path(), None, &local_command).await;
+        assert_eq!(result.unwrap(), 0, "{command:?}");
+        assert_eq!(names(&out), expected, "{command:?}");
+    }
+    let (_, out) =
+        run_local(state.path(), Some("shop"), &["get", "par", "-l", "palisade.dev/rollout=db", "--local"]).await;
+    assert_eq!(out, "No resources found in shop namespace.\n");
+    let (result, _) = run_local(state.path(), None, &["get", "reports", "-l", "tier in front", "--local"]).await;
+    let error = result.unwrap_err().to_string();
+    assert!(error.starts_with("unable to parse requirement: "), "{error}");
+}
+
+/// What a command printed so far, while it runs.
+#[derive(Clone, Default)]
+struct Shared(Arc<Mutex<Vec<u8>>>);
+
+impl std::io::Write for Shared {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Shared {
+    fn lines(&self) -> Vec<String> {
+        String::from_utf8(self.0.lock().unwrap().clone()).unwrap().lines().map(String::from).collect()
+    }
+
+    /// The lines once there are `n`; fails after 10 s.
+    async fn wait_for(&self, n: usize) -> Vec<String> {
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+        while self.lines().len() < n {
+            assert!(tokio::time::Instant::now() < deadline, "waiting for {n} lines: {:?}", self.lines());
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        self.lines()
+    }
+}
+
+#[tokio::test]
+async fn local_watch_prints_a_line_per_change() {
+    let state = state_with(&[web(), api()]);
+    let store = Store::new(state.path());
+    let out = Shared::default();
+    let mut local = LocalState::new(state.path(), None);
+    local.now = NOW.parse::<Timestamp>().unwrap();
+    let backend = Backend::Local(local);
+    let command = Cli::try_parse_from(["palisade", "get", "rollouts", "--watch", "--local"]).unwrap().command;
+    let mut writer = out.clone();
+    let watching = rollouts::execute(&backend, command, &mut writer);
+    let changes = async {
+        let lines = out.wait_for(3).await;
+        assert_eq!(lines[0], "NAME   ENFORCED         CANDIDATE      PHASE      NEW-DENIES   READY   AGE");
+        assert!(lines[2].starts_with("web    main@a1b2c3d     main@b2c3d4e   Auditing   3            False   120m"));
+
+        // web is promoted: one line, aligned with the table.
+        let mut promoted: PolicyRollout = serde_json::from_value(web()).unwrap();
+        let status = promoted.status.as_mut().unwrap();
+        status.phase = palisade_rollout::crd::Phase::Enforced;
+        status.enforced_revision = status.candidate_revision.take();
+        status.conditions[0].status = "True".into();
+        store.put_rollout(&promoted).unwrap();
+        let lines = out.wait_for(4).await;
+        assert!(
+            lines[3].starts_with("web    main@b2c3d4e                    Enforced   3            True    120m"),
+            "{lines:?}"
+        );
+
+        // Written again unchanged: nothing. A new rollout: its line.
+        store.put_rollout(&promoted).unwrap();
+        let mut db: PolicyRollout = serde_json::from_value(api()).unwrap();
+        db.metadata.name = Some("db".into());
+        tokio::time::sleep(rollouts::LOCAL_POLL * 3).await;
+        store.put_rollout(&db).unwrap();
+        let lines = out.wait_for(5).await;
+        assert!(
+            lines[4].starts_with("db     v1.2.0@c3d4e5f                  Enforced   0            True    3d"),
+            "{lines:?}"
+        );
+        tokio::time::sleep(rollouts::LOCAL_POLL * 3).await;
+        assert_eq!(out.lines().len(), 5, "{:?}", out.lines());
+    };
+    tokio::select! {
+        result = watching => panic!("the watch ended: {result:?}"),
+        () = changes => {}
+    }
+}
+
+#[tokio::test]
+async fn local_reconcile_wait_returns_once_local_mode_has_acted() {
+    let state = state_with(&[api()]);
+    let store = Store::new(state.path());
+    let out = Shared::default();
+    let mut local = LocalState::new(state.path(), None);
+    local.now = NOW.parse::<Timestamp>().unwrap();
+    let backend = Backend::Local(local);
+    let command =
+        Cli::try_parse_from(["palisade", "reconcile", "api", "--wait", "--local", "--timeout", "20s"]).unwrap().command;
+    let mut writer = out.clone();
+    let waiting = rollouts::execute(&backend, command, &mut writer);
+    // What `palisade local run` does with the request: the sync, recorded as handled.
+    let local_run = async {
+        let requests = loop {
+            let requests = store.take_requests("shop", "api").unwrap();
+            if !requests.is_empty() {
+                break requests;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        };
+        assert_eq!(requests, [LocalRequest::Reconcile(Time(NOW.parse::<Timestamp>().unwrap()))]);
+        out.wait_for(3).await;
+        let mut rollout = store.rollout("shop", "api").unwrap().unwrap();
+        rollout.status.as_mut().unwrap().last_handled_reconcile_at = Some(NOW.into());
+        store.put_rollout(&rollout).unwrap();
+        std::future::pending::<()>().await
+    };
+    let result = tokio::select! {
+        result = waiting => result,
+        () = local_run => unreachable!(),
+    };
+    assert_eq!(result.unwrap(), 0);
+    assert_eq!(
+        out.lines(),
+        [
+            format!("policyrollout.palisade.dev/api annotated: reconcile requested at {NOW}"),
+            "waiting for policyrollout/api to be reconciled (timeout 20s)".into(),
+            "policyrollout/api: waiting for the controller to act on the request".into(),
+            "policyrollout.palisade.dev/api reconciled: Enforced (Enforced): enforcing v1.2.0@c3d4e5f on every node"
+                .into(),
+        ]
+    );
 }

@@ -451,7 +451,15 @@ pub struct PolicyRolloutStatus {
     pub conditions: Vec<Condition>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
+    /// The `reconcile.palisade.dev/requestedAt` value the last reconcile acted on (Flux's
+    /// `lastHandledReconcileAt`): `palisade reconcile --wait` waits for its request to show here.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = RECONCILE_REQUEST_MAX))]
+    pub last_handled_reconcile_at: Option<String>,
 }
+
+/// The longest `reconcile.palisade.dev/requestedAt` value the status records as handled.
+pub const RECONCILE_REQUEST_MAX: u32 = TIME_MAX;
 
 /// What an audit judges by, as the spec said when it started.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]

@@ -1,6 +1,8 @@
 //! What the commands acting on a cluster share: the kubeconfig connection, the namespace, who is
 //! asking, and kubectl's ways of showing ages and missing objects.
 
+use std::path::{Path, PathBuf};
+
 use anyhow::{Context as _, Result, anyhow};
 use k8s_openapi::api::authentication::v1::SelfSubjectReview;
 use k8s_openapi::jiff::{SignedDuration, Timestamp};
@@ -17,6 +19,9 @@ pub struct ClusterArgs {
     /// The kubeconfig context to use; the current context when unset.
     #[arg(long)]
     pub context: Option<String>,
+    /// The global `--kubeconfig`, set by the command line before a command connects.
+    #[arg(skip)]
+    pub kubeconfig: Option<PathBuf>,
 }
 
 /// A connection to the cluster and what the commands need to know about the caller.
@@ -31,25 +36,10 @@ pub struct Session {
 }
 
 impl Session {
-    /// Connects like kubectl: `$KUBECONFIG` or `~/.kube/config` (the `--context` one or the current
-    /// context), else the in-cluster service account.
+    /// Connects like kubectl: `--kubeconfig`, else `$KUBECONFIG` or `~/.kube/config` (the
+    /// `--context` one or the current context), else the in-cluster service account.
     pub async fn connect(args: &ClusterArgs) -> Result<Self> {
-        let options = KubeConfigOptions { context: args.context.clone(), ..KubeConfigOptions::default() };
-        let (config, user) = match Kubeconfig::read() {
-            Ok(kubeconfig) => {
-                let user = context_user(&kubeconfig, args.context.as_deref());
-                let config =
-                    Config::from_custom_kubeconfig(kubeconfig, &options).await.context("cannot use the kubeconfig")?;
-                (config, user)
-            }
-            Err(e) if args.context.is_some() => return Err(e).context("cannot read the kubeconfig for --context"),
-            Err(kubeconfig) => {
-                let config = Config::incluster().map_err(|in_cluster| {
-                    anyhow!("no kubeconfig ({kubeconfig}) and not running in a cluster ({in_cluster})")
-                })?;
-                (config, None)
-            }
-        };
+        let (config, user) = client_config(args.kubeconfig.as_deref(), args.context.as_deref()).await?;
         let namespace = args.namespace.clone().unwrap_or_else(|| config.default_namespace.clone());
         let client = Client::try_from(config).context("cannot build a Kubernetes client")?;
         Ok(Self { client, namespace, user, now: Timestamp::now() })
@@ -71,6 +61,40 @@ impl Session {
                 anyhow!("cannot tell who you are: the API server has no SelfSubjectReview and the kubeconfig context names no user")
             }),
             Err(e) => Err(e).context("asking the API server who you are (SelfSubjectReview)"),
+        }
+    }
+}
+
+/// The kubeconfig as kubectl reads it: the `--kubeconfig` file alone when given, else the files
+/// of `$KUBECONFIG` merged, else `~/.kube/config`.
+pub fn read_kubeconfig(path: Option<&Path>) -> Result<Kubeconfig> {
+    match path {
+        // kube's message already holds its cause.
+        Some(path) => Kubeconfig::read_from(path).map_err(|e| anyhow!("--kubeconfig {}: {e}", path.display())),
+        None => Ok(Kubeconfig::read()?),
+    }
+}
+
+/// The client configuration of a command that talks to the API server, and the kubeconfig
+/// context's user (None in-cluster): `--kubeconfig` (nothing else then), else `$KUBECONFIG` or
+/// `~/.kube/config`, else the in-cluster service account unless a `--context` was asked for.
+pub async fn client_config(kubeconfig: Option<&Path>, context: Option<&str>) -> Result<(Config, Option<String>)> {
+    let options = KubeConfigOptions { context: context.map(String::from), ..KubeConfigOptions::default() };
+    let read = read_kubeconfig(kubeconfig);
+    match read {
+        Ok(kubeconfig) => {
+            let user = context_user(&kubeconfig, context);
+            let config =
+                Config::from_custom_kubeconfig(kubeconfig, &options).await.context("cannot use the kubeconfig")?;
+            Ok((config, user))
+        }
+        Err(e) if kubeconfig.is_some() => Err(e),
+        Err(e) if context.is_some() => Err(e).context("cannot read the kubeconfig for --context"),
+        Err(kubeconfig) => {
+            let config = Config::incluster().map_err(|in_cluster| {
+                anyhow!("no kubeconfig ({kubeconfig}) and not running in a cluster ({in_cluster})")
+            })?;
+            Ok((config, None))
         }
     }
 }

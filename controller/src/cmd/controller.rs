@@ -63,13 +63,15 @@ enum WebhookProvider {
     Generic,
 }
 
-pub fn run(args: Args) -> Result<u8> {
+/// `--kubeconfig`: the controller's cluster when it runs outside it; in-cluster (or the
+/// kubeconfig kube finds) when unset.
+pub fn run(args: Args, kubeconfig: Option<PathBuf>) -> Result<u8> {
     match args.command {
-        ControllerCommand::Run(args) => serve(args),
+        ControllerCommand::Run(args) => serve(args, kubeconfig),
     }
 }
 
-fn serve(args: RunArgs) -> Result<u8> {
+fn serve(args: RunArgs, kubeconfig: Option<PathBuf>) -> Result<u8> {
     tracing_subscriber::fmt()
         .json()
         .with_writer(std::io::stderr)
@@ -102,6 +104,7 @@ fn serve(args: RunArgs) -> Result<u8> {
         webhook,
         lease_name: args.lease_name,
         identity,
+        kubeconfig,
     };
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     runtime.block_on(reconciler::run(options))?;

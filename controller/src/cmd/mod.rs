@@ -12,6 +12,7 @@ use crate::files;
 mod bench;
 mod check;
 pub mod cluster;
+mod completion;
 mod controller;
 mod diff;
 mod local;
@@ -20,19 +21,33 @@ mod plan;
 pub mod rollouts;
 mod source;
 mod trace;
+mod version;
 
 /// Exit code for usage errors and failures to run at all.
 pub const EXIT_ERROR: u8 = 2;
 
+/// An outcome a command reports as a failure (exit 1: a rollout that failed, a wait that timed
+/// out), as opposed to a failure to run at all (exit 2).
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct Failed(pub String);
+
 /// The whole command line, as `palisade` or as the kubectl plugin `kubectl palisade`.
 pub fn main(bin_name: &'static str) -> ExitCode {
+    let args: Vec<String> = std::env::args().collect();
+    if args.get(1).map(String::as_str) == Some(completion::COMPLETE) {
+        // kubectl's plugin completion: every word after it is the command line being completed.
+        let done = completion::complete(Cli::command(), &args[2..], &mut std::io::stdout().lock());
+        return ExitCode::from(done.map_or(EXIT_ERROR, |code| code));
+    }
     let matches = Cli::command().bin_name(bin_name).get_matches();
-    let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
+    let mut cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
+    cli.bin_name = bin_name;
     match run(cli) {
         Ok(code) => ExitCode::from(code),
         Err(e) => {
             eprintln!("error: {e:#}");
-            ExitCode::from(EXIT_ERROR)
+            ExitCode::from(if e.is::<Failed>() { 1 } else { EXIT_ERROR })
         }
     }
 }
@@ -44,8 +59,15 @@ pub fn main(bin_name: &'static str) -> ExitCode {
     about = "GitOps rollout of network policy: audit a candidate on live traffic, promote it atomically"
 )]
 pub struct Cli {
+    /// The kubeconfig file for commands that talk to the API server, instead of $KUBECONFIG or
+    /// ~/.kube/config.
+    #[arg(long, global = true, value_name = "PATH", value_hint = clap::ValueHint::FilePath)]
+    kubeconfig: Option<PathBuf>,
     #[command(subcommand)]
     command: Command,
+    /// How the command line was invoked: `palisade`, or `kubectl palisade` as the plugin.
+    #[arg(skip = "palisade")]
+    bin_name: &'static str,
 }
 
 #[derive(Subcommand)]
@@ -68,6 +90,10 @@ enum Command {
     Local(local::Args),
     /// Stream the flows the datapath reports (drops, audits, candidate differences), Hubble-style.
     Observe(observe::Args),
+    /// Print this client's version and the controller's (from its Deployment in the cluster).
+    Version(version::Args),
+    /// Print the shell completion script: `source <(palisade completion bash)`.
+    Completion(completion::Args),
     /// Benchmarks (for `make bench-policy` and `make bench`).
     #[command(hide = true)]
     Bench(bench::Args),
@@ -105,10 +131,12 @@ pub fn run(cli: Cli) -> Result<u8> {
         Command::Plan(args) => plan::run(args),
         Command::Diff(args) => diff::run(args),
         Command::Source(args) => source::run(args),
-        Command::Rollouts(command) => rollouts::run(command),
-        Command::Controller(args) => controller::run(args),
+        Command::Rollouts(command) => rollouts::run(command, cli.kubeconfig),
+        Command::Controller(args) => controller::run(args, cli.kubeconfig),
         Command::Local(args) => local::run(args),
-        Command::Observe(args) => observe::run(args),
+        Command::Observe(args) => observe::run(args, cli.kubeconfig.as_deref()),
+        Command::Version(args) => version::run(args, cli.kubeconfig.as_deref(), &mut std::io::stdout().lock()),
+        Command::Completion(args) => completion::run(args, Cli::command(), cli.bin_name, &mut std::io::stdout().lock()),
         Command::Bench(args) => bench::run(args),
     }
 }

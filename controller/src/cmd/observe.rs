@@ -63,7 +63,7 @@ pub struct Args {
     since: Option<String>,
 }
 
-pub fn run(args: Args) -> Result<u8> {
+pub fn run(args: Args, kubeconfig: Option<&Path>) -> Result<u8> {
     let since = args.since.as_deref().map(parse_since).transpose()?;
     let verdict = args.verdict.as_deref().map(str::parse::<VerdictFilter>).transpose().map_err(anyhow::Error::msg)?;
     let flow_type = args.flow_type.as_deref().map(str::parse::<FlowType>).transpose().map_err(anyhow::Error::msg)?;
@@ -85,7 +85,7 @@ pub fn run(args: Args) -> Result<u8> {
                 let host = authority.split('/').next().unwrap_or_default();
                 let host = if host.contains(':') { host.to_owned() } else { format!("{host}:9964") };
                 let uri = format!("http://{host}{path_and_query}");
-                let token = agent_token(args.token_file.as_deref())?;
+                let token = agent_token(args.token_file.as_deref(), kubeconfig)?;
                 let mut request = request(&uri)?;
                 let bearer = header::HeaderValue::from_str(&format!("Bearer {token}"))
                     .context("the token is not fit for an HTTP header")?;
@@ -162,12 +162,13 @@ async fn body_of(response: Response<Incoming>) -> Result<Incoming> {
     Ok(response.into_body())
 }
 
-/// The bearer token the agent reviews: `--token-file`'s, else the kubeconfig's current user's.
-fn agent_token(token_file: Option<&Path>) -> Result<String> {
+/// The bearer token the agent reviews: `--token-file`'s, else the kubeconfig's current user's
+/// (of `--kubeconfig` when given).
+fn agent_token(token_file: Option<&Path>, kubeconfig: Option<&Path>) -> Result<String> {
     if let Some(path) = token_file {
         return read_token(path, "--token-file");
     }
-    let config = Kubeconfig::read()
+    let config = super::cluster::read_kubeconfig(kubeconfig)
         .context("read the kubeconfig for a token to send to the agent (or pass one with --token-file PATH)")?;
     kubeconfig_token(&config)
 }

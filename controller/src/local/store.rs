@@ -100,6 +100,16 @@ impl Store {
         write(&self.path("revisions", namespace, name), revision)
     }
 
+    /// The revisions of every rollout in `namespace`, or in every namespace.
+    pub fn all_revisions(&self, namespace: Option<&str>) -> Result<Vec<PolicyRevision>> {
+        self.list("revisions", namespace)
+    }
+
+    /// The reports of every rollout in `namespace`, or in every namespace.
+    pub fn all_reports(&self, namespace: Option<&str>) -> Result<Vec<PolicyAuditReport>> {
+        self.list("reports", namespace)
+    }
+
     /// The reports of one rollout, one per node.
     pub fn reports(&self, namespace: &str, rollout: &str) -> Result<Vec<PolicyAuditReport>> {
         let all: Vec<PolicyAuditReport> = self.list("reports", Some(namespace))?;

@@ -38,12 +38,18 @@ pub struct Options {
     pub lease_name: String,
     /// This replica's name in the Lease and in Events.
     pub identity: String,
+    /// The kubeconfig to reach the API server with (its current context); in-cluster or the
+    /// kubeconfig kube infers when unset.
+    pub kubeconfig: Option<std::path::PathBuf>,
 }
 
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
     #[error(transparent)]
     Kube(#[from] kube::Error),
+    /// kube's message already holds its cause.
+    #[error("--kubeconfig: {0}")]
+    Kubeconfig(String),
     #[error("{addr}: {source}")]
     Listen { addr: SocketAddr, source: std::io::Error },
     #[error("lost the leader lease {0}; exiting so that a replica can take over")]
@@ -51,7 +57,16 @@ pub enum RunError {
 }
 
 pub async fn run(options: Options) -> Result<(), RunError> {
-    let client = Client::try_default().await?;
+    let client = match &options.kubeconfig {
+        Some(path) => {
+            let unusable = |e: kube::config::KubeconfigError| RunError::Kubeconfig(e.to_string());
+            let kubeconfig = kube::config::Kubeconfig::read_from(path).map_err(unusable)?;
+            let config =
+                kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default()).await.map_err(unusable)?;
+            Client::try_from(config)?
+        }
+        None => Client::try_default().await?,
+    };
     let metrics = Arc::new(Metrics::default());
     let ready = Arc::new(Readiness::default());
     let (stop_tx, stop) = watch::channel(false);

@@ -9,7 +9,7 @@ use kube::api::ObjectMeta;
 use kube::{Resource, ResourceExt};
 use palisade_rollout::crd::{
     PolicyAuditReportSpec, PolicyDecision, PolicyRevision, PolicyRevisionSpec, PolicyRollout, PolicyRolloutStatus,
-    RevisionRef,
+    RECONCILE_REQUEST_MAX, RevisionRef,
 };
 use palisade_rollout::engine::{self, Action, Claim, DecisionRequest, Event, Observed, PolicyRef, SourceObservation};
 use palisade_rollout::wire::{RECONCILE_ANNOTATION, ROLLOUT_LABEL};
@@ -78,10 +78,10 @@ pub async fn reconcile(
     let key = format!("{namespace}/{name}");
     let spec = &rollout.spec;
 
+    let requested_at = rollout.annotations().get(RECONCILE_ANNOTATION).map(String::as_str);
     let fetched = if spec.suspend {
         None
     } else {
-        let requested_at = rollout.annotations().get(RECONCILE_ANNOTATION).map(String::as_str);
         let due = Due { key: &key, source: &spec.source, requested_at, now };
         match sources.fresh(&due) {
             Some(fetched) => Some(fetched),
@@ -107,7 +107,11 @@ pub async fn reconcile(
         now,
     };
     let observed = Observed { source: observation, reports: &reports, decisions: &decisions, claims: &claims };
-    let decision = engine::reconcile(spec, rollout.status.as_ref(), &observed, &engine_ctx);
+    let mut decision = engine::reconcile(spec, rollout.status.as_ref(), &observed, &engine_ctx);
+    // A sync asked for (`palisade reconcile`, a push) is handled once the source was read for it.
+    if let Some(at) = requested_at.filter(|at| fetched.is_some() && at.len() <= RECONCILE_REQUEST_MAX as usize) {
+        decision.status.last_handled_reconcile_at = Some(at.to_string());
+    }
 
     // Revisions first, so the status never names one the agents cannot read.
     for action in &decision.actions {

@@ -1,12 +1,16 @@
 //! Where the rollout commands read rollouts and write changes: the API server, or local mode's
 //! state directory.
+use std::collections::{BTreeMap, VecDeque};
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use anyhow::{Context as _, Result, anyhow, bail};
+use futures::StreamExt;
+use futures::stream::BoxStream;
 use k8s_openapi::api::core::v1::Event as CoreEvent;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
-use kube::api::{ListParams, Patch, PatchParams};
+use kube::api::{ListParams, Patch, PatchParams, WatchEvent, WatchParams};
 use kube::api::{ObjectMeta, PostParams};
 use kube::{Api, Resource, ResourceExt};
 use palisade_netsim::DEFAULT_STATE_DIR;
@@ -15,6 +19,8 @@ use palisade_rollout::wire::{CLI_FIELD_MANAGER, RECONCILE_ANNOTATION, ROLLOUT_LA
 use serde_json::{Value as Json, json};
 
 use super::describe::EventRow;
+use super::kinds::Listed;
+use super::labels::Selector;
 use super::{RESOURCE, Target};
 use crate::cmd::cluster::{Session, not_found};
 use crate::local::store::{Request, Store};
@@ -141,18 +147,51 @@ impl Backend {
         }
     }
 
-    pub(super) async fn list(&self, all_namespaces: bool) -> Result<Vec<PolicyRollout>> {
+    /// The objects of a kind in the namespace (every namespace with `all_namespaces`, or in local
+    /// mode without --namespace) that `selector` selects, by namespace and name.
+    pub(super) async fn list_of<K: Listed>(&self, all_namespaces: bool, selector: Option<&str>) -> Result<Vec<K>> {
         match self {
-            Backend::Cluster(session) if all_namespaces => {
-                Ok(Api::<PolicyRollout>::all(session.client.clone()).list(&ListParams::default()).await?.items)
+            Backend::Cluster(session) => {
+                let params = match selector {
+                    Some(selector) => ListParams::default().labels(selector),
+                    None => ListParams::default(),
+                };
+                let api = if all_namespaces { Api::all(session.client.clone()) } else { api_of(session) };
+                Ok(api.list(&params).await?.items)
             }
-            Backend::Cluster(session) => Ok(api(session).list(&ListParams::default()).await?.items),
             Backend::Local(local) => {
-                let mut rollouts = local.store()?.rollouts()?;
-                if let Some(namespace) = local.namespace.as_deref().filter(|_| !all_namespaces) {
-                    rollouts.retain(|r| r.metadata.namespace.as_deref() == Some(namespace));
+                let selector = selector.map(Selector::parse).transpose()?;
+                let namespace = local.namespace.as_deref().filter(|_| !all_namespaces);
+                let mut objects: Vec<K> = K::local(local.store()?, namespace)?;
+                if let Some(selector) = &selector {
+                    objects.retain(|o| selector.matches(o.meta().labels.as_ref().unwrap_or(&Default::default())));
                 }
-                Ok(rollouts)
+                objects.sort_by(|a, b| {
+                    (a.meta().namespace.as_ref(), &a.meta().name).cmp(&(b.meta().namespace.as_ref(), &b.meta().name))
+                });
+                Ok(objects)
+            }
+        }
+    }
+
+    /// One object of a kind by name; in local mode without --namespace, in whichever namespace has it.
+    pub(super) async fn get_of<K: Listed>(&self, name: &str) -> Result<K> {
+        match self {
+            Backend::Cluster(session) => {
+                api_of::<K>(session).get(name).await.map_err(|e| not_found(e, &K::resource(), name, &session.namespace))
+            }
+            Backend::Local(local) => {
+                let mut found = K::local(local.store()?, local.namespace.as_deref())?;
+                found.retain(|o| o.meta().name.as_deref() == Some(name));
+                if found.len() > 1 {
+                    bail!("{} {name} exists in several namespaces: say which with --namespace", K::SHORT);
+                }
+                found.pop().ok_or_else(|| match &local.namespace {
+                    Some(namespace) => anyhow!("{} \"{name}\" not found in namespace \"{namespace}\"", K::resource()),
+                    None => {
+                        anyhow!("{} \"{name}\" not found in local mode ({})", K::resource(), local.state_dir.display())
+                    }
+                })
             }
         }
     }
@@ -235,6 +274,10 @@ impl Backend {
 }
 
 fn api(session: &Session) -> Api<PolicyRollout> {
+    api_of(session)
+}
+
+fn api_of<K: Listed>(session: &Session) -> Api<K> {
     Api::namespaced(session.client.clone(), &session.namespace)
 }
 
@@ -245,4 +288,178 @@ async fn merge_patch(session: &Session, name: &str, patch: Json) -> Result<()> {
         .await
         .map_err(|e| not_found(e, RESOURCE, name, &session.namespace))?;
     Ok(())
+}
+
+/// What a watch saw happen to one object.
+pub(super) enum Change<K> {
+    /// Created or changed.
+    Applied(K),
+    Deleted(K),
+}
+
+/// `namespace/name` of an object, for telling objects apart across namespaces.
+type Key = (String, String);
+
+fn key_of<K: Listed>(object: &K) -> Key {
+    (object.meta().namespace.clone().unwrap_or_default(), object.meta().name.clone().unwrap_or_default())
+}
+
+/// The changes to the objects a list returned, from that list on: a watch from the list's
+/// resourceVersion for a cluster (listing again when the server has forgotten it, and telling
+/// only what changed meanwhile), or local mode's store read again every `interval`.
+pub(super) struct Watch<K: Listed> {
+    /// The objects as last seen.
+    known: BTreeMap<Key, K>,
+    pending: VecDeque<Change<K>>,
+    source: WatchSource<K>,
+}
+
+enum WatchSource<K> {
+    Cluster(Box<ClusterWatch<K>>),
+    Local(LocalWatch),
+}
+
+/// A watch of the API server, from the resourceVersion of a list.
+struct ClusterWatch<K> {
+    api: Api<K>,
+    list: ListParams,
+    watch: WatchParams,
+    version: String,
+    events: Option<BoxStream<'static, kube::Result<WatchEvent<K>>>>,
+}
+
+/// A watch of local mode's store: what it reads again, and how often.
+struct LocalWatch {
+    store: Store,
+    namespace: Option<String>,
+    selector: Option<Selector>,
+    name: Option<String>,
+    interval: Duration,
+}
+
+/// What to list and then watch.
+pub(super) struct Query<'a> {
+    pub name: Option<&'a str>,
+    pub all_namespaces: bool,
+    pub selector: Option<&'a str>,
+}
+
+/// How often a watch of local mode reads its store again.
+pub const LOCAL_POLL: Duration = Duration::from_millis(500);
+
+impl Backend {
+    /// The objects a query selects, and the watch of their changes from then on. A name that
+    /// is not there is an error, as for a get.
+    pub(super) async fn list_and_watch<K: Listed>(&self, query: &Query<'_>) -> Result<(Vec<K>, Watch<K>)> {
+        let (objects, source) = match self {
+            Backend::Cluster(session) => {
+                let api = if query.all_namespaces { Api::all(session.client.clone()) } else { api_of(session) };
+                let (mut list, mut watch) = (ListParams::default(), WatchParams::default());
+                if let Some(selector) = query.selector {
+                    (list, watch) = (list.labels(selector), watch.labels(selector));
+                }
+                if let Some(name) = query.name {
+                    let field = format!("metadata.name={name}");
+                    (list, watch) = (list.fields(&field), watch.fields(&field));
+                }
+                let listed = api.list(&list).await?;
+                if let Some(name) = query.name.filter(|_| listed.items.is_empty()) {
+                    // kubectl's error for a missing object.
+                    self.get_of::<K>(name).await?;
+                }
+                let version = listed.metadata.resource_version.clone().unwrap_or_default();
+                (listed.items, WatchSource::Cluster(Box::new(ClusterWatch { api, list, watch, version, events: None })))
+            }
+            Backend::Local(local) => {
+                let objects = match query.name {
+                    Some(name) => vec![self.get_of::<K>(name).await?],
+                    None => self.list_of::<K>(query.all_namespaces, query.selector).await?,
+                };
+                let source = WatchSource::Local(LocalWatch {
+                    store: local.store.clone(),
+                    namespace: local.namespace.clone().filter(|_| !query.all_namespaces),
+                    selector: query.selector.map(Selector::parse).transpose()?,
+                    name: query.name.map(String::from),
+                    interval: LOCAL_POLL,
+                });
+                (objects, source)
+            }
+        };
+        let known = objects.iter().map(|o| (key_of(o), o.clone())).collect();
+        Ok((objects, Watch { known, pending: VecDeque::new(), source }))
+    }
+}
+
+impl<K: Listed> Watch<K> {
+    /// The next change; waits for one.
+    pub async fn next(&mut self) -> Result<Change<K>> {
+        loop {
+            if let Some(change) = self.pending.pop_front() {
+                return Ok(change);
+            }
+            match &mut self.source {
+                WatchSource::Cluster(cluster) => {
+                    let ClusterWatch { api, list, watch, version, events } = cluster.as_mut();
+                    let stream = match events {
+                        Some(stream) => stream,
+                        None => events.insert(api.watch(watch, version).await?.boxed()),
+                    };
+                    let Some(event) = stream.next().await else {
+                        // The server ended the watch (its timeout): go on from where it was.
+                        *events = None;
+                        continue;
+                    };
+                    match event? {
+                        WatchEvent::Added(object) | WatchEvent::Modified(object) => {
+                            *version = object.resource_version().unwrap_or_default();
+                            self.known.insert(key_of(&object), object.clone());
+                            return Ok(Change::Applied(object));
+                        }
+                        WatchEvent::Deleted(object) => {
+                            *version = object.resource_version().unwrap_or_default();
+                            self.known.remove(&key_of(&object));
+                            return Ok(Change::Deleted(object));
+                        }
+                        WatchEvent::Bookmark(bookmark) => *version = bookmark.metadata.resource_version,
+                        WatchEvent::Error(status) if status.code == 410 => {
+                            // Too old a resourceVersion: list again, and tell what changed meanwhile.
+                            *events = None;
+                            let listed = api.list(list).await?;
+                            *version = listed.metadata.resource_version.clone().unwrap_or_default();
+                            let fresh = listed.items.into_iter().map(|o| (key_of(&o), o)).collect();
+                            self.changes_to(fresh, |a, b| a.resource_version() == b.resource_version());
+                        }
+                        WatchEvent::Error(status) => return Err(kube::Error::Api(status).into()),
+                    }
+                }
+                WatchSource::Local(local) => {
+                    let LocalWatch { store, namespace, selector, name, interval } = &*local;
+                    tokio::time::sleep(*interval).await;
+                    let mut objects = K::local(store, namespace.as_deref())?;
+                    objects.retain(|o| {
+                        let labels = o.meta().labels.clone().unwrap_or_default();
+                        selector.as_ref().is_none_or(|s| s.matches(&labels))
+                            && name.as_ref().is_none_or(|n| o.meta().name.as_ref() == Some(n))
+                    });
+                    let fresh = objects.into_iter().map(|o| (key_of(&o), o)).collect();
+                    self.changes_to(fresh, |a, b| serde_json::to_value(a).ok() == serde_json::to_value(b).ok());
+                }
+            }
+        }
+    }
+
+    /// Queues what differs between the known objects and `fresh`, which become the known ones.
+    fn changes_to(&mut self, fresh: BTreeMap<Key, K>, same: impl Fn(&K, &K) -> bool) {
+        for (key, object) in &fresh {
+            if self.known.get(key).is_none_or(|known| !same(known, object)) {
+                self.pending.push_back(Change::Applied(object.clone()));
+            }
+        }
+        let known = std::mem::replace(&mut self.known, fresh);
+        for (key, object) in known {
+            if !self.known.contains_key(&key) {
+                self.pending.push_back(Change::Deleted(object));
+            }
+        }
+    }
 }

@@ -6,7 +6,12 @@ use serde_json::Value as Json;
 
 /// The printer columns kubectl shows for PolicyRollouts (priority 0), from the CRD itself.
 pub fn printer_columns() -> Vec<PrinterColumn> {
-    let crd = PolicyRollout::crd();
+    printer_columns_of::<PolicyRollout>()
+}
+
+/// The printer columns kubectl shows for a kind (priority 0), from its CRD.
+pub fn printer_columns_of<K: CustomResourceExt>() -> Vec<PrinterColumn> {
+    let crd = K::crd();
     let version = crd.spec.versions.iter().find(|v| v.served).expect("the CRD serves a version");
     version
         .additional_printer_columns
