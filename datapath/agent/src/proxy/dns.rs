@@ -99,17 +99,10 @@ impl DnsProxy {
     }
 
     /// Tells observers how a judged query was answered.
-    fn answered(&self, ends: Ends, seen: Option<Seen>, response: &[u8]) {
+    fn answered(&self, ends: Ends, seen: Option<Seen>, reply: Option<&Reply>) {
         let Some(Seen { policy, found, judged, query, started }) = seen else { return };
-        let message = Message::from_vec(response).ok();
-        let rcode = message
-            .as_ref()
-            .map_or("SERVFAIL".into(), |m| format!("{:?}", m.metadata.response_code).to_ascii_uppercase());
-        let answers = message
-            .iter()
-            .flat_map(|m| &m.answers)
-            .filter_map(|r| if let RData::A(a) = &r.data { Some(a.0) } else { None })
-            .collect();
+        let rcode = reply.map_or("SERVFAIL".into(), |r| format!("{:?}", r.rcode).to_ascii_uppercase());
+        let answers = reply.iter().flat_map(|r| &r.answer.addresses).map(|&(address, _)| address).collect();
         let answered = Answered { policy: &policy, found: &found, ends, judged: &judged, started };
         let dns = DnsFlow { query, rcode, answers };
         self.context.flows.publish(answered, L7Flow { latency_ns: 0, http: None, dns: Some(dns) });
@@ -117,8 +110,9 @@ impl DnsProxy {
 
     /// Learns the addresses of an allowed answer, returning once the datapath knows them (or
     /// [`LEARN_TIMEOUT`] passed).
-    async fn learn(&self, response: &[u8]) {
-        let Some(written) = addresses_of(response).and_then(|answer| (self.context.learner)(answer)) else { return };
+    async fn learn(&self, reply: Option<&Reply>) {
+        let learnable = reply.filter(|r| r.rcode == ResponseCode::NoError && !r.answer.addresses.is_empty());
+        let Some(written) = learnable.and_then(|r| (self.context.learner)(r.answer.clone())) else { return };
         if timeout(LEARN_TIMEOUT, written.wait()).await.is_err() {
             warn!("DNS proxy: the agent did not write the learned addresses in time; answering anyway");
         }
@@ -160,12 +154,16 @@ impl DnsProxy {
     }
 }
 
-/// The names and addresses an answer gives; `None` when it gives none.
-fn addresses_of(response: &[u8]) -> Option<DnsAnswer> {
+/// An answer, read once for learning and for observers: its rcode, and the names and A
+/// addresses it gives.
+struct Reply {
+    rcode: ResponseCode,
+    answer: DnsAnswer,
+}
+
+/// `None` for what does not parse as a DNS message.
+fn reply_of(response: &[u8]) -> Option<Reply> {
     let message = Message::from_vec(response).ok()?;
-    if message.metadata.response_code != ResponseCode::NoError {
-        return None;
-    }
     let normal = |name: &hickory_proto::rr::Name| name.to_ascii().trim_end_matches('.').to_ascii_lowercase();
     let mut answer = DnsAnswer::default();
     answer.names.extend(message.queries.iter().map(|q| normal(q.name())));
@@ -179,7 +177,7 @@ fn addresses_of(response: &[u8]) -> Option<DnsAnswer> {
     }
     answer.names.sort_unstable();
     answer.names.dedup();
-    (!answer.addresses.is_empty()).then_some(answer)
+    Some(Reply { rcode: message.metadata.response_code, answer })
 }
 
 fn refused(query: &Message) -> Option<Vec<u8>> {
@@ -210,17 +208,16 @@ pub(super) async fn serve_udp(socket: UdpSocket, proxy: Arc<DnsProxy>) {
             let response = match decision {
                 Decision::Answer(response) => response,
                 Decision::Forward => match forward_udp(&query, ends).await {
-                    Ok(response) => {
-                        proxy.learn(&response).await;
-                        response
-                    }
+                    Ok(response) => response,
                     Err(e) => return debug!(client = %client, server = %destination, "DNS proxy upstream: {e}"),
                 },
             };
+            let reply = reply_of(&response);
+            proxy.learn(reply.as_ref()).await;
             if let Err(e) = proxy.answer_udp(destination, client, &response) {
                 debug!(client = %client, server = %destination, "DNS proxy: answer: {e}");
             }
-            proxy.answered(ends, seen, &response);
+            proxy.answered(ends, seen, reply.as_ref());
         });
     }
 }
@@ -246,18 +243,18 @@ pub(super) async fn serve_tcp(mut client: TcpStream, ends: Ends, sides: Sides, p
                     write_message(server, &query).await?;
                     read_message(server).await
                 };
-                let response = match timeout(UPSTREAM_TIMEOUT, exchanged).await {
+                match timeout(UPSTREAM_TIMEOUT, exchanged).await {
                     Ok(Ok(response)) => response,
                     _ => return debug!(client = %ends.client, server = %ends.destination, "DNS proxy upstream failed"),
-                };
-                proxy.learn(&response).await;
-                response
+                }
             }
         };
+        let reply = reply_of(&response);
+        proxy.learn(reply.as_ref()).await;
         if write_message(&mut client, &response).await.is_err() {
             return;
         }
-        proxy.answered(ends, seen, &response);
+        proxy.answered(ends, seen, reply.as_ref());
     }
 }
 
