@@ -71,10 +71,8 @@ pub(crate) fn established(
     // the pod's are steered to the proxy: then only the proxy's upstream socket is answered).
     // A TCP connection opened anew on the addresses takes its part in the proxy anew.
     let reopened = packet.protocol == PROTO_TCP && packet.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN;
-    let proxy_now = if from_proxy(ctx) {
-        CT_PROXY_UPSTREAM
-    } else if reopened {
-        if decision.steers() { CT_PROXY_STEERED } else { CT_PROXY_NONE }
+    let proxy_now = if reopened || from_proxy(ctx) {
+        opened_part(ctx, &decision)
     } else if proxy == CT_PROXY_UPSTREAM && !decision.steers() {
         CT_PROXY_NONE
     } else {
@@ -139,6 +137,19 @@ fn steering(decision: &CtDecision, proxy: u8, packet: &Packet) -> Steer {
     }
 }
 
+/// A connection's part in the proxy as it opens (`CT_PROXY_*`): the upstream's when the proxy
+/// sends it, steered when its decision redirects.
+#[inline(always)]
+fn opened_part(ctx: &TcContext, decision: &CtDecision) -> u8 {
+    if from_proxy(ctx) {
+        CT_PROXY_UPSTREAM
+    } else if decision.steers() {
+        CT_PROXY_STEERED
+    } else {
+        CT_PROXY_NONE
+    }
+}
+
 /// The first packet of a connection: judged, and tracked when it passes.
 #[inline(always)]
 pub(crate) fn opening(
@@ -150,13 +161,7 @@ pub(crate) fn opening(
 ) -> i32 {
     counters.connections += 1;
     let (decision, _) = judge(config, seen.version, seen.direction, packet);
-    let proxy = if from_proxy(ctx) {
-        CT_PROXY_UPSTREAM
-    } else if decision.steers() {
-        CT_PROXY_STEERED
-    } else {
-        CT_PROXY_NONE
-    };
+    let proxy = opened_part(ctx, &decision);
     if decision.passes() {
         let expires = seen.now.wrapping_add(lifetime(0, packet));
         let entry = CtEntry { opened_by: seen.sender, closing: 0, denied: 0, proxy, expires, decision };

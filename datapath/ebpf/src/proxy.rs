@@ -2,8 +2,9 @@
 //! packet keeps its addresses, gets [`MARK_TO_PROXY`] (policy routing delivers it locally), and
 //! a SYN is assigned to the proxy's transparent listener (`bpf_sk_assign`); the kernel finds
 //! the connection's socket for every later packet by its addresses. A packet of a connection
-//! the proxy does not hold goes to the listener too ([`Steer::Reset`]), which resets it. Every UDP datagram (a DNS
-//! query) is assigned to the proxy's UDP socket, which reads where it was sent.
+//! the proxy does not hold goes to the listener too ([`Steer::Reset`]), which resets it. Every
+//! UDP datagram (a DNS query) is assigned to the proxy's UDP socket, which reads where it was
+//! sent.
 //!
 //! `bpf_sk_assign` works only at tc ingress. So:
 //! - egress (a pod's connection out, judged at its host-side veth's ingress, `from_endpoint`)
