@@ -386,8 +386,8 @@ fn http_load_figures(bench: &mut Bench) {
     println!("http_load_connections: {LOAD_CONNECTIONS} connections");
     println!("l4_http_rps: {:.0} /s", l4.rps());
     println!("l7_http_rps: {:.0} /s", l7.rps());
-    println!("l7_http_proxy_cpu_cores: {:.2} cores", l7.proxy_cpu.as_secs_f64() / l7.wall.as_secs_f64());
-    println!("l7_http_rps_per_core: {:.0} /s", l7.requests as f64 / l7.proxy_cpu.as_secs_f64());
+    println!("l7_http_proxy_cpu_cores: {:.2} cores", l7.proxy_cores());
+    println!("l7_http_rps_per_core: {:.0} /s", l7.per_proxy_core());
 }
 
 /// The DNS throughput arms: the baseline's (already enforced after the HTTP ones), then the
@@ -400,8 +400,8 @@ fn dns_load_figures(bench: &mut Bench) {
     println!("dns_load_clients: {DNS_CLIENTS} clients");
     println!("dns_direct_qps: {:.0} /s", direct.rps());
     println!("dns_proxy_qps: {:.0} /s", proxy.rps());
-    println!("dns_proxy_cpu_cores: {:.2} cores", proxy.proxy_cpu.as_secs_f64() / proxy.wall.as_secs_f64());
-    println!("dns_proxy_qps_per_core: {:.0} /s", proxy.requests as f64 / proxy.proxy_cpu.as_secs_f64());
+    println!("dns_proxy_cpu_cores: {:.2} cores", proxy.proxy_cores());
+    println!("dns_proxy_qps_per_core: {:.0} /s", proxy.per_proxy_core());
     println!("dns_direct_unanswered: {} queries", direct.unanswered);
     println!("dns_proxy_unanswered: {} queries", proxy.unanswered);
 }
@@ -625,6 +625,16 @@ struct Load {
 impl Load {
     fn rps(&self) -> f64 {
         self.requests as f64 / self.wall.as_secs_f64()
+    }
+
+    /// Cores of the proxy's CPU time over the run's wall time.
+    fn proxy_cores(&self) -> f64 {
+        self.proxy_cpu.as_secs_f64() / self.wall.as_secs_f64()
+    }
+
+    /// Requests answered per second of one core of proxy CPU.
+    fn per_proxy_core(&self) -> f64 {
+        self.requests as f64 / self.proxy_cpu.as_secs_f64()
     }
 }
 
