@@ -16,7 +16,7 @@ mod pins;
 
 use std::{
     ffi::{CStr, CString},
-    net::Ipv4Addr,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
     path::{Path, PathBuf},
     time::Duration,
 };
@@ -95,10 +95,54 @@ pub struct Flow {
 
 type PolicySlot = LpmTrie<MapData, PolicyMatch, PolicyValue>;
 
+/// An endpoint's addresses, at most one per family: the only sources its packets may carry
+/// (IPv6 neighbor discovery aside). A family without one sends nothing the program passes.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct EndpointAddrs {
+    pub v4: Option<Ipv4Addr>,
+    pub v6: Option<Ipv6Addr>,
+}
+
+impl From<Ipv4Addr> for EndpointAddrs {
+    fn from(v4: Ipv4Addr) -> Self {
+        EndpointAddrs { v4: Some(v4), v6: None }
+    }
+}
+
+impl From<Ipv6Addr> for EndpointAddrs {
+    fn from(v6: Ipv6Addr) -> Self {
+        EndpointAddrs { v4: None, v6: Some(v6) }
+    }
+}
+
+/// The first address of each family (a pod's `status.podIPs`).
+impl FromIterator<IpAddr> for EndpointAddrs {
+    fn from_iter<I: IntoIterator<Item = IpAddr>>(addrs: I) -> Self {
+        let mut endpoint = EndpointAddrs::default();
+        for addr in addrs {
+            match addr {
+                IpAddr::V4(v4) => _ = endpoint.v4.get_or_insert(v4),
+                IpAddr::V6(v6) => _ = endpoint.v6.get_or_insert(v6),
+            }
+        }
+        endpoint
+    }
+}
+
+impl EndpointAddrs {
+    /// In the config's layout: network order, zero for none.
+    fn words(&self) -> (u32, palisade_common::Ipv6Words) {
+        let v4 = self.v4.map_or(0, |v4| u32::from_ne_bytes(v4.octets()));
+        let v6 = self.v6.map_or([0; 4], |v6| palisade_common::event_words(IpAddr::V6(v6)));
+        (v4, v6)
+    }
+}
+
 /// Handle on the pinned datapath of one node.
 pub struct Datapath {
     pins: Pins,
     ipcache: LpmTrie<MapData, u32, u32>,
+    ipcache6: LpmTrie<MapData, [u8; 16], u32>,
     /// ifindex -> config of attached endpoints: what the program reads.
     endpoints: HashMap<MapData, u32, EndpointConfig>,
     /// Endpoint id -> config of every endpoint: the record.
@@ -140,6 +184,7 @@ impl Datapath {
         }
         Ok(Datapath {
             ipcache: pins.map("IPCACHE")?,
+            ipcache6: pins.map("IPCACHE6")?,
             endpoints: pins.map("ENDPOINTS")?,
             endpoint_config,
             used_indexes,
@@ -166,17 +211,17 @@ impl Datapath {
     }
 
     /// Attaches the program to both tc hooks (TCX) of `ifname`, the host side of the endpoint's
-    /// interface; `addr` is the endpoint's address, the only source its IPv4 packets may carry.
+    /// interface; `addrs` are the endpoint's addresses, the only sources its packets may carry.
     /// An endpoint exists from its first `load_slot` or `attach` and enforces slot A (empty:
     /// deny all) until told otherwise, so load its policy first. Attaching an attached endpoint
     /// to the same interface is a no-op.
-    pub fn attach(&mut self, endpoint: EndpointId, ifname: &str, addr: Ipv4Addr) -> Result<()> {
+    pub fn attach(&mut self, endpoint: EndpointId, ifname: &str, addrs: impl Into<EndpointAddrs>) -> Result<()> {
         let ifindex =
             ifindex(ifname).map_err(|source| Error::Interface { ifname: ifname.to_owned(), endpoint, source })?;
-        let addr_be = u32::from_ne_bytes(addr.octets());
+        let (addr_be, addr6) = addrs.into().words();
         if self.pins.link_pinned(endpoint) {
             return match self.config(endpoint) {
-                Ok(config) if config.ifindex == ifindex && config.addr_be == addr_be => Ok(()),
+                Ok(config) if config.ifindex == ifindex && config.addr_be == addr_be && config.addr6 == addr6 => Ok(()),
                 _ => Err(Error::AlreadyAttached { endpoint }),
             };
         }
@@ -188,6 +233,7 @@ impl Datapath {
         }
         config.ifindex = ifindex;
         config.addr_be = addr_be;
+        config.addr6 = addr6;
         self.write_config(config)?;
         self.endpoint_ifindex.set(config.index, ifindex, 0).map_err(map_error("ENDPOINT_IFINDEX", endpoint))?;
         self.bump_version()?;
@@ -291,33 +337,38 @@ impl Datapath {
         })
     }
 
-    /// Maps `addr/prefix_len` to `identity`. Addresses without a matching prefix are "world".
-    /// Established connections are judged again on their next forward packet.
-    pub fn set_ipcache(&mut self, addr: Ipv4Addr, prefix_len: u8, identity: u32) -> Result<()> {
-        self.ipcache.insert(&ipcache_key(addr, prefix_len), identity, 0).map_err(|source| Error::Map {
-            map: "IPCACHE",
-            endpoint: None,
-            source,
-        })?;
+    /// Maps `addr/prefix_len` (either family) to `identity`. Addresses without a matching prefix
+    /// are "world" (`world-ipv6` for IPv6). Established connections are judged again on their
+    /// next forward packet.
+    pub fn set_ipcache(&mut self, addr: impl Into<IpAddr>, prefix_len: u8, identity: u32) -> Result<()> {
+        match addr.into() {
+            IpAddr::V4(v4) => self.ipcache.insert(&ipcache_key(v4, prefix_len), identity, 0),
+            IpAddr::V6(v6) => self.ipcache6.insert(&ipcache6_key(v6, prefix_len), identity, 0),
+        }
+        .map_err(ipcache_error)?;
         self.bump_version()
     }
 
     /// The identity the program finds for `addr/prefix_len`: the longest ipcache prefix that
     /// covers it, as a packet's lookup finds it; `None` for "world" (no prefix covers it).
-    pub fn ipcache_identity(&self, addr: Ipv4Addr, prefix_len: u8) -> Result<Option<u32>> {
-        match self.ipcache.get(&ipcache_key(addr, prefix_len), 0) {
+    pub fn ipcache_identity(&self, addr: impl Into<IpAddr>, prefix_len: u8) -> Result<Option<u32>> {
+        let found = match addr.into() {
+            IpAddr::V4(v4) => self.ipcache.get(&ipcache_key(v4, prefix_len), 0),
+            IpAddr::V6(v6) => self.ipcache6.get(&ipcache6_key(v6, prefix_len), 0),
+        };
+        match found {
             Ok(identity) => Ok(Some(identity)),
             Err(MapError::KeyNotFound) => Ok(None),
-            Err(source) => Err(Error::Map { map: "IPCACHE", endpoint: None, source }),
+            Err(source) => Err(ipcache_error(source)),
         }
     }
 
-    pub fn remove_ipcache(&mut self, addr: Ipv4Addr, prefix_len: u8) -> Result<()> {
-        ignore_missing(self.ipcache.remove(&ipcache_key(addr, prefix_len))).map_err(|source| Error::Map {
-            map: "IPCACHE",
-            endpoint: None,
-            source,
-        })?;
+    pub fn remove_ipcache(&mut self, addr: impl Into<IpAddr>, prefix_len: u8) -> Result<()> {
+        ignore_missing(match addr.into() {
+            IpAddr::V4(v4) => self.ipcache.remove(&ipcache_key(v4, prefix_len)),
+            IpAddr::V6(v6) => self.ipcache6.remove(&ipcache6_key(v6, prefix_len)),
+        })
+        .map_err(ipcache_error)?;
         self.bump_version()
     }
 
@@ -512,7 +563,6 @@ impl Datapath {
             sum.replies += cpu.replies;
             sum.unenforced += cpu.unenforced;
             sum.events_lost += cpu.events_lost;
-            sum.ipv6_dropped += cpu.ipv6_dropped;
             sum.invalid_source += cpu.invalid_source;
             sum.unjudged += cpu.unjudged;
             sum.connections += cpu.connections;
@@ -759,6 +809,14 @@ fn policy_key(key: &PolicyKey) -> Key<PolicyMatch> {
 
 fn ipcache_key(addr: Ipv4Addr, prefix_len: u8) -> Key<u32> {
     Key::new(prefix_len.min(32) as u32, u32::from_ne_bytes(addr.octets()))
+}
+
+fn ipcache6_key(addr: Ipv6Addr, prefix_len: u8) -> Key<[u8; 16]> {
+    Key::new(prefix_len.min(128) as u32, addr.octets())
+}
+
+fn ipcache_error(source: MapError) -> Error {
+    Error::Map { map: "IPCACHE", endpoint: None, source }
 }
 
 fn ifindex(ifname: &str) -> std::io::Result<u32> {

@@ -11,14 +11,15 @@ use sha2::{Digest, Sha256};
 
 use aya::{
     Ebpf,
-    maps::{Map, MapData, MapError},
+    maps::{Map, MapData, MapError, ProgramArray},
     programs::{SchedClassifier, links::FdLink},
 };
 
 use crate::{EndpointId, Error, Result};
 
-const MAPS: [&str; 17] = [
+const MAPS: [&str; 23] = [
     "IPCACHE",
+    "IPCACHE6",
     "ENDPOINTS",
     "ENDPOINT_CONFIG",
     "ENDPOINT_IFINDEX",
@@ -29,8 +30,13 @@ const MAPS: [&str; 17] = [
     "VERDICT_CACHE",
     "POLICY_SLOTS",
     "CONNTRACK",
+    "CONNTRACK6",
     "FAST_FLOWS",
+    "FAST_FLOWS6",
     "FRAGMENTS",
+    "FRAGMENTS6",
+    "PACKET6",
+    IPV6_PROGRAMS,
     "FLOWS",
     "COUNTERS",
     "EVENTS",
@@ -38,9 +44,32 @@ const MAPS: [&str; 17] = [
 ];
 /// The programs attached to every endpoint (`deferred_egress` also to node interfaces' egress).
 const ENDPOINT_PROGRAMS: [&str; 3] = ["from_endpoint", "to_endpoint", DEFERRED_EGRESS];
+/// The IPv6 programs, by their slot in `IPV6_PROGRAMS` (`IPV6_PROGRAM_*`): the IPv4 programs
+/// hand them IPv6 packets; they are attached nowhere.
+const IPV6_PROGRAM_SLOTS: [(&str, u32); 6] = [
+    ("from_endpoint_v6", palisade_common::IPV6_PROGRAM_FROM_ENDPOINT),
+    ("to_endpoint_v6", palisade_common::IPV6_PROGRAM_TO_ENDPOINT),
+    ("deferred_egress_v6", palisade_common::IPV6_PROGRAM_DEFERRED_EGRESS),
+    ("from_endpoint_v6_verdict", palisade_common::IPV6_PROGRAM_FROM_ENDPOINT_VERDICT),
+    ("to_endpoint_v6_verdict", palisade_common::IPV6_PROGRAM_TO_ENDPOINT_VERDICT),
+    ("deferred_egress_v6_verdict", palisade_common::IPV6_PROGRAM_DEFERRED_EGRESS_VERDICT),
+];
+const IPV6_PROGRAMS: &str = "IPV6_PROGRAMS";
 /// Every program (`from_network` goes to node interfaces' ingress), pinned in this order, so
-/// the last one marks a complete pin directory.
-const PROGRAMS: [&str; 4] = [FROM_NETWORK, "from_endpoint", "to_endpoint", DEFERRED_EGRESS];
+/// the last one marks a complete pin directory: the IPv6 programs first, so no IPv4 program is
+/// pinned before they are in its table.
+const PROGRAMS: [&str; 10] = [
+    IPV6_PROGRAM_SLOTS[0].0,
+    IPV6_PROGRAM_SLOTS[1].0,
+    IPV6_PROGRAM_SLOTS[2].0,
+    IPV6_PROGRAM_SLOTS[3].0,
+    IPV6_PROGRAM_SLOTS[4].0,
+    IPV6_PROGRAM_SLOTS[5].0,
+    FROM_NETWORK,
+    "from_endpoint",
+    "to_endpoint",
+    DEFERRED_EGRESS,
+];
 pub(crate) const DEFERRED_EGRESS: &str = "deferred_egress";
 pub(crate) const FROM_NETWORK: &str = "from_network";
 
@@ -98,11 +127,19 @@ impl Pins {
             let path = self.map_path(name);
             map.pin(&path).map_err(|source| Error::Pin { path, source })?;
         }
+        let map_error = |source| Error::Map { map: IPV6_PROGRAMS, endpoint: None, source };
+        let mut ipv6_programs =
+            ProgramArray::try_from(ebpf.take_map(IPV6_PROGRAMS).ok_or(Error::MissingInObject(IPV6_PROGRAMS))?)
+                .map_err(map_error)?;
         for name in PROGRAMS {
             let program_error = |source| Error::Program { program: name, endpoint: None, source };
             let program: &mut SchedClassifier =
                 ebpf.program_mut(name).ok_or(Error::MissingInObject(name))?.try_into().map_err(program_error)?;
             program.load().map_err(program_error)?;
+            if let Some(&(_, slot)) = IPV6_PROGRAM_SLOTS.iter().find(|(program, _)| *program == name) {
+                let fd = program.fd().map_err(program_error)?;
+                ipv6_programs.set(slot, fd, 0).map_err(map_error)?;
+            }
             let path = self.program_path(name);
             program.pin(&path).map_err(|source| Error::Pin { path, source })?;
         }

@@ -5,7 +5,7 @@ mod support;
 use std::net::{Ipv4Addr, TcpStream};
 
 use palisade_common::*;
-use palisade_datapath::{Datapath, Hook, Mode, Slot};
+use palisade_datapath::{Datapath, Slot};
 use support::*;
 
 const CIDR_IDENTITY: u32 = IDENTITY_CIDR_BASE | 1;
@@ -208,38 +208,5 @@ fn ipcache_change_rejudges_an_established_connection() {
     // And back to the client identity.
     datapath.set_ipcache(client.addr, 32, identity(0)).unwrap();
     assert!(tcp_ok(&client.ns, topology.endpoints[1].addr, 80), "allowed again under the old identity");
-    datapath.destroy().unwrap();
-}
-
-/// An Ethernet frame carrying IPv6 with `next_header` and 8 payload bytes starting with `first`.
-fn ipv6_frame(next_header: u8, first: u8) -> Vec<u8> {
-    let mut frame = vec![0u8; 14 + 40 + 8];
-    frame[12..14].copy_from_slice(&0x86ddu16.to_be_bytes());
-    frame[14] = 0x60;
-    frame[14 + 5] = 8; // payload length
-    frame[14 + 6] = next_header;
-    frame[14 + 7] = 255;
-    frame[54] = first;
-    frame
-}
-
-#[test]
-fn ipv6_gets_neighbor_discovery_only_until_it_has_policy() {
-    let topology = Topology::new("pd6", 1, false, 60);
-    let _inside = InNetns::enter(&topology.node);
-    let mut datapath = topology.datapath();
-    datapath.load_slot(0, Slot::A, &[allow_all(Direction::Ingress, 1)]).unwrap();
-    datapath.attach(0, &topology.endpoints[0].host_if, topology.endpoints[0].addr).unwrap();
-    let ifindex = if_index(&topology.endpoints[0].host_if);
-    let run =
-        |datapath: &Datapath, frame: &[u8]| datapath.run_frame(Hook::ToEndpoint, ifindex, frame, 1).unwrap().passed;
-    let neighbor_solicitation = ipv6_frame(PROTO_ICMPV6, 135);
-    let echo_request = ipv6_frame(PROTO_ICMPV6, 128);
-    let udp = ipv6_frame(PROTO_UDP, 0);
-    assert!(run(&datapath, &neighbor_solicitation), "neighbor discovery passes");
-    assert!(!run(&datapath, &echo_request) && !run(&datapath, &udp), "other IPv6 cannot bypass the IPv4 policy");
-    assert!(datapath.counters(0).unwrap().ipv6_dropped >= 2);
-    datapath.set_mode(0, Mode::Audit).unwrap();
-    assert!(run(&datapath, &udp), "audit mode lets IPv6 through");
     datapath.destroy().unwrap();
 }

@@ -185,9 +185,8 @@ fn a_candidate_is_compared_on_the_backend_and_events_name_the_service() {
         seen.iter().any(|e| e.flow.endpoint == 0 && e.flow.dport == 8080)
     });
     let event = seen.iter().find(|e| e.flow.endpoint == 0 && e.flow.dport == 8080).expect("an event for the new flow");
-    assert_eq!(Ipv4Addr::from(u32::from_be(event.service_addr_be)), CLUSTER_IP, "{event:?}");
-    assert_eq!(event.service_port, 80, "{event:?}");
-    assert_eq!(Ipv4Addr::from(u32::from_be(event.daddr_be)), e3.addr, "the backend: {event:?}");
+    assert_eq!(event.service(), Some((CLUSTER_IP.into(), 80)), "{event:?}");
+    assert_eq!(event.destination(), e3.addr, "the backend: {event:?}");
     datapath.destroy().unwrap();
 }
 

@@ -100,7 +100,7 @@ fn candidate_differences_are_counted_while_the_enforced_policy_decides() {
     assert_eq!(event_flows, vec![(1, 8081), (1, 8082), (2, 5000)]);
     let event = received.iter().find(|e| e.flow.dport == 8082).unwrap();
     assert_eq!((event.enforced_cookie, event.candidate_cookie), (12, 22));
-    assert_eq!(event.daddr_be, u32::from_ne_bytes(server.addr.octets()));
+    assert_eq!(event.destination(), server.addr);
 
     datapath.clear_flows().unwrap();
     assert!(datapath.flows().unwrap().is_empty());

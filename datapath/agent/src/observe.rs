@@ -4,7 +4,7 @@
 //! `GET /flows` ([`router`], [`UnixServer`]).
 use std::collections::{BTreeMap, VecDeque};
 use std::convert::Infallible;
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
@@ -49,7 +49,8 @@ impl FlowVerdict {
 #[serde_with::skip_serializing_none]
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FlowPeer {
-    pub ip: Ipv4Addr,
+    /// RFC 5952 form for IPv6.
+    pub ip: IpAddr,
     pub namespace: Option<String>,
     pub pod: Option<String>,
     pub workload: Option<String>,
@@ -64,7 +65,7 @@ pub struct FlowPeer {
 impl Default for FlowPeer {
     fn default() -> Self {
         FlowPeer {
-            ip: Ipv4Addr::UNSPECIFIED,
+            ip: Ipv4Addr::UNSPECIFIED.into(),
             namespace: None,
             pod: None,
             workload: None,
@@ -99,7 +100,7 @@ impl FlowPeer {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FlowService {
     /// The ClusterIP and port the source connected to.
-    pub ip: Ipv4Addr,
+    pub ip: IpAddr,
     pub port: u16,
     /// The Service that has the ClusterIP, when the agent knows it.
     pub namespace: Option<String>,
@@ -107,11 +108,11 @@ pub struct FlowService {
 }
 
 impl FlowService {
-    /// `shop/api:8080`, else `10.96.0.10:8080`.
+    /// `shop/api:8080`, else `10.96.0.10:8080` (`[fd00::10]:8080`).
     pub fn name(&self) -> String {
         match (&self.namespace, &self.name) {
             (Some(namespace), Some(name)) => format!("{namespace}/{name}:{}", self.port),
-            _ => format!("{}:{}", self.ip, self.port),
+            _ => SocketAddr::new(self.ip, self.port).to_string(),
         }
     }
 }
@@ -460,7 +461,7 @@ impl Default for FlowHub {
 pub(crate) fn describe(view: &NodeView, event: &FlowEvent, now: Timestamp) -> ObservedFlow {
     let key = &event.flow;
     let ingress = key.direction() == Direction::Ingress;
-    let (saddr, daddr) = (Ipv4Addr::from(u32::from_be(event.saddr_be)), Ipv4Addr::from(u32::from_be(event.daddr_be)));
+    let (saddr, daddr) = (event.source(), event.destination());
     let (local_ip, peer_ip) = if ingress { (daddr, saddr) } else { (saddr, daddr) };
     let pod = view.pod(key.endpoint).cloned();
     let compiled = view.compiled;
@@ -481,15 +482,15 @@ pub(crate) fn describe(view: &NodeView, event: &FlowEvent, now: Timestamp) -> Ob
         None => FlowPeer { ip: peer_ip, identity: key.identity, ..FlowPeer::default() },
     };
     let (source, destination) = if ingress { (peer, local) } else { (local, peer) };
-    let service = (event.service_addr_be != 0).then(|| {
-        let ip = Ipv4Addr::from(u32::from_be(event.service_addr_be));
-        let known = compiled.and_then(|c| c.enforced.cluster.services.iter().find(|s| s.cluster_ips.contains(&ip)));
-        FlowService {
-            ip,
-            port: event.service_port,
-            namespace: known.map(|s| s.namespace.clone()),
-            name: known.map(|s| s.name.clone()),
-        }
+    let service = event.service().map(|(ip, port)| {
+        let known = compiled.and_then(|c| {
+            c.enforced
+                .cluster
+                .services
+                .iter()
+                .find(|s| s.cluster_ips.iter().any(|&cluster_ip| IpAddr::from(cluster_ip) == ip))
+        });
+        FlowService { ip, port, namespace: known.map(|s| s.namespace.clone()), name: known.map(|s| s.name.clone()) }
     });
     let reason = key.drop_reason();
     let denies = reason.is_some();
@@ -570,7 +571,7 @@ fn unjudged_by(reason: dp::DropReason) -> Option<&'static str> {
         UnknownL3 => Some("fail closed (not ARP, IPv4 or IPv6)"),
         FragmentUnknown => Some("fail closed (a fragment whose first fragment was not seen)"),
         IcmpUnrelated => Some("fail closed (an ICMP error about no tracked connection)"),
-        Ipv6Unsupported => Some("fail closed (no IPv6 policy yet)"),
+        Ipv6ExtLimit => Some("fail closed (more IPv6 extension headers than the datapath walks)"),
         Malformed => Some("fail closed (a malformed header)"),
         ServiceUntranslated => Some("fail closed (a Service port kube-proxy did not translate)"),
     }
@@ -587,8 +588,8 @@ pub(crate) fn decided_by(engine: &CompiledPolicy, cookie: u32) -> DecidedBy {
 }
 
 /// A peer by its address when it is a known pod, else by its identity.
-pub(crate) fn peer(engine: &CompiledPolicy, ip: Ipv4Addr, identity: u32) -> FlowPeer {
-    if let Some(pod) = engine.cluster.pods.iter().find(|p| p.ip == Some(ip) && !p.host_network) {
+pub(crate) fn peer(engine: &CompiledPolicy, ip: IpAddr, identity: u32) -> FlowPeer {
+    if let Some(pod) = engine.cluster.pods.iter().find(|p| p.ip.map(IpAddr::from) == Some(ip) && !p.host_network) {
         return FlowPeer {
             ip,
             namespace: Some(pod.namespace.clone()),

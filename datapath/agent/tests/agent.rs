@@ -416,13 +416,14 @@ fn ingress_event(agent: &TestAgent, from: &str, to: &str, port: u16, verdicts: [
             mode: dp::MODE_ENFORCE,
             reason: dp::verdict_drop_reason(enforced_verdict),
         },
-        saddr_be: u32::from(ip(from)).to_be(),
-        daddr_be: u32::from(ip(to)).to_be(),
+        saddr: dp::event_words(ip(from).into()),
+        daddr: dp::event_words(ip(to).into()),
         enforced_cookie,
         candidate_cookie,
-        service_addr_be: 0,
+        service_addr: [0; 4],
         service_port: 0,
         _pad: 0,
+        _pad2: 0,
         timestamp_ns: 0,
     }
 }

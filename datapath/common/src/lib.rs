@@ -31,6 +31,7 @@ pub const IDENTITY_INIT: u32 = 5;
 pub const IDENTITY_REMOTE_NODE: u32 = 6;
 pub const IDENTITY_KUBE_APISERVER: u32 = 7;
 pub const IDENTITY_INGRESS: u32 = 8;
+pub const IDENTITY_WORLD_IPV6: u32 = 10;
 /// A Service's ClusterIP. Not a peer policy can name: the source's egress to it is judged after
 /// kube-proxy has translated it to a backend, at the hook the translated packet reaches (the
 /// backend's host-side veth, or the interface it leaves the node by). The source's hook defers
@@ -252,7 +253,7 @@ pub const DROP_INVALID_SOURCE: u8 = 3;
 pub const DROP_UNKNOWN_L3: u8 = 4;
 pub const DROP_FRAGMENT_UNKNOWN: u8 = 5;
 pub const DROP_ICMP_UNRELATED: u8 = 6;
-pub const DROP_IPV6_UNSUPPORTED: u8 = 7;
+pub const DROP_IPV6_EXT_LIMIT: u8 = 7;
 pub const DROP_MALFORMED: u8 = 8;
 pub const DROP_SERVICE_UNTRANSLATED: u8 = 9;
 
@@ -275,14 +276,15 @@ pub enum DropReason {
     L7Unsupported,
     /// The packet left an endpoint carrying an address that is not the endpoint's.
     InvalidSource,
-    /// Neither ARP, IPv4 nor IPv6.
+    /// Neither ARP, IPv4 nor IPv6 (or IPv6 on a node whose IPv6 program is missing).
     UnknownL3,
     /// A non-first IP fragment whose first fragment was not seen: its ports are unknown.
     FragmentUnknown,
     /// An ICMP error that relates to no tracked connection.
     IcmpUnrelated,
-    /// IPv6 other than neighbour discovery, which has no policy yet.
-    Ipv6Unsupported,
+    /// An IPv6 packet with more extension headers than the program walks: its upper layer is
+    /// out of reach.
+    Ipv6ExtLimit,
     /// A header too short or inconsistent to judge.
     Malformed,
     /// A packet to a Service's ClusterIP left the node untranslated (no kube-proxy rule for
@@ -298,7 +300,7 @@ impl DropReason {
         DropReason::UnknownL3,
         DropReason::FragmentUnknown,
         DropReason::IcmpUnrelated,
-        DropReason::Ipv6Unsupported,
+        DropReason::Ipv6ExtLimit,
         DropReason::Malformed,
         DropReason::ServiceUntranslated,
     ];
@@ -312,7 +314,7 @@ impl DropReason {
             DROP_UNKNOWN_L3 => Some(DropReason::UnknownL3),
             DROP_FRAGMENT_UNKNOWN => Some(DropReason::FragmentUnknown),
             DROP_ICMP_UNRELATED => Some(DropReason::IcmpUnrelated),
-            DROP_IPV6_UNSUPPORTED => Some(DropReason::Ipv6Unsupported),
+            DROP_IPV6_EXT_LIMIT => Some(DropReason::Ipv6ExtLimit),
             DROP_MALFORMED => Some(DropReason::Malformed),
             DROP_SERVICE_UNTRANSLATED => Some(DropReason::ServiceUntranslated),
             _ => None,
@@ -327,7 +329,7 @@ impl DropReason {
             DropReason::UnknownL3 => DROP_UNKNOWN_L3,
             DropReason::FragmentUnknown => DROP_FRAGMENT_UNKNOWN,
             DropReason::IcmpUnrelated => DROP_ICMP_UNRELATED,
-            DropReason::Ipv6Unsupported => DROP_IPV6_UNSUPPORTED,
+            DropReason::Ipv6ExtLimit => DROP_IPV6_EXT_LIMIT,
             DropReason::Malformed => DROP_MALFORMED,
             DropReason::ServiceUntranslated => DROP_SERVICE_UNTRANSLATED,
         }
@@ -342,7 +344,7 @@ impl DropReason {
             DropReason::UnknownL3 => "unknown-l3",
             DropReason::FragmentUnknown => "fragment-unknown",
             DropReason::IcmpUnrelated => "icmp-unrelated",
-            DropReason::Ipv6Unsupported => "ipv6-unsupported",
+            DropReason::Ipv6ExtLimit => "ipv6-ext-limit",
             DropReason::Malformed => "malformed",
             DropReason::ServiceUntranslated => "service-untranslated",
         }
@@ -460,6 +462,9 @@ pub struct EndpointConfig {
     /// The endpoint's IPv4 address (big-endian; 0: none). Every IPv4 packet leaving the
     /// endpoint must carry it as its source.
     pub addr_be: u32,
+    /// The endpoint's IPv6 address (network order; all zero: none), the only source its IPv6
+    /// packets may carry besides link-local neighbor discovery.
+    pub addr6: Ipv6Words,
     pub mode: u8,
     pub _pad: [u8; 3],
     pub by_epoch: [SlotSelection; 2],
@@ -482,6 +487,16 @@ pub const NODE_STATE_GENERATION: u32 = 1;
 pub const NODE_STATE_VERSION: u32 = 2;
 pub const NODE_STATE_PROXY_PORT: u32 = 3;
 pub const NODE_STATE_ENTRIES: u32 = 4;
+
+/// The IPv6 programs' slots in `IPV6_PROGRAMS`: by the IPv4 program that hands them packets,
+/// the programs that read the packet, then the programs they hand it to for the verdict.
+pub const IPV6_PROGRAM_FROM_ENDPOINT: u32 = 0;
+pub const IPV6_PROGRAM_TO_ENDPOINT: u32 = 1;
+pub const IPV6_PROGRAM_DEFERRED_EGRESS: u32 = 2;
+pub const IPV6_PROGRAM_FROM_ENDPOINT_VERDICT: u32 = 3;
+pub const IPV6_PROGRAM_TO_ENDPOINT_VERDICT: u32 = 4;
+pub const IPV6_PROGRAM_DEFERRED_EGRESS_VERDICT: u32 = 5;
+pub const IPV6_PROGRAM_COUNT: u32 = 6;
 
 /// Capacity of the slot write sequences (`SLOT_WRITES`): two per counter index.
 pub const SLOT_WRITES_ENTRIES: u32 = MAX_ENDPOINTS * 2;
@@ -587,17 +602,105 @@ pub struct SlotKey {
     pub slot: u32,
 }
 
+/// An IPv6 address as the program reads it: four words in network byte order.
+pub type Ipv6Words = [u32; 4];
+
+/// An address of one family as the program reads it from a packet, in network byte order: an
+/// IPv4 `u32` or an IPv6 [`Ipv6Words`]. Conntrack and the fast-flow cache are kept per family,
+/// so an IPv4 connection pays for no IPv6 bytes.
+pub trait Address: Copy + PartialEq {
+    /// The all-zero address.
+    const UNSPECIFIED: Self;
+    /// A total order, the same from both ends of a connection (not numeric order).
+    fn precedes(self, other: Self) -> bool;
+    /// The address folded into 64 bits, for hashing.
+    fn fold(self) -> u64;
+    /// As an IPv6 address (IPv4 mapped, `::ffff:a.b.c.d`): how flow events carry both families.
+    fn mapped(self) -> Ipv6Words;
+}
+
+/// The third word of an IPv4-mapped IPv6 address (`::ffff:0:0/96`) as the program stores it.
+pub const IPV4_MAPPED_WORD: u32 = u32::from_ne_bytes([0, 0, 0xff, 0xff]);
+
+impl Address for u32 {
+    const UNSPECIFIED: u32 = 0;
+
+    #[inline(always)]
+    fn precedes(self, other: u32) -> bool {
+        self < other
+    }
+
+    #[inline(always)]
+    fn fold(self) -> u64 {
+        self as u64
+    }
+
+    #[inline(always)]
+    fn mapped(self) -> Ipv6Words {
+        [0, 0, IPV4_MAPPED_WORD, self]
+    }
+}
+
+impl Address for Ipv6Words {
+    const UNSPECIFIED: Ipv6Words = [0; 4];
+
+    /// Word by word, written out: no loop or slice comparison for the verifier.
+    #[inline(always)]
+    fn precedes(self, other: Ipv6Words) -> bool {
+        if self[0] != other[0] {
+            self[0] < other[0]
+        } else if self[1] != other[1] {
+            self[1] < other[1]
+        } else if self[2] != other[2] {
+            self[2] < other[2]
+        } else {
+            self[3] < other[3]
+        }
+    }
+
+    #[inline(always)]
+    fn fold(self) -> u64 {
+        const P: u64 = 0x9e37_79b9_7f4a_7c15;
+        ((self[0] as u64 | (self[1] as u64) << 32).wrapping_mul(P)) ^ (self[2] as u64 | (self[3] as u64) << 32)
+    }
+
+    #[inline(always)]
+    fn mapped(self) -> Ipv6Words {
+        self
+    }
+}
+
+/// The address a flow event carries ([`Address::mapped`]), as users read it: IPv4-mapped
+/// addresses as IPv4.
+pub fn event_address(words: Ipv6Words) -> core::net::IpAddr {
+    let mut bytes = [0u8; 16];
+    for (chunk, word) in bytes.chunks_exact_mut(4).zip(words) {
+        chunk.copy_from_slice(&word.to_ne_bytes());
+    }
+    core::net::Ipv6Addr::from(bytes).to_canonical()
+}
+
+/// [`Address::mapped`] of a user's address: what the program would write for it.
+pub fn event_words(addr: core::net::IpAddr) -> Ipv6Words {
+    let bytes = match addr {
+        core::net::IpAddr::V4(v4) => v4.to_ipv6_mapped().octets(),
+        core::net::IpAddr::V6(v6) => v6.octets(),
+    };
+    let word = |i: usize| u32::from_ne_bytes([bytes[i], bytes[i + 1], bytes[i + 2], bytes[i + 3]]);
+    [word(0), word(4), word(8), word(12)]
+}
+
 /// A connection as tracked on one endpoint's interface (by ifindex: a packet finds its
-/// connection before its endpoint's config, see [`CtDecision`]). Its two ends are ordered (lower
-/// address, then port, first) so that both directions find the same entry with one lookup; the
-/// value is a [`CtEntry`]. Ports are host order; for ICMP echo the id stands in for the
-/// requester's port.
+/// connection before its endpoint's config, see [`CtDecision`]). Its two ends are ordered
+/// ([`Address::precedes`], then port) so that both directions find the same entry with one
+/// lookup; the value is a [`CtEntry`]. Ports are host order; for ICMP echo the id stands in for
+/// the requester's port. `A` is the family's address: IPv4 by default.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub struct CtKey {
+pub struct CtKey<A = u32> {
     pub ifindex: u32,
-    pub addr_lo_be: u32,
-    pub addr_hi_be: u32,
+    pub addr_lo_be: A,
+    pub addr_hi_be: A,
     pub port_lo: u16,
     pub port_hi: u16,
     pub protocol: u8,
@@ -721,8 +824,8 @@ pub const FAST_FLOW_ENTRIES: u32 = 1 << 16;
 /// were written at; the conntrack entry stays the record and is refreshed when they lapse.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub struct FastFlow {
-    pub connection: CtKey,
+pub struct FastFlow<A = u32> {
+    pub connection: CtKey<A>,
     /// The endpoint's counter index.
     pub index: u32,
     /// `NODE_STATE_VERSION` when written.
@@ -743,16 +846,16 @@ pub struct FastFlow {
     pub check: u32,
 }
 
-impl FastFlow {
+impl<A: Address> FastFlow<A> {
     /// The checksum of the entry's fields (without `check`).
     #[inline(always)]
-    pub const fn checksum(&self) -> u32 {
+    pub fn checksum(&self) -> u32 {
         const P: u64 = 0x9e37_79b9_7f4a_7c15;
         let c = &self.connection;
         let ports = c.port_lo as u64 | (c.port_hi as u64) << 16 | (c.protocol as u64) << 32;
         let small = self.opened_by as u64 | (self.enforced_slot as u64) << 8 | (self.local_side as u64) << 16;
-        let mut h = (c.ifindex as u64 | (c.addr_lo_be as u64) << 32).wrapping_mul(P);
-        h = (h ^ (c.addr_hi_be as u64 | ports << 32)).wrapping_mul(P);
+        let mut h = (c.ifindex as u64 ^ c.addr_lo_be.fold() << 32).wrapping_mul(P);
+        h = (h ^ (c.addr_hi_be.fold() ^ ports << 32)).wrapping_mul(P);
         h = (h ^ (self.index as u64 | (self.version as u64) << 32)).wrapping_mul(P);
         h = (h ^ self.valid_until ^ small << 40).wrapping_mul(P);
         (h ^ (h >> 32)) as u32
@@ -761,10 +864,10 @@ impl FastFlow {
 
 /// The fast-flow cache slot of a connection.
 #[inline(always)]
-pub const fn fast_flow_index(connection: &CtKey) -> u32 {
+pub fn fast_flow_index<A: Address>(connection: &CtKey<A>) -> u32 {
     const P: u64 = 0x9e37_79b9_7f4a_7c15;
     let ports = connection.port_lo as u64 | (connection.port_hi as u64) << 16 | (connection.protocol as u64) << 32;
-    let mut h = (connection.addr_lo_be as u64 | (connection.addr_hi_be as u64) << 32).wrapping_mul(P);
+    let mut h = (connection.addr_lo_be.fold() ^ connection.addr_hi_be.fold() << 32).wrapping_mul(P);
     h = (h ^ ports ^ (connection.ifindex as u64) << 40).wrapping_mul(P);
     (h >> 48) as u32 & (FAST_FLOW_ENTRIES - 1)
 }
@@ -842,16 +945,33 @@ pub struct FlowStats {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct FlowEvent {
     pub flow: FlowKey,
-    pub saddr_be: u32,
-    pub daddr_be: u32,
+    /// The packet's addresses, both families as IPv6 ([`Address::mapped`], [`event_address`]).
+    pub saddr: Ipv6Words,
+    pub daddr: Ipv6Words,
     pub enforced_cookie: u32,
     pub candidate_cookie: u32,
     /// The Service ClusterIP and port the source connected to, when kube-proxy translated the
-    /// connection to `daddr_be` (0 otherwise).
-    pub service_addr_be: u32,
+    /// connection to `daddr` (port 0 otherwise).
+    pub service_addr: Ipv6Words,
     pub service_port: u16,
     pub _pad: u16,
+    pub _pad2: u32,
     pub timestamp_ns: u64,
+}
+
+impl FlowEvent {
+    pub fn source(&self) -> core::net::IpAddr {
+        event_address(self.saddr)
+    }
+
+    pub fn destination(&self) -> core::net::IpAddr {
+        event_address(self.daddr)
+    }
+
+    /// The Service address and port the connection was opened to, when it went to one.
+    pub fn service(&self) -> Option<(core::net::IpAddr, u16)> {
+        (self.service_port != 0).then(|| (event_address(self.service_addr), self.service_port))
+    }
 }
 
 /// The connection a source endpoint opened to a Service, as its hook saw it before translation:
@@ -869,7 +989,8 @@ pub struct ServiceOriginKey {
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct ServiceOrigin {
-    pub addr_be: u32,
+    /// The ClusterIP, as flow events carry addresses ([`Address::mapped`]).
+    pub addr: Ipv6Words,
     pub port: u16,
     pub _pad: u16,
 }
@@ -893,8 +1014,6 @@ pub struct EndpointCounters {
     pub unenforced: u64,
     /// Events for new flows dropped by the rate limiter or a full ring buffer.
     pub events_lost: u64,
-    /// IPv6 other than neighbor discovery, dropped in enforce mode (no IPv6 policy yet).
-    pub ipv6_dropped: u64,
     /// Packets dropped (in every mode) for leaving with another address than the endpoint's.
     pub invalid_source: u64,
     /// Packets dropped (enforce) or let through (audit) that could not be judged: an unknown
@@ -913,10 +1032,10 @@ mod user {
     unsafe impl aya::Pod for super::PolicyValue {}
     unsafe impl aya::Pod for super::EndpointConfig {}
     unsafe impl aya::Pod for super::SlotKey {}
-    unsafe impl aya::Pod for super::CtKey {}
+    unsafe impl<A: aya::Pod> aya::Pod for super::CtKey<A> {}
     unsafe impl aya::Pod for super::CtEntry {}
     unsafe impl aya::Pod for super::CtDecision {}
-    unsafe impl aya::Pod for super::FastFlow {}
+    unsafe impl<A: aya::Pod> aya::Pod for super::FastFlow<A> {}
     unsafe impl aya::Pod for super::FlowKey {}
     unsafe impl aya::Pod for super::FlowStats {}
     unsafe impl aya::Pod for super::EndpointCounters {}

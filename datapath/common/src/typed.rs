@@ -282,6 +282,7 @@ impl EndpointConfig {
             index,
             ifindex: 0,
             addr_be: 0,
+            addr6: [0; 4],
             mode: MODE_ENFORCE,
             _pad: [0; 3],
             by_epoch: [select; 2],

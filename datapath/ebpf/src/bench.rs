@@ -19,8 +19,9 @@ use palisade_common::{FlowEvent, FlowKey};
 #[btf_map]
 static DRIVEN: ProgramArray<1> = ProgramArray::new();
 
-/// The flows `drive` cycles through: peers (from the first source address, in host order) and
-/// ports (from the first destination port); 0 ports leaves the packet as it is.
+/// The flows `drive` cycles through: peers (from the first source address's last 32 bits, in
+/// host order) and ports (from the first destination port); 0 ports leaves the packet as it
+/// is. The offsets say where the frame's family keeps them.
 #[btf_map]
 static FLOW_SPACE: Array<FlowSpace, 1> = Array::new();
 
@@ -31,14 +32,13 @@ struct FlowSpace {
     peers: u32,
     first_dport: u32,
     ports: u32,
+    saddr_offset: u32,
+    dport_offset: u32,
 }
 
 /// How many packets `drive` has rewritten, on this CPU.
 #[btf_map]
 static DRIVEN_PACKETS: PerCpuArray<u32, 1> = PerCpuArray::new();
-
-const SADDR: usize = 14 + 12;
-const DPORT: usize = 14 + 20 + 2;
 
 /// Makes each run a packet of a connection not seen before (BPF_PROG_TEST_RUN runs the same
 /// buffer each time), then tail-calls `DRIVEN[0]`. Run `n` comes from peer `n / ports % peers`
@@ -60,7 +60,9 @@ pub fn drive(ctx: TcContext) -> i32 {
         };
         let saddr = space.first_saddr.wrapping_add(n / space.ports % space.peers).to_be();
         let dport = (space.first_dport.wrapping_add(n % space.ports) as u16).to_be();
-        if ctx.store(SADDR, &saddr, 0).is_err() || ctx.store(DPORT, &dport, 0).is_err() {
+        if ctx.store(space.saddr_offset as usize, &saddr, 0).is_err()
+            || ctx.store(space.dport_offset as usize, &dport, 0).is_err()
+        {
             return TC_ACT_OK;
         }
     }
@@ -96,13 +98,14 @@ pub fn event_burst(_ctx: TcContext) -> i32 {
                 mode: 0,
                 reason: 0,
             },
-            saddr_be: 0,
-            daddr_be: 0,
+            saddr: [0; 4],
+            daddr: [0; 4],
             enforced_cookie: 0,
             candidate_cookie: 0,
-            service_addr_be: 0,
+            service_addr: [0; 4],
             service_port: 0,
             _pad: 0,
+            _pad2: 0,
             timestamp_ns: 0,
         };
         if EVENTS.output(&event, 0).is_ok() {

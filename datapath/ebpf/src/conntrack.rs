@@ -9,7 +9,7 @@ use aya_ebpf::{
 use palisade_common::*;
 
 use crate::{
-    maps::*,
+    family::Family,
     packet::*,
     policy::judge,
     proxy::{Steer, from_proxy, mark_to_proxy},
@@ -17,8 +17,8 @@ use crate::{
 };
 
 /// What the program knows of a packet besides its headers.
-pub(crate) struct Seen {
-    pub(crate) connection: CtKey,
+pub(crate) struct Seen<A> {
+    pub(crate) connection: CtKey<A>,
     /// The side (`CT_OPENED_BY_*`) that sent it.
     pub(crate) sender: u8,
     /// The side that is the endpoint's own address, when known.
@@ -32,13 +32,13 @@ pub(crate) struct Seen {
 /// A packet of a tracked connection: a reply passes (unless the connection was denied), a
 /// forward packet is judged, from the cached decision while the node state version holds.
 #[inline(always)]
-pub(crate) fn established(
+pub(crate) fn established<F: Family>(
     ctx: &TcContext,
     entry: *mut CtEntry,
     config: &EndpointConfig,
     counters: &mut EndpointCounters,
-    packet: &Packet,
-    seen: &Seen,
+    packet: &Packet<F::Addr>,
+    seen: &Seen<F::Addr>,
 ) -> i32 {
     // SAFETY: the LRU element stays valid during this run; the fields are read once each.
     let (opened_by, closing, denied, expires, cached) =
@@ -59,11 +59,11 @@ pub(crate) fn established(
             // A reply to the proxy's upstream connection goes to the proxy's socket.
             mark_to_proxy(ctx, Steer::Proxy);
         } else if current && proxy == CT_PROXY_NONE {
-            admit_fast(&seen.connection, opened_by, seen.local_side, (closing, expires), seen.now, &cached);
+            admit_fast::<F>(&seen.connection, opened_by, seen.local_side, (closing, expires), seen.now, &cached);
         }
         return TC_ACT_OK;
     }
-    let decision = if current { cached } else { judge(config, seen.version, seen.direction, packet).0 };
+    let decision = if current { cached } else { judge::<F>(config, seen.version, seen.direction, packet).0 };
     // The addresses may be another socket's by now: the proxy picks its upstream sockets' ports
     // in the node's namespace, which knows nothing of the pods' ports, so an upstream socket may
     // take a pod's earlier flow, and a pod an earlier upstream socket's, while the entry lives.
@@ -82,7 +82,7 @@ pub(crate) fn established(
         // SAFETY: as above.
         unsafe { (*entry).proxy = proxy_now };
         // Its replies must reach conntrack to be steered.
-        forget_fast(&seen.connection);
+        forget_fast::<F>(&seen.connection);
     }
     let proxy = proxy_now;
     if !decision.passes() {
@@ -90,7 +90,7 @@ pub(crate) fn established(
         // tombstone under which the other side's packets are dropped rather than passed as
         // replies (or, with the entry simply gone, let in as a connection of their own by an
         // open egress policy). Every forward packet is judged again, so an allow revives it.
-        forget_fast(&seen.connection);
+        forget_fast::<F>(&seen.connection);
         let tombstone_until = seen.now.wrapping_add(CT_CLOSING_TICKS);
         // SAFETY: the element is valid for this run; a racing reader that sees it half written
         // fails the checksum and recomputes.
@@ -113,10 +113,10 @@ pub(crate) fn established(
             unsafe { (*entry).decision = decision };
         }
         if proxy == CT_PROXY_NONE {
-            admit_fast(&seen.connection, opened_by, seen.local_side, (closing, expires), seen.now, &decision);
+            admit_fast::<F>(&seen.connection, opened_by, seen.local_side, (closing, expires), seen.now, &decision);
         }
     }
-    apply(ctx, &decision, counters, seen.direction, packet, false, steering(&decision, proxy, packet))
+    apply::<F>(ctx, &decision, counters, seen.direction, packet, false, steering(&decision, proxy, packet))
 }
 
 /// Where a packet of a tracked connection goes if it passes. Each UDP datagram is a query of
@@ -126,7 +126,7 @@ pub(crate) fn established(
 /// traffic), and once the enforced policy redirects it, it is reset (fail closed, at once) and
 /// the client reconnects through the proxy.
 #[inline(always)]
-fn steering(decision: &CtDecision, proxy: u8, packet: &Packet) -> Steer {
+fn steering<A>(decision: &CtDecision, proxy: u8, packet: &Packet<A>) -> Steer {
     match (packet.protocol, proxy) {
         (PROTO_TCP, CT_PROXY_STEERED) => Steer::Proxy,
         // A pod's packet on addresses an upstream socket holds: as its decision says.
@@ -152,37 +152,42 @@ fn opened_part(ctx: &TcContext, decision: &CtDecision) -> u8 {
 
 /// The first packet of a connection: judged, and tracked when it passes.
 #[inline(always)]
-pub(crate) fn opening(
+pub(crate) fn opening<F: Family>(
     ctx: &TcContext,
     config: &EndpointConfig,
     counters: &mut EndpointCounters,
-    packet: &Packet,
-    seen: &Seen,
+    packet: &Packet<F::Addr>,
+    seen: &Seen<F::Addr>,
 ) -> i32 {
     counters.connections += 1;
-    let (decision, _) = judge(config, seen.version, seen.direction, packet);
+    let (decision, _) = judge::<F>(config, seen.version, seen.direction, packet);
     let proxy = opened_part(ctx, &decision);
     if decision.passes() {
         let expires = seen.now.wrapping_add(lifetime(0, packet));
         let entry = CtEntry { opened_by: seen.sender, closing: 0, denied: 0, proxy, expires, decision };
-        let inserted = CONNTRACK.insert(seen.connection, entry, BPF_ANY as u64).is_ok();
+        let inserted = F::track(&seen.connection, &entry);
         if inserted && proxy == CT_PROXY_NONE {
-            admit_fast(&seen.connection, seen.sender, seen.local_side, (0, expires), seen.now, &decision);
+            admit_fast::<F>(&seen.connection, seen.sender, seen.local_side, (0, expires), seen.now, &decision);
         } else if proxy != CT_PROXY_NONE {
             // An earlier flow on these addresses may hold the fast path: replies must reach
             // conntrack to be steered.
-            forget_fast(&seen.connection);
+            forget_fast::<F>(&seen.connection);
         }
     }
-    apply(ctx, &decision, counters, seen.direction, packet, true, Steer::by(&decision))
+    apply::<F>(ctx, &decision, counters, seen.direction, packet, true, Steer::by(&decision))
 }
 
 /// A packet of a connection in the fast-flow cache: counted and passed. `None` when the cache
 /// does not hold the connection under the current version (or the entry lapsed), or when the
 /// packet does not come from the side its hook implies (a spoofed source never passes here).
 #[inline(always)]
-pub(crate) fn fast_path(connection: &CtKey, sender: u8, direction: u8, version: u32) -> Option<i32> {
-    let flow = *FAST_FLOWS.get(fast_flow_index(connection))?;
+pub(crate) fn fast_path<F: Family>(
+    connection: &CtKey<F::Addr>,
+    sender: u8,
+    direction: u8,
+    version: u32,
+) -> Option<i32> {
+    let flow = *F::fast_flows().get(fast_flow_index(connection))?;
     if flow.connection != *connection || flow.version != version {
         return None;
     }
@@ -194,7 +199,7 @@ pub(crate) fn fast_path(connection: &CtKey, sender: u8, direction: u8, version: 
         return None;
     }
     // SAFETY: per-CPU value of this endpoint, only this CPU writes it.
-    let counters = unsafe { &mut *COUNTERS.get_ptr_mut(flow.index)? };
+    let counters = unsafe { &mut *crate::maps::COUNTERS.get_ptr_mut(flow.index)? };
     if flow.opened_by != sender {
         counters.replies += 1;
     } else {
@@ -213,8 +218,8 @@ pub(crate) fn fast_path(connection: &CtKey, sender: u8, direction: u8, version: 
 /// open, established entry with a current decision that neither drops nor reports, whose
 /// endpoint side is known.
 #[inline(always)]
-pub(crate) fn admit_fast(
-    connection: &CtKey,
+pub(crate) fn admit_fast<F: Family>(
+    connection: &CtKey<F::Addr>,
     opened_by: u8,
     local_side: Option<u8>,
     (closing, expires): (u8, u32),
@@ -235,32 +240,32 @@ pub(crate) fn admit_fast(
     {
         return;
     }
-    let Some(slot) = FAST_FLOWS.get_ptr_mut(fast_flow_index(connection)) else {
+    let Some(slot) = F::fast_flows().get_ptr_mut(fast_flow_index(connection)) else {
         return;
     };
-    let mut flow = FastFlow {
-        connection: *connection,
-        index: decision.index,
-        version: decision.version,
-        _pad: 0,
-        // SAFETY: a helper call without arguments.
-        valid_until: unsafe { bpf_jiffies64() } + FAST_FLOW_JIFFIES,
-        opened_by,
-        enforced_slot: decision.enforced_slot,
-        local_side,
-        _pad2: 0,
-        check: 0,
-    };
-    flow.check = flow.checksum();
-    // SAFETY: the array element is valid for this run; a racing reader that sees it half
-    // written fails the checksum.
-    unsafe { *slot = flow };
+    // SAFETY: a helper call without arguments.
+    let valid_until = unsafe { bpf_jiffies64() } + FAST_FLOW_JIFFIES;
+    // Written in place, field by field (an entry built on the stack would not fit beside the
+    // verdict); a racing reader that sees it half written fails the checksum.
+    // SAFETY: the array element is valid for this run.
+    unsafe {
+        (*slot).connection = *connection;
+        (*slot).index = decision.index;
+        (*slot).version = decision.version;
+        (*slot)._pad = 0;
+        (*slot).valid_until = valid_until;
+        (*slot).opened_by = opened_by;
+        (*slot).enforced_slot = decision.enforced_slot;
+        (*slot).local_side = local_side;
+        (*slot)._pad2 = 0;
+        (*slot).check = (*slot).checksum();
+    }
 }
 
 /// Takes a connection out of the fast-flow cache.
 #[inline(always)]
-pub(crate) fn forget_fast(connection: &CtKey) {
-    let Some(slot) = FAST_FLOWS.get_ptr_mut(fast_flow_index(connection)) else {
+pub(crate) fn forget_fast<F: Family>(connection: &CtKey<F::Addr>) {
+    let Some(slot) = F::fast_flows().get_ptr_mut(fast_flow_index(connection)) else {
         return;
     };
     // SAFETY: the array element is valid for this run; a wrong checksum retires the entry.
@@ -274,25 +279,25 @@ pub(crate) fn forget_fast(connection: &CtKey) {
 /// An ICMP error about one of this endpoint's tracked connections passes as its reply; one that
 /// relates to none cannot be judged.
 #[inline(always)]
-pub(crate) fn related(
+pub(crate) fn related<F: Family>(
     config: &EndpointConfig,
     counters: &mut EndpointCounters,
     ifindex: u32,
-    mut original: CtKey,
+    mut original: CtKey<F::Addr>,
     now: u32,
     direction: u8,
-    packet: &Packet,
+    packet: &Packet<F::Addr>,
 ) -> i32 {
     original.ifindex = ifindex;
     // SAFETY: the LRU element stays valid during this run; fields are read once.
-    let tracked = CONNTRACK.get_ptr(original).is_some_and(|entry| unsafe {
+    let tracked = F::conntrack().get_ptr(&original).is_some_and(|entry| unsafe {
         (*entry).expires > now && (*entry).denied == 0 && (*entry).decision.endpoint == config.endpoint
     });
     if tracked {
         counters.replies += 1;
         return TC_ACT_OK;
     }
-    refuse(config, counters, direction, DROP_ICMP_UNRELATED, Some(packet))
+    refuse::<F>(config, counters, direction, DROP_ICMP_UNRELATED, Some(packet))
 }
 
 /// Conntrack lifetimes after the last packet (Cilium's defaults), in ticks of 2^30 ns.
@@ -324,7 +329,7 @@ pub(crate) const TCP_RST: u8 = 0x04;
 pub(crate) const TCP_ACK: u8 = 0x10;
 
 #[inline(always)]
-pub(crate) fn lifetime(closing: u8, packet: &Packet) -> u32 {
+pub(crate) fn lifetime<A>(closing: u8, packet: &Packet<A>) -> u32 {
     match packet.protocol {
         PROTO_TCP if closing != 0 || packet.tcp_flags & (TCP_FIN | TCP_RST) != 0 => CT_CLOSING_TICKS,
         PROTO_TCP => CT_TCP_TICKS,
@@ -336,7 +341,7 @@ pub(crate) fn lifetime(closing: u8, packet: &Packet) -> u32 {
 /// when something changes, so most packets leave the entry's cache line clean. Returns the
 /// entry's closing flag and expiry after the packet.
 #[inline(always)]
-pub(crate) fn refresh(ptr: *mut CtEntry, closing: u8, expires: u32, packet: &Packet, now: u32) -> (u8, u32) {
+pub(crate) fn refresh<A>(ptr: *mut CtEntry, closing: u8, expires: u32, packet: &Packet<A>, now: u32) -> (u8, u32) {
     let reopened = packet.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN;
     let closes = packet.tcp_flags & (TCP_FIN | TCP_RST) != 0;
     let next_closing = if reopened {
@@ -363,13 +368,41 @@ pub(crate) fn refresh(ptr: *mut CtEntry, closing: u8, expires: u32, packet: &Pac
 
 /// The connection of a packet and the side (`CT_OPENED_BY_*`) that sent it.
 #[inline(always)]
-pub(crate) fn connection(ifindex: u32, packet: &Packet) -> (CtKey, u8) {
-    let (sport, dport) = match packet.protocol {
+pub(crate) fn connection<F: Family>(ifindex: u32, packet: &Packet<F::Addr>) -> (CtKey<F::Addr>, u8) {
+    let (sport, dport) = if packet.protocol != F::ICMP {
+        (packet.sport, packet.dport)
+    } else if packet.dport == F::ECHO_REQUEST as u16 {
         // An echo reply answers the request with the same id, sent from the requester's "port".
-        PROTO_ICMP if packet.dport == ICMP_ECHO as u16 => (packet.sport, 0),
-        PROTO_ICMP if packet.dport == ICMP_ECHO_REPLY as u16 => (0, packet.sport),
-        PROTO_ICMP => (0, 0),
-        _ => (packet.sport, packet.dport),
+        (packet.sport, 0)
+    } else if packet.dport == F::ECHO_REPLY as u16 {
+        (0, packet.sport)
+    } else {
+        (0, 0)
     };
     connection_key(ifindex, packet.protocol, (packet.saddr_be, sport), (packet.daddr_be, dport))
+}
+
+/// The connection between `sender` and `receiver` (address, port) on `ifindex`, keyed the same
+/// from both sides, and the side (`CT_OPENED_BY_*`) that sent.
+#[inline(always)]
+pub(crate) fn connection_key<A: Address>(
+    ifindex: u32,
+    protocol: u8,
+    sender: (A, u16),
+    receiver: (A, u16),
+) -> (CtKey<A>, u8) {
+    let sender_is_lo = sender.0.precedes(receiver.0) || (sender.0 == receiver.0 && sender.1 <= receiver.1);
+    let (lo, hi, side) =
+        if sender_is_lo { (sender, receiver, CT_OPENED_BY_LO) } else { (receiver, sender, CT_OPENED_BY_HI) };
+    let key = CtKey {
+        ifindex,
+        addr_lo_be: lo.0,
+        addr_hi_be: hi.0,
+        port_lo: lo.1,
+        port_hi: hi.1,
+        protocol,
+        _pad: 0,
+        _pad2: 0,
+    };
+    (key, side)
 }

@@ -3,10 +3,13 @@
 //! Safety invariants (each has a real-packet test in datapath/tests):
 //! - Fail closed: what cannot be judged (an L7 redirect without a proxy, an unknown ethertype,
 //!   a malformed header, a later fragment without its first, an ICMP error about no tracked
-//!   connection, IPv6 beyond neighbor discovery) is dropped at an enforcing endpoint with a drop
-//!   reason (`DROP_*`), and recorded.
-//! - Identity is earned: an IPv4 packet leaving an endpoint must carry the endpoint's address,
-//!   in every mode; the fast path serves only packets from the side its entry validated.
+//!   connection, IPv6 with more extension headers than the program walks) is dropped at an
+//!   enforcing endpoint with a drop reason (`DROP_*`), and recorded.
+//! - Identity is earned: a packet leaving an endpoint must carry the endpoint's address of its
+//!   family, in every mode; the fast path serves only packets from the side its entry validated.
+//! - Both families are judged alike: IPv4 here, IPv6 by the same code instantiated for it in
+//!   programs of its own (`*_v6`), which these hand IPv6 packets to by a tail call (so each
+//!   family's program has the whole 512-byte stack); neighbor discovery and MLD always pass.
 //! - A deny ends the connection: a denied forward packet takes it off the fast path and turns
 //!   its conntrack entry into a short tombstone, so the other side's packets are dropped instead
 //!   of passing as replies (or opening a connection of their own).
@@ -47,8 +50,11 @@
 // intrinsic compiles to BPF's own atomic fetch-add (cpu v3).
 #![allow(internal_features)]
 #![feature(core_intrinsics)]
+// `#[inline(always)]` on the closures a family's packet is judged in.
+#![feature(stmt_expr_attributes)]
 
 mod conntrack;
+mod family;
 mod maps;
 mod object;
 mod packet;
@@ -67,7 +73,8 @@ use palisade_common::*;
 
 use crate::{
     conntrack::*,
-    maps::CONNTRACK,
+    family::{Family, V4, V6},
+    maps::{IPV6_PROGRAMS, PACKET6},
     packet::*,
     policy::{endpoint, judge, node_state_version},
     proxy::{Steer, assign_to_proxy, from_proxy, steer_upstream_reply, track_upstream},
@@ -96,19 +103,49 @@ pub fn deferred_egress(ctx: TcContext) -> i32 {
     if source == 0 {
         return TC_ACT_UNSPEC;
     }
-    if header::<u16>(&ctx, 12).map(u16::from_be) != Some(ETH_P_IP) {
-        return TC_ACT_SHOT;
+    match header::<u16>(&ctx, 12).map(u16::from_be) {
+        Some(ETH_P_IP) => judge_deferred_egress::<V4>(&ctx, source),
+        Some(ETH_P_IPV6) => {
+            to_ipv6_program(&ctx, IPV6_PROGRAM_DEFERRED_EGRESS);
+            TC_ACT_SHOT
+        }
+        _ => TC_ACT_SHOT,
     }
+}
+
+/// `deferred_egress` for IPv6: reads the packet, then `deferred_egress_v6_verdict` judges it.
+#[classifier]
+pub fn deferred_egress_v6(ctx: TcContext) -> i32 {
+    read_ipv6(&ctx, deferred_source(&ctx), IPV6_PROGRAM_DEFERRED_EGRESS_VERDICT).unwrap_or(TC_ACT_SHOT)
+}
+
+#[classifier]
+pub fn deferred_egress_v6_verdict(ctx: TcContext) -> i32 {
+    judge_deferred_egress::<V6>(&ctx, deferred_source(&ctx))
+}
+
+#[inline(always)]
+fn judge_deferred_egress<F: Family>(ctx: &TcContext, source: u16) -> i32 {
     let version = node_state_version();
-    let Some(packet) = parse(&ctx, source) else {
-        return TC_ACT_SHOT;
-    };
-    match judge_deferred(&ctx, source, &packet, version) {
-        TC_ACT_SHOT => TC_ACT_SHOT,
+    match F::with_packet(
+        ctx,
+        source,
+        #[inline(always)]
+        |packet| judge_deferred::<F>(ctx, source, packet, version),
+    ) {
+        None | Some(TC_ACT_SHOT) => TC_ACT_SHOT,
         // Steered to the proxy, through this interface's ingress.
-        TC_ACT_REDIRECT => TC_ACT_REDIRECT,
-        _ => TC_ACT_UNSPEC,
+        Some(TC_ACT_REDIRECT) => TC_ACT_REDIRECT,
+        Some(_) => TC_ACT_UNSPEC,
     }
+}
+
+/// Hands an IPv6 packet to its program in `IPV6_PROGRAMS`; returns only when that cannot be
+/// done (the slot is empty): the caller then fails closed.
+#[inline(always)]
+fn to_ipv6_program(ctx: &TcContext, slot: u32) {
+    // SAFETY: a tail call; it returns only when it failed.
+    let _ = unsafe { IPV6_PROGRAMS.tail_call(ctx, slot) };
 }
 
 /// Ingress of every node interface: a reply to one of the L7 proxy's upstream connections to
@@ -133,6 +170,60 @@ pub fn to_endpoint(ctx: TcContext) -> i32 {
     decide(&ctx, DIRECTION_INGRESS)
 }
 
+/// `from_endpoint` for IPv6: the link's own signalling passes; the rest is read here and
+/// judged by `from_endpoint_v6_verdict`, like IPv4.
+#[classifier]
+pub fn from_endpoint_v6(ctx: TcContext) -> i32 {
+    read_endpoint_ipv6(&ctx, DIRECTION_EGRESS, IPV6_PROGRAM_FROM_ENDPOINT_VERDICT)
+}
+
+#[classifier]
+pub fn from_endpoint_v6_verdict(ctx: TcContext) -> i32 {
+    decide_ipv6(&ctx, DIRECTION_EGRESS)
+}
+
+/// `to_endpoint` for IPv6, as `from_endpoint_v6`.
+#[classifier]
+pub fn to_endpoint_v6(ctx: TcContext) -> i32 {
+    read_endpoint_ipv6(&ctx, DIRECTION_INGRESS, IPV6_PROGRAM_TO_ENDPOINT_VERDICT)
+}
+
+#[classifier]
+pub fn to_endpoint_v6_verdict(ctx: TcContext) -> i32 {
+    decide_ipv6(&ctx, DIRECTION_INGRESS)
+}
+
+/// Reads an IPv6 packet into this CPU's scratch record and hands it to the program in
+/// `verdict_slot`. Reading and judging are programs of their own: with the extension header
+/// walk inlined before the verdict, the verifier would check the whole verdict once for every
+/// path through the headers (past its million-instruction limit). `None` without a readable
+/// IPv6 header.
+#[inline(always)]
+fn read_ipv6(ctx: &TcContext, deferred_from: u16, verdict_slot: u32) -> Option<i32> {
+    // SAFETY: this CPU's value, only this run touches it until it returns.
+    let packet = unsafe { &mut *PACKET6.get_ptr_mut(0)? };
+    if !parse6(ctx, deferred_from, packet) {
+        return None;
+    }
+    to_ipv6_program(ctx, verdict_slot);
+    Some(TC_ACT_SHOT)
+}
+
+#[inline(always)]
+fn read_endpoint_ipv6(ctx: &TcContext, direction: u8, verdict_slot: u32) -> i32 {
+    if link_signalling(ctx) {
+        return TC_ACT_OK;
+    }
+    // SAFETY: the context pointer is valid for the whole program run.
+    let ifindex = unsafe { (*ctx.skb.skb).ifindex };
+    let deferred_from = if direction == DIRECTION_EGRESS { 0 } else { deferred_source(ctx) };
+    match read_ipv6(ctx, deferred_from, verdict_slot) {
+        // The verdict program is missing: fail closed.
+        Some(_) => unjudged::<V6>(ifindex, direction, DROP_UNKNOWN_L3, None),
+        None => unjudged::<V6>(ifindex, direction, DROP_MALFORMED, None),
+    }
+}
+
 #[inline(always)]
 fn decide(ctx: &TcContext, direction: u8) -> i32 {
     // SAFETY: the context pointer is valid for the whole program run.
@@ -141,32 +232,63 @@ fn decide(ctx: &TcContext, direction: u8) -> i32 {
         return assign_to_proxy(ctx);
     }
     let Some(ethertype) = header::<u16>(ctx, 12).map(u16::from_be) else {
-        return unjudged(ifindex, direction, DROP_MALFORMED, None);
+        return unjudged::<V4>(ifindex, direction, DROP_MALFORMED, None);
     };
     match ethertype {
-        ETH_P_IP => {}
-        ETH_P_ARP => return TC_ACT_OK,
-        ETH_P_IPV6 => return ipv6(ctx, ifindex, direction),
-        _ => return unjudged(ifindex, direction, DROP_UNKNOWN_L3, None),
+        ETH_P_IP => decide_family::<V4>(ctx, ifindex, direction),
+        ETH_P_ARP => TC_ACT_OK,
+        ETH_P_IPV6 => {
+            let slot =
+                if direction == DIRECTION_EGRESS { IPV6_PROGRAM_FROM_ENDPOINT } else { IPV6_PROGRAM_TO_ENDPOINT };
+            to_ipv6_program(ctx, slot);
+            unjudged::<V4>(ifindex, direction, DROP_UNKNOWN_L3, None)
+        }
+        _ => unjudged::<V4>(ifindex, direction, DROP_UNKNOWN_L3, None),
     }
+}
+
+/// An IPv6 packet `from_endpoint_v6` or `to_endpoint_v6` read, judged like IPv4.
+#[inline(always)]
+fn decide_ipv6(ctx: &TcContext, direction: u8) -> i32 {
+    // SAFETY: the context pointer is valid for the whole program run.
+    let ifindex = unsafe { (*ctx.skb.skb).ifindex };
+    decide_family::<V6>(ctx, ifindex, direction)
+}
+
+#[inline(always)]
+fn decide_family<F: Family>(ctx: &TcContext, ifindex: u32, direction: u8) -> i32 {
     // The version first, then everything it versions: a change that lands in between is caught
     // by the next packet, never hidden.
     let version = node_state_version();
     let deferred_from = if direction == DIRECTION_EGRESS { 0 } else { deferred_source(ctx) };
-    let Some(packet) = parse(ctx, deferred_from) else {
-        return unjudged(ifindex, direction, DROP_MALFORMED, None);
-    };
-    let (connection, sender) = connection(ifindex, &packet);
+    F::with_packet(
+        ctx,
+        deferred_from,
+        #[inline(always)]
+        |packet| decide_packet::<F>(ctx, ifindex, direction, version, packet),
+    )
+    .unwrap_or_else(|| unjudged::<F>(ifindex, direction, DROP_MALFORMED, None))
+}
+
+#[inline(always)]
+fn decide_packet<F: Family>(
+    ctx: &TcContext,
+    ifindex: u32,
+    direction: u8,
+    version: u32,
+    packet: &Packet<F::Addr>,
+) -> i32 {
+    let (connection, sender) = connection::<F>(ifindex, packet);
     // Packets that open, close or relate to a connection change conntrack: never fast. Nor do
     // packets whose source's egress is judged here, nor the proxy's (its upstream socket may
     // have taken the addresses of a pod's earlier flow: conntrack sends the replies to it).
     if packet.tracked
         && packet.unjudged == DROP_NONE
-        && packet.related.is_none()
+        && packet.quoted == 0
         && packet.deferred_from == 0
         && packet.tcp_flags & (TCP_SYN | TCP_FIN | TCP_RST) == 0
         && !from_proxy(ctx)
-        && let Some(verdict) = fast_path(&connection, sender, direction, version)
+        && let Some(verdict) = fast_path::<F>(&connection, sender, direction, version)
     {
         return verdict;
     }
@@ -174,39 +296,40 @@ fn decide(ctx: &TcContext, direction: u8) -> i32 {
         return TC_ACT_OK;
     };
     // Identity is earned: a packet leaving an endpoint carries its address, in every mode.
-    if direction == DIRECTION_EGRESS && packet.saddr_be != config.addr_be {
+    let own = F::endpoint_addr(&config);
+    if direction == DIRECTION_EGRESS && packet.saddr_be != own {
         counters.invalid_source += 1;
-        record_drop(&config, counters, direction, &packet, DROP_INVALID_SOURCE, MODE_ENFORCE);
+        record_drop::<F>(&config, counters, direction, packet, DROP_INVALID_SOURCE, MODE_ENFORCE);
         return TC_ACT_SHOT;
     }
     // The side of the connection that is the endpoint, when the packet shows it: the sender of
     // a validated packet leaving it, the receiver of one addressed to it.
     let local_side = if direction == DIRECTION_EGRESS {
         Some(sender)
-    } else if packet.daddr_be == config.addr_be {
+    } else if packet.daddr_be == own {
         Some(sender ^ 1)
     } else {
         None
     };
-    verdict(ctx, &config, counters, ifindex, &packet, (connection, sender, local_side), version, direction)
+    verdict::<F>(ctx, &config, counters, ifindex, packet, (connection, sender, local_side), version, direction)
 }
 
 /// The verdict of endpoint `config` (attached to `ifindex`) in `direction` for a packet of
 /// `connection`, sent by `sender`, whose endpoint side is `local_side` when known.
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
-pub(crate) fn verdict(
+pub(crate) fn verdict<F: Family>(
     ctx: &TcContext,
     config: &EndpointConfig,
     counters: &mut EndpointCounters,
     ifindex: u32,
-    packet: &Packet,
-    (connection, sender, local_side): (CtKey, u8, Option<u8>),
+    packet: &Packet<F::Addr>,
+    (connection, sender, local_side): (CtKey<F::Addr>, u8, Option<u8>),
     version: u32,
     direction: u8,
 ) -> i32 {
     if packet.unjudged != DROP_NONE {
-        return refuse(config, counters, direction, packet.unjudged, Some(packet));
+        return refuse::<F>(config, counters, direction, packet.unjudged, Some(packet));
     }
     if config.mode == MODE_OFF {
         counters.unenforced += 1;
@@ -214,37 +337,26 @@ pub(crate) fn verdict(
     }
     // SAFETY: a helper call without arguments.
     let now = (unsafe { bpf_ktime_get_coarse_ns() } >> CT_TICK_SHIFT) as u32;
-    if let Some(original) = packet.related {
-        return related(config, counters, ifindex, original, now, direction, packet);
+    if packet.quoted != 0 {
+        return match F::quoted(ctx, packet.quoted as usize) {
+            Ok(original) => related::<F>(config, counters, ifindex, original, now, direction, packet),
+            Err(reason) => refuse::<F>(config, counters, direction, reason, Some(packet)),
+        };
     }
     if !packet.tracked {
         counters.connections += 1;
-        let (decision, _) = judge(config, version, direction, packet);
-        return apply(ctx, &decision, counters, direction, packet, true, Steer::by(&decision));
+        let (decision, _) = judge::<F>(config, version, direction, packet);
+        return apply::<F>(ctx, &decision, counters, direction, packet, true, Steer::by(&decision));
     }
     // An entry left by an endpoint that had this interface before is not this endpoint's.
     // SAFETY: the LRU element stays valid during this run; fields are read once.
-    let entry = CONNTRACK
-        .get_ptr_mut(connection)
+    let entry = F::tracked(&connection)
         .filter(|&entry| unsafe { (*entry).expires > now && (*entry).decision.endpoint == config.endpoint });
     let seen = Seen { connection, sender, local_side, version, now, direction };
     match entry {
-        Some(entry) => established(ctx, entry, config, counters, packet, &seen),
-        None => opening(ctx, config, counters, packet, &seen),
+        Some(entry) => established::<F>(ctx, entry, config, counters, packet, &seen),
+        None => opening::<F>(ctx, config, counters, packet, &seen),
     }
-}
-
-/// IPv6 policy is not implemented yet: an enforcing endpoint gets neighbor discovery and MLD
-/// only, so IPv6 can never bypass its IPv4 policy. Audit mode records what enforcing would drop.
-#[inline(always)]
-fn ipv6(ctx: &TcContext, ifindex: u32, direction: u8) -> i32 {
-    let Some((config, counters)) = endpoint(ifindex) else {
-        return TC_ACT_OK;
-    };
-    if link_signalling(ctx) {
-        return TC_ACT_OK;
-    }
-    refuse(&config, counters, direction, DROP_IPV6_UNSUPPORTED, None)
 }
 
 /// Neighbor discovery or MLD: ICMPv6 right after the IPv6 header, or after one hop-by-hop

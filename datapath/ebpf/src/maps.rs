@@ -3,11 +3,14 @@
 use aya_ebpf::{
     bindings::BPF_F_NO_PREALLOC,
     btf_maps::{
-        Array, HashMap, HashOfMaps, LpmTrie, LruHashMap, LruPerCpuHashMap, PerCpuArray, RingBuf, lpm_trie::Key,
+        Array, HashMap, HashOfMaps, LpmTrie, LruHashMap, LruPerCpuHashMap, PerCpuArray, ProgramArray, RingBuf,
+        lpm_trie::Key,
     },
     macros::btf_map,
 };
 use palisade_common::*;
+
+use crate::packet::Packet;
 
 // aya's LPM key is the prefix length and the data: together, exactly a `PolicyKey`.
 const _: () = assert!(size_of::<Key<PolicyMatch>>() == size_of::<PolicyKey>());
@@ -23,6 +26,8 @@ pub(crate) type PolicySlot = LpmTrie<PolicyMatch, PolicyValue, { MAX_POLICY_ENTR
 
 #[btf_map]
 pub(crate) static IPCACHE: LpmTrie<u32, u32, 65536> = LpmTrie::new();
+#[btf_map]
+pub(crate) static IPCACHE6: LpmTrie<Ipv6Words, u32, 65536> = LpmTrie::new();
 
 // ifindex -> config. No prealloc: an update allocates a new element and frees the old one after
 // RCU, so a reader never sees a recycled value.
@@ -62,15 +67,36 @@ pub(crate) static VERDICT_CACHE: Array<CachedVerdicts, { VERDICT_CACHE_ENTRIES a
 #[btf_map]
 pub(crate) static POLICY_SLOTS: HashOfMaps<SlotKey, PolicySlot, 8192> = HashOfMaps::new();
 
+pub(crate) const CT_ENTRIES: usize = 262144;
+
+pub(crate) const FRAGMENT_ENTRIES: usize = 8192;
+
+// Per family (see `family`).
 #[btf_map]
-pub(crate) static CONNTRACK: LruHashMap<CtKey, CtEntry, 262144> = LruHashMap::new();
+pub(crate) static CONNTRACK: LruHashMap<CtKey, CtEntry, CT_ENTRIES> = LruHashMap::new();
+#[btf_map]
+pub(crate) static CONNTRACK6: LruHashMap<CtKey<Ipv6Words>, CtEntry, CT_ENTRIES> = LruHashMap::new();
 
 #[btf_map]
 pub(crate) static FAST_FLOWS: Array<FastFlow, { FAST_FLOW_ENTRIES as usize }> = Array::new();
-
-// The ports of fragmented datagrams, from their first fragment (Cilium's IPV4_FRAG_DATAGRAMS_MAP).
 #[btf_map]
-pub(crate) static FRAGMENTS: LruHashMap<FragmentKey, Ports, 8192> = LruHashMap::new();
+pub(crate) static FAST_FLOWS6: Array<FastFlow<Ipv6Words>, { FAST_FLOW_ENTRIES as usize }> = Array::new();
+
+// The ports of fragmented datagrams, from their first fragment (Cilium's
+// IPV4_FRAG_DATAGRAMS_MAP and its IPv6 twin).
+#[btf_map]
+pub(crate) static FRAGMENTS: LruHashMap<FragmentKey<u32>, Ports, FRAGMENT_ENTRIES> = LruHashMap::new();
+#[btf_map]
+pub(crate) static FRAGMENTS6: LruHashMap<FragmentKey<Ipv6Words>, Ports, FRAGMENT_ENTRIES> = LruHashMap::new();
+
+// Scratch space for the IPv6 packet being judged (see `family::V6::with_packet`).
+#[btf_map]
+pub(crate) static PACKET6: PerCpuArray<Packet<Ipv6Words>, 1> = PerCpuArray::new();
+
+// The IPv6 programs, which `from_endpoint`, `to_endpoint` and `deferred_egress` hand IPv6
+// packets to (a tail call: each family's program has the whole stack to itself).
+#[btf_map]
+pub(crate) static IPV6_PROGRAMS: ProgramArray<{ IPV6_PROGRAM_COUNT as usize }> = ProgramArray::new();
 
 // Per-CPU values count without atomics; the key is shared, so "new flow" (a successful
 // BPF_NOEXIST insert) is still detected once for the whole node.
@@ -93,15 +119,23 @@ pub(crate) struct TokenBucket {
     pub(crate) last_ns: u64,
 }
 
-/// One fragmented datagram: what IPv4 reassembly keys on.
+/// One fragmented datagram: what reassembly keys on.
 #[repr(C)]
 #[derive(Clone, Copy)]
-pub(crate) struct FragmentKey {
-    pub(crate) saddr_be: u32,
-    pub(crate) daddr_be: u32,
-    pub(crate) id: u16,
+pub(crate) struct FragmentKey<A> {
+    pub(crate) saddr_be: A,
+    pub(crate) daddr_be: A,
+    pub(crate) id: u32,
     pub(crate) protocol: u8,
     pub(crate) _pad: u8,
+    pub(crate) _pad2: u16,
+}
+
+impl<A> FragmentKey<A> {
+    #[inline(always)]
+    pub(crate) fn new(saddr_be: A, daddr_be: A, id: u32, protocol: u8) -> Self {
+        FragmentKey { saddr_be, daddr_be, id, protocol, _pad: 0, _pad2: 0 }
+    }
 }
 
 #[repr(C)]

@@ -1,18 +1,21 @@
-//! Reading a packet: Ethernet and IPv4 headers, ports or ICMP type, the connection an ICMP error
-//! quotes, and later fragments through their first fragment's ports.
+//! Reading a packet: Ethernet and IPv4 or IPv6 headers (IPv6 extension headers walked), ports
+//! or ICMP type, the connection an ICMP error quotes, and later fragments through their first
+//! fragment's ports.
 use aya_ebpf::{bindings::BPF_ANY, programs::TcContext};
 use palisade_common::*;
 
-use crate::maps::*;
+use crate::{conntrack::connection_key, family::Family, maps::*};
 
-pub(crate) struct Packet {
-    pub(crate) saddr_be: u32,
-    pub(crate) daddr_be: u32,
+/// A packet of one family (`A`: its address, see [`Family`]).
+pub(crate) struct Packet<A> {
+    pub(crate) saddr_be: A,
+    pub(crate) daddr_be: A,
     pub(crate) protocol: u8,
     pub(crate) sport: u16,
     pub(crate) dport: u16,
-    /// The original connection an ICMP error refers to.
-    pub(crate) related: Option<CtKey>,
+    /// Where the packet an ICMP error quotes starts (0: not an error): its connection is read
+    /// only when the error is judged ([`Family::quoted`]), to keep it off the stack.
+    pub(crate) quoted: u16,
     pub(crate) tcp_flags: u8,
     /// Part of a connection. ICMP other than echo is not: it is judged per packet by its type.
     pub(crate) tracked: bool,
@@ -48,6 +51,30 @@ pub(crate) const ICMP_ECHO: u8 = 8;
 pub(crate) const ICMP_TIME_EXCEEDED: u8 = 11;
 
 pub(crate) const ICMP_PARAMETER_PROBLEM: u8 = 12;
+
+pub(crate) const ICMPV6_DEST_UNREACH: u8 = 1;
+
+pub(crate) const ICMPV6_PARAMETER_PROBLEM: u8 = 4;
+
+pub(crate) const ICMPV6_ECHO_REQUEST: u8 = 128;
+
+pub(crate) const ICMPV6_ECHO_REPLY: u8 = 129;
+
+/// IPv6 extension headers the program walks to reach the upper layer (RFC 8200 4.1).
+const IPV6_HOP_BY_HOP: u8 = 0;
+const IPV6_ROUTING: u8 = 43;
+const IPV6_FRAGMENT: u8 = 44;
+const IPV6_AUTH: u8 = 51;
+const IPV6_DEST_OPTIONS: u8 = 60;
+
+/// How many extension headers the program walks (Cilium's IPV6_MAX_HEADERS): a packet with
+/// more cannot be judged, and is dropped as `ipv6-ext-limit`.
+const IPV6_MAX_EXT_HEADERS: usize = 4;
+
+/// The furthest an upper-layer header may start: bounds the offsets the verifier sees.
+const IPV6_MAX_L4_OFFSET: usize = 512;
+
+const IPV6_HLEN: usize = 40;
 
 #[repr(C)]
 #[derive(Clone, Copy)]
@@ -104,7 +131,7 @@ pub(crate) fn header<T: Copy>(ctx: &TcContext, offset: usize) -> Option<T> {
 /// The packet's addresses, protocol and ports; `None` without a readable IPv4 header. A packet
 /// that cannot be judged says why in `unjudged`.
 #[inline(always)]
-pub(crate) fn parse(ctx: &TcContext, deferred_from: u16) -> Option<Packet> {
+pub(crate) fn parse(ctx: &TcContext, deferred_from: u16) -> Option<Packet<u32>> {
     let ip: Ipv4Header = header(ctx, ETH_HLEN)?;
     let header_len = ((ip.version_ihl & 0x0f) as usize) * 4;
     let mut packet = Packet {
@@ -113,7 +140,7 @@ pub(crate) fn parse(ctx: &TcContext, deferred_from: u16) -> Option<Packet> {
         protocol: ip.protocol,
         sport: 0,
         dport: 0,
-        related: None,
+        quoted: 0,
         tcp_flags: 0,
         tracked: true,
         unjudged: DROP_NONE,
@@ -126,21 +153,16 @@ pub(crate) fn parse(ctx: &TcContext, deferred_from: u16) -> Option<Packet> {
 }
 
 #[inline(always)]
-pub(crate) fn parse_l4(ctx: &TcContext, ip: &Ipv4Header, header_len: usize, packet: &mut Packet) -> Result<(), u8> {
+fn parse_l4(ctx: &TcContext, ip: &Ipv4Header, header_len: usize, packet: &mut Packet<u32>) -> Result<(), u8> {
     if ip.version_ihl >> 4 != 4 || header_len < size_of::<Ipv4Header>() {
         return Err(DROP_MALFORMED);
     }
     let l4 = ETH_HLEN + header_len;
     let fragment = u16::from_be(ip.frag_off_be);
-    let fragment_key =
-        FragmentKey { saddr_be: ip.saddr_be, daddr_be: ip.daddr_be, id: ip.id, protocol: ip.protocol, _pad: 0 };
+    let fragment_key = FragmentKey::new(ip.saddr_be, ip.daddr_be, ip.id as u32, ip.protocol);
     // A later fragment has no L4 header: it is judged with the ports its first fragment carried.
     if fragment & IP_OFFSET != 0 {
-        // SAFETY: a 4-byte value copied out at once.
-        let ports = (unsafe { FRAGMENTS.get(fragment_key) }).copied().ok_or(DROP_FRAGMENT_UNKNOWN)?;
-        (packet.sport, packet.dport) = (ports.sport, ports.dport);
-        packet.tracked = ip.protocol != PROTO_ICMP || matches!(ports.dport as u8, ICMP_ECHO | ICMP_ECHO_REPLY);
-        return Ok(());
+        return later_fragment::<crate::family::V4>(&fragment_key, packet);
     }
     match ip.protocol {
         // One read per header, so one bounds check covers every field: LLVM reuses the packet
@@ -162,19 +184,157 @@ pub(crate) fn parse_l4(ctx: &TcContext, ip: &Ipv4Header, header_len: usize, pack
             packet.dport = icmp[0] as u16;
             match icmp[0] {
                 ICMP_ECHO | ICMP_ECHO_REPLY => packet.sport = u16::from_be_bytes([icmp[4], icmp[5]]),
-                ICMP_DEST_UNREACH | ICMP_TIME_EXCEEDED | ICMP_PARAMETER_PROBLEM => {
-                    packet.related = Some(parse_icmp_error(ctx, l4 + 8)?);
-                }
+                ICMP_DEST_UNREACH | ICMP_TIME_EXCEEDED | ICMP_PARAMETER_PROBLEM => packet.quoted = (l4 + 8) as u16,
                 _ => packet.tracked = false,
             }
         }
         _ => {}
     }
     if fragment & IP_MORE_FRAGMENTS != 0 {
-        let ports = Ports { sport: packet.sport, dport: packet.dport };
-        let _ = FRAGMENTS.insert(fragment_key, ports, BPF_ANY as u64);
+        first_fragment::<crate::family::V4>(&fragment_key, packet);
     }
     Ok(())
+}
+
+/// A later fragment has no L4 header: it is judged with the ports its first fragment carried.
+#[inline(always)]
+fn later_fragment<F: Family>(key: &FragmentKey<F::Addr>, packet: &mut Packet<F::Addr>) -> Result<(), u8> {
+    // SAFETY: a 4-byte value copied out at once.
+    let ports = (unsafe { F::fragments().get(key) }).copied().ok_or(DROP_FRAGMENT_UNKNOWN)?;
+    (packet.sport, packet.dport) = (ports.sport, ports.dport);
+    packet.tracked = packet.protocol != F::ICMP || F::is_echo(ports.dport as u8);
+    Ok(())
+}
+
+/// Remembers the ports of a first fragment for the datagram's later ones.
+#[inline(always)]
+fn first_fragment<F: Family>(key: &FragmentKey<F::Addr>, packet: &Packet<F::Addr>) {
+    let ports = Ports { sport: packet.sport, dport: packet.dport };
+    let _ = F::fragments().insert(key, &ports, BPF_ANY as u64);
+}
+
+/// The IPv6 header up to the addresses: version, next header and the addresses.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub(crate) struct Ipv6Header {
+    pub(crate) version_class_flow: u32,
+    pub(crate) payload_len: u16,
+    pub(crate) next_header: u8,
+    pub(crate) hop_limit: u8,
+    pub(crate) saddr: Ipv6Words,
+    pub(crate) daddr: Ipv6Words,
+}
+
+/// Reads an IPv6 packet's addresses, upper-layer protocol and ports, past its extension
+/// headers, into `packet`; false without a readable IPv6 header. A packet that cannot be judged
+/// says why in `unjudged`.
+#[inline(always)]
+pub(crate) fn parse6(ctx: &TcContext, deferred_from: u16, packet: &mut Packet<Ipv6Words>) -> bool {
+    let Some(ip) = header::<Ipv6Header>(ctx, ETH_HLEN) else {
+        return false;
+    };
+    packet.saddr_be = ip.saddr;
+    packet.daddr_be = ip.daddr;
+    packet.protocol = ip.next_header;
+    packet.sport = 0;
+    packet.dport = 0;
+    packet.quoted = 0;
+    packet.tcp_flags = 0;
+    packet.tracked = true;
+    packet.unjudged = DROP_NONE;
+    packet.deferred_from = deferred_from;
+    if let Err(reason) = parse6_l4(ctx, &ip, packet) {
+        packet.unjudged = reason;
+    }
+    true
+}
+
+#[inline(always)]
+fn parse6_l4(ctx: &TcContext, ip: &Ipv6Header, packet: &mut Packet<Ipv6Words>) -> Result<(), u8> {
+    if u32::from_be(ip.version_class_flow) >> 28 != 6 {
+        return Err(DROP_MALFORMED);
+    }
+    let mut next = ip.next_header;
+    let mut offset = ETH_HLEN + IPV6_HLEN;
+    // The datagram a first fragment starts.
+    let mut first_fragment_of = None;
+    let mut walked = 0;
+    while matches!(next, IPV6_HOP_BY_HOP | IPV6_ROUTING | IPV6_DEST_OPTIONS | IPV6_AUTH | IPV6_FRAGMENT) {
+        if walked == IPV6_MAX_EXT_HEADERS {
+            return Err(DROP_IPV6_EXT_LIMIT);
+        }
+        walked += 1;
+        // Every extension header starts with the next header and (but a fragment header) its
+        // length; one read covers the fragment header whole.
+        let ext: [u8; 8] = header(ctx, offset).ok_or(DROP_MALFORMED)?;
+        let length = if next == IPV6_FRAGMENT {
+            let fragment = u16::from_be_bytes([ext[2], ext[3]]);
+            let id = u32::from_ne_bytes([ext[4], ext[5], ext[6], ext[7]]);
+            let key = FragmentKey::new(ip.saddr, ip.daddr, id, ext[0]);
+            if fragment >> 3 != 0 {
+                packet.protocol = ext[0];
+                return later_fragment::<crate::family::V6>(&key, packet);
+            }
+            if fragment & 1 != 0 {
+                first_fragment_of = Some(key);
+            }
+            8
+        } else if next == IPV6_AUTH {
+            (ext[1] as usize + 2) * 4
+        } else {
+            (ext[1] as usize + 1) * 8
+        };
+        next = ext[0];
+        offset += length;
+        if offset > IPV6_MAX_L4_OFFSET {
+            return Err(DROP_IPV6_EXT_LIMIT);
+        }
+    }
+    packet.protocol = next;
+    match next {
+        PROTO_TCP => {
+            let tcp: [u8; 14] = header(ctx, offset).ok_or(DROP_MALFORMED)?;
+            packet.sport = u16::from_be_bytes([tcp[0], tcp[1]]);
+            packet.dport = u16::from_be_bytes([tcp[2], tcp[3]]);
+            packet.tcp_flags = tcp[13];
+        }
+        PROTO_UDP | PROTO_SCTP => {
+            let ports: [u8; 4] = header(ctx, offset).ok_or(DROP_MALFORMED)?;
+            packet.sport = u16::from_be_bytes([ports[0], ports[1]]);
+            packet.dport = u16::from_be_bytes([ports[2], ports[3]]);
+        }
+        PROTO_ICMPV6 => {
+            let icmp: [u8; 8] = header(ctx, offset).ok_or(DROP_MALFORMED)?;
+            packet.dport = icmp[0] as u16;
+            match icmp[0] {
+                ICMPV6_ECHO_REQUEST | ICMPV6_ECHO_REPLY => packet.sport = u16::from_be_bytes([icmp[4], icmp[5]]),
+                ICMPV6_DEST_UNREACH..=ICMPV6_PARAMETER_PROBLEM => packet.quoted = (offset + 8) as u16,
+                _ => packet.tracked = false,
+            }
+        }
+        _ => {}
+    }
+    if let Some(key) = first_fragment_of {
+        first_fragment::<crate::family::V6>(&key, packet);
+    }
+    Ok(())
+}
+
+/// The connection an ICMPv6 error quotes: the original packet (its IPv6 header, then its upper
+/// layer: a quoted packet with extension headers relates to nothing), as its sender sent it.
+#[inline(always)]
+pub(crate) fn parse_icmp6_error(ctx: &TcContext, inner: usize) -> Result<CtKey<Ipv6Words>, u8> {
+    let malformed = |_| DROP_MALFORMED;
+    let ip: Ipv6Header = ctx.load(inner).map_err(malformed)?;
+    let l4 = inner + IPV6_HLEN;
+    let port = |offset: usize| ctx.load::<u16>(offset).map(u16::from_be).map_err(malformed);
+    let (sport, dport) = match ip.next_header {
+        PROTO_TCP | PROTO_UDP | PROTO_SCTP => (port(l4)?, port(l4 + 2)?),
+        PROTO_ICMPV6 if ctx.load::<u8>(l4).map_err(malformed)? == ICMPV6_ECHO_REQUEST => (port(l4 + 4)?, 0),
+        _ => return Err(DROP_ICMP_UNRELATED),
+    };
+    let (key, _) = connection_key(0, ip.next_header, (ip.saddr, sport), (ip.daddr, dport));
+    Ok(key)
 }
 
 pub(crate) const IP_OFFSET: u16 = 0x1fff;
@@ -200,24 +360,4 @@ pub(crate) fn parse_icmp_error(ctx: &TcContext, inner: usize) -> Result<CtKey, u
     };
     let (key, _) = connection_key(0, protocol, (saddr_be, sport), (daddr_be, dport));
     Ok(key)
-}
-
-/// The connection between `sender` and `receiver` (address, port) on `ifindex`, keyed the same
-/// from both sides, and the side (`CT_OPENED_BY_*`) that sent.
-#[inline(always)]
-pub(crate) fn connection_key(ifindex: u32, protocol: u8, sender: (u32, u16), receiver: (u32, u16)) -> (CtKey, u8) {
-    let sender_is_lo = (u32::from_be(sender.0), sender.1) <= (u32::from_be(receiver.0), receiver.1);
-    let (lo, hi, side) =
-        if sender_is_lo { (sender, receiver, CT_OPENED_BY_LO) } else { (receiver, sender, CT_OPENED_BY_HI) };
-    let key = CtKey {
-        ifindex,
-        addr_lo_be: lo.0,
-        addr_hi_be: hi.0,
-        port_lo: lo.1,
-        port_hi: hi.1,
-        protocol,
-        _pad: 0,
-        _pad2: 0,
-    };
-    (key, side)
 }

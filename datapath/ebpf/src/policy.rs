@@ -6,7 +6,7 @@ use core::intrinsics::{AtomicOrdering, atomic_xadd};
 use aya_ebpf::btf_maps::lpm_trie::Key;
 use palisade_common::*;
 
-use crate::{maps::*, packet::Packet, proxy::proxy_port};
+use crate::{family::Family, maps::*, packet::Packet, proxy::proxy_port};
 
 /// The node state version, read before everything it versions: a fully ordered atomic (a
 /// fetch-add of 0, loadable from kernel 6.6, where BPF load-acquire needs 6.15) after the read
@@ -48,21 +48,27 @@ fn slot_sequences(index: u32, slots: SlotSelection) -> (u32, u32) {
 /// the candidate is not compared (no shadow difference comes from a half-written slot) and the
 /// decision is stored with a failing checksum, so the next packet judges afresh.
 #[inline(always)]
-pub(crate) fn judge(config: &EndpointConfig, version: u32, direction: u8, packet: &Packet) -> (CtDecision, bool) {
+pub(crate) fn judge<F: Family>(
+    config: &EndpointConfig,
+    version: u32,
+    direction: u8,
+    packet: &Packet<F::Addr>,
+) -> (CtDecision, bool) {
     let epoch = NODE_STATE.get(NODE_STATE_EPOCH).copied().unwrap_or(0);
     // Branches, not indexing: the verifier rejects the pointer arithmetic LLVM makes of it.
     let slots = if epoch & 1 == 0 { config.by_epoch[0] } else { config.by_epoch[1] };
-    let identity = remote_identity(direction, packet);
+    let identity = remote_identity::<F>(direction, packet);
     // To a Service: judged after translation, by the backend (see `service`).
     let (enforced, candidate, settled) = if direction == DIRECTION_EGRESS && identity == IDENTITY_SERVICE {
         (SlotVerdict::new(VERDICT_ALLOW, COOKIE_DEFERRED), SlotVerdict::NONE, true)
     } else {
         slot_verdicts(config, slots, identity, direction, packet)
     };
-    // TCP and UDP reach the proxy (HTTP, DNS), and only while one runs: otherwise a redirect
-    // fails closed. The proxy refuses what it cannot judge (HTTP over UDP, Kafka).
-    let proxied = (packet.protocol == PROTO_TCP || packet.protocol == PROTO_UDP) && proxy_port() != 0;
-    let (enforced, candidate) = if proxied { (enforced, candidate) } else { (unproxied(enforced), unproxied(candidate)) };
+    // TCP and UDP over IPv4 reach the proxy (HTTP, DNS), and only while one runs: otherwise a
+    // redirect fails closed. The proxy refuses what it cannot judge (HTTP over UDP, Kafka).
+    let proxied = F::PROXIED && (packet.protocol == PROTO_TCP || packet.protocol == PROTO_UDP) && proxy_port() != 0;
+    let (enforced, candidate) =
+        if proxied { (enforced, candidate) } else { (unproxied(enforced), unproxied(candidate)) };
     let mut decision = CtDecision {
         identity,
         enforced,
@@ -85,10 +91,9 @@ fn unproxied(verdict: SlotVerdict) -> SlotVerdict {
 }
 
 #[inline(always)]
-pub(crate) fn remote_identity(direction: u8, packet: &Packet) -> u32 {
-    let remote_be = if direction == DIRECTION_EGRESS { packet.daddr_be } else { packet.saddr_be };
-    // LPM nodes are freed after an RCU grace period, so the identity is read safely.
-    IPCACHE.get(&Key::new(32, remote_be)).copied().unwrap_or(IDENTITY_WORLD)
+pub(crate) fn remote_identity<F: Family>(direction: u8, packet: &Packet<F::Addr>) -> u32 {
+    let remote = if direction == DIRECTION_EGRESS { packet.daddr_be } else { packet.saddr_be };
+    F::identity(remote).unwrap_or(F::WORLD)
 }
 
 /// The config and this CPU's counters of the endpoint attached to `ifindex`, in any mode.
@@ -106,12 +111,12 @@ pub(crate) fn endpoint(ifindex: u32) -> Option<(EndpointConfig, &'static mut End
 /// slot in place during the lookups (a seqlock on `SLOT_WRITES`), and then a verdict may come
 /// from a half-written slot and is not cached.
 #[inline(always)]
-pub(crate) fn slot_verdicts(
+pub(crate) fn slot_verdicts<A>(
     config: &EndpointConfig,
     slots: SlotSelection,
     identity: u32,
     direction: u8,
-    packet: &Packet,
+    packet: &Packet<A>,
 ) -> (SlotVerdict, SlotVerdict, bool) {
     let endpoint = config.endpoint;
     let shadowed = slots.candidate != SLOT_NONE;
@@ -163,7 +168,13 @@ fn generation(config: &EndpointConfig, slot: u8) -> u32 {
 }
 
 #[inline(always)]
-pub(crate) fn lookup_policy(endpoint: u32, slot: u8, identity: u32, direction: u8, packet: &Packet) -> SlotVerdict {
+pub(crate) fn lookup_policy<A>(
+    endpoint: u32,
+    slot: u8,
+    identity: u32,
+    direction: u8,
+    packet: &Packet<A>,
+) -> SlotVerdict {
     let denied = SlotVerdict::new(VERDICT_DENY, COOKIE_NONE);
     // SAFETY: the inner map reference is only used for lookups during this run.
     let Some(policy) = (unsafe { POLICY_SLOTS.get(&SlotKey { endpoint, slot: slot as u32 }) }) else {

@@ -26,6 +26,7 @@ use palisade_common::*;
 
 use crate::{
     conntrack::{CT_TICK_SHIFT, TCP_ACK, TCP_SYN, connection, lifetime, refresh},
+    family::V4,
     maps::{CONNTRACK, NODE_STATE},
     packet::{ETH_HLEN, ETH_P_IP, Packet, header, mark, parse},
 };
@@ -158,9 +159,10 @@ fn assign(ctx: &TcContext, protocol: u8) -> i32 {
     if assigned == 0 { TC_ACT_OK } else { TC_ACT_SHOT }
 }
 
-/// A TCP or UDP packet of the node interface the program runs on, and its connection there.
+/// A TCP or UDP IPv4 packet of the node interface the program runs on, and its connection
+/// there (the proxy's upstream connections are IPv4, see [`crate::family::Family::PROXIED`]).
 #[inline(always)]
-fn on_network(ctx: &TcContext) -> Option<(Packet, CtKey, u8, u32)> {
+fn on_network(ctx: &TcContext) -> Option<(Packet<u32>, CtKey, u8, u32)> {
     if header::<u16>(ctx, 12).map(u16::from_be) != Some(ETH_P_IP) {
         return None;
     }
@@ -170,7 +172,7 @@ fn on_network(ctx: &TcContext) -> Option<(Packet, CtKey, u8, u32)> {
     }
     // SAFETY: the context pointer is valid for the whole program run.
     let ifindex = unsafe { (*ctx.skb.skb).ifindex };
-    let (connection, sender) = connection(ifindex, &packet);
+    let (connection, sender) = connection::<V4>(ifindex, &packet);
     // SAFETY: a helper call without arguments.
     let now = (unsafe { bpf_ktime_get_coarse_ns() } >> CT_TICK_SHIFT) as u32;
     Some((packet, connection, sender, now))

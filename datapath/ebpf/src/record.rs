@@ -8,6 +8,7 @@ use aya_ebpf::{
 use palisade_common::*;
 
 use crate::{
+    family::Family,
     maps::*,
     packet::Packet,
     policy::{endpoint, remote_identity},
@@ -20,12 +21,12 @@ use crate::{
 /// and is steered to the L7 proxy, as `steering` says). A packet to a Service passes with its decision deferred
 /// (`opening`: the first packet of its connection).
 #[inline(always)]
-pub(crate) fn apply(
+pub(crate) fn apply<F: Family>(
     ctx: &TcContext,
     decision: &CtDecision,
     counters: &mut EndpointCounters,
     direction: u8,
-    packet: &Packet,
+    packet: &Packet<F::Addr>,
     opening: bool,
     steering: Steer,
 ) -> i32 {
@@ -68,7 +69,7 @@ pub(crate) fn apply(
     }
     if !decision.passes() {
         TC_ACT_SHOT
-    } else if steering != Steer::No && !from_proxy(ctx) {
+    } else if F::PROXIED && steering != Steer::No && !from_proxy(ctx) {
         // Only the hook of a pod's own egress is a tc ingress hook.
         steer(ctx, steering, direction == DIRECTION_EGRESS && packet.deferred_from == 0)
     } else {
@@ -78,17 +79,17 @@ pub(crate) fn apply(
 
 /// Records a drop that no policy decided (`mode`: the mode it applies in).
 #[inline(always)]
-pub(crate) fn record_drop(
+pub(crate) fn record_drop<F: Family>(
     config: &EndpointConfig,
     counters: &mut EndpointCounters,
     direction: u8,
-    packet: &Packet,
+    packet: &Packet<F::Addr>,
     reason: u8,
     mode: u8,
 ) {
     let flow = FlowKey {
         endpoint: config.endpoint,
-        identity: remote_identity(direction, packet),
+        identity: remote_identity::<F>(direction, packet),
         dport: packet.dport,
         protocol: packet.protocol,
         direction,
@@ -105,56 +106,57 @@ pub(crate) fn record_drop(
 /// Traffic the datapath cannot judge (`reason`): dropped at an enforcing endpoint, passed and
 /// recorded at an auditing one, passed where no policy applies. Fail closed.
 #[inline(always)]
-pub(crate) fn unjudged(ifindex: u32, direction: u8, reason: u8, packet: Option<&Packet>) -> i32 {
+pub(crate) fn unjudged<F: Family>(ifindex: u32, direction: u8, reason: u8, packet: Option<&Packet<F::Addr>>) -> i32 {
     match endpoint(ifindex) {
-        Some((config, counters)) => refuse(&config, counters, direction, reason, packet),
+        Some((config, counters)) => refuse::<F>(&config, counters, direction, reason, packet),
         None => TC_ACT_OK,
     }
 }
 
 #[inline(always)]
-pub(crate) fn refuse(
+pub(crate) fn refuse<F: Family>(
     config: &EndpointConfig,
     counters: &mut EndpointCounters,
     direction: u8,
     reason: u8,
-    packet: Option<&Packet>,
+    packet: Option<&Packet<F::Addr>>,
 ) -> i32 {
     if config.mode == MODE_OFF {
         counters.unenforced += 1;
         return TC_ACT_OK;
     }
-    if reason == DROP_IPV6_UNSUPPORTED {
-        counters.ipv6_dropped += 1;
-    } else {
-        counters.unjudged += 1;
-    }
+    counters.unjudged += 1;
     let unknown = Packet {
-        saddr_be: 0,
-        daddr_be: 0,
+        saddr_be: F::Addr::UNSPECIFIED,
+        daddr_be: F::Addr::UNSPECIFIED,
         protocol: 0,
         sport: 0,
         dport: 0,
-        related: None,
+        quoted: 0,
         tcp_flags: 0,
         tracked: false,
         unjudged: reason,
         deferred_from: 0,
     };
-    record_drop(config, counters, direction, packet.unwrap_or(&unknown), reason, config.mode);
+    record_drop::<F>(config, counters, direction, packet.unwrap_or(&unknown), reason, config.mode);
     if config.mode == MODE_ENFORCE { TC_ACT_SHOT } else { TC_ACT_OK }
 }
 
 /// Counts the flow; a new flow also gets an event. Returns false when that event was lost.
 #[inline(always)]
-pub(crate) fn record_flow(flow: &FlowKey, packet: &Packet, enforced_cookie: u32, candidate_cookie: u32) -> bool {
+pub(crate) fn record_flow<A: Address>(
+    flow: &FlowKey,
+    packet: &Packet<A>,
+    enforced_cookie: u32,
+    candidate_cookie: u32,
+) -> bool {
     if count_packet(flow) {
         return true;
     }
     // SAFETY: a helper call without arguments.
     let now = unsafe { bpf_ktime_get_ns() };
     let stats = FlowStats { packets: 1, first_seen_ns: now, enforced_cookie, candidate_cookie };
-    if FLOWS.insert(flow, stats, BPF_NOEXIST as u64).is_err() {
+    if FLOWS.insert(flow, &stats, BPF_NOEXIST as u64).is_err() {
         // Another CPU created it first.
         count_packet(flow);
         return true;
@@ -166,18 +168,28 @@ pub(crate) fn record_flow(flow: &FlowKey, packet: &Packet, enforced_cookie: u32,
         0 => None,
         source => origin(source as u32 - 1, packet),
     };
-    let event = FlowEvent {
-        flow: *flow,
-        saddr_be: packet.saddr_be,
-        daddr_be: packet.daddr_be,
-        enforced_cookie,
-        candidate_cookie,
-        service_addr_be: service.map_or(0, |s| s.addr_be),
-        service_port: service.map_or(0, |s| s.port),
-        _pad: 0,
-        timestamp_ns: now,
+    let Some(mut entry) = EVENTS.reserve(0) else {
+        return false;
     };
-    EVENTS.output(&event, 0).is_ok()
+    // Written in place in the ring, field by field: an event built on the stack would not fit
+    // beside `deferred_egress`'s verdict.
+    let event = entry.as_mut_ptr();
+    // SAFETY: a reserved ring entry of the event's size, written whole before it is submitted;
+    // the origin is a map value, valid for this run.
+    unsafe {
+        (*event).flow = *flow;
+        (*event).saddr = packet.saddr_be.mapped();
+        (*event).daddr = packet.daddr_be.mapped();
+        (*event).enforced_cookie = enforced_cookie;
+        (*event).candidate_cookie = candidate_cookie;
+        (*event).service_addr = service.map_or([0; 4], |s| (*s).addr);
+        (*event).service_port = service.map_or(0, |s| (*s).port);
+        (*event)._pad = 0;
+        (*event)._pad2 = 0;
+        (*event).timestamp_ns = now;
+    }
+    entry.submit(0);
+    true
 }
 
 #[inline(always)]

@@ -15,6 +15,7 @@ use palisade_common::*;
 
 use crate::{
     conntrack::connection,
+    family::Family,
     maps::{ENDPOINT_IFINDEX, SERVICE_ORIGINS},
     packet::{Packet, mark},
     policy::{endpoint, remote_identity},
@@ -31,7 +32,7 @@ pub(crate) fn deferred_source(ctx: &TcContext) -> u16 {
 /// Hands the packet's egress decision to the hook after translation, and remembers which
 /// ClusterIP the connection went to when it opens.
 #[inline(always)]
-pub(crate) fn defer(ctx: &TcContext, index: u32, packet: &Packet, opening: bool) {
+pub(crate) fn defer<A: Address>(ctx: &TcContext, index: u32, packet: &Packet<A>, opening: bool) {
     // SAFETY: the context pointer is valid for the whole program run; tc programs may write the
     // mark. A packet from a pod arrives without one (crossing namespaces clears it).
     unsafe {
@@ -40,24 +41,23 @@ pub(crate) fn defer(ctx: &TcContext, index: u32, packet: &Packet, opening: bool)
     }
     if opening {
         let key = ServiceOriginKey { index, sport: packet.sport, protocol: packet.protocol, _pad: 0 };
-        let origin = ServiceOrigin { addr_be: packet.daddr_be, port: packet.dport, _pad: 0 };
-        let _ = SERVICE_ORIGINS.insert(key, origin, BPF_ANY as u64);
+        let origin = ServiceOrigin { addr: packet.daddr_be.mapped(), port: packet.dport, _pad: 0 };
+        let _ = SERVICE_ORIGINS.insert(&key, &origin, BPF_ANY as u64);
     }
 }
 
 /// The ClusterIP and port the connection of `packet`, from source endpoint `index`, was opened to.
 #[inline(always)]
-pub(crate) fn origin(index: u32, packet: &Packet) -> Option<ServiceOrigin> {
+pub(crate) fn origin<A>(index: u32, packet: &Packet<A>) -> Option<*const ServiceOrigin> {
     let key = ServiceOriginKey { index, sport: packet.sport, protocol: packet.protocol, _pad: 0 };
-    // SAFETY: copied out at once.
-    unsafe { SERVICE_ORIGINS.get(key) }.copied()
+    SERVICE_ORIGINS.get_ptr(&key)
 }
 
 /// Judges the egress of source endpoint `source` (counter index + 1) for a translated packet. A
 /// packet still addressed to a ClusterIP was not translated and has nothing to be judged by; a
 /// source that is gone fails closed.
 #[inline(always)]
-pub(crate) fn judge_deferred(ctx: &TcContext, source: u16, packet: &Packet, version: u32) -> i32 {
+pub(crate) fn judge_deferred<F: Family>(ctx: &TcContext, source: u16, packet: &Packet<F::Addr>, version: u32) -> i32 {
     let index = source as u32 - 1;
     let Some(&ifindex) = ENDPOINT_IFINDEX.get(index) else {
         return TC_ACT_SHOT;
@@ -68,10 +68,10 @@ pub(crate) fn judge_deferred(ctx: &TcContext, source: u16, packet: &Packet, vers
     if config.index != index {
         return TC_ACT_SHOT;
     }
-    if remote_identity(DIRECTION_EGRESS, packet) == IDENTITY_SERVICE {
-        return refuse(&config, counters, DIRECTION_EGRESS, DROP_SERVICE_UNTRANSLATED, Some(packet));
+    if remote_identity::<F>(DIRECTION_EGRESS, packet) == IDENTITY_SERVICE {
+        return refuse::<F>(&config, counters, DIRECTION_EGRESS, DROP_SERVICE_UNTRANSLATED, Some(packet));
     }
-    let (connection, sender) = connection(ifindex, packet);
+    let (connection, sender) = connection::<F>(ifindex, packet);
     // No fast path for the source's side: every packet comes through here with its deferral.
-    verdict(ctx, &config, counters, ifindex, packet, (connection, sender, None), version, DIRECTION_EGRESS)
+    verdict::<F>(ctx, &config, counters, ifindex, packet, (connection, sender, None), version, DIRECTION_EGRESS)
 }

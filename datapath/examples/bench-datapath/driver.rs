@@ -1,6 +1,10 @@
 //! The bench-only object (datapath/ebpf/src/bench.rs): `drive`, which runs a node program on a
 //! new connection per run, and the synthetic event producer.
-use std::{net::Ipv4Addr, path::Path, time::Duration};
+use std::{
+    net::{Ipv4Addr, Ipv6Addr},
+    path::Path,
+    time::Duration,
+};
 
 use aya::{
     Ebpf,
@@ -20,14 +24,32 @@ pub struct FlowSpace {
     peers: u32,
     first_dport: u32,
     ports: u32,
+    saddr_offset: u32,
+    dport_offset: u32,
 }
 
 // SAFETY: plain old data, as the kernel side reads it.
 unsafe impl aya::Pod for FlowSpace {}
 
 impl FlowSpace {
+    /// Over IPv4 frames (`tcp_frame`).
     pub fn new(first_peer: Ipv4Addr, peers: u32, first_port: u16, ports: u32) -> FlowSpace {
-        FlowSpace { first_saddr: first_peer.to_bits(), peers, first_dport: first_port as u32, ports }
+        let (saddr_offset, dport_offset) = (14 + 12, 14 + 20 + 2);
+        FlowSpace {
+            first_saddr: first_peer.to_bits(),
+            peers,
+            first_dport: first_port as u32,
+            ports,
+            saddr_offset,
+            dport_offset,
+        }
+    }
+
+    /// Over IPv6 frames (`tcp_frame6`): the source addresses differ in their last 32 bits.
+    pub fn new_v6(first_peer: Ipv6Addr, peers: u32, first_port: u16, ports: u32) -> FlowSpace {
+        let (saddr_offset, dport_offset) = (14 + 8 + 12, 14 + 40 + 2);
+        let first_saddr = first_peer.to_bits() as u32;
+        FlowSpace { first_saddr, peers, first_dport: first_port as u32, ports, saddr_offset, dport_offset }
     }
 }
 

@@ -13,7 +13,7 @@ mod verdict;
 
 use std::{
     io::{Read, Write},
-    net::{Ipv4Addr, TcpListener},
+    net::{Ipv4Addr, Ipv6Addr, TcpListener},
     sync::{
         Arc,
         atomic::{AtomicBool, AtomicU64, Ordering},
@@ -119,6 +119,25 @@ fn tcp_syn(from: Ipv4Addr, to: Ipv4Addr, dport: u16) -> Vec<u8> {
 
 fn tcp_frame(from: Ipv4Addr, to: Ipv4Addr, dport: u16, flags: u8) -> Vec<u8> {
     tcp_frame_from(40000, from, to, dport, flags)
+}
+
+/// A TCP segment over IPv6, as `tcp_frame`.
+fn tcp_frame6(from: Ipv6Addr, to: Ipv6Addr, dport: u16, flags: u8) -> Vec<u8> {
+    let mut frame = vec![0u8; 14 + 40 + 20];
+    frame[12..14].copy_from_slice(&0x86ddu16.to_be_bytes());
+    let ip = &mut frame[14..54];
+    ip[0] = 0x60;
+    ip[4..6].copy_from_slice(&20u16.to_be_bytes());
+    ip[6] = PROTO_TCP;
+    ip[7] = 64;
+    ip[8..24].copy_from_slice(&from.octets());
+    ip[24..40].copy_from_slice(&to.octets());
+    let tcp = &mut frame[54..];
+    tcp[0..2].copy_from_slice(&40000u16.to_be_bytes());
+    tcp[2..4].copy_from_slice(&dport.to_be_bytes());
+    tcp[12] = 5 << 4;
+    tcp[13] = flags;
+    frame
 }
 
 fn tcp_frame_from(sport: u16, from: Ipv4Addr, to: Ipv4Addr, dport: u16, flags: u8) -> Vec<u8> {

@@ -1,6 +1,7 @@
 //! Test network: a "node" namespace holding the host side of every endpoint's veth, one
-//! namespace per endpoint, and optionally an external (non-endpoint) namespace. Addresses are in
-//! 10.200.0.0/16, only on these veths; nothing routes anywhere else. Everything is deleted when
+//! namespace per endpoint, and optionally an external (non-endpoint) namespace. Dual-stack:
+//! addresses are in 10.200.0.0/16 and fd00:200::/48, only on these veths; nothing routes
+//! anywhere else. Everything is deleted when
 //! the `Topology` is dropped, also when the test panics.
 #![allow(dead_code)] // each test binary uses a different part
 
@@ -8,7 +9,7 @@ use std::{
     fs::File,
     io::{ErrorKind, Read, Write},
     mem::MaybeUninit,
-    net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpListener, TcpStream, UdpSocket},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6, TcpListener, TcpStream, UdpSocket},
     os::fd::AsRawFd,
     path::PathBuf,
     process::Command,
@@ -42,6 +43,15 @@ pub struct Endpoint {
     /// Host-side interface, in the node namespace.
     pub host_if: String,
     pub addr: Ipv4Addr,
+    /// fd00:200:0:<subnet>::2.
+    pub addr6: Ipv6Addr,
+}
+
+impl Endpoint {
+    /// Both addresses, as the datapath attaches an endpoint.
+    pub fn addrs(&self) -> palisade_datapath::EndpointAddrs {
+        palisade_datapath::EndpointAddrs { v4: Some(self.addr), v6: Some(self.addr6) }
+    }
 }
 
 pub struct Topology {
@@ -65,6 +75,7 @@ impl Topology {
         topology.add_ns(&node);
         run(&["ip", "-n", &node, "link", "set", "lo", "up"]);
         run(&["ip", "netns", "exec", &node, "sysctl", "-qw", "net.ipv4.ip_forward=1"]);
+        run(&["ip", "netns", "exec", &node, "sysctl", "-qw", "net.ipv6.conf.all.forwarding=1"]);
         for i in 0..endpoints {
             let endpoint = topology.add_endpoint(prefix, &format!("e{i}"), subnet + i as u8);
             topology.endpoints.push(endpoint);
@@ -96,7 +107,13 @@ impl Topology {
         run(&["ip", "-n", &ns, "link", "set", &peer_if, "up"]);
         run(&["ip", "-n", &ns, "link", "set", "lo", "up"]);
         run(&["ip", "-n", &ns, "route", "add", "10.200.0.0/16", "via", &gateway]);
-        Endpoint { ns, host_if, addr }
+        // Without duplicate address detection: the addresses are usable at once.
+        let gateway6 = format!("fd00:200:0:{subnet:x}::1");
+        let addr6 = Ipv6Addr::new(0xfd00, 0x200, 0, subnet as u16, 0, 0, 0, 2);
+        run(&["ip", "-n", &node, "addr", "add", &format!("{gateway6}/64"), "dev", &host_if, "nodad"]);
+        run(&["ip", "-n", &ns, "addr", "add", &format!("{addr6}/64"), "dev", &peer_if, "nodad"]);
+        run(&["ip", "-n", &ns, "route", "add", "fd00:200::/48", "via", &gateway6]);
+        Endpoint { ns, host_if, addr, addr6 }
     }
 
     /// Opens (or adopts) this test's datapath. Call from a thread inside the node namespace.
@@ -164,10 +181,11 @@ pub fn in_netns<T: Send + 'static>(ns: &str, f: impl FnOnce() -> T + Send + 'sta
     .expect("netns thread")
 }
 
-/// TCP echo server on every given port of `ns`; runs until the process exits.
+/// TCP echo server on every given port of `ns`, both families (an IPv6 socket takes IPv4 too);
+/// runs until the process exits.
 pub fn tcp_echo_servers(ns: &str, ports: &[u16]) {
     for &port in ports {
-        let listener = in_netns(ns, move || TcpListener::bind(("0.0.0.0", port)).expect("bind tcp"));
+        let listener = in_netns(ns, move || TcpListener::bind(("::", port)).expect("bind tcp"));
         thread::spawn(move || {
             for stream in listener.incoming().flatten() {
                 thread::spawn(move || echo(stream));
@@ -185,15 +203,16 @@ fn echo(mut stream: TcpStream) {
     }
 }
 
-/// UDP echo server on every given port of `ns`; counts datagrams per port.
+/// UDP echo server on every given port of `ns`, both families; counts datagrams per port.
 pub fn udp_echo_servers(ns: &str, ports: &[u16]) -> Vec<Arc<AtomicU64>> {
     ports
         .iter()
         .map(|&port| {
             let socket = in_netns(ns, move || {
-                let socket = Socket::new(Domain::IPV4, Type::DGRAM, None).expect("udp socket");
+                let socket = Socket::new(Domain::IPV6, Type::DGRAM, None).expect("udp socket");
+                socket.set_only_v6(false).expect("dual-stack socket");
                 socket.set_recv_buffer_size(8 << 20).expect("rcvbuf");
-                socket.bind(&SocketAddr::from(([0, 0, 0, 0], port)).into()).expect("bind udp");
+                socket.bind(&SocketAddr::from((Ipv6Addr::UNSPECIFIED, port)).into()).expect("bind udp");
                 UdpSocket::from(socket)
             });
             let received = Arc::new(AtomicU64::new(0));
@@ -211,7 +230,8 @@ pub fn udp_echo_servers(ns: &str, ports: &[u16]) -> Vec<Arc<AtomicU64>> {
         .collect()
 }
 
-pub fn tcp_connect(ns: &str, to: Ipv4Addr, port: u16) -> Option<TcpStream> {
+pub fn tcp_connect(ns: &str, to: impl Into<IpAddr>, port: u16) -> Option<TcpStream> {
+    let to = to.into();
     in_netns(ns, move || {
         let stream = TcpStream::connect_timeout(&SocketAddr::from((to, port)), PROBE_TIMEOUT).ok()?;
         stream.set_read_timeout(Some(PROBE_TIMEOUT)).ok()?;
@@ -228,13 +248,15 @@ pub fn tcp_roundtrip(stream: &mut TcpStream) -> bool {
     stream.read_exact(&mut buf).is_ok() && &buf == b"ping"
 }
 
-pub fn tcp_ok(ns: &str, to: Ipv4Addr, port: u16) -> bool {
+pub fn tcp_ok(ns: &str, to: impl Into<IpAddr>, port: u16) -> bool {
     tcp_connect(ns, to, port).is_some_and(|mut stream| tcp_roundtrip(&mut stream))
 }
 
-pub fn udp_socket(ns: &str, to: Ipv4Addr, port: u16) -> UdpSocket {
+pub fn udp_socket(ns: &str, to: impl Into<IpAddr>, port: u16) -> UdpSocket {
+    let to = to.into();
     in_netns(ns, move || {
-        let socket = UdpSocket::bind("0.0.0.0:0").expect("bind udp client");
+        let any: IpAddr = if to.is_ipv4() { Ipv4Addr::UNSPECIFIED.into() } else { Ipv6Addr::UNSPECIFIED.into() };
+        let socket = UdpSocket::bind((any, 0)).expect("bind udp client");
         socket.connect((to, port)).expect("connect udp");
         socket.set_read_timeout(Some(PROBE_TIMEOUT)).expect("timeout");
         socket
@@ -248,7 +270,7 @@ pub enum UdpOutcome {
     Silent,
 }
 
-pub fn udp_probe(ns: &str, to: Ipv4Addr, port: u16) -> UdpOutcome {
+pub fn udp_probe(ns: &str, to: impl Into<IpAddr>, port: u16) -> UdpOutcome {
     let socket = udp_socket(ns, to, port);
     socket.send(b"probe").expect("send udp");
     let mut buf = [0; 16];
@@ -259,33 +281,40 @@ pub fn udp_probe(ns: &str, to: Ipv4Addr, port: u16) -> UdpOutcome {
     }
 }
 
-pub fn udp_ok(ns: &str, to: Ipv4Addr, port: u16) -> bool {
+pub fn udp_ok(ns: &str, to: impl Into<IpAddr>, port: u16) -> bool {
     udp_probe(ns, to, port) == UdpOutcome::Echoed
 }
 
-/// ICMP echo with a raw socket (no `ping` process: fast and exact).
+/// ICMP or ICMPv6 echo with a raw socket (no `ping` process: fast and exact).
 pub struct Pinger {
     socket: Socket,
-    to: Ipv4Addr,
+    to: IpAddr,
     id: u16,
     seq: u16,
 }
 
 impl Pinger {
-    pub fn new(ns: &str, to: Ipv4Addr) -> Pinger {
+    pub fn new(ns: &str, to: impl Into<IpAddr>) -> Pinger {
         static NEXT_ID: AtomicU64 = AtomicU64::new(0x5100);
-        let socket =
-            in_netns(ns, || Socket::new(Domain::IPV4, Type::RAW, Some(Protocol::ICMPV4)).expect("raw icmp socket"));
+        let to = to.into();
+        let (domain, protocol) =
+            if to.is_ipv4() { (Domain::IPV4, Protocol::ICMPV4) } else { (Domain::IPV6, Protocol::ICMPV6) };
+        let socket = in_netns(ns, move || Socket::new(domain, Type::RAW, Some(protocol)).expect("raw icmp socket"));
         let id = NEXT_ID.fetch_add(1, Ordering::Relaxed) as u16;
         Pinger { socket, to, id, seq: 0 }
     }
 
     pub fn ping(&mut self, timeout: Duration) -> bool {
         self.seq = self.seq.wrapping_add(1);
-        let mut packet = [8u8, 0, 0, 0, (self.id >> 8) as u8, self.id as u8, (self.seq >> 8) as u8, self.seq as u8];
+        // ICMPv6 echo request 128 (the kernel fills in its checksum), ICMP echo 8.
+        let (request, reply) = if self.to.is_ipv4() { (8, 0) } else { (128, 129) };
+        let mut packet = [request, 0, 0, 0, (self.id >> 8) as u8, self.id as u8, (self.seq >> 8) as u8, self.seq as u8];
         let sum = checksum(&packet);
         packet[2..4].copy_from_slice(&sum.to_be_bytes());
-        let to = SocketAddrV4::new(self.to, 0);
+        let to = match self.to {
+            IpAddr::V4(v4) => SocketAddr::V4(SocketAddrV4::new(v4, 0)),
+            IpAddr::V6(v6) => SocketAddr::V6(SocketAddrV6::new(v6, 0, 0, 0)),
+        };
         if self.socket.send_to(&packet, &to.into()).is_err() {
             return false;
         }
@@ -297,17 +326,16 @@ impl Pinger {
             }
             self.socket.set_read_timeout(Some(left)).expect("timeout");
             let mut buf = [MaybeUninit::<u8>::uninit(); 1500];
-            let Ok((n, _)) = self.socket.recv_from(&mut buf) else {
+            let Ok((n, from)) = self.socket.recv_from(&mut buf) else {
                 return false;
             };
             // SAFETY: the kernel initialised the first n bytes.
             let buf: Vec<u8> = buf[..n].iter().map(|b| unsafe { b.assume_init() }).collect();
-            let ihl = ((buf[0] & 0x0f) as usize) * 4;
-            let icmp = &buf[ihl..];
-            let from = Ipv4Addr::new(buf[12], buf[13], buf[14], buf[15]);
-            if from == self.to
+            // An IPv4 raw socket reads the IP header too; an IPv6 one only the message.
+            let icmp = if self.to.is_ipv4() { &buf[((buf[0] & 0x0f) as usize) * 4..] } else { &buf[..] };
+            if from.as_socket().map(|from| from.ip()) == Some(self.to)
                 && icmp.len() >= 8
-                && icmp[0] == 0
+                && icmp[0] == reply
                 && u16::from_be_bytes([icmp[4], icmp[5]]) == self.id
                 && u16::from_be_bytes([icmp[6], icmp[7]]) == self.seq
             {
@@ -394,7 +422,7 @@ fn checksum(data: &[u8]) -> u16 {
     !(sum as u16)
 }
 
-pub fn ping_ok(ns: &str, to: Ipv4Addr) -> bool {
+pub fn ping_ok(ns: &str, to: impl Into<IpAddr>) -> bool {
     Pinger::new(ns, to).ping(PROBE_TIMEOUT)
 }
 

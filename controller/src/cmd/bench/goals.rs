@@ -38,6 +38,8 @@ pub const GOALS: &[Goal] = &[
     goal("verdict_new_flow_ns", AtMost, 60.0, "ns"),
     goal("verdict_new_flow_candidate_ns", AtMost, 120.0, "ns"),
     goal("verdict_established_ns", AtMost, 50.0, "ns"),
+    // bench-datapath, #18: a new IPv6 connection's whole cost over an IPv4 one's.
+    goal("verdict_new_flow_v6_ratio", AtMost, 1.2, ""),
     goal("flip_1000_ms", AtMost, 10.0, "ms"),
     goal("flip_vs_alternative_ratio", Above, 1.0, ""),
     goal("flip_mixed_policy_packets", AtMost, 0.0, ""),

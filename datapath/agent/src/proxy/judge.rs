@@ -81,8 +81,8 @@ impl Found {
         }
         Found {
             sides,
-            source: peer(policy, ends.client, identities[0]),
-            destination: peer(policy, destination, identities[1]),
+            source: peer(policy, ends.client.into(), identities[0]),
+            destination: peer(policy, destination.into(), identities[1]),
         }
     }
 }
