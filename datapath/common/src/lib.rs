@@ -31,6 +31,7 @@ pub const IDENTITY_INIT: u32 = 5;
 pub const IDENTITY_REMOTE_NODE: u32 = 6;
 pub const IDENTITY_KUBE_APISERVER: u32 = 7;
 pub const IDENTITY_INGRESS: u32 = 8;
+pub const IDENTITY_WORLD_IPV6: u32 = 10;
 /// A Service's ClusterIP. Not a peer policy can name: the source's egress to it is judged after
 /// kube-proxy has translated it to a backend, at the hook the translated packet reaches (the
 /// backend's host-side veth, or the interface it leaves the node by). The source's hook defers
