@@ -483,7 +483,8 @@ pub(crate) fn describe(view: &NodeView, event: &FlowEvent, now: Timestamp) -> Ob
     let (source, destination) = if ingress { (peer, local) } else { (local, peer) };
     let service = (event.service_addr_be != 0).then(|| {
         let ip = Ipv4Addr::from(u32::from_be(event.service_addr_be));
-        let known = compiled.and_then(|c| c.enforced.cluster.services.iter().find(|s| s.cluster_ips.contains(&ip)));
+        let known =
+            compiled.and_then(|c| c.enforced.cluster.services.iter().find(|s| s.cluster_ips.contains(&ip.into())));
         FlowService {
             ip,
             port: event.service_port,
@@ -588,7 +589,7 @@ pub(crate) fn decided_by(engine: &CompiledPolicy, cookie: u32) -> DecidedBy {
 
 /// A peer by its address when it is a known pod, else by its identity.
 pub(crate) fn peer(engine: &CompiledPolicy, ip: Ipv4Addr, identity: u32) -> FlowPeer {
-    if let Some(pod) = engine.cluster.pods.iter().find(|p| p.ip == Some(ip) && !p.host_network) {
+    if let Some(pod) = engine.cluster.pods.iter().find(|p| p.ips.contains(&ip.into()) && !p.host_network) {
         return FlowPeer {
             ip,
             namespace: Some(pod.namespace.clone()),
