@@ -78,9 +78,13 @@ pub fn resolve<'a>(
         .split_once('/')
         .and_then(|(namespace, name)| cluster.service(namespace, name))
         .ok_or_else(|| format!("no Service {key} (Services are svc/NAMESPACE/NAME)"))?;
-    let ip = ipv4_cluster_ips(service)
-        .next()
-        .ok_or_else(|| format!("Service {key} is headless: it has no IPv4 ClusterIP"))?;
+    let ip = ipv4_cluster_ips(service).next().ok_or_else(|| {
+        if service.cluster_ips.is_empty() {
+            format!("Service {key} is headless: it has no ClusterIP")
+        } else {
+            format!("Service {key} has no IPv4 ClusterIP (local mode is IPv4 only yet)")
+        }
+    })?;
     let ports =
         || service.ports.iter().map(|p| format!("{}/{}", p.port, p.protocol.name())).collect::<Vec<_>>().join(", ");
     let (number, protocol) = match port {
