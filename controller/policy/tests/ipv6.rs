@@ -526,3 +526,36 @@ fn trace_takes_an_ipv6_cidr_peer() {
     let t = trace_of(&e, "node", "cidr:2001:db8::9", "8080/TCP", None);
     assert_eq!(t.from_address, Some(ip("fd00:200::11")));
 }
+
+#[test]
+fn named_ports_and_to_ports_apply_to_ipv6_peers() {
+    let e = engine(&format!(
+        "{}{}",
+        cnp(
+            "in",
+            "server",
+            "  ingress:\n  - fromCIDR: ['2001:db8::/32']\n    toPorts: [{ports: [{port: http, protocol: TCP}]}]\n  - fromEndpoints: [{matchLabels: {app: v6only}}]\n    toPorts: [{ports: [{port: '8000', endPort: 8100}]}]"
+        ),
+        cnp(
+            "out",
+            "client",
+            "  egress:\n  - toPorts: [{ports: [{port: http}]}]\n  - toCIDR: ['2001:db8::/32']\n    toPorts: [{ports: [{port: '53', protocol: ANY}]}]"
+        ),
+    ));
+    expect(
+        &e,
+        &[
+            // The server's named port, for an IPv6 CIDR peer.
+            ("cidr:2001:db8::1", "prod/server", "8080/TCP", Allowed),
+            ("cidr:2001:db8::1", "prod/server", "9090/TCP", Denied),
+            // A port range for an IPv6-only pod, every protocol of ANY.
+            ("prod/v6only", "prod/server", "8050/UDP", Allowed),
+            ("prod/v6only", "prod/server", "8101/TCP", Denied),
+            // Egress named port (the number every pod agrees on) to any peer, IPv6 ones included.
+            ("prod/client", "cidr:2001:db9::1", "8080/TCP", Allowed),
+            ("prod/client", "cidr:2001:db8::53", "53/UDP", Allowed),
+            ("prod/client", "cidr:2001:db8::53", "53/SCTP", Allowed),
+            ("prod/client", "cidr:2001:db8::53", "icmpv6/128", Denied),
+        ],
+    );
+}
