@@ -11,7 +11,7 @@ mod support;
 
 use std::{
     collections::{BTreeMap, BTreeSet},
-    net::Ipv4Addr,
+    net::{IpAddr, Ipv4Addr},
     path::{Path, PathBuf},
     process::Command,
 };
@@ -89,9 +89,11 @@ fn address(engine: &CompiledPolicy, end: &FlowEnd) -> Option<Ipv4Addr> {
     match end {
         FlowEnd::Pod { namespace, name } => {
             let pod = engine.cluster.pod(namespace, name).unwrap_or_else(|| panic!("no pod {end}"));
-            Some(pod.ip.unwrap_or_else(|| panic!("pod {end} has no IP in cluster.yaml")))
+            Some(pod.ipv4().unwrap_or_else(|| panic!("pod {end} has no IPv4 address in cluster.yaml")))
         }
-        FlowEnd::Address(ip) => Some(*ip),
+        FlowEnd::Address(IpAddr::V4(ip)) => Some(*ip),
+        // The datapath here is IPv4 only yet.
+        FlowEnd::Address(IpAddr::V6(_)) => None,
         FlowEnd::Entity(_) | FlowEnd::Node | FlowEnd::Service { .. } => None,
     }
 }
@@ -228,7 +230,9 @@ fn check_scenario(index: usize, name: &str) -> Outcome {
     let mut datapath = Datapath::open(&sandbox.pin_dir).expect("open the datapath");
 
     for (prefix, identity) in engine.ipcache() {
-        datapath.set_ipcache(prefix.addr, prefix.len, identity).unwrap();
+        if let Some(net) = prefix.ipv4() {
+            datapath.set_ipcache(net.addr(), net.prefix_len(), identity).unwrap();
+        }
     }
     // Endpoint id, ifindex and both directions' entries of every Palisade endpoint, by pod.
     let mut endpoints: BTreeMap<String, (u32, u32, [Vec<PolicyEntry>; 2])> = BTreeMap::new();
@@ -242,7 +246,7 @@ fn check_scenario(index: usize, name: &str) -> Outcome {
         let (ifname, peer) = (format!("pcp{index}h{id}"), format!("pcp{index}p{id}"));
         run(&["ip", "-n", &sandbox.netns, "link", "add", &ifname, "type", "veth", "peer", "name", &peer]);
         run(&["ip", "-n", &sandbox.netns, "link", "set", &ifname, "up"]);
-        let addr = endpoint.pod.ip.unwrap_or_else(|| panic!("pod {} has no IP", endpoint.pod.key()));
+        let addr = endpoint.pod.ipv4().unwrap_or_else(|| panic!("pod {} has no IPv4 address", endpoint.pod.key()));
         datapath.attach(id, &ifname, addr).unwrap();
         endpoints.insert(endpoint.pod.key(), (id, if_index(&ifname), [ingress, egress]));
     }
@@ -270,13 +274,18 @@ fn check_scenario(index: usize, name: &str) -> Outcome {
             FlowEnd::Service { namespace, name } => {
                 let traced = trace::trace_service(&engine, &from, &to, port, None).unwrap();
                 let service = engine.cluster.service(namespace, name).unwrap();
-                let cluster_ip = service.cluster_ips[0];
+                let ipv4 = |ip: &IpAddr| match ip {
+                    IpAddr::V4(ip) => Some(*ip),
+                    IpAddr::V6(_) => None,
+                };
+                let cluster_ip = service.cluster_ips.iter().find_map(ipv4).expect("an IPv4 ClusterIP");
                 let legs = traced
                     .backends
                     .into_iter()
-                    .map(|b| Leg {
+                    .filter_map(|b| Some((ipv4(&b.address)?, b)))
+                    .map(|(daddr, b)| Leg {
                         to: b.backend,
-                        daddr: b.address,
+                        daddr,
                         dport: b.port,
                         cluster_ip: Some(cluster_ip),
                         trace: b.trace,

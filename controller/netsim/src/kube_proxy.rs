@@ -24,7 +24,7 @@ use palisade_policy::model::Protocol;
 
 use crate::error::Result;
 use crate::net::run_ip;
-use crate::services::service_range;
+use crate::services::{ipv4_cluster_ips, service_range};
 
 // Hook priorities are numbers: nft 1.0.6 takes `dstnat` in prerouting only. -100 is dstnat, 100
 // srcnat, -10 just before filter (0), as kube-proxy orders its chains.
@@ -40,14 +40,16 @@ pub fn ruleset(cluster: &Cluster) -> String {
     let mut no_endpoints = Vec::new();
     let mut chains = String::new();
     let mut cluster_ips = Vec::new();
-    // Headless Services have no address to translate.
-    for service in cluster.services.iter().filter(|s| !s.cluster_ips.is_empty()) {
-        cluster_ips.extend(service.cluster_ips.iter().map(ToString::to_string));
+    // Headless Services have no address to translate. Local mode is IPv4 only yet: IPv4
+    // ClusterIPs to IPv4 backends.
+    for service in cluster.services.iter().filter(|s| ipv4_cluster_ips(s).next().is_some()) {
+        cluster_ips.extend(ipv4_cluster_ips(service).map(|ip| ip.to_string()));
         for port in &service.ports {
             let Some(proto) = l4proto(port.protocol) else { continue };
             let keys: Vec<String> =
-                service.cluster_ips.iter().map(|ip| format!("{ip} . {proto} . {}", port.port)).collect();
-            let backends = cluster.backends(service, port);
+                ipv4_cluster_ips(service).map(|ip| format!("{ip} . {proto} . {}", port.port)).collect();
+            let mut backends = cluster.backends(service, port);
+            backends.retain(|b| b.ip.is_ipv4());
             if backends.is_empty() {
                 no_endpoints.extend(keys.into_iter().map(|key| format!("{key} : goto reject-chain")));
                 continue;

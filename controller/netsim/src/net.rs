@@ -58,7 +58,7 @@ impl LocalNode {
     /// The local node of `cluster`'s pods, with the address the node namespace gets.
     pub fn choose(cluster: &Cluster) -> Result<LocalNode, NodeAddressError> {
         let mut pods_on: BTreeMap<&str, usize> = BTreeMap::new();
-        for pod in cluster.endpoints().filter(|p| p.ip.is_some()) {
+        for pod in cluster.endpoints().filter(|p| p.ipv4().is_some()) {
             if let Some(node) = &pod.node_name {
                 *pods_on.entry(node).or_default() += 1;
             }
@@ -83,14 +83,15 @@ impl LocalNode {
         match cluster.nodes.iter_mut().find(|n| n.name == self.name) {
             Some(node) if node.internal_ip.is_some() => {}
             Some(node) => {
-                node.addresses.push(self.address);
+                node.addresses.push(self.address.into());
                 node.internal_ip = Some(self.address);
             }
             None => cluster.nodes.push(Node {
                 name: self.name.clone(),
                 labels: BTreeMap::new(),
-                addresses: vec![self.address],
+                addresses: vec![self.address.into()],
                 internal_ip: Some(self.address),
+                internal_ipv6: None,
             }),
         }
     }
@@ -159,7 +160,8 @@ impl LocalNetwork {
         let mut by_if: BTreeMap<String, String> = BTreeMap::new();
         let outside = cluster.outside_hosts.iter().map(|p| (p, true));
         for (pod, outside) in cluster.endpoints().map(|p| (p, false)).chain(outside) {
-            let Some(ip) = pod.ip else { continue };
+            // Local mode is IPv4 only yet: a pod's IPv4 address.
+            let Some(ip) = pod.ipv4() else { continue };
             let key = pod.key();
             // Kubernetes names are DNS labels and subdomains; anything else could escape the
             // namespace directory or an `ip` argument.

@@ -54,8 +54,17 @@ pub fn check(cluster: &Cluster) -> Vec<OutsideServiceRange> {
         .collect()
 }
 
+/// The Service's IPv4 ClusterIPs outside the range (local mode is IPv4 only yet).
 fn outside(service: &Service) -> impl Iterator<Item = Ipv4Addr> + '_ {
-    service.cluster_ips.iter().copied().filter(|ip| !in_service_range(*ip))
+    ipv4_cluster_ips(service).filter(|ip| !in_service_range(*ip))
+}
+
+/// The IPv4 ClusterIPs of a Service: the ones local mode translates (it is IPv4 only yet).
+pub fn ipv4_cluster_ips(service: &Service) -> impl Iterator<Item = Ipv4Addr> + '_ {
+    service.cluster_ips.iter().filter_map(|ip| match ip {
+        std::net::IpAddr::V4(ip) => Some(*ip),
+        std::net::IpAddr::V6(_) => None,
+    })
 }
 
 /// A Service as a destination: `NAMESPACE/NAME`, reached on `port` of its first ClusterIP. The
@@ -69,7 +78,13 @@ pub fn resolve<'a>(
         .split_once('/')
         .and_then(|(namespace, name)| cluster.service(namespace, name))
         .ok_or_else(|| format!("no Service {key} (Services are svc/NAMESPACE/NAME)"))?;
-    let ip = *service.cluster_ips.first().ok_or_else(|| format!("Service {key} is headless: it has no ClusterIP"))?;
+    let ip = ipv4_cluster_ips(service).next().ok_or_else(|| {
+        if service.cluster_ips.is_empty() {
+            format!("Service {key} is headless: it has no ClusterIP")
+        } else {
+            format!("Service {key} has no IPv4 ClusterIP (local mode is IPv4 only yet)")
+        }
+    })?;
     let ports =
         || service.ports.iter().map(|p| format!("{}/{}", p.port, p.protocol.name())).collect::<Vec<_>>().join(", ");
     let (number, protocol) = match port {

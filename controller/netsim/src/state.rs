@@ -358,7 +358,7 @@ items:
         let added = cluster.node("node-b").expect("added to the model");
         assert_eq!(
             (added.addresses.as_slice(), added.internal_ip),
-            ([DEFAULT_NODE_ADDRESS].as_slice(), Some(DEFAULT_NODE_ADDRESS))
+            ([DEFAULT_NODE_ADDRESS.into()].as_slice(), Some(DEFAULT_NODE_ADDRESS))
         );
         assert!(l.cluster.node("node-b").is_none(), "the file's cluster stays as written");
 

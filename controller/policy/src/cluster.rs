@@ -2,7 +2,7 @@
 //! namespaces,pods,nodes,services,endpointslices -A -o yaml` prints (a `List`), or the same objects
 //! as multi-document YAML. Only the fields policy depends on are read.
 use std::collections::{BTreeMap, BTreeSet};
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use serde::Deserialize;
 
@@ -22,9 +22,10 @@ pub struct Cluster {
     /// (see [`Cluster::apiserver_addresses`]); those of other Services without a selector are
     /// their backends (`toServices`, see [`Cluster::selectorless_service_addresses`]).
     pub endpoint_slices: Vec<EndpointSlice>,
-    /// DNS answers seen: each name (lower case, no root dot) and the addresses it resolved
-    /// to. `toFQDNs` selects the /32 CIDR identities of the addresses of the names it matches.
-    pub dns_answers: BTreeMap<String, BTreeSet<Ipv4Addr>>,
+    /// DNS answers seen: each name (lower case, no root dot) and the addresses (A and AAAA) it
+    /// resolved to. `toFQDNs` selects the /32 and /128 CIDR identities of the addresses of the
+    /// names it matches.
+    pub dns_answers: BTreeMap<String, BTreeSet<IpAddr>>,
     /// Pods of a cluster file annotated [`OUTSIDE_CLUSTER`]: hosts outside the cluster that local
     /// mode runs as namespaces. Their addresses are `world` (or a CIDR identity) to policy, so
     /// they are kept out of `pods`: no selector selects them and no endpoint is made for them.
@@ -47,7 +48,10 @@ pub struct Pod {
     pub labels: BTreeMap<String, String>,
     pub service_account: String,
     pub node_name: Option<String>,
-    pub ip: Option<Ipv4Addr>,
+    /// Every address of `status.podIPs` (`status.podIP` when that is absent), in the order the
+    /// API server lists them: the first is the primary (`status.podIP`). A dual-stack pod has
+    /// one of each family. See [`Pod::ipv4`] and [`Pod::ipv6`].
+    pub ips: Vec<IpAddr>,
     /// Host-network pods share the node's identity and are not endpoints.
     pub host_network: bool,
     pub ports: Vec<ContainerPort>,
@@ -56,6 +60,32 @@ pub struct Pod {
 impl Pod {
     pub fn key(&self) -> String {
         format!("{}/{}", self.namespace, self.name)
+    }
+
+    /// The pod's IPv4 address (the first, if the API listed several).
+    pub fn ipv4(&self) -> Option<Ipv4Addr> {
+        self.ips.iter().find_map(|ip| match ip {
+            IpAddr::V4(ip) => Some(*ip),
+            IpAddr::V6(_) => None,
+        })
+    }
+
+    /// The pod's IPv6 address (the first, if the API listed several).
+    pub fn ipv6(&self) -> Option<Ipv6Addr> {
+        self.ips.iter().find_map(|ip| match ip {
+            IpAddr::V6(ip) => Some(*ip),
+            IpAddr::V4(_) => None,
+        })
+    }
+
+    /// The primary address (`status.podIP`), of either family.
+    pub fn ip(&self) -> Option<IpAddr> {
+        self.ips.first().copied()
+    }
+
+    /// The pod's address of the family of `like` (to answer a peer in its own family).
+    pub fn ip_like(&self, like: IpAddr) -> Option<IpAddr> {
+        self.ips.iter().copied().find(|ip| ip.is_ipv4() == like.is_ipv4())
     }
 }
 
@@ -70,10 +100,23 @@ pub struct ContainerPort {
 pub struct Node {
     pub name: String,
     pub labels: BTreeMap<String, String>,
-    /// Every IPv4 address in `status.addresses` (InternalIP, ExternalIP, ...).
-    pub addresses: Vec<Ipv4Addr>,
-    /// The first IPv4 `InternalIP`: the address the node's own traffic comes from.
+    /// Every IP address in `status.addresses` (InternalIP, ExternalIP, ...), both families;
+    /// hostnames left out.
+    pub addresses: Vec<IpAddr>,
+    /// The first IPv4 `InternalIP`: the address the node's own IPv4 traffic comes from.
     pub internal_ip: Option<Ipv4Addr>,
+    /// The first IPv6 `InternalIP`: the address the node's own IPv6 traffic comes from.
+    pub internal_ipv6: Option<Ipv6Addr>,
+}
+
+impl Node {
+    /// The node's IPv4 addresses.
+    pub fn ipv4_addresses(&self) -> impl Iterator<Item = Ipv4Addr> + '_ {
+        self.addresses.iter().filter_map(|a| match a {
+            IpAddr::V4(a) => Some(*a),
+            IpAddr::V6(_) => None,
+        })
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Default)]
@@ -83,9 +126,9 @@ pub struct Service {
     pub labels: BTreeMap<String, String>,
     /// `None` for a selectorless Service.
     pub selector: Option<BTreeMap<String, String>>,
-    /// The IPv4 ClusterIPs (`spec.clusterIPs`, else `spec.clusterIP`); empty for a headless or
-    /// ExternalName Service, which has no address of its own to translate.
-    pub cluster_ips: Vec<Ipv4Addr>,
+    /// The ClusterIPs of both families (`spec.clusterIPs`, else `spec.clusterIP`); empty for a
+    /// headless or ExternalName Service, which has no address of its own to translate.
+    pub cluster_ips: Vec<IpAddr>,
     pub ports: Vec<ServicePort>,
 }
 
@@ -109,7 +152,8 @@ pub enum TargetPort {
 /// One backend of a Service port: an address and the port traffic to it is translated to.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub struct Backend {
-    pub ip: Ipv4Addr,
+    /// An address of either family: a Service with ClusterIPs of both has backends of both.
+    pub ip: IpAddr,
     pub port: u16,
     /// `namespace/name` of the pod at that address, when it is one.
     pub pod: Option<String>,
@@ -121,9 +165,10 @@ pub struct EndpointSlice {
     pub namespace: String,
     pub name: String,
     pub labels: BTreeMap<String, String>,
-    /// Every IPv4 address of every endpoint not marked `conditions.ready: false` (Kubernetes: an
-    /// unset condition means ready).
-    pub addresses: Vec<Ipv4Addr>,
+    /// Every address of every endpoint not marked `conditions.ready: false` (Kubernetes: an
+    /// unset condition means ready): IPv4 for `addressType: IPv4`, IPv6 for `IPv6`, none for
+    /// `FQDN`.
+    pub addresses: Vec<IpAddr>,
     /// The slice's `ports`: each Service port's number on these endpoints, by port name.
     pub ports: Vec<ContainerPort>,
 }
@@ -158,7 +203,7 @@ impl EndpointSlice {
             .flatten()
             .filter(|e| e["conditions"]["ready"].as_bool() != Some(false))
             .flat_map(|e| e["addresses"].as_array().into_iter().flatten())
-            // IPv6 and FQDN slices hold addresses that do not parse as IPv4: left out.
+            // FQDN slices hold names, which do not parse: left out.
             .filter_map(|a| a.as_str()?.parse().ok())
             .collect();
         let mut slice_ports = Vec::new();
@@ -281,12 +326,18 @@ impl Pod {
             serde_json::Value::Null => PodSpec::default(),
             spec => serde_json::from_value(spec).map_err(|e| format!("pod {name}: spec: {e}"))?,
         };
-        let ip = match status.get("podIP").and_then(|v| v.as_str()) {
-            Some(ip) => {
-                Some(ip.parse().map_err(|_| format!("pod {name}: status.podIP {ip:?} is not an IPv4 address"))?)
+        // `status.podIPs` lists every address, the primary (`status.podIP`) first; a hand-written
+        // cluster file may give only `podIP`.
+        let mut ips: Vec<IpAddr> = Vec::new();
+        let listed = status.get("podIPs").and_then(|v| v.as_array()).into_iter().flatten().enumerate();
+        let listed = listed.map(|(i, entry)| (format!("status.podIPs[{i}].ip"), entry.get("ip")));
+        for (field, ip) in std::iter::once(("status.podIP".to_string(), status.get("podIP"))).chain(listed) {
+            let Some(ip) = ip.and_then(|v| v.as_str()) else { continue };
+            let ip: IpAddr = ip.parse().map_err(|_| format!("pod {name}: {field} {ip:?} is not an IP address"))?;
+            if !ips.contains(&ip) {
+                ips.push(ip);
             }
-            None => None,
-        };
+        }
         let mut ports = Vec::new();
         for port in spec.containers.iter().flat_map(|c| &c.ports) {
             let protocol = protocol(port.protocol.as_deref()).map_err(|e| format!("pod {name}: container port {e}"))?;
@@ -298,7 +349,7 @@ impl Pod {
             labels,
             service_account: spec.service_account_name.unwrap_or_else(|| "default".into()),
             node_name: spec.node_name,
-            ip,
+            ips,
             host_network: spec.host_network,
             ports,
         })
@@ -316,8 +367,16 @@ impl Node {
         let listed = || status["addresses"].as_array().into_iter().flatten();
         let parse = |a: &serde_json::Value| a["address"].as_str()?.parse().ok();
         let addresses = listed().filter_map(parse).collect();
-        let internal_ip = listed().filter(|a| a["type"] == "InternalIP").find_map(parse);
-        Node { name: meta.name, labels: meta.labels, addresses, internal_ip }
+        let internal = || listed().filter(|a| a["type"] == "InternalIP").filter_map(parse);
+        let internal_ip = internal().find_map(|a: IpAddr| match a {
+            IpAddr::V4(a) => Some(a),
+            IpAddr::V6(_) => None,
+        });
+        let internal_ipv6 = internal().find_map(|a: IpAddr| match a {
+            IpAddr::V6(a) => Some(a),
+            IpAddr::V4(_) => None,
+        });
+        Node { name: meta.name, labels: meta.labels, addresses, internal_ip, internal_ipv6 }
     }
 }
 
@@ -370,10 +429,8 @@ impl Service {
         let listed = if spec.cluster_ips.is_empty() { spec.cluster_ip.into_iter().collect() } else { spec.cluster_ips };
         let mut cluster_ips = Vec::new();
         for ip in listed.iter().filter(|ip| !ip.is_empty() && *ip != "None") {
-            match ip.parse::<std::net::IpAddr>() {
-                Ok(std::net::IpAddr::V4(ip)) => cluster_ips.push(ip),
-                // IPv6 ClusterIPs wait for IPv6 support; the IPv4 ones still work.
-                Ok(std::net::IpAddr::V6(_)) => {}
+            match ip.parse::<IpAddr>() {
+                Ok(ip) => cluster_ips.push(ip),
                 Err(_) => return Err(format!("service {name}: spec.clusterIP {ip:?} is not an IP address")),
             }
         }
@@ -571,7 +628,7 @@ impl Cluster {
     }
 
     /// The API server's addresses: those of the `default/kubernetes` Service's EndpointSlices.
-    pub fn apiserver_addresses(&self) -> impl Iterator<Item = Ipv4Addr> + '_ {
+    pub fn apiserver_addresses(&self) -> impl Iterator<Item = IpAddr> + '_ {
         self.endpoint_slices.iter().filter(|s| s.is_apiserver()).flat_map(|s| s.addresses.iter().copied())
     }
 
@@ -584,12 +641,22 @@ impl Cluster {
     /// EndpointSlice controller publishes); for one without, the addresses of its EndpointSlices
     /// with the slice port of the same name (Services pointing outside the cluster).
     pub fn backends(&self, service: &Service, port: &ServicePort) -> Vec<Backend> {
-        let pod_at = |ip: Ipv4Addr| self.pods.iter().find(|p| p.ip == Some(ip)).map(Pod::key);
+        let pod_at = |ip: IpAddr| self.pods.iter().find(|p| p.ips.contains(&ip)).map(Pod::key);
+        // A Service has backends in the families of its ClusterIPs (a headless one in every
+        // family its pods have), as kube-proxy programs one set per family.
+        let family = |ip: &IpAddr| {
+            service.cluster_ips.is_empty() || service.cluster_ips.iter().any(|c| c.is_ipv4() == ip.is_ipv4())
+        };
         let mut backends: Vec<Backend> = if service.selector.is_some() {
             self.pods
                 .iter()
                 .filter(|pod| service.selects(pod))
-                .filter_map(|pod| Some(Backend { ip: pod.ip?, port: port.target_on(pod)?, pod: Some(pod.key()) }))
+                .filter_map(|pod| {
+                    let port = port.target_on(pod)?;
+                    let ips = pod.ips.iter().filter(|ip| family(ip));
+                    Some(ips.map(move |&ip| Backend { ip, port, pod: Some(pod.key()) }))
+                })
+                .flatten()
                 .collect()
         } else {
             self.slices_of(service)
@@ -618,13 +685,13 @@ impl Cluster {
     /// outside the pods.
     /// The addresses whose /32 CIDR identities are held whether a policy names them or not:
     /// the backends of Services without a selector and the addresses of DNS answers.
-    pub fn held_addresses(&self) -> BTreeSet<Ipv4Addr> {
+    pub fn held_addresses(&self) -> BTreeSet<IpAddr> {
         let mut addresses = self.selectorless_service_addresses();
         addresses.extend(self.dns_answers.values().flatten());
         addresses
     }
 
-    pub fn selectorless_service_addresses(&self) -> BTreeSet<Ipv4Addr> {
+    pub fn selectorless_service_addresses(&self) -> BTreeSet<IpAddr> {
         self.services
             .iter()
             .filter(|s| s.selector.is_none() && (s.namespace.as_str(), s.name.as_str()) != APISERVER_SERVICE)

@@ -2,7 +2,7 @@
 //! the host, world and the other entities, and node-local CIDR identities for the prefixes policy
 //! refers to. Numbers are node-local; nothing outside a node ever relies on them.
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 
 use palisade_common as dp;
 
@@ -33,7 +33,7 @@ impl Identity {
     }
 }
 
-pub const RESERVED: [(u32, &str); 8] = [
+pub const RESERVED: [(u32, &str); 9] = [
     (dp::IDENTITY_HOST, "host"),
     (dp::IDENTITY_WORLD, "world"),
     (dp::IDENTITY_UNMANAGED, "unmanaged"),
@@ -42,7 +42,13 @@ pub const RESERVED: [(u32, &str); 8] = [
     (dp::IDENTITY_REMOTE_NODE, "remote-node"),
     (dp::IDENTITY_KUBE_APISERVER, "kube-apiserver"),
     (dp::IDENTITY_INGRESS, "ingress"),
+    (dp::IDENTITY_WORLD_IPV6, "world-ipv6"),
 ];
+
+/// The label IPv4 outside identities carry besides `reserved:world` (Cilium 1.16 dual-stack).
+pub const WORLD_IPV4: &str = "world-ipv4";
+/// The label IPv6 outside identities carry besides `reserved:world`.
+pub const WORLD_IPV6: &str = "world-ipv6";
 
 pub fn reserved_id(name: &str) -> Option<u32> {
     RESERVED.iter().find(|(_, n)| *n == name).map(|(id, _)| *id)
@@ -86,9 +92,20 @@ impl Default for Identities {
             next_cidr: dp::IDENTITY_CIDR_BASE | 1,
         };
         for (id, name) in RESERVED {
-            let mut labels = LabelSet::default();
-            labels.insert(Source::Reserved, name, "");
-            let prefix = (id == dp::IDENTITY_WORLD).then(|| Prefix::new(Ipv4Addr::UNSPECIFIED, 0));
+            let prefix = match id {
+                // world is 0.0.0.0/0, world-ipv6 ::/0; both are `world` to policy.
+                dp::IDENTITY_WORLD => Some(Prefix::everything(false)),
+                dp::IDENTITY_WORLD_IPV6 => Some(Prefix::everything(true)),
+                _ => None,
+            };
+            let labels = match &prefix {
+                Some(prefix) => world_labels(prefix),
+                None => {
+                    let mut labels = LabelSet::default();
+                    labels.insert(Source::Reserved, name, "");
+                    labels
+                }
+            };
             identities.by_labels.insert(labels.clone(), id);
             identities.by_id.insert(id, Identity { id, labels, prefix, namespace: None });
         }
@@ -121,15 +138,13 @@ impl Identities {
         (id, true)
     }
 
-    /// The identity of a CIDR prefix: `cidr:<prefix>` plus `reserved:world`.
+    /// The identity of a CIDR prefix: `cidr:<prefix>` plus `reserved:world` and
+    /// `reserved:world-ipv4` or `reserved:world-ipv6`; a /0 is world or world-ipv6.
     pub fn acquire_cidr(&mut self, prefix: Prefix) -> (u32, bool) {
         if prefix.len == 0 {
-            return (dp::IDENTITY_WORLD, false);
+            return (world_of(&prefix), false);
         }
-        let mut labels = LabelSet::default();
-        labels.insert(Source::Cidr, prefix.to_string(), "");
-        labels.insert(Source::Reserved, "world", "");
-        self.acquire(labels, None, Some(prefix))
+        self.acquire(cidr_labels(&prefix), None, Some(prefix))
     }
 
     /// Drops one user; returns true when the identity is gone. Reserved identities stay.
@@ -167,15 +182,39 @@ impl Identities {
     /// The identity of a CIDR prefix, if allocated.
     pub fn cidr_identity(&self, prefix: Prefix) -> Option<u32> {
         if prefix.len == 0 {
-            return Some(dp::IDENTITY_WORLD);
+            return Some(world_of(&prefix));
         }
-        let mut labels = LabelSet::default();
-        labels.insert(Source::Cidr, prefix.to_string(), "");
-        labels.insert(Source::Reserved, "world", "");
-        self.by_labels.get(&labels).copied()
+        self.by_labels.get(&cidr_labels(&prefix)).copied()
     }
 
     pub fn cidr_identities(&self) -> impl Iterator<Item = &Identity> {
         self.by_id.values().filter(|i| i.prefix.is_some())
     }
+}
+
+/// The world identity of an address's family: world (IPv4) or world-ipv6.
+pub fn world_of_addr(addr: IpAddr) -> u32 {
+    if addr.is_ipv4() { dp::IDENTITY_WORLD } else { dp::IDENTITY_WORLD_IPV6 }
+}
+
+fn world_of(prefix: &Prefix) -> u32 {
+    world_of_addr(prefix.addr)
+}
+
+/// `reserved:world` and the family's `reserved:world-ipv4` or `reserved:world-ipv6`. Cilium
+/// (1.16, dual-stack) labels outside identities with the family label alone and has the `world`
+/// entity select all three; keeping `reserved:world` on each as well lets a selector written
+/// against `reserved:world` go on selecting every outside identity, IPv4 ones as before.
+fn world_labels(prefix: &Prefix) -> LabelSet {
+    let mut labels = LabelSet::default();
+    labels.insert(Source::Reserved, "world", "");
+    labels.insert(Source::Reserved, if prefix.is_ipv4() { WORLD_IPV4 } else { WORLD_IPV6 }, "");
+    labels
+}
+
+/// A CIDR identity's labels: `cidr:<prefix>` (RFC 5952 form for IPv6) and [`world_labels`].
+fn cidr_labels(prefix: &Prefix) -> LabelSet {
+    let mut labels = world_labels(prefix);
+    labels.insert(Source::Cidr, prefix.to_string(), "");
+    labels
 }

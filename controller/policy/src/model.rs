@@ -3,9 +3,9 @@
 //! numbered with a cookie the datapath reports back.
 use std::collections::BTreeSet;
 use std::fmt;
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-use ipnet::Ipv4Net;
+use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 pub use palisade_common::{Direction, Protocol};
 use regex::Regex;
 
@@ -148,46 +148,101 @@ pub enum ServiceRef {
     Selector { namespace: Option<String>, selector: Selector },
 }
 
+/// An IPv4 or IPv6 prefix with its host bits cleared. Ordered IPv4 before IPv6 (then by
+/// address and length), so a sorted list keeps the IPv4 entries first.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Prefix {
-    pub addr: Ipv4Addr,
+    pub addr: IpAddr,
     pub len: u8,
 }
 
 impl Prefix {
-    /// `addr/len` with the host bits cleared; `len` is at most 32.
-    pub fn new(addr: Ipv4Addr, len: u8) -> Prefix {
-        Prefix::from(Ipv4Net::new(addr, len).expect("an IPv4 prefix length is at most 32").trunc())
+    /// `addr/len` with the host bits cleared; `len` is at most 32 for IPv4, 128 for IPv6.
+    pub fn new(addr: IpAddr, len: u8) -> Prefix {
+        Prefix::from(IpNet::new(addr, len).expect("a prefix length fits its family").trunc())
     }
 
-    /// `10.0.0.0/8`, or a bare address meaning /32. IPv6 is refused by the caller.
+    /// The prefix of exactly one address: /32 or /128.
+    pub fn host(addr: IpAddr) -> Prefix {
+        Prefix { addr, len: max_len(addr) }
+    }
+
+    /// `0.0.0.0/0` or `::/0`: everything of one family.
+    pub fn everything(ipv6: bool) -> Prefix {
+        let addr = if ipv6 { IpAddr::V6(Ipv6Addr::UNSPECIFIED) } else { IpAddr::V4(Ipv4Addr::UNSPECIFIED) };
+        Prefix { addr, len: 0 }
+    }
+
+    /// `10.0.0.0/8`, `2001:db8::/32`, or a bare address meaning /32 or /128.
     pub fn parse(text: &str) -> Option<Prefix> {
         let (addr, len) = match text.split_once('/') {
-            Some((a, l)) => (a, l.parse::<u8>().ok()?),
-            None => (text, 32),
+            Some((a, l)) => (a, Some(l.parse::<u8>().ok()?)),
+            None => (text, None),
         };
-        Some(Prefix::from(Ipv4Net::new(addr.parse().ok()?, len).ok()?.trunc()))
+        let addr: IpAddr = addr.parse().ok()?;
+        Some(Prefix::from(IpNet::new(addr, len.unwrap_or(max_len(addr))).ok()?.trunc()))
     }
 
-    pub fn net(&self) -> Ipv4Net {
-        Ipv4Net::new(self.addr, self.len).expect("a Prefix holds a valid length")
+    pub fn net(&self) -> IpNet {
+        IpNet::new(self.addr, self.len).expect("a Prefix holds a valid length")
     }
 
-    pub fn contains_addr(&self, addr: Ipv4Addr) -> bool {
+    pub fn is_ipv4(&self) -> bool {
+        self.addr.is_ipv4()
+    }
+
+    pub fn is_ipv6(&self) -> bool {
+        self.addr.is_ipv6()
+    }
+
+    /// The IPv4 network, for the consumers that only handle IPv4 yet.
+    pub fn ipv4(&self) -> Option<Ipv4Net> {
+        match self.net() {
+            IpNet::V4(net) => Some(net),
+            IpNet::V6(_) => None,
+        }
+    }
+
+    /// Whether the prefix holds one address (/32 or /128).
+    pub fn is_host(&self) -> bool {
+        self.len == max_len(self.addr)
+    }
+
+    /// False for an address of the other family.
+    pub fn contains_addr(&self, addr: IpAddr) -> bool {
         self.net().contains(&addr)
     }
 
+    /// False for a prefix of the other family.
     pub fn contains(&self, other: &Prefix) -> bool {
         self.net().contains(&other.net())
     }
 }
 
-impl From<Ipv4Net> for Prefix {
-    fn from(net: Ipv4Net) -> Prefix {
+/// 32 for IPv4, 128 for IPv6.
+fn max_len(addr: IpAddr) -> u8 {
+    if addr.is_ipv4() { 32 } else { 128 }
+}
+
+impl From<IpNet> for Prefix {
+    fn from(net: IpNet) -> Prefix {
         Prefix { addr: net.addr(), len: net.prefix_len() }
     }
 }
 
+impl From<Ipv4Net> for Prefix {
+    fn from(net: Ipv4Net) -> Prefix {
+        Prefix::from(IpNet::V4(net))
+    }
+}
+
+impl From<Ipv6Net> for Prefix {
+    fn from(net: Ipv6Net) -> Prefix {
+        Prefix::from(IpNet::V6(net))
+    }
+}
+
+/// `10.0.0.0/8`; IPv6 in RFC 5952 form (`2001:db8::/32`).
 impl fmt::Display for Prefix {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}/{}", self.addr, self.len)
@@ -206,7 +261,7 @@ impl CidrBlock {
         self.cidr.contains(prefix) && !self.except.iter().any(|e| e.contains(prefix))
     }
 
-    pub fn selects_addr(&self, addr: Ipv4Addr) -> bool {
+    pub fn selects_addr(&self, addr: IpAddr) -> bool {
         self.cidr.contains_addr(addr) && !self.except.iter().any(|e| e.contains_addr(addr))
     }
 }

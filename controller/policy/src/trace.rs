@@ -7,7 +7,7 @@
 //! denies it (drop reason `l7-unsupported`, never failing open), while the intent is what the L7
 //! rules would decide. HTTP on TCP goes to the node's proxy, which enforces the intent.
 use std::fmt;
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 
 use palisade_common as dp;
 use serde::Serialize;
@@ -29,7 +29,8 @@ pub enum FlowEnd {
         namespace: String,
         name: String,
     },
-    Address(Ipv4Addr),
+    /// An address of either family (`cidr:10.0.0.1`, `cidr:2001:db8::1`).
+    Address(IpAddr),
     Entity(String),
     /// The local host: the node the pod at the other end runs on (identity `host`).
     Node,
@@ -55,13 +56,13 @@ impl FlowEnd {
             };
         }
         if let Some(ip) = text.strip_prefix("cidr:") {
-            return ip.parse().map(FlowEnd::Address).map_err(|_| format!("{ip:?} is not an IPv4 address"));
+            return ip.parse().map(FlowEnd::Address).map_err(|_| format!("{ip:?} is not an IPv4 or IPv6 address"));
         }
         if let Some(name) = text.strip_prefix("entity:") {
             return match identity::reserved_id(name) {
                 Some(_) => Ok(FlowEnd::Entity(name.to_string())),
                 None => Err(format!(
-                    "unknown entity {name:?} (world, host, remote-node, kube-apiserver, health, init, unmanaged, ingress)"
+                    "unknown entity {name:?} (world, world-ipv6, host, remote-node, kube-apiserver, health, init, unmanaged, ingress)"
                 )),
             };
         }
@@ -94,13 +95,15 @@ pub struct FlowPort {
 }
 
 impl FlowPort {
-    /// `N/TCP`, `N/UDP`, `N/SCTP` or `icmp/TYPE`.
+    /// `N/TCP`, `N/UDP`, `N/SCTP`, `icmp/TYPE` or `icmpv6/TYPE`.
     pub fn parse(text: &str) -> Result<FlowPort, String> {
-        let bad = || format!("{text:?} is not N/TCP, N/UDP, N/SCTP or icmp/TYPE");
+        let bad = || format!("{text:?} is not N/TCP, N/UDP, N/SCTP, icmp/TYPE or icmpv6/TYPE");
         let (left, right) = text.split_once('/').ok_or_else(bad)?;
-        if left.eq_ignore_ascii_case("icmp") {
-            let t: u8 = right.parse().map_err(|_| bad())?;
-            return Ok(FlowPort { protocol: Protocol::ICMP, port: t as u16 });
+        for (name, protocol) in [("icmp", Protocol::ICMP), ("icmpv6", Protocol::ICMPv6)] {
+            if left.eq_ignore_ascii_case(name) {
+                let t: u8 = right.parse().map_err(|_| bad())?;
+                return Ok(FlowPort { protocol, port: t as u16 });
+            }
         }
         let port: u16 = left.parse().map_err(|_| bad())?;
         let protocol = match right.to_ascii_uppercase().as_str() {
@@ -123,6 +126,7 @@ impl fmt::Display for FlowPort {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self.protocol {
             Protocol::ICMP => write!(f, "icmp/{}", self.port),
+            Protocol::ICMPv6 => write!(f, "icmpv6/{}", self.port),
             p => write!(f, "{}/{}", self.port, p.name()),
         }
     }
@@ -168,8 +172,8 @@ pub struct Trace {
     /// What the policies mean, L7 rules included (see [`Decision::intent`]).
     pub intent: Verdict,
     /// The addresses of both ends, when known (a pod's IP, a node's address).
-    pub from_address: Option<Ipv4Addr>,
-    pub to_address: Option<Ipv4Addr>,
+    pub from_address: Option<IpAddr>,
+    pub to_address: Option<IpAddr>,
     pub egress: Decision,
     pub ingress: Decision,
 }
@@ -212,9 +216,21 @@ pub fn trace(
 
 /// The address of one end: a pod's IP, a `cidr:` address, or for `node` the first address of
 /// the local host (the node the pod at the other end runs on, else the compilation's host node).
-fn address_of(compiled: &CompiledPolicy, end: &FlowEnd, other: &FlowEnd) -> Option<Ipv4Addr> {
+/// A pod or node address is of the family of the other end when that is an address (a
+/// dual-stack pod answers an IPv6 peer from its IPv6 address), else its primary one.
+fn address_of(compiled: &CompiledPolicy, end: &FlowEnd, other: &FlowEnd) -> Option<IpAddr> {
+    let like = match other {
+        FlowEnd::Address(ip) => Some(*ip),
+        _ => None,
+    };
     match end {
-        FlowEnd::Pod { namespace, name } => compiled.cluster.pod(namespace, name)?.ip,
+        FlowEnd::Pod { namespace, name } => {
+            let pod = compiled.cluster.pod(namespace, name)?;
+            match like {
+                Some(like) => pod.ip_like(like),
+                None => pod.ip(),
+            }
+        }
         FlowEnd::Address(ip) => Some(*ip),
         FlowEnd::Entity(_) | FlowEnd::Service { .. } => None,
         FlowEnd::Node => {
@@ -222,7 +238,11 @@ fn address_of(compiled: &CompiledPolicy, end: &FlowEnd, other: &FlowEnd) -> Opti
                 FlowEnd::Pod { namespace, name } => compiled.cluster.pod(namespace, name)?.node_name.as_deref(),
                 _ => None,
             };
-            compiled.cluster.node(pod_node.or(compiled.host_node())?)?.addresses.first().copied()
+            let addresses = &compiled.cluster.node(pod_node.or(compiled.host_node())?)?.addresses;
+            match like {
+                Some(like) => addresses.iter().copied().find(|a| a.is_ipv4() == like.is_ipv4()),
+                None => addresses.iter().copied().find(IpAddr::is_ipv4).or(addresses.first().copied()),
+            }
         }
     }
 }
@@ -233,7 +253,7 @@ fn identity_of(compiled: &CompiledPolicy, end: &FlowEnd) -> Result<u32, String> 
             let pod = compiled.cluster.pod(namespace, name).ok_or_else(|| {
                 let outside =
                     compiled.cluster.outside_hosts.iter().find(|h| h.namespace == *namespace && h.name == *name);
-                match outside.and_then(|host| host.ip) {
+                match outside.and_then(|host| host.ip()) {
                     Some(ip) => format!(
                         "{namespace}/{name} is a host outside the cluster ({}): trace it as cidr:{ip}",
                         crate::cluster::OUTSIDE_CLUSTER
@@ -366,7 +386,7 @@ pub struct ServiceTrace {
 pub struct BackendTrace {
     /// The backend pod (`namespace/name`), else its address.
     pub backend: String,
-    pub address: Ipv4Addr,
+    pub address: IpAddr,
     /// The port traffic to the Service port is translated to on this backend.
     pub port: u16,
     pub drop_reason: Option<&'static str>,

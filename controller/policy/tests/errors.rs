@@ -70,7 +70,7 @@ impl World {
             labels: labels(pod_labels),
             service_account: "default".into(),
             node_name: Some("node-a".into()),
-            ip: Some(std::net::Ipv4Addr::new(10, 0, 0, self.next_ip)),
+            ips: vec![std::net::Ipv4Addr::new(10, 0, 0, self.next_ip).into()],
             host_network: false,
             ports: ports
                 .iter()

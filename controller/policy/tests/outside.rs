@@ -46,7 +46,7 @@ fn an_outside_host_is_kept_apart_from_the_pods() {
     let pods: Vec<String> = cluster.pods.iter().map(|p| p.key()).collect();
     assert_eq!(pods, ["shop/client"]);
     let outside: Vec<(String, String)> =
-        cluster.outside_hosts.iter().map(|p| (p.key(), p.ip.unwrap().to_string())).collect();
+        cluster.outside_hosts.iter().map(|p| (p.key(), p.ip().unwrap().to_string())).collect();
     assert_eq!(outside, [("partner/api".to_owned(), "10.200.99.10".to_owned())]);
     assert!(!cluster.namespaces.contains_key("partner"), "an outside host makes no namespace of the cluster");
     // No endpoint, and its address is the world's.

@@ -109,7 +109,7 @@ fn cluster(s: &Scenario) -> Cluster {
             labels,
             service_account: "default".into(),
             node_name: Some("node".into()),
-            ip: Some(Ipv4Addr::new(10, 1, 0, i as u8 + 1)),
+            ips: vec![Ipv4Addr::new(10, 1, 0, i as u8 + 1).into()],
             host_network: false,
             ports: p
                 .port

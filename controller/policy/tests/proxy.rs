@@ -3,8 +3,6 @@
 //! `trace` gives).
 mod common;
 
-use std::net::Ipv4Addr;
-
 use common::trace_of;
 use palisade_common as dp;
 use palisade_policy::trace::Verdict;
@@ -220,7 +218,7 @@ fn l7_kinds_name_the_rules_the_proxy_would_apply() {
 #[test]
 fn endpoint_at_finds_the_local_endpoint_of_an_address() {
     let e = engine(POLICIES, Some("node-a"));
-    let at = |ip: &str| e.endpoint_at(ip.parse::<Ipv4Addr>().unwrap());
+    let at = |ip: &str| e.endpoint_at(ip.parse().unwrap());
     assert_eq!(at("10.200.5.2"), Some(("prod", "server")));
     assert_eq!(at("10.200.5.1"), None, "on node-b: not an endpoint of this node");
     assert_eq!(at("10.200.0.11"), None, "the node");

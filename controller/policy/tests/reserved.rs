@@ -71,7 +71,7 @@ fn on(node: &str) -> CompileOptions {
 }
 
 fn ipcache_at(engine: &CompiledPolicy, addr: &str) -> Option<u32> {
-    let addr: std::net::Ipv4Addr = addr.parse().unwrap();
+    let addr: std::net::IpAddr = addr.parse().unwrap();
     engine.ipcache().into_iter().find(|(p, _)| p.len == 32 && p.addr == addr).map(|(_, id)| id)
 }
 
@@ -143,12 +143,12 @@ fn addresses_get_host_remote_node_and_kube_apiserver_as_cilium_assigns_them() {
 #[test]
 fn a_pod_address_beats_a_node_or_apiserver_address() {
     let mut c = cluster();
-    c.pods[0].ip = Some("10.200.0.50".parse().unwrap());
-    c.pods[1].ip = Some("10.200.0.12".parse().unwrap());
+    c.pods[0].ips = vec!["10.200.0.50".parse().unwrap()];
+    c.pods[1].ips = vec!["10.200.0.12".parse().unwrap()];
     let e = CompiledPolicy::with_options(Default::default(), c, on("node-b"));
     for pod in ["client", "server"] {
         let p = e.cluster.pod("prod", pod).unwrap();
-        assert_eq!(ipcache_at(&e, &p.ip.unwrap().to_string()), e.identity_of_pod(p), "{pod}");
+        assert_eq!(ipcache_at(&e, &p.ip().unwrap().to_string()), e.identity_of_pod(p), "{pod}");
     }
 }
 
@@ -421,7 +421,7 @@ spec:
     // Offline, no answer yet: nothing is selected.
     assert_eq!(to(&e, "10.200.99.10"), Verdict::Denied);
     let answer = |pairs: &[(&str, &str)]| {
-        let mut answers = std::collections::BTreeMap::<String, std::collections::BTreeSet<std::net::Ipv4Addr>>::new();
+        let mut answers = std::collections::BTreeMap::<String, std::collections::BTreeSet<std::net::IpAddr>>::new();
         for (name, addr) in pairs {
             answers.entry(name.to_string()).or_default().insert(addr.parse().unwrap());
         }

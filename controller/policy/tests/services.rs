@@ -152,7 +152,7 @@ fn every_selectorless_service_address_has_an_identity_whatever_the_policy_names(
     let e = engine("");
     let id = e.identity_of_addr("192.0.2.10".parse().unwrap());
     let identity = e.identities().get(id).expect("a CIDR identity");
-    assert_eq!(identity.labels.to_string(), "cidr:192.0.2.10/32,reserved:world");
+    assert_eq!(identity.labels.to_string(), "cidr:192.0.2.10/32,reserved:world,reserved:world-ipv4");
     assert_eq!(e.identity_of_addr("192.0.2.11".parse().unwrap()), palisade_common::IDENTITY_WORLD);
 }
 

@@ -1,5 +1,5 @@
 use std::collections::{BTreeMap, BTreeSet};
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 
 use anyhow::{Result, anyhow};
 use palisade_policy::CompiledPolicy;
@@ -13,15 +13,15 @@ use super::{EngineArgs, Output};
 pub struct Args {
     #[command(flatten)]
     engine: EngineArgs,
-    /// Source: NAMESPACE/POD, cidr:IP, entity:NAME, or `node` (the local host of the
-    /// destination pod: identity host).
+    /// Source: NAMESPACE/POD, cidr:IP (IPv4 or IPv6), entity:NAME, or `node` (the local host
+    /// of the destination pod: identity host).
     #[arg(long)]
     from: String,
     /// Destination: NAMESPACE/POD, svc/NAMESPACE/NAME (judged at each backend, on the port the
-    /// Service port is translated to there), cidr:IP, entity:NAME or `node`.
+    /// Service port is translated to there), cidr:IP (IPv4 or IPv6), entity:NAME or `node`.
     #[arg(long)]
     to: String,
-    /// N/TCP, N/UDP, N/SCTP or icmp/TYPE.
+    /// N/TCP, N/UDP, N/SCTP, icmp/TYPE or icmpv6/TYPE.
     #[arg(long)]
     port: String,
     /// An HTTP request to evaluate against L7 rules: "METHOD /path" (the node's L7 proxy judges
@@ -38,7 +38,7 @@ pub struct Args {
     /// A DNS answer the node's proxy has seen, "NAME=IP[,IP...]" (repeatable): `toFQDNs`
     /// selects those addresses, e.g. `--to cidr:IP`.
     #[arg(long = "dns-answer", value_name = "NAME=IP,...", value_parser = parse_dns_answer)]
-    dns_answers: Vec<(String, Vec<Ipv4Addr>)>,
+    dns_answers: Vec<(String, Vec<IpAddr>)>,
     #[arg(short, long, value_enum, default_value_t)]
     output: Output,
 }
@@ -55,7 +55,7 @@ pub fn run(args: Args) -> Result<u8> {
         .map_err(|e| anyhow!("--http: {e}"))?;
     let l7 = http.or(args.dns.map(L7Request::Dns));
     let mut engine = args.engine.engine()?;
-    let mut answers: BTreeMap<String, BTreeSet<Ipv4Addr>> = BTreeMap::new();
+    let mut answers: BTreeMap<String, BTreeSet<IpAddr>> = BTreeMap::new();
     for (name, addrs) in args.dns_answers {
         answers.entry(name).or_default().extend(addrs);
     }
@@ -72,7 +72,7 @@ pub fn run(args: Args) -> Result<u8> {
 }
 
 /// "NAME=IP[,IP...]": the name in lower case without the root dot.
-fn parse_dns_answer(text: &str) -> Result<(String, Vec<Ipv4Addr>), String> {
+fn parse_dns_answer(text: &str) -> Result<(String, Vec<IpAddr>), String> {
     let (name, addrs) = text.split_once('=').ok_or_else(|| format!("{text:?} is not NAME=IP[,IP...]"))?;
     let name = name.trim().trim_end_matches('.').to_ascii_lowercase();
     if name.is_empty() {
@@ -80,7 +80,7 @@ fn parse_dns_answer(text: &str) -> Result<(String, Vec<Ipv4Addr>), String> {
     }
     let addrs = addrs
         .split(',')
-        .map(|a| a.trim().parse::<Ipv4Addr>().map_err(|_| format!("{a:?} is not an IPv4 address")))
+        .map(|a| a.trim().parse::<IpAddr>().map_err(|_| format!("{a:?} is not an IP address")))
         .collect::<Result<_, _>>()?;
     Ok((name, addrs))
 }
@@ -158,7 +158,7 @@ fn verdict_word(verdict: Verdict) -> &'static str {
 }
 
 /// One end of a flow, with the address of a node or entity when it is known.
-fn end(end: &FlowEnd, address: Option<std::net::Ipv4Addr>) -> String {
+fn end(end: &FlowEnd, address: Option<IpAddr>) -> String {
     match (end, address) {
         (FlowEnd::Pod { .. } | FlowEnd::Address(_), _) | (_, None) => end.to_string(),
         (_, Some(address)) => format!("{end} ({address})"),

@@ -160,7 +160,7 @@ fn main() {
         if pod.node_name.as_deref() == Some(NODE) && !network.wired(&pod) {
             network.wire(&[&pod]);
         }
-        let ip = pod.ip.expect("a pod address");
+        let ip = pod.ipv4().expect("a pod address");
         let before = kernel.ipcache_identity(ip, 32).expect("read the ipcache");
         while converged.try_recv().is_ok() {}
         let written = Instant::now();
@@ -299,7 +299,7 @@ impl Network {
         for pod in pods {
             let n = self.ifindex.len() as u32;
             let index = FIRST_IFINDEX + n;
-            let ip = pod.ip.expect("a local pod's address");
+            let ip = pod.ipv4().expect("a local pod's address");
             links.push(format!("link add pe{n} index {index} type veth peer name pp{n} netns {PODS_NETNS}"));
             peers.push(format!("link set pp{n} up"));
             routes.extend([format!("link set pe{n} up"), format!("route add {ip}/32 dev pe{n}")]);
@@ -371,7 +371,7 @@ fn pod_json(pod: &Pod) -> Value {
         "metadata": {"name": pod.name, "namespace": pod.namespace, "labels": pod.labels},
         "spec": {"nodeName": pod.node_name, "serviceAccountName": pod.service_account,
             "hostNetwork": pod.host_network, "containers": [{"name": "main", "ports": ports}]},
-        "status": {"podIP": pod.ip.map(|ip| ip.to_string())}})
+        "status": {"podIP": pod.ip().map(|ip| ip.to_string())}})
 }
 
 /// The synthetic cluster, the revision carrying its 1,000 policies, and those policies parsed
@@ -449,7 +449,7 @@ fn next_change(
             let k = *new_pods;
             *new_pods += 1;
             pod.name = format!("bench-new-{k}");
-            pod.ip = Some(Ipv4Addr::new(10, 200, 100 + (k / 254) as u8, (k % 254 + 1) as u8));
+            pod.ips = vec![Ipv4Addr::new(10, 200, 100 + (k / 254) as u8, (k % 254 + 1) as u8).into()];
             pod.labels.insert("pod-template-hash".into(), format!("n{k:x}"));
             if step % 4 == 2 {
                 pod.labels.insert("version".into(), format!("v{}", 100 + k));
@@ -511,8 +511,10 @@ fn verify(
     };
     let fresh = CompiledPolicy::with_options(policies.clone(), cluster.clone(), options);
     let mut translate: HashMap<u32, u32> = HashMap::new();
-    for (prefix, identity) in fresh.ipcache() {
-        let programmed = kernel.ipcache_identity(prefix.addr, prefix.len).expect("read the ipcache");
+    // The datapath's ipcache is IPv4 only yet.
+    for (prefix, identity) in fresh.ipcache().into_iter().filter(|(prefix, _)| prefix.is_ipv4()) {
+        let std::net::IpAddr::V4(addr) = prefix.addr else { unreachable!("IPv4 entries only") };
+        let programmed = kernel.ipcache_identity(addr, prefix.len).expect("read the ipcache");
         let programmed = programmed.unwrap_or_else(|| panic!("{}/{}: not in the ipcache", prefix.addr, prefix.len));
         let known = *translate.entry(programmed).or_insert(identity);
         assert_eq!(known, identity, "{}/{}: identity {programmed} stands for two identities", prefix.addr, prefix.len);

@@ -7,7 +7,7 @@
 //! endpoint through its idle slot and a flip (all endpoints of the node in one step), never key
 //! by key; peers and identities coming and going within a set change the slots in place.
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr};
 use std::sync::Arc;
 
 use k8s_openapi::jiff::Timestamp;
@@ -281,6 +281,9 @@ impl<D: Dataplane, R: InterfaceResolver> Agent<D, R> {
     /// The names and addresses `toFQDNs` selects from (what the DNS proxy learned), replacing
     /// the previous ones; [`Self::converge`] writes them to the datapath.
     pub fn set_dns_answers(&mut self, answers: BTreeMap<String, BTreeSet<Ipv4Addr>>) {
+        // The DNS proxy learns IPv4 answers; the engine takes addresses of both families.
+        let answers: BTreeMap<String, BTreeSet<IpAddr>> =
+            answers.into_iter().map(|(name, addrs)| (name, addrs.into_iter().map(IpAddr::V4).collect())).collect();
         if self.cluster.dns_answers != answers {
             self.cluster.dns_answers = answers.clone();
             self.each_engine(|e| e.set_dns_answers(answers.clone()));
@@ -471,7 +474,7 @@ impl<D: Dataplane, R: InterfaceResolver> Agent<D, R> {
 
     fn is_local(&self, pod: &Pod) -> bool {
         !pod.host_network
-            && pod.ip.is_some()
+            && pod.ipv4().is_some()
             && self.config.node.as_ref().is_none_or(|node| pod.node_name.as_ref() == Some(node))
     }
 
@@ -490,7 +493,8 @@ impl<D: Dataplane, R: InterfaceResolver> Agent<D, R> {
             .pods
             .iter()
             .filter(|p| self.is_local(p))
-            .filter_map(|p| Some(((p.namespace.clone(), p.name.clone()), p.ip?)))
+            // The datapath attaches endpoints by their IPv4 address (IPv6 comes with its IPv6 support).
+            .filter_map(|p| Some(((p.namespace.clone(), p.name.clone()), p.ipv4()?)))
             .collect();
         let gone: Vec<ObjectKey> =
             self.endpoints.iter().filter(|(k, e)| local.get(*k) != Some(&e.ip)).map(|(k, _)| k.clone()).collect();
@@ -723,7 +727,9 @@ impl<D: Dataplane, R: InterfaceResolver> Agent<D, R> {
 
     fn sync_ipcache(&mut self) -> Result<(), Error> {
         let compiled = self.compiled.as_ref().expect("compiled");
-        let desired = compiled.enforced.ipcache();
+        // The datapath's ipcache is IPv4 only yet: the IPv6 entries wait for its IPv6 one.
+        let desired: Vec<(Prefix, u32)> =
+            compiled.enforced.ipcache().into_iter().filter(|(prefix, _)| prefix.is_ipv4()).collect();
         // Both sorted by prefix, one entry each: one walk through both. New entries go in before
         // old ones go, so no address falls back to a broader prefix in between.
         let mut removals = Vec::new();
@@ -733,7 +739,7 @@ impl<D: Dataplane, R: InterfaceResolver> Agent<D, R> {
                 (None, None) => break,
                 (Some(o), Some(n)) if o.0 == n.0 => {
                     if o.1 != n.1 {
-                        self.dataplane.set_ipcache(n.0.addr, n.0.len, n.1)?;
+                        self.dataplane.set_ipcache(ipv4(n.0.addr), n.0.len, n.1)?;
                     }
                     old.next();
                     new.next();
@@ -741,16 +747,24 @@ impl<D: Dataplane, R: InterfaceResolver> Agent<D, R> {
                 (Some(o), Some(n)) if o.0 < n.0 => removals.extend(old.next().map(|o| o.0)),
                 (Some(_), None) => removals.extend(old.next().map(|o| o.0)),
                 (_, Some(n)) => {
-                    self.dataplane.set_ipcache(n.0.addr, n.0.len, n.1)?;
+                    self.dataplane.set_ipcache(ipv4(n.0.addr), n.0.len, n.1)?;
                     new.next();
                 }
             }
         }
         for prefix in removals {
-            self.dataplane.remove_ipcache(prefix.addr, prefix.len)?;
+            self.dataplane.remove_ipcache(ipv4(prefix.addr), prefix.len)?;
         }
         self.ipcache = desired;
         Ok(())
+    }
+}
+
+/// The IPv4 address of an ipcache entry [`Agent::sync_ipcache`] keeps (it keeps IPv4 ones only).
+fn ipv4(addr: IpAddr) -> Ipv4Addr {
+    match addr {
+        IpAddr::V4(addr) => addr,
+        IpAddr::V6(addr) => unreachable!("IPv6 ipcache entry {addr}: only IPv4 ones are kept"),
     }
 }
 

@@ -483,13 +483,7 @@ pub(crate) fn describe(view: &NodeView, event: &FlowEvent, now: Timestamp) -> Ob
     };
     let (source, destination) = if ingress { (peer, local) } else { (local, peer) };
     let service = event.service().map(|(ip, port)| {
-        let known = compiled.and_then(|c| {
-            c.enforced
-                .cluster
-                .services
-                .iter()
-                .find(|s| s.cluster_ips.iter().any(|&cluster_ip| IpAddr::from(cluster_ip) == ip))
-        });
+        let known = compiled.and_then(|c| c.enforced.cluster.services.iter().find(|s| s.cluster_ips.contains(&ip)));
         FlowService { ip, port, namespace: known.map(|s| s.namespace.clone()), name: known.map(|s| s.name.clone()) }
     });
     let reason = key.drop_reason();
@@ -589,7 +583,7 @@ pub(crate) fn decided_by(engine: &CompiledPolicy, cookie: u32) -> DecidedBy {
 
 /// A peer by its address when it is a known pod, else by its identity.
 pub(crate) fn peer(engine: &CompiledPolicy, ip: IpAddr, identity: u32) -> FlowPeer {
-    if let Some(pod) = engine.cluster.pods.iter().find(|p| p.ip.map(IpAddr::from) == Some(ip) && !p.host_network) {
+    if let Some(pod) = engine.cluster.pods.iter().find(|p| p.ips.contains(&ip) && !p.host_network) {
         return FlowPeer {
             ip,
             namespace: Some(pod.namespace.clone()),

@@ -221,7 +221,7 @@ fn pods_coming_going_and_relabelled_change_slots_in_place() {
     // A second API pod: a new address for the same identity, no entry changes.
     let mut api2: Pod = cluster().pods[0].clone();
     api2.name = "api-7d9f8b6c4-abcde".into();
-    api2.ip = Some("10.200.1.3".parse().unwrap());
+    api2.ips = vec!["10.200.1.3".parse().unwrap()];
     agent.apply(Change::Pod(api2.clone()));
     agent.converge().unwrap();
     let log = ops(&mut agent);
@@ -400,7 +400,7 @@ fn the_runtime_converges_on_changes_and_publishes_reports_when_revisions_load() 
 
 /// What the kernel would send for the first packet of `from` -> `to`:`port`/TCP into `to`.
 fn ingress_event(agent: &TestAgent, from: &str, to: &str, port: u16, verdicts: [(u8, u32); 2]) -> dp::FlowEvent {
-    let ip = |name: &str| cluster().pods.iter().find(|p| p.name == name).and_then(|p| p.ip).expect("pod ip");
+    let ip = |name: &str| cluster().pods.iter().find(|p| p.name == name).and_then(|p| p.ipv4()).expect("pod ip");
     let endpoint = agent.endpoints().into_iter().find(|e| e.name == to).expect("endpoint").id;
     let identity = agent.dataplane().ipcache[&(ip(from), 32)];
     let [(enforced_verdict, enforced_cookie), (candidate_verdict, candidate_cookie)] = verdicts;

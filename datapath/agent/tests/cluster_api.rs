@@ -73,7 +73,7 @@ fn describe(change: &Change) -> String {
             p.name,
             p.labels,
             p.node_name,
-            p.ip,
+            p.ip(),
             p.ports.iter().map(|p| format!("{:?}/{}", p.name, p.port)).collect::<Vec<_>>().join(",")
         ),
         Change::PodDeleted { namespace, name } => format!("PodDeleted {namespace}/{name}"),

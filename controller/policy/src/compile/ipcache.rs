@@ -3,7 +3,7 @@
 //! cover nodes, the API server and the world; addresses map to identities, and container port
 //! names to the numbers pods give them.
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 
 use palisade_common::{self as dp, Protocol};
 
@@ -59,9 +59,10 @@ pub(crate) struct PodIdentity {
 pub(crate) struct IpCache {
     identities: Identities,
     pod_identity: HashMap<String, u32>,
-    /// The pods at each address, in the order they were added (the last one is in the
-    /// ipcache), host-network pods left out: the ipcache without going through every pod.
-    pod_addrs: BTreeMap<Ipv4Addr, Vec<PodAddress>>,
+    /// The pods at each address (every address of each pod, both families), in the order they
+    /// were added (the last one is in the ipcache), host-network pods left out: the ipcache
+    /// without going through every pod.
+    pod_addrs: BTreeMap<IpAddr, Vec<PodAddress>>,
     /// NetworkPolicy ipBlocks. A pod inside one carries a label for it, so pods inside and
     /// outside a block never share an identity and the block selects exactly its pods.
     ip_blocks: BTreeSet<CidrBlock>,
@@ -70,7 +71,7 @@ pub(crate) struct IpCache {
     named_ports: HashMap<String, BTreeMap<NamedPort, usize>>,
     /// The endpoint addresses of Services without a selector and the addresses of DNS
     /// answers, each holding its /32 CIDR identity (see [`IpCache::set_held_addresses`]).
-    held_addrs: BTreeSet<Ipv4Addr>,
+    held_addrs: BTreeSet<IpAddr>,
 }
 
 impl IpCache {
@@ -107,8 +108,9 @@ impl IpCache {
     }
 
     /// The pod the ipcache maps `ip` to (the last added of those sharing it), as its key and
-    /// identity: its /32 is the longest prefix and replaces any other entry for the address.
-    pub fn pod_at(&self, ip: Ipv4Addr) -> Option<(&str, u32)> {
+    /// identity: its /32 (or /128) is the longest prefix and replaces any other entry for the
+    /// address.
+    pub fn pod_at(&self, ip: IpAddr) -> Option<(&str, u32)> {
         self.pod_addrs.get(&ip)?.last().map(|at| (at.pod.as_str(), at.identity))
     }
 
@@ -116,7 +118,8 @@ impl IpCache {
     /// named ports.
     pub fn add_pod(&mut self, pod: &Pod, namespace: Option<&Namespace>) -> PodIdentity {
         let mut labels = identity::pod_labels(pod, namespace);
-        for block in self.ip_blocks.iter().filter(|b| pod.ip.is_some_and(|ip| b.selects_addr(ip))) {
+        // A block selects the pod when it selects any of its addresses (one of each family).
+        for block in self.ip_blocks.iter().filter(|b| pod.ips.iter().any(|&ip| b.selects_addr(ip))) {
             labels.insert(Source::Cidr, ip_block_label(block), "");
         }
         let (id, new) = if pod.host_network {
@@ -131,8 +134,10 @@ impl IpCache {
             }
         }
         self.pod_identity.insert(pod.key(), id);
-        if let (Some(ip), false) = (pod.ip, pod.host_network) {
-            self.pod_addrs.entry(ip).or_default().push(PodAddress { pod: pod.key(), identity: id });
+        if !pod.host_network {
+            for &ip in &pod.ips {
+                self.pod_addrs.entry(ip).or_default().push(PodAddress { pod: pod.key(), identity: id });
+            }
         }
         PodIdentity { id, new }
     }
@@ -140,12 +145,12 @@ impl IpCache {
     /// Forgets the pod; returns its identity when that is gone with it.
     pub fn remove_pod(&mut self, pod: &Pod) -> Option<u32> {
         let id = self.pod_identity.remove(&pod.key())?;
-        if let Some(ip) = pod.ip
-            && let Some(pods) = self.pod_addrs.get_mut(&ip)
-        {
-            pods.retain(|at| at.pod != pod.key());
-            if pods.is_empty() {
-                self.pod_addrs.remove(&ip);
+        for ip in &pod.ips {
+            if let Some(pods) = self.pod_addrs.get_mut(ip) {
+                pods.retain(|at| at.pod != pod.key());
+                if pods.is_empty() {
+                    self.pod_addrs.remove(ip);
+                }
             }
         }
         for port in &pod.ports {
@@ -186,8 +191,8 @@ impl IpCache {
     /// identity, so the datapath's ipcache does not change under a policy change. The same for
     /// each address of a DNS answer (what `toFQDNs` selects). Returns the identities that
     /// appeared and those that went.
-    pub fn set_held_addresses(&mut self, addrs: BTreeSet<Ipv4Addr>) -> (Vec<u32>, Vec<u32>) {
-        let host = |a: &Ipv4Addr| Prefix::new(*a, 32);
+    pub fn set_held_addresses(&mut self, addrs: BTreeSet<IpAddr>) -> (Vec<u32>, Vec<u32>) {
+        let host = |a: &IpAddr| Prefix::host(*a);
         let new: Vec<Prefix> = addrs.difference(&self.held_addrs).map(host).collect();
         let gone: Vec<Prefix> = self.held_addrs.difference(&addrs).map(host).collect();
         self.held_addrs = addrs;
@@ -196,17 +201,18 @@ impl IpCache {
         (added, removed)
     }
 
-    /// The ipcache: pods as /32, CIDR identities for referenced prefixes, the reserved
+    /// The ipcache: pods as /32 and /128, CIDR identities for referenced prefixes, the reserved
     /// identities of node and API server addresses, Services' ClusterIPs; one identity per
-    /// prefix, sorted. A pod's address keeps the pod's identity even when a policy names that
-    /// exact /32, because CIDR rules never match pods.
+    /// prefix, sorted (IPv4 first). A pod's address keeps the pod's identity even when a policy
+    /// names that exact /32 or /128, because CIDR rules never match pods. World is 0.0.0.0/0
+    /// (world) and ::/0 (world-ipv6).
     /// `host` is the node whose addresses are `host`; the other nodes' are `remote-node`.
     pub fn entries(
         &self,
         nodes: &[Node],
         host: Option<&str>,
-        apiserver: impl Iterator<Item = Ipv4Addr>,
-        cluster_ips: impl Iterator<Item = Ipv4Addr>,
+        apiserver: impl Iterator<Item = IpAddr>,
+        cluster_ips: impl Iterator<Item = IpAddr>,
     ) -> Vec<(Prefix, u32)> {
         let mut others: BTreeMap<Prefix, u32> =
             self.identities.cidr_identities().filter_map(|i| Some((i.prefix?, i.id))).collect();
@@ -216,7 +222,7 @@ impl IpCache {
         // API server runs there (Cilium keeps host for it and adds the kube-apiserver label,
         // which one number cannot carry). Pods beat all three, below.
         let (local, remote): (Vec<&Node>, Vec<&Node>) = nodes.iter().partition(|n| host.is_some_and(|h| h == n.name));
-        let at = |addr: &Ipv4Addr, id: u32| (Prefix::new(*addr, 32), id);
+        let at = |addr: &IpAddr, id: u32| (Prefix::host(*addr), id);
         // A ClusterIP is never a peer: egress to it is judged after translation.
         others.extend(cluster_ips.map(|a| at(&a, dp::IDENTITY_SERVICE)));
         others.extend(remote.iter().flat_map(|n| &n.addresses).map(|a| at(a, dp::IDENTITY_REMOTE_NODE)));
@@ -226,7 +232,7 @@ impl IpCache {
         let mut pods = self
             .pod_addrs
             .iter()
-            .filter_map(|(addr, pods)| Some((Prefix::new(*addr, 32), pods.last()?.identity)))
+            .filter_map(|(addr, pods)| Some((Prefix::host(*addr), pods.last()?.identity)))
             .peekable();
         let mut others = others.into_iter().peekable();
         let mut entries = Vec::with_capacity(self.pod_addrs.len() + 64);

@@ -15,7 +15,7 @@ mod repository;
 mod selector_cache;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 
 use palisade_common::{self as dp, Direction, PolicyEntry};
 
@@ -144,7 +144,7 @@ impl CompiledPolicy {
         self.groups.by_key.get_key_value(self.groups.of_endpoint.get(&format!("{namespace}/{name}"))?)
     }
 
-    /// The ipcache: pods as /32, CIDR identities for referenced prefixes and for the endpoint
+    /// The ipcache: pods as /32 and /128, CIDR identities for referenced prefixes and for the endpoint
     /// addresses of Services without a selector, the reserved identities of node and API server
     /// addresses and ClusterIPs; one identity per prefix, sorted.
     pub fn ipcache(&self) -> Vec<(Prefix, u32)> {
@@ -156,9 +156,10 @@ impl CompiledPolicy {
         )
     }
 
-    /// The identity the datapath sees for an address (longest prefix; world when nothing matches).
-    /// A pod's address is looked up directly: the proxy asks for one per connection.
-    pub fn identity_of_addr(&self, addr: Ipv4Addr) -> u32 {
+    /// The identity the datapath sees for an address (longest prefix; world, or world-ipv6 for
+    /// an IPv6 address, when nothing matches). A pod's address is looked up directly: the proxy
+    /// asks for one per connection.
+    pub fn identity_of_addr(&self, addr: IpAddr) -> u32 {
         if let Some((_, identity)) = self.ipcache.pod_at(addr) {
             return identity;
         }
@@ -166,13 +167,13 @@ impl CompiledPolicy {
             .into_iter()
             .filter(|(p, _)| p.contains_addr(addr))
             .max_by_key(|(p, _)| p.len)
-            .map_or(dp::IDENTITY_WORLD, |(_, id)| id)
+            .map_or(crate::identity::world_of_addr(addr), |(_, id)| id)
     }
 
     /// The local endpoint with this address, as (namespace, name): the pod the ipcache maps it to,
     /// when that is an endpoint of this compilation. What the L7 proxy knows of a connection is
     /// its two addresses.
-    pub fn endpoint_at(&self, ip: Ipv4Addr) -> Option<(&str, &str)> {
+    pub fn endpoint_at(&self, ip: IpAddr) -> Option<(&str, &str)> {
         let (key, _) = self.ipcache.pod_at(ip)?;
         if !self.groups.of_endpoint.contains_key(key) {
             return None;
@@ -263,7 +264,7 @@ impl CompiledPolicy {
     }
 
     /// DNS answers change what `toFQDNs` selects: the addresses of the names they match.
-    pub fn set_dns_answers(&mut self, answers: BTreeMap<String, BTreeSet<Ipv4Addr>>) {
+    pub fn set_dns_answers(&mut self, answers: BTreeMap<String, BTreeSet<IpAddr>>) {
         if self.cluster.dns_answers == answers {
             return;
         }

@@ -2,7 +2,7 @@
 //! kept up to date as identities come and go, and the endpoint groups compiled with a rule naming
 //! each peer, so a changed identity only revisits those.
 use std::collections::{BTreeSet, HashMap, HashSet};
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 
 use palisade_common as dp;
 
@@ -114,13 +114,13 @@ fn selection(peer: &Peer, identities: &Identities, cluster: &Cluster) -> BTreeSe
         // The addresses of the names it matches first, in one pass over the answers: asked of
         // each identity, every DNS answer was visited once per identity, on every convergence
         // that learned an answer (tens of milliseconds with a few hundred names learned).
-        let addresses: HashSet<Ipv4Addr> = cluster
+        let addresses: HashSet<IpAddr> = cluster
             .dns_answers
             .iter()
             .filter(|(name, _)| fqdn.matches(name))
             .flat_map(|(_, addresses)| addresses.iter().copied())
             .collect();
-        let selected = |i: &&Identity| i.prefix.is_some_and(|p| p.len == 32 && addresses.contains(&p.addr));
+        let selected = |i: &&Identity| i.prefix.is_some_and(|p| p.is_host() && addresses.contains(&p.addr));
         return identities.all().filter(selected).map(|i| i.id).collect();
     }
     identities.all().filter(|i| peer_selects(peer, i, cluster)).map(|i| i.id).collect()
@@ -139,7 +139,7 @@ fn peer_selects(peer: &Peer, identity: &Identity, cluster: &Cluster) -> bool {
         }
         // The addresses of the DNS answers for the names it matches.
         Peer::Fqdn(fqdn) => identity.prefix.is_some_and(|p| {
-            p.len == 32 && cluster.dns_answers.iter().any(|(name, addrs)| fqdn.matches(name) && addrs.contains(&p.addr))
+            p.is_host() && cluster.dns_answers.iter().any(|(name, addrs)| fqdn.matches(name) && addrs.contains(&p.addr))
         }),
     }
 }
@@ -156,7 +156,7 @@ fn backend_identity(cluster: &Cluster, service: &Service, identity: &Identity) -
         }
         None => identity
             .prefix
-            .is_some_and(|p| p.len == 32 && cluster.slices_of(service).any(|slice| slice.addresses.contains(&p.addr))),
+            .is_some_and(|p| p.is_host() && cluster.slices_of(service).any(|slice| slice.addresses.contains(&p.addr))),
     }
 }
 

@@ -71,7 +71,7 @@ fn egress_named_ports_follow_pods_coming_and_going() {
         labels: [("app".to_string(), name.to_string())].into(),
         service_account: "default".into(),
         node_name: None,
-        ip: None,
+        ips: Vec::new(),
         host_network: false,
         ports: vec![ContainerPort { name: Some("web".into()), port, protocol: Protocol::TCP }],
     };
@@ -171,6 +171,7 @@ fn the_ipcache_and_endpoint_groups_follow_pods_sharing_an_address() {
         labels: Default::default(),
         addresses: vec!["10.200.0.2".parse().unwrap(), "10.201.0.2".parse().unwrap()],
         internal_ip: Some("10.200.0.2".parse().unwrap()),
+        internal_ipv6: None,
     }]);
     assert_eq!(at(&engine, "10.200.0.2"), [identity(&engine, "b")]);
     assert_eq!(at(&engine, "10.201.0.2"), [dp::IDENTITY_REMOTE_NODE]);

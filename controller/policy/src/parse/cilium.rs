@@ -349,8 +349,10 @@ pub(super) fn entity_selectors(entity: &str) -> Option<EntityPeers> {
     let reserved = |name: &str| Selector::new([Requirement::exists(Source::Reserved, name)]);
     Some(EntityPeers::Selectors(match entity {
         "all" => return Some(EntityPeers::All),
-        "world" | "world-ipv4" => vec![reserved("world")],
-        "world-ipv6" | "none" => Vec::new(),
+        // Every outside identity carries reserved:world, and its family's label: IPv4 ones
+        // (world itself, IPv4 CIDR identities) reserved:world-ipv4, IPv6 ones reserved:world-ipv6.
+        "world" | "world-ipv4" | "world-ipv6" => vec![reserved(entity)],
+        "none" => Vec::new(),
         "cluster" => ["host", "remote-node", "init", "ingress", "health", "unmanaged", "kube-apiserver"]
             .into_iter()
             .map(reserved)

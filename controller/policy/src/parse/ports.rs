@@ -76,10 +76,16 @@ impl Translator<'_, '_> {
                         l7: None,
                         l7_at: None,
                     }),
-                    None => self.error(
-                        &format!("{at}.type"),
-                        format!("{:?} is not an ICMP type number or name", display_int_or_string(&field.icmp_type)),
-                    ),
+                    None => {
+                        let family = if protocol == Protocol::ICMP { "ICMP (IPv4)" } else { "ICMPv6" };
+                        self.error(
+                            &format!("{at}.type"),
+                            format!(
+                                "{:?} is not an {family} type number (0-255) or name",
+                                display_int_or_string(&field.icmp_type)
+                            ),
+                        )
+                    }
                 }
             }
         }
@@ -299,8 +305,10 @@ pub(super) const KAFKA_API_KEYS: [&str; 21] = [
     "deletetopics",
 ];
 
+/// An ICMP type by number (0-255) or by the name Cilium gives it in `family`
+/// (`cilium:pkg/policy/api/icmp.go`); names are per family, as the numbers differ.
 pub(super) fn icmp_type(raw: &api::IntOrString, protocol: Protocol) -> Option<u8> {
-    const V4: [(&str, u8); 12] = [
+    const V4: [(&str, u8); 14] = [
         ("EchoReply", 0),
         ("DestinationUnreachable", 3),
         ("Redirect", 5),
@@ -313,17 +321,37 @@ pub(super) fn icmp_type(raw: &api::IntOrString, protocol: Protocol) -> Option<u8
         ("Timestamp", 13),
         ("TimestampReply", 14),
         ("Photuris", 40),
+        ("ExtendedEchoRequest", 42),
+        ("ExtendedEchoReply", 43),
     ];
-    const V6: [(&str, u8); 9] = [
+    const V6: [(&str, u8); 27] = [
         ("DestinationUnreachable", 1),
         ("PacketTooBig", 2),
         ("TimeExceeded", 3),
         ("ParameterProblem", 4),
         ("EchoRequest", 128),
         ("EchoReply", 129),
+        ("MulticastListenerQuery", 130),
+        ("MulticastListenerReport", 131),
+        ("MulticastListenerDone", 132),
         ("RouterSolicitation", 133),
         ("RouterAdvertisement", 134),
         ("NeighborSolicitation", 135),
+        ("NeighborAdvertisement", 136),
+        ("RedirectMessage", 137),
+        ("RouterRenumbering", 138),
+        ("ICMPNodeInformationQuery", 139),
+        ("ICMPNodeInformationResponse", 140),
+        ("InverseNeighborDiscoverySolicitation", 141),
+        ("InverseNeighborDiscoveryAdvertisement", 142),
+        ("HomeAgentAddressDiscoveryRequest", 144),
+        ("HomeAgentAddressDiscoveryReply", 145),
+        ("MobilePrefixSolicitation", 146),
+        ("MobilePrefixAdvertisement", 147),
+        ("DuplicateAddressRequestCodeSuffix", 157),
+        ("DuplicateAddressConfirmationCodeSuffix", 158),
+        ("ExtendedEchoRequest", 160),
+        ("ExtendedEchoReply", 161),
     ];
     match raw {
         api::IntOrString::Int(n) => u8::try_from(*n).ok(),

@@ -69,27 +69,30 @@ impl Translator<'_, '_> {
     }
 
     pub(super) fn prefix(&mut self, raw: &str, path: &str) -> Option<Prefix> {
-        if let Some(prefix) = Prefix::parse(raw) {
-            return Some(prefix);
-        }
-        if is_ipv6_prefix(raw) {
-            self.warning(
-                path,
-                format!("{raw}: IPv6 is not enforced by Palisade's IPv4 datapath yet; this prefix selects nothing"),
-            );
-        } else {
+        let prefix = Prefix::parse(raw);
+        if prefix.is_none() {
             self.error(path, format!("{raw:?} is not an IP address or CIDR prefix"));
         }
-        None
+        prefix
     }
 
     pub(super) fn cidr_block(&mut self, cidr: &str, except: &[String], path: &str) -> Option<CidrBlock> {
         let cidr = self.prefix(cidr, &format!("{path}.cidr"))?;
         let mut block = CidrBlock { cidr, except: Vec::new() };
+        let family = |p: &Prefix| if p.is_ipv4() { "IPv4" } else { "IPv6" };
         for (i, raw) in except.iter().enumerate() {
             let at = format!("{path}.except[{i}]");
             if let Some(except) = self.prefix(raw, &at) {
-                if !cidr.contains(&except) {
+                if except.is_ipv4() != cidr.is_ipv4() {
+                    self.error(
+                        &at,
+                        format!(
+                            "{except} is {} but cidr {cidr} is {}: an except must be of its cidr's family",
+                            family(&except),
+                            family(&cidr)
+                        ),
+                    );
+                } else if !cidr.contains(&except) {
                     self.error(&at, format!("{except} is not inside {cidr}"));
                 }
                 block.except.push(except);
@@ -165,9 +168,4 @@ pub(super) fn is_dns_subdomain(s: &str) -> bool {
         && s.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '.')
         && s.starts_with(|c: char| c.is_ascii_alphanumeric())
         && s.ends_with(|c: char| c.is_ascii_alphanumeric())
-}
-
-pub(super) fn is_ipv6_prefix(s: &str) -> bool {
-    let addr = s.split_once('/').map_or(s, |(a, _)| a);
-    addr.parse::<std::net::Ipv6Addr>().is_ok()
 }

@@ -69,13 +69,13 @@ pub(super) struct Found {
 impl Found {
     fn of(policy: &CompiledPolicy, ends: Ends) -> Found {
         let destination = *ends.destination.ip();
-        let identities = [policy.identity_of_addr(ends.client), policy.identity_of_addr(destination)];
+        let identities = [policy.identity_of_addr(ends.client.into()), policy.identity_of_addr(destination.into())];
         let mut sides = Vec::with_capacity(2);
         for (local, (peer, remote), direction) in [
             (ends.client, (destination, identities[1]), Direction::Egress),
             (destination, (ends.client, identities[0]), Direction::Ingress),
         ] {
-            if let Some((namespace, name)) = policy.endpoint_at(local) {
+            if let Some((namespace, name)) = policy.endpoint_at(local.into()) {
                 sides.push(Side { namespace: namespace.to_string(), name: name.to_string(), direction, peer, remote });
             }
         }
