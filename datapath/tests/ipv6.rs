@@ -402,3 +402,53 @@ fn a_candidate_is_shadowed_and_promoted_over_ipv6_as_over_ipv4() {
     assert!(!tcp_ok(&client.ns, server.addr6, 80));
     datapath.destroy().unwrap();
 }
+
+/// kube-proxy's part for an IPv6 ClusterIP, as nftables DNAT in the node namespace.
+fn kube_proxy6(node: &str, cluster_ip: Ipv6Addr, translations: &[(u16, Ipv6Addr, u16)]) {
+    let mut rules = String::from(
+        "flush ruleset\ntable ip6 kube-proxy {\n chain services {\n  type nat hook prerouting priority dstnat; policy accept;\n",
+    );
+    for (port, backend, target) in translations {
+        rules.push_str(&format!("  ip6 daddr {cluster_ip} tcp dport {port} dnat to [{backend}]:{target}\n"));
+    }
+    rules.push_str(" }\n}\n");
+    let mut child = std::process::Command::new("ip")
+        .args(["netns", "exec", node, "nft", "-f", "-"])
+        .stdin(std::process::Stdio::piped())
+        .spawn()
+        .expect("run nft (install nftables)");
+    std::io::Write::write_all(&mut child.stdin.take().unwrap(), rules.as_bytes()).unwrap();
+    assert!(child.wait().unwrap().success(), "nft rejected:\n{rules}");
+}
+
+#[test]
+fn a_connection_to_an_ipv6_cluster_ip_is_judged_by_the_backend_kube_proxy_chose() {
+    let topology = Topology::new("p6v", 3, false, 90);
+    let _inside = InNetns::enter(&topology.node);
+    let (client, allowed, refused) = (&topology.endpoints[0], &topology.endpoints[1], &topology.endpoints[2]);
+    let cluster_ip: Ipv6Addr = "fd00:200:0:fa::10".parse().unwrap();
+    let to_backend = |backend| rule(Verdict::Allow, identity(backend), Direction::Egress, Some(Protocol::TCP), 8080, 1);
+    let from_client = rule(Verdict::Allow, identity(0), Direction::Ingress, Some(Protocol::TCP), 8080, 2);
+    let mut datapath = start(&topology, vec![vec![to_backend(1)], vec![from_client], vec![from_client]]);
+    datapath.set_ipcache(cluster_ip, 128, IDENTITY_SERVICE).unwrap();
+    tcp_echo_servers(&allowed.ns, &[8080]);
+    tcp_echo_servers(&refused.ns, &[8080]);
+    // Port 80 goes to the backend the client may reach, port 81 to the one it may not.
+    kube_proxy6(&topology.node, cluster_ip, &[(80, allowed.addr6, 8080), (81, refused.addr6, 8080)]);
+    assert!(tcp_ok(&client.ns, cluster_ip, 80), "to the allowed backend, judged after translation");
+    assert!(!tcp_ok(&client.ns, cluster_ip, 81), "to a backend the client's egress does not allow");
+    let refused_flows = flows_of(&datapath, 0);
+    assert!(
+        refused_flows.iter().any(|f| f.key.identity == identity(2)
+            && f.key.dport == 8080
+            && f.key.drop_reason() == Some(DropReason::PolicyDenied)),
+        "the client's egress drop names the backend, not the ClusterIP: {refused_flows:?}"
+    );
+    let mut events = datapath.events().unwrap();
+    let mut received = Vec::new();
+    while events.read(Duration::from_millis(100), |event| received.push(event)) > 0 {}
+    let event = received.iter().find(|e| e.flow.endpoint == 0 && e.flow.identity == identity(2)).expect("an event");
+    assert_eq!(event.service(), Some((IpAddr::from(cluster_ip), 81)), "{event:?}");
+    assert_eq!(event.destination(), IpAddr::from(refused.addr6));
+    datapath.destroy().unwrap();
+}

@@ -518,6 +518,24 @@ fn a_drop_from_a_remote_pod_is_observed_by_name_and_default_deny() {
 }
 
 #[test]
+fn an_ipv6_flow_is_observed_by_pod_name_with_its_addresses_in_rfc_5952_form() {
+    let agent = synced(agent(), vec![rollout(Some("db-r1"), None)]);
+    let mut event =
+        ingress_event(&agent, "web", "db-0", 5432, [(dp::VERDICT_DENY, dp::COOKIE_NONE), (dp::VERDICT_NONE, 0)]);
+    let (web, db): (std::net::IpAddr, std::net::IpAddr) =
+        ("fd00:200:0:0::2:1".parse().unwrap(), "fd00:200::1:2".parse().unwrap());
+    (event.saddr, event.daddr) = (dp::event_words(web), dp::event_words(db));
+    let flow = agent.observe(&event, Timestamp::now());
+    assert_eq!((flow.source.name(), flow.destination.name()), ("shop/web".into(), "shop/db-0".into()));
+    let json = serde_json::to_value(&flow).unwrap();
+    assert_eq!(
+        (json["source"]["ip"].as_str(), json["destination"]["ip"].as_str()),
+        (Some("fd00:200::2:1"), Some("fd00:200::1:2")),
+        "{json}"
+    );
+}
+
+#[test]
 fn the_runtime_publishes_the_datapaths_flow_events() {
     use palisade_agent::runtime::{RuntimeOptions, spawn};
     let agent = synced(agent(), vec![rollout(Some("db-r1"), None)]);

@@ -2,7 +2,7 @@
 //! the node state version holds), a deny turns the entry into a tombstone, and connections that
 //! are only counted and passed take the fast path.
 use aya_ebpf::{
-    bindings::{BPF_ANY, TC_ACT_OK, TC_ACT_SHOT},
+    bindings::{TC_ACT_OK, TC_ACT_SHOT},
     helpers::bpf_jiffies64,
     programs::TcContext,
 };

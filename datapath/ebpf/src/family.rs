@@ -45,6 +45,10 @@ pub(crate) trait Family {
     fn is_echo(icmp_type: u8) -> bool {
         icmp_type == Self::ECHO_REQUEST || icmp_type == Self::ECHO_REPLY
     }
+
+    /// An error that quotes the packet it is about (destination unreachable, time exceeded,
+    /// parameter problem; for ICMPv6 also packet too big).
+    fn is_error(icmp_type: u8) -> bool;
 }
 
 pub(crate) struct V4;
@@ -104,6 +108,11 @@ impl Family for V4 {
     }
 
     #[inline(always)]
+    fn is_error(icmp_type: u8) -> bool {
+        matches!(icmp_type, ICMP_DEST_UNREACH | ICMP_TIME_EXCEEDED | ICMP_PARAMETER_PROBLEM)
+    }
+
+    #[inline(always)]
     fn quoted(ctx: &TcContext, offset: usize) -> Result<CtKey, u8> {
         parse_icmp_error(ctx, offset)
     }
@@ -160,6 +169,11 @@ impl Family for V6 {
         // SAFETY: this CPU's value, only this run touches it until it returns.
         let packet = unsafe { &*PACKET6.get_ptr(0)? };
         Some(judge(packet))
+    }
+
+    #[inline(always)]
+    fn is_error(icmp_type: u8) -> bool {
+        (ICMPV6_DEST_UNREACH..=ICMPV6_PARAMETER_PROBLEM).contains(&icmp_type)
     }
 
     #[inline(always)]

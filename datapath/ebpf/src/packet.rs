@@ -164,34 +164,44 @@ fn parse_l4(ctx: &TcContext, ip: &Ipv4Header, header_len: usize, packet: &mut Pa
     if fragment & IP_OFFSET != 0 {
         return later_fragment::<crate::family::V4>(&fragment_key, packet);
     }
-    match ip.protocol {
+    upper_layer::<crate::family::V4>(ctx, l4, packet)?;
+    if fragment & IP_MORE_FRAGMENTS != 0 {
+        first_fragment::<crate::family::V4>(&fragment_key, packet);
+    }
+    Ok(())
+}
+
+/// The upper-layer header at `offset`, of `packet.protocol`: the ports and TCP flags, or the
+/// ICMP type (the policy "port" of ICMP) with an echo's id standing in for a port in the
+/// conntrack; an ICMP error's quoted packet is located, to be read when it is judged.
+#[inline(always)]
+fn upper_layer<F: Family>(ctx: &TcContext, offset: usize, packet: &mut Packet<F::Addr>) -> Result<(), u8> {
+    match packet.protocol {
         // One read per header, so one bounds check covers every field: LLVM reuses the packet
         // end of a first check through a 32-bit move the verifier cannot follow.
         PROTO_TCP => {
-            let tcp: [u8; 14] = header(ctx, l4).ok_or(DROP_MALFORMED)?;
+            let tcp: [u8; 14] = header(ctx, offset).ok_or(DROP_MALFORMED)?;
             packet.sport = u16::from_be_bytes([tcp[0], tcp[1]]);
             packet.dport = u16::from_be_bytes([tcp[2], tcp[3]]);
             packet.tcp_flags = tcp[13];
         }
         PROTO_UDP | PROTO_SCTP => {
-            let ports: [u8; 4] = header(ctx, l4).ok_or(DROP_MALFORMED)?;
+            let ports: [u8; 4] = header(ctx, offset).ok_or(DROP_MALFORMED)?;
             packet.sport = u16::from_be_bytes([ports[0], ports[1]]);
             packet.dport = u16::from_be_bytes([ports[2], ports[3]]);
         }
-        PROTO_ICMP => {
-            let icmp: [u8; 8] = header(ctx, l4).ok_or(DROP_MALFORMED)?;
-            // The policy "port" of ICMP is its type; the echo id stands in for a port in the CT.
+        protocol if protocol == F::ICMP => {
+            let icmp: [u8; 8] = header(ctx, offset).ok_or(DROP_MALFORMED)?;
             packet.dport = icmp[0] as u16;
-            match icmp[0] {
-                ICMP_ECHO | ICMP_ECHO_REPLY => packet.sport = u16::from_be_bytes([icmp[4], icmp[5]]),
-                ICMP_DEST_UNREACH | ICMP_TIME_EXCEEDED | ICMP_PARAMETER_PROBLEM => packet.quoted = (l4 + 8) as u16,
-                _ => packet.tracked = false,
+            if F::is_echo(icmp[0]) {
+                packet.sport = u16::from_be_bytes([icmp[4], icmp[5]]);
+            } else if F::is_error(icmp[0]) {
+                packet.quoted = (offset + 8) as u16;
+            } else {
+                packet.tracked = false;
             }
         }
         _ => {}
-    }
-    if fragment & IP_MORE_FRAGMENTS != 0 {
-        first_fragment::<crate::family::V4>(&fragment_key, packet);
     }
     Ok(())
 }
@@ -291,29 +301,7 @@ fn parse6_l4(ctx: &TcContext, ip: &Ipv6Header, packet: &mut Packet<Ipv6Words>) -
         }
     }
     packet.protocol = next;
-    match next {
-        PROTO_TCP => {
-            let tcp: [u8; 14] = header(ctx, offset).ok_or(DROP_MALFORMED)?;
-            packet.sport = u16::from_be_bytes([tcp[0], tcp[1]]);
-            packet.dport = u16::from_be_bytes([tcp[2], tcp[3]]);
-            packet.tcp_flags = tcp[13];
-        }
-        PROTO_UDP | PROTO_SCTP => {
-            let ports: [u8; 4] = header(ctx, offset).ok_or(DROP_MALFORMED)?;
-            packet.sport = u16::from_be_bytes([ports[0], ports[1]]);
-            packet.dport = u16::from_be_bytes([ports[2], ports[3]]);
-        }
-        PROTO_ICMPV6 => {
-            let icmp: [u8; 8] = header(ctx, offset).ok_or(DROP_MALFORMED)?;
-            packet.dport = icmp[0] as u16;
-            match icmp[0] {
-                ICMPV6_ECHO_REQUEST | ICMPV6_ECHO_REPLY => packet.sport = u16::from_be_bytes([icmp[4], icmp[5]]),
-                ICMPV6_DEST_UNREACH..=ICMPV6_PARAMETER_PROBLEM => packet.quoted = (offset + 8) as u16,
-                _ => packet.tracked = false,
-            }
-        }
-        _ => {}
-    }
+    upper_layer::<crate::family::V6>(ctx, offset, packet)?;
     if let Some(key) = first_fragment_of {
         first_fragment::<crate::family::V6>(&key, packet);
     }
