@@ -1,7 +1,7 @@
 //! The policy compiler and the eBPF program agree: every scenario in `examples/` is compiled with
 //! the `CompiledPolicy`, its entries and ipcache are loaded unchanged into a real datapath, and every
 //! pod/CIDR flow of its `flows.yaml` (without `http:`) is run as a real packet (TCP SYN, UDP
-//! datagram, ICMP) through the source's egress hook and the destination's ingress hook with
+//! datagram, ICMP or ICMPv6; IPv6 for a flow with `family: IPv6` or an IPv6 peer) through the source's egress hook and the destination's ingress hook with
 //! BPF_PROG_TEST_RUN. The kernel's verdicts must equal `trace`'s egress and ingress decisions,
 //! and together the verdict `flows.yaml` expects.
 //!
@@ -11,7 +11,7 @@ mod support;
 
 use std::{
     collections::{BTreeMap, BTreeSet},
-    net::{IpAddr, Ipv4Addr},
+    net::IpAddr,
     path::{Path, PathBuf},
     process::Command,
 };
@@ -62,6 +62,8 @@ struct Flow {
     to: String,
     port: String,
     http: bool,
+    /// `family: IPv6` in flows.yaml: between the ends' IPv6 addresses.
+    ipv6: bool,
     verdict: Verdict,
 }
 
@@ -78,51 +80,76 @@ fn flows(dir: &Path) -> Vec<Flow> {
             to: field(flow, "to").expect("to"),
             port: field(flow, "port").expect("port"),
             http: !flow["http"].is_null(),
+            ipv6: match field(flow, "family").as_deref() {
+                None | Some("IPv4") => false,
+                Some("IPv6") => true,
+                Some(other) => panic!("{}: family {other:?} is not IPv4 or IPv6", dir.display()),
+            },
             verdict: serde_json::from_value(flow["verdict"].clone()).expect("verdict"),
         })
         .collect()
 }
 
-/// The ends of the scenario's flows that are pods or addresses; `None` for entities and
-/// Services (whose backends have addresses).
-fn address(engine: &CompiledPolicy, end: &FlowEnd) -> Option<Ipv4Addr> {
+/// The family of a flow: IPv6 when flows.yaml says so or an end is an IPv6 address.
+fn flow_is_ipv6(flow: &Flow, ends: [&FlowEnd; 2]) -> bool {
+    flow.ipv6 || ends.iter().any(|end| matches!(end, FlowEnd::Address(IpAddr::V6(_))))
+}
+
+/// The ends of the scenario's flows that are pods or addresses, in the flow's family; `None`
+/// for entities and Services (whose backends have addresses).
+fn address(engine: &CompiledPolicy, end: &FlowEnd, ipv6: bool) -> Option<IpAddr> {
     match end {
         FlowEnd::Pod { namespace, name } => {
             let pod = engine.cluster.pod(namespace, name).unwrap_or_else(|| panic!("no pod {end}"));
-            Some(pod.ipv4().unwrap_or_else(|| panic!("pod {end} has no IPv4 address in cluster.yaml")))
+            let addr = if ipv6 { pod.ipv6().map(IpAddr::from) } else { pod.ipv4().map(IpAddr::from) };
+            Some(addr.unwrap_or_else(|| panic!("pod {end} has no address of the flow's family in cluster.yaml")))
         }
-        FlowEnd::Address(IpAddr::V4(ip)) => Some(*ip),
-        // The datapath here is IPv4 only yet.
-        FlowEnd::Address(IpAddr::V6(_)) => None,
+        FlowEnd::Address(ip) => Some(*ip),
         FlowEnd::Entity(_) | FlowEnd::Node | FlowEnd::Service { .. } => None,
     }
 }
 
-/// An Ethernet/IPv4 frame: TCP SYN, UDP or SCTP with the given ports, or ICMP of type `dport`
-/// (an echo request carries `sport` as its id).
-fn frame(protocol: Protocol, from: Ipv4Addr, to: Ipv4Addr, sport: u16, dport: u16) -> Vec<u8> {
+/// An Ethernet frame over IPv4 or IPv6 (as `from` and `to` are): TCP SYN, UDP or SCTP with the
+/// given ports, or ICMP/ICMPv6 of type `dport` (an echo request carries `sport` as its id).
+fn frame(protocol: Protocol, from: IpAddr, to: IpAddr, sport: u16, dport: u16) -> Vec<u8> {
     let l4_len = match protocol {
         Protocol::TCP => 20,
         Protocol::SCTP => 12,
         _ => 8,
     };
-    let mut frame = vec![0u8; 14 + 20 + l4_len + 4];
+    let ip_len = if from.is_ipv4() { 20 } else { 40 };
+    let mut frame = vec![0u8; 14 + ip_len + l4_len + 4];
     frame[0..6].copy_from_slice(&[0x02, 0, 0, 0, 0, 2]);
     frame[6..12].copy_from_slice(&[0x02, 0, 0, 0, 0, 1]);
-    frame[12..14].copy_from_slice(&0x0800u16.to_be_bytes());
-    let total = (frame.len() - 14) as u16;
-    let ip = &mut frame[14..34];
-    ip[0] = 0x45;
-    ip[2..4].copy_from_slice(&total.to_be_bytes());
-    ip[8] = 64;
-    ip[9] = protocol.raw();
-    ip[12..16].copy_from_slice(&from.octets());
-    ip[16..20].copy_from_slice(&to.octets());
-    let sum = checksum(ip);
-    ip[10..12].copy_from_slice(&sum.to_be_bytes());
-    let l4 = &mut frame[34..];
+    let l4_total = (frame.len() - 14 - ip_len) as u16;
+    match (from, to) {
+        (IpAddr::V4(from), IpAddr::V4(to)) => {
+            frame[12..14].copy_from_slice(&0x0800u16.to_be_bytes());
+            let ip = &mut frame[14..34];
+            ip[0] = 0x45;
+            ip[2..4].copy_from_slice(&(20 + l4_total).to_be_bytes());
+            ip[8] = 64;
+            ip[9] = protocol.raw();
+            ip[12..16].copy_from_slice(&from.octets());
+            ip[16..20].copy_from_slice(&to.octets());
+            let sum = checksum(ip);
+            ip[10..12].copy_from_slice(&sum.to_be_bytes());
+        }
+        (IpAddr::V6(from), IpAddr::V6(to)) => {
+            frame[12..14].copy_from_slice(&0x86ddu16.to_be_bytes());
+            let ip = &mut frame[14..54];
+            ip[0] = 0x60;
+            ip[4..6].copy_from_slice(&l4_total.to_be_bytes());
+            ip[6] = protocol.raw();
+            ip[7] = 64;
+            ip[8..24].copy_from_slice(&from.octets());
+            ip[24..40].copy_from_slice(&to.octets());
+        }
+        _ => panic!("a flow between {from} and {to}: one family per packet"),
+    }
+    let l4 = &mut frame[14 + ip_len..];
     match protocol {
-        Protocol::ICMP => {
+        Protocol::ICMP | Protocol::ICMPv6 => {
             l4[0] = dport as u8;
             l4[4..6].copy_from_slice(&sport.to_be_bytes());
             l4[6..8].copy_from_slice(&1u16.to_be_bytes());
@@ -212,10 +239,10 @@ struct Outcome {
 /// Service after translation.
 struct Leg {
     to: String,
-    daddr: Ipv4Addr,
+    daddr: IpAddr,
     dport: u16,
     /// The ClusterIP the source addressed, for a Service's backend.
-    cluster_ip: Option<Ipv4Addr>,
+    cluster_ip: Option<IpAddr>,
     trace: trace::Trace,
 }
 
@@ -230,9 +257,7 @@ fn check_scenario(index: usize, name: &str) -> Outcome {
     let mut datapath = Datapath::open(&sandbox.pin_dir).expect("open the datapath");
 
     for (prefix, identity) in engine.ipcache() {
-        if let Some(net) = prefix.ipv4() {
-            datapath.set_ipcache(net.addr(), net.prefix_len(), identity).unwrap();
-        }
+        datapath.set_ipcache(prefix.addr, prefix.len, identity).unwrap();
     }
     // Endpoint id, ifindex and both directions' entries of every Palisade endpoint, by pod.
     let mut endpoints: BTreeMap<String, (u32, u32, [Vec<PolicyEntry>; 2])> = BTreeMap::new();
@@ -246,8 +271,8 @@ fn check_scenario(index: usize, name: &str) -> Outcome {
         let (ifname, peer) = (format!("pcp{index}h{id}"), format!("pcp{index}p{id}"));
         run(&["ip", "-n", &sandbox.netns, "link", "add", &ifname, "type", "veth", "peer", "name", &peer]);
         run(&["ip", "-n", &sandbox.netns, "link", "set", &ifname, "up"]);
-        let addr = endpoint.pod.ipv4().unwrap_or_else(|| panic!("pod {} has no IPv4 address", endpoint.pod.key()));
-        datapath.attach(id, &ifname, addr).unwrap();
+        let addrs: palisade_datapath::EndpointAddrs = endpoint.pod.ips.iter().copied().collect();
+        datapath.attach(id, &ifname, addrs).unwrap();
         endpoints.insert(endpoint.pod.key(), (id, if_index(&ifname), [ingress, egress]));
     }
 
@@ -261,7 +286,8 @@ fn check_scenario(index: usize, name: &str) -> Outcome {
         let from = FlowEnd::parse(&flow.from).unwrap();
         let to = FlowEnd::parse(&flow.to).unwrap();
         let port = FlowPort::parse(&flow.port).unwrap();
-        let Some(saddr) = address(&engine, &from) else {
+        let ipv6 = flow_is_ipv6(flow, [&from, &to]);
+        let Some(saddr) = address(&engine, &from, ipv6) else {
             skipped += 1;
             continue;
         };
@@ -274,15 +300,13 @@ fn check_scenario(index: usize, name: &str) -> Outcome {
             FlowEnd::Service { namespace, name } => {
                 let traced = trace::trace_service(&engine, &from, &to, port, None).unwrap();
                 let service = engine.cluster.service(namespace, name).unwrap();
-                let ipv4 = |ip: &IpAddr| match ip {
-                    IpAddr::V4(ip) => Some(*ip),
-                    IpAddr::V6(_) => None,
-                };
-                let cluster_ip = service.cluster_ips.iter().find_map(ipv4).expect("an IPv4 ClusterIP");
+                let family = |ip: &&IpAddr| ip.is_ipv6() == ipv6;
+                let cluster_ip = *service.cluster_ips.iter().find(family).expect("a ClusterIP of the flow's family");
                 let legs = traced
                     .backends
                     .into_iter()
-                    .filter_map(|b| Some((ipv4(&b.address)?, b)))
+                    .filter(|b| b.address.is_ipv6() == ipv6)
+                    .map(|b| (b.address, b))
                     .map(|(daddr, b)| Leg {
                         to: b.backend,
                         daddr,
@@ -294,7 +318,7 @@ fn check_scenario(index: usize, name: &str) -> Outcome {
                 (traced.verdict, legs)
             }
             _ => {
-                let Some(daddr) = address(&engine, &to) else {
+                let Some(daddr) = address(&engine, &to, ipv6) else {
                     skipped += 1;
                     continue;
                 };

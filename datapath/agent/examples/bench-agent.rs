@@ -571,7 +571,7 @@ fn described(engine: &CompiledPolicy, entry: &PolicyEntry) -> String {
 struct Unwired;
 
 impl InterfaceResolver for Unwired {
-    fn interface(&self, _: Ipv4Addr) -> Option<Interface> {
+    fn interface(&self, _: std::net::IpAddr) -> Option<Interface> {
         None
     }
 }

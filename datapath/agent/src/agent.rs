@@ -12,7 +12,7 @@ use std::sync::Arc;
 
 use k8s_openapi::jiff::Timestamp;
 use palisade_common::{EndpointCounters, FlowEvent, PolicyEntry};
-use palisade_datapath::{EndpointId, Slot};
+use palisade_datapath::{EndpointAddrs, EndpointId, Slot};
 use palisade_policy::cluster::{Cluster, Pod};
 use palisade_policy::model::{PolicySet, Prefix};
 use palisade_policy::{
@@ -69,7 +69,8 @@ struct SlotContent {
 
 struct Endpoint {
     id: EndpointId,
-    ip: Ipv4Addr,
+    /// The pod's addresses: the first of each family in `status.podIPs`.
+    addrs: EndpointAddrs,
     interface: Option<Interface>,
     attached: bool,
     enforced: Slot,
@@ -99,7 +100,7 @@ pub struct EndpointInfo {
     pub namespace: String,
     pub name: String,
     pub id: EndpointId,
-    pub ip: Ipv4Addr,
+    pub addrs: EndpointAddrs,
     pub interface: Option<String>,
     pub attached: bool,
     pub enforced: Slot,
@@ -220,7 +221,7 @@ impl<D: Dataplane, R: InterfaceResolver> Agent<D, R> {
                 namespace: namespace.clone(),
                 name: name.clone(),
                 id: e.id,
-                ip: e.ip,
+                addrs: e.addrs,
                 interface: e.interface.as_ref().map(|i| i.name.clone()),
                 attached: e.attached,
                 enforced: e.enforced,
@@ -474,7 +475,7 @@ impl<D: Dataplane, R: InterfaceResolver> Agent<D, R> {
 
     fn is_local(&self, pod: &Pod) -> bool {
         !pod.host_network
-            && pod.ipv4().is_some()
+            && !pod.ips.is_empty()
             && self.config.node.as_ref().is_none_or(|node| pod.node_name.as_ref() == Some(node))
     }
 
@@ -488,22 +489,26 @@ impl<D: Dataplane, R: InterfaceResolver> Agent<D, R> {
             }
             self.adoptable = Some(pinned);
         }
-        let local: BTreeMap<ObjectKey, Ipv4Addr> = self
+        // By the pod's addresses, and the one its interface is found by (the primary).
+        let local: BTreeMap<ObjectKey, (EndpointAddrs, IpAddr)> = self
             .cluster
             .pods
             .iter()
             .filter(|p| self.is_local(p))
-            // The datapath attaches endpoints by their IPv4 address (IPv6 comes with its IPv6 support).
-            .filter_map(|p| Some(((p.namespace.clone(), p.name.clone()), p.ipv4()?)))
+            .filter_map(|p| Some(((p.namespace.clone(), p.name.clone()), (p.ips.iter().copied().collect(), p.ip()?))))
             .collect();
-        let gone: Vec<ObjectKey> =
-            self.endpoints.iter().filter(|(k, e)| local.get(*k) != Some(&e.ip)).map(|(k, _)| k.clone()).collect();
+        let gone: Vec<ObjectKey> = self
+            .endpoints
+            .iter()
+            .filter(|(k, e)| local.get(*k).map(|l| l.0) != Some(e.addrs))
+            .map(|(k, _)| k.clone())
+            .collect();
         for key in gone {
             let endpoint = self.endpoints.remove(&key).expect("listed");
             info!(pod = %format!("{}/{}", key.0, key.1), endpoint = endpoint.id, "endpoint gone; detaching");
             self.dataplane.detach(endpoint.id).map_err(|source| endpoint_error(&key, source))?;
         }
-        for (key, ip) in local {
+        for (key, (addrs, ip)) in local {
             if let Some(endpoint) = self.endpoints.get_mut(&key) {
                 if endpoint.interface.is_none() {
                     endpoint.interface = self.resolver.interface(ip);
@@ -513,13 +518,13 @@ impl<D: Dataplane, R: InterfaceResolver> Agent<D, R> {
             let interface = self.resolver.interface(ip);
             let adopted = interface.as_ref().and_then(|i| self.adoptable.as_mut().and_then(|a| a.remove(&i.index)));
             let endpoint = match adopted {
-                Some(id) => self.adopt(&key, id, ip, interface)?,
+                Some(id) => self.adopt(&key, id, addrs, interface)?,
                 None => {
                     let id = self.free_id()?;
                     debug!(pod = %format!("{}/{}", key.0, key.1), endpoint = id, "new endpoint");
                     Endpoint {
                         id,
-                        ip,
+                        addrs,
                         interface,
                         attached: false,
                         enforced: Slot::A,
@@ -546,7 +551,7 @@ impl<D: Dataplane, R: InterfaceResolver> Agent<D, R> {
         &mut self,
         key: &ObjectKey,
         id: EndpointId,
-        ip: Ipv4Addr,
+        addrs: EndpointAddrs,
         interface: Option<Interface>,
     ) -> Result<Endpoint, Error> {
         let error = |source| endpoint_error(key, source);
@@ -557,7 +562,15 @@ impl<D: Dataplane, R: InterfaceResolver> Agent<D, R> {
             slots[slot_index(slot)].entries = Arc::new(entries);
         }
         info!(pod = %format!("{}/{}", key.0, key.1), endpoint = id, "adopted a pinned endpoint");
-        Ok(Endpoint { id, ip, interface, attached: true, enforced: state.enforced, candidate: state.candidate, slots })
+        Ok(Endpoint {
+            id,
+            addrs,
+            interface,
+            attached: true,
+            enforced: state.enforced,
+            candidate: state.candidate,
+            slots,
+        })
     }
 
     fn free_id(&self) -> Result<EndpointId, Error> {
@@ -641,15 +654,15 @@ impl<D: Dataplane, R: InterfaceResolver> Agent<D, R> {
                 self.set_candidate(&key, Some(idle))?;
             }
         }
-        let unattached: Vec<(ObjectKey, EndpointId, String, Ipv4Addr)> = self
+        let unattached: Vec<(ObjectKey, EndpointId, String, EndpointAddrs)> = self
             .endpoints
             .iter()
             .filter(|(_, e)| !e.attached && !e.slot(e.enforced).entries.is_empty())
-            .filter_map(|(k, e)| Some((k.clone(), e.id, e.interface.as_ref()?.name.clone(), e.ip)))
+            .filter_map(|(k, e)| Some((k.clone(), e.id, e.interface.as_ref()?.name.clone(), e.addrs)))
             .collect();
-        for (key, id, ifname, ip) in unattached {
+        for (key, id, ifname, addrs) in unattached {
             info!(pod = %format!("{}/{}", key.0, key.1), endpoint = id, interface = %ifname, "attaching");
-            self.dataplane.attach(id, &ifname, ip).map_err(|source| endpoint_error(&key, source))?;
+            self.dataplane.attach(id, &ifname, addrs).map_err(|source| endpoint_error(&key, source))?;
             self.endpoints.get_mut(&key).expect("listed").attached = true;
         }
         Ok(())
@@ -727,9 +740,7 @@ impl<D: Dataplane, R: InterfaceResolver> Agent<D, R> {
 
     fn sync_ipcache(&mut self) -> Result<(), Error> {
         let compiled = self.compiled.as_ref().expect("compiled");
-        // The datapath's ipcache is IPv4 only yet: the IPv6 entries wait for its IPv6 one.
-        let desired: Vec<(Prefix, u32)> =
-            compiled.enforced.ipcache().into_iter().filter(|(prefix, _)| prefix.is_ipv4()).collect();
+        let desired: Vec<(Prefix, u32)> = compiled.enforced.ipcache();
         // Both sorted by prefix, one entry each: one walk through both. New entries go in before
         // old ones go, so no address falls back to a broader prefix in between.
         let mut removals = Vec::new();
@@ -739,7 +750,7 @@ impl<D: Dataplane, R: InterfaceResolver> Agent<D, R> {
                 (None, None) => break,
                 (Some(o), Some(n)) if o.0 == n.0 => {
                     if o.1 != n.1 {
-                        self.dataplane.set_ipcache(ipv4(n.0.addr), n.0.len, n.1)?;
+                        self.dataplane.set_ipcache(n.0.addr, n.0.len, n.1)?;
                     }
                     old.next();
                     new.next();
@@ -747,24 +758,16 @@ impl<D: Dataplane, R: InterfaceResolver> Agent<D, R> {
                 (Some(o), Some(n)) if o.0 < n.0 => removals.extend(old.next().map(|o| o.0)),
                 (Some(_), None) => removals.extend(old.next().map(|o| o.0)),
                 (_, Some(n)) => {
-                    self.dataplane.set_ipcache(ipv4(n.0.addr), n.0.len, n.1)?;
+                    self.dataplane.set_ipcache(n.0.addr, n.0.len, n.1)?;
                     new.next();
                 }
             }
         }
         for prefix in removals {
-            self.dataplane.remove_ipcache(ipv4(prefix.addr), prefix.len)?;
+            self.dataplane.remove_ipcache(prefix.addr, prefix.len)?;
         }
         self.ipcache = desired;
         Ok(())
-    }
-}
-
-/// The IPv4 address of an ipcache entry [`Agent::sync_ipcache`] keeps (it keeps IPv4 ones only).
-fn ipv4(addr: IpAddr) -> Ipv4Addr {
-    match addr {
-        IpAddr::V4(addr) => addr,
-        IpAddr::V6(addr) => unreachable!("IPv6 ipcache entry {addr}: only IPv4 ones are kept"),
     }
 }
 

@@ -1,7 +1,7 @@
 //! The datapath operations the agent needs, behind a trait: the real eBPF datapath on a node, a
 //! recording one in tests and benchmarks. Endpoint interfaces are found the same way.
 use std::collections::{BTreeMap, HashMap, VecDeque};
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -11,23 +11,25 @@ use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
 use netlink_sys::protocols::NETLINK_ROUTE;
 use netlink_sys::{Socket, SocketAddr};
 use palisade_common::{EndpointCounters, FlowEvent, PolicyEntry, PolicyKey};
-use palisade_datapath::{Datapath, EndpointId, EndpointState, EventReader, Flow, Mode, Result, Slot, interface_name};
+use palisade_datapath::{
+    Datapath, EndpointAddrs, EndpointId, EndpointState, EventReader, Flow, Mode, Result, Slot, interface_name,
+};
 use tracing::debug;
 
 pub trait Dataplane {
     fn endpoints(&self) -> Result<Vec<EndpointId>>;
     fn state(&self, endpoint: EndpointId) -> Result<EndpointState>;
     fn slot_entries(&self, endpoint: EndpointId, slot: Slot) -> Result<Vec<PolicyEntry>>;
-    /// `addr`: the endpoint's address, the only source its packets may carry.
-    fn attach(&mut self, endpoint: EndpointId, ifname: &str, addr: Ipv4Addr) -> Result<()>;
+    /// `addrs`: the endpoint's addresses, the only sources its packets may carry.
+    fn attach(&mut self, endpoint: EndpointId, ifname: &str, addrs: EndpointAddrs) -> Result<()>;
     fn detach(&mut self, endpoint: EndpointId) -> Result<()>;
     /// Node interfaces (no endpoint's): where a Service connection's source is judged after
     /// translation when its backend is not a local endpoint (see `Datapath::attach_network`).
     fn attach_network(&mut self, ifname: &str) -> Result<()>;
     fn detach_network(&mut self, ifname: &str) -> Result<()>;
     fn network_interfaces(&self) -> Result<Vec<String>>;
-    fn set_ipcache(&mut self, addr: Ipv4Addr, prefix_len: u8, identity: u32) -> Result<()>;
-    fn remove_ipcache(&mut self, addr: Ipv4Addr, prefix_len: u8) -> Result<()>;
+    fn set_ipcache(&mut self, addr: IpAddr, prefix_len: u8, identity: u32) -> Result<()>;
+    fn remove_ipcache(&mut self, addr: IpAddr, prefix_len: u8) -> Result<()>;
     /// Makes `slot`, which holds `from`, hold `to` (both sorted by key), changing only what differs.
     fn rewrite_slot(
         &mut self,
@@ -91,8 +93,8 @@ impl Dataplane for Datapath {
     fn slot_entries(&self, endpoint: EndpointId, slot: Slot) -> Result<Vec<PolicyEntry>> {
         Datapath::slot_entries(self, endpoint, slot)
     }
-    fn attach(&mut self, endpoint: EndpointId, ifname: &str, addr: Ipv4Addr) -> Result<()> {
-        Datapath::attach(self, endpoint, ifname, addr)
+    fn attach(&mut self, endpoint: EndpointId, ifname: &str, addrs: EndpointAddrs) -> Result<()> {
+        Datapath::attach(self, endpoint, ifname, addrs)
     }
     fn detach(&mut self, endpoint: EndpointId) -> Result<()> {
         Datapath::detach(self, endpoint)
@@ -106,10 +108,10 @@ impl Dataplane for Datapath {
     fn network_interfaces(&self) -> Result<Vec<String>> {
         Datapath::network_interfaces(self)
     }
-    fn set_ipcache(&mut self, addr: Ipv4Addr, prefix_len: u8, identity: u32) -> Result<()> {
+    fn set_ipcache(&mut self, addr: IpAddr, prefix_len: u8, identity: u32) -> Result<()> {
         Datapath::set_ipcache(self, addr, prefix_len, identity)
     }
-    fn remove_ipcache(&mut self, addr: Ipv4Addr, prefix_len: u8) -> Result<()> {
+    fn remove_ipcache(&mut self, addr: IpAddr, prefix_len: u8) -> Result<()> {
         Datapath::remove_ipcache(self, addr, prefix_len)
     }
     fn rewrite_slot(
@@ -152,7 +154,7 @@ pub enum SlotOp {
     Update { endpoint: EndpointId, slot: Slot, upserts: usize, removals: usize },
     SetCandidate(EndpointId, Option<Slot>),
     FlipAll(Vec<EndpointId>),
-    Ipcache(Ipv4Addr, u8, Option<u32>),
+    Ipcache(IpAddr, u8, Option<u32>),
     ClearFlows,
     AttachNetwork(String),
     DetachNetwork(String),
@@ -163,7 +165,7 @@ pub enum SlotOp {
 #[derive(Debug, Default)]
 pub struct RecordingDataplane {
     pub endpoints: BTreeMap<EndpointId, RecordedEndpoint>,
-    pub ipcache: BTreeMap<(Ipv4Addr, u8), u32>,
+    pub ipcache: BTreeMap<(IpAddr, u8), u32>,
     /// Node interfaces with `deferred_egress`.
     pub network: std::collections::BTreeSet<String>,
     pub log: Vec<SlotOp>,
@@ -178,8 +180,8 @@ pub struct RecordingDataplane {
 #[derive(Clone, Debug, Default)]
 pub struct RecordedEndpoint {
     pub ifname: Option<String>,
-    /// The address it was attached with.
-    pub addr: Option<Ipv4Addr>,
+    /// The addresses it was attached with.
+    pub addrs: EndpointAddrs,
     pub ifindex: u32,
     pub enforced: Option<Slot>,
     pub candidate: Option<Slot>,
@@ -241,9 +243,9 @@ impl Dataplane for RecordingDataplane {
     fn slot_entries(&self, endpoint: EndpointId, slot: Slot) -> Result<Vec<PolicyEntry>> {
         Ok(self.endpoints.get(&endpoint).map(|e| e.entries(slot)).unwrap_or_default())
     }
-    fn attach(&mut self, endpoint: EndpointId, ifname: &str, addr: Ipv4Addr) -> Result<()> {
+    fn attach(&mut self, endpoint: EndpointId, ifname: &str, addrs: EndpointAddrs) -> Result<()> {
         let e = self.endpoint(endpoint);
-        e.addr = Some(addr);
+        e.addrs = addrs;
         e.ifname = Some(ifname.to_owned());
         e.ifindex = RecordingDataplane::ifindex(ifname);
         self.log.push(SlotOp::Attach(endpoint, ifname.to_owned()));
@@ -267,12 +269,12 @@ impl Dataplane for RecordingDataplane {
     fn network_interfaces(&self) -> Result<Vec<String>> {
         Ok(self.network.iter().cloned().collect())
     }
-    fn set_ipcache(&mut self, addr: Ipv4Addr, prefix_len: u8, identity: u32) -> Result<()> {
+    fn set_ipcache(&mut self, addr: IpAddr, prefix_len: u8, identity: u32) -> Result<()> {
         self.ipcache.insert((addr, prefix_len), identity);
         self.log.push(SlotOp::Ipcache(addr, prefix_len, Some(identity)));
         Ok(())
     }
-    fn remove_ipcache(&mut self, addr: Ipv4Addr, prefix_len: u8) -> Result<()> {
+    fn remove_ipcache(&mut self, addr: IpAddr, prefix_len: u8) -> Result<()> {
         self.ipcache.remove(&(addr, prefix_len));
         self.log.push(SlotOp::Ipcache(addr, prefix_len, None));
         Ok(())
@@ -335,7 +337,7 @@ pub struct Interface {
 
 /// Finds the host-side interface of a local pod from its address, and the node's interfaces.
 pub trait InterfaceResolver {
-    fn interface(&self, pod_ip: Ipv4Addr) -> Option<Interface>;
+    fn interface(&self, pod_ip: IpAddr) -> Option<Interface>;
     /// Every interface of the node's network namespace but the loopback.
     fn interfaces(&self) -> Vec<String> {
         Vec::new()
@@ -350,7 +352,7 @@ pub trait InterfaceResolver {
 pub struct RouteResolver;
 
 impl InterfaceResolver for RouteResolver {
-    fn interface(&self, pod_ip: Ipv4Addr) -> Option<Interface> {
+    fn interface(&self, pod_ip: IpAddr) -> Option<Interface> {
         let route = match route_to(pod_ip) {
             Ok(route) => route,
             Err(e) => {
@@ -393,11 +395,15 @@ impl InterfaceResolver for RouteResolver {
 }
 
 /// The kernel's route to `destination` (`RTM_GETROUTE` for one address, as `ip route get` asks).
-fn route_to(destination: Ipv4Addr) -> std::io::Result<RouteMessage> {
+fn route_to(destination: IpAddr) -> std::io::Result<RouteMessage> {
     let mut request = RouteMessage::default();
-    request.header.address_family = AddressFamily::Inet;
-    request.header.destination_prefix_length = 32;
-    request.attributes.push(RouteAttribute::Destination(RouteAddress::Inet(destination)));
+    let (family, length, address) = match destination {
+        IpAddr::V4(v4) => (AddressFamily::Inet, 32, RouteAddress::Inet(v4)),
+        IpAddr::V6(v6) => (AddressFamily::Inet6, 128, RouteAddress::Inet6(v6)),
+    };
+    request.header.address_family = family;
+    request.header.destination_prefix_length = length;
+    request.attributes.push(RouteAttribute::Destination(address));
     match rtnetlink(RouteNetlinkMessage::GetRoute(request), NLM_F_REQUEST)? {
         NetlinkPayload::InnerMessage(RouteNetlinkMessage::NewRoute(route)) => Ok(route),
         other => Err(std::io::Error::other(format!("unexpected answer to a route request: {other:?}"))),

@@ -27,11 +27,11 @@ items:
 - kind: Pod
   metadata: {name: db-0, namespace: shop, labels: {app: db}}
   spec: {nodeName: n1, containers: [{ports: [{name: pg, containerPort: 5432}]}]}
-  status: {podIP: 10.200.1.2}
+  status: {podIP: 10.200.1.2, podIPs: [{ip: 10.200.1.2}, {ip: 'fd00:200::1:2'}]}
 - kind: Pod
   metadata: {name: web, namespace: shop, labels: {app: web}}
   spec: {nodeName: n2}
-  status: {podIP: 10.200.2.1}
+  status: {podIP: 10.200.2.1, podIPs: [{ip: 10.200.2.1}, {ip: 'fd00:200::2:1'}]}
 ";
 
 fn cluster() -> Cluster {
@@ -53,7 +53,10 @@ impl Wiring {
 }
 
 impl InterfaceResolver for Wiring {
-    fn interface(&self, ip: Ipv4Addr) -> Option<Interface> {
+    fn interface(&self, ip: std::net::IpAddr) -> Option<Interface> {
+        let std::net::IpAddr::V4(ip) = ip else {
+            return None;
+        };
         let name = format!("lxc{}", ip.octets()[3]);
         self.0.lock().unwrap().contains(&ip).then(|| Interface { index: RecordingDataplane::ifindex(&name), name })
     }
@@ -135,10 +138,21 @@ fn the_enforced_revision_is_programmed_for_local_endpoints_only() {
         programmed(&agent, "api-7d9f8b6c4-x2k9p", None),
         expected(&db_policy(5432), cluster(), "api-7d9f8b6c4-x2k9p")
     );
-    let ipcache: BTreeSet<String> = agent.dataplane().ipcache.keys().map(|(a, l)| format!("{a}/{l}")).collect();
-    for pod in ["10.200.1.1/32", "10.200.1.2/32", "10.200.2.1/32"] {
-        assert!(ipcache.contains(pod), "every pod of the cluster is in the ipcache: {ipcache:?}");
+    let ipcache = &agent.dataplane().ipcache;
+    let prefixes: BTreeSet<String> = ipcache.keys().map(|(a, l)| format!("{a}/{l}")).collect();
+    for pod in ["10.200.1.1/32", "10.200.1.2/32", "10.200.2.1/32", "fd00:200::1:2/128", "fd00:200::2:1/128"] {
+        assert!(prefixes.contains(pod), "every address of every pod is in the ipcache: {prefixes:?}");
     }
+    let at = |addr: &str, len| ipcache[&(addr.parse().unwrap(), len)];
+    assert_eq!(at("fd00:200::2:1", 128), at("10.200.2.1", 32), "a dual-stack pod has one identity");
+    assert_eq!(at("::", 0), dp::IDENTITY_WORLD_IPV6, "IPv6 outside the cluster is world-ipv6");
+    let db = agent.endpoints().into_iter().find(|e| e.name == "db-0").expect("db-0");
+    let recorded = &agent.dataplane().endpoints[&db.id];
+    assert_eq!(
+        (recorded.addrs.v4, recorded.addrs.v6),
+        (Some("10.200.1.2".parse().unwrap()), Some("fd00:200::1:2".parse().unwrap())),
+        "attached with both addresses: the only sources its packets may carry"
+    );
     let log = ops(&mut agent);
     let attaches = log.iter().filter(|op| matches!(op, SlotOp::Attach(..))).count();
     assert_eq!(attaches, 2);
@@ -402,7 +416,7 @@ fn the_runtime_converges_on_changes_and_publishes_reports_when_revisions_load() 
 fn ingress_event(agent: &TestAgent, from: &str, to: &str, port: u16, verdicts: [(u8, u32); 2]) -> dp::FlowEvent {
     let ip = |name: &str| cluster().pods.iter().find(|p| p.name == name).and_then(|p| p.ipv4()).expect("pod ip");
     let endpoint = agent.endpoints().into_iter().find(|e| e.name == to).expect("endpoint").id;
-    let identity = agent.dataplane().ipcache[&(ip(from), 32)];
+    let identity = agent.dataplane().ipcache[&(ip(from).into(), 32)];
     let [(enforced_verdict, enforced_cookie), (candidate_verdict, candidate_cookie)] = verdicts;
     dp::FlowEvent {
         flow: FlowKey {

@@ -367,7 +367,7 @@ async fn only_endpoint_slices_no_selector_derives_are_watched() {
 struct NoInterfaces;
 
 impl palisade_agent::InterfaceResolver for NoInterfaces {
-    fn interface(&self, _: std::net::Ipv4Addr) -> Option<palisade_agent::Interface> {
+    fn interface(&self, _: std::net::IpAddr) -> Option<palisade_agent::Interface> {
         None
     }
 }

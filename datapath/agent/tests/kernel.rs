@@ -118,10 +118,10 @@ fn the_route_resolver_finds_each_pods_host_side_veth_and_nothing_else() {
         };
         let pods: Vec<(Option<Interface>, Interface)> = pods
             .into_iter()
-            .map(|(ip, name)| (RouteResolver.interface(ip), Interface { index: index(&name), name }))
+            .map(|(ip, name)| (RouteResolver.interface(ip.into()), Interface { index: index(&name), name }))
             .collect();
         let elsewhere = ["10.200.34.7", "10.200.35.1"].map(|ip| RouteResolver.interface(ip.parse().unwrap()));
-        (pods, RouteResolver.interface(node), elsewhere)
+        (pods, RouteResolver.interface(node.into()), elsewhere)
     })
     .expect("enter the node namespace");
     let (pods, node, elsewhere) = resolved;
