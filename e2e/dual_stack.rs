@@ -1,0 +1,109 @@
+//! Local mode dual-stack from the command line: `palisade local up` gives dual-stack pods both
+//! addresses and refuses IPv6 addresses outside its range, and `palisade local probe
+//! --ip-family 6` connects between pods, the node and a Service over IPv6 (no agent: nothing
+//! enforces). The dual-stack example's flows through the agent are in `examples.rs`.
+mod support;
+
+use std::process::Command;
+
+use support::*;
+
+fn web() -> &'static str {
+    "shop/web-5d8f7c6b4-a1b2c"
+}
+
+fn api() -> &'static str {
+    "shop/api-6c9d8e7f5-d3e4f"
+}
+
+#[test]
+fn local_probe_connects_over_the_family_asked_for() {
+    let local = LocalCluster::up("e2q-", &examples().join("dual-stack/cluster.yaml"));
+    // IPv4 by default, as before.
+    let probe = local.probe(web(), api(), "8080");
+    assert!(probe.connected, "{probe:?}");
+    assert!(probe.stdout.contains(" 10.200.70.20:8080/TCP: connected"), "{probe:?}");
+    // IPv6 between the pods: TCP and ICMPv6 echo.
+    let probe = local.probe_in("6", web(), api(), "8080");
+    assert!(probe.connected, "{probe:?}");
+    assert!(
+        probe.stdout.starts_with(&format!("{} -> {} [fd00:200::70:20]:8080/TCP: connected", web(), api())),
+        "{probe:?}"
+    );
+    let probe = local.probe_in("6", web(), api(), "icmp");
+    assert!(probe.connected && probe.stdout.contains(" fd00:200::70:20 ICMPv6: connected"), "{probe:?}");
+    // The node namespace has the Node's IPv6 InternalIP: it reaches pods and answers them.
+    assert!(local.probe_in("6", "node", api(), "8080").connected);
+    let probe = local.probe_in("6", web(), "node", "icmp");
+    assert!(probe.connected && probe.stdout.contains(" fd00:200::21 ICMPv6: connected"), "{probe:?}");
+    // The Service through its IPv6 ClusterIP, to the backend's IPv6 address.
+    let probe = local.probe_in("6", web(), "svc/shop/api", "80");
+    assert!(
+        probe.stdout.contains(&format!("[fd00:200::250:70]:80/TCP -> {} [fd00:200::70:20]:8080: connected", api())),
+        "{probe:?}"
+    );
+    assert_eq!(probe.answered_by(), Some(api()));
+    let probe = local.probe_in("6", "node", "svc/shop/api", "80");
+    assert_eq!(probe.answered_by(), Some(api()), "{probe:?}");
+    // A pod without an IPv6 address, at either end: an error naming it.
+    for (from, to) in [(web(), "shop/legacy-report-0"), ("shop/legacy-report-0", web())] {
+        let error = local.probe_error_in("6", from, to, "8080");
+        assert!(
+            error.contains(
+                "pod shop/legacy-report-0 has no IPv6 address (status.podIPs): it cannot be probed over IPv6"
+            ),
+            "{error}"
+        );
+    }
+    assert!(local.probe_in("4", web(), "shop/legacy-report-0", "8080").connected);
+    let error = local.probe_error_in("5", web(), api(), "8080");
+    assert!(error.contains("\"5\" is not an IP family: use 4 or 6"), "{error}");
+}
+
+#[test]
+fn local_up_refuses_ipv6_addresses_outside_its_range_naming_the_pod_or_node() {
+    require_root();
+    let dir = tempfile::tempdir().unwrap();
+    let up = |name: &str, text: &str| {
+        let file = dir.path().join(name);
+        std::fs::write(&file, text).unwrap();
+        let output = Command::new(PALISADE)
+            .args(["local", "up", "--prefix", "e2r-", "--cluster"])
+            .arg(&file)
+            .arg("--state")
+            .arg(dir.path().join("state"))
+            .arg("--pin-dir")
+            .arg(dir.path().join("pins"))
+            .output()
+            .unwrap();
+        assert_eq!(output.status.code(), Some(2), "{output:?}");
+        String::from_utf8_lossy(&output.stderr).into_owned()
+    };
+    let pod = "kind: Pod
+metadata: {name: web, namespace: shop}
+status:
+  podIP: 10.200.80.10
+  podIPs: [{ip: 10.200.80.10}, {ip: \"2001:db8::10\"}]
+";
+    let error = up("pod.yaml", pod);
+    assert!(
+        error.contains("pod shop/web: status.podIPs[1] 2001:db8::10 is outside fd00:200::/64: local mode puts IPv6 addresses only from that range on interfaces"),
+        "{error}"
+    );
+    let node = "kind: List
+items:
+- kind: Node
+  metadata: {name: node-a}
+  status: {addresses: [{type: InternalIP, address: 10.200.0.5}, {type: InternalIP, address: \"2001:db8::5\"}]}
+- kind: Pod
+  metadata: {name: web, namespace: shop}
+  spec: {nodeName: node-a}
+  status: {podIP: 10.200.80.10, podIPs: [{ip: 10.200.80.10}, {ip: \"fd00:200::80:10\"}]}
+";
+    let error = up("node.yaml", node);
+    assert!(
+        error.contains("node.yaml:5: items[0].status.addresses[1].address: Node node-a: its InternalIP 2001:db8::5 is outside fd00:200::/64"),
+        "{error}"
+    );
+    assert!(palisade_netsim::net::netns_with_prefix("e2r-").unwrap().is_empty(), "nothing was created");
+}
