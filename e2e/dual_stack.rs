@@ -1,11 +1,14 @@
 //! Local mode dual-stack from the command line: `palisade local up` gives dual-stack pods both
 //! addresses and refuses IPv6 addresses outside its range, and `palisade local probe
 //! --ip-family 6` connects between pods, the node and a Service over IPv6 (no agent: nothing
-//! enforces). The dual-stack example's flows through the agent are in `examples.rs`.
+//! enforces), and the node's IPv6 address is `host` to the agent's datapath. The dual-stack
+//! example's flows through the agent are in `examples.rs`.
 mod support;
 
 use std::process::Command;
+use std::time::Duration;
 
+use palisade_rollout::crd::Phase;
 use support::*;
 
 fn web() -> &'static str {
@@ -106,4 +109,36 @@ items:
         "{error}"
     );
     assert!(palisade_netsim::net::netns_with_prefix("e2r-").unwrap().is_empty(), "nothing was created");
+}
+
+/// The node namespace's IPv6 address (the Node's IPv6 InternalIP) is the local host to the
+/// datapath, as its IPv4 one is: `--allow-localhost always` lets it through the API's default
+/// deny over IPv6, `policy` judges it by the API's policy, which has no rule for it.
+#[test]
+fn the_node_is_the_local_host_over_ipv6_too() {
+    let dir = examples().join("dual-stack");
+    let repo = Repo::new();
+    repo.commit_dir(&dir.join("policies"), "policies");
+    let mut local = LocalCluster::up("e2w-", &dir.join("cluster.yaml"));
+    let rollout = rollout_yaml("palisade-system", "dual-stack", &repo, "0s", "  scope: Cluster\n");
+    local.run(&rollout);
+    local.wait("palisade-system", "dual-stack", "the policies to be enforced", Duration::from_secs(60), |s| {
+        s.phase == Phase::Enforced
+    });
+    let converge = Duration::from_secs(20);
+    assert!(local.eventually_reaches(web(), api(), "9090/TCP", false, converge), "enforced\n{}", local.log());
+    assert!(!local.reaches_in("6", web(), api(), "9090/TCP"), "the web tier is denied the metrics port over IPv6");
+    assert!(local.reaches_in("6", "node", api(), "9090/TCP"), "always: the node over IPv6\n{}", local.log());
+    assert!(local.reaches_in("6", "node", api(), "icmp"), "always: ICMPv6 echo from the node");
+
+    local.kill();
+    local.run_with(&rollout, &["--allow-localhost", "policy"]);
+    let denied = || !local.reaches_in("6", "node", api(), "9090/TCP");
+    let deadline = std::time::Instant::now() + converge;
+    while !denied() && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert!(denied(), "policy: the API's default deny applies to the node over IPv6\n{}", local.log());
+    assert!(!local.reaches_in("4", "node", api(), "9090/TCP"), "and over IPv4");
+    assert!(local.reaches_in("6", "node", web(), "8080/TCP"), "no policy selects the web tier: open to the node");
 }
