@@ -25,7 +25,9 @@ pub struct Args {
 enum Command {
     /// Create a network namespace per pod of a cluster file, routed through one node namespace,
     /// and start echo responders on the pods' declared ports; Services (ClusterIPs in
-    /// 10.200.250.0/24) are translated by a kube-proxy nftables table in the node namespace.
+    /// 10.200.250.0/24, and fd00:200::250:0/112 for IPv6) are translated by a kube-proxy
+    /// nftables table in the node namespace. Dual-stack pods (`status.podIPs`, IPv6 from
+    /// fd00:200::/64) get both addresses.
     /// Replaces a previous `up`, and removes what a previous `run` left (as `down` does).
     Up(UpArgs),
     /// Stop the responders and delete the namespaces and state that `up` made, with what `run`
