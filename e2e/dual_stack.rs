@@ -1,5 +1,5 @@
 //! Local mode dual-stack from the command line: `palisade local up` gives dual-stack pods both
-//! addresses and refuses IPv6 addresses outside its range, and `palisade local probe
+//! addresses and refuses a pod's IPv6 address outside its range, and `palisade local probe
 //! --ip-family 6` connects between pods, the node and a Service over IPv6 (no agent: nothing
 //! enforces), and the node's IPv6 address is `host` to the agent's datapath. The dual-stack
 //! example's flows through the agent are in `examples.rs`.
@@ -64,7 +64,7 @@ fn local_probe_connects_over_the_family_asked_for() {
 }
 
 #[test]
-fn local_up_refuses_ipv6_addresses_outside_its_range_naming_the_pod_or_node() {
+fn local_up_refuses_a_pods_ipv6_address_outside_its_range_naming_the_pod_and_field() {
     require_root();
     let dir = tempfile::tempdir().unwrap();
     let up = |name: &str, text: &str| {
@@ -93,19 +93,17 @@ status:
         error.contains("pod shop/web: status.podIPs[1] 2001:db8::10 is outside fd00:200::/64: local mode puts IPv6 addresses only from that range on interfaces"),
         "{error}"
     );
-    let node = "kind: List
-items:
-- kind: Node
-  metadata: {name: node-a}
-  status: {addresses: [{type: InternalIP, address: 10.200.0.5}, {type: InternalIP, address: \"2001:db8::5\"}]}
-- kind: Pod
-  metadata: {name: web, namespace: shop}
-  spec: {nodeName: node-a}
-  status: {podIP: 10.200.80.10, podIPs: [{ip: 10.200.80.10}, {ip: \"fd00:200::80:10\"}]}
-";
-    let error = up("node.yaml", node);
+    let error = up(
+        "pod.yaml",
+        &pod.replace(
+            "podIPs: [{ip: 10.200.80.10}, {ip: \"2001:db8::10\"}]",
+            "podIPs: [{ip: 10.200.80.10}, {ip: \"fd00:200::250:10\"}]",
+        ),
+    );
     assert!(
-        error.contains("node.yaml:5: items[0].status.addresses[1].address: Node node-a: its InternalIP 2001:db8::5 is outside fd00:200::/64"),
+        error.contains(
+            "pod shop/web: status.podIPs[1] fd00:200::250:10 is in the IPv6 Service range fd00:200::250:0/112"
+        ),
         "{error}"
     );
     assert!(palisade_netsim::net::netns_with_prefix("e2r-").unwrap().is_empty(), "nothing was created");

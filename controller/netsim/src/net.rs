@@ -62,9 +62,14 @@ pub struct LocalNode {
     pub name: String,
     /// The cluster file's InternalIP of that Node, else [`DEFAULT_NODE_ADDRESS`].
     pub address: Ipv4Addr,
-    /// The Node's IPv6 InternalIP, else [`DEFAULT_NODE_ADDRESS_V6`] when some pod has an IPv6
-    /// address; `None` in a cluster without IPv6 (the namespaces then have IPv6 off).
+    /// The Node's IPv6 InternalIP if it is in `fd00:200::/64`, else [`DEFAULT_NODE_ADDRESS_V6`]
+    /// when the Node has one outside it or some pod has an IPv6 address; `None` in a cluster
+    /// without IPv6 (the namespaces then have IPv6 off).
     pub ipv6: Option<Ipv6Addr>,
+    /// The Node's IPv6 InternalIP outside `fd00:200::/64` that [`LocalNode::ipv6`] stands in
+    /// for: the node namespace cannot carry it, and [`LocalNode::add_to`] makes the stand-in the
+    /// Node's IPv6 InternalIP in the model, so that the node's own IPv6 traffic is `host`.
+    pub ipv6_outside_range: Option<Ipv6Addr>,
     /// Whether the cluster file has that Node. When it does not, [`LocalNode::add_to`] puts it in
     /// the cluster model the agent compiles, so that its address is `host` all the same.
     pub declared: bool,
@@ -93,14 +98,14 @@ impl LocalNode {
         // A pod local mode gives an IPv6 address: one with both families.
         let dual_stack =
             cluster.endpoints().chain(&cluster.outside_hosts).any(|p| p.ipv4().is_some() && p.ipv6().is_some());
-        let ipv6 = match node.and_then(|n| n.internal_ipv6) {
-            Some(address) if !in_range_v6(address) => {
-                return Err(NodeAddressError::OutsideRange { node: name.to_owned(), address: address.into() });
-            }
-            Some(address) => Some(address),
+        let declared_ipv6 = node.and_then(|n| n.internal_ipv6);
+        let ipv6_outside_range = declared_ipv6.filter(|a| !in_range_v6(*a));
+        let ipv6 = match declared_ipv6 {
+            Some(address) if in_range_v6(address) => Some(address),
+            Some(_) => Some(DEFAULT_NODE_ADDRESS_V6),
             None => dual_stack.then_some(DEFAULT_NODE_ADDRESS_V6),
         };
-        Ok(LocalNode { name: name.to_owned(), address, ipv6, declared: node.is_some() })
+        Ok(LocalNode { name: name.to_owned(), address, ipv6, ipv6_outside_range, declared: node.is_some() })
     }
 
     /// Adds the node to `cluster` when the file has none of that name; a declared Node without
@@ -123,8 +128,11 @@ impl LocalNode {
             node.addresses.push(self.address.into());
             node.internal_ip = Some(self.address);
         }
-        if let (None, Some(ipv6)) = (node.internal_ipv6, self.ipv6) {
-            node.addresses.push(ipv6.into());
+        // No IPv6 InternalIP, or one outside the range that the node namespace's stands in for.
+        if let Some(ipv6) = self.ipv6.filter(|a| node.internal_ipv6 != Some(*a)) {
+            if !node.addresses.contains(&ipv6.into()) {
+                node.addresses.push(ipv6.into());
+            }
             node.internal_ipv6 = Some(ipv6);
         }
     }

@@ -355,7 +355,13 @@ items:
     fn the_local_node_is_where_most_pods_are_with_its_internal_ip() {
         // No Node in the file: the default address, and the node joins the cluster model.
         let l = local(PODS).unwrap();
-        let expected = LocalNode { name: "node-b".into(), address: DEFAULT_NODE_ADDRESS, ipv6: None, declared: false };
+        let expected = LocalNode {
+            name: "node-b".into(),
+            address: DEFAULT_NODE_ADDRESS,
+            ipv6: None,
+            ipv6_outside_range: None,
+            declared: false,
+        };
         assert_eq!(*l.network.node(), expected);
         let cluster = l.cluster_with_node();
         let added = cluster.node("node-b").expect("added to the model");
@@ -367,8 +373,13 @@ items:
 
         // The file's Node: its InternalIP.
         let l = local(&format!("{PODS}{}{}", node("node-a", "10.200.0.11"), node("node-b", "10.200.0.12"))).unwrap();
-        let expected =
-            LocalNode { name: "node-b".into(), address: Ipv4Addr::new(10, 200, 0, 12), ipv6: None, declared: true };
+        let expected = LocalNode {
+            name: "node-b".into(),
+            address: Ipv4Addr::new(10, 200, 0, 12),
+            ipv6: None,
+            ipv6_outside_range: None,
+            declared: true,
+        };
         assert_eq!(*l.network.node(), expected);
         assert_eq!(l.cluster_with_node().nodes, l.cluster.nodes, "nothing to add");
 
@@ -479,13 +490,23 @@ items:
             ),
             "{error}"
         );
-        // The Node's IPv6 InternalIP outside the range: file, line and field, as for IPv4.
+        // The Node's IPv6 InternalIP outside the range: the node namespace has fd00:200::1 in its
+        // place, which the model makes the Node's IPv6 InternalIP (its own traffic is `host`).
         let text = format!("{}{}", dual_stack_pods(), dual_node("node-b", "10.200.0.12", "2001:db8::5"));
-        let error = format!("{:#}", local(&text).unwrap_err());
+        let l = local(&text).unwrap();
+        let outside: Ipv6Addr = "2001:db8::5".parse().unwrap();
         assert_eq!(
-            error,
-            "cluster.yaml:21: items[3].status.addresses[1].address: Node node-b: its InternalIP 2001:db8::5 is outside fd00:200::/64: local mode puts addresses only from that range on interfaces"
+            (l.network.node().ipv6, l.network.node().ipv6_outside_range),
+            (Some(DEFAULT_NODE_ADDRESS_V6), Some(outside))
         );
+        let model = l.cluster_with_node();
+        let node_b = model.node("node-b").unwrap();
+        assert_eq!(node_b.internal_ipv6, Some(DEFAULT_NODE_ADDRESS_V6));
+        assert!(node_b.addresses.contains(&DEFAULT_NODE_ADDRESS_V6.into()), "{:?}", node_b.addresses);
+        // Its IPv4 InternalIP outside 10.200.0.0/16 stays an error with file, line and field.
+        let text = format!("{}{}", dual_stack_pods(), dual_node("node-b", "192.168.1.5", "fd00:200::12"));
+        let error = format!("{:#}", local(&text).unwrap_err());
+        assert!(error.starts_with("cluster.yaml:20: items[3].status.addresses[0].address: Node node-b: its InternalIP 192.168.1.5 is outside 10.200.0.0/16"), "{error}");
         // An IPv6 ClusterIP outside the IPv6 Service range.
         let service = "- kind: Service
   metadata: {name: api, namespace: shop}

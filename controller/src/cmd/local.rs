@@ -240,9 +240,12 @@ fn up(args: UpArgs) -> Result<u8> {
     out.flush()?;
     let node = network.node();
     let declared = if node.declared { "" } else { ", not in the cluster file" };
-    let addresses = match node.ipv6 {
-        Some(ipv6) => format!("{} and {ipv6}", node.address),
-        None => node.address.to_string(),
+    let addresses = match (node.ipv6, node.ipv6_outside_range) {
+        (Some(ipv6), Some(outside)) => {
+            format!("{} and {ipv6} in place of its IPv6 InternalIP {outside}, outside fd00:200::/64", node.address)
+        }
+        (Some(ipv6), None) => format!("{} and {ipv6}", node.address),
+        (None, _) => node.address.to_string(),
     };
     println!(
         "node namespace {} (node {}{declared}, {addresses}) routes between {} pods",
