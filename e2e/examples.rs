@@ -4,9 +4,10 @@
 //! to a Service goes through local mode's kube-proxy, repeatedly, until every backend has shown
 //! its own verdict (kube-proxy picks one at random). A flow with an `http:` request sends it
 //! (`palisade local probe --http`) to a pod that answers HTTP, through the node's L7 proxy where
-//! a rule redirects: allowed is any answer but a 403. Flows to or from addresses and entities
-//! outside the pods, and ICMP types other than echo, are left to the policy engine's and the
-//! datapath's own scenario tests.
+//! a rule redirects: allowed is any answer but a 403. A flow with `family: IPv6` is made between
+//! the pods' IPv6 addresses (`palisade local probe --ip-family 6`; its echo is ICMPv6). Flows to
+//! or from addresses and entities outside the pods, and ICMP types other than echo, are left to
+//! the policy engine's and the datapath's own scenario tests.
 mod support;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -26,6 +27,8 @@ struct Flow {
     http: Option<String>,
     /// For a flow to a Service: each backend pod's expected verdict.
     backends: BTreeMap<String, bool>,
+    /// `4`, or `6` for `family: IPv6`: the `--ip-family` of its probes.
+    family: &'static str,
 }
 
 /// The flows a real connection between two pods can check.
@@ -41,9 +44,10 @@ fn flows(dir: &Path) -> Vec<Flow> {
             from: field(flow, "from"),
             to: field(flow, "to"),
             port: match field(flow, "port").as_str() {
-                "icmp/8" => "icmp".to_owned(),
+                "icmp/8" | "icmpv6/128" => "icmp".to_owned(),
                 port => port.to_owned(),
             },
+            family: if field(flow, "family") == "IPv6" { "6" } else { "4" },
             allowed: field(flow, "verdict") == "allowed",
             http: flow["http"].as_str().map(str::to_owned),
             backends: flow["backends"]
@@ -80,15 +84,16 @@ fn scenario(name: &str, prefix: &str) {
         }
         let reached = match &flow.http {
             Some(request) => answered(&local, flow, request),
-            None => local.reaches(&flow.from, &flow.to, &flow.port),
+            None => local.reaches_in(flow.family, &flow.from, &flow.to, &flow.port),
         };
         if reached != flow.allowed {
             wrong.push(format!(
-                "{} -> {} {}{}: expected {}, got {}",
+                "{} -> {} {}{}{}: expected {}, got {}",
                 flow.from,
                 flow.to,
                 flow.port,
                 flow.http.as_ref().map(|r| format!(" {r}")).unwrap_or_default(),
+                if flow.family == "6" { " (IPv6)" } else { "" },
                 verdict(flow.allowed),
                 verdict(reached)
             ));
@@ -107,7 +112,20 @@ fn scenario(name: &str, prefix: &str) {
 
 /// Whether `request` gets an answer other than 403.
 fn answered(local: &LocalCluster, flow: &Flow, request: &str) -> bool {
-    let args = ["--from", &flow.from, "--to", &flow.to, "--port", &flow.port, "--http", request, "--timeout", "2s"];
+    let args = [
+        "--from",
+        &flow.from,
+        "--to",
+        &flow.to,
+        "--port",
+        &flow.port,
+        "--http",
+        request,
+        "--timeout",
+        "2s",
+        "--ip-family",
+        flow.family,
+    ];
     local.local_probe(&args).status.code() == Some(0)
 }
 
@@ -117,7 +135,7 @@ fn through_service(local: &LocalCluster, flow: &Flow) -> Option<String> {
     const ATTEMPTS: usize = 16;
     let (mut answered, mut dropped) = (BTreeSet::new(), 0);
     for _ in 0..ATTEMPTS {
-        let probe = local.probe(&flow.from, &flow.to, &flow.port);
+        let probe = local.probe_in(flow.family, &flow.from, &flow.to, &flow.port);
         match probe.answered_by() {
             Some(backend) => {
                 answered.insert(backend.to_owned());
@@ -129,10 +147,11 @@ fn through_service(local: &LocalCluster, flow: &Flow) -> Option<String> {
     let expect_drops = flow.backends.values().any(|&a| !a);
     (answered != allowed || (dropped > 0) != expect_drops).then(|| {
         format!(
-            "{} -> {} {}: expected answers from {allowed:?}{}, got answers from {answered:?} and {dropped} of {ATTEMPTS} probes dropped",
+            "{} -> {} {}{}: expected answers from {allowed:?}{}, got answers from {answered:?} and {dropped} of {ATTEMPTS} probes dropped",
             flow.from,
             flow.to,
             flow.port,
+            if flow.family == "6" { " (IPv6)" } else { "" },
             if expect_drops { " and some probes dropped" } else { "" }
         )
     })
@@ -165,4 +184,10 @@ fn services() {
 #[test]
 fn deny_precedence() {
     scenario("deny-precedence", "e2d-");
+}
+
+/// IPv6 flows, allowed and denied, as real IPv6 packets through the agent and the kernel.
+#[test]
+fn dual_stack() {
+    scenario("dual-stack", "e2v-");
 }

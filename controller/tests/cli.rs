@@ -91,6 +91,36 @@ fn check_leaves_out_what_palisadeignore_ignores() {
 }
 
 #[test]
+fn trace_ip_family_picks_the_pods_addresses_of_that_family() {
+    let dir = example("dual-stack");
+    let (cluster, policies) = (dir.join("cluster.yaml"), dir.join("policies"));
+    let (web, api) = ("shop/web-5d8f7c6b4-a1b2c", "shop/api-6c9d8e7f5-d3e4f");
+    let trace = |args: &[&str]| on_policies("trace", &cluster, &policies, &[args, &["-o", "json"]].concat());
+    let addresses = |out: &Output| {
+        let v: serde_json::Value = serde_json::from_str(&stdout(out)).expect("trace -o json prints JSON");
+        (
+            v["from_address"].as_str().unwrap_or_default().to_owned(),
+            v["to_address"].as_str().unwrap_or_default().to_owned(),
+        )
+    };
+    let v6 = trace(&["--from", web, "--to", api, "--port", "8080/TCP", "--ip-family", "6"]);
+    assert_eq!(code(&v6), 0, "{}", stdout(&v6));
+    assert_eq!(addresses(&v6), ("fd00:200::70:10".to_owned(), "fd00:200::70:20".to_owned()));
+    let v4 = trace(&["--from", web, "--to", api, "--port", "8080/TCP"]);
+    assert_eq!(addresses(&v4), ("10.200.70.10".to_owned(), "10.200.70.20".to_owned()));
+    // ICMPv6 echo is allowed, ICMP echo is not.
+    assert_eq!(code(&trace(&["--from", web, "--to", api, "--port", "icmpv6/128", "--ip-family", "6"])), 0);
+    assert_eq!(code(&trace(&["--from", web, "--to", api, "--port", "icmp/8", "--ip-family", "4"])), 1);
+    // A pod without an IPv6 address, ICMP of the other family, a bad family: exit 2, saying why.
+    let out = trace(&["--from", web, "--to", "shop/legacy-report-0", "--port", "8080/TCP", "--ip-family", "6"]);
+    assert_eq!(code(&out), 2);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("pod shop/legacy-report-0 has no IPv6 address (status.podIPs)"), "{stderr}");
+    assert_eq!(code(&trace(&["--from", web, "--to", api, "--port", "icmp/8", "--ip-family", "6"])), 2);
+    assert_eq!(code(&trace(&["--from", web, "--to", api, "--port", "8080/TCP", "--ip-family", "5"])), 2);
+}
+
+#[test]
 fn trace_exit_codes_and_json_shape() {
     let dir = example("deny-precedence");
     let (cluster, policies) = (dir.join("cluster.yaml"), dir.join("policies"));

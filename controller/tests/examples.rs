@@ -7,7 +7,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
 use palisade::files;
-use palisade_policy::trace::{self, FlowEnd, FlowPort, HttpRequest, L7Request, Trace, Verdict};
+use palisade_policy::trace::{self, FlowEnd, FlowPort, HttpRequest, IpFamily, L7Request, Trace, Verdict};
 use palisade_policy::yaml::{Limits, parse_documents};
 use palisade_policy::{CompiledPolicy, EnforcementMode};
 use serde::Deserialize;
@@ -29,6 +29,9 @@ struct ExpectedFlow {
     verdict: Verdict,
     /// For a flow to a Service: the verdict at each backend (pod, else address).
     backends: Option<BTreeMap<String, Verdict>>,
+    /// `IPv6`: the flow is between the ends' IPv6 addresses (default `IPv4`).
+    #[serde(default)]
+    family: IpFamily,
     why: String,
 }
 
@@ -78,17 +81,32 @@ fn check_scenario(name: &str) {
         let to = FlowEnd::parse(&flow.to).unwrap();
         let port = FlowPort::parse(&flow.port).unwrap();
         let http = flow.http.as_deref().map(|r| L7Request::Http(HttpRequest::parse(r, &flow.headers).unwrap()));
-        let label = format!("{} -> {} {} {}", flow.from, flow.to, flow.port, flow.http.as_deref().unwrap_or(""));
+        let family = flow.family;
+        let label = format!(
+            "{} -> {} {} {}{}",
+            flow.from,
+            flow.to,
+            flow.port,
+            flow.http.as_deref().unwrap_or(""),
+            if family == IpFamily::IPv6 { " (IPv6)" } else { "" }
+        );
         if !matches!(to, FlowEnd::Service { .. }) {
             assert!(flow.backends.is_none(), "{label}: backends: is for flows to a Service");
-            let result = trace::trace(&engine, &from, &to, port, http.as_ref()).unwrap();
+            let result = trace::trace_in(&engine, &from, &to, port, http.as_ref(), Some(family))
+                .unwrap_or_else(|e| panic!("{label}: {e}"));
+            for (end, address) in [(&from, result.from_address), (&to, result.to_address)] {
+                if let (FlowEnd::Pod { .. }, Some(address)) = (end, address) {
+                    assert!(family.holds(address), "{label}: {end} traced at {address}, not {family}");
+                }
+            }
             check_datapath(&label, &result, &mut failures);
             check_intent(&label, flow.verdict, &flow.why, &result, &mut failures);
             continue;
         }
         let expected =
             flow.backends.as_ref().unwrap_or_else(|| panic!("{label}: a flow to a Service lists its backends"));
-        let service = trace::trace_service(&engine, &from, &to, port, http.as_ref()).unwrap();
+        let service = trace::trace_service_in(&engine, &from, &to, port, http.as_ref(), Some(family))
+            .unwrap_or_else(|e| panic!("{label}: {e}"));
         let traced: BTreeSet<&str> = service.backends.iter().map(|b| b.backend.as_str()).collect();
         assert_eq!(traced, expected.keys().map(String::as_str).collect(), "{label}: backends");
         if service.intent != flow.verdict {
@@ -135,4 +153,22 @@ fn deny_precedence() {
 #[test]
 fn services() {
     check_scenario("services");
+}
+
+#[test]
+fn dual_stack() {
+    check_scenario("dual-stack");
+}
+
+/// Every directory of `examples/` with a `flows.yaml` has a test above.
+#[test]
+fn every_example_is_checked() {
+    let source = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/examples.rs")).unwrap();
+    for entry in std::fs::read_dir(examples_dir()).unwrap() {
+        let path = entry.unwrap().path();
+        let name = path.file_name().unwrap().to_string_lossy().into_owned();
+        if path.join("flows.yaml").is_file() {
+            assert!(source.contains(&format!("check_scenario(\"{name}\")")), "examples/{name} has no test here");
+        }
+    }
 }

@@ -270,9 +270,19 @@ impl LocalCluster {
         self.probe(from, to, port).reached()
     }
 
+    /// [`Self::reaches`] over IP family `family` (`4` or `6`).
+    pub fn reaches_in(&self, family: &str, from: &str, to: &str, port: &str) -> bool {
+        self.probe_in(family, from, to, port).reached()
+    }
+
     /// `palisade local probe` once; `to` may be `svc/NAMESPACE/NAME`. Panics on an error (exit 2).
     pub fn probe(&self, from: &str, to: &str, port: &str) -> Probe {
-        let output = self.run_probe(from, to, port);
+        self.probe_in("4", from, to, port)
+    }
+
+    /// [`Self::probe`] with `--ip-family FAMILY` (`4` or `6`).
+    pub fn probe_in(&self, family: &str, from: &str, to: &str, port: &str) -> Probe {
+        let output = self.run_probe(family, from, to, port);
         let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
         match output.status.code() {
             Some(code @ (0 | 1)) => Probe { connected: code == 0, stdout },
@@ -282,14 +292,19 @@ impl LocalCluster {
 
     /// The error of a probe that must be refused as bad input (exit 2).
     pub fn probe_error(&self, from: &str, to: &str, port: &str) -> String {
-        let output = self.run_probe(from, to, port);
+        self.probe_error_in("4", from, to, port)
+    }
+
+    /// [`Self::probe_error`] with `--ip-family FAMILY`.
+    pub fn probe_error_in(&self, family: &str, from: &str, to: &str, port: &str) -> String {
+        let output = self.run_probe(family, from, to, port);
         let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
         assert_eq!(output.status.code(), Some(2), "probe {from} -> {to} {port}: {stderr}");
         stderr
     }
 
-    fn run_probe(&self, from: &str, to: &str, port: &str) -> std::process::Output {
-        self.local_probe(&["--from", from, "--to", to, "--port", port, "--timeout", "300ms"])
+    fn run_probe(&self, family: &str, from: &str, to: &str, port: &str) -> std::process::Output {
+        self.local_probe(&["--from", from, "--to", to, "--port", port, "--timeout", "300ms", "--ip-family", family])
     }
 
     /// `palisade local probe ARGS` on this cluster, any flags (`--http`, `--dns`).

@@ -2,7 +2,7 @@
 //! for its names, and the one-shot query of `palisade local probe --dns`.
 use std::collections::BTreeMap;
 use std::io::{self, ErrorKind};
-use std::net::{Ipv4Addr, UdpSocket};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, UdpSocket};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -129,13 +129,13 @@ pub enum Resolved {
 
 /// Asks the DNS server at `server` for the A records of `name` over UDP, from inside `netns`.
 /// Errors are failures to ask at all (a bad name, no such namespace).
-pub fn resolve(netns: &str, server: Ipv4Addr, name: &str, timeout: Duration) -> io::Result<Resolved> {
-    let name = name.to_owned();
+pub fn resolve(netns: &str, server: impl Into<IpAddr>, name: &str, timeout: Duration) -> io::Result<Resolved> {
+    let (server, name) = (server.into(), name.to_owned());
     in_netns(netns, move || resolve_here(server, &name, timeout))?
 }
 
 /// [`resolve`] from the calling thread's namespace.
-pub(crate) fn resolve_here(server: Ipv4Addr, name: &str, timeout: Duration) -> io::Result<Resolved> {
+pub(crate) fn resolve_here(server: IpAddr, name: &str, timeout: Duration) -> io::Result<Resolved> {
     let name = Name::from_ascii(name)
         .map_err(|e| io::Error::new(ErrorKind::InvalidInput, format!("{name:?} is not a DNS name: {e}")))?;
     let mut query = Message::query();
@@ -143,7 +143,8 @@ pub(crate) fn resolve_here(server: Ipv4Addr, name: &str, timeout: Duration) -> i
     query.add_query(Query::query(name, RecordType::A));
     let bytes = query.to_vec().map_err(io::Error::other)?;
     let id = query.metadata.id;
-    let socket = UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0))?;
+    let any: IpAddr = if server.is_ipv4() { Ipv4Addr::UNSPECIFIED.into() } else { Ipv6Addr::UNSPECIFIED.into() };
+    let socket = UdpSocket::bind((any, 0))?;
     socket.connect((server, DNS_PORT))?;
     socket.set_read_timeout(Some(timeout))?;
     socket.send(&bytes)?;

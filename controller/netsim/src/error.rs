@@ -1,10 +1,10 @@
 //! What can go wrong building, running or tearing down the local network.
 use std::io;
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 use std::path::PathBuf;
 use std::process::ExitStatus;
 
-use crate::ADDRESS_RANGE;
+use crate::net::address_range;
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
@@ -52,9 +52,8 @@ impl Error {
 #[derive(Debug, thiserror::Error)]
 pub enum NodeAddressError {
     #[error(
-        "Node {node}: its InternalIP {address} is outside {}/{}: local mode puts addresses only from that range on interfaces",
-        ADDRESS_RANGE.0,
-        ADDRESS_RANGE.1
+        "Node {node}: its InternalIP {address} is outside {}: local mode puts addresses only from that range on interfaces",
+        address_range(*address)
     )]
-    OutsideRange { node: String, address: Ipv4Addr },
+    OutsideRange { node: String, address: IpAddr },
 }

@@ -3,7 +3,7 @@
 //! headers, and the one request of `palisade local probe --http`.
 use std::convert::Infallible;
 use std::io;
-use std::net::{Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -73,12 +73,12 @@ impl HttpOutcome {
 /// `Host: to:port` unless the request has its own. Errors are failures to try at all.
 pub fn request(
     netns: &str,
-    to: Ipv4Addr,
+    to: impl Into<IpAddr>,
     port: u16,
     request: &HttpRequest,
     timeout: Duration,
 ) -> io::Result<HttpOutcome> {
-    let request = request.clone();
+    let (to, request) = (to.into(), request.clone());
     in_netns(netns, move || request_here(to, port, &request, timeout))?
 }
 
@@ -87,28 +87,23 @@ pub fn request(
 /// fails, the requests left fail the same way.
 pub fn requests(
     netns: &str,
-    to: Ipv4Addr,
+    to: impl Into<IpAddr>,
     port: u16,
     requests: &[HttpRequest],
     timeout: Duration,
 ) -> io::Result<Vec<HttpOutcome>> {
-    let requests = requests.to_vec();
+    let (to, requests) = (to.into(), requests.to_vec());
     in_netns(netns, move || exchange(to, port, &requests, timeout))?
 }
 
 /// [`request`] from the calling thread's namespace.
-pub(crate) fn request_here(
-    to: Ipv4Addr,
-    port: u16,
-    request: &HttpRequest,
-    timeout: Duration,
-) -> io::Result<HttpOutcome> {
+pub(crate) fn request_here(to: IpAddr, port: u16, request: &HttpRequest, timeout: Duration) -> io::Result<HttpOutcome> {
     let mut outcomes = exchange(to, port, std::slice::from_ref(request), timeout)?;
     Ok(outcomes.remove(0))
 }
 
 /// [`requests`] from the calling thread's namespace.
-fn exchange(to: Ipv4Addr, port: u16, requests: &[HttpRequest], timeout: Duration) -> io::Result<Vec<HttpOutcome>> {
+fn exchange(to: IpAddr, port: u16, requests: &[HttpRequest], timeout: Duration) -> io::Result<Vec<HttpOutcome>> {
     let last = requests.len().saturating_sub(1);
     let built = requests
         .iter()
@@ -119,7 +114,7 @@ fn exchange(to: Ipv4Addr, port: u16, requests: &[HttpRequest], timeout: Duration
                 builder = builder.header(name.as_str(), value.as_str());
             }
             if request.header("host").is_none() {
-                builder = builder.header(HOST, format!("{to}:{port}"));
+                builder = builder.header(HOST, SocketAddr::from((to, port)).to_string());
             }
             if i == last {
                 builder = builder.header(CONNECTION, HeaderValue::from_static("close"));

@@ -14,42 +14,73 @@
 //!   in `nat-postrouting` (to the node's address), or it would see its own address as source.
 //!   No other mark bit is touched: the datapath owns the rest.
 //!
-//! The whole table is one script, applied with `nft -f -` in one transaction that deletes and
-//! recreates it, so a rebuild never shows a half-written table.
+//! IPv6 ClusterIPs (from `fd00:200::250:0/112`) are translated to the backends' IPv6 addresses
+//! by the same table in family `ip6`, as kube-proxy keeps one table per family; it is there only
+//! when some Service has an IPv6 ClusterIP. One difference: there TCP is refused with a reset
+//! rather than ICMPv6 port unreachable, because the reject runs synchronously on the veths and
+//! the kernel's TCP over IPv6 drops an ICMPv6 error that arrives while `connect` still holds the
+//! socket (IPv4 does not): the client would time out instead of seeing a refusal.
+//!
+//! The whole table (both, in a dual-stack cluster) is one script, applied with `nft -f -` in one
+//! transaction that deletes and recreates it, so a rebuild never shows a half-written table.
 use std::fmt::Write as _;
 
 use palisade_policy::Cluster;
 use palisade_policy::cluster::{Backend, Service, ServicePort};
 use palisade_policy::model::Protocol;
 
+use crate::IpFamily;
 use crate::error::Result;
 use crate::net::run_ip;
-use crate::services::{ipv4_cluster_ips, service_range};
+use crate::services::{cluster_ips, service_range_of};
 
 // Hook priorities are numbers: nft 1.0.6 takes `dstnat` in prerouting only. -100 is dstnat, 100
 // srcnat, -10 just before filter (0), as kube-proxy orders its chains.
 
-/// The table, in family `ip`.
+/// The table, in family `ip` (and `ip6` for IPv6 ClusterIPs).
 pub const TABLE: &str = "palisade-kube-proxy";
 /// kube-proxy's masquerade bit (`--masquerade-bit` 14).
 pub const MASQUERADE_MARK: u32 = 0x4000;
 
-/// The nft script that replaces the table with one translating every Service of `cluster`.
+/// The nft script that replaces the table with one translating every Service of `cluster`: the
+/// `ip` table, and the `ip6` table when a Service has an IPv6 ClusterIP.
 pub fn ruleset(cluster: &Cluster) -> String {
+    let mut script = table(cluster, IpFamily::IPv4);
+    if cluster.services.iter().any(|s| cluster_ips(s, IpFamily::IPv6).next().is_some()) {
+        script.push_str(&table(cluster, IpFamily::IPv6));
+    }
+    script
+}
+
+/// nft's names in one family: the table family, the address type and the address match.
+fn names(family: IpFamily) -> (&'static str, &'static str, &'static str) {
+    match family {
+        IpFamily::IPv4 => ("ip", "ipv4_addr", "ip"),
+        IpFamily::IPv6 => ("ip6", "ipv6_addr", "ip6"),
+    }
+}
+
+/// The script replacing the table of one family, with the ClusterIPs of that family translated to
+/// the backends of that family.
+fn table(cluster: &Cluster, family: IpFamily) -> String {
+    let (table_family, addr_type, ip) = names(family);
+    let (reject_port, reject) = match family {
+        IpFamily::IPv4 => ("reject", "reject"),
+        IpFamily::IPv6 => ("goto reject-chain", "meta l4proto tcp reject with tcp reset\n\t\treject"),
+    };
     let mut translated = Vec::new();
     let mut no_endpoints = Vec::new();
     let mut chains = String::new();
-    let mut cluster_ips = Vec::new();
-    // Headless Services have no address to translate. Local mode is IPv4 only yet: IPv4
-    // ClusterIPs to IPv4 backends.
-    for service in cluster.services.iter().filter(|s| ipv4_cluster_ips(s).next().is_some()) {
-        cluster_ips.extend(ipv4_cluster_ips(service).map(|ip| ip.to_string()));
+    let mut addresses = Vec::new();
+    // Headless Services have no address to translate.
+    for service in cluster.services.iter().filter(|s| cluster_ips(s, family).next().is_some()) {
+        addresses.extend(cluster_ips(service, family).map(|ip| ip.to_string()));
         for port in &service.ports {
             let Some(proto) = l4proto(port.protocol) else { continue };
             let keys: Vec<String> =
-                ipv4_cluster_ips(service).map(|ip| format!("{ip} . {proto} . {}", port.port)).collect();
+                cluster_ips(service, family).map(|ip| format!("{ip} . {proto} . {}", port.port)).collect();
             let mut backends = cluster.backends(service, port);
-            backends.retain(|b| b.ip.is_ipv4());
+            backends.retain(|b| family.holds(b.ip));
             if backends.is_empty() {
                 no_endpoints.extend(keys.into_iter().map(|key| format!("{key} : goto reject-chain")));
                 continue;
@@ -66,34 +97,37 @@ pub fn ruleset(cluster: &Cluster) -> String {
             )
             .unwrap();
             for backend in &backends {
+                let to = match backend.ip {
+                    std::net::IpAddr::V4(address) => format!("{address}:{}", backend.port),
+                    std::net::IpAddr::V6(address) => format!("[{address}]:{}", backend.port),
+                };
                 writeln!(
                     chains,
-                    "\tchain {} {{\n\t\tip saddr {ip} jump mark-for-masquerade\n\t\tmeta l4proto {proto} dnat to {ip}:{}\n\t}}",
+                    "\tchain {} {{\n\t\t{ip} saddr {address} jump mark-for-masquerade\n\t\tmeta l4proto {proto} dnat to {to}\n\t}}",
                     endpoint_chain(&chain, backend),
-                    backend.port,
-                    ip = backend.ip,
+                    address = backend.ip,
                 )
                 .unwrap();
             }
         }
     }
-    cluster_ips.sort();
-    cluster_ips.dedup();
+    addresses.sort();
+    addresses.dedup();
     let elements = |items: &[String]| {
         if items.is_empty() { String::new() } else { format!("\n\t\telements = {{ {} }}", items.join(", ")) }
     };
     format!(
-        "table ip {TABLE}
-delete table ip {TABLE}
-table ip {TABLE} {{
+        "table {table_family} {TABLE}
+delete table {table_family} {TABLE}
+table {table_family} {TABLE} {{
 \tset cluster-ips {{
-\t\ttype ipv4_addr{cluster_ips}
+\t\ttype {addr_type}{cluster_ips}
 \t}}
 \tmap service-ips {{
-\t\ttype ipv4_addr . inet_proto . inet_service : verdict{translated}
+\t\ttype {addr_type} . inet_proto . inet_service : verdict{translated}
 \t}}
 \tmap no-endpoint-services {{
-\t\ttype ipv4_addr . inet_proto . inet_service : verdict{no_endpoints}
+\t\ttype {addr_type} . inet_proto . inet_service : verdict{no_endpoints}
 \t}}
 \tchain nat-prerouting {{
 \t\ttype nat hook prerouting priority -100; policy accept;
@@ -118,17 +152,17 @@ table ip {TABLE} {{
 \t\tct state new jump cluster-ips-check
 \t}}
 \tchain services {{
-\t\tip daddr . meta l4proto . th dport vmap @service-ips
+\t\t{ip} daddr . meta l4proto . th dport vmap @service-ips
 \t}}
 \tchain service-endpoints-check {{
-\t\tip daddr . meta l4proto . th dport vmap @no-endpoint-services
+\t\t{ip} daddr . meta l4proto . th dport vmap @no-endpoint-services
 \t}}
 \tchain cluster-ips-check {{
-\t\tip daddr @cluster-ips reject comment \"invalid port of a ClusterIP\"
-\t\tip daddr {range} drop comment \"unallocated ClusterIP\"
+\t\t{ip} daddr @cluster-ips {reject_port} comment \"invalid port of a ClusterIP\"
+\t\t{ip} daddr {range} drop comment \"unallocated ClusterIP\"
 \t}}
 \tchain reject-chain {{
-\t\treject
+\t\t{reject}
 \t}}
 \tchain mark-for-masquerade {{
 \t\tmeta mark set meta mark | {MASQUERADE_MARK:#x}
@@ -140,10 +174,10 @@ table ip {TABLE} {{
 \t}}
 {chains}}}
 ",
-        cluster_ips = elements(&cluster_ips),
+        cluster_ips = elements(&addresses),
         translated = elements(&translated),
         no_endpoints = elements(&no_endpoints),
-        range = service_range(),
+        range = service_range_of(family),
     )
 }
 
@@ -152,9 +186,10 @@ pub fn apply(netns: &str, cluster: &Cluster) -> Result<()> {
     nft(netns, &ruleset(cluster), "translate the Services")
 }
 
-/// Deletes the table from `netns`; one that is not there is no error.
+/// Deletes the tables (both families) from `netns`; one that is not there is no error.
 pub fn remove(netns: &str) -> Result<()> {
-    nft(netns, &format!("table ip {TABLE}\ndelete table ip {TABLE}\n"), "remove the Services' translation")
+    let script = ["ip", "ip6"].map(|f| format!("table {f} {TABLE}\ndelete table {f} {TABLE}\n")).concat();
+    nft(netns, &script, "remove the Services' translation")
 }
 
 /// nft's name of a protocol kube-proxy translates.
@@ -174,8 +209,10 @@ fn service_chain(service: &Service, port: &ServicePort) -> String {
     format!("service-{}/{}/{proto}/{port_name}", service.namespace, service.name)
 }
 
+/// An IPv6 address's colons are dots in the name: nft names have no colons.
 fn endpoint_chain(service_chain: &str, backend: &Backend) -> String {
-    format!("endpoint-{}__{}/{}", service_chain.trim_start_matches("service-"), backend.ip, backend.port)
+    let address = backend.ip.to_string().replace(':', ".");
+    format!("endpoint-{}__{address}/{}", service_chain.trim_start_matches("service-"), backend.port)
 }
 
 /// Runs `nft -f -` with `script` inside the named network namespace.
@@ -254,6 +291,38 @@ items:
         assert!(
             script.contains("set cluster-ips {\n\t\ttype ipv4_addr\n\t\telements = { 10.200.250.10, 10.200.250.11 }")
         );
+    }
+
+    #[test]
+    fn ipv6_cluster_ips_go_to_the_backends_ipv6_addresses_in_an_ip6_table() {
+        let text = CLUSTER
+            .replace("status: {podIP: 10.200.1.10}", "status: {podIPs: [{ip: 10.200.1.10}, {ip: \"fd00:200::1:10\"}]}")
+            .replace("status: {podIP: 10.200.1.11}", "status: {podIPs: [{ip: 10.200.1.11}, {ip: \"fd00:200::1:11\"}]}")
+            .replace("clusterIP: 10.200.250.10\n", "clusterIPs: [10.200.250.10, \"fd00:200::250:10\"]\n");
+        let script = ruleset(&cluster(&text));
+        let (v4, v6) = script.split_at(script.find("table ip6 ").expect("an ip6 table"));
+        // The IPv4 table translates to IPv4 backends only, as before.
+        assert!(v4.contains("10.200.250.10 . tcp . 80 : goto service-shop/api/tcp/web"), "{v4}");
+        assert!(!v4.contains("fd00:"), "{v4}");
+        assert!(v6.starts_with(
+            "table ip6 palisade-kube-proxy\ndelete table ip6 palisade-kube-proxy\ntable ip6 palisade-kube-proxy {"
+        ));
+        assert!(
+            v6.contains(
+                "type ipv6_addr . inet_proto . inet_service : verdict\n\t\telements = { fd00:200::250:10 . tcp . 80 : goto service-shop/api/tcp/web }"
+            ),
+            "{v6}"
+        );
+        assert!(
+            v6.contains(
+                "\tchain endpoint-shop/api/tcp/web__fd00.200..1.11/8081 {\n\t\tip6 saddr fd00:200::1:11 jump mark-for-masquerade\n\t\tmeta l4proto tcp dnat to [fd00:200::1:11]:8081\n\t}"
+            ),
+            "{v6}"
+        );
+        assert!(v6.contains("ip6 daddr fd00:200::250:0/112 drop"), "{v6}");
+        assert!(v6.contains("\tchain reject-chain {\n\t\tmeta l4proto tcp reject with tcp reset\n\t\treject\n\t}"));
+        // Without IPv6 ClusterIPs, no ip6 table.
+        assert!(!ruleset(&cluster(CLUSTER)).contains("table ip6"));
     }
 
     #[test]

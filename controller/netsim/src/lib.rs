@@ -7,7 +7,7 @@
 //! removes both. Every namespace name starts with a prefix, so a rerun after a crash removes the
 //! leftovers first and tests can run beside each other.
 use std::convert::Infallible;
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -27,6 +27,7 @@ pub mod traffic;
 
 pub use error::{Error, NodeAddressError, Result};
 pub use net::{LocalNetwork, LocalNode, PodNet, in_netns, spawn_in_netns};
+pub use palisade_policy::trace::IpFamily;
 pub use probe::{Outcome, Port, ask_who, probe, probe_from_netns};
 pub use responders::Responders;
 pub use state::{DEFAULT_PREFIX, DEFAULT_STATE_DIR, Local, StateDir};
@@ -34,6 +35,9 @@ pub use traffic::{Counts, Talk, TrafficGenerator, TrafficOptions};
 
 /// Local mode puts addresses in this network only on interfaces (the node's and the pods').
 pub const ADDRESS_RANGE: (Ipv4Addr, u8) = (Ipv4Addr::new(10, 200, 0, 0), 16);
+/// Local mode puts IPv6 addresses in this network only on interfaces (a dual-stack pod's
+/// second address, the node's IPv6 address).
+pub const ADDRESS_RANGE_V6: (Ipv6Addr, u8) = (Ipv6Addr::new(0xfd00, 0x200, 0, 0, 0, 0, 0, 0), 64);
 
 /// How long `up` waits for the responder process to bind its ports.
 const RESPONDERS_READY: Duration = Duration::from_secs(10);

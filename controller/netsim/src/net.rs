@@ -7,11 +7,19 @@
 //! its loopback: the local host pods see as `host`. Pods reach it through their default route;
 //! the node reaches them through one /32 route (with the node's address as source) and one
 //! static neighbour entry per pod. IPv4 forwarding is on, and there is no route out, so traffic
-//! never leaves the namespaces. IPv6 is off everywhere, so the veths carry only these addresses.
+//! never leaves the namespaces.
+//!
+//! A dual-stack pod (`status.podIPs` with an address from `fd00:200::/64`) also has its IPv6
+//! address as a /128 on `eth0` (without duplicate address detection, so it is usable at once) and
+//! a default route via `fe80::1`, again only a static neighbour entry; the node namespace then has
+//! its IPv6 address on its loopback, one /128 route and one neighbour entry per such pod, and
+//! IPv6 forwarding on. No interface gets a link-local address (`addr_gen_mode` none), and IPv6
+//! is off in the namespaces of a cluster without IPv6 pods, so the veths carry only these
+//! addresses.
 use std::collections::BTreeMap;
 use std::fs::File;
 use std::io::{self, Write};
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::os::fd::AsFd;
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -22,10 +30,10 @@ use palisade_policy::Cluster;
 use palisade_policy::cluster::{ContainerPort, Node};
 use rustix::thread::{LinkNameSpaceType, move_into_link_name_space};
 
-use crate::ADDRESS_RANGE;
 use crate::dns::DnsZone;
 use crate::error::{Error, NodeAddressError, Result};
-use crate::services::{in_service_range, service_range};
+use crate::services::{in_service_range, in_service_range_v6, service_range, service_range_v6};
+use crate::{ADDRESS_RANGE, ADDRESS_RANGE_V6, IpFamily};
 
 /// Where `ip netns` keeps named namespaces.
 const NETNS_DIR: &str = "/run/netns";
@@ -35,9 +43,14 @@ pub const POD_IF: &str = "eth0";
 pub const SERVICES_IF: &str = "kube-services";
 /// The pods' default gateway: only a neighbour entry, never an address.
 const GATEWAY: Ipv4Addr = Ipv4Addr::new(169, 254, 1, 1);
+/// The pods' IPv6 default gateway: only a neighbour entry, never an address.
+const GATEWAY_V6: Ipv6Addr = Ipv6Addr::new(0xfe80, 0, 0, 0, 0, 0, 0, 1);
 
 /// The node namespace's address when the cluster file has no InternalIP for the local node.
 pub const DEFAULT_NODE_ADDRESS: Ipv4Addr = Ipv4Addr::new(10, 200, 0, 1);
+/// The node namespace's IPv6 address in a dual-stack cluster whose file has no IPv6 InternalIP
+/// for the local node.
+pub const DEFAULT_NODE_ADDRESS_V6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x200, 0, 0, 0, 0, 0, 1);
 /// The local node's name when no pod names one.
 pub const DEFAULT_NODE_NAME: &str = "local";
 
@@ -49,6 +62,14 @@ pub struct LocalNode {
     pub name: String,
     /// The cluster file's InternalIP of that Node, else [`DEFAULT_NODE_ADDRESS`].
     pub address: Ipv4Addr,
+    /// The Node's IPv6 InternalIP if it is in `fd00:200::/64`, else [`DEFAULT_NODE_ADDRESS_V6`]
+    /// when the Node has one outside it or some pod has an IPv6 address; `None` in a cluster
+    /// without IPv6 (the namespaces then have IPv6 off).
+    pub ipv6: Option<Ipv6Addr>,
+    /// The Node's IPv6 InternalIP outside `fd00:200::/64` that [`LocalNode::ipv6`] stands in
+    /// for: the node namespace cannot carry it, and [`LocalNode::add_to`] makes the stand-in the
+    /// Node's IPv6 InternalIP in the model, so that the node's own IPv6 traffic is `host`.
+    pub ipv6_outside_range: Option<Ipv6Addr>,
     /// Whether the cluster file has that Node. When it does not, [`LocalNode::add_to`] puts it in
     /// the cluster model the agent compiles, so that its address is `host` all the same.
     pub declared: bool,
@@ -69,30 +90,58 @@ impl LocalNode {
         let node = cluster.node(name);
         let address = match node.and_then(|n| n.internal_ip) {
             Some(address) if !in_range(address) => {
-                return Err(NodeAddressError::OutsideRange { node: name.to_owned(), address });
+                return Err(NodeAddressError::OutsideRange { node: name.to_owned(), address: address.into() });
             }
             Some(address) => address,
             None => DEFAULT_NODE_ADDRESS,
         };
-        Ok(LocalNode { name: name.to_owned(), address, declared: node.is_some() })
+        // A pod local mode gives an IPv6 address: one with both families.
+        let dual_stack =
+            cluster.endpoints().chain(&cluster.outside_hosts).any(|p| p.ipv4().is_some() && p.ipv6().is_some());
+        let declared_ipv6 = node.and_then(|n| n.internal_ipv6);
+        let ipv6_outside_range = declared_ipv6.filter(|a| !in_range_v6(*a));
+        let ipv6 = match declared_ipv6 {
+            Some(address) if in_range_v6(address) => Some(address),
+            Some(_) => Some(DEFAULT_NODE_ADDRESS_V6),
+            None => dual_stack.then_some(DEFAULT_NODE_ADDRESS_V6),
+        };
+        Ok(LocalNode { name: name.to_owned(), address, ipv6, ipv6_outside_range, declared: node.is_some() })
     }
 
     /// Adds the node to `cluster` when the file has none of that name; a declared Node without
     /// an InternalIP gets the node namespace's address.
     pub fn add_to(&self, cluster: &mut Cluster) {
-        match cluster.nodes.iter_mut().find(|n| n.name == self.name) {
-            Some(node) if node.internal_ip.is_some() => {}
-            Some(node) => {
-                node.addresses.push(self.address.into());
-                node.internal_ip = Some(self.address);
+        let node = match cluster.nodes.iter().position(|n| n.name == self.name) {
+            Some(i) => &mut cluster.nodes[i],
+            None => {
+                cluster.nodes.push(Node {
+                    name: self.name.clone(),
+                    labels: BTreeMap::new(),
+                    addresses: Vec::new(),
+                    internal_ip: None,
+                    internal_ipv6: None,
+                });
+                cluster.nodes.last_mut().expect("just pushed")
             }
-            None => cluster.nodes.push(Node {
-                name: self.name.clone(),
-                labels: BTreeMap::new(),
-                addresses: vec![self.address.into()],
-                internal_ip: Some(self.address),
-                internal_ipv6: None,
-            }),
+        };
+        if node.internal_ip.is_none() {
+            node.addresses.push(self.address.into());
+            node.internal_ip = Some(self.address);
+        }
+        // No IPv6 InternalIP, or one outside the range that the node namespace's stands in for.
+        if let Some(ipv6) = self.ipv6.filter(|a| node.internal_ipv6 != Some(*a)) {
+            if !node.addresses.contains(&ipv6.into()) {
+                node.addresses.push(ipv6.into());
+            }
+            node.internal_ipv6 = Some(ipv6);
+        }
+    }
+
+    /// The node namespace's address of `family`, if it has one.
+    pub fn address_of(&self, family: IpFamily) -> Option<IpAddr> {
+        match family {
+            IpFamily::IPv4 => Some(self.address.into()),
+            IpFamily::IPv6 => self.ipv6.map(IpAddr::from),
         }
     }
 }
@@ -101,6 +150,21 @@ impl LocalNode {
 pub fn in_range(address: Ipv4Addr) -> bool {
     let (network, len) = ADDRESS_RANGE;
     u32::from(address) >> (32 - len) == u32::from(network) >> (32 - len)
+}
+
+/// Whether local mode may put the IPv6 `address` on an interface.
+pub fn in_range_v6(address: Ipv6Addr) -> bool {
+    let (network, len) = ADDRESS_RANGE_V6;
+    u128::from(address) >> (128 - len) == u128::from(network) >> (128 - len)
+}
+
+/// The range local mode takes addresses of `address`'s family from: `10.200.0.0/16` or
+/// `fd00:200::/64`.
+pub fn address_range(address: IpAddr) -> String {
+    match address {
+        IpAddr::V4(_) => format!("{}/{}", ADDRESS_RANGE.0, ADDRESS_RANGE.1),
+        IpAddr::V6(_) => format!("{}/{}", ADDRESS_RANGE_V6.0, ADDRESS_RANGE_V6.1),
+    }
 }
 
 /// The namespaces and interfaces for a cluster, all named from `prefix`. [`LocalNetwork::plan`]
@@ -121,6 +185,8 @@ pub struct PodNet {
     /// The pod's network namespace (`/run/netns/<netns>`).
     pub netns: String,
     pub ip: Ipv4Addr,
+    /// Its IPv6 address, for a dual-stack pod (`status.podIPs`).
+    pub ipv6: Option<Ipv6Addr>,
     /// The host side of the pod's veth, in the node namespace: where the datapath attaches.
     pub host_if: String,
     /// The declared container ports, which the responders serve.
@@ -135,6 +201,16 @@ pub struct PodNet {
     pub outside: bool,
     host_mac: [u8; 6],
     pod_mac: [u8; 6],
+}
+
+impl PodNet {
+    /// The pod's address of `family`, if it has one.
+    pub fn address(&self, family: IpFamily) -> Option<IpAddr> {
+        match family {
+            IpFamily::IPv4 => Some(self.ip.into()),
+            IpFamily::IPv6 => self.ipv6.map(IpAddr::from),
+        }
+    }
 }
 
 impl LocalNetwork {
@@ -156,7 +232,7 @@ impl LocalNetwork {
             )));
         }
         let mut pods = BTreeMap::new();
-        let mut by_ip: BTreeMap<Ipv4Addr, String> = BTreeMap::new();
+        let mut by_ip: BTreeMap<IpAddr, String> = BTreeMap::new();
         let mut by_if: BTreeMap<String, String> = BTreeMap::new();
         let outside = cluster.outside_hosts.iter().map(|p| (p, true));
         for (pod, outside) in cluster.endpoints().map(|p| (p, false)).chain(outside) {
@@ -177,7 +253,7 @@ impl LocalNetwork {
                     "pod {key}: network namespace name {netns} is longer than 255 characters"
                 )));
             }
-            if let Some(other) = by_ip.insert(ip, key.clone()) {
+            if let Some(other) = by_ip.insert(ip.into(), key.clone()) {
                 return Err(Error::Cluster(format!("pods {other} and {key} both have podIP {ip}")));
             }
             if ip == node.address {
@@ -198,6 +274,34 @@ impl LocalNetwork {
                     ADDRESS_RANGE.0, ADDRESS_RANGE.1
                 )));
             }
+            let ipv6 = pod.ipv6();
+            if let Some(ip6) = ipv6 {
+                let field = match pod.ips.iter().position(|a| *a == IpAddr::V6(ip6)) {
+                    Some(i) if pod.ips.len() > 1 => format!("status.podIPs[{i}]"),
+                    _ => "status.podIP".to_owned(),
+                };
+                if !in_range_v6(ip6) {
+                    return Err(Error::Cluster(format!(
+                        "pod {key}: {field} {ip6} is outside {}/{}: local mode puts IPv6 addresses only from that range on interfaces",
+                        ADDRESS_RANGE_V6.0, ADDRESS_RANGE_V6.1
+                    )));
+                }
+                if in_service_range_v6(ip6) {
+                    return Err(Error::Cluster(format!(
+                        "pod {key}: {field} {ip6} is in the IPv6 Service range {}: local mode routes it to kube-proxy's table",
+                        service_range_v6()
+                    )));
+                }
+                if Some(ip6) == node.ipv6 {
+                    return Err(Error::Cluster(format!(
+                        "pod {key}: {field} {ip6} is the IPv6 address of the node namespace (node {}): give the Node another IPv6 InternalIP in {}/{}",
+                        node.name, ADDRESS_RANGE_V6.0, ADDRESS_RANGE_V6.1
+                    )));
+                }
+                if let Some(other) = by_ip.insert(ip6.into(), key.clone()) {
+                    return Err(Error::Cluster(format!("pods {other} and {key} both have podIP {ip6}")));
+                }
+            }
             let hash = fnv1a(key.as_bytes());
             let host_if = format!("pl{:010x}", hash >> 24);
             if let Some(other) = by_if.insert(host_if.clone(), key.clone()) {
@@ -213,6 +317,7 @@ impl LocalNetwork {
                 key: key.clone(),
                 netns,
                 ip,
+                ipv6,
                 host_if,
                 ports: pod.ports.clone(),
                 http_ports: Vec::new(),
@@ -241,7 +346,7 @@ impl LocalNetwork {
     fn create_fresh(&self) -> Result<()> {
         let node = &self.node_netns;
         let node_ip = self.node.address;
-        add_netns(node)?;
+        add_netns(node, self.node.ipv6.is_some())?;
         // The Service range is routed, as a real node's default route covers it, into an
         // interface that drops whatever kube-proxy's table lets through untranslated (an ifb
         // device drops what is sent to it; this kernel has no dummy): without a route, the node's
@@ -253,35 +358,53 @@ impl LocalNetwork {
             format!("link set {SERVICES_IF} up"),
             format!("route add {} dev {SERVICES_IF}", service_range()),
         ];
+        if let Some(node_ip6) = self.node.ipv6 {
+            node_batch.extend([
+                format!("addr add {node_ip6}/128 dev lo nodad"),
+                format!("route add {} dev {SERVICES_IF}", service_range_v6()),
+            ]);
+        }
         for pod in self.pods.values() {
-            add_netns(&pod.netns)?;
+            add_netns(&pod.netns, pod.ipv6.is_some())?;
             let (host_mac, pod_mac) = (mac(&pod.host_mac), mac(&pod.pod_mac));
             let veth = format!(
                 "link add {} address {host_mac} type veth peer name {POD_IF} address {pod_mac} netns {}",
                 pod.host_if, pod.netns
             );
             ip_in(node, &[veth], || format!("pod {}: create its veth", pod.key))?;
-            ip_in(
-                &pod.netns,
-                &[
-                    "link set lo up".to_owned(),
-                    format!("addr add {}/32 dev {POD_IF}", pod.ip),
-                    format!("link set {POD_IF} up"),
-                    format!("route add {GATEWAY} dev {POD_IF} scope link"),
-                    format!("route add default via {GATEWAY} dev {POD_IF}"),
-                    format!("neigh add {GATEWAY} lladdr {host_mac} dev {POD_IF} nud permanent"),
-                ],
-                || format!("pod {}: configure {POD_IF}", pod.key),
-            )?;
+            let mut pod_batch = vec![
+                "link set lo up".to_owned(),
+                format!("addr add {}/32 dev {POD_IF}", pod.ip),
+                format!("link set {POD_IF} up"),
+                format!("route add {GATEWAY} dev {POD_IF} scope link"),
+                format!("route add default via {GATEWAY} dev {POD_IF}"),
+                format!("neigh add {GATEWAY} lladdr {host_mac} dev {POD_IF} nud permanent"),
+            ];
             node_batch.extend([
                 format!("link set {} up", pod.host_if),
                 format!("route add {}/32 dev {} scope link src {node_ip}", pod.ip, pod.host_if),
                 format!("neigh add {} lladdr {pod_mac} dev {} nud permanent", pod.ip, pod.host_if),
             ]);
+            if let (Some(ip6), Some(node_ip6)) = (pod.ipv6, self.node.ipv6) {
+                pod_batch.extend([
+                    format!("addr add {ip6}/128 dev {POD_IF} nodad"),
+                    format!("route add ::/0 via {GATEWAY_V6} dev {POD_IF}"),
+                    format!("neigh add {GATEWAY_V6} lladdr {host_mac} dev {POD_IF} nud permanent"),
+                ]);
+                node_batch.extend([
+                    format!("route add {ip6}/128 dev {} src {node_ip6}", pod.host_if),
+                    format!("neigh add {ip6} lladdr {pod_mac} dev {} nud permanent", pod.host_if),
+                ]);
+            }
+            ip_in(&pod.netns, &pod_batch, || format!("pod {}: configure {POD_IF}", pod.key))?;
         }
         ip_in(node, &node_batch, || "configure the node namespace's routes".into())?;
-        in_netns(node, || write_sysctl("net/ipv4/ip_forward", "1"))
-            .map_err(|e| Error::io(format!("enter {node}"), e))??;
+        let ipv6 = self.node.ipv6.is_some();
+        in_netns(node, move || {
+            write_sysctl("net/ipv4/ip_forward", "1")?;
+            if ipv6 { write_sysctl("net/ipv6/conf/all/forwarding", "1") } else { Ok(()) }
+        })
+        .map_err(|e| Error::io(format!("enter {node}"), e))??;
         Ok(())
     }
 
@@ -391,12 +514,21 @@ pub fn spawn_in_netns<T: Send + 'static>(
     }
 }
 
-fn add_netns(name: &str) -> Result<()> {
+/// Creates a namespace with IPv6 off, or with `ipv6` on but without link-local addresses,
+/// duplicate address detection or router solicitations.
+fn add_netns(name: &str, ipv6: bool) -> Result<()> {
     run_ip(&["netns", "add", name], None, || format!("create network namespace {name}"))?;
     // Before any link exists, so that no veth ever gets an IPv6 link-local address.
-    in_netns(name, || {
-        write_sysctl("net/ipv6/conf/all/disable_ipv6", "1")?;
-        write_sysctl("net/ipv6/conf/default/disable_ipv6", "1")
+    in_netns(name, move || {
+        if !ipv6 {
+            write_sysctl("net/ipv6/conf/all/disable_ipv6", "1")?;
+            return write_sysctl("net/ipv6/conf/default/disable_ipv6", "1");
+        }
+        // 1: no address is generated for new links.
+        write_sysctl("net/ipv6/conf/default/addr_gen_mode", "1")?;
+        write_sysctl("net/ipv6/conf/default/accept_dad", "0")?;
+        write_sysctl("net/ipv6/conf/default/accept_ra", "0")?;
+        write_sysctl("net/ipv6/conf/default/router_solicitations", "0")
     })
     .map_err(|e| Error::io(format!("enter {name}"), e))?
 }

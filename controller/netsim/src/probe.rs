@@ -1,7 +1,7 @@
 //! One real connection attempt from inside a pod's network namespace.
 use std::fmt;
 use std::io::{self, ErrorKind, Read, Write};
-use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpStream, UdpSocket};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpStream, UdpSocket};
 use std::str::FromStr;
 use std::sync::atomic::{AtomicU16, Ordering};
 use std::time::{Duration, Instant};
@@ -14,7 +14,7 @@ use crate::responders::{WHO, read_who};
 /// What the responders echo back.
 const PAYLOAD: &[u8] = b"palisade-probe";
 
-/// A destination port: `5432/TCP`, `53/UDP` or `ICMP` (echo). Parsed from `5432`, `5432/TCP`,
+/// A destination port: `5432/TCP`, `53/UDP` or `ICMP` (echo; ICMPv6 echo to an IPv6 address). Parsed from `5432`, `5432/TCP`,
 /// `53/udp` or `icmp`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Port {
@@ -94,21 +94,29 @@ impl fmt::Display for Outcome {
 }
 
 /// Connects from inside `from`'s namespace to `to` once: a TCP handshake, a UDP datagram that
-/// must be echoed, or an ICMP echo. Errors are failures to try at all (no such namespace).
-pub fn probe(from: &PodNet, to: Ipv4Addr, port: Port, timeout: Duration) -> io::Result<Outcome> {
+/// must be echoed, or an ICMP echo (ICMPv6 to an IPv6 address). Errors are failures to try at
+/// all (no such namespace).
+pub fn probe(from: &PodNet, to: impl Into<IpAddr>, port: Port, timeout: Duration) -> io::Result<Outcome> {
     probe_from_netns(&from.netns, to, port, timeout)
 }
 
 /// [`probe`] from any network namespace of the local network, the node namespace included
 /// (whose connections come from the node's address: the local host).
-pub fn probe_from_netns(netns: &str, to: Ipv4Addr, port: Port, timeout: Duration) -> io::Result<Outcome> {
+pub fn probe_from_netns(netns: &str, to: impl Into<IpAddr>, port: Port, timeout: Duration) -> io::Result<Outcome> {
+    let to = to.into();
     in_netns(netns, move || attempt(to, port, timeout, Exchange::Connect).map(|(outcome, _)| outcome))?
 }
 
 /// Connects from `netns` to `to` on a TCP or UDP `port` and asks the responder there [`WHO`] it
 /// is: the outcome, and the pod that answered when connected (`None` if the answer names none).
 /// Through a ClusterIP, that is the backend the translation chose.
-pub fn ask_who(netns: &str, to: Ipv4Addr, port: Port, timeout: Duration) -> io::Result<(Outcome, Option<String>)> {
+pub fn ask_who(
+    netns: &str,
+    to: impl Into<IpAddr>,
+    port: Port,
+    timeout: Duration,
+) -> io::Result<(Outcome, Option<String>)> {
+    let to = to.into();
     in_netns(netns, move || attempt(to, port, timeout, Exchange::Who))?
 }
 
@@ -125,7 +133,7 @@ pub(crate) enum Exchange {
 
 /// One attempt from the calling thread's namespace, with the pod named by the answer to [`WHO`].
 pub(crate) fn attempt(
-    to: Ipv4Addr,
+    to: IpAddr,
     port: Port,
     timeout: Duration,
     exchange: Exchange,
@@ -135,7 +143,11 @@ pub(crate) fn attempt(
     let answered = match port {
         Port::Tcp(port) => tcp(to, port, timeout, (exchange != Exchange::Connect).then_some(sent)),
         Port::Udp(port) => udp(to, port, timeout, sent),
-        Port::Icmp => icmp_echo(to, timeout).map(|()| Vec::new()),
+        Port::Icmp => match to {
+            IpAddr::V4(to) => icmp_echo(to, timeout),
+            IpAddr::V6(to) => icmpv6_echo(to, timeout),
+        }
+        .map(|()| Vec::new()),
     };
     match answered {
         Ok(reply) => {
@@ -155,7 +167,7 @@ pub(crate) fn attempt(
 }
 
 /// Connects, and with `send` writes it and reads the reply: as many bytes, or one line.
-fn tcp(to: Ipv4Addr, port: u16, timeout: Duration, send: Option<&[u8]>) -> io::Result<Vec<u8>> {
+fn tcp(to: IpAddr, port: u16, timeout: Duration, send: Option<&[u8]>) -> io::Result<Vec<u8>> {
     let mut stream = TcpStream::connect_timeout(&SocketAddr::from((to, port)), timeout)?;
     let Some(send) = send else { return Ok(Vec::new()) };
     stream.set_read_timeout(Some(timeout))?;
@@ -174,8 +186,9 @@ fn tcp(to: Ipv4Addr, port: u16, timeout: Duration, send: Option<&[u8]>) -> io::R
     Ok(reply)
 }
 
-fn udp(to: Ipv4Addr, port: u16, timeout: Duration, send: &[u8]) -> io::Result<Vec<u8>> {
-    let socket = UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0))?;
+fn udp(to: IpAddr, port: u16, timeout: Duration, send: &[u8]) -> io::Result<Vec<u8>> {
+    let any: IpAddr = if to.is_ipv4() { Ipv4Addr::UNSPECIFIED.into() } else { Ipv6Addr::UNSPECIFIED.into() };
+    let socket = UdpSocket::bind((any, 0))?;
     // Connected, so that an ICMP port unreachable comes back as ECONNREFUSED.
     socket.connect((to, port))?;
     socket.set_read_timeout(Some(timeout))?;
@@ -185,16 +198,20 @@ fn udp(to: Ipv4Addr, port: u16, timeout: Duration, send: &[u8]) -> io::Result<Ve
     Ok(buf[..n].to_vec())
 }
 
+/// Tells this process's concurrent pings apart; raw sockets see every reply in the namespace.
+fn echo_id() -> u16 {
+    static NEXT_ID: AtomicU16 = AtomicU16::new(0);
+    (std::process::id() as u16) ^ NEXT_ID.fetch_add(1, Ordering::Relaxed).rotate_left(8)
+}
+
 /// ICMP echo over a raw socket; the kernel in the destination namespace answers.
 fn icmp_echo(to: Ipv4Addr, timeout: Duration) -> io::Result<()> {
-    // Tells this process's concurrent pings apart; raw sockets see every reply in the namespace.
-    static NEXT_ID: AtomicU16 = AtomicU16::new(0);
-    let id = (std::process::id() as u16) ^ NEXT_ID.fetch_add(1, Ordering::Relaxed).rotate_left(8);
+    let id = echo_id();
     let mut request = [8, 0, 0, 0, (id >> 8) as u8, id as u8, 0, 1];
     let sum = checksum(&request);
     request[2..4].copy_from_slice(&sum.to_be_bytes());
     let socket = Socket::new(Domain::IPV4, Type::RAW, Some(Protocol::ICMPV4))?;
-    socket.send_to(&request, &SocketAddrV4::new(to, 0).into())?;
+    socket.send_to(&request, &SocketAddr::from((to, 0)).into())?;
     let deadline = Instant::now() + timeout;
     let mut buf = [0; 1500];
     loop {
@@ -209,6 +226,32 @@ fn icmp_echo(to: Ipv4Addr, timeout: Duration) -> io::Result<()> {
         let header = ((packet[0] & 0x0f) as usize) * 4;
         let Some(icmp) = packet.get(header..header + 8) else { continue };
         if packet[12..16] == to.octets() && icmp[0] == 0 && icmp[4..8] == request[4..8] {
+            return Ok(());
+        }
+    }
+}
+
+/// ICMPv6 echo (type 128) over a raw socket, which the kernel checksums; the kernel in the
+/// destination namespace answers with an echo reply (129).
+fn icmpv6_echo(to: Ipv6Addr, timeout: Duration) -> io::Result<()> {
+    let id = echo_id();
+    let request = [128, 0, 0, 0, (id >> 8) as u8, id as u8, 0, 1];
+    let socket = Socket::new(Domain::IPV6, Type::RAW, Some(Protocol::ICMPV6))?;
+    // Connected: the socket sees only messages from `to`.
+    socket.connect(&SocketAddr::from((to, 0)).into())?;
+    socket.send(&request)?;
+    let deadline = Instant::now() + timeout;
+    let mut buf = [0; 1500];
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(ErrorKind::TimedOut.into());
+        }
+        socket.set_read_timeout(Some(left))?;
+        // No IPv6 header on an IPv6 raw socket: the ICMPv6 message alone.
+        let n = (&socket).read(&mut buf)?;
+        let message = &buf[..n];
+        if message.len() >= 8 && message[0] == 129 && message[4..8] == request[4..8] {
             return Ok(());
         }
     }

@@ -3,9 +3,10 @@
 //! `palisade-who NAMESPACE/POD\n` so that a client of a Service learns which backend it reached;
 //! ICMP echo is answered by the kernel. SCTP ports are not served. A pod's HTTP ports
 //! ([`crate::http`]) and a DNS pod's port 53 ([`crate::dns`]) are served on a small tokio runtime
-//! instead, declared as container ports or not.
+//! instead, declared as container ports or not. A dual-stack pod's ports are bound on both
+//! families (one IPv6 socket that also takes IPv4).
 use std::io::{self, Read, Write};
-use std::net::{Ipv4Addr, Shutdown, SocketAddr, TcpStream, UdpSocket};
+use std::net::{Ipv4Addr, Ipv6Addr, Shutdown, SocketAddr, TcpStream, UdpSocket};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::{self, JoinHandle};
@@ -57,8 +58,12 @@ impl Responders {
         };
         for pod in network.pods() {
             let ports = ports_of(pod);
+            let dual_stack = pod.ipv6.is_some();
             let bind_all = move || {
-                ports.into_iter().map(|(port, serve)| Ok((port, bind(port)?, serve))).collect::<io::Result<_>>()
+                ports
+                    .into_iter()
+                    .map(|(port, serve)| Ok((port, bind(port, dual_stack)?, serve)))
+                    .collect::<io::Result<_>>()
             };
             let bound: Vec<(Port, Socket, Serve)> = in_netns(&pod.netns, bind_all)
                 .map_err(|e| Error::io(format!("pod {}: enter its network namespace", pod.key), e))?
@@ -160,17 +165,25 @@ fn ports_of(pod: &PodNet) -> Vec<(Port, Serve)> {
     ports
 }
 
-/// Binds one port; the error says which and what failed.
-fn bind(port: Port) -> io::Result<Socket> {
+/// Binds one port, on both families with `dual_stack`; the error says which and what failed.
+fn bind(port: Port, dual_stack: bool) -> io::Result<Socket> {
     let (kind, number) = match port {
         Port::Tcp(number) => (Type::STREAM, number),
         Port::Udp(number) => (Type::DGRAM, number),
         Port::Icmp => unreachable!("ICMP echo is the kernel's"),
     };
     let step = |what: String| move |e: io::Error| io::Error::new(e.kind(), format!("{what}: {e}"));
-    let socket = Socket::new(Domain::IPV4, kind, None).map_err(step(format!("{port}: socket")))?;
+    let (domain, any) = if dual_stack {
+        (Domain::IPV6, SocketAddr::from((Ipv6Addr::UNSPECIFIED, number)))
+    } else {
+        (Domain::IPV4, SocketAddr::from((Ipv4Addr::UNSPECIFIED, number)))
+    };
+    let socket = Socket::new(domain, kind, None).map_err(step(format!("{port}: socket")))?;
+    if dual_stack {
+        socket.set_only_v6(false).map_err(step(format!("{port}: IPV6_V6ONLY")))?;
+    }
     socket.set_reuse_address(true).map_err(step(format!("{port}: SO_REUSEADDR")))?;
-    socket.bind(&SocketAddr::from((Ipv4Addr::UNSPECIFIED, number)).into()).map_err(step(format!("bind {port}")))?;
+    socket.bind(&any.into()).map_err(step(format!("bind {port}")))?;
     if kind == Type::STREAM {
         socket.listen(128).map_err(step(format!("listen on {port}")))?;
     }

@@ -70,12 +70,14 @@ impl Local {
 
 /// The error with the file, line and field it is about.
 fn locate(file: &str, text: &str, error: NodeAddressError) -> Error {
-    let NodeAddressError::OutsideRange { node, .. } = &error;
+    let NodeAddressError::OutsideRange { node, address } = &error;
     let field = find_field(text, |object| {
         if object["kind"] != "Node" || object["metadata"]["name"] != node.as_str() {
             return None;
         }
-        let i = object["status"]["addresses"].as_array()?.iter().position(|a| a["type"] == "InternalIP")?;
+        let i = object["status"]["addresses"].as_array()?.iter().position(|a| {
+            a["type"] == "InternalIP" && a["address"].as_str().and_then(|s| s.parse().ok()) == Some(*address)
+        })?;
         Some(format!("status.addresses[{i}].address"))
     });
     at_field(file, field, &error)
@@ -316,10 +318,11 @@ pub(crate) fn wait_for(limit: Duration, mut done: impl FnMut() -> bool) -> bool 
 
 #[cfg(test)]
 mod tests {
-    use std::net::Ipv4Addr;
+    use std::net::{Ipv4Addr, Ipv6Addr};
 
     use super::*;
-    use crate::net::{DEFAULT_NODE_ADDRESS, LocalNode};
+    use crate::IpFamily;
+    use crate::net::{DEFAULT_NODE_ADDRESS, DEFAULT_NODE_ADDRESS_V6, LocalNode};
 
     const PODS: &str = "apiVersion: v1
 kind: List
@@ -352,7 +355,13 @@ items:
     fn the_local_node_is_where_most_pods_are_with_its_internal_ip() {
         // No Node in the file: the default address, and the node joins the cluster model.
         let l = local(PODS).unwrap();
-        let expected = LocalNode { name: "node-b".into(), address: DEFAULT_NODE_ADDRESS, declared: false };
+        let expected = LocalNode {
+            name: "node-b".into(),
+            address: DEFAULT_NODE_ADDRESS,
+            ipv6: None,
+            ipv6_outside_range: None,
+            declared: false,
+        };
         assert_eq!(*l.network.node(), expected);
         let cluster = l.cluster_with_node();
         let added = cluster.node("node-b").expect("added to the model");
@@ -364,7 +373,13 @@ items:
 
         // The file's Node: its InternalIP.
         let l = local(&format!("{PODS}{}{}", node("node-a", "10.200.0.11"), node("node-b", "10.200.0.12"))).unwrap();
-        let expected = LocalNode { name: "node-b".into(), address: Ipv4Addr::new(10, 200, 0, 12), declared: true };
+        let expected = LocalNode {
+            name: "node-b".into(),
+            address: Ipv4Addr::new(10, 200, 0, 12),
+            ipv6: None,
+            ipv6_outside_range: None,
+            declared: true,
+        };
         assert_eq!(*l.network.node(), expected);
         assert_eq!(l.cluster_with_node().nodes, l.cluster.nodes, "nothing to add");
 
@@ -396,6 +411,114 @@ items:
         // A pod outside the range.
         let error = format!("{:#}", local(&PODS.replace("10.200.1.3", "10.9.0.3")).unwrap_err());
         assert!(error.contains("pod shop/c: status.podIP 10.9.0.3 is outside 10.200.0.0/16"), "{error}");
+    }
+
+    /// PODS with both families on pods a and c (b stays IPv4 only).
+    fn dual_stack_pods() -> String {
+        PODS.replace(
+            "status: {podIP: 10.200.1.1}",
+            "status: {podIP: 10.200.1.1, podIPs: [{ip: 10.200.1.1}, {ip: \"fd00:200::1:1\"}]}",
+        )
+        .replace(
+            "status: {podIP: 10.200.1.3}",
+            "status: {podIP: 10.200.1.3, podIPs: [{ip: 10.200.1.3}, {ip: \"fd00:200::1:3\"}]}",
+        )
+    }
+
+    fn dual_node(name: &str, address: &str, ipv6: &str) -> String {
+        format!(
+            "- kind: Node\n  metadata: {{name: {name}}}\n  status:\n    addresses:\n    - {{type: InternalIP, address: {address}}}\n    - {{type: InternalIP, address: \"{ipv6}\"}}\n"
+        )
+    }
+
+    #[test]
+    fn dual_stack_pods_get_both_addresses_and_the_node_an_ipv6_one() {
+        let l = local(&dual_stack_pods()).unwrap();
+        let (a, b) = (l.network.pod("shop/a").unwrap(), l.network.pod("shop/b").unwrap());
+        assert_eq!((a.ip, a.ipv6), (Ipv4Addr::new(10, 200, 1, 1), Some("fd00:200::1:1".parse().unwrap())));
+        assert_eq!(a.address(IpFamily::IPv6), Some("fd00:200::1:1".parse().unwrap()));
+        assert_eq!((b.ipv6, b.address(IpFamily::IPv6)), (None, None), "an IPv4-only pod stays IPv4 only");
+        // No Node in the file: the default IPv6 address, in the model too.
+        assert_eq!(l.network.node().ipv6, Some(DEFAULT_NODE_ADDRESS_V6));
+        let cluster = l.cluster_with_node();
+        let added = cluster.node("node-b").unwrap();
+        assert_eq!(added.internal_ipv6, Some(DEFAULT_NODE_ADDRESS_V6));
+        assert!(added.addresses.contains(&DEFAULT_NODE_ADDRESS_V6.into()), "{:?}", added.addresses);
+        // The Node's IPv6 InternalIP.
+        let l = local(&format!("{}{}", dual_stack_pods(), dual_node("node-b", "10.200.0.12", "fd00:200::12"))).unwrap();
+        let ipv6: Ipv6Addr = "fd00:200::12".parse().unwrap();
+        assert_eq!(l.network.node().ipv6, Some(ipv6));
+        assert_eq!(l.network.node().address_of(IpFamily::IPv6), Some(ipv6.into()));
+        assert_eq!(l.cluster_with_node().nodes, l.cluster.nodes, "nothing to add");
+        // A declared Node with an IPv4 InternalIP only gets the default IPv6 one in the model.
+        let l = local(&format!("{}{}", dual_stack_pods(), node("node-b", "10.200.0.12"))).unwrap();
+        let model = l.cluster_with_node();
+        let node_b = model.node("node-b").unwrap();
+        assert_eq!(
+            (node_b.internal_ip, node_b.internal_ipv6),
+            (Some(Ipv4Addr::new(10, 200, 0, 12)), Some(DEFAULT_NODE_ADDRESS_V6))
+        );
+        // Without IPv6 pods the node namespace has no IPv6 address.
+        assert_eq!(local(PODS).unwrap().network.node().address_of(IpFamily::IPv6), None);
+    }
+
+    #[test]
+    fn ipv6_addresses_outside_the_range_are_refused_naming_the_pod_or_node_and_field() {
+        // A pod's IPv6 address outside fd00:200::/64.
+        let error = format!("{:#}", local(&dual_stack_pods().replace("fd00:200::1:3", "fd01::3")).unwrap_err());
+        assert_eq!(
+            error,
+            "cluster.yaml: pod shop/c: status.podIPs[1] fd01::3 is outside fd00:200::/64: local mode puts IPv6 addresses only from that range on interfaces"
+        );
+        // In the IPv6 Service range.
+        let error = format!("{:#}", local(&dual_stack_pods().replace("fd00:200::1:3", "fd00:200::250:3")).unwrap_err());
+        assert!(
+            error.contains(
+                "pod shop/c: status.podIPs[1] fd00:200::250:3 is in the IPv6 Service range fd00:200::250:0/112"
+            ),
+            "{error}"
+        );
+        // Two pods with one IPv6 address.
+        let error = format!("{:#}", local(&dual_stack_pods().replace("fd00:200::1:3", "fd00:200::1:1")).unwrap_err());
+        assert!(error.contains("pods shop/a and shop/c both have podIP fd00:200::1:1"), "{error}");
+        // At the node's IPv6 address.
+        let text = format!("{}{}", dual_stack_pods(), dual_node("node-b", "10.200.0.12", "fd00:200::1:1"));
+        let error = format!("{:#}", local(&text).unwrap_err());
+        assert!(
+            error.contains(
+                "pod shop/a: status.podIPs[1] fd00:200::1:1 is the IPv6 address of the node namespace (node node-b)"
+            ),
+            "{error}"
+        );
+        // The Node's IPv6 InternalIP outside the range: the node namespace has fd00:200::1 in its
+        // place, which the model makes the Node's IPv6 InternalIP (its own traffic is `host`).
+        let text = format!("{}{}", dual_stack_pods(), dual_node("node-b", "10.200.0.12", "2001:db8::5"));
+        let l = local(&text).unwrap();
+        let outside: Ipv6Addr = "2001:db8::5".parse().unwrap();
+        assert_eq!(
+            (l.network.node().ipv6, l.network.node().ipv6_outside_range),
+            (Some(DEFAULT_NODE_ADDRESS_V6), Some(outside))
+        );
+        let model = l.cluster_with_node();
+        let node_b = model.node("node-b").unwrap();
+        assert_eq!(node_b.internal_ipv6, Some(DEFAULT_NODE_ADDRESS_V6));
+        assert!(node_b.addresses.contains(&DEFAULT_NODE_ADDRESS_V6.into()), "{:?}", node_b.addresses);
+        // Its IPv4 InternalIP outside 10.200.0.0/16 stays an error with file, line and field.
+        let text = format!("{}{}", dual_stack_pods(), dual_node("node-b", "192.168.1.5", "fd00:200::12"));
+        let error = format!("{:#}", local(&text).unwrap_err());
+        assert!(error.starts_with("cluster.yaml:20: items[3].status.addresses[0].address: Node node-b: its InternalIP 192.168.1.5 is outside 10.200.0.0/16"), "{error}");
+        // An IPv6 ClusterIP outside the IPv6 Service range.
+        let service = "- kind: Service
+  metadata: {name: api, namespace: shop}
+  spec:
+    clusterIPs: [10.200.250.10, \"fd00:200::99\"]
+    ports: [{port: 80}]
+";
+        let error = format!("{:#}", local(&format!("{}{service}", dual_stack_pods())).unwrap_err());
+        assert_eq!(
+            error,
+            "cluster.yaml:19: items[3].spec.clusterIPs[1]: Service shop/api: its ClusterIP fd00:200::99 is outside fd00:200::250:0/112: local mode translates ClusterIPs only from that range"
+        );
     }
 
     #[test]

@@ -1,7 +1,7 @@
 //! Steady background traffic: the peers pods declare in their `palisade.dev/talks-to`
 //! annotation, connected to from inside each pod's namespace at an interval, with counters.
 use std::collections::BTreeMap;
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 use std::sync::{Arc, Condvar, LazyLock, Mutex, PoisonError};
 use std::thread::JoinHandle;
 use std::time::Duration;
@@ -9,6 +9,7 @@ use std::time::Duration;
 use palisade_policy::Cluster;
 use palisade_policy::l7::HttpRequest;
 
+use crate::IpFamily;
 use crate::annotations::{for_each_pod, report};
 use crate::dns::{self, DNS_PORT, Resolved};
 use crate::error::{Error, Result};
@@ -72,7 +73,7 @@ impl Reader<'_> {
         let (to, port) = entry.rsplit_once(':').ok_or("expected NAMESPACE/POD:PORT[/PROTOCOL]")?;
         let port = port.parse()?;
         if let Some(service) = to.strip_prefix("svc/") {
-            services::resolve(self.cluster, service, port)?;
+            services::resolve(self.cluster, service, port, IpFamily::IPv4)?;
         } else if to.split('/').count() != 2 || to.split('/').any(str::is_empty) {
             return Err(format!("{to:?} is not NAMESPACE/POD or svc/NAMESPACE/NAME"));
         } else if self.network.pod(to).is_none() {
@@ -127,15 +128,15 @@ impl TrafficGenerator {
             // A Service's backends are alike: the first says what its port serves.
             let (to, server) = match talk.to.strip_prefix("svc/") {
                 Some(service) => {
-                    let (ip, service, port) =
-                        services::resolve(&local.cluster, service, talk.port).map_err(Error::Cluster)?;
+                    let (ip, service, port) = services::resolve(&local.cluster, service, talk.port, IpFamily::IPv4)
+                        .map_err(Error::Cluster)?;
                     let backend = local.cluster.backends(service, port).into_iter().next();
                     let server = backend.and_then(|b| Some((network.pod(b.pod.as_deref()?)?, b.port)));
                     (ip, server)
                 }
                 None => {
                     let server = pod(&talk.to)?;
-                    (server.ip, talk.port.number().map(|n| (server, n)))
+                    (IpAddr::from(server.ip), talk.port.number().map(|n| (server, n)))
                 }
             };
             let ask = server.map_or(Ask::Echo, |(pod, number)| Ask::of(pod, talk.port, number));
@@ -194,7 +195,7 @@ impl Ask {
     }
 
     /// One attempt from the calling thread's namespace: whether it got its answer.
-    fn answered(&self, to: Ipv4Addr, port: Port, timeout: Duration) -> bool {
+    fn answered(&self, to: IpAddr, port: Port, timeout: Duration) -> bool {
         let exchange = match (self, port) {
             (Ask::Http, Port::Tcp(number)) => {
                 return http::request_here(to, number, &GET, timeout).is_ok_and(|o| o.passed());
@@ -214,7 +215,7 @@ static GET: LazyLock<HttpRequest> = LazyLock::new(|| HttpRequest::parse("GET /",
 
 fn run(
     talk: &Talk,
-    to: Ipv4Addr,
+    to: IpAddr,
     ask: &Ask,
     options: TrafficOptions,
     stop: &(Mutex<bool>, Condvar),

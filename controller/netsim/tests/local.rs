@@ -1,6 +1,6 @@
 //! Local mode's network on real namespaces (root only: these tests fail without it). Each test
 //! has its own namespace prefix, so they run beside each other and beside the datapath tests.
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::thread;
@@ -109,6 +109,83 @@ fn the_node_namespace_has_the_nodes_address_and_reaches_the_pods_both_ways() {
     // The pods reach the node: it answers pings, and refuses ports nobody listens on.
     assert!(probe(app, node.address, Port::Icmp, TIMEOUT).unwrap().is_connected());
     assert_eq!(probe(app, node.address, Port::Tcp(10250), TIMEOUT).unwrap(), Outcome::Refused);
+}
+
+/// Two dual-stack pods and an IPv4-only one, on a node without an IPv6 InternalIP.
+const DUAL_STACK: &str = "apiVersion: v1
+kind: List
+items:
+- kind: Pod
+  metadata: {name: web, namespace: shop}
+  spec: {nodeName: node-a, containers: [{name: web, ports: [{containerPort: 8080}, {containerPort: 53, protocol: UDP}]}]}
+  status: {podIP: 10.200.61.10, podIPs: [{ip: 10.200.61.10}, {ip: \"fd00:200::61:10\"}]}
+- kind: Pod
+  metadata: {name: client, namespace: shop}
+  spec: {nodeName: node-a}
+  status: {podIP: 10.200.61.20, podIPs: [{ip: 10.200.61.20}, {ip: \"fd00:200::61:20\"}]}
+- kind: Pod
+  metadata: {name: legacy, namespace: shop}
+  spec: {nodeName: node-a, containers: [{name: legacy, ports: [{containerPort: 8080}]}]}
+  status: {podIP: 10.200.61.30}
+";
+
+/// The addresses (`DEVICE ADDRESS/LEN`) of one family in a namespace.
+fn addresses(netns: &str, family: &str) -> Vec<String> {
+    let output = Command::new("ip").args(["-n", netns, family, "-o", "addr", "show"]).output().unwrap();
+    let mut addresses: Vec<String> = String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .map(|line| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            let at = fields.iter().position(|f| *f == "inet" || *f == "inet6").unwrap();
+            format!("{} {}", fields[1].split('@').next().unwrap(), fields[at + 1])
+        })
+        .collect();
+    addresses.sort();
+    addresses
+}
+
+#[test]
+fn dual_stack_pods_reach_each_other_and_the_node_over_ipv6() {
+    const PREFIX: &str = "plt6-";
+    require_root().expect("these tests create network namespaces: run them as root");
+    let _cleanup = Cleanup(PREFIX);
+    let local = Local::parse(Path::new("cluster.yaml"), DUAL_STACK, PREFIX).unwrap();
+    let network = &local.network;
+    network.create().unwrap();
+    let node = network.node();
+    let node6 = Ipv6Addr::new(0xfd00, 0x200, 0, 0, 0, 0, 0, 1);
+    assert_eq!(node.ipv6, Some(node6));
+    // Only the addresses local mode gives: no link-local address anywhere, IPv6 off in the
+    // IPv4-only pod.
+    assert_eq!(addresses("plt6-node", "-6"), ["lo ::1/128", "lo fd00:200::1/128"]);
+    assert_eq!(addresses("plt6-shop.web", "-6"), ["eth0 fd00:200::61:10/128", "lo ::1/128"]);
+    assert_eq!(addresses("plt6-shop.legacy", "-6"), Vec::<String>::new());
+    assert_eq!(addresses("plt6-shop.web", "-4"), ["eth0 10.200.61.10/32", "lo 127.0.0.1/8"]);
+    let output = Command::new("ip").args(["-n", "plt6-node", "-6", "-o", "route", "show"]).output().unwrap();
+    let routes = String::from_utf8_lossy(&output.stdout);
+    assert!(!routes.contains("default"), "nothing is routed out:\n{routes}");
+
+    let _responders = Responders::start(network).unwrap();
+    let (web, client) = (network.pod("shop/web").unwrap(), network.pod("shop/client").unwrap());
+    let web6: IpAddr = web.ipv6.unwrap().into();
+    // At once (no duplicate address detection to wait for): TCP, UDP, ICMPv6 echo.
+    assert!(probe(client, web6, Port::Tcp(8080), TIMEOUT).unwrap().is_connected());
+    assert!(probe(client, web6, Port::Udp(53), TIMEOUT).unwrap().is_connected());
+    assert!(probe(client, web6, Port::Icmp, TIMEOUT).unwrap().is_connected());
+    assert_eq!(probe(client, web6, Port::Tcp(8081), TIMEOUT).unwrap(), Outcome::Refused);
+    // The same ports still answer over IPv4.
+    assert!(probe(client, web.ip, Port::Tcp(8080), TIMEOUT).unwrap().is_connected());
+    assert!(probe(client, web.ip, Port::Udp(53), TIMEOUT).unwrap().is_connected());
+    assert!(attempt(network, "shop/client", "shop/legacy", Port::Tcp(8080)).is_connected());
+    // The node, from its IPv6 address, and back.
+    let from_node = |to, port| probe_from_netns(network.node_netns(), to, port, TIMEOUT).unwrap();
+    assert!(from_node(web6, Port::Tcp(8080)).is_connected());
+    assert!(from_node(web6, Port::Icmp).is_connected());
+    assert!(probe(web, node6, Port::Icmp, TIMEOUT).unwrap().is_connected());
+    assert_eq!(probe(web, node6, Port::Tcp(10250), TIMEOUT).unwrap(), Outcome::Refused);
+    // No pod has this address.
+    let nobody: IpAddr = "fd00:200::61:99".parse().unwrap();
+    assert!(!probe(client, nobody, Port::Tcp(80), Duration::from_millis(200)).unwrap().is_connected());
 }
 
 #[test]

@@ -1,6 +1,6 @@
 //! Local mode's kube-proxy table on real namespaces (root only: these tests fail without it).
 use std::collections::BTreeSet;
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::path::Path;
 use std::time::Duration;
 
@@ -52,18 +52,82 @@ impl Drop for Cleanup {
     }
 }
 
-fn who(netns: &str, to: Ipv4Addr, port: Port) -> (Outcome, Option<String>) {
+fn who(netns: &str, to: impl Into<IpAddr>, port: Port) -> (Outcome, Option<String>) {
     ask_who(netns, to, port, TIMEOUT).unwrap()
 }
 
 /// The backends that answered `tries` connections.
-fn answered(netns: &str, to: Ipv4Addr, port: Port, tries: usize) -> BTreeSet<String> {
+fn answered(netns: &str, to: impl Into<IpAddr> + Copy, port: Port, tries: usize) -> BTreeSet<String> {
+    let to = to.into();
     (0..tries)
         .map(|_| match who(netns, to, port) {
             (Outcome::Connected(_), Some(pod)) => pod,
             other => panic!("{netns} -> {to}:{port}: {other:?}"),
         })
         .collect()
+}
+
+/// Dual-stack backends behind a dual-stack Service, and an IPv4-only client of it.
+const DUAL_STACK: &str = "apiVersion: v1
+kind: List
+items:
+- kind: Pod
+  metadata: {name: api-0, namespace: shop, labels: {app: api}}
+  spec: {containers: [{name: api, ports: [{name: http, containerPort: 8080}]}]}
+  status: {podIP: 10.200.42.10, podIPs: [{ip: 10.200.42.10}, {ip: \"fd00:200::42:10\"}]}
+- kind: Pod
+  metadata: {name: api-1, namespace: shop, labels: {app: api}}
+  spec: {containers: [{name: api, ports: [{name: http, containerPort: 8081}]}]}
+  status: {podIP: 10.200.42.11, podIPs: [{ip: 10.200.42.11}, {ip: \"fd00:200::42:11\"}]}
+- kind: Pod
+  metadata: {name: client, namespace: shop, labels: {app: client}}
+  status: {podIP: 10.200.42.20, podIPs: [{ip: 10.200.42.20}, {ip: \"fd00:200::42:20\"}]}
+- kind: Service
+  metadata: {name: api, namespace: shop}
+  spec:
+    clusterIPs: [10.200.250.10, \"fd00:200::250:10\"]
+    selector: {app: api}
+    ports: [{port: 80, targetPort: http}]
+- kind: Service
+  metadata: {name: empty, namespace: shop}
+  spec: {clusterIPs: [\"fd00:200::250:99\"], selector: {app: nothing}, ports: [{port: 80}]}
+";
+
+#[test]
+fn an_ipv6_cluster_ip_is_translated_to_the_backends_ipv6_addresses() {
+    const PREFIX6: &str = "plsv6-";
+    require_root().expect("these tests create network namespaces: run them as root");
+    struct Cleanup6;
+    impl Drop for Cleanup6 {
+        fn drop(&mut self) {
+            let _ = remove_netns_with_prefix(PREFIX6);
+        }
+    }
+    let _cleanup = Cleanup6;
+    let local = Local::parse(Path::new("cluster.yaml"), DUAL_STACK, PREFIX6).unwrap();
+    let network = &local.network;
+    network.create().unwrap();
+    kube_proxy::apply(network.node_netns(), &local.cluster).unwrap();
+    let _responders = Responders::start(network).unwrap();
+    let client = &network.pod("shop/client").unwrap().netns;
+    let api6 = Ipv6Addr::new(0xfd00, 0x200, 0, 0, 0, 0, 0x250, 0x10);
+
+    let both = BTreeSet::from(["shop/api-0".to_owned(), "shop/api-1".to_owned()]);
+    // Both families, from a pod and from the node; a backend through its own Service (hairpin).
+    assert_eq!(answered(client, api6, Port::Tcp(80), 30), both);
+    assert_eq!(answered(client, API, Port::Tcp(80), 30), both);
+    assert_eq!(answered(network.node_netns(), api6, Port::Tcp(80), 30), both);
+    let api0 = &network.pod("shop/api-0").unwrap().netns;
+    assert_eq!(answered(api0, api6, Port::Tcp(80), 30), both);
+    // Rejected as in IPv4: no backends, another port; the rest of the range dropped.
+    assert_eq!(who(client, Ipv6Addr::new(0xfd00, 0x200, 0, 0, 0, 0, 0x250, 0x99), Port::Tcp(80)).0, Outcome::Refused);
+    assert_eq!(who(client, api6, Port::Tcp(81)).0, Outcome::Refused);
+    assert_eq!(who(client, Ipv6Addr::new(0xfd00, 0x200, 0, 0, 0, 0, 0x250, 0x200), Port::Tcp(80)).0, Outcome::TimedOut);
+
+    // Removing the tables leaves both families untranslated.
+    kube_proxy::remove(network.node_netns()).unwrap();
+    assert_eq!(who(client, api6, Port::Tcp(80)).0, Outcome::TimedOut);
+    assert_eq!(who(client, API, Port::Tcp(80)).0, Outcome::TimedOut);
 }
 
 #[test]

@@ -132,6 +132,57 @@ impl fmt::Display for FlowPort {
     }
 }
 
+/// The address family of a flow (`family:` in a flows file, `palisade trace --ip-family`): which
+/// of a dual-stack pod's addresses the flow is between.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, serde::Deserialize)]
+pub enum IpFamily {
+    #[default]
+    IPv4,
+    IPv6,
+}
+
+impl IpFamily {
+    /// The family of an address.
+    pub fn of(ip: IpAddr) -> IpFamily {
+        if ip.is_ipv4() { IpFamily::IPv4 } else { IpFamily::IPv6 }
+    }
+
+    /// Whether `ip` is of this family.
+    pub fn holds(self, ip: IpAddr) -> bool {
+        IpFamily::of(ip) == self
+    }
+
+    /// The unspecified address of the family, as the `like` of [`crate::cluster::Pod::ip_like`].
+    fn unspecified(self) -> IpAddr {
+        match self {
+            IpFamily::IPv4 => IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED),
+            IpFamily::IPv6 => IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED),
+        }
+    }
+}
+
+impl fmt::Display for IpFamily {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            IpFamily::IPv4 => "IPv4",
+            IpFamily::IPv6 => "IPv6",
+        })
+    }
+}
+
+impl std::str::FromStr for IpFamily {
+    type Err = String;
+
+    /// `4` or `6` (the CLI's `--ip-family`), or `IPv4`/`IPv6` in any case (a flows file's).
+    fn from_str(text: &str) -> Result<IpFamily, String> {
+        match text.to_ascii_lowercase().as_str() {
+            "4" | "ipv4" => Ok(IpFamily::IPv4),
+            "6" | "ipv6" => Ok(IpFamily::IPv6),
+            _ => Err(format!("{text:?} is not an IP family: use 4 or 6 (IPv4 or IPv6)")),
+        }
+    }
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Verdict {
@@ -197,6 +248,25 @@ pub fn trace(
     port: FlowPort,
     l7: Option<&L7Request>,
 ) -> Result<Trace, String> {
+    trace_in(compiled, from, to, port, l7, None)
+}
+
+/// [`trace`] over one address family: a pod or node end is its address of `family`, an address
+/// end must be of it, and ICMP must be that family's (ICMPv6 for IPv6). A pod without an address
+/// of the family is an error naming it. `None` is [`trace`]: the family of an address end, else
+/// the pods' primary addresses.
+pub fn trace_in(
+    compiled: &CompiledPolicy,
+    from: &FlowEnd,
+    to: &FlowEnd,
+    port: FlowPort,
+    l7: Option<&L7Request>,
+    family: Option<IpFamily>,
+) -> Result<Trace, String> {
+    if let Some(family) = family {
+        check_family(compiled, from, port, family)?;
+        check_family(compiled, to, port, family)?;
+    }
     let from_id = identity_of(compiled, from)?;
     let to_id = identity_of(compiled, to)?;
     let egress = decide(compiled, from, to_id, Direction::Egress, port, l7);
@@ -207,8 +277,8 @@ pub fn trace(
     Ok(Trace {
         verdict: both(egress.verdict, ingress.verdict),
         intent: both(egress.intent, ingress.intent),
-        from_address: address_of(compiled, from, to),
-        to_address: address_of(compiled, to, from),
+        from_address: address_of(compiled, from, to, family),
+        to_address: address_of(compiled, to, from, family),
         egress,
         ingress,
     })
@@ -218,8 +288,9 @@ pub fn trace(
 /// the local host (the node the pod at the other end runs on, else the compilation's host node).
 /// A pod or node address is of the family of the other end when that is an address (a
 /// dual-stack pod answers an IPv6 peer from its IPv6 address), else its primary one.
-fn address_of(compiled: &CompiledPolicy, end: &FlowEnd, other: &FlowEnd) -> Option<IpAddr> {
+fn address_of(compiled: &CompiledPolicy, end: &FlowEnd, other: &FlowEnd, family: Option<IpFamily>) -> Option<IpAddr> {
     let like = match other {
+        _ if family.is_some() => family.map(IpFamily::unspecified),
         FlowEnd::Address(ip) => Some(*ip),
         _ => None,
     };
@@ -244,6 +315,32 @@ fn address_of(compiled: &CompiledPolicy, end: &FlowEnd, other: &FlowEnd) -> Opti
                 None => addresses.iter().copied().find(IpAddr::is_ipv4).or(addresses.first().copied()),
             }
         }
+    }
+}
+
+/// Whether one end (and the port) can be in a flow of `family`.
+fn check_family(compiled: &CompiledPolicy, end: &FlowEnd, port: FlowPort, family: IpFamily) -> Result<(), String> {
+    match (port.protocol, family) {
+        (Protocol::ICMP, IpFamily::IPv6) => {
+            return Err(format!("{port} is ICMP for IPv4: an IPv6 flow is icmpv6/TYPE (echo request: icmpv6/128)"));
+        }
+        (Protocol::ICMPv6, IpFamily::IPv4) => {
+            return Err(format!("{port} is ICMPv6: an IPv4 flow is icmp/TYPE (echo request: icmp/8)"));
+        }
+        _ => {}
+    }
+    match end {
+        FlowEnd::Address(ip) if !family.holds(*ip) => {
+            Err(format!("{end} is an {} address: the flow is {family}", IpFamily::of(*ip)))
+        }
+        FlowEnd::Pod { namespace, name } => match compiled.cluster.pod(namespace, name) {
+            Some(pod) if !pod.ips.iter().any(|ip| family.holds(*ip)) => {
+                Err(format!("pod {namespace}/{name} has no {family} address (status.podIPs): the flow is {family}"))
+            }
+            // An unknown pod is identity_of's error.
+            _ => Ok(()),
+        },
+        _ => Ok(()),
     }
 }
 
@@ -402,6 +499,19 @@ pub fn trace_service(
     port: FlowPort,
     l7: Option<&L7Request>,
 ) -> Result<ServiceTrace, ServiceFlowError> {
+    trace_service_in(compiled, from, to, port, l7, None)
+}
+
+/// [`trace_service`] over one address family: the Service's ClusterIP and backends of
+/// `family` only (kube-proxy translates each family to its own backends).
+pub fn trace_service_in(
+    compiled: &CompiledPolicy,
+    from: &FlowEnd,
+    to: &FlowEnd,
+    port: FlowPort,
+    l7: Option<&L7Request>,
+    family: Option<IpFamily>,
+) -> Result<ServiceTrace, ServiceFlowError> {
     if let FlowEnd::Service { .. } = from {
         return Err(ServiceFlowError::ServiceSource(from.to_string()));
     }
@@ -417,7 +527,13 @@ pub fn trace_service(
         let ports = if ports.is_empty() { "none".to_string() } else { ports.join(", ") };
         ServiceFlowError::NoSuchPort { service: key.clone(), port, ports }
     })?;
-    let backends = cluster.backends(service, service_port);
+    let mut backends = cluster.backends(service, service_port);
+    if let Some(family) = family {
+        if !service.cluster_ips.is_empty() && !service.cluster_ips.iter().any(|ip| family.holds(*ip)) {
+            return Err(ServiceFlowError::Flow(format!("Service {key} has no {family} ClusterIP")));
+        }
+        backends.retain(|b| family.holds(b.ip));
+    }
     if backends.is_empty() {
         return Err(ServiceFlowError::NoBackends { service: key, port });
     }
@@ -431,7 +547,7 @@ pub fn trace_service(
             None => FlowEnd::Address(backend.ip),
         };
         let on = FlowPort { protocol: port.protocol, port: backend.port };
-        let trace = trace(compiled, from, &end, on, l7).map_err(ServiceFlowError::Flow)?;
+        let trace = trace_in(compiled, from, &end, on, l7, family).map_err(ServiceFlowError::Flow)?;
         traced.push(BackendTrace {
             backend: backend.pod.clone().unwrap_or_else(|| backend.ip.to_string()),
             address: backend.ip,

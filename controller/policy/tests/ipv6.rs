@@ -528,6 +528,63 @@ fn trace_takes_an_ipv6_cidr_peer() {
 }
 
 #[test]
+fn trace_in_one_family_picks_the_ends_addresses_of_it_and_names_what_has_none() {
+    use palisade_policy::trace::IpFamily;
+    let e = engine(&cnp(
+        "p",
+        "server",
+        "  ingress:\n  - fromEndpoints: [{matchLabels: {app: client}}]\n    toPorts: [{ports: [{port: '8080'}]}]",
+    ));
+    let end = |text: &str| FlowEnd::parse(text).unwrap();
+    let port = |text: &str| FlowPort::parse(text).unwrap();
+    let family = |f| trace::trace_in(&e, &end("prod/client"), &end("prod/server"), port("8080/TCP"), None, Some(f));
+    let t = family(IpFamily::IPv6).unwrap();
+    assert_eq!((t.verdict, t.from_address, t.to_address), (Allowed, Some(ip("fd00:10::11")), Some(ip("fd00:10::12"))));
+    let t = family(IpFamily::IPv4).unwrap();
+    assert_eq!((t.verdict, t.from_address, t.to_address), (Allowed, Some(ip("10.0.0.11")), Some(ip("10.0.0.12"))));
+    // The node, in the family asked for.
+    let t =
+        trace::trace_in(&e, &end("node"), &end("prod/server"), port("8080/TCP"), None, Some(IpFamily::IPv6)).unwrap();
+    assert_eq!(t.from_address, Some(ip("fd00:200::11")));
+    // A pod without an address of the family, an address end or ICMP of the other family.
+    let err = |from: &str, to: &str, p: &str, f| {
+        trace::trace_in(&e, &end(from), &end(to), port(p), None, Some(f)).map(|_| ()).unwrap_err()
+    };
+    assert_eq!(
+        err("prod/v6only", "prod/server", "8080/TCP", IpFamily::IPv4),
+        "pod prod/v6only has no IPv4 address (status.podIPs): the flow is IPv4"
+    );
+    assert_eq!(
+        err("cidr:192.0.2.1", "prod/server", "8080/TCP", IpFamily::IPv6),
+        "cidr:192.0.2.1 is an IPv4 address: the flow is IPv6"
+    );
+    assert_eq!(
+        err("prod/client", "prod/server", "icmp/8", IpFamily::IPv6),
+        "icmp/8 is ICMP for IPv4: an IPv6 flow is icmpv6/TYPE (echo request: icmpv6/128)"
+    );
+    assert_eq!(
+        err("prod/client", "prod/server", "icmpv6/128", IpFamily::IPv4),
+        "icmpv6/128 is ICMPv6: an IPv4 flow is icmp/TYPE (echo request: icmp/8)"
+    );
+    // A dual-stack Service: the backends of the family only.
+    let s = trace::trace_service_in(
+        &e,
+        &end("prod/client"),
+        &end("svc/prod/web"),
+        port("80/TCP"),
+        None,
+        Some(IpFamily::IPv6),
+    )
+    .unwrap();
+    let addresses: Vec<IpAddr> = s.backends.iter().map(|b| b.address).collect();
+    assert_eq!(addresses, [ip("fd00:10::12")]);
+    assert_eq!(s.verdict, Allowed);
+    assert_eq!("6".parse::<IpFamily>(), Ok(IpFamily::IPv6));
+    assert_eq!("IPv4".parse::<IpFamily>(), Ok(IpFamily::IPv4));
+    assert!("5".parse::<IpFamily>().is_err());
+}
+
+#[test]
 fn named_ports_and_to_ports_apply_to_ipv6_peers() {
     let e = engine(&format!(
         "{}{}",

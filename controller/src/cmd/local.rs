@@ -9,7 +9,7 @@ use std::time::Duration;
 use anyhow::{Context, Result, anyhow, bail};
 use palisade_netsim::dns::{self, Resolved};
 use palisade_netsim::http::{self, HttpOutcome};
-use palisade_netsim::{DEFAULT_PREFIX, DEFAULT_STATE_DIR, Local, Outcome, PodNet, Port, StateDir};
+use palisade_netsim::{DEFAULT_PREFIX, DEFAULT_STATE_DIR, IpFamily, Local, Outcome, PodNet, Port, StateDir};
 use palisade_policy::AllowLocalhost;
 use palisade_policy::cluster::Backend;
 use palisade_policy::l7::HttpRequest;
@@ -25,7 +25,9 @@ pub struct Args {
 enum Command {
     /// Create a network namespace per pod of a cluster file, routed through one node namespace,
     /// and start echo responders on the pods' declared ports; Services (ClusterIPs in
-    /// 10.200.250.0/24) are translated by a kube-proxy nftables table in the node namespace.
+    /// 10.200.250.0/24, and fd00:200::250:0/112 for IPv6) are translated by a kube-proxy
+    /// nftables table in the node namespace. Dual-stack pods (`status.podIPs`, IPv6 from
+    /// fd00:200::/64) get both addresses.
     /// Replaces a previous `up`, and removes what a previous `run` left (as `down` does).
     Up(UpArgs),
     /// Stop the responders and delete the namespaces and state that `up` made, with what `run`
@@ -147,6 +149,11 @@ struct ProbeArgs {
     /// How long to wait for the connection or the echo, e.g. `1s` or `300ms`.
     #[arg(long, default_value = "1s", value_parser = palisade_rollout::parse_duration)]
     timeout: Duration,
+    /// `4` or `6`: probe between the two ends' IPv4 (or IPv6) addresses (ICMP is ICMPv6 echo
+    /// over 6); a Service through its ClusterIP of that family. A dual-stack pod has both
+    /// (`status.podIPs`); the node namespace has an IPv6 address when some pod does.
+    #[arg(long, value_name = "4|6", default_value = "4")]
+    ip_family: IpFamily,
     /// The cluster file, instead of the one `up` recorded in the state directory.
     #[arg(long, value_name = "FILE")]
     cluster: Option<PathBuf>,
@@ -224,23 +231,35 @@ fn up(args: UpArgs) -> Result<u8> {
         }
         let outside = if pod.outside { " (outside the cluster)" } else { "" };
         let ports = ports.join(" ");
-        writeln!(out, "{}{outside}\t{}\t{}\t{}\t{}", pod.key, pod.ip, pod.netns, pod.host_if, ports.trim())?;
+        let ips = match pod.ipv6 {
+            Some(ipv6) => format!("{},{ipv6}", pod.ip),
+            None => pod.ip.to_string(),
+        };
+        writeln!(out, "{}{outside}\t{ips}\t{}\t{}\t{}", pod.key, pod.netns, pod.host_if, ports.trim())?;
     }
     out.flush()?;
     let node = network.node();
     let declared = if node.declared { "" } else { ", not in the cluster file" };
+    let addresses = match (node.ipv6, node.ipv6_outside_range) {
+        (Some(ipv6), Some(outside)) => {
+            format!("{} and {ipv6} in place of its IPv6 InternalIP {outside}, outside fd00:200::/64", node.address)
+        }
+        (Some(ipv6), None) => format!("{} and {ipv6}", node.address),
+        (None, _) => node.address.to_string(),
+    };
     println!(
-        "node namespace {} (node {}{declared}, {}) routes between {} pods",
+        "node namespace {} (node {}{declared}, {addresses}) routes between {} pods",
         network.node_netns(),
         node.name,
-        node.address,
         network.pods().count()
     );
     let services = up.local.cluster.services.iter().filter(|s| !s.cluster_ips.is_empty()).count();
     if services > 0 {
+        let ipv6 = up.local.cluster.services.iter().any(|s| s.cluster_ips.iter().any(std::net::IpAddr::is_ipv6));
         println!(
-            "{services} Services translated by table ip {} in the node namespace",
-            palisade_netsim::kube_proxy::TABLE
+            "{services} Services translated by table ip {}{} in the node namespace",
+            palisade_netsim::kube_proxy::TABLE,
+            if ipv6 { " (and table ip6, for IPv6 ClusterIPs)" } else { "" }
         );
     }
     println!("responders: pid {}, log {}", up.responders_pid, state.log_file().display());
@@ -286,20 +305,21 @@ fn probe(args: ProbeArgs) -> Result<u8> {
         None => state.load()?,
     };
     if let Some(name) = &args.dns {
-        return resolve(&local, &args.from, name, args.timeout);
+        return resolve(&local, &args.from, name, args.timeout, args.ip_family);
     }
     let (to, port) = args.to.as_deref().zip(args.port).expect("clap requires --to and --port without --dns");
-    let from = end(&local, &args.from)?;
+    let family = args.ip_family;
+    let from = end(&local, &args.from, family)?;
     let tried = || format!("probe from {} (is the local cluster up?)", from.name);
     if let Some(request) = &args.http {
         let request = HttpRequest::parse(request, &args.headers).map_err(|e| anyhow!("--http: {e}"))?;
         let Port::Tcp(number) = port else { bail!("--http needs a TCP port, not {port}") };
         let (ip, name) = match to.strip_prefix("svc/") {
-            Some(service) => (service_end(&local, service, port)?.ip, to.to_owned()),
-            None => end(&local, to).map(|end| (end.ip, end.name))?,
+            Some(service) => (service_end(&local, service, port, family)?.ip, to.to_owned()),
+            None => end(&local, to, family).map(|end| (end.ip, end.name))?,
         };
         let outcome = http::request(&from.netns, ip, number, &request, args.timeout).with_context(tried)?;
-        let target = format!("{} -> {name} {ip}:{port} {} {}", from.name, request.method, request.path);
+        let target = format!("{} -> {name} {}:{port} {} {}", from.name, bracketed(ip), request.method, request.path);
         let passed = outcome.passed();
         match outcome {
             HttpOutcome::Response { status, headers, body, .. } => {
@@ -316,27 +336,28 @@ fn probe(args: ProbeArgs) -> Result<u8> {
     }
     let outcome = match to.strip_prefix("svc/") {
         Some(service) => {
-            let service_end = service_end(&local, service, port)?;
+            let service_end = service_end(&local, service, port, family)?;
             let (outcome, answered_by) =
                 palisade_netsim::ask_who(&from.netns, service_end.ip, port, args.timeout).with_context(tried)?;
             let backend = match (&outcome, answered_by) {
                 (Outcome::Connected(_), Some(pod)) => {
                     let at = service_end.backends.iter().find(|b| b.pod.as_deref() == Some(pod.as_str()));
-                    at.map_or(format!(" -> {pod}"), |b| format!(" -> {pod} {}:{}", b.ip, b.port))
+                    at.map_or(format!(" -> {pod}"), |b| format!(" -> {pod} {}:{}", bracketed(b.ip), b.port))
                 }
                 (Outcome::Connected(_), None) => " -> (an answer that names no pod)".to_owned(),
                 _ => String::new(),
             };
-            println!("{} -> {to} {}:{port}{backend}: {outcome}", from.name, service_end.ip);
+            println!("{} -> {to} {}:{port}{backend}: {outcome}", from.name, bracketed(service_end.ip));
             outcome
         }
         None => {
-            let to = end(&local, to)?;
+            let to = end(&local, to, family)?;
             let outcome =
                 palisade_netsim::probe_from_netns(&from.netns, to.ip, port, args.timeout).with_context(tried)?;
-            let target = match port {
-                Port::Icmp => format!("{} ICMP", to.ip),
-                port => format!("{}:{port}", to.ip),
+            let target = match (port, family) {
+                (Port::Icmp, IpFamily::IPv4) => format!("{} ICMP", to.ip),
+                (Port::Icmp, IpFamily::IPv6) => format!("{} ICMPv6", to.ip),
+                (port, _) => format!("{}:{port}", bracketed(to.ip)),
             };
             println!("{} -> {} {target}: {outcome}", from.name, to.name);
             outcome
@@ -348,9 +369,20 @@ fn probe(args: ProbeArgs) -> Result<u8> {
     })
 }
 
-/// `probe --dns NAME`: an A query from pod `from` to the DNS pod its resolver annotation names.
-fn resolve(local: &Local, from: &str, name: &str, timeout: Duration) -> Result<u8> {
+/// An address as it goes before `:PORT`: an IPv6 one in brackets.
+fn bracketed(ip: std::net::IpAddr) -> String {
+    match ip {
+        std::net::IpAddr::V4(ip) => ip.to_string(),
+        std::net::IpAddr::V6(ip) => format!("[{ip}]"),
+    }
+}
+
+/// `probe --dns NAME`: an A query from pod `from` to the DNS pod its resolver annotation names,
+/// over `family`.
+fn resolve(local: &Local, from: &str, name: &str, timeout: Duration, family: IpFamily) -> Result<u8> {
     let from = pod(local, from)?;
+    // The client needs an address of the family too.
+    pod_address(local, from, family)?;
     let Some(resolver) = &from.resolver else {
         bail!(
             "{}: pod {} has no {} annotation naming its DNS pod",
@@ -359,11 +391,11 @@ fn resolve(local: &Local, from: &str, name: &str, timeout: Duration) -> Result<u
             palisade_netsim::annotations::RESOLVER
         );
     };
-    let server = pod(local, resolver)?.ip;
+    let server = pod_address(local, pod(local, resolver)?, family)?;
     let resolved = dns::resolve(&from.netns, server, name, timeout)
         .with_context(|| format!("resolve {name} from {} (is the local cluster up?)", from.key))?;
     let failed = |what: String| {
-        println!("{} -> {resolver} {server}:53/UDP {name}: {what}", from.key);
+        println!("{} -> {resolver} {}:53/UDP {name}: {what}", from.key, bracketed(server));
         Ok(1)
     };
     match resolved {
@@ -382,37 +414,55 @@ fn resolve(local: &Local, from: &str, name: &str, timeout: Duration) -> Result<u
     }
 }
 
-/// A Service a probe goes to: its (first) ClusterIP, and the backends of the probed port.
+/// A Service a probe goes to: its (first) ClusterIP of the probe's family, and the backends of
+/// the probed port in that family.
 struct ServiceEnd {
-    ip: std::net::Ipv4Addr,
+    ip: std::net::IpAddr,
     backends: Vec<Backend>,
 }
 
 /// `NAMESPACE/NAME` of a Service of the cluster with `port` among its ports.
-fn service_end(local: &Local, key: &str, port: Port) -> Result<ServiceEnd> {
-    let (ip, service, service_port) = palisade_netsim::services::resolve(&local.cluster, key, port)
+fn service_end(local: &Local, key: &str, port: Port, family: IpFamily) -> Result<ServiceEnd> {
+    let (ip, service, service_port) = palisade_netsim::services::resolve(&local.cluster, key, port, family)
         .map_err(|e| anyhow::anyhow!("{}: {e}", local.cluster_file.display()))?;
-    Ok(ServiceEnd { ip, backends: local.cluster.backends(service, service_port) })
+    let mut backends = local.cluster.backends(service, service_port);
+    backends.retain(|b| family.holds(b.ip));
+    Ok(ServiceEnd { ip, backends })
 }
 
-/// One end of a probe: a pod's namespace, or the node namespace.
+/// One end of a probe: a pod's namespace, or the node namespace, and its address of the probe's
+/// family.
 struct End {
     name: String,
     netns: String,
-    ip: std::net::Ipv4Addr,
+    ip: std::net::IpAddr,
 }
 
-fn end(local: &Local, text: &str) -> Result<End> {
+fn end(local: &Local, text: &str, family: IpFamily) -> Result<End> {
     if text == "node" {
         let node = local.network.node();
-        return Ok(End {
-            name: format!("node {}", node.name),
-            netns: local.network.node_netns().to_owned(),
-            ip: node.address,
-        });
+        let ip = node.address_of(family).with_context(|| {
+            format!(
+                "{}: node {} has no {family} address in local mode (the node namespace gets one when a pod has an IPv6 address in status.podIPs, or the Node an IPv6 InternalIP)",
+                local.cluster_file.display(),
+                node.name
+            )
+        })?;
+        return Ok(End { name: format!("node {}", node.name), netns: local.network.node_netns().to_owned(), ip });
     }
     let pod = pod(local, text)?;
-    Ok(End { name: pod.key.clone(), netns: pod.netns.clone(), ip: pod.ip })
+    Ok(End { name: pod.key.clone(), netns: pod.netns.clone(), ip: pod_address(local, pod, family)? })
+}
+
+/// The pod's address of `family`; the error names the pod.
+fn pod_address(local: &Local, pod: &PodNet, family: IpFamily) -> Result<std::net::IpAddr> {
+    pod.address(family).with_context(|| {
+        format!(
+            "{}: pod {} has no {family} address (status.podIPs): it cannot be probed over {family}",
+            local.cluster_file.display(),
+            pod.key
+        )
+    })
 }
 
 fn pod<'a>(local: &'a Local, key: &str) -> Result<&'a PodNet> {

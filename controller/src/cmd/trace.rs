@@ -4,7 +4,7 @@ use std::net::IpAddr;
 use anyhow::{Result, anyhow};
 use palisade_policy::CompiledPolicy;
 use palisade_policy::trace::{
-    self, Decision, FlowEnd, FlowPort, HttpRequest, L7Request, ServiceFlowError, Trace, Verdict,
+    self, Decision, FlowEnd, FlowPort, HttpRequest, IpFamily, L7Request, ServiceFlowError, Trace, Verdict,
 };
 
 use super::{EngineArgs, Output};
@@ -39,6 +39,12 @@ pub struct Args {
     /// selects those addresses, e.g. `--to cidr:IP`.
     #[arg(long = "dns-answer", value_name = "NAME=IP,...", value_parser = parse_dns_answer)]
     dns_answers: Vec<(String, Vec<IpAddr>)>,
+    /// `4` or `6`: the flow is between the IPv4 (or IPv6) addresses of its pods and nodes (a
+    /// dual-stack pod has one of each); a `cidr:` end must be of that family, ICMP is `icmp/`
+    /// for 4 and `icmpv6/` for 6, and a Service is reached on its ClusterIP of that family.
+    /// Without it: the family of a `cidr:` end, else the pods' primary addresses.
+    #[arg(long, value_name = "4|6")]
+    ip_family: Option<IpFamily>,
     #[arg(short, long, value_enum, default_value_t)]
     output: Output,
 }
@@ -61,9 +67,9 @@ pub fn run(args: Args) -> Result<u8> {
     }
     engine.set_dns_answers(answers);
     if matches!(from, FlowEnd::Service { .. }) || matches!(to, FlowEnd::Service { .. }) {
-        return run_service(&engine, &from, &to, port, l7.as_ref(), args.output);
+        return run_service(&engine, &from, &to, port, l7.as_ref(), args.ip_family, args.output);
     }
-    let result = trace::trace(&engine, &from, &to, port, l7.as_ref()).map_err(|e| anyhow!(e))?;
+    let result = trace::trace_in(&engine, &from, &to, port, l7.as_ref(), args.ip_family).map_err(|e| anyhow!(e))?;
     match args.output {
         Output::Json => println!("{}", serde_json::to_string_pretty(&result)?),
         Output::Text => print_text(&from, &to, port, &result),
@@ -99,9 +105,10 @@ fn run_service(
     to: &FlowEnd,
     port: FlowPort,
     l7: Option<&L7Request>,
+    family: Option<IpFamily>,
     output: Output,
 ) -> Result<u8> {
-    let result = match trace::trace_service(engine, from, to, port, l7) {
+    let result = match trace::trace_service_in(engine, from, to, port, l7, family) {
         Ok(result) => result,
         Err(ref e @ ServiceFlowError::NoBackends { ref service, .. }) => {
             match output {
