@@ -143,11 +143,7 @@ pub(crate) fn attempt(
     let answered = match port {
         Port::Tcp(port) => tcp(to, port, timeout, (exchange != Exchange::Connect).then_some(sent)),
         Port::Udp(port) => udp(to, port, timeout, sent),
-        Port::Icmp => match to {
-            IpAddr::V4(to) => icmp_echo(to, timeout),
-            IpAddr::V6(to) => icmpv6_echo(to, timeout),
-        }
-        .map(|()| Vec::new()),
+        Port::Icmp => echo(to, timeout).map(|()| Vec::new()),
     };
     match answered {
         Ok(reply) => {
@@ -204,39 +200,20 @@ fn echo_id() -> u16 {
     (std::process::id() as u16) ^ NEXT_ID.fetch_add(1, Ordering::Relaxed).rotate_left(8)
 }
 
-/// ICMP echo over a raw socket; the kernel in the destination namespace answers.
-fn icmp_echo(to: Ipv4Addr, timeout: Duration) -> io::Result<()> {
+/// ICMP or ICMPv6 echo over a raw socket; the kernel in the destination namespace answers.
+/// The kernel checksums ICMPv6 itself; an IPv4 raw socket reads the IP header too.
+fn echo(to: IpAddr, timeout: Duration) -> io::Result<()> {
     let id = echo_id();
-    let mut request = [8, 0, 0, 0, (id >> 8) as u8, id as u8, 0, 1];
-    let sum = checksum(&request);
-    request[2..4].copy_from_slice(&sum.to_be_bytes());
-    let socket = Socket::new(Domain::IPV4, Type::RAW, Some(Protocol::ICMPV4))?;
-    socket.send_to(&request, &SocketAddr::from((to, 0)).into())?;
-    let deadline = Instant::now() + timeout;
-    let mut buf = [0; 1500];
-    loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        if left.is_zero() {
-            return Err(ErrorKind::TimedOut.into());
-        }
-        socket.set_read_timeout(Some(left))?;
-        let n = (&socket).read(&mut buf)?;
-        // An IPv4 header, then the ICMP message.
-        let packet = &buf[..n];
-        let header = ((packet[0] & 0x0f) as usize) * 4;
-        let Some(icmp) = packet.get(header..header + 8) else { continue };
-        if packet[12..16] == to.octets() && icmp[0] == 0 && icmp[4..8] == request[4..8] {
-            return Ok(());
-        }
+    let (domain, protocol, request_type, reply_type) = match to {
+        IpAddr::V4(_) => (Domain::IPV4, Protocol::ICMPV4, 8, 0),
+        IpAddr::V6(_) => (Domain::IPV6, Protocol::ICMPV6, 128, 129),
+    };
+    let mut request = [request_type, 0, 0, 0, (id >> 8) as u8, id as u8, 0, 1];
+    if to.is_ipv4() {
+        let sum = checksum(&request);
+        request[2..4].copy_from_slice(&sum.to_be_bytes());
     }
-}
-
-/// ICMPv6 echo (type 128) over a raw socket, which the kernel checksums; the kernel in the
-/// destination namespace answers with an echo reply (129).
-fn icmpv6_echo(to: Ipv6Addr, timeout: Duration) -> io::Result<()> {
-    let id = echo_id();
-    let request = [128, 0, 0, 0, (id >> 8) as u8, id as u8, 0, 1];
-    let socket = Socket::new(Domain::IPV6, Type::RAW, Some(Protocol::ICMPV6))?;
+    let socket = Socket::new(domain, Type::RAW, Some(protocol))?;
     // Connected: the socket sees only messages from `to`.
     socket.connect(&SocketAddr::from((to, 0)).into())?;
     socket.send(&request)?;
@@ -248,10 +225,10 @@ fn icmpv6_echo(to: Ipv6Addr, timeout: Duration) -> io::Result<()> {
             return Err(ErrorKind::TimedOut.into());
         }
         socket.set_read_timeout(Some(left))?;
-        // No IPv6 header on an IPv6 raw socket: the ICMPv6 message alone.
         let n = (&socket).read(&mut buf)?;
-        let message = &buf[..n];
-        if message.len() >= 8 && message[0] == 129 && message[4..8] == request[4..8] {
+        let header = if to.is_ipv4() { ((buf[0] & 0x0f) as usize) * 4 } else { 0 };
+        let Some(message) = buf[..n].get(header..header + 8) else { continue };
+        if message[0] == reply_type && message[4..8] == request[4..8] {
             return Ok(());
         }
     }
