@@ -174,7 +174,8 @@ fn workloads_use_existing_service_accounts_and_volumes() {
         m.get("ServiceAccount", account);
         let volumes: Vec<&str> =
             pod["volumes"].as_array().into_iter().flatten().filter_map(|v| v["name"].as_str()).collect();
-        for container in pod["containers"].as_array().unwrap() {
+        let init = pod["initContainers"].as_array().into_iter().flatten();
+        for container in init.chain(pod["containers"].as_array().unwrap()) {
             for mount in container["volumeMounts"].as_array().into_iter().flatten() {
                 let volume = mount["name"].as_str().unwrap();
                 assert!(volumes.contains(&volume), "{kind} {name}: mount of undeclared volume {volume}");
@@ -291,6 +292,14 @@ fn agent_daemonset_owns_the_node() {
         assert_eq!(c[probe]["httpGet"]["path"], path, "{probe}");
         assert_eq!(c[probe]["httpGet"]["port"], metrics["name"], "{probe}");
     }
+    // The preflight runs first, as the agent does: same image, privileges and bpffs.
+    let init = &pod["initContainers"][0];
+    assert_eq!(init["command"], json!(["palisade-agent", "--preflight"]));
+    assert_eq!(init["image"], c["image"]);
+    assert_eq!(init["securityContext"], c["securityContext"]);
+    let init_mount =
+        init["volumeMounts"].as_array().unwrap().iter().find(|v| v["name"] == bpffs["name"]).expect("bpffs mount");
+    assert_eq!(init_mount["mountPath"], "/sys/fs/bpf");
 }
 
 #[test]

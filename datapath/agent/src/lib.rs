@@ -14,6 +14,7 @@ pub mod fqdn;
 mod input;
 mod node_state;
 pub mod observe;
+pub mod preflight;
 pub mod proxy;
 mod report;
 pub mod report_writer;

@@ -43,9 +43,14 @@ use tracing_subscriber::EnvFilter;
     about = "Palisade's node agent: policy for this node's pods on the eBPF datapath"
 )]
 struct Args {
+    /// Check that this node can run the agent (kernel with TCX, bpffs at the pin directory, pods
+    /// on veths with no other datapath's tc programs), print one line per check, and exit
+    /// non-zero if any fails (the DaemonSet's init container).
+    #[arg(long)]
+    preflight: bool,
     /// This node: its pods are the endpoints the agent programs.
-    #[arg(long, env = "NODE_NAME")]
-    node_name: String,
+    #[arg(long, env = "NODE_NAME", required_unless_present = "preflight")]
+    node_name: Option<String>,
     /// Where the datapath's programs and maps are pinned (bpffs).
     #[arg(long, default_value = DEFAULT_PIN_DIR)]
     pin_dir: PathBuf,
@@ -97,6 +102,13 @@ fn parse_interval(text: &str) -> Result<Duration, String> {
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
+    if args.preflight {
+        let checks = palisade_agent::preflight::run(&args.pin_dir);
+        for check in &checks {
+            println!("{check}");
+        }
+        std::process::exit(if palisade_agent::preflight::passed(&checks) { 0 } else { 1 });
+    }
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     let logs = tracing_subscriber::fmt().with_writer(std::io::stderr).with_env_filter(filter);
     match args.log_format {
@@ -107,6 +119,7 @@ fn main() -> anyhow::Result<()> {
 }
 
 async fn run(args: Args) -> anyhow::Result<()> {
+    let node_name = args.node_name.clone().context("--node-name (or NODE_NAME) is required")?;
     let metrics = Arc::new(Metrics::default());
     // Ready once the watches have synced and the datapath was brought in line with them.
     let ready = Arc::new(Readiness::default());
@@ -133,11 +146,8 @@ async fn run(args: Args) -> anyhow::Result<()> {
 
     let datapath = Datapath::open(&args.pin_dir)
         .with_context(|| format!("{}: cannot open or load the datapath", args.pin_dir.display()))?;
-    let config = AgentConfig {
-        node: Some(args.node_name.clone()),
-        allow_localhost: args.allow_localhost,
-        ..AgentConfig::default()
-    };
+    let config =
+        AgentConfig { node: Some(node_name.clone()), allow_localhost: args.allow_localhost, ..AgentConfig::default() };
     let agent = Agent::new(config, datapath, RouteResolver);
     let hook = {
         let (metrics, ready) = (metrics.clone(), ready.clone());
@@ -164,7 +174,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     };
     let handle = spawn(agent, options).context("cannot start the agent's thread")?;
     info!(
-        node = %args.node_name,
+        node = %node_name,
         pin_dir = %args.pin_dir.display(),
         allow_localhost = %args.allow_localhost,
         "agent started"
