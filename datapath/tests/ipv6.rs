@@ -49,6 +49,19 @@ fn start(topology: &Topology, slots: Vec<Vec<PolicyEntry>>) -> Datapath {
     datapath
 }
 
+/// Endpoint 0 a client allowed all egress, endpoint 1 a server admitting `server_ingress`.
+fn client_server(topology: &Topology, server_ingress: PolicyEntry) -> Datapath {
+    start(topology, vec![vec![egress_all(1)], vec![server_ingress]])
+}
+
+/// The flow events the program has sent so far.
+fn events_of(datapath: &Datapath) -> Vec<FlowEvent> {
+    let mut events = datapath.events().unwrap();
+    let mut received = Vec::new();
+    while events.read(Duration::from_millis(100), |event| received.push(event)) > 0 {}
+    received
+}
+
 fn flows_of(datapath: &Datapath, endpoint: u32) -> Vec<Flow> {
     datapath.flows().unwrap().into_iter().filter(|f| f.key.endpoint == endpoint).collect()
 }
@@ -139,9 +152,7 @@ fn tcp_udp_and_echo_over_ipv6_follow_the_policy_as_over_ipv4() {
         flows_of(&datapath, 1).iter().map(|f| (f.key.protocol, f.key.dport, f.key.identity)).collect();
     assert!(dropped.contains(&(PROTO_TCP, 81, identity(0))), "the drop names the peer's identity: {dropped:?}");
     assert!(dropped.contains(&(PROTO_UDP, 5000, identity(0))), "{dropped:?}");
-    let mut events = datapath.events().unwrap();
-    let mut received = Vec::new();
-    while events.read(Duration::from_millis(100), |event| received.push(event)) > 0 {}
+    let received = events_of(&datapath);
     let event = received.iter().find(|e| e.flow.endpoint == 1 && e.flow.dport == 81).expect("an event for the drop");
     assert_eq!((event.source(), event.destination()), (IpAddr::from(client.addr6), IpAddr::from(server.addr6)));
     datapath.destroy().unwrap();
@@ -239,13 +250,8 @@ fn extension_headers_are_walked_to_the_upper_layer_up_to_a_limit() {
     let topology = Topology::new("p6e", 2, false, 40);
     let _inside = InNetns::enter(&topology.node);
     let (client, server) = (&topology.endpoints[0], &topology.endpoints[1]);
-    let datapath = start(
-        &topology,
-        vec![
-            vec![egress_all(1)],
-            vec![rule(Verdict::Allow, identity(0), Direction::Ingress, Some(Protocol::TCP), 80, 2)],
-        ],
-    );
+    let datapath =
+        client_server(&topology, rule(Verdict::Allow, identity(0), Direction::Ingress, Some(Protocol::TCP), 80, 2));
     let ifindex = if_index(&server.host_if);
     let syn_to = |port: u16, headers: &[u8]| {
         // `headers`: the kinds of extension header before TCP, outermost first.
@@ -273,13 +279,8 @@ fn ipv6_fragments_are_judged_like_their_first_fragment() {
     let topology = Topology::new("p6f", 2, false, 50);
     let _inside = InNetns::enter(&topology.node);
     let (client, server) = (&topology.endpoints[0], &topology.endpoints[1]);
-    let datapath = start(
-        &topology,
-        vec![
-            vec![egress_all(1)],
-            vec![rule(Verdict::Allow, identity(0), Direction::Ingress, Some(Protocol::UDP), 9000, 2)],
-        ],
-    );
+    let datapath =
+        client_server(&topology, rule(Verdict::Allow, identity(0), Direction::Ingress, Some(Protocol::UDP), 9000, 2));
     // Real fragmented datagrams: the kernel splits what exceeds the link's MTU.
     let received = udp_echo_servers(&server.ns, &[9000, 9001]);
     let big = vec![7u8; 4000];
@@ -315,13 +316,8 @@ fn a_spoofed_ipv6_source_is_dropped_in_every_mode() {
     let topology = Topology::new("p6s", 2, false, 60);
     let _inside = InNetns::enter(&topology.node);
     let (client, server) = (&topology.endpoints[0], &topology.endpoints[1]);
-    let mut datapath = start(
-        &topology,
-        vec![
-            vec![egress_all(1)],
-            vec![rule(Verdict::Allow, IDENTITY_ANY, Direction::Ingress, Some(Protocol::TCP), 80, 2)],
-        ],
-    );
+    let mut datapath =
+        client_server(&topology, rule(Verdict::Allow, IDENTITY_ANY, Direction::Ingress, Some(Protocol::TCP), 80, 2));
     tcp_echo_servers(&server.ns, &[80]);
     // The client takes another address of its subnet and sends from it.
     let spoofed: Ipv6Addr = "fd00:200:0:3c::99".parse().unwrap();
@@ -350,13 +346,8 @@ fn icmpv6_errors_pass_only_for_tracked_connections() {
     let _inside = InNetns::enter(&topology.node);
     let (client, server) = (&topology.endpoints[0], &topology.endpoints[1]);
     // The server allows UDP 5001 (nothing listens); the client lets nothing in.
-    let datapath = start(
-        &topology,
-        vec![
-            vec![egress_all(1)],
-            vec![rule(Verdict::Allow, identity(0), Direction::Ingress, Some(Protocol::UDP), 5001, 2)],
-        ],
-    );
+    let datapath =
+        client_server(&topology, rule(Verdict::Allow, identity(0), Direction::Ingress, Some(Protocol::UDP), 5001, 2));
     assert_eq!(
         udp_probe(&client.ns, server.addr6, 5001),
         UdpOutcome::Refused,
@@ -383,7 +374,7 @@ fn a_candidate_is_shadowed_and_promoted_over_ipv6_as_over_ipv4() {
     let _inside = InNetns::enter(&topology.node);
     let (client, server) = (&topology.endpoints[0], &topology.endpoints[1]);
     let allow_80 = rule(Verdict::Allow, identity(0), Direction::Ingress, Some(Protocol::TCP), 80, 2);
-    let mut datapath = start(&topology, vec![vec![egress_all(1)], vec![allow_80]]);
+    let mut datapath = client_server(&topology, allow_80);
     tcp_echo_servers(&server.ns, &[80]);
     let mut stream: TcpStream = tcp_connect(&client.ns, server.addr6, 80).expect("connects");
     assert!(tcp_roundtrip(&mut stream));
@@ -444,9 +435,7 @@ fn a_connection_to_an_ipv6_cluster_ip_is_judged_by_the_backend_kube_proxy_chose(
             && f.key.drop_reason() == Some(DropReason::PolicyDenied)),
         "the client's egress drop names the backend, not the ClusterIP: {refused_flows:?}"
     );
-    let mut events = datapath.events().unwrap();
-    let mut received = Vec::new();
-    while events.read(Duration::from_millis(100), |event| received.push(event)) > 0 {}
+    let received = events_of(&datapath);
     let event = received.iter().find(|e| e.flow.endpoint == 0 && e.flow.identity == identity(2)).expect("an event");
     assert_eq!(event.service(), Some((IpAddr::from(cluster_ip), 81)), "{event:?}");
     assert_eq!(event.destination(), IpAddr::from(refused.addr6));
