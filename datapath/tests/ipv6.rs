@@ -441,3 +441,24 @@ fn a_connection_to_an_ipv6_cluster_ip_is_judged_by_the_backend_kube_proxy_chose(
     assert_eq!(event.destination(), IpAddr::from(refused.addr6));
     datapath.destroy().unwrap();
 }
+
+#[test]
+fn without_its_ipv6_programs_an_endpoint_drops_ipv6_and_keeps_ipv4() {
+    let topology = Topology::new("p6m", 2, false, 100);
+    let _inside = InNetns::enter(&topology.node);
+    let (client, server) = (&topology.endpoints[0], &topology.endpoints[1]);
+    let datapath =
+        client_server(&topology, rule(Verdict::Allow, identity(0), Direction::Ingress, Some(Protocol::TCP), 80, 2));
+    tcp_echo_servers(&server.ns, &[80]);
+    assert!(tcp_ok(&client.ns, server.addr6, 80));
+    // A node whose IPv6 programs are gone from their table (a half-loaded or damaged pin).
+    let data = aya::maps::MapData::from_pin(topology.pin_dir.join("maps/IPV6_PROGRAMS")).unwrap();
+    let mut programs = aya::maps::ProgramArray::try_from(aya::maps::Map::ProgramArray(data)).unwrap();
+    for slot in 0..IPV6_PROGRAM_COUNT {
+        programs.clear_index(&slot).unwrap();
+    }
+    assert!(!tcp_ok(&client.ns, server.addr6, 80), "IPv6 the node cannot judge is dropped");
+    assert!(recorded(&datapath, 0, DropReason::UnknownL3));
+    assert!(tcp_ok(&client.ns, server.addr, 80), "IPv4 is judged as before");
+    datapath.destroy().unwrap();
+}
