@@ -703,6 +703,15 @@ pub struct PolicyAuditReportSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(max = NAME_MAX))]
     pub enforced_revision: Option<String>,
+    /// When the agent last wrote this report: on a change of what the gate reads, or on its
+    /// heartbeat. A report older than two heartbeats is a node that stopped reporting.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = TIME_MAX))]
+    pub reported_at: Option<Time>,
+    /// How often the agent rewrites an unchanged report (its `--report-heartbeat`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = DURATION_MAX))]
+    pub heartbeat: Option<Duration>,
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default, JsonSchema)]
