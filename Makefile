@@ -20,8 +20,10 @@ image: deps image-deps
 build: deps
 	$(CARGO) build --release --workspace
 
+# The datapath's kernel tests run twice: in the kernel's attach mode (TCX here), then with legacy tc.
 test: deps
 	$(CARGO) test --release --workspace --no-fail-fast
+	PALISADE_ATTACH_MODE=tc $(CARGO) test --release -p palisade-datapath --no-fail-fast --tests
 
 # Root: only the end-to-end tests (local mode, real eBPF, Git and traffic); `test` runs them too.
 e2e: deps

@@ -1,13 +1,8 @@
 use std::{io, path::PathBuf};
 
-use aya::{
-    EbpfError,
-    maps::MapError,
-    pin::PinError,
-    programs::{ProgramError, links::LinkError},
-};
+use aya::{EbpfError, maps::MapError, pin::PinError, programs::ProgramError};
 
-use crate::EndpointId;
+use crate::{AttachMode, EndpointId, attach::HookError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -31,18 +26,21 @@ pub enum Error {
         #[source]
         source: ProgramError,
     },
-    #[error("tcx link of endpoint {endpoint}: {source}")]
-    Link {
-        endpoint: EndpointId,
+    #[error("{action} {program} on {target}: {source}")]
+    Hook {
+        action: &'static str,
+        program: &'static str,
+        /// `interface veth1 (endpoint 3)` or `node interface eth0`.
+        target: String,
         #[source]
-        source: LinkError,
+        source: Box<HookError>,
     },
-    #[error("tcx link on node interface {ifname}: {source}")]
-    NetworkLink {
-        ifname: String,
-        #[source]
-        source: LinkError,
-    },
+    #[error(
+        "{} holds a datapath attached with {pinned}, not {requested}; remove the directory (that detaches every \
+         endpoint) to change the attach mode",
+        dir.display()
+    )]
+    AttachModeMismatch { dir: PathBuf, pinned: AttachMode, requested: AttachMode },
     #[error("loading the eBPF object: {0}")]
     Load(#[from] EbpfError),
     #[error("the eBPF object has no {0}; was it built with PALISADE_BPF_SKIP=1?")]

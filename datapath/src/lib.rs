@@ -9,6 +9,7 @@
 //! the shadow differences ([`Datapath::flows`], [`Datapath::events`]) and [`Datapath::flip`] (or
 //! [`Datapath::flip_all`]) to promote.
 
+mod attach;
 mod batch;
 mod error;
 mod events;
@@ -17,7 +18,7 @@ mod pins;
 use std::{
     ffi::{CStr, CString},
     net::{IpAddr, Ipv4Addr, Ipv6Addr},
-    path::{Path, PathBuf},
+    path::Path,
     time::Duration,
 };
 
@@ -25,7 +26,7 @@ use aya::{
     maps::{
         Array, HashMap, HashOfMaps, IterableMap, LpmTrie, MapData, MapError, PerCpuArray, PerCpuHashMap, lpm_trie::Key,
     },
-    programs::{LinkOrder, SchedClassifier, TcAttachType, TestRun, TestRunOptions, links::FdLink, tc::TcAttachOptions},
+    programs::{SchedClassifier, TestRun, TestRunOptions},
 };
 use palisade_common::{
     EndpointConfig, EndpointCounters, FlowKey, FlowStats, MAX_ENDPOINTS, NODE_STATE_EPOCH, NODE_STATE_GENERATION,
@@ -33,6 +34,8 @@ use palisade_common::{
     SlotSelection,
 };
 
+pub use attach::{AttachMode, HookError};
+use attach::{DEFERRED_EGRESS, FROM_ENDPOINT, FROM_NETWORK, TO_ENDPOINT};
 pub use batch::update_batch;
 pub use error::Error;
 pub use events::{EventReader, EventThread};
@@ -167,12 +170,14 @@ impl Datapath {
     /// Opens the datapath pinned under `pin_dir`, loading and pinning it first if there is none.
     /// Adopting never resets maps or detaches programs.
     pub fn open(pin_dir: impl AsRef<Path>) -> Result<Self> {
-        let pins = Pins::new(pin_dir.as_ref());
-        if pins.complete() {
-            pins.check_object(OBJECT)?;
-        } else {
-            pins.load_and_pin(OBJECT)?;
-        }
+        Self::open_with(pin_dir, None)
+    }
+
+    /// [`Datapath::open`], attaching programs the way `mode` says; by default the pinned
+    /// datapath's way, or for a new one what the kernel supports (TCX from 6.6, else legacy
+    /// tc). A datapath pinned with another mode is not adopted.
+    pub fn open_with(pin_dir: impl AsRef<Path>, mode: Option<AttachMode>) -> Result<Self> {
+        let pins = Pins::open(pin_dir.as_ref(), OBJECT, mode)?;
         let endpoint_config: HashMap<MapData, EndpointId, EndpointConfig> = pins.map("ENDPOINT_CONFIG")?;
         let mut used_indexes = vec![false; MAX_ENDPOINTS as usize];
         for entry in endpoint_config.iter() {
@@ -194,10 +199,10 @@ impl Datapath {
             flows: pins.map("FLOWS")?,
             counters: pins.map("COUNTERS")?,
             endpoint_ifindex: pins.map("ENDPOINT_IFINDEX")?,
-            from_endpoint: pins.program("from_endpoint")?,
-            to_endpoint: pins.program("to_endpoint")?,
-            deferred_egress: pins.program(pins::DEFERRED_EGRESS)?,
-            from_network: pins.program(pins::FROM_NETWORK)?,
+            from_endpoint: pins.program(FROM_ENDPOINT)?,
+            to_endpoint: pins.program(TO_ENDPOINT)?,
+            deferred_egress: pins.program(DEFERRED_EGRESS)?,
+            from_network: pins.program(FROM_NETWORK)?,
             pins,
         })
     }
@@ -210,7 +215,12 @@ impl Datapath {
         pins.remove_all()
     }
 
-    /// Attaches the program to both tc hooks (TCX) of `ifname`, the host side of the endpoint's
+    /// How programs are attached on this node.
+    pub fn attach_mode(&self) -> AttachMode {
+        self.pins.mode()
+    }
+
+    /// Attaches the program to both tc hooks of `ifname`, the host side of the endpoint's
     /// interface; `addrs` are the endpoint's addresses, the only sources its packets may carry.
     /// An endpoint exists from its first `load_slot` or `attach` and enforces slot A (empty:
     /// deny all) until told otherwise, so load its policy first. Attaching an attached endpoint
@@ -241,22 +251,11 @@ impl Datapath {
         // otherwise it goes first: it judges a Service connection's source before `to_endpoint`
         // judges the backend.
         let adopted = self.pins.adopt_network_link(ifname, endpoint)?;
-        let deferred = (!adopted).then_some((
-            &mut self.deferred_egress,
-            pins::DEFERRED_EGRESS,
-            TcAttachType::Egress,
-            LinkOrder::first(),
-        ));
-        for (program, name, hook, order) in deferred.into_iter().chain([
-            (&mut self.from_endpoint, "from_endpoint", TcAttachType::Ingress, LinkOrder::default()),
-            (&mut self.to_endpoint, "to_endpoint", TcAttachType::Egress, LinkOrder::default()),
-        ]) {
-            let program_error = |source| Error::Program { program: name, endpoint: Some(endpoint), source };
-            let link_id =
-                program.attach_with_options(ifname, hook, TcAttachOptions::TcxOrder(order)).map_err(program_error)?;
-            let link = FdLink::try_from(program.take_link(link_id).map_err(program_error)?)
-                .map_err(|source| Error::Link { endpoint, source })?;
-            self.pins.pin_link(endpoint, name, link)?;
+        let deferred = (!adopted).then_some((&mut self.deferred_egress, DEFERRED_EGRESS));
+        for program in
+            deferred.into_iter().chain([(&mut self.from_endpoint, FROM_ENDPOINT), (&mut self.to_endpoint, TO_ENDPOINT)])
+        {
+            self.pins.attach_endpoint(program, ifname, endpoint)?;
         }
         Ok(())
     }
@@ -268,7 +267,7 @@ impl Datapath {
         if let Some(ifname) = &ifname {
             self.pins.release_to_network(endpoint, ifname)?;
         }
-        self.pins.unpin_links(endpoint)?;
+        self.pins.detach_endpoint(endpoint)?;
         if let Some(ifname) = &ifname {
             self.attach_network_ingress(ifname)?;
         }
@@ -301,20 +300,18 @@ impl Datapath {
     /// where the replies to the L7 proxy's upstream connections come back. Idempotent; the links
     /// are pinned, so they stay attached while no agent runs.
     pub fn attach_network(&mut self, ifname: &str) -> Result<()> {
-        let egress = (&mut self.deferred_egress, pins::DEFERRED_EGRESS, TcAttachType::Egress, LinkOrder::first());
-        attach_network_link(egress, ifname, self.pins.network_link_path(ifname))?;
+        self.pins.attach_network((&mut self.deferred_egress, DEFERRED_EGRESS), ifname)?;
         self.attach_network_ingress(ifname)
     }
 
     fn attach_network_ingress(&mut self, ifname: &str) -> Result<()> {
-        let ingress = (&mut self.from_network, pins::FROM_NETWORK, TcAttachType::Ingress, LinkOrder::default());
-        attach_network_link(ingress, ifname, self.pins.network_ingress_link_path(ifname))
+        self.pins.attach_network((&mut self.from_network, FROM_NETWORK), ifname)
     }
 
     /// Detaches the programs from `ifname` (gone or no longer a node interface).
     pub fn detach_network(&mut self, ifname: &str) -> Result<()> {
-        pins::remove_pin(self.pins.network_ingress_link_path(ifname))?;
-        pins::remove_pin(self.pins.network_link_path(ifname))
+        self.pins.detach_network(FROM_NETWORK, ifname)?;
+        self.pins.detach_network(DEFERRED_EGRESS, ifname)
     }
 
     /// The mark a packet to a Service leaves `endpoint`'s hook with: what tells the hook after
@@ -724,24 +721,6 @@ impl Datapath {
         }
         self.endpoint_config.insert(endpoint, config, 0).map_err(map_error("ENDPOINT_CONFIG", endpoint))
     }
-}
-
-/// Attaches `program` (named `name`) to `hook` of node interface `ifname` at `order`, pinned at
-/// `path`, unless it is pinned there already.
-fn attach_network_link(
-    (program, name, hook, order): (&mut SchedClassifier, &'static str, TcAttachType, LinkOrder),
-    ifname: &str,
-    path: PathBuf,
-) -> Result<()> {
-    if path.exists() {
-        return Ok(());
-    }
-    let program_error = |source| Error::Program { program: name, endpoint: None, source };
-    let link_id = program.attach_with_options(ifname, hook, TcAttachOptions::TcxOrder(order)).map_err(program_error)?;
-    let link = FdLink::try_from(program.take_link(link_id).map_err(program_error)?)
-        .map_err(|source| Error::NetworkLink { ifname: ifname.to_owned(), source })?;
-    link.pin(&path).map_err(|source| Error::Pin { path, source })?;
-    Ok(())
 }
 
 fn promoted(endpoint: EndpointId, selection: SlotSelection) -> Result<SlotSelection> {

@@ -1,7 +1,8 @@
 //! The bpffs layout: `<dir>/maps/<MAP>`, `<dir>/programs/<program>`,
-//! `<dir>/links/<endpoint>-<program>`, `<dir>/links/net-<interface>` and `<dir>/object/<sha256>` (the digest of the eBPF object
-//! they came from). Pinned links keep the programs attached while no process runs; pinned maps keep
-//! their content.
+//! `<dir>/links/<endpoint>-<program>`, `<dir>/links/net-<interface>`, `<dir>/object/<sha256>` (the
+//! digest of the eBPF object they came from) and `<dir>/attach/<mode>` (how the programs are
+//! attached, see [`crate::attach`]). The links keep the programs attached while no process runs;
+//! pinned maps keep their content.
 use std::{
     fs, io,
     path::{Path, PathBuf},
@@ -12,10 +13,13 @@ use sha2::{Digest, Sha256};
 use aya::{
     Ebpf,
     maps::{Map, MapData, MapError, ProgramArray},
-    programs::{SchedClassifier, links::FdLink},
+    programs::SchedClassifier,
 };
 
-use crate::{EndpointId, Error, Result};
+use crate::{
+    AttachMode, EndpointId, Error, Result,
+    attach::{DEFERRED_EGRESS, FROM_ENDPOINT, FROM_NETWORK, TO_ENDPOINT},
+};
 
 const MAPS: [&str; 23] = [
     "IPCACHE",
@@ -43,7 +47,7 @@ const MAPS: [&str; 23] = [
     "EVENT_TOKENS",
 ];
 /// The programs attached to every endpoint (`deferred_egress` also to node interfaces' egress).
-const ENDPOINT_PROGRAMS: [&str; 3] = ["from_endpoint", "to_endpoint", DEFERRED_EGRESS];
+const ENDPOINT_PROGRAMS: [&str; 3] = [FROM_ENDPOINT, TO_ENDPOINT, DEFERRED_EGRESS];
 /// The IPv6 programs, by their slot in `IPV6_PROGRAMS` (`IPV6_PROGRAM_*`): the IPv4 programs
 /// hand them IPv6 packets; they are attached nowhere.
 const IPV6_PROGRAM_SLOTS: [(&str, u32); 6] = [
@@ -66,30 +70,53 @@ const PROGRAMS: [&str; 10] = [
     IPV6_PROGRAM_SLOTS[4].0,
     IPV6_PROGRAM_SLOTS[5].0,
     FROM_NETWORK,
-    "from_endpoint",
-    "to_endpoint",
+    FROM_ENDPOINT,
+    TO_ENDPOINT,
     DEFERRED_EGRESS,
 ];
-pub(crate) const DEFERRED_EGRESS: &str = "deferred_egress";
-pub(crate) const FROM_NETWORK: &str = "from_network";
 
 #[derive(Clone, Debug)]
 pub(crate) struct Pins {
     dir: PathBuf,
+    mode: AttachMode,
 }
 
 impl Pins {
-    pub(crate) fn new(dir: &Path) -> Self {
-        Pins { dir: dir.to_owned() }
+    /// Adopts the datapath pinned under `dir`, or loads `object` and pins it there first.
+    /// `requested`: how to attach programs; by default the pinned datapath's way, or for a new
+    /// one what the kernel supports.
+    pub(crate) fn open(dir: &Path, object: &[u8], requested: Option<AttachMode>) -> Result<Self> {
+        let pins = Pins { dir: dir.to_owned(), mode: requested.unwrap_or_else(AttachMode::detect) };
+        if !pins.complete() {
+            pins.load_and_pin(object)?;
+            return Ok(pins);
+        }
+        pins.check_object(object)?;
+        // Datapaths pinned before the mode was recorded attached with TCX, the only way then.
+        let pinned = fs::read_dir(pins.dir.join("attach"))
+            .ok()
+            .and_then(|mut entries| entries.next()?.ok())
+            .and_then(|entry| entry.file_name().to_str()?.parse().ok())
+            .unwrap_or(AttachMode::Tcx);
+        match requested {
+            Some(requested) if requested != pinned => {
+                Err(Error::AttachModeMismatch { dir: pins.dir, pinned, requested })
+            }
+            _ => Ok(Pins { mode: pinned, ..pins }),
+        }
     }
 
-    pub(crate) fn complete(&self) -> bool {
+    pub(crate) fn mode(&self) -> AttachMode {
+        self.mode
+    }
+
+    fn complete(&self) -> bool {
         self.program_path(PROGRAMS[PROGRAMS.len() - 1]).exists()
     }
 
     /// Adopting is only sound for the build that pinned: another one may lay out its maps
     /// differently. Each pin directory records the digest of the object it was loaded from.
-    pub(crate) fn check_object(&self, object: &[u8]) -> Result<()> {
+    fn check_object(&self, object: &[u8]) -> Result<()> {
         let expected = object_digest(object);
         let pinned = fs::read_dir(self.dir.join("object"))
             .ok()
@@ -103,8 +130,8 @@ impl Pins {
 
     /// Loads the object and pins its maps, then its programs. Leftovers of an interrupted
     /// earlier attempt are replaced.
-    pub(crate) fn load_and_pin(&self, object: &[u8]) -> Result<()> {
-        for sub in ["object", "maps", "programs"] {
+    fn load_and_pin(&self, object: &[u8]) -> Result<()> {
+        for sub in ["object", "attach", "maps", "programs"] {
             let path = self.dir.join(sub);
             match fs::remove_dir_all(&path) {
                 Err(e) if e.kind() != io::ErrorKind::NotFound => {
@@ -119,8 +146,11 @@ impl Pins {
         }
         // Before the programs, whose last pin marks the directory complete. A directory, because
         // bpffs holds no regular files.
-        let path = self.dir.join("object").join(object_digest(object));
-        fs::create_dir_all(&path).map_err(|source| Error::PinDir { path, source })?;
+        for path in
+            [self.dir.join("object").join(object_digest(object)), self.dir.join("attach").join(self.mode.to_string())]
+        {
+            fs::create_dir_all(&path).map_err(|source| Error::PinDir { path, source })?;
+        }
         let mut ebpf = Ebpf::load(object)?;
         for name in MAPS {
             let map = ebpf.map(name).ok_or(Error::MissingInObject(name))?;
@@ -164,15 +194,59 @@ impl Pins {
         ENDPOINT_PROGRAMS.iter().all(|program| self.link_path(endpoint, program).exists())
     }
 
-    pub(crate) fn pin_link(&self, endpoint: EndpointId, program: &str, link: FdLink) -> Result<()> {
-        let path = self.link_path(endpoint, program);
-        link.pin(&path).map_err(|source| Error::Pin { path, source })?;
+    /// Attaches `program` (pinned as `name`) to endpoint `endpoint`'s interface `ifname`.
+    pub(crate) fn attach_endpoint(
+        &self,
+        (program, name): (&mut SchedClassifier, &'static str),
+        ifname: &str,
+        endpoint: EndpointId,
+    ) -> Result<()> {
+        self.mode.attach(program, name, ifname, &self.link_path(endpoint, name)).map_err(|source| Error::Hook {
+            action: "attaching",
+            program: name,
+            target: format!("interface {ifname} (endpoint {endpoint})"),
+            source: source.into(),
+        })
+    }
+
+    /// Attaches `program` (pinned as `name`) to node interface `ifname`, unless it is already.
+    pub(crate) fn attach_network(
+        &self,
+        (program, name): (&mut SchedClassifier, &'static str),
+        ifname: &str,
+    ) -> Result<()> {
+        let record = self.network_link_path(name, ifname);
+        if record.exists() {
+            return Ok(());
+        }
+        self.mode.attach(program, name, ifname, &record).map_err(|source| Error::Hook {
+            action: "attaching",
+            program: name,
+            target: format!("node interface {ifname}"),
+            source: source.into(),
+        })
+    }
+
+    /// Detaches the endpoint's programs.
+    pub(crate) fn detach_endpoint(&self, endpoint: EndpointId) -> Result<()> {
+        for program in ENDPOINT_PROGRAMS {
+            self.detach(program, self.link_path(endpoint, program), || format!("endpoint {endpoint}"))?;
+        }
         Ok(())
     }
 
-    /// The link goes away with its pin once no process holds it: the program detaches.
-    pub(crate) fn unpin_links(&self, endpoint: EndpointId) -> Result<()> {
-        ENDPOINT_PROGRAMS.iter().try_for_each(|program| remove_pin(self.link_path(endpoint, program)))
+    /// Detaches `program` from node interface `ifname`.
+    pub(crate) fn detach_network(&self, program: &'static str, ifname: &str) -> Result<()> {
+        self.detach(program, self.network_link_path(program, ifname), || format!("node interface {ifname}"))
+    }
+
+    fn detach(&self, program: &'static str, record: PathBuf, target: impl Fn() -> String) -> Result<()> {
+        self.mode.detach(program, &record).map_err(|source| Error::Hook {
+            action: "detaching",
+            program,
+            target: target(),
+            source: source.into(),
+        })
     }
 
     /// Makes the `deferred_egress` link of node interface `ifname`, if it has one, `endpoint`'s
@@ -180,8 +254,8 @@ impl Pins {
     /// link detaches only later, from a kernel work queue. Its `from_network` link goes: an
     /// endpoint's ingress is `from_endpoint`'s.
     pub(crate) fn adopt_network_link(&self, ifname: &str, endpoint: EndpointId) -> Result<bool> {
-        remove_pin(self.network_ingress_link_path(ifname))?;
-        let from = self.network_link_path(ifname);
+        self.detach_network(FROM_NETWORK, ifname)?;
+        let from = self.network_link_path(DEFERRED_EGRESS, ifname);
         match fs::rename(&from, self.link_path(endpoint, DEFERRED_EGRESS)) {
             Ok(()) => Ok(true),
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
@@ -193,20 +267,16 @@ impl Pins {
     /// still there stays judged as a node interface, without a gap.
     pub(crate) fn release_to_network(&self, endpoint: EndpointId, ifname: &str) -> Result<()> {
         let from = self.link_path(endpoint, DEFERRED_EGRESS);
-        match fs::rename(&from, self.network_link_path(ifname)) {
+        match fs::rename(&from, self.network_link_path(DEFERRED_EGRESS, ifname)) {
             Err(e) if e.kind() != io::ErrorKind::NotFound => Err(Error::PinDir { path: from, source: e }),
             _ => Ok(()),
         }
     }
 
-    /// Node interface `ifname`'s `deferred_egress` link.
-    pub(crate) fn network_link_path(&self, ifname: &str) -> PathBuf {
-        self.dir.join("links").join(format!("{NETWORK_LINK_PREFIX}{ifname}"))
-    }
-
-    /// Node interface `ifname`'s `from_network` link.
-    pub(crate) fn network_ingress_link_path(&self, ifname: &str) -> PathBuf {
-        self.dir.join("links").join(format!("{NETWORK_INGRESS_LINK_PREFIX}{ifname}"))
+    /// Node interface `ifname`'s link of `program` (`deferred_egress` or `from_network`).
+    fn network_link_path(&self, program: &str, ifname: &str) -> PathBuf {
+        let prefix = if program == FROM_NETWORK { NETWORK_INGRESS_LINK_PREFIX } else { NETWORK_LINK_PREFIX };
+        self.dir.join("links").join(format!("{prefix}{ifname}"))
     }
 
     /// The node interfaces `deferred_egress` is attached to.
@@ -224,7 +294,27 @@ impl Pins {
         Ok(names)
     }
 
+    /// Detaches every program and removes the directory.
     pub(crate) fn remove_all(&self) -> Result<()> {
+        let path = self.dir.join("links");
+        let entries = match fs::read_dir(&path) {
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Vec::new(),
+            entries => entries.and_then(Iterator::collect).map_err(|source| Error::PinDir { path, source })?,
+        };
+        for entry in entries {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let program = if name.starts_with(NETWORK_INGRESS_LINK_PREFIX) {
+                FROM_NETWORK
+            } else if name.starts_with(NETWORK_LINK_PREFIX) {
+                DEFERRED_EGRESS
+            } else {
+                let Some(program) = ENDPOINT_PROGRAMS.into_iter().find(|p| name.ends_with(&format!("-{p}"))) else {
+                    continue;
+                };
+                program
+            };
+            self.detach(program, entry.path(), || name.clone())?;
+        }
         match fs::remove_dir_all(&self.dir) {
             Err(e) if e.kind() != io::ErrorKind::NotFound => Err(Error::PinDir { path: self.dir.clone(), source: e }),
             _ => Ok(()),
@@ -247,14 +337,6 @@ impl Pins {
 /// Names the pin of a node interface's links (endpoint links start with a number).
 const NETWORK_LINK_PREFIX: &str = "net-";
 const NETWORK_INGRESS_LINK_PREFIX: &str = "netin-";
-
-/// Removes a pin; one that is not there is fine.
-pub(crate) fn remove_pin(path: PathBuf) -> Result<()> {
-    match fs::remove_file(&path) {
-        Err(e) if e.kind() != io::ErrorKind::NotFound => Err(Error::PinDir { path, source: e }),
-        _ => Ok(()),
-    }
-}
 
 fn object_digest(object: &[u8]) -> String {
     Sha256::digest(object).iter().map(|byte| format!("{byte:02x}")).collect()

@@ -17,7 +17,7 @@ use std::{
 };
 
 use palisade_common::{PolicyEntry, Protocol};
-use palisade_datapath::{Datapath, Hook, Slot};
+use palisade_datapath::{Hook, Slot};
 use palisade_policy::{
     Cluster, CompiledPolicy, Direction, EnforcementMode, ParseOptions, SourceFile, parse_policies,
     trace::{self, Decision, FlowEnd, FlowPort, Verdict},
@@ -254,7 +254,7 @@ fn check_scenario(index: usize, name: &str) -> Outcome {
 
     let sandbox = Sandbox::new(&format!("pcp{index}"));
     let _inside = InNetns::enter(&sandbox.netns);
-    let mut datapath = Datapath::open(&sandbox.pin_dir).expect("open the datapath");
+    let mut datapath = open_datapath(&sandbox.pin_dir);
 
     for (prefix, identity) in engine.ipcache() {
         datapath.set_ipcache(prefix.addr, prefix.len, identity).unwrap();

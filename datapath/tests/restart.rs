@@ -31,7 +31,7 @@ fn first_agent_process() {
     };
     let mut args = args.split(' ');
     let _inside = InNetns::enter(args.next().unwrap());
-    let mut datapath = Datapath::open(args.next().unwrap()).unwrap();
+    let mut datapath = open_datapath(args.next().unwrap());
     let endpoints: Vec<(String, std::net::Ipv4Addr)> = args
         .map(|arg| {
             let (ifname, addr) = arg.split_once('=').unwrap();

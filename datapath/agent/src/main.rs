@@ -21,7 +21,7 @@ use palisade_agent::observe::{FlowHub, FlowVerdict, ObservedFlow, authorized_rou
 use palisade_agent::report_writer::ReportWriter;
 use palisade_agent::runtime::{ConvergeHook, Convergence, FlowHook, RuntimeOptions, spawn};
 use palisade_agent::{Agent, AgentConfig, RouteResolver};
-use palisade_datapath::{DEFAULT_PIN_DIR, Datapath};
+use palisade_datapath::{AttachMode, DEFAULT_PIN_DIR, Datapath};
 use palisade_policy::AllowLocalhost;
 use palisade_process::{OpenMetrics, Readiness, router, shutdown_signal};
 use palisade_rollout::crd::PolicyAuditReport;
@@ -54,6 +54,10 @@ struct Args {
     /// Where the datapath's programs and maps are pinned (bpffs).
     #[arg(long, default_value = DEFAULT_PIN_DIR)]
     pin_dir: PathBuf,
+    /// How programs hook into pods' interfaces: `tcx` (kernel >= 6.6), `tc` (legacy tc filters,
+    /// kernels 5.10 to 6.5) or `auto`: the pinned datapath's mode, else what the kernel has.
+    #[arg(long, value_name = "MODE", value_enum, default_value_t = AttachFlag::Auto)]
+    attach_mode: AttachFlag,
     /// `/metrics`, `/healthz`, `/readyz` (open) and `/flows` (to authorized bearer tokens).
     #[arg(long, default_value = "0.0.0.0:9964")]
     metrics_addr: SocketAddr,
@@ -89,6 +93,24 @@ fn allow_localhost_parser() -> impl TypedValueParser<Value = AllowLocalhost> {
 enum LogFormat {
     Json,
     Text,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum AttachFlag {
+    Auto,
+    Tcx,
+    Tc,
+}
+
+impl AttachFlag {
+    /// The mode asked for; `auto` leaves the choice to the datapath.
+    fn mode(self) -> Option<AttachMode> {
+        match self {
+            AttachFlag::Auto => None,
+            AttachFlag::Tcx => Some(AttachMode::Tcx),
+            AttachFlag::Tc => Some(AttachMode::Tc),
+        }
+    }
 }
 
 /// `--report-interval`: a positive duration in the CRDs' grammar.
@@ -144,10 +166,11 @@ async fn run(args: Args) -> anyhow::Result<()> {
         }
     });
 
-    let datapath = Datapath::open(&args.pin_dir)
+    let datapath = Datapath::open_with(&args.pin_dir, args.attach_mode.mode())
         .with_context(|| format!("{}: cannot open or load the datapath", args.pin_dir.display()))?;
     let config =
         AgentConfig { node: Some(node_name.clone()), allow_localhost: args.allow_localhost, ..AgentConfig::default() };
+    let attach_mode = datapath.attach_mode();
     let agent = Agent::new(config, datapath, RouteResolver);
     let hook = {
         let (metrics, ready) = (metrics.clone(), ready.clone());
@@ -176,6 +199,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     info!(
         node = %node_name,
         pin_dir = %args.pin_dir.display(),
+        attach_mode = %attach_mode,
         allow_localhost = %args.allow_localhost,
         "agent started"
     );
@@ -386,6 +410,16 @@ mod tests {
         assert_eq!(args.allow_localhost, AllowLocalhost::Policy);
         let bogus = Args::try_parse_from(["palisade-agent", "--node-name", "n1", "--allow-localhost", "never"]);
         assert!(bogus.unwrap_err().to_string().contains("[possible values: always, policy]"));
+    }
+
+    #[test]
+    fn the_attach_mode_is_chosen_by_default_or_named() {
+        let mode = |flag: &str| Args::try_parse_from(["palisade-agent", "--node-name", "n1", "--attach-mode", flag]);
+        assert_eq!(Args::try_parse_from(["palisade-agent", "--node-name", "n1"]).unwrap().attach_mode.mode(), None);
+        assert_eq!(mode("auto").unwrap().attach_mode.mode(), None);
+        assert_eq!(mode("tc").unwrap().attach_mode.mode(), Some(AttachMode::Tc));
+        assert_eq!(mode("tcx").unwrap().attach_mode.mode(), Some(AttachMode::Tcx));
+        assert!(mode("xdp").unwrap_err().to_string().contains("[possible values: auto, tcx, tc]"));
     }
 
     /// The metrics' text, which must hold every one of `lines`.

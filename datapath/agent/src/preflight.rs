@@ -16,8 +16,10 @@ use netlink_packet_route::tc::{TcAttribute, TcFilterBpfOption, TcHandle, TcMessa
 use netlink_sys::protocols::NETLINK_ROUTE;
 use netlink_sys::{Socket, SocketAddr};
 
-/// TCX (the multi-program tc hooks the datapath attaches to) arrived in Linux 6.6.
-pub const MIN_KERNEL: (u32, u32) = (6, 6);
+/// The oldest kernel the datapath attaches to, with legacy tc filters.
+pub const MIN_KERNEL: (u32, u32) = (5, 10);
+/// TCX (the multi-program tc hooks the datapath attaches to by default) arrived in Linux 6.6.
+pub const TCX_KERNEL: (u32, u32) = (6, 6);
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Status {
@@ -68,18 +70,23 @@ pub fn parse_kernel_release(release: &str) -> Option<(u32, u32, u32)> {
     Some((major, minor, patch))
 }
 
-/// Check 1: the kernel (its release, as `uname -r` prints it) has TCX.
+/// Check 1: the kernel (its release, as `uname -r` prints it) is recent enough, and how the
+/// agent will attach on it: TCX from 6.6, legacy tc filters before.
 pub fn kernel(release: &str) -> Check {
     let release = release.trim();
-    let (major, minor) = MIN_KERNEL;
+    let ((major, minor), (tcx_major, tcx_minor)) = (MIN_KERNEL, TCX_KERNEL);
     match parse_kernel_release(release) {
         None => Check::new(Status::Fail, format!("kernel: cannot read the version of release {release:?}")),
-        Some((a, b, _)) if (a, b) >= MIN_KERNEL => {
-            Check::new(Status::Ok, format!("kernel {release} (TCX needs >= {major}.{minor})"))
+        Some((a, b, _)) if (a, b) >= TCX_KERNEL => {
+            Check::new(Status::Ok, format!("kernel {release}: attaching with TCX"))
         }
+        Some((a, b, _)) if (a, b) >= MIN_KERNEL => Check::new(
+            Status::Ok,
+            format!("kernel {release}: no TCX before {tcx_major}.{tcx_minor}, attaching with legacy tc filters"),
+        ),
         Some(_) => Check::new(
             Status::Fail,
-            format!("kernel {release} has no TCX (needs >= {major}.{minor}); upgrade the node's kernel"),
+            format!("kernel {release} is too old (needs >= {major}.{minor}); upgrade the node's kernel"),
         ),
     }
 }
@@ -408,16 +415,19 @@ mod tests {
     }
 
     #[test]
-    fn kernels_from_6_6_pass_and_older_fail() {
+    fn kernels_from_5_10_pass_with_tcx_from_6_6_and_older_fail() {
         let ok = kernel("6.18.44-fc-v1300\n");
-        assert_eq!(ok.status, Status::Ok);
-        assert_eq!(ok.to_string(), "ok   kernel 6.18.44-fc-v1300 (TCX needs >= 6.6)");
-        assert_eq!(kernel("6.6.0").status, Status::Ok);
-        assert_eq!(kernel("7.0.1").status, Status::Ok);
-        let old = kernel("5.10.0-28-amd64");
+        assert_eq!(ok.to_string(), "ok   kernel 6.18.44-fc-v1300: attaching with TCX");
+        assert!(kernel("6.6.0").to_string().ends_with("TCX"));
+        assert!(kernel("7.0.1").to_string().ends_with("TCX"));
+        for legacy in ["5.10.0-28-amd64", "6.5.13", "6.1.0-13-cloud-amd64"] {
+            let check = kernel(legacy);
+            assert_eq!(check.status, Status::Ok, "{check}");
+            assert!(check.to_string().ends_with("no TCX before 6.6, attaching with legacy tc filters"), "{check}");
+        }
+        let old = kernel("5.4.0-150-generic");
         assert_eq!(old.status, Status::Fail);
-        assert!(old.to_string().starts_with("FAIL kernel 5.10.0-28-amd64 has no TCX"), "{old}");
-        assert_eq!(kernel("6.5.13").status, Status::Fail);
+        assert!(old.to_string().starts_with("FAIL kernel 5.4.0-150-generic is too old (needs >= 5.10)"), "{old}");
         assert_eq!(kernel("garbage").status, Status::Fail);
     }
 

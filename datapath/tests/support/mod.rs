@@ -22,7 +22,7 @@ use std::{
 };
 
 use palisade_common::{PolicyEntry, PolicyKey, PolicyValue};
-use palisade_datapath::Datapath;
+use palisade_datapath::{AttachMode, Datapath};
 use socket2::{Domain, Protocol, Socket, Type};
 
 pub const PROBE_TIMEOUT: Duration = Duration::from_millis(300);
@@ -31,6 +31,22 @@ pub fn require_root() {
     // SAFETY: no preconditions.
     let uid = unsafe { libc::geteuid() };
     assert_eq!(uid, 0, "datapath tests need root (network namespaces, tc, bpf): run them with sudo");
+}
+
+/// The attach mode the kernel tests run in: `PALISADE_ATTACH_MODE` (`tcx` or `tc`), else what
+/// the kernel supports. `make test` runs them in both.
+pub fn attach_mode() -> Option<AttachMode> {
+    let mode = std::env::var("PALISADE_ATTACH_MODE").ok()?;
+    Some(mode.parse().unwrap_or_else(|e| panic!("PALISADE_ATTACH_MODE: {e}")))
+}
+
+/// Opens (or adopts) the datapath pinned at `pin_dir`, in the tests' attach mode.
+pub fn open_datapath(pin_dir: impl AsRef<std::path::Path>) -> Datapath {
+    let datapath = Datapath::open_with(pin_dir, attach_mode()).expect("open the datapath");
+    if let Some(mode) = attach_mode() {
+        assert_eq!(datapath.attach_mode(), mode, "the datapath attaches the way the tests run");
+    }
+    datapath
 }
 
 pub fn run(args: &[&str]) {
@@ -118,7 +134,7 @@ impl Topology {
 
     /// Opens (or adopts) this test's datapath. Call from a thread inside the node namespace.
     pub fn datapath(&self) -> Datapath {
-        Datapath::open(&self.pin_dir).expect("open the datapath")
+        open_datapath(&self.pin_dir)
     }
 
     fn cleanup(&self) {
