@@ -314,6 +314,11 @@ fn bindings_reference_existing_roles_and_accounts() {
             assert_eq!(target["metadata"]["namespace"], binding["metadata"]["namespace"], "{kind} {name}");
         }
         for subject in binding["subjects"].as_array().unwrap() {
+            if subject["kind"] == "Group" {
+                // `palisade version`: the one binding for people, to read one Deployment.
+                assert_eq!((name, subject["name"].as_str()), ("palisade-version-reader", Some("system:authenticated")));
+                continue;
+            }
             assert_eq!(subject["kind"], "ServiceAccount", "{kind} {name}: only service accounts are bound here");
             let account = m.get("ServiceAccount", subject["name"].as_str().unwrap());
             assert_eq!(subject["namespace"], account["metadata"]["namespace"], "{kind} {name}");
@@ -415,6 +420,21 @@ fn people_get_viewer_and_approver_roles() {
 }
 
 #[test]
+fn every_authenticated_user_reads_the_controller_deployment_and_nothing_beside_it() {
+    let m = Manifests::load();
+    let (rbac, subjects) = everyone(&m);
+    let get = |name| Request { verb: "get", group: "apps", resource: "deployments", namespace: Some(NAMESPACE), name };
+    for subject in &subjects {
+        assert!(rbac.can(subject, &get(Some("palisade-controller"))), "{subject:?}: palisade version");
+    }
+    let victor = Subject::user("victor");
+    assert!(!rbac.can(&victor, &get(Some("other"))), "another Deployment");
+    assert!(!rbac.can(&victor, &get(None)), "listing Deployments");
+    assert!(!rbac.can(&victor, &Request { verb: "patch", ..get(Some("palisade-controller")) }));
+    assert!(!rbac.can(&victor, &Request { namespace: Some(ROLLOUT_NS), ..get(Some("palisade-controller")) }));
+}
+
+#[test]
 fn viewers_read_decisions() {
     let m = Manifests::load();
     let viewer = grants_of(m.get("ClusterRole", "palisade-viewer"));
@@ -430,7 +450,7 @@ fn rbac(m: &Manifests) -> Rbac {
 }
 
 fn in_shop<'a>(verb: &'a str, resource: &'a str) -> Request<'a> {
-    Request { verb, group: "palisade.dev", resource, namespace: Some(ROLLOUT_NS) }
+    Request { verb, group: "palisade.dev", resource, namespace: Some(ROLLOUT_NS), name: None }
 }
 
 /// The manifests' own subjects, and people bound in the rollout's namespace as the README says:

@@ -61,6 +61,8 @@ pub struct Request<'a> {
     pub group: &'a str,
     pub resource: &'a str,
     pub namespace: Option<&'a str>,
+    /// The object's name, for a request about one object (get, patch…).
+    pub name: Option<&'a str>,
 }
 
 #[derive(Default)]
@@ -184,7 +186,9 @@ fn matches(rule: &Json, request: &Request) -> bool {
     let any_with_subresource =
         request.resource.split_once('/').is_some_and(|(_, sub)| listed("resources", &format!("*/{sub}")));
     let resource = listed("resources", request.resource) || any_with_subresource;
-    // A rule naming objects (resourceNames) never grants a request without a name.
-    let unnamed = rule["resourceNames"].as_array().is_none_or(Vec::is_empty);
-    listed("verbs", request.verb) && listed("apiGroups", request.group) && resource && unnamed
+    // A rule naming objects (resourceNames) grants requests about those objects only.
+    let named = rule["resourceNames"]
+        .as_array()
+        .is_none_or(|names| names.is_empty() || request.name.is_some_and(|name| names.iter().any(|n| n == name)));
+    listed("verbs", request.verb) && listed("apiGroups", request.group) && resource && named
 }
