@@ -14,6 +14,7 @@ use std::sync::{Arc, Mutex, mpsc};
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::{Namespace, Node, Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
+use k8s_openapi::jiff::{SignedDuration, Timestamp};
 use kube::runtime::WatchStreamExt;
 use kube::runtime::watcher::{self, Event};
 use kube::{Api, Client, Resource, ResourceExt};
@@ -37,8 +38,38 @@ pub struct WatchState {
     synced: AtomicBool,
     /// Initial listings still outstanding.
     pending: AtomicUsize,
-    /// Every PolicyRollout's uid, for the owner reference of its reports.
-    rollout_uids: Mutex<HashMap<Key, String>>,
+    /// What the report writer needs of every PolicyRollout.
+    rollouts: Mutex<HashMap<Key, RolloutFacts>>,
+}
+
+/// What the report writer needs of a PolicyRollout.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct RolloutFacts {
+    /// For the owner reference of its reports.
+    pub uid: Option<String>,
+    /// `spec.audit.minFlowsPerEndpoint`: the gate reads whether each endpoint reached it.
+    pub min_flows_per_endpoint: u64,
+    /// The end of the post-promotion window (`status.promotedAt` +
+    /// `spec.rollback.postPromotionWindow`), while the controller watches drops for a rollback.
+    pub watched_until: Option<Timestamp>,
+}
+
+impl RolloutFacts {
+    fn of(rollout: &PolicyRollout) -> RolloutFacts {
+        let window = SignedDuration::try_from(std::time::Duration::from(rollout.spec.rollback.post_promotion_window))
+            .unwrap_or(SignedDuration::MAX);
+        let promoted_at = rollout.status.as_ref().and_then(|s| s.promoted_at.as_ref());
+        RolloutFacts {
+            uid: rollout.metadata.uid.clone(),
+            min_flows_per_endpoint: u64::from(rollout.spec.audit.min_flows_per_endpoint),
+            watched_until: promoted_at.map(|at| at.0.checked_add(window).unwrap_or(Timestamp::MAX)),
+        }
+    }
+
+    /// Whether the controller watches the rollout's drops at `now`.
+    pub fn watched_at(&self, now: Timestamp) -> bool {
+        self.watched_until.is_some_and(|until| now < until)
+    }
 }
 
 impl WatchState {
@@ -47,12 +78,13 @@ impl WatchState {
         self.synced.load(Ordering::SeqCst)
     }
 
-    pub fn rollout_uid(&self, namespace: &str, name: &str) -> Option<String> {
-        self.uids().get(&(namespace.to_string(), name.to_string())).cloned()
+    /// What is known of a rollout; the defaults until it was seen.
+    pub fn rollout(&self, namespace: &str, name: &str) -> RolloutFacts {
+        self.rollouts().get(&(namespace.to_string(), name.to_string())).cloned().unwrap_or_default()
     }
 
-    fn uids(&self) -> std::sync::MutexGuard<'_, HashMap<Key, String>> {
-        self.rollout_uids.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    fn rollouts(&self) -> std::sync::MutexGuard<'_, HashMap<Key, RolloutFacts>> {
+        self.rollouts.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 }
 
@@ -146,12 +178,10 @@ impl Sink {
         for change in changes {
             match &change {
                 Change::Rollout(rollout) => {
-                    if let Some(uid) = &rollout.metadata.uid {
-                        self.state.uids().insert(key_of(rollout.as_ref()), uid.clone());
-                    }
+                    self.state.rollouts().insert(key_of(rollout.as_ref()), RolloutFacts::of(rollout));
                 }
                 Change::RolloutDeleted { namespace, name } => {
-                    self.state.uids().remove(&(namespace.clone(), name.clone()));
+                    self.state.rollouts().remove(&(namespace.clone(), name.clone()));
                 }
                 _ => {}
             }
