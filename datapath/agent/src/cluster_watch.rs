@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, mpsc};
 
 use futures::StreamExt;
-use k8s_openapi::api::core::v1::{Namespace, Node, Pod, Service};
+use k8s_openapi::api::core::v1::{Namespace, Node, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::jiff::{SignedDuration, Timestamp};
 use kube::runtime::WatchStreamExt;
@@ -25,6 +25,7 @@ use serde::de::DeserializeOwned;
 use tracing::{Level, debug, info, warn};
 
 use crate::input::Change;
+use crate::slim_pod::SlimPod;
 
 /// The watches [`watch`] runs; [`Change::Synced`] follows the initial listing of all of them.
 const WATCHES: usize = 7;
@@ -100,7 +101,8 @@ pub async fn watch(client: Client, changes: mpsc::Sender<Change>, state: Arc<Wat
     let sink = Sink { changes, state };
     let sink = &sink;
     futures::try_join!(
-        each(Api::<Pod>::all(client.clone()), sink, pod_change, |(namespace, name)| Change::PodDeleted {
+        // Every node's pods, slim: identities and the ipcache need them all, nothing needs more.
+        each(Api::<SlimPod>::all(client.clone()), sink, pod_change, |(namespace, name)| Change::PodDeleted {
             namespace,
             name
         }),
@@ -160,7 +162,7 @@ fn everything() -> watcher::Config {
     watcher::Config::default()
 }
 
-fn pod_change(pod: Pod) -> Result<Change, String> {
+fn pod_change(pod: SlimPod) -> Result<Change, String> {
     cluster::Pod::from_json(&to_json(&pod)?).map(Change::Pod)
 }
 

@@ -573,6 +573,28 @@ fn watched_agent(api: &FakeApi) -> (WatchedAgent, mpsc::Receiver<Change>) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pods_of_other_nodes_get_their_identities_from_the_slim_pod_watch() {
+    let api = seeded();
+    // A pod as the API server serves it: probes, image, annotations and all.
+    let mut full = pod("api-2", json!({"app": "api"}), "n2", "10.200.2.1");
+    full["metadata"]["annotations"] = json!({"kubectl.kubernetes.io/last-applied-configuration": "{}"});
+    full["spec"]["containers"][0]["image"] = json!("shop/api:1.2");
+    full["spec"]["containers"][0]["readinessProbe"] = json!({"httpGet": {"path": "/ready", "port": "http"}});
+    api.put(PODS, full);
+    api.put(PODS, pod("web", json!({"app": "web"}), "n2", "10.200.2.2"));
+    let (agent, _changes) = watched_agent(&api);
+    let ipcache = &agent.dataplane().ipcache;
+    let identity = |addr: &str| ipcache.get(&(addr.parse().unwrap(), 32)).copied();
+    let engine = agent.enforced_engine().expect("compiled");
+    let of_pod = |name: &str| engine.identity_of_pod(engine.cluster.pod("shop", name).expect("watched")).unwrap();
+    assert_eq!(identity("10.200.2.1"), Some(of_pod("api-2")));
+    assert_eq!(identity("10.200.2.2"), Some(of_pod("web")));
+    assert_eq!(of_pod("api-2"), of_pod("api"), "one identity for one set of labels, whatever the node");
+    assert_ne!(of_pod("web"), of_pod("api"));
+    assert_eq!(engine.cluster.pod("shop", "api-2").unwrap().ports.len(), 1, "named ports come too");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn node_and_apiserver_addresses_get_their_reserved_identities_in_the_agents_ipcache() {
     use palisade_common as dp;
 
