@@ -84,6 +84,11 @@ impl WatchState {
         self.rollouts().get(&(namespace.to_string(), name.to_string())).cloned().unwrap_or_default()
     }
 
+    /// Namespace and name of every rollout the watch has seen and not seen go.
+    pub fn rollouts_known(&self) -> Vec<(String, String)> {
+        self.rollouts().keys().cloned().collect()
+    }
+
     fn rollouts(&self) -> std::sync::MutexGuard<'_, HashMap<Key, RolloutFacts>> {
         self.rollouts.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }

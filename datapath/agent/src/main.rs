@@ -188,7 +188,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
 
     let state = Arc::new(WatchState::default());
     let mut watches = tokio::spawn(watch(client.clone(), handle.changes, state.clone()));
-    let writer = ReportWriter::new(client, state, args.report_heartbeat);
+    let writer = ReportWriter::new(client, state, node_name, args.report_heartbeat);
     let writer = tokio::spawn(write_reports(writer, handle.reports, metrics));
     tokio::select! {
         _ = shutdown_signal() => info!("shutting down; the pinned datapath keeps enforcing"),

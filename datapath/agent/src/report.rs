@@ -169,9 +169,9 @@ impl Reporter {
         self.drops.forget(rollout);
     }
 
-    /// One PolicyAuditReport per rollout that [`concerned`] this node, from the attached
-    /// endpoints' `counters`, the `flows` the datapath recorded and the requests the L7 proxy
-    /// found judged otherwise (`l7`).
+    /// One PolicyAuditReport per rollout that concerns this node ([`concerned`]), from the
+    /// attached endpoints' `counters`, the `flows` the datapath recorded and the requests the L7
+    /// proxy found judged otherwise (`l7`).
     pub(crate) fn reports(
         &mut self,
         view: &NodeView,

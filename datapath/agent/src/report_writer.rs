@@ -19,7 +19,7 @@ use palisade_rollout::crd::{AuditTotals, PolicyAuditReport, PolicyAuditReportSpe
 use tracing::{info, warn};
 
 use crate::cluster_watch::{RolloutFacts, WatchState};
-use crate::report::FlowClass;
+use crate::report::{FlowClass, report_name};
 
 /// The field manager of the agent's server-side applies.
 pub const FIELD_MANAGER: &str = palisade_rollout::wire::AGENT_FIELD_MANAGER;
@@ -68,15 +68,33 @@ impl GateView {
 pub struct ReportWriter {
     client: Client,
     state: Arc<WatchState>,
+    node: String,
     heartbeat: Duration,
-    /// The reports the last batches held, or that could not be deleted yet; `None` when the
-    /// last write failed (what the API holds is unknown).
+    /// The reports the last batches held, or that could not be deleted yet; `None` when what
+    /// the API holds is unknown (the last write failed, or an earlier run of the agent wrote it).
     written: BTreeMap<Key, Option<Written>>,
+    /// Whether the reports an earlier run may have left are in `written`.
+    adopted: bool,
 }
 
 impl ReportWriter {
-    pub fn new(client: Client, state: Arc<WatchState>, heartbeat: Duration) -> Self {
-        ReportWriter { client, state, heartbeat, written: BTreeMap::new() }
+    /// The writer of node `node`'s reports.
+    pub fn new(client: Client, state: Arc<WatchState>, node: String, heartbeat: Duration) -> Self {
+        ReportWriter { client, state, node, heartbeat, written: BTreeMap::new(), adopted: false }
+    }
+
+    /// Once the watches know the rollouts: the report an earlier run of the agent may have left
+    /// for each is taken as written, content unknown, so that it is rewritten or deleted like the
+    /// others (a rollout may have stopped concerning the node meanwhile). Costs one delete, most
+    /// often of nothing, per rollout that does not concern the node, per agent start.
+    fn adopt(&mut self) {
+        if self.adopted || !self.state.synced() {
+            return;
+        }
+        for (namespace, rollout) in self.state.rollouts_known() {
+            self.written.entry((namespace, report_name(&rollout, &self.node))).or_insert(None);
+        }
+        self.adopted = true;
     }
 
     /// Takes one batch (the reports of every rollout that concerns the node) at `now`: applies
@@ -84,6 +102,7 @@ impl ReportWriter {
     /// the rollout's uid is known so that it goes with it; deletes the reports the batch lacks.
     /// Failures are logged; the next batch tries again.
     pub async fn write(&mut self, batch: &[PolicyAuditReport], now: Timestamp) {
+        self.adopt();
         let mut written = BTreeMap::new();
         for report in batch {
             let key = (report.namespace().unwrap_or_default(), report.name_any());
@@ -149,6 +168,7 @@ impl Debug for ReportWriter {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let written: Vec<&Key> = self.written.keys().collect();
         f.debug_struct("ReportWriter")
+            .field("node", &self.node)
             .field("heartbeat", &self.heartbeat)
             .field("written", &written)
             .finish_non_exhaustive()

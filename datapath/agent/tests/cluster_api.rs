@@ -277,7 +277,7 @@ async fn synced_writer(api: &FakeApi) -> ReportWriter {
         }
     }
     // The rollouts are in `state` from now on, also once the watch stops with its receiver.
-    ReportWriter::new(api.client(), state, HEARTBEAT)
+    ReportWriter::new(api.client(), state, "n1".into(), HEARTBEAT)
 }
 
 /// The applies and deletes of one report the API server received so far.
@@ -286,9 +286,14 @@ fn writes_of(api: &FakeApi, report: &str) -> Vec<Logged> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn reports_are_applied_and_those_of_gone_rollouts_deleted() {
+async fn reports_are_applied_and_stale_ones_deleted_once() {
     let api = FakeApi::default();
     api.put(ROLLOUTS, rollout("web", "sha256-r1"));
+    // What an earlier run of the agent left, for a rollout that no longer concerns n1, and n2's.
+    api.put(ROLLOUTS, rollout("old", "sha256-r1"));
+    for node in ["n1", "n2"] {
+        api.put(REPORTS, serde_json::to_value(report("old", node, 0)).unwrap());
+    }
     let mut writer = synced_writer(&api).await;
     writer.write(&[report("web", "n1", 2), report("db", "n1", 0)], t0()).await;
     let body = |rollout: &str, new_denies: u64, owner: Option<Value>, at: Timestamp| {
@@ -314,25 +319,30 @@ async fn reports_are_applied_and_those_of_gone_rollouts_deleted() {
         content_type: "application/apply-patch+yaml".into(),
         body,
     };
-    let writes = api.writes();
-    assert_eq!(
-        writes,
-        vec![apply("web", body("web", 2, Some(web_owner.clone()), t0())), apply("db", body("db", 0, None, t0()))]
-    );
-    assert!(api.get(REPORTS, "shop", "db-n1").is_some());
-
-    // The db rollout is gone: its report is deleted, once; web's new deny is written, once.
-    writer.write(&[report("web", "n1", 3)], t0() + INTERVAL).await;
-    writer.write(&[report("web", "n1", 3)], t0() + INTERVAL * 2).await;
-    let writes = api.writes()[2..].to_vec();
-    let delete = Logged {
+    let delete = |report: &str| Logged {
         method: "DELETE".into(),
-        path: "/apis/palisade.dev/v1alpha1/namespaces/shop/policyauditreports/db-n1".into(),
+        path: format!("/apis/palisade.dev/v1alpha1/namespaces/shop/policyauditreports/{report}"),
         query: Some(String::new()),
         content_type: "application/json".into(),
         body: json!({}),
     };
-    assert_eq!(writes, vec![apply("web", body("web", 3, Some(web_owner), t0() + INTERVAL)), delete]);
+    let writes = api.writes();
+    assert_eq!(
+        writes,
+        vec![
+            apply("web", body("web", 2, Some(web_owner.clone()), t0())),
+            apply("db", body("db", 0, None, t0())),
+            delete("old-n1"),
+        ]
+    );
+    assert!(api.get(REPORTS, "shop", "db-n1").is_some());
+    assert!(api.get(REPORTS, "shop", "old-n2").is_some(), "another node's");
+
+    // The db rollout is gone: its report is deleted, once; web's new deny is written, once.
+    writer.write(&[report("web", "n1", 3)], t0() + INTERVAL).await;
+    writer.write(&[report("web", "n1", 3)], t0() + INTERVAL * 2).await;
+    let writes = api.writes()[3..].to_vec();
+    assert_eq!(writes, vec![apply("web", body("web", 3, Some(web_owner), t0() + INTERVAL)), delete("db-n1")]);
     assert!(api.get(REPORTS, "shop", "db-n1").is_none());
 }
 
@@ -455,7 +465,7 @@ fn selecting(rollout: &str, revision: &str, app: &str) -> [Change; 2] {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rollout_that_selects_nothing_on_the_node_gets_no_report() {
     let api = FakeApi::default();
-    let mut writer = ReportWriter::new(api.client(), Arc::new(WatchState::default()), HEARTBEAT);
+    let mut writer = ReportWriter::new(api.client(), Arc::new(WatchState::default()), "n1".into(), HEARTBEAT);
     let config = AgentConfig { node: Some("n1".into()), ..AgentConfig::default() };
     let mut agent = Agent::new(config, RecordingDataplane::default(), NoInterfaces);
     for pod in
