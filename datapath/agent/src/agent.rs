@@ -182,7 +182,8 @@ impl<D: Dataplane, R: InterfaceResolver> Agent<D, R> {
         self.compiled.as_ref().map(Compiled::candidate_engine)
     }
 
-    /// One PolicyAuditReport per rollout, named `<rollout>-<node>`, in the rollout's namespace.
+    /// One PolicyAuditReport per rollout that concerns this node, named `<rollout>-<node>`, in
+    /// the rollout's namespace.
     pub fn reports(&mut self, now: Timestamp) -> Result<Vec<PolicyAuditReport>, Error> {
         let Some(compiled) = &self.compiled else { return Ok(Vec::new()) };
         let counters = self.attached_counters()?;
@@ -786,6 +787,7 @@ fn node_view<'a>(
 ) -> NodeView<'a> {
     NodeView {
         node: node_name(config),
+        whole_cluster: config.node.is_none(),
         compiled: compiled.as_ref(),
         rollouts,
         revisions,

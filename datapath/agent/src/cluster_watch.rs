@@ -12,8 +12,9 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, mpsc};
 
 use futures::StreamExt;
-use k8s_openapi::api::core::v1::{Namespace, Node, Pod, Service};
+use k8s_openapi::api::core::v1::{Namespace, Node, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
+use k8s_openapi::jiff::{SignedDuration, Timestamp};
 use kube::runtime::WatchStreamExt;
 use kube::runtime::watcher::{self, Event};
 use kube::{Api, Client, Resource, ResourceExt};
@@ -24,6 +25,7 @@ use serde::de::DeserializeOwned;
 use tracing::{Level, debug, info, warn};
 
 use crate::input::Change;
+use crate::slim_pod::SlimPod;
 
 /// The watches [`watch`] runs; [`Change::Synced`] follows the initial listing of all of them.
 const WATCHES: usize = 7;
@@ -37,8 +39,45 @@ pub struct WatchState {
     synced: AtomicBool,
     /// Initial listings still outstanding.
     pending: AtomicUsize,
-    /// Every PolicyRollout's uid, for the owner reference of its reports.
-    rollout_uids: Mutex<HashMap<Key, String>>,
+    /// What the report writer needs of every PolicyRollout.
+    rollouts: Mutex<HashMap<Key, RolloutFacts>>,
+}
+
+/// What the report writer needs of a PolicyRollout.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct RolloutFacts {
+    /// For the owner reference of its reports.
+    pub uid: Option<String>,
+    /// `spec.audit.minFlowsPerEndpoint`: the gate reads whether each endpoint reached it.
+    pub min_flows_per_endpoint: u64,
+    /// The end of the post-promotion window (`status.promotedAt` +
+    /// `spec.rollback.postPromotionWindow`), while the controller watches drops for a rollback.
+    pub watched_until: Option<Timestamp>,
+    /// A candidate is staged or a flip requested: the controller's barrier waits on the nodes,
+    /// and tells a silent node from a dead one by its heartbeat.
+    pub in_flight: bool,
+}
+
+impl RolloutFacts {
+    fn of(rollout: &PolicyRollout) -> RolloutFacts {
+        let window = SignedDuration::try_from(std::time::Duration::from(rollout.spec.rollback.post_promotion_window))
+            .unwrap_or(SignedDuration::MAX);
+        let promoted_at = rollout.status.as_ref().and_then(|s| s.promoted_at.as_ref());
+        RolloutFacts {
+            uid: rollout.metadata.uid.clone(),
+            min_flows_per_endpoint: u64::from(rollout.spec.audit.min_flows_per_endpoint),
+            watched_until: promoted_at.map(|at| at.0.checked_add(window).unwrap_or(Timestamp::MAX)),
+            in_flight: rollout
+                .status
+                .as_ref()
+                .is_some_and(|s| s.candidate_revision.is_some() || s.flip_requested_at.is_some()),
+        }
+    }
+
+    /// Whether the controller watches the rollout's drops at `now`.
+    pub fn watched_at(&self, now: Timestamp) -> bool {
+        self.watched_until.is_some_and(|until| now < until)
+    }
 }
 
 impl WatchState {
@@ -47,12 +86,18 @@ impl WatchState {
         self.synced.load(Ordering::SeqCst)
     }
 
-    pub fn rollout_uid(&self, namespace: &str, name: &str) -> Option<String> {
-        self.uids().get(&(namespace.to_string(), name.to_string())).cloned()
+    /// What is known of a rollout; the defaults until it was seen.
+    pub fn rollout(&self, namespace: &str, name: &str) -> RolloutFacts {
+        self.rollouts().get(&(namespace.to_string(), name.to_string())).cloned().unwrap_or_default()
     }
 
-    fn uids(&self) -> std::sync::MutexGuard<'_, HashMap<Key, String>> {
-        self.rollout_uids.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    /// Namespace and name of every rollout the watch has seen and not seen go.
+    pub fn rollouts_known(&self) -> Vec<(String, String)> {
+        self.rollouts().keys().cloned().collect()
+    }
+
+    fn rollouts(&self) -> std::sync::MutexGuard<'_, HashMap<Key, RolloutFacts>> {
+        self.rollouts.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 }
 
@@ -68,7 +113,8 @@ pub async fn watch(client: Client, changes: mpsc::Sender<Change>, state: Arc<Wat
     let sink = Sink { changes, state };
     let sink = &sink;
     futures::try_join!(
-        each(Api::<Pod>::all(client.clone()), sink, pod_change, |(namespace, name)| Change::PodDeleted {
+        // Every node's pods, slim: identities and the ipcache need them all, nothing needs more.
+        each(Api::<SlimPod>::all(client.clone()), sink, pod_change, |(namespace, name)| Change::PodDeleted {
             namespace,
             name
         }),
@@ -128,7 +174,7 @@ fn everything() -> watcher::Config {
     watcher::Config::default()
 }
 
-fn pod_change(pod: Pod) -> Result<Change, String> {
+fn pod_change(pod: SlimPod) -> Result<Change, String> {
     cluster::Pod::from_json(&to_json(&pod)?).map(Change::Pod)
 }
 
@@ -146,12 +192,10 @@ impl Sink {
         for change in changes {
             match &change {
                 Change::Rollout(rollout) => {
-                    if let Some(uid) = &rollout.metadata.uid {
-                        self.state.uids().insert(key_of(rollout.as_ref()), uid.clone());
-                    }
+                    self.state.rollouts().insert(key_of(rollout.as_ref()), RolloutFacts::of(rollout));
                 }
                 Change::RolloutDeleted { namespace, name } => {
-                    self.state.uids().remove(&(namespace.clone(), name.clone()));
+                    self.state.rollouts().remove(&(namespace.clone(), name.clone()));
                 }
                 _ => {}
             }

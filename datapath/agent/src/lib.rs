@@ -19,6 +19,7 @@ pub mod proxy;
 mod report;
 pub mod report_writer;
 pub mod runtime;
+mod slim_pod;
 
 pub use agent::{Agent, AgentConfig, EndpointInfo, Error};
 pub use dataplane::{

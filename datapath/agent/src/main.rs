@@ -15,6 +15,7 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::builder::{PossibleValuesParser, TypedValueParser};
 use clap::{Parser, ValueEnum};
+use k8s_openapi::jiff::Timestamp;
 use palisade_agent::cluster_watch::{WatchState, watch};
 use palisade_agent::flow_access::FlowAccess;
 use palisade_agent::observe::{FlowHub, FlowVerdict, ObservedFlow, authorized_router};
@@ -73,9 +74,14 @@ struct Args {
     /// restart does not close pods' connections to them (a host directory).
     #[arg(long, value_name = "FILE", default_value = "/var/run/palisade/fqdn.json")]
     fqdn_state: PathBuf,
-    /// PolicyAuditReports are written at least this often (`10s`, `500ms`, `1m`).
+    /// PolicyAuditReports are built this often (`10s`, `500ms`, `1m`) and written when what the
+    /// controller's gates read changed, or the rollout's drops are watched after a promotion.
     #[arg(long, default_value = "10s", value_parser = parse_interval)]
     report_interval: Duration,
+    /// An unchanged report is rewritten this often, with its counters: the controller takes a
+    /// node whose reports are older than two heartbeats for gone.
+    #[arg(long, default_value = "5m", value_parser = parse_interval)]
+    report_heartbeat: Duration,
     #[arg(long, value_enum, default_value_t = LogFormat::Json)]
     log_format: LogFormat,
     /// `always`: the node itself reaches its pods whatever their policy (kubelet probes;
@@ -113,7 +119,7 @@ impl AttachFlag {
     }
 }
 
-/// `--report-interval`: a positive duration in the CRDs' grammar.
+/// `--report-interval` and `--report-heartbeat`: a positive duration in the CRDs' grammar.
 fn parse_interval(text: &str) -> Result<Duration, String> {
     let duration = palisade_rollout::parse_duration(text)?;
     if duration.is_zero() {
@@ -206,7 +212,8 @@ async fn run(args: Args) -> anyhow::Result<()> {
 
     let state = Arc::new(WatchState::default());
     let mut watches = tokio::spawn(watch(client.clone(), handle.changes, state.clone()));
-    let writer = tokio::spawn(write_reports(ReportWriter::new(client, state), handle.reports, metrics));
+    let writer = ReportWriter::new(client, state, node_name, args.report_heartbeat);
+    let writer = tokio::spawn(write_reports(writer, handle.reports, metrics));
     tokio::select! {
         _ = shutdown_signal() => info!("shutting down; the pinned datapath keeps enforcing"),
         _ = &mut watches => warn!("the agent stopped"),
@@ -239,7 +246,7 @@ async fn write_reports(
             batch = newer;
         }
         metrics.reported(&batch);
-        writer.write(&batch).await;
+        writer.write(&batch, Timestamp::now()).await;
     }
 }
 
@@ -403,6 +410,7 @@ mod tests {
         assert_eq!(args.pin_dir, PathBuf::from(DEFAULT_PIN_DIR));
         assert_eq!(args.metrics_addr, "0.0.0.0:9964".parse().unwrap());
         assert_eq!(args.report_interval, Duration::from_secs(10));
+        assert_eq!(args.report_heartbeat, Duration::from_secs(300));
         assert_eq!(args.fqdn_min_ttl, Duration::from_secs(3600));
         assert_eq!(args.allow_localhost, AllowLocalhost::Always, "Cilium's default");
         let args =

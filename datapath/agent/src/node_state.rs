@@ -84,6 +84,8 @@ pub(crate) fn merge(parts: &[(ObjectKey, &PolicySet, String)]) -> (PolicySet, Ve
 pub(crate) struct NodeView<'a> {
     /// This node's name in reports and flows (`local` in local mode).
     pub(crate) node: String,
+    /// Local mode: this node is the whole cluster.
+    pub(crate) whole_cluster: bool,
     pub(crate) compiled: Option<&'a Compiled>,
     pub(crate) rollouts: &'a BTreeMap<ObjectKey, Targets>,
     pub(crate) revisions: &'a BTreeMap<ObjectKey, Revision>,

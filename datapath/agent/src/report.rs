@@ -1,6 +1,10 @@
 //! PolicyAuditReports: what this node's endpoints saw the candidate would change, the revisions
 //! the node has loaded (the promotion barrier) and the one it enforces.
-use std::collections::{BTreeMap, HashMap};
+//!
+//! A node reports only the rollouts that concern it (see [`concerned`]): a node without a
+//! rollout's report is outside that rollout's barrier.
+use std::collections::hash_map::Entry;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
 use k8s_openapi::jiff::{SignedDuration, Timestamp};
@@ -19,6 +23,66 @@ use crate::proxy::{L7Diff, L7Seen, RequestKind};
 
 /// Flows listed per report, most frequent first; the totals count them all.
 pub const AUDIT_FLOW_CAP: usize = 100;
+
+/// What makes a listed flow the flow it is, whichever of the node's pods saw it: everything an
+/// [`AuditFlow`] holds but its counts and times.
+#[derive(Clone, Debug, Hash, PartialEq, Eq)]
+pub(crate) struct FlowClass {
+    direction: Direction,
+    subject: EndpointClass,
+    peer: EndpointClass,
+    port: u16,
+    protocol: Protocol,
+    verdicts: (Verdict, Verdict),
+    rule: Option<String>,
+    http: Option<HttpRequestKind>,
+    dns: Option<DnsQueryKind>,
+}
+
+/// A [`FlowEndpoint`]'s labels, namespace, workload and CIDR.
+type EndpointClass = (BTreeMap<String, String>, Option<String>, Option<String>, Option<String>);
+
+impl FlowClass {
+    pub(crate) fn of(flow: &AuditFlow) -> FlowClass {
+        let endpoint = |e: &FlowEndpoint| (e.labels.clone(), e.namespace.clone(), e.workload.clone(), e.cidr.clone());
+        FlowClass {
+            direction: flow.direction,
+            subject: endpoint(&flow.subject),
+            peer: endpoint(&flow.peer),
+            port: flow.port,
+            protocol: flow.protocol,
+            verdicts: (flow.enforced_verdict, flow.candidate_verdict),
+            rule: flow.rule.clone(),
+            http: flow.http.clone(),
+            dns: flow.dns.clone(),
+        }
+    }
+}
+
+/// A report's flows, one entry per [`FlowClass`]: the replicas of a workload that see one peer
+/// add up to one entry instead of filling the list with copies.
+#[derive(Default)]
+struct NodeFlows {
+    index: HashMap<FlowClass, usize>,
+    flows: Vec<AuditFlow>,
+}
+
+impl NodeFlows {
+    fn add(&mut self, flow: AuditFlow) {
+        match self.index.entry(FlowClass::of(&flow)) {
+            Entry::Occupied(at) => {
+                let same = &mut self.flows[*at.get()];
+                same.count += flow.count;
+                same.first_seen = same.first_seen.clone().min(flow.first_seen);
+                same.last_seen = same.last_seen.clone().max(flow.last_seen);
+            }
+            Entry::Vacant(at) => {
+                at.insert(self.flows.len());
+                self.flows.push(flow);
+            }
+        }
+    }
+}
 
 /// Connections each endpoint has judged so far (counters only grow).
 fn connections_judged(counters: &[(EndpointId, EndpointCounters)]) -> HashMap<EndpointId, u64> {
@@ -105,8 +169,9 @@ impl Reporter {
         self.drops.forget(rollout);
     }
 
-    /// One PolicyAuditReport per rollout, from the attached endpoints' `counters`, the `flows`
-    /// the datapath recorded and the requests the L7 proxy found judged otherwise (`l7`).
+    /// One PolicyAuditReport per rollout that concerns this node ([`concerned`]), from the
+    /// attached endpoints' `counters`, the `flows` the datapath recorded and the requests the L7
+    /// proxy found judged otherwise (`l7`).
     pub(crate) fn reports(
         &mut self,
         view: &NodeView,
@@ -122,8 +187,11 @@ impl Reporter {
         let by_id: HashMap<EndpointId, &ObjectKey> = view.endpoints.iter().map(|&(pod, id)| (id, pod)).collect();
         let auditing: Vec<ObjectKey> =
             view.rollouts.iter().filter(|(_, t)| t.candidate.is_some()).map(|(k, _)| k.clone()).collect();
+        let concerned = concerned(view, compiled);
+        // Evidence starts again should the rollout concern the node again.
+        self.audits.retain(|key, _| concerned.contains(key));
         let mut reports = Vec::new();
-        for (key, targets) in view.rollouts {
+        for (key, targets) in view.rollouts.iter().filter(|(key, _)| concerned.contains(key)) {
             let enforced_everywhere = |id: &String| loaded.enforced && compiled.enforced_revisions.contains(id);
             let audited_everywhere = |id: &String| loaded.candidate && compiled.candidate_revisions.contains(id);
             let enforced_revision = targets.enforced.clone().filter(enforced_everywhere);
@@ -156,7 +224,7 @@ impl Reporter {
                 spec.audit_started_at = Some(Time(audit.started_at));
                 let mine =
                     |flow: &Flow| attributed(compiled, (flow.candidate_cookie, flow.enforced_cookie), key, &auditing);
-                let mut listed: Vec<AuditFlow> = Vec::new();
+                let mut listed = NodeFlows::default();
                 for flow in flows.iter().filter(|f| differs(f) && mine(f)) {
                     let Some(pod) = by_id.get(&flow.key.endpoint) else { continue };
                     let count = audit.packets_since_start(flow);
@@ -175,7 +243,7 @@ impl Reporter {
                     }
                     let candidate_denies = flow.key.candidate_verdict().is_some_and(dp::Verdict::drops);
                     let cookies = (flow.candidate_cookie, flow.enforced_cookie);
-                    listed.push(AuditFlow {
+                    listed.add(AuditFlow {
                         direction: direction(flow.key.direction()),
                         subject: subject(compiled, pod),
                         peer: peer(&compiled.enforced, flow.key.identity),
@@ -199,8 +267,9 @@ impl Reporter {
                     if count == 0 {
                         continue;
                     }
-                    listed.push(l7_flow(compiled, diff, seen, count, audit.started_at));
+                    listed.add(l7_flow(compiled, diff, seen, count, audit.started_at));
                 }
+                let mut listed = listed.flows;
                 let new_denies = listed.iter().filter(|f| f.candidate_verdict == Verdict::Deny).count() as u64;
                 spec.totals.new_denies = new_denies;
                 spec.totals.new_allows = listed.len() as u64 - new_denies;
@@ -238,6 +307,41 @@ impl Reporter {
         }
         reports
     }
+}
+
+/// The rollouts that concern this node: those whose enforced or candidate revision selects one
+/// of its endpoints, and those it cannot judge yet because a revision they name is not compiled
+/// here (the node must then hold their barrier). Without a node name (local mode) the node is the
+/// whole cluster and in every rollout's barrier.
+fn concerned<'v>(view: &NodeView<'v>, compiled: &Compiled) -> BTreeSet<&'v ObjectKey> {
+    if view.whole_cluster {
+        return view.rollouts.keys().collect();
+    }
+    let sets = [(Some(&compiled.enforced), ENFORCED_SET), (compiled.candidate.as_ref(), CANDIDATE_SET)];
+    let mut selecting: BTreeSet<&ObjectKey> = BTreeSet::new();
+    for (engine, set) in sets.into_iter().filter_map(|(engine, set)| Some((engine?, set))) {
+        let policies = &engine.policies().policies;
+        for (pod, _) in &view.endpoints {
+            let Some(endpoint) = engine.endpoint(&pod.0, &pod.1) else { continue };
+            for (index, policy) in policies.iter().enumerate() {
+                if policy.rules.iter().any(|rule| rule.subject.matches(&endpoint.identity.labels))
+                    && let Some(rollout) = compiled.origins[set].get(index)
+                {
+                    selecting.insert(rollout);
+                }
+            }
+        }
+    }
+    let compiled_here = |id: &Option<String>, revisions: &[String]| id.as_ref().is_none_or(|id| revisions.contains(id));
+    view.rollouts
+        .iter()
+        .filter(|(key, targets)| {
+            selecting.contains(key)
+                || !compiled_here(&targets.enforced, &compiled.enforced_revisions)
+                || !compiled_here(&targets.candidate, &compiled.candidate_revisions)
+        })
+        .map(|(key, _)| key)
+        .collect()
 }
 
 fn subject(compiled: &Compiled, pod: &ObjectKey) -> FlowEndpoint {

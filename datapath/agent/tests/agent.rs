@@ -595,6 +595,24 @@ fn newly_denied(agent: &TestAgent, packets: u64) -> Flow {
 }
 
 #[test]
+fn replicas_seeing_one_flow_make_one_entry_with_their_packets_summed() {
+    let mut replica = cluster().pods.into_iter().find(|p| p.name == "db-0").unwrap();
+    replica.name = "db-1".into();
+    replica.ips = vec!["10.200.1.3".parse().unwrap()];
+    let mut agent = synced(agent(), vec![Change::Pod(replica), auditing_at(1)]);
+    let db_1 = agent.endpoints().into_iter().find(|e| e.name == "db-1").unwrap().id;
+    let on_db_0 = newly_denied(&agent, 7);
+    let on_db_1 = Flow { key: FlowKey { endpoint: db_1, ..on_db_0.key }, packets: 5, ..on_db_0 };
+    agent.dataplane_mut().flows = vec![on_db_0, on_db_1];
+    let report = agent.reports(Timestamp::now()).unwrap().remove(0).spec;
+    assert_eq!(report.flows.len(), 1, "{:?}", report.flows);
+    assert_eq!((report.totals.new_denies, report.flows[0].count), (1, 12));
+    assert_eq!(report.flows[0].subject.workload.as_deref(), Some("db"));
+    let audited: Vec<&str> = report.endpoints.iter().map(|e| e.pod.as_str()).collect();
+    assert_eq!(audited, ["db-0", "db-1"], "the endpoints stay one by one");
+}
+
+#[test]
 fn a_moved_audit_generation_restarts_the_audit_without_its_earlier_evidence() {
     let mut agent = synced(agent(), vec![auditing_at(1)]);
     let db = agent.endpoints().into_iter().find(|e| e.name == "db-0").unwrap().id;

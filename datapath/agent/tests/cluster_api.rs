@@ -2,18 +2,25 @@
 //! (palisade-fake-apiserver): watch events become exactly the
 //! expected changes, a restarted watch deletes what vanished meanwhile, `Synced` follows every
 //! initial listing, and reports become exactly the expected server-side applies.
+mod common;
+
 use std::sync::Arc;
 use std::sync::mpsc::{self, RecvTimeoutError};
 use std::time::Duration;
 
-use palisade_agent::Change;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use k8s_openapi::jiff::Timestamp;
 use palisade_agent::cluster_watch::{WatchState, watch};
 use palisade_agent::report_writer::ReportWriter;
+use palisade_agent::{Agent, AgentConfig, Change, RecordingDataplane};
 use palisade_fake_apiserver::collections::{
     ENDPOINT_SLICES, NAMESPACES, NODES, PODS, REPORTS, REVISIONS, ROLLOUTS, SERVICES,
 };
 use palisade_fake_apiserver::{FakeApi, Logged};
-use palisade_rollout::crd::{AuditTotals, PolicyAuditReport, PolicyAuditReportSpec, PolicyRevision, PolicyRollout};
+use palisade_rollout::crd::{
+    AuditFlow, AuditTotals, Direction, EndpointTraffic, FlowEndpoint, PolicyAuditReport, PolicyAuditReportSpec,
+    PolicyDocument, PolicyRevision, PolicyRollout, Protocol, Verdict,
+};
 use serde_json::{Value, json};
 
 fn pod(name: &str, labels: Value, node: &str, ip: &str) -> Value {
@@ -169,7 +176,7 @@ async fn watches_become_changes_and_a_relisting_deletes_what_vanished() {
     );
     assert!(state.synced());
     let web_uid = api.get(ROLLOUTS, "shop", "web").unwrap()["metadata"]["uid"].clone();
-    assert_eq!(state.rollout_uid("shop", "web").as_deref(), web_uid.as_str());
+    assert_eq!(state.rollout("shop", "web").uid.as_deref(), web_uid.as_str());
     quiet(&changes);
 
     // Watch events, one change each; nodes and services as whole lists.
@@ -208,7 +215,7 @@ async fn watches_become_changes_and_a_relisting_deletes_what_vanished() {
             "Services [\"shop/web Some({\\\"app\\\": \\\"web\\\"})\"]".into(),
         ]
     );
-    assert_eq!(state.rollout_uid("shop", "web"), None);
+    assert_eq!(state.rollout("shop", "web").uid, None);
     quiet(&changes);
 
     // The agent stopping ends the watches.
@@ -250,18 +257,52 @@ fn report(rollout: &str, node: &str, new_denies: u64) -> PolicyAuditReport {
     report
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn reports_are_applied_and_those_of_gone_rollouts_deleted() {
-    let api = FakeApi::default();
-    api.put(ROLLOUTS, rollout("web", "sha256-r1"));
+const HEARTBEAT: Duration = Duration::from_secs(300);
+const INTERVAL: Duration = Duration::from_secs(10);
+
+/// When the reports' clock starts.
+fn t0() -> Timestamp {
+    "2026-01-01T00:00:00Z".parse().unwrap()
+}
+
+/// The agent's writer, once its watches (and so the rollouts) are synced.
+async fn synced_writer(api: &FakeApi) -> ReportWriter {
+    // The rollouts are in the writer's state from now on, also once the watch stops with its
+    // receiver.
+    live_writer(api).await.0
+}
+
+/// [`synced_writer`], with the watch's changes: it keeps watching while they are received.
+async fn live_writer(api: &FakeApi) -> (ReportWriter, mpsc::Receiver<Change>) {
     let (tx, changes) = mpsc::channel();
     let state = Arc::new(WatchState::default());
     tokio::spawn(watch(api.client(), tx, state.clone()));
-    assert!(next(&changes, 5).contains(&"Synced".to_string()));
+    loop {
+        let change = changes.recv_timeout(Duration::from_secs(10)).expect("a change");
+        if matches!(change, Change::Synced) {
+            break;
+        }
+    }
+    (ReportWriter::new(api.client(), state, "n1".into(), HEARTBEAT), changes)
+}
 
-    let mut writer = ReportWriter::new(api.client(), state.clone());
-    writer.write(&[report("web", "n1", 2), report("db", "n1", 0)]).await;
-    let body = |rollout: &str, new_denies: u64, owner: Option<Value>| {
+/// The applies and deletes of one report the API server received so far.
+fn writes_of(api: &FakeApi, report: &str) -> Vec<Logged> {
+    api.writes().into_iter().filter(|w| w.path.ends_with(&format!("/policyauditreports/{report}"))).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reports_are_applied_and_stale_ones_deleted_once() {
+    let api = FakeApi::default();
+    api.put(ROLLOUTS, rollout("web", "sha256-r1"));
+    // What an earlier run of the agent left, for a rollout that no longer concerns n1, and n2's.
+    api.put(ROLLOUTS, rollout("old", "sha256-r1"));
+    for node in ["n1", "n2"] {
+        api.put(REPORTS, serde_json::to_value(report("old", node, 0)).unwrap());
+    }
+    let mut writer = synced_writer(&api).await;
+    writer.write(&[report("web", "n1", 2), report("db", "n1", 0)], t0()).await;
+    let body = |rollout: &str, new_denies: u64, owner: Option<Value>, at: Timestamp| {
         let mut metadata = json!({"name": format!("{rollout}-n1"), "namespace": "shop",
             "labels": {"palisade.dev/rollout": rollout, "palisade.dev/node": "n1"}});
         if let Some(owner) = owner {
@@ -271,7 +312,8 @@ async fn reports_are_applied_and_those_of_gone_rollouts_deleted() {
             "spec": {"rollout": rollout, "node": "n1", "candidateRevision": "sha256-r2",
                 "loadedRevisions": ["sha256-r1", "sha256-r2"], "enforcedRevision": "sha256-r1", "auditGeneration": 0,
                 "totals": {"observedFlows": 10, "newDenies": new_denies, "newAllows": 0, "dropsPerMinute": 0,
-                    "truncatedFlows": 0}}})
+                    "truncatedFlows": 0},
+                "reportedAt": at.to_string(), "heartbeat": "300s"}})
     };
     let web_uid = api.get(ROLLOUTS, "shop", "web").unwrap()["metadata"]["uid"].clone();
     let web_owner = json!({"apiVersion": "palisade.dev/v1alpha1", "kind": "PolicyRollout", "name": "web",
@@ -283,29 +325,205 @@ async fn reports_are_applied_and_those_of_gone_rollouts_deleted() {
         content_type: "application/apply-patch+yaml".into(),
         body,
     };
-    let writes = api.writes();
-    assert_eq!(writes, vec![apply("web", body("web", 2, Some(web_owner.clone()))), apply("db", body("db", 0, None)),]);
-    assert!(api.get(REPORTS, "shop", "db-n1").is_some());
-
-    // The db rollout is gone: its report is deleted, once.
-    writer.write(&[report("web", "n1", 3)]).await;
-    writer.write(&[report("web", "n1", 3)]).await;
-    let writes = api.writes()[2..].to_vec();
-    let delete = Logged {
+    let delete = |report: &str| Logged {
         method: "DELETE".into(),
-        path: "/apis/palisade.dev/v1alpha1/namespaces/shop/policyauditreports/db-n1".into(),
+        path: format!("/apis/palisade.dev/v1alpha1/namespaces/shop/policyauditreports/{report}"),
         query: Some(String::new()),
         content_type: "application/json".into(),
         body: json!({}),
     };
+    let writes = api.writes();
     assert_eq!(
         writes,
         vec![
-            apply("web", body("web", 3, Some(web_owner.clone()))),
-            delete,
-            apply("web", body("web", 3, Some(web_owner))),
+            apply("web", body("web", 2, Some(web_owner.clone()), t0())),
+            apply("db", body("db", 0, None, t0())),
+            delete("old-n1"),
         ]
     );
+    assert!(api.get(REPORTS, "shop", "db-n1").is_some());
+    assert!(api.get(REPORTS, "shop", "old-n2").is_some(), "another node's");
+
+    // The db rollout is gone: its report is deleted, once; web's new deny is written, once.
+    writer.write(&[report("web", "n1", 3)], t0() + INTERVAL).await;
+    writer.write(&[report("web", "n1", 3)], t0() + INTERVAL * 2).await;
+    let writes = api.writes()[3..].to_vec();
+    assert_eq!(writes, vec![apply("web", body("web", 3, Some(web_owner), t0() + INTERVAL)), delete("db-n1")]);
+    assert!(api.get(REPORTS, "shop", "db-n1").is_none());
+}
+
+/// Newly denied: the API pod's calls to db on `port`, seen `count` times.
+fn denied_flow(port: u16, count: u64) -> AuditFlow {
+    let endpoint = |app: &str| FlowEndpoint {
+        labels: [("app".to_string(), app.to_string())].into(),
+        namespace: Some("shop".into()),
+        ..FlowEndpoint::default()
+    };
+    AuditFlow {
+        direction: Direction::Ingress,
+        subject: endpoint("db"),
+        peer: endpoint("api"),
+        port,
+        protocol: Protocol::Tcp,
+        enforced_verdict: Verdict::Allow,
+        candidate_verdict: Verdict::Deny,
+        count,
+        first_seen: Time(t0()),
+        last_seen: Time(t0() + Duration::from_secs(count)),
+        rule: Some("CiliumNetworkPolicy shop/db ingress default deny".into()),
+        http: None,
+        dns: None,
+    }
+}
+
+/// Web's report with `flows`, and counters that grow with `tick`.
+fn auditing(flows: Vec<AuditFlow>, tick: u64) -> PolicyAuditReport {
+    let mut report = report("web", "n1", flows.len() as u64);
+    report.spec.flows = flows;
+    report.spec.totals.observed_flows = 10 * tick;
+    report.spec.totals.drops_per_minute = tick;
+    report.spec.endpoints = vec![EndpointTraffic {
+        namespace: "shop".into(),
+        pod: "db-0".into(),
+        workload: Some("db".into()),
+        flows: tick,
+    }];
+    report
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unchanged_report_waits_for_the_heartbeat_and_a_new_flow_does_not() {
+    let api = FakeApi::default();
+    api.put(ROLLOUTS, in_flight(rollout("web", "sha256-r1")));
+    let mut writer = synced_writer(&api).await;
+    // One batch per interval, `tick` intervals after t0: counters grow in each.
+    let at = |tick: u64| t0() + INTERVAL * tick as u32;
+    let flows = |tick: u64, new_port: bool| {
+        let mut flows = vec![denied_flow(5432, tick)];
+        flows.extend(new_port.then(|| denied_flow(5433, 1)));
+        flows
+    };
+    for tick in 1..=5 {
+        writer.write(&[auditing(flows(tick, false), tick)], at(tick)).await;
+    }
+    assert_eq!(writes_of(&api, "web-n1").len(), 1, "counters alone wait for the heartbeat");
+
+    // A flow the gate has not seen goes out at the next interval.
+    writer.write(&[auditing(flows(6, true), 6)], at(6)).await;
+    let writes = writes_of(&api, "web-n1");
+    assert_eq!(writes.len(), 2);
+    assert_eq!(writes[1].body["spec"]["totals"]["newDenies"], 2);
+    assert_eq!(writes[1].body["spec"]["reportedAt"], at(6).to_string());
+
+    // Then silence again, until a heartbeat after that write refreshes the counters.
+    let heartbeat = HEARTBEAT.as_secs() / INTERVAL.as_secs();
+    for tick in 7..6 + heartbeat {
+        writer.write(&[auditing(flows(tick, true), tick)], at(tick)).await;
+    }
+    assert_eq!(writes_of(&api, "web-n1").len(), 2);
+    let last = auditing(flows(6 + heartbeat, true), 6 + heartbeat);
+    writer.write(std::slice::from_ref(&last), at(6 + heartbeat)).await;
+    let writes = writes_of(&api, "web-n1");
+    assert_eq!(writes.len(), 3, "the heartbeat");
+    assert_eq!(writes[2].body["spec"]["reportedAt"], at(6 + heartbeat).to_string());
+    assert_eq!(writes[2].body["spec"]["totals"]["observedFlows"], last.spec.totals.observed_flows);
+    assert_eq!(writes[2].body["spec"]["flows"][0]["count"], last.spec.flows[0].count);
+}
+
+/// `rollout` with a candidate staged: the barrier waits on the nodes.
+fn in_flight(mut rollout: Value) -> Value {
+    rollout["status"]["candidateRevision"] =
+        json!({"id": "sha256-r2", "commit": "1".repeat(40), "display": "main@1111111"});
+    rollout
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_settled_rollouts_report_is_not_rewritten_until_something_changes() {
+    let api = FakeApi::default();
+    api.put(ROLLOUTS, rollout("web", "sha256-r1"));
+    let (mut writer, changes) = live_writer(&api).await;
+    let heartbeats = 3 * HEARTBEAT.as_secs() / INTERVAL.as_secs();
+    for tick in 1..=heartbeats {
+        writer.write(&[auditing(vec![denied_flow(5432, tick)], tick)], t0() + INTERVAL * tick as u32).await;
+    }
+    assert_eq!(writes_of(&api, "web-n1").len(), 1, "no heartbeat without a candidate or a flip");
+
+    // A candidate is staged: the heartbeat starts, from the last write.
+    api.update(ROLLOUTS, "shop", "web", |web| *web = in_flight(web.clone()));
+    let change = changes.recv_timeout(Duration::from_secs(10)).expect("the watch sees the candidate");
+    assert!(matches!(change, Change::Rollout(_)), "{}", describe(&change));
+    let tick = heartbeats + 1;
+    writer.write(&[auditing(vec![denied_flow(5432, tick)], tick)], t0() + INTERVAL * tick as u32).await;
+    assert_eq!(writes_of(&api, "web-n1").len(), 2, "more than a heartbeat since the last write");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drops_go_out_every_interval_while_the_controller_watches_a_promotion() {
+    let api = FakeApi::default();
+    let mut promoted = rollout("web", "sha256-r1");
+    promoted["spec"]["rollback"] = json!({"postPromotionWindow": "1m"});
+    promoted["status"]["promotedAt"] = json!(t0().to_string());
+    api.put(ROLLOUTS, promoted);
+    let mut writer = synced_writer(&api).await;
+    let drops_written = |api: &FakeApi| -> Vec<Value> {
+        writes_of(api, "web-n1").iter().map(|w| w.body["spec"]["totals"]["dropsPerMinute"].clone()).collect()
+    };
+    for tick in 0..6 {
+        writer.write(&[auditing(vec![denied_flow(5432, 1)], tick)], t0() + INTERVAL * tick as u32).await;
+    }
+    assert_eq!(drops_written(&api), [0, 1, 2, 3, 4, 5], "every interval of the window");
+    for tick in 6..12 {
+        writer.write(&[auditing(vec![denied_flow(5432, 1)], tick)], t0() + INTERVAL * tick as u32).await;
+    }
+    assert_eq!(drops_written(&api), [0, 1, 2, 3, 4, 5], "after the window, only at the heartbeat");
+}
+
+/// Rollout `shop/<rollout>` enforcing `revision`, whose one policy selects the pods `app: <app>`.
+fn selecting(rollout: &str, revision: &str, app: &str) -> [Change; 2] {
+    let policy = format!(
+        "apiVersion: cilium.io/v2\nkind: CiliumNetworkPolicy\nmetadata: {{name: {rollout}, namespace: shop}}\nspec:\n  endpointSelector: {{matchLabels: {{app: {app}}}}}\n  ingress: [{{fromEndpoints: [{{matchLabels: {{app: api}}}}]}}]\n"
+    );
+    let document = PolicyDocument {
+        kind: "CiliumNetworkPolicy".into(),
+        name: rollout.into(),
+        namespace: Some("shop".into()),
+        content: policy,
+    };
+    [
+        Change::Revision(Box::new(common::revision_of("shop", rollout, revision, vec![document]))),
+        Change::Rollout(Box::new(common::rollout_of("shop", rollout, Some(revision), None))),
+    ]
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rollout_that_selects_nothing_on_the_node_gets_no_report() {
+    let api = FakeApi::default();
+    let mut writer = ReportWriter::new(api.client(), Arc::new(WatchState::default()), "n1".into(), HEARTBEAT);
+    let config = AgentConfig { node: Some("n1".into()), ..AgentConfig::default() };
+    let mut agent = Agent::new(config, RecordingDataplane::default(), NoInterfaces);
+    for pod in
+        [pod("db-0", json!({"app": "db"}), "n1", "10.200.1.2"), pod("web", json!({"app": "web"}), "n2", "10.200.2.1")]
+    {
+        agent.apply(Change::Pod(palisade_policy::cluster::Pod::from_json(&pod).unwrap()));
+    }
+    for change in selecting("db", "db-r1", "db").into_iter().chain(selecting("web", "web-r1", "web")) {
+        agent.apply(change);
+    }
+    agent.apply(Change::Synced);
+    agent.converge().unwrap();
+    writer.write(&agent.reports(t0()).unwrap(), t0()).await;
+    let written: Vec<(String, String)> = api.writes().into_iter().map(|w| (w.method, w.path)).collect();
+    let path = |report: &str| format!("/apis/palisade.dev/v1alpha1/namespaces/shop/policyauditreports/{report}");
+    assert_eq!(written, [("PATCH".to_string(), path("db-n1"))], "web selects pods of n2 only");
+
+    // db's next revision selects web's pods only: db's report goes.
+    for change in selecting("db", "db-r2", "web") {
+        agent.apply(change);
+    }
+    agent.converge().unwrap();
+    writer.write(&agent.reports(t0() + INTERVAL).unwrap(), t0() + INTERVAL).await;
+    let written: Vec<(String, String)> = api.writes().into_iter().map(|w| (w.method, w.path)).collect();
+    assert_eq!(written[1..], [("DELETE".to_string(), path("db-n1"))]);
     assert!(api.get(REPORTS, "shop", "db-n1").is_none());
 }
 
@@ -372,9 +590,55 @@ impl palisade_agent::InterfaceResolver for NoInterfaces {
     }
 }
 
+type WatchedAgent = Agent<RecordingDataplane, NoInterfaces>;
+
+/// Applies the watches' changes to `agent` up to the first that `until` accepts, then converges.
+fn feed(agent: &mut WatchedAgent, changes: &mpsc::Receiver<Change>, until: impl Fn(&Change) -> bool) {
+    loop {
+        let change = changes.recv_timeout(Duration::from_secs(10)).expect("a change");
+        let done = until(&change);
+        agent.apply(change);
+        if done {
+            agent.converge().expect("converge");
+            return;
+        }
+    }
+}
+
+/// The agent of node n1, fed by watches of `api` and converged on their initial listing.
+fn watched_agent(api: &FakeApi) -> (WatchedAgent, mpsc::Receiver<Change>) {
+    let (tx, changes) = mpsc::channel();
+    tokio::spawn(watch(api.client(), tx, Arc::new(WatchState::default())));
+    let config = AgentConfig { node: Some("n1".into()), ..AgentConfig::default() };
+    let mut agent = Agent::new(config, RecordingDataplane::default(), NoInterfaces);
+    feed(&mut agent, &changes, |c| matches!(c, Change::Synced));
+    (agent, changes)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pods_of_other_nodes_get_their_identities_from_the_slim_pod_watch() {
+    let api = seeded();
+    // A pod as the API server serves it: probes, image, annotations and all.
+    let mut full = pod("api-2", json!({"app": "api"}), "n2", "10.200.2.1");
+    full["metadata"]["annotations"] = json!({"kubectl.kubernetes.io/last-applied-configuration": "{}"});
+    full["spec"]["containers"][0]["image"] = json!("shop/api:1.2");
+    full["spec"]["containers"][0]["readinessProbe"] = json!({"httpGet": {"path": "/ready", "port": "http"}});
+    api.put(PODS, full);
+    api.put(PODS, pod("web", json!({"app": "web"}), "n2", "10.200.2.2"));
+    let (agent, _changes) = watched_agent(&api);
+    let ipcache = &agent.dataplane().ipcache;
+    let identity = |addr: &str| ipcache.get(&(addr.parse().unwrap(), 32)).copied();
+    let engine = agent.enforced_engine().expect("compiled");
+    let of_pod = |name: &str| engine.identity_of_pod(engine.cluster.pod("shop", name).expect("watched")).unwrap();
+    assert_eq!(identity("10.200.2.1"), Some(of_pod("api-2")));
+    assert_eq!(identity("10.200.2.2"), Some(of_pod("web")));
+    assert_eq!(of_pod("api-2"), of_pod("api"), "one identity for one set of labels, whatever the node");
+    assert_ne!(of_pod("web"), of_pod("api"));
+    assert_eq!(engine.cluster.pod("shop", "api-2").unwrap().ports.len(), 1, "named ports come too");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn node_and_apiserver_addresses_get_their_reserved_identities_in_the_agents_ipcache() {
-    use palisade_agent::{Agent, AgentConfig, RecordingDataplane};
     use palisade_common as dp;
 
     let api = seeded();
@@ -385,24 +649,10 @@ async fn node_and_apiserver_addresses_get_their_reserved_identities_in_the_agent
         ENDPOINT_SLICES,
         slice("default", "kubernetes", "kubernetes", &["192.168.0.50", "192.168.0.1", "192.168.0.3"], &[]),
     );
-    let (tx, changes) = mpsc::channel();
-    tokio::spawn(watch(api.client(), tx, Arc::new(WatchState::default())));
-    let config = AgentConfig { node: Some("n1".into()), ..AgentConfig::default() };
-    let mut agent = Agent::new(config, RecordingDataplane::default(), NoInterfaces);
-    let feed = |agent: &mut Agent<RecordingDataplane, NoInterfaces>, until: &dyn Fn(&Change) -> bool| loop {
-        let change = changes.recv_timeout(Duration::from_secs(10)).expect("a change");
-        let done = until(&change);
-        agent.apply(change);
-        if done {
-            agent.converge().expect("converge");
-            break;
-        }
-    };
-    feed(&mut agent, &|c| matches!(c, Change::Synced));
-    let identity = |agent: &Agent<RecordingDataplane, NoInterfaces>, addr: &str| {
-        agent.dataplane().ipcache.get(&(addr.parse().unwrap(), 32)).copied()
-    };
-    let engine_says = |agent: &Agent<RecordingDataplane, NoInterfaces>, addr: &str| {
+    let (mut agent, changes) = watched_agent(&api);
+    let identity =
+        |agent: &WatchedAgent, addr: &str| agent.dataplane().ipcache.get(&(addr.parse().unwrap(), 32)).copied();
+    let engine_says = |agent: &WatchedAgent, addr: &str| {
         agent.enforced_engine().expect("compiled").identity_of_addr(addr.parse().unwrap())
     };
     let expected = [
@@ -422,7 +672,7 @@ async fn node_and_apiserver_addresses_get_their_reserved_identities_in_the_agent
     // The API server's slice goes: n3 is just another node again, the load balancer unknown.
     quiet(&changes); // the watches are open
     api.remove(ENDPOINT_SLICES, "default", "kubernetes");
-    feed(&mut agent, &|c| matches!(c, Change::EndpointSlices(_)));
+    feed(&mut agent, &changes, |c| matches!(c, Change::EndpointSlices(_)));
     assert_eq!(identity(&agent, "192.168.0.3"), Some(dp::IDENTITY_REMOTE_NODE));
     assert_eq!(identity(&agent, "192.168.0.50"), None);
     assert_eq!(engine_says(&agent, "192.168.0.50"), dp::IDENTITY_WORLD);
