@@ -494,3 +494,75 @@ fn to_fqdns_closes_a_learned_address_once_its_answer_expires() {
     assert_eq!(resolve(), Some(0));
     assert_eq!(https(), Some(0), "open again after a new lookup");
 }
+
+/// The web pod's ingress for gRPC on 8080: the client may call `shop.Cart`'s `GetCart` and any
+/// `List...` method (HTTP rules on gRPC's `/package.Service/Method` paths).
+const GRPC_RULES: &str = "apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: web, namespace: shop}
+spec:
+  endpointSelector: {matchLabels: {app: web}}
+  ingress:
+  - fromEndpoints: [{matchLabels: {app: client}}]
+    toPorts:
+    - ports: [{port: '8080', protocol: TCP}]
+      rules:
+        http:
+        - {method: POST, path: /shop.Cart/GetCart}
+        - {method: POST, path: '/shop.Cart/List.*'}
+";
+
+#[test]
+fn grpc_calls_are_judged_by_method_and_a_candidate_denying_a_live_one_blocks() {
+    use palisade_rollout::crd::Phase;
+    use std::time::{Duration, Instant};
+    let (_dir, repo, local) = enforced("ple6-", POLICY_CLUSTER, &[("web.yaml", GRPC_RULES)], "6s");
+    let call = |method: &str| {
+        printed(&local.local_probe(&["--from", "shop/client", "--to", "shop/web", "--port", "8080", "--grpc", method]))
+    };
+    let start = Instant::now();
+    while call("/shop.Cart/GetCart").0 != Some(0) && start.elapsed() < Duration::from_secs(30) {
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    // Allowed calls reach the pod over h2c, through the proxy; a denied one gets what Envoy
+    // answers: PERMISSION_DENIED.
+    let (code, stdout, stderr) = call("/shop.Cart/GetCart");
+    assert_eq!(code, Some(0), "{stdout}{stderr}\n{}", local.log());
+    assert_eq!(stdout, "shop/client -> shop/web 10.200.41.10:8080/TCP gRPC /shop.Cart/GetCart: grpc-status 0\n");
+    assert_eq!(call("/shop.Cart/ListItems").0, Some(0));
+    let (code, stdout, _) = call("/shop.Cart/DeleteCart");
+    assert_eq!(code, Some(1), "{stdout}");
+    assert!(stdout.ends_with(": grpc-status 7 (Access denied)\n"), "{stdout}");
+    let (code, _, stderr) = call("shop.Cart/GetCart");
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(stderr.contains("expected /package.Service/Method"), "{stderr}");
+
+    // Observers see the call as an HTTP/2 request.
+    let denied = |f: &ObservedFlow| {
+        f.verdict == FlowVerdict::Dropped
+            && f.l7.as_ref().and_then(|l7| l7.http.as_ref()).is_some_and(|h| {
+                (h.method.as_str(), h.url.as_str(), h.protocol.as_str())
+                    == ("POST", "/shop.Cart/DeleteCart", "HTTP/2.0")
+            })
+    };
+    let flows = local.observed(&["--type", "l7"], Duration::from_secs(10), |flows| flows.iter().any(denied));
+    assert!(flows.iter().any(denied), "{flows:#?}");
+
+    // A candidate without the GetCart rule would deny live calls: Blocked, naming the call.
+    let stricter = GRPC_RULES.replace("        - {method: POST, path: /shop.Cart/GetCart}\n", "");
+    let commit = repo.commit(&[("web.yaml", &stricter)], "web: only List");
+    let start = Instant::now();
+    let blocked = loop {
+        assert_eq!(call("/shop.Cart/GetCart").0, Some(0), "still enforced meanwhile\n{}", local.log());
+        let status = local.rollout("shop", "shop").and_then(|r| r.status);
+        if let Some(status) = status.filter(|s| s.phase == Phase::Blocked) {
+            break status;
+        }
+        assert!(start.elapsed() < Duration::from_secs(60), "not blocked\n{}", local.log());
+        std::thread::sleep(Duration::from_millis(300));
+    };
+    assert!(blocked.candidate_revision.is_some_and(|c| c.display.ends_with(&commit)));
+    let (ok, out) = local.cli(&["describe", "rollout", "shop", "-n", "shop"]);
+    assert!(ok, "{out}");
+    assert!(out.contains("8080/TCP POST /shop.Cart/GetCart"), "describe shows the call:\n{out}");
+}

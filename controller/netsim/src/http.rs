@@ -1,6 +1,7 @@
 //! HTTP pods (`palisade.dev/http-ports`): a server that answers every request with `200 OK`,
 //! `palisade-http NAMESPACE/POD METHOD PATH` and the request's headers echoed back as `x-echo-`
-//! headers, and the one request of `palisade local probe --http`.
+//! headers (and gRPC calls over h2c as [`crate::grpc`] does), and the one request of
+//! `palisade local probe --http`.
 use std::convert::Infallible;
 use std::io;
 use std::net::{IpAddr, SocketAddr};
@@ -8,39 +9,45 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Empty, Full};
 use hyper::body::Incoming;
 use hyper::header::{CONNECTION, HOST, HeaderName, HeaderValue};
 use hyper::{Request, Response, StatusCode};
-use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
 use palisade_policy::l7::HttpRequest;
 
 use crate::net::in_netns;
 use crate::probe::Outcome;
 use crate::responders::IDLE_TIMEOUT;
 
-/// Serves HTTP/1.1 with keep-alive on a listener until the runtime stops.
+/// Serves HTTP/1.1 with keep-alive, and HTTP/2 with prior knowledge (gRPC), on a listener until
+/// the runtime stops.
 pub(crate) async fn serve(listener: tokio::net::TcpListener, key: Arc<str>) {
     while let Ok((stream, _)) = listener.accept().await {
         let key = key.clone();
         tokio::spawn(async move {
             let service = hyper::service::service_fn(move |request| answer(key.clone(), request));
+            let mut builder = auto::Builder::new(TokioExecutor::new());
             // An idle keep-alive connection ends after a while, like the echo responders'.
-            let _ = hyper::server::conn::http1::Builder::new()
-                .timer(TokioTimer::new())
-                .header_read_timeout(IDLE_TIMEOUT)
-                .serve_connection(TokioIo::new(stream), service)
-                .await;
+            builder.http1().timer(TokioTimer::new()).header_read_timeout(IDLE_TIMEOUT);
+            let _ = builder.serve_connection(TokioIo::new(stream), service).await;
         });
     }
 }
 
-async fn answer(key: Arc<str>, request: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infallible> {
+async fn answer(key: Arc<str>, request: Request<Incoming>) -> Result<Response<BoxBody<Bytes, Infallible>>, Infallible> {
+    let grpc = crate::grpc::is_call(&request);
     let (parts, body) = request.into_parts();
     // Read to the end, so that the connection can carry the next request.
     let _ = body.collect().await;
+    if grpc {
+        return Ok(crate::grpc::answer());
+    }
     let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
-    let mut response = Response::new(Full::new(Bytes::from(format!("palisade-http {key} {} {path}\n", parts.method))));
+    let text = format!("palisade-http {key} {} {path}\n", parts.method);
+    let mut response = Response::new(Full::new(Bytes::from(text)).boxed());
     for (name, value) in &parts.headers {
         if let Ok(echo) = HeaderName::try_from(format!("x-echo-{name}")) {
             response.headers_mut().append(echo, value.clone());

@@ -16,6 +16,7 @@ use std::time::Duration;
 pub mod annotations;
 pub mod dns;
 mod error;
+pub mod grpc;
 pub mod http;
 pub mod kube_proxy;
 pub mod net;

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, anyhow, bail};
 use palisade_netsim::dns::{self, Resolved};
+use palisade_netsim::grpc::{self, GrpcOutcome};
 use palisade_netsim::http::{self, HttpOutcome};
 use palisade_netsim::{DEFAULT_PREFIX, DEFAULT_STATE_DIR, IpFamily, Local, Outcome, PodNet, Port, StateDir};
 use palisade_policy::AllowLocalhost;
@@ -34,8 +35,9 @@ enum Command {
     /// left: its controller state (rollouts, revisions, reports, Git mirrors) and the pinned datapath.
     Down(DownArgs),
     /// Connect once from one pod (or the node) to another pod, the node or a Service, or send
-    /// one HTTP request (`--http`), or resolve a name through a pod's DNS pod (`--dns`). Exit 0
-    /// connected, 1 refused or timed out (or HTTP 403, or a DNS error code), 2 error.
+    /// one HTTP request (`--http`) or gRPC call (`--grpc`), or resolve a name through a pod's DNS
+    /// pod (`--dns`). Exit 0 connected, 1 refused or timed out (or HTTP 403, a gRPC status but
+    /// OK, or a DNS error code), 2 error.
     Probe(ProbeArgs),
     /// Run the controller and the agent against the local cluster (bringing it up first if it
     /// is not): sync each PolicyRollout's Git source, audit candidates on the pods' traffic,
@@ -141,6 +143,11 @@ struct ProbeArgs {
     /// server's ADDRESS:PORT.
     #[arg(long = "header", value_name = "HEADER", requires = "http")]
     headers: Vec<String>,
+    /// Make one unary gRPC call, `/package.Service/Method` with an empty message, over h2c to a
+    /// TCP port and print its status. Exit 0 on OK; 1 on any other status (7,
+    /// PERMISSION_DENIED, is a proxy's denial) or no answer.
+    #[arg(long, value_name = "METHOD", conflicts_with_all = ["dns", "http"])]
+    grpc: Option<String>,
     /// Resolve NAME (A records) through the DNS pod that `--from`'s `palisade.dev/resolver`
     /// annotation names, over UDP; prints the addresses. Exit 0 answered, 1 on an error code
     /// (NXDOMAIN, REFUSED) or no answer.
@@ -311,13 +318,31 @@ fn probe(args: ProbeArgs) -> Result<u8> {
     let family = args.ip_family;
     let from = end(&local, &args.from, family)?;
     let tried = || format!("probe from {} (is the local cluster up?)", from.name);
-    if let Some(request) = &args.http {
-        let request = HttpRequest::parse(request, &args.headers).map_err(|e| anyhow!("--http: {e}"))?;
-        let Port::Tcp(number) = port else { bail!("--http needs a TCP port, not {port}") };
+    let l7_target = |flag: &str| {
+        let Port::Tcp(number) = port else { bail!("--{flag} needs a TCP port, not {port}") };
         let (ip, name) = match to.strip_prefix("svc/") {
             Some(service) => (service_end(&local, service, port, family)?.ip, to.to_owned()),
             None => end(&local, to, family).map(|end| (end.ip, end.name))?,
         };
+        Ok((number, ip, name))
+    };
+    if let Some(method) = &args.grpc {
+        if !method.starts_with('/') || method[1..].split('/').count() != 2 {
+            bail!("--grpc: {method:?} is no gRPC method; expected /package.Service/Method");
+        }
+        let (number, ip, name) = l7_target("grpc")?;
+        let outcome = grpc::call(&from.netns, ip, number, method, args.timeout).with_context(tried)?;
+        let target = format!("{} -> {name} {}:{port} gRPC {method}", from.name, bracketed(ip));
+        match &outcome {
+            GrpcOutcome::Status { code, message, .. } if message.is_empty() => println!("{target}: grpc-status {code}"),
+            GrpcOutcome::Status { code, message, .. } => println!("{target}: grpc-status {code} ({message})"),
+            GrpcOutcome::Failed(failure) => println!("{target}: {failure}"),
+        }
+        return Ok(u8::from(!outcome.passed()));
+    }
+    if let Some(request) = &args.http {
+        let request = HttpRequest::parse(request, &args.headers).map_err(|e| anyhow!("--http: {e}"))?;
+        let (number, ip, name) = l7_target("http")?;
         let outcome = http::request(&from.netns, ip, number, &request, args.timeout).with_context(tried)?;
         let target = format!("{} -> {name} {}:{port} {} {}", from.name, bracketed(ip), request.method, request.path);
         let passed = outcome.passed();
