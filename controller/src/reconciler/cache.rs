@@ -37,28 +37,34 @@ pub struct Caches {
     tasks: Vec<AbortHandle>,
 }
 
-/// Rollouts to reconcile because their reports or decisions changed.
+/// Rollouts to reconcile because their reports, revisions or decisions changed.
 pub type Triggers = std::pin::Pin<Box<dyn Stream<Item = ObjectRef<PolicyRollout>> + Send>>;
 
 impl Caches {
     /// Starts the watches. The triggers stream reports changes at most once per rollout per
-    /// [`REPORT_WINDOW`] and decisions at once; dropping it loses nothing but the triggers.
+    /// [`REPORT_WINDOW`], decisions and revisions at once; dropping it loses nothing but the
+    /// triggers.
     pub fn start(client: &Client, config: &Config) -> (Caches, Triggers) {
         let (report_tx, report_rx) = mpsc::unbounded_channel();
-        let (decision_tx, decision_rx) = mpsc::unbounded_channel();
+        // A person's decision is acted on at once, and so is a revision created or deleted.
+        let (at_once_tx, at_once_rx) = mpsc::unbounded_channel();
         let mut tasks = Vec::new();
         let labelled = || watcher::Config::default().labels(ROLLOUT_LABEL).any_semantic();
         let reports = watch(Api::all(client.clone()), labelled(), &mut tasks, move |r: &PolicyAuditReport| {
-            if let (Some(rollout), Some(namespace)) = (r.labels().get(ROLLOUT_LABEL), r.namespace()) {
-                let _ = report_tx.send(ObjectRef::new(rollout).within(&namespace));
+            if let Some(rollout) = labelled_rollout(r) {
+                let _ = report_tx.send(rollout);
             }
         });
-        let revisions = watch(Api::all(client.clone()), labelled(), &mut tasks, |_: &PolicyRevision| {});
-        // A person's decision is acted on at once.
+        let revision_tx = at_once_tx.clone();
+        let revisions = watch(Api::all(client.clone()), labelled(), &mut tasks, move |r: &PolicyRevision| {
+            if let Some(rollout) = labelled_rollout(r) {
+                let _ = revision_tx.send(rollout);
+            }
+        });
         let any = || watcher::Config::default().any_semantic();
         let decisions = watch(Api::all(client.clone()), any(), &mut tasks, move |d: &PolicyDecision| {
             if let Some(namespace) = d.namespace() {
-                let _ = decision_tx.send(ObjectRef::new(&d.spec.rollout).within(&namespace));
+                let _ = at_once_tx.send(ObjectRef::new(&d.spec.rollout).within(&namespace));
             }
         });
         let agent_pods = any().labels(&config.agent_selector);
@@ -70,7 +76,7 @@ impl Caches {
         let receive = |rx: mpsc::UnboundedReceiver<ObjectRef<PolicyRollout>>| {
             futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|r| (r, rx)) })
         };
-        let triggers = futures::stream::select(receive(coalesced_rx), receive(decision_rx)).boxed();
+        let triggers = futures::stream::select(receive(coalesced_rx), receive(at_once_rx)).boxed();
         (Caches { reports, revisions, decisions, agents, nodes, tasks }, triggers)
     }
 
@@ -89,6 +95,11 @@ impl Drop for Caches {
     fn drop(&mut self) {
         self.tasks.iter().for_each(AbortHandle::abort);
     }
+}
+
+/// The rollout an object is labelled with.
+fn labelled_rollout(object: &impl Resource) -> Option<ObjectRef<PolicyRollout>> {
+    Some(ObjectRef::new(object.labels().get(ROLLOUT_LABEL)?).within(&object.namespace()?))
 }
 
 /// A reflector over `api`, driven by a task of its own; `changed` sees every object applied or

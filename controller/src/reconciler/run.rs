@@ -9,8 +9,8 @@ use k8s_openapi::jiff::Timestamp;
 use kube::api::{Patch, PatchParams};
 use kube::runtime::{Controller, watcher};
 use kube::{Api, Client, ResourceExt};
-use palisade_rollout::crd::{GitRef, GitSource, PolicyRevision, PolicyRollout};
-use palisade_rollout::wire::{CONTROLLER_FIELD_MANAGER, RECONCILE_ANNOTATION, ROLLOUT_LABEL};
+use palisade_rollout::crd::{GitRef, GitSource, PolicyRollout};
+use palisade_rollout::wire::{CONTROLLER_FIELD_MANAGER, RECONCILE_ANNOTATION};
 use palisade_source::webhook::{Provider, Receiver, SyncRequest};
 use serde_json::json;
 use tokio::sync::{mpsc, watch};
@@ -121,12 +121,10 @@ pub async fn run(options: Options) -> Result<(), RunError> {
     }
 }
 
-/// The Controller: rollouts and their revisions watched, and reconciled on `triggers` (reports
-/// and decisions, from the caches of `ctx`) until `halt`.
+/// The Controller: rollouts watched, and reconciled on `triggers` (their reports, revisions and
+/// decisions changed, as the caches of `ctx` saw) until `halt`.
 pub async fn control(ctx: Arc<Context>, triggers: Triggers, halt: impl Future<Output = ()> + Send + Sync + 'static) {
-    let client = ctx.client.clone();
-    Controller::new(Api::<PolicyRollout>::all(client.clone()), watcher::Config::default().any_semantic())
-        .owns(Api::<PolicyRevision>::all(client), watcher::Config::default().labels(ROLLOUT_LABEL))
+    Controller::new(Api::<PolicyRollout>::all(ctx.client.clone()), watcher::Config::default().any_semantic())
         .reconcile_on(triggers)
         .graceful_shutdown_on(halt)
         .run(reconcile, error_policy, ctx)
