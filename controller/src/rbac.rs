@@ -7,8 +7,9 @@ pub type Rule = (&'static str, &'static str, &'static [&'static str]);
 
 /// The controller, cluster-wide (ClusterRole `palisade-controller`): rollouts in every namespace
 /// (the only writer of their status), the revisions it writes for them, people's decisions, the
-/// agents' reports, Git credentials named by
-/// `spec.source.secretRef` and `verify.keysRef`, and Events for every transition.
+/// agents' reports, the Nodes (one NotReady too long is left out of the promotion barrier), Git
+/// credentials named by `spec.source.secretRef` and `verify.keysRef`, and Events for every
+/// transition. Everything a reconcile reads is watched into a cache (list, then watch).
 pub const CONTROLLER_RBAC: &[Rule] = &[
     ("palisade.dev", "policyrollouts", &["get", "list", "watch", "patch"]),
     ("palisade.dev", "policyrollouts/status", &["patch"]),
@@ -18,6 +19,7 @@ pub const CONTROLLER_RBAC: &[Rule] = &[
     ("palisade.dev", "policydecisions", &["get", "list", "watch", "delete"]),
     // delete: a rollout's reports go with it (finalizer).
     ("palisade.dev", "policyauditreports", &["get", "list", "watch", "delete"]),
+    ("", "nodes", &["list", "watch"]),
     ("", "secrets", &["get"]),
     ("events.k8s.io", "events", &["create", "patch"]),
 ];
@@ -25,7 +27,7 @@ pub const CONTROLLER_RBAC: &[Rule] = &[
 /// The controller in its own namespace only (Role `palisade-controller`): the leader-election
 /// Lease, and the agent Pods whose nodes the promotion barrier waits for.
 pub const CONTROLLER_NAMESPACE_RBAC: &[Rule] =
-    &[("coordination.k8s.io", "leases", &["get", "create", "update"]), ("", "pods", &["list"])];
+    &[("coordination.k8s.io", "leases", &["get", "create", "update"]), ("", "pods", &["list", "watch"])];
 
 /// The node agent, cluster-wide (ClusterRole `palisade-agent`): the watches identities and
 /// endpoints are computed from, the revisions to load (datapath/agent/src/cluster_watch.rs), its

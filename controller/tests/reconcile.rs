@@ -9,10 +9,16 @@ use std::time::Duration;
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::{SignedDuration, Timestamp};
+use kube::ResourceExt;
 use kube::runtime::controller::Action;
-use palisade::reconciler::{AllowedSources, Config, Context, Metrics, OpenMetrics, reconcile};
+use kube::runtime::reflector::Store;
+use palisade::reconciler::{
+    AllowedSources, Caches, Config, Context, Metrics, OpenMetrics, REPORT_WINDOW, Triggers, control, reconcile,
+};
 use palisade_fake_apiserver::FakeApi;
-use palisade_fake_apiserver::collections::{DECISIONS, EVENTS, PODS, REPORTS, REVISIONS, ROLLOUTS};
+use palisade_fake_apiserver::collections::{
+    DECISIONS, EVENTS, NODES as NODE_OBJECTS, PODS, REPORTS, REVISIONS, ROLLOUTS,
+};
 use palisade_rollout::crd::*;
 use serde_json::{Value, json};
 
@@ -62,7 +68,7 @@ impl Harness {
         let now = Arc::new(Mutex::new(Timestamp::from_second(1_800_000_000).unwrap()));
         let allowed_sources = AllowedSources::Any;
         let mut harness = Harness {
-            ctx: context_for(&api, &now, dir.path(), allowed_sources),
+            ctx: context_for(&api, &now, dir.path(), allowed_sources).0,
             api,
             now,
             repo,
@@ -78,7 +84,7 @@ impl Harness {
     /// A new controller process: nothing in memory, a fresh Git cache.
     fn restart(&mut self) {
         self.cache = tempfile::tempdir_in(self.dir.path()).unwrap().keep();
-        self.ctx = context_for(&self.api, &self.now, &self.cache, self.allowed_sources);
+        self.ctx = context_for(&self.api, &self.now, &self.cache, self.allowed_sources).0;
     }
 
     /// Restarts the controller with `--allow-insecure-sources` on (`Any`) or off (`Secure`).
@@ -95,10 +101,56 @@ impl Harness {
         });
     }
 
+    /// Waits for the controller's caches to hold what the API server holds, as they do soon
+    /// after every change.
+    async fn settle(&self) {
+        fn same<K: kube::Resource + Clone>(store: &Store<K>, served: Vec<Value>) -> bool
+        where
+            K::DynamicType: Eq + std::hash::Hash + Clone,
+        {
+            let cached: std::collections::BTreeSet<(Option<String>, String, Option<String>)> =
+                store.state().iter().map(|o| (o.namespace(), o.name_any(), o.resource_version())).collect();
+            let served = served.iter().map(|o| {
+                let field = |f: &str| o["metadata"][f].as_str().map(String::from);
+                (field("namespace"), field("name").unwrap_or_default(), field("resourceVersion"))
+            });
+            cached == served.collect()
+        }
+        let caches = &self.ctx.caches;
+        for _ in 0..5000 {
+            if same(&caches.reports, self.api.all(REPORTS))
+                && same(&caches.revisions, self.api.all(REVISIONS))
+                && same(&caches.decisions, self.api.all(DECISIONS))
+                && same(&caches.agents, self.api.all(PODS))
+                && same(&caches.nodes, self.api.all(NODE_OBJECTS))
+            {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        panic!("the caches did not catch up with the API server");
+    }
+
+    /// The Node object of `node` turns Ready or NotReady now.
+    fn set_node_ready(&self, node: &str, ready: bool) {
+        let status = if ready { "True" } else { "False" };
+        let since = self.now.lock().unwrap().to_string();
+        self.api.put(
+            NODE_OBJECTS,
+            json!({"apiVersion": "v1", "kind": "Node", "metadata": {"name": node},
+                "status": {"conditions": [{"type": "Ready", "status": status, "lastTransitionTime": since}]}}),
+        );
+    }
+
+    fn now(&self) -> Timestamp {
+        *self.now.lock().unwrap()
+    }
+
     /// One reconcile as the Controller would run it on the object in the store (twice the first
-    /// time: adding the finalizer is a reconcile of its own).
+    /// time: adding the finalizer is a reconcile of its own), once its caches have caught up.
     async fn reconcile(&self) -> Action {
         loop {
+            self.settle().await;
             let rollout = self.rollout();
             let had_finalizer = rollout.metadata.finalizers.as_ref().is_some_and(|f| !f.is_empty());
             let action = reconcile(Arc::new(rollout), self.ctx.clone()).await.expect("reconcile");
@@ -221,12 +273,14 @@ impl Harness {
     }
 }
 
+/// A controller's context, and the reconcile requests its caches make (for a Controller; the
+/// harness runs reconciles itself).
 fn context_for(
     api: &FakeApi,
     now: &Arc<Mutex<Timestamp>>,
     cache: &std::path::Path,
     allowed_sources: AllowedSources,
-) -> Arc<Context> {
+) -> (Arc<Context>, Triggers) {
     let config = Config {
         namespace: CONTROLLER_NS.into(),
         agent_selector: "app.kubernetes.io/name=palisade-agent".into(),
@@ -234,7 +288,9 @@ fn context_for(
         allowed_sources,
     };
     let now = now.clone();
-    Arc::new(Context::new(api.client(), config, Arc::new(Metrics::default()), Arc::new(move || *now.lock().unwrap())))
+    let clock = Arc::new(move || *now.lock().unwrap());
+    let (caches, triggers) = Caches::start(&api.client(), &config);
+    (Arc::new(Context::new(api.client(), config, caches, Arc::new(Metrics::default()), clock)), triggers)
 }
 
 fn deny(port: u16) -> AuditFlow {
@@ -344,14 +400,14 @@ async fn audit_with_unexpected_new_denies_blocks_and_keeps_enforcing() {
 
     let status = h.status();
     assert_eq!(status.phase, Phase::Blocked);
-    assert_eq!(status.unexpected_new_denies, 2, "one deny on each node");
+    assert_eq!(status.unexpected_new_denies, 1, "one flow, denied on each node");
     assert_eq!(h.enforced(), Some(first));
     let (state, reason, message) = h.condition("PromotionBlocked").unwrap();
     assert_eq!((state.as_str(), reason.as_str()), ("True", "NewDeniesAboveLimit"));
-    assert!(message.contains("shop/app=legacy") && message.contains("TCP/8080"), "{message}");
+    assert!(message.contains("shop/app=legacy") && message.contains("TCP/8080 ingress (14x on 2 nodes"), "{message}");
     assert!(h.events().contains(&"NewDeniesAboveLimit".to_string()));
     assert!(
-        h.ctx.metrics.encode().unwrap().contains("palisade_audit_new_denies{namespace=\"shop\",rollout=\"web\"} 2")
+        h.ctx.metrics.encode().unwrap().contains("palisade_audit_new_denies{namespace=\"shop\",rollout=\"web\"} 1")
     );
 }
 
@@ -651,6 +707,8 @@ async fn old_revisions_are_collected_but_the_enforced_one_is_kept() {
     for port in 9000..9012 {
         h.push(port).await;
     }
+    // Collection reads the cache: the revision a reconcile created goes on the next one.
+    h.reconcile().await;
     let names: Vec<String> = h.revisions().iter().map(|r| r.metadata.name.clone().unwrap()).collect();
     assert_eq!(names.len(), 11, "the newest 10 and the enforced one: {names:?}");
     assert!(names.contains(&enforced));
@@ -801,4 +859,173 @@ async fn a_revision_over_one_mebibyte_fails_cleanly_and_a_smaller_commit_proceed
     assert_eq!(status.phase, Phase::Auditing);
     assert_ne!(h.candidate(), first);
     assert!(status.last_attempted_revision.unwrap().reason.is_none());
+}
+
+/// node-a loads the candidate and audits it cleanly; node-b reports that it has not loaded it.
+fn only_node_a_loads(h: &Harness) {
+    let candidate = h.candidate();
+    let generation = h.status().audit_generation;
+    h.report(|r| {
+        if r.node == "node-a" {
+            r.audit_generation = generation;
+            r.loaded_revisions = vec![candidate.clone()];
+            r.candidate_revision = Some(candidate.clone());
+            r.totals = AuditTotals { observed_flows: 10, ..Default::default() };
+            r.endpoints =
+                vec![EndpointTraffic { namespace: NS.into(), pod: "web-node-a".into(), workload: None, flows: 10 }];
+        }
+    });
+}
+
+#[tokio::test]
+async fn nodes_that_do_not_load_within_the_progress_deadline_stall_the_rollout_until_they_do() {
+    let h = Harness::new(NS, json!({}));
+    h.reconcile().await;
+    only_node_a_loads(&h);
+    h.advance(9);
+    h.reconcile().await;
+    assert_eq!(h.condition("Stalled"), None, "within spec.progressDeadline (10m by default)");
+
+    h.advance(2);
+    h.reconcile().await;
+    let (stalled, reason, message) = h.condition("Stalled").expect("Stalled");
+    assert_eq!((stalled.as_str(), reason.as_str()), ("True", "ProgressDeadlineExceeded"));
+    assert!(message.contains("1 of 2 nodes have loaded") && message.contains("(waiting for node-b)"), "{message}");
+    assert!(h.events().contains(&"ProgressDeadlineExceeded".to_string()));
+    assert_eq!(h.status().phase, Phase::Auditing, "still waiting, and saying so");
+
+    let candidate = h.candidate();
+    h.audit(std::slice::from_ref(&candidate), vec![]);
+    h.reconcile().await;
+    assert_eq!(h.condition("Stalled"), None, "cleared once node-b loaded");
+    assert_eq!(h.status().phase, Phase::Promoting);
+}
+
+#[tokio::test]
+async fn a_node_not_ready_beyond_the_grace_is_left_out_and_waited_for_again_when_back() {
+    let h = Harness::new(NS, json!({}));
+    h.set_node_ready("node-a", true);
+    h.set_node_ready("node-b", false);
+    h.reconcile().await;
+    only_node_a_loads(&h);
+    h.advance(3);
+    h.reconcile().await;
+    let (_, reason, message) = h.condition("Ready").unwrap();
+    assert_eq!(reason, "WaitingForNodes", "within spec.audit.notReadyGrace (5m by default): {message}");
+    assert!(message.contains("waiting for node-b"), "{message}");
+    assert_eq!(h.condition("NodesLeftOut"), None);
+
+    h.advance(8);
+    h.reconcile().await;
+    let (left_out, _, message) = h.condition("NodesLeftOut").expect("NodesLeftOut");
+    assert_eq!(left_out, "True");
+    assert!(message.contains("node-b (NotReady for 11m0s)"), "{message}");
+    let candidate = h.candidate();
+    assert_eq!(h.status().phase, Phase::Promoting, "node-a alone holds the barrier");
+    h.report(|r| {
+        if r.node == "node-a" {
+            r.enforced_revision = Some(candidate.clone());
+        }
+    });
+    h.reconcile().await;
+    assert_eq!(h.status().phase, Phase::Enforced);
+
+    // Back: node-b is waited for again until it enforces what the others do.
+    h.set_node_ready("node-b", true);
+    h.reconcile().await;
+    assert_eq!(h.condition("NodesLeftOut"), None);
+    let (ready, reason, message) = h.condition("Ready").unwrap();
+    assert_eq!((ready.as_str(), reason.as_str()), ("False", "WaitingForNodes"), "{message}");
+    h.enforce(&candidate);
+    h.reconcile().await;
+    assert_eq!(h.condition("Ready").unwrap().0, "True");
+}
+
+#[tokio::test]
+async fn a_node_whose_report_is_older_than_two_heartbeats_is_treated_as_not_ready() {
+    let h = Harness::new(NS, json!({}));
+    h.reconcile().await;
+    only_node_a_loads(&h);
+    // Every agent rewrites an unchanged report once per heartbeat (5m); node-b stops at minute 0.
+    let beat = |nodes: &[&str]| {
+        let now = Time(h.now());
+        h.report(|r| {
+            if nodes.contains(&r.node.as_str()) {
+                r.reported_at = Some(now.clone());
+                r.heartbeat = Some(Duration::from_secs(300).into());
+            }
+        })
+    };
+    beat(&["node-a", "node-b"]);
+    h.advance(12);
+    beat(&["node-a"]);
+    h.reconcile().await;
+    let (_, reason, message) = h.condition("Ready").unwrap();
+    assert_eq!(reason, "WaitingForNodes", "silent for 2m beyond two heartbeats, within the grace: {message}");
+    assert_eq!(h.condition("NodesLeftOut"), None);
+
+    h.advance(4);
+    beat(&["node-a"]);
+    h.reconcile().await;
+    let message = h.condition("NodesLeftOut").expect("NodesLeftOut").2;
+    assert!(message.contains("node-b (no report for two heartbeats for 6m0s)"), "{message}");
+    assert_eq!(h.status().phase, Phase::Promoting, "node-a alone holds the barrier");
+}
+
+#[tokio::test]
+async fn a_flow_denied_on_every_node_counts_once_against_max_new_denies() {
+    let h = Harness::new(NS, json!({"audit": {"maxNewDenies": 1}}));
+    h.reconcile().await;
+    let candidate = h.candidate();
+    h.audit(std::slice::from_ref(&candidate), vec![deny(8080)]);
+    h.reconcile().await;
+    let status = h.status();
+    assert_eq!((status.new_denies, status.unexpected_new_denies), (1, 1), "one flow, seen on both nodes");
+    assert_eq!(status.phase, Phase::Auditing, "not blocked");
+    h.advance(11);
+    h.reconcile().await;
+    assert_eq!(h.status().phase, Phase::Promoting);
+}
+
+/// `palisade_reconcile_duration_seconds_count`: reconciles so far.
+fn reconciles(ctx: &Context) -> u64 {
+    let metrics = ctx.metrics.encode().unwrap();
+    let line = metrics.lines().find(|l| l.starts_with("palisade_reconcile_duration_seconds_count")).unwrap();
+    line.rsplit(' ').next().unwrap().parse().unwrap()
+}
+
+#[tokio::test]
+async fn a_burst_of_report_writes_is_one_reconcile_per_window_and_no_list() {
+    let h = Harness::new(NS, json!({}));
+    let (ctx, triggers) = context_for(&h.api, &h.now, &h.cache, h.allowed_sources);
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let controller = tokio::spawn(control(ctx.clone(), triggers, async move {
+        let _ = stopped.await;
+    }));
+    // The Controller stages the first revision and settles.
+    for _ in 0..500 {
+        if h.status().candidate_revision.is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let candidate = h.candidate();
+    tokio::time::sleep(REPORT_WINDOW * 3).await;
+    let (reconciled, lists) = (reconciles(&ctx), h.api.count("list"));
+
+    const WRITES: u64 = 40;
+    for flows in 1..=WRITES / 2 {
+        h.report(|r| {
+            r.candidate_revision = Some(candidate.clone());
+            r.totals.observed_flows = flows;
+        });
+    }
+    tokio::time::sleep(REPORT_WINDOW * 3).await;
+    let burst = reconciles(&ctx) - reconciled;
+    assert_eq!(h.status().observed_flows, WRITES, "the last reconcile saw the last writes of both nodes");
+    assert!((1..=6).contains(&burst), "{WRITES} report writes caused {burst} reconciles");
+    assert_eq!(h.api.count("list") - lists, 0, "reconciles read the caches, not the API server");
+
+    stop.send(()).unwrap();
+    controller.await.unwrap();
 }

@@ -476,9 +476,9 @@ Audit of main@b2c3d4e (2 node reports):
   node-a yes    rev-a1    30m      20       1          1
   node-b yes    rev-a1    10m      20       2          1
   Newly denied flows:
-    DIRECTION SUBJECT      PEER              PORT     COUNT NODES         EXPECTED RULE
-    Ingress   shop/backend shop/frontend     8080/TCP 12    node-a,node-b no       CiliumNetworkPolicy shop/backend ingress[0]
-    Ingress   shop/db      shop/{app=legacy} 5432/TCP 2     node-b        yes      CiliumNetworkPolicy shop/deny-legacy ingress[0]
+    DIRECTION SUBJECT      PEER              PORT     COUNT NODES EXPECTED RULE
+    Ingress   shop/backend shop/frontend     8080/TCP 12    2     no       CiliumNetworkPolicy shop/backend ingress[0]
+    Ingress   shop/db      shop/{app=legacy} 5432/TCP 2     1     yes      CiliumNetworkPolicy shop/deny-legacy ingress[0]
 Events:
   Type   Reason       Age  From                Message
   ----   ------       ---- ----                -------

@@ -183,6 +183,11 @@ impl FakeApi {
         self.state().store.get(&key(collection, namespace, name)).cloned()
     }
 
+    /// The objects of `collection` in every namespace (and cluster-scoped ones).
+    pub fn all(&self, collection: &str) -> Vec<Value> {
+        self.state().store.objects(collection).cloned().collect()
+    }
+
     /// The objects of `collection` in `namespace`, in name order.
     pub fn list(&self, collection: &str, namespace: &str) -> Vec<Value> {
         let state = self.state();
@@ -207,5 +212,10 @@ impl FakeApi {
     /// Every other request so far.
     pub fn writes(&self) -> Vec<Logged> {
         self.requests().into_iter().filter(|r| r.method != "GET").collect()
+    }
+
+    /// How many requests of `verb` (see [`Logged::verb`]) so far.
+    pub fn count(&self, verb: &str) -> usize {
+        self.state().log.iter().filter(|r| r.verb() == verb).count()
     }
 }

@@ -92,6 +92,15 @@ fn verb(method: &Method, route: &Route, params: &HashMap<String, String>) -> &'s
     }
 }
 
+impl Logged {
+    /// The request's verb as RBAC names it: get, list, watch, create, update, patch, delete.
+    pub fn verb(&self) -> &'static str {
+        let params: HashMap<String, String> = form_urlencoded::parse(self.query().as_bytes()).into_owned().collect();
+        let method = Method::from_bytes(self.method.as_bytes()).unwrap_or(Method::GET);
+        Route::parse(&self.path).map_or("unknown", |route| verb(&method, &route, &params))
+    }
+}
+
 impl FakeApi {
     pub(crate) async fn handle(&self, request: Request<Body>) -> Response<ResponseBody> {
         let (parts, body) = request.into_parts();

@@ -96,6 +96,16 @@ pub struct PolicyRolloutSpec {
     pub suspend: bool,
     #[serde(default)]
     pub scope: Scope,
+    /// How long the promotion barrier waits for nodes to load the candidate or confirm a flip
+    /// before the rollout reports `Stalled` (reason ProgressDeadlineExceeded); it keeps waiting.
+    #[serde(default = "default_progress_deadline")]
+    #[x_kube(validation = Rule::new("duration(self) >= duration('0s')").message("progressDeadline must not be negative"))]
+    #[schemars(length(max = DURATION_MAX))]
+    pub progress_deadline: Duration,
+}
+
+fn default_progress_deadline() -> Duration {
+    std::time::Duration::from_secs(600).into()
 }
 
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
@@ -212,13 +222,21 @@ pub struct AuditGates {
     /// Inconclusive instead of passing on silence. 0 turns the check off.
     #[serde(default = "default_min_flows")]
     pub min_flows_per_endpoint: u32,
-    /// Newly denied flows tolerated beyond those matched by expectedDenies.
+    /// Distinct newly denied flows tolerated beyond those matched by expectedDenies (a flow seen
+    /// on several nodes counts once).
     #[serde(default)]
     pub max_new_denies: u32,
     /// Flows the change is meant to deny; they never block promotion.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = EXPECTED_DENIES_MAX))]
     pub expected_denies: Vec<FlowSelector>,
+    /// A node whose Node has been NotReady, or whose agent has not rewritten its report for two
+    /// heartbeats, for longer than this is left out of the promotion barrier (and of the
+    /// evidence) until it comes back.
+    #[serde(default = "default_not_ready_grace")]
+    #[x_kube(validation = Rule::new("duration(self) >= duration('0s')").message("notReadyGrace must not be negative"))]
+    #[schemars(length(max = DURATION_MAX))]
+    pub not_ready_grace: Duration,
 }
 
 fn default_min_duration() -> Duration {
@@ -229,6 +247,10 @@ fn default_min_flows() -> u32 {
     1
 }
 
+fn default_not_ready_grace() -> Duration {
+    std::time::Duration::from_secs(300).into()
+}
+
 impl Default for AuditGates {
     fn default() -> Self {
         Self {
@@ -236,6 +258,7 @@ impl Default for AuditGates {
             min_flows_per_endpoint: default_min_flows(),
             max_new_denies: 0,
             expected_denies: Vec::new(),
+            not_ready_grace: default_not_ready_grace(),
         }
     }
 }
@@ -392,6 +415,11 @@ pub struct PolicyRolloutStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(max = TIME_MAX))]
     pub audit_started_at: Option<Time>,
+    /// When the candidate was staged; with `auditStartedAt` and `flipRequestedAt`, where the
+    /// promotion barrier's `spec.progressDeadline` counts from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = TIME_MAX))]
+    pub candidate_staged_at: Option<Time>,
     /// Counts the restarts of the candidate's audit (a `reaudit`, a changed gate, the same
     /// content under a new commit). Agents echo it in their reports and restart their evidence
     /// when it moves, so evidence from before a restart is never counted.
@@ -405,7 +433,8 @@ pub struct PolicyRolloutStatus {
     /// shows, until a new commit, `palisade abort` or `palisade reaudit`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub blocked: Option<BlockedVerdict>,
-    /// Newly denied flows seen by the audit, expected ones included.
+    /// Distinct newly denied flows seen by the audit, expected ones included: a flow seen on
+    /// several nodes counts once.
     #[serde(default)]
     pub new_denies: u64,
     /// Newly denied flows not matched by `audit.expectedDenies`: what the gate counts.

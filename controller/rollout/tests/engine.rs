@@ -5,7 +5,7 @@ mod common;
 use common::*;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use palisade_rollout::crd::*;
-use palisade_rollout::engine::{Action, Claim, HISTORY_LIMIT, PolicyRef, SourceObservation};
+use palisade_rollout::engine::{Action, Claim, HISTORY_LIMIT, NotReadyNode, PolicyRef, SourceObservation};
 
 fn loaded_audit(n: &str, flows: u64, denies: Vec<AuditFlow>) -> Vec<PolicyAuditReportSpec> {
     vec![node("a").loaded(&[n]).audit(n, flows, denies.clone()), node("b").loaded(&[n]).audit(n, flows, vec![])]
@@ -44,7 +44,7 @@ fn every_node_must_load_the_candidate_before_the_audit_can_pass() {
     let actions = r.step(&rev("1"), &reports, 30);
     assert_eq!(r.phase(), Phase::Auditing);
     assert!(!has_flip(&actions));
-    r.assert_condition("Reconciling", "WaitingForNodes", "1 of 2 nodes have loaded main@1 (waiting for b)");
+    r.assert_condition("Ready", "WaitingForNodes", "1 of 2 nodes have loaded main@1 (waiting for b)");
 }
 
 #[test]
@@ -65,7 +65,7 @@ fn a_passing_audit_flips_every_node_and_is_ready_only_when_all_confirm() {
     let actions =
         r.step(&rev("1"), &loaded_audit("1", 5, vec![]).into_iter().map(|x| x.drops(3)).collect::<Vec<_>>(), 10);
     assert_eq!(r.phase(), Phase::Promoting);
-    assert!(matches!(&actions[..], [.., Action::Flip { to, fast_track: false }] if to.id == "web-1"));
+    assert!(actions.iter().any(|a| matches!(a, Action::Flip { to, fast_track: false } if to.id == "web-1")));
     assert_eq!(r.enforced(), Some("web-1"), "the status tells the agents to flip");
     assert_eq!(r.st().baseline_drops_per_minute, Some(6));
     assert_eq!(r.condition("Promoted").unwrap().1, "Flipping");
@@ -104,7 +104,9 @@ fn new_denies_above_the_gate_block_promotion_at_once() {
     let (status, reason, message) = r.condition("PromotionBlocked").unwrap();
     assert_eq!((status.as_str(), reason.as_str()), ("True", "NewDeniesAboveLimit"));
     assert!(
-        message.contains("shop/web <- shop/legacy TCP/8080 ingress (7x, by CiliumNetworkPolicy shop/web ingress[0])"),
+        message.contains(
+            "shop/web <- shop/legacy TCP/8080 ingress (7x on 1 node, by CiliumNetworkPolicy shop/web ingress[0])"
+        ),
         "{message}"
     );
     assert_eq!(r.condition("Stalled").unwrap().0, "True");
@@ -514,7 +516,7 @@ fn a_revert_to_an_enforced_revision_is_fast_tracked() {
     assert!(!has_flip(&r.step(&revert, &[node("a").loaded(&["2"]), node("b").loaded(&["1", "2"])], 201)));
     let loaded = [node("a").loaded(&["1", "2"]).enforcing("2"), node("b").loaded(&["1", "2"]).enforcing("2")];
     let actions = r.step(&revert, &loaded, 202);
-    assert!(matches!(&actions[..], [.., Action::Flip { to, fast_track: true }] if to.id == "web-1"));
+    assert!(actions.iter().any(|a| matches!(a, Action::Flip { to, fast_track: true } if to.id == "web-1")));
     r.step(&revert, &[node("a").enforcing("1"), node("b").enforcing("1")], 203);
     assert_eq!(r.phase(), Phase::Enforced);
     assert_eq!(r.st().history[0].outcome, Outcome::FastTracked);
@@ -595,7 +597,7 @@ fn a_flip_in_progress_finishes_before_a_new_commit_is_staged() {
     assert_eq!(r.phase(), Phase::Promoting);
     let actions = r.step(&rev("2"), &[node("a").loaded(&["1"]).enforcing("1"), node("b").loaded(&["1"])], 11);
     assert_eq!((r.phase(), r.candidate()), (Phase::Promoting, Some("web-1")));
-    assert!(actions.is_empty(), "{actions:?}");
+    assert!(actions.iter().all(|a| matches!(a, Action::RequeueAfter(_))), "{actions:?}");
     let done = [node("a").loaded(&["1"]).enforcing("1"), node("b").loaded(&["1"]).enforcing("1")];
     // Once every node confirms, the promotion is recorded and the waiting commit staged.
     let actions = r.step(&rev("2"), &done, 12);
@@ -670,4 +672,125 @@ fn conditions_keep_their_transition_time_while_unchanged() {
     r.step(&rev("1"), &[], 5);
     let ready = r.st().conditions.iter().find(|c| c.type_ == "Ready").unwrap();
     assert_eq!(ready.last_transition_time, Time(t(0)));
+}
+
+/// The same flow denied on nodes a, b and c: the replicas of one workload, one peer, one port.
+fn denied_on_three_nodes(n: &str) -> [PolicyAuditReportSpec; 3] {
+    ["a", "b", "c"].map(|x| node(x).loaded(&[n]).audit(n, 5, vec![denied("legacy", 8080)]))
+}
+
+#[test]
+fn a_flow_denied_on_many_nodes_is_one_new_deny_with_its_node_count() {
+    let mut r = Rollout::new();
+    r.spec.audit.max_new_denies = 1;
+    r.step(&rev("1"), &[], 0);
+    r.step(&rev("1"), &denied_on_three_nodes("1"), 2);
+    assert_eq!(r.phase(), Phase::Auditing, "one distinct new deny is within maxNewDenies: 1");
+    assert_eq!((r.st().new_denies, r.st().unexpected_new_denies), (1, 1));
+    let actions = r.step(&rev("1"), &denied_on_three_nodes("1"), 10);
+    assert!(has_flip(&actions), "{:?}", r.st().conditions);
+
+    // Under maxNewDenies: 0 the one flow blocks, shown once with its nodes and summed packets.
+    let mut r = Rollout::new();
+    r.step(&rev("1"), &[], 0);
+    r.step(&rev("1"), &denied_on_three_nodes("1"), 2);
+    assert_eq!(r.phase(), Phase::Blocked);
+    r.assert_condition("PromotionBlocked", "NewDeniesAboveLimit", "1 new denies not covered");
+    r.assert_condition("PromotionBlocked", "NewDeniesAboveLimit", "TCP/8080 ingress (21x on 3 nodes, by");
+}
+
+#[test]
+fn denies_past_a_report_cap_still_count_once_per_node() {
+    let mut r = Rollout::new();
+    r.spec.audit.max_new_denies = 2;
+    r.step(&rev("1"), &[], 0);
+    // Each node lists the shared flow and counts one more it could not list: 1 + 3 unlisted.
+    let reports = denied_on_three_nodes("1").map(|mut x| {
+        x.totals.new_denies = 2;
+        x.totals.truncated_flows = 1;
+        x
+    });
+    r.step(&rev("1"), &reports, 2);
+    assert_eq!((r.st().new_denies, r.st().unexpected_new_denies), (4, 4));
+    assert_eq!(r.phase(), Phase::Blocked);
+}
+
+#[test]
+fn nodes_that_do_not_converge_within_the_progress_deadline_stall_the_rollout() {
+    let mut r = Rollout::new();
+    r.step(&rev("1"), &[], 0);
+    let half = [node("a").loaded(&["1"]).audit("1", 5, vec![]), node("b")];
+    let actions = r.step(&rev("1"), &half, 4);
+    assert_eq!(r.condition("Stalled"), None, "within spec.progressDeadline (10m)");
+    assert!(actions.contains(&Action::RequeueAfter(std::time::Duration::from_secs(360))), "{actions:?}");
+
+    let actions = r.step(&rev("1"), &half, 10);
+    r.assert_condition("Stalled", "ProgressDeadlineExceeded", "1 of 2 nodes have loaded main@1 (waiting for b)");
+    assert_eq!(events(&actions), ["ProgressDeadlineExceeded"]);
+    assert_eq!(r.condition("Reconciling"), None);
+    assert_eq!(r.phase(), Phase::Auditing, "it keeps waiting");
+    assert!(events(&r.step(&rev("1"), &half, 11)).is_empty(), "one Event per stall");
+
+    let actions = r.step(&rev("1"), &loaded_audit("1", 5, vec![]), 12);
+    assert_eq!(r.condition("Stalled"), None, "converged");
+    assert!(has_flip(&actions));
+
+    // The flip has its own deadline, from when it was asked for.
+    let flipping = [node("a").loaded(&["1"]).enforcing("1"), node("b").loaded(&["1"])];
+    r.step(&rev("1"), &flipping, 21);
+    assert_eq!(r.condition("Stalled"), None);
+    r.step(&rev("1"), &flipping, 22);
+    r.assert_condition("Stalled", "ProgressDeadlineExceeded", "1 of 2 nodes enforce main@1 (waiting for b)");
+    let all = [node("a").loaded(&["1"]).enforcing("1"), node("b").loaded(&["1"]).enforcing("1")];
+    r.step(&rev("1"), &all, 23);
+    assert_eq!(r.phase(), Phase::Enforced);
+    assert_eq!(r.condition("Stalled"), None);
+}
+
+#[test]
+fn a_node_not_ready_beyond_the_grace_is_left_out_until_it_is_back() {
+    let mut r = Rollout::new();
+    r.step(&rev("1"), &[], 0);
+    let reports = [node("a").loaded(&["1"]).audit("1", 5, vec![]), node("b")];
+    r.not_ready = vec![NotReadyNode { node: "b".into(), since: t(1) }];
+    let actions = r.step(&rev("1"), &reports, 4);
+    r.assert_condition("Reconciling", "WaitingForNodes", "waiting for b");
+    assert_eq!(r.condition("NodesLeftOut"), None, "within spec.audit.notReadyGrace (5m)");
+    assert!(actions.contains(&Action::RequeueAfter(std::time::Duration::from_secs(120))), "{actions:?}");
+
+    r.step(&rev("1"), &reports, 6);
+    r.assert_condition("NodesLeftOut", "NodesUnavailable", "b (NotReady for 5m0s)");
+    r.assert_condition("Auditing", "AuditInProgress", "left of spec.audit.minDuration");
+
+    // Back before the audit ends: waited for again.
+    r.not_ready.clear();
+    r.step(&rev("1"), &reports, 8);
+    assert_eq!(r.condition("NodesLeftOut"), None);
+    r.assert_condition("Reconciling", "WaitingForNodes", "waiting for b");
+}
+
+#[test]
+fn a_node_whose_report_is_older_than_two_heartbeats_is_treated_as_not_ready() {
+    let mut r = Rollout::new();
+    r.step(&rev("1"), &[], 0);
+    let heartbeat = |x: PolicyAuditReportSpec, at: i64| PolicyAuditReportSpec {
+        reported_at: Some(Time(t(at))),
+        heartbeat: Some(std::time::Duration::from_secs(60).into()),
+        ..x
+    };
+    let a = || heartbeat(node("a").loaded(&["1"]).audit("1", 5, vec![]), 10);
+    // b reported at minute 1 and fell silent: stale from minute 3 on, out at minute 8.
+    let b = heartbeat(node("b"), 1);
+    r.step(&rev("1"), &[a(), b.clone()], 7);
+    r.assert_condition("Reconciling", "WaitingForNodes", "waiting for b");
+    let actions = r.step(&rev("1"), &[a(), b.clone()], 10);
+    r.assert_condition("NodesLeftOut", "NodesUnavailable", "b (no report for two heartbeats for 7m0s)");
+    assert!(has_flip(&actions), "a alone holds the barrier");
+
+    // A report without reportedAt (an older agent) counts by existing: never silent.
+    let mut r = Rollout::new();
+    r.step(&rev("1"), &[], 0);
+    r.step(&rev("1"), &[node("a").loaded(&["1"]).audit("1", 5, vec![]), node("b")], 60);
+    assert_eq!(r.condition("NodesLeftOut"), None);
+    r.assert_condition("Ready", "WaitingForNodes", "waiting for b");
 }

@@ -133,20 +133,23 @@ fn reconcile(
     minute: i64,
 ) -> Decision {
     let ctx = Context { namespace: NS, controller_namespace: CONTROLLER_NS, generation: Some(3), now: t(minute) };
-    let observed = Observed { source: src, reports, decisions, claims: &[] };
+    let observed = Observed { source: src, reports, not_ready: &[], decisions, claims: &[] };
     engine::reconcile(spec, status, &observed, &ctx)
 }
 
+/// Distinct unexpected new denies: a flow several nodes list counts once. Every node lists all
+/// its denies here, and they differ only by port.
 fn unexpected_denies(spec: &PolicyRolloutSpec, reports: &[PolicyAuditReportSpec], id: &str) -> u64 {
-    reports
+    let mut ports: Vec<u16> = reports
         .iter()
         .filter(|r| r.candidate_revision.as_deref() == Some(id))
-        .map(|r| {
-            let expected =
-                r.flows.iter().filter(|f| spec.audit.expected_denies.iter().any(|s| engine::matches(s, f))).count();
-            r.totals.new_denies - expected as u64
-        })
-        .sum()
+        .flat_map(|r| r.flows.iter())
+        .filter(|f| !spec.audit.expected_denies.iter().any(|s| engine::matches(s, f)))
+        .map(|f| f.port)
+        .collect();
+    ports.sort_unstable();
+    ports.dedup();
+    ports.len() as u64
 }
 
 fn changes_something(a: &Action) -> bool {

@@ -69,6 +69,12 @@ fn durations_are_bounded() {
     let mut negative = minimal();
     negative["audit"] = serde_json::json!({"minDuration": "-5m"});
     assert!(rejection(negative).contains("minDuration must not be negative"));
+    let mut negative = minimal();
+    negative["progressDeadline"] = "-1m".into();
+    assert!(rejection(negative).contains("progressDeadline must not be negative"));
+    let mut negative = minimal();
+    negative["audit"] = serde_json::json!({"notReadyGrace": "-1m"});
+    assert!(rejection(negative).contains("notReadyGrace must not be negative"));
 }
 
 #[test]

@@ -20,7 +20,7 @@ use palisade_netsim::{Local, TrafficGenerator, TrafficOptions};
 use palisade_policy::AllowLocalhost;
 use palisade_policy::yaml::{self, Limits};
 use palisade_rollout::crd::{PolicyAuditReportSpec, PolicyRevision, PolicyRollout, PolicyRolloutStatus};
-use palisade_rollout::engine::{Claim, DecisionRequest, Event};
+use palisade_rollout::engine::{Claim, DecisionRequest, Event, NotReadyNode};
 use palisade_rollout::wire::RECONCILE_ANNOTATION;
 use tracing::{info, warn};
 
@@ -282,6 +282,11 @@ impl RolloutStore for LocalStore<'_> {
             reports.push(PolicyAuditReportSpec { rollout: name, node: NODE.into(), ..Default::default() });
         }
         Ok(reports)
+    }
+
+    /// The one node is this machine: Ready while local mode runs.
+    async fn not_ready_nodes(&self) -> Result<Vec<NotReadyNode>, Error> {
+        Ok(Vec::new())
     }
 
     async fn decisions(&self, rollout: &PolicyRollout) -> Result<Vec<DecisionRequest>, Error> {

@@ -11,6 +11,7 @@ use kube::Client;
 use kube::runtime::events::Reporter;
 use palisade_rollout::wire::CONTROLLER_FIELD_MANAGER;
 
+mod cache;
 mod fetch;
 mod leader;
 mod metrics;
@@ -20,13 +21,14 @@ mod run;
 mod source_settings;
 pub mod step;
 
+pub use cache::{Caches, REPORT_WINDOW, Triggers};
 pub use fetch::{Due, Sources};
 pub use leader::LeaseLock;
 pub use metrics::Metrics;
 pub use palisade_process::{OpenMetrics, Readiness, router as metrics_router, shutdown_signal};
 pub use reconcile::{error_policy, reconcile};
 pub use revision::{Fetched, revision_name};
-pub use run::{Options, RunError, Webhook, run};
+pub use run::{Options, RunError, Webhook, control, run};
 pub use source_settings::{AllowedSources, SecretStore};
 
 #[derive(Debug, thiserror::Error)]
@@ -39,6 +41,8 @@ pub enum Error {
     Source(#[from] palisade_source::Error),
     #[error("source worker: {0}")]
     Worker(#[from] tokio::task::JoinError),
+    #[error("the controller's caches stopped: {0}")]
+    Cache(#[from] kube::runtime::reflector::store::WriterDropped),
     #[error("PolicyRollout {0} has no namespace")]
     NoNamespace(String),
     #[error("the engine staged {0}, which the last fetch did not produce")]
@@ -69,6 +73,8 @@ pub struct Context {
     pub client: Client,
     pub config: Config,
     pub metrics: Arc<Metrics>,
+    /// What reconciles read of the cluster.
+    pub caches: Caches,
     reporter: Reporter,
     sources: Sources,
     clock: Clock,
@@ -77,7 +83,7 @@ pub struct Context {
 }
 
 impl Context {
-    pub fn new(client: Client, config: Config, metrics: Arc<Metrics>, clock: Clock) -> Self {
+    pub fn new(client: Client, config: Config, caches: Caches, metrics: Arc<Metrics>, clock: Clock) -> Self {
         let instance = std::env::var("POD_NAME").ok().or_else(|| Reporter::from(CONTROLLER_FIELD_MANAGER).instance);
         let reporter = Reporter { controller: CONTROLLER_FIELD_MANAGER.into(), instance };
         Context {
@@ -85,6 +91,7 @@ impl Context {
             sources: Sources::new(config.cache_dir.clone(), config.allowed_sources),
             client,
             config,
+            caches,
             metrics,
             clock,
             failures: Mutex::default(),

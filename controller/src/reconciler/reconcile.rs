@@ -1,31 +1,35 @@
 //! The Kubernetes reconciler of PolicyRollouts: the finalizer, the reconcile step over the API
-//! server ([`KubeStore`]), garbage collection of old PolicyRevisions, requeue and backoff.
-use std::collections::{BTreeMap, BTreeSet};
+//! server ([`KubeStore`]: reads from the caches, writes to the server), garbage collection of old
+//! PolicyRevisions, requeue and backoff.
+use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use k8s_openapi::api::core::v1::{Pod, Secret};
+use k8s_openapi::api::core::v1::{Node, Pod, Secret};
 use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::runtime::controller::Action;
 use kube::runtime::events::{Event as KubeEvent, EventType as KubeEventType, Recorder, Reporter};
 use kube::runtime::finalizer::{Event as Finalizer, finalizer};
+use kube::runtime::reflector::ObjectRef;
 use kube::{Api, Client, Resource, ResourceExt};
+use palisade_agent::report_name;
 use palisade_rollout::crd::{
     PolicyAuditReport, PolicyAuditReportSpec, PolicyDecision, PolicyRevision, PolicyRollout, PolicyRolloutStatus,
 };
-use palisade_rollout::engine::{Claim, DecisionRequest, Event, EventType, HISTORY_LIMIT};
-use palisade_rollout::wire::{CONTROLLER_FIELD_MANAGER, FINALIZER, ROLLOUT_LABEL};
+use palisade_rollout::engine::{Claim, DecisionRequest, Event, EventType, HISTORY_LIMIT, NotReadyNode};
+use palisade_rollout::wire::{CONTROLLER_FIELD_MANAGER, FINALIZER};
 use serde_json::json;
 use tracing::{debug, info, warn};
 
 use super::step::{self, RolloutStore, decision_request, held_revisions};
-use super::{Config, Context, Error};
+use super::{Caches, Config, Context, Error};
 
 /// First retry after an error; doubled per consecutive failure up to [`MAX_BACKOFF`].
 const MIN_BACKOFF: Duration = Duration::from_secs(5);
 const MAX_BACKOFF: Duration = Duration::from_secs(300);
 
 pub async fn reconcile(rollout: Arc<PolicyRollout>, ctx: Arc<Context>) -> Result<Action, Error> {
+    ctx.caches.ready().await?;
     let started = Instant::now();
     let key = key(&rollout);
     let namespace = rollout.namespace().ok_or_else(|| Error::NoNamespace(rollout.name_any()))?;
@@ -65,7 +69,7 @@ fn key(rollout: &PolicyRollout) -> String {
 }
 
 async fn apply(rollout: &PolicyRollout, ctx: &Context) -> Result<Action, Error> {
-    let store = KubeStore { client: &ctx.client, config: &ctx.config, reporter: &ctx.reporter };
+    let store = KubeStore { client: &ctx.client, config: &ctx.config, caches: &ctx.caches, reporter: &ctx.reporter };
     let reconciled = step::reconcile(&store, rollout, &ctx.sources, &ctx.metrics, (ctx.clock)()).await?;
     collect_revisions(rollout, &reconciled.status, ctx).await?;
 
@@ -77,10 +81,11 @@ async fn apply(rollout: &PolicyRollout, ctx: &Context) -> Result<Action, Error> 
     Ok(Action::requeue(requeue))
 }
 
-/// The API server as the reconcile step's store.
+/// The API server as the reconcile step's store: read through the caches, written directly.
 struct KubeStore<'a> {
     client: &'a Client,
     config: &'a Config,
+    caches: &'a Caches,
     reporter: &'a Reporter,
 }
 
@@ -95,36 +100,25 @@ impl RolloutStore for KubeStore<'_> {
         Api::namespaced(self.client.clone(), namespace)
     }
 
-    /// One report per node running a ready agent. Reports from other nodes are ignored: a removed
-    /// node does not hold the barrier forever, and a report written for a node whose agent is not
-    /// running and ready (its readiness probe passes once its datapath matches the cluster) is
-    /// not evidence.
+    /// The reports of nodes running a ready agent. Reports from other nodes are ignored: a
+    /// removed node does not hold the barrier forever, and a report written for a node whose
+    /// agent is not running and ready (its readiness probe passes once its datapath matches the
+    /// cluster) is not evidence. A node with a ready agent but no report is not waited for:
+    /// agents report only the rollouts that select an endpoint on their node.
     async fn reports(&self, rollout: &PolicyRollout) -> Result<Vec<PolicyAuditReportSpec>, Error> {
-        let name = rollout.name_any();
-        let pods: Api<Pod> = Api::namespaced(self.client.clone(), &self.config.namespace);
-        let agents = pods.list(&ListParams::default().labels(&self.config.agent_selector)).await?;
-        let nodes: BTreeSet<String> =
-            agents.items.into_iter().filter(is_ready).filter_map(|p| p.spec?.node_name).collect();
-        let api: Api<PolicyAuditReport> =
-            Api::namespaced(self.client.clone(), &rollout.namespace().unwrap_or_default());
-        let mut by_node: BTreeMap<String, PolicyAuditReportSpec> = api
-            .list(&ListParams::default().labels(&format!("{ROLLOUT_LABEL}={name}")))
-            .await?
-            .items
-            .into_iter()
-            .filter(|r| r.spec.rollout == name)
-            .map(|r| (r.spec.node.clone(), r.spec))
-            .collect();
-        Ok(nodes
-            .into_iter()
-            .map(|node| {
-                by_node.remove(&node).unwrap_or_else(|| PolicyAuditReportSpec {
-                    rollout: name.clone(),
-                    node,
-                    ..Default::default()
-                })
-            })
-            .collect())
+        let (name, namespace) = (rollout.name_any(), rollout.namespace().unwrap_or_default());
+        let agents = self.caches.agents.state();
+        let nodes: BTreeSet<&str> =
+            agents.iter().filter(|p| is_ready(p)).filter_map(|p| p.spec.as_ref()?.node_name.as_deref()).collect();
+        let report = |node: &str| {
+            let report = self.caches.reports.get(&ObjectRef::new(&report_name(&name, node)).within(&namespace))?;
+            (report.spec.rollout == name && report.spec.node == node).then(|| report.spec.clone())
+        };
+        Ok(nodes.into_iter().filter_map(report).collect())
+    }
+
+    async fn not_ready_nodes(&self) -> Result<Vec<NotReadyNode>, Error> {
+        Ok(self.caches.nodes.state().iter().filter_map(|n| not_ready(n)).collect())
     }
 
     async fn create_revision(&self, revision: PolicyRevision) -> Result<(), Error> {
@@ -155,12 +149,16 @@ impl RolloutStore for KubeStore<'_> {
     }
 
     async fn decisions(&self, rollout: &PolicyRollout) -> Result<Vec<DecisionRequest>, Error> {
-        let name = rollout.name_any();
-        let api: Api<PolicyDecision> = Api::namespaced(self.client.clone(), &rollout.namespace().unwrap_or_default());
-        let mut decisions: Vec<PolicyDecision> =
-            api.list(&ListParams::default()).await?.items.into_iter().filter(|d| d.spec.rollout == name).collect();
+        let (name, namespace) = (rollout.name_any(), rollout.namespace());
+        let mut decisions: Vec<Arc<PolicyDecision>> = self
+            .caches
+            .decisions
+            .state()
+            .into_iter()
+            .filter(|d| d.spec.rollout == name && d.namespace() == namespace)
+            .collect();
         decisions.sort_by_key(|d| (d.creation_timestamp(), d.name_any()));
-        Ok(decisions.iter().map(decision_request).collect())
+        Ok(decisions.iter().map(|d| decision_request(d)).collect())
     }
 
     async fn consume_decision(&self, rollout: &PolicyRollout, name: &str) -> Result<(), Error> {
@@ -172,6 +170,8 @@ impl RolloutStore for KubeStore<'_> {
         }
     }
 
+    /// Read only when a commit offers a new revision: the rollouts come from a list then, their
+    /// revisions from the cache (or the server, for one created since the cache last heard).
     async fn claims(&self, rollout: &PolicyRollout) -> Result<Vec<Claim>, Error> {
         let others = Api::<PolicyRollout>::all(self.client.clone()).list(&ListParams::default()).await?.items;
         let mut claims = Vec::new();
@@ -179,7 +179,12 @@ impl RolloutStore for KubeStore<'_> {
             let namespace = other.namespace().unwrap_or_default();
             let api: Api<PolicyRevision> = Api::namespaced(self.client.clone(), &namespace);
             for held in held_revisions(other) {
-                if let Some(revision) = api.get_opt(&held.id).await? {
+                let cached = self.caches.revisions.get(&ObjectRef::new(&held.id).within(&namespace));
+                let revision = match cached {
+                    Some(revision) => Some(revision),
+                    None => api.get_opt(&held.id).await?.map(Arc::new),
+                };
+                if let Some(revision) = revision {
                     claims.extend(step::claims_of(other, held, &revision.spec));
                 }
             }
@@ -216,15 +221,24 @@ fn is_ready(pod: &Pod) -> bool {
     conditions.is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
 }
 
+/// A Node whose Ready condition is not True, since its last transition. A Node without one (not
+/// yet heard from by its kubelet) is not counted as down.
+fn not_ready(node: &Node) -> Option<NotReadyNode> {
+    let conditions = node.status.as_ref()?.conditions.as_ref()?;
+    let ready = conditions.iter().find(|c| c.type_ == "Ready").filter(|c| c.status != "True")?;
+    Some(NotReadyNode { node: node.name_any(), since: ready.last_transition_time.as_ref()?.0 })
+}
+
 /// Deletes this rollout's PolicyRevisions beyond the newest [`HISTORY_LIMIT`], never one the
 /// status still names (enforced, candidate, rollback target, approved).
+/// From the cache: a revision this reconcile created is collected by the next one.
 async fn collect_revisions(rollout: &PolicyRollout, status: &PolicyRolloutStatus, ctx: &Context) -> Result<(), Error> {
     let api: Api<PolicyRevision> = Api::namespaced(ctx.client.clone(), &rollout.namespace().unwrap_or_default());
     let uid = rollout.uid();
-    let mut owned: Vec<PolicyRevision> = api
-        .list(&ListParams::default().labels(&format!("{ROLLOUT_LABEL}={}", rollout.name_any())))
-        .await?
-        .items
+    let mut owned: Vec<Arc<PolicyRevision>> = ctx
+        .caches
+        .revisions
+        .state()
         .into_iter()
         .filter(|r| r.owner_references().iter().any(|o| Some(&o.uid) == uid.as_ref()))
         .collect();
@@ -254,8 +268,8 @@ async fn cleanup(rollout: &PolicyRollout, ctx: &Context) -> Result<Action, Error
     let name = rollout.name_any();
     let namespace = rollout.namespace().unwrap_or_default();
     let api: Api<PolicyAuditReport> = Api::namespaced(ctx.client.clone(), &namespace);
-    let reports = api.list(&ListParams::default().labels(&format!("{ROLLOUT_LABEL}={name}"))).await?;
-    for report in reports.items.iter().filter(|r| r.spec.rollout == name) {
+    let reports = ctx.caches.reports.state();
+    for report in reports.iter().filter(|r| r.spec.rollout == name && r.namespace().as_deref() == Some(&namespace)) {
         match api.delete(&report.name_any(), &DeleteParams::default()).await {
             Ok(_) => {}
             Err(kube::Error::Api(e)) if e.is_not_found() => {}

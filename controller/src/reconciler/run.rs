@@ -7,18 +7,19 @@ use std::time::Duration;
 use futures::StreamExt;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Patch, PatchParams};
-use kube::runtime::reflector::ObjectRef;
 use kube::runtime::{Controller, watcher};
 use kube::{Api, Client, ResourceExt};
-use palisade_rollout::crd::{GitRef, GitSource, PolicyAuditReport, PolicyDecision, PolicyRevision, PolicyRollout};
-use palisade_rollout::wire::{CONTROLLER_FIELD_MANAGER, RECONCILE_ANNOTATION, ROLLOUT_LABEL};
+use palisade_rollout::crd::{GitRef, GitSource, PolicyRollout};
+use palisade_rollout::wire::{CONTROLLER_FIELD_MANAGER, RECONCILE_ANNOTATION};
 use palisade_source::webhook::{Provider, Receiver, SyncRequest};
 use serde_json::json;
 use tokio::sync::{mpsc, watch};
 use tracing::{error, info, warn};
 
 use super::leader::LeaseLock;
-use super::{Config, Context, Metrics, Readiness, error_policy, metrics_router, reconcile, shutdown_signal};
+use super::{
+    Caches, Config, Context, Metrics, Readiness, Triggers, error_policy, metrics_router, reconcile, shutdown_signal,
+};
 
 /// How long a Lease holds without renewal, and how often the holder renews it (client-go's
 /// defaults: 15 s and 2 s retry; renewal well inside the duration).
@@ -102,7 +103,8 @@ pub async fn run(options: Options) -> Result<(), RunError> {
     let (done_tx, done) = watch::channel(false);
     let renewer = tokio::spawn(renew(lock, done, lost_tx));
 
-    let ctx = Arc::new(Context::new(client.clone(), options.config, metrics, Arc::new(Timestamp::now)));
+    let (caches, triggers) = Caches::start(&client, &options.config);
+    let ctx = Arc::new(Context::new(client.clone(), options.config, caches, metrics, Arc::new(Timestamp::now)));
     let mut stopping = stop.clone();
     let halt = async move {
         tokio::select! {
@@ -110,20 +112,20 @@ pub async fn run(options: Options) -> Result<(), RunError> {
             _ = lost.wait_for(|l| *l) => {}
         }
     };
-    Controller::new(Api::<PolicyRollout>::all(client.clone()), watcher::Config::default().any_semantic())
-        .owns(Api::<PolicyRevision>::all(client.clone()), watcher::Config::default().labels(ROLLOUT_LABEL))
-        .watches(
-            Api::<PolicyAuditReport>::all(client.clone()),
-            watcher::Config::default().labels(ROLLOUT_LABEL),
-            |report| {
-                let rollout = report.labels().get(ROLLOUT_LABEL)?;
-                Some(ObjectRef::new(rollout).within(&report.namespace()?))
-            },
-        )
-        // A person's decision is acted on at once, not at the next requeue.
-        .watches(Api::<PolicyDecision>::all(client.clone()), watcher::Config::default(), |decision| {
-            Some(ObjectRef::new(&decision.spec.rollout).within(&decision.namespace()?))
-        })
+    control(ctx, triggers, halt).await;
+    // Step down only once in-flight reconciles have finished, so two leaders never overlap.
+    let _ = done_tx.send(true);
+    match renewer.await {
+        Ok(Some(reason)) => Err(RunError::LostLease(reason)),
+        _ => Ok(()),
+    }
+}
+
+/// The Controller: rollouts watched, and reconciled on `triggers` (their reports, revisions and
+/// decisions changed, as the caches of `ctx` saw) until `halt`.
+pub async fn control(ctx: Arc<Context>, triggers: Triggers, halt: impl Future<Output = ()> + Send + Sync + 'static) {
+    Controller::new(Api::<PolicyRollout>::all(ctx.client.clone()), watcher::Config::default().any_semantic())
+        .reconcile_on(triggers)
         .graceful_shutdown_on(halt)
         .run(reconcile, error_policy, ctx)
         .for_each(|result| async move {
@@ -132,12 +134,6 @@ pub async fn run(options: Options) -> Result<(), RunError> {
             }
         })
         .await;
-    // Step down only once in-flight reconciles have finished, so two leaders never overlap.
-    let _ = done_tx.send(true);
-    match renewer.await {
-        Ok(Some(reason)) => Err(RunError::LostLease(reason)),
-        _ => Ok(()),
-    }
 }
 
 async fn serve(addr: SocketAddr, router: axum::Router, mut stop: watch::Receiver<bool>) -> Result<(), RunError> {

@@ -11,7 +11,9 @@ use palisade_rollout::crd::{
     PolicyAuditReportSpec, PolicyDecision, PolicyRevision, PolicyRevisionSpec, PolicyRollout, PolicyRolloutStatus,
     RECONCILE_REQUEST_MAX, RevisionRef,
 };
-use palisade_rollout::engine::{self, Action, Claim, DecisionRequest, Event, Observed, PolicyRef, SourceObservation};
+use palisade_rollout::engine::{
+    self, Action, Claim, DecisionRequest, Event, NotReadyNode, Observed, PolicyRef, SourceObservation,
+};
 use palisade_rollout::wire::{RECONCILE_ANNOTATION, ROLLOUT_LABEL};
 use tracing::{info, warn};
 
@@ -30,12 +32,14 @@ pub trait RolloutStore: Sync {
     /// The Secrets of `namespace`, for the source of a rollout there.
     fn secrets(&self, namespace: &str) -> Self::Secrets;
 
-    /// One report per node the promotion barrier waits for; a node whose agent has not reported
-    /// holds it with an empty report.
+    /// One report per node the promotion barrier waits for.
     fn reports(
         &self,
         rollout: &PolicyRollout,
     ) -> impl Future<Output = Result<Vec<PolicyAuditReportSpec>, Error>> + Send;
+
+    /// The nodes whose Node is not Ready.
+    fn not_ready_nodes(&self) -> impl Future<Output = Result<Vec<NotReadyNode>, Error>> + Send;
 
     /// The rollout's PolicyDecisions, oldest first.
     fn decisions(&self, rollout: &PolicyRollout) -> impl Future<Output = Result<Vec<DecisionRequest>, Error>> + Send;
@@ -92,6 +96,7 @@ pub async fn reconcile(
     let suspended = SourceObservation::Unreachable { message: "suspended".into() };
     let observation = fetched.as_ref().map_or(&suspended, |f| &f.observation);
     let reports = store.reports(rollout).await?;
+    let not_ready = store.not_ready_nodes().await?;
     let decisions = store.decisions(rollout).await?;
     let claims = match observation {
         SourceObservation::Revision(rev) if offers_new(rollout.status.as_ref(), &rev.id) => {
@@ -106,7 +111,13 @@ pub async fn reconcile(
         generation: rollout.metadata.generation,
         now,
     };
-    let observed = Observed { source: observation, reports: &reports, decisions: &decisions, claims: &claims };
+    let observed = Observed {
+        source: observation,
+        reports: &reports,
+        not_ready: &not_ready,
+        decisions: &decisions,
+        claims: &claims,
+    };
     let mut decision = engine::reconcile(spec, rollout.status.as_ref(), &observed, &engine_ctx);
     // A sync asked for (`palisade reconcile`, a push) is handled once the source was read for it.
     if let Some(at) = requested_at.filter(|at| fetched.is_some() && at.len() <= RECONCILE_REQUEST_MAX as usize) {

@@ -103,6 +103,7 @@ impl<'a> Engine<'a> {
         let fast_track = self.spec.rollback.fast_track_reverts && self.known_good(&new.id);
         self.st.candidate_revision = Some(new.clone());
         self.reset_audit();
+        self.st.candidate_staged_at = Some(self.now());
         if fast_track {
             self.st.phase = Phase::Promoting;
             let message =
@@ -144,6 +145,7 @@ impl<'a> Engine<'a> {
     /// Drops the candidate (if any) and its audit and approval.
     pub(super) fn drop_candidate(&mut self) -> Option<RevisionRef> {
         let candidate = self.st.candidate_revision.take()?;
+        self.st.candidate_staged_at = None;
         self.reset_audit();
         if self.st.approval.as_ref().is_some_and(|a| a.revision == candidate.id) {
             self.st.approval = None;

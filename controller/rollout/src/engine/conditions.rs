@@ -99,7 +99,14 @@ impl<'a> Engine<'a> {
 
         let stalled = matches!(self.st.phase, Phase::Blocked | Phase::Failed | Phase::RolledBack)
             || matches!(source, SourceObservation::Refused { .. });
-        if stalled {
+        if let Some(overdue) = self.deadline_exceeded() {
+            let stalled_before = self.st.conditions.iter().find(|c| c.type_ == COND_STALLED);
+            if stalled_before.is_none_or(|c| c.reason != "ProgressDeadlineExceeded") {
+                self.event(EventType::Warning, "ProgressDeadlineExceeded", overdue.clone());
+            }
+            self.set(COND_STALLED, true, "ProgressDeadlineExceeded", overdue);
+            self.clear(COND_RECONCILING);
+        } else if stalled {
             self.set(COND_STALLED, true, &reason, message.clone());
             self.clear(COND_RECONCILING);
         } else if !ready {
@@ -108,6 +115,17 @@ impl<'a> Engine<'a> {
         } else {
             self.clear(COND_RECONCILING);
             self.clear(COND_STALLED);
+        }
+
+        if self.left_out.is_empty() {
+            self.clear(COND_NODES_LEFT_OUT);
+        } else {
+            let message = format!(
+                "{} nodes left out of the promotion barrier until they are back: {}",
+                self.left_out.len(),
+                list(&self.left_out)
+            );
+            self.set(COND_NODES_LEFT_OUT, true, "NodesUnavailable", message);
         }
 
         if self.spec.source.verify.is_none() {

@@ -1,10 +1,15 @@
-//! The audit gates: the candidate's reports summed across nodes, the minimum duration and
-//! traffic, the new denies beyond `expectedDenies`, and the approval of a Manual rollout.
+//! The audit gates: the candidate's reports merged across nodes (a flow seen on many nodes is
+//! one flow), the minimum duration and traffic, the new denies beyond `expectedDenies`, and the
+//! approval of a Manual rollout.
 //!
 //! Evidence counts only while it is continuous: a report counts when it is for the candidate
 //! and the audit generation the status names, and each node's clock starts when its evidence
 //! did. A verdict of Blocked is sticky: wiped evidence never turns it into a pass.
+use std::collections::HashMap;
+use std::collections::hash_map::Entry;
+
 use super::*;
+use crate::crd::{DnsQueryKind, HttpRequestKind, Protocol};
 
 /// The audit gates' view of the reports for one candidate.
 #[derive(Default)]
@@ -13,8 +18,74 @@ struct AuditSummary<'r> {
     new_denies: u64,
     new_allows: u64,
     unexpected: u64,
-    unexpected_flows: Vec<&'r AuditFlow>,
+    unexpected_flows: Vec<MergedFlow<'r>>,
     starved: Vec<String>,
+}
+
+/// One flow as every node that listed it saw it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MergedFlow<'r> {
+    /// As the first node listed it.
+    pub flow: &'r AuditFlow,
+    /// Nodes that listed it.
+    pub nodes: u64,
+    /// Its `count` summed over those nodes.
+    pub count: u64,
+}
+
+/// What makes two listed flows the same flow: the subject by its workload (replicas on different
+/// nodes are one subject) or by its labels, and the peer, port, protocol and L7 request as listed.
+#[derive(PartialEq, Eq, Hash)]
+struct FlowKey<'r> {
+    direction: Direction,
+    subject_namespace: Option<&'r str>,
+    subject: Result<&'r str, &'r BTreeMap<String, String>>,
+    peer: (&'r BTreeMap<String, String>, Option<&'r str>, Option<&'r str>, Option<&'r str>),
+    port: u16,
+    protocol: Protocol,
+    http: Option<&'r HttpRequestKind>,
+    dns: Option<&'r DnsQueryKind>,
+}
+
+impl<'r> FlowKey<'r> {
+    fn of(f: &'r AuditFlow) -> Self {
+        let (s, p) = (&f.subject, &f.peer);
+        FlowKey {
+            direction: f.direction,
+            subject_namespace: s.namespace.as_deref(),
+            subject: s.workload.as_deref().ok_or(&s.labels),
+            peer: (&p.labels, p.namespace.as_deref(), p.workload.as_deref(), p.cidr.as_deref()),
+            port: f.port,
+            protocol: f.protocol,
+            http: f.http.as_ref(),
+            dns: f.dns.as_ref(),
+        }
+    }
+}
+
+/// Flows listed by nodes, as `(node, flow)` with each node's flows together, merged into one
+/// entry per distinct flow, most packets (or requests) first.
+pub fn merge_flows<'r>(listed: impl IntoIterator<Item = (&'r str, &'r AuditFlow)>) -> Vec<MergedFlow<'r>> {
+    let mut merged: Vec<MergedFlow> = Vec::new();
+    let mut index: HashMap<FlowKey, (usize, &str)> = HashMap::new();
+    for (node, flow) in listed {
+        match index.entry(FlowKey::of(flow)) {
+            Entry::Occupied(mut seen) => {
+                let (i, last_node) = seen.get_mut();
+                merged[*i].count += flow.count;
+                if *last_node != node {
+                    merged[*i].nodes += 1;
+                    *last_node = node;
+                }
+            }
+            Entry::Vacant(new) => {
+                new.insert((merged.len(), node));
+                merged.push(MergedFlow { flow, nodes: 1, count: flow.count });
+            }
+        }
+    }
+    merged.sort_by_key(|m| std::cmp::Reverse(m.count));
+    merged
 }
 
 impl<'a> Engine<'a> {
@@ -27,21 +98,21 @@ impl<'a> Engine<'a> {
     }
 
     pub(super) fn nodes_without(&self, id: &str) -> Vec<&'a str> {
-        self.reports.iter().filter(|r| !r.loaded_revisions.iter().any(|l| l == id)).map(|r| r.node.as_str()).collect()
+        let reports = self.reports.iter().copied();
+        reports.filter(|r| !r.loaded_revisions.iter().any(|l| l == id)).map(|r| r.node.as_str()).collect()
     }
 
     /// The gates or the promotion mode changed under a running audit: it starts again, so that
     /// no evidence is judged by terms other than those it was gathered under.
     fn check_terms(&mut self) {
         let terms = self.terms();
-        match &self.st.audit_terms {
-            Some(old) if *old == terms => {}
-            Some(old) => {
-                let why = format!("{} changed during the audit", changed_terms(old, &terms));
-                self.restart_audit(why, None);
-            }
-            // Audits started before terms were recorded adopt the current ones.
-            None => self.st.audit_terms = Some(terms),
+        let changed = self.st.audit_terms.as_ref().map(|old| changed_terms(old, &terms)).unwrap_or_default();
+        if changed.is_empty() {
+            // Audits started before terms were recorded adopt the current ones, and so does one
+            // whose notReadyGrace changed: it judges no evidence.
+            self.st.audit_terms = Some(terms);
+        } else {
+            self.restart_audit(format!("{changed} changed during the audit"), None);
         }
     }
 
@@ -74,8 +145,10 @@ impl<'a> Engine<'a> {
             });
             (Phase::Blocked, "NewDeniesAboveLimit", message)
         } else if self.reports.is_empty() {
+            self.waiting_for_nodes = true;
             (Phase::Auditing, "WaitingForNodes", "no node agent has reported yet".to_string())
         } else if !missing.is_empty() {
+            self.waiting_for_nodes = true;
             let message = format!(
                 "{} of {} nodes have loaded {} (waiting for {})",
                 self.reports.len() - missing.len(),
@@ -85,6 +158,7 @@ impl<'a> Engine<'a> {
             );
             (Phase::Auditing, "WaitingForNodes", message)
         } else if !restarting.is_empty() {
+            self.waiting_for_nodes = true;
             let message = format!(
                 "waiting for {} to restart their evidence for audit generation {} of {}",
                 list(&restarting),
@@ -121,18 +195,16 @@ impl<'a> Engine<'a> {
     }
 
     /// The reports that are evidence for candidate `id` under the current audit generation.
-    fn evidence(&self, id: &str) -> impl Iterator<Item = &'a PolicyAuditReportSpec> + use<'a> {
+    fn evidence(&self, id: &str) -> Vec<&'a PolicyAuditReportSpec> {
         let generation = self.st.audit_generation;
-        let id = id.to_owned();
-        self.reports
-            .iter()
-            .filter(move |r| r.candidate_revision.as_deref() == Some(id.as_str()) && r.audit_generation == generation)
+        let reports = self.reports.iter().copied();
+        reports.filter(|r| r.candidate_revision.as_deref() == Some(id) && r.audit_generation == generation).collect()
     }
 
     /// Nodes that hold the candidate but still report evidence from before a restart.
     fn nodes_restarting(&self, id: &str) -> Vec<&'a str> {
-        let counted: Vec<&str> = self.evidence(id).map(|r| r.node.as_str()).collect();
-        self.reports.iter().map(|r| r.node.as_str()).filter(|n| !counted.contains(n)).collect()
+        let counted: Vec<&str> = self.evidence(id).into_iter().map(|r| r.node.as_str()).collect();
+        self.reports.iter().copied().map(|r| r.node.as_str()).filter(|n| !counted.contains(n)).collect()
     }
 
     /// How much of `minDuration` is left: the audit's own clock and every node's, whichever
@@ -141,6 +213,7 @@ impl<'a> Engine<'a> {
         let audit_start = self.st.audit_started_at.as_ref().map_or(self.ctx.now, |t| t.0);
         let started = self
             .evidence(id)
+            .into_iter()
             .filter_map(|r| r.audit_started_at.as_ref())
             .map(|t| t.0)
             .fold(audit_start, Timestamp::max);
@@ -151,23 +224,26 @@ impl<'a> Engine<'a> {
         self.st.approval.as_ref().is_some_and(|Approval { revision, .. }| revision == id)
     }
 
+    /// Flows count once however many nodes listed them; flows a node left out of its report
+    /// (beyond the cap) cannot be merged or matched, so each counts, as unexpected for denies.
     fn summarize(&self, id: &str) -> AuditSummary<'a> {
         let min_flows = u64::from(self.spec.audit.min_flows_per_endpoint);
         let mut s = AuditSummary::default();
-        for report in self.evidence(id) {
+        let evidence = self.evidence(id);
+        let listed = |enforced: Verdict, candidate: Verdict| {
+            let flows = evidence.iter().copied().flat_map(|r| r.flows.iter().map(move |f| (r.node.as_str(), f)));
+            merge_flows(flows.filter(move |(_, f)| f.enforced_verdict == enforced && f.candidate_verdict == candidate))
+        };
+        let (denies, allows) = (listed(Verdict::Allow, Verdict::Deny), listed(Verdict::Deny, Verdict::Allow));
+        let mut unlisted_denies = 0;
+        for report in &evidence {
+            let count = |enforced, candidate| {
+                let flows = report.flows.iter();
+                flows.filter(|f| f.enforced_verdict == enforced && f.candidate_verdict == candidate).count() as u64
+            };
+            unlisted_denies += report.totals.new_denies.saturating_sub(count(Verdict::Allow, Verdict::Deny));
+            s.new_allows += report.totals.new_allows.saturating_sub(count(Verdict::Deny, Verdict::Allow));
             s.observed += report.totals.observed_flows;
-            s.new_denies += report.totals.new_denies;
-            s.new_allows += report.totals.new_allows;
-            let listed: Vec<&AuditFlow> = report
-                .flows
-                .iter()
-                .filter(|f| f.enforced_verdict == Verdict::Allow && f.candidate_verdict == Verdict::Deny)
-                .collect();
-            let (expected, unexpected): (Vec<_>, Vec<_>) =
-                listed.into_iter().partition(|f| self.spec.audit.expected_denies.iter().any(|sel| matches(sel, f)));
-            // Denies beyond the report's cap cannot be matched, so they count as unexpected.
-            s.unexpected += report.totals.new_denies.saturating_sub(expected.len() as u64);
-            s.unexpected_flows.extend(unexpected);
             s.starved.extend(
                 report
                     .endpoints
@@ -176,7 +252,13 @@ impl<'a> Engine<'a> {
                     .map(|e| format!("{}/{} ({} flows)", e.namespace, e.pod, e.flows)),
             );
         }
-        s.unexpected_flows.sort_by_key(|f| std::cmp::Reverse(f.count));
+        s.new_denies = denies.len() as u64 + unlisted_denies;
+        s.new_allows += allows.len() as u64;
+        s.unexpected_flows = denies
+            .into_iter()
+            .filter(|m| !self.spec.audit.expected_denies.iter().any(|sel| matches(sel, m.flow)))
+            .collect();
+        s.unexpected = s.unexpected_flows.len() as u64 + unlisted_denies;
         s
     }
 }
@@ -207,6 +289,7 @@ fn changed_terms(old: &AuditTerms, new: &AuditTerms) -> String {
         (a.min_flows_per_endpoint != b.min_flows_per_endpoint, "spec.audit.minFlowsPerEndpoint"),
         (a.max_new_denies != b.max_new_denies, "spec.audit.maxNewDenies"),
         (a.expected_denies != b.expected_denies, "spec.audit.expectedDenies"),
+        // notReadyGrace is not a gate: it changes which nodes are waited for, not how evidence is judged.
         (old.promotion != new.promotion, "spec.promotion"),
     ]
     .into_iter()
@@ -220,7 +303,7 @@ fn blocked_message(summary: &AuditSummary, limit: u32) -> String {
         "{} new denies not covered by spec.audit.expectedDenies, above spec.audit.maxNewDenies ({limit})",
         summary.unexpected
     );
-    let shown: Vec<String> = summary.unexpected_flows.iter().take(3).map(|f| describe(f)).collect();
+    let shown: Vec<String> = summary.unexpected_flows.iter().take(3).map(describe).collect();
     if !shown.is_empty() {
         let _ = write!(message, ": {}", shown.join("; "));
     }
@@ -240,12 +323,14 @@ fn side(e: &crate::crd::FlowEndpoint) -> String {
     }
 }
 
-fn describe(f: &AuditFlow) -> String {
+fn describe(merged: &MergedFlow) -> String {
+    let MergedFlow { flow: f, nodes, count } = merged;
     let (arrow, dir) = match f.direction {
         Direction::Ingress => ("<-", "ingress"),
         Direction::Egress => ("->", "egress"),
     };
     let rule = f.rule.as_deref().map(|r| format!(", by {r}")).unwrap_or_default();
     let protocol = serde_json::to_value(f.protocol).ok().and_then(|v| v.as_str().map(String::from)).unwrap_or_default();
-    format!("{} {arrow} {} {protocol}/{} {dir} ({}x{rule})", side(&f.subject), side(&f.peer), f.port, f.count)
+    let on = if *nodes == 1 { "1 node".to_string() } else { format!("{nodes} nodes") };
+    format!("{} {arrow} {} {protocol}/{} {dir} ({count}x on {on}{rule})", side(&f.subject), side(&f.peer), f.port)
 }

@@ -16,10 +16,11 @@ mod candidate;
 mod conditions;
 mod decisions;
 mod gates;
+mod nodes;
 mod promotion;
 
 pub use candidate::scope_violations;
-pub use gates::matches;
+pub use gates::{MergedFlow, matches, merge_flows};
 
 use crate::crd::{
     Abort, Approval, AttemptedRevision, AuditFlow, AuditTerms, BlockedVerdict, DecisionAction, Direction, FlowSelector,
@@ -150,13 +151,24 @@ pub struct Claim {
     pub revision: String,
 }
 
+/// A node whose Node object is not Ready.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NotReadyNode {
+    pub node: String,
+    /// Since when: the Ready condition's lastTransitionTime.
+    pub since: Timestamp,
+}
+
 /// What the reconciler observed for one reconcile.
 #[derive(Clone, Copy, Debug)]
 pub struct Observed<'a> {
     pub source: &'a SourceObservation,
-    /// One entry per node running a ready agent; a node that has not reported yet is passed as
-    /// a report with only `node` set, so that it holds the promotion barrier.
+    /// The rollout's reports from nodes running a ready agent: the nodes the promotion barrier
+    /// waits for. A report with only `node` set holds the barrier like a node that loaded
+    /// nothing.
     pub reports: &'a [PolicyAuditReportSpec],
+    /// Nodes whose Node is not Ready: left out of the barrier after `spec.audit.notReadyGrace`.
+    pub not_ready: &'a [NotReadyNode],
     /// The rollout's PolicyDecisions, oldest first.
     pub decisions: &'a [DecisionRequest],
     /// The policies other rollouts stage or enforce. Needed only when the source offers a
@@ -201,16 +213,22 @@ pub fn reconcile(
     observed: &Observed,
     ctx: &Context,
 ) -> Decision {
-    let Observed { source, reports, decisions, claims } = *observed;
+    let Observed { source, reports, not_ready, decisions, claims } = *observed;
+    let barrier = nodes::barrier(reports, not_ready, signed(spec.audit.not_ready_grace.into()), ctx.now);
     let mut engine = Engine {
         spec,
         ctx,
-        reports,
+        reports: barrier.waited,
+        left_out: barrier.left_out,
         claims,
         st: status.cloned().unwrap_or_default(),
         actions: Vec::new(),
         waiting: None,
+        waiting_for_nodes: false,
     };
+    if let Some(change) = barrier.next_change {
+        engine.actions.push(Action::RequeueAfter(change));
+    }
     engine.st.observed_generation = ctx.generation;
     if spec.suspend {
         engine.set(COND_RECONCILING, false, "Suspended", "spec.suspend is set; resume to act on new commits".into());
@@ -239,16 +257,23 @@ pub const COND_PROMOTED: &str = "Promoted";
 pub const COND_ROLLED_BACK: &str = "RolledBack";
 /// The last PolicyDecision read: applied (True) or ignored (False), and why.
 pub const COND_DECIDED: &str = "Decided";
+/// Nodes left out of the promotion barrier (NotReady or silent beyond `notReadyGrace`).
+pub const COND_NODES_LEFT_OUT: &str = "NodesLeftOut";
 
 struct Engine<'a> {
     spec: &'a PolicyRolloutSpec,
     ctx: &'a Context<'a>,
-    reports: &'a [PolicyAuditReportSpec],
+    /// The nodes the promotion barrier waits for, and whose evidence counts.
+    reports: Vec<&'a PolicyAuditReportSpec>,
+    /// Nodes left out of the barrier, each with why, for the NodesLeftOut condition.
+    left_out: Vec<String>,
     claims: &'a [Claim],
     st: PolicyRolloutStatus,
     actions: Vec<Action>,
     /// Why an audit or promotion is waiting: (reason, message), for the conditions.
     waiting: Option<(&'static str, String)>,
+    /// The wait is the barrier's (nodes to load or confirm), which `spec.progressDeadline` bounds.
+    waiting_for_nodes: bool,
 }
 
 impl<'a> Engine<'a> {

@@ -32,6 +32,7 @@ impl<'a> Engine<'a> {
 
     fn roll_back(&mut self, to: RevisionRef, reason: String) {
         let Some(from) = self.st.enforced_revision.replace(to.clone()) else { return };
+        self.st.candidate_staged_at = None;
         if let Some(candidate) = self.st.candidate_revision.take() {
             self.record(&candidate, Outcome::Superseded, format!("cancelled: {} was rolled back", from.display));
         }
@@ -82,6 +83,7 @@ impl<'a> Engine<'a> {
         if !self.reports.is_empty() && pending.is_empty() {
             return false;
         }
+        self.waiting_for_nodes = true;
         let waiting = if self.reports.is_empty() { "every node".to_string() } else { list(&pending) };
         let message = format!(
             "{} of {} nodes enforce {} (waiting for {waiting})",
@@ -99,6 +101,7 @@ impl<'a> Engine<'a> {
             // A fast-tracked revert: the barrier is all that stands before the flip.
             let missing = self.nodes_without(&candidate.id);
             if self.reports.is_empty() || !missing.is_empty() {
+                self.waiting_for_nodes = true;
                 let waiting = if self.reports.is_empty() { "every node".to_string() } else { list(&missing) };
                 self.waiting =
                     Some(("WaitingForNodes", format!("waiting for {waiting} to load {}", candidate.display)));
@@ -114,6 +117,7 @@ impl<'a> Engine<'a> {
         let message = format!("enforced on all {} nodes", self.reports.len());
         self.record(&candidate, outcome, message.clone());
         self.st.candidate_revision = None;
+        self.st.candidate_staged_at = None;
         self.st.promoted_at = Some(self.now());
         self.st.flip_requested_at = None;
         self.st.approval = None;

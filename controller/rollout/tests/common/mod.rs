@@ -7,8 +7,8 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::{SignedDuration, Timestamp};
 use palisade_rollout::crd::*;
 use palisade_rollout::engine::{
-    self, Action, Claim, Context, Decision, DecisionRequest, Event, Observed, ObservedRevision, PolicyRef,
-    SourceObservation,
+    self, Action, Claim, Context, Decision, DecisionRequest, Event, NotReadyNode, Observed, ObservedRevision,
+    PolicyRef, SourceObservation,
 };
 
 pub const NS: &str = "shop";
@@ -140,11 +140,20 @@ pub struct Rollout {
     pub decisions: Vec<DecisionRequest>,
     /// Policies other rollouts hold.
     pub claims: Vec<Claim>,
+    /// Nodes whose Node is not Ready.
+    pub not_ready: Vec<NotReadyNode>,
 }
 
 impl Rollout {
     pub fn new() -> Self {
-        Self { spec: spec(), status: None, namespace: NS.into(), decisions: Vec::new(), claims: Vec::new() }
+        Self {
+            spec: spec(),
+            status: None,
+            namespace: NS.into(),
+            decisions: Vec::new(),
+            claims: Vec::new(),
+            not_ready: Vec::new(),
+        }
     }
 
     /// `user` creates a PolicyDecision about revision `n`; the next step reads it.
@@ -160,7 +169,8 @@ impl Rollout {
             generation: Some(1),
             now: t(minutes),
         };
-        let observed = Observed { source, reports, decisions: &self.decisions, claims: &self.claims };
+        let observed =
+            Observed { source, reports, not_ready: &self.not_ready, decisions: &self.decisions, claims: &self.claims };
         engine::reconcile(&self.spec, self.status.as_ref(), &observed, &ctx)
     }
 

@@ -1,6 +1,5 @@
 //! `palisade describe rollout`: the spec, the status, the candidate's audit across the nodes and
 //! the Events, as `kubectl describe` lays them out.
-use std::collections::BTreeMap;
 use std::io::Write;
 
 use anyhow::Result;
@@ -9,7 +8,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
 use kube::ResourceExt;
 use palisade_rollout::crd::{AuditFlow, FlowEndpoint, PolicyAuditReport, PolicyRollout, RevisionRef, Verdict};
-use palisade_rollout::engine::matches;
+use palisade_rollout::engine::{MergedFlow, matches, merge_flows};
 use palisade_rollout::wire::CONTROLLER_FIELD_MANAGER;
 use serde_json::Value as Json;
 use tabwriter::TabWriter;
@@ -214,7 +213,7 @@ fn describe_events(w: &mut impl Write, events: &[EventRow], now: Timestamp) -> R
 }
 
 /// The candidate's audit over every node: the promotion barrier per node, then the newly denied
-/// flows summed across nodes with the rule that denies them.
+/// flows merged across nodes (with how many nodes saw each) and the rule that denies them.
 fn describe_audit(
     w: &mut impl Write,
     rollout: &PolicyRollout,
@@ -248,58 +247,34 @@ fn describe_audit(
         writeln!(w, "  {}\t{loaded}\t{enforcing}\t{evidence}\t{observed}\t{denies}\t{allows}", s.node)?;
     }
 
-    // Flows are named by labels, so the same flow seen on two nodes has the same key.
-    #[derive(PartialEq, Eq, PartialOrd, Ord)]
-    struct Key {
-        direction: String,
-        subject: String,
-        peer: String,
-        port: String,
-        rule: String,
-    }
-    let mut denied: BTreeMap<Key, (u64, Vec<&str>, bool)> = BTreeMap::new();
-    let mut truncated = 0;
-    let audited = || reports.iter().filter(|r| r.spec.candidate_revision.as_deref() == Some(&candidate.id));
-    for report in audited() {
-        truncated += report.spec.totals.truncated_flows;
-        for flow in report.spec.flows.iter().filter(|f| newly_denied(f)) {
-            let key = Key {
-                direction: format!("{:?}", flow.direction),
-                subject: endpoint(&flow.subject),
-                peer: endpoint(&flow.peer),
-                // A request the L7 proxy judged shows as the request: `8080/TCP GET /admin`,
-                // `53/UDP DNS api.example.com`.
-                port: match (&flow.http, &flow.dns) {
-                    (Some(http), _) => format!("{}/{} {} {}", flow.port, wire(&flow.protocol), http.method, http.path),
-                    (None, Some(dns)) => format!("{}/{} DNS {}", flow.port, wire(&flow.protocol), dns.query),
-                    (None, None) => format!("{}/{}", flow.port, wire(&flow.protocol)),
-                },
-                rule: flow.rule.clone().unwrap_or_else(|| "-".into()),
-            };
-            let expected = rollout.spec.audit.expected_denies.iter().any(|s| matches(s, flow));
-            let entry = denied.entry(key).or_insert((0, Vec::new(), expected));
-            entry.0 += flow.count;
-            entry.1.push(&report.spec.node);
-        }
-    }
+    // Merged as the gate counts them: the same flow seen on many nodes is one row.
+    let audited: Vec<&PolicyAuditReport> =
+        reports.iter().filter(|r| r.spec.candidate_revision.as_deref() == Some(&candidate.id)).collect();
+    let truncated: u64 = audited.iter().map(|r| r.spec.totals.truncated_flows).sum();
+    let listed = audited.iter().flat_map(|r| r.spec.flows.iter().map(|f| (r.spec.node.as_str(), f)));
+    let denied = merge_flows(listed.filter(|(_, f)| newly_denied(f)));
     if denied.is_empty() {
         writeln!(w, "  Newly denied flows:\t<none>")?;
     } else {
-        let mut rows: Vec<_> = denied.into_iter().collect();
-        rows.sort_by(|a, b| b.1.0.cmp(&a.1.0).then_with(|| a.0.cmp(&b.0)));
         writeln!(w, "  Newly denied flows:")?;
         writeln!(w, "    DIRECTION\tSUBJECT\tPEER\tPORT\tCOUNT\tNODES\tEXPECTED\tRULE")?;
-        for (k, (count, nodes, expected)) in rows {
+        for MergedFlow { flow, nodes, count } in denied {
+            // A request the L7 proxy judged shows as the request: `8080/TCP GET /admin`,
+            // `53/UDP DNS api.example.com`.
+            let port = match (&flow.http, &flow.dns) {
+                (Some(http), _) => format!("{}/{} {} {}", flow.port, wire(&flow.protocol), http.method, http.path),
+                (None, Some(dns)) => format!("{}/{} DNS {}", flow.port, wire(&flow.protocol), dns.query),
+                (None, None) => format!("{}/{}", flow.port, wire(&flow.protocol)),
+            };
+            let expected = rollout.spec.audit.expected_denies.iter().any(|s| matches(s, flow));
             let expected = if expected { "yes" } else { "no" };
             writeln!(
                 w,
-                "    {}\t{}\t{}\t{}\t{count}\t{}\t{expected}\t{}",
-                k.direction,
-                k.subject,
-                k.peer,
-                k.port,
-                nodes.join(","),
-                k.rule
+                "    {:?}\t{}\t{}\t{port}\t{count}\t{nodes}\t{expected}\t{}",
+                flow.direction,
+                endpoint(&flow.subject),
+                endpoint(&flow.peer),
+                flow.rule.as_deref().unwrap_or("-"),
             )?;
         }
     }

@@ -1,0 +1,155 @@
+//! What a reconcile reads of the cluster, from reflector stores that watches keep current, so
+//! that a reconcile costs no list of reports, agents, Nodes or revisions: API reads grow with
+//! changes, not with reconciles × nodes. Report changes also become reconcile requests,
+//! coalesced per rollout.
+use std::collections::HashSet;
+use std::fmt::Debug;
+use std::hash::Hash;
+use std::time::Duration;
+
+use futures::{Stream, StreamExt};
+use k8s_openapi::api::core::v1::{Node, Pod};
+use kube::runtime::reflector::{self, ObjectRef, Store};
+use kube::runtime::{WatchStreamExt, watcher};
+use kube::{Api, Client, Resource, ResourceExt};
+use palisade_rollout::crd::{PolicyAuditReport, PolicyDecision, PolicyRevision, PolicyRollout};
+use palisade_rollout::wire::ROLLOUT_LABEL;
+use serde::de::DeserializeOwned;
+use tokio::sync::mpsc;
+use tokio::task::AbortHandle;
+use tracing::warn;
+
+use super::Config;
+
+/// How long report changes of one rollout gather before they request one reconcile. A window,
+/// not a debounce: a debounce restarts on every change, and reports of thousands of nodes would
+/// keep postponing the reconcile for as long as they keep coming.
+pub const REPORT_WINDOW: Duration = Duration::from_secs(1);
+
+/// The stores; dropping them stops their watches.
+pub struct Caches {
+    pub reports: Store<PolicyAuditReport>,
+    pub revisions: Store<PolicyRevision>,
+    pub decisions: Store<PolicyDecision>,
+    /// The agent Pods (the controller's namespace, `config.agent_selector`).
+    pub agents: Store<Pod>,
+    pub nodes: Store<Node>,
+    tasks: Vec<AbortHandle>,
+}
+
+/// Rollouts to reconcile because their reports, revisions or decisions changed.
+pub type Triggers = std::pin::Pin<Box<dyn Stream<Item = ObjectRef<PolicyRollout>> + Send>>;
+
+impl Caches {
+    /// Starts the watches. The triggers stream reports changes at most once per rollout per
+    /// [`REPORT_WINDOW`], decisions and revisions at once; dropping it loses nothing but the
+    /// triggers.
+    pub fn start(client: &Client, config: &Config) -> (Caches, Triggers) {
+        let (report_tx, report_rx) = mpsc::unbounded_channel();
+        // A person's decision is acted on at once, and so is a revision created or deleted.
+        let (at_once_tx, at_once_rx) = mpsc::unbounded_channel();
+        let mut tasks = Vec::new();
+        let labelled = || watcher::Config::default().labels(ROLLOUT_LABEL).any_semantic();
+        let reports = watch(Api::all(client.clone()), labelled(), &mut tasks, move |r: &PolicyAuditReport| {
+            if let Some(rollout) = labelled_rollout(r) {
+                let _ = report_tx.send(rollout);
+            }
+        });
+        let revision_tx = at_once_tx.clone();
+        let revisions = watch(Api::all(client.clone()), labelled(), &mut tasks, move |r: &PolicyRevision| {
+            if let Some(rollout) = labelled_rollout(r) {
+                let _ = revision_tx.send(rollout);
+            }
+        });
+        let any = || watcher::Config::default().any_semantic();
+        let decisions = watch(Api::all(client.clone()), any(), &mut tasks, move |d: &PolicyDecision| {
+            if let Some(namespace) = d.namespace() {
+                let _ = at_once_tx.send(ObjectRef::new(&d.spec.rollout).within(&namespace));
+            }
+        });
+        let agent_pods = any().labels(&config.agent_selector);
+        let agents = watch(Api::namespaced(client.clone(), &config.namespace), agent_pods, &mut tasks, |_: &Pod| {});
+        let nodes = watch(Api::all(client.clone()), any(), &mut tasks, |_: &Node| {});
+
+        let (coalesced_tx, coalesced_rx) = mpsc::unbounded_channel();
+        tasks.push(tokio::spawn(coalesce(report_rx, coalesced_tx, REPORT_WINDOW)).abort_handle());
+        let receive = |rx: mpsc::UnboundedReceiver<ObjectRef<PolicyRollout>>| {
+            futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|r| (r, rx)) })
+        };
+        let triggers = futures::stream::select(receive(coalesced_rx), receive(at_once_rx)).boxed();
+        (Caches { reports, revisions, decisions, agents, nodes, tasks }, triggers)
+    }
+
+    /// Waits for every store's first list: deciding on a partial view could promote past a node
+    /// not listed yet.
+    pub async fn ready(&self) -> Result<(), reflector::store::WriterDropped> {
+        self.reports.wait_until_ready().await?;
+        self.revisions.wait_until_ready().await?;
+        self.decisions.wait_until_ready().await?;
+        self.agents.wait_until_ready().await?;
+        self.nodes.wait_until_ready().await
+    }
+}
+
+impl Drop for Caches {
+    fn drop(&mut self) {
+        self.tasks.iter().for_each(AbortHandle::abort);
+    }
+}
+
+/// The rollout an object is labelled with.
+fn labelled_rollout(object: &impl Resource) -> Option<ObjectRef<PolicyRollout>> {
+    Some(ObjectRef::new(object.labels().get(ROLLOUT_LABEL)?).within(&object.namespace()?))
+}
+
+/// A reflector over `api`, driven by a task of its own; `changed` sees every object applied or
+/// deleted (its triggers may go unheard: tests run reconciles without a Controller).
+fn watch<K>(
+    api: Api<K>,
+    config: watcher::Config,
+    tasks: &mut Vec<AbortHandle>,
+    changed: impl Fn(&K) + Send + 'static,
+) -> Store<K>
+where
+    K: Resource + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
+    K::DynamicType: Default + Eq + Hash + Clone + Send + Sync,
+{
+    let (reader, writer) = reflector::store();
+    let stream = reflector::reflector(writer, watcher(api, config).default_backoff()).touched_objects();
+    let task = tokio::spawn(async move {
+        let mut stream = std::pin::pin!(stream);
+        while let Some(event) = stream.next().await {
+            match event {
+                Ok(object) => changed(&object),
+                Err(e) => warn!(kind = %K::kind(&Default::default()), error = %e, "watch failed; retrying"),
+            }
+        }
+    });
+    tasks.push(task.abort_handle());
+    reader
+}
+
+/// Forwards each rollout at most once per `window`, however many of its reports changed in it.
+async fn coalesce(
+    mut changes: mpsc::UnboundedReceiver<ObjectRef<PolicyRollout>>,
+    out: mpsc::UnboundedSender<ObjectRef<PolicyRollout>>,
+    window: Duration,
+) {
+    let mut pending = HashSet::new();
+    let mut tick = tokio::time::interval(window);
+    loop {
+        tokio::select! {
+            change = changes.recv() => match change {
+                Some(rollout) => {
+                    pending.insert(rollout);
+                }
+                None => return,
+            },
+            _ = tick.tick() => {
+                for rollout in std::mem::take(&mut pending) {
+                    let _ = out.send(rollout);
+                }
+            }
+        }
+    }
+}
