@@ -794,3 +794,26 @@ fn a_node_whose_report_is_older_than_two_heartbeats_is_treated_as_not_ready() {
     assert_eq!(r.condition("NodesLeftOut"), None);
     r.assert_condition("Ready", "WaitingForNodes", "waiting for b");
 }
+
+#[test]
+fn silence_counts_only_while_the_rollout_is_in_flight_and_from_when_it_went() {
+    let stamped = |x: PolicyAuditReportSpec, at: i64| PolicyAuditReportSpec {
+        reported_at: Some(Time(t(at))),
+        heartbeat: Some(std::time::Duration::from_secs(60).into()),
+        ..x
+    };
+    let mut r = Rollout::new();
+    r.promote("1", 0);
+    // Settled for hours, agents send no heartbeat: their last reports are old and still true.
+    let settled = |x: &str| stamped(node(x).loaded(&["1"]).enforcing("1"), 11);
+    r.step(&rev("2"), &[settled("a"), settled("b")], 300);
+    assert_eq!(r.candidate(), Some(id("2").as_str()), "{:?}", r.st());
+    assert_eq!(r.condition("NodesLeftOut"), None, "nobody is left out for a settled rollout's silence");
+    // In flight from minute 300: a reports, b stays silent, stale from 302, out after the grace.
+    let a = |at| stamped(node("a").loaded(&["1", "2"]).enforcing("1").audit("2", 5, vec![]), at);
+    r.step(&rev("2"), &[a(301), settled("b")], 305);
+    assert_eq!(r.condition("NodesLeftOut"), None, "b is silent since minute 302 only");
+    r.assert_condition("Reconciling", "WaitingForNodes", "b");
+    r.step(&rev("2"), &[a(309), settled("b")], 310);
+    r.assert_condition("NodesLeftOut", "NodesUnavailable", "b (no report for two heartbeats for 8m0s)");
+}

@@ -214,7 +214,8 @@ pub fn reconcile(
     ctx: &Context,
 ) -> Decision {
     let Observed { source, reports, not_ready, decisions, claims } = *observed;
-    let barrier = nodes::barrier(reports, not_ready, signed(spec.audit.not_ready_grace.into()), ctx.now);
+    let grace = signed(spec.audit.not_ready_grace.into());
+    let barrier = nodes::barrier(reports, not_ready, (grace, nodes::in_flight_since(status)), ctx.now);
     let mut engine = Engine {
         spec,
         ctx,

@@ -12,16 +12,20 @@ pub(super) struct Barrier<'a> {
     pub next_change: Option<std::time::Duration>,
 }
 
+/// `in_flight_since`: when the rollout last started waiting on its nodes ([`in_flight_since`]);
+/// silence counts only from then.
 pub(super) fn barrier<'a>(
     reports: &'a [PolicyAuditReportSpec],
     not_ready: &[NotReadyNode],
-    grace: SignedDuration,
+    (grace, in_flight_since): (SignedDuration, Option<Timestamp>),
     now: Timestamp,
 ) -> Barrier<'a> {
     let mut barrier = Barrier { waited: Vec::new(), left_out: Vec::new(), next_change: None };
     for report in reports {
         let node_down = not_ready.iter().find(|n| n.node == report.node).map(|n| (n.since, "NotReady"));
-        let silent = silent_since(report, now).map(|since| (since, "no report for two heartbeats"));
+        let silent = in_flight_since
+            .and_then(|start| silent_since(report, start, now))
+            .map(|since| (since, "no report for two heartbeats"));
         let Some((since, why)) = node_down.into_iter().chain(silent).min_by_key(|(since, _)| *since) else {
             barrier.waited.push(report);
             continue;
@@ -38,12 +42,25 @@ pub(super) fn barrier<'a>(
     barrier
 }
 
-/// When a report went silent: two heartbeats after it was written, if that has passed. A report
-/// without `reportedAt` or `heartbeat` (an older agent) is never silent: it counts by existing.
-fn silent_since(report: &PolicyAuditReportSpec, now: Timestamp) -> Option<Timestamp> {
+/// When a report went silent: two heartbeats after it was written or the rollout went in
+/// flight, whichever is later, if that has passed: agents send heartbeats only while a rollout
+/// is in flight, so a settled rollout's reports may be old and still true. A report without
+/// `reportedAt` or `heartbeat` (an older agent) is never silent: it counts by existing.
+fn silent_since(report: &PolicyAuditReportSpec, in_flight_since: Timestamp, now: Timestamp) -> Option<Timestamp> {
     let (Some(at), Some(heartbeat)) = (&report.reported_at, &report.heartbeat) else { return None };
-    let stale = at.0.checked_add(signed((*heartbeat).into()).checked_mul(2)?).ok()?;
+    let stale = at.0.max(in_flight_since).checked_add(signed((*heartbeat).into()).checked_mul(2)?).ok()?;
     (stale < now).then_some(stale)
+}
+
+/// When the rollout last went in flight, as the agents see it (a candidate staged or its audit
+/// restarted, a flip asked for: then they send heartbeats); None while it is settled.
+pub(super) fn in_flight_since(status: Option<&PolicyRolloutStatus>) -> Option<Timestamp> {
+    let status = status.filter(|s| s.candidate_revision.is_some() || s.flip_requested_at.is_some())?;
+    [&status.audit_started_at, &status.candidate_staged_at, &status.flip_requested_at]
+        .into_iter()
+        .flatten()
+        .map(|t| t.0)
+        .max()
 }
 
 impl Engine<'_> {
