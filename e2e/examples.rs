@@ -25,6 +25,8 @@ struct Flow {
     allowed: bool,
     /// `GET /path`, sent as one HTTP request.
     http: Option<String>,
+    /// `/package.Service/Method`, made as one gRPC call.
+    grpc: Option<String>,
     /// For a flow to a Service: each backend pod's expected verdict.
     backends: BTreeMap<String, bool>,
     /// `4`, or `6` for `family: IPv6`: the `--ip-family` of its probes.
@@ -50,6 +52,7 @@ fn flows(dir: &Path) -> Vec<Flow> {
             family: if field(flow, "family") == "IPv6" { "6" } else { "4" },
             allowed: field(flow, "verdict") == "allowed",
             http: flow["http"].as_str().map(str::to_owned),
+            grpc: flow["grpc"].as_str().map(str::to_owned),
             backends: flow["backends"]
                 .as_object()
                 .into_iter()
@@ -82,9 +85,10 @@ fn scenario(name: &str, prefix: &str) {
             wrong.extend(through_service(&local, flow));
             continue;
         }
-        let reached = match &flow.http {
-            Some(request) => answered(&local, flow, request),
-            None => local.reaches_in(flow.family, &flow.from, &flow.to, &flow.port),
+        let reached = match (&flow.http, &flow.grpc) {
+            (Some(request), _) => answered(&local, flow, ("--http", request)),
+            (_, Some(method)) => answered(&local, flow, ("--grpc", method)),
+            (None, None) => local.reaches_in(flow.family, &flow.from, &flow.to, &flow.port),
         };
         if reached != flow.allowed {
             wrong.push(format!(
@@ -92,7 +96,7 @@ fn scenario(name: &str, prefix: &str) {
                 flow.from,
                 flow.to,
                 flow.port,
-                flow.http.as_ref().map(|r| format!(" {r}")).unwrap_or_default(),
+                flow.http.as_ref().or(flow.grpc.as_ref()).map(|r| format!(" {r}")).unwrap_or_default(),
                 if flow.family == "6" { " (IPv6)" } else { "" },
                 verdict(flow.allowed),
                 verdict(reached)
@@ -110,8 +114,9 @@ fn scenario(name: &str, prefix: &str) {
     eprintln!("{name}: {} flows checked on real traffic", flows.len());
 }
 
-/// Whether `request` gets an answer other than 403.
-fn answered(local: &LocalCluster, flow: &Flow, request: &str) -> bool {
+/// Whether `request` (`--http` and a request, or `--grpc` and a method) gets an answer other
+/// than 403, or a gRPC OK.
+fn answered(local: &LocalCluster, flow: &Flow, (flag, request): (&str, &str)) -> bool {
     let args = [
         "--from",
         &flow.from,
@@ -119,7 +124,7 @@ fn answered(local: &LocalCluster, flow: &Flow, request: &str) -> bool {
         &flow.to,
         "--port",
         &flow.port,
-        "--http",
+        flag,
         request,
         "--timeout",
         "2s",
@@ -190,4 +195,10 @@ fn deny_precedence() {
 #[test]
 fn dual_stack() {
     scenario("dual-stack", "e2v-");
+}
+
+/// gRPC calls over h2c, judged method by method by the node's L7 proxy.
+#[test]
+fn grpc() {
+    scenario("grpc", "e2g-");
 }

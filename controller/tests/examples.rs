@@ -26,6 +26,8 @@ struct ExpectedFlow {
     http: Option<String>,
     #[serde(default)]
     headers: Vec<String>,
+    /// `/package.Service/Method`: one gRPC call, to the policy an HTTP/2 POST of that path.
+    grpc: Option<String>,
     verdict: Verdict,
     /// For a flow to a Service: the verdict at each backend (pod, else address).
     backends: Option<BTreeMap<String, Verdict>>,
@@ -80,14 +82,21 @@ fn check_scenario(name: &str) {
         let from = FlowEnd::parse(&flow.from).unwrap();
         let to = FlowEnd::parse(&flow.to).unwrap();
         let port = FlowPort::parse(&flow.port).unwrap();
-        let http = flow.http.as_deref().map(|r| L7Request::Http(HttpRequest::parse(r, &flow.headers).unwrap()));
+        let grpc_headers = || vec!["Content-Type: application/grpc".to_string()];
+        let http = match (&flow.http, &flow.grpc) {
+            (Some(request), None) => Some(HttpRequest::parse(request, &flow.headers).unwrap()),
+            (None, Some(method)) => Some(HttpRequest::parse(&format!("POST {method}"), &grpc_headers()).unwrap()),
+            (None, None) => None,
+            (Some(_), Some(_)) => panic!("{}: a flow is an HTTP request or a gRPC call, not both", flow.why),
+        };
+        let http = http.map(L7Request::Http);
         let family = flow.family;
         let label = format!(
             "{} -> {} {} {}{}",
             flow.from,
             flow.to,
             flow.port,
-            flow.http.as_deref().unwrap_or(""),
+            flow.http.as_deref().or(flow.grpc.as_deref()).unwrap_or(""),
             if family == IpFamily::IPv6 { " (IPv6)" } else { "" }
         );
         if !matches!(to, FlowEnd::Service { .. }) {
@@ -158,6 +167,11 @@ fn services() {
 #[test]
 fn dual_stack() {
     check_scenario("dual-stack");
+}
+
+#[test]
+fn grpc() {
+    check_scenario("grpc");
 }
 
 /// Every directory of `examples/` with a `flows.yaml` has a test above.

@@ -61,7 +61,8 @@ struct Flow {
     from: String,
     to: String,
     port: String,
-    http: bool,
+    /// An HTTP request or a gRPC call: the proxy judges it, not the kernel.
+    l7: bool,
     /// `family: IPv6` in flows.yaml: between the ends' IPv6 addresses.
     ipv6: bool,
     verdict: Verdict,
@@ -79,7 +80,7 @@ fn flows(dir: &Path) -> Vec<Flow> {
             from: field(flow, "from").expect("from"),
             to: field(flow, "to").expect("to"),
             port: field(flow, "port").expect("port"),
-            http: !flow["http"].is_null(),
+            l7: !flow["http"].is_null() || !flow["grpc"].is_null(),
             ipv6: match field(flow, "family").as_deref() {
                 None | Some("IPv4") => false,
                 Some("IPv6") => true,
@@ -291,7 +292,7 @@ fn check_scenario(index: usize, name: &str) -> Outcome {
             skipped += 1;
             continue;
         };
-        if flow.http {
+        if flow.l7 {
             skipped += 1;
             continue;
         }
