@@ -3,7 +3,7 @@ SHELL := /bin/bash
 CARGO ?= cargo
 export PATH := $(HOME)/.cargo/bin:$(PATH)
 
-.PHONY: deps image-deps image build test e2e demo bench bench-policy bench-datapath bench-agent bench-l7 bench-source clippy fmt crds
+.PHONY: deps image-deps image build test e2e demo bench bench-policy bench-datapath bench-agent bench-l7 bench-source bench-controller clippy fmt crds
 
 deps:
 	@bash scripts/deps.sh
@@ -33,12 +33,13 @@ demo: build
 	@bash scripts/demo.sh
 
 # Each benchmark prints `name: value unit` lines on stdout (progress goes to stderr).
-BENCHMARKS := policy datapath agent l7 source
+BENCHMARKS := policy datapath agent l7 source controller
 BENCH_policy = $(CARGO) run --release --quiet -p palisade -- bench policy
 BENCH_datapath = $(CARGO) run --release --quiet -p palisade-datapath --example bench-datapath
 BENCH_agent = $(CARGO) run --release --quiet -p palisade-agent --example bench-agent
 BENCH_l7 = $(CARGO) run --release --quiet -p palisade-agent --example bench-l7
 BENCH_source = $(CARGO) run --release --quiet -p palisade-source --example bench-source
+BENCH_controller = $(CARGO) run --release --quiet -p palisade --example bench-controller
 BENCH_DIR := target/bench
 
 # Root (bench-datapath, bench-agent and bench-l7 need it): every benchmark in turn, each one's
@@ -59,6 +60,11 @@ bench-policy: deps
 # A generated 1,000-file repository served by git daemon on 127.0.0.1.
 bench-source: deps
 	$(BENCH_source)
+
+# The real controller against the in-memory API server with 5,000 simulated agents writing
+# through the agent's report writer; about six minutes.
+bench-controller: deps
+	$(BENCH_controller)
 
 clippy: deps
 	$(CARGO) clippy --workspace --all-targets -- -D warnings

@@ -82,6 +82,8 @@ impl Logged {
 struct State {
     store: Store,
     log: Vec<Logged>,
+    /// The log leaves bodies out (see [`FakeApi::forget_bodies`]).
+    forget_bodies: bool,
     reviews: Reviews,
 }
 
@@ -212,6 +214,20 @@ impl FakeApi {
     /// Every other request so far.
     pub fn writes(&self) -> Vec<Logged> {
         self.requests().into_iter().filter(|r| r.method != "GET").collect()
+    }
+
+    /// From now on the log keeps requests without their bodies: a benchmark's hundreds of
+    /// thousands of writes would otherwise hold gigabytes.
+    pub fn forget_bodies(&self) {
+        self.state().forget_bodies = true;
+    }
+
+    /// How many reads (gets, lists and watches) and writes (every other request) so far,
+    /// without copying the log.
+    pub fn request_counts(&self) -> (usize, usize) {
+        let state = self.state();
+        let reads = state.log.iter().filter(|r| r.method == "GET").count();
+        (reads, state.log.len() - reads)
     }
 
     /// How many requests of `verb` (see [`Logged::verb`]) so far.

@@ -111,12 +111,13 @@ impl FakeApi {
             form_urlencoded::parse(query.as_deref().unwrap_or_default().as_bytes()).into_owned().collect();
         let content_type = parts.headers.get("content-type").and_then(|v| v.to_str().ok()).unwrap_or_default();
         let mut state = self.state();
+        let logged_body = if state.forget_bodies { Value::Null } else { body.clone() };
         state.log.push(Logged {
             method: parts.method.to_string(),
             path: parts.uri.path().into(),
             query,
             content_type: content_type.into(),
-            body: body.clone(),
+            body: logged_body,
         });
         let Some(route) = Route::parse(parts.uri.path()) else {
             return refuse(Refusal::new(404, "NotFound", format!("the server could not find {}", parts.uri.path())));

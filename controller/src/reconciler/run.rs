@@ -124,6 +124,14 @@ pub async fn run(options: Options) -> Result<(), RunError> {
 /// The Controller: rollouts watched, and reconciled on `triggers` (their reports, revisions and
 /// decisions changed, as the caches of `ctx` saw) until `halt`.
 pub async fn control(ctx: Arc<Context>, triggers: Triggers, halt: impl Future<Output = ()> + Send + Sync + 'static) {
+    // Every reconcile waits for the caches' first lists. Waiting once here, before any runs,
+    // matters: kube's readiness signal wakes only the last of several tasks waiting on it at
+    // once, so rollouts whose first reconciles started before a large cache was listed (5,000
+    // agent Pods and Nodes) would wait forever, every rollout but one.
+    if let Err(e) = ctx.caches.ready().await {
+        warn!(error = %e, "a cache stopped before its first list; not reconciling");
+        return;
+    }
     Controller::new(Api::<PolicyRollout>::all(ctx.client.clone()), watcher::Config::default().any_semantic())
         .reconcile_on(triggers)
         .graceful_shutdown_on(halt)
