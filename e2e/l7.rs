@@ -302,10 +302,32 @@ fn http_rules_are_enforced_request_by_request_by_the_proxy() {
     assert!(stdout.contains("HTTP 403"), "{stdout}");
 }
 
+/// Rollout shop/shop's status once it is Blocked (within 60 s), checking on every round that
+/// `live` still passes (`what` it shows): a candidate under audit changes nothing.
+fn blocked_while(
+    local: &LocalCluster,
+    live: impl Fn() -> bool,
+    what: &str,
+) -> palisade_rollout::crd::PolicyRolloutStatus {
+    let start = std::time::Instant::now();
+    loop {
+        assert!(live(), "{what}\n{}", local.log());
+        let status = local.rollout("shop", "shop").and_then(|r| r.status);
+        if let Some(status) = status.filter(|s| s.phase == palisade_rollout::crd::Phase::Blocked) {
+            return status;
+        }
+        assert!(
+            start.elapsed() < std::time::Duration::from_secs(60),
+            "not blocked: {:#?}\n{}",
+            local.rollout("shop", "shop"),
+            local.log()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(300));
+    }
+}
+
 #[test]
 fn a_candidate_that_would_403_a_live_request_blocks_with_that_request_shown() {
-    use palisade_rollout::crd::Phase;
-    use std::time::{Duration, Instant};
     let (_dir, repo, local) = enforced("ple3-", POLICY_CLUSTER, &[("web.yaml", HTTP_RULES)], "6s");
 
     // The candidate drops the /public rule: live GET /public requests would get 403s.
@@ -323,22 +345,8 @@ fn a_candidate_that_would_403_a_live_request_blocks_with_that_request_shown() {
             "GET /public",
         ]))
     };
-    let start = Instant::now();
-    let blocked = loop {
-        // Still enforced meanwhile: the live request keeps its 200.
-        assert_eq!(probe().0, Some(0), "the enforced revision allows GET /public\n{}", local.log());
-        let status = local.rollout("shop", "shop").and_then(|r| r.status);
-        if let Some(status) = status.filter(|s| s.phase == Phase::Blocked) {
-            break status;
-        }
-        assert!(
-            start.elapsed() < Duration::from_secs(60),
-            "not blocked: {:#?}\n{}",
-            local.rollout("shop", "shop"),
-            local.log()
-        );
-        std::thread::sleep(Duration::from_millis(300));
-    };
+    // Still enforced meanwhile: the live request keeps its 200.
+    let blocked = blocked_while(&local, || probe().0 == Some(0), "the enforced revision allows GET /public");
     assert!(blocked.candidate_revision.is_some_and(|c| c.display.ends_with(&commit)), "the stricter commit is blocked");
     let (ok, out) = local.cli(&["describe", "rollout", "shop", "-n", "shop"]);
     assert!(ok, "{out}");
@@ -514,7 +522,6 @@ spec:
 
 #[test]
 fn grpc_calls_are_judged_by_method_and_a_candidate_denying_a_live_one_blocks() {
-    use palisade_rollout::crd::Phase;
     use std::time::{Duration, Instant};
     let (_dir, repo, local) = enforced("ple6-", POLICY_CLUSTER, &[("web.yaml", GRPC_RULES)], "6s");
     let call = |method: &str| {
@@ -551,16 +558,7 @@ fn grpc_calls_are_judged_by_method_and_a_candidate_denying_a_live_one_blocks() {
     // A candidate without the GetCart rule would deny live calls: Blocked, naming the call.
     let stricter = GRPC_RULES.replace("        - {method: POST, path: /shop.Cart/GetCart}\n", "");
     let commit = repo.commit(&[("web.yaml", &stricter)], "web: only List");
-    let start = Instant::now();
-    let blocked = loop {
-        assert_eq!(call("/shop.Cart/GetCart").0, Some(0), "still enforced meanwhile\n{}", local.log());
-        let status = local.rollout("shop", "shop").and_then(|r| r.status);
-        if let Some(status) = status.filter(|s| s.phase == Phase::Blocked) {
-            break status;
-        }
-        assert!(start.elapsed() < Duration::from_secs(60), "not blocked\n{}", local.log());
-        std::thread::sleep(Duration::from_millis(300));
-    };
+    let blocked = blocked_while(&local, || call("/shop.Cart/GetCart").0 == Some(0), "still enforced meanwhile");
     assert!(blocked.candidate_revision.is_some_and(|c| c.display.ends_with(&commit)));
     let (ok, out) = local.cli(&["describe", "rollout", "shop", "-n", "shop"]);
     assert!(ok, "{out}");

@@ -82,12 +82,7 @@ fn call_here(to: IpAddr, port: u16, method: &str, timeout: Duration) -> io::Resu
             Err(_) => GrpcOutcome::Failed(Outcome::TimedOut),
             Ok(Ok(Some((code, message)))) => GrpcOutcome::Status { code, message, time: start.elapsed() },
             Ok(Ok(None)) => GrpcOutcome::Failed(Outcome::Refused),
-            Ok(Err(e)) => GrpcOutcome::Failed(match e.kind() {
-                io::ErrorKind::ConnectionRefused => Outcome::Refused,
-                io::ErrorKind::HostUnreachable | io::ErrorKind::NetworkUnreachable => Outcome::Unreachable,
-                io::ErrorKind::TimedOut => Outcome::TimedOut,
-                _ => Outcome::Refused,
-            }),
+            Ok(Err(e)) => GrpcOutcome::Failed(crate::http::failure(&e)),
         })
     })
 }

@@ -161,13 +161,7 @@ fn exchange(to: IpAddr, port: u16, requests: &[HttpRequest], timeout: Duration) 
                 Ok(Ok((status, headers, body))) => {
                     HttpOutcome::Response { status, headers, body, time: start.elapsed() }
                 }
-                Ok(Err(e)) => HttpOutcome::Failed(match e.kind() {
-                    io::ErrorKind::ConnectionRefused => Outcome::Refused,
-                    io::ErrorKind::HostUnreachable | io::ErrorKind::NetworkUnreachable => Outcome::Unreachable,
-                    io::ErrorKind::TimedOut => Outcome::TimedOut,
-                    // Reset, or closed before a response: hyper's errors say so only in words.
-                    _ => Outcome::Refused,
-                }),
+                Ok(Err(e)) => HttpOutcome::Failed(failure(&e)),
             };
             let failed = match &outcome {
                 HttpOutcome::Failed(failure) => Some(*failure),
@@ -181,4 +175,14 @@ fn exchange(to: IpAddr, port: u16, requests: &[HttpRequest], timeout: Duration) 
         }
         Ok(outcomes)
     })
+}
+
+/// What a failed HTTP exchange (HTTP/1.1 or HTTP/2) amounts to as a probe's outcome.
+pub(crate) fn failure(e: &io::Error) -> Outcome {
+    match e.kind() {
+        io::ErrorKind::HostUnreachable | io::ErrorKind::NetworkUnreachable => Outcome::Unreachable,
+        io::ErrorKind::TimedOut => Outcome::TimedOut,
+        // Refused, reset, or closed before a response: hyper's errors say so only in words.
+        _ => Outcome::Refused,
+    }
 }

@@ -487,6 +487,14 @@ pub struct PolicyRolloutStatus {
     pub last_handled_reconcile_at: Option<String>,
 }
 
+impl PolicyRolloutStatus {
+    /// A candidate is staged or a flip asked for: the barrier waits on the nodes, whose agents
+    /// then send heartbeats so that a silent node can be told from a dead one.
+    pub fn in_flight(&self) -> bool {
+        self.candidate_revision.is_some() || self.flip_requested_at.is_some()
+    }
+}
+
 /// The longest `reconcile.palisade.dev/requestedAt` value the status records as handled.
 pub const RECONCILE_REQUEST_MAX: u32 = TIME_MAX;
 

@@ -19,7 +19,7 @@ use kube::runtime::WatchStreamExt;
 use kube::runtime::watcher::{self, Event};
 use kube::{Api, Client, Resource, ResourceExt};
 use palisade_policy::cluster;
-use palisade_rollout::crd::{PolicyRevision, PolicyRollout};
+use palisade_rollout::crd::{PolicyRevision, PolicyRollout, PolicyRolloutStatus};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tracing::{Level, debug, info, warn};
@@ -67,10 +67,7 @@ impl RolloutFacts {
             uid: rollout.metadata.uid.clone(),
             min_flows_per_endpoint: u64::from(rollout.spec.audit.min_flows_per_endpoint),
             watched_until: promoted_at.map(|at| at.0.checked_add(window).unwrap_or(Timestamp::MAX)),
-            in_flight: rollout
-                .status
-                .as_ref()
-                .is_some_and(|s| s.candidate_revision.is_some() || s.flip_requested_at.is_some()),
+            in_flight: rollout.status.as_ref().is_some_and(PolicyRolloutStatus::in_flight),
         }
     }
 

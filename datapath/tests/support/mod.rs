@@ -42,8 +42,9 @@ pub fn attach_mode() -> Option<AttachMode> {
 
 /// Opens (or adopts) the datapath pinned at `pin_dir`, in the tests' attach mode.
 pub fn open_datapath(pin_dir: impl AsRef<std::path::Path>) -> Datapath {
-    let datapath = Datapath::open_with(pin_dir, attach_mode()).expect("open the datapath");
-    if let Some(mode) = attach_mode() {
+    let mode = attach_mode();
+    let datapath = Datapath::open_with(pin_dir, mode).expect("open the datapath");
+    if let Some(mode) = mode {
         assert_eq!(datapath.attach_mode(), mode, "the datapath attaches the way the tests run");
     }
     datapath

@@ -55,7 +55,7 @@ fn silent_since(report: &PolicyAuditReportSpec, in_flight_since: Timestamp, now:
 /// When the rollout last went in flight, as the agents see it (a candidate staged or its audit
 /// restarted, a flip asked for: then they send heartbeats); None while it is settled.
 pub(super) fn in_flight_since(status: Option<&PolicyRolloutStatus>) -> Option<Timestamp> {
-    let status = status.filter(|s| s.candidate_revision.is_some() || s.flip_requested_at.is_some())?;
+    let status = status.filter(|s| s.in_flight())?;
     [&status.audit_started_at, &status.candidate_staged_at, &status.flip_requested_at]
         .into_iter()
         .flatten()
