@@ -149,24 +149,22 @@ async fn bench() -> anyhow::Result<()> {
         }
     };
     let audit = Window::open(&api);
-    let outcome = loop {
+    let (outcome, decided) = 'audit: loop {
         tick(&api, &mut agents).await;
-        let status = rollout(&api, 0).status.unwrap_or_default();
-        if status.candidate_revision.is_none() || status.phase == Phase::Blocked {
-            break status.phase;
-        }
-        anyhow::ensure!(staged.elapsed() < Duration::from_secs(600), "no decision: {status:?}");
         let next = Instant::now() + REPORT_INTERVAL;
-        // Watch for the decision between ticks, to time it to the poll, not to the tick.
+        // Watch for the decision until the next tick, to time it to the poll, not to the tick.
         while Instant::now() < next {
-            tokio::time::sleep(Duration::from_millis(100)).await;
-            let status = rollout(&api, 0).status.unwrap_or_default();
-            if status.candidate_revision.is_none() || status.phase == Phase::Blocked {
-                break;
+            if let Some(phase) = decision(&rollout(&api, 0)) {
+                break 'audit (phase, staged.elapsed());
             }
+            anyhow::ensure!(
+                staged.elapsed() < Duration::from_secs(600),
+                "no decision: {}",
+                progress(&rollout(&api, 0))
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
         }
     };
-    let decided = staged.elapsed();
     let (audit_writes, audit_reads) = audit.rates(&api);
     anyhow::ensure!(outcome == Phase::Enforced, "the candidate was not promoted: {outcome:?}");
 
@@ -320,6 +318,12 @@ fn rollouts(api: &FakeApi) -> Vec<PolicyRollout> {
 
 fn rollout(api: &FakeApi, r: usize) -> PolicyRollout {
     serde_json::from_value(api.get(ROLLOUTS, &format!("ns-{r}"), "web").expect("the rollout")).expect("a rollout")
+}
+
+/// The audit's outcome once decided: the candidate promoted (gone, `Enforced`) or `Blocked`.
+fn decision(rollout: &PolicyRollout) -> Option<Phase> {
+    let status = rollout.status.as_ref()?;
+    (status.candidate_revision.is_none() || status.phase == Phase::Blocked).then_some(status.phase)
 }
 
 fn phase(rollout: &PolicyRollout) -> Phase {
