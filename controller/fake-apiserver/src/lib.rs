@@ -31,6 +31,7 @@ mod watch;
 use std::convert::Infallible;
 use std::sync::{Arc, Mutex};
 
+use http_body_util::BodyExt;
 use serde_json::Value;
 
 use crate::review::Reviews;
@@ -104,6 +105,28 @@ impl FakeApi {
             async move { Ok::<_, Infallible>(api.handle(request).await) }
         });
         kube::Client::new(service, "default")
+    }
+
+    /// Serves the API over plain HTTP/1.1 on `listener`, for a client in another process (one
+    /// whose memory a benchmark measures apart from the server's); until the future is dropped.
+    pub async fn serve(self, listener: tokio::net::TcpListener) -> std::io::Result<()> {
+        loop {
+            let (stream, _) = listener.accept().await?;
+            let api = self.clone();
+            let service = hyper::service::service_fn(move |request: http::Request<hyper::body::Incoming>| {
+                let api = api.clone();
+                async move {
+                    let (parts, body) = request.into_parts();
+                    let body = body.collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+                    Ok::<_, Infallible>(api.handle(http::Request::from_parts(parts, body.into())).await)
+                }
+            });
+            tokio::spawn(async move {
+                let connection = hyper::server::conn::http1::Builder::new();
+                // A client gone mid-request is its own business.
+                let _ = connection.serve_connection(hyper_util::rt::TokioIo::new(stream), service).await;
+            });
+        }
     }
 
     /// A client that sends `Authorization: Bearer <token>` with every request, as kube does for

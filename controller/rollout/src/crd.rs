@@ -457,6 +457,12 @@ pub struct PolicyRolloutStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(max = TIME_MAX))]
     pub flip_requested_at: Option<Time>,
+    /// While Enforced, since when some node has not enforced the enforced revision (an agent
+    /// restarted and failing to load it, a node that joined): `spec.progressDeadline` counts
+    /// from here.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = TIME_MAX))]
+    pub nodes_behind_since: Option<Time>,
     /// When every node confirmed the last promotion: the start of the rollback watch window.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(max = TIME_MAX))]

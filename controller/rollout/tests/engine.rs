@@ -748,6 +748,35 @@ fn nodes_that_do_not_converge_within_the_progress_deadline_stall_the_rollout() {
 }
 
 #[test]
+fn an_enforced_rollout_with_a_node_behind_stalls_at_the_progress_deadline() {
+    let mut r = Rollout::new();
+    r.step(&rev("1"), &[], 0);
+    r.step(&rev("1"), &loaded_audit("1", 5, vec![]), 12);
+    let all = [node("a").loaded(&["1"]).enforcing("1"), node("b").loaded(&["1"]).enforcing("1")];
+    r.step(&rev("1"), &all, 13);
+    assert_eq!(r.phase(), Phase::Enforced);
+
+    // Node b's agent restarts and has not loaded the enforced revision again.
+    let behind = [node("a").loaded(&["1"]).enforcing("1"), node("b")];
+    let actions = r.step(&rev("1"), &behind, 20);
+    r.assert_condition("Reconciling", "WaitingForNodes", "1 of 2 nodes enforce main@1 (waiting for b)");
+    assert_eq!(r.condition("Stalled"), None, "within spec.progressDeadline (10m)");
+    assert!(actions.contains(&Action::RequeueAfter(std::time::Duration::from_secs(600))), "{actions:?}");
+    r.step(&rev("1"), &behind, 29);
+    assert_eq!(r.condition("Stalled"), None, "the deadline counts from when b fell behind");
+
+    let actions = r.step(&rev("1"), &behind, 30);
+    r.assert_condition("Stalled", "ProgressDeadlineExceeded", "1 of 2 nodes enforce main@1 (waiting for b)");
+    assert_eq!(events(&actions), ["ProgressDeadlineExceeded"]);
+    assert_eq!(r.phase(), Phase::Enforced, "what is enforced stays enforced");
+
+    r.step(&rev("1"), &all, 31);
+    assert_eq!(r.condition("Stalled"), None, "b caught up");
+    r.assert_condition("Ready", "Enforced", "on all 2 nodes");
+    assert_eq!(r.st().nodes_behind_since, None);
+}
+
+#[test]
 fn a_node_not_ready_beyond_the_grace_is_left_out_until_it_is_back() {
     let mut r = Rollout::new();
     r.step(&rev("1"), &[], 0);

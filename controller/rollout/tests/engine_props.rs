@@ -133,7 +133,8 @@ fn reconcile(
     minute: i64,
 ) -> Decision {
     let ctx = Context { namespace: NS, controller_namespace: CONTROLLER_NS, generation: Some(3), now: t(minute) };
-    let observed = Observed { source: src, reports, not_ready: &[], decisions, claims: &[] };
+    let reports: Vec<&PolicyAuditReportSpec> = reports.iter().collect();
+    let observed = Observed { source: src, reports: &reports, not_ready: &[], decisions, claims: &[] };
     engine::reconcile(spec, status, &observed, &ctx)
 }
 

@@ -6,6 +6,7 @@
 //! the real datapath, its thread inside the local node namespace.
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::sync::mpsc::Sender;
 use std::time::Duration;
 
@@ -19,7 +20,9 @@ use palisade_datapath::Datapath;
 use palisade_netsim::{Local, TrafficGenerator, TrafficOptions};
 use palisade_policy::AllowLocalhost;
 use palisade_policy::yaml::{self, Limits};
-use palisade_rollout::crd::{PolicyAuditReportSpec, PolicyRevision, PolicyRollout, PolicyRolloutStatus};
+use palisade_rollout::crd::{
+    PolicyAuditReport, PolicyAuditReportSpec, PolicyRevision, PolicyRollout, PolicyRolloutStatus,
+};
 use palisade_rollout::engine::{Claim, DecisionRequest, Event, NotReadyNode};
 use palisade_rollout::wire::RECONCILE_ANNOTATION;
 use tracing::{info, warn};
@@ -274,12 +277,13 @@ impl RolloutStore for LocalStore<'_> {
     }
 
     /// The one node's report; an empty one until its agent reports.
-    async fn reports(&self, rollout: &PolicyRollout) -> Result<Vec<PolicyAuditReportSpec>, Error> {
+    async fn reports(&self, rollout: &PolicyRollout) -> Result<Vec<Arc<PolicyAuditReport>>, Error> {
         let (namespace, name) = (namespace_of(rollout), name_of(rollout));
-        let mut reports: Vec<PolicyAuditReportSpec> =
-            self.store.reports(&namespace, &name)?.into_iter().map(|r| r.spec).filter(|r| r.node == NODE).collect();
+        let mut reports: Vec<Arc<PolicyAuditReport>> =
+            self.store.reports(&namespace, &name)?.into_iter().filter(|r| r.spec.node == NODE).map(Arc::new).collect();
         if reports.is_empty() {
-            reports.push(PolicyAuditReportSpec { rollout: name, node: NODE.into(), ..Default::default() });
+            let spec = PolicyAuditReportSpec { rollout: name.clone(), node: NODE.into(), ..Default::default() };
+            reports.push(Arc::new(PolicyAuditReport::new(&palisade_agent::report_name(&name, NODE), spec)));
         }
         Ok(reports)
     }

@@ -8,7 +8,7 @@ use std::hash::Hash;
 use std::time::Duration;
 
 use futures::{Stream, StreamExt};
-use k8s_openapi::api::core::v1::{Node, Pod};
+use k8s_openapi::api::core::v1::{Node, NodeStatus, Pod, PodSpec, PodStatus};
 use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client, Resource, ResourceExt};
@@ -50,26 +50,28 @@ impl Caches {
         let (at_once_tx, at_once_rx) = mpsc::unbounded_channel();
         let mut tasks = Vec::new();
         let labelled = || watcher::Config::default().labels(ROLLOUT_LABEL).any_semantic();
-        let reports = watch(Api::all(client.clone()), labelled(), &mut tasks, move |r: &PolicyAuditReport| {
-            if let Some(rollout) = labelled_rollout(r) {
-                let _ = report_tx.send(rollout);
-            }
-        });
+        let reports =
+            watch(Api::all(client.clone()), labelled(), &mut tasks, keep_all, move |r: &PolicyAuditReport| {
+                if let Some(rollout) = labelled_rollout(r) {
+                    let _ = report_tx.send(rollout);
+                }
+            });
         let revision_tx = at_once_tx.clone();
-        let revisions = watch(Api::all(client.clone()), labelled(), &mut tasks, move |r: &PolicyRevision| {
+        let revisions = watch(Api::all(client.clone()), labelled(), &mut tasks, keep_all, move |r: &PolicyRevision| {
             if let Some(rollout) = labelled_rollout(r) {
                 let _ = revision_tx.send(rollout);
             }
         });
         let any = || watcher::Config::default().any_semantic();
-        let decisions = watch(Api::all(client.clone()), any(), &mut tasks, move |d: &PolicyDecision| {
+        let decisions = watch(Api::all(client.clone()), any(), &mut tasks, keep_all, move |d: &PolicyDecision| {
             if let Some(namespace) = d.namespace() {
                 let _ = at_once_tx.send(ObjectRef::new(&d.spec.rollout).within(&namespace));
             }
         });
         let agent_pods = any().labels(&config.agent_selector);
-        let agents = watch(Api::namespaced(client.clone(), &config.namespace), agent_pods, &mut tasks, |_: &Pod| {});
-        let nodes = watch(Api::all(client.clone()), any(), &mut tasks, |_: &Node| {});
+        let agents_api = Api::namespaced(client.clone(), &config.namespace);
+        let agents = watch(agents_api, agent_pods, &mut tasks, slim_agent, |_: &Pod| {});
+        let nodes = watch(Api::all(client.clone()), any(), &mut tasks, slim_node, |_: &Node| {});
 
         let (coalesced_tx, coalesced_rx) = mpsc::unbounded_channel();
         tasks.push(tokio::spawn(coalesce(report_rx, coalesced_tx, REPORT_WINDOW)).abort_handle());
@@ -102,12 +104,14 @@ fn labelled_rollout(object: &impl Resource) -> Option<ObjectRef<PolicyRollout>> 
     Some(ObjectRef::new(object.labels().get(ROLLOUT_LABEL)?).within(&object.namespace()?))
 }
 
-/// A reflector over `api`, driven by a task of its own; `changed` sees every object applied or
-/// deleted (its triggers may go unheard: tests run reconciles without a Controller).
+/// A reflector over `api`, driven by a task of its own, keeping of each object what `slim`
+/// leaves and never its managed fields; `changed` sees every object applied or deleted (its
+/// triggers may go unheard: tests run reconciles without a Controller).
 fn watch<K>(
     api: Api<K>,
     config: watcher::Config,
     tasks: &mut Vec<AbortHandle>,
+    slim: fn(&mut K),
     changed: impl Fn(&K) + Send + 'static,
 ) -> Store<K>
 where
@@ -115,7 +119,11 @@ where
     K::DynamicType: Default + Eq + Hash + Clone + Send + Sync,
 {
     let (reader, writer) = reflector::store();
-    let stream = reflector::reflector(writer, watcher(api, config).default_backoff()).touched_objects();
+    let slimmed = watcher(api, config).default_backoff().modify(move |object: &mut K| {
+        object.managed_fields_mut().clear();
+        slim(object);
+    });
+    let stream = reflector::reflector(writer, slimmed).touched_objects();
     let task = tokio::spawn(async move {
         let mut stream = std::pin::pin!(stream);
         while let Some(event) = stream.next().await {
@@ -127,6 +135,31 @@ where
     });
     tasks.push(task.abort_handle());
     reader
+}
+
+fn keep_all<K>(_: &mut K) {}
+
+/// What a reconcile reads of an agent Pod: its node and whether it is Ready.
+fn slim_agent(pod: &mut Pod) {
+    let node_name = pod.spec.as_mut().and_then(|spec| spec.node_name.take());
+    pod.spec = Some(PodSpec { node_name, ..PodSpec::default() });
+    pod.status = pod.status.take().map(|status| PodStatus {
+        conditions: status.conditions.map(|c| c.into_iter().filter(|c| c.type_ == "Ready").collect()),
+        ..PodStatus::default()
+    });
+    pod.metadata.annotations = None;
+}
+
+/// What a reconcile reads of a Node: its Ready condition. A real Node also carries its images,
+/// addresses, capacity and more, some kilobytes that thousands of nodes would keep in memory.
+fn slim_node(node: &mut Node) {
+    node.spec = None;
+    node.status = node.status.take().map(|status| NodeStatus {
+        conditions: status.conditions.map(|c| c.into_iter().filter(|c| c.type_ == "Ready").collect()),
+        ..NodeStatus::default()
+    });
+    node.metadata.annotations = None;
+    node.metadata.labels = None;
 }
 
 /// Forwards each rollout at most once per `window`, however many of its reports changed in it.

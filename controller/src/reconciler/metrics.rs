@@ -44,7 +44,8 @@ pub struct Metrics {
 impl Default for Metrics {
     fn default() -> Self {
         let mut registry = Registry::with_prefix("palisade");
-        let reconcile_duration = Histogram::new(exponential_buckets(0.005, 2.0, 14));
+        // From 1 ms to 11 s in steps of 1.5x, fine enough to tell 40 ms from 60 ms.
+        let reconcile_duration = Histogram::new(exponential_buckets(0.001, 1.5, 24));
         let reconcile_errors = Counter::default();
         let rollouts = Family::<PhaseLabels, Gauge>::default();
         let audit_new_denies = Family::<RolloutLabels, Gauge>::default();

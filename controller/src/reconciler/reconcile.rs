@@ -13,9 +13,7 @@ use kube::runtime::finalizer::{Event as Finalizer, finalizer};
 use kube::runtime::reflector::ObjectRef;
 use kube::{Api, Client, Resource, ResourceExt};
 use palisade_agent::report_name;
-use palisade_rollout::crd::{
-    PolicyAuditReport, PolicyAuditReportSpec, PolicyDecision, PolicyRevision, PolicyRollout, PolicyRolloutStatus,
-};
+use palisade_rollout::crd::{PolicyAuditReport, PolicyDecision, PolicyRevision, PolicyRollout, PolicyRolloutStatus};
 use palisade_rollout::engine::{Claim, DecisionRequest, Event, EventType, HISTORY_LIMIT, NotReadyNode};
 use palisade_rollout::wire::{CONTROLLER_FIELD_MANAGER, FINALIZER};
 use serde_json::json;
@@ -105,14 +103,14 @@ impl RolloutStore for KubeStore<'_> {
     /// agent is not running and ready (its readiness probe passes once its datapath matches the
     /// cluster) is not evidence. A node with a ready agent but no report is not waited for:
     /// agents report only the rollouts that select an endpoint on their node.
-    async fn reports(&self, rollout: &PolicyRollout) -> Result<Vec<PolicyAuditReportSpec>, Error> {
+    async fn reports(&self, rollout: &PolicyRollout) -> Result<Vec<Arc<PolicyAuditReport>>, Error> {
         let (name, namespace) = (rollout.name_any(), rollout.namespace().unwrap_or_default());
         let agents = self.caches.agents.state();
         let nodes: BTreeSet<&str> =
             agents.iter().filter(|p| is_ready(p)).filter_map(|p| p.spec.as_ref()?.node_name.as_deref()).collect();
         let report = |node: &str| {
             let report = self.caches.reports.get(&ObjectRef::new(&report_name(&name, node)).within(&namespace))?;
-            (report.spec.rollout == name && report.spec.node == node).then(|| report.spec.clone())
+            (report.spec.rollout == name && report.spec.node == node).then_some(report)
         };
         Ok(nodes.into_iter().filter_map(report).collect())
     }

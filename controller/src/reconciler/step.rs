@@ -2,14 +2,15 @@
 //! agents' reports), decide (the pure engine), act (PolicyRevisions first, then the status and
 //! the Events). The Kubernetes reconciler and local mode run this same step and differ only in
 //! their [`RolloutStore`]: the API server, or local mode's state directory.
+use std::sync::Arc;
 use std::time::Duration;
 
 use k8s_openapi::jiff::Timestamp;
 use kube::api::ObjectMeta;
 use kube::{Resource, ResourceExt};
 use palisade_rollout::crd::{
-    PolicyAuditReportSpec, PolicyDecision, PolicyRevision, PolicyRevisionSpec, PolicyRollout, PolicyRolloutStatus,
-    RECONCILE_REQUEST_MAX, RevisionRef,
+    PolicyAuditReport, PolicyAuditReportSpec, PolicyDecision, PolicyRevision, PolicyRevisionSpec, PolicyRollout,
+    PolicyRolloutStatus, RECONCILE_REQUEST_MAX, RevisionRef,
 };
 use palisade_rollout::engine::{
     self, Action, Claim, DecisionRequest, Event, NotReadyNode, Observed, PolicyRef, SourceObservation,
@@ -36,7 +37,7 @@ pub trait RolloutStore: Sync {
     fn reports(
         &self,
         rollout: &PolicyRollout,
-    ) -> impl Future<Output = Result<Vec<PolicyAuditReportSpec>, Error>> + Send;
+    ) -> impl Future<Output = Result<Vec<Arc<PolicyAuditReport>>, Error>> + Send;
 
     /// The nodes whose Node is not Ready.
     fn not_ready_nodes(&self) -> impl Future<Output = Result<Vec<NotReadyNode>, Error>> + Send;
@@ -96,6 +97,7 @@ pub async fn reconcile(
     let suspended = SourceObservation::Unreachable { message: "suspended".into() };
     let observation = fetched.as_ref().map_or(&suspended, |f| &f.observation);
     let reports = store.reports(rollout).await?;
+    let reports: Vec<&PolicyAuditReportSpec> = reports.iter().map(|r| &r.spec).collect();
     let not_ready = store.not_ready_nodes().await?;
     let decisions = store.decisions(rollout).await?;
     let claims = match observation {

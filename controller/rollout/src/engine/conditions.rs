@@ -30,10 +30,27 @@ impl<'a> Engine<'a> {
     /// Stalled are present only while true; the rest tell which step the rollout is at.
     pub(super) fn refresh_conditions(&mut self, source: &SourceObservation) {
         let enforced = self.st.enforced_revision.clone();
-        let enforcing = enforced.as_ref().map_or(0, |e| {
-            self.reports.iter().filter(|r| r.enforced_revision.as_deref() == Some(e.id.as_str())).count()
-        });
-        let everywhere = !self.reports.is_empty() && enforcing == self.reports.len();
+        let behind: Vec<&str> = self
+            .reports
+            .iter()
+            .filter(|r| r.enforced_revision.as_deref() != enforced.as_ref().map(|e| e.id.as_str()))
+            .map(|r| r.node.as_str())
+            .collect();
+        let enforcing = self.reports.len() - behind.len();
+        let everywhere = !self.reports.is_empty() && behind.is_empty();
+        if self.st.phase == Phase::Enforced && !behind.is_empty() {
+            let now = self.now();
+            self.st.nodes_behind_since.get_or_insert(now);
+            let message = format!(
+                "{enforcing} of {} nodes enforce {} (waiting for {})",
+                self.reports.len(),
+                self.enforced_display(),
+                list(&behind)
+            );
+            self.waiting = Some(("WaitingForNodes", message));
+        } else {
+            self.st.nodes_behind_since = None;
+        }
         let still = format!("still enforcing {}", self.enforced_display());
         let waiting = self.waiting.clone();
         let (ready, reason, message): (bool, String, String) = match self.st.phase {
@@ -51,11 +68,12 @@ impl<'a> Engine<'a> {
             Phase::Enforced if everywhere => {
                 (true, "Enforced".into(), format!("{} is enforced on all {} nodes", self.enforced_display(), enforcing))
             }
-            Phase::Enforced => (
-                false,
-                "WaitingForNodes".into(),
-                format!("{} of {} nodes enforce {}", enforcing, self.reports.len(), self.enforced_display()),
-            ),
+            Phase::Enforced => {
+                let message =
+                    format!("{enforcing} of {} nodes enforce {}", self.reports.len(), self.enforced_display());
+                let (reason, message) = waiting.clone().unwrap_or(("WaitingForNodes", message));
+                (false, reason.into(), message)
+            }
             Phase::Failed => {
                 let attempt = self.st.last_attempted_revision.as_ref();
                 let reason = attempt.and_then(|a| a.reason.as_deref()).unwrap_or("Failed").to_string();

@@ -166,7 +166,7 @@ pub struct Observed<'a> {
     /// The rollout's reports from nodes running a ready agent: the nodes the promotion barrier
     /// waits for. A report with only `node` set holds the barrier like a node that loaded
     /// nothing.
-    pub reports: &'a [PolicyAuditReportSpec],
+    pub reports: &'a [&'a PolicyAuditReportSpec],
     /// Nodes whose Node is not Ready: left out of the barrier after `spec.audit.notReadyGrace`.
     pub not_ready: &'a [NotReadyNode],
     /// The rollout's PolicyDecisions, oldest first.

@@ -15,7 +15,7 @@ pub(super) struct Barrier<'a> {
 /// `in_flight_since`: when the rollout last started waiting on its nodes ([`in_flight_since`]);
 /// silence counts only from then.
 pub(super) fn barrier<'a>(
-    reports: &'a [PolicyAuditReportSpec],
+    reports: &[&'a PolicyAuditReportSpec],
     not_ready: &[NotReadyNode],
     (grace, in_flight_since): (SignedDuration, Option<Timestamp>),
     now: Timestamp,
@@ -64,14 +64,14 @@ pub(super) fn in_flight_since(status: Option<&PolicyRolloutStatus>) -> Option<Ti
 }
 
 impl Engine<'_> {
-    /// A barrier still waiting once `spec.progressDeadline` has passed since it started: the
-    /// candidate staged or its audit restarted, or the flip asked for. Says so as the Stalled
+    /// A barrier still waiting once `spec.progressDeadline` has passed since it started (the
+    /// candidate staged or its audit restarted, or the flip asked for), or nodes still not
+    /// enforcing the enforced revision that long after they fell behind. Says so as the Stalled
     /// condition's message; otherwise asks to be reconciled when the deadline comes.
     pub(super) fn deadline_exceeded(&mut self) -> Option<String> {
-        if !self.waiting_for_nodes {
-            return None;
-        }
-        let started = if self.flipping() {
+        let started = if !self.waiting_for_nodes {
+            self.st.nodes_behind_since.as_ref()
+        } else if self.flipping() {
             self.st.flip_requested_at.as_ref()
         } else {
             self.st.audit_started_at.as_ref().or(self.st.candidate_staged_at.as_ref())

@@ -169,8 +169,14 @@ impl Rollout {
             generation: Some(1),
             now: t(minutes),
         };
-        let observed =
-            Observed { source, reports, not_ready: &self.not_ready, decisions: &self.decisions, claims: &self.claims };
+        let reports: Vec<&PolicyAuditReportSpec> = reports.iter().collect();
+        let observed = Observed {
+            source,
+            reports: &reports,
+            not_ready: &self.not_ready,
+            decisions: &self.decisions,
+            claims: &self.claims,
+        };
         engine::reconcile(&self.spec, self.status.as_ref(), &observed, &ctx)
     }
 

@@ -67,12 +67,12 @@ pub const GOALS: &[Goal] = &[
     goal("dns_proxy_qps", AtLeast, 20_000.0, "/s"),
     goal("fqdn_first_connection_drops", AtMost, 0.0, ""),
     // bench-controller, #16: the control plane at 5,000 nodes and 10 rollouts; a decision within
-    // minDuration (60 s in the benchmark) and two report intervals.
+    // minDuration (the default, 10m, in the benchmark) and two report intervals.
     goal("api_writes_per_s_steady", AtMost, 1.0, "/s"),
     goal("api_writes_per_s_audit", AtMost, 100.0, "/s"),
     goal("reconcile_p99_ms", AtMost, 50.0, "ms"),
     goal("controller_rss_mb", AtMost, 500.0, "MB"),
-    goal("time_to_decision_s", AtMost, 80.0, "s"),
+    goal("time_to_decision_s", AtMost, 620.0, "s"),
 ];
 
 pub fn find(figure: &str) -> Option<&'static Goal> {
