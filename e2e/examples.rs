@@ -27,6 +27,8 @@ struct Flow {
     http: Option<String>,
     /// `/package.Service/Method`, made as one gRPC call.
     grpc: Option<String>,
+    /// A server name, sent in one TLS ClientHello (`""`: none).
+    tls_sni: Option<String>,
     /// For a flow to a Service: each backend pod's expected verdict.
     backends: BTreeMap<String, bool>,
     /// `4`, or `6` for `family: IPv6`: the `--ip-family` of its probes.
@@ -53,6 +55,7 @@ fn flows(dir: &Path) -> Vec<Flow> {
             allowed: field(flow, "verdict") == "allowed",
             http: flow["http"].as_str().map(str::to_owned),
             grpc: flow["grpc"].as_str().map(str::to_owned),
+            tls_sni: flow["tls_sni"].as_str().map(str::to_owned),
             backends: flow["backends"]
                 .as_object()
                 .into_iter()
@@ -85,10 +88,11 @@ fn scenario(name: &str, prefix: &str) {
             wrong.extend(through_service(&local, flow));
             continue;
         }
-        let reached = match (&flow.http, &flow.grpc) {
-            (Some(request), _) => answered(&local, flow, ("--http", request)),
-            (_, Some(method)) => answered(&local, flow, ("--grpc", method)),
-            (None, None) => local.reaches_in(flow.family, &flow.from, &flow.to, &flow.port),
+        let reached = match (&flow.http, &flow.grpc, &flow.tls_sni) {
+            (Some(request), _, _) => answered(&local, flow, ("--http", request)),
+            (_, Some(method), _) => answered(&local, flow, ("--grpc", method)),
+            (_, _, Some(name)) => answered(&local, flow, ("--tls-sni", name)),
+            (None, None, None) => local.reaches_in(flow.family, &flow.from, &flow.to, &flow.port),
         };
         if reached != flow.allowed {
             wrong.push(format!(
@@ -96,7 +100,12 @@ fn scenario(name: &str, prefix: &str) {
                 flow.from,
                 flow.to,
                 flow.port,
-                flow.http.as_ref().or(flow.grpc.as_ref()).map(|r| format!(" {r}")).unwrap_or_default(),
+                flow.http
+                    .as_ref()
+                    .or(flow.grpc.as_ref())
+                    .or(flow.tls_sni.as_ref())
+                    .map(|r| format!(" {r}"))
+                    .unwrap_or_default(),
                 if flow.family == "6" { " (IPv6)" } else { "" },
                 verdict(flow.allowed),
                 verdict(reached)
@@ -114,8 +123,8 @@ fn scenario(name: &str, prefix: &str) {
     eprintln!("{name}: {} flows checked on real traffic", flows.len());
 }
 
-/// Whether `request` (`--http` and a request, or `--grpc` and a method) gets an answer other
-/// than 403, or a gRPC OK.
+/// Whether `request` (`--http` and a request, `--grpc` and a method, or `--tls-sni` and a
+/// server name) gets an answer other than 403, a gRPC OK, or a ClientHello through.
 fn answered(local: &LocalCluster, flow: &Flow, (flag, request): (&str, &str)) -> bool {
     let args = [
         "--from",
@@ -201,4 +210,11 @@ fn dual_stack() {
 #[test]
 fn grpc() {
     scenario("grpc", "e2g-");
+}
+
+/// TLS connections, passed through or reset by the node's L7 proxy on their ClientHello's
+/// server name.
+#[test]
+fn tls_sni() {
+    scenario("tls-sni", "e2t-");
 }

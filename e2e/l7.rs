@@ -564,3 +564,90 @@ fn grpc_calls_are_judged_by_method_and_a_candidate_denying_a_live_one_blocks() {
     assert!(ok, "{out}");
     assert!(out.contains("8080/TCP POST /shop.Cart/GetCart"), "describe shows the call:\n{out}");
 }
+
+/// The web pod's ingress on 8443 (an echo responder standing for a TLS server): the client may
+/// ask for `api.example.com` and any name below `cdn.example.com` (`serverNames`).
+const SNI_RULES: &str = "apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: web, namespace: shop}
+spec:
+  endpointSelector: {matchLabels: {app: web}}
+  ingress:
+  - fromEndpoints: [{matchLabels: {app: client}}]
+    toPorts:
+    - ports: [{port: '8443', protocol: TCP}]
+      serverNames: [api.example.com, '*.cdn.example.com']
+";
+
+const SNI_CLUSTER: &str = "apiVersion: v1
+kind: List
+items:
+- kind: Pod
+  metadata: {name: web, namespace: shop, labels: {app: web}}
+  spec: {containers: [{ports: [{containerPort: 8443}]}]}
+  status: {podIP: 10.200.43.10}
+- kind: Pod
+  metadata: {name: client, namespace: shop, labels: {app: client}}
+  status: {podIP: 10.200.43.20}
+";
+
+#[test]
+fn tls_server_names_pass_or_reset_connections_and_a_candidate_denying_a_live_one_blocks() {
+    use std::time::{Duration, Instant};
+    let (_dir, repo, local) = enforced("ple7-", SNI_CLUSTER, &[("web.yaml", SNI_RULES)], "6s");
+    let hello = |name: &str| {
+        printed(&local.local_probe(&["--from", "shop/client", "--to", "shop/web", "--port", "8443", "--tls-sni", name]))
+    };
+    let start = Instant::now();
+    while hello("api.example.com").0 != Some(0) && start.elapsed() < Duration::from_secs(30) {
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    // An allowed name: the proxy splices the connection to the pod, which echoes the ClientHello.
+    let (code, stdout, stderr) = hello("api.example.com");
+    assert_eq!(code, Some(0), "{stdout}{stderr}\n{}", local.log());
+    assert!(
+        stdout.starts_with("shop/client -> shop/web 10.200.43.10:8443/TCP TLS api.example.com: answered ("),
+        "{stdout}"
+    );
+    assert_eq!(hello("img.CDN.example.com").0, Some(0), "a wildcard domain, any case");
+    // Another name, or none: reset.
+    let (code, stdout, _) = hello("evil.example.org");
+    assert_eq!(
+        (code, stdout.as_str()),
+        (Some(1), "shop/client -> shop/web 10.200.43.10:8443/TCP TLS evil.example.org: reset\n")
+    );
+    assert_eq!(hello("cdn.example.com").0, Some(1), "*.cdn.example.com is for names below it");
+    let (code, stdout, _) = hello("");
+    assert_eq!((code, stdout.ends_with("TLS <no server name>: reset\n")), (Some(1), true), "{stdout}");
+    // A bare TCP handshake gets through L4: the proxy accepts the connection to read its
+    // ClientHello.
+    let plain = local.probe("shop/client", "shop/web", "8443/TCP");
+    assert!(plain.connected, "{}", plain.stdout);
+
+    // Observers see each connection the proxy judged, with its server name.
+    let tls = |flow: &ObservedFlow| flow.l7.as_ref().and_then(|l7| l7.tls.as_ref()).map(|t| t.server_name.clone());
+    let denied =
+        |f: &ObservedFlow| tls(f) == Some(Some("evil.example.org".into())) && f.verdict == FlowVerdict::Dropped;
+    let allowed =
+        |f: &ObservedFlow| tls(f) == Some(Some("api.example.com".into())) && f.verdict == FlowVerdict::Forwarded;
+    let flows = local.observed(&["--type", "l7"], Duration::from_secs(10), |flows| {
+        flows.iter().any(denied) && flows.iter().any(allowed)
+    });
+    let evil = flows.iter().find(|f| denied(f)).unwrap_or_else(|| panic!("no reset for evil.example.org: {flows:#?}"));
+    assert_eq!(evil.drop_reason.as_deref(), Some("sni-denied"));
+    assert_eq!(
+        (evil.port, evil.direction.as_str(), evil.destination.name()),
+        (8443, "ingress", "shop/web".to_string())
+    );
+    assert!(flows.iter().any(allowed), "{flows:#?}");
+
+    // A candidate without api.example.com would reset live connections: Blocked, naming them.
+    let stricter = SNI_RULES.replace("[api.example.com, '*.cdn.example.com']", "['*.cdn.example.com']");
+    let commit = repo.commit(&[("web.yaml", &stricter)], "web: only the CDN");
+    let blocked = blocked_while(&local, || hello("api.example.com").0 == Some(0), "still enforced meanwhile");
+    assert!(blocked.candidate_revision.is_some_and(|c| c.display.ends_with(&commit)));
+    let (ok, out) = local.cli(&["describe", "rollout", "shop", "-n", "shop"]);
+    assert!(ok, "{out}");
+    assert!(out.contains("8443/TCP TLS api.example.com"), "describe shows the server name:\n{out}");
+    assert_eq!(hello("api.example.com").0, Some(0), "a blocked candidate changes nothing");
+}

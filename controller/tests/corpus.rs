@@ -26,7 +26,6 @@ const UNSUPPORTED: &[(&str, &str)] = &[
     ("cilium/l3/entities/customnodes.yaml", "fromNodes (node selector labels)"),
     ("cilium/l4/envoy_forward_proxy.yaml", "Envoy listener redirects"),
     ("cilium/l4/envoy_listener_redirect.yaml", "Envoy listener redirects"),
-    ("cilium/l4/l4_sni.yaml", "TLS server names (SNI)"),
     ("cilium/l4/wildcard_port_listener.yaml", "Envoy listener redirects"),
     ("cilium-connectivity/echo-ingress-mutual-authentication-fail-port-range.yaml", "mutual authentication"),
     ("cilium-connectivity/echo-ingress-mutual-authentication-fail.yaml", "mutual authentication"),

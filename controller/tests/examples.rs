@@ -28,6 +28,8 @@ struct ExpectedFlow {
     headers: Vec<String>,
     /// `/package.Service/Method`: one gRPC call, to the policy an HTTP/2 POST of that path.
     grpc: Option<String>,
+    /// A TLS connection whose ClientHello indicates this server name (`""`: none).
+    tls_sni: Option<String>,
     verdict: Verdict,
     /// For a flow to a Service: the verdict at each backend (pod, else address).
     backends: Option<BTreeMap<String, Verdict>>,
@@ -89,14 +91,20 @@ fn check_scenario(name: &str) {
             (None, None) => None,
             (Some(_), Some(_)) => panic!("{}: a flow is an HTTP request or a gRPC call, not both", flow.why),
         };
-        let http = http.map(L7Request::Http);
+        let tls = flow.tls_sni.as_ref().map(|name| L7Request::Tls(Some(name.clone()).filter(|n| !n.is_empty())));
+        assert!(
+            tls.is_none() || http.is_none(),
+            "{}: a flow is an HTTP request or a TLS connection, not both",
+            flow.why
+        );
+        let http = http.map(L7Request::Http).or(tls);
         let family = flow.family;
         let label = format!(
             "{} -> {} {} {}{}",
             flow.from,
             flow.to,
             flow.port,
-            flow.http.as_deref().or(flow.grpc.as_deref()).unwrap_or(""),
+            flow.http.as_deref().or(flow.grpc.as_deref()).or(flow.tls_sni.as_deref()).unwrap_or(""),
             if family == IpFamily::IPv6 { " (IPv6)" } else { "" }
         );
         if !matches!(to, FlowEnd::Service { .. }) {
@@ -172,6 +180,11 @@ fn dual_stack() {
 #[test]
 fn grpc() {
     check_scenario("grpc");
+}
+
+#[test]
+fn tls_sni() {
+    check_scenario("tls-sni");
 }
 
 /// Every directory of `examples/` with a `flows.yaml` has a test above.

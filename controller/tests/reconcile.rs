@@ -317,6 +317,7 @@ fn deny(port: u16) -> AuditFlow {
         rule: Some("CiliumNetworkPolicy shop/web ingress[0]".into()),
         http: None,
         dns: None,
+        tls: None,
     }
 }
 

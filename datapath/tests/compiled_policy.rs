@@ -80,7 +80,7 @@ fn flows(dir: &Path) -> Vec<Flow> {
             from: field(flow, "from").expect("from"),
             to: field(flow, "to").expect("to"),
             port: field(flow, "port").expect("port"),
-            l7: !flow["http"].is_null() || !flow["grpc"].is_null(),
+            l7: !flow["http"].is_null() || !flow["grpc"].is_null() || !flow["tls_sni"].is_null(),
             ipv6: match field(flow, "family").as_deref() {
                 None | Some("IPv4") => false,
                 Some("IPv6") => true,

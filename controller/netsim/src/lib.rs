@@ -24,6 +24,7 @@ pub mod probe;
 pub mod responders;
 pub mod services;
 pub mod state;
+pub mod tls;
 pub mod traffic;
 
 pub use error::{Error, NodeAddressError, Result};

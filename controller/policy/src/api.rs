@@ -199,9 +199,9 @@ pub struct PortRule {
     #[serde(default)]
     pub ports: Vec<PortProtocol>,
     pub rules: Option<L7Rules>,
+    pub server_names: Option<Vec<String>>,
     // Recognised, not implemented.
     pub listener: Option<Value>,
-    pub server_names: Option<Value>,
     #[serde(rename = "originatingTLS")]
     pub originating_tls: Option<Value>,
     #[serde(rename = "terminatingTLS")]

@@ -1,10 +1,11 @@
 //! What the L7 rules decide for one request or one DNS query: one implementation for `trace`
 //! and the node's proxy. HTTP follows Cilium's `rules.http` as Envoy applies it (method, path
 //! and host are full-match regular expressions, `headers` and `headerMatches` compare
-//! case-insensitive names and exact values); DNS follows `matchName` and `matchPattern`.
+//! case-insensitive names and exact values); DNS follows `matchName` and `matchPattern`; TLS
+//! follows `serverNames` as Envoy matches the SNI of a ClientHello.
 //!
-//! The proxy speaks HTTP on TCP and DNS on UDP and TCP: Kafka rules, and HTTP rules on UDP or
-//! SCTP, stay fail-closed (denied, `l7-unsupported`).
+//! The proxy speaks HTTP and TLS (the ClientHello) on TCP and DNS on UDP and TCP: Kafka rules,
+//! and HTTP or TLS rules on UDP or SCTP, stay fail-closed (denied, `l7-unsupported`).
 use palisade_common::{self as dp, Direction};
 
 use crate::cluster::ContainerPort;
@@ -17,6 +18,9 @@ use crate::trace::{DROP_L7_UNSUPPORTED, FlowPort};
 pub enum L7Request {
     Http(HttpRequest),
     Dns(String),
+    /// A TCP connection judged by its TLS ClientHello: the server name it indicates (SNI),
+    /// `None` when it indicates none or the connection does not start with a ClientHello.
+    Tls(Option<String>),
 }
 
 /// An HTTP request as the rules see it.
@@ -126,6 +130,10 @@ pub(crate) fn select<'a>(
 /// when this says why.
 pub fn unproxied(protocol: Protocol, kinds: &[&str], request: Option<&L7Request>) -> Option<&'static str> {
     let dns = kinds.contains(&"dns") || matches!(request, Some(L7Request::Dns(_)));
+    let tls = kinds.contains(&"tls") || matches!(request, Some(L7Request::Tls(_)));
+    if tls && protocol != Protocol::TCP {
+        return Some("the TLS proxy takes TCP only");
+    }
     if kinds.contains(&"kafka") {
         Some("Kafka is not proxied")
     } else if dns && protocol != Protocol::TCP && protocol != Protocol::UDP {
@@ -168,6 +176,21 @@ pub(crate) fn judge(compiled: &CompiledPolicy, selected: &Selected, request: &L7
                 }
             }
             RequestVerdict::denied(format!("query {name} matches no DNS rule for this peer (REFUSED)"))
+        }
+        L7Request::Tls(server_name) => {
+            if let Some(name) = server_name {
+                for (l7, cookie) in rules {
+                    if let L7Rules::Tls(names) = l7
+                        && names.iter().any(|pattern| server_name_matches(pattern, name))
+                    {
+                        return allowed(*cookie, HttpRewrite::default());
+                    }
+                }
+            }
+            let what = server_name
+                .as_deref()
+                .map_or("a connection without TLS server name".into(), |n| format!("server name {n}"));
+            RequestVerdict::denied(format!("{what} matches no serverNames rule for this peer (connection reset)"))
         }
     }
 }
@@ -347,6 +370,20 @@ impl FqdnMatch {
     }
 }
 
+/// Whether a TLS server name (any case, with or without the root dot) matches a `serverNames`
+/// entry (lower case, without the root dot): exactly, or for `*.domain` when the name is one or
+/// more labels below `domain`, as Envoy matches `server_names` (`www.a.example.com` is tried
+/// as itself, then `*.a.example.com`, `*.example.com`, `*.com`).
+pub fn server_name_matches(pattern: &str, name: &str) -> bool {
+    let name = name.trim_end_matches('.').to_ascii_lowercase();
+    match pattern.strip_prefix("*.") {
+        Some(domain) => {
+            name.strip_suffix(domain).and_then(|below| below.strip_suffix('.')).is_some_and(|below| !below.is_empty())
+        }
+        None => name == pattern,
+    }
+}
+
 /// `pattern` against `name` label by label, `*` matching any run of characters of one label.
 fn labels_match(pattern: &str, name: &str) -> bool {
     let (patterns, labels): (Vec<&str>, Vec<&str>) = (pattern.split('.').collect(), name.split('.').collect());
@@ -390,6 +427,20 @@ mod tests {
         assert!(!pattern("api-*.example.com").matches("web-eu1.example.com"));
         assert!(pattern("*").matches("anything.at.all"));
         assert!(pattern("*").matches("localhost"));
+    }
+
+    #[test]
+    fn server_names_match_exactly_or_below_a_wildcard_domain() {
+        assert!(server_name_matches("api.example.com", "api.example.com"));
+        assert!(server_name_matches("api.example.com", "API.Example.COM."));
+        assert!(!server_name_matches("api.example.com", "www.api.example.com"));
+        assert!(!server_name_matches("api.example.com", "example.com"));
+        assert!(server_name_matches("*.example.com", "api.example.com"));
+        assert!(server_name_matches("*.example.com", "a.b.example.com"));
+        assert!(!server_name_matches("*.example.com", "example.com"));
+        assert!(!server_name_matches("*.example.com", ".example.com"));
+        assert!(!server_name_matches("*.example.com", "badexample.com"));
+        assert!(!server_name_matches("*.example.com", "api.example.com.evil"));
     }
 
     #[test]

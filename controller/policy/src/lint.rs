@@ -18,7 +18,7 @@ pub fn lint(set: &PolicySet) -> Vec<Diagnostic> {
             for port_rule in rule.ingress.rules.iter().chain(&rule.egress.rules).flat_map(|r| &r.ports) {
                 let kind = match &port_rule.l7 {
                     Some(L7Rules::Kafka(_)) => "Kafka",
-                    Some(L7Rules::Http(_) | L7Rules::Dns(_)) | None => continue,
+                    Some(L7Rules::Http(_) | L7Rules::Dns(_) | L7Rules::Tls(_)) | None => continue,
                 };
                 if let Some(at) = &port_rule.l7_at
                     && !l7_fields.iter().any(|(seen, _)| *seen == at)

@@ -297,6 +297,9 @@ pub enum L7Rules {
     Http(Vec<HttpMatch>),
     Kafka(Vec<KafkaMatch>),
     Dns(Vec<FqdnMatch>),
+    /// `serverNames`: the TLS server names (SNI) a connection's ClientHello may ask for,
+    /// lower case without the root dot: exact names, or `*.` and a domain for any name below it.
+    Tls(Vec<String>),
 }
 
 impl L7Rules {
@@ -305,6 +308,7 @@ impl L7Rules {
             L7Rules::Http(_) => "http",
             L7Rules::Kafka(_) => "kafka",
             L7Rules::Dns(_) => "dns",
+            L7Rules::Tls(_) => "tls",
         }
     }
 }

@@ -619,5 +619,8 @@ fn proxy_text(
             rewritten(&verdict.rewrite)
         ),
         Some((L7Request::Dns(name), verdict)) => format!("allowed: query {name} matches {}", verdict.reason),
+        Some((L7Request::Tls(name), verdict)) => {
+            format!("allowed: server name {} matches {}", name.as_deref().unwrap_or("<none>"), verdict.reason)
+        }
     }
 }

@@ -557,3 +557,43 @@ fn to_services_resolves_the_service_selector() {
     ));
     assert_eq!(verdict(&e, "prod/client", "data/db-0", "5432/TCP"), Denied);
 }
+
+#[test]
+fn server_names_are_names_or_wildcard_domains_and_never_with_l7_rules() {
+    let body = |port_rule: &str| {
+        cnp(
+            "prod",
+            "tls",
+            "{matchLabels: {app: db}}",
+            &format!("  egress:\n  - toPorts:\n    - ports: [{{port: '443', protocol: TCP}}]\n{port_rule}"),
+        )
+    };
+    let ok = parse("tls.yaml", &body("      serverNames: [API.example.com., '*.example.org']"));
+    assert!(!ok.has_errors(), "{:?}", ok.diagnostics);
+    let ports = &ok.set.policies[0].rules[0].egress.rules[0].ports;
+    match &ports[0].l7 {
+        Some(palisade_policy::model::L7Rules::Tls(names)) => assert_eq!(names, &["api.example.com", "*.example.org"]),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(ports[0].l7_at, Some(("spec.egress[0].toPorts[0].serverNames".to_string(), 11)));
+
+    let bad = parse("tls.yaml", &body("      serverNames: ['api.*.example.com', 'a..b', '*']"));
+    assert_eq!(
+        errors(&bad),
+        [
+            "tls.yaml:11: spec.egress[0].toPorts[0].serverNames[0]: \"api.*.example.com\" is not a server name: a wildcard is only allowed as the whole leftmost label, as in *.example.com",
+            "tls.yaml:11: spec.egress[0].toPorts[0].serverNames[1]: \"a..b\" is not a server name (a DNS name such as api.example.com, or *.example.com)",
+            "tls.yaml:11: spec.egress[0].toPorts[0].serverNames[2]: \"*\" is not a server name: a wildcard is only allowed as the whole leftmost label, as in *.example.com",
+        ]
+    );
+
+    let with_http =
+        parse("tls.yaml", &body("      serverNames: [api.example.com]\n      rules:\n        http: [{method: GET}]"));
+    let errors = errors(&with_http);
+    assert_eq!(errors.len(), 1, "{errors:?}");
+    assert!(
+        errors[0].starts_with("tls.yaml:11: spec.egress[0].toPorts[0].serverNames: serverNames cannot be combined with rules (http, kafka or dns)"),
+        "{errors:?}"
+    );
+    assert!(with_http.set.policies.is_empty(), "rejected, not enforced without its L7 rules");
+}

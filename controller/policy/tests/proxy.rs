@@ -271,3 +271,88 @@ spec:
     let t = trace_of(&e, "prod/client", "prod/server", "5432/TCP", None);
     assert_eq!((t.ingress.verdict, t.ingress.proxy), (Verdict::Allowed, None));
 }
+
+/// `serverNames` from the client on 8443 (an exact name and a wildcard domain), with HTTP rules
+/// from the same client on 8080.
+const SERVER_NAMES: &str = "apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: tls, namespace: prod}
+spec:
+  endpointSelector: {matchLabels: {app: server}}
+  ingress:
+  - fromEndpoints: [{matchLabels: {app: client}}]
+    toPorts:
+    - ports: [{port: '8443', protocol: TCP}]
+      serverNames: [api.example.com, '*.cdn.example.com']
+  - fromEndpoints: [{matchLabels: {app: client}}]
+    toPorts:
+    - ports: [{port: '8080', protocol: TCP}]
+      rules:
+        http: [{method: GET}]
+";
+
+#[test]
+fn tls_connections_are_judged_by_the_server_name_of_their_client_hello() {
+    let e = engine(SERVER_NAMES, Some("node-a"));
+    let client = identity(&e, "10.200.5.1");
+    let judge_on = |on: &str, name: Option<&str>| {
+        let request = L7Request::Tls(name.map(str::to_string));
+        e.judge_request("prod", "server", Direction::Ingress, client, port(on), &request).unwrap()
+    };
+    assert_eq!(e.l7_kinds("prod", "server", Direction::Ingress, client, port("8443/TCP")), ["tls"]);
+    for name in ["api.example.com", "img.cdn.example.com", "a.b.cdn.example.com"] {
+        let allowed = judge_on("8443/TCP", Some(name));
+        assert!(allowed.allowed, "{name}: {allowed:?}");
+        assert_eq!(allowed.reason, "CiliumNetworkPolicy prod/tls spec.ingress[0]");
+    }
+    for name in ["www.example.com", "cdn.example.com", "api.example.com.evil"] {
+        let denied = judge_on("8443/TCP", Some(name));
+        assert_eq!(
+            (denied.allowed, denied.reason.as_str(), denied.cookie),
+            (
+                false,
+                format!("server name {name} matches no serverNames rule for this peer (connection reset)").as_str(),
+                dp::COOKIE_NONE
+            )
+        );
+    }
+    let none = judge_on("8443/TCP", None);
+    assert_eq!(
+        (none.allowed, none.reason.as_str()),
+        (false, "a connection without TLS server name matches no serverNames rule for this peer (connection reset)")
+    );
+    // HTTP rules never allow a TLS connection, nor serverNames an HTTP request.
+    assert!(!judge_on("8080/TCP", Some("api.example.com")).allowed);
+    let http_on_tls =
+        e.judge_request("prod", "server", Direction::Ingress, client, port("8443/TCP"), &http("GET /", &[]));
+    assert!(!http_on_tls.unwrap().allowed);
+}
+
+#[test]
+fn trace_judges_a_server_name_as_the_proxy_does() {
+    let e = engine(SERVER_NAMES, None);
+    for (name, want) in [("api.example.com", Verdict::Allowed), ("evil.example.org", Verdict::Denied)] {
+        let request = L7Request::Tls(Some(name.into()));
+        let ingress = common::trace_l7(&e, "prod/client", "prod/server", "8443/TCP", Some(&request)).ingress;
+        assert_eq!((ingress.verdict, ingress.drop_reason), (want, None), "{name}");
+        let proxy = ingress.proxy.unwrap();
+        assert!(
+            proxy.contains(if want == Verdict::Allowed {
+                "allowed: server name api.example.com matches"
+            } else {
+                "denied: server name evil.example.org"
+            }),
+            "{proxy}"
+        );
+    }
+}
+
+#[test]
+fn server_names_on_udp_are_not_proxied() {
+    let udp = SERVER_NAMES.replace("{port: '8443', protocol: TCP}", "{port: '8443', protocol: UDP}");
+    let e = engine(&udp, None);
+    let client = identity(&e, "10.200.5.1");
+    let request = L7Request::Tls(Some("api.example.com".into()));
+    let verdict = e.judge_request("prod", "server", Direction::Ingress, client, port("8443/UDP"), &request).unwrap();
+    assert_eq!((verdict.allowed, verdict.reason.as_str()), (false, "l7-unsupported: the TLS proxy takes TCP only"));
+}

@@ -820,6 +820,10 @@ pub struct AuditFlow {
     /// `count` then counts queries.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dns: Option<DnsQueryKind>,
+    /// Set for TLS connections the node's L7 proxy judged by their ClientHello (`serverNames`):
+    /// which server names differ. `count` then counts connections.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<TlsServerKind>,
 }
 
 /// Requests of one method to one path, as the L7 proxy saw them.
@@ -839,6 +843,16 @@ pub struct DnsQueryKind {
     /// Lower case, without the root dot.
     #[schemars(length(max = 253))]
     pub query: String,
+}
+
+/// TLS connections indicating one server name (SNI), as the L7 proxy saw them.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct TlsServerKind {
+    /// Lower case, without the root dot; absent for a connection that indicated none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 253))]
+    pub server_name: Option<String>,
 }
 
 /// A side of a flow, named by labels: identities are node-local numbers and mean nothing here.

@@ -10,6 +10,7 @@ use anyhow::{Context, Result, anyhow, bail};
 use palisade_netsim::dns::{self, Resolved};
 use palisade_netsim::grpc::{self, GrpcOutcome};
 use palisade_netsim::http::{self, HttpOutcome};
+use palisade_netsim::tls;
 use palisade_netsim::{DEFAULT_PREFIX, DEFAULT_STATE_DIR, IpFamily, Local, Outcome, PodNet, Port, StateDir};
 use palisade_policy::AllowLocalhost;
 use palisade_policy::cluster::Backend;
@@ -35,9 +36,9 @@ enum Command {
     /// left: its controller state (rollouts, revisions, reports, Git mirrors) and the pinned datapath.
     Down(DownArgs),
     /// Connect once from one pod (or the node) to another pod, the node or a Service, or send
-    /// one HTTP request (`--http`) or gRPC call (`--grpc`), or resolve a name through a pod's DNS
+    /// one HTTP request (`--http`), gRPC call (`--grpc`) or TLS ClientHello (`--tls-sni`), or resolve a name through a pod's DNS
     /// pod (`--dns`). Exit 0 connected, 1 refused or timed out (or HTTP 403, a gRPC status but
-    /// OK, or a DNS error code), 2 error.
+    /// OK, a reset after a ClientHello, or a DNS error code), 2 error.
     Probe(ProbeArgs),
     /// Run the controller and the agent against the local cluster (bringing it up first if it
     /// is not): sync each PolicyRollout's Git source, audit candidates on the pods' traffic,
@@ -148,6 +149,13 @@ struct ProbeArgs {
     /// PERMISSION_DENIED, is a proxy's denial) or no answer.
     #[arg(long, value_name = "METHOD", conflicts_with_all = ["dns", "http"])]
     grpc: Option<String>,
+    /// Send a TLS ClientHello indicating server name NAME (SNI; `''` for none) to a TCP port,
+    /// without completing a handshake, and print what came back. Exit 0 when the connection
+    /// went through: the server answered (any bytes: a ServerHello, an alert, an echo
+    /// responder's echo) or closed it normally; 1 when it was reset (what the node's proxy does
+    /// to a server name no `serverNames` rule allows), refused or timed out.
+    #[arg(long, value_name = "NAME", conflicts_with_all = ["dns", "http", "grpc"])]
+    tls_sni: Option<String>,
     /// Resolve NAME (A records) through the DNS pod that `--from`'s `palisade.dev/resolver`
     /// annotation names, over UDP; prints the addresses. Exit 0 answered, 1 on an error code
     /// (NXDOMAIN, REFUSED) or no answer.
@@ -338,6 +346,13 @@ fn probe(args: ProbeArgs) -> Result<u8> {
             GrpcOutcome::Status { code, message, .. } => println!("{target}: grpc-status {code} ({message})"),
             GrpcOutcome::Failed(failure) => println!("{target}: {failure}"),
         }
+        return Ok(u8::from(!outcome.passed()));
+    }
+    if let Some(server_name) = &args.tls_sni {
+        let (number, ip, name) = l7_target("tls-sni")?;
+        let outcome = tls::probe(&from.netns, ip, number, server_name, args.timeout).with_context(tried)?;
+        let sni = if server_name.is_empty() { "<no server name>" } else { server_name };
+        println!("{} -> {name} {}:{port} TLS {sni}: {outcome}", from.name, bracketed(ip));
         return Ok(u8::from(!outcome.passed()));
     }
     if let Some(request) = &args.http {

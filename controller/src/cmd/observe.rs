@@ -316,6 +316,9 @@ fn render(flow: &ObservedFlow, timezone: &TimeZone) -> String {
 /// What the L7 proxy saw, as Hubble prints it: `HTTP/1.1 GET /admin -> 403`,
 /// `DNS api.example.com -> NOERROR 10.200.99.10`.
 fn l7_request(l7: &L7Flow) -> String {
+    if let Some(tls) = &l7.tls {
+        return format!("TLS {}", tls.server_name.as_deref().unwrap_or("<no server name>"));
+    }
     match (&l7.http, &l7.dns) {
         (Some(http), _) => format!("{} {} {} -> {}", http.protocol, http.method, http.url, http.status),
         (None, Some(dns)) => {
@@ -415,7 +418,7 @@ mod tests {
             ..DecidedBy::default()
         };
         let http = HttpFlow { method: "GET".into(), url: "/admin".into(), protocol: "HTTP/1.1".into(), status: 403 };
-        denied.l7 = Some(L7Flow { latency_ns: 1200, http: Some(http), dns: None });
+        denied.l7 = Some(L7Flow { latency_ns: 1200, http: Some(http), dns: None, tls: None });
         assert!(
             render(&denied, &TimeZone::UTC).ends_with(
                 "8080/TCP HTTP/1.1 GET /admin -> 403  DROPPED (policy-denied)  by GET /admin matches no HTTP rule for \
@@ -431,7 +434,7 @@ mod tests {
         query.drop_reason = None;
         let answers = vec!["10.200.99.10".parse().unwrap()];
         let dns = DnsFlow { query: "api.example.com".into(), rcode: "NOERROR".into(), answers };
-        query.l7 = Some(L7Flow { latency_ns: 900, http: None, dns: Some(dns) });
+        query.l7 = Some(L7Flow { latency_ns: 900, http: None, dns: Some(dns), tls: None });
         let line = render(&query, &TimeZone::UTC);
         assert!(line.contains(" 53/UDP DNS api.example.com -> NOERROR 10.200.99.10  FORWARDED  by "), "{line}");
         let json = serde_json::to_value(&query).unwrap();

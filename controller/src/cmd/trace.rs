@@ -35,6 +35,11 @@ pub struct Args {
     /// node's DNS proxy judges it on UDP and TCP).
     #[arg(long, value_name = "NAME", conflicts_with = "http")]
     dns: Option<String>,
+    /// A TLS connection whose ClientHello indicates server name NAME (SNI), to evaluate against
+    /// `serverNames` (the node's L7 proxy judges it on TCP). `--tls-sni ''`: a ClientHello
+    /// without a server name.
+    #[arg(long, value_name = "NAME", conflicts_with_all = ["http", "dns"])]
+    tls_sni: Option<String>,
     /// A DNS answer the node's proxy has seen, "NAME=IP[,IP...]" (repeatable): `toFQDNs`
     /// selects those addresses, e.g. `--to cidr:IP`.
     #[arg(long = "dns-answer", value_name = "NAME=IP,...", value_parser = parse_dns_answer)]
@@ -59,7 +64,8 @@ pub fn run(args: Args) -> Result<u8> {
         .map(|r| HttpRequest::parse(r, &args.headers).map(L7Request::Http))
         .transpose()
         .map_err(|e| anyhow!("--http: {e}"))?;
-    let l7 = http.or(args.dns.map(L7Request::Dns));
+    let tls = args.tls_sni.map(|name| L7Request::Tls(Some(name).filter(|n| !n.is_empty())));
+    let l7 = http.or(args.dns.map(L7Request::Dns)).or(tls);
     let mut engine = args.engine.engine()?;
     let mut answers: BTreeMap<String, BTreeSet<IpAddr>> = BTreeMap::new();
     for (name, addrs) in args.dns_answers {

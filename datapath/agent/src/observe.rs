@@ -190,6 +190,18 @@ pub struct L7Flow {
     pub latency_ns: u64,
     pub http: Option<HttpFlow>,
     pub dns: Option<DnsFlow>,
+    /// A TLS connection the proxy judged by its ClientHello (`serverNames`).
+    #[serde(default)]
+    pub tls: Option<TlsFlow>,
+}
+
+/// A TLS connection as the proxy judged it: the server name its ClientHello indicated.
+#[serde_with::skip_serializing_none]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TlsFlow {
+    /// Lower case, without the root dot; `None` without SNI or without a ClientHello.
+    #[serde(default)]
+    pub server_name: Option<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -14,7 +14,7 @@ use palisade_policy::CompiledPolicy;
 use palisade_policy::compile::Enforcement;
 use palisade_rollout::crd::{
     AuditFlow, AuditTotals, Direction, DnsQueryKind, EndpointTraffic, FlowEndpoint, HttpRequestKind, PolicyAuditReport,
-    PolicyAuditReportSpec, Protocol, Verdict,
+    PolicyAuditReportSpec, Protocol, TlsServerKind, Verdict,
 };
 
 use crate::drops::RolloutDrops;
@@ -37,6 +37,7 @@ pub(crate) struct FlowClass {
     rule: Option<String>,
     http: Option<HttpRequestKind>,
     dns: Option<DnsQueryKind>,
+    tls: Option<TlsServerKind>,
 }
 
 /// A [`FlowEndpoint`]'s labels, namespace, workload and CIDR.
@@ -55,6 +56,7 @@ impl FlowClass {
             rule: flow.rule.clone(),
             http: flow.http.clone(),
             dns: flow.dns.clone(),
+            tls: flow.tls.clone(),
         }
     }
 }
@@ -257,6 +259,7 @@ impl Reporter {
                         rule: Some(deciding_rule(compiled, candidate_denies, cookies)),
                         http: None,
                         dns: None,
+                        tls: None,
                     });
                 }
                 for (diff, seen) in l7 {
@@ -377,11 +380,15 @@ fn l7_flow(compiled: &Compiled, diff: &L7Diff, seen: &L7Seen, count: u64, audit_
         rule: Some(deciding_rule(compiled, !diff.candidate_allows, cookies)),
         http: match &diff.request {
             RequestKind::Http { method, path } => Some(HttpRequestKind { method: method.clone(), path: path.clone() }),
-            RequestKind::Dns { .. } => None,
+            _ => None,
         },
         dns: match &diff.request {
             RequestKind::Dns { query } => Some(DnsQueryKind { query: query.clone() }),
-            RequestKind::Http { .. } => None,
+            _ => None,
+        },
+        tls: match &diff.request {
+            RequestKind::Tls { server_name } => Some(TlsServerKind { server_name: server_name.clone() }),
+            _ => None,
         },
     }
 }

@@ -373,6 +373,7 @@ fn denied_flow(port: u16, count: u64) -> AuditFlow {
         rule: Some("CiliumNetworkPolicy shop/db ingress default deny".into()),
         http: None,
         dns: None,
+        tls: None,
     }
 }
 

@@ -25,7 +25,6 @@ impl Translator<'_, '_> {
             let at = format!("{path}.toPorts[{i}]");
             for (field, value, feature) in [
                 ("listener", &port_rule.listener, "Envoy listener redirects"),
-                ("serverNames", &port_rule.server_names, "TLS server names (SNI)"),
                 ("originatingTLS", &port_rule.originating_tls, "TLS origination"),
                 ("terminatingTLS", &port_rule.terminating_tls, "TLS termination"),
             ] {
@@ -33,9 +32,15 @@ impl Translator<'_, '_> {
                     self.unsupported(&format!("{at}.{field}"), feature);
                 }
             }
-            let l7 = port_rule.rules.as_ref().and_then(|raw| self.l7(raw, &format!("{at}.rules"), deny, direction));
+            let mut l7 = port_rule.rules.as_ref().and_then(|raw| self.l7(raw, &format!("{at}.rules"), deny, direction));
+            if let Some(names) = port_rule.server_names.as_deref().filter(|names| !names.is_empty()) {
+                l7 = self.server_names(names, port_rule.rules.is_some(), &format!("{at}.serverNames"), deny);
+            }
             let l7_at = l7.as_ref().map(|l7| {
-                let field = format!("{at}.rules.{}", l7.kind());
+                let field = match l7 {
+                    L7Rules::Tls(_) => format!("{at}.serverNames"),
+                    _ => format!("{at}.rules.{}", l7.kind()),
+                };
                 let line = self.r.line_of(&self.path(&field));
                 (field, line)
             });
@@ -242,6 +247,35 @@ impl Translator<'_, '_> {
         Some(L7Rules::Dns(matches))
     }
 
+    /// `serverNames` (Cilium's `PortRule.ServerNames`, matched as Envoy matches a filter chain's
+    /// `server_names`): exact names, or `*.` and a domain for any name one or more labels below
+    /// it. Without TLS interception (`terminatingTLS`, not implemented) Cilium cannot apply
+    /// `rules` to the same connections: a port rule with both is rejected rather than left to
+    /// deny every connection.
+    fn server_names(&mut self, raw: &[String], with_rules: bool, path: &str, deny: bool) -> Option<L7Rules> {
+        if deny {
+            self.error(path, "serverNames is not allowed in deny rules");
+            return None;
+        }
+        if with_rules {
+            self.error(
+                path,
+                "serverNames cannot be combined with rules (http, kafka or dns): Cilium applies L7 rules to \
+                 TLS connections only when its proxy terminates TLS (terminatingTLS), which Palisade does not \
+                 do; write the server names and the L7 rules in separate toPorts entries",
+            );
+            return None;
+        }
+        let mut names = Vec::new();
+        for (i, name) in raw.iter().enumerate() {
+            match server_name(name) {
+                Ok(name) => names.push(name),
+                Err(why) => self.error(&format!("{path}[{i}]"), format!("{name:?} {why}")),
+            }
+        }
+        (names.len() == raw.len()).then_some(L7Rules::Tls(names))
+    }
+
     fn header_match(&mut self, raw: &api::HeaderMatch, path: &str) -> Option<HeaderMatch> {
         if raw.secret.is_some() {
             self.unsupported(&format!("{path}.secret"), "header values from Secrets");
@@ -279,6 +313,28 @@ impl Translator<'_, '_> {
             }
         }
     }
+}
+
+/// A `serverNames` entry, lower case without the root dot: a DNS name, or `*.` and one.
+fn server_name(raw: &str) -> Result<String, &'static str> {
+    let name = raw.trim_end_matches('.').to_ascii_lowercase();
+    let domain = name.strip_prefix("*.").unwrap_or(&name);
+    if domain.contains('*') {
+        return Err(
+            "is not a server name: a wildcard is only allowed as the whole leftmost label, as in *.example.com",
+        );
+    }
+    let label_ok = |l: &str| {
+        !l.is_empty()
+            && l.len() <= 63
+            && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+            && !l.starts_with('-')
+            && !l.ends_with('-')
+    };
+    if domain.is_empty() || domain.len() > 253 || !domain.split('.').all(label_ok) {
+        return Err("is not a server name (a DNS name such as api.example.com, or *.example.com)");
+    }
+    Ok(name)
 }
 
 pub(super) const KAFKA_API_KEYS: [&str; 21] = [

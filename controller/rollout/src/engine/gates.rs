@@ -9,7 +9,7 @@ use std::collections::HashMap;
 use std::collections::hash_map::Entry;
 
 use super::*;
-use crate::crd::{DnsQueryKind, HttpRequestKind, Protocol};
+use crate::crd::{DnsQueryKind, HttpRequestKind, Protocol, TlsServerKind};
 
 /// The audit gates' view of the reports for one candidate.
 #[derive(Default)]
@@ -45,6 +45,7 @@ struct FlowKey<'r> {
     protocol: Protocol,
     http: Option<&'r HttpRequestKind>,
     dns: Option<&'r DnsQueryKind>,
+    tls: Option<&'r TlsServerKind>,
 }
 
 impl<'r> FlowKey<'r> {
@@ -59,6 +60,7 @@ impl<'r> FlowKey<'r> {
             protocol: f.protocol,
             http: f.http.as_ref(),
             dns: f.dns.as_ref(),
+            tls: f.tls.as_ref(),
         }
     }
 }

@@ -129,6 +129,7 @@ pub fn denied(peer: &str, port: u16) -> AuditFlow {
         rule: Some("CiliumNetworkPolicy shop/web ingress[0]".into()),
         http: None,
         dns: None,
+        tls: None,
     }
 }
 

@@ -261,7 +261,9 @@ fn describe_audit(
         for MergedFlow { flow, nodes, count } in denied {
             // A request the L7 proxy judged shows as the request: `8080/TCP GET /admin`,
             // `53/UDP DNS api.example.com`.
+            let tls = flow.tls.as_ref().map(|tls| tls.server_name.as_deref().unwrap_or("<no server name>"));
             let port = match (&flow.http, &flow.dns) {
+                _ if tls.is_some() => format!("{}/{} TLS {}", flow.port, wire(&flow.protocol), tls.unwrap_or_default()),
                 (Some(http), _) => format!("{}/{} {} {}", flow.port, wire(&flow.protocol), http.method, http.path),
                 (None, Some(dns)) => format!("{}/{} DNS {}", flow.port, wire(&flow.protocol), dns.query),
                 (None, None) => format!("{}/{}", flow.port, wire(&flow.protocol)),

@@ -157,7 +157,13 @@ pub(super) fn judge(policy: &ProxyPolicy, found: &Found, ends: Ends, request: &L
 /// Whether DNS rules apply to the flow between `ends` under either revision: the proxy then
 /// speaks DNS on it.
 pub(super) fn speaks_dns(policy: &ProxyPolicy, found: &Found, ends: Ends) -> bool {
+    speaks(policy, found, ends, "dns")
+}
+
+/// Whether L7 rules of `kind` ("dns", "tls", ...) apply to the flow between `ends` under
+/// either revision.
+pub(super) fn speaks(policy: &ProxyPolicy, found: &Found, ends: Ends, kind: &str) -> bool {
     let port = ends.port();
     let compilations = std::iter::once(&policy.enforced).chain(&policy.candidate);
-    compilations.flat_map(|c| found.sides.iter().map(move |s| s.l7_kinds(c, port))).any(|kinds| kinds.contains(&"dns"))
+    compilations.flat_map(|c| found.sides.iter().map(move |s| s.l7_kinds(c, port))).any(|kinds| kinds.contains(&kind))
 }

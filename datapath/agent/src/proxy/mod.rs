@@ -2,7 +2,7 @@
 //! whose policy entry redirects, in the enforced or the candidate slot, to its sockets (see the
 //! eBPF `proxy` module); the proxy judges each HTTP request and each DNS query under both
 //! revisions with the policy crate's matcher (the one `palisade trace` uses), answers a denied
-//! one itself (`403 Forbidden`, DNS `REFUSED`) and forwards an allowed one from the client's
+//! one itself (`403 Forbidden`, DNS `REFUSED`, a TCP reset for a TLS server name) and forwards an allowed one from the client's
 //! own address (`IP_TRANSPARENT`), so the destination's policy and logs see the real peer.
 //! The addresses of the DNS answers it lets through are learned for `toFQDNs`.
 //!
@@ -13,6 +13,7 @@ mod http;
 mod judge;
 mod observed;
 mod routing;
+mod tls;
 
 use std::collections::BTreeMap;
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
@@ -31,7 +32,7 @@ use tracing::{info, warn};
 
 use crate::fqdn::DnsAnswer;
 use dns::DnsProxy;
-use judge::{Ends, Sides, speaks_dns};
+use judge::{Ends, Sides, speaks, speaks_dns};
 pub use observed::FlowSink;
 pub use routing::install_routing;
 
@@ -118,8 +119,17 @@ pub struct L7Diff {
 /// What a proxied request asked for, as reports group them.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum RequestKind {
-    Http { method: String, path: String },
-    Dns { query: String },
+    Http {
+        method: String,
+        path: String,
+    },
+    Dns {
+        query: String,
+    },
+    /// A TLS connection, by the server name of its ClientHello (`None`: none).
+    Tls {
+        server_name: Option<String>,
+    },
 }
 
 impl RequestKind {
@@ -127,6 +137,7 @@ impl RequestKind {
         match request {
             L7Request::Http(http) => RequestKind::Http { method: http.method.clone(), path: http.path.clone() },
             L7Request::Dns(name) => RequestKind::Dns { query: name.clone() },
+            L7Request::Tls(name) => RequestKind::Tls { server_name: name.clone() },
         }
     }
 }
@@ -227,7 +238,7 @@ impl Drop for Proxy {
 }
 
 /// Serves a steered TCP connection in the protocol its rules speak: DNS where DNS rules apply
-/// to it, HTTP otherwise.
+/// to it, TLS (the ClientHello's server name) where `serverNames` rules do, HTTP otherwise.
 async fn serve_connection(client: TcpStream, context: Arc<ProxyContext>, dns: Arc<DnsProxy>) {
     let (Ok(SocketAddr::V4(peer)), Ok(SocketAddr::V4(destination))) = (client.peer_addr(), client.local_addr()) else {
         return;
@@ -235,8 +246,12 @@ async fn serve_connection(client: TcpStream, context: Arc<ProxyContext>, dns: Ar
     let ends = Ends { client: *peer.ip(), destination, protocol: Protocol::TCP };
     let sides = Sides::default();
     let dns_rules = context.policy.current().is_some_and(|p| speaks_dns(&p, &sides.of(&p.enforced, ends), ends));
+    let tls_rules =
+        !dns_rules && context.policy.current().is_some_and(|p| speaks(&p, &sides.of(&p.enforced, ends), ends, "tls"));
     if dns_rules {
         dns::serve_tcp(client, ends, sides, dns).await;
+    } else if tls_rules {
+        tls::serve(client, ends, sides, context).await;
     } else {
         http::serve(client, ends, sides, context).await;
     }

@@ -32,6 +32,11 @@ impl FlowSink {
         let Answered { policy, found, ends, judged, started } = answered;
         let Some(at) = judged.deciding() else { return };
         let (enforced, candidate) = &judged.verdicts[at];
+        let tls = l7.tls.is_some();
+        let drop_reason = |verdict: &RequestVerdict| match drop_reason(verdict) {
+            Some(reason) if tls && reason != DROP_L7_UNSUPPORTED => Some(DROP_SNI_DENIED.to_string()),
+            reason => reason,
+        };
         l7.latency_ns = u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX);
         let candidate = candidate.as_ref().zip(policy.candidate.as_deref()).map(|(verdict, engine)| CandidateVerdict {
             verdict: flow_verdict(verdict),
@@ -64,6 +69,9 @@ impl FlowSink {
         });
     }
 }
+
+/// The drop reason of a TLS connection whose server name no `serverNames` rule allows.
+pub const DROP_SNI_DENIED: &str = "sni-denied";
 
 fn flow_verdict(verdict: &RequestVerdict) -> FlowVerdict {
     if verdict.allowed { FlowVerdict::Forwarded } else { FlowVerdict::Dropped }
