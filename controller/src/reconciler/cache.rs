@@ -186,3 +186,49 @@ async fn coalesce(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+    use crate::reconciler::reconcile::{is_ready, not_ready};
+
+    #[test]
+    fn slim_nodes_and_agents_keep_what_a_reconcile_reads_and_drop_the_rest() {
+        let mut node: Node = serde_json::from_value(json!({
+            "metadata": {"name": "node-1", "labels": {"zone": "a"}, "managedFields": [{"manager": "kubelet"}]},
+            "spec": {"podCIDR": "10.0.0.0/24"},
+            "status": {
+                "conditions": [
+                    {"type": "MemoryPressure", "status": "False"},
+                    {"type": "Ready", "status": "False", "lastTransitionTime": "2026-01-01T00:00:00Z"}
+                ],
+                "images": [{"names": ["registry.example/app:1"], "sizeBytes": 1000}],
+                "capacity": {"cpu": "2"}
+            }
+        }))
+        .unwrap();
+        let before = not_ready(&node);
+        node.managed_fields_mut().clear();
+        slim_node(&mut node);
+        assert_eq!(not_ready(&node), before);
+        assert!(before.is_some());
+        let status = node.status.as_ref().unwrap();
+        assert!(status.images.is_none() && status.capacity.is_none() && node.spec.is_none());
+        assert_eq!(status.conditions.as_ref().unwrap().len(), 1);
+        assert!(node.metadata.labels.is_none() && node.metadata.managed_fields.as_ref().is_none_or(Vec::is_empty));
+
+        let mut agent: Pod = serde_json::from_value(json!({
+            "metadata": {"name": "palisade-agent-1", "namespace": "palisade-system"},
+            "spec": {"nodeName": "node-1", "containers": [{"name": "agent", "image": "palisade:1"}]},
+            "status": {"conditions": [{"type": "Ready", "status": "True"}], "podIP": "10.0.0.5"}
+        }))
+        .unwrap();
+        slim_agent(&mut agent);
+        assert!(is_ready(&agent));
+        let spec = agent.spec.as_ref().unwrap();
+        assert_eq!(spec.node_name.as_deref(), Some("node-1"));
+        assert!(spec.containers.is_empty() && agent.status.as_ref().unwrap().pod_ip.is_none());
+    }
+}

@@ -214,14 +214,14 @@ impl RolloutStore for KubeStore<'_> {
     }
 }
 
-fn is_ready(pod: &Pod) -> bool {
+pub(super) fn is_ready(pod: &Pod) -> bool {
     let conditions = pod.status.as_ref().and_then(|s| s.conditions.as_ref());
     conditions.is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
 }
 
 /// A Node whose Ready condition is not True, since its last transition. A Node without one (not
 /// yet heard from by its kubelet) is not counted as down.
-fn not_ready(node: &Node) -> Option<NotReadyNode> {
+pub(super) fn not_ready(node: &Node) -> Option<NotReadyNode> {
     let conditions = node.status.as_ref()?.conditions.as_ref()?;
     let ready = conditions.iter().find(|c| c.type_ == "Ready").filter(|c| c.status != "True")?;
     Some(NotReadyNode { node: node.name_any(), since: ready.last_transition_time.as_ref()?.0 })

@@ -7,7 +7,7 @@ use std::time::Duration;
 use futures::StreamExt;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Patch, PatchParams};
-use kube::runtime::{Controller, watcher};
+use kube::runtime::{Controller, Predicate, WatchStreamExt, predicates, reflector, watcher};
 use kube::{Api, Client, ResourceExt};
 use palisade_rollout::crd::{GitRef, GitSource, PolicyRollout};
 use palisade_rollout::wire::{CONTROLLER_FIELD_MANAGER, RECONCILE_ANNOTATION};
@@ -132,7 +132,16 @@ pub async fn control(ctx: Arc<Context>, triggers: Triggers, halt: impl Future<Ou
         warn!(error = %e, "a cache stopped before its first list; not reconciling");
         return;
     }
-    Controller::new(Api::<PolicyRollout>::all(ctx.client.clone()), watcher::Config::default().any_semantic())
+    // A rollout's own status writes are not changes to act on: every status write would
+    // otherwise cost a second reconcile that finds nothing to do. Its spec (generation), its
+    // annotations (a sync asked for), finalizers and deletion are.
+    let (reader, writer) = reflector::store();
+    let rollouts = watcher(Api::<PolicyRollout>::all(ctx.client.clone()), watcher::Config::default().any_semantic())
+        .default_backoff()
+        .reflect(writer)
+        .applied_objects()
+        .predicate_filter(acted_on, Default::default());
+    Controller::for_stream(rollouts, reader)
         .reconcile_on(triggers)
         .graceful_shutdown_on(halt)
         .run(reconcile, error_policy, ctx)
@@ -142,6 +151,16 @@ pub async fn control(ctx: Arc<Context>, triggers: Triggers, halt: impl Future<Ou
             }
         })
         .await;
+}
+
+/// What of a rollout, when it changes, asks for a reconcile: all but its status.
+fn acted_on(rollout: &PolicyRollout) -> Option<u64> {
+    let deleting = |r: &PolicyRollout| Some(r.metadata.deletion_timestamp.is_some().into());
+    predicates::generation
+        .combine(predicates::annotations)
+        .combine(predicates::finalizers)
+        .combine(deleting)
+        .hash_property(rollout)
 }
 
 async fn serve(addr: SocketAddr, router: axum::Router, mut stop: watch::Receiver<bool>) -> Result<(), RunError> {
