@@ -16,7 +16,9 @@
 //! API server received in the window (controller and agents), per second of wall time. The
 //! settling audits use `minDuration: 60s` so that they take a minute; the measured audit uses
 //! the default, 10m, as a user's would (an audit costs each node a fixed number of writes, printed
-//! as `api_writes_per_node_audit`, whatever its length). `postPromotionWindow` is 30s (default
+//! as `api_writes_per_node_audit`, whatever its length). Last, the baseline: the same steady
+//! window again with agents that apply every report at every interval, changed or not, as they
+//! did before #16 (`api_writes_per_s_steady_rewriting_all`). `postPromotionWindow` is 30s (default
 //! 10m), and the steady window opens once the settling promotions' windows have closed. The
 //! controller's memory is its process's peak resident set (VmHWM); reconcile p99 is
 //! interpolated within its histogram bucket as Prometheus' `histogram_quantile` does. Prints
@@ -73,7 +75,7 @@ fn main() -> anyhow::Result<()> {
 }
 
 /// The controller process: the real controller against the API server at `url`, until its
-/// stdin closes; then its metrics on stdout.
+/// stdin closes; its metrics on stdout (ending `# EOF`) for each `metrics` line on stdin.
 async fn controller(url: &str, cache_dir: std::path::PathBuf) -> anyhow::Result<()> {
     let client = kube::Client::try_from(kube::Config::new(url.parse()?))?;
     let metrics = Arc::new(Metrics::default());
@@ -87,28 +89,47 @@ async fn controller(url: &str, cache_dir: std::path::PathBuf) -> anyhow::Result<
     let ctx = Arc::new(Context::new(client, config, caches, metrics.clone(), Arc::new(Timestamp::now)));
     let (closed, halt) = tokio::sync::oneshot::channel();
     std::thread::spawn(move || {
-        let _ = std::io::copy(&mut std::io::stdin(), &mut std::io::sink());
+        for line in std::io::stdin().lines().map_while(Result::ok) {
+            if line == "metrics" {
+                print!("{}", metrics.encode().unwrap_or_default());
+                let _ = std::io::Write::flush(&mut std::io::stdout());
+            }
+        }
         let _ = closed.send(());
     });
     control(ctx, triggers, async move { drop(halt.await) }).await;
-    print!("{}", metrics.encode()?);
     Ok(())
 }
 
 /// The controller's process, as the benchmark sees it.
 struct ControllerProcess {
     child: std::process::Child,
+    stdout: std::io::BufReader<std::process::ChildStdout>,
 }
 
 impl ControllerProcess {
     fn start(url: &str, cache_dir: &Path) -> anyhow::Result<ControllerProcess> {
-        let child = Command::new(std::env::current_exe()?)
+        let mut child = Command::new(std::env::current_exe()?)
             .args(["--controller", url])
             .arg(cache_dir)
             .stdin(std::process::Stdio::piped())
             .stdout(std::process::Stdio::piped())
             .spawn()?;
-        Ok(ControllerProcess { child })
+        let stdout = std::io::BufReader::new(child.stdout.take().expect("a piped stdout"));
+        Ok(ControllerProcess { child, stdout })
+    }
+
+    /// Its metrics now, as it would serve them.
+    fn metrics(&mut self) -> anyhow::Result<String> {
+        use std::io::{BufRead, Write};
+        let stdin = self.child.stdin.as_mut().expect("a piped stdin");
+        stdin.write_all(b"metrics\n")?;
+        stdin.flush()?;
+        let mut text = String::new();
+        while !text.ends_with("# EOF\n") {
+            anyhow::ensure!(self.stdout.read_line(&mut text)? > 0, "the controller process stopped");
+        }
+        Ok(text)
     }
 
     /// Its peak resident memory so far, in MB.
@@ -122,12 +143,11 @@ impl ControllerProcess {
         Ok(kb / 1024.0)
     }
 
-    /// Stops it; its metrics, as it would serve them.
-    fn stop(mut self) -> anyhow::Result<String> {
+    fn stop(mut self) -> anyhow::Result<()> {
         drop(self.child.stdin.take());
-        let output = self.child.wait_with_output()?;
-        anyhow::ensure!(output.status.success(), "the controller process failed: {}", output.status);
-        Ok(String::from_utf8(output.stdout)?)
+        let status = self.child.wait()?;
+        anyhow::ensure!(status.success(), "the controller process failed: {status}");
+        Ok(())
     }
 }
 
@@ -137,9 +157,19 @@ async fn bench() -> anyhow::Result<()> {
     api.forget_bodies();
     eprintln!("populating: {NODE_COUNT} nodes and agents, {POD_COUNT} pods, {ROLLOUT_COUNT} rollouts");
     populate(&api, dir.path())?;
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    // The controller's requests are served on threads of their own, as an API server's own
+    // workers would serve them, not behind the simulated agents' tasks.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
     let url = format!("http://{}", listener.local_addr()?);
-    tokio::spawn(api.clone().serve(listener));
+    let server = api.clone();
+    std::thread::spawn(move || -> anyhow::Result<()> {
+        let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+        runtime.block_on(async move {
+            listener.set_nonblocking(true)?;
+            server.serve(tokio::net::TcpListener::from_std(listener)?).await
+        })?;
+        Ok(())
+    });
 
     let state = Arc::new(WatchState::default());
     let (changes, received) = std::sync::mpsc::channel();
@@ -158,7 +188,7 @@ async fn bench() -> anyhow::Result<()> {
         .collect();
 
     tick(&api, &mut agents).await;
-    let controller = ControllerProcess::start(&url, &dir.path().join("cache"))?;
+    let mut controller = ControllerProcess::start(&url, &dir.path().join("cache"))?;
 
     eprintln!("settling: every rollout audits and promotes its first revision");
     let started = Instant::now();
@@ -179,20 +209,18 @@ async fn bench() -> anyhow::Result<()> {
             "the rollouts did not settle: {:?}",
             phases(&rollouts)
         );
-        tokio::time::sleep(REPORT_INTERVAL).await;
     }
     eprintln!("settled in {:.0} s", started.elapsed().as_secs_f64());
 
     let windows_closed = Instant::now() + POST_PROMOTION_WINDOW + REPORT_INTERVAL;
     while Instant::now() < windows_closed {
-        tokio::time::sleep(REPORT_INTERVAL).await;
         tick(&api, &mut agents).await;
     }
     eprintln!("steady: {} s with no candidate anywhere", STEADY_WINDOW.as_secs());
     let steady = Window::open(&api);
+    let before = controller.metrics()?;
     let steady_end = Instant::now() + STEADY_WINDOW;
     while Instant::now() < steady_end {
-        tokio::time::sleep(REPORT_INTERVAL).await;
         tick(&api, &mut agents).await;
     }
     let (steady_writes, _) = steady.rates(&api);
@@ -210,11 +238,14 @@ async fn bench() -> anyhow::Result<()> {
         }
     };
     let audit = Window::open(&api);
+    // Watched for while the agents report, to time the decision to the poll, not to the tick.
     let (outcome, decided) = 'audit: loop {
-        tick(&api, &mut agents).await;
-        let next = Instant::now() + REPORT_INTERVAL;
-        // Watch for the decision until the next tick, to time it to the poll, not to the tick.
-        while Instant::now() < next {
+        let mut reporting = std::pin::pin!(tick(&api, &mut agents));
+        loop {
+            tokio::select! {
+                () = &mut reporting => break,
+                () = tokio::time::sleep(Duration::from_millis(100)) => {}
+            }
             if let Some(phase) = decision(&rollout(&api, 0)) {
                 break 'audit (phase, staged.elapsed());
             }
@@ -223,26 +254,45 @@ async fn bench() -> anyhow::Result<()> {
                 "no decision: {}",
                 progress(&rollout(&api, 0))
             );
-            tokio::time::sleep(Duration::from_millis(100)).await;
         }
     };
     let (audit_writes, audit_reads) = audit.rates(&api);
     let per_node = audit_writes * decided.as_secs_f64() / NODE_COUNT as f64;
     anyhow::ensure!(outcome == Phase::Enforced, "the candidate was not promoted: {outcome:?}");
+    let after = controller.metrics()?;
+    let window = |name: &str| Durations::of(&after, name).since(&Durations::of(&before, name));
+    let (reconciles, fetches) =
+        (window("palisade_reconcile_duration_seconds"), window("palisade_source_fetch_duration_seconds"));
     let peak_rss = controller.peak_rss_mb()?;
-    let metrics = controller.stop()?;
+
+    // The baseline: the same settled cluster with agents that apply every report at every
+    // interval, changed or not, as they did before #16; a writer that remembers nothing writes
+    // everything.
+    eprintln!("steady again, {} s, with every agent rewriting every report every interval", STEADY_WINDOW.as_secs());
+    let rewriting = Window::open(&api);
+    let rewriting_end = Instant::now() + STEADY_WINDOW;
+    while Instant::now() < rewriting_end {
+        for agent in &mut agents {
+            agent.writer = ReportWriter::new(api.client(), state.clone(), agent.node.clone(), HEARTBEAT);
+        }
+        tick(&api, &mut agents).await;
+    }
+    let (rewriting_writes, _) = rewriting.rates(&api);
+    controller.stop()?;
 
     println!("api_writes_per_s_steady: {steady_writes:.2} /s");
+    println!("api_writes_per_s_steady_rewriting_all: {rewriting_writes:.0} /s");
     println!("api_writes_per_s_audit: {audit_writes:.1} /s");
     println!("api_writes_per_node_audit: {per_node:.2} writes");
     println!("api_reads_per_s: {audit_reads:.1} /s");
-    println!("reconcile_p99_ms: {:.1} ms", reconcile_p99_ms(&metrics));
-    let total = |name: &str| metrics.lines().find_map(|l| l.strip_prefix(name)?.trim().parse::<f64>().ok());
-    let (count, sum) = (
-        total("palisade_reconcile_duration_seconds_count").unwrap_or(0.0),
-        total("palisade_reconcile_duration_seconds_sum").unwrap_or(0.0),
+    println!("reconcile_p99_ms: {:.1} ms", reconciles.quantile(0.99) * 1000.0);
+    eprintln!(
+        "{} reconciles from the steady window on, {:.1} ms each on average; {} of them fetched Git, {:.1} ms each on average",
+        reconciles.count(),
+        reconciles.mean() * 1000.0,
+        fetches.count(),
+        fetches.mean() * 1000.0
     );
-    eprintln!("{count} reconciles, {:.1} ms each on average", sum * 1000.0 / count.max(1.0));
     println!("controller_rss_mb: {peak_rss:.0} MB");
     println!("agent_report_bytes: {} bytes", report_bytes(&api));
     println!("time_to_decision_s: {:.1} s", decided.as_secs_f64());
@@ -338,7 +388,10 @@ impl Agent {
                 let status = rollout.status.clone().unwrap_or_default();
                 let enforced = status.enforced_revision.map(|r| r.id);
                 let candidate = status.candidate_revision.map(|r| r.id).filter(|c| Some(c) != enforced.as_ref());
-                let started = candidate.as_ref().map(|c| *self.audits.entry(c.clone()).or_insert(now));
+                // An agent loads a candidate as soon as its watch sees it staged, and says so at
+                // its next report.
+                let loaded_at = status.candidate_staged_at.as_ref().map_or(now, |t| t.0);
+                let started = candidate.as_ref().map(|c| *self.audits.entry(c.clone()).or_insert(loaded_at));
                 let name = report_name("web", &self.node);
                 let labels = BTreeMap::from([
                     (ROLLOUT_LABEL.to_string(), "web".to_string()),
@@ -370,17 +423,33 @@ impl Agent {
     }
 }
 
-/// One report interval: every agent hands its batch to its writer.
+/// One report interval: every agent hands its batch to its writer, each at its own moment of
+/// the interval as agents started at different times would; returns once the interval is over
+/// and every write done.
 async fn tick(api: &FakeApi, agents: &mut [Agent]) {
-    let rollouts = rollouts(api);
-    let now = Timestamp::now();
-    let flows = now.as_second().unsigned_abs();
-    futures::stream::iter(agents.iter_mut())
-        .for_each_concurrent(CONCURRENT_WRITES, |agent| {
-            let batch = agent.batch(&rollouts, now, flows);
-            async move { agent.writer.write(&batch, now).await }
+    let start = tokio::time::Instant::now();
+    let spacing = REPORT_INTERVAL / agents.len().max(1) as u32;
+    // The rollouts as the agents' watches would have them: read again every 100 ms.
+    let seen = std::sync::Mutex::new((Instant::now(), Arc::new(rollouts(api))));
+    let current = || {
+        let mut seen = seen.lock().expect("the rollouts seen");
+        if seen.0.elapsed() > Duration::from_millis(100) {
+            *seen = (Instant::now(), Arc::new(rollouts(api)));
+        }
+        seen.1.clone()
+    };
+    futures::stream::iter(agents.iter_mut().enumerate())
+        .for_each_concurrent(CONCURRENT_WRITES, |(i, agent)| {
+            let current = &current;
+            async move {
+                tokio::time::sleep_until(start + spacing * i as u32).await;
+                let now = Timestamp::now();
+                let batch = agent.batch(&current(), now, now.as_second().unsigned_abs());
+                agent.writer.write(&batch, now).await
+            }
         })
         .await;
+    tokio::time::sleep_until(start + REPORT_INTERVAL).await;
 }
 
 fn rollouts(api: &FakeApi) -> Vec<PolicyRollout> {
@@ -445,25 +514,55 @@ fn requests(api: &FakeApi) -> (usize, usize) {
     (writes, reads)
 }
 
-/// The 99th percentile of the reconcile durations in the controller's metrics, interpolated
-/// linearly within the histogram bucket it falls in, as Prometheus' `histogram_quantile` does.
-fn reconcile_p99_ms(metrics: &str) -> f64 {
-    let buckets: Vec<(f64, f64)> = metrics
-        .lines()
-        .filter_map(|line| line.strip_prefix("palisade_reconcile_duration_seconds_bucket{le=\""))
-        .filter_map(|rest| {
-            let (le, count) = rest.split_once("\"} ")?;
-            Some((le.parse().unwrap_or(f64::INFINITY), count.trim().parse().ok()?))
-        })
-        .collect();
-    let rank = buckets.last().map_or(0.0, |b| b.1) * 0.99;
-    let Some(at) = buckets.iter().position(|(_, count)| *count >= rank) else { return 0.0 };
-    let (upper, count) = buckets[at];
-    let (lower, below) = at.checked_sub(1).map_or((0.0, 0.0), |i| buckets[i]);
-    if upper.is_infinite() {
-        return lower * 1000.0;
+/// One of the controller's duration histograms: cumulative counts per bucket bound (seconds).
+struct Durations {
+    buckets: Vec<(f64, f64)>,
+    sum: f64,
+}
+
+impl Durations {
+    /// The histogram `name` in OpenMetrics text.
+    fn of(metrics: &str, name: &str) -> Durations {
+        let bucket = format!("{name}_bucket{{le=\"");
+        let total = format!("{name}_sum ");
+        let buckets = metrics
+            .lines()
+            .filter_map(|line| line.strip_prefix(bucket.as_str()))
+            .filter_map(|rest| {
+                let (le, count) = rest.split_once("\"} ")?;
+                Some((le.parse().unwrap_or(f64::INFINITY), count.trim().parse().ok()?))
+            })
+            .collect();
+        let sum = metrics.lines().find_map(|l| l.strip_prefix(total.as_str())?.trim().parse().ok()).unwrap_or(0.0);
+        Durations { buckets, sum }
     }
-    (lower + (upper - lower) * (rank - below) / (count - below)) * 1000.0
+
+    /// What was observed since `earlier`.
+    fn since(&self, earlier: &Durations) -> Durations {
+        let buckets = self.buckets.iter().zip(&earlier.buckets).map(|(now, then)| (now.0, now.1 - then.1)).collect();
+        Durations { buckets, sum: self.sum - earlier.sum }
+    }
+
+    fn count(&self) -> f64 {
+        self.buckets.last().map_or(0.0, |b| b.1)
+    }
+
+    fn mean(&self) -> f64 {
+        self.sum / self.count().max(1.0)
+    }
+
+    /// The `q` quantile in seconds, interpolated linearly within its bucket as Prometheus'
+    /// `histogram_quantile` does.
+    fn quantile(&self, q: f64) -> f64 {
+        let rank = self.count() * q;
+        let Some(at) = self.buckets.iter().position(|(_, count)| *count >= rank) else { return 0.0 };
+        let (upper, count) = self.buckets[at];
+        let (lower, below) = at.checked_sub(1).map_or((0.0, 0.0), |i| self.buckets[i]);
+        if upper.is_infinite() {
+            return lower;
+        }
+        lower + (upper - lower) * (rank - below) / (count - below)
+    }
 }
 
 /// The mean size of the reports the agents wrote, as JSON (their spec and metadata as applied).
