@@ -23,12 +23,10 @@ struct Flow {
     to: String,
     port: String,
     allowed: bool,
-    /// `GET /path`, sent as one HTTP request.
-    http: Option<String>,
-    /// `/package.Service/Method`, made as one gRPC call.
-    grpc: Option<String>,
-    /// A server name, sent in one TLS ClientHello (`""`: none).
-    tls_sni: Option<String>,
+    /// The one L7 request the flow is, as `palisade local probe` makes it: `--http` and
+    /// `GET /path`, `--grpc` and `/package.Service/Method`, `--tls-sni` and a server name (`""`:
+    /// none) in a ClientHello, or `--kafka` and `produce:TOPIC` or `consume:TOPIC`.
+    request: Option<(&'static str, String)>,
     /// For a flow to a Service: each backend pod's expected verdict.
     backends: BTreeMap<String, bool>,
     /// `4`, or `6` for `family: IPv6`: the `--ip-family` of its probes.
@@ -53,9 +51,9 @@ fn flows(dir: &Path) -> Vec<Flow> {
             },
             family: if field(flow, "family") == "IPv6" { "6" } else { "4" },
             allowed: field(flow, "verdict") == "allowed",
-            http: flow["http"].as_str().map(str::to_owned),
-            grpc: flow["grpc"].as_str().map(str::to_owned),
-            tls_sni: flow["tls_sni"].as_str().map(str::to_owned),
+            request: [("http", "--http"), ("grpc", "--grpc"), ("tls_sni", "--tls-sni"), ("kafka", "--kafka")]
+                .into_iter()
+                .find_map(|(field, flag)| flow[field].as_str().map(|value| (flag, value.to_owned()))),
             backends: flow["backends"]
                 .as_object()
                 .into_iter()
@@ -88,11 +86,9 @@ fn scenario(name: &str, prefix: &str) {
             wrong.extend(through_service(&local, flow));
             continue;
         }
-        let reached = match (&flow.http, &flow.grpc, &flow.tls_sni) {
-            (Some(request), _, _) => answered(&local, flow, ("--http", request)),
-            (_, Some(method), _) => answered(&local, flow, ("--grpc", method)),
-            (_, _, Some(name)) => answered(&local, flow, ("--tls-sni", name)),
-            (None, None, None) => local.reaches_in(flow.family, &flow.from, &flow.to, &flow.port),
+        let reached = match &flow.request {
+            Some((flag, request)) => answered(&local, flow, (flag, request)),
+            None => local.reaches_in(flow.family, &flow.from, &flow.to, &flow.port),
         };
         if reached != flow.allowed {
             wrong.push(format!(
@@ -100,12 +96,7 @@ fn scenario(name: &str, prefix: &str) {
                 flow.from,
                 flow.to,
                 flow.port,
-                flow.http
-                    .as_ref()
-                    .or(flow.grpc.as_ref())
-                    .or(flow.tls_sni.as_ref())
-                    .map(|r| format!(" {r}"))
-                    .unwrap_or_default(),
+                flow.request.as_ref().map(|(_, r)| format!(" {r}")).unwrap_or_default(),
                 if flow.family == "6" { " (IPv6)" } else { "" },
                 verdict(flow.allowed),
                 verdict(reached)
@@ -123,8 +114,9 @@ fn scenario(name: &str, prefix: &str) {
     eprintln!("{name}: {} flows checked on real traffic", flows.len());
 }
 
-/// Whether `request` (`--http` and a request, `--grpc` and a method, or `--tls-sni` and a
-/// server name) gets an answer other than 403, a gRPC OK, or a ClientHello through.
+/// Whether `request` (`--http` and a request, `--grpc` and a method, `--tls-sni` and a server
+/// name, or `--kafka` and a role and topic) gets an answer other than 403, a gRPC OK, a
+/// ClientHello through, or a Kafka response without error.
 fn answered(local: &LocalCluster, flow: &Flow, (flag, request): (&str, &str)) -> bool {
     let args = [
         "--from",
@@ -217,4 +209,11 @@ fn grpc() {
 #[test]
 fn tls_sni() {
     scenario("tls-sni", "e2t-");
+}
+
+/// Kafka produce and fetch requests, forwarded to a Kafka pod or answered
+/// TOPIC_AUTHORIZATION_FAILED by the node's L7 proxy.
+#[test]
+fn kafka() {
+    scenario("kafka", "e2k-");
 }

@@ -651,3 +651,98 @@ fn tls_server_names_pass_or_reset_connections_and_a_candidate_denying_a_live_one
     assert!(out.contains("8443/TCP TLS api.example.com"), "describe shows the server name:\n{out}");
     assert_eq!(hello("api.example.com").0, Some(0), "a blocked candidate changes nothing");
 }
+
+const KAFKA_RULES: &str = "apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: kafka, namespace: shop}
+spec:
+  endpointSelector: {matchLabels: {app: kafka}}
+  ingress:
+  - fromEndpoints: [{matchLabels: {app: client}}]
+    toPorts:
+    - ports: [{port: '9092', protocol: TCP}]
+      rules:
+        kafka:
+        - {role: produce, topic: orders}
+        - {role: produce, topic: audit}
+        - {role: consume, topic: orders}
+";
+
+const KAFKA_CLUSTER: &str = "apiVersion: v1
+kind: List
+items:
+- kind: Pod
+  metadata: {name: kafka, namespace: shop, labels: {app: kafka}, annotations: {palisade.dev/kafka-ports: '9092'}}
+  spec: {containers: [{ports: [{containerPort: 9092}]}]}
+  status: {podIP: 10.200.45.10}
+- kind: Pod
+  metadata: {name: client, namespace: shop, labels: {app: client}}
+  status: {podIP: 10.200.45.20}
+";
+
+#[test]
+fn kafka_requests_are_forwarded_or_answered_topic_authorization_failed_and_a_candidate_denying_a_live_one_blocks() {
+    use palisade_agent::observe::KafkaFlow;
+    use std::time::{Duration, Instant};
+    let (_dir, repo, local) = enforced("ple8-", KAFKA_CLUSTER, &[("kafka.yaml", KAFKA_RULES)], "6s");
+    let request = |what: &str| {
+        printed(&local.local_probe(&["--from", "shop/client", "--to", "shop/kafka", "--port", "9092", "--kafka", what]))
+    };
+    let start = Instant::now();
+    while request("produce:orders").0 != Some(0) && start.elapsed() < Duration::from_secs(30) {
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    // Allowed: forwarded to the broker, which acknowledges it.
+    let (code, stdout, stderr) = request("produce:orders");
+    assert_eq!(code, Some(0), "{stdout}{stderr}\n{}", local.log());
+    assert!(
+        stdout.starts_with("shop/client -> shop/kafka 10.200.45.10:9092/TCP Kafka produce orders: NONE ("),
+        "{stdout}"
+    );
+    assert!(stdout.ends_with("connection still open)\n"), "{stdout}");
+    assert_eq!(request("consume:orders").0, Some(0), "role consume on orders");
+    // Denied: the proxy answers TOPIC_AUTHORIZATION_FAILED itself and the connection stays
+    // usable (the probe's next request, ApiVersions, is answered on it).
+    let (code, stdout, _) = request("produce:payments");
+    assert_eq!(code, Some(1), "{stdout}");
+    assert!(
+        stdout.starts_with(
+            "shop/client -> shop/kafka 10.200.45.10:9092/TCP Kafka produce payments: TOPIC_AUTHORIZATION_FAILED ("
+        ),
+        "{stdout}"
+    );
+    assert!(stdout.ends_with("; connection still open)\n"), "{stdout}");
+    assert_eq!(request("consume:audit").0, Some(1), "audit is produced to, not consumed");
+
+    // Observers see each request the proxy judged, with its key, topics and answer.
+    let kafka = |flow: &ObservedFlow| flow.l7.as_ref().and_then(|l7| l7.kafka.clone());
+    let denied = |f: &ObservedFlow| {
+        kafka(f).is_some_and(|k: KafkaFlow| k.topics == ["payments"] && k.api_key == "produce")
+            && f.verdict == FlowVerdict::Dropped
+    };
+    let allowed = |f: &ObservedFlow| {
+        kafka(f).is_some_and(|k| k.topics == ["orders"] && k.api_key == "produce")
+            && f.verdict == FlowVerdict::Forwarded
+    };
+    let flows = local.observed(&["--type", "l7"], Duration::from_secs(10), |flows| {
+        flows.iter().any(denied) && flows.iter().any(allowed)
+    });
+    let payments = flows.iter().find(|f| denied(f)).unwrap_or_else(|| panic!("no denial of payments: {flows:#?}"));
+    let flow = kafka(payments).unwrap();
+    assert_eq!(
+        (flow.error.as_deref(), flow.client_id.as_deref(), flow.api_version),
+        (Some("TOPIC_AUTHORIZATION_FAILED"), Some("palisade-probe"), 8)
+    );
+    assert_eq!((payments.port, payments.direction.as_str()), (9092, "ingress"));
+    assert!(flows.iter().any(allowed), "{flows:#?}");
+
+    // A candidate without produce to orders would deny live requests: Blocked, naming them.
+    let stricter = KAFKA_RULES.replace("        - {role: produce, topic: orders}\n", "");
+    let commit = repo.commit(&[("kafka.yaml", &stricter)], "kafka: orders are consumed only");
+    let blocked = blocked_while(&local, || request("produce:orders").0 == Some(0), "still enforced meanwhile");
+    assert!(blocked.candidate_revision.is_some_and(|c| c.display.ends_with(&commit)));
+    let (ok, out) = local.cli(&["describe", "rollout", "shop", "-n", "shop"]);
+    assert!(ok, "{out}");
+    assert!(out.contains("9092/TCP Kafka produce orders"), "describe shows the request:\n{out}");
+    assert_eq!(request("produce:orders").0, Some(0), "a blocked candidate changes nothing");
+}

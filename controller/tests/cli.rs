@@ -268,13 +268,13 @@ fn with_client_egress(test: &str, name: &str, to_ports: &str) -> (PathBuf, PathB
 
 const DNS_RULES: &str =
     "    - ports: [{port: '53', protocol: UDP}]\n      rules:\n        dns: [{matchPattern: '*.example.com'}]\n";
-const KAFKA_RULES: &str =
-    "    - ports: [{port: '9092', protocol: TCP}]\n      rules:\n        kafka: [{topic: orders}]\n";
+/// Kafka rules on TCP, which the node's proxy judges, and on UDP, which it cannot.
+const KAFKA_RULES: &str = "    - ports: [{port: '9092', protocol: TCP}, {port: '9093', protocol: UDP}]\n      rules:\n        kafka: [{topic: orders}]\n";
 
 #[test]
-fn check_and_plan_warn_only_about_l7_rules_no_proxy_judges() {
+fn check_does_not_warn_about_l7_rules_and_plan_says_which_redirects_no_proxy_judges() {
     let dir = example("client-app-database");
-    // HTTP rules are judged by the node's proxy: nothing to warn about; DNS rules neither.
+    // HTTP rules are judged by the node's proxy: nothing to warn about; DNS and Kafka rules neither.
     let out = palisade(&["check", s(&dir.join("policies")), "-o", "json"]);
     assert_eq!(code(&out), 0, "{}", stderr(&out));
     let v: serde_json::Value = serde_json::from_str(&stdout(&out)).unwrap();
@@ -282,32 +282,24 @@ fn check_and_plan_warn_only_about_l7_rules_no_proxy_judges() {
     let (_, policies, _) = with_client_egress("l7-dns-check", "client-dns", DNS_RULES);
     let out = palisade(&["check", s(&policies)]);
     assert_eq!((code(&out), stdout(&out).contains(" 0 warning(s)")), (0, true), "{}", stdout(&out));
-
-    let (cluster, policies, kafka) = with_client_egress("l7-warnings", "client-kafka", KAFKA_RULES);
-    let warning = format!(
-        "{}:10: warning: spec.egress[0].toPorts[0].rules.kafka: Kafka rules are not enforced yet: the datapath denies this port (drop reason l7-unsupported)",
-        kafka.display()
-    );
-    // Valid policies with warnings: check still exits 0, with and without a cluster.
+    let (cluster, policies, _) = with_client_egress("l7-kafka", "client-kafka", KAFKA_RULES);
     for args in [vec!["check", s(&policies)], vec!["check", s(&policies), "--cluster", s(&cluster)]] {
         let out = palisade(&args);
         assert_eq!(code(&out), 0, "{}{}", stdout(&out), stderr(&out));
-        let text = stdout(&out);
-        let warnings: Vec<&str> = text.lines().filter(|l| l.contains("not enforced yet")).collect();
-        assert_eq!(warnings, [warning.as_str()], "{text}");
+        assert!(!stdout(&out).contains("kafka"), "{}", stdout(&out));
     }
 
-    // plan: the warnings on stderr, the plan on stdout; redirect entries say what the datapath
-    // does: HTTP on TCP goes to the proxy, Kafka is denied.
+    // plan: redirect entries say what the datapath does: HTTP and Kafka on TCP go to the proxy,
+    // Kafka on UDP is denied.
     let plan = |json: bool| on_policies("plan", &cluster, &policies, if json { &["-o", "json"] } else { &[] });
     let out = plan(false);
-    assert_eq!(code(&out), 0, "{}", stderr(&out));
-    assert!(stderr(&out).lines().any(|l| l == warning), "{}", stderr(&out));
+    assert_eq!((code(&out), stderr(&out).as_str()), (0, ""));
     let text = stdout(&out);
-    assert!(text.lines().any(|l| l.contains("redirect (denied: l7-unsupported)") && l.contains("TCP/9092")), "{text}");
+    assert!(text.lines().any(|l| l.contains("redirect (denied: l7-unsupported)") && l.contains("UDP/9093")), "{text}");
+    assert!(text.lines().any(|l| l.trim_start().starts_with("redirect ") && l.contains("TCP/9092")), "{text}");
     assert!(text.lines().any(|l| l.trim_start().starts_with("redirect ") && l.contains("TCP/8080")), "{text}");
     let out = plan(true);
-    let v: serde_json::Value = serde_json::from_str(&stdout(&out)).expect("plan -o json still prints JSON");
+    let v: serde_json::Value = serde_json::from_str(&stdout(&out)).expect("plan -o json prints JSON");
     let redirects = |endpoint: &str, direction: &str| -> Vec<serde_json::Value> {
         let e = v.as_array().unwrap().iter().find(|e| e["endpoint"] == endpoint).unwrap();
         e[direction]["entries"].as_array().unwrap().iter().filter(|e| e["verdict"] == "redirect").cloned().collect()
@@ -317,9 +309,10 @@ fn check_and_plan_warn_only_about_l7_rules_no_proxy_judges() {
     for entry in http {
         assert_eq!((&entry["datapath"], &entry["drop_reason"]), (&"proxy".into(), &serde_json::Value::Null));
     }
-    let kafka = redirects(CLIENT, "egress");
-    assert_eq!(kafka.len(), 1, "{v}");
-    assert_eq!((&kafka[0]["datapath"], &kafka[0]["drop_reason"]), (&"deny".into(), &"l7-unsupported".into()));
+    let mut kafka: Vec<_> =
+        redirects(CLIENT, "egress").iter().map(|e| (e["datapath"].clone(), e["drop_reason"].clone())).collect();
+    kafka.sort_by_key(|(datapath, _)| datapath.to_string());
+    assert_eq!(kafka, [("deny".into(), "l7-unsupported".into()), ("proxy".into(), serde_json::Value::Null)], "{v}");
 }
 
 #[test]

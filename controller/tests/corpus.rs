@@ -12,6 +12,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use palisade::files;
+use palisade_policy::model::L7Rules;
 use palisade_policy::{ParseOptions, Severity, SourceFile, parse_policies};
 
 /// Files that fail only with "unsupported" errors, and the feature each names.
@@ -222,5 +223,29 @@ fn unsupported_errors_say_what_is_unsupported_and_where() {
                 "{d}"
             );
         }
+    }
+}
+
+#[test]
+fn kafka_policies_parse_into_kafka_rules() {
+    // Cilium's Kafka examples (roles, API keys, topics) are enforced by the node's proxy: they
+    // parse into Kafka rules, with nothing said about them.
+    let Some(files) = corpus_files() else { return };
+    let kafka: Vec<_> = files
+        .iter()
+        .filter(|(name, text)| text.contains("kafka:") && !INVALID_UPSTREAM.iter().any(|(f, _)| f == name))
+        .collect();
+    let mut names: Vec<&str> = kafka.iter().map(|(name, _)| name.as_str()).collect();
+    names.sort_unstable();
+    assert_eq!(
+        names,
+        ["cilium/getting-started/kafka.yaml", "cilium/l7/kafka/kafka-role.yaml", "cilium/l7/kafka/kafka.yaml"]
+    );
+    for (name, text) in kafka {
+        let parsed = parse_policies(&[SourceFile { name, text }], &ParseOptions::default());
+        assert!(parsed.diagnostics.is_empty(), "{name}: {:?}", parsed.diagnostics);
+        let rules = parsed.set.policies.iter().flat_map(|p| &p.rules);
+        let ports = rules.flat_map(|r| r.ingress.rules.iter().chain(&r.egress.rules)).flat_map(|r| &r.ports);
+        assert!(ports.filter(|p| matches!(p.l7, Some(L7Rules::Kafka(_)))).count() > 0, "{name}: no Kafka rules");
     }
 }

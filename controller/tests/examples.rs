@@ -7,6 +7,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
 use palisade::files;
+use palisade_policy::l7::KafkaRequest;
 use palisade_policy::trace::{self, FlowEnd, FlowPort, HttpRequest, IpFamily, L7Request, Trace, Verdict};
 use palisade_policy::yaml::{Limits, parse_documents};
 use palisade_policy::{CompiledPolicy, EnforcementMode};
@@ -30,6 +31,9 @@ struct ExpectedFlow {
     grpc: Option<String>,
     /// A TLS connection whose ClientHello indicates this server name (`""`: none).
     tls_sni: Option<String>,
+    /// `produce:TOPIC` or `consume:TOPIC`: one Kafka Produce or Fetch of that topic
+    /// (`palisade local probe --kafka`).
+    kafka: Option<String>,
     verdict: Verdict,
     /// For a flow to a Service: the verdict at each backend (pod, else address).
     backends: Option<BTreeMap<String, Verdict>>,
@@ -84,27 +88,29 @@ fn check_scenario(name: &str) {
         let from = FlowEnd::parse(&flow.from).unwrap();
         let to = FlowEnd::parse(&flow.to).unwrap();
         let port = FlowPort::parse(&flow.port).unwrap();
-        let grpc_headers = || vec!["Content-Type: application/grpc".to_string()];
-        let http = match (&flow.http, &flow.grpc) {
-            (Some(request), None) => Some(HttpRequest::parse(request, &flow.headers).unwrap()),
-            (None, Some(method)) => Some(HttpRequest::parse(&format!("POST {method}"), &grpc_headers()).unwrap()),
-            (None, None) => None,
-            (Some(_), Some(_)) => panic!("{}: a flow is an HTTP request or a gRPC call, not both", flow.why),
-        };
-        let tls = flow.tls_sni.as_ref().map(|name| L7Request::Tls(Some(name.clone()).filter(|n| !n.is_empty())));
+        let requests = [&flow.http, &flow.grpc, &flow.tls_sni, &flow.kafka];
         assert!(
-            tls.is_none() || http.is_none(),
-            "{}: a flow is an HTTP request or a TLS connection, not both",
+            requests.iter().filter(|r| r.is_some()).count() <= 1,
+            "{}: a flow is at most one of an HTTP request, a gRPC call, a TLS connection and a Kafka request",
             flow.why
         );
-        let http = http.map(L7Request::Http).or(tls);
+        let grpc_headers = || vec!["Content-Type: application/grpc".to_string()];
+        let http = if let Some(request) = &flow.http {
+            Some(L7Request::Http(HttpRequest::parse(request, &flow.headers).unwrap()))
+        } else if let Some(method) = &flow.grpc {
+            Some(L7Request::Http(HttpRequest::parse(&format!("POST {method}"), &grpc_headers()).unwrap()))
+        } else if let Some(name) = &flow.tls_sni {
+            Some(L7Request::Tls(Some(name.clone()).filter(|n| !n.is_empty())))
+        } else {
+            flow.kafka.as_ref().map(|request| L7Request::Kafka(KafkaRequest::parse(request, 0, None).unwrap()))
+        };
         let family = flow.family;
         let label = format!(
             "{} -> {} {} {}{}",
             flow.from,
             flow.to,
             flow.port,
-            flow.http.as_deref().or(flow.grpc.as_deref()).or(flow.tls_sni.as_deref()).unwrap_or(""),
+            requests.iter().find_map(|r| r.as_deref()).unwrap_or(""),
             if family == IpFamily::IPv6 { " (IPv6)" } else { "" }
         );
         if !matches!(to, FlowEnd::Service { .. }) {
@@ -185,6 +191,11 @@ fn grpc() {
 #[test]
 fn tls_sni() {
     check_scenario("tls-sni");
+}
+
+#[test]
+fn kafka() {
+    check_scenario("kafka");
 }
 
 /// Every directory of `examples/` with a `flows.yaml` has a test above.

@@ -318,6 +318,7 @@ fn deny(port: u16) -> AuditFlow {
         http: None,
         dns: None,
         tls: None,
+        kafka: None,
     }
 }
 

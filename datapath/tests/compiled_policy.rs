@@ -61,7 +61,8 @@ struct Flow {
     from: String,
     to: String,
     port: String,
-    /// An HTTP request or a gRPC call: the proxy judges it, not the kernel.
+    /// An HTTP request, a gRPC call, a TLS connection or a Kafka request: the proxy judges it,
+    /// not the kernel.
     l7: bool,
     /// `family: IPv6` in flows.yaml: between the ends' IPv6 addresses.
     ipv6: bool,
@@ -80,7 +81,7 @@ fn flows(dir: &Path) -> Vec<Flow> {
             from: field(flow, "from").expect("from"),
             to: field(flow, "to").expect("to"),
             port: field(flow, "port").expect("port"),
-            l7: !flow["http"].is_null() || !flow["grpc"].is_null() || !flow["tls_sni"].is_null(),
+            l7: ["http", "grpc", "tls_sni", "kafka"].iter().any(|kind| !flow[kind].is_null()),
             ipv6: match field(flow, "family").as_deref() {
                 None | Some("IPv4") => false,
                 Some("IPv6") => true,

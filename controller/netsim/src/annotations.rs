@@ -14,6 +14,8 @@ use crate::net::LocalNetwork;
 
 /// `"8080,9090"`: ports the pod answers with HTTP instead of an echo.
 pub const HTTP_PORTS: &str = "palisade.dev/http-ports";
+/// `"9092"`: ports the pod answers as a Kafka broker ([`crate::kafka`]) instead of an echo.
+pub const KAFKA_PORTS: &str = "palisade.dev/kafka-ports";
 /// `"api.example.com=10.200.99.10, db.example.com=10.200.99.11"`: the pod is a DNS server with
 /// these A records, on 53/UDP and 53/TCP.
 pub const DNS_RECORDS: &str = "palisade.dev/dns-records";
@@ -116,7 +118,7 @@ pub(crate) fn report(errors: Vec<String>) -> Result<()> {
 }
 
 /// Reads what each pod of `network` serves and resolves through ([`HTTP_PORTS`],
-/// [`DNS_RECORDS`], [`DNS_TTL`], [`RESOLVER`]) into the network's pods.
+/// [`KAFKA_PORTS`], [`DNS_RECORDS`], [`DNS_TTL`], [`RESOLVER`]) into the network's pods.
 pub(crate) fn read_serving(file: &str, text: &str, network: &mut LocalNetwork) -> Result<()> {
     // Resolvers name DNS pods that may come later in the file: checked once all are read.
     let mut resolvers = Vec::new();
@@ -125,12 +127,13 @@ pub(crate) fn read_serving(file: &str, text: &str, network: &mut LocalNetwork) -
     let mut errors = for_each_pod(file, text, |pod| {
         let mut errors = Vec::new();
         let mut read = |annotation: &str| pod.string(annotation).map_err(|e| errors.push(e)).ok().flatten();
-        let (http, records, ttl, resolver) = (read(HTTP_PORTS), read(DNS_RECORDS), read(DNS_TTL), read(RESOLVER));
-        if [http, records, ttl, resolver].iter().all(Option::is_none) {
+        let (http, kafka) = (read(HTTP_PORTS), read(KAFKA_PORTS));
+        let (records, ttl, resolver) = (read(DNS_RECORDS), read(DNS_TTL), read(RESOLVER));
+        if [http, kafka, records, ttl, resolver].iter().all(Option::is_none) {
             return errors;
         }
         let Some(net) = network.pod_mut(&pod.key) else {
-            let annotation = [HTTP_PORTS, DNS_RECORDS, DNS_TTL, RESOLVER]
+            let annotation = [HTTP_PORTS, KAFKA_PORTS, DNS_RECORDS, DNS_TTL, RESOLVER]
                 .into_iter()
                 .find(|a| pod.annotations.contains_key(*a))
                 .expect("one is there");
@@ -142,9 +145,18 @@ pub(crate) fn read_serving(file: &str, text: &str, network: &mut LocalNetwork) -
             with_records.insert(pod.key.clone());
         }
         if let Some(list) = http {
-            match http_ports(list) {
+            match port_list(list) {
                 Ok(ports) => net.http_ports = ports,
                 Err(message) => errors.push(pod.error(HTTP_PORTS, format!("{list:?}: {message}"))),
+            }
+        }
+        if let Some(list) = kafka {
+            match port_list(list) {
+                Ok(ports) if ports.iter().any(|p| net.http_ports.contains(p)) => {
+                    errors.push(pod.error(KAFKA_PORTS, format!("{list:?}: a port cannot answer both HTTP and Kafka")));
+                }
+                Ok(ports) => net.kafka_ports = ports,
+                Err(message) => errors.push(pod.error(KAFKA_PORTS, format!("{list:?}: {message}"))),
             }
         }
         let ttl = match ttl {
@@ -181,7 +193,7 @@ pub(crate) fn read_serving(file: &str, text: &str, network: &mut LocalNetwork) -
 }
 
 /// `"8080,9090"` or `"8080, 9090"`: distinct ports, at least one.
-fn http_ports(list: &str) -> Result<Vec<u16>, String> {
+fn port_list(list: &str) -> Result<Vec<u16>, String> {
     let mut ports = Vec::new();
     for entry in list.split(',').map(str::trim) {
         match entry.parse::<u16>() {

@@ -1,6 +1,6 @@
 //! Local mode's network (issue #6): the pods of a cluster file as network namespaces behind one
 //! "node" namespace, echo responders on their declared ports, background traffic from the
-//! `palisade.dev/talks-to` annotation, and one-shot probes. Pods may answer HTTP and DNS
+//! `palisade.dev/talks-to` annotation, and one-shot probes. Pods may answer HTTP, DNS and Kafka
 //! ([`annotations`]), and stand for hosts outside the cluster.
 //!
 //! [`up`] builds the network and starts a detached responder process that outlives it; [`down`]
@@ -18,6 +18,7 @@ pub mod dns;
 mod error;
 pub mod grpc;
 pub mod http;
+pub mod kafka;
 pub mod kube_proxy;
 pub mod net;
 pub mod probe;

@@ -193,6 +193,8 @@ pub struct PodNet {
     pub ports: Vec<ContainerPort>,
     /// Ports answered with HTTP instead of an echo (`palisade.dev/http-ports`).
     pub http_ports: Vec<u16>,
+    /// Ports answered as a Kafka broker (`palisade.dev/kafka-ports`).
+    pub kafka_ports: Vec<u16>,
     /// The DNS server it runs on port 53 (`palisade.dev/dns-records`).
     pub dns: Option<DnsZone>,
     /// The DNS pod it resolves through, `namespace/name` (`palisade.dev/resolver`).
@@ -321,6 +323,7 @@ impl LocalNetwork {
                 host_if,
                 ports: pod.ports.clone(),
                 http_ports: Vec::new(),
+                kafka_ports: Vec::new(),
                 dns: None,
                 resolver: None,
                 outside,

@@ -2,7 +2,8 @@
 //! TCP connections and UDP datagrams are echoed, except [`WHO`], which is answered with
 //! `palisade-who NAMESPACE/POD\n` so that a client of a Service learns which backend it reached;
 //! ICMP echo is answered by the kernel. SCTP ports are not served. A pod's HTTP ports
-//! ([`crate::http`]) and a DNS pod's port 53 ([`crate::dns`]) are served on a small tokio runtime
+//! ([`crate::http`]), Kafka ports ([`crate::kafka`]) and a DNS pod's port 53 ([`crate::dns`]) are
+//! served on a small tokio runtime
 //! instead, declared as container ports or not. A dual-stack pod's ports are bound on both
 //! families (one IPv6 socket that also takes IPv4).
 use std::io::{self, Read, Write};
@@ -17,9 +18,9 @@ use socket2::{Domain, Socket, Type};
 
 use crate::dns::{self, DNS_PORT, DnsZone};
 use crate::error::{Error, Result};
-use crate::http;
 use crate::net::{LocalNetwork, PodNet, in_netns};
 use crate::probe::Port;
+use crate::{http, kafka};
 
 /// The question a probe asks a responder: who are you? See [`answer`].
 pub const WHO: &[u8] = b"palisade-who\n";
@@ -42,6 +43,7 @@ pub struct Responders {
 enum Serve {
     Echo,
     Http,
+    Kafka,
     Dns(Arc<DnsZone>),
 }
 
@@ -92,7 +94,7 @@ impl Responders {
         Ok(())
     }
 
-    /// Serves an HTTP or DNS port on the runtime, started with the first.
+    /// Serves an HTTP, Kafka or DNS port on the runtime, started with the first.
     fn spawn(&mut self, port: Port, socket: Socket, serve: Serve, name: String, key: &str) -> Result<()> {
         if self.runtime.is_none() {
             let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -116,6 +118,7 @@ impl Responders {
                 let listener = tokio::net::TcpListener::from_std(socket.into()).map_err(registered)?;
                 match serve {
                     Serve::Dns(zone) => runtime.spawn(dns::serve_tcp(listener, zone)),
+                    Serve::Kafka => runtime.spawn(kafka::serve(listener)),
                     _ => runtime.spawn(http::serve(listener, key.into())),
                 };
             }
@@ -144,10 +147,11 @@ impl Drop for Responders {
     }
 }
 
-/// What each port of `pod` answers: its HTTP ports, port 53 of a DNS pod, and an echo on every
-/// other declared TCP and UDP port.
+/// What each port of `pod` answers: its HTTP and Kafka ports, port 53 of a DNS pod, and an echo
+/// on every other declared TCP and UDP port.
 fn ports_of(pod: &PodNet) -> Vec<(Port, Serve)> {
     let mut ports: Vec<(Port, Serve)> = pod.http_ports.iter().map(|&p| (Port::Tcp(p), Serve::Http)).collect();
+    ports.extend(pod.kafka_ports.iter().map(|&p| (Port::Tcp(p), Serve::Kafka)));
     if let Some(zone) = &pod.dns {
         let zone = Arc::new(zone.clone());
         ports.extend([Port::Udp(DNS_PORT), Port::Tcp(DNS_PORT)].map(|p| (p, Serve::Dns(zone.clone()))));

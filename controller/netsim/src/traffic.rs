@@ -177,7 +177,7 @@ enum Ask {
     Http,
     /// An A query for a name of the DNS pod, which must get NOERROR.
     Dns(String),
-    /// A DNS pod's 53/TCP: the handshake.
+    /// A DNS pod's 53/TCP, a Kafka port: the handshake.
     Connect,
 }
 
@@ -186,6 +186,7 @@ impl Ask {
     fn of(server: &PodNet, port: Port, number: u16) -> Ask {
         match (port, &server.dns) {
             (Port::Tcp(_), _) if server.http_ports.contains(&number) => Ask::Http,
+            (Port::Tcp(_), _) if server.kafka_ports.contains(&number) => Ask::Connect,
             (Port::Udp(DNS_PORT), Some(zone)) if number == DNS_PORT => {
                 Ask::Dns(zone.records.keys().next().cloned().unwrap_or_default())
             }

@@ -2,16 +2,19 @@
 //! and the node's proxy. HTTP follows Cilium's `rules.http` as Envoy applies it (method, path
 //! and host are full-match regular expressions, `headers` and `headerMatches` compare
 //! case-insensitive names and exact values); DNS follows `matchName` and `matchPattern`; TLS
-//! follows `serverNames` as Envoy matches the SNI of a ClientHello.
+//! follows `serverNames` as Envoy matches the SNI of a ClientHello; Kafka follows [`kafka`].
 //!
-//! The proxy speaks HTTP and TLS (the ClientHello) on TCP and DNS on UDP and TCP: Kafka rules,
-//! and HTTP or TLS rules on UDP or SCTP, stay fail-closed (denied, `l7-unsupported`).
+//! The proxy speaks HTTP, TLS (the ClientHello) and Kafka on TCP and DNS on UDP and TCP: HTTP,
+//! TLS or Kafka rules on UDP or SCTP stay fail-closed (denied, `l7-unsupported`).
+pub mod kafka;
+
 use palisade_common::{self as dp, Direction};
 
 use crate::cluster::ContainerPort;
 use crate::compile::{CompiledPolicy, MapState};
 use crate::model::{FqdnMatch, HeaderMatch, HttpMatch, L7Rules, Mismatch, PortSpec, Protocol};
 use crate::trace::{DROP_L7_UNSUPPORTED, FlowPort};
+pub use kafka::KafkaRequest;
 
 /// A request the L7 rules judge: an HTTP request, or a DNS query for a name.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -21,6 +24,7 @@ pub enum L7Request {
     /// A TCP connection judged by its TLS ClientHello: the server name it indicates (SNI),
     /// `None` when it indicates none or the connection does not start with a ClientHello.
     Tls(Option<String>),
+    Kafka(KafkaRequest),
 }
 
 /// An HTTP request as the rules see it.
@@ -134,8 +138,11 @@ pub fn unproxied(protocol: Protocol, kinds: &[&str], request: Option<&L7Request>
     if tls && protocol != Protocol::TCP {
         return Some("the TLS proxy takes TCP only");
     }
-    if kinds.contains(&"kafka") {
-        Some("Kafka is not proxied")
+    let kafka = kinds.contains(&"kafka") || matches!(request, Some(L7Request::Kafka(_)));
+    if kinds.contains(&"kafka") && kinds.len() > 1 {
+        Some("Kafka rules and other L7 rules on one port (the proxy speaks one protocol per connection)")
+    } else if kafka && protocol != Protocol::TCP {
+        Some("the Kafka proxy takes TCP only")
     } else if dns && protocol != Protocol::TCP && protocol != Protocol::UDP {
         Some("the DNS proxy takes UDP and TCP only")
     } else if !dns && protocol != Protocol::TCP {
@@ -192,6 +199,10 @@ pub(crate) fn judge(compiled: &CompiledPolicy, selected: &Selected, request: &L7
                 .map_or("a connection without TLS server name".into(), |n| format!("server name {n}"));
             RequestVerdict::denied(format!("{what} matches no serverNames rule for this peer (connection reset)"))
         }
+        L7Request::Kafka(request) => match request.judge(rules) {
+            Ok(cookie) => allowed(cookie, HttpRewrite::default()),
+            Err(why) => RequestVerdict::denied(why),
+        },
     }
 }
 
@@ -201,8 +212,8 @@ impl CompiledPolicy {
     /// from (ingress) a peer with identity `remote` on `port`. `None` when the endpoint is not a
     /// local endpoint of this compilation or when its entry for this flow does not redirect (L4
     /// decides alone: see [`CompiledPolicy::l4_allows`]).
-    /// A DNS request, DNS or Kafka rules, and any request on UDP or SCTP are denied with a
-    /// reason saying why no proxy judges them (`l7-unsupported: ...`).
+    /// A DNS request or DNS rules on SCTP, and any other request on UDP or SCTP, are denied
+    /// with a reason saying why no proxy judges them (`l7-unsupported: ...`).
     pub fn judge_request(
         &self,
         namespace: &str,

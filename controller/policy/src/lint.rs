@@ -1,52 +1,16 @@
 //! Warnings about valid policies that probably do not do what their author meant.
 use crate::compile::{CompiledPolicy, Enforcement};
 use crate::diag::{Diagnostic, Severity};
-use crate::model::{L7Rules, Peer, Peers, Policy, PolicyKind, PolicySet, PortSpec, Rule, ServiceRef};
+use crate::model::{Peer, Peers, Policy, PolicyKind, PortSpec, Rule, ServiceRef};
 
 fn warning(policy: &Policy, line: u32, path: &str, message: String) -> Diagnostic {
     Diagnostic { severity: Severity::Warning, file: policy.file.clone(), line, path: path.to_string(), message }
 }
 
-/// Lints that need no cluster.
-pub fn lint(set: &PolicySet) -> Vec<Diagnostic> {
-    let mut out = Vec::new();
-    for policy in &set.policies {
-        for rule in &policy.rules {
-            // Each `rules` field once, though it yields a port rule per port and protocol. The
-            // node's proxy judges HTTP and DNS; Kafka rules fail closed.
-            let mut l7_fields: Vec<(&(String, u32), &str)> = Vec::new();
-            for port_rule in rule.ingress.rules.iter().chain(&rule.egress.rules).flat_map(|r| &r.ports) {
-                let kind = match &port_rule.l7 {
-                    Some(L7Rules::Kafka(_)) => "Kafka",
-                    Some(L7Rules::Http(_) | L7Rules::Dns(_) | L7Rules::Tls(_)) | None => continue,
-                };
-                if let Some(at) = &port_rule.l7_at
-                    && !l7_fields.iter().any(|(seen, _)| *seen == at)
-                {
-                    l7_fields.push((at, kind));
-                }
-            }
-            for ((path, line), kind) in l7_fields {
-                out.push(warning(policy, *line, path, l7_unsupported_message(kind)));
-            }
-        }
-    }
-    out
-}
-
-/// The node's proxy speaks HTTP and DNS only: the datapath denies every connection to a port with
-/// Kafka rules rather than let it through unchecked.
-fn l7_unsupported_message(kind: &str) -> String {
-    format!(
-        "{kind} rules are not enforced yet: the datapath denies this port (drop reason {})",
-        crate::trace::DROP_L7_UNSUPPORTED
-    )
-}
-
 /// Lints against a cluster: selectors that match nothing, and rules that put pods into
 /// default deny as a side effect of allowing something.
 pub fn lint_with_cluster(compiled: &CompiledPolicy) -> Vec<Diagnostic> {
-    let mut out = lint(compiled.policies());
+    let mut out = Vec::new();
     let identities: Vec<_> = compiled.endpoints().map(|e| e.identity.clone()).collect();
     for policy in &compiled.policies().policies {
         for rule in &policy.rules {

@@ -343,12 +343,17 @@ pub enum Mismatch {
     Replace,
 }
 
-#[derive(Clone, Debug, Default)]
+/// A Kafka rule (Cilium's `PortRuleKafka`) with its `role` or `apiKey` resolved to API keys.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct KafkaMatch {
-    pub role: Option<String>,
-    pub api_key: Option<String>,
-    pub api_version: Option<String>,
+    /// The API keys it allows (`role: produce` is produce, metadata and apiversions); empty:
+    /// every key.
+    pub api_keys: Vec<i16>,
+    /// The one request version it allows, if set.
+    pub api_version: Option<i16>,
+    /// The client id a request must carry, if set.
     pub client_id: Option<String>,
+    /// The topic it allows; `None`: every topic.
     pub topic: Option<String>,
 }
 

@@ -3,9 +3,9 @@
 //! when the entry redirects and a request is given.
 //!
 //! Two verdicts come out: what the datapath does, and what the policy means (its intent). They
-//! differ only at an L7 redirect no proxy judges (DNS or Kafka rules, UDP or SCTP): the datapath
-//! denies it (drop reason `l7-unsupported`, never failing open), while the intent is what the L7
-//! rules would decide. HTTP on TCP goes to the node's proxy, which enforces the intent.
+//! differ only at an L7 redirect no proxy judges (HTTP, TLS or Kafka rules on UDP, anything on
+//! SCTP): the datapath denies it (drop reason `l7-unsupported`, never failing open), while the
+//! intent is what the L7 rules would decide. Elsewhere the node's proxy enforces the intent.
 use std::fmt;
 use std::net::IpAddr;
 
@@ -19,7 +19,7 @@ pub use crate::l7::{HttpRequest, HttpRewrite, L7Request, RequestVerdict};
 use crate::model::{Direction, Protocol};
 
 /// The drop reason of a connection whose entry redirects to an L7 proxy that does not judge it
-/// (DNS, Kafka, not TCP).
+/// (HTTP, TLS or Kafka rules not on TCP, DNS rules on SCTP).
 pub const DROP_L7_UNSUPPORTED: &str = "l7-unsupported";
 
 /// One side of a flow.
@@ -200,7 +200,7 @@ pub struct Decision {
     pub intent: Verdict,
     /// Why the datapath drops it when the policy alone would not: `l7-unsupported`.
     pub drop_reason: Option<&'static str>,
-    /// Why no proxy judges it, with `l7-unsupported`: "Kafka is not proxied", ...
+    /// Why no proxy judges it, with `l7-unsupported`: "the Kafka proxy takes TCP only", ...
     pub drop_detail: Option<&'static str>,
     /// The endpoint whose policy decided; `None` when that side is not a Palisade endpoint.
     pub endpoint: Option<String>,
@@ -621,6 +621,9 @@ fn proxy_text(
         Some((L7Request::Dns(name), verdict)) => format!("allowed: query {name} matches {}", verdict.reason),
         Some((L7Request::Tls(name), verdict)) => {
             format!("allowed: server name {} matches {}", name.as_deref().unwrap_or("<none>"), verdict.reason)
+        }
+        Some((L7Request::Kafka(request), verdict)) => {
+            format!("allowed: Kafka {} matches {}", request.describe(), verdict.reason)
         }
     }
 }

@@ -597,3 +597,59 @@ fn server_names_are_names_or_wildcard_domains_and_never_with_l7_rules() {
     );
     assert!(with_http.set.policies.is_empty(), "rejected, not enforced without its L7 rules");
 }
+
+#[test]
+fn kafka_rules_resolve_roles_and_refuse_what_cilium_refuses() {
+    let body = |rules: &str| {
+        cnp(
+            "prod",
+            "broker",
+            "{matchLabels: {app: kafka}}",
+            &format!(
+                "  ingress:\n  - toPorts:\n    - ports: [{{port: '9092', protocol: TCP}}]\n      rules:\n        kafka:\n{rules}"
+            ),
+        )
+    };
+    let ok = parse(
+        "kafka.yaml",
+        &body(
+            "        - {role: Produce, topic: orders}\n        - {apiKey: HEARTBEAT, apiVersion: '4', clientID: app, topic: ''}",
+        ),
+    );
+    assert!(!ok.has_errors(), "{:?}", ok.diagnostics);
+    let ports = &ok.set.policies[0].rules[0].ingress.rules[0].ports;
+    match &ports[0].l7 {
+        Some(palisade_policy::model::L7Rules::Kafka(rules)) => {
+            assert_eq!(
+                (rules[0].api_keys.as_slice(), rules[0].topic.as_deref()),
+                ([0, 3, 18].as_slice(), Some("orders"))
+            );
+            assert_eq!(
+                (
+                    rules[1].api_keys.as_slice(),
+                    rules[1].api_version,
+                    rules[1].client_id.as_deref(),
+                    rules[1].topic.as_deref()
+                ),
+                ([12].as_slice(), Some(4), Some("app"), None)
+            );
+        }
+        other => panic!("{other:?}"),
+    }
+    let bad = parse(
+        "kafka.yaml",
+        &body(
+            "        - {role: produce, apiKey: fetch}\n        - {role: admin}\n        - {apiKey: '0'}\n        - {apiVersion: v2}\n        - {topic: 'a/b'}",
+        ),
+    );
+    assert_eq!(
+        errors(&bad),
+        [
+            "kafka.yaml:13: spec.ingress[0].toPorts[0].rules.kafka[0]: role and apiKey are mutually exclusive",
+            "kafka.yaml:14: spec.ingress[0].toPorts[0].rules.kafka[1].role: \"admin\" is not produce or consume",
+            "kafka.yaml:15: spec.ingress[0].toPorts[0].rules.kafka[2].apiKey: \"0\" is not a Kafka API key",
+            "kafka.yaml:16: spec.ingress[0].toPorts[0].rules.kafka[3].apiVersion: \"v2\" is not a Kafka API version (a 16-bit integer)",
+            "kafka.yaml:17: spec.ingress[0].toPorts[0].rules.kafka[4].topic: \"a/b\" is not a Kafka topic (at most 255 letters, digits, '.', '_' and '-')",
+        ]
+    );
+}

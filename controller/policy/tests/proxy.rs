@@ -5,6 +5,7 @@ mod common;
 
 use common::trace_of;
 use palisade_common as dp;
+use palisade_policy::l7::KafkaRequest;
 use palisade_policy::trace::Verdict;
 use palisade_policy::{
     Cluster, CompileOptions, CompiledPolicy, Direction, FlowPort, HttpRequest, HttpRewrite, L7Request, ParseOptions,
@@ -175,7 +176,7 @@ fn no_l7_verdict_where_the_entry_does_not_redirect_or_the_endpoint_is_not_local(
 }
 
 #[test]
-fn dns_queries_are_judged_and_kafka_is_not_proxied() {
+fn dns_queries_are_judged_and_kafka_requests_by_kafka_rules() {
     let e = engine(POLICIES, None);
     let dns = L7Request::Dns("example.com".into());
     let on_http_port = judge(&e, &dns).unwrap();
@@ -188,8 +189,18 @@ fn dns_queries_are_judged_and_kafka_is_not_proxied() {
     assert!(to_dns.allowed && to_dns.cookie != dp::COOKIE_NONE, "matchPattern '*' allows it: {to_dns:?}");
 
     let e = engine(KAFKA, None);
-    let kafka = judge(&e, &http("GET /", &[])).unwrap();
-    assert_eq!((kafka.allowed, kafka.reason.as_str()), (false, "l7-unsupported: Kafka is not proxied"));
+    let kafka = |text: &str| L7Request::Kafka(KafkaRequest::parse(text, 9, Some("app".into())).unwrap());
+    let produce = judge(&e, &kafka("produce:orders")).unwrap();
+    assert_eq!((produce.allowed, produce.reason.as_str()), (true, "CiliumNetworkPolicy prod/broker spec.ingress[0]"));
+    assert!(judge(&e, &kafka("metadata")).unwrap().allowed, "role produce asks metadata");
+    let denied = judge(&e, &kafka("produce:orders,secret")).unwrap();
+    assert_eq!(
+        (denied.allowed, denied.reason.as_str(), denied.cookie),
+        (false, "Kafka produce orders,secret matches no Kafka rule for this peer", dp::COOKIE_NONE)
+    );
+    assert!(!judge(&e, &kafka("consume:orders")).unwrap().allowed);
+    // Kafka rules never allow an HTTP request.
+    assert!(!judge(&e, &http("GET /", &[])).unwrap().allowed);
 }
 
 #[test]
@@ -200,12 +211,13 @@ fn l7_kinds_name_the_rules_the_proxy_would_apply() {
     assert_eq!(kinds("prod", "server", Direction::Ingress, client, "8080/TCP"), ["http"]);
     assert_eq!(kinds("prod", "client", Direction::Egress, dp::IDENTITY_WORLD, "53/UDP"), ["dns"]);
     assert!(kinds("prod", "server", Direction::Ingress, client, "9090/TCP").is_empty(), "not redirected");
-    // HTTP and Kafka rules on one port: the proxy refuses the connection.
+    // HTTP and Kafka rules on one port: the proxy speaks one protocol per connection, so it
+    // refuses the connection.
     let e = engine(&format!("{POLICIES}---\n{KAFKA}"), None);
     assert_eq!(e.l7_kinds("prod", "server", Direction::Ingress, client, port("8080/TCP")), ["http", "kafka"]);
     assert_eq!(
         palisade_policy::l7::unproxied(dp::Protocol::TCP, &["http", "kafka"], None),
-        Some("Kafka is not proxied")
+        Some("Kafka rules and other L7 rules on one port (the proxy speaks one protocol per connection)")
     );
     assert!(!judge(&e, &http("GET /public/a", &[])).unwrap().allowed);
     // An L4-only rule for the same peer and port: every request passes, under its cookie.

@@ -1,14 +1,16 @@
 //! Reserved identities by address, as Cilium assigns them (the local host's addresses `host`,
 //! other nodes' `remote-node`, the API server's `kube-apiserver`), the entities that select
 //! them, `allow-localhost`, and L7 rules: HTTP on TCP judged by the node's proxy (`headerMatches`
-//! included), the rest denied by the datapath (`l7-unsupported`) with what they would decide.
+//! included), Kafka on TCP, the rest denied by the datapath (`l7-unsupported`) with what they
+//! would decide.
 mod common;
 
 use common::{trace_l7, trace_of};
 use palisade_common as dp;
+use palisade_policy::l7::KafkaRequest;
 use palisade_policy::trace::{FlowEnd, HttpRequest, L7Request, Verdict};
 use palisade_policy::{
-    AllowLocalhost, Cluster, CompileOptions, CompiledPolicy, ParseOptions, SourceFile, lint, parse_policies,
+    AllowLocalhost, Cluster, CompileOptions, CompiledPolicy, ParseOptions, SourceFile, parse_policies,
 };
 
 /// Two nodes, a pod on each, and the API server: its EndpointSlices hold the load balancer
@@ -282,7 +284,7 @@ fn http_on_tcp_is_judged_by_the_proxy_and_other_l7_redirects_are_denied_with_the
 }
 
 #[test]
-fn kafka_rules_are_denied_by_the_datapath_and_warned_about() {
+fn kafka_rules_are_judged_by_the_proxy_on_tcp_only() {
     let policy = "apiVersion: cilium.io/v2
 kind: CiliumNetworkPolicy
 metadata: {name: broker, namespace: prod}
@@ -291,28 +293,24 @@ spec:
   ingress:
   - fromEndpoints: [{matchLabels: {app: client}}]
     toPorts:
-    - ports: [{port: '8080', protocol: TCP}]
+    - ports: [{port: '8080', protocol: ANY}]
       rules:
         kafka: [{role: produce, topic: orders}]
 ";
     let e = engine(policy, CompileOptions::default());
-    let t = trace_of(&e, "prod/client", "prod/server", "8080/TCP", Some("GET /"));
-    assert_eq!(t.verdict, Verdict::Denied);
-    assert_eq!((t.drop_reason(), t.drop_detail()), (Some("l7-unsupported"), Some("Kafka is not proxied")));
-    let warnings: Vec<String> = lint::lint(e.policies()).iter().map(ToString::to_string).collect();
+    let kafka = |text: &str| L7Request::Kafka(KafkaRequest::parse(text, 7, None).unwrap());
+    let allowed = trace_l7(&e, "prod/client", "prod/server", "8080/TCP", Some(&kafka("produce:orders")));
+    assert_eq!((allowed.verdict, allowed.drop_reason()), (Verdict::Allowed, None));
+    let proxy = allowed.ingress.proxy.unwrap();
+    assert!(proxy.starts_with("allowed: Kafka produce orders matches CiliumNetworkPolicy prod/broker"), "{proxy}");
+    let denied = trace_l7(&e, "prod/client", "prod/server", "8080/TCP", Some(&kafka("produce:secret")));
+    assert_eq!((denied.verdict, denied.drop_reason()), (Verdict::Denied, None));
+    assert_eq!(denied.ingress.proxy.unwrap(), "denied: Kafka produce secret matches no Kafka rule for this peer");
+    let udp = trace_l7(&e, "prod/client", "prod/server", "8080/UDP", Some(&kafka("produce:orders")));
     assert_eq!(
-        warnings,
-        [
-            "policies.yaml:11: warning: spec.ingress[0].toPorts[0].rules.kafka: Kafka rules are not enforced yet: the datapath denies this port (drop reason l7-unsupported)"
-        ]
+        (udp.drop_reason(), udp.drop_detail()),
+        (Some("l7-unsupported"), Some("the Kafka proxy takes TCP only"))
     );
-}
-
-#[test]
-fn http_and_dns_rules_are_not_warned_about_the_proxy_judges_them() {
-    let parsed = parse_policies(&[SourceFile { name: "policies/api.yaml", text: L7 }], &ParseOptions::default());
-    let warnings: Vec<String> = lint::lint(&parsed.set).iter().map(ToString::to_string).collect();
-    assert!(warnings.is_empty(), "{warnings:?}");
 }
 
 const HEADER_MATCHES: &str = "apiVersion: cilium.io/v2

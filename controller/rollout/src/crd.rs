@@ -824,6 +824,10 @@ pub struct AuditFlow {
     /// which server names differ. `count` then counts connections.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tls: Option<TlsServerKind>,
+    /// Set for Kafka requests the node's L7 proxy judged: which API key and topics differ.
+    /// `count` then counts requests.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kafka: Option<KafkaRequestKind>,
 }
 
 /// Requests of one method to one path, as the L7 proxy saw them.
@@ -853,6 +857,19 @@ pub struct TlsServerKind {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(max = 253))]
     pub server_name: Option<String>,
+}
+
+/// Kafka requests of one API key naming the same topics, as the L7 proxy saw them.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct KafkaRequestKind {
+    /// The API key's name as Kafka rules write it (`produce`, `fetch`, ...), or `api-key-N`.
+    #[schemars(length(max = 32))]
+    pub api_key: String,
+    /// The topics it named, sorted (at most the first 16; a topic name is at most 255 bytes).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 16), inner(length(max = 255)))]
+    pub topics: Vec<String>,
 }
 
 /// A side of a flow, named by labels: identities are node-local numbers and mean nothing here.

@@ -25,18 +25,15 @@ pub struct Args {
 pub fn run(args: Args) -> Result<u8> {
     let parsed = files::load_policies(&args.paths)?;
     let mut diagnostics = parsed.diagnostics.clone();
-    if !parsed.has_errors() {
-        match &args.cluster {
-            Some(path) => {
-                let cluster = files::load_cluster(path)?;
-                diagnostics.extend(lint::lint_with_cluster(&CompiledPolicy::new(
-                    parsed.set.clone(),
-                    cluster,
-                    args.enforcement_mode.into(),
-                )));
-            }
-            None => diagnostics.extend(lint::lint(&parsed.set)),
-        }
+    if !parsed.has_errors()
+        && let Some(path) = &args.cluster
+    {
+        let cluster = files::load_cluster(path)?;
+        diagnostics.extend(lint::lint_with_cluster(&CompiledPolicy::new(
+            parsed.set.clone(),
+            cluster,
+            args.enforcement_mode.into(),
+        )));
     }
     let errors = diagnostics.iter().filter(|d| d.severity == Severity::Error).count();
     let warnings = diagnostics.len() - errors;

@@ -10,6 +10,7 @@ use anyhow::{Context, Result, anyhow, bail};
 use palisade_netsim::dns::{self, Resolved};
 use palisade_netsim::grpc::{self, GrpcOutcome};
 use palisade_netsim::http::{self, HttpOutcome};
+use palisade_netsim::kafka::{self, KafkaProbe};
 use palisade_netsim::tls;
 use palisade_netsim::{DEFAULT_PREFIX, DEFAULT_STATE_DIR, IpFamily, Local, Outcome, PodNet, Port, StateDir};
 use palisade_policy::AllowLocalhost;
@@ -36,9 +37,10 @@ enum Command {
     /// left: its controller state (rollouts, revisions, reports, Git mirrors) and the pinned datapath.
     Down(DownArgs),
     /// Connect once from one pod (or the node) to another pod, the node or a Service, or send
-    /// one HTTP request (`--http`), gRPC call (`--grpc`) or TLS ClientHello (`--tls-sni`), or resolve a name through a pod's DNS
-    /// pod (`--dns`). Exit 0 connected, 1 refused or timed out (or HTTP 403, a gRPC status but
-    /// OK, a reset after a ClientHello, or a DNS error code), 2 error.
+    /// one HTTP request (`--http`), gRPC call (`--grpc`), TLS ClientHello (`--tls-sni`) or Kafka
+    /// request (`--kafka`), or resolve a name through a pod's DNS pod (`--dns`). Exit 0
+    /// connected, 1 refused or timed out (or HTTP 403, a gRPC status but OK, a reset after a
+    /// ClientHello, a Kafka error code, or a DNS error code), 2 error.
     Probe(ProbeArgs),
     /// Run the controller and the agent against the local cluster (bringing it up first if it
     /// is not): sync each PolicyRollout's Git source, audit candidates on the pods' traffic,
@@ -156,6 +158,12 @@ struct ProbeArgs {
     /// to a server name no `serverNames` rule allows), refused or timed out.
     #[arg(long, value_name = "NAME", conflicts_with_all = ["dns", "http", "grpc"])]
     tls_sni: Option<String>,
+    /// Send one Kafka request to a TCP port: `produce:TOPIC` (a Produce of one record) or
+    /// `consume:TOPIC` (a Fetch), then an ApiVersions request on the same connection; print the
+    /// topic's error code (`NONE`, `TOPIC_AUTHORIZATION_FAILED`, ...) and whether the connection
+    /// stayed open. Exit 0 when the request succeeded; 1 on an error code or no answer.
+    #[arg(long, value_name = "ROLE:TOPIC", conflicts_with_all = ["dns", "http", "grpc", "tls_sni"])]
+    kafka: Option<String>,
     /// Resolve NAME (A records) through the DNS pod that `--from`'s `palisade.dev/resolver`
     /// annotation names, over UDP; prints the addresses. Exit 0 answered, 1 on an error code
     /// (NXDOMAIN, REFUSED) or no answer.
@@ -240,6 +248,9 @@ fn up(args: UpArgs) -> Result<u8> {
             vec![pod.ports.iter().map(|p| format!("{}/{}", p.port, p.protocol.name())).collect::<Vec<_>>().join(",")];
         if !pod.http_ports.is_empty() {
             ports.push(format!("http:{}", pod.http_ports.iter().map(u16::to_string).collect::<Vec<_>>().join(",")));
+        }
+        if !pod.kafka_ports.is_empty() {
+            ports.push(format!("kafka:{}", pod.kafka_ports.iter().map(u16::to_string).collect::<Vec<_>>().join(",")));
         }
         if pod.dns.is_some() {
             ports.push("dns:53".to_owned());
@@ -353,6 +364,14 @@ fn probe(args: ProbeArgs) -> Result<u8> {
         let outcome = tls::probe(&from.netns, ip, number, server_name, args.timeout).with_context(tried)?;
         let sni = if server_name.is_empty() { "<no server name>" } else { server_name };
         println!("{} -> {name} {}:{port} TLS {sni}: {outcome}", from.name, bracketed(ip));
+        return Ok(u8::from(!outcome.passed()));
+    }
+    if let Some(request) = &args.kafka {
+        let request = KafkaProbe::parse(request).map_err(|e| anyhow!("--kafka: {e}"))?;
+        let (number, ip, name) = l7_target("kafka")?;
+        let outcome = kafka::probe(&from.netns, ip, number, &request, args.timeout).with_context(tried)?;
+        let role = if request.produce { "produce" } else { "consume" };
+        println!("{} -> {name} {}:{port} Kafka {role} {}: {outcome}", from.name, bracketed(ip), request.topic);
         return Ok(u8::from(!outcome.passed()));
     }
     if let Some(request) = &args.http {

@@ -314,10 +314,15 @@ fn render(flow: &ObservedFlow, timezone: &TimeZone) -> String {
 }
 
 /// What the L7 proxy saw, as Hubble prints it: `HTTP/1.1 GET /admin -> 403`,
-/// `DNS api.example.com -> NOERROR 10.200.99.10`.
+/// `DNS api.example.com -> NOERROR 10.200.99.10`, `Kafka produce v9 orders -> TOPIC_AUTHORIZATION_FAILED`.
 fn l7_request(l7: &L7Flow) -> String {
     if let Some(tls) = &l7.tls {
         return format!("TLS {}", tls.server_name.as_deref().unwrap_or("<no server name>"));
+    }
+    if let Some(kafka) = &l7.kafka {
+        let topics = if kafka.topics.is_empty() { String::new() } else { format!(" {}", kafka.topics.join(",")) };
+        let error = kafka.error.as_deref().map(|e| format!(" -> {e}")).unwrap_or_default();
+        return format!("Kafka {} v{}{topics}{error}", kafka.api_key, kafka.api_version);
     }
     match (&l7.http, &l7.dns) {
         (Some(http), _) => format!("{} {} {} -> {}", http.protocol, http.method, http.url, http.status),
@@ -409,7 +414,7 @@ mod tests {
 
     #[test]
     fn l7_flows_render_the_request_and_its_answer() {
-        use palisade_agent::observe::{DnsFlow, HttpFlow};
+        use palisade_agent::observe::{DnsFlow, HttpFlow, KafkaFlow};
         let mut denied = flow();
         denied.port = 8080;
         denied.enforced_revision = None;
@@ -418,7 +423,7 @@ mod tests {
             ..DecidedBy::default()
         };
         let http = HttpFlow { method: "GET".into(), url: "/admin".into(), protocol: "HTTP/1.1".into(), status: 403 };
-        denied.l7 = Some(L7Flow { latency_ns: 1200, http: Some(http), dns: None, tls: None });
+        denied.l7 = Some(L7Flow { latency_ns: 1200, http: Some(http), dns: None, tls: None, kafka: None });
         assert!(
             render(&denied, &TimeZone::UTC).ends_with(
                 "8080/TCP HTTP/1.1 GET /admin -> 403  DROPPED (policy-denied)  by GET /admin matches no HTTP rule for \
@@ -434,12 +439,27 @@ mod tests {
         query.drop_reason = None;
         let answers = vec!["10.200.99.10".parse().unwrap()];
         let dns = DnsFlow { query: "api.example.com".into(), rcode: "NOERROR".into(), answers };
-        query.l7 = Some(L7Flow { latency_ns: 900, http: None, dns: Some(dns), tls: None });
+        query.l7 = Some(L7Flow { latency_ns: 900, http: None, dns: Some(dns), tls: None, kafka: None });
         let line = render(&query, &TimeZone::UTC);
         assert!(line.contains(" 53/UDP DNS api.example.com -> NOERROR 10.200.99.10  FORWARDED  by "), "{line}");
         let json = serde_json::to_value(&query).unwrap();
         assert_eq!(json["l7"]["dns"]["answers"][0], "10.200.99.10", "{json}");
         assert_eq!(json["l7"]["latency_ns"], 900, "{json}");
+
+        let mut produce = query.clone();
+        (produce.port, produce.protocol, produce.verdict) = (9092, "TCP".into(), FlowVerdict::Dropped);
+        produce.drop_reason = Some("policy-denied".into());
+        let kafka = KafkaFlow {
+            api_key: "produce".into(),
+            api_version: 8,
+            correlation_id: 1,
+            client_id: Some("app".into()),
+            topics: vec!["payments".into()],
+            error: Some("TOPIC_AUTHORIZATION_FAILED".into()),
+        };
+        produce.l7 = Some(L7Flow { latency_ns: 900, http: None, dns: None, tls: None, kafka: Some(kafka) });
+        let line = render(&produce, &TimeZone::UTC);
+        assert!(line.contains(" 9092/TCP Kafka produce v8 payments -> TOPIC_AUTHORIZATION_FAILED  DROPPED"), "{line}");
     }
 
     fn kubeconfig(user: &str) -> Kubeconfig {

@@ -4,7 +4,7 @@ use anyhow::Result;
 use palisade_common::{self as dp, PolicyEntry, Verdict};
 use palisade_policy::compile::EndpointPolicy;
 use palisade_policy::trace::{DROP_L7_UNSUPPORTED, describe_entry};
-use palisade_policy::{Direction, FlowPort, l7, lint};
+use palisade_policy::{Direction, FlowPort, l7};
 use serde_json::json;
 use tabwriter::TabWriter;
 
@@ -20,14 +20,9 @@ pub struct Args {
 
 pub fn run(args: Args) -> Result<u8> {
     let engine = args.engine.engine()?;
-    // What the datapath does differently from what the policies say (L7 rules, toFQDNs), on
-    // stderr so that the plan itself stays as it is.
-    for warning in lint::lint(engine.policies()) {
-        eprintln!("{warning}");
-    }
     let endpoints: Vec<EndpointPolicy> = engine.endpoints().collect();
-    // A redirect goes to the node's proxy, which judges HTTP on TCP; the datapath denies one no
-    // proxy judges (DNS or Kafka rules, UDP, SCTP).
+    // A redirect goes to the node's proxy; the datapath denies one no proxy judges (HTTP, TLS
+    // or Kafka rules not on TCP, SCTP).
     let datapath =
         |e: &EndpointPolicy, d: Direction, entry: &PolicyEntry| match (entry.value.verdict(), entry.key.protocol()) {
             (Verdict::Redirect, Some(protocol)) => {

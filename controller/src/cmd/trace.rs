@@ -3,6 +3,7 @@ use std::net::IpAddr;
 
 use anyhow::{Result, anyhow};
 use palisade_policy::CompiledPolicy;
+use palisade_policy::l7::KafkaRequest;
 use palisade_policy::trace::{
     self, Decision, FlowEnd, FlowPort, HttpRequest, IpFamily, L7Request, ServiceFlowError, Trace, Verdict,
 };
@@ -25,7 +26,7 @@ pub struct Args {
     #[arg(long)]
     port: String,
     /// An HTTP request to evaluate against L7 rules: "METHOD /path" (the node's L7 proxy judges
-    /// it on TCP; the datapath denies ports with Kafka rules).
+    /// it on TCP).
     #[arg(long)]
     http: Option<String>,
     /// A request header, "Name: value" (repeatable).
@@ -40,6 +41,17 @@ pub struct Args {
     /// without a server name.
     #[arg(long, value_name = "NAME", conflicts_with_all = ["http", "dns"])]
     tls_sni: Option<String>,
+    /// A Kafka request to evaluate against Kafka rules: `API_KEY[:TOPIC[,TOPIC...]]`, an API
+    /// key as rules name it (`produce`, `fetch`, `metadata`, ...; `consume` is a fetch) and the
+    /// topics it names, e.g. `produce:orders` (the node's L7 proxy judges it on TCP).
+    #[arg(long, value_name = "KEY:TOPICS", conflicts_with_all = ["http", "dns", "tls_sni"])]
+    kafka: Option<String>,
+    /// The Kafka request's version, for rules with `apiVersion`.
+    #[arg(long, value_name = "N", default_value_t = 0, requires = "kafka")]
+    kafka_api_version: i16,
+    /// The Kafka request's client id, for rules with `clientID`.
+    #[arg(long, value_name = "ID", requires = "kafka")]
+    kafka_client_id: Option<String>,
     /// A DNS answer the node's proxy has seen, "NAME=IP[,IP...]" (repeatable): `toFQDNs`
     /// selects those addresses, e.g. `--to cidr:IP`.
     #[arg(long = "dns-answer", value_name = "NAME=IP,...", value_parser = parse_dns_answer)]
@@ -65,7 +77,13 @@ pub fn run(args: Args) -> Result<u8> {
         .transpose()
         .map_err(|e| anyhow!("--http: {e}"))?;
     let tls = args.tls_sni.map(|name| L7Request::Tls(Some(name).filter(|n| !n.is_empty())));
-    let l7 = http.or(args.dns.map(L7Request::Dns)).or(tls);
+    let kafka = args
+        .kafka
+        .as_deref()
+        .map(|k| KafkaRequest::parse(k, args.kafka_api_version, args.kafka_client_id.clone()).map(L7Request::Kafka))
+        .transpose()
+        .map_err(|e| anyhow!("--kafka: {e}"))?;
+    let l7 = http.or(args.dns.map(L7Request::Dns)).or(tls).or(kafka);
     let mut engine = args.engine.engine()?;
     let mut answers: BTreeMap<String, BTreeSet<IpAddr>> = BTreeMap::new();
     for (name, addrs) in args.dns_answers {

@@ -178,7 +178,8 @@ pub struct ObservedFlow {
     pub candidate_revision: Option<String>,
     /// The datapath's endpoint id of the pod whose policy decided.
     pub endpoint: u32,
-    /// Set for a request the node's L7 proxy judged (an HTTP request, a DNS query).
+    /// Set for a request the node's L7 proxy judged (an HTTP request, a DNS query, a TLS
+    /// connection, a Kafka request).
     pub l7: Option<L7Flow>,
 }
 
@@ -193,6 +194,27 @@ pub struct L7Flow {
     /// A TLS connection the proxy judged by its ClientHello (`serverNames`).
     #[serde(default)]
     pub tls: Option<TlsFlow>,
+    /// A Kafka request the proxy judged (`rules.kafka`).
+    #[serde(default)]
+    pub kafka: Option<KafkaFlow>,
+}
+
+/// A Kafka request as the proxy judged it, and the error code the client got.
+#[serde_with::skip_serializing_none]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KafkaFlow {
+    /// As Kafka rules name it (`produce`, `fetch`, ...), or `api-key-N`.
+    pub api_key: String,
+    pub api_version: i16,
+    pub correlation_id: i32,
+    #[serde(default)]
+    pub client_id: Option<String>,
+    #[serde(default)]
+    pub topics: Vec<String>,
+    /// `TOPIC_AUTHORIZATION_FAILED` when the proxy answered it denied; `None` when forwarded or
+    /// when the proxy closed the connection instead.
+    #[serde(default)]
+    pub error: Option<String>,
 }
 
 /// A TLS connection as the proxy judged it: the server name its ClientHello indicated.

@@ -13,8 +13,8 @@ use palisade_datapath::{EndpointId, Flow};
 use palisade_policy::CompiledPolicy;
 use palisade_policy::compile::Enforcement;
 use palisade_rollout::crd::{
-    AuditFlow, AuditTotals, Direction, DnsQueryKind, EndpointTraffic, FlowEndpoint, HttpRequestKind, PolicyAuditReport,
-    PolicyAuditReportSpec, Protocol, TlsServerKind, Verdict,
+    AuditFlow, AuditTotals, Direction, DnsQueryKind, EndpointTraffic, FlowEndpoint, HttpRequestKind, KafkaRequestKind,
+    PolicyAuditReport, PolicyAuditReportSpec, Protocol, TlsServerKind, Verdict,
 };
 
 use crate::drops::RolloutDrops;
@@ -38,6 +38,7 @@ pub(crate) struct FlowClass {
     http: Option<HttpRequestKind>,
     dns: Option<DnsQueryKind>,
     tls: Option<TlsServerKind>,
+    kafka: Option<KafkaRequestKind>,
 }
 
 /// A [`FlowEndpoint`]'s labels, namespace, workload and CIDR.
@@ -57,6 +58,7 @@ impl FlowClass {
             http: flow.http.clone(),
             dns: flow.dns.clone(),
             tls: flow.tls.clone(),
+            kafka: flow.kafka.clone(),
         }
     }
 }
@@ -260,6 +262,7 @@ impl Reporter {
                         http: None,
                         dns: None,
                         tls: None,
+                        kafka: None,
                     });
                 }
                 for (diff, seen) in l7 {
@@ -388,6 +391,12 @@ fn l7_flow(compiled: &Compiled, diff: &L7Diff, seen: &L7Seen, count: u64, audit_
         },
         tls: match &diff.request {
             RequestKind::Tls { server_name } => Some(TlsServerKind { server_name: server_name.clone() }),
+            _ => None,
+        },
+        kafka: match &diff.request {
+            RequestKind::Kafka { api_key, topics } => {
+                Some(KafkaRequestKind { api_key: api_key.clone(), topics: topics.clone() })
+            }
             _ => None,
         },
     }

@@ -374,6 +374,7 @@ fn denied_flow(port: u16, count: u64) -> AuditFlow {
         http: None,
         dns: None,
         tls: None,
+        kafka: None,
     }
 }
 

@@ -64,8 +64,9 @@ pub(crate) fn judge<F: Family>(
     } else {
         slot_verdicts(config, slots, identity, direction, packet)
     };
-    // TCP and UDP over IPv4 reach the proxy (HTTP, DNS), and only while one runs: otherwise a
-    // redirect fails closed. The proxy refuses what it cannot judge (HTTP over UDP, Kafka).
+    // TCP and UDP over IPv4 reach the proxy (HTTP, TLS, Kafka, DNS), and only while one runs:
+    // otherwise a redirect fails closed. The proxy refuses what it cannot judge (HTTP, TLS or
+    // Kafka over UDP).
     let proxied = F::PROXIED && (packet.protocol == PROTO_TCP || packet.protocol == PROTO_UDP) && proxy_port() != 0;
     let (enforced, candidate) =
         if proxied { (enforced, candidate) } else { (unproxied(enforced), unproxied(candidate)) };

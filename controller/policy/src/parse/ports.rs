@@ -4,6 +4,7 @@ use regex::{Regex, RegexBuilder};
 
 use super::*;
 use crate::api;
+use crate::l7::kafka;
 
 impl Translator<'_, '_> {
     pub(super) fn l4(
@@ -208,32 +209,8 @@ impl Translator<'_, '_> {
             return Some(L7Rules::Http(rules));
         }
         if let Some(kafka) = &raw.kafka {
-            let mut rules = Vec::new();
-            for (i, rule) in kafka.iter().enumerate() {
-                let at = format!("{path}.kafka[{i}]");
-                if let Some(role) = &rule.role
-                    && role != "produce"
-                    && role != "consume"
-                {
-                    self.error(&format!("{at}.role"), format!("{role:?} is not produce or consume"));
-                }
-                if rule.role.is_some() && rule.api_key.is_some() {
-                    self.error(&at, "role and apiKey are mutually exclusive");
-                }
-                if let Some(key) = &rule.api_key
-                    && !KAFKA_API_KEYS.contains(&key.as_str())
-                    && key.parse::<u16>().is_err()
-                {
-                    self.error(&format!("{at}.apiKey"), format!("{key:?} is not a Kafka API key"));
-                }
-                rules.push(KafkaMatch {
-                    role: rule.role.clone(),
-                    api_key: rule.api_key.clone(),
-                    api_version: rule.api_version.clone(),
-                    client_id: rule.client_id.clone(),
-                    topic: rule.topic.clone(),
-                });
-            }
+            let rules =
+                kafka.iter().enumerate().map(|(i, rule)| self.kafka(rule, &format!("{path}.kafka[{i}]"))).collect();
             return Some(L7Rules::Kafka(rules));
         }
         if direction == Direction::Ingress {
@@ -245,6 +222,48 @@ impl Translator<'_, '_> {
             matches.extend(self.fqdn(fqdn, &format!("{path}.dns[{i}]")));
         }
         Some(L7Rules::Dns(matches))
+    }
+
+    /// A Kafka rule as Cilium's `PortRuleKafka.Sanitize` reads it: `role` or `apiKey` (names in
+    /// any case), a 16-bit `apiVersion`, a topic of at most 255 of `[a-zA-Z0-9._-]`; empty
+    /// fields are absent.
+    fn kafka(&mut self, rule: &api::KafkaRule, at: &str) -> KafkaMatch {
+        let set = |field: &Option<String>| field.clone().filter(|v| !v.is_empty());
+        let (role, api_key, api_version, topic) =
+            (set(&rule.role), set(&rule.api_key), set(&rule.api_version), set(&rule.topic));
+        if role.is_some() && api_key.is_some() {
+            self.error(at, "role and apiKey are mutually exclusive");
+        }
+        let mut api_keys = Vec::new();
+        if let Some(role) = role {
+            match kafka::role_api_keys(&role) {
+                Some(keys) => api_keys = keys.to_vec(),
+                None => self.error(&format!("{at}.role"), format!("{role:?} is not produce or consume")),
+            }
+        }
+        if let Some(key) = api_key {
+            match kafka::api_key(&key) {
+                Some(key) => api_keys = vec![key],
+                None => self.error(&format!("{at}.apiKey"), format!("{key:?} is not a Kafka API key")),
+            }
+        }
+        let api_version = api_version.and_then(|v| match v.parse::<i16>() {
+            Ok(version) => Some(version),
+            Err(_) => {
+                self.error(&format!("{at}.apiVersion"), format!("{v:?} is not a Kafka API version (a 16-bit integer)"));
+                None
+            }
+        });
+        if let Some(topic) = &topic
+            && (topic.len() > 255
+                || !topic.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-')))
+        {
+            self.error(
+                &format!("{at}.topic"),
+                format!("{topic:?} is not a Kafka topic (at most 255 letters, digits, '.', '_' and '-')"),
+            );
+        }
+        KafkaMatch { api_keys, api_version, client_id: set(&rule.client_id), topic }
     }
 
     /// `serverNames` (Cilium's `PortRule.ServerNames`, matched as Envoy matches a filter chain's
@@ -336,30 +355,6 @@ fn server_name(raw: &str) -> Result<String, &'static str> {
     }
     Ok(name)
 }
-
-pub(super) const KAFKA_API_KEYS: [&str; 21] = [
-    "produce",
-    "fetch",
-    "offsets",
-    "metadata",
-    "leaderandisr",
-    "stopreplica",
-    "updatemetadata",
-    "controlledshutdown",
-    "offsetcommit",
-    "offsetfetch",
-    "findcoordinator",
-    "joingroup",
-    "heartbeat",
-    "leavegroup",
-    "syncgroup",
-    "describegroups",
-    "listgroups",
-    "saslhandshake",
-    "apiversions",
-    "createtopics",
-    "deletetopics",
-];
 
 /// An ICMP type by number (0-255) or by the name Cilium gives it in `family`
 /// (`cilium:pkg/policy/api/icmp.go`); names are per family, as the numbers differ.

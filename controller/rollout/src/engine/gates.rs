@@ -9,7 +9,7 @@ use std::collections::HashMap;
 use std::collections::hash_map::Entry;
 
 use super::*;
-use crate::crd::{DnsQueryKind, HttpRequestKind, Protocol, TlsServerKind};
+use crate::crd::{DnsQueryKind, HttpRequestKind, KafkaRequestKind, Protocol, TlsServerKind};
 
 /// The audit gates' view of the reports for one candidate.
 #[derive(Default)]
@@ -46,6 +46,7 @@ struct FlowKey<'r> {
     http: Option<&'r HttpRequestKind>,
     dns: Option<&'r DnsQueryKind>,
     tls: Option<&'r TlsServerKind>,
+    kafka: Option<&'r KafkaRequestKind>,
 }
 
 impl<'r> FlowKey<'r> {
@@ -61,6 +62,7 @@ impl<'r> FlowKey<'r> {
             http: f.http.as_ref(),
             dns: f.dns.as_ref(),
             tls: f.tls.as_ref(),
+            kafka: f.kafka.as_ref(),
         }
     }
 }

@@ -130,6 +130,7 @@ pub fn denied(peer: &str, port: u16) -> AuditFlow {
         http: None,
         dns: None,
         tls: None,
+        kafka: None,
     }
 }
 

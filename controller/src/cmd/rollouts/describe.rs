@@ -260,13 +260,17 @@ fn describe_audit(
         writeln!(w, "    DIRECTION\tSUBJECT\tPEER\tPORT\tCOUNT\tNODES\tEXPECTED\tRULE")?;
         for MergedFlow { flow, nodes, count } in denied {
             // A request the L7 proxy judged shows as the request: `8080/TCP GET /admin`,
-            // `53/UDP DNS api.example.com`.
-            let tls = flow.tls.as_ref().map(|tls| tls.server_name.as_deref().unwrap_or("<no server name>"));
-            let port = match (&flow.http, &flow.dns) {
-                _ if tls.is_some() => format!("{}/{} TLS {}", flow.port, wire(&flow.protocol), tls.unwrap_or_default()),
-                (Some(http), _) => format!("{}/{} {} {}", flow.port, wire(&flow.protocol), http.method, http.path),
-                (None, Some(dns)) => format!("{}/{} DNS {}", flow.port, wire(&flow.protocol), dns.query),
-                (None, None) => format!("{}/{}", flow.port, wire(&flow.protocol)),
+            // `53/UDP DNS api.example.com`, `9092/TCP Kafka produce orders`.
+            let on = format!("{}/{}", flow.port, wire(&flow.protocol));
+            let port = match (&flow.http, &flow.dns, &flow.tls, &flow.kafka) {
+                (_, _, Some(tls), _) => {
+                    format!("{on} TLS {}", tls.server_name.as_deref().unwrap_or("<no server name>"))
+                }
+                (_, _, _, Some(kafka)) if kafka.topics.is_empty() => format!("{on} Kafka {}", kafka.api_key),
+                (_, _, _, Some(kafka)) => format!("{on} Kafka {} {}", kafka.api_key, kafka.topics.join(",")),
+                (Some(http), ..) => format!("{on} {} {}", http.method, http.path),
+                (None, Some(dns), ..) => format!("{on} DNS {}", dns.query),
+                (None, None, ..) => on,
             };
             let expected = rollout.spec.audit.expected_denies.iter().any(|s| matches(s, flow));
             let expected = if expected { "yes" } else { "no" };

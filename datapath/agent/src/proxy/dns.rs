@@ -105,7 +105,9 @@ impl DnsProxy {
         let answers = reply.iter().flat_map(|r| &r.answer.addresses).map(|&(address, _)| address).collect();
         let answered = Answered { policy: &policy, found: &found, ends, judged: &judged, started };
         let dns = DnsFlow { query, rcode, answers };
-        self.context.flows.publish(answered, L7Flow { latency_ns: 0, http: None, dns: Some(dns), tls: None });
+        self.context
+            .flows
+            .publish(answered, L7Flow { latency_ns: 0, http: None, dns: Some(dns), tls: None, kafka: None });
     }
 
     /// Learns the addresses of an allowed answer, returning once the datapath knows them (or

@@ -103,7 +103,7 @@ async fn handle(request: Request<Incoming>, connection: &Connection, context: &P
         let status = response.status().as_u16();
         let http = HttpFlow { method: http.method, url: http.path, protocol: version, status };
         let answered = Answered { policy: &policy, found: &found, ends, judged: &judged, started };
-        context.flows.publish(answered, L7Flow { latency_ns: 0, http: Some(http), dns: None, tls: None });
+        context.flows.publish(answered, L7Flow { latency_ns: 0, http: Some(http), dns: None, tls: None, kafka: None });
     }
     response
 }

@@ -2,15 +2,17 @@
 //! whose policy entry redirects, in the enforced or the candidate slot, to its sockets (see the
 //! eBPF `proxy` module); the proxy judges each HTTP request and each DNS query under both
 //! revisions with the policy crate's matcher (the one `palisade trace` uses), answers a denied
-//! one itself (`403 Forbidden`, DNS `REFUSED`, a TCP reset for a TLS server name) and forwards an allowed one from the client's
-//! own address (`IP_TRANSPARENT`), so the destination's policy and logs see the real peer.
-//! The addresses of the DNS answers it lets through are learned for `toFQDNs`.
+//! one itself (`403 Forbidden`, DNS `REFUSED`, a TCP reset for a TLS server name, Kafka
+//! `TOPIC_AUTHORIZATION_FAILED`) and forwards an allowed one from the client's own address
+//! (`IP_TRANSPARENT`), so the destination's policy and logs see the real peer. The addresses of
+//! the DNS answers it lets through are learned for `toFQDNs`.
 //!
-//! Requests the candidate would judge otherwise are counted ([`L7Diffs`]); L7 protocols the
-//! proxy does not speak (Kafka) are refused, never passed unjudged.
+//! Requests the candidate would judge otherwise are counted ([`L7Diffs`]); what the proxy
+//! cannot judge is refused, never passed unjudged.
 mod dns;
 mod http;
 mod judge;
+mod kafka;
 mod observed;
 mod routing;
 mod tls;
@@ -130,6 +132,25 @@ pub enum RequestKind {
     Tls {
         server_name: Option<String>,
     },
+    /// A Kafka request, by its API key's name and the topics it names (at most
+    /// [`MAX_REPORTED_TOPICS`]).
+    Kafka {
+        api_key: String,
+        topics: Vec<String>,
+    },
+}
+
+/// The most topics of one Kafka request a report lists: a request may name thousands.
+pub const MAX_REPORTED_TOPICS: usize = 16;
+
+/// A topic as reports carry it: at most 255 bytes (Kafka's own limit is 249), whatever a client
+/// sent.
+fn reported_topic(topic: &str) -> String {
+    let mut end = topic.len().min(255);
+    while !topic.is_char_boundary(end) {
+        end -= 1;
+    }
+    topic[..end].to_string()
 }
 
 impl RequestKind {
@@ -138,6 +159,10 @@ impl RequestKind {
             L7Request::Http(http) => RequestKind::Http { method: http.method.clone(), path: http.path.clone() },
             L7Request::Dns(name) => RequestKind::Dns { query: name.clone() },
             L7Request::Tls(name) => RequestKind::Tls { server_name: name.clone() },
+            L7Request::Kafka(request) => RequestKind::Kafka {
+                api_key: palisade_policy::l7::kafka::api_key_text(request.api_key),
+                topics: request.topics.iter().take(MAX_REPORTED_TOPICS).map(|t| reported_topic(t)).collect(),
+            },
         }
     }
 }
@@ -238,7 +263,8 @@ impl Drop for Proxy {
 }
 
 /// Serves a steered TCP connection in the protocol its rules speak: DNS where DNS rules apply
-/// to it, TLS (the ClientHello's server name) where `serverNames` rules do, HTTP otherwise.
+/// to it, TLS (the ClientHello's server name) where `serverNames` rules do, Kafka where Kafka
+/// rules do, HTTP otherwise.
 async fn serve_connection(client: TcpStream, context: Arc<ProxyContext>, dns: Arc<DnsProxy>) {
     let (Ok(SocketAddr::V4(peer)), Ok(SocketAddr::V4(destination))) = (client.peer_addr(), client.local_addr()) else {
         return;
@@ -246,15 +272,24 @@ async fn serve_connection(client: TcpStream, context: Arc<ProxyContext>, dns: Ar
     let ends = Ends { client: *peer.ip(), destination, protocol: Protocol::TCP };
     let sides = Sides::default();
     let dns_rules = context.policy.current().is_some_and(|p| speaks_dns(&p, &sides.of(&p.enforced, ends), ends));
-    let tls_rules =
-        !dns_rules && context.policy.current().is_some_and(|p| speaks(&p, &sides.of(&p.enforced, ends), ends, "tls"));
+    let rules = |kind| context.policy.current().is_some_and(|p| speaks(&p, &sides.of(&p.enforced, ends), ends, kind));
     if dns_rules {
         dns::serve_tcp(client, ends, sides, dns).await;
-    } else if tls_rules {
+    } else if rules("tls") {
         tls::serve(client, ends, sides, context).await;
+    } else if rules("kafka") {
+        kafka::serve(client, ends, sides, context).await;
     } else {
         http::serve(client, ends, sides, context).await;
     }
+}
+
+/// An upstream TCP connection to the original destination from the client's address.
+async fn connect(ends: Ends) -> std::io::Result<TcpStream> {
+    let socket = tokio::net::TcpSocket::from_std_stream(upstream_socket(ends, Type::STREAM)?.into());
+    let stream = socket.connect(ends.destination.into()).await?;
+    stream.set_nodelay(true)?;
+    Ok(stream)
 }
 
 /// A socket for the proxy's upstream side, from the client's own address (`IP_TRANSPARENT`)

@@ -8,14 +8,14 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use palisade_policy::l7::L7Request;
-use socket2::{SockRef, Type};
+use socket2::SockRef;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpSocket, TcpStream};
+use tokio::net::TcpStream;
 use tracing::{debug, info};
 
 use super::judge::{Ends, Sides, judge};
 use super::observed::Answered;
-use super::{ProxyContext, upstream_socket};
+use super::{ProxyContext, connect};
 use crate::observe::{L7Flow, TlsFlow};
 
 /// The most the proxy reads before it has the whole ClientHello: a ClientHello with
@@ -217,7 +217,7 @@ pub(super) async fn serve(mut client: TcpStream, ends: Ends, sides: Sides, conte
     let judged = judge(&policy, &found, ends, &request, &context.diffs);
     let denial = judged.denial().map(|d| d.reason.clone());
     let answered = Answered { policy: &policy, found: &found, ends, judged: &judged, started };
-    let flow = L7Flow { latency_ns: 0, http: None, dns: None, tls: Some(TlsFlow { server_name }) };
+    let flow = L7Flow { latency_ns: 0, http: None, dns: None, tls: Some(TlsFlow { server_name }), kafka: None };
     context.flows.publish(answered, flow);
     if let Some(reason) = denial {
         info!(client = %ends.client, destination = %ends.destination, %reason, "TLS connection denied");
@@ -236,14 +236,6 @@ pub(super) async fn serve(mut client: TcpStream, ends: Ends, sides: Sides, conte
     if let Err(e) = tokio::io::copy_bidirectional(&mut client, &mut upstream).await {
         debug!(client = %ends.client, destination = %ends.destination, "TLS proxy connection: {e}");
     }
-}
-
-/// An upstream connection to the original destination from the client's address.
-async fn connect(ends: Ends) -> std::io::Result<TcpStream> {
-    let socket = TcpSocket::from_std_stream(upstream_socket(ends, Type::STREAM)?.into());
-    let stream = socket.connect(ends.destination.into()).await?;
-    stream.set_nodelay(true)?;
-    Ok(stream)
 }
 
 /// Closes the connection with a reset (`SO_LINGER` 0), as Envoy refuses a connection.
