@@ -234,14 +234,7 @@ fn http_rules_are_enforced_request_by_request_by_the_proxy() {
         printed(&local.local_probe(&args))
     };
     // Enforced once the agent has converged and its proxy has the policy.
-    let serving = |local: &LocalCluster| {
-        let start = std::time::Instant::now();
-        while probe(local, "8080", "GET /public/x", &[]).0 != Some(0)
-            && start.elapsed() < std::time::Duration::from_secs(30)
-        {
-            std::thread::sleep(std::time::Duration::from_millis(200));
-        }
-    };
+    let serving = |local: &LocalCluster| until(|| probe(local, "8080", "GET /public/x", &[]).0 == Some(0));
     // Ingress HTTP rules: an allowed path is answered by the pod, through the proxy.
     serving(&local);
     let (code, stdout, stderr) = probe(&local, "8080", "GET /public/x", &[]);
@@ -302,19 +295,24 @@ fn http_rules_are_enforced_request_by_request_by_the_proxy() {
     assert!(stdout.contains("HTTP 403"), "{stdout}");
 }
 
-/// Rollout shop/shop's status once it is Blocked (within 60 s), checking on every round that
-/// `live` still passes (`what` it shows): a candidate under audit changes nothing.
-fn blocked_while(
+/// Commits `file` (name, contents) with `message` and waits (60 s) for rollout shop/shop to
+/// block it, checking on every round that `live` still passes: a candidate under audit changes
+/// nothing. `describe` must show `denied`, the live request the candidate would deny.
+fn blocks_candidate(
     local: &LocalCluster,
+    repo: &support::Repo,
+    file: (&str, &str),
+    message: &str,
     live: impl Fn() -> bool,
-    what: &str,
-) -> palisade_rollout::crd::PolicyRolloutStatus {
+    denied: &str,
+) {
+    let commit = repo.commit(&[file], message);
     let start = std::time::Instant::now();
-    loop {
-        assert!(live(), "{what}\n{}", local.log());
+    let blocked = loop {
+        assert!(live(), "still enforced meanwhile\n{}", local.log());
         let status = local.rollout("shop", "shop").and_then(|r| r.status);
         if let Some(status) = status.filter(|s| s.phase == palisade_rollout::crd::Phase::Blocked) {
-            return status;
+            break status;
         }
         assert!(
             start.elapsed() < std::time::Duration::from_secs(60),
@@ -323,6 +321,19 @@ fn blocked_while(
             local.log()
         );
         std::thread::sleep(std::time::Duration::from_millis(300));
+    };
+    assert!(blocked.candidate_revision.is_some_and(|c| c.display.ends_with(&commit)), "the new commit is blocked");
+    let (ok, out) = local.cli(&["describe", "rollout", "shop", "-n", "shop"]);
+    assert!(ok, "{out}");
+    assert!(out.contains(denied), "describe shows {denied:?}:\n{out}");
+    assert!(live(), "a blocked candidate changes nothing");
+}
+
+/// Waits (30 s) until `ready`: a proxy refuses everything until the agent gave it the rules.
+fn until(ready: impl Fn() -> bool) {
+    let start = std::time::Instant::now();
+    while !ready() && start.elapsed() < std::time::Duration::from_secs(30) {
+        std::thread::sleep(std::time::Duration::from_millis(200));
     }
 }
 
@@ -332,7 +343,6 @@ fn a_candidate_that_would_403_a_live_request_blocks_with_that_request_shown() {
 
     // The candidate drops the /public rule: live GET /public requests would get 403s.
     let stricter = HTTP_RULES.replace("        - {method: GET, path: '/public(/.*)?'}\n", "");
-    let commit = repo.commit(&[("web.yaml", &stricter)], "web: only /admin");
     let probe = || {
         printed(&local.local_probe(&[
             "--from",
@@ -346,12 +356,8 @@ fn a_candidate_that_would_403_a_live_request_blocks_with_that_request_shown() {
         ]))
     };
     // Still enforced meanwhile: the live request keeps its 200.
-    let blocked = blocked_while(&local, || probe().0 == Some(0), "the enforced revision allows GET /public");
-    assert!(blocked.candidate_revision.is_some_and(|c| c.display.ends_with(&commit)), "the stricter commit is blocked");
-    let (ok, out) = local.cli(&["describe", "rollout", "shop", "-n", "shop"]);
-    assert!(ok, "{out}");
-    assert!(out.contains("8080/TCP GET /public"), "describe shows the request the candidate would deny:\n{out}");
-    assert_eq!(probe().0, Some(0), "a blocked candidate changes nothing");
+    let live = || probe().0 == Some(0);
+    blocks_candidate(&local, &repo, ("web.yaml", &stricter), "web: only /admin", live, "8080/TCP GET /public");
 }
 
 /// The client may ask the DNS pod for names under `partner.example` (DNS rules), and connect
@@ -472,16 +478,13 @@ fn dns_rules_refuse_names_and_to_fqdns_opens_the_addresses_of_allowed_answers() 
     local.kill();
     local.run(&support::rollout_yaml("shop", "shop", &repo, "0s", ""));
     // Converged once its DNS proxy has the policy again (it refuses every name before).
-    let start = Instant::now();
-    while resolve(&local, "www.partner.example").0 != Some(0) && start.elapsed() < Duration::from_secs(30) {
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    until(|| resolve(&local, "www.partner.example").0 == Some(0));
     assert_eq!(https(&local, "partner/api"), Some(0), "restored after a restart\n{}", local.log());
 }
 
 #[test]
 fn to_fqdns_closes_a_learned_address_once_its_answer_expires() {
-    use std::time::{Duration, Instant};
+    use std::time::Duration;
     let files = [("client.yaml", FQDN_RULES)];
     let (_dir, _repo, local) = enforced_with("ple5-", FQDN_CLUSTER, &files, "0s", &["--fqdn-min-ttl", "1s"]);
     let resolve = || printed(&local.local_probe(&["--from", "shop/client", "--dns", "api.partner.example"])).0;
@@ -491,10 +494,7 @@ fn to_fqdns_closes_a_learned_address_once_its_answer_expires() {
         printed(&local.local_probe(&args)).0
     };
     // Answered once the proxy has the policy (it refuses every name before).
-    let start = Instant::now();
-    while resolve() != Some(0) && start.elapsed() < Duration::from_secs(20) {
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    until(|| resolve() == Some(0));
     assert_eq!(https(), Some(0), "open right after the lookup\n{}", local.log());
     // The record's TTL and the minimum are 1 s: past them the address is forgotten, and closed.
     std::thread::sleep(Duration::from_millis(2500));
@@ -522,15 +522,12 @@ spec:
 
 #[test]
 fn grpc_calls_are_judged_by_method_and_a_candidate_denying_a_live_one_blocks() {
-    use std::time::{Duration, Instant};
+    use std::time::Duration;
     let (_dir, repo, local) = enforced("ple6-", POLICY_CLUSTER, &[("web.yaml", GRPC_RULES)], "6s");
     let call = |method: &str| {
         printed(&local.local_probe(&["--from", "shop/client", "--to", "shop/web", "--port", "8080", "--grpc", method]))
     };
-    let start = Instant::now();
-    while call("/shop.Cart/GetCart").0 != Some(0) && start.elapsed() < Duration::from_secs(30) {
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    until(|| call("/shop.Cart/GetCart").0 == Some(0));
     // Allowed calls reach the pod over h2c, through the proxy; a denied one gets what Envoy
     // answers: PERMISSION_DENIED.
     let (code, stdout, stderr) = call("/shop.Cart/GetCart");
@@ -557,12 +554,15 @@ fn grpc_calls_are_judged_by_method_and_a_candidate_denying_a_live_one_blocks() {
 
     // A candidate without the GetCart rule would deny live calls: Blocked, naming the call.
     let stricter = GRPC_RULES.replace("        - {method: POST, path: /shop.Cart/GetCart}\n", "");
-    let commit = repo.commit(&[("web.yaml", &stricter)], "web: only List");
-    let blocked = blocked_while(&local, || call("/shop.Cart/GetCart").0 == Some(0), "still enforced meanwhile");
-    assert!(blocked.candidate_revision.is_some_and(|c| c.display.ends_with(&commit)));
-    let (ok, out) = local.cli(&["describe", "rollout", "shop", "-n", "shop"]);
-    assert!(ok, "{out}");
-    assert!(out.contains("8080/TCP POST /shop.Cart/GetCart"), "describe shows the call:\n{out}");
+    let live = || call("/shop.Cart/GetCart").0 == Some(0);
+    blocks_candidate(
+        &local,
+        &repo,
+        ("web.yaml", &stricter),
+        "web: only List",
+        live,
+        "8080/TCP POST /shop.Cart/GetCart",
+    );
 }
 
 /// The web pod's ingress on 8443 (an echo responder standing for a TLS server): the client may
@@ -593,15 +593,12 @@ items:
 
 #[test]
 fn tls_server_names_pass_or_reset_connections_and_a_candidate_denying_a_live_one_blocks() {
-    use std::time::{Duration, Instant};
+    use std::time::Duration;
     let (_dir, repo, local) = enforced("ple7-", SNI_CLUSTER, &[("web.yaml", SNI_RULES)], "6s");
     let hello = |name: &str| {
         printed(&local.local_probe(&["--from", "shop/client", "--to", "shop/web", "--port", "8443", "--tls-sni", name]))
     };
-    let start = Instant::now();
-    while hello("api.example.com").0 != Some(0) && start.elapsed() < Duration::from_secs(30) {
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    until(|| hello("api.example.com").0 == Some(0));
     // An allowed name: the proxy splices the connection to the pod, which echoes the ClientHello.
     let (code, stdout, stderr) = hello("api.example.com");
     assert_eq!(code, Some(0), "{stdout}{stderr}\n{}", local.log());
@@ -643,13 +640,8 @@ fn tls_server_names_pass_or_reset_connections_and_a_candidate_denying_a_live_one
 
     // A candidate without api.example.com would reset live connections: Blocked, naming them.
     let stricter = SNI_RULES.replace("[api.example.com, '*.cdn.example.com']", "['*.cdn.example.com']");
-    let commit = repo.commit(&[("web.yaml", &stricter)], "web: only the CDN");
-    let blocked = blocked_while(&local, || hello("api.example.com").0 == Some(0), "still enforced meanwhile");
-    assert!(blocked.candidate_revision.is_some_and(|c| c.display.ends_with(&commit)));
-    let (ok, out) = local.cli(&["describe", "rollout", "shop", "-n", "shop"]);
-    assert!(ok, "{out}");
-    assert!(out.contains("8443/TCP TLS api.example.com"), "describe shows the server name:\n{out}");
-    assert_eq!(hello("api.example.com").0, Some(0), "a blocked candidate changes nothing");
+    let live = || hello("api.example.com").0 == Some(0);
+    blocks_candidate(&local, &repo, ("web.yaml", &stricter), "web: only the CDN", live, "8443/TCP TLS api.example.com");
 }
 
 const KAFKA_RULES: &str = "apiVersion: cilium.io/v2
@@ -683,15 +675,12 @@ items:
 #[test]
 fn kafka_requests_are_forwarded_or_answered_topic_authorization_failed_and_a_candidate_denying_a_live_one_blocks() {
     use palisade_agent::observe::KafkaFlow;
-    use std::time::{Duration, Instant};
+    use std::time::Duration;
     let (_dir, repo, local) = enforced("ple8-", KAFKA_CLUSTER, &[("kafka.yaml", KAFKA_RULES)], "6s");
     let request = |what: &str| {
         printed(&local.local_probe(&["--from", "shop/client", "--to", "shop/kafka", "--port", "9092", "--kafka", what]))
     };
-    let start = Instant::now();
-    while request("produce:orders").0 != Some(0) && start.elapsed() < Duration::from_secs(30) {
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    until(|| request("produce:orders").0 == Some(0));
     // Allowed: forwarded to the broker, which acknowledges it.
     let (code, stdout, stderr) = request("produce:orders");
     assert_eq!(code, Some(0), "{stdout}{stderr}\n{}", local.log());
@@ -738,11 +727,7 @@ fn kafka_requests_are_forwarded_or_answered_topic_authorization_failed_and_a_can
 
     // A candidate without produce to orders would deny live requests: Blocked, naming them.
     let stricter = KAFKA_RULES.replace("        - {role: produce, topic: orders}\n", "");
-    let commit = repo.commit(&[("kafka.yaml", &stricter)], "kafka: orders are consumed only");
-    let blocked = blocked_while(&local, || request("produce:orders").0 == Some(0), "still enforced meanwhile");
-    assert!(blocked.candidate_revision.is_some_and(|c| c.display.ends_with(&commit)));
-    let (ok, out) = local.cli(&["describe", "rollout", "shop", "-n", "shop"]);
-    assert!(ok, "{out}");
-    assert!(out.contains("9092/TCP Kafka produce orders"), "describe shows the request:\n{out}");
-    assert_eq!(request("produce:orders").0, Some(0), "a blocked candidate changes nothing");
+    let live = || request("produce:orders").0 == Some(0);
+    let message = "kafka: orders are consumed only";
+    blocks_candidate(&local, &repo, ("kafka.yaml", &stricter), message, live, "9092/TCP Kafka produce orders");
 }
