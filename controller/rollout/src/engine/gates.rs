@@ -5,8 +5,8 @@
 //! Evidence counts only while it is continuous: a report counts when it is for the candidate
 //! and the audit generation the status names, and each node's clock starts when its evidence
 //! did. A verdict of Blocked is sticky: wiped evidence never turns it into a pass.
-use std::collections::HashMap;
 use std::collections::hash_map::Entry;
+use std::collections::{HashMap, HashSet};
 
 use super::*;
 use crate::crd::{DnsQueryKind, HttpRequestKind, KafkaRequestKind, Protocol, TlsServerKind};
@@ -207,7 +207,8 @@ impl<'a> Engine<'a> {
 
     /// Nodes that hold the candidate but still report evidence from before a restart.
     fn nodes_restarting(&self, id: &str) -> Vec<&'a str> {
-        let counted: Vec<&str> = self.evidence(id).into_iter().map(|r| r.node.as_str()).collect();
+        // A set: thousands of nodes would make a list's lookups quadratic.
+        let counted: HashSet<&str> = self.evidence(id).into_iter().map(|r| r.node.as_str()).collect();
         self.reports.iter().copied().map(|r| r.node.as_str()).filter(|n| !counted.contains(n)).collect()
     }
 

@@ -2,6 +2,8 @@
 //! or silent for two of its agent's heartbeats) is waited for during `spec.audit.notReadyGrace`,
 //! then left out until it comes back; a barrier that has not converged within
 //! `spec.progressDeadline` makes the rollout Stalled.
+use std::collections::HashMap;
+
 use super::*;
 
 pub(super) struct Barrier<'a> {
@@ -21,8 +23,9 @@ pub(super) fn barrier<'a>(
     now: Timestamp,
 ) -> Barrier<'a> {
     let mut barrier = Barrier { waited: Vec::new(), left_out: Vec::new(), next_change: None };
+    let not_ready: HashMap<&str, Timestamp> = not_ready.iter().map(|n| (n.node.as_str(), n.since)).collect();
     for report in reports {
-        let node_down = not_ready.iter().find(|n| n.node == report.node).map(|n| (n.since, "NotReady"));
+        let node_down = not_ready.get(report.node.as_str()).map(|since| (*since, "NotReady"));
         let silent = in_flight_since
             .and_then(|start| silent_since(report, start, now))
             .map(|since| (since, "no report for two heartbeats"));
