@@ -311,39 +311,39 @@ impl Request {
     /// A response frame to this request: length, header, `body`.
     fn response(&self, api_key: ApiKey, body: &impl Encodable) -> anyhow::Result<Bytes> {
         let version = self.rules.api_version;
-        let mut frame = BytesMut::new();
-        frame.put_i32(0);
-        ResponseHeader::default()
-            .with_correlation_id(self.correlation_id)
-            .encode(&mut frame, api_key.response_header_version(version))?;
-        body.encode(&mut frame, version)?;
-        let length = i32::try_from(frame.len() - 4)?;
-        frame[..4].copy_from_slice(&length.to_be_bytes());
-        Ok(frame.freeze())
+        let header = ResponseHeader::default().with_correlation_id(self.correlation_id);
+        frame_of((&header, api_key.response_header_version(version)), body, version)
     }
 
     /// The frame to forward (its length included): as read, but for a Fetch that opens or
     /// continues a fetch session, rewritten as a full fetch without one (session 0, epoch -1),
     /// so that no later Fetch reads topics it does not name.
     fn forwarded(&self, frame: Bytes) -> anyhow::Result<Bytes> {
-        let mut out = BytesMut::with_capacity(frame.len() + 4);
         match &self.decoded {
             Some((api_key, header, Body::Fetch(fetch))) if fetch.session_id != 0 || fetch.session_epoch != -1 => {
                 let version = header.request_api_version;
                 let sessionless = fetch.clone().with_session_id(0).with_session_epoch(-1);
-                out.put_i32(0);
-                header.encode(&mut out, api_key.request_header_version(version))?;
-                sessionless.encode(&mut out, version)?;
-                let length = i32::try_from(out.len() - 4)?;
-                out[..4].copy_from_slice(&length.to_be_bytes());
+                frame_of((header, api_key.request_header_version(version)), &sessionless, version)
             }
             _ => {
+                let mut out = BytesMut::with_capacity(frame.len() + 4);
                 out.put_i32(i32::try_from(frame.len())?);
                 out.put_slice(&frame);
+                Ok(out.freeze())
             }
         }
-        Ok(out.freeze())
     }
+}
+
+/// A frame: its length, then `header` at its header version, then `body` at `version`.
+fn frame_of(header: (&impl Encodable, i16), body: &impl Encodable, version: i16) -> anyhow::Result<Bytes> {
+    let mut frame = BytesMut::new();
+    frame.put_i32(0);
+    header.0.encode(&mut frame, header.1)?;
+    body.encode(&mut frame, version)?;
+    let length = i32::try_from(frame.len() - 4)?;
+    frame[..4].copy_from_slice(&length.to_be_bytes());
+    Ok(frame.freeze())
 }
 
 /// Reads one frame of at most `max` bytes: `Ok(None)` when the peer closed between frames; an
