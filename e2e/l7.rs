@@ -307,21 +307,10 @@ fn blocks_candidate(
     denied: &str,
 ) {
     let commit = repo.commit(&[file], message);
-    let start = std::time::Instant::now();
-    let blocked = loop {
+    let blocked = local.wait("shop", "shop", "the candidate Blocked", std::time::Duration::from_secs(60), |status| {
         assert!(live(), "still enforced meanwhile\n{}", local.log());
-        let status = local.rollout("shop", "shop").and_then(|r| r.status);
-        if let Some(status) = status.filter(|s| s.phase == palisade_rollout::crd::Phase::Blocked) {
-            break status;
-        }
-        assert!(
-            start.elapsed() < std::time::Duration::from_secs(60),
-            "not blocked: {:#?}\n{}",
-            local.rollout("shop", "shop"),
-            local.log()
-        );
-        std::thread::sleep(std::time::Duration::from_millis(300));
-    };
+        status.phase == palisade_rollout::crd::Phase::Blocked
+    });
     assert!(blocked.candidate_revision.is_some_and(|c| c.display.ends_with(&commit)), "the new commit is blocked");
     let (ok, out) = local.cli(&["describe", "rollout", "shop", "-n", "shop"]);
     assert!(ok, "{out}");
@@ -331,10 +320,7 @@ fn blocks_candidate(
 
 /// Waits (30 s) until `ready`: a proxy refuses everything until the agent gave it the rules.
 fn until(ready: impl Fn() -> bool) {
-    let start = std::time::Instant::now();
-    while !ready() && start.elapsed() < std::time::Duration::from_secs(30) {
-        std::thread::sleep(std::time::Duration::from_millis(200));
-    }
+    support::eventually(std::time::Duration::from_secs(30), ready);
 }
 
 #[test]

@@ -251,16 +251,7 @@ impl LocalCluster {
     /// Whether `reaches` comes to say `expected` within `timeout` (a change of what `local run`
     /// enforces takes effect when its agent has converged).
     pub fn eventually_reaches(&self, from: &str, to: &str, port: &str, expected: bool, timeout: Duration) -> bool {
-        let start = Instant::now();
-        loop {
-            if self.reaches(from, to, port) == expected {
-                return true;
-            }
-            if start.elapsed() > timeout {
-                return false;
-            }
-            std::thread::sleep(Duration::from_millis(200));
-        }
+        eventually(timeout, || self.reaches(from, to, port) == expected)
     }
 
     /// One real connection (`from` may be `node`, the node namespace): true when it got through
@@ -351,5 +342,19 @@ impl Drop for LocalCluster {
         if let Ok(datapath) = palisade_datapath::Datapath::open(&self.pin_dir) {
             let _ = datapath.destroy();
         }
+    }
+}
+
+/// Whether `ok` comes to hold within `timeout`, asked every 200 ms.
+pub fn eventually(timeout: Duration, ok: impl Fn() -> bool) -> bool {
+    let start = Instant::now();
+    loop {
+        if ok() {
+            return true;
+        }
+        if start.elapsed() > timeout {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(200));
     }
 }
