@@ -11,7 +11,6 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::{SignedDuration, Timestamp};
 use kube::ResourceExt;
 use kube::runtime::controller::Action;
-use kube::runtime::reflector::Store;
 use palisade::reconciler::{
     AllowedSources, Caches, Config, Context, Metrics, OpenMetrics, REPORT_WINDOW, Triggers, control, reconcile,
 };
@@ -104,12 +103,9 @@ impl Harness {
     /// Waits for the controller's caches to hold what the API server holds, as they do soon
     /// after every change.
     async fn settle(&self) {
-        fn same<K: kube::Resource + Clone>(store: &Store<K>, served: Vec<Value>) -> bool
-        where
-            K::DynamicType: Eq + std::hash::Hash + Clone,
-        {
+        fn same<K: kube::Resource>(cached: Vec<Arc<K>>, served: Vec<Value>) -> bool {
             let cached: std::collections::BTreeSet<(Option<String>, String, Option<String>)> =
-                store.state().iter().map(|o| (o.namespace(), o.name_any(), o.resource_version())).collect();
+                cached.iter().map(|o| (o.namespace(), o.name_any(), o.resource_version())).collect();
             let served = served.iter().map(|o| {
                 let field = |f: &str| o["metadata"][f].as_str().map(String::from);
                 (field("namespace"), field("name").unwrap_or_default(), field("resourceVersion"))
@@ -118,11 +114,11 @@ impl Harness {
         }
         let caches = &self.ctx.caches;
         for _ in 0..5000 {
-            if same(&caches.reports, self.api.all(REPORTS))
-                && same(&caches.revisions, self.api.all(REVISIONS))
-                && same(&caches.decisions, self.api.all(DECISIONS))
-                && same(&caches.agents, self.api.all(PODS))
-                && same(&caches.nodes, self.api.all(NODE_OBJECTS))
+            if same(caches.reports.all(), self.api.all(REPORTS))
+                && same(caches.revisions.state(), self.api.all(REVISIONS))
+                && same(caches.decisions.state(), self.api.all(DECISIONS))
+                && same(caches.agents.state(), self.api.all(PODS))
+                && same(caches.nodes.state(), self.api.all(NODE_OBJECTS))
             {
                 return;
             }

@@ -12,14 +12,15 @@ use k8s_openapi::api::core::v1::{Node, NodeStatus, Pod, PodSpec, PodStatus};
 use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client, Resource, ResourceExt};
-use palisade_rollout::crd::{PolicyAuditReport, PolicyDecision, PolicyRevision, PolicyRollout};
+use palisade_rollout::crd::{PolicyDecision, PolicyRevision, PolicyRollout};
 use palisade_rollout::wire::ROLLOUT_LABEL;
 use serde::de::DeserializeOwned;
 use tokio::sync::mpsc;
 use tokio::task::AbortHandle;
 use tracing::warn;
 
-use super::Config;
+use super::report_index::ReportIndex;
+use super::{Config, Error};
 
 /// How long report changes of one rollout gather before they request one reconcile. A window,
 /// not a debounce: a debounce restarts on every change, and reports of thousands of nodes would
@@ -28,7 +29,7 @@ pub const REPORT_WINDOW: Duration = Duration::from_secs(1);
 
 /// The stores; dropping them stops their watches.
 pub struct Caches {
-    pub reports: Store<PolicyAuditReport>,
+    pub reports: ReportIndex,
     pub revisions: Store<PolicyRevision>,
     pub decisions: Store<PolicyDecision>,
     /// The agent Pods (the controller's namespace, `config.agent_selector`).
@@ -50,12 +51,11 @@ impl Caches {
         let (at_once_tx, at_once_rx) = mpsc::unbounded_channel();
         let mut tasks = Vec::new();
         let labelled = || watcher::Config::default().labels(ROLLOUT_LABEL).any_semantic();
-        let reports =
-            watch(Api::all(client.clone()), labelled(), &mut tasks, keep_all, move |r: &PolicyAuditReport| {
-                if let Some(rollout) = labelled_rollout(r) {
-                    let _ = report_tx.send(rollout);
-                }
-            });
+        let reports = ReportIndex::watch(Api::all(client.clone()), labelled(), &mut tasks, move |r| {
+            if let Some(rollout) = labelled_rollout(r) {
+                let _ = report_tx.send(rollout);
+            }
+        });
         let revision_tx = at_once_tx.clone();
         let revisions = watch(Api::all(client.clone()), labelled(), &mut tasks, keep_all, move |r: &PolicyRevision| {
             if let Some(rollout) = labelled_rollout(r) {
@@ -84,12 +84,12 @@ impl Caches {
 
     /// Waits for every store's first list: deciding on a partial view could promote past a node
     /// not listed yet.
-    pub async fn ready(&self) -> Result<(), reflector::store::WriterDropped> {
-        self.reports.wait_until_ready().await?;
+    pub async fn ready(&self) -> Result<(), Error> {
+        self.reports.ready().await?;
         self.revisions.wait_until_ready().await?;
         self.decisions.wait_until_ready().await?;
         self.agents.wait_until_ready().await?;
-        self.nodes.wait_until_ready().await
+        Ok(self.nodes.wait_until_ready().await?)
     }
 }
 

@@ -16,6 +16,7 @@ mod fetch;
 mod leader;
 mod metrics;
 mod reconcile;
+mod report_index;
 mod revision;
 mod run;
 mod source_settings;
@@ -43,6 +44,8 @@ pub enum Error {
     Worker(#[from] tokio::task::JoinError),
     #[error("the controller's caches stopped: {0}")]
     Cache(#[from] kube::runtime::reflector::store::WriterDropped),
+    #[error("the controller's caches stopped: {0}")]
+    ReportIndex(#[from] report_index::IndexStopped),
     #[error("PolicyRollout {0} has no namespace")]
     NoNamespace(String),
     #[error("the engine staged {0}, which the last fetch did not produce")]

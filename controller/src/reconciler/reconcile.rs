@@ -12,7 +12,6 @@ use kube::runtime::events::{Event as KubeEvent, EventType as KubeEventType, Reco
 use kube::runtime::finalizer::{Event as Finalizer, finalizer};
 use kube::runtime::reflector::ObjectRef;
 use kube::{Api, Client, Resource, ResourceExt};
-use palisade_agent::report_name;
 use palisade_rollout::crd::{PolicyAuditReport, PolicyDecision, PolicyRevision, PolicyRollout, PolicyRolloutStatus};
 use palisade_rollout::engine::{Claim, DecisionRequest, Event, EventType, HISTORY_LIMIT, NotReadyNode};
 use palisade_rollout::wire::{CONTROLLER_FIELD_MANAGER, FINALIZER};
@@ -108,11 +107,7 @@ impl RolloutStore for KubeStore<'_> {
         let agents = self.caches.agents.state();
         let nodes: BTreeSet<&str> =
             agents.iter().filter(|p| is_ready(p)).filter_map(|p| p.spec.as_ref()?.node_name.as_deref()).collect();
-        let report = |node: &str| {
-            let report = self.caches.reports.get(&ObjectRef::new(&report_name(&name, node)).within(&namespace))?;
-            (report.spec.rollout == name && report.spec.node == node).then_some(report)
-        };
-        Ok(nodes.into_iter().filter_map(report).collect())
+        Ok(self.caches.reports.on_nodes(&namespace, &name, nodes))
     }
 
     async fn not_ready_nodes(&self) -> Result<Vec<NotReadyNode>, Error> {
@@ -266,8 +261,7 @@ async fn cleanup(rollout: &PolicyRollout, ctx: &Context) -> Result<Action, Error
     let name = rollout.name_any();
     let namespace = rollout.namespace().unwrap_or_default();
     let api: Api<PolicyAuditReport> = Api::namespaced(ctx.client.clone(), &namespace);
-    let reports = ctx.caches.reports.state();
-    for report in reports.iter().filter(|r| r.spec.rollout == name && r.namespace().as_deref() == Some(&namespace)) {
+    for report in ctx.caches.reports.of(&namespace, &name) {
         match api.delete(&report.name_any(), &DeleteParams::default()).await {
             Ok(_) => {}
             Err(kube::Error::Api(e)) if e.is_not_found() => {}
