@@ -81,15 +81,7 @@ pub struct LocalNode {
 impl LocalNode {
     /// The local node of `cluster`'s pods, with the address the node namespace gets.
     pub fn choose(cluster: &Cluster) -> Result<LocalNode, NodeAddressError> {
-        let mut pods_on: BTreeMap<&str, usize> = BTreeMap::new();
-        for pod in cluster.endpoints().filter(|p| p.ipv4().is_some()) {
-            if let Some(node) = &pod.node_name {
-                *pods_on.entry(node).or_default() += 1;
-            }
-        }
-        // The most pods; on a tie the first name (BTreeMap order, and max_by_key keeps the last
-        // maximum, hence the reversed iteration).
-        let name = pods_on.iter().rev().max_by_key(|(_, n)| **n).map_or(DEFAULT_NODE_NAME, |(name, _)| name);
+        let name = cluster.main_node().unwrap_or(DEFAULT_NODE_NAME);
         let node = cluster.node(name);
         let address = match node.and_then(|n| n.internal_ip) {
             Some(address) if !in_range(address) => {

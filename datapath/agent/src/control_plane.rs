@@ -97,7 +97,7 @@ fn checks(engine: &CompiledPolicy, health_port: Option<u16>) -> Vec<Check> {
 }
 
 /// A reserved identity as a report names it, with the address it stands for.
-fn reserved(name: &str, ip: Option<IpAddr>) -> FlowEndpoint {
+pub(crate) fn reserved(name: &str, ip: Option<IpAddr>) -> FlowEndpoint {
     FlowEndpoint {
         labels: BTreeMap::from([(format!("reserved:{name}"), String::new())]),
         cidr: ip.map(|ip| format!("{ip}/{}", if ip.is_ipv4() { 32 } else { 128 })),
