@@ -187,12 +187,11 @@ fn flow(datapath: &Datapath, endpoint: u32, direction: Direction, peer: u32, por
 /// in the node namespace, `node`).
 fn hook_programs(mode: AttachMode, node: &str, ifname: &str, hook: TcAttachType) -> Vec<String> {
     match mode {
-        AttachMode::Tcx => SchedClassifier::query_tcx(ifname, hook)
-            .expect("query tcx")
-            .1
-            .iter()
-            .map(|program| program.name_as_str().unwrap_or("?").to_owned())
-            .collect(),
+        // A hook never attached to has nothing to query.
+        AttachMode::Tcx => SchedClassifier::query_tcx(ifname, hook).map_or_else(
+            |_| Vec::new(),
+            |(_, programs)| programs.iter().map(|p| p.name_as_str().unwrap_or("?").to_owned()).collect(),
+        ),
         AttachMode::Tc => {
             let hook = if hook == TcAttachType::Ingress { "ingress" } else { "egress" };
             let output =
@@ -211,14 +210,26 @@ fn hook_programs(mode: AttachMode, node: &str, ifname: &str, hook: TcAttachType)
     }
 }
 
-fn assert_host_programs_first(datapath: &Datapath, node: &str, ifname: &str, ingress_next: &str) {
-    let mode = datapath.attach_mode();
-    assert_eq!(
-        hook_programs(mode, node, ifname, TcAttachType::Egress),
-        ["from_host", "deferred_egress", "to_endpoint"],
-        "{ifname} egress"
-    );
-    assert_eq!(hook_programs(mode, node, ifname, TcAttachType::Ingress), ["to_host", ingress_next], "{ifname} ingress");
+/// Waits until the hooks of `ifname` run `egress` and `ingress`, in that order: an unpinned
+/// TCX link detaches a moment later, from a kernel work queue.
+fn assert_hooks(mode: AttachMode, node: &str, ifname: &str, egress: &[&str], ingress: &[&str]) {
+    let current = || {
+        (
+            hook_programs(mode, node, ifname, TcAttachType::Egress),
+            hook_programs(mode, node, ifname, TcAttachType::Ingress),
+        )
+    };
+    if !eventually(|| {
+        current() == (egress.iter().map(|p| p.to_string()).collect(), ingress.iter().map(|p| p.to_string()).collect())
+    }) {
+        panic!("{ifname}: (egress, ingress) {:?}, expected {egress:?}, {ingress:?}", current());
+    }
+}
+
+/// The host's programs run first on `ifname`, an endpoint's interface.
+fn assert_host_programs_first(datapath: &Datapath, node: &str, ifname: &str) {
+    let egress = ["from_host", "deferred_egress", "to_endpoint"];
+    assert_hooks(datapath.attach_mode(), node, ifname, &egress, &["to_host", "from_endpoint"]);
 }
 
 #[test]
@@ -230,7 +241,7 @@ fn without_a_host_endpoint_only_the_pods_policies_judge_host_traffic() {
     let b_policy =
         vec![allow(IDENTITY_HOST, Direction::Egress, Some(81), 3), allow(IDENTITY_ANY, Direction::Ingress, None, 4)];
     let datapath = node.datapath(None, vec![open_pod(), b_policy]);
-    assert_host_programs_first(&datapath, &node.ns, &a.host_if, "from_endpoint");
+    assert_host_programs_first(&datapath, &node.ns, &a.host_if);
     tcp_echo_servers(&node.ns, &[80, 81]);
     tcp_echo_servers(&a.ns, &[8080]);
 
@@ -432,36 +443,47 @@ fn ipv6_host_traffic_is_judged_like_ipv4() {
     datapath.destroy().unwrap();
 }
 
-/// Legacy tc: the host's filters have the lowest priorities, so they run first; they follow an
-/// interface that stops being an endpoint's, and go with detach_network and destroy.
+/// Legacy tc: the host's filters have the lowest priorities, so they run first.
 #[test]
 fn legacy_tc_runs_the_host_programs_first_on_endpoints_and_node_interfaces() {
-    let node = Node::new("pht", 2);
+    host_programs_follow_an_interface("pht", AttachMode::Tc);
+}
+
+/// TCX (unless the tests run in legacy tc): the host's links go before the others.
+#[test]
+fn the_host_programs_run_first_on_endpoints_and_node_interfaces() {
+    host_programs_follow_an_interface("phx", attach_mode().unwrap_or(AttachMode::detect()));
+}
+
+/// The host's programs run first on an endpoint's interface, stay there without a gap when it
+/// turns into a node interface and back, and go with detach_network and destroy.
+fn host_programs_follow_an_interface(prefix: &str, mode: AttachMode) {
+    let node = Node::new(prefix, 2);
     let _inside = InNetns::enter(&node.ns);
     let (a, b) = (&node.pods[0], &node.pods[1]);
-    let mut datapath = node.datapath(Some(AttachMode::Tc), vec![open_pod(), open_pod()]);
+    let mut datapath = node.datapath(Some(mode), vec![open_pod(), open_pod()]);
     host_endpoint(&mut datapath, &[allow(identity(0), Direction::Ingress, Some(80), 60)]);
-    assert_host_programs_first(&datapath, &node.ns, &b.host_if, "from_endpoint");
+    assert_host_programs_first(&datapath, &node.ns, &b.host_if);
     tcp_echo_servers(&node.ns, &[80]);
     assert!(tcp_ok(&a.ns, node.addr, 80), "the host admits pod 0");
     assert!(!tcp_ok(&b.ns, node.addr, 80), "and drops pod 1");
 
-    // Pod 1's interface turns into a node interface: the host's filters stay, without a gap.
+    // Pod 1's interface turns into a node interface: the host's programs stay.
     datapath.detach(1).unwrap();
-    let tc = AttachMode::Tc;
-    assert_eq!(hook_programs(tc, &node.ns, &b.host_if, TcAttachType::Egress), ["from_host", "deferred_egress"]);
-    assert_eq!(hook_programs(tc, &node.ns, &b.host_if, TcAttachType::Ingress), ["to_host", "from_network"]);
+    assert_hooks(mode, &node.ns, &b.host_if, &["from_host", "deferred_egress"], &["to_host", "from_network"]);
     assert!(!tcp_ok(&b.ns, node.addr, 80), "the host still judges what arrives there");
+    // And back into an endpoint's.
+    let addrs = palisade_datapath::EndpointAddrs { v4: Some(b.addr), v6: Some(b.addr6) };
+    datapath.attach(1, &b.host_if, addrs).unwrap();
+    assert_host_programs_first(&datapath, &node.ns, &b.host_if);
+    assert!(!tcp_ok(&b.ns, node.addr, 80), "judged all along");
+    datapath.detach(1).unwrap();
     datapath.detach_network(&b.host_if).unwrap();
-    for hook in [TcAttachType::Ingress, TcAttachType::Egress] {
-        assert!(hook_programs(tc, &node.ns, &b.host_if, hook).is_empty(), "detach_network removes them all");
-    }
+    assert_hooks(mode, &node.ns, &b.host_if, &[], &[]);
     assert!(tcp_ok(&b.ns, node.addr, 80), "nothing judges that interface now");
 
     datapath.destroy().unwrap();
-    for hook in [TcAttachType::Ingress, TcAttachType::Egress] {
-        assert!(hook_programs(tc, &node.ns, &a.host_if, hook).is_empty(), "destroy removes every filter");
-    }
+    assert_hooks(mode, &node.ns, &a.host_if, &[], &[]);
 }
 
 /// An agent restart: the host's programs and config stay pinned, keep enforcing while no
@@ -480,7 +502,7 @@ fn the_host_endpoint_survives_an_agent_restart() {
     assert!(tcp_ok(&a.ns, node.addr, 80), "enforced while no process holds the datapath");
     assert!(!tcp_ok(&b.ns, node.addr, 80));
     let mut datapath = open_datapath(&node.pin_dir);
-    assert_host_programs_first(&datapath, &node.ns, &a.host_if, "from_endpoint");
+    assert_host_programs_first(&datapath, &node.ns, &a.host_if);
     assert_eq!(datapath.state(HOST).unwrap().ifindex, HOST_ENDPOINT_IFINDEX, "adopted");
     datapath.attach_host(HOST).unwrap();
     datapath.load_slot(HOST, Slot::B, &[allow(IDENTITY_ANY, Direction::Ingress, Some(80), 71)]).unwrap();

@@ -126,7 +126,7 @@ impl IpCache {
 
     /// Gives each remote node the identity of its labels of the node label keys (remote-node
     /// when it has none: without `fromNodes`/`toNodes` every remote node is remote-node, so a
-    /// large cluster does not get an identity a node), and the host identity the labels of
+    /// large cluster does not get an identity per node), and the host identity the labels of
     /// node `host`. New identities are acquired before old ones are released, so a node that
     /// keeps its labels keeps its identity.
     pub fn set_nodes(&mut self, nodes: &[Node], host: Option<&str>) -> NodeChanges {
