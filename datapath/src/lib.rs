@@ -82,6 +82,12 @@ pub enum Hook {
     /// connection after translation, judged by its source's egress policy when the packet
     /// carries the source's [`Datapath::service_mark`].
     DeferredEgress,
+    /// Ingress of any interface, first: a packet addressed to the node, judged by the host
+    /// endpoint's ingress policy ([`Datapath::attach_host`]).
+    ToHost,
+    /// Egress of any interface, first: a packet the node sends, judged by the host endpoint's
+    /// egress policy.
+    FromHost,
 }
 
 /// Outcome of [`Datapath::run_frame`].
@@ -702,6 +708,8 @@ impl Datapath {
             Hook::FromEndpoint => (&self.from_endpoint, "from_endpoint"),
             Hook::ToEndpoint => (&self.to_endpoint, "to_endpoint"),
             Hook::DeferredEgress => (&self.deferred_egress, "deferred_egress"),
+            Hook::ToHost => (&self.to_host, "to_host"),
+            Hook::FromHost => (&self.from_host, "from_host"),
         };
         // A `struct __sk_buff` prefix up to `ifindex` (offset 40), the field the kernel uses to
         // pick the device; the mark is at offset 8.
@@ -711,8 +719,10 @@ impl Datapath {
         let result = program
             .test_run(TestRunOptions { data_in: Some(frame), ctx_in: Some(&context), repeat, ..TestRunOptions::new() })
             .map_err(|source| Error::Program { program: name, endpoint: None, source })?;
-        // `deferred_egress` hands what it passes to the next program ("next", -1).
-        let passed = result.return_value == 0 || (hook == Hook::DeferredEgress && result.return_value == u32::MAX);
+        // `deferred_egress` and the host's programs hand what they pass to the next program
+        // ("next", -1).
+        let hands_on = matches!(hook, Hook::DeferredEgress | Hook::ToHost | Hook::FromHost);
+        let passed = result.return_value == 0 || (hands_on && result.return_value == u32::MAX);
         Ok(FrameRun { passed, per_run: result.duration })
     }
 

@@ -505,12 +505,14 @@ impl<D: Dataplane, R: InterfaceResolver> Agent<D, R> {
             .collect();
         // The node itself is an endpoint while a host policy selects it in either set.
         let host = self.wants_host().then(|| host_key(&node_name(&self.config)));
-        let gone: Vec<ObjectKey> = self
-            .endpoints
-            .iter()
-            .filter(|(k, e)| if is_host(k) { host.as_ref() != Some(*k) } else { local.get(*k).map(|l| l.0) != Some(e.addrs) })
-            .map(|(k, _)| k.clone())
-            .collect();
+        let gone: Vec<ObjectKey> =
+            self.endpoints
+                .iter()
+                .filter(|(k, e)| {
+                    if is_host(k) { host.as_ref() != Some(*k) } else { local.get(*k).map(|l| l.0) != Some(e.addrs) }
+                })
+                .map(|(k, _)| k.clone())
+                .collect();
         for key in gone {
             let endpoint = self.endpoints.remove(&key).expect("listed");
             info!(pod = %format!("{}/{}", key.0, key.1), endpoint = endpoint.id, "endpoint gone; detaching");
@@ -700,7 +702,10 @@ impl<D: Dataplane, R: InterfaceResolver> Agent<D, R> {
             self.dataplane.attach(id, &ifname, addrs).map_err(|source| endpoint_error(&key, source))?;
             self.endpoints.get_mut(&key).expect("listed").attached = true;
         }
-        let host = self.endpoints.iter_mut().find(|(k, e)| is_host(k) && !e.attached && !e.slot(e.enforced).entries.is_empty());
+        let host = self
+            .endpoints
+            .iter_mut()
+            .find(|(k, e)| is_host(k) && !e.attached && !e.slot(e.enforced).entries.is_empty());
         if let Some((key, host)) = host {
             info!(endpoint = host.id, "attaching the host endpoint: the node's own traffic is judged");
             self.dataplane.attach_host(host.id).map_err(|source| endpoint_error(key, source))?;

@@ -86,7 +86,11 @@ fn checks(engine: &CompiledPolicy, health_port: Option<u16>) -> Vec<Check> {
             ports.push(APISERVER_PORT);
         }
         for &ip in &slice.addresses {
-            checks.extend(ports.iter().map(|&port| Check { direction: Direction::Egress, peer: FlowEnd::Address(ip), port }));
+            checks.extend(ports.iter().map(|&port| Check {
+                direction: Direction::Egress,
+                peer: FlowEnd::Address(ip),
+                port,
+            }));
         }
     }
     if let Some(port) = health_port {

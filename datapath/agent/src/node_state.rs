@@ -27,7 +27,11 @@ pub(crate) fn is_host(key: &ObjectKey) -> bool {
 
 /// The compiled group of the endpoint `key`: a pod's, or the host endpoint's.
 pub(crate) fn group_of<'e>(engine: &'e CompiledPolicy, key: &ObjectKey) -> Option<&'e Group> {
-    if is_host(key) { engine.host_endpoint().map(|host| host.group) } else { engine.group_of(&key.0, &key.1).map(|(_, g)| g) }
+    if is_host(key) {
+        engine.host_endpoint().map(|host| host.group)
+    } else {
+        engine.group_of(&key.0, &key.1).map(|(_, g)| g)
+    }
 }
 
 /// The identity of the endpoint `key` in `engine`.

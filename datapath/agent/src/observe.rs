@@ -574,7 +574,10 @@ fn pod_peer(ip: IpAddr, pod: Option<&ObjectKey>, compiled: Option<&Compiled>) ->
         namespace: pod.map(|p| p.0.clone()),
         workload: pod.map(|p| workload_of(&p.1)),
         pod: pod.map(|p| p.1.clone()),
-        labels: pod.and_then(|p| compiled?.enforced.cluster.pod(&p.0, &p.1)).map(|p| p.labels.clone()).unwrap_or_default(),
+        labels: pod
+            .and_then(|p| compiled?.enforced.cluster.pod(&p.0, &p.1))
+            .map(|p| p.labels.clone())
+            .unwrap_or_default(),
         ..FlowPeer::default()
     }
 }

@@ -17,9 +17,11 @@ use palisade_rollout::crd::{
     PolicyAuditReport, PolicyAuditReportSpec, Protocol, TlsServerKind, Verdict,
 };
 
-use crate::drops::RolloutDrops;
 use crate::control_plane;
-use crate::node_state::{CANDIDATE_SET, Compiled, ENFORCED_SET, NodeView, ObjectKey, Targets, group_of, identity_of, is_host};
+use crate::drops::RolloutDrops;
+use crate::node_state::{
+    CANDIDATE_SET, Compiled, ENFORCED_SET, NodeView, ObjectKey, Targets, group_of, identity_of, is_host,
+};
 use crate::proxy::{L7Diff, L7Seen, RequestKind};
 
 /// Flows listed per report, most frequent first; the totals count them all.
