@@ -84,6 +84,19 @@ struct Endpoint {
 }
 
 impl Endpoint {
+    /// A new endpoint, not attached yet, enforcing slot A (empty until written).
+    fn new(id: EndpointId, addrs: EndpointAddrs, interface: Option<Interface>) -> Endpoint {
+        Endpoint {
+            id,
+            addrs,
+            interface,
+            attached: false,
+            enforced: Slot::A,
+            candidate: None,
+            slots: Default::default(),
+        }
+    }
+
     fn slot(&self, slot: Slot) -> &SlotContent {
         &self.slots[slot_index(slot)]
     }
@@ -532,15 +545,7 @@ impl<D: Dataplane, R: InterfaceResolver> Agent<D, R> {
                 None => {
                     let id = self.free_id()?;
                     debug!(pod = %format!("{}/{}", key.0, key.1), endpoint = id, "new endpoint");
-                    Endpoint {
-                        id,
-                        addrs,
-                        interface,
-                        attached: false,
-                        enforced: Slot::A,
-                        candidate: None,
-                        slots: Default::default(),
-                    }
+                    Endpoint::new(id, addrs, interface)
                 }
             };
             self.endpoints.insert(key, endpoint);
@@ -552,15 +557,7 @@ impl<D: Dataplane, R: InterfaceResolver> Agent<D, R> {
                 None => {
                     let id = self.free_id()?;
                     info!(endpoint = id, "a host policy selects this node: the node becomes an endpoint");
-                    Endpoint {
-                        id,
-                        addrs: EndpointAddrs::default(),
-                        interface: None,
-                        attached: false,
-                        enforced: Slot::A,
-                        candidate: None,
-                        slots: Default::default(),
-                    }
+                    Endpoint::new(id, EndpointAddrs::default(), None)
                 }
             };
             self.endpoints.insert(key, endpoint);
