@@ -27,7 +27,7 @@ test: deps
 
 # Root: only the end-to-end tests (local mode, real eBPF, Git and traffic); `test` runs them too.
 e2e: deps
-	$(CARGO) test --release -p palisade --test e2e_examples --test e2e_story --test e2e_localhost --test e2e_services --test e2e_l7
+	$(CARGO) test --release -p palisade --test e2e_examples --test e2e_story --test e2e_localhost --test e2e_services --test e2e_l7 --test e2e_dual_stack --test e2e_host
 
 demo: build
 	@bash scripts/demo.sh

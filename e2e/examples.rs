@@ -217,3 +217,10 @@ fn tls_sni() {
 fn kafka() {
     scenario("kafka", "e2k-");
 }
+
+/// The node's own traffic under a host policy: pods to the node namespace (its host-network
+/// pods' ports) and the node to pods.
+#[test]
+fn host_firewall() {
+    scenario("host-firewall", "e2x-");
+}

@@ -12,19 +12,11 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use palisade::files;
-use palisade_policy::model::L7Rules;
+use palisade_policy::model::{L7Rules, Peer};
 use palisade_policy::{ParseOptions, Severity, SourceFile, parse_policies};
 
 /// Files that fail only with "unsupported" errors, and the feature each names.
 const UNSUPPORTED: &[(&str, &str)] = &[
-    ("cilium/_removed-upstream/host/lock-down-dev-vms-cidr-node.yaml", "host firewall policy (nodeSelector)"),
-    ("cilium/_removed-upstream/host/lock-down-dev-vms.yaml", "host firewall policy (nodeSelector)"),
-    ("cilium/host/allow-extended-protocols.yaml", "host firewall policy (nodeSelector)"),
-    ("cilium/host/demo-host-policy.yaml", "host firewall policy (nodeSelector)"),
-    ("cilium/host/lock-down-dev-vms-remote-node.yaml", "host firewall policy (nodeSelector)"),
-    ("cilium/host/lock-down-gke.yaml", "host firewall policy (nodeSelector)"),
-    ("cilium/host/lock-down-ingress.yaml", "host firewall policy (nodeSelector)"),
-    ("cilium/l3/entities/customnodes.yaml", "fromNodes (node selector labels)"),
     ("cilium/l4/envoy_forward_proxy.yaml", "Envoy listener redirects"),
     ("cilium/l4/envoy_listener_redirect.yaml", "Envoy listener redirects"),
     ("cilium/l4/wildcard_port_listener.yaml", "Envoy listener redirects"),
@@ -32,8 +24,6 @@ const UNSUPPORTED: &[(&str, &str)] = &[
     ("cilium-connectivity/echo-ingress-mutual-authentication-fail.yaml", "mutual authentication"),
     ("cilium-connectivity/echo-ingress-mutual-authentication-port-range.yaml", "mutual authentication"),
     ("cilium-connectivity/echo-ingress-mutual-authentication.yaml", "mutual authentication"),
-    ("cilium-connectivity/host-firewall-egress.yaml", "host firewall policy (nodeSelector)"),
-    ("cilium-connectivity/host-firewall-ingress.yaml", "host firewall policy (nodeSelector)"),
     ("cilium-connectivity/local-redirect-policy.yaml", "cilium.io/v2 CiliumLocalRedirectPolicy"),
 ];
 
@@ -247,5 +237,68 @@ fn kafka_policies_parse_into_kafka_rules() {
         let rules = parsed.set.policies.iter().flat_map(|p| &p.rules);
         let ports = rules.flat_map(|r| r.ingress.rules.iter().chain(&r.egress.rules)).flat_map(|r| &r.ports);
         assert!(ports.filter(|p| matches!(p.l7, Some(L7Rules::Kafka(_)))).count() > 0, "{name}: no Kafka rules");
+    }
+}
+
+/// The valid corpus files whose text holds `needle`, sorted, with their parse.
+fn parsed_containing(needle: &str) -> Option<Vec<(String, palisade_policy::Parsed)>> {
+    let files = corpus_files()?;
+    let mut found: Vec<_> = files
+        .iter()
+        .filter(|(name, text)| text.contains(needle) && !INVALID_UPSTREAM.iter().any(|(f, _)| f == name))
+        .map(|(name, text)| (name.clone(), parse_policies(&[SourceFile { name, text }], &ParseOptions::default())))
+        .collect();
+    found.sort_by(|a, b| a.0.cmp(&b.0));
+    Some(found)
+}
+
+#[test]
+fn host_policies_parse_into_host_rules() {
+    // Cilium's host firewall examples (nodeSelector) select nodes' host endpoints: each parses,
+    // errors free, into policies whose rules select nodes.
+    let Some(host) = parsed_containing("nodeSelector") else { return };
+    let names: Vec<&str> = host.iter().map(|(name, _)| name.as_str()).collect();
+    assert_eq!(
+        names,
+        [
+            "cilium-connectivity/host-firewall-egress.yaml",
+            "cilium-connectivity/host-firewall-ingress.yaml",
+            "cilium/_removed-upstream/host/lock-down-dev-vms-cidr-node.yaml",
+            "cilium/_removed-upstream/host/lock-down-dev-vms.yaml",
+            "cilium/host/allow-extended-protocols.yaml",
+            "cilium/host/demo-host-policy.yaml",
+            "cilium/host/lock-down-dev-vms-remote-node.yaml",
+            "cilium/host/lock-down-gke.yaml",
+            "cilium/host/lock-down-ingress.yaml",
+        ]
+    );
+    for (name, parsed) in host {
+        assert!(!parsed.has_errors(), "{name}: {:?}", parsed.diagnostics);
+        assert!(!parsed.set.policies.is_empty(), "{name}: no policy");
+        for policy in &parsed.set.policies {
+            assert!(policy.rules.iter().all(|r| r.is_host_rule()), "{name}: {} has a rule selecting pods", policy.id);
+        }
+    }
+}
+
+#[test]
+fn node_peers_parse_into_node_selectors() {
+    // fromNodes and toNodes select remote nodes by their labels.
+    let Some(nodes) = parsed_containing("Nodes:") else { return };
+    let names: Vec<&str> = nodes.iter().map(|(name, _)| name.as_str()).collect();
+    assert_eq!(names, ["cilium/l3/entities/customnodes.yaml"]);
+    for (name, parsed) in nodes {
+        assert!(parsed.diagnostics.is_empty(), "{name}: {:?}", parsed.diagnostics);
+        let peers: Vec<String> = parsed
+            .set
+            .policies
+            .iter()
+            .flat_map(|p| p.peers())
+            .filter_map(|peer| match peer {
+                Peer::Nodes(selector) => Some(selector.to_string()),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(peers, ["any:node-role.kubernetes.io/control-plane=,reserved:remote-node"], "{name}");
     }
 }

@@ -10,7 +10,7 @@ use palisade::files;
 use palisade_policy::l7::KafkaRequest;
 use palisade_policy::trace::{self, FlowEnd, FlowPort, HttpRequest, IpFamily, L7Request, Trace, Verdict};
 use palisade_policy::yaml::{Limits, parse_documents};
-use palisade_policy::{CompiledPolicy, EnforcementMode};
+use palisade_policy::{CompileOptions, CompiledPolicy};
 use serde::Deserialize;
 
 #[derive(Deserialize)]
@@ -78,7 +78,9 @@ fn check_scenario(name: &str) {
     let parsed = files::load_policies(&[dir.join("policies")]).unwrap();
     assert!(!parsed.has_errors(), "{name}: invalid policies: {:#?}", parsed.diagnostics);
     let cluster = files::load_cluster(&dir.join("cluster.yaml")).unwrap();
-    let engine = CompiledPolicy::new(parsed.set, cluster, EnforcementMode::Default);
+    // `node` is the node local mode runs the pods on, as the kernel and e2e levels take it.
+    let host_node = cluster.main_node().map(str::to_owned);
+    let engine = CompiledPolicy::with_options(parsed.set, cluster, CompileOptions { host_node, ..Default::default() });
     let text = std::fs::read_to_string(dir.join("flows.yaml")).unwrap();
     let doc = parse_documents(&text, &Limits::default()).unwrap().remove(0);
     let flows: FlowsFile = serde_json::from_value(doc.to_json()).unwrap();
@@ -196,6 +198,11 @@ fn tls_sni() {
 #[test]
 fn kafka() {
     check_scenario("kafka");
+}
+
+#[test]
+fn host_firewall() {
+    check_scenario("host-firewall");
 }
 
 /// Every directory of `examples/` with a `flows.yaml` has a test above.

@@ -23,6 +23,8 @@ pub(crate) const FROM_ENDPOINT: &str = "from_endpoint";
 pub(crate) const TO_ENDPOINT: &str = "to_endpoint";
 pub(crate) const DEFERRED_EGRESS: &str = "deferred_egress";
 pub(crate) const FROM_NETWORK: &str = "from_network";
+pub(crate) const TO_HOST: &str = "to_host";
+pub(crate) const FROM_HOST: &str = "from_host";
 
 /// The first kernel with TCX.
 const TCX_KERNEL: KernelVersion = KernelVersion::new(6, 6, 0);
@@ -67,10 +69,12 @@ impl FromStr for AttachMode {
     }
 }
 
-/// Where a program runs on an interface: its hook; whether it goes before the others there (a
-/// Service connection's source is judged before the backend's `to_endpoint` judges it); and,
-/// for legacy tc, its filter's priority (lower runs first), which with a handle of its own
-/// identifies the filter.
+/// Where a program runs on an interface: its hook; whether it goes before the others there
+/// attached so far (the host endpoint's programs judge before anything else on their hook, and
+/// a Service connection's source is judged before the backend's `to_endpoint` judges it, so
+/// with TCX the host's go on last); and, for legacy tc, its filter's priority (lower runs
+/// first), which with a handle of its own identifies the filter. Egress runs `from_host`,
+/// `deferred_egress`, `to_endpoint`; ingress `to_host`, then `from_endpoint` or `from_network`.
 struct Placement {
     hook: TcAttachType,
     first: bool,
@@ -80,10 +84,12 @@ struct Placement {
 
 fn placement(program: &str) -> Placement {
     let (hook, first, priority, handle) = match program {
-        DEFERRED_EGRESS => (TcAttachType::Egress, true, 1, 1),
-        TO_ENDPOINT => (TcAttachType::Egress, false, 2, 2),
-        FROM_ENDPOINT => (TcAttachType::Ingress, false, 1, 3),
-        FROM_NETWORK => (TcAttachType::Ingress, false, 2, 4),
+        FROM_HOST => (TcAttachType::Egress, true, 1, 1),
+        DEFERRED_EGRESS => (TcAttachType::Egress, true, 2, 2),
+        TO_ENDPOINT => (TcAttachType::Egress, false, 3, 3),
+        TO_HOST => (TcAttachType::Ingress, true, 1, 4),
+        FROM_ENDPOINT => (TcAttachType::Ingress, false, 2, 5),
+        FROM_NETWORK => (TcAttachType::Ingress, false, 3, 6),
         other => unreachable!("{other} is not attached to interfaces"),
     };
     Placement { hook, first, priority, handle: TcHandle::new(0, handle) }

@@ -66,6 +66,8 @@ pub enum Error {
     },
     #[error("endpoint {endpoint} is already attached to another interface")]
     AlreadyAttached { endpoint: EndpointId },
+    #[error("endpoint {endpoint} cannot be the host endpoint: endpoint {host} is")]
+    HostEndpointTaken { endpoint: EndpointId, host: EndpointId },
     #[error("endpoint {0} is unknown (not attached)")]
     UnknownEndpoint(EndpointId),
     #[error("endpoint {0} has no candidate slot to promote")]

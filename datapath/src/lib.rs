@@ -8,6 +8,11 @@
 //! the endpoint; later load the candidate into the idle slot, [`Datapath::set_candidate`] it, read
 //! the shadow differences ([`Datapath::flows`], [`Datapath::events`]) and [`Datapath::flip`] (or
 //! [`Datapath::flip_all`]) to promote.
+//!
+//! The node itself is an endpoint like the others once one is made the host endpoint
+//! ([`Datapath::attach_host`], Cilium's host firewall): its slots judge the traffic addressed to
+//! and sent by the node's addresses (those the ipcache maps to `host`) on every interface
+//! Palisade attaches to, before the pods' own programs judge it.
 
 mod attach;
 mod batch;
@@ -35,11 +40,11 @@ use palisade_common::{
 };
 
 pub use attach::{AttachMode, HookError};
-use attach::{DEFERRED_EGRESS, FROM_ENDPOINT, FROM_NETWORK, TO_ENDPOINT};
+use attach::{DEFERRED_EGRESS, FROM_ENDPOINT, FROM_HOST, FROM_NETWORK, TO_ENDPOINT, TO_HOST};
 pub use batch::update_batch;
 pub use error::Error;
 pub use events::{EventReader, EventThread};
-pub use palisade_common::{FlowEvent, Mode, Slot};
+pub use palisade_common::{FlowEvent, HOST_ENDPOINT_IFINDEX, Mode, Slot};
 use pins::Pins;
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -61,7 +66,8 @@ pub struct EndpointState {
     pub mode: Mode,
     pub enforced: Slot,
     pub candidate: Option<Slot>,
-    /// Host-side interface it is attached to; 0 when detached.
+    /// Host-side interface it is attached to; 0 when detached, [`HOST_ENDPOINT_IFINDEX`] for the
+    /// host endpoint.
     pub ifindex: u32,
 }
 
@@ -76,6 +82,12 @@ pub enum Hook {
     /// connection after translation, judged by its source's egress policy when the packet
     /// carries the source's [`Datapath::service_mark`].
     DeferredEgress,
+    /// Ingress of any interface, first: a packet addressed to the node, judged by the host
+    /// endpoint's ingress policy ([`Datapath::attach_host`]).
+    ToHost,
+    /// Egress of any interface, first: a packet the node sends, judged by the host endpoint's
+    /// egress policy.
+    FromHost,
 }
 
 /// Outcome of [`Datapath::run_frame`].
@@ -164,6 +176,8 @@ pub struct Datapath {
     to_endpoint: SchedClassifier,
     deferred_egress: SchedClassifier,
     from_network: SchedClassifier,
+    to_host: SchedClassifier,
+    from_host: SchedClassifier,
 }
 
 impl Datapath {
@@ -203,6 +217,8 @@ impl Datapath {
             to_endpoint: pins.program(TO_ENDPOINT)?,
             deferred_egress: pins.program(DEFERRED_EGRESS)?,
             from_network: pins.program(FROM_NETWORK)?,
+            to_host: pins.program(TO_HOST)?,
+            from_host: pins.program(FROM_HOST)?,
             pins,
         })
     }
@@ -224,7 +240,8 @@ impl Datapath {
     /// interface; `addrs` are the endpoint's addresses, the only sources its packets may carry.
     /// An endpoint exists from its first `load_slot` or `attach` and enforces slot A (empty:
     /// deny all) until told otherwise, so load its policy first. Attaching an attached endpoint
-    /// to the same interface is a no-op.
+    /// to the same interface is a no-op. The host endpoint's programs go on the interface too,
+    /// first on each hook (see [`Datapath::attach_host`]).
     pub fn attach(&mut self, endpoint: EndpointId, ifname: &str, addrs: impl Into<EndpointAddrs>) -> Result<()> {
         let ifindex =
             ifindex(ifname).map_err(|source| Error::Interface { ifname: ifname.to_owned(), endpoint, source })?;
@@ -247,20 +264,61 @@ impl Datapath {
         self.write_config(config)?;
         self.endpoint_ifindex.set(config.index, ifindex, 0).map_err(map_error("ENDPOINT_IFINDEX", endpoint))?;
         self.bump_version()?;
-        // An interface that was a node interface already runs `deferred_egress` first on egress;
-        // otherwise it goes first: it judges a Service connection's source before `to_endpoint`
-        // judges the backend.
-        let adopted = self.pins.adopt_network_link(ifname, endpoint)?;
-        let deferred = (!adopted).then_some((&mut self.deferred_egress, DEFERRED_EGRESS));
-        for program in
-            deferred.into_iter().chain([(&mut self.from_endpoint, FROM_ENDPOINT), (&mut self.to_endpoint, TO_ENDPOINT)])
-        {
-            self.pins.attach_endpoint(program, ifname, endpoint)?;
+        // An interface that was a node interface already runs the host's programs and
+        // `deferred_egress`, in their order. Otherwise `deferred_egress` goes first on egress (it
+        // judges a Service connection's source before `to_endpoint` judges the backend), then
+        // the host's programs before everything on their hooks.
+        let adopted = self.pins.adopt_network_links(ifname, endpoint)?;
+        for program in [
+            (&mut self.deferred_egress, DEFERRED_EGRESS),
+            (&mut self.from_endpoint, FROM_ENDPOINT),
+            (&mut self.to_endpoint, TO_ENDPOINT),
+            (&mut self.to_host, TO_HOST),
+            (&mut self.from_host, FROM_HOST),
+        ] {
+            if !adopted.contains(&program.1) {
+                self.pins.attach_endpoint(program, ifname, endpoint)?;
+            }
         }
         Ok(())
     }
 
-    /// Detaches the endpoint and forgets its config, counters and policy slots.
+    /// Makes `endpoint` the host endpoint: the node itself, as Cilium's host firewall sees it.
+    /// Its ingress slots judge every packet addressed to one of the node's addresses (those the
+    /// ipcache maps to `IDENTITY_HOST`) and its egress slots every packet the node sends from
+    /// one, on every endpoint's interface and node interface ([`Datapath::attach_network`]),
+    /// before the programs of the pod or interface judge it too: a pod's packet to the node
+    /// needs the pod's egress and the host's ingress to allow it. The host's connections are
+    /// tracked as one endpoint's, so their replies pass whichever interface they cross. Create
+    /// the endpoint like any other ([`Datapath::load_slot`]); `load_slot`, `rewrite_slot`,
+    /// `set_candidate`, `set_mode`, `flip`, `flip_all`, `counters`, `flows`, `events` and
+    /// `state` (whose `ifindex` is [`HOST_ENDPOINT_IFINDEX`]) work for it as for a pod, and
+    /// [`Datapath::detach`] removes it. L7 rules are not supported for the host: a redirect
+    /// verdict drops as `l7-unsupported`. Idempotent; a node has one host endpoint at a time.
+    pub fn attach_host(&mut self, endpoint: EndpointId) -> Result<()> {
+        if matches!(self.config(endpoint), Ok(config) if config.ifindex != 0 && config.ifindex != HOST_ENDPOINT_IFINDEX)
+        {
+            return Err(Error::AlreadyAttached { endpoint });
+        }
+        match self.endpoints.get(&HOST_ENDPOINT_IFINDEX, 0) {
+            Ok(host) if host.endpoint == endpoint => return Ok(()),
+            Ok(host) => return Err(Error::HostEndpointTaken { endpoint, host: host.endpoint }),
+            Err(MapError::KeyNotFound) => {}
+            Err(source) => return Err(Error::Map { map: "ENDPOINTS", endpoint: Some(endpoint), source }),
+        }
+        self.ensure_endpoint(endpoint)?;
+        let mut config = self.config(endpoint)?;
+        config.ifindex = HOST_ENDPOINT_IFINDEX;
+        self.write_config(config)?;
+        // The hook judging a connection of the host's to a Service after translation finds it here.
+        self.endpoint_ifindex
+            .set(config.index, HOST_ENDPOINT_IFINDEX, 0)
+            .map_err(map_error("ENDPOINT_IFINDEX", endpoint))?;
+        self.bump_version()
+    }
+
+    /// Detaches the endpoint (the host endpoint too) and forgets its config, counters and policy
+    /// slots.
     pub fn detach(&mut self, endpoint: EndpointId) -> Result<()> {
         let config = self.config(endpoint);
         let ifname = config.as_ref().ok().and_then(|c| interface_name(c.ifindex));
@@ -297,11 +355,15 @@ impl Datapath {
     /// Attaches `deferred_egress` to the egress of `ifname`, an interface of the node that is no
     /// endpoint's (an uplink, a tunnel): a Service connection whose backend is off the node leaves
     /// through one, and its source's egress is judged there; and `from_network` to its ingress,
-    /// where the replies to the L7 proxy's upstream connections come back. Idempotent; the links
-    /// are pinned, so they stay attached while no agent runs.
+    /// where the replies to the L7 proxy's upstream connections come back; and before them, the
+    /// host endpoint's programs (see [`Datapath::attach_host`]). Idempotent; the links are
+    /// pinned, so they stay attached while no agent runs.
     pub fn attach_network(&mut self, ifname: &str) -> Result<()> {
         self.pins.attach_network((&mut self.deferred_egress, DEFERRED_EGRESS), ifname)?;
-        self.attach_network_ingress(ifname)
+        self.attach_network_ingress(ifname)?;
+        // Last: each goes before everything on its hook.
+        self.pins.attach_network((&mut self.to_host, TO_HOST), ifname)?;
+        self.pins.attach_network((&mut self.from_host, FROM_HOST), ifname)
     }
 
     fn attach_network_ingress(&mut self, ifname: &str) -> Result<()> {
@@ -310,8 +372,10 @@ impl Datapath {
 
     /// Detaches the programs from `ifname` (gone or no longer a node interface).
     pub fn detach_network(&mut self, ifname: &str) -> Result<()> {
-        self.pins.detach_network(FROM_NETWORK, ifname)?;
-        self.pins.detach_network(DEFERRED_EGRESS, ifname)
+        for program in [FROM_NETWORK, DEFERRED_EGRESS, TO_HOST, FROM_HOST] {
+            self.pins.detach_network(program, ifname)?;
+        }
+        Ok(())
     }
 
     /// The mark a packet to a Service leaves `endpoint`'s hook with: what tells the hook after
@@ -644,6 +708,8 @@ impl Datapath {
             Hook::FromEndpoint => (&self.from_endpoint, "from_endpoint"),
             Hook::ToEndpoint => (&self.to_endpoint, "to_endpoint"),
             Hook::DeferredEgress => (&self.deferred_egress, "deferred_egress"),
+            Hook::ToHost => (&self.to_host, "to_host"),
+            Hook::FromHost => (&self.from_host, "from_host"),
         };
         // A `struct __sk_buff` prefix up to `ifindex` (offset 40), the field the kernel uses to
         // pick the device; the mark is at offset 8.
@@ -653,8 +719,10 @@ impl Datapath {
         let result = program
             .test_run(TestRunOptions { data_in: Some(frame), ctx_in: Some(&context), repeat, ..TestRunOptions::new() })
             .map_err(|source| Error::Program { program: name, endpoint: None, source })?;
-        // `deferred_egress` hands what it passes to the next program ("next", -1).
-        let passed = result.return_value == 0 || (hook == Hook::DeferredEgress && result.return_value == u32::MAX);
+        // `deferred_egress` and the host's programs hand what they pass to the next program
+        // ("next", -1).
+        let hands_on = matches!(hook, Hook::DeferredEgress | Hook::ToHost | Hook::FromHost);
+        let passed = result.return_value == 0 || (hands_on && result.return_value == u32::MAX);
         Ok(FrameRun { passed, per_run: result.duration })
     }
 

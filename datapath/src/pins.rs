@@ -1,5 +1,6 @@
 //! The bpffs layout: `<dir>/maps/<MAP>`, `<dir>/programs/<program>`,
-//! `<dir>/links/<endpoint>-<program>`, `<dir>/links/net-<interface>`, `<dir>/object/<sha256>` (the
+//! `<dir>/links/<endpoint>-<program>`, `<dir>/links/<prefix><interface>` (a node interface's, by
+//! program: see [`NETWORK_LINKS`]), `<dir>/object/<sha256>` (the
 //! digest of the eBPF object they came from) and `<dir>/attach/<mode>` (how the programs are
 //! attached, see [`crate::attach`]). The links keep the programs attached while no process runs;
 //! pinned maps keep their content.
@@ -18,7 +19,7 @@ use aya::{
 
 use crate::{
     AttachMode, EndpointId, Error, Result,
-    attach::{DEFERRED_EGRESS, FROM_ENDPOINT, FROM_NETWORK, TO_ENDPOINT},
+    attach::{DEFERRED_EGRESS, FROM_ENDPOINT, FROM_HOST, FROM_NETWORK, TO_ENDPOINT, TO_HOST},
 };
 
 const MAPS: [&str; 23] = [
@@ -46,32 +47,47 @@ const MAPS: [&str; 23] = [
     "EVENTS",
     "EVENT_TOKENS",
 ];
-/// The programs attached to every endpoint (`deferred_egress` also to node interfaces' egress).
-const ENDPOINT_PROGRAMS: [&str; 3] = [FROM_ENDPOINT, TO_ENDPOINT, DEFERRED_EGRESS];
+/// The programs attached to every endpoint (all but `from_endpoint` and `to_endpoint` also to
+/// node interfaces).
+const ENDPOINT_PROGRAMS: [&str; 5] = [FROM_ENDPOINT, TO_ENDPOINT, DEFERRED_EGRESS, TO_HOST, FROM_HOST];
+/// The links an interface keeps when it turns from a node interface into an endpoint's, and
+/// back: moved to the other's record, not replaced (tcx attaches a program once per hook, and an
+/// unpinned link detaches only later, from a kernel work queue).
+const SHARED_PROGRAMS: [&str; 3] = [TO_HOST, FROM_HOST, DEFERRED_EGRESS];
 /// The IPv6 programs, by their slot in `IPV6_PROGRAMS` (`IPV6_PROGRAM_*`): the IPv4 programs
 /// hand them IPv6 packets; they are attached nowhere.
-const IPV6_PROGRAM_SLOTS: [(&str, u32); 6] = [
+const IPV6_PROGRAM_SLOTS: [(&str, u32); 10] = [
     ("from_endpoint_v6", palisade_common::IPV6_PROGRAM_FROM_ENDPOINT),
     ("to_endpoint_v6", palisade_common::IPV6_PROGRAM_TO_ENDPOINT),
     ("deferred_egress_v6", palisade_common::IPV6_PROGRAM_DEFERRED_EGRESS),
     ("from_endpoint_v6_verdict", palisade_common::IPV6_PROGRAM_FROM_ENDPOINT_VERDICT),
     ("to_endpoint_v6_verdict", palisade_common::IPV6_PROGRAM_TO_ENDPOINT_VERDICT),
     ("deferred_egress_v6_verdict", palisade_common::IPV6_PROGRAM_DEFERRED_EGRESS_VERDICT),
+    ("to_host_v6", palisade_common::IPV6_PROGRAM_TO_HOST),
+    ("from_host_v6", palisade_common::IPV6_PROGRAM_FROM_HOST),
+    ("to_host_v6_verdict", palisade_common::IPV6_PROGRAM_TO_HOST_VERDICT),
+    ("from_host_v6_verdict", palisade_common::IPV6_PROGRAM_FROM_HOST_VERDICT),
 ];
 const IPV6_PROGRAMS: &str = "IPV6_PROGRAMS";
 /// Every program (`from_network` goes to node interfaces' ingress), pinned in this order, so
 /// the last one marks a complete pin directory: the IPv6 programs first, so no IPv4 program is
 /// pinned before they are in its table.
-const PROGRAMS: [&str; 10] = [
+const PROGRAMS: [&str; 16] = [
     IPV6_PROGRAM_SLOTS[0].0,
     IPV6_PROGRAM_SLOTS[1].0,
     IPV6_PROGRAM_SLOTS[2].0,
     IPV6_PROGRAM_SLOTS[3].0,
     IPV6_PROGRAM_SLOTS[4].0,
     IPV6_PROGRAM_SLOTS[5].0,
+    IPV6_PROGRAM_SLOTS[6].0,
+    IPV6_PROGRAM_SLOTS[7].0,
+    IPV6_PROGRAM_SLOTS[8].0,
+    IPV6_PROGRAM_SLOTS[9].0,
     FROM_NETWORK,
     FROM_ENDPOINT,
     TO_ENDPOINT,
+    TO_HOST,
+    FROM_HOST,
     DEFERRED_EGRESS,
 ];
 
@@ -249,33 +265,35 @@ impl Pins {
         })
     }
 
-    /// Makes the `deferred_egress` link of node interface `ifname`, if it has one, `endpoint`'s
-    /// own: renamed, not replaced, because tcx attaches a program once per hook and an unpinned
-    /// link detaches only later, from a kernel work queue. Its `from_network` link goes: an
-    /// endpoint's ingress is `from_endpoint`'s.
-    pub(crate) fn adopt_network_link(&self, ifname: &str, endpoint: EndpointId) -> Result<bool> {
+    /// Makes the [`SHARED_PROGRAMS`] links of node interface `ifname` that it has `endpoint`'s
+    /// own, and returns which. Its `from_network` link goes: an endpoint's ingress is
+    /// `from_endpoint`'s.
+    pub(crate) fn adopt_network_links(&self, ifname: &str, endpoint: EndpointId) -> Result<Vec<&'static str>> {
         self.detach_network(FROM_NETWORK, ifname)?;
-        let from = self.network_link_path(DEFERRED_EGRESS, ifname);
-        match fs::rename(&from, self.link_path(endpoint, DEFERRED_EGRESS)) {
-            Ok(()) => Ok(true),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
-            Err(source) => Err(Error::PinDir { path: from, source }),
+        let mut adopted = Vec::new();
+        for program in SHARED_PROGRAMS {
+            if move_link(&self.network_link_path(program, ifname), &self.link_path(endpoint, program))? {
+                adopted.push(program);
+            }
         }
+        Ok(adopted)
     }
 
-    /// The reverse of [`Pins::adopt_network_link`]: the interface of a detached endpoint that is
+    /// The reverse of [`Pins::adopt_network_links`]: the interface of a detached endpoint that is
     /// still there stays judged as a node interface, without a gap.
     pub(crate) fn release_to_network(&self, endpoint: EndpointId, ifname: &str) -> Result<()> {
-        let from = self.link_path(endpoint, DEFERRED_EGRESS);
-        match fs::rename(&from, self.network_link_path(DEFERRED_EGRESS, ifname)) {
-            Err(e) if e.kind() != io::ErrorKind::NotFound => Err(Error::PinDir { path: from, source: e }),
-            _ => Ok(()),
+        for program in SHARED_PROGRAMS {
+            move_link(&self.link_path(endpoint, program), &self.network_link_path(program, ifname))?;
         }
+        Ok(())
     }
 
-    /// Node interface `ifname`'s link of `program` (`deferred_egress` or `from_network`).
+    /// Node interface `ifname`'s link of `program`.
     fn network_link_path(&self, program: &str, ifname: &str) -> PathBuf {
-        let prefix = if program == FROM_NETWORK { NETWORK_INGRESS_LINK_PREFIX } else { NETWORK_LINK_PREFIX };
+        let (_, prefix) = NETWORK_LINKS
+            .into_iter()
+            .find(|(p, _)| *p == program)
+            .unwrap_or_else(|| unreachable!("{program} is not attached to node interfaces"));
         self.dir.join("links").join(format!("{prefix}{ifname}"))
     }
 
@@ -286,7 +304,7 @@ impl Pins {
         let mut names = Vec::new();
         for entry in entries {
             let entry = entry.map_err(|source| Error::PinDir { path: path.clone(), source })?;
-            if let Some(ifname) = entry.file_name().to_str().and_then(|n| n.strip_prefix(NETWORK_LINK_PREFIX)) {
+            if let Some(ifname) = entry.file_name().to_str().and_then(|n| n.strip_prefix(NETWORK_LINKS[0].1)) {
                 names.push(ifname.to_owned());
             }
         }
@@ -303,15 +321,11 @@ impl Pins {
         };
         for entry in entries {
             let name = entry.file_name().to_string_lossy().into_owned();
-            let program = if name.starts_with(NETWORK_INGRESS_LINK_PREFIX) {
-                FROM_NETWORK
-            } else if name.starts_with(NETWORK_LINK_PREFIX) {
-                DEFERRED_EGRESS
-            } else {
-                let Some(program) = ENDPOINT_PROGRAMS.into_iter().find(|p| name.ends_with(&format!("-{p}"))) else {
-                    continue;
-                };
-                program
+            let network = NETWORK_LINKS.into_iter().find(|(_, prefix)| name.starts_with(prefix)).map(|(p, _)| p);
+            let Some(program) =
+                network.or_else(|| ENDPOINT_PROGRAMS.into_iter().find(|p| name.ends_with(&format!("-{p}"))))
+            else {
+                continue;
             };
             self.detach(program, entry.path(), || name.clone())?;
         }
@@ -334,9 +348,19 @@ impl Pins {
     }
 }
 
-/// Names the pin of a node interface's links (endpoint links start with a number).
-const NETWORK_LINK_PREFIX: &str = "net-";
-const NETWORK_INGRESS_LINK_PREFIX: &str = "netin-";
+/// What names the pin of a node interface's link of each program (endpoint links start with a
+/// number; no prefix starts another). `deferred_egress`'s first: one per node interface.
+const NETWORK_LINKS: [(&str, &str); 4] =
+    [(DEFERRED_EGRESS, "net-"), (FROM_NETWORK, "netin-"), (TO_HOST, "hostin-"), (FROM_HOST, "hostout-")];
+
+/// Renames the link record `from` to `to`; false when there is none.
+fn move_link(from: &Path, to: &Path) -> Result<bool> {
+    match fs::rename(from, to) {
+        Ok(()) => Ok(true),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
+        Err(source) => Err(Error::PinDir { path: from.to_owned(), source }),
+    }
+}
 
 fn object_digest(object: &[u8]) -> String {
     Sha256::digest(object).iter().map(|byte| format!("{byte:02x}")).collect()

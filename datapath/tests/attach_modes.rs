@@ -46,10 +46,13 @@ fn legacy_tc_filters_enforce_outlive_their_process_and_go_with_detach() {
 
     let egress = tc_filters(&topology.node, &server.host_if, "egress");
     let ingress = tc_filters(&topology.node, &server.host_if, "ingress");
-    // deferred_egress first (priority 1), then to_endpoint; from_endpoint on ingress.
-    assert!(egress.contains("pref 1 bpf chain 0 handle 0x1 deferred_egress direct-action"), "{egress}");
-    assert!(egress.contains("pref 2 bpf chain 0 handle 0x2 to_endpoint direct-action"), "{egress}");
-    assert!(ingress.contains("pref 1 bpf chain 0 handle 0x3 from_endpoint direct-action"), "{ingress}");
+    // The host's programs first (priority 1), then deferred_egress and to_endpoint on egress,
+    // from_endpoint on ingress.
+    assert!(egress.contains("pref 1 bpf chain 0 handle 0x1 from_host direct-action"), "{egress}");
+    assert!(egress.contains("pref 2 bpf chain 0 handle 0x2 deferred_egress direct-action"), "{egress}");
+    assert!(egress.contains("pref 3 bpf chain 0 handle 0x3 to_endpoint direct-action"), "{egress}");
+    assert!(ingress.contains("pref 1 bpf chain 0 handle 0x4 to_host direct-action"), "{ingress}");
+    assert!(ingress.contains("pref 2 bpf chain 0 handle 0x5 from_endpoint direct-action"), "{ingress}");
     assert_eq!(tcx_programs(&server.host_if), 0, "nothing attached with TCX");
     assert!(!tcp_ok(&client.ns, server.addr, 80), "the server's default deny is enforced");
     tcp_echo_servers(&server.ns, &[80]);
@@ -81,7 +84,7 @@ fn legacy_tc_filters_enforce_outlive_their_process_and_go_with_detach() {
     std::fs::remove_dir_all(topology.pin_dir.join("links/1-to_endpoint")).unwrap();
     datapath.attach(1, &server.host_if, server.addrs()).expect("attach over a filter without a record");
     let egress = tc_filters(&topology.node, &server.host_if, "egress");
-    assert_eq!(egress.matches("handle 0x2 to_endpoint").count(), 1, "{egress}");
+    assert_eq!(egress.matches("handle 0x3 to_endpoint").count(), 1, "{egress}");
     assert!(!ping_ok(&client.ns, server.addr), "still enforced");
 
     // Detached, the interface stays judged as a node interface's, without a gap.

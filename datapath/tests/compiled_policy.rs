@@ -1,6 +1,6 @@
 //! The policy compiler and the eBPF program agree: every scenario in `examples/` is compiled with
 //! the `CompiledPolicy`, its entries and ipcache are loaded unchanged into a real datapath, and every
-//! pod/CIDR flow of its `flows.yaml` (without `http:`) is run as a real packet (TCP SYN, UDP
+//! pod, node and CIDR flow of its `flows.yaml` (without `http:`) is run as a real packet (TCP SYN, UDP
 //! datagram, ICMP or ICMPv6; IPv6 for a flow with `family: IPv6` or an IPv6 peer) through the source's egress hook and the destination's ingress hook with
 //! BPF_PROG_TEST_RUN. The kernel's verdicts must equal `trace`'s egress and ingress decisions,
 //! and together the verdict `flows.yaml` expects.
@@ -19,7 +19,7 @@ use std::{
 use palisade_common::{PolicyEntry, Protocol};
 use palisade_datapath::{Hook, Slot};
 use palisade_policy::{
-    Cluster, CompiledPolicy, Direction, EnforcementMode, ParseOptions, SourceFile, parse_policies,
+    Cluster, CompileOptions, CompiledPolicy, Direction, ParseOptions, SourceFile, parse_policies,
     trace::{self, Decision, FlowEnd, FlowPort, Verdict},
     yaml::{Limits, parse_documents},
 };
@@ -54,7 +54,9 @@ fn engine(dir: &Path) -> CompiledPolicy {
     let cluster_text = std::fs::read_to_string(dir.join("cluster.yaml")).unwrap();
     let cluster = Cluster::parse(&[SourceFile { name: &cluster_name, text: &cluster_text }])
         .unwrap_or_else(|e| panic!("{cluster_name}: {e:?}"));
-    CompiledPolicy::new(parsed.set, cluster, EnforcementMode::Default)
+    // `node` is the node local mode runs the pods on, as the engine and e2e levels take it.
+    let host_node = cluster.main_node().map(str::to_owned);
+    CompiledPolicy::with_options(parsed.set, cluster, CompileOptions { host_node, ..CompileOptions::default() })
 }
 
 struct Flow {
@@ -107,7 +109,11 @@ fn address(engine: &CompiledPolicy, end: &FlowEnd, ipv6: bool) -> Option<IpAddr>
             Some(addr.unwrap_or_else(|| panic!("pod {end} has no address of the flow's family in cluster.yaml")))
         }
         FlowEnd::Address(ip) => Some(*ip),
-        FlowEnd::Entity(_) | FlowEnd::Node | FlowEnd::Service { .. } => None,
+        FlowEnd::Node => {
+            let node = engine.cluster.node(engine.host_node()?)?;
+            node.addresses.iter().copied().find(|a| a.is_ipv6() == ipv6)
+        }
+        FlowEnd::Entity(_) | FlowEnd::Service { .. } => None,
     }
 }
 
@@ -239,6 +245,14 @@ struct Outcome {
 
 /// One connection of a flow as the kernel sees it: to the destination, or to one backend of a
 /// Service after translation.
+/// An endpoint as the test runs it: id, ifindex, both directions' entries (ingress, egress),
+/// and the hooks that judge its egress and ingress.
+type TestEndpoint = (u32, u32, [Vec<PolicyEntry>; 2], [Hook; 2]);
+
+/// The hooks that judge a pod's egress and ingress, and the node's.
+const POD_HOOKS: [Hook; 2] = [Hook::FromEndpoint, Hook::ToEndpoint];
+const HOST_HOOKS: [Hook; 2] = [Hook::FromHost, Hook::ToHost];
+
 struct Leg {
     to: String,
     daddr: IpAddr,
@@ -261,8 +275,8 @@ fn check_scenario(index: usize, name: &str) -> Outcome {
     for (prefix, identity) in engine.ipcache() {
         datapath.set_ipcache(prefix.addr, prefix.len, identity).unwrap();
     }
-    // Endpoint id, ifindex and both directions' entries of every Palisade endpoint, by pod.
-    let mut endpoints: BTreeMap<String, (u32, u32, [Vec<PolicyEntry>; 2])> = BTreeMap::new();
+    // Every Palisade endpoint: by pod, and the node itself as `node`.
+    let mut endpoints: BTreeMap<String, TestEndpoint> = BTreeMap::new();
     for (id, endpoint) in engine.endpoints().enumerate() {
         let id = id as u32 + 1;
         let ingress = endpoint.group.direction(Direction::Ingress).entries();
@@ -275,7 +289,20 @@ fn check_scenario(index: usize, name: &str) -> Outcome {
         run(&["ip", "-n", &sandbox.netns, "link", "set", &ifname, "up"]);
         let addrs: palisade_datapath::EndpointAddrs = endpoint.pod.ips.iter().copied().collect();
         datapath.attach(id, &ifname, addrs).unwrap();
-        endpoints.insert(endpoint.pod.key(), (id, if_index(&ifname), [ingress, egress]));
+        endpoints.insert(endpoint.pod.key(), (id, if_index(&ifname), [ingress, egress], POD_HOOKS));
+    }
+    // The node: its programs run first on every interface; the test runs them on one of its own.
+    if let Some(host) = engine.host_endpoint() {
+        let id = endpoints.len() as u32 + 1;
+        let (ingress, egress) = (host.group.ingress.entries(), host.group.egress.entries());
+        let entries: Vec<PolicyEntry> = ingress.iter().chain(&egress).copied().collect();
+        datapath.load_slot(id, Slot::A, &entries).unwrap();
+        datapath.attach_host(id).unwrap();
+        let (ifname, peer) = (format!("pcp{index}n"), format!("pcp{index}m"));
+        run(&["ip", "-n", &sandbox.netns, "link", "add", &ifname, "type", "veth", "peer", "name", &peer]);
+        run(&["ip", "-n", &sandbox.netns, "link", "set", &ifname, "up"]);
+        datapath.attach_network(&ifname).unwrap();
+        endpoints.insert(FlowEnd::Node.to_string(), (id, if_index(&ifname), [ingress, egress], HOST_HOOKS));
     }
 
     // Source ports never equal to a flow's destination port, so no packet can look like the reply
@@ -343,15 +370,14 @@ fn check_scenario(index: usize, name: &str) -> Outcome {
             let target = endpoints.get(&leg.to);
             let (egress, mark) = match (source, leg.cluster_ip) {
                 (None, _) => (None, 0),
-                (Some((_, ifindex, entries)), None) => (
-                    Some((passed(datapath.run_frame(Hook::FromEndpoint, *ifindex, &packet, 1).unwrap()), &entries[1])),
-                    0,
-                ),
+                (Some((_, ifindex, entries, [hook, _])), None) => {
+                    (Some((passed(datapath.run_frame(*hook, *ifindex, &packet, 1).unwrap()), &entries[1])), 0)
+                }
                 // To a ClusterIP: the source's hook defers; its egress is judged after
                 // translation, on the backend's interface (any interface for one off the node).
-                (Some((id, ifindex, entries)), Some(cluster_ip)) => {
+                (Some((id, ifindex, entries, [hook, _])), Some(cluster_ip)) => {
                     let opening = frame(port.protocol, saddr, cluster_ip, sport, port.port);
-                    let deferred = datapath.run_frame(Hook::FromEndpoint, *ifindex, &opening, 1).unwrap();
+                    let deferred = datapath.run_frame(*hook, *ifindex, &opening, 1).unwrap();
                     if !deferred.passed {
                         problems.push(format!("  the source's hook dropped the packet to ClusterIP {cluster_ip}"));
                     }
@@ -361,8 +387,8 @@ fn check_scenario(index: usize, name: &str) -> Outcome {
                     (Some((passed(run), &entries[1])), mark)
                 }
             };
-            let ingress = target.map(|(_, ifindex, entries)| {
-                (passed(datapath.run_marked_frame(Hook::ToEndpoint, *ifindex, mark, &packet, 1).unwrap()), &entries[0])
+            let ingress = target.map(|(_, ifindex, entries, [_, hook])| {
+                (passed(datapath.run_marked_frame(*hook, *ifindex, mark, &packet, 1).unwrap()), &entries[0])
             });
             for (side, kernel, traced) in
                 [("egress", &egress, &leg.trace.egress), ("ingress", &ingress, &leg.trace.ingress)]

@@ -73,20 +73,15 @@ pub struct LocalNode {
     /// Whether the cluster file has that Node. When it does not, [`LocalNode::add_to`] puts it in
     /// the cluster model the agent compiles, so that its address is `host` all the same.
     pub declared: bool,
+    /// The container ports of the host-network pods on this node (or on no node): the node's
+    /// own daemons, which the node namespace answers on, as a host's would.
+    pub ports: Vec<ContainerPort>,
 }
 
 impl LocalNode {
     /// The local node of `cluster`'s pods, with the address the node namespace gets.
     pub fn choose(cluster: &Cluster) -> Result<LocalNode, NodeAddressError> {
-        let mut pods_on: BTreeMap<&str, usize> = BTreeMap::new();
-        for pod in cluster.endpoints().filter(|p| p.ipv4().is_some()) {
-            if let Some(node) = &pod.node_name {
-                *pods_on.entry(node).or_default() += 1;
-            }
-        }
-        // The most pods; on a tie the first name (BTreeMap order, and max_by_key keeps the last
-        // maximum, hence the reversed iteration).
-        let name = pods_on.iter().rev().max_by_key(|(_, n)| **n).map_or(DEFAULT_NODE_NAME, |(name, _)| name);
+        let name = cluster.main_node().unwrap_or(DEFAULT_NODE_NAME);
         let node = cluster.node(name);
         let address = match node.and_then(|n| n.internal_ip) {
             Some(address) if !in_range(address) => {
@@ -105,7 +100,15 @@ impl LocalNode {
             Some(_) => Some(DEFAULT_NODE_ADDRESS_V6),
             None => dual_stack.then_some(DEFAULT_NODE_ADDRESS_V6),
         };
-        Ok(LocalNode { name: name.to_owned(), address, ipv6, ipv6_outside_range, declared: node.is_some() })
+        let mut ports: Vec<ContainerPort> = cluster
+            .pods
+            .iter()
+            .filter(|p| p.host_network && p.node_name.as_deref().is_none_or(|n| n == name))
+            .flat_map(|p| p.ports.iter().cloned())
+            .collect();
+        ports.sort();
+        ports.dedup_by_key(|p| (p.port, p.protocol));
+        Ok(LocalNode { name: name.to_owned(), address, ipv6, ipv6_outside_range, declared: node.is_some(), ports })
     }
 
     /// Adds the node to `cluster` when the file has none of that name; a declared Node without

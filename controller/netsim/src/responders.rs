@@ -1,4 +1,5 @@
-//! Echo servers on every declared container port of every pod, bound inside the pod's namespace:
+//! Echo servers on every declared container port of every pod, bound inside the pod's namespace
+//! (and on the host-network pods' ports in the node namespace: the node's daemons):
 //! TCP connections and UDP datagrams are echoed, except [`WHO`], which is answered with
 //! `palisade-who NAMESPACE/POD\n` so that a client of a Service learns which backend it reached;
 //! ICMP echo is answered by the kernel. SCTP ports are not served. A pod's HTTP ports
@@ -13,6 +14,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::{self, JoinHandle};
 use std::time::Duration;
 
+use palisade_policy::cluster::ContainerPort;
 use palisade_policy::model::Protocol;
 use socket2::{Domain, Socket, Type};
 
@@ -59,27 +61,32 @@ impl Responders {
             served: Vec::new(),
         };
         for pod in network.pods() {
-            let ports = ports_of(pod);
-            let dual_stack = pod.ipv6.is_some();
-            let bind_all = move || {
-                ports
-                    .into_iter()
-                    .map(|(port, serve)| Ok((port, bind(port, dual_stack)?, serve)))
-                    .collect::<io::Result<_>>()
-            };
-            let bound: Vec<(Port, Socket, Serve)> = in_netns(&pod.netns, bind_all)
-                .map_err(|e| Error::io(format!("pod {}: enter its network namespace", pod.key), e))?
-                .map_err(|e| Error::io(format!("pod {}", pod.key), e))?;
-            for (port, socket, serve) in bound {
-                let name = format!("{} {port}", pod.key);
-                match serve {
-                    Serve::Echo => responders.echo(port, socket, name, pod.key.clone())?,
-                    serve => responders.spawn(port, socket, serve, name, &pod.key)?,
-                }
-                responders.served.push((pod.key.clone(), port));
-            }
+            responders.serve_in(&pod.netns, &pod.key, ports_of(pod), pod.ipv6.is_some())?;
         }
+        let node = network.node();
+        let node_ports = echoed(&node.ports, Vec::new());
+        responders.serve_in(network.node_netns(), &format!("node {}", node.name), node_ports, node.ipv6.is_some())?;
         Ok(responders)
+    }
+
+    /// Binds `ports` in namespace `netns` (on both families with `dual_stack`) and serves them
+    /// as `key`, a pod's or the node's.
+    fn serve_in(&mut self, netns: &str, key: &str, ports: Vec<(Port, Serve)>, dual_stack: bool) -> Result<()> {
+        let bind_all = move || {
+            ports.into_iter().map(|(port, serve)| Ok((port, bind(port, dual_stack)?, serve))).collect::<io::Result<_>>()
+        };
+        let bound: Vec<(Port, Socket, Serve)> = in_netns(netns, bind_all)
+            .map_err(|e| Error::io(format!("{key}: enter its network namespace"), e))?
+            .map_err(|e| Error::io(key.to_owned(), e))?;
+        for (port, socket, serve) in bound {
+            let name = format!("{key} {port}");
+            match serve {
+                Serve::Echo => self.echo(port, socket, name, key.to_owned())?,
+                serve => self.spawn(port, socket, serve, name, key)?,
+            }
+            self.served.push((key.to_owned(), port));
+        }
+        Ok(())
     }
 
     /// Serves an echo port on its own thread.
@@ -156,7 +163,12 @@ fn ports_of(pod: &PodNet) -> Vec<(Port, Serve)> {
         let zone = Arc::new(zone.clone());
         ports.extend([Port::Udp(DNS_PORT), Port::Tcp(DNS_PORT)].map(|p| (p, Serve::Dns(zone.clone()))));
     }
-    for declared in &pod.ports {
+    echoed(&pod.ports, ports)
+}
+
+/// `ports`, and an echo on every declared TCP and UDP port they do not serve yet.
+fn echoed(declared: &[ContainerPort], mut ports: Vec<(Port, Serve)>) -> Vec<(Port, Serve)> {
+    for declared in declared {
         let port = match declared.protocol {
             Protocol::TCP => Port::Tcp(declared.port),
             Protocol::UDP => Port::Udp(declared.port),

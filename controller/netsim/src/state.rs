@@ -320,6 +320,8 @@ pub(crate) fn wait_for(limit: Duration, mut done: impl FnMut() -> bool) -> bool 
 mod tests {
     use std::net::{Ipv4Addr, Ipv6Addr};
 
+    use palisade_policy::model::Protocol;
+
     use super::*;
     use crate::IpFamily;
     use crate::net::{DEFAULT_NODE_ADDRESS, DEFAULT_NODE_ADDRESS_V6, LocalNode};
@@ -361,6 +363,7 @@ items:
             ipv6: None,
             ipv6_outside_range: None,
             declared: false,
+            ports: vec![],
         };
         assert_eq!(*l.network.node(), expected);
         let cluster = l.cluster_with_node();
@@ -379,6 +382,7 @@ items:
             ipv6: None,
             ipv6_outside_range: None,
             declared: true,
+            ports: vec![],
         };
         assert_eq!(*l.network.node(), expected);
         assert_eq!(l.cluster_with_node().nodes, l.cluster.nodes, "nothing to add");
@@ -391,6 +395,15 @@ items:
             "nodeName: node-a}\n  status: {podIP: 10.200.1.3}",
         );
         assert_eq!(local(&tie).unwrap().network.node().name, "node-a");
+    }
+
+    #[test]
+    fn the_node_answers_on_the_ports_of_its_host_network_pods() {
+        let daemons = "- kind: Pod\n  metadata: {name: exporter, namespace: monitoring}\n  spec:\n    nodeName: node-b\n    hostNetwork: true\n    containers:\n    - name: exporter\n      ports: [{containerPort: 9100}, {containerPort: 8125, protocol: UDP}]\n  status: {podIP: 10.200.0.12}\n- kind: Pod\n  metadata: {name: elsewhere, namespace: monitoring}\n  spec:\n    nodeName: node-a\n    hostNetwork: true\n    containers:\n    - name: exporter\n      ports: [{containerPort: 22}]\n  status: {podIP: 10.200.0.11}\n";
+        let l = local(&format!("{PODS}{daemons}")).unwrap();
+        let ports: Vec<(u16, Protocol)> = l.network.node().ports.iter().map(|p| (p.port, p.protocol)).collect();
+        assert_eq!(ports, [(8125, Protocol::UDP), (9100, Protocol::TCP)], "node-b's daemon, not node-a's");
+        assert!(l.network.pod("monitoring/exporter").is_none(), "a host-network pod has no namespace of its own");
     }
 
     #[test]

@@ -128,8 +128,8 @@ pub struct IngressRule {
     pub from_entities: Option<Vec<String>>,
     pub to_ports: Option<Vec<PortRule>>,
     pub icmps: Option<Vec<IcmpRule>>,
+    pub from_nodes: Option<Vec<LabelSelector>>,
     // Recognised, not implemented.
-    pub from_nodes: Option<Value>,
     pub from_groups: Option<Value>,
     pub authentication: Option<Value>,
 }
@@ -149,8 +149,8 @@ pub struct EgressRule {
     pub to_fqdns: Option<Vec<FqdnSelector>>,
     pub to_ports: Option<Vec<PortRule>>,
     pub icmps: Option<Vec<IcmpRule>>,
+    pub to_nodes: Option<Vec<LabelSelector>>,
     // Recognised, not implemented.
-    pub to_nodes: Option<Value>,
     pub to_groups: Option<Value>,
     pub authentication: Option<Value>,
 }

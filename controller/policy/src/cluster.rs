@@ -704,6 +704,17 @@ impl Cluster {
         self.nodes.iter().find(|n| n.name == name)
     }
 
+    /// The node most endpoints with an IPv4 address run on (on a tie the first name): the node a
+    /// cluster file is about when nothing names one (local mode runs every pod there).
+    pub fn main_node(&self) -> Option<&str> {
+        let mut pods_on: BTreeMap<&str, usize> = BTreeMap::new();
+        for node in self.endpoints().filter(|p| p.ipv4().is_some()).filter_map(|p| p.node_name.as_deref()) {
+            *pods_on.entry(node).or_default() += 1;
+        }
+        // max_by_key keeps the last maximum, hence the reversed iteration.
+        pods_on.into_iter().rev().max_by_key(|(_, n)| *n).map(|(name, _)| name)
+    }
+
     /// Pods that are Palisade endpoints (not host-network).
     pub fn endpoints(&self) -> impl Iterator<Item = &Pod> {
         self.pods.iter().filter(|p| !p.host_network)

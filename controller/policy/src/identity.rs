@@ -6,7 +6,7 @@ use std::net::IpAddr;
 
 use palisade_common as dp;
 
-use crate::cluster::{Namespace, Pod};
+use crate::cluster::{Namespace, Node, Pod};
 use crate::labels::{self, LabelSet, Source};
 use crate::model::Prefix;
 
@@ -67,6 +67,31 @@ pub fn pod_labels(pod: &Pod, namespace: Option<&Namespace>) -> LabelSet {
     }
     set.insert(Source::K8s, labels::SERVICE_ACCOUNT_KEY, pod.service_account.clone());
     set.insert(Source::K8s, labels::CLUSTER_KEY, labels::CLUSTER_NAME);
+    set
+}
+
+/// The labels of the host identity on `node`: `reserved:host` and the Node's labels (source
+/// `node`), which `nodeSelector` matches; `reserved:host` alone without a Node.
+pub fn host_labels(node: Option<&Node>) -> LabelSet {
+    node_identity_labels("host", node.into_iter().flat_map(|n| &n.labels))
+}
+
+/// The labels of a remote node's identity: `reserved:remote-node` and the Node's labels whose
+/// keys are in `keys` (those `fromNodes`/`toNodes` select by); `None` when it has none of them,
+/// and so is the reserved remote-node identity.
+pub fn remote_node_labels(node: &Node, keys: &BTreeSet<String>) -> Option<LabelSet> {
+    let mut relevant = node.labels.iter().filter(|(k, _)| keys.contains(*k)).peekable();
+    relevant.peek()?;
+    Some(node_identity_labels("remote-node", relevant))
+}
+
+fn node_identity_labels<'a>(reserved: &str, labels: impl Iterator<Item = (&'a String, &'a String)>) -> LabelSet {
+    let mut set = LabelSet::default();
+    for (k, v) in labels {
+        set.insert(Source::Node, k.clone(), v.clone());
+    }
+    // Last: a Node label of the same key does not displace it.
+    set.insert(Source::Reserved, reserved, "");
     set
 }
 
@@ -163,6 +188,18 @@ impl Identities {
                 set.remove(&id);
             }
         }
+        true
+    }
+
+    /// Gives the host identity `labels` ([`host_labels`]); returns whether they changed.
+    pub fn set_host_labels(&mut self, labels: LabelSet) -> bool {
+        let host = self.by_id.get_mut(&dp::IDENTITY_HOST).expect("the host identity is reserved");
+        if host.labels == labels {
+            return false;
+        }
+        self.by_labels.remove(&host.labels);
+        self.by_labels.insert(labels.clone(), dp::IDENTITY_HOST);
+        host.labels = labels;
         true
     }
 

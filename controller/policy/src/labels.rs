@@ -11,6 +11,8 @@ pub enum Source {
     Cidr,
     Container,
     Unspec,
+    /// A Node's labels, on the host identity and on remote-node identities (Cilium's `node:`).
+    Node,
 }
 
 impl Source {
@@ -22,6 +24,7 @@ impl Source {
             "cidr" => Source::Cidr,
             "container" => Source::Container,
             "unspec" => Source::Unspec,
+            "node" => Source::Node,
             _ => return None,
         })
     }
@@ -34,6 +37,7 @@ impl Source {
             Source::Cidr => "cidr",
             Source::Container => "container",
             Source::Unspec => "unspec",
+            Source::Node => "node",
         }
     }
 }

@@ -1,6 +1,9 @@
 //! Warnings about valid policies that probably do not do what their author meant.
+use palisade_common::IDENTITY_HOST;
+
 use crate::compile::{CompiledPolicy, Enforcement};
 use crate::diag::{Diagnostic, Severity};
+use crate::identity::{self, Identity};
 use crate::model::{Peer, Peers, Policy, PolicyKind, PortSpec, Rule, ServiceRef};
 
 fn warning(policy: &Policy, line: u32, path: &str, message: String) -> Diagnostic {
@@ -12,17 +15,23 @@ fn warning(policy: &Policy, line: u32, path: &str, message: String) -> Diagnosti
 pub fn lint_with_cluster(compiled: &CompiledPolicy) -> Vec<Diagnostic> {
     let mut out = Vec::new();
     let identities: Vec<_> = compiled.endpoints().map(|e| e.identity.clone()).collect();
+    // Every node's host identity, as a compilation on that node labels it.
+    let host =
+        |node| Identity { id: IDENTITY_HOST, labels: identity::host_labels(Some(node)), prefix: None, namespace: None };
+    let hosts: Vec<_> = compiled.cluster.nodes.iter().map(host).collect();
     for policy in &compiled.policies().policies {
         for rule in &policy.rules {
-            let selected: Vec<_> = identities.iter().filter(|i| rule.subject.matches(&i.labels)).collect();
-            if selected.is_empty() {
-                let field =
-                    if policy.id.kind == PolicyKind::NetworkPolicy { "podSelector" } else { "endpointSelector" };
+            let (field, what, subjects) = match (rule.is_host_rule(), policy.id.kind) {
+                (true, _) => ("nodeSelector", "node", &hosts),
+                (false, PolicyKind::NetworkPolicy) => ("podSelector", "pod", &identities),
+                (false, _) => ("endpointSelector", "pod", &identities),
+            };
+            if !subjects.iter().any(|i| rule.selects(i)) {
                 out.push(warning(
                     policy,
                     rule.line,
                     &format!("{}.{field}", rule.path),
-                    format!("selects no pod in the cluster ({})", rule.subject),
+                    format!("selects no {what} in the cluster ({})", rule.subject),
                 ));
                 continue;
             }
@@ -32,14 +41,19 @@ pub fn lint_with_cluster(compiled: &CompiledPolicy) -> Vec<Diagnostic> {
             for peer_rule in rule.ingress.rules.iter().chain(&rule.egress.rules) {
                 let Peers::Some(peers) = &peer_rule.peers else { continue };
                 for peer in peers {
-                    if let Peer::Labels(selector) = peer
+                    let selector = match peer {
+                        Peer::Labels(selector) => Some((selector, "peer selector", "pod or entity")),
+                        Peer::Nodes(selector) => Some((selector, "node selector", "other node")),
+                        _ => None,
+                    };
+                    if let Some((selector, what, among)) = selector
                         && !compiled.identities().all().any(|i| selector.matches(&i.labels))
                     {
                         out.push(warning(
                             policy,
                             peer_rule.line,
                             &peer_rule.path,
-                            format!("peer selector {selector} matches no pod or entity in the cluster"),
+                            format!("{what} {selector} matches no {among} in the cluster"),
                         ));
                     }
                     if let Peer::Service(service) = peer
@@ -107,7 +121,7 @@ fn denies_dns_by_accident(compiled: &CompiledPolicy, rule: &Rule) -> Option<Stri
         .unwrap_or(palisade_common::IDENTITY_WORLD);
     let broken: Vec<String> = compiled
         .endpoints()
-        .filter(|e| rule.subject.matches(&e.identity.labels) && e.group.egress.enforcement == Enforcement::DefaultDeny)
+        .filter(|e| rule.selects(e.identity) && e.group.egress.enforcement == Enforcement::DefaultDeny)
         .filter(|e| {
             e.group
                 .egress

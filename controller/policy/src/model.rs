@@ -9,6 +9,8 @@ use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 pub use palisade_common::{Direction, Protocol};
 use regex::Regex;
 
+use crate::identity::Identity;
+use crate::labels::Source;
 use crate::selector::Selector;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize)]
@@ -66,6 +68,22 @@ impl Policy {
         })
     }
 
+    /// Whether a rule of it selects nodes (`nodeSelector`): a host policy.
+    pub fn is_host_policy(&self) -> bool {
+        self.rules.iter().any(Rule::is_host_rule)
+    }
+
+    /// The node label keys its `fromNodes`/`toNodes` selectors constrain: remote nodes get
+    /// identities of these labels (Cilium's `--node-labels`, derived from the policies).
+    pub fn node_label_keys(&self) -> BTreeSet<String> {
+        let selectors = self.peers().filter_map(|peer| match peer {
+            Peer::Nodes(selector) => Some(selector),
+            _ => None,
+        });
+        let requirements = selectors.flat_map(Selector::requirements).filter(|r| r.source != Source::Reserved);
+        requirements.map(|r| r.key.clone()).collect()
+    }
+
     /// The prefixes its CIDR rules and ipBlocks name, excepts included: they get CIDR identities.
     pub fn cidr_prefixes(&self) -> BTreeSet<Prefix> {
         let mut prefixes = BTreeSet::new();
@@ -85,16 +103,38 @@ pub struct Rule {
     pub path: String,
     /// Line of the selector that picks the rule's endpoints.
     pub line: u32,
-    /// Endpoints the rule applies to, namespace already injected for namespaced kinds.
+    pub subject_kind: SubjectKind,
+    /// Endpoints the rule applies to, namespace already injected for namespaced kinds; for a
+    /// host rule the node labels plus `reserved:host`, so it matches host identities only.
     pub subject: Selector,
     pub description: Option<String>,
     pub ingress: Section,
     pub egress: Section,
 }
 
+/// What a rule's subject selects (Cilium's `matchesSubject`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SubjectKind {
+    /// Pods and other endpoints (`endpointSelector`, `podSelector`), never the host.
+    Endpoints,
+    /// The host endpoint of the nodes whose labels match (`nodeSelector`), never a pod.
+    Nodes,
+}
+
 impl Rule {
     pub fn section(&self, direction: Direction) -> &Section {
         direction.pick(&self.ingress, &self.egress)
+    }
+
+    /// A host rule: it selects nodes (`nodeSelector`).
+    pub fn is_host_rule(&self) -> bool {
+        self.subject_kind == SubjectKind::Nodes
+    }
+
+    /// Whether the rule applies to the endpoint of `identity`: a host rule to the host
+    /// identity only, any other rule never to it.
+    pub fn selects(&self, identity: &Identity) -> bool {
+        (identity.id == palisade_common::IDENTITY_HOST) == self.is_host_rule() && self.subject.matches(&identity.labels)
     }
 }
 
@@ -132,6 +172,9 @@ pub enum Peers {
 pub enum Peer {
     /// Identities whose labels match (pods, reserved identities, CIDR identities via `reserved:world`).
     Labels(Selector),
+    /// `fromNodes`/`toNodes`: remote-node identities whose node labels match (the selector
+    /// requires `reserved:remote-node`, so never the local host).
+    Nodes(Selector),
     /// CIDR identities inside the block; never pods (Cilium semantics).
     Cidr(CidrBlock),
     /// A NetworkPolicy ipBlock: like `Cidr`, and also the pods whose IPs are inside (Kubernetes semantics).
@@ -381,6 +424,11 @@ pub fn policy_index(cookie: u32) -> Option<usize> {
 }
 
 impl PolicySet {
+    /// The node label keys of every policy ([`Policy::node_label_keys`]).
+    pub fn node_label_keys(&self) -> BTreeSet<String> {
+        self.policies.iter().flat_map(Policy::node_label_keys).collect()
+    }
+
     /// The NetworkPolicy ipBlocks of every policy.
     pub fn ip_blocks(&self) -> BTreeSet<CidrBlock> {
         let blocks = self.policies.iter().flat_map(Policy::peers).filter_map(|peer| match peer {

@@ -1,6 +1,7 @@
 //! Explains the verdict for one flow: the source's egress decision and the destination's
-//! ingress decision, each from the entry the datapath would pick, and the L7 proxy's decision
-//! when the entry redirects and a request is given.
+//! ingress decision (a pod's, or the host endpoint's for `node`), each from the entry the
+//! datapath would pick, and the L7 proxy's decision when the entry redirects and a request is
+//! given.
 //!
 //! Two verdicts come out: what the datapath does, and what the policy means (its intent). They
 //! differ only at an L7 redirect no proxy judges (HTTP, TLS or Kafka rules on UDP, anything on
@@ -32,7 +33,9 @@ pub enum FlowEnd {
     /// An address of either family (`cidr:10.0.0.1`, `cidr:2001:db8::1`).
     Address(IpAddr),
     Entity(String),
-    /// The local host: the node the pod at the other end runs on (identity `host`).
+    /// The local host (identity `host`): the compilation's host node, whose host endpoint
+    /// policy (host rules, `nodeSelector`) judges this side; without one, the node the pod at
+    /// the other end runs on, unpoliced.
     Node,
     /// A Service, as a destination only: traffic to it is judged at each backend it reaches.
     Service {
@@ -285,7 +288,8 @@ pub fn trace_in(
 }
 
 /// The address of one end: a pod's IP, a `cidr:` address, or for `node` the first address of
-/// the local host (the node the pod at the other end runs on, else the compilation's host node).
+/// the local host (the compilation's host node, whose host endpoint judges `node`'s side; without
+/// one, the node the pod at the other end runs on).
 /// A pod or node address is of the family of the other end when that is an address (a
 /// dual-stack pod answers an IPv6 peer from its IPv6 address), else its primary one.
 fn address_of(compiled: &CompiledPolicy, end: &FlowEnd, other: &FlowEnd, family: Option<IpFamily>) -> Option<IpAddr> {
@@ -305,11 +309,11 @@ fn address_of(compiled: &CompiledPolicy, end: &FlowEnd, other: &FlowEnd, family:
         FlowEnd::Address(ip) => Some(*ip),
         FlowEnd::Entity(_) | FlowEnd::Service { .. } => None,
         FlowEnd::Node => {
-            let pod_node = match other {
+            let pod_node = || match other {
                 FlowEnd::Pod { namespace, name } => compiled.cluster.pod(namespace, name)?.node_name.as_deref(),
                 _ => None,
             };
-            let addresses = &compiled.cluster.node(pod_node.or(compiled.host_node())?)?.addresses;
+            let addresses = &compiled.cluster.node(compiled.host_node().or_else(pod_node)?)?.addresses;
             match like {
                 Some(like) => addresses.iter().copied().find(|a| a.is_ipv4() == like.is_ipv4()),
                 None => addresses.iter().copied().find(IpAddr::is_ipv4).or(addresses.first().copied()),
@@ -393,20 +397,32 @@ fn decide(
         rule,
         proxy: None,
     };
-    let FlowEnd::Pod { namespace, name } = local else {
-        let what = if *local == FlowEnd::Node { "node (the local host)".to_string() } else { local.to_string() };
-        return unpoliced(format!("{what} is not a Palisade endpoint: no {} policy applies", direction.as_str()));
-    };
-    let Some(endpoint) = compiled.endpoint(namespace, name) else {
-        let why = match compiled.cluster.pod(namespace, name) {
-            Some(pod) if !pod.host_network => {
-                format!("{local} runs on another node: this node's datapath does not enforce its policy")
+    // The policy of this side: a local pod's, or for `node` the host endpoint's (host rules).
+    let (endpoint, group, own_ports) = match local {
+        FlowEnd::Pod { namespace, name } => {
+            let Some(endpoint) = compiled.endpoint(namespace, name) else {
+                let why = match compiled.cluster.pod(namespace, name) {
+                    Some(pod) if !pod.host_network => {
+                        format!("{local} runs on another node: this node's datapath does not enforce its policy")
+                    }
+                    _ => format!("{local} uses the host network: it is not a Palisade endpoint"),
+                };
+                return unpoliced(why);
+            };
+            (local.to_string(), endpoint.group, endpoint.pod.ports.as_slice())
+        }
+        FlowEnd::Node => match compiled.host_endpoint() {
+            Some(host) => (format!("node {}", host.node), host.group, &[][..]),
+            None => {
+                return unpoliced(format!(
+                    "node (the local host): no node to compile host policies for, so no {} policy applies",
+                    direction.as_str()
+                ));
             }
-            _ => format!("{local} uses the host network: it is not a Palisade endpoint"),
-        };
-        return unpoliced(why);
+        },
+        _ => return unpoliced(format!("{local} is not a Palisade endpoint: no {} policy applies", direction.as_str())),
     };
-    let policy = endpoint.group.direction(direction);
+    let policy = group.direction(direction);
     let entry = policy.lookup(remote, port.protocol, port.port);
     let (mut verdict, rule) = match entry {
         None => (Verdict::Denied, compiled.policies().describe_cookie(dp::COOKIE_NONE)),
@@ -417,7 +433,7 @@ fn decide(
     };
     let (mut intent, mut proxy, mut drop_reason, mut drop_detail) = (verdict, None, None, None);
     if entry.is_some_and(|e| e.value.verdict() == dp::Verdict::Redirect) {
-        let selected = l7::select(compiled, policy, &endpoint.pod.ports, remote, direction, port);
+        let selected = l7::select(compiled, policy, own_ports, remote, direction, port);
         let kinds = selected.kinds();
         let judged = l7.map(|request| l7::judge(compiled, &selected, request));
         if judged.as_ref().is_some_and(|j| !j.allowed) {
@@ -439,7 +455,7 @@ fn decide(
         intent,
         drop_reason,
         drop_detail,
-        endpoint: Some(format!("{namespace}/{name}")),
+        endpoint: Some(endpoint),
         enforcement: Some(policy.enforcement),
         remote_identity: remote,
         remote_labels,

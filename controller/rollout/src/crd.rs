@@ -55,6 +55,9 @@ const POLICIES_MAX: u32 = 4096;
 const ENDPOINTS_MAX: u32 = 4096;
 /// The agent lists at most this many flows (AUDIT_FLOW_CAP in datapath/agent).
 const FLOWS_MAX: u32 = 100;
+/// Control-plane flows an agent checks: the API server's addresses and ports, and the agent's
+/// health port.
+const CONTROL_PLANE_FLOWS_MAX: u32 = 32;
 /// Revisions loaded into one node's policy slots for a rollout.
 const LOADED_REVISIONS_MAX: u32 = 16;
 /// `Kind namespace/name ingress[N]`.
@@ -510,7 +513,16 @@ pub const RECONCILE_REQUEST_MAX: u32 = TIME_MAX;
 pub struct AuditTerms {
     pub audit: AuditGates,
     pub promotion: Promotion,
+    /// The candidate carries a host policy (a `nodeSelector` rule): it is audited for at least
+    /// [`HOST_POLICY_MIN_AUDIT`] whatever `spec.audit.minDuration` says, and never fast-tracked.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub host_policy: bool,
 }
+
+/// The shortest audit of a candidate with a host policy: a wrong one can cut nodes off their
+/// control plane, so every node runs it in the shadow of live traffic, and its agent checks it,
+/// for three report intervals before it may enforce.
+pub const HOST_POLICY_MIN_AUDIT: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// Why a candidate is Blocked, fixed when its evidence blocked it.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
@@ -738,6 +750,13 @@ pub struct PolicyAuditReportSpec {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = FLOWS_MAX))]
     pub flows: Vec<AuditFlow>,
+    /// The node's own control-plane traffic the candidate's host policy would deny and the
+    /// enforced revision allows: the node's connections to the API server, and the health
+    /// checks of its agent. Checked against the policy, not waited for in traffic: any one of
+    /// them blocks the candidate, whatever the gates say.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = CONTROL_PLANE_FLOWS_MAX))]
+    pub control_plane_denies: Vec<AuditFlow>,
     /// PolicyRevisions loaded into a policy slot on this node: the promotion barrier.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = LOADED_REVISIONS_MAX), inner(length(max = NAME_MAX)))]

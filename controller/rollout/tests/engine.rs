@@ -2,10 +2,14 @@
 
 mod common;
 
+use std::collections::BTreeMap;
+
 use common::*;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use palisade_rollout::crd::*;
-use palisade_rollout::engine::{Action, Claim, HISTORY_LIMIT, NotReadyNode, PolicyRef, SourceObservation};
+use palisade_rollout::engine::{
+    Action, Claim, HISTORY_LIMIT, NotReadyNode, ObservedRevision, PolicyRef, SourceObservation,
+};
 
 fn loaded_audit(n: &str, flows: u64, denies: Vec<AuditFlow>) -> Vec<PolicyAuditReportSpec> {
     vec![node("a").loaded(&[n]).audit(n, flows, denies.clone()), node("b").loaded(&[n]).audit(n, flows, vec![])]
@@ -845,4 +849,77 @@ fn silence_counts_only_while_the_rollout_is_in_flight_and_from_when_it_went() {
     r.assert_condition("Reconciling", "WaitingForNodes", "b");
     r.step(&rev("2"), &[a(309), settled("b")], 310);
     r.assert_condition("NodesLeftOut", "NodesUnavailable", "b (no report for two heartbeats for 8m0s)");
+}
+
+/// Revision `n` with a host policy (a `nodeSelector` rule).
+fn host_rev(n: &str) -> SourceObservation {
+    SourceObservation::Revision(ObservedRevision { host_policy: true, ..rev_at(n, n) })
+}
+
+/// The node's connections to the API server, which the candidate's host policy would deny.
+fn apiserver_denied() -> AuditFlow {
+    let host = FlowEndpoint { labels: BTreeMap::from([("reserved:host".into(), String::new())]), ..Default::default() };
+    let apiserver = FlowEndpoint {
+        labels: BTreeMap::from([("reserved:kube-apiserver".into(), String::new())]),
+        cidr: Some("10.200.0.1/32".into()),
+        ..Default::default()
+    };
+    AuditFlow {
+        direction: Direction::Egress,
+        subject: host,
+        peer: apiserver,
+        port: 6443,
+        count: 0,
+        rule: None,
+        ..denied("any", 6443)
+    }
+}
+
+#[test]
+fn a_host_policy_is_audited_for_a_while_even_when_the_gates_ask_for_no_time() {
+    let mut r = Rollout::new();
+    r.spec.audit.min_duration = std::time::Duration::ZERO.into();
+    r.step(&host_rev("1"), &[], 0);
+    let actions = r.step(&host_rev("1"), &loaded_audit("1", 5, vec![]), 0);
+    assert_eq!(r.phase(), Phase::Auditing);
+    assert!(!has_flip(&actions));
+    r.assert_condition("Auditing", "AuditInProgress", "30s left of the 30s every host policy is audited for");
+    assert!(has_flip(&r.step(&host_rev("1"), &loaded_audit("1", 5, vec![]), 1)));
+
+    // Without a host policy, the same gates promote at once.
+    let mut r = Rollout::new();
+    r.spec.audit.min_duration = std::time::Duration::ZERO.into();
+    r.step(&rev("1"), &[], 0);
+    assert!(has_flip(&r.step(&rev("1"), &loaded_audit("1", 5, vec![]), 0)));
+}
+
+#[test]
+fn a_revert_to_a_host_policy_is_audited_not_fast_tracked() {
+    let mut r = Rollout::new();
+    r.promote("1", 0);
+    r.promote("2", 20);
+    r.step(&host_rev("1"), &[], 40);
+    assert_eq!(r.phase(), Phase::Auditing, "{:?}", r.st());
+    assert_eq!(r.candidate(), Some("web-1"));
+}
+
+#[test]
+fn a_candidate_that_denies_the_control_plane_is_blocked_whatever_the_gates_allow() {
+    let mut r = Rollout::new();
+    r.spec.audit.max_new_denies = 100;
+    r.step(&host_rev("1"), &[], 0);
+    let mut reports = loaded_audit("1", 5, vec![]);
+    reports[1].control_plane_denies = vec![apiserver_denied()];
+    let actions = r.step(&host_rev("1"), &reports, 1);
+    assert_eq!(r.phase(), Phase::Blocked);
+    assert!(!has_flip(&actions));
+    assert_eq!(events(&actions), ["ControlPlaneDenied"]);
+    r.assert_condition("PromotionBlocked", "ControlPlaneDenied", "reserved:host -> 10.200.0.1/32 TCP/6443 egress");
+    assert_eq!(r.st().blocked.as_ref().map(|b| b.reason.as_str()), Some("ControlPlaneDenied"));
+
+    // Sticky: reports that no longer list it, and the audit's end, change nothing.
+    let actions = r.step(&host_rev("1"), &loaded_audit("1", 5, vec![]), 30);
+    assert_eq!(r.phase(), Phase::Blocked);
+    assert!(!has_flip(&actions));
+    r.assert_condition("PromotionBlocked", "ControlPlaneDenied", "allow it in the host policy");
 }

@@ -62,6 +62,7 @@ impl Fetched {
                             namespace: p.namespace.clone(),
                         })
                         .collect(),
+                    host_policy: revision.policies.policies.iter().any(|p| p.is_host_policy()),
                 };
                 let spec = PolicyRevisionSpec {
                     rollout: rollout.into(),

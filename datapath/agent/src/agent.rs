@@ -12,7 +12,7 @@ use std::sync::Arc;
 
 use k8s_openapi::jiff::Timestamp;
 use palisade_common::{EndpointCounters, FlowEvent, PolicyEntry};
-use palisade_datapath::{EndpointAddrs, EndpointId, Slot};
+use palisade_datapath::{EndpointAddrs, EndpointId, HOST_ENDPOINT_IFINDEX, Slot};
 use palisade_policy::cluster::{Cluster, Pod};
 use palisade_policy::model::{PolicySet, Prefix};
 use palisade_policy::{
@@ -24,7 +24,9 @@ use tracing::{debug, error, info, warn};
 
 use crate::dataplane::{Dataplane, Interface, InterfaceResolver};
 use crate::input::Change;
-use crate::node_state::{CANDIDATE_SET, Compiled, ENFORCED_SET, NodeView, ObjectKey, Revision, Targets, merge};
+use crate::node_state::{
+    CANDIDATE_SET, Compiled, ENFORCED_SET, NodeView, ObjectKey, Revision, Targets, group_of, host_key, is_host, merge,
+};
 use crate::observe::{self, ObservedFlow};
 use crate::proxy::{L7Diffs, ProxyPolicy};
 use crate::report::{LoadedSets, Reporter};
@@ -54,6 +56,9 @@ pub struct AgentConfig {
     pub mode: EnforcementMode,
     /// Whether the local host reaches local pods whatever their policy (Cilium's default).
     pub allow_localhost: AllowLocalhost,
+    /// The port the agent's health checks reach it on (`/healthz`, `/readyz`): a candidate host
+    /// policy that would deny it to the other nodes is blocked.
+    pub health_port: Option<u16>,
 }
 
 /// What a slot holds and what it was computed from.
@@ -79,6 +84,19 @@ struct Endpoint {
 }
 
 impl Endpoint {
+    /// A new endpoint, not attached yet, enforcing slot A (empty until written).
+    fn new(id: EndpointId, addrs: EndpointAddrs, interface: Option<Interface>) -> Endpoint {
+        Endpoint {
+            id,
+            addrs,
+            interface,
+            attached: false,
+            enforced: Slot::A,
+            candidate: None,
+            slots: Default::default(),
+        }
+    }
+
     fn slot(&self, slot: Slot) -> &SlotContent {
         &self.slots[slot_index(slot)]
     }
@@ -498,12 +516,16 @@ impl<D: Dataplane, R: InterfaceResolver> Agent<D, R> {
             .filter(|p| self.is_local(p))
             .filter_map(|p| Some(((p.namespace.clone(), p.name.clone()), (p.ips.iter().copied().collect(), p.ip()?))))
             .collect();
-        let gone: Vec<ObjectKey> = self
-            .endpoints
-            .iter()
-            .filter(|(k, e)| local.get(*k).map(|l| l.0) != Some(e.addrs))
-            .map(|(k, _)| k.clone())
-            .collect();
+        // The node itself is an endpoint while a host policy selects it in either set.
+        let host = self.wants_host().then(|| host_key(&node_name(&self.config)));
+        let gone: Vec<ObjectKey> =
+            self.endpoints
+                .iter()
+                .filter(|(k, e)| {
+                    if is_host(k) { host.as_ref() != Some(*k) } else { local.get(*k).map(|l| l.0) != Some(e.addrs) }
+                })
+                .map(|(k, _)| k.clone())
+                .collect();
         for key in gone {
             let endpoint = self.endpoints.remove(&key).expect("listed");
             info!(pod = %format!("{}/{}", key.0, key.1), endpoint = endpoint.id, "endpoint gone; detaching");
@@ -523,15 +545,19 @@ impl<D: Dataplane, R: InterfaceResolver> Agent<D, R> {
                 None => {
                     let id = self.free_id()?;
                     debug!(pod = %format!("{}/{}", key.0, key.1), endpoint = id, "new endpoint");
-                    Endpoint {
-                        id,
-                        addrs,
-                        interface,
-                        attached: false,
-                        enforced: Slot::A,
-                        candidate: None,
-                        slots: Default::default(),
-                    }
+                    Endpoint::new(id, addrs, interface)
+                }
+            };
+            self.endpoints.insert(key, endpoint);
+        }
+        if let Some(key) = host.filter(|key| !self.endpoints.contains_key(key)) {
+            let adopted = self.adoptable.as_mut().and_then(|a| a.remove(&HOST_ENDPOINT_IFINDEX));
+            let endpoint = match adopted {
+                Some(id) => self.adopt(&key, id, EndpointAddrs::default(), None)?,
+                None => {
+                    let id = self.free_id()?;
+                    info!(endpoint = id, "a host policy selects this node: the node becomes an endpoint");
+                    Endpoint::new(id, EndpointAddrs::default(), None)
                 }
             };
             self.endpoints.insert(key, endpoint);
@@ -544,6 +570,13 @@ impl<D: Dataplane, R: InterfaceResolver> Agent<D, R> {
             self.dataplane.detach(id)?;
         }
         Ok(())
+    }
+
+    /// Whether a host policy selects this node in the enforced or the candidate set.
+    fn wants_host(&self) -> bool {
+        let Some(compiled) = &self.compiled else { return false };
+        let engines = [Some(&compiled.enforced), compiled.candidate.as_ref()];
+        engines.into_iter().flatten().any(|engine| engine.host_endpoint().is_some_and(|host| host.selected))
     }
 
     /// Takes over an endpoint pinned by an earlier run as it is: its slots, as the kernel holds
@@ -598,7 +631,7 @@ impl<D: Dataplane, R: InterfaceResolver> Agent<D, R> {
                 ENFORCED_SET => (&compiled.enforced, &compiled.enforced_revisions),
                 _ => (compiled.candidate.as_ref()?, &compiled.candidate_revisions),
             };
-            let (_, group) = engine.group_of(&key.0, &key.1)?;
+            let group = group_of(engine, key)?;
             let source = (compiled.generation, set, group.revision);
             if let Some(same) = held.iter().find(|slot| slot.source == Some(source)) {
                 return Some(same.clone());
@@ -665,6 +698,15 @@ impl<D: Dataplane, R: InterfaceResolver> Agent<D, R> {
             info!(pod = %format!("{}/{}", key.0, key.1), endpoint = id, interface = %ifname, "attaching");
             self.dataplane.attach(id, &ifname, addrs).map_err(|source| endpoint_error(&key, source))?;
             self.endpoints.get_mut(&key).expect("listed").attached = true;
+        }
+        let host = self
+            .endpoints
+            .iter_mut()
+            .find(|(k, e)| is_host(k) && !e.attached && !e.slot(e.enforced).entries.is_empty());
+        if let Some((key, host)) = host {
+            info!(endpoint = host.id, "attaching the host endpoint: the node's own traffic is judged");
+            self.dataplane.attach_host(host.id).map_err(|source| endpoint_error(key, source))?;
+            host.attached = true;
         }
         Ok(())
     }
@@ -792,6 +834,7 @@ fn node_view<'a>(
         rollouts,
         revisions,
         endpoints: endpoints.iter().map(|(pod, e)| (pod, e.id)).collect(),
+        health_port: config.health_port,
     }
 }
 

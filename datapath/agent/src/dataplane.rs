@@ -22,6 +22,8 @@ pub trait Dataplane {
     fn slot_entries(&self, endpoint: EndpointId, slot: Slot) -> Result<Vec<PolicyEntry>>;
     /// `addrs`: the endpoint's addresses, the only sources its packets may carry.
     fn attach(&mut self, endpoint: EndpointId, ifname: &str, addrs: EndpointAddrs) -> Result<()>;
+    /// Makes `endpoint` the host endpoint: its slots judge the node's own traffic.
+    fn attach_host(&mut self, endpoint: EndpointId) -> Result<()>;
     fn detach(&mut self, endpoint: EndpointId) -> Result<()>;
     /// Node interfaces (no endpoint's): where a Service connection's source is judged after
     /// translation when its backend is not a local endpoint (see `Datapath::attach_network`).
@@ -96,6 +98,9 @@ impl Dataplane for Datapath {
     fn attach(&mut self, endpoint: EndpointId, ifname: &str, addrs: EndpointAddrs) -> Result<()> {
         Datapath::attach(self, endpoint, ifname, addrs)
     }
+    fn attach_host(&mut self, endpoint: EndpointId) -> Result<()> {
+        Datapath::attach_host(self, endpoint)
+    }
     fn detach(&mut self, endpoint: EndpointId) -> Result<()> {
         Datapath::detach(self, endpoint)
     }
@@ -150,6 +155,7 @@ impl Dataplane for Datapath {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum SlotOp {
     Attach(EndpointId, String),
+    AttachHost(EndpointId),
     Detach(EndpointId),
     Update { endpoint: EndpointId, slot: Slot, upserts: usize, removals: usize },
     SetCandidate(EndpointId, Option<Slot>),
@@ -249,6 +255,11 @@ impl Dataplane for RecordingDataplane {
         e.ifname = Some(ifname.to_owned());
         e.ifindex = RecordingDataplane::ifindex(ifname);
         self.log.push(SlotOp::Attach(endpoint, ifname.to_owned()));
+        Ok(())
+    }
+    fn attach_host(&mut self, endpoint: EndpointId) -> Result<()> {
+        self.endpoint(endpoint).ifindex = palisade_datapath::HOST_ENDPOINT_IFINDEX;
+        self.log.push(SlotOp::AttachHost(endpoint));
         Ok(())
     }
     fn detach(&mut self, endpoint: EndpointId) -> Result<()> {

@@ -6,7 +6,7 @@ use k8s_openapi::jiff::{SignedDuration, Timestamp};
 use palisade_common::{self as dp, Direction, DropReason, FlowKey, Mode};
 use palisade_datapath::{EndpointId, Flow};
 
-use crate::node_state::{Compiled, ENFORCED_SET, NodeView, ObjectKey};
+use crate::node_state::{Compiled, ENFORCED_SET, NodeView, ObjectKey, identity_of};
 
 const DROP_WINDOW: SignedDuration = SignedDuration::from_secs(60);
 
@@ -102,9 +102,8 @@ fn default_deny_by<'a>(
     endpoint: EndpointId,
     direction: Direction,
 ) -> Vec<&'a ObjectKey> {
-    let Some(pod) = view.pod(endpoint) else { return Vec::new() };
-    let Some(policy) = compiled.enforced.endpoint(&pod.0, &pod.1) else { return Vec::new() };
-    let labels = &policy.identity.labels;
+    let Some(key) = view.pod(endpoint) else { return Vec::new() };
+    let Some(identity) = identity_of(&compiled.enforced, key) else { return Vec::new() };
     let mut rollouts: Vec<&ObjectKey> = compiled
         .enforced
         .policies()
@@ -114,7 +113,7 @@ fn default_deny_by<'a>(
         .filter_map(|(index, p)| {
             let denies = p.rules.iter().any(|rule| {
                 let section = rule.section(direction);
-                section.enables_policy && section.default_deny && rule.subject.matches(labels)
+                section.enables_policy && section.default_deny && rule.selects(identity)
             });
             denies.then(|| compiled.origins[ENFORCED_SET].get(index)).flatten()
         })

@@ -7,6 +7,7 @@
 //! ([`Agent::reports`]).
 mod agent;
 pub mod cluster_watch;
+mod control_plane;
 mod dataplane;
 mod drops;
 pub mod flow_access;

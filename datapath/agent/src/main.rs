@@ -174,8 +174,12 @@ async fn run(args: Args) -> anyhow::Result<()> {
 
     let datapath = Datapath::open_with(&args.pin_dir, args.attach_mode.mode())
         .with_context(|| format!("{}: cannot open or load the datapath", args.pin_dir.display()))?;
-    let config =
-        AgentConfig { node: Some(node_name.clone()), allow_localhost: args.allow_localhost, ..AgentConfig::default() };
+    let config = AgentConfig {
+        node: Some(node_name.clone()),
+        allow_localhost: args.allow_localhost,
+        health_port: Some(args.metrics_addr.port()),
+        ..AgentConfig::default()
+    };
     let attach_mode = datapath.attach_mode();
     let agent = Agent::new(config, datapath, RouteResolver);
     let hook = {

@@ -6,11 +6,42 @@ use std::sync::Arc;
 
 use palisade_datapath::EndpointId;
 use palisade_policy::CompiledPolicy;
+use palisade_policy::compile::Group;
+use palisade_policy::identity::Identity;
 use palisade_policy::model::PolicySet;
 use tracing::warn;
 
 /// Namespace and name.
 pub(crate) type ObjectKey = (String, String);
+
+/// The host endpoint (the node itself, under a host policy) among the endpoints, keyed like a
+/// pod by an empty namespace, which no pod has, and the node's name.
+pub(crate) fn host_key(node: &str) -> ObjectKey {
+    (String::new(), node.to_owned())
+}
+
+/// Whether an endpoint's key is the host endpoint's ([`host_key`]).
+pub(crate) fn is_host(key: &ObjectKey) -> bool {
+    key.0.is_empty()
+}
+
+/// The compiled group of the endpoint `key`: a pod's, or the host endpoint's.
+pub(crate) fn group_of<'e>(engine: &'e CompiledPolicy, key: &ObjectKey) -> Option<&'e Group> {
+    if is_host(key) {
+        engine.host_endpoint().map(|host| host.group)
+    } else {
+        engine.group_of(&key.0, &key.1).map(|(_, g)| g)
+    }
+}
+
+/// The identity of the endpoint `key` in `engine`.
+pub(crate) fn identity_of<'e>(engine: &'e CompiledPolicy, key: &ObjectKey) -> Option<&'e Identity> {
+    if is_host(key) {
+        engine.host_endpoint().map(|host| host.identity)
+    } else {
+        engine.endpoint(&key.0, &key.1).map(|e| e.identity)
+    }
+}
 
 pub(crate) struct Revision {
     pub(crate) policies: Result<PolicySet, String>,
@@ -89,8 +120,10 @@ pub(crate) struct NodeView<'a> {
     pub(crate) compiled: Option<&'a Compiled>,
     pub(crate) rollouts: &'a BTreeMap<ObjectKey, Targets>,
     pub(crate) revisions: &'a BTreeMap<ObjectKey, Revision>,
-    /// The local endpoints, by pod.
+    /// The local endpoints, by pod (the node itself by [`host_key`]).
     pub(crate) endpoints: Vec<(&'a ObjectKey, EndpointId)>,
+    /// The agent's health port, which a host policy must keep open to the other nodes.
+    pub(crate) health_port: Option<u16>,
 }
 
 impl NodeView<'_> {

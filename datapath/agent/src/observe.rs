@@ -22,7 +22,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::broadcast::{self, error::RecvError};
 
 use crate::flow_access::FlowAccess;
-use crate::node_state::{CANDIDATE_SET, Compiled, ENFORCED_SET, NodeView, ObjectKey};
+use crate::node_state::{CANDIDATE_SET, Compiled, ENFORCED_SET, NodeView, ObjectKey, is_host};
 use crate::report::{boot_time_to_wall, workload_of};
 
 /// What happened to a flow under the enforced policy.
@@ -499,17 +499,10 @@ pub(crate) fn describe(view: &NodeView, event: &FlowEvent, now: Timestamp) -> Ob
     let (local_ip, peer_ip) = if ingress { (daddr, saddr) } else { (saddr, daddr) };
     let pod = view.pod(key.endpoint).cloned();
     let compiled = view.compiled;
-    let local = FlowPeer {
-        ip: local_ip,
-        namespace: pod.as_ref().map(|p| p.0.clone()),
-        workload: pod.as_ref().map(|p| workload_of(&p.1)),
-        pod: pod.as_ref().map(|p| p.1.clone()),
-        labels: pod
-            .as_ref()
-            .and_then(|p| compiled?.enforced.cluster.pod(&p.0, &p.1))
-            .map(|p| p.labels.clone())
-            .unwrap_or_default(),
-        ..FlowPeer::default()
+    let local = match (&pod, compiled) {
+        // The node itself: the host identity, by its labels.
+        (Some(host), Some(compiled)) if is_host(host) => peer(&compiled.enforced, local_ip, dp::IDENTITY_HOST),
+        _ => pod_peer(local_ip, pod.as_ref(), compiled),
     };
     let peer = match compiled {
         Some(compiled) => peer(&compiled.enforced, peer_ip, key.identity),
@@ -571,6 +564,21 @@ pub(crate) fn describe(view: &NodeView, event: &FlowEvent, now: Timestamp) -> Ob
         rollout: rollout.map(|(namespace, name)| RolloutRef { namespace, name }),
         endpoint: key.endpoint,
         l7: None,
+    }
+}
+
+/// A local pod's side of a flow, by its key (none when the endpoint is not known).
+fn pod_peer(ip: IpAddr, pod: Option<&ObjectKey>, compiled: Option<&Compiled>) -> FlowPeer {
+    FlowPeer {
+        ip,
+        namespace: pod.map(|p| p.0.clone()),
+        workload: pod.map(|p| workload_of(&p.1)),
+        pod: pod.map(|p| p.1.clone()),
+        labels: pod
+            .and_then(|p| compiled?.enforced.cluster.pod(&p.0, &p.1))
+            .map(|p| p.labels.clone())
+            .unwrap_or_default(),
+        ..FlowPeer::default()
     }
 }
 

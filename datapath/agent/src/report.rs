@@ -17,8 +17,11 @@ use palisade_rollout::crd::{
     PolicyAuditReport, PolicyAuditReportSpec, Protocol, TlsServerKind, Verdict,
 };
 
+use crate::control_plane;
 use crate::drops::RolloutDrops;
-use crate::node_state::{CANDIDATE_SET, Compiled, ENFORCED_SET, NodeView, ObjectKey};
+use crate::node_state::{
+    CANDIDATE_SET, Compiled, ENFORCED_SET, NodeView, ObjectKey, Targets, group_of, identity_of, is_host,
+};
 use crate::proxy::{L7Diff, L7Seen, RequestKind};
 
 /// Flows listed per report, most frequent first; the totals count them all.
@@ -192,6 +195,7 @@ impl Reporter {
         let auditing: Vec<ObjectKey> =
             view.rollouts.iter().filter(|(_, t)| t.candidate.is_some()).map(|(k, _)| k.clone()).collect();
         let concerned = concerned(view, compiled);
+        let control_plane = control_plane::denies(compiled, view.health_port, now);
         // Evidence starts again should the rollout concern the node again.
         self.audits.retain(|key, _| concerned.contains(key));
         let mut reports = Vec::new();
@@ -283,6 +287,9 @@ impl Reporter {
                 spec.totals.truncated_flows = listed.len().saturating_sub(AUDIT_FLOW_CAP) as u64;
                 listed.truncate(AUDIT_FLOW_CAP);
                 spec.flows = listed;
+                if carries_host_policy(view, key, targets) {
+                    spec.control_plane_denies = control_plane.clone();
+                }
                 for &(pod, endpoint) in &view.endpoints {
                     if !audited_here(compiled, pod) {
                         continue;
@@ -290,6 +297,10 @@ impl Reporter {
                     let count = |judged: &HashMap<EndpointId, u64>| judged.get(&endpoint).copied().unwrap_or(0);
                     let seen = count(&judged).saturating_sub(count(&audit.baseline));
                     spec.totals.observed_flows += seen;
+                    // The node is no workload: its traffic counts, but no minimum is asked of it.
+                    if is_host(pod) {
+                        continue;
+                    }
                     spec.endpoints.push(EndpointTraffic {
                         namespace: pod.0.clone(),
                         pod: pod.1.clone(),
@@ -315,6 +326,13 @@ impl Reporter {
     }
 }
 
+/// Whether the candidate `rollout` audits has a host policy: the node's control-plane checks
+/// are its to pass.
+fn carries_host_policy(view: &NodeView, rollout: &ObjectKey, targets: &Targets) -> bool {
+    let revision = targets.candidate.as_ref().and_then(|id| view.revisions.get(&(rollout.0.clone(), id.clone())));
+    revision.is_some_and(|r| r.policies.as_ref().is_ok_and(|set| set.policies.iter().any(|p| p.is_host_policy())))
+}
+
 /// The rollouts that concern this node: those whose enforced or candidate revision selects one
 /// of its endpoints, and those it cannot judge yet because a revision they name is not compiled
 /// here (the node must then hold their barrier). Without a node name (local mode) the node is the
@@ -327,10 +345,10 @@ fn concerned<'v>(view: &NodeView<'v>, compiled: &Compiled) -> BTreeSet<&'v Objec
     let mut selecting: BTreeSet<&ObjectKey> = BTreeSet::new();
     for (engine, set) in sets.into_iter().filter_map(|(engine, set)| Some((engine?, set))) {
         let policies = &engine.policies().policies;
-        for (pod, _) in &view.endpoints {
-            let Some(endpoint) = engine.endpoint(&pod.0, &pod.1) else { continue };
+        for (key, _) in &view.endpoints {
+            let Some(identity) = identity_of(engine, key) else { continue };
             for (index, policy) in policies.iter().enumerate() {
-                if policy.rules.iter().any(|rule| rule.subject.matches(&endpoint.identity.labels))
+                if policy.rules.iter().any(|rule| rule.selects(identity))
                     && let Some(rollout) = compiled.origins[set].get(index)
                 {
                     selecting.insert(rollout);
@@ -350,7 +368,12 @@ fn concerned<'v>(view: &NodeView<'v>, compiled: &Compiled) -> BTreeSet<&'v Objec
         .collect()
 }
 
+/// The endpoint a flow was seen at: a pod by its labels and workload, or the node itself as
+/// `reserved:host` (the same subject on every node: a flow many nodes see is one flow).
 fn subject(compiled: &Compiled, pod: &ObjectKey) -> FlowEndpoint {
+    if is_host(pod) {
+        return control_plane::reserved("host", None);
+    }
     let labels = compiled.enforced.cluster.pod(&pod.0, &pod.1).map(|p| p.labels.clone()).unwrap_or_default();
     FlowEndpoint { labels, namespace: Some(pod.0.clone()), workload: Some(workload_of(&pod.1)), cidr: None }
 }
@@ -437,14 +460,13 @@ fn attributed(
 
 /// Endpoints the candidate set applies policy to, or whose policy it changes.
 fn audited_here(compiled: &Compiled, pod: &ObjectKey) -> bool {
-    let Some(candidate) = compiled.candidate.as_ref().and_then(|c| c.group_of(&pod.0, &pod.1)) else { return false };
-    let selected =
-        [&candidate.1.ingress, &candidate.1.egress].iter().any(|d| d.enforcement != Enforcement::NotEnforced);
+    let Some(candidate) = compiled.candidate.as_ref().and_then(|c| group_of(c, pod)) else { return false };
+    let selected = [&candidate.ingress, &candidate.egress].iter().any(|d| d.enforcement != Enforcement::NotEnforced);
     // Entries are compared last, and only then between two unselected sides (a handful of
     // entries): comparing a selected endpoint's entries costs up to a millisecond per report.
     selected
-        || compiled.enforced.group_of(&pod.0, &pod.1).is_none_or(|enforced| {
-            [(&enforced.1.ingress, &candidate.1.ingress), (&enforced.1.egress, &candidate.1.egress)].iter().any(
+        || group_of(&compiled.enforced, pod).is_none_or(|enforced| {
+            [(&enforced.ingress, &candidate.ingress), (&enforced.egress, &candidate.egress)].iter().any(
                 |(enforced, candidate)| {
                     enforced.enforcement != candidate.enforcement || enforced.entries() != candidate.entries()
                 },

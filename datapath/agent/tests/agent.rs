@@ -740,3 +740,79 @@ fn agent_digest_of_r1() -> String {
     let Change::Revision(r1) = revision("db-r1", &db_policy(5432)) else { unreachable!() };
     r1.spec.digest
 }
+
+/// Worker nodes take ssh from the cluster, nothing else (a host policy).
+const WORKERS: &str = "apiVersion: cilium.io/v2
+kind: CiliumClusterwideNetworkPolicy
+metadata: {name: workers}
+spec:
+  nodeSelector: {matchLabels: {role: worker}}
+  ingress:
+  - fromEntities: [cluster]
+    toPorts: [{ports: [{port: '22', protocol: TCP}]}]
+";
+
+/// Revision `name` of rollout `shop/db`: the db policy on 5433 and the workers' host policy.
+fn with_host_policy(name: &str) -> Change {
+    let document = |kind: &str, name: &str, namespace: Option<&str>, content: &str| PolicyDocument {
+        kind: kind.into(),
+        name: name.into(),
+        namespace: namespace.map(Into::into),
+        content: content.into(),
+    };
+    let documents = vec![
+        document("CiliumNetworkPolicy", "db", Some("shop"), &db_policy(5433)),
+        document("CiliumClusterwideNetworkPolicy", "workers", None, WORKERS),
+    ];
+    Change::Revision(Box::new(common::revision_of("shop", "db", name, documents)))
+}
+
+/// Node n1 (this node) with the label `role`.
+fn node_n1(role: &str) -> Change {
+    let node = palisade_policy::cluster::Node {
+        name: "n1".into(),
+        labels: [("role".to_string(), role.to_string())].into(),
+        addresses: vec!["10.200.0.1".parse().unwrap()],
+        internal_ip: Some("10.200.0.1".parse().unwrap()),
+        internal_ipv6: None,
+    };
+    Change::Nodes(vec![node])
+}
+
+fn host_endpoint(agent: &TestAgent) -> Option<palisade_agent::EndpointInfo> {
+    agent.endpoints().into_iter().find(|e| e.namespace.is_empty())
+}
+
+#[test]
+fn a_host_policy_makes_the_node_an_endpoint_audited_then_flipped_with_the_pods() {
+    let mut agent =
+        synced(agent(), vec![node_n1("worker"), with_host_policy("h1"), rollout(Some("db-r1"), Some("h1"))]);
+    let host = host_endpoint(&agent).expect("the node is an endpoint while a host policy selects it");
+    assert_eq!(host.name, "n1");
+    assert!(host.attached && agent.dataplane().log.contains(&SlotOp::AttachHost(host.id)));
+    let recorded = &agent.dataplane().endpoints[&host.id];
+    assert_eq!(recorded.ifindex, palisade_datapath::HOST_ENDPOINT_IFINDEX);
+    let engine = agent.enforced_engine().unwrap();
+    let enforced = described(engine, &recorded.enforced_entries());
+    assert!(enforced.iter().all(|e| e.starts_with("any ")), "not in policy yet: the node allows all: {enforced:?}");
+    let candidate = described(engine, &recorded.entries(host.candidate.expect("auditing")));
+    assert!(candidate.iter().any(|e| e.contains("proto=TCP port=22/16")), "the host policy audited: {candidate:?}");
+    assert!(!candidate.iter().any(|e| e.starts_with("any dir=ingress")), "ingress default deny: {candidate:?}");
+
+    // Promoted: the node flips with the pods, in one step.
+    agent.apply(rollout(Some("h1"), None));
+    agent.converge().unwrap();
+    let db = agent.endpoints().into_iter().find(|e| e.name == "db-0").unwrap();
+    let flip = agent.dataplane().log.iter().rev().find_map(|op| match op {
+        SlotOp::FlipAll(ids) => Some(ids.clone()),
+        _ => None,
+    });
+    assert!(flip.as_ref().is_some_and(|ids| ids.contains(&host.id) && ids.contains(&db.id)), "{flip:?}");
+    assert_eq!(programmed(&agent, "n1", None), candidate, "the audited entries now enforce");
+
+    // Relabelled out of the selector: the node is no endpoint any more.
+    agent.apply(node_n1("infra"));
+    agent.converge().unwrap();
+    assert!(host_endpoint(&agent).is_none());
+    assert!(agent.dataplane().log.contains(&SlotOp::Detach(host.id)));
+}

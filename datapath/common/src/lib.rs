@@ -457,7 +457,8 @@ pub struct EndpointConfig {
     pub endpoint: u32,
     /// Dense index of the endpoint's counters (`COUNTERS` is an array).
     pub index: u32,
-    /// Host-side interface the endpoint is attached to, 0 when not attached.
+    /// Host-side interface the endpoint is attached to, 0 when not attached,
+    /// [`HOST_ENDPOINT_IFINDEX`] for the host endpoint.
     pub ifindex: u32,
     /// The endpoint's IPv4 address (big-endian; 0: none). Every IPv4 packet leaving the
     /// endpoint must carry it as its source.
@@ -475,6 +476,13 @@ pub struct EndpointConfig {
 
 /// Capacity of the endpoint maps and of the counters array.
 pub const MAX_ENDPOINTS: u32 = 4096;
+
+/// The key of the host endpoint (the node itself, Cilium's host firewall) in `ENDPOINTS`, and
+/// its config's `ifindex`: no interface has it (the kernel's ifindexes are positive `int`s). The
+/// programs `to_host` and `from_host`, first on every hook Palisade attaches to, judge the packets
+/// the ipcache says are addressed to or sent by the node (`IDENTITY_HOST`) by its ingress and
+/// egress policy; its connections are tracked under this key, whichever interface they cross.
+pub const HOST_ENDPOINT_IFINDEX: u32 = u32::MAX;
 
 /// Indexes of the node state array: the epoch selecting each config's half, the last slot
 /// generation handed out, and the node's state version. Userspace bumps the version after every
@@ -496,7 +504,11 @@ pub const IPV6_PROGRAM_DEFERRED_EGRESS: u32 = 2;
 pub const IPV6_PROGRAM_FROM_ENDPOINT_VERDICT: u32 = 3;
 pub const IPV6_PROGRAM_TO_ENDPOINT_VERDICT: u32 = 4;
 pub const IPV6_PROGRAM_DEFERRED_EGRESS_VERDICT: u32 = 5;
-pub const IPV6_PROGRAM_COUNT: u32 = 6;
+pub const IPV6_PROGRAM_TO_HOST: u32 = 6;
+pub const IPV6_PROGRAM_FROM_HOST: u32 = 7;
+pub const IPV6_PROGRAM_TO_HOST_VERDICT: u32 = 8;
+pub const IPV6_PROGRAM_FROM_HOST_VERDICT: u32 = 9;
+pub const IPV6_PROGRAM_COUNT: u32 = 10;
 
 /// Capacity of the slot write sequences (`SLOT_WRITES`): two per counter index.
 pub const SLOT_WRITES_ENTRIES: u32 = MAX_ENDPOINTS * 2;

@@ -1,5 +1,11 @@
 //! Palisade's tc program, attached to both hooks of every endpoint's host-side interface.
 //!
+//! The node itself is an endpoint too when userspace configures one (the host endpoint, under
+//! `HOST_ENDPOINT_IFINDEX` in `ENDPOINTS`): `to_host` and `from_host` run first on every hook
+//! Palisade attaches to, endpoints' and node interfaces' alike, and judge the packets addressed
+//! to or sent by the node with the same slots, conntrack, shadow verdicts and records as a pod's;
+//! what they allow still goes on to the pod's own programs.
+//!
 //! Safety invariants (each has a real-packet test in datapath/tests):
 //! - Fail closed: what cannot be judged (an L7 redirect without a proxy, an unknown ethertype,
 //!   a malformed header, a later fragment without its first, an ICMP error about no tracked
@@ -7,6 +13,7 @@
 //!   enforcing endpoint with a drop reason (`DROP_*`), and recorded.
 //! - Identity is earned: a packet leaving an endpoint must carry the endpoint's address of its
 //!   family, in every mode; the fast path serves only packets from the side its entry validated.
+//!   The host has many addresses: its packets are the ones the ipcache says are `host`'s.
 //! - Both families are judged alike: IPv4 here, IPv6 by the same code instantiated for it in
 //!   programs of its own (`*_v6`), which these hand IPv6 packets to by a tail call (so each
 //!   family's program has the whole 512-byte stack); neighbor discovery and MLD always pass.
@@ -74,7 +81,7 @@ use palisade_common::*;
 use crate::{
     conntrack::*,
     family::{Family, V4, V6},
-    maps::{IPV6_PROGRAMS, PACKET6},
+    maps::{ENDPOINTS, IPV6_PROGRAMS, PACKET6},
     packet::*,
     policy::{endpoint, judge, node_state_version},
     proxy::{Steer, assign_to_proxy, from_proxy, steer_upstream_reply, track_upstream},
@@ -156,6 +163,128 @@ fn to_ipv6_program(ctx: &TcContext, slot: u32) {
 pub fn from_network(ctx: TcContext) -> i32 {
     steer_upstream_reply(&ctx);
     TC_ACT_UNSPEC
+}
+
+/// Ingress of every endpoint's host side and every node interface, first: a packet addressed to
+/// the node (the ipcache says its destination is `host`) is judged by the host endpoint's
+/// ingress policy. What it allows, and every other packet, goes on to the next program ("next",
+/// `TC_ACT_UNSPEC`), which still judges it: a pod's packet to the node needs the pod's egress
+/// policy to allow it too.
+#[classifier]
+pub fn to_host(ctx: TcContext) -> i32 {
+    host(&ctx, DIRECTION_INGRESS, IPV6_PROGRAM_TO_HOST)
+}
+
+/// Egress of every endpoint's host side and every node interface, first: a packet the node
+/// sends (the ipcache says its source is `host`) is judged by the host endpoint's egress
+/// policy, then goes on as in `to_host`.
+#[classifier]
+pub fn from_host(ctx: TcContext) -> i32 {
+    host(&ctx, DIRECTION_EGRESS, IPV6_PROGRAM_FROM_HOST)
+}
+
+/// `to_host` for IPv6: the link's own signalling goes on; the rest is read here and judged by
+/// `to_host_v6_verdict`.
+#[classifier]
+pub fn to_host_v6(ctx: TcContext) -> i32 {
+    read_host_ipv6(&ctx, DIRECTION_INGRESS, IPV6_PROGRAM_TO_HOST_VERDICT)
+}
+
+#[classifier]
+pub fn to_host_v6_verdict(ctx: TcContext) -> i32 {
+    judge_host::<V6>(&ctx, DIRECTION_INGRESS)
+}
+
+/// `from_host` for IPv6, as `to_host_v6`.
+#[classifier]
+pub fn from_host_v6(ctx: TcContext) -> i32 {
+    read_host_ipv6(&ctx, DIRECTION_EGRESS, IPV6_PROGRAM_FROM_HOST_VERDICT)
+}
+
+#[classifier]
+pub fn from_host_v6_verdict(ctx: TcContext) -> i32 {
+    judge_host::<V6>(&ctx, DIRECTION_EGRESS)
+}
+
+#[inline(always)]
+fn host(ctx: &TcContext, direction: u8, ipv6_slot: u32) -> i32 {
+    // Without a host endpoint, this one lookup is all a packet pays here.
+    if ENDPOINTS.get_ptr(HOST_ENDPOINT_IFINDEX).is_none() {
+        return TC_ACT_UNSPEC;
+    }
+    match header::<u16>(ctx, 12).map(u16::from_be) {
+        Some(ETH_P_IP) => judge_host::<V4>(ctx, direction),
+        Some(ETH_P_IPV6) => {
+            to_ipv6_program(ctx, ipv6_slot);
+            host_unjudged(direction, DROP_UNKNOWN_L3)
+        }
+        // ARP, other ethertypes and runt frames say nothing of the node's IP traffic: the
+        // programs after this one judge them (an endpoint's fail closed).
+        _ => TC_ACT_UNSPEC,
+    }
+}
+
+#[inline(always)]
+fn read_host_ipv6(ctx: &TcContext, direction: u8, verdict_slot: u32) -> i32 {
+    if link_signalling(ctx) {
+        return TC_ACT_UNSPEC;
+    }
+    match read_ipv6(ctx, 0, verdict_slot) {
+        // The verdict program is missing: fail closed.
+        Some(_) => host_unjudged(direction, DROP_UNKNOWN_L3),
+        // No IPv6 header to judge by, as for IPv4.
+        None => TC_ACT_UNSPEC,
+    }
+}
+
+/// The host endpoint's verdict on a packet it cannot judge (`reason`), as a host program returns it.
+#[inline(always)]
+fn host_unjudged(direction: u8, reason: u8) -> i32 {
+    then_next(unjudged::<V4>(HOST_ENDPOINT_IFINDEX, direction, reason, None))
+}
+
+/// A host program drops what the host endpoint drops and hands everything else to the next
+/// program, which judges it for the endpoint or interface it runs on. Never a redirect: a host
+/// endpoint's L7 rules fail closed (`policy::judge`).
+#[inline(always)]
+fn then_next(verdict: i32) -> i32 {
+    if verdict == TC_ACT_SHOT { TC_ACT_SHOT } else { TC_ACT_UNSPEC }
+}
+
+/// The host endpoint's verdict on a packet of family `F`, when it is the node's: addressed to
+/// it (ingress) or sent by it (egress).
+#[inline(always)]
+fn judge_host<F: Family>(ctx: &TcContext, direction: u8) -> i32 {
+    // The version first, then everything it versions (as in `decide_family`).
+    let version = node_state_version();
+    let verdict = F::with_packet(
+        ctx,
+        0,
+        #[inline(always)]
+        |packet| host_packet::<F>(ctx, direction, version, packet),
+    );
+    // Without a readable network header the packet is no one's yet: the next program judges it.
+    then_next(verdict.unwrap_or(TC_ACT_UNSPEC))
+}
+
+#[inline(always)]
+fn host_packet<F: Family>(ctx: &TcContext, direction: u8, version: u32, packet: &Packet<F::Addr>) -> i32 {
+    let own = if direction == DIRECTION_INGRESS { packet.daddr_be } else { packet.saddr_be };
+    if F::identity(own) != Some(IDENTITY_HOST) {
+        return TC_ACT_UNSPEC;
+    }
+    // Tracked under the host's key: the replies of its connections pass on any interface.
+    let (connection, sender) = connection::<F>(HOST_ENDPOINT_IFINDEX, packet);
+    if let Some(verdict) = fast::<F>(ctx, packet, &connection, sender, direction, version) {
+        return verdict;
+    }
+    let Some((config, counters)) = endpoint(HOST_ENDPOINT_IFINDEX) else {
+        return TC_ACT_UNSPEC;
+    };
+    // The node's side of the connection: the sender of what it sends, the receiver of the rest.
+    let local_side = if direction == DIRECTION_EGRESS { sender } else { sender ^ 1 };
+    let seen = (connection, sender, Some(local_side));
+    verdict::<F>(ctx, &config, counters, HOST_ENDPOINT_IFINDEX, packet, seen, version, direction)
 }
 
 /// Host-side ingress: the packet leaves the pod, so the pod's egress policy applies.
@@ -279,17 +408,7 @@ fn decide_packet<F: Family>(
     packet: &Packet<F::Addr>,
 ) -> i32 {
     let (connection, sender) = connection::<F>(ifindex, packet);
-    // Packets that open, close or relate to a connection change conntrack: never fast. Nor do
-    // packets whose source's egress is judged here, nor the proxy's (its upstream socket may
-    // have taken the addresses of a pod's earlier flow: conntrack sends the replies to it).
-    if packet.tracked
-        && packet.unjudged == DROP_NONE
-        && packet.quoted == 0
-        && packet.deferred_from == 0
-        && packet.tcp_flags & (TCP_SYN | TCP_FIN | TCP_RST) == 0
-        && !from_proxy(ctx)
-        && let Some(verdict) = fast_path::<F>(&connection, sender, direction, version)
-    {
+    if let Some(verdict) = fast::<F>(ctx, packet, &connection, sender, direction, version) {
         return verdict;
     }
     let Some((config, counters)) = endpoint(ifindex) else {
@@ -312,6 +431,32 @@ fn decide_packet<F: Family>(
         None
     };
     verdict::<F>(ctx, &config, counters, ifindex, packet, (connection, sender, local_side), version, direction)
+}
+
+/// The fast path's verdict on a packet it may serve. Packets that open, close or relate to a
+/// connection change conntrack: never fast. Nor do packets whose source's egress is judged
+/// here, nor the proxy's (its upstream socket may have taken the addresses of a pod's earlier
+/// flow: conntrack sends the replies to it).
+#[inline(always)]
+fn fast<F: Family>(
+    ctx: &TcContext,
+    packet: &Packet<F::Addr>,
+    connection: &CtKey<F::Addr>,
+    sender: u8,
+    direction: u8,
+    version: u32,
+) -> Option<i32> {
+    if packet.tracked
+        && packet.unjudged == DROP_NONE
+        && packet.quoted == 0
+        && packet.deferred_from == 0
+        && packet.tcp_flags & (TCP_SYN | TCP_FIN | TCP_RST) == 0
+        && !from_proxy(ctx)
+    {
+        fast_path::<F>(connection, sender, direction, version)
+    } else {
+        None
+    }
 }
 
 /// The verdict of endpoint `config` (attached to `ifindex`) in `direction` for a packet of

@@ -29,7 +29,7 @@ pub(crate) static IPCACHE: LpmTrie<u32, u32, 65536> = LpmTrie::new();
 #[btf_map]
 pub(crate) static IPCACHE6: LpmTrie<Ipv6Words, u32, 65536> = LpmTrie::new();
 
-// ifindex -> config. No prealloc: an update allocates a new element and frees the old one after
+// ifindex (or `HOST_ENDPOINT_IFINDEX`, the host endpoint's key) -> config. No prealloc: an update allocates a new element and frees the old one after
 // RCU, so a reader never sees a recycled value.
 #[btf_map]
 pub(crate) static ENDPOINTS: HashMap<u32, EndpointConfig, { MAX_ENDPOINTS as usize }, { BPF_F_NO_PREALLOC as usize }> =
@@ -93,8 +93,8 @@ pub(crate) static FRAGMENTS6: LruHashMap<FragmentKey<Ipv6Words>, Ports, FRAGMENT
 #[btf_map]
 pub(crate) static PACKET6: PerCpuArray<Packet<Ipv6Words>, 1> = PerCpuArray::new();
 
-// The IPv6 programs, which `from_endpoint`, `to_endpoint` and `deferred_egress` hand IPv6
-// packets to (a tail call: each family's program has the whole stack to itself).
+// The IPv6 programs, which `from_endpoint`, `to_endpoint`, `deferred_egress`, `to_host` and
+// `from_host` hand IPv6 packets to (a tail call: each family's program has the whole stack to itself).
 #[btf_map]
 pub(crate) static IPV6_PROGRAMS: ProgramArray<{ IPV6_PROGRAM_COUNT as usize }> = ProgramArray::new();
 

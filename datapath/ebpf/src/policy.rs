@@ -66,8 +66,11 @@ pub(crate) fn judge<F: Family>(
     };
     // TCP and UDP over IPv4 reach the proxy (HTTP, TLS, Kafka, DNS), and only while one runs:
     // otherwise a redirect fails closed. The proxy refuses what it cannot judge (HTTP, TLS or
-    // Kafka over UDP).
-    let proxied = F::PROXIED && (packet.protocol == PROTO_TCP || packet.protocol == PROTO_UDP) && proxy_port() != 0;
+    // Kafka over UDP). The host endpoint's connections never do: its L7 rules fail closed.
+    let proxied = F::PROXIED
+        && config.ifindex != HOST_ENDPOINT_IFINDEX
+        && (packet.protocol == PROTO_TCP || packet.protocol == PROTO_UDP)
+        && proxy_port() != 0;
     let (enforced, candidate) =
         if proxied { (enforced, candidate) } else { (unproxied(enforced), unproxied(candidate)) };
     let mut decision = CtDecision {

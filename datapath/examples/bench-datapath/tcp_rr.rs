@@ -59,8 +59,10 @@ fn detach_path(datapath: &mut Datapath, (client_id, _, server_id, _): Path) {
 /// pooled p99 ratio moves with the rounds drawn: the tail here comes mostly from other processes
 /// preempting the client or server, so it is wide when the machine is busy.
 ///
-/// Twice: on a quiet node (`tcp_rr_*`), then while the ipcache changes 100 times a second
-/// (`tcp_rr_churn_*`), as it does when pods come and go anywhere in the cluster.
+/// Three times: on a quiet node (`tcp_rr_*`), then while the ipcache changes 100 times a second
+/// (`tcp_rr_churn_*`), as it does when pods come and go anywhere in the cluster, then on a node
+/// a host policy selects (`tcp_rr_host_*`): the node is an endpoint too, and every pod packet
+/// also passes the host's programs, which look up whether it is the node's.
 pub(super) fn tcp_request_response(datapath: &mut Datapath, topology: &Topology) {
     let e = &topology.endpoints;
     let paths: [Path; 2] = [(0, &e[0], SERVER, &e[1]), (2, &e[2], 3, &e[3])];
@@ -74,7 +76,18 @@ pub(super) fn tcp_request_response(datapath: &mut Datapath, topology: &Topology)
     let changes_per_s = churn.stop();
     report("tcp_rr_churn", &churned);
     println!("tcp_rr_churn_ipcache_changes_per_s: {changes_per_s:.0} /s");
+    datapath.set_ipcache(NODE_ADDRESS, 32, IDENTITY_HOST).unwrap();
+    datapath.load_slot(HOST, Slot::A, &[allow_all(Direction::Ingress), allow_all(Direction::Egress)]).unwrap();
+    datapath.attach_host(HOST).unwrap();
+    let host = rounds(datapath, &paths, &listeners);
+    datapath.detach(HOST).unwrap();
+    datapath.remove_ipcache(NODE_ADDRESS, 32).unwrap();
+    report("tcp_rr_host", &host);
 }
+
+/// The host endpoint of the `tcp_rr_host_*` figures, and the node's address in the ipcache.
+const HOST: u32 = 100;
+const NODE_ADDRESS: Ipv4Addr = Ipv4Addr::new(10, 200, 239, 254);
 
 /// Pods coming and going elsewhere in the cluster: an ipcache entry added or removed 100 times
 /// a second, each change bumping the node state version, so every connection's next packet

@@ -48,6 +48,18 @@ pub struct EndpointPolicy<'a> {
     pub group: &'a Group,
 }
 
+/// The host endpoint of a compilation's node: what the host firewall enforces.
+pub struct HostEndpointPolicy<'a> {
+    /// The node's name.
+    pub node: &'a str,
+    /// The host identity, with the node's labels.
+    pub identity: &'a Identity,
+    pub group: &'a Group,
+    /// Whether a host rule (`nodeSelector`) selects the node; its group allows everything in a
+    /// direction no such rule has.
+    pub selected: bool,
+}
+
 /// The compiled groups and which endpoint uses which.
 #[derive(Clone, Debug, Default)]
 pub(crate) struct Groups {
@@ -96,12 +108,16 @@ impl GroupCompiler<'_> {
         let sections: Vec<&Section> =
             subject_rules.iter().map(|&at| self.repository.rule(at).section(direction)).collect();
         let enabling: Vec<&&Section> = sections.iter().filter(|s| s.enables_policy).collect();
+        let host = key.identity == dp::IDENTITY_HOST;
         let enforcement = match self.options.mode {
             EnforcementMode::Never => Enforcement::NotEnforced,
             _ if enabling.iter().any(|s| s.default_deny) => Enforcement::DefaultDeny,
             _ if !enabling.is_empty() => Enforcement::DefaultAllow,
-            EnforcementMode::Always => Enforcement::DefaultDeny,
-            EnforcementMode::Default => Enforcement::NotEnforced,
+            // Palisade turns the host firewall on per host policy, where Cilium has a switch
+            // (hostFirewall.enabled): `always` puts pods into default deny, not the host, which
+            // stays open in a direction until a host rule selecting it has that direction.
+            EnforcementMode::Always if !host => Enforcement::DefaultDeny,
+            EnforcementMode::Always | EnforcementMode::Default => Enforcement::NotEnforced,
         };
         let mut rules = Vec::new();
         match enforcement {
@@ -110,7 +126,8 @@ impl GroupCompiler<'_> {
             Enforcement::DefaultDeny => {}
         }
         if enforcement != Enforcement::NotEnforced {
-            if direction == Direction::Ingress && self.options.allow_localhost == AllowLocalhost::Always {
+            // The host reaching itself never crosses its own firewall.
+            if direction == Direction::Ingress && self.options.allow_localhost == AllowLocalhost::Always && !host {
                 let host = RulePeers::Identity(dp::IDENTITY_HOST);
                 rules.push(CompiledRule::allow_all(dp::COOKIE_LOCALHOST, host));
             }

@@ -12,12 +12,14 @@ use crate::identity::{self, Identities};
 use crate::labels::Source;
 use crate::model::{CidrBlock, PolicySet, Prefix};
 
-/// The policy content identities depend on: CIDR prefixes and NetworkPolicy ipBlocks.
+/// The policy content identities depend on: CIDR prefixes, NetworkPolicy ipBlocks and the node
+/// label keys `fromNodes`/`toNodes` select by.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct IdentityBasis {
     ip_blocks: BTreeSet<CidrBlock>,
     /// Prefix → number of policies naming it.
     prefixes: BTreeMap<Prefix, usize>,
+    node_label_keys: BTreeSet<String>,
 }
 
 impl IdentityBasis {
@@ -25,6 +27,7 @@ impl IdentityBasis {
         let mut basis = IdentityBasis::default();
         for set in sets {
             basis.ip_blocks.extend(set.ip_blocks());
+            basis.node_label_keys.extend(set.node_label_keys());
             for prefix in set.policies.iter().flat_map(|p| p.cidr_prefixes()) {
                 *basis.prefixes.entry(prefix).or_default() += 1;
             }
@@ -72,6 +75,20 @@ pub(crate) struct IpCache {
     /// The endpoint addresses of Services without a selector and the addresses of DNS
     /// answers, each holding its /32 CIDR identity (see [`IpCache::set_held_addresses`]).
     held_addrs: BTreeSet<IpAddr>,
+    /// The node label keys remote-node identities carry (see [`identity::remote_node_labels`]).
+    node_label_keys: BTreeSet<String>,
+    /// The identity of each remote node with labels of those keys, by name; the others are
+    /// remote-node.
+    node_identity: BTreeMap<String, u32>,
+}
+
+/// What [`IpCache::set_nodes`] changed.
+#[derive(Debug, Default)]
+pub(crate) struct NodeChanges {
+    pub added: Vec<u32>,
+    pub removed: Vec<u32>,
+    /// The host identity's labels changed (the host node's labels, or which node it is).
+    pub host_relabelled: bool,
 }
 
 impl IpCache {
@@ -80,8 +97,11 @@ impl IpCache {
     /// others; allocated in prefix order.
     pub fn new(set: &PolicySet, basis: &IdentityBasis) -> IpCache {
         let own = IdentityBasis::of([set]);
-        let mut cache =
-            IpCache { ip_blocks: own.ip_blocks.union(&basis.ip_blocks).cloned().collect(), ..IpCache::default() };
+        let mut cache = IpCache {
+            ip_blocks: own.ip_blocks.union(&basis.ip_blocks).cloned().collect(),
+            node_label_keys: own.node_label_keys.union(&basis.node_label_keys).cloned().collect(),
+            ..IpCache::default()
+        };
         let mut users = own.prefixes;
         for (prefix, count) in &basis.prefixes {
             *users.entry(*prefix).or_default() += count;
@@ -98,9 +118,36 @@ impl IpCache {
         &self.identities
     }
 
-    /// Whether pods already carry labels for all of `blocks`.
-    pub fn knows_ip_blocks(&self, blocks: &BTreeSet<CidrBlock>) -> bool {
-        blocks.is_subset(&self.ip_blocks)
+    /// Whether pods already carry labels for all ipBlocks of `basis`, and remote nodes for all
+    /// its node label keys.
+    pub fn knows(&self, basis: &IdentityBasis) -> bool {
+        basis.ip_blocks.is_subset(&self.ip_blocks) && basis.node_label_keys.is_subset(&self.node_label_keys)
+    }
+
+    /// Gives each remote node the identity of its labels of the node label keys (remote-node
+    /// when it has none: without `fromNodes`/`toNodes` every remote node is remote-node, so a
+    /// large cluster does not get an identity per node), and the host identity the labels of
+    /// node `host`. New identities are acquired before old ones are released, so a node that
+    /// keeps its labels keeps its identity.
+    pub fn set_nodes(&mut self, nodes: &[Node], host: Option<&str>) -> NodeChanges {
+        let mut changes = NodeChanges::default();
+        let mut node_identity = BTreeMap::new();
+        for node in nodes.iter().filter(|n| host != Some(n.name.as_str())) {
+            let Some(labels) = identity::remote_node_labels(node, &self.node_label_keys) else { continue };
+            if node_identity.contains_key(&node.name) {
+                continue;
+            }
+            let (id, new) = self.identities.acquire(labels, None, None);
+            node_identity.insert(node.name.clone(), id);
+            if new {
+                changes.added.push(id);
+            }
+        }
+        let old = std::mem::replace(&mut self.node_identity, node_identity);
+        changes.removed = old.into_values().filter(|&id| self.identities.release(id)).collect();
+        let host_labels = identity::host_labels(nodes.iter().find(|n| host == Some(n.name.as_str())));
+        changes.host_relabelled = self.identities.set_host_labels(host_labels);
+        changes
     }
 
     pub fn identity_of_pod(&self, pod: &Pod) -> Option<u32> {
@@ -206,7 +253,8 @@ impl IpCache {
     /// prefix, sorted (IPv4 first). A pod's address keeps the pod's identity even when a policy
     /// names that exact /32 or /128, because CIDR rules never match pods. World is 0.0.0.0/0
     /// (world) and ::/0 (world-ipv6).
-    /// `host` is the node whose addresses are `host`; the other nodes' are `remote-node`.
+    /// `host` is the node whose addresses are `host`; the other nodes' are their node identity
+    /// (see [`IpCache::set_nodes`]).
     pub fn entries(
         &self,
         nodes: &[Node],
@@ -225,7 +273,10 @@ impl IpCache {
         let at = |addr: &IpAddr, id: u32| (Prefix::host(*addr), id);
         // A ClusterIP is never a peer: egress to it is judged after translation.
         others.extend(cluster_ips.map(|a| at(&a, dp::IDENTITY_SERVICE)));
-        others.extend(remote.iter().flat_map(|n| &n.addresses).map(|a| at(a, dp::IDENTITY_REMOTE_NODE)));
+        for node in remote {
+            let id = self.node_identity.get(&node.name).copied().unwrap_or(dp::IDENTITY_REMOTE_NODE);
+            others.extend(node.addresses.iter().map(|a| at(a, id)));
+        }
         others.extend(apiserver.map(|a| at(&a, dp::IDENTITY_KUBE_APISERVER)));
         others.extend(local.iter().flat_map(|n| &n.addresses).map(|a| at(a, dp::IDENTITY_HOST)));
         // Both sorted: merged in one walk, a pod's entry replacing another for the same /32.

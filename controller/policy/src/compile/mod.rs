@@ -19,7 +19,7 @@ use std::net::IpAddr;
 
 use palisade_common::{self as dp, Direction, PolicyEntry};
 
-pub use group::{EndpointPolicy, Group, GroupKey};
+pub use group::{EndpointPolicy, Group, GroupKey, HostEndpointPolicy};
 pub use ipcache::IdentityBasis;
 pub use map_state::{Enforcement, MapState, PortBlock, port_prefixes};
 pub use options::{AllowLocalhost, CompileOptions, EnforcementMode};
@@ -67,14 +67,18 @@ impl CompiledPolicy {
             groups: Groups::default(),
             options,
         };
+        // Nothing is compiled yet: no selection to update with these identities. Nodes first, so
+        // that compilations with the same basis number identities alike.
+        let host = compiled.host_node().map(str::to_owned);
+        compiled.ipcache.set_nodes(&compiled.cluster.nodes, host.as_deref());
         for pod in pods {
             compiled.add_pod(pod);
         }
-        // Nothing is compiled yet: no selection to update with these identities.
         let addresses = compiled.cluster.held_addresses();
         compiled.ipcache.set_held_addresses(addresses);
-        let keys: BTreeSet<GroupKey> =
+        let mut keys: BTreeSet<GroupKey> =
             compiled.cluster.pods.iter().filter(|p| compiled.is_endpoint(p)).map(|p| compiled.group_key(p)).collect();
+        keys.extend(compiled.host_key());
         compiled.recompile(keys);
         compiled
     }
@@ -133,6 +137,26 @@ impl CompiledPolicy {
     /// The endpoints compiled: every pod's, or with [`CompileOptions::node`] those on the node.
     pub fn endpoints(&self) -> impl Iterator<Item = EndpointPolicy<'_>> {
         self.cluster.pods.iter().filter(|p| self.is_endpoint(p)).filter_map(|p| self.endpoint(&p.namespace, &p.name))
+    }
+
+    /// The host endpoint of [`Self::host_node`] (`None` without one): the host identity with
+    /// the node's labels, and its policy, compiled like an endpoint's from the host rules
+    /// (`nodeSelector`) that select it.
+    pub fn host_endpoint(&self) -> Option<HostEndpointPolicy<'_>> {
+        let node = self.host_node()?;
+        let key = self.host_key()?;
+        let identity = self.identities().get(key.identity)?;
+        Some(HostEndpointPolicy {
+            node,
+            identity,
+            group: self.groups.by_key.get(&key)?,
+            selected: !self.repository.rules_selecting(identity).is_empty(),
+        })
+    }
+
+    /// The group key of the host endpoint, when there is one: the host has no container ports.
+    fn host_key(&self) -> Option<GroupKey> {
+        self.host_node().map(|_| GroupKey { identity: dp::IDENTITY_HOST, ports: Vec::new() })
     }
 
     fn is_endpoint(&self, pod: &Pod) -> bool {
@@ -239,9 +263,28 @@ impl CompiledPolicy {
         }
     }
 
-    /// Node addresses only feed the ipcache (as host or remote-node).
+    /// Node addresses feed the ipcache (as host, remote-node or a remote node's identity of the
+    /// labels `fromNodes`/`toNodes` select by); node labels are those identities' labels and the
+    /// host's. A node whose labels change moves to the identity of its new labels; the host
+    /// endpoint is recompiled when the host's labels change.
     pub fn set_nodes(&mut self, nodes: Vec<Node>) {
+        if self.cluster.nodes == nodes {
+            return;
+        }
         self.cluster.nodes = nodes;
+        let host = self.host_node().map(str::to_owned);
+        let changes = self.ipcache.set_nodes(&self.cluster.nodes, host.as_deref());
+        for id in changes.added {
+            self.identity_added(id);
+        }
+        for id in changes.removed {
+            self.identity_removed(id);
+        }
+        if changes.host_relabelled {
+            // Peers selecting the host by its labels follow them; so do the rules selecting it.
+            self.identity_added(dp::IDENTITY_HOST);
+            self.recompile(self.host_key());
+        }
     }
 
     /// EndpointSlices feed the ipcache (the API server's addresses as kube-apiserver, the
@@ -298,10 +341,11 @@ impl CompiledPolicy {
         *self = CompiledPolicy::with_options(policies, cluster, self.options.clone());
     }
 
-    /// Adds or replaces a policy; recompiles only the groups its old or new rules select.
+    /// Adds or replaces a policy; recompiles only the groups its old or new rules select (the
+    /// host endpoint's too, when a host rule of either selects it).
     pub fn set_policy(&mut self, policy: Policy) {
-        if !self.ipcache.knows_ip_blocks(&PolicySet { policies: vec![policy.clone()] }.ip_blocks()) {
-            // New ipBlocks change pod identities: start over.
+        if !self.ipcache.knows(&IdentityBasis::of([&PolicySet { policies: vec![policy.clone()] }])) {
+            // New ipBlocks change pod identities, new node label keys remote nodes': start over.
             self.rebuild(|policies| {
                 match policies.policies.iter().position(|p| p.id == policy.id) {
                     Some(i) => policies.policies[i] = policy,
@@ -387,11 +431,11 @@ impl CompiledPolicy {
         }
     }
 
-    /// A new identity joins the selections that match it and is patched into every group
-    /// compiled with a rule naming one of those peers.
+    /// A new (or relabelled) identity joins the selections that match it (and leaves the
+    /// others) and is patched into every group compiled with a rule naming one of those peers.
     fn identity_added(&mut self, id: u32) {
         let Some(identity) = self.ipcache.identities().get(id) else { return };
-        let changed = self.selectors.identity_added(identity, &self.cluster);
+        let changed = self.selectors.identity_changed(identity, &self.cluster);
         let keys: Vec<GroupKey> = self.selectors.users_of(&changed).cloned().collect();
         for key in keys {
             let Some(group) = self.groups.by_key.get_mut(&key) else { continue };
@@ -452,9 +496,7 @@ impl CompiledPolicy {
             .groups
             .by_key
             .keys()
-            .filter(|key| {
-                identities.get(key.identity).is_some_and(|i| rules.iter().any(|r| r.subject.matches(&i.labels)))
-            })
+            .filter(|key| identities.get(key.identity).is_some_and(|i| rules.iter().any(|r| r.selects(i))))
             .cloned()
             .collect();
         self.recompile(keys);

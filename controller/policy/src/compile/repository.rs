@@ -89,7 +89,7 @@ impl Repository {
             .flatten()
             .chain(&self.cluster_wide)
             .copied()
-            .filter(|&at| self.rule(at).subject.matches(&identity.labels))
+            .filter(|&at| self.rule(at).selects(identity))
             .collect()
     }
 
@@ -100,7 +100,7 @@ impl Repository {
             policy.id.namespace.is_some()
                 && single_namespace(&r.subject).is_some_and(|ns| identity.namespace.as_deref() != Some(ns.as_str()))
         };
-        policy.rules.iter().any(|r| !elsewhere(r) && r.subject.matches(&identity.labels))
+        policy.rules.iter().any(|r| !elsewhere(r) && r.selects(identity))
     }
 
     /// The rules whose egress names one of `names`.

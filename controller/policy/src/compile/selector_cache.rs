@@ -62,12 +62,17 @@ impl SelectorCache {
         }
     }
 
-    /// A new identity joins the selections that match it; returns the peers that changed.
-    pub fn identity_added(&mut self, identity: &Identity, cluster: &Cluster) -> Vec<Peer> {
+    /// A new or relabelled identity joins the selections that match it and leaves the others;
+    /// returns the peers that changed.
+    pub fn identity_changed(&mut self, identity: &Identity, cluster: &Cluster) -> Vec<Peer> {
         let mut changed = Vec::new();
         for (peer, selected) in self.selections.iter_mut() {
-            if peer_selects(peer, identity, cluster) {
-                selected.insert(identity.id);
+            let moved = if peer_selects(peer, identity, cluster) {
+                selected.insert(identity.id)
+            } else {
+                selected.remove(&identity.id)
+            };
+            if moved {
                 changed.push(peer.clone());
             }
         }
@@ -128,7 +133,7 @@ fn selection(peer: &Peer, identities: &Identities, cluster: &Cluster) -> BTreeSe
 
 fn peer_selects(peer: &Peer, identity: &Identity, cluster: &Cluster) -> bool {
     match peer {
-        Peer::Labels(selector) => selector.matches(&identity.labels),
+        Peer::Labels(selector) | Peer::Nodes(selector) => selector.matches(&identity.labels),
         Peer::Cidr(block) => identity.prefix.is_some_and(|p| block.selects(&p)),
         Peer::IpBlock(block) => {
             identity.prefix.is_some_and(|p| block.selects(&p))

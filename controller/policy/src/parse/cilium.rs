@@ -28,16 +28,29 @@ impl Translator<'_, '_> {
     }
 
     pub(super) fn cilium_rule(&mut self, raw: &api::Rule, path: &str) -> Option<Rule> {
-        if raw.node_selector.is_some() {
-            self.unsupported(&format!("{path}.nodeSelector"), "host firewall policy (nodeSelector)");
-            return None;
-        }
-        let Some(raw_subject) = &raw.endpoint_selector else {
-            self.error(path, "endpointSelector is required");
-            return None;
+        let (raw_subject, subject_kind, field) = match (&raw.endpoint_selector, &raw.node_selector) {
+            (Some(_), Some(_)) => {
+                self.error(
+                    &format!("{path}.nodeSelector"),
+                    "endpointSelector and nodeSelector cannot both be set: a rule selects pods or nodes",
+                );
+                return None;
+            }
+            (None, None) => {
+                self.error(path, "endpointSelector or nodeSelector is required");
+                return None;
+            }
+            (Some(selector), None) => (selector, SubjectKind::Endpoints, "endpointSelector"),
+            (None, Some(_)) if self.kind == PolicyKind::CiliumNetworkPolicy => {
+                self.error(&format!("{path}.nodeSelector"), "only a CiliumClusterwideNetworkPolicy selects nodes");
+                return None;
+            }
+            (None, Some(selector)) => (selector, SubjectKind::Nodes, "nodeSelector"),
         };
-        let subject = self.selector(raw_subject, &format!("{path}.endpointSelector"))?;
+        let subject = self.selector(raw_subject, &format!("{path}.{field}"))?;
         let subject = match self.namespace.clone() {
+            // The host identity alone carries reserved:host: a host rule never matches a pod.
+            _ if subject_kind == SubjectKind::Nodes => subject.with(Requirement::exists(Source::Reserved, "host")),
             Some(ns) if self.kind == PolicyKind::CiliumNetworkPolicy => {
                 if subject.mentions(labels::NAMESPACE_KEY) {
                     self.warning(
@@ -79,10 +92,14 @@ impl Translator<'_, '_> {
         for (i, rule) in raw.egress_deny.iter().flatten().enumerate() {
             egress.extend(self.egress_rule(rule, &format!("{path}.egressDeny[{i}]"), true));
         }
-        let line = self.r.line_of(&self.path(&format!("{path}.endpointSelector")));
+        if subject_kind == SubjectKind::Nodes {
+            self.check_host_rule(&ingress, &egress);
+        }
+        let line = self.r.line_of(&self.path(&format!("{path}.{field}")));
         Some(Rule {
             path: path.to_string(),
             line,
+            subject_kind,
             subject,
             description: raw.description.clone(),
             ingress: Section {
@@ -98,9 +115,24 @@ impl Translator<'_, '_> {
         })
     }
 
+    /// What a host rule may not hold: L7 rules (Cilium has no proxy for the host: an error, as
+    /// Cilium's) and `toFQDNs` (nothing here intercepts the host's DNS: unsupported).
+    fn check_host_rule(&mut self, ingress: &[PeerRule], egress: &[PeerRule]) {
+        for rule in ingress.iter().chain(egress) {
+            if let Some((field, _)) = rule.ports.iter().find_map(|p| p.l7_at.as_ref()) {
+                self.error(field, "a host policy (nodeSelector) cannot have L7 rules: the host has no L7 proxy");
+            }
+            if let Peers::Some(peers) = &rule.peers
+                && peers.iter().any(|p| matches!(p, Peer::Fqdn(_)))
+            {
+                self.unsupported(&format!("{}.toFQDNs", rule.path), "toFQDNs in a host policy (nodeSelector)");
+            }
+        }
+    }
+
     pub(super) fn ingress_rule(&mut self, raw: &api::IngressRule, path: &str, deny: bool) -> Option<PeerRule> {
         let failed_before = self.failed;
-        let present = [raw.from_nodes.is_some(), raw.from_groups.is_some(), raw.authentication.is_some()];
+        let present = [raw.from_groups.is_some(), raw.authentication.is_some()];
         self.unsupported_fields(path, Direction::Ingress, present);
         self.exclusive_peers(
             path,
@@ -109,6 +141,7 @@ impl Translator<'_, '_> {
                 ("fromCIDR", raw.from_cidr.is_some()),
                 ("fromCIDRSet", raw.from_cidr_set.is_some()),
                 ("fromEntities", raw.from_entities.is_some()),
+                ("fromNodes", raw.from_nodes.is_some()),
             ],
         );
         let requires = self.requires(raw.from_requires.as_deref(), &format!("{path}.fromRequires"));
@@ -117,6 +150,7 @@ impl Translator<'_, '_> {
             cidr: raw.from_cidr.as_deref().map(|c| (c, "fromCIDR")),
             cidr_set: raw.from_cidr_set.as_deref().map(|c| (c, "fromCIDRSet")),
             entities: raw.from_entities.as_deref().map(|e| (e, "fromEntities")),
+            nodes: raw.from_nodes.as_deref().map(|n| (n, "fromNodes")),
             services: None,
             fqdns: None,
         };
@@ -125,15 +159,14 @@ impl Translator<'_, '_> {
         (self.failed == failed_before).then(|| self.peer_rule(path, deny, peers, ports))
     }
 
-    /// Reports the peer fields no datapath here supports: nodes, groups (`fromNodes`,
-    /// `fromGroups` or `toNodes`, `toGroups`) and authentication, each when `present`.
-    fn unsupported_fields(&mut self, path: &str, direction: Direction, present: [bool; 3]) {
+    /// Reports the peer fields no datapath here supports: groups (`fromGroups` or `toGroups`)
+    /// and authentication, each when `present`.
+    fn unsupported_fields(&mut self, path: &str, direction: Direction, present: [bool; 2]) {
         let side = match direction {
             Direction::Ingress => "from",
             Direction::Egress => "to",
         };
         let fields = [
-            (format!("{side}Nodes"), format!("{side}Nodes (node selector labels)")),
             (format!("{side}Groups"), format!("{side}Groups (cloud provider groups)")),
             ("authentication".to_string(), "mutual authentication".to_string()),
         ];
@@ -146,7 +179,7 @@ impl Translator<'_, '_> {
 
     pub(super) fn egress_rule(&mut self, raw: &api::EgressRule, path: &str, deny: bool) -> Option<PeerRule> {
         let failed_before = self.failed;
-        let present = [raw.to_nodes.is_some(), raw.to_groups.is_some(), raw.authentication.is_some()];
+        let present = [raw.to_groups.is_some(), raw.authentication.is_some()];
         self.unsupported_fields(path, Direction::Egress, present);
         if deny && raw.to_fqdns.is_some() {
             self.error(&format!("{path}.toFQDNs"), "toFQDNs is not allowed in egressDeny");
@@ -158,6 +191,7 @@ impl Translator<'_, '_> {
                 ("toCIDR", raw.to_cidr.is_some()),
                 ("toCIDRSet", raw.to_cidr_set.is_some()),
                 ("toEntities", raw.to_entities.is_some()),
+                ("toNodes", raw.to_nodes.is_some()),
                 ("toServices", raw.to_services.is_some()),
                 ("toFQDNs", raw.to_fqdns.is_some()),
             ],
@@ -168,6 +202,7 @@ impl Translator<'_, '_> {
             cidr: raw.to_cidr.as_deref().map(|c| (c, "toCIDR")),
             cidr_set: raw.to_cidr_set.as_deref().map(|c| (c, "toCIDRSet")),
             entities: raw.to_entities.as_deref().map(|e| (e, "toEntities")),
+            nodes: raw.to_nodes.as_deref().map(|n| (n, "toNodes")),
             services: raw.to_services.as_deref(),
             fqdns: raw.to_fqdns.as_deref(),
         };
@@ -219,6 +254,15 @@ impl Translator<'_, '_> {
                 let Some(selector) = self.selector(raw, &format!("{path}.{field}[{i}]")) else { continue };
                 let selector = requires.iter().cloned().fold(selector, Selector::with);
                 peers.push(Peer::Labels(self.scope_peer(selector)));
+            }
+        }
+        if let Some((selectors, field)) = l3.nodes {
+            for (i, raw) in selectors.iter().enumerate() {
+                // As Cilium's ParseToCiliumRule: remote nodes only, never the local host.
+                let remote_node = Requirement::exists(Source::Reserved, "remote-node");
+                if let Some(selector) = self.selector(raw, &format!("{path}.{field}[{i}]")) {
+                    peers.push(Peer::Nodes(selector.with(remote_node)));
+                }
             }
         }
         if let Some((cidrs, field)) = l3.cidr {
@@ -304,6 +348,7 @@ pub(super) struct L3<'a> {
     cidr: Option<(&'a [String], &'static str)>,
     cidr_set: Option<(&'a [api::CidrRule], &'static str)>,
     entities: Option<(&'a [String], &'static str)>,
+    nodes: Option<(&'a [api::LabelSelector], &'static str)>,
     services: Option<&'a [api::ServiceRule]>,
     fqdns: Option<&'a [api::FqdnSelector]>,
 }
@@ -314,6 +359,7 @@ impl L3<'_> {
             && self.cidr.is_none()
             && self.cidr_set.is_none()
             && self.entities.is_none()
+            && self.nodes.is_none()
             && self.services.is_none()
             && self.fqdns.is_none()
     }

@@ -47,6 +47,7 @@ impl Translator<'_, '_> {
         let rule = Rule {
             path: "spec".into(),
             line: self.r.line_of(&self.path("spec.podSelector")),
+            subject_kind: SubjectKind::Endpoints,
             subject: subject?,
             description: None,
             ingress: section(Direction::Ingress, ingress),

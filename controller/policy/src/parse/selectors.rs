@@ -61,7 +61,7 @@ impl Translator<'_, '_> {
             None => {
                 self.error(
                     path,
-                    format!("{raw:?} has an unknown label source (k8s, any, reserved, cidr, container, unspec)"),
+                    format!("{raw:?} has an unknown label source (k8s, any, reserved, cidr, container, unspec, node)"),
                 );
                 None
             }

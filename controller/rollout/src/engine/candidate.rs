@@ -100,7 +100,8 @@ impl<'a> Engine<'a> {
             return self.fail(&rev.commit, &rev.display, Some(&rev.id), "Conflict", conflicts);
         }
         self.supersede(&format!("superseded by {}", new.display));
-        let fast_track = self.spec.rollback.fast_track_reverts && self.known_good(&new.id);
+        let host_policy = rev.host_policy;
+        let fast_track = self.spec.rollback.fast_track_reverts && self.known_good(&new.id) && !host_policy;
         self.st.candidate_revision = Some(new.clone());
         self.reset_audit();
         self.st.candidate_staged_at = Some(self.now());
@@ -111,7 +112,7 @@ impl<'a> Engine<'a> {
             self.event(EventType::Normal, "FastTrack", message);
         } else {
             self.st.audit_started_at = Some(self.now());
-            self.st.audit_terms = Some(self.terms());
+            self.st.audit_terms = Some(self.terms(host_policy));
             self.st.phase = Phase::Auditing;
             let message = format!("auditing {} beside {}", new.display, self.enforced_display());
             self.event(EventType::Normal, "AuditStarted", message);

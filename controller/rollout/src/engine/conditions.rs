@@ -176,9 +176,10 @@ impl<'a> Engine<'a> {
             self.clear(COND_AUDITING);
         }
         match waiting {
-            Some((reason @ ("NewDeniesAboveLimit" | "InsufficientTraffic" | "AwaitingApproval"), message)) => {
-                self.set(COND_PROMOTION_BLOCKED, true, reason, message)
-            }
+            Some((
+                reason @ ("NewDeniesAboveLimit" | "ControlPlaneDenied" | "InsufficientTraffic" | "AwaitingApproval"),
+                message,
+            )) => self.set(COND_PROMOTION_BLOCKED, true, reason, message),
             _ => self.clear(COND_PROMOTION_BLOCKED),
         }
 

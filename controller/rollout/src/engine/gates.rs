@@ -9,7 +9,7 @@ use std::collections::hash_map::Entry;
 use std::collections::{HashMap, HashSet};
 
 use super::*;
-use crate::crd::{DnsQueryKind, HttpRequestKind, KafkaRequestKind, Protocol, TlsServerKind};
+use crate::crd::{DnsQueryKind, HOST_POLICY_MIN_AUDIT, HttpRequestKind, KafkaRequestKind, Protocol, TlsServerKind};
 
 /// The audit gates' view of the reports for one candidate.
 #[derive(Default)]
@@ -109,7 +109,7 @@ impl<'a> Engine<'a> {
     /// The gates or the promotion mode changed under a running audit: it starts again, so that
     /// no evidence is judged by terms other than those it was gathered under.
     fn check_terms(&mut self) {
-        let terms = self.terms();
+        let terms = self.terms(self.host_policy());
         let changed = self.st.audit_terms.as_ref().map(|old| changed_terms(old, &terms)).unwrap_or_default();
         if changed.is_empty() {
             // Audits started before terms were recorded adopt the current ones, and so does one
@@ -135,19 +135,17 @@ impl<'a> Engine<'a> {
         let remaining = self.remaining_audit(&candidate.id);
         let blocked = self.st.blocked.clone().filter(|b| b.revision == candidate.id && b.commit == candidate.commit);
 
+        let control_plane = self.control_plane_denies(&candidate.id);
         let (phase, reason, message) = if let Some(blocked) = blocked {
             // Sticky: only a new commit, an abort or a reaudit clears it.
-            (Phase::Blocked, "NewDeniesAboveLimit", blocked.message)
+            let reason = if blocked.reason == CONTROL_PLANE_DENIED { CONTROL_PLANE_DENIED } else { NEW_DENIES };
+            (Phase::Blocked, reason, blocked.message)
+        } else if !control_plane.is_empty() {
+            let message = control_plane_message(&candidate.display, &control_plane);
+            (Phase::Blocked, CONTROL_PLANE_DENIED, self.block(&candidate, CONTROL_PLANE_DENIED, message))
         } else if summary.unexpected > u64::from(gates.max_new_denies) {
             let message = blocked_message(&summary, gates.max_new_denies);
-            self.st.blocked = Some(BlockedVerdict {
-                revision: candidate.id.clone(),
-                commit: candidate.commit.clone(),
-                reason: "NewDeniesAboveLimit".into(),
-                message: message.clone(),
-                blocked_at: self.now(),
-            });
-            (Phase::Blocked, "NewDeniesAboveLimit", message)
+            (Phase::Blocked, NEW_DENIES, self.block(&candidate, NEW_DENIES, message))
         } else if self.reports.is_empty() {
             self.waiting_for_nodes = true;
             (Phase::Auditing, "WaitingForNodes", "no node agent has reported yet".to_string())
@@ -172,8 +170,12 @@ impl<'a> Engine<'a> {
             (Phase::Auditing, "WaitingForNodes", message)
         } else if remaining.is_positive() {
             self.actions.push(Action::RequeueAfter(remaining.unsigned_abs()));
-            let message =
-                format!("auditing {}: {} left of spec.audit.minDuration", candidate.display, human(remaining));
+            let of = if self.min_audit() > self.spec.audit.min_duration.into() {
+                format!("the {} every host policy is audited for", human(signed(HOST_POLICY_MIN_AUDIT)))
+            } else {
+                "spec.audit.minDuration".to_string()
+            };
+            let message = format!("auditing {}: {} left of {of}", candidate.display, human(remaining));
             (Phase::Auditing, "AuditInProgress", message)
         } else if !summary.starved.is_empty() {
             let message = format!(
@@ -222,7 +224,33 @@ impl<'a> Engine<'a> {
             .filter_map(|r| r.audit_started_at.as_ref())
             .map(|t| t.0)
             .fold(audit_start, Timestamp::max);
-        signed(self.spec.audit.min_duration.into()) - started.duration_until(self.ctx.now)
+        signed(self.min_audit()) - started.duration_until(self.ctx.now)
+    }
+
+    /// `spec.audit.minDuration`, and at least [`HOST_POLICY_MIN_AUDIT`] for a host policy.
+    fn min_audit(&self) -> std::time::Duration {
+        let min: std::time::Duration = self.spec.audit.min_duration.into();
+        if self.host_policy() { min.max(HOST_POLICY_MIN_AUDIT) } else { min }
+    }
+
+    /// Blocks `candidate` for good (until a new commit, an abort or a reaudit); returns the
+    /// message.
+    fn block(&mut self, candidate: &RevisionRef, reason: &str, message: String) -> String {
+        self.st.blocked = Some(BlockedVerdict {
+            revision: candidate.id.clone(),
+            commit: candidate.commit.clone(),
+            reason: reason.into(),
+            message: message.clone(),
+            blocked_at: self.now(),
+        });
+        message
+    }
+
+    /// The control-plane flows the candidate's host policy would newly deny, by node, as the
+    /// agents checked them against the policy.
+    fn control_plane_denies(&self, id: &str) -> Vec<(&'a str, &'a AuditFlow)> {
+        let evidence = self.evidence(id).into_iter();
+        evidence.flat_map(|r| r.control_plane_denies.iter().map(move |f| (r.node.as_str(), f))).collect()
     }
 
     fn approved(&self, id: &str) -> bool {
@@ -303,6 +331,20 @@ fn changed_terms(old: &AuditTerms, new: &AuditTerms) -> String {
     changed.join(", ")
 }
 
+/// Blocked: the candidate denies flows beyond the gates.
+const NEW_DENIES: &str = "NewDeniesAboveLimit";
+/// Blocked: the candidate's host policy would cut nodes off their control plane.
+const CONTROL_PLANE_DENIED: &str = "ControlPlaneDenied";
+
+fn control_plane_message(candidate: &str, denies: &[(&str, &AuditFlow)]) -> String {
+    let merged = merge_flows(denies.iter().copied());
+    let shown: Vec<String> = merged.iter().take(3).map(describe).collect();
+    format!(
+        "{candidate} would deny the nodes' own control-plane traffic, which no gate may allow: {}; allow it in the host policy and push a new commit",
+        shown.join("; ")
+    )
+}
+
 fn blocked_message(summary: &AuditSummary, limit: u32) -> String {
     let mut message = format!(
         "{} new denies not covered by spec.audit.expectedDenies, above spec.audit.maxNewDenies ({limit})",
@@ -317,11 +359,11 @@ fn blocked_message(summary: &AuditSummary, limit: u32) -> String {
 }
 
 fn side(e: &crate::crd::FlowEndpoint) -> String {
-    let name = e
-        .workload
-        .clone()
-        .or_else(|| e.cidr.clone())
-        .unwrap_or_else(|| e.labels.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(","));
+    let name = e.workload.clone().or_else(|| e.cidr.clone()).unwrap_or_else(|| {
+        // Reserved labels (`reserved:host`) have no value.
+        let label = |(k, v): (&String, &String)| if v.is_empty() { k.clone() } else { format!("{k}={v}") };
+        e.labels.iter().map(label).collect::<Vec<_>>().join(",")
+    });
     match &e.namespace {
         Some(ns) => format!("{ns}/{name}"),
         None => name,

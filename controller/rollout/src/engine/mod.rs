@@ -63,6 +63,9 @@ pub struct ObservedRevision {
     /// The signature check passed (meaningful only when `spec.source.verify` is set).
     pub verified: bool,
     pub policies: Vec<PolicyRef>,
+    /// Some policy has a host rule (`nodeSelector`): such a revision can cut nodes off their
+    /// control plane, so it is never fast-tracked and always audited for a while.
+    pub host_policy: bool,
 }
 
 impl ObservedRevision {
@@ -322,19 +325,26 @@ impl<'a> Engine<'a> {
             && matches!((&self.st.candidate_revision, &self.st.enforced_revision), (Some(c), Some(e)) if c.id == e.id)
     }
 
-    /// The gates and promotion mode the spec sets now.
-    fn terms(&self) -> AuditTerms {
-        AuditTerms { audit: self.spec.audit.clone(), promotion: self.spec.promotion }
+    /// The gates and promotion mode the spec sets now, for a candidate with or without a host
+    /// policy.
+    fn terms(&self, host_policy: bool) -> AuditTerms {
+        AuditTerms { audit: self.spec.audit.clone(), promotion: self.spec.promotion, host_policy }
+    }
+
+    /// Whether the audit under way is of a candidate with a host policy.
+    fn host_policy(&self) -> bool {
+        self.st.audit_terms.as_ref().is_some_and(|t| t.host_policy)
     }
 
     /// Discards the candidate's evidence and audits it again from now. Agents see the new
     /// `auditGeneration` and restart their evidence; reports of the old one no longer count.
     fn restart_audit(&mut self, why: String, decided_by: Option<&str>) {
         let Some(candidate) = self.st.candidate_revision.clone() else { return };
+        let host_policy = self.host_policy();
         self.reset_audit();
         self.st.audit_generation += 1;
         self.st.audit_started_at = Some(self.now());
-        self.st.audit_terms = Some(self.terms());
+        self.st.audit_terms = Some(self.terms(host_policy));
         self.st.phase = Phase::Auditing;
         self.record_by(&candidate, Outcome::AuditRestarted, why.clone(), decided_by);
         self.event(EventType::Normal, "AuditRestarted", format!("auditing {} again: {why}", candidate.display));

@@ -35,6 +35,7 @@ pub fn rev_at(n: &str, c: &str) -> ObservedRevision {
             name: "web".into(),
             namespace: Some(NS.into()),
         }],
+        host_policy: false,
     }
 }
 

@@ -47,6 +47,9 @@ pub const GOALS: &[Goal] = &[
     goal("tcp_rr_p99_ratio", AtMost, 1.02, ""),
     goal("tcp_rr_churn_tps_ratio", AtLeast, 0.95, ""),
     goal("tcp_rr_churn_p99_ratio", AtMost, 1.10, ""),
+    // #22: a node a host policy selects costs its pods' traffic no more than the program does.
+    goal("tcp_rr_host_tps_ratio", AtLeast, 0.98, ""),
+    goal("tcp_rr_host_p99_ratio", AtMost, 1.02, ""),
     goal("policy_path_events_per_s", AtLeast, 100_000.0, "/s"),
     goal("policy_path_events_lost", AtMost, 0.0, ""),
     // bench-datapath, #3: one endpoint's flip; the consumer drains ≥ 1M events/s (the synthetic
