@@ -16,7 +16,7 @@ use std::{
 
 use aya::programs::{SchedClassifier, TcAttachType};
 use palisade_common::*;
-use palisade_datapath::{AttachMode, Datapath, Flow, HOST_ENDPOINT_IFINDEX, Mode, Slot};
+use palisade_datapath::{AttachMode, Datapath, Flow, HOST_ENDPOINT_IFINDEX, Hook, Mode, Slot};
 use support::*;
 
 /// The host endpoint's id in these tests; pods are 0, 1, ...
@@ -348,6 +348,30 @@ fn host_egress_policy_lets_the_node_reach_one_pod_and_replies_pass() {
     assert_eq!(denied.key.drop_reason(), Some(DropReason::PolicyDenied));
     assert!(flow(&datapath, 0, Direction::Ingress, IDENTITY_HOST, 8081).is_some(), "pod 0's drop");
     assert!(flow(&datapath, HOST, Direction::Ingress, identity(0), 8080).is_some(), "pod 0's SYN to the node");
+    datapath.destroy().unwrap();
+}
+
+#[test]
+fn errors_the_node_sends_about_forwarded_packets_are_the_pods_hooks_to_judge() {
+    let node = Node::new("phx", 1);
+    let _inside = InNetns::enter(&node.ns);
+    let a = &node.pods[0];
+    let mut datapath = node.datapath(None, vec![open_pod()]);
+    // The node may send nothing.
+    host_endpoint(&mut datapath, &[]);
+    let ifindex = if_index(&a.host_if);
+    // Fragmentation needed, from the node, about a datagram pod 0 sent elsewhere (forwarded).
+    let quoted =
+        ipv4_packet(PROTO_UDP, a.addr, Ipv4Addr::new(10, 200, 99, 9), (7, 0, false), &udp_datagram(5555, 53, &[]));
+    let mut rest = vec![0, 0, 0x05, 0xdc];
+    rest.extend_from_slice(&quoted);
+    let error = ipv4_frame(PROTO_ICMP, node.addr, a.addr, &icmp_message(3, &rest));
+    let run = datapath.run_frame(Hook::FromHost, ifindex, &error, 1).unwrap();
+    assert!(run.passed, "an error about a forwarded packet goes on to the pod's hook");
+    assert!(flows_of(&datapath, HOST).is_empty(), "no host flow recorded for it: {:?}", flows_of(&datapath, HOST));
+    // Anything else the node sends is its own, and denied.
+    let datagram = ipv4_frame(PROTO_UDP, node.addr, a.addr, &udp_datagram(5555, 53, &[]));
+    assert!(!datapath.run_frame(Hook::FromHost, ifindex, &datagram, 1).unwrap().passed, "the node's own datagram");
     datapath.destroy().unwrap();
 }
 

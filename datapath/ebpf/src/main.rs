@@ -273,6 +273,12 @@ fn host_packet<F: Family>(ctx: &TcContext, direction: u8, version: u32, packet: 
     if F::identity(own) != Some(IDENTITY_HOST) {
         return TC_ACT_UNSPEC;
     }
+    // An ICMP error the node sends (fragmentation needed, time exceeded) is about a packet it
+    // received, most often one it forwards for a pod: no connection of the host's, and the pod's
+    // own hook judges it by the connection it quotes.
+    if direction == DIRECTION_EGRESS && packet.quoted != 0 {
+        return TC_ACT_UNSPEC;
+    }
     // Tracked under the host's key: the replies of its connections pass on any interface.
     let (connection, sender) = connection::<F>(HOST_ENDPOINT_IFINDEX, packet);
     if let Some(verdict) = fast::<F>(ctx, packet, &connection, sender, direction, version) {
