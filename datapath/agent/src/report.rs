@@ -195,7 +195,13 @@ impl Reporter {
         let auditing: Vec<ObjectKey> =
             view.rollouts.iter().filter(|(_, t)| t.candidate.is_some()).map(|(k, _)| k.clone()).collect();
         let concerned = concerned(view, compiled);
-        let control_plane = control_plane::denies(compiled, view.health_port, now);
+        // Traced only for a candidate with a host policy, once for all the rollouts auditing one.
+        let host_policies = |(key, targets): (&ObjectKey, &Targets)| carries_host_policy(view, key, targets);
+        let control_plane = if view.rollouts.iter().any(host_policies) {
+            control_plane::denies(compiled, view.health_port, now)
+        } else {
+            Vec::new()
+        };
         // Evidence starts again should the rollout concern the node again.
         self.audits.retain(|key, _| concerned.contains(key));
         let mut reports = Vec::new();
